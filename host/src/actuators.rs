@@ -1,0 +1,94 @@
+//! Actuators: what changes a target's replica count.
+//!
+//! A change may take several ticks to complete: an ASG scale-in picks a
+//! victim, drains it and only then terminates it; a shard rebalance moves
+//! shards before a worker is removed. An actuator therefore reports a change
+//! in flight from [`Actuator::observe`], which the control loop calls at the
+//! start of every tick and which also advances such a change by a step. While
+//! a change is in flight the loop does not start another.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// The target's state as an actuator observed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Replicas the target is asked to run.
+    pub current: u32,
+    /// Replicas running and ready.
+    pub ready: u32,
+    /// A change still being carried out, if any.
+    pub in_flight: Option<InFlight>,
+}
+
+/// A change that has started but not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The replica count being moved to.
+    pub desired: u32,
+    /// When the change started (ms since the Unix epoch).
+    pub since_ms: i64,
+    /// What is happening, for operators ("draining i-0abc").
+    pub detail: String,
+}
+
+/// What [`Actuator::scale`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Actuation {
+    /// The target now asks for the new count.
+    Done {
+        /// What was done.
+        detail: String,
+    },
+    /// The change has started and will be advanced by later `observe` calls.
+    Started {
+        /// What was started.
+        detail: String,
+    },
+}
+
+/// Why an actuator could not observe or change its target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActuatorError {
+    /// The target does not exist.
+    #[error("target not found: {0}")]
+    NotFound(String),
+    /// The system that owns the target refused or failed the request.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ActuatorError {
+    /// A fixed, small label for the host's metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActuatorError::NotFound(_) => "not_found",
+            ActuatorError::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Something whose replica count Scalewise controls.
+#[async_trait]
+pub trait Actuator: Send + Sync + fmt::Debug {
+    /// The actuator kind, as in config and in the policy's `target.kind`.
+    fn kind(&self) -> &'static str;
+
+    /// The target's name as this actuator knows it.
+    fn target_name(&self) -> String;
+
+    /// Reads the target's state as of `now_ms`, advancing any change in
+    /// flight by one step.
+    async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError>;
+
+    /// Starts moving the target from `current` to `desired` replicas.
+    async fn scale(
+        &self,
+        now_ms: i64,
+        current: u32,
+        desired: u32,
+    ) -> Result<Actuation, ActuatorError>;
+}

@@ -1,0 +1,95 @@
+//! The host's notion of time.
+//!
+//! Every timestamp the host writes (contexts, journal records, envelope
+//! windows, cooldowns) comes from one [`Clock`]. In production it is the wall
+//! clock. The embedded demo and some tests run it faster than real time
+//! (`speed`), so a simulated day passes in minutes while every window and
+//! cooldown keeps its meaning in simulated time.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// Maps tokio's monotonic time to milliseconds since the Unix epoch,
+/// optionally sped up.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin_ms: i64,
+    origin: Instant,
+    speed: f64,
+}
+
+impl Clock {
+    /// Real time: now is the wall clock's now, advancing at real speed.
+    pub fn system() -> Self {
+        Self::starting_at(wall_clock_ms(), 1.0)
+    }
+
+    /// A clock that reads `origin_ms` now and advances `speed` times faster
+    /// than real time. Under a paused tokio runtime it is fully virtual.
+    pub fn starting_at(origin_ms: i64, speed: f64) -> Self {
+        assert!(
+            speed.is_finite() && speed > 0.0,
+            "clock speed must be positive"
+        );
+        Clock {
+            origin_ms,
+            origin: Instant::now(),
+            speed,
+        }
+    }
+
+    /// How many times faster than real time this clock runs.
+    pub fn speed(&self) -> f64 {
+        self.speed
+    }
+
+    /// Now, in ms since the Unix epoch (simulated when sped up).
+    pub fn now_ms(&self) -> i64 {
+        let real = self.origin.elapsed().as_secs_f64() * 1000.0;
+        self.origin_ms + (real * self.speed) as i64
+    }
+
+    /// The tokio instant at which this clock will read `at_ms`.
+    pub fn instant_at(&self, at_ms: i64) -> Instant {
+        let sim_ms = (at_ms - self.origin_ms).max(0) as f64;
+        self.origin + Duration::from_secs_f64(sim_ms / self.speed / 1000.0)
+    }
+
+    /// The real duration that `sim` of this clock's time takes.
+    pub fn real_duration(&self, sim: Duration) -> Duration {
+        sim.div_f64(self.speed)
+    }
+
+    /// Sleeps until this clock reads `at_ms`.
+    pub async fn sleep_until(&self, at_ms: i64) {
+        tokio::time::sleep_until(self.instant_at(at_ms)).await;
+    }
+}
+
+/// The real wall clock, in ms since the Unix epoch.
+pub fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sped_up_clock_advances_faster() {
+        let clock = Clock::starting_at(1_000, 10.0);
+        assert_eq!(clock.now_ms(), 1_000);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(clock.now_ms(), 11_000);
+        clock.sleep_until(21_000).await;
+        assert_eq!(clock.now_ms(), 21_000);
+        assert_eq!(
+            clock.real_duration(Duration::from_secs(15)),
+            Duration::from_millis(1_500)
+        );
+    }
+}

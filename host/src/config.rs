@@ -1,0 +1,481 @@
+//! The daemon's configuration file (TOML).
+//!
+//! Parsed once into typed structs (`deny_unknown_fields` everywhere) and
+//! validated as a whole before anything starts; a reload goes through the
+//! same path and an invalid file leaves the running config in place. Every
+//! error names the file, the line and the field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The folder policy modules (`*.wasm`) are loaded from and watched in.
+    /// Relative paths are resolved against the config file's folder.
+    pub policy_dir: Spanned<PathBuf>,
+    /// Limits every policy evaluation runs under.
+    #[serde(default)]
+    pub runtime: RuntimeLimits,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// The decision journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// How fast the host's clock runs (only the demo and tests change it).
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// Named external metric sources (`[sources.<name>]`).
+    #[serde(default)]
+    pub sources: BTreeMap<String, Spanned<SourceConfig>>,
+    /// Simulated services (`[simulations.<name>]`), each usable as a target
+    /// (`kind = "simulator"`) and as a metric source (`source = "simulator"`).
+    #[serde(default)]
+    pub simulations: BTreeMap<String, Spanned<SimulationConfig>>,
+    /// The scalers (`[[scalers]]`).
+    #[serde(default)]
+    pub scalers: Vec<Spanned<ScalerConfig>>,
+}
+
+/// Limits for one policy evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeLimits {
+    /// Linear memory a policy may use per evaluation.
+    pub max_memory: ByteSize,
+    /// Wall-clock deadline for one evaluation (enforced by epoch interruption).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Fuel (Wasm instructions, roughly) per evaluation; 0 disables fuel
+    /// metering. Fuel makes the limit deterministic, at a cost per call.
+    pub fuel: u64,
+    /// Decisions asking for more replicas than this are refused as invalid.
+    pub max_replicas: u32,
+    /// Largest policy state kept between evaluations.
+    pub max_state_bytes: ByteSize,
+    /// Largest reason string accepted in a decision.
+    pub max_reason_bytes: usize,
+    /// Wasm stack a policy may use.
+    pub max_wasm_stack: ByteSize,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        RuntimeLimits {
+            max_memory: ByteSize::mib(64),
+            timeout: Duration::from_millis(100),
+            fuel: 0,
+            max_replicas: 100_000,
+            max_state_bytes: ByteSize::kib(64),
+            max_reason_bytes: 1024,
+            max_wasm_stack: ByteSize::kib(512),
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on; loopback by default.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// The decision journal.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// The SQLite database file. Relative to the config file's folder.
+    pub path: PathBuf,
+    /// Records older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: PathBuf::from("scalewise-journal.db"),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The host clock.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// How many times faster than real time the clock runs. 1 in production.
+    pub speed: f64,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig { speed: 1.0 }
+    }
+}
+
+/// A named metric source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A Prometheus server's HTTP API.
+    Prometheus(PrometheusConfig),
+}
+
+/// A Prometheus server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Base URL, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "default_prometheus_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bearer token sent as `Authorization: Bearer ...`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// HTTP basic auth.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// Extra headers sent with every request (e.g. `X-Scope-OrgID`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_prometheus_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// HTTP basic auth credentials.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: Secret,
+}
+
+/// A secret, read from the environment or a file, never written in config
+/// and never logged.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Secret {
+    /// The value of an environment variable.
+    Env(String),
+    /// The contents of a file (trailing newline removed).
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Env(var) => write!(f, "Secret(env {var})"),
+            Secret::File(path) => write!(f, "Secret(file {})", path.display()),
+        }
+    }
+}
+
+/// A simulated service: load, capacity, start-up delay, and the metrics a
+/// real service would have, derived from load and ready replicas.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationConfig {
+    /// Seed for the noise; the same seed gives the same run.
+    #[serde(default)]
+    pub seed: u64,
+    /// Requests per second one ready replica serves at 100% CPU.
+    pub capacity_per_replica: f64,
+    /// Time from asking for a replica to it being ready.
+    #[serde(default, with = "humantime_serde")]
+    pub startup_delay: Duration,
+    /// Replicas at start.
+    pub initial_replicas: u32,
+    /// Latency of a request on an idle replica.
+    #[serde(default = "default_base_latency", with = "humantime_serde")]
+    pub base_latency: Duration,
+    /// The load curve.
+    pub load: LoadConfig,
+}
+
+fn default_base_latency() -> Duration {
+    Duration::from_millis(50)
+}
+
+/// Offered load in requests per second, as a curve or a recorded trace.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadConfig {
+    /// Mean load of the synthetic curve (requests/s).
+    #[serde(default)]
+    pub base: f64,
+    /// Amplitude of the daily wave around `base` (requests/s).
+    #[serde(default)]
+    pub diurnal_amplitude: f64,
+    /// Period of the wave (a day by default; shorter in demos).
+    #[serde(default = "default_diurnal_period", with = "humantime_serde")]
+    pub diurnal_period: Duration,
+    /// Relative noise (standard deviation as a fraction of the load).
+    #[serde(default)]
+    pub noise: f64,
+    /// Temporary surges on top of the curve.
+    #[serde(default)]
+    pub spikes: Vec<SpikeConfig>,
+    /// A recorded trace (`timestamp_s,requests` CSV) instead of the curve.
+    #[serde(default)]
+    pub trace: Option<TraceConfig>,
+}
+
+fn default_diurnal_period() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// A temporary surge of load.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpikeConfig {
+    /// When it starts, from the simulation's start.
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// How long it lasts.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Extra requests per second during the spike.
+    pub extra: f64,
+}
+
+/// Load replayed from a recorded trace file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceConfig {
+    /// A `timestamp_s,requests` CSV file (see shared traces); relative to the config file.
+    pub path: PathBuf,
+    /// Multiplies every rate (to fit the trace to the service's capacity).
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// Plays the trace this many times faster than recorded.
+    #[serde(default = "one")]
+    pub speed: f64,
+    /// Skip this much of the trace's start.
+    #[serde(default, with = "humantime_serde")]
+    pub offset: Duration,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Enforce decisions, or only record them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Decisions change the target.
+    #[default]
+    Enforce,
+    /// Decisions are journaled; the target is never changed.
+    DryRun,
+}
+
+/// One scaler: a target, its metrics, its policies and its envelope.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalerConfig {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// Time between ticks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Lower bound on replicas.
+    pub min: Spanned<u32>,
+    /// Upper bound on replicas.
+    pub max: Spanned<u32>,
+    /// Enforce or dry-run.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Start paused (the API can pause and resume at run time too).
+    #[serde(default)]
+    pub paused: bool,
+    /// What is scaled.
+    pub target: Spanned<TargetConfig>,
+    /// Named metrics (`[scalers.metrics.<name>]`), in file order.
+    #[serde(default)]
+    pub metrics: IndexMap<String, Spanned<MetricConfig>>,
+    /// The policies consulted every tick; scale-out wins.
+    pub policies: Vec<Spanned<PolicyRef>>,
+    /// The envelope's HPA-style behaviour.
+    #[serde(default)]
+    pub behavior: Behavior,
+}
+
+/// The thing a scaler scales.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TargetConfig {
+    /// A simulated service from `[simulations]`.
+    Simulator {
+        /// The `[simulations.<name>]` entry.
+        service: String,
+    },
+}
+
+/// One metric of a scaler.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// `simulator`, or the name of a `[sources.<name>]` entry.
+    pub source: String,
+    /// The source's query (PromQL; for the simulator a metric name such as
+    /// `cpu`, or `service/metric` for another simulated service).
+    pub query: String,
+    /// Deliver the series over this window instead of the latest value.
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Resolution of the windowed series (default: the scaler's interval).
+    #[serde(default, with = "humantime_serde")]
+    pub step: Option<Duration>,
+    /// The newest sample may be at most this old (default: 3 × interval).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// A policy module a scaler consults, with its parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    /// The module's name: its file name in the policy folder without `.wasm`.
+    pub module: Spanned<String>,
+    /// Parameters passed to the policy (checked against its `describe()`).
+    #[serde(default)]
+    pub params: Option<Spanned<toml::Table>>,
+}
+
+/// HPA `behavior`: how fast and after how much evidence to scale each way.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Behavior {
+    /// Rules for scaling up.
+    #[serde(default = "ScalingRules::default_up")]
+    pub scale_up: ScalingRules,
+    /// Rules for scaling down.
+    #[serde(default = "ScalingRules::default_down")]
+    pub scale_down: ScalingRules,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            scale_up: ScalingRules::default_up(),
+            scale_down: ScalingRules::default_down(),
+        }
+    }
+}
+
+/// Rules for one direction, as HPA's `HPAScalingRules` plus a cooldown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingRules {
+    /// Recommendations over this window are considered (up: the lowest
+    /// wins; down: the highest wins).
+    #[serde(default, with = "humantime_serde::option")]
+    pub stabilization_window: Option<Duration>,
+    /// Which rate limit applies when several are given.
+    #[serde(default)]
+    pub select: Select,
+    /// Rate limits: at most this many pods or percent per period.
+    #[serde(default)]
+    pub limits: Option<Vec<RateLimit>>,
+    /// After any scale event, no change in this direction for this long.
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl ScalingRules {
+    /// HPA's scale-up default: no stabilisation; max(4 pods, 100%) per 15 s.
+    pub fn default_up() -> Self {
+        ScalingRules {
+            stabilization_window: Some(Duration::ZERO),
+            select: Select::Max,
+            limits: Some(vec![
+                RateLimit::pods(4, Duration::from_secs(15)),
+                RateLimit::percent(100, Duration::from_secs(15)),
+            ]),
+            cooldown: Duration::ZERO,
+        }
+    }
+
+    /// HPA's scale-down default: 300 s stabilisation; 100% per 15 s.
+    pub fn default_down() -> Self {
+        ScalingRules {
+            stabilization_window: Some(Duration::from_secs(300)),
+            select: Select::Max,
+            limits: Some(vec![RateLimit::percent(100, Duration::from_secs(15))]),
+            cooldown: Duration::ZERO,
+        }
+    }
+}
+
+/// HPA `selectPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// The limit allowing the largest change applies.
+    #[default]
+    Max,
+    /// The limit allowing the smallest change applies.
+    Min,
+    /// No change in this direction at all.
+    Disabled,
+}
+
+/// One rate limit (HPA `HPAScalingPolicy`): `pods = N` or `percent = N`, per `period`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// At most this many replicas per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<u32>,
+    /// At most this percentage of the replicas at the period's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    /// The period the limit is measured over.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+}
+
+impl RateLimit {
+    /// At most `n` pods per `period`.
+    pub fn pods(n: u32, period: Duration) -> Self {
+        RateLimit {
+            pods: Some(n),
+            percent: None,
+            period,
+        }
+    }
+
+    /// At most `n` percent per `period`.
+    pub fn percent(n: u32, period: Duration) -> Self {
+        RateLimit {
+            pods: None,
+            percent: Some(n),
+            period,
+        }
+    }
+}

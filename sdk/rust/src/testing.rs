@@ -1,0 +1,127 @@
+//! Building contexts for native unit tests of a policy.
+//!
+//! ```
+//! use scalewise_sdk::testing::ContextBuilder;
+//!
+//! let ctx = ContextBuilder::new()
+//!     .now_ms(60_000)
+//!     .replicas(4, 1, 10)
+//!     .metric("cpu", &[(0, 50.0), (60_000, 90.0)])
+//!     .params(serde_json::json!({ "metric": "cpu", "target": 60 }))
+//!     .build();
+//! assert_eq!(ctx.metric("cpu").unwrap().latest(), Some(90.0));
+//! ```
+
+use crate::{Context, Metric, Point, ScaleEvent, Target};
+
+/// Builds a [`Context`] with sensible defaults: time 0, a `simulator` target
+/// named `test` with 1 replica (bounds 1–10), no metrics, no events, no
+/// parameters and no state.
+#[derive(Debug, Clone)]
+pub struct ContextBuilder {
+    ctx: Context,
+}
+
+impl Default for ContextBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ContextBuilder {
+    /// Starts from the defaults.
+    pub fn new() -> Self {
+        ContextBuilder {
+            ctx: Context {
+                now_ms: 0,
+                scaler: "test".into(),
+                target: Target {
+                    kind: "simulator".into(),
+                    name: "test".into(),
+                    current: 1,
+                    ready: 1,
+                    min: 1,
+                    max: 10,
+                },
+                metrics: Vec::new(),
+                events: Vec::new(),
+                parameters: "{}".into(),
+                state: None,
+            },
+        }
+    }
+
+    /// Sets the tick's time.
+    pub fn now_ms(mut self, now_ms: i64) -> Self {
+        self.ctx.now_ms = now_ms;
+        self
+    }
+
+    /// Sets current (and ready) replicas and the scaler's bounds.
+    pub fn replicas(mut self, current: u32, min: u32, max: u32) -> Self {
+        self.ctx.target.current = current;
+        self.ctx.target.ready = current;
+        self.ctx.target.min = min;
+        self.ctx.target.max = max;
+        self
+    }
+
+    /// Sets the ready replica count (after [`ContextBuilder::replicas`]).
+    pub fn ready(mut self, ready: u32) -> Self {
+        self.ctx.target.ready = ready;
+        self
+    }
+
+    /// Adds a metric from `(timestamp_ms, value)` samples, oldest first.
+    pub fn metric(mut self, name: &str, samples: &[(i64, f64)]) -> Self {
+        self.ctx.metrics.push(Metric {
+            name: name.into(),
+            points: samples
+                .iter()
+                .map(|&(timestamp_ms, value)| Point {
+                    timestamp_ms,
+                    value,
+                })
+                .collect(),
+            error: None,
+        });
+        self
+    }
+
+    /// Adds a metric that could not be read this tick.
+    pub fn failed_metric(mut self, name: &str, error: &str) -> Self {
+        self.ctx.metrics.push(Metric {
+            name: name.into(),
+            points: Vec::new(),
+            error: Some(error.into()),
+        });
+        self
+    }
+
+    /// Adds a scale event.
+    pub fn event(mut self, timestamp_ms: i64, from: u32, to: u32) -> Self {
+        self.ctx.events.push(ScaleEvent {
+            timestamp_ms,
+            from,
+            to,
+        });
+        self
+    }
+
+    /// Sets the parameters (a JSON object).
+    pub fn params(mut self, params: serde_json::Value) -> Self {
+        self.ctx.parameters = params.to_string();
+        self
+    }
+
+    /// Sets the state returned last time.
+    pub fn state(mut self, state: Option<Vec<u8>>) -> Self {
+        self.ctx.state = state;
+        self
+    }
+
+    /// Finishes the context.
+    pub fn build(self) -> Context {
+        self.ctx
+    }
+}
