@@ -1,0 +1,55 @@
+//! The HTTP API: health, readiness, the host's metrics, scalers, decisions
+//! from the journal, loaded policies, and a dashboard page.
+//!
+//! [`router`] builds the whole API from an [`AppState`], so tests drive it
+//! in-process with `tower::ServiceExt::oneshot`.
+
+mod error;
+mod handlers;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::journal::Journal;
+use crate::registry::Registry;
+use crate::scaler::ScalerHandle;
+use crate::telemetry::Telemetry;
+
+/// What the API serves from; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Every scaler, by name.
+    pub scalers: Arc<BTreeMap<String, Arc<ScalerHandle>>>,
+    /// The loaded policy modules.
+    pub registry: Arc<Registry>,
+    /// The decision journal.
+    pub journal: Journal,
+    /// The host's metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// Set once every scaler is running.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(handlers::dashboard))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/scalers", get(handlers::list_scalers))
+        .route("/v1/scalers/{name}", get(handlers::get_scaler))
+        .route("/v1/scalers/{name}/decisions", get(handlers::scaler_decisions))
+        .route("/v1/scalers/{name}/pause", post(handlers::pause_scaler))
+        .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
+        .route("/v1/decisions/{id}", get(handlers::get_decision))
+        .route("/v1/policies", get(handlers::list_policies))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}

@@ -1,0 +1,230 @@
+//! Route handlers.
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::journal::TickRecord;
+use crate::policy::PolicyInfo;
+use crate::scaler::{ScalerHandle, ScalerStatus};
+
+/// Liveness: the process answers.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: every scaler has been started.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+    }
+}
+
+/// The host's own metrics, Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.telemetry.encode(),
+    )
+        .into_response()
+}
+
+/// The dashboard page.
+pub async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+/// Every scaler's status.
+pub async fn list_scalers(State(state): State<AppState>) -> Json<Vec<ScalerStatus>> {
+    Json(
+        state
+            .scalers
+            .values()
+            .map(|h| status_of(h))
+            .collect(),
+    )
+}
+
+/// One scaler's status.
+pub async fn get_scaler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScalerStatus>, ApiError> {
+    Ok(Json(status_of(scaler(&state, &name)?)))
+}
+
+/// Query parameters of the decisions endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionsQuery {
+    /// Oldest time, in ms since the epoch or RFC 3339.
+    since: Option<String>,
+    /// Newest time, in ms since the epoch or RFC 3339.
+    until: Option<String>,
+    /// At most this many records (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// A scaler's decisions from the journal, newest first.
+pub async fn scaler_decisions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<DecisionsQuery>, QueryRejection>,
+) -> Result<Json<Vec<TickRecord>>, ApiError> {
+    scaler(&state, &name)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let since = q.since.as_deref().map(|t| parse_time("since", t)).transpose()?;
+    let until = q.until.as_deref().map(|t| parse_time("until", t)).transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let records = state
+        .journal
+        .query(Some(&name), since, until, limit)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(records))
+}
+
+/// One journal record by id.
+pub async fn get_decision(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TickRecord>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("decision id must be a number, got {id:?}")))?;
+    state
+        .journal
+        .get(id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no decision with id {id}")))
+}
+
+/// Pauses a scaler: it keeps ticking and journaling, but holds.
+pub async fn pause_scaler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScalerStatus>, ApiError> {
+    set_paused(&state, &name, true).await
+}
+
+/// Resumes a paused scaler.
+pub async fn resume_scaler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ScalerStatus>, ApiError> {
+    set_paused(&state, &name, false).await
+}
+
+/// A loaded module, as `/v1/policies` shows it.
+#[derive(Debug, Serialize)]
+pub struct ModuleView {
+    /// Module name.
+    name: String,
+    /// sha256 of its bytes.
+    digest: String,
+    /// What it says about itself.
+    info: PolicyInfo,
+    /// The last error loading a newer version of it, if any.
+    last_error: Option<String>,
+}
+
+/// Loaded policy modules and modules that failed to load.
+pub async fn list_policies(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let snapshot = state.registry.snapshot();
+    let modules: Vec<ModuleView> = snapshot
+        .modules
+        .iter()
+        .map(|(name, module)| ModuleView {
+            name: name.clone(),
+            digest: module.digest().to_owned(),
+            info: module.info().clone(),
+            last_error: snapshot.failures.get(name).map(|f| f.error.clone()),
+        })
+        .collect();
+    let failures: Vec<serde_json::Value> = snapshot
+        .failures
+        .iter()
+        .map(|(name, f)| {
+            json!({
+                "name": name,
+                "path": f.path.display().to_string(),
+                "kind": f.kind,
+                "error": f.error,
+                "at_ms": f.at_ms,
+                "serving_previous": snapshot.modules.contains_key(name),
+            })
+        })
+        .collect();
+    Json(json!({ "modules": modules, "failures": failures }))
+}
+
+/// Unknown routes answer JSON too.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+fn scaler<'a>(state: &'a AppState, name: &str) -> Result<&'a ScalerHandle, ApiError> {
+    state
+        .scalers
+        .get(name)
+        .map(|h| h.as_ref())
+        .ok_or_else(|| ApiError::NotFound(format!("no scaler named {name:?}")))
+}
+
+fn status_of(handle: &ScalerHandle) -> ScalerStatus {
+    let mut status = (**handle.status.load()).clone();
+    status.paused = handle.is_paused();
+    status
+}
+
+async fn set_paused(
+    state: &AppState,
+    name: &str,
+    paused: bool,
+) -> Result<Json<ScalerStatus>, ApiError> {
+    let handle = scaler(state, name)?;
+    state
+        .journal
+        .set_paused(name, paused)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot persist the pause flag: {e}")))?;
+    handle.paused.store(paused, Ordering::Relaxed);
+    tracing::info!(scaler = %name, paused, "A scaler was {} through the API.", if paused { "paused" } else { "resumed" });
+    Ok(Json(status_of(handle)))
+}
+
+fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+        .map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{field} must be ms since the epoch or an RFC 3339 time, got {text:?}: {e}"
+            ))
+        })
+}

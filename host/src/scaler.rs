@@ -1,0 +1,734 @@
+//! One scaler and its tick.
+//!
+//! A tick: observe the target (advancing any change in flight) → fetch the
+//! scaler's metrics → evaluate each policy → combine (scale-out wins) → the
+//! envelope → actuate, or only record in dry-run → journal. The record is
+//! appended before the actuator is called and updated after, so a crash in
+//! between leaves a visible `pending` record rather than an unexplained
+//! change.
+//!
+//! Scheduling lives in [`crate::daemon`]; a tick is an ordinary async
+//! function of the time, so tests drive it step by step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::actuators::{Actuation, Actuator, Observed};
+use crate::config::{Behavior, Mode};
+use crate::envelope::{self, EnvelopeState};
+use crate::journal::{
+    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure, TickRecord,
+};
+use crate::policy::{Context, Metric, Target};
+use crate::registry::Registry;
+use crate::sources::{MetricQuery, Source, check_series};
+use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
+
+/// How far back scale events are given to policies, and history is restored.
+const HISTORY_MS: i64 = 3_600_000;
+
+/// A metric of a scaler, bound to its source.
+#[derive(Debug, Clone)]
+pub struct BoundMetric {
+    /// The metric's name in the scaler's config.
+    pub name: String,
+    /// The source's name, for the host's metrics.
+    pub source_name: String,
+    /// The source.
+    pub source: Arc<dyn Source>,
+    /// What to ask it.
+    pub query: MetricQuery,
+    /// The newest sample may be at most this old.
+    pub max_age_ms: Option<i64>,
+}
+
+/// A policy module a scaler consults, with its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoundPolicy {
+    /// The module's name in the registry.
+    pub module: String,
+    /// Parameters (a JSON object, defaults filled in).
+    pub parameters: serde_json::Value,
+}
+
+/// Everything a scaler needs that does not change between ticks.
+#[derive(Debug, Clone)]
+pub struct ScalerSpec {
+    /// The scaler's name.
+    pub name: String,
+    /// Time between ticks.
+    pub interval: Duration,
+    /// Lower bound.
+    pub min: u32,
+    /// Upper bound.
+    pub max: u32,
+    /// Enforce or dry-run.
+    pub mode: Mode,
+    /// Its metrics, in config order.
+    pub metrics: Vec<BoundMetric>,
+    /// Its policies, in config order.
+    pub policies: Vec<BoundPolicy>,
+    /// The envelope's behaviour.
+    pub behavior: Behavior,
+}
+
+/// What the API shows about a scaler; replaced after every tick.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScalerStatus {
+    /// The scaler's name.
+    pub name: String,
+    /// Enforce or dry-run.
+    pub mode: Option<Mode>,
+    /// Whether the scaler is paused.
+    pub paused: bool,
+    /// Actuator kind.
+    pub target_kind: String,
+    /// Target name.
+    pub target_name: String,
+    /// Lower bound.
+    pub min: u32,
+    /// Upper bound.
+    pub max: u32,
+    /// Interval between ticks, in ms.
+    pub interval_ms: u64,
+    /// Replicas asked for at the last tick.
+    pub current: Option<u32>,
+    /// Replicas ready at the last tick.
+    pub ready: Option<u32>,
+    /// Replicas decided at the last tick.
+    pub desired: Option<u32>,
+    /// When the last tick ran.
+    pub last_tick_ms: Option<i64>,
+    /// The journal id of the last tick's record.
+    pub last_record_id: Option<i64>,
+    /// One line on the last decision.
+    pub last_decision: Option<String>,
+    /// Problems seen at the last tick (failed metrics, policies, actuator).
+    pub problems: Vec<String>,
+    /// Modules consulted, with the digest that answered last.
+    pub policies: Vec<PolicyStatus>,
+    /// A change in flight, if any.
+    pub in_flight: Option<String>,
+    /// Ticks run since start.
+    pub ticks: u64,
+}
+
+/// A policy's part in a scaler's status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyStatus {
+    /// Module name.
+    pub module: String,
+    /// Digest of the module that answered last, if any.
+    pub digest: Option<String>,
+    /// The last error, if the last evaluation failed.
+    pub last_error: Option<String>,
+}
+
+/// Handles shared between a running scaler and the API.
+#[derive(Debug)]
+pub struct ScalerHandle {
+    /// The scaler's name.
+    pub name: String,
+    /// Pause flag; the API flips it, the scaler reads it every tick.
+    pub paused: AtomicBool,
+    /// The latest status.
+    pub status: ArcSwap<ScalerStatus>,
+}
+
+impl ScalerHandle {
+    /// A handle with an initial status.
+    pub fn new(status: ScalerStatus) -> Arc<Self> {
+        Arc::new(ScalerHandle {
+            name: status.name.clone(),
+            paused: AtomicBool::new(status.paused),
+            status: ArcSwap::from_pointee(status),
+        })
+    }
+
+    /// Whether the scaler is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+}
+
+/// The services a scaler's tick uses.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The loaded policy modules.
+    pub registry: Arc<Registry>,
+    /// The decision journal.
+    pub journal: Journal,
+    /// The host's metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// Every tick's record, for live subscribers (the demo's terminal lines).
+    pub decisions: tokio::sync::broadcast::Sender<Arc<TickRecord>>,
+}
+
+/// One scaler: its spec, its actuator and the state it keeps between ticks.
+#[derive(Debug)]
+pub struct Scaler {
+    spec: ScalerSpec,
+    actuator: Arc<dyn Actuator>,
+    services: Services,
+    handle: Arc<ScalerHandle>,
+    envelope: EnvelopeState,
+    /// Each policy's opaque state, by policy index.
+    policy_states: Vec<Option<Vec<u8>>>,
+    ticks: u64,
+}
+
+impl Scaler {
+    /// A scaler with empty history; call [`Scaler::restore`] to pick up
+    /// where a previous run left off.
+    pub fn new(spec: ScalerSpec, actuator: Arc<dyn Actuator>, services: Services) -> Self {
+        let status = ScalerStatus {
+            name: spec.name.clone(),
+            mode: Some(spec.mode),
+            target_kind: actuator.kind().to_owned(),
+            target_name: actuator.target_name(),
+            min: spec.min,
+            max: spec.max,
+            interval_ms: spec.interval.as_millis() as u64,
+            policies: spec
+                .policies
+                .iter()
+                .map(|p| PolicyStatus {
+                    module: p.module.clone(),
+                    ..PolicyStatus::default()
+                })
+                .collect(),
+            ..ScalerStatus::default()
+        };
+        let policy_states = vec![None; spec.policies.len()];
+        Scaler {
+            handle: ScalerHandle::new(status),
+            spec,
+            actuator,
+            services,
+            envelope: EnvelopeState::new(),
+            policy_states,
+            ticks: 0,
+        }
+    }
+
+    /// The handle the API uses.
+    pub fn handle(&self) -> Arc<ScalerHandle> {
+        self.handle.clone()
+    }
+
+    /// The scaler's spec.
+    pub fn spec(&self) -> &ScalerSpec {
+        &self.spec
+    }
+
+    /// Rebuilds cooldowns, stabilisation windows, rate-limit periods, each
+    /// policy's state and the pause flag from the journal. `paused_default`
+    /// applies when the journal has no pause flag for this scaler.
+    pub async fn restore(&mut self, now_ms: i64, paused_default: bool) -> Result<usize, String> {
+        let journal = &self.services.journal;
+        let records = journal
+            .recent(&self.spec.name, now_ms - HISTORY_MS)
+            .await
+            .map_err(|e| e.to_string())?;
+        let paused = journal
+            .paused(&self.spec.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(paused_default);
+        self.handle.paused.store(paused, Ordering::Relaxed);
+        self.envelope = restore_envelope(&records);
+        self.policy_states = restore_policy_states(&self.spec.policies, &records);
+        Ok(records.len())
+    }
+
+    /// Runs one tick at `now_ms` and returns its journal record.
+    pub async fn tick(&mut self, now_ms: i64) -> TickRecord {
+        self.ticks += 1;
+        let labels = ScalerLabels {
+            scaler: self.spec.name.clone(),
+        };
+        self.services.telemetry.ticks.get_or_create(&labels).inc();
+        let paused = self.handle.is_paused();
+
+        let observed = match self.actuator.observe(now_ms).await {
+            Ok(observed) => observed,
+            Err(err) => return self.observe_failed(now_ms, err.to_string()).await,
+        };
+        let target = Target {
+            kind: self.actuator.kind().to_owned(),
+            name: self.actuator.target_name(),
+            current: observed.current,
+            ready: observed.ready,
+            min: self.spec.min,
+            max: self.spec.max,
+        };
+
+        let (metrics, metric_errors) = self.fetch_metrics(now_ms).await;
+        let evaluations = self.evaluate(now_ms, &target, metrics).await;
+        let (proposal, any_failed) = combine(target.current, &evaluations);
+
+        let verdict = envelope::apply(
+            &mut self.envelope,
+            &envelope::Input {
+                now_ms,
+                current: target.current,
+                min: self.spec.min,
+                max: self.spec.max,
+                proposal,
+                failed_metrics: &metric_errors,
+                paused,
+                in_flight: observed.in_flight.as_ref(),
+                behavior: &self.spec.behavior,
+            },
+        );
+        let mut verdict = verdict;
+        if any_failed && verdict.desired != target.current {
+            // A failing policy makes its scaler hold, never scale.
+            verdict.steps.push(EnvelopeStep {
+                rule: "policy-failed".into(),
+                from: verdict.desired,
+                to: target.current,
+                reason: "a policy failed this tick; holding".into(),
+            });
+            verdict.desired = target.current;
+        }
+        for step in &verdict.steps {
+            self.services
+                .telemetry
+                .envelope_interventions
+                .get_or_create(&RuleLabels {
+                    rule: step.rule.clone(),
+                })
+                .inc();
+        }
+
+        let mut record = TickRecord {
+            id: None,
+            time_ms: now_ms,
+            scaler: self.spec.name.clone(),
+            mode: self.spec.mode,
+            target,
+            metric_errors,
+            evaluations,
+            proposal,
+            envelope: verdict.steps,
+            desired: verdict.desired,
+            recommendation: verdict.recommendation,
+            actuation: ActuationRecord::None,
+        };
+        self.actuate(now_ms, &mut record).await;
+        self.publish(&record, &observed);
+        record
+    }
+
+    async fn observe_failed(&mut self, now_ms: i64, error: String) -> TickRecord {
+        tracing::warn!(scaler = %self.spec.name, %error, "Could not observe the target; holding.");
+        self.services
+            .telemetry
+            .actuation(&self.spec.name, "observe_failed");
+        let mut record = TickRecord {
+            id: None,
+            time_ms: now_ms,
+            scaler: self.spec.name.clone(),
+            mode: self.spec.mode,
+            target: Target {
+                kind: self.actuator.kind().to_owned(),
+                name: self.actuator.target_name(),
+                current: 0,
+                ready: 0,
+                min: self.spec.min,
+                max: self.spec.max,
+            },
+            metric_errors: Vec::new(),
+            evaluations: Vec::new(),
+            proposal: None,
+            envelope: Vec::new(),
+            desired: 0,
+            recommendation: 0,
+            actuation: ActuationRecord::ObserveFailed { error },
+        };
+        record.id = self.append(&record).await;
+        let observed = Observed {
+            current: 0,
+            ready: 0,
+            in_flight: None,
+        };
+        self.publish(&record, &observed);
+        record
+    }
+
+    /// Fetches every metric concurrently; failures become errors on the
+    /// metric (and in the list the envelope sees), never a failed tick.
+    async fn fetch_metrics(&self, now_ms: i64) -> (Vec<Metric>, Vec<MetricFailure>) {
+        let fetches = self.spec.metrics.iter().map(|m| async move {
+            let result = m.source.fetch(&m.query, now_ms).await;
+            let result = result.and_then(|points| {
+                check_series(&points, now_ms, m.max_age_ms)?;
+                Ok(points)
+            });
+            (m, result)
+        });
+        let mut metrics = Vec::with_capacity(self.spec.metrics.len());
+        let mut failures = Vec::new();
+        for (m, result) in futures::future::join_all(fetches).await {
+            match result {
+                Ok(points) => metrics.push(Metric {
+                    name: m.name.clone(),
+                    points,
+                    error: None,
+                }),
+                Err(err) => {
+                    self.services.telemetry.metric_error(&m.source_name, err.kind());
+                    failures.push(MetricFailure {
+                        metric: m.name.clone(),
+                        kind: err.kind().to_owned(),
+                        error: err.to_string(),
+                    });
+                    metrics.push(Metric {
+                        name: m.name.clone(),
+                        points: Vec::new(),
+                        error: Some(err.to_string()),
+                    });
+                }
+            }
+        }
+        (metrics, failures)
+    }
+
+    /// Evaluates every policy, off the async runtime's worker threads.
+    async fn evaluate(
+        &mut self,
+        now_ms: i64,
+        target: &Target,
+        metrics: Vec<Metric>,
+    ) -> Vec<Evaluation> {
+        let snapshot = self.services.registry.snapshot();
+        let mut jobs = Vec::with_capacity(self.spec.policies.len());
+        for (i, policy) in self.spec.policies.iter().enumerate() {
+            let context = Context {
+                now_ms,
+                scaler: self.spec.name.clone(),
+                target: target.clone(),
+                metrics: metrics.clone(),
+                events: self.envelope.events_since(now_ms - HISTORY_MS),
+                parameters: policy.parameters.clone(),
+                state: self.policy_states[i].clone(),
+            };
+            let module = snapshot.modules.get(&policy.module).cloned();
+            let missing = snapshot.failures.get(&policy.module).map(|f| f.error.clone());
+            jobs.push((policy.module.clone(), module, missing, context));
+        }
+        let evaluations = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(name, module, missing, context)| evaluate_one(name, module, missing, context))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|join_err| {
+            // A panic in the runtime itself (not in a guest): every policy
+            // of this tick counts as failed; the scaler holds.
+            tracing::error!(scaler = %self.spec.name, error = %join_err, "Policy evaluation panicked in the host.");
+            Vec::new()
+        });
+
+        for (i, evaluation) in evaluations.iter().enumerate() {
+            let telemetry = &self.services.telemetry;
+            telemetry
+                .evaluation_duration
+                .get_or_create(&ModuleLabels {
+                    module: evaluation.module.clone(),
+                })
+                .observe(evaluation.duration_us as f64 / 1e6);
+            match &evaluation.outcome {
+                EvaluationOutcome::Decided { decision } => {
+                    self.policy_states[i] = decision.state.clone();
+                }
+                EvaluationOutcome::Failed { kind, error } => {
+                    telemetry.policy_error(&evaluation.module, kind);
+                    tracing::warn!(
+                        scaler = %self.spec.name, module = %evaluation.module, kind = %kind, %error,
+                        "Policy evaluation failed; the scaler holds this tick."
+                    );
+                }
+            }
+        }
+        evaluations
+    }
+
+    async fn actuate(&mut self, now_ms: i64, record: &mut TickRecord) {
+        let current = record.target.current;
+        let desired = record.desired;
+        let telemetry = self.services.telemetry.clone();
+        if desired == current {
+            record.id = self.append(record).await;
+            return;
+        }
+        if self.spec.mode == Mode::DryRun {
+            record.actuation = ActuationRecord::DryRun;
+            record.id = self.append(record).await;
+            telemetry.actuation(&self.spec.name, "dry_run");
+            return;
+        }
+        record.actuation = ActuationRecord::Pending;
+        record.id = self.append(record).await;
+        let outcome = match self.actuator.scale(now_ms, current, desired).await {
+            Ok(Actuation::Done { detail }) => {
+                self.envelope.record_scale(now_ms, current, desired);
+                telemetry.actuation(&self.spec.name, "done");
+                ActuationRecord::Done { detail }
+            }
+            Ok(Actuation::Started { detail }) => {
+                self.envelope.record_scale(now_ms, current, desired);
+                telemetry.actuation(&self.spec.name, "started");
+                ActuationRecord::Started { detail }
+            }
+            Err(err) => {
+                telemetry.actuation(&self.spec.name, "failed");
+                tracing::warn!(scaler = %self.spec.name, error = %err, current, desired, "The actuator failed to scale the target.");
+                ActuationRecord::Failed {
+                    kind: err.kind().to_owned(),
+                    error: err.to_string(),
+                }
+            }
+        };
+        record.actuation = outcome.clone();
+        if let Some(id) = record.id
+            && let Err(err) = self.services.journal.update_actuation(id, outcome).await
+        {
+            self.services.telemetry.journal_errors.inc();
+            tracing::error!(scaler = %self.spec.name, id, error = %err, "Could not record the actuation's outcome in the journal.");
+        }
+    }
+
+    async fn append(&self, record: &TickRecord) -> Option<i64> {
+        match self.services.journal.append(record.clone()).await {
+            Ok(id) => Some(id),
+            Err(err) => {
+                self.services.telemetry.journal_errors.inc();
+                tracing::error!(scaler = %self.spec.name, error = %err, "Could not append the tick to the journal.");
+                None
+            }
+        }
+    }
+
+    fn publish(&self, record: &TickRecord, observed: &Observed) {
+        if self.services.decisions.receiver_count() > 0 {
+            let _ = self.services.decisions.send(Arc::new(record.clone()));
+        }
+        let telemetry = &self.services.telemetry;
+        let labels = ScalerLabels {
+            scaler: self.spec.name.clone(),
+        };
+        telemetry
+            .replicas_current
+            .get_or_create(&labels)
+            .set(i64::from(observed.current));
+        telemetry
+            .replicas_ready
+            .get_or_create(&labels)
+            .set(i64::from(observed.ready));
+        telemetry
+            .replicas_desired
+            .get_or_create(&labels)
+            .set(i64::from(record.desired));
+
+        let previous = self.handle.status.load();
+        let mut problems: Vec<String> = record
+            .metric_errors
+            .iter()
+            .map(|f| format!("metric {}: {}", f.metric, f.error))
+            .collect();
+        let policies = self
+            .spec
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let evaluation = record.evaluations.get(i);
+                let last_error = match evaluation.map(|e| &e.outcome) {
+                    Some(EvaluationOutcome::Failed { error, .. }) => Some(error.clone()),
+                    _ => None,
+                };
+                if let Some(error) = &last_error {
+                    problems.push(format!("policy {}: {error}", p.module));
+                }
+                PolicyStatus {
+                    module: p.module.clone(),
+                    digest: evaluation.and_then(|e| e.digest.clone()),
+                    last_error,
+                }
+            })
+            .collect();
+        match &record.actuation {
+            ActuationRecord::Failed { error, .. } => problems.push(format!("actuator: {error}")),
+            ActuationRecord::ObserveFailed { error } => problems.push(format!("target: {error}")),
+            _ => {}
+        }
+        let status = ScalerStatus {
+            paused: self.handle.is_paused(),
+            current: Some(observed.current),
+            ready: Some(observed.ready),
+            desired: Some(record.desired),
+            last_tick_ms: Some(record.time_ms),
+            last_record_id: record.id,
+            last_decision: Some(summarize(record)),
+            problems,
+            policies,
+            in_flight: observed
+                .in_flight
+                .as_ref()
+                .map(|f| format!("→ {} since {}: {}", f.desired, f.since_ms, f.detail)),
+            ticks: self.ticks,
+            ..(**previous).clone()
+        };
+        self.handle.status.store(Arc::new(status));
+    }
+}
+
+/// Runs one policy; never panics, whatever the guest does.
+fn evaluate_one(
+    name: String,
+    module: Option<crate::runtime::PolicyModule>,
+    load_error: Option<String>,
+    context: Context,
+) -> Evaluation {
+    let Some(module) = module else {
+        let error = match load_error {
+            Some(error) => format!("module {name:?} is not loaded: {error}"),
+            None => format!("module {name:?} is not in the policy folder"),
+        };
+        return Evaluation {
+            module: name,
+            digest: None,
+            context,
+            outcome: EvaluationOutcome::Failed {
+                kind: "module_unavailable".into(),
+                error,
+            },
+            duration_us: 0,
+        };
+    };
+    let started = Instant::now();
+    let result = module.evaluate(&context);
+    let duration_us = started.elapsed().as_micros() as u64;
+    let outcome = match result {
+        Ok(decision) => EvaluationOutcome::Decided { decision },
+        Err(err) => EvaluationOutcome::Failed {
+            kind: err.kind.as_str().to_owned(),
+            error: err.message,
+        },
+    };
+    Evaluation {
+        module: name,
+        digest: Some(module.digest().to_owned()),
+        context,
+        outcome,
+        duration_us,
+    }
+}
+
+/// Combines the policies' answers: scale-out wins. A policy that holds votes
+/// for the current count, so scale-in needs every policy to agree; when
+/// every policy holds the answer is hold (`None`). The second value tells
+/// whether any policy failed (the envelope then holds the scaler).
+pub fn combine(current: u32, evaluations: &[Evaluation]) -> (Option<u32>, bool) {
+    let mut any_failed = evaluations.is_empty();
+    let mut proposal: Option<u32> = None;
+    let mut any_scale = false;
+    for evaluation in evaluations {
+        match &evaluation.outcome {
+            EvaluationOutcome::Decided { decision } => {
+                let vote = match decision.desired {
+                    Some(n) => {
+                        any_scale = true;
+                        n
+                    }
+                    None => current,
+                };
+                proposal = Some(proposal.map_or(vote, |p| p.max(vote)));
+            }
+            EvaluationOutcome::Failed { .. } => any_failed = true,
+        }
+    }
+    (if any_scale { proposal } else { None }, any_failed)
+}
+
+/// Rebuilds the envelope's history from journal records (oldest first).
+fn restore_envelope(records: &[TickRecord]) -> EnvelopeState {
+    let recommendations = records
+        .iter()
+        .filter(|r| !matches!(r.actuation, ActuationRecord::ObserveFailed { .. }))
+        .map(|r| (r.time_ms, r.recommendation));
+    let events = records.iter().filter_map(|r| match r.actuation {
+        ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => {
+            Some(crate::policy::ScaleEvent {
+                timestamp_ms: r.time_ms,
+                from: r.target.current,
+                to: r.desired,
+            })
+        }
+        _ => None,
+    });
+    EnvelopeState::restore(recommendations, events)
+}
+
+/// The last state each policy returned, from journal records (oldest first).
+/// A policy is matched by its index and module name, so reordering the
+/// config does not hand one policy another's state.
+fn restore_policy_states(policies: &[BoundPolicy], records: &[TickRecord]) -> Vec<Option<Vec<u8>>> {
+    policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            records.iter().rev().find_map(|r| {
+                let e = r.evaluations.get(i).filter(|e| e.module == p.module)?;
+                match &e.outcome {
+                    EvaluationOutcome::Decided { decision } => Some(decision.state.clone()),
+                    EvaluationOutcome::Failed { .. } => None,
+                }
+            })
+            .flatten()
+        })
+        .collect()
+}
+
+/// One line for operators: "4 → 6: cpu 83% vs 60% (envelope: ...)".
+pub fn summarize(record: &TickRecord) -> String {
+    let current = record.target.current;
+    let reasons: Vec<String> = record
+        .evaluations
+        .iter()
+        .map(|e| match &e.outcome {
+            EvaluationOutcome::Decided { decision } => format!("{}: {}", e.module, decision.reason),
+            EvaluationOutcome::Failed { kind, error } => {
+                format!("{} failed ({kind}): {error}", e.module)
+            }
+        })
+        .collect();
+    let mut line = if record.desired == current {
+        format!("{current} = {current} hold")
+    } else {
+        format!("{current} → {}", record.desired)
+    };
+    if let ActuationRecord::ObserveFailed { error } = &record.actuation {
+        return format!("target unobservable: {error}");
+    }
+    if !reasons.is_empty() {
+        line.push_str(" — ");
+        line.push_str(&reasons.join("; "));
+    }
+    if let Some(step) = record.envelope.last() {
+        line.push_str(&format!(" [envelope: {}]", step.reason));
+    }
+    match &record.actuation {
+        ActuationRecord::DryRun => line.push_str(" (dry-run)"),
+        ActuationRecord::Failed { error, .. } => line.push_str(&format!(" (actuator failed: {error})")),
+        ActuationRecord::Started { detail } => line.push_str(&format!(" (started: {detail})")),
+        _ => {}
+    }
+    line
+}
