@@ -14,4 +14,5 @@ pub mod clock;
 pub mod config;
 pub mod journal;
 pub mod policy;
+pub mod simulator;
 pub mod sources;
