@@ -1628,16 +1628,10 @@ struct Journaled {
     recommendation: u32,
 }
 
-/// Finds the shared traces folder from this crate upwards (a worktree or
-/// the main checkout, both next to `shared/`).
+/// The NASA July 1995 trace the repository carries for tests.
 fn nasa_trace() -> Vec<u32> {
-    let name = "shared/traces/nasa_jul95_per_minute.csv";
-    let start = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = start
-        .ancestors()
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| panic!("{name} not found above {}", start.display()));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data/traces/nasa_jul95_per_minute.csv");
     let text = std::fs::read_to_string(&path).expect("read the NASA trace");
     text.lines()
         .skip(1)
