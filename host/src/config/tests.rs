@@ -426,7 +426,14 @@ fn each_problem_is_reported_at_its_place() {
             &[("query = \"cpu\"", "query = \"cpu%\"")],
             "\"cpu%\"",
             "scalers[0] \"web\".metrics.cpu",
-            "query \"cpu%\" is not a simulator metric name",
+            "query \"cpu%\" is not a simulator metric; known: cpu, load",
+        ),
+        case(
+            "unknown simulator metric",
+            &[("query = \"cpu\"", "query = \"cpu_seconds\"")],
+            "\"cpu_seconds\"",
+            "scalers[0] \"web\".metrics.cpu",
+            "query \"cpu_seconds\" is not a simulator metric; known: cpu,",
         ),
         case(
             "bad header name",

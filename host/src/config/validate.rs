@@ -421,10 +421,13 @@ impl Checker<'_, '_> {
                             ),
                         );
                     }
-                    if !valid_identifier(series) {
+                    if series.parse::<crate::simulator::Metric>().is_err() {
                         self.value(
                             &at("query"),
-                            format!("query {query:?}: {series:?} is not a simulator metric name"),
+                            format!(
+                                "query {query:?}: {series:?} is not a simulator metric; known: {}",
+                                crate::simulator::Metric::names()
+                            ),
                         );
                     }
                 }
@@ -434,10 +437,15 @@ impl Checker<'_, '_> {
                         "query {query:?} needs a simulated target; name the simulation as \"service/{query}\""
                     ),
                 ),
-                None if !query.is_empty() && !valid_identifier(query) => self.value(
-                    &at("query"),
-                    format!("query {query:?} is not a simulator metric name"),
-                ),
+                None if !query.is_empty() && query.parse::<crate::simulator::Metric>().is_err() => {
+                    self.value(
+                        &at("query"),
+                        format!(
+                            "query {query:?} is not a simulator metric; known: {}",
+                            crate::simulator::Metric::names()
+                        ),
+                    )
+                }
                 None => {}
             }
         } else if !config.sources.contains_key(&metric.source) {
