@@ -7,6 +7,8 @@
 //! start of every tick and which also advances such a change by a step. While
 //! a change is in flight the loop does not start another.
 
+pub mod simulator;
+
 use std::fmt;
 
 use async_trait::async_trait;

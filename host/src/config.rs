@@ -3,17 +3,347 @@
 //! Parsed once into typed structs (`deny_unknown_fields` everywhere) and
 //! validated as a whole before anything starts; a reload goes through the
 //! same path and an invalid file leaves the running config in place. Every
-//! error names the file, the line and the field.
+//! error names the file, the line and the field:
+//!
+//! ```text
+//! scalewise.toml:14:7: scalers[1] "web": min (5) is greater than max (3)
+//! scalewise.toml:9:1: scalers[0] "web": unknown field "intervall", expected one of ...
+//! ```
+//!
+//! Loading has two phases. [`Config::load`] / [`Config::parse`] check
+//! everything that needs no policy module (names, bounds, sources, secrets,
+//! simulations, behaviour); once the modules are loaded,
+//! [`Config::check_policies`] checks each scaler's policies and parameters
+//! against what the modules' `describe()` says. `docs/config.example.toml`
+//! shows every field; [`DEMO_CONFIG`] is the config `scalewise run` uses
+//! when given none.
+
+mod location;
+mod policies;
+mod secret;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use location::{Document, Hit, Seg};
+pub use policies::{PolicyCatalog, toml_to_json};
+pub use secret::SecretError;
+
+/// The embedded demo config: two simulated services scaled by the bundled
+/// policies, with the clock sped up so the story plays in about 3 minutes.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+/// The name the demo config is reported under in errors.
+const DEMO_ORIGIN: &str = "<embedded demo.toml>";
+
+/// One thing wrong with a config file, located in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The config file, as it was named to [`Config::load`] or [`Config::parse`].
+    pub file: PathBuf,
+    /// 1-based line; 0 when the place is unknown.
+    pub line: usize,
+    /// 1-based column, in characters; 0 when the place is unknown.
+    pub column: usize,
+    /// The table the problem is in, e.g. `scalers[1] "web".behavior.scale_up`
+    /// (empty at the top level).
+    pub path: String,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the config file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field of the wrong type or name. Reading stops
+    /// at the first such problem.
+    #[error("{0}")]
+    Parse(Problem),
+    /// Valid TOML describing an unusable configuration: every problem found.
+    #[error("{0}")]
+    Invalid(Problems),
+}
+
+impl ConfigError {
+    /// A fixed label for the host's metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::Parse(_) => "parse",
+            ConfigError::Invalid(_) => "invalid",
+        }
+    }
+
+    /// The located problems (none for a read error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Parse(problem) => std::slice::from_ref(problem),
+            ConfigError::Invalid(problems) => &problems.0,
+        }
+    }
+}
+
+/// Where a config came from: the file's name, its folder (relative paths
+/// in it are resolved against that), and its text (to locate errors found
+/// after parsing, such as a policy parameter's).
+#[derive(Clone, Default)]
+pub struct Origin {
+    path: PathBuf,
+    dir: PathBuf,
+    text: Arc<str>,
+}
+
+impl Origin {
+    /// The file as it was named.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The absolute folder relative paths were resolved against.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file's text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("path", &self.path)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Looks an environment variable up; tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment, as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config `text` read from the file `origin`
+    /// (named in errors; relative paths are resolved against its folder).
+    /// Secrets are resolved from the process environment.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, &process_env)
+    }
+
+    /// [`Config::parse`] with environment variables looked up in `env`.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let config = Config::parse_unvalidated(text, origin)?;
+        config.validate_with_env(env)?;
+        Ok(config)
+    }
+
+    /// Parses `text` into the typed config and resolves relative paths, but
+    /// checks nothing beyond the types. Call [`Config::validate`] before use.
+    pub fn parse_unvalidated(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|err| {
+            let doc = Document::new(origin, text);
+            ConfigError::Parse(shape_problem(&doc, &err))
+        })?;
+        let dir = base_dir(origin);
+        config.resolve_paths(&dir);
+        config.origin = Origin {
+            path: origin.to_path_buf(),
+            dir,
+            text: text.into(),
+        };
+        Ok(config)
+    }
+
+    /// Checks the whole config (everything that needs no policy module),
+    /// reading secrets from the process environment. Reports every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with_env(&process_env)
+    }
+
+    /// [`Config::validate`] with environment variables looked up in `env`.
+    pub fn validate_with_env(&self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
+        let doc = Document::new(&self.origin.path, &self.origin.text);
+        let problems = validate::check(self, &doc, env);
+        into_result(problems)
+    }
+
+    /// The embedded demo config ([`DEMO_CONFIG`]) with its policy folder and
+    /// journal file set to the given paths (the caller writes the bundled
+    /// policies there). Not yet validated: the policy folder must exist.
+    pub fn demo(policy_dir: &Path, journal_path: &Path) -> Config {
+        let mut config = Config::parse_unvalidated(DEMO_CONFIG, Path::new(DEMO_ORIGIN))
+            .expect("the embedded demo config parses (tested)");
+        let span = config.policy_dir.span();
+        config.policy_dir = Spanned::new(span, policy_dir.to_path_buf());
+        config.journal.path = journal_path.to_path_buf();
+        config
+    }
+
+    /// Where this config came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Makes every path in the config absolute, relative to `dir`.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        resolve(self.policy_dir.get_mut());
+        resolve(&mut self.journal.path);
+        for source in self.sources.values_mut() {
+            match source.get_mut() {
+                SourceConfig::Prometheus(prometheus) => {
+                    let secrets = prometheus
+                        .bearer_token
+                        .iter_mut()
+                        .chain(prometheus.basic_auth.iter_mut().map(|b| &mut b.password));
+                    for secret in secrets {
+                        if let Secret::File(path) = secret {
+                            resolve(path);
+                        }
+                    }
+                }
+            }
+        }
+        for simulation in self.simulations.values_mut() {
+            if let Some(trace) = &mut simulation.get_mut().load.trace {
+                resolve(&mut trace.path);
+            }
+        }
+    }
+}
+
+/// The absolute folder of `origin`, against which relative paths resolve.
+fn base_dir(origin: &Path) -> PathBuf {
+    let dir = match origin.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Sorts problems into file order and turns them into a result.
+fn into_result(mut problems: Vec<Problem>) -> Result<(), ConfigError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    problems.sort_by_key(|p| (p.line, p.column));
+    Err(ConfigError::Invalid(Problems(problems)))
+}
+
+/// Locates a TOML syntax or serde error and names the field it is about.
+fn shape_problem(doc: &Document<'_>, err: &toml::de::Error) -> Problem {
+    // serde quotes names in backticks; the rest of our messages use quotes.
+    let message = err.message().replace('`', "\"");
+    let Some(span) = err.span() else {
+        return doc.problem_at(None, &[], message);
+    };
+    let (mut path, mut hit) = doc.path_at(&span);
+    let mut offset = span.start;
+    // Errors inside internally tagged tables (`kind = ...`) only carry the
+    // table's span; find the key or value the message names inside it.
+    if hit == Hit::Table
+        && let Some(found) = quoted_name(err.message()).and_then(|name| doc.find_in(&path, name))
+    {
+        (path, hit, offset) = found;
+    }
+    match (hit, path.last()) {
+        (Hit::Value, Some(Seg::Key(key))) => {
+            let message = format!("{key}: {message}");
+            doc.problem_at(Some(offset), location::context_of(&path), message)
+        }
+        (Hit::Key, _) | (Hit::Value, _) => {
+            doc.problem_at(Some(offset), location::context_of(&path), message)
+        }
+        (Hit::Table, _) => doc.problem_at(Some(offset), &path, message),
+    }
+}
+
+/// The key or string value a serde error names: ``unknown field `x` ``,
+/// ``unknown variant `x` `` or `invalid value: string "x"`. Not a missing
+/// field's name: that one is, by definition, not in the text.
+fn quoted_name(message: &str) -> Option<&str> {
+    let after = |open: &str, close: char| {
+        let start = message.find(open)? + open.len();
+        let len = message[start..].find(close)?;
+        Some(&message[start..start + len])
+    };
+    after("unknown field `", '`')
+        .or_else(|| after("unknown variant `", '`'))
+        .or_else(|| after("string \"", '"'))
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +374,9 @@ pub struct Config {
     /// The scalers (`[[scalers]]`).
     #[serde(default)]
     pub scalers: Vec<Spanned<ScalerConfig>>,
+    /// Where the config was read from (set by [`Config::parse`]).
+    #[serde(skip)]
+    origin: Origin,
 }
 
 /// Limits for one policy evaluation.
@@ -334,6 +667,22 @@ pub enum TargetConfig {
         /// The `[simulations.<name>]` entry.
         service: String,
     },
+}
+
+impl TargetConfig {
+    /// The actuator kind, as policies see it in `target.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetConfig::Simulator { .. } => "simulator",
+        }
+    }
+
+    /// The `[simulations.<name>]` entry this target is, if it is simulated.
+    pub fn simulation(&self) -> Option<&str> {
+        match self {
+            TargetConfig::Simulator { service } => Some(service),
+        }
+    }
 }
 
 /// One metric of a scaler.

@@ -12,6 +12,8 @@
 pub mod actuators;
 pub mod clock;
 pub mod config;
+pub mod envelope;
 pub mod journal;
 pub mod policy;
+pub mod simulator;
 pub mod sources;

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::params::{self, ParamSpec};
 use crate::{Action, Context, Decision, Info, Metric, Parameter, ParameterKind, Point};
 
 /// Parses a duration such as `"30s"`, `"5m"`, `"1h 30m"` or `"250ms"`.
@@ -16,6 +17,24 @@ pub fn duration_ms(text: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|_| format!("duration {text:?} is too long"))
 }
 
+/// Formats a metric value for a reason string: one decimal from 1 up
+/// (`83.0`, `1234.5`), no decimals from 100,000 up, and three significant
+/// digits below 1 (`0.0425`), so small and large metrics both read well.
+pub fn format_number(value: f64) -> String {
+    let magnitude = value.abs();
+    if !value.is_finite() {
+        format!("{value}")
+    } else if magnitude >= 100_000.0 {
+        format!("{value:.0}")
+    } else if magnitude >= 1.0 || magnitude == 0.0 {
+        format!("{value:.1}")
+    } else {
+        // Three significant digits, at most 9 decimals.
+        let decimals = (2 - magnitude.log10().floor() as i32).clamp(1, 9) as usize;
+        format!("{value:.decimals$}")
+    }
+}
+
 impl Context {
     /// The metric the scaler's config names `name`, if the config defines it.
     pub fn metric(&self, name: &str) -> Option<&Metric> {
@@ -26,6 +45,24 @@ impl Context {
     /// parameter that did not fit, so it can be returned from `evaluate` as is.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, String> {
         serde_json::from_str(&self.parameters).map_err(|e| format!("invalid parameters: {e}"))
+    }
+
+    /// The policy's parameters checked against its declarations (unknown
+    /// names, missing required ones, wrong kinds, metric parameters that
+    /// name no metric of the scaler), with defaults filled in, deserialized
+    /// into `T`. See [`params`].
+    pub fn params_checked<T: DeserializeOwned>(&self, specs: &[ParamSpec]) -> Result<T, String> {
+        let map = params::resolve(specs, &self.parameters)?;
+        for spec in specs.iter().filter(|s| s.kind == ParameterKind::Metric) {
+            if let Some(name) = map.get(spec.name).and_then(|v| v.as_str())
+                && self.metric(name).is_none()
+            {
+                self.metric_checked(name)
+                    .map_err(|e| format!("parameter {}: {e}", spec.name))?;
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(map))
+            .map_err(|e| format!("invalid parameters: {e}"))
     }
 
     /// The state this policy returned last time, decoded from JSON. `None` on
@@ -96,10 +133,16 @@ impl Metric {
         if values.is_empty() {
             return None;
         }
-        values.sort_by(f64::total_cmp);
         let rank = (q.clamp(0.0, 100.0) / 100.0) * (values.len() - 1) as f64;
-        let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-        Some(values[lo] + (values[hi] - values[lo]) * (rank - lo as f64))
+        let lo = rank.floor() as usize;
+        // Selecting the two ranks is linear; a full sort is n log n.
+        let (_, &mut low, above) = values.select_nth_unstable_by(lo, f64::total_cmp);
+        let high = if rank > lo as f64 {
+            above.iter().copied().reduce(f64::min).unwrap_or(low)
+        } else {
+            low
+        };
+        Some(low + (high - low) * (rank - lo as f64))
     }
 
     /// Whether every sample in the last `duration_ms` is above `threshold`
@@ -117,6 +160,16 @@ impl Metric {
     }
 
     fn holds_for(&self, now_ms: i64, duration_ms: i64, pred: impl Fn(f64) -> bool) -> bool {
+        if duration_ms <= 0 {
+            // "For no time at all": the newest sample decides (a zero-length
+            // window would hold only a sample taken exactly at `now_ms`).
+            return self
+                .points
+                .iter()
+                .rev()
+                .find(|p| p.timestamp_ms <= now_ms)
+                .is_some_and(|p| pred(p.value));
+        }
         let w = self.window(now_ms, duration_ms);
         let Some(first) = w.first() else {
             return false;
@@ -156,6 +209,16 @@ impl Decision {
             action: Action::ScaleTo(replicas),
             reason: reason.into(),
             state: None,
+        }
+    }
+
+    /// Scale from `current` to `desired` replicas, or hold when they are the
+    /// same, so the journal shows a hold rather than a no-op scale.
+    pub fn scale_or_hold(current: u32, desired: u32, reason: impl Into<String>) -> Self {
+        if desired == current {
+            Decision::hold(reason)
+        } else {
+            Decision::scale_to(desired, reason)
         }
     }
 
@@ -199,6 +262,13 @@ impl Info {
     /// Adds an accepted parameter.
     pub fn parameter(mut self, parameter: Parameter) -> Self {
         self.parameters.push(parameter);
+        self
+    }
+
+    /// Adds every parameter declared in `specs` (see [`params`]).
+    pub fn with_params(mut self, specs: &[ParamSpec]) -> Self {
+        self.parameters
+            .extend(specs.iter().map(ParamSpec::to_parameter));
         self
     }
 }
@@ -276,6 +346,31 @@ mod tests {
     }
 
     #[test]
+    fn percentile_matches_a_full_sort() {
+        // Unsorted values with duplicates, from a fixed linear congruential sequence.
+        let mut x: u64 = 42;
+        let values: Vec<f64> = (0..257)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) % 50) as f64
+            })
+            .collect();
+        let pts: Vec<(i64, f64)> = (0i64..).zip(values.iter().copied()).collect();
+        let m = series(&pts);
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 1.0, 12.5, 33.3, 50.0, 90.0, 95.0, 99.0, 99.9, 100.0] {
+            let rank = q / 100.0 * (sorted.len() - 1) as f64;
+            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+            let want = sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64);
+            assert_eq!(m.percentile_over(1000, 10_000, q), Some(want), "p{q}");
+        }
+        assert_eq!(series(&[(0, 7.0)]).percentile_over(0, 1, 95.0), Some(7.0));
+    }
+
+    #[test]
     fn above_for_needs_coverage_and_all_points() {
         // Samples every 15 s for 5 minutes, all above 70.
         let pts: Vec<(i64, f64)> = (0..=20).map(|i| (i * 15_000, 80.0)).collect();
@@ -298,5 +393,84 @@ mod tests {
         assert_eq!(duration_ms("5m"), Ok(300_000));
         assert_eq!(duration_ms("1h 30m"), Ok(5_400_000));
         assert!(duration_ms("five").is_err());
+    }
+
+    #[test]
+    fn zero_duration_means_the_newest_sample() {
+        let m = series(&[(0, 80.0), (10_000, 90.0), (20_000, 50.0)]);
+        assert!(m.above_for(70.0, 15_000, 0));
+        assert!(!m.above_for(70.0, 25_000, 0));
+        assert!(m.below_for(60.0, 25_000, 0));
+        assert!(!series(&[]).below_for(60.0, 25_000, 0));
+    }
+
+    #[test]
+    fn numbers_read_well_in_reasons() {
+        let cases = [
+            (83.0, "83.0"),
+            (60.0, "60.0"),
+            (1.38, "1.4"),
+            (1234.56, "1234.6"),
+            (123_456.7, "123457"),
+            (0.0, "0.0"),
+            (0.5, "0.500"),
+            (0.04251, "0.0425"),
+            (0.000_012_34, "0.0000123"),
+            (-2.5, "-2.5"),
+            (-0.25, "-0.250"),
+            (1e-12, "0.000000000"),
+        ];
+        for (value, want) in cases {
+            assert_eq!(format_number(value), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn scale_or_hold_holds_on_no_change() {
+        assert_eq!(Decision::scale_or_hold(4, 4, "same").action, Action::Hold);
+        assert_eq!(
+            Decision::scale_or_hold(4, 6, "up").action,
+            Action::ScaleTo(6)
+        );
+        assert_eq!(Decision::scale_or_hold(4, 6, "up").reason, "up");
+    }
+
+    #[test]
+    fn params_checked_fills_defaults_and_checks_metric_names() {
+        use crate::testing::ContextBuilder;
+        const SPECS: &[ParamSpec] = &[
+            ParamSpec::required("metric", ParameterKind::Metric, "m"),
+            ParamSpec::optional("target", ParameterKind::Number, "60", "t"),
+        ];
+        #[derive(serde::Deserialize)]
+        struct P {
+            metric: String,
+            target: f64,
+        }
+        let info = Info::new("x", "1", "d").with_params(SPECS);
+        assert_eq!(info.parameters.len(), 2);
+        assert_eq!(info.parameters[1].default.as_deref(), Some("60"));
+
+        let ctx = ContextBuilder::new()
+            .metric("cpu", &[(0, 1.0)])
+            .params(serde_json::json!({"metric": "cpu"}))
+            .build();
+        let p: P = ctx.params_checked(SPECS).unwrap();
+        assert_eq!((p.metric.as_str(), p.target), ("cpu", 60.0));
+
+        let ctx = ContextBuilder::new()
+            .metric("cpu", &[(0, 1.0)])
+            .params(serde_json::json!({"metric": "mem"}))
+            .build();
+        assert_eq!(
+            ctx.params_checked::<P>(SPECS).err().unwrap(),
+            "parameter metric: metric \"mem\" is not one of the scaler's metrics (cpu)"
+        );
+        // A metric that failed this tick is still the scaler's metric.
+        let ctx = ContextBuilder::new()
+            .failed_metric("cpu", "down")
+            .params(serde_json::json!({"metric": "cpu"}))
+            .build();
+        assert!(ctx.params_checked::<P>(SPECS).is_ok());
     }
 }

@@ -7,24 +7,35 @@
 //! ```no_run
 //! use scalewise_sdk::prelude::*;
 //!
+//! /// Declared once: feeds `describe()` and reading the values.
+//! const PARAMS: &[ParamSpec] = &[
+//!     ParamSpec::required("metric", ParameterKind::Metric, "Load metric."),
+//!     ParamSpec::optional("limit", ParameterKind::Number, "1.0", "Double above this."),
+//! ];
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Params {
+//!     metric: String,
+//!     limit: f64,
+//! }
+//!
 //! struct Double;
 //!
 //! impl Policy for Double {
 //!     fn describe() -> Info {
-//!         Info::new("double", "0.1.0", "Doubles the replica count while load is above 1.")
-//!             .parameter(Parameter::required("metric", ParameterKind::Metric, "Load metric."))
+//!         Info::new("double", "0.1.0", "Doubles the replica count while load is high.")
+//!             .with_params(PARAMS)
 //!     }
 //!
 //!     fn evaluate(ctx: Context) -> Result<Decision, String> {
-//!         #[derive(serde::Deserialize)]
-//!         struct Params { metric: String }
-//!         let p: Params = ctx.params()?;
-//!         match ctx.metric(&p.metric).and_then(Metric::latest) {
-//!             Some(load) if load > 1.0 => Ok(Decision::scale_to(
-//!                 ctx.target.current * 2,
-//!                 format!("load {load:.2} > 1"),
-//!             )),
-//!             _ => Ok(Decision::hold("load within bounds")),
+//!         let p: Params = ctx.params_checked(PARAMS)?;
+//!         let load = ctx.metric_value(&p.metric, Aggregate::Latest, None)?;
+//!         let current = ctx.target.current;
+//!         if load > p.limit {
+//!             let reason = format!("load {} > {}", format_number(load), format_number(p.limit));
+//!             Ok(Decision::scale_to(current * 2, reason))
+//!         } else {
+//!             Ok(Decision::hold("load within bounds"))
 //!         }
 //!     }
 //! }
@@ -34,7 +45,10 @@
 //!
 //! The policy's logic is plain Rust: test it natively with `cargo test` by
 //! building contexts with [`testing::ContextBuilder`] and calling
-//! `Double::evaluate(ctx)` directly; no Wasm is involved.
+//! `Double::evaluate(ctx)` directly; no Wasm is involved. Parameters are
+//! declared with [`params::ParamSpec`], metric values are read with
+//! [`Context::metric_value`] and an [`Aggregate`]. The crate's README walks
+//! through writing, testing and building a policy.
 #![deny(missing_docs)]
 
 extern crate self as scalewise_sdk;
@@ -43,8 +57,10 @@ pub use serde;
 pub use serde_json;
 pub use wit_bindgen;
 
+mod aggregate;
 mod helpers;
 pub mod log;
+pub mod params;
 pub mod testing;
 
 /// The bindings generated from the Scalewise WIT package. Policy authors use
@@ -56,7 +72,7 @@ pub mod bindings {
         path: "../../wit",
         world: "policy",
         pub_export_macro: true,
-        export_macro_name: "export_policy",
+        export_macro_name: "export_wasm",
         default_bindings_module: "scalewise_sdk::bindings",
         runtime_path: "scalewise_sdk::wit_bindgen::rt",
         additional_derives: [Clone, PartialEq],
@@ -65,13 +81,26 @@ pub mod bindings {
 
 /// Exports a type implementing [`Policy`] as the module's policy:
 /// `scalewise_sdk::export_policy!(MyPolicy);`
-pub use bindings::export_policy;
+///
+/// It expands only when building for Wasm. In a native build (`cargo test`,
+/// a benchmark linking several policies) it expands to nothing, so a policy
+/// crate with `crate-type = ["cdylib", "rlib"]` links natively and several
+/// policies can live in one native binary without clashing export names.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ident) => {
+        #[cfg(target_family = "wasm")]
+        $crate::bindings::export_wasm!($policy);
+    };
+}
+pub use aggregate::{AGGREGATE_NAMES, Aggregate};
 pub use bindings::exports::scalewise::policy::evaluator::Guest as Policy;
 pub use bindings::scalewise::policy::types::{
     Action, Context, Decision, Info, Level, Metric, Parameter, ParameterKind, Point, ScaleEvent,
     Target,
 };
-pub use helpers::{duration_ms, parse_duration};
+pub use helpers::{duration_ms, format_number, parse_duration};
+pub use params::{DurationMs, ParamSpec};
 
 /// The version of the WIT package (`scalewise:policy`) this SDK implements.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -79,7 +108,12 @@ pub const WIT_VERSION: &str = "0.1.0";
 /// Everything a policy usually needs, for `use scalewise_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Action, Context, Decision, Info, Level, Metric, Parameter, ParameterKind, Point, Policy,
-        ScaleEvent, Target,
+        Action, Aggregate, Context, Decision, DurationMs, Info, Level, Metric, ParamSpec,
+        Parameter, ParameterKind, Point, Policy, ScaleEvent, Target, format_number,
     };
 }
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

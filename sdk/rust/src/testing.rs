@@ -10,6 +10,13 @@
 //!     .params(serde_json::json!({ "metric": "cpu", "target": 60 }))
 //!     .build();
 //! assert_eq!(ctx.metric("cpu").unwrap().latest(), Some(90.0));
+//!
+//! // Five minutes of samples every 15 s, the last one at `now`.
+//! let ctx = ContextBuilder::new()
+//!     .now_ms(300_000)
+//!     .series("cpu", 0, 15_000, &[80.0; 21])
+//!     .build();
+//! assert!(ctx.metric("cpu").unwrap().above_for(70.0, 300_000, 300_000));
 //! ```
 
 use crate::{Context, Metric, Point, ScaleEvent, Target};
@@ -85,6 +92,23 @@ impl ContextBuilder {
                 .collect(),
             error: None,
         });
+        self
+    }
+
+    /// Adds a metric sampled every `step_ms` from `start_ms`: `values[i]` is
+    /// the sample at `start_ms + i * step_ms`.
+    pub fn series(self, name: &str, start_ms: i64, step_ms: i64, values: &[f64]) -> Self {
+        let samples: Vec<(i64, f64)> = (0i64..)
+            .zip(values)
+            .map(|(i, &v)| (start_ms + i * step_ms, v))
+            .collect();
+        self.metric(name, &samples)
+    }
+
+    /// Sets the target's actuator kind and name.
+    pub fn target(mut self, kind: &str, name: &str) -> Self {
+        self.ctx.target.kind = kind.into();
+        self.ctx.target.name = name.into();
         self
     }
 

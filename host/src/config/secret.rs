@@ -1,0 +1,144 @@
+//! Reading [`Secret`]s: credentials named in config, kept out of it.
+//!
+//! The value is read when the config is validated (so a missing variable or
+//! unreadable file stops the daemon before it starts) and again by whoever
+//! needs it; it is never part of an error message or a log line.
+
+use std::path::PathBuf;
+
+use super::{EnvLookup, Secret, process_env};
+
+/// Why a secret could not be read. Names where it was looked for, never
+/// the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set (or is not valid UTF-8).
+    #[error("environment variable {0:?} is not set")]
+    EnvNotSet(String),
+    /// The file could not be read.
+    #[error("cannot read secret file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The variable or file holds nothing (an empty credential is always a
+    /// mistake, and servers answer it with a confusing 401).
+    #[error("{0} is empty")]
+    Empty(String),
+}
+
+impl SecretError {
+    /// A fixed label for the host's metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SecretError::EnvNotSet(_) => "env_not_set",
+            SecretError::File { .. } => "file_unreadable",
+            SecretError::Empty(_) => "empty",
+        }
+    }
+}
+
+impl Secret {
+    /// Reads the secret from the process environment or its file; a file's
+    /// trailing newline is removed.
+    pub fn resolve(&self) -> Result<String, SecretError> {
+        self.resolve_with_env(&process_env)
+    }
+
+    /// [`Secret::resolve`] with environment variables looked up in `env`.
+    pub fn resolve_with_env(&self, env: EnvLookup<'_>) -> Result<String, SecretError> {
+        let (value, what) = match self {
+            Secret::Env(name) => {
+                let value = env(name).ok_or_else(|| SecretError::EnvNotSet(name.clone()))?;
+                (value, format!("environment variable {name:?}"))
+            }
+            Secret::File(path) => {
+                let mut value =
+                    std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                        path: path.clone(),
+                        source,
+                    })?;
+                // Files written by `echo` or editors end with a newline that is
+                // not part of the credential.
+                if value.ends_with('\n') {
+                    value.pop();
+                    if value.ends_with('\r') {
+                        value.pop();
+                    }
+                }
+                (value, format!("secret file {}", path.display()))
+            }
+        };
+        if value.is_empty() {
+            return Err(SecretError::Empty(what));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cr3t".into()),
+            "BLANK" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let cases: Vec<(Secret, Result<&str, &str>)> = vec![
+            (Secret::Env("TOKEN".into()), Ok("s3cr3t")),
+            (Secret::Env("NOPE".into()), Err("env_not_set")),
+            (Secret::Env("BLANK".into()), Err("empty")),
+            (Secret::File(write("a", "pw\n")), Ok("pw")),
+            (Secret::File(write("b", "pw\r\n")), Ok("pw")),
+            (Secret::File(write("c", "pw")), Ok("pw")),
+            // Only one trailing newline is part of the file's format.
+            (Secret::File(write("d", "pw\n\n")), Ok("pw\n")),
+            (Secret::File(write("e", "\n")), Err("empty")),
+            (
+                Secret::File(dir.path().join("missing")),
+                Err("file_unreadable"),
+            ),
+        ];
+        for (secret, expected) in cases {
+            let got = secret.resolve_with_env(&env);
+            match (got, expected) {
+                (Ok(value), Ok(want)) => assert_eq!(value, want, "{secret:?}"),
+                (Err(err), Err(kind)) => {
+                    assert_eq!(err.kind(), kind, "{secret:?}");
+                    assert!(!err.to_string().contains("s3cr3t"));
+                }
+                (got, want) => panic!("{secret:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_place_not_the_value() {
+        let missing = Secret::File("/nonexistent/scalewise/pw".into());
+        let err = missing.resolve_with_env(&env).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read secret file /nonexistent/scalewise/pw:"),
+            "{err}"
+        );
+        let err = Secret::Env("NOPE".into())
+            .resolve_with_env(&env)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "environment variable \"NOPE\" is not set");
+    }
+}

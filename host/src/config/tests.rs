@@ -1,0 +1,1150 @@
+//! Table-driven tests of loading, validating and checking configs against
+//! policy modules, with real files in temporary folders.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value as Json, json};
+
+use super::*;
+use crate::policy::{ParameterKind, ParameterSpec, PolicyInfo};
+
+/// A valid config exercising most parts, written so that edits below can
+/// break one thing at a time.
+const BASE: &str = r#"policy_dir = "."
+
+[runtime]
+max_memory = "64 MiB"
+timeout = "100ms"
+
+[clock]
+speed = 1.0
+
+[sources.prom]
+kind = "prometheus"
+url = "http://127.0.0.1:9090"
+timeout = "5s"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 2
+
+[simulations.web.load]
+base = 100.0
+spikes = [{ at = "1m", duration = "2m", extra = 50.0 }]
+
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 1
+max = 10
+target = { kind = "simulator", service = "web" }
+
+[scalers.metrics.cpu]
+source = "simulator"
+query = "cpu"
+
+[scalers.metrics.latency]
+source = "prom"
+query = "histogram_quantile(0.95, rate(x[1m]))"
+window = "10m"
+step = "30s"
+max_age = "1m"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = { metric = "cpu", target = 60.0 }
+
+[scalers.behavior.scale_up]
+stabilization_window = "0s"
+limits = [{ pods = 4, period = "15s" }, { percent = 100, period = "15s" }]
+"#;
+
+/// The environment tests see: one token, nothing else.
+fn env(name: &str) -> Option<String> {
+    (name == "PROMETHEUS_TOKEN").then(|| "t0k3n".to_owned())
+}
+
+/// Writes nothing; parses `text` as if read from `dir/scalewise.toml`.
+fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    Config::parse_with_env(text, &dir.join("scalewise.toml"), &env)
+}
+
+/// Applies `(from, to)` replacements, each of which must match.
+fn edit(text: &str, edits: &[(&str, &str)]) -> String {
+    let mut text = text.to_owned();
+    for (from, to) in edits {
+        assert!(text.contains(from), "edit {from:?} does not apply");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+/// 1-based line and column of the first occurrence of `needle`.
+fn position_of(text: &str, needle: &str) -> (usize, usize) {
+    let offset = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("needle {needle:?} not in text"));
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+    (line, column)
+}
+
+#[test]
+fn base_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_in(dir.path(), BASE).unwrap();
+    assert_eq!(config.scalers.len(), 1);
+    assert_eq!(config.policy_dir.get_ref(), &dir.path().join("."));
+    assert_eq!(config.runtime.max_memory, ByteSize::mib(64));
+}
+
+/// One broken thing per case: the error must point at `needle`'s line and
+/// column and say `message` (a substring) in the context `path`.
+#[test]
+fn each_problem_is_reported_at_its_place() {
+    struct Case {
+        name: &'static str,
+        edits: &'static [(&'static str, &'static str)],
+        needle: &'static str,
+        path: &'static str,
+        message: &'static str,
+        kind: &'static str,
+    }
+    const fn case(
+        name: &'static str,
+        edits: &'static [(&'static str, &'static str)],
+        needle: &'static str,
+        path: &'static str,
+        message: &'static str,
+    ) -> Case {
+        Case {
+            name,
+            edits,
+            needle,
+            path,
+            message,
+            kind: "invalid",
+        }
+    }
+    const fn parse_case(
+        name: &'static str,
+        edits: &'static [(&'static str, &'static str)],
+        needle: &'static str,
+        path: &'static str,
+        message: &'static str,
+    ) -> Case {
+        Case {
+            name,
+            edits,
+            needle,
+            path,
+            message,
+            kind: "parse",
+        }
+    }
+    const WEB: &str = "scalers[0] \"web\"";
+    let cases = [
+        // Shape errors (serde): the first one stops parsing.
+        parse_case(
+            "unknown field",
+            &[("interval = ", "intervall = ")],
+            "intervall",
+            WEB,
+            "unknown field \"intervall\", expected one of \"name\", \"interval\"",
+        ),
+        parse_case(
+            "missing field",
+            &[("interval = \"15s\"\n", "")],
+            "[[scalers]]",
+            WEB,
+            "missing field \"interval\"",
+        ),
+        parse_case(
+            "wrong type",
+            &[("min = 1", "min = \"one\"")],
+            "\"one\"",
+            WEB,
+            "min: invalid type: string \"one\", expected u32",
+        ),
+        parse_case(
+            "negative count",
+            &[("max = 10", "max = -1")],
+            "-1",
+            WEB,
+            "max: invalid value: integer \"-1\", expected u32",
+        ),
+        parse_case(
+            "bad duration",
+            &[("\"15s\"\n", "\"15 parsecs\"\n")],
+            "\"15 parsecs\"",
+            WEB,
+            "interval: invalid value: string \"15 parsecs\", expected a duration",
+        ),
+        parse_case(
+            "unknown target kind",
+            &[("kind = \"simulator\"", "kind = \"kubernetes\"")],
+            "\"kubernetes\"",
+            "scalers[0] \"web\".target",
+            "kind: unknown variant \"kubernetes\", expected \"simulator\"",
+        ),
+        parse_case(
+            "unknown field inside a tagged table",
+            &[("url = ", "urll = ")],
+            "urll",
+            "sources.prom",
+            "unknown field \"urll\"",
+        ),
+        parse_case(
+            "bad duration inside a tagged table",
+            &[("timeout = \"5s\"", "timeout = \"soon\"")],
+            "\"soon\"",
+            "sources.prom",
+            "invalid value: string \"soon\", expected a duration",
+        ),
+        parse_case(
+            "unknown secret kind",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbearer_token = { vault = \"x\" }",
+            )],
+            "vault",
+            "sources.prom.bearer_token",
+            "unknown variant \"vault\", expected \"env\" or \"file\"",
+        ),
+        parse_case(
+            "bad rate limit field",
+            &[("{ pods = 4, period", "{ pod = 4, period")],
+            "pod ",
+            "scalers[0] \"web\".behavior.scale_up.limits[0]",
+            "unknown field \"pod\"",
+        ),
+        parse_case(
+            "TOML syntax",
+            &[("max = 10", "max = [10")],
+            "\nmax = [10\n",
+            "",
+            "",
+        ),
+        // Semantic errors.
+        case(
+            "min above max",
+            &[("min = 1", "min = 5"), ("max = 10", "max = 3")],
+            "5\nmax",
+            WEB,
+            "min (5) is greater than max (3)",
+        ),
+        case(
+            "max zero",
+            &[("max = 10", "max = 0"), ("min = 1", "min = 0")],
+            "0\ntarget",
+            WEB,
+            "max must be at least 1",
+        ),
+        case(
+            "max above the runtime ceiling",
+            &[("max = 10", "max = 200000")],
+            "200000",
+            WEB,
+            "max (200000) is above runtime.max_replicas (100000)",
+        ),
+        case(
+            "interval too short",
+            &[("\"15s\"\n", "\"500ms\"\n")],
+            "\"500ms\"",
+            WEB,
+            "interval (500ms) must be between 1s and 24h",
+        ),
+        case(
+            "interval too long",
+            &[("\"15s\"\n", "\"2d\"\n")],
+            "\"2d\"",
+            WEB,
+            "interval (2days) must be between",
+        ),
+        case(
+            "empty scaler name",
+            &[("name = \"web\"", "name = \"\"")],
+            "\"\"",
+            "scalers[0] \"\"",
+            "name \"\" must be non-empty",
+        ),
+        case(
+            "bad scaler name",
+            &[("name = \"web\"", "name = \"Web app\"")],
+            "\"Web app\"",
+            "scalers[0] \"Web app\"",
+            "use only a-z, 0-9",
+        ),
+        case(
+            "unknown simulation",
+            &[("service = \"web\"", "service = \"db\"")],
+            "\"db\"",
+            "scalers[0] \"web\".target",
+            "target service \"db\" is not a [simulations] entry; defined: web",
+        ),
+        case(
+            "no policy",
+            &[
+                (
+                    "service = \"web\" }\n",
+                    "service = \"web\" }\npolicies = []\n",
+                ),
+                (
+                    "[[scalers.policies]]\nmodule = \"target-tracking\"\nparams = { metric = \"cpu\", target = 60.0 }\n",
+                    "",
+                ),
+            ],
+            "[]",
+            WEB,
+            "a scaler needs at least one policy",
+        ),
+        case(
+            "empty module name",
+            &[("module = \"target-tracking\"", "module = \"\"")],
+            "\"\"",
+            "scalers[0] \"web\".policies[0] \"\"",
+            "module name is empty",
+        ),
+        case(
+            "metric name not an identifier",
+            &[("[scalers.metrics.cpu]", "[scalers.metrics.\"cpu load\"]")],
+            "\"cpu load\"",
+            "scalers[0] \"web\".metrics",
+            "metric name \"cpu load\" must be an identifier",
+        ),
+        case(
+            "undefined metric source",
+            &[("source = \"prom\"", "source = \"thanos\"")],
+            "\"thanos\"",
+            "scalers[0] \"web\".metrics.latency",
+            "source \"thanos\" is not defined; use \"simulator\" or one of the [sources]: prom",
+        ),
+        case(
+            "simulator metric of an unknown simulation",
+            &[("query = \"cpu\"", "query = \"db/cpu\"")],
+            "\"db/cpu\"",
+            "scalers[0] \"web\".metrics.cpu",
+            "query \"db/cpu\" names simulation \"db\", which is not defined; defined: web",
+        ),
+        case(
+            "step longer than window",
+            &[("step = \"30s\"", "step = \"20m\"")],
+            "\"20m\"",
+            "scalers[0] \"web\".metrics.latency",
+            "step (20m) is longer than window (10m)",
+        ),
+        case(
+            "step without window",
+            &[("window = \"10m\"\n", "")],
+            "\"30s\"\nmax_age",
+            "scalers[0] \"web\".metrics.latency",
+            "step is set without a window",
+        ),
+        case(
+            "zero step",
+            &[("step = \"30s\"", "step = \"0s\"")],
+            "\"0s\"",
+            "scalers[0] \"web\".metrics.latency",
+            "step must be longer than 0s",
+        ),
+        case(
+            "too many points",
+            &[("window = \"10m\"", "window = \"30d\"")],
+            "\"30s\"\nmax_age",
+            "scalers[0] \"web\".metrics.latency",
+            "window (30days) at step (30s) gives more than 11000 points",
+        ),
+        case(
+            "zero max_age",
+            &[("max_age = \"1m\"", "max_age = \"0s\"")],
+            "\"0s\"",
+            "scalers[0] \"web\".metrics.latency",
+            "max_age must be longer than 0s",
+        ),
+        case(
+            "rate limit with pods and percent",
+            &[("{ pods = 4, period", "{ pods = 4, percent = 5, period")],
+            "{ pods = 4, percent",
+            "scalers[0] \"web\".behavior.scale_up.limits[0]",
+            "give exactly one of pods or percent",
+        ),
+        case(
+            "rate limit with neither",
+            &[("{ pods = 4, period", "{ period")],
+            "{ period",
+            "scalers[0] \"web\".behavior.scale_up.limits[0]",
+            "give exactly one of pods or percent",
+        ),
+        case(
+            "zero pods",
+            &[("pods = 4", "pods = 0")],
+            "0, period",
+            "scalers[0] \"web\".behavior.scale_up.limits[0]",
+            "pods must be at least 1",
+        ),
+        case(
+            "period over HPA's limit",
+            &[(
+                "percent = 100, period = \"15s\"",
+                "percent = 100, period = \"31m\"",
+            )],
+            "\"31m\"",
+            "scalers[0] \"web\".behavior.scale_up.limits[1]",
+            "period (31m) must be longer than 0s and at most 30m (HPA's limit)",
+        ),
+        case(
+            "zero period",
+            &[("pods = 4, period = \"15s\"", "pods = 4, period = \"0s\"")],
+            "\"0s\" }",
+            "scalers[0] \"web\".behavior.scale_up.limits[0]",
+            "period (0s) must be longer than 0s",
+        ),
+        case(
+            "empty limits",
+            &[(
+                "limits = [{ pods = 4, period = \"15s\" }, { percent = 100, period = \"15s\" }]",
+                "limits = []",
+            )],
+            "[]",
+            "scalers[0] \"web\".behavior.scale_up",
+            "limits is empty",
+        ),
+        case(
+            "long cooldown",
+            &[(
+                "stabilization_window = \"0s\"",
+                "stabilization_window = \"0s\"\ncooldown = \"2d\"",
+            )],
+            "\"2d\"",
+            "scalers[0] \"web\".behavior.scale_up",
+            "cooldown (2days) is longer than 24h",
+        ),
+        case(
+            "simulator metric name",
+            &[("query = \"cpu\"", "query = \"cpu%\"")],
+            "\"cpu%\"",
+            "scalers[0] \"web\".metrics.cpu",
+            "query \"cpu%\" is not a simulator metric; known: cpu, load",
+        ),
+        case(
+            "unknown simulator metric",
+            &[("query = \"cpu\"", "query = \"cpu_seconds\"")],
+            "\"cpu_seconds\"",
+            "scalers[0] \"web\".metrics.cpu",
+            "query \"cpu_seconds\" is not a simulator metric; known: cpu,",
+        ),
+        case(
+            "bad header name",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nheaders = { \"X Tenant\" = \"a\" }",
+            )],
+            "\"X Tenant\"",
+            "sources.prom.headers",
+            "\"X Tenant\" is not a valid header name",
+        ),
+        case(
+            "bad header value",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nheaders = { X-Tenant = \"a\\nb\" }",
+            )],
+            "\"a\\nb\"",
+            "sources.prom.headers",
+            "the value of header \"X-Tenant\" has characters HTTP does not allow",
+        ),
+        case(
+            "zero trace scale",
+            &[(
+                "base = 100.0",
+                "base = 100.0\ntrace = { path = \"scalewise.toml\", scale = 0.0 }",
+            )],
+            "0.0 }",
+            "simulations.web.load.trace",
+            "scale (0) must be a finite number above zero",
+        ),
+        case(
+            "long stabilization window",
+            &[(
+                "stabilization_window = \"0s\"",
+                "stabilization_window = \"2h\"",
+            )],
+            "\"2h\"",
+            "scalers[0] \"web\".behavior.scale_up",
+            "stabilization_window (2h) is longer than 1h",
+        ),
+        case(
+            "url that does not parse",
+            &[("\"http://127.0.0.1:9090\"", "\"http://[::1\"")],
+            "\"http://[::1\"",
+            "sources.prom",
+            "url \"http://[::1\" is not a URL: invalid IPv6 address",
+        ),
+        case(
+            "url without a scheme",
+            &[("\"http://127.0.0.1:9090\"", "\"prometheus:9090\"")],
+            "\"prometheus:9090\"",
+            "sources.prom",
+            "url \"prometheus:9090\" must start with http:// or https://",
+        ),
+        case(
+            "url with another scheme",
+            &[("\"http://127.0.0.1:9090\"", "\"ftp://127.0.0.1\"")],
+            "\"ftp://127.0.0.1\"",
+            "sources.prom",
+            "must start with http:// or https://",
+        ),
+        case(
+            "zero source timeout",
+            &[("timeout = \"5s\"", "timeout = \"0s\"")],
+            "\"0s\"",
+            "sources.prom",
+            "timeout must be longer than 0s",
+        ),
+        case(
+            "missing env secret",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbearer_token = { env = \"SCALEWISE_UNSET_TOKEN\" }",
+            )],
+            "{ env",
+            "sources.prom",
+            "bearer_token: environment variable \"SCALEWISE_UNSET_TOKEN\" is not set",
+        ),
+        case(
+            "unreadable secret file",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbasic_auth = { username = \"u\", password = { file = \"missing-pw\" } }",
+            )],
+            "{ file",
+            "sources.prom.basic_auth",
+            "password: cannot read secret file ",
+        ),
+        case(
+            "two kinds of auth",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbearer_token = { env = \"PROMETHEUS_TOKEN\" }\nbasic_auth = { username = \"u\", password = { env = \"PROMETHEUS_TOKEN\" } }",
+            )],
+            "{ username",
+            "sources.prom",
+            "give at most one of bearer_token and basic_auth",
+        ),
+        case(
+            "authorization header",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nheaders = { Authorization = \"Bearer x\" }",
+            )],
+            "Authorization",
+            "sources.prom.headers",
+            "set Authorization with bearer_token or basic_auth",
+        ),
+        case(
+            "reserved source name",
+            &[
+                ("[sources.prom]", "[sources.simulator]"),
+                ("\"prom\"", "\"simulator\""),
+            ],
+            "simulator]",
+            "sources",
+            "the source name \"simulator\" is reserved",
+        ),
+        case(
+            "zero clock speed",
+            &[("speed = 1.0", "speed = 0.0")],
+            "0.0",
+            "clock",
+            "speed (0) must be a finite number above zero",
+        ),
+        case(
+            "NaN clock speed",
+            &[("speed = 1.0", "speed = nan")],
+            "nan",
+            "clock",
+            "speed (NaN) must be a finite number above zero",
+        ),
+        case(
+            "tiny memory",
+            &[("\"64 MiB\"", "\"512 KiB\"")],
+            "\"512 KiB\"",
+            "runtime",
+            "max_memory (512.0 KiB) is below the minimum of 1.0 MiB",
+        ),
+        case(
+            "zero evaluation timeout",
+            &[("timeout = \"100ms\"", "timeout = \"0s\"")],
+            "\"0s\"",
+            "runtime",
+            "timeout must be longer than 0s",
+        ),
+        case(
+            "missing policy folder",
+            &[("policy_dir = \".\"", "policy_dir = \"no-such-folder\"")],
+            "\"no-such-folder\"",
+            "",
+            "no-such-folder does not exist",
+        ),
+        case(
+            "bad simulation name",
+            &[
+                ("[simulations.web]", "[simulations.\"Web/1\"]"),
+                ("[simulations.web.load]", "[simulations.\"Web/1\".load]"),
+            ],
+            "\"Web/1\"]",
+            "simulations",
+            "simulation name \"Web/1\" must be non-empty and use only a-z, 0-9",
+        ),
+        case(
+            "zero capacity",
+            &[("capacity_per_replica = 100.0", "capacity_per_replica = 0.0")],
+            "0.0\n",
+            "simulations.web",
+            "capacity_per_replica (0) must be a finite number above zero",
+        ),
+        case(
+            "negative noise",
+            &[("base = 100.0", "base = 100.0\nnoise = -0.5")],
+            "-0.5",
+            "simulations.web.load",
+            "noise (-0.5) must be a finite number zero or more",
+        ),
+        case(
+            "zero-length spike",
+            &[("duration = \"2m\"", "duration = \"0s\"")],
+            "\"0s\"",
+            "simulations.web.load.spikes[0]",
+            "duration must be longer than 0s",
+        ),
+        case(
+            "missing trace file",
+            &[(
+                "base = 100.0",
+                "base = 100.0\ntrace = { path = \"traces/missing.csv\" }",
+            )],
+            "\"traces/missing.csv\"",
+            "simulations.web.load.trace",
+            "traces/missing.csv does not exist",
+        ),
+        case(
+            "duplicate scaler name",
+            &[(
+                "[scalers.behavior.scale_up]",
+                "[[scalers]]\nname = \"web\" # again\ninterval = \"15s\"\nmin = 1\nmax = 2\ntarget = { kind = \"simulator\", service = \"other\" }\npolicies = [{ module = \"x\" }]\n\n[[scalers]]\nname = \"z\"\ninterval = \"15s\"\nmin = 1\nmax = 2\ntarget = { kind = \"simulator\", service = \"web\" }\npolicies = [{ module = \"x\" }]\n[scalers.behavior.scale_up]",
+            )],
+            "\"web\" # again",
+            "scalers[1] \"web\"",
+            "name \"web\" is already used by scalers[0]",
+        ),
+    ];
+
+    let dir = tempfile::tempdir().unwrap();
+    for case in cases {
+        let text = edit(BASE, case.edits);
+        let err = match parse_in(dir.path(), &text) {
+            Ok(_) => panic!("{}: accepted", case.name),
+            Err(err) => err,
+        };
+        assert_eq!(err.kind(), case.kind, "{}: {err}", case.name);
+        let (line, column) = position_of(&text, case.needle);
+        let (line, column) = if case.name == "TOML syntax" {
+            // The parser reports where the array should have closed.
+            (line + 2, 1)
+        } else {
+            (line, column)
+        };
+        let found = err
+            .problems()
+            .iter()
+            .find(|p| p.line == line && p.column == column && p.message.contains(case.message));
+        let Some(problem) = found else {
+            panic!(
+                "{}: no problem at {line}:{column} saying {:?}; got:\n{err}",
+                case.name, case.message
+            );
+        };
+        assert_eq!(problem.path, case.path, "{}: {problem}", case.name);
+        assert_eq!(
+            problem.file,
+            dir.path().join("scalewise.toml"),
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn problems_print_as_file_line_column_path_message() {
+    let text = edit(BASE, &[("min = 1", "min = 5"), ("max = 10", "max = 3")]);
+    // The folder the tests run in exists, so `policy_dir = "."` is fine.
+    let err = Config::parse_with_env(&text, Path::new("scalewise.toml"), &env).unwrap_err();
+    let (line, column) = position_of(&text, "5\nmax");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "scalewise.toml:{line}:{column}: scalers[0] \"web\": min (5) is greater than max (3)"
+        )
+    );
+    let text = edit(BASE, &[("interval = ", "intervall = ")]);
+    let err = Config::parse_with_env(&text, Path::new("scalewise.toml"), &env).unwrap_err();
+    let (line, _) = position_of(&text, "intervall");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "scalewise.toml:{line}:1: scalers[0] \"web\": unknown field \"intervall\", expected one of"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edit(
+        BASE,
+        &[
+            ("speed = 1.0", "speed = -1.0"),
+            ("min = 1", "min = 20"),
+            ("source = \"prom\"", "source = \"thanos\""),
+            ("pods = 4", "pods = 0"),
+            ("\"http://127.0.0.1:9090\"", "\"ftp://x\""),
+        ],
+    );
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    let problems = err.problems();
+    let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(problems.len(), 5, "{err}");
+    let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+    for (message, needle) in messages.iter().zip([
+        "speed (-1)",
+        "url \"ftp://x\" must start",
+        "min (20) is greater than max (10)",
+        "source \"thanos\"",
+        "pods must be at least 1",
+    ]) {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    assert_eq!(err.to_string().lines().count(), 5);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = root.path().join("conf");
+    for folder in ["policies", "conf/secrets", "conf/traces"] {
+        std::fs::create_dir_all(root.path().join(folder)).unwrap();
+    }
+    std::fs::write(conf.join("secrets/pw"), "hunter2\n").unwrap();
+    std::fs::write(conf.join("traces/t.csv"), "timestamp_s,requests\n0,1\n").unwrap();
+    let absolute_journal = root.path().join("elsewhere.db");
+    let text = edit(
+        BASE,
+        &[
+            ("policy_dir = \".\"", "policy_dir = \"../policies\""),
+            (
+                "[clock]",
+                &format!("[journal]\npath = {:?}\n\n[clock]", absolute_journal),
+            ),
+            (
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbasic_auth = { username = \"u\", password = { file = \"secrets/pw\" } }",
+            ),
+            (
+                "base = 100.0",
+                "base = 100.0\ntrace = { path = \"traces/t.csv\" }",
+            ),
+        ],
+    );
+    let config = parse_in(&conf, &text).unwrap();
+    assert_eq!(config.policy_dir.get_ref(), &conf.join("../policies"));
+    assert_eq!(config.journal.path, absolute_journal);
+    let SourceConfig::Prometheus(prom) = config.sources["prom"].get_ref();
+    let password = &prom.basic_auth.as_ref().unwrap().password;
+    assert_eq!(password, &Secret::File(conf.join("secrets/pw")));
+    assert_eq!(password.resolve().unwrap(), "hunter2");
+    let trace = config.simulations["web"]
+        .get_ref()
+        .load
+        .trace
+        .as_ref()
+        .unwrap();
+    assert_eq!(trace.path, conf.join("traces/t.csv"));
+    assert_eq!(config.origin().dir(), conf);
+
+    // The journal's default file lands next to the config too.
+    let config = parse_in(&conf, &BASE.replace("\".\"", "\"../policies\"")).unwrap();
+    assert_eq!(config.journal.path, conf.join("scalewise-journal.db"));
+
+    // A bare file name is relative to the working folder.
+    assert_eq!(
+        base_dir(Path::new("scalewise.toml")),
+        std::env::current_dir().unwrap()
+    );
+}
+
+#[test]
+fn metrics_keep_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edit(
+        BASE,
+        &[
+            ("[scalers.metrics.cpu]", "[scalers.metrics.zeta]"),
+            ("[scalers.metrics.latency]", "[scalers.metrics.alpha]"),
+            ("metric = \"cpu\"", "metric = \"zeta\""),
+        ],
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let names: Vec<&String> = config.scalers[0].get_ref().metrics.keys().collect();
+    assert_eq!(names, ["zeta", "alpha"]);
+}
+
+#[test]
+fn load_reads_the_file_and_names_it_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scalewise.toml");
+    let err = Config::load(&path).unwrap_err();
+    assert_eq!(err.kind(), "read");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read", path.display()))
+    );
+
+    std::fs::write(&path, BASE).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.origin().path(), path);
+    assert_eq!(config.origin().text(), BASE);
+}
+
+// --- The demo and the example ----------------------------------------------
+
+fn param(name: &str, kind: ParameterKind, required: bool, default: Option<Json>) -> ParameterSpec {
+    ParameterSpec {
+        name: name.into(),
+        description: format!("the {name}"),
+        kind,
+        required,
+        default,
+    }
+}
+
+/// What the bundled policies declare (their parameter names and kinds).
+fn bundled() -> BTreeMap<String, PolicyInfo> {
+    use ParameterKind::*;
+    let info = |name: &str, parameters| PolicyInfo {
+        name: name.into(),
+        version: "0.1.0".into(),
+        description: String::new(),
+        parameters,
+    };
+    BTreeMap::from([
+        (
+            "target-tracking".to_owned(),
+            info(
+                "target-tracking",
+                vec![
+                    param("metric", Metric, true, None),
+                    param("target", Number, true, None),
+                    param("tolerance", Number, false, Some(json!(0.1))),
+                ],
+            ),
+        ),
+        (
+            "threshold".to_owned(),
+            info(
+                "threshold",
+                vec![
+                    param("metric", Metric, true, None),
+                    param("upper", Number, true, None),
+                    param("lower", Number, true, None),
+                    param("up_for", Duration, false, Some(json!("0s"))),
+                    param("down_for", Duration, false, Some(json!("0s"))),
+                    param("step_up", Integer, false, Some(json!(1))),
+                    param("step_down", Integer, false, Some(json!(1))),
+                    param("enabled", Boolean, false, Some(json!(true))),
+                    param("note", Text, false, None),
+                ],
+            ),
+        ),
+    ])
+}
+
+#[test]
+fn the_demo_parses_validates_and_matches_the_bundled_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.db");
+    let config = Config::demo(dir.path(), &journal);
+    config.validate_with_env(&env).unwrap();
+    config.check_policies(&bundled()).unwrap();
+
+    assert_eq!(config.policy_dir.get_ref(), dir.path());
+    assert_eq!(config.journal.path, journal);
+    assert_eq!(config.clock.speed, 10.0);
+    let names: Vec<&str> = config
+        .scalers
+        .iter()
+        .map(|s| s.get_ref().name.get_ref().as_str())
+        .collect();
+    assert_eq!(names, ["web", "worker"]);
+    let web = config.scalers[0].get_ref();
+    assert_eq!(
+        web.policies[0].get_ref().module.get_ref(),
+        "target-tracking"
+    );
+    // The web scaler keeps HPA's default behaviour.
+    assert_eq!(web.behavior, Behavior::default());
+    let spike = &config.simulations["web"].get_ref().load.spikes[0];
+    assert_eq!(
+        (spike.at, spike.duration),
+        (
+            std::time::Duration::from_secs(8 * 60),
+            std::time::Duration::from_secs(4 * 60)
+        )
+    );
+    // The whole story (through scale-in after the web spike, 12m + 5m
+    // stabilisation) fits in about 3 minutes of real time.
+    let story = 30.0 * 60.0 / config.clock.speed;
+    assert!((150.0..=200.0).contains(&story), "{story}s");
+
+    let worker = config.scalers[1].get_ref();
+    let params = worker.policies[0]
+        .get_ref()
+        .parameters(&bundled()["threshold"]);
+    assert_eq!(
+        params,
+        json!({
+            "metric": "queue_depth", "upper": 100.0, "lower": 10.0, "up_for": "1m",
+            "down_for": "3m", "step_up": 2, "step_down": 1, "enabled": true,
+        })
+    );
+}
+
+#[test]
+fn the_demo_text_is_the_embedded_constant() {
+    let config = Config::parse_unvalidated(DEMO_CONFIG, Path::new("demo.toml")).unwrap();
+    assert_eq!(config.scalers.len(), 2);
+}
+
+const EXAMPLE: &str = include_str!("../../../docs/config.example.toml");
+
+#[test]
+fn the_example_parses_and_validates_with_its_files_present() {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["policies", "secrets", "traces"] {
+        std::fs::create_dir(dir.path().join(folder)).unwrap();
+    }
+    std::fs::write(dir.path().join("secrets/mimir-password"), "pw\n").unwrap();
+    std::fs::write(
+        dir.path().join("traces/nasa_jul95_per_minute.csv"),
+        "timestamp_s,requests\n0,42\n60,62\n",
+    )
+    .unwrap();
+    let config = parse_in(dir.path(), EXAMPLE).unwrap();
+    config.check_policies(&bundled()).unwrap();
+
+    let checkout = config.scalers[0].get_ref();
+    let metrics: Vec<&String> = checkout.metrics.keys().collect();
+    assert_eq!(metrics, ["queue", "p95_latency", "cpu"]);
+    assert_eq!(checkout.behavior.scale_down.select, Select::Min);
+    assert_eq!(config.scalers[1].get_ref().mode, Mode::DryRun);
+    let SourceConfig::Prometheus(mimir) = config.sources["mimir"].get_ref();
+    assert_eq!(mimir.headers["X-Scope-OrgID"], "team-checkout");
+
+    // Without the token in the environment it is refused up front.
+    let err =
+        Config::parse_with_env(EXAMPLE, &dir.path().join("scalewise.toml"), &|_| None).unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert!(err.to_string().contains("PROMETHEUS_TOKEN"), "{err}");
+}
+
+// --- Checking against policy modules ----------------------------------------
+
+#[test]
+fn policies_are_checked_against_what_modules_declare() {
+    struct Case {
+        name: &'static str,
+        policy: &'static str,
+        needle: &'static str,
+        path: &'static str,
+        message: &'static str,
+    }
+    const P: &str = "scalers[0] \"web\".policies[0] \"threshold\".params";
+    let cases = [
+        Case {
+            name: "unknown module",
+            policy: "module = \"target-trackin\"",
+            needle: "\"target-trackin\"",
+            path: "scalers[0] \"web\".policies[0] \"target-trackin\"",
+            message: "unknown module \"target-trackin\"; loaded modules: target-tracking, threshold",
+        },
+        Case {
+            name: "unknown parameter",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, uper = 2 }",
+            needle: "uper =",
+            path: P,
+            message: "unknown parameter \"uper\"; threshold accepts: metric, upper, lower, up_for, down_for, step_up, step_down, enabled, note",
+        },
+        Case {
+            name: "missing required parameter",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1 }",
+            needle: "{ metric",
+            path: "scalers[0] \"web\".policies[0] \"threshold\"",
+            message: "missing required parameter \"lower\" (number: the lower)",
+        },
+        Case {
+            name: "missing params table",
+            policy: "module = \"threshold\"",
+            needle: "[[scalers.policies]]",
+            path: "scalers[0] \"web\".policies[0] \"threshold\"",
+            message: "missing required parameter \"metric\"",
+        },
+        Case {
+            name: "number given text",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = \"80%\", lower = 0 }",
+            needle: "\"80%\"",
+            path: P,
+            message: "upper: expected a number, got text \"80%\"",
+        },
+        Case {
+            name: "integer given a float",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, step_up = 1.5 }",
+            needle: "1.5",
+            path: P,
+            message: "step_up: expected an integer, got the number 1.5",
+        },
+        Case {
+            name: "boolean given text",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, enabled = \"yes\" }",
+            needle: "\"yes\"",
+            path: P,
+            message: "enabled: expected true or false, got text \"yes\"",
+        },
+        Case {
+            name: "text given a number",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, note = 3 }",
+            needle: "3 }",
+            path: P,
+            message: "note: expected text, got the integer 3",
+        },
+        Case {
+            name: "bad duration",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, up_for = \"5 minutes later\" }",
+            needle: "\"5 minutes later\"",
+            path: P,
+            message: "up_for: \"5 minutes later\" is not a duration",
+        },
+        Case {
+            name: "unknown metric",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpuu\", upper = 1, lower = 0 }",
+            needle: "\"cpuu\"",
+            path: P,
+            message: "metric: unknown metric \"cpuu\"; this scaler's metrics: cpu, latency",
+        },
+        Case {
+            name: "infinite number",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = inf, lower = 0 }",
+            needle: "inf,",
+            path: P,
+            message: "upper: expected a finite number, got inf",
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let modules = bundled();
+    for case in cases {
+        let text = edit(
+            BASE,
+            &[(
+                "module = \"target-tracking\"\nparams = { metric = \"cpu\", target = 60.0 }",
+                case.policy,
+            )],
+        );
+        let config = parse_in(dir.path(), &text)
+            .unwrap_or_else(|err| panic!("{}: static check failed: {err}", case.name));
+        let err = config.check_policies(&modules).unwrap_err();
+        let (line, column) = position_of(&text, case.needle);
+        let found = err
+            .problems()
+            .iter()
+            .find(|p| p.line == line && p.column == column && p.message.contains(case.message));
+        let Some(problem) = found else {
+            panic!(
+                "{}: no problem at {line}:{column} saying {:?}; got:\n{err}",
+                case.name, case.message
+            );
+        };
+        assert_eq!(problem.path, case.path, "{}", case.name);
+    }
+}
+
+#[test]
+fn policy_problems_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edit(
+        BASE,
+        &[(
+            "params = { metric = \"cpu\", target = 60.0 }",
+            "params = { metric = \"mem\", target = \"high\", extra = 1 }",
+        )],
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let err = config.check_policies(&bundled()).unwrap_err();
+    assert_eq!(err.kind(), "invalid");
+    assert_eq!(err.problems().len(), 3, "{err}");
+    let empty: BTreeMap<String, PolicyInfo> = BTreeMap::new();
+    let err = config.check_policies(&empty).unwrap_err();
+    assert!(err.to_string().ends_with("loaded modules: none"), "{err}");
+}
+
+#[test]
+fn parameters_get_declared_defaults_and_keep_given_values() {
+    let modules = bundled();
+    let cases: Vec<(&str, Json)> = vec![
+        (
+            "{ metric = \"cpu\", target = 60.0 }",
+            json!({"metric": "cpu", "target": 60.0, "tolerance": 0.1}),
+        ),
+        (
+            "{ metric = \"cpu\", target = 60, tolerance = 0 }",
+            json!({"metric": "cpu", "target": 60, "tolerance": 0}),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (params, expected) in cases {
+        let text = edit(BASE, &[("{ metric = \"cpu\", target = 60.0 }", params)]);
+        let config = parse_in(dir.path(), &text).unwrap();
+        let policy = config.scalers[0].get_ref().policies[0].get_ref();
+        assert_eq!(
+            policy.parameters(&modules["target-tracking"]),
+            expected,
+            "{params}"
+        );
+    }
+    // No params table at all: only defaults.
+    let policy = PolicyRef {
+        module: Spanned::new(0..0, "target-tracking".into()),
+        params: None,
+    };
+    assert_eq!(
+        policy.parameters(&modules["target-tracking"]),
+        json!({"tolerance": 0.1})
+    );
+}
+
+#[test]
+fn toml_values_convert_to_json() {
+    let table: toml::Table = toml::from_str(
+        "s = \"x\"\ni = 3\nf = 1.5\nb = true\nd = 1979-05-27T07:32:00Z\na = [1, \"two\"]\nt = { k = nan }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        toml_to_json(&toml::Value::Table(table)),
+        json!({
+            "s": "x", "i": 3, "f": 1.5, "b": true, "d": "1979-05-27T07:32:00Z",
+            "a": [1, "two"], "t": {"k": null},
+        })
+    );
+}

@@ -1,0 +1,558 @@
+//! The static checks: everything about a config that needs no policy module.
+//!
+//! Each check reports a [`Problem`] located at the offending value and keeps
+//! going, so one refused start (or reload) lists everything to fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+use super::location::{Document, Seg, keys};
+use super::{
+    Behavior, Config, EnvLookup, LoadConfig, MetricConfig, Problem, PrometheusConfig, ScalerConfig,
+    ScalingRules, SimulationConfig, SourceConfig,
+};
+
+/// The metric source name that means the simulator, not a `[sources]` entry.
+pub(super) const SIMULATOR_SOURCE: &str = "simulator";
+/// Shortest scaler interval: below this a tick cannot finish reliably.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest scaler interval.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// HPA's limit on a rate limit's period (`periodSeconds` ≤ 1800).
+const MAX_RATE_PERIOD: Duration = Duration::from_secs(30 * 60);
+/// HPA's limit on a stabilisation window (`stabilizationWindowSeconds` ≤ 3600).
+const MAX_STABILIZATION: Duration = Duration::from_secs(3600);
+/// Longest cooldown: longer ones are surely a unit mistake.
+const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+/// Prometheus refuses range queries returning more points per series.
+const MAX_POINTS: u128 = 11_000;
+/// A policy needs at least this much linear memory to do anything.
+const MIN_MEMORY: ByteSize = ByteSize::mib(1);
+
+/// Runs every static check; returns every problem found.
+pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> Vec<Problem> {
+    let mut c = Checker {
+        doc,
+        problems: Vec::new(),
+    };
+    c.top_level(config);
+    for (name, source) in &config.sources {
+        c.source(name, source.get_ref(), env);
+    }
+    for (name, simulation) in &config.simulations {
+        c.simulation(name, simulation.get_ref());
+    }
+    c.scalers(config);
+    c.problems
+}
+
+struct Checker<'d, 't> {
+    doc: &'d Document<'t>,
+    problems: Vec<Problem>,
+}
+
+/// Shows a duration the way config writes it (`1m 30s`).
+fn show(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+/// Scaler and simulation names: they appear in URLs, metric labels and
+/// `service/metric` queries, so they keep to a safe alphabet.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+/// Metric names are identifiers: policies look them up by name.
+pub(super) fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Lists names for a "defined ones are" hint.
+fn list<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Checker<'_, '_> {
+    fn value(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.problems.push(self.doc.value_problem(path, message));
+    }
+
+    fn key(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.problems.push(self.doc.key_problem(path, message));
+    }
+
+    /// A float that must be finite and above (or, with `zero_ok`, at least) zero.
+    fn positive(&mut self, path: &[Seg], field: &str, value: f64, zero_ok: bool) {
+        let ok = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
+        if !ok {
+            let want = if zero_ok {
+                "zero or more"
+            } else {
+                "above zero"
+            };
+            self.value(
+                path,
+                format!("{field} ({value}) must be a finite number {want}"),
+            );
+        }
+    }
+
+    fn nonzero(&mut self, path: &[Seg], field: &str, value: Duration) {
+        if value.is_zero() {
+            self.value(path, format!("{field} must be longer than 0s"));
+        }
+    }
+
+    fn top_level(&mut self, config: &Config) {
+        let dir = config.policy_dir.get_ref();
+        if !dir.is_dir() {
+            let what = if dir.exists() {
+                "is not a folder"
+            } else {
+                "does not exist"
+            };
+            self.value(
+                &keys!["policy_dir"],
+                format!("policy_dir {} {what}", dir.display()),
+            );
+        }
+
+        let limits = &config.runtime;
+        if limits.max_memory < MIN_MEMORY {
+            self.value(
+                &keys!["runtime", "max_memory"],
+                format!(
+                    "max_memory ({}) is below the minimum of {MIN_MEMORY}",
+                    limits.max_memory
+                ),
+            );
+        }
+        self.nonzero(&keys!["runtime", "timeout"], "timeout", limits.timeout);
+        if limits.max_replicas == 0 {
+            self.value(
+                &keys!["runtime", "max_replicas"],
+                "max_replicas must be at least 1",
+            );
+        }
+        if limits.max_wasm_stack.as_u64() == 0 {
+            self.value(
+                &keys!["runtime", "max_wasm_stack"],
+                "max_wasm_stack must be above 0 B",
+            );
+        }
+        if limits.max_reason_bytes == 0 {
+            self.value(
+                &keys!["runtime", "max_reason_bytes"],
+                "max_reason_bytes must be at least 1",
+            );
+        }
+
+        self.nonzero(
+            &keys!["journal", "retention"],
+            "retention",
+            config.journal.retention,
+        );
+        self.positive(&keys!["clock", "speed"], "speed", config.clock.speed, false);
+    }
+
+    fn source(&mut self, name: &str, source: &SourceConfig, env: EnvLookup<'_>) {
+        let at = |field: &str| keys!["sources", name, field];
+        if name == SIMULATOR_SOURCE {
+            self.key(
+                &keys!["sources", name],
+                format!("the source name {SIMULATOR_SOURCE:?} is reserved for the simulator"),
+            );
+        }
+        let SourceConfig::Prometheus(prometheus) = source;
+        let PrometheusConfig {
+            url,
+            timeout,
+            bearer_token,
+            basic_auth,
+            headers,
+        } = prometheus;
+
+        match url::Url::parse(url) {
+            Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => self.value(
+                &at("url"),
+                format!("url {url:?} must start with http:// or https://"),
+            ),
+            Ok(parsed) if !parsed.has_host() => {
+                self.value(&at("url"), format!("url {url:?} has no host"))
+            }
+            Ok(_) => {}
+            Err(err) => self.value(&at("url"), format!("url {url:?} is not a URL: {err}")),
+        }
+        self.nonzero(&at("timeout"), "timeout", *timeout);
+
+        if bearer_token.is_some() && basic_auth.is_some() {
+            self.value(
+                &at("basic_auth"),
+                "give at most one of bearer_token and basic_auth",
+            );
+        }
+        if let Some(token) = bearer_token
+            && let Err(err) = token.resolve_with_env(env)
+        {
+            self.value(&at("bearer_token"), format!("bearer_token: {err}"));
+        }
+        if let Some(auth) = basic_auth {
+            if auth.username.is_empty() {
+                self.value(
+                    &keys!["sources", name, "basic_auth", "username"],
+                    "username is empty",
+                );
+            }
+            if let Err(err) = auth.password.resolve_with_env(env) {
+                self.value(
+                    &keys!["sources", name, "basic_auth", "password"],
+                    format!("password: {err}"),
+                );
+            }
+        }
+        for (header, value) in headers {
+            let here = keys!["sources", name, "headers", header.as_str()];
+            match http::HeaderName::from_bytes(header.as_bytes()) {
+                Err(_) => self.key(&here, format!("{header:?} is not a valid header name")),
+                Ok(parsed) if parsed == http::header::AUTHORIZATION => self.key(
+                    &here,
+                    "set Authorization with bearer_token or basic_auth, which keep it secret",
+                ),
+                Ok(_) => {}
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                self.value(
+                    &here,
+                    format!("the value of header {header:?} has characters HTTP does not allow"),
+                );
+            }
+        }
+    }
+
+    fn simulation(&mut self, name: &str, simulation: &SimulationConfig) {
+        let at = |field: &str| keys!["simulations", name, field];
+        if !valid_name(name) {
+            self.key(
+                &keys!["simulations", name],
+                format!(
+                    "simulation name {name:?} must be non-empty and use only a-z, 0-9, '-', '_' and '.'"
+                ),
+            );
+        }
+        self.positive(
+            &at("capacity_per_replica"),
+            "capacity_per_replica",
+            simulation.capacity_per_replica,
+            false,
+        );
+        self.load(name, &simulation.load);
+    }
+
+    fn load(&mut self, simulation: &str, load: &LoadConfig) {
+        let at = |field: &str| keys!["simulations", simulation, "load", field];
+        self.positive(&at("base"), "base", load.base, true);
+        self.positive(
+            &at("diurnal_amplitude"),
+            "diurnal_amplitude",
+            load.diurnal_amplitude,
+            true,
+        );
+        self.nonzero(&at("diurnal_period"), "diurnal_period", load.diurnal_period);
+        self.positive(&at("noise"), "noise", load.noise, true);
+        for (i, spike) in load.spikes.iter().enumerate() {
+            let here = |field: &str| keys!["simulations", simulation, "load", "spikes", i, field];
+            self.nonzero(&here("duration"), "duration", spike.duration);
+            self.positive(&here("extra"), "extra", spike.extra, false);
+        }
+        if let Some(trace) = &load.trace {
+            let here = |field: &str| keys!["simulations", simulation, "load", "trace", field];
+            if !trace.path.is_file() {
+                let what = if trace.path.exists() {
+                    "is not a file"
+                } else {
+                    "does not exist"
+                };
+                self.value(
+                    &here("path"),
+                    format!("trace file {} {what}", trace.path.display()),
+                );
+            }
+            self.positive(&here("scale"), "scale", trace.scale, false);
+            self.positive(&here("speed"), "speed", trace.speed, false);
+        }
+    }
+
+    fn scalers(&mut self, config: &Config) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        // Which scaler drives each simulated target: two would fight.
+        let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, scaler) in config.scalers.iter().enumerate() {
+            let scaler = scaler.get_ref();
+            let name = scaler.name.get_ref().as_str();
+            if !valid_name(name) {
+                self.value(
+                    &keys!["scalers", i, "name"],
+                    format!(
+                        "name {name:?} must be non-empty and use only a-z, 0-9, '-', '_' and '.'"
+                    ),
+                );
+            } else if let Some(first) = names.insert(name, i) {
+                // Keep the first as the owner of the name.
+                names.insert(name, first);
+                self.value(
+                    &keys!["scalers", i, "name"],
+                    format!("name {name:?} is already used by scalers[{first}]"),
+                );
+            }
+            if let Some(simulation) = scaler.target.get_ref().simulation() {
+                if !config.simulations.contains_key(simulation) {
+                    self.value(
+                        &keys!["scalers", i, "target", "service"],
+                        format!(
+                            "target service {simulation:?} is not a [simulations] entry; defined: {}",
+                            list(config.simulations.keys())
+                        ),
+                    );
+                } else if let Some(first) = targets.insert(simulation, i) {
+                    targets.insert(simulation, first);
+                    self.value(
+                        &keys!["scalers", i, "target", "service"],
+                        format!(
+                            "target service {simulation:?} is already scaled by scalers[{first}]; two scalers on one target would fight"
+                        ),
+                    );
+                }
+            }
+            self.scaler(config, i, scaler);
+        }
+    }
+
+    fn scaler(&mut self, config: &Config, i: usize, scaler: &ScalerConfig) {
+        let at = |field: &str| keys!["scalers", i, field];
+        if scaler.interval < MIN_INTERVAL || scaler.interval > MAX_INTERVAL {
+            self.value(
+                &at("interval"),
+                format!(
+                    "interval ({}) must be between 1s and 24h",
+                    show(scaler.interval)
+                ),
+            );
+        }
+        let (min, max) = (*scaler.min.get_ref(), *scaler.max.get_ref());
+        if max == 0 {
+            self.value(&at("max"), "max must be at least 1");
+        }
+        if min > max {
+            self.value(
+                &at("min"),
+                format!("min ({min}) is greater than max ({max})"),
+            );
+        }
+        if max > config.runtime.max_replicas {
+            self.value(
+                &at("max"),
+                format!(
+                    "max ({max}) is above runtime.max_replicas ({})",
+                    config.runtime.max_replicas
+                ),
+            );
+        }
+        for (name, metric) in &scaler.metrics {
+            self.metric(config, i, scaler, name, metric.get_ref());
+        }
+        if scaler.policies.is_empty() {
+            self.value(&at("policies"), "a scaler needs at least one policy");
+        }
+        for (p, policy) in scaler.policies.iter().enumerate() {
+            if policy.get_ref().module.get_ref().is_empty() {
+                self.value(
+                    &keys!["scalers", i, "policies", p, "module"],
+                    "module name is empty",
+                );
+            }
+        }
+        self.behavior(i, &scaler.behavior);
+    }
+
+    fn metric(
+        &mut self,
+        config: &Config,
+        i: usize,
+        scaler: &ScalerConfig,
+        name: &str,
+        metric: &MetricConfig,
+    ) {
+        let at = |field: &str| keys!["scalers", i, "metrics", name, field];
+        if !valid_identifier(name) {
+            self.key(
+                &keys!["scalers", i, "metrics", name],
+                format!(
+                    "metric name {name:?} must be an identifier (a letter or '_', then letters, digits or '_')"
+                ),
+            );
+        }
+        let query = metric.query.as_str();
+        if query.trim().is_empty() {
+            self.value(&at("query"), "query is empty");
+        }
+        if metric.source == SIMULATOR_SOURCE {
+            match query.split_once('/') {
+                Some((service, series)) => {
+                    if !config.simulations.contains_key(service) {
+                        self.value(
+                            &at("query"),
+                            format!(
+                                "query {query:?} names simulation {service:?}, which is not defined; defined: {}",
+                                list(config.simulations.keys())
+                            ),
+                        );
+                    }
+                    if series.parse::<crate::simulator::Metric>().is_err() {
+                        self.value(
+                            &at("query"),
+                            format!(
+                                "query {query:?}: {series:?} is not a simulator metric; known: {}",
+                                crate::simulator::Metric::names()
+                            ),
+                        );
+                    }
+                }
+                None if scaler.target.get_ref().simulation().is_none() => self.value(
+                    &at("query"),
+                    format!(
+                        "query {query:?} needs a simulated target; name the simulation as \"service/{query}\""
+                    ),
+                ),
+                None if !query.is_empty() && query.parse::<crate::simulator::Metric>().is_err() => {
+                    self.value(
+                        &at("query"),
+                        format!(
+                            "query {query:?} is not a simulator metric; known: {}",
+                            crate::simulator::Metric::names()
+                        ),
+                    )
+                }
+                None => {}
+            }
+        } else if !config.sources.contains_key(&metric.source) {
+            self.value(
+                &at("source"),
+                format!(
+                    "source {:?} is not defined; use {SIMULATOR_SOURCE:?} or one of the [sources]: {}",
+                    metric.source,
+                    list(config.sources.keys())
+                ),
+            );
+        }
+
+        if let Some(window) = metric.window {
+            self.nonzero(&at("window"), "window", window);
+        }
+        if let Some(step) = metric.step {
+            self.nonzero(&at("step"), "step", step);
+            match metric.window {
+                None => self.value(&at("step"), "step is set without a window"),
+                Some(window) if step > window => self.value(
+                    &at("step"),
+                    format!(
+                        "step ({}) is longer than window ({})",
+                        show(step),
+                        show(window)
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(window) = metric.window {
+            let step = metric.step.unwrap_or(scaler.interval);
+            if !step.is_zero() && window.as_millis() / step.as_millis().max(1) > MAX_POINTS {
+                let field = if metric.step.is_some() {
+                    "step"
+                } else {
+                    "window"
+                };
+                self.value(
+                    &at(field),
+                    format!(
+                        "window ({}) at step ({}) gives more than {MAX_POINTS} points, Prometheus's limit; raise step",
+                        show(window),
+                        show(step)
+                    ),
+                );
+            }
+        }
+        if let Some(max_age) = metric.max_age {
+            self.nonzero(&at("max_age"), "max_age", max_age);
+        }
+    }
+
+    fn behavior(&mut self, i: usize, behavior: &Behavior) {
+        self.rules(i, "scale_up", &behavior.scale_up);
+        self.rules(i, "scale_down", &behavior.scale_down);
+    }
+
+    fn rules(&mut self, i: usize, direction: &str, rules: &ScalingRules) {
+        let at = |field: &str| keys!["scalers", i, "behavior", direction, field];
+        if let Some(window) = rules.stabilization_window
+            && window > MAX_STABILIZATION
+        {
+            self.value(
+                &at("stabilization_window"),
+                format!(
+                    "stabilization_window ({}) is longer than {}",
+                    show(window),
+                    show(MAX_STABILIZATION)
+                ),
+            );
+        }
+        if rules.cooldown > MAX_COOLDOWN {
+            self.value(
+                &at("cooldown"),
+                format!("cooldown ({}) is longer than 24h", show(rules.cooldown)),
+            );
+        }
+        let Some(limits) = &rules.limits else { return };
+        if limits.is_empty() && rules.select != super::Select::Disabled {
+            self.value(
+                &at("limits"),
+                "limits is empty; give at least one, or leave it out for HPA's default",
+            );
+        }
+        for (l, limit) in limits.iter().enumerate() {
+            let here = keys!["scalers", i, "behavior", direction, "limits", l];
+            let field = |f: &str| keys!["scalers", i, "behavior", direction, "limits", l, f];
+            match (limit.pods, limit.percent) {
+                (Some(_), Some(_)) | (None, None) => {
+                    self.value(&here, "give exactly one of pods or percent")
+                }
+                (Some(0), None) => self.value(&field("pods"), "pods must be at least 1"),
+                (None, Some(0)) => self.value(&field("percent"), "percent must be at least 1"),
+                _ => {}
+            }
+            if limit.period.is_zero() || limit.period > MAX_RATE_PERIOD {
+                self.value(
+                    &field("period"),
+                    format!(
+                        "period ({}) must be longer than 0s and at most {} (HPA's limit)",
+                        show(limit.period),
+                        show(MAX_RATE_PERIOD)
+                    ),
+                );
+            }
+        }
+    }
+}

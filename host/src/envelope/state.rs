@@ -1,0 +1,145 @@
+//! What the envelope remembers between ticks: recent recommendations (for
+//! the stabilisation windows) and recent scale events (for rate limits,
+//! cooldowns and the policies' context).
+//!
+//! Plain data with serde, so the host can show it and rebuild it from the
+//! journal after a restart ([`EnvelopeState::restore`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::ScaleEvent;
+
+/// Scale events are kept at least this long: the control loop gives
+/// policies the last hour of events in their context.
+pub const EVENT_RETENTION_MS: i64 = 3_600_000;
+
+/// A backstop against a stalled clock: time-based pruning keeps the history
+/// as short as the longest window, but if the clock stops advancing nothing
+/// ever ages out. Past this many entries the oldest are dropped.
+pub const MAX_HISTORY: usize = 10_000;
+
+/// One tick's recommendation: the replica count the policies asked for,
+/// after the missing-metrics rule, before stabilisation and rate limits
+/// (what upstream HPA keeps as `timestampedRecommendation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recommendation {
+    /// When, in ms since the Unix epoch.
+    pub time_ms: i64,
+    /// Replicas recommended.
+    pub replicas: u32,
+}
+
+/// The envelope's memory of one scaler.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeState {
+    /// Recent recommendations, in the order they were recorded.
+    recommendations: Vec<Recommendation>,
+    /// Recent changes the host made to the target, in the order they were made.
+    events: Vec<ScaleEvent>,
+}
+
+impl EnvelopeState {
+    /// A scaler with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds the state from the journal at restart: each tick's
+    /// `(time_ms, recommendation)` and each change the actuator made, both
+    /// oldest first. Feeding a scaler's journaled ticks gives the same
+    /// verdicts as the state that lived through them.
+    pub fn restore(
+        recommendations: impl IntoIterator<Item = (i64, u32)>,
+        events: impl IntoIterator<Item = ScaleEvent>,
+    ) -> Self {
+        let mut state = Self::new();
+        for (time_ms, replicas) in recommendations {
+            state.record_recommendation(time_ms, replicas);
+        }
+        for event in events {
+            state.record_scale(event.timestamp_ms, event.from, event.to);
+        }
+        state
+    }
+
+    /// Records that the actuator changed the target from `from` to `to`
+    /// replicas at `time_ms`. Call it only when the target really changed
+    /// (not in dry-run): rate limits and cooldowns count these events.
+    pub fn record_scale(&mut self, time_ms: i64, from: u32, to: u32) {
+        if from == to {
+            return;
+        }
+        self.events.push(ScaleEvent {
+            timestamp_ms: time_ms,
+            from,
+            to,
+        });
+        cap(&mut self.events);
+    }
+
+    /// Recent scale events, in the order they were made (at least the last
+    /// hour's, once [`apply`](super::apply) has pruned).
+    pub fn events(&self) -> &[ScaleEvent] {
+        &self.events
+    }
+
+    /// Scale events at or after `since_ms`, in the order they were made
+    /// (the policy context gets the last hour).
+    pub fn events_since(&self, since_ms: i64) -> impl Iterator<Item = &ScaleEvent> + '_ {
+        self.events
+            .iter()
+            .filter(move |event| event.timestamp_ms >= since_ms)
+    }
+
+    /// The most recent scale event (by time), if any is remembered.
+    pub fn last_event(&self) -> Option<&ScaleEvent> {
+        self.events.iter().max_by_key(|event| event.timestamp_ms)
+    }
+
+    /// Recent recommendations, in the order they were recorded.
+    pub fn recommendations(&self) -> &[Recommendation] {
+        &self.recommendations
+    }
+
+    /// Remembers one tick's recommendation.
+    pub(super) fn record_recommendation(&mut self, time_ms: i64, replicas: u32) {
+        // Windows only ask "lowest/highest value younger than W", so of two
+        // consecutive equal values only the newer one can ever matter.
+        // Collapsing them keeps a steady scaler's history tiny.
+        if let Some(last) = self.recommendations.last_mut()
+            && last.replicas == replicas
+        {
+            last.time_ms = last.time_ms.max(time_ms);
+            return;
+        }
+        self.recommendations
+            .push(Recommendation { time_ms, replicas });
+        cap(&mut self.recommendations);
+    }
+
+    /// Forgets recommendations `keep_recommendations_ms` old or older and
+    /// events `keep_events_ms` old or older: they can no longer affect a
+    /// decision. Entries from the future (the clock went back) are kept.
+    pub(super) fn prune(&mut self, now_ms: i64, keep_recommendations_ms: i64, keep_events_ms: i64) {
+        self.recommendations
+            .retain(|r| age_ms(now_ms, r.time_ms) < keep_recommendations_ms);
+        self.events
+            .retain(|e| age_ms(now_ms, e.timestamp_ms) < keep_events_ms.max(EVENT_RETENTION_MS));
+    }
+}
+
+/// How long ago `time_ms` was, never negative: an entry stamped in the
+/// future (the clock went back) counts as just now, which keeps windows,
+/// rate limits and cooldowns on the cautious side.
+pub(super) fn age_ms(now_ms: i64, time_ms: i64) -> i64 {
+    now_ms.saturating_sub(time_ms).max(0)
+}
+
+fn cap<T>(entries: &mut Vec<T>) {
+    if entries.len() > MAX_HISTORY {
+        let excess = entries.len() - MAX_HISTORY;
+        entries.drain(..excess);
+    }
+}

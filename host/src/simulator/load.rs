@@ -1,0 +1,620 @@
+//! The offered load of a simulated service: a synthetic curve (base, daily
+//! wave, spikes) or a recorded trace, times noise.
+//!
+//! The load is a pure function of the time since the simulation started, so
+//! asking for it twice, or in any order, gives the same answer. The noise is
+//! drawn per [`STEP_MS`] bucket from a ChaCha stream chosen by the bucket's
+//! index, which keeps it a function of (seed, bucket) alone.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{STEP_MS, SimulatorError};
+use crate::config::LoadConfig;
+
+/// Offered load (requests/s) as a function of time since the simulation's start.
+#[derive(Debug, Clone)]
+pub struct LoadModel {
+    shape: Shape,
+    spikes: Vec<Spike>,
+    noise: Noise,
+}
+
+/// The load before spikes and noise.
+#[derive(Debug, Clone)]
+enum Shape {
+    /// `base + amplitude · sin(2π · t / period)`.
+    Curve {
+        base: f64,
+        amplitude: f64,
+        period_ms: f64,
+    },
+    /// A recorded trace, played back.
+    Trace {
+        trace: Arc<Trace>,
+        scale: f64,
+        speed: f64,
+        offset_s: f64,
+    },
+}
+
+/// Extra load over `[start_ms, end_ms)` of simulation time.
+#[derive(Debug, Clone, Copy)]
+struct Spike {
+    start_ms: i64,
+    end_ms: i64,
+    extra: f64,
+}
+
+/// Multiplicative noise `1 + N(0, sigma)`, one draw per step bucket.
+#[derive(Debug, Clone)]
+struct Noise {
+    sigma: f64,
+    /// Seeded once; every draw clones it and picks the bucket's stream, so a
+    /// draw depends on nothing but (seed, bucket).
+    rng: ChaCha8Rng,
+}
+
+impl Noise {
+    fn new(seed: u64, sigma: f64) -> Self {
+        Noise {
+            sigma,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    fn factor(&self, bucket: u64) -> f64 {
+        if self.sigma == 0.0 {
+            return 1.0;
+        }
+        let mut rng = self.rng.clone();
+        rng.set_stream(bucket);
+        let z: f64 = StandardNormal.sample(&mut rng);
+        1.0 + self.sigma * z
+    }
+}
+
+impl LoadModel {
+    /// Builds the model of `[simulations.<service>].load`. `trace` is the
+    /// already loaded file `cfg.trace` names (the caller resolves and caches
+    /// it). Errors name the service and the field.
+    pub fn new(
+        service: &str,
+        cfg: &LoadConfig,
+        seed: u64,
+        trace: Option<Arc<Trace>>,
+    ) -> Result<Self, SimulatorError> {
+        let bad = |field: &str, message: String| SimulatorError::Config {
+            service: service.to_owned(),
+            field: format!("load.{field}"),
+            message,
+        };
+        let non_negative = |field: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(bad(field, format!("must be a number >= 0, not {v}")))
+            }
+        };
+        non_negative("base", cfg.base)?;
+        non_negative("diurnal_amplitude", cfg.diurnal_amplitude)?;
+        non_negative("noise", cfg.noise)?;
+        if cfg.diurnal_amplitude > 0.0 && cfg.diurnal_period.is_zero() {
+            return Err(bad(
+                "diurnal_period",
+                "must be longer than zero when diurnal_amplitude is set".into(),
+            ));
+        }
+        let spikes = cfg
+            .spikes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if !s.extra.is_finite() {
+                    return Err(bad(
+                        &format!("spikes[{i}].extra"),
+                        format!("must be a finite number, not {}", s.extra),
+                    ));
+                }
+                let start_ms = duration_ms(s.at);
+                Ok(Spike {
+                    start_ms,
+                    end_ms: start_ms.saturating_add(duration_ms(s.duration)),
+                    extra: s.extra,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let shape = match (&cfg.trace, trace) {
+            (None, _) => Shape::Curve {
+                base: cfg.base,
+                amplitude: cfg.diurnal_amplitude,
+                period_ms: cfg.diurnal_period.as_secs_f64() * 1000.0,
+            },
+            (Some(t), Some(trace)) => {
+                // A trace replaces the curve; silently ignoring a curve the
+                // operator also wrote would hide a mistake.
+                if cfg.base != 0.0 || cfg.diurnal_amplitude != 0.0 {
+                    return Err(bad(
+                        "trace",
+                        "replaces the synthetic curve; remove base and diurnal_amplitude \
+                         (spikes and noise still apply on top of a trace)"
+                            .into(),
+                    ));
+                }
+                non_negative("trace.scale", t.scale)?;
+                if !(t.speed.is_finite() && t.speed > 0.0) {
+                    return Err(bad(
+                        "trace.speed",
+                        format!("must be a number > 0, not {}", t.speed),
+                    ));
+                }
+                Shape::Trace {
+                    trace,
+                    scale: t.scale,
+                    speed: t.speed,
+                    offset_s: t.offset.as_secs_f64(),
+                }
+            }
+            (Some(_), None) => {
+                return Err(bad("trace", "the trace file was not loaded".into()));
+            }
+        };
+        Ok(LoadModel {
+            shape,
+            spikes,
+            noise: Noise::new(seed, cfg.noise),
+        })
+    }
+
+    /// Offered load (requests/s, never negative) `elapsed_ms` after the
+    /// simulation's start. Times before the start count as the start.
+    pub fn rate(&self, elapsed_ms: i64) -> f64 {
+        let elapsed_ms = elapsed_ms.max(0);
+        let shape = match &self.shape {
+            Shape::Curve {
+                base,
+                amplitude,
+                period_ms,
+            } => {
+                if *amplitude == 0.0 {
+                    *base
+                } else {
+                    let phase = (elapsed_ms as f64 / period_ms).fract();
+                    base + amplitude * (std::f64::consts::TAU * phase).sin()
+                }
+            }
+            Shape::Trace {
+                trace,
+                scale,
+                speed,
+                offset_s,
+            } => trace.rate_at(offset_s + elapsed_ms as f64 / 1000.0 * speed) * scale,
+        };
+        let spikes: f64 = self
+            .spikes
+            .iter()
+            .filter(|s| (s.start_ms..s.end_ms).contains(&elapsed_ms))
+            .map(|s| s.extra)
+            .sum();
+        let bucket = (elapsed_ms / STEP_MS) as u64;
+        ((shape + spikes) * self.noise.factor(bucket)).max(0.0)
+    }
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A recorded request-rate trace: contiguous bins, each with a rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    path: PathBuf,
+    /// Start of each bin, seconds, as written in the file (increasing).
+    starts_s: Vec<f64>,
+    /// Requests per second in each bin.
+    rates: Vec<f64>,
+    /// End of the last bin.
+    end_s: f64,
+}
+
+/// The header every trace file starts with.
+const TRACE_HEADER: [&str; 2] = ["timestamp_s", "requests"];
+
+impl Trace {
+    /// Reads a `timestamp_s,requests` CSV file: each row is a bin from its
+    /// timestamp to the next row's; the last bin is as long as the one
+    /// before it. Errors name the file and the line.
+    pub fn load(path: &Path) -> Result<Self, SimulatorError> {
+        let file = File::open(path).map_err(|source| SimulatorError::TraceRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_reader(path, file)
+    }
+
+    /// Reads a trace from `reader`; `path` is only used in errors.
+    pub fn from_reader(path: &Path, reader: impl std::io::Read) -> Result<Self, SimulatorError> {
+        let bad = |line: u64, message: String| SimulatorError::TraceFormat {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        let csv_error = |e: csv::Error| {
+            let line = e.position().map_or(0, |p| p.line());
+            match e.into_kind() {
+                csv::ErrorKind::Io(source) => SimulatorError::TraceRead {
+                    path: path.to_owned(),
+                    source,
+                },
+                csv::ErrorKind::UnequalLengths { len, .. } => bad(
+                    line,
+                    format!("expected 2 fields (timestamp_s,requests), found {len}"),
+                ),
+                csv::ErrorKind::Utf8 { err, .. } => bad(line, format!("not UTF-8: {err}")),
+                other => bad(line, format!("{other:?}")),
+            }
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(reader);
+        let header = rdr.headers().map_err(csv_error)?;
+        if header.iter().ne(TRACE_HEADER) {
+            return Err(bad(
+                1,
+                format!(
+                    "expected the header `timestamp_s,requests`, found `{}`",
+                    header.iter().collect::<Vec<_>>().join(",")
+                ),
+            ));
+        }
+        let mut starts_s = Vec::new();
+        let mut requests = Vec::new();
+        let mut last_line = 1;
+        for record in rdr.records() {
+            let record = record.map_err(csv_error)?;
+            let line = record.position().map_or(0, |p| p.line());
+            last_line = line;
+            let field = |i: usize, name: &str| -> Result<f64, SimulatorError> {
+                let text = record.get(i).unwrap_or_default();
+                let v: f64 = text
+                    .parse()
+                    .map_err(|_| bad(line, format!("{name} `{text}` is not a number")))?;
+                if !v.is_finite() {
+                    return Err(bad(line, format!("{name} `{text}` is not finite")));
+                }
+                Ok(v)
+            };
+            let ts = field(0, "timestamp_s")?;
+            let n = field(1, "requests")?;
+            if n < 0.0 {
+                return Err(bad(line, format!("requests {n} is negative")));
+            }
+            if let Some(&prev) = starts_s.last()
+                && ts <= prev
+            {
+                return Err(bad(
+                    line,
+                    format!("timestamp_s {ts} is not after the previous row's {prev}"),
+                ));
+            }
+            starts_s.push(ts);
+            requests.push(n);
+        }
+        if starts_s.len() < 2 {
+            return Err(bad(
+                last_line,
+                format!(
+                    "a trace needs at least two rows to know its bin length, found {}",
+                    starts_s.len()
+                ),
+            ));
+        }
+        let n = starts_s.len();
+        let last_bin_s = starts_s[n - 1] - starts_s[n - 2];
+        let end_s = starts_s[n - 1] + last_bin_s;
+        let rates = (0..n)
+            .map(|i| {
+                let next = starts_s.get(i + 1).copied().unwrap_or(end_s);
+                requests[i] / (next - starts_s[i])
+            })
+            .collect();
+        tracing::debug!(path = %path.display(), bins = n, span_s = end_s - starts_s[0], "Loaded a load trace.");
+        Ok(Trace {
+            path: path.to_owned(),
+            starts_s,
+            rates,
+            end_s,
+        })
+    }
+
+    /// The file the trace came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of bins.
+    pub fn len(&self) -> usize {
+        self.rates.len()
+    }
+
+    /// Whether the trace has no bins (never true for a loaded trace).
+    pub fn is_empty(&self) -> bool {
+        self.rates.is_empty()
+    }
+
+    /// Length of the whole trace, in seconds.
+    pub fn span_s(&self) -> f64 {
+        self.end_s - self.starts_s[0]
+    }
+
+    /// Requests per second `t_s` seconds after the trace's first bin
+    /// starts; the trace loops at its end.
+    pub fn rate_at(&self, t_s: f64) -> f64 {
+        let t = self.starts_s[0] + t_s.rem_euclid(self.span_s());
+        let i = self.starts_s.partition_point(|&s| s <= t).saturating_sub(1);
+        self.rates[i]
+    }
+
+    /// Requests per second in each bin, in file order.
+    pub fn rates(&self) -> &[f64] {
+        &self.rates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{SpikeConfig, TraceConfig};
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    fn curve(base: f64, amplitude: f64, noise: f64, spikes: Vec<SpikeConfig>) -> LoadConfig {
+        LoadConfig {
+            base,
+            diurnal_amplitude: amplitude,
+            diurnal_period: Duration::from_secs(24 * 3600),
+            noise,
+            spikes,
+            trace: None,
+        }
+    }
+
+    fn spike(at_s: u64, duration_s: u64, extra: f64) -> SpikeConfig {
+        SpikeConfig {
+            at: Duration::from_secs(at_s),
+            duration: Duration::from_secs(duration_s),
+            extra,
+        }
+    }
+
+    fn traces_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/traces")
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn curve_has_its_peak_trough_and_spikes_where_configured() {
+        let cfg = curve(100.0, 40.0, 0.0, vec![spike(3600, 600, 250.0)]);
+        let model = LoadModel::new("web", &cfg, 7, None).unwrap();
+        let cases = [
+            ("start: the wave is at its mean", 0, 100.0),
+            ("quarter day: peak", 6 * HOUR_MS, 140.0),
+            ("half day: mean again", 12 * HOUR_MS, 100.0),
+            ("three quarters: trough", 18 * HOUR_MS, 60.0),
+            ("a full day later: the wave repeats", 30 * HOUR_MS, 140.0),
+            ("before the start: as at the start", -5_000, 100.0),
+        ];
+        for (what, t, want) in cases {
+            assert!(close(model.rate(t), want), "{what}: {}", model.rate(t));
+        }
+        // The spike is on over [1 h, 1 h 10 min), off at both edges' outsides.
+        let wave = |t: i64| 100.0 + 40.0 * (std::f64::consts::TAU * t as f64 / 86_400_000.0).sin();
+        let spike_cases = [
+            (HOUR_MS - 1, 0.0),
+            (HOUR_MS, 250.0),
+            (HOUR_MS + 599_999, 250.0),
+            (HOUR_MS + 600_000, 0.0),
+        ];
+        for (t, extra) in spike_cases {
+            assert!(close(model.rate(t), wave(t) + extra), "spike at {t} ms");
+        }
+    }
+
+    #[test]
+    fn load_never_goes_negative() {
+        let model = LoadModel::new("web", &curve(10.0, 30.0, 0.0, vec![]), 0, None).unwrap();
+        assert_eq!(model.rate(18 * HOUR_MS), 0.0);
+        let dip = curve(10.0, 0.0, 0.0, vec![spike(0, 60, -50.0)]);
+        let model = LoadModel::new("web", &dip, 0, None).unwrap();
+        assert_eq!(model.rate(1_000), 0.0);
+        assert_eq!(model.rate(60_000), 10.0);
+    }
+
+    #[test]
+    fn noise_is_a_function_of_seed_and_bucket_only() {
+        let cfg = curve(100.0, 0.0, 0.1, vec![]);
+        let a = LoadModel::new("web", &cfg, 42, None).unwrap();
+        let b = LoadModel::new("web", &cfg, 42, None).unwrap();
+        let other = LoadModel::new("web", &cfg, 43, None).unwrap();
+        // Same bucket, any order, any instant inside it: same value.
+        let forward: Vec<f64> = (0..200).map(|i| a.rate(i * 1_000)).collect();
+        let backward: Vec<f64> = (0..200).rev().map(|i| b.rate(i * 1_000 + 999)).collect();
+        assert!(forward.iter().eq(backward.iter().rev()));
+        assert!(forward.windows(2).any(|w| w[0] != w[1]), "noise varies");
+        let differs = (0..200).filter(|&i| other.rate(i * 1_000) != forward[i as usize]);
+        assert!(differs.count() > 190, "another seed gives other noise");
+    }
+
+    #[test]
+    fn noise_has_the_configured_spread() {
+        let model = LoadModel::new("web", &curve(100.0, 0.0, 0.1, vec![]), 1, None).unwrap();
+        let n = 20_000;
+        let xs: Vec<f64> = (0..n)
+            .map(|i| model.rate(i * 1_000) / 100.0 - 1.0)
+            .collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+        assert!(mean.abs() < 0.003, "mean {mean}");
+        assert!((sd - 0.1).abs() < 0.005, "sd {sd}");
+    }
+
+    #[test]
+    fn curve_settings_are_checked() {
+        let cases: [(&str, LoadConfig); 4] = [
+            ("load.base", curve(-1.0, 0.0, 0.0, vec![])),
+            ("load.noise", curve(1.0, 0.0, f64::NAN, vec![])),
+            (
+                "load.spikes[1].extra",
+                curve(
+                    1.0,
+                    0.0,
+                    0.0,
+                    vec![spike(0, 1, 1.0), spike(0, 1, f64::INFINITY)],
+                ),
+            ),
+            ("load.diurnal_period", {
+                let mut c = curve(1.0, 1.0, 0.0, vec![]);
+                c.diurnal_period = Duration::ZERO;
+                c
+            }),
+        ];
+        for (field, cfg) in cases {
+            let err = LoadModel::new("web", &cfg, 0, None).unwrap_err();
+            assert!(
+                matches!(&err, SimulatorError::Config { service, field: f, .. } if service == "web" && f == field),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    fn nasa() -> Arc<Trace> {
+        Arc::new(Trace::load(&traces_dir().join("nasa_jul95_per_minute.csv")).unwrap())
+    }
+
+    fn played(trace: Arc<Trace>, scale: f64, speed: f64, offset_s: u64) -> LoadModel {
+        let cfg = LoadConfig {
+            trace: Some(TraceConfig {
+                path: trace.path().to_owned(),
+                scale,
+                speed,
+                offset: Duration::from_secs(offset_s),
+            }),
+            ..curve(0.0, 0.0, 0.0, vec![])
+        };
+        LoadModel::new("web", &cfg, 0, Some(trace)).unwrap()
+    }
+
+    #[test]
+    fn nasa_trace_peaks_at_the_sts70_launch() {
+        let trace = nasa();
+        assert_eq!(trace.len(), 39_692);
+        assert!(close(trace.span_s(), 2_381_520.0));
+        let max = trace.rates().iter().copied().fold(0.0, f64::max);
+        assert!(close(max, 409.0 / 60.0));
+
+        let model = played(trace.clone(), 3.0, 1.0, 0);
+        let spike_ms = 1_072_140_000;
+        assert!(close(model.rate(spike_ms), 409.0 / 60.0 * 3.0));
+        assert!(close(model.rate(spike_ms + 59_999), 409.0 / 60.0 * 3.0));
+        assert!(model.rate(spike_ms + 60_000) < model.rate(spike_ms));
+        assert!(close(model.rate(0), 42.0 / 60.0 * 3.0), "first bin");
+        // The trace loops: one span later the spike comes again.
+        let span_ms = 2_381_520_000;
+        assert!(close(model.rate(span_ms + spike_ms), 409.0 / 60.0 * 3.0));
+        assert!(close(model.rate(span_ms), model.rate(0)));
+
+        // Sped up 60×, one simulated second plays one recorded minute; an
+        // offset skips the trace's start.
+        let fast = played(trace.clone(), 1.0, 60.0, 0);
+        assert!(close(fast.rate(1_072_140_000 / 60), 409.0 / 60.0));
+        let skipped = played(trace, 1.0, 1.0, 1_072_140);
+        assert!(close(skipped.rate(0), 409.0 / 60.0));
+    }
+
+    #[test]
+    fn azure_traces_play_per_second() {
+        let conv = Trace::load(&traces_dir().join("azure_llm_conv_2023_per_second.csv")).unwrap();
+        assert_eq!(conv.len(), 3_503);
+        assert_eq!(conv.rates().iter().sum::<f64>(), 19_366.0);
+        assert_eq!(conv.rate_at(0.5), 1.0);
+        let code = Trace::load(&traces_dir().join("azure_llm_code_2023_per_second.csv")).unwrap();
+        assert_eq!(code.rates().iter().copied().fold(0.0, f64::max), 67.0);
+        assert_eq!(code.rate_at(1.0), 7.0);
+    }
+
+    #[test]
+    fn a_trace_together_with_a_curve_is_refused() {
+        let trace = nasa();
+        let cfg = LoadConfig {
+            base: 5.0,
+            trace: Some(TraceConfig {
+                path: trace.path().to_owned(),
+                scale: 1.0,
+                speed: 1.0,
+                offset: Duration::ZERO,
+            }),
+            ..curve(0.0, 0.0, 0.0, vec![])
+        };
+        let err = LoadModel::new("web", &cfg, 0, Some(trace)).unwrap_err();
+        assert!(err.to_string().contains("load.trace"), "{err}");
+    }
+
+    #[test]
+    fn bad_trace_files_are_refused_naming_file_and_line() {
+        let cases = [
+            ("time,count\n0,1\n1,2\n", 1, "expected the header"),
+            (
+                "timestamp_s,requests\n0,1\n60,abc\n",
+                3,
+                "requests `abc` is not a number",
+            ),
+            (
+                "timestamp_s,requests\n0,1\nx,2\n",
+                3,
+                "timestamp_s `x` is not a number",
+            ),
+            ("timestamp_s,requests\n0,1\n60,2\n120,-3\n", 4, "negative"),
+            (
+                "timestamp_s,requests\n0,1\n60,2\n60,3\n",
+                4,
+                "not after the previous row's 60",
+            ),
+            (
+                "timestamp_s,requests\n0,1\n60,2,7\n",
+                3,
+                "expected 2 fields",
+            ),
+            ("timestamp_s,requests\n0,1\n60,inf\n", 3, "not finite"),
+            ("timestamp_s,requests\n0,1\n", 2, "at least two rows"),
+            ("timestamp_s,requests\n", 1, "at least two rows"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (text, line, message)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("bad{i}.csv"));
+            std::fs::write(&path, text).unwrap();
+            let err = Trace::load(&path).unwrap_err();
+            let shown = err.to_string();
+            assert_eq!(err.kind(), "trace_format", "{shown}");
+            assert!(
+                shown.contains(&format!("{}:{line}:", path.display())),
+                "case {i} names file and line {line}: {shown}"
+            );
+            assert!(shown.contains(message), "case {i}: {shown}");
+        }
+        let missing = dir.path().join("missing.csv");
+        let err = Trace::load(&missing).unwrap_err();
+        assert_eq!(err.kind(), "trace_read");
+        assert!(err.to_string().contains("missing.csv"), "{err}");
+    }
+}
