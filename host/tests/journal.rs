@@ -113,7 +113,8 @@ async fn queries_filter_by_scaler_and_time_newest_first() {
             .collect()
     };
     let web = |m: &[i64]| -> Vec<(String, i64)> { m.iter().map(|&m| ("web".into(), m)).collect() };
-    let cases: Vec<(&str, Query, Vec<(String, i64)>)> = vec![
+    type Case = (&'static str, Query, Vec<(String, i64)>);
+    let cases: Vec<Case> = vec![
         (
             "one scaler, all",
             Query::scaler("web", 100),
@@ -564,29 +565,28 @@ fn kill_9_child() {
     runtime.block_on(async move {
         let journal = Journal::open(Path::new(&path), FOREVER).unwrap();
         let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let tasks: Vec<_> = (0..16)
-            .map(|_| {
-                let journal = journal.clone();
-                let next = next.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let mut r = kill_record(seq);
-                        r.actuation = ActuationRecord::Pending;
-                        let id = journal.append(r).await.unwrap();
-                        println!("{ACK} appended {id} {seq}");
-                        let done = ActuationRecord::Done {
-                            detail: format!("seq {seq}"),
-                        };
-                        journal.update_actuation(id, done).await.unwrap();
-                        println!("{ACK} actuated {id} {seq}");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
+        let mut appenders = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let journal = journal.clone();
+            let next = next.clone();
+            appenders.spawn(async move {
+                loop {
+                    let seq = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut r = kill_record(seq);
+                    r.actuation = ActuationRecord::Pending;
+                    let id = journal.append(r).await.unwrap();
+                    println!("{ACK} appended {id} {seq}");
+                    let done = ActuationRecord::Done {
+                        detail: format!("seq {seq}"),
+                    };
+                    journal.update_actuation(id, done).await.unwrap();
+                    println!("{ACK} actuated {id} {seq}");
+                }
+            });
         }
+        // The appenders only stop by failing (or by the parent's SIGKILL).
+        let stopped = appenders.join_next().await;
+        panic!("an appender stopped: {stopped:?}");
     });
 }
 
