@@ -23,7 +23,15 @@
 //! thread owns the only write connection and commits everything queued at
 //! once in one transaction (group commit). More load makes bigger
 //! transactions, not more fsyncs, and no write ever blocks the async runtime.
-//! `benches/journal.rs` measures it (figures in the project README).
+//!
+//! Measured by `cargo bench -p scalewise --bench journal` (release, on a
+//! shared 2-core VM, records built from the NASA trace: 6.1 KB of JSON each):
+//! 10,000 scalers ticking every 15 s (667 appends/s) cost the writer thread
+//! 9% of one core, with append latency p50 2.4 ms and p99 16 ms. Flat out the
+//! journal takes about 13,800 appends/s under `FULL` (12,600 under `NORMAL`,
+//! within the noise), twenty times that need. The fsync only shows when few
+//! appends wait at once: 16 appenders get 2,800/s under `FULL` against
+//! 8,000/s under `NORMAL`.
 //!
 //! # Append before actuate
 //!
@@ -36,8 +44,11 @@
 //!
 //! One row per tick: the fields queries and recovery need as indexed columns
 //! (id, time, scaler, mode, current, desired, recommendation, ...), the
-//! actuation as JSON, and the whole record as zstd-compressed JSON (about a
-//! quarter of the plain JSON's size, so a typical record fits in one page).
+//! actuation as JSON, and the whole record as zstd-compressed JSON: a
+//! quarter of the plain JSON's size for 18 µs per record, so a typical
+//! record fits in one page. With indexes a record takes about 2.1 KB on
+//! disk: 10,000 scalers at 15 s write about 113 GiB a day, so size the
+//! retention to the disk (a week at that scale is about 0.8 TB).
 //! Record ids are never reused, even after retention emptied the table.
 //! The schema is versioned with `PRAGMA user_version`; a file written by a
 //! newer Scalewise is refused rather than misread.

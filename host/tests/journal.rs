@@ -264,7 +264,8 @@ async fn retention_deletes_only_expired_records() {
 #[tokio::test]
 async fn reopening_keeps_records_pause_flags_and_never_reuses_ids() {
     let (_dir, path) = temp_journal();
-    let now = wall_clock_ms();
+    // In the past, so that a 1 ms retention below expires every one of them.
+    let now = wall_clock_ms() - 1_000;
     let journal = Journal::open(&path, WEEK).unwrap();
     let mut expected = Vec::new();
     for i in 0..20u64 {
