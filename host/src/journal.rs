@@ -1,5 +1,801 @@
 //! The decision journal: a durable, append-only record of every tick.
+//!
+//! Every tick of every scaler leaves one [`TickRecord`]. The journal keeps
+//! them in a SQLite database (one file plus its `-wal` and `-shm`
+//! companions), queryable by scaler and time range, and rebuilds a scaler's
+//! state after a restart ([`Journal::recover`]).
+//!
+//! # Durability
+//!
+//! The database runs in WAL mode with `synchronous = FULL`. An
+//! [`append`](Journal::append) resolves only after the transaction holding its
+//! record has committed, and under `FULL` a commit returns only after the
+//! write-ahead log has been fsync'd. An acknowledged record therefore survives
+//! `kill -9`, an OS crash and a power cut. `NORMAL` would survive `kill -9`
+//! as well (the log is written, though not synced, before the commit
+//! returns), but an OS crash or power cut could take the last transactions
+//! with it, and that is exactly the window append-before-actuate must close:
+//! the control loop calls an actuator only once the tick's `pending` record
+//! is on disk, so after any crash a change that may have been made is visible
+//! in the journal.
+//!
+//! `FULL` costs one fsync per commit, not per record: a dedicated writer
+//! thread owns the only write connection and commits everything queued at
+//! once in one transaction (group commit). More load makes bigger
+//! transactions, not more fsyncs, and no write ever blocks the async runtime.
+//!
+//! Measured by `cargo bench -p scalewise --bench journal` (release, on a
+//! shared 2-core VM, records built from the NASA trace: 6.1 KB of JSON each):
+//! 10,000 scalers ticking every 15 s (667 appends/s) cost the writer thread
+//! 9% of one core, with append latency p50 2.4 ms and p99 16 ms. Flat out the
+//! journal takes about 13,800 appends/s under `FULL` (12,600 under `NORMAL`,
+//! within the noise), twenty times that need. The fsync only shows when few
+//! appends wait at once: 16 appenders get 2,800/s under `FULL` against
+//! 8,000/s under `NORMAL`.
+//!
+//! # Append before actuate
+//!
+//! The control loop appends the tick with [`ActuationRecord::Pending`], calls
+//! the actuator, then [`update_actuation`](Journal::update_actuation)s the
+//! record. The actuation is the only part of a record that ever changes; it
+//! lives in its own column so the update is small.
+//!
+//! # Storage
+//!
+//! One row per tick: the fields queries and recovery need as indexed columns
+//! (id, time, scaler, mode, current, desired, recommendation, ...), the
+//! actuation as JSON, and the whole record as zstd-compressed JSON: a
+//! quarter of the plain JSON's size for 18 µs per record, so a typical
+//! record fits in one page. With indexes a record takes about 2.1 KB on
+//! disk: 10,000 scalers at 15 s write about 113 GiB a day, so size the
+//! retention to the disk (a week at that scale is about 0.8 TB).
+//! Record ids are never reused, even after retention emptied the table.
+//! The schema is versioned with `PRAGMA user_version`; a file written by a
+//! newer Scalewise is refused rather than misread.
+//!
+//! Records older than the retention are deleted at open and then every
+//! minute, a thousand rows per transaction, with queued appends served
+//! between the batches.
 
 mod record;
+mod schema;
+mod store;
+mod writer;
+
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::config::Mode;
 
 pub use record::*;
+
+use store::ReaderPool;
+use writer::Command;
+
+/// How durable an acknowledged append is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: the log is fsync'd at every commit, so an
+    /// acknowledged record survives power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: an acknowledged record survives the process
+    /// being killed, but an OS crash or power cut may lose the last commits.
+    Normal,
+}
+
+/// How a journal is opened.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Records older than this (by their `time_ms`) are deleted.
+    pub retention: Duration,
+    /// The clock retention is measured against (the host's, which the demo
+    /// runs faster than real time).
+    pub clock: Clock,
+    /// How often (real time) the retention sweep runs after the one at open.
+    pub sweep_interval: Duration,
+    /// What an acknowledged append survives.
+    pub durability: Durability,
+}
+
+impl JournalOptions {
+    /// The defaults: the wall clock, a sweep a minute, [`Durability::Full`].
+    pub fn new(retention: Duration) -> Self {
+        JournalOptions {
+            retention,
+            clock: Clock::system(),
+            sweep_interval: Duration::from_secs(60),
+            durability: Durability::Full,
+        }
+    }
+}
+
+/// Which records a [`Journal::query`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Only this scaler's records; `None` = every scaler.
+    pub scaler: Option<String>,
+    /// Only records with `time_ms >= since_ms`.
+    pub since_ms: Option<i64>,
+    /// Only records with `time_ms < until_ms`.
+    pub until_ms: Option<i64>,
+    /// At most this many records (the newest).
+    pub limit: usize,
+}
+
+impl Query {
+    /// The newest `limit` records of every scaler.
+    pub fn latest(limit: usize) -> Self {
+        Query {
+            scaler: None,
+            since_ms: None,
+            until_ms: None,
+            limit,
+        }
+    }
+
+    /// The newest `limit` records of one scaler.
+    pub fn scaler(scaler: impl Into<String>, limit: usize) -> Self {
+        Query {
+            scaler: Some(scaler.into()),
+            ..Query::latest(limit)
+        }
+    }
+}
+
+/// The indexed columns of one tick: what recovery needs, read without
+/// decoding the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickSummary {
+    /// The record's id.
+    pub id: i64,
+    /// When the tick ran (ms since the Unix epoch).
+    pub time_ms: i64,
+    /// Enforce or dry-run at the time.
+    pub mode: Mode,
+    /// Replicas at the start of the tick.
+    pub current: u32,
+    /// The replica count the host settled on.
+    pub desired: u32,
+    /// The recommendation kept for stabilisation windows.
+    pub recommendation: u32,
+    /// What the actuator did (as last updated).
+    pub actuation: ActuationRecord,
+}
+
+impl TickSummary {
+    /// Whether this tick changed (or, in dry-run, would have changed) the
+    /// target.
+    pub fn is_scale(&self) -> bool {
+        self.desired != self.current
+    }
+}
+
+/// A policy's opaque state as the last tick that evaluated it left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    /// The policy's position in the scaler's config at that tick.
+    pub index: usize,
+    /// The module's name.
+    pub module: String,
+    /// The module's digest at that tick, if it was loaded.
+    pub digest: Option<String>,
+    /// The state to hand the policy next time.
+    pub state: Option<Vec<u8>>,
+    /// The tick's time.
+    pub time_ms: i64,
+}
+
+/// What the control loop needs to resume a scaler after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// The pause flag operators last set; `None` = never set (use config).
+    pub paused: Option<bool>,
+    /// The scaler's newest tick, however old (an in-flight or pending
+    /// actuation shows here).
+    pub last: Option<TickSummary>,
+    /// Ticks since the requested time, oldest first: recommendations for the
+    /// stabilisation windows, scale events for cooldowns and rate limits.
+    pub ticks: Vec<TickSummary>,
+    /// Each policy's state after the newest tick that evaluated policies, in
+    /// that tick's config order. Match them to the current config by index
+    /// and module name.
+    pub policy_states: Vec<PolicyState>,
+}
+
+/// The state each policy of `record` holds after that tick: what it
+/// answered when it decided, and what it was given (unchanged) when it failed.
+pub fn policy_states(record: &TickRecord) -> Vec<PolicyState> {
+    record
+        .evaluations
+        .iter()
+        .enumerate()
+        .map(|(index, evaluation)| PolicyState {
+            index,
+            module: evaluation.module.clone(),
+            digest: evaluation.digest.clone(),
+            state: match &evaluation.outcome {
+                EvaluationOutcome::Decided { decision } => decision.state.clone(),
+                EvaluationOutcome::Failed { .. } => evaluation.context.state.clone(),
+            },
+            time_ms: record.time_ms,
+        })
+        .collect()
+}
+
+/// Everything that can go wrong with the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The database file could not be opened or set up.
+    #[error("cannot open the journal {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The journal's folder could not be created.
+    #[error("cannot create the folder of the journal {path}: {source}")]
+    CreateDir {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not a SQLite database, or is damaged.
+    #[error("the journal {path} is corrupt or not a SQLite database: {source}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is a SQLite database but not a Scalewise journal.
+    #[error("{path} is not a Scalewise journal: {reason}")]
+    NotAJournal {
+        /// The database file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The file was written by a newer Scalewise.
+    #[error(
+        "the journal {path} has schema version {found}, newer than the {supported} this \
+         Scalewise understands; run a newer Scalewise or point it at another file"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// The file's schema version.
+        found: i64,
+        /// The newest version this build understands.
+        supported: i64,
+    },
+    /// The journal was opened read-only.
+    #[error("the journal {path} is open read-only")]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A write transaction failed; nothing in it was recorded.
+    #[error("writing the journal {path} failed: {source}")]
+    Write {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said (shared by every write of the failed transaction).
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// A query failed.
+    #[error("reading the journal {path} failed: {source}")]
+    Read {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the journal's writer thread: {0}")]
+    Spawn(#[source] io::Error),
+    /// A record could not be serialised.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A stored record could not be read back.
+    #[error("journal record {id} in {path} cannot be decoded: {source}")]
+    Decode {
+        /// The database file.
+        path: PathBuf,
+        /// The record's id.
+        id: i64,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// No record has this id.
+    #[error("no journal record has id {id}")]
+    NotFound {
+        /// The id asked for.
+        id: i64,
+    },
+    /// The journal was closed (or its writer stopped).
+    #[error("the journal is closed")]
+    Closed,
+    /// Writing an export failed.
+    #[error("cannot write the journal export: {0}")]
+    Export(#[source] io::Error),
+    /// A line of an export is not a tick record.
+    #[error("line {line} is not a journal record: {source}")]
+    Parse {
+        /// 1-based line number.
+        line: usize,
+        /// What serde said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl JournalError {
+    /// A fixed label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JournalError::Open { .. } | JournalError::CreateDir { .. } | JournalError::Spawn(_) => {
+                "open"
+            }
+            JournalError::Corrupt { .. } => "corrupt",
+            JournalError::NotAJournal { .. } => "not_a_journal",
+            JournalError::NewerSchema { .. } => "newer_schema",
+            JournalError::ReadOnly { .. } => "read_only",
+            JournalError::Write { .. } => "write",
+            JournalError::Read { .. } => "read",
+            JournalError::Encode { .. } => "encode",
+            JournalError::Decode { .. } => "decode",
+            JournalError::NotFound { .. } => "not_found",
+            JournalError::Closed => "closed",
+            JournalError::Export(_) => "export",
+            JournalError::Parse { .. } => "parse",
+        }
+    }
+}
+
+/// A handle to the decision journal. Cheap to clone; every clone talks to
+/// the same writer thread and reader pool.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// `None` when opened read-only.
+    commands: Option<mpsc::Sender<Command>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: ReaderPool,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path` with the default
+    /// options and the given retention.
+    pub fn open(path: &Path, retention: Duration) -> Result<Journal, JournalError> {
+        Self::open_with(path, JournalOptions::new(retention))
+    }
+
+    /// Opens (creating if needed) the journal at `path`. Starts the writer
+    /// thread; the first retention sweep runs in the background.
+    pub fn open_with(path: &Path, options: JournalOptions) -> Result<Journal, JournalError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| JournalError::CreateDir {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let conn = schema::open_writer(path, options.durability)?;
+        let (commands, handle) = writer::spawn(conn, path.to_owned(), options)?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                commands: Some(commands),
+                writer: Mutex::new(Some(handle)),
+                readers: ReaderPool::new(path.to_owned()),
+            }),
+        })
+    }
+
+    /// Opens an existing journal for reading only (the CLI's export and
+    /// eval, possibly while a daemon writes to it). Writes fail with
+    /// [`JournalError::ReadOnly`]; nothing is deleted.
+    pub fn open_read_only(path: &Path) -> Result<Journal, JournalError> {
+        let readers = ReaderPool::new(path.to_owned());
+        // Checks now that the file exists and is a journal we understand.
+        readers.with(|reader| reader.check_schema())?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                commands: None,
+                writer: Mutex::new(None),
+                readers,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Appends one tick's record and returns its id once the record is
+    /// durable. The record's own `id` is ignored. Cancelling the future does
+    /// not cancel the write.
+    pub async fn append(&self, record: TickRecord) -> Result<i64, JournalError> {
+        self.command(|reply| Command::Append {
+            record: Box::new(record),
+            reply,
+        })
+        .await?
+    }
+
+    /// Replaces the actuation of record `id` (append-before-actuate), durably.
+    pub async fn update_actuation(
+        &self,
+        id: i64,
+        actuation: ActuationRecord,
+    ) -> Result<(), JournalError> {
+        self.command(|reply| Command::UpdateActuation {
+            id,
+            actuation,
+            reply,
+        })
+        .await?
+    }
+
+    /// Records (durably) whether an operator paused the scaler.
+    pub async fn set_paused(&self, scaler: &str, paused: bool) -> Result<(), JournalError> {
+        let scaler = scaler.to_owned();
+        self.command(|reply| Command::SetPaused {
+            scaler,
+            paused,
+            reply,
+        })
+        .await?
+    }
+
+    /// Deletes every record older than the retention now, and returns how
+    /// many were deleted (also those of a sweep already under way).
+    pub async fn sweep_now(&self) -> Result<u64, JournalError> {
+        self.command(|reply| Command::Sweep { reply }).await?
+    }
+
+    /// Flushes every append queued so far, stops the writer and waits for
+    /// it. Other clones of this handle see [`JournalError::Closed`] after.
+    pub async fn close(self) -> Result<(), JournalError> {
+        if let Some(commands) = &self.inner.commands {
+            let (reply, done) = oneshot::channel();
+            if commands
+                .send(Command::Shutdown { reply: Some(reply) })
+                .is_ok()
+            {
+                // An error here means the writer already stopped: nothing left to flush.
+                let _ = done.await;
+            }
+        }
+        let handle = self.inner.writer.lock().expect("writer lock").take();
+        if let Some(handle) = handle {
+            // The writer exits right after replying; joining is quick but blocking.
+            if let Ok(Err(panic)) = tokio::task::spawn_blocking(move || handle.join()).await {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest records matching `filter`, newest first.
+    pub async fn query(&self, filter: Query) -> Result<Vec<TickRecord>, JournalError> {
+        self.read(move |journal| journal.query_blocking(&filter))
+            .await
+    }
+
+    /// Blocking [`query`](Self::query), for the CLI.
+    pub fn query_blocking(&self, filter: &Query) -> Result<Vec<TickRecord>, JournalError> {
+        self.inner.readers.with(|reader| reader.query(filter))
+    }
+
+    /// The record with this id.
+    pub async fn get(&self, id: i64) -> Result<Option<TickRecord>, JournalError> {
+        self.read(move |journal| journal.get_blocking(id)).await
+    }
+
+    /// Blocking [`get`](Self::get), for the CLI.
+    pub fn get_blocking(&self, id: i64) -> Result<Option<TickRecord>, JournalError> {
+        self.inner.readers.with(|reader| reader.get(id))
+    }
+
+    /// The scaler's records since `since_ms`, oldest first.
+    pub async fn recent(
+        &self,
+        scaler: &str,
+        since_ms: i64,
+    ) -> Result<Vec<TickRecord>, JournalError> {
+        let scaler = scaler.to_owned();
+        self.read(move |journal| {
+            journal
+                .inner
+                .readers
+                .with(|reader| reader.recent(&scaler, since_ms))
+        })
+        .await
+    }
+
+    /// Everything needed to resume `scaler` after a restart, from one
+    /// consistent snapshot; `ticks` starts at `since_ms`. Decodes at most one
+    /// record, so recovering thousands of scalers stays cheap.
+    pub async fn recover(&self, scaler: &str, since_ms: i64) -> Result<Recovery, JournalError> {
+        let scaler = scaler.to_owned();
+        self.read(move |journal| {
+            journal
+                .inner
+                .readers
+                .with(|reader| reader.recover(&scaler, since_ms))
+        })
+        .await
+    }
+
+    /// The pause flag operators last set for `scaler`; `None` if never set.
+    pub async fn paused(&self, scaler: &str) -> Result<Option<bool>, JournalError> {
+        let scaler = scaler.to_owned();
+        self.read(move |journal| journal.inner.readers.with(|reader| reader.paused(&scaler)))
+            .await
+    }
+
+    /// Writes the matching records to `out` as JSON lines, oldest first, and
+    /// returns how many. Blocking; pages through the table so a long export
+    /// never holds one read snapshot (which would stop WAL checkpoints).
+    pub fn export_jsonl<W: Write>(
+        &self,
+        out: W,
+        scaler: Option<&str>,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Result<u64, JournalError> {
+        let mut out = io::BufWriter::new(out);
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let page = self.inner.readers.with(|reader| {
+                reader.export_page(scaler, since_ms, until_ms, after, EXPORT_PAGE)
+            })?;
+            for record in &page {
+                serde_json::to_writer(&mut out, record)
+                    .map_err(|err| JournalError::Export(err.into()))?;
+                out.write_all(b"\n").map_err(JournalError::Export)?;
+                count += 1;
+            }
+            match page.last() {
+                Some(last) if page.len() == EXPORT_PAGE => {
+                    after = Some((last.time_ms, last.id.unwrap_or_default()));
+                }
+                _ => break,
+            }
+        }
+        out.flush().map_err(JournalError::Export)?;
+        Ok(count)
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, JournalError> {
+        let commands = self
+            .inner
+            .commands
+            .as_ref()
+            .ok_or_else(|| JournalError::ReadOnly {
+                path: self.inner.path.clone(),
+            })?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(make(reply))
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Runs a blocking read on tokio's blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let journal = self.clone();
+        match tokio::task::spawn_blocking(move || f(&journal)).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Only when the runtime shuts down under us.
+            Err(_) => Err(JournalError::Closed),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: flush what is queued and wait for the writer, as
+        // `close` does (this may block the dropping thread briefly).
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::Shutdown { reply: None });
+        }
+        let handle = self.writer.get_mut().ok().and_then(Option::take);
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Records per page of an export.
+const EXPORT_PAGE: usize = 500;
+
+/// Reads one record as exported (a line of `export_jsonl`, or the same JSON
+/// pretty-printed).
+pub fn parse_record(json: &str) -> Result<TickRecord, JournalError> {
+    serde_json::from_str(json).map_err(|err| JournalError::Parse {
+        line: 1,
+        source: err.into(),
+    })
+}
+
+/// Reads an export back, one record per non-empty line.
+pub fn read_jsonl<R: BufRead>(input: R) -> impl Iterator<Item = Result<TickRecord, JournalError>> {
+    input
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(|(index, line)| {
+            let line = line.map_err(|source| JournalError::Parse {
+                line: index + 1,
+                source,
+            })?;
+            serde_json::from_str(&line).map_err(|err| JournalError::Parse {
+                line: index + 1,
+                source: err.into(),
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Context, Decision, Target};
+
+    fn target() -> Target {
+        Target {
+            kind: "simulator".into(),
+            name: "web".into(),
+            current: 3,
+            ready: 3,
+            min: 1,
+            max: 10,
+        }
+    }
+
+    fn evaluation(module: &str, given: Option<&[u8]>, outcome: EvaluationOutcome) -> Evaluation {
+        Evaluation {
+            module: module.into(),
+            digest: Some(format!("digest-{module}")),
+            context: Context {
+                now_ms: 1_000,
+                scaler: "web".into(),
+                target: target(),
+                metrics: vec![],
+                events: vec![],
+                parameters: serde_json::json!({}),
+                state: given.map(<[u8]>::to_vec),
+            },
+            outcome,
+            duration_us: 3,
+        }
+    }
+
+    fn decided(state: Option<&[u8]>) -> EvaluationOutcome {
+        EvaluationOutcome::Decided {
+            decision: Decision {
+                desired: Some(4),
+                reason: "busy".into(),
+                state: state.map(<[u8]>::to_vec),
+            },
+        }
+    }
+
+    fn failed() -> EvaluationOutcome {
+        EvaluationOutcome::Failed {
+            kind: "trap".into(),
+            error: "unreachable".into(),
+        }
+    }
+
+    #[test]
+    fn policy_state_after_a_tick() {
+        type Case = (
+            &'static str,
+            Option<&'static [u8]>,
+            EvaluationOutcome,
+            Option<&'static [u8]>,
+        );
+        let cases: Vec<Case> = vec![
+            // (what happened, state given, outcome, state after)
+            (
+                "decided with new state",
+                Some(b"old"),
+                decided(Some(b"new")),
+                Some(b"new"),
+            ),
+            (
+                "decided and dropped its state",
+                Some(b"old"),
+                decided(None),
+                None,
+            ),
+            (
+                "decided from nothing",
+                None,
+                decided(Some(b"first")),
+                Some(b"first"),
+            ),
+            (
+                "failed keeps what it was given",
+                Some(b"old"),
+                failed(),
+                Some(b"old"),
+            ),
+            ("failed with no state", None, failed(), None),
+        ];
+        for (what, given, outcome, after) in cases {
+            let record = TickRecord {
+                id: Some(7),
+                time_ms: 1_000,
+                scaler: "web".into(),
+                mode: Mode::Enforce,
+                target: target(),
+                metric_errors: vec![],
+                evaluations: vec![
+                    evaluation("first", Some(b"x"), decided(Some(b"y"))),
+                    evaluation("second", given, outcome),
+                ],
+                proposal: Some(4),
+                envelope: vec![],
+                desired: 4,
+                recommendation: 4,
+                actuation: ActuationRecord::Pending,
+            };
+            let states = policy_states(&record);
+            assert_eq!(states.len(), 2, "{what}");
+            assert_eq!(states[0].state.as_deref(), Some(&b"y"[..]), "{what}");
+            assert_eq!(states[1].index, 1, "{what}");
+            assert_eq!(states[1].module, "second", "{what}");
+            assert_eq!(states[1].digest.as_deref(), Some("digest-second"), "{what}");
+            assert_eq!(states[1].state.as_deref(), after, "{what}");
+            assert_eq!(states[1].time_ms, 1_000, "{what}");
+        }
+    }
+
+    #[test]
+    fn read_jsonl_names_the_bad_line() {
+        let input = "\n{\"not\": \"a record\"}\n";
+        let results: Vec<_> = read_jsonl(input.as_bytes()).collect();
+        assert_eq!(results.len(), 1);
+        let err = results.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(err.kind(), "parse");
+        assert!(err.to_string().starts_with("line 2 "), "{err}");
+    }
+}

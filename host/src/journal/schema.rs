@@ -1,0 +1,170 @@
+//! The journal's tables, and opening connections to them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use super::{Durability, JournalError};
+
+/// The schema version this build writes and reads (`PRAGMA user_version`).
+pub(super) const VERSION: i64 = 1;
+
+/// Version 1. `ticks.record` is the whole record as zstd-compressed JSON, as
+/// appended; `ticks.actuation` (JSON) is the only column ever updated and
+/// overrides the record's own. AUTOINCREMENT keeps ids unique for good, even
+/// after retention emptied the table.
+const SCHEMA_V1: &str = "
+CREATE TABLE ticks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    scaler TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    current INTEGER NOT NULL,
+    desired INTEGER NOT NULL,
+    recommendation INTEGER NOT NULL,
+    proposal INTEGER,
+    is_scale INTEGER NOT NULL,
+    evaluations INTEGER NOT NULL,
+    actuation TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+CREATE INDEX ticks_scaler_time ON ticks (scaler, time_ms);
+CREATE INDEX ticks_time ON ticks (time_ms);
+CREATE TABLE scaler_control (
+    scaler TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// How long a connection waits for another's lock (another process on the
+/// same file, or a checkpoint) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WAL is truncated back to this size after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Opens the one write connection: WAL mode, the durability's synchronous
+/// level, and the schema created or checked.
+pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connection, JournalError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| open_error(path, e))?;
+    // The first statement that reads the file: one that is not SQLite fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| open_error(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(JournalError::NotAJournal {
+            path: path.to_owned(),
+            reason: format!("SQLite kept journal_mode {mode} instead of switching to WAL"),
+        });
+    }
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|e| open_error(path, e))?
+    {
+        return Err(open_error(
+            path,
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some("the file or its folder is not writable".into()),
+            ),
+        ));
+    }
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT))
+        .map_err(|e| open_error(path, e))?;
+    migrate(conn, path)
+}
+
+/// Creates the schema in an empty file, accepts the current version, and
+/// refuses anything else.
+fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, JournalError> {
+    // IMMEDIATE: two processes opening one new file must not both create it.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| open_error(path, e))?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| open_error(path, e))?;
+    match version {
+        0 => {
+            let tables: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| open_error(path, e))?;
+            if tables > 0 {
+                return Err(JournalError::NotAJournal {
+                    path: path.to_owned(),
+                    reason: format!("it has {tables} tables but no Scalewise schema version"),
+                });
+            }
+            tx.execute_batch(SCHEMA_V1)
+                .and_then(|()| tx.pragma_update(None, "user_version", VERSION))
+                .and_then(|()| tx.commit())
+                .map_err(|e| open_error(path, e))?;
+            tracing::info!(path = %path.display(), version = VERSION, "Created a new journal.");
+        }
+        _ => {
+            check_version(path, version)?;
+            tx.commit().map_err(|e| open_error(path, e))?;
+        }
+    }
+    Ok(conn)
+}
+
+/// Accepts only the version this build understands.
+pub(super) fn check_version(path: &Path, version: i64) -> Result<(), JournalError> {
+    match version {
+        VERSION => Ok(()),
+        0 => Err(JournalError::NotAJournal {
+            path: path.to_owned(),
+            reason: "it has no Scalewise schema version (empty or another program's database)"
+                .into(),
+        }),
+        v if v > VERSION => Err(JournalError::NewerSchema {
+            path: path.to_owned(),
+            found: v,
+            supported: VERSION,
+        }),
+        v => Err(JournalError::NotAJournal {
+            path: path.to_owned(),
+            reason: format!("unknown schema version {v}"),
+        }),
+    }
+}
+
+/// Opens a read connection to an existing journal. It may not write
+/// (`query_only`), but it is opened read-write so that it can use the WAL
+/// index like any other connection.
+pub(super) fn open_reader(path: &Path) -> Result<Connection, JournalError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .and_then(|()| conn.pragma_update(None, "query_only", true))
+        .map_err(|e| open_error(path, e))?;
+    Ok(conn)
+}
+
+/// Names the path, and tells a damaged file from one that cannot be opened.
+pub(super) fn open_error(path: &Path, source: rusqlite::Error) -> JournalError {
+    let path = path.to_owned();
+    match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            JournalError::Corrupt { path, source }
+        }
+        _ => JournalError::Open { path, source },
+    }
+}

@@ -1,0 +1,370 @@
+//! The writer thread: the only write connection, group commit, retention.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::store::{Encoded, Encoder};
+use super::{ActuationRecord, JournalError, JournalOptions, TickRecord};
+
+/// At most this many commands share one transaction, so a burst cannot make
+/// one commit (and every caller waiting on it) arbitrarily slow.
+const MAX_BATCH: usize = 1_000;
+
+/// Rows deleted per retention transaction; queued commands are served
+/// between two batches.
+pub(super) const SWEEP_BATCH: usize = 1_000;
+
+/// What callers ask of the writer. Every write replies after its commit.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// Insert a record; reply with its id.
+    Append {
+        record: Box<TickRecord>,
+        reply: oneshot::Sender<Result<i64, JournalError>>,
+    },
+    /// Replace a record's actuation.
+    UpdateActuation {
+        id: i64,
+        actuation: ActuationRecord,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Set a scaler's pause flag.
+    SetPaused {
+        scaler: String,
+        paused: bool,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+    /// Run a retention sweep now; reply when it is complete.
+    Sweep {
+        reply: oneshot::Sender<Result<u64, JournalError>>,
+    },
+    /// Finish this batch, then stop.
+    Shutdown { reply: Option<oneshot::Sender<()>> },
+}
+
+/// Starts the writer thread on `conn`. It sweeps retention first.
+pub(super) fn spawn(
+    conn: Connection,
+    path: PathBuf,
+    options: JournalOptions,
+) -> Result<(mpsc::Sender<Command>, JoinHandle<()>), JournalError> {
+    let (commands, receiver) = mpsc::channel();
+    let writer = Writer {
+        conn,
+        path,
+        encoder: Encoder::new(),
+        sweep: Sweep {
+            running: true,
+            deleted: 0,
+            waiters: Vec::new(),
+            next: Instant::now() + options.sweep_interval,
+        },
+        options,
+    };
+    let handle = thread::Builder::new()
+        .name("journal-writer".into())
+        .spawn(move || writer.run(receiver))
+        .map_err(JournalError::Spawn)?;
+    Ok((commands, handle))
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    encoder: Encoder,
+    options: JournalOptions,
+    sweep: Sweep,
+}
+
+/// The state of the retention sweep.
+struct Sweep {
+    /// A sweep is under way (one batch runs whenever no command waits).
+    running: bool,
+    /// Rows deleted by the sweep under way.
+    deleted: u64,
+    /// Callers of `sweep_now` waiting for it to finish.
+    waiters: Vec<oneshot::Sender<Result<u64, JournalError>>>,
+    /// When the next periodic sweep starts.
+    next: Instant,
+}
+
+/// A command's answer, sent once its transaction is settled.
+enum Reply {
+    Id(
+        oneshot::Sender<Result<i64, JournalError>>,
+        Result<i64, JournalError>,
+    ),
+    Unit(
+        oneshot::Sender<Result<(), JournalError>>,
+        Result<(), JournalError>,
+    ),
+}
+
+impl Writer {
+    fn run(mut self, commands: Receiver<Command>) {
+        let mut shutdown_replies = Vec::new();
+        loop {
+            let wait = if self.sweep.running {
+                Duration::ZERO
+            } else {
+                self.sweep.next.saturating_duration_since(Instant::now())
+            };
+            match commands.recv_timeout(wait) {
+                Ok(first) => {
+                    // Group commit: everything queued now shares one transaction.
+                    let mut batch = vec![first];
+                    batch.extend(commands.try_iter().take(MAX_BATCH - 1));
+                    if self.apply(batch, &mut shutdown_replies) {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.sweep_step(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for waiter in self.sweep.waiters.drain(..) {
+            let _ = waiter.send(Err(JournalError::Closed));
+        }
+        // Closing the last connection checkpoints the WAL into the database.
+        if let Err((_, err)) = self.conn.close() {
+            tracing::warn!(path = %self.path.display(), error = %err, "Closing the journal failed.");
+        }
+        tracing::debug!(path = %self.path.display(), "The journal writer stopped.");
+        for reply in shutdown_replies.into_iter().flatten() {
+            let _: Result<(), ()> = reply.send(());
+        }
+    }
+
+    /// Applies a batch in one transaction, then replies. Returns whether a
+    /// shutdown was asked for.
+    fn apply(
+        &mut self,
+        batch: Vec<Command>,
+        shutdown_replies: &mut Vec<Option<oneshot::Sender<()>>>,
+    ) -> bool {
+        let mut stop = false;
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        let writes = batch.len();
+        let mut tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => Some(tx),
+            Err(err) => {
+                failure = Some(err);
+                None
+            }
+        };
+        for command in batch {
+            // After a failure nothing more runs; every write gets the error.
+            let tx = tx.as_mut().filter(|_| failure.is_none());
+            match command {
+                Command::Append { record, reply } => {
+                    let result = match (tx, self.encoder.encode(*record)) {
+                        (_, Err(err)) => Err(err),
+                        (None, Ok(_)) => Ok(0),
+                        (Some(tx), Ok(row)) => insert(tx, &row).or_else(|err| {
+                            failure = Some(err);
+                            Ok(0)
+                        }),
+                    };
+                    replies.push(Reply::Id(reply, result));
+                }
+                Command::UpdateActuation {
+                    id,
+                    actuation,
+                    reply,
+                } => {
+                    let result = match tx {
+                        None => Ok(()),
+                        Some(tx) => update_actuation(tx, id, &actuation).or_else(|err| match err {
+                            Failure::Sqlite(err) => {
+                                failure = Some(err);
+                                Ok(())
+                            }
+                            Failure::Journal(err) => Err(err),
+                        }),
+                    };
+                    replies.push(Reply::Unit(reply, result));
+                }
+                Command::SetPaused {
+                    scaler,
+                    paused,
+                    reply,
+                } => {
+                    if let Some(tx) = tx
+                        && let Err(err) =
+                            set_paused(tx, &scaler, paused, self.options.clock.now_ms())
+                    {
+                        failure = Some(err);
+                    }
+                    replies.push(Reply::Unit(reply, Ok(())));
+                }
+                Command::Sweep { reply } => {
+                    self.sweep.waiters.push(reply);
+                    self.sweep.running = true;
+                }
+                Command::Shutdown { reply } => {
+                    shutdown_replies.push(reply);
+                    stop = true;
+                }
+            }
+        }
+        let settled = match (tx, failure) {
+            (Some(tx), None) => tx.commit(),
+            // Dropping the transaction rolls it back.
+            (_, Some(err)) => Err(err),
+            (None, None) => unreachable!("a transaction exists unless beginning it failed"),
+        };
+        let failed = settled.err().map(|err| {
+            tracing::error!(
+                path = %self.path.display(), error = %err, writes,
+                "A journal transaction failed and was rolled back."
+            );
+            Arc::new(err)
+        });
+        for reply in replies {
+            let fail = |path: &PathBuf, source: &Arc<rusqlite::Error>| JournalError::Write {
+                path: path.clone(),
+                source: source.clone(),
+            };
+            // A caller that gave up waiting is no error.
+            match (reply, &failed) {
+                (Reply::Id(reply, Ok(_)), Some(source)) => {
+                    let _ = reply.send(Err(fail(&self.path, source)));
+                }
+                (Reply::Id(reply, result), _) => {
+                    let _ = reply.send(result);
+                }
+                (Reply::Unit(reply, Ok(())), Some(source)) => {
+                    let _ = reply.send(Err(fail(&self.path, source)));
+                }
+                (Reply::Unit(reply, result), _) => {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        stop
+    }
+
+    /// Deletes one batch of expired records; finishes the sweep when fewer
+    /// than a batch were left.
+    fn sweep_step(&mut self) {
+        if !self.sweep.running {
+            self.sweep.running = true;
+            self.sweep.deleted = 0;
+        }
+        let retention_ms = i64::try_from(self.options.retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff_ms = self.options.clock.now_ms().saturating_sub(retention_ms);
+        let deleted = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM ticks WHERE id IN \
+                 (SELECT id FROM ticks WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![cutoff_ms, SWEEP_BATCH as i64]));
+        let result = match deleted {
+            Ok(deleted) => {
+                self.sweep.deleted += deleted as u64;
+                if deleted == SWEEP_BATCH {
+                    return;
+                }
+                if self.sweep.deleted > 0 {
+                    tracing::info!(
+                        path = %self.path.display(), deleted = self.sweep.deleted, cutoff_ms,
+                        "Deleted journal records older than the retention."
+                    );
+                }
+                Ok(self.sweep.deleted)
+            }
+            Err(err) => {
+                tracing::error!(
+                    path = %self.path.display(), error = %err,
+                    "Deleting expired journal records failed; will retry at the next sweep."
+                );
+                Err(Arc::new(err))
+            }
+        };
+        for waiter in self.sweep.waiters.drain(..) {
+            let _ = waiter.send(result.clone().map_err(|source| JournalError::Write {
+                path: self.path.clone(),
+                source,
+            }));
+        }
+        self.sweep.running = false;
+        self.sweep.deleted = 0;
+        self.sweep.next = Instant::now() + self.options.sweep_interval;
+    }
+}
+
+/// An update's failure: SQLite's (fails the whole batch) or the journal's
+/// (this command only).
+enum Failure {
+    Sqlite(rusqlite::Error),
+    Journal(JournalError),
+}
+
+fn insert(tx: &Transaction<'_>, row: &Encoded) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO ticks (time_ms, scaler, mode, current, desired, recommendation, proposal, \
+         is_scale, evaluations, actuation, record) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        row.time_ms,
+        row.scaler,
+        row.mode,
+        row.current,
+        row.desired,
+        row.recommendation,
+        row.proposal,
+        row.is_scale,
+        row.evaluations,
+        row.actuation,
+        row.body,
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn update_actuation(
+    tx: &Transaction<'_>,
+    id: i64,
+    actuation: &ActuationRecord,
+) -> Result<(), Failure> {
+    let json = serde_json::to_string(actuation).map_err(|err| {
+        Failure::Journal(JournalError::Encode {
+            what: format!("the actuation of record {id}"),
+            source: err.into(),
+        })
+    })?;
+    let changed = tx
+        .prepare_cached("UPDATE ticks SET actuation = ?2 WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id, json]))
+        .map_err(Failure::Sqlite)?;
+    if changed == 0 {
+        return Err(Failure::Journal(JournalError::NotFound { id }));
+    }
+    Ok(())
+}
+
+fn set_paused(
+    tx: &Transaction<'_>,
+    scaler: &str,
+    paused: bool,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO scaler_control (scaler, paused, updated_ms) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (scaler) DO UPDATE SET paused = excluded.paused, \
+         updated_ms = excluded.updated_ms",
+    )?
+    .execute(params![scaler, paused, now_ms])?;
+    Ok(())
+}
