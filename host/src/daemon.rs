@@ -18,7 +18,8 @@ use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, MetricConfig, ScalerConfig, TargetConfig};
-use crate::journal::{Journal, TickRecord};
+use crate::journal::{Journal, JournalOptions, TickRecord};
+use crate::policy::PolicyInfo;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, Services};
@@ -57,7 +58,7 @@ pub struct Daemon {
     registry: Arc<Registry>,
     journal: Journal,
     telemetry: Arc<Telemetry>,
-    simulation: Arc<Simulation>,
+    simulation: Simulation,
     scalers: Vec<Scaler>,
     handles: Arc<BTreeMap<String, Arc<ScalerHandle>>>,
     decisions: broadcast::Sender<Arc<TickRecord>>,
@@ -86,17 +87,27 @@ impl Daemon {
                 telemetry.module_load_error(name, &failure.kind);
                 tracing::warn!(module = %name, path = %failure.path.display(), error = %failure.error, "A policy module failed to load.");
             }
-            config.check_policies(&|name: &str| {
-                snapshot.modules.get(name).map(|m| m.info().clone())
-            })?;
+            let catalog: BTreeMap<String, PolicyInfo> = snapshot
+                .modules
+                .iter()
+                .map(|(name, module)| (name.clone(), module.info().clone()))
+                .collect();
+            config.check_policies(&catalog)?;
         }
 
-        let journal = Journal::open(&config.journal.path, config.journal.retention)
-            .map_err(|e| DaemonError::Setup(e.to_string()))?;
-        let simulation = Arc::new(
-            Simulation::from_config(&config.simulations, &config.base_dir, clock.now_ms())
-                .map_err(|e| DaemonError::Setup(e.to_string()))?,
-        );
+        let journal = Journal::open_with(
+            &config.journal.path,
+            JournalOptions {
+                clock,
+                ..JournalOptions::new(config.journal.retention)
+            },
+        )
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let simulation =
+            Simulation::from_config(&config.simulations, config.origin().dir(), clock.now_ms())
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        // Keep only as much simulated history as the longest window needs.
+        simulation.set_history(longest_window_ms(&config));
         let (decisions, _) = broadcast::channel(1024);
         let services = Services {
             registry: registry.clone(),
@@ -158,7 +169,7 @@ impl Daemon {
     }
 
     /// The simulated services, for tests and the demo.
-    pub fn simulation(&self) -> Arc<Simulation> {
+    pub fn simulation(&self) -> Simulation {
         self.simulation.clone()
     }
 
@@ -280,7 +291,7 @@ fn bind_scaler(
     config: &Config,
     scaler: &ScalerConfig,
     registry: &Registry,
-    simulation: &Arc<Simulation>,
+    simulation: &Simulation,
 ) -> Result<ScalerSpec, DaemonError> {
     let name = scaler.name.get_ref().clone();
     let interval_ms = scaler.interval.as_millis() as i64;
@@ -316,11 +327,12 @@ fn bind_scaler(
         .map(|p| {
             let p = p.get_ref();
             let module = p.module.get_ref().clone();
-            let info = snapshot.modules.get(&module).map(|m| m.info().clone());
-            BoundPolicy {
-                parameters: p.parameters_json(info.as_ref()),
-                module,
-            }
+            // check_policies made sure every module is loaded.
+            let parameters = match snapshot.modules.get(&module) {
+                Some(m) => p.parameters(m.info()),
+                None => serde_json::Value::Object(serde_json::Map::new()),
+            };
+            BoundPolicy { parameters, module }
         })
         .collect();
     Ok(ScalerSpec {
@@ -339,18 +351,12 @@ fn build_source(
     _config: &Config,
     scaler: &ScalerConfig,
     metric: &MetricConfig,
-    simulation: &Arc<Simulation>,
+    simulation: &Simulation,
 ) -> Result<(String, Arc<dyn Source>), DaemonError> {
     if metric.source == "simulator" {
-        let (service, query) = match metric.query.split_once('/') {
-            Some((service, _)) => (service.to_owned(), metric.query.clone()),
-            None => match scaler.target.get_ref() {
-                TargetConfig::Simulator { service } => (service.clone(), metric.query.clone()),
-            },
-        };
-        let source = SimulatorSource::new(simulation.clone(), &service)
+        let own = scaler.target.get_ref().simulation();
+        let source = SimulatorSource::new(simulation.clone(), own)
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
-        let _ = query;
         return Ok(("simulator".into(), Arc::new(source)));
     }
     Err(DaemonError::Setup(format!(
@@ -362,13 +368,25 @@ fn build_source(
 
 fn build_actuator(
     scaler: &ScalerConfig,
-    simulation: &Arc<Simulation>,
+    simulation: &Simulation,
 ) -> Result<Arc<dyn Actuator>, DaemonError> {
     match scaler.target.get_ref() {
         TargetConfig::Simulator { service } => {
-            let actuator = SimulatorActuator::new(simulation.clone(), service)
+            let actuator = SimulatorActuator::for_service(simulation, service)
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
             Ok(Arc::new(actuator))
         }
     }
+}
+
+/// The longest metric window any scaler asks for, plus a margin.
+fn longest_window_ms(config: &Config) -> i64 {
+    let longest = config
+        .scalers
+        .iter()
+        .flat_map(|s| s.get_ref().metrics.values())
+        .filter_map(|m| m.get_ref().window)
+        .max()
+        .unwrap_or_default();
+    longest.as_millis() as i64 + 60_000
 }

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError};
-use crate::journal::{ActuationRecord, TickRecord};
+use crate::journal::TickRecord;
 
 /// Where the demo looks for the bundled policy modules when neither
 /// `--policy-dir` nor `SCALEWISE_POLICY_DIR` says otherwise.
@@ -45,7 +45,8 @@ pub fn policy_dir(flag: Option<PathBuf>) -> Result<PathBuf, DaemonError> {
 /// Builds the demo daemon: the embedded config with the given policy folder
 /// and a journal in `state_dir`.
 pub async fn build(policy_dir: &Path, state_dir: &Path) -> Result<Daemon, DaemonError> {
-    let config = Config::demo(policy_dir, &state_dir.join("demo-journal.db"))?;
+    let config = Config::demo(policy_dir, &state_dir.join("demo-journal.db"));
+    config.validate()?;
     let clock = Clock::starting_at(wall_clock_ms(), config.clock.speed);
     Daemon::build(config, clock).await
 }
@@ -83,12 +84,8 @@ pub fn decision_line(record: &TickRecord, start_ms: i64) -> String {
     };
     let reason = crate::scaler::summarize(record);
     let reason = reason.split_once(" — ").map(|(_, r)| r).unwrap_or(&reason);
-    let mut line = format!(
+    format!(
         "sim {clock}  {:<8} {arrow} ready {:>3}  {reason}",
         record.scaler, record.target.ready
-    );
-    if matches!(record.actuation, ActuationRecord::DryRun) {
-        line.push_str(" (dry-run)");
-    }
-    line
+    )
 }

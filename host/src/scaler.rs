@@ -21,9 +21,10 @@ use crate::actuators::{Actuation, Actuator, Observed};
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
-    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure, TickRecord,
+    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState,
+    TickRecord, TickSummary,
 };
-use crate::policy::{Context, Metric, Target};
+use crate::policy::{Context, Metric, ScaleEvent, Target};
 use crate::registry::Registry;
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
@@ -229,20 +230,17 @@ impl Scaler {
     /// policy's state and the pause flag from the journal. `paused_default`
     /// applies when the journal has no pause flag for this scaler.
     pub async fn restore(&mut self, now_ms: i64, paused_default: bool) -> Result<usize, String> {
-        let journal = &self.services.journal;
-        let records = journal
-            .recent(&self.spec.name, now_ms - HISTORY_MS)
+        let recovery = self
+            .services
+            .journal
+            .recover(&self.spec.name, now_ms - HISTORY_MS)
             .await
             .map_err(|e| e.to_string())?;
-        let paused = journal
-            .paused(&self.spec.name)
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or(paused_default);
+        let paused = recovery.paused.unwrap_or(paused_default);
         self.handle.paused.store(paused, Ordering::Relaxed);
-        self.envelope = restore_envelope(&records);
-        self.policy_states = restore_policy_states(&self.spec.policies, &records);
-        Ok(records.len())
+        self.envelope = restore_envelope(&recovery.ticks);
+        self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
+        Ok(recovery.ticks.len())
     }
 
     /// Runs one tick at `now_ms` and returns its journal record.
@@ -414,7 +412,7 @@ impl Scaler {
                 scaler: self.spec.name.clone(),
                 target: target.clone(),
                 metrics: metrics.clone(),
-                events: self.envelope.events_since(now_ms - HISTORY_MS),
+                events: self.envelope.events_since(now_ms - HISTORY_MS).copied().collect(),
                 parameters: policy.parameters.clone(),
                 state: self.policy_states[i].clone(),
             };
@@ -657,41 +655,39 @@ pub fn combine(current: u32, evaluations: &[Evaluation]) -> (Option<u32>, bool) 
     (if any_scale { proposal } else { None }, any_failed)
 }
 
-/// Rebuilds the envelope's history from journal records (oldest first).
-fn restore_envelope(records: &[TickRecord]) -> EnvelopeState {
-    let recommendations = records
+/// Rebuilds the envelope's history from the journal's tick summaries
+/// (oldest first): every tick's recommendation, and a scale event for each
+/// tick whose actuation was carried out.
+fn restore_envelope(ticks: &[TickSummary]) -> EnvelopeState {
+    let recommendations = ticks
         .iter()
-        .filter(|r| !matches!(r.actuation, ActuationRecord::ObserveFailed { .. }))
-        .map(|r| (r.time_ms, r.recommendation));
-    let events = records.iter().filter_map(|r| match r.actuation {
-        ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => {
-            Some(crate::policy::ScaleEvent {
-                timestamp_ms: r.time_ms,
-                from: r.target.current,
-                to: r.desired,
-            })
-        }
+        .filter(|t| !matches!(t.actuation, ActuationRecord::ObserveFailed { .. }))
+        .map(|t| (t.time_ms, t.recommendation));
+    let events = ticks.iter().filter_map(|t| match t.actuation {
+        ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => Some(ScaleEvent {
+            timestamp_ms: t.time_ms,
+            from: t.current,
+            to: t.desired,
+        }),
         _ => None,
     });
     EnvelopeState::restore(recommendations, events)
 }
 
-/// The last state each policy returned, from journal records (oldest first).
-/// A policy is matched by its index and module name, so reordering the
-/// config does not hand one policy another's state.
-fn restore_policy_states(policies: &[BoundPolicy], records: &[TickRecord]) -> Vec<Option<Vec<u8>>> {
+/// Each policy's last state. A policy is matched by its index and module
+/// name, so reordering the config never hands one policy another's state.
+fn restore_policy_states(
+    policies: &[BoundPolicy],
+    saved: &[PolicyState],
+) -> Vec<Option<Vec<u8>>> {
     policies
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            records.iter().rev().find_map(|r| {
-                let e = r.evaluations.get(i).filter(|e| e.module == p.module)?;
-                match &e.outcome {
-                    EvaluationOutcome::Decided { decision } => Some(decision.state.clone()),
-                    EvaluationOutcome::Failed { .. } => None,
-                }
-            })
-            .flatten()
+            saved
+                .iter()
+                .find(|s| s.index == i && s.module == p.module)
+                .and_then(|s| s.state.clone())
         })
         .collect()
 }

@@ -95,7 +95,12 @@ pub async fn scaler_decisions(
     }
     let records = state
         .journal
-        .query(Some(&name), since, until, limit)
+        .query(crate::journal::Query {
+            scaler: Some(name),
+            since_ms: since,
+            until_ms: until,
+            limit,
+        })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(records))
