@@ -98,8 +98,10 @@
 //!
 //! Scalers that share a query share the request: fetches of the same query,
 //! window and step for the same second wait for one request in flight, and a
-//! result is reused for a second after it arrived. One source serves every
-//! scaler that names it, so the sharing spans scalers.
+//! result is reused for a second after it arrived. Freshness queries are
+//! shared the same way, also between different queries over the same
+//! selectors. One source serves every scaler that names it, so the sharing
+//! spans scalers.
 
 mod coalesce;
 mod freshness;
@@ -207,6 +209,9 @@ pub struct PrometheusSource {
     header_names: Vec<String>,
     client: prometheus_http_query::Client,
     answers: Coalescer<AnswerKey, Answer>,
+    /// Freshness answers, shared by the queries that read the same
+    /// selectors (`sum(x)` and `max(x)` both ask `max(timestamp(x))`).
+    data_times: Coalescer<(Arc<str>, i64), Result<Option<i64>, MetricError>>,
     /// The freshness query of each query seen (`None`: nothing to check).
     freshness: Mutex<HashMap<String, Option<Arc<str>>>>,
 }
@@ -285,6 +290,11 @@ impl PrometheusSource {
                 config.timeout + FINISHED_TTL,
                 MAX_SHARED_ANSWERS,
             ),
+            data_times: Coalescer::new(
+                FINISHED_TTL,
+                config.timeout + FINISHED_TTL,
+                MAX_SHARED_ANSWERS,
+            ),
             freshness: Mutex::new(HashMap::new()),
         })
     }
@@ -350,35 +360,49 @@ impl PrometheusSource {
             one_series(data)
         };
         let newest_data = async {
-            let Some(freshness_query) = &freshness_query else {
+            let Some(freshness_query) = freshness_query else {
                 return Ok(None);
             };
-            let request = self
-                .client
-                .query(freshness_query.as_ref())
-                .at(evaluation_s)
-                .timeout(timeout_ms as i64);
-            let result = self.send(self.authorize(request).get_raw()).await;
-            match result {
-                Ok(data) => Ok(newest_data_ms(&data)),
-                // Only our rewrite can make this fail while the query itself
-                // runs: skip the check rather than fail the metric.
-                Err(MetricError::Query(reason)) => {
-                    tracing::warn!(
-                        source = %self.name,
-                        query = %query.query,
-                        freshness_query = %freshness_query,
-                        %reason,
-                        "Prometheus refused the freshness query, so this answer's data age is not checked."
-                    );
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            }
+            let key = (freshness_query.clone(), evaluation_ms);
+            self.data_times
+                .run(key, || {
+                    self.newest_data(&query.query, &freshness_query, evaluation_s)
+                })
+                .await
         };
         let (points, newest_data) = tokio::join!(answer, newest_data);
         let points = points?;
         Ok(stamp_with_data_time(points, newest_data?))
+    }
+
+    /// Runs a freshness query: the time of the newest data behind `query`.
+    async fn newest_data(
+        &self,
+        query: &str,
+        freshness_query: &str,
+        evaluation_s: i64,
+    ) -> Result<Option<i64>, MetricError> {
+        let request = self
+            .client
+            .query(freshness_query)
+            .at(evaluation_s)
+            .timeout(self.timeout_ms() as i64);
+        match self.send(self.authorize(request).get_raw()).await {
+            Ok(data) => Ok(newest_data_ms(&data)),
+            // Only our rewrite can make this fail while the query itself
+            // runs: skip the check rather than fail the metric.
+            Err(MetricError::Query(reason)) => {
+                tracing::warn!(
+                    source = %self.name,
+                    query,
+                    freshness_query,
+                    %reason,
+                    "Prometheus refused the freshness query, so this answer's data age is not checked."
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn authorize(
