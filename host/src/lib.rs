@@ -10,8 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod actuators;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod journal;
 pub mod policy;
+pub mod registry;
+pub mod runtime;
 pub mod sources;
