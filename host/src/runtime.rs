@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
 
 use crate::config::RuntimeLimits;
 use crate::policy::{Context, Decision, PolicyInfo};
@@ -471,17 +473,30 @@ fn engine_config(limits: &RuntimeLimits, pooling: bool) -> Config {
         .consume_fuel(limits.fuel > 0)
         .max_wasm_stack(limits.max_wasm_stack.as_u64() as usize);
     if pooling {
+        let max_memory = limits.max_memory.as_u64() as usize;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_CONCURRENT_EVALUATIONS)
             .total_core_instances(MAX_CONCURRENT_EVALUATIONS * 8)
             .total_memories(MAX_CONCURRENT_EVALUATIONS)
             .total_tables(MAX_CONCURRENT_EVALUATIONS * 4)
             .max_memories_per_component(4)
-            .max_memory_size(limits.max_memory.as_u64() as usize)
-            // Resetting a reused slot by memset is cheaper than by madvise
-            // for the few pages a policy touches.
-            .linear_memory_keep_resident(256 * 1024)
-            .table_keep_resident(64 * 1024);
+            .max_memory_size(max_memory);
+        // A reused slot is reset either by copying back the pages the last
+        // evaluation dirtied (found with PAGEMAP_SCAN, Linux 6.7+) or by
+        // madvise, after which the next evaluation page-faults every page it
+        // touches again. Measured on bench-hpa: 30 µs per evaluation with the
+        // scan, 53 µs without (keeping 256 KiB resident), 57 µs keeping none.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(Enabled::Yes)
+                // Bounds what each idle slot keeps resident (a policy
+                // touches a MiB or two).
+                .linear_memory_keep_resident(max_memory.min(4 << 20))
+                .table_keep_resident(1 << 20);
+        } else {
+            // Without the scan the first bytes are reset blindly; keep that small.
+            pool.linear_memory_keep_resident(256 << 10)
+                .table_keep_resident(64 << 10);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config

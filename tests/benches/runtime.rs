@@ -8,6 +8,8 @@
 //! The HPA formula runs in the `bench-hpa` fixture (Wasm) and in
 //! [`native_hpa`] (the same logic, native). `target-tracking` is measured
 //! too; until the real policy lands it is a placeholder that does no math.
+//! The `lowering` group shows where most of the time goes: handing the
+//! window to the guest as a list of records.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -120,6 +122,67 @@ fn load_time(c: &mut Criterion, rt: &Runtime) {
     g.finish();
 }
 
+/// What passing 1,000 samples to a guest costs by WIT shape: a list of
+/// records (the contract's `list<point>`; wasmtime lowers it field by field)
+/// against two lists of primitives (lowered with one copy each). A guest
+/// that does nothing, so only the lowering is measured.
+struct Lowering {
+    store: wasmtime::Store<()>,
+    records: wasmtime::component::TypedFunc<(Vec<(i64, f64)>,), ()>,
+    columns: wasmtime::component::TypedFunc<(Vec<i64>, Vec<f64>), ()>,
+}
+
+impl Lowering {
+    fn new(rt: &Runtime) -> Self {
+        let wat = r#"(component
+          (core module $m
+            (memory (export "mem") 4)
+            ;; Every allocation at the same place: the data is never read.
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+            (func (export "records") (param i32 i32))
+            (func (export "columns") (param i32 i32 i32 i32)))
+          (core instance $i (instantiate $m))
+          (func (export "records") (param "points" (list (tuple s64 f64)))
+            (canon lift (core func $i "records")
+              (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+          (func (export "columns") (param "timestamps" (list s64)) (param "values" (list f64))
+            (canon lift (core func $i "columns")
+              (memory (core memory $i "mem")) (realloc (core func $i "realloc")))))"#;
+        let engine = rt.engine();
+        let component =
+            wasmtime::component::Component::new(engine, wat::parse_str(wat).unwrap()).unwrap();
+        let linker = wasmtime::component::Linker::<()>::new(engine);
+        let mut store = wasmtime::Store::new(engine, ());
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let records = instance.get_typed_func(&mut store, "records").unwrap();
+        let columns = instance.get_typed_func(&mut store, "columns").unwrap();
+        Lowering {
+            store,
+            records,
+            columns,
+        }
+    }
+}
+
+fn lowering(c: &mut Criterion, rt: &Runtime) {
+    let mut l = Lowering::new(rt);
+    let points: Vec<(i64, f64)> = (0..POINTS).map(|i| (i as i64 * 1000, i as f64)).collect();
+    let (ts, vs): (Vec<i64>, Vec<f64>) = points.iter().copied().unzip();
+    let mut g = c.benchmark_group("lowering-1000-points");
+    g.bench_function("list-of-records", |b| {
+        b.iter(|| l.records.call(&mut l.store, (points.clone(),)).unwrap())
+    });
+    g.bench_function("two-primitive-lists", |b| {
+        b.iter(|| {
+            l.columns
+                .call(&mut l.store, (ts.clone(), vs.clone()))
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
 /// Median time per call over `rounds` rounds of `calls` calls.
 fn median_per_call(rounds: usize, calls: u32, mut f: impl FnMut()) -> Duration {
     let mut times: Vec<Duration> = (0..rounds)
@@ -150,7 +213,26 @@ fn summary(rt: &Runtime, fuel_rt: &Runtime) {
     let fuel = median_per_call(rounds, calls, || {
         black_box(hpa_fuel.evaluate(black_box(&ctx)).unwrap());
     });
+    let small_ctx = context(
+        1_700_000_000_000,
+        json!({"metric": "cpu", "target": 50.0}),
+        1,
+    );
+    let small = median_per_call(rounds, calls, || {
+        black_box(hpa.evaluate(black_box(&small_ctx)).unwrap());
+    });
     let inst = median_per_call(rounds, calls, || hpa.instantiate_check().unwrap());
+    let mut l = Lowering::new(rt);
+    let points: Vec<(i64, f64)> = (0..POINTS).map(|i| (i as i64, i as f64)).collect();
+    let (ts, vs): (Vec<i64>, Vec<f64>) = points.iter().copied().unzip();
+    let records = median_per_call(rounds, calls, || {
+        l.records.call(&mut l.store, (points.clone(),)).unwrap()
+    });
+    let columns = median_per_call(rounds, calls, || {
+        l.columns
+            .call(&mut l.store, (ts.clone(), vs.clone()))
+            .unwrap()
+    });
     let bytes = std::fs::read(artifacts::BENCH_HPA).unwrap();
     let compile = median_per_call(5, 1, || {
         black_box(rt.load("bench-hpa", &bytes).unwrap());
@@ -169,7 +251,10 @@ fn summary(rt: &Runtime, fuel_rt: &Runtime) {
         "  Wasm with fuel            {fuel:>10.2?}   {:.2}x native",
         fuel.as_secs_f64() / native.as_secs_f64()
     );
+    println!("  Wasm, 1-point window      {small:>10.2?}   (fixed cost of one evaluation)");
     println!("  instantiate (fresh Store) {inst:>10.2?}");
+    println!("  lowering {POINTS} points as list<record>       {records:>10.2?}");
+    println!("  lowering {POINTS} points as two primitive lists {columns:>10.2?}");
     println!(
         "  load (compile+describe)   {compile:>10.2?}   ({} KB module)",
         bytes.len() / 1024
@@ -189,6 +274,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     evaluate(&mut c, &rt, &fuel_rt);
+    lowering(&mut c, &rt);
     load_time(&mut c, &rt);
     c.final_summary();
     summary(&rt, &fuel_rt);

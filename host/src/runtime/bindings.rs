@@ -11,7 +11,7 @@ wasmtime::component::bindgen!({
     world: "policy",
 });
 
-pub(crate) use scalewise::policy::types;
+pub(crate) use self::scalewise::policy::types;
 
 /// The interface a policy must export, without its version.
 pub(crate) const EVALUATOR_INTERFACE: &str = "scalewise:policy/evaluator";
