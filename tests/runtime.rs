@@ -139,6 +139,27 @@ fn a_sleeping_policy_does_not_block_the_host() {
 }
 
 #[test]
+fn evaluations_work_on_tokio_blocking_threads() {
+    // The control loop runs evaluations with spawn_blocking; WASI's sync
+    // host calls (stdout writes, polling a sleep) then run inside tokio.
+    let module = load(artifacts::FAULTS);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for mode in ["print-flood", "sleep", "ok", "panic", "ok"] {
+            let module = module.clone();
+            let result = tokio::task::spawn_blocking(move || module.evaluate(&fault(mode)))
+                .await
+                .expect("the evaluation does not panic the thread");
+            assert_eq!(result.is_ok(), mode != "panic", "{mode}: {result:?}");
+        }
+    });
+}
+
+#[test]
 fn policy_errors_are_returned_as_is() {
     let module = load(artifacts::ALWAYS_ERRORS);
     for _ in 0..3 {

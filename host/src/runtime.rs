@@ -241,8 +241,9 @@ impl PolicyModule {
     }
 
     /// Asks the policy for a decision. Synchronous and CPU-bound (bounded by
-    /// the runtime's timeout): call it from a blocking thread, not from an
-    /// async task.
+    /// the runtime's timeout): call it from a blocking thread
+    /// (`tokio::task::spawn_blocking`), never inside an async task, where
+    /// WASI's blocking host calls would panic.
     pub fn evaluate(&self, ctx: &Context) -> Result<Decision, EvalError> {
         let guest_ctx = bindings::context_to_guest(ctx)?;
         let m = &self.inner;
