@@ -80,15 +80,13 @@ struct Artifact {
 fn build_guests(policies: &Path, guests_dir: &Path) -> Vec<Artifact> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(policies)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "--message-format=json-render-diagnostics",
-        ])
-        .env("CARGO_TARGET_DIR", guests_dir);
+    cmd.current_dir(policies).args([
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "--message-format=json-render-diagnostics",
+    ]);
     // Settings meant for the host build (or for this build script) must not
     // reach the guest build: flags, wrappers (clippy-driver), targets,
     // profiles, and the variables cargo sets for build scripts.
@@ -127,6 +125,7 @@ fn build_guests(policies: &Path, guests_dir: &Path) -> Vec<Artifact> {
             cmd.env_remove(key);
         }
     }
+    // Set after the clean-up above, which removes any inherited value.
     cmd.env("CARGO_TARGET_DIR", guests_dir);
     let output = cmd
         .output()
