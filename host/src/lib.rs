@@ -10,10 +10,13 @@
 #![forbid(unsafe_code)]
 
 pub mod actuators;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod envelope;
 pub mod journal;
 pub mod policy;
+pub mod registry;
+pub mod runtime;
 pub mod simulator;
 pub mod sources;

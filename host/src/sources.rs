@@ -4,6 +4,7 @@
 //! answer the same way whatever the source (finite values, not stale, not
 //! empty) in [`check_series`], so each source only reports what it got.
 
+pub mod prometheus;
 pub mod simulator;
 
 use std::fmt;

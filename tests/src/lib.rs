@@ -1,1 +1,81 @@
-//! tests
+//! Integration and end-to-end tests of Scalewise against real components.
+//!
+//! `build.rs` builds every guest module of `policies/` (real policies and the
+//! fixtures under `policies/fixtures/`) for wasm32-wasip2; [`artifacts`]
+//! holds their paths. The tests themselves are the `[[test]]` targets next
+//! to this crate's manifest: `runtime.rs` (faults, limits, loading),
+//! `sandbox.rs` (what a policy can reach, determinism), `registry.rs` and
+//! `cli.rs`; `benches/runtime.rs` is the runtime benchmark.
+//!
+//! Harnesses for real peers:
+//! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
+//! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
+
+pub mod prometheus;
+pub mod stub_http;
+
+use std::path::{Path, PathBuf};
+
+use scalewise::config::RuntimeLimits;
+use scalewise::policy::{Context, Metric, Point, Target};
+use scalewise::runtime::{PolicyModule, Runtime};
+
+/// Paths of the guest modules built from `policies/`, one constant per
+/// module (`FAULTS`, `SANDBOX_PROBE`, `TARGET_TRACKING`, ...) and [`ALL`](artifacts::ALL).
+pub mod artifacts {
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
+
+/// `tests/data`, where example contexts live.
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+/// A runtime with the default limits.
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeLimits::default()).expect("the default runtime starts")
+}
+
+/// Loads the module at `path` with the default limits, or panics with why.
+pub fn load(path: &str) -> PolicyModule {
+    runtime()
+        .load_file(Path::new(path))
+        .unwrap_or_else(|e| panic!("{path} does not load: {e}"))
+}
+
+/// A context at `now_ms` for scaler `web` (3 replicas, bounds 1–10) with
+/// the given parameters and one `cpu` metric of `points` samples, one a
+/// second, ending at `now_ms`, cycling between 40 and 80.
+pub fn context(now_ms: i64, parameters: serde_json::Value, points: usize) -> Context {
+    let points = (0..points)
+        .map(|i| {
+            let age = (points - 1 - i) as i64 * 1000;
+            Point::from((now_ms - age, 40.0 + (i % 41) as f64))
+        })
+        .collect();
+    Context {
+        now_ms,
+        scaler: "web".into(),
+        target: Target {
+            kind: "simulator".into(),
+            name: "web".into(),
+            current: 3,
+            ready: 3,
+            min: 1,
+            max: 10,
+        },
+        metrics: vec![Metric {
+            name: "cpu".into(),
+            points,
+            error: None,
+        }],
+        events: Vec::new(),
+        parameters,
+        state: None,
+    }
+}
+
+/// The `faults` fixture's context for `mode`.
+pub fn fault(mode: &str) -> Context {
+    context(1_700_000_000_000, serde_json::json!({ "mode": mode }), 3)
+}

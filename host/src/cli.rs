@@ -1,0 +1,509 @@
+//! The `scalewise` command line: `run`, and the policy author's tools
+//! `check` and `eval`.
+//!
+//! Commands write to the `out`/`err` writers they are given (so tests run
+//! them in-process) and return the process exit code: 0 on success, 1 when a
+//! module does not load, an evaluation fails or a replay does not match.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::RuntimeLimits;
+use crate::journal::{Evaluation, TickRecord};
+use crate::policy::{Context, PolicyInfo};
+use crate::runtime::{PolicyModule, Runtime, eval_against_record};
+
+/// Scalewise: an autoscaling daemon whose decision logic is sandboxed WebAssembly.
+#[derive(Debug, Parser)]
+#[command(name = "scalewise", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the daemon.
+    Run {
+        /// The configuration file; without one, the embedded demo runs.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Loads policy modules, checks them against the policy contract and
+    /// prints what each says about itself.
+    Check {
+        /// Module files (`.wasm` components).
+        #[arg(required = true, value_name = "MODULE")]
+        modules: Vec<PathBuf>,
+        /// Limits for the load-time `describe()` call.
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Runs one evaluation of a module and prints its decision as JSON.
+    Eval(EvalArgs),
+}
+
+/// Arguments of `scalewise eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The module file (a `.wasm` component).
+    #[arg(value_name = "MODULE")]
+    pub module: PathBuf,
+    /// A context (JSON, the shape of `policy::Context`), or a journal record
+    /// (a tick record or one evaluation from one) to replay and compare.
+    #[arg(long, short, value_name = "FILE")]
+    pub context: PathBuf,
+    /// Sets a key of the context's `parameters`; VALUE is read as JSON when
+    /// it parses, else as a string (`--params target=60 metric=cpu`).
+    #[arg(long = "params", short = 'p', value_name = "KEY=VALUE", num_args = 1.., value_parser = parse_param)]
+    pub params: Vec<(String, Value)>,
+    /// Limits for the evaluation.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Overrides of the runtime limits (defaults: those of the config file's
+/// `[runtime]` table).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Deadline of one call, e.g. `100ms`.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Memory a policy may use, e.g. `64MiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<ByteSize>,
+    /// Fuel per call; 0 turns fuel metering off.
+    #[arg(long, value_name = "UNITS")]
+    pub fuel: Option<u64>,
+    /// Wasm stack a policy may use, e.g. `512KiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub max_wasm_stack: Option<ByteSize>,
+    /// Decisions above this many replicas are invalid.
+    #[arg(long, value_name = "N")]
+    pub max_replicas: Option<u32>,
+}
+
+impl LimitArgs {
+    /// The default limits with these overrides applied.
+    pub fn to_limits(&self) -> RuntimeLimits {
+        let mut l = RuntimeLimits::default();
+        if let Some(v) = self.timeout {
+            l.timeout = v;
+        }
+        if let Some(v) = self.max_memory {
+            l.max_memory = v;
+        }
+        if let Some(v) = self.fuel {
+            l.fuel = v;
+        }
+        if let Some(v) = self.max_wasm_stack {
+            l.max_wasm_stack = v;
+        }
+        if let Some(v) = self.max_replicas {
+            l.max_replicas = v;
+        }
+        l
+    }
+}
+
+/// Parses `KEY=VALUE`; VALUE as JSON when valid, else as a string.
+fn parse_param(arg: &str) -> Result<(String, Value), String> {
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {arg:?}"))?;
+    if key.is_empty() {
+        return Err(format!("empty key in {arg:?}"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    Ok((key.to_string(), value))
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let result = match cli.command {
+        Command::Run { config: _ } => {
+            writeln!(out, "the control loop is being built; see issue 3").map(|()| 0)
+        }
+        Command::Check { modules, limits } => check(&modules, &limits, out, err),
+        Command::Eval(args) => eval(&args, out, err),
+    };
+    // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.
+    result.unwrap_or(1)
+}
+
+/// `scalewise check`: loads each module and prints its info.
+pub fn check(
+    modules: &[PathBuf],
+    limits: &LimitArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
+    let runtime = match Runtime::new(limits.to_limits()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(1);
+        }
+    };
+    let (mut failed, mut printed) = (0, 0);
+    for path in modules {
+        match runtime.load_file(path) {
+            Ok(module) => {
+                if printed > 0 {
+                    writeln!(out)?;
+                }
+                write_info(out, path, &module)?;
+                printed += 1;
+            }
+            Err(e) => {
+                failed += 1;
+                writeln!(err, "error: {}: {e}", path.display())?;
+            }
+        }
+    }
+    if failed > 0 {
+        writeln!(err, "{failed} of {} modules failed to load", modules.len())?;
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
+
+fn write_info(out: &mut dyn Write, path: &Path, module: &PolicyModule) -> std::io::Result<()> {
+    let PolicyInfo {
+        name,
+        version,
+        description,
+        parameters,
+    } = module.info();
+    writeln!(out, "{}: ok", path.display())?;
+    writeln!(out, "  name         {name}")?;
+    writeln!(out, "  version      {version}")?;
+    writeln!(out, "  description  {description}")?;
+    writeln!(out, "  digest       sha256:{}", module.digest())?;
+    if parameters.is_empty() {
+        writeln!(out, "  parameters   (none)")?;
+        return Ok(());
+    }
+    writeln!(out, "  parameters")?;
+    let rows: Vec<[String; 5]> = parameters
+        .iter()
+        .map(|p| {
+            [
+                p.name.clone(),
+                p.kind.as_str().to_string(),
+                if p.required { "yes" } else { "no" }.to_string(),
+                p.default
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), Value::to_string),
+                p.description.clone(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "REQUIRED", "DEFAULT", "DESCRIPTION"].map(String::from);
+    let mut widths = [0usize; 4];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        write!(out, "   ")?;
+        for (w, cell) in widths.iter().zip(row) {
+            write!(out, " {cell:<w$} ")?;
+        }
+        writeln!(out, " {}", row[4])?;
+    }
+    Ok(())
+}
+
+/// What `scalewise eval --context FILE` was given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalInput {
+    /// A plain context.
+    Context(Context),
+    /// A journaled evaluation to replay and compare.
+    Record(Box<Evaluation>),
+}
+
+/// Reads a context file: a [`Context`], a journal [`TickRecord`] (the
+/// evaluation of the module named `module` is used, or its only one), or
+/// a single [`Evaluation`]. The shape is told by its keys.
+pub fn parse_eval_input(text: &str, module: &str) -> Result<EvalInput, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let has = |key: &str| value.get(key).is_some();
+    if has("evaluations") {
+        let record: TickRecord = serde_json::from_value(value)
+            .map_err(|e| format!("looks like a journal tick record but is not one: {e}"))?;
+        let names: Vec<&str> = record
+            .evaluations
+            .iter()
+            .map(|e| e.module.as_str())
+            .collect();
+        let chosen = record
+            .evaluations
+            .iter()
+            .find(|e| e.module == module)
+            .or(match record.evaluations.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the tick record has no evaluation of module {module:?} (it has: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            })?;
+        Ok(EvalInput::Record(Box::new(chosen.clone())))
+    } else if has("outcome") && has("context") {
+        let evaluation: Evaluation = serde_json::from_value(value)
+            .map_err(|e| format!("looks like a journal evaluation but is not one: {e}"))?;
+        Ok(EvalInput::Record(Box::new(evaluation)))
+    } else {
+        serde_json::from_value(value)
+            .map(EvalInput::Context)
+            .map_err(|e| format!("not a valid context: {e}"))
+    }
+}
+
+/// `scalewise eval`: one evaluation, or a replay of a journaled one.
+pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
+    let runtime = match Runtime::new(args.limits.to_limits()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(1);
+        }
+    };
+    let module = match runtime.load_file(&args.module) {
+        Ok(m) => m,
+        Err(e) => {
+            writeln!(err, "error: {}: {e}", args.module.display())?;
+            return Ok(1);
+        }
+    };
+    let input = std::fs::read_to_string(&args.context)
+        .map_err(|e| format!("cannot read it: {e}"))
+        .and_then(|text| parse_eval_input(&text, module.name()));
+    let input = match input {
+        Ok(i) => i,
+        Err(e) => {
+            writeln!(err, "error: {}: {e}", args.context.display())?;
+            return Ok(1);
+        }
+    };
+    match input {
+        EvalInput::Context(mut ctx) => {
+            if let Err(e) = apply_params(&mut ctx.parameters, &args.params) {
+                writeln!(err, "error: {}: {e}", args.context.display())?;
+                return Ok(1);
+            }
+            match module.evaluate(&ctx) {
+                Ok(decision) => {
+                    writeln!(out, "{}", to_pretty(&decision))?;
+                    Ok(0)
+                }
+                Err(e) => {
+                    writeln!(out, "{}", to_pretty(&serde_json::json!({ "error": e })))?;
+                    Ok(1)
+                }
+            }
+        }
+        EvalInput::Record(evaluation) => {
+            if !args.params.is_empty() {
+                writeln!(
+                    err,
+                    "error: --params cannot be used with a journal record: a replay runs the recorded context as it was"
+                )?;
+                return Ok(1);
+            }
+            let replay = eval_against_record(&module, &evaluation);
+            writeln!(out, "{}", to_pretty(&replay))?;
+            writeln!(
+                err,
+                "replay: the answer {} the record; the module digest {} the recorded one",
+                if replay.outcome_matches {
+                    "matches"
+                } else {
+                    "DIFFERS FROM"
+                },
+                if replay.digest_matches {
+                    "matches"
+                } else {
+                    "DIFFERS FROM"
+                },
+            )?;
+            Ok(if replay.matches() { 0 } else { 1 })
+        }
+    }
+}
+
+/// Sets `params` in the context's parameters object.
+fn apply_params(parameters: &mut Value, params: &[(String, Value)]) -> Result<(), String> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    let Value::Object(map) = parameters else {
+        return Err(
+            "the context's parameters are not a JSON object, so --params cannot set keys".into(),
+        );
+    };
+    for (k, v) in params {
+        map.insert(k.clone(), v.clone());
+    }
+    Ok(())
+}
+
+fn to_pretty<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v)
+        .unwrap_or_else(|e| format!("{{\"error\": \"cannot print: {e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use serde_json::json;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn params_parse_as_json_or_string() {
+        let cases = [
+            ("target=60", Ok(("target", json!(60)))),
+            ("metric=cpu", Ok(("metric", json!("cpu")))),
+            ("flag=true", Ok(("flag", json!(true)))),
+            ("list=[1,2]", Ok(("list", json!([1, 2])))),
+            ("eq=a=b", Ok(("eq", json!("a=b")))),
+            ("empty=", Ok(("empty", json!("")))),
+            ("noequals", Err("expected KEY=VALUE")),
+            ("=1", Err("empty key")),
+        ];
+        for (arg, want) in cases {
+            match (parse_param(arg), want) {
+                (Ok((k, v)), Ok((wk, wv))) => assert_eq!((k.as_str(), v), (wk, wv), "{arg}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{e}"),
+                (got, want) => panic!("{arg}: {got:?} vs {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn eval_args_accept_several_params() {
+        let cli = Cli::try_parse_from([
+            "scalewise",
+            "eval",
+            "m.wasm",
+            "--context",
+            "c.json",
+            "--params",
+            "a=1",
+            "b=x",
+            "--timeout",
+            "250ms",
+            "--max-memory",
+            "32MiB",
+        ])
+        .unwrap();
+        let Command::Eval(args) = cli.command else {
+            panic!("not eval")
+        };
+        assert_eq!(
+            args.params,
+            vec![("a".into(), json!(1)), ("b".into(), json!("x"))]
+        );
+        let limits = args.limits.to_limits();
+        assert_eq!(limits.timeout, Duration::from_millis(250));
+        assert_eq!(limits.max_memory, ByteSize::mib(32));
+        assert_eq!(limits.fuel, 0);
+    }
+
+    const CONTEXT: &str = r#"{"now_ms": 5, "target": {"kind": "simulator", "name": "web",
+        "current": 2, "ready": 2, "min": 1, "max": 4}}"#;
+
+    fn evaluation(module: &str) -> Value {
+        json!({
+            "module": module,
+            "digest": "abc",
+            "context": serde_json::from_str::<Value>(CONTEXT).unwrap(),
+            "outcome": {"status": "decided", "decision": {"desired": 3, "reason": "r"}},
+            "duration_us": 7
+        })
+    }
+
+    fn tick(evaluations: Vec<Value>) -> String {
+        json!({
+            "time_ms": 5, "scaler": "web", "mode": "enforce",
+            "target": {"kind": "simulator", "name": "web", "current": 2, "ready": 2, "min": 1, "max": 4},
+            "evaluations": evaluations, "proposal": 3, "desired": 3, "recommendation": 3,
+            "actuation": {"status": "none"}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn eval_input_shapes() {
+        let EvalInput::Context(ctx) = parse_eval_input(CONTEXT, "m").unwrap() else {
+            panic!("context")
+        };
+        assert_eq!(ctx.target.current, 2);
+        assert_eq!(ctx.parameters, json!({}));
+
+        let single = evaluation("tt").to_string();
+        let EvalInput::Record(e) = parse_eval_input(&single, "other").unwrap() else {
+            panic!("evaluation")
+        };
+        assert_eq!(e.module, "tt");
+
+        let two = tick(vec![evaluation("a"), evaluation("b")]);
+        let EvalInput::Record(e) = parse_eval_input(&two, "b").unwrap() else {
+            panic!("tick")
+        };
+        assert_eq!(e.module, "b");
+        let none = parse_eval_input(&two, "c").unwrap_err();
+        assert!(
+            none.contains("no evaluation of module \"c\" (it has: a, b)"),
+            "{none}"
+        );
+
+        let one = tick(vec![evaluation("a")]);
+        assert!(matches!(
+            parse_eval_input(&one, "renamed"),
+            Ok(EvalInput::Record(_))
+        ));
+
+        let bad = parse_eval_input(r#"{"now_ms": 1}"#, "m").unwrap_err();
+        assert!(bad.contains("not a valid context"), "{bad}");
+        let typo = parse_eval_input(r#"{"now_ms": 1, "targte": {}}"#, "m").unwrap_err();
+        assert!(typo.contains("targte"), "{typo}");
+        assert!(
+            parse_eval_input("{", "m")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn params_override_and_refuse_non_objects() {
+        let mut p = json!({"a": 1, "b": 2});
+        apply_params(&mut p, &[("b".into(), json!(3)), ("c".into(), json!("x"))]).unwrap();
+        assert_eq!(p, json!({"a": 1, "b": 3, "c": "x"}));
+        let mut arr = json!([1]);
+        assert!(apply_params(&mut arr, &[("a".into(), json!(1))]).is_err());
+        assert!(apply_params(&mut arr, &[]).is_ok());
+    }
+}

@@ -1,0 +1,611 @@
+//! The sandboxed policy runtime.
+//!
+//! One wasmtime [`Engine`] per [`Runtime`]; each module is compiled once and
+//! pre-instantiated once ([`PolicyModule`]); every evaluation gets a fresh
+//! `Store` with a memory limit, a stack limit, an epoch deadline (one ticker
+//! thread per runtime) and optional fuel. The guest gets the logger import and
+//! an empty WASI: no files, environment, arguments or network; clocks stopped
+//! at the context's `now_ms`; randomness from a fixed seed; stdout and stderr
+//! captured into the host log. So the same context always gives the same
+//! decision, and a trap, timeout, out-of-memory or invalid answer is an
+//! [`EvalError`] for that call only.
+
+mod bindings;
+mod errors;
+mod host;
+mod replay;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
+
+use crate::config::RuntimeLimits;
+use crate::policy::{Context, Decision, PolicyInfo};
+
+use bindings::{EVALUATOR_INTERFACE, Policy, PolicyPre};
+use host::{HostState, MemoryLimitExceeded};
+
+pub use bindings::WIT_VERSION;
+pub use errors::{EvalError, EvalErrorKind, LoadError, RuntimeError};
+pub use host::POLICY_LOG_TARGET;
+pub use replay::{ReplayOutcome, eval_against_record, outcome_of};
+pub use validate::check_parameter_value;
+
+/// How often the engine's epoch advances; deadlines are whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Evaluations that can run at the same time per runtime (the pooling
+/// allocator's slots). One more fails with `instantiate` until one ends.
+pub const MAX_CONCURRENT_EVALUATIONS: u32 = 256;
+
+/// Longest error message kept from one failed evaluation.
+const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// Runs policy modules. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: RuntimeLimits,
+    /// Epoch ticks an evaluation may run (its deadline).
+    deadline_ticks: u64,
+    pooling: bool,
+    _ticker: EpochTicker,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.inner.limits)
+            .field("pooling", &self.inner.pooling)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Builds the engine for `limits` and starts its epoch ticker.
+    pub fn new(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
+        check_limits(&limits)?;
+        let (engine, pooling) = match Engine::new(&engine_config(&limits, true)) {
+            Ok(engine) => (engine, true),
+            Err(err) => {
+                // The pool reserves address space up front; where that is
+                // refused (e.g. a ulimit on virtual memory), allocate per
+                // instance instead: slower, same behaviour.
+                tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "The pooling allocator could not be set up; policies get memory on demand instead."
+                );
+                let engine = Engine::new(&engine_config(&limits, false))
+                    .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+                (engine, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let deadline_ticks = limits.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                limits,
+                deadline_ticks,
+                pooling,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The limits every evaluation runs under.
+    pub fn limits(&self) -> &RuntimeLimits {
+        &self.inner.limits
+    }
+
+    /// The wasmtime engine (for precompiling or caching code).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    /// Whether instances come from the pooling allocator (fast) rather than
+    /// on-demand allocation (the fallback when the pool cannot be reserved).
+    pub fn is_pooling(&self) -> bool {
+        self.inner.pooling
+    }
+
+    /// Compiles `bytes` as the module `name`, checks it against the
+    /// `scalewise:policy@0.1.0` world, pre-instantiates it and calls its
+    /// `describe()`.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, LoadError> {
+        check_header(bytes)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let inner = &self.inner;
+        let component = Component::new(&inner.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        check_exports(&inner.engine, &component)?;
+        let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::UnsupportedImports {
+                imports: unsupported_imports(&inner.engine, &component),
+                message: format!("{e:#}"),
+            }
+        })?;
+        let pre = PolicyPre::new(pre).map_err(|e| LoadError::BadExport(format!("{e:#}")))?;
+        let name: Arc<str> = name.into();
+        let info = run(inner, &pre, &name, "", 0, |policy, store| {
+            policy.scalewise_policy_evaluator().call_describe(store)
+        })
+        .map_err(|e| LoadError::DescribeFailed {
+            kind: e.kind,
+            message: e.message,
+        })?;
+        let info = bindings::info_from_guest(info).map_err(LoadError::InvalidInfo)?;
+        validate::validate_info(&info).map_err(LoadError::InvalidInfo)?;
+        tracing::debug!(
+            module = %name,
+            policy = %info.name,
+            version = %info.version,
+            digest = %digest,
+            "Loaded a policy module."
+        );
+        Ok(PolicyModule {
+            inner: Arc::new(ModuleInner {
+                name,
+                digest,
+                info,
+                pre,
+                runtime: Arc::clone(inner),
+            }),
+        })
+    }
+
+    /// Reads and loads a module file; its name is the file's stem.
+    pub fn load_file(&self, path: &Path) -> Result<PolicyModule, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load(&name, &bytes)
+    }
+}
+
+/// A loaded policy module, ready to evaluate. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyModule {
+    inner: Arc<ModuleInner>,
+}
+
+struct ModuleInner {
+    name: Arc<str>,
+    digest: String,
+    info: PolicyInfo,
+    pre: PolicyPre<HostState>,
+    /// Keeps the engine and its epoch ticker alive as long as the module.
+    runtime: Arc<RuntimeInner>,
+}
+
+impl fmt::Debug for PolicyModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyModule")
+            .field("name", &self.inner.name)
+            .field("digest", &self.inner.digest)
+            .field("info", &self.inner.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyModule {
+    /// The module's name (its file stem in the policy folder).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// sha256 of the module's bytes, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.inner.digest
+    }
+
+    /// What the policy said about itself at load.
+    pub fn info(&self) -> &PolicyInfo {
+        &self.inner.info
+    }
+
+    /// The limits its evaluations run under.
+    pub fn limits(&self) -> &RuntimeLimits {
+        &self.inner.runtime.limits
+    }
+
+    /// Instantiates the module in a fresh store, as every evaluation does,
+    /// without calling it: the per-evaluation setup cost alone (benchmarks,
+    /// health checks).
+    pub fn instantiate_check(&self) -> Result<(), EvalError> {
+        let m = &self.inner;
+        run(&m.runtime, &m.pre, &m.name, "", 0, |_, _| Ok(()))
+    }
+
+    /// Asks the policy for a decision. Synchronous and CPU-bound (bounded by
+    /// the runtime's timeout): call it from a blocking thread
+    /// (`tokio::task::spawn_blocking`), never inside an async task, where
+    /// WASI's blocking host calls would panic.
+    pub fn evaluate(&self, ctx: &Context) -> Result<Decision, EvalError> {
+        let guest_ctx = bindings::context_to_guest(ctx)?;
+        let m = &self.inner;
+        let answer = run(
+            &m.runtime,
+            &m.pre,
+            &m.name,
+            &ctx.scaler,
+            ctx.now_ms,
+            |policy, store| {
+                policy
+                    .scalewise_policy_evaluator()
+                    .call_evaluate(store, &guest_ctx)
+            },
+        )?;
+        match answer {
+            Ok(decision) => {
+                let decision = bindings::decision_from_guest(decision);
+                validate::validate_decision(&decision, &m.runtime.limits)
+                    .map_err(|e| EvalError::new(EvalErrorKind::InvalidDecision, e))?;
+                Ok(decision)
+            }
+            Err(message) => Err(EvalError::new(
+                EvalErrorKind::PolicyError,
+                host::truncate(&message, MAX_ERROR_MESSAGE_BYTES),
+            )),
+        }
+    }
+}
+
+/// One call into a fresh instance of `pre`: a new Store with the runtime's
+/// limits, the call, then the guest's output flushed to the log.
+fn run<R>(
+    rt: &RuntimeInner,
+    pre: &PolicyPre<HostState>,
+    module: &Arc<str>,
+    scaler: &str,
+    now_ms: i64,
+    call: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<R, EvalError> {
+    let limits = &rt.limits;
+    let state = HostState::new(
+        Arc::clone(module),
+        scaler,
+        now_ms,
+        limits.max_memory.as_u64() as usize,
+    );
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(rt.deadline_ticks);
+    if limits.fuel > 0 {
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| EvalError::new(EvalErrorKind::Instantiate, format!("{e:#}")))?;
+    }
+    let result = match pre.instantiate(&mut store) {
+        Ok(policy) => call(&policy, &mut store).map_err(|e| classify(&e, false, &store, limits)),
+        Err(e) => Err(classify(&e, true, &store, limits)),
+    };
+    let stderr = store.data_mut().finish();
+    result.map_err(|mut err| {
+        if !stderr.is_empty() && err.kind != EvalErrorKind::PolicyError {
+            err.message = format!("{}\npolicy stderr:\n{}", err.message, stderr.trim_end());
+        }
+        err.message = host::truncate(&err.message, MAX_ERROR_MESSAGE_BYTES).into_owned();
+        err
+    })
+}
+
+/// Maps a wasmtime error to an [`EvalErrorKind`], keeping wasmtime's full
+/// text (the trap, its cause and the guest backtrace).
+fn classify(
+    err: &wasmtime::Error,
+    instantiating: bool,
+    store: &Store<HostState>,
+    limits: &RuntimeLimits,
+) -> EvalError {
+    let detail = format!("{err:?}");
+    let (kind, summary) = if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
+        (EvalErrorKind::OutOfMemory, m.to_string())
+    } else if let Some(trap) = err.downcast_ref::<Trap>() {
+        match trap {
+            Trap::Interrupt => (
+                EvalErrorKind::Timeout,
+                format!(
+                    "the policy ran past its {} deadline (runtime.timeout)",
+                    humantime::format_duration(limits.timeout)
+                ),
+            ),
+            Trap::OutOfFuel => (
+                EvalErrorKind::OutOfFuel,
+                format!(
+                    "the policy used all of its {} fuel (runtime.fuel)",
+                    limits.fuel
+                ),
+            ),
+            Trap::StackOverflow => (
+                EvalErrorKind::StackOverflow,
+                format!(
+                    "the policy exhausted its {} Wasm stack (runtime.max_wasm_stack)",
+                    limits.max_wasm_stack
+                ),
+            ),
+            other => (EvalErrorKind::Trap, format!("the policy trapped: {other}")),
+        }
+    } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        (
+            EvalErrorKind::Trap,
+            format!("the policy called exit({})", exit.0),
+        )
+    } else if let Some(desired) = store.data().limiter.denied {
+        (
+            EvalErrorKind::OutOfMemory,
+            format!("the policy's memory growth to {desired} bytes was refused"),
+        )
+    } else if instantiating {
+        (
+            EvalErrorKind::Instantiate,
+            "the module could not be instantiated".to_string(),
+        )
+    } else {
+        (EvalErrorKind::Trap, "the call failed".to_string())
+    };
+    EvalError::new(kind, format!("{summary}\n{detail}"))
+}
+
+/// Refuses bytes that are not a Wasm component before compiling, with a hint.
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    match bytes.get(..8) {
+        Some(h) if &h[..4] == MAGIC => match &h[4..8] {
+            // Version 1, layer 0: a core module.
+            [1, 0, 0, 0] => Err(LoadError::NotAComponent(
+                "this is a core Wasm module; build the policy for wasm32-wasip2 \
+                 (or wrap it with `wasm-tools component new`)"
+                    .into(),
+            )),
+            _ => Ok(()),
+        },
+        _ => Err(LoadError::NotAComponent(format!(
+            "the file does not start with the Wasm magic bytes ({} bytes long)",
+            bytes.len()
+        ))),
+    }
+}
+
+/// Checks that the component exports our evaluator at our version, naming
+/// the version it does export otherwise.
+fn check_exports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let wanted = format!("{EVALUATOR_INTERFACE}@{WIT_VERSION}");
+    if exports.contains(&wanted) {
+        return Ok(());
+    }
+    let prefix = format!("{EVALUATOR_INTERFACE}@");
+    let found: Vec<String> = exports
+        .iter()
+        .filter_map(|n| n.strip_prefix(&prefix))
+        .map(str::to_string)
+        .collect();
+    if found.is_empty() {
+        Err(LoadError::MissingExport {
+            exports,
+            expected: WIT_VERSION,
+        })
+    } else {
+        Err(LoadError::WrongWitVersion {
+            found,
+            expected: WIT_VERSION,
+        })
+    }
+}
+
+/// The component's imports that the host does not give policies: anything
+/// but `scalewise:policy` at our version and WASI 0.2.
+fn unsupported_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !host_provides(name))
+        .map(str::to_string)
+        .collect()
+}
+
+fn host_provides(import: &str) -> bool {
+    let Some((interface, version)) = import.split_once('@') else {
+        return false;
+    };
+    if let Some(ours) = interface.strip_prefix("scalewise:policy/") {
+        return version == WIT_VERSION && matches!(ours, "log" | "types");
+    }
+    const WASI: [&str; 6] = [
+        "wasi:io/",
+        "wasi:clocks/",
+        "wasi:random/",
+        "wasi:cli/",
+        "wasi:filesystem/",
+        "wasi:sockets/",
+    ];
+    version.starts_with("0.2.") && WASI.iter().any(|p| interface.starts_with(p))
+}
+
+fn check_limits(limits: &RuntimeLimits) -> Result<(), RuntimeError> {
+    let problem = if limits.timeout.is_zero() {
+        Some("timeout must be above zero")
+    } else if limits.max_memory.as_u64() < 64 * 1024 {
+        Some("max_memory must be at least one Wasm page (64 KiB)")
+    } else if limits.max_memory.as_u64() > 4 * 1024 * 1024 * 1024 {
+        Some("max_memory must be at most 4 GiB (a 32-bit Wasm memory)")
+    } else if limits.max_wasm_stack.as_u64() < 16 * 1024 {
+        Some("max_wasm_stack must be at least 16 KiB")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(RuntimeError::Limits(p.into())),
+        None => Ok(()),
+    }
+}
+
+fn engine_config(limits: &RuntimeLimits, pooling: bool) -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(limits.fuel > 0)
+        .max_wasm_stack(limits.max_wasm_stack.as_u64() as usize);
+    if pooling {
+        let max_memory = limits.max_memory.as_u64() as usize;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_CONCURRENT_EVALUATIONS)
+            .total_core_instances(MAX_CONCURRENT_EVALUATIONS * 8)
+            .total_memories(MAX_CONCURRENT_EVALUATIONS)
+            .total_tables(MAX_CONCURRENT_EVALUATIONS * 4)
+            .max_memories_per_component(4)
+            .max_memory_size(max_memory);
+        // A reused slot is reset either by copying back the pages the last
+        // evaluation dirtied (found with PAGEMAP_SCAN, Linux 6.7+) or by
+        // madvise, after which the next evaluation page-faults every page it
+        // touches again. Measured on bench-hpa: 30 µs per evaluation with the
+        // scan, 53 µs without (keeping 256 KiB resident), 57 µs keeping none.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(Enabled::Yes)
+                // Bounds what each idle slot keeps resident (a policy
+                // touches a MiB or two).
+                .linear_memory_keep_resident(max_memory.min(4 << 20))
+                .table_keep_resident(1 << 20);
+        } else {
+            // Without the scan the first bytes are reset blindly; keep that small.
+            pool.linear_memory_keep_resident(256 << 10)
+                .table_keep_resident(64 << 10);
+        }
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("scalewise-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!(
+                "The epoch ticker thread could not start; policy timeouts will not fire."
+            );
+        }
+        EpochTicker {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread at once.
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks() {
+        let cases: [(&[u8], Option<&str>); 4] = [
+            (b"\0asm\x0d\0\x01\0", None),
+            (b"\0asm\x01\0\0\0", Some("core Wasm module")),
+            (b"hello world", Some("magic bytes")),
+            (b"", Some("0 bytes long")),
+        ];
+        for (bytes, want) in cases {
+            match (check_header(bytes), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{e}"),
+                (got, want) => panic!("{bytes:?}: {got:?} vs {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn provided_imports() {
+        let cases = [
+            ("scalewise:policy/log@0.1.0", true),
+            ("scalewise:policy/types@0.1.0", true),
+            ("scalewise:policy/log@0.2.0", false),
+            ("wasi:cli/environment@0.2.0", true),
+            ("wasi:io/streams@0.2.6", true),
+            ("wasi:http/outgoing-handler@0.2.0", false),
+            ("wasi:cli/environment@0.3.0", false),
+            ("my:own/thing", false),
+        ];
+        for (name, ok) in cases {
+            assert_eq!(host_provides(name), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let bad = [
+            RuntimeLimits {
+                timeout: Duration::ZERO,
+                ..RuntimeLimits::default()
+            },
+            RuntimeLimits {
+                max_memory: bytesize::ByteSize::kib(1),
+                ..RuntimeLimits::default()
+            },
+            RuntimeLimits {
+                max_wasm_stack: bytesize::ByteSize::b(10),
+                ..RuntimeLimits::default()
+            },
+        ];
+        for limits in bad {
+            let err = Runtime::new(limits).unwrap_err();
+            assert_eq!(err.kind(), "limits");
+        }
+    }
+
+    #[test]
+    fn deadline_covers_the_timeout() {
+        let rt = Runtime::new(RuntimeLimits::default()).unwrap();
+        // 100 ms at 5 ms ticks: 20 ticks, plus one for the partial first tick.
+        assert_eq!(rt.inner.deadline_ticks, 21);
+    }
+}

@@ -1,0 +1,474 @@
+//! What the host gives a policy during one evaluation: the logger import, an
+//! empty WASI (virtual clocks, seeded randomness, captured stdio, no files,
+//! environment or network), and the memory limiter.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use rand::SeedableRng as _;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, types::Level};
+
+/// The tracing target of everything a policy logs or prints.
+pub const POLICY_LOG_TARGET: &str = "scalewise::policy";
+
+/// Longest log message kept; longer ones are cut (the WIT promises 4 KiB).
+pub(crate) const MAX_LOG_MESSAGE_BYTES: usize = 4096;
+/// Log messages kept per evaluation; the rest are counted and reported once.
+pub(crate) const MAX_LOG_MESSAGES: u32 = 64;
+/// Bytes of stdout and of stderr kept per evaluation.
+pub(crate) const MAX_CAPTURED_OUTPUT: usize = 16 * 1024;
+/// The seed of every evaluation's randomness: same context, same bytes.
+const RANDOM_SEED: u64 = 0x5ca1_e715_e000_0001;
+/// Largest single request for random bytes (WASI's default is 64 MiB).
+const MAX_RANDOM_BYTES: u64 = 64 * 1024;
+
+// A Store may hold this many instances, tables and memories. A Rust policy
+// needs a handful; these stop a component from multiplying them.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 8;
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The per-Store state of one evaluation (or of the `describe()` call at load).
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    log: PolicyLog,
+    clock: VirtualClock,
+    stdout: CapturedOutput,
+    stderr: CapturedOutput,
+}
+
+impl HostState {
+    /// State for a call at `now_ms` (the context's time) for `scaler`.
+    pub(crate) fn new(module: Arc<str>, scaler: &str, now_ms: i64, max_memory: usize) -> Self {
+        let stdout = CapturedOutput::new(MAX_CAPTURED_OUTPUT);
+        let stderr = CapturedOutput::new(MAX_CAPTURED_OUTPUT);
+        let clock = VirtualClock { now_ms };
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(clock)
+            .monotonic_clock(clock)
+            .secure_random(rand::rngs::StdRng::seed_from_u64(RANDOM_SEED))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(RANDOM_SEED ^ 1))
+            .insecure_random_seed(u128::from(RANDOM_SEED))
+            .max_random_size(MAX_RANDOM_BYTES)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                max_memory,
+                denied: None,
+            },
+            log: PolicyLog {
+                module,
+                scaler: scaler.to_string(),
+                kept: 0,
+                dropped: 0,
+            },
+            clock,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Sends what the guest printed to the host log and reports dropped log
+    /// messages. Returns the captured stderr (it often explains a trap).
+    pub(crate) fn finish(&mut self) -> String {
+        let out = self.stdout.take();
+        let err = self.stderr.take();
+        let log = &self.log;
+        if !out.is_empty() {
+            tracing::info!(
+                target: POLICY_LOG_TARGET,
+                module = %log.module,
+                scaler = %log.scaler,
+                stream = "stdout",
+                "{}",
+                out.trim_end()
+            );
+        }
+        if !err.is_empty() {
+            tracing::warn!(
+                target: POLICY_LOG_TARGET,
+                module = %log.module,
+                scaler = %log.scaler,
+                stream = "stderr",
+                "{}",
+                err.trim_end()
+            );
+        }
+        if log.dropped > 0 {
+            tracing::warn!(
+                target: POLICY_LOG_TARGET,
+                module = %log.module,
+                scaler = %log.scaler,
+                dropped = log.dropped,
+                "The policy logged more than {MAX_LOG_MESSAGES} messages in one evaluation; the rest were dropped."
+            );
+        }
+        err
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Gives the policy its one import, the logger, and an empty WASI whose
+/// sleeps return at once (see [`monotonic_clock::Host`] below).
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    bindings::Policy::add_to_linker::<HostState, HasSelf>(linker, |s| s)?;
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    // Replace WASI's monotonic clock: its pollables sleep in real time, which
+    // would let a policy block the host thread past any deadline (epoch
+    // interruption cannot stop a host call).
+    linker.allow_shadowing(true);
+    monotonic_clock::add_to_linker::<HostState, HasSelf>(linker, |s| s)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// `HasData` for host traits implemented on [`HostState`] itself.
+struct HasSelf;
+
+impl HasData for HasSelf {
+    type Data<'a> = &'a mut HostState;
+}
+
+/// The logger's per-call bookkeeping.
+struct PolicyLog {
+    module: Arc<str>,
+    scaler: String,
+    kept: u32,
+    dropped: u32,
+}
+
+impl bindings::scalewise::policy::log::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let log = &mut self.log;
+        if log.kept >= MAX_LOG_MESSAGES {
+            log.dropped += 1;
+            return;
+        }
+        log.kept += 1;
+        let message = truncate(&message, MAX_LOG_MESSAGE_BYTES);
+        let (module, scaler) = (&*log.module, log.scaler.as_str());
+        match level {
+            Level::Debug => tracing::debug!(
+                target: POLICY_LOG_TARGET, module = %module, scaler = %scaler, "{message}"
+            ),
+            Level::Info => tracing::info!(
+                target: POLICY_LOG_TARGET, module = %module, scaler = %scaler, "{message}"
+            ),
+            Level::Warn => tracing::warn!(
+                target: POLICY_LOG_TARGET, module = %module, scaler = %scaler, "{message}"
+            ),
+            Level::Error => tracing::error!(
+                target: POLICY_LOG_TARGET, module = %module, scaler = %scaler, "{message}"
+            ),
+        }
+    }
+}
+
+impl bindings::scalewise::policy::types::Host for HostState {}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+pub(crate) fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes cut]", &text[..end], text.len() - end).into()
+}
+
+/// A clock stopped at the context's time: the wall clock reads `now_ms`, the
+/// monotonic clock reads `now_ms` in nanoseconds and never advances.
+#[derive(Debug, Clone, Copy)]
+struct VirtualClock {
+    now_ms: i64,
+}
+
+impl VirtualClock {
+    fn monotonic_ns(self) -> u64 {
+        u64::try_from(self.now_ms)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+    }
+}
+
+impl HostWallClock for VirtualClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.now_ms).unwrap_or(0))
+    }
+}
+
+impl HostMonotonicClock for VirtualClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        self.monotonic_ns()
+    }
+}
+
+impl monotonic_clock::Host for HostState {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.clock.monotonic_ns())
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<u64> {
+        Ok(1_000_000)
+    }
+
+    fn subscribe_instant(&mut self, _when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        self.ready_pollable()
+    }
+
+    fn subscribe_duration(&mut self, _duration: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        self.ready_pollable()
+    }
+}
+
+impl HostState {
+    /// A pollable that is ready at once: virtual time does not pass, so a
+    /// sleep ends immediately.
+    fn ready_pollable(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+        let ready = self.table.push(Ready)?;
+        wasmtime_wasi::p2::subscribe(&mut self.table, ready)
+    }
+}
+
+/// A pollable that is always ready.
+struct Ready;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+/// Denies memory growth past `max_memory` with an error the runtime maps to
+/// `out_of_memory`, and keeps instance/table/memory counts small.
+pub(crate) struct Limiter {
+    max_memory: usize,
+    /// The size the guest asked for when it was refused.
+    pub(crate) denied: Option<usize>,
+}
+
+/// The error a refused memory growth traps with.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the policy tried to grow its memory to {desired} bytes; the limit is {limit} bytes (runtime.max_memory)"
+)]
+pub(crate) struct MemoryLimitExceeded {
+    pub(crate) desired: usize,
+    pub(crate) limit: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.denied = Some(desired);
+            return Err(MemoryLimitExceeded {
+                desired,
+                limit: self.max_memory,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// A bounded in-memory stdout/stderr: writes past the cap are dropped (and
+/// counted) instead of failing, so a chatty policy never traps for it.
+#[derive(Clone)]
+struct CapturedOutput {
+    inner: Arc<Mutex<Captured>>,
+}
+
+struct Captured {
+    bytes: Vec<u8>,
+    cap: usize,
+    dropped: usize,
+}
+
+impl CapturedOutput {
+    fn new(cap: usize) -> Self {
+        CapturedOutput {
+            inner: Arc::new(Mutex::new(Captured {
+                bytes: Vec::new(),
+                cap,
+                dropped: 0,
+            })),
+        }
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = c.cap.saturating_sub(c.bytes.len());
+        let kept = data.len().min(room);
+        c.bytes.extend_from_slice(&data[..kept]);
+        c.dropped += data.len() - kept;
+    }
+
+    /// Everything captured so far, as text, with a note of what was dropped.
+    fn take(&self) -> String {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = String::from_utf8_lossy(&c.bytes).into_owned();
+        if c.dropped > 0 {
+            text.push_str(&format!("\n… [{} more bytes dropped]", c.dropped));
+        }
+        c.bytes.clear();
+        c.dropped = 0;
+        text
+    }
+}
+
+impl IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_keeps_char_boundaries() {
+        let cases = [
+            ("short", 10, "short"),
+            ("abcdef", 3, "abc… [3 bytes cut]"),
+            ("ééé", 3, "é… [4 bytes cut]"),
+        ];
+        for (text, max, want) in cases {
+            assert_eq!(truncate(text, max), want, "{text:?} at {max}");
+        }
+    }
+
+    #[test]
+    fn captured_output_is_bounded() {
+        let out = CapturedOutput::new(4);
+        out.push(b"ab");
+        out.push(b"cdef");
+        assert_eq!(out.take(), "abcd\n… [2 more bytes dropped]");
+        assert_eq!(out.take(), "");
+    }
+
+    #[test]
+    fn virtual_clock_reads_the_context_time() {
+        let c = VirtualClock { now_ms: 1_500 };
+        assert_eq!(HostWallClock::now(&c), Duration::from_millis(1_500));
+        assert_eq!(HostMonotonicClock::now(&c), 1_500_000_000);
+        let before_epoch = VirtualClock { now_ms: -5 };
+        assert_eq!(HostMonotonicClock::now(&before_epoch), 0);
+    }
+}

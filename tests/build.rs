@@ -1,0 +1,193 @@
+//! Builds the guest modules of `policies/` for wasm32-wasip2 and generates
+//! `artifacts.rs`: one `pub const` path per module, plus `ALL`.
+//!
+//! The guests build in their own target dir (`<target>/guests`) with an
+//! environment cleared of the host build's settings, so host flags never
+//! leak into Wasm builds and the two never invalidate each other. Only this
+//! crate builds guests: `cargo build -p scalewise` never does.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("the tests crate lives in the workspace");
+    let policies = root.join("policies");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR is inside the target dir");
+    let guests_dir = target_dir.join("guests");
+
+    watch(&policies, &["target", "dist"]);
+    watch(&root.join("sdk").join("rust"), &["target"]);
+    watch(&root.join("wit"), &[]);
+
+    check_target_installed();
+    let artifacts = build_guests(&policies, &guests_dir);
+    write_constants(&out_dir.join("artifacts.rs"), &artifacts);
+}
+
+/// Re-runs this script when anything under `dir` changes, except the named
+/// top-level folders (build outputs).
+fn watch(dir: &Path, skip: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        println!("cargo::rerun-if-changed={}", dir.display());
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        println!("cargo::rerun-if-changed={}", entry.path().display());
+    }
+}
+
+/// Fails with the fix when the Wasm target's standard library is missing.
+fn check_target_installed() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if !libdir.is_some_and(|d| d.is_dir()) {
+        panic!(
+            "\n\nThe {TARGET} target is not installed, so the test policies cannot be built.\n\
+             Run `rustup target add {TARGET}` and build again.\n\n"
+        );
+    }
+}
+
+/// One built guest module.
+struct Artifact {
+    package: String,
+    path: PathBuf,
+}
+
+/// `cargo build --release --target wasm32-wasip2` in `policies/`; returns
+/// the `.wasm` files cargo reports.
+fn build_guests(policies: &Path, guests_dir: &Path) -> Vec<Artifact> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(policies).args([
+        "build",
+        "--release",
+        "--target",
+        TARGET,
+        "--message-format=json-render-diagnostics",
+    ]);
+    // Settings meant for the host build (or for this build script) must not
+    // reach the guest build: flags, wrappers (clippy-driver), targets,
+    // profiles, and the variables cargo sets for build scripts.
+    for (key, _) in env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let leaks = [
+            "CARGO_BUILD_",
+            "CARGO_PROFILE_",
+            "CARGO_ENCODED_",
+            "CARGO_TARGET_",
+            "CARGO_CFG_",
+            "CARGO_FEATURE_",
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || matches!(
+                key,
+                "RUSTFLAGS"
+                    | "RUSTDOCFLAGS"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTC_LINKER"
+                    | "CLIPPY_ARGS"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_CRATE_NAME"
+                    | "TARGET"
+                    | "HOST"
+                    | "OPT_LEVEL"
+                    | "PROFILE"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+                    | "OUT_DIR"
+            );
+        if leaks {
+            cmd.env_remove(key);
+        }
+    }
+    // Set after the clean-up above, which removes any inherited value.
+    cmd.env("CARGO_TARGET_DIR", guests_dir);
+    let output = cmd
+        .output()
+        .expect("cannot run cargo to build the test policies");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        panic!(
+            "\n\nBuilding the test policies in {} failed:\n{stderr}\n",
+            policies.display()
+        );
+    }
+    let mut artifacts = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        // The lib target's name is the package name with `_` for `-`.
+        let package = msg["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('_', "-");
+        for file in msg["filenames"].as_array().into_iter().flatten() {
+            if let Some(path) = file.as_str().filter(|f| f.ends_with(".wasm")) {
+                artifacts.push(Artifact {
+                    package: package.clone(),
+                    path: PathBuf::from(path),
+                });
+            }
+        }
+    }
+    assert!(
+        !artifacts.is_empty(),
+        "cargo built no .wasm files in {}:\n{stderr}",
+        policies.display()
+    );
+    artifacts.sort_by(|a, b| a.package.cmp(&b.package));
+    artifacts
+}
+
+fn write_constants(file: &Path, artifacts: &[Artifact]) {
+    let mut code =
+        String::from("// Generated by build.rs: the guest modules built from policies/.\n");
+    let mut all = String::new();
+    for a in artifacts {
+        let ident = a.package.to_uppercase().replace('-', "_");
+        writeln!(
+            code,
+            "/// The `{}` module ({}).\npub const {ident}: &str = {:?};",
+            a.package,
+            a.path.display(),
+            a.path.display().to_string()
+        )
+        .unwrap();
+        writeln!(all, "    ({:?}, {ident}),", a.package).unwrap();
+    }
+    writeln!(
+        code,
+        "/// Every module: (package name, path).\npub const ALL: &[(&str, &str)] = &[\n{all}];"
+    )
+    .unwrap();
+    std::fs::write(file, code).expect("cannot write artifacts.rs");
+}

@@ -1,0 +1,365 @@
+//! `scalewise check` and `scalewise eval`: in-process through
+//! `scalewise::cli::run_cli`, and through the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use clap::Parser;
+use scalewise::cli::{Cli, run_cli};
+use scalewise::journal::{Evaluation, EvaluationOutcome};
+use scalewise::runtime::outcome_of;
+use scalewise_tests::{artifacts, context, data_dir, load};
+use serde_json::{Value, json};
+
+/// Runs the command line `args` in-process: (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (u8, String, String) {
+    let cli = Cli::try_parse_from(std::iter::once("scalewise").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_cli(cli, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn check_prints_what_each_module_says() {
+    let (code, out, err) = cli(&["check", artifacts::FAULTS, artifacts::BENCH_HPA]);
+    assert_eq!(code, 0, "{err}");
+    let digest = load(artifacts::FAULTS).digest().to_string();
+    for text in [
+        &format!("{}: ok", artifacts::FAULTS),
+        "  name         faults",
+        "  version      0.1.0",
+        "  description  Misbehaves on request (runtime test fixture).",
+        &format!("  digest       sha256:{digest}"),
+        "NAME       KIND    REQUIRED  DEFAULT  DESCRIPTION",
+        "metric     metric  yes       -        The metric.",
+        "tolerance  number  no        0.1      No change",
+    ] {
+        assert!(out.contains(text), "missing {text:?} in\n{out}");
+    }
+}
+
+#[test]
+fn check_fails_naming_the_file_and_the_problem() {
+    let (code, out, err) = cli(&["check", artifacts::FAULTS, artifacts::WRONG_VERSION]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("name         faults"),
+        "the good one is still shown: {out}"
+    );
+    assert!(
+        err.contains(&format!(
+            "error: {}: the module exports scalewise:policy/evaluator@0.2.0",
+            artifacts::WRONG_VERSION
+        )),
+        "{err}"
+    );
+    assert!(err.contains("1 of 2 modules failed to load"), "{err}");
+
+    let (code, _, err) = cli(&["check", "/no/such/module.wasm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /no/such/module.wasm"), "{err}");
+}
+
+#[test]
+fn eval_prints_the_decision_as_json() {
+    let example = data_dir().join("contexts").join("example.json");
+    let ctx = example.to_str().unwrap();
+    let (code, out, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", ctx]);
+    assert_eq!(code, 0, "{err}");
+    let decision: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(decision["desired"], 5, "{out}");
+    assert!(
+        decision["reason"]
+            .as_str()
+            .unwrap()
+            .contains("vs target 60"),
+        "{out}"
+    );
+
+    // --params overrides the file's parameters.
+    let (code, out, _) = cli(&[
+        "eval",
+        artifacts::BENCH_HPA,
+        "--context",
+        ctx,
+        "--params",
+        "target=200",
+        "tolerance=0.5",
+    ]);
+    assert_eq!(code, 0);
+    let decision: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(decision["desired"], 2, "{out}");
+}
+
+#[test]
+fn eval_prints_an_evaluation_error_as_json_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_json(dir.path(), "ctx.json", &context(5, json!({}), 1));
+    let (code, out, _) = cli(&[
+        "eval",
+        artifacts::FAULTS,
+        "--context",
+        &ctx,
+        "--params",
+        "mode=loop",
+        "--timeout",
+        "20ms",
+    ]);
+    assert_eq!(code, 1);
+    let error: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(error["error"]["kind"], "timeout", "{out}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("20ms deadline")
+    );
+}
+
+#[test]
+fn eval_refuses_a_bad_context_file_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.json");
+    std::fs::write(&typo, r#"{"now_ms": 1, "target": {"kind": "k", "name": "n", "current": 1, "ready": 1, "min": 1, "max": 2}, "paramters": {}}"#).unwrap();
+    let (code, _, err) = cli(&[
+        "eval",
+        artifacts::FAULTS,
+        "--context",
+        typo.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("typo.json: not a valid context: unknown field `paramters`"),
+        "{err}"
+    );
+}
+
+/// A journal evaluation of `module` for `ctx`, as the control loop writes it.
+fn recorded(path: &str, parameters: Value) -> Evaluation {
+    let module = load(path);
+    let ctx = context(1_700_000_000_000, parameters, 30);
+    Evaluation {
+        module: module.name().to_string(),
+        digest: Some(module.digest().to_string()),
+        outcome: outcome_of(module.evaluate(&ctx)),
+        context: ctx,
+        duration_us: 42,
+    }
+}
+
+#[test]
+fn eval_against_a_record_reproduces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let evaluation = recorded(artifacts::BENCH_HPA, json!({"metric": "cpu", "target": 20}));
+    assert!(matches!(
+        evaluation.outcome,
+        EvaluationOutcome::Decided { .. }
+    ));
+    let file = write_json(dir.path(), "evaluation.json", &evaluation);
+    let (code, out, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(replay["outcome_matches"], true);
+    assert_eq!(replay["digest_matches"], true);
+    assert_eq!(replay["outcome"], replay["recorded"]);
+    assert!(err.contains("the answer matches the record"), "{err}");
+
+    // A failure replays as the same kind of failure.
+    let failed = recorded(artifacts::FAULTS, json!({"mode": "panic"}));
+    let file = write_json(dir.path(), "failed.json", &failed);
+    let (code, out, _) = cli(&["eval", artifacts::FAULTS, "--context", &file]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn eval_against_a_record_reports_a_different_answer_or_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = recorded(artifacts::BENCH_HPA, json!({"metric": "cpu", "target": 20}));
+
+    let mut other_answer = good.clone();
+    other_answer.outcome = EvaluationOutcome::Decided {
+        decision: scalewise::policy::Decision {
+            desired: Some(1),
+            reason: "made up".into(),
+            state: None,
+        },
+    };
+    let file = write_json(dir.path(), "answer.json", &other_answer);
+    let (code, out, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
+    assert_eq!(code, 1);
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            replay["outcome_matches"].clone(),
+            replay["digest_matches"].clone()
+        ),
+        (json!(false), json!(true))
+    );
+    assert!(err.contains("the answer DIFFERS FROM the record"), "{err}");
+
+    let mut other_module = good.clone();
+    other_module.digest = Some("0".repeat(64));
+    let file = write_json(dir.path(), "module.json", &other_module);
+    let (code, out, _) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
+    assert_eq!(code, 1);
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            replay["outcome_matches"].clone(),
+            replay["digest_matches"].clone()
+        ),
+        (json!(true), json!(false))
+    );
+
+    // --params would change the recorded context: refused.
+    let file = write_json(dir.path(), "good.json", &good);
+    let (code, _, err) = cli(&[
+        "eval",
+        artifacts::BENCH_HPA,
+        "--context",
+        &file,
+        "--params",
+        "target=1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--params cannot be used with a journal record"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_finds_its_evaluation_in_a_tick_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let hpa = recorded(artifacts::BENCH_HPA, json!({"metric": "cpu", "target": 20}));
+    let faults = recorded(artifacts::FAULTS, json!({"mode": "ok"}));
+    let tick = json!({
+        "id": 7, "time_ms": 1_700_000_000_000i64, "scaler": "web", "mode": "dry-run",
+        "target": hpa.context.target,
+        "evaluations": [faults, hpa],
+        "proposal": 4, "desired": 4, "recommendation": 4,
+        "actuation": {"status": "dry-run"}
+    });
+    let file = write_json(dir.path(), "tick.json", &tick);
+    let (code, out, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(replay["module"], "bench_hpa", "the file stem");
+    assert_eq!(replay["outcome"]["status"], "decided");
+}
+
+#[test]
+fn run_says_it_is_coming() {
+    let (code, out, _) = cli(&["run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("see issue 3"), "{out}");
+}
+
+/// The `scalewise` binary, built once (this crate cannot depend on a binary,
+/// so it asks cargo, as `cargo run` would).
+fn scalewise_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(root).args([
+            "build",
+            "-p",
+            "scalewise",
+            "--bin",
+            "scalewise",
+            "--message-format=json-render-diagnostics",
+        ]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let output = cmd.output().expect("cannot run cargo");
+        assert!(
+            output.status.success(),
+            "building scalewise failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the scalewise executable")
+    })
+}
+
+#[test]
+fn the_binary_checks_and_evaluates() {
+    let bin = scalewise_bin();
+    let check = Command::new(bin)
+        .args(["check", artifacts::FAULTS])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("name         faults"));
+
+    let bad = Command::new(bin)
+        .args(["check", artifacts::WRONG_VERSION])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("evaluator@0.2.0"));
+
+    let example = data_dir().join("contexts").join("example.json");
+    let eval = Command::new(bin)
+        .args(["eval", artifacts::BENCH_HPA, "--context"])
+        .arg(&example)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(
+        eval.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let decision: Value = serde_json::from_slice(&eval.stdout).expect("stdout is only JSON");
+    assert_eq!(decision["desired"], 5);
+
+    let run = Command::new(bin).arg("run").output().unwrap();
+    assert_eq!(run.status.code(), Some(0));
+
+    let usage = Command::new(bin)
+        .args(["eval", artifacts::FAULTS])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("--context"));
+}
+
+#[test]
+fn the_binary_sends_policy_logs_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_json(
+        dir.path(),
+        "ctx.json",
+        &context(5, json!({"mode": "print-flood"}), 1),
+    );
+    let out = Command::new(scalewise_bin())
+        .args(["eval", artifacts::FAULTS, "--context", &ctx])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scalewise::policy"), "{stderr}");
+    let decision: Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
+    assert_eq!(decision["reason"], "printed a lot");
+}

@@ -1,0 +1,79 @@
+//! The registry against a real policy folder: good modules load, bad ones
+//! are recorded as failures and never stop the others.
+
+use std::path::Path;
+
+use scalewise::registry::Registry;
+use scalewise_tests::{artifacts, fault, runtime};
+
+fn copy(from: &str, dir: &Path, name: &str) {
+    std::fs::copy(from, dir.join(name)).unwrap();
+}
+
+#[test]
+fn one_bad_module_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    copy(artifacts::FAULTS, d, "faults.wasm");
+    copy(artifacts::ALWAYS_ERRORS, d, "always-errors.wasm");
+    copy(artifacts::WRONG_VERSION, d, "wrong-version.wasm");
+    copy(artifacts::DESCRIBE_PANICS, d, "describe-panics.wasm");
+    std::fs::write(d.join("garbage.wasm"), b"\0asm but not really").unwrap();
+    std::fs::write(d.join("README.md"), b"not a module").unwrap();
+    std::fs::create_dir(d.join("nested.wasm")).unwrap();
+
+    let registry = Registry::load_dir(runtime(), d).unwrap();
+    let snap = registry.snapshot();
+    assert_eq!(
+        snap.modules.keys().collect::<Vec<_>>(),
+        ["always-errors", "faults"]
+    );
+    let kinds: Vec<(&str, &str)> = snap
+        .failures
+        .iter()
+        .map(|(name, f)| (name.as_str(), f.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("describe-panics", "describe_failed"),
+            ("garbage", "compile"),
+            ("wrong-version", "wrong_wit_version"),
+        ]
+    );
+    let failure = &snap.failures["wrong-version"];
+    assert_eq!(failure.path, d.join("wrong-version.wasm"));
+    assert!(failure.error.contains("0.2.0"), "{}", failure.error);
+    assert!(failure.at_ms > 1_600_000_000_000);
+
+    let faults = registry.get("faults").expect("faults is loaded");
+    assert_eq!(faults.name(), "faults");
+    faults.evaluate(&fault("ok")).unwrap();
+    assert!(registry.get("wrong-version").is_none());
+    assert_eq!(registry.dir(), d);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinked_modules_load_like_a_configmap_mount() {
+    // Kubernetes mounts a ConfigMap as symlinks into a hidden `..data` dir.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("..data");
+    std::fs::create_dir(&data).unwrap();
+    copy(artifacts::FAULTS, &data, "faults.wasm");
+    std::os::unix::fs::symlink("..data/faults.wasm", dir.path().join("faults.wasm")).unwrap();
+    let registry = Registry::load_dir(runtime(), dir.path()).unwrap();
+    assert!(
+        registry.get("faults").is_some(),
+        "{:?}",
+        registry.snapshot().failures
+    );
+}
+
+#[test]
+fn an_empty_folder_is_an_empty_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::load_dir(runtime(), dir.path()).unwrap();
+    let snap = registry.snapshot();
+    assert!(snap.modules.is_empty() && snap.failures.is_empty());
+}
