@@ -45,7 +45,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/v1/scalers", get(handlers::list_scalers))
         .route("/v1/scalers/{name}", get(handlers::get_scaler))
-        .route("/v1/scalers/{name}/decisions", get(handlers::scaler_decisions))
+        .route(
+            "/v1/scalers/{name}/decisions",
+            get(handlers::scaler_decisions),
+        )
         .route("/v1/scalers/{name}/pause", post(handlers::pause_scaler))
         .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
         .route("/v1/decisions/{id}", get(handlers::get_decision))

@@ -5,7 +5,11 @@
 //! them in-process) and return the process exit code: 0 on success, 1 when a
 //! module does not load, an evaluation fails or a replay does not match.
 
+mod journal;
+mod run;
+
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,12 +34,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs the daemon.
-    Run {
-        /// The configuration file; without one, the embedded demo runs.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    /// Runs the daemon; with no config, runs the embedded demo.
+    Run(RunArgs),
     /// Loads policy modules, checks them against the policy contract and
     /// prints what each says about itself.
     Check {
@@ -48,6 +48,67 @@ pub enum Command {
     },
     /// Runs one evaluation of a module and prints its decision as JSON.
     Eval(EvalArgs),
+    /// Reads the decision journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+/// Arguments of `scalewise run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The configuration file; without one, the embedded demo runs.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The demo's policy folder (default: `$SCALEWISE_POLICY_DIR`, else
+    /// `policies/dist`). Ignored with `--config`.
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Listen on this address instead of the config's `[api] listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Stop after this much real time (default: run until SIGINT/SIGTERM).
+    #[arg(long = "for", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub run_for: Option<Duration>,
+}
+
+/// `scalewise journal ...`: reading the decision journal.
+#[derive(Debug, Clone, Subcommand)]
+pub enum JournalCommand {
+    /// Prints records as JSON lines (one tick record per line), oldest first.
+    Export {
+        /// Where the journal is.
+        #[command(flatten)]
+        at: JournalLocation,
+        /// Only this scaler's records.
+        #[arg(long)]
+        scaler: Option<String>,
+        /// Records at or after this time (ms since the epoch or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (ms since the epoch or RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Prints one record, by id, as JSON (`scalewise eval --context` replays it).
+    Show {
+        /// Where the journal is.
+        #[command(flatten)]
+        at: JournalLocation,
+        /// The record's id.
+        id: i64,
+    },
+}
+
+/// Where a journal is: a database file, or the config that names one.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct JournalLocation {
+    /// The journal's database file.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+    /// A config file whose `[journal] path` is used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Arguments of `scalewise eval`.
@@ -58,8 +119,20 @@ pub struct EvalArgs {
     pub module: PathBuf,
     /// A context (JSON, the shape of `policy::Context`), or a journal record
     /// (a tick record or one evaluation from one) to replay and compare.
-    #[arg(long, short, value_name = "FILE")]
-    pub context: PathBuf,
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "record",
+        conflicts_with = "record"
+    )]
+    pub context: Option<PathBuf>,
+    /// Replays the journal record with this id (needs `--journal`).
+    #[arg(long, value_name = "ID", requires = "journal")]
+    pub record: Option<i64>,
+    /// The journal database to read `--record` from.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
     /// Sets a key of the context's `parameters`; VALUE is read as JSON when
     /// it parses, else as a string (`--params target=60 metric=cpu`).
     #[arg(long = "params", short = 'p', value_name = "KEY=VALUE", num_args = 1.., value_parser = parse_param)]
@@ -128,9 +201,8 @@ fn parse_param(arg: &str) -> Result<(String, Value), String> {
 /// Runs a parsed command line; returns the exit code.
 pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
-        Command::Run { config: _ } => {
-            writeln!(out, "the control loop is being built; see issue 3").map(|()| 0)
-        }
+        Command::Run(args) => run::run(&args, out, err),
+        Command::Journal(command) => journal::journal(&command, out, err),
         Command::Check { modules, limits } => check(&modules, &limits, out, err),
         Command::Eval(args) => eval(&args, out, err),
     };
@@ -293,20 +365,36 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             return Ok(1);
         }
     };
-    let input = std::fs::read_to_string(&args.context)
-        .map_err(|e| format!("cannot read it: {e}"))
-        .and_then(|text| parse_eval_input(&text, module.name()));
+    let (source, input) = match (&args.context, args.record, &args.journal) {
+        (Some(path), _, _) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read it: {e}"))
+                .and_then(|text| parse_eval_input(&text, module.name())),
+        ),
+        (None, Some(id), Some(journal)) => (
+            format!("{} record {id}", journal.display()),
+            journal::read_record(journal, id).and_then(|record| {
+                let text = serde_json::to_string(&record).map_err(|e| e.to_string())?;
+                parse_eval_input(&text, module.name())
+            }),
+        ),
+        _ => (
+            String::new(),
+            Err("give --context FILE, or --record ID with --journal FILE".into()),
+        ),
+    };
     let input = match input {
         Ok(i) => i,
         Err(e) => {
-            writeln!(err, "error: {}: {e}", args.context.display())?;
+            writeln!(err, "error: {source}: {e}")?;
             return Ok(1);
         }
     };
     match input {
         EvalInput::Context(mut ctx) => {
             if let Err(e) = apply_params(&mut ctx.parameters, &args.params) {
-                writeln!(err, "error: {}: {e}", args.context.display())?;
+                writeln!(err, "error: {source}: {e}")?;
                 return Ok(1);
             }
             match module.evaluate(&ctx) {

@@ -75,16 +75,17 @@ impl Daemon {
         let runtime = Runtime::new(config.runtime.clone())
             .map_err(|e| DaemonError::Setup(format!("cannot start the policy runtime: {e}")))?;
         let policy_dir = config.policy_dir.get_ref().clone();
-        let registry = tokio::task::spawn_blocking(move || Registry::load_dir(runtime, &policy_dir))
-            .await
-            .map_err(|e| DaemonError::Setup(e.to_string()))?
-            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let registry =
+            tokio::task::spawn_blocking(move || Registry::load_dir(runtime, &policy_dir))
+                .await
+                .map_err(|e| DaemonError::Setup(e.to_string()))?
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let registry = Arc::new(registry);
         {
             let snapshot = registry.snapshot();
             telemetry.modules_loaded.set(snapshot.modules.len() as i64);
             for (name, failure) in &snapshot.failures {
-                telemetry.module_load_error(name, &failure.kind);
+                telemetry.module_load_error(name, failure.kind);
                 tracing::warn!(module = %name, path = %failure.path.display(), error = %failure.error, "A policy module failed to load.");
             }
             let catalog: BTreeMap<String, PolicyInfo> = snapshot
@@ -126,7 +127,12 @@ impl Daemon {
             let restored = scaler
                 .restore(now_ms, scaler_config.paused)
                 .await
-                .map_err(|e| DaemonError::Setup(format!("cannot restore scaler {:?} from the journal: {e}", scaler_config.name.get_ref())))?;
+                .map_err(|e| {
+                    DaemonError::Setup(format!(
+                        "cannot restore scaler {:?} from the journal: {e}",
+                        scaler_config.name.get_ref()
+                    ))
+                })?;
             if restored > 0 {
                 tracing::info!(scaler = %scaler_config.name.get_ref(), records = restored, "Restored the scaler's history from the journal.");
             }
@@ -173,6 +179,11 @@ impl Daemon {
         self.simulation.clone()
     }
 
+    /// The host clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
     /// The journal.
     pub fn journal(&self) -> &Journal {
         &self.journal
@@ -186,10 +197,12 @@ impl Daemon {
     /// Binds the API's listener on the configured address.
     pub async fn bind_api(&self) -> Result<TcpListener, DaemonError> {
         let addr = self.config.api.listen;
-        TcpListener::bind(addr).await.map_err(|error| DaemonError::Listen {
-            addr: addr.to_string(),
-            error,
-        })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| DaemonError::Listen {
+                addr: addr.to_string(),
+                error,
+            })
     }
 
     /// Runs every scaler and the API until `shutdown` resolves, then lets

@@ -5,6 +5,7 @@
 //! decision on the terminal.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,8 +45,15 @@ pub fn policy_dir(flag: Option<PathBuf>) -> Result<PathBuf, DaemonError> {
 
 /// Builds the demo daemon: the embedded config with the given policy folder
 /// and a journal in `state_dir`.
-pub async fn build(policy_dir: &Path, state_dir: &Path) -> Result<Daemon, DaemonError> {
-    let config = Config::demo(policy_dir, &state_dir.join("demo-journal.db"));
+pub async fn build(
+    policy_dir: &Path,
+    state_dir: &Path,
+    listen: Option<SocketAddr>,
+) -> Result<Daemon, DaemonError> {
+    let mut config = Config::demo(policy_dir, &state_dir.join("demo-journal.db"));
+    if let Some(listen) = listen {
+        config.api.listen = listen;
+    }
     config.validate()?;
     let clock = Clock::starting_at(wall_clock_ms(), config.clock.speed);
     Daemon::build(config, clock).await
@@ -73,7 +81,12 @@ pub async fn print_decisions(
 /// One terminal line: simulated time since start, scaler, from → to, reason.
 pub fn decision_line(record: &TickRecord, start_ms: i64) -> String {
     let secs = (record.time_ms - start_ms).max(0) / 1000;
-    let clock = format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+    let clock = format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    );
     let current = record.target.current;
     let arrow = if record.desired > current {
         format!("{current:>3} ↑ {:<3}", record.desired)

@@ -10,13 +10,18 @@
 #![forbid(unsafe_code)]
 
 pub mod actuators;
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod envelope;
 pub mod journal;
 pub mod policy;
 pub mod registry;
 pub mod runtime;
+pub mod scaler;
 pub mod simulator;
 pub mod sources;
+pub mod telemetry;

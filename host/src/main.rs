@@ -14,10 +14,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let code = scalewise::cli::run_cli(
-        cli,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    );
+    // Not locked: the daemon's threads log to stderr and the demo prints
+    // decisions to stdout while the command runs.
+    let code = scalewise::cli::run_cli(cli, &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }

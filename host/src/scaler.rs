@@ -21,8 +21,8 @@ use crate::actuators::{Actuation, Actuator, Observed};
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
-    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState,
-    TickRecord, TickSummary,
+    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure,
+    PolicyState, TickRecord, TickSummary,
 };
 use crate::policy::{Context, Metric, ScaleEvent, Target};
 use crate::registry::Registry;
@@ -380,7 +380,9 @@ impl Scaler {
                     error: None,
                 }),
                 Err(err) => {
-                    self.services.telemetry.metric_error(&m.source_name, err.kind());
+                    self.services
+                        .telemetry
+                        .metric_error(&m.source_name, err.kind());
                     failures.push(MetricFailure {
                         metric: m.name.clone(),
                         kind: err.kind().to_owned(),
@@ -412,12 +414,19 @@ impl Scaler {
                 scaler: self.spec.name.clone(),
                 target: target.clone(),
                 metrics: metrics.clone(),
-                events: self.envelope.events_since(now_ms - HISTORY_MS).copied().collect(),
+                events: self
+                    .envelope
+                    .events_since(now_ms - HISTORY_MS)
+                    .copied()
+                    .collect(),
                 parameters: policy.parameters.clone(),
                 state: self.policy_states[i].clone(),
             };
             let module = snapshot.modules.get(&policy.module).cloned();
-            let missing = snapshot.failures.get(&policy.module).map(|f| f.error.clone());
+            let missing = snapshot
+                .failures
+                .get(&policy.module)
+                .map(|f| f.error.clone());
             jobs.push((policy.module.clone(), module, missing, context));
         }
         let evaluations = tokio::task::spawn_blocking(move || {
@@ -676,10 +685,7 @@ fn restore_envelope(ticks: &[TickSummary]) -> EnvelopeState {
 
 /// Each policy's last state. A policy is matched by its index and module
 /// name, so reordering the config never hands one policy another's state.
-fn restore_policy_states(
-    policies: &[BoundPolicy],
-    saved: &[PolicyState],
-) -> Vec<Option<Vec<u8>>> {
+fn restore_policy_states(policies: &[BoundPolicy], saved: &[PolicyState]) -> Vec<Option<Vec<u8>>> {
     policies
         .iter()
         .enumerate()
@@ -722,7 +728,9 @@ pub fn summarize(record: &TickRecord) -> String {
     }
     match &record.actuation {
         ActuationRecord::DryRun => line.push_str(" (dry-run)"),
-        ActuationRecord::Failed { error, .. } => line.push_str(&format!(" (actuator failed: {error})")),
+        ActuationRecord::Failed { error, .. } => {
+            line.push_str(&format!(" (actuator failed: {error})"))
+        }
         ActuationRecord::Started { detail } => line.push_str(&format!(" (started: {detail})")),
         _ => {}
     }

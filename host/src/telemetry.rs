@@ -262,11 +262,17 @@ mod tests {
         t.policy_error("tt", "trap");
         t.tick_lag.observe(0.002);
         let text = t.encode();
-        assert!(text.contains("scalewise_ticks_total{scaler=\"web\"} 1"), "{text}");
+        assert!(
+            text.contains("scalewise_ticks_total{scaler=\"web\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("scalewise_policy_errors_total{module=\"tt\",kind=\"trap\"} 1"),
             "{text}"
         );
-        assert!(text.contains("scalewise_tick_lag_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("scalewise_tick_lag_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -48,13 +48,7 @@ pub async fn dashboard() -> Html<&'static str> {
 
 /// Every scaler's status.
 pub async fn list_scalers(State(state): State<AppState>) -> Json<Vec<ScalerStatus>> {
-    Json(
-        state
-            .scalers
-            .values()
-            .map(|h| status_of(h))
-            .collect(),
-    )
+    Json(state.scalers.values().map(|h| status_of(h)).collect())
 }
 
 /// One scaler's status.
@@ -85,8 +79,16 @@ pub async fn scaler_decisions(
 ) -> Result<Json<Vec<TickRecord>>, ApiError> {
     scaler(&state, &name)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let since = q.since.as_deref().map(|t| parse_time("since", t)).transpose()?;
-    let until = q.until.as_deref().map(|t| parse_time("until", t)).transpose()?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|t| parse_time("since", t))
+        .transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t))
+        .transpose()?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::BadRequest(format!(

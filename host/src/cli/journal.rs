@@ -1,0 +1,96 @@
+//! `scalewise journal`: reading the decision journal from the command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::journal::{Journal, TickRecord};
+
+use super::{JournalCommand, JournalLocation};
+
+/// Runs a `journal` subcommand.
+pub fn journal(
+    command: &JournalCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
+    let result = match command {
+        JournalCommand::Export {
+            at,
+            scaler,
+            since,
+            until,
+        } => export(
+            at,
+            scaler.as_deref(),
+            since.as_deref(),
+            until.as_deref(),
+            out,
+        ),
+        JournalCommand::Show { at, id } => locate(at)
+            .and_then(|path| read_record(&path, *id))
+            .and_then(|record| {
+                let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+                writeln!(out, "{text}").map_err(|e| e.to_string())
+            }),
+    };
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            Ok(1)
+        }
+    }
+}
+
+/// Reads one record by id from a journal file.
+pub fn read_record(path: &Path, id: i64) -> Result<TickRecord, String> {
+    let journal = Journal::open_read_only(path).map_err(|e| e.to_string())?;
+    journal
+        .get_blocking(id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: no record with id {id}", path.display()))
+}
+
+fn export(
+    at: &JournalLocation,
+    scaler: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let path = locate(at)?;
+    let since = since.map(|t| parse_time("--since", t)).transpose()?;
+    let until = until.map(|t| parse_time("--until", t)).transpose()?;
+    let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
+    journal
+        .export_jsonl(out, scaler, since, until)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn locate(at: &JournalLocation) -> Result<PathBuf, String> {
+    match (&at.journal, &at.config) {
+        (Some(path), _) => Ok(path.clone()),
+        (None, Some(config)) => Config::load(config)
+            .map(|c| c.journal.path.clone())
+            .map_err(|e| e.to_string()),
+        (None, None) => Err("give --journal FILE or --config FILE".into()),
+    }
+}
+
+/// A time given as ms since the epoch or RFC 3339.
+pub fn parse_time(what: &str, text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| {
+            format!("{what} must be ms since the epoch or an RFC 3339 time, got {text:?}: {e}")
+        })
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+}
