@@ -17,13 +17,14 @@ use crate::actuators::Actuator;
 use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState};
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, MetricConfig, ScalerConfig, TargetConfig};
+use crate::config::{Config, ConfigError, MetricConfig, ScalerConfig, SourceConfig, TargetConfig};
 use crate::journal::{Journal, JournalOptions, TickRecord};
 use crate::policy::PolicyInfo;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, Services};
 use crate::simulator::Simulation;
+use crate::sources::prometheus::PrometheusSource;
 use crate::sources::simulator::SimulatorSource;
 use crate::sources::{MetricQuery, Source};
 use crate::telemetry::Telemetry;
@@ -117,11 +118,12 @@ impl Daemon {
             decisions: decisions.clone(),
         };
 
+        let sources = build_named_sources(&config)?;
         let now_ms = clock.now_ms();
         let mut scalers = Vec::with_capacity(config.scalers.len());
         for scaler_config in &config.scalers {
             let scaler_config = scaler_config.get_ref();
-            let spec = bind_scaler(&config, scaler_config, &registry, &simulation)?;
+            let spec = bind_scaler(&sources, scaler_config, &registry, &simulation)?;
             let actuator = build_actuator(scaler_config, &simulation)?;
             let mut scaler = Scaler::new(spec, actuator, services.clone());
             let restored = scaler
@@ -301,7 +303,7 @@ fn jitter_ms(name: &str, interval_ms: i64) -> i64 {
 
 /// Binds a scaler's metrics and policies.
 fn bind_scaler(
-    config: &Config,
+    sources: &NamedSources,
     scaler: &ScalerConfig,
     registry: &Registry,
     simulation: &Simulation,
@@ -311,7 +313,7 @@ fn bind_scaler(
     let mut metrics = Vec::with_capacity(scaler.metrics.len());
     for (metric_name, metric) in &scaler.metrics {
         let metric = metric.get_ref();
-        let (source_name, source) = build_source(config, scaler, metric, simulation)?;
+        let (source_name, source) = build_source(sources, scaler, metric, simulation)?;
         let window_ms = metric.window.map(|w| w.as_millis() as i64);
         metrics.push(BoundMetric {
             name: metric_name.clone(),
@@ -361,7 +363,7 @@ fn bind_scaler(
 }
 
 fn build_source(
-    _config: &Config,
+    sources: &NamedSources,
     scaler: &ScalerConfig,
     metric: &MetricConfig,
     simulation: &Simulation,
@@ -372,11 +374,35 @@ fn build_source(
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
         return Ok(("simulator".into(), Arc::new(source)));
     }
-    Err(DaemonError::Setup(format!(
-        "scaler {:?}: source {:?} is not supported yet",
-        scaler.name.get_ref(),
-        metric.source
-    )))
+    // Validation made sure every named source exists.
+    let source = sources.get(&metric.source).cloned().ok_or_else(|| {
+        DaemonError::Setup(format!(
+            "scaler {:?}: source {:?} is not defined",
+            scaler.name.get_ref(),
+            metric.source
+        ))
+    })?;
+    Ok((metric.source.clone(), source))
+}
+
+/// The config's `[sources]`, built once and shared by every scaler, so a
+/// query several scalers share is fetched once per tick.
+type NamedSources = BTreeMap<String, Arc<dyn Source>>;
+
+fn build_named_sources(config: &Config) -> Result<NamedSources, DaemonError> {
+    config
+        .sources
+        .iter()
+        .map(|(name, source)| {
+            let built: Arc<dyn Source> = match source.get_ref() {
+                SourceConfig::Prometheus(prometheus) => Arc::new(
+                    PrometheusSource::new(name, prometheus)
+                        .map_err(|e| DaemonError::Setup(format!("source {name:?}: {e}")))?,
+                ),
+            };
+            Ok((name.clone(), built))
+        })
+        .collect()
 }
 
 fn build_actuator(
