@@ -261,10 +261,13 @@ fn eval_finds_its_evaluation_in_a_tick_record() {
 }
 
 #[test]
-fn run_says_it_is_coming() {
-    let (code, out, _) = cli(&["run"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("see issue 3"), "{out}");
+fn the_demo_without_its_policies_says_how_to_build_them() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().to_str().unwrap();
+    let (code, _, err) = cli(&["run", "--policy-dir", dir]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bundled policy modules"), "{err}");
+    assert!(err.contains("scripts/build-policies"), "{err}");
 }
 
 /// The `scalewise` binary, built once (this crate cannot depend on a binary,
@@ -332,8 +335,14 @@ fn the_binary_checks_and_evaluates() {
     let decision: Value = serde_json::from_slice(&eval.stdout).expect("stdout is only JSON");
     assert_eq!(decision["desired"], 5);
 
-    let run = Command::new(bin).arg("run").output().unwrap();
-    assert_eq!(run.status.code(), Some(0));
+    let empty = tempfile::tempdir().unwrap();
+    let run = Command::new(bin)
+        .args(["run", "--policy-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("bundled policy modules"));
 
     let usage = Command::new(bin)
         .args(["eval", artifacts::FAULTS])

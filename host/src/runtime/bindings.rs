@@ -33,7 +33,8 @@ pub(crate) fn context_to_guest(ctx: &policy::Context) -> Result<types::Context, 
     }
     let mut metrics = Vec::with_capacity(ctx.metrics.len());
     for m in &ctx.metrics {
-        let mut points = Vec::with_capacity(m.points.len());
+        let mut timestamps_ms = Vec::with_capacity(m.points.len());
+        let mut values = Vec::with_capacity(m.points.len());
         for p in &m.points {
             if !p.value.is_finite() {
                 return Err(EvalError::new(
@@ -44,14 +45,13 @@ pub(crate) fn context_to_guest(ctx: &policy::Context) -> Result<types::Context, 
                     ),
                 ));
             }
-            points.push(types::Point {
-                timestamp_ms: p.timestamp_ms,
-                value: p.value,
-            });
+            timestamps_ms.push(p.timestamp_ms);
+            values.push(p.value);
         }
         metrics.push(types::Metric {
             name: m.name.clone(),
-            points,
+            timestamps_ms,
+            values,
             error: m.error.clone(),
         });
     }
@@ -174,7 +174,8 @@ mod tests {
         let g = context_to_guest(&ctx()).unwrap();
         assert_eq!(g.now_ms, 10);
         assert_eq!(g.parameters, r#"{"target":60}"#);
-        assert_eq!(g.metrics[0].points[0].value, 0.5);
+        assert_eq!(g.metrics[0].values[0], 0.5);
+        assert_eq!(g.metrics[0].timestamps_ms[0], 1);
         assert_eq!(g.target.max, 5);
         assert_eq!(g.state, Some(vec![1, 2]));
     }

@@ -165,12 +165,8 @@ pub enum Signal {
 }
 
 /// The newest sample taken at or before `now_ms`.
-pub fn newest(metric: &Metric, now_ms: i64) -> Option<&Point> {
-    metric
-        .points
-        .iter()
-        .rev()
-        .find(|p| p.timestamp_ms <= now_ms)
+pub fn newest(metric: &Metric, now_ms: i64) -> Option<Point> {
+    metric.points().rev().find(|p| p.timestamp_ms <= now_ms)
 }
 
 /// Compares the metric's samples up to `now_ms` with the thresholds.
@@ -273,7 +269,7 @@ fn reason(
     };
     // How far back the series reaches, for the short-series hint.
     let reach = newest(metric, now_ms)
-        .and(metric.points.first())
+        .and(metric.all().first())
         .map(|first| DurationMs(now_ms - first.timestamp_ms))
         .unwrap_or_default();
     let not_yet = |side: &str, threshold: &str, duration: DurationMs, short: bool| {

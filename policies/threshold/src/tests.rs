@@ -266,16 +266,14 @@ fn trigger_table() {
 #[test]
 fn signals() {
     let p = Params::new("cpu", 30.0, 70.0);
-    let metric = |runs: &[(f64, usize)]| Metric {
-        name: "cpu".into(),
-        points: samples(runs)
-            .into_iter()
-            .map(|(timestamp_ms, value)| Point {
-                timestamp_ms,
-                value,
-            })
-            .collect(),
-        error: None,
+    let metric = |runs: &[(f64, usize)]| {
+        let samples = samples(runs);
+        Metric {
+            name: "cpu".into(),
+            timestamps_ms: samples.iter().map(|s| s.0).collect(),
+            values: samples.iter().map(|s| s.1).collect(),
+            error: None,
+        }
     };
     let cases: &[(&[(f64, usize)], Signal)] = &[
         (&[(85.0, 41)], Signal::Up),

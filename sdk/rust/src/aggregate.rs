@@ -114,7 +114,7 @@ impl Context {
         metric
             .aggregate(how, self.now_ms, window_ms)
             .ok_or_else(|| match window_ms {
-                Some(w) if !metric.points.is_empty() => format!(
+                Some(w) if !metric.is_empty() => format!(
                     "metric {name:?} has no samples in the last {}",
                     DurationMs(w)
                 ),

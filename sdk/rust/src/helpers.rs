@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::params::{self, ParamSpec};
-use crate::{Action, Context, Decision, Info, Metric, Parameter, ParameterKind, Point};
+use crate::{Action, Context, Decision, Info, Metric, Parameter, ParameterKind};
 
 /// Parses a duration such as `"30s"`, `"5m"`, `"1h 30m"` or `"250ms"`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -80,56 +80,144 @@ impl Context {
     }
 }
 
-impl Metric {
-    /// The newest sample's value.
-    pub fn latest(&self) -> Option<f64> {
-        self.points.last().map(|p| p.value)
+/// One sample of a metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// When it was taken, in ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Its value (finite).
+    pub value: f64,
+}
+
+/// A run of a metric's samples (oldest first), as two parallel slices.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window<'a> {
+    /// Sample times, ms since the Unix epoch.
+    pub timestamps_ms: &'a [i64],
+    /// Sample values, same length as `timestamps_ms`.
+    pub values: &'a [f64],
+}
+
+impl<'a> Window<'a> {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether it holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The oldest sample.
+    pub fn first(&self) -> Option<Point> {
+        self.get(0)
     }
 
     /// The newest sample.
-    pub fn latest_point(&self) -> Option<&Point> {
-        self.points.last()
+    pub fn last(&self) -> Option<Point> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// The `i`-th sample, oldest first.
+    pub fn get(&self, i: usize) -> Option<Point> {
+        Some(Point {
+            timestamp_ms: *self.timestamps_ms.get(i)?,
+            value: *self.values.get(i)?,
+        })
+    }
+
+    /// The samples, oldest first.
+    pub fn iter(self) -> impl DoubleEndedIterator<Item = Point> + 'a {
+        self.timestamps_ms
+            .iter()
+            .zip(self.values)
+            .map(|(&timestamp_ms, &value)| Point {
+                timestamp_ms,
+                value,
+            })
+    }
+}
+
+impl Metric {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.values.len().min(self.timestamps_ms.len())
+    }
+
+    /// Whether the metric holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every sample, oldest first.
+    pub fn all(&self) -> Window<'_> {
+        let n = self.len();
+        Window {
+            timestamps_ms: &self.timestamps_ms[..n],
+            values: &self.values[..n],
+        }
+    }
+
+    /// The samples, oldest first.
+    pub fn points(&self) -> impl DoubleEndedIterator<Item = Point> + '_ {
+        self.all().iter()
+    }
+
+    /// The newest sample's value.
+    pub fn latest(&self) -> Option<f64> {
+        self.all().last().map(|p| p.value)
+    }
+
+    /// The newest sample.
+    pub fn latest_point(&self) -> Option<Point> {
+        self.all().last()
     }
 
     /// The samples taken in the last `duration_ms` before `now_ms` (inclusive
     /// of the window's start), oldest first.
-    pub fn window(&self, now_ms: i64, duration_ms: i64) -> &[Point] {
+    pub fn window(&self, now_ms: i64, duration_ms: i64) -> Window<'_> {
+        let all = self.all();
         let start = now_ms.saturating_sub(duration_ms);
-        let first = self.points.partition_point(|p| p.timestamp_ms < start);
-        let last = self.points.partition_point(|p| p.timestamp_ms <= now_ms);
-        &self.points[first..last.max(first)]
+        let first = all.timestamps_ms.partition_point(|&t| t < start);
+        let last = all
+            .timestamps_ms
+            .partition_point(|&t| t <= now_ms)
+            .max(first);
+        Window {
+            timestamps_ms: &all.timestamps_ms[first..last],
+            values: &all.values[first..last],
+        }
     }
 
     /// Mean of the samples in the window, `None` when it holds none.
     pub fn mean_over(&self, now_ms: i64, duration_ms: i64) -> Option<f64> {
-        let w = self.window(now_ms, duration_ms);
-        (!w.is_empty()).then(|| w.iter().map(|p| p.value).sum::<f64>() / w.len() as f64)
+        let w = self.window(now_ms, duration_ms).values;
+        (!w.is_empty()).then(|| w.iter().sum::<f64>() / w.len() as f64)
     }
 
     /// Largest sample in the window.
     pub fn max_over(&self, now_ms: i64, duration_ms: i64) -> Option<f64> {
         self.window(now_ms, duration_ms)
+            .values
             .iter()
-            .map(|p| p.value)
+            .copied()
             .reduce(f64::max)
     }
 
     /// Smallest sample in the window.
     pub fn min_over(&self, now_ms: i64, duration_ms: i64) -> Option<f64> {
         self.window(now_ms, duration_ms)
+            .values
             .iter()
-            .map(|p| p.value)
+            .copied()
             .reduce(f64::min)
     }
 
     /// The `q`-th percentile (0–100) of the samples in the window, by linear
     /// interpolation between the closest ranks.
     pub fn percentile_over(&self, now_ms: i64, duration_ms: i64, q: f64) -> Option<f64> {
-        let mut values: Vec<f64> = self
-            .window(now_ms, duration_ms)
-            .iter()
-            .map(|p| p.value)
-            .collect();
+        let mut values: Vec<f64> = self.window(now_ms, duration_ms).values.to_vec();
         if values.is_empty() {
             return None;
         }
@@ -164,8 +252,7 @@ impl Metric {
             // "For no time at all": the newest sample decides (a zero-length
             // window would hold only a sample taken exactly at `now_ms`).
             return self
-                .points
-                .iter()
+                .points()
                 .rev()
                 .find(|p| p.timestamp_ms <= now_ms)
                 .is_some_and(|p| pred(p.value));
@@ -177,19 +264,16 @@ impl Metric {
         // One sample interval of slack: the largest gap between samples, or
         // the whole duration when the window holds a single sample.
         let interval = w
+            .timestamps_ms
             .windows(2)
-            .map(|p| p[1].timestamp_ms - p[0].timestamp_ms)
+            .map(|t| t[1] - t[0])
             .max()
             .unwrap_or(0);
-        // A point just before the window also proves coverage.
-        let before = self
-            .points
-            .iter()
-            .rev()
-            .find(|p| p.timestamp_ms < now_ms.saturating_sub(duration_ms));
-        let covered =
-            before.is_some() || first.timestamp_ms <= now_ms - duration_ms + interval.max(1);
-        covered && w.iter().all(|p| pred(p.value))
+        // A sample just before the window also proves coverage.
+        let start = now_ms.saturating_sub(duration_ms);
+        let before = self.timestamps_ms.first().is_some_and(|&t| t < start);
+        let covered = before || first.timestamp_ms <= start + interval.max(1);
+        covered && w.values.iter().all(|&v| pred(v))
     }
 }
 
@@ -313,13 +397,8 @@ mod tests {
     fn series(points: &[(i64, f64)]) -> Metric {
         Metric {
             name: "m".into(),
-            points: points
-                .iter()
-                .map(|&(timestamp_ms, value)| Point {
-                    timestamp_ms,
-                    value,
-                })
-                .collect(),
+            timestamps_ms: points.iter().map(|p| p.0).collect(),
+            values: points.iter().map(|p| p.1).collect(),
             error: None,
         }
     }

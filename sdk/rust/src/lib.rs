@@ -82,24 +82,38 @@ pub mod bindings {
 /// Exports a type implementing [`Policy`] as the module's policy:
 /// `scalewise_sdk::export_policy!(MyPolicy);`
 ///
-/// It expands only when building for Wasm. In a native build (`cargo test`,
-/// a benchmark linking several policies) it expands to nothing, so a policy
-/// crate with `crate-type = ["cdylib", "rlib"]` links natively and several
-/// policies can live in one native binary without clashing export names.
+/// It exports Wasm symbols only when building for Wasm. In a native build
+/// (`cargo test`, a benchmark linking several policies) it only names the
+/// policy's entry points in a hidden public function, so a policy crate with
+/// `crate-type = ["cdylib", "rlib"]` links natively, several policies can
+/// live in one native binary without clashing export names, and the policy
+/// type does not look unused to the compiler.
 #[macro_export]
 macro_rules! export_policy {
     ($policy:ident) => {
         #[cfg(target_family = "wasm")]
         $crate::bindings::export_wasm!($policy);
+
+        /// The policy's entry points, for native builds and tests.
+        #[cfg(not(target_family = "wasm"))]
+        #[doc(hidden)]
+        pub fn __scalewise_policy_entry_points() -> (
+            fn() -> $crate::Info,
+            fn($crate::Context) -> ::core::result::Result<$crate::Decision, ::std::string::String>,
+        ) {
+            (
+                <$policy as $crate::Policy>::describe,
+                <$policy as $crate::Policy>::evaluate,
+            )
+        }
     };
 }
 pub use aggregate::{AGGREGATE_NAMES, Aggregate};
 pub use bindings::exports::scalewise::policy::evaluator::Guest as Policy;
 pub use bindings::scalewise::policy::types::{
-    Action, Context, Decision, Info, Level, Metric, Parameter, ParameterKind, Point, ScaleEvent,
-    Target,
+    Action, Context, Decision, Info, Level, Metric, Parameter, ParameterKind, ScaleEvent, Target,
 };
-pub use helpers::{duration_ms, format_number, parse_duration};
+pub use helpers::{Point, Window, duration_ms, format_number, parse_duration};
 pub use params::{DurationMs, ParamSpec};
 
 /// The version of the WIT package (`scalewise:policy`) this SDK implements.
@@ -109,7 +123,7 @@ pub const WIT_VERSION: &str = "0.1.0";
 pub mod prelude {
     pub use crate::{
         Action, Aggregate, Context, Decision, DurationMs, Info, Level, Metric, ParamSpec,
-        Parameter, ParameterKind, Point, Policy, ScaleEvent, Target, format_number,
+        Parameter, ParameterKind, Point, Policy, ScaleEvent, Target, Window, format_number,
     };
 }
 

@@ -19,7 +19,7 @@
 //! assert!(ctx.metric("cpu").unwrap().above_for(70.0, 300_000, 300_000));
 //! ```
 
-use crate::{Context, Metric, Point, ScaleEvent, Target};
+use crate::{Context, Metric, ScaleEvent, Target};
 
 /// Builds a [`Context`] with sensible defaults: time 0, a `simulator` target
 /// named `test` with 1 replica (bounds 1–10), no metrics, no events, no
@@ -83,13 +83,8 @@ impl ContextBuilder {
     pub fn metric(mut self, name: &str, samples: &[(i64, f64)]) -> Self {
         self.ctx.metrics.push(Metric {
             name: name.into(),
-            points: samples
-                .iter()
-                .map(|&(timestamp_ms, value)| Point {
-                    timestamp_ms,
-                    value,
-                })
-                .collect(),
+            timestamps_ms: samples.iter().map(|s| s.0).collect(),
+            values: samples.iter().map(|s| s.1).collect(),
             error: None,
         });
         self
@@ -116,7 +111,8 @@ impl ContextBuilder {
     pub fn failed_metric(mut self, name: &str, error: &str) -> Self {
         self.ctx.metrics.push(Metric {
             name: name.into(),
-            points: Vec::new(),
+            timestamps_ms: Vec::new(),
+            values: Vec::new(),
             error: Some(error.into()),
         });
         self
