@@ -75,9 +75,31 @@ pub fn wall_clock_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Parses a point in time given as ms since the Unix epoch or as an RFC 3339
+/// timestamp (`2026-11-23T10:00:00Z`); the error says which forms are accepted.
+pub fn parse_time_ms(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+        .map_err(|e| format!("expected ms since the epoch or an RFC 3339 time, got {text:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_as_ms_or_rfc3339() {
+        assert_eq!(parse_time_ms("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time_ms("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert!(parse_time_ms("yesterday").unwrap_err().contains("RFC 3339"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn sped_up_clock_advances_faster() {

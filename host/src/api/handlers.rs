@@ -220,18 +220,5 @@ async fn set_paused(
 }
 
 fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(text)
-        .map(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
-        })
-        .map_err(|e| {
-            ApiError::BadRequest(format!(
-                "{field} must be ms since the epoch or an RFC 3339 time, got {text:?}: {e}"
-            ))
-        })
+    crate::clock::parse_time_ms(text).map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::clock::parse_time_ms;
 use crate::config::Config;
 use crate::journal::{Journal, TickRecord};
 
@@ -60,8 +61,9 @@ fn export(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let path = locate(at)?;
-    let since = since.map(|t| parse_time("--since", t)).transpose()?;
-    let until = until.map(|t| parse_time("--until", t)).transpose()?;
+    let parse = |what: &str, t: &str| parse_time_ms(t).map_err(|e| format!("{what}: {e}"));
+    let since = since.map(|t| parse("--since", t)).transpose()?;
+    let until = until.map(|t| parse("--until", t)).transpose()?;
     let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
     journal
         .export_jsonl(out, scaler, since, until)
@@ -77,20 +79,4 @@ fn locate(at: &JournalLocation) -> Result<PathBuf, String> {
             .map_err(|e| e.to_string()),
         (None, None) => Err("give --journal FILE or --config FILE".into()),
     }
-}
-
-/// A time given as ms since the epoch or RFC 3339.
-pub fn parse_time(what: &str, text: &str) -> Result<i64, String> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(text)
-        .map_err(|e| {
-            format!("{what} must be ms since the epoch or an RFC 3339 time, got {text:?}: {e}")
-        })
-        .map(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
-        })
 }
