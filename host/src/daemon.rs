@@ -140,6 +140,8 @@ pub struct ProblemView {
 struct ReloadSource {
     path: PathBuf,
     listen_override: Option<SocketAddr>,
+    /// The file's stamp when reload was enabled (just after it was read).
+    stamp: Option<FileStamp>,
 }
 
 /// What asked for a config reload.
@@ -282,8 +284,10 @@ impl Daemon {
     /// when `[watch]` is on, whenever the file changes. `listen_override`
     /// (the `--listen` flag) keeps overriding `[api] listen`.
     pub fn enable_config_reload(&mut self, listen_override: Option<SocketAddr>) {
+        let path = self.config.origin().path().to_path_buf();
         self.reload = Some(ReloadSource {
-            path: self.config.origin().path().to_path_buf(),
+            stamp: FileStamp::of(&path).ok(),
+            path,
             listen_override,
         });
         self.config_status.rcu(|status| ConfigStatus {
@@ -469,7 +473,7 @@ impl Daemon {
             )));
         };
         let watched = ConfigFile {
-            known: FileStamp::of(&path).ok(),
+            known: reload.stamp.clone(),
             name: name.to_owned(),
             path: path.clone(),
             tx: reload_tx.clone(),

@@ -519,6 +519,13 @@ impl Watched for WatchedFolder {
             || name.to_string_lossy().starts_with("..")
     }
 
+    fn key(&self, name: &OsStr) -> Option<String> {
+        let path = Path::new(name);
+        path.extension()
+            .is_some_and(|e| e == "wasm")
+            .then(|| module_name(path))
+    }
+
     fn scan(&self) -> BTreeMap<String, FileStamp> {
         self.registry.scan()
     }

@@ -136,7 +136,12 @@ pub trait Watched: Send + 'static {
     /// Whether an entry of the folder with this name can matter (events for
     /// other names, e.g. a journal next to the config file, are ignored).
     fn relevant(&self, name: &OsStr) -> bool;
-    /// The files that matter now, by name, with their stamps.
+    /// The name [`Watched::scan`] gives the file with this entry name, if
+    /// it is one of the files scanned (and not, say, a `..data` link).
+    fn key(&self, name: &OsStr) -> Option<String> {
+        Some(name.to_string_lossy().into_owned())
+    }
+    /// The files that matter now, by key, with their stamps.
     fn scan(&self) -> BTreeMap<String, FileStamp>;
     /// The stamps of the files as last read (what is in use).
     fn known(&self) -> BTreeMap<String, FileStamp>;
@@ -361,7 +366,9 @@ fn watch_loop(mut source: EventSource, rx: Receiver<Msg>, mut watched: impl Watc
     let mut tracker = Tracker::default();
     // The last relevant event not yet followed by a scan.
     let mut last_event: Option<Instant> = None;
-    let mut recheck: Option<Instant> = None;
+    // A first look at once: what changed between the files' first reading
+    // and the watch starting has no event to announce it.
+    let mut recheck = Some(Instant::now());
     let mut next_resync = Instant::now() + s.resync;
     loop {
         let now = Instant::now();
@@ -472,7 +479,9 @@ fn note_event(
             continue;
         }
         relevant = true;
-        let name = name.to_string_lossy();
+        let Some(name) = watched.key(name) else {
+            continue;
+        };
         match event.kind {
             EventKind::Modify(ModifyKind::Data(_)) => tracker.writing(&name, now),
             EventKind::Access(AccessKind::Close(AccessMode::Write))
