@@ -547,8 +547,10 @@ impl Tracker {
             if on_disk == known.get(name) {
                 continue; // in use as it is
             }
+            // Seen as it is now before: stable since then, or since the
+            // last event if that is earlier (no event since means no write).
             let since = match self.seen.get(name.as_str()) {
-                Some((stamp, since)) if stamp.as_ref() == on_disk => *since,
+                Some((stamp, since)) if stamp.as_ref() == on_disk => (*since).min(settled_since),
                 _ => settled_since,
             };
             pending.insert(name.clone(), (on_disk.cloned(), since));
@@ -653,6 +655,15 @@ mod tests {
                     (500, &[("a", 2)], 500, (&[], &[])),
                     (550, &[("a", 2)], 550, (&[], &[])),
                     (600, &[("a", 2)], 600, (&["a"], &[])),
+                ],
+                open: &[],
+            },
+            Case {
+                name: "a rescan just before the events' own scan does not delay it",
+                known: &[("a", 1)],
+                scans: &[
+                    (500, &[("a", 2)], 500, (&[], &[])),
+                    (510, &[("a", 2)], 400, (&["a"], &[])),
                 ],
                 open: &[],
             },

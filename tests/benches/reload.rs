@@ -34,6 +34,7 @@ use scalewise::config::{RuntimeLimits, WatchConfig, WatchMode};
 use scalewise::registry::Registry;
 use scalewise::runtime::{CodeOrigin, Runtime};
 use scalewise_tests::{artifacts, context};
+use sha2::{Digest as _, Sha256};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -109,19 +110,20 @@ fn main() {
     let ctx = context(1_700_000_000_000, serde_json::json!({}), 60);
 
     let mut measure = |bytes: &[u8]| -> Sample {
+        let expected = hex::encode(Sha256::digest(bytes));
         changes.borrow_and_update();
         let mut file = std::fs::File::create(&target).unwrap();
         file.write_all(bytes).unwrap();
         drop(file);
         let written = Instant::now();
         tokio
-            .block_on(tokio::time::timeout(
-                Duration::from_secs(30),
-                changes.changed(),
-            ))
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), changes.changed()).await
+            })
             .expect("the new version loads within 30 s")
             .unwrap();
         let module = registry.get("counter").unwrap();
+        assert_eq!(module.digest(), expected, "the version just written serves");
         let started = Instant::now();
         let decision = module.evaluate(&ctx).unwrap();
         let done = Instant::now();
