@@ -310,6 +310,20 @@ fn the_policy_folder_replaced_by_another_is_watched_again() {
     // And changes in the new folder are seen.
     std::fs::copy(artifacts::FAULTS, d.join("b").join("faults.wasm")).unwrap();
     w.wait_for_digest("faults", &digest_of(artifacts::FAULTS), 10 * SECOND);
+
+    // The folder deleted: its modules keep serving (a vanished folder
+    // says nothing about them); recreated with other contents: those load.
+    std::fs::remove_dir_all(d.join("b")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.digest("counter"), Some(digest_of(artifacts::COUNTER_V2)));
+    assert!(w.registry.get("faults").is_some());
+    std::fs::create_dir(d.join("b")).unwrap();
+    std::fs::copy(artifacts::COUNTER, d.join("b").join("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &digest_of(artifacts::COUNTER), 10 * SECOND);
+    wait_until(10 * SECOND, "faults to be removed", || {
+        w.registry.get("faults").is_none()
+    });
+    assert_eq!(w.failures(), []);
 }
 
 #[test]

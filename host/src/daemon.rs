@@ -816,7 +816,7 @@ impl Watched for ConfigFile {
         name == self.name || name.to_string_lossy().starts_with("..")
     }
 
-    fn scan(&self) -> BTreeMap<String, FileStamp> {
+    fn scan(&mut self) -> BTreeMap<String, FileStamp> {
         FileStamp::of(&self.path)
             .ok()
             .map(|stamp| (self.name.to_string_lossy().into_owned(), stamp))

@@ -307,12 +307,11 @@ impl Registry {
 
     /// The `*.wasm` files in the folder now, by module name, with stamps.
     /// Files that vanish while listed are left out.
-    pub fn scan(&self) -> BTreeMap<String, FileStamp> {
-        module_files(&self.dir)
-            .unwrap_or_default()
+    pub fn scan(&self) -> Result<BTreeMap<String, FileStamp>, RegistryError> {
+        Ok(module_files(&self.dir)?
             .into_iter()
             .filter_map(|path| Some((module_name(&path), FileStamp::of(&path).ok()?)))
-            .collect()
+            .collect())
     }
 
     /// The stamps of the module files as last read.
@@ -496,6 +495,7 @@ impl Registry {
         let watched = WatchedFolder {
             registry: Arc::clone(self),
             on_reload: Box::new(on_reload),
+            unreadable: false,
         };
         Ok(FolderWatch::start(&self.dir, config, watched)?)
     }
@@ -509,6 +509,8 @@ impl Registry {
 struct WatchedFolder {
     registry: Arc<Registry>,
     on_reload: Box<dyn Fn(&ReloadReport) + Send>,
+    /// Whether the folder could not be listed at the last scan.
+    unreadable: bool,
 }
 
 impl Watched for WatchedFolder {
@@ -526,8 +528,26 @@ impl Watched for WatchedFolder {
             .then(|| module_name(path))
     }
 
-    fn scan(&self) -> BTreeMap<String, FileStamp> {
-        self.registry.scan()
+    fn scan(&mut self) -> BTreeMap<String, FileStamp> {
+        match self.registry.scan() {
+            Ok(files) => {
+                if std::mem::take(&mut self.unreadable) {
+                    tracing::info!(dir = %self.registry.dir.display(), "The policy folder is back.");
+                }
+                files
+            }
+            Err(err) => {
+                // A folder that is gone (being replaced, a mount hiccup) says
+                // nothing about its modules: keep serving them as they are.
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    tracing::warn!(
+                        error = %err,
+                        "The policy folder cannot be listed; its modules keep serving as they are."
+                    );
+                }
+                self.registry.known()
+            }
+        }
     }
 
     fn known(&self) -> BTreeMap<String, FileStamp> {

@@ -36,6 +36,8 @@ use crate::config::{WatchConfig, WatchMode};
 /// With native events, how often the folder is rescanned anyway (in case an
 /// event was lost, e.g. an inotify queue overflow on a busy node).
 const NATIVE_RESYNC: Duration = Duration::from_secs(30);
+/// While the watched folder is gone, how often to look for it again.
+const DETACHED_RESYNC: Duration = Duration::from_secs(1);
 /// A file held open for writing longer than this is loaded anyway (a writer
 /// that never closes), at least.
 const MIN_WRITER_WAIT: Duration = Duration::from_secs(2);
@@ -142,7 +144,7 @@ pub trait Watched: Send + 'static {
         Some(name.to_string_lossy().into_owned())
     }
     /// The files that matter now, by key, with their stamps.
-    fn scan(&self) -> BTreeMap<String, FileStamp>;
+    fn scan(&mut self) -> BTreeMap<String, FileStamp>;
     /// The stamps of the files as last read (what is in use).
     fn known(&self) -> BTreeMap<String, FileStamp>;
     /// Files whose changes have settled: `changed` are to be (re)read,
@@ -253,6 +255,8 @@ struct EventSource {
     backend: Backend,
     /// The folder's device and inode when the watch was set up.
     identity: Option<(u64, u64)>,
+    /// Whether the folder is being watched (false while it is gone).
+    attached: bool,
 }
 
 impl EventSource {
@@ -323,30 +327,50 @@ impl EventSource {
             mode,
             backend,
             identity,
+            attached: true,
         })
     }
 
     /// Re-attaches the watch when the folder was replaced (its inode changed,
-    /// or the symlink it is now points elsewhere). True when it was.
+    /// or the symlink it is now points elsewhere) or the last attempt
+    /// failed. True when the folder changed.
     fn rewatch_if_replaced(&mut self) -> bool {
         let now = folder_identity(&self.dir);
-        if now == self.identity {
+        if now == self.identity && self.attached {
             return false;
         }
-        let _ = self.backend.unwatch(&self.dir);
-        match self.backend.watch(&self.dir) {
-            Ok(()) => tracing::info!(
-                dir = %self.dir.display(),
-                "The watched folder was replaced; watching the new one."
-            ),
-            Err(err) => tracing::warn!(
-                dir = %self.dir.display(),
-                error = %err,
-                "The watched folder was replaced and cannot be watched again yet; will retry."
-            ),
-        }
+        let replaced = now != self.identity;
         self.identity = now;
-        true
+        if replaced {
+            let _ = self.backend.unwatch(&self.dir);
+        }
+        if now.is_none() {
+            if self.attached {
+                tracing::warn!(dir = %self.dir.display(), "The watched folder is gone; watching for it to come back.");
+            }
+            self.attached = false;
+            return replaced;
+        }
+        match self.backend.watch(&self.dir) {
+            Ok(()) => {
+                tracing::info!(
+                    dir = %self.dir.display(),
+                    "The watched folder was replaced; watching the new one."
+                );
+                self.attached = true;
+            }
+            Err(err) => {
+                if self.attached {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        error = %err,
+                        "The watched folder was replaced and cannot be watched again yet; will retry."
+                    );
+                }
+                self.attached = false;
+            }
+        }
+        replaced
     }
 }
 
@@ -417,7 +441,13 @@ fn watch_loop(mut source: EventSource, rx: Receiver<Msg>, mut watched: impl Watc
         }
         if now >= next_resync {
             source.rewatch_if_replaced();
-            next_resync = now + s.resync;
+            // While the folder is gone, look for it often.
+            next_resync = now
+                + if source.attached {
+                    s.resync
+                } else {
+                    DETACHED_RESYNC
+                };
             scan = true;
         }
         if !scan {
@@ -470,7 +500,12 @@ fn note_event(
             continue;
         }
         if path.parent() != Some(source.dir.as_path()) {
-            continue; // another entry of the parent folder
+            // Another entry of the parent folder: it may be what the folder
+            // (a symlink) points to, coming or going. One stat tells.
+            if source.rewatch_if_replaced() {
+                relevant = true;
+            }
+            continue;
         }
         let Some(name) = path.file_name() else {
             continue;
