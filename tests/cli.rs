@@ -156,6 +156,7 @@ fn recorded(path: &str, parameters: Value) -> Evaluation {
         outcome: outcome_of(module.evaluate(&ctx)),
         context: ctx,
         duration_us: 42,
+        load_error: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP API: health, readiness, the host's metrics, scalers, decisions
-//! from the journal, loaded policies, and a dashboard page.
+//! from the journal, loaded policies, the config's reload status, and a
+//! dashboard page.
 //!
 //! [`router`] builds the whole API from an [`AppState`], so tests drive it
 //! in-process with `tower::ServiceExt::oneshot`.
@@ -11,11 +12,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
 
+use crate::daemon::ConfigStatus;
 use crate::journal::Journal;
 use crate::registry::Registry;
 use crate::scaler::ScalerHandle;
@@ -24,8 +27,9 @@ use crate::telemetry::Telemetry;
 /// What the API serves from; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Every scaler, by name.
-    pub scalers: Arc<BTreeMap<String, Arc<ScalerHandle>>>,
+    /// Every scaler, by name (swapped whole when a config reload adds or
+    /// removes scalers).
+    pub scalers: Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
     /// The loaded policy modules.
     pub registry: Arc<Registry>,
     /// The decision journal.
@@ -34,6 +38,8 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// Set once every scaler is running.
     pub ready: Arc<AtomicBool>,
+    /// The config applied and the last refused reload.
+    pub config: Arc<ArcSwap<ConfigStatus>>,
 }
 
 /// The API's routes.
@@ -53,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
         .route("/v1/decisions/{id}", get(handlers::get_decision))
         .route("/v1/policies", get(handlers::list_policies))
+        .route("/v1/config", get(handlers::config_status))
         .fallback(handlers::not_found)
         .with_state(state)
 }

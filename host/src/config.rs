@@ -262,6 +262,9 @@ impl Config {
         };
         resolve(self.policy_dir.get_mut());
         resolve(&mut self.journal.path);
+        if let Some(cache_dir) = &mut self.runtime.cache_dir {
+            resolve(cache_dir);
+        }
         for source in self.sources.values_mut() {
             match source.get_mut() {
                 SourceConfig::Prometheus(prometheus) => {
@@ -358,6 +361,9 @@ pub struct Config {
     /// The HTTP API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Watching the policy folder and this file for changes (hot reload).
+    #[serde(default)]
+    pub watch: WatchConfig,
     /// The decision journal.
     #[serde(default)]
     pub journal: JournalConfig,
@@ -399,6 +405,12 @@ pub struct RuntimeLimits {
     pub max_reason_bytes: usize,
     /// Wasm stack a policy may use.
     pub max_wasm_stack: ByteSize,
+    /// Where compiled policy code is cached on disk, by content hash, so a
+    /// restart or a flip back to an earlier module skips compiling. `None`:
+    /// the daemon uses `scalewise-cache` next to the journal; the runtime
+    /// alone (e.g. `scalewise check`) caches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeLimits {
@@ -411,6 +423,7 @@ impl Default for RuntimeLimits {
             max_state_bytes: ByteSize::kib(64),
             max_reason_bytes: 1024,
             max_wasm_stack: ByteSize::kib(512),
+            cache_dir: None,
         }
     }
 }
@@ -429,6 +442,52 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
         }
     }
+}
+
+/// How the daemon notices changes to the policy folder and the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Watch at all; when off, modules and config change only at restart
+    /// (SIGHUP still reloads the config).
+    pub enabled: bool,
+    /// A changed file is loaded once it has been quiet (size and mtime
+    /// stable, no write events) this long, so a file still being written is
+    /// never loaded.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// `auto` (native events, polling when they cannot be set up), `native`
+    /// or `poll`.
+    pub mode: WatchMode,
+    /// How often polling looks at the files (`mode = "poll"`, or `auto`
+    /// after falling back).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            enabled: true,
+            debounce: Duration::from_millis(200),
+            mode: WatchMode::Auto,
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Where file change events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchMode {
+    /// Native events (inotify, FSEvents, ...), or polling when they cannot
+    /// be set up (e.g. the inotify watch limit is reached).
+    #[default]
+    Auto,
+    /// Native events only; the daemon refuses to start without them.
+    Native,
+    /// Polling only (network file systems, where native events never come).
+    Poll,
 }
 
 /// The decision journal.
@@ -628,7 +687,7 @@ pub enum Mode {
 }
 
 /// One scaler: a target, its metrics, its policies and its envelope.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalerConfig {
     /// Unique name.

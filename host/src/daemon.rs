@@ -1,26 +1,46 @@
 //! The daemon: builds every part from a validated config, runs each scaler
-//! on its own interval as its own task, serves the API, and shuts down
-//! gracefully (ticks in progress finish, then the journal is flushed).
+//! on its own interval as its own task, serves the API, keeps the policy
+//! modules and the config in step with their files (hot reload), and shuts
+//! down gracefully (ticks in progress finish, then the journal is flushed).
+//!
+//! Config reload (SIGHUP, or the file changing when `[watch]` is on): the
+//! file is read and validated as at start, and checked against the modules
+//! loaded now; an invalid one is refused (logged with file:line, counted in
+//! `scalewise_config_reloads_total{result="refused"}`, shown by
+//! `GET /v1/config`) and the running config stays. A valid one is applied
+//! between ticks: scalers are added, removed or changed (a changed scaler
+//! keeps its envelope history and each policy's state where the policy at
+//! that position names the same module). `policy_dir`, `[runtime]`, `[api]`,
+//! `[journal]`, `[clock]`, `[simulations]` and `[watch]` are read only at
+//! start: a change to them is logged as needing a restart.
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::actuators::Actuator;
 use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState};
-use crate::clock::Clock;
-use crate::config::{Config, ConfigError, MetricConfig, ScalerConfig, SourceConfig, TargetConfig};
+use crate::clock::{Clock, wall_clock_ms};
+use crate::config::{
+    Config, ConfigError, MetricConfig, ScalerConfig, SourceConfig, TargetConfig, toml_to_json,
+};
 use crate::journal::{Journal, JournalOptions, TickRecord};
 use crate::policy::PolicyInfo;
-use crate::registry::Registry;
+use crate::registry::{Registry, ReloadReport};
 use crate::runtime::Runtime;
 use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, Services};
 use crate::simulator::Simulation;
@@ -28,9 +48,14 @@ use crate::sources::prometheus::PrometheusSource;
 use crate::sources::simulator::SimulatorSource;
 use crate::sources::{MetricQuery, Source};
 use crate::telemetry::Telemetry;
+use crate::watch::{FileStamp, FolderWatch, Watched};
 
 /// How long shutdown waits for ticks in progress before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The compiled-code cache's folder when `[runtime] cache_dir` is not set:
+/// next to the journal.
+pub const DEFAULT_CACHE_DIR_NAME: &str = "scalewise-cache";
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,19 +76,107 @@ pub enum DaemonError {
     },
 }
 
+impl DaemonError {
+    /// A fixed label for this kind of error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DaemonError::Config(e) => e.kind(),
+            DaemonError::Setup(_) => "setup",
+            DaemonError::Listen { .. } => "listen",
+        }
+    }
+}
+
+/// The config the daemon runs with, as `GET /v1/config` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// The config file (`<embedded demo.toml>` for the demo).
+    pub path: String,
+    /// sha256 of the text applied, hex.
+    pub digest: String,
+    /// When it was applied (wall clock, ms since the Unix epoch).
+    pub applied_at_ms: i64,
+    /// Whether SIGHUP or a change to the file reloads it.
+    pub reload_enabled: bool,
+    /// Reloads applied since start.
+    pub reloads: u64,
+    /// Settings changed in the file that take effect only at a restart.
+    pub restart_required: Vec<String>,
+    /// The last reload that was refused, if it is newer than the last one
+    /// applied.
+    pub last_error: Option<ReloadFailure>,
+}
+
+/// A refused config reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadFailure {
+    /// When (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+    /// A fixed label (`read`, `parse`, `invalid`, `setup`).
+    pub kind: &'static str,
+    /// Every problem, one per line, each with file:line:column.
+    pub error: String,
+    /// The located problems.
+    pub problems: Vec<ProblemView>,
+}
+
+/// One located problem of a refused config.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemView {
+    /// The file.
+    pub file: String,
+    /// 1-based line (0: unknown).
+    pub line: usize,
+    /// 1-based column (0: unknown).
+    pub column: usize,
+    /// The table it is in.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Where a reloaded config comes from.
+#[derive(Debug, Clone)]
+struct ReloadSource {
+    path: PathBuf,
+    listen_override: Option<SocketAddr>,
+    /// The file's stamp when reload was enabled (just after it was read).
+    stamp: Option<FileStamp>,
+}
+
+/// What asked for a config reload.
+#[derive(Debug, Clone, Copy)]
+enum ReloadTrigger {
+    Signal,
+    File,
+}
+
+/// A changed scaler config, applied by the scaler's own task between ticks.
+struct Reconfigure {
+    spec: ScalerSpec,
+    actuator: Arc<dyn Actuator>,
+}
+
 /// A daemon built from a config, ready to run.
 #[derive(Debug)]
 pub struct Daemon {
+    /// The config as started: what restart-only settings are.
     config: Config,
+    /// The config applied now (scalers, sources); the module gate reads it.
+    applied: Arc<ArcSwap<Config>>,
     clock: Clock,
     registry: Arc<Registry>,
     journal: Journal,
     telemetry: Arc<Telemetry>,
     simulation: Simulation,
-    scalers: Vec<Scaler>,
-    handles: Arc<BTreeMap<String, Arc<ScalerHandle>>>,
+    sources: NamedSources,
+    services: Services,
+    scalers: Vec<(Scaler, ScalerConfig)>,
+    handles: Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
     decisions: broadcast::Sender<Arc<TickRecord>>,
     ready: Arc<AtomicBool>,
+    config_status: Arc<ArcSwap<ConfigStatus>>,
+    reload: Option<ReloadSource>,
 }
 
 impl Daemon {
@@ -73,7 +186,11 @@ impl Daemon {
     /// config naming an unknown module, parameter or metric is refused here.
     pub async fn build(config: Config, clock: Clock) -> Result<Daemon, DaemonError> {
         let telemetry = Arc::new(Telemetry::new());
-        let runtime = Runtime::new(config.runtime.clone())
+        let mut limits = config.runtime.clone();
+        if limits.cache_dir.is_none() {
+            limits.cache_dir = Some(default_cache_dir(&config.journal.path));
+        }
+        let runtime = Runtime::new(limits)
             .map_err(|e| DaemonError::Setup(format!("cannot start the policy runtime: {e}")))?;
         let policy_dir = config.policy_dir.get_ref().clone();
         let registry =
@@ -85,16 +202,13 @@ impl Daemon {
         {
             let snapshot = registry.snapshot();
             telemetry.modules_loaded.set(snapshot.modules.len() as i64);
+            for (name, module) in &snapshot.modules {
+                telemetry.module_loaded(name, module.origin().as_str());
+            }
             for (name, failure) in &snapshot.failures {
                 telemetry.module_load_error(name, failure.kind);
-                tracing::warn!(module = %name, path = %failure.path.display(), error = %failure.error, "A policy module failed to load.");
             }
-            let catalog: BTreeMap<String, PolicyInfo> = snapshot
-                .modules
-                .iter()
-                .map(|(name, module)| (name.clone(), module.info().clone()))
-                .collect();
-            config.check_policies(&catalog)?;
+            config.check_policies(&snapshot.catalog())?;
         }
 
         let journal = Journal::open_with(
@@ -123,41 +237,63 @@ impl Daemon {
         let mut scalers = Vec::with_capacity(config.scalers.len());
         for scaler_config in &config.scalers {
             let scaler_config = scaler_config.get_ref();
-            let spec = bind_scaler(&sources, scaler_config, &registry, &simulation)?;
-            let actuator = build_actuator(scaler_config, &simulation)?;
-            let mut scaler = Scaler::new(spec, actuator, services.clone());
-            let restored = scaler
-                .restore(now_ms, scaler_config.paused)
-                .await
-                .map_err(|e| {
-                    DaemonError::Setup(format!(
-                        "cannot restore scaler {:?} from the journal: {e}",
-                        scaler_config.name.get_ref()
-                    ))
-                })?;
-            if restored > 0 {
-                tracing::info!(scaler = %scaler_config.name.get_ref(), records = restored, "Restored the scaler's history from the journal.");
-            }
-            scalers.push(scaler);
+            let scaler = build_scaler(
+                &sources,
+                scaler_config,
+                &simulation,
+                services.clone(),
+                now_ms,
+            )
+            .await?;
+            scalers.push((scaler, scaler_config.clone()));
         }
-        let handles = Arc::new(
+        let handles = Arc::new(ArcSwap::from_pointee(
             scalers
                 .iter()
-                .map(|s| (s.spec().name.clone(), s.handle()))
+                .map(|(s, _)| (s.spec().name.clone(), s.handle()))
                 .collect(),
-        );
+        ));
+        let applied = Arc::new(ArcSwap::from_pointee(config.clone()));
+        registry.set_gate(config_gate(applied.clone()));
+        let config_status = Arc::new(ArcSwap::from_pointee(ConfigStatus {
+            path: config.origin().path().display().to_string(),
+            digest: text_digest(config.origin().text()),
+            applied_at_ms: wall_clock_ms(),
+            ..ConfigStatus::default()
+        }));
         Ok(Daemon {
             config,
+            applied,
             clock,
             registry,
             journal,
             telemetry,
             simulation,
+            sources,
+            services,
             scalers,
             handles,
             decisions,
             ready: Arc::new(AtomicBool::new(false)),
+            config_status,
+            reload: None,
         })
+    }
+
+    /// Re-reads the config from the file it was loaded from on SIGHUP and,
+    /// when `[watch]` is on, whenever the file changes. `listen_override`
+    /// (the `--listen` flag) keeps overriding `[api] listen`.
+    pub fn enable_config_reload(&mut self, listen_override: Option<SocketAddr>) {
+        let path = self.config.origin().path().to_path_buf();
+        self.reload = Some(ReloadSource {
+            stamp: FileStamp::of(&path).ok(),
+            path,
+            listen_override,
+        });
+        self.config_status.rcu(|status| ConfigStatus {
+            reload_enabled: true,
+            ..(**status).clone()
+        });
     }
 
     /// The state the HTTP API serves from.
@@ -168,6 +304,7 @@ impl Daemon {
             journal: self.journal.clone(),
             telemetry: self.telemetry.clone(),
             ready: self.ready.clone(),
+            config: self.config_status.clone(),
         }
     }
 
@@ -191,7 +328,17 @@ impl Daemon {
         &self.journal
     }
 
-    /// The config the daemon runs with.
+    /// The loaded policy modules.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The host's metrics.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// The config the daemon started with.
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -208,9 +355,11 @@ impl Daemon {
     }
 
     /// Runs every scaler and the API until `shutdown` resolves, then lets
-    /// ticks in progress finish and flushes the journal.
+    /// ticks in progress finish and flushes the journal. Meanwhile the
+    /// policy folder is watched (`[watch]`) and, when enabled, the config
+    /// is reloaded on SIGHUP or when its file changes.
     pub async fn run(
-        self,
+        mut self,
         listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), DaemonError> {
@@ -230,25 +379,43 @@ impl Daemon {
             })
         });
 
-        let clock = self.clock;
-        let telemetry = self.telemetry.clone();
-        let mut tasks = tokio::task::JoinSet::new();
-        for scaler in self.scalers {
-            tasks.spawn(run_scaler(scaler, clock, telemetry.clone(), token.clone()));
+        let _policy_watch = self.watch_policies()?;
+        let mut set = ScalerSet {
+            tasks: tokio::task::JoinSet::new(),
+            running: BTreeMap::new(),
+            clock: self.clock,
+            telemetry: self.telemetry.clone(),
+            token: token.clone(),
+        };
+        for (scaler, config) in std::mem::take(&mut self.scalers) {
+            set.spawn(scaler, config);
+        }
+        let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+        let _config_watch = self.watch_config(&reload_tx)?;
+        if self.reload.is_some() {
+            listen_for_sighup(reload_tx.clone(), token.clone());
         }
         self.ready.store(true, Ordering::Relaxed);
-        tracing::info!(scalers = tasks.len(), "Scalewise is running.");
+        tracing::info!(scalers = set.running.len(), "Scalewise is running.");
 
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(trigger) = reload_rx.recv() => self.reload_config(trigger, &mut set).await,
+            }
+        }
         tracing::info!("Shutting down: letting ticks in progress finish.");
         token.cancel();
+        drop(_policy_watch);
+        drop(_config_watch);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
+            while set.tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!("Some ticks did not finish within the grace period.");
-            tasks.abort_all();
+            set.tasks.abort_all();
         }
         if let Some(api_task) = api_task {
             let _ = api_task.await;
@@ -260,24 +427,479 @@ impl Daemon {
         tracing::info!("Scalewise stopped; the journal is flushed.");
         Ok(())
     }
+
+    /// Starts watching the policy folder, when `[watch]` is on.
+    fn watch_policies(&self) -> Result<Option<FolderWatch>, DaemonError> {
+        if !self.config.watch.enabled {
+            return Ok(None);
+        }
+        let telemetry = self.telemetry.clone();
+        let registry = Arc::downgrade(&self.registry);
+        let on_reload = move |report: &ReloadReport| {
+            for loaded in &report.loaded {
+                telemetry.module_loaded(&loaded.name, loaded.origin.as_str());
+            }
+            for (name, failure) in &report.failed {
+                telemetry.module_load_error(name, failure.kind);
+            }
+            if let Some(registry) = registry.upgrade() {
+                telemetry
+                    .modules_loaded
+                    .set(registry.snapshot().modules.len() as i64);
+            }
+        };
+        self.registry
+            .watch(&self.config.watch, on_reload)
+            .map(Some)
+            .map_err(|e| DaemonError::Setup(e.to_string()))
+    }
+
+    /// Starts watching the config file, when reload and `[watch]` are on.
+    fn watch_config(
+        &self,
+        reload_tx: &mpsc::UnboundedSender<ReloadTrigger>,
+    ) -> Result<Option<FolderWatch>, DaemonError> {
+        let Some(reload) = &self.reload else {
+            return Ok(None);
+        };
+        if !self.config.watch.enabled {
+            return Ok(None);
+        }
+        let path = std::path::absolute(&reload.path).unwrap_or_else(|_| reload.path.clone());
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(DaemonError::Setup(format!(
+                "cannot watch the config file {}: it has no folder",
+                path.display()
+            )));
+        };
+        let watched = ConfigFile {
+            known: reload.stamp.clone(),
+            name: name.to_owned(),
+            path: path.clone(),
+            tx: reload_tx.clone(),
+        };
+        FolderWatch::start(dir, &self.config.watch, watched)
+            .map(Some)
+            .map_err(|e| DaemonError::Setup(e.to_string()))
+    }
+
+    /// Re-reads the config file and applies it, or refuses it and keeps the
+    /// running one.
+    async fn reload_config(&mut self, trigger: ReloadTrigger, set: &mut ScalerSet) {
+        let Some(source) = self.reload.clone() else {
+            return;
+        };
+        tracing::info!(
+            config = %source.path.display(),
+            trigger = match trigger {
+                ReloadTrigger::Signal => "sighup",
+                ReloadTrigger::File => "file",
+            },
+            "Reloading the config file."
+        );
+        let path = source.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")))
+            .and_then(|r| r.map_err(DaemonError::from));
+        let result = match loaded {
+            Ok(mut config) => {
+                if let Some(listen) = source.listen_override {
+                    config.api.listen = listen;
+                }
+                self.apply_config(config, set).await
+            }
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(Some(summary)) => {
+                self.telemetry.config_reload("applied");
+                tracing::info!(
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    "Applied the reloaded config."
+                );
+            }
+            Ok(None) => {
+                self.telemetry.config_reload("unchanged");
+                tracing::info!("The config file is unchanged; nothing to apply.");
+            }
+            Err(err) => {
+                self.telemetry.config_reload("refused");
+                tracing::error!(
+                    kind = err.kind(),
+                    "The reloaded config was refused; the running config stays:\n{err}"
+                );
+                let problems = match &err {
+                    DaemonError::Config(c) => c
+                        .problems()
+                        .iter()
+                        .map(|p| ProblemView {
+                            file: p.file.display().to_string(),
+                            line: p.line,
+                            column: p.column,
+                            path: p.path.clone(),
+                            message: p.message.clone(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                self.config_status.rcu(|status| ConfigStatus {
+                    last_error: Some(ReloadFailure {
+                        at_ms: wall_clock_ms(),
+                        kind: err.kind(),
+                        error: err.to_string(),
+                        problems: problems.clone(),
+                    }),
+                    ..(**status).clone()
+                });
+            }
+        }
+    }
+
+    /// Checks `config` against the running daemon and applies it; nothing
+    /// is applied unless everything checks out. `Ok(None)`: unchanged.
+    async fn apply_config(
+        &mut self,
+        config: Config,
+        set: &mut ScalerSet,
+    ) -> Result<Option<ApplySummary>, DaemonError> {
+        let running = self.applied.load_full();
+        if config.origin().text() == running.origin().text()
+            && config.api.listen == running.api.listen
+        {
+            return Ok(None);
+        }
+        config.check_policies(&self.registry.snapshot().catalog())?;
+        let restart_required = restart_only_changes(&self.config, &config);
+
+        // Sources: rebuilt only when their config changed.
+        let sources = if config.sources == running.sources {
+            self.sources.clone()
+        } else {
+            build_named_sources(&config)?
+        };
+        let changed_sources: Vec<&String> = config
+            .sources
+            .iter()
+            .filter(|(name, source)| running.sources.get(*name) != Some(*source))
+            .map(|(name, _)| name)
+            .collect();
+
+        // Bind every new or changed scaler before touching any.
+        let old: BTreeMap<&str, &ScalerConfig> = running
+            .scalers
+            .iter()
+            .map(|s| (s.get_ref().name.get_ref().as_str(), s.get_ref()))
+            .collect();
+        let simulations_changed = config.simulations != self.config.simulations;
+        let now_ms = self.clock.now_ms();
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for scaler_config in &config.scalers {
+            let scaler_config = scaler_config.get_ref();
+            let name = scaler_config.name.get_ref().as_str();
+            let uses_changed_source = scaler_config
+                .metrics
+                .values()
+                .any(|m| changed_sources.contains(&&m.get_ref().source));
+            let hint = |e: DaemonError| {
+                if simulations_changed {
+                    DaemonError::Setup(format!("{e} ([simulations] change only at a restart)"))
+                } else {
+                    e
+                }
+            };
+            match old.get(name) {
+                None => {
+                    let scaler = build_scaler(
+                        &sources,
+                        scaler_config,
+                        &self.simulation,
+                        self.services.clone(),
+                        now_ms,
+                    )
+                    .await
+                    .map_err(hint)?;
+                    added.push((scaler, scaler_config.clone()));
+                }
+                Some(before) if *before != scaler_config || uses_changed_source => {
+                    let spec =
+                        bind_scaler(&sources, scaler_config, &self.simulation).map_err(hint)?;
+                    let actuator = build_actuator(scaler_config, &self.simulation).map_err(hint)?;
+                    changed.push((spec, actuator, scaler_config.clone(), before.paused));
+                }
+                Some(_) => {}
+            }
+        }
+        let removed: Vec<String> = old
+            .keys()
+            .filter(|name| {
+                !config
+                    .scalers
+                    .iter()
+                    .any(|s| s.get_ref().name.get_ref() == *name)
+            })
+            .map(|name| name.to_string())
+            .collect();
+
+        // Apply.
+        let summary = ApplySummary {
+            added: added.len(),
+            removed: removed.len(),
+            changed: changed.len(),
+        };
+        for name in &removed {
+            set.stop(name);
+            tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
+        }
+        for (spec, actuator, scaler_config, was_paused) in changed {
+            let name = spec.name.clone();
+            if scaler_config.paused != was_paused {
+                set_paused(&self.journal, set, &name, scaler_config.paused).await;
+            }
+            set.reconfigure(&name, Reconfigure { spec, actuator }, scaler_config);
+            tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
+        }
+        for (scaler, scaler_config) in added {
+            tracing::info!(scaler = %scaler.spec().name, "A scaler was added by the reloaded config.");
+            set.spawn(scaler, scaler_config);
+        }
+        self.sources = sources;
+        let longest = longest_window_ms(&config);
+        if longest > longest_window_ms(&running) {
+            self.simulation.set_history(longest);
+        }
+        for setting in &restart_required {
+            tracing::warn!(
+                setting = %setting,
+                "The config file changes a setting read only at start; it takes effect at the next restart."
+            );
+        }
+        self.handles.store(Arc::new(set.handles()));
+        let digest = text_digest(config.origin().text());
+        self.applied.store(Arc::new(config));
+        self.config_status.rcu(|status| ConfigStatus {
+            digest: digest.clone(),
+            applied_at_ms: wall_clock_ms(),
+            reloads: status.reloads + 1,
+            restart_required: restart_required.clone(),
+            last_error: None,
+            ..(**status).clone()
+        });
+        Ok(Some(summary))
+    }
 }
 
-/// Runs one scaler's ticks on its interval until cancelled. The first tick
-/// is offset by a stable jitter so many scalers do not tick in lockstep.
+/// What an applied reload changed.
+struct ApplySummary {
+    added: usize,
+    removed: usize,
+    changed: usize,
+}
+
+/// The running scalers' tasks, by name.
+struct ScalerSet {
+    tasks: tokio::task::JoinSet<()>,
+    running: BTreeMap<String, RunningScaler>,
+    clock: Clock,
+    telemetry: Arc<Telemetry>,
+    token: CancellationToken,
+}
+
+struct RunningScaler {
+    handle: Arc<ScalerHandle>,
+    stop: CancellationToken,
+    updates: mpsc::UnboundedSender<Reconfigure>,
+}
+
+impl ScalerSet {
+    fn spawn(&mut self, scaler: Scaler, _config: ScalerConfig) {
+        let name = scaler.spec().name.clone();
+        let stop = self.token.child_token();
+        let (updates, rx) = mpsc::unbounded_channel();
+        let handle = scaler.handle();
+        self.tasks.spawn(run_scaler(
+            scaler,
+            self.clock,
+            self.telemetry.clone(),
+            stop.clone(),
+            rx,
+        ));
+        self.running.insert(
+            name,
+            RunningScaler {
+                handle,
+                stop,
+                updates,
+            },
+        );
+    }
+
+    /// Stops a scaler after its tick in progress, if any.
+    fn stop(&mut self, name: &str) {
+        if let Some(running) = self.running.remove(name) {
+            running.stop.cancel();
+        }
+    }
+
+    fn reconfigure(&mut self, name: &str, update: Reconfigure, _config: ScalerConfig) {
+        if let Some(running) = self.running.get(name) {
+            let _ = running.updates.send(update);
+        }
+    }
+
+    fn handles(&self) -> BTreeMap<String, Arc<ScalerHandle>> {
+        self.running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.handle.clone()))
+            .collect()
+    }
+}
+
+/// Sets a scaler's pause flag from the config, as the API would.
+async fn set_paused(journal: &Journal, set: &ScalerSet, name: &str, paused: bool) {
+    let Some(running) = set.running.get(name) else {
+        return;
+    };
+    if let Err(err) = journal.set_paused(name, paused).await {
+        tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
+    }
+    running.handle.paused.store(paused, Ordering::Relaxed);
+}
+
+/// Forwards SIGHUP as a config reload until `token` is cancelled.
+fn listen_for_sighup(tx: mpsc::UnboundedSender<ReloadTrigger>, token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => {
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            got = hangups.recv() => match got {
+                                Some(()) => {
+                                    if tx.send(ReloadTrigger::Signal).is_err() {
+                                        return;
+                                    }
+                                }
+                                None => return,
+                            },
+                        }
+                    }
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "Cannot listen for SIGHUP; the config reloads only when its file changes.");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tx, token);
+}
+
+/// The config file as [`FolderWatch`] sees it: a change that has settled
+/// asks the daemon to reload.
+struct ConfigFile {
+    path: PathBuf,
+    name: OsString,
+    tx: mpsc::UnboundedSender<ReloadTrigger>,
+    known: Option<FileStamp>,
+}
+
+impl Watched for ConfigFile {
+    fn relevant(&self, name: &OsStr) -> bool {
+        // The file, and the hidden `..data` entries of a ConfigMap mount.
+        name == self.name || name.to_string_lossy().starts_with("..")
+    }
+
+    fn scan(&mut self) -> BTreeMap<String, FileStamp> {
+        FileStamp::of(&self.path)
+            .ok()
+            .map(|stamp| (self.name.to_string_lossy().into_owned(), stamp))
+            .into_iter()
+            .collect()
+    }
+
+    fn known(&self) -> BTreeMap<String, FileStamp> {
+        self.known
+            .clone()
+            .map(|stamp| (self.name.to_string_lossy().into_owned(), stamp))
+            .into_iter()
+            .collect()
+    }
+
+    fn apply(&mut self, changed: &[String], removed: &[String]) -> Vec<String> {
+        if !changed.is_empty() {
+            self.known = FileStamp::of(&self.path).ok();
+            let _ = self.tx.send(ReloadTrigger::File);
+        } else if !removed.is_empty() {
+            self.known = None;
+            tracing::warn!(config = %self.path.display(), "The config file was deleted; the running config stays.");
+        }
+        Vec::new()
+    }
+}
+
+/// Builds one scaler and restores its history from the journal.
+async fn build_scaler(
+    sources: &NamedSources,
+    scaler_config: &ScalerConfig,
+    simulation: &Simulation,
+    services: Services,
+    now_ms: i64,
+) -> Result<Scaler, DaemonError> {
+    let spec = bind_scaler(sources, scaler_config, simulation)?;
+    let actuator = build_actuator(scaler_config, simulation)?;
+    let mut scaler = Scaler::new(spec, actuator, services);
+    let restored = scaler
+        .restore(now_ms, scaler_config.paused)
+        .await
+        .map_err(|e| {
+            DaemonError::Setup(format!(
+                "cannot restore scaler {:?} from the journal: {e}",
+                scaler_config.name.get_ref()
+            ))
+        })?;
+    if restored > 0 {
+        tracing::info!(scaler = %scaler_config.name.get_ref(), records = restored, "Restored the scaler's history from the journal.");
+    }
+    Ok(scaler)
+}
+
+/// Runs one scaler's ticks on its interval until cancelled, applying config
+/// changes between ticks. The first tick is offset by a stable jitter so
+/// many scalers do not tick in lockstep.
 async fn run_scaler(
     mut scaler: Scaler,
     clock: Clock,
     telemetry: Arc<Telemetry>,
     token: CancellationToken,
+    mut updates: mpsc::UnboundedReceiver<Reconfigure>,
 ) {
-    let interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
+    let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
     let mut next = clock.now_ms() + jitter_ms(&scaler.spec().name, interval_ms);
+    let mut last_started: Option<i64> = None;
     loop {
         tokio::select! {
+            biased;
             _ = token.cancelled() => return,
+            Some(update) = updates.recv() => {
+                scaler.reconfigure(update.spec, update.actuator);
+                let interval = (scaler.spec().interval.as_millis() as i64).max(1);
+                if interval != interval_ms {
+                    interval_ms = interval;
+                    next = last_started.map_or(next, |t| t + interval_ms).max(clock.now_ms());
+                }
+                continue;
+            }
             _ = clock.sleep_until(next) => {}
         }
         let started = clock.now_ms();
+        last_started = Some(started);
         telemetry
             .tick_lag
             .observe((started - next).max(0) as f64 / 1000.0 / clock.speed());
@@ -301,11 +923,83 @@ fn jitter_ms(name: &str, interval_ms: i64) -> i64 {
     (hasher.finish() % interval_ms as u64) as i64
 }
 
+/// The check a new module version must pass before it serves: it must not
+/// make the applied config invalid (a parameter it no longer accepts, a
+/// required one the config does not give, ...). Only problems the new
+/// version brings count.
+fn config_gate(applied: Arc<ArcSwap<Config>>) -> Arc<crate::registry::Gate> {
+    Arc::new(
+        move |module: &str, candidate: &BTreeMap<String, PolicyInfo>| {
+            let config = applied.load();
+            let used = config.scalers.iter().any(|s| {
+                s.get_ref()
+                    .policies
+                    .iter()
+                    .any(|p| p.get_ref().module.get_ref() == module)
+            });
+            if !used {
+                return Ok(());
+            }
+            let Err(after) = config.check_policies(candidate) else {
+                return Ok(());
+            };
+            let mut without = candidate.clone();
+            without.remove(module);
+            let before = config.check_policies(&without).err();
+            let before = before.as_ref().map(|e| e.problems()).unwrap_or_default();
+            let new: Vec<String> = after
+                .problems()
+                .iter()
+                .filter(|p| !before.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            if new.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "this version does not fit the running config:\n{}",
+                    new.join("\n")
+                ))
+            }
+        },
+    )
+}
+
+/// Settings read only at start that `new` changes from `started`.
+fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name: &str| {
+        if differs {
+            changed.push(name.to_owned());
+        }
+    };
+    check(started.policy_dir != new.policy_dir, "policy_dir");
+    check(started.runtime != new.runtime, "[runtime]");
+    check(started.api != new.api, "[api]");
+    check(started.journal != new.journal, "[journal]");
+    check(started.clock != new.clock, "[clock]");
+    check(started.simulations != new.simulations, "[simulations]");
+    check(started.watch != new.watch, "[watch]");
+    changed
+}
+
+/// `scalewise-cache` next to the journal file.
+fn default_cache_dir(journal: &Path) -> PathBuf {
+    journal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(DEFAULT_CACHE_DIR_NAME)
+}
+
+fn text_digest(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
 /// Binds a scaler's metrics and policies.
 fn bind_scaler(
     sources: &NamedSources,
     scaler: &ScalerConfig,
-    registry: &Registry,
     simulation: &Simulation,
 ) -> Result<ScalerSpec, DaemonError> {
     let name = scaler.name.get_ref().clone();
@@ -335,19 +1029,21 @@ fn bind_scaler(
             ),
         });
     }
-    let snapshot = registry.snapshot();
     let policies = scaler
         .policies
         .iter()
         .map(|p| {
             let p = p.get_ref();
-            let module = p.module.get_ref().clone();
-            // check_policies made sure every module is loaded.
-            let parameters = match snapshot.modules.get(&module) {
-                Some(m) => p.parameters(m.info()),
+            // The module's defaults are added at each evaluation, from the
+            // version that runs it.
+            let parameters = match &p.params {
+                Some(table) => toml_to_json(&toml::Value::Table(table.get_ref().clone())),
                 None => serde_json::Value::Object(serde_json::Map::new()),
             };
-            BoundPolicy { parameters, module }
+            BoundPolicy {
+                parameters,
+                module: p.module.get_ref().clone(),
+            }
         })
         .collect();
     Ok(ScalerSpec {

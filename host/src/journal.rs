@@ -704,6 +704,7 @@ mod tests {
             },
             outcome,
             duration_us: 3,
+            load_error: None,
         }
     }
 

@@ -1,26 +1,67 @@
-//! The named set of loaded policy modules: every `*.wasm` in the policy folder.
+//! The named set of loaded policy modules: every `*.wasm` in the policy folder,
+//! hot-reloaded when the folder changes.
 //!
 //! Readers take an [`Arc<Snapshot>`] and never wait: the set is swapped
-//! whole (an `ArcSwap`), which is what hot reload will build on. A module
-//! that fails to load is recorded in [`Snapshot::failures`] and never stops
-//! the others from loading.
+//! whole (an `ArcSwap`). A reload builds the next snapshot from the current
+//! one and stores it; a tick that already took a module keeps evaluating
+//! with it (a [`PolicyModule`] is its own `Arc`), so ticks in progress finish
+//! on the version they started with.
+//!
+//! A module that fails to load is recorded in [`Snapshot::failures`] and
+//! never replaces the version that is serving, nor stops the others from
+//! loading. A module whose file is deleted leaves the snapshot and is noted
+//! in [`Snapshot::removed`] (scalers that use it hold and say so) until it
+//! comes back. [`Registry::watch`] keeps the snapshot in step with the
+//! folder (see [`crate::watch`] for when a changed file counts as settled).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
 
 use crate::clock::wall_clock_ms;
-use crate::runtime::{LoadError, PolicyModule, Runtime};
+use crate::config::WatchConfig;
+use crate::policy::PolicyInfo;
+use crate::runtime::{CodeOrigin, LoadError, PolicyModule, Runtime};
+use crate::watch::{FileStamp, FolderWatch, WatchError, Watched};
 
 /// The loaded modules at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Modules that loaded, by name (file stem).
     pub modules: BTreeMap<String, PolicyModule>,
-    /// Modules that did not, by name, with why.
+    /// Modules whose latest file did not load, by name, with why. When the
+    /// name is also in `modules`, the previous version is still serving.
     pub failures: BTreeMap<String, LoadFailure>,
+    /// Modules whose file was deleted while loaded, by name, until a file
+    /// of that name loads again.
+    pub removed: BTreeMap<String, Removal>,
+    /// Counts the snapshots stored; 0 for the first.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// What each module the daemon knows says about itself: the loaded ones
+    /// and, for a deleted one, its last loaded version (a deleted module is
+    /// expected back; the config that names it stays valid meanwhile).
+    pub fn catalog(&self) -> BTreeMap<String, PolicyInfo> {
+        let mut catalog: BTreeMap<String, PolicyInfo> = self
+            .removed
+            .iter()
+            .map(|(name, r)| (name.clone(), r.info.clone()))
+            .collect();
+        catalog.extend(
+            self.modules
+                .iter()
+                .map(|(name, m)| (name.clone(), m.info().clone())),
+        );
+        catalog
+    }
 }
 
 /// Why a module file did not load.
@@ -28,26 +69,84 @@ pub struct Snapshot {
 pub struct LoadFailure {
     /// The module file.
     pub path: PathBuf,
-    /// A fixed label ([`LoadError::kind`]).
+    /// A fixed label ([`LoadError::kind`], or `incompatible_with_config`).
     pub kind: &'static str,
     /// The full error.
     pub error: String,
     /// When the load was tried (wall clock, ms since the Unix epoch).
     pub at_ms: i64,
+    /// sha256 of the bytes that failed, when they could be read.
+    pub digest: Option<String>,
 }
 
 impl LoadFailure {
-    fn new(path: &Path, err: &LoadError) -> Self {
+    fn new(path: &Path, err: &LoadError, digest: Option<String>) -> Self {
         LoadFailure {
             path: path.to_path_buf(),
             kind: err.kind(),
             error: err.to_string(),
             at_ms: wall_clock_ms(),
+            digest,
         }
     }
 }
 
-/// Why the policy folder could not be read at all.
+/// A loaded module whose file was deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removal {
+    /// The file that was deleted.
+    pub path: PathBuf,
+    /// The digest of the version that was serving.
+    pub digest: String,
+    /// What that version said about itself.
+    pub info: PolicyInfo,
+    /// When the deletion was seen (wall clock, ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
+/// A module version that loaded during a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    /// The module's name.
+    pub name: String,
+    /// Its digest.
+    pub digest: String,
+    /// The digest it replaced, if a version was serving.
+    pub previous: Option<String>,
+    /// Compiled, or from the cache.
+    pub origin: CodeOrigin,
+    /// How long loading took.
+    pub load_time: Duration,
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// Module versions now serving.
+    pub loaded: Vec<Loaded>,
+    /// Files that failed to load (a previous version, if any, still serves).
+    pub failed: Vec<(String, LoadFailure)>,
+    /// Modules deleted from the folder.
+    pub removed: Vec<String>,
+    /// Files found changing while they were read; retried once settled.
+    pub unsettled: Vec<String>,
+    /// The snapshot generation after the reload.
+    pub generation: u64,
+}
+
+impl ReloadReport {
+    /// Whether the reload changed the snapshot.
+    pub fn changed_anything(&self) -> bool {
+        !self.loaded.is_empty() || !self.failed.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// A check a new module version must pass before it serves, given what
+/// every module would then say about itself (e.g. that the running config's
+/// parameters suit it). The error says why not.
+pub type Gate = dyn Fn(&str, &BTreeMap<String, PolicyInfo>) -> Result<(), String> + Send + Sync;
+
+/// Why the policy folder could not be read or watched.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The folder does not exist.
@@ -61,6 +160,9 @@ pub enum RegistryError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The folder could not be watched.
+    #[error("{0}")]
+    Watch(#[from] WatchError),
 }
 
 impl RegistryError {
@@ -69,16 +171,40 @@ impl RegistryError {
         match self {
             RegistryError::MissingDir(_) => "missing_dir",
             RegistryError::ReadDir { .. } => "read_dir",
+            RegistryError::Watch(_) => "watch",
         }
     }
 }
 
 /// The policy modules of one folder, loaded by one runtime.
-#[derive(Debug)]
 pub struct Registry {
     runtime: Runtime,
     dir: PathBuf,
     current: ArcSwap<Snapshot>,
+    /// The stamp of each module file as last read. Also the writers' lock:
+    /// one reload at a time.
+    files: Mutex<BTreeMap<String, FileStamp>>,
+    generation: watch::Sender<u64>,
+    gate: RwLock<Option<Arc<Gate>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("dir", &self.dir)
+            .field("runtime", &self.runtime)
+            .field("generation", &*self.generation.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A module file read for loading.
+struct Candidate {
+    name: String,
+    path: PathBuf,
+    stamp: FileStamp,
+    bytes: Vec<u8>,
+    digest: String,
 }
 
 impl Registry {
@@ -86,7 +212,42 @@ impl Registry {
     /// parallel. A module that fails goes to [`Snapshot::failures`].
     pub fn load_dir(runtime: Runtime, dir: &Path) -> Result<Registry, RegistryError> {
         let files = module_files(dir)?;
-        let snapshot = load_all(&runtime, &files);
+        let registry = Registry {
+            runtime,
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            files: Mutex::new(BTreeMap::new()),
+            generation: watch::Sender::new(0),
+            gate: RwLock::new(None),
+        };
+        let mut stamps = registry.lock_files();
+        let mut snapshot = Snapshot::default();
+        let mut candidates = Vec::new();
+        for path in files {
+            let name = module_name(&path);
+            match read_settled(&name, &path) {
+                Ok(candidate) => candidates.push(candidate),
+                Err(Some(failure)) => {
+                    if let Ok(stamp) = FileStamp::of(&path) {
+                        stamps.insert(name.clone(), stamp);
+                    }
+                    snapshot.failures.insert(name, failure);
+                }
+                Err(None) => {} // vanished or changing: the watcher picks it up
+            }
+        }
+        for (candidate, result) in load_all(&registry.runtime, candidates) {
+            stamps.insert(candidate.name.clone(), candidate.stamp.clone());
+            match result {
+                Ok(module) => {
+                    snapshot.modules.insert(candidate.name, module);
+                }
+                Err(err) => {
+                    let failure = LoadFailure::new(&candidate.path, &err, Some(candidate.digest));
+                    snapshot.failures.insert(candidate.name, failure);
+                }
+            }
+        }
         for (name, failure) in &snapshot.failures {
             tracing::warn!(
                 module = %name,
@@ -96,17 +257,21 @@ impl Registry {
                 "A policy module failed to load; scalers that use it will hold."
             );
         }
+        let from_cache = snapshot
+            .modules
+            .values()
+            .filter(|m| m.origin() == CodeOrigin::Cache)
+            .count();
         tracing::info!(
             dir = %dir.display(),
             loaded = snapshot.modules.len(),
+            from_cache,
             failed = snapshot.failures.len(),
             "Loaded the policy folder."
         );
-        Ok(Registry {
-            runtime,
-            dir: dir.to_path_buf(),
-            current: ArcSwap::from_pointee(snapshot),
-        })
+        registry.current.store(Arc::new(snapshot));
+        drop(stamps);
+        Ok(registry)
     }
 
     /// The modules as they are now. Cheap; never blocks.
@@ -128,6 +293,310 @@ impl Registry {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Notified with the new [`Snapshot::generation`] after every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Sets the check new module versions must pass ([`Gate`]); replaces
+    /// any previous one.
+    pub fn set_gate(&self, gate: Arc<Gate>) {
+        *self.gate.write().unwrap_or_else(PoisonError::into_inner) = Some(gate);
+    }
+
+    /// The `*.wasm` files in the folder now, by module name, with stamps.
+    /// Files that vanish while listed are left out.
+    pub fn scan(&self) -> Result<BTreeMap<String, FileStamp>, RegistryError> {
+        Ok(module_files(&self.dir)?
+            .into_iter()
+            .filter_map(|path| Some((module_name(&path), FileStamp::of(&path).ok()?)))
+            .collect())
+    }
+
+    /// The stamps of the module files as last read.
+    pub fn known(&self) -> BTreeMap<String, FileStamp> {
+        self.lock_files().clone()
+    }
+
+    /// Reloads the modules named in `changed` from their files and drops
+    /// those in `removed`, then swaps the new snapshot in. A file that fails
+    /// to load (or fails the [`Gate`]) is recorded in
+    /// [`Snapshot::failures`] and the version serving, if any, stays.
+    /// Blocks while compiling: call it off the async runtime.
+    pub fn reload(&self, changed: &[String], removed: &[String]) -> ReloadReport {
+        let mut stamps = self.lock_files();
+        let current = self.current.load_full();
+        let mut next = (*current).clone();
+        let mut report = ReloadReport::default();
+        let now_ms = wall_clock_ms();
+        // Whether `next` differs from `current`.
+        let mut dirty = false;
+
+        for name in removed {
+            stamps.remove(name);
+            dirty |= next.failures.remove(name).is_some();
+            if let Some(module) = next.modules.remove(name) {
+                dirty = true;
+                tracing::warn!(
+                    module = %name,
+                    digest = %module.digest(),
+                    "A policy module was deleted from the policy folder; scalers that use it hold until it comes back."
+                );
+                next.removed.insert(
+                    name.clone(),
+                    Removal {
+                        path: self.dir.join(format!("{name}.wasm")),
+                        digest: module.digest().to_owned(),
+                        info: module.info().clone(),
+                        at_ms: now_ms,
+                    },
+                );
+                report.removed.push(name.clone());
+            }
+        }
+
+        let mut candidates = Vec::new();
+        for name in changed {
+            let path = self.dir.join(format!("{name}.wasm"));
+            let candidate = match read_settled(name, &path) {
+                Ok(candidate) => candidate,
+                Err(Some(failure)) => {
+                    // Unreadable: recorded once, until the file changes.
+                    if let Ok(stamp) = FileStamp::of(&path) {
+                        stamps.insert(name.clone(), stamp);
+                    }
+                    report.failed.push((name.clone(), failure.clone()));
+                    next.failures.insert(name.clone(), failure);
+                    dirty = true;
+                    continue;
+                }
+                Err(None) => {
+                    report.unsettled.push(name.clone());
+                    continue;
+                }
+            };
+            // Same bytes as the version serving, or as the last failure:
+            // nothing to load (a touch, or a flip back before it settled).
+            let serving = next.modules.get(name).map(|m| m.digest().to_owned());
+            if serving.as_deref() == Some(candidate.digest.as_str()) {
+                stamps.insert(name.clone(), candidate.stamp);
+                if next.failures.remove(name).is_some() {
+                    dirty = true;
+                    tracing::info!(module = %name, digest = %candidate.digest, "A policy module's file is back to the version serving.");
+                }
+                continue;
+            }
+            if next.failures.get(name).and_then(|f| f.digest.as_deref())
+                == Some(candidate.digest.as_str())
+            {
+                stamps.insert(name.clone(), candidate.stamp);
+                continue;
+            }
+            candidates.push(candidate);
+        }
+
+        let gate = self
+            .gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (candidate, result) in load_all(&self.runtime, candidates) {
+            dirty = true;
+            let Candidate {
+                name,
+                path,
+                stamp,
+                digest,
+                ..
+            } = candidate;
+            stamps.insert(name.clone(), stamp);
+            let previous = next.modules.get(&name).map(|m| m.digest().to_owned());
+            let outcome = result
+                .map_err(|err| LoadFailure::new(&path, &err, Some(digest.clone())))
+                .and_then(|module| {
+                    let Some(gate) = &gate else {
+                        return Ok(module);
+                    };
+                    let mut catalog = next.catalog();
+                    catalog.insert(name.clone(), module.info().clone());
+                    gate(&name, &catalog)
+                        .map(|()| module)
+                        .map_err(|error| LoadFailure {
+                            path: path.clone(),
+                            kind: "incompatible_with_config",
+                            error,
+                            at_ms: wall_clock_ms(),
+                            digest: Some(digest.clone()),
+                        })
+                });
+            match outcome {
+                Ok(module) => {
+                    tracing::info!(
+                        module = %name,
+                        digest = %module.digest(),
+                        previous = previous.as_deref().unwrap_or("none"),
+                        origin = module.origin().as_str(),
+                        load_ms = module.load_time().as_secs_f64() * 1e3,
+                        "Loaded a new version of a policy module; new ticks use it."
+                    );
+                    report.loaded.push(Loaded {
+                        name: name.clone(),
+                        digest: module.digest().to_owned(),
+                        previous,
+                        origin: module.origin(),
+                        load_time: module.load_time(),
+                    });
+                    next.failures.remove(&name);
+                    next.removed.remove(&name);
+                    next.modules.insert(name, module);
+                }
+                Err(failure) => {
+                    match &previous {
+                        Some(serving) => tracing::warn!(
+                            module = %name,
+                            kind = failure.kind,
+                            error = %failure.error,
+                            serving = %serving,
+                            "A new version of a policy module failed to load; the previous version keeps deciding."
+                        ),
+                        None => tracing::warn!(
+                            module = %name,
+                            kind = failure.kind,
+                            error = %failure.error,
+                            "A policy module failed to load; scalers that use it hold."
+                        ),
+                    }
+                    report.failed.push((name.clone(), failure.clone()));
+                    next.failures.insert(name, failure);
+                }
+            }
+        }
+
+        if dirty {
+            next.generation = current.generation + 1;
+            report.generation = next.generation;
+            self.current.store(Arc::new(next));
+            self.generation.send_replace(report.generation);
+        } else {
+            report.generation = current.generation;
+        }
+        report
+    }
+
+    /// Watches the policy folder and reloads what changes, on a thread of
+    /// its own, until the returned watch is dropped. `on_reload` hears of
+    /// every reload that changed something (for metrics).
+    pub fn watch(
+        self: &Arc<Self>,
+        config: &WatchConfig,
+        on_reload: impl Fn(&ReloadReport) + Send + 'static,
+    ) -> Result<FolderWatch, RegistryError> {
+        let watched = WatchedFolder {
+            registry: Arc::clone(self),
+            on_reload: Box::new(on_reload),
+            unreadable: false,
+        };
+        Ok(FolderWatch::start(&self.dir, config, watched)?)
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FileStamp>> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The policy folder as [`FolderWatch`] sees it.
+struct WatchedFolder {
+    registry: Arc<Registry>,
+    on_reload: Box<dyn Fn(&ReloadReport) + Send>,
+    /// Whether the folder could not be listed at the last scan.
+    unreadable: bool,
+}
+
+impl Watched for WatchedFolder {
+    fn relevant(&self, name: &OsStr) -> bool {
+        // Module files, and the hidden `..data` entries a Kubernetes
+        // ConfigMap mount swaps.
+        Path::new(name).extension().is_some_and(|e| e == "wasm")
+            || name.to_string_lossy().starts_with("..")
+    }
+
+    fn key(&self, name: &OsStr) -> Option<String> {
+        let path = Path::new(name);
+        path.extension()
+            .is_some_and(|e| e == "wasm")
+            .then(|| module_name(path))
+    }
+
+    fn scan(&mut self) -> BTreeMap<String, FileStamp> {
+        match self.registry.scan() {
+            Ok(files) => {
+                if std::mem::take(&mut self.unreadable) {
+                    tracing::info!(dir = %self.registry.dir.display(), "The policy folder is back.");
+                }
+                files
+            }
+            Err(err) => {
+                // A folder that is gone (being replaced, a mount hiccup) says
+                // nothing about its modules: keep serving them as they are.
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    tracing::warn!(
+                        error = %err,
+                        "The policy folder cannot be listed; its modules keep serving as they are."
+                    );
+                }
+                self.registry.known()
+            }
+        }
+    }
+
+    fn known(&self) -> BTreeMap<String, FileStamp> {
+        self.registry.known()
+    }
+
+    fn apply(&mut self, changed: &[String], removed: &[String]) -> Vec<String> {
+        let report = self.registry.reload(changed, removed);
+        if report.changed_anything() {
+            (self.on_reload)(&report);
+        }
+        report.unsettled
+    }
+}
+
+/// The module name of a file: its stem.
+fn module_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads a module file, checking it did not change while being read (its
+/// stamp before and after). `Err(None)`: it vanished or is changing, try
+/// again later; `Err(Some(_))`: it cannot be read.
+fn read_settled(name: &str, path: &Path) -> Result<Candidate, Option<LoadFailure>> {
+    let io_failure = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return None;
+        }
+        let err = LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        Some(LoadFailure::new(path, &err, None))
+    };
+    let before = FileStamp::of(path).map_err(io_failure)?;
+    let bytes = std::fs::read(path).map_err(io_failure)?;
+    let after = FileStamp::of(path).map_err(io_failure)?;
+    if before != after || bytes.len() as u64 != after.len {
+        return Err(None);
+    }
+    Ok(Candidate {
+        name: name.to_owned(),
+        path: path.to_path_buf(),
+        stamp: after,
+        digest: hex::encode(Sha256::digest(&bytes)),
+        bytes,
+    })
 }
 
 /// The `*.wasm` files directly in `dir`, sorted by name.
@@ -151,20 +620,40 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
     Ok(files)
 }
 
-/// Loads `files` on up to as many threads as there are cores.
-fn load_all(runtime: &Runtime, files: &[PathBuf]) -> Snapshot {
+/// Loads `candidates` on up to as many threads as there are cores.
+fn load_all(
+    runtime: &Runtime,
+    candidates: Vec<Candidate>,
+) -> Vec<(Candidate, Result<PolicyModule, LoadError>)> {
+    if candidates.len() <= 1 {
+        return candidates
+            .into_iter()
+            .map(|c| {
+                let result = runtime.load(&c.name, &c.bytes);
+                (c, result)
+            })
+            .collect();
+    }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(files.len().max(1));
-    let chunk = files.len().div_ceil(threads).max(1);
-    let results: Vec<(PathBuf, Result<PolicyModule, LoadError>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
+        .min(candidates.len());
+    let chunk = candidates.len().div_ceil(threads);
+    let mut parts: Vec<Vec<Candidate>> = Vec::new();
+    let mut rest = candidates.into_iter().peekable();
+    while rest.peek().is_some() {
+        parts.push(rest.by_ref().take(chunk).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
             .map(|part| {
                 s.spawn(move || {
-                    part.iter()
-                        .map(|p| (p.clone(), runtime.load_file(p)))
+                    part.into_iter()
+                        .map(|c| {
+                            let result = runtime.load(&c.name, &c.bytes);
+                            (c, result)
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -176,25 +665,7 @@ fn load_all(runtime: &Runtime, files: &[PathBuf]) -> Snapshot {
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
-    });
-    let mut snapshot = Snapshot::default();
-    for (path, result) in results {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match result {
-            Ok(module) => {
-                snapshot.modules.insert(name, module);
-            }
-            Err(err) => {
-                snapshot
-                    .failures
-                    .insert(name, LoadFailure::new(&path, &err));
-            }
-        }
-    }
-    snapshot
+    })
 }
 
 #[cfg(test)]
@@ -226,6 +697,36 @@ mod tests {
             "txt files are not modules"
         );
         assert_eq!(snap.failures["junk"].kind, "not_a_component");
+        assert!(snap.failures["junk"].digest.is_some());
         assert!(reg.get("junk").is_none());
+        assert_eq!(reg.known().len(), 2, "failed files are known too");
+    }
+
+    #[test]
+    fn reload_of_unchanged_bytes_swaps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
+        let rt = Runtime::new(RuntimeLimits::default()).unwrap();
+        let reg = Registry::load_dir(rt, dir.path()).unwrap();
+        let first = reg.snapshot().failures["junk"].clone();
+        // Rewritten with the same bytes: not retried, not re-reported.
+        std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
+        let report = reg.reload(&["junk".into()], &[]);
+        assert!(!report.changed_anything(), "{report:?}");
+        assert_eq!(report.generation, 0);
+        assert_eq!(reg.snapshot().failures["junk"], first);
+        assert_eq!(reg.snapshot().generation, 0);
+        // Other bytes: a new failure, a new generation.
+        std::fs::write(dir.path().join("junk.wasm"), b"still not wasm").unwrap();
+        let report = reg.reload(&["junk".into()], &[]);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.generation, 1);
+        // Deleted: the failure goes, nothing was serving.
+        std::fs::remove_file(dir.path().join("junk.wasm")).unwrap();
+        let report = reg.reload(&[], &["junk".into()]);
+        assert_eq!(report.generation, 2, "the failure's removal is a change");
+        let snap = reg.snapshot();
+        assert!(snap.failures.is_empty() && snap.removed.is_empty());
+        assert!(reg.known().is_empty());
     }
 }

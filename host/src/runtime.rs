@@ -11,8 +11,10 @@
 //! [`EvalError`] for that call only.
 
 mod bindings;
+mod cache;
 mod errors;
 mod host;
+mod precompiled;
 mod replay;
 mod validate;
 
@@ -21,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker};
@@ -33,9 +35,11 @@ use crate::config::RuntimeLimits;
 use crate::policy::{Context, Decision, PolicyInfo};
 
 use bindings::{EVALUATOR_INTERFACE, Policy, PolicyPre};
+use cache::ModuleCache;
 use host::{HostState, MemoryLimitExceeded};
 
 pub use bindings::WIT_VERSION;
+pub use cache::CacheError;
 pub use errors::{EvalError, EvalErrorKind, LoadError, RuntimeError};
 pub use host::POLICY_LOG_TARGET;
 pub use replay::{ReplayOutcome, eval_against_record, outcome_of};
@@ -64,6 +68,8 @@ struct RuntimeInner {
     /// Epoch ticks an evaluation may run (its deadline).
     deadline_ticks: u64,
     pooling: bool,
+    /// Compiled code on disk, when `limits.cache_dir` is set and usable.
+    cache: Option<ModuleCache>,
     _ticker: EpochTicker,
 }
 
@@ -77,7 +83,9 @@ impl fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine for `limits` and starts its epoch ticker.
+    /// Builds the engine for `limits` and starts its epoch ticker. With
+    /// `limits.cache_dir` set, compiled code is cached there; a cache folder
+    /// that cannot be used is logged and the runtime compiles every time.
     pub fn new(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
         check_limits(&limits)?;
         let (engine, pooling) = match Engine::new(&engine_config(&limits, true)) {
@@ -98,6 +106,20 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let deadline_ticks = limits.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        let cache = limits.cache_dir.as_deref().and_then(|dir| {
+            ModuleCache::open(dir, &engine)
+                .inspect(|cache| {
+                    tracing::debug!(dir = %cache.dir().display(), "Compiled policy code is cached on disk.");
+                })
+                .map_err(|err| {
+                    tracing::warn!(
+                        kind = err.kind(),
+                        error = %err,
+                        "The module cache cannot be used; every policy module will be compiled."
+                    );
+                })
+                .ok()
+        });
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -106,9 +128,16 @@ impl Runtime {
                 limits,
                 deadline_ticks,
                 pooling,
+                cache,
                 _ticker: ticker,
             }),
         })
+    }
+
+    /// The folder this runtime's compiled code is cached in (its engine's
+    /// folder under `cache_dir`), if caching is on.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.inner.cache.as_ref().map(|c| c.dir())
     }
 
     /// The limits every evaluation runs under.
@@ -127,15 +156,15 @@ impl Runtime {
         self.inner.pooling
     }
 
-    /// Compiles `bytes` as the module `name`, checks it against the
-    /// `scalewise:policy@0.1.0` world, pre-instantiates it and calls its
-    /// `describe()`.
+    /// Compiles `bytes` as the module `name` (or takes its compiled code
+    /// from the cache), checks it against the `scalewise:policy@0.1.0`
+    /// world, pre-instantiates it and calls its `describe()`.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyModule, LoadError> {
+        let started = Instant::now();
         check_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         let inner = &self.inner;
-        let component = Component::new(&inner.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let (component, origin) = self.component(name, &digest, bytes)?;
         check_exports(&inner.engine, &component)?;
         let pre = inner.linker.instantiate_pre(&component).map_err(|e| {
             LoadError::UnsupportedImports {
@@ -154,11 +183,14 @@ impl Runtime {
         })?;
         let info = bindings::info_from_guest(info).map_err(LoadError::InvalidInfo)?;
         validate::validate_info(&info).map_err(LoadError::InvalidInfo)?;
+        let load_time = started.elapsed();
         tracing::debug!(
             module = %name,
             policy = %info.name,
             version = %info.version,
             digest = %digest,
+            origin = origin.as_str(),
+            load_ms = load_time.as_secs_f64() * 1e3,
             "Loaded a policy module."
         );
         Ok(PolicyModule {
@@ -167,9 +199,47 @@ impl Runtime {
                 digest,
                 info,
                 pre,
+                origin,
+                load_time,
                 runtime: Arc::clone(inner),
             }),
         })
+    }
+
+    /// The compiled component for `bytes` (sha256 `digest`): from the cache
+    /// when it holds a usable copy, else compiled (and cached).
+    fn component(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, CodeOrigin), LoadError> {
+        let inner = &self.inner;
+        if let Some(cache) = &inner.cache {
+            match cache.get(&inner.engine, digest) {
+                Ok(Some(component)) => return Ok((component, CodeOrigin::Cache)),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(
+                    module = %name,
+                    kind = err.kind(),
+                    error = %err,
+                    "The cached code of a policy module could not be used; compiling it again."
+                ),
+            }
+        }
+        let component = Component::new(&inner.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(cache) = &inner.cache
+            && let Err(err) = cache.put(digest, &component)
+        {
+            tracing::warn!(
+                module = %name,
+                kind = err.kind(),
+                error = %err,
+                "Could not cache the compiled code of a policy module."
+            );
+        }
+        Ok((component, CodeOrigin::Compiled))
     }
 
     /// Reads and loads a module file; its name is the file's stem.
@@ -186,6 +256,25 @@ impl Runtime {
     }
 }
 
+/// Where a loaded module's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CodeOrigin {
+    /// Compiled from the `.wasm` at load.
+    Compiled,
+    /// Deserialized from the on-disk cache (no compilation).
+    Cache,
+}
+
+impl CodeOrigin {
+    /// The fixed label (`compiled` or `cache`), for metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeOrigin::Compiled => "compiled",
+            CodeOrigin::Cache => "cache",
+        }
+    }
+}
+
 /// A loaded policy module, ready to evaluate. Cheap to clone.
 #[derive(Clone)]
 pub struct PolicyModule {
@@ -197,6 +286,8 @@ struct ModuleInner {
     digest: String,
     info: PolicyInfo,
     pre: PolicyPre<HostState>,
+    origin: CodeOrigin,
+    load_time: Duration,
     /// Keeps the engine and its epoch ticker alive as long as the module.
     runtime: Arc<RuntimeInner>,
 }
@@ -207,6 +298,7 @@ impl fmt::Debug for PolicyModule {
             .field("name", &self.inner.name)
             .field("digest", &self.inner.digest)
             .field("info", &self.inner.info)
+            .field("origin", &self.inner.origin)
             .finish_non_exhaustive()
     }
 }
@@ -225,6 +317,16 @@ impl PolicyModule {
     /// What the policy said about itself at load.
     pub fn info(&self) -> &PolicyInfo {
         &self.inner.info
+    }
+
+    /// Whether its code was compiled at load or came from the cache.
+    pub fn origin(&self) -> CodeOrigin {
+        self.inner.origin
+    }
+
+    /// How long loading took (compile or deserialize, checks, describe()).
+    pub fn load_time(&self) -> Duration {
+        self.inner.load_time
     }
 
     /// The limits its evaluations run under.

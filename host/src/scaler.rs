@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -24,8 +24,9 @@ use crate::journal::{
     ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure,
     PolicyState, TickRecord, TickSummary,
 };
-use crate::policy::{Context, Metric, ScaleEvent, Target};
-use crate::registry::Registry;
+use crate::policy::{Context, Metric, PolicyInfo, ScaleEvent, Target};
+use crate::registry::{Registry, Snapshot};
+use crate::runtime::PolicyModule;
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
 
@@ -52,7 +53,9 @@ pub struct BoundMetric {
 pub struct BoundPolicy {
     /// The module's name in the registry.
     pub module: String,
-    /// Parameters (a JSON object, defaults filled in).
+    /// Parameters from the config (a JSON object). Each evaluation adds the
+    /// defaults declared by the module version that runs it, so a reloaded
+    /// module's new defaults apply at once.
     pub parameters: serde_json::Value,
 }
 
@@ -179,6 +182,9 @@ pub struct Scaler {
     envelope: EnvelopeState,
     /// Each policy's opaque state, by policy index.
     policy_states: Vec<Option<Vec<u8>>>,
+    /// Per policy index: when the load failure last written to the journal
+    /// happened, so each failure is journaled once.
+    noted_failures: Vec<Option<i64>>,
     ticks: u64,
 }
 
@@ -207,6 +213,7 @@ impl Scaler {
         let policy_states = vec![None; spec.policies.len()];
         Scaler {
             handle: ScalerHandle::new(status),
+            noted_failures: vec![None; spec.policies.len()],
             spec,
             actuator,
             services,
@@ -214,6 +221,47 @@ impl Scaler {
             policy_states,
             ticks: 0,
         }
+    }
+
+    /// Applies a changed config between ticks. The envelope's history
+    /// (cooldowns, stabilisation windows, rate-limit periods) stays, and so
+    /// does each policy's state where the policy at the same index names the
+    /// same module (the rule used when restoring from the journal).
+    pub fn reconfigure(&mut self, spec: ScalerSpec, actuator: Arc<dyn Actuator>) {
+        let saved: Vec<PolicyState> = self
+            .spec
+            .policies
+            .iter()
+            .zip(&self.policy_states)
+            .enumerate()
+            .map(|(index, (p, state))| PolicyState {
+                index,
+                module: p.module.clone(),
+                digest: None,
+                state: state.clone(),
+                time_ms: 0,
+            })
+            .collect();
+        self.policy_states = restore_policy_states(&spec.policies, &saved);
+        self.noted_failures = vec![None; spec.policies.len()];
+        let mut status = (**self.handle.status.load()).clone();
+        status.mode = Some(spec.mode);
+        status.target_kind = actuator.kind().to_owned();
+        status.target_name = actuator.target_name();
+        status.min = spec.min;
+        status.max = spec.max;
+        status.interval_ms = spec.interval.as_millis() as u64;
+        status.policies = spec
+            .policies
+            .iter()
+            .map(|p| PolicyStatus {
+                module: p.module.clone(),
+                ..PolicyStatus::default()
+            })
+            .collect();
+        self.handle.status.store(Arc::new(status));
+        self.spec = spec;
+        self.actuator = actuator;
     }
 
     /// The handle the API uses.
@@ -409,6 +457,31 @@ impl Scaler {
         let snapshot = self.services.registry.snapshot();
         let mut jobs = Vec::with_capacity(self.spec.policies.len());
         for (i, policy) in self.spec.policies.iter().enumerate() {
+            // Cloned here: the tick evaluates this version even if a reload
+            // swaps another in meanwhile.
+            let module = snapshot.modules.get(&policy.module).cloned();
+            let parameters = match &module {
+                Some(m) => with_defaults(&policy.parameters, m.info()),
+                None => policy.parameters.clone(),
+            };
+            let unavailable = module
+                .is_none()
+                .then(|| unavailable_reason(&snapshot, &policy.module));
+            let load_error = match (&module, snapshot.failures.get(&policy.module)) {
+                (Some(serving), Some(failure)) if self.noted_failures[i] != Some(failure.at_ms) => {
+                    self.noted_failures[i] = Some(failure.at_ms);
+                    Some(format!(
+                        "a newer version of module {:?} failed to load at {} ({}): {}; \
+                         still deciding with digest {}",
+                        policy.module,
+                        format_ms(failure.at_ms),
+                        failure.kind,
+                        failure.error,
+                        serving.digest()
+                    ))
+                }
+                _ => None,
+            };
             let context = Context {
                 now_ms,
                 scaler: self.spec.name.clone(),
@@ -419,20 +492,19 @@ impl Scaler {
                     .events_since(now_ms - HISTORY_MS)
                     .copied()
                     .collect(),
-                parameters: policy.parameters.clone(),
+                parameters,
                 state: self.policy_states[i].clone(),
             };
-            let module = snapshot.modules.get(&policy.module).cloned();
-            let missing = snapshot
-                .failures
-                .get(&policy.module)
-                .map(|f| f.error.clone());
-            jobs.push((policy.module.clone(), module, missing, context));
+            jobs.push(Job {
+                name: policy.module.clone(),
+                module,
+                unavailable,
+                load_error,
+                context,
+            });
         }
         let evaluations = tokio::task::spawn_blocking(move || {
-            jobs.into_iter()
-                .map(|(name, module, missing, context)| evaluate_one(name, module, missing, context))
-                .collect::<Vec<_>>()
+            jobs.into_iter().map(evaluate_one).collect::<Vec<_>>()
         })
         .await
         .unwrap_or_else(|join_err| {
@@ -549,6 +621,7 @@ impl Scaler {
             .iter()
             .map(|f| format!("metric {}: {}", f.metric, f.error))
             .collect();
+        let snapshot = self.services.registry.snapshot();
         let policies = self
             .spec
             .policies
@@ -562,6 +635,12 @@ impl Scaler {
                 };
                 if let Some(error) = &last_error {
                     problems.push(format!("policy {}: {error}", p.module));
+                } else if let Some(failure) = snapshot.failures.get(&p.module) {
+                    // Deciding, but on an older version than the folder's.
+                    problems.push(format!(
+                        "policy {}: a newer version failed to load ({}): {}",
+                        p.module, failure.kind, failure.error
+                    ));
                 }
                 PolicyStatus {
                     module: p.module.clone(),
@@ -596,27 +675,37 @@ impl Scaler {
     }
 }
 
-/// Runs one policy; never panics, whatever the guest does.
-fn evaluate_one(
+/// One policy evaluation to run on a blocking thread.
+struct Job {
     name: String,
-    module: Option<crate::runtime::PolicyModule>,
+    module: Option<PolicyModule>,
+    /// Why `module` is `None`.
+    unavailable: Option<String>,
     load_error: Option<String>,
     context: Context,
-) -> Evaluation {
+}
+
+/// Runs one policy; never panics, whatever the guest does.
+fn evaluate_one(job: Job) -> Evaluation {
+    let Job {
+        name,
+        module,
+        unavailable,
+        load_error,
+        context,
+    } = job;
     let Some(module) = module else {
-        let error = match load_error {
-            Some(error) => format!("module {name:?} is not loaded: {error}"),
-            None => format!("module {name:?} is not in the policy folder"),
-        };
         return Evaluation {
-            module: name,
             digest: None,
             context,
             outcome: EvaluationOutcome::Failed {
                 kind: "module_unavailable".into(),
-                error,
+                error: unavailable
+                    .unwrap_or_else(|| format!("module {name:?} is not in the policy folder")),
             },
             duration_us: 0,
+            load_error,
+            module: name,
         };
     };
     let started = Instant::now();
@@ -635,7 +724,49 @@ fn evaluate_one(
         context,
         outcome,
         duration_us,
+        load_error,
     }
+}
+
+/// Why a scaler's module is not in the snapshot, for its journal and status.
+fn unavailable_reason(snapshot: &Snapshot, name: &str) -> String {
+    match (snapshot.removed.get(name), snapshot.failures.get(name)) {
+        (Some(removed), None) => format!(
+            "module {name:?} was deleted from the policy folder at {} (its last digest: {}); \
+             holding until it comes back",
+            format_ms(removed.at_ms),
+            removed.digest
+        ),
+        (Some(removed), Some(failure)) => format!(
+            "module {name:?} was deleted from the policy folder at {} and the file that came \
+             back failed to load ({}): {}",
+            format_ms(removed.at_ms),
+            failure.kind,
+            failure.error
+        ),
+        (None, Some(failure)) => format!("module {name:?} is not loaded: {}", failure.error),
+        (None, None) => format!("module {name:?} is not in the policy folder"),
+    }
+}
+
+/// The configured parameters plus the defaults `info` declares for the
+/// ones the config leaves out.
+fn with_defaults(configured: &serde_json::Value, info: &PolicyInfo) -> serde_json::Value {
+    let mut object = configured.as_object().cloned().unwrap_or_default();
+    for spec in &info.parameters {
+        if let Some(default) = &spec.default
+            && !object.contains_key(&spec.name)
+        {
+            object.insert(spec.name.clone(), default.clone());
+        }
+    }
+    serde_json::Value::Object(object)
+}
+
+/// A wall-clock time in ms since the epoch, as RFC 3339 (UTC).
+fn format_ms(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Combines the policies' answers: scale-out wins. A policy that holds votes

@@ -69,6 +69,22 @@ pub struct LoadErrorLabels {
     pub kind: String,
 }
 
+/// Labels for a module version that loaded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLoadLabels {
+    /// The module's name.
+    pub module: String,
+    /// `compiled` or `cache`.
+    pub origin: String,
+}
+
+/// Labels for a config reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigReloadLabels {
+    /// `applied`, `unchanged` or `refused`.
+    pub result: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -104,6 +120,11 @@ pub struct Telemetry {
     pub module_load_errors: Family<LoadErrorLabels, Counter>,
     /// Policy modules loaded and serving.
     pub modules_loaded: Gauge,
+    /// Module versions loaded (at start and by hot reload), by module and
+    /// where their code came from.
+    pub module_loads: Family<ModuleLoadLabels, Counter>,
+    /// Config reloads, by result.
+    pub config_reloads: Family<ConfigReloadLabels, Counter>,
     /// Journal appends or updates that failed.
     pub journal_errors: Counter,
 }
@@ -131,6 +152,8 @@ impl Telemetry {
             replicas_desired: Family::default(),
             module_load_errors: Family::default(),
             modules_loaded: Gauge::default(),
+            module_loads: Family::default(),
+            config_reloads: Family::default(),
             journal_errors: Counter::default(),
             registry: Registry::default(),
         };
@@ -191,6 +214,16 @@ impl Telemetry {
             t.modules_loaded.clone(),
         );
         registry.register(
+            "module_loads",
+            "Policy module versions loaded, by where their code came from (compiled or cache)",
+            t.module_loads.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config file reloads, by result (applied, unchanged, refused)",
+            t.config_reloads.clone(),
+        );
+        registry.register(
             "journal_errors",
             "Journal writes that failed",
             t.journal_errors.clone(),
@@ -231,6 +264,25 @@ impl Telemetry {
         self.actuations
             .get_or_create(&ActuationLabels {
                 scaler: scaler.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a module version that loaded.
+    pub fn module_loaded(&self, module: &str, origin: &str) {
+        self.module_loads
+            .get_or_create(&ModuleLoadLabels {
+                module: module.to_owned(),
+                origin: origin.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a config reload.
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&ConfigReloadLabels {
                 result: result.to_owned(),
             })
             .inc();

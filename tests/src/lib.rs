@@ -10,7 +10,9 @@
 //! Harnesses for real peers:
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
+//! - [`daemon`]: a real daemon in a temporary folder (hot reload tests).
 
+pub mod daemon;
 pub mod prometheus;
 pub mod stub_http;
 

@@ -1,5 +1,6 @@
 //! Route handlers.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState};
+use crate::daemon::ConfigStatus;
 use crate::journal::TickRecord;
 use crate::policy::PolicyInfo;
 use crate::scaler::{ScalerHandle, ScalerStatus};
@@ -48,7 +50,14 @@ pub async fn dashboard() -> Html<&'static str> {
 
 /// Every scaler's status.
 pub async fn list_scalers(State(state): State<AppState>) -> Json<Vec<ScalerStatus>> {
-    Json(state.scalers.values().map(|h| status_of(h)).collect())
+    Json(
+        state
+            .scalers
+            .load()
+            .values()
+            .map(|h| status_of(h))
+            .collect(),
+    )
 }
 
 /// One scaler's status.
@@ -56,7 +65,8 @@ pub async fn get_scaler(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ScalerStatus>, ApiError> {
-    Ok(Json(status_of(scaler(&state, &name)?)))
+    let handle = scaler(&state, &name)?;
+    Ok(Json(status_of(&handle)))
 }
 
 /// Query parameters of the decisions endpoint.
@@ -150,11 +160,16 @@ pub struct ModuleView {
     digest: String,
     /// What it says about itself.
     info: PolicyInfo,
+    /// `compiled` at load, or from the on-disk `cache`.
+    origin: &'static str,
+    /// How long loading took, in ms.
+    load_ms: f64,
     /// The last error loading a newer version of it, if any.
     last_error: Option<String>,
 }
 
-/// Loaded policy modules and modules that failed to load.
+/// Loaded policy modules, modules that failed to load, and modules deleted
+/// from the folder.
 pub async fn list_policies(State(state): State<AppState>) -> Json<serde_json::Value> {
     let snapshot = state.registry.snapshot();
     let modules: Vec<ModuleView> = snapshot
@@ -164,7 +179,21 @@ pub async fn list_policies(State(state): State<AppState>) -> Json<serde_json::Va
             name: name.clone(),
             digest: module.digest().to_owned(),
             info: module.info().clone(),
+            origin: module.origin().as_str(),
+            load_ms: module.load_time().as_secs_f64() * 1e3,
             last_error: snapshot.failures.get(name).map(|f| f.error.clone()),
+        })
+        .collect();
+    let removed: Vec<serde_json::Value> = snapshot
+        .removed
+        .iter()
+        .map(|(name, r)| {
+            json!({
+                "name": name,
+                "path": r.path.display().to_string(),
+                "digest": r.digest,
+                "deleted_at_ms": r.at_ms,
+            })
         })
         .collect();
     let failures: Vec<serde_json::Value> = snapshot
@@ -177,11 +206,24 @@ pub async fn list_policies(State(state): State<AppState>) -> Json<serde_json::Va
                 "kind": f.kind,
                 "error": f.error,
                 "at_ms": f.at_ms,
+                "digest": f.digest,
                 "serving_previous": snapshot.modules.contains_key(name),
+                "serving_digest": snapshot.modules.get(name).map(|m| m.digest()),
             })
         })
         .collect();
-    Json(json!({ "modules": modules, "failures": failures }))
+    Json(json!({
+        "generation": snapshot.generation,
+        "modules": modules,
+        "failures": failures,
+        "removed": removed,
+    }))
+}
+
+/// The config applied, whether it reloads, settings awaiting a restart, and
+/// the last refused reload with its located problems.
+pub async fn config_status(State(state): State<AppState>) -> Json<ConfigStatus> {
+    Json((**state.config.load()).clone())
 }
 
 /// Unknown routes answer JSON too.
@@ -189,11 +231,12 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-fn scaler<'a>(state: &'a AppState, name: &str) -> Result<&'a ScalerHandle, ApiError> {
+fn scaler(state: &AppState, name: &str) -> Result<Arc<ScalerHandle>, ApiError> {
     state
         .scalers
+        .load()
         .get(name)
-        .map(|h| h.as_ref())
+        .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("no scaler named {name:?}")))
 }
 
@@ -216,7 +259,7 @@ async fn set_paused(
         .map_err(|e| ApiError::Internal(format!("cannot persist the pause flag: {e}")))?;
     handle.paused.store(paused, Ordering::Relaxed);
     tracing::info!(scaler = %name, paused, "A scaler was {} through the API.", if paused { "paused" } else { "resumed" });
-    Ok(Json(status_of(handle)))
+    Ok(Json(status_of(&handle)))
 }
 
 fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {

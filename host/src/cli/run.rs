@@ -38,7 +38,9 @@ async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
     }
     let clock = Clock::starting_at(wall_clock_ms(), config.clock.speed);
     tracing::info!(config = %path.display(), scalers = config.scalers.len(), "Starting Scalewise.");
-    let daemon = Daemon::build(config, clock).await?;
+    let mut daemon = Daemon::build(config, clock).await?;
+    // SIGHUP, or the file changing, re-reads it; --listen keeps applying.
+    daemon.enable_config_reload(args.listen);
     let listener = daemon.bind_api().await?;
     daemon.run(Some(listener), stop_signal(args)).await
 }

@@ -28,6 +28,13 @@ const MAX_STABILIZATION: Duration = Duration::from_secs(3600);
 const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 /// Prometheus refuses range queries returning more points per series.
 const MAX_POINTS: u128 = 11_000;
+/// Shortest quiet period before a changed file is loaded: less cannot tell
+/// a pause in a copy from its end.
+const MIN_DEBOUNCE: Duration = Duration::from_millis(10);
+/// Longest quiet period: more only delays every reload.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(60);
+/// Polling faster than this costs more than it gains.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// A policy needs at least this much linear memory to do anything.
 const MIN_MEMORY: ByteSize = ByteSize::mib(1);
 
@@ -158,6 +165,29 @@ impl Checker<'_, '_> {
             self.value(
                 &keys!["runtime", "max_reason_bytes"],
                 "max_reason_bytes must be at least 1",
+            );
+        }
+
+        let watch = &config.watch;
+        if watch.debounce < MIN_DEBOUNCE || watch.debounce > MAX_DEBOUNCE {
+            self.value(
+                &keys!["watch", "debounce"],
+                format!(
+                    "debounce ({}) must be between {} and {}",
+                    show(watch.debounce),
+                    show(MIN_DEBOUNCE),
+                    show(MAX_DEBOUNCE)
+                ),
+            );
+        }
+        if watch.poll_interval < MIN_POLL_INTERVAL {
+            self.value(
+                &keys!["watch", "poll_interval"],
+                format!(
+                    "poll_interval ({}) is below the minimum of {}",
+                    show(watch.poll_interval),
+                    show(MIN_POLL_INTERVAL)
+                ),
             );
         }
 

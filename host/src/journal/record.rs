@@ -73,6 +73,11 @@ pub struct Evaluation {
     pub outcome: EvaluationOutcome,
     /// How long the call took, in microseconds.
     pub duration_us: u64,
+    /// Set on the first tick after a newer file of this module failed to
+    /// load: that error, and that this evaluation ran on the version still
+    /// serving (`digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
 }
 
 /// A policy's answer, or why there was none.

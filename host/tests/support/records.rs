@@ -139,6 +139,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
                 },
             },
             duration_us: 2 + rng.next_u64() % 5,
+            load_error: None,
         },
         Evaluation {
             module: "threshold".into(),
@@ -168,6 +169,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
                 }
             },
             duration_us: 2 + rng.next_u64() % 5,
+            load_error: None,
         },
     ];
     let desired = tracking_desired.clamp(2, 50);

@@ -1,0 +1,370 @@
+//! Compiled policy code on disk, by content hash, so a restart or a flip back
+//! to an earlier module version skips compiling (tens to thousands of
+//! milliseconds) and only deserializes (about a millisecond).
+//!
+//! Layout: `<cache_dir>/<engine key>/<sha256 of the .wasm>.cwasm`. The engine
+//! key is a hash of wasmtime's precompile compatibility hash (target, compiler
+//! flags, tunables, features, wasmtime version), so code compiled by another
+//! wasmtime or with other settings is never even looked at. Each file carries
+//! the sha256 of its artifact (see [`super::precompiled`]); a file that fails
+//! that check, or that wasmtime refuses, is deleted and the module compiled
+//! again: a damaged cache costs time, never correctness.
+//!
+//! The folders are created owner-only, and a cache folder others can write
+//! to is refused (the runtime then compiles every time), because what is in
+//! it becomes executable code.
+
+use std::hash::{Hash as _, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::precompiled;
+
+/// Files kept per engine; the least recently used go first.
+const MAX_ENTRIES: usize = 256;
+/// Folders of other engines (older versions) untouched this long are removed.
+const STALE_ENGINE_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why the cache could not be used; loading goes on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The folder could not be created or read.
+    #[error("cannot use the module cache folder {}: {source}", path.display())]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Others than the host's user can write to the folder.
+    #[error(
+        "the module cache folder {} can be written by other users (mode {mode:o}); \
+         compiled code in it would run as policy code, so it is not used \
+         (make it owner-only: chmod 700)",
+        path.display()
+    )]
+    Unsafe {
+        /// The folder.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A cached file could not be read or written.
+    #[error("module cache file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A cached file is damaged or was made for another engine; it was removed.
+    #[error("module cache file {}: {message}; removed", path.display())]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// `format`, `checksum` or `incompatible`.
+        kind: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// wasmtime could not serialize a compiled component.
+    #[error("cannot serialize compiled code: {0}")]
+    Serialize(String),
+}
+
+impl CacheError {
+    /// A fixed label for this kind of error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::Folder { .. } => "folder",
+            CacheError::Unsafe { .. } => "unsafe_folder",
+            CacheError::Io { .. } => "io",
+            CacheError::Unusable { kind, .. } => kind,
+            CacheError::Serialize(_) => "serialize",
+        }
+    }
+}
+
+/// The cache folder of one engine.
+#[derive(Debug)]
+pub(super) struct ModuleCache {
+    dir: PathBuf,
+}
+
+impl ModuleCache {
+    /// Opens (creating it if needed) the folder for `engine`'s code under
+    /// `root`, and removes other engines' folders that have not been used
+    /// for a week.
+    pub(super) fn open(root: &Path, engine: &Engine) -> Result<ModuleCache, CacheError> {
+        let folder_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Folder { path, source }
+        };
+        create_private_dir(root).map_err(folder_err(root))?;
+        check_private(root)?;
+        let key = engine_key(engine);
+        let dir = root.join(&key);
+        create_private_dir(&dir).map_err(folder_err(&dir))?;
+        check_private(&dir)?;
+        remove_stale_engines(root, &key);
+        Ok(ModuleCache { dir })
+    }
+
+    /// The folder this engine's files are in.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file for the module whose `.wasm` has sha256 `digest` (hex).
+    pub(super) fn path_for(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.cwasm"))
+    }
+
+    /// The cached component for `digest`: `Ok(None)` when there is none;
+    /// an error when there was one but it could not be used (a damaged or
+    /// incompatible file is removed, so the next `put` replaces it).
+    pub(super) fn get(
+        &self,
+        engine: &Engine,
+        digest: &str,
+    ) -> Result<Option<Component>, CacheError> {
+        let path = self.path_for(digest);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CacheError::Io { path, source }),
+        };
+        match precompiled::decode(engine, &bytes) {
+            Ok(component) => {
+                // Marks it recently used, for pruning; best effort.
+                if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+                    let _ = file.set_modified(SystemTime::now());
+                }
+                Ok(Some(component))
+            }
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                Err(CacheError::Unusable {
+                    path,
+                    kind: err.kind(),
+                    message: err.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Stores `component`, compiled from the `.wasm` with sha256 `digest`.
+    /// Written to a temporary file and renamed, so readers never see half
+    /// a file.
+    pub(super) fn put(&self, digest: &str, component: &Component) -> Result<(), CacheError> {
+        let artifact = component
+            .serialize()
+            .map_err(|e| CacheError::Serialize(format!("{e:#}")))?;
+        let bytes = precompiled::encode(&artifact);
+        let path = self.path_for(digest);
+        let tmp = self.dir.join(format!(
+            ".{digest}.{}.{}.tmp",
+            std::process::id(),
+            next_tmp_id()
+        ));
+        let written = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(source) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(CacheError::Io { path, source });
+        }
+        self.prune();
+        Ok(())
+    }
+
+    /// Keeps at most [`MAX_ENTRIES`] files, removing the least recently used.
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if files.len() <= MAX_ENTRIES {
+            return;
+        }
+        files.sort();
+        let excess = files.len() - MAX_ENTRIES;
+        for (_, path) in files.into_iter().take(excess) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A short, stable name for everything that makes compiled code usable by
+/// `engine`: wasmtime's precompile compatibility hash, fed through sha256
+/// (std's hashers are not stable across Rust versions).
+fn engine_key(engine: &Engine) -> String {
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            // Never called: the digest is taken whole below.
+            0
+        }
+    }
+    let mut hasher = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    // The cache file layout is part of the key too.
+    hasher.write(b"scalewise-cwasm1");
+    hex::encode(&hasher.0.finalize()[..8])
+}
+
+fn next_tmp_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn check_private(dir: &Path) -> Result<(), CacheError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(dir).map_err(|source| CacheError::Folder {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(CacheError::Unsafe {
+            path: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &Path) -> Result<(), CacheError> {
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::File::options();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)
+}
+
+/// Removes sibling engine folders (and stray temporary files in them) not
+/// used for [`STALE_ENGINE_AGE`]: code for a wasmtime this host no longer is.
+fn remove_stale_engines(root: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_engine_dir = name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit());
+        if !is_engine_dir || name == current {
+            continue;
+        }
+        let newest = std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .max();
+        let idle = newest
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age > STALE_ENGINE_AGE);
+        if idle {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(fuel: bool) -> Engine {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true).consume_fuel(fuel);
+        Engine::new(&config).unwrap()
+    }
+
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    #[test]
+    fn engines_with_other_settings_use_other_folders() {
+        assert_eq!(engine_key(&engine(false)), engine_key(&engine(false)));
+        assert_ne!(engine_key(&engine(false)), engine_key(&engine(true)));
+        assert_eq!(engine_key(&engine(false)).len(), 16);
+    }
+
+    #[test]
+    fn put_then_get_and_a_damaged_file_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let engine = engine(false);
+        let cache = ModuleCache::open(&root.path().join("cache"), &engine).unwrap();
+        assert!(cache.get(&engine, "abc").unwrap().is_none());
+        let component = Component::new(&engine, EMPTY_COMPONENT).unwrap();
+        cache.put("abc", &component).unwrap();
+        assert!(cache.get(&engine, "abc").unwrap().is_some());
+
+        let path = cache.path_for("abc");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let err = cache.get(&engine, "abc").unwrap_err();
+        assert_eq!(err.kind(), "checksum", "{err}");
+        assert!(!path.exists(), "a damaged file is removed");
+        assert!(cache.get(&engine, "abc").unwrap().is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("shared");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ModuleCache::open(&dir, &engine(false)).unwrap_err();
+        assert_eq!(err.kind(), "unsafe_folder", "{err}");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn folders_are_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let engine = engine(false);
+        let cache = ModuleCache::open(&root.path().join("a/b"), &engine).unwrap();
+        for dir in [root.path().join("a/b"), cache.dir().to_path_buf()] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Config reload by a change to the file (the watcher), against a running
+//! daemon: a valid change is applied between ticks, an invalid one refused
+//! with the running config kept, and settings read only at start say they
+//! need a restart. (SIGHUP has its own test binary: a signal reaches every
+//! daemon in the process.)
+
+use std::time::Duration;
+
+use scalewise::journal::{EvaluationOutcome, Journal, Query, TickRecord};
+use scalewise_tests::artifacts;
+use scalewise_tests::daemon::{RunningDaemon, config_text, counter_reason, wait_until_async};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A second scaler, on the `api` simulation, with the counter module.
+const API_SCALER: &str = r#"
+[[scalers]]
+name = "api"
+interval = "1s"
+min = 1
+max = 5
+target = { kind = "simulator", service = "api" }
+
+[[scalers.policies]]
+module = "counter"
+"#;
+
+async fn start(extra: &str) -> RunningDaemon {
+    RunningDaemon::start(&config_text(4.0, 50, "native", extra), |dir| {
+        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+    })
+    .await
+}
+
+/// Rewrites the config file as an editor would: a new file renamed over it.
+fn rewrite(d: &RunningDaemon, text: &str) {
+    let tmp = d.dir.path().join(".scalewise.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &d.config_path).unwrap();
+}
+
+async fn wait_for_reloads(d: &RunningDaemon, result: &str, n: u64) {
+    let telemetry = d.telemetry.clone();
+    let needle = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
+    wait_until_async(10 * SECOND, &needle.clone(), move || {
+        telemetry.encode().contains(&needle)
+    })
+    .await;
+}
+
+fn count_of(record: &TickRecord) -> u64 {
+    match &record.evaluations[0].outcome {
+        EvaluationOutcome::Decided { decision } => counter_reason(&decision.reason).unwrap().1,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
+    let mut d = start("").await;
+    let before = d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+    assert_eq!(d.get("/v1/scalers").await.as_array().unwrap().len(), 1);
+
+    // web's bounds change (same policies), a scaler is added.
+    let text = config_text(4.0, 50, "native", API_SCALER).replace("max = 10", "max = 8");
+    rewrite(&d, &text);
+    wait_for_reloads(&d, "applied", 1).await;
+
+    let web = d.get("/v1/scalers/web").await;
+    assert_eq!(web["max"], 8);
+    let api = d.next_decision(5 * SECOND, |r| r.scaler == "api").await;
+    assert_eq!(count_of(&api), 1, "a new scaler starts afresh");
+    let after = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.max == 8)
+        .await;
+    assert!(
+        count_of(&after) > count_of(&before),
+        "web's policy state carried over: {} then {}",
+        count_of(&before),
+        count_of(&after)
+    );
+    let names: Vec<String> = d
+        .get("/v1/scalers")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["api", "web"]);
+    let status = d.get("/v1/config").await;
+    assert_eq!(status["reloads"], 1);
+    assert_eq!(status["reload_enabled"], true);
+    assert_eq!(status["last_error"], serde_json::Value::Null);
+    assert_eq!(status["restart_required"], serde_json::json!([]));
+
+    // Removed again: it stops; its journal stays.
+    rewrite(&d, &config_text(4.0, 50, "native", ""));
+    wait_for_reloads(&d, "applied", 2).await;
+    assert_eq!(d.get("/v1/scalers").await.as_array().unwrap().len(), 1);
+    assert_eq!(d.get("/v1/scalers/api").await["error"]["code"], "not_found");
+    let (dir, web_records) = d.stop("web").await;
+    let api_records = Journal::open_read_only(&dir.path().join("journal.db"))
+        .unwrap()
+        .query_blocking(&Query::scaler("api", 1000))
+        .unwrap();
+    assert!(!api_records.is_empty());
+    // One journal for web throughout: its counts run on without a gap.
+    let counts: Vec<u64> = web_records.iter().map(count_of).collect();
+    let expected: Vec<u64> = (1..=counts.len() as u64).collect();
+    assert_eq!(counts, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_change_is_refused_and_the_running_config_stays() {
+    let mut d = start("").await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+
+    // min above max, and a module that does not exist.
+    let text = config_text(4.0, 50, "native", "")
+        .replace("min = 1", "min = 12")
+        .replace("module = \"counter\"", "module = \"countr\"");
+    rewrite(&d, &text);
+    wait_for_reloads(&d, "refused", 1).await;
+    let status = d.get("/v1/config").await;
+    let error = &status["last_error"];
+    assert_eq!(error["kind"], "invalid");
+    let text = error["error"].as_str().unwrap();
+    assert!(text.contains("scalewise.toml:"), "{text}");
+    assert!(text.contains("min (12) is greater than max (10)"), "{text}");
+    let problem = &error["problems"][0];
+    assert!(problem["line"].as_u64().unwrap() > 0, "{problem}");
+    assert!(
+        problem["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("scalewise.toml")
+    );
+    assert_eq!(status["reloads"], 0);
+
+    // Still running with the old config.
+    let record = d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+    assert_eq!(record.target.min, 1);
+    assert!(matches!(
+        record.evaluations[0].outcome,
+        EvaluationOutcome::Decided { .. }
+    ));
+
+    // An unknown module is refused too (checked against the loaded ones).
+    let text =
+        config_text(4.0, 50, "native", "").replace("module = \"counter\"", "module = \"countr\"");
+    rewrite(&d, &text);
+    wait_for_reloads(&d, "refused", 2).await;
+    let error = d.get("/v1/config").await["last_error"]["error"].clone();
+    assert!(
+        error
+            .as_str()
+            .unwrap()
+            .contains("unknown module \"countr\"; loaded modules: counter"),
+        "{error}"
+    );
+
+    // Fixed: applied, the error cleared.
+    rewrite(
+        &d,
+        &config_text(4.0, 50, "native", "").replace("max = 10", "max = 9"),
+    );
+    wait_for_reloads(&d, "applied", 1).await;
+    let status = d.get("/v1/config").await;
+    assert_eq!(status["last_error"], serde_json::Value::Null);
+    assert_eq!(d.get("/v1/scalers/web").await["max"], 9);
+    d.stop("web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_read_at_start_are_reported_as_needing_a_restart() {
+    let mut d = start("").await;
+    let text = config_text(4.0, 50, "native", "")
+        .replace("speed = 4.0", "speed = 2.0")
+        .replace("initial_replicas = 3", "initial_replicas = 4")
+        + "\n[api]\nlisten = \"127.0.0.1:9999\"\n";
+    rewrite(&d, &text);
+    wait_for_reloads(&d, "applied", 1).await;
+    let status = d.get("/v1/config").await;
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!(["[api]", "[clock]", "[simulations]"])
+    );
+    // The rest applies, and the scalers keep running.
+    let record = d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+    assert!(matches!(
+        record.evaluations[0].outcome,
+        EvaluationOutcome::Decided { .. }
+    ));
+    d.stop("web").await;
+}

@@ -1,0 +1,59 @@
+//! SIGHUP reloads the config. In a binary of its own: the signal goes to the
+//! whole test process, and every daemon in it would hear it.
+
+use std::time::Duration;
+
+use scalewise_tests::artifacts;
+use scalewise_tests::daemon::{RunningDaemon, config_text, wait_until_async};
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
+    // With [watch] off, only SIGHUP reloads (the policy folder is not
+    // watched either).
+    let text = config_text(4.0, 50, "native", "") + "\n";
+    let text = text.replace("mode = \"native\"", "mode = \"native\"\nenabled = false");
+    let mut d = RunningDaemon::start(&text, |dir| {
+        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+    })
+    .await;
+    // Ticking means run() is past installing the SIGHUP handler.
+    d.next_decision(Duration::from_secs(5), |_| true).await;
+    std::fs::write(&d.config_path, text.replace("max = 10", "max = 7")).unwrap();
+    // Unwatched: nothing happens by itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(d.get("/v1/scalers/web").await["max"], 10);
+
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let telemetry = d.telemetry.clone();
+    wait_until_async(Duration::from_secs(10), "the reload", move || {
+        telemetry
+            .encode()
+            .contains("scalewise_config_reloads_total{result=\"applied\"} 1")
+    })
+    .await;
+    assert_eq!(d.get("/v1/scalers/web").await["max"], 7);
+    let record = d
+        .next_decision(Duration::from_secs(5), |r| r.target.max == 7)
+        .await;
+    assert_eq!(record.scaler, "web");
+
+    // A second SIGHUP with the file unchanged applies nothing.
+    std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    let telemetry = d.telemetry.clone();
+    wait_until_async(Duration::from_secs(10), "the no-op reload", move || {
+        telemetry
+            .encode()
+            .contains("scalewise_config_reloads_total{result=\"unchanged\"} 1")
+    })
+    .await;
+    assert_eq!(d.get("/v1/config").await["reloads"], 1);
+    d.stop("web").await;
+}

@@ -1,0 +1,573 @@
+//! Hot reload of policy modules against the real file system, the real
+//! watcher (inotify, or notify's polling) and real compiled modules: the
+//! registry and its watcher alone, and a whole daemon whose scalers keep
+//! ticking while their module changes under them.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scalewise::config::{WatchConfig, WatchMode};
+use scalewise::journal::{EvaluationOutcome, TickRecord};
+use scalewise::registry::{Registry, ReloadReport};
+use scalewise::watch::{ActiveMode, FolderWatch};
+use scalewise_tests::daemon::{
+    RunningDaemon, config_text, counter_reason, wait_until, wait_until_async,
+};
+use scalewise_tests::{artifacts, context, runtime};
+use sha2::{Digest as _, Sha256};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn digest_of(path: &str) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn watch_config(debounce_ms: u64, mode: WatchMode) -> WatchConfig {
+    WatchConfig {
+        enabled: true,
+        debounce: Duration::from_millis(debounce_ms),
+        mode,
+        poll_interval: Duration::from_millis(100),
+    }
+}
+
+/// A registry over a temporary folder, watched, with every reload report.
+struct Watching {
+    dir: tempfile::TempDir,
+    registry: Arc<Registry>,
+    reports: Arc<Mutex<Vec<ReloadReport>>>,
+    watch: FolderWatch,
+}
+
+impl Watching {
+    fn start(dir: tempfile::TempDir, config: &WatchConfig) -> Watching {
+        Self::start_in(dir, None, config)
+    }
+
+    fn start_in(dir: tempfile::TempDir, sub: Option<&str>, config: &WatchConfig) -> Watching {
+        let folder = match sub {
+            Some(sub) => dir.path().join(sub),
+            None => dir.path().to_path_buf(),
+        };
+        let registry = Arc::new(Registry::load_dir(runtime(), &folder).unwrap());
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        let watch = registry
+            .watch(config, move |report: &ReloadReport| {
+                sink.lock().unwrap().push(report.clone())
+            })
+            .unwrap();
+        Watching {
+            dir,
+            registry,
+            reports,
+            watch,
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn digest(&self, module: &str) -> Option<String> {
+        self.registry.get(module).map(|m| m.digest().to_owned())
+    }
+
+    fn wait_for_digest(&self, module: &str, digest: &str, timeout: Duration) {
+        wait_until(timeout, &format!("{module} to be {digest}"), || {
+            self.digest(module).as_deref() == Some(digest)
+        });
+    }
+
+    /// Every (module, kind) load failure reported so far.
+    fn failures(&self) -> Vec<(String, &'static str)> {
+        self.reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.failed.iter().map(|(n, f)| (n.clone(), f.kind)))
+            .collect()
+    }
+
+    /// Every (module, digest) load reported so far.
+    fn loads(&self) -> Vec<(String, String)> {
+        self.reports
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.loaded.iter().map(|l| (l.name.clone(), l.digest.clone())))
+            .collect()
+    }
+}
+
+fn folder_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, from) in files {
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_module_written_in_chunks_with_long_pauses_is_loaded_only_when_complete() {
+    let w = Watching::start(folder_with(&[]), &watch_config(100, WatchMode::Native));
+    assert_eq!(w.watch.mode(), ActiveMode::Native);
+    let bytes = std::fs::read(artifacts::COUNTER_V2).unwrap();
+    let full = hex::encode(Sha256::digest(&bytes));
+    // One writer keeps the file open and pauses far longer than the debounce
+    // window between chunks: only its close says the file is complete.
+    let mut file = std::fs::File::create(w.path("counter.wasm")).unwrap();
+    for chunk in bytes.chunks(bytes.len().div_ceil(4)) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(w.digest("counter").is_none(), "loaded while being written");
+    }
+    drop(file);
+    w.wait_for_digest("counter", &full, 10 * SECOND);
+    assert_eq!(w.failures(), [], "no half-written file was tried");
+    assert_eq!(w.loads(), [("counter".to_string(), full)]);
+}
+
+#[test]
+fn a_module_appended_in_chunks_with_short_pauses_is_loaded_only_when_complete() {
+    let w = Watching::start(folder_with(&[]), &watch_config(300, WatchMode::Native));
+    let bytes = std::fs::read(artifacts::COUNTER).unwrap();
+    let full = hex::encode(Sha256::digest(&bytes));
+    // Several writers one after the other (`cat part >> file`): each closes
+    // the file, but none pauses as long as the debounce window.
+    for chunk in bytes.chunks(bytes.len().div_ceil(5)) {
+        let mut file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(w.path("counter.wasm"))
+            .unwrap();
+        file.write_all(chunk).unwrap();
+        drop(file);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    w.wait_for_digest("counter", &full, 10 * SECOND);
+    assert_eq!(w.failures(), [], "no partial file was tried");
+    assert_eq!(w.loads(), [("counter".to_string(), full)]);
+}
+
+#[test]
+fn a_replaced_module_serves_new_ticks_and_ticks_in_progress_finish_on_the_old() {
+    let w = Watching::start(
+        folder_with(&[("counter.wasm", artifacts::COUNTER)]),
+        &watch_config(50, WatchMode::Native),
+    );
+    let v1 = digest_of(artifacts::COUNTER);
+    let v2 = digest_of(artifacts::COUNTER_V2);
+    assert_eq!(w.digest("counter").as_deref(), Some(v1.as_str()));
+    let generation = w.registry.snapshot().generation;
+    // A tick takes its module from the snapshot before evaluating.
+    let in_progress = w.registry.get("counter").unwrap();
+    std::fs::copy(artifacts::COUNTER_V2, w.path("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &v2, 10 * SECOND);
+    assert_eq!(w.registry.snapshot().generation, generation + 1);
+
+    let ctx = context(1_700_000_000_000, serde_json::json!({}), 3);
+    let old = in_progress.evaluate(&ctx).unwrap();
+    assert_eq!(counter_reason(&old.reason), Some((1, 1)), "{}", old.reason);
+    assert_eq!(in_progress.digest(), v1);
+    let new = w.registry.get("counter").unwrap().evaluate(&ctx).unwrap();
+    assert_eq!(counter_reason(&new.reason), Some((2, 1)), "{}", new.reason);
+}
+
+#[test]
+fn corrupt_and_wrong_version_modules_never_replace_the_serving_one() {
+    let w = Watching::start(
+        folder_with(&[("counter.wasm", artifacts::COUNTER)]),
+        &watch_config(50, WatchMode::Native),
+    );
+    let v1 = digest_of(artifacts::COUNTER);
+    /// What is wrong, how to write it, the failure kind expected.
+    type Case = (&'static str, fn(&Path), &'static str);
+    let cases: [Case; 4] = [
+        (
+            "not Wasm",
+            |p| std::fs::write(p, b"#!/bin/sh\necho not a module\n").unwrap(),
+            "not_a_component",
+        ),
+        (
+            "truncated",
+            |p| {
+                let bytes = std::fs::read(artifacts::COUNTER_V2).unwrap();
+                std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap()
+            },
+            "compile",
+        ),
+        (
+            "wrong WIT version",
+            |p| {
+                std::fs::copy(artifacts::WRONG_VERSION, p).unwrap();
+            },
+            "wrong_wit_version",
+        ),
+        (
+            "describe() traps",
+            |p| {
+                std::fs::copy(artifacts::DESCRIBE_PANICS, p).unwrap();
+            },
+            "describe_failed",
+        ),
+    ];
+    for (i, (name, write, kind)) in cases.into_iter().enumerate() {
+        write(&w.path("counter.wasm"));
+        wait_until(10 * SECOND, name, || w.failures().len() == i + 1);
+        assert_eq!(w.failures()[i], ("counter".to_string(), kind), "{name}");
+        let snapshot = w.registry.snapshot();
+        assert_eq!(
+            snapshot.modules["counter"].digest(),
+            v1,
+            "{name}: v1 serves"
+        );
+        let failure = &snapshot.failures["counter"];
+        assert_eq!(failure.kind, kind, "{name}: {}", failure.error);
+        assert_eq!(failure.path, w.path("counter.wasm"));
+    }
+    // A good version clears the failure.
+    std::fs::copy(artifacts::COUNTER_V2, w.path("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &digest_of(artifacts::COUNTER_V2), 10 * SECOND);
+    assert!(w.registry.snapshot().failures.is_empty());
+}
+
+#[test]
+fn a_configmap_style_symlink_swap_is_seen() {
+    // The layout kubelet makes: the visible files are symlinks through
+    // `..data`, itself a symlink to a timestamped folder.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first = d.join("..2026_11_23_10_00_00.000000001");
+    std::fs::create_dir(&first).unwrap();
+    std::fs::copy(artifacts::COUNTER, first.join("counter.wasm")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_23_10_00_00.000000001", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/counter.wasm", d.join("counter.wasm")).unwrap();
+    let w = Watching::start(dir, &watch_config(50, WatchMode::Native));
+    let d = w.dir.path();
+    assert_eq!(w.digest("counter"), Some(digest_of(artifacts::COUNTER)));
+
+    // An update, as kubelet's atomic writer does it: a new folder, a new
+    // `..data_tmp` link renamed over `..data`, the old folder removed, and
+    // links for keys that are new.
+    let swap = |stamp: &str, files: &[(&str, &str)], old: &str| {
+        let next = d.join(stamp);
+        std::fs::create_dir(&next).unwrap();
+        for (name, from) in files {
+            std::fs::copy(from, next.join(name)).unwrap();
+        }
+        std::os::unix::fs::symlink(stamp, d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        std::fs::remove_dir_all(d.join(old)).unwrap();
+    };
+    swap(
+        "..2026_11_23_10_05_00.000000002",
+        &[
+            ("counter.wasm", artifacts::COUNTER_V2),
+            ("faults.wasm", artifacts::FAULTS),
+        ],
+        "..2026_11_23_10_00_00.000000001",
+    );
+    std::os::unix::fs::symlink("..data/faults.wasm", d.join("faults.wasm")).unwrap();
+    w.wait_for_digest("counter", &digest_of(artifacts::COUNTER_V2), 10 * SECOND);
+    w.wait_for_digest("faults", &digest_of(artifacts::FAULTS), 10 * SECOND);
+
+    // A key dropped from the ConfigMap: its link goes, the module with it.
+    swap(
+        "..2026_11_23_10_10_00.000000003",
+        &[("faults.wasm", artifacts::FAULTS)],
+        "..2026_11_23_10_05_00.000000002",
+    );
+    std::fs::remove_file(d.join("counter.wasm")).unwrap();
+    wait_until(10 * SECOND, "counter to be removed", || {
+        w.registry.snapshot().removed.contains_key("counter")
+    });
+    assert!(w.registry.get("counter").is_none());
+    assert!(w.registry.get("faults").is_some());
+    assert_eq!(w.failures(), []);
+}
+
+#[test]
+fn the_policy_folder_replaced_by_another_is_watched_again() {
+    // The policy folder is a symlink that is re-pointed at another folder
+    // (the watched inode goes away).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (sub, module) in [("a", artifacts::COUNTER), ("b", artifacts::COUNTER_V2)] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+        std::fs::copy(module, d.join(sub).join("counter.wasm")).unwrap();
+    }
+    std::os::unix::fs::symlink("a", d.join("policies")).unwrap();
+    let w = Watching::start_in(dir, Some("policies"), &watch_config(50, WatchMode::Native));
+    let d = w.dir.path();
+    assert_eq!(w.digest("counter"), Some(digest_of(artifacts::COUNTER)));
+    std::os::unix::fs::symlink("b", d.join("policies.new")).unwrap();
+    std::fs::rename(d.join("policies.new"), d.join("policies")).unwrap();
+    w.wait_for_digest("counter", &digest_of(artifacts::COUNTER_V2), 10 * SECOND);
+    // And changes in the new folder are seen.
+    std::fs::copy(artifacts::FAULTS, d.join("b").join("faults.wasm")).unwrap();
+    w.wait_for_digest("faults", &digest_of(artifacts::FAULTS), 10 * SECOND);
+
+    // The folder deleted: its modules keep serving (a vanished folder
+    // says nothing about them); recreated with other contents: those load.
+    std::fs::remove_dir_all(d.join("b")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.digest("counter"), Some(digest_of(artifacts::COUNTER_V2)));
+    assert!(w.registry.get("faults").is_some());
+    std::fs::create_dir(d.join("b")).unwrap();
+    std::fs::copy(artifacts::COUNTER, d.join("b").join("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &digest_of(artifacts::COUNTER), 10 * SECOND);
+    wait_until(10 * SECOND, "faults to be removed", || {
+        w.registry.get("faults").is_none()
+    });
+    assert_eq!(w.failures(), []);
+}
+
+#[test]
+fn polling_sees_new_changed_and_deleted_modules() {
+    let w = Watching::start(folder_with(&[]), &watch_config(50, WatchMode::Poll));
+    assert_eq!(w.watch.mode(), ActiveMode::Poll);
+    let v1 = digest_of(artifacts::COUNTER);
+    let v2 = digest_of(artifacts::COUNTER_V2);
+    std::fs::copy(artifacts::COUNTER, w.path("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &v1, 10 * SECOND);
+    // Two rewrites within the same second: notify's poller compares
+    // mtimes in whole seconds, the registry's stamps do not.
+    std::fs::copy(artifacts::COUNTER_V2, w.path("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &v2, 10 * SECOND);
+    std::fs::copy(artifacts::COUNTER, w.path("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &v1, 10 * SECOND);
+    std::fs::remove_file(w.path("counter.wasm")).unwrap();
+    wait_until(10 * SECOND, "counter to be removed", || {
+        w.registry.get("counter").is_none()
+    });
+    assert_eq!(w.failures(), []);
+}
+
+/// A daemon ticking every 250 ms of real time (1 s of host time at 4×).
+async fn ticking(extra: &str) -> RunningDaemon {
+    RunningDaemon::start(&config_text(4.0, 50, "native", extra), |dir| {
+        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+    })
+    .await
+}
+
+fn decided_by<'a>(record: &'a TickRecord, digest: &str) -> Option<&'a str> {
+    let evaluation = record.evaluations.first()?;
+    match &evaluation.outcome {
+        EvaluationOutcome::Decided { decision } if evaluation.digest.as_deref() == Some(digest) => {
+            Some(&decision.reason)
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_module_while_scalers_tick_loses_no_decision() {
+    let mut d = ticking("").await;
+    let v1 = digest_of(artifacts::COUNTER);
+    let v2 = digest_of(artifacts::COUNTER_V2);
+    for _ in 0..4 {
+        d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+            .await;
+    }
+    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir.join("counter.wasm")).unwrap();
+    let first_v2 = d
+        .next_decision(10 * SECOND, |r| decided_by(r, &v2).is_some())
+        .await;
+    for _ in 0..3 {
+        d.next_decision(5 * SECOND, |r| decided_by(r, &v2).is_some())
+            .await;
+    }
+    let (_dir, records) = d.stop("web").await;
+
+    // Every tick decided, first with v1 then with v2, and the count the
+    // policy keeps in its state went on across the swap.
+    let mut seen_v2 = false;
+    let mut counts = Vec::new();
+    for record in &records {
+        let evaluation = &record.evaluations[0];
+        let digest = evaluation
+            .digest
+            .as_deref()
+            .expect("every tick names its digest");
+        let EvaluationOutcome::Decided { decision } = &evaluation.outcome else {
+            panic!("a tick without a decision: {:?}", evaluation.outcome);
+        };
+        let (version, count) = counter_reason(&decision.reason).unwrap();
+        if digest == v2 {
+            seen_v2 = true;
+            assert_eq!(version, 2);
+        } else {
+            assert_eq!(digest, v1);
+            assert!(!seen_v2, "v1 decided after v2 had");
+            assert_eq!(version, 1);
+        }
+        counts.push(count);
+    }
+    assert!(seen_v2);
+    let expected: Vec<u64> = (1..=counts.len() as u64).collect();
+    assert_eq!(
+        counts, expected,
+        "one evaluation per tick, state carried over"
+    );
+    assert!(records.iter().any(|r| r.id == first_v2.id));
+    // No tick was skipped: the scheduler never fell a whole interval behind.
+    for pair in records.windows(2) {
+        let gap = pair[1].time_ms - pair[0].time_ms;
+        assert!(
+            gap < 2_000,
+            "a gap of {gap} ms between ticks (interval 1 s)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
+    let mut d = ticking("").await;
+    let v1 = digest_of(artifacts::COUNTER);
+    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await;
+    std::fs::copy(artifacts::WRONG_VERSION, d.policy_dir.join("counter.wasm")).unwrap();
+    let registry = d.registry.clone();
+    wait_until_async(10 * SECOND, "the failure", || {
+        registry.snapshot().failures.contains_key("counter")
+    })
+    .await;
+
+    // The journal: the next tick notes the failure once, decided by v1.
+    let noted = d
+        .next_decision(5 * SECOND, |r| {
+            r.evaluations
+                .first()
+                .is_some_and(|e| e.load_error.is_some())
+        })
+        .await;
+    let evaluation = &noted.evaluations[0];
+    assert_eq!(evaluation.digest.as_deref(), Some(v1.as_str()));
+    assert!(matches!(
+        evaluation.outcome,
+        EvaluationOutcome::Decided { .. }
+    ));
+    let note = evaluation.load_error.as_deref().unwrap();
+    for part in [
+        "a newer version of module \"counter\" failed to load",
+        "(wrong_wit_version)",
+        "0.2.0",
+        &format!("still deciding with digest {v1}"),
+    ] {
+        assert!(note.contains(part), "{part:?} missing in {note}");
+    }
+    let next = d.next_decision(5 * SECOND, |_| true).await;
+    assert_eq!(next.evaluations[0].load_error, None, "noted once");
+    assert!(decided_by(&next, &v1).is_some());
+
+    // The API: the failure, and that the previous version serves.
+    let policies = d.get("/v1/policies").await;
+    let failure = &policies["failures"][0];
+    assert_eq!(failure["name"], "counter");
+    assert_eq!(failure["kind"], "wrong_wit_version");
+    assert_eq!(failure["serving_previous"], true);
+    assert_eq!(failure["serving_digest"], v1.as_str());
+    assert_eq!(policies["modules"][0]["last_error"], failure["error"]);
+    let status = d.get("/v1/scalers/web").await;
+    let problems = status["problems"].to_string();
+    assert!(
+        problems.contains("a newer version failed to load"),
+        "{problems}"
+    );
+
+    // The host's metrics.
+    let metrics = d.telemetry.encode();
+    assert!(
+        metrics.contains(
+            "scalewise_module_load_errors_total{module=\"counter\",kind=\"wrong_wit_version\"} 1"
+        ),
+        "{metrics}"
+    );
+    d.stop("web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
+    let mut d = ticking("").await;
+    let v1 = digest_of(artifacts::COUNTER);
+    let before = d
+        .next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await;
+    std::fs::remove_file(d.policy_dir.join("counter.wasm")).unwrap();
+    let held = d
+        .next_decision(10 * SECOND, |r| {
+            r.evaluations.first().is_some_and(|e| e.digest.is_none())
+        })
+        .await;
+    let EvaluationOutcome::Failed { kind, error } = &held.evaluations[0].outcome else {
+        panic!("{:?}", held.evaluations[0].outcome);
+    };
+    assert_eq!(kind, "module_unavailable");
+    for part in [
+        "module \"counter\" was deleted from the policy folder at 20",
+        &format!("its last digest: {v1}"),
+        "holding until it comes back",
+    ] {
+        assert!(error.contains(part), "{part:?} missing in {error}");
+    }
+    assert_eq!(held.desired, held.target.current, "held");
+    let policies = d.get("/v1/policies").await;
+    assert_eq!(policies["removed"][0]["name"], "counter");
+    assert_eq!(policies["removed"][0]["digest"], v1.as_str());
+    assert!(d.telemetry.encode().contains("scalewise_modules_loaded 0"));
+
+    // Back: from the compiled-code cache, and the state goes on from the
+    // last decision.
+    std::fs::copy(artifacts::COUNTER, d.policy_dir.join("counter.wasm")).unwrap();
+    let back = d
+        .next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await;
+    let last = counter_reason(decided_by(&before, &v1).unwrap()).unwrap().1;
+    let now = counter_reason(decided_by(&back, &v1).unwrap()).unwrap().1;
+    assert!(now > last, "{now} after {last}");
+    let policies = d.get("/v1/policies").await;
+    assert_eq!(policies["modules"][0]["origin"], "cache");
+    assert_eq!(policies["removed"], serde_json::json!([]));
+    let metrics = d.telemetry.encode();
+    assert!(
+        metrics.contains("scalewise_module_loads_total{module=\"counter\",origin=\"cache\"} 1"),
+        "{metrics}"
+    );
+    d.stop("web").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_does_not_fit_the_config_is_refused() {
+    // The config gives the counter a parameter that `faults` does not take.
+    let mut d = RunningDaemon::start(
+        &config_text(4.0, 50, "native", "params = { scale_to = 0 }\n"),
+        |dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        },
+    )
+    .await;
+    let v1 = digest_of(artifacts::COUNTER);
+    std::fs::copy(artifacts::FAULTS, d.policy_dir.join("counter.wasm")).unwrap();
+    let registry = d.registry.clone();
+    wait_until_async(10 * SECOND, "the refusal", || {
+        registry.snapshot().failures.contains_key("counter")
+    })
+    .await;
+    let failure = registry.snapshot().failures["counter"].clone();
+    assert_eq!(failure.kind, "incompatible_with_config");
+    assert!(
+        failure
+            .error
+            .contains("unknown parameter \"scale_to\"; counter accepts: mode"),
+        "{}",
+        failure.error
+    );
+    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await;
+    d.stop("web").await;
+}
