@@ -120,7 +120,7 @@ use serde::Deserialize;
 
 use self::coalesce::Coalescer;
 use super::{MetricError, MetricQuery, Source};
-use crate::config::{PrometheusConfig, Secret};
+use crate::config::{PrometheusConfig, Secret, SecretError};
 use crate::policy::Point;
 
 /// Evaluation times are rounded down to this, so that scalers ticking in the
@@ -137,16 +137,15 @@ const MAX_ERROR_BODY: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A secret could not be read.
-    #[error("source {name}: cannot read {what} from {secret:?}: {reason}")]
+    #[error("source {name}: cannot read {what}: {error}")]
     Secret {
         /// The source's name.
         name: String,
         /// Which secret (`bearer_token`, `basic_auth.password`).
         what: &'static str,
-        /// Where it was to come from (the variable or path, not the value).
-        secret: Secret,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong; it names the variable or file, never the value.
+        #[source]
+        error: SecretError,
     },
     /// The URL is not a valid base URL.
     #[error("source {name}: invalid url {url:?}: {reason}")]
@@ -487,30 +486,14 @@ fn causes(error: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
+/// Reads `secret` with the config's resolver (the same rules the config
+/// check applied at load), naming the source and which secret on failure.
 fn read_secret(name: &str, what: &'static str, secret: &Secret) -> Result<String, Error> {
-    let fail = |reason: String| Error::Secret {
+    secret.resolve().map_err(|error| Error::Secret {
         name: name.to_owned(),
         what,
-        secret: secret.clone(),
-        reason,
-    };
-    let value = match secret {
-        Secret::Env(var) => std::env::var(var).map_err(|e| fail(e.to_string()))?,
-        Secret::File(path) => {
-            let mut text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-            if text.ends_with('\n') {
-                text.pop();
-                if text.ends_with('\r') {
-                    text.pop();
-                }
-            }
-            text
-        }
-    };
-    if value.is_empty() {
-        return Err(fail("it is empty".to_owned()));
-    }
-    Ok(value)
+        error,
+    })
 }
 
 /// How long a secret read from a file is used before the file is read
