@@ -10,7 +10,9 @@
 //! Harnesses for real peers:
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
+//! - [`daemon`]: the real daemon, run in-process from a config text.
 
+pub mod daemon;
 pub mod prometheus;
 pub mod stub_http;
 
