@@ -236,6 +236,14 @@ impl Config {
         into_result(problems)
     }
 
+    /// Things in the config worth a warning that do not stop the daemon
+    /// (a Prometheus query this build's PromQL parser cannot read), located
+    /// like problems. The daemon logs them when it starts.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let doc = Document::new(&self.origin.path, &self.origin.text);
+        validate::warnings(self, &doc)
+    }
+
     /// The embedded demo config ([`DEMO_CONFIG`]) with its policy folder and
     /// journal file set to the given paths (the caller writes the bundled
     /// policies there). Not yet validated: the policy folder must exist.

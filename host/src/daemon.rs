@@ -50,6 +50,8 @@ use crate::sources::{MetricQuery, Source};
 use crate::telemetry::Telemetry;
 use crate::watch::{FileStamp, FolderWatch, Watched};
 
+/// The metric source name that means the simulator, not a `[sources]` entry.
+const SIMULATOR_SOURCE: &str = "simulator";
 /// How long shutdown waits for ticks in progress before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -185,6 +187,9 @@ impl Daemon {
     /// journal). Checks the config against the loaded modules first, so a
     /// config naming an unknown module, parameter or metric is refused here.
     pub async fn build(config: Config, clock: Clock) -> Result<Daemon, DaemonError> {
+        for warning in config.warnings() {
+            tracing::warn!(%warning, "The config has a value that may not work as intended; starting anyway.");
+        }
         let telemetry = Arc::new(Telemetry::new());
         let mut limits = config.runtime.clone();
         if limits.cache_dir.is_none() {
@@ -871,8 +876,9 @@ async fn build_scaler(
 }
 
 /// Runs one scaler's ticks on its interval until cancelled, applying config
-/// changes between ticks. The first tick is offset by a stable jitter so
-/// many scalers do not tick in lockstep.
+/// changes between ticks. The first tick is offset by a stable jitter (see
+/// [`phase_key`]) so many scalers do not tick in lockstep, while scalers
+/// that share a query do.
 async fn run_scaler(
     mut scaler: Scaler,
     clock: Clock,
@@ -881,7 +887,7 @@ async fn run_scaler(
     mut updates: mpsc::UnboundedReceiver<Reconfigure>,
 ) {
     let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
-    let mut next = clock.now_ms() + jitter_ms(&scaler.spec().name, interval_ms);
+    let mut next = clock.now_ms() + jitter_ms(&phase_key(scaler.spec()), interval_ms);
     let mut last_started: Option<i64> = None;
     loop {
         tokio::select! {
@@ -916,10 +922,34 @@ async fn run_scaler(
     }
 }
 
-/// A stable offset in `[0, interval)` derived from the scaler's name.
-fn jitter_ms(name: &str, interval_ms: i64) -> i64 {
+/// What a scaler's tick phase is derived from: its first query (in sorted
+/// order) to a `[sources]` entry, else its name. Scalers that share that
+/// query and their interval then tick at the same moments, and a source
+/// answers them with one fetch per tick (sources share a request per query
+/// and second); scalers reading different data stay spread out.
+fn phase_key(spec: &ScalerSpec) -> String {
+    let queries = spec
+        .metrics
+        .iter()
+        .map(|m| (m.source_name.as_str(), m.query.query.as_str()));
+    phase_key_of(&spec.name, queries)
+}
+
+/// [`phase_key`] over plain data: the scaler's name and its metrics'
+/// `(source, query)` pairs.
+fn phase_key_of<'a>(name: &str, queries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    queries
+        .into_iter()
+        .filter(|(source, _)| *source != SIMULATOR_SOURCE)
+        .map(|(source, query)| format!("{source}\u{0}{query}"))
+        .min()
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// A stable offset in `[0, interval)` derived from `key`.
+fn jitter_ms(key: &str, interval_ms: i64) -> i64 {
     let mut hasher = DefaultHasher::new();
-    name.hash(&mut hasher);
+    key.hash(&mut hasher);
     (hasher.finish() % interval_ms as u64) as i64
 }
 
@@ -1064,11 +1094,11 @@ fn build_source(
     metric: &MetricConfig,
     simulation: &Simulation,
 ) -> Result<(String, Arc<dyn Source>), DaemonError> {
-    if metric.source == "simulator" {
+    if metric.source == SIMULATOR_SOURCE {
         let own = scaler.target.get_ref().simulation();
         let source = SimulatorSource::new(simulation.clone(), own)
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
-        return Ok(("simulator".into(), Arc::new(source)));
+        return Ok((SIMULATOR_SOURCE.into(), Arc::new(source)));
     }
     // Validation made sure every named source exists.
     let source = sources.get(&metric.source).cloned().ok_or_else(|| {
@@ -1124,4 +1154,42 @@ fn longest_window_ms(config: &Config) -> i64 {
         .max()
         .unwrap_or_default();
     longest.as_millis() as i64 + 60_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalers_sharing_a_query_share_their_phase() {
+        // (scaler, its metrics' (source, query)) -> phase key
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("web", &[], "web"),
+            ("web", &[("simulator", "cpu")], "web"),
+            ("web", &[("prom", "sum(q)")], "prom\u{0}sum(q)"),
+            // The smallest query decides, whatever the metrics' order.
+            (
+                "web",
+                &[("prom", "sum(z)"), ("simulator", "cpu"), ("prom", "sum(q)")],
+                "prom\u{0}sum(q)",
+            ),
+            (
+                "api",
+                &[("prom", "sum(q)"), ("thanos", "a")],
+                "prom\u{0}sum(q)",
+            ),
+        ];
+        for (name, queries, expected) in cases {
+            assert_eq!(
+                phase_key_of(name, queries.iter().copied()),
+                *expected,
+                "{name} {queries:?}"
+            );
+        }
+        let interval = 15_000;
+        let shared = |name: &str| jitter_ms(&phase_key_of(name, [("prom", "sum(q)")]), interval);
+        assert_eq!(shared("web"), shared("api"));
+        assert!((0..interval).contains(&shared("web")));
+    }
 }

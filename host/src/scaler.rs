@@ -24,9 +24,9 @@ use crate::journal::{
     ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure,
     PolicyState, TickRecord, TickSummary,
 };
-use crate::policy::{Context, Metric, PolicyInfo, ScaleEvent, Target};
+use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
-use crate::runtime::PolicyModule;
+use crate::runtime::{EvalErrorKind, PolicyModule};
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
 
@@ -314,8 +314,8 @@ impl Scaler {
         };
 
         let (metrics, metric_errors) = self.fetch_metrics(now_ms).await;
-        let evaluations = self.evaluate(now_ms, &target, metrics).await;
-        let (proposal, any_failed) = combine(target.current, &evaluations);
+        let (evaluations, abstained) = self.evaluate(now_ms, &target, metrics).await;
+        let (proposal, any_failed) = combine(target.current, &evaluations, &abstained);
 
         let verdict = envelope::apply(
             &mut self.envelope,
@@ -448,13 +448,32 @@ impl Scaler {
     }
 
     /// Evaluates every policy, off the async runtime's worker threads.
+    /// Returns the evaluations and, for each, whether the policy abstains:
+    /// it failed with its own error while a metric it reads could not be
+    /// read this tick, so the failure is the metric's (see [`combine`]).
     async fn evaluate(
         &mut self,
         now_ms: i64,
         target: &Target,
         metrics: Vec<Metric>,
-    ) -> Vec<Evaluation> {
+    ) -> (Vec<Evaluation>, Vec<bool>) {
         let snapshot = self.services.registry.snapshot();
+        let failed_metrics: Vec<&str> = metrics
+            .iter()
+            .filter(|m| m.error.is_some())
+            .map(|m| m.name.as_str())
+            .collect();
+        let reads_failed_metric: Vec<bool> = self
+            .spec
+            .policies
+            .iter()
+            .map(|policy| {
+                snapshot.modules.get(&policy.module).is_some_and(|module| {
+                    metrics_read(module.info(), &policy.parameters)
+                        .any(|name| failed_metrics.contains(&name))
+                })
+            })
+            .collect();
         let mut jobs = Vec::with_capacity(self.spec.policies.len());
         for (i, policy) in self.spec.policies.iter().enumerate() {
             // Cloned here: the tick evaluates this version even if a reload
@@ -514,6 +533,7 @@ impl Scaler {
             Vec::new()
         });
 
+        let mut abstained = vec![false; evaluations.len()];
         for (i, evaluation) in evaluations.iter().enumerate() {
             let telemetry = &self.services.telemetry;
             telemetry
@@ -526,6 +546,16 @@ impl Scaler {
                 EvaluationOutcome::Decided { decision } => {
                     self.policy_states[i] = decision.state.clone();
                 }
+                // The metric's failure is already counted, under its source.
+                EvaluationOutcome::Failed { kind, error }
+                    if kind == EvalErrorKind::PolicyError.as_str() && reads_failed_metric[i] =>
+                {
+                    abstained[i] = true;
+                    tracing::info!(
+                        scaler = %self.spec.name, module = %evaluation.module, %error,
+                        "A policy could not decide without a metric it reads; it abstains this tick and scale-in stays blocked."
+                    );
+                }
                 EvaluationOutcome::Failed { kind, error } => {
                     telemetry.policy_error(&evaluation.module, kind);
                     tracing::warn!(
@@ -535,7 +565,7 @@ impl Scaler {
                 }
             }
         }
-        evaluations
+        (evaluations, abstained)
     }
 
     async fn actuate(&mut self, now_ms: i64, record: &mut TickRecord) {
@@ -773,11 +803,23 @@ fn format_ms(ms: i64) -> String {
 /// for the current count, so scale-in needs every policy to agree; when
 /// every policy holds the answer is hold (`None`). The second value tells
 /// whether any policy failed (the envelope then holds the scaler).
-pub fn combine(current: u32, evaluations: &[Evaluation]) -> (Option<u32>, bool) {
+///
+/// A policy marked in `abstained` (it failed because a metric it reads
+/// could not be read) neither votes nor counts as failed: as in HPA, the
+/// other policies may still scale out, and the envelope's missing-metrics
+/// rule blocks any scale-in they propose.
+pub fn combine(
+    current: u32,
+    evaluations: &[Evaluation],
+    abstained: &[bool],
+) -> (Option<u32>, bool) {
     let mut any_failed = evaluations.is_empty();
     let mut proposal: Option<u32> = None;
     let mut any_scale = false;
-    for evaluation in evaluations {
+    for (i, evaluation) in evaluations.iter().enumerate() {
+        if abstained.get(i).copied().unwrap_or(false) {
+            continue;
+        }
         match &evaluation.outcome {
             EvaluationOutcome::Decided { decision } => {
                 let vote = match decision.desired {
@@ -793,6 +835,18 @@ pub fn combine(current: u32, evaluations: &[Evaluation]) -> (Option<u32>, bool) 
         }
     }
     (if any_scale { proposal } else { None }, any_failed)
+}
+
+/// The scaler's metrics a policy reads: the values of the parameters its
+/// module declares as metrics.
+fn metrics_read<'a>(
+    info: &'a PolicyInfo,
+    parameters: &'a serde_json::Value,
+) -> impl Iterator<Item = &'a str> {
+    info.parameters
+        .iter()
+        .filter(|spec| spec.kind == ParameterKind::Metric)
+        .filter_map(|spec| parameters.get(&spec.name)?.as_str())
 }
 
 /// Rebuilds the envelope's history from the journal's tick summaries
@@ -866,4 +920,128 @@ pub fn summarize(record: &TickRecord) -> String {
         _ => {}
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Decision, ParameterSpec};
+
+    fn evaluation(outcome: EvaluationOutcome) -> Evaluation {
+        Evaluation {
+            module: "m".into(),
+            digest: None,
+            load_error: None,
+            context: Context {
+                now_ms: 0,
+                scaler: "web".into(),
+                target: Target {
+                    kind: "simulator".into(),
+                    name: "web".into(),
+                    current: 4,
+                    ready: 4,
+                    min: 1,
+                    max: 10,
+                },
+                metrics: Vec::new(),
+                events: Vec::new(),
+                parameters: serde_json::json!({}),
+                state: None,
+            },
+            outcome,
+            duration_us: 0,
+        }
+    }
+
+    fn decided(desired: Option<u32>) -> Evaluation {
+        evaluation(EvaluationOutcome::Decided {
+            decision: Decision {
+                desired,
+                reason: String::new(),
+                state: None,
+            },
+        })
+    }
+
+    fn failed() -> Evaluation {
+        evaluation(EvaluationOutcome::Failed {
+            kind: "policy_error".into(),
+            error: "metric \"queue\" could not be read: query returned no data".into(),
+        })
+    }
+
+    #[test]
+    fn scale_out_wins_and_abstaining_policies_do_not_vote() {
+        // (evaluations, abstained) -> (proposal, any_failed), at 4 replicas.
+        type Case = (Vec<Evaluation>, Vec<bool>, (Option<u32>, bool));
+        let cases: Vec<Case> = vec![
+            (
+                vec![decided(Some(6)), decided(Some(2))],
+                vec![],
+                (Some(6), false),
+            ),
+            // A hold votes for the current count: no scale-in unless all agree.
+            (
+                vec![decided(None), decided(Some(2))],
+                vec![],
+                (Some(4), false),
+            ),
+            (vec![decided(None), decided(None)], vec![], (None, false)),
+            // A failed policy holds the scaler (the envelope makes it hold).
+            (
+                vec![failed(), decided(Some(6))],
+                vec![false, false],
+                (Some(6), true),
+            ),
+            // Failed for want of its metric: it abstains, the other decides;
+            // scale-in is then the envelope's missing-metrics rule's to block.
+            (
+                vec![failed(), decided(Some(6))],
+                vec![true, false],
+                (Some(6), false),
+            ),
+            (
+                vec![failed(), decided(Some(2))],
+                vec![true, false],
+                (Some(2), false),
+            ),
+            (
+                vec![failed(), decided(None)],
+                vec![true, false],
+                (None, false),
+            ),
+            (vec![failed()], vec![true], (None, false)),
+            // No evaluation at all (the host's evaluation task died): hold.
+            (vec![], vec![], (None, true)),
+        ];
+        for (i, (evaluations, abstained, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(combine(4, &evaluations, &abstained), expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_policy_reads_the_metrics_its_metric_parameters_name() {
+        let spec = |name: &str, kind| ParameterSpec {
+            name: name.into(),
+            description: String::new(),
+            kind,
+            required: false,
+            default: None,
+        };
+        let info = PolicyInfo {
+            name: "p".into(),
+            version: "1".into(),
+            description: String::new(),
+            parameters: vec![
+                spec("metric", ParameterKind::Metric),
+                spec("guard", ParameterKind::Metric),
+                spec("mode", ParameterKind::Text),
+            ],
+        };
+        let parameters = serde_json::json!({"metric": "queue", "mode": "latency", "other": "cpu"});
+        assert_eq!(
+            metrics_read(&info, &parameters).collect::<Vec<_>>(),
+            ["queue"]
+        );
+    }
 }

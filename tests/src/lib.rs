@@ -11,9 +11,12 @@
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
 //! - [`daemon`]: a real daemon in a temporary folder (hot reload tests).
+//! - [`running`]: the real daemon, run in-process from a config text, with
+//!   the bundled policy modules (end-to-end tests and benchmarks).
 
 pub mod daemon;
 pub mod prometheus;
+pub mod running;
 pub mod stub_http;
 
 use std::path::{Path, PathBuf};

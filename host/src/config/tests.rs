@@ -561,6 +561,13 @@ fn each_problem_is_reported_at_its_place() {
             "speed (0) must be a finite number above zero",
         ),
         case(
+            "sped-up clock with a Prometheus source",
+            &[("speed = 1.0", "speed = 10.0")],
+            "10.0",
+            "clock",
+            "speed (10) must be 1 while a Prometheus source is configured (sources: prom)",
+        ),
+        case(
             "NaN clock speed",
             &[("speed = 1.0", "speed = nan")],
             "nan",
@@ -697,6 +704,80 @@ fn problems_print_as_file_line_column_path_message() {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn a_sped_up_clock_is_fine_without_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edit(
+        BASE,
+        &[
+            ("speed = 1.0", "speed = 10.0"),
+            (
+                "[sources.prom]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:9090\"\ntimeout = \"5s\"\n",
+                "",
+            ),
+            (
+                "[scalers.metrics.latency]\nsource = \"prom\"",
+                "[scalers.metrics.latency]\nsource = \"simulator\"",
+            ),
+            (
+                "query = \"histogram_quantile(0.95, rate(x[1m]))\"",
+                "query = \"p95_latency_ms\"",
+            ),
+        ],
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    assert_eq!(config.clock.speed, 10.0);
+}
+
+/// PromQL the parser here cannot read is a warning at the query, not an
+/// error: Prometheus (or a compatible store) judges its own language.
+#[test]
+fn promql_this_build_cannot_parse_is_a_located_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(parse_in(dir.path(), BASE).unwrap().warnings(), []);
+
+    let cases = [
+        // Unbalanced: Prometheus would refuse it too.
+        (
+            "histogram_quantile(0.95, rate(x[1m])",
+            "unclosed left parenthesis",
+        ),
+        // MetricsQL (VictoriaMetrics), not PromQL.
+        ("sum(rate(x[1m])) keep_metric_names", ""),
+    ];
+    for (query, says) in cases {
+        let text = edit(
+            BASE,
+            &[(
+                "query = \"histogram_quantile(0.95, rate(x[1m]))\"",
+                &format!("query = {query:?}"),
+            )],
+        );
+        let config = parse_in(dir.path(), &text).expect("a warning, not an error");
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{query}: {warnings:?}");
+        let warning = &warnings[0];
+        let (line, column) = position_of(&text, &format!("{query:?}"));
+        assert_eq!((warning.line, warning.column), (line, column), "{warning}");
+        assert_eq!(warning.path, "scalers[0] \"web\".metrics.latency");
+        assert!(
+            warning
+                .message
+                .starts_with("query does not parse as PromQL here")
+                && warning.message.contains(says)
+                && warning.message.contains("still sent to \"prom\""),
+            "{warning}"
+        );
+    }
+
+    // Simulator queries are not PromQL.
+    let text = edit(
+        BASE,
+        &[("query = \"cpu\"", "query = \"cpu\" # not PromQL either")],
+    );
+    assert_eq!(parse_in(dir.path(), &text).unwrap().warnings(), []);
 }
 
 #[test]

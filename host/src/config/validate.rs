@@ -38,6 +38,41 @@ const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// A policy needs at least this much linear memory to do anything.
 const MIN_MEMORY: ByteSize = ByteSize::mib(1);
 
+/// Findings that do not stop the daemon, located like problems: a
+/// Prometheus query the PromQL parser here cannot read. Prometheus itself
+/// (or a compatible store: Thanos, Mimir, VictoriaMetrics' MetricsQL, a
+/// newer Prometheus) is the judge of its own language, and this parser may
+/// lag it, so such a query still runs; only its freshness check is skipped.
+pub(super) fn warnings(config: &Config, doc: &Document<'_>) -> Vec<Problem> {
+    let mut warnings = Vec::new();
+    for (i, scaler) in config.scalers.iter().enumerate() {
+        for (name, metric) in &scaler.get_ref().metrics {
+            let metric = metric.get_ref();
+            let is_prometheus = config
+                .sources
+                .get(&metric.source)
+                .is_some_and(|source| matches!(source.get_ref(), SourceConfig::Prometheus(_)));
+            if !is_prometheus || metric.query.trim().is_empty() {
+                continue;
+            }
+            if let Err(reason) = promql_parser::parser::parse(&metric.query) {
+                let reason = reason.trim().replace('\n', " ");
+                warnings.push(doc.value_problem(
+                    &keys!["scalers", i, "metrics", name.as_str(), "query"],
+                    format!(
+                        "query does not parse as PromQL here ({reason}); it is still sent \
+                         to {:?}, which has the last word, but its data's age cannot be \
+                         checked (max_age)",
+                        metric.source
+                    ),
+                ));
+            }
+        }
+    }
+    warnings.sort_by_key(|w| (w.line, w.column));
+    warnings
+}
+
 /// Runs every static check; returns every problem found.
 pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> Vec<Problem> {
     let mut c = Checker {
@@ -197,6 +232,27 @@ impl Checker<'_, '_> {
             config.journal.retention,
         );
         self.positive(&keys!["clock", "speed"], "speed", config.clock.speed, false);
+        let speed = config.clock.speed;
+        let prometheus: Vec<&String> = config
+            .sources
+            .iter()
+            .filter(|(_, source)| matches!(source.get_ref(), SourceConfig::Prometheus(_)))
+            .map(|(name, _)| name)
+            .collect();
+        if speed.is_finite() && speed > 0.0 && speed != 1.0 && !prometheus.is_empty() {
+            // Ticks would be stamped ahead of the wall clock, and Prometheus
+            // answers a query about the future with its newest data as if it
+            // were then: every metric would look fresh, or fail as stale.
+            self.value(
+                &keys!["clock", "speed"],
+                format!(
+                    "speed ({speed}) must be 1 while a Prometheus source is configured \
+                     (sources: {}): a faster clock would query Prometheus about times \
+                     that have not happened yet",
+                    list(prometheus)
+                ),
+            );
+        }
     }
 
     fn source(&mut self, name: &str, source: &SourceConfig, env: EnvLookup<'_>) {

@@ -1,0 +1,223 @@
+//! The real daemon, run in-process from a config text, for end-to-end tests
+//! and benchmarks.
+//!
+//! [`RunningDaemon::start`] writes the config into a temporary folder next
+//! to a `policies/` folder holding the real `target-tracking` and
+//! `threshold` modules built from `policies/`, then loads it the way
+//! `scalewise run --config` does, builds the [`Daemon`] and runs it with the
+//! HTTP API on a free loopback port. Relative paths in the config (the
+//! journal, secret files) land in that folder.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use scalewise::clock::Clock;
+//! use scalewise_tests::running::RunningDaemon;
+//!
+//! let config = r#"
+//! policy_dir = "policies"
+//! # ... [simulations.web], [[scalers]] ...
+//! "#;
+//! let mut daemon = RunningDaemon::start(config, Clock::system()).await?;
+//! let scaled = daemon
+//!     .wait_for_record("web", "a scale-out", Duration::from_secs(30), |r| r.desired > r.target.current)
+//!     .await?;
+//! daemon.stop().await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use scalewise::clock::Clock;
+use scalewise::config::Config;
+use scalewise::daemon::{Daemon, DaemonError};
+use scalewise::journal::{Journal, Query, TickRecord};
+use scalewise::simulator::Simulation;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::artifacts;
+use crate::prometheus::wait_until;
+
+/// The policy modules every daemon started here can use, by module name.
+pub const POLICY_MODULES: &[(&str, &str)] = &[
+    ("target-tracking", artifacts::TARGET_TRACKING),
+    ("threshold", artifacts::THRESHOLD),
+];
+
+/// At most this many records are read back per scaler.
+const MAX_RECORDS: usize = 100_000;
+
+/// A daemon running on the caller's tokio runtime; stopped by
+/// [`RunningDaemon::stop`], or dropped with the runtime.
+#[derive(Debug)]
+pub struct RunningDaemon {
+    dir: tempfile::TempDir,
+    api: SocketAddr,
+    journal: Journal,
+    simulation: Simulation,
+    clock: Clock,
+    decisions: broadcast::Receiver<Arc<TickRecord>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl RunningDaemon {
+    /// Loads `config` (a whole config file; `policy_dir = "policies"` finds
+    /// the bundled modules) from a temporary folder and runs the daemon on
+    /// `clock`. The API listens on a free loopback port whatever the config
+    /// says.
+    pub async fn start(config: &str, clock: Clock) -> anyhow::Result<RunningDaemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("scalewise-daemon-")
+            .tempdir()?;
+        install_policies(&dir.path().join("policies"))?;
+        let path = dir.path().join("scalewise.toml");
+        std::fs::write(&path, config)?;
+        let mut config = Config::load(&path)?;
+        config.api.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let daemon = Daemon::build(config, clock).await?;
+        let listener = daemon.bind_api().await?;
+        let api = listener.local_addr()?;
+        let journal = daemon.journal().clone();
+        let simulation = daemon.simulation();
+        let decisions = daemon.subscribe();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(Some(listener), async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningDaemon {
+            dir,
+            api,
+            journal,
+            simulation,
+            clock,
+            decisions,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The folder the config was written to.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The HTTP API's address.
+    pub fn api(&self) -> SocketAddr {
+        self.api
+    }
+
+    /// The daemon's journal.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The daemon's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Every tick's record from now on, as the daemon publishes it (after
+    /// the actuator was called).
+    pub fn decisions(&self) -> broadcast::Receiver<Arc<TickRecord>> {
+        self.decisions.resubscribe()
+    }
+
+    /// The simulated service `name`'s replicas now: (asked for, ready).
+    pub fn replicas(&self, service: &str) -> anyhow::Result<(u32, u32)> {
+        let service = self.simulation.service(service)?;
+        let mut service = service.lock();
+        Ok(service.replicas(self.clock.now_ms()))
+    }
+
+    /// The scaler's records so far, oldest first.
+    pub async fn records(&self, scaler: &str) -> anyhow::Result<Vec<TickRecord>> {
+        let mut records = self
+            .journal
+            .query(Query::scaler(scaler, MAX_RECORDS))
+            .await?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Polls the journal until one of the scaler's records satisfies
+    /// `accept`, and returns the oldest that does. Fails after `timeout`
+    /// with the newest record's one-line summary.
+    pub async fn wait_for_record(
+        &self,
+        scaler: &str,
+        what: &str,
+        timeout: Duration,
+        accept: impl Fn(&TickRecord) -> bool,
+    ) -> anyhow::Result<TickRecord> {
+        let accept = &accept;
+        wait_until(&format!("{scaler}: {what}"), timeout, || async move {
+            let records = self.records(scaler).await.map_err(|e| e.to_string())?;
+            match records.iter().find(|r| accept(r)) {
+                Some(found) => Ok(found.clone()),
+                None => Err(records.last().map_or_else(
+                    || "no record yet".to_owned(),
+                    |r| {
+                        format!(
+                            "{} records; newest: {} (metric errors: {:?})",
+                            records.len(),
+                            scalewise::scaler::summarize(r),
+                            r.metric_errors
+                        )
+                    },
+                )),
+            }
+        })
+        .await
+    }
+
+    /// The value of one series of the host's own `/metrics`, read over
+    /// HTTP (`series` is the name with its labels, exactly as exposed);
+    /// `None` when the series is not exposed.
+    pub async fn host_metric(&self, series: &str) -> anyhow::Result<Option<f64>> {
+        let text = reqwest::get(format!("http://{}/metrics", self.api))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        }))
+    }
+
+    /// Shuts the daemon down gracefully (ticks in progress finish, the
+    /// journal is flushed) and reports how it ended. The journal stays
+    /// readable through [`RunningDaemon::records`].
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(Duration::from_secs(60), task).await {
+            Ok(Ok(result)) => result.context("the daemon stopped with an error")?,
+            Ok(Err(join)) => bail!("the daemon's task failed: {join}"),
+            Err(_) => bail!("the daemon did not stop within 60 s"),
+        }
+        // The daemon closed its journal; read the file from now on.
+        self.journal = Journal::open_read_only(self.journal.path())?;
+        Ok(())
+    }
+}
+
+/// Copies the bundled modules into `dir` as `<module>.wasm`.
+pub fn install_policies(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (module, path) in POLICY_MODULES {
+        std::fs::copy(path, dir.join(format!("{module}.wasm")))
+            .with_context(|| format!("copying the {module} module from {path}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The config snippets of the documentation load: every ```toml block of
+//! `docs/prometheus.md` (the README's Prometheus section) parses, passes the
+//! config checks, names only parameters the real bundled policy modules
+//! declare, and has PromQL this build can read.
+//!
+//! A block without a top-level `policy_dir` is a fragment (one source's
+//! table, say); it is checked as a config of its own with
+//! `policy_dir = "policies"` put in front. The secrets the snippets name
+//! are provided: `PROM_TOKEN` and `MIMIR_PASSWORD` in the environment the
+//! check sees, the files under `secrets/` next to the config.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use scalewise::config::{Config, ConfigError, SourceConfig};
+use scalewise::policy::PolicyInfo;
+use scalewise_tests::load;
+use scalewise_tests::running::{POLICY_MODULES, install_policies};
+
+/// A fenced ```toml block and the line of the file it starts on.
+struct Block {
+    line: usize,
+    text: String,
+}
+
+fn toml_blocks(markdown: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut open: Option<Block> = None;
+    for (i, line) in markdown.lines().enumerate() {
+        let fence = line.trim_start();
+        match &mut open {
+            None if fence.starts_with("```toml") => {
+                open = Some(Block {
+                    line: i + 2,
+                    text: String::new(),
+                });
+            }
+            Some(_) if fence.starts_with("```") => blocks.extend(open.take()),
+            Some(block) => {
+                block.text.push_str(line);
+                block.text.push('\n');
+            }
+            None => {}
+        }
+    }
+    assert!(open.is_none(), "a ```toml block is not closed");
+    blocks
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "PROM_TOKEN" => Some("prom-t0k3n".into()),
+        "MIMIR_PASSWORD" => Some("mimir-pa55".into()),
+        _ => None,
+    }
+}
+
+fn catalog() -> BTreeMap<String, PolicyInfo> {
+    POLICY_MODULES
+        .iter()
+        .map(|(name, path)| (name.to_string(), load(path).info().clone()))
+        .collect()
+}
+
+#[test]
+fn every_config_snippet_of_the_prometheus_section_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus.md");
+    let markdown = std::fs::read_to_string(&path).unwrap();
+    let blocks = toml_blocks(&markdown);
+    assert!(blocks.len() >= 3, "only {} toml blocks", blocks.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(dir.path().join("secrets/prom-token"), "file-t0k3n\n").unwrap();
+    let catalog = catalog();
+
+    let mut prometheus_sources = 0;
+    let mut full_examples = 0;
+    for block in &blocks {
+        let complete = block
+            .text
+            .lines()
+            .any(|l| l.trim_start().starts_with("policy_dir"));
+        let text = if complete {
+            block.text.clone()
+        } else {
+            format!("policy_dir = \"policies\"\n{}", block.text)
+        };
+        // Problems are reported at their line in the markdown file.
+        let added = usize::from(!complete);
+        let at_doc_line = |e: ConfigError| -> String {
+            let lines: Vec<String> = e
+                .problems()
+                .iter()
+                .map(|p| {
+                    let line = (block.line + p.line).saturating_sub(1 + added);
+                    format!("docs/prometheus.md:{line}: {}: {}", p.path, p.message)
+                })
+                .collect();
+            if lines.is_empty() {
+                e.to_string()
+            } else {
+                lines.join("\n")
+            }
+        };
+        let origin = dir.path().join("snippet.toml");
+        let config = Config::parse_with_env(&text, &origin, &env)
+            .unwrap_or_else(|e| panic!("{}", at_doc_line(e)));
+        config
+            .check_policies(&catalog)
+            .unwrap_or_else(|e| panic!("{}", at_doc_line(e)));
+        let warnings = config.warnings();
+        assert!(
+            warnings.is_empty(),
+            "docs/prometheus.md block at line {}: {warnings:?}",
+            block.line
+        );
+        prometheus_sources += config
+            .sources
+            .values()
+            .filter(|s| matches!(s.get_ref(), SourceConfig::Prometheus(_)))
+            .count();
+        if !config.scalers.is_empty() {
+            full_examples += 1;
+        }
+    }
+    assert!(full_examples >= 1, "no block defines a scaler");
+    assert_eq!(
+        prometheus_sources,
+        blocks.len(),
+        "a block without a Prometheus source"
+    );
+
+    // The worked example: two metrics from Prometheus, one instant and one
+    // windowed, read by the two bundled policies.
+    let example = blocks
+        .iter()
+        .find(|b| b.text.contains("[[scalers]]"))
+        .unwrap();
+    let config =
+        Config::parse_with_env(&example.text, &dir.path().join("example.toml"), &env).unwrap();
+    let scaler = config.scalers[0].get_ref();
+    let metrics: Vec<(&str, Option<u64>)> = scaler
+        .metrics
+        .iter()
+        .map(|(name, m)| (name.as_str(), m.get_ref().window.map(|w| w.as_secs())))
+        .collect();
+    assert_eq!(metrics, [("queue", None), ("p95_latency", Some(600))]);
+    let modules: Vec<&str> = scaler
+        .policies
+        .iter()
+        .map(|p| p.get_ref().module.get_ref().as_str())
+        .collect();
+    assert_eq!(modules, ["target-tracking", "threshold"]);
+}
+
+#[test]
+fn the_snippets_need_the_secrets_they_name() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus.md");
+    let markdown = std::fs::read_to_string(&path).unwrap();
+    let example = toml_blocks(&markdown)
+        .into_iter()
+        .find(|b| b.text.contains("[[scalers]]"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    // Without PROM_TOKEN the example is refused, naming the variable.
+    let err = Config::parse_with_env(&example.text, &dir.path().join("example.toml"), &|_| None)
+        .unwrap_err();
+    assert!(err.to_string().contains("PROM_TOKEN"), "{err}");
+}
