@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,12 @@ impl Daemon {
         &self.config
     }
 
+    /// The scalers, in config order. Tests step them with
+    /// [`Scaler::tick`] on a clock of their own instead of [`Daemon::run`].
+    pub fn scalers_mut(&mut self) -> &mut [Scaler] {
+        &mut self.scalers
+    }
+
     /// Binds the API's listener on the configured address.
     pub async fn bind_api(&self) -> Result<TcpListener, DaemonError> {
         let addr = self.config.api.listen;
@@ -262,8 +268,9 @@ impl Daemon {
     }
 }
 
-/// Runs one scaler's ticks on its interval until cancelled. The first tick
-/// is offset by a stable jitter so many scalers do not tick in lockstep.
+/// Runs one scaler's ticks on its interval until cancelled. Ticks fall on
+/// the scaler's grid ([`next_tick_ms`]), so many scalers do not tick in
+/// lockstep and a restarted daemon keeps each scaler's phase.
 async fn run_scaler(
     mut scaler: Scaler,
     clock: Clock,
@@ -271,7 +278,7 @@ async fn run_scaler(
     token: CancellationToken,
 ) {
     let interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
-    let mut next = clock.now_ms() + jitter_ms(&scaler.spec().name, interval_ms);
+    let mut next = next_tick_ms(&scaler.spec().name, interval_ms, clock.now_ms());
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -294,11 +301,28 @@ async fn run_scaler(
     }
 }
 
-/// A stable offset in `[0, interval)` derived from the scaler's name.
-fn jitter_ms(name: &str, interval_ms: i64) -> i64 {
-    let mut hasher = DefaultHasher::new();
-    name.hash(&mut hasher);
-    (hasher.finish() % interval_ms as u64) as i64
+/// Where in its interval a scaler ticks: a stable offset in
+/// `[0, interval)` derived from its name, the same in every run and build.
+pub fn tick_offset_ms(name: &str, interval_ms: i64) -> i64 {
+    let interval_ms = interval_ms.max(1);
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(first) % interval_ms as u64) as i64
+}
+
+/// The scaler's first scheduled tick at or after `now_ms`. A scaler ticks at
+/// [`tick_offset_ms`] past every multiple of its interval (host clock), so
+/// its schedule does not depend on when the daemon started; how late a tick
+/// started is `(time - offset) mod interval`.
+pub fn next_tick_ms(name: &str, interval_ms: i64, now_ms: i64) -> i64 {
+    let interval_ms = interval_ms.max(1);
+    let past_grid = (now_ms - tick_offset_ms(name, interval_ms)).rem_euclid(interval_ms);
+    if past_grid == 0 {
+        now_ms
+    } else {
+        now_ms + (interval_ms - past_grid)
+    }
 }
 
 /// Binds a scaler's metrics and policies.
@@ -428,4 +452,44 @@ fn longest_window_ms(config: &Config) -> i64 {
         .max()
         .unwrap_or_default();
     longest.as_millis() as i64 + 60_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_fall_on_a_stable_grid_per_scaler() {
+        let interval = 15_000;
+        let offset = tick_offset_ms("web", interval);
+        assert!((0..interval).contains(&offset));
+        assert_eq!(offset, tick_offset_ms("web", interval), "stable");
+        assert_ne!(
+            (0..20)
+                .map(|i| tick_offset_ms(&format!("svc-{i}"), interval))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            1,
+            "scalers are spread over the interval"
+        );
+        let grid = 1_700_000_000_000 - 1_700_000_000_000 % interval + offset;
+        // (now, first tick at or after it)
+        let cases = [
+            (grid, grid),
+            (grid - 1, grid),
+            (grid + 1, grid + interval),
+            (grid - interval + 1, grid),
+            (grid + interval, grid + interval),
+        ];
+        for (now, want) in cases {
+            assert_eq!(next_tick_ms("web", interval, now), want, "now {now}");
+        }
+        // A restarted daemon keeps the scaler's phase.
+        for now in [grid + 7, grid + 3 * interval + 1_234] {
+            assert_eq!(
+                (next_tick_ms("web", interval, now) - offset).rem_euclid(interval),
+                0
+            );
+        }
+    }
 }
