@@ -1,9 +1,8 @@
 //! `scalewise check` and `scalewise eval`: in-process through
 //! `scalewise::cli::run_cli`, and through the real binary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use clap::Parser;
 use scalewise::cli::{Cli, run_cli};
@@ -271,36 +270,10 @@ fn the_demo_without_its_policies_says_how_to_build_them() {
     assert!(err.contains("scripts/build-policies"), "{err}");
 }
 
-/// The `scalewise` binary, built once (this crate cannot depend on a binary,
-/// so it asks cargo, as `cargo run` would).
+/// The `scalewise` binary: this crate's `scalewise-cli`, built by cargo
+/// from the host's own `main.rs` along with these tests.
 fn scalewise_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(root).args([
-            "build",
-            "-p",
-            "scalewise",
-            "--bin",
-            "scalewise",
-            "--message-format=json-render-diagnostics",
-        ]);
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let output = cmd.output().expect("cannot run cargo");
-        assert!(
-            output.status.success(),
-            "building scalewise failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the scalewise executable")
-    })
+    Path::new(env!("CARGO_BIN_EXE_scalewise-cli"))
 }
 
 #[test]
@@ -372,4 +345,158 @@ fn the_binary_sends_policy_logs_to_stderr() {
     assert!(stderr.contains("scalewise::policy"), "{stderr}");
     let decision: Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
     assert_eq!(decision["reason"], "printed a lot");
+}
+
+/// The bundled policies under their module names, as `scripts/build-policies`
+/// leaves them in `policies/dist`.
+fn bundled() -> tempfile::TempDir {
+    scalewise_tests::policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ])
+}
+
+#[test]
+fn the_binary_runs_the_demo() {
+    let policies = bundled();
+    let out = Command::new(scalewise_bin())
+        .args([
+            "run",
+            "--for",
+            "3s",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy-dir",
+        ])
+        .arg(policies.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Scalewise demo: two simulated services"),
+        "{stdout}"
+    );
+    // The demo's clock runs 10x: 3s shows the first ticks of both scalers,
+    // one line per decision.
+    for scaler in ["web", "worker"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("sim 00:00:") && l.contains(&format!(" {scaler} "))),
+            "no decision line for {scaler}:\n{stdout}"
+        );
+    }
+}
+
+/// A valid config: one simulated service scaled by target tracking.
+const GOOD: &str = r#"policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 2
+load = { base = 100.0 }
+
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 1
+max = 5
+target = { kind = "simulator", service = "web" }
+metrics.cpu = { source = "simulator", query = "cpu" }
+
+[[scalers.policies]]
+module = "target-tracking"
+params = { metric = "cpu", target = 60.0 }
+"#;
+
+/// Runs `scalewise run --config` on `text` (with `{policies}` and
+/// `{journal}` filled in): (exit code, stderr, the file's path).
+fn run_config(text: &str) -> (Option<i32>, String, String) {
+    let policies = scalewise_tests::policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scalewise.toml");
+    let text = text
+        .replace("{policies}", &policies.path().display().to_string())
+        .replace(
+            "{journal}",
+            &dir.path().join("journal.db").display().to_string(),
+        );
+    std::fs::write(&path, text).unwrap();
+    // --for: a config wrongly accepted stops instead of running on.
+    let out = Command::new(scalewise_bin())
+        .args(["run", "--for", "1s", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn the_binary_runs_a_good_config() {
+    let (code, stderr, _) = run_config(GOOD);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn the_binary_refuses_bad_configs_naming_file_line_and_field() {
+    // (what, text replaced, replacement, the problem's line, the message)
+    let cases = [
+        (
+            "unknown field",
+            "interval = \"15s\"",
+            "intervall = \"15s\"",
+            "intervall",
+            "scalers[0] \"web\": unknown field \"intervall\", expected one of",
+        ),
+        (
+            "min > max",
+            "min = 1",
+            "min = 7",
+            "min = 7",
+            "scalers[0] \"web\": min (7) is greater than max (5)",
+        ),
+        (
+            "unknown policy module",
+            "module = \"target-tracking\"",
+            "module = \"target-trackin\"",
+            "module = ",
+            "policies[0] \"target-trackin\": unknown module \"target-trackin\"; loaded modules: target-tracking",
+        ),
+        (
+            "unknown metric",
+            "metric = \"cpu\"",
+            "metric = \"memory\"",
+            "params = ",
+            "metric: unknown metric \"memory\"; this scaler's metrics: cpu",
+        ),
+    ];
+    for (what, from, to, at, message) in cases {
+        assert!(GOOD.contains(from), "{what}");
+        let bad = GOOD.replacen(from, to, 1);
+        let line = bad
+            .lines()
+            .position(|l| l.contains(at))
+            .map(|i| i + 1)
+            .unwrap();
+        let (code, stderr, path) = run_config(&bad);
+        assert_eq!(code, Some(1), "{what} is refused: {stderr}");
+        let located = format!("error: {path}:{line}:");
+        assert!(
+            stderr.contains(&located) && stderr.contains(message),
+            "{what}: expected {located:?} and {message:?} in\n{stderr}"
+        );
+    }
 }

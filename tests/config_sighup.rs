@@ -36,7 +36,15 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
             .contains("scalewise_config_reloads_total{result=\"applied\"} 1")
     })
     .await;
-    assert_eq!(d.get("/v1/scalers/web").await["max"], 7);
+    // The scaler takes the new config between ticks, on its own task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while d.get("/v1/scalers/web").await["max"] != 7 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API shows the reloaded max"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let record = d
         .next_decision(Duration::from_secs(5), |r| r.target.max == 7)
         .await;

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -346,6 +345,12 @@ impl Daemon {
     /// The config the daemon started with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The scalers, in config order. Tests step them with
+    /// [`Scaler::tick`] on a clock of their own instead of [`Daemon::run`].
+    pub fn scalers_mut(&mut self) -> impl Iterator<Item = &mut Scaler> {
+        self.scalers.iter_mut().map(|(scaler, _)| scaler)
     }
 
     /// Binds the API's listener on the configured address.
@@ -876,9 +881,10 @@ async fn build_scaler(
 }
 
 /// Runs one scaler's ticks on its interval until cancelled, applying config
-/// changes between ticks. The first tick is offset by a stable jitter (see
-/// [`phase_key`]) so many scalers do not tick in lockstep, while scalers
-/// that share a query do.
+/// changes between ticks. Ticks fall on the scaler's grid
+/// ([`next_tick_ms`] of its [`phase_key`]): many scalers do not tick in
+/// lockstep, scalers that share a query do, and a restarted daemon keeps
+/// each scaler's phase.
 async fn run_scaler(
     mut scaler: Scaler,
     clock: Clock,
@@ -887,8 +893,7 @@ async fn run_scaler(
     mut updates: mpsc::UnboundedReceiver<Reconfigure>,
 ) {
     let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
-    let mut next = clock.now_ms() + jitter_ms(&phase_key(scaler.spec()), interval_ms);
-    let mut last_started: Option<i64> = None;
+    let mut next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
     loop {
         tokio::select! {
             biased;
@@ -898,14 +903,13 @@ async fn run_scaler(
                 let interval = (scaler.spec().interval.as_millis() as i64).max(1);
                 if interval != interval_ms {
                     interval_ms = interval;
-                    next = last_started.map_or(next, |t| t + interval_ms).max(clock.now_ms());
+                    next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
                 }
                 continue;
             }
             _ = clock.sleep_until(next) => {}
         }
         let started = clock.now_ms();
-        last_started = Some(started);
         telemetry
             .tick_lag
             .observe((started - next).max(0) as f64 / 1000.0 / clock.speed());
@@ -946,11 +950,29 @@ fn phase_key_of<'a>(name: &str, queries: impl IntoIterator<Item = (&'a str, &'a 
         .unwrap_or_else(|| name.to_owned())
 }
 
-/// A stable offset in `[0, interval)` derived from `key`.
-fn jitter_ms(key: &str, interval_ms: i64) -> i64 {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % interval_ms as u64) as i64
+/// Where in its interval a scaler ticks: a stable offset in
+/// `[0, interval)` derived from its phase key ([`phase_key`]), the same in
+/// every run and build.
+pub fn tick_offset_ms(key: &str, interval_ms: i64) -> i64 {
+    let interval_ms = interval_ms.max(1);
+    let digest = Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(first) % interval_ms as u64) as i64
+}
+
+/// The scaler's first scheduled tick at or after `now_ms`. A scaler ticks at
+/// [`tick_offset_ms`] past every multiple of its interval (host clock), so
+/// its schedule does not depend on when the daemon started; how late a tick
+/// started is `(time - offset) mod interval`.
+pub fn next_tick_ms(key: &str, interval_ms: i64, now_ms: i64) -> i64 {
+    let interval_ms = interval_ms.max(1);
+    let past_grid = (now_ms - tick_offset_ms(key, interval_ms)).rem_euclid(interval_ms);
+    if past_grid == 0 {
+        now_ms
+    } else {
+        now_ms + (interval_ms - past_grid)
+    }
 }
 
 /// The check a new module version must pass before it serves: it must not
@@ -1188,8 +1210,44 @@ mod tests {
             );
         }
         let interval = 15_000;
-        let shared = |name: &str| jitter_ms(&phase_key_of(name, [("prom", "sum(q)")]), interval);
+        let shared =
+            |name: &str| tick_offset_ms(&phase_key_of(name, [("prom", "sum(q)")]), interval);
         assert_eq!(shared("web"), shared("api"));
         assert!((0..interval).contains(&shared("web")));
+    }
+
+    #[test]
+    fn ticks_fall_on_a_stable_grid_per_scaler() {
+        let interval = 15_000;
+        let offset = tick_offset_ms("web", interval);
+        assert!((0..interval).contains(&offset));
+        assert_eq!(offset, tick_offset_ms("web", interval), "stable");
+        assert_ne!(
+            (0..20)
+                .map(|i| tick_offset_ms(&format!("svc-{i}"), interval))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            1,
+            "scalers are spread over the interval"
+        );
+        let grid = 1_700_000_000_000 - 1_700_000_000_000 % interval + offset;
+        // (now, first tick at or after it)
+        let cases = [
+            (grid, grid),
+            (grid - 1, grid),
+            (grid + 1, grid + interval),
+            (grid - interval + 1, grid),
+            (grid + interval, grid + interval),
+        ];
+        for (now, want) in cases {
+            assert_eq!(next_tick_ms("web", interval, now), want, "now {now}");
+        }
+        // A restarted daemon keeps the scaler's phase.
+        for now in [grid + 7, grid + 3 * interval + 1_234] {
+            assert_eq!(
+                (next_tick_ms("web", interval, now) - offset).rem_euclid(interval),
+                0
+            );
+        }
     }
 }

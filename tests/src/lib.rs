@@ -7,6 +7,9 @@
 //! `sandbox.rs` (what a policy can reach, determinism), `registry.rs` and
 //! `cli.rs`; `benches/runtime.rs` is the runtime benchmark.
 //!
+//! [`e2e`] steps the real daemon on a manual clock and checks its journal
+//! against the envelope's rules.
+//!
 //! Harnesses for real peers:
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
@@ -15,6 +18,7 @@
 //!   the bundled policy modules (end-to-end tests and benchmarks).
 
 pub mod daemon;
+pub mod e2e;
 pub mod prometheus;
 pub mod running;
 pub mod stub_http;
@@ -29,6 +33,19 @@ use scalewise::runtime::{PolicyModule, Runtime};
 /// module (`FAULTS`, `SANDBOX_PROBE`, `TARGET_TRACKING`, ...) and [`ALL`](artifacts::ALL).
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
+
+/// A temporary policy folder holding the given built modules under the
+/// given module names (`("target-tracking", artifacts::TARGET_TRACKING)`
+/// becomes `target-tracking.wasm`), as a policy folder in production would.
+pub fn policy_dir(modules: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    for (name, artifact) in modules {
+        let to = dir.path().join(format!("{name}.wasm"));
+        std::fs::copy(artifact, &to)
+            .unwrap_or_else(|e| panic!("cannot copy {artifact} to {}: {e}", to.display()));
+    }
+    dir
 }
 
 /// `tests/data`, where example contexts live.

@@ -1,0 +1,523 @@
+//! The HTTP API in-process (`tower::ServiceExt::oneshot` on
+//! `scalewise::api::router`) over a real daemon whose scalers were stepped,
+//! and the journal commands of the binary over the journal it wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use scalewise::api::AppState;
+use scalewise::config::Config;
+use scalewise::journal::{ActuationRecord, TickRecord};
+use scalewise_tests::artifacts;
+use scalewise_tests::e2e::{Harness, MINUTE, SECOND, T0};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+
+const CONFIG: &str = r#"
+policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 4
+load = { base = 800.0 }
+
+[simulations.broken]
+capacity_per_replica = 100.0
+initial_replicas = 2
+load = { base = 100.0 }
+
+# 4 → 8 → 16, then holds at 50% CPU.
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 2
+max = 20
+target = { kind = "simulator", service = "web" }
+metrics.cpu = { source = "simulator", query = "cpu" }
+policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50.0 } }]
+
+[[scalers]]
+name = "broken"
+interval = "15s"
+min = 1
+max = 5
+target = { kind = "simulator", service = "broken" }
+policies = [{ module = "always-errors" }]
+"#;
+
+struct Setup {
+    policies: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            policies: scalewise_tests::policy_dir(&[
+                ("target-tracking", artifacts::TARGET_TRACKING),
+                ("always-errors", artifacts::ALWAYS_ERRORS),
+            ]),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.state.path().join("journal.db")
+    }
+
+    fn config(&self) -> Config {
+        let text = CONFIG
+            .replace("{policies}", &self.policies.path().display().to_string())
+            .replace("{journal}", &self.journal().display().to_string());
+        Config::parse(&text, &self.state.path().join("api.toml")).unwrap()
+    }
+}
+
+/// One request: (status, content type, body).
+async fn call(state: &AppState, method: &str, uri: &str) -> (StatusCode, String, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap();
+    let response = scalewise::api::router(state.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// A request answered with JSON: (status, the JSON).
+async fn json(state: &AppState, method: &str, uri: &str) -> (StatusCode, Value) {
+    let (status, content_type, body) = call(state, method, uri).await;
+    assert!(
+        content_type.starts_with("application/json"),
+        "{method} {uri}: {content_type} {body}"
+    );
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+/// Asserts a JSON error answer with this status and code.
+async fn assert_error(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    status: StatusCode,
+    code: &str,
+) -> String {
+    let (got, body) = json(state, method, uri).await;
+    assert_eq!(got, status, "{method} {uri}: {body}");
+    assert_eq!(body["error"]["code"], code, "{method} {uri}: {body}");
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(!message.is_empty());
+    message
+}
+
+fn records(value: &Value) -> Vec<TickRecord> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
+    let setup = Setup::new();
+    let mut h = Harness::build(setup.config(), T0).await;
+    let state = h.daemon.app_state();
+
+    let (status, _, body) = call(&state, "GET", "/healthz").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    let (status, _, _) = call(&state, "GET", "/readyz").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready before the scalers run"
+    );
+
+    h.run_until(T0 + 2 * MINUTE).await;
+    let web = h.journal_of("web").await;
+    assert_eq!(web.len(), 9);
+    let story: Vec<(u32, u32)> = web
+        .iter()
+        .filter(|r| r.desired != r.target.current)
+        .map(|r| (r.target.current, r.desired))
+        .collect();
+    assert_eq!(story, [(4, 8), (8, 16)]);
+
+    // /metrics: the host's own metrics, named and labelled as documented.
+    let (status, content_type, metrics) = call(&state, "GET", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    for line in [
+        "scalewise_ticks_total{scaler=\"web\"} 9",
+        "scalewise_ticks_total{scaler=\"broken\"} 9",
+        "scalewise_policy_evaluation_duration_seconds_count{module=\"target-tracking\"} 9",
+        "scalewise_policy_evaluation_duration_seconds_count{module=\"always-errors\"} 9",
+        "scalewise_policy_errors_total{module=\"always-errors\",kind=\"policy_error\"} 9",
+        "scalewise_actuations_total{scaler=\"web\",result=\"done\"} 2",
+        "scalewise_replicas_current{scaler=\"web\"} 16",
+        "scalewise_replicas_desired{scaler=\"web\"} 16",
+        "scalewise_replicas_ready{scaler=\"web\"} 16",
+        "scalewise_replicas_current{scaler=\"broken\"} 2",
+        "scalewise_replicas_desired{scaler=\"broken\"} 2",
+        "scalewise_modules_loaded 2",
+        "# TYPE scalewise_tick_lag_seconds histogram",
+        "# TYPE scalewise_policy_evaluation_duration_seconds histogram",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("policy_errors_total{module=\"target-tracking\""),
+        "{metrics}"
+    );
+
+    // /v1/scalers and /v1/scalers/{name}.
+    let (status, scalers) = json(&state, "GET", "/v1/scalers").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = scalers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broken", "web"]);
+    let (status, one) = json(&state, "GET", "/v1/scalers/web").await;
+    assert_eq!(status, StatusCode::OK);
+    let newest = web.last().unwrap();
+    assert_eq!(one["desired"], 16);
+    assert_eq!(one["current"], 16);
+    assert_eq!(one["ticks"], 9);
+    assert_eq!(one["paused"], false);
+    assert_eq!(one["last_record_id"], newest.id.unwrap());
+    assert_eq!(one["last_tick_ms"], newest.time_ms);
+    assert_eq!(one["policies"][0]["module"], "target-tracking");
+    let (_, broken) = json(&state, "GET", "/v1/scalers/broken").await;
+    assert!(
+        broken["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("policy always-errors: always-errors refuses to decide"),
+        "{broken}"
+    );
+    assert_error(
+        &state,
+        "GET",
+        "/v1/scalers/nope",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // Decisions, from the journal, newest first.
+    let (status, latest) = json(&state, "GET", "/v1/scalers/web/decisions?limit=3").await;
+    assert_eq!(status, StatusCode::OK);
+    let newest_three: Vec<TickRecord> = web.iter().rev().take(3).cloned().collect();
+    assert_eq!(records(&latest), newest_three);
+    let since = T0 + MINUTE;
+    let (_, recent) = json(
+        &state,
+        "GET",
+        &format!("/v1/scalers/web/decisions?since={since}"),
+    )
+    .await;
+    let recent = records(&recent);
+    assert_eq!(recent.len(), 5, "60s, 75s, ..., 120s");
+    assert!(
+        recent
+            .iter()
+            .all(|r| r.scaler == "web" && r.time_ms >= since)
+    );
+    assert!(
+        recent.windows(2).all(|w| w[0].time_ms > w[1].time_ms),
+        "newest first"
+    );
+    let until = T0 + 30 * SECOND;
+    let (_, early) = json(
+        &state,
+        "GET",
+        &format!("/v1/scalers/web/decisions?since=2023-11-14T22:13:20Z&until={until}"),
+    )
+    .await;
+    let early: Vec<i64> = records(&early).iter().map(|r| r.time_ms).collect();
+    assert_eq!(early, [T0 + 15 * SECOND, T0]);
+    for (uri, says) in [
+        (
+            "/v1/scalers/web/decisions?limit=0",
+            "limit must be between 1 and 1000, got 0",
+        ),
+        ("/v1/scalers/web/decisions?limit=5000", "got 5000"),
+        ("/v1/scalers/web/decisions?limit=many", "limit"),
+        (
+            "/v1/scalers/web/decisions?since=yesterday",
+            "since: expected ms since the epoch or an RFC 3339 time",
+        ),
+        ("/v1/scalers/web/decisions?limt=3", "limt"),
+    ] {
+        let message =
+            assert_error(&state, "GET", uri, StatusCode::BAD_REQUEST, "bad_request").await;
+        assert!(message.contains(says), "{uri}: {message}");
+    }
+    assert_error(
+        &state,
+        "GET",
+        "/v1/scalers/nope/decisions",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // One decision by id.
+    let scale_up = web.iter().find(|r| r.desired == 8).unwrap();
+    let id = scale_up.id.unwrap();
+    let (status, one) = json(&state, "GET", &format!("/v1/decisions/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_value::<TickRecord>(one).unwrap(),
+        *scale_up
+    );
+    assert!(matches!(scale_up.actuation, ActuationRecord::Done { .. }));
+    assert_error(
+        &state,
+        "GET",
+        "/v1/decisions/999999",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        &state,
+        "GET",
+        "/v1/decisions/first",
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+
+    // The loaded modules, with the digests of their files.
+    let (status, policies) = json(&state, "GET", "/v1/policies").await;
+    assert_eq!(status, StatusCode::OK);
+    let modules = policies["modules"].as_array().unwrap();
+    let listed: Vec<(&str, &str)> = modules
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["digest"].as_str().unwrap()))
+        .collect();
+    let digest = |path: &str| hex::encode(Sha256::digest(std::fs::read(path).unwrap()));
+    assert_eq!(
+        listed,
+        [
+            ("always-errors", digest(artifacts::ALWAYS_ERRORS).as_str()),
+            (
+                "target-tracking",
+                digest(artifacts::TARGET_TRACKING).as_str()
+            ),
+        ]
+    );
+    assert_eq!(modules[1]["info"]["name"], "target-tracking");
+    assert!(modules.iter().all(|m| m["last_error"].is_null()));
+    assert_eq!(policies["failures"], Value::Array(vec![]));
+
+    // Anything else: a JSON 404.
+    assert_error(
+        &state,
+        "GET",
+        "/v2/scalers",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        &state,
+        "POST",
+        "/v1/scalers/nope/pause",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // Pause holds the scaler (and is kept in the journal); resume lets it go.
+    h.daemon
+        .simulation()
+        .service("web")
+        .unwrap()
+        .lock()
+        .set_replicas(T0 + 2 * MINUTE, 4);
+    let (status, paused) = json(&state, "POST", "/v1/scalers/web/pause").await;
+    assert_eq!(
+        (status, paused["paused"].clone()),
+        (StatusCode::OK, true.into())
+    );
+    assert_eq!(h.daemon.journal().paused("web").await.unwrap(), Some(true));
+    let held = h.run_until(T0 + 2 * MINUTE + 15 * SECOND).await;
+    let held = held.iter().find(|r| r.scaler == "web").unwrap();
+    assert_eq!(
+        (held.target.current, held.proposal, held.desired),
+        (4, Some(8), 4)
+    );
+    assert_eq!(held.envelope[0].rule, "paused");
+    let (_, shown) = json(&state, "GET", "/v1/scalers/web").await;
+    assert_eq!(shown["paused"], true);
+    let (status, resumed) = json(&state, "POST", "/v1/scalers/web/resume").await;
+    assert_eq!(
+        (status, resumed["paused"].clone()),
+        (StatusCode::OK, false.into())
+    );
+    assert_eq!(h.daemon.journal().paused("web").await.unwrap(), Some(false));
+    let went = h.run_until(T0 + 2 * MINUTE + 30 * SECOND).await;
+    let went = went.iter().find(|r| r.scaler == "web").unwrap();
+    assert_eq!((went.target.current, went.desired), (4, 8));
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_once_the_scalers_run() {
+    let setup = Setup::new();
+    let h = Harness::build(setup.config(), T0).await;
+    let state = h.daemon.app_state();
+    let (status, _, _) = call(&state, "GET", "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(h.daemon.run(None, async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = call(&state, "GET", "/readyz").await;
+        if status == StatusCode::OK {
+            assert_eq!(body, "ready");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// Runs the binary; (exit code, stdout, stderr).
+fn scalewise(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_decisions_replay_and_export_through_the_binary() {
+    let setup = Setup::new();
+    let mut h = Harness::build(setup.config(), T0).await;
+    h.run_until(T0 + 2 * MINUTE).await;
+    let web = h.journal_of("web").await;
+    let broken = h.journal_of("broken").await;
+    h.close().await;
+    let journal = setup.journal();
+    let journal = journal.to_str().unwrap();
+    let module = |name: &str| setup.policies.path().join(format!("{name}.wasm"));
+
+    // Every journaled evaluation replays to the same answer, same digest.
+    let scale_up = web.iter().find(|r| r.desired == 8).unwrap();
+    for record in [scale_up, web.last().unwrap()] {
+        let id = record.id.unwrap().to_string();
+        let (code, out, err) = scalewise(&[
+            "eval",
+            module("target-tracking").to_str().unwrap(),
+            "--record",
+            &id,
+            "--journal",
+            journal,
+        ]);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        let replay: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(replay["outcome_matches"], true, "{out}");
+        assert_eq!(replay["digest_matches"], true, "{out}");
+        assert_eq!(
+            replay["digest"],
+            record.evaluations[0].digest.clone().unwrap(),
+            "{out}"
+        );
+        assert_eq!(
+            replay["outcome"],
+            serde_json::to_value(&record.evaluations[0].outcome).unwrap()
+        );
+    }
+    // A failure replays as the same failure.
+    let id = broken[0].id.unwrap().to_string();
+    let always_errors = module("always-errors");
+    let (code, out, _) = scalewise(&[
+        "eval",
+        always_errors.to_str().unwrap(),
+        "--record",
+        &id,
+        "--journal",
+        journal,
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["outcome"]["kind"],
+        "policy_error"
+    );
+
+    // journal show: one record, as JSON.
+    let id = scale_up.id.unwrap().to_string();
+    let (code, out, err) = scalewise(&["journal", "show", "--journal", journal, &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<TickRecord>(&out).unwrap(), *scale_up);
+    let (code, _, err) = scalewise(&["journal", "show", "--journal", journal, "424242"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no record with id 424242"), "{err}");
+
+    // journal export: JSON lines, oldest first, filtered.
+    let (code, out, err) =
+        scalewise(&["journal", "export", "--journal", journal, "--scaler", "web"]);
+    assert_eq!(code, Some(0), "{err}");
+    let exported: Vec<TickRecord> = scalewise::journal::read_jsonl(out.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(exported, web);
+    let since = (T0 + MINUTE).to_string();
+    let (_, out, _) = scalewise(&["journal", "export", "--journal", journal, "--since", &since]);
+    assert_eq!(
+        out.lines().count(),
+        10,
+        "5 ticks of each scaler from 60s on"
+    );
+
+    // An exported record replays from the file too.
+    let file = setup.state.path().join("record.json");
+    std::fs::write(&file, serde_json::to_string(scale_up).unwrap()).unwrap();
+    let (code, out, _) = scalewise(&[
+        "eval",
+        module("target-tracking").to_str().unwrap(),
+        "--context",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(Path::new(journal).exists());
+}
