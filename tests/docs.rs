@@ -1,5 +1,6 @@
 //! The config snippets of the documentation load: every ```toml block of
-//! `docs/prometheus.md` (the README's Prometheus section) parses, passes the
+//! the README's Prometheus section ("Scaling on Prometheus metrics") parses,
+//! passes the
 //! config checks, names only parameters the real bundled policy modules
 //! declare, and has PromQL this build can read.
 //!
@@ -47,6 +48,26 @@ fn toml_blocks(markdown: &str) -> Vec<Block> {
     blocks
 }
 
+/// The ```toml blocks of the README's Prometheus section, with their lines
+/// in README.md.
+fn prometheus_blocks() -> Vec<Block> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let markdown = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = markdown.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == "## Scaling on Prometheus metrics")
+        .expect("the README has a Prometheus section");
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with("## "))
+        .map_or(lines.len(), |i| start + 1 + i);
+    toml_blocks(&markdown)
+        .into_iter()
+        .filter(|b| (start + 1..=end).contains(&b.line))
+        .collect()
+}
+
 fn env(name: &str) -> Option<String> {
     match name {
         "PROM_TOKEN" => Some("prom-t0k3n".into()),
@@ -64,9 +85,7 @@ fn catalog() -> BTreeMap<String, PolicyInfo> {
 
 #[test]
 fn every_config_snippet_of_the_prometheus_section_loads() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus.md");
-    let markdown = std::fs::read_to_string(&path).unwrap();
-    let blocks = toml_blocks(&markdown);
+    let blocks = prometheus_blocks();
     assert!(blocks.len() >= 3, "only {} toml blocks", blocks.len());
 
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +114,7 @@ fn every_config_snippet_of_the_prometheus_section_loads() {
                 .iter()
                 .map(|p| {
                     let line = (block.line + p.line).saturating_sub(1 + added);
-                    format!("docs/prometheus.md:{line}: {}: {}", p.path, p.message)
+                    format!("README.md:{line}: {}: {}", p.path, p.message)
                 })
                 .collect();
             if lines.is_empty() {
@@ -113,7 +132,7 @@ fn every_config_snippet_of_the_prometheus_section_loads() {
         let warnings = config.warnings();
         assert!(
             warnings.is_empty(),
-            "docs/prometheus.md block at line {}: {warnings:?}",
+            "README.md block at line {}: {warnings:?}",
             block.line
         );
         prometheus_sources += config
@@ -157,9 +176,7 @@ fn every_config_snippet_of_the_prometheus_section_loads() {
 
 #[test]
 fn the_snippets_need_the_secrets_they_name() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus.md");
-    let markdown = std::fs::read_to_string(&path).unwrap();
-    let example = toml_blocks(&markdown)
+    let example = prometheus_blocks()
         .into_iter()
         .find(|b| b.text.contains("[[scalers]]"))
         .unwrap();
