@@ -162,7 +162,7 @@ struct Reconfigure {
 #[derive(Debug)]
 pub struct Daemon {
     /// The config as started: what restart-only settings are.
-    config: Config,
+    config: Arc<Config>,
     /// The config applied now (scalers, sources); the module gate reads it.
     applied: Arc<ArcSwap<Config>>,
     clock: Clock,
@@ -172,7 +172,7 @@ pub struct Daemon {
     simulation: Simulation,
     sources: NamedSources,
     services: Services,
-    scalers: Vec<(Scaler, ScalerConfig)>,
+    scalers: Vec<Scaler>,
     handles: Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
     decisions: broadcast::Sender<Arc<TickRecord>>,
     ready: Arc<AtomicBool>,
@@ -249,15 +249,17 @@ impl Daemon {
                 now_ms,
             )
             .await?;
-            scalers.push((scaler, scaler_config.clone()));
+            scalers.push(scaler);
         }
         let handles = Arc::new(ArcSwap::from_pointee(
             scalers
                 .iter()
-                .map(|(s, _)| (s.spec().name.clone(), s.handle()))
+                .map(|s| (s.spec().name.clone(), s.handle()))
                 .collect(),
         ));
-        let applied = Arc::new(ArcSwap::from_pointee(config.clone()));
+        // The config as started and as applied by reloads: one copy.
+        let config = Arc::new(config);
+        let applied = Arc::new(ArcSwap::new(config.clone()));
         registry.set_gate(config_gate(applied.clone()));
         let config_status = Arc::new(ArcSwap::from_pointee(ConfigStatus {
             path: config.origin().path().display().to_string(),
@@ -350,7 +352,7 @@ impl Daemon {
     /// The scalers, in config order. Tests step them with
     /// [`Scaler::tick`] on a clock of their own instead of [`Daemon::run`].
     pub fn scalers_mut(&mut self) -> impl Iterator<Item = &mut Scaler> {
-        self.scalers.iter_mut().map(|(scaler, _)| scaler)
+        self.scalers.iter_mut()
     }
 
     /// Binds the API's listener on the configured address.
@@ -397,8 +399,8 @@ impl Daemon {
             telemetry: self.telemetry.clone(),
             token: token.clone(),
         };
-        for (scaler, config) in std::mem::take(&mut self.scalers) {
-            set.spawn(scaler, config);
+        for scaler in std::mem::take(&mut self.scalers) {
+            set.spawn(scaler);
         }
         let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
         let _config_watch = self.watch_config(&reload_tx)?;
@@ -632,7 +634,7 @@ impl Daemon {
                     )
                     .await
                     .map_err(hint)?;
-                    added.push((scaler, scaler_config.clone()));
+                    added.push(scaler);
                 }
                 Some(before) if *before != scaler_config || uses_changed_source => {
                     let spec =
@@ -669,12 +671,12 @@ impl Daemon {
             if scaler_config.paused != was_paused {
                 set_paused(&self.journal, set, &name, scaler_config.paused).await;
             }
-            set.reconfigure(&name, Reconfigure { spec, actuator }, scaler_config);
+            set.reconfigure(&name, Reconfigure { spec, actuator });
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
         }
-        for (scaler, scaler_config) in added {
+        for scaler in added {
             tracing::info!(scaler = %scaler.spec().name, "A scaler was added by the reloaded config.");
-            set.spawn(scaler, scaler_config);
+            set.spawn(scaler);
         }
         self.sources = sources;
         let longest = longest_window_ms(&config);
@@ -721,11 +723,13 @@ struct ScalerSet {
 struct RunningScaler {
     handle: Arc<ScalerHandle>,
     stop: CancellationToken,
-    updates: mpsc::UnboundedSender<Reconfigure>,
+    /// Boxed: a channel allocates its slots in blocks of 32, and 10,000
+    /// scalers' blocks of unboxed specs cost 80 MiB.
+    updates: mpsc::UnboundedSender<Box<Reconfigure>>,
 }
 
 impl ScalerSet {
-    fn spawn(&mut self, scaler: Scaler, _config: ScalerConfig) {
+    fn spawn(&mut self, scaler: Scaler) {
         let name = scaler.spec().name.clone();
         let stop = self.token.child_token();
         let (updates, rx) = mpsc::unbounded_channel();
@@ -754,9 +758,9 @@ impl ScalerSet {
         }
     }
 
-    fn reconfigure(&mut self, name: &str, update: Reconfigure, _config: ScalerConfig) {
+    fn reconfigure(&mut self, name: &str, update: Reconfigure) {
         if let Some(running) = self.running.get(name) {
-            let _ = running.updates.send(update);
+            let _ = running.updates.send(Box::new(update));
         }
     }
 
@@ -890,7 +894,7 @@ async fn run_scaler(
     clock: Clock,
     telemetry: Arc<Telemetry>,
     token: CancellationToken,
-    mut updates: mpsc::UnboundedReceiver<Reconfigure>,
+    mut updates: mpsc::UnboundedReceiver<Box<Reconfigure>>,
 ) {
     let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
     let mut next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
@@ -913,8 +917,9 @@ async fn run_scaler(
         telemetry
             .tick_lag
             .observe((started - next).max(0) as f64 / 1000.0 / clock.speed());
-        // Not raced against the token: a tick in progress finishes.
-        scaler.tick(started).await;
+        // Not raced against the token: a tick in progress finishes. Boxed,
+        // so that an idle scaler's task does not carry a tick's state.
+        Box::pin(scaler.tick(started)).await;
         next += interval_ms;
         let now = clock.now_ms();
         if next <= now {

@@ -16,10 +16,11 @@
 //!
 //! The latency depends on three phases within the second: when the value
 //! changes, when Prometheus scrapes (fixed per target: hence four exporters,
-//! taken in turn) and when the scaler ticks (fixed per daemon start). The
-//! trials spread the change over the second and start each daemon at a
-//! different point of the second, so the figures cover the phases rather
-//! than one lucky alignment; each line shows the phases it ran with. The report gives min / median / p90 / max
+//! taken in turn) and when the scaler ticks (fixed by its query: scalers tick
+//! on a grid, see `scalewise::daemon::tick_offset_ms`). The trials spread
+//! the change over the second and take the exporters in turn, so the figures
+//! cover the phases rather than one lucky alignment; each line shows the
+//! phases it ran with. The report gives min / median / p90 / max
 //! of the latency and of its two parts: change → start of the tick that
 //! acted on it, and tick start → actuator call. The goal is ≤ 3 s (HPA
 //! averages ~27 s).
@@ -234,13 +235,7 @@ async fn one_trial(
     change_phase_ms: i64,
 ) -> anyhow::Result<Trial> {
     sleep_to_phase(start_phase_ms).await;
-    let started_ms = wall_clock_ms();
     let mut daemon = RunningDaemon::start(config, Clock::system()).await?;
-    eprintln!(
-        "DEBUG start {} built {}",
-        started_ms % 1000,
-        wall_clock_ms() % 1000
-    );
     let settled = daemon
         .wait_for_record(SCALER, "a hold on 20", TRIAL_TIMEOUT, |r| {
             r.evaluations.first().is_some_and(|e| {
