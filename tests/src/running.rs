@@ -35,7 +35,7 @@ use anyhow::{Context as _, bail};
 use scalewise::clock::Clock;
 use scalewise::config::Config;
 use scalewise::daemon::{Daemon, DaemonError};
-use scalewise::journal::{Journal, Query, TickRecord};
+use scalewise::journal::{ActuationRecord, Journal, Query, TickRecord};
 use scalewise::simulator::Simulation;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -146,7 +146,8 @@ impl RunningDaemon {
     }
 
     /// Polls the journal until one of the scaler's records satisfies
-    /// `accept`, and returns the oldest that does. Fails after `timeout`
+    /// `accept`, and returns the oldest that does (records whose actuation
+    /// is still in progress are not offered). Fails after `timeout`
     /// with the newest record's one-line summary.
     pub async fn wait_for_record(
         &self,
@@ -158,7 +159,10 @@ impl RunningDaemon {
         let accept = &accept;
         wait_until(&format!("{scaler}: {what}"), timeout, || async move {
             let records = self.records(scaler).await.map_err(|e| e.to_string())?;
-            match records.iter().find(|r| accept(r)) {
+            // A record is written before the actuator is called and updated
+            // after: one still `Pending` is read again at the next poll.
+            let settled = |r: &&TickRecord| r.actuation != ActuationRecord::Pending;
+            match records.iter().filter(settled).find(|r| accept(r)) {
                 Some(found) => Ok(found.clone()),
                 None => Err(records.last().map_or_else(
                     || "no record yet".to_owned(),
