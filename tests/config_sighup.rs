@@ -37,14 +37,16 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     })
     .await;
     // The scaler takes the new config between ticks, on its own task.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while d.get("/v1/scalers/web").await["max"] != 7 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the API shows the reloaded max"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scalewise_tests::wait_until("the API to show max 7", Duration::from_secs(5), || async {
+        let max = d.get("/v1/scalers/web").await["max"].clone();
+        if max == 7 {
+            Ok(())
+        } else {
+            Err(format!("max {max}"))
+        }
+    })
+    .await
+    .unwrap();
     let record = d
         .next_decision(Duration::from_secs(5), |r| r.target.max == 7)
         .await;

@@ -16,10 +16,11 @@ use scalewise::config::{BasicAuth, PrometheusConfig, Secret};
 use scalewise::policy::Point;
 use scalewise::sources::prometheus::PrometheusSource;
 use scalewise::sources::{MetricError, MetricQuery, Source, check_series};
-use scalewise_tests::prometheus::{Exporter, PrometheusServer, wait_until};
+use scalewise_tests::prometheus::{Exporter, PrometheusServer};
 use scalewise_tests::stub_http::{
     Canned, CountingProxy, RecordingServer, closed_port, silent_listener,
 };
+use scalewise_tests::wait_until;
 use tokio::sync::OnceCell;
 
 /// Long enough for a loaded 2-core CI machine; the waits end as soon as

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use scalewise::clock::{Clock, wall_clock_ms};
 use scalewise::journal::{ActuationRecord, EvaluationOutcome, TickRecord};
 use scalewise::policy::{Decision, Point};
-use scalewise_tests::prometheus::{Exporter, PrometheusServer, wait_until};
-use scalewise_tests::running::RunningDaemon;
+use scalewise_tests::prometheus::{Exporter, PrometheusServer};
+use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
 use scalewise_tests::stub_http::CountingProxy;
+use scalewise_tests::wait_until;
 use tokio::sync::OnceCell;
 
 /// Long enough for a loaded 2-core CI machine; the waits end as soon as
@@ -100,15 +101,6 @@ fn is_done(record: &TickRecord) -> bool {
     matches!(record.actuation, ActuationRecord::Done { .. })
 }
 
-/// A simulated service with nothing of its own to say: its load is not
-/// read, and its replicas are ready at once.
-fn simulation(name: &str, replicas: u32) -> String {
-    format!(
-        "[simulations.{name}]\ncapacity_per_replica = 100.0\ninitial_replicas = {replicas}\n\n\
-         [simulations.{name}.load]\nbase = 10.0\n\n"
-    )
-}
-
 #[tokio::test]
 async fn load_rising_in_prometheus_scales_the_simulated_target_out() {
     let live = live().await;
@@ -121,24 +113,10 @@ kind = "prometheus"
 url = "{url}"
 timeout = "2s"
 
-{web}
-[[scalers]]
-name = "web"
-interval = "1s"
-min = 1
-max = 10
-target = {{ kind = "simulator", service = "web" }}
-
-[scalers.metrics.queue]
-source = "prom"
-query = "sum(sw_e2e_out_queue)"
-
-[[scalers.policies]]
-module = "target-tracking"
-params = {{ metric = "queue", target = 10.0, metric_type = "total" }}
-"#,
+{web}{scaler}"#,
         url = live.prometheus.url(),
         web = simulation("web", 2),
+        scaler = queue_scaler("web", "prom", "sum(sw_e2e_out_queue)"),
     );
     let mut daemon = RunningDaemon::start(&config, Clock::system())
         .await
@@ -435,26 +413,7 @@ async fn scalers_sharing_a_query_share_one_fetch_per_tick() {
     let live = live().await;
     live.exporter.set("sw_e2e_shared", 20.0);
     let proxy = CountingProxy::start(live.prometheus.url()).await.unwrap();
-    let scaler = |name: &str| {
-        format!(
-            r#"[[scalers]]
-name = "{name}"
-interval = "1s"
-min = 1
-max = 10
-target = {{ kind = "simulator", service = "{name}" }}
-
-[scalers.metrics.queue]
-source = "proxied"
-query = "sum(sw_e2e_shared)"
-
-[[scalers.policies]]
-module = "target-tracking"
-params = {{ metric = "queue", target = 10.0, metric_type = "total" }}
-
-"#
-        )
-    };
+    let scaler = |name: &str| queue_scaler(name, "proxied", "sum(sw_e2e_shared)");
     let config = format!(
         "policy_dir = \"policies\"\n\n[sources.proxied]\nkind = \"prometheus\"\nurl = \"{}\"\n\n{}{}{}{}",
         proxy.url(),

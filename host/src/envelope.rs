@@ -64,6 +64,17 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in the order the envelope applies them.
+    pub const ALL: [Rule; 7] = [
+        Rule::Paused,
+        Rule::InFlight,
+        Rule::MissingMetrics,
+        Rule::Stabilization,
+        Rule::RateLimit,
+        Rule::Bounds,
+        Rule::Cooldown,
+    ];
+
     /// The rule's fixed name, as written in the journal and used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {

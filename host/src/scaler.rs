@@ -30,6 +30,10 @@ use crate::runtime::{EvalErrorKind, PolicyModule};
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
 
+/// The journal's envelope-step rule for a tick held because a policy failed
+/// (the loop's rule, next to the envelope's [`envelope::Rule`]s).
+pub const POLICY_FAILED_RULE: &str = "policy-failed";
+
 /// How far back scale events are given to policies, and history is restored.
 const HISTORY_MS: i64 = 3_600_000;
 
@@ -335,7 +339,7 @@ impl Scaler {
         if any_failed && verdict.desired != target.current {
             // A failing policy makes its scaler hold, never scale.
             verdict.steps.push(EnvelopeStep {
-                rule: "policy-failed".into(),
+                rule: POLICY_FAILED_RULE.into(),
                 from: verdict.desired,
                 to: target.current,
                 reason: "a policy failed this tick; holding".into(),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use scalewise::clock::{Clock, wall_clock_ms};
 use scalewise_tests::prometheus::{Exporter, PrometheusServer};
-use scalewise_tests::running::RunningDaemon;
+use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
 
 const SERIES: &str = "bench_queue";
 /// Exporters, each scraped at its own phase of the second.
@@ -168,7 +168,8 @@ fn selector(k: usize) -> String {
     format!("{SERIES}{{job=\"bench-{k}\"}}")
 }
 
-/// The daemon's config: one scaler on the queue `selector`.
+/// The daemon's config: one scaler on the queue `selector`, scaling up with
+/// nothing (stabilisation, rate limits) in the way.
 fn config(url: &str, selector: &str) -> String {
     format!(
         r#"policy_dir = "policies"
@@ -178,32 +179,12 @@ kind = "prometheus"
 url = "{url}"
 timeout = "2s"
 
-[simulations.{SCALER}]
-capacity_per_replica = 100.0
-initial_replicas = 2
-
-[simulations.{SCALER}.load]
-base = 10.0
-
-[[scalers]]
-name = "{SCALER}"
-interval = "1s"
-min = 1
-max = 10
-target = {{ kind = "simulator", service = "{SCALER}" }}
-
-[scalers.metrics.queue]
-source = "prom"
-query = 'sum({selector})'
-
-[[scalers.policies]]
-module = "target-tracking"
-params = {{ metric = "queue", target = 10.0, metric_type = "total" }}
-
-[scalers.behavior.scale_up]
+{simulation}{scaler}[scalers.behavior.scale_up]
 stabilization_window = "0s"
 limits = [{{ pods = 100, period = "1s" }}]
-"#
+"#,
+        simulation = simulation(SCALER, 2),
+        scaler = queue_scaler(SCALER, "prom", &format!("sum({selector})")),
     )
 }
 

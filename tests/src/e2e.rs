@@ -12,7 +12,9 @@ use std::time::Duration;
 use scalewise::clock::Clock;
 use scalewise::config::{Behavior, Config, Mode, RateLimit, ScalingRules, Select};
 use scalewise::daemon::Daemon;
+use scalewise::envelope::Rule;
 use scalewise::journal::{ActuationRecord, TickRecord};
+use scalewise::scaler::POLICY_FAILED_RULE;
 
 /// The start of every stepped run: 2023-11-14T22:13:20Z.
 pub const T0: i64 = 1_700_000_000_000;
@@ -321,18 +323,6 @@ pub fn check_behavior(
     problems
 }
 
-/// The envelope rules a journal step may name.
-pub const RULES: &[&str] = &[
-    "paused",
-    "in-flight",
-    "missing-metrics",
-    "stabilization",
-    "rate-limit",
-    "bounds",
-    "cooldown",
-    "policy-failed",
-];
-
 /// Checks that each record's envelope steps explain the whole way from the
 /// policies' proposal (the current count when they held) to the decision:
 /// every step starts where the previous one ended, names a known rule and
@@ -346,8 +336,7 @@ pub fn check_envelope_steps(records: &[TickRecord]) -> Vec<String> {
         }
         let mut value = r.proposal.unwrap_or(r.target.current);
         for step in &r.envelope {
-            if step.from != value || !RULES.contains(&step.rule.as_str()) || step.reason.is_empty()
-            {
+            if step.from != value || !is_known_rule(&step.rule) || step.reason.is_empty() {
                 problems.push(format!(
                     "{}: step {step:?} does not follow {value}",
                     r.time_ms
@@ -373,4 +362,10 @@ pub fn story(records: &[TickRecord]) -> String {
         .map(|e| format!("{}s {}→{}", (e.time_ms - T0) / 1000, e.from, e.to))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether a journal step names a rule the host has: one of the envelope's,
+/// or the loop's hold on a failed policy.
+fn is_known_rule(rule: &str) -> bool {
+    rule == POLICY_FAILED_RULE || Rule::ALL.iter().any(|r| r.as_str() == rule)
 }

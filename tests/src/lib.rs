@@ -23,7 +23,9 @@ pub mod prometheus;
 pub mod running;
 pub mod stub_http;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use scalewise::config::RuntimeLimits;
 use scalewise::policy::{Context, Metric, Point, Target};
@@ -100,4 +102,26 @@ pub fn context(now_ms: i64, parameters: serde_json::Value, points: usize) -> Con
 /// The `faults` fixture's context for `mode`.
 pub fn fault(mode: &str) -> Context {
     context(1_700_000_000_000, serde_json::json!({ "mode": mode }), 3)
+}
+
+/// Polls `probe` every 100 ms until it returns `Ok`, or fails after
+/// `timeout` saying what was awaited and what `probe` last reported (its
+/// `Err`). For anything a test awaits through an async call: a query's
+/// answer, a journal record, an API field.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return Ok(value),
+            Err(state) => state,
+        };
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

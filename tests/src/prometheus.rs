@@ -469,25 +469,3 @@ impl Drop for PrometheusServer {
         let _ = self.child.wait();
     }
 }
-
-/// Polls `probe` every 100 ms until it returns `Ok`, or fails after
-/// `timeout` saying what was awaited and what `probe` last reported (its
-/// `Err`). For waiting on anything other than a Prometheus query (a source's
-/// answer, an actuator call).
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match probe().await {
-            Ok(value) => return Ok(value),
-            Err(state) => state,
-        };
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

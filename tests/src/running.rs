@@ -41,7 +41,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::artifacts;
-use crate::prometheus::wait_until;
+use crate::wait_until;
 
 /// The policy modules every daemon started here can use, by module name.
 pub const POLICY_MODULES: &[(&str, &str)] = &[
@@ -224,4 +224,38 @@ pub fn install_policies(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("copying the {module} module from {path}"))?;
     }
     Ok(())
+}
+
+/// Config text: a simulated service `name` with `replicas` replicas of 100
+/// each, ready at once, under a base load of 10 that nothing reads.
+pub fn simulation(name: &str, replicas: u32) -> String {
+    format!(
+        "[simulations.{name}]\ncapacity_per_replica = 100.0\ninitial_replicas = {replicas}\n\n\
+         [simulations.{name}.load]\nbase = 10.0\n\n"
+    )
+}
+
+/// Config text: a scaler `name` of the simulated service `name`, ticking
+/// every second (1 to 10 replicas), whose `target-tracking` policy keeps
+/// the metric `queue` (the PromQL `query` on `source`) at 10 per replica.
+/// Tables that extend the scaler (`[scalers.behavior...]`) may follow it.
+pub fn queue_scaler(name: &str, source: &str, query: &str) -> String {
+    format!(
+        r#"[[scalers]]
+name = "{name}"
+interval = "1s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "{name}" }}
+
+[scalers.metrics.queue]
+source = "{source}"
+query = '{query}'
+
+[[scalers.policies]]
+module = "target-tracking"
+params = {{ metric = "queue", target = 10.0, metric_type = "total" }}
+
+"#
+    )
 }
