@@ -39,7 +39,10 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// The per-Store state of one evaluation (or of the `describe()` call at load).
 pub(crate) struct HostState {
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most evaluations make none,
+    /// and building it (seeded generators, stream handles, the socket
+    /// policy) is a measurable part of a short evaluation.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
     log: PolicyLog,
@@ -51,24 +54,8 @@ pub(crate) struct HostState {
 impl HostState {
     /// State for a call at `now_ms` (the context's time) for `scaler`.
     pub(crate) fn new(module: Arc<str>, scaler: &str, now_ms: i64, max_memory: usize) -> Self {
-        let stdout = CapturedOutput::new(MAX_CAPTURED_OUTPUT);
-        let stderr = CapturedOutput::new(MAX_CAPTURED_OUTPUT);
-        let clock = VirtualClock { now_ms };
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .wall_clock(clock)
-            .monotonic_clock(clock)
-            .secure_random(rand::rngs::StdRng::seed_from_u64(RANDOM_SEED))
-            .insecure_random(rand::rngs::StdRng::seed_from_u64(RANDOM_SEED ^ 1))
-            .insecure_random_seed(u128::from(RANDOM_SEED))
-            .max_random_size(MAX_RANDOM_BYTES)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         HostState {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_memory,
@@ -80,9 +67,9 @@ impl HostState {
                 kept: 0,
                 dropped: 0,
             },
-            clock,
-            stdout,
-            stderr,
+            clock: VirtualClock { now_ms },
+            stdout: CapturedOutput::new(MAX_CAPTURED_OUTPUT),
+            stderr: CapturedOutput::new(MAX_CAPTURED_OUTPUT),
         }
     }
 
@@ -127,11 +114,32 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (stdout, stderr, clock) = (&self.stdout, &self.stderr, self.clock);
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| empty_wasi(stdout, stderr, clock)),
             table: &mut self.table,
         }
     }
+}
+
+/// The empty WASI a guest sees: captured stdio, the stopped clock, seeded
+/// randomness, no files, environment, arguments or network.
+fn empty_wasi(stdout: &CapturedOutput, stderr: &CapturedOutput, clock: VirtualClock) -> WasiCtx {
+    WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .wall_clock(clock)
+        .monotonic_clock(clock)
+        .secure_random(rand::rngs::StdRng::seed_from_u64(RANDOM_SEED))
+        .insecure_random(rand::rngs::StdRng::seed_from_u64(RANDOM_SEED ^ 1))
+        .insecure_random_seed(u128::from(RANDOM_SEED))
+        .max_random_size(MAX_RANDOM_BYTES)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// Gives the policy its one import, the logger, and an empty WASI whose
