@@ -507,13 +507,24 @@ pub struct JournalConfig {
     /// Records older than this are deleted.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How long the writer waits after a write arrives for others to share
+    /// its transaction (and its fsync). `0s` commits each write at once.
+    #[serde(with = "humantime_serde")]
+    pub commit_delay: Duration,
 }
+
+/// The default `[journal] commit_delay`.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(10);
+
+/// The largest `[journal] commit_delay`: every tick waits for its record.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
 
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             path: PathBuf::from("scalewise-journal.db"),
             retention: Duration::from_secs(7 * 24 * 3600),
+            commit_delay: DEFAULT_COMMIT_DELAY,
         }
     }
 }

@@ -219,6 +219,7 @@ impl Daemon {
             &config.journal.path,
             JournalOptions {
                 clock,
+                commit_delay: config.journal.commit_delay,
                 ..JournalOptions::new(config.journal.retention)
             },
         )

@@ -64,6 +64,7 @@ mod writer;
 
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -102,16 +103,22 @@ pub struct JournalOptions {
     pub sweep_interval: Duration,
     /// What an acknowledged append survives.
     pub durability: Durability,
+    /// How long the writer lets writes gather after the first one arrives,
+    /// so that they share one transaction and one fsync (group commit with
+    /// a delay, like PostgreSQL's `commit_delay`). Zero commits at once.
+    pub commit_delay: Duration,
 }
 
 impl JournalOptions {
-    /// The defaults: the wall clock, a sweep a minute, [`Durability::Full`].
+    /// The defaults: the wall clock, a sweep a minute, [`Durability::Full`],
+    /// no commit delay.
     pub fn new(retention: Duration) -> Self {
         JournalOptions {
             retention,
             clock: Clock::system(),
             sweep_interval: Duration::from_secs(60),
             durability: Durability::Full,
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -387,6 +394,8 @@ struct Inner {
     commands: Option<mpsc::Sender<Command>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: ReaderPool,
+    /// Transactions the writer has committed.
+    commits: Arc<AtomicU64>,
 }
 
 impl Journal {
@@ -406,13 +415,16 @@ impl Journal {
             })?;
         }
         let conn = schema::open_writer(path, options.durability)?;
-        let (commands, handle) = writer::spawn(conn, path.to_owned(), options)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let (commands, handle) =
+            writer::spawn(conn, path.to_owned(), options, Arc::clone(&commits))?;
         Ok(Journal {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 commands: Some(commands),
                 writer: Mutex::new(Some(handle)),
                 readers: ReaderPool::new(path.to_owned()),
+                commits,
             }),
         })
     }
@@ -430,6 +442,7 @@ impl Journal {
                 commands: None,
                 writer: Mutex::new(None),
                 readers,
+                commits: Arc::default(),
             }),
         })
     }
@@ -437,6 +450,13 @@ impl Journal {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How many transactions of appends and updates (each one fsync with
+    /// the default durability) the writer has committed since the journal
+    /// was opened. Retention sweeps are not counted.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// Appends one tick's record and returns its id once the record is
@@ -788,6 +808,73 @@ mod tests {
             assert_eq!(states[1].state.as_deref(), after, "{what}");
             assert_eq!(states[1].time_ms, 1_000, "{what}");
         }
+    }
+
+    fn tick(scaler: &str, time_ms: i64) -> TickRecord {
+        TickRecord {
+            id: None,
+            time_ms,
+            scaler: scaler.into(),
+            mode: Mode::Enforce,
+            target: target(),
+            metric_errors: vec![],
+            evaluations: vec![evaluation("first", None, decided(None))],
+            proposal: Some(4),
+            envelope: vec![],
+            desired: 4,
+            recommendation: 4,
+            actuation: ActuationRecord::Pending,
+        }
+    }
+
+    /// Appends `count` records from as many tasks at once; returns the
+    /// commits they took.
+    async fn concurrent_appends(commit_delay: Duration, count: usize) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open_with(
+            &dir.path().join("j.db"),
+            JournalOptions {
+                commit_delay,
+                ..JournalOptions::new(Duration::from_secs(3600))
+            },
+        )
+        .unwrap();
+        let tasks: Vec<_> = (0..count)
+            .map(|i| {
+                let journal = journal.clone();
+                tokio::spawn(async move { journal.append(tick(&format!("s{i}"), 1_000)).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().expect("every append is committed");
+        }
+        let records = journal.query(Query::latest(1_000)).await.unwrap();
+        assert_eq!(records.len(), count, "every record is there");
+        let commits = journal.commits();
+        journal.close().await.unwrap();
+        commits
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commit_delay_lets_writes_share_a_transaction() {
+        // Spawned tasks reach the writer one by one; without a delay most
+        // commit alone, with one they gather behind the first.
+        let delayed = concurrent_appends(Duration::from_millis(200), 50).await;
+        assert!(
+            delayed <= 3,
+            "50 appends within the 200 ms delay took {delayed} commits"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.db"), Duration::from_secs(3600)).unwrap();
+        for i in 0..5 {
+            journal.append(tick("web", 1_000 + i)).await.unwrap();
+        }
+        assert_eq!(
+            journal.commits(),
+            5,
+            "no delay: one commit per awaited append"
+        );
+        journal.close().await.unwrap();
     }
 
     #[test]

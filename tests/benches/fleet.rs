@@ -9,7 +9,8 @@
 //! long the daemon runs, 240), `FLEET_WARMUP_SECONDS` (left out of the
 //! figures, 45: every scaler has ticked by then), `FLEET_INTERVAL_SECONDS`
 //! (15), `FLEET_JOURNAL_DIR` (where the journal goes; a temporary folder),
-//! `FLEET_PROFILE_EXIT` (set: exit at the end of the window without shutting
+//! `FLEET_COMMIT_DELAY_MS` (the journal's `commit_delay`; the config's
+//! default when unset), `FLEET_PROFILE_EXIT` (set: exit at the end of the window without shutting
 //! down, so that a heap profiler such as heaptrack reports what the running
 //! daemon holds as "leaked").
 //!
@@ -22,7 +23,7 @@
 //!   `tick_lag_seconds` histogram as a cross-check;
 //! - memory: VmRSS sampled every second (max and last) and VmHWM, from
 //!   `/proc/self/status`;
-//! - journal appends per second (records in the window / its length).
+//! - journal appends and commits (transactions, each an fsync) per second.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -47,8 +48,12 @@ fn setting(name: &str, default: u64) -> u64 {
 /// real fleet.
 fn fleet_config(scalers: u64, interval_s: u64, policy_dir: &str, journal: &str) -> String {
     let mut toml = format!(
-        "policy_dir = {policy_dir:?}\n\n[journal]\npath = {journal:?}\nretention = \"1d\"\n\n"
+        "policy_dir = {policy_dir:?}\n\n[journal]\npath = {journal:?}\nretention = \"1d\"\n"
     );
+    if let Ok(ms) = std::env::var("FLEET_COMMIT_DELAY_MS") {
+        writeln!(toml, "commit_delay = \"{ms}ms\"").unwrap();
+    }
+    toml.push('\n');
     for i in 0..scalers {
         let name = format!("svc-{i:05}");
         let base = 200 + (i % 7) * 100;
@@ -183,10 +188,12 @@ fn main() {
         );
 
         let started = Instant::now();
+        let writer = daemon.journal().clone();
         let sampler = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(warmup)).await;
             let from_ms = scalewise::clock::wall_clock_ms();
             let cpu_before = cpu_time();
+            let commits_before = writer.commits();
             let window_start = Instant::now();
             let mut rss_max = 0;
             let mut rss_last = 0;
@@ -197,6 +204,7 @@ fn main() {
             }
             let cpu = cpu_time() - cpu_before;
             let wall = window_start.elapsed();
+            let commits = writer.commits() - commits_before;
             let until_ms = scalewise::clock::wall_clock_ms();
             if std::env::var_os("FLEET_PROFILE_EXIT").is_some() {
                 println!(
@@ -206,13 +214,13 @@ fn main() {
                 );
                 std::process::exit(0);
             }
-            (from_ms, until_ms, cpu, wall, rss_max, rss_last)
+            (from_ms, until_ms, cpu, wall, rss_max, rss_last, commits)
         });
         daemon
             .run(None, tokio::time::sleep(Duration::from_secs(seconds)))
             .await
             .expect("the daemon runs");
-        let (from_ms, until_ms, cpu, wall, rss_max, rss_last) = sampler.await.unwrap();
+        let (from_ms, until_ms, cpu, wall, rss_max, rss_last, commits) = sampler.await.unwrap();
         let hwm = status_kib("VmHWM");
 
         let journal = Journal::open_read_only(&journal_path).expect("the journal opens");
@@ -244,9 +252,10 @@ fn main() {
             mib(hwm)
         );
         println!(
-            "journal: {:.0} appends/s ({ticks} records in the window; {scales} scale decisions); \
-             every scaler ticked at least {min_ticks} times in the window",
-            ticks as f64 / window_s
+            "journal: {:.0} appends/s ({ticks} records in the window; {scales} scale decisions), \
+             {:.0} commits/s; every scaler ticked at least {min_ticks} times in the window",
+            ticks as f64 / window_s,
+            commits as f64 / wall.as_secs_f64()
         );
     });
 }

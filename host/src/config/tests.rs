@@ -554,6 +554,13 @@ fn each_problem_is_reported_at_its_place() {
             "the source name \"simulator\" is reserved",
         ),
         case(
+            "long journal commit delay",
+            &[("[clock]", "[journal]\ncommit_delay = \"2s\"\n\n[clock]")],
+            "\"2s\"",
+            "journal",
+            "commit_delay (2s) is above the maximum of 1s: every tick waits for its record",
+        ),
+        case(
             "zero clock speed",
             &[("speed = 1.0", "speed = 0.0")],
             "0.0",

@@ -10,8 +10,8 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    Behavior, Config, EnvLookup, LoadConfig, MetricConfig, Problem, PrometheusConfig, ScalerConfig,
-    ScalingRules, SimulationConfig, SourceConfig,
+    Behavior, Config, EnvLookup, LoadConfig, MAX_COMMIT_DELAY, MetricConfig, Problem,
+    PrometheusConfig, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -231,6 +231,16 @@ impl Checker<'_, '_> {
             "retention",
             config.journal.retention,
         );
+        if config.journal.commit_delay > MAX_COMMIT_DELAY {
+            self.value(
+                &keys!["journal", "commit_delay"],
+                format!(
+                    "commit_delay ({}) is above the maximum of {}: every tick waits for its record",
+                    show(config.journal.commit_delay),
+                    show(MAX_COMMIT_DELAY)
+                ),
+            );
+        }
         self.positive(&keys!["clock", "speed"], "speed", config.clock.speed, false);
         let speed = config.clock.speed;
         let prometheus: Vec<&String> = config

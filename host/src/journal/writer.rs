@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -53,6 +54,7 @@ pub(super) fn spawn(
     conn: Connection,
     path: PathBuf,
     options: JournalOptions,
+    commits: Arc<AtomicU64>,
 ) -> Result<(mpsc::Sender<Command>, JoinHandle<()>), JournalError> {
     let (commands, receiver) = mpsc::channel();
     let writer = Writer {
@@ -66,6 +68,7 @@ pub(super) fn spawn(
             next: Instant::now() + options.sweep_interval,
         },
         options,
+        commits,
     };
     let handle = thread::Builder::new()
         .name("journal-writer".into())
@@ -80,6 +83,7 @@ struct Writer {
     encoder: Encoder,
     options: JournalOptions,
     sweep: Sweep,
+    commits: Arc<AtomicU64>,
 }
 
 /// The state of the retention sweep.
@@ -117,7 +121,14 @@ impl Writer {
             };
             match commands.recv_timeout(wait) {
                 Ok(first) => {
-                    // Group commit: everything queued now shares one transaction.
+                    // Group commit: everything queued by now shares one
+                    // transaction. Sleeping (rather than waiting on the
+                    // channel) lets writers queue without waking this thread.
+                    if !self.options.commit_delay.is_zero()
+                        && !matches!(first, Command::Shutdown { .. })
+                    {
+                        thread::sleep(self.options.commit_delay);
+                    }
                     let mut batch = vec![first];
                     batch.extend(commands.try_iter().take(MAX_BATCH - 1));
                     if self.apply(batch, &mut shutdown_replies) {
@@ -218,7 +229,9 @@ impl Writer {
             }
         }
         let settled = match (tx, failure) {
-            (Some(tx), None) => tx.commit(),
+            (Some(tx), None) => tx
+                .commit()
+                .inspect(|()| _ = self.commits.fetch_add(1, Ordering::Relaxed)),
             // Dropping the transaction rolls it back.
             (_, Some(err)) => Err(err),
             (None, None) => unreachable!("a transaction exists unless beginning it failed"),
