@@ -842,7 +842,9 @@ mod tests {
         let tasks: Vec<_> = (0..count)
             .map(|i| {
                 let journal = journal.clone();
-                tokio::spawn(async move { journal.append(tick(&format!("s{i}"), 1_000)).await })
+                // Stamped now: the writer's retention sweep deletes old records.
+                let now = Clock::system().now_ms();
+                tokio::spawn(async move { journal.append(tick(&format!("s{i}"), now)).await })
             })
             .collect();
         for task in tasks {
@@ -866,8 +868,11 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(&dir.path().join("j.db"), Duration::from_secs(3600)).unwrap();
-        for i in 0..5 {
-            journal.append(tick("web", 1_000 + i)).await.unwrap();
+        for _ in 0..5 {
+            journal
+                .append(tick("web", Clock::system().now_ms()))
+                .await
+                .unwrap();
         }
         assert_eq!(
             journal.commits(),

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOC: scalewise::Allocator = scalewise::Allocator;
+
 fn main() -> ExitCode {
     let cli = scalewise::cli::Cli::parse();
     // Logs go to stderr so that stdout carries only command output (JSON).

@@ -34,6 +34,11 @@ use scalewise::daemon::{Daemon, tick_offset_ms};
 use scalewise::journal::{Journal, Query};
 use scalewise_tests::{artifacts, policy_dir};
 
+// The allocator the `scalewise` binary runs with, so the figures are the
+// binary's.
+#[global_allocator]
+static ALLOC: scalewise::Allocator = scalewise::Allocator;
+
 fn setting(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => v
