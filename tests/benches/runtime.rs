@@ -23,6 +23,11 @@ use scalewise::runtime::{PolicyModule, Runtime};
 use scalewise_tests::{artifacts, context};
 use serde_json::json;
 
+// The allocator the `scalewise` binary runs with, so the figures are the
+// binary's.
+#[global_allocator]
+static ALLOC: scalewise::Allocator = scalewise::Allocator;
+
 const POINTS: usize = 1_000;
 
 /// The host's context as the SDK's (what a native build of the policy
