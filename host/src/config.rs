@@ -513,18 +513,12 @@ pub struct JournalConfig {
     pub commit_delay: Duration,
 }
 
-/// The default `[journal] commit_delay`.
-pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(10);
-
-/// The largest `[journal] commit_delay`: every tick waits for its record.
-pub const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
-
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             path: PathBuf::from("scalewise-journal.db"),
             retention: Duration::from_secs(7 * 24 * 3600),
-            commit_delay: DEFAULT_COMMIT_DELAY,
+            commit_delay: Duration::from_millis(10),
         }
     }
 }

@@ -827,52 +827,44 @@ mod tests {
         }
     }
 
-    /// Appends `count` records from as many tasks at once; returns the
-    /// commits they took.
-    async fn concurrent_appends(commit_delay: Duration, count: usize) -> u64 {
+    fn open(dir: &tempfile::TempDir, commit_delay: Duration) -> Journal {
+        let options = JournalOptions {
+            commit_delay,
+            ..JournalOptions::new(Duration::from_secs(3600))
+        };
+        Journal::open_with(&dir.path().join("j.db"), options).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commit_delay_lets_writes_share_a_transaction() {
+        // Stamped now: the writer's retention sweep deletes old records.
+        let now = || Clock::system().now_ms();
+        // Spawned tasks reach the writer one by one; with a delay they
+        // gather behind the first.
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open_with(
-            &dir.path().join("j.db"),
-            JournalOptions {
-                commit_delay,
-                ..JournalOptions::new(Duration::from_secs(3600))
-            },
-        )
-        .unwrap();
-        let tasks: Vec<_> = (0..count)
+        let journal = open(&dir, Duration::from_millis(200));
+        let tasks: Vec<_> = (0..50)
             .map(|i| {
-                let journal = journal.clone();
-                // Stamped now: the writer's retention sweep deletes old records.
-                let now = Clock::system().now_ms();
-                tokio::spawn(async move { journal.append(tick(&format!("s{i}"), now)).await })
+                let (journal, record) = (journal.clone(), tick(&format!("s{i}"), now()));
+                tokio::spawn(async move { journal.append(record).await })
             })
             .collect();
         for task in tasks {
             task.await.unwrap().expect("every append is committed");
         }
         let records = journal.query(Query::latest(1_000)).await.unwrap();
-        assert_eq!(records.len(), count, "every record is there");
-        let commits = journal.commits();
-        journal.close().await.unwrap();
-        commits
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commit_delay_lets_writes_share_a_transaction() {
-        // Spawned tasks reach the writer one by one; without a delay most
-        // commit alone, with one they gather behind the first.
-        let delayed = concurrent_appends(Duration::from_millis(200), 50).await;
+        assert_eq!(records.len(), 50, "every record is there");
+        let delayed = journal.commits();
         assert!(
             delayed <= 3,
             "50 appends within the 200 ms delay took {delayed} commits"
         );
+        journal.close().await.unwrap();
+
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&dir.path().join("j.db"), Duration::from_secs(3600)).unwrap();
+        let journal = open(&dir, Duration::ZERO);
         for _ in 0..5 {
-            journal
-                .append(tick("web", Clock::system().now_ms()))
-                .await
-                .unwrap();
+            journal.append(tick("web", now())).await.unwrap();
         }
         assert_eq!(
             journal.commits(),

@@ -10,8 +10,8 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    Behavior, Config, EnvLookup, LoadConfig, MAX_COMMIT_DELAY, MetricConfig, Problem,
-    PrometheusConfig, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig,
+    Behavior, Config, EnvLookup, LoadConfig, MetricConfig, Problem, PrometheusConfig, ScalerConfig,
+    ScalingRules, SimulationConfig, SourceConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -35,6 +35,8 @@ const MIN_DEBOUNCE: Duration = Duration::from_millis(10);
 const MAX_DEBOUNCE: Duration = Duration::from_secs(60);
 /// Polling faster than this costs more than it gains.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest journal commit delay: every tick waits for its record.
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
 /// A policy needs at least this much linear memory to do anything.
 const MIN_MEMORY: ByteSize = ByteSize::mib(1);
 
