@@ -55,24 +55,22 @@ struct Spike {
 #[derive(Debug, Clone)]
 struct Noise {
     sigma: f64,
-    /// Seeded once; every draw clones it and picks the bucket's stream, so a
-    /// draw depends on nothing but (seed, bucket).
-    rng: ChaCha8Rng,
+    /// Every draw seeds a generator with it and picks the bucket's stream,
+    /// so a draw depends on nothing but (seed, bucket). (Kept as the seed,
+    /// not as a generator: a ChaCha generator is ~300 bytes, per service.)
+    seed: u64,
 }
 
 impl Noise {
     fn new(seed: u64, sigma: f64) -> Self {
-        Noise {
-            sigma,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
+        Noise { sigma, seed }
     }
 
     fn factor(&self, bucket: u64) -> f64 {
         if self.sigma == 0.0 {
             return 1.0;
         }
-        let mut rng = self.rng.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(bucket);
         let z: f64 = StandardNormal.sample(&mut rng);
         1.0 + self.sigma * z

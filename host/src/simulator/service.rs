@@ -174,8 +174,8 @@ pub struct SimulatedService {
     next_step: i64,
     /// Requests waiting at the next step's start.
     queue: f64,
-    /// States of steps `first_step ..next_step`.
-    history: VecDeque<StepState>,
+    /// What steps `first_step..next_step` had (their load is recomputed).
+    history: History,
     first_step: i64,
     history_steps: usize,
     faults: Faults,
@@ -228,7 +228,7 @@ impl SimulatedService {
             latest_ms: start_ms,
             next_step: 0,
             queue: 0.0,
-            history: VecDeque::new(),
+            history: History::default(),
             first_step: 0,
             history_steps: steps_for(DEFAULT_HISTORY_MS),
             faults: Faults::default(),
@@ -256,7 +256,8 @@ impl SimulatedService {
     }
 
     /// Keeps at least `history_ms` of history for windowed queries (memory:
-    /// 24 bytes per second kept). Shrinking drops the oldest steps.
+    /// 24 bytes per change of replicas, and per second with a queue).
+    /// Shrinking drops the oldest steps.
     pub fn set_history(&mut self, history_ms: i64) {
         self.history_steps = steps_for(history_ms);
         self.trim_history();
@@ -270,15 +271,15 @@ impl SimulatedService {
         while self.step_time(self.next_step) <= self.latest_ms {
             let t = self.step_time(self.next_step);
             let ready = self.ready_at(t);
-            let state = StepState {
-                load: self.load.rate(t - self.start_ms),
+            let load = self.load.rate(t - self.start_ms);
+            self.history.push(Run {
+                step: self.next_step,
                 replicas: self.replicas.len() as u32,
                 ready,
                 queue: self.queue,
-            };
+            });
             let capacity = f64::from(ready) * self.params.capacity_per_replica;
-            self.queue = (self.queue + (state.load - capacity) * dt_s).max(0.0);
-            self.history.push_back(state);
+            self.queue = (self.queue + (load - capacity) * dt_s).max(0.0);
             self.next_step += 1;
             self.trim_history();
         }
@@ -403,9 +404,18 @@ impl SimulatedService {
     }
 
     fn sample_of(&self, step: i64) -> Option<Sample> {
-        let i = usize::try_from(step.checked_sub(self.first_step)?).ok()?;
-        let state = self.history.get(i)?;
-        Some(derive(self.step_time(step), state, &self.params))
+        if !(self.first_step..self.next_step).contains(&step) {
+            return None;
+        }
+        let t = self.step_time(step);
+        let run = self.history.at(step)?;
+        let state = StepState {
+            load: self.load.rate(t - self.start_ms),
+            replicas: run.replicas,
+            ready: run.ready,
+            queue: if run.step == step { run.queue } else { 0.0 },
+        };
+        Some(derive(t, &state, &self.params))
     }
 
     fn ready_at(&self, t: i64) -> u32 {
@@ -413,9 +423,59 @@ impl SimulatedService {
     }
 
     fn trim_history(&mut self) {
-        while self.history.len() > self.history_steps {
-            self.history.pop_front();
-            self.first_step += 1;
+        let keep = i64::try_from(self.history_steps).unwrap_or(i64::MAX);
+        self.first_step = self.first_step.max(self.next_step.saturating_sub(keep));
+        self.history.drop_before(self.first_step);
+    }
+}
+
+/// The steps kept, stored only where something changes: the load of a step
+/// is a pure function of its time (recomputed from the load model), replicas
+/// change only when scaled or when one becomes ready, and the queue is empty
+/// while capacity keeps up. So a service that holds steady keeps a few runs
+/// however long its history, instead of one state per second.
+#[derive(Debug, Default)]
+struct History {
+    /// Oldest first, by step.
+    runs: VecDeque<Run>,
+}
+
+/// From `step` until the next run's step: `replicas` asked for and `ready`
+/// ready; `queue` requests waiting at `step` itself and none at the later
+/// steps of the run (a step with a queue, and the step after it, always
+/// start a run of their own).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Run {
+    step: i64,
+    replicas: u32,
+    ready: u32,
+    queue: f64,
+}
+
+impl History {
+    /// Records the next step (one after the last recorded).
+    fn push(&mut self, next: Run) {
+        if let Some(last) = self.runs.back()
+            && last.replicas == next.replicas
+            && last.ready == next.ready
+            && last.queue == 0.0
+            && next.queue == 0.0
+        {
+            return;
+        }
+        self.runs.push_back(next);
+    }
+
+    /// The run `step` falls in, if a recorded run starts at or before it.
+    fn at(&self, step: i64) -> Option<&Run> {
+        let i = self.runs.partition_point(|r| r.step <= step);
+        self.runs.get(i.checked_sub(1)?)
+    }
+
+    /// Forgets the runs that end before `step`.
+    fn drop_before(&mut self, step: i64) {
+        while self.runs.get(1).is_some_and(|next| next.step <= step) {
+            self.runs.pop_front();
         }
     }
 }
@@ -701,7 +761,41 @@ mod tests {
         let pts = svc.series(Metric::Cpu, now, 2 * 3_600_000, 1_000).unwrap();
         assert_eq!(pts.len(), 3_601);
         assert_eq!(pts[0].timestamp_ms, now - 3_600_000);
-        assert!(svc.history.len() <= 3_601);
+        assert!(svc.history.runs.len() <= 3_601);
+    }
+
+    #[test]
+    fn a_steady_service_keeps_a_few_runs_and_a_queue_is_kept_step_by_step() {
+        // A flat load of 150 on two replicas of 100: no queue, nothing changes.
+        let mut cfg = config(150.0, 0.0, 2);
+        cfg.load.diurnal_amplitude = 0.0;
+        cfg.load.spikes.clear();
+        let mut svc = SimulatedService::new("web", &cfg, Path::new("."), T0).unwrap();
+        svc.set_history(3_600_000);
+        let now = T0 + 3_600_000;
+        let steady = svc.series(Metric::Cpu, now, 600_000, 1_000).unwrap();
+        assert_eq!(svc.history.runs.len(), 1);
+        assert!(steady.iter().all(|p| (p.value - 75.0).abs() < 1e-9));
+
+        // Down to one replica: the queue grows by 50 each second from the
+        // step after, and every one of those steps is kept.
+        svc.set_replicas(now, 1);
+        let later = now + 10_000;
+        let queue = svc
+            .series(Metric::QueueDepth, later, 10_000, 1_000)
+            .unwrap();
+        let depths: Vec<f64> = queue.iter().map(|p| p.value).collect();
+        let expected: Vec<f64> = (0..=10).map(|i| f64::from((i - 1).max(0)) * 50.0).collect();
+        assert_eq!(depths, expected);
+        assert!(svc.history.runs.len() >= 10, "{}", svc.history.runs.len());
+
+        // Enough replicas to drain it: once empty, the steps share one run
+        // again, however long the service runs.
+        svc.set_replicas(later, 20);
+        assert_eq!(svc.sample(later + 600_000).queue_depth, 0.0);
+        let runs = svc.history.runs.len();
+        assert_eq!(svc.sample(later + 1_200_000).queue_depth, 0.0);
+        assert_eq!(svc.history.runs.len(), runs);
     }
 
     #[test]
