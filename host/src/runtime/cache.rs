@@ -73,9 +73,6 @@ pub enum CacheError {
         /// What was wrong.
         message: String,
     },
-    /// wasmtime could not serialize a compiled component.
-    #[error("cannot serialize compiled code: {0}")]
-    Serialize(String),
 }
 
 impl CacheError {
@@ -86,7 +83,6 @@ impl CacheError {
             CacheError::Unsafe { .. } => "unsafe_folder",
             CacheError::Io { .. } => "io",
             CacheError::Unusable { kind, .. } => kind,
-            CacheError::Serialize(_) => "serialize",
         }
     }
 }
@@ -159,14 +155,12 @@ impl ModuleCache {
         }
     }
 
-    /// Stores `component`, compiled from the `.wasm` with sha256 `digest`.
-    /// Written to a temporary file and renamed, so readers never see half
-    /// a file.
-    pub(super) fn put(&self, digest: &str, component: &Component) -> Result<(), CacheError> {
-        let artifact = component
-            .serialize()
-            .map_err(|e| CacheError::Serialize(format!("{e:#}")))?;
-        let bytes = precompiled::encode(&artifact);
+    /// Stores `artifact` (from `Engine::precompile_component` or
+    /// `Component::serialize`), compiled from the `.wasm` with sha256
+    /// `digest`. Written to a temporary file and renamed, so readers never
+    /// see half a file.
+    pub(super) fn put(&self, digest: &str, artifact: &[u8]) -> Result<(), CacheError> {
+        let bytes = precompiled::encode(artifact);
         let path = self.path_for(digest);
         let tmp = self.dir.join(format!(
             ".{digest}.{}.{}.tmp",
@@ -327,8 +321,8 @@ mod tests {
         let engine = engine(false);
         let cache = ModuleCache::open(&root.path().join("cache"), &engine).unwrap();
         assert!(cache.get(&engine, "abc").unwrap().is_none());
-        let component = Component::new(&engine, EMPTY_COMPONENT).unwrap();
-        cache.put("abc", &component).unwrap();
+        let artifact = engine.precompile_component(EMPTY_COMPONENT).unwrap();
+        cache.put("abc", &artifact).unwrap();
         assert!(cache.get(&engine, "abc").unwrap().is_some());
 
         let path = cache.path_for("abc");

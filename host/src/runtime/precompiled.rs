@@ -97,6 +97,28 @@ pub(super) fn decode(engine: &Engine, file: &[u8]) -> Result<Component, DecodeEr
         .map_err(|e| DecodeError::Refused(format!("{e:#}")))
 }
 
+/// Loads into `engine` the code `compiler` compiled just now
+/// (`Engine::precompile_component`), still in memory.
+///
+/// The host compiles in a throwaway engine with the same settings so that
+/// Cranelift's compilation contexts (several MiB per compiling thread,
+/// kept by an engine as long as it lives) go with it; the code then moves
+/// into the long-lived engine through this call.
+pub(super) fn from_compiler(
+    engine: &Engine,
+    compiler: Engine,
+    artifact: &[u8],
+) -> Result<Component, DecodeError> {
+    // SAFETY: `artifact` is what `compiler.precompile_component` returned
+    // to the caller, which passes it here unaltered without it ever leaving
+    // this process's memory; `compiler` is taken by value and dropped only
+    // after the call. wasmtime checks that the two engines' settings are
+    // compatible and refuses the artifact otherwise.
+    let component = unsafe { Component::deserialize(engine, artifact) };
+    drop(compiler);
+    component.map_err(|e| DecodeError::Refused(format!("{e:#}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
