@@ -35,6 +35,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
 use location::{Document, Hit, Seg};
@@ -141,7 +142,12 @@ impl ConfigError {
 pub struct Origin {
     path: PathBuf,
     dir: PathBuf,
-    text: Arc<str>,
+    /// The text, zstd-compressed: it is read again only to locate problems,
+    /// and a fleet's config is megabytes (a tenth of that compressed).
+    text: Arc<[u8]>,
+    text_len: usize,
+    /// sha256 of the text, hex.
+    digest: String,
 }
 
 impl Origin {
@@ -156,8 +162,34 @@ impl Origin {
     }
 
     /// The file's text.
-    pub fn text(&self) -> &str {
-        &self.text
+    pub fn text(&self) -> String {
+        if self.text_len == 0 {
+            return String::new();
+        }
+        let bytes = zstd::bulk::decompress(&self.text, self.text_len)
+            .expect("the config text compressed at parse decompresses");
+        String::from_utf8(bytes).expect("the config text was a str")
+    }
+
+    /// The sha256 of the file's text (hex): equal digests, equal texts.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn new(path: &Path, dir: PathBuf, text: &str) -> Origin {
+        let compressed = if text.is_empty() {
+            Vec::new()
+        } else {
+            zstd::bulk::compress(text.as_bytes(), 3)
+                .expect("zstd compresses in memory (fails only without memory)")
+        };
+        Origin {
+            path: path.to_path_buf(),
+            dir,
+            text: compressed.into(),
+            text_len: text.len(),
+            digest: hex::encode(Sha256::digest(text.as_bytes())),
+        }
     }
 }
 
@@ -215,11 +247,7 @@ impl Config {
         })?;
         let dir = base_dir(origin);
         config.resolve_paths(&dir);
-        config.origin = Origin {
-            path: origin.to_path_buf(),
-            dir,
-            text: text.into(),
-        };
+        config.origin = Origin::new(origin, dir, text);
         Ok(config)
     }
 
@@ -231,7 +259,8 @@ impl Config {
 
     /// [`Config::validate`] with environment variables looked up in `env`.
     pub fn validate_with_env(&self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
-        let doc = Document::new(&self.origin.path, &self.origin.text);
+        let text = self.origin.text();
+        let doc = Document::new(&self.origin.path, &text);
         let problems = validate::check(self, &doc, env);
         into_result(problems)
     }
@@ -240,7 +269,8 @@ impl Config {
     /// (a Prometheus query this build's PromQL parser cannot read), located
     /// like problems. The daemon logs them when it starts.
     pub fn warnings(&self) -> Vec<Problem> {
-        let doc = Document::new(&self.origin.path, &self.origin.text);
+        let text = self.origin.text();
+        let doc = Document::new(&self.origin.path, &text);
         validate::warnings(self, &doc)
     }
 

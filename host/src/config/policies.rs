@@ -49,7 +49,8 @@ impl Config {
     /// given, and every value has the declared kind (a `metric` parameter
     /// must name one of the scaler's metrics). Reports every problem.
     pub fn check_policies(&self, catalog: &dyn PolicyCatalog) -> Result<(), ConfigError> {
-        let doc = Document::new(&self.origin.path, &self.origin.text);
+        let text = self.origin.text();
+        let doc = Document::new(&self.origin.path, &text);
         let mut problems = Vec::new();
         for (i, scaler) in self.scalers.iter().enumerate() {
             for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
