@@ -14,7 +14,7 @@
 //! `[journal]`, `[clock]`, `[simulations]` and `[watch]` are read only at
 //! start: a change to them is logged as needing a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -240,10 +240,12 @@ impl Daemon {
         let sources = build_named_sources(&config)?;
         let now_ms = clock.now_ms();
         let mut scalers = Vec::with_capacity(config.scalers.len());
+        let mut params = SharedParams::default();
         for scaler_config in &config.scalers {
             let scaler_config = scaler_config.get_ref();
             let scaler = build_scaler(
                 &sources,
+                &mut params,
                 scaler_config,
                 &simulation,
                 services.clone(),
@@ -610,6 +612,7 @@ impl Daemon {
         let now_ms = self.clock.now_ms();
         let mut added = Vec::new();
         let mut changed = Vec::new();
+        let mut params = SharedParams::default();
         for scaler_config in &config.scalers {
             let scaler_config = scaler_config.get_ref();
             let name = scaler_config.name.get_ref().as_str();
@@ -628,6 +631,7 @@ impl Daemon {
                 None => {
                     let scaler = build_scaler(
                         &sources,
+                        &mut params,
                         scaler_config,
                         &self.simulation,
                         self.services.clone(),
@@ -638,8 +642,8 @@ impl Daemon {
                     added.push(scaler);
                 }
                 Some(before) if *before != scaler_config || uses_changed_source => {
-                    let spec =
-                        bind_scaler(&sources, scaler_config, &self.simulation).map_err(hint)?;
+                    let spec = bind_scaler(&sources, &mut params, scaler_config, &self.simulation)
+                        .map_err(hint)?;
                     let actuator = build_actuator(scaler_config, &self.simulation).map_err(hint)?;
                     changed.push((spec, actuator, scaler_config.clone(), before.paused));
                 }
@@ -879,12 +883,13 @@ impl Watched for ConfigFile {
 /// Builds one scaler and restores its history from the journal.
 async fn build_scaler(
     sources: &NamedSources,
+    params: &mut SharedParams,
     scaler_config: &ScalerConfig,
     simulation: &Simulation,
     services: Services,
     now_ms: i64,
 ) -> Result<Scaler, DaemonError> {
-    let spec = bind_scaler(sources, scaler_config, simulation)?;
+    let spec = bind_scaler(sources, params, scaler_config, simulation)?;
     let actuator = build_actuator(scaler_config, simulation)?;
     let mut scaler = Scaler::new(spec, actuator, services);
     let restored = scaler
@@ -1072,9 +1077,26 @@ fn default_cache_dir(journal: &Path) -> PathBuf {
         .join(DEFAULT_CACHE_DIR_NAME)
 }
 
+/// Policy parameters shared between the scalers bound together (at start,
+/// or by one reload): a generated fleet gives thousands of scalers the same
+/// parameters, ~400 bytes each as JSON.
+#[derive(Default)]
+struct SharedParams(HashMap<String, Arc<serde_json::Value>>);
+
+impl SharedParams {
+    fn share(&mut self, parameters: serde_json::Value) -> Arc<serde_json::Value> {
+        // Objects print with sorted keys: equal values, equal keys.
+        self.0
+            .entry(parameters.to_string())
+            .or_insert_with(|| Arc::new(parameters))
+            .clone()
+    }
+}
+
 /// Binds a scaler's metrics and policies.
 fn bind_scaler(
     sources: &NamedSources,
+    params: &mut SharedParams,
     scaler: &ScalerConfig,
     simulation: &Simulation,
 ) -> Result<ScalerSpec, DaemonError> {
@@ -1116,6 +1138,7 @@ fn bind_scaler(
                 Some(table) => toml_to_json(&toml::Value::Table(table.get_ref().clone())),
                 None => serde_json::Value::Object(serde_json::Map::new()),
             };
+            let parameters = params.share(parameters);
             BoundPolicy {
                 parameters,
                 module: p.module.get_ref().clone(),
@@ -1205,6 +1228,17 @@ fn longest_window_ms(config: &Config) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_parameters_are_one_shared_value() {
+        let mut params = SharedParams::default();
+        let a = params.share(serde_json::json!({"metric": "cpu", "target": 60.0}));
+        let b = params.share(serde_json::json!({"target": 60.0, "metric": "cpu"}));
+        let c = params.share(serde_json::json!({"metric": "cpu", "target": 70.0}));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c["target"], 70.0);
+    }
 
     #[test]
     fn scalers_sharing_a_query_share_their_phase() {

@@ -59,8 +59,9 @@ pub struct BoundPolicy {
     pub module: String,
     /// Parameters from the config (a JSON object). Each evaluation adds the
     /// defaults declared by the module version that runs it, so a reloaded
-    /// module's new defaults apply at once.
-    pub parameters: serde_json::Value,
+    /// module's new defaults apply at once. Shared between scalers with the
+    /// same parameters.
+    pub parameters: Arc<serde_json::Value>,
 }
 
 /// Everything a scaler needs that does not change between ticks.
@@ -485,7 +486,7 @@ impl Scaler {
             let module = snapshot.modules.get(&policy.module).cloned();
             let parameters = match &module {
                 Some(m) => with_defaults(&policy.parameters, m.info()),
-                None => policy.parameters.clone(),
+                None => (*policy.parameters).clone(),
             };
             let unavailable = module
                 .is_none()
