@@ -245,6 +245,9 @@ impl Config {
             let doc = Document::new(origin, text);
             ConfigError::Parse(shape_problem(&doc, &err))
         })?;
+        // serde grows the list by doubling: up to half of it slack, which
+        // for 10,000 scalers is megabytes held as long as the config.
+        config.scalers.shrink_to_fit();
         let dir = base_dir(origin);
         config.resolve_paths(&dir);
         config.origin = Origin::new(origin, dir, text);
