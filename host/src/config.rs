@@ -143,7 +143,8 @@ pub struct Origin {
     path: PathBuf,
     dir: PathBuf,
     /// The text, zstd-compressed: it is read again only to locate problems,
-    /// and a fleet's config is megabytes (a tenth of that compressed).
+    /// and a fleet's config is megabytes (the fleet bench's 4.9 MB keeps
+    /// 138 KB).
     text: Arc<[u8]>,
     text_len: usize,
     /// sha256 of the text, hex.
@@ -163,6 +164,7 @@ impl Origin {
 
     /// The file's text.
     pub fn text(&self) -> String {
+        // An `Origin::default()` holds no compressed frame at all.
         if self.text_len == 0 {
             return String::new();
         }
@@ -177,12 +179,8 @@ impl Origin {
     }
 
     fn new(path: &Path, dir: PathBuf, text: &str) -> Origin {
-        let compressed = if text.is_empty() {
-            Vec::new()
-        } else {
-            zstd::bulk::compress(text.as_bytes(), 3)
-                .expect("zstd compresses in memory (fails only without memory)")
-        };
+        let compressed = zstd::bulk::compress(text.as_bytes(), 3)
+            .expect("zstd compresses in memory (fails only without memory)");
         Origin {
             path: path.to_path_buf(),
             dir,

@@ -227,16 +227,9 @@ impl Runtime {
                 ),
             }
         }
-        // Compiled in a throwaway engine of the same settings: an engine
-        // keeps Cranelift's per-thread compilation contexts (~6 MiB for one
-        // module on two cores) as long as it lives.
-        let compiler = Engine::new(&engine_config(&inner.limits, false))
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let artifact = compiler
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let component = precompiled::from_compiler(&inner.engine, compiler, &artifact)
-            .map_err(|e| LoadError::Compile(e.to_string()))?;
+        let (component, artifact) =
+            precompiled::compile(&inner.engine, &engine_config(&inner.limits, false), bytes)
+                .map_err(LoadError::Compile)?;
         if let Some(cache) = &inner.cache
             && let Err(err) = cache.put(digest, &artifact)
         {

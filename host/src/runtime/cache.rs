@@ -155,9 +155,8 @@ impl ModuleCache {
         }
     }
 
-    /// Stores `artifact` (from `Engine::precompile_component` or
-    /// `Component::serialize`), compiled from the `.wasm` with sha256
-    /// `digest`. Written to a temporary file and renamed, so readers never
+    /// Stores `artifact` (from `Engine::precompile_component`), compiled
+    /// from the `.wasm` with sha256 `digest`. Written to a temporary file and renamed, so readers never
     /// see half a file.
     pub(super) fn put(&self, digest: &str, artifact: &[u8]) -> Result<(), CacheError> {
         let bytes = precompiled::encode(artifact);

@@ -1,5 +1,6 @@
 //! The one place the host runs `unsafe` code: turning compiled policy code
-//! read back from the on-disk cache into a [`Component`].
+//! into a [`Component`], whether read back from the on-disk cache or just
+//! compiled by a throwaway engine ([`compile`]).
 //!
 //! wasmtime's `Component::deserialize` is `unsafe` because the bytes become
 //! executable machine code: they must be exactly what `Component::serialize`
@@ -97,26 +98,28 @@ pub(super) fn decode(engine: &Engine, file: &[u8]) -> Result<Component, DecodeEr
         .map_err(|e| DecodeError::Refused(format!("{e:#}")))
 }
 
-/// Loads into `engine` the code `compiler` compiled just now
-/// (`Engine::precompile_component`), still in memory.
-///
-/// The host compiles in a throwaway engine with the same settings so that
-/// Cranelift's compilation contexts (several MiB per compiling thread,
-/// kept by an engine as long as it lives) go with it; the code then moves
-/// into the long-lived engine through this call.
-pub(super) fn from_compiler(
+/// Compiles the `.wasm` `bytes` for `engine`, in a throwaway engine built
+/// from `settings` (the settings `engine` was built with, less the instance
+/// pool): an engine keeps Cranelift's per-thread compilation contexts as
+/// long as it lives (~6 MiB for one module on two cores), so the daemon's
+/// long-lived engine never compiles. Returns the component and the compiled
+/// artifact (for the on-disk cache). Errors are wasmtime's, as text.
+pub(super) fn compile(
     engine: &Engine,
-    compiler: Engine,
-    artifact: &[u8],
-) -> Result<Component, DecodeError> {
-    // SAFETY: `artifact` is what `compiler.precompile_component` returned
-    // to the caller, which passes it here unaltered without it ever leaving
-    // this process's memory; `compiler` is taken by value and dropped only
-    // after the call. wasmtime checks that the two engines' settings are
-    // compatible and refuses the artifact otherwise.
-    let component = unsafe { Component::deserialize(engine, artifact) };
+    settings: &wasmtime::Config,
+    bytes: &[u8],
+) -> Result<(Component, Vec<u8>), String> {
+    let compiler = Engine::new(settings).map_err(|e| format!("{e:#}"))?;
+    let artifact = compiler
+        .precompile_component(bytes)
+        .map_err(|e| format!("{e:#}"))?;
     drop(compiler);
-    component.map_err(|e| DecodeError::Refused(format!("{e:#}")))
+    // SAFETY: `artifact` is what `precompile_component` returned just above,
+    // unaltered and never out of this function. wasmtime checks that the
+    // compiling engine's settings match `engine`'s and refuses it otherwise.
+    let component = unsafe { Component::deserialize(engine, &artifact) }
+        .map_err(|e| format!("wasmtime refused the code it compiled: {e:#}"))?;
+    Ok((component, artifact))
 }
 
 #[cfg(test)]

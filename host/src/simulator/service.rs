@@ -444,7 +444,7 @@ struct History {
 /// ready; `queue` requests waiting at `step` itself and none at the later
 /// steps of the run (a step with a queue, and the step after it, always
 /// start a run of their own).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 struct Run {
     step: i64,
     replicas: u32,
