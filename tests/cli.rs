@@ -103,6 +103,50 @@ fn eval_prints_the_decision_as_json() {
 }
 
 #[test]
+fn eval_usage_reports_the_memory_the_call_used() {
+    let example = data_dir().join("contexts").join("example.json");
+    let ctx = example.to_str().unwrap();
+    let (code, _, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", ctx]);
+    assert_eq!((code, err.as_str()), (0, ""), "no usage line unless asked");
+
+    let (code, out, err) = cli(&[
+        "eval",
+        artifacts::BENCH_HPA,
+        "--context",
+        ctx,
+        "--usage",
+        "--max-memory",
+        "32MiB",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<Value>(&out).expect("stdout is still the decision alone");
+    // 33 pages: a 1 MiB stack, the data and the 1 MiB initial heap.
+    assert_eq!(
+        err.trim_end(),
+        "usage: memory 2.1 MiB at its largest (limit 32.0 MiB), grown 0 times during the call"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_json(dir.path(), "ctx.json", &context(5, json!({}), 1));
+    let (code, _, err) = cli(&[
+        "eval",
+        artifacts::FAULTS,
+        "--context",
+        &ctx,
+        "--params",
+        "mode=oom",
+        "--usage",
+        "--max-memory",
+        "16MiB",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("(limit 16.0 MiB), grown "), "{err}");
+    assert!(!err.contains("grown 0 times"), "{err}");
+}
+
+#[test]
 fn eval_prints_an_evaluation_error_as_json_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = write_json(dir.path(), "ctx.json", &context(5, json!({}), 1));

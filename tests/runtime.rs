@@ -265,6 +265,45 @@ fn loads_know_digest_and_info() {
     module.instantiate_check().unwrap();
 }
 
+/// The bundled policies start with enough heap for a 1,000-sample window
+/// (`--initial-heap` in policies/.cargo/config.toml): without it every
+/// evaluation grows the memory once, and the host re-protects the grown
+/// pages before the slot is reused, ~4–5 µs per evaluation
+/// (tests/benches/runtime.rs). Built without that line, target-tracking
+/// reaches 1.1 MiB and grows once here.
+#[test]
+fn bundled_policies_evaluate_without_growing_their_memory() {
+    let cases = [
+        (
+            artifacts::TARGET_TRACKING,
+            json!({"metric": "cpu", "target": 50.0, "aggregate": "mean"}),
+        ),
+        (
+            artifacts::THRESHOLD,
+            json!({"metric": "cpu", "upper": 70.0, "lower": 30.0}),
+        ),
+    ];
+    for (path, params) in cases {
+        let module = load(path);
+        let (decision, usage) =
+            module.evaluate_with_usage(&context(1_700_000_000_000, params, 1_000));
+        decision.unwrap();
+        assert_eq!(usage.memory_growths, 0, "{path}: {usage:?}");
+        assert!(usage.memory_bytes >= 2 << 20, "{path}: {usage:?}");
+    }
+    // The count is real: a policy that allocates past its heap grows it,
+    // and the largest size it reached is reported.
+    let module = load(artifacts::FAULTS);
+    let (result, usage) = module.evaluate_with_usage(&fault("oom"));
+    assert_eq!(result.unwrap_err().kind, EvalErrorKind::OutOfMemory);
+    assert!(usage.memory_growths > 0, "{usage:?}");
+    assert!(usage.memory_bytes > 4 << 20, "{usage:?}");
+    assert!(
+        usage.memory_bytes <= RuntimeLimits::default().max_memory.as_u64(),
+        "{usage:?}"
+    );
+}
+
 fn load_error(bytes: &[u8]) -> LoadError {
     runtime()
         .load("under-test", bytes)

@@ -140,6 +140,9 @@ pub struct EvalArgs {
     /// Limits for the evaluation.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Also prints on stderr how much memory the evaluation used.
+    #[arg(long)]
+    pub usage: bool,
 }
 
 /// Overrides of the runtime limits (defaults: those of the config file's
@@ -397,7 +400,17 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                 writeln!(err, "error: {source}: {e}")?;
                 return Ok(1);
             }
-            match module.evaluate(&ctx) {
+            let (result, usage) = module.evaluate_with_usage(&ctx);
+            if args.usage {
+                writeln!(
+                    err,
+                    "usage: memory {} at its largest (limit {}), grown {} times during the call",
+                    ByteSize::b(usage.memory_bytes),
+                    module.limits().max_memory,
+                    usage.memory_growths
+                )?;
+            }
+            match result {
                 Ok(decision) => {
                     writeln!(out, "{}", to_pretty(&decision))?;
                     Ok(0)

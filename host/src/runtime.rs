@@ -36,6 +36,7 @@ use crate::policy::{Context, Decision, PolicyInfo};
 
 use bindings::{EVALUATOR_INTERFACE, Policy, PolicyPre};
 use cache::ModuleCache;
+pub use host::EvalUsage;
 use host::{HostState, MemoryLimitExceeded};
 
 pub use bindings::WIT_VERSION;
@@ -177,6 +178,7 @@ impl Runtime {
         let info = run(inner, &pre, &name, "", 0, |policy, store| {
             policy.scalewise_policy_evaluator().call_describe(store)
         })
+        .0
         .map_err(|e| LoadError::DescribeFailed {
             kind: e.kind,
             message: e.message,
@@ -340,7 +342,7 @@ impl PolicyModule {
     /// health checks).
     pub fn instantiate_check(&self) -> Result<(), EvalError> {
         let m = &self.inner;
-        run(&m.runtime, &m.pre, &m.name, "", 0, |_, _| Ok(()))
+        run(&m.runtime, &m.pre, &m.name, "", 0, |_, _| Ok(())).0
     }
 
     /// Asks the policy for a decision. Synchronous and CPU-bound (bounded by
@@ -348,9 +350,19 @@ impl PolicyModule {
     /// (`tokio::task::spawn_blocking`), never inside an async task, where
     /// WASI's blocking host calls would panic.
     pub fn evaluate(&self, ctx: &Context) -> Result<Decision, EvalError> {
-        let guest_ctx = bindings::context_to_guest(ctx)?;
+        self.evaluate_with_usage(ctx).0
+    }
+
+    /// [`evaluate`](Self::evaluate), also telling how much memory the call
+    /// used (for `scalewise eval --usage` and for tests that keep the
+    /// bundled policies from growing their memory).
+    pub fn evaluate_with_usage(&self, ctx: &Context) -> (Result<Decision, EvalError>, EvalUsage) {
+        let guest_ctx = match bindings::context_to_guest(ctx) {
+            Ok(c) => c,
+            Err(e) => return (Err(e), EvalUsage::default()),
+        };
         let m = &self.inner;
-        let answer = run(
+        let (answer, usage) = run(
             &m.runtime,
             &m.pre,
             &m.name,
@@ -361,8 +373,8 @@ impl PolicyModule {
                     .scalewise_policy_evaluator()
                     .call_evaluate(store, &guest_ctx)
             },
-        )?;
-        match answer {
+        );
+        let decision = answer.and_then(|answer| match answer {
             Ok(decision) => {
                 let decision = bindings::decision_from_guest(decision);
                 validate::validate_decision(&decision, &m.runtime.limits)
@@ -373,7 +385,8 @@ impl PolicyModule {
                 EvalErrorKind::PolicyError,
                 host::truncate(&message, MAX_ERROR_MESSAGE_BYTES),
             )),
-        }
+        });
+        (decision, usage)
     }
 }
 
@@ -386,7 +399,7 @@ fn run<R>(
     scaler: &str,
     now_ms: i64,
     call: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
-) -> Result<R, EvalError> {
+) -> (Result<R, EvalError>, EvalUsage) {
     let limits = &rt.limits;
     let state = HostState::new(
         Arc::clone(module),
@@ -397,23 +410,26 @@ fn run<R>(
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(rt.deadline_ticks);
-    if limits.fuel > 0 {
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| EvalError::new(EvalErrorKind::Instantiate, format!("{e:#}")))?;
+    if limits.fuel > 0
+        && let Err(e) = store.set_fuel(limits.fuel)
+    {
+        let err = EvalError::new(EvalErrorKind::Instantiate, format!("{e:#}"));
+        return (Err(err), EvalUsage::default());
     }
     let result = match pre.instantiate(&mut store) {
         Ok(policy) => call(&policy, &mut store).map_err(|e| classify(&e, false, &store, limits)),
         Err(e) => Err(classify(&e, true, &store, limits)),
     };
     let stderr = store.data_mut().finish();
-    result.map_err(|mut err| {
+    let usage = store.data().limiter.usage;
+    let result = result.map_err(|mut err| {
         if !stderr.is_empty() && err.kind != EvalErrorKind::PolicyError {
             err.message = format!("{}\npolicy stderr:\n{}", err.message, stderr.trim_end());
         }
         err.message = host::truncate(&err.message, MAX_ERROR_MESSAGE_BYTES).into_owned();
         err
-    })
+    });
+    (result, usage)
 }
 
 /// Maps a wasmtime error to an [`EvalErrorKind`], keeping wasmtime's full

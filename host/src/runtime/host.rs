@@ -60,6 +60,7 @@ impl HostState {
             limiter: Limiter {
                 max_memory,
                 denied: None,
+                usage: EvalUsage::default(),
             },
             log: PolicyLog {
                 module,
@@ -288,6 +289,21 @@ pub(crate) struct Limiter {
     max_memory: usize,
     /// The size the guest asked for when it was refused.
     pub(crate) denied: Option<usize>,
+    /// The guest's memory use so far.
+    pub(crate) usage: EvalUsage,
+}
+
+/// How much linear memory one call into a policy used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvalUsage {
+    /// The largest size the policy's memory reached, in bytes: its initial
+    /// size plus every growth that was granted.
+    pub memory_bytes: u64,
+    /// How many times the memory grew after the instance was created. A
+    /// Rust policy linked with `--initial-heap` (see policies/.cargo/
+    /// config.toml) grows it only when that heap runs out; each growth
+    /// costs the host a re-protection of the pages when the slot is reused.
+    pub memory_growths: u32,
 }
 
 /// The error a refused memory growth traps with.
@@ -303,7 +319,7 @@ pub(crate) struct MemoryLimitExceeded {
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -315,6 +331,11 @@ impl wasmtime::ResourceLimiter for Limiter {
             }
             .into());
         }
+        // wasmtime asks here for a memory's initial size too (from 0).
+        if current > 0 {
+            self.usage.memory_growths += 1;
+        }
+        self.usage.memory_bytes = self.usage.memory_bytes.max(desired as u64);
         Ok(true)
     }
 
