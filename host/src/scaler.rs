@@ -26,7 +26,7 @@ use crate::journal::{
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
-use crate::runtime::{EvalErrorKind, PolicyModule};
+use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule};
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
 
@@ -539,14 +539,28 @@ impl Scaler {
         });
 
         let mut abstained = vec![false; evaluations.len()];
-        for (i, evaluation) in evaluations.iter().enumerate() {
+        let mut evaluations_done = Vec::with_capacity(evaluations.len());
+        for (i, (evaluation, usage)) in evaluations.into_iter().enumerate() {
             let telemetry = &self.services.telemetry;
+            let labels = ModuleLabels {
+                module: evaluation.module.clone(),
+            };
             telemetry
                 .evaluation_duration
-                .get_or_create(&ModuleLabels {
-                    module: evaluation.module.clone(),
-                })
+                .get_or_create(&labels)
                 .observe(evaluation.duration_us as f64 / 1e6);
+            if let Some(usage) = usage {
+                telemetry
+                    .policy_memory
+                    .get_or_create(&labels)
+                    .observe(usage.memory_bytes as f64);
+                if usage.memory_growths > 0 {
+                    telemetry
+                        .policy_memory_growths
+                        .get_or_create(&labels)
+                        .inc_by(u64::from(usage.memory_growths));
+                }
+            }
             match &evaluation.outcome {
                 EvaluationOutcome::Decided { decision } => {
                     self.policy_states[i] = decision.state.clone();
@@ -569,8 +583,9 @@ impl Scaler {
                     );
                 }
             }
+            evaluations_done.push(evaluation);
         }
-        (evaluations, abstained)
+        (evaluations_done, abstained)
     }
 
     async fn actuate(&mut self, now_ms: i64, record: &mut TickRecord) {
@@ -720,8 +735,9 @@ struct Job {
     context: Context,
 }
 
-/// Runs one policy; never panics, whatever the guest does.
-fn evaluate_one(job: Job) -> Evaluation {
+/// Runs one policy; never panics, whatever the guest does. The memory it
+/// used, when it ran.
+fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
     let Job {
         name,
         module,
@@ -730,7 +746,7 @@ fn evaluate_one(job: Job) -> Evaluation {
         context,
     } = job;
     let Some(module) = module else {
-        return Evaluation {
+        let evaluation = Evaluation {
             digest: None,
             context,
             outcome: EvaluationOutcome::Failed {
@@ -742,9 +758,10 @@ fn evaluate_one(job: Job) -> Evaluation {
             load_error,
             module: name,
         };
+        return (evaluation, None);
     };
     let started = Instant::now();
-    let result = module.evaluate(&context);
+    let (result, usage) = module.evaluate_with_usage(&context);
     let duration_us = started.elapsed().as_micros() as u64;
     let outcome = match result {
         Ok(decision) => EvaluationOutcome::Decided { decision },
@@ -753,14 +770,15 @@ fn evaluate_one(job: Job) -> Evaluation {
             error: err.message,
         },
     };
-    Evaluation {
+    let evaluation = Evaluation {
         module: name,
         digest: Some(module.digest().to_owned()),
         context,
         outcome,
         duration_us,
         load_error,
-    }
+    };
+    (evaluation, Some(usage))
 }
 
 /// Why a scaler's module is not in the snapshot, for its journal and status.

@@ -87,6 +87,12 @@ pub struct ConfigReloadLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+fn memory_histogram() -> Histogram {
+    // 1 MiB .. 4 GiB (the largest 32-bit memory): a Rust policy starts
+    // at about 2 MiB; runtime.max_memory defaults to 64 MiB.
+    Histogram::new(exponential_buckets(1_048_576.0, 2.0, 13))
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~5 s: evaluations are microseconds, timeouts are 100 ms+.
     Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
@@ -102,6 +108,10 @@ pub struct Telemetry {
     pub tick_lag: Histogram,
     /// Duration of one policy evaluation, per module.
     pub evaluation_duration: HistogramFamily<ModuleLabels>,
+    /// The largest size a policy's memory reached in one evaluation, per module.
+    pub policy_memory: HistogramFamily<ModuleLabels>,
+    /// Growths of a policy's memory during evaluations, per module.
+    pub policy_memory_growths: Family<ModuleLabels, Counter>,
     /// Failed policy evaluations, by module and kind.
     pub policy_errors: Family<PolicyErrorLabels, Counter>,
     /// Failed metric fetches, by source and kind.
@@ -143,6 +153,8 @@ impl Telemetry {
             ticks: Family::default(),
             tick_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             evaluation_duration: Family::new_with_constructor(latency_histogram),
+            policy_memory: Family::new_with_constructor(memory_histogram),
+            policy_memory_growths: Family::default(),
             policy_errors: Family::default(),
             metric_errors: Family::default(),
             actuations: Family::default(),
@@ -167,6 +179,16 @@ impl Telemetry {
             "policy_evaluation_duration_seconds",
             "Duration of one policy evaluation",
             t.evaluation_duration.clone(),
+        );
+        registry.register(
+            "policy_memory_bytes",
+            "The largest size a policy's memory reached in one evaluation",
+            t.policy_memory.clone(),
+        );
+        registry.register(
+            "policy_memory_growths",
+            "Growths of a policy's memory during evaluations (each costs the host microseconds)",
+            t.policy_memory_growths.clone(),
         );
         registry.register(
             "policy_errors",
