@@ -144,6 +144,34 @@ fn eval_usage_reports_the_memory_the_call_used() {
     assert_eq!(code, 1);
     assert!(err.contains("(limit 16.0 MiB), grown "), "{err}");
     assert!(!err.contains("grown 0 times"), "{err}");
+
+    // With fuel metering on, the fuel burned too (a count, not a time: the
+    // same call burns the same fuel every time).
+    let example = data_dir().join("contexts").join("example.json");
+    let ctx = example.to_str().unwrap();
+    let usage = |fuel: &str| {
+        let (code, _, err) = cli(&[
+            "eval",
+            artifacts::BENCH_HPA,
+            "--context",
+            ctx,
+            "--usage",
+            "--fuel",
+            fuel,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        err.trim_end()
+            .rsplit_once(", fuel ")
+            .unwrap_or_else(|| panic!("no fuel in {err:?}"))
+            .1
+            .to_owned()
+    };
+    let used = usage("10000000");
+    let (burned, limit) = used.split_once(" of ").unwrap();
+    assert_eq!(limit, "10000000");
+    let burned: u64 = burned.parse().unwrap();
+    assert!(burned > 1_000 && burned < 10_000_000, "{used}");
+    assert_eq!(usage("10000000"), used);
 }
 
 #[test]

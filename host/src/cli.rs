@@ -140,7 +140,8 @@ pub struct EvalArgs {
     /// Limits for the evaluation.
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// Also prints on stderr how much memory the evaluation used.
+    /// Also prints on stderr how much memory (and, with `--fuel`, fuel) the
+    /// evaluation used.
     #[arg(long)]
     pub usage: bool,
 }
@@ -402,9 +403,13 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             }
             let (result, usage) = module.evaluate_with_usage(&ctx);
             if args.usage {
+                let fuel = match usage.fuel_consumed {
+                    Some(used) => format!(", fuel {used} of {}", module.limits().fuel),
+                    None => String::new(),
+                };
                 writeln!(
                     err,
-                    "usage: memory {} at its largest (limit {}), grown {} times during the call",
+                    "usage: memory {} at its largest (limit {}), grown {} times during the call{fuel}",
                     ByteSize::b(usage.memory_bytes),
                     module.limits().max_memory,
                     usage.memory_growths

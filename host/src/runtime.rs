@@ -421,7 +421,10 @@ fn run<R>(
         Err(e) => Err(classify(&e, true, &store, limits)),
     };
     let stderr = store.data_mut().finish();
-    let usage = store.data().limiter.usage;
+    let mut usage = store.data().limiter.usage;
+    if limits.fuel > 0 {
+        usage.fuel_consumed = store.get_fuel().ok().map(|left| limits.fuel - left);
+    }
     let result = result.map_err(|mut err| {
         if !stderr.is_empty() && err.kind != EvalErrorKind::PolicyError {
             err.message = format!("{}\npolicy stderr:\n{}", err.message, stderr.trim_end());

@@ -304,6 +304,9 @@ pub struct EvalUsage {
     /// config.toml) grows it only when that heap runs out; each growth
     /// costs the host a re-protection of the pages when the slot is reused.
     pub memory_growths: u32,
+    /// Fuel the call burned (instantiation included), when fuel metering
+    /// is on (`runtime.fuel` > 0); `None` otherwise.
+    pub fuel_consumed: Option<u64>,
 }
 
 /// The error a refused memory growth traps with.
