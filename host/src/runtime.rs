@@ -353,9 +353,10 @@ impl PolicyModule {
         self.evaluate_with_usage(ctx).0
     }
 
-    /// [`evaluate`](Self::evaluate), also telling how much memory the call
-    /// used (for `scalewise eval --usage` and for tests that keep the
-    /// bundled policies from growing their memory).
+    /// [`evaluate`](Self::evaluate), also telling how much memory (and, with
+    /// fuel metering on, fuel) the call used: for `scalewise eval --usage`,
+    /// the host's `policy_memory_*` metrics, and the test that keeps the
+    /// bundled policies from growing their memory.
     pub fn evaluate_with_usage(&self, ctx: &Context) -> (Result<Decision, EvalError>, EvalUsage) {
         let guest_ctx = match bindings::context_to_guest(ctx) {
             Ok(c) => c,
@@ -391,7 +392,8 @@ impl PolicyModule {
 }
 
 /// One call into a fresh instance of `pre`: a new Store with the runtime's
-/// limits, the call, then the guest's output flushed to the log.
+/// limits, the call, then the guest's output flushed to the log. Also what
+/// the instance used (memory; fuel when metered).
 fn run<R>(
     rt: &RuntimeInner,
     pre: &PolicyPre<HostState>,
