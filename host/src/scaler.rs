@@ -538,9 +538,10 @@ impl Scaler {
             Vec::new()
         });
 
+        let (evaluations, usages): (Vec<Evaluation>, Vec<Option<EvalUsage>>) =
+            evaluations.into_iter().unzip();
         let mut abstained = vec![false; evaluations.len()];
-        let mut evaluations_done = Vec::with_capacity(evaluations.len());
-        for (i, (evaluation, usage)) in evaluations.into_iter().enumerate() {
+        for (i, (evaluation, usage)) in evaluations.iter().zip(&usages).enumerate() {
             let telemetry = &self.services.telemetry;
             let labels = ModuleLabels {
                 module: evaluation.module.clone(),
@@ -583,9 +584,8 @@ impl Scaler {
                     );
                 }
             }
-            evaluations_done.push(evaluation);
         }
-        (evaluations_done, abstained)
+        (evaluations, abstained)
     }
 
     async fn actuate(&mut self, now_ms: i64, record: &mut TickRecord) {

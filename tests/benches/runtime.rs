@@ -220,21 +220,6 @@ fn lowering(c: &mut Criterion, rt: &Runtime) {
     g.finish();
 }
 
-/// Median time per call over `rounds` rounds of `calls` calls.
-fn median_per_call(rounds: usize, calls: u32, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..rounds)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..calls {
-                f();
-            }
-            start.elapsed() / calls
-        })
-        .collect();
-    times.sort();
-    times[rounds / 2]
-}
-
 /// Time per call of `f`, over `calls` calls.
 fn per_call(calls: u32, mut f: impl FnMut()) -> Duration {
     let start = Instant::now();
@@ -247,6 +232,11 @@ fn per_call(calls: u32, mut f: impl FnMut()) -> Duration {
 fn median<T: PartialOrd + Copy>(mut xs: Vec<T>) -> T {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     xs[xs.len() / 2]
+}
+
+/// Median time per call over `rounds` rounds of `calls` calls.
+fn median_per_call(rounds: usize, calls: u32, mut f: impl FnMut()) -> Duration {
+    median((0..rounds).map(|_| per_call(calls, &mut f)).collect())
 }
 
 /// The figures the issue asks for, in one place.

@@ -293,7 +293,7 @@ pub(crate) struct Limiter {
     pub(crate) usage: EvalUsage,
 }
 
-/// How much linear memory one call into a policy used.
+/// What one call into a policy used: linear memory, and fuel when metered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvalUsage {
     /// The largest size the policy's memory reached, in bytes: its initial
