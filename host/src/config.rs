@@ -25,6 +25,7 @@ mod secret;
 mod tests;
 mod validate;
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -260,8 +261,8 @@ impl Config {
 
     /// [`Config::validate`] with environment variables looked up in `env`.
     pub fn validate_with_env(&self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
-        let text = self.origin.text();
-        let doc = Document::new(&self.origin.path, &text);
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
         let problems = validate::check(self, &doc, env);
         into_result(problems)
     }
@@ -270,8 +271,8 @@ impl Config {
     /// (a Prometheus query this build's PromQL parser cannot read), located
     /// like problems. The daemon logs them when it starts.
     pub fn warnings(&self) -> Vec<Problem> {
-        let text = self.origin.text();
-        let doc = Document::new(&self.origin.path, &text);
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
         validate::warnings(self, &doc)
     }
 

@@ -7,6 +7,7 @@
 //! readable context such as `scalers[1] "web".behavior.scale_up`. The other
 //! way round, a serde error's byte span is turned into the path it falls in.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -14,7 +15,7 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::Problem;
+use super::{Origin, Problem};
 
 /// One step of a path into the document: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +64,27 @@ pub(super) enum Hit {
 }
 
 /// The config text, parsed once more with every key and value's span.
+///
+/// Built before every check but parsed only when a problem must be located:
+/// a valid config (the usual case, and every reload of a module that fits)
+/// never pays for it. For the fleet benchmark's 10,000 scalers that parse
+/// held ~140 MiB at its peak, and a start validated the text three times.
 pub(super) struct Document<'t> {
     file: &'t Path,
+    text: Text<'t>,
+    parsed: OnceCell<Parsed<'t>>,
+}
+
+/// Where a document's text comes from.
+enum Text<'t> {
+    /// Already in memory.
+    Ready(&'t str),
+    /// Decompressed from the config's origin on first use, into the
+    /// caller's cell (which outlives the document).
+    Stored(&'t Origin, &'t OnceCell<String>),
+}
+
+struct Parsed<'t> {
     text: &'t str,
     /// `None` when the text is not valid TOML (then only syntax errors are reported).
     root: Option<DeTable<'t>>,
@@ -81,25 +101,54 @@ impl fmt::Debug for Document<'_> {
 }
 
 impl<'t> Document<'t> {
-    /// Parses `text`, read from `file`.
+    /// The document of `text`, read from `file`.
     pub(super) fn new(file: &'t Path, text: &'t str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
         Document {
             file,
-            text,
-            root: DeTable::parse(text).ok().map(Spanned::into_inner),
-            line_starts,
+            text: Text::Ready(text),
+            parsed: OnceCell::new(),
         }
+    }
+
+    /// The document of the config text `origin` keeps, decompressed into
+    /// `cell` only if a problem must be located.
+    pub(super) fn of(origin: &'t Origin, cell: &'t OnceCell<String>) -> Self {
+        Document {
+            file: origin.path(),
+            text: Text::Stored(origin, cell),
+            parsed: OnceCell::new(),
+        }
+    }
+
+    fn parsed(&self) -> &Parsed<'t> {
+        self.parsed.get_or_init(|| {
+            let text: &'t str = match self.text {
+                Text::Ready(text) => text,
+                Text::Stored(origin, cell) => cell.get_or_init(|| origin.text()),
+            };
+            Parsed {
+                text,
+                root: DeTable::parse(text).ok().map(Spanned::into_inner),
+                line_starts: std::iter::once(0)
+                    .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                    .collect(),
+            }
+        })
+    }
+
+    /// Whether the text has been parsed (a test's window on the laziness).
+    #[cfg(test)]
+    pub(super) fn is_parsed(&self) -> bool {
+        self.parsed.get().is_some()
     }
 
     /// 1-based line and column (in characters) of a byte offset.
     pub(super) fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self.line_starts[line - 1];
-        let column = self
+        let parsed = self.parsed();
+        let offset = offset.min(parsed.text.len());
+        let line = parsed.line_starts.partition_point(|&start| start <= offset);
+        let start = parsed.line_starts[line - 1];
+        let column = parsed
             .text
             .get(start..offset)
             .map_or(offset - start, |s| s.chars().count());
@@ -142,7 +191,7 @@ impl<'t> Document<'t> {
     pub(super) fn get(&self, path: &[Seg]) -> Option<&Spanned<DeValue<'t>>> {
         let (first, rest) = path.split_first()?;
         let Seg::Key(key) = first else { return None };
-        let mut node = self.root.as_ref()?.get(key.as_str())?;
+        let mut node = self.parsed().root.as_ref()?.get(key.as_str())?;
         for seg in rest {
             node = child(node.get_ref(), seg)?.1;
         }
@@ -186,7 +235,7 @@ impl<'t> Document<'t> {
     /// Byte offset of the value (or key) at `path`, or of the deepest part
     /// of it that was written.
     fn locate(&self, path: &[Seg], at_key: bool) -> Option<usize> {
-        let root = self.root.as_ref()?;
+        let root = self.parsed().root.as_ref()?;
         let mut best = None;
         let mut table: Option<&DeValue<'t>> = None;
         for (depth, seg) in path.iter().enumerate() {
@@ -211,7 +260,7 @@ impl<'t> Document<'t> {
     /// deepest key or value whose span holds it.
     pub(super) fn path_at(&self, span: &Range<usize>) -> (Vec<Seg>, Hit) {
         let mut best = (Vec::new(), Hit::Table, 0);
-        if let Some(root) = &self.root {
+        if let Some(root) = &self.parsed().root {
             let mut path = Vec::new();
             for (key, value) in root.iter() {
                 path.push(Seg::Key(key.get_ref().to_string()));

@@ -2,6 +2,7 @@
 //! modules say about themselves (`describe()`), and the parameters object
 //! each policy is given.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value as Json;
@@ -49,13 +50,21 @@ impl Config {
     /// given, and every value has the declared kind (a `metric` parameter
     /// must name one of the scaler's metrics). Reports every problem.
     pub fn check_policies(&self, catalog: &dyn PolicyCatalog) -> Result<(), ConfigError> {
-        let text = self.origin.text();
-        let doc = Document::new(&self.origin.path, &text);
+        let text = OnceCell::new();
+        self.check_policies_in(&Document::of(&self.origin, &text), catalog)
+    }
+
+    /// [`Config::check_policies`], locating problems in `doc`.
+    pub(super) fn check_policies_in(
+        &self,
+        doc: &Document<'_>,
+        catalog: &dyn PolicyCatalog,
+    ) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         for (i, scaler) in self.scalers.iter().enumerate() {
             for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
                 check_policy(
-                    &doc,
+                    doc,
                     catalog,
                     scaler.get_ref(),
                     policy.get_ref(),

@@ -1,6 +1,7 @@
 //! Table-driven tests of loading, validating and checking configs against
 //! policy modules, with real files in temporary folders.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -1166,6 +1167,39 @@ fn policies_are_checked_against_what_modules_declare() {
         };
         assert_eq!(problem.path, case.path, "{}", case.name);
     }
+}
+
+/// Locating problems needs a second, span-keeping parse of the text: it is
+/// made only when there is a problem to locate (for a fleet's config it is
+/// the largest allocation of a start).
+#[test]
+fn the_text_is_parsed_again_only_to_locate_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_in(dir.path(), BASE).unwrap();
+    let text = OnceCell::new();
+    let doc = Document::of(config.origin(), &text);
+    assert!(validate::check(&config, &doc, &env).is_empty());
+    assert!(validate::warnings(&config, &doc).is_empty());
+    config.check_policies_in(&doc, &bundled()).unwrap();
+    assert!(!doc.is_parsed(), "a valid config was parsed again");
+    assert!(
+        text.get().is_none(),
+        "a valid config's text was decompressed"
+    );
+
+    let bad = edit(BASE, &[("target = 60.0", "target = \"high\"")]);
+    let config = parse_in(dir.path(), &bad).unwrap();
+    let text = OnceCell::new();
+    let doc = Document::of(config.origin(), &text);
+    let err = config.check_policies_in(&doc, &bundled()).unwrap_err();
+    assert!(doc.is_parsed());
+    assert_eq!(text.get().map(String::as_str), Some(bad.as_str()));
+    let problem = &err.problems()[0];
+    assert_eq!(
+        (problem.line, problem.column),
+        position_of(&bad, "\"high\""),
+        "{err}"
+    );
 }
 
 #[test]
