@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use scalewise::journal::{EvaluationOutcome, Journal, Query, TickRecord};
+use scalewise::journal::{EvaluationOutcome, TickRecord};
 use scalewise_tests::artifacts;
-use scalewise_tests::daemon::{RunningDaemon, config_text, counter_reason, wait_until_async};
+use scalewise_tests::reload::{config_text, counter_reason, wait_until_async};
+use scalewise_tests::running::RunningDaemon;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -26,21 +27,26 @@ module = "counter"
 "#;
 
 async fn start(extra: &str) -> RunningDaemon {
-    RunningDaemon::start(&config_text(4.0, 50, "native", extra), |dir| {
-        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-    })
-    .await
+    RunningDaemon::with(&config_text(4.0, 50, "native", extra))
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        })
+        .config_reload()
+        .no_listener()
+        .start()
+        .await
+        .unwrap()
 }
 
 /// Rewrites the config file as an editor would: a new file renamed over it.
 fn rewrite(d: &RunningDaemon, text: &str) {
-    let tmp = d.dir.path().join(".scalewise.toml.tmp");
+    let tmp = d.dir().join(".scalewise.toml.tmp");
     std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &d.config_path).unwrap();
+    std::fs::rename(&tmp, d.config_path()).unwrap();
 }
 
 async fn wait_for_reloads(d: &RunningDaemon, result: &str, n: u64) {
-    let telemetry = d.telemetry.clone();
+    let telemetry = d.telemetry().clone();
     let needle = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
     wait_until_async(10 * SECOND, &needle.clone(), move || {
         telemetry.encode().contains(&needle)
@@ -58,21 +64,36 @@ fn count_of(record: &TickRecord) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     let mut d = start("").await;
-    let before = d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
-    assert_eq!(d.get("/v1/scalers").await.as_array().unwrap().len(), 1);
+    let before = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.get("/v1/scalers")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // web's bounds change (same policies), a scaler is added.
     let text = config_text(4.0, 50, "native", API_SCALER).replace("max = 10", "max = 8");
     rewrite(&d, &text);
     wait_for_reloads(&d, "applied", 1).await;
 
-    let web = d.get("/v1/scalers/web").await;
+    let web = d.get("/v1/scalers/web").await.unwrap();
     assert_eq!(web["max"], 8);
-    let api = d.next_decision(5 * SECOND, |r| r.scaler == "api").await;
+    let api = d
+        .next_decision(5 * SECOND, |r| r.scaler == "api")
+        .await
+        .unwrap();
     assert_eq!(count_of(&api), 1, "a new scaler starts afresh");
     let after = d
         .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.max == 8)
-        .await;
+        .await
+        .unwrap();
     assert!(
         count_of(&after) > count_of(&before),
         "web's policy state carried over: {} then {}",
@@ -82,13 +103,14 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     let names: Vec<String> = d
         .get("/v1/scalers")
         .await
+        .unwrap()
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["api", "web"]);
-    let status = d.get("/v1/config").await;
+    let status = d.get("/v1/config").await.unwrap();
     assert_eq!(status["reloads"], 1);
     assert_eq!(status["reload_enabled"], true);
     assert_eq!(status["last_error"], serde_json::Value::Null);
@@ -97,13 +119,22 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     // Removed again: it stops; its journal stays.
     rewrite(&d, &config_text(4.0, 50, "native", ""));
     wait_for_reloads(&d, "applied", 2).await;
-    assert_eq!(d.get("/v1/scalers").await.as_array().unwrap().len(), 1);
-    assert_eq!(d.get("/v1/scalers/api").await["error"]["code"], "not_found");
-    let (dir, web_records) = d.stop("web").await;
-    let api_records = Journal::open_read_only(&dir.path().join("journal.db"))
-        .unwrap()
-        .query_blocking(&Query::scaler("api", 1000))
-        .unwrap();
+    assert_eq!(
+        d.get("/v1/scalers")
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.get("/v1/scalers/api").await.unwrap()["error"]["code"],
+        "not_found"
+    );
+    d.stop().await.unwrap();
+    let web_records = d.records("web").await.unwrap();
+    let api_records = d.records("api").await.unwrap();
     assert!(!api_records.is_empty());
     // One journal for web throughout: its counts run on without a gap.
     let counts: Vec<u64> = web_records.iter().map(count_of).collect();
@@ -114,7 +145,9 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     let mut d = start("").await;
-    d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
 
     // min above max, and a module that does not exist.
     let text = config_text(4.0, 50, "native", "")
@@ -122,7 +155,7 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
         .replace("module = \"counter\"", "module = \"countr\"");
     rewrite(&d, &text);
     wait_for_reloads(&d, "refused", 1).await;
-    let status = d.get("/v1/config").await;
+    let status = d.get("/v1/config").await.unwrap();
     let error = &status["last_error"];
     assert_eq!(error["kind"], "invalid");
     let text = error["error"].as_str().unwrap();
@@ -139,7 +172,10 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     assert_eq!(status["reloads"], 0);
 
     // Still running with the old config.
-    let record = d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+    let record = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
     assert_eq!(record.target.min, 1);
     assert!(matches!(
         record.evaluations[0].outcome,
@@ -151,7 +187,7 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
         config_text(4.0, 50, "native", "").replace("module = \"counter\"", "module = \"countr\"");
     rewrite(&d, &text);
     wait_for_reloads(&d, "refused", 2).await;
-    let error = d.get("/v1/config").await["last_error"]["error"].clone();
+    let error = d.get("/v1/config").await.unwrap()["last_error"]["error"].clone();
     assert!(
         error
             .as_str()
@@ -166,10 +202,10 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
         &config_text(4.0, 50, "native", "").replace("max = 10", "max = 9"),
     );
     wait_for_reloads(&d, "applied", 1).await;
-    let status = d.get("/v1/config").await;
+    let status = d.get("/v1/config").await.unwrap();
     assert_eq!(status["last_error"], serde_json::Value::Null);
-    assert_eq!(d.get("/v1/scalers/web").await["max"], 9);
-    d.stop("web").await;
+    assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 9);
+    d.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,16 +217,19 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
         + "\n[api]\nlisten = \"127.0.0.1:9999\"\n";
     rewrite(&d, &text);
     wait_for_reloads(&d, "applied", 1).await;
-    let status = d.get("/v1/config").await;
+    let status = d.get("/v1/config").await.unwrap();
     assert_eq!(
         status["restart_required"],
         serde_json::json!(["[api]", "[clock]", "[simulations]"])
     );
     // The rest applies, and the scalers keep running.
-    let record = d.next_decision(5 * SECOND, |r| r.scaler == "web").await;
+    let record = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
     assert!(matches!(
         record.evaluations[0].outcome,
         EvaluationOutcome::Decided { .. }
     ));
-    d.stop("web").await;
+    d.stop().await.unwrap();
 }

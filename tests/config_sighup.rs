@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use scalewise_tests::artifacts;
-use scalewise_tests::daemon::{RunningDaemon, config_text, wait_until_async};
+use scalewise_tests::reload::{config_text, wait_until_async};
+use scalewise_tests::running::RunningDaemon;
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,23 +14,29 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     // watched either).
     let text = config_text(4.0, 50, "native", "") + "\n";
     let text = text.replace("mode = \"native\"", "mode = \"native\"\nenabled = false");
-    let mut d = RunningDaemon::start(&text, |dir| {
-        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-    })
-    .await;
+    let mut d = RunningDaemon::with(&text)
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        })
+        .config_reload()
+        .start()
+        .await
+        .unwrap();
     // Ticking means run() is past installing the SIGHUP handler.
-    d.next_decision(Duration::from_secs(5), |_| true).await;
-    std::fs::write(&d.config_path, text.replace("max = 10", "max = 7")).unwrap();
+    d.next_decision(Duration::from_secs(5), |_| true)
+        .await
+        .unwrap();
+    std::fs::write(d.config_path(), text.replace("max = 10", "max = 7")).unwrap();
     // Unwatched: nothing happens by itself.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(d.get("/v1/scalers/web").await["max"], 10);
+    assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 10);
 
     let status = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let telemetry = d.telemetry.clone();
+    let telemetry = d.telemetry().clone();
     wait_until_async(Duration::from_secs(10), "the reload", move || {
         telemetry
             .encode()
@@ -38,7 +45,7 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     .await;
     // The scaler takes the new config between ticks, on its own task.
     scalewise_tests::wait_until("the API to show max 7", Duration::from_secs(5), || async {
-        let max = d.get("/v1/scalers/web").await["max"].clone();
+        let max = d.get("/v1/scalers/web").await.unwrap()["max"].clone();
         if max == 7 {
             Ok(())
         } else {
@@ -49,7 +56,8 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     .unwrap();
     let record = d
         .next_decision(Duration::from_secs(5), |r| r.target.max == 7)
-        .await;
+        .await
+        .unwrap();
     assert_eq!(record.scaler, "web");
 
     // A second SIGHUP with the file unchanged applies nothing.
@@ -57,13 +65,13 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
         .args(["-HUP", &std::process::id().to_string()])
         .status()
         .unwrap();
-    let telemetry = d.telemetry.clone();
+    let telemetry = d.telemetry().clone();
     wait_until_async(Duration::from_secs(10), "the no-op reload", move || {
         telemetry
             .encode()
             .contains("scalewise_config_reloads_total{result=\"unchanged\"} 1")
     })
     .await;
-    assert_eq!(d.get("/v1/config").await["reloads"], 1);
-    d.stop("web").await;
+    assert_eq!(d.get("/v1/config").await.unwrap()["reloads"], 1);
+    d.stop().await.unwrap();
 }

@@ -12,9 +12,8 @@ use scalewise::config::{WatchConfig, WatchMode};
 use scalewise::journal::{EvaluationOutcome, TickRecord};
 use scalewise::registry::{Registry, ReloadReport};
 use scalewise::watch::{ActiveMode, FolderWatch};
-use scalewise_tests::daemon::{
-    RunningDaemon, config_text, counter_reason, wait_until, wait_until_async,
-};
+use scalewise_tests::reload::{config_text, counter_reason, wait_until, wait_until_async};
+use scalewise_tests::running::RunningDaemon;
 use scalewise_tests::{artifacts, context, runtime};
 use sha2::{Digest as _, Sha256};
 
@@ -349,10 +348,14 @@ fn polling_sees_new_changed_and_deleted_modules() {
 
 /// A daemon ticking every 250 ms of real time (1 s of host time at 4×).
 async fn ticking(extra: &str) -> RunningDaemon {
-    RunningDaemon::start(&config_text(4.0, 50, "native", extra), |dir| {
-        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-    })
-    .await
+    RunningDaemon::with(&config_text(4.0, 50, "native", extra))
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        })
+        .config_reload()
+        .start()
+        .await
+        .unwrap()
 }
 
 fn decided_by<'a>(record: &'a TickRecord, digest: &str) -> Option<&'a str> {
@@ -372,17 +375,21 @@ async fn replacing_a_module_while_scalers_tick_loses_no_decision() {
     let v2 = digest_of(artifacts::COUNTER_V2);
     for _ in 0..4 {
         d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-            .await;
+            .await
+            .unwrap();
     }
-    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir.join("counter.wasm")).unwrap();
+    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir().join("counter.wasm")).unwrap();
     let first_v2 = d
         .next_decision(10 * SECOND, |r| decided_by(r, &v2).is_some())
-        .await;
+        .await
+        .unwrap();
     for _ in 0..3 {
         d.next_decision(5 * SECOND, |r| decided_by(r, &v2).is_some())
-            .await;
+            .await
+            .unwrap();
     }
-    let (_dir, records) = d.stop("web").await;
+    d.stop().await.unwrap();
+    let records = d.records("web").await.unwrap();
 
     // Every tick decided, first with v1 then with v2, and the count the
     // policy keeps in its state went on across the swap.
@@ -430,9 +437,14 @@ async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
     let mut d = ticking("").await;
     let v1 = digest_of(artifacts::COUNTER);
     d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await;
-    std::fs::copy(artifacts::WRONG_VERSION, d.policy_dir.join("counter.wasm")).unwrap();
-    let registry = d.registry.clone();
+        .await
+        .unwrap();
+    std::fs::copy(
+        artifacts::WRONG_VERSION,
+        d.policy_dir().join("counter.wasm"),
+    )
+    .unwrap();
+    let registry = d.registry().clone();
     wait_until_async(10 * SECOND, "the failure", || {
         registry.snapshot().failures.contains_key("counter")
     })
@@ -445,7 +457,8 @@ async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
                 .first()
                 .is_some_and(|e| e.load_error.is_some())
         })
-        .await;
+        .await
+        .unwrap();
     let evaluation = &noted.evaluations[0];
     assert_eq!(evaluation.digest.as_deref(), Some(v1.as_str()));
     assert!(matches!(
@@ -461,19 +474,19 @@ async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
     ] {
         assert!(note.contains(part), "{part:?} missing in {note}");
     }
-    let next = d.next_decision(5 * SECOND, |_| true).await;
+    let next = d.next_decision(5 * SECOND, |_| true).await.unwrap();
     assert_eq!(next.evaluations[0].load_error, None, "noted once");
     assert!(decided_by(&next, &v1).is_some());
 
     // The API: the failure, and that the previous version serves.
-    let policies = d.get("/v1/policies").await;
+    let policies = d.get("/v1/policies").await.unwrap();
     let failure = &policies["failures"][0];
     assert_eq!(failure["name"], "counter");
     assert_eq!(failure["kind"], "wrong_wit_version");
     assert_eq!(failure["serving_previous"], true);
     assert_eq!(failure["serving_digest"], v1.as_str());
     assert_eq!(policies["modules"][0]["last_error"], failure["error"]);
-    let status = d.get("/v1/scalers/web").await;
+    let status = d.get("/v1/scalers/web").await.unwrap();
     let problems = status["problems"].to_string();
     assert!(
         problems.contains("a newer version failed to load"),
@@ -481,14 +494,14 @@ async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
     );
 
     // The host's metrics.
-    let metrics = d.telemetry.encode();
+    let metrics = d.telemetry().encode();
     assert!(
         metrics.contains(
             "scalewise_module_load_errors_total{module=\"counter\",kind=\"wrong_wit_version\"} 1"
         ),
         "{metrics}"
     );
-    d.stop("web").await;
+    d.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,13 +510,15 @@ async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
     let v1 = digest_of(artifacts::COUNTER);
     let before = d
         .next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await;
-    std::fs::remove_file(d.policy_dir.join("counter.wasm")).unwrap();
+        .await
+        .unwrap();
+    std::fs::remove_file(d.policy_dir().join("counter.wasm")).unwrap();
     let held = d
         .next_decision(10 * SECOND, |r| {
             r.evaluations.first().is_some_and(|e| e.digest.is_none())
         })
-        .await;
+        .await
+        .unwrap();
     let EvaluationOutcome::Failed { kind, error } = &held.evaluations[0].outcome else {
         panic!("{:?}", held.evaluations[0].outcome);
     };
@@ -516,44 +531,55 @@ async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
         assert!(error.contains(part), "{part:?} missing in {error}");
     }
     assert_eq!(held.desired, held.target.current, "held");
-    let policies = d.get("/v1/policies").await;
+    let policies = d.get("/v1/policies").await.unwrap();
     assert_eq!(policies["removed"][0]["name"], "counter");
     assert_eq!(policies["removed"][0]["digest"], v1.as_str());
-    assert!(d.telemetry.encode().contains("scalewise_modules_loaded 0"));
+    assert!(
+        d.telemetry()
+            .encode()
+            .contains("scalewise_modules_loaded 0")
+    );
 
     // Back: from the compiled-code cache, and the state goes on from the
     // last decision.
-    std::fs::copy(artifacts::COUNTER, d.policy_dir.join("counter.wasm")).unwrap();
+    std::fs::copy(artifacts::COUNTER, d.policy_dir().join("counter.wasm")).unwrap();
     let back = d
         .next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await;
+        .await
+        .unwrap();
     let last = counter_reason(decided_by(&before, &v1).unwrap()).unwrap().1;
     let now = counter_reason(decided_by(&back, &v1).unwrap()).unwrap().1;
     assert!(now > last, "{now} after {last}");
-    let policies = d.get("/v1/policies").await;
+    let policies = d.get("/v1/policies").await.unwrap();
     assert_eq!(policies["modules"][0]["origin"], "cache");
     assert_eq!(policies["removed"], serde_json::json!([]));
-    let metrics = d.telemetry.encode();
+    let metrics = d.telemetry().encode();
     assert!(
         metrics.contains("scalewise_module_loads_total{module=\"counter\",origin=\"cache\"} 1"),
         "{metrics}"
     );
-    d.stop("web").await;
+    d.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_does_not_fit_the_config_is_refused() {
     // The config gives the counter a parameter that `faults` does not take.
-    let mut d = RunningDaemon::start(
-        &config_text(4.0, 50, "native", "params = { scale_to = 0 }\n"),
-        |dir| {
-            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-        },
-    )
-    .await;
+    let mut d = RunningDaemon::with(&config_text(
+        4.0,
+        50,
+        "native",
+        "params = { scale_to = 0 }\n",
+    ))
+    .policies(|dir| {
+        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+    })
+    .config_reload()
+    .start()
+    .await
+    .unwrap();
     let v1 = digest_of(artifacts::COUNTER);
-    std::fs::copy(artifacts::FAULTS, d.policy_dir.join("counter.wasm")).unwrap();
-    let registry = d.registry.clone();
+    std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
+    let registry = d.registry().clone();
     wait_until_async(10 * SECOND, "the refusal", || {
         registry.snapshot().failures.contains_key("counter")
     })
@@ -568,6 +594,7 @@ async fn a_module_that_does_not_fit_the_config_is_refused() {
         failure.error
     );
     d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await;
-    d.stop("web").await;
+        .await
+        .unwrap();
+    d.stop().await.unwrap();
 }

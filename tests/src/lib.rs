@@ -17,9 +17,9 @@
 //! - [`running`]: the real daemon, run in-process from a config text, with
 //!   the bundled policy modules (end-to-end tests and benchmarks).
 
-pub mod daemon;
 pub mod e2e;
 pub mod prometheus;
+pub mod reload;
 pub mod running;
 pub mod stub_http;
 

@@ -6,7 +6,9 @@
 //! `threshold` modules built from `policies/`, then loads it the way
 //! `scalewise run --config` does, builds the [`Daemon`] and runs it with the
 //! HTTP API on a free loopback port. Relative paths in the config (the
-//! journal, secret files) land in that folder.
+//! journal, secret files) land in that folder. [`RunningDaemon::with`]
+//! starts one with other modules, the config's own clock, or config reload
+//! on (the hot-reload tests).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -27,18 +29,24 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use scalewise::clock::Clock;
+use axum::body::Body;
+use axum::http::Request;
+use scalewise::api::{AppState, router};
+use scalewise::clock::{Clock, wall_clock_ms};
 use scalewise::config::Config;
 use scalewise::daemon::{Daemon, DaemonError};
 use scalewise::journal::{ActuationRecord, Journal, Query, TickRecord};
+use scalewise::registry::Registry;
 use scalewise::simulator::Simulation;
+use scalewise::telemetry::Telemetry;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
+use tower::ServiceExt as _;
 
 use crate::artifacts;
 use crate::wait_until;
@@ -53,41 +61,118 @@ pub const POLICY_MODULES: &[(&str, &str)] = &[
 const MAX_RECORDS: usize = 100_000;
 
 /// A daemon running on the caller's tokio runtime; stopped by
-/// [`RunningDaemon::stop`], or dropped with the runtime.
+/// [`RunningDaemon::stop`], or when dropped.
 #[derive(Debug)]
 pub struct RunningDaemon {
     dir: tempfile::TempDir,
-    api: SocketAddr,
+    api: Option<SocketAddr>,
     journal: Journal,
     simulation: Simulation,
     clock: Clock,
+    registry: Arc<Registry>,
+    telemetry: Arc<Telemetry>,
+    app: AppState,
     decisions: broadcast::Receiver<Arc<TickRecord>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
-impl RunningDaemon {
-    /// Loads `config` (a whole config file; `policy_dir = "policies"` finds
-    /// the bundled modules) from a temporary folder and runs the daemon on
-    /// `clock`. The API listens on a free loopback port whatever the config
-    /// says.
-    pub async fn start(config: &str, clock: Clock) -> anyhow::Result<RunningDaemon> {
+/// How a [`RunningDaemon`] starts: [`RunningDaemon::with`], then options,
+/// then [`Start::start`].
+pub struct Start<'a> {
+    config: &'a str,
+    clock: Option<Clock>,
+    policies: Option<Box<dyn FnOnce(&Path) + 'a>>,
+    config_reload: bool,
+    listen: bool,
+}
+
+impl std::fmt::Debug for Start<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Start")
+            .field("clock", &self.clock)
+            .field("own_policies", &self.policies.is_some())
+            .field("config_reload", &self.config_reload)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Start<'a> {
+    /// Runs the daemon on `clock` (by default a clock at the wall clock's
+    /// time, running at the config's `[clock] speed`).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Lets `fill` put the modules into the (empty) policy folder instead of
+    /// the bundled [`POLICY_MODULES`].
+    pub fn policies(mut self, fill: impl FnOnce(&Path) + 'a) -> Self {
+        self.policies = Some(Box::new(fill));
+        self
+    }
+
+    /// Reloads the config when its file changes (and on SIGHUP), as
+    /// `scalewise run --config` does.
+    pub fn config_reload(mut self) -> Self {
+        self.config_reload = true;
+        self
+    }
+
+    /// Serves the API on no port, and leaves `[api] listen` as the config
+    /// file says (a test that reloads a changed `[api]` needs that); the API
+    /// is still reached in-process with [`RunningDaemon::get`].
+    pub fn no_listener(mut self) -> Self {
+        self.listen = false;
+        self
+    }
+
+    /// Writes the config and the modules to a temporary folder, loads the
+    /// config from there and runs the daemon. The API listens on a free
+    /// loopback port whatever the config says (unless
+    /// [`Start::no_listener`]).
+    pub async fn start(self) -> anyhow::Result<RunningDaemon> {
         let dir = tempfile::Builder::new()
             .prefix("scalewise-daemon-")
             .tempdir()?;
-        install_policies(&dir.path().join("policies"))?;
+        let policy_dir = dir.path().join("policies");
+        match self.policies {
+            Some(fill) => {
+                std::fs::create_dir(&policy_dir)?;
+                fill(&policy_dir);
+            }
+            None => install_policies(&policy_dir)?,
+        }
         let path = dir.path().join("scalewise.toml");
-        std::fs::write(&path, config)?;
+        std::fs::write(&path, self.config)?;
         let mut config = Config::load(&path)?;
-        config.api.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let daemon = Daemon::build(config, clock).await?;
-        let listener = daemon.bind_api().await?;
-        let api = listener.local_addr()?;
-        let journal = daemon.journal().clone();
-        let simulation = daemon.simulation();
+        // As `--listen` does (reloads keep the override).
+        let listen = self.listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        if let Some(listen) = listen {
+            config.api.listen = listen;
+        }
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Clock::starting_at(wall_clock_ms(), config.clock.speed));
+        let mut daemon = Daemon::build(config, clock).await?;
+        if self.config_reload {
+            daemon.enable_config_reload(listen);
+        }
+        let listener = match listen {
+            Some(_) => Some(daemon.bind_api().await?),
+            None => None,
+        };
+        let api = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (journal, simulation, app) = (
+            daemon.journal().clone(),
+            daemon.simulation(),
+            daemon.app_state(),
+        );
+        let (registry, telemetry) = (daemon.registry().clone(), daemon.telemetry().clone());
         let decisions = daemon.subscribe();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(daemon.run(Some(listener), async move {
+        let task = tokio::spawn(daemon.run(listener, async move {
             let _ = stopped.await;
         }));
         Ok(RunningDaemon {
@@ -96,10 +181,33 @@ impl RunningDaemon {
             journal,
             simulation,
             clock,
+            registry,
+            telemetry,
+            app,
             decisions,
             stop: Some(stop),
             task: Some(task),
         })
+    }
+}
+
+impl RunningDaemon {
+    /// Loads `config` (a whole config file; `policy_dir = "policies"` finds
+    /// the bundled modules) from a temporary folder and runs the daemon on
+    /// `clock`.
+    pub async fn start(config: &str, clock: Clock) -> anyhow::Result<RunningDaemon> {
+        RunningDaemon::with(config).clock(clock).start().await
+    }
+
+    /// A daemon of `config` to start with other options.
+    pub fn with(config: &str) -> Start<'_> {
+        Start {
+            config,
+            clock: None,
+            policies: None,
+            config_reload: false,
+            listen: true,
+        }
     }
 
     /// The folder the config was written to.
@@ -107,8 +215,18 @@ impl RunningDaemon {
         self.dir.path()
     }
 
-    /// The HTTP API's address.
-    pub fn api(&self) -> SocketAddr {
+    /// `<dir>/policies`, the policy folder.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir().join("policies")
+    }
+
+    /// `<dir>/scalewise.toml`, the config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("scalewise.toml")
+    }
+
+    /// The HTTP API's address (`None` with [`Start::no_listener`]).
+    pub fn api(&self) -> Option<SocketAddr> {
         self.api
     }
 
@@ -122,10 +240,41 @@ impl RunningDaemon {
         self.clock
     }
 
+    /// The loaded policy modules.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The host's own metrics.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
     /// Every tick's record from now on, as the daemon publishes it (after
     /// the actuator was called).
     pub fn decisions(&self) -> broadcast::Receiver<Arc<TickRecord>> {
         self.decisions.resubscribe()
+    }
+
+    /// The next published tick record that satisfies `accept`, among those
+    /// published since the daemon started or since the last call; fails
+    /// after `timeout`.
+    pub async fn next_decision(
+        &mut self,
+        timeout: Duration,
+        accept: impl Fn(&TickRecord) -> bool,
+    ) -> anyhow::Result<Arc<TickRecord>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Ok(got) = tokio::time::timeout_at(deadline, self.decisions.recv()).await else {
+                bail!("no such decision within {timeout:?}");
+            };
+            match got {
+                Ok(record) if accept(&record) => return Ok(record),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => bail!("the daemon stopped"),
+            }
+        }
     }
 
     /// The simulated service `name`'s replicas now: (asked for, ready).
@@ -180,11 +329,25 @@ impl RunningDaemon {
         .await
     }
 
+    /// GETs `path` from the API's router in-process and parses the JSON
+    /// (or returns the text as a JSON string).
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = router(self.app.clone())
+            .oneshot(Request::get(path).body(Body::empty())?)
+            .await?;
+        let bytes = axum::body::to_bytes(response.into_body(), 16 << 20).await?;
+        Ok(serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into())))
+    }
+
     /// The value of one series of the host's own `/metrics`, read over
     /// HTTP (`series` is the name with its labels, exactly as exposed);
     /// `None` when the series is not exposed.
     pub async fn host_metric(&self, series: &str) -> anyhow::Result<Option<f64>> {
-        let text = reqwest::get(format!("http://{}/metrics", self.api))
+        let api = self
+            .api
+            .context("the API serves on no port (no_listener)")?;
+        let text = reqwest::get(format!("http://{api}/metrics"))
             .await?
             .error_for_status()?
             .text()
@@ -197,7 +360,8 @@ impl RunningDaemon {
 
     /// Shuts the daemon down gracefully (ticks in progress finish, the
     /// journal is flushed) and reports how it ended. The journal stays
-    /// readable through [`RunningDaemon::records`].
+    /// readable through [`RunningDaemon::records`], and the folder stays
+    /// until the value is dropped.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -213,6 +377,14 @@ impl RunningDaemon {
         // The daemon closed its journal; read the file from now on.
         self.journal = Journal::open_read_only(self.journal.path())?;
         Ok(())
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

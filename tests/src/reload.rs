@@ -1,0 +1,77 @@
+//! What the hot-reload and config-reload tests share: the config of a daemon
+//! that reloads (run with [`crate::running::RunningDaemon`]), waits, and
+//! reading the `counter` fixture's reasons.
+
+use std::time::{Duration, Instant};
+
+/// The config of one simulated service `web` scaled by one scaler `web`
+/// every `1s` of host time with the `counter` module; the host clock runs
+/// `speed` times faster than real time. `extra` is appended (more scalers,
+/// other settings).
+pub fn config_text(speed: f64, debounce_ms: u64, mode: &str, extra: &str) -> String {
+    format!(
+        r#"policy_dir = "policies"
+
+[clock]
+speed = {speed:?}
+
+[journal]
+path = "journal.db"
+
+[watch]
+debounce = "{debounce_ms}ms"
+mode = "{mode}"
+poll_interval = "100ms"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 3
+
+[simulations.web.load]
+base = 200.0
+
+[simulations.api]
+capacity_per_replica = 50.0
+initial_replicas = 2
+
+[simulations.api.load]
+base = 80.0
+
+[[scalers]]
+name = "web"
+interval = "1s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "web" }}
+
+[[scalers.policies]]
+module = "counter"
+{extra}"#
+    )
+}
+
+/// Waits (polling every 5 ms) until `cond` holds, or panics naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`wait_until`] for async tests: polls without blocking the runtime.
+pub async fn wait_until_async(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The `N` in a counter fixture's reason (`counter v1: evaluation N`), and
+/// its version.
+pub fn counter_reason(reason: &str) -> Option<(u32, u64)> {
+    let rest = reason.strip_prefix("counter v")?;
+    let (version, count) = rest.split_once(": evaluation ")?;
+    Some((version.parse().ok()?, count.parse().ok()?))
+}
