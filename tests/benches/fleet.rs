@@ -202,8 +202,16 @@ fn main() {
             let window_start = Instant::now();
             let mut rss_max = 0;
             let mut rss_last = 0;
-            while started.elapsed() < Duration::from_secs(seconds) - Duration::from_millis(500) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            // The last sample is taken half a second before the daemon is
+            // told to stop: one taken after would read a daemon that has
+            // already freed its scalers.
+            let end = started + Duration::from_secs(seconds) - Duration::from_millis(500);
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
                 rss_last = status_kib("VmRSS");
                 rss_max = rss_max.max(rss_last);
             }
