@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use scalewise::journal::{EvaluationOutcome, TickRecord};
-use scalewise_tests::artifacts;
-use scalewise_tests::reload::{config_text, counter_reason, wait_until_async};
+use scalewise_tests::reload::{config_text, counter_daemon, counter_reason, wait_until_async};
 use scalewise_tests::running::RunningDaemon;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -27,15 +26,17 @@ module = "counter"
 "#;
 
 async fn start(extra: &str) -> RunningDaemon {
-    RunningDaemon::with(&config_text(4.0, 50, "native", extra))
-        .policies(|dir| {
-            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-        })
-        .config_reload()
+    counter_daemon(&config_text(4.0, 50, "native", extra))
         .no_listener()
         .start()
         .await
         .unwrap()
+}
+
+/// How many scalers the API lists.
+async fn scaler_count(d: &RunningDaemon) -> usize {
+    let scalers = d.get("/v1/scalers").await.unwrap();
+    scalers.as_array().map_or(0, Vec::len)
 }
 
 /// Rewrites the config file as an editor would: a new file renamed over it.
@@ -68,15 +69,7 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
         .next_decision(5 * SECOND, |r| r.scaler == "web")
         .await
         .unwrap();
-    assert_eq!(
-        d.get("/v1/scalers")
-            .await
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(scaler_count(&d).await, 1);
 
     // web's bounds change (same policies), a scaler is added.
     let text = config_text(4.0, 50, "native", API_SCALER).replace("max = 10", "max = 8");
@@ -119,15 +112,7 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     // Removed again: it stops; its journal stays.
     rewrite(&d, &config_text(4.0, 50, "native", ""));
     wait_for_reloads(&d, "applied", 2).await;
-    assert_eq!(
-        d.get("/v1/scalers")
-            .await
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(scaler_count(&d).await, 1);
     assert_eq!(
         d.get("/v1/scalers/api").await.unwrap()["error"]["code"],
         "not_found"

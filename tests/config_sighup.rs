@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use scalewise_tests::artifacts;
-use scalewise_tests::reload::{config_text, wait_until_async};
-use scalewise_tests::running::RunningDaemon;
+use scalewise_tests::reload::{config_text, counter_daemon, wait_until_async};
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,14 +12,7 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     // watched either).
     let text = config_text(4.0, 50, "native", "") + "\n";
     let text = text.replace("mode = \"native\"", "mode = \"native\"\nenabled = false");
-    let mut d = RunningDaemon::with(&text)
-        .policies(|dir| {
-            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-        })
-        .config_reload()
-        .start()
-        .await
-        .unwrap();
+    let mut d = counter_daemon(&text).start().await.unwrap();
     // Ticking means run() is past installing the SIGHUP handler.
     d.next_decision(Duration::from_secs(5), |_| true)
         .await

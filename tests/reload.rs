@@ -12,7 +12,9 @@ use scalewise::config::{WatchConfig, WatchMode};
 use scalewise::journal::{EvaluationOutcome, TickRecord};
 use scalewise::registry::{Registry, ReloadReport};
 use scalewise::watch::{ActiveMode, FolderWatch};
-use scalewise_tests::reload::{config_text, counter_reason, wait_until, wait_until_async};
+use scalewise_tests::reload::{
+    config_text, counter_daemon, counter_reason, wait_until, wait_until_async,
+};
 use scalewise_tests::running::RunningDaemon;
 use scalewise_tests::{artifacts, context, runtime};
 use sha2::{Digest as _, Sha256};
@@ -348,11 +350,7 @@ fn polling_sees_new_changed_and_deleted_modules() {
 
 /// A daemon ticking every 250 ms of real time (1 s of host time at 4×).
 async fn ticking(extra: &str) -> RunningDaemon {
-    RunningDaemon::with(&config_text(4.0, 50, "native", extra))
-        .policies(|dir| {
-            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-        })
-        .config_reload()
+    counter_daemon(&config_text(4.0, 50, "native", extra))
         .start()
         .await
         .unwrap()
@@ -564,19 +562,8 @@ async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_does_not_fit_the_config_is_refused() {
     // The config gives the counter a parameter that `faults` does not take.
-    let mut d = RunningDaemon::with(&config_text(
-        4.0,
-        50,
-        "native",
-        "params = { scale_to = 0 }\n",
-    ))
-    .policies(|dir| {
-        std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-    })
-    .config_reload()
-    .start()
-    .await
-    .unwrap();
+    let text = config_text(4.0, 50, "native", "params = { scale_to = 0 }\n");
+    let mut d = counter_daemon(&text).start().await.unwrap();
     let v1 = digest_of(artifacts::COUNTER);
     std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
     let registry = d.registry().clone();

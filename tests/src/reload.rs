@@ -4,6 +4,20 @@
 
 use std::time::{Duration, Instant};
 
+use crate::artifacts;
+use crate::running::{RunningDaemon, Start};
+
+/// A daemon of `config` whose policy folder holds the `counter` fixture (as
+/// `counter.wasm`), with config reload on; add options, then `start()`.
+pub fn counter_daemon(config: &str) -> Start<'_> {
+    RunningDaemon::with(config)
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm"))
+                .expect("the counter fixture copies into the policy folder");
+        })
+        .config_reload()
+}
+
 /// The config of one simulated service `web` scaled by one scaler `web`
 /// every `1s` of host time with the `counter` module; the host clock runs
 /// `speed` times faster than real time. `extra` is appended (more scalers,

@@ -77,12 +77,15 @@ pub struct RunningDaemon {
     task: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
+/// What puts the modules into a fresh policy folder.
+type FillPolicies<'a> = Box<dyn FnOnce(&Path) + 'a>;
+
 /// How a [`RunningDaemon`] starts: [`RunningDaemon::with`], then options,
 /// then [`Start::start`].
 pub struct Start<'a> {
     config: &'a str,
     clock: Option<Clock>,
-    policies: Option<Box<dyn FnOnce(&Path) + 'a>>,
+    policies: Option<FillPolicies<'a>>,
     config_reload: bool,
     listen: bool,
 }
