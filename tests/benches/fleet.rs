@@ -10,7 +10,11 @@
 //! figures, 45: every scaler has ticked by then), `FLEET_INTERVAL_SECONDS`
 //! (15), `FLEET_JOURNAL_DIR` (where the journal goes; a temporary folder),
 //! `FLEET_COMMIT_DELAY_MS` (the journal's `commit_delay`; the config's
-//! default when unset), `FLEET_PROFILE_EXIT` (set: exit at the end of the window without shutting
+//! default when unset), `FLEET_CACHE_DIR` (the module cache, `[runtime]
+//! cache_dir`: a second run with the same folder starts as a restarted daemon
+//! does, from compiled code, and never runs the compiler; by default the
+//! cache is next to the journal, so every run compiles), `FLEET_PROFILE_EXIT`
+//! (set: exit at the end of the window without shutting
 //! down, so that a heap profiler such as heaptrack reports what the running
 //! daemon holds as "leaked").
 //!
@@ -21,7 +25,8 @@
 //!   journal (a tick's `time_ms` minus its slot on the scaler's grid,
 //!   `scalewise::daemon::tick_offset_ms`), plus the daemon's own
 //!   `tick_lag_seconds` histogram as a cross-check;
-//! - memory: VmRSS sampled every second (max and last) and VmHWM, from
+//! - memory: VmRSS sampled every second (max and last; the last split into
+//!   anonymous and file-backed) and VmHWM, from
 //!   `/proc/self/status`;
 //! - journal appends and commits (transactions, each an fsync) per second.
 
@@ -57,6 +62,9 @@ fn fleet_config(scalers: u64, interval_s: u64, policy_dir: &str, journal: &str) 
     );
     if let Ok(ms) = std::env::var("FLEET_COMMIT_DELAY_MS") {
         writeln!(toml, "commit_delay = \"{ms}ms\"").unwrap();
+    }
+    if let Ok(dir) = std::env::var("FLEET_CACHE_DIR") {
+        writeln!(toml, "\n[runtime]\ncache_dir = {dir:?}").unwrap();
     }
     toml.push('\n');
     for i in 0..scalers {
@@ -202,6 +210,7 @@ fn main() {
             let window_start = Instant::now();
             let mut rss_max = 0;
             let mut rss_last = 0;
+            let mut rss_split = (0, 0);
             // The last sample is taken half a second before the daemon is
             // told to stop: one taken after would read a daemon that has
             // already freed its scalers.
@@ -214,6 +223,7 @@ fn main() {
                 tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
                 rss_last = status_kib("VmRSS");
                 rss_max = rss_max.max(rss_last);
+                rss_split = (status_kib("RssAnon"), status_kib("RssFile"));
             }
             let cpu = cpu_time() - cpu_before;
             let wall = window_start.elapsed();
@@ -227,13 +237,14 @@ fn main() {
                 );
                 std::process::exit(0);
             }
-            (from_ms, until_ms, cpu, wall, rss_max, rss_last, commits)
+            (from_ms, until_ms, cpu, wall, rss_max, rss_last, rss_split, commits)
         });
         daemon
             .run(None, tokio::time::sleep(Duration::from_secs(seconds)))
             .await
             .expect("the daemon runs");
-        let (from_ms, until_ms, cpu, wall, rss_max, rss_last, commits) = sampler.await.unwrap();
+        let (from_ms, until_ms, cpu, wall, rss_max, rss_last, (anon, file), commits) =
+            sampler.await.unwrap();
         let hwm = status_kib("VmHWM");
 
         let journal = Journal::open_read_only(&journal_path).expect("the journal opens");
@@ -263,6 +274,12 @@ fn main() {
             mib(rss_last),
             mib(rss_max),
             mib(hwm)
+        );
+        println!(
+            "  at the end: {:.1} MiB anonymous (the heap, stacks, policy instances' memory), \
+             {:.1} MiB file-backed (the binary's code and read-only data)",
+            mib(anon),
+            mib(file)
         );
         println!(
             "journal: {:.0} appends/s ({ticks} records in the window; {scales} scale decisions), \
