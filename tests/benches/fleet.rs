@@ -138,14 +138,16 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// A `/proc/self/status` field in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
+/// `/proc/self/status` fields in KiB (`VmRSS`, `VmHWM`, ...), from one read.
+fn status_kib<const N: usize>(fields: [&str; N]) -> [u64; N] {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    fields.map(|field| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 fn mib(kib: u64) -> f64 {
@@ -197,7 +199,7 @@ fn main() {
             "fleet: {scalers} scalers at {interval_s}s, built in {:.1}s; RSS {:.1} MiB; \
              running {seconds}s (first {warmup}s are warm-up)",
             built.elapsed().as_secs_f64(),
-            mib(status_kib("VmRSS")),
+            mib(status_kib(["VmRSS"])[0]),
         );
 
         let started = Instant::now();
@@ -221,9 +223,10 @@ fn main() {
                     break;
                 }
                 tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
-                rss_last = status_kib("VmRSS");
-                rss_max = rss_max.max(rss_last);
-                rss_split = (status_kib("RssAnon"), status_kib("RssFile"));
+                let [rss, anon, file] = status_kib(["VmRSS", "RssAnon", "RssFile"]);
+                rss_last = rss;
+                rss_max = rss_max.max(rss);
+                rss_split = (anon, file);
             }
             let cpu = cpu_time() - cpu_before;
             let wall = window_start.elapsed();
@@ -245,7 +248,7 @@ fn main() {
             .expect("the daemon runs");
         let (from_ms, until_ms, cpu, wall, rss_max, rss_last, (anon, file), commits) =
             sampler.await.unwrap();
-        let hwm = status_kib("VmHWM");
+        let [hwm] = status_kib(["VmHWM"]);
 
         let journal = Journal::open_read_only(&journal_path).expect("the journal opens");
         let (lags, per_scaler, scales) =
