@@ -174,11 +174,11 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
         "scalewise_ticks_total{scaler=\"broken\"} 9",
         "scalewise_policy_evaluation_duration_seconds_count{module=\"target-tracking\"} 9",
         "scalewise_policy_evaluation_duration_seconds_count{module=\"always-errors\"} 9",
-        // Every evaluation's memory, in buckets of 1, 2, 4, ... MiB: a Rust
-        // policy's 2.1 MiB (stack, data, initial heap) falls in the 4 MiB one.
+        // Every evaluation's memory, in buckets of 1, 2, 4, ... MiB: the
+        // bundled policy's 448 KiB (stack, data, initial heap) falls in the
+        // first.
         "scalewise_policy_memory_bytes_count{module=\"target-tracking\"} 9",
-        "scalewise_policy_memory_bytes_bucket{le=\"2097152.0\",module=\"target-tracking\"} 0",
-        "scalewise_policy_memory_bytes_bucket{le=\"4194304.0\",module=\"target-tracking\"} 9",
+        "scalewise_policy_memory_bytes_bucket{le=\"1048576.0\",module=\"target-tracking\"} 9",
         "scalewise_policy_errors_total{module=\"always-errors\",kind=\"policy_error\"} 9",
         "scalewise_actuations_total{scaler=\"web\",result=\"done\"} 2",
         "scalewise_replicas_current{scaler=\"web\"} 16",

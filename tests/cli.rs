@@ -120,10 +120,10 @@ fn eval_usage_reports_the_memory_the_call_used() {
     ]);
     assert_eq!(code, 0, "{err}");
     serde_json::from_str::<Value>(&out).expect("stdout is still the decision alone");
-    // 33 pages: a 1 MiB stack, the data and the 1 MiB initial heap.
+    // 7 pages: a 128 KiB stack, the data and the 256 KiB initial heap.
     assert_eq!(
         err.trim_end(),
-        "usage: memory 2.1 MiB at its largest (limit 32.0 MiB), grown 0 times during the call"
+        "usage: memory 448.0 KiB at its largest (limit 32.0 MiB), grown 0 times during the call"
     );
 
     let dir = tempfile::tempdir().unwrap();
