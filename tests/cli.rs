@@ -492,6 +492,11 @@ params = { metric = "cpu", target = 60.0 }
 /// Runs `scalewise run --config` on `text` (with `{policies}` and
 /// `{journal}` filled in): (exit code, stderr, the file's path).
 fn run_config(text: &str) -> (Option<i32>, String, String) {
+    run_config_logging(text, "error")
+}
+
+/// [`run_config`], logging what `RUST_LOG=filter` lets through.
+fn run_config_logging(text: &str, filter: &str) -> (Option<i32>, String, String) {
     let policies = scalewise_tests::policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scalewise.toml");
@@ -506,7 +511,7 @@ fn run_config(text: &str) -> (Option<i32>, String, String) {
     let out = Command::new(scalewise_bin())
         .args(["run", "--for", "1s", "--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", filter)
         .output()
         .unwrap();
     (
@@ -520,6 +525,23 @@ fn run_config(text: &str) -> (Option<i32>, String, String) {
 fn the_binary_runs_a_good_config() {
     let (code, stderr, _) = run_config(GOOD);
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn the_daemon_compiles_its_modules_in_a_child_process() {
+    let (code, stderr, _) = run_config_logging(GOOD, "scalewise::runtime=debug");
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Compiled a policy module in a child process."))
+        .unwrap_or_else(|| panic!("no compiler process in\n{stderr}"));
+    // The daemon's own binary, for its one module.
+    assert!(line.contains("target-tracking"), "{line}");
+    assert!(
+        line.contains(&scalewise_bin().display().to_string()),
+        "{line}"
+    );
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::config::RuntimeLimits;
 use crate::journal::{Evaluation, TickRecord};
 use crate::policy::{Context, PolicyInfo};
-use crate::runtime::{PolicyModule, Runtime, eval_against_record};
+use crate::runtime::{Compiler, PolicyModule, Runtime, eval_against_record};
 
 /// Scalewise: an autoscaling daemon whose decision logic is sandboxed WebAssembly.
 #[derive(Debug, Parser)]
@@ -51,6 +51,14 @@ pub enum Command {
     /// Reads the decision journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Internal: the daemon's compiler process. Compiles the `.wasm` on
+    /// stdin and writes the code to stdout (see `runtime::Compiler`).
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker {
+        /// The runtime limits, as JSON (they select the engine settings).
+        #[arg(long)]
+        limits: String,
+    },
 }
 
 /// Arguments of `scalewise run`.
@@ -69,6 +77,12 @@ pub struct RunArgs {
     /// Stop after this much real time (default: run until SIGINT/SIGTERM).
     #[arg(long = "for", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub run_for: Option<Duration>,
+    /// Where policy modules are compiled; not a flag. In this process unless
+    /// the caller says otherwise: the `scalewise` binary's `main` sets a
+    /// child process of itself ([`Compiler::this_binary`]), which only the
+    /// binary can be.
+    #[arg(skip)]
+    pub compiler: Compiler,
 }
 
 /// `scalewise journal ...`: reading the decision journal.
@@ -209,9 +223,25 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Journal(command) => journal::journal(&command, out, err),
         Command::Check { modules, limits } => check(&modules, &limits, out, err),
         Command::Eval(args) => eval(&args, out, err),
+        Command::CompileWorker { limits } => compile_worker(&limits, out, err),
     };
     // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.
     result.unwrap_or(1)
+}
+
+/// `scalewise compile-worker`: one module from stdin, its code to `out`.
+fn compile_worker(limits: &str, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
+    match crate::runtime::compile_worker(limits, &mut std::io::stdin().lock()) {
+        Ok(code) => {
+            out.write_all(&code)?;
+            out.flush()?;
+            Ok(0)
+        }
+        Err(message) => {
+            writeln!(err, "error: {message}")?;
+            Ok(1)
+        }
+    }
 }
 
 /// `scalewise check`: loads each module and prints its info.

@@ -40,7 +40,7 @@ use crate::config::{
 use crate::journal::{Journal, JournalOptions, TickRecord};
 use crate::policy::PolicyInfo;
 use crate::registry::{Registry, ReloadReport};
-use crate::runtime::Runtime;
+use crate::runtime::{Compiler, Runtime};
 use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, Services};
 use crate::simulator::Simulation;
 use crate::sources::prometheus::PrometheusSource;
@@ -185,7 +185,19 @@ impl Daemon {
     /// simulations, sources, actuators and scalers (restored from the
     /// journal). Checks the config against the loaded modules first, so a
     /// config naming an unknown module, parameter or metric is refused here.
+    /// Modules are compiled in this process.
     pub async fn build(config: Config, clock: Clock) -> Result<Daemon, DaemonError> {
+        Daemon::build_with_compiler(config, clock, Compiler::InProcess).await
+    }
+
+    /// [`Daemon::build`], compiling policy modules (at start and on every
+    /// hot reload) where `compiler` says. `scalewise run` compiles in a
+    /// child process of its own binary ([`Compiler::this_binary`]).
+    pub async fn build_with_compiler(
+        config: Config,
+        clock: Clock,
+        compiler: Compiler,
+    ) -> Result<Daemon, DaemonError> {
         for warning in config.warnings() {
             tracing::warn!(%warning, "The config has a value that may not work as intended; starting anyway.");
         }
@@ -194,7 +206,7 @@ impl Daemon {
         if limits.cache_dir.is_none() {
             limits.cache_dir = Some(default_cache_dir(&config.journal.path));
         }
-        let runtime = Runtime::new(limits)
+        let runtime = Runtime::with_compiler(limits, compiler)
             .map_err(|e| DaemonError::Setup(format!("cannot start the policy runtime: {e}")))?;
         let policy_dir = config.policy_dir.get_ref().clone();
         let registry =

@@ -15,6 +15,7 @@ use crate::clock::{Clock, wall_clock_ms};
 use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError};
 use crate::journal::TickRecord;
+use crate::runtime::Compiler;
 
 /// Where the demo looks for the bundled policy modules when neither
 /// `--policy-dir` nor `SCALEWISE_POLICY_DIR` says otherwise.
@@ -44,11 +45,12 @@ pub fn policy_dir(flag: Option<PathBuf>) -> Result<PathBuf, DaemonError> {
 }
 
 /// Builds the demo daemon: the embedded config with the given policy folder
-/// and a journal in `state_dir`.
+/// and a journal in `state_dir`, compiling its modules where `compiler` says.
 pub async fn build(
     policy_dir: &Path,
     state_dir: &Path,
     listen: Option<SocketAddr>,
+    compiler: Compiler,
 ) -> Result<Daemon, DaemonError> {
     let mut config = Config::demo(policy_dir, &state_dir.join("demo-journal.db"));
     if let Some(listen) = listen {
@@ -56,7 +58,7 @@ pub async fn build(
     }
     config.validate()?;
     let clock = Clock::starting_at(wall_clock_ms(), config.clock.speed);
-    Daemon::build(config, clock).await
+    Daemon::build_with_compiler(config, clock, compiler).await
 }
 
 /// Prints one line per decision until the channel closes.

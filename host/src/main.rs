@@ -9,7 +9,12 @@ use tracing_subscriber::EnvFilter;
 static ALLOC: scalewise::Allocator = scalewise::Allocator;
 
 fn main() -> ExitCode {
-    let cli = scalewise::cli::Cli::parse();
+    let mut cli = scalewise::cli::Cli::parse();
+    // The daemon compiles policy modules in a child process of this binary
+    // (`compile-worker`), so the compiler's memory never stays in it.
+    if let scalewise::cli::Command::Run(args) = &mut cli.command {
+        args.compiler = scalewise::runtime::Compiler::this_binary();
+    }
     // Logs go to stderr so that stdout carries only command output (JSON).
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -12,6 +12,7 @@
 
 mod bindings;
 mod cache;
+mod compiler;
 mod errors;
 mod host;
 mod precompiled;
@@ -41,6 +42,7 @@ use host::{HostState, MemoryLimitExceeded};
 
 pub use bindings::WIT_VERSION;
 pub use cache::CacheError;
+pub use compiler::{COMPILE_TIMEOUT, Compiler, WORKER_COMMAND, worker as compile_worker};
 pub use errors::{EvalError, EvalErrorKind, LoadError, RuntimeError};
 pub use host::POLICY_LOG_TARGET;
 pub use replay::{ReplayOutcome, eval_against_record, outcome_of};
@@ -71,6 +73,8 @@ struct RuntimeInner {
     pooling: bool,
     /// Compiled code on disk, when `limits.cache_dir` is set and usable.
     cache: Option<ModuleCache>,
+    /// Where modules not in the cache are compiled.
+    compiler: Compiler,
     _ticker: EpochTicker,
 }
 
@@ -87,7 +91,17 @@ impl Runtime {
     /// Builds the engine for `limits` and starts its epoch ticker. With
     /// `limits.cache_dir` set, compiled code is cached there; a cache folder
     /// that cannot be used is logged and the runtime compiles every time.
+    /// Modules are compiled in this process.
     pub fn new(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
+        Runtime::with_compiler(limits, Compiler::InProcess)
+    }
+
+    /// [`Runtime::new`], compiling modules where `compiler` says (the
+    /// daemon compiles in a child process; see [`Compiler`]).
+    pub fn with_compiler(
+        limits: RuntimeLimits,
+        compiler: Compiler,
+    ) -> Result<Runtime, RuntimeError> {
         check_limits(&limits)?;
         let (engine, pooling) = match Engine::new(&engine_config(&limits, true)) {
             Ok(engine) => (engine, true),
@@ -130,6 +144,7 @@ impl Runtime {
                 deadline_ticks,
                 pooling,
                 cache,
+                compiler,
                 _ticker: ticker,
             }),
         })
@@ -229,9 +244,7 @@ impl Runtime {
                 ),
             }
         }
-        let (component, artifact) =
-            precompiled::compile(&inner.engine, &engine_config(&inner.limits, false), bytes)
-                .map_err(LoadError::Compile)?;
+        let (component, artifact) = self.compile(name, bytes)?;
         if let Some(cache) = &inner.cache
             && let Err(err) = cache.put(digest, &artifact)
         {
@@ -243,6 +256,48 @@ impl Runtime {
             );
         }
         Ok((component, CodeOrigin::Compiled))
+    }
+
+    /// Compiles `bytes` where the runtime's [`Compiler`] says: the component
+    /// and its artifact (for the cache).
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<(Component, Vec<u8>), LoadError> {
+        let inner = &self.inner;
+        if let Compiler::Process { program, timeout } = &inner.compiler {
+            match compiler::compile_in_child(program, *timeout, &inner.limits, bytes) {
+                // Refused code means the program is not this build (say, the
+                // binary was upgraded on disk while the daemon runs): the
+                // module is not at fault, so it is compiled here instead.
+                compiler::ChildOutcome::Code(file) => {
+                    match precompiled::decode(&inner.engine, &file) {
+                        Ok(component) => {
+                            tracing::debug!(
+                                module = %name,
+                                program = %program.display(),
+                                "Compiled a policy module in a child process."
+                            );
+                            return Ok((component, precompiled::artifact_of(&file).to_vec()));
+                        }
+                        Err(err) => tracing::warn!(
+                            module = %name,
+                            program = %program.display(),
+                            kind = err.kind(),
+                            error = %err,
+                            "The compiler process's code cannot be used; compiling the policy module in the daemon's process."
+                        ),
+                    }
+                }
+                compiler::ChildOutcome::Failed(message) => {
+                    return Err(LoadError::Compile(message));
+                }
+                compiler::ChildOutcome::Unavailable(why) => tracing::warn!(
+                    module = %name,
+                    error = %why,
+                    "No compiler process; compiling the policy module in the daemon's process."
+                ),
+            }
+        }
+        precompiled::compile(&inner.engine, &engine_config(&inner.limits, false), bytes)
+            .map_err(LoadError::Compile)
     }
 
     /// Reads and loads a module file; its name is the file's stem.

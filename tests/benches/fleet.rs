@@ -1,6 +1,7 @@
 //! The fleet benchmark (issue 3): 10,000 simulated scalers at a 15 s
 //! interval in one host, each scaled by the real `target-tracking` module,
-//! run by the real daemon at real speed. Goals: < 25% of one core, tick lag
+//! run by the real daemon at real speed (compiling its module in a child
+//! process of the real binary, as `scalewise run` does). Goals: < 25% of one core, tick lag
 //! p99 < 50 ms, RSS ≤ 30 MiB + 2 MiB per loaded Rust policy.
 //!
 //! `cargo bench -p scalewise-tests --bench fleet`
@@ -37,6 +38,7 @@ use scalewise::clock::Clock;
 use scalewise::config::Config;
 use scalewise::daemon::{Daemon, tick_offset_ms};
 use scalewise::journal::{Journal, Query};
+use scalewise::runtime::Compiler;
 use scalewise_tests::{artifacts, policy_dir};
 
 // The allocator the `scalewise` binary runs with, so the figures are the
@@ -191,7 +193,10 @@ fn main() {
         let config = Config::parse(&text, std::path::Path::new("fleet.toml"))
             .unwrap_or_else(|e| panic!("the fleet config is invalid: {e}"));
         drop(text);
-        let daemon = Daemon::build(config, Clock::system())
+        // As `scalewise run` does: modules compile in a child process of the
+        // real binary, so the compiler's memory is never the daemon's.
+        let compiler = Compiler::process(env!("CARGO_BIN_EXE_scalewise-cli"));
+        let daemon = Daemon::build_with_compiler(config, Clock::system(), compiler)
             .await
             .unwrap_or_else(|e| panic!("the daemon does not build: {e}"));
         let telemetry = daemon.app_state().telemetry;

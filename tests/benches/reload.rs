@@ -10,7 +10,8 @@
 //! 1. the new bytes are written over `counter.wasm` (create/truncate, write,
 //!    close); the clock starts when `close` returns: the file's last write;
 //! 2. the watcher sees the close, waits the debounce window (quiet, stamp
-//!    stable), reads the file, loads it (compile or cache), checks it
+//!    stable), reads the file, loads it (compiled in a child process of the
+//!    real binary, as `scalewise run` does, or from the cache), checks it
 //!    (WIT exports, describe(), the config gate) and swaps the snapshot;
 //! 3. the registry's change notification wakes the bench, which takes the
 //!    module from the snapshot and evaluates it once, as a scaler's next
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use scalewise::config::{RuntimeLimits, WatchConfig, WatchMode};
 use scalewise::registry::Registry;
-use scalewise::runtime::{CodeOrigin, Runtime};
+use scalewise::runtime::{CodeOrigin, Compiler, Runtime};
 use scalewise_tests::{artifacts, context};
 use sha2::{Digest as _, Sha256};
 
@@ -89,10 +90,15 @@ fn main() {
     let base = std::fs::read(artifacts::COUNTER).unwrap();
     std::fs::write(&target, &base).unwrap();
 
-    let runtime = Runtime::new(RuntimeLimits {
-        cache_dir: Some(work.path().join("cache")),
-        ..RuntimeLimits::default()
-    })
+    // Compiling in a child process of the real binary, as `scalewise run`
+    // does.
+    let runtime = Runtime::with_compiler(
+        RuntimeLimits {
+            cache_dir: Some(work.path().join("cache")),
+            ..RuntimeLimits::default()
+        },
+        Compiler::process(env!("CARGO_BIN_EXE_scalewise-cli")),
+    )
     .unwrap();
     let registry = Arc::new(Registry::load_dir(runtime, &folder).unwrap());
     let config = WatchConfig {

@@ -38,7 +38,7 @@ async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
     }
     let clock = Clock::starting_at(wall_clock_ms(), config.clock.speed);
     tracing::info!(config = %path.display(), scalers = config.scalers.len(), "Starting Scalewise.");
-    let mut daemon = Daemon::build(config, clock).await?;
+    let mut daemon = Daemon::build_with_compiler(config, clock, args.compiler.clone()).await?;
     // SIGHUP, or the file changing, re-reads it; --listen keeps applying.
     daemon.enable_config_reload(args.listen);
     let listener = daemon.bind_api().await?;
@@ -50,7 +50,7 @@ async fn run_demo(args: &RunArgs, out: &mut dyn Write) -> Result<(), DaemonError
     let state_dir = std::env::temp_dir().join(format!("scalewise-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", state_dir.display())))?;
-    let daemon = demo::build(&policy_dir, &state_dir, args.listen).await?;
+    let daemon = demo::build(&policy_dir, &state_dir, args.listen, args.compiler.clone()).await?;
     let listener = daemon.bind_api().await?;
     let addr = listener
         .local_addr()

@@ -1,5 +1,6 @@
 //! The one place the host runs `unsafe` code: turning compiled policy code
-//! into a [`Component`], whether read back from the on-disk cache or just
+//! into a [`Component`], whether read back from the on-disk cache, handed
+//! back by a compiler child process (same layout as a cache file), or just
 //! compiled by a throwaway engine ([`compile`]).
 //!
 //! wasmtime's `Component::deserialize` is `unsafe` because the bytes become
@@ -77,15 +78,20 @@ pub(super) fn decode(engine: &Engine, file: &[u8]) -> Result<Component, DecodeEr
     }
     // SAFETY: `Component::deserialize` requires bytes produced by
     // `Component::serialize` (or `Engine::precompile_component`) and not
-    // altered since. These are:
-    // - written only by `ModuleCache::put` from `Component::serialize` of
-    //   this host's engine, to a temporary file renamed into place, in a
-    //   folder the host created owner-only and refuses to use when others
-    //   can write to it;
-    // - named by the sha256 of the source `.wasm` bytes (which the caller
-    //   computed from the module it is loading, so the file is the code of
-    //   exactly that module) inside a folder named by the engine's
-    //   precompile compatibility hash (so it is for this engine's settings);
+    // altered since. These are either
+    // - a cache file: written only by `ModuleCache::put` from
+    //   `Component::serialize` of this host's engine, to a temporary file
+    //   renamed into place, in a folder the host created owner-only and
+    //   refuses to use when others can write to it; named by the sha256 of
+    //   the source `.wasm` bytes (which the caller computed from the module
+    //   it is loading, so the file is the code of exactly that module)
+    //   inside a folder named by the engine's precompile compatibility hash
+    //   (so it is for this engine's settings); or
+    // - the output of a compiler child (`compiler::compile_in_child`): this
+    //   host's own binary, started by the host with the module on its stdin,
+    //   writing `encode(precompile_component(..))` to a pipe only the host
+    //   reads;
+    // and both are
     // - checked just above against the sha256 stored with them when they
     //   were written, on the in-memory copy passed to wasmtime, so a torn,
     //   truncated or bit-rotted file is refused instead of executed.
@@ -98,28 +104,39 @@ pub(super) fn decode(engine: &Engine, file: &[u8]) -> Result<Component, DecodeEr
         .map_err(|e| DecodeError::Refused(format!("{e:#}")))
 }
 
-/// Compiles the `.wasm` `bytes` for `engine`, in a throwaway engine built
-/// from `settings` (the settings `engine` was built with, less the instance
-/// pool): an engine keeps Cranelift's per-thread compilation contexts as
-/// long as it lives (~6 MiB for one module on two cores), so the daemon's
-/// long-lived engine never compiles. Returns the component and the compiled
-/// artifact (for the on-disk cache). Errors are wasmtime's, as text.
+/// Compiles the `.wasm` `bytes` in a throwaway engine built from `settings`
+/// and returns the artifact. An engine keeps Cranelift's per-thread
+/// compilation contexts as long as it lives (~6 MiB for one module on two
+/// cores), so the daemon's long-lived engine never compiles. Errors are
+/// wasmtime's, as text.
+pub(super) fn precompile(settings: &wasmtime::Config, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let compiler = Engine::new(settings).map_err(|e| format!("{e:#}"))?;
+    compiler
+        .precompile_component(bytes)
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// Compiles the `.wasm` `bytes` for `engine` in this process ([`precompile`]
+/// with `settings`, the settings `engine` was built with less the instance
+/// pool). Returns the component and the compiled artifact (for the on-disk
+/// cache).
 pub(super) fn compile(
     engine: &Engine,
     settings: &wasmtime::Config,
     bytes: &[u8],
 ) -> Result<(Component, Vec<u8>), String> {
-    let compiler = Engine::new(settings).map_err(|e| format!("{e:#}"))?;
-    let artifact = compiler
-        .precompile_component(bytes)
-        .map_err(|e| format!("{e:#}"))?;
-    drop(compiler);
+    let artifact = precompile(settings, bytes)?;
     // SAFETY: `artifact` is what `precompile_component` returned just above,
     // unaltered and never out of this function. wasmtime checks that the
     // compiling engine's settings match `engine`'s and refuses it otherwise.
     let component = unsafe { Component::deserialize(engine, &artifact) }
         .map_err(|e| format!("wasmtime refused the code it compiled: {e:#}"))?;
     Ok((component, artifact))
+}
+
+/// The artifact inside a file [`decode`] accepted (what [`encode`] wrapped).
+pub(super) fn artifact_of(file: &[u8]) -> &[u8] {
+    file.get(MAGIC.len() + CHECKSUM_LEN..).unwrap_or_default()
 }
 
 #[cfg(test)]
