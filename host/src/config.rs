@@ -25,8 +25,8 @@ mod secret;
 mod tests;
 mod validate;
 
-use std::cell::OnceCell;
-use std::collections::BTreeMap;
+use std::cell::{OnceCell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -240,7 +240,11 @@ impl Config {
     /// Parses `text` into the typed config and resolves relative paths, but
     /// checks nothing beyond the types. Call [`Config::validate`] before use.
     pub fn parse_unvalidated(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|err| {
+        let parsed = {
+            let _sharing = ShareParams::start();
+            toml::from_str(text)
+        };
+        let mut config: Config = parsed.map_err(|err| {
             let doc = Document::new(origin, text);
             ConfigError::Parse(shape_problem(&doc, &err))
         })?;
@@ -816,8 +820,59 @@ pub struct PolicyRef {
     /// The module's name: its file name in the policy folder without `.wasm`.
     pub module: Spanned<String>,
     /// Parameters passed to the policy (checked against its `describe()`).
-    #[serde(default)]
-    pub params: Option<Spanned<toml::Table>>,
+    /// Policies given the same table in one config share one copy.
+    #[serde(default, deserialize_with = "shared_params")]
+    pub params: Option<Spanned<Arc<toml::Table>>>,
+}
+
+thread_local! {
+    /// The parameter tables the parse running on this thread has read so
+    /// far, by their TOML text; `None` outside [`Config::parse_unvalidated`].
+    static PARAMS_READ: RefCell<Option<HashMap<String, Arc<toml::Table>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Parameter sharing for the length of one parse (ended on drop, errors and
+/// panics included).
+struct ShareParams;
+
+impl ShareParams {
+    fn start() -> ShareParams {
+        PARAMS_READ.set(Some(HashMap::new()));
+        ShareParams
+    }
+}
+
+impl Drop for ShareParams {
+    fn drop(&mut self) {
+        PARAMS_READ.set(None);
+    }
+}
+
+/// Reads a policy's `params`, handing back the table an earlier policy of
+/// the same parse was given when the content is the same. A fleet written
+/// from a template repeats the same few tables thousands of times, and the
+/// daemon keeps the parsed config as long as it runs (reloads diff against
+/// it, the module gate checks it): ~500 bytes a scaler for a two-key table.
+/// Done while parsing, so each duplicate is freed at once and its memory
+/// reused by what is parsed next, rather than left as holes among the
+/// config's other allocations.
+fn shared_params<'de, D>(deserializer: D) -> Result<Option<Spanned<Arc<toml::Table>>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let params = Spanned::<toml::Table>::deserialize(deserializer)?;
+    let span = params.span();
+    let table = params.into_inner();
+    let shared = PARAMS_READ.with_borrow_mut(|read| {
+        // The TOML text as the key: tables are not hashable, and equal text
+        // is equal content. A table that does not serialise is not shared.
+        match (read, toml::to_string(&table)) {
+            (Some(read), Ok(key)) => read.entry(key).or_insert_with(|| Arc::new(table)).clone(),
+            _ => Arc::new(table),
+        }
+    });
+    Ok(Some(Spanned::new(span, shared)))
 }
 
 /// HPA `behavior`: how fast and after how much evidence to scale each way.

@@ -1147,7 +1147,7 @@ fn bind_scaler(
             // The module's defaults are added at each evaluation, from the
             // version that runs it.
             let parameters = match &p.params {
-                Some(table) => toml_to_json(&toml::Value::Table(table.get_ref().clone())),
+                Some(table) => toml_to_json(&toml::Value::Table((**table.get_ref()).clone())),
                 None => serde_json::Value::Object(serde_json::Map::new()),
             };
             let parameters = params.share(parameters);

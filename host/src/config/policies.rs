@@ -100,7 +100,7 @@ fn check_policy(
         return;
     };
     let empty = toml::Table::new();
-    let params = policy.params.as_ref().map_or(&empty, |t| t.get_ref());
+    let params = policy.params.as_ref().map_or(&empty, |t| &**t.get_ref());
     let param_path = |key: &str| keys!["scalers", i, "policies", p, "params", key];
 
     for (key, value) in params {
@@ -199,7 +199,7 @@ impl PolicyRef {
     pub fn parameters(&self, info: &PolicyInfo) -> Json {
         let mut object = serde_json::Map::new();
         if let Some(params) = &self.params {
-            for (key, value) in params.get_ref() {
+            for (key, value) in params.get_ref().iter() {
                 object.insert(key.clone(), toml_to_json(value));
             }
         }

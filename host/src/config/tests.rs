@@ -1270,3 +1270,48 @@ fn toml_values_convert_to_json() {
         })
     );
 }
+
+/// Scalers given the same policy parameters share one parsed table; other
+/// tables stay their own, and every scaler still reads its own values.
+#[test]
+fn identical_policy_params_are_parsed_into_one_shared_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let scaler = |name: &str, params: &str| {
+        format!(
+            "\n[simulations.{name}]\ncapacity_per_replica = 100.0\ninitial_replicas = 2\n\
+             [simulations.{name}.load]\nbase = 100.0\n\
+             \n[[scalers]]\nname = \"{name}\"\ninterval = \"15s\"\nmin = 1\nmax = 10\n\
+             target = {{ kind = \"simulator\", service = \"{name}\" }}\n\
+             [scalers.metrics.cpu]\nsource = \"simulator\"\nquery = \"cpu\"\n\
+             [[scalers.policies]]\nmodule = \"target-tracking\"\nparams = {params}\n"
+        )
+    };
+    let mut text = BASE.to_owned();
+    text.push_str(&scaler("a", "{ metric = \"cpu\", target = 60.0 }"));
+    text.push_str(&scaler("b", "{ metric = \"cpu\", target = 70.0 }"));
+    text.push_str(&scaler("c", "{ metric = \"cpu\", target = 60.0 }"));
+    let config = parse_in(dir.path(), &text).unwrap();
+    config.check_policies(&bundled()).unwrap();
+    let params: Vec<&Arc<toml::Table>> = config
+        .scalers
+        .iter()
+        .map(|s| {
+            s.get_ref().policies[0]
+                .get_ref()
+                .params
+                .as_ref()
+                .unwrap()
+                .get_ref()
+        })
+        .collect();
+    let targets: Vec<f64> = params
+        .iter()
+        .map(|t| t["target"].as_float().unwrap())
+        .collect();
+    assert_eq!(targets, [60.0, 60.0, 70.0, 60.0]);
+    // "web" (BASE), "a" and "c": one table.
+    assert!(Arc::ptr_eq(params[0], params[1]));
+    assert!(Arc::ptr_eq(params[0], params[3]));
+    assert!(!Arc::ptr_eq(params[0], params[2]));
+    assert_eq!(Arc::strong_count(params[0]), 3);
+}
