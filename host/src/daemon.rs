@@ -266,7 +266,9 @@ impl Daemon {
             .await?;
             scalers.push(scaler);
         }
-        let handles = Arc::new(ArcSwap::from_pointee(
+        // One map for the API and the per-scaler metrics.
+        let handles = telemetry.scalers();
+        handles.store(Arc::new(
             scalers
                 .iter()
                 .map(|s| (s.spec().name.clone(), s.handle()))

@@ -11,7 +11,7 @@
 //! function of the time, so tests drive it step by step.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -28,7 +28,7 @@ use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Targ
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule};
 use crate::sources::{MetricQuery, Source, check_series};
-use crate::telemetry::{ModuleLabels, RuleLabels, ScalerLabels, Telemetry};
+use crate::telemetry::{ModuleLabels, RuleLabels, Telemetry};
 
 /// The journal's envelope-step rule for a tick held because a policy failed
 /// (the loop's rule, next to the envelope's [`envelope::Rule`]s).
@@ -144,6 +144,8 @@ pub struct ScalerHandle {
     pub name: String,
     /// Pause flag; the API flips it, the scaler reads it every tick.
     pub paused: AtomicBool,
+    /// Ticks run since the daemon started (`scalewise_ticks_total`).
+    pub ticks: AtomicU64,
     /// The latest status.
     pub status: ArcSwap<ScalerStatus>,
 }
@@ -154,6 +156,7 @@ impl ScalerHandle {
         Arc::new(ScalerHandle {
             name: status.name.clone(),
             paused: AtomicBool::new(status.paused),
+            ticks: AtomicU64::new(0),
             status: ArcSwap::from_pointee(status),
         })
     }
@@ -299,10 +302,7 @@ impl Scaler {
     /// Runs one tick at `now_ms` and returns its journal record.
     pub async fn tick(&mut self, now_ms: i64) -> TickRecord {
         self.ticks += 1;
-        let labels = ScalerLabels {
-            scaler: self.spec.name.clone(),
-        };
-        self.services.telemetry.ticks.get_or_create(&labels).inc();
+        self.handle.ticks.fetch_add(1, Ordering::Relaxed);
         let paused = self.handle.is_paused();
 
         let observed = match self.actuator.observe(now_ms).await {
@@ -648,23 +648,8 @@ impl Scaler {
         if self.services.decisions.receiver_count() > 0 {
             let _ = self.services.decisions.send(Arc::new(record.clone()));
         }
-        let telemetry = &self.services.telemetry;
-        let labels = ScalerLabels {
-            scaler: self.spec.name.clone(),
-        };
-        telemetry
-            .replicas_current
-            .get_or_create(&labels)
-            .set(i64::from(observed.current));
-        telemetry
-            .replicas_ready
-            .get_or_create(&labels)
-            .set(i64::from(observed.ready));
-        telemetry
-            .replicas_desired
-            .get_or_create(&labels)
-            .set(i64::from(record.desired));
-
+        // The replica gauges are read from this status when /metrics is
+        // scraped (`telemetry::ScalerMetrics`).
         let previous = self.handle.status.load();
         let mut problems: Vec<String> = record
             .metric_errors

@@ -5,12 +5,20 @@
 //! config (scalers, modules, sources), so label cardinality is bounded by the
 //! config, never by data.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::scaler::{ScalerHandle, ScalerStatus};
 
 /// Labels naming a scaler.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +101,71 @@ fn memory_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1_048_576.0, 2.0, 13))
 }
 
+/// The running scalers' handles, by name (shared, swapped whole on reload).
+pub type ScalerHandles = Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>;
+
+/// One replica figure of a scaler's status.
+type ReplicaValue = fn(&ScalerStatus) -> Option<u32>;
+
+/// The per-scaler series, read from the scalers' handles at each scrape
+/// rather than kept in label maps: at 10,000 scalers, four families of
+/// 10,000 entries each (a copy of the name, the map's slot, the value) were
+/// ~4 MiB, and every tick paid for four map lookups. A scaler removed by a
+/// reload drops out of the exposition with its handle.
+#[derive(Debug)]
+struct ScalerMetrics {
+    scalers: ScalerHandles,
+}
+
+impl Collector for ScalerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let scalers = self.scalers.load();
+        let ticks = ConstCounter::new(0u64);
+        // Help texts end with a full stop, as `Registry::register` makes them.
+        let mut family =
+            encoder.encode_descriptor("ticks", "Scaler ticks run.", None, ticks.metric_type())?;
+        for (name, handle) in scalers.iter() {
+            let labels = ScalerLabels {
+                scaler: name.clone(),
+            };
+            ConstCounter::new(handle.ticks.load(Ordering::Relaxed))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        let statuses: Vec<_> = scalers.values().map(|h| h.status.load()).collect();
+        let gauges: [(&str, &str, ReplicaValue); 3] = [
+            (
+                "replicas_current",
+                "Replicas the target is asked to run.",
+                |s| s.current,
+            ),
+            (
+                "replicas_ready",
+                "Replicas of the target that are ready.",
+                |s| s.ready,
+            ),
+            (
+                "replicas_desired",
+                "Replicas the host last decided on.",
+                |s| s.desired,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            // A scaler that has not ticked yet has no value to show.
+            for (scaler, status) in scalers.keys().zip(&statuses) {
+                if let Some(v) = value(status) {
+                    let labels = ScalerLabels {
+                        scaler: scaler.clone(),
+                    };
+                    ConstGauge::new(i64::from(v)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~5 s: evaluations are microseconds, timeouts are 100 ms+.
     Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
@@ -102,8 +175,10 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Telemetry {
     registry: Registry,
-    /// Ticks run, per scaler.
-    pub ticks: Family<ScalerLabels, Counter>,
+    /// The running scalers, by name: the per-scaler series (ticks, replicas)
+    /// are read from their handles at each scrape ([`ScalerMetrics`]). The
+    /// daemon keeps this map current; the HTTP API serves it too.
+    scalers: ScalerHandles,
     /// How late a tick started versus its schedule, in seconds of host clock.
     pub tick_lag: Histogram,
     /// Duration of one policy evaluation, per module.
@@ -120,12 +195,6 @@ pub struct Telemetry {
     pub actuations: Family<ActuationLabels, Counter>,
     /// Changes the envelope made to policies' answers, by rule.
     pub envelope_interventions: Family<RuleLabels, Counter>,
-    /// Replicas each target is asked to run.
-    pub replicas_current: Family<ScalerLabels, Gauge>,
-    /// Replicas each target is ready with.
-    pub replicas_ready: Family<ScalerLabels, Gauge>,
-    /// Replicas the host last decided on, per scaler.
-    pub replicas_desired: Family<ScalerLabels, Gauge>,
     /// Policy modules that failed to load, by module and kind.
     pub module_load_errors: Family<LoadErrorLabels, Counter>,
     /// Policy modules loaded and serving.
@@ -150,7 +219,7 @@ impl Telemetry {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("scalewise");
         let t = Telemetry {
-            ticks: Family::default(),
+            scalers: ScalerHandles::default(),
             tick_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             evaluation_duration: Family::new_with_constructor(latency_histogram),
             policy_memory: Family::new_with_constructor(memory_histogram),
@@ -159,9 +228,6 @@ impl Telemetry {
             metric_errors: Family::default(),
             actuations: Family::default(),
             envelope_interventions: Family::default(),
-            replicas_current: Family::default(),
-            replicas_ready: Family::default(),
-            replicas_desired: Family::default(),
             module_load_errors: Family::default(),
             modules_loaded: Gauge::default(),
             module_loads: Family::default(),
@@ -169,7 +235,6 @@ impl Telemetry {
             journal_errors: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("ticks", "Scaler ticks run", t.ticks.clone());
         registry.register(
             "tick_lag_seconds",
             "How late ticks start versus their schedule",
@@ -211,21 +276,6 @@ impl Telemetry {
             t.envelope_interventions.clone(),
         );
         registry.register(
-            "replicas_current",
-            "Replicas the target is asked to run",
-            t.replicas_current.clone(),
-        );
-        registry.register(
-            "replicas_ready",
-            "Replicas of the target that are ready",
-            t.replicas_ready.clone(),
-        );
-        registry.register(
-            "replicas_desired",
-            "Replicas the host last decided on",
-            t.replicas_desired.clone(),
-        );
-        registry.register(
             "module_load_errors",
             "Policy modules that failed to load",
             t.module_load_errors.clone(),
@@ -250,7 +300,16 @@ impl Telemetry {
             "Journal writes that failed",
             t.journal_errors.clone(),
         );
+        registry.register_collector(Box::new(ScalerMetrics {
+            scalers: t.scalers.clone(),
+        }));
         Telemetry { registry, ..t }
+    }
+
+    /// The running scalers' handles, by name, that the per-scaler series are
+    /// read from. The daemon stores the current set here.
+    pub fn scalers(&self) -> ScalerHandles {
+        self.scalers.clone()
     }
 
     /// The exposition text for `/metrics`.
@@ -328,25 +387,46 @@ mod tests {
     #[test]
     fn exposition_names_every_metric_with_prefix() {
         let t = Telemetry::new();
-        t.ticks
-            .get_or_create(&ScalerLabels {
-                scaler: "web".into(),
-            })
-            .inc();
+        let web = ScalerHandle::new(ScalerStatus {
+            name: "web".into(),
+            current: Some(3),
+            ready: Some(2),
+            desired: Some(5),
+            ..ScalerStatus::default()
+        });
+        web.ticks.fetch_add(7, Ordering::Relaxed);
+        // Not ticked yet: a tick count, no replica values.
+        let new = ScalerHandle::new(ScalerStatus {
+            name: "new".into(),
+            ..ScalerStatus::default()
+        });
+        t.scalers().store(Arc::new(BTreeMap::from([
+            ("web".to_owned(), web),
+            ("new".to_owned(), new),
+        ])));
         t.policy_error("tt", "trap");
         t.tick_lag.observe(0.002);
         let text = t.encode();
-        assert!(
-            text.contains("scalewise_ticks_total{scaler=\"web\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("scalewise_policy_errors_total{module=\"tt\",kind=\"trap\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("scalewise_tick_lag_seconds_count 1"),
-            "{text}"
-        );
+        for line in [
+            "# TYPE scalewise_ticks counter",
+            "scalewise_ticks_total{scaler=\"web\"} 7",
+            "scalewise_ticks_total{scaler=\"new\"} 0",
+            "# TYPE scalewise_replicas_current gauge",
+            "# HELP scalewise_replicas_current Replicas the target is asked to run.",
+            "scalewise_replicas_current{scaler=\"web\"} 3",
+            "scalewise_replicas_ready{scaler=\"web\"} 2",
+            "scalewise_replicas_desired{scaler=\"web\"} 5",
+            "scalewise_policy_errors_total{module=\"tt\",kind=\"trap\"} 1",
+            "scalewise_tick_lag_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("replicas_current{scaler=\"new\"}"), "{text}");
+
+        // A scaler removed (by a reload) drops out.
+        t.scalers().store(Arc::new(BTreeMap::new()));
+        let text = t.encode();
+        assert!(!text.contains("scaler=\"web\""), "{text}");
+        assert!(text.contains("# TYPE scalewise_ticks counter"), "{text}");
     }
 }
