@@ -158,6 +158,38 @@ fn a_compiler_that_dies_is_an_error_for_that_module() {
         "the component does not compile: the compiler process was killed by signal 9"
     );
 
+    // A panic aborts: what it said comes with the signal.
+    let program = script(
+        dir.path(),
+        "panics",
+        "echo \"thread 'main' panicked: boom\" >&2\nkill -6 $$",
+    );
+    let err = runtime(Compiler::process(program), RuntimeLimits::default())
+        .load_file(Path::new(artifacts::TARGET_TRACKING))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the component does not compile: the compiler process was killed by signal 6: \
+         thread 'main' panicked: boom"
+    );
+
+    // A long message is cut.
+    let program = script(
+        dir.path(),
+        "verbose",
+        "head -c 100000 /dev/zero | tr '\\0' x >&2\nexit 1",
+    );
+    let err = runtime(Compiler::process(program), RuntimeLimits::default())
+        .load_file(Path::new(artifacts::TARGET_TRACKING))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.len() < 4200, "{} bytes", text.len());
+    assert!(
+        text.ends_with("[... 95904 more bytes]"),
+        "{}",
+        &text[text.len() - 40..]
+    );
+
     let program = script(dir.path(), "fails", "echo 'error: out of disk' >&2\nexit 3");
     let err = runtime(Compiler::process(program), RuntimeLimits::default())
         .load_file(Path::new(artifacts::TARGET_TRACKING))

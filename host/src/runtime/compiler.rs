@@ -174,10 +174,35 @@ pub(super) fn compile_in_child(
     let message = String::from_utf8_lossy(&message);
     let message = message.trim();
     let message = message.strip_prefix("error: ").unwrap_or(message);
-    if !message.is_empty() && status.code().is_some() {
-        return ChildOutcome::Failed(message.to_owned());
+    let message = truncate(message, MAX_MESSAGE_BYTES);
+    match (message.is_empty(), status.code().is_some()) {
+        (false, true) => ChildOutcome::Failed(message.into_owned()),
+        // Killed (a panic aborts; the OOM killer), with what it said first.
+        (false, false) => ChildOutcome::Failed(format!(
+            "the compiler process {}: {message}",
+            describe_exit(status)
+        )),
+        (true, _) => {
+            ChildOutcome::Failed(format!("the compiler process {}", describe_exit(status)))
+        }
     }
-    ChildOutcome::Failed(format!("the compiler process {}", describe_exit(status)))
+}
+
+/// The most of a compiler child's stderr an error keeps (it ends up in
+/// logs, `GET /v1/policies` and journal records).
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked when
+/// cut.
+fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [... {} more bytes]", &text[..end], text.len() - end).into()
 }
 
 #[cfg(unix)]
