@@ -33,6 +33,13 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// Loading target-tracking with `compiler`, which must fail: the error.
+fn load_error(compiler: Compiler) -> LoadError {
+    runtime(compiler, RuntimeLimits::default())
+        .load_file(Path::new(artifacts::TARGET_TRACKING))
+        .unwrap_err()
+}
+
 /// Runs `f` with the warnings it logs captured.
 fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, String) {
     #[derive(Clone, Default)]
@@ -149,9 +156,7 @@ fn a_module_the_compiler_rejects_is_refused_with_the_compilers_words() {
 fn a_compiler_that_dies_is_an_error_for_that_module() {
     let dir = tempfile::tempdir().unwrap();
     let program = script(dir.path(), "dies", "kill -9 $$");
-    let err = runtime(Compiler::process(program), RuntimeLimits::default())
-        .load_file(Path::new(artifacts::TARGET_TRACKING))
-        .unwrap_err();
+    let err = load_error(Compiler::process(program));
     assert!(matches!(err, LoadError::Compile(_)), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -164,9 +169,7 @@ fn a_compiler_that_dies_is_an_error_for_that_module() {
         "panics",
         "echo \"thread 'main' panicked: boom\" >&2\nkill -6 $$",
     );
-    let err = runtime(Compiler::process(program), RuntimeLimits::default())
-        .load_file(Path::new(artifacts::TARGET_TRACKING))
-        .unwrap_err();
+    let err = load_error(Compiler::process(program));
     assert_eq!(
         err.to_string(),
         "the component does not compile: the compiler process was killed by signal 6: \
@@ -179,21 +182,17 @@ fn a_compiler_that_dies_is_an_error_for_that_module() {
         "verbose",
         "head -c 100000 /dev/zero | tr '\\0' x >&2\nexit 1",
     );
-    let err = runtime(Compiler::process(program), RuntimeLimits::default())
-        .load_file(Path::new(artifacts::TARGET_TRACKING))
-        .unwrap_err();
+    let err = load_error(Compiler::process(program));
     let text = err.to_string();
     assert!(text.len() < 4200, "{} bytes", text.len());
     assert!(
-        text.ends_with("[... 95904 more bytes]"),
+        text.ends_with("[95904 bytes cut]"),
         "{}",
         &text[text.len() - 40..]
     );
 
     let program = script(dir.path(), "fails", "echo 'error: out of disk' >&2\nexit 3");
-    let err = runtime(Compiler::process(program), RuntimeLimits::default())
-        .load_file(Path::new(artifacts::TARGET_TRACKING))
-        .unwrap_err();
+    let err = load_error(Compiler::process(program));
     assert_eq!(
         err.to_string(),
         "the component does not compile: out of disk"
@@ -209,9 +208,7 @@ fn a_compiler_that_hangs_is_stopped_at_its_timeout() {
         timeout: Duration::from_millis(300),
     };
     let started = Instant::now();
-    let err = runtime(compiler, RuntimeLimits::default())
-        .load_file(Path::new(artifacts::TARGET_TRACKING))
-        .unwrap_err();
+    let err = load_error(compiler);
     assert_eq!(
         err.to_string(),
         "the component does not compile: the compiler process was still running after 300ms \

@@ -53,7 +53,7 @@ pub enum Command {
     Journal(JournalCommand),
     /// Internal: the daemon's compiler process. Compiles the `.wasm` on
     /// stdin and writes the code to stdout (see `runtime::Compiler`).
-    #[command(name = "compile-worker", hide = true)]
+    #[command(name = crate::runtime::WORKER_COMMAND, hide = true)]
     CompileWorker {
         /// The runtime limits, as JSON (they select the engine settings).
         #[arg(long)]

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use super::host::truncate;
 use crate::config::RuntimeLimits;
 
 /// The hidden command a compiler child runs (`scalewise compile-worker`).
@@ -191,19 +192,6 @@ pub(super) fn compile_in_child(
 /// The most of a compiler child's stderr an error keeps (it ends up in
 /// logs, `GET /v1/policies` and journal records).
 const MAX_MESSAGE_BYTES: usize = 4096;
-
-/// `text` cut to at most `max` bytes, on a character boundary, marked when
-/// cut.
-fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{} [... {} more bytes]", &text[..end], text.len() - end).into()
-}
 
 #[cfg(unix)]
 fn describe_exit(status: std::process::ExitStatus) -> String {
