@@ -61,9 +61,10 @@ impl Clock {
         sim.div_f64(self.speed)
     }
 
-    /// Sleeps until this clock reads `at_ms`.
-    pub async fn sleep_until(&self, at_ms: i64) {
-        tokio::time::sleep_until(self.instant_at(at_ms)).await;
+    /// Sleeps until this clock reads `at_ms`. Tokio's own future, not an
+    /// `async fn` around it: every idle scaler's task holds one.
+    pub fn sleep_until(&self, at_ms: i64) -> tokio::time::Sleep {
+        tokio::time::sleep_until(self.instant_at(at_ms))
     }
 }
 
