@@ -469,7 +469,7 @@ async fn journaled_decisions_replay_and_export_through_the_binary() {
         assert_eq!(replay["digest_matches"], true, "{out}");
         assert_eq!(
             replay["digest"],
-            record.evaluations[0].digest.clone().unwrap(),
+            record.evaluations[0].digest.as_deref().unwrap(),
             "{out}"
         );
         assert_eq!(

@@ -223,7 +223,7 @@ fn recorded(path: &str, parameters: Value) -> Evaluation {
     let ctx = context(1_700_000_000_000, parameters, 30);
     Evaluation {
         module: module.name().to_string(),
-        digest: Some(module.digest().to_string()),
+        digest: Some(module.shared_digest()),
         outcome: outcome_of(module.evaluate(&ctx)),
         context: ctx,
         duration_us: 42,
@@ -282,7 +282,7 @@ fn eval_against_a_record_reports_a_different_answer_or_module() {
     assert!(err.contains("the answer DIFFERS FROM the record"), "{err}");
 
     let mut other_module = good.clone();
-    other_module.digest = Some("0".repeat(64));
+    other_module.digest = Some("0".repeat(64).into());
     let file = write_json(dir.path(), "module.json", &other_module);
     let (code, out, _) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
     assert_eq!(code, 1);

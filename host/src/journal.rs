@@ -192,7 +192,7 @@ pub struct PolicyState {
     /// The module's name.
     pub module: String,
     /// The module's digest at that tick, if it was loaded.
-    pub digest: Option<String>,
+    pub digest: Option<Arc<str>>,
     /// The state to hand the policy next time.
     pub state: Option<Vec<u8>>,
     /// The tick's time.
@@ -712,7 +712,7 @@ mod tests {
     fn evaluation(module: &str, given: Option<&[u8]>, outcome: EvaluationOutcome) -> Evaluation {
         Evaluation {
             module: module.into(),
-            digest: Some(format!("digest-{module}")),
+            digest: Some(format!("digest-{module}").into()),
             context: Context {
                 now_ms: 1_000,
                 scaler: "web".into(),

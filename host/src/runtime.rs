@@ -213,7 +213,7 @@ impl Runtime {
         Ok(PolicyModule {
             inner: Arc::new(ModuleInner {
                 name,
-                digest,
+                digest: digest.into(),
                 info,
                 pre,
                 origin,
@@ -341,7 +341,7 @@ pub struct PolicyModule {
 
 struct ModuleInner {
     name: Arc<str>,
-    digest: String,
+    digest: Arc<str>,
     info: PolicyInfo,
     pre: PolicyPre<HostState>,
     origin: CodeOrigin,
@@ -370,6 +370,12 @@ impl PolicyModule {
     /// sha256 of the module's bytes, lowercase hex.
     pub fn digest(&self) -> &str {
         &self.inner.digest
+    }
+
+    /// [`PolicyModule::digest`], shared: what every journal record and
+    /// scaler status of this module holds.
+    pub fn shared_digest(&self) -> Arc<str> {
+        Arc::clone(&self.inner.digest)
     }
 
     /// What the policy said about itself at load.

@@ -85,19 +85,21 @@ pub struct ScalerSpec {
     pub behavior: Behavior,
 }
 
-/// What the API shows about a scaler; replaced after every tick.
+/// What the API shows about a scaler; replaced after every tick. The
+/// strings that do not change from tick to tick are shared between
+/// snapshots: a fleet keeps one snapshot per scaler.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ScalerStatus {
     /// The scaler's name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Enforce or dry-run.
     pub mode: Option<Mode>,
     /// Whether the scaler is paused.
     pub paused: bool,
     /// Actuator kind.
-    pub target_kind: String,
+    pub target_kind: &'static str,
     /// Target name.
-    pub target_name: String,
+    pub target_name: Arc<str>,
     /// Lower bound.
     pub min: u32,
     /// Upper bound.
@@ -130,9 +132,9 @@ pub struct ScalerStatus {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PolicyStatus {
     /// Module name.
-    pub module: String,
+    pub module: Arc<str>,
     /// Digest of the module that answered last, if any.
-    pub digest: Option<String>,
+    pub digest: Option<Arc<str>>,
     /// The last error, if the last evaluation failed.
     pub last_error: Option<String>,
 }
@@ -141,7 +143,7 @@ pub struct PolicyStatus {
 #[derive(Debug)]
 pub struct ScalerHandle {
     /// The scaler's name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Pause flag; the API flips it, the scaler reads it every tick.
     pub paused: AtomicBool,
     /// Ticks run since the daemon started (`scalewise_ticks_total`).
@@ -201,10 +203,10 @@ impl Scaler {
     /// where a previous run left off.
     pub fn new(spec: ScalerSpec, actuator: Arc<dyn Actuator>, services: Services) -> Self {
         let status = ScalerStatus {
-            name: spec.name.clone(),
+            name: spec.name.as_str().into(),
             mode: Some(spec.mode),
-            target_kind: actuator.kind().to_owned(),
-            target_name: actuator.target_name(),
+            target_kind: actuator.kind(),
+            target_name: actuator.target_name().into(),
             min: spec.min,
             max: spec.max,
             interval_ms: spec.interval.as_millis() as u64,
@@ -212,7 +214,7 @@ impl Scaler {
                 .policies
                 .iter()
                 .map(|p| PolicyStatus {
-                    module: p.module.clone(),
+                    module: p.module.as_str().into(),
                     ..PolicyStatus::default()
                 })
                 .collect(),
@@ -254,8 +256,8 @@ impl Scaler {
         self.noted_failures = vec![None; spec.policies.len()];
         let mut status = (**self.handle.status.load()).clone();
         status.mode = Some(spec.mode);
-        status.target_kind = actuator.kind().to_owned();
-        status.target_name = actuator.target_name();
+        status.target_kind = actuator.kind();
+        status.target_name = actuator.target_name().into();
         status.min = spec.min;
         status.max = spec.max;
         status.interval_ms = spec.interval.as_millis() as u64;
@@ -263,7 +265,7 @@ impl Scaler {
             .policies
             .iter()
             .map(|p| PolicyStatus {
-                module: p.module.clone(),
+                module: p.module.as_str().into(),
                 ..PolicyStatus::default()
             })
             .collect();
@@ -677,8 +679,13 @@ impl Scaler {
                         p.module, failure.kind, failure.error
                     ));
                 }
+                // The name as the last snapshot holds it, shared.
+                let module = match previous.policies.get(i) {
+                    Some(last) if *last.module == *p.module => Arc::clone(&last.module),
+                    _ => p.module.as_str().into(),
+                };
                 PolicyStatus {
-                    module: p.module.clone(),
+                    module,
                     digest: evaluation.and_then(|e| e.digest.clone()),
                     last_error,
                 }
@@ -689,7 +696,16 @@ impl Scaler {
             ActuationRecord::ObserveFailed { error } => problems.push(format!("target: {error}")),
             _ => {}
         }
+        // What does not change between ticks is taken from the last
+        // snapshot (shared strings), the rest from this tick.
         let status = ScalerStatus {
+            name: Arc::clone(&previous.name),
+            mode: previous.mode,
+            target_kind: previous.target_kind,
+            target_name: Arc::clone(&previous.target_name),
+            min: previous.min,
+            max: previous.max,
+            interval_ms: previous.interval_ms,
             paused: self.handle.is_paused(),
             current: Some(observed.current),
             ready: Some(observed.ready),
@@ -704,7 +720,6 @@ impl Scaler {
                 .as_ref()
                 .map(|f| format!("→ {} since {}: {}", f.desired, f.since_ms, f.detail)),
             ticks: self.ticks,
-            ..(**previous).clone()
         };
         self.handle.status.store(Arc::new(status));
     }
@@ -757,7 +772,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
     };
     let evaluation = Evaluation {
         module: name,
-        digest: Some(module.digest().to_owned()),
+        digest: Some(module.shared_digest()),
         context,
         outcome,
         duration_us,

@@ -4,6 +4,8 @@
 //! step) and to re-run each policy evaluation exactly: the full context each
 //! policy was given and the digest of the module that answered.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
@@ -66,7 +68,7 @@ pub struct Evaluation {
     /// The module's name (file stem in the policy folder).
     pub module: String,
     /// sha256 of the module's bytes, hex; `None` when the module was not loaded.
-    pub digest: Option<String>,
+    pub digest: Option<Arc<str>>,
     /// Exactly what the policy was given.
     pub context: Context,
     /// What it answered.

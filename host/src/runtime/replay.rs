@@ -64,7 +64,7 @@ pub fn eval_against_record(module: &PolicyModule, evaluation: &Evaluation) -> Re
     ReplayOutcome {
         module: module.name().to_string(),
         digest: module.digest().to_string(),
-        recorded_digest: evaluation.digest.clone(),
+        recorded_digest: evaluation.digest.as_deref().map(str::to_owned),
         digest_matches: evaluation.digest.as_deref() == Some(module.digest()),
         outcome,
         recorded: evaluation.outcome.clone(),

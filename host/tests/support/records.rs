@@ -118,13 +118,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
     let evaluations = vec![
         Evaluation {
             module: "target-tracking".into(),
-            digest: Some(format!(
-                "{:016x}{:016x}{:016x}{:016x}",
-                rng.next_u64(),
-                1,
-                2,
-                3
-            )),
+            digest: Some(format!("{:016x}{:016x}{:016x}{:016x}", rng.next_u64(), 1, 2, 3).into()),
             context: context(
                 serde_json::json!({"metric": "cpu_utilisation", "target": 0.6, "tolerance": 0.1}),
                 tracking_state,
@@ -143,13 +137,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
         },
         Evaluation {
             module: "threshold".into(),
-            digest: Some(format!(
-                "{:016x}{:016x}{:016x}{:016x}",
-                rng.next_u64(),
-                4,
-                5,
-                6
-            )),
+            digest: Some(format!("{:016x}{:016x}{:016x}{:016x}", rng.next_u64(), 4, 5, 6).into()),
             context: context(
                 serde_json::json!({"metric": "p95_latency_ms", "up": 250.0, "down": 80.0, "for": "5m", "step": 1}),
                 threshold_state,
