@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -907,9 +907,10 @@ pub struct ScalingRules {
     /// Which rate limit applies when several are given.
     #[serde(default)]
     pub select: Select,
-    /// Rate limits: at most this many pods or percent per period.
+    /// Rate limits: at most this many pods or percent per period. Shared:
+    /// the scalers left on HPA's defaults hold one copy of them.
     #[serde(default)]
-    pub limits: Option<Vec<RateLimit>>,
+    pub limits: Option<Arc<[RateLimit]>>,
     /// After any scale event, no change in this direction for this long.
     #[serde(default, with = "humantime_serde")]
     pub cooldown: Duration,
@@ -918,23 +919,28 @@ pub struct ScalingRules {
 impl ScalingRules {
     /// HPA's scale-up default: no stabilisation; max(4 pods, 100%) per 15 s.
     pub fn default_up() -> Self {
+        static LIMITS: LazyLock<Arc<[RateLimit]>> = LazyLock::new(|| {
+            Arc::new([
+                RateLimit::pods(4, Duration::from_secs(15)),
+                RateLimit::percent(100, Duration::from_secs(15)),
+            ])
+        });
         ScalingRules {
             stabilization_window: Some(Duration::ZERO),
             select: Select::Max,
-            limits: Some(vec![
-                RateLimit::pods(4, Duration::from_secs(15)),
-                RateLimit::percent(100, Duration::from_secs(15)),
-            ]),
+            limits: Some(Arc::clone(&LIMITS)),
             cooldown: Duration::ZERO,
         }
     }
 
     /// HPA's scale-down default: 300 s stabilisation; 100% per 15 s.
     pub fn default_down() -> Self {
+        static LIMITS: LazyLock<Arc<[RateLimit]>> =
+            LazyLock::new(|| Arc::new([RateLimit::percent(100, Duration::from_secs(15))]));
         ScalingRules {
             stabilization_window: Some(Duration::from_secs(300)),
             select: Select::Max,
-            limits: Some(vec![RateLimit::percent(100, Duration::from_secs(15))]),
+            limits: Some(Arc::clone(&LIMITS)),
             cooldown: Duration::ZERO,
         }
     }

@@ -181,8 +181,8 @@ fn steer(
     trail: &mut Trail,
     state: &EnvelopeState,
     input: &Input<'_>,
-    up: &Rules<'_>,
-    down: &Rules<'_>,
+    up: &Rules,
+    down: &Rules,
     stabilized: hpa::Stabilized,
 ) {
     let current = input.current;
@@ -352,7 +352,7 @@ fn missing_metrics_reason(failures: &[MetricFailure]) -> String {
     }
 }
 
-fn disabled_reason(rules: &Rules<'_>) -> String {
+fn disabled_reason(rules: &Rules) -> String {
     format!(
         "{} disabled ({}.select is disabled)",
         rules.direction.noun(),
@@ -360,7 +360,7 @@ fn disabled_reason(rules: &Rules<'_>) -> String {
     )
 }
 
-fn limit_reason(rules: &Rules<'_>, chosen: Chosen, current: u32) -> String {
+fn limit_reason(rules: &Rules, chosen: Chosen, current: u32) -> String {
     let amount = match chosen.amount {
         Amount::Pods(1) => "1 pod".to_string(),
         Amount::Pods(pods) => format!("{pods} pods"),

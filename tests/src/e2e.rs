@@ -119,7 +119,12 @@ fn resolve(rules: &ScalingRules, up: bool) -> (i64, Select, Vec<RateLimit>, i64)
         .stabilization_window
         .or(defaults.stabilization_window)
         .unwrap_or_default();
-    let limits = rules.limits.clone().or(defaults.limits).unwrap_or_default();
+    let limits = rules
+        .limits
+        .clone()
+        .or(defaults.limits)
+        .map(|l| l.to_vec())
+        .unwrap_or_default();
     (ms(window), rules.select, limits, ms(rules.cooldown))
 }
 

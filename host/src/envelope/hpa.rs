@@ -9,7 +9,7 @@
 //! 90% under an 80% limit), and history entries stamped in the future (the
 //! clock went back) count as just now instead of being misread.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{RateLimit, ScalingRules, Select};
@@ -47,21 +47,21 @@ impl Direction {
 /// One direction's rules with HPA's defaults filled in for what config left
 /// out.
 #[derive(Debug, Clone)]
-pub(super) struct Rules<'a> {
+pub(super) struct Rules {
     pub direction: Direction,
     pub window_ms: i64,
     pub select: Select,
     /// `None` in config means HPA's default limits; an empty list means no
     /// rate limit at all.
-    pub limits: Cow<'a, [RateLimit]>,
+    pub limits: Arc<[RateLimit]>,
     pub cooldown_ms: i64,
 }
 
-impl<'a> Rules<'a> {
+impl Rules {
     /// Resolves `rules` for `direction`, taking HPA's defaults (see
     /// [`ScalingRules::default_up`] and [`ScalingRules::default_down`]) for
     /// a missing window or missing limits.
-    pub(super) fn resolve(rules: &'a ScalingRules, direction: Direction) -> Self {
+    pub(super) fn resolve(rules: &ScalingRules, direction: Direction) -> Self {
         let defaults = || match direction {
             Direction::Up => ScalingRules::default_up(),
             Direction::Down => ScalingRules::default_down(),
@@ -71,8 +71,8 @@ impl<'a> Rules<'a> {
             None => defaults().stabilization_window.unwrap_or_default(),
         };
         let limits = match &rules.limits {
-            Some(limits) => Cow::Borrowed(limits.as_slice()),
-            None => Cow::Owned(defaults().limits.unwrap_or_default()),
+            Some(limits) => Arc::clone(limits),
+            None => defaults().limits.unwrap_or_else(|| Arc::new([])),
         };
         Rules {
             direction,
@@ -195,12 +195,7 @@ pub(super) enum Limit {
 /// `calculateScaleDownLimitWithBehaviors`: each limit allows a change
 /// measured from the count at the start of its period; `select` picks the
 /// limit allowing the largest (max) or smallest (min) change.
-pub(super) fn rate_limit(
-    rules: &Rules<'_>,
-    current: u32,
-    events: &[ScaleEvent],
-    now_ms: i64,
-) -> Limit {
+pub(super) fn rate_limit(rules: &Rules, current: u32, events: &[ScaleEvent], now_ms: i64) -> Limit {
     if rules.select == Select::Disabled {
         return Limit::Disabled;
     }

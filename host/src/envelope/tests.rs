@@ -39,7 +39,7 @@ fn rules(
     ScalingRules {
         stabilization_window: Some(secs(window)),
         select: Select::Max,
-        limits: Some(limits),
+        limits: Some(limits.into()),
         cooldown: Duration::ZERO,
     }
 }
@@ -615,10 +615,13 @@ fn calculate_scale_up_limit_with_scaling_rules_upstream() {
     let config = ScalingRules {
         stabilization_window: Some(secs(300)),
         select: Select::Min,
-        limits: Some(vec![
-            RateLimit::pods(2, secs(60)),
-            RateLimit::percent(50, secs(60)),
-        ]),
+        limits: Some(
+            vec![
+                RateLimit::pods(2, secs(60)),
+                RateLimit::percent(50, secs(60)),
+            ]
+            .into(),
+        ),
         cooldown: Duration::ZERO,
     };
     let rules = Rules::resolve(&config, Direction::Up);
@@ -638,10 +641,13 @@ fn calculate_scale_down_limit_with_behaviors_upstream() {
     let config = ScalingRules {
         stabilization_window: Some(secs(300)),
         select: Select::Min,
-        limits: Some(vec![
-            RateLimit::pods(2, secs(60)),
-            RateLimit::percent(50, secs(60)),
-        ]),
+        limits: Some(
+            vec![
+                RateLimit::pods(2, secs(60)),
+                RateLimit::percent(50, secs(60)),
+            ]
+            .into(),
+        ),
         cooldown: Duration::ZERO,
     };
     let rules = Rules::resolve(&config, Direction::Down);
@@ -803,7 +809,7 @@ fn normalize_desired_replicas_with_behavior_upstream_table() {
         let unlimited = |window_s: i64| ScalingRules {
             stabilization_window: Some(secs(window_s as u64)),
             select: Select::Max,
-            limits: Some(vec![]),
+            limits: Some(vec![].into()),
             cooldown: Duration::ZERO,
         };
         let behavior = behavior(
@@ -1372,7 +1378,7 @@ fn small_counts_and_zero() {
     let default = Behavior::default();
     let percent_only = |percent| {
         let rules = ScalingRules {
-            limits: Some(vec![RateLimit::percent(percent, secs(60))]),
+            limits: Some(vec![RateLimit::percent(percent, secs(60))].into()),
             ..rules(0, 0, 0, 0, 0)
         };
         behavior(Some(rules.clone()), Some(rules))
@@ -1440,7 +1446,7 @@ fn small_counts_and_zero() {
 fn empty_limit_list_means_no_rate_limit() {
     let unlimited = behavior(
         Some(ScalingRules {
-            limits: Some(vec![]),
+            limits: Some(vec![].into()),
             ..ScalingRules::default_up()
         }),
         None,
@@ -1544,15 +1550,18 @@ fn extreme_configs_never_panic() {
     let huge = ScalingRules {
         stabilization_window: Some(Duration::MAX),
         select: Select::Max,
-        limits: Some(vec![
-            RateLimit::pods(u32::MAX, Duration::MAX),
-            RateLimit::percent(u32::MAX, Duration::MAX),
-            RateLimit {
-                pods: None,
-                percent: None,
-                period: Duration::ZERO,
-            },
-        ]),
+        limits: Some(
+            vec![
+                RateLimit::pods(u32::MAX, Duration::MAX),
+                RateLimit::percent(u32::MAX, Duration::MAX),
+                RateLimit {
+                    pods: None,
+                    percent: None,
+                    period: Duration::ZERO,
+                },
+            ]
+            .into(),
+        ),
         cooldown: Duration::MAX,
     };
     let behavior = behavior(Some(huge.clone()), Some(huge));
@@ -1654,19 +1663,25 @@ fn nasa_trace_run_obeys_every_rule_and_restores_exactly() {
         scale_up: ScalingRules {
             stabilization_window: Some(secs(120)),
             select: Select::Max,
-            limits: Some(vec![
-                RateLimit::pods(3, secs(120)),
-                RateLimit::percent(20, secs(300)),
-            ]),
+            limits: Some(
+                vec![
+                    RateLimit::pods(3, secs(120)),
+                    RateLimit::percent(20, secs(300)),
+                ]
+                .into(),
+            ),
             cooldown: Duration::ZERO,
         },
         scale_down: ScalingRules {
             stabilization_window: Some(secs(300)),
             select: Select::Min,
-            limits: Some(vec![
-                RateLimit::pods(2, secs(120)),
-                RateLimit::percent(20, secs(60)),
-            ]),
+            limits: Some(
+                vec![
+                    RateLimit::pods(2, secs(120)),
+                    RateLimit::percent(20, secs(60)),
+                ]
+                .into(),
+            ),
             cooldown: secs(180),
         },
     };
