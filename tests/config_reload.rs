@@ -216,5 +216,26 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
         record.evaluations[0].outcome,
         EvaluationOutcome::Decided { .. }
     ));
+
+    // Later reloads still compare with the settings the daemon started with
+    // (after the first reload it keeps them without its scalers).
+    rewrite(&d, &format!("{text}\n# a second edit\n"));
+    wait_for_reloads(&d, "applied", 2).await;
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!(["[api]", "[clock]", "[simulations]"])
+    );
+    rewrite(
+        &d,
+        &format!(
+            "{}\n# back as started\n",
+            config_text(4.0, 50, "native", "")
+        ),
+    );
+    wait_for_reloads(&d, "applied", 3).await;
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(status["restart_required"], serde_json::json!([]));
+    assert_eq!(scaler_count(&d).await, 1);
     d.stop().await.unwrap();
 }

@@ -257,6 +257,38 @@ impl Config {
         Ok(config)
     }
 
+    /// This config without its `[[scalers]]`: what a daemon keeps of the
+    /// config it started with once a reload has applied another, to tell
+    /// which settings read only at start a later file changes. A fleet's
+    /// scalers are most of a config's memory and the applied config has
+    /// them.
+    pub fn without_scalers(&self) -> Config {
+        let Config {
+            policy_dir,
+            runtime,
+            api,
+            watch,
+            journal,
+            clock,
+            sources,
+            simulations,
+            scalers: _,
+            origin,
+        } = self;
+        Config {
+            policy_dir: policy_dir.clone(),
+            runtime: runtime.clone(),
+            api: api.clone(),
+            watch: watch.clone(),
+            journal: journal.clone(),
+            clock: clock.clone(),
+            sources: sources.clone(),
+            simulations: simulations.clone(),
+            scalers: Vec::new(),
+            origin: origin.clone(),
+        }
+    }
+
     /// Checks the whole config (everything that needs no policy module),
     /// reading secrets from the process environment. Reports every problem.
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -361,7 +361,8 @@ impl Daemon {
         &self.telemetry
     }
 
-    /// The config the daemon started with.
+    /// The config the daemon started with; once a reload has applied
+    /// another, without its `[[scalers]]` ([`Config::without_scalers`]).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -711,6 +712,12 @@ impl Daemon {
         self.handles.store(Arc::new(set.handles()));
         let digest = config.origin().digest().to_owned();
         self.applied.store(Arc::new(config));
+        // Of the config as started only what a restart alone applies is
+        // still needed; without this a fleet's scalers would be held twice
+        // from the first reload on.
+        if !self.config.scalers.is_empty() {
+            self.config = Arc::new(self.config.without_scalers());
+        }
         self.config_status.rcu(|status| ConfigStatus {
             digest: digest.clone(),
             applied_at_ms: wall_clock_ms(),

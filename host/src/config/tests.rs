@@ -101,6 +101,24 @@ fn base_config_is_valid() {
     assert_eq!(config.runtime.max_memory, ByteSize::mib(64));
 }
 
+#[test]
+fn without_scalers_keeps_every_other_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_in(dir.path(), BASE).unwrap();
+    let slim = config.without_scalers();
+    assert!(slim.scalers.is_empty());
+    assert_eq!(slim.policy_dir, config.policy_dir);
+    assert_eq!(slim.runtime, config.runtime);
+    assert_eq!(slim.api, config.api);
+    assert_eq!(slim.watch, config.watch);
+    assert_eq!(slim.journal, config.journal);
+    assert_eq!(slim.clock, config.clock);
+    assert_eq!(slim.sources, config.sources);
+    assert_eq!(slim.simulations, config.simulations);
+    assert!(!slim.simulations.is_empty() && !slim.sources.is_empty());
+    assert_eq!(slim.origin().digest(), config.origin().digest());
+}
+
 /// One broken thing per case: the error must point at `needle`'s line and
 /// column and say `message` (a substring) in the context `path`.
 #[test]
