@@ -356,7 +356,7 @@ impl Config {
                 }
             }
         }
-        for simulation in self.simulations.values_mut() {
+        for simulation in Arc::make_mut(&mut self.simulations).values_mut() {
             if let Some(trace) = &mut simulation.get_mut().load.trace {
                 resolve(&mut trace.path);
             }
@@ -451,8 +451,10 @@ pub struct Config {
     pub sources: BTreeMap<String, Spanned<SourceConfig>>,
     /// Simulated services (`[simulations.<name>]`), each usable as a target
     /// (`kind = "simulator"`) and as a metric source (`source = "simulator"`).
+    /// Shared: a daemon holds the started and the applied config, which
+    /// share this when it is unchanged (read only at start).
     #[serde(default)]
-    pub simulations: BTreeMap<String, Spanned<SimulationConfig>>,
+    pub simulations: Arc<BTreeMap<String, Spanned<SimulationConfig>>>,
     /// The scalers (`[[scalers]]`).
     #[serde(default)]
     pub scalers: Vec<Spanned<ScalerConfig>>,

@@ -592,7 +592,7 @@ impl Daemon {
     /// is applied unless everything checks out. `Ok(None)`: unchanged.
     async fn apply_config(
         &mut self,
-        config: Config,
+        mut config: Config,
         set: &mut ScalerSet,
     ) -> Result<Option<ApplySummary>, DaemonError> {
         let running = self.applied.load_full();
@@ -624,6 +624,10 @@ impl Daemon {
             .map(|s| (s.get_ref().name.get_ref().as_str(), s.get_ref()))
             .collect();
         let simulations_changed = config.simulations != self.config.simulations;
+        if !simulations_changed {
+            // Read only at start: one copy for the started and applied configs.
+            config.simulations = Arc::clone(&self.config.simulations);
+        }
         let now_ms = self.clock.now_ms();
         let mut added = Vec::new();
         let mut changed = Vec::new();

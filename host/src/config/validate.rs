@@ -85,7 +85,7 @@ pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> 
     for (name, source) in &config.sources {
         c.source(name, source.get_ref(), env);
     }
-    for (name, simulation) in &config.simulations {
+    for (name, simulation) in config.simulations.iter() {
         c.simulation(name, simulation.get_ref());
     }
     c.scalers(config);
