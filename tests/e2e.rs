@@ -652,7 +652,11 @@ async fn second_run(policies: &Path, state: &Path, before: &[TickRecord]) {
     let batch = resumed.iter().find(|r| r.scaler == "batch").unwrap();
     assert_eq!((batch.target.current, batch.desired), (2, 4), "{batch:?}");
 
-    let config = h.daemon.config().clone();
+    // The daemon keeps only its config's settings; the scalers come from
+    // the text it started with.
+    let origin = h.daemon.config().origin();
+    let config = Config::parse(&origin.text(), origin.path()).unwrap();
+    assert!(!config.scalers.is_empty());
     assert_rules_hold(&h, &config).await;
     let web = h.journal_of("web").await;
     assert_eq!(

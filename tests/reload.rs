@@ -580,8 +580,47 @@ async fn a_module_that_does_not_fit_the_config_is_refused() {
         "{}",
         failure.error
     );
+    // Located in the config file, at the parameter's line.
+    let line = text
+        .lines()
+        .position(|l| l.contains("scale_to"))
+        .expect("the config gives scale_to")
+        + 1;
+    let file = d.config_path().display().to_string();
+    assert!(
+        failure.error.contains(&format!("{file}:{line}:")),
+        "{file}:{line}: {}",
+        failure.error
+    );
     d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
         .await
         .unwrap();
+
+    // The gate checks the config applied now, not the one started with:
+    // once a reload drops the parameter, the same version fits.
+    let tmp = d.dir().join(".scalewise.toml.tmp");
+    std::fs::write(&tmp, config_text(4.0, 50, "native", "")).unwrap();
+    std::fs::rename(&tmp, d.config_path()).unwrap();
+    let telemetry = d.telemetry().clone();
+    wait_until_async(10 * SECOND, "the config reload", move || {
+        telemetry
+            .encode()
+            .contains("scalewise_config_reloads_total{result=\"applied\"} 1")
+    })
+    .await;
+    let faults = digest_of(artifacts::FAULTS);
+    std::fs::remove_file(d.policy_dir().join("counter.wasm")).unwrap();
+    wait_until_async(10 * SECOND, "the removal", || {
+        registry.get("counter").is_none()
+    })
+    .await;
+    std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
+    wait_until_async(10 * SECOND, "the version to serve", || {
+        registry
+            .get("counter")
+            .is_some_and(|m| m.digest() == faults)
+    })
+    .await;
+    assert!(!registry.snapshot().failures.contains_key("counter"));
     d.stop().await.unwrap();
 }

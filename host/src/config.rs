@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -257,12 +258,13 @@ impl Config {
         Ok(config)
     }
 
-    /// This config without its `[[scalers]]`: what a daemon keeps of the
-    /// config it started with once a reload has applied another, to tell
-    /// which settings read only at start a later file changes. A fleet's
-    /// scalers are most of a config's memory and the applied config has
-    /// them.
-    pub fn without_scalers(&self) -> Config {
+    /// This config's settings: everything but its `[[scalers]]` and
+    /// `[simulations]`, which are nearly all of a fleet's config (1.1 KB a
+    /// scaler with its simulation). What a running daemon keeps of the
+    /// config it started with, to tell which settings read only at start a
+    /// reloaded file changes; [`Config::simulations_fingerprint`] stands in
+    /// for the simulations.
+    pub fn settings(&self) -> Config {
         let Config {
             policy_dir,
             runtime,
@@ -271,7 +273,7 @@ impl Config {
             journal,
             clock,
             sources,
-            simulations,
+            simulations: _,
             scalers: _,
             origin,
         } = self;
@@ -283,10 +285,15 @@ impl Config {
             journal: journal.clone(),
             clock: clock.clone(),
             sources: sources.clone(),
-            simulations: simulations.clone(),
+            simulations: BTreeMap::new(),
             scalers: Vec::new(),
             origin: origin.clone(),
         }
+    }
+
+    /// What `[simulations]` holds, as a [`Fingerprint`].
+    pub fn simulations_fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.simulations)
     }
 
     /// Checks the whole config (everything that needs no policy module),
@@ -356,7 +363,7 @@ impl Config {
                 }
             }
         }
-        for simulation in Arc::make_mut(&mut self.simulations).values_mut() {
+        for simulation in self.simulations.values_mut() {
             if let Some(trace) = &mut simulation.get_mut().load.trace {
                 resolve(&mut trace.path);
             }
@@ -424,6 +431,40 @@ fn quoted_name(message: &str) -> Option<&str> {
         .or_else(|| after("string \"", '"'))
 }
 
+/// A digest of part of a config (sha256 of its JSON form): tells whether a
+/// reloaded file changed that part without keeping the part itself. Spans
+/// play no part, so moving a table within the file changes nothing, while
+/// reordering the keys of a table does (the JSON keeps the file's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `value`.
+    pub fn of(value: &impl Serialize) -> Fingerprint {
+        struct Hashing(Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        static UNIQUE: AtomicU64 = AtomicU64::new(0);
+        let mut hashing = Hashing(Sha256::new());
+        if serde_json::to_writer(&mut hashing, value).is_err() {
+            // Not expected (config values are plain data); a fingerprint
+            // equal to no other keeps a change from going unseen.
+            hashing
+                .0
+                .update(UNIQUE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+            hashing.0.update(b"unserialisable");
+        }
+        Fingerprint(hashing.0.finalize().into())
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,10 +492,8 @@ pub struct Config {
     pub sources: BTreeMap<String, Spanned<SourceConfig>>,
     /// Simulated services (`[simulations.<name>]`), each usable as a target
     /// (`kind = "simulator"`) and as a metric source (`source = "simulator"`).
-    /// Shared: a daemon holds the started and the applied config, which
-    /// share this when it is unchanged (read only at start).
     #[serde(default)]
-    pub simulations: Arc<BTreeMap<String, Spanned<SimulationConfig>>>,
+    pub simulations: BTreeMap<String, Spanned<SimulationConfig>>,
     /// The scalers (`[[scalers]]`).
     #[serde(default)]
     pub scalers: Vec<Spanned<ScalerConfig>>,
@@ -671,7 +710,7 @@ impl std::fmt::Debug for Secret {
 
 /// A simulated service: load, capacity, start-up delay, and the metrics a
 /// real service would have, derived from load and ready replicas.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulationConfig {
     /// Seed for the noise; the same seed gives the same run.
@@ -696,7 +735,7 @@ fn default_base_latency() -> Duration {
 }
 
 /// Offered load in requests per second, as a curve or a recorded trace.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadConfig {
     /// Mean load of the synthetic curve (requests/s).
@@ -724,7 +763,7 @@ fn default_diurnal_period() -> Duration {
 }
 
 /// A temporary surge of load.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpikeConfig {
     /// When it starts, from the simulation's start.
@@ -738,7 +777,7 @@ pub struct SpikeConfig {
 }
 
 /// Load replayed from a recorded trace file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceConfig {
     /// A `timestamp_s,requests` CSV file (see shared traces); relative to the config file.
@@ -770,7 +809,7 @@ pub enum Mode {
 }
 
 /// One scaler: a target, its metrics, its policies and its envelope.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScalerConfig {
     /// Unique name.
@@ -800,8 +839,17 @@ pub struct ScalerConfig {
     pub behavior: Behavior,
 }
 
+impl ScalerConfig {
+    /// What this scaler's config holds, as a [`Fingerprint`]: a running
+    /// daemon keeps this, not the config, to tell which scalers a reloaded
+    /// file changes.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self)
+    }
+}
+
 /// The thing a scaler scales.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum TargetConfig {
     /// A simulated service from `[simulations]`.
@@ -828,7 +876,7 @@ impl TargetConfig {
 }
 
 /// One metric of a scaler.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricConfig {
     /// `simulator`, or the name of a `[sources.<name>]` entry.
@@ -848,7 +896,7 @@ pub struct MetricConfig {
 }
 
 /// A policy module a scaler consults, with its parameters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRef {
     /// The module's name: its file name in the policy folder without `.wasm`.
@@ -886,9 +934,8 @@ impl Drop for ShareParams {
 /// Reads a policy's `params`, handing back the table an earlier policy of
 /// the same parse was given when the content is the same. A fleet written
 /// from a template repeats the same few tables thousands of times, and the
-/// daemon keeps the parsed config as long as it runs (reloads diff against
-/// it, the module gate checks it): ~500 bytes a scaler for a two-key table.
-/// Done while parsing, so each duplicate is freed at once and its memory
+/// parsed config is held until every scaler is built: ~500 bytes a scaler
+/// for a two-key table. Done while parsing, so each duplicate is freed at once and its memory
 /// reused by what is parsed next, rather than left as holes among the
 /// config's other allocations.
 fn shared_params<'de, D>(deserializer: D) -> Result<Option<Spanned<Arc<toml::Table>>>, D::Error>
@@ -910,7 +957,7 @@ where
 }
 
 /// HPA `behavior`: how fast and after how much evidence to scale each way.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Behavior {
     /// Rules for scaling up.

@@ -14,7 +14,7 @@
 //! `[journal]`, `[clock]`, `[simulations]` and `[watch]` are read only at
 //! start: a change to them is logged as needing a restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,7 +35,8 @@ use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
-    Config, ConfigError, MetricConfig, ScalerConfig, SourceConfig, TargetConfig, toml_to_json,
+    Config, ConfigError, Fingerprint, MetricConfig, ScalerConfig, SourceConfig, TargetConfig,
+    toml_to_json,
 };
 use crate::journal::{Journal, JournalOptions, TickRecord};
 use crate::policy::PolicyInfo;
@@ -48,6 +49,9 @@ use crate::sources::simulator::SimulatorSource;
 use crate::sources::{MetricQuery, Source};
 use crate::telemetry::Telemetry;
 use crate::watch::{FileStamp, FolderWatch, Watched};
+
+mod applied;
+use applied::Applied;
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
 const SIMULATOR_SOURCE: &str = "simulator";
@@ -161,10 +165,13 @@ struct Reconfigure {
 /// A daemon built from a config, ready to run.
 #[derive(Debug)]
 pub struct Daemon {
-    /// The config as started: what restart-only settings are.
+    /// The settings of the config as started ([`Config::settings`]): what
+    /// restart-only settings are.
     config: Arc<Config>,
-    /// The config applied now (scalers, sources); the module gate reads it.
-    applied: Arc<ArcSwap<Config>>,
+    /// The started config's `[simulations]`, as a fingerprint.
+    simulations: Fingerprint,
+    /// What is kept of the config applied now; the module gate reads it.
+    applied: Arc<ArcSwap<Applied>>,
     clock: Clock,
     registry: Arc<Registry>,
     journal: Journal,
@@ -274,10 +281,12 @@ impl Daemon {
                 .map(|s| (s.spec().name.clone(), s.handle()))
                 .collect(),
         ));
-        // The config as started and as applied by reloads: one copy.
-        let config = Arc::new(config);
-        let applied = Arc::new(ArcSwap::new(config.clone()));
+        // Of the parsed config only its settings are kept, and of its
+        // scalers what tells a reload's changes apart.
+        let applied = Arc::new(ArcSwap::from_pointee(Applied::of(&config)));
         registry.set_gate(config_gate(applied.clone()));
+        let simulations = config.simulations_fingerprint();
+        let config = Arc::new(config.settings());
         let config_status = Arc::new(ArcSwap::from_pointee(ConfigStatus {
             path: config.origin().path().display().to_string(),
             digest: config.origin().digest().to_owned(),
@@ -286,6 +295,7 @@ impl Daemon {
         }));
         Ok(Daemon {
             config,
+            simulations,
             applied,
             clock,
             registry,
@@ -361,8 +371,8 @@ impl Daemon {
         &self.telemetry
     }
 
-    /// The config the daemon started with; once a reload has applied
-    /// another, without its `[[scalers]]` ([`Config::without_scalers`]).
+    /// The settings of the config the daemon started with: all of it but
+    /// its `[[scalers]]` and `[simulations]` ([`Config::settings`]).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -592,17 +602,18 @@ impl Daemon {
     /// is applied unless everything checks out. `Ok(None)`: unchanged.
     async fn apply_config(
         &mut self,
-        mut config: Config,
+        config: Config,
         set: &mut ScalerSet,
     ) -> Result<Option<ApplySummary>, DaemonError> {
         let running = self.applied.load_full();
-        if config.origin().digest() == running.origin().digest()
-            && config.api.listen == running.api.listen
+        if config.origin().digest() == running.origin.digest()
+            && config.api.listen == running.listen
         {
             return Ok(None);
         }
         config.check_policies(&self.registry.snapshot().catalog())?;
-        let restart_required = restart_only_changes(&self.config, &config);
+        let simulations_changed = config.simulations_fingerprint() != self.simulations;
+        let restart_required = restart_only_changes(&self.config, simulations_changed, &config);
 
         // Sources: rebuilt only when their config changed.
         let sources = if config.sources == running.sources {
@@ -618,16 +629,6 @@ impl Daemon {
             .collect();
 
         // Bind every new or changed scaler before touching any.
-        let old: BTreeMap<&str, &ScalerConfig> = running
-            .scalers
-            .iter()
-            .map(|s| (s.get_ref().name.get_ref().as_str(), s.get_ref()))
-            .collect();
-        let simulations_changed = config.simulations != self.config.simulations;
-        if !simulations_changed {
-            // Read only at start: one copy for the started and applied configs.
-            config.simulations = Arc::clone(&self.config.simulations);
-        }
         let now_ms = self.clock.now_ms();
         let mut added = Vec::new();
         let mut changed = Vec::new();
@@ -646,7 +647,7 @@ impl Daemon {
                     e
                 }
             };
-            match old.get(name) {
+            match running.scalers.get(name) {
                 None => {
                     let scaler = build_scaler(
                         &sources,
@@ -660,25 +661,29 @@ impl Daemon {
                     .map_err(hint)?;
                     added.push(scaler);
                 }
-                Some(before) if *before != scaler_config || uses_changed_source => {
+                Some(before)
+                    if before.fingerprint != scaler_config.fingerprint() || uses_changed_source =>
+                {
                     let spec = bind_scaler(&sources, &mut params, scaler_config, &self.simulation)
                         .map_err(hint)?;
                     let actuator = build_actuator(scaler_config, &self.simulation).map_err(hint)?;
-                    changed.push((spec, actuator, scaler_config.clone(), before.paused));
+                    changed.push((spec, actuator, scaler_config.paused, before.paused));
                 }
                 Some(_) => {}
             }
         }
-        let removed: Vec<String> = old
-            .keys()
-            .filter(|name| {
-                !config
-                    .scalers
-                    .iter()
-                    .any(|s| s.get_ref().name.get_ref() == *name)
-            })
-            .map(|name| name.to_string())
+        let kept: HashSet<&str> = config
+            .scalers
+            .iter()
+            .map(|s| s.get_ref().name.get_ref().as_str())
             .collect();
+        let mut removed: Vec<String> = running
+            .scalers
+            .keys()
+            .filter(|name| !kept.contains(name.as_str()))
+            .cloned()
+            .collect();
+        removed.sort();
 
         // Apply.
         let summary = ApplySummary {
@@ -690,10 +695,10 @@ impl Daemon {
             set.stop(name);
             tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
         }
-        for (spec, actuator, scaler_config, was_paused) in changed {
+        for (spec, actuator, paused, was_paused) in changed {
             let name = spec.name.clone();
-            if scaler_config.paused != was_paused {
-                set_paused(&self.journal, set, &name, scaler_config.paused).await;
+            if paused != was_paused {
+                set_paused(&self.journal, set, &name, paused).await;
             }
             set.reconfigure(&name, Reconfigure { spec, actuator });
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
@@ -704,7 +709,7 @@ impl Daemon {
         }
         self.sources = sources;
         let longest = longest_window_ms(&config);
-        if longest > longest_window_ms(&running) {
+        if longest > running.longest_window_ms {
             self.simulation.set_history(longest);
         }
         for setting in &restart_required {
@@ -715,13 +720,7 @@ impl Daemon {
         }
         self.handles.store(Arc::new(set.handles()));
         let digest = config.origin().digest().to_owned();
-        self.applied.store(Arc::new(config));
-        // Of the config as started only what a restart alone applies is
-        // still needed; without this a fleet's scalers would be held twice
-        // from the first reload on.
-        if !self.config.scalers.is_empty() {
-            self.config = Arc::new(self.config.without_scalers());
-        }
+        self.applied.store(Arc::new(Applied::of(&config)));
         self.config_status.rcu(|status| ConfigStatus {
             digest: digest.clone(),
             applied_at_ms: wall_clock_ms(),
@@ -1062,19 +1061,19 @@ pub fn next_tick_ms(key: &str, interval_ms: i64, now_ms: i64) -> i64 {
 /// make the applied config invalid (a parameter it no longer accepts, a
 /// required one the config does not give, ...). Only problems the new
 /// version brings count.
-fn config_gate(applied: Arc<ArcSwap<Config>>) -> Arc<crate::registry::Gate> {
+fn config_gate(applied: Arc<ArcSwap<Applied>>) -> Arc<crate::registry::Gate> {
     Arc::new(
         move |module: &str, candidate: &BTreeMap<String, PolicyInfo>| {
-            let config = applied.load();
-            let used = config.scalers.iter().any(|s| {
-                s.get_ref()
-                    .policies
-                    .iter()
-                    .any(|p| p.get_ref().module.get_ref() == module)
-            });
-            if !used {
+            let applied = applied.load_full();
+            if !applied.modules.contains(module) {
                 return Ok(());
             }
+            // The scalers' policies are read from the applied text again:
+            // as rare as a new module version, and no parsed copy of a
+            // fleet's config is kept for it.
+            let config = applied.reparse().map_err(|e| {
+                format!("the running config could not be read again to check this version against it: {e}")
+            })?;
             let Err(after) = config.check_policies(candidate) else {
                 return Ok(());
             };
@@ -1100,8 +1099,10 @@ fn config_gate(applied: Arc<ArcSwap<Config>>) -> Arc<crate::registry::Gate> {
     )
 }
 
-/// Settings read only at start that `new` changes from `started`.
-fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
+/// Settings read only at start that `new` changes from `started` (the
+/// started config's settings; whether `[simulations]` changed is told
+/// apart by fingerprint).
+fn restart_only_changes(started: &Config, simulations_changed: bool, new: &Config) -> Vec<String> {
     let mut changed = Vec::new();
     let mut check = |differs: bool, name: &str| {
         if differs {
@@ -1113,7 +1114,7 @@ fn restart_only_changes(started: &Config, new: &Config) -> Vec<String> {
     check(started.api != new.api, "[api]");
     check(started.journal != new.journal, "[journal]");
     check(started.clock != new.clock, "[clock]");
-    check(started.simulations != new.simulations, "[simulations]");
+    check(simulations_changed, "[simulations]");
     check(started.watch != new.watch, "[watch]");
     changed
 }

@@ -102,11 +102,12 @@ fn base_config_is_valid() {
 }
 
 #[test]
-fn without_scalers_keeps_every_other_setting() {
+fn settings_keep_everything_but_scalers_and_simulations() {
     let dir = tempfile::tempdir().unwrap();
     let config = parse_in(dir.path(), BASE).unwrap();
-    let slim = config.without_scalers();
-    assert!(slim.scalers.is_empty());
+    let slim = config.settings();
+    assert!(slim.scalers.is_empty() && slim.simulations.is_empty());
+    assert!(!config.scalers.is_empty() && !config.simulations.is_empty());
     assert_eq!(slim.policy_dir, config.policy_dir);
     assert_eq!(slim.runtime, config.runtime);
     assert_eq!(slim.api, config.api);
@@ -114,9 +115,73 @@ fn without_scalers_keeps_every_other_setting() {
     assert_eq!(slim.journal, config.journal);
     assert_eq!(slim.clock, config.clock);
     assert_eq!(slim.sources, config.sources);
-    assert_eq!(slim.simulations, config.simulations);
-    assert!(!slim.simulations.is_empty() && !slim.sources.is_empty());
+    assert!(!slim.sources.is_empty());
     assert_eq!(slim.origin().digest(), config.origin().digest());
+}
+
+/// A running daemon keeps fingerprints of its scalers and simulations, not
+/// the parsed config: they must change with the content and only with it.
+#[test]
+fn fingerprints_follow_the_content_not_the_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = |text: &str| parse_in(dir.path(), text).unwrap();
+    let scaler = |config: &Config| config.scalers[0].get_ref().fingerprint();
+    let base = parse(BASE);
+
+    // Moved down the file, other spacing, a comment: the same content.
+    let laid_out = edit(
+        BASE,
+        &[
+            ("policy_dir = \".\"\n", "policy_dir = \".\"\n\n# fleet\n\n"),
+            (
+                "min = 1\nmax = 10",
+                "min   =   1   # at least one\nmax = 10",
+            ),
+            ("base = 100.0", "base   = 100.0"),
+        ],
+    );
+    let laid_out = parse(&laid_out);
+    assert_ne!(
+        base.scalers[0].span(),
+        laid_out.scalers[0].span(),
+        "the edit moved the scaler"
+    );
+    assert_eq!(scaler(&base), scaler(&laid_out));
+    assert_eq!(
+        base.simulations_fingerprint(),
+        laid_out.simulations_fingerprint()
+    );
+
+    // Any change of a value, however deep, is a change.
+    let changes: &[(&str, &str)] = &[
+        ("max = 10", "max = 11"),
+        ("interval = \"15s\"", "interval = \"16s\""),
+        ("target = 60.0 }", "target = 61.0 }"),
+        ("window = \"10m\"", "window = \"11m\""),
+        ("{ pods = 4, period", "{ pods = 5, period"),
+        ("max = 10\n", "max = 10\npaused = true\n"),
+    ];
+    for change in changes {
+        let changed = parse(&edit(BASE, &[*change]));
+        assert_ne!(scaler(&base), scaler(&changed), "{change:?}");
+        assert_eq!(
+            base.simulations_fingerprint(),
+            changed.simulations_fingerprint(),
+            "{change:?}"
+        );
+    }
+    for change in [
+        ("initial_replicas = 2", "initial_replicas = 3"),
+        ("extra = 50.0", "extra = 50.5"),
+    ] {
+        let changed = parse(&edit(BASE, &[change]));
+        assert_ne!(
+            base.simulations_fingerprint(),
+            changed.simulations_fingerprint(),
+            "{change:?}"
+        );
+        assert_eq!(scaler(&base), scaler(&changed), "{change:?}");
+    }
 }
 
 /// One broken thing per case: the error must point at `needle`'s line and
