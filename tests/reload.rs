@@ -560,7 +560,7 @@ async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_module_that_does_not_fit_the_config_is_refused() {
+async fn a_module_that_does_not_fit_the_config_is_refused_until_the_config_changes() {
     // The config gives the counter a parameter that `faults` does not take.
     let text = config_text(4.0, 50, "native", "params = { scale_to = 0 }\n");
     let mut d = counter_daemon(&text).start().await.unwrap();
@@ -597,7 +597,8 @@ async fn a_module_that_does_not_fit_the_config_is_refused() {
         .unwrap();
 
     // The gate checks the config applied now, not the one started with:
-    // once a reload drops the parameter, the same version fits.
+    // once a reload drops the parameter, the refused version is tried
+    // again and loads, its file untouched.
     let tmp = d.dir().join(".scalewise.toml.tmp");
     std::fs::write(&tmp, config_text(4.0, 50, "native", "")).unwrap();
     std::fs::rename(&tmp, d.config_path()).unwrap();
@@ -609,12 +610,6 @@ async fn a_module_that_does_not_fit_the_config_is_refused() {
     })
     .await;
     let faults = digest_of(artifacts::FAULTS);
-    std::fs::remove_file(d.policy_dir().join("counter.wasm")).unwrap();
-    wait_until_async(10 * SECOND, "the removal", || {
-        registry.get("counter").is_none()
-    })
-    .await;
-    std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
     wait_until_async(10 * SECOND, "the version to serve", || {
         registry
             .get("counter")
@@ -622,5 +617,10 @@ async fn a_module_that_does_not_fit_the_config_is_refused() {
     })
     .await;
     assert!(!registry.snapshot().failures.contains_key("counter"));
+    let metrics = d.telemetry().encode();
+    assert!(
+        metrics.contains("scalewise_module_loads_total{module=\"counter\",origin=\"cache\"} 1"),
+        "{metrics}"
+    );
     d.stop().await.unwrap();
 }

@@ -473,9 +473,17 @@ impl Daemon {
         if !self.config.watch.enabled {
             return Ok(None);
         }
+        self.registry
+            .watch(&self.config.watch, self.module_reload_counter())
+            .map(Some)
+            .map_err(|e| DaemonError::Setup(e.to_string()))
+    }
+
+    /// Counts what a reload of modules did in the host's metrics.
+    fn module_reload_counter(&self) -> impl Fn(&ReloadReport) + Send + 'static {
         let telemetry = self.telemetry.clone();
         let registry = Arc::downgrade(&self.registry);
-        let on_reload = move |report: &ReloadReport| {
+        move |report: &ReloadReport| {
             for loaded in &report.loaded {
                 telemetry.module_loaded(&loaded.name, loaded.origin.as_str());
             }
@@ -487,11 +495,21 @@ impl Daemon {
                     .modules_loaded
                     .set(registry.snapshot().modules.len() as i64);
             }
-        };
-        self.registry
-            .watch(&self.config.watch, on_reload)
-            .map(Some)
-            .map_err(|e| DaemonError::Setup(e.to_string()))
+        }
+    }
+
+    /// Loads again the module versions refused for not fitting the config,
+    /// now that another config applies.
+    async fn recheck_refused_modules(&self) {
+        let registry = self.registry.clone();
+        let count = self.module_reload_counter();
+        match tokio::task::spawn_blocking(move || registry.recheck_refused()).await {
+            Ok(report) if report.changed_anything() => count(&report),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("Checking refused modules against the new config panicked: {e}")
+            }
+        }
     }
 
     /// Starts watching the config file, when reload and `[watch]` are on.
@@ -560,6 +578,7 @@ impl Daemon {
                     changed = summary.changed,
                     "Applied the reloaded config."
                 );
+                self.recheck_refused_modules().await;
             }
             Ok(None) => {
                 self.telemetry.config_reload("unchanged");

@@ -64,12 +64,15 @@ impl Snapshot {
     }
 }
 
+/// The [`LoadFailure::kind`] of a version the [`Gate`] refused.
+pub const INCOMPATIBLE_WITH_CONFIG: &str = "incompatible_with_config";
+
 /// Why a module file did not load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadFailure {
     /// The module file.
     pub path: PathBuf,
-    /// A fixed label ([`LoadError::kind`], or `incompatible_with_config`).
+    /// A fixed label ([`LoadError::kind`], or [`INCOMPATIBLE_WITH_CONFIG`]).
     pub kind: &'static str,
     /// The full error.
     pub error: String,
@@ -325,6 +328,34 @@ impl Registry {
     /// [`Snapshot::failures`] and the version serving, if any, stays.
     /// Blocks while compiling: call it off the async runtime.
     pub fn reload(&self, changed: &[String], removed: &[String]) -> ReloadReport {
+        self.reload_files(changed, removed, false)
+    }
+
+    /// Tries again the versions the [`Gate`] refused: after the config
+    /// they did not fit has changed they may fit now (a version refused
+    /// for a parameter the config gave loads once a reload drops it),
+    /// without their files being written again. Blocks while loading
+    /// (from the compiled-code cache, usually): call it off the async
+    /// runtime.
+    pub fn recheck_refused(&self) -> ReloadReport {
+        let refused: Vec<String> = self
+            .snapshot()
+            .failures
+            .iter()
+            .filter(|(_, failure)| failure.kind == INCOMPATIBLE_WITH_CONFIG)
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.reload_files(&refused, &[], true)
+    }
+
+    /// [`Registry::reload`]; with `retry_failed`, bytes that failed before
+    /// are loaded again instead of skipped.
+    fn reload_files(
+        &self,
+        changed: &[String],
+        removed: &[String],
+        retry_failed: bool,
+    ) -> ReloadReport {
         let mut stamps = self.lock_files();
         let current = self.current.load_full();
         let mut next = (*current).clone();
@@ -387,8 +418,9 @@ impl Registry {
                 }
                 continue;
             }
-            if next.failures.get(name).and_then(|f| f.digest.as_deref())
-                == Some(candidate.digest.as_str())
+            if !retry_failed
+                && next.failures.get(name).and_then(|f| f.digest.as_deref())
+                    == Some(candidate.digest.as_str())
             {
                 stamps.insert(name.clone(), candidate.stamp);
                 continue;
@@ -424,7 +456,7 @@ impl Registry {
                         .map(|()| module)
                         .map_err(|error| LoadFailure {
                             path: path.clone(),
-                            kind: "incompatible_with_config",
+                            kind: INCOMPATIBLE_WITH_CONFIG,
                             error,
                             at_ms: wall_clock_ms(),
                             digest: Some(digest.clone()),
