@@ -41,7 +41,7 @@ use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
 use location::{Document, Hit, Seg};
-pub use policies::{PolicyCatalog, toml_to_json};
+pub use policies::{PolicyCatalog, PolicyUses, toml_to_json};
 pub use secret::SecretError;
 
 /// The embedded demo config: two simulated services scaled by the bundled
@@ -435,7 +435,7 @@ fn quoted_name(message: &str) -> Option<&str> {
 /// reloaded file changed that part without keeping the part itself. Spans
 /// play no part, so moving a table within the file changes nothing, while
 /// reordering the keys of a table does (the JSON keeps the file's order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {

@@ -1084,28 +1084,15 @@ fn config_gate(applied: Arc<ArcSwap<Applied>>) -> Arc<crate::registry::Gate> {
     Arc::new(
         move |module: &str, candidate: &BTreeMap<String, PolicyInfo>| {
             let applied = applied.load_full();
-            if !applied.modules.contains(module) {
-                return Ok(());
-            }
-            // The scalers' policies are read from the applied text again:
-            // as rare as a new module version, and no parsed copy of a
-            // fleet's config is kept for it.
-            let config = applied.reparse().map_err(|e| {
-                format!("the running config could not be read again to check this version against it: {e}")
-            })?;
-            let Err(after) = config.check_policies(candidate) else {
+            // Only the uses of this module: problems elsewhere (another
+            // module deleted since) are not this version's doing.
+            let Err(problems) = applied
+                .policies
+                .check_module(module, &applied.origin, candidate)
+            else {
                 return Ok(());
             };
-            let mut without = candidate.clone();
-            without.remove(module);
-            let before = config.check_policies(&without).err();
-            let before = before.as_ref().map(|e| e.problems()).unwrap_or_default();
-            let new: Vec<String> = after
-                .problems()
-                .iter()
-                .filter(|p| !before.contains(p))
-                .map(|p| p.to_string())
-                .collect();
+            let new: Vec<String> = problems.problems().iter().map(|p| p.to_string()).collect();
             if new.is_empty() {
                 Ok(())
             } else {

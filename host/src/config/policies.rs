@@ -9,7 +9,9 @@ use serde_json::Value as Json;
 use toml::Value as Toml;
 
 use super::location::{Document, keys};
-use super::{Config, ConfigError, PolicyRef, Problem, ScalerConfig, into_result};
+use super::{
+    Config, ConfigError, Fingerprint, Origin, PolicyRef, Problem, ScalerConfig, into_result,
+};
 use crate::policy::{ParameterKind, PolicyInfo};
 
 /// The loaded policy modules, as the config checker needs to see them.
@@ -62,13 +64,116 @@ impl Config {
     ) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         for (i, scaler) in self.scalers.iter().enumerate() {
+            let metrics = metric_names(scaler.get_ref());
             for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
                 check_policy(
                     doc,
                     catalog,
-                    scaler.get_ref(),
+                    &metrics,
                     policy.get_ref(),
                     (i, p),
+                    &mut problems,
+                );
+            }
+        }
+        into_result(problems)
+    }
+}
+
+fn metric_names(scaler: &ScalerConfig) -> Vec<&str> {
+    scaler.metrics.keys().map(String::as_str).collect()
+}
+
+/// Every scaler's policies, as checking them against the modules reads
+/// them: grouped by module, parameters and the scaler's metric names, with
+/// where each one is in the file. What a running daemon keeps so that a
+/// new module version can be checked against the applied config without
+/// keeping the config; a fleet written from a template is a few groups.
+#[derive(Debug, Default)]
+pub struct PolicyUses {
+    groups: Vec<UseGroup>,
+}
+
+/// Policies that read the same to the checker.
+#[derive(Debug)]
+struct UseGroup {
+    policy: PolicyRef,
+    metrics: Vec<String>,
+    /// Each one's scaler and policy index in the file.
+    at: Vec<(u32, u32)>,
+}
+
+impl PolicyUses {
+    /// The policies of `config`'s scalers.
+    pub fn of(config: &Config) -> PolicyUses {
+        let mut groups: Vec<UseGroup> = Vec::new();
+        let mut by_content: HashMap<Fingerprint, usize> = HashMap::new();
+        for (i, scaler) in config.scalers.iter().enumerate() {
+            let metrics = metric_names(scaler.get_ref());
+            for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
+                let policy = policy.get_ref();
+                let at = (i as u32, p as u32);
+                let content = Fingerprint::of(&(policy, &metrics));
+                match by_content.get(&content) {
+                    Some(&group) => groups[group].at.push(at),
+                    None => {
+                        by_content.insert(content, groups.len());
+                        groups.push(UseGroup {
+                            policy: policy.clone(),
+                            metrics: metrics.iter().map(|m| m.to_string()).collect(),
+                            at: vec![at],
+                        });
+                    }
+                }
+            }
+        }
+        for group in &mut groups {
+            group.at.shrink_to_fit();
+        }
+        PolicyUses { groups }
+    }
+
+    /// [`Config::check_policies`] for the policies that consult `module`,
+    /// locating problems in the text `origin` keeps (read only when there
+    /// is a problem). Each group is checked once; a group with a problem
+    /// is checked at each of its places, so that every one is reported
+    /// where it is.
+    pub fn check_module(
+        &self,
+        module: &str,
+        origin: &Origin,
+        catalog: &dyn PolicyCatalog,
+    ) -> Result<(), ConfigError> {
+        let text = OnceCell::new();
+        let doc = Document::of(origin, &text);
+        let mut problems = Vec::new();
+        let groups = self
+            .groups
+            .iter()
+            .filter(|g| g.policy.module.get_ref() == module);
+        for group in groups {
+            let metrics: Vec<&str> = group.metrics.iter().map(String::as_str).collect();
+            let index = |&(i, p): &(u32, u32)| (i as usize, p as usize);
+            let mut first = Vec::new();
+            check_policy(
+                &doc,
+                catalog,
+                &metrics,
+                &group.policy,
+                index(&group.at[0]),
+                &mut first,
+            );
+            if first.is_empty() {
+                continue;
+            }
+            problems.append(&mut first);
+            for at in &group.at[1..] {
+                check_policy(
+                    &doc,
+                    catalog,
+                    &metrics,
+                    &group.policy,
+                    index(at),
                     &mut problems,
                 );
             }
@@ -80,7 +185,7 @@ impl Config {
 fn check_policy(
     doc: &Document<'_>,
     catalog: &dyn PolicyCatalog,
-    scaler: &ScalerConfig,
+    metrics: &[&str],
     policy: &PolicyRef,
     (i, p): (usize, usize),
     problems: &mut Vec<Problem>,
@@ -117,7 +222,7 @@ fn check_policy(
             ));
             continue;
         };
-        if let Err(why) = check_kind(spec.kind, value, scaler) {
+        if let Err(why) = check_kind(spec.kind, value, metrics) {
             problems.push(doc.value_problem(&param_path(key), format!("{key}: {why}")));
         }
     }
@@ -137,7 +242,7 @@ fn check_policy(
 }
 
 /// Whether `value` is of `kind`; the error says what was expected and got.
-fn check_kind(kind: ParameterKind, value: &Toml, scaler: &ScalerConfig) -> Result<(), String> {
+fn check_kind(kind: ParameterKind, value: &Toml, metrics: &[&str]) -> Result<(), String> {
     let expected = match kind {
         ParameterKind::Number => "a number",
         ParameterKind::Integer => "an integer",
@@ -161,14 +266,13 @@ fn check_kind(kind: ParameterKind, value: &Toml, scaler: &ScalerConfig) -> Resul
             })
         }
         (ParameterKind::Metric, Toml::String(name)) => {
-            if scaler.metrics.contains_key(name) {
+            if metrics.contains(&name.as_str()) {
                 Ok(())
             } else {
-                let names: Vec<&str> = scaler.metrics.keys().map(String::as_str).collect();
-                let names = if names.is_empty() {
+                let names = if metrics.is_empty() {
                     "none".to_owned()
                 } else {
-                    names.join(", ")
+                    metrics.join(", ")
                 };
                 Err(format!(
                     "unknown metric {name:?}; this scaler's metrics: {names}"

@@ -1285,6 +1285,86 @@ fn the_text_is_parsed_again_only_to_locate_a_problem() {
     );
 }
 
+/// What a running daemon keeps for the module gate: the scalers' policies
+/// grouped by content. A group is checked once, but a problem is reported
+/// at every place the group has, as the whole config's check reports it.
+#[test]
+fn policy_uses_report_a_grouped_problem_at_each_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"{BASE}
+[simulations.api]
+capacity_per_replica = 50.0
+initial_replicas = 1
+load = {{ base = 10.0 }}
+
+[[scalers]]
+name = "api"
+interval = "15s"
+min = 1
+max = 4
+target = {{ kind = "simulator", service = "api" }}
+
+[scalers.metrics.cpu]
+source = "simulator"
+query = "cpu"
+
+[scalers.metrics.latency]
+source = "simulator"
+query = "p95_latency_ms"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = {{ metric = "cpu", target = 60.0 }}
+
+[[scalers.policies]]
+module = "threshold"
+params = {{ metric = "latency", upper = 500, lower = 100 }}
+"#
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let uses = PolicyUses::of(&config);
+    let modules = bundled();
+    config.check_policies(&modules).unwrap();
+    for module in ["target-tracking", "threshold", "absent"] {
+        uses.check_module(module, config.origin(), &modules)
+            .unwrap();
+    }
+
+    // A version of target-tracking without `target`.
+    let mut narrowed = modules.clone();
+    let info = narrowed.get_mut("target-tracking").unwrap();
+    info.parameters.retain(|p| p.name != "target");
+    let err = uses
+        .check_module("target-tracking", config.origin(), &narrowed)
+        .unwrap_err();
+    let places: Vec<(usize, usize)> = err.problems().iter().map(|p| (p.line, p.column)).collect();
+    let last = text.rfind("target = 60.0").unwrap();
+    let second = (
+        text[..last].matches('\n').count() + 1,
+        last - text[..last].rfind('\n').unwrap(),
+    );
+    assert_eq!(
+        places,
+        [position_of(&text, "target = 60.0"), second],
+        "{err}"
+    );
+    for problem in err.problems() {
+        assert!(
+            problem.message.starts_with("unknown parameter \"target\""),
+            "{problem}"
+        );
+    }
+    // The same problems the whole config's check finds, and nothing of
+    // threshold's.
+    assert_eq!(
+        err.problems(),
+        config.check_policies(&narrowed).unwrap_err().problems()
+    );
+    uses.check_module("threshold", config.origin(), &narrowed)
+        .unwrap();
+}
+
 #[test]
 fn policy_problems_are_all_reported() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,16 +2,17 @@
 //! config is most of a fleet's memory (1.1 KB a scaler with its simulation:
 //! 11 MiB for 10,000), and once the scalers are built little of it is read
 //! again: what tells a reloaded file's changes apart (a fingerprint per
-//! scaler, the sources, the listen address) and, when a new version of a
-//! module the scalers use arrives, the scalers' policies — parsed again for
-//! that from the applied text, which the config's origin keeps compressed.
+//! scaler, the sources, the listen address) and what the module gate checks
+//! a new module version against (the scalers' policies, grouped by content,
+//! with where each is in the file; the text to locate a problem in is kept
+//! compressed by the config's origin).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use toml::Spanned;
 
-use crate::config::{Config, ConfigError, Fingerprint, Origin, SourceConfig};
+use crate::config::{Config, Fingerprint, Origin, PolicyUses, SourceConfig};
 
 /// A scaler as applied: enough to tell whether a reloaded file changes it.
 #[derive(Debug, Clone, Copy)]
@@ -33,8 +34,8 @@ pub(super) struct Applied {
     pub sources: BTreeMap<String, Spanned<SourceConfig>>,
     /// Each scaler, by name.
     pub scalers: HashMap<String, AppliedScaler>,
-    /// The modules any scaler consults.
-    pub modules: BTreeSet<String>,
+    /// The scalers' policies, for the module gate.
+    pub policies: PolicyUses,
     /// The longest simulated history any scaler's metrics need, in ms.
     pub longest_window_ms: i64,
 }
@@ -50,24 +51,13 @@ impl Applied {
             };
             (s.name.get_ref().clone(), kept)
         });
-        let modules = config
-            .scalers
-            .iter()
-            .flat_map(|s| &s.get_ref().policies)
-            .map(|p| p.get_ref().module.get_ref().clone());
         Applied {
             origin: config.origin().clone(),
             listen: config.api.listen,
             sources: config.sources.clone(),
             scalers: scalers.collect(),
-            modules: modules.collect(),
+            policies: PolicyUses::of(config),
             longest_window_ms: super::longest_window_ms(config),
         }
-    }
-
-    /// The applied config parsed again from its text (not validated: it
-    /// was when it was applied, and the text has not changed since).
-    pub fn reparse(&self) -> Result<Config, ConfigError> {
-        Config::parse_unvalidated(&self.origin.text(), self.origin.path())
     }
 }
