@@ -431,12 +431,13 @@ fn quoted_name(message: &str) -> Option<&str> {
         .or_else(|| after("string \"", '"'))
 }
 
-/// A digest of part of a config (sha256 of its JSON form): tells whether a
-/// reloaded file changed that part without keeping the part itself. Spans
+/// A digest of part of a config (the first 128 bits of the sha256 of its
+/// JSON form): tells whether a reloaded file changed that part without
+/// keeping the part itself. Spans
 /// play no part, so moving a table within the file changes nothing, while
 /// reordering the keys of a table does (the JSON keeps the file's order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 32]);
+pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
     /// The fingerprint of `value`.
@@ -461,7 +462,10 @@ impl Fingerprint {
                 .update(UNIQUE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
             hashing.0.update(b"unserialisable");
         }
-        Fingerprint(hashing.0.finalize().into())
+        let digest = hashing.0.finalize();
+        let mut first = [0; 16];
+        first.copy_from_slice(&digest[..16]);
+        Fingerprint(first)
     }
 }
 

@@ -699,8 +699,8 @@ impl Daemon {
         let mut removed: Vec<String> = running
             .scalers
             .keys()
-            .filter(|name| !kept.contains(name.as_str()))
-            .cloned()
+            .filter(|name| !kept.contains(&***name))
+            .map(|name| name.to_string())
             .collect();
         removed.sort();
 

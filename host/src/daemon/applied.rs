@@ -33,7 +33,7 @@ pub(super) struct Applied {
     /// The named metric sources.
     pub sources: BTreeMap<String, Spanned<SourceConfig>>,
     /// Each scaler, by name.
-    pub scalers: HashMap<String, AppliedScaler>,
+    pub scalers: HashMap<Box<str>, AppliedScaler>,
     /// The scalers' policies, for the module gate.
     pub policies: PolicyUses,
     /// The longest simulated history any scaler's metrics need, in ms.
@@ -49,7 +49,7 @@ impl Applied {
                 fingerprint: s.fingerprint(),
                 paused: s.paused,
             };
-            (s.name.get_ref().clone(), kept)
+            (s.name.get_ref().as_str().into(), kept)
         });
         Applied {
             origin: config.origin().clone(),
