@@ -218,7 +218,7 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
     ));
 
     // Later reloads still compare with the settings the daemon started with
-    // (after the first reload it keeps them without its scalers).
+    // (it keeps them without its scalers, [simulations] as a fingerprint).
     rewrite(&d, &format!("{text}\n# a second edit\n"));
     wait_for_reloads(&d, "applied", 2).await;
     let status = d.get("/v1/config").await.unwrap();
