@@ -1052,7 +1052,7 @@ fn phase_key_of<'a>(name: &str, queries: impl IntoIterator<Item = (&'a str, &'a 
 }
 
 /// Where in its interval a scaler ticks: a stable offset in
-/// `[0, interval)` derived from its phase key ([`phase_key`]), the same in
+/// `[0, interval)` derived from its phase key (`phase_key`), the same in
 /// every run and build.
 pub fn tick_offset_ms(key: &str, interval_ms: i64) -> i64 {
     let interval_ms = interval_ms.max(1);

@@ -3,7 +3,7 @@
 //!
 //! The shape of one tick of one scaler: read the target's state through its
 //! [actuator](actuators), fetch the scaler's metrics from their
-//! [sources](sources), ask each [policy](policy) module (run by the
+//! [sources], ask each [policy] module (run by the
 //! [runtime]) what the replica count should be, pass the combined answer
 //! through the host's [envelope], actuate (or only record, in dry-run), and
 //! write one [journal] record.
