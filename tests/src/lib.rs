@@ -13,7 +13,8 @@
 //! Harnesses for real peers:
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
-//! - [`daemon`]: a real daemon in a temporary folder (hot reload tests).
+//! - [`reload`]: what the hot-reload and config-reload tests share (a
+//!   reloading daemon's config, waits, the `counter` fixture's reasons).
 //! - [`running`]: the real daemon, run in-process from a config text, with
 //!   the bundled policy modules (end-to-end tests and benchmarks).
 
