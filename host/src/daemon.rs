@@ -631,6 +631,9 @@ impl Daemon {
             return Ok(None);
         }
         config.check_policies(&self.registry.snapshot().catalog())?;
+        // What will be kept of it once applied; its fingerprints also tell
+        // the changed scalers.
+        let next = Applied::of(&config);
         let simulations_changed = config.simulations_fingerprint() != self.simulations;
         let restart_required = restart_only_changes(&self.config, simulations_changed, &config);
 
@@ -666,6 +669,7 @@ impl Daemon {
                     e
                 }
             };
+            let fingerprint = next.scalers[name].fingerprint;
             match running.scalers.get(name) {
                 None => {
                     let scaler = build_scaler(
@@ -680,9 +684,7 @@ impl Daemon {
                     .map_err(hint)?;
                     added.push(scaler);
                 }
-                Some(before)
-                    if before.fingerprint != scaler_config.fingerprint() || uses_changed_source =>
-                {
+                Some(before) if before.fingerprint != fingerprint || uses_changed_source => {
                     let spec = bind_scaler(&sources, &mut params, scaler_config, &self.simulation)
                         .map_err(hint)?;
                     let actuator = build_actuator(scaler_config, &self.simulation).map_err(hint)?;
@@ -727,9 +729,8 @@ impl Daemon {
             set.spawn(scaler);
         }
         self.sources = sources;
-        let longest = longest_window_ms(&config);
-        if longest > running.longest_window_ms {
-            self.simulation.set_history(longest);
+        if next.longest_window_ms > running.longest_window_ms {
+            self.simulation.set_history(next.longest_window_ms);
         }
         for setting in &restart_required {
             tracing::warn!(
@@ -739,7 +740,7 @@ impl Daemon {
         }
         self.handles.store(Arc::new(set.handles()));
         let digest = config.origin().digest().to_owned();
-        self.applied.store(Arc::new(Applied::of(&config)));
+        self.applied.store(Arc::new(next));
         self.config_status.rcu(|status| ConfigStatus {
             digest: digest.clone(),
             applied_at_ms: wall_clock_ms(),
