@@ -433,9 +433,9 @@ fn quoted_name(message: &str) -> Option<&str> {
 
 /// A digest of part of a config (the first 128 bits of the sha256 of its
 /// JSON form): tells whether a reloaded file changed that part without
-/// keeping the part itself. Spans
-/// play no part, so moving a table within the file changes nothing, while
-/// reordering the keys of a table does (the JSON keeps the file's order).
+/// keeping the part itself. Spans play no part, so moving a table within
+/// the file changes nothing, while reordering the keys of a table does
+/// (the JSON keeps the file's order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; 16]);
 
@@ -939,9 +939,9 @@ impl Drop for ShareParams {
 /// the same parse was given when the content is the same. A fleet written
 /// from a template repeats the same few tables thousands of times, and the
 /// parsed config is held until every scaler is built: ~500 bytes a scaler
-/// for a two-key table. Done while parsing, so each duplicate is freed at once and its memory
-/// reused by what is parsed next, rather than left as holes among the
-/// config's other allocations.
+/// for a two-key table. Done while parsing, so each duplicate is freed at
+/// once and its memory reused by what is parsed next, rather than left as
+/// holes among the config's other allocations.
 fn shared_params<'de, D>(deserializer: D) -> Result<Option<Spanned<Arc<toml::Table>>>, D::Error>
 where
     D: serde::Deserializer<'de>,

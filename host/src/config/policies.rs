@@ -133,6 +133,12 @@ impl PolicyUses {
         PolicyUses { groups }
     }
 
+    /// How many groups there are (for tests of the grouping).
+    #[cfg(test)]
+    pub(super) fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     /// [`Config::check_policies`] for the policies that consult `module`,
     /// locating problems in the text `origin` keeps (read only when there
     /// is a problem). Each group is checked once; a group with a problem

@@ -1324,6 +1324,9 @@ params = {{ metric = "latency", upper = 500, lower = 100 }}
     );
     let config = parse_in(dir.path(), &text).unwrap();
     let uses = PolicyUses::of(&config);
+    // web's and api's target-tracking read the same (same parameters and
+    // metric names): one group; api's threshold: another.
+    assert_eq!(uses.group_count(), 2);
     let modules = bundled();
     config.check_policies(&modules).unwrap();
     for module in ["target-tracking", "threshold", "absent"] {
