@@ -31,7 +31,10 @@
 //! journal takes about 13,800 appends/s under `FULL` (12,600 under `NORMAL`,
 //! within the noise), twenty times that need. The fsync only shows when few
 //! appends wait at once: 16 appenders get 2,800/s under `FULL` against
-//! 8,000/s under `NORMAL`.
+//! 8,000/s under `NORMAL`. Since the writer's page cache was cut to 512 KiB
+//! (2026-12-05, `--quick`, the VM slower that day): 11,400–13,400 appends/s
+//! flat out under `FULL` where the 2 MiB default took 13,000–14,800, and the
+//! writer thread at 13–14 % of a core for the 10,000 scalers either way.
 //!
 //! # Append before actuate
 //!
