@@ -24,17 +24,14 @@
 //! once in one transaction (group commit). More load makes bigger
 //! transactions, not more fsyncs, and no write ever blocks the async runtime.
 //!
-//! Measured by `cargo bench -p scalewise --bench journal` (release, on a
-//! shared 2-core VM, records built from the NASA trace: 6.1 KB of JSON each):
-//! 10,000 scalers ticking every 15 s (667 appends/s) cost the writer thread
-//! 9% of one core, with append latency p50 2.4 ms and p99 16 ms. Flat out the
-//! journal takes about 13,800 appends/s under `FULL` (12,600 under `NORMAL`,
-//! within the noise), twenty times that need. The fsync only shows when few
-//! appends wait at once: 16 appenders get 2,800/s under `FULL` against
-//! 8,000/s under `NORMAL`. Since the writer's page cache was cut to 512 KiB
-//! (2026-12-05, `--quick`, the VM slower that day): 11,400–13,400 appends/s
-//! flat out under `FULL` where the 2 MiB default took 13,000–14,800, and the
-//! writer thread at 13–14 % of a core for the 10,000 scalers either way.
+//! Measured by `cargo bench -p scalewise --bench journal -- --quick`
+//! (release, on a shared 2-core VM, 2026-12-05; records built from the NASA
+//! trace: 6.1 KB of JSON each): 10,000 scalers ticking every 15 s (667
+//! appends/s) cost the writer thread 13–14 % of one core, with append latency
+//! p50 0.6 ms and p99 0.2–0.25 s.
+//! Flat out the journal takes 11,400–13,400 appends/s under `FULL` and about
+//! as much under `NORMAL`, sixteen times that need; SQLite's default 2 MiB
+//! page cache took ~10 % more, and the writer keeps 512 KiB (`schema.rs`).
 //!
 //! # Append before actuate
 //!
