@@ -24,14 +24,15 @@
 //! once in one transaction (group commit). More load makes bigger
 //! transactions, not more fsyncs, and no write ever blocks the async runtime.
 //!
-//! Measured by `cargo bench -p scalewise --bench journal -- --quick`
-//! (release, on a shared 2-core VM, 2026-12-05; records built from the NASA
-//! trace: 6.1 KB of JSON each): 10,000 scalers ticking every 15 s (667
-//! appends/s) cost the writer thread 13–14 % of one core, with append latency
-//! p50 0.6 ms and p99 0.2–0.25 s.
-//! Flat out the journal takes 11,400–13,400 appends/s under `FULL` and about
-//! as much under `NORMAL`, sixteen times that need; SQLite's default 2 MiB
-//! page cache took ~10 % more, and the writer keeps 512 KiB (`schema.rs`).
+//! Measured by `cargo bench -p scalewise --bench journal` (release, on a
+//! shared 2-core VM, 2026-12-05; records built from the NASA trace: 6.1 KB
+//! of JSON each): 10,000 scalers ticking every 15 s (667 appends/s for 60 s)
+//! cost the writer thread 14% of one core, with append latency p50 0.6 ms
+//! and p99 7 ms (the slowest, up to 0.23 s, are at start; the 20 s `--quick`
+//! run's p99 is that start). Flat out the journal takes 12,000–15,700
+//! appends/s under `FULL` and 11,100–12,200 under `NORMAL` (within the
+//! noise), about twenty times that need; SQLite's default 2 MiB page cache
+//! took ~10 % more, and the writer keeps 512 KiB (`schema.rs`).
 //!
 //! # Append before actuate
 //!
