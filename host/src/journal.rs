@@ -28,8 +28,9 @@
 //! shared 2-core VM, 2026-12-05; records built from the NASA trace: 6.1 KB
 //! of JSON each): 10,000 scalers ticking every 15 s (667 appends/s for 60 s)
 //! cost the writer thread 14% of one core, with append latency p50 0.6 ms
-//! and p99 7 ms (the slowest, up to 0.23 s, are at start; the 20 s `--quick`
-//! run's p99 is that start). Flat out the journal takes 12,000–15,700
+//! and p99 7 ms; the slowest take up to 0.23 s, few enough that the 60 s run
+//! keeps them above p99 while the 20 s `--quick` run's p99 is 0.2 s (when in
+//! the run they come is not measured). Flat out the journal takes 12,000–15,700
 //! appends/s under `FULL` and 11,100–12,200 under `NORMAL` (within the
 //! noise), about twenty times that need; SQLite's default 2 MiB page cache
 //! took ~10 % more, and the writer keeps 512 KiB (`schema.rs`).

@@ -55,7 +55,7 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// (tests/benches/fleet.rs); what it costs is ~10 % of the saturation
 /// throughput (`cargo bench -p scalewise --bench journal -- --quick`, the
 /// two builds alternated: 11,400–13,400 appends/s instead of 13,000–14,800),
-/// still 16 times that fleet's need.
+/// still 17 times that fleet's need.
 const WRITER_CACHE_KIB: i64 = 512;
 
 /// Opens the one write connection: WAL mode, the durability's synchronous
