@@ -212,7 +212,55 @@ fn eval_refuses_a_bad_context_file_clearly() {
     ]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("typo.json: not a valid context: unknown field `paramters`"),
+        err.contains("typo.json: not a valid context: paramters: unknown field `paramters`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_checks_params_against_what_the_module_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file's parameters are target-tracking's: faults only warns.
+    let ctx = write_json(
+        dir.path(),
+        "ctx.json",
+        &context(5, json!({"metric": "cpu"}), 1),
+    );
+    let (code, out, err) = cli(&["eval", artifacts::FAULTS, "--context", &ctx]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"desired\""), "{out}");
+    assert!(
+        err.contains("warning:")
+            && err.contains("unknown parameter \"metric\"; faults accepts: mode"),
+        "{err}"
+    );
+    // A misspelt --params is refused, as config load would refuse it.
+    let (code, out, err) = cli(&[
+        "eval",
+        artifacts::FAULTS,
+        "--context",
+        &ctx,
+        "--params",
+        "mod=loop",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("error: --params: unknown parameter \"mod\"; faults accepts: mode"),
+        "{err}"
+    );
+    // So is a value of the wrong kind.
+    let (code, _, err) = cli(&[
+        "eval",
+        artifacts::TARGET_TRACKING,
+        "--context",
+        &ctx,
+        "--params",
+        "target=high",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--params: target: expected a number, got text \"high\""),
         "{err}"
     );
 }

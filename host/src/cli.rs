@@ -17,7 +17,7 @@ use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::RuntimeLimits;
+use crate::config::{ParamProblem, RuntimeLimits};
 use crate::journal::{Evaluation, TickRecord};
 use crate::policy::{Context, PolicyInfo};
 use crate::runtime::{Compiler, PolicyModule, Runtime, eval_against_record};
@@ -346,7 +346,7 @@ pub fn parse_eval_input(text: &str, module: &str) -> Result<EvalInput, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let has = |key: &str| value.get(key).is_some();
     if has("evaluations") {
-        let record: TickRecord = serde_json::from_value(value)
+        let record: TickRecord = from_json_at(text)
             .map_err(|e| format!("looks like a journal tick record but is not one: {e}"))?;
         let names: Vec<&str> = record
             .evaluations
@@ -373,14 +373,30 @@ pub fn parse_eval_input(text: &str, module: &str) -> Result<EvalInput, String> {
             })?;
         Ok(EvalInput::Record(Box::new(chosen.clone())))
     } else if has("outcome") && has("context") {
-        let evaluation: Evaluation = serde_json::from_value(value)
+        let evaluation: Evaluation = from_json_at(text)
             .map_err(|e| format!("looks like a journal evaluation but is not one: {e}"))?;
         Ok(EvalInput::Record(Box::new(evaluation)))
     } else {
-        serde_json::from_value(value)
-            .map(EvalInput::Context)
-            .map_err(|e| format!("not a valid context: {e}"))
+        let ctx: Context = from_json_at(text).map_err(|e| format!("not a valid context: {e}"))?;
+        ctx.validate()
+            .map_err(|e| format!("not a valid context: {e}"))?;
+        Ok(EvalInput::Context(ctx))
     }
+}
+
+/// Deserializes JSON text; an error names the field it is about (e.g.
+/// `target.min`) as well as the line and column.
+fn from_json_at<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })
 }
 
 /// `scalewise eval`: one evaluation, or a replay of a journaled one.
@@ -427,8 +443,33 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
     };
     match input {
         EvalInput::Context(mut ctx) => {
-            if let Err(e) = apply_params(&mut ctx.parameters, &args.params) {
-                writeln!(err, "error: {source}: {e}")?;
+            let problems = apply_params(&mut ctx.parameters, &args.params)
+                .and_then(|()| param_problems(&module, &ctx));
+            let problems = match problems {
+                Ok(problems) => problems,
+                Err(e) => {
+                    writeln!(err, "error: {source}: {e}")?;
+                    return Ok(1);
+                }
+            };
+            // What --params got wrong is refused, as config load refuses it;
+            // what the context file holds is only warned about (one example
+            // context may serve several policies).
+            let (refused, warned): (Vec<_>, Vec<_>) = problems.iter().partition(|p| {
+                p.key()
+                    .is_some_and(|key| args.params.iter().any(|(k, _)| k == key))
+            });
+            for problem in &warned {
+                writeln!(
+                    err,
+                    "warning: {source}: {} (the daemon would refuse this in a config)",
+                    problem.message()
+                )?;
+            }
+            if !refused.is_empty() {
+                for problem in &refused {
+                    writeln!(err, "error: --params: {}", problem.message())?;
+                }
                 return Ok(1);
             }
             let (result, usage) = module.evaluate_with_usage(&ctx);
@@ -499,6 +540,31 @@ fn apply_params(parameters: &mut Value, params: &[(String, Value)]) -> Result<()
         map.insert(k.clone(), v.clone());
     }
     Ok(())
+}
+
+/// The context's parameters checked against what the module declares, as
+/// the daemon checks a scaler's config.
+fn param_problems(module: &PolicyModule, ctx: &Context) -> Result<Vec<ParamProblem>, String> {
+    let Value::Object(given) = &ctx.parameters else {
+        return Err("the context's parameters are not a JSON object".into());
+    };
+    let mut params = toml::Table::new();
+    for (key, value) in given {
+        // null stands for "not given", as the SDK reads it.
+        if value.is_null() {
+            continue;
+        }
+        let value = toml::Value::try_from(value)
+            .map_err(|e| format!("parameter {key:?} cannot be a config value: {e}"))?;
+        params.insert(key.clone(), value);
+    }
+    let metrics: Vec<&str> = ctx.metrics.iter().map(|m| m.name.as_str()).collect();
+    Ok(crate::config::param_problems(
+        module.name(),
+        module.info(),
+        &params,
+        &metrics,
+    ))
 }
 
 fn to_pretty<T: serde::Serialize>(v: &T) -> String {
@@ -631,6 +697,49 @@ mod tests {
                 .unwrap_err()
                 .contains("not valid JSON")
         );
+    }
+
+    #[test]
+    fn a_context_error_names_the_field_and_the_line() {
+        let negative = CONTEXT.replace("\"min\": 1", "\"min\": -1");
+        let err = parse_eval_input(&negative, "m").unwrap_err();
+        assert!(
+            err.contains("target.min: invalid value: integer `-1`"),
+            "{err}"
+        );
+        assert!(err.contains("line 2"), "{err}");
+        let state = CONTEXT.replace("\"now_ms\": 5,", "\"now_ms\": 5, \"state\": \"!!\",");
+        let err = parse_eval_input(&state, "m").unwrap_err();
+        assert!(err.contains("state: not base64"), "{err}");
+    }
+
+    #[test]
+    fn a_context_whose_points_are_out_of_order_is_refused() {
+        let with = |metrics: Value| {
+            let mut ctx: Value = serde_json::from_str(CONTEXT).unwrap();
+            ctx["metrics"] = metrics;
+            parse_eval_input(&ctx.to_string(), "m")
+        };
+        let sorted = json!([{"name": "cpu", "points": [[1, 1.0], [2, 2.0], [3, 3.0]]}]);
+        assert!(with(sorted).is_ok());
+        let unsorted = json!([{"name": "cpu", "points": [[3, 1.0], [1, 2.0], [2, 3.0]]}]);
+        let err = with(unsorted).unwrap_err();
+        assert!(
+            err.contains("metrics[0].points[1] (metric \"cpu\"): timestamp 1 is not after"),
+            "{err}"
+        );
+        let repeated = json!([{"name": "cpu", "points": [[1, 1.0], [1, 2.0]]}]);
+        assert!(with(repeated).unwrap_err().contains("points[1]"));
+        let twice = json!([{"name": "cpu"}, {"name": "mem"}, {"name": "cpu"}]);
+        let err = with(twice).unwrap_err();
+        assert!(
+            err.contains("metrics[2]: a second metric named \"cpu\" (the first is metrics[0])"),
+            "{err}"
+        );
+        let mut inverted: Value = serde_json::from_str(CONTEXT).unwrap();
+        inverted["target"]["min"] = json!(5);
+        let err = parse_eval_input(&inverted.to_string(), "m").unwrap_err();
+        assert!(err.contains("target: min 5 is above max 4"), "{err}");
     }
 
     #[test]

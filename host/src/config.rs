@@ -41,7 +41,7 @@ use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
 use location::{Document, Hit, Seg};
-pub use policies::{PolicyCatalog, PolicyUses, toml_to_json};
+pub use policies::{ParamProblem, PolicyCatalog, PolicyUses, param_problems, toml_to_json};
 pub use secret::SecretError;
 
 /// The embedded demo config: two simulated services scaled by the bundled

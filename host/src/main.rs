@@ -1,5 +1,6 @@
 //! The `scalewise` binary: parse the command line, set up logging, dispatch.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,8 +16,10 @@ fn main() -> ExitCode {
     if let scalewise::cli::Command::Run(args) = &mut cli.command {
         args.compiler = scalewise::runtime::Compiler::this_binary();
     }
-    // Logs go to stderr so that stdout carries only command output (JSON).
+    // Logs go to stderr so that stdout carries only command output (JSON),
+    // coloured only on a terminal (not in a file, a pipe or a log collector).
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )

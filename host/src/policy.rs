@@ -104,6 +104,53 @@ pub struct Context {
     pub state: Option<Vec<u8>>,
 }
 
+impl Context {
+    /// Checks what the types alone do not: metric names unique, each
+    /// metric's points oldest first with one per timestamp, events oldest
+    /// first, `min <= max`. The daemon builds contexts that pass; a
+    /// hand-written context file for `scalewise eval` might not, and a
+    /// policy given one would silently read the wrong sample. The error
+    /// names the field, e.g. `metrics[0].points[2]`.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.target;
+        if t.min > t.max {
+            return Err(format!("target: min {} is above max {}", t.min, t.max));
+        }
+        for (i, metric) in self.metrics.iter().enumerate() {
+            if let Some(first) = self.metrics[..i].iter().position(|m| m.name == metric.name) {
+                return Err(format!(
+                    "metrics[{i}]: a second metric named {:?} (the first is metrics[{first}])",
+                    metric.name
+                ));
+            }
+            for (j, pair) in metric.points.windows(2).enumerate() {
+                if pair[1].timestamp_ms <= pair[0].timestamp_ms {
+                    return Err(format!(
+                        "metrics[{i}].points[{}] (metric {:?}): timestamp {} is not after the \
+                         previous point's {}; points go oldest first, one per timestamp",
+                        j + 1,
+                        metric.name,
+                        pair[1].timestamp_ms,
+                        pair[0].timestamp_ms
+                    ));
+                }
+            }
+        }
+        for (j, pair) in self.events.windows(2).enumerate() {
+            if pair[1].timestamp_ms < pair[0].timestamp_ms {
+                return Err(format!(
+                    "events[{}]: timestamp {} is before the previous event's {}; events go \
+                     oldest first",
+                    j + 1,
+                    pair[1].timestamp_ms,
+                    pair[0].timestamp_ms
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
@@ -202,7 +249,7 @@ pub mod base64_opt {
         text.map(|t| {
             base64::engine::general_purpose::STANDARD
                 .decode(t.as_bytes())
-                .map_err(serde::de::Error::custom)
+                .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
         })
         .transpose()
     }

@@ -537,7 +537,15 @@ fn classify(
     } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
         (
             EvalErrorKind::Trap,
-            format!("the policy called exit({})", exit.0),
+            // WASI 0.2's exit carries success or failure, not the code the
+            // guest passed (1 stands for every failure).
+            if exit.0 == 0 {
+                "the policy called exit with a success status instead of returning a decision"
+                    .to_string()
+            } else {
+                "the policy called exit with a failure status instead of returning a decision"
+                    .to_string()
+            },
         )
     } else if let Some(desired) = store.data().limiter.denied {
         (
@@ -633,6 +641,10 @@ fn host_provides(import: &str) -> bool {
     version.starts_with("0.2.") && WASI.iter().any(|p| interface.starts_with(p))
 }
 
+/// The largest `max_wasm_stack`: wasmtime runs each call on a stack of its
+/// own (`async_stack_size`, 2 MiB), which the Wasm stack must fit in.
+pub const MAX_WASM_STACK: u64 = 2 * 1024 * 1024;
+
 fn check_limits(limits: &RuntimeLimits) -> Result<(), RuntimeError> {
     let problem = if limits.timeout.is_zero() {
         Some("timeout must be above zero")
@@ -642,6 +654,8 @@ fn check_limits(limits: &RuntimeLimits) -> Result<(), RuntimeError> {
         Some("max_memory must be at most 4 GiB (a 32-bit Wasm memory)")
     } else if limits.max_wasm_stack.as_u64() < 16 * 1024 {
         Some("max_wasm_stack must be at least 16 KiB")
+    } else if limits.max_wasm_stack.as_u64() > MAX_WASM_STACK {
+        Some("max_wasm_stack must be at most 2 MiB (the stack wasmtime runs a policy on)")
     } else {
         None
     };

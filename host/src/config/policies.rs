@@ -212,8 +212,78 @@ fn check_policy(
     };
     let empty = toml::Table::new();
     let params = policy.params.as_ref().map_or(&empty, |t| &**t.get_ref());
-    let param_path = |key: &str| keys!["scalers", i, "policies", p, "params", key];
+    for problem in param_problems(module, &info, params, metrics) {
+        problems.push(match problem {
+            ParamProblem::Unknown { key, message } => doc.key_problem(
+                &keys!["scalers", i, "policies", p, "params", key.as_str()],
+                message,
+            ),
+            ParamProblem::Kind { key, message } => doc.value_problem(
+                &keys!["scalers", i, "policies", p, "params", key.as_str()],
+                message,
+            ),
+            ParamProblem::Missing { message } => {
+                doc.value_problem(&keys!["scalers", i, "policies", p, "params"], message)
+            }
+        });
+    }
+}
 
+/// One way a policy's parameters disagree with what its module declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamProblem {
+    /// A parameter the module does not accept.
+    Unknown {
+        /// The parameter's name.
+        key: String,
+        /// What is wrong, for the operator.
+        message: String,
+    },
+    /// A value of the wrong kind (or an unknown metric, or a bad duration).
+    Kind {
+        /// The parameter's name.
+        key: String,
+        /// What is wrong, for the operator.
+        message: String,
+    },
+    /// A required parameter left out.
+    Missing {
+        /// What is wrong, for the operator.
+        message: String,
+    },
+}
+
+impl ParamProblem {
+    /// The parameter it is about; `None` for a missing one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ParamProblem::Unknown { key, .. } | ParamProblem::Kind { key, .. } => Some(key),
+            ParamProblem::Missing { .. } => None,
+        }
+    }
+
+    /// What is wrong, for the operator.
+    pub fn message(&self) -> &str {
+        match self {
+            ParamProblem::Unknown { message, .. }
+            | ParamProblem::Kind { message, .. }
+            | ParamProblem::Missing { message } => message,
+        }
+    }
+}
+
+/// Checks a policy's parameters against what `module` declares in `info`:
+/// no unknown names, every required one given, each value of its kind
+/// (`metrics`: the names a `metric` parameter may take). The daemon runs it
+/// on every scaler's policies at load and reload, `scalewise eval` on the
+/// parameters it is given.
+pub fn param_problems(
+    module: &str,
+    info: &PolicyInfo,
+    params: &toml::Table,
+    metrics: &[&str],
+) -> Vec<ParamProblem> {
+    let mut problems = Vec::new();
     for (key, value) in params {
         let Some(spec) = info.parameters.iter().find(|s| &s.name == key) else {
             let accepted: Vec<&str> = info.parameters.iter().map(|s| s.name.as_str()).collect();
@@ -222,29 +292,32 @@ fn check_policy(
             } else {
                 accepted.join(", ")
             };
-            problems.push(doc.key_problem(
-                &param_path(key),
-                format!("unknown parameter {key:?}; {module} accepts: {accepted}"),
-            ));
+            problems.push(ParamProblem::Unknown {
+                key: key.clone(),
+                message: format!("unknown parameter {key:?}; {module} accepts: {accepted}"),
+            });
             continue;
         };
         if let Err(why) = check_kind(spec.kind, value, metrics) {
-            problems.push(doc.value_problem(&param_path(key), format!("{key}: {why}")));
+            problems.push(ParamProblem::Kind {
+                key: key.clone(),
+                message: format!("{key}: {why}"),
+            });
         }
     }
     for spec in &info.parameters {
         if spec.required && !params.contains_key(&spec.name) {
-            problems.push(doc.value_problem(
-                &keys!["scalers", i, "policies", p, "params"],
-                format!(
+            problems.push(ParamProblem::Missing {
+                message: format!(
                     "missing required parameter {:?} ({}: {})",
                     spec.name,
                     spec.kind.as_str(),
                     spec.description
                 ),
-            ));
+            });
         }
     }
+    problems
 }
 
 /// Whether `value` is of `kind`; the error says what was expected and got.

@@ -673,6 +673,30 @@ fn each_problem_is_reported_at_its_place() {
             "max_memory (512.0 KiB) is below the minimum of 1.0 MiB",
         ),
         case(
+            "huge memory",
+            &[("\"64 MiB\"", "\"100 GiB\"")],
+            "\"100 GiB\"",
+            "runtime",
+            "max_memory (100.0 GiB) is above the maximum of 4.0 GiB (a 32-bit Wasm memory)",
+        ),
+        case(
+            "Wasm stack beyond wasmtime's",
+            &[(
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\nmax_wasm_stack = \"3 MiB\"",
+            )],
+            "\"3 MiB\"",
+            "runtime",
+            "max_wasm_stack (3.0 MiB) must be at most 2 MiB, the stack wasmtime runs a policy on",
+        ),
+        case(
+            "absurd clock speed",
+            &[("speed = 1.0", "speed = 1e308")],
+            "1e308",
+            "clock",
+            "must be at most 1000",
+        ),
+        case(
             "zero evaluation timeout",
             &[("timeout = \"100ms\"", "timeout = \"0s\"")],
             "\"0s\"",

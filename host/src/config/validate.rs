@@ -39,6 +39,12 @@ const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_COMMIT_DELAY: Duration = Duration::from_secs(1);
 /// A policy needs at least this much linear memory to do anything.
 const MIN_MEMORY: ByteSize = ByteSize::mib(1);
+/// A 32-bit Wasm memory holds no more.
+const MAX_MEMORY: ByteSize = ByteSize::gib(4);
+/// A faster simulated clock would tick scalers faster than they can run
+/// (a 15 s interval every 15 ms), and at extreme speeds overflow the
+/// journal's millisecond timestamps.
+const MAX_CLOCK_SPEED: f64 = 1000.0;
 
 /// Findings that do not stop the daemon, located like problems: a
 /// Prometheus query the PromQL parser here cannot read. Prometheus itself
@@ -184,6 +190,14 @@ impl Checker<'_, '_> {
                     limits.max_memory
                 ),
             );
+        } else if limits.max_memory > MAX_MEMORY {
+            self.value(
+                &keys!["runtime", "max_memory"],
+                format!(
+                    "max_memory ({}) is above the maximum of {MAX_MEMORY} (a 32-bit Wasm memory)",
+                    limits.max_memory
+                ),
+            );
         }
         self.nonzero(&keys!["runtime", "timeout"], "timeout", limits.timeout);
         if limits.max_replicas == 0 {
@@ -196,6 +210,14 @@ impl Checker<'_, '_> {
             self.value(
                 &keys!["runtime", "max_wasm_stack"],
                 "max_wasm_stack must be above 0 B",
+            );
+        } else if limits.max_wasm_stack.as_u64() > crate::runtime::MAX_WASM_STACK {
+            self.value(
+                &keys!["runtime", "max_wasm_stack"],
+                format!(
+                    "max_wasm_stack ({}) must be at most 2 MiB, the stack wasmtime runs a policy on",
+                    limits.max_wasm_stack
+                ),
             );
         }
         if limits.max_reason_bytes == 0 {
@@ -245,6 +267,12 @@ impl Checker<'_, '_> {
         }
         self.positive(&keys!["clock", "speed"], "speed", config.clock.speed, false);
         let speed = config.clock.speed;
+        if speed.is_finite() && speed > MAX_CLOCK_SPEED {
+            self.value(
+                &keys!["clock", "speed"],
+                format!("speed ({speed}) must be at most {MAX_CLOCK_SPEED}"),
+            );
+        }
         let prometheus: Vec<&String> = config
             .sources
             .iter()

@@ -101,7 +101,40 @@ pub(super) fn decode(engine: &Engine, file: &[u8]) -> Result<Component, DecodeEr
     // forging both the artifact and its checksum; such a user can already
     // replace the host's binary.
     unsafe { Component::deserialize(engine, artifact) }
-        .map_err(|e| DecodeError::Refused(format!("{e:#}")))
+        .map_err(|e| DecodeError::Refused(explain_refusal(format!("{e:#}"))))
+}
+
+/// wasmtime's reason for refusing compiled code, with the common case said
+/// in the operator's terms: a module whose memory starts larger than
+/// `runtime.max_memory` (the instance pool's slot size). Other reasons are
+/// passed through as they are.
+pub(super) fn explain_refusal(message: String) -> String {
+    let number = |text: &str| -> Option<u64> {
+        let digits: String = text
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        match digits.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => digits.parse().ok(),
+        }
+    };
+    let sizes = message
+        .split_once("minimum byte size of ")
+        .and_then(|(_, rest)| {
+            let (min, rest) = rest.split_once(" which exceeds the limit of ")?;
+            Some((number(min)?, number(rest)?))
+        });
+    match sizes {
+        Some((min, limit)) => format!(
+            "the module's memory starts at {} ({min} bytes), more than the memory limit of {} \
+             (runtime.max_memory, or --max-memory)",
+            bytesize::ByteSize::b(min),
+            bytesize::ByteSize::b(limit)
+        ),
+        None => message,
+    }
 }
 
 /// Compiles the `.wasm` `bytes` in a throwaway engine built from `settings`
@@ -129,8 +162,12 @@ pub(super) fn compile(
     // SAFETY: `artifact` is what `precompile_component` returned just above,
     // unaltered and never out of this function. wasmtime checks that the
     // compiling engine's settings match `engine`'s and refuses it otherwise.
-    let component = unsafe { Component::deserialize(engine, &artifact) }
-        .map_err(|e| format!("wasmtime refused the code it compiled: {e:#}"))?;
+    let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| {
+        format!(
+            "wasmtime refused the code it compiled: {}",
+            explain_refusal(format!("{e:#}"))
+        )
+    })?;
     Ok((component, artifact))
 }
 
@@ -142,6 +179,18 @@ pub(super) fn artifact_of(file: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_larger_than_the_limit_is_said_in_sizes() {
+        let wasmtime_says = "module memory does not fit in pooling allocator requirements\n\n\
+            Caused by:\n    memory index 0 has a minimum byte size of 1376256 which exceeds \
+            the limit of 0x100000 bytes";
+        let said = explain_refusal(wasmtime_says.to_string());
+        assert!(said.contains("starts at 1.3 MiB (1376256 bytes)"), "{said}");
+        assert!(said.contains("memory limit of 1.0 MiB"), "{said}");
+        assert!(said.contains("runtime.max_memory"), "{said}");
+        assert_eq!(explain_refusal("other".into()), "other");
+    }
 
     fn engine() -> Engine {
         let mut config = wasmtime::Config::new();
