@@ -239,3 +239,51 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
     assert_eq!(scaler_count(&d).await, 1);
     d.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
+    let runtime = "\n[runtime]\nmax_replicas = 10\n";
+    let mut d = start(runtime).await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+
+    // The new file is valid on its own (it raises the ceiling too), but the
+    // running ceiling stays 10 until a restart: a max of 500 is refused,
+    // not applied to a scaler that would then fail every tick.
+    let text = config_text(4.0, 50, "native", "\n[runtime]\nmax_replicas = 1000\n")
+        .replace("max = 10", "max = 500");
+    rewrite(&d, &text);
+    wait_for_reloads(&d, "refused", 1).await;
+    let error = d.get("/v1/config").await.unwrap()["last_error"].clone();
+    let message = error["error"].as_str().unwrap();
+    assert!(
+        message.contains("max (500) is above runtime.max_replicas (10)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("checked against the running [runtime], which change only at a restart"),
+        "{message}"
+    );
+    assert!(
+        error["problems"][0]["line"].as_u64().unwrap() > 0,
+        "{error}"
+    );
+
+    // Likewise a Prometheus source while the running clock is 4x: it
+    // would be asked about times that have not happened yet.
+    let text = config_text(1.0, 50, "native", runtime)
+        + "\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:1\"\n";
+    rewrite(&d, &text);
+    wait_for_reloads(&d, "refused", 2).await;
+    let message = d.get("/v1/config").await.unwrap()["last_error"]["error"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .contains("speed (4) must be 1 while a Prometheus source is configured"),
+        "{message}"
+    );
+    assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 10);
+    d.stop().await.unwrap();
+}

@@ -597,10 +597,15 @@ async fn a_module_that_does_not_fit_the_config_is_refused_until_the_config_chang
         .unwrap();
 
     // The gate checks the config applied now, not the one started with:
-    // once a reload drops the parameter, the refused version is tried
-    // again and loads, its file untouched.
+    // once a reload gives the refused version's parameters (which the
+    // version serving does not take: the config is checked against the
+    // refused one), it is tried again and loads, its file untouched.
     let tmp = d.dir().join(".scalewise.toml.tmp");
-    std::fs::write(&tmp, config_text(4.0, 50, "native", "")).unwrap();
+    std::fs::write(
+        &tmp,
+        config_text(4.0, 50, "native", "params = { mode = \"ok\" }\n"),
+    )
+    .unwrap();
     std::fs::rename(&tmp, d.config_path()).unwrap();
     let telemetry = d.telemetry().clone();
     wait_until_async(10 * SECOND, "the config reload", move || {
@@ -617,10 +622,47 @@ async fn a_module_that_does_not_fit_the_config_is_refused_until_the_config_chang
     })
     .await;
     assert!(!registry.snapshot().failures.contains_key("counter"));
+    d.next_decision(5 * SECOND, |r| {
+        decided_by(r, &faults).is_some_and(|reason| reason.starts_with("fine at"))
+    })
+    .await
+    .unwrap();
     let metrics = d.telemetry().encode();
     assert!(
         metrics.contains("scalewise_module_loads_total{module=\"counter\",origin=\"cache\"} 1"),
         "{metrics}"
     );
+    d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_fails_to_load_at_start_holds_its_scalers_until_a_good_one_comes() {
+    // The daemon starts (a restart must not turn a contained bad module
+    // into an autoscaler that is down); the scaler holds and says why.
+    let mut d = RunningDaemon::with(&config_text(4.0, 50, "native", ""))
+        .policies(|dir| std::fs::write(dir.join("counter.wasm"), b"not wasm").unwrap())
+        .config_reload()
+        .start()
+        .await
+        .unwrap();
+    let held = d
+        .next_decision(10 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    let EvaluationOutcome::Failed { kind, error } = &held.evaluations[0].outcome else {
+        panic!("{:?}", held.evaluations[0].outcome);
+    };
+    assert_eq!(kind, "module_unavailable", "{error}");
+    assert!(error.contains("counter"), "{error}");
+    assert_eq!(held.desired, held.target.current, "held");
+    let policies = d.get("/v1/policies").await.unwrap();
+    assert_eq!(policies["modules"], serde_json::json!([]), "{policies}");
+
+    // A good version is checked against the config and serves.
+    let v1 = digest_of(artifacts::COUNTER);
+    std::fs::copy(artifacts::COUNTER, d.policy_dir().join("counter.wasm")).unwrap();
+    d.next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await
+        .unwrap();
     d.stop().await.unwrap();
 }

@@ -310,6 +310,59 @@ impl Config {
         into_result(problems)
     }
 
+    /// Checks this config as a running daemon would apply it: the sections
+    /// that change only at a restart (`policy_dir`, `[runtime]`, `[api]`,
+    /// `[journal]`, `[clock]`, `[watch]`) keep `running`'s values, and the
+    /// rest must agree with them (`running` may be the daemon's
+    /// [`Config::settings`]: its scalers and simulations are not read). A reload must pass both
+    /// this and [`Config::validate`]: a scaler's `max` above the running
+    /// `runtime.max_replicas`, or a Prometheus source while the running
+    /// clock is faster than real time, is refused even when the new file
+    /// also raises the limit or slows the clock. Problems say which running
+    /// sections they were checked against.
+    pub fn validate_against_running(&self, running: &Config) -> Result<(), ConfigError> {
+        let mut kept = Vec::new();
+        let mut effective = self.clone();
+        if effective.policy_dir.get_ref() != running.policy_dir.get_ref() {
+            effective.policy_dir = running.policy_dir.clone();
+            kept.push("policy_dir");
+        }
+        let mut keep = |differs: bool, name: &'static str| {
+            if differs {
+                kept.push(name);
+            }
+            differs
+        };
+        if keep(effective.runtime != running.runtime, "[runtime]") {
+            effective.runtime = running.runtime.clone();
+        }
+        if keep(effective.api != running.api, "[api]") {
+            effective.api = running.api.clone();
+        }
+        if keep(effective.journal != running.journal, "[journal]") {
+            effective.journal = running.journal.clone();
+        }
+        if keep(effective.clock != running.clock, "[clock]") {
+            effective.clock = running.clock.clone();
+        }
+        if keep(effective.watch != running.watch, "[watch]") {
+            effective.watch = running.watch.clone();
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
+        let mut problems = validate::check(&effective, &doc, &process_env);
+        for problem in &mut problems {
+            problem.message.push_str(&format!(
+                " (checked against the running {}, which change only at a restart)",
+                kept.join(", ")
+            ));
+        }
+        into_result(problems)
+    }
+
     /// Things in the config worth a warning that do not stop the daemon
     /// (a Prometheus query this build's PromQL parser cannot read), located
     /// like problems. The daemon logs them when it starts.

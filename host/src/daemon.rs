@@ -231,7 +231,9 @@ impl Daemon {
             for (name, failure) in &snapshot.failures {
                 telemetry.module_load_error(name, failure.kind);
             }
-            config.check_policies(&snapshot.catalog())?;
+            // A module whose file failed to load is not an error here: its
+            // scalers hold, saying why, until a good version is dropped in.
+            config.check_policies(&*snapshot)?;
         }
 
         let journal = Journal::open_with(
@@ -556,10 +558,16 @@ impl Daemon {
             "Reloading the config file."
         );
         let path = source.path.clone();
-        let loaded = tokio::task::spawn_blocking(move || Config::load(&path))
-            .await
-            .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")))
-            .and_then(|r| r.map_err(DaemonError::from));
+        let running = Arc::clone(&self.config);
+        let loaded = tokio::task::spawn_blocking(move || {
+            Config::load(&path).and_then(|config| {
+                config.validate_against_running(&running)?;
+                Ok(config)
+            })
+        })
+        .await
+        .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")))
+        .and_then(|r| r.map_err(DaemonError::from));
         let result = match loaded {
             Ok(mut config) => {
                 if let Some(listen) = source.listen_override {
@@ -630,7 +638,16 @@ impl Daemon {
         {
             return Ok(None);
         }
-        config.check_policies(&self.registry.snapshot().catalog())?;
+        // Checked against the versions serving; failing that, against the
+        // versions refused for not fitting the running config, which the
+        // new config may be written for (they load right after it applies).
+        let snapshot = self.registry.snapshot();
+        if let Err(err) = config.check_policies(&*snapshot) {
+            let pending = snapshot.pending_catalog();
+            if pending == snapshot.catalog() || config.check_policies(&pending).is_err() {
+                return Err(err.into());
+            }
+        }
         // What will be kept of it once applied; its fingerprints also tell
         // the changed scalers.
         let next = Applied::of(&config);

@@ -64,11 +64,55 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// [`Snapshot::catalog`] with the versions the [`Gate`] refused in place
+    /// of those serving: what the modules will say about themselves once a
+    /// config that fits the refused versions is applied (and
+    /// [`Registry::recheck_refused`] loads them). A config change that
+    /// renames a parameter is checked against this when it does not fit the
+    /// versions serving, so the module and the config can change in either
+    /// order.
+    pub fn pending_catalog(&self) -> BTreeMap<String, PolicyInfo> {
+        let mut catalog = self.catalog();
+        for (name, failure) in &self.failures {
+            if let Some(info) = &failure.refused_info {
+                catalog.insert(name.clone(), (**info).clone());
+            }
+        }
+        catalog
+    }
+}
+
+impl crate::config::PolicyCatalog for Snapshot {
+    fn describe(&self, module: &str) -> Option<PolicyInfo> {
+        self.modules
+            .get(module)
+            .map(|m| m.info().clone())
+            .or_else(|| self.removed.get(module).map(|r| r.info.clone()))
+    }
+
+    fn modules(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .modules
+            .keys()
+            .chain(self.removed.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn failure(&self, module: &str) -> Option<String> {
+        self.failures.get(module).map(|f| f.error.clone())
+    }
+}
+
 /// The [`LoadFailure::kind`] of a version the [`Gate`] refused.
 pub const INCOMPATIBLE_WITH_CONFIG: &str = "incompatible_with_config";
 
 /// Why a module file did not load.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadFailure {
     /// The module file.
     pub path: PathBuf,
@@ -80,6 +124,9 @@ pub struct LoadFailure {
     pub at_ms: i64,
     /// sha256 of the bytes that failed, when they could be read.
     pub digest: Option<String>,
+    /// What a version the [`Gate`] refused says about itself: it loaded,
+    /// and may serve once the config fits it ([`Snapshot::pending_catalog`]).
+    pub refused_info: Option<Box<PolicyInfo>>,
 }
 
 impl LoadFailure {
@@ -90,6 +137,7 @@ impl LoadFailure {
             error: err.to_string(),
             at_ms: wall_clock_ms(),
             digest,
+            refused_info: None,
         }
     }
 }
@@ -453,14 +501,15 @@ impl Registry {
                     let mut catalog = next.catalog();
                     catalog.insert(name.clone(), module.info().clone());
                     gate(&name, &catalog)
-                        .map(|()| module)
                         .map_err(|error| LoadFailure {
                             path: path.clone(),
                             kind: INCOMPATIBLE_WITH_CONFIG,
                             error,
                             at_ms: wall_clock_ms(),
                             digest: Some(digest.clone()),
+                            refused_info: Some(Box::new(module.info().clone())),
                         })
+                        .map(|()| module)
                 });
             match outcome {
                 Ok(module) => {

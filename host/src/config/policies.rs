@@ -22,6 +22,14 @@ pub trait PolicyCatalog {
 
     /// The names of every loaded module, for error messages.
     fn modules(&self) -> Vec<String>;
+
+    /// Why the module named `module` failed to load, when its file is in
+    /// the folder but no version of it loaded. Its scalers hold until a
+    /// good version comes (which is then checked against the config), so
+    /// the config's use of it is not an error.
+    fn failure(&self, _module: &str) -> Option<String> {
+        None
+    }
 }
 
 impl PolicyCatalog for BTreeMap<String, PolicyInfo> {
@@ -197,7 +205,11 @@ fn check_policy(
     problems: &mut Vec<Problem>,
 ) {
     let module = policy.module.get_ref();
-    let Some(info) = catalog.describe(module) else {
+    let described = catalog.describe(module);
+    if described.is_none() && catalog.failure(module).is_some() {
+        return;
+    }
+    let Some(info) = described else {
         let known = catalog.modules();
         let known = if known.is_empty() {
             "none".to_owned()
