@@ -259,6 +259,30 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+    /// Another process (another daemon) writes to this journal.
+    #[error(
+        "the journal {path} is in use by another Scalewise daemon{}: two daemons writing one \
+         journal would interleave their records and restore each other's history; stop the \
+         other one or give this one its own [journal] path",
+        holder.map(|pid| format!(" (pid {pid}, in {})", lock.display())).unwrap_or_default()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The process holding it, as it wrote in the lock file.
+        holder: Option<u32>,
+    },
+    /// The lock file next to the journal could not be opened.
+    #[error("cannot open the journal's lock file {lock}: {source}")]
+    Lock {
+        /// The lock file.
+        lock: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
     /// The file is not a SQLite database, or is damaged.
     #[error("the journal {path} is corrupt or not a SQLite database: {source}")]
     Corrupt {
@@ -363,9 +387,11 @@ impl JournalError {
     /// A fixed label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            JournalError::Open { .. } | JournalError::CreateDir { .. } | JournalError::Spawn(_) => {
-                "open"
-            }
+            JournalError::Open { .. }
+            | JournalError::CreateDir { .. }
+            | JournalError::Lock { .. }
+            | JournalError::Spawn(_) => "open",
+            JournalError::InUse { .. } => "in_use",
             JournalError::Corrupt { .. } => "corrupt",
             JournalError::NotAJournal { .. } => "not_a_journal",
             JournalError::NewerSchema { .. } => "newer_schema",
@@ -400,6 +426,46 @@ struct Inner {
     commits: Arc<AtomicU64>,
 }
 
+/// Takes the exclusive lock on `<journal>.lock` that a writing process
+/// holds for as long as its writer runs (the lock goes with the file
+/// handle, so also when the process dies), and writes this process's id
+/// in it for the message another daemon gets.
+fn lock_for_writing(path: &Path) -> Result<std::fs::File, JournalError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let open_error = |source| JournalError::Lock {
+        lock: lock.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(open_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(JournalError::InUse {
+                path: path.to_owned(),
+                holder: text.trim().parse().ok(),
+                lock,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(open_error(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(open_error)?;
+    Ok(file)
+}
+
 impl Journal {
     /// Opens (creating if needed) the journal at `path` with the default
     /// options and the given retention.
@@ -416,10 +482,11 @@ impl Journal {
                 source,
             })?;
         }
+        let lock = lock_for_writing(path)?;
         let conn = schema::open_writer(path, options.durability)?;
         let commits = Arc::new(AtomicU64::new(0));
         let (commands, handle) =
-            writer::spawn(conn, path.to_owned(), options, Arc::clone(&commits))?;
+            writer::spawn(conn, lock, path.to_owned(), options, Arc::clone(&commits))?;
         Ok(Journal {
             inner: Arc::new(Inner {
                 path: path.to_owned(),

@@ -482,6 +482,30 @@ async fn read_only_journal_reads_while_the_writer_writes() {
 }
 
 #[tokio::test]
+async fn a_second_writer_is_refused_until_the_first_closes() {
+    let (_dir, path) = temp_journal();
+    let first = Journal::open(&path, WEEK).unwrap();
+    first.append(record("web", 1, 1_000)).await.unwrap();
+    // Another daemon on the same file (a second handle here: the lock is
+    // per open file, so this is what another process sees).
+    let err = Journal::open(&path, WEEK).unwrap_err();
+    assert_eq!(err.kind(), "in_use");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    assert!(message.contains("journal.db.lock"), "{message}");
+    // Readers are not writers: the CLI reads while a daemon writes.
+    let reader = Journal::open_read_only(&path).unwrap();
+    assert_eq!(reader.query_blocking(&Query::latest(10)).unwrap().len(), 1);
+    first.close().await.unwrap();
+    let second = Journal::open(&path, WEEK).unwrap();
+    second.append(record("web", 2, 2_000)).await.unwrap();
+    second.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn closed_journal_refuses_writes() {
     let (_dir, path) = temp_journal();
     let journal = Journal::open(&path, WEEK).unwrap();

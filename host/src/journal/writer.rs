@@ -52,6 +52,7 @@ pub(super) enum Command {
 /// Starts the writer thread on `conn`. It sweeps retention first.
 pub(super) fn spawn(
     conn: Connection,
+    lock: std::fs::File,
     path: PathBuf,
     options: JournalOptions,
     commits: Arc<AtomicU64>,
@@ -59,6 +60,7 @@ pub(super) fn spawn(
     let (commands, receiver) = mpsc::channel();
     let writer = Writer {
         conn,
+        _lock: lock,
         path,
         encoder: Encoder::new(),
         sweep: Sweep {
@@ -79,6 +81,8 @@ pub(super) fn spawn(
 
 struct Writer {
     conn: Connection,
+    /// The journal's lock file, locked: released when the writer stops.
+    _lock: std::fs::File,
     path: PathBuf,
     encoder: Encoder,
     options: JournalOptions,
