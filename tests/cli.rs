@@ -276,6 +276,7 @@ fn recorded(path: &str, parameters: Value) -> Evaluation {
         context: ctx,
         duration_us: 42,
         load_error: None,
+        limits: None,
     }
 }
 
@@ -301,6 +302,56 @@ fn eval_against_a_record_reproduces_it() {
     let file = write_json(dir.path(), "failed.json", &failed);
     let (code, out, _) = cli(&["eval", artifacts::FAULTS, "--context", &file]);
     assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_record_replays_under_the_limits_it_ran_under() {
+    // A scaler whose config gives little fuel: target-tracking runs out.
+    let limits = scalewise::config::RuntimeLimits {
+        fuel: 20_000,
+        ..Default::default()
+    };
+    let module = scalewise::runtime::Runtime::new(limits)
+        .unwrap()
+        .load_file(Path::new(artifacts::TARGET_TRACKING))
+        .unwrap();
+    let ctx = context(
+        1_700_000_000_000,
+        json!({"metric": "cpu", "target": 50, "aggregate": "p95"}),
+        1000,
+    );
+    let evaluation = Evaluation {
+        module: module.name().to_string(),
+        digest: Some(module.shared_digest()),
+        outcome: outcome_of(module.evaluate(&ctx)),
+        context: ctx,
+        duration_us: 42,
+        load_error: None,
+        limits: Evaluation::recorded_limits(module.limits()),
+    };
+    let EvaluationOutcome::Failed { kind, .. } = &evaluation.outcome else {
+        panic!("{:?}", evaluation.outcome);
+    };
+    assert_eq!(kind, "out_of_fuel");
+    assert_eq!(evaluation.limits.as_ref().unwrap().fuel, 20_000);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_json(dir.path(), "evaluation.json", &evaluation);
+    let (code, out, err) = cli(&["eval", artifacts::TARGET_TRACKING, "--context", &file]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("the answer matches the record"), "{err}");
+    // A flag still overrides what was recorded.
+    let (code, out, _) = cli(&[
+        "eval",
+        artifacts::TARGET_TRACKING,
+        "--context",
+        &file,
+        "--fuel",
+        "0",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let replay: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(replay["outcome_matches"], false);
 }
 
 #[test]

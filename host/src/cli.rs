@@ -184,7 +184,12 @@ pub struct LimitArgs {
 impl LimitArgs {
     /// The default limits with these overrides applied.
     pub fn to_limits(&self) -> RuntimeLimits {
-        let mut l = RuntimeLimits::default();
+        self.applied_to(RuntimeLimits::default())
+    }
+
+    /// `base` with these overrides applied.
+    pub fn applied_to(&self, base: RuntimeLimits) -> RuntimeLimits {
+        let mut l = base;
         if let Some(v) = self.timeout {
             l.timeout = v;
         }
@@ -498,6 +503,24 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             }
         }
         EvalInput::Record(evaluation) => {
+            // The limits the call ran under (recorded when not the
+            // defaults), unless a flag says otherwise.
+            let recorded = evaluation.limits.as_deref().cloned().unwrap_or_default();
+            let limits = args.limits.applied_to(recorded);
+            let module = if limits == *module.limits() {
+                module
+            } else {
+                let loaded = Runtime::new(limits)
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| rt.load_file(&args.module).map_err(|e| e.to_string()));
+                match loaded {
+                    Ok(m) => m,
+                    Err(e) => {
+                        writeln!(err, "error: {}: {e}", args.module.display())?;
+                        return Ok(1);
+                    }
+                }
+            };
             if !args.params.is_empty() {
                 writeln!(
                     err,

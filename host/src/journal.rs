@@ -794,6 +794,7 @@ mod tests {
             outcome,
             duration_us: 3,
             load_error: None,
+            limits: None,
         }
     }
 

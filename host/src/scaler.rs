@@ -756,6 +756,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
             },
             duration_us: 0,
             load_error,
+            limits: None,
             module: name,
         };
         return (evaluation, None);
@@ -777,6 +778,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
         outcome,
         duration_us,
         load_error,
+        limits: Evaluation::recorded_limits(module.limits()),
     };
     (evaluation, Some(usage))
 }
@@ -955,6 +957,7 @@ mod tests {
             module: "m".into(),
             digest: None,
             load_error: None,
+            limits: None,
             context: Context {
                 now_ms: 0,
                 scaler: "web".into(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Mode;
+use crate::config::{Mode, RuntimeLimits};
 use crate::policy::{Context, Decision, Target};
 
 /// One tick of one scaler.
@@ -80,6 +80,41 @@ pub struct Evaluation {
     /// serving (`digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_error: Option<String>,
+    /// The runtime limits the call ran under, when they are not the
+    /// defaults (`[runtime]` in the config): a replay runs under the same
+    /// ones, or a call that ran out of fuel would replay as a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Box<RuntimeLimits>>,
+}
+
+impl Evaluation {
+    /// `limits` as [`Evaluation::limits`] records them: `None` for the
+    /// defaults; where compiled code is cached plays no part.
+    pub fn recorded_limits(limits: &RuntimeLimits) -> Option<Box<RuntimeLimits>> {
+        // Every field but the cache folder, without cloning its path (this
+        // runs on every evaluation).
+        let RuntimeLimits {
+            max_memory,
+            timeout,
+            fuel,
+            max_replicas,
+            max_state_bytes,
+            max_reason_bytes,
+            max_wasm_stack,
+            cache_dir: _,
+        } = *limits;
+        let limits = RuntimeLimits {
+            max_memory,
+            timeout,
+            fuel,
+            max_replicas,
+            max_state_bytes,
+            max_reason_bytes,
+            max_wasm_stack,
+            cache_dir: None,
+        };
+        (limits != RuntimeLimits::default()).then(|| Box::new(limits))
+    }
 }
 
 /// A policy's answer, or why there was none.

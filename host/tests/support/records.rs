@@ -134,6 +134,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
             },
             duration_us: 2 + rng.next_u64() % 5,
             load_error: None,
+            limits: None,
         },
         Evaluation {
             module: "threshold".into(),
@@ -158,6 +159,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
             },
             duration_us: 2 + rng.next_u64() % 5,
             load_error: None,
+            limits: None,
         },
     ];
     let desired = tracking_desired.clamp(2, 50);
