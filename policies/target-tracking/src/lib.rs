@@ -405,7 +405,8 @@ fn reason(p: &Params, value: f64, target: &Target, rec: &Recommendation, desired
     };
     let limit = if desired == rec.desired {
         String::new()
-    } else if desired >= target.max {
+    } else if rec.desired > desired {
+        // Clamped down: the upper bound stopped it (also when min = max).
         format!(" ({} wanted, max {})", rec.desired, target.max)
     } else {
         format!(" ({} wanted, min {})", rec.desired, target.min)

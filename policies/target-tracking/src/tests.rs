@@ -1028,3 +1028,29 @@ fn latest_ignores_older_samples_of_a_long_window() {
     let ctx = ctx(4, 4, &values, json!({"metric": "cpu", "target": 60}));
     assert_eq!(decide(&ctx).unwrap().desired(), Some(6));
 }
+
+#[test]
+fn the_reason_names_the_bound_that_stopped_the_count() {
+    // min = max = 5: a count of 1 is stopped by the lower bound.
+    let at = |values: &[(i64, f64)]| {
+        ContextBuilder::new()
+            .now_ms(600_000)
+            .replicas(5, 5, 5)
+            .metric("cpu", values)
+            .params(json!({"metric": "cpu", "target": 60}))
+            .build()
+    };
+    let low = decide(&at(&[(600_000, 6.0)])).unwrap();
+    assert_eq!(low.desired(), None);
+    assert!(
+        low.reason.ends_with("hold at 5 (1 wanted, min 5)"),
+        "{}",
+        low.reason
+    );
+    let high = decide(&at(&[(600_000, 600.0)])).unwrap();
+    assert!(
+        high.reason.ends_with("hold at 5 (50 wanted, max 5)"),
+        "{}",
+        high.reason
+    );
+}

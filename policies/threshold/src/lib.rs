@@ -5,7 +5,10 @@
 //!
 //! "Stayed above for 5m" means every sample of the last five minutes is
 //! above the threshold *and* the samples reach back five minutes (within one
-//! sample interval), so a series that began a minute ago does not count. The
+//! sample interval; or the sample just before, the value in effect when the
+//! five minutes began, is above too and no gap longer than the duration lies
+//! between them), so a series that began a minute ago, or resumed after an
+//! hour's gap, does not count (`Metric::held_for` in the SDK). The
 //! metric therefore needs a `window` in the scaler's config at least as long
 //! as the longer of `up_for` and `down_for`; when it is shorter the reason
 //! says so. A duration of `0s` lets the newest sample decide alone.
@@ -26,7 +29,8 @@
 //! between steps belong to the host's envelope (`behavior.*.cooldown`), not
 //! to this policy, which keeps no state. Comparisons are strict: a sample
 //! equal to a threshold is not beyond it. The policy keeps its answer within
-//! the scaler's `min`..`max` and says so when a bound stops a step.
+//! the scaler's `min`..`max` (also when the current count is outside them)
+//! and says which bound moved it off a plain step.
 //!
 //! The logic is the plain function [`decide`]; the Wasm export only calls it.
 #![deny(missing_docs)]
@@ -131,7 +135,10 @@ impl Params {
         }
         for (name, step) in [("step_up", self.step_up), ("step_down", self.step_down)] {
             if !(1..=i64::from(u32::MAX)).contains(&step) {
-                return Err(format!("parameter {name} must be >= 1, got {step}"));
+                return Err(format!(
+                    "parameter {name} must be between 1 and {}, got {step}",
+                    u32::MAX
+                ));
             }
         }
         Ok(())
@@ -149,17 +156,11 @@ pub enum Signal {
     Up,
     /// Every sample of the last `down_for` is below `lower`: scale down.
     Down,
-    /// The newest sample is above `upper`, not yet for `up_for`.
-    AboveNotLongEnough {
-        /// Every sample there is is above, but the series does not reach
-        /// back `up_for` (the metric's window is too short, or it just began).
-        short_series: bool,
-    },
-    /// The newest sample is below `lower`, not yet for `down_for`.
-    BelowNotLongEnough {
-        /// As for [`Signal::AboveNotLongEnough`].
-        short_series: bool,
-    },
+    /// The newest sample is above `upper`, but not for `up_for`; why not
+    /// (never [`Held::Yes`]).
+    Above(Held),
+    /// The newest sample is below `lower`, but not for `down_for`.
+    Below(Held),
     /// The newest sample is between the thresholds (or on one).
     Between,
 }
@@ -171,44 +172,32 @@ pub fn newest(metric: &Metric, now_ms: i64) -> Option<Point> {
 
 /// Compares the metric's samples up to `now_ms` with the thresholds.
 pub fn signal(p: &Params, metric: &Metric, now_ms: i64) -> Signal {
-    if metric.above_for(p.upper, now_ms, p.up_for.ms()) {
+    let above = metric.held_for(now_ms, p.up_for.ms(), |v| v > p.upper);
+    if above == Held::Yes {
         return Signal::Up;
     }
-    if metric.below_for(p.lower, now_ms, p.down_for.ms()) {
+    let below = metric.held_for(now_ms, p.down_for.ms(), |v| v < p.lower);
+    if below == Held::Yes {
         return Signal::Down;
     }
-    let Some(latest) = newest(metric, now_ms) else {
-        return Signal::Between;
-    };
-    // All samples there are satisfy the condition, yet it does not hold:
-    // the series is shorter than the duration.
-    let short = |duration: DurationMs, beyond: &dyn Fn(f64) -> bool| {
-        metric
-            .window(now_ms, duration.ms())
-            .iter()
-            .all(|pt| beyond(pt.value))
-    };
-    if latest.value > p.upper {
-        Signal::AboveNotLongEnough {
-            short_series: short(p.up_for, &|v| v > p.upper),
-        }
-    } else if latest.value < p.lower {
-        Signal::BelowNotLongEnough {
-            short_series: short(p.down_for, &|v| v < p.lower),
-        }
-    } else {
-        Signal::Between
+    match newest(metric, now_ms) {
+        Some(latest) if latest.value > p.upper => Signal::Above(above),
+        Some(latest) if latest.value < p.lower => Signal::Below(below),
+        _ => Signal::Between,
     }
 }
 
-/// The replica count `signal` asks for from `current`, one step within the
-/// scaler's bounds `min`..`max`.
+/// The replica count `signal` asks for from `current`: one step, then
+/// within the scaler's bounds `min`..`max` (also when `current` is outside
+/// them).
 pub fn next_replicas(signal: Signal, p: &Params, current: u32, min: u32, max: u32) -> u32 {
-    match signal {
-        Signal::Up if current < max => current.saturating_add(Params::step(p.step_up)).min(max),
-        Signal::Down if current > min => current.saturating_sub(Params::step(p.step_down)).max(min),
-        _ => current,
-    }
+    let stepped = match signal {
+        Signal::Up => current.saturating_add(Params::step(p.step_up)),
+        Signal::Down => current.saturating_sub(Params::step(p.step_down)),
+        _ => return current,
+    };
+    // Not `clamp`: it panics on a context with min above max.
+    stepped.max(min).min(max)
 }
 
 /// Decides one tick: reads the parameters and the metric from `ctx`,
@@ -223,20 +212,12 @@ pub fn decide(ctx: &Context) -> Result<Decision, String> {
     let t = &ctx.target;
     let signal = signal(&p, metric, ctx.now_ms);
     let desired = next_replicas(signal, &p, t.current, t.min, t.max);
-    let reason = reason(&p, metric, ctx.now_ms, latest.value, signal, t, desired);
+    let reason = reason(&p, latest.value, signal, t, desired);
     Ok(Decision::scale_or_hold(t.current, desired, reason))
 }
 
 /// The operator-facing explanation of a decision.
-fn reason(
-    p: &Params,
-    metric: &Metric,
-    now_ms: i64,
-    latest: f64,
-    signal: Signal,
-    t: &Target,
-    desired: u32,
-) -> String {
+fn reason(p: &Params, latest: f64, signal: Signal, t: &Target, desired: u32) -> String {
     let name = &p.metric;
     let (value, upper, lower) = (
         format_number(latest),
@@ -252,45 +233,51 @@ fn reason(
         }
     };
     let step = |what: String| {
-        let full_step = match signal {
+        let stepped = match signal {
             Signal::Up => current.saturating_add(Params::step(p.step_up)),
             _ => current.saturating_sub(Params::step(p.step_down)),
         };
-        if desired != current && desired != full_step {
-            let bound = if signal == Signal::Up { "max" } else { "min" };
-            format!("{what}: {current} → {desired} ({bound} {desired})")
-        } else if desired != current {
-            format!("{what}: {current} → {desired}")
-        } else if signal == Signal::Up {
-            format!("{what}: hold at max {}", t.max)
+        // The bound that moved the answer off a plain step, if one did.
+        let bound = if desired == stepped {
+            None
+        } else if desired == t.max && stepped > t.max {
+            Some("max")
         } else {
-            format!("{what}: hold at min {}", t.min)
+            Some("min")
+        };
+        match bound {
+            None => format!("{what}: {current} → {desired}"),
+            Some(bound) if desired == current => format!("{what}: hold at {bound} {desired}"),
+            Some(bound) => format!("{what}: {current} → {desired} ({bound} {desired})"),
         }
     };
-    // How far back the series reaches, for the short-series hint.
-    let reach = newest(metric, now_ms)
-        .and(metric.all().first())
-        .map(|first| DurationMs(now_ms - first.timestamp_ms))
-        .unwrap_or_default();
-    let not_yet = |side: &str, threshold: &str, duration: DurationMs, short: bool| {
-        if short {
-            format!(
-                "{name} {value} {side} {threshold}, but its samples reach back only {reach} \
-                 of {duration}: hold at {current} (is the metric's window at least {duration}?)"
-            )
-        } else {
+    let not_yet = |side: &str, threshold: &str, duration: DurationMs, held: Held| match held {
+        Held::ShortSeries { reach_ms } => format!(
+            "{name} {value} {side} {threshold}, but its samples reach back only {} of \
+             {duration}: hold at {current} (is the metric's window at least {duration}?)",
+            DurationMs(reach_ms)
+        ),
+        Held::NoRecentSamples {
+            newest_age_ms: Some(age),
+        } => format!(
+            "{name} {value} {side} {threshold}, but that sample is {} old and none is newer \
+             than {duration}: hold at {current}",
+            DurationMs(age)
+        ),
+        Held::Gap { gap_ms } => format!(
+            "{name} {value} {side} {threshold}, but its samples have a gap of {} in the last \
+             {duration}: hold at {current}",
+            DurationMs(gap_ms)
+        ),
+        _ => {
             format!("{name} {value} {side} {threshold}, not yet for {duration}: hold at {current}")
         }
     };
     match signal {
         Signal::Up => step(sustained("above", &upper, p.up_for)),
         Signal::Down => step(sustained("below", &lower, p.down_for)),
-        Signal::AboveNotLongEnough { short_series } => {
-            not_yet("above", &upper, p.up_for, short_series)
-        }
-        Signal::BelowNotLongEnough { short_series } => {
-            not_yet("below", &lower, p.down_for, short_series)
-        }
+        Signal::Above(held) => not_yet("above", &upper, p.up_for, held),
+        Signal::Below(held) => not_yet("below", &lower, p.down_for, held),
         Signal::Between => {
             format!("{name} {value} between {lower} and {upper}: hold at {current}")
         }

@@ -199,8 +199,8 @@ fn cases() -> Vec<Case> {
             &[(85.0, 41)],
             12,
             none(),
-            None,
-            "cpu above 70.0 for 2m (newest 85.0): hold at max 10",
+            Some(10),
+            "cpu above 70.0 for 2m (newest 85.0): 12 → 10 (max 10)",
         ),
         case(
             "step down by two",
@@ -280,25 +280,15 @@ fn signals() {
         (&[(10.0, 41)], Signal::Down),
         (&[(50.0, 41)], Signal::Between),
         (&[], Signal::Between),
-        (
-            &[(50.0, 36), (85.0, 5)],
-            Signal::AboveNotLongEnough {
-                short_series: false,
-            },
-        ),
+        (&[(50.0, 36), (85.0, 5)], Signal::Above(Held::No)),
         (
             &[(85.0, 5)],
-            Signal::AboveNotLongEnough { short_series: true },
+            Signal::Above(Held::ShortSeries { reach_ms: 60_000 }),
         ),
-        (
-            &[(50.0, 30), (10.0, 11)],
-            Signal::BelowNotLongEnough {
-                short_series: false,
-            },
-        ),
+        (&[(50.0, 30), (10.0, 11)], Signal::Below(Held::No)),
         (
             &[(10.0, 11)],
-            Signal::BelowNotLongEnough { short_series: true },
+            Signal::Below(Held::ShortSeries { reach_ms: 150_000 }),
         ),
     ];
     for (runs, want) in cases {
@@ -318,31 +308,25 @@ fn steps_stay_within_bounds() {
         (Signal::Up, 4, 1, 10, 6),
         (Signal::Up, 9, 1, 10, 10),
         (Signal::Up, 10, 1, 10, 10),
-        (Signal::Up, 12, 1, 10, 12),
+        (Signal::Up, 12, 1, 10, 10),
         (Signal::Up, 0, 0, 10, 2),
         (Signal::Up, u32::MAX - 1, 0, u32::MAX, u32::MAX),
         (Signal::Down, 6, 1, 10, 3),
         (Signal::Down, 3, 1, 10, 1),
         (Signal::Down, 1, 1, 10, 1),
-        (Signal::Down, 0, 1, 10, 0),
+        (Signal::Down, 0, 1, 10, 1),
+        (Signal::Down, 15, 1, 10, 10),
+        (Signal::Up, 0, 3, 10, 3),
         (Signal::Down, 2, 0, 10, 0),
         (Signal::Between, 4, 1, 10, 4),
         (
-            Signal::AboveNotLongEnough { short_series: true },
+            Signal::Above(Held::ShortSeries { reach_ms: 0 }),
             4,
             1,
             10,
             4,
         ),
-        (
-            Signal::BelowNotLongEnough {
-                short_series: false,
-            },
-            4,
-            1,
-            10,
-            4,
-        ),
+        (Signal::Below(Held::No), 4, 1, 10, 4),
     ];
     for (signal, current, min, max, want) in cases {
         assert_eq!(
@@ -350,6 +334,99 @@ fn steps_stay_within_bounds() {
             want,
             "{signal:?} from {current} in {min}..{max}"
         );
+    }
+}
+
+/// A context with these `(age, value)` samples of cpu before `NOW`.
+fn aged(
+    points: &[(i64, f64)],
+    current: u32,
+    min: u32,
+    max: u32,
+    extra: serde_json::Value,
+) -> Context {
+    let mut params = json!({"metric": "cpu", "lower": 30, "upper": 70});
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
+    let points: Vec<(i64, f64)> = points.iter().map(|&(age, v)| (NOW - age, v)).collect();
+    ContextBuilder::new()
+        .now_ms(NOW)
+        .replicas(current, min, max)
+        .metric("cpu", &points)
+        .params(params)
+        .build()
+}
+
+#[test]
+fn old_samples_vouch_only_for_what_they_saw() {
+    let cases: &[(&[(i64, f64)], &str)] = &[
+        // The value in effect when up_for began was below: not yet.
+        (
+            &[(130_000, 50.0), (0, 85.0)],
+            "cpu 85.0 above 70.0, not yet for 2m: hold at 4",
+        ),
+        // An hour-old low sample, then 20 s of low data: not 5 minutes.
+        (
+            &[(3_600_000, 50.0), (20_000, 10.0), (0, 10.0)],
+            "cpu 10.0 below 30.0, not yet for 5m: hold at 4",
+        ),
+        // An hour-old sample that was low too: an hour's gap.
+        (
+            &[(3_600_000, 10.0), (20_000, 10.0), (0, 10.0)],
+            "cpu 10.0 below 30.0, but its samples have a gap of 59m 40s in the last 5m: hold at 4",
+        ),
+        // Nothing in the last 2 minutes.
+        (
+            &[(200_000, 85.0)],
+            "cpu 85.0 above 70.0, but that sample is 3m 20s old and none is newer than 2m: \
+             hold at 4",
+        ),
+    ];
+    for (points, want) in cases {
+        let d = decide(&aged(points, 4, 1, 10, json!({}))).unwrap();
+        assert_eq!(d.desired(), None, "{points:?}: {}", d.reason);
+        assert_eq!(d.reason, *want, "{points:?}");
+    }
+}
+
+#[test]
+fn answers_stay_within_bounds_when_the_count_is_outside_them() {
+    let high: &[(i64, f64)] = &[(0, 85.0)];
+    let low: &[(i64, f64)] = &[(0, 10.0)];
+    let now = json!({"up_for": "0s", "down_for": "0s"});
+    let cases = [
+        (
+            low,
+            15,
+            1,
+            10,
+            Some(10),
+            "cpu 10.0 below 30.0: 15 → 10 (max 10)",
+        ),
+        (
+            high,
+            15,
+            1,
+            10,
+            Some(10),
+            "cpu 85.0 above 70.0: 15 → 10 (max 10)",
+        ),
+        (
+            high,
+            0,
+            3,
+            10,
+            Some(3),
+            "cpu 85.0 above 70.0: 0 → 3 (min 3)",
+        ),
+        (low, 5, 5, 5, None, "cpu 10.0 below 30.0: hold at min 5"),
+        (high, 5, 5, 5, None, "cpu 85.0 above 70.0: hold at max 5"),
+    ];
+    for (points, current, min, max, desired, reason) in cases {
+        let d = decide(&aged(points, current, min, max, now.clone())).unwrap();
+        assert_eq!(d.desired(), desired, "{reason}: {}", d.reason);
+        assert_eq!(d.reason, reason);
     }
 }
 
@@ -383,12 +460,12 @@ fn errors_name_the_problem() {
         (
             "zero step",
             ctx(series, 4, json!({"step_up": 0})),
-            "parameter step_up must be >= 1, got 0",
+            "parameter step_up must be between 1 and 4294967295, got 0",
         ),
         (
             "negative step",
             ctx(series, 4, json!({"step_down": -1})),
-            "parameter step_down must be >= 1, got -1",
+            "parameter step_down must be between 1 and 4294967295, got -1",
         ),
         (
             "fractional step",

@@ -42,8 +42,13 @@ impl FromStr for Aggregate {
             "max" => Aggregate::Max,
             "median" => Aggregate::Median,
             _ => {
+                // Digits and a point only: no sign, exponent, inf or NaN.
                 let q: f64 = text
                     .strip_prefix('p')
+                    .filter(|q| {
+                        q.starts_with(|c: char| c.is_ascii_digit())
+                            && q.chars().all(|c| c.is_ascii_digit() || c == '.')
+                    })
                     .and_then(|q| q.parse().ok())
                     .ok_or_else(bad)?;
                 if !(0.0..=100.0).contains(&q) {
@@ -169,7 +174,9 @@ mod tests {
             assert_eq!(got, want, "{text}");
             assert_eq!(got.to_string(), shown);
         }
-        for bad in ["", "p", "p101", "p-1", "pxx", "Mean", "sum"] {
+        for bad in [
+            "", "p", "p101", "p-1", "p-0", "p+5", "p1e1", "pinf", "pxx", "Mean", "sum",
+        ] {
             let err = bad.parse::<Aggregate>().unwrap_err();
             assert!(err.starts_with("unknown aggregate"), "{bad}: {err}");
         }

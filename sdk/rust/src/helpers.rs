@@ -18,12 +18,16 @@ pub fn duration_ms(text: &str) -> Result<i64, String> {
 }
 
 /// Formats a metric value for a reason string: one decimal from 1 up
-/// (`83.0`, `1234.5`), no decimals from 100,000 up, and three significant
-/// digits below 1 (`0.0425`), so small and large metrics both read well.
+/// (`83.0`, `1234.5`), no decimals from 100,000 up, three significant
+/// digits below 1 (`0.0425`), and an exponent beyond 10¹⁵ or below 10⁻⁶
+/// (`1.00e20`), so small and large metrics both read well.
 pub fn format_number(value: f64) -> String {
     let magnitude = value.abs();
     if !value.is_finite() {
         format!("{value}")
+    } else if magnitude >= 1e15 || (magnitude > 0.0 && magnitude < 1e-6) {
+        // Beyond what digits read well: 1.23e20, 4.50e-9.
+        format!("{value:.2e}")
     } else if magnitude >= 100_000.0 {
         format!("{value:.0}")
     } else if magnitude >= 1.0 || magnitude == 0.0 {
@@ -234,47 +238,108 @@ impl Metric {
     }
 
     /// Whether every sample in the last `duration_ms` is above `threshold`
-    /// and the samples reach back to the start of that duration (within one
-    /// sample interval), so a series that only began a minute ago is not
-    /// "above for five minutes".
+    /// and the samples cover that duration ([`Metric::held_for`]), so a
+    /// series that only began a minute ago is not "above for five minutes".
     pub fn above_for(&self, threshold: f64, now_ms: i64, duration_ms: i64) -> bool {
-        self.holds_for(now_ms, duration_ms, |v| v > threshold)
+        self.held_for(now_ms, duration_ms, |v| v > threshold) == Held::Yes
     }
 
     /// Whether every sample in the last `duration_ms` is below `threshold`,
     /// with the same coverage rule as [`Metric::above_for`].
     pub fn below_for(&self, threshold: f64, now_ms: i64, duration_ms: i64) -> bool {
-        self.holds_for(now_ms, duration_ms, |v| v < threshold)
+        self.held_for(now_ms, duration_ms, |v| v < threshold) == Held::Yes
     }
 
-    fn holds_for(&self, now_ms: i64, duration_ms: i64, pred: impl Fn(f64) -> bool) -> bool {
+    /// Whether `holds` has been true of the metric for the last
+    /// `duration_ms` before `now_ms`, and if not, why not. It has when every
+    /// sample of that duration satisfies it and the samples cover the
+    /// duration: the first one lies within one sample interval (the largest
+    /// gap between the duration's samples) of its start, or the sample
+    /// before it (the value in effect when the duration began) satisfies
+    /// it too and is no further from the next one than the duration, or
+    /// than the gap before it (a series sampled less often than the
+    /// duration). A duration of 0 or less: the newest sample decides alone.
+    pub fn held_for(&self, now_ms: i64, duration_ms: i64, holds: impl Fn(f64) -> bool) -> Held {
+        let newest = self.points().rev().find(|p| p.timestamp_ms <= now_ms);
         if duration_ms <= 0 {
-            // "For no time at all": the newest sample decides (a zero-length
-            // window would hold only a sample taken exactly at `now_ms`).
-            return self
-                .points()
-                .rev()
-                .find(|p| p.timestamp_ms <= now_ms)
-                .is_some_and(|p| pred(p.value));
+            return match newest {
+                Some(p) if holds(p.value) => Held::Yes,
+                Some(_) => Held::No,
+                None => Held::NoRecentSamples {
+                    newest_age_ms: None,
+                },
+            };
         }
         let w = self.window(now_ms, duration_ms);
         let Some(first) = w.first() else {
-            return false;
+            return Held::NoRecentSamples {
+                newest_age_ms: newest.map(|p| now_ms - p.timestamp_ms),
+            };
         };
-        // One sample interval of slack: the largest gap between samples, or
-        // the whole duration when the window holds a single sample.
+        if !w.values.iter().all(|&v| holds(v)) {
+            return Held::No;
+        }
         let interval = w
             .timestamps_ms
             .windows(2)
             .map(|t| t[1] - t[0])
             .max()
             .unwrap_or(0);
-        // A sample just before the window also proves coverage.
         let start = now_ms.saturating_sub(duration_ms);
-        let before = self.timestamps_ms.first().is_some_and(|&t| t < start);
-        let covered = before || first.timestamp_ms <= start + interval.max(1);
-        covered && w.values.iter().all(|&v| pred(v))
+        if first.timestamp_ms <= start.saturating_add(interval.max(1)) {
+            return Held::Yes;
+        }
+        // The samples before the duration, newest last.
+        let before = &self.timestamps_ms[..self.timestamps_ms.partition_point(|&t| t < start)];
+        let Some(&prev_ms) = before.last() else {
+            return Held::ShortSeries {
+                reach_ms: now_ms - first.timestamp_ms,
+            };
+        };
+        if !holds(self.values[before.len() - 1]) {
+            return Held::No;
+        }
+        let gap = first.timestamp_ms - prev_ms;
+        let gap_before = match before {
+            [.., a, b] => b - a,
+            _ => 0,
+        };
+        if gap <= duration_ms.max(interval).max(gap_before) {
+            Held::Yes
+        } else {
+            Held::Gap { gap_ms: gap }
+        }
     }
+}
+
+/// What [`Metric::held_for`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The condition held for the whole duration.
+    Yes,
+    /// A sample of the duration, or the one in effect at its start, does
+    /// not satisfy it.
+    No,
+    /// No sample in the duration; `newest_age_ms`: how old the newest
+    /// sample is (`None`: there is none).
+    NoRecentSamples {
+        /// Age of the newest sample at `now_ms`.
+        newest_age_ms: Option<i64>,
+    },
+    /// Every sample there is satisfies it, but the series begins after the
+    /// duration's start: it reaches back only `reach_ms` (the metric's
+    /// window is shorter than the duration, or the series just began).
+    ShortSeries {
+        /// From the first sample to `now_ms`.
+        reach_ms: i64,
+    },
+    /// Every sample of the duration satisfies it, and so does the one
+    /// before, but between them lies a gap longer than the duration: what
+    /// the metric did then is not known.
+    Gap {
+        /// The gap's length.
+        gap_ms: i64,
+    },
 }
 
 impl Decision {
@@ -468,6 +533,54 @@ mod tests {
     }
 
     #[test]
+    fn held_for_says_why_not() {
+        // 15 s samples, the last 5 minutes all above 70 (and before them 50).
+        let mut pts: Vec<(i64, f64)> = (0..=20).map(|i| (600_000 + i * 15_000, 80.0)).collect();
+        pts.insert(0, (300_000, 50.0));
+        let now = 900_000;
+        let above = |v: f64| v > 70.0;
+        assert_eq!(series(&pts).held_for(now, 300_000, above), Held::Yes);
+        // The value in effect when the duration began did not hold.
+        let late: Vec<_> = [(now - 130_000, 50.0), (now, 150.0)].into();
+        assert_eq!(series(&late).held_for(now, 120_000, above), Held::No);
+        // An hour-old sample that did hold does not vouch for the hour since.
+        let gap: Vec<_> = [(now - 3_600_000, 80.0), (now - 20_000, 80.0), (now, 80.0)].into();
+        assert_eq!(
+            series(&gap).held_for(now, 300_000, above),
+            Held::Gap { gap_ms: 3_580_000 }
+        );
+        // A series sampled every minute, judged over 30 s: the sample before
+        // the duration is one interval back, which is no gap.
+        let sparse: Vec<_> = [
+            (now - 130_000, 80.0),
+            (now - 70_000, 80.0),
+            (now - 10_000, 80.0),
+        ]
+        .into();
+        assert_eq!(series(&sparse).held_for(now, 30_000, above), Held::Yes);
+        // Nothing in the duration: how old the newest sample is.
+        let old: Vec<_> = [(now - 200_000, 80.0)].into();
+        assert_eq!(
+            series(&old).held_for(now, 120_000, above),
+            Held::NoRecentSamples {
+                newest_age_ms: Some(200_000)
+            }
+        );
+        // Began a minute ago.
+        let short: Vec<_> = (0..5).map(|i| (now - 60_000 + i * 15_000, 80.0)).collect();
+        assert_eq!(
+            series(&short).held_for(now, 300_000, above),
+            Held::ShortSeries { reach_ms: 60_000 }
+        );
+        assert_eq!(
+            series(&[]).held_for(now, 0, above),
+            Held::NoRecentSamples {
+                newest_age_ms: None
+            }
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration_ms("5m"), Ok(300_000));
         assert_eq!(duration_ms("1h 30m"), Ok(5_400_000));
@@ -497,7 +610,11 @@ mod tests {
             (0.000_012_34, "0.0000123"),
             (-2.5, "-2.5"),
             (-0.25, "-0.250"),
-            (1e-12, "0.000000000"),
+            (1e-12, "1.00e-12"),
+            (1e-300, "1.00e-300"),
+            (1e300, "1.00e300"),
+            (-2.5e18, "-2.50e18"),
+            (9.9e14, "990000000000000"),
         ];
         for (value, want) in cases {
             assert_eq!(format_number(value), want, "{value}");
