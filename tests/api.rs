@@ -274,10 +274,23 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
     for (uri, says) in [
         (
             "/v1/scalers/web/decisions?limit=0",
-            "limit must be between 1 and 1000, got 0",
+            "limit must be a whole number between 1 and 1000, got \"0\"",
         ),
-        ("/v1/scalers/web/decisions?limit=5000", "got 5000"),
+        ("/v1/scalers/web/decisions?limit=5000", "got \"5000\""),
+        (
+            "/v1/scalers/web/decisions?limit=-1",
+            "limit must be a whole number between 1 and 1000, got \"-1\"",
+        ),
+        ("/v1/scalers/web/decisions?limit=1.5", "got \"1.5\""),
         ("/v1/scalers/web/decisions?limit=many", "limit"),
+        (
+            "/v1/scalers/web/decisions?since=2000&until=1000",
+            "since (2000) is after until (1000)",
+        ),
+        (
+            "/v1/scalers/web/decisions?since=99999999999999999999",
+            "number too large",
+        ),
         (
             "/v1/scalers/web/decisions?since=yesterday",
             "since: expected ms since the epoch or an RFC 3339 time",
@@ -296,6 +309,25 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
         "not_found",
     )
     .await;
+    // Times with an offset are the same instant.
+    let (_, offset) = json(
+        &state,
+        "GET",
+        &format!("/v1/scalers/web/decisions?since=2023-11-14T23:13:20%2B01:00&until={until}"),
+    )
+    .await;
+    let offset: Vec<i64> = records(&offset).iter().map(|r| r.time_ms).collect();
+    assert_eq!(offset, early);
+    // A known endpoint asked with the wrong method: JSON, like every error.
+    let message = assert_error(
+        &state,
+        "POST",
+        "/v1/scalers",
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    assert_eq!(message, "/v1/scalers does not take POST");
 
     // One decision by id.
     let scale_up = web.iter().find(|r| r.desired == 8).unwrap();

@@ -77,18 +77,24 @@ pub fn wall_clock_ms() -> i64 {
 }
 
 /// Parses a point in time given as ms since the Unix epoch or as an RFC 3339
-/// timestamp (`2026-11-23T10:00:00Z`); the error says which forms are accepted.
+/// timestamp (`2026-11-23T10:00:00Z`, `2026-11-23T11:00:00+01:00`); the
+/// error says which forms are accepted.
 pub fn parse_time_ms(text: &str) -> Result<i64, String> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    if (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())) || text.starts_with('-') {
+        return text.parse::<i64>().map_err(|e| {
+            format!(
+                "{text:?} is not a time in ms since the epoch ({e}); an RFC 3339 time also works"
+            )
+        });
     }
-    humantime::parse_rfc3339_weak(text)
-        .map(|t| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            format!(
+                "expected ms since the epoch or an RFC 3339 time such as \
+                 2026-11-23T10:00:00Z or 2026-11-23T11:00:00+01:00, got {text:?}: {e}"
+            )
         })
-        .map_err(|e| format!("expected ms since the epoch or an RFC 3339 time, got {text:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -100,6 +106,24 @@ mod tests {
         assert_eq!(parse_time_ms("1700000000000"), Ok(1_700_000_000_000));
         assert_eq!(parse_time_ms("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
         assert!(parse_time_ms("yesterday").unwrap_err().contains("RFC 3339"));
+        // Offsets, and lowercase separators, as RFC 3339 allows.
+        assert_eq!(
+            parse_time_ms("2023-11-14T23:13:20+01:00"),
+            Ok(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_time_ms("2023-11-14t17:13:20-05:00"),
+            Ok(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_time_ms("2023-11-14T22:13:20.5z"),
+            Ok(1_700_000_000_500)
+        );
+        assert!(
+            parse_time_ms("99999999999999999999")
+                .unwrap_err()
+                .contains("number too large")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,8 +77,9 @@ pub struct DecisionsQuery {
     since: Option<String>,
     /// Newest time, in ms since the epoch or RFC 3339.
     until: Option<String>,
-    /// At most this many records (default 100, at most 1000).
-    limit: Option<usize>,
+    /// At most this many records (default 100, at most 1000). Text, so
+    /// that a bad value gets the same message as an out-of-range one.
+    limit: Option<String>,
 }
 
 /// A scaler's decisions from the journal, newest first.
@@ -99,12 +100,25 @@ pub async fn scaler_decisions(
         .as_deref()
         .map(|t| parse_time("until", t))
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
         return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and 1000, got {limit}"
+            "since ({since}) is after until ({until}): no record can match"
         )));
     }
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be a whole number between 1 and 1000, got {text:?}"
+                ))
+            })?,
+    };
     let records = state
         .journal
         .query(crate::journal::Query {
@@ -229,6 +243,11 @@ pub async fn config_status(State(state): State<AppState>) -> Json<ConfigStatus> 
 /// Unknown routes answer JSON too.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+/// An endpoint asked with a method it does not take.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {method}", uri.path()))
 }
 
 fn scaler(state: &AppState, name: &str) -> Result<Arc<ScalerHandle>, ApiError> {
