@@ -295,6 +295,19 @@ impl Scaler {
             .await
             .map_err(|e| e.to_string())?;
         let paused = recovery.paused.unwrap_or(paused_default);
+        if paused != paused_default {
+            // The flag last set (by the API, or by a config applied in an
+            // earlier run) outlives a restart; say so, as it overrides the
+            // file.
+            tracing::warn!(
+                scaler = %self.spec.name,
+                paused,
+                config_paused = paused_default,
+                "The scaler's pause flag from the journal differs from its config's `paused`; \
+                 the journal's flag stays (use POST /v1/scalers/{{name}}/pause or /resume, or \
+                 change `paused` in the config while the daemon runs)."
+            );
+        }
         self.handle.paused.store(paused, Ordering::Relaxed);
         self.envelope = restore_envelope(&recovery.ticks);
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);

@@ -673,6 +673,13 @@ fn each_problem_is_reported_at_its_place() {
             "max_memory (512.0 KiB) is below the minimum of 1.0 MiB",
         ),
         case(
+            "journal path is a folder",
+            &[("[clock]", "[journal]\npath = \"\"\n\n[clock]")],
+            "\"\"",
+            "journal",
+            "is a folder; give the database file",
+        ),
+        case(
             "huge memory",
             &[("\"64 MiB\"", "\"100 GiB\"")],
             "\"100 GiB\"",

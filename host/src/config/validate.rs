@@ -250,6 +250,15 @@ impl Checker<'_, '_> {
             );
         }
 
+        if config.journal.path.is_dir() || config.journal.path.as_os_str().is_empty() {
+            self.value(
+                &keys!["journal", "path"],
+                format!(
+                    "journal path {} is a folder; give the database file, e.g. \"scalewise.db\"",
+                    config.journal.path.display()
+                ),
+            );
+        }
         self.nonzero(
             &keys!["journal", "retention"],
             "retention",
