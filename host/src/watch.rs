@@ -12,10 +12,15 @@
 //! new folder, and no event ever names the visible files.
 //!
 //! A changed file is handed over only once it has settled: no event for it
-//! for the debounce window, its stamp unchanged for as long, and (native
-//! events only) not held open by a writer, whose `close` inotify reports.
-//! So `cp`, an editor's several writes, or a writer pausing between chunks
-//! never produce a half-written load. The folder itself is watched through
+//! for the debounce window, its stamp unchanged for as long (for a whole poll
+//! interval when polling), and (native events only) not held open by a
+//! writer that is still writing (`close` is reported by inotify; a writer
+//! that holds the file open without writing is waited for ten debounce
+//! windows, at least 2 s, after its last write). So `cp`, an editor's several
+//! writes, or a writer pausing between chunks do not produce a half-written
+//! load; with polling, a writer that pauses longer than the poll interval can
+//! (the version serving stays, and the complete file loads when it settles):
+//! write elsewhere and rename into the folder. The folder itself is watched through
 //! its parent too, and re-watched when it is replaced (a new inode, or a
 //! symlink pointing elsewhere); a periodic rescan catches anything a lost
 //! event would miss.
@@ -38,8 +43,8 @@ use crate::config::{WatchConfig, WatchMode};
 const NATIVE_RESYNC: Duration = Duration::from_secs(30);
 /// While the watched folder is gone, how often to look for it again.
 const DETACHED_RESYNC: Duration = Duration::from_secs(1);
-/// A file held open for writing longer than this is loaded anyway (a writer
-/// that never closes), at least.
+/// A file held open without a write for longer than this is loaded anyway
+/// (a writer that never closes), at least.
 const MIN_WRITER_WAIT: Duration = Duration::from_secs(2);
 
 /// A file's identity and version as far as the file system tells, through
@@ -174,7 +179,13 @@ impl FolderWatch {
         let source = EventSource::start(dir, config, tx.clone())?;
         let mode = source.mode;
         let settle = Settle {
-            debounce: config.debounce,
+            // Polling sees no writes between its scans: a file must look
+            // the same for a whole poll interval, or a writer pausing
+            // between two scans would hand over half a file.
+            debounce: match mode {
+                ActiveMode::Native => config.debounce,
+                ActiveMode::Poll => config.debounce.max(config.poll_interval),
+            },
             writer_wait: (config.debounce * 10).max(MIN_WRITER_WAIT),
             resync: match mode {
                 ActiveMode::Native => NATIVE_RESYNC,
@@ -542,13 +553,15 @@ struct Plan {
 struct Tracker {
     /// Per file: the stamp last seen (`None`: absent) and since when.
     seen: BTreeMap<String, (Option<FileStamp>, Instant)>,
-    /// Files written to (data events) without a close yet, since when.
+    /// Files written to (data events) without a close yet: the last write.
     open: BTreeMap<String, Instant>,
 }
 
 impl Tracker {
+    /// A write to `name`: a writer holding it open is waited for as long
+    /// as it keeps writing, and `writer_wait` after its last write.
     fn writing(&mut self, name: &str, now: Instant) {
-        self.open.entry(name.to_owned()).or_insert(now);
+        self.open.insert(name.to_owned(), now);
     }
 
     fn closed(&mut self, name: &str) {
@@ -777,6 +790,28 @@ mod tests {
         // Once in use, nothing is pending.
         tracker.plan(&map(&[("a", 1)]), &map(&[("a", 1)]), start, start, S);
         assert_eq!(tracker.next_check(S), None);
+    }
+
+    #[test]
+    fn a_writer_that_keeps_writing_is_waited_for_until_it_stops() {
+        let start = Instant::now();
+        let mut tracker = Tracker::default();
+        let (known, on_disk) = (map(&[("a", 1)]), map(&[("a", 2)]));
+        // Writes every 300 ms for 3 s, the file held open all along.
+        for i in 0..10 {
+            let at = start + ms(300 * i);
+            tracker.writing("a", at);
+            let plan = tracker.plan(&known, &on_disk, at + ms(150), at, S);
+            assert_eq!(plan, Plan::default(), "write {i}");
+        }
+        // Past writer_wait from the first write, but not from the last.
+        let last = start + ms(2700);
+        assert_eq!(tracker.next_check(S), Some(last + S.writer_wait));
+        let plan = tracker.plan(&known, &on_disk, last + ms(1000), last, S);
+        assert_eq!(plan, Plan::default());
+        // Idle for writer_wait while still open: loaded anyway.
+        let plan = tracker.plan(&known, &on_disk, last + S.writer_wait, last, S);
+        assert_eq!(plan.changed, ["a"]);
     }
 
     #[test]
