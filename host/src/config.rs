@@ -19,6 +19,56 @@
 //! when given none.
 
 mod location;
+
+/// Deserializers whose errors say what a value should look like.
+mod friendly {
+    use std::net::SocketAddr;
+
+    use bytesize::ByteSize;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    /// A size: bytes as an integer, or text such as `"64 MiB"`.
+    pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Bytes(bytes) => Ok(ByteSize::b(bytes)),
+            Size::Text(text) => text.parse().map_err(|e| {
+                D::Error::custom(format!(
+                    "{text:?} is not a size ({e}); write e.g. \"64 MiB\" or \"512 KiB\""
+                ))
+            }),
+        }
+    }
+
+    /// A size as text when the text reads back exactly (`"64.0 MiB"`), else
+    /// as bytes (`1376256`, which `"1.3 MiB"` would round): a journal record
+    /// replays under exactly the limits it ran under.
+    pub fn size_out<S: Serializer>(size: &ByteSize, s: S) -> Result<S::Ok, S::Error> {
+        let text = size.to_string();
+        if text.parse::<ByteSize>().ok() == Some(*size) {
+            text.serialize(s)
+        } else {
+            size.as_u64().serialize(s)
+        }
+    }
+
+    /// An IP address and port; host names are not resolved.
+    pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} is not an IP address and port such as \"127.0.0.1:9464\" or \
+                 \"[::]:9464\" (host names are not resolved)"
+            ))
+        })
+    }
+}
 mod policies;
 mod secret;
 #[cfg(test)]
@@ -564,6 +614,10 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeLimits {
     /// Linear memory a policy may use per evaluation.
+    #[serde(
+        deserialize_with = "friendly::size",
+        serialize_with = "friendly::size_out"
+    )]
     pub max_memory: ByteSize,
     /// Wall-clock deadline for one evaluation (enforced by epoch interruption).
     #[serde(with = "humantime_serde")]
@@ -574,10 +628,18 @@ pub struct RuntimeLimits {
     /// Decisions asking for more replicas than this are refused as invalid.
     pub max_replicas: u32,
     /// Largest policy state kept between evaluations.
+    #[serde(
+        deserialize_with = "friendly::size",
+        serialize_with = "friendly::size_out"
+    )]
     pub max_state_bytes: ByteSize,
     /// Largest reason string accepted in a decision.
     pub max_reason_bytes: usize,
     /// Wasm stack a policy may use.
+    #[serde(
+        deserialize_with = "friendly::size",
+        serialize_with = "friendly::size_out"
+    )]
     pub max_wasm_stack: ByteSize,
     /// Where compiled policy code is cached on disk, by content hash, so a
     /// restart or a flip back to an earlier module skips compiling. `None`:
@@ -607,6 +669,7 @@ impl Default for RuntimeLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Address to listen on; loopback by default.
+    #[serde(deserialize_with = "friendly::socket_addr")]
     pub listen: SocketAddr,
 }
 

@@ -679,6 +679,13 @@ fn each_problem_is_reported_at_its_place() {
             "journal",
             "is a folder; give the database file",
         ),
+        parse_case(
+            "not a size",
+            &[("\"64 MiB\"", "\"lots\"")],
+            "\"lots\"",
+            "runtime",
+            "max_memory: \"lots\" is not a size",
+        ),
         case(
             "huge memory",
             &[("\"64 MiB\"", "\"100 GiB\"")],
@@ -1511,4 +1518,17 @@ fn identical_policy_params_are_parsed_into_one_shared_table() {
     assert!(Arc::ptr_eq(params[0], params[3]));
     assert!(!Arc::ptr_eq(params[0], params[2]));
     assert_eq!(Arc::strong_count(params[0]), 3);
+}
+
+#[test]
+fn sizes_round_trip_exactly_through_json() {
+    let limits = RuntimeLimits {
+        max_memory: ByteSize::b(1_376_256),
+        ..RuntimeLimits::default()
+    };
+    let json = serde_json::to_value(&limits).unwrap();
+    assert_eq!(json["max_memory"], 1_376_256, "1.3 MiB would round");
+    assert_eq!(json["max_state_bytes"], "64.0 KiB");
+    let back: RuntimeLimits = serde_json::from_value(json).unwrap();
+    assert_eq!(back, limits);
 }
