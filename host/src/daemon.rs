@@ -755,6 +755,26 @@ impl Daemon {
                 "The config file changes a setting read only at start; it takes effect at the next restart."
             );
         }
+        if config.policy_dir.get_ref() != self.config.policy_dir.get_ref() {
+            // What the next start will look for there.
+            let dir = config.policy_dir.get_ref();
+            let mut missing: Vec<&str> = config
+                .scalers
+                .iter()
+                .flat_map(|s| s.get_ref().policies.iter())
+                .map(|p| p.get_ref().module.get_ref().as_str())
+                .filter(|module| !dir.join(format!("{module}.wasm")).is_file())
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    policy_dir = %dir.display(),
+                    missing = %missing.join(", "),
+                    "The new policy_dir lacks modules the config uses; the next start will refuse this config unless they are put there."
+                );
+            }
+        }
         self.handles.store(Arc::new(set.handles()));
         let digest = config.origin().digest().to_owned();
         self.applied.store(Arc::new(next));
