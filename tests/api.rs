@@ -550,6 +550,21 @@ async fn journaled_decisions_replay_and_export_through_the_binary() {
         10,
         "5 ticks of each scaler from 60s on"
     );
+    let (code, out, err) = scalewise(&[
+        "journal",
+        "export",
+        "--journal",
+        journal,
+        "--since",
+        "2000",
+        "--until",
+        "1000",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        err.contains("--since (2000) is after --until (1000)"),
+        "{err}"
+    );
 
     // An exported record replays from the file too.
     let file = setup.state.path().join("record.json");

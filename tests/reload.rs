@@ -666,3 +666,45 @@ async fn a_module_that_fails_to_load_at_start_holds_its_scalers_until_a_good_one
         .unwrap();
     d.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_refused_first_applies_when_its_module_arrives() {
+    // Counter serves with its own parameter; the config is changed first
+    // to the parameters of the version to come (refused: the counter does
+    // not take them), then that version is dropped in (refused: it does
+    // not fit the running config). Neither waits for the other forever.
+    let text = config_text(4.0, 50, "native", "params = { scale_to = 0 }\n");
+    let mut d = counter_daemon(&text).start().await.unwrap();
+    let tmp = d.dir().join(".scalewise.toml.tmp");
+    std::fs::write(
+        &tmp,
+        config_text(4.0, 50, "native", "params = { mode = \"ok\" }\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, d.config_path()).unwrap();
+    let telemetry = d.telemetry().clone();
+    wait_until_async(10 * SECOND, "the refused reload", move || {
+        telemetry
+            .encode()
+            .contains("scalewise_config_reloads_total{result=\"refused\"} 1")
+    })
+    .await;
+
+    std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
+    let faults = digest_of(artifacts::FAULTS);
+    let registry = d.registry().clone();
+    wait_until_async(10 * SECOND, "the new version to serve", || {
+        registry
+            .get("counter")
+            .is_some_and(|m| m.digest() == faults)
+    })
+    .await;
+    d.next_decision(5 * SECOND, |r| {
+        decided_by(r, &faults).is_some_and(|reason| reason.starts_with("fine at"))
+    })
+    .await
+    .unwrap();
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    d.stop().await.unwrap();
+}

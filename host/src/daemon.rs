@@ -40,7 +40,7 @@ use crate::config::{
 };
 use crate::journal::{Journal, JournalOptions, TickRecord};
 use crate::policy::PolicyInfo;
-use crate::registry::{Registry, ReloadReport};
+use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport};
 use crate::runtime::{Compiler, Runtime};
 use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, Services};
 use crate::simulator::Simulation;
@@ -154,6 +154,10 @@ struct ReloadSource {
 enum ReloadTrigger {
     Signal,
     File,
+    /// A module version was refused for not fitting the running config
+    /// while the config file holds a refused change: the two may fit each
+    /// other (a parameter renamed in both, config first).
+    Module,
 }
 
 /// A changed scaler config, applied by the scaler's own task between ticks.
@@ -421,7 +425,8 @@ impl Daemon {
             })
         });
 
-        let _policy_watch = self.watch_policies()?;
+        let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+        let _policy_watch = self.watch_policies(&reload_tx)?;
         let mut set = ScalerSet {
             tasks: tokio::task::JoinSet::new(),
             running: BTreeMap::new(),
@@ -431,7 +436,6 @@ impl Daemon {
         for scaler in std::mem::take(&mut self.scalers) {
             set.spawn(scaler);
         }
-        let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
         let _config_watch = self.watch_config(&reload_tx)?;
         if self.reload.is_some() {
             listen_for_sighup(reload_tx.clone(), token.clone());
@@ -470,13 +474,36 @@ impl Daemon {
         Ok(())
     }
 
-    /// Starts watching the policy folder, when `[watch]` is on.
-    fn watch_policies(&self) -> Result<Option<FolderWatch>, DaemonError> {
+    /// Starts watching the policy folder, when `[watch]` is on. A version
+    /// refused for not fitting the config, while the config file holds a
+    /// refused change, asks for that change to be tried again.
+    fn watch_policies(
+        &self,
+        reload_tx: &mpsc::UnboundedSender<ReloadTrigger>,
+    ) -> Result<Option<FolderWatch>, DaemonError> {
         if !self.config.watch.enabled {
             return Ok(None);
         }
+        let count = self.module_reload_counter();
+        let retry = self.reload.is_some().then(|| {
+            let (tx, status) = (reload_tx.clone(), self.config_status.clone());
+            move || {
+                if status.load().last_error.is_some() {
+                    let _ = tx.send(ReloadTrigger::Module);
+                }
+            }
+        });
         self.registry
-            .watch(&self.config.watch, self.module_reload_counter())
+            .watch(&self.config.watch, move |report: &ReloadReport| {
+                count(report);
+                let refused_for_config = report
+                    .failed
+                    .iter()
+                    .any(|(_, failure)| failure.kind == INCOMPATIBLE_WITH_CONFIG);
+                if let (true, Some(retry)) = (refused_for_config, &retry) {
+                    retry();
+                }
+            })
             .map(Some)
             .map_err(|e| DaemonError::Setup(e.to_string()))
     }
@@ -554,6 +581,7 @@ impl Daemon {
             trigger = match trigger {
                 ReloadTrigger::Signal => "sighup",
                 ReloadTrigger::File => "file",
+                ReloadTrigger::Module => "module refused for the running config",
             },
             "Reloading the config file."
         );

@@ -53,6 +53,8 @@ pub enum Rule {
     InFlight,
     /// A metric could not be read, so no scale-in.
     MissingMetrics,
+    /// A policy of the scaler failed this tick: hold.
+    PolicyFailed,
     /// A stabilisation window.
     Stabilization,
     /// A pods/percent per period limit, or `select = "disabled"`.
@@ -65,9 +67,10 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order the envelope applies them.
-    pub const ALL: [Rule; 7] = [
+    pub const ALL: [Rule; 8] = [
         Rule::Paused,
         Rule::InFlight,
+        Rule::PolicyFailed,
         Rule::MissingMetrics,
         Rule::Stabilization,
         Rule::RateLimit,
@@ -80,6 +83,7 @@ impl Rule {
         match self {
             Rule::Paused => "paused",
             Rule::InFlight => "in-flight",
+            Rule::PolicyFailed => "policy-failed",
             Rule::MissingMetrics => "missing-metrics",
             Rule::Stabilization => "stabilization",
             Rule::RateLimit => "rate-limit",
@@ -110,6 +114,9 @@ pub struct Input<'a> {
     pub proposal: Option<u32>,
     /// Metrics that could not be read this tick (missing, stale or NaN).
     pub failed_metrics: &'a [MetricFailure],
+    /// Whether a policy of the scaler failed this tick (error, trap,
+    /// timeout, out of memory, invalid answer): the scaler holds.
+    pub policy_failed: bool,
     /// Whether the scaler is paused.
     pub paused: bool,
     /// A change the actuator is still carrying out, if any.
@@ -151,9 +158,16 @@ pub fn apply(state: &mut EnvelopeState, input: &Input<'_>) -> Verdict {
     .unwrap_or(0);
     state.prune(now_ms, up.window_ms.max(down.window_ms), keep_events_ms);
 
+    state.seed(now_ms, current);
     let proposed = input.proposal.unwrap_or(current);
     let scale_in_blocked = proposed < current && !input.failed_metrics.is_empty();
-    let recommendation = if scale_in_blocked { current } else { proposed };
+    // A tick whose policies failed recommends nothing new: the current
+    // count, as when scale-in is blocked.
+    let recommendation = if scale_in_blocked || input.policy_failed {
+        current
+    } else {
+        proposed
+    };
     let stabilized = hpa::stabilize(
         state.recommendations(),
         now_ms,
@@ -201,6 +215,14 @@ fn steer(
                 "change to {} in progress: {}",
                 in_flight.desired, in_flight.detail
             )
+        });
+        return;
+    }
+    if input.policy_failed {
+        // Never scale on a failed policy's tick, not even back within the
+        // bounds: what the other policies said is incomplete.
+        trail.change(Rule::PolicyFailed, current, || {
+            "a policy failed this tick; holding".to_string()
         });
         return;
     }

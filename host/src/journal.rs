@@ -426,13 +426,23 @@ struct Inner {
     commits: Arc<AtomicU64>,
 }
 
-/// Takes the exclusive lock on `<journal>.lock` that a writing process
+/// Takes the exclusive lock on `<journal>.lock` (next to the file the path
+/// resolves to, through symlinks) that a writing process
 /// holds for as long as its writer runs (the lock goes with the file
 /// handle, so also when the process dies), and writes this process's id
 /// in it for the message another daemon gets.
 fn lock_for_writing(path: &Path) -> Result<std::fs::File, JournalError> {
     use std::io::{Read as _, Seek as _, Write as _};
-    let mut name = path.as_os_str().to_owned();
+    // Next to the file the path resolves to, so that a symlink or another
+    // spelling of the same journal finds the same lock.
+    let resolved = std::fs::canonicalize(path).or_else(|_| {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        std::fs::canonicalize(parent.unwrap_or(Path::new("."))).map(|dir| dir.join(name))
+    });
+    let mut name = resolved
+        .unwrap_or_else(|_| path.to_owned())
+        .into_os_string();
     name.push(".lock");
     let lock = PathBuf::from(name);
     let open_error = |source| JournalError::Lock {

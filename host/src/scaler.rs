@@ -21,18 +21,14 @@ use crate::actuators::{Actuation, Actuator, Observed};
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
-    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure,
-    PolicyState, TickRecord, TickSummary,
+    ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState,
+    TickRecord, TickSummary,
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule};
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, Telemetry};
-
-/// The journal's envelope-step rule for a tick held because a policy failed
-/// (the loop's rule, next to the envelope's [`envelope::Rule`]s).
-pub const POLICY_FAILED_RULE: &str = "policy-failed";
 
 /// How far back scale events are given to policies, and history is restored.
 const HISTORY_MS: i64 = 3_600_000;
@@ -346,22 +342,12 @@ impl Scaler {
                 max: self.spec.max,
                 proposal,
                 failed_metrics: &metric_errors,
+                policy_failed: any_failed,
                 paused,
                 in_flight: observed.in_flight.as_ref(),
                 behavior: &self.spec.behavior,
             },
         );
-        let mut verdict = verdict;
-        if any_failed && verdict.desired != target.current {
-            // A failing policy makes its scaler hold, never scale.
-            verdict.steps.push(EnvelopeStep {
-                rule: POLICY_FAILED_RULE.into(),
-                from: verdict.desired,
-                to: target.current,
-                reason: "a policy failed this tick; holding".into(),
-            });
-            verdict.desired = target.current;
-        }
         for step in &verdict.steps {
             self.services
                 .telemetry

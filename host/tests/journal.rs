@@ -499,6 +499,10 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
     // Readers are not writers: the CLI reads while a daemon writes.
     let reader = Journal::open_read_only(&path).unwrap();
     assert_eq!(reader.query_blocking(&Query::latest(10)).unwrap().len(), 1);
+    // Another name for the same file finds the same lock.
+    let link = path.with_file_name("link.db");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert_eq!(Journal::open(&link, WEEK).unwrap_err().kind(), "in_use");
     first.close().await.unwrap();
     let second = Journal::open(&path, WEEK).unwrap();
     second.append(record("web", 2, 2_000)).await.unwrap();

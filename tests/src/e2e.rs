@@ -14,7 +14,6 @@ use scalewise::config::{Behavior, Config, Mode, RateLimit, ScalingRules, Select}
 use scalewise::daemon::Daemon;
 use scalewise::envelope::Rule;
 use scalewise::journal::{ActuationRecord, TickRecord};
-use scalewise::scaler::POLICY_FAILED_RULE;
 
 /// The start of every stepped run: 2023-11-14T22:13:20Z.
 pub const T0: i64 = 1_700_000_000_000;
@@ -369,8 +368,7 @@ pub fn story(records: &[TickRecord]) -> String {
         .join(", ")
 }
 
-/// Whether a journal step names a rule the host has: one of the envelope's,
-/// or the loop's hold on a failed policy.
+/// Whether a journal step names a rule the host's envelope has.
 fn is_known_rule(rule: &str) -> bool {
-    rule == POLICY_FAILED_RULE || Rule::ALL.iter().any(|r| r.as_str() == rule)
+    Rule::ALL.iter().any(|r| r.as_str() == rule)
 }

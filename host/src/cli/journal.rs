@@ -64,6 +64,13 @@ fn export(
     let parse = |what: &str, t: &str| parse_time_ms(t).map_err(|e| format!("{what}: {e}"));
     let since = since.map(|t| parse("--since", t)).transpose()?;
     let until = until.map(|t| parse("--until", t)).transpose()?;
+    if let (Some(since), Some(until)) = (since, until)
+        && since > until
+    {
+        return Err(format!(
+            "--since ({since}) is after --until ({until}): no record can match"
+        ));
+    }
     let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
     journal
         .export_jsonl(out, scaler, since, until)

@@ -687,6 +687,26 @@ fn each_problem_is_reported_at_its_place() {
             "max_memory: \"lots\" is not a size",
         ),
         case(
+            "tiny Wasm stack",
+            &[(
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\nmax_wasm_stack = \"1 KiB\"",
+            )],
+            "\"1 KiB\"",
+            "runtime",
+            "max_wasm_stack (1.0 KiB) must be at least 16 KiB",
+        ),
+        case(
+            "state larger than memory",
+            &[(
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\nmax_state_bytes = \"1 GiB\"",
+            )],
+            "\"1 GiB\"",
+            "runtime",
+            "max_state_bytes (1.0 GiB) is more than max_memory (64.0 MiB)",
+        ),
+        case(
             "huge memory",
             &[("\"64 MiB\"", "\"100 GiB\"")],
             "\"100 GiB\"",

@@ -199,6 +199,16 @@ impl Checker<'_, '_> {
                 ),
             );
         }
+        if limits.max_state_bytes > limits.max_memory {
+            self.value(
+                &keys!["runtime", "max_state_bytes"],
+                format!(
+                    "max_state_bytes ({}) is more than max_memory ({}): a policy's state is \
+                     built in its memory",
+                    limits.max_state_bytes, limits.max_memory
+                ),
+            );
+        }
         self.nonzero(&keys!["runtime", "timeout"], "timeout", limits.timeout);
         if limits.max_replicas == 0 {
             self.value(
@@ -206,10 +216,13 @@ impl Checker<'_, '_> {
                 "max_replicas must be at least 1",
             );
         }
-        if limits.max_wasm_stack.as_u64() == 0 {
+        if limits.max_wasm_stack.as_u64() < 16 * 1024 {
             self.value(
                 &keys!["runtime", "max_wasm_stack"],
-                "max_wasm_stack must be above 0 B",
+                format!(
+                    "max_wasm_stack ({}) must be at least 16 KiB",
+                    limits.max_wasm_stack
+                ),
             );
         } else if limits.max_wasm_stack.as_u64() > crate::runtime::MAX_WASM_STACK {
             self.value(
@@ -279,7 +292,7 @@ impl Checker<'_, '_> {
         if speed.is_finite() && speed > MAX_CLOCK_SPEED {
             self.value(
                 &keys!["clock", "speed"],
-                format!("speed ({speed}) must be at most {MAX_CLOCK_SPEED}"),
+                format!("speed ({speed:e}) must be at most {MAX_CLOCK_SPEED}"),
             );
         }
         let prometheus: Vec<&String> = config

@@ -38,6 +38,12 @@ pub struct EnvelopeState {
     recommendations: Vec<Recommendation>,
     /// Recent changes the host made to the target, in the order they were made.
     events: Vec<ScaleEvent>,
+    /// Whether the history has begun: upstream HPA seeds a new autoscaler's
+    /// recommendations with the current count (`recordInitialRecommendation`),
+    /// so a new scaler does not scale down within its first scale-down
+    /// window; [`apply`](super::apply) does the same on a scaler's first tick.
+    #[serde(default)]
+    seeded: bool,
 }
 
 impl EnvelopeState {
@@ -49,7 +55,10 @@ impl EnvelopeState {
     /// Rebuilds the state from the journal at restart: each tick's
     /// `(time_ms, recommendation)` and each change the actuator made, both
     /// oldest first. Feeding a scaler's journaled ticks gives the same
-    /// verdicts as the state that lived through them.
+    /// verdicts as the state that lived through them, but for one thing:
+    /// a new scaler's initial recommendation (its count at its first tick,
+    /// see [`EnvelopeState::seed`]) is not journaled, so a restart within a
+    /// new scaler's first stabilisation window forgets it.
     pub fn restore(
         recommendations: impl IntoIterator<Item = (i64, u32)>,
         events: impl IntoIterator<Item = ScaleEvent>,
@@ -57,6 +66,9 @@ impl EnvelopeState {
         let mut state = Self::new();
         for (time_ms, replicas) in recommendations {
             state.record_recommendation(time_ms, replicas);
+            // A journaled history has begun; the seed of its first tick
+            // (not journaled) matters only within that tick's window.
+            state.seeded = true;
         }
         for event in events {
             state.record_scale(event.timestamp_ms, event.from, event.to);
@@ -101,6 +113,29 @@ impl EnvelopeState {
     /// Recent recommendations, in the order they were recorded.
     pub fn recommendations(&self) -> &[Recommendation] {
         &self.recommendations
+    }
+
+    /// This state as one whose history has begun (no initial
+    /// recommendation to seed): for tests of the rules alone, as upstream
+    /// tests them.
+    #[cfg(test)]
+    pub(crate) fn begun(mut self) -> Self {
+        self.seeded = true;
+        self
+    }
+
+    /// On a scaler's first tick with no history: remembers `current` as
+    /// recommended at `time_ms` (HPA's initial recommendation) and returns
+    /// it; afterwards `None`.
+    pub(super) fn seed(&mut self, time_ms: i64, current: u32) -> Option<u32> {
+        if self.seeded {
+            return None;
+        }
+        self.seeded = true;
+        self.recommendations.is_empty().then(|| {
+            self.record_recommendation(time_ms, current);
+            current
+        })
     }
 
     /// Remembers one tick's recommendation.

@@ -91,9 +91,25 @@ fn input(
         max,
         proposal,
         failed_metrics: &[],
+        policy_failed: false,
         paused: false,
         in_flight: None,
         behavior,
+    }
+}
+
+/// [`input`] at `NOW + offset_ms`.
+fn input_at(
+    offset_ms: i64,
+    current: u32,
+    min: u32,
+    max: u32,
+    proposal: Option<u32>,
+    behavior: &Behavior,
+) -> Input<'_> {
+    Input {
+        now_ms: NOW + offset_ms,
+        ..input(current, min, max, proposal, behavior)
     }
 }
 
@@ -584,7 +600,7 @@ fn scaling_with_rules_upstream_table() {
         events.extend(uniform_events(case.down_events, 120, Direction::Down));
         // No recommendation history: stabilisation has nothing to say, as in
         // upstream's test of convertDesiredReplicasWithBehaviorRate.
-        let mut state = EnvelopeState::restore([], events);
+        let mut state = EnvelopeState::restore([], events).begun();
         let verdict = apply(
             &mut state,
             &input(
@@ -1301,7 +1317,7 @@ fn select_disabled_forbids_that_direction_only() {
             ..ScalingRules::default_down()
         }),
     );
-    let mut state = EnvelopeState::new();
+    let mut state = EnvelopeState::new().begun();
     let verdict = apply(&mut state, &input(6, 1, 10, Some(2), &no_down));
     assert_eq!(
         verdict.steps,
@@ -1724,6 +1740,7 @@ fn nasa_trace_run_obeys_every_rule_and_restores_exactly() {
             max,
             proposal: tick.proposal,
             failed_metrics: &tick.failed,
+            policy_failed: false,
             paused: tick.paused,
             in_flight: tick.in_flight.as_ref(),
             behavior: &behavior,
@@ -1853,4 +1870,70 @@ fn nasa_trace_run_obeys_every_rule_and_restores_exactly() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(rules_seen, expected);
+}
+
+#[test]
+fn a_new_scaler_does_not_scale_down_within_its_first_window() {
+    // Upstream HPA seeds a new autoscaler's history with the current count
+    // (recordInitialRecommendation): with the default 5-minute scale-down
+    // window, a new scaler at 10 asked for 2 holds for 5 minutes.
+    let default = Behavior::default();
+    let mut state = EnvelopeState::new();
+    let first = apply(&mut state, &input_at(0, 10, 1, 20, Some(2), &default));
+    assert_eq!(first.desired, 10, "{first:?}");
+    assert_eq!(
+        first.steps[0].reason,
+        "scale-down stabilised: highest recommendation in the last 5m is 10"
+    );
+    let later = apply(&mut state, &input_at(299_000, 10, 1, 20, Some(2), &default));
+    assert_eq!(later.desired, 10);
+    let after = apply(&mut state, &input_at(301_000, 10, 1, 20, Some(2), &default));
+    assert_eq!(after.desired, 2, "{after:?}");
+    // Scale-up is not held back (no scale-up window by default).
+    let mut fresh = EnvelopeState::new();
+    assert_eq!(
+        apply(&mut fresh, &input_at(0, 10, 1, 40, Some(14), &default)).desired,
+        14
+    );
+    // A history restored from the journal has begun: nothing is seeded.
+    let mut restored = EnvelopeState::restore([(0, 2)], []);
+    assert_eq!(
+        apply(
+            &mut restored,
+            &input_at(400_000, 10, 1, 20, Some(2), &default)
+        )
+        .desired,
+        2
+    );
+}
+
+#[test]
+fn a_failed_policy_holds_before_any_other_rule() {
+    let default = Behavior::default();
+    // Below min, other policies asking for more: one step, the hold, and no
+    // recommendation of the incomplete answer.
+    let failed = Input {
+        policy_failed: true,
+        ..input(1, 5, 10, Some(20), &default)
+    };
+    let verdict = apply(&mut EnvelopeState::new().begun(), &failed);
+    assert_eq!(verdict.desired, 1);
+    assert_eq!(verdict.recommendation, 1);
+    assert_eq!(
+        verdict.steps,
+        vec![step(
+            Rule::PolicyFailed,
+            20,
+            1,
+            "a policy failed this tick; holding"
+        )]
+    );
+    // Pause still comes first.
+    let paused = Input {
+        paused: true,
+        ..failed
+    };
+    let verdict = apply(&mut EnvelopeState::new().begun(), &paused);
+    assert_eq!(verdict.steps[0].rule, "paused");
+    assert_eq!(verdict.steps.len(), 1);
 }
