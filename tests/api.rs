@@ -239,6 +239,32 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
     )
     .await;
 
+    // History: the same ticks' columns, oldest first, for the dashboard.
+    let (status, history) = json(&state, "GET", "/v1/scalers/web/history?limit=3").await;
+    assert_eq!(status, StatusCode::OK);
+    let history = history.as_array().unwrap();
+    let oldest_first: Vec<&TickRecord> = web.iter().rev().take(3).rev().collect();
+    assert_eq!(history.len(), 3);
+    for (summary, record) in history.iter().zip(&oldest_first) {
+        assert_eq!(summary["id"], record.id.unwrap());
+        assert_eq!(summary["time_ms"], record.time_ms);
+        assert_eq!(summary["current"], record.target.current);
+        assert_eq!(summary["desired"], record.desired);
+        assert!(
+            summary.get("evaluations").is_none(),
+            "no contexts: {summary}"
+        );
+    }
+    let message = assert_error(
+        &state,
+        "GET",
+        "/v1/scalers/web/history?limit=0",
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    assert!(message.contains("between 1 and 10000"), "{message}");
+
     // Decisions, from the journal, newest first.
     let (status, latest) = json(&state, "GET", "/v1/scalers/web/decisions?limit=3").await;
     assert_eq!(status, StatusCode::OK);

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/scalers/{name}/decisions",
             get(handlers::scaler_decisions),
         )
+        .route("/v1/scalers/{name}/history", get(handlers::scaler_history))
         .route("/v1/scalers/{name}/pause", post(handlers::pause_scaler))
         .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
         .route("/v1/decisions/{id}", get(handlers::get_decision))

@@ -160,7 +160,7 @@ impl Query {
 
 /// The indexed columns of one tick: what recovery needs, read without
 /// decoding the record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TickSummary {
     /// The record's id.
     pub id: i64,
@@ -636,6 +636,24 @@ impl Journal {
                 .inner
                 .readers
                 .with(|reader| reader.recent(&scaler, since_ms))
+        })
+        .await
+    }
+
+    /// The scaler's newest `limit` ticks as summaries (the indexed columns
+    /// alone, no record decoded), oldest first: a chart's data, cheap at
+    /// any fleet size.
+    pub async fn summaries(
+        &self,
+        scaler: &str,
+        limit: usize,
+    ) -> Result<Vec<TickSummary>, JournalError> {
+        let scaler = scaler.to_owned();
+        self.read(move |journal| {
+            journal
+                .inner
+                .readers
+                .with(|reader| reader.summaries(&scaler, limit))
         })
         .await
     }

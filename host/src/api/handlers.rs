@@ -132,6 +132,44 @@ pub async fn scaler_decisions(
     Ok(Json(records))
 }
 
+/// Query parameters of the history endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// At most this many ticks (default 200, at most 10,000).
+    limit: Option<String>,
+}
+
+/// A scaler's newest ticks as summaries (time, mode, current, desired,
+/// recommendation, actuation), oldest first: what a chart needs, read from
+/// the journal's indexed columns without decoding records.
+pub async fn scaler_history(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<crate::journal::TickSummary>>, ApiError> {
+    scaler(&state, &name)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => 200,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=10_000).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be a whole number between 1 and 10000, got {text:?}"
+                ))
+            })?,
+    };
+    state
+        .journal
+        .summaries(&name, limit)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 /// One journal record by id.
 pub async fn get_decision(
     State(state): State<AppState>,

@@ -252,6 +252,40 @@ impl Reader {
     }
 
     /// Everything recovery needs, from one read transaction (one snapshot).
+    /// The scaler's newest `limit` ticks as summaries (no record decoded),
+    /// oldest first.
+    pub(super) fn summaries(
+        &mut self,
+        scaler: &str,
+        limit: usize,
+    ) -> Result<Vec<TickSummary>, JournalError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {SUMMARY_COLUMNS} FROM ticks WHERE scaler = ?1 \
+                 ORDER BY time_ms DESC, id DESC LIMIT ?2"
+            ))
+            .map_err(|e| self.read_error(e))?;
+        let rows: Vec<Result<TickSummary, (i64, String)>> = stmt
+            .query_map(rusqlite::params![scaler, limit], summary)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.read_error(e))?;
+        drop(stmt);
+        let mut summaries = rows
+            .into_iter()
+            .map(|row| {
+                row.map_err(|(id, reason)| JournalError::Decode {
+                    path: self.path.clone(),
+                    id,
+                    source: io::Error::other(reason),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        summaries.reverse();
+        Ok(summaries)
+    }
+
     pub(super) fn recover(
         &mut self,
         scaler: &str,
