@@ -543,7 +543,7 @@ fn each_problem_is_reported_at_its_place() {
             "zero trace scale",
             &[(
                 "base = 100.0",
-                "base = 100.0\ntrace = { path = \"scalewise.toml\", scale = 0.0 }",
+                "trace = { path = \"scalewise.toml\", scale = 0.0 }",
             )],
             "0.0 }",
             "simulations.web.load.trace",
@@ -707,6 +707,16 @@ fn each_problem_is_reported_at_its_place() {
             "max_state_bytes (1.0 GiB) is more than max_memory (64.0 MiB)",
         ),
         case(
+            "a trace and a curve",
+            &[(
+                "base = 100.0",
+                "base = 100.0\ntrace = { path = \"scalewise.toml\" }",
+            )],
+            "100.0\ntrace",
+            "simulations.web.load",
+            "base does not apply with a trace, which replaces the synthetic curve",
+        ),
+        case(
             "huge memory",
             &[("\"64 MiB\"", "\"100 GiB\"")],
             "\"100 GiB\"",
@@ -777,10 +787,7 @@ fn each_problem_is_reported_at_its_place() {
         ),
         case(
             "missing trace file",
-            &[(
-                "base = 100.0",
-                "base = 100.0\ntrace = { path = \"traces/missing.csv\" }",
-            )],
+            &[("base = 100.0", "trace = { path = \"traces/missing.csv\" }")],
             "\"traces/missing.csv\"",
             "simulations.web.load.trace",
             "traces/missing.csv does not exist",
@@ -984,10 +991,7 @@ fn relative_paths_resolve_against_the_config_folder() {
                 "timeout = \"5s\"",
                 "timeout = \"5s\"\nbasic_auth = { username = \"u\", password = { file = \"secrets/pw\" } }",
             ),
-            (
-                "base = 100.0",
-                "base = 100.0\ntrace = { path = \"traces/t.csv\" }",
-            ),
+            ("base = 100.0", "trace = { path = \"traces/t.csv\" }"),
         ],
     );
     let config = parse_in(&conf, &text).unwrap();

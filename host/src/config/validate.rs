@@ -441,6 +441,20 @@ impl Checker<'_, '_> {
             }
             self.positive(&here("scale"), "scale", trace.scale, false);
             self.positive(&here("speed"), "speed", trace.speed, false);
+            for (field, value) in [
+                ("base", load.base),
+                ("diurnal_amplitude", load.diurnal_amplitude),
+            ] {
+                if value != 0.0 {
+                    self.value(
+                        &at(field),
+                        format!(
+                            "{field} does not apply with a trace, which replaces the synthetic \
+                             curve; remove it (spikes and noise still apply on top of a trace)"
+                        ),
+                    );
+                }
+            }
         }
     }
 
