@@ -57,7 +57,7 @@ impl EnvelopeState {
     /// oldest first. Feeding a scaler's journaled ticks gives the same
     /// verdicts as the state that lived through them, but for one thing:
     /// a new scaler's initial recommendation (its count at its first tick,
-    /// see [`EnvelopeState::seed`]) is not journaled, so a restart within a
+    /// as upstream HPA seeds it) is not journaled, so a restart within a
     /// new scaler's first stabilisation window forgets it.
     pub fn restore(
         recommendations: impl IntoIterator<Item = (i64, u32)>,
