@@ -671,8 +671,9 @@ impl Daemon {
         // new config may be written for (they load right after it applies).
         let snapshot = self.registry.snapshot();
         if let Err(err) = config.check_policies(&*snapshot) {
-            let pending = snapshot.pending_catalog();
-            if pending == snapshot.catalog() || config.check_policies(&pending).is_err() {
+            // Only when some version was refused is there anything else to try.
+            let any_refused = snapshot.failures.values().any(|f| f.refused_info.is_some());
+            if !any_refused || config.check_policies(&snapshot.pending_catalog()).is_err() {
                 return Err(err.into());
             }
         }

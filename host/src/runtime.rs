@@ -33,6 +33,7 @@ use wasmtime::{
 };
 
 use crate::config::RuntimeLimits;
+use crate::journal::Evaluation;
 use crate::policy::{Context, Decision, PolicyInfo};
 
 use bindings::{EVALUATOR_INTERFACE, Policy, PolicyPre};
@@ -68,6 +69,9 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
     limits: RuntimeLimits,
+    /// `limits` as journal records carry them ([`Evaluation::recorded_limits`]),
+    /// worked out once rather than on every evaluation.
+    recorded_limits: Option<Arc<RuntimeLimits>>,
     /// Epoch ticks an evaluation may run (its deadline).
     deadline_ticks: u64,
     pooling: bool,
@@ -140,6 +144,7 @@ impl Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
+                recorded_limits: Evaluation::recorded_limits(&limits),
                 limits,
                 deadline_ticks,
                 pooling,
@@ -396,6 +401,12 @@ impl PolicyModule {
     /// The limits its evaluations run under.
     pub fn limits(&self) -> &RuntimeLimits {
         &self.inner.runtime.limits
+    }
+
+    /// [`PolicyModule::limits`] as a journal record carries them: `None`
+    /// for the defaults.
+    pub fn recorded_limits(&self) -> Option<Arc<RuntimeLimits>> {
+        self.inner.runtime.recorded_limits.clone()
     }
 
     /// Instantiates the module in a fresh store, as every evaluation does,

@@ -777,7 +777,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
         outcome,
         duration_us,
         load_error,
-        limits: Evaluation::recorded_limits(module.limits()),
+        limits: module.recorded_limits(),
     };
     (evaluation, Some(usage))
 }

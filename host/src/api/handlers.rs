@@ -107,18 +107,7 @@ pub async fn scaler_decisions(
             "since ({since}) is after until ({until}): no record can match"
         )));
     }
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit must be a whole number between 1 and 1000, got {text:?}"
-                ))
-            })?,
-    };
+    let limit = parse_limit(q.limit.as_deref(), 100, 1000)?;
     let records = state
         .journal
         .query(crate::journal::Query {
@@ -150,18 +139,7 @@ pub async fn scaler_history(
 ) -> Result<Json<Vec<crate::journal::TickSummary>>, ApiError> {
     scaler(&state, &name)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = match q.limit.as_deref() {
-        None => 200,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=10_000).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit must be a whole number between 1 and 10000, got {text:?}"
-                ))
-            })?,
-    };
+    let limit = parse_limit(q.limit.as_deref(), 200, 10_000)?;
     state
         .journal
         .summaries(&name, limit)
@@ -317,6 +295,22 @@ async fn set_paused(
     handle.paused.store(paused, Ordering::Relaxed);
     tracing::info!(scaler = %name, paused, "A scaler was {} through the API.", if paused { "paused" } else { "resumed" });
     Ok(Json(status_of(&handle)))
+}
+
+/// A `limit` query parameter: `default` when absent, else a whole number
+/// in `1..=max` (text, so that every bad value gets this message).
+fn parse_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse::<usize>()
+        .ok()
+        .filter(|l| (1..=max).contains(l))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "limit must be a whole number between 1 and {max}, got {text:?}"
+            ))
+        })
 }
 
 fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {

@@ -84,36 +84,19 @@ pub struct Evaluation {
     /// defaults (`[runtime]` in the config): a replay runs under the same
     /// ones, or a call that ran out of fuel would replay as a decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<Box<RuntimeLimits>>,
+    pub limits: Option<Arc<RuntimeLimits>>,
 }
 
 impl Evaluation {
     /// `limits` as [`Evaluation::limits`] records them: `None` for the
-    /// defaults; where compiled code is cached plays no part.
-    pub fn recorded_limits(limits: &RuntimeLimits) -> Option<Box<RuntimeLimits>> {
-        // Every field but the cache folder, without cloning its path (this
-        // runs on every evaluation).
-        let RuntimeLimits {
-            max_memory,
-            timeout,
-            fuel,
-            max_replicas,
-            max_state_bytes,
-            max_reason_bytes,
-            max_wasm_stack,
-            cache_dir: _,
-        } = *limits;
+    /// defaults; where compiled code is cached plays no part. The runtime
+    /// works this out once ([`crate::runtime::PolicyModule::recorded_limits`]).
+    pub fn recorded_limits(limits: &RuntimeLimits) -> Option<Arc<RuntimeLimits>> {
         let limits = RuntimeLimits {
-            max_memory,
-            timeout,
-            fuel,
-            max_replicas,
-            max_state_bytes,
-            max_reason_bytes,
-            max_wasm_stack,
             cache_dir: None,
+            ..limits.clone()
         };
-        (limits != RuntimeLimits::default()).then(|| Box::new(limits))
+        (limits != RuntimeLimits::default()).then(|| Arc::new(limits))
     }
 }
 
