@@ -265,10 +265,20 @@ fn eval_checks_params_against_what_the_module_declares() {
     );
 }
 
-/// A journal evaluation of `module` for `ctx`, as the control loop writes it.
+/// A journal evaluation of the module at `path` (default limits), as the
+/// control loop writes it.
 fn recorded(path: &str, parameters: Value) -> Evaluation {
-    let module = load(path);
-    let ctx = context(1_700_000_000_000, parameters, 30);
+    recorded_by(&load(path), parameters, 30)
+}
+
+/// A journal evaluation by `module`, with its limits, of a context with
+/// `points` samples.
+fn recorded_by(
+    module: &scalewise::runtime::PolicyModule,
+    parameters: Value,
+    points: usize,
+) -> Evaluation {
+    let ctx = context(1_700_000_000_000, parameters, points);
     Evaluation {
         module: module.name().to_string(),
         digest: Some(module.shared_digest()),
@@ -276,7 +286,7 @@ fn recorded(path: &str, parameters: Value) -> Evaluation {
         context: ctx,
         duration_us: 42,
         load_error: None,
-        limits: None,
+        limits: module.recorded_limits(),
     }
 }
 
@@ -315,20 +325,11 @@ fn a_record_replays_under_the_limits_it_ran_under() {
         .unwrap()
         .load_file(Path::new(artifacts::TARGET_TRACKING))
         .unwrap();
-    let ctx = context(
-        1_700_000_000_000,
+    let evaluation = recorded_by(
+        &module,
         json!({"metric": "cpu", "target": 50, "aggregate": "p95"}),
         1000,
     );
-    let evaluation = Evaluation {
-        module: module.name().to_string(),
-        digest: Some(module.shared_digest()),
-        outcome: outcome_of(module.evaluate(&ctx)),
-        context: ctx,
-        duration_us: 42,
-        load_error: None,
-        limits: Evaluation::recorded_limits(module.limits()),
-    };
     let EvaluationOutcome::Failed { kind, .. } = &evaluation.outcome else {
         panic!("{:?}", evaluation.outcome);
     };

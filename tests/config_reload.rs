@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use scalewise::journal::{EvaluationOutcome, TickRecord};
-use scalewise_tests::reload::{config_text, counter_daemon, counter_reason, wait_until_async};
+use scalewise_tests::reload::{
+    config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads,
+};
 use scalewise_tests::running::RunningDaemon;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -39,22 +41,6 @@ async fn scaler_count(d: &RunningDaemon) -> usize {
     scalers.as_array().map_or(0, Vec::len)
 }
 
-/// Rewrites the config file as an editor would: a new file renamed over it.
-fn rewrite(d: &RunningDaemon, text: &str) {
-    let tmp = d.dir().join(".scalewise.toml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, d.config_path()).unwrap();
-}
-
-async fn wait_for_reloads(d: &RunningDaemon, result: &str, n: u64) {
-    let telemetry = d.telemetry().clone();
-    let needle = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
-    wait_until_async(10 * SECOND, &needle.clone(), move || {
-        telemetry.encode().contains(&needle)
-    })
-    .await;
-}
-
 fn count_of(record: &TickRecord) -> u64 {
     match &record.evaluations[0].outcome {
         EvaluationOutcome::Decided { decision } => counter_reason(&decision.reason).unwrap().1,
@@ -73,7 +59,7 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
 
     // web's bounds change (same policies), a scaler is added.
     let text = config_text(4.0, 50, "native", API_SCALER).replace("max = 10", "max = 8");
-    rewrite(&d, &text);
+    rewrite_config(&d, &text);
     wait_for_reloads(&d, "applied", 1).await;
 
     let web = d.get("/v1/scalers/web").await.unwrap();
@@ -110,7 +96,7 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     assert_eq!(status["restart_required"], serde_json::json!([]));
 
     // Removed again: it stops; its journal stays.
-    rewrite(&d, &config_text(4.0, 50, "native", ""));
+    rewrite_config(&d, &config_text(4.0, 50, "native", ""));
     wait_for_reloads(&d, "applied", 2).await;
     assert_eq!(scaler_count(&d).await, 1);
     assert_eq!(
@@ -138,7 +124,7 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     let text = config_text(4.0, 50, "native", "")
         .replace("min = 1", "min = 12")
         .replace("module = \"counter\"", "module = \"countr\"");
-    rewrite(&d, &text);
+    rewrite_config(&d, &text);
     wait_for_reloads(&d, "refused", 1).await;
     let status = d.get("/v1/config").await.unwrap();
     let error = &status["last_error"];
@@ -170,7 +156,7 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     // An unknown module is refused too (checked against the loaded ones).
     let text =
         config_text(4.0, 50, "native", "").replace("module = \"counter\"", "module = \"countr\"");
-    rewrite(&d, &text);
+    rewrite_config(&d, &text);
     wait_for_reloads(&d, "refused", 2).await;
     let error = d.get("/v1/config").await.unwrap()["last_error"]["error"].clone();
     assert!(
@@ -182,7 +168,7 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     );
 
     // Fixed: applied, the error cleared.
-    rewrite(
+    rewrite_config(
         &d,
         &config_text(4.0, 50, "native", "").replace("max = 10", "max = 9"),
     );
@@ -200,7 +186,7 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
         .replace("speed = 4.0", "speed = 2.0")
         .replace("initial_replicas = 3", "initial_replicas = 4")
         + "\n[api]\nlisten = \"127.0.0.1:9999\"\n";
-    rewrite(&d, &text);
+    rewrite_config(&d, &text);
     wait_for_reloads(&d, "applied", 1).await;
     let status = d.get("/v1/config").await.unwrap();
     assert_eq!(
@@ -219,14 +205,14 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
 
     // Later reloads still compare with the settings the daemon started with
     // (it keeps them without its scalers, [simulations] as a fingerprint).
-    rewrite(&d, &format!("{text}\n# a second edit\n"));
+    rewrite_config(&d, &format!("{text}\n# a second edit\n"));
     wait_for_reloads(&d, "applied", 2).await;
     let status = d.get("/v1/config").await.unwrap();
     assert_eq!(
         status["restart_required"],
         serde_json::json!(["[api]", "[clock]", "[simulations]"])
     );
-    rewrite(
+    rewrite_config(
         &d,
         &format!(
             "{}\n# back as started\n",
@@ -253,7 +239,7 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
     // not applied to a scaler that would then fail every tick.
     let text = config_text(4.0, 50, "native", "\n[runtime]\nmax_replicas = 1000\n")
         .replace("max = 10", "max = 500");
-    rewrite(&d, &text);
+    rewrite_config(&d, &text);
     wait_for_reloads(&d, "refused", 1).await;
     let error = d.get("/v1/config").await.unwrap()["last_error"].clone();
     let message = error["error"].as_str().unwrap();
@@ -274,7 +260,7 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
     // would be asked about times that have not happened yet.
     let text = config_text(1.0, 50, "native", runtime)
         + "\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:1\"\n";
-    rewrite(&d, &text);
+    rewrite_config(&d, &text);
     wait_for_reloads(&d, "refused", 2).await;
     let message = d.get("/v1/config").await.unwrap()["last_error"]["error"].clone();
     assert!(

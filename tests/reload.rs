@@ -13,7 +13,8 @@ use scalewise::journal::{EvaluationOutcome, TickRecord};
 use scalewise::registry::{Registry, ReloadReport};
 use scalewise::watch::{ActiveMode, FolderWatch};
 use scalewise_tests::reload::{
-    config_text, counter_daemon, counter_reason, wait_until, wait_until_async,
+    config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads, wait_until,
+    wait_until_async,
 };
 use scalewise_tests::running::RunningDaemon;
 use scalewise_tests::{artifacts, context, runtime};
@@ -600,20 +601,11 @@ async fn a_module_that_does_not_fit_the_config_is_refused_until_the_config_chang
     // once a reload gives the refused version's parameters (which the
     // version serving does not take: the config is checked against the
     // refused one), it is tried again and loads, its file untouched.
-    let tmp = d.dir().join(".scalewise.toml.tmp");
-    std::fs::write(
-        &tmp,
-        config_text(4.0, 50, "native", "params = { mode = \"ok\" }\n"),
-    )
-    .unwrap();
-    std::fs::rename(&tmp, d.config_path()).unwrap();
-    let telemetry = d.telemetry().clone();
-    wait_until_async(10 * SECOND, "the config reload", move || {
-        telemetry
-            .encode()
-            .contains("scalewise_config_reloads_total{result=\"applied\"} 1")
-    })
-    .await;
+    rewrite_config(
+        &d,
+        &config_text(4.0, 50, "native", "params = { mode = \"ok\" }\n"),
+    );
+    wait_for_reloads(&d, "applied", 1).await;
     let faults = digest_of(artifacts::FAULTS);
     wait_until_async(10 * SECOND, "the version to serve", || {
         registry
@@ -675,20 +667,11 @@ async fn a_config_change_refused_first_applies_when_its_module_arrives() {
     // not fit the running config). Neither waits for the other forever.
     let text = config_text(4.0, 50, "native", "params = { scale_to = 0 }\n");
     let mut d = counter_daemon(&text).start().await.unwrap();
-    let tmp = d.dir().join(".scalewise.toml.tmp");
-    std::fs::write(
-        &tmp,
-        config_text(4.0, 50, "native", "params = { mode = \"ok\" }\n"),
-    )
-    .unwrap();
-    std::fs::rename(&tmp, d.config_path()).unwrap();
-    let telemetry = d.telemetry().clone();
-    wait_until_async(10 * SECOND, "the refused reload", move || {
-        telemetry
-            .encode()
-            .contains("scalewise_config_reloads_total{result=\"refused\"} 1")
-    })
-    .await;
+    rewrite_config(
+        &d,
+        &config_text(4.0, 50, "native", "params = { mode = \"ok\" }\n"),
+    );
+    wait_for_reloads(&d, "refused", 1).await;
 
     std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
     let faults = digest_of(artifacts::FAULTS);

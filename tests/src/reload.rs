@@ -89,3 +89,22 @@ pub fn counter_reason(reason: &str) -> Option<(u32, u64)> {
     let (version, count) = rest.split_once(": evaluation ")?;
     Some((version.parse().ok()?, count.parse().ok()?))
 }
+
+/// Rewrites the daemon's config file as an editor would: a new file
+/// renamed over it.
+pub fn rewrite_config(d: &RunningDaemon, text: &str) {
+    let tmp = d.dir().join(".scalewise.toml.tmp");
+    std::fs::write(&tmp, text).expect("the new config is written");
+    std::fs::rename(&tmp, d.config_path()).expect("the new config is renamed over the old");
+}
+
+/// Waits (10 s at most) until the daemon has counted `n` config reloads
+/// with `result` (`applied`, `refused`, `unchanged`).
+pub async fn wait_for_reloads(d: &RunningDaemon, result: &str, n: u64) {
+    let telemetry = d.telemetry().clone();
+    let needle = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
+    wait_until_async(Duration::from_secs(10), &needle.clone(), move || {
+        telemetry.encode().contains(&needle)
+    })
+    .await;
+}
