@@ -71,6 +71,7 @@ mod friendly {
 }
 mod policies;
 mod secret;
+mod sections;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -293,7 +294,14 @@ impl Config {
     pub fn parse_unvalidated(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let parsed = {
             let _sharing = ShareParams::start();
-            toml::from_str(text)
+            match sections::parse(text) {
+                Some(config) => {
+                    #[cfg(debug_assertions)]
+                    sections::check_against_whole(&config, text);
+                    Ok(config)
+                }
+                None => toml::from_str(text),
+            }
         };
         let mut config: Config = parsed.map_err(|err| {
             let doc = Document::new(origin, text);
