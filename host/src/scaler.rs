@@ -10,6 +10,7 @@
 //! Scheduling lives in [`crate::daemon`]; a tick is an ordinary async
 //! function of the time, so tests drive it step by step.
 
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -188,10 +189,38 @@ pub struct Scaler {
     envelope: EnvelopeState,
     /// Each policy's opaque state, by policy index.
     policy_states: Vec<Option<Vec<u8>>>,
-    /// Per policy index: when the load failure last written to the journal
-    /// happened, so each failure is journaled once.
-    noted_failures: Vec<Option<i64>>,
+    /// Per policy index: what was already said about the policy.
+    notes: Vec<PolicyNotes>,
     ticks: u64,
+}
+
+/// What a scaler has said about one of its policies, so that a failure that
+/// lasts is logged when it starts, when it changes and when it ends, not on
+/// every tick (a policy missing its metric for an hour at 15 s would
+/// otherwise log 240 lines). Each tick's outcome is in the journal anyway.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct PolicyNotes {
+    /// When the load failure last written to the journal happened, so each
+    /// is journaled once.
+    load_failure: Option<i64>,
+    /// A digest of the failure last logged; 0 when the policy last decided.
+    logged: u64,
+}
+
+impl PolicyNotes {
+    /// Notes a failure; whether to log it (it is not the one logged last).
+    fn failed(&mut self, kind: &str, error: &str, abstained: bool) -> bool {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (kind, error, abstained).hash(&mut hasher);
+        // 0 stands for "decided".
+        let digest = hasher.finish().max(1);
+        std::mem::replace(&mut self.logged, digest) != digest
+    }
+
+    /// Notes a decision; whether to log that the policy decides again.
+    fn decided(&mut self) -> bool {
+        std::mem::take(&mut self.logged) != 0
+    }
 }
 
 impl Scaler {
@@ -219,7 +248,7 @@ impl Scaler {
         let policy_states = vec![None; spec.policies.len()];
         Scaler {
             handle: ScalerHandle::new(status),
-            noted_failures: vec![None; spec.policies.len()],
+            notes: vec![PolicyNotes::default(); spec.policies.len()],
             spec,
             actuator,
             services,
@@ -249,7 +278,7 @@ impl Scaler {
             })
             .collect();
         self.policy_states = restore_policy_states(&spec.policies, &saved);
-        self.noted_failures = vec![None; spec.policies.len()];
+        self.notes = vec![PolicyNotes::default(); spec.policies.len()];
         let mut status = (**self.handle.status.load()).clone();
         status.mode = Some(spec.mode);
         status.target_kind = actuator.kind();
@@ -493,8 +522,10 @@ impl Scaler {
                 .is_none()
                 .then(|| unavailable_reason(&snapshot, &policy.module));
             let load_error = match (&module, snapshot.failures.get(&policy.module)) {
-                (Some(serving), Some(failure)) if self.noted_failures[i] != Some(failure.at_ms) => {
-                    self.noted_failures[i] = Some(failure.at_ms);
+                (Some(serving), Some(failure))
+                    if self.notes[i].load_failure != Some(failure.at_ms) =>
+                {
+                    self.notes[i].load_failure = Some(failure.at_ms);
                     Some(format!(
                         "a newer version of module {:?} failed to load at {} ({}): {}; \
                          still deciding with digest {}",
@@ -563,26 +594,38 @@ impl Scaler {
                         .inc_by(u64::from(usage.memory_growths));
                 }
             }
+            let (scaler, module) = (&self.spec.name, &evaluation.module);
             match &evaluation.outcome {
                 EvaluationOutcome::Decided { decision } => {
                     self.policy_states[i] = decision.state.clone();
+                    if self.notes[i].decided() {
+                        tracing::info!(%scaler, %module, "A policy decides again.");
+                    }
                 }
                 // The metric's failure is already counted, under its source.
                 EvaluationOutcome::Failed { kind, error }
                     if kind == EvalErrorKind::PolicyError.as_str() && reads_failed_metric[i] =>
                 {
                     abstained[i] = true;
-                    tracing::info!(
-                        scaler = %self.spec.name, module = %evaluation.module, %error,
-                        "A policy could not decide without a metric it reads; it abstains this tick and scale-in stays blocked."
-                    );
+                    if self.notes[i].failed(kind, error, true) {
+                        tracing::info!(
+                            %scaler, %module, %error,
+                            "A policy could not decide without a metric it reads; it abstains and scale-in stays blocked until it decides again (said again only if the error changes)."
+                        );
+                    } else {
+                        tracing::debug!(%scaler, %module, %error, "A policy abstains again.");
+                    }
                 }
                 EvaluationOutcome::Failed { kind, error } => {
-                    telemetry.policy_error(&evaluation.module, kind);
-                    tracing::warn!(
-                        scaler = %self.spec.name, module = %evaluation.module, kind = %kind, %error,
-                        "Policy evaluation failed; the scaler holds this tick."
-                    );
+                    telemetry.policy_error(module, kind);
+                    if self.notes[i].failed(kind, error, false) {
+                        tracing::warn!(
+                            %scaler, %module, %kind, %error,
+                            "Policy evaluation failed; the scaler holds until it decides again (said again only if the error changes)."
+                        );
+                    } else {
+                        tracing::debug!(%scaler, %module, %kind, %error, "Policy evaluation failed again.");
+                    }
                 }
             }
         }
@@ -993,6 +1036,37 @@ mod tests {
             kind: "policy_error".into(),
             error: "metric \"queue\" could not be read: query returned no data".into(),
         })
+    }
+
+    #[test]
+    fn a_lasting_failure_is_logged_when_it_starts_changes_and_ends() {
+        let mut notes = PolicyNotes::default();
+        assert!(!notes.decided(), "deciding from the start is not news");
+        assert!(
+            notes.failed("policy-error", "no metric cpu", true),
+            "starts"
+        );
+        assert!(
+            !notes.failed("policy-error", "no metric cpu", true),
+            "lasts"
+        );
+        assert!(
+            notes.failed("policy-error", "no metric rps", true),
+            "changes"
+        );
+        assert!(
+            notes.failed("policy-error", "no metric rps", false),
+            "abstains no more"
+        );
+        assert!(notes.failed("trap", "no metric rps", false), "another kind");
+        assert!(notes.decided(), "ends");
+        assert!(!notes.decided());
+        assert!(notes.failed("trap", "no metric rps", false), "starts again");
+        notes.load_failure = Some(5);
+        assert!(
+            !notes.failed("trap", "no metric rps", false),
+            "kept apart from the journal's note"
+        );
     }
 
     #[test]
