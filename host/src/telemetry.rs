@@ -166,9 +166,17 @@ impl Collector for ScalerMetrics {
     }
 }
 
+/// Evaluation latency buckets, 10 µs .. 5 s (evaluations take
+/// microseconds, timeouts are 100 ms and more): 1-2.5-5 steps written out,
+/// so the `le` labels read as written (2.5× steps computed by
+/// multiplication gave `le="0.006103515625000001"`).
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 fn latency_histogram() -> Histogram {
-    // 10 µs .. ~5 s: evaluations are microseconds, timeouts are 100 ms+.
-    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// Every metric the host exposes about itself.
@@ -383,6 +391,24 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_labels_read_as_written() {
+        let t = Telemetry::new();
+        let labels = ModuleLabels { module: "m".into() };
+        t.evaluation_duration.get_or_create(&labels).observe(0.003);
+        t.tick_lag.observe(0.003);
+        let text = t.encode();
+        let les: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("_bucket{"))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .collect();
+        assert!(les.contains(&"0.0025") && les.contains(&"0.008"), "{les:?}");
+        for le in les {
+            assert!(le.len() <= 12, "bucket label with float noise: {le}");
+        }
+    }
 
     #[test]
     fn exposition_names_every_metric_with_prefix() {
