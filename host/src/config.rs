@@ -23,6 +23,7 @@ mod location;
 /// Deserializers whose errors say what a value should look like.
 mod friendly {
     use std::net::SocketAddr;
+    use std::path::PathBuf;
 
     use bytesize::ByteSize;
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
@@ -56,6 +57,24 @@ mod friendly {
         } else {
             size.as_u64().serialize(s)
         }
+    }
+
+    /// A file or folder path that is not blank (`""` or spaces would name
+    /// the config's own folder, or a file called "   ").
+    pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Err(D::Error::custom(format!(
+                "{text:?} is a blank path; give a file or folder name (relative paths are \
+                 relative to the config file's folder)"
+            )));
+        }
+        Ok(PathBuf::from(text))
+    }
+
+    /// [`path`], when given.
+    pub fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        path(d).map(Some)
     }
 
     /// An IP address and port; host names are not resolved.
@@ -653,7 +672,11 @@ pub struct RuntimeLimits {
     /// restart or a flip back to an earlier module skips compiling. `None`:
     /// the daemon uses `scalewise-cache` next to the journal; the runtime
     /// alone (e.g. `scalewise check`) caches nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "friendly::optional_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -740,6 +763,7 @@ pub enum WatchMode {
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
     /// The SQLite database file. Relative to the config file's folder.
+    #[serde(deserialize_with = "friendly::path")]
     pub path: PathBuf,
     /// Records older than this are deleted.
     #[serde(with = "humantime_serde")]
@@ -909,6 +933,7 @@ pub struct SpikeConfig {
 #[serde(deny_unknown_fields)]
 pub struct TraceConfig {
     /// A `timestamp_s,requests` CSV file (see shared traces); relative to the config file.
+    #[serde(deserialize_with = "friendly::path")]
     pub path: PathBuf,
     /// Multiplies every rate (to fit the trace to the service's capacity).
     #[serde(default = "one")]

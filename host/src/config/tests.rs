@@ -674,10 +674,27 @@ fn each_problem_is_reported_at_its_place() {
         ),
         case(
             "journal path is a folder",
-            &[("[clock]", "[journal]\npath = \"\"\n\n[clock]")],
-            "\"\"",
+            &[("[clock]", "[journal]\npath = \"./\"\n\n[clock]")],
+            "\"./\"",
             "journal",
             "is a folder; give the database file",
+        ),
+        parse_case(
+            "blank journal path",
+            &[("[clock]", "[journal]\npath = \"  \"\n\n[clock]")],
+            "\"  \"",
+            "journal",
+            "path: \"  \" is a blank path; give a file or folder name",
+        ),
+        parse_case(
+            "blank cache folder",
+            &[(
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\ncache_dir = \"\"",
+            )],
+            "\"\"",
+            "runtime",
+            "cache_dir: \"\" is a blank path",
         ),
         parse_case(
             "not a size",
