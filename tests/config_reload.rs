@@ -270,6 +270,34 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
             .contains("speed (4) must be 1 while a Prometheus source is configured"),
         "{message}"
     );
+
+    // A scaler on a simulation added in the same file: [simulations] are
+    // read only at start, so it is refused, at the scaler's target.
+    let text = config_text(4.0, 50, "native", runtime)
+        + "\n[simulations.jobs]\ncapacity_per_replica = 10.0\ninitial_replicas = 1\n\n\
+           [simulations.jobs.load]\nbase = 5.0\n\n[[scalers]]\nname = \"jobs\"\n\
+           interval = \"1s\"\nmin = 1\nmax = 5\n\
+           target = { kind = \"simulator\", service = \"jobs\" }\n\n\
+           [[scalers.policies]]\nmodule = \"counter\"\n";
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "refused", 3).await;
+    let error = d.get("/v1/config").await.unwrap()["last_error"].clone();
+    let message = error["error"].as_str().unwrap();
+    assert!(
+        message.contains("simulation \"jobs\" is new in this file"),
+        "{message}"
+    );
+    let target_line = text
+        .lines()
+        .position(|l| l.contains("service = \"jobs\""))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        error["problems"][0]["line"].as_u64(),
+        Some(target_line as u64),
+        "{error}"
+    );
+    assert_eq!(scaler_count(&d).await, 1);
     assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 10);
     d.stop().await.unwrap();
 }

@@ -110,7 +110,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use toml::Spanned;
 
-use location::{Document, Hit, Seg};
+use location::{Document, Hit, Seg, keys};
 pub use policies::{ParamProblem, PolicyCatalog, PolicyUses, param_problems, toml_to_json};
 pub use secret::SecretError;
 
@@ -387,6 +387,48 @@ impl Config {
         into_result(problems)
     }
 
+    /// Checks a reloaded config's scalers against the simulated services
+    /// the daemon runs (`running` tells whether it has one by that name):
+    /// `[simulations]` are read only at start, so a scaler cannot use an
+    /// entry this reload adds. Each use is located.
+    pub fn check_running_simulations(
+        &self,
+        running: &dyn Fn(&str) -> bool,
+    ) -> Result<(), ConfigError> {
+        let added = |name: &str| self.simulations.contains_key(name) && !running(name);
+        let message = |name: &str| {
+            format!(
+                "simulation {name:?} is new in this file, and [simulations] are read only at \
+                 start: restart the daemon to use it"
+            )
+        };
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
+        let mut problems = Vec::new();
+        for (i, scaler) in self.scalers.iter().enumerate() {
+            let scaler = scaler.get_ref();
+            if let Some(service) = scaler.target.get_ref().simulation()
+                && added(service)
+            {
+                problems.push(
+                    doc.value_problem(&keys!["scalers", i, "target", "service"], message(service)),
+                );
+            }
+            for (name, metric) in &scaler.metrics {
+                let metric = metric.get_ref();
+                if metric.source == validate::SIMULATOR_SOURCE
+                    && let Some((service, _)) = metric.query.split_once('/')
+                    && added(service)
+                {
+                    problems.push(doc.value_problem(
+                        &keys!["scalers", i, "metrics", name.as_str(), "query"],
+                        message(service),
+                    ));
+                }
+            }
+        }
+        into_result(problems)
+    }
     /// Checks this config as a running daemon would apply it: the sections
     /// that change only at a restart (`policy_dir`, `[runtime]`, `[api]`,
     /// `[journal]`, `[clock]`, `[watch]`) keep `running`'s values, and the

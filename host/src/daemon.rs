@@ -587,9 +587,11 @@ impl Daemon {
         );
         let path = source.path.clone();
         let running = Arc::clone(&self.config);
+        let simulation = self.simulation.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             Config::load(&path).and_then(|config| {
                 config.validate_against_running(&running)?;
+                config.check_running_simulations(&|name| simulation.contains(name))?;
                 Ok(config)
             })
         })

@@ -287,6 +287,11 @@ impl Simulation {
             })
     }
 
+    /// Whether there is a service called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.services.contains_key(name)
+    }
+
     /// The services' names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.services.keys().map(String::as_str)
