@@ -212,6 +212,10 @@ pub struct Recovery {
     /// Ticks since the requested time, oldest first: recommendations for the
     /// stabilisation windows, scale events for cooldowns and rate limits.
     pub ticks: Vec<TickSummary>,
+    /// Whether `ticks` begins the scaler's history (the journal has no
+    /// older tick of it): its first tick is where the envelope seeded the
+    /// initial recommendation, which a restart must seed again.
+    pub begins_history: bool,
     /// Each policy's state after the newest tick that evaluated policies, in
     /// that tick's config order. Match them to the current config by index
     /// and module name.
@@ -969,6 +973,26 @@ mod tests {
             5,
             "no delay: one commit per awaited append"
         );
+        journal.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recovery_says_whether_it_begins_the_scalers_history() {
+        let now = Clock::system().now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        let empty = journal.recover("web", now - 60_000).await.unwrap();
+        assert!(!empty.begins_history, "no ticks, no history");
+        journal.append(tick("web", now - 30_000)).await.unwrap();
+        journal.append(tick("web", now - 15_000)).await.unwrap();
+        let all = journal.recover("web", now - 60_000).await.unwrap();
+        assert_eq!(all.ticks.len(), 2);
+        assert!(all.begins_history);
+        let part = journal.recover("web", now - 20_000).await.unwrap();
+        assert_eq!(part.ticks.len(), 1);
+        assert!(!part.begins_history, "an older tick exists");
+        let other = journal.recover("api", now - 60_000).await.unwrap();
+        assert!(other.ticks.is_empty() && !other.begins_history);
         journal.close().await.unwrap();
     }
 

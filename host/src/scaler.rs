@@ -334,7 +334,7 @@ impl Scaler {
             );
         }
         self.handle.paused.store(paused, Ordering::Relaxed);
-        self.envelope = restore_envelope(&recovery.ticks);
+        self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history);
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
         Ok(recovery.ticks.len())
     }
@@ -919,11 +919,22 @@ fn metrics_read<'a>(
 /// Rebuilds the envelope's history from the journal's tick summaries
 /// (oldest first): every tick's recommendation, and a scale event for each
 /// tick whose actuation was carried out.
-fn restore_envelope(ticks: &[TickSummary]) -> EnvelopeState {
-    let recommendations = ticks
-        .iter()
-        .filter(|t| !matches!(t.actuation, ActuationRecord::ObserveFailed { .. }))
-        .map(|t| (t.time_ms, t.recommendation));
+fn restore_envelope(ticks: &[TickSummary], begins_history: bool) -> EnvelopeState {
+    let observed = || {
+        ticks
+            .iter()
+            .filter(|t| !matches!(t.actuation, ActuationRecord::ObserveFailed { .. }))
+    };
+    // The scaler's first tick seeded its history with the count it found
+    // (HPA's initial recommendation); seeded again here, so a restart in a
+    // new scaler's first window does not let it scale down at once.
+    let seed = observed()
+        .next()
+        .filter(|_| begins_history)
+        .map(|first| (first.time_ms, first.current));
+    let recommendations = seed
+        .into_iter()
+        .chain(observed().map(|t| (t.time_ms, t.recommendation)));
     let events = ticks.iter().filter_map(|t| match t.actuation {
         ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => Some(ScaleEvent {
             timestamp_ms: t.time_ms,
@@ -1036,6 +1047,49 @@ mod tests {
             kind: "policy_error".into(),
             error: "metric \"queue\" could not be read: query returned no data".into(),
         })
+    }
+
+    #[test]
+    fn a_restart_in_a_new_scalers_first_window_seeds_it_again() {
+        let tick = |time_ms, current, recommendation| TickSummary {
+            id: 1,
+            time_ms,
+            mode: crate::config::Mode::Enforce,
+            current,
+            desired: current,
+            recommendation,
+            actuation: ActuationRecord::None,
+        };
+        // A new scaler found 10 replicas and was asked for 2 twice, held by
+        // the seed of its first tick; the daemon restarts a minute in.
+        let ticks = [tick(0, 10, 2), tick(15_000, 10, 2)];
+        let behavior = crate::config::Behavior::default();
+        let desired = |mut state: EnvelopeState, now_ms| {
+            let input = envelope::Input {
+                now_ms,
+                current: 10,
+                min: 1,
+                max: 20,
+                proposal: Some(2),
+                failed_metrics: &[],
+                policy_failed: false,
+                paused: false,
+                in_flight: None,
+                behavior: &behavior,
+            };
+            envelope::apply(&mut state, &input).desired
+        };
+        assert_eq!(desired(restore_envelope(&ticks, true), 60_000), 10);
+        assert_eq!(
+            desired(restore_envelope(&ticks, true), 301_000),
+            2,
+            "the seed holds for the scale-down window only"
+        );
+        assert_eq!(
+            desired(restore_envelope(&ticks, false), 60_000),
+            2,
+            "a history that began before these ticks has no seed among them"
+        );
     }
 
     #[test]

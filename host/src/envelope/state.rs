@@ -55,10 +55,10 @@ impl EnvelopeState {
     /// Rebuilds the state from the journal at restart: each tick's
     /// `(time_ms, recommendation)` and each change the actuator made, both
     /// oldest first. Feeding a scaler's journaled ticks gives the same
-    /// verdicts as the state that lived through them, but for one thing:
-    /// a new scaler's initial recommendation (its count at its first tick,
-    /// as upstream HPA seeds it) is not journaled, so a restart within a
-    /// new scaler's first stabilisation window forgets it.
+    /// verdicts as the state that lived through them when the caller also
+    /// feeds, first, a new scaler's initial recommendation (its count at its
+    /// first tick, as upstream HPA seeds it), which is not a column of the
+    /// journal: the scaler's restore does, from its first journaled tick.
     pub fn restore(
         recommendations: impl IntoIterator<Item = (i64, u32)>,
         events: impl IntoIterator<Item = ScaleEvent>,

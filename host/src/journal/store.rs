@@ -357,9 +357,17 @@ impl Reader {
             ),
             [scaler],
         )?;
+        let older: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM ticks WHERE scaler = ?1 AND time_ms < ?2)",
+            )
+            .and_then(|mut stmt| stmt.query_row((scaler, since_ms), |row| row.get(0)))
+            .map_err(|e| self.read_error(e))?;
         Ok(Recovery {
             paused,
             last,
+            begins_history: !ticks.is_empty() && !older,
             ticks,
             policy_states: evaluated.first().map(policy_states).unwrap_or_default(),
         })
