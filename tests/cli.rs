@@ -103,6 +103,29 @@ fn eval_prints_the_decision_as_json() {
 }
 
 #[test]
+fn a_module_larger_than_the_memory_limit_is_refused_in_our_words() {
+    // wasmtime's own text, not a copy of it: the parser that rewords it
+    // must keep up with the wasmtime in use.
+    let example = data_dir().join("contexts").join("example.json");
+    let (code, out, err) = cli(&[
+        "eval",
+        artifacts::FAULTS,
+        "--context",
+        example.to_str().unwrap(),
+        "--max-memory",
+        "1MiB",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("the module's memory starts at "), "{err}");
+    assert!(
+        err.contains(
+            " bytes), more than the memory limit of 1.0 MiB (runtime.max_memory, or --max-memory)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_usage_reports_the_memory_the_call_used() {
     let example = data_dir().join("contexts").join("example.json");
     let ctx = example.to_str().unwrap();
