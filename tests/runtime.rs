@@ -66,6 +66,40 @@ fn traps_carry_the_guest_backtrace() {
     let err = module.evaluate(&fault("panic")).unwrap_err();
     assert!(err.message.contains("wasm backtrace"), "{}", err.message);
     assert!(err.message.contains("unreachable"), "{}", err.message);
+    // Readable: the summary, what the policy printed, then the frames of
+    // this stripped module as offsets on one line, each cause said once.
+    let lines: Vec<&str> = err.message.lines().collect();
+    assert_eq!(
+        lines[0], "the policy trapped: wasm trap: wasm `unreachable` instruction executed",
+        "{}",
+        err.message
+    );
+    assert_eq!(lines[1], "policy stderr:", "{}", err.message);
+    let panic = lines
+        .iter()
+        .position(|l| l.contains("panics on purpose"))
+        .unwrap();
+    let frames = lines
+        .iter()
+        .position(|l| l.starts_with("wasm backtrace"))
+        .unwrap();
+    assert!(
+        panic < frames && frames == lines.len() - 1,
+        "{}",
+        err.message
+    );
+    assert!(
+        lines[frames].contains("no function names"),
+        "{}",
+        err.message
+    );
+    assert!(!err.message.contains("<unknown>"), "{}", err.message);
+    assert_eq!(
+        err.message.matches("instruction executed").count(),
+        1,
+        "{}",
+        err.message
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    WasmBacktrace,
 };
 
 use crate::config::RuntimeLimits;
@@ -501,7 +502,12 @@ fn run<R>(
     }
     let result = result.map_err(|mut err| {
         if !stderr.is_empty() && err.kind != EvalErrorKind::PolicyError {
-            err.message = format!("{}\npolicy stderr:\n{}", err.message, stderr.trim_end());
+            // What the policy said (a panic's message, say) right after the
+            // summary, before wasmtime's detail.
+            let (summary, detail) = err.message.split_once('\n').unwrap_or((&err.message, ""));
+            err.message = format!("{summary}\npolicy stderr:\n{}\n{detail}", stderr.trim())
+                .trim_end()
+                .to_owned();
         }
         err.message = host::truncate(&err.message, MAX_ERROR_MESSAGE_BYTES).into_owned();
         err
@@ -517,7 +523,6 @@ fn classify(
     store: &Store<HostState>,
     limits: &RuntimeLimits,
 ) -> EvalError {
-    let detail = format!("{err:?}");
     let (kind, summary) = if let Some(m) = err.downcast_ref::<MemoryLimitExceeded>() {
         (EvalErrorKind::OutOfMemory, m.to_string())
     } else if let Some(trap) = err.downcast_ref::<Trap>() {
@@ -571,7 +576,43 @@ fn classify(
     } else {
         (EvalErrorKind::Trap, "the call failed".to_string())
     };
+    let detail = error_detail(err, &summary);
     EvalError::new(kind, format!("{summary}\n{detail}"))
+}
+
+/// What wasmtime says about `err` beyond `summary`. With a guest backtrace:
+/// the causes the summary does not already say, then the backtrace; a
+/// module without function names (a stripped build) has its frames as code
+/// offsets on one line rather than a line of `<unknown>` each.
+fn error_detail(err: &wasmtime::Error, summary: &str) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace";
+    let Some(backtrace) = err.downcast_ref::<WasmBacktrace>() else {
+        return format!("{err:?}");
+    };
+    let mut lines: Vec<String> = err
+        .chain()
+        .map(ToString::to_string)
+        .filter(|cause| !cause.starts_with(BACKTRACE) && !summary.contains(cause.as_str()))
+        .collect();
+    let frames = backtrace.frames();
+    if frames.iter().all(|frame| frame.func_name().is_none()) {
+        let offsets: Vec<String> = frames
+            .iter()
+            .map(|frame| match frame.module_offset() {
+                Some(offset) => format!("{offset:#x}"),
+                None => format!("function {}", frame.func_index()),
+            })
+            .collect();
+        lines.push(format!(
+            "wasm backtrace, innermost first ({} frames; the module has no function names, so \
+             code offsets): {}",
+            frames.len(),
+            offsets.join(" ")
+        ));
+    } else {
+        lines.push(backtrace.to_string());
+    }
+    lines.join("\n")
 }
 
 /// Refuses bytes that are not a Wasm component before compiling, with a hint.
