@@ -645,6 +645,54 @@ fn run_config_logging(text: &str, filter: &str) -> (Option<i32>, String, String)
 }
 
 #[test]
+fn a_restart_at_a_faster_clock_resumes_after_the_journal() {
+    // A run at 100x dates its records up to 100 s ahead of the wall clock;
+    // the next run must not write its ticks before them (its windows and
+    // cooldowns would come from its own future).
+    let policies = scalewise_tests::policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.db");
+    let path = dir.path().join("scalewise.toml");
+    let text = GOOD
+        .replace("{policies}", &policies.path().display().to_string())
+        .replace("{journal}", &journal.display().to_string())
+        + "\n[clock]\nspeed = 100.0\n";
+    std::fs::write(&path, text).unwrap();
+    let run = || {
+        let out = Command::new(scalewise_bin())
+            .args(["run", "--for", "1s", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    run();
+    let second = run();
+    assert!(
+        second.contains("Simulated time resumes after the journal's newest record"),
+        "{second}"
+    );
+    let journal = scalewise::journal::Journal::open_read_only(&journal).unwrap();
+    let mut records = journal
+        .query_blocking(&scalewise::journal::Query::latest(1_000))
+        .unwrap();
+    records.sort_by_key(|r| r.id);
+    assert!(records.len() >= 4, "{} records", records.len());
+    for pair in records.windows(2) {
+        assert!(
+            pair[0].time_ms <= pair[1].time_ms,
+            "record {} at {} was written after record {} at {}",
+            pair[1].id.unwrap(),
+            pair[1].time_ms,
+            pair[0].id.unwrap(),
+            pair[0].time_ms
+        );
+    }
+}
+
+#[test]
 fn the_binary_runs_a_good_config() {
     let (code, stderr, _) = run_config(GOOD);
     assert_eq!(code, Some(0), "{stderr}");

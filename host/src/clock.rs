@@ -97,6 +97,12 @@ pub fn parse_time_ms(text: &str) -> Result<i64, String> {
         })
 }
 
+/// A time in ms since the Unix epoch, as RFC 3339 (UTC, milliseconds).
+pub fn format_ms(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -623,6 +623,12 @@ impl Journal {
         self.read(move |journal| journal.get_blocking(id)).await
     }
 
+    /// When the newest tick of any scaler ran; `None` for an empty journal.
+    /// Blocking, for the CLI.
+    pub fn newest_time_ms_blocking(&self) -> Result<Option<i64>, JournalError> {
+        self.inner.readers.with(|reader| reader.newest_time_ms())
+    }
+
     /// Blocking [`get`](Self::get), for the CLI.
     pub fn get_blocking(&self, id: i64) -> Result<Option<TickRecord>, JournalError> {
         self.inner.readers.with(|reader| reader.get(id))

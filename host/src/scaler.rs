@@ -13,12 +13,13 @@
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::actuators::{Actuation, Actuator, Observed};
+use crate::clock::format_ms;
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
@@ -858,12 +859,6 @@ fn with_defaults(configured: &serde_json::Value, info: &PolicyInfo) -> serde_jso
         }
     }
     serde_json::Value::Object(object)
-}
-
-/// A wall-clock time in ms since the epoch, as RFC 3339 (UTC).
-fn format_ms(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// Combines the policies' answers: scale-out wins. A policy that holds votes

@@ -3,10 +3,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::clock::{Clock, wall_clock_ms};
+use crate::clock::{Clock, format_ms, wall_clock_ms};
 use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError};
 use crate::demo;
+use crate::journal::Journal;
 
 use super::RunArgs;
 
@@ -36,13 +37,47 @@ async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }
-    let clock = Clock::starting_at(wall_clock_ms(), config.clock.speed);
+    let clock = start_clock(&config, wall_clock_ms());
     tracing::info!(config = %path.display(), scalers = config.scalers.len(), "Starting Scalewise.");
     let mut daemon = Daemon::build_with_compiler(config, clock, args.compiler.clone()).await?;
     // SIGHUP, or the file changing, re-reads it; --listen keeps applying.
     daemon.enable_config_reload(args.listen);
     let listener = daemon.bind_api().await?;
     daemon.run(Some(listener), stop_signal(args)).await
+}
+
+/// The daemon's clock, at `now_ms` (the wall clock) and the config's speed;
+/// a faster clock resumes after the journal's newest record instead. A run
+/// at 10x leaves records dated ahead of the wall clock: a restart at wall
+/// time would write its ticks before them, restore windows and cooldowns
+/// from its own future and list the old run's records as the newest.
+pub fn start_clock(config: &Config, now_ms: i64) -> Clock {
+    let speed = config.clock.speed;
+    let path = &config.journal.path;
+    let newest = match path.exists() {
+        true => Journal::open_read_only(path).and_then(|journal| journal.newest_time_ms_blocking()),
+        false => Ok(None),
+    };
+    match newest {
+        Ok(Some(newest)) if newest >= now_ms && speed != 1.0 => {
+            tracing::info!(
+                journal = %path.display(),
+                newest = %format_ms(newest),
+                "Simulated time resumes after the journal's newest record, which an earlier run at a faster clock dated ahead of the wall clock."
+            );
+            Clock::starting_at(newest + 1, speed)
+        }
+        Ok(Some(newest)) if newest > now_ms => {
+            tracing::warn!(
+                journal = %path.display(),
+                newest = %format_ms(newest),
+                "The journal has records dated after now (an earlier run with a faster clock, or the wall clock moved back); windows and cooldowns restored from them may hold the scalers until then."
+            );
+            Clock::starting_at(now_ms, speed)
+        }
+        // An unreadable journal is reported when the daemon opens it.
+        _ => Clock::starting_at(now_ms, speed),
+    }
 }
 
 async fn run_demo(args: &RunArgs, out: &mut dyn Write) -> Result<(), DaemonError> {

@@ -251,6 +251,14 @@ impl Reader {
             .map_err(|e| self.read_error(e))
     }
 
+    /// The time of the newest tick of any scaler.
+    pub(super) fn newest_time_ms(&mut self) -> Result<Option<i64>, JournalError> {
+        self.conn
+            .prepare_cached("SELECT MAX(time_ms) FROM ticks")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(|e| self.read_error(e))
+    }
+
     /// Everything recovery needs, from one read transaction (one snapshot).
     /// The scaler's newest `limit` ticks as summaries (no record decoded),
     /// oldest first.
