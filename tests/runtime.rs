@@ -463,6 +463,7 @@ fn every_policy_and_fixture_loads_except_the_broken_ones() {
 /// One event logged to the policy target: its fields as text.
 #[derive(Debug, Default)]
 struct LogEvent {
+    level: Option<tracing::Level>,
     fields: std::collections::BTreeMap<String, String>,
 }
 
@@ -504,7 +505,10 @@ fn policy_log(f: impl FnOnce()) -> Vec<LogEvent> {
             _ctx: tracing_subscriber::layer::Context<'_, S>,
         ) {
             if event.metadata().target() == POLICY_LOG_TARGET {
-                let mut e = LogEvent::default();
+                let mut e = LogEvent {
+                    level: Some(*event.metadata().level()),
+                    ..LogEvent::default()
+                };
                 event.record(&mut e);
                 self.0.lock().unwrap().push(e);
             }
@@ -515,6 +519,32 @@ fn policy_log(f: impl FnOnce()) -> Vec<LogEvent> {
     let subscriber = tracing_subscriber::registry().with(Collect(Arc::clone(&events)));
     tracing::subscriber::with_default(subscriber, f);
     std::mem::take(&mut *events.lock().unwrap())
+}
+
+#[test]
+fn a_failed_calls_stderr_is_in_its_error_not_repeated_as_a_warning() {
+    let module = lenient_load(artifacts::FAULTS);
+    let mut err = None;
+    let events = policy_log(|| err = module.evaluate(&fault("panic")).err());
+    let err = err.expect("the panic fails the call");
+    assert!(err.message.contains("panics on purpose"), "{}", err.message);
+    // At the debug level only: the scaler logs the error (with this text)
+    // when the failure starts or changes, not on every tick.
+    let stderr: Vec<_> = events
+        .iter()
+        .filter(|e| e.fields.get("stream").map(String::as_str) == Some("stderr"))
+        .collect();
+    assert_eq!(stderr.len(), 1);
+    assert_eq!(stderr[0].level, Some(tracing::Level::DEBUG));
+    // A call that succeeds still sends its output to the log as it is.
+    let events = policy_log(|| {
+        module.evaluate(&fault("print-flood")).unwrap();
+    });
+    assert!(
+        events
+            .iter()
+            .all(|e| e.level != Some(tracing::Level::DEBUG))
+    );
 }
 
 #[test]

@@ -495,7 +495,8 @@ fn run<R>(
         Ok(policy) => call(&policy, &mut store).map_err(|e| classify(&e, false, &store, limits)),
         Err(e) => Err(classify(&e, true, &store, limits)),
     };
-    let stderr = store.data_mut().finish();
+    let stderr_in_error = matches!(&result, Err(e) if e.kind != EvalErrorKind::PolicyError);
+    let stderr = store.data_mut().finish(stderr_in_error);
     let mut usage = store.data().limiter.usage;
     if limits.fuel > 0 {
         usage.fuel_consumed = store.get_fuel().ok().map(|left| limits.fuel - left);

@@ -76,7 +76,11 @@ impl HostState {
 
     /// Sends what the guest printed to the host log and reports dropped log
     /// messages. Returns the captured stderr (it often explains a trap).
-    pub(crate) fn finish(&mut self) -> String {
+    /// `stderr_in_error`: the call failed and its error carries the stderr,
+    /// so it is logged at the debug level only (the scaler logs the error
+    /// when the failure starts or changes; a policy panicking on every tick
+    /// would otherwise repeat its panic message in the log every tick).
+    pub(crate) fn finish(&mut self, stderr_in_error: bool) -> String {
         let out = self.stdout.take();
         let err = self.stderr.take();
         let log = &self.log;
@@ -90,7 +94,16 @@ impl HostState {
                 out.trim_end()
             );
         }
-        if !err.is_empty() {
+        if !err.is_empty() && stderr_in_error {
+            tracing::debug!(
+                target: POLICY_LOG_TARGET,
+                module = %log.module,
+                scaler = %log.scaler,
+                stream = "stderr",
+                "{}",
+                err.trim_end()
+            );
+        } else if !err.is_empty() {
             tracing::warn!(
                 target: POLICY_LOG_TARGET,
                 module = %log.module,
