@@ -559,7 +559,19 @@ async fn journaled_decisions_replay_and_export_through_the_binary() {
     assert_eq!(serde_json::from_str::<TickRecord>(&out).unwrap(), *scale_up);
     let (code, _, err) = scalewise(&["journal", "show", "--journal", journal, "424242"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("no record with id 424242"), "{err}");
+    let missing = format!("error: no record with id 424242 in {journal}\n");
+    assert!(err.ends_with(&missing), "{err}");
+    // eval says it the same way, once.
+    let (code, _, err) = scalewise(&[
+        "eval",
+        always_errors.to_str().unwrap(),
+        "--record",
+        "424242",
+        "--journal",
+        journal,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.ends_with(&missing), "{err}");
 
     // journal export: JSON lines, oldest first, filtered.
     let (code, out, err) =

@@ -335,6 +335,22 @@ fn eval_against_a_record_reproduces_it() {
     let file = write_json(dir.path(), "failed.json", &failed);
     let (code, out, _) = cli(&["eval", artifacts::FAULTS, "--context", &file]);
     assert_eq!(code, 0, "{out}");
+
+    // A tick whose module was not there ran nothing: the replay says so,
+    // rather than only that the digests differ.
+    let mut unavailable = recorded(artifacts::BENCH_HPA, json!({"metric": "cpu", "target": 20}));
+    unavailable.digest = None;
+    unavailable.outcome = EvaluationOutcome::Failed {
+        kind: "module_unavailable".into(),
+        error: "module \"bench-hpa\" was deleted".into(),
+    };
+    let file = write_json(dir.path(), "unavailable.json", &unavailable);
+    let (code, _, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the record's evaluation ran no module"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -427,13 +427,19 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                 .map_err(|e| format!("cannot read it: {e}"))
                 .and_then(|text| parse_eval_input(&text, module.name())),
         ),
-        (None, Some(id), Some(journal)) => (
-            format!("{} record {id}", journal.display()),
-            journal::read_record(journal, id).and_then(|record| {
-                let text = serde_json::to_string(&record).map_err(|e| e.to_string())?;
-                parse_eval_input(&text, module.name())
-            }),
-        ),
+        (None, Some(id), Some(journal)) => match journal::read_record(journal, id) {
+            Ok(record) => (
+                format!("{} record {id}", journal.display()),
+                serde_json::to_string(&record)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| parse_eval_input(&text, module.name())),
+            ),
+            // Its message names the journal and the id already.
+            Err(e) => {
+                writeln!(err, "error: {e}")?;
+                return Ok(1);
+            }
+        },
         _ => (
             String::new(),
             Err("give --context FILE, or --record ID with --journal FILE".into()),
@@ -530,6 +536,13 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             }
             let replay = eval_against_record(&module, &evaluation);
             writeln!(out, "{}", to_pretty(&replay))?;
+            if evaluation.digest.is_none() {
+                writeln!(
+                    err,
+                    "replay: the record's evaluation ran no module (the module was not \
+                     available then), so there is no recorded digest to match"
+                )?;
+            }
             writeln!(
                 err,
                 "replay: the answer {} the record; the module digest {} the recorded one",

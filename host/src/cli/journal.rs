@@ -50,7 +50,7 @@ pub fn read_record(path: &Path, id: i64) -> Result<TickRecord, String> {
     journal
         .get_blocking(id)
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{}: no record with id {id}", path.display()))
+        .ok_or_else(|| format!("no record with id {id} in {}", path.display()))
 }
 
 fn export(
