@@ -254,9 +254,22 @@ fn eval_checks_params_against_what_the_module_declares() {
     assert!(out.contains("\"desired\""), "{out}");
     assert!(
         err.contains("warning:")
-            && err.contains("unknown parameter \"metric\"; faults accepts: mode"),
+            && err.contains("unknown parameter \"metric\"; faults accepts: mode (left out;"),
         "{err}"
     );
+    // Left out of the call: a policy that checks its parameters (the SDK's
+    // threshold) decides on one example context made for another policy.
+    let (code, out, err) = cli(&[
+        "eval",
+        artifacts::THRESHOLD,
+        "--context",
+        &ctx,
+        "--params",
+        "upper=80",
+        "lower=20",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("\"reason\""), "{out}");
     // A misspelt --params is refused, as config load would refuse it.
     let (code, out, err) = cli(&[
         "eval",

@@ -471,9 +471,21 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                     .is_some_and(|key| args.params.iter().any(|(k, _)| k == key))
             });
             for problem in &warned {
+                let left_out = match problem {
+                    // Left out of the call too: the daemon never hands a
+                    // policy a parameter it does not declare (the SDK's
+                    // checked parameters would refuse it).
+                    ParamProblem::Unknown { key, .. } => {
+                        if let Value::Object(map) = &mut ctx.parameters {
+                            map.remove(key);
+                        }
+                        "left out; "
+                    }
+                    _ => "",
+                };
                 writeln!(
                     err,
-                    "warning: {source}: {} (the daemon would refuse this in a config)",
+                    "warning: {source}: {} ({left_out}the daemon would refuse this in a config)",
                     problem.message()
                 )?;
             }
