@@ -722,6 +722,21 @@ fn a_restart_at_a_faster_clock_resumes_after_the_journal() {
 }
 
 #[test]
+fn the_log_has_a_line_per_change_of_replicas() {
+    // One replica at 100 % CPU against a target of 60: target tracking
+    // scales out on the first tick (the clock runs 100x, 15 s ticks).
+    let text =
+        GOOD.replace("initial_replicas = 2", "initial_replicas = 1") + "\n[clock]\nspeed = 100.0\n";
+    let (code, stderr, _) = run_config_logging(&text, "scalewise::scale=info");
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("Scaled: 1 → 2 — target-tracking: "))
+        .unwrap_or_else(|| panic!("no line for the scale-out in\n{stderr}"));
+    assert!(line.contains("scaler=web"), "{line}");
+}
+
+#[test]
 fn the_binary_runs_a_good_config() {
     let (code, stderr, _) = run_config(GOOD);
     assert_eq!(code, Some(0), "{stderr}");

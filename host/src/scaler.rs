@@ -195,6 +195,11 @@ pub struct Scaler {
     ticks: u64,
 }
 
+/// The log target of the line each change of replicas gets (and each one a
+/// dry-run scaler would make), at INFO. The demo, which prints its own line
+/// per decision, leaves it out.
+pub const SCALE_LOG_TARGET: &str = "scalewise::scale";
+
 /// What a scaler has said about one of its policies, so that a failure that
 /// lasts is logged when it starts, when it changes and when it ends, not on
 /// every tick (a policy missing its metric for an hour at 15 s would
@@ -645,6 +650,7 @@ impl Scaler {
             record.actuation = ActuationRecord::DryRun;
             record.id = self.append(record).await;
             telemetry.actuation(&self.spec.name, "dry_run");
+            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Would scale (dry-run): {}", summarize(record));
             return;
         }
         record.actuation = ActuationRecord::Pending;
@@ -670,6 +676,9 @@ impl Scaler {
             }
         };
         record.actuation = outcome.clone();
+        if !matches!(outcome, ActuationRecord::Failed { .. }) {
+            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Scaled: {}", summarize(record));
+        }
         if let Some(id) = record.id
             && let Err(err) = self.services.journal.update_actuation(id, outcome).await
         {
