@@ -504,6 +504,56 @@ async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one() {
+    let mut d = ticking("").await;
+    let v1 = digest_of(artifacts::COUNTER);
+    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await
+        .unwrap();
+    // absurd loads, describes itself and accepts the config (no
+    // parameters), but answers u32::MAX replicas: refused by the trial on
+    // the context counter decided.
+    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    let registry = d.registry().clone();
+    wait_until_async(10 * SECOND, "the refusal", || {
+        registry.snapshot().failures.contains_key("counter")
+    })
+    .await;
+    let failure = registry.snapshot().failures["counter"].clone();
+    assert_eq!(failure.kind, "fails_on_live_context");
+    for part in [
+        "this version fails (invalid_decision) on a context the serving version decided",
+        "scaler \"web\"",
+    ] {
+        assert!(
+            failure.error.contains(part),
+            "{part:?} missing in {}",
+            failure.error
+        );
+    }
+    let next = d
+        .next_decision(5 * SECOND, |r| r.evaluations[0].load_error.is_none())
+        .await
+        .unwrap();
+    assert!(decided_by(&next, &v1).is_some(), "{next:?}");
+    let metrics = d.telemetry().encode();
+    assert!(
+        metrics.contains(
+            "scalewise_module_load_errors_total{module=\"counter\",kind=\"fails_on_live_context\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // A version that works replaces it as usual.
+    let v2 = digest_of(artifacts::COUNTER_V2);
+    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir().join("counter.wasm")).unwrap();
+    d.next_decision(10 * SECOND, |r| decided_by(r, &v2).is_some())
+        .await
+        .unwrap();
+    d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
     let mut d = ticking("").await;
     let v1 = digest_of(artifacts::COUNTER);

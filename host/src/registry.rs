@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::clock::wall_clock_ms;
 use crate::config::WatchConfig;
-use crate::policy::PolicyInfo;
+use crate::policy::{Context, PolicyInfo};
 use crate::runtime::{CodeOrigin, LoadError, PolicyModule, Runtime};
 use crate::watch::{FileStamp, FolderWatch, WatchError, Watched};
 
@@ -111,12 +111,38 @@ impl crate::config::PolicyCatalog for Snapshot {
 /// The [`LoadFailure::kind`] of a version the [`Gate`] refused.
 pub const INCOMPATIBLE_WITH_CONFIG: &str = "incompatible_with_config";
 
+/// The [`LoadFailure::kind`] of a version that failed on a context the
+/// version serving decided ([`trial`]).
+pub const FAILS_ON_LIVE_CONTEXT: &str = "fails_on_live_context";
+
+/// Tries `module`, a new version, on `sample`, a context the version it
+/// would replace decided: a version that traps, runs past a limit or
+/// answers what the contract forbids there would make its scalers hold on
+/// every tick, so it does not replace one that works. An error the policy
+/// returns itself is its own business (a new version may mean to refuse
+/// what the old accepted). The call is an ordinary evaluation: a fresh
+/// instance under the runtime's limits, nothing kept.
+fn trial(module: PolicyModule, sample: &Context) -> Result<PolicyModule, String> {
+    match module.evaluate(sample) {
+        Err(err) if err.kind.is_fault() => Err(format!(
+            "this version fails ({}) on a context the serving version decided (scaler {:?} at \
+             {}), so the serving version keeps deciding: {}",
+            err.kind.as_str(),
+            sample.scaler,
+            crate::clock::format_ms(sample.now_ms),
+            err.message
+        )),
+        _ => Ok(module),
+    }
+}
+
 /// Why a module file did not load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadFailure {
     /// The module file.
     pub path: PathBuf,
-    /// A fixed label ([`LoadError::kind`], or [`INCOMPATIBLE_WITH_CONFIG`]).
+    /// A fixed label ([`LoadError::kind`], [`INCOMPATIBLE_WITH_CONFIG`] or
+    /// [`FAILS_ON_LIVE_CONTEXT`]).
     pub kind: &'static str,
     /// The full error.
     pub error: String,
@@ -492,6 +518,7 @@ impl Registry {
             } = candidate;
             stamps.insert(name.clone(), stamp);
             let previous = next.modules.get(&name).map(|m| m.digest().to_owned());
+            let sample = next.modules.get(&name).and_then(PolicyModule::sample);
             let outcome = result
                 .map_err(|err| LoadFailure::new(&path, &err, Some(digest.clone())))
                 .and_then(|module| {
@@ -510,6 +537,17 @@ impl Registry {
                             refused_info: Some(Box::new(module.info().clone())),
                         })
                         .map(|()| module)
+                })
+                .and_then(|module| match sample {
+                    Some(sample) => trial(module, &sample).map_err(|error| LoadFailure {
+                        path: path.clone(),
+                        kind: FAILS_ON_LIVE_CONTEXT,
+                        error,
+                        at_ms: wall_clock_ms(),
+                        digest: Some(digest.clone()),
+                        refused_info: None,
+                    }),
+                    None => Ok(module),
                 });
             match outcome {
                 Ok(module) => {

@@ -21,8 +21,9 @@ mod validate;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -225,6 +226,8 @@ impl Runtime {
                 origin,
                 load_time,
                 runtime: Arc::clone(inner),
+                sample: Mutex::new(None),
+                sampled_at_ms: AtomicI64::new(i64::MIN),
             }),
         })
     }
@@ -354,7 +357,16 @@ struct ModuleInner {
     load_time: Duration,
     /// Keeps the engine and its epoch ticker alive as long as the module.
     runtime: Arc<RuntimeInner>,
+    /// A context this version decided, renewed at most once a minute of
+    /// host time: what a new version of the module is tried on before it
+    /// may replace this one ([`PolicyModule::offer_sample`]).
+    sample: Mutex<Option<Arc<Context>>>,
+    /// When `sample` was taken (`i64::MIN`: never).
+    sampled_at_ms: AtomicI64,
 }
+
+/// How often a serving module's sample context is renewed (host time).
+const SAMPLE_EVERY_MS: i64 = 60_000;
 
 impl fmt::Debug for PolicyModule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -368,6 +380,36 @@ impl fmt::Debug for PolicyModule {
 }
 
 impl PolicyModule {
+    /// Offers `ctx`, a context this version just decided, as its sample;
+    /// kept when the last one is a minute old (one atomic load otherwise).
+    pub fn offer_sample(&self, ctx: &Context) {
+        let at = self.inner.sampled_at_ms.load(Ordering::Relaxed);
+        if at != i64::MIN && ctx.now_ms.saturating_sub(at) < SAMPLE_EVERY_MS {
+            return;
+        }
+        if self
+            .inner
+            .sampled_at_ms
+            .compare_exchange(at, ctx.now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            *self
+                .inner
+                .sample
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(ctx.clone()));
+        }
+    }
+
+    /// The latest context this version decided ([`offer_sample`](Self::offer_sample)).
+    pub fn sample(&self) -> Option<Arc<Context>> {
+        self.inner
+            .sample
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The module's name (its file stem in the policy folder).
     pub fn name(&self) -> &str {
         &self.inner.name

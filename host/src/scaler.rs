@@ -817,7 +817,11 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
     let (result, usage) = module.evaluate_with_usage(&context);
     let duration_us = started.elapsed().as_micros() as u64;
     let outcome = match result {
-        Ok(decision) => EvaluationOutcome::Decided { decision },
+        Ok(decision) => {
+            // What a new version of the module is tried on first.
+            module.offer_sample(&context);
+            EvaluationOutcome::Decided { decision }
+        }
         Err(err) => EvaluationOutcome::Failed {
             kind: err.kind.as_str().to_owned(),
             error: err.message,

@@ -144,6 +144,16 @@ pub enum EvalErrorKind {
 }
 
 impl EvalErrorKind {
+    /// Whether the module itself misbehaved (trapped, ran past a limit,
+    /// answered what the contract forbids, could not be instantiated), as
+    /// opposed to a policy error it returned or a context the host refused.
+    pub fn is_fault(self) -> bool {
+        !matches!(
+            self,
+            EvalErrorKind::PolicyError | EvalErrorKind::InvalidContext
+        )
+    }
+
     /// The fixed snake_case label (metrics, journal, JSON).
     pub fn as_str(self) -> &'static str {
         match self {
