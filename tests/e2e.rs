@@ -410,6 +410,73 @@ policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50
 behavior.scale_down = { stabilization_window = "0s" }
 "#;
 
+/// Ten replicas for a load one can serve; scale-in is limited to one
+/// replica a minute and nothing else holds it back.
+const RATE_LIMITED: &str = r#"policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 10
+load = { base = 20.0 }
+
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 1
+max = 20
+target = { kind = "simulator", service = "web" }
+metrics.cpu = { source = "simulator", query = "cpu" }
+policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50.0 } }]
+behavior.scale_down = { stabilization_window = "0s", limits = [{ pods = 1, period = "1m" }] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_period_counts_from_tick_slots_not_from_jitter() {
+    let _serial = serial().await;
+    let policies = bundled();
+    // Ticks start a millisecond or three after their slot, unevenly, as
+    // they do on a busy host. Scale-in events, whichever tick made them,
+    // are then exactly 4 ticks (1 minute) apart when the envelope counts
+    // from slots; counted from start times, a tick 1 ms earlier in its slot
+    // than the event's finds the event 59,999 ms old and waits a 5th tick.
+    let gaps = |grid: bool| {
+        let policies = policies.path().to_owned();
+        async move {
+            let state = tempfile::tempdir().unwrap();
+            let text = config_text(RATE_LIMITED, &policies, &state.path().join("journal.db"));
+            let config = Config::parse(&text, &state.path().join("rate.toml")).unwrap();
+            let mut h = Harness::build(config, T0).await;
+            let scaler = h.daemon.scalers_mut().next().unwrap();
+            let mut scale_times = Vec::new();
+            for k in 0..30i64 {
+                let slot = T0 + k * 15 * SECOND;
+                let started = slot + [3, 1, 2][(k % 3) as usize];
+                let record = if grid {
+                    scaler.tick_on_grid(started, slot).await
+                } else {
+                    scaler.tick(started).await
+                };
+                if record.desired < record.target.current {
+                    scale_times.push(slot);
+                }
+            }
+            scale_times
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .collect::<Vec<i64>>()
+        }
+    };
+    let on_grid = gaps(true).await;
+    assert!(on_grid.len() >= 5, "{on_grid:?}");
+    assert!(on_grid.iter().all(|&gap| gap == MINUTE), "{on_grid:?}");
+    // The same ticks dated by their start alone: some steps wait a tick.
+    let by_start = gaps(false).await;
+    assert!(by_start.contains(&(MINUTE + 15 * SECOND)), "{by_start:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_metric_blocks_scale_in_but_not_scale_out() {
     let _serial = serial().await;

@@ -1031,6 +1031,20 @@ async fn build_scaler(
     Ok(scaler)
 }
 
+/// How far from its slot a tick may start and still be dated at its slot
+/// for the envelope ([`Scaler::tick_on_grid`]).
+const ON_TIME_MS: i64 = 1_000;
+
+/// The time the envelope counts a tick from: its slot `next` if it
+/// `started` on time, else when it started.
+fn slot_of(started: i64, next: i64) -> i64 {
+    if (started - next).abs() <= ON_TIME_MS {
+        next
+    } else {
+        started
+    }
+}
+
 /// Runs one scaler's ticks on its interval until its [`Control`] stops it,
 /// applying config changes between ticks. Ticks fall on the scaler's grid
 /// ([`next_tick_ms`] of its [`phase_key`]): many scalers do not tick in
@@ -1081,9 +1095,12 @@ fn run_scaler(
             telemetry
                 .tick_lag
                 .observe((started - next).max(0) as f64 / 1000.0 / clock.speed());
+            // A tick that starts on time (within ON_TIME_MS either way: a
+            // sped-up clock can wake a little early) counts the envelope's
+            // time from its slot; a late one from when it started.
             // Not raced against a stop: a tick in progress finishes. Boxed,
             // so that an idle scaler's task does not carry a tick's state.
-            Box::pin(scaler.tick(started)).await;
+            Box::pin(scaler.tick_on_grid(started, slot_of(started, next))).await;
             next += interval_ms;
             let now = clock.now_ms();
             if next <= now {

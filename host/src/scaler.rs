@@ -347,6 +347,17 @@ impl Scaler {
 
     /// Runs one tick at `now_ms` and returns its journal record.
     pub async fn tick(&mut self, now_ms: i64) -> TickRecord {
+        self.tick_on_grid(now_ms, now_ms).await
+    }
+
+    /// Runs one tick that started at `now_ms` for its slot `slot_ms` on the
+    /// scaler's grid. The envelope (stabilisation windows, rate-limit
+    /// periods, cooldowns) counts time from slots, so a millisecond of
+    /// jitter in when ticks start does not decide whether an event lies
+    /// inside a period: "1 pod per 1m" at 15 s ticks allows a step every
+    /// fourth tick, not every fourth or fifth. Everything else (the target,
+    /// metrics, the policies' context, the journal) uses `now_ms`.
+    pub async fn tick_on_grid(&mut self, now_ms: i64, slot_ms: i64) -> TickRecord {
         self.ticks += 1;
         self.handle.ticks.fetch_add(1, Ordering::Relaxed);
         let paused = self.handle.is_paused();
@@ -371,7 +382,7 @@ impl Scaler {
         let verdict = envelope::apply(
             &mut self.envelope,
             &envelope::Input {
-                now_ms,
+                now_ms: slot_ms,
                 current: target.current,
                 min: self.spec.min,
                 max: self.spec.max,
@@ -407,7 +418,7 @@ impl Scaler {
             recommendation: verdict.recommendation,
             actuation: ActuationRecord::None,
         };
-        self.actuate(now_ms, &mut record).await;
+        self.actuate(now_ms, slot_ms, &mut record).await;
         self.publish(&record, &observed);
         record
     }
@@ -638,7 +649,7 @@ impl Scaler {
         (evaluations, abstained)
     }
 
-    async fn actuate(&mut self, now_ms: i64, record: &mut TickRecord) {
+    async fn actuate(&mut self, now_ms: i64, slot_ms: i64, record: &mut TickRecord) {
         let current = record.target.current;
         let desired = record.desired;
         let telemetry = self.services.telemetry.clone();
@@ -657,12 +668,12 @@ impl Scaler {
         record.id = self.append(record).await;
         let outcome = match self.actuator.scale(now_ms, current, desired).await {
             Ok(Actuation::Done { detail }) => {
-                self.envelope.record_scale(now_ms, current, desired);
+                self.envelope.record_scale(slot_ms, current, desired);
                 telemetry.actuation(&self.spec.name, "done");
                 ActuationRecord::Done { detail }
             }
             Ok(Actuation::Started { detail }) => {
-                self.envelope.record_scale(now_ms, current, desired);
+                self.envelope.record_scale(slot_ms, current, desired);
                 telemetry.actuation(&self.spec.name, "started");
                 ActuationRecord::Started { detail }
             }
