@@ -510,11 +510,18 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
     d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
         .await
         .unwrap();
-    // absurd loads, describes itself and accepts the config (no
-    // parameters), but answers u32::MAX replicas: refused by the trial on
-    // the context counter decided.
-    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    // v2 replaces v1; absurd follows at once, before v2 has decided
+    // anything: it is tried on what v1 decided (the contexts belong to the
+    // module, not to a version). absurd loads, describes itself and accepts
+    // the config (no parameters), but answers u32::MAX replicas.
+    let v2 = digest_of(artifacts::COUNTER_V2);
     let registry = d.registry().clone();
+    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir().join("counter.wasm")).unwrap();
+    wait_until_async(10 * SECOND, "v2 to load", || {
+        registry.get("counter").is_some_and(|m| m.digest() == v2)
+    })
+    .await;
+    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
     wait_until_async(10 * SECOND, "the refusal", || {
         registry.snapshot().failures.contains_key("counter")
     })
@@ -522,7 +529,7 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
     let failure = registry.snapshot().failures["counter"].clone();
     assert_eq!(failure.kind, "fails_on_live_context");
     for part in [
-        "this version fails (invalid_decision) on a context the serving version decided",
+        "this version fails (invalid_decision) on a context an earlier version decided",
         "scaler \"web\"",
     ] {
         assert!(
@@ -532,10 +539,10 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
         );
     }
     let next = d
-        .next_decision(5 * SECOND, |r| r.evaluations[0].load_error.is_none())
+        .next_decision(5 * SECOND, |r| decided_by(r, &v2).is_some())
         .await
         .unwrap();
-    assert!(decided_by(&next, &v1).is_some(), "{next:?}");
+    assert!(decided_by(&next, &v2).is_some(), "{next:?}");
     let metrics = d.telemetry().encode();
     assert!(
         metrics.contains(
@@ -544,10 +551,26 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
         "{metrics}"
     );
 
-    // A version that works replaces it as usual.
-    let v2 = digest_of(artifacts::COUNTER_V2);
-    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir().join("counter.wasm")).unwrap();
-    d.next_decision(10 * SECOND, |r| decided_by(r, &v2).is_some())
+    // Deleted and restored: the file comes back as absurd, still tried.
+    std::fs::remove_file(d.policy_dir().join("counter.wasm")).unwrap();
+    wait_until_async(10 * SECOND, "the removal", || {
+        registry.get("counter").is_none()
+    })
+    .await;
+    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    wait_until_async(10 * SECOND, "the second refusal", || {
+        registry
+            .snapshot()
+            .failures
+            .get("counter")
+            .is_some_and(|f| f.kind == "fails_on_live_context" && f.at_ms > failure.at_ms)
+    })
+    .await;
+    assert!(registry.get("counter").is_none());
+
+    // A version that works loads as usual.
+    std::fs::copy(artifacts::COUNTER, d.policy_dir().join("counter.wasm")).unwrap();
+    d.next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
         .await
         .unwrap();
     d.stop().await.unwrap();

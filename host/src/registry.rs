@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::clock::wall_clock_ms;
 use crate::config::WatchConfig;
 use crate::policy::{Context, PolicyInfo};
-use crate::runtime::{CodeOrigin, LoadError, PolicyModule, Runtime};
+use crate::runtime::{CodeOrigin, LoadError, PolicyModule, Runtime, Samples};
 use crate::watch::{FileStamp, FolderWatch, WatchError, Watched};
 
 /// The loaded modules at one moment.
@@ -115,25 +115,30 @@ pub const INCOMPATIBLE_WITH_CONFIG: &str = "incompatible_with_config";
 /// version serving decided ([`trial`]).
 pub const FAILS_ON_LIVE_CONTEXT: &str = "fails_on_live_context";
 
-/// Tries `module`, a new version, on `sample`, a context the version it
-/// would replace decided: a version that traps, runs past a limit or
+/// Tries `module`, a new version, on `samples`, contexts earlier versions
+/// decided ([`Samples`]): a version that traps, runs past a limit or
 /// answers what the contract forbids there would make its scalers hold on
 /// every tick, so it does not replace one that works. An error the policy
 /// returns itself is its own business (a new version may mean to refuse
 /// what the old accepted). The call is an ordinary evaluation: a fresh
 /// instance under the runtime's limits, nothing kept.
-fn trial(module: PolicyModule, sample: &Context) -> Result<PolicyModule, String> {
-    match module.evaluate(sample) {
-        Err(err) if err.kind.is_fault() => Err(format!(
-            "this version fails ({}) on a context the serving version decided (scaler {:?} at \
-             {}), so the serving version keeps deciding: {}",
-            err.kind.as_str(),
-            sample.scaler,
-            crate::clock::format_ms(sample.now_ms),
-            err.message
-        )),
-        _ => Ok(module),
+fn trial(module: PolicyModule, samples: &[Arc<Context>]) -> Result<PolicyModule, String> {
+    for sample in samples {
+        match module.evaluate(sample) {
+            Err(err) if err.kind.is_fault() => {
+                return Err(format!(
+                    "this version fails ({}) on a context an earlier version decided (scaler \
+                     {:?} at {}), so it does not replace the version serving: {}",
+                    err.kind.as_str(),
+                    sample.scaler,
+                    crate::clock::format_ms(sample.now_ms),
+                    err.message
+                ));
+            }
+            _ => {}
+        }
     }
+    Ok(module)
 }
 
 /// Why a module file did not load.
@@ -263,6 +268,9 @@ pub struct Registry {
     files: Mutex<BTreeMap<String, FileStamp>>,
     generation: watch::Sender<u64>,
     gate: RwLock<Option<Arc<Gate>>>,
+    /// Each module's [`Samples`], by name, kept across its versions and
+    /// while its file is away.
+    samples: Mutex<BTreeMap<String, Arc<Samples>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -296,6 +304,7 @@ impl Registry {
             files: Mutex::new(BTreeMap::new()),
             generation: watch::Sender::new(0),
             gate: RwLock::new(None),
+            samples: Mutex::new(BTreeMap::new()),
         };
         let mut stamps = registry.lock_files();
         let mut snapshot = Snapshot::default();
@@ -317,6 +326,7 @@ impl Registry {
             stamps.insert(candidate.name.clone(), candidate.stamp.clone());
             match result {
                 Ok(module) => {
+                    module.share_samples(registry.samples(&candidate.name));
                     snapshot.modules.insert(candidate.name, module);
                 }
                 Err(err) => {
@@ -374,6 +384,16 @@ impl Registry {
     /// Notified with the new [`Snapshot::generation`] after every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The [`Samples`] of module `name`.
+    fn samples(&self, name: &str) -> Arc<Samples> {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Sets the check new module versions must pass ([`Gate`]); replaces
@@ -518,7 +538,7 @@ impl Registry {
             } = candidate;
             stamps.insert(name.clone(), stamp);
             let previous = next.modules.get(&name).map(|m| m.digest().to_owned());
-            let sample = next.modules.get(&name).and_then(PolicyModule::sample);
+            let samples = self.samples(&name);
             let outcome = result
                 .map_err(|err| LoadFailure::new(&path, &err, Some(digest.clone())))
                 .and_then(|module| {
@@ -538,17 +558,17 @@ impl Registry {
                         })
                         .map(|()| module)
                 })
-                .and_then(|module| match sample {
-                    Some(sample) => trial(module, &sample).map_err(|error| LoadFailure {
+                .and_then(|module| {
+                    trial(module, &samples.contexts()).map_err(|error| LoadFailure {
                         path: path.clone(),
                         kind: FAILS_ON_LIVE_CONTEXT,
                         error,
                         at_ms: wall_clock_ms(),
                         digest: Some(digest.clone()),
                         refused_info: None,
-                    }),
-                    None => Ok(module),
-                });
+                    })
+                })
+                .inspect(|module| module.share_samples(samples));
             match outcome {
                 Ok(module) => {
                     tracing::info!(

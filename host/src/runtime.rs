@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -226,8 +226,7 @@ impl Runtime {
                 origin,
                 load_time,
                 runtime: Arc::clone(inner),
-                sample: Mutex::new(None),
-                sampled_at_ms: AtomicI64::new(i64::MIN),
+                samples: OnceLock::new(),
             }),
         })
     }
@@ -357,16 +356,77 @@ struct ModuleInner {
     load_time: Duration,
     /// Keeps the engine and its epoch ticker alive as long as the module.
     runtime: Arc<RuntimeInner>,
-    /// A context this version decided, renewed at most once a minute of
-    /// host time: what a new version of the module is tried on before it
-    /// may replace this one ([`PolicyModule::offer_sample`]).
-    sample: Mutex<Option<Arc<Context>>>,
-    /// When `sample` was taken (`i64::MIN`: never).
-    sampled_at_ms: AtomicI64,
+    /// Where the contexts this version decides are offered
+    /// ([`PolicyModule::offer_sample`]); set by the registry, shared by
+    /// every version of the module.
+    samples: OnceLock<Arc<Samples>>,
 }
 
-/// How often a serving module's sample context is renewed (host time).
-const SAMPLE_EVERY_MS: i64 = 60_000;
+/// Contexts the versions of one module decided, from up to
+/// [`Samples::KEPT`] scalers, each renewed at most every
+/// [`Samples::RENEW_MS`] of host time (a context with the policy's state
+/// replaces one without at once): what a new version is tried on before it
+/// may replace the one serving. Shared by the module's versions and kept
+/// when its file is deleted, so quick successive deploys and a restored file
+/// are tried too.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// When the newest sample was taken; a cheap first check.
+    newest_ms: AtomicI64,
+    kept: Mutex<Vec<Arc<Context>>>,
+}
+
+impl Samples {
+    /// Scalers whose contexts are kept.
+    pub const KEPT: usize = 8;
+    /// How often a scaler's kept context is renewed (host time).
+    pub const RENEW_MS: i64 = 10_000;
+
+    /// Offers a context a version of the module just decided.
+    pub fn offer(&self, ctx: &Context) {
+        let newest = self.newest_ms.load(Ordering::Relaxed);
+        // Most offers end here: a context was taken within RENEW_MS, and
+        // this one brings no state where states are kept.
+        if newest != 0 && ctx.now_ms.saturating_sub(newest) < Self::RENEW_MS && ctx.state.is_none()
+        {
+            return;
+        }
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let renew = |old: &Context| {
+            ctx.now_ms.saturating_sub(old.now_ms) >= Self::RENEW_MS
+                || (old.state.is_none() && ctx.state.is_some())
+        };
+        let slot = match kept.iter().position(|c| c.scaler == ctx.scaler) {
+            Some(i) if renew(&kept[i]) => Some(i),
+            Some(_) => None,
+            None if kept.len() < Self::KEPT => {
+                kept.push(Arc::new(ctx.clone()));
+                self.newest_ms.store(ctx.now_ms, Ordering::Relaxed);
+                None
+            }
+            // Full: the oldest makes way once stale, so the kept scalers
+            // rotate through a fleet.
+            None => kept
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.now_ms)
+                .filter(|(_, c)| renew(c))
+                .map(|(i, _)| i),
+        };
+        if let Some(i) = slot {
+            kept[i] = Arc::new(ctx.clone());
+            self.newest_ms.store(ctx.now_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The kept contexts.
+    pub fn contexts(&self) -> Vec<Arc<Context>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
 
 impl fmt::Debug for PolicyModule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -380,34 +440,18 @@ impl fmt::Debug for PolicyModule {
 }
 
 impl PolicyModule {
-    /// Offers `ctx`, a context this version just decided, as its sample;
-    /// kept when the last one is a minute old (one atomic load otherwise).
+    /// Offers `ctx`, a context this version just decided, to its module's
+    /// [`Samples`] (nothing when it has none: a module outside a registry).
     pub fn offer_sample(&self, ctx: &Context) {
-        let at = self.inner.sampled_at_ms.load(Ordering::Relaxed);
-        if at != i64::MIN && ctx.now_ms.saturating_sub(at) < SAMPLE_EVERY_MS {
-            return;
-        }
-        if self
-            .inner
-            .sampled_at_ms
-            .compare_exchange(at, ctx.now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            *self
-                .inner
-                .sample
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(ctx.clone()));
+        if let Some(samples) = self.inner.samples.get() {
+            samples.offer(ctx);
         }
     }
 
-    /// The latest context this version decided ([`offer_sample`](Self::offer_sample)).
-    pub fn sample(&self) -> Option<Arc<Context>> {
-        self.inner
-            .sample
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Gives this version the [`Samples`] its module's versions share;
+    /// the first call wins.
+    pub fn share_samples(&self, samples: Arc<Samples>) {
+        let _ = self.inner.samples.set(samples);
     }
 
     /// The module's name (its file stem in the policy folder).
@@ -901,5 +945,58 @@ mod tests {
         let rt = Runtime::new(RuntimeLimits::default()).unwrap();
         // 100 ms at 5 ms ticks: 20 ticks, plus one for the partial first tick.
         assert_eq!(rt.inner.deadline_ticks, 21);
+    }
+
+    fn ctx(scaler: &str, now_ms: i64, state: Option<&[u8]>) -> Context {
+        Context {
+            now_ms,
+            scaler: scaler.into(),
+            target: crate::policy::Target {
+                kind: "simulator".into(),
+                name: scaler.into(),
+                current: 1,
+                ready: 1,
+                min: 1,
+                max: 2,
+            },
+            metrics: vec![],
+            events: vec![],
+            parameters: serde_json::json!({}),
+            state: state.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn samples_prefer_state_renew_per_scaler_and_rotate_through_a_fleet() {
+        let samples = Samples::default();
+        let kept = |s: &Samples| -> Vec<(String, i64, bool)> {
+            s.contexts()
+                .iter()
+                .map(|c| (c.scaler.clone(), c.now_ms, c.state.is_some()))
+                .collect()
+        };
+        samples.offer(&ctx("a", 1_000, None));
+        // A second later: too soon to renew, but it brings the state.
+        samples.offer(&ctx("a", 2_000, Some(b"s")));
+        samples.offer(&ctx("a", 3_000, Some(b"t")));
+        assert_eq!(kept(&samples), [("a".into(), 2_000, true)]);
+        samples.offer(&ctx("a", 2_000 + Samples::RENEW_MS, Some(b"u")));
+        assert_eq!(kept(&samples), [("a".into(), 12_000, true)]);
+        // Other scalers join up to KEPT, once their turn comes round.
+        let mut now = 30_000;
+        for i in 0..Samples::KEPT + 3 {
+            now += Samples::RENEW_MS;
+            samples.offer(&ctx(&format!("s{i}"), now, None));
+        }
+        let scalers: Vec<String> = kept(&samples).into_iter().map(|k| k.0).collect();
+        assert_eq!(scalers.len(), Samples::KEPT);
+        assert!(
+            !scalers.contains(&"a".to_string()),
+            "the oldest made way: {scalers:?}"
+        );
+        assert!(
+            scalers.contains(&format!("s{}", Samples::KEPT + 2)),
+            "{scalers:?}"
+        );
     }
 }
