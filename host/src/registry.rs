@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use crate::clock::wall_clock_ms;
 use crate::config::WatchConfig;
 use crate::policy::{Context, PolicyInfo};
-use crate::runtime::{CodeOrigin, LoadError, PolicyModule, Runtime, Samples};
+use crate::runtime::{CodeOrigin, LoadError, PolicyModule, Runtime, Samples, log_safe};
 use crate::watch::{FileStamp, FolderWatch, WatchError, Watched};
 
 /// The loaded modules at one moment.
@@ -340,7 +340,7 @@ impl Registry {
                 module = %name,
                 path = %failure.path.display(),
                 kind = failure.kind,
-                error = %failure.error,
+                error = %log_safe(&failure.error),
                 "A policy module failed to load; scalers that use it will hold."
             );
         }
@@ -595,14 +595,14 @@ impl Registry {
                         Some(serving) => tracing::warn!(
                             module = %name,
                             kind = failure.kind,
-                            error = %failure.error,
+                            error = %log_safe(&failure.error),
                             serving = %serving,
                             "A new version of a policy module failed to load; the previous version keeps deciding."
                         ),
                         None => tracing::warn!(
                             module = %name,
                             kind = failure.kind,
-                            error = %failure.error,
+                            error = %log_safe(&failure.error),
                             "A policy module failed to load; scalers that use it hold."
                         ),
                     }

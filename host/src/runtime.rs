@@ -47,7 +47,7 @@ pub use bindings::WIT_VERSION;
 pub use cache::CacheError;
 pub use compiler::{COMPILE_TIMEOUT, Compiler, WORKER_COMMAND, worker as compile_worker};
 pub use errors::{EvalError, EvalErrorKind, LoadError, RuntimeError};
-pub use host::POLICY_LOG_TARGET;
+pub use host::{POLICY_LOG_TARGET, log_safe};
 pub use replay::{ReplayOutcome, eval_against_record, outcome_of};
 pub use validate::check_parameter_value;
 
@@ -550,6 +550,11 @@ impl PolicyModule {
     }
 }
 
+/// How much of a failed call's stderr its error keeps: the end, where a
+/// panic's message is, leaving room for the summary and the backtrace
+/// within the error's bound.
+const MAX_STDERR_IN_ERROR: usize = 4 * 1024;
+
 /// One call into a fresh instance of `pre`: a new Store with the runtime's
 /// limits, the call, then the guest's output flushed to the log. Also what
 /// the instance used (memory; fuel when metered).
@@ -592,7 +597,8 @@ fn run<R>(
             // What the policy said (a panic's message, say) right after the
             // summary, before wasmtime's detail.
             let (summary, detail) = err.message.split_once('\n').unwrap_or((&err.message, ""));
-            err.message = format!("{summary}\npolicy stderr:\n{}\n{detail}", stderr.trim())
+            let stderr = host::tail(stderr.trim(), MAX_STDERR_IN_ERROR);
+            err.message = format!("{summary}\npolicy stderr:\n{stderr}\n{detail}")
                 .trim_end()
                 .to_owned();
         }

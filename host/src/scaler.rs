@@ -28,7 +28,7 @@ use crate::journal::{
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
-use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule};
+use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule, log_safe};
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, Telemetry};
 
@@ -217,7 +217,11 @@ impl PolicyNotes {
     /// Notes a failure; whether to log it (it is not the one logged last).
     fn failed(&mut self, kind: &str, error: &str, abstained: bool) -> bool {
         let mut hasher = std::hash::DefaultHasher::new();
-        (kind, error, abstained).hash(&mut hasher);
+        // Numbers left out: a panic that quotes the metric's value is the
+        // same failure on every tick.
+        let words = error.split(|c: char| c.is_ascii_digit());
+        (kind, abstained).hash(&mut hasher);
+        words.for_each(|word| word.hash(&mut hasher));
         // 0 stands for "decided".
         let digest = hasher.finish().max(1);
         std::mem::replace(&mut self.logged, digest) != digest
@@ -626,22 +630,22 @@ impl Scaler {
                     abstained[i] = true;
                     if self.notes[i].failed(kind, error, true) {
                         tracing::info!(
-                            %scaler, %module, %error,
+                            %scaler, %module, error = %log_safe(error),
                             "A policy could not decide without a metric it reads; it abstains and scale-in stays blocked until it decides again (said again only if the error changes)."
                         );
                     } else {
-                        tracing::debug!(%scaler, %module, %error, "A policy abstains again.");
+                        tracing::debug!(%scaler, %module, error = %log_safe(error), "A policy abstains again.");
                     }
                 }
                 EvaluationOutcome::Failed { kind, error } => {
                     telemetry.policy_error(module, kind);
                     if self.notes[i].failed(kind, error, false) {
                         tracing::warn!(
-                            %scaler, %module, %kind, %error,
+                            %scaler, %module, %kind, error = %log_safe(error),
                             "Policy evaluation failed; the scaler holds until it decides again (said again only if the error changes)."
                         );
                     } else {
-                        tracing::debug!(%scaler, %module, %kind, %error, "Policy evaluation failed again.");
+                        tracing::debug!(%scaler, %module, %kind, error = %log_safe(error), "Policy evaluation failed again.");
                     }
                 }
             }
@@ -661,7 +665,14 @@ impl Scaler {
             record.actuation = ActuationRecord::DryRun;
             record.id = self.append(record).await;
             telemetry.actuation(&self.spec.name, "dry_run");
-            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Would scale (dry-run): {}", summarize(record));
+            // Said when the change it would make is new: a dry-run target
+            // stays where it is, so the same change comes back every tick.
+            let last = self.handle.status.load();
+            if last.current == Some(current) && last.desired == Some(desired) {
+                tracing::debug!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Would still scale: {}", log_safe(&summarize(record)));
+            } else {
+                tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Would scale: {}", log_safe(&summarize(record)));
+            }
             return;
         }
         record.actuation = ActuationRecord::Pending;
@@ -688,7 +699,7 @@ impl Scaler {
         };
         record.actuation = outcome.clone();
         if !matches!(outcome, ActuationRecord::Failed { .. }) {
-            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Scaled: {}", summarize(record));
+            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Scaled: {}", log_safe(&summarize(record)));
         }
         if let Some(id) = record.id
             && let Err(err) = self.services.journal.update_actuation(id, outcome).await
@@ -1139,6 +1150,14 @@ mod tests {
         assert!(
             !notes.failed("trap", "no metric rps", false),
             "kept apart from the journal's note"
+        );
+        assert!(
+            notes.failed("trap", "queue 1204 above 1000", false),
+            "changes"
+        );
+        assert!(
+            !notes.failed("trap", "queue 1375 above 1000", false),
+            "the same but for a number"
         );
     }
 

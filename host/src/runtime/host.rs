@@ -91,7 +91,7 @@ impl HostState {
                 scaler = %log.scaler,
                 stream = "stdout",
                 "{}",
-                out.trim_end()
+                log_safe(out.trim_end())
             );
         }
         if !err.is_empty() && stderr_in_error {
@@ -101,7 +101,7 @@ impl HostState {
                 scaler = %log.scaler,
                 stream = "stderr",
                 "{}",
-                err.trim_end()
+                log_safe(err.trim_end())
             );
         } else if !err.is_empty() {
             tracing::warn!(
@@ -110,7 +110,7 @@ impl HostState {
                 scaler = %log.scaler,
                 stream = "stderr",
                 "{}",
-                err.trim_end()
+                log_safe(err.trim_end())
             );
         }
         if log.dropped > 0 {
@@ -194,6 +194,7 @@ impl bindings::scalewise::policy::log::Host for HostState {
         }
         log.kept += 1;
         let message = truncate(&message, MAX_LOG_MESSAGE_BYTES);
+        let message = log_safe(&message);
         let (module, scaler) = (&*log.module, log.scaler.as_str());
         match level {
             Level::Debug => tracing::debug!(
@@ -213,6 +214,40 @@ impl bindings::scalewise::policy::log::Host for HostState {
 }
 
 impl bindings::scalewise::policy::types::Host for HostState {}
+
+/// `text` from a policy made safe for one log record: a line break starts
+/// an indented continuation line, other control characters (carriage
+/// returns, terminal escapes) are written escaped. A policy cannot print a
+/// line that reads as one of the host's own (`2026-... INFO scalewise::scale:
+/// Scaled: ...`), nor drive the operator's terminal.
+pub fn log_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut safe = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => safe.push_str("\n    "),
+            '\t' => safe.push('\t'),
+            c if c.is_control() => safe.extend(c.escape_default()),
+            c => safe.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(safe)
+}
+
+/// The last `max` bytes of `text` or so (cut on a character boundary),
+/// marked at the start when something was cut.
+pub(crate) fn tail(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    std::borrow::Cow::Owned(format!("[{start} bytes cut] {}", &text[start..]))
+}
 
 /// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
 pub(crate) fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
@@ -486,6 +521,34 @@ impl tokio::io::AsyncWrite for CapturedOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_text_cannot_forge_a_log_line_or_drive_the_terminal() {
+        assert!(matches!(
+            log_safe("plain text"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let forged = "boom\n2026-12-05T09:00:00Z  INFO scalewise::scale: Scaled: 3 → 95\r\x1b[2J";
+        let safe = log_safe(forged);
+        for line in safe.lines().skip(1) {
+            assert!(line.starts_with("    "), "{line:?}");
+        }
+        assert!(!safe.contains('\r') && !safe.contains('\x1b'), "{safe:?}");
+        assert!(safe.contains("\\r\\u{1b}[2J"), "{safe:?}");
+        assert_eq!(log_safe("tab\tkept"), "tab\tkept");
+    }
+
+    #[test]
+    fn tail_keeps_the_end_on_char_boundaries() {
+        assert_eq!(tail("short", 10), "short");
+        let text = format!("{}panicked at src/lib.rs: boom", "é".repeat(100));
+        let kept = tail(&text, 40);
+        assert!(kept.ends_with("panicked at src/lib.rs: boom"), "{kept}");
+        assert!(
+            kept.starts_with('[') && kept.contains(" bytes cut] "),
+            "{kept}"
+        );
+    }
 
     #[test]
     fn truncate_keeps_char_boundaries() {
