@@ -27,6 +27,7 @@ mod friendly {
 
     use bytesize::ByteSize;
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+    use toml::Spanned;
 
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -70,6 +71,16 @@ mod friendly {
             )));
         }
         Ok(PathBuf::from(text))
+    }
+
+    /// [`path`], keeping where it is in the file.
+    pub fn spanned_path<'de, D: Deserializer<'de>>(d: D) -> Result<Spanned<PathBuf>, D::Error> {
+        let text = Spanned::<String>::deserialize(d)?;
+        let span = text.span();
+        let path = path(serde::de::value::StringDeserializer::<D::Error>::new(
+            text.into_inner(),
+        ))?;
+        Ok(Spanned::new(span, path))
     }
 
     /// [`path`], when given.
@@ -647,6 +658,7 @@ impl Fingerprint {
 pub struct Config {
     /// The folder policy modules (`*.wasm`) are loaded from and watched in.
     /// Relative paths are resolved against the config file's folder.
+    #[serde(deserialize_with = "friendly::spanned_path")]
     pub policy_dir: Spanned<PathBuf>,
     /// Limits every policy evaluation runs under.
     #[serde(default)]
@@ -890,7 +902,7 @@ pub enum Secret {
     /// The value of an environment variable.
     Env(String),
     /// The contents of a file (trailing newline removed).
-    File(PathBuf),
+    File(#[serde(deserialize_with = "friendly::path")] PathBuf),
 }
 
 impl std::fmt::Debug for Secret {

@@ -687,6 +687,13 @@ fn each_problem_is_reported_at_its_place() {
             "path: \"  \" is a blank path; give a file or folder name",
         ),
         parse_case(
+            "blank policy folder",
+            &[("policy_dir = ", "policy_dir = \"\"\n# was ")],
+            "\"\"",
+            "",
+            "policy_dir: \"\" is a blank path",
+        ),
+        parse_case(
             "blank cache folder",
             &[(
                 "timeout = \"100ms\"",

@@ -127,14 +127,19 @@ pub(super) fn valid_identifier(name: &str) -> bool {
 }
 
 /// Lists names for a "defined ones are" hint.
+/// The names, or the first [`LISTED`] of them and how many more: a fleet's
+/// 5,000 simulations would make a 34 KB message.
 fn list<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
+    match names.len() {
+        0 => "none".to_owned(),
+        n if n <= LISTED => names.join(", "),
+        n => format!("{}, and {} more", names[..LISTED].join(", "), n - LISTED),
     }
 }
+
+/// How many names [`list`] writes out.
+const LISTED: usize = 10;
 
 impl Checker<'_, '_> {
     fn value(&mut self, path: &[Seg], message: impl Into<String>) {
@@ -716,5 +721,20 @@ impl Checker<'_, '_> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_of_names_are_cut() {
+        let names: Vec<String> = (0..5_000).map(|i| format!("svc-{i:05}")).collect();
+        let listed = list(&names);
+        assert!(listed.starts_with("svc-00000, svc-00001"), "{listed}");
+        assert!(listed.ends_with("svc-00009, and 4990 more"), "{listed}");
+        assert_eq!(list(&names[..2]), "svc-00000, svc-00001");
+        assert_eq!(list(&[]), "none");
     }
 }
