@@ -577,6 +577,44 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_version_stays_refused_after_a_restart() {
+    let mut d = ticking("").await;
+    let v1 = digest_of(artifacts::COUNTER);
+    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await
+        .unwrap();
+    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    let registry = d.registry().clone();
+    wait_until_async(10 * SECOND, "the refusal", || {
+        registry.snapshot().failures.contains_key("counter")
+    })
+    .await;
+    d.stop().await.unwrap();
+
+    // A restarted daemon has no contexts to try the file on; it does not
+    // serve it untried: the scaler holds, saying why.
+    let config = scalewise::config::Config::load(&d.config_path()).unwrap();
+    let restarted = scalewise::daemon::Daemon::build(config, scalewise::clock::Clock::system())
+        .await
+        .unwrap();
+    let snapshot = restarted.registry().snapshot();
+    assert!(!snapshot.modules.contains_key("counter"));
+    let failure = &snapshot.failures["counter"];
+    assert_eq!(failure.kind, "fails_on_live_context");
+    for part in [
+        "by an earlier run of the daemon, and not loaded untried",
+        "this version fails (invalid_decision)",
+        "to load this one anyway",
+    ] {
+        assert!(
+            failure.error.contains(part),
+            "{part:?} missing in {}",
+            failure.error
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
     let mut d = ticking("").await;
     let v1 = digest_of(artifacts::COUNTER);

@@ -141,6 +141,56 @@ fn trial(module: PolicyModule, samples: &[Arc<Context>]) -> Result<PolicyModule,
     Ok(module)
 }
 
+/// Where a refusal by [`trial`] of the version with sha256 `digest` is
+/// remembered across restarts: a small file in the runtime's code cache.
+/// `None` when the runtime caches nothing (the CLI's tools).
+fn refusal_marker(runtime: &Runtime, digest: &str) -> Option<PathBuf> {
+    let dir = runtime.cache_dir()?;
+    Some(dir.join("refused").join(format!("{digest}.txt")))
+}
+
+/// Remembers that the version with `digest` failed its trial, so a restart
+/// does not serve it untried (a restarted daemon has no contexts to try it
+/// on). Best effort: a write that fails is logged.
+fn remember_refusal(runtime: &Runtime, digest: &str, failure: &LoadFailure) {
+    let Some(marker) = refusal_marker(runtime, digest) else {
+        return;
+    };
+    let text = format!(
+        "{}\n{}\n",
+        crate::clock::format_ms(failure.at_ms),
+        failure.error
+    );
+    let written = marker
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&marker, text));
+    if let Err(error) = written {
+        tracing::warn!(marker = %marker.display(), %error, "Could not remember a refused module version; a restart would load it untried.");
+    }
+}
+
+/// A refusal remembered for `digest` ([`remember_refusal`]), as the failure
+/// a restarted daemon reports for the version.
+fn remembered_refusal(runtime: &Runtime, path: &Path, digest: &str) -> Option<LoadFailure> {
+    let marker = refusal_marker(runtime, digest)?;
+    let text = std::fs::read_to_string(&marker).ok()?;
+    let (when, why) = text.split_once('\n').unwrap_or((&text, ""));
+    Some(LoadFailure {
+        path: path.to_path_buf(),
+        kind: FAILS_ON_LIVE_CONTEXT,
+        error: format!(
+            "refused at {when} by an earlier run of the daemon, and not loaded untried: {}; \
+             write another version (or delete {} to load this one anyway)",
+            why.trim_end(),
+            marker.display()
+        ),
+        at_ms: wall_clock_ms(),
+        digest: Some(digest.to_owned()),
+        refused_info: None,
+    })
+}
+
 /// Why a module file did not load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadFailure {
@@ -326,6 +376,12 @@ impl Registry {
             stamps.insert(candidate.name.clone(), candidate.stamp.clone());
             match result {
                 Ok(module) => {
+                    if let Some(failure) =
+                        remembered_refusal(&registry.runtime, &candidate.path, module.digest())
+                    {
+                        snapshot.failures.insert(candidate.name, failure);
+                        continue;
+                    }
                     module.share_samples(registry.samples(&candidate.name));
                     snapshot.modules.insert(candidate.name, module);
                 }
@@ -559,7 +615,16 @@ impl Registry {
                         .map(|()| module)
                 })
                 .and_then(|module| {
-                    trial(module, &samples.contexts()).map_err(|error| LoadFailure {
+                    let contexts = samples.contexts();
+                    if contexts.is_empty() {
+                        // Nothing to try it on: a refusal of these bytes by an
+                        // earlier run still stands.
+                        return match remembered_refusal(&self.runtime, &path, &digest) {
+                            Some(failure) => Err(failure),
+                            None => Ok(module),
+                        };
+                    }
+                    trial(module, &contexts).map_err(|error| LoadFailure {
                         path: path.clone(),
                         kind: FAILS_ON_LIVE_CONTEXT,
                         error,
@@ -591,6 +656,11 @@ impl Registry {
                     next.modules.insert(name, module);
                 }
                 Err(failure) => {
+                    if failure.kind == FAILS_ON_LIVE_CONTEXT
+                        && remembered_refusal(&self.runtime, &path, &digest).is_none()
+                    {
+                        remember_refusal(&self.runtime, &digest, &failure);
+                    }
                     match &previous {
                         Some(serving) => tracing::warn!(
                             module = %name,
