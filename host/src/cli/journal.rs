@@ -72,10 +72,16 @@ fn export(
         ));
     }
     let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
-    journal
-        .export_jsonl(out, scaler, since, until)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    match journal.export_jsonl(out, scaler, since, until) {
+        Ok(_) => Ok(()),
+        // The reader stopped reading (`| head`): not an error of ours.
+        Err(crate::journal::JournalError::Export(e))
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn locate(at: &JournalLocation) -> Result<PathBuf, String> {
