@@ -112,7 +112,7 @@ impl crate::config::PolicyCatalog for Snapshot {
 pub const INCOMPATIBLE_WITH_CONFIG: &str = "incompatible_with_config";
 
 /// The [`LoadFailure::kind`] of a version that failed on a context the
-/// version serving decided ([`trial`]).
+/// version serving decided (the trial of a new version).
 pub const FAILS_ON_LIVE_CONTEXT: &str = "fails_on_live_context";
 
 /// Tries `module`, a new version, on `samples`, contexts earlier versions
