@@ -624,9 +624,12 @@ impl Daemon {
             }
             Err(err) => {
                 self.telemetry.config_reload("refused");
+                // Indented, and safe: a problem may quote what a policy
+                // declared in describe().
+                let said = crate::runtime::log_safe(&err.to_string()).into_owned();
                 tracing::error!(
                     kind = err.kind(),
-                    "The reloaded config was refused; the running config stays:\n{err}"
+                    "The reloaded config was refused; the running config stays:\n    {said}"
                 );
                 let problems = match &err {
                     DaemonError::Config(c) => c

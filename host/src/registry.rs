@@ -128,7 +128,7 @@ fn trial(module: PolicyModule, samples: &[Arc<Context>]) -> Result<PolicyModule,
             Err(err) if err.kind.is_fault() => {
                 return Err(format!(
                     "this version fails ({}) on a context an earlier version decided (scaler \
-                     {:?} at {}), so it does not replace the version serving: {}",
+                     {:?} at {}), so it is not loaded: {}",
                     err.kind.as_str(),
                     sample.scaler,
                     crate::clock::format_ms(sample.now_ms),
@@ -145,8 +145,21 @@ fn trial(module: PolicyModule, samples: &[Arc<Context>]) -> Result<PolicyModule,
 /// remembered across restarts: a small file in the runtime's code cache.
 /// `None` when the runtime caches nothing (the CLI's tools).
 fn refusal_marker(runtime: &Runtime, digest: &str) -> Option<PathBuf> {
-    let dir = runtime.cache_dir()?;
+    // The cache's own folder, not the engine's folder within it: a change
+    // of engine settings (fuel) or of wasmtime must not forget refusals.
+    let dir = runtime.limits().cache_dir.as_ref()?;
     Some(dir.join("refused").join(format!("{digest}.txt")))
+}
+
+/// Forgets a refusal of `digest` once a version with those bytes has
+/// passed a trial.
+fn forget_refusal(runtime: &Runtime, digest: &str) {
+    if let Some(marker) = refusal_marker(runtime, digest)
+        && marker.exists()
+        && let Err(error) = std::fs::remove_file(&marker)
+    {
+        tracing::warn!(marker = %marker.display(), %error, "Could not forget a refusal of a module version that now passed its trial.");
+    }
 }
 
 /// Remembers that the version with `digest` failed its trial, so a restart
@@ -624,14 +637,16 @@ impl Registry {
                             None => Ok(module),
                         };
                     }
-                    trial(module, &contexts).map_err(|error| LoadFailure {
-                        path: path.clone(),
-                        kind: FAILS_ON_LIVE_CONTEXT,
-                        error,
-                        at_ms: wall_clock_ms(),
-                        digest: Some(digest.clone()),
-                        refused_info: None,
-                    })
+                    trial(module, &contexts)
+                        .inspect(|_| forget_refusal(&self.runtime, &digest))
+                        .map_err(|error| LoadFailure {
+                            path: path.clone(),
+                            kind: FAILS_ON_LIVE_CONTEXT,
+                            error,
+                            at_ms: wall_clock_ms(),
+                            digest: Some(digest.clone()),
+                            refused_info: None,
+                        })
                 })
                 .inspect(|module| module.share_samples(samples));
             match outcome {

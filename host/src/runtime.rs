@@ -21,7 +21,6 @@ mod validate;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
@@ -366,13 +365,15 @@ struct ModuleInner {
 /// [`Samples::KEPT`] scalers, each renewed at most every
 /// [`Samples::RENEW_MS`] of host time (a context with the policy's state
 /// replaces one without at once): what a new version is tried on before it
-/// may replace the one serving. Shared by the module's versions and kept
-/// when its file is deleted, so quick successive deploys and a restored file
-/// are tried too.
+/// may replace the one serving. When all places are taken, a context whose
+/// replica count lies outside the kept ones' range takes the oldest place
+/// at once (failures that come with load are tried), others take it once it
+/// is stale, so the kept scalers rotate through a fleet. Contexts far older
+/// than the newest (a scaler since removed) are not tried. Shared by the
+/// module's versions and kept when its file is deleted, so quick successive
+/// deploys and a restored file are tried too.
 #[derive(Debug, Default)]
 pub struct Samples {
-    /// When the newest sample was taken; a cheap first check.
-    newest_ms: AtomicI64,
     kept: Mutex<Vec<Arc<Context>>>,
 }
 
@@ -381,50 +382,49 @@ impl Samples {
     pub const KEPT: usize = 8;
     /// How often a scaler's kept context is renewed (host time).
     pub const RENEW_MS: i64 = 10_000;
+    /// Contexts this much older than the newest are not tried.
+    pub const STALE_MS: i64 = 300_000;
 
     /// Offers a context a version of the module just decided.
     pub fn offer(&self, ctx: &Context) {
-        let newest = self.newest_ms.load(Ordering::Relaxed);
-        // Most offers end here: a context was taken within RENEW_MS, and
-        // this one brings no state where states are kept.
-        if newest != 0 && ctx.now_ms.saturating_sub(newest) < Self::RENEW_MS && ctx.state.is_none()
-        {
-            return;
-        }
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let renew = |old: &Context| {
             ctx.now_ms.saturating_sub(old.now_ms) >= Self::RENEW_MS
                 || (old.state.is_none() && ctx.state.is_some())
         };
         let slot = match kept.iter().position(|c| c.scaler == ctx.scaler) {
-            Some(i) if renew(&kept[i]) => Some(i),
-            Some(_) => None,
+            Some(i) => renew(&kept[i]).then_some(i),
             None if kept.len() < Self::KEPT => {
                 kept.push(Arc::new(ctx.clone()));
-                self.newest_ms.store(ctx.now_ms, Ordering::Relaxed);
                 None
             }
-            // Full: the oldest makes way once stale, so the kept scalers
-            // rotate through a fleet.
-            None => kept
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, c)| c.now_ms)
-                .filter(|(_, c)| renew(c))
-                .map(|(i, _)| i),
+            None => {
+                let current = ctx.target.current;
+                let (low, high) = kept.iter().fold((u32::MAX, 0), |(low, high), c| {
+                    (low.min(c.target.current), high.max(c.target.current))
+                });
+                let oldest = kept
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, c)| c.now_ms)
+                    .map(|(i, _)| i);
+                oldest.filter(|&i| current < low || current > high || renew(&kept[i]))
+            }
         };
         if let Some(i) = slot {
             kept[i] = Arc::new(ctx.clone());
-            self.newest_ms.store(ctx.now_ms, Ordering::Relaxed);
         }
     }
 
-    /// The kept contexts.
+    /// The kept contexts, less those [`STALE_MS`](Self::STALE_MS) older than
+    /// the newest.
     pub fn contexts(&self) -> Vec<Arc<Context>> {
-        self.kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let newest = kept.iter().map(|c| c.now_ms).max().unwrap_or(0);
+        kept.iter()
+            .filter(|c| newest.saturating_sub(c.now_ms) < Self::STALE_MS)
+            .cloned()
+            .collect()
     }
 }
 
@@ -1003,6 +1003,25 @@ mod tests {
         assert!(
             scalers.contains(&format!("s{}", Samples::KEPT + 2)),
             "{scalers:?}"
+        );
+        // A scaler at a replica count none of the kept has gets in at once.
+        let mut busy = ctx("busy", now + 1, None);
+        busy.target.current = 40;
+        samples.offer(&busy);
+        assert!(kept(&samples).iter().any(|k| k.0 == "busy"));
+        // A scaler gone from the fleet stops being tried once its context
+        // is far older than the rest.
+        let later = now + 1 + Samples::STALE_MS;
+        samples.offer(&ctx(&format!("s{}", Samples::KEPT + 2), later, None));
+        let tried: Vec<String> = samples
+            .contexts()
+            .iter()
+            .map(|c| c.scaler.clone())
+            .collect();
+        assert_eq!(
+            tried,
+            [format!("s{}", Samples::KEPT + 2)],
+            "only the fresh one"
         );
     }
 }

@@ -213,15 +213,29 @@ struct PolicyNotes {
     logged: u64,
 }
 
+/// `text` with each number (digits, with any sign, point or exponent
+/// among them) replaced by one `#`.
+fn without_numbers(text: &str) -> impl Iterator<Item = char> + '_ {
+    let mut in_number = false;
+    text.chars().filter_map(move |c| {
+        let part = c.is_ascii_digit() || (in_number && matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+        let was = std::mem::replace(&mut in_number, part);
+        match (part, was) {
+            (true, true) => None,
+            (true, false) => Some('#'),
+            (false, _) => Some(c),
+        }
+    })
+}
+
 impl PolicyNotes {
     /// Notes a failure; whether to log it (it is not the one logged last).
     fn failed(&mut self, kind: &str, error: &str, abstained: bool) -> bool {
         let mut hasher = std::hash::DefaultHasher::new();
         // Numbers left out: a panic that quotes the metric's value is the
-        // same failure on every tick.
-        let words = error.split(|c: char| c.is_ascii_digit());
+        // same failure on every tick, whatever its digits.
         (kind, abstained).hash(&mut hasher);
-        words.for_each(|word| word.hash(&mut hasher));
+        without_numbers(error).for_each(|c| c.hash(&mut hasher));
         // 0 stands for "decided".
         let digest = hasher.finish().max(1);
         std::mem::replace(&mut self.logged, digest) != digest
@@ -1159,6 +1173,12 @@ mod tests {
             !notes.failed("trap", "queue 1375 above 1000", false),
             "the same but for a number"
         );
+        assert!(
+            !notes.failed("trap", "queue 146.99 above 1000", false),
+            "whatever its digits"
+        );
+        let normal: String = without_numbers("depth 2230.09 > 1e3, -4").collect();
+        assert_eq!(normal, "depth # > #, -#");
     }
 
     #[test]

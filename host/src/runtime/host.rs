@@ -419,8 +419,11 @@ struct CapturedOutput {
     inner: Arc<Mutex<Captured>>,
 }
 
+/// What a stream kept: its first half of the bound and its last half, the
+/// middle dropped (a panic's message comes at the end of a flood).
 struct Captured {
-    bytes: Vec<u8>,
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
     cap: usize,
     dropped: usize,
 }
@@ -429,7 +432,8 @@ impl CapturedOutput {
     fn new(cap: usize) -> Self {
         CapturedOutput {
             inner: Arc::new(Mutex::new(Captured {
-                bytes: Vec::new(),
+                head: Vec::new(),
+                tail: std::collections::VecDeque::new(),
                 cap,
                 dropped: 0,
             })),
@@ -438,22 +442,29 @@ impl CapturedOutput {
 
     fn push(&self, data: &[u8]) {
         let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let room = c.cap.saturating_sub(c.bytes.len());
-        let kept = data.len().min(room);
-        c.bytes.extend_from_slice(&data[..kept]);
-        c.dropped += data.len() - kept;
+        let room = (c.cap / 2).saturating_sub(c.head.len());
+        let (first, rest) = data.split_at(data.len().min(room));
+        c.head.extend_from_slice(first);
+        let tail_cap = c.cap - c.cap / 2;
+        // Only the last tail_cap bytes of `rest` can stay.
+        let skip = rest.len().saturating_sub(tail_cap);
+        c.dropped += skip;
+        c.tail.extend(&rest[skip..]);
+        let excess = c.tail.len().saturating_sub(tail_cap);
+        c.tail.drain(..excess);
+        c.dropped += excess;
     }
 
     /// Everything captured so far, as text, with a note of what was dropped.
     fn take(&self) -> String {
         let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut text = String::from_utf8_lossy(&c.bytes).into_owned();
+        let mut bytes = std::mem::take(&mut c.head);
         if c.dropped > 0 {
-            text.push_str(&format!("\n… [{} more bytes dropped]", c.dropped));
+            bytes.extend_from_slice(format!("\n… [{} bytes dropped] …\n", c.dropped).as_bytes());
         }
-        c.bytes.clear();
+        bytes.extend(c.tail.drain(..));
         c.dropped = 0;
-        text
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 }
 
@@ -564,11 +575,18 @@ mod tests {
 
     #[test]
     fn captured_output_is_bounded() {
+        // The first and the last half of the bound; the middle dropped.
         let out = CapturedOutput::new(4);
         out.push(b"ab");
         out.push(b"cdef");
-        assert_eq!(out.take(), "abcd\n… [2 more bytes dropped]");
+        assert_eq!(out.take(), "ab\n… [2 bytes dropped] …\nef");
         assert_eq!(out.take(), "");
+        out.push(b"a");
+        out.push(b"bcdefghij");
+        out.push(b"k");
+        assert_eq!(out.take(), "ab\n… [7 bytes dropped] …\njk");
+        out.push(b"abc");
+        assert_eq!(out.take(), "abc", "nothing dropped, nothing said");
     }
 
     #[test]
