@@ -122,7 +122,7 @@ pub const FAILS_ON_LIVE_CONTEXT: &str = "fails_on_live_context";
 /// returns itself is its own business (a new version may mean to refuse
 /// what the old accepted). The call is an ordinary evaluation: a fresh
 /// instance under the runtime's limits, nothing kept.
-fn trial(module: PolicyModule, samples: &[Arc<Context>]) -> Result<PolicyModule, String> {
+fn trial(module: &PolicyModule, samples: &[Arc<Context>]) -> Result<(), String> {
     for sample in samples {
         match module.evaluate(sample) {
             Err(err) if err.kind.is_fault() => {
@@ -138,7 +138,7 @@ fn trial(module: PolicyModule, samples: &[Arc<Context>]) -> Result<PolicyModule,
             _ => {}
         }
     }
-    Ok(module)
+    Ok(())
 }
 
 /// Where a refusal by [`trial`] of the version with sha256 `digest` is
@@ -389,14 +389,15 @@ impl Registry {
             stamps.insert(candidate.name.clone(), candidate.stamp.clone());
             match result {
                 Ok(module) => {
-                    if let Some(failure) =
-                        remembered_refusal(&registry.runtime, &candidate.path, module.digest())
-                    {
-                        snapshot.failures.insert(candidate.name, failure);
-                        continue;
+                    let (name, path) = (&candidate.name, &candidate.path);
+                    match registry.try_version(name, path, &candidate.digest, module) {
+                        Ok(module) => {
+                            snapshot.modules.insert(candidate.name, module);
+                        }
+                        Err(failure) => {
+                            snapshot.failures.insert(candidate.name, failure);
+                        }
                     }
-                    module.share_samples(registry.samples(&candidate.name));
-                    snapshot.modules.insert(candidate.name, module);
                 }
                 Err(err) => {
                     let failure = LoadFailure::new(&candidate.path, &err, Some(candidate.digest));
@@ -453,6 +454,45 @@ impl Registry {
     /// Notified with the new [`Snapshot::generation`] after every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// The last step of loading a version of module `name`: its trial on
+    /// the module's [`Samples`] ([`trial`]), remembered when it fails; with
+    /// nothing to try it on (at start, or a module new to this run), a
+    /// refusal an earlier run remembered for these bytes stands. A version
+    /// that passes shares the module's samples from then on.
+    fn try_version(
+        &self,
+        name: &str,
+        path: &Path,
+        digest: &str,
+        module: PolicyModule,
+    ) -> Result<PolicyModule, LoadFailure> {
+        let samples = self.samples(name);
+        let contexts = samples.contexts();
+        if contexts.is_empty() {
+            if let Some(failure) = remembered_refusal(&self.runtime, path, digest) {
+                return Err(failure);
+            }
+        } else {
+            match trial(&module, &contexts) {
+                Ok(_) => forget_refusal(&self.runtime, digest),
+                Err(error) => {
+                    let failure = LoadFailure {
+                        path: path.to_path_buf(),
+                        kind: FAILS_ON_LIVE_CONTEXT,
+                        error,
+                        at_ms: wall_clock_ms(),
+                        digest: Some(digest.to_owned()),
+                        refused_info: None,
+                    };
+                    remember_refusal(&self.runtime, digest, &failure);
+                    return Err(failure);
+                }
+            }
+        }
+        module.share_samples(samples);
+        Ok(module)
     }
 
     /// The [`Samples`] of module `name`.
@@ -607,7 +647,6 @@ impl Registry {
             } = candidate;
             stamps.insert(name.clone(), stamp);
             let previous = next.modules.get(&name).map(|m| m.digest().to_owned());
-            let samples = self.samples(&name);
             let outcome = result
                 .map_err(|err| LoadFailure::new(&path, &err, Some(digest.clone())))
                 .and_then(|module| {
@@ -627,28 +666,7 @@ impl Registry {
                         })
                         .map(|()| module)
                 })
-                .and_then(|module| {
-                    let contexts = samples.contexts();
-                    if contexts.is_empty() {
-                        // Nothing to try it on: a refusal of these bytes by an
-                        // earlier run still stands.
-                        return match remembered_refusal(&self.runtime, &path, &digest) {
-                            Some(failure) => Err(failure),
-                            None => Ok(module),
-                        };
-                    }
-                    trial(module, &contexts)
-                        .inspect(|_| forget_refusal(&self.runtime, &digest))
-                        .map_err(|error| LoadFailure {
-                            path: path.clone(),
-                            kind: FAILS_ON_LIVE_CONTEXT,
-                            error,
-                            at_ms: wall_clock_ms(),
-                            digest: Some(digest.clone()),
-                            refused_info: None,
-                        })
-                })
-                .inspect(|module| module.share_samples(samples));
+                .and_then(|module| self.try_version(&name, &path, &digest, module));
             match outcome {
                 Ok(module) => {
                     tracing::info!(
@@ -671,11 +689,6 @@ impl Registry {
                     next.modules.insert(name, module);
                 }
                 Err(failure) => {
-                    if failure.kind == FAILS_ON_LIVE_CONTEXT
-                        && remembered_refusal(&self.runtime, &path, &digest).is_none()
-                    {
-                        remember_refusal(&self.runtime, &digest, &failure);
-                    }
                     match &previous {
                         Some(serving) => tracing::warn!(
                             module = %name,
