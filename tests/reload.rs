@@ -357,6 +357,21 @@ async fn ticking(extra: &str) -> RunningDaemon {
         .unwrap()
 }
 
+/// A [`ticking`] daemon once `counter` v1 has decided a tick; and v1's digest.
+async fn ticking_on_v1() -> (RunningDaemon, String) {
+    let mut d = ticking("").await;
+    let v1 = digest_of(artifacts::COUNTER);
+    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await
+        .unwrap();
+    (d, v1)
+}
+
+/// Writes `artifact` over the daemon's `counter.wasm`.
+fn replace_counter(d: &RunningDaemon, artifact: &str) {
+    std::fs::copy(artifact, d.policy_dir().join("counter.wasm")).unwrap();
+}
+
 fn decided_by<'a>(record: &'a TickRecord, digest: &str) -> Option<&'a str> {
     let evaluation = record.evaluations.first()?;
     match &evaluation.outcome {
@@ -377,7 +392,7 @@ async fn replacing_a_module_while_scalers_tick_loses_no_decision() {
             .await
             .unwrap();
     }
-    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::COUNTER_V2);
     let first_v2 = d
         .next_decision(10 * SECOND, |r| decided_by(r, &v2).is_some())
         .await
@@ -433,16 +448,8 @@ async fn replacing_a_module_while_scalers_tick_loses_no_decision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
-    let mut d = ticking("").await;
-    let v1 = digest_of(artifacts::COUNTER);
-    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await
-        .unwrap();
-    std::fs::copy(
-        artifacts::WRONG_VERSION,
-        d.policy_dir().join("counter.wasm"),
-    )
-    .unwrap();
+    let (mut d, v1) = ticking_on_v1().await;
+    replace_counter(&d, artifacts::WRONG_VERSION);
     let registry = d.registry().clone();
     wait_until_async(10 * SECOND, "the failure", || {
         registry.snapshot().failures.contains_key("counter")
@@ -505,23 +512,19 @@ async fn a_bad_module_is_reported_everywhere_and_the_old_one_keeps_deciding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one() {
-    let mut d = ticking("").await;
-    let v1 = digest_of(artifacts::COUNTER);
-    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await
-        .unwrap();
+    let (mut d, v1) = ticking_on_v1().await;
     // v2 replaces v1; absurd follows at once, before v2 has decided
     // anything: it is tried on what v1 decided (the contexts belong to the
     // module, not to a version). absurd loads, describes itself and accepts
     // the config (no parameters), but answers u32::MAX replicas.
     let v2 = digest_of(artifacts::COUNTER_V2);
     let registry = d.registry().clone();
-    std::fs::copy(artifacts::COUNTER_V2, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::COUNTER_V2);
     wait_until_async(10 * SECOND, "v2 to load", || {
         registry.get("counter").is_some_and(|m| m.digest() == v2)
     })
     .await;
-    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::ABSURD);
     wait_until_async(10 * SECOND, "the refusal", || {
         registry.snapshot().failures.contains_key("counter")
     })
@@ -557,7 +560,7 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
         registry.get("counter").is_none()
     })
     .await;
-    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::ABSURD);
     wait_until_async(10 * SECOND, "the second refusal", || {
         registry
             .snapshot()
@@ -569,7 +572,7 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
     assert!(registry.get("counter").is_none());
 
     // A version that works loads as usual.
-    std::fs::copy(artifacts::COUNTER, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::COUNTER);
     d.next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
         .await
         .unwrap();
@@ -578,12 +581,8 @@ async fn a_version_that_fails_on_a_live_context_does_not_replace_the_serving_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_version_stays_refused_after_a_restart() {
-    let mut d = ticking("").await;
-    let v1 = digest_of(artifacts::COUNTER);
-    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
-        .await
-        .unwrap();
-    std::fs::copy(artifacts::ABSURD, d.policy_dir().join("counter.wasm")).unwrap();
+    let (mut d, _) = ticking_on_v1().await;
+    replace_counter(&d, artifacts::ABSURD);
     let registry = d.registry().clone();
     wait_until_async(10 * SECOND, "the refusal", || {
         registry.snapshot().failures.contains_key("counter")
@@ -652,7 +651,7 @@ async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
 
     // Back: from the compiled-code cache, and the state goes on from the
     // last decision.
-    std::fs::copy(artifacts::COUNTER, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::COUNTER);
     let back = d
         .next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
         .await
@@ -677,7 +676,7 @@ async fn a_module_that_does_not_fit_the_config_is_refused_until_the_config_chang
     let text = config_text(4.0, 50, "native", "params = { scale_to = 0 }\n");
     let mut d = counter_daemon(&text).start().await.unwrap();
     let v1 = digest_of(artifacts::COUNTER);
-    std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::FAULTS);
     let registry = d.registry().clone();
     wait_until_async(10 * SECOND, "the refusal", || {
         registry.snapshot().failures.contains_key("counter")
@@ -763,7 +762,7 @@ async fn a_module_that_fails_to_load_at_start_holds_its_scalers_until_a_good_one
 
     // A good version is checked against the config and serves.
     let v1 = digest_of(artifacts::COUNTER);
-    std::fs::copy(artifacts::COUNTER, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::COUNTER);
     d.next_decision(10 * SECOND, |r| decided_by(r, &v1).is_some())
         .await
         .unwrap();
@@ -784,7 +783,7 @@ async fn a_config_change_refused_first_applies_when_its_module_arrives() {
     );
     wait_for_reloads(&d, "refused", 1).await;
 
-    std::fs::copy(artifacts::FAULTS, d.policy_dir().join("counter.wasm")).unwrap();
+    replace_counter(&d, artifacts::FAULTS);
     let faults = digest_of(artifacts::FAULTS);
     let registry = d.registry().clone();
     wait_until_async(10 * SECOND, "the new version to serve", || {
