@@ -37,10 +37,9 @@ struct Header {
     keys: Vec<String>,
 }
 
-/// What a slice of the text holds.
+/// What an element's slice of the text holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
-    Settings,
     Scaler,
     Simulation,
 }
@@ -106,7 +105,6 @@ pub(super) fn parse(text: &str) -> Option<Config> {
                     }
                 }
             }
-            Kind::Settings => unreachable!("settings are not elements"),
         }
     }
     Some(config)
@@ -157,7 +155,8 @@ fn elements(text: &str, headers: &[Header]) -> Option<Vec<Element>> {
     let mut elements: Vec<Element> = Vec::new();
     let mut simulations = HashSet::new();
     // What the previous section belongs to, and its simulation's name.
-    let mut previous = (Kind::Settings, "");
+    // (`None`: the settings.)
+    let mut previous: Option<(Kind, &str)> = None;
     for (i, header) in headers.iter().enumerate() {
         let end = headers.get(i + 1).map_or(text.len(), |next| next.start);
         let range = header.start..end;
@@ -167,17 +166,17 @@ fn elements(text: &str, headers: &[Header]) -> Option<Vec<Element>> {
                     range,
                     kind: Kind::Scaler,
                 });
-                (Kind::Scaler, "")
+                Some((Kind::Scaler, ""))
             }
             // A scaler's sub-table, right after the rest of its scaler.
-            Some("scalers") if previous.0 == Kind::Scaler => {
+            Some("scalers") if matches!(previous, Some((Kind::Scaler, _))) => {
                 elements.last_mut()?.range.end = end;
                 previous
             }
             Some("scalers") => return None,
             Some("simulations") if !header.array && header.keys.len() >= 2 => {
                 let name = header.keys[1].as_str();
-                if previous == (Kind::Simulation, name) {
+                if previous == Some((Kind::Simulation, name)) {
                     elements.last_mut()?.range.end = end;
                 } else {
                     if !simulations.insert(name) {
@@ -188,10 +187,10 @@ fn elements(text: &str, headers: &[Header]) -> Option<Vec<Element>> {
                         kind: Kind::Simulation,
                     });
                 }
-                (Kind::Simulation, name)
+                Some((Kind::Simulation, name))
             }
             Some("simulations") => return None,
-            _ => (Kind::Settings, ""),
+            _ => None,
         };
     }
     Some(elements)
