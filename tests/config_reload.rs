@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use scalewise::journal::{EvaluationOutcome, TickRecord};
 use scalewise_tests::reload::{
-    config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads,
+    config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads, wait_for_scaler,
 };
 use scalewise_tests::running::RunningDaemon;
 
@@ -62,8 +62,7 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     rewrite_config(&d, &text);
     wait_for_reloads(&d, "applied", 1).await;
 
-    let web = d.get("/v1/scalers/web").await.unwrap();
-    assert_eq!(web["max"], 8);
+    wait_for_scaler(&d, "web", "max 8", |web| web["max"] == 8).await;
     let api = d
         .next_decision(5 * SECOND, |r| r.scaler == "api")
         .await
@@ -175,7 +174,7 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     wait_for_reloads(&d, "applied", 1).await;
     let status = d.get("/v1/config").await.unwrap();
     assert_eq!(status["last_error"], serde_json::Value::Null);
-    assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 9);
+    wait_for_scaler(&d, "web", "max 9", |web| web["max"] == 9).await;
     d.stop().await.unwrap();
 }
 

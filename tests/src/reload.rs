@@ -90,6 +90,32 @@ pub fn counter_reason(reason: &str) -> Option<(u32, u64)> {
     Some((version.parse().ok()?, count.parse().ok()?))
 }
 
+/// Waits (10 s at most) until the API's view of scaler `name` satisfies
+/// `cond`. An applied config reaches a scaler between its ticks, so its view
+/// may show the old settings for the rest of a tick in progress.
+pub async fn wait_for_scaler(
+    d: &RunningDaemon,
+    name: &str,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = d
+            .get(&format!("/v1/scalers/{name}"))
+            .await
+            .expect("the API answers");
+        if cond(&view) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for scaler {name}: {what}; it shows {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Rewrites the daemon's config file as an editor would: a new file
 /// renamed over it.
 pub fn rewrite_config(d: &RunningDaemon, text: &str) {
