@@ -77,9 +77,15 @@ impl Watching {
         self.registry.get(module).map(|m| m.digest().to_owned())
     }
 
+    /// Waits until `module` serves `digest` and the reload that loaded it
+    /// has been reported (the report comes after the swap).
     fn wait_for_digest(&self, module: &str, digest: &str, timeout: Duration) {
         wait_until(timeout, &format!("{module} to be {digest}"), || {
             self.digest(module).as_deref() == Some(digest)
+                && self
+                    .loads()
+                    .iter()
+                    .any(|(name, loaded)| name == module && loaded == digest)
         });
     }
 

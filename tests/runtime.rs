@@ -326,8 +326,15 @@ fn bundled_policies_evaluate_without_growing_their_memory() {
         assert!(usage.memory_bytes <= 512 << 10, "{path}: {usage:?}");
     }
     // The count is real: a policy that allocates past its heap grows it,
-    // and the largest size it reached is reported.
-    let module = load(artifacts::FAULTS);
+    // and the largest size it reached is reported. A generous deadline:
+    // filling the default memory limit must hit it, not the deadline, even
+    // on a busy machine.
+    let rt = Runtime::new(RuntimeLimits {
+        timeout: Duration::from_secs(10),
+        ..RuntimeLimits::default()
+    })
+    .unwrap();
+    let module = rt.load_file(Path::new(artifacts::FAULTS)).unwrap();
     let (result, usage) = module.evaluate_with_usage(&fault("oom"));
     assert_eq!(result.unwrap_err().kind, EvalErrorKind::OutOfMemory);
     assert!(usage.memory_growths > 0, "{usage:?}");

@@ -485,7 +485,12 @@ async fn read_only_journal_reads_while_the_writer_writes() {
 async fn a_second_writer_is_refused_until_the_first_closes() {
     let (_dir, path) = temp_journal();
     let first = Journal::open(&path, WEEK).unwrap();
-    first.append(record("web", 1, 1_000)).await.unwrap();
+    // Dated now: the background sweep at open deletes records older than
+    // the retention.
+    first
+        .append(record("web", 1, wall_clock_ms()))
+        .await
+        .unwrap();
     // Another daemon on the same file (a second handle here: the lock is
     // per open file, so this is what another process sees).
     let err = Journal::open(&path, WEEK).unwrap_err();
@@ -505,7 +510,10 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
     assert_eq!(Journal::open(&link, WEEK).unwrap_err().kind(), "in_use");
     first.close().await.unwrap();
     let second = Journal::open(&path, WEEK).unwrap();
-    second.append(record("web", 2, 2_000)).await.unwrap();
+    second
+        .append(record("web", 2, wall_clock_ms()))
+        .await
+        .unwrap();
     second.close().await.unwrap();
 }
 
