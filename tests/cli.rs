@@ -593,7 +593,7 @@ fn the_binary_runs_the_demo() {
             "--policy-dir",
         ])
         .arg(policies.path())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -605,6 +605,18 @@ fn the_binary_runs_the_demo() {
         stdout.contains("Scalewise demo: two simulated services"),
         "{stdout}"
     );
+    // Its own line per decision, not the log's too (RUST_LOG does not name
+    // the scale target).
+    assert!(!stderr.contains("Scaled: "), "{stderr}");
+    // It ends saying where its journal stays, and the journal is there.
+    let last = stdout.lines().last().unwrap_or_default();
+    let journal = last
+        .strip_prefix("The demo's journal stays at ")
+        .and_then(|rest| rest.split_once(": "))
+        .map(|(path, _)| std::path::PathBuf::from(path))
+        .unwrap_or_else(|| panic!("last line: {last:?}"));
+    assert!(journal.is_file(), "{}", journal.display());
+    let _ = std::fs::remove_dir_all(journal.parent().unwrap());
     // The demo's clock runs 10x: 3s shows the first ticks of both scalers,
     // one line per decision.
     for scaler in ["web", "worker"] {

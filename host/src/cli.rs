@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::config::{ParamProblem, RuntimeLimits};
 use crate::journal::{Evaluation, TickRecord};
 use crate::policy::{Context, PolicyInfo};
-use crate::runtime::{Compiler, PolicyModule, Runtime, eval_against_record};
+use crate::runtime::{Compiler, PolicyModule, Runtime, eval_against_record, log_safe};
 
 /// Scalewise: an autoscaling daemon whose decision logic is sandboxed WebAssembly.
 #[derive(Debug, Parser)]
@@ -297,6 +297,9 @@ fn write_info(out: &mut dyn Write, path: &Path, module: &PolicyModule) -> std::i
     writeln!(out, "{}: ok", path.display())?;
     writeln!(out, "  name         {name}")?;
     writeln!(out, "  version      {version}")?;
+    // A policy's own words: continuation lines aligned, nothing that
+    // drives the terminal.
+    let description = log_safe(description).replace("\n    ", "\n               ");
     writeln!(out, "  description  {description}")?;
     writeln!(out, "  digest       sha256:{}", module.digest())?;
     if parameters.is_empty() {
@@ -314,7 +317,7 @@ fn write_info(out: &mut dyn Write, path: &Path, module: &PolicyModule) -> std::i
                 p.default
                     .as_ref()
                     .map_or_else(|| "-".to_string(), Value::to_string),
-                p.description.clone(),
+                one_line(&p.description),
             ]
         })
         .collect();
@@ -333,6 +336,18 @@ fn write_info(out: &mut dyn Write, path: &Path, module: &PolicyModule) -> std::i
         writeln!(out, " {}", row[4])?;
     }
     Ok(())
+}
+
+/// A policy's text for one cell of a table: its lines joined by spaces,
+/// control characters escaped.
+fn one_line(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    log_safe(&joined).into_owned()
 }
 
 /// What `scalewise eval --context FILE` was given.
@@ -625,6 +640,15 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use serde_json::json;
+
+    #[test]
+    fn a_policys_text_in_a_table_cell_is_one_safe_line() {
+        assert_eq!(
+            one_line("Target value.\n  Defaults to 50.\n"),
+            "Target value. Defaults to 50."
+        );
+        assert_eq!(one_line("a\r\x1b[2Jb"), "a\\r\\u{1b}[2Jb");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

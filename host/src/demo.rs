@@ -99,6 +99,8 @@ pub fn decision_line(record: &TickRecord, start_ms: i64) -> String {
     };
     let reason = crate::scaler::summarize(record);
     let reason = reason.split_once(" — ").map(|(_, r)| r).unwrap_or(&reason);
+    // A policy's words, on the operator's terminal.
+    let reason = crate::runtime::log_safe(reason);
     format!(
         "sim {clock}  {:<8} {arrow} ready {:>3}  {reason}",
         record.scaler, record.target.ready

@@ -18,19 +18,22 @@ fn main() -> ExitCode {
     }
     // Logs go to stderr so that stdout carries only command output (JSON),
     // coloured only on a terminal (not in a file, a pipe or a log collector).
-    // The demo prints a line per decision itself: without RUST_LOG, the log
-    // leaves out its own line per change of replicas there.
+    // The demo prints a line per decision itself: the log leaves out its
+    // own line per change of replicas there, unless RUST_LOG names it.
     let demo = matches!(&cli.command, scalewise::cli::Command::Run(args) if args.config.is_none());
-    let default_filter = if demo {
-        format!("info,{}=warn", scalewise::scaler::SCALE_LOG_TARGET)
-    } else {
-        "info".to_owned()
-    };
+    let scale_target = scalewise::scaler::SCALE_LOG_TARGET;
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains(scale_target));
+    if demo && !named {
+        filter = filter.add_directive(
+            format!("{scale_target}=warn")
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     // Not locked: the daemon's threads log to stderr and the demo prints

@@ -108,8 +108,19 @@ async fn run_demo(args: &RunArgs, out: &mut dyn Write) -> Result<(), DaemonError
         daemon.clock().now_ms(),
         std::io::stdout(),
     ));
+    let journal = daemon.config().journal.path.clone();
     let result = daemon.run(Some(listener), stop_signal(args)).await;
     printer.abort();
+    if result.is_ok() {
+        // The run's record stays for a look afterwards; the folder is the
+        // system's temporary one, which it cleans.
+        let _ = writeln!(
+            out,
+            "\nThe demo's journal stays at {}: `scalewise journal export --journal {0}` prints \
+             every decision as JSON lines.",
+            journal.display()
+        );
+    }
     result
 }
 

@@ -221,19 +221,30 @@ impl bindings::scalewise::policy::types::Host for HostState {}
 /// line that reads as one of the host's own (`2026-... INFO scalewise::scale:
 /// Scaled: ...`), nor drive the operator's terminal.
 pub fn log_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
+    if !text.chars().any(|c| c == '\n' || needs_escape(c)) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut safe = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         match c {
             '\n' => safe.push_str("\n    "),
-            '\t' => safe.push('\t'),
-            c if c.is_control() => safe.extend(c.escape_default()),
+            c if needs_escape(c) => safe.extend(c.escape_default()),
             c => safe.push(c),
         }
     }
     std::borrow::Cow::Owned(safe)
+}
+
+/// Whether [`log_safe`] writes `c` escaped: control characters but the tab
+/// (a line feed is indented instead), the Unicode line and paragraph
+/// separators (which some viewers break lines at), and the bidirectional
+/// controls (which reorder what a reader sees, "Trojan Source").
+pub(crate) fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// The last `max` bytes of `text` or so (cut on a character boundary),
@@ -547,6 +558,12 @@ mod tests {
         assert!(!safe.contains('\r') && !safe.contains('\x1b'), "{safe:?}");
         assert!(safe.contains("\\r\\u{1b}[2J"), "{safe:?}");
         assert_eq!(log_safe("tab\tkept"), "tab\tkept");
+        // Line breaks for some viewers, and text that reads backwards.
+        assert_eq!(
+            log_safe("a\u{2028}b\u{202e}c\u{2069}"),
+            "a\\u{2028}b\\u{202e}c\\u{2069}"
+        );
+        assert_eq!(log_safe("3 → 95 ✓"), "3 → 95 ✓");
     }
 
     #[test]

@@ -53,10 +53,23 @@ pub(crate) fn validate_info(info: &PolicyInfo) -> Result<(), String> {
     if info.name.trim().is_empty() {
         return Err("the policy's name is empty".into());
     }
+    if let Some(c) = unprintable(&info.name) {
+        return Err(format!(
+            "the policy's name {:?} holds the character U+{:04X}; a name is one line of plain text",
+            info.name, c as u32
+        ));
+    }
     let mut seen = BTreeSet::new();
     for p in &info.parameters {
         if p.name.trim().is_empty() {
             return Err("a parameter has an empty name".into());
+        }
+        if let Some(c) = unprintable(&p.name) {
+            return Err(format!(
+                "parameter {:?} holds the character U+{:04X} in its name; a parameter's name is \
+                 a key config files write, one line of plain text",
+                p.name, c as u32
+            ));
         }
         if !seen.insert(p.name.as_str()) {
             return Err(format!("parameter {:?} is declared twice", p.name));
@@ -72,6 +85,13 @@ pub(crate) fn validate_info(info: &PolicyInfo) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The first character of `name` that has no place in a name: a control
+/// character (tabs and line breaks too), or one that logs escape.
+fn unprintable(name: &str) -> Option<char> {
+    name.chars()
+        .find(|&c| c.is_control() || super::host::needs_escape(c))
 }
 
 /// Checks a decision against the runtime's limits.
@@ -200,6 +220,26 @@ mod tests {
             (
                 info(vec![param("n", ParameterKind::Integer, Some(json!(0.5)))]),
                 Some("expected a whole number, got 0.5"),
+            ),
+            (
+                info(vec![param("a\nb", ParameterKind::Number, None)]),
+                Some("parameter \"a\\nb\" holds the character U+000A in its name"),
+            ),
+            (
+                info(vec![param("up\u{202e}", ParameterKind::Number, None)]),
+                Some("U+202E"),
+            ),
+            (
+                PolicyInfo {
+                    name: "tt\r".into(),
+                    ..info(vec![])
+                },
+                Some("the policy's name \"tt\\r\" holds the character U+000D"),
+            ),
+            // Names in any script are fine.
+            (
+                info(vec![param("größe_µs", ParameterKind::Number, None)]),
+                None,
             ),
         ];
         for (i, want) in cases {
