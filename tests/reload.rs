@@ -620,6 +620,27 @@ async fn a_refused_version_stays_refused_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_refusal_is_forgotten_when_the_version_passes_a_trial() {
+    // An earlier run refused v2 (its context then made it fail); this run
+    // has contexts to try it on, and there it works: it loads, and the
+    // refusal is forgotten, so a restart does not refuse it again.
+    let (mut d, _) = ticking_on_v1().await;
+    let registry = d.registry().clone();
+    let v2 = digest_of(artifacts::COUNTER_V2);
+    let cache = registry.runtime().limits().cache_dir.clone().unwrap();
+    let marker = cache.join("refused").join(format!("{v2}.txt"));
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, "2026-12-01T00:00:00Z\nit failed then\n").unwrap();
+    replace_counter(&d, artifacts::COUNTER_V2);
+    d.next_decision(10 * SECOND, |r| decided_by(r, &v2).is_some())
+        .await
+        .unwrap();
+    assert!(!marker.exists(), "{} stays", marker.display());
+    assert!(!registry.snapshot().failures.contains_key("counter"));
+    d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
     let mut d = ticking("").await;
     let v1 = digest_of(artifacts::COUNTER);
