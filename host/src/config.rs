@@ -539,7 +539,9 @@ impl Config {
                         .iter_mut()
                         .chain(prometheus.basic_auth.iter_mut().map(|b| &mut b.password));
                     for secret in secrets {
-                        if let Secret::File(path) = secret {
+                        if let Secret::File(path) = secret
+                            && !is_blank(path)
+                        {
                             resolve(path);
                         }
                     }
@@ -552,6 +554,12 @@ impl Config {
             }
         }
     }
+}
+
+/// Whether `path` is empty or only spaces (it would name the config's own
+/// folder once resolved).
+fn is_blank(path: &Path) -> bool {
+    path.to_str().is_some_and(|text| text.trim().is_empty())
 }
 
 /// The absolute folder of `origin`, against which relative paths resolve.
@@ -902,7 +910,10 @@ pub enum Secret {
     /// The value of an environment variable.
     Env(String),
     /// The contents of a file (trailing newline removed).
-    File(#[serde(deserialize_with = "friendly::path")] PathBuf),
+    /// A blank path is refused where the secret is read (and located at
+    /// its field there: a source's table is read whole, so a deserialize
+    /// error would point at its header).
+    File(PathBuf),
 }
 
 impl std::fmt::Debug for Secret {

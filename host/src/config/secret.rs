@@ -24,6 +24,11 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// The file's path is blank (`file = ""`).
+    #[error(
+        "file: {0:?} is a blank path; give the secret file's name (relative paths are relative to the config file's folder)"
+    )]
+    BlankPath(String),
     /// The variable or file holds nothing (an empty credential is always a
     /// mistake, and servers answer it with a confusing 401).
     #[error("{0} is empty")]
@@ -37,6 +42,7 @@ impl SecretError {
             SecretError::EnvNotSet(_) => "env_not_set",
             SecretError::File { .. } => "file_unreadable",
             SecretError::Empty(_) => "empty",
+            SecretError::BlankPath(_) => "blank_path",
         }
     }
 }
@@ -54,6 +60,9 @@ impl Secret {
             Secret::Env(name) => {
                 let value = env(name).ok_or_else(|| SecretError::EnvNotSet(name.clone()))?;
                 (value, format!("environment variable {name:?}"))
+            }
+            Secret::File(path) if super::is_blank(path) => {
+                return Err(SecretError::BlankPath(path.display().to_string()));
             }
             Secret::File(path) => {
                 let mut value =

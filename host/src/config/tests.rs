@@ -608,6 +608,16 @@ fn each_problem_is_reported_at_its_place() {
             "password: cannot read secret file ",
         ),
         case(
+            "blank secret file",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbearer_token = { file = \"\" }",
+            )],
+            "{ file",
+            "sources.prom",
+            "bearer_token: file: \"\" is a blank path; give the secret file's name",
+        ),
+        case(
             "two kinds of auth",
             &[(
                 "timeout = \"5s\"",
