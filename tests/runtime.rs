@@ -100,6 +100,11 @@ fn traps_carry_the_guest_backtrace() {
         "{}",
         err.message
     );
+    // A recursion's frames are one offset, written once with its count.
+    let err = module.evaluate(&fault("recurse")).unwrap_err();
+    let frames = err.message.lines().last().unwrap();
+    assert!(frames.contains(" ×"), "{frames}");
+    assert!(frames.len() < 300, "{frames}");
 }
 
 #[test]

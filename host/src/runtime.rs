@@ -689,23 +689,40 @@ fn error_detail(err: &wasmtime::Error, summary: &str) -> String {
         .collect();
     let frames = backtrace.frames();
     if frames.iter().all(|frame| frame.func_name().is_none()) {
-        let offsets: Vec<String> = frames
-            .iter()
-            .map(|frame| match frame.module_offset() {
-                Some(offset) => format!("{offset:#x}"),
-                None => format!("function {}", frame.func_index()),
-            })
-            .collect();
+        let offsets = frames.iter().map(|frame| match frame.module_offset() {
+            Some(offset) => format!("{offset:#x}"),
+            // The frame a stack overflow stopped on entering, say.
+            None => format!("function {} (no offset)", frame.func_index()),
+        });
         lines.push(format!(
             "wasm backtrace, innermost first ({} frames; the module has no function names, so \
              code offsets): {}",
             frames.len(),
-            offsets.join(" ")
+            collapse_repeats(offsets)
         ));
     } else {
         lines.push(backtrace.to_string());
     }
     lines.join("\n")
+}
+
+/// `items` joined by ", ", a run of equal ones written once with its count
+/// (`0x42ac ×19`, a recursion's frames).
+fn collapse_repeats(items: impl IntoIterator<Item = String>) -> String {
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for item in items {
+        match runs.last_mut() {
+            Some((last, count)) if *last == item => *count += 1,
+            _ => runs.push((item, 1)),
+        }
+    }
+    runs.iter()
+        .map(|(item, count)| match count {
+            1 => item.clone(),
+            n => format!("{item} ×{n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Refuses bytes that are not a Wasm component before compiling, with a hint.
@@ -889,6 +906,23 @@ impl Drop for EpochTicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_frames_are_written_once_with_their_count() {
+        let frames = [
+            "function 40 (no offset)",
+            "0x42ac",
+            "0x42ac",
+            "0x42ac",
+            "0x10",
+            "0x42ac",
+        ];
+        assert_eq!(
+            collapse_repeats(frames.map(String::from)),
+            "function 40 (no offset), 0x42ac ×3, 0x10, 0x42ac"
+        );
+        assert_eq!(collapse_repeats(Vec::new()), "");
+    }
 
     #[test]
     fn header_checks() {
