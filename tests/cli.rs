@@ -559,7 +559,16 @@ fn the_binary_sends_policy_logs_to_stderr() {
         &context(5, json!({"mode": "print-flood"}), 1),
     );
     let out = Command::new(scalewise_bin())
-        .args(["eval", artifacts::FAULTS, "--context", &ctx])
+        // 2 MiB of output through the host's writes: a deadline a starved
+        // machine meets.
+        .args([
+            "eval",
+            artifacts::FAULTS,
+            "--context",
+            &ctx,
+            "--timeout",
+            "10s",
+        ])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .output()
@@ -587,7 +596,7 @@ fn the_binary_runs_the_demo() {
         .args([
             "run",
             "--for",
-            "3s",
+            "6s",
             "--listen",
             "127.0.0.1:0",
             "--policy-dir",
@@ -617,8 +626,8 @@ fn the_binary_runs_the_demo() {
         .unwrap_or_else(|| panic!("last line: {last:?}"));
     assert!(journal.is_file(), "{}", journal.display());
     let _ = std::fs::remove_dir_all(journal.parent().unwrap());
-    // The demo's clock runs 10x: 3s shows the first ticks of both scalers,
-    // one line per decision.
+    // The demo's clock runs 10x: 6s shows the first ticks of both scalers
+    // (in the first simulated minute), one line per decision.
     for scaler in ["web", "worker"] {
         assert!(
             stdout

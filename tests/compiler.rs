@@ -23,6 +23,18 @@ fn runtime(compiler: Compiler, limits: RuntimeLimits) -> Runtime {
     Runtime::with_compiler(limits, compiler).unwrap()
 }
 
+/// Held by each test for its whole run: the tests run one at a time. A
+/// script written while another test's thread forks a child can be held
+/// open for writing by that child until it execs, and running the script
+/// then fails with "Text file busy" (ETXTBSY), which a test would read as
+/// a compiler that is missing.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A shell script standing in for the compiler program: `body` runs with
 /// the arguments the runtime passes.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -67,6 +79,7 @@ fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, String) {
 
 #[test]
 fn code_compiled_by_the_child_decides_as_code_compiled_in_process() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // The real binary behind a script that counts its runs.
     let calls = dir.path().join("calls");
@@ -125,6 +138,7 @@ fn code_compiled_by_the_child_decides_as_code_compiled_in_process() {
 
 #[test]
 fn the_child_compiles_for_the_runtimes_engine_settings() {
+    let _serial = serial();
     // Fuel metering changes the code: the child must compile with it on.
     let limits = RuntimeLimits {
         fuel: 10_000_000,
@@ -140,6 +154,7 @@ fn the_child_compiles_for_the_runtimes_engine_settings() {
 
 #[test]
 fn a_module_the_compiler_rejects_is_refused_with_the_compilers_words() {
+    let _serial = serial();
     // A component header, then a section that is not one.
     let bytes = b"\0asm\x0d\0\x01\0\x07\xff\xff\xff\xff\x0f";
     let child = runtime(Compiler::process(scalewise_bin()), RuntimeLimits::default())
@@ -154,6 +169,7 @@ fn a_module_the_compiler_rejects_is_refused_with_the_compilers_words() {
 
 #[test]
 fn a_compiler_that_dies_is_an_error_for_that_module() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let program = script(dir.path(), "dies", "kill -9 $$");
     let err = load_error(Compiler::process(program));
@@ -201,6 +217,7 @@ fn a_compiler_that_dies_is_an_error_for_that_module() {
 
 #[test]
 fn a_compiler_that_hangs_is_stopped_at_its_timeout() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let program = script(dir.path(), "hangs", "exec sleep 600");
     let compiler = Compiler::Process {
@@ -220,6 +237,7 @@ fn a_compiler_that_hangs_is_stopped_at_its_timeout() {
 
 #[test]
 fn code_the_engine_refuses_or_no_program_falls_back_to_compiling_here() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // Another build's code (here: a successful exit with garbage), and a
     // program that is not there: the module is not at fault, so it loads,

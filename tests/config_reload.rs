@@ -227,8 +227,15 @@ async fn settings_read_at_start_are_reported_as_needing_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
-    let runtime = "\n[runtime]\nmax_replicas = 10\n";
-    let mut d = start(runtime).await;
+    // The [runtime] table of config_text, with a ceiling of `n` replicas.
+    let with_ceiling = |text: String, n: u32| {
+        text.replace("[runtime]\n", &format!("[runtime]\nmax_replicas = {n}\n"))
+    };
+    let mut d = counter_daemon(&with_ceiling(config_text(4.0, 50, "native", ""), 10))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
     d.next_decision(5 * SECOND, |r| r.scaler == "web")
         .await
         .unwrap();
@@ -236,8 +243,8 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
     // The new file is valid on its own (it raises the ceiling too), but the
     // running ceiling stays 10 until a restart: a max of 500 is refused,
     // not applied to a scaler that would then fail every tick.
-    let text = config_text(4.0, 50, "native", "\n[runtime]\nmax_replicas = 1000\n")
-        .replace("max = 10", "max = 500");
+    let text =
+        with_ceiling(config_text(4.0, 50, "native", ""), 1000).replace("max = 10", "max = 500");
     rewrite_config(&d, &text);
     wait_for_reloads(&d, "refused", 1).await;
     let error = d.get("/v1/config").await.unwrap()["last_error"].clone();
@@ -257,7 +264,7 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
 
     // Likewise a Prometheus source while the running clock is 4x: it
     // would be asked about times that have not happened yet.
-    let text = config_text(1.0, 50, "native", runtime)
+    let text = with_ceiling(config_text(1.0, 50, "native", ""), 10)
         + "\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:1\"\n";
     rewrite_config(&d, &text);
     wait_for_reloads(&d, "refused", 2).await;
@@ -272,7 +279,7 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
 
     // A scaler on a simulation added in the same file: [simulations] are
     // read only at start, so it is refused, at the scaler's target.
-    let text = config_text(4.0, 50, "native", runtime)
+    let text = with_ceiling(config_text(4.0, 50, "native", ""), 10)
         + "\n[simulations.jobs]\ncapacity_per_replica = 10.0\ninitial_replicas = 1\n\n\
            [simulations.jobs.load]\nbase = 5.0\n\n[[scalers]]\nname = \"jobs\"\n\
            interval = \"1s\"\nmin = 1\nmax = 5\n\

@@ -577,6 +577,7 @@ async fn concurrent_fetches_of_one_query_make_one_request() {
         tasks.spawn(async move { source.fetch(&instant(query), now).await });
     }
     let answers = tasks.join_all().await;
+    let finished = Instant::now();
     for answer in &answers {
         assert_eq!(answer.as_ref().unwrap()[0].value, 11.0);
     }
@@ -590,9 +591,14 @@ async fn concurrent_fetches_of_one_query_make_one_request() {
         proxy.counts()
     );
 
-    // Later in the same second: the finished answer is reused.
+    // Later in the same second: the finished answer is reused (for a
+    // second of real time after it came; a starved machine may take longer
+    // to get here, and then a new request is right).
+    let asked = Instant::now();
     source.fetch(&instant("sum(sw_shared)"), now).await.unwrap();
-    assert_eq!(proxy.count("sum(sw_shared)"), 1);
+    if asked.duration_since(finished) < Duration::from_millis(500) {
+        assert_eq!(proxy.count("sum(sw_shared)"), 1);
+    }
     // The next second is a new answer.
     source
         .fetch(&instant("sum(sw_shared)"), now + 1_000)

@@ -264,7 +264,11 @@ fn a_context_the_contract_forbids_is_refused_before_the_call() {
 #[test]
 fn a_module_outlives_its_runtime_handle() {
     let module = {
-        let rt = runtime();
+        let rt = Runtime::new(RuntimeLimits {
+            timeout: Duration::from_millis(200),
+            ..RuntimeLimits::default()
+        })
+        .unwrap();
         rt.load_file(Path::new(artifacts::FAULTS)).unwrap()
     };
     // The epoch ticker still runs: the deadline still fires.
@@ -331,15 +335,9 @@ fn bundled_policies_evaluate_without_growing_their_memory() {
         assert!(usage.memory_bytes <= 512 << 10, "{path}: {usage:?}");
     }
     // The count is real: a policy that allocates past its heap grows it,
-    // and the largest size it reached is reported. A generous deadline:
-    // filling the default memory limit must hit it, not the deadline, even
-    // on a busy machine.
-    let rt = Runtime::new(RuntimeLimits {
-        timeout: Duration::from_secs(10),
-        ..RuntimeLimits::default()
-    })
-    .unwrap();
-    let module = rt.load_file(Path::new(artifacts::FAULTS)).unwrap();
+    // and the largest size it reached is reported (under load()'s generous
+    // deadline: filling memory must hit the limit, not the deadline).
+    let module = load(artifacts::FAULTS);
     let (result, usage) = module.evaluate_with_usage(&fault("oom"));
     assert_eq!(result.unwrap_err().kind, EvalErrorKind::OutOfMemory);
     assert!(usage.memory_growths > 0, "{usage:?}");
@@ -496,17 +494,6 @@ impl tracing::field::Visit for LogEvent {
     }
 }
 
-/// Loads `path` with a deadline long enough for a flood of output on a busy
-/// machine (the flood tests check bounds, not speed).
-fn lenient_load(path: &str) -> scalewise::runtime::PolicyModule {
-    let rt = Runtime::new(RuntimeLimits {
-        timeout: Duration::from_secs(10),
-        ..RuntimeLimits::default()
-    })
-    .unwrap();
-    rt.load_file(Path::new(path)).unwrap()
-}
-
 /// Collects the events logged to the policy target while `f` runs.
 fn policy_log(f: impl FnOnce()) -> Vec<LogEvent> {
     struct Collect(Arc<Mutex<Vec<LogEvent>>>);
@@ -535,7 +522,7 @@ fn policy_log(f: impl FnOnce()) -> Vec<LogEvent> {
 
 #[test]
 fn a_failed_calls_stderr_is_in_its_error_not_repeated_as_a_warning() {
-    let module = lenient_load(artifacts::FAULTS);
+    let module = load(artifacts::FAULTS);
     let mut err = None;
     let events = policy_log(|| err = module.evaluate(&fault("panic")).err());
     let err = err.expect("the panic fails the call");
@@ -561,7 +548,7 @@ fn a_failed_calls_stderr_is_in_its_error_not_repeated_as_a_warning() {
 
 #[test]
 fn policy_logs_are_tagged_and_bounded() {
-    let module = lenient_load(artifacts::FAULTS);
+    let module = load(artifacts::FAULTS);
     let events = policy_log(|| {
         module.evaluate(&fault("log-flood")).unwrap();
     });
@@ -579,7 +566,7 @@ fn policy_logs_are_tagged_and_bounded() {
 
 #[test]
 fn policy_output_is_captured_and_bounded() {
-    let module = lenient_load(artifacts::FAULTS);
+    let module = load(artifacts::FAULTS);
     let events = policy_log(|| {
         module.evaluate(&fault("print-flood")).unwrap();
     });

@@ -623,7 +623,6 @@ impl Daemon {
                 tracing::info!("The config file is unchanged; nothing to apply.");
             }
             Err(err) => {
-                self.telemetry.config_reload("refused");
                 // Indented, and safe: a problem may quote what a policy
                 // declared in describe().
                 let said = crate::runtime::log_safe(&err.to_string()).into_owned();
@@ -654,6 +653,9 @@ impl Daemon {
                     }),
                     ..(**status).clone()
                 });
+                // Counted once the status says why: who sees the count
+                // then reads this refusal's error, not the one before.
+                self.telemetry.config_reload("refused");
             }
         }
     }

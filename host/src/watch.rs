@@ -32,7 +32,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 use notify::{PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
 use serde::Serialize;
 
@@ -530,6 +530,16 @@ fn note_event(
         };
         match event.kind {
             EventKind::Modify(ModifyKind::Data(_)) => tracker.writing(&name, now),
+            // A file just created is open until its writer closes it, even
+            // before its first write: a writer descheduled between the two
+            // must not have its empty file loaded. (Native events only: a
+            // poller sees no closes. A symlink is not written through.)
+            EventKind::Create(CreateKind::File)
+                if matches!(source.mode, ActiveMode::Native)
+                    && !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) =>
+            {
+                tracker.writing(&name, now)
+            }
             EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Remove(_)
             | EventKind::Modify(ModifyKind::Name(_)) => tracker.closed(&name),

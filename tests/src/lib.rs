@@ -56,12 +56,18 @@ pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
 }
 
-/// A runtime with the default limits.
+/// A runtime with the default limits but a 10 s deadline: a test on a
+/// starved CI machine must not fail by running past the default 100 ms
+/// (tests of the deadline set their own).
 pub fn runtime() -> Runtime {
-    Runtime::new(RuntimeLimits::default()).expect("the default runtime starts")
+    Runtime::new(RuntimeLimits {
+        timeout: std::time::Duration::from_secs(10),
+        ..RuntimeLimits::default()
+    })
+    .expect("the test runtime starts")
 }
 
-/// Loads the module at `path` with the default limits, or panics with why.
+/// Loads the module at `path` with [`runtime`]'s limits, or panics with why.
 pub fn load(path: &str) -> PolicyModule {
     runtime()
         .load_file(Path::new(path))

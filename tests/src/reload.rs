@@ -26,6 +26,9 @@ pub fn config_text(speed: f64, debounce_ms: u64, mode: &str, extra: &str) -> Str
     format!(
         r#"policy_dir = "policies"
 
+[runtime]
+timeout = "5s"
+
 [clock]
 speed = {speed:?}
 
@@ -90,7 +93,20 @@ pub fn counter_reason(reason: &str) -> Option<(u32, u64)> {
     Some((version.parse().ok()?, count.parse().ok()?))
 }
 
-/// Waits (10 s at most) until the API's view of scaler `name` satisfies
+/// Waits (30 s at most) until the host's own metrics hold `line` (a series
+/// with its value, as exposed). The reload callback counts loads and
+/// failures after the registry has swapped, so what a test saw in the
+/// registry may not be counted yet.
+pub async fn wait_for_telemetry(d: &RunningDaemon, line: &str) {
+    let telemetry = d.telemetry().clone();
+    let needle = line.to_owned();
+    wait_until_async(Duration::from_secs(30), line, move || {
+        telemetry.encode().contains(&needle)
+    })
+    .await;
+}
+
+/// Waits (30 s at most) until the API's view of scaler `name` satisfies
 /// `cond`. An applied config reaches a scaler between its ticks, so its view
 /// may show the old settings for the rest of a tick in progress.
 pub async fn wait_for_scaler(
@@ -99,7 +115,7 @@ pub async fn wait_for_scaler(
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let view = d
             .get(&format!("/v1/scalers/{name}"))
@@ -124,12 +140,12 @@ pub fn rewrite_config(d: &RunningDaemon, text: &str) {
     std::fs::rename(&tmp, d.config_path()).expect("the new config is renamed over the old");
 }
 
-/// Waits (10 s at most) until the daemon has counted `n` config reloads
+/// Waits (30 s at most) until the daemon has counted `n` config reloads
 /// with `result` (`applied`, `refused`, `unchanged`).
 pub async fn wait_for_reloads(d: &RunningDaemon, result: &str, n: u64) {
     let telemetry = d.telemetry().clone();
     let needle = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
-    wait_until_async(Duration::from_secs(10), &needle.clone(), move || {
+    wait_until_async(Duration::from_secs(30), &needle.clone(), move || {
         telemetry.encode().contains(&needle)
     })
     .await;
