@@ -156,6 +156,25 @@ fn a_new_file_is_not_loaded_empty_while_its_writer_is_slow_to_write() {
 }
 
 #[test]
+fn a_module_truncated_for_a_rewrite_is_not_loaded_before_its_writer_writes() {
+    // The rewrite of an existing file (`>`, open with O_TRUNC) by a writer
+    // descheduled before its first write: the empty file is not tried.
+    let w = Watching::start(
+        folder_with(&[("counter.wasm", artifacts::COUNTER)]),
+        &watch_config(50, WatchMode::Native),
+    );
+    let bytes = std::fs::read(artifacts::COUNTER_V2).unwrap();
+    let v2 = hex::encode(Sha256::digest(&bytes));
+    let mut file = std::fs::File::create(w.path("counter.wasm")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(w.failures(), [], "the truncated file was tried");
+    file.write_all(&bytes).unwrap();
+    drop(file);
+    w.wait_for_digest("counter", &v2, 30 * SECOND);
+    assert_eq!(w.failures(), []);
+}
+
+#[test]
 fn a_module_appended_in_chunks_with_short_pauses_is_loaded_only_when_complete() {
     let w = Watching::start(folder_with(&[]), &watch_config(300, WatchMode::Native));
     let bytes = std::fs::read(artifacts::COUNTER).unwrap();
@@ -242,7 +261,16 @@ fn corrupt_and_wrong_version_modules_never_replace_the_serving_one() {
     for (i, (name, write, kind)) in cases.into_iter().enumerate() {
         write(&w.path("counter.wasm"));
         wait_until(30 * SECOND, name, || w.failures().len() == i + 1);
-        assert_eq!(w.failures()[i], ("counter".to_string(), kind), "{name}");
+        assert_eq!(
+            w.failures()[i],
+            ("counter".to_string(), kind),
+            "{name}: {:?}",
+            w.registry
+                .snapshot()
+                .failures
+                .get("counter")
+                .map(|f| &f.error)
+        );
         let snapshot = w.registry.snapshot();
         assert_eq!(
             snapshot.modules["counter"].digest(),

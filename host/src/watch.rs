@@ -503,6 +503,8 @@ fn note_event(
         return None;
     }
     let mut relevant = event.need_rescan();
+    // Every event, relevant or not, tells that the ones before it are in.
+    tracker.event_at(SystemTime::now());
     for path in &event.paths {
         if path == &source.dir {
             // The folder itself was renamed, removed or replaced.
@@ -565,6 +567,10 @@ struct Tracker {
     seen: BTreeMap<String, (Option<FileStamp>, Instant)>,
     /// Files written to (data events) without a close yet: the last write.
     open: BTreeMap<String, Instant>,
+    /// The wall-clock time of the newest event received. A file modified
+    /// after it has an event still on its way (the watcher's thread was
+    /// slow to get it): its change is not dated from the events before.
+    last_event_wall: Option<SystemTime>,
 }
 
 impl Tracker {
@@ -576,6 +582,25 @@ impl Tracker {
 
     fn closed(&mut self, name: &str) {
         self.open.remove(name);
+    }
+
+    /// An event that can matter arrived at wall-clock time `at`.
+    fn event_at(&mut self, at: SystemTime) {
+        self.last_event_wall = Some(at);
+    }
+
+    /// Whether `stamp` was modified after the newest event was received.
+    /// The kernel stamps files from a clock that runs a little behind the
+    /// wall clock (by up to a tick), never ahead of it: a file written
+    /// before an event was received never reads as after it, so a write
+    /// and its events do not delay the load.
+    fn modified_after_events(&self, stamp: Option<&FileStamp>) -> bool {
+        let (Some(events), Some(modified)) =
+            (self.last_event_wall, stamp.and_then(|stamp| stamp.modified))
+        else {
+            return false;
+        };
+        modified > events
     }
 
     /// A file found changing while it was read: it must settle again.
@@ -609,6 +634,8 @@ impl Tracker {
             // last event if that is earlier (no event since means no write).
             let since = match self.seen.get(name.as_str()) {
                 Some((stamp, since)) if stamp.as_ref() == on_disk => (*since).min(settled_since),
+                // Changed after the newest event: first seen now.
+                _ if self.modified_after_events(on_disk) => now,
                 _ => settled_since,
             };
             pending.insert(name.clone(), (on_disk.cloned(), since));
@@ -784,6 +811,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_change_made_after_the_newest_event_waits_a_window_from_when_it_is_seen() {
+        // The old file's events came in long ago; the file was truncated
+        // since, and its event is still on its way when a scan finds it.
+        let start = Instant::now();
+        let events = SystemTime::now();
+        let with_mtime = |len, modified| {
+            let mut files = map(&[("a", len)]);
+            files.get_mut("a").unwrap().modified = Some(modified);
+            files
+        };
+        let known = map(&[("a", 1)]);
+        let mut tracker = Tracker::default();
+        tracker.event_at(events);
+        let truncated = with_mtime(0, events + ms(300));
+        let last_event = start;
+        let plan = tracker.plan(&known, &truncated, start + ms(500), last_event, S);
+        assert_eq!(plan, Plan::default(), "dated from when it was seen");
+        let plan = tracker.plan(&known, &truncated, start + ms(600), last_event, S);
+        assert_eq!(plan.changed, ["a"], "settled a window later");
+
+        // Written before the newest event (its own): dated from the events.
+        let mut tracker = Tracker::default();
+        tracker.event_at(events);
+        let written = with_mtime(2, events - ms(1));
+        let plan = tracker.plan(&known, &written, start + ms(500), last_event, S);
+        assert_eq!(plan.changed, ["a"]);
     }
 
     #[test]
