@@ -166,7 +166,20 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
         "{error}"
     );
 
+    // Undone (the file as it runs): nothing to apply, and the refusal no
+    // longer describes the file.
+    rewrite_config(&d, &config_text(4.0, 50, "native", ""));
+    wait_for_reloads(&d, "unchanged", 1).await;
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    assert_eq!(status["reloads"], 0);
+
     // Fixed: applied, the error cleared.
+    rewrite_config(
+        &d,
+        &config_text(4.0, 50, "native", "").replace("module = \"counter\"", "module = \"countr\""),
+    );
+    wait_for_reloads(&d, "refused", 3).await;
     rewrite_config(
         &d,
         &config_text(4.0, 50, "native", "").replace("max = 10", "max = 9"),

@@ -535,6 +535,23 @@ fn a_failed_calls_stderr_is_in_its_error_not_repeated_as_a_warning() {
         .collect();
     assert_eq!(stderr.len(), 1);
     assert_eq!(stderr[0].level, Some(tracing::Level::DEBUG));
+    // A policy that writes to stderr and then refuses: its error is what
+    // it returned, followed by what it wrote; nothing at WARN.
+    let mut err = None;
+    let events = policy_log(|| err = module.evaluate(&fault("complain")).err());
+    let err = err.expect("the policy refuses");
+    assert_eq!(err.kind, EvalErrorKind::PolicyError);
+    assert_eq!(
+        err.message,
+        "the faults fixture refuses after complaining\npolicy stderr:\n\
+         the faults fixture complains on stderr at 3"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.level == Some(tracing::Level::DEBUG)),
+        "{events:?}"
+    );
     // A call that succeeds still sends its output to the log as it is.
     let events = policy_log(|| {
         module.evaluate(&fault("print-flood")).unwrap();

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::config::{ParamProblem, RuntimeLimits};
 use crate::journal::{Evaluation, TickRecord};
 use crate::policy::{Context, PolicyInfo};
-use crate::runtime::{Compiler, PolicyModule, Runtime, eval_against_record, log_safe};
+use crate::runtime::{Compiler, PolicyModule, Runtime, eval_against_record, json_safe, log_safe};
 
 /// Scalewise: an autoscaling daemon whose decision logic is sandboxed WebAssembly.
 #[derive(Debug, Parser)]
@@ -630,8 +630,10 @@ fn param_problems(module: &PolicyModule, ctx: &Context) -> Result<Vec<ParamProbl
     ))
 }
 
+/// `v` as pretty JSON for the terminal ([`json_safe`]).
 fn to_pretty<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v)
+        .map(json_safe)
         .unwrap_or_else(|e| format!("{{\"error\": \"cannot print: {e}\"}}"))
 }
 

@@ -619,8 +619,20 @@ impl Daemon {
                 self.recheck_refused_modules().await;
             }
             Ok(None) => {
+                // The file says again what runs (a refused edit undone):
+                // the refusal no longer describes it.
+                if self.config_status.load().last_error.is_some() {
+                    self.config_status.rcu(|status| ConfigStatus {
+                        last_error: None,
+                        ..(**status).clone()
+                    });
+                    tracing::info!(
+                        "The config file is back to the running config; the last refusal no longer applies."
+                    );
+                } else {
+                    tracing::info!("The config file is unchanged; nothing to apply.");
+                }
                 self.telemetry.config_reload("unchanged");
-                tracing::info!("The config file is unchanged; nothing to apply.");
             }
             Err(err) => {
                 // Indented, and safe: a problem may quote what a policy

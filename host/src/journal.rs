@@ -707,9 +707,13 @@ impl Journal {
                 reader.export_page(scaler, since_ms, until_ms, after, EXPORT_PAGE)
             })?;
             for record in &page {
-                serde_json::to_writer(&mut out, record)
+                // Safe for a terminal, as `journal export` prints it.
+                let line = serde_json::to_string(record)
+                    .map(crate::runtime::json_safe)
                     .map_err(|err| JournalError::Export(err.into()))?;
-                out.write_all(b"\n").map_err(JournalError::Export)?;
+                out.write_all(line.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .map_err(JournalError::Export)?;
                 count += 1;
             }
             match page.last() {

@@ -46,7 +46,7 @@ pub use bindings::WIT_VERSION;
 pub use cache::CacheError;
 pub use compiler::{COMPILE_TIMEOUT, Compiler, WORKER_COMMAND, worker as compile_worker};
 pub use errors::{EvalError, EvalErrorKind, LoadError, RuntimeError};
-pub use host::{POLICY_LOG_TARGET, log_safe};
+pub use host::{POLICY_LOG_TARGET, json_safe, log_safe};
 pub use replay::{ReplayOutcome, eval_against_record, outcome_of};
 pub use validate::check_parameter_value;
 
@@ -197,7 +197,10 @@ impl Runtime {
         let pre = PolicyPre::new(pre).map_err(|e| LoadError::BadExport(format!("{e:#}")))?;
         let name: Arc<str> = name.into();
         let info = run(inner, &pre, &name, "", 0, |policy, store| {
-            policy.scalewise_policy_evaluator().call_describe(store)
+            policy
+                .scalewise_policy_evaluator()
+                .call_describe(store)
+                .map(Ok)
         })
         .0
         .map_err(|e| LoadError::DescribeFailed {
@@ -501,7 +504,7 @@ impl PolicyModule {
     /// health checks).
     pub fn instantiate_check(&self) -> Result<(), EvalError> {
         let m = &self.inner;
-        run(&m.runtime, &m.pre, &m.name, "", 0, |_, _| Ok(())).0
+        run(&m.runtime, &m.pre, &m.name, "", 0, |_, _| Ok(Ok(()))).0
     }
 
     /// Asks the policy for a decision. Synchronous and CPU-bound (bounded by
@@ -534,17 +537,11 @@ impl PolicyModule {
                     .call_evaluate(store, &guest_ctx)
             },
         );
-        let decision = answer.and_then(|answer| match answer {
-            Ok(decision) => {
-                let decision = bindings::decision_from_guest(decision);
-                validate::validate_decision(&decision, &m.runtime.limits)
-                    .map_err(|e| EvalError::new(EvalErrorKind::InvalidDecision, e))?;
-                Ok(decision)
-            }
-            Err(message) => Err(EvalError::new(
-                EvalErrorKind::PolicyError,
-                host::truncate(&message, MAX_ERROR_MESSAGE_BYTES),
-            )),
+        let decision = answer.and_then(|decision| {
+            let decision = bindings::decision_from_guest(decision);
+            validate::validate_decision(&decision, &m.runtime.limits)
+                .map_err(|e| EvalError::new(EvalErrorKind::InvalidDecision, e))?;
+            Ok(decision)
         });
         (decision, usage)
     }
@@ -556,15 +553,16 @@ impl PolicyModule {
 const MAX_STDERR_IN_ERROR: usize = 4 * 1024;
 
 /// One call into a fresh instance of `pre`: a new Store with the runtime's
-/// limits, the call, then the guest's output flushed to the log. Also what
-/// the instance used (memory; fuel when metered).
+/// limits, the call, then the guest's output flushed to the log (or, when
+/// the call fails, into its error). Also what the instance used (memory;
+/// fuel when metered). `call`'s inner `Err` is the policy's own refusal.
 fn run<R>(
     rt: &RuntimeInner,
     pre: &PolicyPre<HostState>,
     module: &Arc<str>,
     scaler: &str,
     now_ms: i64,
-    call: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+    call: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
 ) -> (Result<R, EvalError>, EvalUsage) {
     let limits = &rt.limits;
     let state = HostState::new(
@@ -586,21 +584,33 @@ fn run<R>(
         Ok(policy) => call(&policy, &mut store).map_err(|e| classify(&e, false, &store, limits)),
         Err(e) => Err(classify(&e, true, &store, limits)),
     };
-    let stderr_in_error = matches!(&result, Err(e) if e.kind != EvalErrorKind::PolicyError);
-    let stderr = store.data_mut().finish(stderr_in_error);
+    let result = result.and_then(|answer| {
+        answer.map_err(|message| {
+            EvalError::new(
+                EvalErrorKind::PolicyError,
+                host::truncate(&message, MAX_ERROR_MESSAGE_BYTES),
+            )
+        })
+    });
+    let stderr = store.data_mut().finish(result.is_err());
     let mut usage = store.data().limiter.usage;
     if limits.fuel > 0 {
         usage.fuel_consumed = store.get_fuel().ok().map(|left| limits.fuel - left);
     }
     let result = result.map_err(|mut err| {
-        if !stderr.is_empty() && err.kind != EvalErrorKind::PolicyError {
+        if !stderr.is_empty() {
             // What the policy said (a panic's message, say) right after the
-            // summary, before wasmtime's detail.
-            let (summary, detail) = err.message.split_once('\n').unwrap_or((&err.message, ""));
+            // summary, before wasmtime's detail. A policy's own error is
+            // its first line as it returned it.
             let stderr = host::tail(stderr.trim(), MAX_STDERR_IN_ERROR);
-            err.message = format!("{summary}\npolicy stderr:\n{stderr}\n{detail}")
-                .trim_end()
-                .to_owned();
+            err.message = if err.kind == EvalErrorKind::PolicyError {
+                format!("{}\npolicy stderr:\n{stderr}", err.message)
+            } else {
+                let (summary, detail) = err.message.split_once('\n').unwrap_or((&err.message, ""));
+                format!("{summary}\npolicy stderr:\n{stderr}\n{detail}")
+                    .trim_end()
+                    .to_owned()
+            };
         }
         err.message = host::truncate(&err.message, MAX_ERROR_MESSAGE_BYTES).into_owned();
         err

@@ -31,7 +31,9 @@ pub fn journal(
         JournalCommand::Show { at, id } => locate(at)
             .and_then(|path| read_record(&path, *id))
             .and_then(|record| {
-                let text = serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?;
+                let text = serde_json::to_string_pretty(&record)
+                    .map(crate::runtime::json_safe)
+                    .map_err(|e| e.to_string())?;
                 writeln!(out, "{text}").map_err(|e| e.to_string())
             }),
     };

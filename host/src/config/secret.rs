@@ -24,6 +24,11 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// The variable's name is blank (`env = ""`).
+    #[error(
+        "env: {0:?} is a blank variable name; give the environment variable that holds the secret"
+    )]
+    BlankName(String),
     /// The file's path is blank (`file = ""`).
     #[error(
         "file: {0:?} is a blank path; give the secret file's name (relative paths are relative to the config file's folder)"
@@ -43,6 +48,7 @@ impl SecretError {
             SecretError::File { .. } => "file_unreadable",
             SecretError::Empty(_) => "empty",
             SecretError::BlankPath(_) => "blank_path",
+            SecretError::BlankName(_) => "blank_name",
         }
     }
 }
@@ -57,6 +63,9 @@ impl Secret {
     /// [`Secret::resolve`] with environment variables looked up in `env`.
     pub fn resolve_with_env(&self, env: EnvLookup<'_>) -> Result<String, SecretError> {
         let (value, what) = match self {
+            Secret::Env(name) if name.trim().is_empty() => {
+                return Err(SecretError::BlankName(name.clone()));
+            }
             Secret::Env(name) => {
                 let value = env(name).ok_or_else(|| SecretError::EnvNotSet(name.clone()))?;
                 (value, format!("environment variable {name:?}"))

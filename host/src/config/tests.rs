@@ -608,6 +608,16 @@ fn each_problem_is_reported_at_its_place() {
             "password: cannot read secret file ",
         ),
         case(
+            "blank secret variable",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nbearer_token = { env = \"\" }",
+            )],
+            "{ env",
+            "sources.prom",
+            "bearer_token: env: \"\" is a blank variable name",
+        ),
+        case(
             "blank secret file",
             &[(
                 "timeout = \"5s\"",

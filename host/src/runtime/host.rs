@@ -235,6 +235,29 @@ pub fn log_safe(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(safe)
 }
 
+/// JSON text made safe for a terminal: the characters [`log_safe`] escapes
+/// that JSON leaves as they are (DEL and the C1 controls, Unicode line
+/// separators, bidirectional controls) written as `\uXXXX` escapes. The
+/// text means the same JSON: those characters can only be inside strings
+/// (serde already escapes the C0 controls there, so a raw line feed is
+/// the layout's own).
+pub fn json_safe(json: String) -> String {
+    let escaped = |c: char| u32::from(c) >= 0x7f && needs_escape(c);
+    if !json.chars().any(escaped) {
+        return json;
+    }
+    let mut safe = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if escaped(c) {
+            // All of them are in the Basic Multilingual Plane.
+            safe.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
+}
+
 /// Whether [`log_safe`] writes `c` escaped: control characters but the tab
 /// (a line feed is indented instead), the Unicode line and paragraph
 /// separators (which some viewers break lines at), and the bidirectional
@@ -564,6 +587,18 @@ mod tests {
             "a\\u{2028}b\\u{202e}c\\u{2069}"
         );
         assert_eq!(log_safe("3 → 95 ✓"), "3 → 95 ✓");
+    }
+
+    #[test]
+    fn json_for_a_terminal_escapes_what_json_leaves_raw() {
+        let value = serde_json::json!({"reason": "up\u{202e}side\u{2028}\u{9b}2J\n→ ok"});
+        let text = json_safe(serde_json::to_string_pretty(&value).unwrap());
+        assert!(text.contains(r"up\u202eside\u2028\u009b2J\n→ ok"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
+        assert_eq!(json_safe("{\n  \"a\": 1\n}".into()), "{\n  \"a\": 1\n}");
     }
 
     #[test]

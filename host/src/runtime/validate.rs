@@ -59,6 +59,12 @@ pub(crate) fn validate_info(info: &PolicyInfo) -> Result<(), String> {
             info.name, c as u32
         ));
     }
+    if let Some(c) = unprintable(&info.version) {
+        return Err(format!(
+            "the policy's version {:?} holds the character U+{:04X}; a version is one line of plain text",
+            info.version, c as u32
+        ));
+    }
     let mut seen = BTreeSet::new();
     for p in &info.parameters {
         if p.name.trim().is_empty() {
@@ -235,6 +241,13 @@ mod tests {
                     ..info(vec![])
                 },
                 Some("the policy's name \"tt\\r\" holds the character U+000D"),
+            ),
+            (
+                PolicyInfo {
+                    version: "0.1.0\n\u{1b}[31mX".into(),
+                    ..info(vec![])
+                },
+                Some("the policy's version \"0.1.0\\n\\u{1b}[31mX\" holds the character U+000A"),
             ),
             // Names in any script are fine.
             (
