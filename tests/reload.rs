@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use scalewise::config::{WatchConfig, WatchMode};
 use scalewise::journal::{EvaluationOutcome, TickRecord};
@@ -152,6 +152,26 @@ fn a_new_file_is_not_loaded_empty_while_its_writer_is_slow_to_write() {
     file.write_all(&bytes).unwrap();
     drop(file);
     w.wait_for_digest("counter", &full, 30 * SECOND);
+    assert_eq!(w.failures(), []);
+}
+
+#[test]
+fn a_hard_link_into_the_folder_is_not_waited_for_as_a_writer() {
+    // `ln` makes a second name for a complete file: no writer, no close.
+    // It loads after the debounce window, not after the writer wait (ten
+    // windows): with a 1 s window, well before 10 s.
+    let w = Watching::start(folder_with(&[]), &watch_config(1_000, WatchMode::Native));
+    let store = tempfile::tempdir().unwrap();
+    let kept = store.path().join("counter.wasm");
+    std::fs::copy(artifacts::COUNTER, &kept).unwrap();
+    let linked = Instant::now();
+    std::fs::hard_link(&kept, w.path("counter.wasm")).unwrap();
+    w.wait_for_digest("counter", &digest_of(artifacts::COUNTER), 30 * SECOND);
+    assert!(
+        linked.elapsed() < Duration::from_secs(6),
+        "loaded after {:?}",
+        linked.elapsed()
+    );
     assert_eq!(w.failures(), []);
 }
 

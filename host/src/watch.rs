@@ -535,10 +535,10 @@ fn note_event(
             // A file just created is open until its writer closes it, even
             // before its first write: a writer descheduled between the two
             // must not have its empty file loaded. (Native events only: a
-            // poller sees no closes. A symlink is not written through.)
+            // poller sees no closes. Not a symlink or a hard link: nothing
+            // writes through them, and no close would come.)
             EventKind::Create(CreateKind::File)
-                if matches!(source.mode, ActiveMode::Native)
-                    && !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) =>
+                if matches!(source.mode, ActiveMode::Native) && created_by_a_writer(path) =>
             {
                 tracker.writing(&name, now)
             }
@@ -549,6 +549,23 @@ fn note_event(
         }
     }
     relevant.then_some(now)
+}
+
+/// Whether the entry just created at `path` is a new file a writer holds
+/// open: not a symlink, nor a second name (hard link) of a file that
+/// exists already.
+fn created_by_a_writer(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    let second_name = {
+        use std::os::unix::fs::MetadataExt as _;
+        meta.nlink() > 1
+    };
+    #[cfg(not(unix))]
+    let second_name = false;
+    !meta.is_symlink() && !second_name
 }
 
 /// What a scan found ready.
