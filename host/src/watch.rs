@@ -466,6 +466,7 @@ fn watch_loop(mut source: EventSource, rx: Receiver<Msg>, mut watched: impl Watc
         }
         let known = watched.known();
         let files = watched.scan();
+        tracker.scanning_at(SystemTime::now());
         let plan = tracker.plan(&known, &files, now, settled_since.unwrap_or(now), s);
         if !plan.changed.is_empty() || !plan.removed.is_empty() {
             let unsettled = watched.apply(&plan.changed, &plan.removed);
@@ -503,8 +504,6 @@ fn note_event(
         return None;
     }
     let mut relevant = event.need_rescan();
-    // Every event, relevant or not, tells that the ones before it are in.
-    tracker.event_at(SystemTime::now());
     for path in &event.paths {
         if path == &source.dir {
             // The folder itself was renamed, removed or replaced.
@@ -584,10 +583,8 @@ struct Tracker {
     seen: BTreeMap<String, (Option<FileStamp>, Instant)>,
     /// Files written to (data events) without a close yet: the last write.
     open: BTreeMap<String, Instant>,
-    /// The wall-clock time of the newest event received. A file modified
-    /// after it has an event still on its way (the watcher's thread was
-    /// slow to get it): its change is not dated from the events before.
-    last_event_wall: Option<SystemTime>,
+    /// The wall-clock time of the scan being planned ([`Tracker::scanning_at`]).
+    scan_wall: Option<SystemTime>,
 }
 
 impl Tracker {
@@ -601,23 +598,23 @@ impl Tracker {
         self.open.remove(name);
     }
 
-    /// An event that can matter arrived at wall-clock time `at`.
-    fn event_at(&mut self, at: SystemTime) {
-        self.last_event_wall = Some(at);
+    /// The next [`plan`](Self::plan) is for a scan at wall-clock time `at`.
+    fn scanning_at(&mut self, at: SystemTime) {
+        self.scan_wall = Some(at);
     }
 
-    /// Whether `stamp` was modified after the newest event was received.
-    /// The kernel stamps files from a clock that runs a little behind the
-    /// wall clock (by up to a tick), never ahead of it: a file written
-    /// before an event was received never reads as after it, so a write
-    /// and its events do not delay the load.
-    fn modified_after_events(&self, stamp: Option<&FileStamp>) -> bool {
-        let (Some(events), Some(modified)) =
-            (self.last_event_wall, stamp.and_then(|stamp| stamp.modified))
+    /// Whether `stamp` says the file was modified within the last window
+    /// before the scan. Its event may still be on its way (the watcher's
+    /// threads were slow to get it), so the change cannot be dated from
+    /// the events received. An ordinary write is not: the scan comes a
+    /// window after its last event, and the kernel's file clock is at or
+    /// behind the wall clock.
+    fn modified_recently(&self, stamp: Option<&FileStamp>, window: Duration) -> bool {
+        let (Some(scan), Some(modified)) = (self.scan_wall, stamp.and_then(|stamp| stamp.modified))
         else {
             return false;
         };
-        modified > events
+        modified + window > scan
     }
 
     /// A file found changing while it was read: it must settle again.
@@ -651,8 +648,8 @@ impl Tracker {
             // last event if that is earlier (no event since means no write).
             let since = match self.seen.get(name.as_str()) {
                 Some((stamp, since)) if stamp.as_ref() == on_disk => (*since).min(settled_since),
-                // Changed after the newest event: first seen now.
-                _ if self.modified_after_events(on_disk) => now,
+                // Modified within the window by its own clock: first seen now.
+                _ if self.modified_recently(on_disk, s.debounce) => now,
                 _ => settled_since,
             };
             pending.insert(name.clone(), (on_disk.cloned(), since));
@@ -831,11 +828,11 @@ mod tests {
     }
 
     #[test]
-    fn a_change_made_after_the_newest_event_waits_a_window_from_when_it_is_seen() {
+    fn a_change_modified_within_the_window_waits_a_window_from_when_it_is_seen() {
         // The old file's events came in long ago; the file was truncated
-        // since, and its event is still on its way when a scan finds it.
+        // 20 ms before the scan, and its event is still on its way.
         let start = Instant::now();
-        let events = SystemTime::now();
+        let scan = SystemTime::now();
         let with_mtime = |len, modified| {
             let mut files = map(&[("a", len)]);
             files.get_mut("a").unwrap().modified = Some(modified);
@@ -843,19 +840,31 @@ mod tests {
         };
         let known = map(&[("a", 1)]);
         let mut tracker = Tracker::default();
-        tracker.event_at(events);
-        let truncated = with_mtime(0, events + ms(300));
+        tracker.scanning_at(scan);
+        let truncated = with_mtime(0, scan - ms(20));
         let last_event = start;
         let plan = tracker.plan(&known, &truncated, start + ms(500), last_event, S);
         assert_eq!(plan, Plan::default(), "dated from when it was seen");
+        tracker.scanning_at(scan + ms(100));
         let plan = tracker.plan(&known, &truncated, start + ms(600), last_event, S);
         assert_eq!(plan.changed, ["a"], "settled a window later");
 
-        // Written before the newest event (its own): dated from the events.
+        // Written a window before the scan (the events' own write):
+        // dated from the events, no delay.
         let mut tracker = Tracker::default();
-        tracker.event_at(events);
-        let written = with_mtime(2, events - ms(1));
+        tracker.scanning_at(scan);
+        let written = with_mtime(2, scan - S.debounce);
         let plan = tracker.plan(&known, &written, start + ms(500), last_event, S);
+        assert_eq!(plan.changed, ["a"]);
+
+        // A date in the future (`touch -d`): one window from when it is
+        // seen, not for ever.
+        let mut tracker = Tracker::default();
+        tracker.scanning_at(scan);
+        let future = with_mtime(3, scan + Duration::from_secs(3600));
+        let plan = tracker.plan(&known, &future, start + ms(500), last_event, S);
+        assert_eq!(plan, Plan::default());
+        let plan = tracker.plan(&known, &future, start + ms(600), last_event, S);
         assert_eq!(plan.changed, ["a"]);
     }
 
