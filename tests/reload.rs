@@ -139,20 +139,26 @@ fn a_module_written_in_chunks_with_long_pauses_is_loaded_only_when_complete() {
     assert_eq!(w.loads(), [("counter".to_string(), full)]);
 }
 
-#[test]
-fn a_new_file_is_not_loaded_empty_while_its_writer_is_slow_to_write() {
-    // A writer descheduled between creating the file and its first write
-    // (a busy machine): the empty file is not tried.
-    let w = Watching::start(folder_with(&[]), &watch_config(50, WatchMode::Native));
-    let bytes = std::fs::read(artifacts::COUNTER).unwrap();
-    let full = hex::encode(Sha256::digest(&bytes));
+/// Opens `counter.wasm` for writing as `open` does (creating or
+/// truncating it), then stalls past the debounce window before writing
+/// `artifact`, as a descheduled writer would: the empty file must not be
+/// tried, and the complete one loads.
+fn slow_writer_of_counter(w: &Watching, artifact: &str, what: &str) {
+    let bytes = std::fs::read(artifact).unwrap();
+    let digest = hex::encode(Sha256::digest(&bytes));
     let mut file = std::fs::File::create(w.path("counter.wasm")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(w.failures(), [], "the empty file was tried");
+    assert_eq!(w.failures(), [], "the {what} file was tried");
     file.write_all(&bytes).unwrap();
     drop(file);
-    w.wait_for_digest("counter", &full, 30 * SECOND);
+    w.wait_for_digest("counter", &digest, 30 * SECOND);
     assert_eq!(w.failures(), []);
+}
+
+#[test]
+fn a_new_file_is_not_loaded_empty_while_its_writer_is_slow_to_write() {
+    let w = Watching::start(folder_with(&[]), &watch_config(50, WatchMode::Native));
+    slow_writer_of_counter(&w, artifacts::COUNTER, "empty");
 }
 
 #[test]
@@ -177,21 +183,12 @@ fn a_hard_link_into_the_folder_is_not_waited_for_as_a_writer() {
 
 #[test]
 fn a_module_truncated_for_a_rewrite_is_not_loaded_before_its_writer_writes() {
-    // The rewrite of an existing file (`>`, open with O_TRUNC) by a writer
-    // descheduled before its first write: the empty file is not tried.
+    // The rewrite of an existing file (`>`, open with O_TRUNC).
     let w = Watching::start(
         folder_with(&[("counter.wasm", artifacts::COUNTER)]),
         &watch_config(50, WatchMode::Native),
     );
-    let bytes = std::fs::read(artifacts::COUNTER_V2).unwrap();
-    let v2 = hex::encode(Sha256::digest(&bytes));
-    let mut file = std::fs::File::create(w.path("counter.wasm")).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(w.failures(), [], "the truncated file was tried");
-    file.write_all(&bytes).unwrap();
-    drop(file);
-    w.wait_for_digest("counter", &v2, 30 * SECOND);
-    assert_eq!(w.failures(), []);
+    slow_writer_of_counter(&w, artifacts::COUNTER_V2, "truncated");
 }
 
 #[test]

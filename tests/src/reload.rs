@@ -143,10 +143,6 @@ pub fn rewrite_config(d: &RunningDaemon, text: &str) {
 /// Waits (30 s at most) until the daemon has counted `n` config reloads
 /// with `result` (`applied`, `refused`, `unchanged`).
 pub async fn wait_for_reloads(d: &RunningDaemon, result: &str, n: u64) {
-    let telemetry = d.telemetry().clone();
-    let needle = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
-    wait_until_async(Duration::from_secs(30), &needle.clone(), move || {
-        telemetry.encode().contains(&needle)
-    })
-    .await;
+    let line = format!("scalewise_config_reloads_total{{result=\"{result}\"}} {n}");
+    wait_for_telemetry(d, &line).await;
 }
