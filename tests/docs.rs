@@ -1,6 +1,6 @@
 //! The config snippets of the documentation load: every ```toml block of
-//! the README's Prometheus section ("Scaling on Prometheus metrics") parses,
-//! passes the
+//! the README's Prometheus section ("Scaling on Prometheus metrics") and the
+//! example of its Auto Scaling group section parses, passes the
 //! config checks, names only parameters the real bundled policy modules
 //! declare, and has PromQL this build can read.
 //!
@@ -51,13 +51,19 @@ fn toml_blocks(markdown: &str) -> Vec<Block> {
 /// The ```toml blocks of the README's Prometheus section, with their lines
 /// in README.md.
 fn prometheus_blocks() -> Vec<Block> {
+    section_blocks("## Scaling on Prometheus metrics")
+}
+
+/// The ```toml blocks of the README section under `heading`, with their
+/// lines in README.md.
+fn section_blocks(heading: &str) -> Vec<Block> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let markdown = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = markdown.lines().collect();
     let start = lines
         .iter()
-        .position(|l| *l == "## Scaling on Prometheus metrics")
-        .expect("the README has a Prometheus section");
+        .position(|l| *l == heading)
+        .unwrap_or_else(|| panic!("the README has a section {heading:?}"));
     let end = lines[start + 1..]
         .iter()
         .position(|l| l.starts_with("## "))
@@ -186,4 +192,28 @@ fn the_snippets_need_the_secrets_they_name() {
     let err = Config::parse_with_env(&example.text, &dir.path().join("example.toml"), &|_| None)
         .unwrap_err();
     assert!(err.to_string().contains("PROM_TOKEN"), "{err}");
+}
+
+#[test]
+fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
+    let blocks = section_blocks("## Scaling an AWS Auto Scaling group");
+    assert_eq!(blocks.len(), 1);
+    let block = &blocks[0];
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    let text = format!("policy_dir = \"policies\"\n{}", block.text);
+    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
+        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", block.line));
+    config.check_policies(&catalog()).unwrap();
+    let scalewise::config::TargetConfig::AwsAsg(asg) =
+        config.scalers[0].get_ref().target.get_ref().clone()
+    else {
+        panic!("the example's target is an Auto Scaling group")
+    };
+    assert_eq!(asg.group, "workers-asg");
+    assert!(asg.drain_webhook.is_some() && asg.protect_instances);
+    assert_eq!(
+        (asg.drain_delay.as_secs(), asg.drain_timeout.as_secs()),
+        (30, 300)
+    );
 }

@@ -7,6 +7,7 @@
 //! start of every tick and which also advances such a change by a step. While
 //! a change is in flight the loop does not start another.
 
+pub mod aws_asg;
 pub mod simulator;
 
 use std::fmt;

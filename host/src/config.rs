@@ -1075,6 +1075,8 @@ pub enum TargetConfig {
         /// The `[simulations.<name>]` entry.
         service: String,
     },
+    /// An AWS Auto Scaling group.
+    AwsAsg(AwsAsgTarget),
 }
 
 impl TargetConfig {
@@ -1082,6 +1084,7 @@ impl TargetConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TargetConfig::Simulator { .. } => "simulator",
+            TargetConfig::AwsAsg(_) => "aws-asg",
         }
     }
 
@@ -1089,8 +1092,49 @@ impl TargetConfig {
     pub fn simulation(&self) -> Option<&str> {
         match self {
             TargetConfig::Simulator { service } => Some(service),
+            TargetConfig::AwsAsg(_) => None,
         }
     }
+}
+
+/// An AWS Auto Scaling group (`kind = "aws-asg"`); see
+/// [`crate::actuators::aws_asg`] for how it scales in. Credentials come from
+/// the AWS SDK's usual chain (environment, profile, web identity, instance
+/// role); none are written in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsAsgTarget {
+    /// The group's name.
+    pub group: String,
+    /// The AWS region (default: the SDK's, e.g. `AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The Auto Scaling API's URL (default: the SDK's, which honours
+    /// `AWS_ENDPOINT_URL`): a VPC endpoint, or a test server.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Protect the group's instances from scale-in, so that only Scalewise
+    /// picks victims (default true).
+    #[serde(default = "yes")]
+    pub protect_instances: bool,
+    /// POSTed `{"group", "instance_id", "availability_zone"}` for each
+    /// victim every tick until it answers 200 (drained); 202 means draining.
+    #[serde(default)]
+    pub drain_webhook: Option<String>,
+    /// The least time between choosing a victim and terminating it.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// The most time a drain may take; then the victim is terminated anyway.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// One metric of a scaler.

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::actuators::Actuator;
+use crate::actuators::aws_asg::AwsAsgActuator;
 use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState};
 use crate::clock::{Clock, wall_clock_ms};
@@ -1370,6 +1371,7 @@ fn build_actuator(
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
             Ok(Arc::new(actuator))
         }
+        TargetConfig::AwsAsg(settings) => Ok(Arc::new(AwsAsgActuator::new(settings.clone()))),
     }
 }
 

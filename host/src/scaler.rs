@@ -803,10 +803,19 @@ impl Scaler {
             last_decision: Some(summarize(record)),
             problems,
             policies,
-            in_flight: observed
-                .in_flight
-                .as_ref()
-                .map(|f| format!("→ {} since {}: {}", f.desired, f.since_ms, f.detail)),
+            in_flight: match (&observed.in_flight, &record.actuation) {
+                (Some(f), _) => Some(format!(
+                    "→ {} since {}: {}",
+                    f.desired, f.since_ms, f.detail
+                )),
+                // Started this tick: in flight from now until a later
+                // tick's observation says otherwise.
+                (None, ActuationRecord::Started { detail }) => Some(format!(
+                    "→ {} since {}: {detail}",
+                    record.desired, record.time_ms
+                )),
+                (None, _) => None,
+            },
             ticks: self.ticks,
         };
         self.handle.status.store(Arc::new(status));

@@ -1600,3 +1600,153 @@ fn sizes_round_trip_exactly_through_json() {
     let back: RuntimeLimits = serde_json::from_value(json).unwrap();
     assert_eq!(back, limits);
 }
+
+/// A scaler of an AWS Auto Scaling group, its metric read from a simulated
+/// service (any source would do).
+const ASG: &str = r#"policy_dir = "."
+
+[simulations.load]
+capacity_per_replica = 100.0
+initial_replicas = 2
+
+[simulations.load.load]
+base = 100.0
+
+[[scalers]]
+name = "workers"
+interval = "15s"
+min = 1
+max = 10
+
+[scalers.target]
+kind = "aws-asg"
+group = "workers-asg"
+region = "eu-west-1"
+endpoint = "https://autoscaling.eu-west-1.amazonaws.com"
+drain_webhook = "http://drainer.internal:8080/drain"
+drain_delay = "30s"
+drain_timeout = "5m"
+
+[scalers.metrics.cpu]
+source = "simulator"
+query = "load/cpu"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = { metric = "cpu", target = 60.0 }
+"#;
+
+#[test]
+fn an_auto_scaling_group_target_parses_with_its_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_in(dir.path(), ASG).unwrap();
+    let target = config.scalers[0].get_ref().target.get_ref().clone();
+    assert_eq!(target.kind(), "aws-asg");
+    let TargetConfig::AwsAsg(asg) = target else {
+        panic!("{target:?}")
+    };
+    assert_eq!(asg.group, "workers-asg");
+    assert_eq!(asg.drain_delay, Duration::from_secs(30));
+    assert!(asg.protect_instances, "protection is on by default");
+
+    let minimal = edit(
+        ASG,
+        &[(
+            "region = \"eu-west-1\"\nendpoint = \"https://autoscaling.eu-west-1.amazonaws.com\"\ndrain_webhook = \"http://drainer.internal:8080/drain\"\ndrain_delay = \"30s\"\ndrain_timeout = \"5m\"\n",
+            "",
+        )],
+    );
+    let config = parse_in(dir.path(), &minimal).unwrap();
+    let TargetConfig::AwsAsg(asg) = config.scalers[0].get_ref().target.get_ref().clone() else {
+        panic!()
+    };
+    assert_eq!(
+        (asg.region, asg.endpoint, asg.drain_webhook),
+        (None, None, None)
+    );
+    assert_eq!(asg.drain_delay, Duration::ZERO);
+    assert_eq!(asg.drain_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn auto_scaling_group_problems_are_reported_at_their_place() {
+    const AT: &str = "scalers[0] \"workers\".target";
+    /// Name, edits, where the problem is, what it says.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
+        (
+            "webhook without a scheme",
+            &[("\"http://drainer.internal:8080/drain\"", "\"drainer:8080\"")],
+            "\"drainer:8080\"",
+            "drain_webhook \"drainer:8080\" must start with http:// or https://",
+        ),
+        (
+            "endpoint that does not parse",
+            &[(
+                "\"https://autoscaling.eu-west-1.amazonaws.com\"",
+                "\"http://[::1\"",
+            )],
+            "\"http://[::1\"",
+            "endpoint \"http://[::1\" is not a URL",
+        ),
+        (
+            "timeout shorter than the delay",
+            &[("drain_timeout = \"5m\"", "drain_timeout = \"10s\"")],
+            "\"10s\"",
+            "drain_timeout (10s) is shorter than drain_delay (30s)",
+        ),
+        (
+            "blank group",
+            &[("\"workers-asg\"", "\" \"")],
+            "\" \"",
+            "group \" \" must be an Auto Scaling group's name",
+        ),
+        (
+            "not a region",
+            &[("\"eu-west-1\"", "\"EU West\"")],
+            "\"EU West\"",
+            "region \"EU West\" is not an AWS region name",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, edits, needle, message) in cases {
+        let text = edit(ASG, edits);
+        let err = parse_in(dir.path(), &text).expect_err(name);
+        let (line, column) = position_of(&text, needle);
+        let found = err
+            .problems()
+            .iter()
+            .find(|p| p.line == line && p.column == column && p.message.contains(message));
+        let Some(problem) = found else {
+            panic!("{name}: no problem at {line}:{column} saying {message:?}; got:\n{err}");
+        };
+        assert_eq!(problem.path, AT, "{name}: {problem}");
+    }
+
+    // An unknown field stops the parse, located at the field.
+    let text = edit(ASG, &[("drain_delay = ", "drain_dealy = ")]);
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    assert_eq!(err.kind(), "parse");
+    let (line, _) = position_of(&text, "drain_dealy");
+    assert!(
+        err.problems()
+            .iter()
+            .any(|p| p.line == line && p.message.contains("unknown field \"drain_dealy\"")),
+        "{err}"
+    );
+
+    // Two scalers of one group would fight.
+    let second = ASG
+        .split_once("[[scalers]]")
+        .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
+        .unwrap()
+        .replace("name = \"workers\"", "name = \"workers-2\"");
+    let text = format!("{ASG}\n{second}");
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "scalers[1] \"workers-2\".target: Auto Scaling group \"workers-asg\" is already scaled by scalers[0]"
+        ),
+        "{err}"
+    );
+}

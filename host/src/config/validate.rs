@@ -10,8 +10,8 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    Behavior, Config, EnvLookup, LoadConfig, MetricConfig, Problem, PrometheusConfig, ScalerConfig,
-    ScalingRules, SimulationConfig, SourceConfig,
+    AwsAsgTarget, Behavior, Config, EnvLookup, LoadConfig, MetricConfig, Problem, PrometheusConfig,
+    ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -322,6 +322,21 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// An http:// or https:// URL with a host, for the field `field` at `path`.
+    fn http_url(&mut self, path: &[Seg], field: &str, url: &str) {
+        match url::Url::parse(url) {
+            Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => self.value(
+                path,
+                format!("{field} {url:?} must start with http:// or https://"),
+            ),
+            Ok(parsed) if !parsed.has_host() => {
+                self.value(path, format!("{field} {url:?} has no host"))
+            }
+            Ok(_) => {}
+            Err(err) => self.value(path, format!("{field} {url:?} is not a URL: {err}")),
+        }
+    }
+
     fn source(&mut self, name: &str, source: &SourceConfig, env: EnvLookup<'_>) {
         let at = |field: &str| keys!["sources", name, field];
         if name == SIMULATOR_SOURCE {
@@ -339,17 +354,7 @@ impl Checker<'_, '_> {
             headers,
         } = prometheus;
 
-        match url::Url::parse(url) {
-            Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => self.value(
-                &at("url"),
-                format!("url {url:?} must start with http:// or https://"),
-            ),
-            Ok(parsed) if !parsed.has_host() => {
-                self.value(&at("url"), format!("url {url:?} has no host"))
-            }
-            Ok(_) => {}
-            Err(err) => self.value(&at("url"), format!("url {url:?} is not a URL: {err}")),
-        }
+        self.http_url(&at("url"), "url", url);
         self.nonzero(&at("timeout"), "timeout", *timeout);
 
         if bearer_token.is_some() && basic_auth.is_some() {
@@ -467,6 +472,8 @@ impl Checker<'_, '_> {
         let mut names: HashMap<&str, usize> = HashMap::new();
         // Which scaler drives each simulated target: two would fight.
         let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
+        // The same for Auto Scaling groups, by (endpoint, region, group).
+        let mut groups: BTreeMap<(Option<&str>, Option<&str>, &str), usize> = BTreeMap::new();
         for (i, scaler) in config.scalers.iter().enumerate() {
             let scaler = scaler.get_ref();
             let name = scaler.name.get_ref().as_str();
@@ -504,7 +511,63 @@ impl Checker<'_, '_> {
                     );
                 }
             }
+            if let TargetConfig::AwsAsg(asg) = scaler.target.get_ref() {
+                let key = (
+                    asg.endpoint.as_deref(),
+                    asg.region.as_deref(),
+                    asg.group.as_str(),
+                );
+                if let Some(first) = groups.insert(key, i) {
+                    groups.insert(key, first);
+                    self.value(
+                        &keys!["scalers", i, "target", "group"],
+                        format!(
+                            "Auto Scaling group {:?} is already scaled by scalers[{first}]; two scalers on one target would fight",
+                            asg.group
+                        ),
+                    );
+                }
+                self.aws_asg(i, asg);
+            }
             self.scaler(config, i, scaler);
+        }
+    }
+
+    fn aws_asg(&mut self, i: usize, asg: &AwsAsgTarget) {
+        let at = |field: &str| keys!["scalers", i, "target", field];
+        let group = asg.group.as_str();
+        if group.trim().is_empty() || group.len() > 255 || group.chars().any(char::is_control) {
+            self.value(
+                &at("group"),
+                format!("group {group:?} must be an Auto Scaling group's name: 1 to 255 printable characters"),
+            );
+        }
+        if let Some(region) = &asg.region
+            && (region.is_empty()
+                || !region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        {
+            self.value(
+                &at("region"),
+                format!("region {region:?} is not an AWS region name such as \"eu-west-1\""),
+            );
+        }
+        if let Some(endpoint) = &asg.endpoint {
+            self.http_url(&at("endpoint"), "endpoint", endpoint);
+        }
+        if let Some(webhook) = &asg.drain_webhook {
+            self.http_url(&at("drain_webhook"), "drain_webhook", webhook);
+        }
+        if asg.drain_timeout < asg.drain_delay {
+            self.value(
+                &at("drain_timeout"),
+                format!(
+                    "drain_timeout ({}) is shorter than drain_delay ({}); a drain lasts at least drain_delay",
+                    humantime::format_duration(asg.drain_timeout),
+                    humantime::format_duration(asg.drain_delay)
+                ),
+            );
         }
     }
 

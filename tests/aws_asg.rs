@@ -1,0 +1,390 @@
+//! The AWS Auto Scaling group actuator against a real Auto Scaling API (the
+//! moto server): scale-out, scale-in through chosen, drained victims,
+//! timeouts, restarts, errors. Times are passed in, so drains that take
+//! minutes are tested without waiting; the API and the drain webhook are
+//! real servers on loopback.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use scalewise::actuators::aws_asg::AwsAsgActuator;
+use scalewise::actuators::{Actuation, Actuator, ActuatorError};
+use scalewise::config::AwsAsgTarget;
+use scalewise_tests::moto::MotoServer;
+use tokio::sync::OnceCell;
+
+const T0: i64 = 1_700_000_000_000;
+const SECOND: i64 = 1_000;
+
+/// One server for the whole file; each test uses its own group.
+async fn moto() -> &'static MotoServer {
+    static MOTO: OnceCell<MotoServer> = OnceCell::const_new();
+    MOTO.get_or_init(|| async { MotoServer::start().await.expect("moto starts") })
+        .await
+}
+
+fn settings(group: &str) -> AwsAsgTarget {
+    AwsAsgTarget {
+        group: group.into(),
+        region: Some(scalewise_tests::moto::REGION.into()),
+        endpoint: None,
+        protect_instances: true,
+        drain_webhook: None,
+        drain_delay: Duration::ZERO,
+        drain_timeout: Duration::from_secs(300),
+    }
+}
+
+async fn actuator(moto: &MotoServer, settings: AwsAsgTarget) -> AwsAsgActuator {
+    AwsAsgActuator::with_client(settings, moto.client())
+}
+
+/// A drain webhook: answers `status` and records what it was sent.
+#[derive(Clone, Default)]
+struct Drainer {
+    status: Arc<AtomicU16>,
+    calls: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Drainer {
+    async fn start(status: StatusCode) -> (Drainer, String) {
+        let drainer = Drainer::default();
+        drainer.answer(status);
+        let app = axum::Router::new()
+            .route("/drain", post(Self::handle))
+            .with_state(drainer.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/drain", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (drainer, url)
+    }
+
+    async fn handle(State(d): State<Drainer>, Json(body): Json<serde_json::Value>) -> StatusCode {
+        d.calls.lock().unwrap().push(body);
+        StatusCode::from_u16(d.status.load(Ordering::SeqCst)).unwrap()
+    }
+
+    fn answer(&self, status: StatusCode) {
+        self.status.store(status.as_u16(), Ordering::SeqCst);
+    }
+
+    /// The instance ids it was asked to drain, each once.
+    fn drained_ids(&self) -> BTreeSet<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c["instance_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn scale_out_raises_the_desired_capacity_and_protects_the_instances() {
+    let moto = moto().await;
+    moto.create_group("out", 2).await.unwrap();
+    let asg = actuator(moto, settings("out")).await;
+
+    let before = asg.observe(T0).await.unwrap();
+    assert_eq!((before.current, before.ready), (2, 2));
+    assert!(before.in_flight.is_none());
+
+    let done = asg.scale(T0, 2, 5).await.unwrap();
+    let Actuation::Done { detail } = done else {
+        panic!("scale-out is done at once: {done:?}")
+    };
+    assert!(detail.contains("to 5 (was 2)"), "{detail}");
+    assert!(detail.contains("protected"), "{detail}");
+
+    let group = moto.group("out").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(5));
+    assert_eq!(group.new_instances_protected_from_scale_in(), Some(true));
+    // The two that were there were protected by the call; the three new ones
+    // by the group's setting.
+    assert_eq!(group.instances().len(), 5);
+    for i in group.instances() {
+        assert_eq!(i.protected_from_scale_in(), Some(true), "{i:?}");
+    }
+    let after = asg.observe(T0 + SECOND).await.unwrap();
+    assert_eq!((after.current, after.ready), (5, 5));
+}
+
+#[tokio::test]
+async fn without_protection_the_instances_are_left_as_they_are() {
+    let moto = moto().await;
+    moto.create_group("unprotected", 1).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            protect_instances: false,
+            ..settings("unprotected")
+        },
+    )
+    .await;
+    asg.scale(T0, 1, 3).await.unwrap();
+    let group = moto.group("unprotected").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(3));
+    assert_ne!(group.new_instances_protected_from_scale_in(), Some(true));
+    assert!(
+        group
+            .instances()
+            .iter()
+            .all(|i| i.protected_from_scale_in() != Some(true))
+    );
+}
+
+#[tokio::test]
+async fn scale_in_drains_the_chosen_victims_then_terminates_exactly_them() {
+    let moto = moto().await;
+    moto.create_group("in", 4).await.unwrap();
+    let (drainer, url) = Drainer::start(StatusCode::ACCEPTED).await;
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(url),
+            ..settings("in")
+        },
+    )
+    .await;
+    let all = moto.instance_ids("in").await.unwrap();
+
+    let started = asg.scale(T0, 4, 2).await.unwrap();
+    let Actuation::Started { detail } = started else {
+        panic!("a drained scale-in takes several ticks: {started:?}")
+    };
+    assert!(detail.contains("draining"), "{detail}");
+    let victims = drainer.drained_ids();
+    assert_eq!(victims.len(), 2, "two victims asked to drain: {victims:?}");
+    // Nothing is terminated, and the desired capacity is unchanged, until
+    // the victims are drained.
+    assert_eq!(moto.instance_ids("in").await.unwrap(), all);
+    let group = moto.group("in").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(4));
+    for i in group.instances() {
+        assert_eq!(i.protected_from_scale_in(), Some(true), "{i:?}");
+    }
+
+    // Still draining: the change is in flight, and a second change is refused.
+    let observed = asg.observe(T0 + 15 * SECOND).await.unwrap();
+    let in_flight = observed.in_flight.expect("the scale-in is in flight");
+    assert_eq!(in_flight.desired, 2);
+    assert!(
+        in_flight.detail.contains("draining"),
+        "{}",
+        in_flight.detail
+    );
+    assert_eq!(observed.current, 4);
+    let refused = asg.scale(T0 + 15 * SECOND, 4, 3).await.unwrap_err();
+    assert!(refused.to_string().contains("in flight"), "{refused}");
+    assert_eq!(moto.instance_ids("in").await.unwrap(), all);
+
+    // Drained: exactly the victims go, with the desired capacity.
+    drainer.answer(StatusCode::OK);
+    let observed = asg.observe(T0 + 30 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!((observed.current, observed.ready), (2, 2));
+    let left: BTreeSet<String> = moto.instance_ids("in").await.unwrap().into_iter().collect();
+    let expected: BTreeSet<String> = all
+        .iter()
+        .filter(|id| !victims.contains(*id))
+        .cloned()
+        .collect();
+    assert_eq!(left, expected);
+    let group = moto.group("in").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(2));
+    for i in group.instances() {
+        assert_eq!(i.protected_from_scale_in(), Some(true), "{i:?}");
+    }
+    let call = drainer.calls.lock().unwrap()[0].clone();
+    assert_eq!(call["group"], "in");
+    assert!(
+        call["availability_zone"]
+            .as_str()
+            .unwrap()
+            .starts_with("us-east-1")
+    );
+}
+
+#[tokio::test]
+async fn a_drain_that_never_finishes_is_cut_short_at_its_timeout() {
+    let moto = moto().await;
+    moto.create_group("stuck", 3).await.unwrap();
+    let (drainer, url) = Drainer::start(StatusCode::ACCEPTED).await;
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(url),
+            drain_timeout: Duration::from_secs(120),
+            ..settings("stuck")
+        },
+    )
+    .await;
+    assert!(matches!(
+        asg.scale(T0, 3, 2).await.unwrap(),
+        Actuation::Started { .. }
+    ));
+    let observed = asg.observe(T0 + 119 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some());
+    assert_eq!(moto.instance_ids("stuck").await.unwrap().len(), 3);
+
+    let observed = asg.observe(T0 + 120 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!(observed.current, 2);
+    let left = moto.instance_ids("stuck").await.unwrap();
+    assert_eq!(left.len(), 2);
+    let victim = drainer.drained_ids().into_iter().next().unwrap();
+    assert!(!left.contains(&victim), "the drained victim went: {left:?}");
+}
+
+#[tokio::test]
+async fn without_a_webhook_the_drain_delay_holds_the_termination() {
+    let moto = moto().await;
+    moto.create_group("delay", 3).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_delay: Duration::from_secs(30),
+            ..settings("delay")
+        },
+    )
+    .await;
+    assert!(matches!(
+        asg.scale(T0, 3, 1).await.unwrap(),
+        Actuation::Started { .. }
+    ));
+    let observed = asg.observe(T0 + 29 * SECOND).await.unwrap();
+    let in_flight = observed.in_flight.expect("in flight during the delay");
+    assert!(
+        in_flight.detail.contains("drain delay"),
+        "{}",
+        in_flight.detail
+    );
+    assert_eq!(moto.instance_ids("delay").await.unwrap().len(), 3);
+    let observed = asg.observe(T0 + 30 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none());
+    assert_eq!(moto.instance_ids("delay").await.unwrap().len(), 1);
+    assert_eq!(
+        moto.group("delay").await.unwrap().desired_capacity(),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn without_a_drain_the_victims_are_terminated_at_once() {
+    let moto = moto().await;
+    moto.create_group("quick", 3).await.unwrap();
+    let asg = actuator(moto, settings("quick")).await;
+    let done = asg.scale(T0, 3, 2).await.unwrap();
+    let Actuation::Done { detail } = done else {
+        panic!("no drain: done at once: {done:?}")
+    };
+    assert!(detail.contains("terminated i-"), "{detail}");
+    assert_eq!(moto.instance_ids("quick").await.unwrap().len(), 2);
+    assert_eq!(
+        moto.group("quick").await.unwrap().desired_capacity(),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_restart_mid_drain_finds_the_group_unchanged() {
+    let moto = moto().await;
+    moto.create_group("restart", 3).await.unwrap();
+    let (drainer, url) = Drainer::start(StatusCode::ACCEPTED).await;
+    let with_webhook = AwsAsgTarget {
+        drain_webhook: Some(url),
+        ..settings("restart")
+    };
+    let first = actuator(moto, with_webhook.clone()).await;
+    first.scale(T0, 3, 2).await.unwrap();
+    let victim = drainer.drained_ids().into_iter().next().unwrap();
+    drop(first);
+
+    // A new daemon: the victim is still in service and protected, and the
+    // group still wants 3; nothing is in flight.
+    let second = actuator(moto, with_webhook).await;
+    let observed = second.observe(T0 + 60 * SECOND).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (3, 3));
+    assert!(observed.in_flight.is_none());
+    let group = moto.group("restart").await.unwrap();
+    let instance = group
+        .instances()
+        .iter()
+        .find(|i| i.instance_id() == Some(victim.as_str()))
+        .expect("the victim is still in the group");
+    assert_eq!(instance.protected_from_scale_in(), Some(true));
+    // Deciding again picks the same victim.
+    drainer.calls.lock().unwrap().clear();
+    second.scale(T0 + 60 * SECOND, 3, 2).await.unwrap();
+    assert_eq!(
+        drainer.drained_ids().into_iter().collect::<Vec<_>>(),
+        [victim]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_asked_again_and_reported() {
+    let moto = moto().await;
+    moto.create_group("flaky", 2).await.unwrap();
+    let (drainer, url) = Drainer::start(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(url),
+            ..settings("flaky")
+        },
+    )
+    .await;
+    asg.scale(T0, 2, 1).await.unwrap();
+    let observed = asg.observe(T0 + 15 * SECOND).await.unwrap();
+    let detail = observed.in_flight.unwrap().detail;
+    assert!(detail.contains("500"), "{detail}");
+    assert_eq!(drainer.calls.lock().unwrap().len(), 2);
+    drainer.answer(StatusCode::OK);
+    let observed = asg.observe(T0 + 30 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none());
+    assert_eq!(moto.instance_ids("flaky").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_group_is_not_found_and_changes_nothing() {
+    let moto = moto().await;
+    let asg = actuator(moto, settings("no-such-group")).await;
+    let err = asg.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::NotFound(_)), "{err:?}");
+    assert!(err.to_string().contains("\"no-such-group\""), "{err}");
+    let err = asg.scale(T0, 1, 2).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::NotFound(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_an_error_that_names_the_call() {
+    let closed = scalewise_tests::stub_http::closed_port().unwrap();
+    let client = {
+        let config = aws_sdk_autoscaling::Config::builder()
+            .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
+            .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://{closed}"))
+            .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .retry_config(
+                aws_sdk_autoscaling::config::retry::RetryConfig::standard().with_max_attempts(1),
+            )
+            .build();
+        aws_sdk_autoscaling::Client::from_conf(config)
+    };
+    let asg = AwsAsgActuator::with_client(settings("web"), client);
+    let err = asg.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with("DescribeAutoScalingGroups: "),
+        "{err}"
+    );
+}

@@ -1,0 +1,291 @@
+//! `scalewise run` scaling a real Auto Scaling API (the moto server), end
+//! to end through the binary: credentials and region come from the
+//! environment as in production, the decision comes from a real policy
+//! module, scale-in waits for the drain webhook, and dry-run changes
+//! nothing (not even instance protection).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use scalewise_tests::moto::{MotoServer, REGION};
+use scalewise_tests::{artifacts, wait_until};
+
+/// The config of one scaler of the group `group`, asking the counter
+/// fixture for `scale_to` replicas every second.
+fn config(moto: &MotoServer, group: &str, scale_to: u32, mode: &str, webhook: &str) -> String {
+    format!(
+        r#"policy_dir = "policies"
+
+[api]
+listen = "127.0.0.1:0"
+
+[journal]
+path = "journal.db"
+
+[[scalers]]
+name = "{group}"
+interval = "1s"
+min = 1
+max = 8
+mode = "{mode}"
+
+[scalers.target]
+kind = "aws-asg"
+group = "{group}"
+endpoint = "{endpoint}"
+drain_webhook = "{webhook}"
+drain_timeout = "1m"
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = {scale_to} }}
+
+[scalers.behavior.scale_down]
+stabilization_window = "0s"
+"#,
+        endpoint = moto.url(),
+    )
+}
+
+/// `scalewise run --config` in `dir`, with AWS settings in its environment.
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(dir: &Path, config: &str) -> Daemon {
+        std::fs::write(dir.join("scalewise.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+            .args(["run", "--config", "scalewise.toml"])
+            .current_dir(dir)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "the daemon stopped with {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Clone, Default)]
+struct Drainer {
+    status: Arc<AtomicU16>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+async fn drain(State(d): State<Drainer>, Json(body): Json<serde_json::Value>) -> StatusCode {
+    d.calls
+        .lock()
+        .unwrap()
+        .push(body["instance_id"].as_str().unwrap_or_default().to_owned());
+    StatusCode::from_u16(d.status.load(Ordering::SeqCst)).unwrap()
+}
+
+async fn desired_and_count(moto: &MotoServer, group: &str) -> (i32, usize) {
+    let g = moto.group(group).await.unwrap();
+    (g.desired_capacity().unwrap_or(-1), g.instances().len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_changes_nothing() {
+    let moto = MotoServer::start().await.unwrap();
+    moto.create_group("web", 2).await.unwrap();
+    let drainer = Drainer::default();
+    drainer
+        .status
+        .store(StatusCode::ACCEPTED.as_u16(), Ordering::SeqCst);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let webhook = format!("http://{}/drain", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/drain", post(drain))
+        .with_state(drainer.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+
+    // Dry-run: decisions are journaled, the group is left alone.
+    let daemon = Daemon::start(dir.path(), &config(&moto, "web", 5, "dry-run", &webhook));
+    wait_until("a dry-run decision", Duration::from_secs(60), || async {
+        if log().contains("Would scale") {
+            Ok(())
+        } else {
+            Err(log())
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop();
+    let group = moto.group("web").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(2), "{}", log());
+    assert!(
+        group
+            .instances()
+            .iter()
+            .all(|i| i.protected_from_scale_in() != Some(true)),
+        "dry-run protected instances: {group:?}"
+    );
+
+    // Enforce: out to 5.
+    let daemon = Daemon::start(dir.path(), &config(&moto, "web", 5, "enforce", &webhook));
+    wait_until("the group at 5", Duration::from_secs(60), || async {
+        match desired_and_count(&moto, "web").await {
+            (5, 5) => Ok(()),
+            other => Err(format!("{other:?}\n{}", log())),
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop();
+    let before: BTreeSet<String> = moto
+        .instance_ids("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+
+    // In to 3: two victims drain (202), nothing is terminated until the
+    // webhook says they are drained.
+    let daemon = Daemon::start(dir.path(), &config(&moto, "web", 3, "enforce", &webhook));
+    wait_until(
+        "two victims asked to drain",
+        Duration::from_secs(60),
+        || async {
+            let asked: BTreeSet<String> = drainer.calls.lock().unwrap().iter().cloned().collect();
+            if asked.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{asked:?}\n{}", log()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The API shows the change in flight.
+    let api = log()
+        .lines()
+        .find_map(|l| l.split("The HTTP API is listening. addr=").nth(1))
+        .map(|addr| addr.trim().to_owned())
+        .expect("the daemon logs its API address");
+    let url = format!("http://{api}/v1/scalers/web");
+    wait_until(
+        "the API to show the drain",
+        Duration::from_secs(30),
+        || async {
+            let scaler: serde_json::Value = reqwest::get(&url)
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            match scaler["in_flight"].as_str() {
+                Some(f) if f.contains("draining i-") => Ok(()),
+                _ => Err(scaler.to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The webhook is asked again at later ticks; meanwhile the group is
+    // untouched.
+    wait_until(
+        "the webhook asked again",
+        Duration::from_secs(30),
+        || async {
+            match drainer.calls.lock().unwrap().len() {
+                n if n >= 4 => Ok(()),
+                n => Err(format!("{n} calls")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(desired_and_count(&moto, "web").await, (5, 5), "{}", log());
+    let victims: BTreeSet<String> = drainer.calls.lock().unwrap().iter().cloned().collect();
+    assert_eq!(victims.len(), 2, "the same two victims: {victims:?}");
+
+    drainer
+        .status
+        .store(StatusCode::OK.as_u16(), Ordering::SeqCst);
+    wait_until("the group at 3", Duration::from_secs(60), || async {
+        match desired_and_count(&moto, "web").await {
+            (3, 3) => Ok(()),
+            other => Err(format!("{other:?}\n{}", log())),
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop();
+    let after: BTreeSet<String> = moto
+        .instance_ids("web")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        after,
+        before
+            .difference(&victims)
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        "exactly the drained victims were terminated"
+    );
+    assert!(
+        moto.group("web")
+            .await
+            .unwrap()
+            .instances()
+            .iter()
+            .all(|i| i.protected_from_scale_in() == Some(true))
+    );
+
+    // The journal tells the story.
+    let out = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+        .args([
+            "journal",
+            "export",
+            "--config",
+            "scalewise.toml",
+            "--scaler",
+            "web",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let journal = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{journal}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(journal.contains("draining i-"), "{journal}");
+    assert!(log().contains("Terminated a scale-in victim."), "{}", log());
+}

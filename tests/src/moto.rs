@@ -1,0 +1,193 @@
+//! A real AWS Auto Scaling API for tests: the moto server (PyPI
+//! `moto[server]`, installed by scripts/install-test-deps), on loopback.
+//!
+//! [`MotoServer::start`] runs `moto_server` on a free port under a watchdog
+//! that kills it when the test process goes away, even by abort.
+//! [`MotoServer::client`] is an Auto Scaling client for it with test
+//! credentials, and [`MotoServer::create_group`] makes a group with running
+//! instances through the same API (a launch configuration, then the group).
+//!
+//! What moto does differently from AWS (checked on moto 5.2): every call
+//! takes effect at once (instances are `InService` as soon as they are
+//! asked for); a desired capacity above the group's maximum is accepted;
+//! calls naming an unknown group or instance fail with HTTP 500, not a
+//! `ValidationError`; lifecycle-hook completion is not implemented.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use aws_sdk_autoscaling::Client;
+use aws_sdk_autoscaling::config::retry::RetryConfig;
+use aws_sdk_autoscaling::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_autoscaling::types::AutoScalingGroup;
+
+use crate::prometheus::find_binary;
+
+/// What to tell someone whose machine lacks moto.
+const INSTALL_HINT: &str = "run scripts/install-test-deps (it installs PyPI's `moto[server]`, \
+     which provides `moto_server`; CI runs it)";
+
+/// Runs the server, and kills it when our end of its stdin closes.
+const WATCHDOG: &str = r#"
+exec 3<&0
+"$@" </dev/null 3<&- &
+server=$!
+( while read -r _ <&3; do :; done; kill -KILL "$server" 2>/dev/null ) &
+wait "$server"
+"#;
+
+/// The region every test group lives in.
+pub const REGION: &str = "us-east-1";
+
+/// A moto server on loopback; killed when dropped.
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    url: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl MotoServer {
+    /// Starts a server and waits until it answers (about 1.5 s).
+    pub async fn start() -> anyhow::Result<MotoServer> {
+        let program = find_binary("moto_server").context(INSTALL_HINT)?;
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            listener.local_addr()?.port()
+        };
+        let log = tempfile::NamedTempFile::new()?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("moto-watchdog")
+            .arg(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(log.reopen()?)
+            .stderr(log.reopen()?)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let mut server = MotoServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        server.wait_ready(Duration::from_secs(60)).await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let reset = format!("{}/moto-api/reset", self.url);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(resp) = http.post(&reset).send().await
+                && resp.status().is_success()
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "moto_server exited ({status}) before it was ready:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto_server did not answer within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the server logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The server's base URL, for `endpoint` in a config.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// An Auto Scaling client for this server: test credentials, [`REGION`],
+    /// and one retry (moto answers a bad request with a 500, which the SDK
+    /// would otherwise retry with backoff).
+    pub fn client(&self) -> Client {
+        let config = aws_sdk_autoscaling::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&self.url)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+            .retry_config(RetryConfig::standard().with_max_attempts(2))
+            .build();
+        Client::from_conf(config)
+    }
+
+    /// Creates the group `name` with `desired` running instances (0 to 10)
+    /// over two Availability Zones.
+    pub async fn create_group(&self, name: &str, desired: i32) -> anyhow::Result<()> {
+        let client = self.client();
+        let config = format!("{name}-lc");
+        client
+            .create_launch_configuration()
+            .launch_configuration_name(&config)
+            .image_id("ami-12c6146b")
+            .instance_type("t2.micro")
+            .send()
+            .await
+            .context("CreateLaunchConfiguration")?;
+        client
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_configuration_name(&config)
+            .min_size(0)
+            .max_size(10)
+            .desired_capacity(desired)
+            .availability_zones(format!("{REGION}a"))
+            .availability_zones(format!("{REGION}b"))
+            .send()
+            .await
+            .context("CreateAutoScalingGroup")?;
+        Ok(())
+    }
+
+    /// The group `name` as the API describes it now.
+    pub async fn group(&self, name: &str) -> anyhow::Result<AutoScalingGroup> {
+        let out = self
+            .client()
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await
+            .context("DescribeAutoScalingGroups")?;
+        out.auto_scaling_groups()
+            .first()
+            .cloned()
+            .with_context(|| format!("no group {name:?}"))
+    }
+
+    /// The ids of the group's instances, sorted.
+    pub async fn instance_ids(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .group(name)
+            .await?
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        // Closing stdin tells the watchdog to kill the server.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
