@@ -1,6 +1,6 @@
 //! The config snippets of the documentation load: every ```toml block of
 //! the README's Prometheus section ("Scaling on Prometheus metrics") and the
-//! example of its Auto Scaling group section parses, passes the
+//! examples of its Kubernetes and Auto Scaling group sections parses, passes the
 //! config checks, names only parameters the real bundled policy modules
 //! declare, and has PromQL this build can read.
 //!
@@ -216,4 +216,21 @@ fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
         (asg.drain_delay.as_secs(), asg.drain_timeout.as_secs()),
         (30, 300)
     );
+}
+
+#[test]
+fn the_kubernetes_example_loads() {
+    let blocks = section_blocks("## Scaling a Kubernetes workload");
+    assert_eq!(blocks.len(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    let text = format!(
+        "policy_dir = \"policies\"\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n{}",
+        blocks[0].text
+    );
+    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
+        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", blocks[0].line));
+    config.check_policies(&catalog()).unwrap();
+    let target = config.scalers[0].get_ref().target.get_ref();
+    assert_eq!(target.kind(), "kubernetes");
 }

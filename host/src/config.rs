@@ -1077,6 +1077,8 @@ pub enum TargetConfig {
     },
     /// An AWS Auto Scaling group.
     AwsAsg(AwsAsgTarget),
+    /// A Kubernetes workload, through its scale subresource.
+    Kubernetes(KubernetesTarget),
 }
 
 impl TargetConfig {
@@ -1085,6 +1087,7 @@ impl TargetConfig {
         match self {
             TargetConfig::Simulator { .. } => "simulator",
             TargetConfig::AwsAsg(_) => "aws-asg",
+            TargetConfig::Kubernetes(_) => "kubernetes",
         }
     }
 
@@ -1092,7 +1095,7 @@ impl TargetConfig {
     pub fn simulation(&self) -> Option<&str> {
         match self {
             TargetConfig::Simulator { service } => Some(service),
-            TargetConfig::AwsAsg(_) => None,
+            TargetConfig::AwsAsg(_) | TargetConfig::Kubernetes(_) => None,
         }
     }
 }
@@ -1131,6 +1134,39 @@ pub struct AwsAsgTarget {
 
 fn yes() -> bool {
     true
+}
+
+/// A Kubernetes workload (`kind = "kubernetes"`), scaled through its scale
+/// subresource as the HorizontalPodAutoscaler does; see
+/// [`crate::actuators::kubernetes`]. The client is configured from the
+/// environment (`KUBECONFIG`, `~/.kube/config`, or the pod's service account).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesTarget {
+    /// The object's API group and version (default `apps/v1`).
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// The object's kind (default `Deployment`): `StatefulSet`, `ReplicaSet`,
+    /// or a custom resource's kind.
+    #[serde(default = "default_object")]
+    pub object: String,
+    /// The object's name.
+    pub name: String,
+    /// Its namespace (default: the client configuration's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The resource's plural name, for a kind whose plural is not its
+    /// lowercase name plus "s" (default: derived from `object`).
+    #[serde(default)]
+    pub plural: Option<String>,
+}
+
+fn default_api_version() -> String {
+    "apps/v1".into()
+}
+
+fn default_object() -> String {
+    "Deployment".into()
 }
 
 fn default_drain_timeout() -> Duration {

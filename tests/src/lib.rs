@@ -19,6 +19,7 @@
 //!   the bundled policy modules (end-to-end tests and benchmarks).
 
 pub mod e2e;
+pub mod fake_kube;
 pub mod moto;
 pub mod prometheus;
 pub mod reload;

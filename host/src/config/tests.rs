@@ -268,10 +268,10 @@ fn each_problem_is_reported_at_its_place() {
         ),
         parse_case(
             "unknown target kind",
-            &[("kind = \"simulator\"", "kind = \"kubernetes\"")],
-            "\"kubernetes\"",
+            &[("kind = \"simulator\"", "kind = \"nomad\"")],
+            "\"nomad\"",
             "scalers[0] \"web\".target",
-            "kind: unknown variant \"kubernetes\", expected \"simulator\"",
+            "kind: unknown variant \"nomad\", expected one of \"simulator\", \"aws-asg\", \"kubernetes\"",
         ),
         parse_case(
             "unknown field inside a tagged table",
@@ -1746,6 +1746,87 @@ fn auto_scaling_group_problems_are_reported_at_their_place() {
     assert!(
         err.to_string().contains(
             "scalers[1] \"workers-2\".target: Auto Scaling group \"workers-asg\" is already scaled by scalers[0]"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_kubernetes_target_defaults_to_a_deployment_and_is_checked_at_its_place() {
+    let text = edit(
+        ASG,
+        &[(
+            "kind = \"aws-asg\"\ngroup = \"workers-asg\"\nregion = \"eu-west-1\"\nendpoint = \"https://autoscaling.eu-west-1.amazonaws.com\"\ndrain_webhook = \"http://drainer.internal:8080/drain\"\ndrain_delay = \"30s\"\ndrain_timeout = \"5m\"\n",
+            "kind = \"kubernetes\"\nname = \"workers\"\nnamespace = \"jobs\"\n",
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_in(dir.path(), &text).unwrap();
+    let TargetConfig::Kubernetes(k8s) = config.scalers[0].get_ref().target.get_ref().clone() else {
+        panic!()
+    };
+    assert_eq!(
+        (k8s.api_version.as_str(), k8s.object.as_str(), k8s.plural),
+        ("apps/v1", "Deployment", None)
+    );
+
+    const AT: &str = "scalers[0] \"workers\".target";
+    let cases = [
+        (
+            "name = \"workers\"\nnamespace",
+            "name = \"Workers_1\"\nnamespace",
+            "\"Workers_1\"",
+            "name \"Workers_1\" is not a Kubernetes object name",
+        ),
+        (
+            "namespace = \"jobs\"",
+            "namespace = \"jobs.prod\"",
+            "\"jobs.prod\"",
+            "namespace \"jobs.prod\" is not a Kubernetes namespace name",
+        ),
+        (
+            "namespace = \"jobs\"",
+            "namespace = \"jobs\"\napi_version = \"apps\"",
+            "\"apps\"",
+            "api_version \"apps\" is not an API version",
+        ),
+        (
+            "namespace = \"jobs\"",
+            "namespace = \"jobs\"\nobject = \"deployment\"",
+            "\"deployment\"",
+            "object \"deployment\" is not a Kubernetes kind",
+        ),
+        (
+            "namespace = \"jobs\"",
+            "namespace = \"jobs\"\nplural = \"Worker Pools\"",
+            "\"Worker Pools\"",
+            "plural \"Worker Pools\" is not a resource name",
+        ),
+    ];
+    for (from, to, needle, message) in cases {
+        let bad = edit(&text, &[(from, to)]);
+        let err = parse_in(dir.path(), &bad).expect_err(message);
+        let (line, column) = position_of(&bad, needle);
+        assert!(
+            err.problems().iter().any(|p| p.line == line
+                && p.column == column
+                && p.path == AT
+                && p.message.contains(message)),
+            "{message}: not at {line}:{column}:\n{err}"
+        );
+    }
+    let second = text
+        .split_once("[[scalers]]")
+        .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
+        .unwrap()
+        .replace(
+            "name = \"workers\"\ninterval",
+            "name = \"workers-2\"\ninterval",
+        );
+    let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "scalers[1] \"workers-2\".target: Deployment \"workers\" is already scaled by scalers[0]"
         ),
         "{err}"
     );

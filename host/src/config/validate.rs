@@ -10,8 +10,8 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    AwsAsgTarget, Behavior, Config, EnvLookup, LoadConfig, MetricConfig, Problem, PrometheusConfig,
-    ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
+    AwsAsgTarget, Behavior, Config, EnvLookup, KubernetesTarget, LoadConfig, MetricConfig, Problem,
+    PrometheusConfig, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -474,6 +474,9 @@ impl Checker<'_, '_> {
         let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
         // The same for Auto Scaling groups, by (endpoint, region, group).
         let mut groups: BTreeMap<(Option<&str>, Option<&str>, &str), usize> = BTreeMap::new();
+        // And Kubernetes workloads, by (api_version, object, namespace, name).
+        type Workload<'a> = (&'a str, &'a str, Option<&'a str>, &'a str);
+        let mut workloads: BTreeMap<Workload, usize> = BTreeMap::new();
         for (i, scaler) in config.scalers.iter().enumerate() {
             let scaler = scaler.get_ref();
             let name = scaler.name.get_ref().as_str();
@@ -529,7 +532,94 @@ impl Checker<'_, '_> {
                 }
                 self.aws_asg(i, asg);
             }
+            if let TargetConfig::Kubernetes(k8s) = scaler.target.get_ref() {
+                let key = (
+                    k8s.api_version.as_str(),
+                    k8s.object.as_str(),
+                    k8s.namespace.as_deref(),
+                    k8s.name.as_str(),
+                );
+                if let Some(first) = workloads.insert(key, i) {
+                    workloads.insert(key, first);
+                    self.value(
+                        &keys!["scalers", i, "target", "name"],
+                        format!(
+                            "{} {:?} is already scaled by scalers[{first}]; two scalers on one target would fight",
+                            k8s.object, k8s.name
+                        ),
+                    );
+                }
+                self.kubernetes(i, k8s);
+            }
             self.scaler(config, i, scaler);
+        }
+    }
+
+    fn kubernetes(&mut self, i: usize, k8s: &KubernetesTarget) {
+        let at = |field: &str| keys!["scalers", i, "target", field];
+        // Object names are DNS subdomains; namespaces DNS labels.
+        let dns = |s: &str, max: usize, dots: bool| {
+            !s.is_empty()
+                && s.len() <= max
+                && s.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')
+                })
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        if !dns(&k8s.name, 253, true) {
+            self.value(
+                &at("name"),
+                format!(
+                    "name {:?} is not a Kubernetes object name (lowercase letters, digits, '-' and '.', at most 253)",
+                    k8s.name
+                ),
+            );
+        }
+        if let Some(ns) = &k8s.namespace
+            && !dns(ns, 63, false)
+        {
+            self.value(
+                &at("namespace"),
+                format!(
+                    "namespace {ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+                ),
+            );
+        }
+        let version = k8s.api_version.rsplit('/').next().unwrap_or_default();
+        if k8s.api_version.matches('/').count() > 1
+            || !version.starts_with('v')
+            || !k8s
+                .api_version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '/'))
+        {
+            self.value(
+                &at("api_version"),
+                format!(
+                    "api_version {:?} is not an API version such as \"apps/v1\" or \"v1\"",
+                    k8s.api_version
+                ),
+            );
+        }
+        if !k8s.object.starts_with(|c: char| c.is_ascii_uppercase())
+            || !k8s.object.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            self.value(
+                &at("object"),
+                format!(
+                    "object {:?} is not a Kubernetes kind such as \"Deployment\" or \"StatefulSet\"",
+                    k8s.object
+                ),
+            );
+        }
+        if let Some(plural) = &k8s.plural
+            && !dns(plural, 63, false)
+        {
+            self.value(
+                &at("plural"),
+                format!("plural {plural:?} is not a resource name such as \"deployments\""),
+            );
         }
     }
 

@@ -1,0 +1,287 @@
+//! A Kubernetes workload as an actuator (`kind = "kubernetes"`), through its
+//! scale subresource: a Deployment, a StatefulSet, a ReplicaSet, or any
+//! custom resource that serves `/scale`, as the HorizontalPodAutoscaler
+//! scales them.
+//!
+//! - `current` is the scale's `spec.replicas`; `ready` is the object's
+//!   `status.readyReplicas` (the apps/v1 kinds leave it out when it is 0),
+//!   or, for a kind that does not report it, the scale's `status.replicas`;
+//! - a change is one merge patch of the scale's `spec.replicas`, done at
+//!   once: the workload's controller starts or stops the pods, and the next
+//!   ticks see them become ready.
+//!
+//! The client comes from the environment on first use, as `kubectl`'s does:
+//! `KUBECONFIG` or `~/.kube/config` (its current context), else the pod's
+//! service account in a cluster. It needs `get` on the workload and `get`
+//! and `patch` on its `scale` subresource.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::autoscaling::v1::Scale;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+use super::{Actuation, Actuator, ActuatorError, Observed};
+use crate::config::KubernetesTarget;
+
+/// The longest one request to the API server may take to answer.
+const API_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The kinds whose status has `readyReplicas`, omitted when it is 0.
+const READY_REPLICAS_KINDS: &[&str] = &["Deployment", "StatefulSet", "ReplicaSet"];
+
+/// Scales one workload through its scale subresource.
+pub struct KubernetesActuator {
+    settings: KubernetesTarget,
+    resource: ApiResource,
+    /// Built on first use, from the environment; a failure is retried at
+    /// the next tick.
+    client: OnceCell<Client>,
+}
+
+impl KubernetesActuator {
+    /// The actuator of `settings`, with a client inferred from the
+    /// environment on first use.
+    pub fn new(settings: KubernetesTarget) -> Self {
+        let resource = api_resource(&settings);
+        KubernetesActuator {
+            settings,
+            resource,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// The actuator of `settings` with a client already built.
+    pub fn with_client(settings: KubernetesTarget, client: Client) -> Self {
+        let resource = api_resource(&settings);
+        KubernetesActuator {
+            settings,
+            resource,
+            client: OnceCell::new_with(Some(client)),
+        }
+    }
+
+    async fn api(&self) -> Result<Api<DynamicObject>, ActuatorError> {
+        let client = self
+            .client
+            .get_or_try_init(|| async {
+                let mut config = Config::infer().await.map_err(|e| {
+                    ActuatorError::Failed(format!(
+                        "no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or a \
+                         service account): {e}"
+                    ))
+                })?;
+                config.read_timeout = Some(API_TIMEOUT);
+                Client::try_from(config).map_err(|e| {
+                    ActuatorError::Failed(format!("cannot build the Kubernetes client: {e}"))
+                })
+            })
+            .await?
+            .clone();
+        let api = match &self.settings.namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &self.resource),
+            None => Api::default_namespaced_with(client, &self.resource),
+        };
+        Ok(api)
+    }
+
+    /// `Deployment "web"` (`in namespace "shop"` when one is set).
+    fn describe(&self) -> String {
+        let mut s = format!("{} {:?}", self.settings.object, self.settings.name);
+        if let Some(ns) = &self.settings.namespace {
+            s.push_str(&format!(" in namespace {ns:?}"));
+        }
+        s
+    }
+
+    fn error(&self, operation: &str, err: kube::Error) -> ActuatorError {
+        match err {
+            kube::Error::Api(status) if status.code == 404 => ActuatorError::NotFound(format!(
+                "{} ({operation}: {})",
+                self.describe(),
+                status.message
+            )),
+            kube::Error::Api(status) if status.code == 403 => ActuatorError::Failed(format!(
+                "{operation} {}: forbidden: {}; the client needs get on {} and get and patch on \
+                 {}/scale",
+                self.describe(),
+                status.message,
+                self.resource.plural,
+                self.resource.plural
+            )),
+            kube::Error::Api(status) => ActuatorError::Failed(format!(
+                "{operation} {}: {} {}: {}",
+                self.describe(),
+                status.code,
+                status.reason,
+                status.message
+            )),
+            other => ActuatorError::Failed(format!("{operation} {}: {other}", self.describe())),
+        }
+    }
+
+    async fn scale_of(&self, api: &Api<DynamicObject>) -> Result<Scale, ActuatorError> {
+        api.get_scale(&self.settings.name)
+            .await
+            .map_err(|e| self.error("reading the scale of", e))
+    }
+}
+
+impl std::fmt::Debug for KubernetesActuator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client has no Debug; what it talks to is in the settings.
+        f.debug_struct("KubernetesActuator")
+            .field("settings", &self.settings)
+            .field("client_ready", &self.client.initialized())
+            .finish_non_exhaustive()
+    }
+}
+
+fn api_resource(settings: &KubernetesTarget) -> ApiResource {
+    let (group, version) = settings
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", &settings.api_version));
+    let gvk = GroupVersionKind::gvk(group, version, &settings.object);
+    match &settings.plural {
+        Some(plural) => ApiResource::from_gvk_with_plural(&gvk, plural),
+        None => ApiResource::from_gvk(&gvk),
+    }
+}
+
+fn spec_replicas(scale: &Scale) -> u32 {
+    scale
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0)
+        .max(0) as u32
+}
+
+/// The ready replicas `object` reports; `fallback` for a kind that does not.
+fn ready_replicas(kind: &str, object: &DynamicObject, fallback: u32) -> u32 {
+    let reported = object
+        .data
+        .get("status")
+        .and_then(|s| s.get("readyReplicas"))
+        .and_then(serde_json::Value::as_u64);
+    match reported {
+        Some(n) => n.min(u32::MAX as u64) as u32,
+        None if READY_REPLICAS_KINDS.contains(&kind) => 0,
+        None => fallback,
+    }
+}
+
+#[async_trait]
+impl Actuator for KubernetesActuator {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn target_name(&self) -> String {
+        match &self.settings.namespace {
+            Some(ns) => format!("{ns}/{}", self.settings.name),
+            None => self.settings.name.clone(),
+        }
+    }
+
+    async fn observe(&self, _now_ms: i64) -> Result<Observed, ActuatorError> {
+        let api = self.api().await?;
+        let scale = self.scale_of(&api).await?;
+        let status_replicas = scale
+            .status
+            .as_ref()
+            .map(|s| s.replicas.max(0) as u32)
+            .unwrap_or(0);
+        let object = api
+            .get(&self.settings.name)
+            .await
+            .map_err(|e| self.error("reading", e))?;
+        Ok(Observed {
+            current: spec_replicas(&scale),
+            ready: ready_replicas(&self.settings.object, &object, status_replicas),
+            in_flight: None,
+        })
+    }
+
+    async fn scale(
+        &self,
+        _now_ms: i64,
+        current: u32,
+        desired: u32,
+    ) -> Result<Actuation, ActuatorError> {
+        let api = self.api().await?;
+        let patch = serde_json::json!({ "spec": { "replicas": desired } });
+        let scale = api
+            .patch_scale(
+                &self.settings.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| self.error("scaling", e))?;
+        Ok(Actuation::Done {
+            detail: format!(
+                "set the replicas of {} to {} (was {current})",
+                self.describe(),
+                spec_replicas(&scale)
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(api_version: &str, object: &str, plural: Option<&str>) -> KubernetesTarget {
+        KubernetesTarget {
+            api_version: api_version.into(),
+            object: object.into(),
+            name: "web".into(),
+            namespace: None,
+            plural: plural.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn the_resource_path_comes_from_api_version_and_object() {
+        let r = api_resource(&target("apps/v1", "Deployment", None));
+        assert_eq!(
+            (r.group.as_str(), r.version.as_str(), r.plural.as_str()),
+            ("apps", "v1", "deployments")
+        );
+        let r = api_resource(&target("v1", "ReplicationController", None));
+        assert_eq!(
+            (r.group.as_str(), r.plural.as_str()),
+            ("", "replicationcontrollers")
+        );
+        let r = api_resource(&target(
+            "example.com/v1alpha1",
+            "Worker",
+            Some("workerpools"),
+        ));
+        assert_eq!(
+            (r.group.as_str(), r.version.as_str(), r.plural.as_str()),
+            ("example.com", "v1alpha1", "workerpools")
+        );
+    }
+
+    #[test]
+    fn ready_replicas_left_out_mean_zero_only_for_kinds_that_report_them() {
+        let object = |status: serde_json::Value| DynamicObject {
+            types: None,
+            metadata: Default::default(),
+            data: serde_json::json!({ "status": status }),
+        };
+        let reported = object(serde_json::json!({"replicas": 3, "readyReplicas": 2}));
+        assert_eq!(ready_replicas("Deployment", &reported, 3), 2);
+        assert_eq!(ready_replicas("Worker", &reported, 3), 2);
+        let none_ready = object(serde_json::json!({"replicas": 3}));
+        assert_eq!(ready_replicas("Deployment", &none_ready, 3), 0);
+        assert_eq!(ready_replicas("Worker", &none_ready, 3), 3);
+    }
+}

@@ -1,0 +1,216 @@
+//! The Kubernetes actuator against a fake API server (`src/fake_kube.rs`):
+//! no real Kubernetes API server can run where this suite runs, so the
+//! fake serves the scale subresource and the workload as the real server
+//! shapes them, and the tests check the requests the actuator makes as well
+//! as what it reports.
+
+use axum::http::Method;
+use scalewise::actuators::kubernetes::KubernetesActuator;
+use scalewise::actuators::{Actuation, Actuator, ActuatorError};
+use scalewise::config::KubernetesTarget;
+use scalewise_tests::fake_kube::{FakeKube, Workload};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn deployment(name: &str, namespace: Option<&str>) -> KubernetesTarget {
+    KubernetesTarget {
+        api_version: "apps/v1".into(),
+        object: "Deployment".into(),
+        name: name.into(),
+        namespace: namespace.map(Into::into),
+        plural: None,
+    }
+}
+
+fn workload(replicas: u32, ready: Option<u32>) -> Workload {
+    Workload {
+        replicas,
+        ready,
+        forbidden: false,
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_is_observed_and_scaled_through_its_scale_subresource() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "web",
+        workload(3, Some(2)),
+    );
+    let actuator =
+        KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
+    assert_eq!(actuator.kind(), "kubernetes");
+    assert_eq!(actuator.target_name(), "shop/web");
+
+    let observed = actuator.observe(T0).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (3, 2));
+    assert!(observed.in_flight.is_none());
+
+    let done = actuator.scale(T0, 3, 5).await.unwrap();
+    let Actuation::Done { detail } = done else {
+        panic!("a patch is done at once: {done:?}")
+    };
+    assert_eq!(
+        detail,
+        "set the replicas of Deployment \"web\" in namespace \"shop\" to 5 (was 3)"
+    );
+    assert_eq!(
+        kube.workload("apps/v1", "deployments", "shop", "web")
+            .unwrap()
+            .replicas,
+        5
+    );
+    // One merge patch of spec.replicas, on the scale subresource.
+    let patches: Vec<_> = kube
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == Method::PATCH)
+        .collect();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        patches[0].path,
+        "/apis/apps/v1/namespaces/shop/deployments/web/scale"
+    );
+    assert_eq!(
+        patches[0].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(
+        patches[0].body,
+        serde_json::json!({"spec": {"replicas": 5}})
+    );
+
+    // The new pods are not ready yet: the next tick sees 5 asked, 2 ready.
+    let observed = actuator.observe(T0 + 15_000).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (5, 2));
+}
+
+#[tokio::test]
+async fn without_a_namespace_the_clients_default_is_used() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "team-a",
+        "api",
+        workload(2, Some(2)),
+    );
+    let actuator = KubernetesActuator::with_client(deployment("api", None), kube.client("team-a"));
+    let observed = actuator.observe(T0).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (2, 2));
+    assert!(kube.seen().iter().all(|s| {
+        s.path
+            .starts_with("/apis/apps/v1/namespaces/team-a/deployments/api")
+    }));
+}
+
+#[tokio::test]
+async fn a_deployment_with_no_ready_pod_reports_zero_ready() {
+    // The apps/v1 kinds leave readyReplicas out when it is 0.
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "statefulsets",
+        "data",
+        "kafka",
+        workload(3, None),
+    );
+    let target = KubernetesTarget {
+        object: "StatefulSet".into(),
+        ..deployment("kafka", Some("data"))
+    };
+    let actuator = KubernetesActuator::with_client(target, kube.client("default"));
+    let observed = actuator.observe(T0).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (3, 0));
+}
+
+#[tokio::test]
+async fn a_custom_resource_with_its_own_plural_scales_too() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "example.com/v1alpha1",
+        "workerpools",
+        "jobs",
+        "crunch",
+        workload(4, None),
+    );
+    let target = KubernetesTarget {
+        api_version: "example.com/v1alpha1".into(),
+        object: "Worker".into(),
+        name: "crunch".into(),
+        namespace: Some("jobs".into()),
+        plural: Some("workerpools".into()),
+    };
+    let actuator = KubernetesActuator::with_client(target, kube.client("default"));
+    // A kind that does not report ready replicas: the scale's status counts.
+    let observed = actuator.observe(T0).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (4, 4));
+    actuator.scale(T0, 4, 6).await.unwrap();
+    assert_eq!(
+        kube.workload("example.com/v1alpha1", "workerpools", "jobs", "crunch")
+            .unwrap()
+            .replicas,
+        6
+    );
+}
+
+#[tokio::test]
+async fn a_missing_workload_is_not_found_and_a_forbidden_one_names_the_permissions() {
+    let kube = FakeKube::start().await.unwrap();
+    let missing =
+        KubernetesActuator::with_client(deployment("ghost", Some("shop")), kube.client("default"));
+    let err = missing.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::NotFound(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("Deployment \"ghost\" in namespace \"shop\""),
+        "{err}"
+    );
+    let err = missing.scale(T0, 1, 2).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::NotFound(_)), "{err:?}");
+
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "locked",
+        Workload {
+            forbidden: true,
+            ..workload(2, Some(2))
+        },
+    );
+    let locked =
+        KubernetesActuator::with_client(deployment("locked", Some("shop")), kube.client("default"));
+    let err = locked.scale(T0, 2, 3).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("forbidden"), "{text}");
+    assert!(
+        text.contains("get on deployments and get and patch on deployments/scale"),
+        "{text}"
+    );
+    assert_eq!(
+        kube.workload("apps/v1", "deployments", "shop", "locked")
+            .unwrap()
+            .replicas,
+        2
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_an_error_that_names_the_target() {
+    let closed = scalewise_tests::stub_http::closed_port().unwrap();
+    let config = kube::Config::new(format!("http://{closed}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let actuator = KubernetesActuator::with_client(deployment("web", Some("shop")), client);
+    let err = actuator.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("reading the scale of Deployment \"web\" in namespace \"shop\": "),
+        "{err}"
+    );
+}

@@ -1,0 +1,153 @@
+//! `scalewise run` scaling a Kubernetes Deployment end to end through the
+//! binary, with the client configured by `KUBECONFIG` as in production. The
+//! API server is the suite's fake (`src/fake_kube.rs`): no real one can run
+//! where this suite runs.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::http::Method;
+use scalewise_tests::fake_kube::{FakeKube, Workload};
+use scalewise_tests::{artifacts, wait_until};
+
+fn config(scale_to: u32, mode: &str) -> String {
+    format!(
+        r#"policy_dir = "policies"
+
+[api]
+listen = "127.0.0.1:0"
+
+[journal]
+path = "journal.db"
+
+[[scalers]]
+name = "web"
+interval = "1s"
+min = 1
+max = 8
+mode = "{mode}"
+target = {{ kind = "kubernetes", object = "Deployment", name = "web" }}
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = {scale_to} }}
+"#
+    )
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(dir: &Path, config: &str) -> Daemon {
+        std::fs::write(dir.join("scalewise.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+            .args(["run", "--config", "scalewise.toml"])
+            .current_dir(dir)
+            .env("KUBECONFIG", dir.join("kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "the daemon stopped with {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "web",
+        Workload {
+            replicas: 2,
+            ready: Some(2),
+            forbidden: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    kube.kubeconfig(&dir.path().join("kubeconfig"), "shop")
+        .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let replicas = || {
+        kube.workload("apps/v1", "deployments", "shop", "web")
+            .unwrap()
+            .replicas
+    };
+
+    // Dry-run: the decision is logged, the Deployment is read, never patched.
+    let daemon = Daemon::start(dir.path(), &config(4, "dry-run"));
+    wait_until("a dry-run decision", Duration::from_secs(60), || async {
+        if log().contains("Would scale") {
+            Ok(())
+        } else {
+            Err(log())
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop();
+    assert_eq!(replicas(), 2);
+    assert!(kube.seen().iter().all(|s| s.method == Method::GET));
+    assert!(
+        kube.seen()
+            .iter()
+            .any(|s| s.path == "/apis/apps/v1/namespaces/shop/deployments/web/scale"),
+        "the kubeconfig's namespace is used: {:?}",
+        kube.seen()
+    );
+
+    // Enforce: patched to 4.
+    let daemon = Daemon::start(dir.path(), &config(4, "enforce"));
+    wait_until("the Deployment at 4", Duration::from_secs(60), || async {
+        match replicas() {
+            4 => Ok(()),
+            n => Err(format!("{n}\n{}", log())),
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop();
+    assert!(log().contains("Scaled: 2 → 4"), "{}", log());
+    let out = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+        .args([
+            "journal",
+            "export",
+            "--config",
+            "scalewise.toml",
+            "--scaler",
+            "web",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let journal = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        journal.contains("set the replicas of Deployment \\\"web\\\" to 4 (was 2)"),
+        "{journal}"
+    );
+    assert!(journal.contains("\"kind\":\"kubernetes\""), "{journal}");
+    assert!(journal.contains("\"name\":\"web\""), "{journal}");
+}

@@ -1,0 +1,309 @@
+//! A fake Kubernetes API server, for the Kubernetes actuator's tests.
+//!
+//! This is a fake, not a real component: no Kubernetes API server can run on
+//! the machines the suite runs on (none is packaged in any registry they
+//! reach, and there is no container engine). It serves the few endpoints
+//! the actuator calls, shaped as the real server's (the `autoscaling/v1`
+//! `Scale` of a workload's `/scale` subresource, the workload itself, and
+//! `Status` errors), checks what a real server would refuse (the merge-patch
+//! content type, a patch that is not a replica count), and records every
+//! request so tests can check their shape. Tests set the workloads' ready
+//! counts themselves: there is no controller behind it.
+//!
+//! [`FakeKube::kubeconfig`] writes a kubeconfig that points at it, for
+//! `scalewise run` with `KUBECONFIG`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+/// One workload the fake serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// `status.readyReplicas`, left out of the object when `None`.
+    pub ready: Option<u32>,
+    /// Every request about it is refused with 403.
+    pub forbidden: bool,
+}
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// GET or PATCH.
+    pub method: Method,
+    /// The URL path.
+    pub path: String,
+    /// The Content-Type header, if any.
+    pub content_type: Option<String>,
+    /// The body, parsed as JSON (`Null` when empty).
+    pub body: Value,
+}
+
+/// Workloads by (group, version, namespace, plural, name).
+type Key = (String, String, String, String, String);
+
+#[derive(Debug, Default)]
+struct Inner {
+    workloads: BTreeMap<Key, Workload>,
+    seen: Vec<Seen>,
+}
+
+/// A fake API server on a loopback port, for as long as the test's runtime.
+#[derive(Debug, Clone)]
+pub struct FakeKube {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeKube {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> anyhow::Result<FakeKube> {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+                get(object),
+            )
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/scale",
+                get(scale).patch(scale),
+            )
+            .fallback(|| async {
+                status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(FakeKube { addr, inner })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds or replaces a workload: `api_version` as in a manifest
+    /// (`apps/v1`), `plural` its resource (`deployments`).
+    pub fn put(&self, api_version: &str, plural: &str, ns: &str, name: &str, w: Workload) {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        self.inner.lock().unwrap().workloads.insert(
+            (
+                group.into(),
+                version.into(),
+                ns.into(),
+                plural.into(),
+                name.into(),
+            ),
+            w,
+        );
+    }
+
+    /// The workload, as it is now.
+    pub fn workload(
+        &self,
+        api_version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<Workload> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        self.inner
+            .lock()
+            .unwrap()
+            .workloads
+            .get(&(
+                group.into(),
+                version.into(),
+                ns.into(),
+                plural.into(),
+                name.into(),
+            ))
+            .cloned()
+    }
+
+    /// Every request so far, oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.inner.lock().unwrap().seen.clone()
+    }
+
+    /// A kubeconfig file at `path` whose current context is this server
+    /// (plain HTTP, no credentials), with `namespace` as its default.
+    pub fn kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+                 users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+                 cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
+                self.url()
+            ),
+        )
+    }
+
+    /// A client for this server, with `namespace` as its default.
+    pub fn client(&self, namespace: &str) -> kube::Client {
+        let mut config = kube::Config::new(self.url().parse().expect("a valid URL"));
+        config.default_namespace = namespace.into();
+        kube::Client::try_from(config).expect("a client for the fake")
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code.as_u16(),
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(value: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+type Params = UrlPath<(String, String, String, String, String)>;
+
+fn record(inner: &Mutex<Inner>, method: Method, path: String, headers: &HeaderMap, body: &Bytes) {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+    inner.lock().unwrap().seen.push(Seen {
+        method,
+        path,
+        content_type,
+        body,
+    });
+}
+
+/// Looks the workload up, or the error a real server would give.
+fn find(inner: &Inner, key: &Key) -> Result<Workload, Response> {
+    let (_, _, _, plural, name) = key;
+    match inner.workloads.get(key) {
+        None => Err(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{plural} {name:?} not found"),
+        )),
+        Some(w) if w.forbidden => Err(status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "{plural} {name:?} is forbidden: User \"system:serviceaccount:default:scalewise\" \
+                 cannot get resource \"{plural}\""
+            ),
+        )),
+        Some(w) => Ok(w.clone()),
+    }
+}
+
+async fn object(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    UrlPath(key): Params,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&inner, method, uri.path().to_owned(), &headers, &body);
+    let guard = inner.lock().unwrap();
+    let w = match find(&guard, &key) {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    let (group, version, ns, _, name) = &key;
+    let mut status = json!({ "replicas": w.replicas });
+    if let Some(ready) = w.ready {
+        status["readyReplicas"] = json!(ready);
+    }
+    json_response(json!({
+        "apiVersion": format!("{group}/{version}"),
+        "kind": "Workload",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": { "replicas": w.replicas },
+        "status": status,
+    }))
+}
+
+async fn scale(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    UrlPath(key): Params,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(
+        &inner,
+        method.clone(),
+        uri.path().to_owned(),
+        &headers,
+        &body,
+    );
+    let mut guard = inner.lock().unwrap();
+    let mut w = match find(&guard, &key) {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    if method == Method::PATCH {
+        let merge = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/merge-patch+json");
+        if !merge {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format",
+            );
+        }
+        let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let Some(replicas) = patch["spec"]["replicas"].as_u64() else {
+            return status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "spec.replicas: Required value",
+            );
+        };
+        w.replicas = replicas as u32;
+        guard.workloads.insert(key.clone(), w.clone());
+    }
+    let (_, _, ns, _, name) = &key;
+    json_response(json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": { "replicas": w.replicas },
+        "status": { "replicas": w.replicas, "selector": format!("app={name}") },
+    }))
+}
