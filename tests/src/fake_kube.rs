@@ -208,22 +208,22 @@ fn record(inner: &Mutex<Inner>, method: Method, path: String, headers: &HeaderMa
 }
 
 /// Looks the workload up, or the error a real server would give.
-fn find(inner: &Inner, key: &Key) -> Result<Workload, Response> {
+fn find(inner: &Inner, key: &Key) -> Result<Workload, Box<Response>> {
     let (_, _, _, plural, name) = key;
     match inner.workloads.get(key) {
-        None => Err(status(
+        None => Err(Box::new(status(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("{plural} {name:?} not found"),
-        )),
-        Some(w) if w.forbidden => Err(status(
+        ))),
+        Some(w) if w.forbidden => Err(Box::new(status(
             StatusCode::FORBIDDEN,
             "Forbidden",
             &format!(
                 "{plural} {name:?} is forbidden: User \"system:serviceaccount:default:scalewise\" \
                  cannot get resource \"{plural}\""
             ),
-        )),
+        ))),
         Some(w) => Ok(w.clone()),
     }
 }
@@ -240,7 +240,7 @@ async fn object(
     let guard = inner.lock().unwrap();
     let w = match find(&guard, &key) {
         Ok(w) => w,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let (group, version, ns, _, name) = &key;
     let mut status = json!({ "replicas": w.replicas });
@@ -274,7 +274,7 @@ async fn scale(
     let mut guard = inner.lock().unwrap();
     let mut w = match find(&guard, &key) {
         Ok(w) => w,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     if method == Method::PATCH {
         let merge = headers
