@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use scalewise_tests::daemon_process::{DaemonProcess, journal_export, log_in};
 use scalewise_tests::moto::{MotoServer, REGION};
 use scalewise_tests::{artifacts, wait_until};
 
@@ -55,42 +55,17 @@ stabilization_window = "0s"
     )
 }
 
-/// `scalewise run --config` in `dir`, with AWS settings in its environment.
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(dir: &Path, config: &str) -> Daemon {
-        std::fs::write(dir.join("scalewise.toml"), config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
-            .args(["run", "--config", "scalewise.toml"])
-            .current_dir(dir)
-            .env("AWS_ACCESS_KEY_ID", "testing")
+/// `scalewise run` in `dir`, with AWS settings in its environment as in
+/// production.
+fn start(dir: &Path, config: &str) -> DaemonProcess {
+    DaemonProcess::start(env!("CARGO_BIN_EXE_scalewise-cli"), dir, config, |c| {
+        c.env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", REGION)
             .env_remove("AWS_PROFILE")
-            .env_remove("AWS_ENDPOINT_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let status = self.0.wait().unwrap();
-        assert!(status.success(), "the daemon stopped with {status}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .env_remove("AWS_ENDPOINT_URL");
+    })
+    .unwrap()
 }
 
 #[derive(Clone, Default)]
@@ -130,10 +105,10 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
-    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let log = || log_in(dir.path());
 
     // Dry-run: decisions are journaled, the group is left alone.
-    let daemon = Daemon::start(dir.path(), &config(&moto, "web", 5, "dry-run", &webhook));
+    let daemon = start(dir.path(), &config(&moto, "web", 5, "dry-run", &webhook));
     wait_until("a dry-run decision", Duration::from_secs(60), || async {
         if log().contains("Would scale") {
             Ok(())
@@ -143,7 +118,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     })
     .await
     .unwrap();
-    daemon.stop();
+    daemon.stop().unwrap();
     let group = moto.group("web").await.unwrap();
     assert_eq!(group.desired_capacity(), Some(2), "{}", log());
     assert!(
@@ -155,7 +130,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     );
 
     // Enforce: out to 5.
-    let daemon = Daemon::start(dir.path(), &config(&moto, "web", 5, "enforce", &webhook));
+    let daemon = start(dir.path(), &config(&moto, "web", 5, "enforce", &webhook));
     wait_until("the group at 5", Duration::from_secs(60), || async {
         match desired_and_count(&moto, "web").await {
             (5, 5) => Ok(()),
@@ -164,7 +139,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     })
     .await
     .unwrap();
-    daemon.stop();
+    daemon.stop().unwrap();
     let before: BTreeSet<String> = moto
         .instance_ids("web")
         .await
@@ -174,7 +149,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
 
     // In to 3: two victims drain (202), nothing is terminated until the
     // webhook says they are drained.
-    let daemon = Daemon::start(dir.path(), &config(&moto, "web", 3, "enforce", &webhook));
+    let daemon = start(dir.path(), &config(&moto, "web", 3, "enforce", &webhook));
     wait_until(
         "two victims asked to drain",
         Duration::from_secs(60),
@@ -190,11 +165,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     .await
     .unwrap();
     // The API shows the change in flight.
-    let api = log()
-        .lines()
-        .find_map(|l| l.split("The HTTP API is listening. addr=").nth(1))
-        .map(|addr| addr.trim().to_owned())
-        .expect("the daemon logs its API address");
+    let api = daemon.api_addr().expect("the daemon logs its API address");
     let url = format!("http://{api}/v1/scalers/web");
     wait_until(
         "the API to show the drain",
@@ -243,7 +214,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     })
     .await
     .unwrap();
-    daemon.stop();
+    daemon.stop().unwrap();
     let after: BTreeSet<String> = moto
         .instance_ids("web")
         .await
@@ -268,24 +239,12 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     );
 
     // The journal tells the story.
-    let out = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
-        .args([
-            "journal",
-            "export",
-            "--config",
-            "scalewise.toml",
-            "--scaler",
-            "web",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let journal = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{journal}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let journal = journal_export(
+        Path::new(env!("CARGO_BIN_EXE_scalewise-cli")),
+        dir.path(),
+        "web",
+    )
+    .unwrap();
     assert!(journal.contains("draining i-"), "{journal}");
     assert!(log().contains("Terminated a scale-in victim."), "{}", log());
 }

@@ -4,10 +4,10 @@
 //! where this suite runs.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::http::Method;
+use scalewise_tests::daemon_process::{DaemonProcess, journal_export, log_in};
 use scalewise_tests::fake_kube::{FakeKube, Workload};
 use scalewise_tests::{artifacts, wait_until};
 
@@ -36,39 +36,15 @@ params = {{ scale_to = {scale_to} }}
     )
 }
 
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(dir: &Path, config: &str) -> Daemon {
-        std::fs::write(dir.join("scalewise.toml"), config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
-            .args(["run", "--config", "scalewise.toml"])
-            .current_dir(dir)
-            .env("KUBECONFIG", dir.join("kubeconfig"))
+/// `scalewise run` in `dir`, its Kubernetes client configured by the
+/// kubeconfig written there, as in production.
+fn start(dir: &Path, config: &str) -> DaemonProcess {
+    DaemonProcess::start(env!("CARGO_BIN_EXE_scalewise-cli"), dir, config, |c| {
+        c.env("KUBECONFIG", dir.join("kubeconfig"))
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon(child)
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let status = self.0.wait().unwrap();
-        assert!(status.success(), "the daemon stopped with {status}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+            .env_remove("KUBERNETES_SERVICE_PORT");
+    })
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +66,7 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
         .unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
-    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    let log = || log_in(dir.path());
     let replicas = || {
         kube.workload("apps/v1", "deployments", "shop", "web")
             .unwrap()
@@ -98,7 +74,7 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     };
 
     // Dry-run: the decision is logged, the Deployment is read, never patched.
-    let daemon = Daemon::start(dir.path(), &config(4, "dry-run"));
+    let daemon = start(dir.path(), &config(4, "dry-run"));
     wait_until("a dry-run decision", Duration::from_secs(60), || async {
         if log().contains("Would scale") {
             Ok(())
@@ -108,7 +84,7 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     })
     .await
     .unwrap();
-    daemon.stop();
+    daemon.stop().unwrap();
     assert_eq!(replicas(), 2);
     assert!(kube.seen().iter().all(|s| s.method == Method::GET));
     assert!(
@@ -120,7 +96,7 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     );
 
     // Enforce: patched to 4.
-    let daemon = Daemon::start(dir.path(), &config(4, "enforce"));
+    let daemon = start(dir.path(), &config(4, "enforce"));
     wait_until("the Deployment at 4", Duration::from_secs(60), || async {
         match replicas() {
             4 => Ok(()),
@@ -129,21 +105,14 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     })
     .await
     .unwrap();
-    daemon.stop();
+    daemon.stop().unwrap();
     assert!(log().contains("Scaled: 2 → 4"), "{}", log());
-    let out = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
-        .args([
-            "journal",
-            "export",
-            "--config",
-            "scalewise.toml",
-            "--scaler",
-            "web",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let journal = String::from_utf8_lossy(&out.stdout);
+    let journal = journal_export(
+        Path::new(env!("CARGO_BIN_EXE_scalewise-cli")),
+        dir.path(),
+        "web",
+    )
+    .unwrap();
     assert!(
         journal.contains("set the replicas of Deployment \\\"web\\\" to 4 (was 2)"),
         "{journal}"

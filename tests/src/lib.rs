@@ -18,6 +18,7 @@
 //! - [`running`]: the real daemon, run in-process from a config text, with
 //!   the bundled policy modules (end-to-end tests and benchmarks).
 
+pub mod daemon_process;
 pub mod e2e;
 pub mod fake_kube;
 pub mod moto;

@@ -1,0 +1,121 @@
+//! `scalewise run --config` as a child process, for end-to-end tests that
+//! need what only a real process has: its own environment (AWS credentials,
+//! `KUBECONFIG`), signals, its own log.
+//!
+//! The binary's path is the caller's `env!("CARGO_BIN_EXE_scalewise-cli")`
+//! (cargo gives it to test targets, not to this library).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// The file in the daemon's folder its stderr (the log) goes to.
+pub const LOG_FILE: &str = "daemon.log";
+/// The config file the daemon runs, in its folder.
+pub const CONFIG_FILE: &str = "scalewise.toml";
+
+/// A running `scalewise run --config scalewise.toml`; killed when dropped.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Child,
+    binary: PathBuf,
+    dir: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Writes `config` to `dir/scalewise.toml` and runs `binary` on it in
+    /// `dir`, its stderr in `dir/daemon.log`. `environment` adjusts the
+    /// child's environment (`.env(...)`, `.env_remove(...)`).
+    pub fn start(
+        binary: &str,
+        dir: &Path,
+        config: &str,
+        environment: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<DaemonProcess> {
+        std::fs::write(dir.join(CONFIG_FILE), config)?;
+        let mut command = Command::new(binary);
+        command
+            .args(["run", "--config", CONFIG_FILE])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(LOG_FILE))?);
+        environment(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(DaemonProcess {
+            child,
+            binary: binary.into(),
+            dir: dir.into(),
+        })
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        log_in(&self.dir)
+    }
+
+    /// The API's address, once the daemon has logged it.
+    pub fn api_addr(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .find_map(|l| l.split("The HTTP API is listening. addr=").nth(1))
+            .map(|addr| addr.trim().to_owned())
+    }
+
+    /// Stops the daemon as an operator would (SIGTERM) and fails unless it
+    /// exits cleanly.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the daemon stopped with {status}:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// The journal's records of `scaler` as `scalewise journal export`
+    /// prints them (JSON lines).
+    pub fn journal_export(&self, scaler: &str) -> anyhow::Result<String> {
+        journal_export(&self.binary, &self.dir, scaler)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the daemon that ran in `dir` logged (also after it stopped).
+pub fn log_in(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default()
+}
+
+/// `scalewise journal export --config scalewise.toml --scaler <scaler>` in
+/// `dir`.
+pub fn journal_export(binary: &Path, dir: &Path, scaler: &str) -> anyhow::Result<String> {
+    let out = Command::new(binary)
+        .args([
+            "journal",
+            "export",
+            "--config",
+            CONFIG_FILE,
+            "--scaler",
+            scaler,
+        ])
+        .current_dir(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "journal export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
