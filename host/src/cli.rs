@@ -6,6 +6,7 @@
 //! module does not load, an evaluation fails or a replay does not match.
 
 mod journal;
+mod replay;
 mod run;
 
 use std::io::Write;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Reads the decision journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Runs a module again on the evaluations the journal recorded and
+    /// shows where its answers differ (exit 0: none differ; 2: some do).
+    Replay(ReplayArgs),
     /// Internal: the daemon's compiler process. Compiles the `.wasm` on
     /// stdin and writes the code to stdout (see `runtime::Compiler`).
     #[command(name = crate::runtime::WORKER_COMMAND, hide = true)]
@@ -160,6 +164,50 @@ pub struct EvalArgs {
     pub usage: bool,
 }
 
+/// Arguments of `scalewise replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The module to run (a `.wasm` component): a new version, say.
+    #[arg(value_name = "MODULE")]
+    pub module: PathBuf,
+    /// Where the journal is.
+    #[command(flatten)]
+    pub at: JournalLocation,
+    /// The recorded policy to replay (default: the module file's name
+    /// without `.wasm`).
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    /// Only this scaler's records.
+    #[arg(long)]
+    pub scaler: Option<String>,
+    /// Records at or after this time (ms since the epoch or RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Records before this time (ms since the epoch or RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many records, the newest.
+    #[arg(long, default_value_t = 100_000)]
+    pub limit: usize,
+    /// Changes a key of every recorded context's `parameters`
+    /// (`--params target=50`); checked against the module's `describe()`.
+    #[arg(long = "params", short = 'p', value_name = "KEY=VALUE", num_args = 1.., value_parser = parse_param)]
+    pub params: Vec<(String, Value)>,
+    /// The state each evaluation is handed: `own` (what the replayed module
+    /// returned at the scaler's previous record) or `recorded`.
+    #[arg(long, value_enum, default_value_t)]
+    pub state: replay::StateSource,
+    /// Prints every evaluation, not only those whose answer differs.
+    #[arg(long)]
+    pub all: bool,
+    /// Prints JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Limits for the evaluations.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
 /// Overrides of the runtime limits (defaults: those of the config file's
 /// `[runtime]` table).
 #[derive(Debug, Clone, Default, Args)]
@@ -228,6 +276,7 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Journal(command) => journal::journal(&command, out, err),
         Command::Check { modules, limits } => check(&modules, &limits, out, err),
         Command::Eval(args) => eval(&args, out, err),
+        Command::Replay(args) => replay::replay(&args, out, err),
         Command::CompileWorker { limits } => compile_worker(&limits, out, err),
     };
     // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.

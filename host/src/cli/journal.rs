@@ -86,7 +86,8 @@ fn export(
     }
 }
 
-fn locate(at: &JournalLocation) -> Result<PathBuf, String> {
+/// The journal file `at` names, directly or through a config.
+pub(super) fn locate(at: &JournalLocation) -> Result<PathBuf, String> {
     match (&at.journal, &at.config) {
         (Some(path), _) => Ok(path.clone()),
         (None, Some(config)) => Config::load(config)

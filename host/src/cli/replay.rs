@@ -1,0 +1,296 @@
+//! `scalewise replay`: what would another module (a new version, other
+//! parameters) have decided on the inputs the journal recorded?
+//!
+//! Every recorded evaluation of the policy is run again with its recorded
+//! context (the parameters changed by `--params`, and by default the state
+//! the replayed module itself returned at the scaler's previous record), and
+//! the new answer is compared with the recorded one. The inputs are what
+//! happened: a different decision would have changed the replica counts
+//! that followed, which a replay cannot know. It answers "where, and which
+//! way, would this module have decided differently", the question to ask
+//! before rolling a new policy version out.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::clock::{format_ms, parse_time_ms};
+use crate::journal::{EvaluationOutcome, Journal, Query};
+use crate::runtime::{Runtime, json_safe, log_safe, outcome_of};
+
+use super::journal::locate;
+use super::{ReplayArgs, apply_params, param_problems};
+
+/// Which state each replayed evaluation is handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum StateSource {
+    /// The state the replayed module returned at the scaler's previous
+    /// record (the recorded one at the scaler's first).
+    #[default]
+    Own,
+    /// The state recorded with each evaluation.
+    Recorded,
+}
+
+/// How a replayed answer compares with the recorded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Verdict {
+    /// The same action (hold, or the same replica count).
+    Same,
+    /// Asks for more replicas than was recorded.
+    Higher,
+    /// Asks for fewer replicas.
+    Lower,
+    /// Fails where the recording decided.
+    FailsNow,
+    /// Decides where the recording failed.
+    DecidesNow,
+    /// Both failed.
+    BothFail,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Same => "same",
+            Verdict::Higher => "higher",
+            Verdict::Lower => "lower",
+            Verdict::FailsNow => "fails-now",
+            Verdict::DecidesNow => "decides-now",
+            Verdict::BothFail => "both-fail",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Row<'a> {
+    id: Option<i64>,
+    time_ms: i64,
+    scaler: &'a str,
+    verdict: Verdict,
+    recorded: &'a EvaluationOutcome,
+    replayed: &'a EvaluationOutcome,
+}
+
+/// The replica count an answer asks for: a hold keeps `current`.
+fn asked(outcome: &EvaluationOutcome, current: u32) -> Option<u32> {
+    match outcome {
+        EvaluationOutcome::Decided { decision } => Some(decision.desired.unwrap_or(current)),
+        EvaluationOutcome::Failed { .. } => None,
+    }
+}
+
+fn verdict(recorded: &EvaluationOutcome, replayed: &EvaluationOutcome, current: u32) -> Verdict {
+    match (asked(recorded, current), asked(replayed, current)) {
+        (Some(then), Some(now)) if now > then => Verdict::Higher,
+        (Some(then), Some(now)) if now < then => Verdict::Lower,
+        (Some(_), Some(_)) => Verdict::Same,
+        (Some(_), None) => Verdict::FailsNow,
+        (None, Some(_)) => Verdict::DecidesNow,
+        (None, None) => Verdict::BothFail,
+    }
+}
+
+fn describe(outcome: &EvaluationOutcome) -> String {
+    match outcome {
+        EvaluationOutcome::Decided { decision } => {
+            let action = match decision.desired {
+                Some(n) => format!("scale to {n}"),
+                None => "hold".to_owned(),
+            };
+            format!("{action} — {}", log_safe(&decision.reason))
+        }
+        EvaluationOutcome::Failed { kind, error } => {
+            let first = error.lines().next().unwrap_or_default();
+            format!("failed ({kind}): {}", log_safe(first))
+        }
+    }
+}
+
+/// Runs `scalewise replay`: 0 when every answer is the same, 2 when some
+/// differ, 1 on an error.
+pub fn replay(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
+    match run(args, out, err) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            Ok(1)
+        }
+    }
+}
+
+fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8, String> {
+    let path = locate(&args.at)?;
+    let parse = |what: &str, t: &str| parse_time_ms(t).map_err(|e| format!("{what}: {e}"));
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(|t| parse("--since", t))
+        .transpose()?;
+    let until_ms = args
+        .until
+        .as_deref()
+        .map(|t| parse("--until", t))
+        .transpose()?;
+    let runtime = Runtime::new(args.limits.to_limits()).map_err(|e| e.to_string())?;
+    let module = runtime
+        .load_file(&args.module)
+        .map_err(|e| format!("{}: {e}", args.module.display()))?;
+    let policy = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| module.name().to_string());
+
+    let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
+    let mut records = journal
+        .query_blocking(&Query {
+            scaler: args.scaler.clone(),
+            since_ms,
+            until_ms,
+            limit: args.limit,
+        })
+        .map_err(|e| e.to_string())?;
+    records.sort_by_key(|r| (r.time_ms, r.id));
+
+    let mut own_state: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    let mut counts: Vec<(Verdict, usize)> = Vec::new();
+    let mut replayed_count = 0usize;
+    let mut params_checked = false;
+    for record in &records {
+        let Some(evaluation) = record.evaluations.iter().find(|e| e.module == policy) else {
+            continue;
+        };
+        let mut ctx = evaluation.context.clone();
+        apply_params(&mut ctx.parameters, &args.params)?;
+        if !args.params.is_empty() && !params_checked {
+            // Checked once, on the first context: the same overrides apply
+            // to every record.
+            let problems = param_problems(&module, &ctx)?;
+            let ours: Vec<_> = problems
+                .iter()
+                .filter(|p| {
+                    p.key()
+                        .is_some_and(|key| args.params.iter().any(|(k, _)| k == key))
+                })
+                .collect();
+            if !ours.is_empty() {
+                let messages: Vec<&str> = ours.iter().map(|p| p.message()).collect();
+                return Err(format!("--params: {}", messages.join("; ")));
+            }
+            params_checked = true;
+        }
+        if args.state == StateSource::Own
+            && let Some(state) = own_state.get(&record.scaler)
+        {
+            ctx.state = state.clone();
+        }
+        let replayed = outcome_of(module.evaluate(&ctx));
+        if let EvaluationOutcome::Decided { decision } = &replayed {
+            own_state.insert(record.scaler.clone(), decision.state.clone());
+        }
+        let v = verdict(&evaluation.outcome, &replayed, ctx.target.current);
+        replayed_count += 1;
+        match counts.iter_mut().find(|(k, _)| *k == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v, 1)),
+        }
+        if v == Verdict::Same && !args.all {
+            continue;
+        }
+        if args.json {
+            let row = Row {
+                id: record.id,
+                time_ms: record.time_ms,
+                scaler: &record.scaler,
+                verdict: v,
+                recorded: &evaluation.outcome,
+                replayed: &replayed,
+            };
+            let line = serde_json::to_string(&row).map_err(|e| e.to_string())?;
+            writeln!(out, "{}", json_safe(line)).map_err(|e| e.to_string())?;
+        } else {
+            writeln!(
+                out,
+                "#{} {} {} {} (current {})\n  recorded: {}\n  replayed: {}",
+                record.id.unwrap_or_default(),
+                format_ms(record.time_ms),
+                log_safe(&record.scaler),
+                v.as_str(),
+                ctx.target.current,
+                describe(&evaluation.outcome),
+                describe(&replayed),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    if replayed_count == 0 {
+        return Err(format!(
+            "{}: no recorded evaluation of policy {policy:?}{} to replay (--policy names the \
+             recorded one when the file is named otherwise)",
+            path.display(),
+            args.scaler
+                .as_deref()
+                .map(|s| format!(" by scaler {s:?}"))
+                .unwrap_or_default()
+        ));
+    }
+    counts.sort_by_key(|(v, _)| *v as u8);
+    let summary: Vec<String> = counts
+        .iter()
+        .map(|(v, n)| format!("{n} {}", v.as_str()))
+        .collect();
+    writeln!(
+        err,
+        "replayed {replayed_count} evaluations of {policy:?} with {} ({}): {}",
+        args.module.display(),
+        &module.digest()[..12],
+        summary.join(", ")
+    )
+    .map_err(|e| e.to_string())?;
+    let same = counts
+        .iter()
+        .all(|(v, _)| matches!(v, Verdict::Same | Verdict::BothFail));
+    Ok(if same { 0 } else { 2 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Decision;
+
+    fn decided(desired: Option<u32>) -> EvaluationOutcome {
+        EvaluationOutcome::Decided {
+            decision: Decision {
+                desired,
+                reason: "r".into(),
+                state: None,
+            },
+        }
+    }
+
+    fn failed() -> EvaluationOutcome {
+        EvaluationOutcome::Failed {
+            kind: "trap".into(),
+            error: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn a_hold_asks_for_the_current_count() {
+        assert_eq!(verdict(&decided(None), &decided(Some(3)), 3), Verdict::Same);
+        assert_eq!(
+            verdict(&decided(None), &decided(Some(4)), 3),
+            Verdict::Higher
+        );
+        assert_eq!(
+            verdict(&decided(Some(5)), &decided(None), 3),
+            Verdict::Lower
+        );
+        assert_eq!(verdict(&decided(Some(5)), &failed(), 3), Verdict::FailsNow);
+        assert_eq!(verdict(&failed(), &decided(None), 3), Verdict::DecidesNow);
+        assert_eq!(verdict(&failed(), &failed(), 3), Verdict::BothFail);
+    }
+}

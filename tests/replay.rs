@@ -1,0 +1,219 @@
+//! `scalewise replay` on a journal the real daemon wrote: the same module
+//! and parameters answer the same everywhere, other parameters are shown
+//! where and which way they would have decided differently, and mistakes
+//! (a policy name the journal does not have, parameters the module refuses)
+//! are errors that say so.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use scalewise::cli::{Cli, run_cli};
+use scalewise_tests::artifacts;
+use scalewise_tests::running::RunningDaemon;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+/// Simulated time runs 20× real time: a tick every 50 ms.
+const CONFIG: &str = r#"policy_dir = "policies"
+
+[clock]
+speed = 20.0
+
+[journal]
+path = "journal.db"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 2
+
+[simulations.web.load]
+base = 300.0
+
+[[scalers]]
+name = "web"
+interval = "1s"
+min = 1
+max = 10
+target = { kind = "simulator", service = "web" }
+
+[scalers.metrics.cpu]
+source = "simulator"
+query = "cpu"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = { metric = "cpu", target = 60.0 }
+"#;
+
+/// The bundled module as an operator has it: `target-tracking.wasm`, the
+/// name the journal records.
+fn module() -> String {
+    static MODULE: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    let (_, path) = MODULE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("target-tracking.wasm");
+        std::fs::copy(artifacts::TARGET_TRACKING, &path).unwrap();
+        (dir, path.to_str().unwrap().to_owned())
+    });
+    path.clone()
+}
+
+/// A journal of 20 ticks of the daemon scaling `web` out and holding,
+/// written once for the file's tests.
+async fn journal() -> &'static Path {
+    static JOURNAL: OnceCell<(tempfile::TempDir, PathBuf)> = OnceCell::const_new();
+    let (_, path) = JOURNAL
+        .get_or_init(|| async {
+            let mut daemon = RunningDaemon::with(CONFIG).start().await.unwrap();
+            daemon
+                .wait_for_record("web", "20 ticks", Duration::from_secs(60), |r| {
+                    r.id.unwrap_or_default() >= 20
+                })
+                .await
+                .unwrap();
+            daemon.stop().await.unwrap();
+            let keep = tempfile::tempdir().unwrap();
+            let path = keep.path().join("journal.db");
+            std::fs::copy(daemon.dir().join("journal.db"), &path).unwrap();
+            for suffix in ["-wal", "-shm"] {
+                let from = daemon.dir().join(format!("journal.db{suffix}"));
+                if from.exists() {
+                    std::fs::copy(&from, keep.path().join(format!("journal.db{suffix}"))).unwrap();
+                }
+            }
+            (keep, path)
+        })
+        .await;
+    path
+}
+
+fn cli(args: &[&str]) -> (u8, String, String) {
+    let cli = Cli::try_parse_from(std::iter::once("scalewise").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_cli(cli, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_module_and_parameters_answer_the_same_everywhere() {
+    let journal = journal().await.to_str().unwrap().to_owned();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || cli(&["replay", &module(), "--journal", &journal]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out, "", "only differences are printed");
+    assert!(err.contains("evaluations of \"target-tracking\""), "{err}");
+    assert!(err.contains(" same"), "{err}");
+    assert!(!err.contains("higher") && !err.contains("lower"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_parameters_show_where_and_which_way_they_decide_differently() {
+    let journal = journal().await.to_str().unwrap().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "replay",
+            &module(),
+            "--journal",
+            &journal,
+            "--params",
+            "target=30",
+            "--json",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "some answers differ: {out}\n{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty());
+    // Half the target: every difference asks for more replicas.
+    for row in &rows {
+        assert_eq!(row["verdict"], "higher", "{row}");
+        assert_eq!(row["scaler"], "web");
+        let then = &row["recorded"]["decision"];
+        let now = &row["replayed"]["decision"];
+        assert!(
+            now["reason"].as_str().unwrap().contains("target 30.0"),
+            "{now}"
+        );
+        assert!(
+            then["reason"].as_str().unwrap().contains("target 60.0"),
+            "{then}"
+        );
+    }
+    assert!(err.contains("higher"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_named_otherwise_needs_the_recorded_policy_name() {
+    let journal = journal().await.to_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("tt-v2.wasm");
+    std::fs::copy(artifacts::TARGET_TRACKING, &renamed).unwrap();
+    let renamed = renamed.to_str().unwrap().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let without = cli(&["replay", &renamed, "--journal", &journal]);
+        let with = cli(&[
+            "replay",
+            &renamed,
+            "--journal",
+            &journal,
+            "--policy",
+            "target-tracking",
+            "--all",
+        ]);
+        (without, with)
+    })
+    .await
+    .map(|(without, with)| {
+        assert_eq!(without.0, 1, "{without:?}");
+        assert!(
+            without
+                .2
+                .contains("no recorded evaluation of policy \"tt-v2\""),
+            "{}",
+            without.2
+        );
+        with
+    })
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    // --all prints every evaluation.
+    assert!(
+        out.lines().filter(|l| l.starts_with('#')).count() >= 20,
+        "{out}"
+    );
+    assert!(out.contains(" same (current "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_the_module_refuses_are_an_error() {
+    let journal = journal().await.to_str().unwrap().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "replay",
+            &module(),
+            "--journal",
+            &journal,
+            "--params",
+            "target=high",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("--params: target: expected a number, got text \"high\""),
+        "{err}"
+    );
+}
