@@ -1091,6 +1091,39 @@ impl TargetConfig {
         }
     }
 
+    /// What this target is, for telling two scalers of one target apart:
+    /// the same `key` is the same thing in the world.
+    pub fn claim(&self) -> TargetClaim {
+        match self {
+            TargetConfig::Simulator { service } => TargetClaim {
+                key: format!("simulator\0{service}"),
+                field: "service",
+                what: format!("target service {service:?}"),
+            },
+            TargetConfig::AwsAsg(asg) => TargetClaim {
+                key: format!(
+                    "aws-asg\0{}\0{}\0{}",
+                    asg.endpoint.as_deref().unwrap_or_default(),
+                    asg.region.as_deref().unwrap_or_default(),
+                    asg.group
+                ),
+                field: "group",
+                what: format!("Auto Scaling group {:?}", asg.group),
+            },
+            TargetConfig::Kubernetes(k8s) => TargetClaim {
+                key: format!(
+                    "kubernetes\0{}\0{}\0{}\0{}",
+                    k8s.api_version,
+                    k8s.object,
+                    k8s.namespace.as_deref().unwrap_or_default(),
+                    k8s.name
+                ),
+                field: "name",
+                what: format!("{} {:?}", k8s.object, k8s.name),
+            },
+        }
+    }
+
     /// The `[simulations.<name>]` entry this target is, if it is simulated.
     pub fn simulation(&self) -> Option<&str> {
         match self {
@@ -1098,6 +1131,17 @@ impl TargetConfig {
             TargetConfig::AwsAsg(_) | TargetConfig::Kubernetes(_) => None,
         }
     }
+}
+
+/// What a target is in the world ([`TargetConfig::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetClaim {
+    /// Equal for two configs of one target.
+    pub key: String,
+    /// The target's field that names it, where a conflict is reported.
+    pub field: &'static str,
+    /// The target in words (`Auto Scaling group "web"`).
+    pub what: String,
 }
 
 /// An AWS Auto Scaling group (`kind = "aws-asg"`); see

@@ -1831,3 +1831,17 @@ fn a_kubernetes_target_defaults_to_a_deployment_and_is_checked_at_its_place() {
         "{err}"
     );
 }
+
+#[test]
+fn two_scalers_of_one_simulated_service_are_refused_at_the_second() {
+    let second = "\n[[scalers]]\nname = \"web-2\"\ninterval = \"15s\"\nmin = 1\nmax = 10\ntarget = { kind = \"simulator\", service = \"web\" }\n\n[[scalers.policies]]\nmodule = \"target-tracking\"\nparams = { metric = \"cpu\", target = 60.0 }\n";
+    let text = format!("{BASE}{second}");
+    let dir = tempfile::tempdir().unwrap();
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "scalers[1] \"web-2\".target: target service \"web\" is already scaled by scalers[0]; two scalers on one target would fight"
+        ),
+        "{err}"
+    );
+}

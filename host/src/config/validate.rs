@@ -3,7 +3,7 @@
 //! Each check reports a [`Problem`] located at the offending value and keeps
 //! going, so one refused start (or reload) lists everything to fix.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -470,13 +470,8 @@ impl Checker<'_, '_> {
 
     fn scalers(&mut self, config: &Config) {
         let mut names: HashMap<&str, usize> = HashMap::new();
-        // Which scaler drives each simulated target: two would fight.
-        let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
-        // The same for Auto Scaling groups, by (endpoint, region, group).
-        let mut groups: BTreeMap<(Option<&str>, Option<&str>, &str), usize> = BTreeMap::new();
-        // And Kubernetes workloads, by (api_version, object, namespace, name).
-        type Workload<'a> = (&'a str, &'a str, Option<&'a str>, &'a str);
-        let mut workloads: BTreeMap<Workload, usize> = BTreeMap::new();
+        // Which scaler drives each target: two would fight.
+        let mut owners: HashMap<String, usize> = HashMap::new();
         for (i, scaler) in config.scalers.iter().enumerate() {
             let scaler = scaler.get_ref();
             let name = scaler.name.get_ref().as_str();
@@ -495,61 +490,36 @@ impl Checker<'_, '_> {
                     format!("name {name:?} is already used by scalers[{first}]"),
                 );
             }
-            if let Some(simulation) = scaler.target.get_ref().simulation() {
-                if !config.simulations.contains_key(simulation) {
+            let target = scaler.target.get_ref();
+            let unknown_simulation = target
+                .simulation()
+                .filter(|s| !config.simulations.contains_key(*s));
+            if let Some(simulation) = unknown_simulation {
+                self.value(
+                    &keys!["scalers", i, "target", "service"],
+                    format!(
+                        "target service {simulation:?} is not a [simulations] entry; defined: {}",
+                        list(config.simulations.keys())
+                    ),
+                );
+            } else {
+                let claim = target.claim();
+                if let Some(&first) = owners.get(&claim.key) {
                     self.value(
-                        &keys!["scalers", i, "target", "service"],
+                        &keys!["scalers", i, "target", claim.field],
                         format!(
-                            "target service {simulation:?} is not a [simulations] entry; defined: {}",
-                            list(config.simulations.keys())
+                            "{} is already scaled by scalers[{first}]; two scalers on one target would fight",
+                            claim.what
                         ),
                     );
-                } else if let Some(first) = targets.insert(simulation, i) {
-                    targets.insert(simulation, first);
-                    self.value(
-                        &keys!["scalers", i, "target", "service"],
-                        format!(
-                            "target service {simulation:?} is already scaled by scalers[{first}]; two scalers on one target would fight"
-                        ),
-                    );
+                } else {
+                    owners.insert(claim.key, i);
                 }
             }
-            if let TargetConfig::AwsAsg(asg) = scaler.target.get_ref() {
-                let key = (
-                    asg.endpoint.as_deref(),
-                    asg.region.as_deref(),
-                    asg.group.as_str(),
-                );
-                if let Some(first) = groups.insert(key, i) {
-                    groups.insert(key, first);
-                    self.value(
-                        &keys!["scalers", i, "target", "group"],
-                        format!(
-                            "Auto Scaling group {:?} is already scaled by scalers[{first}]; two scalers on one target would fight",
-                            asg.group
-                        ),
-                    );
-                }
-                self.aws_asg(i, asg);
-            }
-            if let TargetConfig::Kubernetes(k8s) = scaler.target.get_ref() {
-                let key = (
-                    k8s.api_version.as_str(),
-                    k8s.object.as_str(),
-                    k8s.namespace.as_deref(),
-                    k8s.name.as_str(),
-                );
-                if let Some(first) = workloads.insert(key, i) {
-                    workloads.insert(key, first);
-                    self.value(
-                        &keys!["scalers", i, "target", "name"],
-                        format!(
-                            "{} {:?} is already scaled by scalers[{first}]; two scalers on one target would fight",
-                            k8s.object, k8s.name
-                        ),
-                    );
-                }
-                self.kubernetes(i, k8s);
+            match target {
+                TargetConfig::AwsAsg(asg) => self.aws_asg(i, asg),
+                TargetConfig::Kubernetes(k8s) => self.kubernetes(i, k8s),
+                TargetConfig::Simulator { .. } => {}
             }
             self.scaler(config, i, scaler);
         }
