@@ -5,18 +5,13 @@
 //! real servers on loopback.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use scalewise::actuators::aws_asg::AwsAsgActuator;
 use scalewise::actuators::{Actuation, Actuator, ActuatorError};
 use scalewise::config::AwsAsgTarget;
-use scalewise_tests::moto::MotoServer;
+use scalewise_tests::moto::{DrainWebhook, MotoServer, client_for};
 use tokio::sync::OnceCell;
 
 const T0: i64 = 1_700_000_000_000;
@@ -43,46 +38,6 @@ fn settings(group: &str) -> AwsAsgTarget {
 
 async fn actuator(moto: &MotoServer, settings: AwsAsgTarget) -> AwsAsgActuator {
     AwsAsgActuator::with_client(settings, moto.client())
-}
-
-/// A drain webhook: answers `status` and records what it was sent.
-#[derive(Clone, Default)]
-struct Drainer {
-    status: Arc<AtomicU16>,
-    calls: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Drainer {
-    async fn start(status: StatusCode) -> (Drainer, String) {
-        let drainer = Drainer::default();
-        drainer.answer(status);
-        let app = axum::Router::new()
-            .route("/drain", post(Self::handle))
-            .with_state(drainer.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/drain", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (drainer, url)
-    }
-
-    async fn handle(State(d): State<Drainer>, Json(body): Json<serde_json::Value>) -> StatusCode {
-        d.calls.lock().unwrap().push(body);
-        StatusCode::from_u16(d.status.load(Ordering::SeqCst)).unwrap()
-    }
-
-    fn answer(&self, status: StatusCode) {
-        self.status.store(status.as_u16(), Ordering::SeqCst);
-    }
-
-    /// The instance ids it was asked to drain, each once.
-    fn drained_ids(&self) -> BTreeSet<String> {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c["instance_id"].as_str().unwrap().to_owned())
-            .collect()
-    }
 }
 
 #[tokio::test]
@@ -143,7 +98,8 @@ async fn without_protection_the_instances_are_left_as_they_are() {
 async fn scale_in_drains_the_chosen_victims_then_terminates_exactly_them() {
     let moto = moto().await;
     moto.create_group("in", 4).await.unwrap();
-    let (drainer, url) = Drainer::start(StatusCode::ACCEPTED).await;
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let url = drainer.url().to_owned();
     let asg = actuator(
         moto,
         AwsAsgTarget {
@@ -159,7 +115,7 @@ async fn scale_in_drains_the_chosen_victims_then_terminates_exactly_them() {
         panic!("a drained scale-in takes several ticks: {started:?}")
     };
     assert!(detail.contains("draining"), "{detail}");
-    let victims = drainer.drained_ids();
+    let victims = drainer.instance_ids();
     assert_eq!(victims.len(), 2, "two victims asked to drain: {victims:?}");
     // Nothing is terminated, and the desired capacity is unchanged, until
     // the victims are drained.
@@ -201,7 +157,7 @@ async fn scale_in_drains_the_chosen_victims_then_terminates_exactly_them() {
     for i in group.instances() {
         assert_eq!(i.protected_from_scale_in(), Some(true), "{i:?}");
     }
-    let call = drainer.calls.lock().unwrap()[0].clone();
+    let call = drainer.calls()[0].clone();
     assert_eq!(call["group"], "in");
     assert!(
         call["availability_zone"]
@@ -215,7 +171,8 @@ async fn scale_in_drains_the_chosen_victims_then_terminates_exactly_them() {
 async fn a_drain_that_never_finishes_is_cut_short_at_its_timeout() {
     let moto = moto().await;
     moto.create_group("stuck", 3).await.unwrap();
-    let (drainer, url) = Drainer::start(StatusCode::ACCEPTED).await;
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let url = drainer.url().to_owned();
     let asg = actuator(
         moto,
         AwsAsgTarget {
@@ -238,7 +195,7 @@ async fn a_drain_that_never_finishes_is_cut_short_at_its_timeout() {
     assert_eq!(observed.current, 2);
     let left = moto.instance_ids("stuck").await.unwrap();
     assert_eq!(left.len(), 2);
-    let victim = drainer.drained_ids().into_iter().next().unwrap();
+    let victim = drainer.instance_ids().into_iter().next().unwrap();
     assert!(!left.contains(&victim), "the drained victim went: {left:?}");
 }
 
@@ -296,14 +253,15 @@ async fn without_a_drain_the_victims_are_terminated_at_once() {
 async fn a_restart_mid_drain_finds_the_group_unchanged() {
     let moto = moto().await;
     moto.create_group("restart", 3).await.unwrap();
-    let (drainer, url) = Drainer::start(StatusCode::ACCEPTED).await;
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let url = drainer.url().to_owned();
     let with_webhook = AwsAsgTarget {
         drain_webhook: Some(url),
         ..settings("restart")
     };
     let first = actuator(moto, with_webhook.clone()).await;
     first.scale(T0, 3, 2).await.unwrap();
-    let victim = drainer.drained_ids().into_iter().next().unwrap();
+    let victim = drainer.instance_ids().into_iter().next().unwrap();
     drop(first);
 
     // A new daemon: the victim is still in service and protected, and the
@@ -320,10 +278,10 @@ async fn a_restart_mid_drain_finds_the_group_unchanged() {
         .expect("the victim is still in the group");
     assert_eq!(instance.protected_from_scale_in(), Some(true));
     // Deciding again picks the same victim.
-    drainer.calls.lock().unwrap().clear();
+    drainer.clear();
     second.scale(T0 + 60 * SECOND, 3, 2).await.unwrap();
     assert_eq!(
-        drainer.drained_ids().into_iter().collect::<Vec<_>>(),
+        drainer.instance_ids().into_iter().collect::<Vec<_>>(),
         [victim]
     );
 }
@@ -332,7 +290,10 @@ async fn a_restart_mid_drain_finds_the_group_unchanged() {
 async fn a_failing_webhook_is_asked_again_and_reported() {
     let moto = moto().await;
     moto.create_group("flaky", 2).await.unwrap();
-    let (drainer, url) = Drainer::start(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let drainer = DrainWebhook::start(StatusCode::INTERNAL_SERVER_ERROR)
+        .await
+        .unwrap();
+    let url = drainer.url().to_owned();
     let asg = actuator(
         moto,
         AwsAsgTarget {
@@ -345,7 +306,7 @@ async fn a_failing_webhook_is_asked_again_and_reported() {
     let observed = asg.observe(T0 + 15 * SECOND).await.unwrap();
     let detail = observed.in_flight.unwrap().detail;
     assert!(detail.contains("500"), "{detail}");
-    assert_eq!(drainer.calls.lock().unwrap().len(), 2);
+    assert_eq!(drainer.calls().len(), 2);
     drainer.answer(StatusCode::OK);
     let observed = asg.observe(T0 + 30 * SECOND).await.unwrap();
     assert!(observed.in_flight.is_none());
@@ -366,20 +327,7 @@ async fn an_unknown_group_is_not_found_and_changes_nothing() {
 #[tokio::test]
 async fn an_unreachable_api_is_an_error_that_names_the_call() {
     let closed = scalewise_tests::stub_http::closed_port().unwrap();
-    let client = {
-        let config = aws_sdk_autoscaling::Config::builder()
-            .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
-            .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))
-            .endpoint_url(format!("http://{closed}"))
-            .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
-                "testing", "testing", None, None, "tests",
-            ))
-            .retry_config(
-                aws_sdk_autoscaling::config::retry::RetryConfig::standard().with_max_attempts(1),
-            )
-            .build();
-        aws_sdk_autoscaling::Client::from_conf(config)
-    };
+    let client = client_for(&format!("http://{closed}"), 1);
     let asg = AwsAsgActuator::with_client(settings("web"), client);
     let err = asg.observe(T0).await.unwrap_err();
     assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");

@@ -6,16 +6,11 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use scalewise_tests::daemon_process::{DaemonProcess, journal_export, log_in};
-use scalewise_tests::moto::{MotoServer, REGION};
+use scalewise_tests::moto::{DrainWebhook, MotoServer, REGION};
 use scalewise_tests::{artifacts, wait_until};
 
 /// The config of one scaler of the group `group`, asking the counter
@@ -68,20 +63,6 @@ fn start(dir: &Path, config: &str) -> DaemonProcess {
     .unwrap()
 }
 
-#[derive(Clone, Default)]
-struct Drainer {
-    status: Arc<AtomicU16>,
-    calls: Arc<Mutex<Vec<String>>>,
-}
-
-async fn drain(State(d): State<Drainer>, Json(body): Json<serde_json::Value>) -> StatusCode {
-    d.calls
-        .lock()
-        .unwrap()
-        .push(body["instance_id"].as_str().unwrap_or_default().to_owned());
-    StatusCode::from_u16(d.status.load(Ordering::SeqCst)).unwrap()
-}
-
 async fn desired_and_count(moto: &MotoServer, group: &str) -> (i32, usize) {
     let g = moto.group(group).await.unwrap();
     (g.desired_capacity().unwrap_or(-1), g.instances().len())
@@ -91,16 +72,8 @@ async fn desired_and_count(moto: &MotoServer, group: &str) -> (i32, usize) {
 async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_changes_nothing() {
     let moto = MotoServer::start().await.unwrap();
     moto.create_group("web", 2).await.unwrap();
-    let drainer = Drainer::default();
-    drainer
-        .status
-        .store(StatusCode::ACCEPTED.as_u16(), Ordering::SeqCst);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let webhook = format!("http://{}/drain", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route("/drain", post(drain))
-        .with_state(drainer.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let webhook = drainer.url().to_owned();
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
@@ -154,7 +127,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
         "two victims asked to drain",
         Duration::from_secs(60),
         || async {
-            let asked: BTreeSet<String> = drainer.calls.lock().unwrap().iter().cloned().collect();
+            let asked: BTreeSet<String> = drainer.instance_ids();
             if asked.len() == 2 {
                 Ok(())
             } else {
@@ -191,7 +164,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
         "the webhook asked again",
         Duration::from_secs(30),
         || async {
-            match drainer.calls.lock().unwrap().len() {
+            match drainer.calls().len() {
                 n if n >= 4 => Ok(()),
                 n => Err(format!("{n} calls")),
             }
@@ -200,12 +173,10 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     .await
     .unwrap();
     assert_eq!(desired_and_count(&moto, "web").await, (5, 5), "{}", log());
-    let victims: BTreeSet<String> = drainer.calls.lock().unwrap().iter().cloned().collect();
+    let victims: BTreeSet<String> = drainer.instance_ids();
     assert_eq!(victims.len(), 2, "the same two victims: {victims:?}");
 
-    drainer
-        .status
-        .store(StatusCode::OK.as_u16(), Ordering::SeqCst);
+    drainer.answer(StatusCode::OK);
     wait_until("the group at 3", Duration::from_secs(60), || async {
         match desired_and_count(&moto, "web").await {
             (3, 3) => Ok(()),

@@ -4,25 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use clap::Parser;
-use scalewise::cli::{Cli, run_cli};
 use scalewise::journal::{Evaluation, EvaluationOutcome};
 use scalewise::runtime::outcome_of;
-use scalewise_tests::{artifacts, context, data_dir, load};
+use scalewise_tests::{artifacts, cli, context, data_dir, load};
 use serde_json::{Value, json};
-
-/// Runs the command line `args` in-process: (exit code, stdout, stderr).
-fn cli(args: &[&str]) -> (u8, String, String) {
-    let cli = Cli::try_parse_from(std::iter::once("scalewise").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = run_cli(cli, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
-}
 
 fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> String {
     let path = dir.join(name);

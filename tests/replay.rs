@@ -7,10 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
-use scalewise::cli::{Cli, run_cli};
-use scalewise_tests::artifacts;
 use scalewise_tests::running::RunningDaemon;
+use scalewise_tests::{artifacts, cli};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -86,18 +84,6 @@ async fn journal() -> &'static Path {
         })
         .await;
     path
-}
-
-fn cli(args: &[&str]) -> (u8, String, String) {
-    let cli = Cli::try_parse_from(std::iter::once("scalewise").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = run_cli(cli, &mut out, &mut err);
-    (
-        code,
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,23 @@ pub fn context(now_ms: i64, parameters: serde_json::Value, points: usize) -> Con
     }
 }
 
+/// Runs the `scalewise` command line in-process with `args` (no program
+/// name) and returns its exit code, stdout and stderr.
+pub fn cli(args: &[&str]) -> (u8, String, String) {
+    use clap::Parser as _;
+    let cli = scalewise::cli::Cli::try_parse_from(
+        std::iter::once("scalewise").chain(args.iter().copied()),
+    )
+    .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = scalewise::cli::run_cli(cli, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).expect("stdout is UTF-8"),
+        String::from_utf8(err).expect("stderr is UTF-8"),
+    )
+}
+
 /// The `faults` fixture's context for `mode`.
 pub fn fault(mode: &str) -> Context {
     context(1_700_000_000_000, serde_json::json!({ "mode": mode }), 3)

@@ -6,6 +6,7 @@
 //! [`MotoServer::client`] is an Auto Scaling client for it with test
 //! credentials, and [`MotoServer::create_group`] makes a group with running
 //! instances through the same API (a launch configuration, then the group).
+//! [`DrainWebhook`] is a drain webhook the test controls.
 //!
 //! What moto does differently from AWS (checked on moto 5.2): every call
 //! takes effect at once (instances are `InService` as soon as they are
@@ -13,7 +14,10 @@
 //! calls naming an unknown group or instance fail with HTTP 500, not a
 //! `ValidationError`; lifecycle-hook completion is not implemented.
 
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -21,6 +25,10 @@ use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::config::retry::RetryConfig;
 use aws_sdk_autoscaling::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_autoscaling::types::AutoScalingGroup;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
 
 use crate::prometheus::find_binary;
 
@@ -117,14 +125,7 @@ impl MotoServer {
     /// and one retry (moto answers a bad request with a 500, which the SDK
     /// would otherwise retry with backoff).
     pub fn client(&self) -> Client {
-        let config = aws_sdk_autoscaling::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .endpoint_url(&self.url)
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-            .retry_config(RetryConfig::standard().with_max_attempts(2))
-            .build();
-        Client::from_conf(config)
+        client_for(&self.url, 2)
     }
 
     /// Creates the group `name` with `desired` running instances (0 to 10)
@@ -181,6 +182,81 @@ impl MotoServer {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+}
+
+/// An Auto Scaling client for the API at `url`: test credentials,
+/// [`REGION`], at most `attempts` tries a call.
+pub fn client_for(url: &str, attempts: u32) -> Client {
+    let config = aws_sdk_autoscaling::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(url)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
+        .build();
+    Client::from_conf(config)
+}
+
+/// A drain webhook for the Auto Scaling group actuator on a loopback port:
+/// answers every POST with the status the test sets and records its body.
+#[derive(Debug, Clone)]
+pub struct DrainWebhook {
+    status: Arc<AtomicU16>,
+    calls: Arc<Mutex<Vec<serde_json::Value>>>,
+    url: String,
+}
+
+impl DrainWebhook {
+    /// Serves `/drain` on the caller's runtime, answering `status`.
+    pub async fn start(status: StatusCode) -> anyhow::Result<DrainWebhook> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let webhook = DrainWebhook {
+            status: Arc::new(AtomicU16::new(status.as_u16())),
+            calls: Arc::default(),
+            url: format!("http://{}/drain", listener.local_addr()?),
+        };
+        let app = axum::Router::new()
+            .route("/drain", post(Self::handle))
+            .with_state(webhook.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(webhook)
+    }
+
+    async fn handle(
+        State(w): State<DrainWebhook>,
+        Json(body): Json<serde_json::Value>,
+    ) -> StatusCode {
+        w.calls.lock().unwrap().push(body);
+        StatusCode::from_u16(w.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+    }
+
+    /// Its URL, for `drain_webhook`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Answers `status` from now on (202: draining, 200: drained).
+    pub fn answer(&self, status: StatusCode) {
+        self.status.store(status.as_u16(), Ordering::SeqCst);
+    }
+
+    /// Every body received, oldest first.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The instance ids it was asked to drain, each once.
+    pub fn instance_ids(&self) -> BTreeSet<String> {
+        self.calls()
+            .iter()
+            .filter_map(|c| c["instance_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Forgets the calls so far.
+    pub fn clear(&self) {
+        self.calls.lock().unwrap().clear();
     }
 }
 

@@ -10,7 +10,7 @@
 //! way, would this module have decided differently", the question to ask
 //! before rolling a new policy version out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use clap::ValueEnum;
@@ -35,7 +35,7 @@ pub enum StateSource {
 }
 
 /// How a replayed answer compares with the recorded one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 enum Verdict {
     /// The same action (hold, or the same replica count).
@@ -156,8 +156,7 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
     records.sort_by_key(|r| (r.time_ms, r.id));
 
     let mut own_state: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-    let mut counts: Vec<(Verdict, usize)> = Vec::new();
-    let mut replayed_count = 0usize;
+    let mut counts: BTreeMap<Verdict, usize> = BTreeMap::new();
     let mut params_checked = false;
     for record in &records {
         let Some(evaluation) = record.evaluations.iter().find(|e| e.module == policy) else {
@@ -192,11 +191,7 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             own_state.insert(record.scaler.clone(), decision.state.clone());
         }
         let v = verdict(&evaluation.outcome, &replayed, ctx.target.current);
-        replayed_count += 1;
-        match counts.iter_mut().find(|(k, _)| *k == v) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((v, 1)),
-        }
+        *counts.entry(v).or_default() += 1;
         if v == Verdict::Same && !args.all {
             continue;
         }
@@ -226,6 +221,7 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             .map_err(|e| e.to_string())?;
         }
     }
+    let replayed_count: usize = counts.values().sum();
     if replayed_count == 0 {
         return Err(format!(
             "{}: no recorded evaluation of policy {policy:?}{} to replay (--policy names the \
@@ -237,7 +233,6 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
                 .unwrap_or_default()
         ));
     }
-    counts.sort_by_key(|(v, _)| *v as u8);
     let summary: Vec<String> = counts
         .iter()
         .map(|(v, n)| format!("{n} {}", v.as_str()))
@@ -251,8 +246,8 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
     )
     .map_err(|e| e.to_string())?;
     let same = counts
-        .iter()
-        .all(|(v, _)| matches!(v, Verdict::Same | Verdict::BothFail));
+        .keys()
+        .all(|v| matches!(v, Verdict::Same | Verdict::BothFail));
     Ok(if same { 0 } else { 2 })
 }
 
