@@ -31,9 +31,135 @@ fn main() {
     watch(&root.join("sdk").join("rust"), &["target"]);
     watch(&root.join("wit"), &[]);
 
+    watch(&root.join("sdk").join("python"), &["__pycache__"]);
+    watch(&root.join("sdk").join("js"), &["node_modules"]);
+
     check_target_installed();
-    let artifacts = build_guests(&policies, &guests_dir);
-    write_constants(&out_dir.join("artifacts.rs"), &artifacts);
+    // The Python and JavaScript guests build beside the Rust ones.
+    let others = std::thread::scope(|s| {
+        let python = s.spawn(|| build_python_guests(root, &guests_dir));
+        let js = s.spawn(|| build_js_guests(root, &guests_dir));
+        let rust = build_guests(&policies, &guests_dir);
+        let mut others = python.join().expect("the Python build panicked");
+        others.extend(js.join().expect("the JavaScript build panicked"));
+        (rust, others)
+    });
+    write_constants(&out_dir.join("artifacts.rs"), &others.0, &others.1);
+}
+
+/// The policy folders under `dir` (and `dir/fixtures`) that hold `entry`,
+/// by name.
+fn policy_dirs(dir: &Path, entry: &str) -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    for parent in [dir.to_path_buf(), dir.join("fixtures")] {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.join(entry).is_file() {
+                found.push((e.file_name().to_string_lossy().into_owned(), path));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Runs `cmd`, panicking with its output and `fix` when it cannot start or
+/// fails.
+fn run(mut cmd: Command, what: &str, fix: &str) {
+    let output = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "\n\nCannot run {:?} to build {what}: {e}.\n{fix}\n\n",
+            cmd.get_program()
+        )
+    });
+    if !output.status.success() {
+        panic!(
+            "\n\nBuilding {what} failed:\n{}{}\n",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+const INSTALL_FIX: &str =
+    "Run `scripts/install-test-deps` (it installs componentize-py and componentize-js).";
+
+/// Each `policies/python/<name>/app.py` with componentize-py, against the
+/// SDK in `sdk/python`.
+fn build_python_guests(root: &Path, guests_dir: &Path) -> Vec<Artifact> {
+    let out = guests_dir.join("python");
+    std::fs::create_dir_all(&out).expect("cannot create the Python guests folder");
+    let mut built = Vec::new();
+    for (name, dir) in policy_dirs(&root.join("policies").join("python"), "app.py") {
+        let path = out.join(format!("{name}.wasm"));
+        let mut cmd = Command::new("componentize-py");
+        cmd.arg("-d")
+            .arg(root.join("wit"))
+            .args(["-w", "policy", "componentize", "-p"])
+            .arg(root.join("sdk").join("python"))
+            .arg("-p")
+            .arg(&dir)
+            .arg("app")
+            .arg("-o")
+            .arg(&path);
+        run(
+            cmd,
+            &format!("the Python policy {}", dir.display()),
+            INSTALL_FIX,
+        );
+        built.push(Artifact {
+            package: name,
+            path,
+        });
+    }
+    built
+}
+
+/// Each `policies/js/<name>/policy.js` with componentize-js. componentize-js
+/// reads only the entry file's own folder, so the folder is copied first
+/// with its links (`scalewise.js`, the SDK) resolved.
+fn build_js_guests(root: &Path, guests_dir: &Path) -> Vec<Artifact> {
+    let componentize = root.join("sdk/js/node_modules/.bin/componentize-js");
+    let out = guests_dir.join("js");
+    let mut built = Vec::new();
+    for (name, dir) in policy_dirs(&root.join("policies").join("js"), "policy.js") {
+        let staged = out.join("src").join(&name);
+        let _ = std::fs::remove_dir_all(&staged);
+        std::fs::create_dir_all(&staged).expect("cannot create the JavaScript staging folder");
+        for e in std::fs::read_dir(&dir)
+            .expect("cannot read a JavaScript policy folder")
+            .flatten()
+        {
+            let from = e.path();
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".js") && !name.ends_with(".test.js") {
+                // fs::copy follows links.
+                std::fs::copy(&from, staged.join(e.file_name()))
+                    .unwrap_or_else(|err| panic!("cannot copy {}: {err}", from.display()));
+            }
+        }
+        let path = out.join(format!("{name}.wasm"));
+        let mut cmd = Command::new(&componentize);
+        cmd.arg(staged.join("policy.js"))
+            .arg("--wit")
+            .arg(root.join("wit"))
+            .args(["--world-name", "policy", "-d", "http", "fetch-event", "-o"])
+            .arg(&path);
+        run(
+            cmd,
+            &format!("the JavaScript policy {}", dir.display()),
+            INSTALL_FIX,
+        );
+        built.push(Artifact {
+            package: name,
+            path,
+        });
+    }
+    built
 }
 
 /// Re-runs this script when anything under `dir` changes, except the named
@@ -168,10 +294,21 @@ fn build_guests(policies: &Path, guests_dir: &Path) -> Vec<Artifact> {
     artifacts
 }
 
-fn write_constants(file: &Path, artifacts: &[Artifact]) {
+fn write_constants(file: &Path, artifacts: &[Artifact], others: &[Artifact]) {
     let mut code =
         String::from("// Generated by build.rs: the guest modules built from policies/.\n");
     let mut all = String::new();
+    for a in others {
+        let ident = a.package.to_uppercase().replace('-', "_");
+        writeln!(
+            code,
+            "/// The `{}` module, not written in Rust ({}).\npub const {ident}: &str = {:?};",
+            a.package,
+            a.path.display(),
+            a.path.display().to_string()
+        )
+        .unwrap();
+    }
     for a in artifacts {
         let ident = a.package.to_uppercase().replace('-', "_");
         writeln!(
@@ -186,7 +323,7 @@ fn write_constants(file: &Path, artifacts: &[Artifact]) {
     }
     writeln!(
         code,
-        "/// Every module: (package name, path).\npub const ALL: &[(&str, &str)] = &[\n{all}];"
+        "/// Every Rust module: (package name, path).\npub const ALL: &[(&str, &str)] = &[\n{all}];"
     )
     .unwrap();
     std::fs::write(file, code).expect("cannot write artifacts.rs");

@@ -126,6 +126,40 @@ fn load_time(c: &mut Criterion, rt: &Runtime) {
     g.finish();
 }
 
+/// The Python (componentize-py) and JavaScript (componentize-js) policies:
+/// module load (compile + describe, once: seconds), a fresh instance, and
+/// one evaluation over the same 1,000-sample window.
+fn languages(c: &mut Criterion, rt: &Runtime) {
+    let modules = [
+        (
+            "python/capacity",
+            artifacts::CAPACITY,
+            json!({"metric": "cpu", "capacity": 20.0}),
+        ),
+        (
+            "js/queue-tiers",
+            artifacts::QUEUE_TIERS,
+            json!({"metric": "cpu", "tiers": "0:1, 50:3, 500:6"}),
+        ),
+    ];
+    let mut g = c.benchmark_group("languages-1000-points");
+    for (label, path, params) in modules {
+        let started = std::time::Instant::now();
+        let module = load(rt, path);
+        println!("load (compile + describe) {label}: {:?}", started.elapsed());
+        let mut ctx = bench_ctx(POINTS);
+        ctx.parameters = params;
+        module.evaluate(&ctx).expect("the policy decides");
+        g.bench_function(BenchmarkId::new("evaluate", label), |b| {
+            b.iter(|| module.evaluate(black_box(&ctx)))
+        });
+        g.bench_function(BenchmarkId::new("instantiate", label), |b| {
+            b.iter(|| module.instantiate_check())
+        });
+    }
+    g.finish();
+}
+
 /// What passing 1,000 samples to a guest costs by WIT shape: a list of
 /// records (the contract's `list<point>`; wasmtime lowers it field by field)
 /// against two lists of primitives (lowered with one copy each). A guest
@@ -346,6 +380,7 @@ fn main() {
     evaluate(&mut c, &rt, &fuel_rt);
     lowering(&mut c, &rt);
     load_time(&mut c, &rt);
+    languages(&mut c, &rt);
     c.final_summary();
     summary(&rt, &fuel_rt);
 }
