@@ -33,15 +33,18 @@ fn main() {
 
     watch(&root.join("sdk").join("python"), &["__pycache__"]);
     watch(&root.join("sdk").join("js"), &["node_modules"]);
+    watch(&root.join("sdk").join("c"), &[]);
 
     check_target_installed();
     // The Python and JavaScript guests build beside the Rust ones.
     let others = std::thread::scope(|s| {
         let python = s.spawn(|| build_python_guests(root, &guests_dir));
         let js = s.spawn(|| build_js_guests(root, &guests_dir));
+        let c = s.spawn(|| build_c_guests(root, &guests_dir));
         let rust = build_guests(&policies, &guests_dir);
         let mut others = python.join().expect("the Python build panicked");
         others.extend(js.join().expect("the JavaScript build panicked"));
+        others.extend(c.join().expect("the C build panicked"));
         (rust, others)
     });
     write_constants(&out_dir.join("artifacts.rs"), &others.0, &others.1);
@@ -116,6 +119,109 @@ fn build_python_guests(root: &Path, guests_dir: &Path) -> Vec<Artifact> {
         });
     }
     built
+}
+
+/// Each `policies/c/<name>/` (its `.c` files) with clang for wasm32-wasi
+/// (WASI preview 1, as Debian's wasi-libc is): the world's C bindings are
+/// generated from `wit/` (as `wit-bindgen c` does), and the core module is
+/// made a component with the preview1 reactor adapter (as `wasm-tools
+/// component new --adapt` does).
+fn build_c_guests(root: &Path, guests_dir: &Path) -> Vec<Artifact> {
+    let dirs = policy_dirs(&root.join("policies").join("c"), "policy.c");
+    if dirs.is_empty() {
+        return Vec::new();
+    }
+    let out = guests_dir.join("c");
+    let bindings = out.join("bindings");
+    std::fs::create_dir_all(&bindings).expect("cannot create the C bindings folder");
+    generate_c_bindings(&root.join("wit"), &bindings);
+    // For the C policies' native tests (tests/languages.rs).
+    println!(
+        "cargo::rustc-env=SCALEWISE_C_BINDINGS={}",
+        bindings.display()
+    );
+    let mut built = Vec::new();
+    for (name, dir) in dirs {
+        let core = out.join(format!("{name}.core.wasm"));
+        let mut cmd = Command::new("clang");
+        cmd.args([
+            "--target=wasm32-wasi",
+            "-mexec-model=reactor",
+            "-O2",
+            "-Wall",
+            "-Werror",
+        ])
+        // The generated bindings are not warning-free.
+        .args(["-Wno-unused-function", "-Wno-unused-parameter"])
+        .arg("-I")
+        .arg(&bindings)
+        .arg("-I")
+        .arg(root.join("sdk").join("c"))
+        .arg("-I")
+        .arg(&dir)
+        .arg(bindings.join("policy.c"))
+        .arg(bindings.join("policy_component_type.o"));
+        let mut sources: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("cannot read a C policy folder")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "c") && !is_test_file(p))
+            .collect();
+        sources.sort();
+        cmd.args(&sources).arg("-o").arg(&core);
+        run(
+            cmd,
+            &format!("the C policy {}", dir.display()),
+            "Run `scripts/install-test-deps` (it installs clang, lld and wasi-libc).",
+        );
+        let module = std::fs::read(&core).expect("clang wrote the core module");
+        let component = wit_component::ComponentEncoder::default()
+            .validate(true)
+            .module(&module)
+            .and_then(|e| {
+                e.adapter(
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+                )
+            })
+            .and_then(|e| e.encode())
+            .unwrap_or_else(|e| panic!("making {name} a component failed: {e:#}"));
+        let path = out.join(format!("{name}.wasm"));
+        std::fs::write(&path, component).expect("cannot write a C component");
+        built.push(Artifact {
+            package: name,
+            path,
+        });
+    }
+    built
+}
+
+/// A C policy's native unit test (`test_*.c`), not part of the module.
+fn is_test_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("test_"))
+}
+
+/// `policy.h`, `policy.c` and `policy_component_type.o` for the `policy`
+/// world, into `out`.
+fn generate_c_bindings(wit: &Path, out: &Path) {
+    use wit_bindgen_core::wit_parser::Resolve;
+    let mut resolve = Resolve::default();
+    let (package, _) = resolve
+        .push_dir(wit)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e:#}", wit.display()));
+    let world = resolve
+        .select_world(&[package], Some("policy"))
+        .expect("wit/ defines the policy world");
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)
+        .unwrap_or_else(|e| panic!("generating the C bindings failed: {e:#}"));
+    for (name, bytes) in files.iter() {
+        std::fs::write(out.join(name), bytes).expect("cannot write the C bindings");
+    }
 }
 
 /// Each `policies/js/<name>/policy.js` with componentize-js. componentize-js

@@ -18,19 +18,21 @@ use scalewise::policy::PolicyInfo;
 use scalewise_tests::load;
 use scalewise_tests::running::{POLICY_MODULES, install_policies};
 
-/// A fenced ```toml block and the line of the file it starts on.
+/// A fenced block and the line of the file it starts on.
 struct Block {
     line: usize,
     text: String,
 }
 
-fn toml_blocks(markdown: &str) -> Vec<Block> {
+/// The blocks fenced as ```` ```{lang} ````.
+fn fenced_blocks(markdown: &str, lang: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut open: Option<Block> = None;
+    let opening = format!("```{lang}");
     for (i, line) in markdown.lines().enumerate() {
         let fence = line.trim_start();
         match &mut open {
-            None if fence.starts_with("```toml") => {
+            None if fence == opening => {
                 open = Some(Block {
                     line: i + 2,
                     text: String::new(),
@@ -44,19 +46,19 @@ fn toml_blocks(markdown: &str) -> Vec<Block> {
             None => {}
         }
     }
-    assert!(open.is_none(), "a ```toml block is not closed");
+    assert!(open.is_none(), "a ```{lang} block is not closed");
     blocks
 }
 
 /// The ```toml blocks of the README's Prometheus section, with their lines
 /// in README.md.
 fn prometheus_blocks() -> Vec<Block> {
-    section_blocks("## Scaling on Prometheus metrics")
+    section_blocks("## Scaling on Prometheus metrics", "toml")
 }
 
-/// The ```toml blocks of the README section under `heading`, with their
-/// lines in README.md.
-fn section_blocks(heading: &str) -> Vec<Block> {
+/// The ```` ```{lang} ```` blocks of the README section under `heading`,
+/// with their lines in README.md.
+fn section_blocks(heading: &str, lang: &str) -> Vec<Block> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let markdown = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = markdown.lines().collect();
@@ -68,7 +70,7 @@ fn section_blocks(heading: &str) -> Vec<Block> {
         .iter()
         .position(|l| l.starts_with("## "))
         .map_or(lines.len(), |i| start + 1 + i);
-    toml_blocks(&markdown)
+    fenced_blocks(&markdown, lang)
         .into_iter()
         .filter(|b| (start + 1..=end).contains(&b.line))
         .collect()
@@ -196,7 +198,7 @@ fn the_snippets_need_the_secrets_they_name() {
 
 #[test]
 fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
-    let blocks = section_blocks("## Scaling an AWS Auto Scaling group");
+    let blocks = section_blocks("## Scaling an AWS Auto Scaling group", "toml");
     assert_eq!(blocks.len(), 1);
     let block = &blocks[0];
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +222,7 @@ fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
 
 #[test]
 fn the_kubernetes_example_loads() {
-    let blocks = section_blocks("## Scaling a Kubernetes workload");
+    let blocks = section_blocks("## Scaling a Kubernetes workload", "toml");
     assert_eq!(blocks.len(), 1);
     let dir = tempfile::tempdir().unwrap();
     install_policies(&dir.path().join("policies")).unwrap();
@@ -233,4 +235,66 @@ fn the_kubernetes_example_loads() {
     config.check_policies(&catalog()).unwrap();
     let target = config.scalers[0].get_ref().target.get_ref();
     assert_eq!(target.kind(), "kubernetes");
+}
+
+const LANGUAGES: &str = "## Writing a policy in Python, JavaScript or C";
+
+/// The README's C policy compiles (natively, syntax and types only) against
+/// the C SDK and the bindings generated from `wit/`.
+#[test]
+fn the_c_example_compiles_against_the_sdk() {
+    let blocks = section_blocks(LANGUAGES, "c");
+    assert_eq!(blocks.len(), 1, "one C example");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("example.c");
+    std::fs::write(&file, &blocks[0].text).unwrap();
+    let out = std::process::Command::new("cc")
+        .args([
+            "-fsyntax-only",
+            "-Wall",
+            "-Werror",
+            "-Wno-unused-function",
+            "-I",
+        ])
+        .arg(env!("SCALEWISE_C_BINDINGS"))
+        .arg("-I")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/c"))
+        .arg(&file)
+        .output()
+        .expect("cc runs");
+    assert!(
+        out.status.success(),
+        "README.md block at line {}: {}",
+        blocks[0].line,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The README's Python policy is valid Python.
+#[test]
+fn the_python_examples_parse() {
+    for block in section_blocks(LANGUAGES, "python") {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import ast, sys; ast.parse(sys.stdin.read())"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(block.text.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "README.md block at line {}: {}",
+            block.line,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -1,6 +1,7 @@
-//! Policies written in Python (componentize-py) and JavaScript
-//! (componentize-js), built by `build.rs` from `policies/python/` and
-//! `policies/js/` with the SDKs in `sdk/python` and `sdk/js`: they load,
+//! Policies written in Python (componentize-py), JavaScript
+//! (componentize-js) and C (clang for wasm32-wasi, bindings generated from
+//! `wit/`), built by `build.rs` from `policies/python/`, `policies/js/` and
+//! `policies/c/` with the SDKs in `sdk/`: they load,
 //! describe themselves, decide as their documentation says, fail as errors
 //! rather than traps, are deterministic, reach nothing outside the sandbox,
 //! and scale a simulated service in the real daemon.
@@ -45,6 +46,7 @@ fn load(path: &str) -> PolicyModule {
 static CAPACITY: LazyLock<PolicyModule> = LazyLock::new(|| load(artifacts::CAPACITY));
 static QUEUE_TIERS: LazyLock<PolicyModule> = LazyLock::new(|| load(artifacts::QUEUE_TIERS));
 static PY_PROBE: LazyLock<PolicyModule> = LazyLock::new(|| load(artifacts::PY_SANDBOX_PROBE));
+static ERROR_GUARD: LazyLock<PolicyModule> = LazyLock::new(|| load(artifacts::ERROR_GUARD));
 
 /// A context for a target at `current` replicas (bounds 1–20) with one
 /// metric `name` sampled every 15 s, `values` oldest first, the newest at
@@ -328,6 +330,88 @@ fn queue_tiers_refuses_a_bad_table_naming_the_tier() {
 }
 
 #[test]
+fn error_guard_in_c_holds_on_errors_and_steps_down_when_quiet() {
+    let info = ERROR_GUARD.info();
+    assert_eq!(info.name, "error-guard");
+    let kinds: Vec<_> = info
+        .parameters
+        .iter()
+        .map(|p| (p.name.as_str(), p.kind, p.default.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("metric", ParameterKind::Metric, None),
+            ("limit", ParameterKind::Number, None),
+            ("quiet_for", ParameterKind::Duration, Some(json!("5m"))),
+            ("step_down", ParameterKind::Integer, Some(json!(1))),
+        ]
+    );
+    let params = json!({ "metric": "errors", "limit": 1.0, "quiet_for": "1m" });
+    let quiet = decide(
+        &ERROR_GUARD,
+        &ctx(6, "errors", &[0.2, 0.1, 0.3, 0.2, 0.1], params.clone()),
+    );
+    assert_eq!(quiet.desired, Some(5), "{}", quiet.reason);
+    assert_eq!(
+        quiet.reason,
+        "errors at most 1.0 for 1m: scale-in allowed to 5 (6 → 5)"
+    );
+    let rising = decide(
+        &ERROR_GUARD,
+        &ctx(6, "errors", &[0.2, 0.1, 0.3, 0.2, 2.5], params.clone()),
+    );
+    assert_eq!(rising.desired, None, "{}", rising.reason);
+    assert_eq!(
+        rising.reason,
+        "errors 2.5 above 1.0: no scale-in; hold at 6"
+    );
+    let message = refusal(
+        &ERROR_GUARD,
+        &ctx(6, "errors", &[0.1], json!({ "metric": "errors" })),
+    );
+    assert_eq!(message, "parameter 'limit' is required");
+    let mut down = ctx(6, "errors", &[], params.clone());
+    down.metrics[0].error = Some("timeout".into());
+    assert_eq!(refusal(&ERROR_GUARD, &down), "metric errors: timeout");
+    assert_eq!(
+        decide(&ERROR_GUARD, &ctx(6, "errors", &[0.2; 5], params)).desired,
+        Some(5)
+    );
+}
+
+/// The C policy's logic, compiled natively with the system's C compiler
+/// against the same generated `policy.h`, passes its own unit tests.
+#[test]
+fn the_c_policy_passes_its_native_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let policy = root.join("policies/c/error-guard");
+    let exe = tempfile::tempdir().unwrap();
+    let binary = exe.path().join("test_error_guard");
+    let status = std::process::Command::new("cc")
+        .args(["-Wall", "-Werror", "-Wno-unused-function", "-I"])
+        .arg(env!("SCALEWISE_C_BINDINGS"))
+        .arg("-I")
+        .arg(root.join("sdk/c"))
+        .arg("-I")
+        .arg(&policy)
+        .arg(policy.join("test_error_guard.c"))
+        .arg(policy.join("error_guard.c"))
+        .args(["-lm", "-o"])
+        .arg(&binary)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "the native tests compile");
+    let out = std::process::Command::new(&binary).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn the_same_context_gives_the_same_decision_bytes() {
     let cases = [
         (
@@ -349,6 +433,15 @@ fn the_same_context_gives_the_same_decision_bytes() {
             ),
         ),
         (&*PY_PROBE, ctx(2, "queue", &[650.0], json!({}))),
+        (
+            &*ERROR_GUARD,
+            ctx(
+                6,
+                "errors",
+                &[0.1, 0.2],
+                json!({ "metric": "errors", "limit": 1.0, "quiet_for": "15s" }),
+            ),
+        ),
     ];
     for (module, context) in cases {
         let first = serde_json::to_vec(&decide(module, &context)).unwrap();
@@ -393,6 +486,8 @@ fn the_daemon_scales_with_python_and_javascript_policies() {
     let policies = scalewise_tests::policy_dir(&[
         ("capacity", artifacts::CAPACITY),
         ("queue-tiers", artifacts::QUEUE_TIERS),
+        ("error-guard", artifacts::ERROR_GUARD),
+        ("target-tracking", artifacts::TARGET_TRACKING),
     ]);
     let config = format!(
         r#"
@@ -436,6 +531,30 @@ metrics.queue = {{ source = "simulator", query = "queue_depth", window = "2m" }}
 policies = [{{ module = "queue-tiers", params = {{ metric = "queue", tiers = "0:1, 50:3, 500:6", down_for = "1m" }} }}]
 # The policy's own down_for is the hysteresis under test.
 behavior.scale_down = {{ stabilization_window = "0s" }}
+
+# 100 requests/s per replica at 40 ms; 1,200 requests/s for the first two
+# minutes, then 200.
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 4
+base_latency = "40ms"
+load = {{ base = 200.0, spikes = [{{ at = "0s", duration = "2m", extra = 1000.0 }}] }}
+
+# Target tracking sizes web; error-guard (in C) lets it shrink one replica
+# a tick once p95 latency has stayed under 100 ms for a minute.
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 1
+max = 20
+target = {{ kind = "simulator", service = "web" }}
+metrics.cpu = {{ source = "simulator", query = "cpu" }}
+metrics.p95 = {{ source = "simulator", query = "p95_latency_ms", window = "2m" }}
+policies = [
+  {{ module = "target-tracking", params = {{ metric = "cpu", target = 50.0 }} }},
+  {{ module = "error-guard", params = {{ metric = "p95", limit = 100.0, quiet_for = "1m" }} }},
+]
+behavior.scale_down = {{ stabilization_window = "0s" }}
 "#,
         policies = policies.path().display(),
         journal = dir.path().join("journal.db").display(),
@@ -444,7 +563,7 @@ behavior.scale_down = {{ stabilization_window = "0s" }}
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut h = Harness::from_text(&config, &dir.path().join("languages.toml"), T0).await;
         let records = h.run_until(T0 + 8 * MINUTE).await;
-        let reason = |r: &TickRecord| match &r.evaluations[0].outcome {
+        let reason = |r: &TickRecord| match &r.evaluations.last().unwrap().outcome {
             EvaluationOutcome::Decided { decision } => decision.reason.clone(),
             EvaluationOutcome::Failed { error, .. } => panic!("{}: {error}", r.scaler),
         };
@@ -471,6 +590,22 @@ behavior.scale_down = {{ stabilization_window = "0s" }}
             jobs.iter().any(|(from, to, _)| to < from),
             "jobs scaled back in after the burst: {jobs:?}"
         );
+        // web: out during the spike, then in one replica a tick, each
+        // step allowed by the guard.
+        let web = changes("web");
+        assert!(
+            web.iter().any(|(from, to, _)| to > from),
+            "web scaled out: {web:?}"
+        );
+        let ins: Vec<_> = web.iter().filter(|(from, to, _)| to < from).collect();
+        assert!(ins.len() >= 2, "web scaled in step by step: {web:?}");
+        for (from, to, why) in &ins {
+            assert_eq!(*to, from - 1, "one replica a tick: {web:?}");
+            assert!(
+                why.starts_with("p95 at most 100.0 for 1m: scale-in allowed"),
+                "{why}"
+            );
+        }
         h.close().await;
     });
 }

@@ -126,7 +126,7 @@ fn load_time(c: &mut Criterion, rt: &Runtime) {
     g.finish();
 }
 
-/// The Python (componentize-py) and JavaScript (componentize-js) policies:
+/// The Python (componentize-py), JavaScript (componentize-js) and C policies:
 /// module load (compile + describe, once: seconds), a fresh instance, and
 /// one evaluation over the same 1,000-sample window.
 fn languages(c: &mut Criterion, rt: &Runtime) {
@@ -140,6 +140,11 @@ fn languages(c: &mut Criterion, rt: &Runtime) {
             "js/queue-tiers",
             artifacts::QUEUE_TIERS,
             json!({"metric": "cpu", "tiers": "0:1, 50:3, 500:6"}),
+        ),
+        (
+            "c/error-guard",
+            artifacts::ERROR_GUARD,
+            json!({"metric": "cpu", "limit": 90.0, "quiet_for": "10m"}),
         ),
     ];
     let mut g = c.benchmark_group("languages-1000-points");

@@ -1,10 +1,12 @@
 //! Integration and end-to-end tests of Scalewise against real components.
 //!
 //! `build.rs` builds every guest module of `policies/` (real policies and the
-//! fixtures under `policies/fixtures/`) for wasm32-wasip2; [`artifacts`]
-//! holds their paths. The tests themselves are the `[[test]]` targets next
+//! fixtures under `policies/fixtures/`) for wasm32-wasip2, and the Python,
+//! JavaScript and C policies of `policies/python`, `policies/js` and
+//! `policies/c`; [`artifacts`] holds their paths. The tests themselves are the `[[test]]` targets next
 //! to this crate's manifest: `runtime.rs` (faults, limits, loading),
-//! `sandbox.rs` (what a policy can reach, determinism), `registry.rs` and
+//! `sandbox.rs` (what a policy can reach, determinism), `languages.rs`
+//! (policies in Python, JavaScript and C), `registry.rs` and
 //! `cli.rs`; `benches/runtime.rs` is the runtime benchmark.
 //!
 //! [`e2e`] steps the real daemon on a manual clock and checks its journal
