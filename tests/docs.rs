@@ -237,6 +237,23 @@ fn the_kubernetes_example_loads() {
     assert_eq!(target.kind(), "kubernetes");
 }
 
+#[test]
+fn the_rebalance_example_loads() {
+    let blocks = section_blocks("## Scaling stateful workers (shard rebalancing)", "toml");
+    assert_eq!(blocks.len(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    let text = format!(
+        "policy_dir = \"policies\"\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n{}",
+        blocks[0].text
+    );
+    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
+        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", blocks[0].line));
+    config.check_policies(&catalog()).unwrap();
+    let target = config.scalers[0].get_ref().target.get_ref();
+    assert_eq!(target.kind(), "rebalance");
+}
+
 const LANGUAGES: &str = "## Writing a policy in Python, JavaScript or C";
 
 /// The README's C policy compiles (natively, syntax and types only) against

@@ -9,6 +9,7 @@
 
 pub mod aws_asg;
 pub mod kubernetes;
+pub mod rebalance;
 pub mod simulator;
 
 use std::fmt;

@@ -1079,6 +1079,8 @@ pub enum TargetConfig {
     AwsAsg(AwsAsgTarget),
     /// A Kubernetes workload, through its scale subresource.
     Kubernetes(KubernetesTarget),
+    /// Sharded stateful workers, through their shard coordinator.
+    Rebalance(RebalanceTarget),
 }
 
 impl TargetConfig {
@@ -1088,6 +1090,7 @@ impl TargetConfig {
             TargetConfig::Simulator { .. } => "simulator",
             TargetConfig::AwsAsg(_) => "aws-asg",
             TargetConfig::Kubernetes(_) => "kubernetes",
+            TargetConfig::Rebalance(_) => "rebalance",
         }
     }
 
@@ -1121,6 +1124,11 @@ impl TargetConfig {
                 field: "name",
                 what: format!("{} {:?}", k8s.object, k8s.name),
             },
+            TargetConfig::Rebalance(workers) => TargetClaim {
+                key: format!("rebalance\0{}", workers.endpoint.trim_end_matches('/')),
+                field: "endpoint",
+                what: format!("shard coordinator {:?}", workers.endpoint),
+            },
         }
     }
 
@@ -1128,7 +1136,9 @@ impl TargetConfig {
     pub fn simulation(&self) -> Option<&str> {
         match self {
             TargetConfig::Simulator { service } => Some(service),
-            TargetConfig::AwsAsg(_) | TargetConfig::Kubernetes(_) => None,
+            TargetConfig::AwsAsg(_) | TargetConfig::Kubernetes(_) | TargetConfig::Rebalance(_) => {
+                None
+            }
         }
     }
 }
@@ -1203,6 +1213,24 @@ pub struct KubernetesTarget {
     /// lowercase name plus "s" (default: derived from `object`).
     #[serde(default)]
     pub plural: Option<String>,
+}
+
+/// Sharded stateful workers (`kind = "rebalance"`), scaled through their
+/// shard coordinator: shards move to new workers once they are ready, and
+/// off a worker before it is stopped; see [`crate::actuators::rebalance`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceTarget {
+    /// The shard coordinator API's base URL (`GET {endpoint}/workers`, ...).
+    pub endpoint: String,
+    /// The most time a change (starting workers, moving shards, stopping
+    /// workers) may take before it is given up (default 10m).
+    #[serde(default = "default_rebalance_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_rebalance_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_api_version() -> String {

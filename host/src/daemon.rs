@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actuators::Actuator;
 use crate::actuators::aws_asg::AwsAsgActuator;
 use crate::actuators::kubernetes::KubernetesActuator;
+use crate::actuators::rebalance::RebalanceActuator;
 use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState};
 use crate::clock::{Clock, wall_clock_ms};
@@ -1373,6 +1374,7 @@ fn build_actuator(
             Ok(Arc::new(actuator))
         }
         TargetConfig::AwsAsg(settings) => Ok(Arc::new(AwsAsgActuator::new(settings.clone()))),
+        TargetConfig::Rebalance(settings) => Ok(Arc::new(RebalanceActuator::new(settings.clone()))),
         TargetConfig::Kubernetes(settings) => {
             Ok(Arc::new(KubernetesActuator::new(settings.clone())))
         }

@@ -15,6 +15,8 @@
 //! Harnesses for real peers:
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
+//! - [`shard_coordinator`]: a fake shard coordinator for the `rebalance`
+//!   actuator (no stock system speaks its API).
 //! - [`reload`]: what the hot-reload and config-reload tests share (a
 //!   reloading daemon's config, waits, the `counter` fixture's reasons).
 //! - [`running`]: the real daemon, run in-process from a config text, with
@@ -27,6 +29,7 @@ pub mod moto;
 pub mod prometheus;
 pub mod reload;
 pub mod running;
+pub mod shard_coordinator;
 pub mod stub_http;
 
 use std::future::Future;

@@ -271,7 +271,7 @@ fn each_problem_is_reported_at_its_place() {
             &[("kind = \"simulator\"", "kind = \"nomad\"")],
             "\"nomad\"",
             "scalers[0] \"web\".target",
-            "kind: unknown variant \"nomad\", expected one of \"simulator\", \"aws-asg\", \"kubernetes\"",
+            "kind: unknown variant \"nomad\", expected one of \"simulator\", \"aws-asg\", \"kubernetes\", \"rebalance\"",
         ),
         parse_case(
             "unknown field inside a tagged table",
@@ -1841,6 +1841,69 @@ fn two_scalers_of_one_simulated_service_are_refused_at_the_second() {
     assert!(
         err.to_string().contains(
             "scalers[1] \"web-2\".target: target service \"web\" is already scaled by scalers[0]; two scalers on one target would fight"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_rebalance_target_is_checked_at_its_place() {
+    let text = edit(
+        ASG,
+        &[(
+            "kind = \"aws-asg\"\ngroup = \"workers-asg\"\nregion = \"eu-west-1\"\nendpoint = \"https://autoscaling.eu-west-1.amazonaws.com\"\ndrain_webhook = \"http://drainer.internal:8080/drain\"\ndrain_delay = \"30s\"\ndrain_timeout = \"5m\"\n",
+            "kind = \"rebalance\"\nendpoint = \"http://coordinator.jobs:8080/api\"\n",
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = parse_in(dir.path(), &text).unwrap();
+    let target = config.scalers[0].get_ref().target.get_ref().clone();
+    assert_eq!(target.kind(), "rebalance");
+    let TargetConfig::Rebalance(workers) = target else {
+        panic!()
+    };
+    assert_eq!(workers.timeout, std::time::Duration::from_secs(600));
+
+    const AT: &str = "scalers[0] \"workers\".target";
+    let cases = [
+        (
+            "endpoint = \"http://coordinator.jobs:8080/api\"",
+            "endpoint = \"coordinator:8080\"",
+            "\"coordinator:8080\"",
+            "endpoint \"coordinator:8080\" must start with http:// or https://",
+        ),
+        (
+            "endpoint = \"http://coordinator.jobs:8080/api\"",
+            "endpoint = \"http://coordinator.jobs:8080/api\"\ntimeout = \"0s\"",
+            "\"0s\"",
+            "timeout (0s) must be at least 1s",
+        ),
+    ];
+    for (from, to, needle, message) in cases {
+        let bad = edit(&text, &[(from, to)]);
+        let err = parse_in(dir.path(), &bad).expect_err(message);
+        let (line, column) = position_of(&bad, needle);
+        assert!(
+            err.problems().iter().any(|p| p.line == line
+                && p.column == column
+                && p.path == AT
+                && p.message.contains(message)),
+            "{message}: not at {line}:{column}:\n{err}"
+        );
+    }
+    let second = text
+        .split_once("[[scalers]]")
+        .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
+        .unwrap()
+        .replace(
+            "name = \"workers\"\ninterval",
+            "name = \"workers-2\"\ninterval",
+        )
+        .replace("8080/api\"", "8080/api/\"");
+    let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "scalers[1] \"workers-2\".target: shard coordinator \"http://coordinator.jobs:8080/api/\" is already scaled by scalers[0]"
         ),
         "{err}"
     );

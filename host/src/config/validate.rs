@@ -11,7 +11,8 @@ use bytesize::ByteSize;
 use super::location::{Document, Seg, keys};
 use super::{
     AwsAsgTarget, Behavior, Config, EnvLookup, KubernetesTarget, LoadConfig, MetricConfig, Problem,
-    PrometheusConfig, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
+    PrometheusConfig, RebalanceTarget, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig,
+    TargetConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -518,6 +519,7 @@ impl Checker<'_, '_> {
             }
             match target {
                 TargetConfig::AwsAsg(asg) => self.aws_asg(i, asg),
+                TargetConfig::Rebalance(workers) => self.rebalance(i, workers),
                 TargetConfig::Kubernetes(k8s) => self.kubernetes(i, k8s),
                 TargetConfig::Simulator { .. } => {}
             }
@@ -589,6 +591,17 @@ impl Checker<'_, '_> {
             self.value(
                 &at("plural"),
                 format!("plural {plural:?} is not a resource name such as \"deployments\""),
+            );
+        }
+    }
+
+    fn rebalance(&mut self, i: usize, workers: &RebalanceTarget) {
+        let at = |field: &str| keys!["scalers", i, "target", field];
+        self.http_url(&at("endpoint"), "endpoint", &workers.endpoint);
+        if workers.timeout < MIN_INTERVAL {
+            self.value(
+                &at("timeout"),
+                format!("timeout ({}) must be at least 1s", show(workers.timeout)),
             );
         }
     }

@@ -479,7 +479,7 @@ impl Source for PrometheusSource {
 
 /// An error's message followed by its causes, without the request URL
 /// (reqwest puts the full URL, query and all, in its own message).
-fn causes(error: &reqwest::Error) -> String {
+pub(crate) fn causes(error: &reqwest::Error) -> String {
     let mut parts = Vec::new();
     let mut cause = std::error::Error::source(error);
     while let Some(e) = cause {

@@ -1,0 +1,567 @@
+//! Shard rebalancing for stateful workers (`target.kind = "rebalance"`).
+//!
+//! A stream processor whose state is split into shards runs workers, each
+//! owning some shards. Adding a worker is useless until shards move to it;
+//! removing one loses work unless its shards have moved off first. This
+//! actuator owns the assignment of shards to workers, through the system's
+//! shard coordinator API (see the README, "Scaling stateful workers"):
+//!
+//! - `GET {endpoint}/workers`: every shard, and each worker with whether it
+//!   is ready and the shards it owns now (moves finished);
+//! - `POST {endpoint}/workers`: start one worker; answers its id;
+//! - `PUT {endpoint}/assignment`: the shards each worker should own; the
+//!   coordinator moves them (the old owner releases a shard, then the new
+//!   one takes it). Sent again each tick until the moves are done;
+//! - `DELETE {endpoint}/workers/{id}`: stop a worker that owns nothing.
+//!
+//! Scale-out starts the new workers, waits until they are ready, then moves
+//! shards onto them. Scale-in chooses the victims (not ready first, then
+//! the fewest shards, then the highest id), moves their shards to the
+//! workers that stay, and stops each victim only once it owns no shard.
+//! Either way the change is in flight until it is done, and the assignment
+//! is balanced (shard counts differ by at most one) with as few moves as
+//! that allows. A change that is not done within `timeout` is given up with
+//! an error: nothing is stopped, and the next tick decides afresh from what
+//! the coordinator reports. The change's state is kept in memory: a daemon
+//! restarted mid-change finds the workers as they are and decides again,
+//! and never stops a worker that still owns shards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
+use crate::config::RebalanceTarget;
+
+/// How long one request to the coordinator may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `GET {endpoint}/workers` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Every shard of the system.
+    pub shards: Vec<String>,
+    /// The workers running now.
+    pub workers: Vec<Worker>,
+}
+
+/// One worker as the coordinator reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// Its id.
+    pub id: String,
+    /// Whether it runs and can take shards.
+    pub ready: bool,
+    /// The shards it owns now.
+    #[serde(default)]
+    pub shards: Vec<String>,
+}
+
+/// What `POST {endpoint}/workers` answers.
+#[derive(Debug, Deserialize)]
+struct Started {
+    id: String,
+}
+
+/// The body of `PUT {endpoint}/assignment`.
+#[derive(Debug, Serialize)]
+struct AssignmentBody<'a> {
+    assignment: &'a Assignment,
+}
+
+/// Shards by worker id.
+pub type Assignment = BTreeMap<String, Vec<String>>;
+
+/// A change being carried out.
+#[derive(Debug, Clone)]
+struct Change {
+    desired: u32,
+    since_ms: i64,
+    /// Workers this change started, still to become ready.
+    starting: Vec<String>,
+    /// Workers this change stops once they own nothing.
+    victims: Vec<String>,
+    /// The assignment being moved to, once the new workers are ready.
+    plan: Option<Assignment>,
+}
+
+/// The actuator of one scaler's sharded workers.
+#[derive(Debug)]
+pub struct RebalanceActuator {
+    settings: RebalanceTarget,
+    http: reqwest::Client,
+    change: Mutex<Option<Change>>,
+}
+
+impl RebalanceActuator {
+    /// The actuator for `settings`; nothing is contacted until the first tick.
+    pub fn new(settings: RebalanceTarget) -> Self {
+        RebalanceActuator {
+            http: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            settings,
+            change: Mutex::new(None),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.settings.endpoint.trim_end_matches('/'))
+    }
+
+    async fn request(
+        &self,
+        what: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ActuatorError> {
+        let response = req.send().await.map_err(|e| {
+            ActuatorError::Failed(format!(
+                "shard coordinator {}: {what}: {}",
+                self.settings.endpoint,
+                crate::sources::prometheus::causes(&e)
+            ))
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND && what == "list workers" {
+            return Err(ActuatorError::NotFound(format!(
+                "shard coordinator {}: {what}: HTTP 404",
+                self.settings.endpoint
+            )));
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
+            return Err(ActuatorError::Failed(format!(
+                "shard coordinator {}: {what}: HTTP {}{}",
+                self.settings.endpoint,
+                status.as_u16(),
+                if body.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", body.trim())
+                }
+            )));
+        }
+        Ok(response)
+    }
+
+    async fn cluster(&self) -> Result<Cluster, ActuatorError> {
+        let response = self
+            .request("list workers", self.http.get(self.url("workers")))
+            .await?;
+        response.json::<Cluster>().await.map_err(|e| {
+            ActuatorError::Failed(format!(
+                "shard coordinator {}: list workers: the answer is not {{shards, workers}}: {e}",
+                self.settings.endpoint
+            ))
+        })
+    }
+
+    async fn start_worker(&self) -> Result<String, ActuatorError> {
+        let response = self
+            .request("start a worker", self.http.post(self.url("workers")))
+            .await?;
+        let started: Started = response.json().await.map_err(|e| {
+            ActuatorError::Failed(format!(
+                "shard coordinator {}: start a worker: the answer has no id: {e}",
+                self.settings.endpoint
+            ))
+        })?;
+        Ok(started.id)
+    }
+
+    async fn assign(&self, plan: &Assignment) -> Result<(), ActuatorError> {
+        let body = AssignmentBody { assignment: plan };
+        self.request(
+            "assign shards",
+            self.http.put(self.url("assignment")).json(&body),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn stop_worker(&self, id: &str) -> Result<(), ActuatorError> {
+        let url = self.url(&format!("workers/{}", urlencode(id)));
+        self.request(&format!("stop worker {id}"), self.http.delete(url))
+            .await
+            .map(drop)
+    }
+
+    /// Advances `change` by one step against `cluster`; true when it is done.
+    async fn advance(&self, change: &mut Change, cluster: &Cluster) -> Result<bool, ActuatorError> {
+        let ready: BTreeSet<&str> = cluster
+            .workers
+            .iter()
+            .filter(|w| w.ready)
+            .map(|w| w.id.as_str())
+            .collect();
+        change.starting.retain(|id| !ready.contains(id.as_str()));
+        if !change.starting.is_empty() {
+            return Ok(false);
+        }
+        let plan = match &change.plan {
+            Some(plan) => plan.clone(),
+            None => {
+                let keep: Vec<&str> = cluster
+                    .workers
+                    .iter()
+                    .map(|w| w.id.as_str())
+                    .filter(|id| !change.victims.iter().any(|v| v == id))
+                    .collect();
+                let plan = balance(cluster, &keep);
+                change.plan = Some(plan.clone());
+                plan
+            }
+        };
+        if !owns_as_planned(cluster, &plan, &change.victims) {
+            // Idempotent: a coordinator that restarted learns it again.
+            self.assign(&plan).await?;
+            return Ok(false);
+        }
+        for victim in &change.victims {
+            if cluster.workers.iter().any(|w| &w.id == victim) {
+                self.stop_worker(victim).await?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Whether every worker of `plan` owns exactly its planned shards and the
+/// victims own none.
+fn owns_as_planned(cluster: &Cluster, plan: &Assignment, victims: &[String]) -> bool {
+    cluster.workers.iter().all(|w| {
+        let owned: BTreeSet<&String> = w.shards.iter().collect();
+        match plan.get(&w.id) {
+            Some(planned) => owned == planned.iter().collect(),
+            None => !victims.contains(&w.id) || owned.is_empty(),
+        }
+    })
+}
+
+/// A balanced assignment of every shard to the workers `keep`, moving as
+/// few shards as that allows: each keeper's quota is ⌊S/K⌋ or one more
+/// (the extra ones going to the workers that own the most already), each
+/// keeps as many of its own shards as its quota takes, and the rest (from
+/// workers that go, from over-full keepers, or owned by nobody) fill the
+/// keepers below quota, all in sorted order, so the same state always gives
+/// the same plan.
+pub fn balance(cluster: &Cluster, keep: &[&str]) -> Assignment {
+    let mut plan: Assignment = keep.iter().map(|id| (id.to_string(), Vec::new())).collect();
+    if keep.is_empty() {
+        return plan;
+    }
+    let shards: BTreeSet<&String> = cluster.shards.iter().collect();
+    let mut owner: BTreeMap<&String, &str> = BTreeMap::new();
+    for w in &cluster.workers {
+        for s in &w.shards {
+            if shards.contains(s) {
+                owner.entry(s).or_insert(w.id.as_str());
+            }
+        }
+    }
+    let owned_count = |id: &str| owner.values().filter(|o| **o == id).count();
+    let mut by_load: Vec<&str> = keep.to_vec();
+    by_load.sort_by(|a, b| owned_count(b).cmp(&owned_count(a)).then(a.cmp(b)));
+    let (base, extra) = (shards.len() / keep.len(), shards.len() % keep.len());
+    let quota: BTreeMap<&str, usize> = by_load
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, base + usize::from(i < extra)))
+        .collect();
+    let mut pool: Vec<&String> = Vec::new();
+    for s in &shards {
+        match owner.get(s).and_then(|o| plan.get_mut(*o)) {
+            Some(list) if list.len() < quota[owner[s]] => list.push((*s).clone()),
+            _ => pool.push(s),
+        }
+    }
+    let mut pool = pool.into_iter();
+    for (id, list) in plan.iter_mut() {
+        while list.len() < quota[id.as_str()] {
+            match pool.next() {
+                Some(s) => list.push(s.clone()),
+                None => break,
+            }
+        }
+    }
+    plan
+}
+
+/// How many shards `plan` moves from their owners in `cluster`.
+pub fn moves(cluster: &Cluster, plan: &Assignment) -> usize {
+    plan.iter()
+        .flat_map(|(id, shards)| shards.iter().map(move |s| (id, s)))
+        .filter(|(id, s)| {
+            !cluster
+                .workers
+                .iter()
+                .any(|w| &w.id == *id && w.shards.contains(s))
+        })
+        .count()
+}
+
+/// The victims of a scale-in by `count`: workers not ready first, then
+/// those owning the fewest shards (the least to move), then the highest id.
+pub fn choose_victims(cluster: &Cluster, count: usize) -> Vec<String> {
+    let mut order: Vec<&Worker> = cluster.workers.iter().collect();
+    order.sort_by(|a, b| {
+        a.ready
+            .cmp(&b.ready)
+            .then(a.shards.len().cmp(&b.shards.len()))
+            .then(b.id.cmp(&a.id))
+    });
+    order
+        .into_iter()
+        .take(count)
+        .map(|w| w.id.clone())
+        .collect()
+}
+
+fn urlencode(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn list(ids: &[String]) -> String {
+    ids.join(", ")
+}
+
+#[async_trait]
+impl Actuator for RebalanceActuator {
+    fn kind(&self) -> &'static str {
+        "rebalance"
+    }
+
+    fn target_name(&self) -> String {
+        self.settings.endpoint.clone()
+    }
+
+    async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+        let mut guard = self.change.lock().await;
+        let mut cluster = self.cluster().await?;
+        let mut in_flight = None;
+        if let Some(change) = guard.as_mut() {
+            let done = self.advance(change, &cluster).await?;
+            let timeout = self.settings.timeout.as_millis() as i64;
+            if done {
+                *guard = None;
+                cluster = self.cluster().await?;
+            } else if now_ms - change.since_ms > timeout {
+                tracing::error!(
+                    target = %self.settings.endpoint,
+                    "A shard rebalance towards {} workers did not finish within {}; giving it up \
+                     (no worker is stopped while it owns shards). The next tick decides afresh.",
+                    change.desired,
+                    humantime::format_duration(self.settings.timeout)
+                );
+                *guard = None;
+            } else {
+                in_flight = Some(InFlight {
+                    desired: change.desired,
+                    since_ms: change.since_ms,
+                    detail: detail(change, &cluster),
+                });
+            }
+        }
+        let ready = cluster.workers.iter().filter(|w| w.ready).count();
+        Ok(Observed {
+            current: cluster.workers.len() as u32,
+            ready: ready as u32,
+            in_flight,
+        })
+    }
+
+    async fn scale(
+        &self,
+        now_ms: i64,
+        _current: u32,
+        desired: u32,
+    ) -> Result<Actuation, ActuatorError> {
+        let mut guard = self.change.lock().await;
+        let cluster = self.cluster().await?;
+        let current = cluster.workers.len();
+        let desired_n = desired as usize;
+        let mut change = Change {
+            desired,
+            since_ms: now_ms,
+            starting: Vec::new(),
+            victims: Vec::new(),
+            plan: None,
+        };
+        let started = if desired_n > current {
+            for _ in current..desired_n {
+                change.starting.push(self.start_worker().await?);
+            }
+            format!(
+                "started {} worker(s) ({}); shards move to them once they are ready",
+                change.starting.len(),
+                list(&change.starting)
+            )
+        } else if desired_n < current {
+            change.victims = choose_victims(&cluster, current - desired_n);
+            let keep: Vec<&str> = cluster
+                .workers
+                .iter()
+                .map(|w| w.id.as_str())
+                .filter(|id| !change.victims.contains(&id.to_string()))
+                .collect();
+            let plan = balance(&cluster, &keep);
+            let moving = moves(&cluster, &plan);
+            change.plan = Some(plan);
+            format!(
+                "stopping {} once their shards have moved ({moving} shard(s) to move)",
+                list(&change.victims)
+            )
+        } else {
+            return Ok(Actuation::Done {
+                detail: format!("already {current} workers"),
+            });
+        };
+        if self.advance(&mut change, &cluster).await? {
+            return Ok(Actuation::Done { detail: started });
+        }
+        *guard = Some(change);
+        Ok(Actuation::Started { detail: started })
+    }
+}
+
+/// What an in-flight change is waiting for, in words.
+fn detail(change: &Change, cluster: &Cluster) -> String {
+    if !change.starting.is_empty() {
+        return format!("waiting for {} to be ready", list(&change.starting));
+    }
+    let Some(plan) = &change.plan else {
+        return "planning the assignment".into();
+    };
+    // Every shard not yet with its planned owner, the victims' included.
+    let left = moves(cluster, plan);
+    if change.victims.is_empty() {
+        format!("moving shards: {left} still to move")
+    } else {
+        format!(
+            "draining {}: {left} shard move(s) left before they stop",
+            list(&change.victims)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(workers: &[(&str, bool, &[&str])], shards: usize) -> Cluster {
+        Cluster {
+            shards: (0..shards).map(|i| format!("s{i:02}")).collect(),
+            workers: workers
+                .iter()
+                .map(|(id, ready, owned)| Worker {
+                    id: id.to_string(),
+                    ready: *ready,
+                    shards: owned.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn counts(plan: &Assignment) -> Vec<usize> {
+        plan.values().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn scale_out_moves_only_what_the_new_worker_needs() {
+        let all: Vec<String> = (0..12).map(|i| format!("s{i:02}")).collect();
+        let (a, b): (Vec<&str>, Vec<&str>) = (
+            all[..6].iter().map(String::as_str).collect(),
+            all[6..].iter().map(String::as_str).collect(),
+        );
+        let c = cluster(&[("w1", true, &a), ("w2", true, &b), ("w3", true, &[])], 12);
+        let plan = balance(&c, &["w1", "w2", "w3"]);
+        assert_eq!(counts(&plan), [4, 4, 4]);
+        assert_eq!(moves(&c, &plan), 4, "{plan:?}");
+        // Every shard exactly once.
+        let mut placed: Vec<&String> = plan.values().flatten().collect();
+        placed.sort();
+        assert_eq!(placed, all.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn scale_in_moves_the_victims_shards_and_no_others() {
+        let c = cluster(
+            &[
+                ("w1", true, &["s00", "s01", "s02"]),
+                ("w2", true, &["s03", "s04", "s05"]),
+                ("w3", true, &["s06", "s07", "s08"]),
+            ],
+            9,
+        );
+        let plan = balance(&c, &["w1", "w2"]);
+        assert_eq!(moves(&c, &plan), 3);
+        let mut sizes = counts(&plan);
+        sizes.sort();
+        assert_eq!(sizes, [4, 5]);
+        assert!(plan["w1"].starts_with(&["s00".into(), "s01".into(), "s02".into()]));
+    }
+
+    #[test]
+    fn uneven_counts_keep_the_extra_shard_where_it_is() {
+        // 7 shards on 2 workers: the one owning 4 keeps them all.
+        let c = cluster(
+            &[
+                ("w1", true, &["s00", "s01", "s02"]),
+                ("w2", true, &["s03", "s04", "s05", "s06"]),
+            ],
+            7,
+        );
+        assert_eq!(moves(&c, &balance(&c, &["w1", "w2"])), 0);
+    }
+
+    #[test]
+    fn orphans_and_unknown_shards_are_placed_and_dropped() {
+        let c = cluster(&[("w1", true, &["s00", "zz"]), ("w2", true, &[])], 4);
+        let plan = balance(&c, &["w1", "w2"]);
+        assert_eq!(plan["w1"], ["s00", "s01"]);
+        assert_eq!(plan["w2"], ["s02", "s03"]);
+    }
+
+    #[test]
+    fn victims_are_unready_then_lightest_then_newest() {
+        let c = cluster(
+            &[
+                ("w1", true, &["s00"]),
+                ("w2", true, &["s01", "s02"]),
+                ("w3", false, &["s03", "s04"]),
+                ("w4", true, &["s05"]),
+            ],
+            6,
+        );
+        assert_eq!(choose_victims(&c, 1), ["w3"]);
+        assert_eq!(choose_victims(&c, 3), ["w3", "w4", "w1"]);
+    }
+
+    #[test]
+    fn the_plan_is_done_only_when_the_victims_own_nothing() {
+        let c = cluster(&[("w1", true, &["s00", "s01"]), ("w2", true, &[])], 2);
+        let victims = vec!["w1".to_string()];
+        let plan = balance(&c, &["w2"]);
+        assert!(!owns_as_planned(&c, &plan, &victims));
+        let moved = cluster(&[("w1", true, &[]), ("w2", true, &["s00", "s01"])], 2);
+        assert!(owns_as_planned(&moved, &plan, &victims));
+    }
+
+    #[test]
+    fn worker_ids_are_escaped_in_paths() {
+        assert_eq!(urlencode("pod/w 1"), "pod%2Fw%201");
+        assert_eq!(urlencode("w-1_a.b~"), "w-1_a.b~");
+    }
+}

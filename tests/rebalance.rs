@@ -1,0 +1,238 @@
+//! The `rebalance` actuator against a shard coordinator. No stock system
+//! speaks the coordinator API here, so the peer is the fake in
+//! `src/shard_coordinator.rs` (it says so), which moves shards a few per
+//! poll and refuses anything unsafe; every test asserts it refused nothing.
+
+use std::time::Duration;
+
+use scalewise::actuators::rebalance::RebalanceActuator;
+use scalewise::actuators::{Actuation, Actuator, ActuatorError, Observed};
+use scalewise::config::RebalanceTarget;
+use scalewise::journal::{ActuationRecord, TickRecord};
+use scalewise_tests::artifacts;
+use scalewise_tests::e2e::{Harness, SECOND, T0};
+use scalewise_tests::shard_coordinator::{ShardCoordinator, World};
+
+fn actuator(coordinator: &ShardCoordinator, timeout: Duration) -> RebalanceActuator {
+    RebalanceActuator::new(RebalanceTarget {
+        endpoint: coordinator.endpoint(),
+        timeout,
+    })
+}
+
+/// Observes once a second from `start_ms` until no change is in flight;
+/// returns the in-flight details seen and the last observation.
+async fn settle(actuator: &RebalanceActuator, start_ms: i64) -> (Vec<String>, Observed) {
+    let mut seen = Vec::new();
+    for step in 1..200 {
+        let observed = actuator.observe(start_ms + step * SECOND).await.unwrap();
+        match &observed.in_flight {
+            Some(f) => seen.push(f.detail.clone()),
+            None => return (seen, observed),
+        }
+    }
+    panic!("the change never finished: {seen:?}");
+}
+
+fn no_violations(coordinator: &ShardCoordinator) {
+    let violations = coordinator.with(|w| w.violations.clone());
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test]
+async fn scale_out_waits_for_the_new_workers_then_moves_only_what_they_need() {
+    let coordinator = ShardCoordinator::start(World::new(12, 2)).await;
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    let before = actuator.observe(T0).await.unwrap();
+    assert_eq!(
+        (before.current, before.ready, before.in_flight),
+        (2, 2, None)
+    );
+
+    let started = actuator.scale(T0, 2, 3).await.unwrap();
+    let Actuation::Started { detail } = started else {
+        panic!("{started:?}")
+    };
+    assert_eq!(
+        detail,
+        "started 1 worker(s) (w-3); shards move to them once they are ready"
+    );
+    let (seen, after) = settle(&actuator, T0).await;
+    assert_eq!(seen[0], "waiting for w-3 to be ready", "{seen:?}");
+    assert!(
+        seen.iter().any(|d| d.starts_with("moving shards: ")),
+        "{seen:?}"
+    );
+    assert_eq!((after.current, after.ready), (3, 3));
+    let (counts, moves) = coordinator.with(|w| (w.counts(), w.moves));
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [4, 4, 4]);
+    assert_eq!(moves, 4, "only the new worker's four shards moved");
+    assert_eq!(coordinator.with(|w| w.owners().len()), 12, "no shard lost");
+    no_violations(&coordinator);
+}
+
+#[tokio::test]
+async fn scale_in_moves_every_shard_off_the_victims_before_stopping_them() {
+    let coordinator = ShardCoordinator::start(World::new(10, 4)).await;
+    coordinator.with(|w| w.moves_per_poll = 1);
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    // w-3 and w-4 own two shards each, w-1 and w-2 three: the lightest,
+    // newest two go.
+    let started = actuator.scale(T0, 4, 2).await.unwrap();
+    assert_eq!(
+        started,
+        Actuation::Started {
+            detail: "stopping w-4, w-3 once their shards have moved (4 shard(s) to move)".into()
+        }
+    );
+    let (seen, after) = settle(&actuator, T0).await;
+    assert!(
+        seen.iter().any(|d| d.starts_with("draining w-4, w-3: ")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.len() >= 3,
+        "one move a poll keeps it in flight: {seen:?}"
+    );
+    assert_eq!((after.current, after.ready, after.in_flight), (2, 2, None));
+    let (counts, stopped) = coordinator.with(|w| (w.counts(), w.stopped.clone()));
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [5, 5]);
+    assert_eq!(stopped, ["w-4", "w-3"]);
+    assert_eq!(coordinator.with(|w| w.owners().len()), 10, "no shard lost");
+    no_violations(&coordinator);
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_finds_the_workers_as_they_are_and_stops_none_with_shards() {
+    let coordinator = ShardCoordinator::start(World::new(9, 3)).await;
+    coordinator.with(|w| w.moves_per_poll = 1);
+    let first = actuator(&coordinator, Duration::from_secs(600));
+    first.scale(T0, 3, 2).await.unwrap();
+    first.observe(T0 + SECOND).await.unwrap();
+    drop(first);
+    // A new process: no memory of the change. The victim still owns shards,
+    // so it counts as a worker, and nothing is in flight.
+    let second = actuator(&coordinator, Duration::from_secs(600));
+    let seen = second.observe(T0 + 2 * SECOND).await.unwrap();
+    assert_eq!((seen.current, seen.in_flight), (3, None));
+    // The loop decides again and the change completes.
+    second.scale(T0 + 2 * SECOND, 3, 2).await.unwrap();
+    let (_, after) = settle(&second, T0 + 2 * SECOND).await;
+    assert_eq!(after.current, 2);
+    assert_eq!(coordinator.with(|w| w.owners().len()), 9);
+    no_violations(&coordinator);
+}
+
+#[tokio::test]
+async fn a_change_that_does_not_finish_in_time_is_given_up() {
+    let coordinator = ShardCoordinator::start(World::new(4, 2)).await;
+    coordinator.with(|w| w.ready_after_polls = 1_000);
+    let actuator = actuator(&coordinator, Duration::from_secs(5));
+    actuator.scale(T0, 2, 3).await.unwrap();
+    let waiting = actuator.observe(T0 + 3 * SECOND).await.unwrap();
+    assert!(waiting.in_flight.is_some());
+    let given_up = actuator.observe(T0 + 6 * SECOND).await.unwrap();
+    assert_eq!(given_up.in_flight, None);
+    // The started worker stays: it is real, and the next tick counts it.
+    assert_eq!((given_up.current, given_up.ready), (3, 2));
+    assert_eq!(coordinator.with(|w| w.moves), 0);
+    no_violations(&coordinator);
+}
+
+#[tokio::test]
+async fn coordinator_failures_are_errors_that_name_it() {
+    let coordinator = ShardCoordinator::start(World::new(4, 2)).await;
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    coordinator.with(|w| w.fail_with = Some(503));
+    let err = actuator.observe(T0).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "shard coordinator {}: list workers: HTTP 503: {{\"error\":\"the coordinator is failing on purpose\"}}",
+            coordinator.endpoint()
+        )
+    );
+    coordinator.with(|w| w.fail_with = Some(404));
+    assert!(matches!(
+        actuator.observe(T0).await,
+        Err(ActuatorError::NotFound(_))
+    ));
+
+    let nowhere = RebalanceActuator::new(RebalanceTarget {
+        endpoint: "http://127.0.0.1:9/api".into(),
+        timeout: Duration::from_secs(600),
+    });
+    let err = nowhere.observe(T0).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("shard coordinator http://127.0.0.1:9/api: list workers: "),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_scales_sharded_workers_out_and_in_without_stopping_a_busy_one() {
+    let coordinator = ShardCoordinator::start(World::new(16, 2)).await;
+    coordinator.with(|w| w.moves_per_poll = 3);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = scalewise_tests::policy_dir(&[("counter", artifacts::COUNTER)]);
+    let config = |scale_to: u32| {
+        format!(
+            r#"
+policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[[scalers]]
+name = "consumers"
+interval = "1s"
+min = 1
+max = 8
+target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
+policies = [{{ module = "counter", params = {{ scale_to = {scale_to} }} }}]
+behavior.scale_down = {{ stabilization_window = "0s" }}
+"#,
+            policies = policies.path().display(),
+            journal = dir.path().join("journal.db").display(),
+            endpoint = coordinator.endpoint(),
+        )
+    };
+    let path = dir.path().join("rebalance.toml");
+    let mut h = Harness::from_text(&config(4), &path, T0).await;
+    let out = h.run_until(T0 + 30 * SECOND).await;
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [4, 4, 4, 4]
+    );
+    let in_flight = |records: &[TickRecord]| {
+        records
+            .iter()
+            .filter(|r| r.envelope.iter().any(|s| s.rule == "in-flight"))
+            .count()
+    };
+    // 2 → 4 at once: the workers start at the first tick; the moves follow
+    // in later ticks' observations.
+    let started: Vec<_> = out
+        .iter()
+        .filter(|r| matches!(r.actuation, ActuationRecord::Started { .. }))
+        .collect();
+    assert_eq!(started.len(), 1, "{out:#?}");
+    assert_eq!((started[0].target.current, started[0].desired), (2, 4));
+    h.close().await;
+
+    let mut h = Harness::from_text(&config(2), &path, T0).await;
+    h.resume_at(T0 + 31 * SECOND);
+    let back = h.run_until(T0 + 60 * SECOND).await;
+    // 4 → 2: the workers stay while their shards move, and the loop starts
+    // nothing on top of that.
+    assert!(in_flight(&back) > 0, "the loop waited for the moves");
+    let last = back.last().unwrap();
+    assert_eq!((last.target.current, last.desired), (2, 2));
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [8, 8]
+    );
+    assert_eq!(coordinator.with(|w| w.owners().len()), 16);
+    no_violations(&coordinator);
+    h.close().await;
+}
