@@ -254,6 +254,23 @@ fn the_rebalance_example_loads() {
     assert_eq!(target.kind(), "rebalance");
 }
 
+#[test]
+fn the_leader_election_example_loads() {
+    let blocks = section_blocks("## Running several replicas (leader election)", "toml");
+    assert_eq!(blocks.len(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    let text = format!("policy_dir = \"policies\"\n{}", blocks[0].text);
+    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
+        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", blocks[0].line));
+    let election = config.leader_election.expect("the section is read");
+    assert_eq!(
+        (election.lease.as_str(), election.namespace.as_deref()),
+        ("scalewise", Some("ops"))
+    );
+    assert_eq!(election.lease_duration.as_secs(), 15);
+}
+
 const LANGUAGES: &str = "## Writing a policy in Python, JavaScript or C";
 
 /// The README's C policy compiles (natively, syntax and types only) against

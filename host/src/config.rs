@@ -363,6 +363,7 @@ impl Config {
             sources,
             simulations: _,
             scalers: _,
+            leader_election,
             origin,
         } = self;
         Config {
@@ -372,6 +373,7 @@ impl Config {
             watch: watch.clone(),
             journal: journal.clone(),
             clock: clock.clone(),
+            leader_election: leader_election.clone(),
             sources: sources.clone(),
             simulations: BTreeMap::new(),
             scalers: Vec::new(),
@@ -442,7 +444,8 @@ impl Config {
     }
     /// Checks this config as a running daemon would apply it: the sections
     /// that change only at a restart (`policy_dir`, `[runtime]`, `[api]`,
-    /// `[journal]`, `[clock]`, `[watch]`) keep `running`'s values, and the
+    /// `[journal]`, `[clock]`, `[watch]`, `[leader_election]`) keep
+    /// `running`'s values, and the
     /// rest must agree with them (`running` may be the daemon's
     /// [`Config::settings`]: its scalers and simulations are not read). A reload must pass both
     /// this and [`Config::validate`]: a scaler's `max` above the running
@@ -477,6 +480,12 @@ impl Config {
         }
         if keep(effective.watch != running.watch, "[watch]") {
             effective.watch = running.watch.clone();
+        }
+        if keep(
+            effective.leader_election != running.leader_election,
+            "[leader_election]",
+        ) {
+            effective.leader_election = running.leader_election.clone();
         }
         if kept.is_empty() {
             return Ok(());
@@ -693,9 +702,59 @@ pub struct Config {
     /// The scalers (`[[scalers]]`).
     #[serde(default)]
     pub scalers: Vec<Spanned<ScalerConfig>>,
+    /// Leader election among replicas through a Kubernetes Lease
+    /// (`[leader_election]`); without it this replica always acts.
+    #[serde(default)]
+    pub leader_election: Option<LeaderElectionConfig>,
     /// Where the config was read from (set by [`Config::parse`]).
     #[serde(skip)]
     origin: Origin,
+}
+
+/// Leader election (`[leader_election]`): several replicas of the daemon,
+/// one Kubernetes Lease; only the replica holding it ticks its scalers, the
+/// others serve the API and wait to take over. See [`crate::leader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// The Lease's name (default `scalewise`).
+    #[serde(default = "default_lease_name")]
+    pub lease: String,
+    /// Its namespace (default: the client configuration's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease (default: `POD_NAME`, else the
+    /// host's name, with the process id).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// How long a Lease holds without renewal before another replica may
+    /// take it (default 15s, as Kubernetes' controllers).
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// How long the leader keeps acting without a successful renewal before
+    /// it stops (default 10s; shorter than `lease_duration`, so it stops
+    /// before another replica may take over).
+    #[serde(default = "default_renew_deadline", with = "humantime_serde")]
+    pub renew_deadline: Duration,
+    /// How often each replica tries to take or renew the Lease (default 2s).
+    #[serde(default = "default_retry_period", with = "humantime_serde")]
+    pub retry_period: Duration,
+}
+
+fn default_lease_name() -> String {
+    "scalewise".into()
+}
+
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
+}
+
+fn default_renew_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_retry_period() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Limits for one policy evaluation.

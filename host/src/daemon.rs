@@ -42,6 +42,7 @@ use crate::config::{
     toml_to_json,
 };
 use crate::journal::{Journal, JournalOptions, TickRecord};
+use crate::leader::{Elector, Leadership};
 use crate::policy::PolicyInfo;
 use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport};
 use crate::runtime::{Compiler, Runtime};
@@ -192,6 +193,9 @@ pub struct Daemon {
     ready: Arc<AtomicBool>,
     config_status: Arc<ArcSwap<ConfigStatus>>,
     reload: Option<ReloadSource>,
+    /// This replica's part in leader election, when `[leader_election]` is
+    /// set; run by [`Daemon::run`].
+    elector: Option<Elector>,
 }
 
 impl Daemon {
@@ -258,11 +262,29 @@ impl Daemon {
         // Keep only as much simulated history as the longest window needs.
         simulation.set_history(longest_window_ms(&config));
         let (decisions, _) = broadcast::channel(1024);
+        let (leadership, elector) = match &config.leader_election {
+            None => (
+                Leadership::always().reported_to(telemetry.leader.clone()),
+                None,
+            ),
+            Some(settings) => {
+                let leadership = Leadership::elected().reported_to(telemetry.leader.clone());
+                let client = kube_client().await?;
+                let elector = Elector::new(settings.clone(), client, leadership.clone());
+                tracing::info!(
+                    identity = elector.identity(),
+                    lease = %settings.lease,
+                    "Leader election is on: this replica acts only while it holds the lease."
+                );
+                (leadership, Some(elector))
+            }
+        };
         let services = Services {
             registry: registry.clone(),
             journal: journal.clone(),
             telemetry: telemetry.clone(),
             decisions: decisions.clone(),
+            leadership,
         };
 
         let sources = build_named_sources(&config)?;
@@ -319,6 +341,7 @@ impl Daemon {
             ready: Arc::new(AtomicBool::new(false)),
             config_status,
             reload: None,
+            elector,
         })
     }
 
@@ -428,6 +451,13 @@ impl Daemon {
             })
         });
 
+        // Stopped only after the last tick finished, so a successor never
+        // acts while this replica still does.
+        let election_stop = CancellationToken::new();
+        let election = self
+            .elector
+            .take()
+            .map(|elector| tokio::spawn(elector.run(election_stop.clone())));
         let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
         let _policy_watch = self.watch_policies(&reload_tx)?;
         let mut set = ScalerSet {
@@ -465,6 +495,10 @@ impl Daemon {
         if drained.is_err() {
             tracing::warn!("Some ticks did not finish within the grace period.");
             set.tasks.abort_all();
+        }
+        election_stop.cancel();
+        if let Some(election) = election {
+            let _ = election.await;
         }
         if let Some(api_task) = api_task {
             let _ = api_task.await;
@@ -1120,7 +1154,10 @@ fn run_scaler(
             // time from its slot; a late one from when it started.
             // Not raced against a stop: a tick in progress finishes. Boxed,
             // so that an idle scaler's task does not carry a tick's state.
-            Box::pin(scaler.tick_on_grid(started, slot_of(started, next))).await;
+            // A replica that is not the leader skips its ticks.
+            if scaler.may_act() {
+                Box::pin(scaler.tick_on_grid(started, slot_of(started, next))).await;
+            }
             next += interval_ms;
             let now = clock.now_ms();
             if next <= now {
@@ -1228,6 +1265,10 @@ fn restart_only_changes(started: &Config, simulations_changed: bool, new: &Confi
     check(started.clock != new.clock, "[clock]");
     check(simulations_changed, "[simulations]");
     check(started.watch != new.watch, "[watch]");
+    check(
+        started.leader_election != new.leader_election,
+        "[leader_election]",
+    );
     changed
 }
 
@@ -1361,6 +1402,18 @@ fn build_named_sources(config: &Config) -> Result<NamedSources, DaemonError> {
             Ok((name.clone(), built))
         })
         .collect()
+}
+
+/// A Kubernetes client configured as kubectl's is (for leader election).
+async fn kube_client() -> Result<kube::Client, DaemonError> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        DaemonError::Setup(format!(
+            "[leader_election]: no Kubernetes client configuration (KUBECONFIG, ~/.kube/config \
+             or the pod's service account): {e}"
+        ))
+    })?;
+    kube::Client::try_from(config)
+        .map_err(|e| DaemonError::Setup(format!("[leader_election]: the Kubernetes client: {e}")))
 }
 
 fn build_actuator(

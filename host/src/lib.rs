@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod demo;
 pub mod envelope;
 pub mod journal;
+pub mod leader;
 pub mod policy;
 pub mod registry;
 pub mod runtime;

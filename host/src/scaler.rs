@@ -178,6 +178,8 @@ pub struct Services {
     pub telemetry: Arc<Telemetry>,
     /// Every tick's record, for live subscribers (the demo's terminal lines).
     pub decisions: tokio::sync::broadcast::Sender<Arc<TickRecord>>,
+    /// Whether this replica acts (leader election; always without it).
+    pub leadership: crate::leader::Leadership,
 }
 
 /// One scaler: its spec, its actuator and the state it keeps between ticks.
@@ -326,6 +328,12 @@ impl Scaler {
     /// The handle the API uses.
     pub fn handle(&self) -> Arc<ScalerHandle> {
         self.handle.clone()
+    }
+
+    /// Whether this replica may tick its scalers now: it is the leader, or
+    /// there is no leader election.
+    pub fn may_act(&self) -> bool {
+        self.services.leadership.is_leading()
     }
 
     /// The scaler's spec.

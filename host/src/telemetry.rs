@@ -214,6 +214,9 @@ pub struct Telemetry {
     pub config_reloads: Family<ConfigReloadLabels, Counter>,
     /// Journal appends or updates that failed.
     pub journal_errors: Counter,
+    /// 1 while this replica acts (it leads, or there is no leader
+    /// election), 0 while it follows.
+    pub leader: Gauge,
 }
 
 impl Default for Telemetry {
@@ -241,6 +244,7 @@ impl Telemetry {
             module_loads: Family::default(),
             config_reloads: Family::default(),
             journal_errors: Counter::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -287,6 +291,11 @@ impl Telemetry {
             "module_load_errors",
             "Policy modules that failed to load",
             t.module_load_errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica acts (it holds the leader lease, or there is no leader election), 0 while it follows",
+            t.leader.clone(),
         );
         registry.register(
             "modules_loaded",

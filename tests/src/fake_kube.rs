@@ -57,6 +57,12 @@ type Key = (String, String, String, String, String);
 struct Inner {
     workloads: BTreeMap<Key, Workload>,
     seen: Vec<Seen>,
+    /// `coordination.k8s.io/v1` Leases by (namespace, name), as stored.
+    leases: BTreeMap<(String, String), Value>,
+    /// The last resourceVersion given out.
+    version: u64,
+    /// Every Lease request is answered with this status instead.
+    leases_failing: Option<StatusCode>,
 }
 
 /// A fake API server on a loopback port, for as long as the test's runtime.
@@ -71,6 +77,14 @@ impl FakeKube {
     pub async fn start() -> anyhow::Result<FakeKube> {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                axum::routing::post(create_lease),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(get_lease).put(replace_lease),
+            )
             .route(
                 "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
                 get(object),
@@ -91,6 +105,17 @@ impl FakeKube {
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(FakeKube { addr, inner })
+    }
+
+    /// The Lease `namespace/name` as stored, if any.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        let inner = self.inner.lock().unwrap();
+        inner.leases.get(&(namespace.into(), name.into())).cloned()
+    }
+
+    /// Makes every Lease request fail with `code` (`None`: work again).
+    pub fn fail_leases(&self, code: Option<StatusCode>) {
+        self.inner.lock().unwrap().leases_failing = code;
     }
 
     /// The server's URL.
@@ -306,4 +331,117 @@ async fn scale(
         "spec": { "replicas": w.replicas },
         "status": { "replicas": w.replicas, "selector": format!("app={name}") },
     }))
+}
+
+type LeaseParams = UrlPath<(String, String)>;
+
+fn lease_failing(inner: &Inner) -> Option<Response> {
+    inner
+        .leases_failing
+        .map(|code| status(code, "InternalError", "leases are failing on purpose"))
+}
+
+/// Stores `lease` under a new resourceVersion and answers it with `code`.
+fn store_lease(
+    inner: &mut Inner,
+    key: (String, String),
+    mut lease: Value,
+    code: StatusCode,
+) -> Response {
+    inner.version += 1;
+    lease["metadata"]["resourceVersion"] = json!(inner.version.to_string());
+    lease["metadata"]["name"] = json!(key.1);
+    lease["metadata"]["namespace"] = json!(key.0);
+    inner.leases.insert(key, lease.clone());
+    let mut response = json_response(lease);
+    *response.status_mut() = code;
+    response
+}
+
+async fn get_lease(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    UrlPath((ns, name)): LeaseParams,
+) -> Response {
+    let inner = inner.lock().unwrap();
+    if let Some(failure) = lease_failing(&inner) {
+        return failure;
+    }
+    match inner.leases.get(&(ns, name.clone())) {
+        Some(lease) => json_response(lease.clone()),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("leases.coordination.k8s.io {name:?} not found"),
+        ),
+    }
+}
+
+async fn create_lease(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    UrlPath(ns): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    if let Some(failure) = lease_failing(&inner) {
+        return failure;
+    }
+    let Ok(lease) = serde_json::from_slice::<Value>(&body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        );
+    };
+    let name = lease["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let key = (ns, name.clone());
+    if inner.leases.contains_key(&key) {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            &format!("leases.coordination.k8s.io {name:?} already exists"),
+        );
+    }
+    store_lease(&mut inner, key, lease, StatusCode::CREATED)
+}
+
+/// A replace succeeds only against the stored resourceVersion, as the real
+/// server's optimistic concurrency does.
+async fn replace_lease(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    UrlPath((ns, name)): LeaseParams,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    if let Some(failure) = lease_failing(&inner) {
+        return failure;
+    }
+    let Ok(lease) = serde_json::from_slice::<Value>(&body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        );
+    };
+    let key = (ns, name.clone());
+    let Some(stored) = inner.leases.get(&key) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("leases.coordination.k8s.io {name:?} not found"),
+        );
+    };
+    if lease["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+        return status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on leases.coordination.k8s.io {name:?}: the object \
+                 has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    store_lease(&mut inner, key, lease, StatusCode::OK)
 }

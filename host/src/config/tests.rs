@@ -1908,3 +1908,70 @@ fn a_rebalance_target_is_checked_at_its_place() {
         "{err}"
     );
 }
+
+#[test]
+fn leader_election_has_client_go_defaults_and_is_checked_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{BASE}\n[leader_election]\nnamespace = \"ops\"\n");
+    let config = parse_in(dir.path(), &text).unwrap();
+    let election = config.leader_election.clone().unwrap();
+    assert_eq!(election.lease, "scalewise");
+    assert_eq!(
+        (
+            election.lease_duration.as_secs(),
+            election.renew_deadline.as_secs(),
+            election.retry_period.as_secs()
+        ),
+        (15, 10, 2)
+    );
+    assert_eq!(config.settings().leader_election, config.leader_election);
+
+    let cases = [
+        (
+            "namespace = \"ops\"",
+            "namespace = \"ops\"\nlease = \"Scale_wise\"",
+            "\"Scale_wise\"",
+            "lease \"Scale_wise\" is not a Kubernetes object name",
+        ),
+        (
+            "namespace = \"ops\"",
+            "namespace = \"ops.prod\"",
+            "\"ops.prod\"",
+            "namespace \"ops.prod\" is not a Kubernetes namespace name",
+        ),
+        (
+            "namespace = \"ops\"",
+            "namespace = \"ops\"\nrenew_deadline = \"20s\"",
+            "\"20s\"",
+            "renew_deadline (20s) must be shorter than lease_duration (15s)",
+        ),
+        (
+            "namespace = \"ops\"",
+            "namespace = \"ops\"\nretry_period = \"10s\"",
+            "\"10s\"",
+            "retry_period (10s) must be above zero and shorter than renew_deadline (10s)",
+        ),
+        (
+            "namespace = \"ops\"",
+            "namespace = \"ops\"\nidentity = \" \"",
+            "\" \"",
+            "identity \" \" must be printable and not blank",
+        ),
+    ];
+    for (from, to, needle, message) in cases {
+        let bad = edit(&text, &[(from, to)]);
+        let err = parse_in(dir.path(), &bad).expect_err(message);
+        let (line, column) = position_of(&bad, needle);
+        assert!(
+            err.problems().iter().any(|p| p.line == line
+                && p.column == column
+                && p.path == "leader_election"
+                && p.message.contains(message)),
+            "{message}: not at {line}:{column}:\n{err}"
+        );
+    }
+    // A reload cannot change it: the running section stays, and says so.
+    let changed = edit(&text, &[("namespace = \"ops\"", "namespace = \"infra\"")]);
+    let reloaded = parse_in(dir.path(), &changed).unwrap();
+    reloaded.validate_against_running(&config).unwrap();
+}

@@ -10,9 +10,9 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    AwsAsgTarget, Behavior, Config, EnvLookup, KubernetesTarget, LoadConfig, MetricConfig, Problem,
-    PrometheusConfig, RebalanceTarget, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig,
-    TargetConfig,
+    AwsAsgTarget, Behavior, Config, EnvLookup, KubernetesTarget, LeaderElectionConfig, LoadConfig,
+    MetricConfig, Problem, PrometheusConfig, RebalanceTarget, ScalerConfig, ScalingRules,
+    SimulationConfig, SourceConfig, TargetConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -119,6 +119,17 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Metric names are identifiers: policies look them up by name.
+/// Whether `s` is a Kubernetes name: a DNS subdomain (object names, with
+/// `dots`) or label (namespaces) of at most `max` characters.
+fn dns_name(s: &str, max: usize, dots: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 pub(super) fn valid_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -174,6 +185,9 @@ impl Checker<'_, '_> {
     }
 
     fn top_level(&mut self, config: &Config) {
+        if let Some(election) = &config.leader_election {
+            self.leader_election(election);
+        }
         let dir = config.policy_dir.get_ref();
         if !dir.is_dir() {
             let what = if dir.exists() {
@@ -529,16 +543,7 @@ impl Checker<'_, '_> {
 
     fn kubernetes(&mut self, i: usize, k8s: &KubernetesTarget) {
         let at = |field: &str| keys!["scalers", i, "target", field];
-        // Object names are DNS subdomains; namespaces DNS labels.
-        let dns = |s: &str, max: usize, dots: bool| {
-            !s.is_empty()
-                && s.len() <= max
-                && s.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.')
-                })
-                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-        };
+        let dns = dns_name;
         if !dns(&k8s.name, 253, true) {
             self.value(
                 &at("name"),
@@ -591,6 +596,62 @@ impl Checker<'_, '_> {
             self.value(
                 &at("plural"),
                 format!("plural {plural:?} is not a resource name such as \"deployments\""),
+            );
+        }
+    }
+
+    fn leader_election(&mut self, election: &LeaderElectionConfig) {
+        let at = |field: &str| keys!["leader_election", field];
+        if !dns_name(&election.lease, 253, true) {
+            self.value(
+                &at("lease"),
+                format!("lease {:?} is not a Kubernetes object name", election.lease),
+            );
+        }
+        if let Some(ns) = &election.namespace
+            && !dns_name(ns, 63, false)
+        {
+            self.value(
+                &at("namespace"),
+                format!("namespace {ns:?} is not a Kubernetes namespace name"),
+            );
+        }
+        if let Some(identity) = &election.identity
+            && (identity.trim().is_empty() || identity.chars().any(char::is_control))
+        {
+            self.value(
+                &at("identity"),
+                format!("identity {identity:?} must be printable and not blank"),
+            );
+        }
+        if election.lease_duration < MIN_INTERVAL {
+            self.value(
+                &at("lease_duration"),
+                format!(
+                    "lease_duration ({}) must be at least 1s",
+                    show(election.lease_duration)
+                ),
+            );
+        }
+        if election.renew_deadline >= election.lease_duration {
+            self.value(
+                &at("renew_deadline"),
+                format!(
+                    "renew_deadline ({}) must be shorter than lease_duration ({}): a leader that \
+                     cannot renew must stop before another replica may take over",
+                    show(election.renew_deadline),
+                    show(election.lease_duration)
+                ),
+            );
+        }
+        if election.retry_period.is_zero() || election.retry_period >= election.renew_deadline {
+            self.value(
+                &at("retry_period"),
+                format!(
+                    "retry_period ({}) must be above zero and shorter than renew_deadline ({})",
+                    show(election.retry_period),
+                    show(election.renew_deadline)
+                ),
             );
         }
     }

@@ -1,0 +1,335 @@
+//! Leader election: several replicas of the daemon, one acting.
+//!
+//! Run as a service with more than one replica (for availability), every
+//! replica would otherwise scale the same targets. With `[leader_election]`
+//! the replicas share a Kubernetes Lease (`coordination.k8s.io/v1`), as
+//! Kubernetes' own controllers do: the holder renews it every
+//! `retry_period`; the others try to take it every `retry_period` and may
+//! once it has gone unrenewed for `lease_duration`, as measured on their own
+//! clock from when they last saw it change (so clock skew between machines
+//! does not matter). Every write carries the Lease's `resourceVersion`, so
+//! of two replicas racing for it exactly one wins.
+//!
+//! Only the leader ticks its scalers; the others serve the API and keep
+//! their policies loaded, ready to take over. A leader that cannot renew
+//! for `renew_deadline` (shorter than `lease_duration`) stops acting before
+//! any other replica may start. A leader that shuts down releases the Lease,
+//! so another takes over at its next try instead of a lease duration later.
+//!
+//! Like the HPA's controller, a new leader starts its scalers' stabilisation
+//! windows and cooldowns from its own journal: a replica that never led has
+//! none, so the first decisions after a failover are only as careful as the
+//! envelope's rules from that moment.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LeaderElectionConfig;
+
+/// Whether this replica may act. Cheap to clone and to ask.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    leading: Arc<AtomicBool>,
+    /// Mirrors `leading` for the host's metrics, when given.
+    gauge: Option<Gauge>,
+}
+
+impl Leadership {
+    /// A replica that always acts (no leader election configured).
+    pub fn always() -> Leadership {
+        Leadership {
+            leading: Arc::new(AtomicBool::new(true)),
+            gauge: None,
+        }
+    }
+
+    /// A replica that acts only once it is elected.
+    pub fn elected() -> Leadership {
+        Leadership {
+            leading: Arc::new(AtomicBool::new(false)),
+            gauge: None,
+        }
+    }
+
+    /// Reports the state to `gauge` (1 acting, 0 following) from now on.
+    pub fn reported_to(mut self, gauge: Gauge) -> Leadership {
+        gauge.set(i64::from(self.is_leading()));
+        self.gauge = Some(gauge);
+        self
+    }
+
+    /// Whether this replica acts now.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    fn set(&self, leading: bool) -> bool {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(i64::from(leading));
+        }
+        self.leading.swap(leading, Ordering::AcqRel)
+    }
+}
+
+/// This replica's default name in the Lease: `POD_NAME` (set from the
+/// downward API), else the host's name, with the process id.
+pub fn default_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "scalewise".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The Lease as last seen, and when this replica saw it change.
+struct Seen {
+    holder: Option<String>,
+    renewed: Option<Timestamp>,
+    at: Instant,
+}
+
+/// One replica's part in the election.
+pub struct Elector {
+    settings: LeaderElectionConfig,
+    identity: String,
+    api: Api<Lease>,
+    leadership: Leadership,
+    seen: Option<Seen>,
+    /// When this replica last renewed (or took) the Lease.
+    renewed_at: Option<Instant>,
+}
+
+/// What one try found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// This replica holds the Lease.
+    Leading,
+    /// Another replica (named) holds it.
+    Following(String),
+    /// The try failed or lost a race; the state is unchanged.
+    Failed(String),
+}
+
+impl Elector {
+    /// An elector for `settings` on `client`, publishing to `leadership`.
+    pub fn new(
+        settings: LeaderElectionConfig,
+        client: kube::Client,
+        leadership: Leadership,
+    ) -> Elector {
+        let api = match &settings.namespace {
+            Some(ns) => Api::namespaced(client, ns),
+            None => Api::default_namespaced(client),
+        };
+        let identity = settings.identity.clone().unwrap_or_else(default_identity);
+        Elector {
+            settings,
+            identity,
+            api,
+            leadership,
+            seen: None,
+            renewed_at: None,
+        }
+    }
+
+    /// This replica's name in the Lease.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn lease_seconds(&self) -> i32 {
+        self.settings
+            .lease_duration
+            .as_secs()
+            .clamp(1, i32::MAX as u64) as i32
+    }
+
+    fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        let now = MicroTime(Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_seconds()),
+            acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One try to take or renew the Lease; updates the published state.
+    pub async fn try_once(&mut self) -> Outcome {
+        let outcome = self.attempt().await;
+        let now = Instant::now();
+        let leading = match &outcome {
+            Outcome::Leading => {
+                self.renewed_at = Some(now);
+                true
+            }
+            Outcome::Following(_) => false,
+            // Keep acting through a failed renewal, until the deadline.
+            Outcome::Failed(_) => self
+                .renewed_at
+                .is_some_and(|at| now.duration_since(at) < self.settings.renew_deadline),
+        };
+        if !leading {
+            self.renewed_at = None;
+        }
+        let was = self.leadership.set(leading);
+        let lease = &self.settings.lease;
+        match (was, leading, &outcome) {
+            (false, true, _) => tracing::info!(
+                identity = %self.identity, %lease,
+                "This replica is the leader now: its scalers act."
+            ),
+            (true, false, Outcome::Failed(why)) => tracing::error!(
+                identity = %self.identity, %lease,
+                "This replica could not renew the lease for {} ({why}); it stops acting.",
+                humantime::format_duration(self.settings.renew_deadline)
+            ),
+            (true, false, _) => tracing::warn!(
+                identity = %self.identity, %lease,
+                "This replica lost the lease; it stops acting."
+            ),
+            (_, _, Outcome::Failed(why)) => tracing::warn!(
+                identity = %self.identity, %lease, "Leader election: {why}"
+            ),
+            _ => {}
+        }
+        outcome
+    }
+
+    async fn attempt(&mut self) -> Outcome {
+        let name = self.settings.lease.clone();
+        let current = match self.api.get_opt(&name).await {
+            Ok(lease) => lease,
+            Err(e) => return Outcome::Failed(format!("reading lease {name}: {e}")),
+        };
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.spec(None, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Outcome::Leading,
+                Err(e) => Outcome::Failed(format!("creating lease {name}: {e}")),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let renewed = spec.renew_time.as_ref().map(|t| t.0);
+        let now = Instant::now();
+        let changed = self
+            .seen
+            .as_ref()
+            .is_none_or(|s| s.holder != holder || s.renewed != renewed);
+        if changed {
+            self.seen = Some(Seen {
+                holder: holder.clone(),
+                renewed,
+                at: now,
+            });
+        }
+        let mine = holder.as_deref() == Some(self.identity.as_str());
+        let duration = spec
+            .lease_duration_seconds
+            .map_or(self.settings.lease_duration, |s| {
+                Duration::from_secs(s.max(0) as u64)
+            });
+        let expired = self
+            .seen
+            .as_ref()
+            .is_some_and(|s| now.duration_since(s.at) >= duration);
+        if let Some(other) = holder.as_ref().filter(|_| !mine && !expired) {
+            return Outcome::Following(other.clone());
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        let acquired = if mine {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
+        lease.spec = Some(self.spec(acquired, transitions));
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Outcome::Leading,
+            Err(kube::Error::Api(e)) if e.code == 409 => match holder {
+                Some(h) if !mine => Outcome::Following(h),
+                _ => Outcome::Failed(format!("lease {name} changed under this replica")),
+            },
+            Err(e) => Outcome::Failed(format!("updating lease {name}: {e}")),
+        }
+    }
+
+    /// Gives the Lease up if this replica holds it, so another may take it
+    /// at its next try (a graceful shutdown).
+    pub async fn release(&mut self) {
+        if !self.leadership.set(false) {
+            return;
+        }
+        let name = self.settings.lease.clone();
+        let Ok(Some(mut lease)) = self.api.get_opt(&name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(identity = %self.identity, lease = %name, "Released the lease.")
+            }
+            Err(e) => {
+                tracing::warn!(identity = %self.identity, lease = %name, "Could not release the lease: {e}")
+            }
+        }
+    }
+
+    /// Tries every `retry_period` until `stop` is cancelled, then releases.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            self.try_once().await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(self.settings.retry_period) => {}
+            }
+        }
+        self.release().await;
+    }
+}
+
+impl std::fmt::Debug for Elector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elector")
+            .field("lease", &self.settings.lease)
+            .field("identity", &self.identity)
+            .field("leading", &self.leadership.is_leading())
+            .finish()
+    }
+}

@@ -1,0 +1,234 @@
+//! Leader election through a Kubernetes Lease. No real API server can run
+//! where this suite runs, so the Lease lives in the suite's fake
+//! (`src/fake_kube.rs`), which refuses a write against a stale
+//! `resourceVersion` as the real server does: the race between replicas is
+//! the server's optimistic concurrency, not the test's timing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use scalewise::config::LeaderElectionConfig;
+use scalewise::leader::{Elector, Leadership, Outcome};
+use scalewise_tests::daemon_process::DaemonProcess;
+use scalewise_tests::fake_kube::{FakeKube, Workload};
+use scalewise_tests::{artifacts, wait_until};
+
+fn settings(identity: &str) -> LeaderElectionConfig {
+    LeaderElectionConfig {
+        lease: "scalewise".into(),
+        namespace: Some("ops".into()),
+        identity: Some(identity.into()),
+        lease_duration: Duration::from_millis(1_500),
+        renew_deadline: Duration::from_millis(1_000),
+        retry_period: Duration::from_millis(100),
+    }
+}
+
+fn elector(kube: &FakeKube, identity: &str) -> (Elector, Leadership) {
+    let leadership = Leadership::elected();
+    let elector = Elector::new(settings(identity), kube.client("ops"), leadership.clone());
+    (elector, leadership)
+}
+
+fn holder(kube: &FakeKube) -> Option<String> {
+    kube.lease("ops", "scalewise")?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_the_other_follows_it() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    for _ in 0..5 {
+        assert_eq!(a.try_once().await, Outcome::Leading, "the leader renews");
+        assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    }
+    assert!(a_leads.is_leading() && !b_leads.is_leading());
+    let lease = kube.lease("ops", "scalewise").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "a");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+    assert_eq!(lease["spec"]["leaseTransitions"], 0);
+}
+
+#[tokio::test]
+async fn a_lease_left_unrenewed_is_taken_over_after_its_duration() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, _) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    // a stops renewing (its process hangs or dies without releasing).
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        b.try_once().await,
+        Outcome::Following("a".into()),
+        "not yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    assert!(b_leads.is_leading());
+    let lease = kube.lease("ops", "scalewise").unwrap();
+    assert_eq!(
+        (holder(&kube).as_deref(), &lease["spec"]["leaseTransitions"]),
+        (Some("b"), &1.into())
+    );
+}
+
+#[tokio::test]
+async fn a_released_lease_is_taken_at_the_next_try() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    let (mut b, _) = elector(&kube, "b");
+    a.try_once().await;
+    b.try_once().await;
+    a.release().await;
+    assert!(!a_leads.is_leading());
+    assert_eq!(holder(&kube), None);
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    assert_eq!(a.try_once().await, Outcome::Following("b".into()));
+}
+
+#[tokio::test]
+async fn of_two_replicas_racing_for_a_free_lease_exactly_one_wins() {
+    for _ in 0..10 {
+        let kube = FakeKube::start().await.unwrap();
+        let (mut a, a_leads) = elector(&kube, "a");
+        let (mut b, b_leads) = elector(&kube, "b");
+        let (x, y) = tokio::join!(a.try_once(), b.try_once());
+        assert_ne!(a_leads.is_leading(), b_leads.is_leading(), "{x:?} {y:?}");
+        let leader = if a_leads.is_leading() { "a" } else { "b" };
+        assert_eq!(holder(&kube).as_deref(), Some(leader));
+    }
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_acting_before_its_lease_runs_out() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    a.try_once().await;
+    kube.fail_leases(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    assert!(matches!(a.try_once().await, Outcome::Failed(_)));
+    assert!(
+        a_leads.is_leading(),
+        "a failed renewal within the deadline keeps it acting"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(matches!(a.try_once().await, Outcome::Failed(_)));
+    assert!(!a_leads.is_leading(), "past renew_deadline it stops");
+    kube.fail_leases(None);
+    assert_eq!(
+        a.try_once().await,
+        Outcome::Leading,
+        "and takes its own lease back"
+    );
+}
+
+fn config(scale_to: u32, identity: &str) -> String {
+    format!(
+        r#"policy_dir = "policies"
+
+[api]
+listen = "127.0.0.1:0"
+
+[journal]
+path = "journal.db"
+
+[leader_election]
+lease = "scalewise"
+namespace = "ops"
+identity = "{identity}"
+lease_duration = "2s"
+renew_deadline = "1500ms"
+retry_period = "200ms"
+
+[[scalers]]
+name = "web"
+interval = "1s"
+min = 1
+max = 8
+target = {{ kind = "kubernetes", object = "Deployment", name = "web" }}
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = {scale_to} }}
+"#
+    )
+}
+
+fn start(dir: &Path, kube: &FakeKube, config: &str) -> DaemonProcess {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::copy(artifacts::COUNTER, dir.join("policies/counter.wasm")).unwrap();
+    kube.kubeconfig(&dir.join("kubeconfig"), "shop").unwrap();
+    DaemonProcess::start(env!("CARGO_BIN_EXE_scalewise-cli"), dir, config, |c| {
+        c.env("KUBECONFIG", dir.join("kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT");
+    })
+    .unwrap()
+}
+
+async fn replicas_become(kube: &FakeKube, want: u32) -> anyhow::Result<()> {
+    wait_until(
+        &format!("{want} replicas"),
+        Duration::from_secs(60),
+        || async {
+            let now = kube
+                .workload("apps/v1", "deployments", "shop", "web")
+                .map(|w| w.replicas);
+            if now == Some(want) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Two `scalewise run` processes on one Deployment, wanting different
+/// counts: only the leader's is applied; when it stops, the other's is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_workload_only_the_leader_acts() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "web",
+        Workload {
+            replicas: 2,
+            ready: Some(2),
+            forbidden: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(&dir.path().join("a"), &kube, &config(3, "a"));
+    replicas_become(&kube, 3).await.unwrap();
+    assert_eq!(holder(&kube).as_deref(), Some("a"));
+    let second = start(&dir.path().join("b"), &kube, &config(5, "b"));
+    // b is up (its API answers) and follows: 3 stays for several of its ticks.
+    wait_until("b's API", Duration::from_secs(60), || async {
+        second.api_addr().ok_or_else(|| "not yet".to_owned())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replicas = kube
+        .workload("apps/v1", "deployments", "shop", "web")
+        .unwrap()
+        .replicas;
+    assert_eq!(replicas, 3, "the follower changed nothing");
+    // a stops gracefully and releases the lease: b takes over and acts.
+    first.stop().unwrap();
+    replicas_become(&kube, 5).await.unwrap();
+    assert_eq!(holder(&kube).as_deref(), Some("b"));
+    let log = second.log();
+    assert!(log.contains("This replica is the leader now"), "{log}");
+    second.stop().unwrap();
+}
