@@ -196,17 +196,27 @@ fn the_snippets_need_the_secrets_they_name() {
     assert!(err.to_string().contains("PROM_TOKEN"), "{err}");
 }
 
-#[test]
-fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
-    let blocks = section_blocks("## Scaling an AWS Auto Scaling group", "toml");
-    assert_eq!(blocks.len(), 1);
+/// A Prometheus source for examples whose metrics need one.
+const PROM: &str = "[sources.prom]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n";
+
+/// The one ```toml example of the README section under `heading`, loaded
+/// after `prefix` with the bundled policies and checked against them.
+fn load_example(heading: &str, prefix: &str) -> Config {
+    let blocks = section_blocks(heading, "toml");
+    assert_eq!(blocks.len(), 1, "{heading} has one example");
     let block = &blocks[0];
     let dir = tempfile::tempdir().unwrap();
     install_policies(&dir.path().join("policies")).unwrap();
-    let text = format!("policy_dir = \"policies\"\n{}", block.text);
+    let text = format!("policy_dir = \"policies\"\n{prefix}{}", block.text);
     let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
         .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", block.line));
     config.check_policies(&catalog()).unwrap();
+    config
+}
+
+#[test]
+fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
+    let config = load_example("## Scaling an AWS Auto Scaling group", "");
     let scalewise::config::TargetConfig::AwsAsg(asg) =
         config.scalers[0].get_ref().target.get_ref().clone()
     else {
@@ -222,47 +232,27 @@ fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
 
 #[test]
 fn the_kubernetes_example_loads() {
-    let blocks = section_blocks("## Scaling a Kubernetes workload", "toml");
-    assert_eq!(blocks.len(), 1);
-    let dir = tempfile::tempdir().unwrap();
-    install_policies(&dir.path().join("policies")).unwrap();
-    let text = format!(
-        "policy_dir = \"policies\"\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n{}",
-        blocks[0].text
+    let config = load_example("## Scaling a Kubernetes workload", PROM);
+    assert_eq!(
+        config.scalers[0].get_ref().target.get_ref().kind(),
+        "kubernetes"
     );
-    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
-        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", blocks[0].line));
-    config.check_policies(&catalog()).unwrap();
-    let target = config.scalers[0].get_ref().target.get_ref();
-    assert_eq!(target.kind(), "kubernetes");
 }
 
 #[test]
 fn the_rebalance_example_loads() {
-    let blocks = section_blocks("## Scaling stateful workers (shard rebalancing)", "toml");
-    assert_eq!(blocks.len(), 1);
-    let dir = tempfile::tempdir().unwrap();
-    install_policies(&dir.path().join("policies")).unwrap();
-    let text = format!(
-        "policy_dir = \"policies\"\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n{}",
-        blocks[0].text
-    );
-    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
-        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", blocks[0].line));
-    config.check_policies(&catalog()).unwrap();
-    let target = config.scalers[0].get_ref().target.get_ref();
-    assert_eq!(target.kind(), "rebalance");
+    let config = load_example("## Scaling stateful workers (shard rebalancing)", PROM);
+    let scalewise::config::TargetConfig::Rebalance(workers) =
+        config.scalers[0].get_ref().target.get_ref().clone()
+    else {
+        panic!("the example's target is a shard coordinator")
+    };
+    assert_eq!(workers.timeout.as_secs(), 600);
 }
 
 #[test]
 fn the_leader_election_example_loads() {
-    let blocks = section_blocks("## Running several replicas (leader election)", "toml");
-    assert_eq!(blocks.len(), 1);
-    let dir = tempfile::tempdir().unwrap();
-    install_policies(&dir.path().join("policies")).unwrap();
-    let text = format!("policy_dir = \"policies\"\n{}", blocks[0].text);
-    let config = Config::parse_with_env(&text, &dir.path().join("snippet.toml"), &env)
-        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", blocks[0].line));
+    let config = load_example("## Running several replicas (leader election)", "");
     let election = config.leader_election.expect("the section is read");
     assert_eq!(
         (election.lease.as_str(), election.namespace.as_deref()),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use axum::http::Method;
-use scalewise_tests::daemon_process::{DaemonProcess, journal_export, log_in};
+use scalewise_tests::daemon_process::{journal_export, log_in};
 use scalewise_tests::fake_kube::{FakeKube, Workload};
 use scalewise_tests::{artifacts, wait_until};
 
@@ -36,17 +36,6 @@ params = {{ scale_to = {scale_to} }}
     )
 }
 
-/// `scalewise run` in `dir`, its Kubernetes client configured by the
-/// kubeconfig written there, as in production.
-fn start(dir: &Path, config: &str) -> DaemonProcess {
-    DaemonProcess::start(env!("CARGO_BIN_EXE_scalewise-cli"), dir, config, |c| {
-        c.env("KUBECONFIG", dir.join("kubeconfig"))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT");
-    })
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     let kube = FakeKube::start().await.unwrap();
@@ -62,8 +51,10 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
         },
     );
     let dir = tempfile::tempdir().unwrap();
-    kube.kubeconfig(&dir.path().join("kubeconfig"), "shop")
-        .unwrap();
+    let start = |dir: &Path, config: &str| {
+        kube.run_daemon(env!("CARGO_BIN_EXE_scalewise-cli"), dir, "shop", config)
+            .unwrap()
+    };
     std::fs::create_dir(dir.path().join("policies")).unwrap();
     std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
     let log = || log_in(dir.path());

@@ -161,16 +161,12 @@ params = {{ scale_to = {scale_to} }}
     )
 }
 
+/// `scalewise run` with the `counter` policy in `dir`, on the fake server.
 fn start(dir: &Path, kube: &FakeKube, config: &str) -> DaemonProcess {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::copy(artifacts::COUNTER, dir.join("policies/counter.wasm")).unwrap();
-    kube.kubeconfig(&dir.join("kubeconfig"), "shop").unwrap();
-    DaemonProcess::start(env!("CARGO_BIN_EXE_scalewise-cli"), dir, config, |c| {
-        c.env("KUBECONFIG", dir.join("kubeconfig"))
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT");
-    })
-    .unwrap()
+    kube.run_daemon(env!("CARGO_BIN_EXE_scalewise-cli"), dir, "shop", config)
+        .unwrap()
 }
 
 async fn replicas_become(kube: &FakeKube, want: u32) -> anyhow::Result<()> {

@@ -181,6 +181,26 @@ impl FakeKube {
         )
     }
 
+    /// Runs `binary run` (the `scalewise` binary) on `config` in `dir`, its
+    /// Kubernetes client configured, as in production, by a kubeconfig for
+    /// this server (default namespace `namespace`) written there and named
+    /// by `KUBECONFIG`.
+    pub fn run_daemon(
+        &self,
+        binary: &str,
+        dir: &Path,
+        namespace: &str,
+        config: &str,
+    ) -> anyhow::Result<crate::daemon_process::DaemonProcess> {
+        let kubeconfig = dir.join("kubeconfig");
+        self.kubeconfig(&kubeconfig, namespace)?;
+        crate::daemon_process::DaemonProcess::start(binary, dir, config, |c| {
+            c.env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env_remove("KUBERNETES_SERVICE_PORT");
+        })
+    }
+
     /// A client for this server, with `namespace` as its default.
     pub fn client(&self, namespace: &str) -> kube::Client {
         let mut config = kube::Config::new(self.url().parse().expect("a valid URL"));

@@ -81,6 +81,24 @@ fn edit(text: &str, edits: &[(&str, &str)]) -> String {
     text
 }
 
+/// Asserts that each `(from, to, needle, message)` edit of `text` is
+/// refused with `message`, located at `needle`'s line and column and under
+/// the table `path`.
+fn assert_refused_at(dir: &Path, text: &str, path: &str, cases: &[(&str, &str, &str, &str)]) {
+    for &(from, to, needle, message) in cases {
+        let bad = edit(text, &[(from, to)]);
+        let err = parse_in(dir, &bad).expect_err(message);
+        let (line, column) = position_of(&bad, needle);
+        assert!(
+            err.problems().iter().any(|p| p.line == line
+                && p.column == column
+                && p.path == path
+                && p.message.contains(message)),
+            "{message}: not at {line}:{column}:\n{err}"
+        );
+    }
+}
+
 /// 1-based line and column of the first occurrence of `needle`.
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let offset = text
@@ -1803,18 +1821,7 @@ fn a_kubernetes_target_defaults_to_a_deployment_and_is_checked_at_its_place() {
             "plural \"Worker Pools\" is not a resource name",
         ),
     ];
-    for (from, to, needle, message) in cases {
-        let bad = edit(&text, &[(from, to)]);
-        let err = parse_in(dir.path(), &bad).expect_err(message);
-        let (line, column) = position_of(&bad, needle);
-        assert!(
-            err.problems().iter().any(|p| p.line == line
-                && p.column == column
-                && p.path == AT
-                && p.message.contains(message)),
-            "{message}: not at {line}:{column}:\n{err}"
-        );
-    }
+    assert_refused_at(dir.path(), &text, AT, &cases);
     let second = text
         .split_once("[[scalers]]")
         .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
@@ -1879,18 +1886,7 @@ fn a_rebalance_target_is_checked_at_its_place() {
             "timeout (0s) must be at least 1s",
         ),
     ];
-    for (from, to, needle, message) in cases {
-        let bad = edit(&text, &[(from, to)]);
-        let err = parse_in(dir.path(), &bad).expect_err(message);
-        let (line, column) = position_of(&bad, needle);
-        assert!(
-            err.problems().iter().any(|p| p.line == line
-                && p.column == column
-                && p.path == AT
-                && p.message.contains(message)),
-            "{message}: not at {line}:{column}:\n{err}"
-        );
-    }
+    assert_refused_at(dir.path(), &text, AT, &cases);
     let second = text
         .split_once("[[scalers]]")
         .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
@@ -1958,18 +1954,7 @@ fn leader_election_has_client_go_defaults_and_is_checked_at_its_place() {
             "identity \" \" must be printable and not blank",
         ),
     ];
-    for (from, to, needle, message) in cases {
-        let bad = edit(&text, &[(from, to)]);
-        let err = parse_in(dir.path(), &bad).expect_err(message);
-        let (line, column) = position_of(&bad, needle);
-        assert!(
-            err.problems().iter().any(|p| p.line == line
-                && p.column == column
-                && p.path == "leader_election"
-                && p.message.contains(message)),
-            "{message}: not at {line}:{column}:\n{err}"
-        );
-    }
+    assert_refused_at(dir.path(), &text, "leader_election", &cases);
     // A reload cannot change it: the running section stays, and says so.
     let changed = edit(&text, &[("namespace = \"ops\"", "namespace = \"infra\"")]);
     let reloaded = parse_in(dir.path(), &changed).unwrap();
