@@ -152,6 +152,17 @@ async fn coordinator_failures_are_errors_that_name_it() {
             coordinator.endpoint()
         )
     );
+    coordinator.with(|w| w.fail_with = None);
+    let err = actuator.scale(T0, 2, 0).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cannot stop every worker: 4 shard(s) need at least one (set the scaler's min to 1 or more)"
+    );
+    assert_eq!(
+        coordinator.with(|w| w.workers.len()),
+        2,
+        "nothing was stopped"
+    );
     coordinator.with(|w| w.fail_with = Some(404));
     assert!(matches!(
         actuator.observe(T0).await,

@@ -392,6 +392,12 @@ impl Actuator for RebalanceActuator {
         let cluster = self.cluster().await?;
         let current = cluster.workers.len();
         let desired_n = desired as usize;
+        if desired_n == 0 && !cluster.shards.is_empty() {
+            return Err(ActuatorError::Failed(format!(
+                "cannot stop every worker: {} shard(s) need at least one (set the scaler's min to 1 or more)",
+                cluster.shards.len()
+            )));
+        }
         let mut change = Change {
             desired,
             since_ms: now_ms,
