@@ -57,32 +57,34 @@ fn module() -> String {
     path.clone()
 }
 
+/// A journal of 20 ticks of the daemon on `config`, kept in a folder of
+/// its own.
+async fn write_journal(config: &str) -> (tempfile::TempDir, PathBuf) {
+    let mut daemon = RunningDaemon::with(config).start().await.unwrap();
+    daemon
+        .wait_for_record("web", "20 ticks", Duration::from_secs(60), |r| {
+            r.id.unwrap_or_default() >= 20
+        })
+        .await
+        .unwrap();
+    daemon.stop().await.unwrap();
+    let keep = tempfile::tempdir().unwrap();
+    let path = keep.path().join("journal.db");
+    std::fs::copy(daemon.dir().join("journal.db"), &path).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let from = daemon.dir().join(format!("journal.db{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, keep.path().join(format!("journal.db{suffix}"))).unwrap();
+        }
+    }
+    (keep, path)
+}
+
 /// A journal of 20 ticks of the daemon scaling `web` out and holding,
 /// written once for the file's tests.
 async fn journal() -> &'static Path {
     static JOURNAL: OnceCell<(tempfile::TempDir, PathBuf)> = OnceCell::const_new();
-    let (_, path) = JOURNAL
-        .get_or_init(|| async {
-            let mut daemon = RunningDaemon::with(CONFIG).start().await.unwrap();
-            daemon
-                .wait_for_record("web", "20 ticks", Duration::from_secs(60), |r| {
-                    r.id.unwrap_or_default() >= 20
-                })
-                .await
-                .unwrap();
-            daemon.stop().await.unwrap();
-            let keep = tempfile::tempdir().unwrap();
-            let path = keep.path().join("journal.db");
-            std::fs::copy(daemon.dir().join("journal.db"), &path).unwrap();
-            for suffix in ["-wal", "-shm"] {
-                let from = daemon.dir().join(format!("journal.db{suffix}"));
-                if from.exists() {
-                    std::fs::copy(&from, keep.path().join(format!("journal.db{suffix}"))).unwrap();
-                }
-            }
-            (keep, path)
-        })
-        .await;
+    let (_, path) = JOURNAL.get_or_init(|| write_journal(CONFIG)).await;
     path
 }
 
@@ -202,4 +204,32 @@ async fn parameters_the_module_refuses_are_an_error() {
         err.contains("--params: target: expected a number, got text \"high\""),
         "{err}"
     );
+}
+
+/// A journal written under `[runtime] fuel = 20000`: enough for describe()
+/// (about 14,000), too little for any evaluation (about 34,000), so every
+/// call ran out of fuel and the scaler held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_evaluation_replays_under_the_limits_it_ran_under() {
+    let config = CONFIG.replace("[journal]", "[runtime]\nfuel = 20000\n\n[journal]");
+    let (_keep, journal) = write_journal(&config).await;
+    let journal = journal.to_str().unwrap().to_owned();
+    let replay = |extra: &'static [&'static str]| {
+        let journal = journal.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["replay".to_owned(), module(), "--journal".into(), journal];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&args)
+        })
+    };
+    // Under the recorded fuel the module runs out again: the same answer.
+    let (code, out, err) = replay(&[]).await.unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains(" both-fail"), "{err}");
+    // A flag overrides the recorded limit: without fuel metering it decides.
+    let (code, out, err) = replay(&["--fuel", "0"]).await.unwrap();
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains(" decides-now"), "{err}");
+    assert!(out.contains("recorded: failed (out_of_fuel)"), "{out}");
 }

@@ -17,8 +17,9 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::clock::{format_ms, parse_time_ms};
+use crate::config::RuntimeLimits;
 use crate::journal::{EvaluationOutcome, Journal, Query};
-use crate::runtime::{Runtime, json_safe, log_safe, outcome_of};
+use crate::runtime::{PolicyModule, Runtime, json_safe, log_safe, outcome_of};
 
 use super::journal::locate;
 use super::{ReplayArgs, apply_params, param_problems};
@@ -135,10 +136,19 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         .as_deref()
         .map(|t| parse("--until", t))
         .transpose()?;
-    let runtime = Runtime::new(args.limits.to_limits()).map_err(|e| e.to_string())?;
-    let module = runtime
-        .load_file(&args.module)
-        .map_err(|e| format!("{}: {e}", args.module.display()))?;
+    // The module under each set of limits the journal recorded (flags
+    // override them), as `eval --record` replays one call: a call that ran
+    // out of fuel in production runs out again here. Key: the limits as
+    // JSON; "" for the defaults.
+    let load = |limits: RuntimeLimits| -> Result<PolicyModule, String> {
+        let runtime = Runtime::new(limits).map_err(|e| e.to_string())?;
+        runtime
+            .load_file(&args.module)
+            .map_err(|e| format!("{}: {e}", args.module.display()))
+    };
+    let mut modules: HashMap<String, PolicyModule> = HashMap::new();
+    let module = load(args.limits.to_limits())?;
+    modules.insert(String::new(), module.clone());
     let policy = args
         .policy
         .clone()
@@ -186,7 +196,16 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         {
             ctx.state = state.clone();
         }
-        let replayed = outcome_of(module.evaluate(&ctx));
+        let key = evaluation
+            .limits
+            .as_deref()
+            .map(|l| serde_json::to_string(l).unwrap_or_default())
+            .unwrap_or_default();
+        if !modules.contains_key(&key) {
+            let recorded = evaluation.limits.as_deref().cloned().unwrap_or_default();
+            modules.insert(key.clone(), load(args.limits.applied_to(recorded))?);
+        }
+        let replayed = outcome_of(modules[&key].evaluate(&ctx));
         if let EvaluationOutcome::Decided { decision } = &replayed {
             own_state.insert(record.scaler.clone(), decision.state.clone());
         }
