@@ -481,7 +481,7 @@ fn a_python_policy_reaches_no_file_environment_network_or_clock() {
 }
 
 #[test]
-fn the_daemon_scales_with_python_and_javascript_policies() {
+fn the_daemon_scales_with_python_javascript_and_c_policies() {
     let dir = tempfile::tempdir().unwrap();
     let policies = scalewise_tests::policy_dir(&[
         ("capacity", artifacts::CAPACITY),
