@@ -185,7 +185,12 @@ impl RebalanceActuator {
     }
 
     async fn stop_worker(&self, id: &str) -> Result<(), ActuatorError> {
-        let url = self.url(&format!("workers/{}", urlencode(id)));
+        let url = worker_url(&self.settings.endpoint, id).map_err(|e| {
+            ActuatorError::Failed(format!(
+                "shard coordinator {}: stop worker {id}: {e}",
+                self.settings.endpoint
+            ))
+        })?;
         self.request(&format!("stop worker {id}"), self.http.delete(url))
             .await
             .map(drop)
@@ -322,15 +327,14 @@ pub fn choose_victims(cluster: &Cluster, count: usize) -> Vec<String> {
         .collect()
 }
 
-fn urlencode(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `{endpoint}/workers/{id}`, the id escaped as one path segment.
+fn worker_url(endpoint: &str, id: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(endpoint).map_err(|e| e.to_string())?;
+    url.path_segments_mut()
+        .map_err(|()| "the endpoint cannot take a path".to_owned())?
+        .pop_if_empty()
+        .extend(["workers", id]);
+    Ok(url)
 }
 
 fn list(ids: &[String]) -> String {
@@ -567,7 +571,14 @@ mod tests {
 
     #[test]
     fn worker_ids_are_escaped_in_paths() {
-        assert_eq!(urlencode("pod/w 1"), "pod%2Fw%201");
-        assert_eq!(urlencode("w-1_a.b~"), "w-1_a.b~");
+        let url = |endpoint, id| worker_url(endpoint, id).unwrap().to_string();
+        assert_eq!(
+            url("http://c:8080/api", "pod/w 1"),
+            "http://c:8080/api/workers/pod%2Fw%201"
+        );
+        assert_eq!(
+            url("http://c:8080/api/", "w-1_a.b~"),
+            "http://c:8080/api/workers/w-1_a.b~"
+        );
     }
 }
