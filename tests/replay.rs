@@ -57,6 +57,24 @@ fn module() -> String {
     path.clone()
 }
 
+/// `scalewise replay` of the bundled module on `journal` with `extra`
+/// arguments, run off the async runtime.
+async fn replay(journal: impl AsRef<Path>, extra: &[&str]) -> (u8, String, String) {
+    let mut args = vec![
+        "replay".to_owned(),
+        module(),
+        "--journal".into(),
+        journal.as_ref().to_str().unwrap().into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args)
+    })
+    .await
+    .unwrap()
+}
+
 /// A journal of 20 ticks of the daemon on `config`, kept in a folder of
 /// its own.
 async fn write_journal(config: &str) -> (tempfile::TempDir, PathBuf) {
@@ -91,10 +109,7 @@ async fn journal() -> &'static Path {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_module_and_parameters_answer_the_same_everywhere() {
     let journal = journal().await.to_str().unwrap().to_owned();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || cli(&["replay", &module(), "--journal", &journal]))
-            .await
-            .unwrap();
+    let (code, out, err) = replay(&journal, &[]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(out, "", "only differences are printed");
     assert!(err.contains("evaluations of \"target-tracking\""), "{err}");
@@ -105,19 +120,7 @@ async fn the_same_module_and_parameters_answer_the_same_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_parameters_show_where_and_which_way_they_decide_differently() {
     let journal = journal().await.to_str().unwrap().to_owned();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        cli(&[
-            "replay",
-            &module(),
-            "--journal",
-            &journal,
-            "--params",
-            "target=30",
-            "--json",
-        ])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = replay(&journal, &["--params", "target=30", "--json"]).await;
     assert_eq!(code, 2, "some answers differ: {out}\n{err}");
     let rows: Vec<Value> = out
         .lines()
@@ -187,18 +190,7 @@ async fn a_module_named_otherwise_needs_the_recorded_policy_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_the_module_refuses_are_an_error() {
     let journal = journal().await.to_str().unwrap().to_owned();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        cli(&[
-            "replay",
-            &module(),
-            "--journal",
-            &journal,
-            "--params",
-            "target=high",
-        ])
-    })
-    .await
-    .unwrap();
+    let (code, out, err) = replay(&journal, &["--params", "target=high"]).await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         err.contains("--params: target: expected a number, got text \"high\""),
@@ -213,22 +205,12 @@ async fn parameters_the_module_refuses_are_an_error() {
 async fn each_evaluation_replays_under_the_limits_it_ran_under() {
     let config = CONFIG.replace("[journal]", "[runtime]\nfuel = 20000\n\n[journal]");
     let (_keep, journal) = write_journal(&config).await;
-    let journal = journal.to_str().unwrap().to_owned();
-    let replay = |extra: &'static [&'static str]| {
-        let journal = journal.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut args = vec!["replay".to_owned(), module(), "--journal".into(), journal];
-            args.extend(extra.iter().map(|a| a.to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cli(&args)
-        })
-    };
     // Under the recorded fuel the module runs out again: the same answer.
-    let (code, out, err) = replay(&[]).await.unwrap();
+    let (code, out, err) = replay(&journal, &[]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains(" both-fail"), "{err}");
     // A flag overrides the recorded limit: without fuel metering it decides.
-    let (code, out, err) = replay(&["--fuel", "0"]).await.unwrap();
+    let (code, out, err) = replay(&journal, &["--fuel", "0"]).await;
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(err.contains(" decides-now"), "{err}");
     assert!(out.contains("recorded: failed (out_of_fuel)"), "{out}");

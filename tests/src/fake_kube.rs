@@ -396,21 +396,30 @@ async fn get_lease(
     }
 }
 
+/// The Lease a create or replace sends, or the answer refusing it (leases
+/// failing on purpose, a body that is not JSON).
+fn lease_write(inner: &Inner, body: &Bytes) -> Result<Value, Box<Response>> {
+    if let Some(failure) = lease_failing(inner) {
+        return Err(Box::new(failure));
+    }
+    serde_json::from_slice(body).map_err(|_| {
+        Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        ))
+    })
+}
+
 async fn create_lease(
     State(inner): State<Arc<Mutex<Inner>>>,
     UrlPath(ns): UrlPath<String>,
     body: Bytes,
 ) -> Response {
     let mut inner = inner.lock().unwrap();
-    if let Some(failure) = lease_failing(&inner) {
-        return failure;
-    }
-    let Ok(lease) = serde_json::from_slice::<Value>(&body) else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the body is not JSON",
-        );
+    let lease = match lease_write(&inner, &body) {
+        Ok(lease) => lease,
+        Err(refused) => return *refused,
     };
     let name = lease["metadata"]["name"]
         .as_str()
@@ -435,15 +444,9 @@ async fn replace_lease(
     body: Bytes,
 ) -> Response {
     let mut inner = inner.lock().unwrap();
-    if let Some(failure) = lease_failing(&inner) {
-        return failure;
-    }
-    let Ok(lease) = serde_json::from_slice::<Value>(&body) else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the body is not JSON",
-        );
+    let lease = match lease_write(&inner, &body) {
+        Ok(lease) => lease,
+        Err(refused) => return *refused,
     };
     let key = (ns, name.clone());
     let Some(stored) = inner.leases.get(&key) else {

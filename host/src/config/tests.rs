@@ -99,6 +99,29 @@ fn assert_refused_at(dir: &Path, text: &str, path: &str, cases: &[(&str, &str, &
     }
 }
 
+/// [`ASG`] with its scaler's target table replaced by `target`.
+fn asg_with_target(target: &str) -> String {
+    edit(
+        ASG,
+        &[(
+            "kind = \"aws-asg\"\ngroup = \"workers-asg\"\nregion = \"eu-west-1\"\nendpoint = \"https://autoscaling.eu-west-1.amazonaws.com\"\ndrain_webhook = \"http://drainer.internal:8080/drain\"\ndrain_delay = \"30s\"\ndrain_timeout = \"5m\"\n",
+            target,
+        )],
+    )
+}
+
+/// The `[[scalers]]` entry of `text` again, renamed `workers-2`: a second
+/// scaler of the same target.
+fn second_scaler(text: &str) -> String {
+    text.split_once("[[scalers]]")
+        .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
+        .unwrap()
+        .replace(
+            "name = \"workers\"\ninterval",
+            "name = \"workers-2\"\ninterval",
+        )
+}
+
 /// 1-based line and column of the first occurrence of `needle`.
 fn position_of(text: &str, needle: &str) -> (usize, usize) {
     let offset = text
@@ -1771,13 +1794,7 @@ fn auto_scaling_group_problems_are_reported_at_their_place() {
 
 #[test]
 fn a_kubernetes_target_defaults_to_a_deployment_and_is_checked_at_its_place() {
-    let text = edit(
-        ASG,
-        &[(
-            "kind = \"aws-asg\"\ngroup = \"workers-asg\"\nregion = \"eu-west-1\"\nendpoint = \"https://autoscaling.eu-west-1.amazonaws.com\"\ndrain_webhook = \"http://drainer.internal:8080/drain\"\ndrain_delay = \"30s\"\ndrain_timeout = \"5m\"\n",
-            "kind = \"kubernetes\"\nname = \"workers\"\nnamespace = \"jobs\"\n",
-        )],
-    );
+    let text = asg_with_target("kind = \"kubernetes\"\nname = \"workers\"\nnamespace = \"jobs\"\n");
     let dir = tempfile::tempdir().unwrap();
     let config = parse_in(dir.path(), &text).unwrap();
     let TargetConfig::Kubernetes(k8s) = config.scalers[0].get_ref().target.get_ref().clone() else {
@@ -1822,14 +1839,7 @@ fn a_kubernetes_target_defaults_to_a_deployment_and_is_checked_at_its_place() {
         ),
     ];
     assert_refused_at(dir.path(), &text, AT, &cases);
-    let second = text
-        .split_once("[[scalers]]")
-        .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
-        .unwrap()
-        .replace(
-            "name = \"workers\"\ninterval",
-            "name = \"workers-2\"\ninterval",
-        );
+    let second = second_scaler(&text);
     let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
     assert!(
         err.to_string().contains(
@@ -1855,13 +1865,8 @@ fn two_scalers_of_one_simulated_service_are_refused_at_the_second() {
 
 #[test]
 fn a_rebalance_target_is_checked_at_its_place() {
-    let text = edit(
-        ASG,
-        &[(
-            "kind = \"aws-asg\"\ngroup = \"workers-asg\"\nregion = \"eu-west-1\"\nendpoint = \"https://autoscaling.eu-west-1.amazonaws.com\"\ndrain_webhook = \"http://drainer.internal:8080/drain\"\ndrain_delay = \"30s\"\ndrain_timeout = \"5m\"\n",
-            "kind = \"rebalance\"\nendpoint = \"http://coordinator.jobs:8080/api\"\n",
-        )],
-    );
+    let text =
+        asg_with_target("kind = \"rebalance\"\nendpoint = \"http://coordinator.jobs:8080/api\"\n");
     let dir = tempfile::tempdir().unwrap();
     let config = parse_in(dir.path(), &text).unwrap();
     let target = config.scalers[0].get_ref().target.get_ref().clone();
@@ -1887,15 +1892,7 @@ fn a_rebalance_target_is_checked_at_its_place() {
         ),
     ];
     assert_refused_at(dir.path(), &text, AT, &cases);
-    let second = text
-        .split_once("[[scalers]]")
-        .map(|(_, scaler)| format!("[[scalers]]{scaler}"))
-        .unwrap()
-        .replace(
-            "name = \"workers\"\ninterval",
-            "name = \"workers-2\"\ninterval",
-        )
-        .replace("8080/api\"", "8080/api/\"");
+    let second = second_scaler(&text).replace("8080/api\"", "8080/api/\"");
     let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
     assert!(
         err.to_string().contains(
