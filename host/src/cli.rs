@@ -8,6 +8,7 @@
 mod journal;
 mod replay;
 mod run;
+mod simulate;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -55,6 +56,11 @@ pub enum Command {
     /// Runs a module again on the evaluations the journal recorded and
     /// shows where its answers differ (exit 0: none differ; 2: some do).
     Replay(ReplayArgs),
+    /// Backtests a config: runs its scalers against its simulated services
+    /// (a load curve or a recorded trace) for a stretch of simulated time,
+    /// as fast as the CPU allows, and reports what the scaling cost and
+    /// what each service went through.
+    Simulate(SimulateArgs),
     /// Internal: the daemon's compiler process. Compiles the `.wasm` on
     /// stdin and writes the code to stdout (see `runtime::Compiler`).
     #[command(name = crate::runtime::WORKER_COMMAND, hide = true)]
@@ -87,6 +93,48 @@ pub struct RunArgs {
     /// binary can be.
     #[arg(skip)]
     pub compiler: Compiler,
+}
+
+/// Arguments of `scalewise simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// The configuration file; without one, the embedded demo's. Every
+    /// target must be a `[simulations]` service and every metric's source
+    /// the simulator.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Load the policy modules from this folder instead of the config's
+    /// `policy_dir` (to compare module versions on the same load). For the
+    /// demo the default is `$SCALEWISE_POLICY_DIR`, else `policies/dist`.
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// How much simulated time to run.
+    #[arg(
+        long = "for",
+        default_value = "1d",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub run_for: Duration,
+    /// When the simulated stretch starts (ms since the epoch or RFC 3339;
+    /// default: now). Load curves and traces count from here, so the
+    /// figures do not depend on it; the journal's times do.
+    #[arg(long, value_name = "TIME")]
+    pub start: Option<String>,
+    /// Keep the run's journal in this new file (it must not exist), for
+    /// `scalewise journal` and `scalewise replay`. Default: a temporary
+    /// file, deleted at the end.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+    /// Also count the time each service's p95 latency spends above this.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub slo_latency: Option<Duration>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a line per change of replicas while the run goes.
+    #[arg(long, conflicts_with = "json")]
+    pub decisions: bool,
 }
 
 /// `scalewise journal ...`: reading the decision journal.
@@ -277,6 +325,7 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Check { modules, limits } => check(&modules, &limits, out, err),
         Command::Eval(args) => eval(&args, out, err),
         Command::Replay(args) => replay::replay(&args, out, err),
+        Command::Simulate(args) => simulate::simulate(&args, out, err),
         Command::CompileWorker { limits } => compile_worker(&limits, out, err),
     };
     // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.

@@ -442,6 +442,45 @@ impl Config {
         }
         into_result(problems)
     }
+    /// Checks that every scaler can run against the simulator alone, as
+    /// `scalewise simulate` runs them: each target a `[simulations]`
+    /// service and each metric read from the simulator. Each other use is
+    /// located.
+    pub fn check_simulated(&self) -> Result<(), ConfigError> {
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
+        let mut problems = Vec::new();
+        for (i, scaler) in self.scalers.iter().enumerate() {
+            let scaler = scaler.get_ref();
+            let target = scaler.target.get_ref();
+            if target.simulation().is_none() {
+                problems.push(doc.value_problem(
+                    &keys!["scalers", i, "target"],
+                    format!(
+                        "a {} target cannot be simulated: `scalewise simulate` scales \
+                         simulated services only; point the target at a [simulations.<name>] \
+                         entry (`target = {{ kind = \"simulator\", service = \"...\" }}`)",
+                        target.kind()
+                    ),
+                ));
+            }
+            for (name, metric) in &scaler.metrics {
+                let source = &metric.get_ref().source;
+                if source != validate::SIMULATOR_SOURCE {
+                    problems.push(doc.value_problem(
+                        &keys!["scalers", i, "metrics", name.as_str(), "source"],
+                        format!(
+                            "source {source:?} cannot be simulated: `scalewise simulate` reads \
+                             metrics from the simulator only (`source = \"simulator\"`, a query \
+                             such as `cpu` or `service/p95_latency_ms`)"
+                        ),
+                    ));
+                }
+            }
+        }
+        into_result(problems)
+    }
+
     /// Checks this config as a running daemon would apply it: the sections
     /// that change only at a restart (`policy_dir`, `[runtime]`, `[api]`,
     /// `[journal]`, `[clock]`, `[watch]`, `[leader_election]`) keep

@@ -41,7 +41,7 @@ use crate::config::{
     Config, ConfigError, Fingerprint, MetricConfig, ScalerConfig, SourceConfig, TargetConfig,
     toml_to_json,
 };
-use crate::journal::{Journal, JournalOptions, TickRecord};
+use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
 use crate::leader::{Elector, Leadership};
 use crate::policy::PolicyInfo;
 use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport};
@@ -216,6 +216,22 @@ impl Daemon {
         clock: Clock,
         compiler: Compiler,
     ) -> Result<Daemon, DaemonError> {
+        Daemon::build_inner(config, clock, compiler, Durability::Full).await
+    }
+
+    /// [`Daemon::build`] for a backtest (`scalewise simulate`): the journal
+    /// is a run's scratch record, so an append is acknowledged once it is in
+    /// SQLite's log, without waiting for an fsync ([`Durability::Normal`]).
+    pub async fn build_for_simulation(config: Config, clock: Clock) -> Result<Daemon, DaemonError> {
+        Daemon::build_inner(config, clock, Compiler::InProcess, Durability::Normal).await
+    }
+
+    async fn build_inner(
+        config: Config,
+        clock: Clock,
+        compiler: Compiler,
+        durability: Durability,
+    ) -> Result<Daemon, DaemonError> {
         for warning in config.warnings() {
             tracing::warn!(%warning, "The config has a value that may not work as intended; starting anyway.");
         }
@@ -252,6 +268,7 @@ impl Daemon {
             JournalOptions {
                 clock,
                 commit_delay: config.journal.commit_delay,
+                durability,
                 ..JournalOptions::new(config.journal.retention)
             },
         )
@@ -1272,8 +1289,9 @@ fn restart_only_changes(started: &Config, simulations_changed: bool, new: &Confi
     changed
 }
 
+/// Where compiled modules are cached when `[runtime] cache_dir` is not set:
 /// `scalewise-cache` next to the journal file.
-fn default_cache_dir(journal: &Path) -> PathBuf {
+pub fn default_cache_dir(journal: &Path) -> PathBuf {
     journal
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -25,6 +25,7 @@ pub mod policy;
 pub mod registry;
 pub mod runtime;
 pub mod scaler;
+pub mod simulate;
 pub mod simulator;
 pub mod sources;
 pub mod telemetry;

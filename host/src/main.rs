@@ -22,7 +22,12 @@ fn main() -> ExitCode {
     // own line per change of replicas there, unless RUST_LOG names it.
     let demo = matches!(&cli.command, scalewise::cli::Command::Run(args) if args.config.is_none());
     let scale_target = scalewise::scaler::SCALE_LOG_TARGET;
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A backtest's output is its report: the daemon's info lines (a line per
+    // change of replicas, a week of them) only with RUST_LOG.
+    let simulate = matches!(&cli.command, scalewise::cli::Command::Simulate(_));
+    let default_level = if simulate { "warn" } else { "info" };
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains(scale_target));
     if demo && !named {
         filter = filter.add_directive(

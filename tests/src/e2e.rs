@@ -23,11 +23,11 @@ pub const SECOND: i64 = 1_000;
 /// One minute in ms.
 pub const MINUTE: i64 = 60 * SECOND;
 
-/// The speed of the daemon's clock under a [`Harness`]: it all but stands
-/// still at the start (it would take 30 years of real time to move a
-/// second), so the simulated services start exactly at `start_ms` and the
-/// harness supplies every tick's time.
-pub const STANDING_STILL: f64 = 1e-9;
+/// The speed of the daemon's clock under a [`Harness`], as under
+/// `scalewise simulate`: it all but stands still at the start, so the
+/// simulated services start exactly at `start_ms` and the harness supplies
+/// every tick's time.
+pub const STANDING_STILL: f64 = scalewise::simulate::STANDING_STILL;
 
 /// A daemon whose scalers are stepped by hand.
 #[derive(Debug)]

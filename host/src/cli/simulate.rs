@@ -1,0 +1,285 @@
+//! `scalewise simulate`: a config's scalers against its simulated services,
+//! a stretch of simulated time as fast as the CPU allows, and a report.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use toml::Spanned;
+
+use crate::clock::{Clock, format_ms, parse_time_ms, wall_clock_ms};
+use crate::config::{Config, Mode};
+use crate::daemon::{Daemon, default_cache_dir};
+use crate::demo;
+use crate::simulate::{self, MAX_DURATION_MS, Plan, Report, STANDING_STILL, ScalerReport};
+
+use super::SimulateArgs;
+
+/// Runs the backtest and prints its report; exit 0, or 1 with the reason.
+pub fn simulate(
+    args: &SimulateArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("scalewise")
+        .build()?;
+    match runtime.block_on(backtest(args, out)) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            Ok(1)
+        }
+    }
+}
+
+async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
+    let run_ms = i64::try_from(args.run_for.as_millis()).unwrap_or(i64::MAX);
+    if !(1000..=MAX_DURATION_MS).contains(&run_ms) {
+        return Err(format!(
+            "--for {}: a simulation runs from 1s to {}",
+            humantime::format_duration(args.run_for),
+            humantime::format_duration(Duration::from_millis(MAX_DURATION_MS as u64))
+        ));
+    }
+    let start_ms = match &args.start {
+        Some(text) => parse_time_ms(text).map_err(|e| format!("--start: {e}"))?,
+        None => wall_clock_ms() / 1000 * 1000,
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("scalewise-simulate-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
+    let journal = match &args.journal {
+        Some(path) if path.exists() => {
+            return Err(format!(
+                "--journal {}: the file exists; a simulation writes a new journal",
+                path.display()
+            ));
+        }
+        Some(path) => path.clone(),
+        None => scratch.path().join("journal.db"),
+    };
+    let config = config(args, journal.clone())?;
+    let plans = Plan::of(&config);
+    let clock = Clock::starting_at(start_ms, STANDING_STILL);
+    let mut daemon = Daemon::build_for_simulation(config, clock)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let started = Instant::now();
+    let slo = args.slo_latency.map(|d| d.as_secs_f64() * 1000.0);
+    let print = args.decisions;
+    let mut lines = Vec::new();
+    let report = simulate::run(
+        &mut daemon,
+        &plans,
+        start_ms,
+        start_ms.saturating_add(run_ms),
+        slo,
+        |record| {
+            if print && record.is_scale() {
+                lines.push(demo::decision_line(record, start_ms));
+            }
+        },
+    )
+    .await;
+    let wall = started.elapsed();
+    daemon
+        .journal()
+        .clone()
+        .close()
+        .await
+        .map_err(|e| format!("the journal did not close cleanly: {e}"))?;
+    let report = report?;
+
+    let io = |e: std::io::Error| e.to_string();
+    for line in &lines {
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        writeln!(out, "{json}").map_err(io)?;
+    } else {
+        if !lines.is_empty() {
+            writeln!(out).map_err(io)?;
+        }
+        write!(out, "{}", render(&report, wall, args.run_for)).map_err(io)?;
+        match &args.journal {
+            Some(path) => writeln!(
+                out,
+                "\nThe journal is in {}: `scalewise journal export --journal {0}` prints every \
+                 tick, `scalewise replay MODULE --journal {0}` runs another module version \
+                 on the same inputs.",
+                path.display()
+            ),
+            None => writeln!(out, "\n(--journal FILE keeps the run's journal.)"),
+        }
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The config to simulate: the file's or the demo's, checked for the
+/// simulator, with the run's own journal, no leader election and no
+/// commit delay. Modules compiled once stay cached where `scalewise run`
+/// would keep them.
+fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => {
+            let dir = demo::policy_dir(args.policy_dir.clone()).map_err(|e| e.to_string())?;
+            let config = Config::demo(&dir, &journal);
+            config.validate().map_err(|e| e.to_string())?;
+            config
+        }
+    };
+    config.check_simulated().map_err(|e| e.to_string())?;
+    if let Some(dir) = &args.policy_dir {
+        let span = config.policy_dir.span();
+        config.policy_dir = Spanned::new(span, dir.clone());
+    }
+    if config.runtime.cache_dir.is_none() && args.config.is_some() {
+        config.runtime.cache_dir = Some(default_cache_dir(&config.journal.path));
+    }
+    config.journal.path = journal;
+    config.journal.commit_delay = Duration::ZERO;
+    config.leader_election = None;
+    Ok(config)
+}
+
+/// The report as text: a header, then a block per scaler.
+pub fn render(report: &Report, wall: Duration, run_for: Duration) -> String {
+    let mut s = String::new();
+    let scalers = report.scalers.len();
+    let _ = writeln!(
+        s,
+        "Simulated {} from {} in {:.1} s: {} ticks of {scalers} scaler{}.",
+        humantime::format_duration(run_for),
+        format_ms(report.start_ms),
+        wall.as_secs_f64(),
+        thousands(report.ticks),
+        if scalers == 1 { "" } else { "s" },
+    );
+    for scaler in &report.scalers {
+        s.push('\n');
+        render_scaler(&mut s, scaler, report.end_ms - report.start_ms);
+    }
+    s
+}
+
+fn render_scaler(s: &mut String, r: &ScalerReport, span_ms: i64) {
+    let mode = match r.mode {
+        Mode::Enforce => "",
+        Mode::DryRun => ", dry-run: the service was not scaled",
+    };
+    let _ = writeln!(
+        s,
+        "{} (service {}; {}{mode})",
+        r.scaler,
+        r.service,
+        r.policies.join(" + ")
+    );
+    let _ = writeln!(
+        s,
+        "  replicas     min {}  mean {:.1}  max {}  (ready: mean {:.1})  {:.1} replica-hours",
+        r.replicas.min, r.replicas.mean, r.replicas.max, r.ready.mean, r.replica_hours
+    );
+    let holds = r.ticks - r.scale_outs - r.scale_ins;
+    let mut scaling = format!(
+        "  scaling      {} out, {} in, {} held of {} ticks",
+        thousands(r.scale_outs),
+        thousands(r.scale_ins),
+        thousands(holds),
+        thousands(r.ticks)
+    );
+    if !r.envelope.is_empty() {
+        let rules: Vec<String> = r
+            .envelope
+            .iter()
+            .map(|(rule, n)| format!("{rule} {}", thousands(*n)))
+            .collect();
+        let _ = write!(scaling, "; envelope: {}", rules.join(", "));
+    }
+    let _ = writeln!(s, "{scaling}");
+    let _ = writeln!(
+        s,
+        "  load         mean {:.0} req/s, peak {:.0} req/s; cpu mean {:.1} %",
+        r.load.mean, r.load.max, r.cpu.mean
+    );
+    let seconds = (span_ms / 1000).max(1) as f64;
+    let _ = writeln!(
+        s,
+        "  saturated    {} ({:.2} % of the time); longest queue {:.0} requests",
+        duration_text(r.saturated_seconds),
+        100.0 * r.saturated_seconds as f64 / seconds,
+        r.max_queue
+    );
+    let p = &r.p95_latency_ms;
+    let mut latency = format!(
+        "  p95 latency  p50 {}, p90 {}, p99 {}, max {}",
+        ms_text(p.p50),
+        ms_text(p.p90),
+        ms_text(p.p99),
+        ms_text(p.max)
+    );
+    if let Some(slo) = &r.slo {
+        let _ = write!(
+            latency,
+            "; above {}: {} ({:.2} %)",
+            ms_text(slo.latency_ms),
+            duration_text(slo.seconds_above),
+            100.0 * slo.seconds_above as f64 / seconds
+        );
+    }
+    let _ = writeln!(s, "{latency}");
+    if r.policy_error_ticks + r.metric_error_ticks + r.actuation_failures > 0 {
+        let _ = writeln!(
+            s,
+            "  problems     a policy failed in {} ticks, a metric in {}, the actuator in {}",
+            r.policy_error_ticks, r.metric_error_ticks, r.actuation_failures
+        );
+    }
+}
+
+fn duration_text(seconds: u64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
+fn ms_text(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_as_an_operator_writes_them() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(5_760), "5,760");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(ms_text(61.4), "61 ms");
+        assert_eq!(ms_text(4_200.0), "4.20 s");
+        assert_eq!(duration_text(250), "4m 10s");
+    }
+}

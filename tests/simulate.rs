@@ -1,0 +1,301 @@
+//! `scalewise simulate`: backtests on a real trace (NASA's web server, July
+//! 1995) with the real target-tracking module, checked against the journal
+//! the run wrote; the demo with no config; configs it cannot simulate.
+
+use std::path::Path;
+
+use scalewise::journal::{ActuationRecord, Journal, Query, TickRecord};
+use scalewise_tests::{artifacts, cli, policy_dir};
+use serde_json::Value;
+
+/// 2023-11-14T22:13:20Z.
+const START: &str = "1700000000000";
+
+/// docs/backtest.toml, the README's example.
+fn backtest_toml() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/backtest.toml")
+}
+
+/// docs/backtest.toml (NASA's July 1995 trace twenty times over: a mean of
+/// 16 requests/s, minutes above 100; target tracking on CPU) with the
+/// policies in `policies` and the bounds `min`/`max`, written to `dir`.
+fn backtest_config(dir: &Path, policies: &Path, min: u32, max: u32) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(backtest_toml()).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (from, to) in [
+        (
+            "policy_dir = \"../policies/dist\"".to_owned(),
+            format!("policy_dir = \"{}\"", policies.display()),
+        ),
+        (
+            "\"../tests/data/".to_owned(),
+            format!("\"{}/tests/data/", repo.display()),
+        ),
+        (
+            "\"../target/backtest/journal.db\"".to_owned(),
+            "\"run/journal.db\"".to_owned(),
+        ),
+        (
+            "min = 1\nmax = 20\n".to_owned(),
+            format!("min = {min}\nmax = {max}\n"),
+        ),
+    ] {
+        assert!(text.contains(&from), "docs/backtest.toml has no {from:?}");
+        text = text.replace(&from, &to);
+    }
+    let path = dir.join(format!("site-{min}-{max}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn simulate_json(args: &[&str]) -> Value {
+    let (code, out, err) = cli(&[&["simulate", "--json", "--start", START], args].concat());
+    assert_eq!(code, 0, "stderr: {err}\nstdout: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}):\n{out}"))
+}
+
+fn records(journal: &Path) -> Vec<TickRecord> {
+    let journal = Journal::open_read_only(journal).expect("the run's journal opens");
+    let mut records = journal
+        .query_blocking(&Query {
+            scaler: Some("site".into()),
+            since_ms: None,
+            until_ms: None,
+            limit: usize::MAX,
+        })
+        .expect("the journal reads");
+    records.sort_by_key(|r| r.time_ms);
+    records
+}
+
+fn acted(record: &TickRecord) -> bool {
+    matches!(record.actuation, ActuationRecord::Done { .. })
+}
+
+#[test]
+fn a_backtest_on_a_real_trace_agrees_with_its_journal_and_repeats_exactly() {
+    // The README's example, docs/backtest.toml, with the modules this test
+    // run built.
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let policies = policies.path().to_str().unwrap();
+    let config = backtest_toml();
+    let config = config.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("kept.db");
+    let report = simulate_json(&[
+        "--config",
+        config,
+        "--policy-dir",
+        policies,
+        "--for",
+        "12h",
+        "--slo-latency",
+        "300ms",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    let site = &report["scalers"][0];
+    assert_eq!(site["scaler"], "site");
+    assert_eq!(site["service"], "site");
+    // 12 hours of 30-second ticks.
+    assert_eq!(report["ticks"], 1440);
+    assert_eq!(site["ticks"], 1440);
+
+    // The night's lull scales it in, the morning's rise out.
+    let (outs, ins) = (site["scale_outs"].as_u64(), site["scale_ins"].as_u64());
+    assert!(outs > Some(0) && ins > Some(0), "{site:#}");
+    let replicas = &site["replicas"];
+    assert!(replicas["min"].as_f64() >= Some(1.0), "{site:#}");
+    assert!(replicas["max"].as_f64() <= Some(20.0), "{site:#}");
+    assert!(
+        replicas["max"].as_f64() > replicas["min"].as_f64(),
+        "{site:#}"
+    );
+    assert_eq!(site["policy_error_ticks"], 0);
+
+    // The journal it kept holds every tick, and its changes are the
+    // report's, counted with the journal's own fields.
+    let records = records(&journal);
+    assert_eq!(records.len(), 1440);
+    let changes = |up: bool| {
+        records
+            .iter()
+            .filter(|r| acted(r) && (r.desired > r.target.current) == up)
+            .count() as u64
+    };
+    assert_eq!((Some(changes(true)), Some(changes(false))), (outs, ins));
+    // Replica-hours, from the journal alone: the simulated actuator changes
+    // the count at once, so each 30 s is one second at the count the tick
+    // found and 29 at the count it left.
+    let replica_seconds: u64 = records
+        .iter()
+        .map(|r| {
+            let after = if acted(r) {
+                r.desired
+            } else {
+                r.target.current
+            };
+            u64::from(r.target.current) + 29 * u64::from(after)
+        })
+        .sum();
+    let hours = site["replica_hours"].as_f64().unwrap();
+    assert!(
+        (hours - replica_seconds as f64 / 3600.0).abs() < 1e-9,
+        "report {hours}, journal {}",
+        replica_seconds as f64 / 3600.0
+    );
+    let slo = &site["slo"];
+    assert_eq!(slo["latency_ms"], 300.0);
+    assert!(slo["seconds_above"].as_u64() <= site["saturated_seconds"].as_u64().map(|s| s + 600));
+
+    // Same config, same start: the same report to the last digit.
+    let again = simulate_json(&[
+        "--config",
+        config,
+        "--policy-dir",
+        policies,
+        "--for",
+        "12h",
+        "--slo-latency",
+        "300ms",
+    ]);
+    assert_eq!(again, report);
+}
+
+#[test]
+fn scaling_on_the_trace_serves_what_a_fixed_fleet_cannot() {
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    let scaled = backtest_config(dir.path(), policies.path(), 1, 20);
+    let fixed = backtest_config(dir.path(), policies.path(), 2, 2);
+    let run = |config: &Path| {
+        let report = simulate_json(&["--config", config.to_str().unwrap(), "--for", "6h"]);
+        report["scalers"][0].clone()
+    };
+    let (scaled, fixed) = (run(&scaled), run(&fixed));
+
+    // Two replicas all the time: exactly 12 replica-hours, never a change.
+    assert_eq!(fixed["replica_hours"], 12.0);
+    assert_eq!(
+        (fixed["scale_outs"].as_u64(), fixed["scale_ins"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // As the README says: saturated all six hours (the first second aside).
+    assert!(
+        fixed["saturated_seconds"].as_u64() >= Some(6 * 3600 - 60),
+        "two replicas should fall behind this load: {fixed:#}"
+    );
+    assert!(
+        scaled["saturated_seconds"].as_u64() < fixed["saturated_seconds"].as_u64(),
+        "scaled {scaled:#}\nfixed {fixed:#}"
+    );
+    assert!(
+        scaled["p95_latency_ms"]["p99"].as_f64() < fixed["p95_latency_ms"]["p99"].as_f64(),
+        "scaled {scaled:#}\nfixed {fixed:#}"
+    );
+}
+
+#[test]
+fn with_no_config_it_backtests_the_demo() {
+    let policies = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ]);
+    let dir = policies.path().to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "simulate",
+        "--policy-dir",
+        dir,
+        "--for",
+        "30m",
+        "--decisions",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for text in [
+        "Simulated 30m from ",
+        ": 240 ticks of 2 scalers.",
+        "web (service web; target-tracking)",
+        "worker (service worker; threshold)",
+        "replica-hours",
+        "(--journal FILE keeps the run's journal.)",
+    ] {
+        assert!(out.contains(text), "missing {text:?} in\n{out}");
+    }
+    // The demo's spike scales web out: a decision line says so.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("sim ") && l.contains(" web ") && l.contains(" ↑ ")),
+        "{out}"
+    );
+}
+
+#[test]
+fn what_cannot_be_simulated_is_refused_and_located() {
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"policy_dir = "{}"
+
+[sources.prom]
+kind = "prometheus"
+url = "http://127.0.0.1:9"
+
+[[scalers]]
+name = "api"
+interval = "30s"
+min = 1
+max = 10
+target = {{ kind = "kubernetes", object = "Deployment", name = "api", namespace = "shop" }}
+
+[scalers.metrics.cpu]
+source = "prom"
+query = "avg(rate(cpu_seconds_total[1m]))"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = {{ metric = "cpu", target = 60.0 }}
+"#,
+            policies.path().display()
+        ),
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let (code, _, err) = cli(&["simulate", "--config", path]);
+    assert_eq!(code, 1);
+    for text in [
+        &format!("{path}:12:10: scalers[0] \"api\": a kubernetes target cannot be simulated"),
+        &format!(
+            "{path}:15:10: scalers[0] \"api\".metrics.cpu: source \"prom\" cannot be simulated"
+        ),
+    ] {
+        assert!(err.contains(text.as_str()), "missing {text:?} in\n{err}");
+    }
+
+    // A journal that exists is never written into.
+    let site = backtest_config(dir.path(), policies.path(), 1, 20);
+    let existing = dir.path().join("existing.db");
+    std::fs::write(&existing, b"precious").unwrap();
+    let (code, _, err) = cli(&[
+        "simulate",
+        "--config",
+        site.to_str().unwrap(),
+        "--journal",
+        existing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the file exists"), "{err}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"precious");
+
+    let (code, _, err) = cli(&[
+        "simulate",
+        "--config",
+        site.to_str().unwrap(),
+        "--for",
+        "0s",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a simulation runs from 1s to"), "{err}");
+}
