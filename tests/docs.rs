@@ -261,6 +261,26 @@ fn the_leader_election_example_loads() {
     assert_eq!(election.lease_duration.as_secs(), 15);
 }
 
+#[test]
+fn the_predictive_example_loads_with_both_policies() {
+    // The example is a scaler's metric and policies; a scaler and its CPU
+    // metric go in front.
+    let prefix = "[sources.prometheus]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n\n\
+                  [[scalers]]\nname = \"site\"\ninterval = \"30s\"\nmin = 2\nmax = 40\n\
+                  target = { kind = \"kubernetes\", object = \"Deployment\", name = \"site\" }\n\n\
+                  [scalers.metrics.cpu]\nsource = \"prometheus\"\nquery = \"avg(cpu)\"\n\n";
+    let config = load_example("## Predictive scaling", prefix);
+    let scaler = config.scalers[0].get_ref();
+    let modules: Vec<&str> = scaler
+        .policies
+        .iter()
+        .map(|p| p.get_ref().module.get_ref().as_str())
+        .collect();
+    assert_eq!(modules, ["target-tracking", "predictive"]);
+    let load = scaler.metrics["load"].get_ref();
+    assert_eq!(load.window.map(|w| w.as_secs()), Some(7 * 24 * 3600));
+}
+
 const LANGUAGES: &str = "## Writing a policy in Python, JavaScript or C";
 
 /// The README's C policy compiles (natively, syntax and types only) against

@@ -196,6 +196,73 @@ fn scaling_on_the_trace_serves_what_a_fixed_fleet_cannot() {
 }
 
 #[test]
+fn predictive_scaling_serves_the_rises_that_reactive_scaling_is_late_for() {
+    // docs/backtest-predictive.toml as it is, and without its predictive
+    // policy: target tracking alone. Two days of warm-up give predictive
+    // its history; the third day is compared.
+    let policies = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("predictive", artifacts::PREDICTIVE),
+    ]);
+    let policies = policies.path().to_str().unwrap();
+    let both = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/backtest-predictive.toml");
+    let text = std::fs::read_to_string(&both).unwrap();
+    let block = text
+        .find("# Replicas for the peak")
+        .expect("docs/backtest-predictive.toml ends with the predictive policy");
+    let dir = tempfile::tempdir().unwrap();
+    let reactive = dir.path().join("reactive.toml");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::write(
+        &reactive,
+        text[..block].replace("\"../", &format!("\"{}/", repo.display())),
+    )
+    .unwrap();
+    let run = |config: &Path| {
+        let report = simulate_json(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--policy-dir",
+            policies,
+            "--warmup",
+            "2d",
+            "--for",
+            "1d",
+            "--slo-latency",
+            "300ms",
+        ]);
+        report["scalers"][0].clone()
+    };
+    let (reactive, predictive) = (run(&reactive), run(&both));
+    assert_eq!(reactive["policies"], serde_json::json!(["target-tracking"]));
+    assert_eq!(
+        predictive["policies"],
+        serde_json::json!(["target-tracking", "predictive"])
+    );
+    // The third day alone is counted.
+    assert_eq!(predictive["ticks"], 2880);
+    assert_eq!(predictive["policy_error_ticks"], 0);
+    let seconds = |r: &Value, key: &str| r[key].as_u64().unwrap();
+    let above = |r: &Value| r["slo"]["seconds_above"].as_u64().unwrap();
+    // Replicas that take five minutes to start come late to every rise
+    // unless they were asked for ahead of it.
+    assert!(
+        seconds(&predictive, "saturated_seconds") * 3 < seconds(&reactive, "saturated_seconds"),
+        "predictive {predictive:#}\nreactive {reactive:#}"
+    );
+    assert!(
+        above(&predictive) * 2 < above(&reactive),
+        "predictive {predictive:#}\nreactive {reactive:#}"
+    );
+    // For a few more replica-hours, not a fleet kept at its peak.
+    let hours = |r: &Value| r["replica_hours"].as_f64().unwrap();
+    assert!(
+        hours(&predictive) < hours(&reactive) * 1.15,
+        "predictive {predictive:#}\nreactive {reactive:#}"
+    );
+}
+
+#[test]
 fn with_no_config_it_backtests_the_demo() {
     let policies = policy_dir(&[
         ("target-tracking", artifacts::TARGET_TRACKING),

@@ -116,6 +116,16 @@ pub struct SimulateArgs {
         value_name = "DURATION"
     )]
     pub run_for: Duration,
+    /// Run this much simulated time first without counting it (after
+    /// `--start`, before `--for`): history for policies that look back,
+    /// such as `predictive` at days.
+    #[arg(
+        long,
+        default_value = "0s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub warmup: Duration,
     /// When the simulated stretch starts (ms since the epoch or RFC 3339;
     /// default: now). Load curves and traces count from here, so the
     /// figures do not depend on it; the journal's times do.

@@ -71,14 +71,26 @@ impl Plan {
     }
 }
 
+/// The stretch of simulated time a backtest runs, ms since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// The first simulated instant: the simulations start here.
+    pub start_ms: i64,
+    /// Where the report starts counting. The time before is a warm-up:
+    /// scalers tick and metrics gather history (a policy looking at past
+    /// days needs some), but nothing is counted.
+    pub counted_from_ms: i64,
+    /// The end (exclusive).
+    pub end_ms: i64,
+}
+
 /// What a backtest found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
-    /// The first simulated instant (ms since the Unix epoch).
-    pub start_ms: i64,
-    /// The end of the simulated stretch (exclusive).
-    pub end_ms: i64,
-    /// Ticks of every scaler together.
+    /// What ran, and what is counted.
+    #[serde(flatten)]
+    pub span: Span,
+    /// Ticks of every scaler together, warm-up included.
     pub ticks: u64,
     /// Per scaler, in config order.
     pub scalers: Vec<ScalerReport>,
@@ -95,7 +107,7 @@ pub struct ScalerReport {
     pub mode: Mode,
     /// Its policy modules.
     pub policies: Vec<String>,
-    /// Ticks run.
+    /// Ticks counted (after the warm-up).
     pub ticks: u64,
     /// Ticks that raised the replica count (in dry-run: would have).
     pub scale_outs: u64,
@@ -164,19 +176,23 @@ pub struct SloReport {
     pub seconds_above: u64,
 }
 
-/// Runs every scaler of `daemon` from `start_ms` to `end_ms` (exclusive) on
-/// the simulated services `plans` name, calling `on_tick` with each tick's
-/// record. The daemon must have been built on a clock standing still at
-/// `start_ms` (its simulations start there). `slo_latency_ms` adds the time
-/// above that p95 latency to the report.
+/// Runs every scaler of `daemon` over `span` on the simulated services
+/// `plans` name, calling `on_tick` with each tick's record (warm-up
+/// included). The daemon must have been built on a clock standing still at
+/// `span.start_ms` (its simulations start there). `slo_latency_ms` adds the
+/// time above that p95 latency to the report.
 pub async fn run(
     daemon: &mut Daemon,
     plans: &[Plan],
-    start_ms: i64,
-    end_ms: i64,
+    span: Span,
     slo_latency_ms: Option<f64>,
     mut on_tick: impl FnMut(&TickRecord),
 ) -> Result<Report, String> {
+    let Span {
+        start_ms,
+        counted_from_ms,
+        end_ms,
+    } = span;
     let simulation = daemon.simulation();
     let mut tallies = Vec::with_capacity(plans.len());
     for plan in plans {
@@ -199,14 +215,17 @@ pub async fn run(
     let mut ticks = 0;
     let mut now = start_ms;
     while now < end_ms {
-        for tally in &mut tallies {
+        let counted = now >= counted_from_ms;
+        for tally in tallies.iter_mut().filter(|_| counted) {
             let sample = tally.service.lock().sample(now);
             tally.observe(&sample, slo_latency_ms);
         }
         for ((scaler, interval), tally) in daemon.scalers_mut().zip(&intervals).zip(&mut tallies) {
             if (now - start_ms).rem_euclid(*interval) == 0 {
                 let record = scaler.tick(now).await;
-                tally.count(&record);
+                if counted {
+                    tally.count(&record);
+                }
                 ticks += 1;
                 on_tick(&record);
             }
@@ -214,8 +233,7 @@ pub async fn run(
         now += STEP_MS;
     }
     Ok(Report {
-        start_ms,
-        end_ms,
+        span,
         ticks,
         scalers: plans
             .iter()

@@ -55,6 +55,7 @@ use crate::wait_until;
 pub const POLICY_MODULES: &[(&str, &str)] = &[
     ("target-tracking", artifacts::TARGET_TRACKING),
     ("threshold", artifacts::THRESHOLD),
+    ("predictive", artifacts::PREDICTIVE),
 ];
 
 /// At most this many records are read back per scaler.

@@ -12,7 +12,7 @@ use crate::clock::{Clock, format_ms, parse_time_ms, wall_clock_ms};
 use crate::config::{Config, Mode};
 use crate::daemon::{Daemon, default_cache_dir};
 use crate::demo;
-use crate::simulate::{self, MAX_DURATION_MS, Plan, Report, STANDING_STILL, ScalerReport};
+use crate::simulate::{self, MAX_DURATION_MS, Plan, Report, STANDING_STILL, ScalerReport, Span};
 
 use super::SimulateArgs;
 
@@ -40,6 +40,15 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
     if !(1000..=MAX_DURATION_MS).contains(&run_ms) {
         return Err(format!(
             "--for {}: a simulation runs from 1s to {}",
+            humantime::format_duration(args.run_for),
+            humantime::format_duration(Duration::from_millis(MAX_DURATION_MS as u64))
+        ));
+    }
+    let warmup_ms = i64::try_from(args.warmup.as_millis()).unwrap_or(i64::MAX);
+    if warmup_ms > MAX_DURATION_MS - run_ms {
+        return Err(format!(
+            "--warmup {} and --for {}: a simulation runs for at most {} in all",
+            humantime::format_duration(args.warmup),
             humantime::format_duration(args.run_for),
             humantime::format_duration(Duration::from_millis(MAX_DURATION_MS as u64))
         ));
@@ -73,18 +82,16 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
     let slo = args.slo_latency.map(|d| d.as_secs_f64() * 1000.0);
     let print = args.decisions;
     let mut lines = Vec::new();
-    let report = simulate::run(
-        &mut daemon,
-        &plans,
+    let span = Span {
         start_ms,
-        start_ms.saturating_add(run_ms),
-        slo,
-        |record| {
-            if print && record.is_scale() {
-                lines.push(demo::decision_line(record, start_ms));
-            }
-        },
-    )
+        counted_from_ms: start_ms.saturating_add(warmup_ms),
+        end_ms: start_ms.saturating_add(warmup_ms).saturating_add(run_ms),
+    };
+    let report = simulate::run(&mut daemon, &plans, span, slo, |record| {
+        if print && record.is_scale() {
+            lines.push(demo::decision_line(record, start_ms));
+        }
+    })
     .await;
     let wall = started.elapsed();
     daemon
@@ -106,7 +113,7 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
         if !lines.is_empty() {
             writeln!(out).map_err(io)?;
         }
-        write!(out, "{}", render(&report, wall, args.run_for)).map_err(io)?;
+        write!(out, "{}", render(&report, wall)).map_err(io)?;
         match &args.journal {
             Some(path) => writeln!(
                 out,
@@ -151,21 +158,33 @@ fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
 }
 
 /// The report as text: a header, then a block per scaler.
-pub fn render(report: &Report, wall: Duration, run_for: Duration) -> String {
+pub fn render(report: &Report, wall: Duration) -> String {
     let mut s = String::new();
+    let span = report.span;
+    let length = |from: i64, to: i64| {
+        humantime::format_duration(Duration::from_millis((to - from).max(0) as u64))
+    };
     let scalers = report.scalers.len();
+    let warmup = if span.counted_from_ms > span.start_ms {
+        format!(
+            " after {} of warm-up",
+            length(span.start_ms, span.counted_from_ms)
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "Simulated {} from {} in {:.1} s: {} ticks of {scalers} scaler{}.",
-        humantime::format_duration(run_for),
-        format_ms(report.start_ms),
+        "Simulated {} from {}{warmup} in {:.1} s: {} ticks of {scalers} scaler{}.",
+        length(span.counted_from_ms, span.end_ms),
+        format_ms(span.counted_from_ms),
         wall.as_secs_f64(),
         thousands(report.ticks),
         if scalers == 1 { "" } else { "s" },
     );
     for scaler in &report.scalers {
         s.push('\n');
-        render_scaler(&mut s, scaler, report.end_ms - report.start_ms);
+        render_scaler(&mut s, scaler, span.end_ms - span.counted_from_ms);
     }
     s
 }

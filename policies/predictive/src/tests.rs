@@ -1,0 +1,187 @@
+//! Native unit tests: forecasts from past days, combining, bounds, the
+//! hold on a short history, parameter checks.
+
+use super::*;
+use scalewise_sdk::serde_json::{self, json};
+use scalewise_sdk::testing::ContextBuilder;
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+/// Day 8, 09:00.
+const NOW: i64 = 7 * DAY + 9 * HOUR;
+
+/// A load sampled every 5 minutes from `days` days before `NOW` up to `NOW`:
+/// `base` all day, `peak` from 09:05 to 09:10 of every day (a morning
+/// rush), times `1 + day_index × growth`.
+fn load(days: i64, base: f64, peak: f64, growth: f64) -> Vec<(i64, f64)> {
+    let first = NOW - days * DAY;
+    (0..=days * DAY / (5 * MINUTE))
+        .map(|i| {
+            let t = first + i * 5 * MINUTE;
+            let of_day = t.rem_euclid(DAY);
+            let day = (t - first) / DAY;
+            let level = if (9 * HOUR + 5 * MINUTE..=9 * HOUR + 10 * MINUTE).contains(&of_day) {
+                peak
+            } else {
+                base
+            };
+            (t, level * (1.0 + day as f64 * growth))
+        })
+        .collect()
+}
+
+fn ctx(samples: &[(i64, f64)], current: u32, extra: serde_json::Value) -> Context {
+    let mut params = json!({"metric": "rps", "per_replica": 10});
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
+    ContextBuilder::new()
+        .now_ms(NOW)
+        .replicas(current, 1, 50)
+        .metric("rps", samples)
+        .params(params)
+        .build()
+}
+
+#[test]
+fn sizes_for_the_rush_the_past_days_had_in_the_coming_horizon() {
+    // Every day the rush is 200 rps at 09:05; now it is 09:00 and quiet.
+    let d = decide(&ctx(&load(7, 30.0, 200.0, 0.0), 3, json!({}))).unwrap();
+    assert_eq!(d.desired(), Some(20), "{}", d.reason);
+    assert_eq!(
+        d.reason,
+        "rps forecast for the next 10m: 200.0 (median of the peaks of 7 past periods of 1day), \
+         10.0 per replica needs 20: 3 → 20"
+    );
+    // Ten minutes later the rush of the past days is behind the horizon:
+    // only the base is left to provision for (scale-in is the other
+    // policies' to agree to).
+    let mut later = ctx(&load(7, 30.0, 200.0, 0.0), 20, json!({}));
+    later.now_ms = NOW + 11 * MINUTE;
+    assert_eq!(decide(&later).unwrap().desired(), Some(3));
+}
+
+#[test]
+fn combine_chooses_how_the_days_count() {
+    // The rush grew 10% a day: 200, 220, ... 320 over days 0-6, and the
+    // days looked at are the seven before today.
+    let samples = load(7, 30.0, 200.0, 0.1);
+    let desired = |combine: &str| {
+        decide(&ctx(&samples, 3, json!({ "combine": combine })))
+            .unwrap()
+            .desired()
+    };
+    assert_eq!(desired("max"), Some(32));
+    assert_eq!(desired("median"), Some(26));
+    assert_eq!(desired("mean"), Some(26));
+    assert_eq!(Combine::Median.apply(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    assert_eq!(Combine::Mean.apply(&[1.0, 2.0]), 1.5);
+    assert_eq!(Combine::Max.apply(&[1.0, 7.0, 2.0]), 7.0);
+}
+
+#[test]
+fn headroom_and_bounds_shape_the_answer() {
+    let samples = load(7, 30.0, 200.0, 0.0);
+    let d = decide(&ctx(&samples, 3, json!({"headroom": 1.2}))).unwrap();
+    assert_eq!(d.desired(), Some(24));
+    assert!(d.reason.contains("× headroom 1.2"), "{}", d.reason);
+    let mut capped = ctx(&samples, 3, json!({}));
+    capped.target.max = 12;
+    let d = decide(&capped).unwrap();
+    assert_eq!(d.desired(), Some(12));
+    assert!(
+        d.reason.ends_with("needs 20: 3 → 12 (max 12)"),
+        "{}",
+        d.reason
+    );
+    // Already there: a hold that says so.
+    let d = decide(&ctx(&samples, 20, json!({}))).unwrap();
+    assert_eq!(d.desired(), None);
+    assert!(d.reason.ends_with("needs 20: hold at 20"), "{}", d.reason);
+    // A whole number is not rounded up by floating-point noise.
+    assert_eq!(replicas_for(0.3 * 3.0, 0.1), 9);
+}
+
+#[test]
+fn a_short_history_holds_and_says_why() {
+    // One day of samples: one past period, two needed.
+    let d = decide(&ctx(&load(1, 30.0, 200.0, 0.0), 3, json!({}))).unwrap();
+    assert_eq!(d.desired(), None);
+    assert_eq!(
+        d.reason,
+        "rps has samples in 1 of the last 7 periods of 1day at this time of the period, fewer \
+         than min_cycles 2: no forecast, hold at 3 (is the metric's window 7days?)"
+    );
+    // With min_cycles 1 that one day is enough.
+    let d = decide(&ctx(
+        &load(1, 30.0, 200.0, 0.0),
+        3,
+        json!({"min_cycles": 1}),
+    ))
+    .unwrap();
+    assert_eq!(d.desired(), Some(20));
+}
+
+#[test]
+fn a_weekly_period_looks_at_the_same_weekday() {
+    // Three weeks of samples; a weekly period with two cycles looks 7 and
+    // 14 days back, where the rush was.
+    let d = decide(&ctx(
+        &load(21, 30.0, 200.0, 0.0),
+        3,
+        json!({"period": "7d", "cycles": 2}),
+    ))
+    .unwrap();
+    assert_eq!(d.desired(), Some(20), "{}", d.reason);
+    assert!(d.reason.contains("2 past periods of 7days"), "{}", d.reason);
+}
+
+#[test]
+fn bad_parameters_are_refused_by_name() {
+    let samples = load(2, 30.0, 200.0, 0.0);
+    let refused = |extra: serde_json::Value| decide(&ctx(&samples, 3, extra)).unwrap_err();
+    assert_eq!(
+        refused(json!({"per_replica": 0})),
+        "parameter per_replica must be a number > 0, got 0.0"
+    );
+    assert_eq!(
+        refused(json!({"horizon": "1d"})),
+        "parameter horizon (1day) must be longer than 0s and shorter than period (1day)"
+    );
+    assert_eq!(
+        refused(json!({"min_cycles": 8})),
+        "parameter min_cycles must be between 1 and cycles (7), got 8"
+    );
+    assert!(
+        refused(json!({"combine": "mode"}))
+            .ends_with("parameter combine must be median, mean or max, got \"mode\""),
+        "{}",
+        refused(json!({"combine": "mode"}))
+    );
+    let missing = ContextBuilder::new()
+        .now_ms(NOW)
+        .params(json!({"metric": "rps", "per_replica": 10}))
+        .build();
+    assert!(decide(&missing).unwrap_err().contains("rps"));
+}
+
+#[test]
+fn describe_lists_every_parameter() {
+    let info = info();
+    let names: Vec<&str> = info.parameters.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "metric",
+            "per_replica",
+            "horizon",
+            "period",
+            "cycles",
+            "min_cycles",
+            "combine",
+            "headroom"
+        ]
+    );
+    scalewise_sdk::params::check_specs(PARAMS).unwrap();
+}
