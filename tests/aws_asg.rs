@@ -68,6 +68,19 @@ async fn scale_out_raises_the_desired_capacity_and_protects_the_instances() {
     }
     let after = asg.observe(T0 + SECOND).await.unwrap();
     assert_eq!((after.current, after.ready), (5, 5));
+    // What the group reports besides, as the `target` source serves it.
+    let fact = |o: &scalewise::actuators::Observed, name: &str| o.facts[name];
+    assert_eq!(
+        (fact(&before, "in_service"), fact(&before, "protected")),
+        (2.0, 0.0)
+    );
+    assert_eq!(
+        (fact(&after, "in_service"), fact(&after, "protected")),
+        (5.0, 5.0)
+    );
+    for idle in ["pending", "terminating", "standby", "unhealthy"] {
+        assert_eq!(fact(&after, idle), 0.0, "{idle}");
+    }
 }
 
 #[tokio::test]

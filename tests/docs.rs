@@ -281,6 +281,39 @@ fn the_predictive_example_loads_with_both_policies() {
     assert_eq!(load.window.map(|w| w.as_secs()), Some(7 * 24 * 3600));
 }
 
+#[test]
+fn the_target_metrics_example_loads() {
+    let prefix = "[[scalers]]\nname = \"consumers\"\ninterval = \"15s\"\nmin = 1\nmax = 8\n\
+                  target = { kind = \"rebalance\", endpoint = \"http://coordinator:8080\" }\n\n";
+    let config = load_example("### The target's own state as metrics", prefix);
+    let shards = config.scalers[0].get_ref().metrics["shards"].get_ref();
+    assert_eq!(
+        (shards.source.as_str(), shards.query.as_str()),
+        ("target", "shards")
+    );
+
+    // The same query on a Kubernetes target is refused, naming what it has.
+    let text = format!(
+        "policy_dir = \"policies\"\n{}",
+        section_blocks("### The target's own state as metrics", "toml")[0].text
+    );
+    let prefix = "[[scalers]]\nname = \"web\"\ninterval = \"15s\"\nmin = 1\nmax = 8\n\
+                  target = { kind = \"kubernetes\", object = \"Deployment\", name = \"web\" }\n\n";
+    let text = text.replacen(
+        "policy_dir = \"policies\"\n",
+        &format!("policy_dir = \"policies\"\n{prefix}"),
+        1,
+    );
+    let err = Config::parse(&text, Path::new("k8s.toml")).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "query \"shards\" is not something a kubernetes target reports; known: replicas, \
+             ready, unready, pods, available, updated"
+        ),
+        "{err}"
+    );
+}
+
 const LANGUAGES: &str = "## Writing a policy in Python, JavaScript or C";
 
 /// The README's C policy compiles (natively, syntax and types only) against

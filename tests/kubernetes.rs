@@ -48,6 +48,16 @@ async fn a_deployment_is_observed_and_scaled_through_its_scale_subresource() {
     let observed = actuator.observe(T0).await.unwrap();
     assert_eq!((observed.current, observed.ready), (3, 2));
     assert!(observed.in_flight.is_none());
+    // The pods the scale's status counts; this workload's status has no
+    // availableReplicas or updatedReplicas, so those are not reported.
+    assert_eq!(
+        observed
+            .facts
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["pods"]
+    );
 
     let done = actuator.scale(T0, 3, 5).await.unwrap();
     let Actuation::Done { detail } = done else {

@@ -247,3 +247,70 @@ behavior.scale_down = {{ stabilization_window = "0s" }}
     no_violations(&coordinator);
     h.close().await;
 }
+
+#[tokio::test]
+async fn workers_follow_the_shard_count_the_target_reports() {
+    // One worker per 4 shards: target tracking on the coordinator's own
+    // shard count (`source = "target"`), no metric system in between.
+    let coordinator = ShardCoordinator::start(World::new(8, 2)).await;
+    coordinator.with(|w| w.moves_per_poll = 4);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = scalewise_tests::policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let config = format!(
+        r#"
+policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[[scalers]]
+name = "consumers"
+interval = "1s"
+min = 1
+max = 8
+target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
+metrics.shards = {{ source = "target", query = "shards", window = "10s" }}
+policies = [{{ module = "target-tracking", params = {{ metric = "shards", metric_type = "total", target = 4.0 }} }}]
+"#,
+        policies = policies.path().display(),
+        journal = dir.path().join("journal.db").display(),
+        endpoint = coordinator.endpoint(),
+    );
+    let path = dir.path().join("shards.toml");
+    let mut h = Harness::from_text(&config, &path, T0).await;
+    let quiet = h.run_until(T0 + 5 * SECOND).await;
+    // 8 shards on 2 workers: where it should be.
+    assert!(quiet.iter().all(|r| !r.is_scale()), "{quiet:#?}");
+    assert_eq!(quiet[4].facts["shards"], 8.0);
+    assert_eq!(quiet[4].facts["max_shards_per_worker"], 4.0);
+    // The policy saw the shard count as a series, one point a tick.
+    let shards = &quiet[4].evaluations[0].context.metrics[0];
+    assert_eq!(shards.name, "shards");
+    assert_eq!(shards.points.len(), 5);
+
+    // Eight more shards, owned by nobody yet.
+    coordinator.with(|w| w.shards.extend((8..16).map(|i| format!("s{i:02}"))));
+    let grown = h.run_until(T0 + 25 * SECOND).await;
+    let first = &grown[0];
+    assert_eq!(
+        (first.facts["shards"], first.facts["unassigned_shards"]),
+        (16.0, 8.0)
+    );
+    assert_eq!((first.target.current, first.desired), (2, 4), "{first:#?}");
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [4, 4, 4, 4]
+    );
+    assert_eq!(coordinator.with(|w| w.owners().len()), 16);
+    no_violations(&coordinator);
+    h.close().await;
+
+    // After a restart the series is there again, from the journal.
+    let mut h = Harness::from_text(&config, &path, T0).await;
+    h.resume_at(T0 + 26 * SECOND);
+    let after = h.run_until(T0 + 26 * SECOND).await;
+    let shards = &after[0].evaluations[0].context.metrics[0];
+    assert!(shards.points.len() > 5, "{shards:?}");
+    assert!(shards.points.iter().all(|p| p.value == 16.0), "{shards:?}");
+    h.close().await;
+}

@@ -12,13 +12,14 @@ pub mod kubernetes;
 pub mod rebalance;
 pub mod simulator;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 /// The target's state as an actuator observed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
     /// Replicas the target is asked to run.
     pub current: u32,
@@ -26,6 +27,38 @@ pub struct Observed {
     pub ready: u32,
     /// A change still being carried out, if any.
     pub in_flight: Option<InFlight>,
+    /// What else this kind of target reports about itself, by name (the
+    /// names [`facts_of`] lists for its kind): scalers read them as metrics
+    /// from the `target` source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, f64>,
+}
+
+impl Observed {
+    /// A state with no facts beyond the replica counts.
+    pub fn new(current: u32, ready: u32, in_flight: Option<InFlight>) -> Self {
+        Observed {
+            current,
+            ready,
+            in_flight,
+            facts: BTreeMap::new(),
+        }
+    }
+}
+
+/// What every target reports, as metrics of the `target` source: replicas
+/// asked for, ready, and the difference.
+pub const COMMON_FACTS: &[&str] = &["replicas", "ready", "unready"];
+
+/// The facts a target of actuator kind `kind` reports beyond
+/// [`COMMON_FACTS`].
+pub fn facts_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "aws-asg" => aws_asg::FACTS,
+        "kubernetes" => kubernetes::FACTS,
+        "rebalance" => rebalance::FACTS,
+        _ => &[],
+    }
 }
 
 /// A change that has started but not finished.

@@ -466,13 +466,14 @@ impl Config {
             }
             for (name, metric) in &scaler.metrics {
                 let source = &metric.get_ref().source;
-                if source != validate::SIMULATOR_SOURCE {
+                if source != validate::SIMULATOR_SOURCE && source != validate::TARGET_SOURCE {
                     problems.push(doc.value_problem(
                         &keys!["scalers", i, "metrics", name.as_str(), "source"],
                         format!(
                             "source {source:?} cannot be simulated: `scalewise simulate` reads \
-                             metrics from the simulator only (`source = \"simulator\"`, a query \
-                             such as `cpu` or `service/p95_latency_ms`)"
+                             metrics from the simulator (`source = \"simulator\"`, a query \
+                             such as `cpu` or `service/p95_latency_ms`) and the target \
+                             (`source = \"target\"`)"
                         ),
                     ));
                 }

@@ -50,6 +50,7 @@ use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, 
 use crate::simulator::Simulation;
 use crate::sources::prometheus::PrometheusSource;
 use crate::sources::simulator::SimulatorSource;
+use crate::sources::target::{TARGET_SOURCE, TargetHistory, TargetSource};
 use crate::sources::{MetricQuery, Source};
 use crate::telemetry::Telemetry;
 use crate::watch::{FileStamp, FolderWatch, Watched};
@@ -1205,7 +1206,7 @@ fn phase_key(spec: &ScalerSpec) -> String {
 fn phase_key_of<'a>(name: &str, queries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     queries
         .into_iter()
-        .filter(|(source, _)| *source != SIMULATOR_SOURCE)
+        .filter(|(source, _)| *source != SIMULATOR_SOURCE && *source != TARGET_SOURCE)
         .map(|(source, query)| format!("{source}\u{0}{query}"))
         .min()
         .unwrap_or_else(|| name.to_owned())
@@ -1325,9 +1326,25 @@ fn bind_scaler(
     let name = scaler.name.get_ref().clone();
     let interval_ms = scaler.interval.as_millis() as i64;
     let mut metrics = Vec::with_capacity(scaler.metrics.len());
+    // One history of the target for all of the scaler's `target` metrics,
+    // as long as the longest window (a tick more, for the newest point).
+    let target_history = scaler
+        .metrics
+        .values()
+        .map(|m| m.get_ref())
+        .filter(|m| m.source == TARGET_SOURCE)
+        .map(|m| m.window.map_or(0, |w| w.as_millis() as i64))
+        .max()
+        .map(|keep_ms| Arc::new(TargetHistory::new(keep_ms + interval_ms)));
     for (metric_name, metric) in &scaler.metrics {
         let metric = metric.get_ref();
-        let (source_name, source) = build_source(sources, scaler, metric, simulation)?;
+        let (source_name, source): (String, Arc<dyn Source>) = match &target_history {
+            Some(history) if metric.source == TARGET_SOURCE => (
+                TARGET_SOURCE.into(),
+                Arc::new(TargetSource::new(history.clone())),
+            ),
+            _ => build_source(sources, scaler, metric, simulation)?,
+        };
         let window_ms = metric.window.map(|w| w.as_millis() as i64);
         metrics.push(BoundMetric {
             name: metric_name.clone(),
@@ -1376,6 +1393,7 @@ fn bind_scaler(
         metrics,
         policies,
         behavior: scaler.behavior.clone(),
+        target_history,
     })
 }
 

@@ -806,6 +806,8 @@ pub fn read_jsonl<R: BufRead>(input: R) -> impl Iterator<Item = Result<TickRecor
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::policy::{Context, Decision, Target};
 
@@ -900,6 +902,7 @@ mod tests {
                 scaler: "web".into(),
                 mode: Mode::Enforce,
                 target: target(),
+                facts: BTreeMap::new(),
                 metric_errors: vec![],
                 evaluations: vec![
                     evaluation("first", Some(b"x"), decided(Some(b"y"))),
@@ -929,6 +932,7 @@ mod tests {
             scaler: scaler.into(),
             mode: Mode::Enforce,
             target: target(),
+            facts: BTreeMap::new(),
             metric_errors: vec![],
             evaluations: vec![evaluation("first", None, decided(None))],
             proposal: Some(4),

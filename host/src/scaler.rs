@@ -10,6 +10,7 @@
 //! Scheduling lives in [`crate::daemon`]; a tick is an ordinary async
 //! function of the time, so tests drive it step by step.
 
+use std::collections::BTreeMap;
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,12 +24,13 @@ use crate::clock::format_ms;
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
-    ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState,
+    ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState, Query,
     TickRecord, TickSummary,
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule, log_safe};
+use crate::sources::target::TargetHistory;
 use crate::sources::{MetricQuery, Source, check_series};
 use crate::telemetry::{ModuleLabels, RuleLabels, Telemetry};
 
@@ -81,6 +83,9 @@ pub struct ScalerSpec {
     pub policies: Vec<BoundPolicy>,
     /// The envelope's behaviour.
     pub behavior: Behavior,
+    /// What each tick observed of the target, kept for the scaler's
+    /// `target` metrics (none when it has none).
+    pub target_history: Option<Arc<TargetHistory>>,
 }
 
 /// What the API shows about a scaler; replaced after every tick. The
@@ -321,6 +326,9 @@ impl Scaler {
             })
             .collect();
         self.handle.status.store(Arc::new(status));
+        if let (Some(new), Some(old)) = (&spec.target_history, &self.spec.target_history) {
+            new.adopt(old);
+        }
         self.spec = spec;
         self.actuator = actuator;
     }
@@ -368,7 +376,42 @@ impl Scaler {
         self.handle.paused.store(paused, Ordering::Relaxed);
         self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history);
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
+        if let Some(history) = &self.spec.target_history {
+            self.restore_target_history(history, now_ms).await?;
+        }
         Ok(recovery.ticks.len())
+    }
+
+    /// Refills `history` with what the journal's ticks since as far back as
+    /// it keeps observed of the target.
+    async fn restore_target_history(
+        &self,
+        history: &TargetHistory,
+        now_ms: i64,
+    ) -> Result<(), String> {
+        let mut records = self
+            .services
+            .journal
+            .query(Query {
+                scaler: Some(self.spec.name.clone()),
+                since_ms: Some(now_ms.saturating_sub(history.keep_ms())),
+                until_ms: None,
+                limit: usize::MAX,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        records.sort_by_key(|r| r.time_ms);
+        for record in records {
+            if !matches!(record.actuation, ActuationRecord::ObserveFailed { .. }) {
+                history.restore(
+                    record.time_ms,
+                    record.target.current,
+                    record.target.ready,
+                    record.facts,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs one tick at `now_ms` and returns its journal record.
@@ -392,6 +435,9 @@ impl Scaler {
             Ok(observed) => observed,
             Err(err) => return self.observe_failed(now_ms, err.to_string()).await,
         };
+        if let Some(history) = &self.spec.target_history {
+            history.record(now_ms, &observed);
+        }
         let target = Target {
             kind: self.actuator.kind().to_owned(),
             name: self.actuator.target_name(),
@@ -436,6 +482,7 @@ impl Scaler {
             scaler: self.spec.name.clone(),
             mode: self.spec.mode,
             target,
+            facts: observed.facts.clone(),
             metric_errors,
             evaluations,
             proposal,
@@ -467,6 +514,7 @@ impl Scaler {
                 min: self.spec.min,
                 max: self.spec.max,
             },
+            facts: BTreeMap::new(),
             metric_errors: Vec::new(),
             evaluations: Vec::new(),
             proposal: None,
@@ -476,11 +524,7 @@ impl Scaler {
             actuation: ActuationRecord::ObserveFailed { error },
         };
         record.id = self.append(&record).await;
-        let observed = Observed {
-            current: 0,
-            ready: 0,
-            in_flight: None,
-        };
+        let observed = Observed::new(0, 0, None);
         self.publish(&record, &observed);
         record
     }

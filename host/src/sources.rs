@@ -6,6 +6,7 @@
 
 pub mod prometheus;
 pub mod simulator;
+pub mod target;
 
 use std::fmt;
 

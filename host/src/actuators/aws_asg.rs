@@ -364,6 +364,44 @@ fn desired_of(group: &AutoScalingGroup) -> u32 {
     group.desired_capacity().unwrap_or(0).max(0) as u32
 }
 
+/// What a group reports beyond its replica counts (metrics of the `target`
+/// source), counted over its instances.
+pub const FACTS: &[&str] = &[
+    "in_service",
+    "pending",
+    "terminating",
+    "standby",
+    "unhealthy",
+    "protected",
+];
+
+/// The [`FACTS`] of `group`.
+fn facts_of(group: &AutoScalingGroup) -> BTreeMap<String, f64> {
+    let instances = group.instances();
+    let count = |holds: &dyn Fn(&Instance) -> bool| instances.iter().filter(|i| holds(i)).count();
+    let state = |i: &Instance| {
+        i.lifecycle_state()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let counts = [
+        count(&|i| state(i) == "InService"),
+        count(&|i| state(i).starts_with("Pending") || state(i).starts_with("Warmed:Pending")),
+        count(&|i| state(i).starts_with("Terminat")),
+        count(&|i| state(i).contains("Standby")),
+        count(&|i| {
+            !i.health_status()
+                .is_some_and(|h| h.eq_ignore_ascii_case("healthy"))
+        }),
+        count(&|i| i.protected_from_scale_in() == Some(true)),
+    ];
+    FACTS
+        .iter()
+        .zip(counts)
+        .map(|(name, n)| ((*name).to_owned(), n as f64))
+        .collect()
+}
+
 fn ready_of(group: &AutoScalingGroup) -> u32 {
     group
         .instances()
@@ -484,6 +522,7 @@ impl Actuator for AwsAsgActuator {
             current: desired_of(&group),
             ready: ready_of(&group),
             in_flight,
+            facts: facts_of(&group),
         })
     }
 

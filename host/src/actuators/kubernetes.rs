@@ -15,6 +15,7 @@
 //! service account in a cluster. It needs `get` on the workload and `get`
 //! and `patch` on its `scale` subresource.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -161,6 +162,30 @@ fn spec_replicas(scale: &Scale) -> u32 {
         .max(0) as u32
 }
 
+/// What a workload reports beyond its replica counts (metrics of the
+/// `target` source): `pods`, the replicas that exist (the scale's
+/// `status.replicas`), and the workload's `status.availableReplicas` and
+/// `status.updatedReplicas` where its kind has them.
+pub const FACTS: &[&str] = &["pods", "available", "updated"];
+
+/// The [`FACTS`] `object` reports; a kind without a field leaves it out.
+fn facts_of(object: &DynamicObject, status_replicas: u32) -> BTreeMap<String, f64> {
+    let status = object.data.get("status");
+    let mut facts = BTreeMap::from([("pods".to_owned(), f64::from(status_replicas))]);
+    for (fact, field) in [
+        ("available", "availableReplicas"),
+        ("updated", "updatedReplicas"),
+    ] {
+        if let Some(n) = status
+            .and_then(|s| s.get(field))
+            .and_then(serde_json::Value::as_u64)
+        {
+            facts.insert(fact.to_owned(), n as f64);
+        }
+    }
+    facts
+}
+
 /// The ready replicas `object` reports; `fallback` for a kind that does not.
 fn ready_replicas(kind: &str, object: &DynamicObject, fallback: u32) -> u32 {
     let reported = object
@@ -204,6 +229,7 @@ impl Actuator for KubernetesActuator {
             current: spec_replicas(&scale),
             ready: ready_replicas(&self.settings.object, &object, status_replicas),
             in_flight: None,
+            facts: facts_of(&object, status_replicas),
         })
     }
 

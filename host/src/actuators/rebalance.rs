@@ -48,6 +48,38 @@ pub struct Cluster {
     pub workers: Vec<Worker>,
 }
 
+/// What the workers report beyond their count (metrics of the `target`
+/// source): every shard of the system, those no worker owns, and the most
+/// one worker owns.
+pub const FACTS: &[&str] = &["shards", "unassigned_shards", "max_shards_per_worker"];
+
+impl Cluster {
+    /// The [`FACTS`] of this cluster.
+    pub fn facts(&self) -> BTreeMap<String, f64> {
+        let owned: BTreeSet<&str> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.shards.iter().map(String::as_str))
+            .collect();
+        let unassigned = self
+            .shards
+            .iter()
+            .filter(|s| !owned.contains(s.as_str()))
+            .count();
+        let most = self
+            .workers
+            .iter()
+            .map(|w| w.shards.len())
+            .max()
+            .unwrap_or(0);
+        FACTS
+            .iter()
+            .zip([self.shards.len(), unassigned, most])
+            .map(|(name, n)| ((*name).to_owned(), n as f64))
+            .collect()
+    }
+}
+
 /// One worker as the coordinator reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worker {
@@ -383,6 +415,7 @@ impl Actuator for RebalanceActuator {
             current: cluster.workers.len() as u32,
             ready: ready as u32,
             in_flight,
+            facts: cluster.facts(),
         })
     }
 

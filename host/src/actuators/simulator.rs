@@ -48,11 +48,7 @@ impl Actuator for SimulatorActuator {
             return Err(self.outage());
         }
         let (current, ready) = svc.replicas(now_ms);
-        Ok(Observed {
-            current,
-            ready,
-            in_flight: None,
-        })
+        Ok(Observed::new(current, ready, None))
     }
 
     async fn scale(
@@ -126,11 +122,7 @@ mod tests {
     }
 
     fn observed(current: u32, ready: u32) -> Observed {
-        Observed {
-            current,
-            ready,
-            in_flight: None,
-        }
+        Observed::new(current, ready, None)
     }
 
     #[tokio::test]

@@ -444,7 +444,20 @@ fn each_problem_is_reported_at_its_place() {
             &[("source = \"prom\"", "source = \"thanos\"")],
             "\"thanos\"",
             "scalers[0] \"web\".metrics.latency",
-            "source \"thanos\" is not defined; use \"simulator\" or one of the [sources]: prom",
+            "source \"thanos\" is not defined; use \"simulator\", \"target\" or one of the [sources]: prom",
+        ),
+        case(
+            "target metric the target kind does not report",
+            &[
+                ("source = \"prom\"", "source = \"target\""),
+                (
+                    "query = \"histogram_quantile(0.95, rate(x[1m]))\"",
+                    "query = \"shards\"",
+                ),
+            ],
+            "\"shards\"",
+            "scalers[0] \"web\".metrics.latency",
+            "query \"shards\" is not something a simulator target reports; known: replicas, ready, unready",
         ),
         case(
             "simulator metric of an unknown simulation",

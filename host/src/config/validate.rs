@@ -17,6 +17,7 @@ use super::{
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
 pub(super) const SIMULATOR_SOURCE: &str = "simulator";
+pub(super) use crate::sources::target::TARGET_SOURCE;
 /// Shortest scaler interval: below this a tick cannot finish reliably.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest scaler interval.
@@ -358,6 +359,14 @@ impl Checker<'_, '_> {
             self.key(
                 &keys!["sources", name],
                 format!("the source name {SIMULATOR_SOURCE:?} is reserved for the simulator"),
+            );
+        }
+        if name == TARGET_SOURCE {
+            self.key(
+                &keys!["sources", name],
+                format!(
+                    "the source name {TARGET_SOURCE:?} is reserved for the scaler's own target"
+                ),
             );
         }
         let SourceConfig::Prometheus(prometheus) = source;
@@ -812,11 +821,23 @@ impl Checker<'_, '_> {
                 }
                 None => {}
             }
+        } else if metric.source == TARGET_SOURCE {
+            let kind = scaler.target.get_ref().kind();
+            let names = crate::sources::target::names_for(kind);
+            if !query.is_empty() && !names.contains(&query) {
+                self.value(
+                    &at("query"),
+                    format!(
+                        "query {query:?} is not something a {kind} target reports; known: {}",
+                        names.join(", ")
+                    ),
+                );
+            }
         } else if !config.sources.contains_key(&metric.source) {
             self.value(
                 &at("source"),
                 format!(
-                    "source {:?} is not defined; use {SIMULATOR_SOURCE:?} or one of the [sources]: {}",
+                    "source {:?} is not defined; use {SIMULATOR_SOURCE:?}, {TARGET_SOURCE:?} or one of the [sources]: {}",
                     metric.source,
                     list(config.sources.keys())
                 ),

@@ -4,6 +4,7 @@
 //! step) and to re-run each policy evaluation exactly: the full context each
 //! policy was given and the digest of the module that answered.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,11 @@ pub struct TickRecord {
     pub mode: Mode,
     /// The target as observed at the start of the tick (with the scaler's bounds).
     pub target: Target,
+    /// What else the target reported about itself at the start of the tick
+    /// (shards, instances by lifecycle state, ...: the `target` source's
+    /// metrics beyond the replica counts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, f64>,
     /// Metrics that could not be read this tick, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metric_errors: Vec<MetricFailure>,

@@ -192,6 +192,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
             Mode::Enforce
         },
         target,
+        facts: Default::default(),
         metric_errors,
         evaluations,
         proposal: Some(tracking_desired),

@@ -1,0 +1,285 @@
+//! The target's own state as metrics (`source = "target"`).
+//!
+//! Each tick starts by observing the target; the scaler keeps what it saw
+//! in a [`TargetHistory`] (as far back as its longest `target` metric's
+//! window) and a [`TargetSource`] serves it as series: the replicas asked
+//! for (`replicas`), `ready` and `unready`, and what the target's kind
+//! reports besides ([`facts_of`]: shards for shard-rebalanced workers,
+//! instances by lifecycle state for an Auto Scaling group, available and
+//! updated replicas for a Kubernetes workload). A windowed metric has one
+//! point per tick; after a restart the history is rebuilt from the journal.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+
+use super::{MetricError, MetricQuery, Source};
+use crate::actuators::{COMMON_FACTS, Observed, facts_of};
+use crate::policy::Point;
+
+/// The reserved source name.
+pub const TARGET_SOURCE: &str = "target";
+
+/// Every name a `target` metric may ask for on a target of actuator kind
+/// `kind`.
+pub fn names_for(kind: &str) -> Vec<&'static str> {
+    COMMON_FACTS.iter().chain(facts_of(kind)).copied().collect()
+}
+
+/// What one tick saw.
+#[derive(Debug, Clone, PartialEq)]
+struct Observation {
+    time_ms: i64,
+    replicas: u32,
+    ready: u32,
+    facts: BTreeMap<String, f64>,
+}
+
+impl Observation {
+    fn value(&self, name: &str) -> Option<f64> {
+        match name {
+            "replicas" => Some(f64::from(self.replicas)),
+            "ready" => Some(f64::from(self.ready)),
+            "unready" => Some(f64::from(self.replicas.saturating_sub(self.ready))),
+            fact => self.facts.get(fact).copied(),
+        }
+    }
+}
+
+/// A scaler's observations of its target, oldest first, as far back as
+/// `keep_ms` before the newest.
+#[derive(Debug)]
+pub struct TargetHistory {
+    keep_ms: i64,
+    observations: Mutex<VecDeque<Observation>>,
+}
+
+impl TargetHistory {
+    /// An empty history keeping `keep_ms`.
+    pub fn new(keep_ms: i64) -> Self {
+        TargetHistory {
+            keep_ms,
+            observations: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Adds what a tick at `time_ms` observed. An observation not after the
+    /// newest one kept replaces nothing and is dropped.
+    pub fn record(&self, time_ms: i64, observed: &Observed) {
+        self.push(Observation {
+            time_ms,
+            replicas: observed.current,
+            ready: observed.ready,
+            facts: observed.facts.clone(),
+        });
+    }
+
+    /// Adds a past observation (from the journal, when a scaler restarts).
+    pub fn restore(&self, time_ms: i64, replicas: u32, ready: u32, facts: BTreeMap<String, f64>) {
+        self.push(Observation {
+            time_ms,
+            replicas,
+            ready,
+            facts,
+        });
+    }
+
+    /// Takes over what `older` holds (a scaler's history across a reload).
+    pub fn adopt(&self, older: &TargetHistory) {
+        let older: Vec<Observation> = older.lock().iter().cloned().collect();
+        for observation in older {
+            self.push(observation);
+        }
+    }
+
+    /// How far back it keeps, ms before the newest observation.
+    pub fn keep_ms(&self) -> i64 {
+        self.keep_ms
+    }
+
+    /// How many observations are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&self, observation: Observation) {
+        let mut kept = self.lock();
+        if kept
+            .back()
+            .is_some_and(|newest| newest.time_ms >= observation.time_ms)
+        {
+            return;
+        }
+        let cutoff = observation.time_ms.saturating_sub(self.keep_ms);
+        kept.push_back(observation);
+        while kept.front().is_some_and(|o| o.time_ms < cutoff) {
+            kept.pop_front();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Observation>> {
+        self.observations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One scaler's `target` metrics, served from its [`TargetHistory`].
+#[derive(Debug, Clone)]
+pub struct TargetSource {
+    history: Arc<TargetHistory>,
+}
+
+impl TargetSource {
+    /// A source over `history`.
+    pub fn new(history: Arc<TargetHistory>) -> Self {
+        TargetSource { history }
+    }
+}
+
+#[async_trait]
+impl Source for TargetSource {
+    async fn fetch(&self, query: &MetricQuery, now_ms: i64) -> Result<Vec<Point>, MetricError> {
+        let kept = self.history.lock();
+        let name = query.query.as_str();
+        let newest = kept.iter().rev().find(|o| o.time_ms <= now_ms);
+        let Some(newest) = newest else {
+            return Err(MetricError::Empty);
+        };
+        if newest.value(name).is_none() {
+            let reported: Vec<&str> = COMMON_FACTS
+                .iter()
+                .copied()
+                .chain(newest.facts.keys().map(String::as_str))
+                .collect();
+            return Err(MetricError::Other(format!(
+                "the target did not report {name:?} (it reported {})",
+                reported.join(", ")
+            )));
+        }
+        let point = |o: &Observation| {
+            o.value(name).map(|value| Point {
+                timestamp_ms: o.time_ms,
+                value,
+            })
+        };
+        Ok(match query.window_ms {
+            None => point(newest).into_iter().collect(),
+            Some(window_ms) => {
+                let start = now_ms.saturating_sub(window_ms);
+                kept.iter()
+                    .filter(|o| o.time_ms >= start && o.time_ms <= now_ms)
+                    .filter_map(point)
+                    .collect()
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(current: u32, ready: u32, shards: Option<f64>) -> Observed {
+        let mut o = Observed::new(current, ready, None);
+        if let Some(shards) = shards {
+            o.facts.insert("shards".into(), shards);
+        }
+        o
+    }
+
+    fn query(name: &str, window_ms: Option<i64>) -> MetricQuery {
+        MetricQuery {
+            query: name.into(),
+            window_ms,
+            step_ms: 15_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_tick_is_a_point_and_the_window_bounds_the_series() {
+        let history = Arc::new(TargetHistory::new(60_000));
+        let source = TargetSource::new(history.clone());
+        for (i, (current, ready)) in [(2, 2), (4, 2), (4, 3), (4, 4), (3, 3)].iter().enumerate() {
+            history.record(i as i64 * 15_000, &observed(*current, *ready, Some(12.0)));
+        }
+        let now = 60_000;
+        let latest = source.fetch(&query("unready", None), now).await.unwrap();
+        assert_eq!(latest, vec![Point::from((60_000, 0.0))]);
+        let series = source
+            .fetch(&query("unready", Some(30_000)), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            series,
+            vec![
+                Point::from((30_000, 1.0)),
+                Point::from((45_000, 0.0)),
+                Point::from((60_000, 0.0))
+            ]
+        );
+        // Asked about an earlier time, the series ends there.
+        let then = source
+            .fetch(&query("replicas", None), 20_000)
+            .await
+            .unwrap();
+        assert_eq!(then, vec![Point::from((15_000, 4.0))]);
+        let shards = source.fetch(&query("shards", None), now).await.unwrap();
+        assert_eq!(shards, vec![Point::from((60_000, 12.0))]);
+    }
+
+    #[tokio::test]
+    async fn history_is_kept_as_long_as_asked_and_survives_a_reload() {
+        let history = TargetHistory::new(30_000);
+        for t in 0..10 {
+            history.record(t * 15_000, &observed(1, 1, None));
+        }
+        // 135 s is the newest: 105, 120 and 135 are within 30 s of it.
+        assert_eq!(history.len(), 3);
+        // A tick that is not newer is dropped.
+        history.record(120_000, &observed(9, 9, None));
+        assert_eq!(history.len(), 3);
+        let reloaded = Arc::new(TargetHistory::new(60_000));
+        reloaded.adopt(&history);
+        assert_eq!(reloaded.len(), 3);
+        let source = TargetSource::new(reloaded);
+        let ready = source
+            .fetch(&query("ready", Some(60_000)), 135_000)
+            .await
+            .unwrap();
+        assert_eq!(ready.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_fact_the_target_did_not_report_and_an_empty_history_are_errors() {
+        let history = Arc::new(TargetHistory::new(60_000));
+        let source = TargetSource::new(history.clone());
+        assert_eq!(
+            source.fetch(&query("ready", None), 0).await,
+            Err(MetricError::Empty)
+        );
+        history.record(0, &observed(1, 1, None));
+        let err = source.fetch(&query("shards", None), 0).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the target did not report \"shards\" (it reported replicas, ready, unready)"
+        );
+        assert_eq!(
+            names_for("rebalance"),
+            [
+                "replicas",
+                "ready",
+                "unready",
+                "shards",
+                "unassigned_shards",
+                "max_shards_per_worker"
+            ]
+        );
+    }
+}
