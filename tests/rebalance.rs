@@ -3,6 +3,7 @@
 //! `src/shard_coordinator.rs` (it says so), which moves shards a few per
 //! poll and refuses anything unsafe; every test asserts it refused nothing.
 
+use std::path::Path;
 use std::time::Duration;
 
 use scalewise::actuators::rebalance::RebalanceActuator;
@@ -32,6 +33,31 @@ async fn settle(actuator: &RebalanceActuator, start_ms: i64) -> (Vec<String>, Ob
         }
     }
     panic!("the change never finished: {seen:?}");
+}
+
+/// A config of one scaler, `consumers`, ticking every second on the
+/// workers of `coordinator` (1 to 8), with the policies in `policies` and
+/// its journal in `dir`; `scaler` ends the scaler's table (its metrics,
+/// policies, behaviour).
+fn consumers(dir: &Path, policies: &Path, coordinator: &ShardCoordinator, scaler: &str) -> String {
+    format!(
+        r#"
+policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[[scalers]]
+name = "consumers"
+interval = "1s"
+min = 1
+max = 8
+target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
+{scaler}"#,
+        policies = policies.display(),
+        journal = dir.join("journal.db").display(),
+        endpoint = coordinator.endpoint(),
+    )
 }
 
 fn no_violations(coordinator: &ShardCoordinator) {
@@ -187,25 +213,14 @@ async fn the_daemon_scales_sharded_workers_out_and_in_without_stopping_a_busy_on
     let dir = tempfile::tempdir().unwrap();
     let policies = scalewise_tests::policy_dir(&[("counter", artifacts::COUNTER)]);
     let config = |scale_to: u32| {
-        format!(
-            r#"
-policy_dir = "{policies}"
-
-[journal]
-path = "{journal}"
-
-[[scalers]]
-name = "consumers"
-interval = "1s"
-min = 1
-max = 8
-target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
-policies = [{{ module = "counter", params = {{ scale_to = {scale_to} }} }}]
-behavior.scale_down = {{ stabilization_window = "0s" }}
-"#,
-            policies = policies.path().display(),
-            journal = dir.path().join("journal.db").display(),
-            endpoint = coordinator.endpoint(),
+        consumers(
+            dir.path(),
+            policies.path(),
+            &coordinator,
+            &format!(
+                "policies = [{{ module = \"counter\", params = {{ scale_to = {scale_to} }} }}]\n\
+                 behavior.scale_down = {{ stabilization_window = \"0s\" }}\n"
+            ),
         )
     };
     let path = dir.path().join("rebalance.toml");
@@ -256,25 +271,13 @@ async fn workers_follow_the_shard_count_the_target_reports() {
     coordinator.with(|w| w.moves_per_poll = 4);
     let dir = tempfile::tempdir().unwrap();
     let policies = scalewise_tests::policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
-    let config = format!(
-        r#"
-policy_dir = "{policies}"
-
-[journal]
-path = "{journal}"
-
-[[scalers]]
-name = "consumers"
-interval = "1s"
-min = 1
-max = 8
-target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
-metrics.shards = {{ source = "target", query = "shards", window = "10s" }}
-policies = [{{ module = "target-tracking", params = {{ metric = "shards", metric_type = "total", target = 4.0 }} }}]
-"#,
-        policies = policies.path().display(),
-        journal = dir.path().join("journal.db").display(),
-        endpoint = coordinator.endpoint(),
+    let config = consumers(
+        dir.path(),
+        policies.path(),
+        &coordinator,
+        "metrics.shards = { source = \"target\", query = \"shards\", window = \"10s\" }\n\
+         policies = [{ module = \"target-tracking\", params = { metric = \"shards\", \
+         metric_type = \"total\", target = 4.0 } }]\n",
     );
     let path = dir.path().join("shards.toml");
     let mut h = Harness::from_text(&config, &path, T0).await;

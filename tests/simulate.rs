@@ -11,38 +11,31 @@ use serde_json::Value;
 /// 2023-11-14T22:13:20Z.
 const START: &str = "1700000000000";
 
-/// docs/backtest.toml, the README's example.
-fn backtest_toml() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/backtest.toml")
+/// `docs/<name>`: the README's backtest examples.
+fn docs_config(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(name)
+}
+
+/// `text`, a config from docs/, with its paths made absolute so that it
+/// can be written elsewhere (they are relative to docs/: `"../...`).
+fn rebased(text: &str) -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    text.replace("\"../", &format!("\"{}/", repo.display()))
 }
 
 /// docs/backtest.toml (NASA's July 1995 trace twenty times over: a mean of
 /// 16 requests/s, minutes above 100; target tracking on CPU) with the
-/// policies in `policies` and the bounds `min`/`max`, written to `dir`.
-fn backtest_config(dir: &Path, policies: &Path, min: u32, max: u32) -> std::path::PathBuf {
-    let mut text = std::fs::read_to_string(backtest_toml()).unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (from, to) in [
-        (
-            "policy_dir = \"../policies/dist\"".to_owned(),
-            format!("policy_dir = \"{}\"", policies.display()),
-        ),
-        (
-            "\"../tests/data/".to_owned(),
-            format!("\"{}/tests/data/", repo.display()),
-        ),
-        (
-            "\"../target/backtest/journal.db\"".to_owned(),
-            "\"run/journal.db\"".to_owned(),
-        ),
-        (
-            "min = 1\nmax = 20\n".to_owned(),
-            format!("min = {min}\nmax = {max}\n"),
-        ),
-    ] {
-        assert!(text.contains(&from), "docs/backtest.toml has no {from:?}");
-        text = text.replace(&from, &to);
-    }
+/// bounds `min`/`max`, written to `dir`.
+fn backtest_config(dir: &Path, min: u32, max: u32) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(docs_config("backtest.toml")).unwrap();
+    let bounds = "min = 1\nmax = 20\n";
+    assert!(
+        text.contains(bounds),
+        "docs/backtest.toml has no {bounds:?}"
+    );
+    let text = rebased(&text.replace(bounds, &format!("min = {min}\nmax = {max}\n")));
     let path = dir.join(format!("site-{min}-{max}.toml"));
     std::fs::write(&path, text).unwrap();
     path
@@ -78,7 +71,7 @@ fn a_backtest_on_a_real_trace_agrees_with_its_journal_and_repeats_exactly() {
     // run built.
     let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
     let policies = policies.path().to_str().unwrap();
-    let config = backtest_toml();
+    let config = docs_config("backtest.toml");
     let config = config.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("kept.db");
@@ -166,10 +159,12 @@ fn a_backtest_on_a_real_trace_agrees_with_its_journal_and_repeats_exactly() {
 fn scaling_on_the_trace_serves_what_a_fixed_fleet_cannot() {
     let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
     let dir = tempfile::tempdir().unwrap();
-    let scaled = backtest_config(dir.path(), policies.path(), 1, 20);
-    let fixed = backtest_config(dir.path(), policies.path(), 2, 2);
+    let policies = policies.path().to_str().unwrap();
+    let scaled = backtest_config(dir.path(), 1, 20);
+    let fixed = backtest_config(dir.path(), 2, 2);
     let run = |config: &Path| {
-        let report = simulate_json(&["--config", config.to_str().unwrap(), "--for", "6h"]);
+        let config = config.to_str().unwrap();
+        let report = simulate_json(&["--config", config, "--policy-dir", policies, "--for", "6h"]);
         report["scalers"][0].clone()
     };
     let (scaled, fixed) = (run(&scaled), run(&fixed));
@@ -205,19 +200,14 @@ fn predictive_scaling_serves_the_rises_that_reactive_scaling_is_late_for() {
         ("predictive", artifacts::PREDICTIVE),
     ]);
     let policies = policies.path().to_str().unwrap();
-    let both = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/backtest-predictive.toml");
+    let both = docs_config("backtest-predictive.toml");
     let text = std::fs::read_to_string(&both).unwrap();
     let block = text
         .find("# Replicas for the peak")
         .expect("docs/backtest-predictive.toml ends with the predictive policy");
     let dir = tempfile::tempdir().unwrap();
     let reactive = dir.path().join("reactive.toml");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::write(
-        &reactive,
-        text[..block].replace("\"../", &format!("\"{}/", repo.display())),
-    )
-    .unwrap();
+    std::fs::write(&reactive, rebased(&text[..block])).unwrap();
     let run = |config: &Path| {
         let report = simulate_json(&[
             "--config",
@@ -342,7 +332,7 @@ params = {{ metric = "cpu", target = 60.0 }}
     }
 
     // A journal that exists is never written into.
-    let site = backtest_config(dir.path(), policies.path(), 1, 20);
+    let site = backtest_config(dir.path(), 1, 20);
     let existing = dir.path().join("existing.db");
     std::fs::write(&existing, b"precious").unwrap();
     let (code, _, err) = cli(&[
