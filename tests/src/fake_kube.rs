@@ -57,6 +57,7 @@ type Key = (String, String, String, String, String);
 struct Inner {
     workloads: BTreeMap<Key, Workload>,
     seen: Vec<Seen>,
+    requests: Vec<(Method, String)>,
     /// `coordination.k8s.io/v1` Leases by (namespace, name), as stored.
     leases: BTreeMap<(String, String), Value>,
     /// The last resourceVersion given out.
@@ -100,7 +101,11 @@ impl FakeKube {
                     "the server could not find the requested resource",
                 )
             })
-            .with_state(inner.clone());
+            .with_state(inner.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                inner.clone(),
+                log_request,
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -162,7 +167,13 @@ impl FakeKube {
             .cloned()
     }
 
-    /// Every request so far, oldest first.
+    /// The method and path of every request so far, whatever it was about
+    /// (workloads, leases, paths the fake does not serve), oldest first.
+    pub fn requests(&self) -> Vec<(Method, String)> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Every request about a workload so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.lock().unwrap().seen.clone()
     }
@@ -234,6 +245,17 @@ fn json_response(value: Value) -> Response {
         value.to_string(),
     )
         .into_response()
+}
+
+/// Notes the method and path of every request before it is served.
+async fn log_request(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let entry = (request.method().clone(), request.uri().path().to_owned());
+    inner.lock().unwrap().requests.push(entry);
+    next.run(request).await
 }
 
 type Params = UrlPath<(String, String, String, String, String)>;
