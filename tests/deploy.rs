@@ -309,6 +309,15 @@ params = { scale_to = 4 }
     })
     .await
     .unwrap();
+    // The change's Event is posted beside the tick; wait for it.
+    wait_until("the rescale Event", Duration::from_secs(30), || async {
+        match kube.events().len() {
+            0 => Err("none yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
     // A graceful stop releases the lease: that request is checked too.
     daemon.stop().unwrap();
 
@@ -337,6 +346,7 @@ params = { scale_to = 4 }
         ("get", "deployments"),
         ("get", "deployments/scale"),
         ("patch", "deployments/scale"),
+        ("create", "events"),
         ("create", "leases"),
         ("get", "leases"),
         ("update", "leases"),

@@ -6,7 +6,7 @@
 
 use axum::http::Method;
 use scalewise::actuators::kubernetes::KubernetesActuator;
-use scalewise::actuators::{Actuation, Actuator, ActuatorError};
+use scalewise::actuators::{Actuation, Actuator, ActuatorError, Announcement};
 use scalewise::config::KubernetesTarget;
 use scalewise_tests::fake_kube::{FakeKube, Workload};
 
@@ -19,6 +19,7 @@ fn deployment(name: &str, namespace: Option<&str>) -> KubernetesTarget {
         name: name.into(),
         namespace: namespace.map(Into::into),
         plural: None,
+        events: true,
     }
 }
 
@@ -153,6 +154,7 @@ async fn a_custom_resource_with_its_own_plural_scales_too() {
         name: "crunch".into(),
         namespace: Some("jobs".into()),
         plural: Some("workerpools".into()),
+        events: true,
     };
     let actuator = KubernetesActuator::with_client(target, kube.client("default"));
     // A kind that does not report ready replicas: the scale's status counts.
@@ -223,4 +225,73 @@ async fn an_unreachable_api_server_is_an_error_that_names_the_target() {
             .starts_with("reading the scale of Deployment \"web\" in namespace \"shop\": "),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn changes_are_told_as_events_on_the_workload_and_a_lasting_failure_once() {
+    let kube = FakeKube::start().await.unwrap();
+    let actuator =
+        KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
+    let told = |to: u32, error: Option<&str>| Announcement {
+        scaler: "web".into(),
+        from: 3,
+        to,
+        reason: format!("3 → {to} — target-tracking: cpu 90.0 vs target 60.0"),
+        error: error.map(Into::into),
+    };
+    actuator.announce(T0, told(5, None)).await;
+    for _ in 0..3 {
+        actuator.announce(T0, told(6, Some("forbidden"))).await;
+    }
+    actuator.announce(T0, told(6, Some("timed out"))).await;
+    let events = kube.events();
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["SuccessfulRescale", "FailedRescale", "FailedRescale"]
+    );
+    let first = &events[0];
+    assert_eq!(first["type"], "Normal");
+    assert_eq!(first["eventTime"], "2023-11-14T22:13:20.000000Z");
+    assert_eq!(first["action"], "Scale");
+    assert_eq!(
+        first["note"],
+        "New size: 5; scaler \"web\": 3 → 5 — target-tracking: cpu 90.0 vs target 60.0"
+    );
+    assert_eq!(
+        (
+            first["regarding"]["apiVersion"].as_str(),
+            first["regarding"]["namespace"].as_str()
+        ),
+        (Some("apps/v1"), Some("shop"))
+    );
+    assert!(
+        first["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("web.")
+    );
+    assert_eq!(events[1]["type"], "Warning");
+    assert!(
+        events[1]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("New size 6 not set (scaler \"web\"): forbidden"),
+        "{}",
+        events[1]["note"]
+    );
+
+    // `events = false`: nothing told.
+    let quiet = KubernetesActuator::with_client(
+        KubernetesTarget {
+            events: false,
+            ..deployment("web", Some("shop"))
+        },
+        kube.client("default"),
+    );
+    quiet.announce(T0, told(7, None)).await;
+    assert_eq!(kube.events().len(), 3);
 }

@@ -78,6 +78,7 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     daemon.stop().unwrap();
     assert_eq!(replicas(), 2);
     assert!(kube.seen().iter().all(|s| s.method == Method::GET));
+    assert!(kube.events().is_empty(), "dry-run changed nothing to tell");
     assert!(
         kube.seen()
             .iter()
@@ -96,8 +97,27 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     })
     .await
     .unwrap();
+    // The change is on the Deployment's events, as HPA leaves it.
+    let event = wait_until("the rescale Event", Duration::from_secs(30), || async {
+        kube.events()
+            .into_iter()
+            .find(|e| e["reason"] == "SuccessfulRescale")
+            .ok_or_else(|| format!("{:?}", kube.events()))
+    })
+    .await
+    .unwrap();
     daemon.stop().unwrap();
     assert!(log().contains("Scaled: 2 → 4"), "{}", log());
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["metadata"]["namespace"], "shop");
+    assert_eq!(event["regarding"]["kind"], "Deployment");
+    assert_eq!(event["regarding"]["name"], "web");
+    assert_eq!(event["reportingController"], "scalewise");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("New size: 4; scaler \"web\": 2 → 4 — counter"),
+        "{note}"
+    );
     let journal = journal_export(
         Path::new(env!("CARGO_BIN_EXE_scalewise-cli")),
         dir.path(),

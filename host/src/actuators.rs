@@ -129,4 +129,25 @@ pub trait Actuator: Send + Sync + fmt::Debug {
         current: u32,
         desired: u32,
     ) -> Result<Actuation, ActuatorError>;
+
+    /// Tells the target's own system what a change did, where it keeps
+    /// such a record (a Kubernetes workload's events). Best effort, off the
+    /// tick: the journal already has the outcome, so a failure here is only
+    /// logged. Nothing by default.
+    async fn announce(&self, _now_ms: i64, _announcement: Announcement) {}
+}
+
+/// A change of replicas an actuator made, or failed to make, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    /// The scaler.
+    pub scaler: String,
+    /// Replicas before.
+    pub from: u32,
+    /// Replicas asked for.
+    pub to: u32,
+    /// Why, as the log line says it (the policies' reasons, the envelope's).
+    pub reason: String,
+    /// The actuator's error, when the change failed.
+    pub error: Option<String>,
 }

@@ -1312,6 +1312,12 @@ pub struct KubernetesTarget {
     /// lowercase name plus "s" (default: derived from `object`).
     #[serde(default)]
     pub plural: Option<String>,
+    /// Record each change of replicas, and each failure to make one, as a
+    /// Kubernetes Event on the workload (`SuccessfulRescale`,
+    /// `FailedRescale`, as the HorizontalPodAutoscaler does), so `kubectl
+    /// describe` and `kubectl events` show them (default true).
+    #[serde(default = "yes")]
+    pub events: bool,
 }
 
 /// Sharded stateful workers (`kind = "rebalance"`), scaled through their

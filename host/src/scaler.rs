@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::actuators::{Actuation, Actuator, Observed};
+use crate::actuators::{Actuation, Actuator, Announcement, Observed};
 use crate::clock::format_ms;
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
@@ -767,6 +767,18 @@ impl Scaler {
         if !matches!(outcome, ActuationRecord::Failed { .. }) {
             tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Scaled: {}", log_safe(&summarize(record)));
         }
+        let announcement = Announcement {
+            scaler: self.spec.name.clone(),
+            from: current,
+            to: desired,
+            reason: summarize(record),
+            error: match &outcome {
+                ActuationRecord::Failed { error, .. } => Some(error.clone()),
+                _ => None,
+            },
+        };
+        let actuator = self.actuator.clone();
+        tokio::spawn(async move { actuator.announce(now_ms, announcement).await });
         if let Some(id) = record.id
             && let Err(err) = self.services.journal.update_actuation(id, outcome).await
         {

@@ -58,6 +58,7 @@ struct Inner {
     workloads: BTreeMap<Key, Workload>,
     seen: Vec<Seen>,
     requests: Vec<(Method, String)>,
+    events: Vec<Value>,
     /// `coordination.k8s.io/v1` Leases by (namespace, name), as stored.
     leases: BTreeMap<(String, String), Value>,
     /// The last resourceVersion given out.
@@ -85,6 +86,10 @@ impl FakeKube {
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
                 get(get_lease).put(replace_lease),
+            )
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+                axum::routing::post(create_event),
             )
             .route(
                 "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
@@ -173,6 +178,12 @@ impl FakeKube {
         self.inner.lock().unwrap().requests.clone()
     }
 
+    /// Every `events.k8s.io/v1` Event created so far, oldest first, as
+    /// stored (with the name the server generated).
+    pub fn events(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().events.clone()
+    }
+
     /// Every request about a workload so far, oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.lock().unwrap().seen.clone()
@@ -245,6 +256,42 @@ fn json_response(value: Value) -> Response {
         value.to_string(),
     )
         .into_response()
+}
+
+/// Stores an Event as the real server would: in the path's namespace, with
+/// a name generated from `metadata.generateName`, answered 201.
+async fn create_event(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    UrlPath(ns): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not JSON",
+        );
+    };
+    if event["metadata"]["namespace"]
+        .as_str()
+        .is_some_and(|n| n != ns)
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        );
+    }
+    let mut inner = inner.lock().unwrap();
+    let prefix = event["metadata"]["generateName"]
+        .as_str()
+        .unwrap_or("event.");
+    event["metadata"]["name"] = json!(format!("{prefix}{:05}", inner.events.len()));
+    event["metadata"]["namespace"] = json!(ns);
+    inner.events.push(event.clone());
+    let mut response = json_response(event);
+    *response.status_mut() = StatusCode::CREATED;
+    response
 }
 
 /// Notes the method and path of every request before it is served.

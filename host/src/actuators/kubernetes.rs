@@ -13,19 +13,24 @@
 //! The client comes from the environment on first use, as `kubectl`'s does:
 //! `KUBECONFIG` or `~/.kube/config` (its current context), else the pod's
 //! service account in a cluster. It needs `get` on the workload and `get`
-//! and `patch` on its `scale` subresource.
+//! and `patch` on its `scale` subresource, and `create` on `events.k8s.io`
+//! events for the Event each change leaves on the workload (`events`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::autoscaling::v1::Scale;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
-use super::{Actuation, Actuator, ActuatorError, Observed};
+use super::{Actuation, Actuator, ActuatorError, Announcement, Observed};
 use crate::config::KubernetesTarget;
 
 /// The longest one request to the API server may take to answer.
@@ -41,6 +46,8 @@ pub struct KubernetesActuator {
     /// Built on first use, from the environment; a failure is retried at
     /// the next tick.
     client: OnceCell<Client>,
+    /// The last failure told as an Event, so a lasting one is told once.
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl KubernetesActuator {
@@ -52,6 +59,7 @@ impl KubernetesActuator {
             settings,
             resource,
             client: OnceCell::new(),
+            last_failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -62,10 +70,20 @@ impl KubernetesActuator {
             settings,
             resource,
             client: OnceCell::new_with(Some(client)),
+            last_failure: std::sync::Mutex::new(None),
         }
     }
 
     async fn api(&self) -> Result<Api<DynamicObject>, ActuatorError> {
+        let client = self.client().await?;
+        let api = match &self.settings.namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &self.resource),
+            None => Api::default_namespaced_with(client, &self.resource),
+        };
+        Ok(api)
+    }
+
+    async fn client(&self) -> Result<Client, ActuatorError> {
         let client = self
             .client
             .get_or_try_init(|| async {
@@ -82,11 +100,50 @@ impl KubernetesActuator {
             })
             .await?
             .clone();
-        let api = match &self.settings.namespace {
-            Some(ns) => Api::namespaced_with(client, ns, &self.resource),
-            None => Api::default_namespaced_with(client, &self.resource),
+        Ok(client)
+    }
+
+    /// The Event that says what `a` did to the workload, in `namespace`.
+    fn event(&self, now_ms: i64, namespace: &str, a: &Announcement) -> Event {
+        let (kind, reason, note) = match &a.error {
+            None => (
+                "Normal",
+                "SuccessfulRescale",
+                format!("New size: {}; scaler {:?}: {}", a.to, a.scaler, a.reason),
+            ),
+            Some(error) => (
+                "Warning",
+                "FailedRescale",
+                format!(
+                    "New size {} not set (scaler {:?}): {error}; {}",
+                    a.to, a.scaler, a.reason
+                ),
+            ),
         };
-        Ok(api)
+        Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", self.settings.name)),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(
+                Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH),
+            )),
+            action: Some("Scale".into()),
+            reason: Some(reason.into()),
+            note: Some(truncate_at_char(&note, MAX_EVENT_NOTE).to_owned()),
+            type_: Some(kind.into()),
+            regarding: Some(ObjectReference {
+                api_version: Some(self.settings.api_version.clone()),
+                kind: Some(self.settings.object.clone()),
+                name: Some(self.settings.name.clone()),
+                namespace: Some(namespace.to_owned()),
+                ..ObjectReference::default()
+            }),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(reporting_instance()),
+            ..Event::default()
+        }
     }
 
     /// `Deployment "web"` (`in namespace "shop"` when one is set).
@@ -200,6 +257,31 @@ fn ready_replicas(kind: &str, object: &DynamicObject, fallback: u32) -> u32 {
     }
 }
 
+/// Who the workloads' Events say reported them.
+const REPORTING_CONTROLLER: &str = "scalewise";
+
+/// The API server's limit on an Event's note.
+const MAX_EVENT_NOTE: usize = 1024;
+
+/// This process, as its Events name it: the pod (`POD_NAME`) or the host.
+fn reporting_instance() -> String {
+    let name = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into());
+    truncate_at_char(&format!("{REPORTING_CONTROLLER}-{name}"), 128).to_owned()
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+fn truncate_at_char(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[async_trait]
 impl Actuator for KubernetesActuator {
     fn kind(&self) -> &'static str {
@@ -257,6 +339,43 @@ impl Actuator for KubernetesActuator {
             ),
         })
     }
+
+    async fn announce(&self, now_ms: i64, announcement: Announcement) {
+        if !self.settings.events {
+            return;
+        }
+        // A failure is told when it starts or changes, not every tick.
+        {
+            let mut last = self
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &announcement.error {
+                Some(error) if last.as_deref() == Some(error.as_str()) => return,
+                error => *last = error.clone(),
+            }
+        }
+        let Ok(client) = self.client().await else {
+            // The tick that failed to scale has said why already.
+            return;
+        };
+        let namespace = match &self.settings.namespace {
+            Some(ns) => ns.clone(),
+            None => client.default_namespace().to_owned(),
+        };
+        let event = self.event(now_ms, &namespace, &announcement);
+        let events: Api<Event> = Api::namespaced(client, &namespace);
+        if let Err(err) = events.create(&PostParams::default(), &event).await {
+            tracing::warn!(
+                scaler = %announcement.scaler,
+                error = %err,
+                "Could not record the change as an Event on {} (the client needs create on \
+                 events.k8s.io events in its namespace; `events = false` in the target turns \
+                 Events off).",
+                self.describe()
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +389,7 @@ mod tests {
             name: "web".into(),
             namespace: None,
             plural: plural.map(Into::into),
+            events: true,
         }
     }
 
