@@ -314,6 +314,19 @@ fn the_target_metrics_example_loads() {
     );
 }
 
+#[test]
+fn the_notifications_example_loads() {
+    let prefix = "[[scalers]]\nname = \"checkout\"\ninterval = \"15s\"\nmin = 1\nmax = 8\n\
+                  target = { kind = \"kubernetes\", object = \"Deployment\", name = \"checkout\" }\n\
+                  policies = [{ module = \"threshold\", params = { metric = \"cpu\", upper = 80, lower = 20 } }]\n\
+                  metrics.cpu = { source = \"prom\", query = \"avg(cpu)\", window = \"10m\" }\n\n";
+    let config = load_example("## Notifications", &format!("{PROM}\n{prefix}"));
+    let hook = config.notifications[0].get_ref();
+    assert_eq!(hook.format, scalewise::config::NotifyFormat::Slack);
+    assert_eq!(hook.scalers, ["checkout"]);
+    assert_eq!(hook.timeout.as_secs(), 5);
+}
+
 const LANGUAGES: &str = "## Writing a policy in Python, JavaScript or C";
 
 /// The README's C policy compiles (natively, syntax and types only) against

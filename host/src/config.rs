@@ -364,6 +364,7 @@ impl Config {
             simulations: _,
             scalers: _,
             leader_election,
+            notifications,
             origin,
         } = self;
         Config {
@@ -374,6 +375,7 @@ impl Config {
             journal: journal.clone(),
             clock: clock.clone(),
             leader_election: leader_election.clone(),
+            notifications: notifications.clone(),
             sources: sources.clone(),
             simulations: BTreeMap::new(),
             scalers: Vec::new(),
@@ -484,7 +486,8 @@ impl Config {
 
     /// Checks this config as a running daemon would apply it: the sections
     /// that change only at a restart (`policy_dir`, `[runtime]`, `[api]`,
-    /// `[journal]`, `[clock]`, `[watch]`, `[leader_election]`) keep
+    /// `[journal]`, `[clock]`, `[watch]`, `[leader_election]`,
+    /// `[[notifications]]`) keep
     /// `running`'s values, and the
     /// rest must agree with them (`running` may be the daemon's
     /// [`Config::settings`]: its scalers and simulations are not read). A reload must pass both
@@ -526,6 +529,15 @@ impl Config {
             "[leader_election]",
         ) {
             effective.leader_election = running.leader_election.clone();
+        }
+        let plain = |n: &[Spanned<NotificationConfig>]| -> Vec<NotificationConfig> {
+            n.iter().map(|n| n.get_ref().clone()).collect()
+        };
+        if keep(
+            plain(&effective.notifications) != plain(&running.notifications),
+            "[[notifications]]",
+        ) {
+            effective.notifications = running.notifications.clone();
         }
         if kept.is_empty() {
             return Ok(());
@@ -746,9 +758,70 @@ pub struct Config {
     /// (`[leader_election]`); without it this replica always acts.
     #[serde(default)]
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Webhooks told of every change of replicas and failure to make one
+    /// (`[[notifications]]`).
+    #[serde(default)]
+    pub notifications: Vec<Spanned<NotificationConfig>>,
     /// Where the config was read from (set by [`Config::parse`]).
     #[serde(skip)]
     origin: Origin,
+}
+
+/// A webhook (`[[notifications]]`): an HTTP POST for each change of
+/// replicas the scalers make, or fail to make. See [`crate::notify`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// Where to POST (http:// or https://).
+    pub url: String,
+    /// What to tell: `scaled` (a change made or started), `failed` (the
+    /// actuator refused it). Default both.
+    #[serde(default = "NotifyEvent::all")]
+    pub events: Vec<NotifyEvent>,
+    /// Only these scalers' changes (default: every scaler's).
+    #[serde(default)]
+    pub scalers: Vec<String>,
+    /// The body: `json` (the change as a JSON object) or `slack` (`{"text":
+    /// ...}`, what Slack's and Mattermost's incoming webhooks take).
+    #[serde(default)]
+    pub format: NotifyFormat,
+    /// Sent as `Authorization: Bearer ...`, read when the config is loaded.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Per attempt; a failed POST is tried three times in all.
+    #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What a notification tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyEvent {
+    /// A change of replicas was made (or started).
+    Scaled,
+    /// The actuator failed to make one.
+    Failed,
+}
+
+impl NotifyEvent {
+    fn all() -> Vec<NotifyEvent> {
+        vec![NotifyEvent::Scaled, NotifyEvent::Failed]
+    }
+}
+
+/// The body of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifyFormat {
+    /// The change as a JSON object.
+    #[default]
+    Json,
+    /// `{"text": "..."}`, for Slack-style incoming webhooks.
+    Slack,
 }
 
 /// Leader election (`[leader_election]`): several replicas of the daemon,

@@ -43,6 +43,7 @@ use crate::config::{
 };
 use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
 use crate::leader::{Elector, Leadership};
+use crate::notify::Notifier;
 use crate::policy::PolicyInfo;
 use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport};
 use crate::runtime::{Compiler, Runtime};
@@ -297,12 +298,20 @@ impl Daemon {
                 (leadership, Some(elector))
             }
         };
+        let notifications: Vec<_> = config
+            .notifications
+            .iter()
+            .map(|n| n.get_ref().clone())
+            .collect();
+        let notifier =
+            Notifier::start(&notifications, telemetry.clone()).map_err(DaemonError::Setup)?;
         let services = Services {
             registry: registry.clone(),
             journal: journal.clone(),
             telemetry: telemetry.clone(),
             decisions: decisions.clone(),
             leadership,
+            notifier,
         };
 
         let sources = build_named_sources(&config)?;
@@ -1287,6 +1296,13 @@ fn restart_only_changes(started: &Config, simulations_changed: bool, new: &Confi
         started.leader_election != new.leader_election,
         "[leader_election]",
     );
+    let webhooks = |c: &Config| -> Vec<crate::config::NotificationConfig> {
+        c.notifications
+            .iter()
+            .map(|n| n.get_ref().clone())
+            .collect()
+    };
+    check(webhooks(started) != webhooks(new), "[[notifications]]");
     changed
 }
 

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod envelope;
 pub mod journal;
 pub mod leader;
+pub mod notify;
 pub mod policy;
 pub mod registry;
 pub mod runtime;

@@ -27,6 +27,7 @@ use crate::journal::{
     ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState, Query,
     TickRecord, TickSummary,
 };
+use crate::notify::{Notice, NoticeTarget};
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule, log_safe};
@@ -185,6 +186,8 @@ pub struct Services {
     pub decisions: tokio::sync::broadcast::Sender<Arc<TickRecord>>,
     /// Whether this replica acts (leader election; always without it).
     pub leadership: crate::leader::Leadership,
+    /// Where changes of replicas are told (`[[notifications]]`), if anywhere.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// One scaler: its spec, its actuator and the state it keeps between ticks.
@@ -777,6 +780,21 @@ impl Scaler {
                 _ => None,
             },
         };
+        if let Some(notifier) = &self.services.notifier {
+            notifier.notify(Notice::new(
+                now_ms,
+                &announcement.scaler,
+                NoticeTarget {
+                    kind: record.target.kind.clone(),
+                    name: record.target.name.clone(),
+                },
+                current,
+                desired,
+                announcement.reason.clone(),
+                announcement.error.clone(),
+                record.id,
+            ));
+        }
         let actuator = self.actuator.clone();
         tokio::spawn(async move { actuator.announce(now_ms, announcement).await });
         if let Some(id) = record.id

@@ -86,10 +86,11 @@ pub struct ModuleLoadLabels {
     pub origin: String,
 }
 
-/// Labels for a config reload.
+/// Labels for a config reload or a notification: how it went.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigReloadLabels {
-    /// `applied`, `unchanged` or `refused`.
+    /// `applied`, `unchanged` or `refused` (a reload); `sent`, `failed` or
+    /// `dropped` (a notification).
     pub result: String,
 }
 
@@ -212,6 +213,8 @@ pub struct Telemetry {
     pub module_loads: Family<ModuleLoadLabels, Counter>,
     /// Config reloads, by result.
     pub config_reloads: Family<ConfigReloadLabels, Counter>,
+    /// Webhook notifications, by result (`sent`, `failed`, `dropped`).
+    pub notifications: Family<ConfigReloadLabels, Counter>,
     /// Journal appends or updates that failed.
     pub journal_errors: Counter,
     /// 1 while this replica acts (it leads, or there is no leader
@@ -243,6 +246,7 @@ impl Telemetry {
             modules_loaded: Gauge::default(),
             module_loads: Family::default(),
             config_reloads: Family::default(),
+            notifications: Family::default(),
             journal_errors: Counter::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
@@ -313,6 +317,11 @@ impl Telemetry {
             t.config_reloads.clone(),
         );
         registry.register(
+            "notifications",
+            "Webhook notifications of changes of replicas, by result (sent, failed, dropped)",
+            t.notifications.clone(),
+        );
+        registry.register(
             "journal_errors",
             "Journal writes that failed",
             t.journal_errors.clone(),
@@ -380,6 +389,15 @@ impl Telemetry {
     /// Counts a config reload.
     pub fn config_reload(&self, result: &str) {
         self.config_reloads
+            .get_or_create(&ConfigReloadLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a webhook notification's outcome.
+    pub fn notification(&self, result: &str) {
+        self.notifications
             .get_or_create(&ConfigReloadLabels {
                 result: result.to_owned(),
             })

@@ -49,11 +49,11 @@ impl Canned {
 }
 
 /// A server that answers every request with one [`Canned`] response and
-/// keeps the headers of every request it got.
+/// keeps the headers and body of every request it got.
 #[derive(Debug)]
 pub struct RecordingServer {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<HeaderMap>>>,
+    requests: Arc<Mutex<Vec<(HeaderMap, String)>>>,
 }
 
 impl RecordingServer {
@@ -73,6 +73,15 @@ impl RecordingServer {
 
     /// The headers of every request so far, in arrival order.
     pub fn requests(&self) -> Vec<HeaderMap> {
+        self.received().into_iter().map(|(h, _)| h).collect()
+    }
+
+    /// The body of every request so far, in arrival order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.received().into_iter().map(|(_, b)| b).collect()
+    }
+
+    fn received(&self) -> Vec<(HeaderMap, String)> {
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -80,13 +89,17 @@ impl RecordingServer {
     }
 }
 
-type RecordState = (Canned, Arc<Mutex<Vec<HeaderMap>>>);
+type RecordState = (Canned, Arc<Mutex<Vec<(HeaderMap, String)>>>);
 
-async fn record(State((answer, requests)): State<RecordState>, headers: HeaderMap) -> Response {
+async fn record(
+    State((answer, requests)): State<RecordState>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     requests
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(headers);
+        .push((headers, body));
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,

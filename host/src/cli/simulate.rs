@@ -130,8 +130,8 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
 }
 
 /// The config to simulate: the file's or the demo's, checked for the
-/// simulator, with the run's own journal, no leader election and no
-/// commit delay. Modules compiled once stay cached where `scalewise run`
+/// simulator, with the run's own journal, no leader election, no
+/// notifications and no commit delay. Modules compiled once stay cached where `scalewise run`
 /// would keep them.
 fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
     let mut config = match &args.config {
@@ -154,6 +154,8 @@ fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
     config.journal.path = journal;
     config.journal.commit_delay = Duration::ZERO;
     config.leader_election = None;
+    // A backtest changes nothing anyone should be told about.
+    config.notifications.clear();
     Ok(config)
 }
 

@@ -97,6 +97,9 @@ pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> 
         c.simulation(name, simulation.get_ref());
     }
     c.scalers(config);
+    for (i, notification) in config.notifications.iter().enumerate() {
+        c.notification(config, i, notification.get_ref(), env);
+    }
     c.problems
 }
 
@@ -335,6 +338,47 @@ impl Checker<'_, '_> {
                     list(prometheus)
                 ),
             );
+        }
+    }
+
+    fn notification(
+        &mut self,
+        config: &Config,
+        i: usize,
+        n: &crate::config::NotificationConfig,
+        env: EnvLookup<'_>,
+    ) {
+        let at = |field: &str| keys!["notifications", i, field];
+        self.http_url(&at("url"), "url", &n.url);
+        if n.events.is_empty() {
+            self.value(
+                &at("events"),
+                "events is empty: give scaled, failed or both",
+            );
+        }
+        let names: Vec<&str> = config
+            .scalers
+            .iter()
+            .map(|s| s.get_ref().name.get_ref().as_str())
+            .collect();
+        for (j, scaler) in n.scalers.iter().enumerate() {
+            if !names.contains(&scaler.as_str()) {
+                self.value(
+                    &keys!["notifications", i, "scalers", j],
+                    format!(
+                        "no scaler is named {scaler:?}; scalers: {}",
+                        list(config.scalers.iter().map(|s| s.get_ref().name.get_ref()))
+                    ),
+                );
+            }
+        }
+        if n.timeout.is_zero() {
+            self.value(&at("timeout"), "timeout must be longer than 0s");
+        }
+        if let Some(token) = &n.bearer_token
+            && let Err(err) = token.resolve_with_env(env)
+        {
+            self.value(&at("bearer_token"), format!("bearer_token: {err}"));
         }
     }
 

@@ -1,0 +1,225 @@
+//! `[[notifications]]`: webhooks told of each change of replicas and each
+//! failure to make one, by the real daemon (stepped, simulated targets) to
+//! recording HTTP servers on loopback: the JSON and Slack bodies, the
+//! filters, the bearer token, three attempts at an endpoint that fails, and
+//! a backtest that tells nobody.
+
+use std::path::Path;
+use std::time::Duration;
+
+use scalewise::simulator::ActuatorFault;
+use scalewise_tests::e2e::{Harness, T0};
+use scalewise_tests::stub_http::{Canned, RecordingServer};
+use scalewise_tests::{artifacts, policy_dir, wait_until};
+use serde_json::Value;
+
+fn ok() -> Canned {
+    Canned {
+        status: 200,
+        content_type: "text/plain",
+        body: "ok".into(),
+    }
+}
+
+/// Two simulated services, `web` asked to go 2 → 4 and `api` 2 → 3, and
+/// the given `[[notifications]]`.
+fn config(policies: &Path, journal: &Path, notifications: &str) -> String {
+    format!(
+        r#"policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[simulations.web]
+capacity_per_replica = 10.0
+initial_replicas = 2
+
+[simulations.web.load]
+base = 10.0
+
+[simulations.api]
+capacity_per_replica = 10.0
+initial_replicas = 2
+
+[simulations.api.load]
+base = 10.0
+
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "web" }}
+policies = [{{ module = "counter", params = {{ scale_to = 4 }} }}]
+
+[[scalers]]
+name = "api"
+interval = "15s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "api" }}
+policies = [{{ module = "counter", params = {{ scale_to = 3 }} }}]
+
+{notifications}"#,
+        policies = policies.display(),
+        journal = journal.display(),
+    )
+}
+
+async fn bodies(server: &RecordingServer, want: usize) -> Vec<Value> {
+    wait_until(
+        &format!("{want} notifications"),
+        Duration::from_secs(30),
+        || async {
+            let got = server.bodies();
+            if got.len() >= want {
+                Ok(got)
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|b| serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}")))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_failures_are_told_to_the_webhooks_that_want_them() {
+    let all = RecordingServer::start(ok()).await.unwrap();
+    let chat = RecordingServer::start(ok()).await.unwrap();
+    let failures = RecordingServer::start(ok()).await.unwrap();
+    let broken = RecordingServer::start(Canned::text_error(503, "down"))
+        .await
+        .unwrap();
+    let policies = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let notifications = format!(
+        r#"
+[[notifications]]
+url = "{all}/hook"
+bearer_token = {{ file = "{token}" }}
+
+[[notifications]]
+url = "{chat}/slack"
+format = "slack"
+scalers = ["web"]
+
+[[notifications]]
+url = "{failures}/failures"
+events = ["failed"]
+
+[[notifications]]
+url = "{broken}/down"
+scalers = ["web"]
+"#,
+        all = all.url(),
+        chat = chat.url(),
+        failures = failures.url(),
+        broken = broken.url(),
+        token = dir.path().join("token").display(),
+    );
+    std::fs::write(dir.path().join("token"), "h00k\n").unwrap();
+    let text = config(
+        policies.path(),
+        &dir.path().join("journal.db"),
+        &notifications,
+    );
+    let mut h = Harness::from_text(&text, &dir.path().join("notify.toml"), T0).await;
+    h.daemon
+        .simulation()
+        .service("api")
+        .unwrap()
+        .lock()
+        .set_actuator_fault(Some(ActuatorFault::ScaleFails));
+    let records = h.run_until(T0).await;
+    assert_eq!(records.len(), 2);
+
+    // Every change and failure, as JSON, with the token.
+    let mut told = bodies(&all, 2).await;
+    told.sort_by_key(|b| b["scaler"].as_str().unwrap().to_owned());
+    let (api, web) = (&told[0], &told[1]);
+    assert_eq!(web["event"], "scaled");
+    assert_eq!(
+        (web["from"].as_u64(), web["to"].as_u64()),
+        (Some(2), Some(4))
+    );
+    assert_eq!(web["target"]["kind"], "simulator");
+    assert_eq!(web["time"], "2023-11-14T22:13:20.000Z");
+    assert!(
+        web["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 → 4 — counter: counter v1: evaluation 1"),
+        "{web}"
+    );
+    let web_record = records.iter().find(|r| r.scaler == "web").unwrap();
+    assert_eq!(web["record"].as_i64(), web_record.id);
+    assert_eq!(api["event"], "failed");
+    assert!(api["error"].as_str().unwrap().contains("api"), "{api}");
+    for headers in all.requests() {
+        assert_eq!(headers["authorization"], "Bearer h00k");
+    }
+
+    // Slack's shape, for web only.
+    let slack = bodies(&chat, 1).await;
+    let line = slack[0]["text"].as_str().unwrap();
+    assert!(
+        line.starts_with("Scalewise: web (simulator web) 2 → 4: 2 → 4 — counter"),
+        "{line}"
+    );
+    // Failures only: api's.
+    let failed = bodies(&failures, 1).await;
+    assert_eq!(failed[0]["scaler"], "api");
+
+    // An endpoint that keeps failing is tried three times, then counted.
+    wait_until("three attempts", Duration::from_secs(30), || async {
+        match broken.requests().len() {
+            3 => Ok(()),
+            n => Err(format!("{n} attempts")),
+        }
+    })
+    .await
+    .unwrap();
+    let metrics = wait_until("the failure counted", Duration::from_secs(10), || async {
+        let metrics = h.daemon.telemetry().encode();
+        if metrics.contains("scalewise_notifications_total{result=\"failed\"} 1") {
+            Ok(metrics)
+        } else {
+            Err(metrics)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("scalewise_notifications_total{result=\"sent\"}"),
+        "{metrics}"
+    );
+    // Nothing more was told, and nothing arrived twice.
+    assert_eq!(all.bodies().len(), 2);
+    assert_eq!(chat.bodies().len(), 1);
+    assert_eq!(failures.bodies().len(), 1);
+    h.close().await;
+}
+
+#[test]
+fn a_notification_for_an_unknown_scaler_or_a_bad_url_is_refused_at_its_place() {
+    let policies = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        policies.path(),
+        &dir.path().join("journal.db"),
+        "[[notifications]]\nurl = \"ftp://hooks\"\nscalers = [\"wbe\"]\n",
+    );
+    let err = scalewise::config::Config::parse(&text, Path::new("n.toml"))
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "n.toml:37:7: notifications[0]: url \"ftp://hooks\" must start with http:// or https://",
+        "n.toml:38:12: notifications[0].scalers[0]: no scaler is named \"wbe\"; scalers: web, api",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+}
