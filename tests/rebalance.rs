@@ -306,6 +306,13 @@ async fn workers_follow_the_shard_count_the_target_reports() {
     );
     assert_eq!(coordinator.with(|w| w.owners().len()), 16);
     no_violations(&coordinator);
+    // The API's status of the scaler shows what the target reported.
+    let handles = h.daemon.telemetry().scalers().load_full();
+    let status = handles["consumers"].status.load_full();
+    assert_eq!(
+        (status.facts["shards"], status.facts["unassigned_shards"]),
+        (16.0, 0.0)
+    );
     h.close().await;
 
     // After a restart the series is there again, from the journal.

@@ -128,6 +128,10 @@ pub struct ScalerStatus {
     pub policies: Vec<PolicyStatus>,
     /// A change in flight, if any.
     pub in_flight: Option<String>,
+    /// What the target reported besides its replica counts at the last
+    /// tick (shards, instances by state, ...: the `target` source's facts).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, f64>,
     /// Ticks run since start.
     pub ticks: u64,
 }
@@ -885,6 +889,7 @@ impl Scaler {
             last_decision: Some(summarize(record)),
             problems,
             policies,
+            facts: observed.facts.clone(),
             in_flight: match (&observed.in_flight, &record.actuation) {
                 (Some(f), _) => Some(format!(
                     "→ {} since {}: {}",
