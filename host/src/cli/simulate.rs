@@ -135,19 +135,24 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
 /// would keep them.
 fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => {
-            let dir = demo::policy_dir(args.policy_dir.clone()).map_err(|e| e.to_string())?;
-            let config = Config::demo(&dir, &journal);
-            config.validate().map_err(|e| e.to_string())?;
-            config
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+            Config::parse_unvalidated(&text, path).map_err(|e| e.to_string())?
         }
+        None => Config::demo(
+            &demo::policy_dir(args.policy_dir.clone()).map_err(|e| e.to_string())?,
+            &journal,
+        ),
     };
-    config.check_simulated().map_err(|e| e.to_string())?;
+    // --policy-dir replaces the file's before it is checked: the file's
+    // folder need not exist where the backtest runs.
     if let Some(dir) = &args.policy_dir {
         let span = config.policy_dir.span();
         config.policy_dir = Spanned::new(span, dir.clone());
     }
+    config.validate().map_err(|e| e.to_string())?;
+    config.check_simulated().map_err(|e| e.to_string())?;
     if config.runtime.cache_dir.is_none() && args.config.is_some() {
         config.runtime.cache_dir = Some(default_cache_dir(&config.journal.path));
     }
