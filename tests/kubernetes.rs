@@ -233,17 +233,21 @@ async fn changes_are_told_as_events_on_the_workload_and_a_lasting_failure_once()
     let actuator =
         KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
     let told = |to: u32, error: Option<&str>| Announcement {
+        time_ms: T0,
         scaler: "web".into(),
+        target_kind: "kubernetes".into(),
+        target_name: "shop/web".into(),
         from: 3,
         to,
         reason: format!("3 → {to} — target-tracking: cpu 90.0 vs target 60.0"),
         error: error.map(Into::into),
+        record: None,
     };
-    actuator.announce(T0, told(5, None)).await;
+    actuator.announce(told(5, None)).await;
     for _ in 0..3 {
-        actuator.announce(T0, told(6, Some("forbidden"))).await;
+        actuator.announce(told(6, Some("forbidden"))).await;
     }
-    actuator.announce(T0, told(6, Some("timed out"))).await;
+    actuator.announce(told(6, Some("timed out"))).await;
     let events = kube.events();
     let reasons: Vec<&str> = events
         .iter()
@@ -292,6 +296,6 @@ async fn changes_are_told_as_events_on_the_workload_and_a_lasting_failure_once()
         },
         kube.client("default"),
     );
-    quiet.announce(T0, told(7, None)).await;
+    quiet.announce(told(7, None)).await;
     assert_eq!(kube.events().len(), 3);
 }

@@ -134,14 +134,21 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// such a record (a Kubernetes workload's events). Best effort, off the
     /// tick: the journal already has the outcome, so a failure here is only
     /// logged. Nothing by default.
-    async fn announce(&self, _now_ms: i64, _announcement: Announcement) {}
+    async fn announce(&self, _announcement: Announcement) {}
 }
 
-/// A change of replicas an actuator made, or failed to make, in words.
+/// A change of replicas a scaler made, or failed to make, in words: what
+/// [`Actuator::announce`] and the webhooks ([`crate::notify`]) are told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
+    /// When the tick ran (ms since the Unix epoch).
+    pub time_ms: i64,
     /// The scaler.
     pub scaler: String,
+    /// The target's actuator kind (`kubernetes`, `aws-asg`, ...).
+    pub target_kind: String,
+    /// The target's name as its actuator knows it.
+    pub target_name: String,
     /// Replicas before.
     pub from: u32,
     /// Replicas asked for.
@@ -150,4 +157,6 @@ pub struct Announcement {
     pub reason: String,
     /// The actuator's error, when the change failed.
     pub error: Option<String>,
+    /// The tick's journal record, if it was written.
+    pub record: Option<i64>,
 }

@@ -100,7 +100,7 @@ pub struct RunArgs {
 pub struct SimulateArgs {
     /// The configuration file; without one, the embedded demo's. Every
     /// target must be a `[simulations]` service and every metric's source
-    /// the simulator.
+    /// the simulator or the target.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Load the policy modules from this folder instead of the config's

@@ -13,9 +13,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::actuators::Announcement;
 use crate::clock::format_ms;
 use crate::config::{NotificationConfig, NotifyEvent, NotifyFormat};
 use crate::telemetry::Telemetry;
@@ -26,76 +26,45 @@ pub const QUEUE: usize = 1024;
 /// Attempts per notification and webhook.
 const ATTEMPTS: u32 = 3;
 
-/// A change of replicas to tell, as the scaler saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notice {
-    /// When the tick ran (RFC 3339).
-    pub time: String,
-    /// `scaled` or `failed`.
-    pub event: &'static str,
-    /// The scaler.
-    pub scaler: String,
-    /// The target's actuator kind and name.
-    pub target: NoticeTarget,
-    /// Replicas before.
-    pub from: u32,
-    /// Replicas asked for.
-    pub to: u32,
-    /// Why, as the log line says it.
-    pub reason: String,
-    /// The actuator's error, for `failed`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The journal record of the tick, for `scalewise journal show`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<i64>,
-}
-
-/// What a notice's target is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NoticeTarget {
-    /// `kubernetes`, `aws-asg`, `rebalance` or `simulator`.
-    pub kind: String,
-    /// Its name as the actuator knows it.
-    pub name: String,
-}
-
-impl Notice {
-    /// A notice of a tick at `time_ms`; `error` makes it a `failed` one.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        time_ms: i64,
-        scaler: &str,
-        target: NoticeTarget,
-        from: u32,
-        to: u32,
-        reason: String,
-        error: Option<String>,
-        record: Option<i64>,
-    ) -> Self {
-        Notice {
-            time: format_ms(time_ms),
-            event: if error.is_some() { "failed" } else { "scaled" },
-            scaler: scaler.to_owned(),
-            target,
-            from,
-            to,
-            reason,
-            error,
-            record,
-        }
+/// The JSON body of a change: `{"time", "event", "scaler", "target": {"kind",
+/// "name"}, "from", "to", "reason", "error"?, "record"?}`.
+pub fn payload(a: &Announcement) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "time": format_ms(a.time_ms),
+        "event": event_of(a),
+        "scaler": a.scaler,
+        "target": {"kind": a.target_kind, "name": a.target_name},
+        "from": a.from,
+        "to": a.to,
+        "reason": a.reason,
+    });
+    if let Some(error) = &a.error {
+        body["error"] = serde_json::json!(error);
     }
+    if let Some(record) = a.record {
+        body["record"] = serde_json::json!(record);
+    }
+    body
+}
 
-    /// One line for a chat channel.
-    pub fn text(&self) -> String {
-        let head = format!(
-            "Scalewise: {} ({} {}) {} → {}",
-            self.scaler, self.target.kind, self.target.name, self.from, self.to
-        );
-        match &self.error {
-            None => format!("{head}: {}", self.reason),
-            Some(error) => format!("{head} FAILED: {error} ({})", self.reason),
-        }
+/// One line for a chat channel.
+pub fn text(a: &Announcement) -> String {
+    let head = format!(
+        "Scalewise: {} ({} {}) {} → {}",
+        a.scaler, a.target_kind, a.target_name, a.from, a.to
+    );
+    match &a.error {
+        None => format!("{head}: {}", a.reason),
+        Some(error) => format!("{head} FAILED: {error} ({})", a.reason),
+    }
+}
+
+/// `scaled`, or `failed` when the change failed.
+fn event_of(a: &Announcement) -> &'static str {
+    if a.error.is_some() {
+        "failed"
+    } else {
+        "scaled"
     }
 }
 
@@ -111,15 +80,15 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn wants(&self, notice: &Notice) -> bool {
-        self.events.contains(notice.event)
-            && (self.scalers.is_empty() || self.scalers.contains(&notice.scaler))
+    fn wants(&self, a: &Announcement) -> bool {
+        self.events.contains(event_of(a))
+            && (self.scalers.is_empty() || self.scalers.contains(&a.scaler))
     }
 
-    fn body(&self, notice: &Notice) -> serde_json::Value {
+    fn body(&self, a: &Announcement) -> serde_json::Value {
         match self.format {
-            NotifyFormat::Json => serde_json::to_value(notice).unwrap_or_default(),
-            NotifyFormat::Slack => serde_json::json!({ "text": notice.text() }),
+            NotifyFormat::Json => payload(a),
+            NotifyFormat::Slack => serde_json::json!({ "text": text(a) }),
         }
     }
 
@@ -153,10 +122,10 @@ impl Webhook {
     }
 }
 
-/// Delivers notices to the configured webhooks, off the scalers' ticks.
+/// Delivers changes to the configured webhooks, off the scalers' ticks.
 #[derive(Debug)]
 pub struct Notifier {
-    queue: mpsc::Sender<Notice>,
+    queue: mpsc::Sender<Announcement>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -200,18 +169,18 @@ impl Notifier {
                 client,
             });
         }
-        let (queue, mut notices) = mpsc::channel::<Notice>(QUEUE);
+        let (queue, mut changes) = mpsc::channel::<Announcement>(QUEUE);
         let counts = telemetry.clone();
         tokio::spawn(async move {
-            while let Some(notice) = notices.recv().await {
-                for webhook in built.iter().filter(|w| w.wants(&notice)) {
-                    match webhook.post(&webhook.body(&notice)).await {
+            while let Some(change) = changes.recv().await {
+                for webhook in built.iter().filter(|w| w.wants(&change)) {
+                    match webhook.post(&webhook.body(&change)).await {
                         Ok(()) => counts.notification("sent"),
                         Err(error) => {
                             counts.notification("failed");
                             tracing::warn!(
                                 url = %webhook.url,
-                                scaler = %notice.scaler,
+                                scaler = %change.scaler,
                                 %error,
                                 "A notification could not be delivered after {ATTEMPTS} attempts."
                             );
@@ -223,9 +192,9 @@ impl Notifier {
         Ok(Some(Arc::new(Notifier { queue, telemetry })))
     }
 
-    /// Queues `notice` for delivery; never waits.
-    pub fn notify(&self, notice: Notice) {
-        if let Err(err) = self.queue.try_send(notice) {
+    /// Queues `change` for delivery; never waits.
+    pub fn notify(&self, change: Announcement) {
+        if let Err(err) = self.queue.try_send(change) {
             self.telemetry.notification("dropped");
             tracing::warn!(
                 scaler = %err.into_inner().scaler,
@@ -239,27 +208,25 @@ impl Notifier {
 mod tests {
     use super::*;
 
-    fn notice(error: Option<&str>) -> Notice {
-        Notice::new(
-            1_700_000_000_000,
-            "web",
-            NoticeTarget {
-                kind: "kubernetes".into(),
-                name: "shop/web".into(),
-            },
-            2,
-            4,
-            "2 → 4 — target-tracking: cpu 92.0 vs target 60.0".into(),
-            error.map(Into::into),
-            Some(7),
-        )
+    fn change(error: Option<&str>) -> Announcement {
+        Announcement {
+            time_ms: 1_700_000_000_000,
+            scaler: "web".into(),
+            target_kind: "kubernetes".into(),
+            target_name: "shop/web".into(),
+            from: 2,
+            to: 4,
+            reason: "2 → 4 — target-tracking: cpu 92.0 vs target 60.0".into(),
+            error: error.map(Into::into),
+            record: Some(7),
+        }
     }
 
     #[test]
-    fn a_notice_reads_as_json_and_as_one_line() {
-        let scaled = notice(None);
+    fn a_change_reads_as_json_and_as_one_line() {
+        let scaled = change(None);
         assert_eq!(
-            serde_json::to_value(&scaled).unwrap(),
+            payload(&scaled),
             serde_json::json!({
                 "time": "2023-11-14T22:13:20.000Z",
                 "event": "scaled",
@@ -272,18 +239,18 @@ mod tests {
             })
         );
         assert_eq!(
-            scaled.text(),
+            text(&scaled),
             "Scalewise: web (kubernetes shop/web) 2 → 4: 2 → 4 — target-tracking: cpu 92.0 vs \
              target 60.0"
         );
-        let failed = notice(Some("forbidden"));
-        assert_eq!(failed.event, "failed");
+        let failed = change(Some("forbidden"));
+        assert_eq!(payload(&failed)["event"], "failed");
+        assert_eq!(payload(&failed)["error"], "forbidden");
         assert!(
-            failed
-                .text()
+            text(&failed)
                 .starts_with("Scalewise: web (kubernetes shop/web) 2 → 4 FAILED: forbidden"),
             "{}",
-            failed.text()
+            text(&failed)
         );
     }
 }

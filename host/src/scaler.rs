@@ -27,7 +27,6 @@ use crate::journal::{
     ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState, Query,
     TickRecord, TickSummary,
 };
-use crate::notify::{Notice, NoticeTarget};
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule, log_safe};
@@ -771,36 +770,29 @@ impl Scaler {
             }
         };
         record.actuation = outcome.clone();
+        let summary = summarize(record);
         if !matches!(outcome, ActuationRecord::Failed { .. }) {
-            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Scaled: {}", log_safe(&summarize(record)));
+            tracing::info!(target: SCALE_LOG_TARGET, scaler = %self.spec.name, id = record.id, "Scaled: {}", log_safe(&summary));
         }
         let announcement = Announcement {
+            time_ms: now_ms,
             scaler: self.spec.name.clone(),
+            target_kind: record.target.kind.clone(),
+            target_name: record.target.name.clone(),
             from: current,
             to: desired,
-            reason: summarize(record),
+            reason: summary,
             error: match &outcome {
                 ActuationRecord::Failed { error, .. } => Some(error.clone()),
                 _ => None,
             },
+            record: record.id,
         };
         if let Some(notifier) = &self.services.notifier {
-            notifier.notify(Notice::new(
-                now_ms,
-                &announcement.scaler,
-                NoticeTarget {
-                    kind: record.target.kind.clone(),
-                    name: record.target.name.clone(),
-                },
-                current,
-                desired,
-                announcement.reason.clone(),
-                announcement.error.clone(),
-                record.id,
-            ));
+            notifier.notify(announcement.clone());
         }
         let actuator = self.actuator.clone();
-        tokio::spawn(async move { actuator.announce(now_ms, announcement).await });
+        tokio::spawn(async move { actuator.announce(announcement).await });
         if let Some(id) = record.id
             && let Err(err) = self.services.journal.update_actuation(id, outcome).await
         {

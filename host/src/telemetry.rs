@@ -86,9 +86,9 @@ pub struct ModuleLoadLabels {
     pub origin: String,
 }
 
-/// Labels for a config reload or a notification: how it went.
+/// Labels for how something went: a config reload, a notification.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConfigReloadLabels {
+pub struct ResultLabels {
     /// `applied`, `unchanged` or `refused` (a reload); `sent`, `failed` or
     /// `dropped` (a notification).
     pub result: String,
@@ -212,9 +212,9 @@ pub struct Telemetry {
     /// where their code came from.
     pub module_loads: Family<ModuleLoadLabels, Counter>,
     /// Config reloads, by result.
-    pub config_reloads: Family<ConfigReloadLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
     /// Webhook notifications, by result (`sent`, `failed`, `dropped`).
-    pub notifications: Family<ConfigReloadLabels, Counter>,
+    pub notifications: Family<ResultLabels, Counter>,
     /// Journal appends or updates that failed.
     pub journal_errors: Counter,
     /// 1 while this replica acts (it leads, or there is no leader
@@ -389,7 +389,7 @@ impl Telemetry {
     /// Counts a config reload.
     pub fn config_reload(&self, result: &str) {
         self.config_reloads
-            .get_or_create(&ConfigReloadLabels {
+            .get_or_create(&ResultLabels {
                 result: result.to_owned(),
             })
             .inc();
@@ -398,7 +398,7 @@ impl Telemetry {
     /// Counts a webhook notification's outcome.
     pub fn notification(&self, result: &str) {
         self.notifications
-            .get_or_create(&ConfigReloadLabels {
+            .get_or_create(&ResultLabels {
                 result: result.to_owned(),
             })
             .inc();

@@ -104,7 +104,7 @@ impl KubernetesActuator {
     }
 
     /// The Event that says what `a` did to the workload, in `namespace`.
-    fn event(&self, now_ms: i64, namespace: &str, a: &Announcement) -> Event {
+    fn event(&self, namespace: &str, a: &Announcement) -> Event {
         let (kind, reason, note) = match &a.error {
             None => (
                 "Normal",
@@ -127,7 +127,7 @@ impl KubernetesActuator {
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(
-                Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH),
+                Timestamp::from_millisecond(a.time_ms).unwrap_or(Timestamp::UNIX_EPOCH),
             )),
             action: Some("Scale".into()),
             reason: Some(reason.into()),
@@ -340,7 +340,7 @@ impl Actuator for KubernetesActuator {
         })
     }
 
-    async fn announce(&self, now_ms: i64, announcement: Announcement) {
+    async fn announce(&self, announcement: Announcement) {
         if !self.settings.events {
             return;
         }
@@ -363,7 +363,7 @@ impl Actuator for KubernetesActuator {
             Some(ns) => ns.clone(),
             None => client.default_namespace().to_owned(),
         };
-        let event = self.event(now_ms, &namespace, &announcement);
+        let event = self.event(&namespace, &announcement);
         let events: Api<Event> = Api::namespaced(client, &namespace);
         if let Err(err) = events.create(&PostParams::default(), &event).await {
             tracing::warn!(
