@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use scalewise::journal::{ActuationRecord, Journal, Query, TickRecord};
+use scalewise_tests::prometheus::PrometheusServer;
 use scalewise_tests::{artifacts, cli, policy_dir};
 use serde_json::Value;
 
@@ -355,4 +356,268 @@ params = {{ metric = "cpu", target = 60.0 }}
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("a simulation runs from 1s to"), "{err}");
+}
+
+/// A Prometheus server holding six hours of a request counter, ending an
+/// hour ago: `http_requests_total{job="site"}` at 10 requests/s for three
+/// hours, then 50, scraped every 15 s; and two series of
+/// `pod_requests_total` (for the refusal of several series). Returns the
+/// server and the history's first sample time (seconds).
+fn prometheus_with_traffic() -> (PrometheusServer, i64) {
+    let t0_s = (scalewise::clock::wall_clock_ms() / 1000 - 7 * 3600) / 60 * 60;
+    let mut om = String::from("# TYPE http_requests counter\n");
+    let mut total = 0.0;
+    for i in 0..=(6 * 3600 / 15) {
+        om.push_str(&format!(
+            "http_requests_total{{job=\"site\"}} {total} {}\n",
+            t0_s + 15 * i
+        ));
+        total += if i < 3 * 3600 / 15 { 150.0 } else { 750.0 };
+    }
+    om.push_str("# TYPE pod_requests counter\n");
+    for pod in ["a", "b"] {
+        for i in 0..=40 {
+            om.push_str(&format!(
+                "pod_requests_total{{pod=\"{pod}\"}} {} {}\n",
+                i * 15,
+                t0_s + 15 * i
+            ));
+        }
+    }
+    om.push_str("# EOF\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(PrometheusServer::builder().backfill(&om).start())
+        .expect("a real Prometheus server with backfilled history");
+    (server, t0_s)
+}
+
+#[test]
+fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
+    let (prometheus, t0_s) = prometheus_with_traffic();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("site.csv");
+    let query = "sum(rate(http_requests_total{job=\"site\"}[1m]))";
+    // Every second of 5h55m: 21,301 samples, three range queries.
+    let (start_s, end_s) = (t0_s + 300, t0_s + 6 * 3600);
+    let (code, out, err) = cli(&[
+        "trace",
+        "--prometheus",
+        prometheus.url(),
+        "--query",
+        query,
+        "--start",
+        &(start_s * 1000).to_string(),
+        "--end",
+        &(end_s * 1000).to_string(),
+        "--step",
+        "1s",
+        "--output",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out, "", "the trace went to the file");
+    assert!(
+        err.contains("Wrote 21301 rows") && err.contains("(3 range queries)"),
+        "{err}"
+    );
+    assert!(!err.contains("no data"), "no gaps: {err}");
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("timestamp_s,requests"));
+    let rows: Vec<(i64, f64)> = lines
+        .map(|line| {
+            let (t, n) = line.split_once(',').unwrap();
+            (t.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 21_301);
+    // A row every second, none twice where the range queries meet.
+    assert!(
+        rows.iter()
+            .zip(start_s..)
+            .all(|(&(t, _), expected)| t == expected),
+        "rows are not every second from the start"
+    );
+    // A second's requests: 10 for three hours, 50 after (a minute of
+    // ramp where rate()'s window straddles the change).
+    let change_s = t0_s + 3 * 3600;
+    for &(t, requests) in &rows {
+        let expected = if t <= change_s {
+            10.0
+        } else if t >= change_s + 60 {
+            50.0
+        } else {
+            continue;
+        };
+        assert!(
+            (requests - expected).abs() < 1e-6,
+            "{requests} requests in second {t}, not {expected}"
+        );
+    }
+
+    // The same from a config's source (its URL and headers), to standard
+    // output, every minute.
+    let config = dir.path().join("prod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy_dir = \"{}\"\n\n[sources.prom]\nkind = \"prometheus\"\nurl = \"{}\"\nheaders = {{ X-Scope-OrgID = \"site\" }}\n",
+            dir.path().display(),
+            prometheus.url()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&[
+        "trace",
+        "--config",
+        config.to_str().unwrap(),
+        "--source",
+        "prom",
+        "--query",
+        query,
+        "--start",
+        &(start_s * 1000).to_string(),
+        "--end",
+        &(end_s * 1000).to_string(),
+    ]);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        err.contains("Wrote 356 rows") && err.contains("(1 range query)"),
+        "{err}"
+    );
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 357, "a header and 356 rows");
+    assert_eq!(rows[0], "timestamp_s,requests");
+    let (t, requests) = rows[1].split_once(',').unwrap();
+    assert_eq!(t, start_s.to_string());
+    assert!(
+        (requests.parse::<f64>().unwrap() - 600.0).abs() < 1e-6,
+        "{out}"
+    );
+
+    // Played back: the backtest's service sees the traffic Prometheus saw.
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let site = dir.path().join("site.toml");
+    std::fs::write(
+        &site,
+        format!(
+            r#"policy_dir = "{}"
+
+[journal]
+path = "{}"
+
+[simulations.site]
+capacity_per_replica = 5.0
+initial_replicas = 2
+startup_delay = "1m"
+
+[simulations.site.load]
+trace = {{ path = "site.csv" }}
+
+[[scalers]]
+name = "site"
+interval = "30s"
+min = 1
+max = 20
+target = {{ kind = "simulator", service = "site" }}
+
+[scalers.metrics.cpu]
+source = "simulator"
+query = "cpu"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = {{ metric = "cpu", target = 60.0 }}
+"#,
+            policies.path().display(),
+            dir.path().join("journal.db").display()
+        ),
+    )
+    .unwrap();
+    let report = simulate_json(&["--config", site.to_str().unwrap(), "--for", "5h"]);
+    let site = &report["scalers"][0];
+    let load = &site["load"];
+    assert!(
+        (load["min"].as_f64().unwrap() - 10.0).abs() < 1e-6
+            && (load["max"].as_f64().unwrap() - 50.0).abs() < 1e-6,
+        "{load}"
+    );
+    // Three hours at 10 (2 replicas at 60 %: 3.3 -> 4) and two at 50 (17).
+    let replicas = &site["replicas"];
+    assert!(replicas["max"].as_f64().unwrap() >= 16.0, "{replicas}");
+    assert!(site["scale_outs"].as_u64().unwrap() >= 2, "{site}");
+}
+
+#[test]
+fn a_trace_prometheus_cannot_give_is_refused_and_nothing_written() {
+    let (prometheus, t0_s) = prometheus_with_traffic();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("load.csv");
+    std::fs::write(&output, "precious").unwrap();
+    let start = (t0_s * 1000 + 60_000).to_string();
+    let end = (t0_s * 1000 + 600_000).to_string();
+    let trace = |query: &str, extra: &[&str]| {
+        let mut args = vec![
+            "trace",
+            "--query",
+            query,
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(out, "");
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious");
+        err
+    };
+    let url = prometheus.url();
+    let err = trace("rate(pod_requests_total[1m])", &["--prometheus", url]);
+    assert!(
+        err.contains("query returned 2 series; aggregate it to one"),
+        "{err}"
+    );
+    let err = trace("sum(rate(nothing_total[1m]))", &["--prometheus", url]);
+    assert!(err.contains("query returned no data"), "{err}");
+    let err = trace("sum(rate(http_requests_total[1m])", &["--prometheus", url]);
+    assert!(err.contains("query error"), "{err}");
+    let err = trace(
+        "0 - sum(rate(http_requests_total[1m]))",
+        &["--prometheus", url],
+    );
+    assert!(
+        err.contains("the query gave -10") && err.contains("never negative"),
+        "{err}"
+    );
+    let err = trace("up", &["--prometheus", "http://127.0.0.1:9"]);
+    assert!(err.contains("unreachable"), "{err}");
+    let err = trace("up", &["--prometheus", url, "--step", "1500ms"]);
+    assert!(
+        err.contains("--step 1s 500ms: a whole number of seconds"),
+        "{err}"
+    );
+
+    let config = dir.path().join("prod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy_dir = \"{}\"\n\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://127.0.0.1:9\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let err = trace("up", &["--config", config, "--source", "thanos"]);
+    assert!(
+        err.contains(&format!(
+            "--source thanos: {config} has no [sources.thanos]; it has: prom"
+        )),
+        "{err}"
+    );
 }

@@ -9,6 +9,7 @@ mod journal;
 mod replay;
 mod run;
 mod simulate;
+mod trace;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -61,6 +62,10 @@ pub enum Command {
     /// as fast as the CPU allows, and reports what the scaling cost and
     /// what each service went through.
     Simulate(SimulateArgs),
+    /// Writes a load trace for `simulate` (a `timestamp_s,requests` CSV)
+    /// from the history of a request rate in Prometheus: backtests on your
+    /// own traffic.
+    Trace(TraceArgs),
     /// Internal: the daemon's compiler process. Compiles the `.wasm` on
     /// stdin and writes the code to stdout (see `runtime::Compiler`).
     #[command(name = crate::runtime::WORKER_COMMAND, hide = true)]
@@ -145,6 +150,47 @@ pub struct SimulateArgs {
     /// Print a line per change of replicas while the run goes.
     #[arg(long, conflicts_with = "json")]
     pub decisions: bool,
+}
+
+/// Arguments of `scalewise trace`.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// The request rate in requests per second, as one series, e.g.
+    /// `sum(rate(http_requests_total{job="site"}[1m]))`.
+    #[arg(long, value_name = "PROMQL")]
+    pub query: String,
+    /// The Prometheus server to ask (no auth), e.g. `http://prometheus:9090`.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub prometheus: Option<String>,
+    /// Ask a source of this config instead: its URL, auth and headers.
+    #[arg(long, short, value_name = "FILE", requires = "source")]
+    pub config: Option<PathBuf>,
+    /// The config's source to ask (`[sources.<name>]`).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub source: Option<String>,
+    /// The first sample's time (ms since the epoch or RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    pub start: String,
+    /// The last sample's time (ms since the epoch or RFC 3339; default: now).
+    #[arg(long, value_name = "TIME")]
+    pub end: Option<String>,
+    /// Time between samples: a row of the trace each (whole seconds).
+    #[arg(
+        long,
+        default_value = "1m",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION"
+    )]
+    pub step: Duration,
+    /// Write the trace to this file (replaced whole, only once every
+    /// sample has arrived) instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `scalewise journal ...`: reading the decision journal.
@@ -336,6 +382,7 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Eval(args) => eval(&args, out, err),
         Command::Replay(args) => replay::replay(&args, out, err),
         Command::Simulate(args) => simulate::simulate(&args, out, err),
+        Command::Trace(args) => trace::trace(&args, out, err),
         Command::CompileWorker { limits } => compile_worker(&limits, out, err),
     };
     // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.

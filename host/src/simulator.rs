@@ -28,7 +28,7 @@ use toml::Spanned;
 
 use crate::config::SimulationConfig;
 
-pub use load::{LoadModel, Trace};
+pub use load::{LoadModel, Trace, TraceWriteError, WrittenTrace, write_trace};
 pub use service::{
     ActuatorFault, DEFAULT_HISTORY_MS, MAX_LATENCY_MS, MAX_POINTS, MetricFault, Sample,
     ServiceParams, SimulatedService, StepState, derive,

@@ -365,6 +365,89 @@ impl Trace {
     }
 }
 
+/// What [`write_trace`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenTrace {
+    /// Rows, one per sample.
+    pub rows: usize,
+    /// The first row's time, seconds since the epoch.
+    pub first_s: i64,
+    /// The last row's time.
+    pub last_s: i64,
+    /// Steps of the asked span with no sample (or a NaN one): the rate
+    /// before each gap holds over it, and the trace starts at the first
+    /// sample and ends a step after the last.
+    pub missing: usize,
+}
+
+/// Why [`write_trace`] wrote no trace.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceWriteError {
+    /// A sample that is not a request rate.
+    #[error("the query gave {value} at {time}: a request rate is a finite number, never negative",
+        time = crate::clock::format_ms(*timestamp_ms))]
+    NotARate {
+        /// When.
+        timestamp_ms: i64,
+        /// What it gave.
+        value: f64,
+    },
+    /// Fewer than two samples: a trace needs two rows to know its bin length.
+    #[error("the query gave {0} sample(s) with data; a trace needs at least two")]
+    TooFew(usize),
+    /// The output could not be written.
+    #[error("{0}")]
+    Write(#[from] csv::Error),
+}
+
+/// Writes a trace file (the `timestamp_s,requests` CSV [`Trace::load`]
+/// reads) from a request rate sampled every `step_s` seconds from `start_s`
+/// to `end_s`, oldest first, as a range query gives it: a row per sample,
+/// dated in seconds since the epoch, whose requests are the rate times the
+/// time until the next sample (after the last, one step). So a gap in the
+/// data leaves the rate before it in force, as a scraper outage would have
+/// looked to a policy holding its last value. NaN samples (a rate of
+/// nothing over nothing) count as gaps.
+pub fn write_trace(
+    points: &[crate::policy::Point],
+    start_s: i64,
+    end_s: i64,
+    step_s: i64,
+    out: impl std::io::Write,
+) -> Result<WrittenTrace, TraceWriteError> {
+    let mut samples = Vec::with_capacity(points.len());
+    for p in points {
+        if p.value.is_nan() {
+            continue;
+        }
+        if p.value < 0.0 || !p.value.is_finite() {
+            return Err(TraceWriteError::NotARate {
+                timestamp_ms: p.timestamp_ms,
+                value: p.value,
+            });
+        }
+        samples.push((p.timestamp_ms.div_euclid(1000), p.value));
+    }
+    if samples.len() < 2 {
+        return Err(TraceWriteError::TooFew(samples.len()));
+    }
+    let mut csv = csv::Writer::from_writer(out);
+    csv.write_record(TRACE_HEADER)?;
+    for (i, &(t_s, rate)) in samples.iter().enumerate() {
+        let next_s = samples.get(i + 1).map_or(t_s + step_s, |&(next, _)| next);
+        let requests = rate * (next_s - t_s) as f64;
+        csv.write_record([t_s.to_string(), requests.to_string()])?;
+    }
+    csv.flush().map_err(csv::Error::from)?;
+    let steps = usize::try_from((end_s - start_s).div_euclid(step_s) + 1).unwrap_or(0);
+    Ok(WrittenTrace {
+        rows: samples.len(),
+        first_s: samples[0].0,
+        last_s: samples[samples.len() - 1].0,
+        missing: steps.saturating_sub(samples.len()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -614,5 +697,68 @@ mod tests {
         let err = Trace::load(&missing).unwrap_err();
         assert_eq!(err.kind(), "trace_read");
         assert!(err.to_string().contains("missing.csv"), "{err}");
+    }
+
+    fn at(t_s: i64, value: f64) -> crate::policy::Point {
+        crate::policy::Point {
+            timestamp_ms: t_s * 1000,
+            value,
+        }
+    }
+
+    #[test]
+    fn a_written_trace_plays_back_the_rates_and_holds_them_over_gaps() {
+        // Every minute from 1,000,000 s: 10 req/s, 12.5, a step with no
+        // sample and one NaN (gaps), then 40 twice.
+        let start_s = 1_000_020;
+        let points = [
+            at(start_s, 10.0),
+            at(start_s + 60, 12.5),
+            at(start_s + 120, f64::NAN),
+            at(start_s + 240, 40.0),
+            at(start_s + 300, 40.0),
+        ];
+        let mut out = Vec::new();
+        let written = write_trace(&points, start_s, start_s + 360, 60, &mut out).unwrap();
+        assert_eq!(
+            written,
+            WrittenTrace {
+                rows: 4,
+                first_s: start_s,
+                last_s: start_s + 300,
+                missing: 3
+            }
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "timestamp_s,requests\n1000020,600\n1000080,2250\n1000260,2400\n1000320,2400\n"
+        );
+        let trace = Trace::from_reader(Path::new("written.csv"), text.as_bytes()).unwrap();
+        assert_eq!(trace.span_s(), 360.0);
+        let rates: Vec<f64> = (0..6).map(|m| trace.rate_at(f64::from(m) * 60.0)).collect();
+        assert_eq!(rates, [10.0, 12.5, 12.5, 12.5, 40.0, 40.0]);
+    }
+
+    #[test]
+    fn what_is_not_a_rate_writes_no_trace() {
+        let mut out = Vec::new();
+        let err = write_trace(&[at(0, 1.0), at(60, -2.0)], 0, 60, 60, &mut out).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("-2 at 1970-01-01T00:01:00") && shown.contains("never negative"),
+            "{shown}"
+        );
+        let err = write_trace(&[at(0, 1.0), at(60, f64::INFINITY)], 0, 60, 60, &mut out);
+        assert!(
+            matches!(err, Err(TraceWriteError::NotARate { .. })),
+            "{err:?}"
+        );
+        let err = write_trace(&[at(0, 1.0), at(60, f64::NAN)], 0, 60, 60, &mut out).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the query gave 1 sample(s) with data; a trace needs at least two"
+        );
+        assert!(out.is_empty(), "nothing written: {out:?}");
     }
 }

@@ -133,6 +133,10 @@ use super::{MetricError, MetricQuery, Source};
 use crate::config::{PrometheusConfig, Secret, SecretError};
 use crate::policy::Point;
 
+/// Points per range query of [`PrometheusSource::history`]: Prometheus
+/// refuses a query that would give a series more than 11,000.
+pub const MAX_POINTS_PER_QUERY: i64 = 10_000;
+
 /// Evaluation times are rounded down to this, so that scalers ticking in the
 /// same second share a request (and because the client takes whole seconds).
 const EVALUATION_GRANULARITY_MS: i64 = 1000;
@@ -311,6 +315,48 @@ impl PrometheusSource {
     /// The source's name (`[sources.<name>]`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The query's history, one series sampled every `step_s` seconds from
+    /// `start_s` to `end_s` (both included), oldest first: as many range
+    /// queries as Prometheus's limit of points per series and query needs,
+    /// each with the source's auth and headers. Steps without data are not
+    /// in the answer; no data at all is [`MetricError::Empty`].
+    pub async fn history(
+        &self,
+        query: &str,
+        start_s: i64,
+        end_s: i64,
+        step_s: i64,
+    ) -> Result<Vec<Point>, MetricError> {
+        if step_s <= 0 || end_s < start_s {
+            return Err(MetricError::Query(format!(
+                "a history runs from its start ({start_s}) to its end ({end_s}) at a positive \
+                 step ({step_s} s)"
+            )));
+        }
+        let mut points = Vec::new();
+        let mut from_s = start_s;
+        while from_s <= end_s {
+            let to_s = end_s.min(from_s.saturating_add((MAX_POINTS_PER_QUERY - 1) * step_s));
+            let mut request = self
+                .client
+                .query_range(query, from_s, to_s, step_s as f64)
+                .timeout(self.timeout_ms() as i64);
+            if let Some(credentials) = &self.credentials {
+                request = request.header(AUTHORIZATION, credentials.header());
+            }
+            match one_series(self.send(request.get_raw()).await?) {
+                Ok(chunk) => points.extend(chunk),
+                Err(MetricError::Empty) => {}
+                Err(e) => return Err(e),
+            }
+            from_s = to_s.saturating_add(step_s);
+        }
+        if points.is_empty() {
+            return Err(MetricError::Empty);
+        }
+        Ok(points)
     }
 
     fn timeout_ms(&self) -> u64 {
