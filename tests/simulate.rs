@@ -497,46 +497,25 @@ fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
         "{out}"
     );
 
-    // Played back: the backtest's service sees the traffic Prometheus saw.
+    // Played back: docs/backtest.toml's service (5 requests/s a replica,
+    // target tracking at 60 % CPU) on this trace sees the traffic
+    // Prometheus saw.
     let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let nasa =
+        "trace = { path = \"../tests/data/traces/nasa_jul95_per_minute.csv\", scale = 20.0 }";
+    let text = std::fs::read_to_string(docs_config("backtest.toml")).unwrap();
+    assert!(text.contains(nasa), "docs/backtest.toml has no {nasa:?}");
     let site = dir.path().join("site.toml");
-    std::fs::write(
-        &site,
-        format!(
-            r#"policy_dir = "{}"
-
-[journal]
-path = "{}"
-
-[simulations.site]
-capacity_per_replica = 5.0
-initial_replicas = 2
-startup_delay = "1m"
-
-[simulations.site.load]
-trace = {{ path = "site.csv" }}
-
-[[scalers]]
-name = "site"
-interval = "30s"
-min = 1
-max = 20
-target = {{ kind = "simulator", service = "site" }}
-
-[scalers.metrics.cpu]
-source = "simulator"
-query = "cpu"
-
-[[scalers.policies]]
-module = "target-tracking"
-params = {{ metric = "cpu", target = 60.0 }}
-"#,
-            policies.path().display(),
-            dir.path().join("journal.db").display()
-        ),
-    )
-    .unwrap();
-    let report = simulate_json(&["--config", site.to_str().unwrap(), "--for", "5h"]);
+    let text = text.replace(nasa, &format!("trace = {{ path = {trace:?} }}"));
+    std::fs::write(&site, rebased(&text)).unwrap();
+    let report = simulate_json(&[
+        "--config",
+        site.to_str().unwrap(),
+        "--policy-dir",
+        policies.path().to_str().unwrap(),
+        "--for",
+        "5h",
+    ]);
     let site = &report["scalers"][0];
     let load = &site["load"];
     assert!(
