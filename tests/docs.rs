@@ -282,6 +282,50 @@ fn the_predictive_example_loads_with_both_policies() {
 }
 
 #[test]
+fn the_schedule_example_loads_and_the_module_reads_its_windows() {
+    let prefix = format!(
+        "{}\n[[scalers]]\nname = \"shop\"\ninterval = \"30s\"\nmin = 2\nmax = 40\n\
+         target = {{ kind = \"simulator\", service = \"shop\" }}\n\n\
+         [scalers.metrics.cpu]\nsource = \"simulator\"\nquery = \"cpu\"\n\n",
+        scalewise_tests::running::simulation("shop", 2)
+    );
+    let config = load_example("## Scheduled scaling", &prefix);
+    let policy = config.scalers[0].get_ref().policies[1].get_ref();
+    assert_eq!(policy.module.get_ref(), "schedule");
+    let params = serde_json::to_value(policy.params.as_ref().unwrap().get_ref().as_ref()).unwrap();
+
+    // The real module on the example's windows (Europe/Berlin, lead 10m),
+    // from 3 replicas between the scaler's 2 and 40.
+    let module = load(scalewise_tests::artifacts::SCHEDULE);
+    let desired = |utc: &str| {
+        let now_ms = scalewise::clock::parse_time_ms(utc).unwrap();
+        let mut ctx = scalewise_tests::context(now_ms, params.clone(), 0);
+        ctx.target.max = 40;
+        ctx.target.min = 2;
+        let decision = module
+            .evaluate(&ctx)
+            .unwrap_or_else(|e| panic!("at {utc}: {e}"));
+        (
+            decision.desired.unwrap_or(ctx.target.current),
+            decision.reason,
+        )
+    };
+    // Thursday 2026-12-03, 08:20 in Berlin (UTC+1): the office's lead.
+    assert_eq!(desired("2026-12-03T07:20:00Z").0, 10);
+    assert_eq!(desired("2026-12-03T07:19:00Z").0, 2);
+    // Friday night's batch, still running on Saturday at 01:00.
+    assert_eq!(desired("2026-12-05T00:00:00Z").0, 6);
+    // The sale, and Christmas Eve (a Thursday) below the office's count.
+    assert_eq!(desired("2026-11-27T20:00:00Z").0, 30);
+    let (christmas, why) = desired("2026-12-24T10:00:00Z");
+    assert_eq!(christmas, 2, "{why}");
+    assert!(
+        why.contains("window `2026-12-24..2026-12-26 00:00-24:00 2` (Europe/Berlin)"),
+        "{why}"
+    );
+}
+
+#[test]
 fn the_target_metrics_example_loads() {
     let prefix = "[[scalers]]\nname = \"consumers\"\ninterval = \"15s\"\nmin = 1\nmax = 8\n\
                   target = { kind = \"rebalance\", endpoint = \"http://coordinator:8080\" }\n\n";

@@ -600,3 +600,112 @@ fn a_trace_prometheus_cannot_give_is_refused_and_nothing_written() {
         "{err}"
     );
 }
+
+#[test]
+fn a_schedule_is_a_floor_the_load_lifts_and_leaves_on_time() {
+    // Target tracking at 60 % CPU on a steady 10 requests/s (4 replicas of
+    // 5; 100 from 12:00 to 12:30), plus `schedule`: at least 12 replicas on weekdays 09:00-17:00 UTC
+    // from 10 minutes early, and Friday 2026-12-11 a holiday of 1. A day
+    // and a half from Thursday 00:00.
+    let policies = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("schedule", artifacts::SCHEDULE),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site.toml");
+    std::fs::write(
+        &site,
+        format!(
+            r#"policy_dir = "{}"
+
+[journal]
+path = "{}"
+
+[simulations.site]
+capacity_per_replica = 5.0
+initial_replicas = 4
+startup_delay = "1m"
+
+[simulations.site.load]
+base = 10.0
+spikes = [{{ at = "12h", duration = "30m", extra = 90.0 }}]
+
+[[scalers]]
+name = "site"
+interval = "30s"
+min = 1
+max = 20
+target = {{ kind = "simulator", service = "site" }}
+
+[scalers.metrics.cpu]
+source = "simulator"
+query = "cpu"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = {{ metric = "cpu", target = 60.0 }}
+
+[[scalers.policies]]
+module = "schedule"
+params = {{ lead = "10m", windows = "mon-fri 09:00-17:00 12; 2026-12-11 00:00-24:00 1" }}
+"#,
+            policies.path().display(),
+            dir.path().join("journal.db").display()
+        ),
+    )
+    .unwrap();
+    let journal = dir.path().join("kept.db");
+    let (code, out, err) = cli(&[
+        "simulate",
+        "--config",
+        site.to_str().unwrap(),
+        "--policy-dir",
+        policies.path().to_str().unwrap(),
+        "--start",
+        "2026-12-10T00:00:00Z",
+        "--for",
+        "36h",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stderr: {err}\nstdout: {out}");
+    let records = records(&journal);
+    let thursday = scalewise::clock::parse_time_ms("2026-12-10T00:00:00Z").unwrap();
+    let at = |h: f64| thursday + (h * 3_600_000.0) as i64;
+    let replicas_at = |h: f64| {
+        let r = records
+            .iter()
+            .rfind(|r| r.time_ms <= at(h))
+            .expect("a record before");
+        r.target.current
+    };
+    let in_window = |r: &TickRecord| (at(8.0 + 50.0 / 60.0)..at(17.0)).contains(&r.time_ms);
+    // Before the lead, target tracking alone.
+    assert_eq!(replicas_at(8.8), 4, "at 08:48");
+    // In the window (its lead included, a tick to act): never fewer than 12.
+    let low: Vec<(i64, u32)> = records
+        .iter()
+        .filter(|r| in_window(r) && r.time_ms >= at(8.0 + 52.0 / 60.0))
+        .map(|r| (r.time_ms, r.target.current))
+        .filter(|(_, current)| *current < 12)
+        .collect();
+    assert!(low.is_empty(), "below the floor in the window: {low:?}");
+    // The load lifts the floor: the spike at noon takes the scaler's max.
+    assert_eq!(replicas_at(12.4), 20, "at 12:24");
+    // The reason names the window.
+    let reasons: String = records
+        .iter()
+        .filter(|r| in_window(r))
+        .flat_map(|r| r.evaluations.iter())
+        .map(|e| serde_json::to_string(&e.outcome).unwrap())
+        .take(4)
+        .collect();
+    assert!(
+        reasons.contains("window `mon-fri 09:00-17:00 12` (UTC)"),
+        "{reasons}"
+    );
+    // After 17:00 the floor goes (down as fast as the envelope lets it),
+    // and on the holiday it does not come back at 09:00.
+    assert_eq!(replicas_at(19.0), 4, "at 19:00");
+    assert_eq!(replicas_at(24.0 + 10.0), 4, "at Friday 10:00");
+}

@@ -56,6 +56,7 @@ pub const POLICY_MODULES: &[(&str, &str)] = &[
     ("target-tracking", artifacts::TARGET_TRACKING),
     ("threshold", artifacts::THRESHOLD),
     ("predictive", artifacts::PREDICTIVE),
+    ("schedule", artifacts::SCHEDULE),
 ];
 
 /// At most this many records are read back per scaler.
