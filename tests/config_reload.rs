@@ -1,8 +1,8 @@
 //! Config reload by a change to the file (the watcher), against a running
 //! daemon: a valid change is applied between ticks, an invalid one refused
-//! with the running config kept, and settings read only at start say they
-//! need a restart. (SIGHUP has its own test binary: a signal reaches every
-//! daemon in the process.)
+//! with the running config kept, settings read only at start say they need
+//! a restart, and notifications follow the reloaded config. (SIGHUP has its
+//! own test binary: a signal reaches every daemon in the process.)
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use scalewise_tests::reload::{
     config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads, wait_for_scaler,
 };
 use scalewise_tests::running::RunningDaemon;
+use scalewise_tests::stub_http::{Canned, RecordingServer};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -319,4 +320,103 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
     assert_eq!(scaler_count(&d).await, 1);
     assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 10);
     d.stop().await.unwrap();
+}
+
+/// The webhook bodies `server` has received, once there are `want`.
+async fn told(server: &RecordingServer, want: usize) -> Vec<serde_json::Value> {
+    scalewise_tests::wait_until(
+        &format!("{want} notifications"),
+        Duration::from_secs(30),
+        || async {
+            let got = server.bodies();
+            if got.len() >= want {
+                Ok(got)
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|b| serde_json::from_str(b).unwrap())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_follow_the_reloaded_config() {
+    let ok = || Canned {
+        status: 200,
+        content_type: "text/plain",
+        body: "ok".into(),
+    };
+    let first = RecordingServer::start(ok()).await.unwrap();
+    let second = RecordingServer::start(ok()).await.unwrap();
+    let mut d = start("").await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    let hook = |url: String| format!("\n[[notifications]]\nurl = \"{url}/hook\"\n");
+
+    // Added by a reload that also raises web's min from 1 to 5 (it runs
+    // 3): the change that follows is told.
+    let text = config_text(4.0, 50, "native", &hook(first.url())).replace("min = 1", "min = 5");
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "applied", 1).await;
+    let body = &told(&first, 1).await[0];
+    assert_eq!(
+        (
+            body["scaler"].as_str(),
+            body["from"].as_u64(),
+            body["to"].as_u64()
+        ),
+        (Some("web"), Some(3), Some(5)),
+        "{body}"
+    );
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!([]),
+        "{status}"
+    );
+
+    // Another endpoint: the next change goes there, not to the first.
+    let text = config_text(4.0, 50, "native", &hook(second.url())).replace("min = 1", "min = 7");
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "applied", 2).await;
+    let body = &told(&second, 1).await[0];
+    assert_eq!(
+        (body["from"].as_u64(), body["to"].as_u64()),
+        (Some(5), Some(7))
+    );
+    assert_eq!(first.bodies().len(), 1, "the first endpoint was replaced");
+
+    // A token that cannot be read refuses the reload; the webhook stays.
+    let missing = d.dir().join("no-such-token");
+    let text = config_text(
+        4.0,
+        50,
+        "native",
+        &format!(
+            "{}bearer_token = {{ file = \"{}\" }}\n",
+            hook(first.url()),
+            missing.display()
+        ),
+    )
+    .replace("min = 1", "min = 8");
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "refused", 1).await;
+    let error = d.get("/v1/config").await.unwrap()["last_error"]["error"].clone();
+    assert!(
+        error
+            .as_str()
+            .unwrap()
+            .contains("scalewise.toml:43:16: notifications[0]: bearer_token: cannot read secret"),
+        "{error}"
+    );
+    let web = d.get("/v1/scalers/web").await.unwrap();
+    assert_eq!(web["min"], 7, "the running config stays: {web}");
+    d.stop().await.unwrap();
+    assert_eq!(first.bodies().len(), 1);
+    assert_eq!(second.bodies().len(), 1);
 }

@@ -486,10 +486,8 @@ impl Config {
 
     /// Checks this config as a running daemon would apply it: the sections
     /// that change only at a restart (`policy_dir`, `[runtime]`, `[api]`,
-    /// `[journal]`, `[clock]`, `[watch]`, `[leader_election]`,
-    /// `[[notifications]]`) keep
-    /// `running`'s values, and the
-    /// rest must agree with them (`running` may be the daemon's
+    /// `[journal]`, `[clock]`, `[watch]`, `[leader_election]`) keep
+    /// `running`'s values, and the rest must agree with them (`running` may be the daemon's
     /// [`Config::settings`]: its scalers and simulations are not read). A reload must pass both
     /// this and [`Config::validate`]: a scaler's `max` above the running
     /// `runtime.max_replicas`, or a Prometheus source while the running
@@ -529,15 +527,6 @@ impl Config {
             "[leader_election]",
         ) {
             effective.leader_election = running.leader_election.clone();
-        }
-        let plain = |n: &[Spanned<NotificationConfig>]| -> Vec<NotificationConfig> {
-            n.iter().map(|n| n.get_ref().clone()).collect()
-        };
-        if keep(
-            plain(&effective.notifications) != plain(&running.notifications),
-            "[[notifications]]",
-        ) {
-            effective.notifications = running.notifications.clone();
         }
         if kept.is_empty() {
             return Ok(());

@@ -7,12 +7,15 @@
 //! 1 s and 2 s; a 4xx answer other than 408 and 429 is not retried); what
 //! still fails is logged and counted (`scalewise_notifications_total{result}`).
 //! At most [`QUEUE`] changes wait for delivery; more are dropped, counted and
-//! logged. Dry-run scalers change nothing, so they notify nothing.
+//! logged. Dry-run scalers change nothing, so they notify nothing. A config
+//! reload replaces the webhooks whole ([`Notifier::replace`]): changes made
+//! after it go to the new ones, changes already waiting to the old.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use crate::actuators::Announcement;
@@ -122,23 +125,15 @@ impl Webhook {
     }
 }
 
-/// Delivers changes to the configured webhooks, off the scalers' ticks.
-#[derive(Debug)]
-pub struct Notifier {
-    queue: mpsc::Sender<Announcement>,
-    telemetry: Arc<Telemetry>,
-}
+/// The configured webhooks, built (secrets read, clients made): what a
+/// config reload swaps in whole.
+#[derive(Debug, Default)]
+pub struct Webhooks(Vec<Webhook>);
 
-impl Notifier {
-    /// Starts delivering to `webhooks` on the current tokio runtime; `None`
-    /// when there are none. Bearer tokens are read now.
-    pub fn start(
-        webhooks: &[NotificationConfig],
-        telemetry: Arc<Telemetry>,
-    ) -> Result<Option<Arc<Notifier>>, String> {
-        if webhooks.is_empty() {
-            return Ok(None);
-        }
+impl Webhooks {
+    /// Builds `[[notifications]]`; bearer tokens are read now, so a secret
+    /// that cannot be read fails the start, or the reload, that names it.
+    pub fn build(webhooks: &[NotificationConfig]) -> Result<Webhooks, String> {
         let mut built = Vec::with_capacity(webhooks.len());
         for (i, w) in webhooks.iter().enumerate() {
             let token = match &w.bearer_token {
@@ -169,11 +164,42 @@ impl Notifier {
                 client,
             });
         }
-        let (queue, mut changes) = mpsc::channel::<Announcement>(QUEUE);
+        Ok(Webhooks(built))
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn wanting<'a>(&'a self, a: &'a Announcement) -> impl Iterator<Item = &'a Webhook> {
+        self.0.iter().filter(|w| w.wants(a))
+    }
+}
+
+/// Delivers changes to the configured webhooks, off the scalers' ticks.
+#[derive(Debug)]
+pub struct Notifier {
+    /// Each change with the webhooks in force when it happened.
+    queue: mpsc::Sender<(Announcement, Arc<Webhooks>)>,
+    webhooks: ArcSwap<Webhooks>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Notifier {
+    /// Starts delivering to `webhooks` (none is fine: a reload may add
+    /// some) on the current tokio runtime.
+    pub fn start(webhooks: Webhooks, telemetry: Arc<Telemetry>) -> Arc<Notifier> {
+        let (queue, mut changes) = mpsc::channel::<(Announcement, Arc<Webhooks>)>(QUEUE);
         let counts = telemetry.clone();
         tokio::spawn(async move {
-            while let Some(change) = changes.recv().await {
-                for webhook in built.iter().filter(|w| w.wants(&change)) {
+            while let Some((change, webhooks)) = changes.recv().await {
+                for webhook in webhooks.wanting(&change) {
                     match webhook.post(&webhook.body(&change)).await {
                         Ok(()) => counts.notification("sent"),
                         Err(error) => {
@@ -189,15 +215,30 @@ impl Notifier {
                 }
             }
         });
-        Ok(Some(Arc::new(Notifier { queue, telemetry })))
+        Arc::new(Notifier {
+            queue,
+            webhooks: ArcSwap::from_pointee(webhooks),
+            telemetry,
+        })
     }
 
-    /// Queues `change` for delivery; never waits.
+    /// Tells later changes to `webhooks` (a config reload); changes already
+    /// waiting go where they were going.
+    pub fn replace(&self, webhooks: Webhooks) {
+        self.webhooks.store(Arc::new(webhooks));
+    }
+
+    /// Queues `change` for delivery to the webhooks that want it; never
+    /// waits.
     pub fn notify(&self, change: Announcement) {
-        if let Err(err) = self.queue.try_send(change) {
+        let webhooks = self.webhooks.load_full();
+        if webhooks.wanting(&change).next().is_none() {
+            return;
+        }
+        if let Err(err) = self.queue.try_send((change, webhooks)) {
             self.telemetry.notification("dropped");
             tracing::warn!(
-                scaler = %err.into_inner().scaler,
+                scaler = %err.into_inner().0.scaler,
                 "A notification was dropped: {QUEUE} are already waiting for delivery."
             );
         }
