@@ -322,27 +322,6 @@ async fn a_change_is_checked_against_the_settings_that_stay_until_a_restart() {
     d.stop().await.unwrap();
 }
 
-/// The webhook bodies `server` has received, once there are `want`.
-async fn told(server: &RecordingServer, want: usize) -> Vec<serde_json::Value> {
-    scalewise_tests::wait_until(
-        &format!("{want} notifications"),
-        Duration::from_secs(30),
-        || async {
-            let got = server.bodies();
-            if got.len() >= want {
-                Ok(got)
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|b| serde_json::from_str(b).unwrap())
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_follow_the_reloaded_config() {
     let ok = || Canned {
@@ -363,7 +342,7 @@ async fn notifications_follow_the_reloaded_config() {
     let text = config_text(4.0, 50, "native", &hook(first.url())).replace("min = 1", "min = 5");
     rewrite_config(&d, &text);
     wait_for_reloads(&d, "applied", 1).await;
-    let body = &told(&first, 1).await[0];
+    let body = &first.json_bodies(1).await[0];
     assert_eq!(
         (
             body["scaler"].as_str(),
@@ -384,7 +363,7 @@ async fn notifications_follow_the_reloaded_config() {
     let text = config_text(4.0, 50, "native", &hook(second.url())).replace("min = 1", "min = 7");
     rewrite_config(&d, &text);
     wait_for_reloads(&d, "applied", 2).await;
-    let body = &told(&second, 1).await[0];
+    let body = &second.json_bodies(1).await[0];
     assert_eq!(
         (body["from"].as_u64(), body["to"].as_u64()),
         (Some(5), Some(7))

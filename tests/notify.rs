@@ -11,7 +11,6 @@ use scalewise::simulator::ActuatorFault;
 use scalewise_tests::e2e::{Harness, T0};
 use scalewise_tests::stub_http::{Canned, RecordingServer};
 use scalewise_tests::{artifacts, policy_dir, wait_until};
-use serde_json::Value;
 
 fn ok() -> Canned {
     Canned {
@@ -66,26 +65,6 @@ policies = [{{ module = "counter", params = {{ scale_to = 3 }} }}]
     )
 }
 
-async fn bodies(server: &RecordingServer, want: usize) -> Vec<Value> {
-    wait_until(
-        &format!("{want} notifications"),
-        Duration::from_secs(30),
-        || async {
-            let got = server.bodies();
-            if got.len() >= want {
-                Ok(got)
-            } else {
-                Err(format!("{got:?}"))
-            }
-        },
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|b| serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}")))
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_and_failures_are_told_to_the_webhooks_that_want_them() {
     let all = RecordingServer::start(ok()).await.unwrap();
@@ -138,7 +117,7 @@ scalers = ["web"]
     assert_eq!(records.len(), 2);
 
     // Every change and failure, as JSON, with the token.
-    let mut told = bodies(&all, 2).await;
+    let mut told = all.json_bodies(2).await;
     told.sort_by_key(|b| b["scaler"].as_str().unwrap().to_owned());
     let (api, web) = (&told[0], &told[1]);
     assert_eq!(web["event"], "scaled");
@@ -164,14 +143,14 @@ scalers = ["web"]
     }
 
     // Slack's shape, for web only.
-    let slack = bodies(&chat, 1).await;
+    let slack = chat.json_bodies(1).await;
     let line = slack[0]["text"].as_str().unwrap();
     assert!(
         line.starts_with("Scalewise: web (simulator web) 2 → 4: 2 → 4 — counter"),
         "{line}"
     );
     // Failures only: api's.
-    let failed = bodies(&failures, 1).await;
+    let failed = failures.json_bodies(1).await;
     assert_eq!(failed[0]["scaler"], "api");
 
     // An endpoint that keeps failing is tried three times, then counted.

@@ -81,6 +81,28 @@ impl RecordingServer {
         self.received().into_iter().map(|(_, b)| b).collect()
     }
 
+    /// The bodies as JSON, once at least `want` requests have arrived
+    /// (30 s at most).
+    pub async fn json_bodies(&self, want: usize) -> Vec<serde_json::Value> {
+        crate::wait_until(
+            &format!("{want} requests"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let got = self.bodies();
+                if got.len() >= want {
+                    Ok(got)
+                } else {
+                    Err(format!("{got:?}"))
+                }
+            },
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {b}")))
+        .collect()
+    }
+
     fn received(&self) -> Vec<(HeaderMap, String)> {
         self.requests
             .lock()
