@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::clock::{format_ms, parse_time_ms, wall_clock_ms};
 use crate::config::{Config, PrometheusConfig, SourceConfig};
-use crate::sources::prometheus::{MAX_POINTS_PER_QUERY, PrometheusSource};
+use crate::sources::prometheus::PrometheusSource;
 
 use super::TraceArgs;
 
@@ -126,7 +126,7 @@ async fn write(args: &TraceArgs, out: &mut dyn Write) -> Result<String, String> 
                 format_ms(end_s * 1000)
             )
         })?;
-    let queries = (end_s - start_s) / step_s / MAX_POINTS_PER_QUERY + 1;
+    let queries = PrometheusSource::history_queries(start_s, end_s, step_s);
     let written = match &args.output {
         None => {
             let written = crate::simulator::write_trace(&points, start_s, end_s, step_s, &mut *out)

@@ -317,6 +317,12 @@ impl PrometheusSource {
         &self.name
     }
 
+    /// How many range queries [`PrometheusSource::history`] sends for a
+    /// span (a valid one: `step_s` > 0, `end_s` >= `start_s`).
+    pub fn history_queries(start_s: i64, end_s: i64, step_s: i64) -> i64 {
+        (end_s - start_s) / step_s / MAX_POINTS_PER_QUERY + 1
+    }
+
     /// The query's history, one series sampled every `step_s` seconds from
     /// `start_s` to `end_s` (both included), oldest first: as many range
     /// queries as Prometheus's limit of points per series and query needs,
