@@ -345,10 +345,10 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
     let mut dated: Option<(&Window, Occurrence)> = None;
     let mut weekly: Option<(&Window, Occurrence)> = None;
-    // A window starting two days ago may still run (a 22:00-02:00 one seen
-    // from 01:00 after a day of lead); one two days ahead may have begun
-    // its lead.
-    for offset in -2..=2 {
+    // A window ends at the latest the day after it starts (yesterday's
+    // 22:00-02:00), and begins up to a day (`lead`) before its start: on a
+    // 23-hour day that reaches back from the day after tomorrow.
+    for offset in -1..=2 {
         let Ok(date) = today.checked_add(jiff::Span::new().days(offset)) else {
             continue;
         };
