@@ -598,6 +598,13 @@ impl Config {
                 }
             }
         }
+        for notification in &mut self.notifications {
+            if let Some(Secret::File(path)) = &mut notification.get_mut().bearer_token
+                && !is_blank(path)
+            {
+                resolve(path);
+            }
+        }
         for simulation in self.simulations.values_mut() {
             if let Some(trace) = &mut simulation.get_mut().load.trace {
                 resolve(&mut trace.path);

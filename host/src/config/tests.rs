@@ -1091,8 +1091,10 @@ fn relative_paths_resolve_against_the_config_folder() {
             ),
             ("base = 100.0", "trace = { path = \"traces/t.csv\" }"),
         ],
-    );
+    ) + "\n[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nbearer_token = { file = \"secrets/pw\" }\n";
     let config = parse_in(&conf, &text).unwrap();
+    let token = config.notifications[0].get_ref().bearer_token.as_ref();
+    assert_eq!(token, Some(&Secret::File(conf.join("secrets/pw"))));
     assert_eq!(config.policy_dir.get_ref(), &conf.join("../policies"));
     assert_eq!(config.journal.path, absolute_journal);
     let SourceConfig::Prometheus(prom) = config.sources["prom"].get_ref();
