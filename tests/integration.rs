@@ -5,6 +5,7 @@
 mod api;
 mod aws_asg;
 mod aws_asg_daemon;
+mod check_config;
 mod cli;
 mod config_reload;
 mod deploy;

@@ -1,10 +1,11 @@
 //! The `scalewise` command line: `run`, and the policy author's tools
-//! `check` and `eval`.
+//! `check` and `eval` (`check --config` is the operator's).
 //!
 //! Commands write to the `out`/`err` writers they are given (so tests run
 //! them in-process) and return the process exit code: 0 on success, 1 when a
 //! module does not load, an evaluation fails or a replay does not match.
 
+mod check_config;
 mod journal;
 mod replay;
 mod run;
@@ -40,11 +41,26 @@ pub enum Command {
     /// Runs the daemon; with no config, runs the embedded demo.
     Run(RunArgs),
     /// Loads policy modules, checks them against the policy contract and
-    /// prints what each says about itself.
+    /// prints what each says about itself; with `--config`, checks a config
+    /// file as `run --config` would before starting, without starting.
     Check {
         /// Module files (`.wasm` components).
-        #[arg(required = true, value_name = "MODULE")]
+        #[arg(
+            required_unless_present = "config",
+            conflicts_with = "config",
+            value_name = "MODULE"
+        )]
         modules: Vec<PathBuf>,
+        /// Check this config file instead: every problem with its line, its
+        /// secrets, the policy folder's modules and each scaler's policies
+        /// against what they declare, the simulations' traces. Contacts
+        /// nothing and writes nothing.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// With `--config`: load the policy modules from this folder instead
+        /// of the config's `policy_dir`.
+        #[arg(long, value_name = "DIR")]
+        policy_dir: Option<PathBuf>,
         /// Limits for the load-time `describe()` call.
         #[command(flatten)]
         limits: LimitArgs,
@@ -378,7 +394,19 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let result = match cli.command {
         Command::Run(args) => run::run(&args, out, err),
         Command::Journal(command) => journal::journal(&command, out, err),
-        Command::Check { modules, limits } => check(&modules, &limits, out, err),
+        Command::Check {
+            config: Some(config),
+            policy_dir,
+            limits,
+            ..
+        } => check_config::check_config(&config, policy_dir.as_deref(), &limits, out, err),
+        Command::Check {
+            policy_dir: Some(_),
+            ..
+        } => writeln!(err, "error: --policy-dir goes with --config").map(|()| 2),
+        Command::Check {
+            modules, limits, ..
+        } => check(&modules, &limits, out, err),
         Command::Eval(args) => eval(&args, out, err),
         Command::Replay(args) => replay::replay(&args, out, err),
         Command::Simulate(args) => simulate::simulate(&args, out, err),
@@ -810,6 +838,38 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn check_takes_modules_or_a_config_not_both() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("scalewise").chain(args.iter().copied()))
+                .map(|cli| cli.command)
+        };
+        assert!(matches!(
+            parse(&["check", "--config", "s.toml", "--policy-dir", "p"]),
+            Ok(Command::Check {
+                config: Some(_),
+                policy_dir: Some(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["check", "a.wasm", "b.wasm"]),
+            Ok(Command::Check { ref modules, config: None, .. }) if modules.len() == 2
+        ));
+        for refused in [&["check"][..], &["check", "a.wasm", "--config", "s.toml"]] {
+            assert!(parse(refused).is_err(), "{refused:?} parsed");
+        }
+        // --policy-dir without --config: refused when run.
+        let cli =
+            Cli::try_parse_from(["scalewise", "check", "a.wasm", "--policy-dir", "p"]).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run_cli(cli, &mut out, &mut err), 2);
+        assert_eq!(
+            String::from_utf8_lossy(&err),
+            "error: --policy-dir goes with --config\n"
+        );
     }
 
     #[test]

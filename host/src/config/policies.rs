@@ -86,6 +86,33 @@ impl Config {
         }
         into_result(problems)
     }
+
+    /// The policies whose module's file is in the folder but did not load
+    /// ([`PolicyCatalog::failure`]), each a problem at its `module` value
+    /// quoting why. [`Config::check_policies`] lets these through (the
+    /// daemon starts, and their scalers hold until a good version comes);
+    /// `scalewise check --config` does not.
+    pub fn check_modules_load(&self, catalog: &dyn PolicyCatalog) -> Result<(), ConfigError> {
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
+        let mut problems = Vec::new();
+        for (i, scaler) in self.scalers.iter().enumerate() {
+            for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
+                let module = policy.get_ref().module.get_ref();
+                if catalog.describe(module).is_some() {
+                    continue;
+                }
+                if let Some(why) = catalog.failure(module) {
+                    let why = why.lines().next().unwrap_or_default();
+                    problems.push(doc.value_problem(
+                        &keys!["scalers", i, "policies", p, "module"],
+                        format!("module {module:?} does not load: {why}"),
+                    ));
+                }
+            }
+        }
+        into_result(problems)
+    }
 }
 
 fn metric_names(scaler: &ScalerConfig) -> Vec<&str> {
