@@ -373,7 +373,11 @@ fn the_policy_folder_replaced_by_another_is_watched_again() {
     // A debounce longer than `rm -rf` takes between the folder's last file
     // and the folder itself on a busy machine: files deleted from a folder
     // that stays are deleted modules.
-    let w = Watching::start_in(dir, Some("policies"), &watch_config(500, WatchMode::Native));
+    let w = Watching::start_in(
+        dir,
+        Some("policies"),
+        &watch_config(1_000, WatchMode::Native),
+    );
     let d = w.dir.path();
     assert_eq!(w.digest("counter"), Some(digest_of(artifacts::COUNTER)));
     std::os::unix::fs::symlink("b", d.join("policies.new")).unwrap();
@@ -386,7 +390,7 @@ fn the_policy_folder_replaced_by_another_is_watched_again() {
     // The folder deleted: its modules keep serving (a vanished folder
     // says nothing about them); recreated with other contents: those load.
     std::fs::remove_dir_all(d.join("b")).unwrap();
-    std::thread::sleep(Duration::from_millis(1_500));
+    std::thread::sleep(Duration::from_millis(2_500));
     assert_eq!(w.digest("counter"), Some(digest_of(artifacts::COUNTER_V2)));
     assert!(w.registry.get("faults").is_some());
     std::fs::create_dir(d.join("b")).unwrap();

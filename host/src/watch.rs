@@ -16,7 +16,8 @@
 //! interval when polling), and (native events only) not held open by a
 //! writer that is still writing (`close` is reported by inotify; a writer
 //! that holds the file open without writing is waited for ten debounce
-//! windows, at least 2 s, after its last write). So `cp`, an editor's several
+//! windows, at least 2 s, after its last write; an empty file, a write whose
+//! events have not arrived yet, as long). So `cp`, an editor's several
 //! writes, or a writer pausing between chunks do not produce a half-written
 //! load; with polling, a writer that pauses longer than the poll interval can
 //! (the version serving stays, and the complete file loads when it settles):
@@ -662,6 +663,15 @@ impl Tracker {
             {
                 continue;
             }
+            // An empty file is nearly always a write under way (created or
+            // truncated, not yet written) whose events have not arrived:
+            // their reader thread may be starved on a busy machine while
+            // the scan runs. Waited for as a writer holding it open is.
+            if on_disk.is_some_and(|f| f.len == 0)
+                && now.saturating_duration_since(since) < s.writer_wait
+            {
+                continue;
+            }
             match on_disk {
                 Some(_) => plan.changed.push(name.clone()),
                 None => plan.removed.push(name.clone()),
@@ -677,8 +687,11 @@ impl Tracker {
     fn next_check(&self, s: Settle) -> Option<Instant> {
         self.seen
             .iter()
-            .map(|(name, (_, since))| {
-                let settled = *since + s.debounce;
+            .map(|(name, (stamp, since))| {
+                let mut settled = *since + s.debounce;
+                if stamp.as_ref().is_some_and(|f| f.len == 0) {
+                    settled = settled.max(*since + s.writer_wait);
+                }
                 match self.open.get(name) {
                     Some(opened) => settled.max(*opened + s.writer_wait),
                     None => settled,
@@ -792,6 +805,25 @@ mod tests {
                 open: &["a"],
             },
             Case {
+                name: "an empty file is waited for as a writer's, from when it was seen",
+                known: &[("a", 1)],
+                scans: &[
+                    (500, &[("a", 0)], 300, (&[], &[])),
+                    (2200, &[("a", 0)], 2200, (&[], &[])),
+                    (2300, &[("a", 0)], 2300, (&["a"], &[])),
+                ],
+                open: &[],
+            },
+            Case {
+                name: "an empty file written before the wait ends loads a window later",
+                known: &[("a", 1)],
+                scans: &[
+                    (500, &[("a", 0)], 300, (&[], &[])),
+                    (700, &[("a", 5)], 600, (&["a"], &[])),
+                ],
+                open: &[],
+            },
+            Case {
                 name: "a writer that never closes is waited for only so long",
                 known: &[("a", 1)],
                 scans: &[(2100, &[("a", 2)], 300, (&["a"], &[]))],
@@ -829,7 +861,7 @@ mod tests {
 
     #[test]
     fn a_change_modified_within_the_window_waits_a_window_from_when_it_is_seen() {
-        // The old file's events came in long ago; the file was truncated
+        // The old file's events came in long ago; the file was rewritten
         // 20 ms before the scan, and its event is still on its way.
         let start = Instant::now();
         let scan = SystemTime::now();
@@ -841,13 +873,31 @@ mod tests {
         let known = map(&[("a", 1)]);
         let mut tracker = Tracker::default();
         tracker.scanning_at(scan);
-        let truncated = with_mtime(0, scan - ms(20));
+        let rewritten = with_mtime(7, scan - ms(20));
         let last_event = start;
-        let plan = tracker.plan(&known, &truncated, start + ms(500), last_event, S);
+        let plan = tracker.plan(&known, &rewritten, start + ms(500), last_event, S);
         assert_eq!(plan, Plan::default(), "dated from when it was seen");
         tracker.scanning_at(scan + ms(100));
-        let plan = tracker.plan(&known, &truncated, start + ms(600), last_event, S);
+        let plan = tracker.plan(&known, &rewritten, start + ms(600), last_event, S);
         assert_eq!(plan.changed, ["a"], "settled a window later");
+
+        // Truncated and not yet written: waited for as a writer's.
+        let mut tracker = Tracker::default();
+        tracker.scanning_at(scan);
+        let truncated = with_mtime(0, scan - ms(20));
+        let plan = tracker.plan(&known, &truncated, start + ms(500), last_event, S);
+        assert_eq!(plan, Plan::default());
+        tracker.scanning_at(scan + ms(100));
+        let plan = tracker.plan(&known, &truncated, start + ms(600), last_event, S);
+        assert_eq!(plan, Plan::default(), "a window is not enough");
+        let plan = tracker.plan(
+            &known,
+            &truncated,
+            start + ms(500) + S.writer_wait,
+            last_event,
+            S,
+        );
+        assert_eq!(plan.changed, ["a"], "nor is it waited for for ever");
 
         // Written a window before the scan (the events' own write):
         // dated from the events, no delay.
@@ -882,6 +932,9 @@ mod tests {
         // Once in use, nothing is pending.
         tracker.plan(&map(&[("a", 1)]), &map(&[("a", 1)]), start, start, S);
         assert_eq!(tracker.next_check(S), None);
+        // Emptied: looked at again once a writer would have been waited for.
+        tracker.plan(&map(&[("a", 1)]), &map(&[("a", 0)]), start, start, S);
+        assert_eq!(tracker.next_check(S), Some(start + S.writer_wait));
     }
 
     #[test]
