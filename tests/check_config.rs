@@ -1,12 +1,16 @@
 //! `scalewise check --config`: a config checked as `scalewise run --config`
 //! checks it before starting, against real policy modules, without
-//! starting. In-process through `scalewise::cli::run_cli`.
+//! starting; in-process through `scalewise::cli::run_cli`. `--tick` through
+//! the binary, against a real Prometheus server and the moto server.
 
 use std::path::Path;
+use std::time::Duration;
 
 use scalewise::clock::Clock;
 use scalewise::config::Config;
 use scalewise::daemon::Daemon;
+use scalewise_tests::moto::{MotoServer, REGION};
+use scalewise_tests::prometheus::{Exporter, PrometheusServer};
 use scalewise_tests::{artifacts, cli, policy_dir};
 
 /// A config with a simulated service scaled by target-tracking and
@@ -241,4 +245,144 @@ fn a_config_that_does_not_parse_is_refused_at_its_line() {
     assert_eq!(code, 1, "{out}");
     assert!(err.starts_with(&format!("{path}:5:1:")), "{err}");
     assert!(err.contains("frobnicate"), "{err}");
+}
+
+/// A config of scalers of Auto Scaling groups on `moto`, each on the
+/// Prometheus series `series`.
+fn tick_config(policies: &Path, prometheus: &str, moto: &str, scalers: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        r#"policy_dir = "{policies}"
+
+[sources.prom]
+kind = "prometheus"
+url = "{prometheus}"
+"#,
+        policies = policies.display()
+    );
+    for (group, series) in scalers {
+        text.push_str(&format!(
+            r#"
+[[scalers]]
+name = "{group}"
+interval = "15s"
+min = 1
+max = 8
+
+[scalers.target]
+kind = "aws-asg"
+group = "{group}"
+endpoint = "{moto}"
+
+[scalers.metrics.load]
+source = "prom"
+query = "{series}"
+
+[[scalers.policies]]
+module = "target-tracking"
+params = {{ metric = "load", target = 10.0, metric_type = "total" }}
+"#
+        ));
+    }
+    text
+}
+
+/// `scalewise check` through the binary, with AWS settings in its
+/// environment as in production.
+fn check_binary(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tick_reads_every_target_and_metric_and_changes_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let exporter = Exporter::start().unwrap();
+    exporter.set("sw_check_load", 42.0);
+    let (prometheus, moto) = rt.block_on(async {
+        let prometheus = PrometheusServer::builder()
+            .scrape("app", exporter.addr())
+            .start()
+            .await
+            .expect("a real Prometheus server (is it installed?)");
+        prometheus
+            .wait_for_value("sw_check_load", Duration::from_secs(30), |v| v == 42.0)
+            .await
+            .unwrap();
+        let moto = MotoServer::start()
+            .await
+            .expect("the moto server (is it installed?)");
+        moto.create_group("checked", 2).await.unwrap();
+        (prometheus, moto)
+    });
+    let modules = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+
+    let text = tick_config(
+        modules.path(),
+        prometheus.url(),
+        moto.url(),
+        &[("checked", "sw_check_load")],
+    );
+    let path = write(dir.path(), &text);
+    let (code, out, err) = check_binary(&["check", "--config", &path, "--tick"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for line in [
+        "  checked (aws-asg checked): current 2, ready 2",
+        "    metric load: 42 (1 point read)",
+        "    2 → 5 — target-tracking: ",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    // Dry-run: the group is as it was, not even protected.
+    let group = rt.block_on(moto.group("checked")).unwrap();
+    assert_eq!(group.desired_capacity(), Some(2));
+    assert!(
+        group
+            .instances()
+            .iter()
+            .all(|i| i.protected_from_scale_in() != Some(true)),
+        "{group:?}"
+    );
+    assert!(!dir.path().join("journal.db").exists());
+
+    // A group that does not exist and a series with no data: each named,
+    // exit 1; the good scaler still reported.
+    let text = tick_config(
+        modules.path(),
+        prometheus.url(),
+        moto.url(),
+        &[
+            ("checked", "sw_check_load"),
+            ("no-such-group", "sw_check_load"),
+            ("checked-too", "sw_no_such_series"),
+        ],
+    );
+    rt.block_on(moto.create_group("checked-too", 1)).unwrap();
+    let path = write(dir.path(), &text);
+    let (code, out, err) = check_binary(&["check", "--config", &path, "--tick"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    for line in [
+        "  checked (aws-asg checked): current 2, ready 2",
+        "  no-such-group: cannot read the target: target not found: Auto Scaling group \"no-such-group\"",
+        "    metric load: query returned no data",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    assert!(
+        err.contains("2 of 3 scalers could not read their target or metrics, or a policy failed"),
+        "{err}"
+    );
 }

@@ -61,6 +61,13 @@ pub enum Command {
         /// of the config's `policy_dir`.
         #[arg(long, value_name = "DIR")]
         policy_dir: Option<PathBuf>,
+        /// With `--config`: then run one tick of every scaler against the
+        /// real systems, in dry-run: read each target and metric, ask each
+        /// policy, print what it would do. Changes, notifies and keeps
+        /// nothing; exit 1 if a target or metric cannot be read or a policy
+        /// fails.
+        #[arg(long)]
+        tick: bool,
         /// Limits for the load-time `describe()` call.
         #[command(flatten)]
         limits: LimitArgs,
@@ -397,13 +404,17 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Check {
             config: Some(config),
             policy_dir,
+            tick,
             limits,
             ..
-        } => check_config::check_config(&config, policy_dir.as_deref(), &limits, out, err),
+        } => check_config::check_config(&config, policy_dir.as_deref(), tick, &limits, out, err),
         Command::Check {
             policy_dir: Some(_),
             ..
         } => writeln!(err, "error: --policy-dir goes with --config").map(|()| 2),
+        Command::Check { tick: true, .. } => {
+            writeln!(err, "error: --tick goes with --config").map(|()| 2)
+        }
         Command::Check {
             modules, limits, ..
         } => check(&modules, &limits, out, err),

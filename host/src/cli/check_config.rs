@@ -5,15 +5,23 @@
 //! simulations' traces. Nothing is contacted (Prometheus, Kubernetes, AWS,
 //! coordinators, webhooks) and nothing is written (no journal, no compiled
 //! code cache), so it runs in CI on a config and the modules it will run with.
+//!
+//! With `--tick`, then one dry-run tick of every scaler against the real
+//! systems (read only), with a scratch journal that is deleted.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
+use crate::clock::{Clock, format_ms, wall_clock_ms};
 use crate::config::{Config, ConfigError, Mode, SourceConfig, TargetConfig};
+use crate::daemon::{Daemon, DaemonError};
+use crate::journal::{ActuationRecord, EvaluationOutcome, TickRecord};
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{Runtime, log_safe};
+use crate::scaler::summarize;
 use crate::simulator::Simulation;
 use crate::sources::prometheus::PrometheusSource;
 
@@ -26,6 +34,7 @@ use super::LimitArgs;
 pub fn check_config(
     path: &Path,
     policy_dir: Option<&Path>,
+    tick: bool,
     limits: &LimitArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -99,7 +108,142 @@ pub fn check_config(
         return refused(err, path);
     }
     summary(out, path, &config, &folder, snapshot.as_deref())?;
+    if tick {
+        return tick_once(config, out, err);
+    }
     Ok(0)
+}
+
+/// How much simulated history a simulated service has at the tick.
+const SIMULATED_LEAD: Duration = Duration::from_secs(60);
+
+/// How long one scaler's tick may take before it is reported as hanging.
+const TICK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--tick`: one tick of every scaler against the real systems, in dry-run
+/// and with a scratch journal: each target read, each metric fetched, each
+/// policy asked. Nothing is changed, notified or kept. Exit 1 when a
+/// target or a metric cannot be read or a policy fails.
+fn tick_once(mut config: Config, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
+    let scratch = tempfile::tempdir()?;
+    for scaler in &mut config.scalers {
+        scaler.get_mut().mode = Mode::DryRun;
+    }
+    config.journal.path = scratch.path().join("journal.db");
+    config.runtime.cache_dir = None;
+    config.notifications.clear();
+    // This process is not a replica of the daemon: it neither takes the
+    // lease nor waits for it.
+    config.leader_election = None;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let now_ms = wall_clock_ms();
+    let ticked = runtime.block_on(async {
+        // Simulated services start a minute before the tick, so that their
+        // metrics have samples to read (real systems ignore the clock).
+        let started = Clock::starting_at(now_ms - SIMULATED_LEAD.as_millis() as i64, 1.0);
+        let mut daemon = Daemon::build(config, started).await?;
+        let mut records = Vec::new();
+        for scaler in daemon.scalers_mut() {
+            let name = scaler.spec().name.clone();
+            let metrics: Vec<String> = scaler
+                .spec()
+                .metrics
+                .iter()
+                .map(|m| m.name.clone())
+                .collect();
+            let record = tokio::time::timeout(TICK_TIMEOUT, scaler.tick(now_ms)).await;
+            records.push((name, metrics, record.ok()));
+        }
+        Ok::<_, DaemonError>(records)
+    });
+    let records = match ticked {
+        Ok(records) => records,
+        Err(e) => {
+            writeln!(err, "error: --tick: {}", log_safe(&e.to_string()))?;
+            return Ok(1);
+        }
+    };
+    writeln!(
+        out,
+        "one tick of each scaler at {}, in dry-run (nothing is changed, notified or kept):",
+        format_ms(now_ms)
+    )?;
+    let mut failed = 0;
+    for (name, metrics, record) in &records {
+        let Some(record) = record else {
+            failed += 1;
+            writeln!(
+                out,
+                "  {name}: no answer within {} (a target or source that does not answer)",
+                humantime::format_duration(TICK_TIMEOUT)
+            )?;
+            continue;
+        };
+        let (line, problems) = tick_lines(record, metrics);
+        failed += usize::from(problems);
+        for l in line {
+            writeln!(out, "{}", log_safe(&l))?;
+        }
+    }
+    if failed > 0 {
+        writeln!(
+            err,
+            "{failed} of {} scalers could not read their target or metrics, or a policy failed",
+            records.len()
+        )?;
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// What one tick read and decided, a line each; and whether anything
+/// failed.
+fn tick_lines(record: &TickRecord, metrics: &[String]) -> (Vec<String>, bool) {
+    let name = &record.scaler;
+    if let ActuationRecord::ObserveFailed { error } = &record.actuation {
+        return (
+            vec![format!("  {name}: cannot read the target: {error}")],
+            true,
+        );
+    }
+    let t = &record.target;
+    let mut lines = vec![format!(
+        "  {name} ({} {}): current {}, ready {}",
+        t.kind, t.name, t.current, t.ready
+    )];
+    let read = record.evaluations.first().map(|e| &e.context.metrics);
+    for metric in metrics {
+        if let Some(failure) = record.metric_errors.iter().find(|f| &f.metric == metric) {
+            lines.push(format!(
+                "    metric {metric}: {} ({})",
+                failure.error, failure.kind
+            ));
+            continue;
+        }
+        let points = read
+            .and_then(|m| m.iter().find(|m| &m.name == metric))
+            .map(|m| m.points.as_slice())
+            .unwrap_or_default();
+        match points.last() {
+            Some(newest) => lines.push(format!(
+                "    metric {metric}: {} ({} point{} read)",
+                newest.value,
+                points.len(),
+                if points.len() == 1 { "" } else { "s" }
+            )),
+            None => lines.push(format!("    metric {metric}: no points")),
+        }
+    }
+    lines.push(format!("    {}", summarize(record)));
+    let failed = !record.metric_errors.is_empty()
+        || record
+            .evaluations
+            .iter()
+            .any(|e| matches!(e.outcome, EvaluationOutcome::Failed { .. }));
+    (lines, failed)
 }
 
 /// The config at `path`, validated as `run --config` validates it, with
