@@ -1,7 +1,7 @@
 //! `[[notifications]]`: webhooks told of each change of replicas and each
 //! failure to make one, by the real daemon (stepped, simulated targets) to
 //! recording HTTP servers on loopback: the JSON and Slack bodies, the
-//! filters, the bearer token, three attempts at an endpoint that fails, and
+//! filters, the bearer token and custom headers, three attempts at an endpoint that fails, and
 //! a backtest that tells nobody.
 
 use std::path::Path;
@@ -85,6 +85,7 @@ bearer_token = {{ file = "{token}" }}
 url = "{chat}/slack"
 format = "slack"
 scalers = ["web"]
+headers = {{ X-Team = "checkout", Authorization = {{ file = "{genie}" }} }}
 
 [[notifications]]
 url = "{failures}/failures"
@@ -99,8 +100,10 @@ scalers = ["web"]
         failures = failures.url(),
         broken = broken.url(),
         token = dir.path().join("token").display(),
+        genie = dir.path().join("genie").display(),
     );
     std::fs::write(dir.path().join("token"), "h00k\n").unwrap();
+    std::fs::write(dir.path().join("genie"), "GenieKey s3cret\n").unwrap();
     let text = config(
         policies.path(),
         &dir.path().join("journal.db"),
@@ -142,8 +145,12 @@ scalers = ["web"]
         assert_eq!(headers["authorization"], "Bearer h00k");
     }
 
-    // Slack's shape, for web only.
+    // Slack's shape, for web only, with its headers (one read from a file).
     let slack = chat.json_bodies(1).await;
+    let headers = &chat.requests()[0];
+    assert_eq!(headers["x-team"], "checkout");
+    assert_eq!(headers["authorization"], "GenieKey s3cret");
+    assert_eq!(headers["content-type"], "application/json");
     let line = slack[0]["text"].as_str().unwrap();
     assert!(
         line.starts_with("Scalewise: web (simulator web) 2 → 4: 2 → 4 — counter"),

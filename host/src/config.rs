@@ -599,10 +599,17 @@ impl Config {
             }
         }
         for notification in &mut self.notifications {
-            if let Some(Secret::File(path)) = &mut notification.get_mut().bearer_token
-                && !is_blank(path)
-            {
-                resolve(path);
+            let notification = notification.get_mut();
+            let header_secrets = notification.headers.values_mut().filter_map(|h| match h {
+                HeaderSetting::Secret(secret) => Some(secret),
+                HeaderSetting::Value(_) => None,
+            });
+            for secret in notification.bearer_token.iter_mut().chain(header_secrets) {
+                if let Secret::File(path) = secret
+                    && !is_blank(path)
+                {
+                    resolve(path);
+                }
             }
         }
         for simulation in self.simulations.values_mut() {
@@ -784,6 +791,10 @@ pub struct NotificationConfig {
     /// Sent as `Authorization: Bearer ...`, read when the config is loaded.
     #[serde(default)]
     pub bearer_token: Option<Secret>,
+    /// Extra headers sent with every POST: an API key header, or an
+    /// `Authorization` of another scheme than bearer (as a secret).
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSetting>,
     /// Per attempt; a failed POST is tried three times in all.
     #[serde(default = "default_notify_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -1082,6 +1093,59 @@ pub enum Secret {
     /// its field there: a source's table is read whole, so a deserialize
     /// error would point at its header).
     File(PathBuf),
+}
+
+/// A header's value: as written in the config, or a [`Secret`]
+/// (`{ env = "VAR" }`, `{ file = "path" }`), read when the config is
+/// loaded and never logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderSetting {
+    /// The value as written.
+    Value(String),
+    /// A secret holds the value.
+    Secret(Secret),
+}
+
+impl HeaderSetting {
+    /// The value: as written, or read from the secret.
+    pub fn resolve(&self) -> Result<String, SecretError> {
+        self.resolve_with_env(&process_env)
+    }
+
+    /// [`HeaderSetting::resolve`] with environment variables looked up in
+    /// `env`.
+    pub fn resolve_with_env(&self, env: EnvLookup<'_>) -> Result<String, SecretError> {
+        match self {
+            HeaderSetting::Value(value) => Ok(value.clone()),
+            HeaderSetting::Secret(secret) => secret.resolve_with_env(env),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = HeaderSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a string, or a secret: { env = "VAR" } or { file = "path" }"#)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<HeaderSetting, E> {
+                Ok(HeaderSetting::Value(value.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<HeaderSetting, A::Error> {
+                Secret::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(HeaderSetting::Secret)
+            }
+        }
+        d.deserialize_any(Setting)
+    }
 }
 
 impl std::fmt::Debug for Secret {

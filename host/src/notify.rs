@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::actuators::Announcement;
 use crate::clock::format_ms;
-use crate::config::{NotificationConfig, NotifyEvent, NotifyFormat};
+use crate::config::{HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat};
 use crate::telemetry::Telemetry;
 
 /// Changes that may wait for delivery.
@@ -131,7 +131,8 @@ impl Webhook {
 pub struct Webhooks(Vec<Webhook>);
 
 impl Webhooks {
-    /// Builds `[[notifications]]`; bearer tokens are read now, so a secret
+    /// Builds `[[notifications]]`; bearer tokens and secret headers are
+    /// read now, so a secret
     /// that cannot be read fails the start, or the reload, that names it.
     pub fn build(webhooks: &[NotificationConfig]) -> Result<Webhooks, String> {
         let mut built = Vec::with_capacity(webhooks.len());
@@ -144,8 +145,21 @@ impl Webhooks {
                 ),
                 None => None,
             };
+            let mut headers = reqwest::header::HeaderMap::new();
+            for (header, setting) in &w.headers {
+                let bad = |why: String| format!("notifications[{i}].headers.{header}: {why}");
+                let name = reqwest::header::HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|e| bad(e.to_string()))?;
+                let value = setting.resolve().map_err(|e| bad(e.to_string()))?;
+                let mut value = reqwest::header::HeaderValue::from_str(&value)
+                    .map_err(|_| bad("the value has characters HTTP does not allow".into()))?;
+                // Kept out of debug output (reqwest's and ours).
+                value.set_sensitive(matches!(setting, HeaderSetting::Secret(_)));
+                headers.insert(name, value);
+            }
             let client = reqwest::Client::builder()
                 .timeout(w.timeout)
+                .default_headers(headers)
                 .build()
                 .map_err(|e| format!("notifications[{i}]: cannot build the HTTP client: {e}"))?;
             built.push(Webhook {

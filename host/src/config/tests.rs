@@ -702,6 +702,46 @@ fn each_problem_is_reported_at_its_place() {
             "set Authorization with bearer_token or basic_auth",
         ),
         case(
+            "a webhook's plain Authorization header",
+            &[(
+                "[clock]",
+                "[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nheaders = { Authorization = \"GenieKey x\" }\n\n[clock]",
+            )],
+            "\"GenieKey x\"",
+            "notifications[0].headers",
+            "give Authorization as a secret",
+        ),
+        case(
+            "a webhook's Authorization header beside its bearer_token",
+            &[(
+                "[clock]",
+                "[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nbearer_token = { env = \"HOME\" }\nheaders = { Authorization = { env = \"HOME\" } }\n\n[clock]",
+            )],
+            "Authorization",
+            "notifications[0].headers",
+            "bearer_token sets Authorization already: give one of the two",
+        ),
+        case(
+            "a webhook's header secret that is not set",
+            &[(
+                "[clock]",
+                "[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nheaders = { X-Api-Key = { env = \"SCALEWISE_TEST_NOT_SET\" } }\n\n[clock]",
+            )],
+            "{ env = \"SCALEWISE_TEST_NOT_SET\" }",
+            "notifications[0].headers",
+            "header \"X-Api-Key\": environment variable \"SCALEWISE_TEST_NOT_SET\" is not set",
+        ),
+        parse_case(
+            "a webhook's header that is neither text nor a secret",
+            &[(
+                "[clock]",
+                "[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nheaders = { X-Api-Key = 5 }\n\n[clock]",
+            )],
+            "5 }",
+            "notifications[0].headers",
+            r#"expected a string, or a secret: { env = "VAR" } or { file = "path" }"#,
+        ),
+        case(
             "reserved source name",
             &[
                 ("[sources.prom]", "[sources.simulator]"),
@@ -1091,10 +1131,21 @@ fn relative_paths_resolve_against_the_config_folder() {
             ),
             ("base = 100.0", "trace = { path = \"traces/t.csv\" }"),
         ],
-    ) + "\n[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nbearer_token = { file = \"secrets/pw\" }\n";
+    ) + "\n[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nbearer_token = { file = \"secrets/pw\" }\n\
+        headers = { X-Api-Key = { file = \"secrets/pw\" }, X-Team = \"checkout\" }\n";
     let config = parse_in(&conf, &text).unwrap();
-    let token = config.notifications[0].get_ref().bearer_token.as_ref();
+    let hook = config.notifications[0].get_ref();
+    let token = hook.bearer_token.as_ref();
     assert_eq!(token, Some(&Secret::File(conf.join("secrets/pw"))));
+    assert_eq!(
+        hook.headers["X-Api-Key"],
+        HeaderSetting::Secret(Secret::File(conf.join("secrets/pw")))
+    );
+    assert_eq!(hook.headers["X-Api-Key"].resolve().unwrap(), "hunter2");
+    assert_eq!(
+        hook.headers["X-Team"],
+        HeaderSetting::Value("checkout".into())
+    );
     assert_eq!(config.policy_dir.get_ref(), &conf.join("../policies"));
     assert_eq!(config.journal.path, absolute_journal);
     let SourceConfig::Prometheus(prom) = config.sources["prom"].get_ref();

@@ -10,9 +10,9 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    AwsAsgTarget, Behavior, Config, EnvLookup, KubernetesTarget, LeaderElectionConfig, LoadConfig,
-    MetricConfig, Problem, PrometheusConfig, RebalanceTarget, ScalerConfig, ScalingRules,
-    SimulationConfig, SourceConfig, TargetConfig,
+    AwsAsgTarget, Behavior, Config, EnvLookup, HeaderSetting, KubernetesTarget,
+    LeaderElectionConfig, LoadConfig, MetricConfig, Problem, PrometheusConfig, RebalanceTarget,
+    ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -379,6 +379,32 @@ impl Checker<'_, '_> {
             && let Err(err) = token.resolve_with_env(env)
         {
             self.value(&at("bearer_token"), format!("bearer_token: {err}"));
+        }
+        for (header, setting) in &n.headers {
+            let here = keys!["notifications", i, "headers", header.as_str()];
+            let plain = matches!(setting, HeaderSetting::Value(_));
+            match http::HeaderName::from_bytes(header.as_bytes()) {
+                Err(_) => self.key(&here, format!("{header:?} is not a valid header name")),
+                Ok(name) if name == http::header::AUTHORIZATION && n.bearer_token.is_some() => {
+                    self.key(
+                        &here,
+                        "bearer_token sets Authorization already: give one of the two",
+                    )
+                }
+                Ok(name) if name == http::header::AUTHORIZATION && plain => self.value(
+                    &here,
+                    r#"give Authorization as a secret, { env = "VAR" } or { file = "path" }, which keeps it out of the config"#,
+                ),
+                Ok(_) => {}
+            }
+            match setting.resolve_with_env(env) {
+                Err(err) => self.value(&here, format!("header {header:?}: {err}")),
+                Ok(value) if http::HeaderValue::from_str(&value).is_err() => self.value(
+                    &here,
+                    format!("the value of header {header:?} has characters HTTP does not allow"),
+                ),
+                Ok(_) => {}
+            }
         }
     }
 
