@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use scalewise::clock::wall_clock_ms;
-use scalewise::config::{BasicAuth, PrometheusConfig, Secret};
+use scalewise::config::{BasicAuth, HeaderSetting, PrometheusConfig, Secret};
 use scalewise::policy::Point;
 use scalewise::sources::prometheus::PrometheusSource;
 use scalewise::sources::{MetricError, MetricQuery, Source, check_series};
@@ -512,11 +512,18 @@ async fn auth_and_custom_headers_are_sent_and_never_shown() {
     let password_file = secrets.path().join("password");
     std::fs::write(&password_file, "pa55-w0rd").unwrap();
 
+    let key_file = secrets.path().join("key");
+    std::fs::write(&key_file, "k3y-77\n").unwrap();
+
     let mut bearer = config(&server.url());
     bearer.bearer_token = Some(Secret::File(token_file));
     bearer
         .headers
         .insert("X-Scope-OrgID".into(), "team-a".into());
+    bearer.headers.insert(
+        "X-Api-Key".into(),
+        HeaderSetting::Secret(Secret::File(key_file)),
+    );
     let bearer = PrometheusSource::new("prom", &bearer).unwrap();
     assert_eq!(fetch_now(&bearer, "sum(up)").await.unwrap()[0].value, 42.0);
 
@@ -534,6 +541,7 @@ async fn auth_and_custom_headers_are_sent_and_never_shown() {
     for headers in &requests[..2] {
         assert_eq!(headers["authorization"], "Bearer tok-3f9a");
         assert_eq!(headers["x-scope-orgid"], "team-a");
+        assert_eq!(headers["x-api-key"], "k3y-77");
     }
     use base64::Engine as _;
     let expected_basic = format!(
@@ -548,7 +556,7 @@ async fn auth_and_custom_headers_are_sent_and_never_shown() {
     for source in [&bearer, &basic] {
         let debug = format!("{source:?}");
         assert!(
-            !debug.contains("tok-3f9a") && !debug.contains("pa55"),
+            !debug.contains("tok-3f9a") && !debug.contains("pa55") && !debug.contains("k3y"),
             "{debug}"
         );
     }

@@ -587,7 +587,11 @@ impl Config {
                     let secrets = prometheus
                         .bearer_token
                         .iter_mut()
-                        .chain(prometheus.basic_auth.iter_mut().map(|b| &mut b.password));
+                        .chain(prometheus.basic_auth.iter_mut().map(|b| &mut b.password))
+                        .chain(prometheus.headers.values_mut().filter_map(|h| match h {
+                            HeaderSetting::Secret(secret) => Some(secret),
+                            HeaderSetting::Value(_) => None,
+                        }));
                     for secret in secrets {
                         if let Secret::File(path) = secret
                             && !is_blank(path)
@@ -1062,9 +1066,10 @@ pub struct PrometheusConfig {
     /// HTTP basic auth.
     #[serde(default)]
     pub basic_auth: Option<BasicAuth>,
-    /// Extra headers sent with every request (e.g. `X-Scope-OrgID`).
+    /// Extra headers sent with every request (e.g. `X-Scope-OrgID`), each
+    /// text or a secret.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, HeaderSetting>,
 }
 
 fn default_prometheus_timeout() -> Duration {
@@ -1119,6 +1124,12 @@ impl HeaderSetting {
             HeaderSetting::Value(value) => Ok(value.clone()),
             HeaderSetting::Secret(secret) => secret.resolve_with_env(env),
         }
+    }
+}
+
+impl From<&str> for HeaderSetting {
+    fn from(value: &str) -> Self {
+        HeaderSetting::Value(value.to_owned())
     }
 }
 

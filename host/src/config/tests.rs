@@ -697,9 +697,9 @@ fn each_problem_is_reported_at_its_place() {
                 "timeout = \"5s\"",
                 "timeout = \"5s\"\nheaders = { Authorization = \"Bearer x\" }",
             )],
-            "Authorization",
+            "\"Bearer x\"",
             "sources.prom.headers",
-            "set Authorization with bearer_token or basic_auth",
+            "give Authorization as a secret",
         ),
         case(
             "a webhook's plain Authorization header",
@@ -1337,7 +1337,7 @@ fn the_example_parses_and_validates_with_its_files_present() {
     assert_eq!(checkout.behavior.scale_down.select, Select::Min);
     assert_eq!(config.scalers[1].get_ref().mode, Mode::DryRun);
     let SourceConfig::Prometheus(mimir) = config.sources["mimir"].get_ref();
-    assert_eq!(mimir.headers["X-Scope-OrgID"], "team-checkout");
+    assert_eq!(mimir.headers["X-Scope-OrgID"], "team-checkout".into());
 
     // Without the token in the environment it is refused up front.
     let err =

@@ -380,31 +380,48 @@ impl Checker<'_, '_> {
         {
             self.value(&at("bearer_token"), format!("bearer_token: {err}"));
         }
+        let auth = n.bearer_token.as_ref().map(|_| "bearer_token");
         for (header, setting) in &n.headers {
             let here = keys!["notifications", i, "headers", header.as_str()];
-            let plain = matches!(setting, HeaderSetting::Value(_));
-            match http::HeaderName::from_bytes(header.as_bytes()) {
-                Err(_) => self.key(&here, format!("{header:?} is not a valid header name")),
-                Ok(name) if name == http::header::AUTHORIZATION && n.bearer_token.is_some() => {
-                    self.key(
-                        &here,
-                        "bearer_token sets Authorization already: give one of the two",
-                    )
-                }
-                Ok(name) if name == http::header::AUTHORIZATION && plain => self.value(
-                    &here,
+            self.header(&here, header, setting, auth, env);
+        }
+    }
+
+    /// One custom header at `here`: a valid name; a value HTTP allows,
+    /// read from its secret if it is one; `Authorization` only as a secret
+    /// (it carries a credential) and only where `auth`, the table's own
+    /// auth setting, is not given (it would set the header too).
+    fn header(
+        &mut self,
+        here: &[Seg],
+        header: &str,
+        setting: &HeaderSetting,
+        auth: Option<&str>,
+        env: EnvLookup<'_>,
+    ) {
+        let plain = matches!(setting, HeaderSetting::Value(_));
+        match http::HeaderName::from_bytes(header.as_bytes()) {
+            Err(_) => self.key(here, format!("{header:?} is not a valid header name")),
+            Ok(name) if name == http::header::AUTHORIZATION => match auth {
+                Some(auth) => self.key(
+                    here,
+                    format!("{auth} sets Authorization already: give one of the two"),
+                ),
+                None if plain => self.value(
+                    here,
                     r#"give Authorization as a secret, { env = "VAR" } or { file = "path" }, which keeps it out of the config"#,
                 ),
-                Ok(_) => {}
-            }
-            match setting.resolve_with_env(env) {
-                Err(err) => self.value(&here, format!("header {header:?}: {err}")),
-                Ok(value) if http::HeaderValue::from_str(&value).is_err() => self.value(
-                    &here,
-                    format!("the value of header {header:?} has characters HTTP does not allow"),
-                ),
-                Ok(_) => {}
-            }
+                None => {}
+            },
+            Ok(_) => {}
+        }
+        match setting.resolve_with_env(env) {
+            Err(err) => self.value(here, format!("header {header:?}: {err}")),
+            Ok(value) if http::HeaderValue::from_str(&value).is_err() => self.value(
+                here,
+                format!("the value of header {header:?} has characters HTTP does not allow"),
+            ),
+            Ok(_) => {}
         }
     }
 
@@ -476,22 +493,14 @@ impl Checker<'_, '_> {
                 );
             }
         }
-        for (header, value) in headers {
+        let auth = match (bearer_token, basic_auth) {
+            (Some(_), _) => Some("bearer_token"),
+            (None, Some(_)) => Some("basic_auth"),
+            (None, None) => None,
+        };
+        for (header, setting) in headers {
             let here = keys!["sources", name, "headers", header.as_str()];
-            match http::HeaderName::from_bytes(header.as_bytes()) {
-                Err(_) => self.key(&here, format!("{header:?} is not a valid header name")),
-                Ok(parsed) if parsed == http::header::AUTHORIZATION => self.key(
-                    &here,
-                    "set Authorization with bearer_token or basic_auth, which keep it secret",
-                ),
-                Ok(_) => {}
-            }
-            if http::HeaderValue::from_str(value).is_err() {
-                self.value(
-                    &here,
-                    format!("the value of header {header:?} has characters HTTP does not allow"),
-                );
-            }
+            self.header(&here, header, setting, auth, env);
         }
     }
 

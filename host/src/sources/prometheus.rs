@@ -130,7 +130,7 @@ use serde::Deserialize;
 
 use self::coalesce::Coalescer;
 use super::{MetricError, MetricQuery, Source};
-use crate::config::{PrometheusConfig, Secret, SecretError};
+use crate::config::{HeaderSetting, PrometheusConfig, Secret, SecretError};
 use crate::policy::Point;
 
 /// Points per range query of [`PrometheusSource::history`]: Prometheus
@@ -247,7 +247,7 @@ impl PrometheusSource {
     /// headers with every request and gives up after `timeout`.
     pub fn new(name: &str, config: &PrometheusConfig) -> Result<Self, Error> {
         let mut headers = HeaderMap::new();
-        for (header, value) in &config.headers {
+        for (header, setting) in &config.headers {
             let bad = |reason: String| Error::Header {
                 name: name.to_owned(),
                 header: header.clone(),
@@ -255,7 +255,10 @@ impl PrometheusSource {
             };
             let header_name =
                 HeaderName::from_bytes(header.as_bytes()).map_err(|e| bad(e.to_string()))?;
-            let value = HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
+            let value = setting.resolve().map_err(|e| bad(e.to_string()))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|e| bad(e.to_string()))?;
+            // A secret stays out of debug output.
+            value.set_sensitive(matches!(setting, HeaderSetting::Secret(_)));
             headers.insert(header_name, value);
         }
         let credentials = Credentials::from_config(name, config)?;
