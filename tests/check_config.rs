@@ -1,14 +1,17 @@
 //! `scalewise check --config`: a config checked as `scalewise run --config`
 //! checks it before starting, against real policy modules, without
 //! starting; in-process through `scalewise::cli::run_cli`. `--tick` through
-//! the binary, against a real Prometheus server and the moto server.
+//! the binary, against a real Prometheus server and the moto server, and
+//! the suite's fake Kubernetes API server (no real one can run here).
 
 use std::path::Path;
 use std::time::Duration;
 
+use axum::http::Method;
 use scalewise::clock::Clock;
 use scalewise::config::Config;
 use scalewise::daemon::Daemon;
+use scalewise_tests::fake_kube::{FakeKube, Workload};
 use scalewise_tests::moto::{MotoServer, REGION};
 use scalewise_tests::prometheus::{Exporter, PrometheusServer};
 use scalewise_tests::{artifacts, cli, policy_dir};
@@ -384,5 +387,75 @@ fn tick_reads_every_target_and_metric_and_changes_nothing() {
     assert!(
         err.contains("2 of 3 scalers could not read their target or metrics, or a policy failed"),
         "{err}"
+    );
+}
+
+#[test]
+fn tick_reads_a_deployment_without_patching_it_or_taking_the_lease() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let kube = rt.block_on(FakeKube::start()).unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "web",
+        Workload {
+            replicas: 2,
+            ready: Some(2),
+            forbidden: false,
+        },
+    );
+    let modules = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.kubeconfig(&kubeconfig, "shop").unwrap();
+    let text = format!(
+        r#"policy_dir = "{policies}"
+
+[leader_election]
+lease = "scalewise"
+
+[[scalers]]
+name = "web"
+interval = "15s"
+min = 1
+max = 8
+target = {{ kind = "kubernetes", object = "Deployment", name = "web" }}
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = 4 }}
+"#,
+        policies = modules.path().display()
+    );
+    let path = write(dir.path(), &text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
+        .args(["check", "--config", &path, "--tick"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for line in [
+        "  web (kubernetes web): current 2, ready 2",
+        "    2 → 4 — counter: ",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in\n{stdout}");
+    }
+    // Read, never patched, no Event, and the lease neither taken nor waited for.
+    let seen = kube.seen();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|s| s.method == Method::GET), "{seen:?}");
+    assert!(kube.events().is_empty());
+    assert!(kube.lease("shop", "scalewise").is_none());
+    assert_eq!(
+        kube.workload("apps/v1", "deployments", "shop", "web")
+            .unwrap()
+            .replicas,
+        2
     );
 }
