@@ -218,7 +218,9 @@ pub struct PrometheusSource {
     /// The URL with any credentials removed, for messages.
     display_url: String,
     timeout: Duration,
-    credentials: Option<Credentials>,
+    /// Headers whose values are secrets: `Authorization` from the auth
+    /// settings, and custom headers given as secrets.
+    credentials: Vec<Credentials>,
     header_names: Vec<String>,
     client: prometheus_http_query::Client,
     answers: Coalescer<AnswerKey, Answer>,
@@ -247,6 +249,9 @@ impl PrometheusSource {
     /// headers with every request and gives up after `timeout`.
     pub fn new(name: &str, config: &PrometheusConfig) -> Result<Self, Error> {
         let mut headers = HeaderMap::new();
+        let mut credentials: Vec<Credentials> = Credentials::from_config(name, config)?
+            .into_iter()
+            .collect();
         for (header, setting) in &config.headers {
             let bad = |reason: String| Error::Header {
                 name: name.to_owned(),
@@ -255,13 +260,17 @@ impl PrometheusSource {
             };
             let header_name =
                 HeaderName::from_bytes(header.as_bytes()).map_err(|e| bad(e.to_string()))?;
-            let value = setting.resolve().map_err(|e| bad(e.to_string()))?;
-            let mut value = HeaderValue::from_str(&value).map_err(|e| bad(e.to_string()))?;
-            // A secret stays out of debug output.
-            value.set_sensitive(matches!(setting, HeaderSetting::Secret(_)));
-            headers.insert(header_name, value);
+            match setting {
+                HeaderSetting::Value(value) => {
+                    let value = HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
+                    headers.insert(header_name, value);
+                }
+                // Sent like the auth header: re-read as its file rotates.
+                HeaderSetting::Secret(secret) => {
+                    credentials.push(Credentials::for_header(name, header_name, secret)?);
+                }
+            }
         }
-        let credentials = Credentials::from_config(name, config)?;
         let mut url = reqwest::Url::parse(&config.url).map_err(|e| Error::Url {
             name: name.to_owned(),
             url: config.url.clone(),
@@ -352,8 +361,8 @@ impl PrometheusSource {
                 .client
                 .query_range(query, from_s, to_s, step_s as f64)
                 .timeout(self.timeout_ms() as i64);
-            if let Some(credentials) = &self.credentials {
-                request = request.header(AUTHORIZATION, credentials.header());
+            for credentials in &self.credentials {
+                request = request.header(credentials.header_name.clone(), credentials.header());
             }
             match one_series(self.send(request.get_raw()).await?) {
                 Ok(chunk) => points.extend(chunk),
@@ -415,8 +424,9 @@ impl PrometheusSource {
                         .client
                         .query_range(&query.query, start_s, evaluation_s, step_s)
                         .timeout(timeout_ms as i64);
-                    if let Some(credentials) = &self.credentials {
-                        request = request.header(AUTHORIZATION, credentials.header());
+                    for credentials in &self.credentials {
+                        request =
+                            request.header(credentials.header_name.clone(), credentials.header());
                     }
                     self.send(request.get_raw()).await?
                 }
@@ -473,10 +483,11 @@ impl PrometheusSource {
         &self,
         request: prometheus_http_query::InstantQueryBuilder,
     ) -> prometheus_http_query::InstantQueryBuilder {
-        match &self.credentials {
-            Some(credentials) => request.header(AUTHORIZATION, credentials.header()),
-            None => request,
-        }
+        self.credentials
+            .iter()
+            .fold(request, |request, credentials| {
+                request.header(credentials.header_name.clone(), credentials.header())
+            })
     }
 
     /// Sends one query and decodes the answer, mapping every failure to a
@@ -566,25 +577,33 @@ fn read_secret(name: &str, what: &'static str, secret: &Secret) -> Result<String
 /// passwords) are picked up without a restart.
 const SECRET_REFRESH: Duration = Duration::from_secs(60);
 
-/// The `Authorization` header, from a bearer token or basic auth.
+/// A header whose value holds a secret: `Authorization` from a bearer
+/// token or basic auth, or a custom header given as a secret.
 struct Credentials {
     name: String,
+    header_name: HeaderName,
     scheme: Scheme,
     current: Mutex<(HeaderValue, Instant)>,
 }
 
 enum Scheme {
     Bearer(Secret),
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// The secret is the header's value.
+    Raw(Secret),
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The kind of auth only: never the secret, nor where it is read from.
-        f.write_str(match self.scheme {
-            Scheme::Bearer(_) => "bearer",
-            Scheme::Basic { .. } => "basic",
-        })
+        match self.scheme {
+            Scheme::Bearer(_) => f.write_str("bearer"),
+            Scheme::Basic { .. } => f.write_str("basic"),
+            Scheme::Raw(_) => write!(f, "secret header {}", self.header_name),
+        }
     }
 }
 
@@ -606,12 +625,25 @@ impl Credentials {
                 password: basic.password.clone(),
             },
         };
-        let value = read_header(name, &scheme)?;
+        let value = read_header(name, &AUTHORIZATION, &scheme)?;
         Ok(Some(Credentials {
             name: name.to_owned(),
+            header_name: AUTHORIZATION,
             scheme,
             current: Mutex::new((value, Instant::now())),
         }))
+    }
+
+    /// The custom header `header_name`, its value the secret, read now.
+    fn for_header(name: &str, header_name: HeaderName, secret: &Secret) -> Result<Self, Error> {
+        let scheme = Scheme::Raw(secret.clone());
+        let value = read_header(name, &header_name, &scheme)?;
+        Ok(Credentials {
+            name: name.to_owned(),
+            header_name,
+            scheme,
+            current: Mutex::new((value, Instant::now())),
+        })
     }
 
     /// The header value, re-read from its file once it is older than
@@ -621,6 +653,7 @@ impl Credentials {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let from_file = match &self.scheme {
             Scheme::Bearer(secret)
+            | Scheme::Raw(secret)
             | Scheme::Basic {
                 password: secret, ..
             } => {
@@ -628,7 +661,7 @@ impl Credentials {
             }
         };
         if from_file && current.1.elapsed() >= SECRET_REFRESH {
-            match read_header(&self.name, &self.scheme) {
+            match read_header(&self.name, &self.header_name, &self.scheme) {
                 Ok(value) => current.0 = value,
                 Err(e) => tracing::warn!(
                     source = %self.name,
@@ -642,9 +675,15 @@ impl Credentials {
     }
 }
 
-/// The `Authorization` value for `scheme`, its secret read now.
-fn read_header(name: &str, scheme: &Scheme) -> Result<HeaderValue, Error> {
+/// The value of `header` for `scheme`, its secret read now.
+fn read_header(name: &str, header: &HeaderName, scheme: &Scheme) -> Result<HeaderValue, Error> {
     let value = match scheme {
+        Scheme::Raw(secret) => secret.resolve().map_err(|e| Error::Header {
+            name: name.to_owned(),
+            header: header.to_string(),
+            // Where it was looked for, never the value.
+            reason: e.to_string(),
+        })?,
         Scheme::Bearer(token) => format!("Bearer {}", read_secret(name, "bearer_token", token)?),
         Scheme::Basic { username, password } => {
             let password = read_secret(name, "basic_auth.password", password)?;
@@ -655,7 +694,7 @@ fn read_header(name: &str, scheme: &Scheme) -> Result<HeaderValue, Error> {
     };
     let mut value = HeaderValue::from_str(&value).map_err(|_| Error::Header {
         name: name.to_owned(),
-        header: "Authorization".to_owned(),
+        header: header.to_string(),
         // Never the value itself: it holds the secret.
         reason: "the credentials contain characters not allowed in a header".to_owned(),
     })?;
@@ -1086,6 +1125,44 @@ mod tests {
         age(&credentials);
         assert_eq!(credentials.header(), "Bearer second", "last good kept");
         assert!(credentials.header().is_sensitive());
+    }
+
+    #[test]
+    fn a_secret_header_is_read_again_as_its_file_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k1\n").unwrap();
+        let mut cfg = config("http://prom:9090");
+        cfg.headers.insert(
+            "X-Api-Key".into(),
+            HeaderSetting::Secret(Secret::File(key.clone())),
+        );
+        cfg.headers.insert("X-Scope-OrgID".into(), "team-a".into());
+        let source = PrometheusSource::new("prom", &cfg).unwrap();
+        // The secret one is sent like the auth header; the text one is the
+        // client's own.
+        let [credentials] = source.credentials.as_slice() else {
+            panic!("{source:?}");
+        };
+        assert_eq!(credentials.header_name, "x-api-key");
+        assert_eq!(credentials.header(), "k1");
+        assert!(credentials.header().is_sensitive());
+        std::fs::write(&key, "k2\n").unwrap();
+        credentials.current.lock().unwrap().1 = Instant::now() - SECRET_REFRESH;
+        assert_eq!(credentials.header(), "k2", "rotated");
+        let debug = format!("{source:?}");
+        assert!(
+            debug.contains("secret header x-api-key") && !debug.contains("k2"),
+            "{debug}"
+        );
+
+        // A secret that cannot be read fails the build, naming the header.
+        cfg.headers.insert(
+            "X-Api-Key".into(),
+            HeaderSetting::Secret(Secret::File(dir.path().join("nope"))),
+        );
+        let err = PrometheusSource::new("prom", &cfg).unwrap_err().to_string();
+        assert!(err.contains("x-api-key") && err.contains("nope"), "{err}");
     }
 
     #[test]
