@@ -292,16 +292,25 @@ params = {{ metric = "load", target = 10.0, metric_type = "total" }}
 /// `scalewise check` through the binary, with AWS settings in its
 /// environment as in production.
 fn check_binary(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", REGION)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
+    check_binary_with(args, |c| {
+        c.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL");
+    })
+}
+
+/// `scalewise check` through the binary, its environment set by `env`:
+/// exit code, stdout, stderr.
+fn check_binary_with(
+    args: &[&str],
+    env: impl FnOnce(&mut std::process::Command),
+) -> (Option<i32>, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scalewise-cli"));
+    command.args(args).env("RUST_LOG", "error");
+    env(&mut command);
+    let out = command.output().unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -429,17 +438,12 @@ params = {{ scale_to = 4 }}
         policies = modules.path().display()
     );
     let path = write(dir.path(), &text);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
-        .args(["check", "--config", &path, "--tick"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = check_binary_with(&["check", "--config", &path, "--tick"], |c| {
+        c.env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT");
+    });
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     for line in [
         "  web (kubernetes web): current 2, ready 2",
         "    2 → 4 — counter: ",
