@@ -709,3 +709,81 @@ params = {{ lead = "10m", windows = "mon-fri 09:00-17:00 12; 2026-12-11 00:00-24
     assert_eq!(replicas_at(19.0), 4, "at 19:00");
     assert_eq!(replicas_at(24.0 + 10.0), 4, "at Friday 10:00");
 }
+
+#[test]
+fn journal_explain_says_in_words_what_a_record_holds() {
+    let policies = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("run.db");
+    let journal = journal.to_str().unwrap();
+    let (code, _, err) = cli(&[
+        "simulate",
+        "--policy-dir",
+        policies.path().to_str().unwrap(),
+        "--for",
+        "20m",
+        "--start",
+        START,
+        "--journal",
+        journal,
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    // A tick the envelope changed (the demo's web holds through its
+    // scale-down stabilisation window), as the journal has it.
+    let (code, export, err) = cli(&["journal", "export", "--journal", journal]);
+    assert_eq!(code, 0, "{err}");
+    let records: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let changed = records
+        .iter()
+        .find(|r| r.get("envelope").is_some())
+        .expect("a tick the envelope changed");
+    let id = changed["id"].as_i64().unwrap().to_string();
+    let (code, out, err) = cli(&["journal", "explain", "--journal", journal, &id]);
+    assert_eq!(code, 0, "{err}");
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_owned();
+    let target = &changed["target"];
+    let step = &changed["envelope"][0];
+    let evaluation = &changed["evaluations"][0];
+    let decision = &evaluation["outcome"]["decision"];
+    for line in [
+        format!("record {id}: scaler {:?} at ", text(&changed["scaler"])),
+        format!(
+            "target    simulator {}: current {}, ready {}; bounds {}..{}",
+            text(&target["name"]),
+            target["current"],
+            target["ready"],
+            target["min"],
+            target["max"]
+        ),
+        format!(
+            "policies  {} sha256:{} → {}: {}",
+            text(&evaluation["module"]),
+            &text(&evaluation["digest"])[..12],
+            decision["desired"],
+            text(&decision["reason"])
+        ),
+        format!(
+            "envelope  {} → {}  {}: {}",
+            step["from"],
+            step["to"],
+            text(&step["rule"]),
+            text(&step["reason"])
+        ),
+        format!("desired   {} (", changed["desired"]),
+    ] {
+        assert!(out.contains(&line), "no {line:?} in\n{out}");
+    }
+    assert!(out.lines().any(|l| l.starts_with("metrics   ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("actuator  ")), "{out}");
+
+    let (code, _, err) = cli(&["journal", "explain", "--journal", journal, "999999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no record with id 999999"), "{err}");
+}

@@ -242,6 +242,16 @@ pub enum JournalCommand {
         /// The record's id.
         id: i64,
     },
+    /// Explains one record, by id, in words: what the target and metrics
+    /// read, what each policy answered, what the envelope changed and why,
+    /// what the actuator did.
+    Explain {
+        /// Where the journal is.
+        #[command(flatten)]
+        at: JournalLocation,
+        /// The record's id.
+        id: i64,
+    },
 }
 
 /// Where a journal is: a database file, or the config that names one.
