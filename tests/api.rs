@@ -365,6 +365,35 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
         *scale_up
     );
     assert!(matches!(scale_up.actuation, ActuationRecord::Done { .. }));
+    // And in words, as `scalewise journal explain` prints it.
+    let (status, content_type, text) =
+        call(&state, "GET", &format!("/v1/decisions/{id}/explain")).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let lines: Vec<String> = scalewise::journal::explain(scale_up)
+        .iter()
+        .map(|l| scalewise::runtime::log_safe(l).into_owned())
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), lines);
+    assert!(
+        text.starts_with(&format!("record {id}: scaler \"web\" at ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "desired   8 (scale out from {})",
+            scale_up.target.current
+        )),
+        "{text}"
+    );
+    assert_error(
+        &state,
+        "GET",
+        "/v1/decisions/999999/explain",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     assert_error(
         &state,
         "GET",

@@ -59,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/scalers/{name}/pause", post(handlers::pause_scaler))
         .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
         .route("/v1/decisions/{id}", get(handlers::get_decision))
+        .route(
+            "/v1/decisions/{id}/explain",
+            get(handlers::explain_decision),
+        )
         .route("/v1/policies", get(handlers::list_policies))
         .route("/v1/config", get(handlers::config_status))
         .fallback(handlers::not_found)

@@ -59,6 +59,7 @@
 //! minute, a thousand rows per transaction, with queued appends served
 //! between the batches.
 
+mod explain;
 mod record;
 mod schema;
 mod store;
@@ -76,6 +77,7 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::config::Mode;
 
+pub use explain::explain;
 pub use record::*;
 
 use store::ReaderPool;

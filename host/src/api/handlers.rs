@@ -165,6 +165,20 @@ pub async fn get_decision(
         .ok_or_else(|| ApiError::NotFound(format!("no decision with id {id}")))
 }
 
+/// One journal record in words, as `scalewise journal explain` prints it
+/// (plain text, a line each).
+pub async fn explain_decision(
+    state: State<AppState>,
+    id: Path<String>,
+) -> Result<([(header::HeaderName, &'static str); 1], String), ApiError> {
+    let Json(record) = get_decision(state, id).await?;
+    let text: String = crate::journal::explain(&record)
+        .iter()
+        .map(|line| format!("{}\n", crate::runtime::log_safe(line)))
+        .collect();
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
 /// Pauses a scaler: it keeps ticking and journaling, but holds.
 pub async fn pause_scaler(
     State(state): State<AppState>,
