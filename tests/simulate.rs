@@ -786,4 +786,37 @@ fn journal_explain_says_in_words_what_a_record_holds() {
     let (code, _, err) = cli(&["journal", "explain", "--journal", journal, "999999"]);
     assert_eq!(code, 1);
     assert!(err.contains("no record with id 999999"), "{err}");
+
+    // A scaler's newest record, without looking up its id.
+    let newest = records
+        .iter()
+        .rev()
+        .find(|r| r["scaler"] == "worker")
+        .unwrap();
+    let (code, out, err) = cli(&[
+        "journal",
+        "explain",
+        "--journal",
+        journal,
+        "--scaler",
+        "worker",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("record {}: scaler \"worker\" at ", newest["id"])),
+        "{out}"
+    );
+    let (code, _, err) = cli(&[
+        "journal",
+        "explain",
+        "--journal",
+        journal,
+        "--scaler",
+        "wrker",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no record of a scaler named \"wrker\""),
+        "{err}"
+    );
 }

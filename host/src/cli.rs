@@ -250,7 +250,11 @@ pub enum JournalCommand {
         #[command(flatten)]
         at: JournalLocation,
         /// The record's id.
-        id: i64,
+        #[arg(required_unless_present = "scaler", conflicts_with = "scaler")]
+        id: Option<i64>,
+        /// Instead of an id: this scaler's newest record.
+        #[arg(long, value_name = "NAME")]
+        scaler: Option<String>,
     },
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::clock::parse_time_ms;
 use crate::config::Config;
-use crate::journal::{Journal, TickRecord, explain};
+use crate::journal::{Journal, Query, TickRecord, explain};
 use crate::runtime::log_safe;
 
 use super::{JournalCommand, JournalLocation};
@@ -37,8 +37,12 @@ pub fn journal(
                     .map_err(|e| e.to_string())?;
                 writeln!(out, "{text}").map_err(|e| e.to_string())
             }),
-        JournalCommand::Explain { at, id } => locate(at)
-            .and_then(|path| read_record(&path, *id))
+        JournalCommand::Explain { at, id, scaler } => locate(at)
+            .and_then(|path| match (id, scaler) {
+                (Some(id), _) => read_record(&path, *id),
+                (None, Some(scaler)) => newest_record(&path, scaler),
+                (None, None) => Err("give a record id or --scaler NAME".into()),
+            })
             .and_then(|record| {
                 explain(&record)
                     .iter()
@@ -62,6 +66,22 @@ pub fn read_record(path: &Path, id: i64) -> Result<TickRecord, String> {
         .get_blocking(id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no record with id {id} in {}", path.display()))
+}
+
+/// The newest record of `scaler` in a journal file.
+fn newest_record(path: &Path, scaler: &str) -> Result<TickRecord, String> {
+    let journal = Journal::open_read_only(path).map_err(|e| e.to_string())?;
+    journal
+        .query_blocking(&Query::scaler(scaler, 1))
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            format!(
+                "no record of a scaler named {scaler:?} in {}",
+                path.display()
+            )
+        })
 }
 
 fn export(
