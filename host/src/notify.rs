@@ -12,15 +12,18 @@
 //! after it go to the new ones, changes already waiting to the old.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use crate::actuators::Announcement;
 use crate::clock::format_ms;
-use crate::config::{HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat};
+use crate::config::{
+    HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat, SECRET_REFRESH, Secret,
+};
 use crate::telemetry::Telemetry;
 
 /// Changes that may wait for delivery.
@@ -78,8 +81,73 @@ struct Webhook {
     events: BTreeSet<&'static str>,
     scalers: BTreeSet<String>,
     format: NotifyFormat,
-    token: Option<String>,
+    token: Option<Rotating>,
+    /// Headers whose values are secrets (plain ones are the client's own).
+    secret_headers: Vec<(reqwest::header::HeaderName, Rotating)>,
     client: reqwest::Client,
+}
+
+/// A secret sent with every POST: read when the webhook is built, and
+/// again from its file once [`SECRET_REFRESH`] has passed, so a rotated
+/// token applies without a restart. If the file cannot be read then (or
+/// holds what a header cannot carry), the last good value stays.
+struct Rotating {
+    /// What it is, for messages: `notifications[0].bearer_token`.
+    what: String,
+    /// Written before the secret in the header (`Bearer `).
+    prefix: &'static str,
+    secret: Secret,
+    current: Mutex<(reqwest::header::HeaderValue, Instant)>,
+}
+
+impl fmt::Debug for Rotating {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the value.
+        write!(f, "Rotating({})", self.what)
+    }
+}
+
+impl Rotating {
+    /// Reads `secret` now.
+    fn new(what: String, prefix: &'static str, secret: &Secret) -> Result<Rotating, String> {
+        let value = read_header_secret(&what, prefix, secret)?;
+        Ok(Rotating {
+            what,
+            prefix,
+            secret: secret.clone(),
+            current: Mutex::new((value, Instant::now())),
+        })
+    }
+
+    /// The value, read again from its file when due.
+    fn value(&self) -> reqwest::header::HeaderValue {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(self.secret, Secret::File(_)) && current.1.elapsed() >= SECRET_REFRESH {
+            match read_header_secret(&self.what, self.prefix, &self.secret) {
+                Ok(value) => current.0 = value,
+                Err(error) => tracing::warn!(
+                    %error,
+                    "A webhook's secret could not be read again; the previous value stays in use."
+                ),
+            }
+            current.1 = Instant::now();
+        }
+        current.0.clone()
+    }
+}
+
+/// `prefix` and the secret's value, as a header value kept out of debug
+/// output.
+fn read_header_secret(
+    what: &str,
+    prefix: &str,
+    secret: &Secret,
+) -> Result<reqwest::header::HeaderValue, String> {
+    let value = secret.resolve().map_err(|e| format!("{what}: {e}"))?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("{prefix}{value}"))
+        .map_err(|_| format!("{what}: the value has characters HTTP does not allow"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 impl Webhook {
@@ -104,7 +172,10 @@ impl Webhook {
             }
             let mut request = self.client.post(&self.url).json(body);
             if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
+                request = request.header(reqwest::header::AUTHORIZATION, token.value());
+            }
+            for (name, secret) in &self.secret_headers {
+                request = request.header(name.clone(), secret.value());
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(()),
@@ -137,25 +208,35 @@ impl Webhooks {
     pub fn build(webhooks: &[NotificationConfig]) -> Result<Webhooks, String> {
         let mut built = Vec::with_capacity(webhooks.len());
         for (i, w) in webhooks.iter().enumerate() {
-            let token = match &w.bearer_token {
-                Some(secret) => Some(
-                    secret
-                        .resolve()
-                        .map_err(|e| format!("notifications[{i}].bearer_token: {e}"))?,
-                ),
-                None => None,
-            };
+            let token = w
+                .bearer_token
+                .as_ref()
+                .map(|secret| {
+                    Rotating::new(
+                        format!("notifications[{i}].bearer_token"),
+                        "Bearer ",
+                        secret,
+                    )
+                })
+                .transpose()?;
             let mut headers = reqwest::header::HeaderMap::new();
+            let mut secret_headers = Vec::new();
             for (header, setting) in &w.headers {
-                let bad = |why: String| format!("notifications[{i}].headers.{header}: {why}");
+                let what = format!("notifications[{i}].headers.{header}");
                 let name = reqwest::header::HeaderName::from_bytes(header.as_bytes())
-                    .map_err(|e| bad(e.to_string()))?;
-                let value = setting.resolve().map_err(|e| bad(e.to_string()))?;
-                let mut value = reqwest::header::HeaderValue::from_str(&value)
-                    .map_err(|_| bad("the value has characters HTTP does not allow".into()))?;
-                // Kept out of debug output (reqwest's and ours).
-                value.set_sensitive(matches!(setting, HeaderSetting::Secret(_)));
-                headers.insert(name, value);
+                    .map_err(|e| format!("{what}: {e}"))?;
+                match setting {
+                    HeaderSetting::Value(value) => {
+                        let value =
+                            reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                                format!("{what}: the value has characters HTTP does not allow")
+                            })?;
+                        headers.insert(name, value);
+                    }
+                    HeaderSetting::Secret(secret) => {
+                        secret_headers.push((name, Rotating::new(what, "", secret)?));
+                    }
+                }
             }
             let client = reqwest::Client::builder()
                 .timeout(w.timeout)
@@ -175,6 +256,7 @@ impl Webhooks {
                 scalers: w.scalers.iter().cloned().collect(),
                 format: w.format,
                 token,
+                secret_headers,
                 client,
             });
         }
@@ -262,6 +344,53 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_secret_is_read_again_as_its_file_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first\n").unwrap();
+        let token = Rotating::new("t".into(), "Bearer ", &Secret::File(file.clone())).unwrap();
+        let age = || token.current.lock().unwrap().1 = Instant::now() - SECRET_REFRESH;
+        assert_eq!(token.value(), "Bearer first");
+        assert!(token.value().is_sensitive());
+        std::fs::write(&file, "second\n").unwrap();
+        assert_eq!(token.value(), "Bearer first", "not yet due");
+        age();
+        assert_eq!(token.value(), "Bearer second", "rotated");
+        std::fs::remove_file(&file).unwrap();
+        age();
+        assert_eq!(token.value(), "Bearer second", "the last good value stays");
+        std::fs::write(&file, "line\nbreak").unwrap();
+        age();
+        assert_eq!(
+            token.value(),
+            "Bearer second",
+            "and so it does for a bad one"
+        );
+        assert_eq!(format!("{token:?}"), "Rotating(t)");
+
+        // Built from a config: a token, a secret header and a plain one.
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k1").unwrap();
+        let config: NotificationConfig = toml::from_str(&format!(
+            "url = \"http://127.0.0.1:9/hook\"\nbearer_token = {{ file = {file:?} }}\n\
+             headers = {{ X-Api-Key = {{ file = {key:?} }}, X-Team = \"a\" }}\n",
+            file = dir.path().join("token2"),
+        ))
+        .unwrap();
+        std::fs::write(dir.path().join("token2"), "t2").unwrap();
+        let built = Webhooks::build(&[config]).unwrap();
+        let hook = &built.0[0];
+        assert_eq!(hook.token.as_ref().unwrap().value(), "Bearer t2");
+        let [(name, secret)] = hook.secret_headers.as_slice() else {
+            panic!("{hook:?}");
+        };
+        assert_eq!(name.as_str(), "x-api-key");
+        assert_eq!(secret.value(), "k1");
+        let debug = format!("{built:?}");
+        assert!(!debug.contains("t2") && !debug.contains("k1"), "{debug}");
+    }
 
     fn change(error: Option<&str>) -> Announcement {
         Announcement {

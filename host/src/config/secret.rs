@@ -5,8 +5,14 @@
 //! needs it; it is never part of an error message or a log line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{EnvLookup, Secret, process_env};
+
+/// How long a secret read from a file is used before whoever sends it
+/// reads the file again, so that rotated credentials (Kubernetes projected
+/// tokens, renewed passwords) are picked up without a restart.
+pub const SECRET_REFRESH: Duration = Duration::from_secs(60);
 
 /// Why a secret could not be read. Names where it was looked for, never
 /// the value.

@@ -130,7 +130,7 @@ use serde::Deserialize;
 
 use self::coalesce::Coalescer;
 use super::{MetricError, MetricQuery, Source};
-use crate::config::{HeaderSetting, PrometheusConfig, Secret, SecretError};
+use crate::config::{HeaderSetting, PrometheusConfig, SECRET_REFRESH, Secret, SecretError};
 use crate::policy::Point;
 
 /// Points per range query of [`PrometheusSource::history`]: Prometheus
@@ -571,11 +571,6 @@ fn read_secret(name: &str, what: &'static str, secret: &Secret) -> Result<String
         error,
     })
 }
-
-/// How long a secret read from a file is used before the file is read
-/// again, so that rotated credentials (Kubernetes projected tokens, renewed
-/// passwords) are picked up without a restart.
-const SECRET_REFRESH: Duration = Duration::from_secs(60);
 
 /// A header whose value holds a secret: `Authorization` from a bearer
 /// token or basic auth, or a custom header given as a secret.
