@@ -13,8 +13,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::actuators::Announcement;
 use crate::clock::format_ms;
 use crate::config::{
-    HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat, SECRET_REFRESH, Secret,
+    HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat, Refreshed, Secret,
 };
 use crate::telemetry::Telemetry;
 
@@ -88,16 +88,15 @@ struct Webhook {
 }
 
 /// A secret sent with every POST: read when the webhook is built, and
-/// again from its file once [`SECRET_REFRESH`] has passed, so a rotated
-/// token applies without a restart. If the file cannot be read then (or
-/// holds what a header cannot carry), the last good value stays.
+/// again from its file as it rotates ([`Refreshed`]). A new read that the
+/// header cannot carry keeps the last good value too.
 struct Rotating {
     /// What it is, for messages: `notifications[0].bearer_token`.
     what: String,
     /// Written before the secret in the header (`Bearer `).
     prefix: &'static str,
     secret: Secret,
-    current: Mutex<(reqwest::header::HeaderValue, Instant)>,
+    current: Refreshed<reqwest::header::HeaderValue>,
 }
 
 impl fmt::Debug for Rotating {
@@ -115,24 +114,15 @@ impl Rotating {
             what,
             prefix,
             secret: secret.clone(),
-            current: Mutex::new((value, Instant::now())),
+            current: Refreshed::new(value, secret),
         })
     }
 
     /// The value, read again from its file when due.
     fn value(&self) -> reqwest::header::HeaderValue {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(self.secret, Secret::File(_)) && current.1.elapsed() >= SECRET_REFRESH {
-            match read_header_secret(&self.what, self.prefix, &self.secret) {
-                Ok(value) => current.0 = value,
-                Err(error) => tracing::warn!(
-                    %error,
-                    "A webhook's secret could not be read again; the previous value stays in use."
-                ),
-            }
-            current.1 = Instant::now();
-        }
-        current.0.clone()
+        self.current.get(&self.what, || {
+            read_header_secret(&self.what, self.prefix, &self.secret)
+        })
     }
 }
 
@@ -351,7 +341,7 @@ mod tests {
         let file = dir.path().join("token");
         std::fs::write(&file, "first\n").unwrap();
         let token = Rotating::new("t".into(), "Bearer ", &Secret::File(file.clone())).unwrap();
-        let age = || token.current.lock().unwrap().1 = Instant::now() - SECRET_REFRESH;
+        let age = || token.current.expire();
         assert_eq!(token.value(), "Bearer first");
         assert!(token.value().is_sensitive());
         std::fs::write(&file, "second\n").unwrap();

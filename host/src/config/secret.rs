@@ -5,7 +5,8 @@
 //! needs it; it is never part of an error message or a log line.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::{EnvLookup, Secret, process_env};
 
@@ -13,6 +14,57 @@ use super::{EnvLookup, Secret, process_env};
 /// reads the file again, so that rotated credentials (Kubernetes projected
 /// tokens, renewed passwords) are picked up without a restart.
 pub const SECRET_REFRESH: Duration = Duration::from_secs(60);
+
+/// A value made from a secret (a header carrying it, say), read again
+/// once [`SECRET_REFRESH`] has passed when the secret is a file, so rotated
+/// credentials apply without a restart. When the new read fails, the last
+/// good value stays in use and the failure is logged.
+pub struct Refreshed<T> {
+    from_file: bool,
+    current: Mutex<(T, Instant)>,
+}
+
+impl<T> std::fmt::Debug for Refreshed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value.
+        f.write_str("Refreshed")
+    }
+}
+
+impl<T: Clone> Refreshed<T> {
+    /// `value`, just read from `secret`.
+    pub fn new(value: T, secret: &Secret) -> Self {
+        Refreshed {
+            from_file: matches!(secret, Secret::File(_)),
+            current: Mutex::new((value, Instant::now())),
+        }
+    }
+
+    /// The value; when due, `read` again first. `what` names it in the log
+    /// (never the value).
+    pub fn get<E: std::fmt::Display>(&self, what: &str, read: impl FnOnce() -> Result<T, E>) -> T {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.from_file && current.1.elapsed() >= SECRET_REFRESH {
+            match read() {
+                Ok(value) => current.0 = value,
+                Err(error) => tracing::warn!(
+                    what,
+                    %error,
+                    "A secret could not be read again; the previous value stays in use."
+                ),
+            }
+            current.1 = Instant::now();
+        }
+        current.0.clone()
+    }
+
+    /// Makes the next [`get`](Self::get) read again (tests of rotation).
+    #[cfg(test)]
+    pub(crate) fn expire(&self) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current.1 = Instant::now() - SECRET_REFRESH;
+    }
+}
 
 /// Why a secret could not be read. Names where it was looked for, never
 /// the value.

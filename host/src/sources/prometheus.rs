@@ -120,7 +120,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -130,7 +130,7 @@ use serde::Deserialize;
 
 use self::coalesce::Coalescer;
 use super::{MetricError, MetricQuery, Source};
-use crate::config::{HeaderSetting, PrometheusConfig, SECRET_REFRESH, Secret, SecretError};
+use crate::config::{HeaderSetting, PrometheusConfig, Refreshed, Secret, SecretError};
 use crate::policy::Point;
 
 /// Points per range query of [`PrometheusSource::history`]: Prometheus
@@ -578,7 +578,7 @@ struct Credentials {
     name: String,
     header_name: HeaderName,
     scheme: Scheme,
-    current: Mutex<(HeaderValue, Instant)>,
+    current: Refreshed<HeaderValue>,
 }
 
 enum Scheme {
@@ -624,8 +624,8 @@ impl Credentials {
         Ok(Some(Credentials {
             name: name.to_owned(),
             header_name: AUTHORIZATION,
+            current: Refreshed::new(value, scheme.secret()),
             scheme,
-            current: Mutex::new((value, Instant::now())),
         }))
     }
 
@@ -636,37 +636,30 @@ impl Credentials {
         Ok(Credentials {
             name: name.to_owned(),
             header_name,
+            current: Refreshed::new(value, secret),
             scheme,
-            current: Mutex::new((value, Instant::now())),
         })
     }
 
     /// The header value, re-read from its file once it is older than
-    /// [`SECRET_REFRESH`]; if the file cannot be read then, the last value
-    /// stays in use (and the failure is logged).
+    /// [`SECRET_REFRESH`] ([`Refreshed`]).
     fn header(&self) -> HeaderValue {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let from_file = match &self.scheme {
+        self.current.get(&self.name, || {
+            read_header(&self.name, &self.header_name, &self.scheme)
+        })
+    }
+}
+
+impl Scheme {
+    /// The secret the header is made from.
+    fn secret(&self) -> &Secret {
+        match self {
             Scheme::Bearer(secret)
             | Scheme::Raw(secret)
             | Scheme::Basic {
                 password: secret, ..
-            } => {
-                matches!(secret, Secret::File(_))
-            }
-        };
-        if from_file && current.1.elapsed() >= SECRET_REFRESH {
-            match read_header(&self.name, &self.header_name, &self.scheme) {
-                Ok(value) => current.0 = value,
-                Err(e) => tracing::warn!(
-                    source = %self.name,
-                    error = %e,
-                    "The source's credentials could not be read again; the previous ones stay in use."
-                ),
-            }
-            current.1 = Instant::now();
+            } => secret,
         }
-        current.0.clone()
     }
 }
 
@@ -1110,7 +1103,7 @@ mod tests {
         cfg.bearer_token = Some(Secret::File(token.clone()));
         let credentials = Credentials::from_config("prom", &cfg).unwrap().unwrap();
         let age = |c: &Credentials| {
-            c.current.lock().unwrap().1 = Instant::now() - SECRET_REFRESH;
+            c.current.expire();
         };
         std::fs::write(&token, "second").unwrap();
         assert_eq!(credentials.header(), "Bearer first", "not yet due");
@@ -1143,7 +1136,7 @@ mod tests {
         assert_eq!(credentials.header(), "k1");
         assert!(credentials.header().is_sensitive());
         std::fs::write(&key, "k2\n").unwrap();
-        credentials.current.lock().unwrap().1 = Instant::now() - SECRET_REFRESH;
+        credentials.current.expire();
         assert_eq!(credentials.header(), "k2", "rotated");
         let debug = format!("{source:?}");
         assert!(
