@@ -39,7 +39,7 @@ pub fn check_config(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
-    let config = match load(path, policy_dir) {
+    let mut config = match load(path, policy_dir) {
         Ok(config) => config,
         Err(e) => {
             write_problems(err, &e)?;
@@ -49,11 +49,18 @@ pub fn check_config(
     let warnings = config.warnings();
     let mut problems = 0;
 
-    // Compiled here, cached nowhere: a check leaves no files behind.
-    let mut runtime_limits = limits.applied_to(config.runtime.clone());
-    runtime_limits.cache_dir = None;
+    // Compiled here; a check leaves no files behind. With --tick the code
+    // is cached in a scratch folder, where the tick's daemon finds it
+    // instead of compiling every module again.
+    let scratch = if tick {
+        Some(tempfile::tempdir()?)
+    } else {
+        None
+    };
+    config.runtime = limits.applied_to(config.runtime.clone());
+    config.runtime.cache_dir = scratch.as_ref().map(|d| d.path().join("cache"));
     let folder = config.policy_dir.get_ref().clone();
-    let snapshot = match Runtime::new(runtime_limits)
+    let snapshot = match Runtime::new(config.runtime.clone())
         .map_err(|e| format!("cannot start the policy runtime: {e}"))
         .and_then(|rt| Registry::load_dir(rt, &folder).map_err(|e| format!("policy_dir: {e}")))
     {
@@ -108,8 +115,8 @@ pub fn check_config(
         return refused(err, path);
     }
     summary(out, path, &config, &folder, snapshot.as_deref())?;
-    if tick {
-        return tick_once(config, out, err);
+    if let Some(scratch) = scratch {
+        return tick_once(config, scratch.path(), out, err);
     }
     Ok(0)
 }
@@ -124,13 +131,17 @@ const TICK_TIMEOUT: Duration = Duration::from_secs(60);
 /// and with a scratch journal: each target read, each metric fetched, each
 /// policy asked. Nothing is changed, notified or kept. Exit 1 when a
 /// target or a metric cannot be read or a policy fails.
-fn tick_once(mut config: Config, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
-    let scratch = tempfile::tempdir()?;
+/// `scratch` holds its journal, and the code the check compiled.
+fn tick_once(
+    mut config: Config,
+    scratch: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<u8> {
     for scaler in &mut config.scalers {
         scaler.get_mut().mode = Mode::DryRun;
     }
-    config.journal.path = scratch.path().join("journal.db");
-    config.runtime.cache_dir = None;
+    config.journal.path = scratch.join("journal.db");
     config.notifications.clear();
     // This process is not a replica of the daemon: it neither takes the
     // lease nor waits for it.
