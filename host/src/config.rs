@@ -301,6 +301,27 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// [`Config::load`] with `policy_dir`, when given, in place of the
+    /// file's, put there before validation: the file's folder need not
+    /// exist where the config is checked or backtested.
+    pub fn load_with_policy_dir(
+        path: &Path,
+        policy_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let Some(dir) = policy_dir else {
+            return Config::load(path);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse_unvalidated(&text, path)?;
+        let span = config.policy_dir.span();
+        config.policy_dir = Spanned::new(span, dir.to_path_buf());
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Parses and validates config `text` read from the file `origin`
     /// (named in errors; relative paths are resolved against its folder).
     /// Secrets are resolved from the process environment.

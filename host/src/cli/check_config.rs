@@ -13,8 +13,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use toml::Spanned;
-
 use crate::clock::{Clock, format_ms, wall_clock_ms};
 use crate::config::{Config, ConfigError, Mode, SourceConfig, TargetConfig};
 use crate::daemon::{Daemon, DaemonError};
@@ -39,7 +37,7 @@ pub fn check_config(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
-    let mut config = match load(path, policy_dir) {
+    let mut config = match Config::load_with_policy_dir(path, policy_dir) {
         Ok(config) => config,
         Err(e) => {
             write_problems(err, &e)?;
@@ -255,23 +253,6 @@ fn tick_lines(record: &TickRecord, metrics: &[String]) -> (Vec<String>, bool) {
             .iter()
             .any(|e| matches!(e.outcome, EvaluationOutcome::Failed { .. }));
     (lines, failed)
-}
-
-/// The config at `path`, validated as `run --config` validates it, with
-/// `policy_dir` in place of the file's (before the check: the file's folder
-/// need not exist where the check runs).
-fn load(path: &Path, policy_dir: Option<&Path>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut config = Config::parse_unvalidated(&text, path)?;
-    if let Some(dir) = policy_dir {
-        let span = config.policy_dir.span();
-        config.policy_dir = Spanned::new(span, dir.to_path_buf());
-    }
-    config.validate()?;
-    Ok(config)
 }
 
 /// Writes a refused check's located problems; how many there were.

@@ -6,8 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use toml::Spanned;
-
 use crate::clock::{Clock, format_ms, parse_time_ms, wall_clock_ms};
 use crate::config::{Config, Mode};
 use crate::daemon::{Daemon, default_cache_dir};
@@ -135,23 +133,19 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
 /// would keep them.
 fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
     let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
-            Config::parse_unvalidated(&text, path).map_err(|e| e.to_string())?
+        // --policy-dir replaces the file's before it is checked: the file's
+        // folder need not exist where the backtest runs.
+        Some(path) => Config::load_with_policy_dir(path, args.policy_dir.as_deref())
+            .map_err(|e| e.to_string())?,
+        None => {
+            let config = Config::demo(
+                &demo::policy_dir(args.policy_dir.clone()).map_err(|e| e.to_string())?,
+                &journal,
+            );
+            config.validate().map_err(|e| e.to_string())?;
+            config
         }
-        None => Config::demo(
-            &demo::policy_dir(args.policy_dir.clone()).map_err(|e| e.to_string())?,
-            &journal,
-        ),
     };
-    // --policy-dir replaces the file's before it is checked: the file's
-    // folder need not exist where the backtest runs.
-    if let Some(dir) = &args.policy_dir {
-        let span = config.policy_dir.span();
-        config.policy_dir = Spanned::new(span, dir.clone());
-    }
-    config.validate().map_err(|e| e.to_string())?;
     config.check_simulated().map_err(|e| e.to_string())?;
     if config.runtime.cache_dir.is_none() && args.config.is_some() {
         config.runtime.cache_dir = Some(default_cache_dir(&config.journal.path));
