@@ -2,11 +2,13 @@
 //! `scalewise::api::router`) over a real daemon whose scalers were stepped,
 //! and the journal commands of the binary over the journal it wrote.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use scalewise::api::AppState;
 use scalewise::config::Config;
@@ -80,13 +82,27 @@ impl Setup {
     }
 }
 
-/// One request: (status, content type, body).
+/// Where the in-process requests come from, as the server would tell.
+const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000);
+
+/// One request from loopback: (status, content type, body).
 async fn call(state: &AppState, method: &str, uri: &str) -> (StatusCode, String, String) {
-    let request = Request::builder()
+    call_from(state, method, uri, LOOPBACK).await
+}
+
+/// One request from `peer`: (status, content type, body).
+async fn call_from(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    peer: SocketAddr,
+) -> (StatusCode, String, String) {
+    let mut request = Request::builder()
         .method(method)
         .uri(uri)
         .body(Body::empty())
         .unwrap();
+    request.extensions_mut().insert(ConnectInfo(peer));
     let response = scalewise::api::router(state.clone())
         .oneshot(request)
         .await
@@ -510,6 +526,110 @@ async fn readyz_answers_once_the_scalers_run() {
     }
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_writes_come_from_loopback_only() {
+    let setup = Setup::new();
+    let h = Harness::build(setup.config(), T0).await;
+    let state = h.daemon.app_state();
+    let remote = SocketAddr::from(([10, 0, 0, 7], 41000));
+    let (status, _, body) = call_from(&state, "POST", "/v1/scalers/web/pause", remote).await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("[api] token"), "{message}");
+    assert!(message.contains("10.0.0.7"), "{message}");
+    assert_eq!(h.daemon.journal().paused("web").await.unwrap(), None);
+    // Reads stay open to every peer.
+    let (status, _, _) = call_from(&state, "GET", "/v1/scalers/web", remote).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call_from(&state, "GET", "/metrics", remote).await;
+    assert_eq!(status, StatusCode::OK);
+    // From loopback the write is taken.
+    let (status, paused) = json(&state, "POST", "/v1/scalers/web/pause").await;
+    assert_eq!(
+        (status, &paused["paused"]),
+        (StatusCode::OK, &Value::Bool(true))
+    );
+    h.close().await;
+}
+
+/// Over HTTP, against `scalewise run`'s own server (the peer address comes
+/// from the connection): with `[api] token`, a write needs the token, from
+/// loopback too; a browser cannot send one for another site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_writes_need_it_over_http() {
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
+
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("api-token");
+    std::fs::write(&token_file, "correct-horse\n").unwrap();
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\ntoken = {{ file = {:?} }}\n\n{}{}",
+        token_file.display().to_string(),
+        simulation("web", 2),
+        queue_scaler("web", "simulator", "queue_depth")
+    );
+    let mut daemon = RunningDaemon::start(&config, Clock::system())
+        .await
+        .unwrap();
+    let api = daemon.api().unwrap();
+    let client = reqwest::Client::new();
+    let pause = format!("http://{api}/v1/scalers/web/pause");
+    let post = |auth: Option<&str>, origin: Option<&str>| {
+        let mut request = client.post(&pause);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+
+    let refused = post(None, None).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        r#"Bearer realm="scalewise""#
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    let wrong = post(Some("Bearer correct-horse-battery"), None)
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let other_site = post(Some("Bearer correct-horse"), Some("https://evil.example"))
+        .await
+        .unwrap();
+    assert_eq!(other_site.status(), StatusCode::FORBIDDEN);
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), None);
+    let read = client
+        .get(format!("http://{api}/v1/scalers/web"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+
+    let taken = post(Some("Bearer correct-horse"), None).await.unwrap();
+    assert_eq!(taken.status(), StatusCode::OK);
+    let body: Value = taken.json().await.unwrap();
+    assert_eq!(body["paused"], true, "{body}");
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(true));
+    // The dashboard's own requests carry the API's origin.
+    let resume = client
+        .post(format!("http://{api}/v1/scalers/web/resume"))
+        .header("authorization", "Bearer correct-horse")
+        .header("origin", format!("http://{api}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), StatusCode::OK);
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(false));
+    daemon.stop().await.unwrap();
 }
 
 /// Runs the binary; (exit code, stdout, stderr).

@@ -613,11 +613,18 @@ async fn restart_harness(policies: &Path, state: &Path, web_replicas: u32) -> Ha
 /// POSTs or GETs `uri` on the daemon's API in-process; the JSON answer.
 async fn api(h: &Harness, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
     let router = scalewise::api::router(h.daemon.app_state());
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(uri)
         .body(Body::empty())
         .unwrap();
+    // From loopback, as the server would tell: writes need no token there.
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            50000,
+        ))));
     let response = router.oneshot(request).await.unwrap();
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX)

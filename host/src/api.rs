@@ -6,6 +6,7 @@
 //! in-process with `tower::ServiceExt::oneshot`.
 
 mod error;
+mod guard;
 mod handlers;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use guard::WriteAccess;
 
 use crate::daemon::ConfigStatus;
 use crate::journal::Journal;
@@ -40,11 +42,23 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The config applied and the last refused reload.
     pub config: Arc<ArcSwap<ConfigStatus>>,
+    /// Who may pause and resume scalers.
+    pub writes: Arc<WriteAccess>,
 }
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
+    // Pausing and resuming change what the daemon does: guarded (see
+    // `guard`). Everything else only reads.
+    let writes = Router::new()
+        .route("/v1/scalers/{name}/pause", post(handlers::pause_scaler))
+        .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::writes,
+        ));
     Router::new()
+        .merge(writes)
         .route("/", get(handlers::dashboard))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
@@ -56,8 +70,6 @@ pub fn router(state: AppState) -> Router {
             get(handlers::scaler_decisions),
         )
         .route("/v1/scalers/{name}/history", get(handlers::scaler_history))
-        .route("/v1/scalers/{name}/pause", post(handlers::pause_scaler))
-        .route("/v1/scalers/{name}/resume", post(handlers::resume_scaler))
         .route("/v1/decisions/{id}", get(handlers::get_decision))
         .route(
             "/v1/decisions/{id}/explain",

@@ -602,6 +602,11 @@ impl Config {
         if let Some(cache_dir) = &mut self.runtime.cache_dir {
             resolve(cache_dir);
         }
+        if let Some(Secret::File(path)) = &mut self.api.token
+            && !is_blank(path)
+        {
+            resolve(path);
+        }
         for source in self.sources.values_mut() {
             match source.get_mut() {
                 SourceConfig::Prometheus(prometheus) => {
@@ -968,12 +973,17 @@ pub struct ApiConfig {
     /// Address to listen on; loopback by default.
     #[serde(deserialize_with = "friendly::socket_addr")]
     pub listen: SocketAddr,
+    /// The bearer token the API's write endpoints (pause, resume) ask
+    /// for. Without one they answer only requests from loopback. Reads
+    /// stay open either way.
+    pub token: Option<Secret>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            token: None,
         }
     }
 }

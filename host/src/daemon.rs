@@ -35,7 +35,7 @@ use crate::actuators::aws_asg::AwsAsgActuator;
 use crate::actuators::kubernetes::KubernetesActuator;
 use crate::actuators::rebalance::RebalanceActuator;
 use crate::actuators::simulator::SimulatorActuator;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, WriteAccess};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
     Config, ConfigError, Fingerprint, MetricConfig, NotificationConfig, ScalerConfig, SourceConfig,
@@ -194,6 +194,8 @@ pub struct Daemon {
     decisions: broadcast::Sender<Arc<TickRecord>>,
     ready: Arc<AtomicBool>,
     config_status: Arc<ArcSwap<ConfigStatus>>,
+    /// Who may pause and resume scalers through the API (`[api] token`).
+    writes: Arc<WriteAccess>,
     reload: Option<ReloadSource>,
     /// This replica's part in leader election, when `[leader_election]` is
     /// set; run by [`Daemon::run`].
@@ -307,6 +309,7 @@ impl Daemon {
             .collect();
         let webhooks = Webhooks::build(&notifications).map_err(DaemonError::Setup)?;
         let notifier = Some(Notifier::start(webhooks, telemetry.clone()));
+        let writes = Arc::new(WriteAccess::from_config(&config.api).map_err(DaemonError::Setup)?);
         let services = Services {
             registry: registry.clone(),
             journal: journal.clone(),
@@ -369,6 +372,7 @@ impl Daemon {
             decisions,
             ready: Arc::new(AtomicBool::new(false)),
             config_status,
+            writes,
             reload: None,
             elector,
             notifications,
@@ -400,6 +404,7 @@ impl Daemon {
             telemetry: self.telemetry.clone(),
             ready: self.ready.clone(),
             config: self.config_status.clone(),
+            writes: self.writes.clone(),
         }
     }
 
@@ -468,13 +473,25 @@ impl Daemon {
         let token = CancellationToken::new();
         let state = self.app_state();
         let api_task = listener.map(|listener| {
+            let writes = if state.writes.has_token() {
+                "with the API token"
+            } else {
+                "from loopback only"
+            };
             let router = api::router(state);
             let token = token.clone();
-            tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "The HTTP API is listening.");
+            tracing::info!(
+                addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                writes,
+                "The HTTP API is listening."
+            );
             tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await;
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await;
                 if let Err(error) = served {
                     tracing::error!(%error, "The HTTP API stopped.");
                 }

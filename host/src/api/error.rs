@@ -17,6 +17,12 @@ pub enum ApiError {
     /// The endpoint exists but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A write without the API token, or with a wrong one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A write this API does not take from where it came.
+    #[error("{0}")]
+    Forbidden(String),
     /// Something failed inside the host.
     #[error("{0}")]
     Internal(String),
@@ -28,6 +34,8 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -37,6 +45,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let body = json!({ "error": { "code": code, "message": self.to_string() } });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(r#"Bearer realm="scalewise""#),
+            );
+        }
+        response
     }
 }

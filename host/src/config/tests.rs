@@ -63,7 +63,11 @@ limits = [{ pods = 4, period = "15s" }, { percent = 100, period = "15s" }]
 
 /// The environment tests see: one token, nothing else.
 fn env(name: &str) -> Option<String> {
-    (name == "PROMETHEUS_TOKEN").then(|| "t0k3n".to_owned())
+    match name {
+        "PROMETHEUS_TOKEN" => Some("t0k3n".to_owned()),
+        "SCALEWISE_TEST_SPACED_TOKEN" => Some("two words".to_owned()),
+        _ => None,
+    }
 }
 
 /// Writes nothing; parses `text` as if read from `dir/scalewise.toml`.
@@ -652,6 +656,26 @@ fn each_problem_is_reported_at_its_place() {
             "bearer_token: environment variable \"SCALEWISE_UNSET_TOKEN\" is not set",
         ),
         case(
+            "unreadable API token",
+            &[(
+                "[clock]",
+                "[api]\ntoken = { file = \"missing-api-token\" }\n\n[clock]",
+            )],
+            "{ file",
+            "api",
+            "token: cannot read secret file ",
+        ),
+        case(
+            "API token with a space",
+            &[(
+                "[clock]",
+                "[api]\ntoken = { env = \"SCALEWISE_TEST_SPACED_TOKEN\" }\n\n[clock]",
+            )],
+            "{ env",
+            "api",
+            "the token must be printable ASCII without spaces",
+        ),
+        case(
             "unreadable secret file",
             &[(
                 "timeout = \"5s\"",
@@ -1132,8 +1156,13 @@ fn relative_paths_resolve_against_the_config_folder() {
             ("base = 100.0", "trace = { path = \"traces/t.csv\" }"),
         ],
     ) + "\n[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nbearer_token = { file = \"secrets/pw\" }\n\
-        headers = { X-Api-Key = { file = \"secrets/pw\" }, X-Team = \"checkout\" }\n";
+        headers = { X-Api-Key = { file = \"secrets/pw\" }, X-Team = \"checkout\" }\n\
+        \n[api]\ntoken = { file = \"secrets/pw\" }\n";
     let config = parse_in(&conf, &text).unwrap();
+    assert_eq!(
+        config.api.token,
+        Some(Secret::File(conf.join("secrets/pw")))
+    );
     let hook = config.notifications[0].get_ref();
     let token = hook.bearer_token.as_ref();
     assert_eq!(token, Some(&Secret::File(conf.join("secrets/pw"))));

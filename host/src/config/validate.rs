@@ -10,7 +10,7 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    AwsAsgTarget, Behavior, Config, EnvLookup, HeaderSetting, KubernetesTarget,
+    ApiConfig, AwsAsgTarget, Behavior, Config, EnvLookup, HeaderSetting, KubernetesTarget,
     LeaderElectionConfig, LoadConfig, MetricConfig, Problem, PrometheusConfig, RebalanceTarget,
     ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
 };
@@ -90,6 +90,7 @@ pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> 
         problems: Vec::new(),
     };
     c.top_level(config);
+    c.api(&config.api, env);
     for (name, source) in &config.sources {
         c.source(name, source.get_ref(), env);
     }
@@ -185,6 +186,21 @@ impl Checker<'_, '_> {
     fn nonzero(&mut self, path: &[Seg], field: &str, value: Duration) {
         if value.is_zero() {
             self.value(path, format!("{field} must be longer than 0s"));
+        }
+    }
+
+    /// `[api]`: a token that can be read and sent in a header.
+    fn api(&mut self, api: &ApiConfig, env: EnvLookup<'_>) {
+        let Some(token) = &api.token else { return };
+        let here = keys!["api", "token"];
+        match token.resolve_with_env(env) {
+            Err(err) => self.value(&here, format!("token: {err}")),
+            Ok(value) if !value.bytes().all(|b| b.is_ascii_graphic()) => self.value(
+                &here,
+                "token: the token must be printable ASCII without spaces (it is sent as \
+                 `Authorization: Bearer <token>`)",
+            ),
+            Ok(_) => {}
         }
     }
 

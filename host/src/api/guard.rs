@@ -1,0 +1,313 @@
+//! Who may use the API's write endpoints (pause and resume a scaler).
+//!
+//! Reads are open: the dashboard, `/metrics` and `/v1/...` GETs serve
+//! Prometheus, probes and people alike. A write is answered when:
+//!
+//! 1. it does not come from another web site: a request whose `Origin` is
+//!    not the API's own, or that a browser marks `Sec-Fetch-Site:
+//!    cross-site` (or `same-site`), is refused, so a page an operator
+//!    happens to open cannot pause a scaler through their browser (the API
+//!    answers no CORS preflight either);
+//! 2. and, with `[api] token` set, it carries `Authorization: Bearer
+//!    <token>` (compared in constant time; the token file is read again
+//!    every minute, so it can be rotated without a restart);
+//! 3. or, without a token, it comes from loopback: a daemon listening on
+//!    every interface (a Kubernetes Service) takes writes only through
+//!    `kubectl port-forward` or `kubectl exec`, never from any pod that can
+//!    reach the Service.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::config::{ApiConfig, Refreshed, Secret};
+
+/// The rule for writes, built from `[api]`.
+#[derive(Debug, Default)]
+pub struct WriteAccess {
+    token: Option<Token>,
+}
+
+/// The API token and its current value.
+#[derive(Debug)]
+struct Token {
+    secret: Secret,
+    current: Refreshed<String>,
+}
+
+impl WriteAccess {
+    /// Writes from loopback only (no token).
+    pub fn loopback_only() -> Self {
+        WriteAccess { token: None }
+    }
+
+    /// The rule `api` asks for; reads the token now.
+    pub fn from_config(api: &ApiConfig) -> Result<Self, String> {
+        let token = match &api.token {
+            None => None,
+            Some(secret) => {
+                let value = secret.resolve().map_err(|e| format!("api.token: {e}"))?;
+                Some(Token {
+                    secret: secret.clone(),
+                    current: Refreshed::new(value, secret),
+                })
+            }
+        };
+        Ok(WriteAccess { token })
+    }
+
+    /// Whether writes need the token (else: loopback only).
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Why a write from `peer` with `headers` is refused, if it is.
+    fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+        cross_site(headers)?;
+        match &self.token {
+            Some(token) => {
+                let expected = token.current.get("api.token", || token.secret.resolve());
+                match bearer(headers) {
+                    None => Err(ApiError::Unauthorized(
+                        "this endpoint needs the API token: send `Authorization: Bearer <token>` \
+                         ([api] token)"
+                            .into(),
+                    )),
+                    Some(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+                        Ok(())
+                    }
+                    Some(_) => Err(ApiError::Unauthorized(
+                        "the bearer token is not the API token ([api] token)".into(),
+                    )),
+                }
+            }
+            None => match peer {
+                Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
+                Some(peer) => Err(ApiError::Forbidden(format!(
+                    "writes are taken only from loopback while [api] token is not set; \
+                     this request came from {}",
+                    peer.ip()
+                ))),
+                None => Err(ApiError::Forbidden(
+                    "writes are taken only from loopback while [api] token is not set, and \
+                     where this request came from is not known"
+                        .into(),
+                )),
+            },
+        }
+    }
+}
+
+/// Refuses a request a browser sent on behalf of another site.
+fn cross_site(headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Err(ApiError::Forbidden(format!(
+            "a browser sent this write from another site (Sec-Fetch-Site: {}); writes are \
+             taken from the dashboard or from clients that are not browsers",
+            String::from_utf8_lossy(site.as_bytes())
+        )));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers
+        .get(header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()));
+    match (authority, host) {
+        (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(&host) => Ok(()),
+        _ => Err(ApiError::Forbidden(format!(
+            "a browser sent this write from another origin ({origin}); writes are taken from \
+             the dashboard or from clients that are not browsers"
+        ))),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The middleware in front of the write routes.
+pub async fn writes(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    // Set by the server (`into_make_service_with_connect_info`).
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    if let Err(refused) = state.writes.check(peer, request.headers()) {
+        tracing::warn!(
+            method = %request.method(),
+            path = %request.uri().path(),
+            peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            reason = %refused,
+            "Refused an API write."
+        );
+        return Err(refused);
+    }
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    fn with_token(dir: &std::path::Path, token: &str) -> WriteAccess {
+        let path = dir.join("token");
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        WriteAccess::from_config(&ApiConfig {
+            token: Some(Secret::File(path)),
+            ..ApiConfig::default()
+        })
+        .unwrap()
+    }
+
+    const LOCAL: Option<SocketAddr> = Some(SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        40000,
+    ));
+
+    fn remote() -> Option<SocketAddr> {
+        Some("10.1.2.3:40000".parse().unwrap())
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_writes() {
+        let access = WriteAccess::loopback_only();
+        assert!(access.check(LOCAL, &HeaderMap::new()).is_ok());
+        let mapped = Some("[::ffff:127.0.0.1]:40000".parse().unwrap());
+        assert!(access.check(mapped, &HeaderMap::new()).is_ok());
+        let ipv6 = Some("[::1]:40000".parse().unwrap());
+        assert!(access.check(ipv6, &HeaderMap::new()).is_ok());
+        let err = access.check(remote(), &HeaderMap::new()).unwrap_err();
+        assert!(matches!(err, ApiError::Forbidden(_)), "{err:?}");
+        assert!(err.to_string().contains("[api] token"), "{err}");
+        assert!(err.to_string().contains("10.1.2.3"), "{err}");
+        assert!(access.check(None, &HeaderMap::new()).is_err());
+        // A bearer token does not help when none is configured.
+        let h = headers(&[("authorization", "Bearer x")]);
+        assert!(access.check(remote(), &h).is_err());
+    }
+
+    #[test]
+    fn with_a_token_any_peer_with_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = with_token(dir.path(), "s3cret-token");
+        assert!(access.has_token());
+        let good = headers(&[("authorization", "Bearer s3cret-token")]);
+        assert!(access.check(remote(), &good).is_ok());
+        let scheme_case = headers(&[("authorization", "bearer s3cret-token")]);
+        assert!(access.check(remote(), &scheme_case).is_ok());
+        for bad in [
+            headers(&[]),
+            headers(&[("authorization", "Bearer s3cret-toke")]),
+            headers(&[("authorization", "Bearer s3cret-token2")]),
+            headers(&[("authorization", "Basic s3cret-token")]),
+            headers(&[("authorization", "Bearer ")]),
+        ] {
+            let err = access.check(remote(), &bad).unwrap_err();
+            assert!(matches!(err, ApiError::Unauthorized(_)), "{err:?}");
+            // Loopback needs it too once a token is set.
+            assert!(access.check(LOCAL, &bad).is_err());
+        }
+    }
+
+    #[test]
+    fn a_rotated_token_file_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = with_token(dir.path(), "old");
+        std::fs::write(dir.path().join("token"), "new\n").unwrap();
+        access.token.as_ref().unwrap().current.expire();
+        assert!(
+            access
+                .check(remote(), &headers(&[("authorization", "Bearer new")]))
+                .is_ok()
+        );
+        assert!(
+            access
+                .check(remote(), &headers(&[("authorization", "Bearer old")]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn browsers_cannot_write_for_another_site() {
+        let access = WriteAccess::loopback_only();
+        let same = headers(&[
+            ("origin", "http://127.0.0.1:9464"),
+            ("host", "127.0.0.1:9464"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(access.check(LOCAL, &same).is_ok());
+        for (h, want) in [
+            (
+                headers(&[
+                    ("origin", "https://evil.example"),
+                    ("host", "127.0.0.1:9464"),
+                ]),
+                "https://evil.example",
+            ),
+            (
+                headers(&[
+                    ("origin", "http://localhost:9465"),
+                    ("host", "localhost:9464"),
+                ]),
+                "localhost:9465",
+            ),
+            (
+                headers(&[("origin", "null"), ("host", "127.0.0.1:9464")]),
+                "(null)",
+            ),
+            (
+                headers(&[("origin", "http://127.0.0.1:9464")]),
+                "another origin",
+            ),
+            (headers(&[("sec-fetch-site", "cross-site")]), "cross-site"),
+            (headers(&[("sec-fetch-site", "same-site")]), "same-site"),
+        ] {
+            let err = access.check(LOCAL, &h).unwrap_err();
+            assert!(matches!(err, ApiError::Forbidden(_)), "{err:?}");
+            assert!(err.to_string().contains(want), "{err} !~ {want}");
+        }
+        // Even with the token: a page cannot have a browser send it.
+        let dir = tempfile::tempdir().unwrap();
+        let access = with_token(dir.path(), "t");
+        let h = headers(&[
+            ("authorization", "Bearer t"),
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:9464"),
+        ]);
+        assert!(matches!(
+            access.check(remote(), &h),
+            Err(ApiError::Forbidden(_))
+        ));
+    }
+}
