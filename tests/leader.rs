@@ -49,6 +49,9 @@ async fn one_replica_leads_and_the_other_follows_it() {
         assert_eq!(b.try_once().await, Outcome::Following("a".into()));
     }
     assert!(a_leads.is_leading() && !b_leads.is_leading());
+    // Both know who leads (a follower's API names it).
+    assert_eq!(a_leads.leader().as_deref(), Some("a"));
+    assert_eq!(b_leads.leader().as_deref(), Some("a"));
     let lease = kube.lease("ops", "scalewise").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "a");
     assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
@@ -187,6 +190,19 @@ async fn replicas_become(kube: &FakeKube, want: u32) -> anyhow::Result<()> {
     .await
 }
 
+/// POSTs `/v1/scalers/web/{verb}` to `daemon`'s API from loopback: (status,
+/// JSON).
+async fn pause(daemon: &DaemonProcess, verb: &str) -> (u16, serde_json::Value) {
+    let addr = daemon.api_addr().expect("the daemon's API is up");
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/scalers/web/{verb}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
 /// Two `scalewise run` processes on one Deployment, wanting different
 /// counts: only the leader's is applied; when it stops, the other's is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,10 +236,23 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
         .unwrap()
         .replicas;
     assert_eq!(replicas, 3, "the follower changed nothing");
+    // Pausing through the follower's API would change nothing the leader
+    // does: refused, naming the leader. The leader takes it.
+    let (status, body) = pause(&second, "pause").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_leader", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"a\" holds the lease"), "{message}");
+    let (status, body) = pause(&first, "pause").await;
+    assert_eq!((status, &body["paused"]), (200, &true.into()), "{body}");
+    let (status, body) = pause(&first, "resume").await;
+    assert_eq!((status, &body["paused"]), (200, &false.into()), "{body}");
     // a stops gracefully and releases the lease: b takes over and acts.
     first.stop().unwrap();
     replicas_become(&kube, 5).await.unwrap();
     assert_eq!(holder(&kube).as_deref(), Some("b"));
+    let (status, body) = pause(&second, "pause").await;
+    assert_eq!((status, &body["paused"]), (200, &true.into()), "{body}");
     let log = second.log();
     assert!(log.contains("This replica is the leader now"), "{log}");
     second.stop().unwrap();

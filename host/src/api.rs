@@ -22,6 +22,7 @@ pub use guard::WriteAccess;
 
 use crate::daemon::ConfigStatus;
 use crate::journal::Journal;
+use crate::leader::Leadership;
 use crate::registry::Registry;
 use crate::scaler::ScalerHandle;
 use crate::telemetry::Telemetry;
@@ -44,6 +45,9 @@ pub struct AppState {
     pub config: Arc<ArcSwap<ConfigStatus>>,
     /// Who may pause and resume scalers.
     pub writes: Arc<WriteAccess>,
+    /// Whether this replica acts (leader election); a follower takes no
+    /// writes.
+    pub leadership: Leadership,
 }
 
 /// The API's routes.

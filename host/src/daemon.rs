@@ -405,6 +405,7 @@ impl Daemon {
             ready: self.ready.clone(),
             config: self.config_status.clone(),
             writes: self.writes.clone(),
+            leadership: self.services.leadership.clone(),
         }
     }
 

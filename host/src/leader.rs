@@ -21,8 +21,8 @@
 //! none, so the first decisions after a failover are only as careful as the
 //! envelope's rules from that moment.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -39,6 +39,8 @@ use crate::config::LeaderElectionConfig;
 #[derive(Debug, Clone)]
 pub struct Leadership {
     leading: Arc<AtomicBool>,
+    /// The Lease's holder as this replica last saw it (elected replicas).
+    leader: Arc<Mutex<Option<String>>>,
     /// Mirrors `leading` for the host's metrics, when given.
     gauge: Option<Gauge>,
 }
@@ -48,6 +50,7 @@ impl Leadership {
     pub fn always() -> Leadership {
         Leadership {
             leading: Arc::new(AtomicBool::new(true)),
+            leader: Arc::default(),
             gauge: None,
         }
     }
@@ -56,7 +59,24 @@ impl Leadership {
     pub fn elected() -> Leadership {
         Leadership {
             leading: Arc::new(AtomicBool::new(false)),
+            leader: Arc::default(),
             gauge: None,
+        }
+    }
+
+    /// Who holds the Lease, as this replica last saw it: `None` before the
+    /// first look, or without leader election.
+    pub fn leader(&self) -> Option<String> {
+        self.leader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn saw_leader(&self, holder: &str) {
+        let mut leader = self.leader.lock().unwrap_or_else(PoisonError::into_inner);
+        if leader.as_deref() != Some(holder) {
+            *leader = Some(holder.to_owned());
         }
     }
 
@@ -173,6 +193,11 @@ impl Elector {
     /// One try to take or renew the Lease; updates the published state.
     pub async fn try_once(&mut self) -> Outcome {
         let outcome = self.attempt().await;
+        match &outcome {
+            Outcome::Leading => self.leadership.saw_leader(&self.identity),
+            Outcome::Following(holder) => self.leadership.saw_leader(holder),
+            Outcome::Failed(_) => {}
+        }
         let now = Instant::now();
         let leading = match &outcome {
             Outcome::Leading => {

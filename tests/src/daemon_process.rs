@@ -62,7 +62,8 @@ impl DaemonProcess {
         self.log()
             .lines()
             .find_map(|l| l.split("The HTTP API is listening. addr=").nth(1))
-            .map(|addr| addr.trim().to_owned())
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
     }
 
     /// Stops the daemon as an operator would (SIGTERM) and fails unless it

@@ -23,6 +23,9 @@ pub enum ApiError {
     /// A write this API does not take from where it came.
     #[error("{0}")]
     Forbidden(String),
+    /// A write to a replica that does not lead (leader election).
+    #[error("{0}")]
+    NotLeader(String),
     /// Something failed inside the host.
     #[error("{0}")]
     Internal(String),
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotLeader(_) => (StatusCode::CONFLICT, "not_leader"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

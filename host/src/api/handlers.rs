@@ -301,6 +301,22 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Json<ScalerStatus>, ApiError> {
     let handle = scaler(state, name)?;
+    // A follower's flag would change nothing the leader does: say so,
+    // rather than answer as if the scaler were paused.
+    if !state.leadership.is_leading() {
+        let verb = if paused { "pause" } else { "resume" };
+        return Err(ApiError::NotLeader(match state.leadership.leader() {
+            Some(leader) => format!(
+                "this replica does not act ({leader:?} holds the lease): {verb} {name:?} on \
+                 the leader, or set `paused` in the config, which every replica reads"
+            ),
+            None => format!(
+                "this replica does not act and no leader is known yet: {verb} {name:?} on the \
+                 leader once there is one, or set `paused` in the config, which every replica \
+                 reads"
+            ),
+        }));
+    }
     state
         .journal
         .set_paused(name, paused)
