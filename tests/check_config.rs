@@ -96,6 +96,10 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
         ),
         "{out}"
     );
+    assert!(
+        out.contains("  api       127.0.0.1:9464; pause and resume from loopback only\n"),
+        "{out}"
+    );
     assert!(!err.contains("warning"), "{err}");
     // Nothing written: no journal, no compiled-code cache.
     let left: Vec<_> = std::fs::read_dir(dir.path())

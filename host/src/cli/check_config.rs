@@ -327,6 +327,12 @@ fn summary(
             }
         )?;
     }
+    let writes = if config.api.token.is_some() {
+        "pause and resume with the API token"
+    } else {
+        "pause and resume from loopback only"
+    };
+    writeln!(out, "  api       {}; {writes}", config.api.listen)?;
     for (name, source) in &config.sources {
         match source.get_ref() {
             SourceConfig::Prometheus(p) => {
