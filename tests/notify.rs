@@ -1,8 +1,9 @@
 //! `[[notifications]]`: webhooks told of each change of replicas and each
 //! failure to make one, by the real daemon (stepped, simulated targets) to
 //! recording HTTP servers on loopback: the JSON and Slack bodies, the
-//! filters, the bearer token and custom headers, three attempts at an endpoint that fails, and
-//! a backtest that tells nobody.
+//! filters, the bearer token and custom headers, three attempts at an endpoint that fails, a
+//! retry still delivered while `scalewise run` stops gracefully, and a backtest that tells
+//! nobody.
 
 use std::path::Path;
 use std::time::Duration;
@@ -188,6 +189,58 @@ scalers = ["web"]
     assert_eq!(chat.bodies().len(), 1);
     assert_eq!(failures.bodies().len(), 1);
     h.close().await;
+}
+
+/// `scalewise run` stopped (SIGTERM) right after a change whose first
+/// delivery attempt failed: the retry, a second later, still goes out
+/// before the process exits (the delivery task would die with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_delivers_the_notifications_still_waiting() {
+    use scalewise_tests::daemon_process::DaemonProcess;
+
+    let hook = RecordingServer::start_sequence(vec![Canned::text_error(503, "busy"), ok()])
+        .await
+        .unwrap();
+    let policies = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let notifications = format!(
+        "[[notifications]]\nurl = \"{}/hook\"\nscalers = [\"web\"]\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
+        hook.url()
+    );
+    // Ticking every second, so the change comes at once.
+    let config = config(
+        policies.path(),
+        &dir.path().join("journal.db"),
+        &notifications,
+    )
+    .replace("interval = \"15s\"", "interval = \"1s\"");
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config,
+        |_| {},
+    )
+    .unwrap();
+    wait_until("the first attempt", Duration::from_secs(60), || async {
+        match hook.requests().len() {
+            0 => Err("no request yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    let log = daemon.log();
+    daemon.stop().unwrap();
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 2, "the retry went out before the exit: {log}");
+    let told: serde_json::Value = serde_json::from_str(&bodies[1]).unwrap();
+    assert_eq!(
+        (&told["event"], &told["from"], &told["to"]),
+        (&"scaled".into(), &2.into(), &4.into()),
+        "{told}"
+    );
+    let log = scalewise_tests::daemon_process::log_in(dir.path());
+    assert!(!log.contains("undelivered"), "{log}");
 }
 
 #[test]

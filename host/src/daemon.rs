@@ -63,6 +63,9 @@ use applied::Applied;
 const SIMULATOR_SOURCE: &str = "simulator";
 /// How long shutdown waits for ticks in progress before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long shutdown then waits for notifications still being delivered
+/// (a retry or two; Kubernetes gives a pod 30 s in all by default).
+const NOTIFY_GRACE: Duration = Duration::from_secs(10);
 
 /// The compiled-code cache's folder when `[runtime] cache_dir` is not set:
 /// next to the journal.
@@ -550,6 +553,17 @@ impl Daemon {
         }
         if let Some(api_task) = api_task {
             let _ = api_task.await;
+        }
+        if let Some(notifier) = &self.services.notifier {
+            let left = notifier.drain(NOTIFY_GRACE).await;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "Stopping with notifications undelivered: their webhooks did not answer \
+                     within {}.",
+                    humantime::format_duration(NOTIFY_GRACE)
+                );
+            }
         }
         self.journal
             .close()

@@ -7,13 +7,15 @@
 //! 1 s and 2 s; a 4xx answer other than 408 and 429 is not retried); what
 //! still fails is logged and counted (`scalewise_notifications_total{result}`).
 //! At most [`QUEUE`] changes wait for delivery; more are dropped, counted and
-//! logged. Dry-run scalers change nothing, so they notify nothing. A config
+//! logged. A graceful shutdown waits a while for those still waiting
+//! ([`Notifier::drain`]). Dry-run scalers change nothing, so they notify nothing. A config
 //! reload replaces the webhooks whole ([`Notifier::replace`]): changes made
 //! after it go to the new ones, changes already waiting to the old.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -275,6 +277,27 @@ pub struct Notifier {
     queue: mpsc::Sender<(Announcement, Arc<Webhooks>)>,
     webhooks: ArcSwap<Webhooks>,
     telemetry: Arc<Telemetry>,
+    /// Changes queued and not yet handled (delivered or given up on).
+    pending: Arc<Pending>,
+}
+
+/// A count of changes waiting, and a wake-up when it falls to zero.
+#[derive(Debug, Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 impl Notifier {
@@ -283,6 +306,8 @@ impl Notifier {
     pub fn start(webhooks: Webhooks, telemetry: Arc<Telemetry>) -> Arc<Notifier> {
         let (queue, mut changes) = mpsc::channel::<(Announcement, Arc<Webhooks>)>(QUEUE);
         let counts = telemetry.clone();
+        let pending = Arc::new(Pending::default());
+        let handled = pending.clone();
         tokio::spawn(async move {
             while let Some((change, webhooks)) = changes.recv().await {
                 for webhook in webhooks.wanting(&change) {
@@ -299,13 +324,36 @@ impl Notifier {
                         }
                     }
                 }
+                handled.done();
             }
         });
         Arc::new(Notifier {
             queue,
             webhooks: ArcSwap::from_pointee(webhooks),
             telemetry,
+            pending,
         })
+    }
+
+    /// Waits until every change queued so far is delivered or given up on,
+    /// `within` at most (a graceful shutdown: the delivery task dies with
+    /// the process). Returns how many were still waiting.
+    pub async fn drain(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.pending.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the count is read, so a change handled in
+            // between still wakes this wait.
+            idle.as_mut().enable();
+            let waiting = self.pending.count.load(Ordering::Acquire);
+            if waiting == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.pending.count.load(Ordering::Acquire);
+            }
+        }
     }
 
     /// Tells later changes to `webhooks` (a config reload); changes already
@@ -321,7 +369,9 @@ impl Notifier {
         if webhooks.wanting(&change).next().is_none() {
             return;
         }
+        self.pending.add();
         if let Err(err) = self.queue.try_send((change, webhooks)) {
+            self.pending.done();
             self.telemetry.notification("dropped");
             tracing::warn!(
                 scaler = %err.into_inner().0.scaler,
@@ -394,6 +444,51 @@ mod tests {
             error: error.map(Into::into),
             record: Some(7),
         }
+    }
+
+    /// A webhook nobody listens at: three attempts, 1 s and 2 s apart.
+    fn unreachable_webhook() -> Webhooks {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Webhooks::build(&[NotificationConfig {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            events: vec![NotifyEvent::Scaled, NotifyEvent::Failed],
+            scalers: Vec::new(),
+            format: NotifyFormat::default(),
+            bearer_token: None,
+            headers: Default::default(),
+            timeout: Duration::from_secs(1),
+        }])
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_the_changes_queued_and_no_longer() {
+        let telemetry = Arc::new(Telemetry::new());
+        let idle = Notifier::start(Webhooks::build(&[]).unwrap(), telemetry.clone());
+        assert_eq!(
+            idle.drain(Duration::from_secs(5)).await,
+            0,
+            "nothing queued"
+        );
+
+        let notifier = Notifier::start(unreachable_webhook(), telemetry.clone());
+        notifier.notify(change(None));
+        let started = std::time::Instant::now();
+        assert_eq!(notifier.drain(Duration::from_millis(200)).await, 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Given up on after its three attempts (1 s and 2 s apart).
+        assert_eq!(notifier.drain(Duration::from_secs(20)).await, 0);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(2900), "{took:?}");
+        let metrics = telemetry.encode();
+        assert!(
+            metrics.contains("scalewise_notifications_total{result=\"failed\"} 1"),
+            "{metrics}"
+        );
     }
 
     #[test]

@@ -48,8 +48,8 @@ impl Canned {
     }
 }
 
-/// A server that answers every request with one [`Canned`] response and
-/// keeps the headers and body of every request it got.
+/// A server that answers every request with one [`Canned`] response (or a
+/// sequence of them) and keeps the headers and body of every request it got.
 #[derive(Debug)]
 pub struct RecordingServer {
     addr: SocketAddr,
@@ -59,8 +59,15 @@ pub struct RecordingServer {
 impl RecordingServer {
     /// Starts serving `answer` on a free loopback port.
     pub async fn start(answer: Canned) -> anyhow::Result<RecordingServer> {
+        RecordingServer::start_sequence(vec![answer]).await
+    }
+
+    /// Starts serving `answers` in turn, one per request, the last one to
+    /// every request after (a webhook that fails, then recovers).
+    pub async fn start_sequence(answers: Vec<Canned>) -> anyhow::Result<RecordingServer> {
+        anyhow::ensure!(!answers.is_empty(), "no answer to serve");
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let state = (answer, requests.clone());
+        let state = (Arc::new(answers), requests.clone());
         let app = Router::new().fallback(record).with_state(state);
         let addr = serve(app).await?;
         Ok(RecordingServer { addr, requests })
@@ -111,17 +118,19 @@ impl RecordingServer {
     }
 }
 
-type RecordState = (Canned, Arc<Mutex<Vec<(HeaderMap, String)>>>);
+type RecordState = (Arc<Vec<Canned>>, Arc<Mutex<Vec<(HeaderMap, String)>>>);
 
 async fn record(
-    State((answer, requests)): State<RecordState>,
+    State((answers, requests)): State<RecordState>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((headers, body));
+    let answer = {
+        let mut requests = requests.lock().unwrap_or_else(|p| p.into_inner());
+        let answer = answers[requests.len().min(answers.len() - 1)].clone();
+        requests.push((headers, body));
+        answer
+    };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
