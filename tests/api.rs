@@ -547,6 +547,13 @@ async fn without_a_token_writes_come_from_loopback_only() {
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = call_from(&state, "GET", "/metrics", remote).await;
     assert_eq!(status, StatusCode::OK);
+    // Without leader election this replica acts.
+    let (status, leader) = json(&state, "GET", "/v1/leader").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        leader,
+        serde_json::json!({"election": false, "leading": true, "leader": null})
+    );
     // From loopback the write is taken.
     let (status, paused) = json(&state, "POST", "/v1/scalers/web/pause").await;
     assert_eq!(

@@ -190,6 +190,17 @@ async fn replicas_become(kube: &FakeKube, want: u32) -> anyhow::Result<()> {
     .await
 }
 
+/// GETs `path` from `daemon`'s API: the JSON.
+async fn get(daemon: &DaemonProcess, path: &str) -> serde_json::Value {
+    let addr = daemon.api_addr().expect("the daemon's API is up");
+    reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// POSTs `/v1/scalers/web/{verb}` to `daemon`'s API from loopback: (status,
 /// JSON).
 async fn pause(daemon: &DaemonProcess, verb: &str) -> (u16, serde_json::Value) {
@@ -236,6 +247,15 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
         .unwrap()
         .replicas;
     assert_eq!(replicas, 3, "the follower changed nothing");
+    // Each replica's API says who leads.
+    assert_eq!(
+        get(&second, "/v1/leader").await,
+        serde_json::json!({"election": true, "leading": false, "leader": "a"})
+    );
+    assert_eq!(
+        get(&first, "/v1/leader").await,
+        serde_json::json!({"election": true, "leading": true, "leader": "a"})
+    );
     // Pausing through the follower's API would change nothing the leader
     // does: refused, naming the leader. The leader takes it.
     let (status, body) = pause(&second, "pause").await;

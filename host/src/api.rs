@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/policies", get(handlers::list_policies))
         .route("/v1/config", get(handlers::config_status))
+        .route("/v1/leader", get(handlers::leader))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)

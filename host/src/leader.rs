@@ -38,6 +38,8 @@ use crate::config::LeaderElectionConfig;
 /// Whether this replica may act. Cheap to clone and to ask.
 #[derive(Debug, Clone)]
 pub struct Leadership {
+    /// Whether this replica takes part in an election at all.
+    elected: bool,
     leading: Arc<AtomicBool>,
     /// The Lease's holder as this replica last saw it (elected replicas).
     leader: Arc<Mutex<Option<String>>>,
@@ -49,6 +51,7 @@ impl Leadership {
     /// A replica that always acts (no leader election configured).
     pub fn always() -> Leadership {
         Leadership {
+            elected: false,
             leading: Arc::new(AtomicBool::new(true)),
             leader: Arc::default(),
             gauge: None,
@@ -58,10 +61,16 @@ impl Leadership {
     /// A replica that acts only once it is elected.
     pub fn elected() -> Leadership {
         Leadership {
+            elected: true,
             leading: Arc::new(AtomicBool::new(false)),
             leader: Arc::default(),
             gauge: None,
         }
+    }
+
+    /// Whether leader election is on for this replica.
+    pub fn is_elected(&self) -> bool {
+        self.elected
     }
 
     /// Who holds the Lease, as this replica last saw it: `None` before the

@@ -270,6 +270,17 @@ pub async fn config_status(State(state): State<AppState>) -> Json<ConfigStatus> 
     Json((**state.config.load()).clone())
 }
 
+/// Leader election as this replica sees it: `{"election", "leading",
+/// "leader"}` (`leader`: the Lease's holder, when known).
+pub async fn leader(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let l = &state.leadership;
+    Json(serde_json::json!({
+        "election": l.is_elected(),
+        "leading": l.is_leading(),
+        "leader": l.leader(),
+    }))
+}
+
 /// Unknown routes answer JSON too.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
