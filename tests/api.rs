@@ -641,8 +641,14 @@ async fn with_a_token_writes_need_it_over_http() {
 
 /// Runs the binary; (exit code, stdout, stderr).
 fn scalewise(args: &[&str]) -> (Option<i32>, String, String) {
+    scalewise_in(Path::new("."), args)
+}
+
+/// [`scalewise`] run in `dir`.
+fn scalewise_in(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_scalewise-cli"))
         .args(args)
+        .current_dir(dir)
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
@@ -771,4 +777,71 @@ async fn journaled_decisions_replay_and_export_through_the_binary() {
     ]);
     assert_eq!(code, Some(0), "{out}");
     assert!(Path::new(journal).exists());
+}
+
+/// `scalewise pause` and `resume` against `scalewise run`: the address and
+/// token from the daemon's config, or given as flags; the API's refusals
+/// and errors as the exit status and a message.
+#[test]
+fn pause_and_resume_from_the_command_line() {
+    use scalewise_tests::daemon_process::DaemonProcess;
+    use scalewise_tests::running::{install_policies, queue_scaler, simulation};
+
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("api-token"), "tok3n\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+         token = {{ file = \"api-token\" }}\n\n[journal]\npath = \"journal.db\"\n\n{}{}",
+        simulation("web", 2),
+        queue_scaler("web", "simulator", "queue_depth")
+    );
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config,
+        |_| {},
+    )
+    .unwrap();
+    let started = Instant::now();
+    while daemon.api_addr().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let in_dir = |args: &[&str]| scalewise_in(dir.path(), args);
+    let api = format!("http://127.0.0.1:{port}");
+
+    let (code, out, err) = in_dir(&["pause", "web", "--config", "scalewise.toml"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("web: paused (current "), "{out}");
+    let (code, _, err) = in_dir(&["resume", "web", "--api", &api]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("error: unauthorized (401"), "{err}");
+    assert!(err.contains("[api] token"), "{err}");
+    let (code, out, err) = in_dir(&["resume", "web", "--api", &api, "--token-file", "api-token"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("web: running (current "), "{out}");
+    let (code, _, err) = in_dir(&["pause", "webb", "--config", "scalewise.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not_found (404"), "{err}");
+    assert!(err.contains("no scaler named \"webb\""), "{err}");
+    daemon.stop().unwrap();
+    let (code, _, err) = in_dir(&["pause", "web", "--config", "scalewise.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot reach the API at http://127.0.0.1:"),
+        "{err}"
+    );
+    let (code, _, err) = in_dir(&["pause", "web", "--api", "127.0.0.1:9464"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("give the API's URL"), "{err}");
 }

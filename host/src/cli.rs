@@ -7,6 +7,7 @@
 
 mod check_config;
 mod journal;
+mod pause;
 mod replay;
 mod run;
 mod simulate;
@@ -89,6 +90,11 @@ pub enum Command {
     /// from the history of a request rate in Prometheus: backtests on your
     /// own traffic.
     Trace(TraceArgs),
+    /// Pauses a scaler of a running daemon through its API: it keeps
+    /// ticking and journaling, but holds (kept across restarts).
+    Pause(PauseArgs),
+    /// Resumes a paused scaler of a running daemon through its API.
+    Resume(PauseArgs),
     /// Internal: the daemon's compiler process. Compiles the `.wasm` on
     /// stdin and writes the code to stdout (see `runtime::Compiler`).
     #[command(name = crate::runtime::WORKER_COMMAND, hide = true)]
@@ -173,6 +179,25 @@ pub struct SimulateArgs {
     /// Print a line per change of replicas while the run goes.
     #[arg(long, conflicts_with = "json")]
     pub decisions: bool,
+}
+
+/// Arguments of `scalewise pause` and `scalewise resume`.
+#[derive(Debug, Clone, Args)]
+pub struct PauseArgs {
+    /// The scaler.
+    pub scaler: String,
+    /// The daemon's config file: its `[api] listen` (an address on every
+    /// interface is reached on loopback) and `[api] token`.
+    #[arg(long, short, conflicts_with = "api")]
+    pub config: Option<PathBuf>,
+    /// The daemon's API, e.g. `http://10.0.3.7:9464` (default:
+    /// `http://127.0.0.1:9464`).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// A file holding the API token (`[api] token`), sent as a bearer
+    /// token; with `--config`, the config's token is used.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Arguments of `scalewise trace`.
@@ -436,6 +461,8 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Replay(args) => replay::replay(&args, out, err),
         Command::Simulate(args) => simulate::simulate(&args, out, err),
         Command::Trace(args) => trace::trace(&args, out, err),
+        Command::Pause(args) => pause::pause(&args, true, out, err),
+        Command::Resume(args) => pause::pause(&args, false, out, err),
         Command::CompileWorker { limits } => compile_worker(&limits, out, err),
     };
     // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.
