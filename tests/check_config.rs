@@ -330,6 +330,34 @@ fn check_binary_with(
     )
 }
 
+/// A simulated service runs before the tick for the longest window its
+/// scalers read, so a rule over the last five minutes is judged on five
+/// minutes of samples, not cut short.
+#[test]
+fn tick_gives_simulated_services_the_history_their_windows_read() {
+    let modules = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    // 300 requests/s on 4 replicas of 100: cpu 75 %, under `lower` = 80.
+    let text = config_text(modules.path(), "")
+        .replace(
+            "query = \"cpu\"\n",
+            "query = \"cpu\"\nwindow = \"5m\"\nstep = \"15s\"\n",
+        )
+        .replace(
+            "upper = 80.0, lower = 20.0",
+            "upper = 90.0, lower = 80.0, down_for = \"5m\"",
+        );
+    let path = write(dir.path(), &text);
+    let (code, out, err) = check_binary(&["check", "--config", &path, "--tick"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("    metric cpu: "), "{out}");
+    assert!(out.contains("threshold: cpu below 80.0 for 5m"), "{out}");
+    assert!(!out.contains("reach back only"), "{out}");
+}
+
 #[test]
 fn tick_reads_every_target_and_metric_and_changes_nothing() {
     let rt = tokio::runtime::Runtime::new().unwrap();

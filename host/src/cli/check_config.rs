@@ -119,8 +119,26 @@ pub fn check_config(
     Ok(0)
 }
 
-/// How much simulated history a simulated service has at the tick.
-const SIMULATED_LEAD: Duration = Duration::from_secs(60);
+/// The least and the most simulated history simulated services have at
+/// the tick (see [`simulated_lead`]).
+const MIN_SIMULATED_LEAD: Duration = Duration::from_secs(60);
+const MAX_SIMULATED_LEAD: Duration = Duration::from_secs(24 * 3600);
+
+/// How long simulated services run before the tick, so that their metrics
+/// have the history the scalers read: the longest window a scaler asks of
+/// the simulator (a minute at least, a day at most).
+fn simulated_lead(config: &Config) -> Duration {
+    config
+        .scalers
+        .iter()
+        .flat_map(|s| s.get_ref().metrics.values())
+        .map(|m| m.get_ref())
+        .filter(|m| m.source == "simulator")
+        .filter_map(|m| m.window)
+        .max()
+        .unwrap_or_default()
+        .clamp(MIN_SIMULATED_LEAD, MAX_SIMULATED_LEAD)
+}
 
 /// How long one scaler's tick may take before it is reported as hanging.
 const TICK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -149,10 +167,11 @@ fn tick_once(
         .enable_all()
         .build()?;
     let now_ms = wall_clock_ms();
+    let lead = simulated_lead(&config);
     let ticked = runtime.block_on(async {
-        // Simulated services start a minute before the tick, so that their
-        // metrics have samples to read (real systems ignore the clock).
-        let started = Clock::starting_at(now_ms - SIMULATED_LEAD.as_millis() as i64, 1.0);
+        // Simulated services start early, so that their metrics have the
+        // samples the scalers read (real systems ignore the clock).
+        let started = Clock::starting_at(now_ms - lead.as_millis() as i64, 1.0);
         let mut daemon = Daemon::build(config, started).await?;
         let mut records = Vec::new();
         for scaler in daemon.scalers_mut() {
