@@ -124,6 +124,7 @@ use toml::Spanned;
 use location::{Document, Hit, Seg, keys};
 pub use policies::{ParamProblem, PolicyCatalog, PolicyUses, param_problems, toml_to_json};
 pub use secret::{Refreshed, SECRET_REFRESH, SecretError};
+pub use validate::SIMULATOR_SOURCE;
 
 /// The embedded demo config: two simulated services scaled by the bundled
 /// policies, with the clock sped up so the story plays in about 3 minutes.

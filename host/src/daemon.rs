@@ -38,8 +38,8 @@ use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, AppState, WriteAccess};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
-    Config, ConfigError, Fingerprint, MetricConfig, NotificationConfig, ScalerConfig, SourceConfig,
-    TargetConfig, toml_to_json,
+    Config, ConfigError, Fingerprint, MetricConfig, NotificationConfig, SIMULATOR_SOURCE,
+    ScalerConfig, SourceConfig, TargetConfig, toml_to_json,
 };
 use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
 use crate::leader::{Elector, Leadership};
@@ -59,8 +59,6 @@ use crate::watch::{FileStamp, FolderWatch, Watched};
 mod applied;
 use applied::Applied;
 
-/// The metric source name that means the simulator, not a `[sources]` entry.
-const SIMULATOR_SOURCE: &str = "simulator";
 /// How long shutdown waits for ticks in progress before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long shutdown then waits for notifications still being delivered

@@ -27,7 +27,8 @@ use subtle::ConstantTimeEq;
 use super::{ApiError, AppState};
 use crate::config::{ApiConfig, Refreshed, Secret};
 
-/// The rule for writes, built from `[api]`.
+/// The rule for writes, built from `[api]`. The default: writes from
+/// loopback only (no token).
 #[derive(Debug, Default)]
 pub struct WriteAccess {
     token: Option<Token>,
@@ -41,11 +42,6 @@ struct Token {
 }
 
 impl WriteAccess {
-    /// Writes from loopback only (no token).
-    pub fn loopback_only() -> Self {
-        WriteAccess { token: None }
-    }
-
     /// The rule `api` asks for; reads the token now.
     pub fn from_config(api: &ApiConfig) -> Result<Self, String> {
         let token = match &api.token {
@@ -201,7 +197,7 @@ mod tests {
 
     #[test]
     fn without_a_token_only_loopback_writes() {
-        let access = WriteAccess::loopback_only();
+        let access = WriteAccess::default();
         assert!(access.check(LOCAL, &HeaderMap::new()).is_ok());
         let mapped = Some("[::ffff:127.0.0.1]:40000".parse().unwrap());
         assert!(access.check(mapped, &HeaderMap::new()).is_ok());
@@ -260,7 +256,7 @@ mod tests {
 
     #[test]
     fn browsers_cannot_write_for_another_site() {
-        let access = WriteAccess::loopback_only();
+        let access = WriteAccess::default();
         let same = headers(&[
             ("origin", "http://127.0.0.1:9464"),
             ("host", "127.0.0.1:9464"),

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::clock::{Clock, format_ms, wall_clock_ms};
-use crate::config::{Config, ConfigError, Mode, SourceConfig, TargetConfig};
+use crate::config::{Config, ConfigError, Mode, SIMULATOR_SOURCE, SourceConfig, TargetConfig};
 use crate::daemon::{Daemon, DaemonError};
 use crate::journal::{ActuationRecord, EvaluationOutcome, TickRecord};
 use crate::registry::{Registry, Snapshot};
@@ -133,7 +133,7 @@ fn simulated_lead(config: &Config) -> Duration {
         .iter()
         .flat_map(|s| s.get_ref().metrics.values())
         .map(|m| m.get_ref())
-        .filter(|m| m.source == "simulator")
+        .filter(|m| m.source == SIMULATOR_SOURCE)
         .filter_map(|m| m.window)
         .max()
         .unwrap_or_default()

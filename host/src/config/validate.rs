@@ -16,7 +16,7 @@ use super::{
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
-pub(super) const SIMULATOR_SOURCE: &str = "simulator";
+pub const SIMULATOR_SOURCE: &str = "simulator";
 pub(super) use crate::sources::target::TARGET_SOURCE;
 /// Shortest scaler interval: below this a tick cannot finish reliably.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
