@@ -5,11 +5,13 @@
 //! the server's optimistic concurrency, not the test's timing.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use k8s_openapi::api::coordination::v1::Lease;
 use scalewise::config::LeaderElectionConfig;
-use scalewise::leader::{Elector, Leadership, Outcome};
+use scalewise::leader::{Elector, Leadership, Outcome, PAUSES_ANNOTATION, Pauses, RecordError};
 use scalewise_tests::daemon_process::DaemonProcess;
 use scalewise_tests::fake_kube::{FakeKube, Workload};
 use scalewise_tests::{artifacts, wait_until};
@@ -132,6 +134,98 @@ async fn a_leader_that_cannot_renew_stops_acting_before_its_lease_runs_out() {
     );
 }
 
+#[tokio::test]
+async fn the_leader_records_pauses_in_the_lease_and_the_next_leader_gets_them() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
+    let seen = taken.clone();
+    b.on_takeover(Arc::new(move |pauses| {
+        *seen.lock().unwrap() = Some(pauses);
+        Box::pin(async {})
+    }));
+    let known = |name: &str| name != "gone";
+    // No election yet: nobody may record.
+    assert_eq!(
+        a_leads.record_pause("web", true, known).await,
+        Err(RecordError::NotLeader(None))
+    );
+    a.try_once().await;
+    b.try_once().await;
+    // Only the holder writes; a follower is told who holds the lease.
+    assert_eq!(
+        b_leads.record_pause("web", true, known).await,
+        Err(RecordError::NotLeader(Some("a".into())))
+    );
+    for (name, paused) in [("gone", true), ("web", true), ("api", false)] {
+        a_leads.record_pause(name, paused, known).await.unwrap();
+    }
+    // Entries of scalers no longer configured are dropped on the next write.
+    let want = serde_json::json!({"api": false, "web": true});
+    assert_eq!(lease_pauses(&kube), Some(want.clone()));
+    // Renewals keep them.
+    for _ in 0..3 {
+        assert_eq!(a.try_once().await, Outcome::Leading);
+    }
+    assert_eq!(lease_pauses(&kube), Some(want));
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    assert_eq!(*taken.lock().unwrap(), None, "a follower applies nothing");
+    a.release().await;
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    let expected = Pauses::from([("api".to_owned(), false), ("web".to_owned(), true)]);
+    assert_eq!(taken.lock().unwrap().take(), Some(expected));
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    assert_eq!(*taken.lock().unwrap(), None, "only on taking the lease");
+}
+
+#[tokio::test]
+async fn an_unreadable_pauses_annotation_is_ignored_and_replaced() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, _) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
+    let seen = taken.clone();
+    b.on_takeover(Arc::new(move |pauses| {
+        *seen.lock().unwrap() = Some(pauses);
+        Box::pin(async {})
+    }));
+    a.try_once().await;
+    let api: kube::Api<Lease> = kube::Api::namespaced(kube.client("ops"), "ops");
+    let mut lease = api.get("scalewise").await.unwrap();
+    lease.metadata.annotations = Some(
+        [(PAUSES_ANNOTATION.to_owned(), "web=paused".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    api.replace("scalewise", &Default::default(), &lease)
+        .await
+        .unwrap();
+    a.release().await;
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    assert_eq!(taken.lock().unwrap().take(), Some(Pauses::new()));
+    b_leads.record_pause("web", true, |_| true).await.unwrap();
+    assert_eq!(lease_pauses(&kube), Some(serde_json::json!({"web": true})));
+}
+
+#[tokio::test]
+async fn a_pause_the_lease_does_not_take_is_an_error() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    a.try_once().await;
+    kube.fail_leases(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    let err = a_leads
+        .record_pause("web", true, |_| true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RecordError::Failed(why) if why.contains("reading lease scalewise")),
+        "{err:?}"
+    );
+    kube.fail_leases(None);
+    assert_eq!(lease_pauses(&kube), None, "nothing was written");
+}
+
 fn config(scale_to: u32, identity: &str) -> String {
     format!(
         r#"policy_dir = "policies"
@@ -215,7 +309,8 @@ async fn pause(daemon: &DaemonProcess, verb: &str) -> (u16, serde_json::Value) {
 }
 
 /// Two `scalewise run` processes on one Deployment, wanting different
-/// counts: only the leader's is applied; when it stops, the other's is.
+/// counts: only the leader's is applied; when it stops, the other's is. A
+/// pause made on the leader outlasts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_workload_only_the_leader_acts() {
     let kube = FakeKube::start().await.unwrap();
@@ -263,17 +358,64 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
     assert_eq!(body["error"]["code"], "not_leader", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("\"a\" holds the lease"), "{message}");
+    // The leader records each flag in the Lease before it answers.
     let (status, body) = pause(&first, "pause").await;
     assert_eq!((status, &body["paused"]), (200, &true.into()), "{body}");
+    assert_eq!(lease_pauses(&kube), Some(serde_json::json!({"web": true})));
     let (status, body) = pause(&first, "resume").await;
     assert_eq!((status, &body["paused"]), (200, &false.into()), "{body}");
-    // a stops gracefully and releases the lease: b takes over and acts.
-    first.stop().unwrap();
-    replicas_become(&kube, 5).await.unwrap();
-    assert_eq!(holder(&kube).as_deref(), Some("b"));
-    let (status, body) = pause(&second, "pause").await;
+    assert_eq!(lease_pauses(&kube), Some(serde_json::json!({"web": false})));
+    // An incident: web is paused on a, then a goes away (a graceful stop
+    // releases the lease). b takes over with web still paused: it changes
+    // nothing, although its policy wants 5.
+    let (status, body) = pause(&first, "pause").await;
     assert_eq!((status, &body["paused"]), (200, &true.into()), "{body}");
+    first.stop().unwrap();
+    wait_until("b leads", Duration::from_secs(60), || async {
+        match holder(&kube) {
+            Some(h) if h == "b" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    wait_until(
+        "b to say web is paused",
+        Duration::from_secs(10),
+        || async {
+            let web = get(&second, "/v1/scalers/web").await;
+            if web["paused"] == true {
+                Ok(())
+            } else {
+                Err(web.to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replicas = kube
+        .workload("apps/v1", "deployments", "shop", "web")
+        .unwrap()
+        .replicas;
+    assert_eq!(replicas, 3, "the new leader kept web paused");
     let log = second.log();
     assert!(log.contains("This replica is the leader now"), "{log}");
+    assert!(
+        log.contains("The scaler is paused as the previous leader left it"),
+        "{log}"
+    );
+    // Resumed on b, the scaler acts again.
+    let (status, body) = pause(&second, "resume").await;
+    assert_eq!((status, &body["paused"]), (200, &false.into()), "{body}");
+    assert_eq!(lease_pauses(&kube), Some(serde_json::json!({"web": false})));
+    replicas_become(&kube, 5).await.unwrap();
     second.stop().unwrap();
+}
+
+/// The pause flags the Lease carries, parsed.
+fn lease_pauses(kube: &FakeKube) -> Option<serde_json::Value> {
+    let lease = kube.lease("ops", "scalewise")?;
+    let text = lease["metadata"]["annotations"]["scalewise.dev/pauses"].as_str()?;
+    serde_json::from_str(text).ok()
 }

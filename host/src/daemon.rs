@@ -42,7 +42,7 @@ use crate::config::{
     ScalerConfig, SourceConfig, TargetConfig, toml_to_json,
 };
 use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
-use crate::leader::{Elector, Leadership};
+use crate::leader::{Elector, Leadership, Pauses, RecordError};
 use crate::notify::{Notifier, Webhooks};
 use crate::policy::PolicyInfo;
 use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport};
@@ -53,6 +53,7 @@ use crate::sources::prometheus::PrometheusSource;
 use crate::sources::simulator::SimulatorSource;
 use crate::sources::target::{TARGET_SOURCE, TargetHistory, TargetSource};
 use crate::sources::{MetricQuery, Source};
+use crate::telemetry::ScalerHandles;
 use crate::telemetry::Telemetry;
 use crate::watch::{FileStamp, FolderWatch, Watched};
 
@@ -294,7 +295,12 @@ impl Daemon {
             Some(settings) => {
                 let leadership = Leadership::elected().reported_to(telemetry.leader.clone());
                 let client = kube_client().await?;
-                let elector = Elector::new(settings.clone(), client, leadership.clone());
+                let mut elector = Elector::new(settings.clone(), client, leadership.clone());
+                let (handles, journal) = (telemetry.scalers(), journal.clone());
+                elector.on_takeover(Arc::new(move |pauses| {
+                    let (handles, journal) = (handles.clone(), journal.clone());
+                    Box::pin(async move { apply_lease_pauses(&journal, &handles, pauses).await })
+                }));
                 tracing::info!(
                     identity = elector.identity(),
                     lease = %settings.lease,
@@ -893,7 +899,7 @@ impl Daemon {
         for (spec, actuator, paused, was_paused) in changed {
             let name = spec.name.clone();
             if paused != was_paused {
-                set_paused(&self.journal, set, &name, paused).await;
+                set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
             }
             set.reconfigure(&name, Reconfigure { spec, actuator });
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
@@ -1054,15 +1060,60 @@ impl ScalerSet {
     }
 }
 
-/// Sets a scaler's pause flag from the config, as the API would.
-async fn set_paused(journal: &Journal, set: &ScalerSet, name: &str, paused: bool) {
+/// Sets a scaler's pause flag from the config, as the API would (the
+/// leader also records it in the Lease, for the replica that leads next).
+async fn set_paused(
+    journal: &Journal,
+    leadership: &Leadership,
+    set: &ScalerSet,
+    name: &str,
+    paused: bool,
+) {
     let Some(running) = set.running.get(name) else {
         return;
     };
+    if leadership.is_leading()
+        && let Err(err) = leadership
+            .record_pause(name, paused, |n| set.running.contains_key(n))
+            .await
+    {
+        let why = match err {
+            RecordError::NotLeader(_) => "this replica no longer holds the lease".to_owned(),
+            RecordError::Failed(why) => why,
+        };
+        tracing::warn!(
+            scaler = %name, paused,
+            "Could not record the config's pause flag in the lease ({why}); a replica that \
+             takes over reads it from the config."
+        );
+    }
     if let Err(err) = journal.set_paused(name, paused).await {
         tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
     }
     running.handle.paused.store(paused, Ordering::Relaxed);
+}
+
+/// On taking the Lease: the pause flags the previous leaders recorded in it
+/// replace this replica's own, before its scalers act.
+async fn apply_lease_pauses(journal: &Journal, handles: &ScalerHandles, pauses: Pauses) {
+    let handles = handles.load();
+    for (name, paused) in pauses {
+        let Some(handle) = handles.get(&name) else {
+            continue;
+        };
+        if handle.is_paused() == paused {
+            continue;
+        }
+        if let Err(err) = journal.set_paused(&name, paused).await {
+            tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
+        }
+        handle.paused.store(paused, Ordering::Relaxed);
+        tracing::info!(
+            scaler = %name, paused,
+            "The scaler is {} as the previous leader left it (the lease records it).",
+            if paused { "paused" } else { "resumed" }
+        );
+    }
 }
 
 /// Forwards SIGHUP as a config reload until `token` is cancelled.

@@ -20,10 +20,19 @@
 //! windows and cooldowns from its own journal: a replica that never led has
 //! none, so the first decisions after a failover are only as careful as the
 //! envelope's rules from that moment.
+//!
+//! Pause flags are the exception: an operator who paused a scaler through
+//! the leader's API during an incident must not see it resume because the
+//! leader died. The leader records every pause and resume in the Lease's
+//! [`PAUSES_ANNOTATION`] before it answers, and a replica that takes the
+//! Lease applies those flags before its scalers first tick.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -35,6 +44,49 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::LeaderElectionConfig;
 
+/// The Lease annotation that carries the scalers' pause flags from one
+/// leader to the next: a JSON object of scaler name to `true` (paused) or
+/// `false` (resumed), for every scaler paused or resumed while some replica
+/// led.
+pub const PAUSES_ANNOTATION: &str = "scalewise.dev/pauses";
+
+/// Scaler name to pause flag, as the Lease carries them.
+pub type Pauses = BTreeMap<String, bool>;
+
+/// What a replica runs when it takes the Lease, before it acts: applies the
+/// pause flags the Lease carries.
+pub type TakeoverHook = Arc<dyn Fn(Pauses) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How many times a pause is retried when the Lease changes under it (a
+/// renewal between the read and the write).
+const RECORD_TRIES: usize = 5;
+
+/// The Lease this replica takes part in, for writes besides the election's.
+#[derive(Clone)]
+struct LeaseRef {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+impl std::fmt::Debug for LeaseRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRef")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+/// Why a pause flag was not recorded in the Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// This replica does not hold the Lease (its holder, if any).
+    NotLeader(Option<String>),
+    /// The API server did not take the write.
+    Failed(String),
+}
+
 /// Whether this replica may act. Cheap to clone and to ask.
 #[derive(Debug, Clone)]
 pub struct Leadership {
@@ -43,6 +95,8 @@ pub struct Leadership {
     leading: Arc<AtomicBool>,
     /// The Lease's holder as this replica last saw it (elected replicas).
     leader: Arc<Mutex<Option<String>>>,
+    /// The Lease, once an [`Elector`] runs for this replica.
+    lease: Arc<OnceLock<LeaseRef>>,
     /// Mirrors `leading` for the host's metrics, when given.
     gauge: Option<Gauge>,
 }
@@ -54,6 +108,7 @@ impl Leadership {
             elected: false,
             leading: Arc::new(AtomicBool::new(true)),
             leader: Arc::default(),
+            lease: Arc::default(),
             gauge: None,
         }
     }
@@ -64,6 +119,7 @@ impl Leadership {
             elected: true,
             leading: Arc::new(AtomicBool::new(false)),
             leader: Arc::default(),
+            lease: Arc::default(),
             gauge: None,
         }
     }
@@ -80,6 +136,61 @@ impl Leadership {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Records `scaler`'s pause flag in the Lease, where the replica that
+    /// leads next reads it; entries for scalers `known` no longer names are
+    /// dropped on the way. Nothing to do without leader election. Refused
+    /// when this replica does not hold the Lease.
+    pub async fn record_pause(
+        &self,
+        scaler: &str,
+        paused: bool,
+        known: impl Fn(&str) -> bool,
+    ) -> Result<(), RecordError> {
+        let Some(lease) = self.lease.get() else {
+            return Ok(());
+        };
+        let name = &lease.name;
+        for _ in 0..RECORD_TRIES {
+            let current = lease
+                .api
+                .get_opt(name)
+                .await
+                .map_err(|e| RecordError::Failed(format!("reading lease {name}: {e}")))?;
+            let Some(mut current) = current else {
+                return Err(RecordError::NotLeader(None));
+            };
+            let holder = current
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.clone())
+                .filter(|h| !h.is_empty());
+            if holder.as_deref() != Some(lease.identity.as_str()) {
+                return Err(RecordError::NotLeader(holder));
+            }
+            let mut pauses = pauses_of(&current, name);
+            pauses.retain(|scaler, _| known(scaler));
+            pauses.insert(scaler.to_owned(), paused);
+            let text = serde_json::to_string(&pauses).unwrap_or_default();
+            current
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(PAUSES_ANNOTATION.to_owned(), text);
+            match lease
+                .api
+                .replace(name, &PostParams::default(), &current)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(RecordError::Failed(format!("updating lease {name}: {e}"))),
+            }
+        }
+        Err(RecordError::Failed(format!(
+            "lease {name} changed under this replica {RECORD_TRIES} times in a row"
+        )))
     }
 
     fn saw_leader(&self, holder: &str) {
@@ -124,6 +235,27 @@ pub fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The pause flags `lease` carries; none when it carries none, or carries
+/// something unreadable (logged: the flags then start afresh).
+fn pauses_of(lease: &Lease, name: &str) -> Pauses {
+    let Some(text) = lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PAUSES_ANNOTATION))
+    else {
+        return Pauses::new();
+    };
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(
+            lease = %name,
+            "The lease's {PAUSES_ANNOTATION} annotation is not a JSON object of scaler names \
+             to true or false ({e}); its pause flags are ignored."
+        );
+        Pauses::new()
+    })
+}
+
 /// The Lease as last seen, and when this replica saw it change.
 struct Seen {
     holder: Option<String>,
@@ -140,6 +272,17 @@ pub struct Elector {
     seen: Option<Seen>,
     /// When this replica last renewed (or took) the Lease.
     renewed_at: Option<Instant>,
+    /// Run on taking the Lease, before acting.
+    takeover: Option<TakeoverHook>,
+    /// The pause flags in the Lease as the last try read it.
+    pauses: Pauses,
+}
+
+/// One try's result, or a conflict with a write of this replica's own (a
+/// pause recorded between the read and the renewal), worth one more try.
+enum Try {
+    Done(Outcome),
+    OwnConflict,
 }
 
 /// What one try found.
@@ -165,6 +308,11 @@ impl Elector {
             None => Api::default_namespaced(client),
         };
         let identity = settings.identity.clone().unwrap_or_else(default_identity);
+        let _ = leadership.lease.set(LeaseRef {
+            api: api.clone(),
+            name: settings.lease.clone(),
+            identity: identity.clone(),
+        });
         Elector {
             settings,
             identity,
@@ -172,7 +320,15 @@ impl Elector {
             leadership,
             seen: None,
             renewed_at: None,
+            takeover: None,
+            pauses: Pauses::new(),
         }
+    }
+
+    /// Runs `hook` with the Lease's pause flags whenever this replica takes
+    /// the Lease, before it starts acting.
+    pub fn on_takeover(&mut self, hook: TakeoverHook) {
+        self.takeover = Some(hook);
     }
 
     /// This replica's name in the Lease.
@@ -222,6 +378,12 @@ impl Elector {
         if !leading {
             self.renewed_at = None;
         }
+        if leading
+            && !self.leadership.is_leading()
+            && let Some(hook) = &self.takeover
+        {
+            hook(std::mem::take(&mut self.pauses)).await;
+        }
         let was = self.leadership.set(leading);
         let lease = &self.settings.lease;
         match (was, leading, &outcome) {
@@ -247,12 +409,26 @@ impl Elector {
     }
 
     async fn attempt(&mut self) -> Outcome {
+        match self.attempt_once().await {
+            Try::Done(outcome) => outcome,
+            Try::OwnConflict => match self.attempt_once().await {
+                Try::Done(outcome) => outcome,
+                Try::OwnConflict => Outcome::Failed(format!(
+                    "lease {} changed under this replica",
+                    self.settings.lease
+                )),
+            },
+        }
+    }
+
+    async fn attempt_once(&mut self) -> Try {
         let name = self.settings.lease.clone();
         let current = match self.api.get_opt(&name).await {
             Ok(lease) => lease,
-            Err(e) => return Outcome::Failed(format!("reading lease {name}: {e}")),
+            Err(e) => return Try::Done(Outcome::Failed(format!("reading lease {name}: {e}"))),
         };
         let Some(mut lease) = current else {
+            self.pauses = Pauses::new();
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
@@ -260,11 +436,14 @@ impl Elector {
                 },
                 spec: Some(self.spec(None, 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Outcome::Leading,
-                Err(e) => Outcome::Failed(format!("creating lease {name}: {e}")),
-            };
+            return Try::Done(
+                match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Outcome::Leading,
+                    Err(e) => Outcome::Failed(format!("creating lease {name}: {e}")),
+                },
+            );
         };
+        self.pauses = pauses_of(&lease, &name);
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let renewed = spec.renew_time.as_ref().map(|t| t.0);
@@ -291,7 +470,7 @@ impl Elector {
             .as_ref()
             .is_some_and(|s| now.duration_since(s.at) >= duration);
         if let Some(other) = holder.as_ref().filter(|_| !mine && !expired) {
-            return Outcome::Following(other.clone());
+            return Try::Done(Outcome::Following(other.clone()));
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
         let acquired = if mine {
@@ -300,18 +479,20 @@ impl Elector {
             None
         };
         lease.spec = Some(self.spec(acquired, transitions));
-        match self
-            .api
-            .replace(&name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Outcome::Leading,
-            Err(kube::Error::Api(e)) if e.code == 409 => match holder {
-                Some(h) if !mine => Outcome::Following(h),
-                _ => Outcome::Failed(format!("lease {name} changed under this replica")),
+        Try::Done(
+            match self
+                .api
+                .replace(&name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => Outcome::Leading,
+                Err(kube::Error::Api(e)) if e.code == 409 => match holder {
+                    Some(h) if !mine => Outcome::Following(h),
+                    _ => return Try::OwnConflict,
+                },
+                Err(e) => Outcome::Failed(format!("updating lease {name}: {e}")),
             },
-            Err(e) => Outcome::Failed(format!("updating lease {name}: {e}")),
-        }
+        )
     }
 
     /// Gives the Lease up if this replica holds it, so another may take it

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::{ApiError, AppState};
 use crate::daemon::ConfigStatus;
 use crate::journal::TickRecord;
+use crate::leader::RecordError;
 use crate::policy::PolicyInfo;
 use crate::scaler::{ScalerHandle, ScalerStatus};
 
@@ -314,9 +315,9 @@ async fn set_paused(
     let handle = scaler(state, name)?;
     // A follower's flag would change nothing the leader does: say so,
     // rather than answer as if the scaler were paused.
-    if !state.leadership.is_leading() {
-        let verb = if paused { "pause" } else { "resume" };
-        return Err(ApiError::NotLeader(match state.leadership.leader() {
+    let verb = if paused { "pause" } else { "resume" };
+    let not_leader = |leader: Option<String>| {
+        ApiError::NotLeader(match leader {
             Some(leader) => format!(
                 "this replica does not act ({leader:?} holds the lease): {verb} {name:?} on \
                  the leader, or set `paused` in the config, which every replica reads"
@@ -326,8 +327,25 @@ async fn set_paused(
                  leader once there is one, or set `paused` in the config, which every replica \
                  reads"
             ),
-        }));
+        })
+    };
+    if !state.leadership.is_leading() {
+        return Err(not_leader(state.leadership.leader()));
     }
+    // In the Lease first, so that the flag outlasts this replica: whoever
+    // leads next applies it before acting.
+    let scalers = state.scalers.load();
+    state
+        .leadership
+        .record_pause(name, paused, |n| scalers.contains_key(n))
+        .await
+        .map_err(|e| match e {
+            RecordError::NotLeader(holder) => not_leader(holder),
+            RecordError::Failed(why) => ApiError::Internal(format!(
+                "cannot record the pause flag in the lease, where the next leader reads it \
+                 ({why}); nothing changed"
+            )),
+        })?;
     state
         .journal
         .set_paused(name, paused)
