@@ -2,8 +2,8 @@
 //! failure to make one, by the real daemon (stepped, simulated targets) to
 //! recording HTTP servers on loopback: the JSON and Slack bodies, the
 //! filters, the bearer token and custom headers, three attempts at an endpoint that fails, a
-//! retry still delivered while `scalewise run` stops gracefully, and a backtest that tells
-//! nobody.
+//! retry still delivered while `scalewise run` stops gracefully, a change still told after
+//! the daemon was killed before telling it, and a backtest that tells nobody.
 
 use std::path::Path;
 use std::time::Duration;
@@ -241,6 +241,82 @@ async fn a_graceful_stop_delivers_the_notifications_still_waiting() {
     );
     let log = scalewise_tests::daemon_process::log_in(dir.path());
     assert!(!log.contains("undelivered"), "{log}");
+}
+
+/// A change a webhook wants is kept in the journal until it is told: the
+/// daemon killed (SIGKILL, no drain) while the webhook hangs on the first
+/// attempt tells it after the restart - to the webhook configured then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_owed_when_the_daemon_dies_is_sent_after_its_restart() {
+    use scalewise_tests::daemon_process::DaemonProcess;
+
+    let hanging = scalewise_tests::stub_http::silent_listener().await.unwrap();
+    let hook = RecordingServer::start(ok()).await.unwrap();
+    let policies = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |url: &str| {
+        let notifications = format!(
+            "[[notifications]]\nurl = \"{url}/hook\"\nscalers = [\"web\"]\ntimeout = \"30s\"\n"
+        );
+        config(
+            policies.path(),
+            &dir.path().join("journal.db"),
+            &notifications,
+        )
+        .replace("interval = \"15s\"", "interval = \"1s\"")
+    };
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config(&format!("http://{hanging}")),
+        |_| {},
+    )
+    .unwrap();
+    // The change's outcome is in the journal, and with it what is owed.
+    let record = wait_until(
+        "web's change in the journal",
+        Duration::from_secs(60),
+        || async {
+            let lines = daemon.journal_export("web").map_err(|e| e.to_string())?;
+            lines
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|r| r["actuation"]["status"] == "done")
+                .map(|r| r["id"].clone())
+                .ok_or_else(|| "no change yet".to_owned())
+        },
+    )
+    .await
+    .unwrap();
+    drop(daemon);
+    assert!(hook.bodies().is_empty());
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config(&hook.url()),
+        |_| {},
+    )
+    .unwrap();
+    let owed = wait_until("the owed change", Duration::from_secs(60), || async {
+        hook.bodies()
+            .iter()
+            .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .find(|b| b["record"] == record)
+            .ok_or_else(|| format!("{} bodies, none for record {record}", hook.bodies().len()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (&owed["event"], &owed["scaler"], &owed["from"], &owed["to"]),
+        (&"scaled".into(), &"web".into(), &2.into(), &4.into()),
+        "{owed}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("Delivering the notifications owed from before the last stop"),
+        "{log}"
+    );
+    daemon.stop().unwrap();
 }
 
 #[test]

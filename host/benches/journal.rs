@@ -251,7 +251,7 @@ async fn paced(path: &Path, pool: &Arc<Vec<TickRecord>>, seconds: u64) {
                         let done = ActuationRecord::Done {
                             detail: "scaled".into(),
                         };
-                        journal.update_actuation(id, done).await.unwrap();
+                        journal.update_actuation(id, done, None).await.unwrap();
                         updates.push(t.elapsed());
                     }
                     tick += 1;

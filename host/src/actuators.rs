@@ -139,7 +139,7 @@ pub trait Actuator: Send + Sync + fmt::Debug {
 
 /// A change of replicas a scaler made, or failed to make, in words: what
 /// [`Actuator::announce`] and the webhooks ([`crate::notify`]) are told.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Announcement {
     /// When the tick ran (ms since the Unix epoch).
     pub time_ms: i64,

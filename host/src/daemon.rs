@@ -315,7 +315,11 @@ impl Daemon {
             .map(|n| n.get_ref().clone())
             .collect();
         let webhooks = Webhooks::build(&notifications).map_err(DaemonError::Setup)?;
-        let notifier = Some(Notifier::start(webhooks, telemetry.clone()));
+        let notifier = Some(Notifier::start(
+            webhooks,
+            telemetry.clone(),
+            Some(journal.clone()),
+        ));
         let writes = Arc::new(WriteAccess::from_config(&config.api).map_err(DaemonError::Setup)?);
         let services = Services {
             registry: registry.clone(),
@@ -521,6 +525,11 @@ impl Daemon {
             clock: self.clock,
             telemetry: self.telemetry.clone(),
         };
+        // What the webhooks were owed when this process last stopped is
+        // queued again (off this task: a large backlog waits for room).
+        if let Some(notifier) = self.services.notifier.clone() {
+            tokio::spawn(async move { notifier.resume_owed().await });
+        }
         for scaler in std::mem::take(&mut self.scalers) {
             set.spawn(scaler);
         }
@@ -564,7 +573,7 @@ impl Daemon {
                 tracing::warn!(
                     left,
                     "Stopping with notifications undelivered: their webhooks did not answer \
-                     within {}.",
+                     within {}. The journal keeps them; they are sent at the next start.",
                     humantime::format_duration(NOTIFY_GRACE)
                 );
             }

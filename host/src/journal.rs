@@ -53,7 +53,15 @@
 //! retention to the disk (a week at that scale is about 0.8 TB).
 //! Record ids are never reused, even after retention emptied the table.
 //! The schema is versioned with `PRAGMA user_version`; a file written by a
-//! newer Scalewise is refused rather than misread.
+//! newer Scalewise is refused rather than misread, and a version 1 file is
+//! upgraded (it gains the outbox) when opened for writing.
+//!
+//! Besides the ticks, the journal keeps the outbox of notifications owed
+//! (see [`crate::notify`]): a change's announcement is written with its
+//! outcome ([`update_actuation`](Journal::update_actuation) with `owe`) and
+//! deleted once delivered ([`settle_notification`](Journal::settle_notification)).
+//! What a crash left there is read back at start
+//! ([`owed_notifications`](Journal::owed_notifications)).
 //!
 //! Records older than the retention are deleted at open and then every
 //! minute, a thousand rows per transaction, with queued appends served
@@ -74,6 +82,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::actuators::Announcement;
 use crate::clock::Clock;
 use crate::config::Mode;
 
@@ -555,18 +564,60 @@ impl Journal {
         .await?
     }
 
-    /// Replaces the actuation of record `id` (append-before-actuate), durably.
+    /// Replaces the actuation of record `id` (append-before-actuate),
+    /// durably. With `owe`, the change's announcement goes into the outbox
+    /// in the same transaction, so that the webhooks are told even if the
+    /// process dies before it is delivered: returns its outbox id, to
+    /// [`settle`](Journal::settle_notification) once it is.
     pub async fn update_actuation(
         &self,
         id: i64,
         actuation: ActuationRecord,
-    ) -> Result<(), JournalError> {
-        self.command(|reply| Command::UpdateActuation {
-            id,
-            actuation,
-            reply,
-        })
-        .await?
+        owe: Option<&Announcement>,
+    ) -> Result<Option<i64>, JournalError> {
+        let owe = owe
+            .map(|a| {
+                serde_json::to_string(a).map_err(|err| JournalError::Encode {
+                    what: format!("the announcement of record {id}"),
+                    source: err.into(),
+                })
+            })
+            .transpose()?;
+        let owed = self
+            .command(|reply| Command::UpdateActuation {
+                id,
+                actuation,
+                owe,
+                reply,
+            })
+            .await??;
+        Ok((owed > 0).then_some(owed))
+    }
+
+    /// Takes a notification out of the outbox: every webhook that wanted it
+    /// was told, or given up on.
+    pub async fn settle_notification(&self, id: i64) -> Result<(), JournalError> {
+        self.command(|reply| Command::Settle { id, reply }).await?
+    }
+
+    /// The notifications still owed (a crash or a stop came before their
+    /// delivery), oldest first, with their outbox ids. A row that no longer
+    /// reads as an announcement is settled and left out.
+    pub async fn owed_notifications(&self) -> Result<Vec<(i64, Announcement)>, JournalError> {
+        let rows = self
+            .read(|journal| journal.inner.readers.with(|reader| reader.owed()))
+            .await?;
+        let mut owed = Vec::with_capacity(rows.len());
+        for (id, text) in rows {
+            match serde_json::from_str(&text) {
+                Ok(announcement) => owed.push((id, announcement)),
+                Err(err) => {
+                    tracing::warn!(id, error = %err, "A notification owed in the journal does not read as one; dropped.");
+                    self.settle_notification(id).await?;
+                }
+            }
+        }
+        Ok(owed)
     }
 
     /// Records (durably) whether an operator paused the scaler.
@@ -1009,6 +1060,72 @@ mod tests {
         assert!(!part.begins_history, "an older tick exists");
         let other = journal.recover("api", now - 60_000).await.unwrap();
         assert!(other.ticks.is_empty() && !other.begins_history);
+        journal.close().await.unwrap();
+    }
+
+    fn announcement(record: Option<i64>) -> Announcement {
+        Announcement {
+            time_ms: 1_000,
+            scaler: "web".into(),
+            target_kind: "simulator".into(),
+            target_name: "web".into(),
+            from: 3,
+            to: 4,
+            reason: "target-tracking: cpu 80 > 50".into(),
+            error: None,
+            record,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notification_owed_outlasts_a_restart_until_it_is_settled() {
+        let now = Clock::system().now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        let a = journal.append(tick("web", now)).await.unwrap();
+        let b = journal.append(tick("web", now)).await.unwrap();
+        let done = ActuationRecord::Done {
+            detail: "4 replicas".into(),
+        };
+        let owed_a = journal
+            .update_actuation(a, done.clone(), Some(&announcement(Some(a))))
+            .await
+            .unwrap();
+        let owed_b = journal
+            .update_actuation(b, done.clone(), Some(&announcement(Some(b))))
+            .await
+            .unwrap();
+        assert!(owed_a.is_some() && owed_b.is_some() && owed_a != owed_b);
+        // Without `owe` nothing is kept.
+        let c = journal.append(tick("web", now)).await.unwrap();
+        assert_eq!(journal.update_actuation(c, done, None).await.unwrap(), None);
+        journal.settle_notification(owed_a.unwrap()).await.unwrap();
+        journal.close().await.unwrap();
+        // As after a crash or a stop: what was not settled is still owed.
+        let journal = open(&dir, Duration::ZERO);
+        let owed = journal.owed_notifications().await.unwrap();
+        assert_eq!(owed, vec![(owed_b.unwrap(), announcement(Some(b)))]);
+        journal.settle_notification(owed_b.unwrap()).await.unwrap();
+        assert!(journal.owed_notifications().await.unwrap().is_empty());
+        journal.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_of_a_missing_record_owes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        let err = journal
+            .update_actuation(
+                42,
+                ActuationRecord::Done {
+                    detail: "4 replicas".into(),
+                },
+                Some(&announcement(Some(42))),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "not_found", "{err}");
+        assert!(journal.owed_notifications().await.unwrap().is_empty());
         journal.close().await.unwrap();
     }
 

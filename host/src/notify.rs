@@ -11,6 +11,14 @@
 //! ([`Notifier::drain`]). Dry-run scalers change nothing, so they notify nothing. A config
 //! reload replaces the webhooks whole ([`Notifier::replace`]): changes made
 //! after it go to the new ones, changes already waiting to the old.
+//!
+//! Nothing is lost to a crash: a change some webhook wants is kept in the
+//! journal's outbox, written in the transaction that records the change's
+//! outcome, and taken out once every webhook that wanted it was told or
+//! given up on. At start the daemon delivers what the outbox still holds
+//! ([`Notifier::resume_owed`]) to the webhooks then configured. Delivery is
+//! therefore at least once: a webhook told just before a crash may be told
+//! again after it (the body's `time` and `record` tell a repeat apart).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -26,6 +34,7 @@ use crate::clock::format_ms;
 use crate::config::{
     HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat, Refreshed, Secret,
 };
+use crate::journal::Journal;
 use crate::telemetry::Telemetry;
 
 /// Changes that may wait for delivery.
@@ -274,12 +283,18 @@ impl Webhooks {
 #[derive(Debug)]
 pub struct Notifier {
     /// Each change with the webhooks in force when it happened.
-    queue: mpsc::Sender<(Announcement, Arc<Webhooks>)>,
+    queue: mpsc::Sender<Queued>,
     webhooks: ArcSwap<Webhooks>,
     telemetry: Arc<Telemetry>,
     /// Changes queued and not yet handled (delivered or given up on).
     pending: Arc<Pending>,
+    /// Where the outbox is, when there is one.
+    journal: Option<Journal>,
 }
+
+/// A change waiting for delivery: the webhooks in force when it happened,
+/// and its outbox id when the journal keeps it.
+type Queued = (Announcement, Arc<Webhooks>, Option<i64>);
 
 /// A count of changes waiting, and a wake-up when it falls to zero.
 #[derive(Debug, Default)]
@@ -303,13 +318,19 @@ impl Pending {
 impl Notifier {
     /// Starts delivering to `webhooks` (none is fine: a reload may add
     /// some) on the current tokio runtime.
-    pub fn start(webhooks: Webhooks, telemetry: Arc<Telemetry>) -> Arc<Notifier> {
-        let (queue, mut changes) = mpsc::channel::<(Announcement, Arc<Webhooks>)>(QUEUE);
+    /// Delivered changes are settled in `journal`'s outbox, when given.
+    pub fn start(
+        webhooks: Webhooks,
+        telemetry: Arc<Telemetry>,
+        journal: Option<Journal>,
+    ) -> Arc<Notifier> {
+        let (queue, mut changes) = mpsc::channel::<Queued>(QUEUE);
         let counts = telemetry.clone();
         let pending = Arc::new(Pending::default());
         let handled = pending.clone();
+        let outbox = journal.clone();
         tokio::spawn(async move {
-            while let Some((change, webhooks)) = changes.recv().await {
+            while let Some((change, webhooks, owed)) = changes.recv().await {
                 for webhook in webhooks.wanting(&change) {
                     match webhook.post(&webhook.body(&change)).await {
                         Ok(()) => counts.notification("sent"),
@@ -324,6 +345,9 @@ impl Notifier {
                         }
                     }
                 }
+                if let (Some(id), Some(journal)) = (owed, &outbox) {
+                    settle(journal, id).await;
+                }
                 handled.done();
             }
         });
@@ -332,7 +356,60 @@ impl Notifier {
             webhooks: ArcSwap::from_pointee(webhooks),
             telemetry,
             pending,
+            journal,
         })
+    }
+
+    /// Queues the changes the journal's outbox still holds (the process
+    /// stopped or died before their delivery) for the webhooks configured
+    /// now; those no webhook wants any more are settled. Returns how many
+    /// were queued.
+    pub async fn resume_owed(&self) -> usize {
+        let Some(journal) = &self.journal else {
+            return 0;
+        };
+        let owed = match journal.owed_notifications().await {
+            Ok(owed) => owed,
+            Err(err) => {
+                tracing::error!(error = %err, "Could not read the notifications owed from the journal.");
+                return 0;
+            }
+        };
+        let mut queued = 0;
+        for (id, change) in owed {
+            if self.wants(&change) {
+                queued += 1;
+            }
+            self.queue_change(change, Some(id)).await;
+        }
+        if queued > 0 {
+            tracing::info!(
+                queued,
+                "Delivering the notifications owed from before the last stop."
+            );
+        }
+        queued
+    }
+
+    /// Whether some webhook configured now wants `change` (so it is worth
+    /// keeping in the outbox).
+    pub fn wants(&self, change: &Announcement) -> bool {
+        self.webhooks.load().wanting(change).next().is_some()
+    }
+
+    async fn queue_change(&self, change: Announcement, owed: Option<i64>) {
+        let webhooks = self.webhooks.load_full();
+        if webhooks.wanting(&change).next().is_none() {
+            if let (Some(id), Some(journal)) = (owed, &self.journal) {
+                settle(journal, id).await;
+            }
+            return;
+        }
+        self.pending.add();
+        // Waits for room: owed changes come before anything new.
+        if self.queue.send((change, webhooks, owed)).await.is_err() {
+            self.pending.done();
+        }
     }
 
     /// Waits until every change queued so far is delivered or given up on,
@@ -363,21 +440,43 @@ impl Notifier {
     }
 
     /// Queues `change` for delivery to the webhooks that want it; never
-    /// waits.
-    pub fn notify(&self, change: Announcement) {
+    /// waits. `owed`: its id in the journal's outbox, settled once it is
+    /// handled (or dropped).
+    pub fn notify(&self, change: Announcement, owed: Option<i64>) {
         let webhooks = self.webhooks.load_full();
         if webhooks.wanting(&change).next().is_none() {
+            self.settle_later(owed);
             return;
         }
         self.pending.add();
-        if let Err(err) = self.queue.try_send((change, webhooks)) {
+        if let Err(err) = self.queue.try_send((change, webhooks, owed)) {
             self.pending.done();
             self.telemetry.notification("dropped");
+            let (change, _, owed) = err.into_inner();
+            self.settle_later(owed);
             tracing::warn!(
-                scaler = %err.into_inner().0.scaler,
+                scaler = %change.scaler,
                 "A notification was dropped: {QUEUE} are already waiting for delivery."
             );
         }
+    }
+
+    fn settle_later(&self, owed: Option<i64>) {
+        if let (Some(id), Some(journal)) = (owed, &self.journal) {
+            let journal = journal.clone();
+            tokio::spawn(async move { settle(&journal, id).await });
+        }
+    }
+}
+
+/// Takes notification `id` out of `journal`'s outbox; a failure is logged
+/// (the change is told again after a restart).
+async fn settle(journal: &Journal, id: i64) {
+    if let Err(err) = journal.settle_notification(id).await {
+        tracing::warn!(
+            id, error = %err,
+            "Could not take a delivered notification out of the journal; it will be sent again after a restart."
+        );
     }
 }
 
@@ -468,15 +567,15 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_the_changes_queued_and_no_longer() {
         let telemetry = Arc::new(Telemetry::new());
-        let idle = Notifier::start(Webhooks::build(&[]).unwrap(), telemetry.clone());
+        let idle = Notifier::start(Webhooks::build(&[]).unwrap(), telemetry.clone(), None);
         assert_eq!(
             idle.drain(Duration::from_secs(5)).await,
             0,
             "nothing queued"
         );
 
-        let notifier = Notifier::start(unreachable_webhook(), telemetry.clone());
-        notifier.notify(change(None));
+        let notifier = Notifier::start(unreachable_webhook(), telemetry.clone(), None);
+        notifier.notify(change(None), None);
         let started = std::time::Instant::now();
         assert_eq!(notifier.drain(Duration::from_millis(200)).await, 1);
         assert!(started.elapsed() < Duration::from_secs(1));

@@ -788,17 +788,32 @@ impl Scaler {
             },
             record: record.id,
         };
-        if let Some(notifier) = &self.services.notifier {
-            notifier.notify(announcement.clone());
+        // The outcome and, when a webhook wants to hear of it, the change
+        // to tell it of: in one transaction, so a crash loses neither.
+        let notifier = self.services.notifier.as_ref();
+        let owe = notifier
+            .filter(|n| n.wants(&announcement))
+            .map(|_| &announcement);
+        let mut owed = None;
+        if let Some(id) = record.id {
+            match self
+                .services
+                .journal
+                .update_actuation(id, outcome, owe)
+                .await
+            {
+                Ok(id) => owed = id,
+                Err(err) => {
+                    self.services.telemetry.journal_errors.inc();
+                    tracing::error!(scaler = %self.spec.name, id, error = %err, "Could not record the actuation's outcome in the journal.");
+                }
+            }
+        }
+        if let Some(notifier) = notifier {
+            notifier.notify(announcement.clone(), owed);
         }
         let actuator = self.actuator.clone();
         tokio::spawn(async move { actuator.announce(announcement).await });
-        if let Some(id) = record.id
-            && let Err(err) = self.services.journal.update_actuation(id, outcome).await
-        {
-            self.services.telemetry.journal_errors.inc();
-            tracing::error!(scaler = %self.spec.name, id, error = %err, "Could not record the actuation's outcome in the journal.");
-        }
     }
 
     async fn append(&self, record: &TickRecord) -> Option<i64> {

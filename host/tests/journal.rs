@@ -179,7 +179,10 @@ async fn update_actuation_changes_only_the_actuation() {
     let done = ActuationRecord::Done {
         detail: "scaled simulator web-svc from 3 to 4".into(),
     };
-    journal.update_actuation(id, done.clone()).await.unwrap();
+    journal
+        .update_actuation(id, done.clone(), None)
+        .await
+        .unwrap();
     let read = journal.get(id).await.unwrap().unwrap();
     let mut expected = with_id(original, id);
     expected.actuation = done;
@@ -190,7 +193,7 @@ async fn update_actuation_changes_only_the_actuation() {
         "the other record is untouched"
     );
     let missing = journal
-        .update_actuation(id + 100, ActuationRecord::None)
+        .update_actuation(id + 100, ActuationRecord::None, None)
         .await
         .unwrap_err();
     assert_eq!(missing.kind(), "not_found", "{missing}");
@@ -616,7 +619,7 @@ fn kill_9_child() {
                     let done = ActuationRecord::Done {
                         detail: format!("seq {seq}"),
                     };
-                    journal.update_actuation(id, done).await.unwrap();
+                    journal.update_actuation(id, done, None).await.unwrap();
                     println!("{ACK} actuated {id} {seq}");
                 }
             });

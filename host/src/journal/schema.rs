@@ -7,8 +7,13 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use super::{Durability, JournalError};
 
-/// The schema version this build writes and reads (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). It also
+/// reads version 1 files (ticks are the same) and upgrades them when it
+/// opens them for writing.
+pub(super) const VERSION: i64 = 2;
+
+/// The oldest version this build reads.
+const OLDEST_READ: i64 = 1;
 
 /// Version 1. `ticks.record` is the whole record as zstd-compressed JSON, as
 /// appended; `ticks.actuation` (JSON) is the only column ever updated and
@@ -36,6 +41,18 @@ CREATE TABLE scaler_control (
     paused INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// Version 2 adds the notifications owed: a change's announcement (JSON),
+/// written in the transaction that records the change's outcome and deleted
+/// once every webhook that wanted it was told (or given up on), so that a
+/// crash does not lose it.
+const SCHEMA_V2: &str = "
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_ms INTEGER NOT NULL,
+    announcement TEXT NOT NULL
+);
 ";
 
 /// How long a connection waits for another's lock (another process on the
@@ -126,10 +143,21 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, JournalError
                 });
             }
             tx.execute_batch(SCHEMA_V1)
+                .and_then(|()| tx.execute_batch(SCHEMA_V2))
                 .and_then(|()| tx.pragma_update(None, "user_version", VERSION))
                 .and_then(|()| tx.commit())
                 .map_err(|e| open_error(path, e))?;
             tracing::info!(path = %path.display(), version = VERSION, "Created a new journal.");
+        }
+        1 => {
+            tx.execute_batch(SCHEMA_V2)
+                .and_then(|()| tx.pragma_update(None, "user_version", VERSION))
+                .and_then(|()| tx.commit())
+                .map_err(|e| open_error(path, e))?;
+            tracing::info!(
+                path = %path.display(), from = 1, to = VERSION,
+                "Upgraded the journal's schema (older builds of Scalewise no longer open it)."
+            );
         }
         _ => {
             check_version(path, version)?;
@@ -142,7 +170,7 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, JournalError
 /// Accepts only the version this build understands.
 pub(super) fn check_version(path: &Path, version: i64) -> Result<(), JournalError> {
     match version {
-        VERSION => Ok(()),
+        OLDEST_READ..=VERSION => Ok(()),
         0 => Err(JournalError::NotAJournal {
             path: path.to_owned(),
             reason: "it has no Scalewise schema version (empty or another program's database)"
@@ -197,5 +225,48 @@ mod tests {
             .pragma_query_value(None, "cache_size", |row| row.get(0))
             .unwrap();
         assert_eq!(cache, -WRITER_CACHE_KIB);
+    }
+
+    /// A journal written by a build of schema version 1 keeps its records,
+    /// is read as it is, and gains the outbox when opened for writing.
+    #[test]
+    fn a_version_1_journal_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute(
+                "INSERT INTO scaler_control (scaler, paused, updated_ms) VALUES ('web', 1, 5)",
+                [],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let version = |conn: &Connection| -> i64 {
+            conn.pragma_query_value(None, "user_version", |row| row.get(0))
+                .unwrap()
+        };
+        let reader = open_reader(&path).unwrap();
+        check_version(&path, version(&reader)).expect("version 1 reads");
+        drop(reader);
+        let writer = open_writer(&path, Durability::Full).unwrap();
+        assert_eq!(version(&writer), VERSION);
+        let paused: bool = writer
+            .query_row("SELECT paused FROM scaler_control", [], |row| row.get(0))
+            .unwrap();
+        assert!(paused, "what version 1 wrote is still there");
+        writer
+            .execute(
+                "INSERT INTO outbox (created_ms, announcement) VALUES (1, '{}')",
+                [],
+            )
+            .unwrap();
+        drop(writer);
+        // Opened again it is simply version 2.
+        let writer = open_writer(&path, Durability::Full).unwrap();
+        assert_eq!(version(&writer), VERSION);
+        let newer = check_version(&path, VERSION + 1).unwrap_err();
+        assert!(matches!(newer, JournalError::NewerSchema { .. }), "{newer}");
     }
 }

@@ -251,6 +251,24 @@ impl Reader {
             .map_err(|e| self.read_error(e))
     }
 
+    /// The outbox: (id, announcement JSON), oldest first.
+    pub(super) fn owed(&mut self) -> Result<Vec<(i64, String)>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, announcement FROM outbox ORDER BY id")
+            .map_err(|e| JournalError::Read {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .and_then(|rows| rows.collect());
+        rows.map_err(|e| JournalError::Read {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
     /// The time of the newest tick of any scaler.
     pub(super) fn newest_time_ms(&mut self) -> Result<Option<i64>, JournalError> {
         self.conn

@@ -29,10 +29,18 @@ pub(super) enum Command {
         record: Box<TickRecord>,
         reply: oneshot::Sender<Result<i64, JournalError>>,
     },
-    /// Replace a record's actuation.
+    /// Replace a record's actuation and, with `owe`, keep the change's
+    /// announcement (JSON) in the outbox in the same transaction; reply with
+    /// the outbox id (0: none).
     UpdateActuation {
         id: i64,
         actuation: ActuationRecord,
+        owe: Option<String>,
+        reply: oneshot::Sender<Result<i64, JournalError>>,
+    },
+    /// Delete a notification from the outbox: it was delivered or given up on.
+    Settle {
+        id: i64,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
     /// Set a scaler's pause flag.
@@ -195,19 +203,37 @@ impl Writer {
                 Command::UpdateActuation {
                     id,
                     actuation,
+                    owe,
                     reply,
                 } => {
+                    let now_ms = self.options.clock.now_ms();
                     let result = match tx {
-                        None => Ok(()),
-                        Some(tx) => update_actuation(tx, id, &actuation).or_else(|err| match err {
-                            Failure::Sqlite(err) => {
-                                failure = Some(err);
-                                Ok(())
-                            }
-                            Failure::Journal(err) => Err(err),
-                        }),
+                        None => Ok(0),
+                        Some(tx) => update_actuation(tx, id, &actuation)
+                            .and_then(|()| match &owe {
+                                None => Ok(0),
+                                Some(announcement) => owe_notification(tx, announcement, now_ms)
+                                    .map_err(Failure::Sqlite),
+                            })
+                            .or_else(|err| match err {
+                                Failure::Sqlite(err) => {
+                                    failure = Some(err);
+                                    Ok(0)
+                                }
+                                Failure::Journal(err) => Err(err),
+                            }),
                     };
-                    replies.push(Reply::Unit(reply, result));
+                    replies.push(Reply::Id(reply, result));
+                }
+                Command::Settle { id, reply } => {
+                    if let Some(tx) = tx
+                        && let Err(err) = tx
+                            .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                            .and_then(|mut stmt| stmt.execute([id]))
+                    {
+                        failure = Some(err);
+                    }
+                    replies.push(Reply::Unit(reply, Ok(())));
                 }
                 Command::SetPaused {
                     scaler,
@@ -287,6 +313,14 @@ impl Writer {
                  (SELECT id FROM ticks WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![cutoff_ms, SWEEP_BATCH as i64]));
+        // Notifications owed that long (the webhooks gave up or the daemon
+        // was down) go with the records they tell of.
+        let deleted = deleted.and_then(|deleted| {
+            self.conn
+                .prepare_cached("DELETE FROM outbox WHERE created_ms < ?1")
+                .and_then(|mut stmt| stmt.execute([cutoff_ms]))
+                .map(|_| deleted)
+        });
         let result = match deleted {
             Ok(deleted) => {
                 self.sweep.deleted += deleted as u64;
@@ -369,6 +403,16 @@ fn update_actuation(
         return Err(Failure::Journal(JournalError::NotFound { id }));
     }
     Ok(())
+}
+
+fn owe_notification(
+    tx: &Transaction<'_>,
+    announcement: &str,
+    now_ms: i64,
+) -> rusqlite::Result<i64> {
+    tx.prepare_cached("INSERT INTO outbox (created_ms, announcement) VALUES (?1, ?2)")?
+        .execute(params![now_ms, announcement])?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn set_paused(
