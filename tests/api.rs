@@ -639,6 +639,62 @@ async fn with_a_token_writes_need_it_over_http() {
     daemon.stop().await.unwrap();
 }
 
+/// With `reads = "token"` every `/v1/...` read needs the token, from
+/// loopback too; the probes, `/metrics` and the dashboard page stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_reads_closed_v1_needs_the_token_and_probes_do_not() {
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
+
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("api-token");
+    std::fs::write(&token_file, "correct-horse\n").unwrap();
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\ntoken = {{ file = {:?} }}\nreads = \"token\"\n\n{}{}",
+        token_file.display().to_string(),
+        simulation("web", 2),
+        queue_scaler("web", "simulator", "queue_depth")
+    );
+    let mut daemon = RunningDaemon::start(&config, Clock::system())
+        .await
+        .unwrap();
+    let api = daemon.api().unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str, auth: Option<&str>| {
+        let mut request = client.get(format!("http://{api}{path}"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    for path in [
+        "/v1/scalers",
+        "/v1/scalers/web",
+        "/v1/scalers/web/decisions",
+        "/v1/scalers/web/history",
+        "/v1/policies",
+        "/v1/config",
+        "/v1/leader",
+    ] {
+        let refused = get(path, None).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{path}: {body}");
+        let wrong = get(path, Some("Bearer battery")).await.unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let taken = get(path, Some("Bearer correct-horse")).await.unwrap();
+        assert_eq!(taken.status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/", "/healthz", "/metrics"] {
+        assert_eq!(
+            get(path, None).await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    daemon.stop().await.unwrap();
+}
+
 /// Runs the binary; (exit code, stdout, stderr).
 fn scalewise(args: &[&str]) -> (Option<i32>, String, String) {
     scalewise_in(Path::new("."), args)

@@ -97,7 +97,9 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
         "{out}"
     );
     assert!(
-        out.contains("  api       127.0.0.1:9464; pause and resume from loopback only\n"),
+        out.contains(
+            "  api       127.0.0.1:9464; pause and resume from loopback only; reads open\n"
+        ),
         "{out}"
     );
     assert!(!err.contains("warning"), "{err}");

@@ -18,7 +18,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use guard::WriteAccess;
+pub use guard::ApiAccess;
 
 use crate::daemon::ConfigStatus;
 use crate::journal::Journal;
@@ -43,8 +43,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The config applied and the last refused reload.
     pub config: Arc<ArcSwap<ConfigStatus>>,
-    /// Who may pause and resume scalers.
-    pub writes: Arc<WriteAccess>,
+    /// Who may read, and who may pause and resume scalers.
+    pub access: Arc<ApiAccess>,
     /// Whether this replica acts (leader election); a follower takes no
     /// writes.
     pub leadership: Leadership,
@@ -61,12 +61,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             guard::writes,
         ));
-    Router::new()
-        .merge(writes)
-        .route("/", get(handlers::dashboard))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
+    // What `[api] reads = "token"` closes.
+    let reads = Router::new()
         .route("/v1/scalers", get(handlers::list_scalers))
         .route("/v1/scalers/{name}", get(handlers::get_scaler))
         .route(
@@ -82,6 +78,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies", get(handlers::list_policies))
         .route("/v1/config", get(handlers::config_status))
         .route("/v1/leader", get(handlers::leader))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::reads,
+        ));
+    Router::new()
+        .merge(writes)
+        .merge(reads)
+        .route("/", get(handlers::dashboard))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)

@@ -975,9 +975,24 @@ pub struct ApiConfig {
     #[serde(deserialize_with = "friendly::socket_addr")]
     pub listen: SocketAddr,
     /// The bearer token the API's write endpoints (pause, resume) ask
-    /// for. Without one they answer only requests from loopback. Reads
-    /// stay open either way.
+    /// for. Without one they answer only requests from loopback.
     pub token: Option<Secret>,
+    /// Who may read `/v1/...` (scalers, decisions with each policy's
+    /// context and parameters, policies, config): `open` (anyone who
+    /// reaches the API) or `token` (the same bearer token as writes).
+    /// `/`, `/healthz`, `/readyz` and `/metrics` stay open.
+    pub reads: ApiReads,
+}
+
+/// Who may read the API's `/v1/...` endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiReads {
+    /// Anyone who reaches the API.
+    #[default]
+    Open,
+    /// Requests with the `[api] token`.
+    Token,
 }
 
 impl Default for ApiConfig {
@@ -985,6 +1000,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             token: None,
+            reads: ApiReads::Open,
         }
     }
 }

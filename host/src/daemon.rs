@@ -35,7 +35,7 @@ use crate::actuators::aws_asg::AwsAsgActuator;
 use crate::actuators::kubernetes::KubernetesActuator;
 use crate::actuators::rebalance::RebalanceActuator;
 use crate::actuators::simulator::SimulatorActuator;
-use crate::api::{self, AppState, WriteAccess};
+use crate::api::{self, ApiAccess, AppState};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
     Config, ConfigError, Fingerprint, MetricConfig, NotificationConfig, SIMULATOR_SOURCE,
@@ -196,8 +196,9 @@ pub struct Daemon {
     decisions: broadcast::Sender<Arc<TickRecord>>,
     ready: Arc<AtomicBool>,
     config_status: Arc<ArcSwap<ConfigStatus>>,
-    /// Who may pause and resume scalers through the API (`[api] token`).
-    writes: Arc<WriteAccess>,
+    /// Who may read, and pause and resume scalers, through the API
+    /// (`[api] token`, `reads`).
+    access: Arc<ApiAccess>,
     reload: Option<ReloadSource>,
     /// This replica's part in leader election, when `[leader_election]` is
     /// set; run by [`Daemon::run`].
@@ -320,7 +321,7 @@ impl Daemon {
             telemetry.clone(),
             Some(journal.clone()),
         ));
-        let writes = Arc::new(WriteAccess::from_config(&config.api).map_err(DaemonError::Setup)?);
+        let access = Arc::new(ApiAccess::from_config(&config.api).map_err(DaemonError::Setup)?);
         let services = Services {
             registry: registry.clone(),
             journal: journal.clone(),
@@ -383,7 +384,7 @@ impl Daemon {
             decisions,
             ready: Arc::new(AtomicBool::new(false)),
             config_status,
-            writes,
+            access,
             reload: None,
             elector,
             notifications,
@@ -415,7 +416,7 @@ impl Daemon {
             telemetry: self.telemetry.clone(),
             ready: self.ready.clone(),
             config: self.config_status.clone(),
-            writes: self.writes.clone(),
+            access: self.access.clone(),
             leadership: self.services.leadership.clone(),
         }
     }
@@ -485,16 +486,22 @@ impl Daemon {
         let token = CancellationToken::new();
         let state = self.app_state();
         let api_task = listener.map(|listener| {
-            let writes = if state.writes.has_token() {
+            let writes = if state.access.has_token() {
                 "with the API token"
             } else {
                 "from loopback only"
+            };
+            let reads = if state.access.reads_need_token() {
+                "with the API token"
+            } else {
+                "open"
             };
             let router = api::router(state);
             let token = token.clone();
             tracing::info!(
                 addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 writes,
+                reads,
                 "The HTTP API is listening."
             );
             tokio::spawn(async move {

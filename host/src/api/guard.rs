@@ -1,7 +1,12 @@
-//! Who may use the API's write endpoints (pause and resume a scaler).
+//! Who may use the API.
 //!
-//! Reads are open: the dashboard, `/metrics` and `/v1/...` GETs serve
-//! Prometheus, probes and people alike. A write is answered when:
+//! Reads are open by default: the dashboard, `/metrics` and `/v1/...` GETs
+//! serve Prometheus, probes and people alike. With `[api] reads = "token"`
+//! the `/v1/...` reads (decisions carry each policy's context and
+//! parameters) need the API token too; `/`, `/healthz`, `/readyz` and
+//! `/metrics` stay open.
+//!
+//! A write (pause and resume a scaler) is answered when:
 //!
 //! 1. it does not come from another web site: a request whose `Origin` is
 //!    not the API's own, or that a browser marks `Sec-Fetch-Site:
@@ -25,13 +30,14 @@ use axum::response::Response;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::config::{ApiConfig, Refreshed, Secret};
+use crate::config::{ApiConfig, ApiReads, Refreshed, Secret};
 
-/// The rule for writes, built from `[api]`. The default: writes from
-/// loopback only (no token).
+/// The rules for reads and writes, built from `[api]`. The default: reads
+/// open, writes from loopback only (no token).
 #[derive(Debug, Default)]
-pub struct WriteAccess {
+pub struct ApiAccess {
     token: Option<Token>,
+    reads: ApiReads,
 }
 
 /// The API token and its current value.
@@ -41,7 +47,7 @@ struct Token {
     current: Refreshed<String>,
 }
 
-impl WriteAccess {
+impl ApiAccess {
     /// The rule `api` asks for; reads the token now.
     pub fn from_config(api: &ApiConfig) -> Result<Self, String> {
         let token = match &api.token {
@@ -54,7 +60,13 @@ impl WriteAccess {
                 })
             }
         };
-        Ok(WriteAccess { token })
+        if api.reads == ApiReads::Token && token.is_none() {
+            return Err("api.reads: reads = \"token\" needs [api] token".into());
+        }
+        Ok(ApiAccess {
+            token,
+            reads: api.reads,
+        })
     }
 
     /// Whether writes need the token (else: loopback only).
@@ -62,26 +74,24 @@ impl WriteAccess {
         self.token.is_some()
     }
 
+    /// Whether `/v1/...` reads need the token.
+    pub fn reads_need_token(&self) -> bool {
+        self.reads == ApiReads::Token
+    }
+
+    /// Why a read with `headers` is refused, if it is.
+    fn check_read(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match (&self.token, self.reads) {
+            (Some(token), ApiReads::Token) => token.check(headers),
+            _ => Ok(()),
+        }
+    }
+
     /// Why a write from `peer` with `headers` is refused, if it is.
     fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
         cross_site(headers)?;
         match &self.token {
-            Some(token) => {
-                let expected = token.current.get("api.token", || token.secret.resolve());
-                match bearer(headers) {
-                    None => Err(ApiError::Unauthorized(
-                        "this endpoint needs the API token: send `Authorization: Bearer <token>` \
-                         ([api] token)"
-                            .into(),
-                    )),
-                    Some(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
-                        Ok(())
-                    }
-                    Some(_) => Err(ApiError::Unauthorized(
-                        "the bearer token is not the API token ([api] token)".into(),
-                    )),
-                }
-            }
+            Some(token) => token.check(headers),
             None => match peer {
                 Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
                 Some(peer) => Err(ApiError::Forbidden(format!(
@@ -95,6 +105,24 @@ impl WriteAccess {
                         .into(),
                 )),
             },
+        }
+    }
+}
+
+impl Token {
+    /// Whether `headers` carry this token as `Authorization: Bearer`.
+    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let expected = self.current.get("api.token", || self.secret.resolve());
+        match bearer(headers) {
+            None => Err(ApiError::Unauthorized(
+                "this endpoint needs the API token: send `Authorization: Bearer <token>` \
+                 ([api] token)"
+                    .into(),
+            )),
+            Some(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized(
+                "the bearer token is not the API token ([api] token)".into(),
+            )),
         }
     }
 }
@@ -139,6 +167,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The middleware in front of the `/v1/...` read routes.
+pub async fn reads(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    state.access.check_read(request.headers())?;
+    Ok(next.run(request).await)
+}
+
 /// The middleware in front of the write routes.
 pub async fn writes(
     State(state): State<AppState>,
@@ -150,7 +188,7 @@ pub async fn writes(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    if let Err(refused) = state.writes.check(peer, request.headers()) {
+    if let Err(refused) = state.access.check(peer, request.headers()) {
         tracing::warn!(
             method = %request.method(),
             path = %request.uri().path(),
@@ -176,10 +214,10 @@ mod tests {
         h
     }
 
-    fn with_token(dir: &std::path::Path, token: &str) -> WriteAccess {
+    fn with_token(dir: &std::path::Path, token: &str) -> ApiAccess {
         let path = dir.join("token");
         std::fs::write(&path, format!("{token}\n")).unwrap();
-        WriteAccess::from_config(&ApiConfig {
+        ApiAccess::from_config(&ApiConfig {
             token: Some(Secret::File(path)),
             ..ApiConfig::default()
         })
@@ -197,7 +235,7 @@ mod tests {
 
     #[test]
     fn without_a_token_only_loopback_writes() {
-        let access = WriteAccess::default();
+        let access = ApiAccess::default();
         assert!(access.check(LOCAL, &HeaderMap::new()).is_ok());
         let mapped = Some("[::ffff:127.0.0.1]:40000".parse().unwrap());
         assert!(access.check(mapped, &HeaderMap::new()).is_ok());
@@ -237,6 +275,35 @@ mod tests {
     }
 
     #[test]
+    fn reads_need_the_token_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = with_token(dir.path(), "t");
+        assert!(!open.reads_need_token());
+        assert!(open.check_read(&HeaderMap::new()).is_ok());
+        let path = dir.path().join("token");
+        let closed = ApiAccess::from_config(&ApiConfig {
+            token: Some(Secret::File(path)),
+            reads: ApiReads::Token,
+            ..ApiConfig::default()
+        })
+        .unwrap();
+        assert!(closed.reads_need_token());
+        let err = closed.check_read(&HeaderMap::new()).unwrap_err();
+        assert!(matches!(err, ApiError::Unauthorized(_)), "{err:?}");
+        let wrong = headers(&[("authorization", "Bearer u")]);
+        assert!(closed.check_read(&wrong).is_err());
+        let good = headers(&[("authorization", "Bearer t")]);
+        assert!(closed.check_read(&good).is_ok());
+        // Without a token to ask for, reads cannot be closed.
+        let err = ApiAccess::from_config(&ApiConfig {
+            reads: ApiReads::Token,
+            ..ApiConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("api.reads"), "{err}");
+    }
+
+    #[test]
     fn a_rotated_token_file_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let access = with_token(dir.path(), "old");
@@ -256,7 +323,7 @@ mod tests {
 
     #[test]
     fn browsers_cannot_write_for_another_site() {
-        let access = WriteAccess::default();
+        let access = ApiAccess::default();
         let same = headers(&[
             ("origin", "http://127.0.0.1:9464"),
             ("host", "127.0.0.1:9464"),

@@ -351,7 +351,11 @@ fn summary(
     } else {
         "pause and resume from loopback only"
     };
-    writeln!(out, "  api       {}; {writes}", config.api.listen)?;
+    let reads = match config.api.reads {
+        crate::config::ApiReads::Open => "reads open",
+        crate::config::ApiReads::Token => "reads with the API token",
+    };
+    writeln!(out, "  api       {}; {writes}; {reads}", config.api.listen)?;
     for (name, source) in &config.sources {
         match source.get_ref() {
             SourceConfig::Prometheus(p) => {

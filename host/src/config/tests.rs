@@ -676,6 +676,13 @@ fn each_problem_is_reported_at_its_place() {
             "the token must be printable ASCII without spaces",
         ),
         case(
+            "closed reads without a token",
+            &[("[clock]", "[api]\nreads = \"token\"\n\n[clock]")],
+            "\"token\"",
+            "api",
+            "reads: \"token\" needs [api] token",
+        ),
+        case(
             "unreadable secret file",
             &[(
                 "timeout = \"5s\"",

@@ -10,9 +10,9 @@ use bytesize::ByteSize;
 
 use super::location::{Document, Seg, keys};
 use super::{
-    ApiConfig, AwsAsgTarget, Behavior, Config, EnvLookup, HeaderSetting, KubernetesTarget,
-    LeaderElectionConfig, LoadConfig, MetricConfig, Problem, PrometheusConfig, RebalanceTarget,
-    ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
+    ApiConfig, ApiReads, AwsAsgTarget, Behavior, Config, EnvLookup, HeaderSetting,
+    KubernetesTarget, LeaderElectionConfig, LoadConfig, MetricConfig, Problem, PrometheusConfig,
+    RebalanceTarget, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
 };
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
@@ -191,6 +191,12 @@ impl Checker<'_, '_> {
 
     /// `[api]`: a token that can be read and sent in a header.
     fn api(&mut self, api: &ApiConfig, env: EnvLookup<'_>) {
+        if api.reads == ApiReads::Token && api.token.is_none() {
+            self.value(
+                &keys!["api", "reads"],
+                "reads: \"token\" needs [api] token (the token reads are asked for)",
+            );
+        }
         let Some(token) = &api.token else { return };
         let here = keys!["api", "token"];
         match token.resolve_with_env(env) {
