@@ -51,6 +51,8 @@ async fn one_replica_leads_and_the_other_follows_it() {
         assert_eq!(b.try_once().await, Outcome::Following("a".into()));
     }
     assert!(a_leads.is_leading() && !b_leads.is_leading());
+    // Renewals are one term; the follower has led in none.
+    assert_eq!((a_leads.term(), b_leads.term()), (1, 0));
     // Both know who leads (a follower's API names it).
     assert_eq!(a_leads.leader().as_deref(), Some("a"));
     assert_eq!(b_leads.leader().as_deref(), Some("a"));
@@ -132,6 +134,8 @@ async fn a_leader_that_cannot_renew_stops_acting_before_its_lease_runs_out() {
         Outcome::Leading,
         "and takes its own lease back"
     );
+    // A new term: its scalers start their envelope's history again.
+    assert_eq!(a_leads.term(), 2);
 }
 
 #[tokio::test]
@@ -418,4 +422,65 @@ fn lease_pauses(kube: &FakeKube) -> Option<serde_json::Value> {
     let lease = kube.lease("ops", "scalewise")?;
     let text = lease["metadata"]["annotations"]["scalewise.dev/pauses"].as_str()?;
     serde_json::from_str(text).ok()
+}
+
+/// The replica that takes over has a history of its own (it led before)
+/// but not the leader's: like a new scaler, it does not scale down within
+/// its scale-down window, whatever its stale history allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_waits_a_scale_down_window_before_scaling_down() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "web",
+        Workload {
+            replicas: 2,
+            ready: Some(2),
+            forbidden: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let window = "\n[scalers.behavior.scale_down]\nstabilization_window = \"4s\"\n";
+    // b leads first and holds at 2: its journal has a history.
+    let b_dir = dir.path().join("b");
+    let b = start(&b_dir, &kube, &(config(2, "b") + window));
+    wait_until("b's ticks", Duration::from_secs(60), || async {
+        match b.journal_export("web") {
+            Ok(lines) if lines.lines().count() >= 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    b.stop().unwrap();
+    // a leads and scales to 3.
+    let a = start(&dir.path().join("a"), &kube, &config(3, "a"));
+    replicas_become(&kube, 3).await.unwrap();
+    // b comes back (restoring its history) wanting 1, and takes over when a
+    // stops.
+    let b = start(&b_dir, &kube, &(config(1, "b") + window));
+    wait_until("b's API", Duration::from_secs(60), || async {
+        b.api_addr().ok_or_else(|| "not yet".to_owned())
+    })
+    .await
+    .unwrap();
+    a.stop().unwrap();
+    wait_until("b leads", Duration::from_secs(60), || async {
+        match holder(&kube) {
+            Some(h) if h == "b" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let replicas = kube
+        .workload("apps/v1", "deployments", "shop", "web")
+        .unwrap()
+        .replicas;
+    assert_eq!(replicas, 3, "b held the scale-down within its window");
+    replicas_become(&kube, 1).await.unwrap();
+    b.stop().unwrap();
 }

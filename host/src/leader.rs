@@ -16,10 +16,12 @@
 //! any other replica may start. A leader that shuts down releases the Lease,
 //! so another takes over at its next try instead of a lease duration later.
 //!
-//! Like the HPA's controller, a new leader starts its scalers' stabilisation
-//! windows and cooldowns from its own journal: a replica that never led has
-//! none, so the first decisions after a failover are only as careful as the
-//! envelope's rules from that moment.
+//! A new leader's journal lacks what the leader before it recommended and
+//! changed lately. Like the HPA's controller after a failover, it begins
+//! each scaler's envelope history again at the scaler's first tick of the
+//! new term ([`Leadership::term`]): the count found counts as recommended,
+//! so nothing scales down within the scale-down window of a takeover.
+//! Cooldowns start from its own records.
 //!
 //! Pause flags are the exception: an operator who paused a scaler through
 //! the leader's API during an incident must not see it resume because the
@@ -28,7 +30,7 @@
 //! Lease applies those flags before its scalers first tick.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -97,6 +99,8 @@ pub struct Leadership {
     leader: Arc<Mutex<Option<String>>>,
     /// The Lease, once an [`Elector`] runs for this replica.
     lease: Arc<OnceLock<LeaseRef>>,
+    /// How many times this replica has become the leader.
+    terms: Arc<AtomicU64>,
     /// Mirrors `leading` for the host's metrics, when given.
     gauge: Option<Gauge>,
 }
@@ -109,6 +113,7 @@ impl Leadership {
             leading: Arc::new(AtomicBool::new(true)),
             leader: Arc::default(),
             lease: Arc::default(),
+            terms: Arc::default(),
             gauge: None,
         }
     }
@@ -120,6 +125,7 @@ impl Leadership {
             leading: Arc::new(AtomicBool::new(false)),
             leader: Arc::default(),
             lease: Arc::default(),
+            terms: Arc::default(),
             gauge: None,
         }
     }
@@ -212,9 +218,22 @@ impl Leadership {
         self.leading.load(Ordering::Acquire)
     }
 
+    /// How many times this replica has become the leader (0 before the
+    /// first time, and always without leader election). A scaler that sees
+    /// it change starts its envelope's history again
+    /// ([`EnvelopeState::reseed`](crate::envelope::EnvelopeState::reseed)).
+    pub fn term(&self) -> u64 {
+        self.terms.load(Ordering::Acquire)
+    }
+
     fn set(&self, leading: bool) -> bool {
         if let Some(gauge) = &self.gauge {
             gauge.set(i64::from(leading));
+        }
+        // The term is counted before `leading` is set, so a scaler that
+        // sees this replica leading sees the term it leads in.
+        if leading && !self.leading.load(Ordering::Acquire) {
+            self.terms.fetch_add(1, Ordering::AcqRel);
         }
         self.leading.swap(leading, Ordering::AcqRel)
     }

@@ -206,6 +206,9 @@ pub struct Scaler {
     /// Per policy index: what was already said about the policy.
     notes: Vec<PolicyNotes>,
     ticks: u64,
+    /// The leadership term this scaler last ticked in (see
+    /// [`Leadership::term`](crate::leader::Leadership::term)).
+    term: u64,
 }
 
 /// The log target of the line each change of replicas gets (and each one a
@@ -292,6 +295,7 @@ impl Scaler {
             envelope: EnvelopeState::new(),
             policy_states,
             ticks: 0,
+            term: 0,
         }
     }
 
@@ -433,6 +437,14 @@ impl Scaler {
     /// fourth tick, not every fourth or fifth. Everything else (the target,
     /// metrics, the policies' context, the journal) uses `now_ms`.
     pub async fn tick_on_grid(&mut self, now_ms: i64, slot_ms: i64) -> TickRecord {
+        let term = self.services.leadership.term();
+        if term != self.term {
+            // This replica took the Lease since this scaler last ticked: what
+            // the leader before did lately is not in this replica's journal.
+            self.term = term;
+            self.envelope.reseed();
+            tracing::debug!(scaler = %self.spec.name, term, "A new leadership term: the envelope's history begins again.");
+        }
         self.ticks += 1;
         self.handle.ticks.fetch_add(1, Ordering::Relaxed);
         let paused = self.handle.is_paused();

@@ -44,6 +44,10 @@ pub struct EnvelopeState {
     /// window; [`apply`](super::apply) does the same on a scaler's first tick.
     #[serde(default)]
     seeded: bool,
+    /// Seed again at the next tick even though there is history: set when
+    /// this replica takes over from another leader ([`reseed`](Self::reseed)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    reseeding: bool,
 }
 
 impl EnvelopeState {
@@ -124,15 +128,28 @@ impl EnvelopeState {
         self
     }
 
-    /// On a scaler's first tick with no history: remembers `current` as
-    /// recommended at `time_ms` (HPA's initial recommendation) and returns
-    /// it; afterwards `None`.
+    /// Begins the history again at the next tick, as a new scaler's: the
+    /// count found then counts as recommended, so no scale-down happens
+    /// within the scale-down window. For a replica that takes the Lease: the
+    /// previous leader's recent recommendations and changes are in its own
+    /// journal, not this replica's, as HPA's controller loses its in-memory
+    /// history when another instance takes over and seeds it again.
+    pub fn reseed(&mut self) {
+        self.seeded = false;
+        self.reseeding = true;
+    }
+
+    /// On a scaler's first tick with no history (or the first after
+    /// [`reseed`](Self::reseed)): remembers `current` as recommended at
+    /// `time_ms` (HPA's initial recommendation) and returns it; afterwards
+    /// `None`.
     pub(super) fn seed(&mut self, time_ms: i64, current: u32) -> Option<u32> {
         if self.seeded {
             return None;
         }
         self.seeded = true;
-        self.recommendations.is_empty().then(|| {
+        let again = std::mem::take(&mut self.reseeding);
+        (self.recommendations.is_empty() || again).then(|| {
             self.record_recommendation(time_ms, current);
             current
         })

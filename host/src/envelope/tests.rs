@@ -1908,6 +1908,34 @@ fn a_new_scaler_does_not_scale_down_within_its_first_window() {
 }
 
 #[test]
+fn a_new_leader_does_not_scale_down_within_its_first_window() {
+    // A replica that takes the Lease has its own, stale history (from when
+    // it last led): re-seeded, it holds a scale-down for a window as a new
+    // scaler does, whatever the leader before it did lately.
+    let default = Behavior::default();
+    let mut state = EnvelopeState::restore([(0, 2)], []);
+    state.reseed();
+    let first = apply(&mut state, &input_at(400_000, 10, 1, 20, Some(2), &default));
+    assert_eq!(first.desired, 10, "{first:?}");
+    assert_eq!(
+        first.steps[0].reason,
+        "scale-down stabilised: highest recommendation in the last 5m is 10"
+    );
+    let after = apply(&mut state, &input_at(701_000, 10, 1, 20, Some(2), &default));
+    assert_eq!(after.desired, 2, "{after:?}");
+    // Once: later ticks of the same term are not seeded again.
+    let again = apply(&mut state, &input_at(702_000, 5, 1, 20, Some(2), &default));
+    assert_eq!(again.desired, 2, "{again:?}");
+    // Scale-up is not held back.
+    let mut up = EnvelopeState::restore([(0, 2)], []);
+    up.reseed();
+    assert_eq!(
+        apply(&mut up, &input_at(400_000, 10, 1, 40, Some(14), &default)).desired,
+        14
+    );
+}
+
+#[test]
 fn a_failed_policy_holds_before_any_other_rule() {
     let default = Behavior::default();
     // Below min, other policies asking for more: one step, the hold, and no
