@@ -563,11 +563,11 @@ async fn without_a_token_writes_come_from_loopback_only() {
     h.close().await;
 }
 
-/// Over HTTP, against `scalewise run`'s own server (the peer address comes
-/// from the connection): with `[api] token`, a write needs the token, from
-/// loopback too; a browser cannot send one for another site.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_token_writes_need_it_over_http() {
+/// `scalewise run`'s daemon with `[api] token` = "correct-horse" (from a
+/// file in the folder returned) and `more` in `[api]`, scaling `web`.
+async fn with_api_token(
+    more: &str,
+) -> (tempfile::TempDir, scalewise_tests::running::RunningDaemon) {
     use scalewise::clock::Clock;
     use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
 
@@ -575,14 +575,23 @@ async fn with_a_token_writes_need_it_over_http() {
     let token_file = secrets.path().join("api-token");
     std::fs::write(&token_file, "correct-horse\n").unwrap();
     let config = format!(
-        "policy_dir = \"policies\"\n\n[api]\ntoken = {{ file = {:?} }}\n\n{}{}",
+        "policy_dir = \"policies\"\n\n[api]\ntoken = {{ file = {:?} }}\n{more}\n{}{}",
         token_file.display().to_string(),
         simulation("web", 2),
         queue_scaler("web", "simulator", "queue_depth")
     );
-    let mut daemon = RunningDaemon::start(&config, Clock::system())
+    let daemon = RunningDaemon::start(&config, Clock::system())
         .await
         .unwrap();
+    (secrets, daemon)
+}
+
+/// Over HTTP, against `scalewise run`'s own server (the peer address comes
+/// from the connection): with `[api] token`, a write needs the token, from
+/// loopback too; a browser cannot send one for another site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_writes_need_it_over_http() {
+    let (_secrets, mut daemon) = with_api_token("").await;
     let api = daemon.api().unwrap();
     let client = reqwest::Client::new();
     let pause = format!("http://{api}/v1/scalers/web/pause");
@@ -643,21 +652,7 @@ async fn with_a_token_writes_need_it_over_http() {
 /// loopback too; the probes, `/metrics` and the dashboard page stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_reads_closed_v1_needs_the_token_and_probes_do_not() {
-    use scalewise::clock::Clock;
-    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
-
-    let secrets = tempfile::tempdir().unwrap();
-    let token_file = secrets.path().join("api-token");
-    std::fs::write(&token_file, "correct-horse\n").unwrap();
-    let config = format!(
-        "policy_dir = \"policies\"\n\n[api]\ntoken = {{ file = {:?} }}\nreads = \"token\"\n\n{}{}",
-        token_file.display().to_string(),
-        simulation("web", 2),
-        queue_scaler("web", "simulator", "queue_depth")
-    );
-    let mut daemon = RunningDaemon::start(&config, Clock::system())
-        .await
-        .unwrap();
+    let (_secrets, mut daemon) = with_api_token("reads = \"token\"\n").await;
     let api = daemon.api().unwrap();
     let client = reqwest::Client::new();
     let get = |path: &str, auth: Option<&str>| {

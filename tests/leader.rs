@@ -270,6 +270,55 @@ fn start(dir: &Path, kube: &FakeKube, config: &str) -> DaemonProcess {
         .unwrap()
 }
 
+/// The fake server with Deployment shop/web at 2 replicas.
+async fn with_web_at_2() -> FakeKube {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "apps/v1",
+        "deployments",
+        "shop",
+        "web",
+        Workload {
+            replicas: 2,
+            ready: Some(2),
+            forbidden: false,
+        },
+    );
+    kube
+}
+
+/// shop/web's replicas now.
+fn replicas(kube: &FakeKube) -> u32 {
+    kube.workload("apps/v1", "deployments", "shop", "web")
+        .unwrap()
+        .replicas
+}
+
+/// Waits until `identity` holds the Lease.
+async fn leader_becomes(kube: &FakeKube, identity: &str) {
+    wait_until(
+        &format!("{identity} leads"),
+        Duration::from_secs(60),
+        || async {
+            match holder(kube) {
+                Some(h) if h == identity => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until `daemon`'s API is up.
+async fn api_up(daemon: &DaemonProcess) {
+    wait_until("the API", Duration::from_secs(60), || async {
+        daemon.api_addr().ok_or_else(|| "not yet".to_owned())
+    })
+    .await
+    .unwrap();
+}
+
 async fn replicas_become(kube: &FakeKube, want: u32) -> anyhow::Result<()> {
     wait_until(
         &format!("{want} replicas"),
@@ -317,35 +366,16 @@ async fn pause(daemon: &DaemonProcess, verb: &str) -> (u16, serde_json::Value) {
 /// pause made on the leader outlasts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_workload_only_the_leader_acts() {
-    let kube = FakeKube::start().await.unwrap();
-    kube.put(
-        "apps/v1",
-        "deployments",
-        "shop",
-        "web",
-        Workload {
-            replicas: 2,
-            ready: Some(2),
-            forbidden: false,
-        },
-    );
+    let kube = with_web_at_2().await;
     let dir = tempfile::tempdir().unwrap();
     let first = start(&dir.path().join("a"), &kube, &config(3, "a"));
     replicas_become(&kube, 3).await.unwrap();
     assert_eq!(holder(&kube).as_deref(), Some("a"));
     let second = start(&dir.path().join("b"), &kube, &config(5, "b"));
     // b is up (its API answers) and follows: 3 stays for several of its ticks.
-    wait_until("b's API", Duration::from_secs(60), || async {
-        second.api_addr().ok_or_else(|| "not yet".to_owned())
-    })
-    .await
-    .unwrap();
+    api_up(&second).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let replicas = kube
-        .workload("apps/v1", "deployments", "shop", "web")
-        .unwrap()
-        .replicas;
-    assert_eq!(replicas, 3, "the follower changed nothing");
+    assert_eq!(replicas(&kube), 3, "the follower changed nothing");
     // Each replica's API says who leads.
     assert_eq!(
         get(&second, "/v1/leader").await,
@@ -375,14 +405,7 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
     let (status, body) = pause(&first, "pause").await;
     assert_eq!((status, &body["paused"]), (200, &true.into()), "{body}");
     first.stop().unwrap();
-    wait_until("b leads", Duration::from_secs(60), || async {
-        match holder(&kube) {
-            Some(h) if h == "b" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    leader_becomes(&kube, "b").await;
     wait_until(
         "b to say web is paused",
         Duration::from_secs(10),
@@ -398,11 +421,7 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let replicas = kube
-        .workload("apps/v1", "deployments", "shop", "web")
-        .unwrap()
-        .replicas;
-    assert_eq!(replicas, 3, "the new leader kept web paused");
+    assert_eq!(replicas(&kube), 3, "the new leader kept web paused");
     let log = second.log();
     assert!(log.contains("This replica is the leader now"), "{log}");
     assert!(
@@ -429,18 +448,7 @@ fn lease_pauses(kube: &FakeKube) -> Option<serde_json::Value> {
 /// its scale-down window, whatever its stale history allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_waits_a_scale_down_window_before_scaling_down() {
-    let kube = FakeKube::start().await.unwrap();
-    kube.put(
-        "apps/v1",
-        "deployments",
-        "shop",
-        "web",
-        Workload {
-            replicas: 2,
-            ready: Some(2),
-            forbidden: false,
-        },
-    );
+    let kube = with_web_at_2().await;
     let dir = tempfile::tempdir().unwrap();
     let window = "\n[scalers.behavior.scale_down]\nstabilization_window = \"4s\"\n";
     // b leads first and holds at 2: its journal has a history.
@@ -461,26 +469,15 @@ async fn a_new_leader_waits_a_scale_down_window_before_scaling_down() {
     // b comes back (restoring its history) wanting 1, and takes over when a
     // stops.
     let b = start(&b_dir, &kube, &(config(1, "b") + window));
-    wait_until("b's API", Duration::from_secs(60), || async {
-        b.api_addr().ok_or_else(|| "not yet".to_owned())
-    })
-    .await
-    .unwrap();
+    api_up(&b).await;
     a.stop().unwrap();
-    wait_until("b leads", Duration::from_secs(60), || async {
-        match holder(&kube) {
-            Some(h) if h == "b" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    leader_becomes(&kube, "b").await;
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    let replicas = kube
-        .workload("apps/v1", "deployments", "shop", "web")
-        .unwrap()
-        .replicas;
-    assert_eq!(replicas, 3, "b held the scale-down within its window");
+    assert_eq!(
+        replicas(&kube),
+        3,
+        "b held the scale-down within its window"
+    );
     replicas_become(&kube, 1).await.unwrap();
     b.stop().unwrap();
 }
