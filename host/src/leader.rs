@@ -257,12 +257,22 @@ pub fn default_identity() -> String {
 /// The pause flags `lease` carries; none when it carries none, or carries
 /// something unreadable (logged: the flags then start afresh).
 fn pauses_of(lease: &Lease, name: &str) -> Pauses {
-    let Some(text) = lease
+    parse_pauses(pauses_text(lease), name)
+}
+
+/// The Lease's [`PAUSES_ANNOTATION`], as text.
+fn pauses_text(lease: &Lease) -> Option<&str> {
+    lease
         .metadata
         .annotations
-        .as_ref()
-        .and_then(|a| a.get(PAUSES_ANNOTATION))
-    else {
+        .as_ref()?
+        .get(PAUSES_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// [`pauses_of`] on the annotation's text.
+fn parse_pauses(text: Option<&str>, name: &str) -> Pauses {
+    let Some(text) = text else {
         return Pauses::new();
     };
     serde_json::from_str(text).unwrap_or_else(|e| {
@@ -293,8 +303,9 @@ pub struct Elector {
     renewed_at: Option<Instant>,
     /// Run on taking the Lease, before acting.
     takeover: Option<TakeoverHook>,
-    /// The pause flags in the Lease as the last try read it.
-    pauses: Pauses,
+    /// The Lease's pause flags (the annotation's text) as the last try
+    /// read them; parsed only on taking the Lease.
+    pauses: Option<String>,
 }
 
 /// One try's result, or a conflict with a write of this replica's own (a
@@ -340,7 +351,7 @@ impl Elector {
             seen: None,
             renewed_at: None,
             takeover: None,
-            pauses: Pauses::new(),
+            pauses: None,
         }
     }
 
@@ -401,7 +412,8 @@ impl Elector {
             && !self.leadership.is_leading()
             && let Some(hook) = &self.takeover
         {
-            hook(std::mem::take(&mut self.pauses)).await;
+            let pauses = parse_pauses(self.pauses.as_deref(), &self.settings.lease);
+            hook(pauses).await;
         }
         let was = self.leadership.set(leading);
         let lease = &self.settings.lease;
@@ -447,7 +459,7 @@ impl Elector {
             Err(e) => return Try::Done(Outcome::Failed(format!("reading lease {name}: {e}"))),
         };
         let Some(mut lease) = current else {
-            self.pauses = Pauses::new();
+            self.pauses = None;
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
@@ -462,7 +474,7 @@ impl Elector {
                 },
             );
         };
-        self.pauses = pauses_of(&lease, &name);
+        self.pauses = pauses_text(&lease).map(str::to_owned);
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let renewed = spec.renew_time.as_ref().map(|t| t.0);
