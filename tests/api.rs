@@ -648,6 +648,79 @@ async fn with_a_token_writes_need_it_over_http() {
     daemon.stop().await.unwrap();
 }
 
+/// With `[api] tls` the API speaks HTTPS only, with the configured
+/// certificate; the write guard still knows the peer; `scalewise pause`
+/// trusts the daemon's certificate (`--ca-file`, or the config's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_api_speaks_https_and_the_cli_trusts_its_certificate() {
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
+
+    let certs = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}{}",
+        cert.display().to_string(),
+        key.display().to_string(),
+        simulation("web", 2),
+        queue_scaler("web", "simulator", "queue_depth")
+    );
+    let mut daemon = RunningDaemon::start(&config, Clock::system())
+        .await
+        .unwrap();
+    let api = daemon.api().unwrap();
+    let trusted = reqwest::Certificate::from_pem_bundle(certified.cert.pem().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only(trusted)
+        .build()
+        .unwrap();
+    let health = client
+        .get(format!("https://{api}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // Plain HTTP is not answered; a client that does not trust the
+    // certificate refuses the connection.
+    assert!(reqwest::get(format!("http://{api}/healthz")).await.is_err());
+    assert!(
+        reqwest::get(format!("https://{api}/healthz"))
+            .await
+            .is_err()
+    );
+    // No token: writes from loopback only, so the guard saw the peer.
+    let paused = client
+        .post(format!("https://{api}/v1/scalers/web/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), StatusCode::OK);
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(true));
+
+    let url = format!("https://{api}");
+    let cert_arg = cert.to_str().unwrap();
+    let (code, out, err) = scalewise(&["resume", "web", "--api", &url, "--ca-file", cert_arg]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(false));
+    let (code, _, err) = scalewise(&["pause", "web", "--api", &url]);
+    assert_eq!(
+        code,
+        Some(1),
+        "the system's roots do not vouch for it: {err}"
+    );
+    assert!(err.contains("cannot reach the API"), "{err}");
+    // With --config: https and the daemon's own certificate.
+    let cli_config = config.replace("[api]\n", &format!("[api]\nlisten = \"{api}\"\n"));
+    std::fs::write(daemon.dir().join("cli.toml"), cli_config).unwrap();
+    let (code, out, err) = scalewise_in(daemon.dir(), &["pause", "web", "--config", "cli.toml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(true));
+    daemon.stop().await.unwrap();
+}
+
 /// With `reads = "token"` every `/v1/...` read needs the token, from
 /// loopback too; the probes, `/metrics` and the dashboard page stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

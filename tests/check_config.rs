@@ -98,7 +98,7 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
     );
     assert!(
         out.contains(
-            "  api       127.0.0.1:9464; pause and resume from loopback only; reads open\n"
+            "  api       http://127.0.0.1:9464; pause and resume from loopback only; reads open\n"
         ),
         "{out}"
     );

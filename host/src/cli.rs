@@ -198,6 +198,12 @@ pub struct PauseArgs {
     /// token; with `--config`, the config's token is used.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     pub token_file: Option<PathBuf>,
+    /// The certificates (PEM) to trust for an `https://` API instead of the
+    /// system's: the CA that issued the daemon's certificate, or a
+    /// self-signed certificate itself. With `--config` and `[api] tls`,
+    /// the daemon's certificate file by default.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Arguments of `scalewise trace`.

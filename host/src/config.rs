@@ -608,6 +608,10 @@ impl Config {
         {
             resolve(path);
         }
+        if let Some(tls) = &mut self.api.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
         for source in self.sources.values_mut() {
             match source.get_mut() {
                 SourceConfig::Prometheus(prometheus) => {
@@ -982,6 +986,20 @@ pub struct ApiConfig {
     /// reaches the API) or `token` (the same bearer token as writes).
     /// `/`, `/healthz`, `/readyz` and `/metrics` stay open.
     pub reads: ApiReads,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<ApiTls>,
+}
+
+/// `[api] tls`: PEM files, relative to the config file's folder. Read at
+/// start (and `check`), and again when they change, so a rotated
+/// certificate (cert-manager renewing a Secret) applies without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Who may read the API's `/v1/...` endpoints.
@@ -1001,6 +1019,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             token: None,
             reads: ApiReads::Open,
+            tls: None,
         }
     }
 }

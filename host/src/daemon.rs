@@ -35,6 +35,8 @@ use crate::actuators::aws_asg::AwsAsgActuator;
 use crate::actuators::kubernetes::KubernetesActuator;
 use crate::actuators::rebalance::RebalanceActuator;
 use crate::actuators::simulator::SimulatorActuator;
+use axum::serve::ListenerExt as _;
+
 use crate::api::{self, ApiAccess, AppState};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
@@ -199,6 +201,8 @@ pub struct Daemon {
     /// Who may read, and pause and resume scalers, through the API
     /// (`[api] token`, `reads`).
     access: Arc<ApiAccess>,
+    /// The API's TLS settings, with `[api] tls`.
+    tls: Option<Arc<rustls::ServerConfig>>,
     reload: Option<ReloadSource>,
     /// This replica's part in leader election, when `[leader_election]` is
     /// set; run by [`Daemon::run`].
@@ -322,6 +326,13 @@ impl Daemon {
             Some(journal.clone()),
         ));
         let access = Arc::new(ApiAccess::from_config(&config.api).map_err(DaemonError::Setup)?);
+        let tls = config
+            .api
+            .tls
+            .as_ref()
+            .map(api::tls::server_config)
+            .transpose()
+            .map_err(|e| DaemonError::Setup(format!("api.tls: {e}")))?;
         let services = Services {
             registry: registry.clone(),
             journal: journal.clone(),
@@ -385,6 +396,7 @@ impl Daemon {
             ready: Arc::new(AtomicBool::new(false)),
             config_status,
             access,
+            tls,
             reload: None,
             elector,
             notifications,
@@ -500,17 +512,32 @@ impl Daemon {
             let token = token.clone();
             tracing::info!(
                 addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                scheme = if self.tls.is_some() { "https" } else { "http" },
                 writes,
                 reads,
                 "The HTTP API is listening."
             );
+            let tls = self.tls.clone();
             tokio::spawn(async move {
-                let served = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
+                let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                let stopped = async move { token.cancelled().await };
+                let served = match tls {
+                    None => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                    // `tap_io` gives the TLS listener axum's ConnectInfo of
+                    // the peer's address (the write guard reads it).
+                    Some(tls) => match api::tls::TlsListener::new(listener, tls) {
+                        Ok(listener) => {
+                            axum::serve(listener.tap_io(|_| {}), app)
+                                .with_graceful_shutdown(stopped)
+                                .await
+                        }
+                        Err(error) => Err(error),
+                    },
+                };
                 if let Err(error) = served {
                     tracing::error!(%error, "The HTTP API stopped.");
                 }

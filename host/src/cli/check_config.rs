@@ -355,7 +355,16 @@ fn summary(
         crate::config::ApiReads::Open => "reads open",
         crate::config::ApiReads::Token => "reads with the API token",
     };
-    writeln!(out, "  api       {}; {writes}; {reads}", config.api.listen)?;
+    let scheme = if config.api.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    writeln!(
+        out,
+        "  api       {scheme}://{}; {writes}; {reads}",
+        config.api.listen
+    )?;
     for (name, source) in &config.sources {
         match source.get_ref() {
             SourceConfig::Prometheus(p) => {

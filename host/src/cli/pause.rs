@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Config, Secret};
@@ -38,15 +39,32 @@ pub fn pause(
     }
 }
 
-/// Where the API is and the token to send, from the flags.
-fn target(args: &PauseArgs) -> Result<(String, Option<String>), String> {
+/// Where the API is, the token to send and the certificates to trust
+/// (PEM file), from the flags.
+type Target = (String, Option<String>, Option<PathBuf>);
+
+/// [`Target`] from the flags.
+fn target(args: &PauseArgs) -> Result<Target, String> {
     if let Some(path) = &args.config {
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let token = match &config.api.token {
             Some(secret) => Some(secret.resolve().map_err(|e| format!("api.token: {e}"))?),
             None => None,
         };
-        return Ok((format!("http://{}", reachable(config.api.listen)), token));
+        let scheme = if config.api.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let ca = args
+            .ca_file
+            .clone()
+            .or_else(|| config.api.tls.as_ref().map(|t| t.cert.clone()));
+        return Ok((
+            format!("{scheme}://{}", reachable(config.api.listen)),
+            token,
+            ca,
+        ));
     }
     let api = args
         .api
@@ -66,7 +84,7 @@ fn target(args: &PauseArgs) -> Result<(String, Option<String>), String> {
         ),
         None => None,
     };
-    Ok((api.to_owned(), token))
+    Ok((api.to_owned(), token, args.ca_file.clone()))
 }
 
 /// The address to reach a daemon listening on `listen`: loopback when it
@@ -85,17 +103,24 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 
 /// The request; the line to print.
 async fn send(args: &PauseArgs, paused: bool) -> Result<String, String> {
-    let (api, token) = target(args)?;
+    let (api, token, ca) = target(args)?;
     let verb = if paused { "pause" } else { "resume" };
     let mut url = reqwest::Url::parse(&api).map_err(|e| format!("the API's URL {api:?}: {e}"))?;
     url.path_segments_mut()
         .map_err(|()| format!("the API's URL {api:?} cannot take a path"))?
         .pop_if_empty()
         .extend(["v1", "scalers", args.scaler.as_str(), verb]);
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut client = reqwest::Client::builder().timeout(TIMEOUT);
+    if let Some(ca) = &ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", ca.display()));
+        }
+        client = client.tls_certs_only(certs);
+    }
+    let client = client.build().map_err(|e| e.to_string())?;
     let mut request = client.post(url.clone());
     if let Some(token) = token {
         request = request.bearer_auth(token);

@@ -676,6 +676,16 @@ fn each_problem_is_reported_at_its_place() {
             "the token must be printable ASCII without spaces",
         ),
         case(
+            "unreadable TLS certificate",
+            &[(
+                "[clock]",
+                "[api]\ntls = { cert = \"missing.crt\", key = \"missing.key\" }\n\n[clock]",
+            )],
+            "{ cert",
+            "api",
+            "tls: cert: ",
+        ),
+        case(
             "closed reads without a token",
             &[("[clock]", "[api]\nreads = \"token\"\n\n[clock]")],
             "\"token\"",

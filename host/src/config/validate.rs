@@ -197,6 +197,11 @@ impl Checker<'_, '_> {
                 "reads: \"token\" needs [api] token (the token reads are asked for)",
             );
         }
+        if let Some(tls) = &api.tls
+            && let Err(err) = crate::api::tls::load(tls)
+        {
+            self.value(&keys!["api", "tls"], format!("tls: {err}"));
+        }
         let Some(token) = &api.token else { return };
         let here = keys!["api", "token"];
         match token.resolve_with_env(env) {

@@ -1,0 +1,307 @@
+//! HTTPS for the API (`[api] tls`).
+//!
+//! The certificate chain and key are PEM files, read and checked (the key
+//! must go with the certificate) at start and by `scalewise check`. A
+//! rotated certificate (cert-manager renewing its Secret, say) applies
+//! without a restart: at most once a minute a handshake looks at the files'
+//! modification times and, when either changed, reads them again; a pair
+//! that does not load is logged and the one in use stays.
+//!
+//! TLS handshakes run in tasks of their own, each bounded by
+//! [`HANDSHAKE_TIMEOUT`], so a client that connects and says nothing never
+//! holds up the others.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::ApiTls;
+
+/// How long a client may take over its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often (at most) the files are looked at for a rotation.
+const RECHECK: Duration = Duration::from_secs(60);
+
+fn provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Reads `tls`'s certificate chain and key and checks that they go
+/// together. Errors name the setting and the file.
+pub fn load(tls: &ApiTls) -> Result<Arc<CertifiedKey>, String> {
+    let cert = &tls.cert;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cert: {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "cert: {}: no certificate in it (a PEM file with `-----BEGIN CERTIFICATE-----`)",
+            cert.display()
+        ));
+    }
+    let key = &tls.key;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "key: {}: {e} (a PEM private key: PKCS#8, PKCS#1 or SEC1)",
+            key.display()
+        )
+    })?;
+    let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
+        format!(
+            "key: {} does not go with the certificate in {} ({e})",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// The server's TLS settings for `tls`, with the pair loaded now.
+pub fn server_config(tls: &ApiTls) -> Result<Arc<ServerConfig>, String> {
+    let resolver = Rotating::new(tls.clone())?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The files' modification times, as last loaded.
+type Stamps = (Option<SystemTime>, Option<SystemTime>);
+
+fn stamps(tls: &ApiTls) -> Stamps {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (modified(&tls.cert), modified(&tls.key))
+}
+
+/// The certificate in use, read again when its files change.
+#[derive(Debug)]
+struct Rotating {
+    tls: ApiTls,
+    current: ArcSwap<CertifiedKey>,
+    /// When the files were last looked at, and their times then.
+    checked: Mutex<(Instant, Stamps)>,
+}
+
+impl Rotating {
+    fn new(tls: ApiTls) -> Result<Rotating, String> {
+        let stamps = stamps(&tls);
+        let current = load(&tls)?;
+        Ok(Rotating {
+            tls,
+            current: ArcSwap::new(current),
+            checked: Mutex::new((Instant::now(), stamps)),
+        })
+    }
+
+    /// Reads the files again if they changed since they were loaded (looked
+    /// at once per `every`).
+    fn refresh(&self, every: Duration) {
+        // A handshake that finds another one checking does not wait.
+        let Ok(mut checked) = self.checked.try_lock() else {
+            return;
+        };
+        if checked.0.elapsed() < every {
+            return;
+        }
+        let now = stamps(&self.tls);
+        checked.0 = Instant::now();
+        if now == checked.1 {
+            return;
+        }
+        match load(&self.tls) {
+            Ok(pair) => {
+                self.current.store(pair);
+                checked.1 = now;
+                tracing::info!(cert = %self.tls.cert.display(), "The API's TLS certificate was read again.");
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                "The API's TLS files changed but do not load; the certificate in use stays."
+            ),
+        }
+    }
+}
+
+impl ResolvesServerCert for Rotating {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.refresh(RECHECK);
+        Some(self.current.load_full())
+    }
+}
+
+/// A listener that hands the API's server connections whose TLS handshake
+/// is done.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accepting: JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Accepts on `tcp`, each handshake in a task of its own.
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (done, ready) = mpsc::channel(64);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, say: wait, as axum does.
+                        tracing::debug!(%error, "Accepting an API connection failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if done.is_closed() {
+                    return;
+                }
+                let (acceptor, done) = (acceptor.clone(), done.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = done.send((tls, peer)).await;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "A TLS handshake with the API failed.")
+                        }
+                        Err(_) => tracing::debug!(%peer, "A TLS handshake with the API timed out."),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            ready,
+            local,
+            accepting,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accepting task ended (it only does when aborted).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for 127.0.0.1 in `dir`: (cert, key) paths.
+    fn self_signed(dir: &Path, name: &str) -> ApiTls {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let tls = ApiTls {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&tls.cert, certified.cert.pem()).unwrap();
+        std::fs::write(&tls.key, certified.signing_key.serialize_pem()).unwrap();
+        tls
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = self_signed(dir.path(), "one");
+        let two = self_signed(dir.path(), "two");
+        load(&one).expect("a matching pair loads");
+        let mixed = ApiTls {
+            cert: one.cert.clone(),
+            key: two.key.clone(),
+        };
+        let err = load(&mixed).unwrap_err();
+        assert!(
+            err.contains("two.key does not go with the certificate in") && err.contains("one.crt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_rotated_pair_is_read_again_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = self_signed(dir.path(), "tls");
+        let rotating = Rotating::new(tls.clone()).unwrap();
+        let first = rotating.current.load_full();
+        // Unchanged files: the same pair.
+        rotating.refresh(Duration::ZERO);
+        assert!(Arc::ptr_eq(&first, &rotating.current.load_full()));
+        // Renewed (written as cert-manager does, both files).
+        let renewed = self_signed(dir.path(), "renewed");
+        std::fs::copy(&renewed.cert, &tls.cert).unwrap();
+        std::fs::copy(&renewed.key, &tls.key).unwrap();
+        // Not before the interval is up.
+        rotating.refresh(Duration::from_secs(3600));
+        assert!(Arc::ptr_eq(&first, &rotating.current.load_full()));
+        rotating.refresh(Duration::ZERO);
+        let second = rotating.current.load_full();
+        assert_eq!(second.cert, load(&renewed).unwrap().cert);
+        // Half-written: the key is garbage. The renewed pair stays.
+        std::fs::write(&tls.key, "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+        rotating.refresh(Duration::ZERO);
+        assert!(Arc::ptr_eq(&second, &rotating.current.load_full()));
+    }
+
+    #[test]
+    fn files_that_are_not_pem_are_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        std::fs::write(&key, "not a key\n").unwrap();
+        let tls = ApiTls {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let err = load(&tls).unwrap_err();
+        assert!(
+            err.starts_with("cert: ") && err.contains("tls.crt"),
+            "{err}"
+        );
+        assert!(err.contains("no certificate"), "{err}");
+        let missing = ApiTls {
+            cert: dir.path().join("missing.crt"),
+            key,
+        };
+        let err = load(&missing).unwrap_err();
+        assert!(err.contains("missing.crt"), "{err}");
+    }
+}
