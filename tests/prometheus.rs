@@ -74,6 +74,7 @@ fn config(url: &str) -> PrometheusConfig {
         bearer_token: None,
         basic_auth: None,
         headers: Default::default(),
+        ca_file: None,
     }
 }
 
@@ -613,4 +614,35 @@ async fn concurrent_fetches_of_one_query_make_one_request() {
         .await
         .unwrap();
     assert_eq!(proxy.count("sum(sw_shared)"), 2);
+}
+
+/// A real Prometheus serving HTTPS with a certificate no system trusts (as
+/// a private CA's): unreachable without `ca_file`, read with it.
+#[tokio::test]
+async fn https_with_a_private_ca_is_read_with_its_ca_file() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let prometheus = PrometheusServer::builder()
+        .tls(
+            &certified.cert.pem(),
+            &certified.signing_key.serialize_pem(),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert!(prometheus.url().starts_with("https://"));
+    let err = fetch_now(&source(prometheus.url()), "vector(4)")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetricError::Unreachable(_)), "{err:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    let mut config = config(prometheus.url());
+    config.ca_file = Some(ca);
+    let trusting = PrometheusSource::new("prom", &config).unwrap();
+    let points = fetch_now(&trusting, "vector(4)").await.unwrap();
+    assert_eq!(
+        points.iter().map(|p| p.value).collect::<Vec<_>>(),
+        vec![4.0]
+    );
 }

@@ -104,6 +104,7 @@ mod secret;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod trust;
 mod validate;
 
 use std::cell::{OnceCell, RefCell};
@@ -124,6 +125,7 @@ use toml::Spanned;
 use location::{Document, Hit, Seg, keys};
 pub use policies::{ParamProblem, PolicyCatalog, PolicyUses, param_problems, toml_to_json};
 pub use secret::{Refreshed, SECRET_REFRESH, SecretError};
+pub use trust::{read_ca_file, trusting};
 pub use validate::SIMULATOR_SOURCE;
 
 /// The embedded demo config: two simulated services scaled by the bundled
@@ -615,6 +617,9 @@ impl Config {
         for source in self.sources.values_mut() {
             match source.get_mut() {
                 SourceConfig::Prometheus(prometheus) => {
+                    if let Some(ca) = &mut prometheus.ca_file {
+                        resolve(ca);
+                    }
                     let secrets = prometheus
                         .bearer_token
                         .iter_mut()
@@ -635,6 +640,9 @@ impl Config {
         }
         for notification in &mut self.notifications {
             let notification = notification.get_mut();
+            if let Some(ca) = &mut notification.ca_file {
+                resolve(ca);
+            }
             let header_secrets = notification.headers.values_mut().filter_map(|h| match h {
                 HeaderSetting::Secret(secret) => Some(secret),
                 HeaderSetting::Value(_) => None,
@@ -833,6 +841,10 @@ pub struct NotificationConfig {
     /// Per attempt; a failed POST is tried three times in all.
     #[serde(default = "default_notify_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Certificates (PEM) to trust for an `https://` URL besides the
+    /// system's (a private CA). Relative to the config file's folder.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_notify_timeout() -> Duration {
@@ -1137,6 +1149,11 @@ pub struct PrometheusConfig {
     /// text or a secret.
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderSetting>,
+    /// Certificates (PEM) to trust for an `https://` URL besides the
+    /// system's: a private CA (OpenShift's service CA in front of Thanos,
+    /// say). Relative to the config file's folder.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_prometheus_timeout() -> Duration {

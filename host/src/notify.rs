@@ -239,9 +239,11 @@ impl Webhooks {
                     }
                 }
             }
-            let client = reqwest::Client::builder()
+            let builder = reqwest::Client::builder()
                 .timeout(w.timeout)
-                .default_headers(headers)
+                .default_headers(headers);
+            let client = crate::config::trusting(builder, w.ca_file.as_deref())
+                .map_err(|e| format!("notifications[{i}].{e}"))?
                 .build()
                 .map_err(|e| format!("notifications[{i}]: cannot build the HTTP client: {e}"))?;
             built.push(Webhook {
@@ -560,6 +562,7 @@ mod tests {
             bearer_token: None,
             headers: Default::default(),
             timeout: Duration::from_secs(1),
+            ca_file: None,
         }])
         .unwrap()
     }

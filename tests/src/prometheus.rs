@@ -222,6 +222,8 @@ pub struct PrometheusBuilder {
     targets: Vec<(String, SocketAddr)>,
     scrape_interval: Duration,
     backfill: Option<String>,
+    /// HTTPS with this certificate and key (PEM).
+    tls: Option<(String, String)>,
 }
 
 /// A running Prometheus server on loopback; killed (and its data removed)
@@ -257,6 +259,13 @@ impl PrometheusBuilder {
         self
     }
 
+    /// Serves HTTPS only, with this certificate and key (PEM), through
+    /// Prometheus' own web config (`tls_server_config`).
+    pub fn tls(mut self, cert_pem: &str, key_pem: &str) -> Self {
+        self.tls = Some((cert_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
     /// Starts the server and waits until it is ready (not for the first
     /// scrape: see [`PrometheusServer::wait_for_value`]).
     pub async fn start(self) -> anyhow::Result<PrometheusServer> {
@@ -271,15 +280,35 @@ impl PrometheusBuilder {
         if let Some(openmetrics) = &self.backfill {
             backfill(dir.path(), &tsdb, openmetrics)?;
         }
+        let web = match &self.tls {
+            None => None,
+            Some((cert, key)) => {
+                let (cert_path, key_path) =
+                    (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                std::fs::write(&cert_path, cert)?;
+                std::fs::write(&key_path, key)?;
+                let web = dir.path().join("web.yml");
+                std::fs::write(
+                    &web,
+                    format!(
+                        "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\n",
+                        cert_path.display().to_string(),
+                        key_path.display().to_string()
+                    ),
+                )?;
+                Some((web, cert.as_str()))
+            }
+        };
+        let scheme = if web.is_some() { "https" } else { "http" };
         // The port is picked free and handed over; if another process takes
         // it in between, Prometheus exits and we try another.
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port()?;
-            match start_on(&prometheus, dir.path(), &config, &tsdb, port).await {
+            match start_on(&prometheus, dir.path(), &config, &tsdb, port, web.clone()).await {
                 Ok((child, lifeline, started)) => {
                     return Ok(PrometheusServer {
-                        url: format!("http://127.0.0.1:{port}"),
+                        url: format!("{scheme}://127.0.0.1:{port}"),
                         dir,
                         child,
                         lifeline: Some(lifeline),
@@ -342,18 +371,28 @@ async fn start_on(
     config: &Path,
     tsdb: &Path,
     port: u16,
+    web: Option<(PathBuf, &str)>,
 ) -> anyhow::Result<(Child, ChildStdin, Instant)> {
     let log_path = dir.join("prometheus.log");
     let log = std::fs::File::create(&log_path)?;
     let started = Instant::now();
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(WATCHDOG)
         .arg("scalewise-prometheus-watchdog")
         .arg(prometheus)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", tsdb.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+    let mut http = reqwest::Client::builder();
+    let mut scheme = "http";
+    if let Some((web, cert)) = &web {
+        command.arg(format!("--web.config.file={}", web.display()));
+        http = http.tls_certs_only(reqwest::Certificate::from_pem_bundle(cert.as_bytes())?);
+        scheme = "https";
+    }
+    let mut child = command
         .env("SCALEWISE_PROMETHEUS_DIR", dir)
         .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
@@ -361,8 +400,8 @@ async fn start_on(
         .spawn()
         .context("starting prometheus")?;
     let lifeline = child.stdin.take().expect("piped stdin");
-    let ready_url = format!("http://127.0.0.1:{port}/-/ready");
-    let http = reqwest::Client::new();
+    let ready_url = format!("{scheme}://127.0.0.1:{port}/-/ready");
+    let http = http.build()?;
     let deadline = started + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -397,6 +436,7 @@ impl PrometheusServer {
             targets: Vec::new(),
             scrape_interval: Duration::from_secs(1),
             backfill: None,
+            tls: None,
         }
     }
 

@@ -87,6 +87,7 @@ fn source(args: &TraceArgs) -> Result<PrometheusSource, String> {
                 bearer_token: None,
                 basic_auth: None,
                 headers: Default::default(),
+                ca_file: None,
             },
         ),
         (None, Some(path), Some(name)) => {

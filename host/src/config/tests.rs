@@ -743,6 +743,26 @@ fn each_problem_is_reported_at_its_place() {
             "give Authorization as a secret",
         ),
         case(
+            "a source's missing CA file",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nca_file = \"missing-ca.pem\"",
+            )],
+            "\"missing-ca.pem\"",
+            "sources.prom",
+            "ca_file: ",
+        ),
+        case(
+            "a webhook's missing CA file",
+            &[(
+                "[clock]",
+                "[[notifications]]\nurl = \"https://127.0.0.1:9/hook\"\nca_file = \"missing-ca.pem\"\n\n[clock]",
+            )],
+            "\"missing-ca.pem\"",
+            "notifications[0]",
+            "ca_file: ",
+        ),
+        case(
             "a webhook's plain Authorization header",
             &[(
                 "[clock]",
@@ -1369,6 +1389,8 @@ fn the_example_parses_and_validates_with_its_files_present() {
         std::fs::create_dir(dir.path().join(folder)).unwrap();
     }
     std::fs::write(dir.path().join("secrets/mimir-password"), "pw\n").unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["mimir.example.com".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("secrets/mimir-ca.pem"), ca.cert.pem()).unwrap();
     std::fs::write(
         dir.path().join("traces/nasa_jul95_per_minute.csv"),
         "timestamp_s,requests\n0,42\n60,62\n",
@@ -1384,6 +1406,10 @@ fn the_example_parses_and_validates_with_its_files_present() {
     assert_eq!(config.scalers[1].get_ref().mode, Mode::DryRun);
     let SourceConfig::Prometheus(mimir) = config.sources["mimir"].get_ref();
     assert_eq!(mimir.headers["X-Scope-OrgID"], "team-checkout".into());
+    assert_eq!(
+        mimir.ca_file.as_deref(),
+        Some(dir.path().join("secrets/mimir-ca.pem").as_path())
+    );
 
     // Without the token in the environment it is refused up front.
     let err =

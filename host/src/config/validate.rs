@@ -402,6 +402,11 @@ impl Checker<'_, '_> {
         if n.timeout.is_zero() {
             self.value(&at("timeout"), "timeout must be longer than 0s");
         }
+        if let Some(ca) = &n.ca_file
+            && let Err(err) = super::read_ca_file(ca)
+        {
+            self.value(&at("ca_file"), err);
+        }
         if let Some(token) = &n.bearer_token
             && let Err(err) = token.resolve_with_env(env)
         {
@@ -490,7 +495,13 @@ impl Checker<'_, '_> {
             bearer_token,
             basic_auth,
             headers,
+            ca_file,
         } = prometheus;
+        if let Some(ca) = ca_file
+            && let Err(err) = super::read_ca_file(ca)
+        {
+            self.value(&at("ca_file"), err);
+        }
 
         self.http_url(&at("url"), "url", url);
         self.nonzero(&at("timeout"), "timeout", *timeout);

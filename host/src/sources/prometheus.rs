@@ -283,13 +283,14 @@ impl PrometheusSource {
                 reason: "the scheme must be http or https".to_owned(),
             });
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| Error::Client {
+            .default_headers(headers);
+        let http = crate::config::trusting(builder, config.ca_file.as_deref())
+            .and_then(|builder| builder.build().map_err(|e| e.to_string()))
+            .map_err(|reason| Error::Client {
                 name: name.to_owned(),
-                reason: e.to_string(),
+                reason,
             })?;
         let client =
             prometheus_http_query::Client::from(http, &config.url).map_err(|e| Error::Url {
@@ -1063,6 +1064,7 @@ mod tests {
 
     fn config(url: &str) -> PrometheusConfig {
         PrometheusConfig {
+            ca_file: None,
             url: url.to_owned(),
             timeout: Duration::from_secs(2),
             bearer_token: None,
