@@ -112,12 +112,8 @@ async fn send(args: &PauseArgs, paused: bool) -> Result<String, String> {
         .extend(["v1", "scalers", args.scaler.as_str(), verb]);
     let mut client = reqwest::Client::builder().timeout(TIMEOUT);
     if let Some(ca) = &ca {
-        let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate in it", ca.display()));
-        }
+        let certs = crate::config::read_ca_file(ca)
+            .map_err(|e| format!("cannot read the certificates to trust: {e}"))?;
         client = client.tls_certs_only(certs);
     }
     let client = client.build().map_err(|e| e.to_string())?;

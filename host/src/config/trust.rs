@@ -3,14 +3,14 @@
 use std::path::Path;
 
 /// Reads the PEM certificates in `path` (at least one). Errors name the
-/// file.
+/// file (the caller names the setting).
 pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("ca_file: {}: {e}", path.display()))?;
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("ca_file: {}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!(
-            "ca_file: {}: no certificate in it (a PEM file with `-----BEGIN CERTIFICATE-----`)",
+            "{}: no certificate in it (a PEM file with `-----BEGIN CERTIFICATE-----`)",
             path.display()
         ));
     }
@@ -24,7 +24,9 @@ pub fn trusting(
 ) -> Result<reqwest::ClientBuilder, String> {
     Ok(match ca_file {
         None => builder,
-        Some(path) => builder.tls_certs_merge(read_ca_file(path)?),
+        Some(path) => {
+            builder.tls_certs_merge(read_ca_file(path).map_err(|e| format!("ca_file: {e}"))?)
+        }
     })
 }
 

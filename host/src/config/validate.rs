@@ -405,7 +405,7 @@ impl Checker<'_, '_> {
         if let Some(ca) = &n.ca_file
             && let Err(err) = super::read_ca_file(ca)
         {
-            self.value(&at("ca_file"), err);
+            self.value(&at("ca_file"), format!("ca_file: {err}"));
         }
         if let Some(token) = &n.bearer_token
             && let Err(err) = token.resolve_with_env(env)
@@ -500,7 +500,7 @@ impl Checker<'_, '_> {
         if let Some(ca) = ca_file
             && let Err(err) = super::read_ca_file(ca)
         {
-            self.value(&at("ca_file"), err);
+            self.value(&at("ca_file"), format!("ca_file: {err}"));
         }
 
         self.http_url(&at("url"), "url", url);
