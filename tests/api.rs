@@ -903,11 +903,11 @@ async fn journaled_decisions_replay_and_export_through_the_binary() {
     assert!(Path::new(journal).exists());
 }
 
-/// `scalewise pause` and `resume` against `scalewise run`: the address and
-/// token from the daemon's config, or given as flags; the API's refusals
-/// and errors as the exit status and a message.
+/// `scalewise pause`, `resume` and `status` against `scalewise run` (reads
+/// closed too): the address and token from the daemon's config, or given as
+/// flags; the API's refusals and errors as the exit status and a message.
 #[test]
-fn pause_and_resume_from_the_command_line() {
+fn pause_resume_and_status_from_the_command_line() {
     use scalewise_tests::daemon_process::DaemonProcess;
     use scalewise_tests::running::{install_policies, queue_scaler, simulation};
 
@@ -921,7 +921,7 @@ fn pause_and_resume_from_the_command_line() {
         .port();
     let config = format!(
         "policy_dir = \"policies\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-         token = {{ file = \"api-token\" }}\n\n[journal]\npath = \"journal.db\"\n\n{}{}",
+         token = {{ file = \"api-token\" }}\nreads = \"token\"\n\n[journal]\npath = \"journal.db\"\n\n{}{}",
         simulation("web", 2),
         queue_scaler("web", "simulator", "queue_depth")
     );
@@ -947,6 +947,35 @@ fn pause_and_resume_from_the_command_line() {
     let (code, out, err) = in_dir(&["pause", "web", "--config", "scalewise.toml"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("web: paused (current "), "{out}");
+    // status: a line per scaler, one in detail, or the JSON.
+    let (code, out, err) = in_dir(&["status", "--config", "scalewise.toml"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{out}");
+    assert!(
+        lines[1].starts_with("web")
+            && lines[1].contains("simulator web")
+            && lines[1].contains("paused"),
+        "{out}"
+    );
+    let (code, out, err) = in_dir(&["status", "web", "--config", "scalewise.toml"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("web: simulator web, enforce, every "),
+        "{out}"
+    );
+    assert!(out.contains("  state      paused\n"), "{out}");
+    let (code, out, err) = in_dir(&["status", "--config", "scalewise.toml", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(all[0]["name"], "web", "{out}");
+    // Reads are closed: without the token, status is refused.
+    let (code, _, err) = in_dir(&["status", "--api", &api]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("error: unauthorized (401"), "{err}");
+    let (code, _, err) = in_dir(&["status", "webb", "--config", "scalewise.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no scaler named \"webb\""), "{err}");
     let (code, _, err) = in_dir(&["resume", "web", "--api", &api]);
     assert_eq!(code, Some(1));
     assert!(err.contains("error: unauthorized (401"), "{err}");

@@ -8,9 +8,11 @@
 mod check_config;
 mod journal;
 mod pause;
+mod remote;
 mod replay;
 mod run;
 mod simulate;
+mod status;
 mod trace;
 
 use std::io::Write;
@@ -95,6 +97,9 @@ pub enum Command {
     Pause(PauseArgs),
     /// Resumes a paused scaler of a running daemon through its API.
     Resume(PauseArgs),
+    /// Shows a running daemon's scalers through its API: a line each, or
+    /// one in detail.
+    Status(StatusArgs),
     /// Internal: the daemon's compiler process. Compiles the `.wasm` on
     /// stdin and writes the code to stdout (see `runtime::Compiler`).
     #[command(name = crate::runtime::WORKER_COMMAND, hide = true)]
@@ -186,14 +191,33 @@ pub struct SimulateArgs {
 pub struct PauseArgs {
     /// The scaler.
     pub scaler: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Arguments of `scalewise status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// One scaler, in detail (default: a line for each).
+    pub scaler: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print the API's JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to reach a running daemon's API (`pause`, `resume`, `status`).
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
     /// The daemon's config file: its `[api] listen` (an address on every
     /// interface is reached on loopback) and `[api] token`.
-    #[arg(long, short, conflicts_with = "api")]
+    #[arg(long, short, conflicts_with = "url")]
     pub config: Option<PathBuf>,
     /// The daemon's API, e.g. `http://10.0.3.7:9464` (default:
     /// `http://127.0.0.1:9464`).
-    #[arg(long, value_name = "URL")]
-    pub api: Option<String>,
+    #[arg(long = "api", value_name = "URL")]
+    pub url: Option<String>,
     /// A file holding the API token (`[api] token`), sent as a bearer
     /// token; with `--config`, the config's token is used.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
@@ -469,6 +493,7 @@ pub fn run_cli(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
         Command::Trace(args) => trace::trace(&args, out, err),
         Command::Pause(args) => pause::pause(&args, true, out, err),
         Command::Resume(args) => pause::pause(&args, false, out, err),
+        Command::Status(args) => status::status(&args, out, err),
         Command::CompileWorker { limits } => compile_worker(&limits, out, err),
     };
     // A closed stdout/stderr (e.g. `| head`) is not worth more than exit 1.
