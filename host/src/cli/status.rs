@@ -170,7 +170,7 @@ fn detail(s: &Value) -> String {
     if let Some(at) = s["last_tick_ms"].as_i64() {
         let record = s["last_record_id"]
             .as_i64()
-            .map(|id| format!(" (record {id}: scalewise journal show {id})"))
+            .map(|id| format!(" (journal record {id})"))
             .unwrap_or_default();
         let _ = writeln!(out, "  last tick  {}{record}", format_ms(at));
         let _ = writeln!(out, "  decision   {}", text(&s["last_decision"]));
@@ -265,10 +265,7 @@ mod tests {
             text.contains("  replicas   current 4, ready 3, desired 5\n"),
             "{text}"
         );
-        assert!(
-            text.contains("(record 42: scalewise journal show 42)"),
-            "{text}"
-        );
+        assert!(text.contains("(journal record 42)"), "{text}");
         assert!(
             text.contains("  decision   4 → 5: target-tracking"),
             "{text}"
