@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
@@ -35,8 +36,6 @@ use crate::actuators::aws_asg::AwsAsgActuator;
 use crate::actuators::kubernetes::KubernetesActuator;
 use crate::actuators::rebalance::RebalanceActuator;
 use crate::actuators::simulator::SimulatorActuator;
-use axum::serve::ListenerExt as _;
-
 use crate::api::{self, ApiAccess, AppState};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
@@ -55,8 +54,7 @@ use crate::sources::prometheus::PrometheusSource;
 use crate::sources::simulator::SimulatorSource;
 use crate::sources::target::{TARGET_SOURCE, TargetHistory, TargetSource};
 use crate::sources::{MetricQuery, Source};
-use crate::telemetry::ScalerHandles;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{ScalerHandles, Telemetry};
 use crate::watch::{FileStamp, FolderWatch, Watched};
 
 mod applied;

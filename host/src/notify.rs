@@ -408,7 +408,7 @@ impl Notifier {
             return;
         }
         self.pending.add();
-        // Waits for room: owed changes come before anything new.
+        // Waits for room (a large backlog after a long outage).
         if self.queue.send((change, webhooks, owed)).await.is_err() {
             self.pending.done();
         }
