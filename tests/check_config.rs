@@ -11,7 +11,7 @@ use axum::http::Method;
 use scalewise::clock::Clock;
 use scalewise::config::Config;
 use scalewise::daemon::Daemon;
-use scalewise_tests::fake_kube::{FakeKube, Workload};
+use scalewise_tests::fake_kube::FakeKube;
 use scalewise_tests::moto::{MotoServer, REGION};
 use scalewise_tests::prometheus::{Exporter, PrometheusServer};
 use scalewise_tests::{artifacts, cli, policy_dir};
@@ -450,17 +450,7 @@ fn tick_reads_every_target_and_metric_and_changes_nothing() {
 fn tick_reads_a_deployment_without_patching_it_or_taking_the_lease() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let kube = rt.block_on(FakeKube::start()).unwrap();
-    kube.put(
-        "apps/v1",
-        "deployments",
-        "shop",
-        "web",
-        Workload {
-            replicas: 2,
-            ready: Some(2),
-            forbidden: false,
-        },
-    );
+    kube.put_deployment("shop", "web", 2);
     let modules = policy_dir(&[("counter", artifacts::COUNTER)]);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use scalewise_tests::daemon_process::{journal_export, log_in};
-use scalewise_tests::fake_kube::{FakeKube, Workload};
+use scalewise_tests::fake_kube::FakeKube;
 use scalewise_tests::{artifacts, wait_until};
 
 fn config(scale_to: u32, mode: &str) -> String {
@@ -39,17 +39,7 @@ params = {{ scale_to = {scale_to} }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     let kube = FakeKube::start().await.unwrap();
-    kube.put(
-        "apps/v1",
-        "deployments",
-        "shop",
-        "web",
-        Workload {
-            replicas: 2,
-            ready: Some(2),
-            forbidden: false,
-        },
-    );
+    kube.put_deployment("shop", "web", 2);
     let dir = tempfile::tempdir().unwrap();
     let start = |dir: &Path, config: &str| {
         kube.run_daemon(env!("CARGO_BIN_EXE_scalewise-cli"), dir, "shop", config)

@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use scalewise::config::LeaderElectionConfig;
 use scalewise::leader::{Elector, Leadership, Outcome, PAUSES_ANNOTATION, Pauses, RecordError};
 use scalewise_tests::daemon_process::DaemonProcess;
-use scalewise_tests::fake_kube::{FakeKube, Workload};
+use scalewise_tests::fake_kube::FakeKube;
 use scalewise_tests::{artifacts, wait_until};
 
 fn settings(identity: &str) -> LeaderElectionConfig {
@@ -273,17 +273,7 @@ fn start(dir: &Path, kube: &FakeKube, config: &str) -> DaemonProcess {
 /// The fake server with Deployment shop/web at 2 replicas.
 async fn with_web_at_2() -> FakeKube {
     let kube = FakeKube::start().await.unwrap();
-    kube.put(
-        "apps/v1",
-        "deployments",
-        "shop",
-        "web",
-        Workload {
-            replicas: 2,
-            ready: Some(2),
-            forbidden: false,
-        },
-    );
+    kube.put_deployment("shop", "web", 2);
     kube
 }
 

@@ -149,6 +149,16 @@ impl FakeKube {
         );
     }
 
+    /// Adds an `apps/v1` Deployment `ns/name` with `replicas`, all ready.
+    pub fn put_deployment(&self, ns: &str, name: &str, replicas: u32) {
+        let w = Workload {
+            replicas,
+            ready: Some(replicas),
+            forbidden: false,
+        };
+        self.put("apps/v1", "deployments", ns, name, w);
+    }
+
     /// The workload, as it is now.
     pub fn workload(
         &self,
