@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use scalewise::actuators::aws_asg::AwsAsgActuator;
 use scalewise::actuators::{Actuation, Actuator, ActuatorError};
-use scalewise::config::AwsAsgTarget;
+use scalewise::config::{self, AwsAsgTarget};
 use scalewise_tests::moto::{DrainWebhook, MotoServer, client_for};
 use tokio::sync::OnceCell;
 
@@ -37,7 +37,7 @@ fn settings(group: &str) -> AwsAsgTarget {
 }
 
 async fn actuator(moto: &MotoServer, settings: AwsAsgTarget) -> AwsAsgActuator {
-    AwsAsgActuator::with_client(settings, moto.client())
+    AwsAsgActuator::with_client(settings, moto.client()).unwrap()
 }
 
 #[tokio::test]
@@ -116,7 +116,7 @@ async fn scale_in_drains_the_chosen_victims_then_terminates_exactly_them() {
     let asg = actuator(
         moto,
         AwsAsgTarget {
-            drain_webhook: Some(url),
+            drain_webhook: Some(config::DrainWebhook::at(url)),
             ..settings("in")
         },
     )
@@ -189,7 +189,7 @@ async fn a_drain_that_never_finishes_is_cut_short_at_its_timeout() {
     let asg = actuator(
         moto,
         AwsAsgTarget {
-            drain_webhook: Some(url),
+            drain_webhook: Some(config::DrainWebhook::at(url)),
             drain_timeout: Duration::from_secs(120),
             ..settings("stuck")
         },
@@ -269,7 +269,7 @@ async fn a_restart_mid_drain_finds_the_group_unchanged() {
     let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
     let url = drainer.url().to_owned();
     let with_webhook = AwsAsgTarget {
-        drain_webhook: Some(url),
+        drain_webhook: Some(config::DrainWebhook::at(url)),
         ..settings("restart")
     };
     let first = actuator(moto, with_webhook.clone()).await;
@@ -310,7 +310,7 @@ async fn a_failing_webhook_is_asked_again_and_reported() {
     let asg = actuator(
         moto,
         AwsAsgTarget {
-            drain_webhook: Some(url),
+            drain_webhook: Some(config::DrainWebhook::at(url)),
             ..settings("flaky")
         },
     )
@@ -341,11 +341,70 @@ async fn an_unknown_group_is_not_found_and_changes_nothing() {
 async fn an_unreachable_api_is_an_error_that_names_the_call() {
     let closed = scalewise_tests::stub_http::closed_port().unwrap();
     let client = client_for(&format!("http://{closed}"), 1);
-    let asg = AwsAsgActuator::with_client(settings("web"), client);
+    let asg = AwsAsgActuator::with_client(settings("web"), client).unwrap();
     let err = asg.observe(T0).await.unwrap_err();
     assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
     assert!(
         err.to_string().starts_with("DescribeAutoScalingGroups: "),
         "{err}"
     );
+}
+
+/// A drain webhook behind HTTPS with a private CA's certificate and a
+/// bearer token: without the token every victim's drain is refused (401)
+/// and nothing is terminated; with `ca_file` and `bearer_token` the
+/// victims drain and go.
+#[tokio::test]
+async fn a_drain_webhook_behind_https_and_a_token_is_called_with_its_credentials() {
+    let moto = moto().await;
+    moto.create_group("secured", 3).await.unwrap();
+    let drainer = DrainWebhook::start_secured(StatusCode::OK).await.unwrap();
+    let secured = drainer.secured().unwrap();
+    let url = drainer.url().to_owned();
+    assert!(url.starts_with("https://"), "{url}");
+    let all = moto.instance_ids("secured").await.unwrap();
+
+    let no_token = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook {
+                ca_file: Some(secured.ca_file.clone()),
+                ..config::DrainWebhook::at(&url)
+            }),
+            ..settings("secured")
+        },
+    )
+    .await;
+    let started = no_token.scale(T0, 3, 2).await.unwrap();
+    assert!(matches!(started, Actuation::Started { .. }), "{started:?}");
+    let observed = no_token.observe(T0 + 15 * SECOND).await.unwrap();
+    let in_flight = observed.in_flight.expect("still draining");
+    assert!(in_flight.detail.contains("401"), "{}", in_flight.detail);
+    assert_eq!(moto.instance_ids("secured").await.unwrap(), all);
+    assert!(drainer.calls().is_empty(), "refused before the handler");
+
+    let with_token = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook {
+                bearer_token: Some(config::Secret::File(secured.token_file.clone())),
+                ca_file: Some(secured.ca_file.clone()),
+                ..config::DrainWebhook::at(&url)
+            }),
+            ..settings("secured")
+        },
+    )
+    .await;
+    assert!(matches!(
+        with_token.scale(T0, 3, 2).await.unwrap(),
+        Actuation::Done { .. } | Actuation::Started { .. }
+    ));
+    let observed = with_token.observe(T0 + 15 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!(observed.current, 2);
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    let left = moto.instance_ids("secured").await.unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(!left.iter().any(|id| victims.contains(id)));
 }

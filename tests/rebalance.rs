@@ -16,9 +16,10 @@ use scalewise_tests::shard_coordinator::{ShardCoordinator, World};
 
 fn actuator(coordinator: &ShardCoordinator, timeout: Duration) -> RebalanceActuator {
     RebalanceActuator::new(RebalanceTarget {
-        endpoint: coordinator.endpoint(),
         timeout,
+        ..RebalanceTarget::at(coordinator.endpoint())
     })
+    .unwrap()
 }
 
 /// Observes once a second from `start_ms` until no change is in flight;
@@ -195,10 +196,7 @@ async fn coordinator_failures_are_errors_that_name_it() {
         Err(ActuatorError::NotFound(_))
     ));
 
-    let nowhere = RebalanceActuator::new(RebalanceTarget {
-        endpoint: "http://127.0.0.1:9/api".into(),
-        timeout: Duration::from_secs(600),
-    });
+    let nowhere = RebalanceActuator::new(RebalanceTarget::at("http://127.0.0.1:9/api")).unwrap();
     let err = nowhere.observe(T0).await.unwrap_err().to_string();
     assert!(
         err.starts_with("shard coordinator http://127.0.0.1:9/api: list workers: "),
@@ -322,5 +320,82 @@ async fn workers_follow_the_shard_count_the_target_reports() {
     let shards = &after[0].evaluations[0].context.metrics[0];
     assert!(shards.points.len() > 5, "{shards:?}");
     assert!(shards.points.iter().all(|p| p.value == 16.0), "{shards:?}");
+    h.close().await;
+}
+
+/// A coordinator behind HTTPS with a private CA's certificate and a bearer
+/// token: unreachable without `ca_file`, refused (401) without the token,
+/// and scaled through with both, given as paths relative to the config.
+#[tokio::test]
+async fn a_coordinator_behind_https_and_a_token_is_reached_with_ca_file_and_bearer_token() {
+    let coordinator = ShardCoordinator::start_secured(World::new(6, 2)).await;
+    coordinator.with(|w| w.moves_per_poll = 6);
+    let secured = coordinator.secured.as_ref().unwrap();
+    let endpoint = coordinator.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+
+    let untrusting = RebalanceActuator::new(RebalanceTarget::at(&endpoint)).unwrap();
+    let err = untrusting.observe(T0).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("shard coordinator {endpoint}: list workers: ")),
+        "{err}"
+    );
+    assert!(err.contains("certificate"), "{err}");
+    let no_token = RebalanceActuator::new(RebalanceTarget {
+        ca_file: Some(secured.ca_file.clone()),
+        ..RebalanceTarget::at(&endpoint)
+    })
+    .unwrap();
+    let err = no_token.observe(T0).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("shard coordinator {endpoint}: list workers: HTTP 401")
+    );
+
+    // The daemon, from a config that names the CA and the token file
+    // relative to its own folder.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&secured.ca_file, dir.path().join("coordinator-ca.pem")).unwrap();
+    std::fs::copy(&secured.token_file, dir.path().join("coordinator-token")).unwrap();
+    let policies = scalewise_tests::policy_dir(&[("counter", artifacts::COUNTER)]);
+    let config = format!(
+        r#"
+policy_dir = "{policies}"
+
+[journal]
+path = "journal.db"
+
+[[scalers]]
+name = "consumers"
+interval = "1s"
+min = 1
+max = 8
+policies = [{{ module = "counter", params = {{ scale_to = 3 }} }}]
+
+[scalers.target]
+kind = "rebalance"
+endpoint = "{endpoint}"
+bearer_token = {{ file = "coordinator-token" }}
+ca_file = "coordinator-ca.pem"
+headers = {{ X-Team = "streams" }}
+"#,
+        policies = policies.path().display(),
+    );
+    let path = dir.path().join("secured.toml");
+    let mut h = Harness::from_text(&config, &path, T0).await;
+    let out = h.run_until(T0 + 10 * SECOND).await;
+    assert!(!out.is_empty());
+    assert!(
+        out.iter().all(|r| !matches!(
+            r.actuation,
+            ActuationRecord::Failed { .. } | ActuationRecord::ObserveFailed { .. }
+        )),
+        "every tick reached the coordinator: {out:#?}"
+    );
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [2, 2, 2]
+    );
+    no_violations(&coordinator);
     h.close().await;
 }

@@ -639,26 +639,64 @@ impl Config {
             }
         }
         for notification in &mut self.notifications {
-            let notification = notification.get_mut();
-            if let Some(ca) = &mut notification.ca_file {
-                resolve(ca);
-            }
-            let header_secrets = notification.headers.values_mut().filter_map(|h| match h {
-                HeaderSetting::Secret(secret) => Some(secret),
-                HeaderSetting::Value(_) => None,
-            });
-            for secret in notification.bearer_token.iter_mut().chain(header_secrets) {
-                if let Secret::File(path) = secret
-                    && !is_blank(path)
-                {
-                    resolve(path);
+            let n = notification.get_mut();
+            resolve_auth(
+                &resolve,
+                &mut n.bearer_token,
+                &mut n.headers,
+                &mut n.ca_file,
+            );
+        }
+        for scaler in &mut self.scalers {
+            match scaler.get_mut().target.get_mut() {
+                TargetConfig::Rebalance(t) => {
+                    resolve_auth(
+                        &resolve,
+                        &mut t.bearer_token,
+                        &mut t.headers,
+                        &mut t.ca_file,
+                    );
                 }
+                TargetConfig::AwsAsg(AwsAsgTarget {
+                    drain_webhook: Some(w),
+                    ..
+                }) => resolve_auth(
+                    &resolve,
+                    &mut w.bearer_token,
+                    &mut w.headers,
+                    &mut w.ca_file,
+                ),
+                _ => {}
             }
         }
         for simulation in self.simulations.values_mut() {
             if let Some(trace) = &mut simulation.get_mut().load.trace {
                 resolve(&mut trace.path);
             }
+        }
+    }
+}
+
+/// Resolves the paths of an outbound endpoint's credentials and CA file
+/// (see [`crate::outbound`]) with `resolve`.
+fn resolve_auth(
+    resolve: &impl Fn(&mut PathBuf),
+    bearer_token: &mut Option<Secret>,
+    headers: &mut BTreeMap<String, HeaderSetting>,
+    ca_file: &mut Option<PathBuf>,
+) {
+    if let Some(ca) = ca_file {
+        resolve(ca);
+    }
+    let header_secrets = headers.values_mut().filter_map(|h| match h {
+        HeaderSetting::Secret(secret) => Some(secret),
+        HeaderSetting::Value(_) => None,
+    });
+    for secret in bearer_token.iter_mut().chain(header_secrets) {
+        if let Secret::File(path) = secret
+            && !is_blank(path)
+        {
+            resolve(path);
         }
     }
 }
@@ -845,6 +883,17 @@ pub struct NotificationConfig {
     /// system's (a private CA). Relative to the config file's folder.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+impl NotificationConfig {
+    /// Its credentials and trust, for [`crate::outbound`].
+    pub fn http_auth(&self) -> crate::outbound::HttpAuth<'_> {
+        crate::outbound::HttpAuth {
+            bearer_token: self.bearer_token.as_ref(),
+            headers: &self.headers,
+            ca_file: self.ca_file.as_deref(),
+        }
+    }
 }
 
 fn default_notify_timeout() -> Duration {
@@ -1171,8 +1220,9 @@ pub struct BasicAuth {
 }
 
 /// A secret, read from the environment or a file, never written in config
-/// and never logged.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+/// and never logged. It serializes as where it is read from (for telling
+/// a changed config apart), never as its value.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Secret {
     /// The value of an environment variable.
@@ -1214,6 +1264,15 @@ impl HeaderSetting {
 impl From<&str> for HeaderSetting {
     fn from(value: &str) -> Self {
         HeaderSetting::Value(value.to_owned())
+    }
+}
+
+impl Serialize for HeaderSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HeaderSetting::Value(value) => s.serialize_str(value),
+            HeaderSetting::Secret(secret) => secret.serialize(s),
+        }
     }
 }
 
@@ -1503,8 +1562,9 @@ pub struct AwsAsgTarget {
     pub protect_instances: bool,
     /// POSTed `{"group", "instance_id", "availability_zone"}` for each
     /// victim every tick until it answers 200 (drained); 202 means draining.
-    #[serde(default)]
-    pub drain_webhook: Option<String>,
+    /// A URL, or a table with the URL and its credentials.
+    #[serde(default, deserialize_with = "drain_webhook")]
+    pub drain_webhook: Option<DrainWebhook>,
     /// The least time between choosing a victim and terminating it.
     #[serde(default, with = "humantime_serde")]
     pub drain_delay: Duration,
@@ -1515,6 +1575,66 @@ pub struct AwsAsgTarget {
 
 fn yes() -> bool {
     true
+}
+
+/// An AWS target's drain webhook: `drain_webhook = "https://..."`, or
+/// `drain_webhook = { url = "https://...", bearer_token = ..., headers =
+/// ..., ca_file = ... }` when it wants credentials or a private CA.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainWebhook {
+    /// Where to POST (http:// or https://).
+    pub url: String,
+    /// Sent as `Authorization: Bearer ...`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Extra headers sent with every POST, each text or a secret.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSetting>,
+    /// Certificates (PEM) to trust for an `https://` URL besides the
+    /// system's. Relative to the config file's folder.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl DrainWebhook {
+    /// Its credentials and trust, for [`crate::outbound`].
+    pub fn http_auth(&self) -> crate::outbound::HttpAuth<'_> {
+        crate::outbound::HttpAuth {
+            bearer_token: self.bearer_token.as_ref(),
+            headers: &self.headers,
+            ca_file: self.ca_file.as_deref(),
+        }
+    }
+
+    /// A webhook at `url` with no credentials.
+    pub fn at(url: impl Into<String>) -> DrainWebhook {
+        DrainWebhook {
+            url: url.into(),
+            ..DrainWebhook::default()
+        }
+    }
+}
+
+/// `drain_webhook`: a URL, or a [`DrainWebhook`] table.
+fn drain_webhook<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DrainWebhook>, D::Error> {
+    struct Webhook;
+    impl<'de> serde::de::Visitor<'de> for Webhook {
+        type Value = DrainWebhook;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(r#"a URL, or a table: { url = "https://...", bearer_token = ..., headers = ..., ca_file = ... }"#)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<DrainWebhook, E> {
+            Ok(DrainWebhook::at(url))
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<DrainWebhook, A::Error> {
+            DrainWebhook::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Webhook).map(Some)
 }
 
 /// A Kubernetes workload (`kind = "kubernetes"`), scaled through its scale
@@ -1560,6 +1680,39 @@ pub struct RebalanceTarget {
     /// workers) may take before it is given up (default 10m).
     #[serde(default = "default_rebalance_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Sent to the coordinator as `Authorization: Bearer ...`.
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Extra headers sent with every request, each text or a secret.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderSetting>,
+    /// Certificates (PEM) to trust for an `https://` endpoint besides the
+    /// system's. Relative to the config file's folder.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl RebalanceTarget {
+    /// The coordinator's credentials and trust, for [`crate::outbound`].
+    pub fn http_auth(&self) -> crate::outbound::HttpAuth<'_> {
+        crate::outbound::HttpAuth {
+            bearer_token: self.bearer_token.as_ref(),
+            headers: &self.headers,
+            ca_file: self.ca_file.as_deref(),
+        }
+    }
+
+    /// The coordinator at `endpoint`, with the default timeout and no
+    /// credentials.
+    pub fn at(endpoint: impl Into<String>) -> RebalanceTarget {
+        RebalanceTarget {
+            endpoint: endpoint.into(),
+            timeout: default_rebalance_timeout(),
+            bearer_token: None,
+            headers: BTreeMap::new(),
+            ca_file: None,
+        }
+    }
 }
 
 fn default_rebalance_timeout() -> Duration {

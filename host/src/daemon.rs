@@ -1618,12 +1618,27 @@ fn build_actuator(
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
             Ok(Arc::new(actuator))
         }
-        TargetConfig::AwsAsg(settings) => Ok(Arc::new(AwsAsgActuator::new(settings.clone()))),
-        TargetConfig::Rebalance(settings) => Ok(Arc::new(RebalanceActuator::new(settings.clone()))),
+        TargetConfig::AwsAsg(settings) => match AwsAsgActuator::new(settings.clone()) {
+            Ok(actuator) => Ok(Arc::new(actuator)),
+            Err(e) => Err(target_setup(scaler, &e)),
+        },
+        TargetConfig::Rebalance(settings) => match RebalanceActuator::new(settings.clone()) {
+            Ok(actuator) => Ok(Arc::new(actuator)),
+            Err(e) => Err(target_setup(scaler, &e)),
+        },
         TargetConfig::Kubernetes(settings) => {
             Ok(Arc::new(KubernetesActuator::new(settings.clone())))
         }
     }
+}
+
+/// A target that could not be set up (its credentials unreadable, say),
+/// named by its scaler.
+fn target_setup(scaler: &ScalerConfig, error: &str) -> DaemonError {
+    DaemonError::Setup(format!(
+        "scaler {:?}: target.{error}",
+        scaler.name.get_ref()
+    ))
 }
 
 /// The longest metric window any scaler asks for, plus a margin.

@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod journal;
 pub mod leader;
 pub mod notify;
+pub mod outbound;
 pub mod policy;
 pub mod registry;
 pub mod runtime;

@@ -21,7 +21,6 @@
 //! again after it (the body's `time` and `record` tell a repeat apart).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,10 +30,9 @@ use tokio::sync::mpsc;
 
 use crate::actuators::Announcement;
 use crate::clock::format_ms;
-use crate::config::{
-    HeaderSetting, NotificationConfig, NotifyEvent, NotifyFormat, Refreshed, Secret,
-};
+use crate::config::{NotificationConfig, NotifyEvent, NotifyFormat};
 use crate::journal::Journal;
+use crate::outbound::AuthedClient;
 use crate::telemetry::Telemetry;
 
 /// Changes that may wait for delivery.
@@ -92,63 +90,7 @@ struct Webhook {
     events: BTreeSet<&'static str>,
     scalers: BTreeSet<String>,
     format: NotifyFormat,
-    token: Option<Rotating>,
-    /// Headers whose values are secrets (plain ones are the client's own).
-    secret_headers: Vec<(reqwest::header::HeaderName, Rotating)>,
-    client: reqwest::Client,
-}
-
-/// A secret sent with every POST: read when the webhook is built, and
-/// again from its file as it rotates ([`Refreshed`]). A new read that the
-/// header cannot carry keeps the last good value too.
-struct Rotating {
-    /// What it is, for messages: `notifications[0].bearer_token`.
-    what: String,
-    /// Written before the secret in the header (`Bearer `).
-    prefix: &'static str,
-    secret: Secret,
-    current: Refreshed<reqwest::header::HeaderValue>,
-}
-
-impl fmt::Debug for Rotating {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the value.
-        write!(f, "Rotating({})", self.what)
-    }
-}
-
-impl Rotating {
-    /// Reads `secret` now.
-    fn new(what: String, prefix: &'static str, secret: &Secret) -> Result<Rotating, String> {
-        let value = read_header_secret(&what, prefix, secret)?;
-        Ok(Rotating {
-            what,
-            prefix,
-            secret: secret.clone(),
-            current: Refreshed::new(value, secret),
-        })
-    }
-
-    /// The value, read again from its file when due.
-    fn value(&self) -> reqwest::header::HeaderValue {
-        self.current.get(&self.what, || {
-            read_header_secret(&self.what, self.prefix, &self.secret)
-        })
-    }
-}
-
-/// `prefix` and the secret's value, as a header value kept out of debug
-/// output.
-fn read_header_secret(
-    what: &str,
-    prefix: &str,
-    secret: &Secret,
-) -> Result<reqwest::header::HeaderValue, String> {
-    let value = secret.resolve().map_err(|e| format!("{what}: {e}"))?;
-    let mut value = reqwest::header::HeaderValue::from_str(&format!("{prefix}{value}"))
-        .map_err(|_| format!("{what}: the value has characters HTTP does not allow"))?;
-    value.set_sensitive(true);
-    Ok(value)
+    client: AuthedClient,
 }
 
 impl Webhook {
@@ -171,14 +113,7 @@ impl Webhook {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
             }
-            let mut request = self.client.post(&self.url).json(body);
-            if let Some(token) = &self.token {
-                request = request.header(reqwest::header::AUTHORIZATION, token.value());
-            }
-            for (name, secret) in &self.secret_headers {
-                request = request.header(name.clone(), secret.value());
-            }
-            match request.send().await {
+            match self.client.post(&self.url).json(body).send().await {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) => {
                     let status = response.status();
@@ -209,43 +144,8 @@ impl Webhooks {
     pub fn build(webhooks: &[NotificationConfig]) -> Result<Webhooks, String> {
         let mut built = Vec::with_capacity(webhooks.len());
         for (i, w) in webhooks.iter().enumerate() {
-            let token = w
-                .bearer_token
-                .as_ref()
-                .map(|secret| {
-                    Rotating::new(
-                        format!("notifications[{i}].bearer_token"),
-                        "Bearer ",
-                        secret,
-                    )
-                })
-                .transpose()?;
-            let mut headers = reqwest::header::HeaderMap::new();
-            let mut secret_headers = Vec::new();
-            for (header, setting) in &w.headers {
-                let what = format!("notifications[{i}].headers.{header}");
-                let name = reqwest::header::HeaderName::from_bytes(header.as_bytes())
-                    .map_err(|e| format!("{what}: {e}"))?;
-                match setting {
-                    HeaderSetting::Value(value) => {
-                        let value =
-                            reqwest::header::HeaderValue::from_str(value).map_err(|_| {
-                                format!("{what}: the value has characters HTTP does not allow")
-                            })?;
-                        headers.insert(name, value);
-                    }
-                    HeaderSetting::Secret(secret) => {
-                        secret_headers.push((name, Rotating::new(what, "", secret)?));
-                    }
-                }
-            }
-            let builder = reqwest::Client::builder()
-                .timeout(w.timeout)
-                .default_headers(headers);
-            let client = crate::config::trusting(builder, w.ca_file.as_deref())
-                .map_err(|e| format!("notifications[{i}].{e}"))?
-                .build()
-                .map_err(|e| format!("notifications[{i}]: cannot build the HTTP client: {e}"))?;
+            let client =
+                AuthedClient::build(&format!("notifications[{i}]"), w.http_auth(), w.timeout)?;
             built.push(Webhook {
                 url: w.url.clone(),
                 events: w
@@ -258,8 +158,6 @@ impl Webhooks {
                     .collect(),
                 scalers: w.scalers.iter().cloned().collect(),
                 format: w.format,
-                token,
-                secret_headers,
                 client,
             });
         }
@@ -487,48 +385,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_webhook_secret_is_read_again_as_its_file_rotates() {
+    fn a_webhook_built_from_config_posts_with_its_credentials() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "first\n").unwrap();
-        let token = Rotating::new("t".into(), "Bearer ", &Secret::File(file.clone())).unwrap();
-        let age = || token.current.expire();
-        assert_eq!(token.value(), "Bearer first");
-        assert!(token.value().is_sensitive());
-        std::fs::write(&file, "second\n").unwrap();
-        assert_eq!(token.value(), "Bearer first", "not yet due");
-        age();
-        assert_eq!(token.value(), "Bearer second", "rotated");
-        std::fs::remove_file(&file).unwrap();
-        age();
-        assert_eq!(token.value(), "Bearer second", "the last good value stays");
-        std::fs::write(&file, "line\nbreak").unwrap();
-        age();
-        assert_eq!(
-            token.value(),
-            "Bearer second",
-            "and so it does for a bad one"
-        );
-        assert_eq!(format!("{token:?}"), "Rotating(t)");
-
-        // Built from a config: a token, a secret header and a plain one.
-        let key = dir.path().join("key");
+        let (token, key) = (dir.path().join("token"), dir.path().join("key"));
+        std::fs::write(&token, "t2").unwrap();
         std::fs::write(&key, "k1").unwrap();
         let config: NotificationConfig = toml::from_str(&format!(
-            "url = \"http://127.0.0.1:9/hook\"\nbearer_token = {{ file = {file:?} }}\n\
+            "url = \"http://127.0.0.1:9/hook\"\nbearer_token = {{ file = {token:?} }}\n\
              headers = {{ X-Api-Key = {{ file = {key:?} }}, X-Team = \"a\" }}\n",
-            file = dir.path().join("token2"),
         ))
         .unwrap();
-        std::fs::write(dir.path().join("token2"), "t2").unwrap();
         let built = Webhooks::build(&[config]).unwrap();
         let hook = &built.0[0];
-        assert_eq!(hook.token.as_ref().unwrap().value(), "Bearer t2");
-        let [(name, secret)] = hook.secret_headers.as_slice() else {
-            panic!("{hook:?}");
-        };
-        assert_eq!(name.as_str(), "x-api-key");
-        assert_eq!(secret.value(), "k1");
+        let request = hook.client.post(&hook.url).build().unwrap();
+        let headers = request.headers();
+        assert_eq!(headers["authorization"], "Bearer t2");
+        assert_eq!(headers["x-api-key"], "k1");
         let debug = format!("{built:?}");
         assert!(!debug.contains("t2") && !debug.contains("k1"), "{debug}");
     }

@@ -15,6 +15,8 @@
 //! Harnesses for real peers:
 //! - [`prometheus`]: a real Prometheus server and an exporter it scrapes.
 //! - [`stub_http`]: HTTP and TCP peers that misbehave on purpose.
+//! - [`https`]: a peer behind HTTPS (a certificate no system trusts) and a
+//!   bearer token, for `ca_file` and `bearer_token`.
 //! - [`shard_coordinator`]: a fake shard coordinator for the `rebalance`
 //!   actuator (no stock system speaks its API).
 //! - [`reload`]: what the hot-reload and config-reload tests share (a
@@ -25,6 +27,7 @@
 pub mod daemon_process;
 pub mod e2e;
 pub mod fake_kube;
+pub mod https;
 pub mod moto;
 pub mod prometheus;
 pub mod reload;

@@ -205,22 +205,47 @@ pub struct DrainWebhook {
     status: Arc<AtomicU16>,
     calls: Arc<Mutex<Vec<serde_json::Value>>>,
     url: String,
+    secured: Option<Arc<crate::https::Secured>>,
 }
 
 impl DrainWebhook {
+    fn new(status: StatusCode, url: String) -> DrainWebhook {
+        DrainWebhook {
+            status: Arc::new(AtomicU16::new(status.as_u16())),
+            calls: Arc::default(),
+            url,
+            secured: None,
+        }
+    }
+
+    fn app(&self) -> axum::Router {
+        axum::Router::new()
+            .route("/drain", post(Self::handle))
+            .with_state(self.clone())
+    }
+
     /// Serves `/drain` on the caller's runtime, answering `status`.
     pub async fn start(status: StatusCode) -> anyhow::Result<DrainWebhook> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let webhook = DrainWebhook {
-            status: Arc::new(AtomicU16::new(status.as_u16())),
-            calls: Arc::default(),
-            url: format!("http://{}/drain", listener.local_addr()?),
-        };
-        let app = axum::Router::new()
-            .route("/drain", post(Self::handle))
-            .with_state(webhook.clone());
+        let webhook = DrainWebhook::new(status, format!("http://{}/drain", listener.local_addr()?));
+        let app = webhook.app();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(webhook)
+    }
+
+    /// Serves `/drain` over HTTPS with a certificate no system trusts,
+    /// answering only requests with the bearer token ([`crate::https`]).
+    pub async fn start_secured(status: StatusCode) -> anyhow::Result<DrainWebhook> {
+        let mut webhook = DrainWebhook::new(status, String::new());
+        let secured = crate::https::serve(webhook.app()).await?;
+        webhook.url = secured.url("/drain");
+        webhook.secured = Some(Arc::new(secured));
+        Ok(webhook)
+    }
+
+    /// Its HTTPS side and token, when [`start_secured`](Self::start_secured).
+    pub fn secured(&self) -> Option<&crate::https::Secured> {
+        self.secured.as_deref()
     }
 
     async fn handle(

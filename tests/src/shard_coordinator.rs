@@ -11,7 +11,6 @@
 //! each refusal as a violation, so a test can assert there were none.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -19,6 +18,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, put};
 use serde_json::{Value, json};
+
+use crate::https::Secured;
 
 /// One worker's state.
 #[derive(Debug, Clone)]
@@ -272,32 +273,56 @@ async fn stop(State(world): State<Shared>, Path(id): Path<String>) -> Answer {
 /// A running fake coordinator on a loopback port.
 #[derive(Debug)]
 pub struct ShardCoordinator {
-    addr: SocketAddr,
+    endpoint: String,
     /// The world it serves; tests change and inspect it.
     pub world: Shared,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Its HTTPS side and token, when [`start_secured`](Self::start_secured).
+    pub secured: Option<Secured>,
 }
 
 impl ShardCoordinator {
-    /// Serves `world` on a free loopback port (within a Tokio runtime).
-    pub async fn start(world: World) -> ShardCoordinator {
-        let world = Arc::new(Mutex::new(world));
-        let app = axum::Router::new()
+    fn app(world: &Shared) -> axum::Router {
+        axum::Router::new()
             .route("/api/workers", get(list).post(start))
             .route("/api/workers/{id}", delete(stop))
             .route("/api/assignment", put(assign))
-            .with_state(world.clone());
+            .with_state(world.clone())
+    }
+
+    /// Serves `world` on a free loopback port (within a Tokio runtime).
+    pub async fn start(world: World) -> ShardCoordinator {
+        let world = Arc::new(Mutex::new(world));
+        let app = Self::app(&world);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        ShardCoordinator { addr, world, task }
+        ShardCoordinator {
+            endpoint: format!("http://{addr}/api"),
+            world,
+            task: Some(task),
+            secured: None,
+        }
+    }
+
+    /// Serves `world` over HTTPS with a certificate no system trusts,
+    /// answering only requests with the bearer token ([`crate::https`]).
+    pub async fn start_secured(world: World) -> ShardCoordinator {
+        let world = Arc::new(Mutex::new(world));
+        let secured = crate::https::serve(Self::app(&world)).await.unwrap();
+        ShardCoordinator {
+            endpoint: secured.url("/api"),
+            world,
+            task: None,
+            secured: Some(secured),
+        }
     }
 
     /// The coordinator API's base URL.
     pub fn endpoint(&self) -> String {
-        format!("http://{}/api", self.addr)
+        self.endpoint.clone()
     }
 
     /// Runs `f` on the world.
@@ -308,6 +333,8 @@ impl ShardCoordinator {
 
 impl Drop for ShardCoordinator {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }

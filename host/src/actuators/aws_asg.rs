@@ -44,6 +44,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
 use crate::config::AwsAsgTarget;
+use crate::outbound::AuthedClient;
 
 /// The longest one call to the Auto Scaling API may take, retries included.
 const API_TIMEOUT: Duration = Duration::from_secs(20);
@@ -57,7 +58,8 @@ pub struct AwsAsgActuator {
     /// Built on first use: loading the AWS configuration (credentials,
     /// region) may take network calls, which belong in a tick, not in start-up.
     client: OnceCell<Client>,
-    http: reqwest::Client,
+    /// The drain webhook's client, with its credentials.
+    drain: Option<AuthedClient>,
     draining: Mutex<Option<ScaleIn>>,
 }
 
@@ -83,25 +85,27 @@ struct Victim {
 
 impl AwsAsgActuator {
     /// The actuator of the group `settings.group`, with an AWS client loaded
-    /// from the environment (credentials chain, region) on first use.
-    pub fn new(settings: AwsAsgTarget) -> Self {
-        AwsAsgActuator {
+    /// from the environment (credentials chain, region) on first use. Fails
+    /// when the drain webhook's credentials or CA file cannot be read (the
+    /// error names the setting: `drain_webhook.bearer_token: ...`).
+    pub fn new(settings: AwsAsgTarget) -> Result<Self, String> {
+        Ok(AwsAsgActuator {
+            drain: drain_client(&settings)?,
             settings,
             client: OnceCell::new(),
-            http: webhook_client(),
             draining: Mutex::new(None),
-        }
+        })
     }
 
     /// The actuator of `settings.group` with a client already built (tests,
     /// or an embedding program with its own AWS configuration).
-    pub fn with_client(settings: AwsAsgTarget, client: Client) -> Self {
-        AwsAsgActuator {
+    pub fn with_client(settings: AwsAsgTarget, client: Client) -> Result<Self, String> {
+        Ok(AwsAsgActuator {
+            drain: drain_client(&settings)?,
             settings,
             client: OnceCell::new_with(Some(client)),
-            http: webhook_client(),
             draining: Mutex::new(None),
-        }
+        })
     }
 
     async fn client(&self) -> &Client {
@@ -269,7 +273,7 @@ impl AwsAsgActuator {
     /// Calls the drain webhook once for `victim` (or marks it drained when
     /// there is none).
     async fn drain_step(&self, victim: &mut Victim) {
-        let Some(url) = &self.settings.drain_webhook else {
+        let (Some(webhook), Some(http)) = (&self.settings.drain_webhook, &self.drain) else {
             victim.drained = true;
             victim.note = "waiting out the drain delay".into();
             return;
@@ -279,7 +283,7 @@ impl AwsAsgActuator {
             "instance_id": victim.id,
             "availability_zone": victim.zone,
         });
-        match self.http.post(url).json(&body).send().await {
+        match http.post(&webhook.url).json(&body).send().await {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
                 victim.drained = true;
                 victim.note = "drained".into();
@@ -335,11 +339,12 @@ impl AwsAsgActuator {
     }
 }
 
-fn webhook_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(WEBHOOK_TIMEOUT)
-        .build()
-        .unwrap_or_default()
+/// The drain webhook's client, when there is a webhook.
+fn drain_client(settings: &AwsAsgTarget) -> Result<Option<AuthedClient>, String> {
+    let Some(webhook) = &settings.drain_webhook else {
+        return Ok(None);
+    };
+    AuthedClient::build("drain_webhook", webhook.http_auth(), WEBHOOK_TIMEOUT).map(Some)
 }
 
 /// An API failure in words: the operation, then the service's error code and

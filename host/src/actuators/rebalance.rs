@@ -35,6 +35,7 @@ use tokio::sync::Mutex;
 
 use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
 use crate::config::RebalanceTarget;
+use crate::outbound::AuthedClient;
 
 /// How long one request to the coordinator may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,21 +125,22 @@ struct Change {
 #[derive(Debug)]
 pub struct RebalanceActuator {
     settings: RebalanceTarget,
-    http: reqwest::Client,
+    /// The coordinator's client, with its credentials.
+    http: AuthedClient,
     change: Mutex<Option<Change>>,
 }
 
 impl RebalanceActuator {
-    /// The actuator for `settings`; nothing is contacted until the first tick.
-    pub fn new(settings: RebalanceTarget) -> Self {
-        RebalanceActuator {
-            http: reqwest::Client::builder()
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
+    /// The actuator for `settings`; nothing is contacted until the first
+    /// tick. Fails when the coordinator's credentials or CA file cannot be
+    /// read (the error names the setting: `bearer_token: ...`).
+    pub fn new(settings: RebalanceTarget) -> Result<Self, String> {
+        let http = AuthedClient::build("", settings.http_auth(), REQUEST_TIMEOUT)?;
+        Ok(RebalanceActuator {
+            http,
             settings,
             change: Mutex::new(None),
-        }
+        })
     }
 
     fn url(&self, path: &str) -> String {

@@ -1899,7 +1899,12 @@ fn auto_scaling_group_problems_are_reported_at_their_place() {
         let Some(problem) = found else {
             panic!("{name}: no problem at {line}:{column} saying {message:?}; got:\n{err}");
         };
-        assert_eq!(problem.path, AT, "{name}: {problem}");
+        // A webhook's problems are the webhook's, in either of its forms.
+        let expected = match message.starts_with("drain_webhook") {
+            true => format!("{AT}.drain_webhook"),
+            false => AT.to_owned(),
+        };
+        assert_eq!(problem.path, expected, "{name}: {problem}");
     }
 
     // An unknown field stops the parse, located at the field.
@@ -2038,6 +2043,144 @@ fn a_rebalance_target_is_checked_at_its_place() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn drain_webhook_and_coordinator_credentials_parse_and_are_checked_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("drain-token"), "t\n").unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["drainer".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), certified.cert.pem()).unwrap();
+    const WEBHOOK: &str = "drain_webhook = \"http://drainer.internal:8080/drain\"";
+    let text = edit(
+        ASG,
+        &[(
+            WEBHOOK,
+            "drain_webhook = { url = \"https://drainer.internal:8443/drain\", bearer_token = { file = \"drain-token\" }, headers = { X-Team = \"ops\" }, ca_file = \"ca.pem\" }",
+        )],
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let TargetConfig::AwsAsg(asg) = config.scalers[0].get_ref().target.get_ref().clone() else {
+        panic!()
+    };
+    let webhook = asg.drain_webhook.unwrap();
+    assert_eq!(webhook.url, "https://drainer.internal:8443/drain");
+    assert_eq!(
+        webhook.bearer_token,
+        Some(Secret::File(dir.path().join("drain-token"))),
+        "relative to the config's folder"
+    );
+    assert_eq!(webhook.ca_file, Some(dir.path().join("ca.pem")));
+    assert_eq!(
+        webhook.headers.get("X-Team"),
+        Some(&HeaderSetting::Value("ops".into()))
+    );
+    // The plain URL form is the same webhook without credentials.
+    let config = parse_in(dir.path(), ASG).unwrap();
+    let TargetConfig::AwsAsg(asg) = config.scalers[0].get_ref().target.get_ref().clone() else {
+        panic!()
+    };
+    assert_eq!(
+        asg.drain_webhook,
+        Some(DrainWebhook::at("http://drainer.internal:8080/drain"))
+    );
+
+    const AT: &str = "scalers[0] \"workers\".target.drain_webhook";
+    let table = |inner: &str| format!("drain_webhook = {{ {inner} }}");
+    let cases = [
+        (
+            WEBHOOK,
+            table("url = \"drainer:8080\""),
+            "\"drainer:8080\"",
+            "drain_webhook \"drainer:8080\" must start with http:// or https://",
+        ),
+        (
+            WEBHOOK,
+            table("url = \"https://d/drain\", bearer_token = { file = \"missing-token\" }"),
+            "{ file = \"missing-token\" }",
+            "bearer_token: cannot read secret file",
+        ),
+        (
+            WEBHOOK,
+            table("url = \"https://d/drain\", ca_file = \"missing-ca.pem\""),
+            "\"missing-ca.pem\"",
+            "ca_file: ",
+        ),
+    ];
+    let cases: Vec<(&str, &str, &str, &str)> = cases
+        .iter()
+        .map(|(a, b, c, d)| (*a, b.as_str(), *c, *d))
+        .collect();
+    assert_refused_at(dir.path(), ASG, AT, &cases);
+    let plain_authorization =
+        table("url = \"https://d/drain\", headers = { Authorization = \"Bearer x\" }");
+    assert_refused_at(
+        dir.path(),
+        ASG,
+        &format!("{AT}.headers"),
+        &[(
+            WEBHOOK,
+            &plain_authorization,
+            "\"Bearer x\"",
+            "give Authorization as a secret",
+        )],
+    );
+    let text = edit(
+        ASG,
+        &[(WEBHOOK, &table("url = \"https://d/drain\", token = \"x\""))],
+    );
+    let err = parse_in(dir.path(), &text).unwrap_err();
+    assert!(
+        err.problems()
+            .iter()
+            .any(|p| p.message.contains("unknown field \"token\"")),
+        "{err}"
+    );
+
+    // The coordinator's, as fields of the target.
+    let text =
+        asg_with_target("kind = \"rebalance\"\nendpoint = \"https://coordinator.jobs:8443/api\"\n");
+    const TARGET: &str = "scalers[0] \"workers\".target";
+    const ENDPOINT: &str = "endpoint = \"https://coordinator.jobs:8443/api\"";
+    let cases = [
+        (
+            ENDPOINT,
+            "endpoint = \"https://coordinator.jobs:8443/api\"\nbearer_token = { env = \"SCALEWISE_TEST_UNSET_TOKEN\" }",
+            "{ env = \"SCALEWISE_TEST_UNSET_TOKEN\" }",
+            "bearer_token: environment variable \"SCALEWISE_TEST_UNSET_TOKEN\" is not set",
+        ),
+        (
+            ENDPOINT,
+            "endpoint = \"https://coordinator.jobs:8443/api\"\nca_file = \"missing-ca.pem\"",
+            "\"missing-ca.pem\"",
+            "ca_file: ",
+        ),
+    ];
+    assert_refused_at(dir.path(), &text, TARGET, &cases);
+    assert_refused_at(
+        dir.path(),
+        &text,
+        &format!("{TARGET}.headers"),
+        &[(
+            ENDPOINT,
+            "endpoint = \"https://coordinator.jobs:8443/api\"\nheaders = { \"Bad Header\" = \"x\" }",
+            "\"Bad Header\"",
+            "\"Bad Header\" is not a valid header name",
+        )],
+    );
+    let text = edit(
+        &text,
+        &[(
+            ENDPOINT,
+            "endpoint = \"https://coordinator.jobs:8443/api\"\nbearer_token = { file = \"drain-token\" }\nca_file = \"ca.pem\"",
+        )],
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let TargetConfig::Rebalance(workers) = config.scalers[0].get_ref().target.get_ref().clone()
+    else {
+        panic!()
+    };
+    assert_eq!(workers.ca_file, Some(dir.path().join("ca.pem")));
 }
 
 #[test]

@@ -14,6 +14,7 @@ use super::{
     KubernetesTarget, LeaderElectionConfig, LoadConfig, MetricConfig, Problem, PrometheusConfig,
     RebalanceTarget, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
 };
+use crate::outbound::HttpAuth;
 
 /// The metric source name that means the simulator, not a `[sources]` entry.
 pub const SIMULATOR_SOURCE: &str = "simulator";
@@ -97,7 +98,7 @@ pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> 
     for (name, simulation) in config.simulations.iter() {
         c.simulation(name, simulation.get_ref());
     }
-    c.scalers(config);
+    c.scalers(config, env);
     for (i, notification) in config.notifications.iter().enumerate() {
         c.notification(config, i, notification.get_ref(), env);
     }
@@ -402,20 +403,41 @@ impl Checker<'_, '_> {
         if n.timeout.is_zero() {
             self.value(&at("timeout"), "timeout must be longer than 0s");
         }
-        if let Some(ca) = &n.ca_file
+        self.http_auth(&keys!["notifications", i], n.http_auth(), None, env);
+    }
+
+    /// An outbound endpoint's credentials and trust under the table at
+    /// `base`: its bearer token and secret headers readable, its headers
+    /// valid, its CA file a PEM file of certificates. `other_auth` names
+    /// another setting of the table that sets `Authorization` (a source's
+    /// `basic_auth`).
+    fn http_auth(
+        &mut self,
+        base: &[Seg],
+        auth: HttpAuth<'_>,
+        other_auth: Option<&'static str>,
+        env: EnvLookup<'_>,
+    ) {
+        let at = |field: &str| {
+            let mut path = base.to_vec();
+            path.push(Seg::from(field));
+            path
+        };
+        if let Some(ca) = auth.ca_file
             && let Err(err) = super::read_ca_file(ca)
         {
             self.value(&at("ca_file"), format!("ca_file: {err}"));
         }
-        if let Some(token) = &n.bearer_token
+        if let Some(token) = auth.bearer_token
             && let Err(err) = token.resolve_with_env(env)
         {
             self.value(&at("bearer_token"), format!("bearer_token: {err}"));
         }
-        let auth = n.bearer_token.as_ref().map(|_| "bearer_token");
-        for (header, setting) in &n.headers {
-            let here = keys!["notifications", i, "headers", header.as_str()];
-            self.header(&here, header, setting, auth, env);
+        let sets_authorization = auth.bearer_token.map(|_| "bearer_token").or(other_auth);
+        for (header, setting) in auth.headers {
+            let mut here = at("headers");
+            here.push(Seg::from(header));
+            self.header(&here, header, setting, sets_authorization, env);
         }
     }
 
@@ -497,12 +519,6 @@ impl Checker<'_, '_> {
             headers,
             ca_file,
         } = prometheus;
-        if let Some(ca) = ca_file
-            && let Err(err) = super::read_ca_file(ca)
-        {
-            self.value(&at("ca_file"), format!("ca_file: {err}"));
-        }
-
         self.http_url(&at("url"), "url", url);
         self.nonzero(&at("timeout"), "timeout", *timeout);
 
@@ -511,11 +527,6 @@ impl Checker<'_, '_> {
                 &at("basic_auth"),
                 "give at most one of bearer_token and basic_auth",
             );
-        }
-        if let Some(token) = bearer_token
-            && let Err(err) = token.resolve_with_env(env)
-        {
-            self.value(&at("bearer_token"), format!("bearer_token: {err}"));
         }
         if let Some(auth) = basic_auth {
             if auth.username.is_empty() {
@@ -531,15 +542,13 @@ impl Checker<'_, '_> {
                 );
             }
         }
-        let auth = match (bearer_token, basic_auth) {
-            (Some(_), _) => Some("bearer_token"),
-            (None, Some(_)) => Some("basic_auth"),
-            (None, None) => None,
+        let auth = HttpAuth {
+            bearer_token: bearer_token.as_ref(),
+            headers,
+            ca_file: ca_file.as_deref(),
         };
-        for (header, setting) in headers {
-            let here = keys!["sources", name, "headers", header.as_str()];
-            self.header(&here, header, setting, auth, env);
-        }
+        let other = basic_auth.as_ref().map(|_| "basic_auth");
+        self.http_auth(&keys!["sources", name], auth, other, env);
     }
 
     fn simulation(&mut self, name: &str, simulation: &SimulationConfig) {
@@ -609,7 +618,7 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn scalers(&mut self, config: &Config) {
+    fn scalers(&mut self, config: &Config, env: EnvLookup<'_>) {
         let mut names: HashMap<&str, usize> = HashMap::new();
         // Which scaler drives each target: two would fight.
         let mut owners: HashMap<String, usize> = HashMap::new();
@@ -658,8 +667,8 @@ impl Checker<'_, '_> {
                 }
             }
             match target {
-                TargetConfig::AwsAsg(asg) => self.aws_asg(i, asg),
-                TargetConfig::Rebalance(workers) => self.rebalance(i, workers),
+                TargetConfig::AwsAsg(asg) => self.aws_asg(i, asg, env),
+                TargetConfig::Rebalance(workers) => self.rebalance(i, workers, env),
                 TargetConfig::Kubernetes(k8s) => self.kubernetes(i, k8s),
                 TargetConfig::Simulator { .. } => {}
             }
@@ -782,9 +791,15 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn rebalance(&mut self, i: usize, workers: &RebalanceTarget) {
+    fn rebalance(&mut self, i: usize, workers: &RebalanceTarget, env: EnvLookup<'_>) {
         let at = |field: &str| keys!["scalers", i, "target", field];
         self.http_url(&at("endpoint"), "endpoint", &workers.endpoint);
+        self.http_auth(
+            &keys!["scalers", i, "target"],
+            workers.http_auth(),
+            None,
+            env,
+        );
         if workers.timeout < MIN_INTERVAL {
             self.value(
                 &at("timeout"),
@@ -793,7 +808,7 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn aws_asg(&mut self, i: usize, asg: &AwsAsgTarget) {
+    fn aws_asg(&mut self, i: usize, asg: &AwsAsgTarget, env: EnvLookup<'_>) {
         let at = |field: &str| keys!["scalers", i, "target", field];
         let group = asg.group.as_str();
         if group.trim().is_empty() || group.len() > 255 || group.chars().any(char::is_control) {
@@ -817,7 +832,15 @@ impl Checker<'_, '_> {
             self.http_url(&at("endpoint"), "endpoint", endpoint);
         }
         if let Some(webhook) = &asg.drain_webhook {
-            self.http_url(&at("drain_webhook"), "drain_webhook", webhook);
+            let base = keys!["scalers", i, "target", "drain_webhook"];
+            // The URL's own key when the webhook is a table; the nearest
+            // written place (the string itself) otherwise.
+            self.http_url(
+                &keys!["scalers", i, "target", "drain_webhook", "url"],
+                "drain_webhook",
+                &webhook.url,
+            );
+            self.http_auth(&base, webhook.http_auth(), None, env);
         }
         if asg.drain_timeout < asg.drain_delay {
             self.value(
