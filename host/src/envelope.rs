@@ -20,9 +20,16 @@
 //!    `scale_up.cooldown`, and no scale-down within `scale_down.cooldown`,
 //!    of the last scale event.
 //!
-//! Unlike HPA, which seeds its in-memory history with the current count
-//! whenever it starts, the envelope's history is restored from the journal
-//! ([`EnvelopeState::restore`]); a brand-new scaler starts with none.
+//! HPA seeds its in-memory history with the current count whenever it
+//! starts. The envelope's history is restored from the journal instead
+//! ([`EnvelopeState::restore`]), and seeded as HPA's only where there is
+//! none within the windows: a brand-new scaler's first tick, the first
+//! after a restart that followed a longer outage, and the first after a
+//! takeover of the Lease ([`EnvelopeState::reseed`]).
+//!
+//! A target scaled to 0 while `min` is above 0 is left there
+//! (`scaled-to-zero`): as HPA does, scaling it to zero turns autoscaling
+//! off for it until something scales it up again.
 
 mod hpa;
 mod state;
@@ -51,6 +58,9 @@ pub enum Rule {
     Paused,
     /// A change is still being carried out.
     InFlight,
+    /// The target was scaled to 0 (with `min` above 0): autoscaling is off
+    /// for it, as HPA's `ScalingDisabled`.
+    ScaledToZero,
     /// A metric could not be read, so no scale-in.
     MissingMetrics,
     /// A policy of the scaler failed this tick: hold.
@@ -67,9 +77,10 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order the envelope applies them.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::Paused,
         Rule::InFlight,
+        Rule::ScaledToZero,
         Rule::PolicyFailed,
         Rule::MissingMetrics,
         Rule::Stabilization,
@@ -83,6 +94,7 @@ impl Rule {
         match self {
             Rule::Paused => "paused",
             Rule::InFlight => "in-flight",
+            Rule::ScaledToZero => "scaled-to-zero",
             Rule::PolicyFailed => "policy-failed",
             Rule::MissingMetrics => "missing-metrics",
             Rule::Stabilization => "stabilization",
@@ -214,6 +226,17 @@ fn steer(
             format!(
                 "change to {} in progress: {}",
                 in_flight.desired, in_flight.detail
+            )
+        });
+        return;
+    }
+    if current == 0 && min > 0 {
+        // HPA's ScalingDisabled: someone scaled the target to zero on
+        // purpose (`kubectl scale --replicas=0`), and min does not undo it.
+        trail.change(Rule::ScaledToZero, 0, || {
+            format!(
+                "the target is scaled to 0: autoscaling is off for it until it is scaled up \
+                 (min {min} applies from then on)"
             )
         });
         return;

@@ -41,7 +41,9 @@ pub struct EnvelopeState {
     /// Whether the history has begun: upstream HPA seeds a new autoscaler's
     /// recommendations with the current count (`recordInitialRecommendation`),
     /// so a new scaler does not scale down within its first scale-down
-    /// window; [`apply`](super::apply) does the same on a scaler's first tick.
+    /// window; [`apply`](super::apply) does the same on a scaler's first tick,
+    /// and on the first tick after a restart whose restored history has
+    /// aged out of every window.
     #[serde(default)]
     seeded: bool,
     /// Seed again at the next tick even though there is history: set when
@@ -63,6 +65,12 @@ impl EnvelopeState {
     /// feeds, first, a new scaler's initial recommendation (its count at its
     /// first tick, as upstream HPA seeds it), which is not a column of the
     /// journal: the scaler's restore does, from its first journaled tick.
+    ///
+    /// The first tick after the restore seeds the history with the count it
+    /// finds only if nothing restored is still within the windows then (the
+    /// daemon was down longer than them): as HPA's controller does when it
+    /// starts, so a restart after a long outage does not scale down at once
+    /// on an empty window.
     pub fn restore(
         recommendations: impl IntoIterator<Item = (i64, u32)>,
         events: impl IntoIterator<Item = ScaleEvent>,
@@ -70,9 +78,6 @@ impl EnvelopeState {
         let mut state = Self::new();
         for (time_ms, replicas) in recommendations {
             state.record_recommendation(time_ms, replicas);
-            // A journaled history has begun; the seed of its first tick
-            // (not journaled) matters only within that tick's window.
-            state.seeded = true;
         }
         for event in events {
             state.record_scale(event.timestamp_ms, event.from, event.to);
@@ -139,10 +144,12 @@ impl EnvelopeState {
         self.reseeding = true;
     }
 
-    /// On a scaler's first tick with no history (or the first after
-    /// [`reseed`](Self::reseed)): remembers `current` as recommended at
+    /// On a scaler's first tick (since it began or was restored) with no
+    /// history left in its windows, or the first after
+    /// [`reseed`](Self::reseed): remembers `current` as recommended at
     /// `time_ms` (HPA's initial recommendation) and returns it; afterwards
-    /// `None`.
+    /// `None`. [`apply`](super::apply) prunes first, so "no history" means
+    /// none young enough to matter.
     pub(super) fn seed(&mut self, time_ms: i64, current: u32) -> Option<u32> {
         if self.seeded {
             return None;

@@ -1382,10 +1382,10 @@ fn current_outside_bounds_returns_at_once() {
         &step(Rule::Bounds, 50, 10, "current 50 is above max 10")
     );
 
-    let verdict = apply(&mut EnvelopeState::new(), &input(0, 2, 10, None, &slow));
+    let verdict = apply(&mut EnvelopeState::new(), &input(1, 2, 10, None, &slow));
     assert_eq!(
         verdict.steps,
-        vec![step(Rule::Bounds, 0, 2, "current 0 is below min 2")]
+        vec![step(Rule::Bounds, 1, 2, "current 1 is below min 2")]
     );
 }
 
@@ -1895,16 +1895,70 @@ fn a_new_scaler_does_not_scale_down_within_its_first_window() {
         apply(&mut fresh, &input_at(0, 10, 1, 40, Some(14), &default)).desired,
         14
     );
-    // A history restored from the journal has begun: nothing is seeded.
-    let mut restored = EnvelopeState::restore([(0, 2)], []);
+    // A history restored from the journal, still within the window, is
+    // kept as it is: nothing is seeded, and its 2 lets the scaler go to 2.
+    let mut restored = EnvelopeState::restore([(NOW, 2)], []);
     assert_eq!(
         apply(
             &mut restored,
-            &input_at(400_000, 10, 1, 20, Some(2), &default)
+            &input_at(100_000, 10, 1, 20, Some(2), &default)
         )
         .desired,
         2
     );
+}
+
+#[test]
+fn a_restart_after_a_longer_outage_than_the_window_seeds_the_history_again() {
+    // Ticks journaled at 10 for a minute; the daemon is back 11 minutes
+    // later (past the 5-minute scale-down window) with 10 replicas and a
+    // policy that wants 2. HPA's controller, starting, would seed 10 and
+    // hold for the window; so does the restored state, whose history has
+    // aged out.
+    let default = Behavior::default();
+    let journaled: Vec<(i64, u32)> = (0..=4).map(|i| (NOW + i * 15_000, 10)).collect();
+    let mut state = EnvelopeState::restore(journaled, []);
+    let back = 11 * 60_000;
+    let first = apply(&mut state, &input_at(back, 10, 1, 20, Some(2), &default));
+    assert_eq!(first.desired, 10, "{first:?}");
+    assert_eq!(
+        first.steps[0].reason,
+        "scale-down stabilised: highest recommendation in the last 5m is 10"
+    );
+    let held = apply(
+        &mut state,
+        &input_at(back + 299_000, 10, 1, 20, Some(2), &default),
+    );
+    assert_eq!(held.desired, 10, "{held:?}");
+    let after = apply(
+        &mut state,
+        &input_at(back + 301_000, 10, 1, 20, Some(2), &default),
+    );
+    assert_eq!(after.desired, 2, "{after:?}");
+}
+
+#[test]
+fn a_target_scaled_to_zero_is_left_there_as_hpa_does() {
+    // `kubectl scale --replicas=0` with min 1: autoscaling is off for the
+    // target, whatever the policies want, until something scales it up.
+    let default = Behavior::default();
+    let mut state = EnvelopeState::new();
+    let verdict = apply(&mut state, &input_at(0, 0, 1, 20, Some(5), &default));
+    assert_eq!(verdict.desired, 0, "{verdict:?}");
+    assert_eq!(verdict.steps.len(), 1, "{verdict:?}");
+    assert_eq!(verdict.steps[0].rule, Rule::ScaledToZero.as_str());
+    assert_eq!(
+        verdict.steps[0].reason,
+        "the target is scaled to 0: autoscaling is off for it until it is scaled up (min 1 \
+         applies from then on)"
+    );
+    // Scaled up again by hand: from then on min applies as before.
+    let verdict = apply(&mut state, &input_at(15_000, 1, 2, 20, Some(1), &default));
+    assert_eq!(verdict.desired, 2, "{verdict:?}");
+    // With min 0, zero is an ordinary count: scale-out from it happens.
+    let mut state = EnvelopeState::new();
+    let verdict = apply(&mut state, &input_at(0, 0, 0, 20, Some(3), &default));
+    assert_eq!(verdict.desired, 3, "{verdict:?}");
 }
 
 #[test]
