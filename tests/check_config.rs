@@ -205,6 +205,14 @@ fn a_module_a_scaler_uses_must_load_and_one_no_scaler_uses_is_a_warning() {
         )),
         "{err}"
     );
+    // The verdict says so, rather than that the daemon would not start.
+    assert!(
+        err.ends_with(&format!(
+            "{path}: refused; `scalewise run --config` would start with it, but the scalers of \
+             the modules above would hold until a version that loads is in the policy folder\n"
+        )),
+        "{err}"
+    );
 
     // Only the unused one broken: a warning, and the check passes.
     std::fs::copy(artifacts::THRESHOLD, modules.path().join("threshold.wasm")).unwrap();

@@ -38,6 +38,8 @@ fn one_bad_module_does_not_stop_the_others() {
         [
             ("describe-panics", "describe_failed"),
             ("garbage", "compile"),
+            // A folder named like a module is a failure that says so.
+            ("nested", "io"),
             ("wrong-version", "wrong_wit_version"),
         ]
     );

@@ -125,7 +125,7 @@ impl Webhook {
                         break;
                     }
                 }
-                Err(err) => last = err.to_string(),
+                Err(err) => last = crate::outbound::causes(&err),
             }
         }
         Err(last)

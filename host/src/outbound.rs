@@ -122,6 +122,25 @@ impl AuthedClient {
     }
 }
 
+/// An error's message followed by its causes, without the request URL
+/// (reqwest puts the full URL, query and all, in its own message).
+pub fn causes(error: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        parts.push(e.to_string());
+        cause = e.source();
+    }
+    if parts.is_empty() {
+        parts.push(if error.is_connect() {
+            "connection failed".to_owned()
+        } else {
+            "request failed".to_owned()
+        });
+    }
+    parts.join(": ")
+}
+
 /// A header made from a secret: read when the client is built, and again
 /// from its file as it rotates ([`Refreshed`]).
 struct Rotating {

@@ -836,7 +836,9 @@ fn read_settled(name: &str, path: &Path) -> Result<Candidate, Option<LoadFailure
     })
 }
 
-/// The `*.wasm` files directly in `dir`, sorted by name.
+/// The `*.wasm` files directly in `dir`, sorted by name, and the folders
+/// named so (a mistake worth a failure that says so, rather than a module
+/// silently missing).
 fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
     if !dir.is_dir() {
         return Err(RegistryError::MissingDir(dir.to_path_buf()));
@@ -848,8 +850,9 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
-        // `is_file` follows symlinks, as the Kubernetes ConfigMap layout needs.
-        if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+        // `is_file` follows symlinks, as the Kubernetes ConfigMap layout
+        // needs; a link to nothing (mid-swap) is left for the next scan.
+        if path.extension().is_some_and(|e| e == "wasm") && (path.is_file() || path.is_dir()) {
             files.push(path);
         }
     }
@@ -924,19 +927,25 @@ mod tests {
         std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
         std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+        std::fs::create_dir(dir.path().join("folder.wasm")).unwrap();
         let rt = Runtime::new(RuntimeLimits::default()).unwrap();
         let reg = Registry::load_dir(rt, dir.path()).unwrap();
         let snap = reg.snapshot();
         assert!(snap.modules.is_empty());
         assert_eq!(
             snap.failures.keys().collect::<Vec<_>>(),
-            ["core", "junk"],
+            ["core", "folder", "junk"],
             "txt files are not modules"
+        );
+        let folder = &snap.failures["folder"].error;
+        assert!(
+            folder.contains("folder.wasm") && folder.contains("directory"),
+            "a folder named like a module says what it is: {folder}"
         );
         assert_eq!(snap.failures["junk"].kind, "not_a_component");
         assert!(snap.failures["junk"].digest.is_some());
         assert!(reg.get("junk").is_none());
-        assert_eq!(reg.known().len(), 2, "failed files are known too");
+        assert_eq!(reg.known().len(), 3, "failed files are known too");
     }
 
     #[test]

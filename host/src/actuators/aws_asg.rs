@@ -298,7 +298,10 @@ impl AwsAsgActuator {
                 );
             }
             Err(e) => {
-                victim.note = format!("drain webhook failed ({e}); asking again next tick");
+                victim.note = format!(
+                    "drain webhook failed ({}); asking again next tick",
+                    crate::outbound::causes(&e)
+                );
             }
         }
     }

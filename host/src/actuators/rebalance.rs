@@ -156,7 +156,7 @@ impl RebalanceActuator {
             ActuatorError::Failed(format!(
                 "shard coordinator {}: {what}: {}",
                 self.settings.endpoint,
-                crate::sources::prometheus::causes(&e)
+                crate::outbound::causes(&e)
             ))
         })?;
         let status = response.status();

@@ -69,13 +69,12 @@ pub fn check_config(
             None
         }
     };
+    // Scalers whose module does not load: the daemon would start and hold
+    // them, so they refuse the check but not a start.
+    let mut unloaded = 0;
     if let Some(snapshot) = &snapshot {
-        for result in [
-            config.check_modules_load(&**snapshot),
-            config.check_policies(&**snapshot),
-        ] {
-            problems += report(err, result)?;
-        }
+        unloaded = report(err, config.check_modules_load(&**snapshot))?;
+        problems += report(err, config.check_policies(&**snapshot))?;
     }
     for (name, source) in &config.sources {
         let built = match source.get_ref() {
@@ -111,6 +110,15 @@ pub fn check_config(
     }
     if problems > 0 {
         return refused(err, path);
+    }
+    if unloaded > 0 {
+        writeln!(
+            err,
+            "{}: refused; `scalewise run --config` would start with it, but the scalers of the \
+             modules above would hold until a version that loads is in the policy folder",
+            path.display()
+        )?;
+        return Ok(1);
     }
     summary(out, path, &config, &folder, snapshot.as_deref())?;
     if let Some(scratch) = scratch {

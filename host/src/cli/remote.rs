@@ -61,10 +61,12 @@ impl Remote {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the API at {base}: {e}"))?;
+        let response = request.send().await.map_err(|e| {
+            format!(
+                "cannot reach the API at {base}: {}",
+                crate::outbound::causes(&e)
+            )
+        })?;
         let status = response.status();
         let body: serde_json::Value = response
             .json()

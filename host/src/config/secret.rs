@@ -112,6 +112,15 @@ impl SecretError {
 }
 
 impl Secret {
+    /// Where the secret is read from, in words (never its value):
+    /// `environment variable "TOKEN"`, `secret file /run/token`.
+    pub fn describe(&self) -> String {
+        match self {
+            Secret::Env(name) => format!("environment variable {name:?}"),
+            Secret::File(path) => format!("secret file {}", path.display()),
+        }
+    }
+
     /// Reads the secret from the process environment or its file; a file's
     /// trailing newline is removed.
     pub fn resolve(&self) -> Result<String, SecretError> {
@@ -120,14 +129,11 @@ impl Secret {
 
     /// [`Secret::resolve`] with environment variables looked up in `env`.
     pub fn resolve_with_env(&self, env: EnvLookup<'_>) -> Result<String, SecretError> {
-        let (value, what) = match self {
+        let value = match self {
             Secret::Env(name) if name.trim().is_empty() => {
                 return Err(SecretError::BlankName(name.clone()));
             }
-            Secret::Env(name) => {
-                let value = env(name).ok_or_else(|| SecretError::EnvNotSet(name.clone()))?;
-                (value, format!("environment variable {name:?}"))
-            }
+            Secret::Env(name) => env(name).ok_or_else(|| SecretError::EnvNotSet(name.clone()))?,
             Secret::File(path) if super::is_blank(path) => {
                 return Err(SecretError::BlankPath(path.display().to_string()));
             }
@@ -145,11 +151,11 @@ impl Secret {
                         value.pop();
                     }
                 }
-                (value, format!("secret file {}", path.display()))
+                value
             }
         };
         if value.is_empty() {
-            return Err(SecretError::Empty(what));
+            return Err(SecretError::Empty(self.describe()));
         }
         Ok(value)
     }

@@ -964,6 +964,20 @@ fn each_problem_is_reported_at_its_place() {
             "simulation name \"Web/1\" must be non-empty and use only a-z, 0-9",
         ),
         case(
+            "more initial replicas than any scaler may have",
+            &[("initial_replicas = 2", "initial_replicas = 4000000000")],
+            "4000000000",
+            "simulations.web",
+            "initial_replicas (4000000000) is above runtime.max_replicas (100000)",
+        ),
+        case(
+            "a policy timeout past any tick",
+            &[("timeout = \"100ms\"", "timeout = \"9223372036854775807s\"")],
+            "\"9223372036854775807s\"",
+            "runtime",
+            "must be at most 10m: an evaluation holds its scaler's tick",
+        ),
+        case(
             "zero capacity",
             &[("capacity_per_replica = 100.0", "capacity_per_replica = 0.0")],
             "0.0\n",
@@ -2155,7 +2169,14 @@ fn drain_webhook_and_coordinator_credentials_parse_and_are_checked_at_their_plac
             "\"missing-ca.pem\"",
             "ca_file: ",
         ),
+        (
+            ENDPOINT,
+            "endpoint = \"https://coordinator.jobs:8443/api\"\nbearer_token = { file = \"two-lines\" }",
+            "{ file = \"two-lines\" }",
+            "bearer_token: secret file ",
+        ),
     ];
+    std::fs::write(dir.path().join("two-lines"), "a\nb\n").unwrap();
     assert_refused_at(dir.path(), &text, TARGET, &cases);
     assert_refused_at(
         dir.path(),

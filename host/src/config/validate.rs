@@ -27,6 +27,9 @@ const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_RATE_PERIOD: Duration = Duration::from_secs(30 * 60);
 /// HPA's limit on a stabilisation window (`stabilizationWindowSeconds` ≤ 3600).
 const MAX_STABILIZATION: Duration = Duration::from_secs(3600);
+/// Longest `runtime.timeout`: an evaluation holds its scaler's tick, and
+/// the epoch deadline is a count of ticks that must not overflow.
+const MAX_POLICY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest cooldown: longer ones are surely a unit mistake.
 const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 /// Prometheus refuses range queries returning more points per series.
@@ -96,7 +99,7 @@ pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> 
         c.source(name, source.get_ref(), env);
     }
     for (name, simulation) in config.simulations.iter() {
-        c.simulation(name, simulation.get_ref());
+        c.simulation(name, simulation.get_ref(), config.runtime.max_replicas);
     }
     c.scalers(config, env);
     for (i, notification) in config.notifications.iter().enumerate() {
@@ -262,6 +265,16 @@ impl Checker<'_, '_> {
             );
         }
         self.nonzero(&keys!["runtime", "timeout"], "timeout", limits.timeout);
+        if limits.timeout > MAX_POLICY_TIMEOUT {
+            self.value(
+                &keys!["runtime", "timeout"],
+                format!(
+                    "timeout ({}) must be at most {}: an evaluation holds its scaler's tick",
+                    show(limits.timeout),
+                    show(MAX_POLICY_TIMEOUT)
+                ),
+            );
+        }
         if limits.max_replicas == 0 {
             self.value(
                 &keys!["runtime", "max_replicas"],
@@ -428,10 +441,21 @@ impl Checker<'_, '_> {
         {
             self.value(&at("ca_file"), format!("ca_file: {err}"));
         }
-        if let Some(token) = auth.bearer_token
-            && let Err(err) = token.resolve_with_env(env)
-        {
-            self.value(&at("bearer_token"), format!("bearer_token: {err}"));
+        if let Some(token) = auth.bearer_token {
+            match token.resolve_with_env(env) {
+                Err(err) => self.value(&at("bearer_token"), format!("bearer_token: {err}")),
+                Ok(value) if http::HeaderValue::from_str(&format!("Bearer {value}")).is_err() => {
+                    self.value(
+                        &at("bearer_token"),
+                        format!(
+                            "bearer_token: {} has characters an HTTP header cannot carry (a line \
+                             break inside it, say)",
+                            token.describe()
+                        ),
+                    );
+                }
+                Ok(_) => {}
+            }
         }
         let sets_authorization = auth.bearer_token.map(|_| "bearer_token").or(other_auth);
         for (header, setting) in auth.headers {
@@ -551,7 +575,7 @@ impl Checker<'_, '_> {
         self.http_auth(&keys!["sources", name], auth, other, env);
     }
 
-    fn simulation(&mut self, name: &str, simulation: &SimulationConfig) {
+    fn simulation(&mut self, name: &str, simulation: &SimulationConfig, max_replicas: u32) {
         let at = |field: &str| keys!["simulations", name, field];
         if !valid_name(name) {
             self.key(
@@ -567,6 +591,15 @@ impl Checker<'_, '_> {
             simulation.capacity_per_replica,
             false,
         );
+        if simulation.initial_replicas > max_replicas {
+            self.value(
+                &at("initial_replicas"),
+                format!(
+                    "initial_replicas ({}) is above runtime.max_replicas ({max_replicas})",
+                    simulation.initial_replicas
+                ),
+            );
+        }
         self.load(name, &simulation.load);
     }
 

@@ -131,6 +131,7 @@ use serde::Deserialize;
 use self::coalesce::Coalescer;
 use super::{MetricError, MetricQuery, Source};
 use crate::config::{HeaderSetting, PrometheusConfig, Refreshed, Secret, SecretError};
+use crate::outbound::causes;
 use crate::policy::Point;
 
 /// Points per range query of [`PrometheusSource::history`]: Prometheus
@@ -542,25 +543,6 @@ impl Source for PrometheusSource {
             .run(key, || self.fetch_uncached(query, evaluation_ms))
             .await
     }
-}
-
-/// An error's message followed by its causes, without the request URL
-/// (reqwest puts the full URL, query and all, in its own message).
-pub(crate) fn causes(error: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        parts.push(e.to_string());
-        cause = e.source();
-    }
-    if parts.is_empty() {
-        parts.push(if error.is_connect() {
-            "connection failed".to_owned()
-        } else {
-            "request failed".to_owned()
-        });
-    }
-    parts.join(": ")
 }
 
 /// Reads `secret` with the config's resolver (the same rules the config
