@@ -721,6 +721,83 @@ async fn with_tls_the_api_speaks_https_and_the_cli_trusts_its_certificate() {
     daemon.stop().await.unwrap();
 }
 
+/// A self-signed certificate made as `openssl req -x509` makes one, marked
+/// as a CA: a client's usual checks refuse it as a server's own, but the
+/// CLI given that very file (`--ca-file`, or the daemon's config) trusts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_trusts_a_self_signed_certificate_marked_as_a_ca() {
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
+
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let certified = params.self_signed(&key).unwrap();
+    let (cert, key_file) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    std::fs::write(&cert, certified.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}{}",
+        cert.display().to_string(),
+        key_file.display().to_string(),
+        simulation("web", 2),
+        queue_scaler("web", "simulator", "queue_depth")
+    );
+    let mut daemon = RunningDaemon::start(&config, Clock::system())
+        .await
+        .unwrap();
+    let api = daemon.api().unwrap();
+    // The usual checks: a CA's certificate is no server's.
+    let strict = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(certified.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let refused = strict
+        .get(format!("https://{api}/healthz"))
+        .send()
+        .await
+        .unwrap_err();
+    let refused = scalewise::outbound::causes(&refused);
+    assert!(refused.contains("CaUsedAsEndEntity"), "{refused}");
+
+    let url = format!("https://{api}");
+    let cert_arg = cert.to_str().unwrap();
+    let (code, out, err) = scalewise(&["pause", "web", "--api", &url, "--ca-file", cert_arg]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(true));
+    let cli_config = config.replace("[api]\n", &format!("[api]\nlisten = \"{api}\"\n"));
+    std::fs::write(daemon.dir().join("cli.toml"), cli_config).unwrap();
+    let (code, out, err) = scalewise_in(daemon.dir(), &["resume", "web", "--config", "cli.toml"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(daemon.journal().paused("web").await.unwrap(), Some(false));
+    // Another self-signed certificate is not this one: refused, saying why.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = other.path().join("other.crt");
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(
+        &stranger,
+        other_params.self_signed(&other_key).unwrap().pem(),
+    )
+    .unwrap();
+    let (code, _, err) = scalewise(&[
+        "pause",
+        "web",
+        "--api",
+        &url,
+        "--ca-file",
+        stranger.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot reach the API") && err.contains("certificate"),
+        "{err}"
+    );
+    daemon.stop().await.unwrap();
+}
+
 /// With `reads = "token"` every `/v1/...` read needs the token, from
 /// loopback too; the probes, `/metrics` and the dashboard page stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

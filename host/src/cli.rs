@@ -8,6 +8,7 @@
 mod check_config;
 mod journal;
 mod pause;
+mod pinned;
 mod remote;
 mod replay;
 mod run;
@@ -224,8 +225,9 @@ pub struct ApiArgs {
     pub token_file: Option<PathBuf>,
     /// The certificates (PEM) to trust for an `https://` API instead of the
     /// system's: the CA that issued the daemon's certificate, or a
-    /// self-signed certificate itself. With `--config` and `[api] tls`,
-    /// the daemon's certificate file by default.
+    /// self-signed certificate itself (trusted as that very certificate,
+    /// even when marked as a CA, as `openssl req -x509` makes them). With
+    /// `--config` and `[api] tls`, the daemon's certificate file by default.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
 }

@@ -38,7 +38,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often (at most) the files are looked at for a rotation.
 const RECHECK: Duration = Duration::from_secs(60);
 
-fn provider() -> CryptoProvider {
+pub(crate) fn provider() -> CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 

@@ -32,9 +32,9 @@ impl Remote {
         let (base, token, ca) = target(args)?;
         let mut client = reqwest::Client::builder().timeout(TIMEOUT);
         if let Some(ca) = &ca {
-            let certs = crate::config::read_ca_file(ca)
+            let tls = super::pinned::client_config(ca)
                 .map_err(|e| format!("cannot read the certificates to trust: {e}"))?;
-            client = client.tls_certs_only(certs);
+            client = client.tls_backend_preconfigured(tls);
         }
         let client = client.build().map_err(|e| e.to_string())?;
         Ok(Remote {
