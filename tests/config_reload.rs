@@ -192,6 +192,70 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     d.stop().await.unwrap();
 }
 
+/// New parameters the policy refuses (a negative count where it reads an
+/// unsigned one): the config check cannot know, but the scaler's last
+/// context, decided with the old ones, fails with the new: the reload is
+/// refused at the parameters and the scaler keeps deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_the_policy_refuses_are_refused_at_reload() {
+    let mut d = start("").await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    let with_params = |params: &str| {
+        config_text(4.0, 50, "native", "").replace(
+            "module = \"counter\"",
+            &format!("module = \"counter\"\nparams = {{ {params} }}"),
+        )
+    };
+    let text = with_params("scale_to = -1");
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "refused", 1).await;
+    let error = d.get("/v1/config").await.unwrap()["last_error"].clone();
+    let problem = &error["problems"][0];
+    assert_eq!(
+        problem["path"], "scalers[0] \"web\".policies[0] \"counter\"",
+        "{error}"
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("params = "))
+        .unwrap()
+        + 1;
+    assert_eq!(problem["line"].as_u64(), Some(line as u64), "{error}");
+    let message = problem["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "the policy refuses these parameters: on the context scaler \"web\" decided at "
+        ) && message.contains("it now fails (policy_error): "),
+        "{message}"
+    );
+    // Still deciding with the running parameters.
+    let record = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    assert!(matches!(
+        record.evaluations[0].outcome,
+        EvaluationOutcome::Decided { .. }
+    ));
+
+    // Parameters it takes are applied.
+    rewrite_config(&d, &with_params("scale_to = 2"));
+    wait_for_reloads(&d, "applied", 1).await;
+    let record = d
+        .next_decision(5 * SECOND, |r| {
+            r.scaler == "web" && r.evaluations[0].context.parameters["scale_to"] == 2
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        record.evaluations[0].outcome,
+        EvaluationOutcome::Decided { .. }
+    ));
+    d.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_read_at_start_are_reported_as_needing_a_restart() {
     let mut d = start("").await;

@@ -816,6 +816,103 @@ impl Daemon {
         }
     }
 
+    /// Tries the policies of the changed scalers (indices into
+    /// `config.scalers`) whose parameters changed on the context their
+    /// scaler last decided with the old ones (from the journal): the same
+    /// data and the same module version, so a policy that decided then and
+    /// fails now refuses its new parameters (an unknown aggregate, a
+    /// threshold whose bounds cross), and the reload is refused at them
+    /// rather than applied to hold that scaler on every tick. Each distinct
+    /// (module, parameters) is tried once, on the first scaler that has
+    /// such a context; scalers new or never decided are not tried.
+    async fn try_new_parameters(
+        &self,
+        config: &Config,
+        changed: &[usize],
+    ) -> Result<(), DaemonError> {
+        let snapshot = self.registry.snapshot();
+        let mut tried: HashSet<(String, String)> = HashSet::new();
+        let mut trials = Vec::new();
+        for &i in changed {
+            let scaler = config.scalers[i].get_ref();
+            let name = scaler.name.get_ref();
+            let mut last: Option<TickRecord> = None;
+            for (p, policy) in scaler.policies.iter().enumerate() {
+                let policy = policy.get_ref();
+                let module_name = policy.module.get_ref();
+                let Some(module) = snapshot.modules.get(module_name) else {
+                    continue;
+                };
+                let configured = match &policy.params {
+                    Some(table) => toml_to_json(&toml::Value::Table((**table.get_ref()).clone())),
+                    None => serde_json::Value::Object(serde_json::Map::new()),
+                };
+                let parameters = crate::scaler::with_defaults(&configured, module.info());
+                let key = (module_name.clone(), parameters.to_string());
+                if tried.contains(&key) {
+                    continue;
+                }
+                if last.is_none() {
+                    let records = self
+                        .journal
+                        .query(crate::journal::Query::scaler(name.clone(), 5))
+                        .await
+                        .unwrap_or_default();
+                    last = records
+                        .into_iter()
+                        .filter(|r| !r.evaluations.is_empty())
+                        .max_by_key(|r| r.time_ms);
+                }
+                let Some(evaluation) = last.as_ref().and_then(|r| r.evaluations.get(p)) else {
+                    continue;
+                };
+                let decided = matches!(
+                    evaluation.outcome,
+                    crate::journal::EvaluationOutcome::Decided { .. }
+                );
+                if evaluation.module != *module_name || !decided {
+                    continue;
+                }
+                // Tried once per (module, parameters); parameters a scaler
+                // decides with now need no trial at all (a fleet-wide
+                // change of something else then reads one scaler's record).
+                tried.insert(key);
+                if evaluation.context.parameters == parameters {
+                    continue;
+                }
+                let mut context = evaluation.context.clone();
+                context.parameters = parameters;
+                trials.push((i, p, module.clone(), context));
+            }
+        }
+        if trials.is_empty() {
+            return Ok(());
+        }
+        let found = tokio::task::spawn_blocking(move || {
+            trials
+                .into_iter()
+                .filter_map(|(i, p, module, context)| {
+                    let err = module.evaluate(&context).err()?;
+                    Some((
+                        i,
+                        p,
+                        format!(
+                            "the policy refuses these parameters: on the context scaler {:?} \
+                             decided at {} with the ones running, it now fails ({}): {}",
+                            context.scaler,
+                            crate::clock::format_ms(context.now_ms),
+                            err.kind.as_str(),
+                            err.message.lines().next().unwrap_or_default()
+                        ),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| DaemonError::Setup(format!("trying the new parameters panicked: {e}")))?;
+        config.params_problems(&found).map_err(DaemonError::from)
+    }
+
     /// Checks `config` against the running daemon and applies it; nothing
     /// is applied unless everything checks out. `Ok(None)`: unchanged.
     async fn apply_config(
@@ -843,6 +940,20 @@ impl Daemon {
         // What will be kept of it once applied; its fingerprints also tell
         // the changed scalers.
         let next = Applied::of(&config);
+        let changed_scalers: Vec<usize> = config
+            .scalers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                let name = s.get_ref().name.get_ref().as_str();
+                running
+                    .scalers
+                    .get(name)
+                    .is_some_and(|before| before.fingerprint != next.scalers[name].fingerprint)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        self.try_new_parameters(&config, &changed_scalers).await?;
         let simulations_changed = config.simulations_fingerprint() != self.simulations;
         let restart_required = restart_only_changes(&self.config, simulations_changed, &config);
 

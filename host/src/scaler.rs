@@ -1013,7 +1013,10 @@ fn unavailable_reason(snapshot: &Snapshot, name: &str) -> String {
 
 /// The configured parameters plus the defaults `info` declares for the
 /// ones the config leaves out.
-fn with_defaults(configured: &serde_json::Value, info: &PolicyInfo) -> serde_json::Value {
+pub(crate) fn with_defaults(
+    configured: &serde_json::Value,
+    info: &PolicyInfo,
+) -> serde_json::Value {
     let mut object = configured.as_object().cloned().unwrap_or_default();
     for spec in &info.parameters {
         if let Some(default) = &spec.default

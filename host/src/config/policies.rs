@@ -115,6 +115,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Problems at policies' `params` values, each `(scaler index, policy
+    /// index, message)`: what a running daemon found when it tried new
+    /// parameters ([`crate::daemon`]'s reload). `Ok` when there are none.
+    pub fn params_problems(&self, found: &[(usize, usize, String)]) -> Result<(), ConfigError> {
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
+        let problems = found
+            .iter()
+            .map(|(i, p, message)| {
+                doc.value_problem(
+                    &keys!["scalers", *i, "policies", *p, "params"],
+                    message.clone(),
+                )
+            })
+            .collect();
+        into_result(problems)
+    }
+}
+
 fn metric_names(scaler: &ScalerConfig) -> Vec<&str> {
     scaler.metrics.keys().map(String::as_str).collect()
 }
