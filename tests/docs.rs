@@ -231,6 +231,22 @@ fn the_auto_scaling_group_example_loads_with_the_fields_it_explains() {
 }
 
 #[test]
+fn the_minimal_config_loads_as_it_is() {
+    let blocks = section_blocks("## Configuration", "toml");
+    let minimal = &blocks[0];
+    assert!(
+        minimal.text.starts_with("policy_dir = "),
+        "{}",
+        minimal.text
+    );
+    let dir = tempfile::tempdir().unwrap();
+    install_policies(&dir.path().join("policies")).unwrap();
+    let config = Config::parse_with_env(&minimal.text, &dir.path().join("scalewise.toml"), &env)
+        .unwrap_or_else(|e| panic!("README.md block at line {}: {e}", minimal.line));
+    config.check_policies(&catalog()).unwrap();
+}
+
+#[test]
 fn the_kubernetes_example_loads() {
     let config = load_example("## Scaling a Kubernetes workload", PROM);
     assert_eq!(
