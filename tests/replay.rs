@@ -121,7 +121,7 @@ async fn the_same_module_and_parameters_answer_the_same_everywhere() {
 async fn other_parameters_show_where_and_which_way_they_decide_differently() {
     let journal = journal().await.to_str().unwrap().to_owned();
     let (code, out, err) = replay(&journal, &["--params", "target=30", "--json"]).await;
-    assert_eq!(code, 2, "some answers differ: {out}\n{err}");
+    assert_eq!(code, 1, "some answers differ: {out}\n{err}");
     let rows: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -167,7 +167,7 @@ async fn a_module_named_otherwise_needs_the_recorded_policy_name() {
     })
     .await
     .map(|(without, with)| {
-        assert_eq!(without.0, 1, "{without:?}");
+        assert_eq!(without.0, 2, "an error: {without:?}");
         assert!(
             without
                 .2
@@ -191,7 +191,7 @@ async fn a_module_named_otherwise_needs_the_recorded_policy_name() {
 async fn parameters_the_module_refuses_are_an_error() {
     let journal = journal().await.to_str().unwrap().to_owned();
     let (code, out, err) = replay(&journal, &["--params", "target=high"]).await;
-    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(code, 2, "an error, as a mistyped flag: {out}\n{err}");
     assert!(
         err.contains("--params: target: expected a number, got text \"high\""),
         "{err}"
@@ -211,7 +211,7 @@ async fn each_evaluation_replays_under_the_limits_it_ran_under() {
     assert!(err.contains(" both-fail"), "{err}");
     // A flag overrides the recorded limit: without fuel metering it decides.
     let (code, out, err) = replay(&journal, &["--fuel", "0"]).await;
-    assert_eq!(code, 2, "{out}\n{err}");
+    assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains(" decides-now"), "{err}");
     assert!(out.contains("recorded: failed (out_of_fuel)"), "{out}");
 }

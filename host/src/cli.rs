@@ -3,7 +3,8 @@
 //!
 //! Commands write to the `out`/`err` writers they are given (so tests run
 //! them in-process) and return the process exit code: 0 on success, 1 when a
-//! module does not load, an evaluation fails or a replay does not match.
+//! module does not load, an evaluation fails or a replay does not match
+//! (`replay` then exits 2 on an error, as `diff` does).
 
 mod check_config;
 mod journal;
@@ -82,7 +83,8 @@ pub enum Command {
     #[command(subcommand)]
     Journal(JournalCommand),
     /// Runs a module again on the evaluations the journal recorded and
-    /// shows where its answers differ (exit 0: none differ; 2: some do).
+    /// shows where its answers differ (exit 0: none differ; 1: some do;
+    /// 2: an error).
     Replay(ReplayArgs),
     /// Backtests a config: runs its scalers against its simulated services
     /// (a load curve or a recorded trace) for a stretch of simulated time,

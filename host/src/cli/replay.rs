@@ -111,14 +111,15 @@ fn describe(outcome: &EvaluationOutcome) -> String {
     }
 }
 
-/// Runs `scalewise replay`: 0 when every answer is the same, 2 when some
-/// differ, 1 on an error.
+/// Runs `scalewise replay`: 0 when every answer is the same, 1 when some
+/// differ, 2 on an error, as `diff` does (so a mistyped flag, which the
+/// argument parser answers with 2, never reads as "differ").
 pub fn replay(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
     match run(args, out, err) {
         Ok(code) => Ok(code),
         Err(e) => {
             writeln!(err, "error: {e}")?;
-            Ok(1)
+            Ok(2)
         }
     }
 }
@@ -267,7 +268,7 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
     let same = counts
         .keys()
         .all(|v| matches!(v, Verdict::Same | Verdict::BothFail));
-    Ok(if same { 0 } else { 2 })
+    Ok(if same { 0 } else { 1 })
 }
 
 #[cfg(test)]
