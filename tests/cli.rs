@@ -680,6 +680,52 @@ fn run_config_logging(text: &str, filter: &str) -> (Option<i32>, String, String)
 }
 
 #[test]
+fn a_port_in_use_refuses_the_start_naming_the_setting_and_leaves_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let policies = scalewise_tests::policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.db");
+    let path = dir.path().join("scalewise.toml");
+    let text = GOOD
+        .replace("{policies}", &policies.path().display().to_string())
+        .replace("{journal}", &journal.display().to_string())
+        + &format!("\n[api]\nlisten = \"{addr}\"\n");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(scalewise_bin())
+        .args(["run", "--for", "1s", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {addr} (api.listen in {}): ",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(!journal.exists(), "nothing written before the refusal");
+    assert!(!dir.path().join("scalewise-cache").exists());
+
+    // --policy-dir is the demo's: with --config it is refused, not ignored.
+    let out = Command::new(scalewise_bin())
+        .args(["run", "--policy-dir", "elsewhere", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(taken);
+}
+
+#[test]
 fn a_restart_at_a_faster_clock_resumes_after_the_journal() {
     // A run at 100x dates its records up to 100 s ahead of the wall clock;
     // the next run must not write its ticks before them (its windows and

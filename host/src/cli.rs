@@ -120,8 +120,8 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// The demo's policy folder (default: `$SCALEWISE_POLICY_DIR`, else
-    /// `policies/dist`). Ignored with `--config`.
-    #[arg(long, value_name = "DIR")]
+    /// `policies/dist`). Not with `--config`, whose `policy_dir` applies.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
     pub policy_dir: Option<PathBuf>,
     /// Listen on this address instead of the config's `[api] listen`.
     #[arg(long, value_name = "ADDR")]

@@ -34,15 +34,28 @@ pub fn run(args: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io:
 
 async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
     let mut config = Config::load(&path)?;
-    if let Some(listen) = args.listen {
-        config.api.listen = listen;
-    }
+    let setting = match args.listen {
+        Some(listen) => {
+            config.api.listen = listen;
+            "--listen".to_owned()
+        }
+        None => format!("api.listen in {}", path.display()),
+    };
+    // Bound before the journal or the code cache is opened: a port in use
+    // refuses the start and leaves nothing behind.
+    let addr = config.api.listen;
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| DaemonError::Listen {
+                addr: format!("{addr} ({setting})"),
+                error,
+            })?;
     let clock = start_clock(&config, wall_clock_ms());
     tracing::info!(config = %path.display(), scalers = config.scalers.len(), "Starting Scalewise.");
     let mut daemon = Daemon::build_with_compiler(config, clock, args.compiler.clone()).await?;
     // SIGHUP, or the file changing, re-reads it; --listen keeps applying.
     daemon.enable_config_reload(args.listen);
-    let listener = daemon.bind_api().await?;
     daemon.run(Some(listener), stop_signal(args)).await
 }
 
