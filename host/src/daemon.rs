@@ -1384,6 +1384,22 @@ fn slot_of(started: i64, next: i64) -> i64 {
     }
 }
 
+/// The slot on the grid of key `key` and `interval_ms` a tick journaled at
+/// `time_ms` counted the envelope's time from ([`slot_of`] of the nearest
+/// grid point): what a restart restores windows and rate limits from, as
+/// the ticks that lived through them counted.
+pub(crate) fn slot_near(key: &str, interval_ms: i64, time_ms: i64) -> i64 {
+    let interval_ms = interval_ms.max(1);
+    let after = next_tick_ms(key, interval_ms, time_ms);
+    let before = after - interval_ms;
+    let nearest = if after - time_ms <= time_ms - before {
+        after
+    } else {
+        before
+    };
+    slot_of(time_ms, nearest)
+}
+
 /// Runs one scaler's ticks on its interval until its [`Control`] stops it,
 /// applying config changes between ticks. Ticks fall on the scaler's grid
 /// ([`next_tick_ms`] of its [`phase_key`]): many scalers do not tick in
@@ -1460,7 +1476,7 @@ fn run_scaler(
 /// query and their interval then tick at the same moments, and a source
 /// answers them with one fetch per tick (sources share a request per query
 /// and second); scalers reading different data stay spread out.
-fn phase_key(spec: &ScalerSpec) -> String {
+pub(crate) fn phase_key(spec: &ScalerSpec) -> String {
     let queries = spec
         .metrics
         .iter()

@@ -384,7 +384,12 @@ impl Scaler {
             );
         }
         self.handle.paused.store(paused, Ordering::Relaxed);
-        self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history);
+        // Live ticks count the envelope's time from their slot on the
+        // scaler's grid; the journal has when they started.
+        let key = crate::daemon::phase_key(&self.spec);
+        let interval_ms = self.spec.interval.as_millis() as i64;
+        let slot = |time_ms| crate::daemon::slot_near(&key, interval_ms, time_ms);
+        self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history, slot);
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
         if let Some(history) = &self.spec.target_history {
             self.restore_target_history(history, now_ms).await?;
@@ -1080,8 +1085,13 @@ fn metrics_read<'a>(
 
 /// Rebuilds the envelope's history from the journal's tick summaries
 /// (oldest first): every tick's recommendation, and a scale event for each
-/// tick whose actuation was carried out.
-fn restore_envelope(ticks: &[TickSummary], begins_history: bool) -> EnvelopeState {
+/// tick whose actuation was carried out, each at the time `slot` gives for
+/// when the tick started (its slot on the scaler's grid).
+fn restore_envelope(
+    ticks: &[TickSummary],
+    begins_history: bool,
+    slot: impl Fn(i64) -> i64,
+) -> EnvelopeState {
     let observed = || {
         ticks
             .iter()
@@ -1093,13 +1103,14 @@ fn restore_envelope(ticks: &[TickSummary], begins_history: bool) -> EnvelopeStat
     let seed = observed()
         .next()
         .filter(|_| begins_history)
-        .map(|first| (first.time_ms, first.current));
+        .map(|first| (slot(first.time_ms), first.current));
     let recommendations = seed
         .into_iter()
-        .chain(observed().map(|t| (t.time_ms, t.recommendation)));
+        .chain(observed().map(|t| (slot(t.time_ms), t.recommendation)))
+        .collect::<Vec<_>>();
     let events = ticks.iter().filter_map(|t| match t.actuation {
         ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => Some(ScaleEvent {
-            timestamp_ms: t.time_ms,
+            timestamp_ms: slot(t.time_ms),
             from: t.current,
             to: t.desired,
         }),
@@ -1241,16 +1252,79 @@ mod tests {
             };
             envelope::apply(&mut state, &input).desired
         };
-        assert_eq!(desired(restore_envelope(&ticks, true), 60_000), 10);
+        let at = |t| t;
+        assert_eq!(desired(restore_envelope(&ticks, true, at), 60_000), 10);
         assert_eq!(
-            desired(restore_envelope(&ticks, true), 301_000),
+            desired(restore_envelope(&ticks, true, at), 301_000),
             2,
             "the seed holds for the scale-down window only"
         );
         assert_eq!(
-            desired(restore_envelope(&ticks, false), 60_000),
+            desired(restore_envelope(&ticks, false, at), 60_000),
             2,
             "a history that began before these ticks has no seed among them"
+        );
+    }
+
+    #[test]
+    fn a_restart_counts_rate_limits_from_the_slots_the_ticks_counted_from() {
+        // One pod a minute, ticks every 15 s. A tick that started 300 ms late
+        // scaled 5 -> 6; live, the envelope dated it at its slot, so a minute
+        // after the slot 7 is allowed. The restored state must agree.
+        let key = "web";
+        let offset = crate::daemon::tick_offset_ms(key, 15_000);
+        let slot_ms = 1_700_000_000_000 - 1_700_000_000_000 % 15_000 + offset;
+        let tick = TickSummary {
+            id: 1,
+            time_ms: slot_ms + 300,
+            mode: crate::config::Mode::Enforce,
+            current: 5,
+            desired: 6,
+            recommendation: 7,
+            actuation: ActuationRecord::Done {
+                detail: String::new(),
+            },
+        };
+        let mut behavior = crate::config::Behavior::default();
+        behavior.scale_up.limits = Some(std::sync::Arc::new([crate::config::RateLimit::pods(
+            1,
+            std::time::Duration::from_secs(60),
+        )]));
+        let desired = |mut state: EnvelopeState| {
+            let input = envelope::Input {
+                now_ms: slot_ms + 60_000,
+                current: 6,
+                min: 1,
+                max: 20,
+                proposal: Some(7),
+                failed_metrics: &[],
+                policy_failed: false,
+                paused: false,
+                in_flight: None,
+                behavior: &behavior,
+            };
+            envelope::apply(&mut state, &input).desired
+        };
+        let slot = |t| crate::daemon::slot_near(key, 15_000, t);
+        assert_eq!(slot(slot_ms + 300), slot_ms);
+        assert_eq!(
+            slot(slot_ms - 200),
+            slot_ms,
+            "early, as a sped-up clock wakes"
+        );
+        assert_eq!(
+            slot(slot_ms + 5_000),
+            slot_ms + 5_000,
+            "late: when it started"
+        );
+        assert_eq!(
+            desired(restore_envelope(std::slice::from_ref(&tick), false, slot)),
+            7
+        );
+        assert_eq!(
+            desired(restore_envelope(&[tick], false, |t| t)),
+            6,
+            "dated when it started, the minute is not over"
         );
     }
 
