@@ -838,7 +838,8 @@ fn read_settled(name: &str, path: &Path) -> Result<Candidate, Option<LoadFailure
 
 /// The `*.wasm` files directly in `dir`, sorted by name, and the folders
 /// named so (a mistake worth a failure that says so, rather than a module
-/// silently missing).
+/// silently missing). Hidden names (a leading `.`) are not modules: deploy
+/// tools write their temporary files so.
 fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
     if !dir.is_dir() {
         return Err(RegistryError::MissingDir(dir.to_path_buf()));
@@ -852,7 +853,13 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
         let path = entry.map_err(read_err)?.path();
         // `is_file` follows symlinks, as the Kubernetes ConfigMap layout
         // needs; a link to nothing (mid-swap) is left for the next scan.
-        if path.extension().is_some_and(|e| e == "wasm") && (path.is_file() || path.is_dir()) {
+        let hidden = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+        if !hidden
+            && path.extension().is_some_and(|e| e == "wasm")
+            && (path.is_file() || path.is_dir())
+        {
             files.push(path);
         }
     }
@@ -928,6 +935,7 @@ mod tests {
         std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
         std::fs::create_dir(dir.path().join("folder.wasm")).unwrap();
+        std::fs::write(dir.path().join(".tmp-upload.wasm"), b"half a module").unwrap();
         let rt = Runtime::new(RuntimeLimits::default()).unwrap();
         let reg = Registry::load_dir(rt, dir.path()).unwrap();
         let snap = reg.snapshot();
@@ -935,7 +943,7 @@ mod tests {
         assert_eq!(
             snap.failures.keys().collect::<Vec<_>>(),
             ["core", "folder", "junk"],
-            "txt files are not modules"
+            "txt files and hidden ones are not modules"
         );
         let folder = &snap.failures["folder"].error;
         assert!(

@@ -58,6 +58,12 @@ pub struct FileStamp {
     pub modified: Option<SystemTime>,
     /// Device and inode (Unix); a replaced file gets a new inode.
     pub inode: Option<(u64, u64)>,
+    /// Last status change (Unix ctime, seconds and nanoseconds): moves with
+    /// every write and cannot be set by the writer, so a file rewritten in
+    /// place with the same size and its old modification time (`cp -p`,
+    /// `rsync -a --inplace`, builds with fixed timestamps) still reads as
+    /// changed.
+    pub changed: Option<(i64, i64)>,
 }
 
 impl FileStamp {
@@ -65,16 +71,20 @@ impl FileStamp {
     pub fn of(path: &Path) -> std::io::Result<FileStamp> {
         let meta = std::fs::metadata(path)?;
         #[cfg(unix)]
-        let inode = {
+        let (inode, changed) = {
             use std::os::unix::fs::MetadataExt as _;
-            Some((meta.dev(), meta.ino()))
+            (
+                Some((meta.dev(), meta.ino())),
+                Some((meta.ctime(), meta.ctime_nsec())),
+            )
         };
         #[cfg(not(unix))]
-        let inode = None;
+        let (inode, changed) = (None, None);
         Ok(FileStamp {
             len: meta.len(),
             modified: meta.modified().ok(),
             inode,
+            changed,
         })
     }
 }
@@ -716,7 +726,34 @@ mod tests {
             len,
             modified: None,
             inode: Some((1, len)),
+            changed: None,
         }
+    }
+
+    #[test]
+    fn a_rewrite_in_place_keeping_size_and_time_changes_the_stamp() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter.wasm");
+        std::fs::write(&path, b"version one").unwrap();
+        let before = FileStamp::of(&path).unwrap();
+        // Past the coarse clock the kernel stamps status changes with.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"version two").unwrap();
+        file.set_modified(before.modified.unwrap()).unwrap();
+        drop(file);
+        let after = FileStamp::of(&path).unwrap();
+        assert_eq!(
+            (after.len, after.modified, after.inode),
+            (before.len, before.modified, before.inode),
+            "what cp -p keeps"
+        );
+        assert_ne!(after, before, "the status change time tells them apart");
     }
 
     fn map(entries: &[(&str, u64)]) -> BTreeMap<String, FileStamp> {
