@@ -143,10 +143,12 @@ pub struct Verdict {
     /// The replica count the host settles on (the current count to hold).
     pub desired: u32,
     /// The recommendation recorded for the stabilisation windows: the
-    /// proposal, or the current count when the policies held or scale-in was
-    /// blocked for missing metrics. Journal it; [`EnvelopeState::restore`]
-    /// takes it back.
-    pub recommendation: u32,
+    /// proposal (the current count when the policies held). `None` when
+    /// the tick recorded none, as HPA records none when it does not compute
+    /// one: a policy failed, scale-in was blocked for missing metrics, the
+    /// current count was outside the bounds, or the target is scaled to 0.
+    /// Journal it; [`EnvelopeState::restore`] takes it back.
+    pub recommendation: Option<u32>,
     /// Every change the envelope made to the proposal, in order.
     pub steps: Vec<EnvelopeStep>,
 }
@@ -173,22 +175,29 @@ pub fn apply(state: &mut EnvelopeState, input: &Input<'_>) -> Verdict {
     state.seed(now_ms, current);
     let proposed = input.proposal.unwrap_or(current);
     let scale_in_blocked = proposed < current && !input.failed_metrics.is_empty();
-    // A tick whose policies failed recommends nothing new: the current
-    // count, as when scale-in is blocked.
-    let recommendation = if scale_in_blocked || input.policy_failed {
-        current
-    } else {
-        proposed
-    };
+    let min = input.min.min(input.max);
+    let out_of_bounds = current > input.max || current < min;
+    let scaled_to_zero = current == 0 && min > 0;
+    // Upstream HPA records a recommendation only when it computed one: not
+    // when the metrics failed (wholly, or where it would scale in), nor when
+    // the count is outside its bounds or scaled to zero. Recording the
+    // current count instead would hold scale-in back for a whole window
+    // after every such tick: intermittently missing data would block it for
+    // good. Those ticks hold (or go to a bound) without stabilisation.
+    let recommendation =
+        (!(scale_in_blocked || input.policy_failed || out_of_bounds || scaled_to_zero))
+            .then_some(proposed);
     let stabilized = hpa::stabilize(
         state.recommendations(),
         now_ms,
-        recommendation,
+        recommendation.unwrap_or(current),
         current,
         up.window_ms,
         down.window_ms,
     );
-    state.record_recommendation(now_ms, recommendation);
+    if let Some(recommendation) = recommendation {
+        state.record_recommendation(now_ms, recommendation);
+    }
 
     let mut trail = Trail {
         value: proposed,

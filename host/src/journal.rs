@@ -183,8 +183,9 @@ pub struct TickSummary {
     pub current: u32,
     /// The replica count the host settled on.
     pub desired: u32,
-    /// The recommendation kept for stabilisation windows.
-    pub recommendation: u32,
+    /// The recommendation kept for stabilisation windows, if the tick kept
+    /// one.
+    pub recommendation: Option<u32>,
     /// What the actuator did (as last updated).
     pub actuation: ActuationRecord,
 }
@@ -964,7 +965,7 @@ mod tests {
                 proposal: Some(4),
                 envelope: vec![],
                 desired: 4,
-                recommendation: 4,
+                recommendation: Some(4),
                 actuation: ActuationRecord::Pending,
             };
             let states = policy_states(&record);
@@ -991,7 +992,7 @@ mod tests {
             proposal: Some(4),
             envelope: vec![],
             desired: 4,
-            recommendation: 4,
+            recommendation: Some(4),
             actuation: ActuationRecord::Pending,
         }
     }
@@ -1040,6 +1041,25 @@ mod tests {
             5,
             "no delay: one commit per awaited append"
         );
+        journal.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tick_that_kept_no_recommendation_reads_back_as_none() {
+        let now = Clock::system().now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        let kept_none = TickRecord {
+            recommendation: None,
+            ..tick("web", now - 15_000)
+        };
+        let id = journal.append(kept_none).await.unwrap();
+        journal.append(tick("web", now)).await.unwrap();
+        let recovered = journal.recover("web", now - 60_000).await.unwrap();
+        let kept: Vec<Option<u32>> = recovered.ticks.iter().map(|t| t.recommendation).collect();
+        assert_eq!(kept, [None, Some(4)]);
+        let record = journal.get(id).await.unwrap().unwrap();
+        assert_eq!(record.recommendation, None);
         journal.close().await.unwrap();
     }
 

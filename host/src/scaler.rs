@@ -543,7 +543,7 @@ impl Scaler {
             proposal: None,
             envelope: Vec::new(),
             desired: 0,
-            recommendation: 0,
+            recommendation: None,
             actuation: ActuationRecord::ObserveFailed { error },
         };
         record.id = self.append(&record).await;
@@ -1084,7 +1084,7 @@ fn metrics_read<'a>(
 }
 
 /// Rebuilds the envelope's history from the journal's tick summaries
-/// (oldest first): every tick's recommendation, and a scale event for each
+/// (oldest first): every tick's recommendation (those that kept one), and a scale event for each
 /// tick whose actuation was carried out, each at the time `slot` gives for
 /// when the tick started (its slot on the scaler's grid).
 fn restore_envelope(
@@ -1106,8 +1106,7 @@ fn restore_envelope(
         .map(|first| (slot(first.time_ms), first.current));
     let recommendations = seed
         .into_iter()
-        .chain(observed().map(|t| (slot(t.time_ms), t.recommendation)))
-        .collect::<Vec<_>>();
+        .chain(observed().filter_map(|t| Some((slot(t.time_ms), t.recommendation?))));
     let events = ticks.iter().filter_map(|t| match t.actuation {
         ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => Some(ScaleEvent {
             timestamp_ms: slot(t.time_ms),
@@ -1235,7 +1234,7 @@ mod tests {
         };
         // A new scaler found 10 replicas and was asked for 2 twice, held by
         // the seed of its first tick; the daemon restarts a minute in.
-        let ticks = [tick(0, 10, 2), tick(15_000, 10, 2)];
+        let ticks = [tick(0, 10, Some(2)), tick(15_000, 10, Some(2))];
         let behavior = crate::config::Behavior::default();
         let desired = |mut state: EnvelopeState, now_ms| {
             let input = envelope::Input {
@@ -1280,7 +1279,7 @@ mod tests {
             mode: crate::config::Mode::Enforce,
             current: 5,
             desired: 6,
-            recommendation: 7,
+            recommendation: Some(7),
             actuation: ActuationRecord::Done {
                 detail: String::new(),
             },

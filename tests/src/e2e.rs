@@ -13,7 +13,7 @@ use scalewise::clock::Clock;
 use scalewise::config::{Behavior, Config, Mode, RateLimit, ScalingRules, Select};
 use scalewise::daemon::Daemon;
 use scalewise::envelope::Rule;
-use scalewise::journal::{ActuationRecord, TickRecord};
+use scalewise::journal::{ActuationRecord, EvaluationOutcome, TickRecord};
 
 /// The start of every stepped run: 2023-11-14T22:13:20Z.
 pub const T0: i64 = 1_700_000_000_000;
@@ -158,16 +158,25 @@ pub fn scale_events(records: &[TickRecord]) -> Vec<ScaleEvent> {
 }
 
 /// The recommendation HPA keeps for a tick, recomputed: what the policies
-/// proposed (the current count when they all held), but never below the
-/// current count while a metric was missing.
-pub fn recommendation(record: &TickRecord) -> u32 {
-    let current = record.target.current;
+/// proposed (the current count when they all held); none when the tick
+/// computed none: a policy failed, a scale-in was blocked for a missing
+/// metric, the count was outside the bounds or scaled to 0. (A policy that
+/// failed with its own error while a metric was missing is taken to have
+/// abstained for want of it, as the daemon decides from what it reads.)
+pub fn recommendation(record: &TickRecord) -> Option<u32> {
+    let t = &record.target;
+    let current = t.current;
     let proposed = record.proposal.unwrap_or(current);
-    if proposed < current && !record.metric_errors.is_empty() {
-        current
-    } else {
-        proposed
-    }
+    let blocked = proposed < current && !record.metric_errors.is_empty();
+    let failed = record.evaluations.iter().any(|e| match &e.outcome {
+        EvaluationOutcome::Failed { kind, .. } => {
+            kind != "policy_error" || record.metric_errors.is_empty()
+        }
+        EvaluationOutcome::Decided { .. } => false,
+    });
+    let min = t.min.min(t.max);
+    let outside = current > t.max || current < min || (current == 0 && min > 0);
+    (!(blocked || failed || outside)).then_some(proposed)
 }
 
 /// Checks every journaled scale event of one scaler (oldest first) against
@@ -202,7 +211,7 @@ pub fn check_behavior(
     for r in &ticks {
         if r.recommendation != recommendation(r) {
             problems.push(format!(
-                "{}: recommendation {} recorded, {} recomputed",
+                "{}: recommendation {:?} recorded, {:?} recomputed",
                 r.time_ms,
                 r.recommendation,
                 recommendation(r)
@@ -239,7 +248,7 @@ pub fn check_behavior(
         let in_window: Vec<i64> = ticks
             .iter()
             .filter(|r| r.time_ms <= t && t - r.time_ms < window.max(1))
-            .map(|r| i64::from(recommendation(r)))
+            .filter_map(|r| recommendation(r).map(i64::from))
             .collect();
         if up {
             let lowest = in_window.iter().copied().min().unwrap_or(to);

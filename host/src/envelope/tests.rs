@@ -620,7 +620,15 @@ fn scaling_with_rules_upstream_table() {
             case.name,
             case.condition
         );
-        assert_eq!(verdict.recommendation, case.proposal, "{}", case.name);
+        // Upstream computes (and keeps) no recommendation for a count
+        // outside the bounds: it goes to the bound at once.
+        let within = (case.min..=case.max).contains(&case.current);
+        assert_eq!(
+            verdict.recommendation,
+            within.then_some(case.proposal),
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -999,7 +1007,7 @@ fn scale_up_one_metric_empty_upstream() {
     );
     assert_eq!(verdict.desired, 4);
     assert!(verdict.steps.is_empty(), "{verdict:?}");
-    assert_eq!(verdict.recommendation, 4);
+    assert_eq!(verdict.recommendation, Some(4));
 }
 
 #[test]
@@ -1030,9 +1038,11 @@ fn no_scale_down_one_metric_invalid_upstream() {
             "scale-in blocked: metric cheddar unavailable (unknown metric type CheddarCheese)"
         )]
     );
-    // The blocked scale-in is remembered as "stay", not as the proposal.
-    assert_eq!(verdict.recommendation, 5);
-    assert_eq!(state.recommendations().last().unwrap().replicas, 5);
+    // The blocked scale-in is not remembered (upstream returns before it
+    // computes a recommendation): the window holds only the first tick's
+    // seed, so a metric that comes back does not wait out a window for it.
+    assert_eq!(verdict.recommendation, None);
+    assert_eq!(state.recommendations().len(), 1, "{state:?}");
 }
 
 #[test]
@@ -1081,7 +1091,7 @@ fn paused_holds_and_says_so() {
         vec![step(Rule::Paused, 8, 5, "scaler is paused")]
     );
     // The recommendation still counts for the windows after resume.
-    assert_eq!(verdict.recommendation, 8);
+    assert_eq!(verdict.recommendation, Some(8));
 
     // A paused scaler whose policies hold has nothing to explain.
     let verdict = apply(
@@ -1650,7 +1660,7 @@ struct Tick {
 /// What the control loop would journal for one tick.
 struct Journaled {
     time_ms: i64,
-    recommendation: u32,
+    recommendation: Option<u32>,
 }
 
 /// The NASA July 1995 trace the repository carries for tests.
@@ -1748,7 +1758,9 @@ fn nasa_trace_run_obeys_every_rule_and_restores_exactly() {
 
         // What a restart right now would rebuild, from the journal and from a snapshot.
         let mut restored = EnvelopeState::restore(
-            journal.iter().map(|j| (j.time_ms, j.recommendation)),
+            journal
+                .iter()
+                .filter_map(|j| Some((j.time_ms, j.recommendation?))),
             all_events.iter().copied(),
         );
         let mut thawed: EnvelopeState =
@@ -1791,8 +1803,8 @@ fn nasa_trace_run_obeys_every_rule_and_restores_exactly() {
             journal
                 .iter()
                 .filter(move |j| tick.now_ms - j.time_ms < window_ms)
-                .map(|j| j.recommendation)
-                .chain([verdict.recommendation])
+                .filter_map(|j| j.recommendation)
+                .chain(verdict.recommendation)
         };
         let period_start = |period_ms: i64| {
             let mut start = i64::from(current);
@@ -1990,6 +2002,40 @@ fn a_new_leader_does_not_scale_down_within_its_first_window() {
 }
 
 #[test]
+fn a_metric_that_drops_out_now_and_then_does_not_block_scale_in_for_good() {
+    // 10 replicas, policies wanting 4 every 15 s, and one metric failing
+    // every fourth minute. Were a blocked tick remembered as "stay at 10",
+    // each would hold scale-in back for another 5-minute window: never
+    // scaling in. As upstream keeps nothing for such a tick, scale-in
+    // comes once the first tick's seed leaves the window.
+    let default = Behavior::default();
+    let failures = [failure("cpu", "timeout", "timeout")];
+    let mut state = EnvelopeState::new();
+    let mut current = 10;
+    let mut first_scale_in = None;
+    for i in 0..80_i64 {
+        let now = i * 15_000;
+        let dropped_out = i % 16 == 15;
+        let verdict = apply(
+            &mut state,
+            &Input {
+                failed_metrics: if dropped_out { &failures } else { &[] },
+                ..input_at(now, current, 1, 20, Some(4), &default)
+            },
+        );
+        if dropped_out {
+            assert_eq!(verdict.desired, current, "tick {i}: blocked");
+        }
+        if verdict.desired < current && first_scale_in.is_none() {
+            first_scale_in = Some(now);
+        }
+        current = verdict.desired;
+    }
+    assert_eq!(first_scale_in, Some(300_000), "once the seed is 5m old");
+    assert_eq!(current, 4);
+}
+
+#[test]
 fn a_failed_policy_holds_before_any_other_rule() {
     let default = Behavior::default();
     // Below min, other policies asking for more: one step, the hold, and no
@@ -2000,7 +2046,7 @@ fn a_failed_policy_holds_before_any_other_rule() {
     };
     let verdict = apply(&mut EnvelopeState::new().begun(), &failed);
     assert_eq!(verdict.desired, 1);
-    assert_eq!(verdict.recommendation, 1);
+    assert_eq!(verdict.recommendation, None);
     assert_eq!(
         verdict.steps,
         vec![step(

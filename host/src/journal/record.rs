@@ -44,8 +44,9 @@ pub struct TickRecord {
     pub envelope: Vec<EnvelopeStep>,
     /// The replica count the host settled on (equal to `target.current` when holding).
     pub desired: u32,
-    /// The recommendation kept for stabilisation windows (HPA semantics).
-    pub recommendation: u32,
+    /// The recommendation kept for stabilisation windows (HPA semantics);
+    /// `None` when the tick kept none (see [`crate::envelope::Verdict`]).
+    pub recommendation: Option<u32>,
     /// What the actuator did.
     pub actuation: ActuationRecord,
 }

@@ -8,9 +8,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use super::{Durability, JournalError};
 
 /// The schema version this build writes (`PRAGMA user_version`). It also
-/// reads version 1 files (ticks are the same) and upgrades them when it
+/// reads versions 1 and 2 (ticks are the same) and upgrades them when it
 /// opens them for writing.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 /// The oldest version this build reads.
 const OLDEST_READ: i64 = 1;
@@ -27,7 +27,7 @@ CREATE TABLE ticks (
     mode TEXT NOT NULL,
     current INTEGER NOT NULL,
     desired INTEGER NOT NULL,
-    recommendation INTEGER NOT NULL,
+    recommendation INTEGER NOT NULL, -- -1: the tick kept none
     proposal INTEGER,
     is_scale INTEGER NOT NULL,
     evaluations INTEGER NOT NULL,
@@ -54,6 +54,11 @@ CREATE TABLE outbox (
     announcement TEXT NOT NULL
 );
 ";
+
+// Version 3 changes no table: a tick that kept no recommendation (see
+// `envelope::Verdict`) is written with `ticks.recommendation` -1 and a null
+// in its record, which builds of version 2 cannot read. The version tells
+// them to refuse the file rather than fail on such a row.
 
 /// How long a connection waits for another's lock (another process on the
 /// same file, or a checkpoint) before failing.
@@ -149,13 +154,14 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, JournalError
                 .map_err(|e| open_error(path, e))?;
             tracing::info!(path = %path.display(), version = VERSION, "Created a new journal.");
         }
-        1 => {
-            tx.execute_batch(SCHEMA_V2)
+        1 | 2 => {
+            let added = if version == 1 { SCHEMA_V2 } else { "" };
+            tx.execute_batch(added)
                 .and_then(|()| tx.pragma_update(None, "user_version", VERSION))
                 .and_then(|()| tx.commit())
                 .map_err(|e| open_error(path, e))?;
             tracing::info!(
-                path = %path.display(), from = 1, to = VERSION,
+                path = %path.display(), from = version, to = VERSION,
                 "Upgraded the journal's schema (older builds of Scalewise no longer open it)."
             );
         }
@@ -263,7 +269,7 @@ mod tests {
             )
             .unwrap();
         drop(writer);
-        // Opened again it is simply version 2.
+        // Opened again it is simply the current version.
         let writer = open_writer(&path, Durability::Full).unwrap();
         assert_eq!(version(&writer), VERSION);
         let newer = check_version(&path, VERSION + 1).unwrap_err();

@@ -31,7 +31,9 @@ pub(super) struct Encoded {
     pub mode: &'static str,
     pub current: u32,
     pub desired: u32,
-    pub recommendation: u32,
+    /// The column holds -1 for a tick that kept none (the column predates
+    /// that case and is `NOT NULL`).
+    pub recommendation: i64,
     pub proposal: Option<u32>,
     pub is_scale: bool,
     pub evaluations: i64,
@@ -82,7 +84,7 @@ impl Encoder {
             mode: mode_label(record.mode),
             current: record.target.current,
             desired: record.desired,
-            recommendation: record.recommendation,
+            recommendation: record.recommendation.map_or(-1, i64::from),
             proposal: record.proposal,
             is_scale: record.is_scale(),
             evaluations: record.evaluations.len() as i64,
@@ -418,7 +420,7 @@ fn summary(row: &Row<'_>) -> rusqlite::Result<Result<TickSummary, (i64, String)>
         mode,
         current: row.get(3)?,
         desired: row.get(4)?,
-        recommendation: row.get(5)?,
+        recommendation: u32::try_from(row.get::<_, i64>(5)?).ok(),
         actuation,
     }))
 }

@@ -198,7 +198,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
         proposal: Some(tracking_desired),
         envelope,
         desired,
-        recommendation: tracking_desired,
+        recommendation: Some(tracking_desired),
         actuation: if desired == current {
             ActuationRecord::None
         } else {
