@@ -10,6 +10,7 @@ mod cli;
 mod config_reload;
 mod deploy;
 mod docs;
+mod journal;
 mod kubernetes;
 mod kubernetes_daemon;
 mod languages;

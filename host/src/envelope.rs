@@ -153,6 +153,27 @@ pub struct Verdict {
     pub steps: Vec<EnvelopeStep>,
 }
 
+/// How far back the envelope's memory of a scaler with `behavior` must
+/// reach: its longest stabilisation window, rate-limit period or cooldown
+/// (HPA's defaults where the config gives none). What a restart must
+/// restore, and what the journal must keep.
+pub fn memory_needed(behavior: &Behavior) -> Duration {
+    let up = Rules::resolve(&behavior.scale_up, Direction::Up);
+    let down = Rules::resolve(&behavior.scale_down, Direction::Down);
+    let longest = [
+        up.window_ms,
+        down.window_ms,
+        up.longest_period_ms(),
+        down.longest_period_ms(),
+        up.cooldown_ms,
+        down.cooldown_ms,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+}
+
 /// Passes one tick's proposal through the envelope, recording this tick's
 /// recommendation in `state` and forgetting history too old to matter.
 pub fn apply(state: &mut EnvelopeState, input: &Input<'_>) -> Verdict {

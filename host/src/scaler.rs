@@ -359,14 +359,25 @@ impl Scaler {
         &self.spec
     }
 
+    /// How far back a restart reads the journal: the hour of scale events
+    /// the policies' context carries, or the envelope's longest window,
+    /// period or cooldown when that is longer (a 3h cooldown outlives a
+    /// restart too).
+    fn restore_horizon_ms(&self) -> i64 {
+        let needed = crate::envelope::memory_needed(&self.spec.behavior).as_millis();
+        HISTORY_MS.max(i64::try_from(needed).unwrap_or(i64::MAX))
+    }
+
     /// Rebuilds cooldowns, stabilisation windows, rate-limit periods, each
     /// policy's state and the pause flag from the journal. `paused_default`
-    /// applies when the journal has no pause flag for this scaler.
+    /// applies when the journal has no pause flag for this scaler. A change
+    /// the journal has as under way when the daemon stopped (`pending`) is
+    /// counted as made, for cooldowns and rate limits, and said in the log.
     pub async fn restore(&mut self, now_ms: i64, paused_default: bool) -> Result<usize, String> {
         let recovery = self
             .services
             .journal
-            .recover(&self.spec.name, now_ms - HISTORY_MS)
+            .recover(&self.spec.name, now_ms - self.restore_horizon_ms())
             .await
             .map_err(|e| e.to_string())?;
         let paused = recovery.paused.unwrap_or(paused_default);
@@ -390,6 +401,20 @@ impl Scaler {
         let interval_ms = self.spec.interval.as_millis() as i64;
         let slot = |time_ms| crate::daemon::slot_near(&key, interval_ms, time_ms);
         self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history, slot);
+        for tick in recovery
+            .ticks
+            .iter()
+            .filter(|t| matches!(t.actuation, ActuationRecord::Pending))
+        {
+            tracing::warn!(
+                scaler = %self.spec.name,
+                id = tick.id,
+                from = tick.current,
+                to = tick.desired,
+                at = %format_ms(tick.time_ms),
+                "A change was under way when the daemon stopped; whether the target made it is not known. It counts as made for cooldowns and rate limits; the target's state is read again at the next tick."
+            );
+        }
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
         if let Some(history) = &self.spec.target_history {
             self.restore_target_history(history, now_ms).await?;
@@ -766,6 +791,21 @@ impl Scaler {
         }
         record.actuation = ActuationRecord::Pending;
         record.id = self.append(record).await;
+        if record.id.is_none() {
+            // The record comes before the change, or the change is not
+            // made: a change no record explains would also be missing from
+            // the cooldowns a restart restores.
+            telemetry.actuation(&self.spec.name, "not_recorded");
+            tracing::error!(
+                scaler = %self.spec.name, current, desired,
+                "Not scaling: the journal could not record the change first; the scaler holds until it can."
+            );
+            record.actuation = ActuationRecord::Failed {
+                kind: "journal".to_owned(),
+                error: "not scaled: the journal could not record the change first".to_owned(),
+            };
+            return;
+        }
         let outcome = match self.actuator.scale(now_ms, current, desired).await {
             Ok(Actuation::Done { detail }) => {
                 self.envelope.record_scale(slot_ms, current, desired);
@@ -889,7 +929,15 @@ impl Scaler {
                 }
             })
             .collect();
+        if record.id.is_none() {
+            problems.push(
+                "journal: this tick could not be recorded (see the log); changes are held until \
+                 it can"
+                    .to_owned(),
+            );
+        }
         match &record.actuation {
+            ActuationRecord::Failed { kind, .. } if kind == "journal" => {}
             ActuationRecord::Failed { error, .. } => problems.push(format!("actuator: {error}")),
             ActuationRecord::ObserveFailed { error } => problems.push(format!("target: {error}")),
             _ => {}
@@ -1107,8 +1155,13 @@ fn restore_envelope(
     let recommendations = seed
         .into_iter()
         .chain(observed().filter_map(|t| Some((slot(t.time_ms), t.recommendation?))));
+    // A pending change (the daemon stopped while the actuator was asked)
+    // most likely happened: counted, so a restart does not scale again
+    // inside its cooldown.
     let events = ticks.iter().filter_map(|t| match t.actuation {
-        ActuationRecord::Done { .. } | ActuationRecord::Started { .. } => Some(ScaleEvent {
+        ActuationRecord::Done { .. }
+        | ActuationRecord::Started { .. }
+        | ActuationRecord::Pending => Some(ScaleEvent {
             timestamp_ms: slot(t.time_ms),
             from: t.current,
             to: t.desired,

@@ -964,6 +964,14 @@ fn each_problem_is_reported_at_its_place() {
             "simulation name \"Web/1\" must be non-empty and use only a-z, 0-9",
         ),
         case(
+            "a retention shorter than a restart restores",
+            &[("[clock]", "[journal]\nretention = \"5s\"\n\n[clock]")],
+            "\"5s\"",
+            "journal",
+            "retention (5s) is shorter than what a restart restores from the journal: 1h (the \
+             hour of scale events a policy's context carries)",
+        ),
+        case(
             "more initial replicas than any scaler may have",
             &[("initial_replicas = 2", "initial_replicas = 4000000000")],
             "4000000000",

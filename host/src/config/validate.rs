@@ -27,6 +27,9 @@ const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_RATE_PERIOD: Duration = Duration::from_secs(30 * 60);
 /// HPA's limit on a stabilisation window (`stabilizationWindowSeconds` ≤ 3600).
 const MAX_STABILIZATION: Duration = Duration::from_secs(3600);
+/// Shortest `journal.retention`: a restart restores the last hour of scale
+/// events (the policies' context) from the journal.
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
 /// Longest `runtime.timeout`: an evaluation holds its scaler's tick, and
 /// the epoch deadline is a count of ticks that must not overflow.
 const MAX_POLICY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -342,6 +345,42 @@ impl Checker<'_, '_> {
             "retention",
             config.journal.retention,
         );
+        // A restart restores the envelope and the policies' hour of scale
+        // events from the journal: records the sweep deleted are lost to it.
+        let longest = config
+            .scalers
+            .iter()
+            .map(|s| {
+                let s = s.get_ref();
+                (
+                    crate::envelope::memory_needed(&s.behavior),
+                    s.name.get_ref(),
+                )
+            })
+            .max_by_key(|(needed, _)| *needed);
+        let (needed, why) = match longest {
+            Some((needed, name)) if needed > MIN_RETENTION => (
+                needed,
+                format!(
+                    "scaler {name:?}'s longest stabilisation window, rate-limit period or cooldown"
+                ),
+            ),
+            _ => (
+                MIN_RETENTION,
+                "the hour of scale events a policy's context carries".to_owned(),
+            ),
+        };
+        if !config.journal.retention.is_zero() && config.journal.retention < needed {
+            self.value(
+                &keys!["journal", "retention"],
+                format!(
+                    "retention ({}) is shorter than what a restart restores from the journal: {} \
+                     ({why})",
+                    show(config.journal.retention),
+                    show(needed)
+                ),
+            );
+        }
         if config.journal.commit_delay > MAX_COMMIT_DELAY {
             self.value(
                 &keys!["journal", "commit_delay"],
