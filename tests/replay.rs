@@ -106,6 +106,51 @@ async fn journal() -> &'static Path {
     path
 }
 
+/// A scaler that runs the module twice (two targets): both are replayed,
+/// each with its own recorded context, and told apart; `eval --record`
+/// asks which one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_a_scaler_runs_twice_is_replayed_twice() {
+    let config = format!(
+        "{CONFIG}\n[[scalers.policies]]\nmodule = \"target-tracking\"\nparams = {{ metric = \"cpu\", target = 95.0 }}\n"
+    );
+    let (_keep, journal) = write_journal(&config).await;
+    let (code, out, err) = replay(&journal, &["--all", "--json"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |index: u64| rows.iter().filter(|r| r["policy"] == index).count();
+    assert!(
+        of(0) >= 20 && of(0) == of(1),
+        "both policies, every tick: {rows:?}"
+    );
+    assert!(
+        err.contains(&format!("replayed {} evaluations", rows.len())),
+        "{err}"
+    );
+
+    let journal = journal.to_str().unwrap().to_owned();
+    let (refused, chosen) = tokio::task::spawn_blocking(move || {
+        let module = module();
+        let args = ["eval", &module, "--journal", &journal, "--record", "5"];
+        let mut with_index = args.to_vec();
+        with_index.extend(["--index", "1"]);
+        (cli(&args), cli(&with_index))
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.0, 1);
+    assert!(refused.2.contains("give --index N"), "{}", refused.2);
+    assert_eq!(chosen.0, 0, "{}", chosen.2);
+    assert!(
+        chosen.2.contains("replay: the answer matches the record"),
+        "the second policy's own evaluation: {}",
+        chosen.2
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_module_and_parameters_answer_the_same_everywhere() {
     let journal = journal().await.to_str().unwrap().to_owned();

@@ -351,6 +351,11 @@ pub struct EvalArgs {
     /// The journal database to read `--record` from.
     #[arg(long, value_name = "FILE")]
     pub journal: Option<PathBuf>,
+    /// Of a tick record's evaluations, the one of `policies[N]`: needed when
+    /// the scaler ran the module more than once (default: the record's
+    /// evaluation of the module, or its only one).
+    #[arg(long, value_name = "N")]
+    pub index: Option<usize>,
     /// Sets a key of the context's `parameters`; VALUE is read as JSON when
     /// it parses, else as a string (`--params target=60 metric=cpu`).
     #[arg(long = "params", short = 'p', value_name = "KEY=VALUE", num_args = 1.., value_parser = parse_param)]
@@ -629,10 +634,15 @@ pub enum EvalInput {
     Record(Box<Evaluation>),
 }
 
-/// Reads a context file: a [`Context`], a journal [`TickRecord`] (the
-/// evaluation of the module named `module` is used, or its only one), or
-/// a single [`Evaluation`]. The shape is told by its keys.
-pub fn parse_eval_input(text: &str, module: &str) -> Result<EvalInput, String> {
+/// Reads a context file: a [`Context`], a journal [`TickRecord`] (its
+/// evaluation `index` when given, else its evaluation of the module named
+/// `module` — refused when there are several — or its only one), or a
+/// single [`Evaluation`]. The shape is told by its keys.
+pub fn parse_eval_input(
+    text: &str,
+    module: &str,
+    index: Option<usize>,
+) -> Result<EvalInput, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let has = |key: &str| value.get(key).is_some();
     if has("evaluations") {
@@ -643,10 +653,29 @@ pub fn parse_eval_input(text: &str, module: &str) -> Result<EvalInput, String> {
             .iter()
             .map(|e| e.module.as_str())
             .collect();
-        let chosen = record
-            .evaluations
-            .iter()
-            .find(|e| e.module == module)
+        if let Some(i) = index {
+            return match record.evaluations.get(i) {
+                Some(chosen) => Ok(EvalInput::Record(Box::new(chosen.clone()))),
+                None => Err(format!(
+                    "--index {i}: the tick record has {} evaluation(s) ({})",
+                    names.len(),
+                    names.join(", ")
+                )),
+            };
+        }
+        let of_module: Vec<usize> = (0..names.len()).filter(|&i| names[i] == module).collect();
+        if of_module.len() > 1 {
+            let at: Vec<String> = of_module.iter().map(|i| format!("policies[{i}]")).collect();
+            return Err(format!(
+                "the tick record has {} evaluations of module {module:?} ({}); give --index N \
+                 for the one of policies[N]",
+                of_module.len(),
+                at.join(", ")
+            ));
+        }
+        let chosen = of_module
+            .first()
+            .map(|&i| &record.evaluations[i])
             .or(match record.evaluations.as_slice() {
                 [only] => Some(only),
                 _ => None,
@@ -710,14 +739,14 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             path.display().to_string(),
             std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read it: {e}"))
-                .and_then(|text| parse_eval_input(&text, module.name())),
+                .and_then(|text| parse_eval_input(&text, module.name(), args.index)),
         ),
         (None, Some(id), Some(journal)) => match journal::read_record(journal, id) {
             Ok(record) => (
                 format!("{} record {id}", journal.display()),
                 serde_json::to_string(&record)
                     .map_err(|e| e.to_string())
-                    .and_then(|text| parse_eval_input(&text, module.name())),
+                    .and_then(|text| parse_eval_input(&text, module.name(), args.index)),
             ),
             // Its message names the journal and the id already.
             Err(e) => {
@@ -1035,24 +1064,24 @@ mod tests {
 
     #[test]
     fn eval_input_shapes() {
-        let EvalInput::Context(ctx) = parse_eval_input(CONTEXT, "m").unwrap() else {
+        let EvalInput::Context(ctx) = parse_eval_input(CONTEXT, "m", None).unwrap() else {
             panic!("context")
         };
         assert_eq!(ctx.target.current, 2);
         assert_eq!(ctx.parameters, json!({}));
 
         let single = evaluation("tt").to_string();
-        let EvalInput::Record(e) = parse_eval_input(&single, "other").unwrap() else {
+        let EvalInput::Record(e) = parse_eval_input(&single, "other", None).unwrap() else {
             panic!("evaluation")
         };
         assert_eq!(e.module, "tt");
 
         let two = tick(vec![evaluation("a"), evaluation("b")]);
-        let EvalInput::Record(e) = parse_eval_input(&two, "b").unwrap() else {
+        let EvalInput::Record(e) = parse_eval_input(&two, "b", None).unwrap() else {
             panic!("tick")
         };
         assert_eq!(e.module, "b");
-        let none = parse_eval_input(&two, "c").unwrap_err();
+        let none = parse_eval_input(&two, "c", None).unwrap_err();
         assert!(
             none.contains("no evaluation of module \"c\" (it has: a, b)"),
             "{none}"
@@ -1060,16 +1089,33 @@ mod tests {
 
         let one = tick(vec![evaluation("a")]);
         assert!(matches!(
-            parse_eval_input(&one, "renamed"),
+            parse_eval_input(&one, "renamed", None),
             Ok(EvalInput::Record(_))
         ));
 
-        let bad = parse_eval_input(r#"{"now_ms": 1}"#, "m").unwrap_err();
+        // The module twice in one scaler: which one must be said.
+        let twice = tick(vec![evaluation("a"), evaluation("b"), evaluation("a")]);
+        let both = parse_eval_input(&twice, "a", None).unwrap_err();
+        assert!(
+            both.contains("2 evaluations of module \"a\" (policies[0], policies[2]); give --index"),
+            "{both}"
+        );
+        let EvalInput::Record(e) = parse_eval_input(&twice, "a", Some(2)).unwrap() else {
+            panic!("tick")
+        };
+        assert_eq!(e.module, "a");
+        let beyond = parse_eval_input(&twice, "a", Some(3)).unwrap_err();
+        assert!(
+            beyond.contains("--index 3: the tick record has 3 evaluation(s)"),
+            "{beyond}"
+        );
+
+        let bad = parse_eval_input(r#"{"now_ms": 1}"#, "m", None).unwrap_err();
         assert!(bad.contains("not a valid context"), "{bad}");
-        let typo = parse_eval_input(r#"{"now_ms": 1, "targte": {}}"#, "m").unwrap_err();
+        let typo = parse_eval_input(r#"{"now_ms": 1, "targte": {}}"#, "m", None).unwrap_err();
         assert!(typo.contains("targte"), "{typo}");
         assert!(
-            parse_eval_input("{", "m")
+            parse_eval_input("{", "m", None)
                 .unwrap_err()
                 .contains("not valid JSON")
         );
@@ -1078,14 +1124,14 @@ mod tests {
     #[test]
     fn a_context_error_names_the_field_and_the_line() {
         let negative = CONTEXT.replace("\"min\": 1", "\"min\": -1");
-        let err = parse_eval_input(&negative, "m").unwrap_err();
+        let err = parse_eval_input(&negative, "m", None).unwrap_err();
         assert!(
             err.contains("target.min: invalid value: integer `-1`"),
             "{err}"
         );
         assert!(err.contains("line 2"), "{err}");
         let state = CONTEXT.replace("\"now_ms\": 5,", "\"now_ms\": 5, \"state\": \"!!\",");
-        let err = parse_eval_input(&state, "m").unwrap_err();
+        let err = parse_eval_input(&state, "m", None).unwrap_err();
         assert!(err.contains("state: not base64"), "{err}");
     }
 
@@ -1094,7 +1140,7 @@ mod tests {
         let with = |metrics: Value| {
             let mut ctx: Value = serde_json::from_str(CONTEXT).unwrap();
             ctx["metrics"] = metrics;
-            parse_eval_input(&ctx.to_string(), "m")
+            parse_eval_input(&ctx.to_string(), "m", None)
         };
         let sorted = json!([{"name": "cpu", "points": [[1, 1.0], [2, 2.0], [3, 3.0]]}]);
         assert!(with(sorted).is_ok());
@@ -1114,7 +1160,7 @@ mod tests {
         );
         let mut inverted: Value = serde_json::from_str(CONTEXT).unwrap();
         inverted["target"]["min"] = json!(5);
-        let err = parse_eval_input(&inverted.to_string(), "m").unwrap_err();
+        let err = parse_eval_input(&inverted.to_string(), "m", None).unwrap_err();
         assert!(err.contains("target: min 5 is above max 4"), "{err}");
     }
 

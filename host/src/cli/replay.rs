@@ -71,6 +71,8 @@ struct Row<'a> {
     id: Option<i64>,
     time_ms: i64,
     scaler: &'a str,
+    /// The policy's index in its scaler (a scaler may run a module twice).
+    policy: usize,
     verdict: Verdict,
     recorded: &'a EvaluationOutcome,
     replayed: &'a EvaluationOutcome,
@@ -166,13 +168,27 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         .map_err(|e| e.to_string())?;
     records.sort_by_key(|r| (r.time_ms, r.id));
 
-    let mut own_state: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    // Each policy's own state, by scaler and the policy's index there.
+    let mut own_state: HashMap<(String, usize), Option<Vec<u8>>> = HashMap::new();
     let mut counts: BTreeMap<Verdict, usize> = BTreeMap::new();
     let mut params_checked = false;
-    for record in &records {
-        let Some(evaluation) = record.evaluations.iter().find(|e| e.module == policy) else {
-            continue;
-        };
+    // Every evaluation of the policy: a scaler may run one module twice
+    // (two targets for target tracking, say).
+    let evaluations = records.iter().flat_map(|record| {
+        record
+            .evaluations
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.module == policy)
+            .map(move |(index, e)| (record, index, e))
+    });
+    for (record, index, evaluation) in evaluations {
+        let several = record
+            .evaluations
+            .iter()
+            .filter(|e| e.module == policy)
+            .count()
+            > 1;
         let mut ctx = evaluation.context.clone();
         apply_params(&mut ctx.parameters, &args.params)?;
         if !args.params.is_empty() && !params_checked {
@@ -192,8 +208,9 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             }
             params_checked = true;
         }
+        let own_key = (record.scaler.clone(), index);
         if args.state == StateSource::Own
-            && let Some(state) = own_state.get(&record.scaler)
+            && let Some(state) = own_state.get(&own_key)
         {
             ctx.state = state.clone();
         }
@@ -208,7 +225,7 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         }
         let replayed = outcome_of(modules[&key].evaluate(&ctx));
         if let EvaluationOutcome::Decided { decision } = &replayed {
-            own_state.insert(record.scaler.clone(), decision.state.clone());
+            own_state.insert(own_key, decision.state.clone());
         }
         let v = verdict(&evaluation.outcome, &replayed, ctx.target.current);
         *counts.entry(v).or_default() += 1;
@@ -220,6 +237,7 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
                 id: record.id,
                 time_ms: record.time_ms,
                 scaler: &record.scaler,
+                policy: index,
                 verdict: v,
                 recorded: &evaluation.outcome,
                 replayed: &replayed,
@@ -229,10 +247,15 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         } else {
             writeln!(
                 out,
-                "#{} {} {} {} (current {})\n  recorded: {}\n  replayed: {}",
+                "#{} {} {}{} {} (current {})\n  recorded: {}\n  replayed: {}",
                 record.id.unwrap_or_default(),
                 format_ms(record.time_ms),
                 log_safe(&record.scaler),
+                if several {
+                    format!(" policies[{index}]")
+                } else {
+                    String::new()
+                },
                 v.as_str(),
                 ctx.target.current,
                 describe(&evaluation.outcome),
