@@ -338,6 +338,10 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
             "since: expected ms since the epoch or an RFC 3339 time",
         ),
         ("/v1/scalers/web/decisions?limt=3", "limt"),
+        (
+            "/v1/scalers/web/decisions?since=2023-11-14T23:13:20+01:00",
+            "write the offset's + as %2B",
+        ),
     ] {
         let message =
             assert_error(&state, "GET", uri, StatusCode::BAD_REQUEST, "bad_request").await;
@@ -559,6 +563,49 @@ async fn without_a_token_writes_come_from_loopback_only() {
     assert_eq!(
         (status, &paused["paused"]),
         (StatusCode::OK, &Value::Bool(true))
+    );
+    h.close().await;
+}
+
+/// A page served under a name an attacker points at 127.0.0.1 (DNS
+/// rebinding) is same-origin with itself: without a token, a loopback
+/// write naming another host is refused. And the dashboard is never framed
+/// by another site (its writes would come from its own origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebound_name_cannot_write_and_the_dashboard_is_not_framed() {
+    let setup = Setup::new();
+    let h = Harness::build(setup.config(), T0).await;
+    let state = h.daemon.app_state();
+    let send = |host: &str| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/v1/scalers/web/pause")
+            .header(header::HOST, host)
+            .header(header::ORIGIN, format!("http://{host}"))
+            .header("sec-fetch-site", "same-origin")
+            .body(Body::empty())
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(LOOPBACK));
+        scalewise::api::router(state.clone()).oneshot(request)
+    };
+    let refused = send("evil.example:9464").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(h.daemon.journal().paused("web").await.unwrap(), None);
+    let taken = send("127.0.0.1:9464").await.unwrap();
+    assert_eq!(taken.status(), StatusCode::OK);
+    assert_eq!(h.daemon.journal().paused("web").await.unwrap(), Some(true));
+
+    let mut page = Request::builder().uri("/").body(Body::empty()).unwrap();
+    page.extensions_mut().insert(ConnectInfo(LOOPBACK));
+    let page = scalewise::api::router(state.clone())
+        .oneshot(page)
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(
+        page.headers()[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'"
     );
     h.close().await;
 }

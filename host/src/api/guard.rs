@@ -19,7 +19,9 @@
 //! 3. or, without a token, it comes from loopback: a daemon listening on
 //!    every interface (a Kubernetes Service) takes writes only through
 //!    `kubectl port-forward` or `kubectl exec`, never from any pod that can
-//!    reach the Service.
+//!    reach the Service. Its `Host` must then be an address or `localhost`:
+//!    a page whose DNS name an attacker re-points at 127.0.0.1 (DNS
+//!    rebinding) sends its own name, and same-origin checks cannot tell.
 
 use std::net::SocketAddr;
 
@@ -93,7 +95,7 @@ impl ApiAccess {
         match &self.token {
             Some(token) => token.check(headers),
             None => match peer {
-                Some(peer) if peer.ip().to_canonical().is_loopback() => Ok(()),
+                Some(peer) if peer.ip().to_canonical().is_loopback() => local_host(headers),
                 Some(peer) => Err(ApiError::Forbidden(format!(
                     "writes are taken only from loopback while [api] token is not set; \
                      this request came from {}",
@@ -124,6 +126,36 @@ impl Token {
                 "the bearer token is not the API token ([api] token)".into(),
             )),
         }
+    }
+}
+
+/// Refuses a loopback write whose `Host` is a DNS name other than
+/// `localhost`: a browser's page served from a name re-pointed at this
+/// machine (DNS rebinding) is same-origin with itself, so only the name
+/// tells it apart. Addresses, `localhost` and no `Host` at all pass.
+fn local_host(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(host) = headers.get(header::HOST) else {
+        return Ok(());
+    };
+    let host = String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase();
+    // Without the port: `[::1]:9464`, `127.0.0.1:9464`, `localhost:9464`.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name),
+    };
+    let local = name.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost");
+    if local {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "writes without [api] token are taken from loopback addressed as an IP address or \
+             localhost, not as {name:?} (a page whose name was pointed at this machine, DNS \
+             rebinding, would send its own); use http://127.0.0.1:PORT, or set [api] token"
+        )))
     }
 }
 
@@ -249,6 +281,41 @@ mod tests {
         // A bearer token does not help when none is configured.
         let h = headers(&[("authorization", "Bearer x")]);
         assert!(access.check(remote(), &h).is_err());
+    }
+
+    #[test]
+    fn without_a_token_a_loopback_write_must_not_name_another_host() {
+        // DNS rebinding: a page at evil.example, its name pointed at
+        // 127.0.0.1, sends its own name and origin, same-origin as far as
+        // the browser and the origin check can tell.
+        let access = ApiAccess::default();
+        let rebound = headers(&[
+            ("host", "evil.example:9464"),
+            ("origin", "http://evil.example:9464"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        let err = access.check(LOCAL, &rebound).unwrap_err();
+        assert!(matches!(err, ApiError::Forbidden(_)), "{err:?}");
+        assert!(err.to_string().contains("\"evil.example\""), "{err}");
+        for host in [
+            "127.0.0.1:9464",
+            "localhost:9464",
+            "LOCALHOST",
+            "[::1]:9464",
+            "10.0.0.7:9464",
+            "dashboard.localhost:9464",
+        ] {
+            let page = headers(&[("host", host), ("origin", &format!("http://{host}"))]);
+            assert!(access.check(LOCAL, &page).is_ok(), "{host}");
+        }
+        // With a token the name does not matter: the token decides.
+        let dir = tempfile::tempdir().unwrap();
+        let access = with_token(dir.path(), "t");
+        let named = headers(&[
+            ("host", "scalewise.ops:9464"),
+            ("authorization", "Bearer t"),
+        ]);
+        assert!(access.check(remote(), &named).is_ok());
     }
 
     #[test]

@@ -45,8 +45,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The dashboard page.
-pub async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
+pub async fn dashboard() -> impl axum::response::IntoResponse {
+    use axum::http::header;
+    // Never inside another site's frame: a framed dashboard sends its
+    // pause and resume from its own origin, which the write guard takes
+    // (clickjacking).
+    (
+        [
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(include_str!("dashboard.html")),
+    )
 }
 
 /// Every scaler's status.
@@ -373,5 +384,13 @@ fn parse_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, 
 }
 
 fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
-    crate::clock::parse_time_ms(text).map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))
+    crate::clock::parse_time_ms(text).map_err(|e| {
+        // A `+` of an offset left unencoded in the query arrives as a space.
+        let hint = if text.contains(' ') {
+            " (a `+` in a URL's query is read as a space: write the offset's + as %2B)"
+        } else {
+            ""
+        };
+        ApiError::BadRequest(format!("{field}: {e}{hint}"))
+    })
 }
