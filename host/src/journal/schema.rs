@@ -86,6 +86,17 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // SQLite takes an empty file for a new database. A journal emptied
+    // (truncated by hand, a backup that restored nothing) would then start
+    // over in silence: no history restored, ids from 1 again. Said loudly.
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
+        && !Path::new(&format!("{}-wal", path.display())).exists()
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "The journal file is empty (0 bytes): a new journal starts in it, with no history to restore. If it held records, restore it from a backup before the daemon writes."
+        );
+    }
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| open_error(path, e))?;
