@@ -74,7 +74,8 @@ async fn a_deployment_is_observed_and_scaled_through_its_scale_subresource() {
             .replicas,
         5
     );
-    // One merge patch of spec.replicas, on the scale subresource.
+    // One merge patch of spec.replicas, on the scale subresource,
+    // conditional on the resourceVersion the tick read.
     let patches: Vec<_> = kube
         .seen()
         .into_iter()
@@ -89,9 +90,11 @@ async fn a_deployment_is_observed_and_scaled_through_its_scale_subresource() {
         patches[0].content_type.as_deref(),
         Some("application/merge-patch+json")
     );
-    assert_eq!(
-        patches[0].body,
-        serde_json::json!({"spec": {"replicas": 5}})
+    assert_eq!(patches[0].body["spec"], serde_json::json!({"replicas": 5}));
+    assert!(
+        patches[0].body["metadata"]["resourceVersion"].is_string(),
+        "{}",
+        patches[0].body
     );
 
     // The new pods are not ready yet: the next tick sees 5 asked, 2 ready.
@@ -227,11 +230,41 @@ async fn an_unreachable_api_server_is_an_error_that_names_the_target() {
     );
 }
 
+/// Someone scales the workload between the tick's read and its change
+/// (kubectl scale, GitOps): the change, conditional on what was read, is
+/// refused as a conflict and theirs stays, as HPA's update of the scale
+/// would be; the next tick reads theirs and may change it.
+#[tokio::test]
+async fn a_change_made_meanwhile_by_someone_else_is_not_overwritten() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put_deployment("shop", "web", 3);
+    let actuator =
+        KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
+    assert_eq!(actuator.observe(T0).await.unwrap().current, 3);
+    kube.put_deployment("shop", "web", 8);
+    let err = actuator.scale(T0, 3, 5).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
+    assert!(err.to_string().contains("(conflict)"), "{err}");
+    let replicas = |kube: &FakeKube| {
+        kube.workload("apps/v1", "deployments", "shop", "web")
+            .unwrap()
+            .replicas
+    };
+    assert_eq!(replicas(&kube), 8, "theirs stays");
+    assert_eq!(actuator.observe(T0 + 15_000).await.unwrap().current, 8);
+    actuator.scale(T0 + 15_000, 8, 6).await.unwrap();
+    assert_eq!(replicas(&kube), 6);
+}
+
 #[tokio::test]
 async fn changes_are_told_as_events_on_the_workload_and_a_lasting_failure_once() {
     let kube = FakeKube::start().await.unwrap();
+    kube.put_deployment("shop", "web", 3);
     let actuator =
         KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
+    // Observed first, as every tick does: the Events name the object's uid,
+    // which `kubectl describe` finds them by.
+    actuator.observe(T0).await.unwrap();
     let told = |to: u32, error: Option<&str>| Announcement {
         time_ms: T0,
         scaler: "web".into(),
@@ -272,6 +305,7 @@ async fn changes_are_told_as_events_on_the_workload_and_a_lasting_failure_once()
         ),
         (Some("apps/v1"), Some("shop"))
     );
+    assert_eq!(first["regarding"]["uid"], "uid-shop-deployments-web");
     assert!(
         first["metadata"]["name"]
             .as_str()

@@ -242,16 +242,22 @@ impl Leadership {
 /// This replica's default name in the Lease: `POD_NAME` (set from the
 /// downward API), else the host's name, with the process id.
 pub fn default_identity() -> String {
-    let host = std::env::var("POD_NAME")
+    format!("{}-{}", host_name(), std::process::id())
+}
+
+/// `POD_NAME` (set from the downward API), else the host's name (the
+/// kernel's, as `HOSTNAME` is seldom exported to a daemon's environment).
+pub fn host_name() -> String {
+    std::env::var("POD_NAME")
         .ok()
         .filter(|n| !n.is_empty())
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
                 .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "scalewise".into());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "scalewise".into())
 }
 
 /// The pause flags `lease` carries; none when it carries none, or carries

@@ -63,6 +63,9 @@ struct Inner {
     leases: BTreeMap<(String, String), Value>,
     /// The last resourceVersion given out.
     version: u64,
+    /// Each workload's resourceVersion: new at every write (a test's
+    /// `put` too, as another writer's change would be).
+    workload_versions: BTreeMap<Key, u64>,
     /// Every Lease request is answered with this status instead.
     leases_failing: Option<StatusCode>,
 }
@@ -137,16 +140,16 @@ impl FakeKube {
     /// (`apps/v1`), `plural` its resource (`deployments`).
     pub fn put(&self, api_version: &str, plural: &str, ns: &str, name: &str, w: Workload) {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        self.inner.lock().unwrap().workloads.insert(
-            (
-                group.into(),
-                version.into(),
-                ns.into(),
-                plural.into(),
-                name.into(),
-            ),
-            w,
+        let key: Key = (
+            group.into(),
+            version.into(),
+            ns.into(),
+            plural.into(),
+            name.into(),
         );
+        let mut inner = self.inner.lock().unwrap();
+        bump(&mut inner, &key);
+        inner.workloads.insert(key, w);
     }
 
     /// Adds an `apps/v1` Deployment `ns/name` with `replicas`, all ready.
@@ -331,6 +334,25 @@ fn record(inner: &Mutex<Inner>, method: Method, path: String, headers: &HeaderMa
     });
 }
 
+/// Gives `key`'s workload a new resourceVersion.
+fn bump(inner: &mut Inner, key: &Key) {
+    inner.version += 1;
+    let version = inner.version;
+    inner.workload_versions.insert(key.clone(), version);
+}
+
+/// The workload's metadata: its name, namespace, a uid of its own (as every
+/// real object has) and its resourceVersion.
+fn workload_meta(inner: &Inner, key: &Key) -> Value {
+    let (_, _, ns, plural, name) = key;
+    json!({
+        "name": name,
+        "namespace": ns,
+        "uid": format!("uid-{ns}-{plural}-{name}"),
+        "resourceVersion": inner.workload_versions.get(key).copied().unwrap_or(0).to_string(),
+    })
+}
+
 /// Looks the workload up, or the error a real server would give.
 fn find(inner: &Inner, key: &Key) -> Result<Workload, Box<Response>> {
     let (_, _, _, plural, name) = key;
@@ -366,7 +388,7 @@ async fn object(
         Ok(w) => w,
         Err(e) => return *e,
     };
-    let (group, version, ns, _, name) = &key;
+    let (group, version, _, _, _) = &key;
     let mut status = json!({ "replicas": w.replicas });
     if let Some(ready) = w.ready {
         status["readyReplicas"] = json!(ready);
@@ -374,7 +396,7 @@ async fn object(
     json_response(json!({
         "apiVersion": format!("{group}/{version}"),
         "kind": "Workload",
-        "metadata": { "name": name, "namespace": ns },
+        "metadata": workload_meta(&guard, &key),
         "spec": { "replicas": w.replicas },
         "status": status,
     }))
@@ -419,14 +441,30 @@ async fn scale(
                 "spec.replicas: Required value",
             );
         };
+        // A resourceVersion in the patch is a precondition, as the real
+        // server treats it.
+        if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
+            && workload_meta(&guard, &key)["resourceVersion"] != expected
+        {
+            let (_, _, _, plural, name) = &key;
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on {plural} {name:?}: the object has been \
+                     modified; please apply your changes to the latest version and try again"
+                ),
+            );
+        }
         w.replicas = replicas as u32;
         guard.workloads.insert(key.clone(), w.clone());
+        bump(&mut guard, &key);
     }
-    let (_, _, ns, _, name) = &key;
+    let (_, _, _, _, name) = &key;
     json_response(json!({
         "apiVersion": "autoscaling/v1",
         "kind": "Scale",
-        "metadata": { "name": name, "namespace": ns },
+        "metadata": workload_meta(&guard, &key),
         "spec": { "replicas": w.replicas },
         "status": { "replicas": w.replicas, "selector": format!("app={name}") },
     }))

@@ -48,6 +48,17 @@ pub struct KubernetesActuator {
     client: OnceCell<Client>,
     /// The last failure told as an Event, so a lasting one is told once.
     last_failure: std::sync::Mutex<Option<String>>,
+    /// What the last observation read: the scale's resourceVersion (the
+    /// change made next is conditional on it, as HPA's update of the scale
+    /// is) and the object's uid (what `kubectl describe` finds Events by).
+    observed: std::sync::Mutex<Seen>,
+}
+
+/// See [`KubernetesActuator::observed`].
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    resource_version: Option<String>,
+    uid: Option<String>,
 }
 
 impl KubernetesActuator {
@@ -60,6 +71,7 @@ impl KubernetesActuator {
             resource,
             client: OnceCell::new(),
             last_failure: std::sync::Mutex::new(None),
+            observed: std::sync::Mutex::default(),
         }
     }
 
@@ -71,6 +83,7 @@ impl KubernetesActuator {
             resource,
             client: OnceCell::new_with(Some(client)),
             last_failure: std::sync::Mutex::new(None),
+            observed: std::sync::Mutex::default(),
         }
     }
 
@@ -138,12 +151,21 @@ impl KubernetesActuator {
                 kind: Some(self.settings.object.clone()),
                 name: Some(self.settings.name.clone()),
                 namespace: Some(namespace.to_owned()),
+                // kubectl describe finds an object's Events by its uid.
+                uid: self.seen().uid,
                 ..ObjectReference::default()
             }),
             reporting_controller: Some(REPORTING_CONTROLLER.into()),
             reporting_instance: Some(reporting_instance()),
             ..Event::default()
         }
+    }
+
+    fn seen(&self) -> Seen {
+        self.observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// `Deployment "web"` (`in namespace "shop"` when one is set).
@@ -265,10 +287,7 @@ const MAX_EVENT_NOTE: usize = 1024;
 
 /// This process, as its Events name it: the pod (`POD_NAME`) or the host.
 fn reporting_instance() -> String {
-    let name = std::env::var("POD_NAME")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into());
+    let name = crate::leader::host_name();
     truncate_at_char(&format!("{REPORTING_CONTROLLER}-{name}"), 128).to_owned()
 }
 
@@ -307,6 +326,13 @@ impl Actuator for KubernetesActuator {
             .get(&self.settings.name)
             .await
             .map_err(|e| self.error("reading", e))?;
+        *self
+            .observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Seen {
+            resource_version: scale.metadata.resource_version.clone(),
+            uid: object.metadata.uid.clone(),
+        };
         Ok(Observed {
             current: spec_replicas(&scale),
             ready: ready_replicas(&self.settings.object, &object, status_replicas),
@@ -322,7 +348,14 @@ impl Actuator for KubernetesActuator {
         desired: u32,
     ) -> Result<Actuation, ActuatorError> {
         let api = self.api().await?;
-        let patch = serde_json::json!({ "spec": { "replicas": desired } });
+        // Conditional on the scale this tick read, as HPA's update of the
+        // scale is: a change someone else made meanwhile (kubectl scale,
+        // GitOps, another controller) is not overwritten by a decision
+        // taken on the count before it.
+        let mut patch = serde_json::json!({ "spec": { "replicas": desired } });
+        if let Some(version) = self.seen().resource_version {
+            patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+        }
         let scale = api
             .patch_scale(
                 &self.settings.name,
@@ -330,7 +363,14 @@ impl Actuator for KubernetesActuator {
                 &Patch::Merge(&patch),
             )
             .await
-            .map_err(|e| self.error("scaling", e))?;
+            .map_err(|e| match e {
+                kube::Error::Api(status) if status.code == 409 => ActuatorError::Failed(format!(
+                    "scaling {}: its replicas changed since this tick read them (conflict); \
+                     the next tick decides again from what it reads",
+                    self.describe()
+                )),
+                other => self.error("scaling", other),
+            })?;
         Ok(Actuation::Done {
             detail: format!(
                 "set the replicas of {} to {} (was {current})",
