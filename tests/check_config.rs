@@ -71,6 +71,28 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 #[test]
+fn credentials_written_into_a_source_url_stay_out_of_the_summary() {
+    let modules = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(modules.path(), "")
+        + "\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://ops:s3cret@127.0.0.1:9/prom\"\n";
+    let path = write(dir.path(), &text);
+    let (code, out, err) = cli(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("  source    prom: prometheus http://127.0.0.1:9/prom"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("s3cret") && !err.contains("s3cret"),
+        "{out}{err}"
+    );
+}
+
+#[test]
 fn a_config_that_runs_passes_and_says_what_it_runs() {
     let modules = policy_dir(&[
         ("target-tracking", artifacts::TARGET_TRACKING),

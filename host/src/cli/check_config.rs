@@ -376,7 +376,16 @@ fn summary(
     for (name, source) in &config.sources {
         match source.get_ref() {
             SourceConfig::Prometheus(p) => {
-                writeln!(out, "  source    {name}: prometheus {}", p.url)?
+                // Credentials written into the URL are not for CI logs.
+                let url = match url::Url::parse(&p.url) {
+                    Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+                        let _ = url.set_username("");
+                        let _ = url.set_password(None);
+                        url.to_string()
+                    }
+                    _ => p.url.clone(),
+                };
+                writeln!(out, "  source    {name}: prometheus {url}")?
             }
         }
     }

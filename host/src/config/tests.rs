@@ -478,6 +478,13 @@ fn each_problem_is_reported_at_its_place() {
             "step (20m) is longer than window (10m)",
         ),
         case(
+            "a step finer than a millisecond",
+            &[("step = \"30s\"", "step = \"1500us\"")],
+            "\"1500us\"",
+            "scalers[0] \"web\".metrics.latency",
+            "step (1ms 500us) must be whole milliseconds",
+        ),
+        case(
             "step without window",
             &[("window = \"10m\"\n", "")],
             "\"30s\"\nmax_age",

@@ -1061,6 +1061,14 @@ impl Checker<'_, '_> {
         }
         if let Some(step) = metric.step {
             self.nonzero(&at("step"), "step", step);
+            // Series are stepped in whole milliseconds: 500us would be 0
+            // (failing every tick) and 1500us silently 1ms.
+            if step.subsec_nanos() % 1_000_000 != 0 {
+                self.value(
+                    &at("step"),
+                    format!("step ({}) must be whole milliseconds", show(step)),
+                );
+            }
             match metric.window {
                 None => self.value(&at("step"), "step is set without a window"),
                 Some(window) if step > window => self.value(
