@@ -700,24 +700,12 @@ async fn with_a_token_writes_need_it_over_http() {
 /// trusts the daemon's certificate (`--ca-file`, or the config's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tls_the_api_speaks_https_and_the_cli_trusts_its_certificate() {
-    use scalewise::clock::Clock;
-    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
-
     let certs = tempfile::tempdir().unwrap();
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let config = format!(
-        "policy_dir = \"policies\"\n\n[api]\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}{}",
-        cert.display().to_string(),
-        key.display().to_string(),
-        simulation("web", 2),
-        queue_scaler("web", "simulator", "queue_depth")
-    );
-    let mut daemon = RunningDaemon::start(&config, Clock::system())
-        .await
-        .unwrap();
+    let (config, mut daemon) = start_with_tls(&cert, &key).await;
     let api = daemon.api().unwrap();
     let trusted = reqwest::Certificate::from_pem_bundle(certified.cert.pem().as_bytes()).unwrap();
     let client = reqwest::Client::builder()
@@ -773,9 +761,6 @@ async fn with_tls_the_api_speaks_https_and_the_cli_trusts_its_certificate() {
 /// CLI given that very file (`--ca-file`, or the daemon's config) trusts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_trusts_a_self_signed_certificate_marked_as_a_ca() {
-    use scalewise::clock::Clock;
-    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
-
     let certs = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
@@ -784,16 +769,7 @@ async fn the_cli_trusts_a_self_signed_certificate_marked_as_a_ca() {
     let (cert, key_file) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
     std::fs::write(&cert, certified.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let config = format!(
-        "policy_dir = \"policies\"\n\n[api]\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}{}",
-        cert.display().to_string(),
-        key_file.display().to_string(),
-        simulation("web", 2),
-        queue_scaler("web", "simulator", "queue_depth")
-    );
-    let mut daemon = RunningDaemon::start(&config, Clock::system())
-        .await
-        .unwrap();
+    let (config, mut daemon) = start_with_tls(&cert, &key_file).await;
     let api = daemon.api().unwrap();
     // The usual checks: a CA's certificate is no server's.
     let strict = reqwest::Client::builder()
@@ -843,6 +819,27 @@ async fn the_cli_trusts_a_self_signed_certificate_marked_as_a_ca() {
         "{err}"
     );
     daemon.stop().await.unwrap();
+}
+
+/// `scalewise run`'s daemon serving HTTPS with the pair `cert`, `key`,
+/// scaling `web`; and its config's text.
+async fn start_with_tls(
+    cert: &Path,
+    key: &Path,
+) -> (String, scalewise_tests::running::RunningDaemon) {
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, queue_scaler, simulation};
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\ntls = {{ cert = {:?}, key = {:?} }}\n\n{}{}",
+        cert.display().to_string(),
+        key.display().to_string(),
+        simulation("web", 2),
+        queue_scaler("web", "simulator", "queue_depth")
+    );
+    let daemon = RunningDaemon::start(&config, Clock::system())
+        .await
+        .unwrap();
+    (config, daemon)
 }
 
 /// With `reads = "token"` every `/v1/...` read needs the token, from

@@ -843,11 +843,8 @@ impl Daemon {
                 let Some(module) = snapshot.modules.get(module_name) else {
                     continue;
                 };
-                let configured = match &policy.params {
-                    Some(table) => toml_to_json(&toml::Value::Table((**table.get_ref()).clone())),
-                    None => serde_json::Value::Object(serde_json::Map::new()),
-                };
-                let parameters = crate::scaler::with_defaults(&configured, module.info());
+                let parameters =
+                    crate::scaler::with_defaults(&configured_params(policy), module.info());
                 let key = (module_name.clone(), parameters.to_string());
                 if tried.contains(&key) {
                     continue;
@@ -1599,6 +1596,15 @@ impl SharedParams {
     }
 }
 
+/// A policy's parameters as the config gives them (JSON; `{}` for none),
+/// without the module's defaults.
+fn configured_params(policy: &crate::config::PolicyRef) -> serde_json::Value {
+    match &policy.params {
+        Some(table) => toml_to_json(&toml::Value::Table((**table.get_ref()).clone())),
+        None => serde_json::Value::Object(serde_json::Map::new()),
+    }
+}
+
 /// Binds a scaler's metrics and policies.
 fn bind_scaler(
     sources: &NamedSources,
@@ -1656,11 +1662,7 @@ fn bind_scaler(
             let p = p.get_ref();
             // The module's defaults are added at each evaluation, from the
             // version that runs it.
-            let parameters = match &p.params {
-                Some(table) => toml_to_json(&toml::Value::Table((**table.get_ref()).clone())),
-                None => serde_json::Value::Object(serde_json::Map::new()),
-            };
-            let parameters = params.share(parameters);
+            let parameters = params.share(configured_params(p));
             BoundPolicy {
                 parameters,
                 module: p.module.get_ref().clone(),

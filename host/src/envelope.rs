@@ -160,9 +160,16 @@ pub struct Verdict {
 pub fn memory_needed(behavior: &Behavior) -> Duration {
     let up = Rules::resolve(&behavior.scale_up, Direction::Up);
     let down = Rules::resolve(&behavior.scale_down, Direction::Down);
-    let longest = [
-        up.window_ms,
-        down.window_ms,
+    let longest = events_needed_ms(&up, &down)
+        .max(up.window_ms)
+        .max(down.window_ms);
+    Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+}
+
+/// How long scale events can still matter: the longest rate-limit period
+/// or cooldown of either direction.
+fn events_needed_ms(up: &Rules, down: &Rules) -> i64 {
+    [
         up.longest_period_ms(),
         down.longest_period_ms(),
         up.cooldown_ms,
@@ -170,8 +177,7 @@ pub fn memory_needed(behavior: &Behavior) -> Duration {
     ]
     .into_iter()
     .max()
-    .unwrap_or(0);
-    Duration::from_millis(u64::try_from(longest).unwrap_or(0))
+    .unwrap_or(0)
 }
 
 /// Passes one tick's proposal through the envelope, recording this tick's
@@ -182,16 +188,11 @@ pub fn apply(state: &mut EnvelopeState, input: &Input<'_>) -> Verdict {
     let up = Rules::resolve(&input.behavior.scale_up, Direction::Up);
     let down = Rules::resolve(&input.behavior.scale_down, Direction::Down);
 
-    let keep_events_ms = [
-        up.longest_period_ms(),
-        down.longest_period_ms(),
-        up.cooldown_ms,
-        down.cooldown_ms,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0);
-    state.prune(now_ms, up.window_ms.max(down.window_ms), keep_events_ms);
+    state.prune(
+        now_ms,
+        up.window_ms.max(down.window_ms),
+        events_needed_ms(&up, &down),
+    );
 
     state.seed(now_ms, current);
     let proposed = input.proposal.unwrap_or(current);

@@ -1274,6 +1274,30 @@ mod tests {
         })
     }
 
+    /// What `state` settles on at `now_ms` for a scaler at `current` (bounds
+    /// 1..20) whose policies propose `proposal`.
+    fn desired_of(
+        mut state: EnvelopeState,
+        behavior: &crate::config::Behavior,
+        now_ms: i64,
+        current: u32,
+        proposal: u32,
+    ) -> u32 {
+        let input = envelope::Input {
+            now_ms,
+            current,
+            min: 1,
+            max: 20,
+            proposal: Some(proposal),
+            failed_metrics: &[],
+            policy_failed: false,
+            paused: false,
+            in_flight: None,
+            behavior,
+        };
+        envelope::apply(&mut state, &input).desired
+    }
+
     #[test]
     fn a_restart_in_a_new_scalers_first_window_seeds_it_again() {
         let tick = |time_ms, current, recommendation| TickSummary {
@@ -1289,21 +1313,7 @@ mod tests {
         // the seed of its first tick; the daemon restarts a minute in.
         let ticks = [tick(0, 10, Some(2)), tick(15_000, 10, Some(2))];
         let behavior = crate::config::Behavior::default();
-        let desired = |mut state: EnvelopeState, now_ms| {
-            let input = envelope::Input {
-                now_ms,
-                current: 10,
-                min: 1,
-                max: 20,
-                proposal: Some(2),
-                failed_metrics: &[],
-                policy_failed: false,
-                paused: false,
-                in_flight: None,
-                behavior: &behavior,
-            };
-            envelope::apply(&mut state, &input).desired
-        };
+        let desired = |state, now_ms| desired_of(state, &behavior, now_ms, 10, 2);
         let at = |t| t;
         assert_eq!(desired(restore_envelope(&ticks, true, at), 60_000), 10);
         assert_eq!(
@@ -1342,21 +1352,7 @@ mod tests {
             1,
             std::time::Duration::from_secs(60),
         )]));
-        let desired = |mut state: EnvelopeState| {
-            let input = envelope::Input {
-                now_ms: slot_ms + 60_000,
-                current: 6,
-                min: 1,
-                max: 20,
-                proposal: Some(7),
-                failed_metrics: &[],
-                policy_failed: false,
-                paused: false,
-                in_flight: None,
-                behavior: &behavior,
-            };
-            envelope::apply(&mut state, &input).desired
-        };
+        let desired = |state| desired_of(state, &behavior, slot_ms + 60_000, 6, 7);
         let slot = |t| crate::daemon::slot_near(key, 15_000, t);
         assert_eq!(slot(slot_ms + 300), slot_ms);
         assert_eq!(
