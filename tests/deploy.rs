@@ -259,7 +259,7 @@ async fn the_rbac_rules_allow_every_request_the_daemon_makes() {
         Workload {
             replicas: 2,
             ready: Some(2),
-            forbidden: false,
+            ..Workload::default()
         },
     );
     // The manifests' scaler and leader election, with a policy that asks

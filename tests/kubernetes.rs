@@ -27,7 +27,7 @@ fn workload(replicas: u32, ready: Option<u32>) -> Workload {
     Workload {
         replicas,
         ready,
-        forbidden: false,
+        ..Workload::default()
     }
 }
 
@@ -213,6 +213,57 @@ async fn a_missing_workload_is_not_found_and_a_forbidden_one_names_the_permissio
             .replicas,
         2
     );
+}
+
+/// A 404 from `/scale` is told apart: the object missing (above), its kind
+/// serving no scale subresource (a CustomResourceDefinition without
+/// `subresources.scale`), or no such resource served at all (a misspelt
+/// kind or plural, a CRD not installed) - each says what to fix.
+#[tokio::test]
+async fn a_kind_without_scale_and_an_unserved_resource_each_say_what_to_fix() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put(
+        "example.com/v1",
+        "workers",
+        "jobs",
+        "crunch",
+        Workload {
+            no_scale: true,
+            ..workload(3, None)
+        },
+    );
+    let target = |name: &str| KubernetesTarget {
+        api_version: "example.com/v1".into(),
+        object: "Worker".into(),
+        name: name.into(),
+        namespace: Some("jobs".into()),
+        plural: None,
+        events: true,
+    };
+    let actuator = KubernetesActuator::with_client(target("crunch"), kube.client("default"));
+    let err = actuator.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("Worker \"crunch\" in namespace \"jobs\" has no scale subresource"),
+        "{text}"
+    );
+    assert!(text.contains("subresources.scale"), "{text}");
+
+    // Another object of the same kind that does not exist is still not found.
+    let ghost = KubernetesActuator::with_client(target("ghost"), kube.client("default"));
+    let err = ghost.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::NotFound(_)), "{err:?}");
+
+    kube.unserve("example.com/v1", "workers");
+    let err = actuator.observe(T0).await.unwrap_err();
+    assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("the API server serves no workers in example.com/v1"),
+        "{text}"
+    );
+    assert!(text.contains("api_version, object and plural"), "{text}");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@
 //! [`FakeKube::kubeconfig`] writes a kubeconfig that points at it, for
 //! `scalewise run` with `KUBECONFIG`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 /// One workload the fake serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Workload {
     /// `spec.replicas`.
     pub replicas: u32,
@@ -35,6 +35,9 @@ pub struct Workload {
     pub ready: Option<u32>,
     /// Every request about it is refused with 403.
     pub forbidden: bool,
+    /// Its kind serves no `/scale` (a CustomResourceDefinition without
+    /// `subresources.scale`): the subresource answers 404.
+    pub no_scale: bool,
 }
 
 /// A request the fake received.
@@ -68,6 +71,9 @@ struct Inner {
     workload_versions: BTreeMap<Key, u64>,
     /// Every Lease request is answered with this status instead.
     leases_failing: Option<StatusCode>,
+    /// (group, version, plural) the server does not serve: requests under
+    /// them get the 404 of an unknown path.
+    unserved: BTreeSet<(String, String, String)>,
 }
 
 /// A fake API server on a loopback port, for as long as the test's runtime.
@@ -102,13 +108,7 @@ impl FakeKube {
                 "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/scale",
                 get(scale).patch(scale),
             )
-            .fallback(|| async {
-                status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )
-            })
+            .fallback(|| async { unknown_path() })
             .with_state(inner.clone())
             .layer(axum::middleware::from_fn_with_state(
                 inner.clone(),
@@ -157,9 +157,20 @@ impl FakeKube {
         let w = Workload {
             replicas,
             ready: Some(replicas),
-            forbidden: false,
+            ..Workload::default()
         };
         self.put("apps/v1", "deployments", ns, name, w);
+    }
+
+    /// Stops serving the resource `plural` of `api_version`, as a server
+    /// without that CustomResourceDefinition (or a misspelt kind).
+    pub fn unserve(&self, api_version: &str, plural: &str) {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        self.inner
+            .lock()
+            .unwrap()
+            .unserved
+            .insert((group.into(), version.into(), plural.into()));
     }
 
     /// The workload, as it is now.
@@ -245,6 +256,11 @@ impl FakeKube {
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    status_with(code, reason, message, json!({}))
+}
+
+/// A Status whose `details` name the object, as the real server's do.
+fn status_with(code: StatusCode, reason: &str, message: &str, details: Value) -> Response {
     (
         code,
         [(header::CONTENT_TYPE, "application/json")],
@@ -255,11 +271,21 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
             "status": "Failure",
             "message": message,
             "reason": reason,
+            "details": details,
             "code": code.as_u16(),
         })
         .to_string(),
     )
         .into_response()
+}
+
+/// The 404 of a path the server does not serve.
+fn unknown_path() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 fn json_response(value: Value) -> Response {
@@ -355,12 +381,19 @@ fn workload_meta(inner: &Inner, key: &Key) -> Value {
 
 /// Looks the workload up, or the error a real server would give.
 fn find(inner: &Inner, key: &Key) -> Result<Workload, Box<Response>> {
-    let (_, _, _, plural, name) = key;
+    let (group, version, _, plural, name) = key;
+    if inner
+        .unserved
+        .contains(&(group.clone(), version.clone(), plural.clone()))
+    {
+        return Err(Box::new(unknown_path()));
+    }
     match inner.workloads.get(key) {
-        None => Err(Box::new(status(
+        None => Err(Box::new(status_with(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("{plural} {name:?} not found"),
+            &format!("{plural}.{group} {name:?} not found"),
+            json!({ "name": name, "group": group, "kind": plural }),
         ))),
         Some(w) if w.forbidden => Err(Box::new(status(
             StatusCode::FORBIDDEN,
@@ -422,6 +455,9 @@ async fn scale(
         Ok(w) => w,
         Err(e) => return *e,
     };
+    if w.no_scale {
+        return unknown_path();
+    }
     if method == Method::PATCH {
         let merge = headers
             .get(header::CONTENT_TYPE)

@@ -204,9 +204,46 @@ impl KubernetesActuator {
     }
 
     async fn scale_of(&self, api: &Api<DynamicObject>) -> Result<Scale, ActuatorError> {
-        api.get_scale(&self.settings.name)
-            .await
-            .map_err(|e| self.error("reading the scale of", e))
+        match api.get_scale(&self.settings.name).await {
+            Ok(scale) => Ok(scale),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                Err(self.why_no_scale(api).await)
+            }
+            Err(e) => Err(self.error("reading the scale of", e)),
+        }
+    }
+
+    /// Why `/scale` answered 404, in words that point at the fix: the
+    /// object is missing, it exists but its kind serves no scale
+    /// subresource (a CustomResourceDefinition without
+    /// `subresources.scale`), or no such resource is served at all (a
+    /// wrong `api_version`, `object` or `plural`).
+    async fn why_no_scale(&self, api: &Api<DynamicObject>) -> ActuatorError {
+        let resource = format!("{} in {}", self.resource.plural, self.settings.api_version);
+        match api.get(&self.settings.name).await {
+            Ok(_) => ActuatorError::Failed(format!(
+                "{} has no scale subresource: its kind must serve /scale (a \
+                 CustomResourceDefinition declares it under subresources.scale with \
+                 specReplicasPath and statusReplicasPath), as kubectl scale and the \
+                 HorizontalPodAutoscaler need too",
+                self.describe()
+            )),
+            // A missing object's 404 names it; an unserved resource's says
+            // only that the server could not find the requested resource.
+            Err(kube::Error::Api(status))
+                if status.code == 404
+                    && status.details.as_ref().is_none_or(|d| d.name.is_empty()) =>
+            {
+                ActuatorError::Failed(format!(
+                    "the API server serves no {resource} (looking for {}): check the target's \
+                     api_version, object and plural (`kubectl api-resources` lists what is \
+                     served; it said: {})",
+                    self.describe(),
+                    status.message
+                ))
+            }
+            Err(e) => self.error("reading the scale of", e),
+        }
     }
 }
 
