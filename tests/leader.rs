@@ -21,7 +21,7 @@ fn settings(identity: &str) -> LeaderElectionConfig {
         lease: "scalewise".into(),
         namespace: Some("ops".into()),
         identity: Some(identity.into()),
-        lease_duration: Duration::from_millis(1_500),
+        lease_duration: Duration::from_millis(2_000),
         renew_deadline: Duration::from_millis(1_000),
         retry_period: Duration::from_millis(100),
     }
@@ -58,7 +58,7 @@ async fn one_replica_leads_and_the_other_follows_it() {
     assert_eq!(b_leads.leader().as_deref(), Some("a"));
     let lease = kube.lease("ops", "scalewise").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "a");
-    assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 2);
     assert_eq!(lease["spec"]["leaseTransitions"], 0);
 }
 
@@ -77,7 +77,7 @@ async fn a_lease_left_unrenewed_is_taken_over_after_its_duration() {
         Outcome::Following("a".into()),
         "not yet"
     );
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(b.try_once().await, Outcome::Leading);
     assert!(b_leads.is_leading());
     let lease = kube.lease("ops", "scalewise").unwrap();
@@ -112,6 +112,33 @@ async fn of_two_replicas_racing_for_a_free_lease_exactly_one_wins() {
         let leader = if a_leads.is_leading() { "a" } else { "b" };
         assert_eq!(holder(&kube).as_deref(), Some(leader));
     }
+}
+
+/// An API server that takes the renewal and never answers: the try is cut
+/// short at the renew deadline and the leader stops acting then, before the
+/// follower may take the Lease (a lease duration after the last renewal).
+#[tokio::test]
+async fn a_leader_whose_renewal_hangs_stops_acting_at_its_renew_deadline() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    kube.hang_leases(true);
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), a.try_once())
+        .await
+        .expect("the try is cut short, not left hanging");
+    assert!(
+        matches!(&outcome, Outcome::Failed(why) if why.contains("did not answer")),
+        "{outcome:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!a_leads.is_leading(), "past renew_deadline it stops");
+    kube.hang_leases(false);
+    assert_eq!(a.try_once().await, Outcome::Leading);
 }
 
 #[tokio::test]

@@ -122,6 +122,20 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// flight by one step.
     async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError>;
 
+    /// Reads the target's state as [`observe`](Actuator::observe) does but
+    /// leaves a change in flight where it is: a paused or dry-run scaler
+    /// changes nothing, not even by finishing what it started (no victim
+    /// terminated, no worker stopped). The same as `observe` for an
+    /// actuator whose changes complete at once.
+    async fn observe_only(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+        self.observe(now_ms).await
+    }
+
+    /// Forgets a change in flight without finishing it: this replica has
+    /// just taken the lead, and what it started when it last led may have
+    /// been overtaken by what the leader between did. Nothing by default.
+    async fn forget_in_flight(&self) {}
+
     /// Starts moving the target from `current` to `desired` replicas.
     async fn scale(
         &self,

@@ -171,7 +171,8 @@ enum ReloadTrigger {
 /// A changed scaler config, applied by the scaler's own task between ticks.
 struct Reconfigure {
     spec: ScalerSpec,
-    actuator: Arc<dyn Actuator>,
+    /// A new actuator for a changed target; `None` keeps the scaler's own.
+    actuator: Option<Arc<dyn Actuator>>,
 }
 
 /// A daemon built from a config, ready to run.
@@ -1016,7 +1017,14 @@ impl Daemon {
                 Some(before) if before.fingerprint != fingerprint || uses_changed_source => {
                     let spec = bind_scaler(&sources, &mut params, scaler_config, &self.simulation)
                         .map_err(hint)?;
-                    let actuator = build_actuator(scaler_config, &self.simulation).map_err(hint)?;
+                    // The same target keeps its actuator, and with it a
+                    // change in flight (an ASG drain, a shard move): a
+                    // new one would know nothing of it.
+                    let actuator = if before.target == next.scalers[name].target {
+                        None
+                    } else {
+                        Some(build_actuator(scaler_config, &self.simulation).map_err(hint)?)
+                    };
                     changed.push((spec, actuator, scaler_config.paused, before.paused));
                 }
                 Some(_) => {}

@@ -372,11 +372,13 @@ impl Elector {
         &self.identity
     }
 
+    /// The Lease's duration in whole seconds, rounded up: followers wait
+    /// at least `lease_duration` (rounded down, 1.5s would let them take
+    /// it after 1s, no later than this leader's own renew deadline).
     fn lease_seconds(&self) -> i32 {
-        self.settings
-            .lease_duration
-            .as_secs()
-            .clamp(1, i32::MAX as u64) as i32
+        let d = self.settings.lease_duration;
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        secs.clamp(1, i32::MAX as u64) as i32
     }
 
     fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
@@ -393,7 +395,23 @@ impl Elector {
 
     /// One try to take or renew the Lease; updates the published state.
     pub async fn try_once(&mut self) -> Outcome {
-        let outcome = self.attempt().await;
+        // An API server that takes the request and never answers must not
+        // keep a leader acting past its renew deadline (another replica may
+        // take the Lease a lease duration after the last renewal): the try
+        // is cut short when the deadline comes, as client-go's renewal is.
+        let limit = match self.renewed_at {
+            Some(at) => {
+                (at + self.settings.renew_deadline).saturating_duration_since(Instant::now())
+            }
+            None => self.settings.renew_deadline,
+        };
+        let outcome = match tokio::time::timeout(limit, self.attempt()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed(format!(
+                "the API server did not answer in {}",
+                humantime::format_duration(limit)
+            )),
+        };
         match &outcome {
             Outcome::Leading => self.leadership.saw_leader(&self.identity),
             Outcome::Following(holder) => self.leadership.saw_leader(holder),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::actuators::{Actuation, Actuator, Announcement, Observed};
+use crate::actuators::{Actuation, Actuator, ActuatorError, Announcement, Observed};
 use crate::clock::format_ms;
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
@@ -302,8 +302,11 @@ impl Scaler {
     /// Applies a changed config between ticks. The envelope's history
     /// (cooldowns, stabilisation windows, rate-limit periods) stays, and so
     /// does each policy's state where the policy at the same index names the
-    /// same module (the rule used when restoring from the journal).
-    pub fn reconfigure(&mut self, spec: ScalerSpec, actuator: Arc<dyn Actuator>) {
+    /// same module (the rule used when restoring from the journal). A new
+    /// `actuator` replaces the scaler's (a changed target); `None` keeps
+    /// it, with any change it has in flight.
+    pub fn reconfigure(&mut self, spec: ScalerSpec, actuator: Option<Arc<dyn Actuator>>) {
+        let actuator = actuator.unwrap_or_else(|| self.actuator.clone());
         let saved: Vec<PolicyState> = self
             .spec
             .policies
@@ -473,13 +476,20 @@ impl Scaler {
             // the leader before did lately is not in this replica's journal.
             self.term = term;
             self.envelope.reseed();
+            self.actuator.forget_in_flight().await;
             tracing::debug!(scaler = %self.spec.name, term, "A new leadership term: the envelope's history begins again.");
         }
         self.ticks += 1;
         self.handle.ticks.fetch_add(1, Ordering::Relaxed);
         let paused = self.handle.is_paused();
 
-        let observed = match self.actuator.observe(now_ms).await {
+        // A paused or dry-run scaler leaves a change in flight where it is.
+        let observed = if paused || self.spec.mode == Mode::DryRun {
+            self.actuator.observe_only(now_ms).await
+        } else {
+            self.actuator.observe(now_ms).await
+        };
+        let observed = match observed {
             Ok(observed) => observed,
             Err(err) => return self.observe_failed(now_ms, err.to_string()).await,
         };
@@ -806,7 +816,17 @@ impl Scaler {
             };
             return;
         }
-        let outcome = match self.actuator.scale(now_ms, current, desired).await {
+        // The lease may have been lost while the tick read and decided (a
+        // slow source, a slow target): a replica that no longer leads makes
+        // no change, since another may be acting already.
+        let scaled = if self.may_act() {
+            self.actuator.scale(now_ms, current, desired).await
+        } else {
+            Err(ActuatorError::Failed(
+                "not scaled: this replica lost the lease during the tick".to_owned(),
+            ))
+        };
+        let outcome = match scaled {
             Ok(Actuation::Done { detail }) => {
                 self.envelope.record_scale(slot_ms, current, desired);
                 telemetry.actuation(&self.spec.name, "done");

@@ -71,6 +71,8 @@ struct Inner {
     workload_versions: BTreeMap<Key, u64>,
     /// Every Lease request is answered with this status instead.
     leases_failing: Option<StatusCode>,
+    /// Every Lease read is taken and never answered.
+    leases_hanging: bool,
     /// (group, version, plural) the server does not serve: requests under
     /// them get the 404 of an unknown path.
     unserved: BTreeSet<(String, String, String)>,
@@ -129,6 +131,12 @@ impl FakeKube {
     /// Makes every Lease request fail with `code` (`None`: work again).
     pub fn fail_leases(&self, code: Option<StatusCode>) {
         self.inner.lock().unwrap().leases_failing = code;
+    }
+
+    /// Makes every read of a Lease hang: the server takes the request and
+    /// never answers (`false`: answer again).
+    pub fn hang_leases(&self, hang: bool) {
+        self.inner.lock().unwrap().leases_hanging = hang;
     }
 
     /// The server's URL.
@@ -535,6 +543,10 @@ async fn get_lease(
     State(inner): State<Arc<Mutex<Inner>>>,
     UrlPath((ns, name)): LeaseParams,
 ) -> Response {
+    let hanging = inner.lock().unwrap().leases_hanging;
+    if hanging {
+        std::future::pending::<()>().await;
+    }
     let inner = inner.lock().unwrap();
     if let Some(failure) = lease_failing(&inner) {
         return failure;

@@ -19,6 +19,9 @@ use crate::config::{Config, Fingerprint, Origin, PolicyUses, SourceConfig};
 pub(super) struct AppliedScaler {
     /// Its config's fingerprint.
     pub fingerprint: Fingerprint,
+    /// Its target's fingerprint: a reload that keeps the target keeps the
+    /// actuator, and a change it has in flight.
+    pub target: Fingerprint,
     /// Whether the config pauses it.
     pub paused: bool,
 }
@@ -47,6 +50,7 @@ impl Applied {
             let s = s.get_ref();
             let kept = AppliedScaler {
                 fingerprint: s.fingerprint(),
+                target: Fingerprint::of(s.target.get_ref()),
                 paused: s.paused,
             };
             (s.name.get_ref().as_str().into(), kept)
