@@ -245,6 +245,123 @@ async fn without_a_webhook_the_drain_delay_holds_the_termination() {
     );
 }
 
+/// A paused (or dry-run) scaler observes without advancing: a drain under
+/// way stays where it is, its victim in service, until the scaler acts again.
+#[tokio::test]
+async fn observing_only_leaves_a_drain_where_it_is() {
+    let moto = moto().await;
+    moto.create_group("held", 3).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_delay: Duration::from_secs(30),
+            ..settings("held")
+        },
+    )
+    .await;
+    asg.scale(T0, 3, 2).await.unwrap();
+    let observed = asg.observe_only(T0 + 60 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "still in flight");
+    assert_eq!(moto.instance_ids("held").await.unwrap().len(), 3);
+    let observed = asg.observe(T0 + 61 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none());
+    assert_eq!(moto.instance_ids("held").await.unwrap().len(), 2);
+}
+
+/// Someone changes the desired capacity between the tick's read and its
+/// change (a scheduled action, an operator): the change, decided on the
+/// count before, is refused and nothing is terminated.
+#[tokio::test]
+async fn a_desired_capacity_changed_since_the_tick_read_it_is_not_acted_on() {
+    let moto = moto().await;
+    moto.create_group("moved", 4).await.unwrap();
+    let asg = actuator(moto, settings("moved")).await;
+    moto.client()
+        .set_desired_capacity()
+        .auto_scaling_group_name("moved")
+        .desired_capacity(8)
+        .send()
+        .await
+        .unwrap();
+    let err = asg.scale(T0, 4, 5).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("changed since this tick read it (4 → 8)"),
+        "{err}"
+    );
+    let group = moto.group("moved").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(8));
+    assert_eq!(group.instances().len(), 8);
+}
+
+/// A scale-in below the group's MinSize is refused before anything is
+/// drained (AWS would refuse the last termination, again every tick).
+#[tokio::test]
+async fn a_count_below_the_groups_min_size_is_refused_before_draining() {
+    let moto = moto().await;
+    moto.create_group("floor", 3).await.unwrap();
+    moto.client()
+        .update_auto_scaling_group()
+        .auto_scaling_group_name("floor")
+        .min_size(2)
+        .send()
+        .await
+        .unwrap();
+    let drainer = DrainWebhook::start(StatusCode::OK).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+            ..settings("floor")
+        },
+    )
+    .await;
+    let err = asg.scale(T0, 3, 1).await.unwrap_err();
+    assert!(
+        err.to_string().starts_with("1 is below the MinSize (2)"),
+        "{err}"
+    );
+    assert!(drainer.calls().is_empty(), "nothing drained");
+    assert_eq!(moto.instance_ids("floor").await.unwrap().len(), 3);
+    // Down to the floor works.
+    asg.scale(T0, 3, 2).await.unwrap();
+    assert_eq!(moto.instance_ids("floor").await.unwrap().len(), 2);
+}
+
+/// Without `protect_instances`, an instance something else protected from
+/// scale-in (a busy worker, ECS's managed termination protection) is never
+/// a victim.
+#[tokio::test]
+async fn without_protection_an_instance_protected_by_others_is_never_a_victim() {
+    let moto = moto().await;
+    moto.create_group("others", 3).await.unwrap();
+    let ids = moto.instance_ids("others").await.unwrap();
+    moto.client()
+        .set_instance_protection()
+        .auto_scaling_group_name("others")
+        .instance_ids(&ids[1])
+        .instance_ids(&ids[2])
+        .protected_from_scale_in(true)
+        .send()
+        .await
+        .unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            protect_instances: false,
+            ..settings("others")
+        },
+    )
+    .await;
+    asg.scale(T0, 3, 1).await.unwrap();
+    assert_eq!(moto.instance_ids("others").await.unwrap(), ids[1..]);
+    let err = asg.scale(T0, 2, 1).await.unwrap_err();
+    assert!(
+        err.to_string().contains("without scale-in protection"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn without_a_drain_the_victims_are_terminated_at_once() {
     let moto = moto().await;

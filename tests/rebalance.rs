@@ -12,6 +12,8 @@ use scalewise::config::RebalanceTarget;
 use scalewise::journal::{ActuationRecord, TickRecord};
 use scalewise_tests::artifacts;
 use scalewise_tests::e2e::{Harness, SECOND, T0};
+use scalewise_tests::reload::{rewrite_config, wait_for_reloads};
+use scalewise_tests::running::RunningDaemon;
 use scalewise_tests::shard_coordinator::{ShardCoordinator, World};
 
 fn actuator(coordinator: &ShardCoordinator, timeout: Duration) -> RebalanceActuator {
@@ -147,6 +149,102 @@ async fn a_restarted_daemon_finds_the_workers_as_they_are_and_stops_none_with_sh
     let (_, after) = settle(&second, T0 + 2 * SECOND).await;
     assert_eq!(after.current, 2);
     assert_eq!(coordinator.with(|w| w.owners().len()), 9);
+    no_violations(&coordinator);
+}
+
+/// A scale-out whose daemon went away before the new worker was ready: a
+/// count that stays the same never scales, so the next daemon's observe
+/// gives the idle worker its shards.
+#[tokio::test]
+async fn a_worker_left_idle_by_an_unfinished_scale_out_gets_its_shards() {
+    let coordinator = ShardCoordinator::start(World::new(12, 2)).await;
+    coordinator.with(|w| w.ready_after_polls = 3);
+    let first = actuator(&coordinator, Duration::from_secs(600));
+    first.scale(T0, 2, 3).await.unwrap();
+    drop(first);
+    let second = actuator(&coordinator, Duration::from_secs(600));
+    // Nothing happens while the worker is not ready; once it is, its shards
+    // move to it.
+    let mut after = None;
+    for step in 1..20 {
+        after = Some(second.observe(T0 + step * SECOND).await.unwrap());
+    }
+    let after = after.unwrap();
+    assert_eq!((after.current, after.ready, after.in_flight), (3, 3, None));
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [4, 4, 4]
+    );
+    no_violations(&coordinator);
+}
+
+/// The shards change under a scale-in (one added): the old plan would be
+/// refused at every step; the change plans again and finishes.
+#[tokio::test]
+async fn a_plan_the_shards_outgrew_is_made_again() {
+    let coordinator = ShardCoordinator::start(World::new(9, 3)).await;
+    coordinator.with(|w| w.moves_per_poll = 1);
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    actuator.scale(T0, 3, 2).await.unwrap();
+    actuator.observe(T0 + SECOND).await.unwrap();
+    coordinator.with(|w| w.shards.push("s99".into()));
+    let (_, after) = settle(&actuator, T0 + SECOND).await;
+    assert_eq!(after.current, 2);
+    assert_eq!(
+        coordinator.with(|w| w.owners().len()),
+        10,
+        "the new shard too"
+    );
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [5, 5]
+    );
+    no_violations(&coordinator);
+}
+
+/// The coordinator starts one worker of two, then refuses: the one started
+/// is followed (it gets shards) instead of forgotten.
+#[tokio::test]
+async fn workers_started_before_a_failed_start_are_followed() {
+    let coordinator = ShardCoordinator::start(World::new(12, 2)).await;
+    coordinator.with(|w| w.starts_left = Some(1));
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    let started = actuator.scale(T0, 2, 4).await.unwrap();
+    let Actuation::Started { detail } = started else {
+        panic!("{started:?}")
+    };
+    assert!(
+        detail.starts_with("started 1 of 2 worker(s) (w-3), then: "),
+        "{detail}"
+    );
+    let (_, after) = settle(&actuator, T0).await;
+    assert_eq!((after.current, after.ready), (3, 3));
+    assert_eq!(
+        coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
+        [4, 4, 4]
+    );
+    no_violations(&coordinator);
+}
+
+/// A paused scaler observes without advancing: no shard moves, no worker
+/// stops, until it acts again.
+#[tokio::test]
+async fn observing_only_leaves_a_rebalance_where_it_is() {
+    let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    actuator.scale(T0, 4, 2).await.unwrap();
+    let moves = coordinator.with(|w| w.moves);
+    for step in 1..5 {
+        let seen = actuator.observe_only(T0 + step * SECOND).await.unwrap();
+        assert!(seen.in_flight.is_some());
+    }
+    // The coordinator finishes the moves it was given; nothing more is asked.
+    assert!(coordinator.with(|w| w.stopped.is_empty()));
+    let assigned = coordinator.with(|w| w.assignment.clone());
+    let (_, after) = settle(&actuator, T0 + 5 * SECOND).await;
+    assert_eq!(after.current, 2);
+    assert!(coordinator.with(|w| w.moves) >= moves);
+    assert!(assigned.is_some());
     no_violations(&coordinator);
 }
 
@@ -289,7 +387,9 @@ async fn workers_follow_the_shard_count_the_target_reports() {
     assert_eq!(shards.name, "shards");
     assert_eq!(shards.points.len(), 5);
 
-    // Eight more shards, owned by nobody yet.
+    // Eight more shards, owned by nobody yet: placed on the workers there
+    // are at once (nobody processes an unowned shard), then spread over the
+    // workers the policy adds.
     coordinator.with(|w| w.shards.extend((8..16).map(|i| format!("s{i:02}"))));
     let grown = h.run_until(T0 + 25 * SECOND).await;
     let first = &grown[0];
@@ -297,7 +397,17 @@ async fn workers_follow_the_shard_count_the_target_reports() {
         (first.facts["shards"], first.facts["unassigned_shards"]),
         (16.0, 8.0)
     );
-    assert_eq!((first.target.current, first.desired), (2, 4), "{first:#?}");
+    assert_eq!((first.target.current, first.desired), (2, 2), "{first:#?}");
+    assert!(
+        first
+            .envelope
+            .iter()
+            .any(|step| step.reason.contains("placing") || step.reason.contains("moving shards")),
+        "{:#?}",
+        first.envelope
+    );
+    let scale = grown.iter().find(|r| r.is_scale()).expect("a scale-out");
+    assert_eq!((scale.target.current, scale.desired), (2, 4), "{scale:#?}");
     assert_eq!(
         coordinator.with(|w| w.counts().into_values().collect::<Vec<_>>()),
         [4, 4, 4, 4]
@@ -398,4 +508,72 @@ headers = {{ X-Team = "streams" }}
     );
     no_violations(&coordinator);
     h.close().await;
+}
+
+/// A reload that changes the scaler (a policy parameter) but not its target
+/// keeps the actuator, and with it the drain in flight: the scaler keeps
+/// holding for it instead of starting another change on top of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_keeps_the_target_keeps_its_change_in_flight() {
+    let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
+    // The coordinator never finishes a move: the drain stays in flight.
+    coordinator.with(|w| w.moves_per_poll = 0);
+    let config = |scale_to: u32| {
+        format!(
+            r#"policy_dir = "policies"
+
+[journal]
+path = "journal.db"
+
+[[scalers]]
+name = "consumers"
+interval = "1s"
+min = 1
+max = 8
+target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
+policies = [{{ module = "counter", params = {{ scale_to = {scale_to} }} }}]
+behavior.scale_down = {{ stabilization_window = "0s" }}
+"#,
+            endpoint = coordinator.endpoint()
+        )
+    };
+    let d = RunningDaemon::with(&config(2))
+        .config_reload()
+        .no_listener()
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
+    let in_flight = |r: &TickRecord| r.envelope.iter().any(|s| s.rule == "in-flight");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !d.records("consumers").await.unwrap().iter().any(in_flight) {
+        assert!(std::time::Instant::now() < deadline, "no drain in flight");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rewrite_config(&d, &config(3));
+    wait_for_reloads(&d, "applied", 1).await;
+    let seen = d.records("consumers").await.unwrap().len();
+    while d.records("consumers").await.unwrap().len() < seen + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ticks after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = d.records("consumers").await.unwrap();
+    let scales: Vec<_> = records.iter().filter(|r| r.is_scale()).collect();
+    assert_eq!(
+        scales.len(),
+        1,
+        "one change, not a second on top: {scales:#?}"
+    );
+    assert!(
+        records[seen..].iter().all(in_flight),
+        "{:#?}",
+        &records[seen..]
+    );
+    assert!(coordinator.with(|w| w.stopped.is_empty()));
+    assert_eq!(coordinator.with(|w| w.workers.len()), 4);
 }

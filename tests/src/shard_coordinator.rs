@@ -51,6 +51,9 @@ pub struct World {
     pub violations: Vec<String>,
     /// Answer every request with this status instead (a failing coordinator).
     pub fail_with: Option<u16>,
+    /// Workers `POST /workers` still starts before it answers 503 (`None`:
+    /// no limit).
+    pub starts_left: Option<u32>,
     next_id: u32,
 }
 
@@ -207,6 +210,16 @@ async fn start(State(world): State<Shared>) -> Answer {
     let mut world = world.lock().unwrap();
     if let Some(answer) = failing(&world) {
         return answer;
+    }
+    match &mut world.starts_left {
+        Some(0) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "no capacity for another worker" })),
+            );
+        }
+        Some(n) => *n -= 1,
+        None => {}
     }
     let id = world.new_id();
     let polls = world.ready_after_polls;

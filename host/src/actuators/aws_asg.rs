@@ -18,8 +18,18 @@
 //!    `TerminateInstanceInAutoScalingGroup`, which lowers the desired
 //!    capacity by one.
 //!
+//! Victims are counted from the instances that run (pending or in service),
+//! not from the desired capacity, which launches that fail leave above them;
+//! a count outside the group's MinSize and MaxSize, a desired capacity that
+//! changed since the tick read it, and a group that weighs its instances are
+//! refused before anything is drained ([`plan`]).
+//!
 //! While victims drain, [`Actuator::observe`] reports the change in flight
-//! and advances it, so the control loop starts no other change. The desired
+//! and advances it, so the control loop starts no other change
+//! ([`Actuator::observe_only`], for a paused or dry-run scaler, does not
+//! advance it). A termination AWS refuses as invalid, or one still failing
+//! [`TERMINATE_GRACE`] after `drain_timeout`, gives its victim up: protected
+//! again, it stays in service. The desired
 //! capacity drops only when a victim is terminated: a daemon restarted in the
 //! middle of a drain finds the group as it was (the victims still in service
 //! and protected) and decides again, and a victim is never terminated
@@ -50,6 +60,11 @@ use crate::outbound::AuthedClient;
 const API_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest one call to the drain webhook may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after `drain_timeout` a termination that keeps failing is
+/// retried before its victim is given up (and protected again).
+const TERMINATE_GRACE: Duration = Duration::from_secs(300);
+/// The most instances one `SetInstanceProtection` call takes.
+const PROTECTION_BATCH: usize = 50;
 
 /// Scales one Auto Scaling group.
 #[derive(Debug)]
@@ -81,6 +96,15 @@ struct Victim {
     /// What the last drain or termination attempt said.
     note: String,
     terminated: bool,
+}
+
+/// Why a termination failed.
+#[derive(Debug)]
+enum Refusal {
+    /// Worth trying again (throttling, an outage).
+    Retry(ActuatorError),
+    /// AWS finds the request invalid; it would fail again.
+    Final(ActuatorError),
 }
 
 impl AwsAsgActuator {
@@ -172,26 +196,22 @@ impl AwsAsgActuator {
                 .map_err(|e| api_error("UpdateAutoScalingGroup", e))?;
             done.push("new instances are protected from scale-in".to_owned());
         }
+        // AWS sets protection on in-service instances only (a pending one
+        // is refused; it is protected at launch by the group's setting), at
+        // most 50 a call.
         let unprotected: Vec<String> = group
             .instances()
             .iter()
             .filter(|i| {
-                matches!(
-                    i.lifecycle_state(),
-                    Some(LifecycleState::InService | LifecycleState::Pending)
-                ) && i.protected_from_scale_in() != Some(true)
+                i.lifecycle_state() == Some(&LifecycleState::InService)
+                    && i.protected_from_scale_in() != Some(true)
             })
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect();
+        for batch in unprotected.chunks(PROTECTION_BATCH) {
+            self.set_protection(batch, true).await?;
+        }
         if !unprotected.is_empty() {
-            client
-                .set_instance_protection()
-                .auto_scaling_group_name(&self.settings.group)
-                .set_instance_ids(Some(unprotected.clone()))
-                .protected_from_scale_in(true)
-                .send()
-                .await
-                .map_err(|e| api_error("SetInstanceProtection", e))?;
             done.push(match unprotected.as_slice() {
                 [one] => format!("protected {one} from scale-in"),
                 many => format!("protected {} instances from scale-in", many.len()),
@@ -219,18 +239,25 @@ impl AwsAsgActuator {
                 victim.note = "left the group".into();
                 continue;
             };
-            if matches!(
-                instance.lifecycle_state(),
+            match instance.lifecycle_state() {
                 Some(
                     LifecycleState::Terminating
-                        | LifecycleState::TerminatingWait
-                        | LifecycleState::TerminatingProceed
-                        | LifecycleState::Terminated
-                )
-            ) {
-                victim.terminated = true;
-                victim.note = "terminating".into();
-                continue;
+                    | LifecycleState::TerminatingWait
+                    | LifecycleState::TerminatingProceed
+                    | LifecycleState::Terminated,
+                ) => {
+                    victim.terminated = true;
+                    victim.note = "terminating".into();
+                    continue;
+                }
+                Some(LifecycleState::InService | LifecycleState::Pending) => {}
+                other => {
+                    // Put in standby, being detached: someone else has it now.
+                    let state = other.map(LifecycleState::as_str).unwrap_or("unknown");
+                    victim.terminated = true;
+                    victim.note = format!("left service ({state}); left alone");
+                    continue;
+                }
             }
             if !victim.drained {
                 self.drain_step(victim).await;
@@ -250,7 +277,7 @@ impl AwsAsgActuator {
                     "The drain did not finish in time; terminating the instance anyway."
                 );
             }
-            match self.terminate(&victim.id).await {
+            match self.terminate(instance).await {
                 Ok(()) => {
                     tracing::info!(
                         group = %self.settings.group,
@@ -265,7 +292,22 @@ impl AwsAsgActuator {
                         victim.note.push_str("; terminated");
                     }
                 }
-                Err(e) => victim.note = format!("termination failed, retrying: {e}"),
+                Err(Refusal::Final(e)) => self.give_up(victim, &e.to_string()).await,
+                Err(Refusal::Retry(e))
+                    if elapsed >= self.settings.drain_timeout + TERMINATE_GRACE =>
+                {
+                    self.give_up(
+                        victim,
+                        &format!(
+                            "still failing after {}: {e}",
+                            humantime::format_duration(elapsed)
+                        ),
+                    )
+                    .await
+                }
+                Err(Refusal::Retry(e)) => {
+                    victim.note = format!("termination failed, retrying: {e}")
+                }
             }
         }
     }
@@ -306,26 +348,89 @@ impl AwsAsgActuator {
         }
     }
 
-    async fn terminate(&self, id: &str) -> Result<(), ActuatorError> {
-        let client = self.client().await;
-        if self.settings.protect_instances {
-            client
-                .set_instance_protection()
-                .auto_scaling_group_name(&self.settings.group)
-                .instance_ids(id)
-                .protected_from_scale_in(false)
-                .send()
+    async fn set_protection(&self, ids: &[String], on: bool) -> Result<(), ActuatorError> {
+        self.client()
+            .await
+            .set_instance_protection()
+            .auto_scaling_group_name(&self.settings.group)
+            .set_instance_ids(Some(ids.to_vec()))
+            .protected_from_scale_in(on)
+            .send()
+            .await
+            .map_err(|e| api_error("SetInstanceProtection", e))?;
+        Ok(())
+    }
+
+    async fn set_desired(&self, desired: u32) -> Result<(), ActuatorError> {
+        self.client()
+            .await
+            .set_desired_capacity()
+            .auto_scaling_group_name(&self.settings.group)
+            .desired_capacity(desired as i32)
+            .honor_cooldown(false)
+            .send()
+            .await
+            .map_err(|e| api_error("SetDesiredCapacity", e))?;
+        Ok(())
+    }
+
+    /// Lifts the protection Scalewise set on `instance` (AWS takes that of
+    /// an in-service instance only) and terminates it, lowering the desired
+    /// capacity by one.
+    async fn terminate(&self, instance: &Instance) -> Result<(), Refusal> {
+        let id = instance.instance_id().unwrap_or_default();
+        if self.settings.protect_instances
+            && instance.protected_from_scale_in() == Some(true)
+            && instance.lifecycle_state() == Some(&LifecycleState::InService)
+        {
+            self.set_protection(&[id.to_owned()], false)
                 .await
-                .map_err(|e| api_error("SetInstanceProtection", e))?;
+                .map_err(Refusal::Retry)?;
         }
-        client
+        self.client()
+            .await
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
             .should_decrement_desired_capacity(true)
             .send()
             .await
-            .map_err(|e| api_error("TerminateInstanceInAutoScalingGroup", e))?;
+            .map_err(|e| {
+                // A request AWS finds invalid (the group at its MinSize, the
+                // instance no longer in a state it terminates) fails again
+                // however often it is sent; throttling and outages pass.
+                let final_ = e
+                    .as_service_error()
+                    .and_then(ProvideErrorMetadata::code)
+                    .is_some_and(|code| code == "ValidationError");
+                let e = api_error("TerminateInstanceInAutoScalingGroup", e);
+                if final_ {
+                    Refusal::Final(e)
+                } else {
+                    Refusal::Retry(e)
+                }
+            })?;
         Ok(())
+    }
+
+    /// Stops trying to terminate `victim`: it stays in service, protected
+    /// again, and the change ends when the other victims are done; the
+    /// next tick decides again from the group as it is.
+    async fn give_up(&self, victim: &mut Victim, why: &str) {
+        tracing::warn!(
+            group = %self.settings.group,
+            instance = %victim.id,
+            drained = victim.drained,
+            "Giving up terminating a scale-in victim ({why}); it stays in service."
+        );
+        if self.settings.protect_instances
+            && let Err(e) = self
+                .set_protection(std::slice::from_ref(&victim.id), true)
+                .await
+        {
+            tracing::warn!(group = %self.settings.group, instance = %victim.id, error = %e, "Could not protect the instance again.");
+        }
+        victim.terminated = true;
+        victim.note = format!("not terminated: {why}");
     }
 
     fn in_flight(scale_in: &ScaleIn) -> InFlight {
@@ -370,6 +475,75 @@ where
 
 fn desired_of(group: &AutoScalingGroup) -> u32 {
     group.desired_capacity().unwrap_or(0).max(0) as u32
+}
+
+/// The instances that count towards the desired capacity: pending and in
+/// service.
+fn live_count(group: &AutoScalingGroup) -> u32 {
+    group
+        .instances()
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.lifecycle_state(),
+                Some(LifecycleState::InService | LifecycleState::Pending)
+            )
+        })
+        .count() as u32
+}
+
+/// Refuses a group whose capacity is not a count of instances: with
+/// instance weights or a `DesiredCapacityType` of vcpu or memory-mib, one
+/// instance is several units, and victims counted one per unit would take
+/// far more than asked.
+fn counts_instances(group: &AutoScalingGroup) -> Result<(), ActuatorError> {
+    let name = group.auto_scaling_group_name().unwrap_or_default();
+    if let Some(kind) = group.desired_capacity_type()
+        && kind != "units"
+    {
+        return Err(ActuatorError::Failed(format!(
+            "Auto Scaling group {name:?} counts its desired capacity in {kind}; Scalewise \
+             scales groups that count instances (DesiredCapacityType units, no instance weights)"
+        )));
+    }
+    let weighted = group
+        .instances()
+        .iter()
+        .find(|i| i.weighted_capacity().is_some_and(|w| w.trim() != "1"));
+    if let Some(i) = weighted {
+        return Err(ActuatorError::Failed(format!(
+            "Auto Scaling group {name:?} weighs its instances ({} counts {}); Scalewise scales \
+             groups that count instances (no instance weights in the mixed instances policy)",
+            i.instance_id().unwrap_or_default(),
+            i.weighted_capacity().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a desired capacity outside the group's MinSize and MaxSize,
+/// naming both sides' settings (AWS would refuse it, or fail the last
+/// termination of a scale-in, with a ValidationError).
+fn within_group_bounds(group: &AutoScalingGroup, desired: u32) -> Result<(), ActuatorError> {
+    let name = group.auto_scaling_group_name().unwrap_or_default();
+    let desired = desired as i32;
+    if let Some(max) = group.max_size()
+        && desired > max
+    {
+        return Err(ActuatorError::Failed(format!(
+            "{desired} is above the MaxSize ({max}) of Auto Scaling group {name:?}; raise the \
+             group's MaxSize or lower the scaler's max"
+        )));
+    }
+    if let Some(min) = group.min_size()
+        && desired < min
+    {
+        return Err(ActuatorError::Failed(format!(
+            "{desired} is below the MinSize ({min}) of Auto Scaling group {name:?}; lower the \
+             group's MinSize or raise the scaler's min"
+        )));
+    }
+    Ok(())
 }
 
 /// What a group reports beyond its replica counts (metrics of the `target`
@@ -422,14 +596,68 @@ fn ready_of(group: &AutoScalingGroup) -> u32 {
         .count() as u32
 }
 
+/// How a group gets to a desired capacity.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Set the desired capacity: a scale-out, or a scale-in that only lowers
+    /// what the group has not reached (launches failing, capacity short).
+    SetDesired,
+    /// Remove these instances (id, zone), after lowering the desired
+    /// capacity to the count that runs when it is above it.
+    Remove {
+        lower_to: Option<u32>,
+        victims: Vec<(String, String)>,
+    },
+}
+
+/// What taking `group` to `desired` takes. Victims are counted from the
+/// instances that run (pending or in service), not from the desired
+/// capacity: a group asking for 10 and running 5 goes to 6 by removing
+/// none, and to 3 by removing 2.
+fn plan(
+    group: &AutoScalingGroup,
+    desired: u32,
+    skip_protected: bool,
+) -> Result<Plan, ActuatorError> {
+    let now = desired_of(group);
+    let live = live_count(group);
+    if desired >= now || desired >= live {
+        return Ok(Plan::SetDesired);
+    }
+    let victims = choose_victims(group, live - desired, skip_protected);
+    if victims.is_empty() {
+        return Err(ActuatorError::Failed(format!(
+            "no instance of Auto Scaling group {:?} can be removed (none pending or in \
+             service{})",
+            group.auto_scaling_group_name().unwrap_or_default(),
+            if skip_protected {
+                " without scale-in protection"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(Plan::Remove {
+        lower_to: (now > live).then_some(live),
+        victims,
+    })
+}
+
 /// Picks `count` instances of `group` to remove, best first: unhealthy ones;
 /// then from the Availability Zone that has the most candidates (so the group
 /// stays balanced); then ones on a launch configuration or template other
 /// than the group's; then ones still pending; then the highest instance id
 /// (a stable order, so that a restarted daemon picks the same ones). Only
 /// pending and in-service instances are candidates: ones in standby, being
-/// detached or terminated are left alone.
-pub fn choose_victims(group: &AutoScalingGroup, count: usize) -> Vec<(String, String)> {
+/// detached or terminated are left alone, and with `skip_protected` (when
+/// Scalewise does not protect instances itself) so are the ones something
+/// else protected from scale-in.
+pub fn choose_victims(
+    group: &AutoScalingGroup,
+    count: u32,
+    skip_protected: bool,
+) -> Vec<(String, String)> {
+    let count = count as usize;
     let mut candidates: Vec<&Instance> = group
         .instances()
         .iter()
@@ -439,6 +667,7 @@ pub fn choose_victims(group: &AutoScalingGroup, count: usize) -> Vec<(String, St
                     i.lifecycle_state(),
                     Some(LifecycleState::InService | LifecycleState::Pending)
                 )
+                && !(skip_protected && i.protected_from_scale_in() == Some(true))
         })
         .collect();
     let mut chosen = Vec::new();
@@ -515,6 +744,7 @@ impl Actuator for AwsAsgActuator {
     async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
         let mut draining = self.draining.lock().await;
         let mut group = self.describe().await?;
+        counts_instances(&group)?;
         let mut in_flight = None;
         if let Some(scale_in) = draining.as_mut() {
             self.advance(now_ms, scale_in, &group).await;
@@ -534,12 +764,32 @@ impl Actuator for AwsAsgActuator {
         })
     }
 
+    async fn observe_only(&self, _now_ms: i64) -> Result<Observed, ActuatorError> {
+        let draining = self.draining.lock().await;
+        let group = self.describe().await?;
+        counts_instances(&group)?;
+        Ok(Observed {
+            current: desired_of(&group),
+            ready: ready_of(&group),
+            in_flight: draining.as_ref().map(Self::in_flight),
+            facts: facts_of(&group),
+        })
+    }
+
+    async fn forget_in_flight(&self) {
+        if let Some(scale_in) = self.draining.lock().await.take() {
+            tracing::warn!(
+                group = %self.settings.group,
+                change = %Self::in_flight(&scale_in).detail,
+                "A new leadership term: the scale-in this replica started when it last led is dropped; its victims not yet terminated stay in service."
+            );
+        }
+    }
+
     async fn scale(
         &self,
         now_ms: i64,
-        // The group's own desired capacity is read again below: it is what
-        // a scale-in counts down from.
-        _current: u32,
+        current: u32,
         desired: u32,
     ) -> Result<Actuation, ActuatorError> {
         let mut draining = self.draining.lock().await;
@@ -550,37 +800,44 @@ impl Actuator for AwsAsgActuator {
             )));
         }
         let group = self.describe().await?;
+        counts_instances(&group)?;
+        let name = &self.settings.group;
+        let now = desired_of(&group);
+        if now != current {
+            // A scheduled action, an operator or another tool changed it
+            // since the tick read it: the decision was taken on a count that
+            // is gone (a scale-out from 4 to 5 must not become a scale-in
+            // from 10 to 5).
+            return Err(ActuatorError::Failed(format!(
+                "the desired capacity of Auto Scaling group {name:?} changed since this tick \
+                 read it ({current} → {now}); the next tick decides again from what it reads"
+            )));
+        }
+        within_group_bounds(&group, desired)?;
         let protected = self.protect(&group).await?;
         let with_protection = |detail: String| match &protected {
             Some(p) => format!("{detail}; {p}"),
             None => detail,
         };
-        let name = &self.settings.group;
-        let now = desired_of(&group);
-        if desired >= now {
-            self.client()
-                .await
-                .set_desired_capacity()
-                .auto_scaling_group_name(name)
-                .desired_capacity(desired as i32)
-                .honor_cooldown(false)
-                .send()
-                .await
-                .map_err(|e| api_error("SetDesiredCapacity", e))?;
-            return Ok(Actuation::Done {
-                detail: with_protection(format!(
-                    "set the desired capacity of Auto Scaling group {name:?} to {desired} (was {now})"
-                )),
-            });
-        }
-        let victims = choose_victims(&group, (now - desired) as usize);
-        if victims.is_empty() {
-            return Err(ActuatorError::Failed(format!(
-                "no instance of Auto Scaling group {name:?} can be removed (none pending or in service)"
-            )));
+        let (lower_to, victims) = match plan(&group, desired, !self.settings.protect_instances)? {
+            Plan::SetDesired => {
+                self.set_desired(desired).await?;
+                return Ok(Actuation::Done {
+                    detail: with_protection(format!(
+                        "set the desired capacity of Auto Scaling group {name:?} to {desired} (was {now})"
+                    )),
+                });
+            }
+            Plan::Remove { lower_to, victims } => (lower_to, victims),
+        };
+        let live = lower_to.unwrap_or(now);
+        if let Some(live) = lower_to {
+            // Each termination lowers the desired capacity by one: from the
+            // count that runs, so that they end at `desired`.
+            self.set_desired(live).await?;
         }
         let mut scale_in = ScaleIn {
-            desired: now - victims.len() as u32,
+            desired: live - victims.len() as u32,
             since_ms: now_ms,
             victims: victims
                 .into_iter()
@@ -598,14 +855,14 @@ impl Actuator for AwsAsgActuator {
         if scale_in.victims.iter().all(|v| v.terminated) {
             return Ok(Actuation::Done {
                 detail: with_protection(format!(
-                    "terminated {} of Auto Scaling group {name:?} ({now} → {})",
+                    "terminated {} of Auto Scaling group {name:?} ({live} → {})",
                     ids.join(", "),
                     scale_in.desired
                 )),
             });
         }
         let detail = with_protection(format!(
-            "draining {} of Auto Scaling group {name:?} before terminating ({now} → {})",
+            "draining {} of Auto Scaling group {name:?} before terminating ({live} → {})",
             ids.join(", "),
             scale_in.desired
         ));
@@ -660,8 +917,8 @@ mod tests {
         ]);
         // Zone a has three: take from it until it is even with b, then the
         // highest id.
-        assert_eq!(ids(choose_victims(&g, 2)), ["i-3", "i-2"]);
-        assert_eq!(ids(choose_victims(&g, 3)), ["i-3", "i-2", "i-4"]);
+        assert_eq!(ids(choose_victims(&g, 2, false)), ["i-3", "i-2"]);
+        assert_eq!(ids(choose_victims(&g, 3, false)), ["i-3", "i-2", "i-4"]);
     }
 
     #[test]
@@ -674,7 +931,10 @@ mod tests {
             instance("i-3", "a", LifecycleState::InService, "Healthy"),
             instance("i-4", "a", LifecycleState::InService, "Unhealthy"),
         ]);
-        assert_eq!(ids(choose_victims(&g, 4)), ["i-4", "i-1", "i-2", "i-3"]);
+        assert_eq!(
+            ids(choose_victims(&g, 4, false)),
+            ["i-4", "i-1", "i-2", "i-3"]
+        );
     }
 
     #[test]
@@ -684,7 +944,87 @@ mod tests {
             instance("i-2", "a", LifecycleState::Terminating, "Healthy"),
             instance("i-3", "a", LifecycleState::InService, "Healthy"),
         ]);
-        assert_eq!(ids(choose_victims(&g, 3)), ["i-3"]);
+        assert_eq!(ids(choose_victims(&g, 3, false)), ["i-3"]);
+    }
+
+    #[test]
+    fn a_scale_in_counts_victims_from_the_instances_that_run() {
+        let running = |n: usize| {
+            (0..n)
+                .map(|i| instance(&format!("i-{i}"), "a", LifecycleState::InService, "Healthy"))
+                .collect::<Vec<_>>()
+        };
+        // Asking for 10, running 5 (launches failing): to 6 removes none.
+        let mut g = group(running(5));
+        g.desired_capacity = Some(10);
+        assert_eq!(plan(&g, 6, false).unwrap(), Plan::SetDesired);
+        // To 3 removes two, after lowering the desired capacity to the 5.
+        let Plan::Remove { lower_to, victims } = plan(&g, 3, false).unwrap() else {
+            panic!("a scale-in below what runs removes instances")
+        };
+        assert_eq!((lower_to, victims.len()), (Some(5), 2));
+        // Asking for what runs: no lowering first.
+        let g = group(running(4));
+        let Plan::Remove { lower_to, victims } = plan(&g, 3, false).unwrap() else {
+            panic!()
+        };
+        assert_eq!((lower_to, victims.len()), (None, 1));
+        // Terminating and standby instances do not run.
+        let mut with_leaving = running(3);
+        with_leaving.push(instance("i-9", "a", LifecycleState::Terminating, "Healthy"));
+        with_leaving.push(instance("i-8", "a", LifecycleState::Standby, "Healthy"));
+        let mut g = group(with_leaving);
+        g.desired_capacity = Some(3);
+        let Plan::Remove { victims, .. } = plan(&g, 2, false).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ids(victims), ["i-2"]);
+    }
+
+    #[test]
+    fn without_our_protection_instances_protected_by_others_are_never_chosen() {
+        let mut free = instance("i-1", "a", LifecycleState::InService, "Healthy");
+        free.protected_from_scale_in = Some(false);
+        let g = group(vec![
+            free,
+            instance("i-2", "a", LifecycleState::InService, "Healthy"),
+            instance("i-3", "a", LifecycleState::InService, "Healthy"),
+        ]);
+        assert_eq!(ids(choose_victims(&g, 2, true)), ["i-1"]);
+        assert_eq!(ids(choose_victims(&g, 1, false)), ["i-3"]);
+        let Plan::Remove { victims, .. } = plan(&g, 1, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ids(victims), ["i-1"]);
+    }
+
+    #[test]
+    fn weighted_groups_and_counts_outside_the_groups_sizes_are_refused() {
+        let mut g = group(vec![instance(
+            "i-1",
+            "a",
+            LifecycleState::InService,
+            "Healthy",
+        )]);
+        assert!(counts_instances(&g).is_ok());
+        g.desired_capacity_type = Some("vcpu".into());
+        let err = counts_instances(&g).unwrap_err().to_string();
+        assert!(err.contains("counts its desired capacity in vcpu"), "{err}");
+        g.desired_capacity_type = Some("units".into());
+        g.instances.as_mut().unwrap()[0].weighted_capacity = Some("4".into());
+        let err = counts_instances(&g).unwrap_err().to_string();
+        assert!(err.contains("weighs its instances (i-1 counts 4)"), "{err}");
+
+        let mut g = group(vec![]);
+        g.min_size = Some(2);
+        g.max_size = Some(5);
+        assert!(within_group_bounds(&g, 2).is_ok());
+        assert!(within_group_bounds(&g, 5).is_ok());
+        let err = within_group_bounds(&g, 6).unwrap_err().to_string();
+        assert!(err.starts_with("6 is above the MaxSize (5)"), "{err}");
+        let err = within_group_bounds(&g, 1).unwrap_err().to_string();
+        assert!(err.starts_with("1 is below the MinSize (2)"), "{err}");
+        assert!(err.contains("raise the scaler's min"), "{err}");
     }
 
     #[test]
@@ -703,6 +1043,6 @@ mod tests {
         let mut g = group(vec![old, new]);
         g.launch_configuration_name = None;
         g.launch_template = Some(template("lt-new"));
-        assert_eq!(ids(choose_victims(&g, 1)), ["i-1"]);
+        assert_eq!(ids(choose_victims(&g, 1, false)), ["i-1"]);
     }
 }

@@ -242,6 +242,20 @@ impl RebalanceActuator {
         if !change.starting.is_empty() {
             return Ok(false);
         }
+        // A plan the cluster no longer fits (a shard added or removed, a
+        // keeper gone, a coordinator that restarted with new ids) would be
+        // refused at every PUT: plan again from what is there now.
+        if change
+            .plan
+            .as_ref()
+            .is_some_and(|plan| !plan_fits(cluster, plan))
+        {
+            tracing::warn!(
+                target = %self.settings.endpoint,
+                "The shards or workers changed under a rebalance; planning it again."
+            );
+            change.plan = None;
+        }
         let plan = match &change.plan {
             Some(plan) => plan.clone(),
             None => {
@@ -268,6 +282,39 @@ impl RebalanceActuator {
         }
         Ok(true)
     }
+}
+
+/// Whether `plan` still fits `cluster`: it places exactly the cluster's
+/// shards, and every worker it names is there.
+fn plan_fits(cluster: &Cluster, plan: &Assignment) -> bool {
+    let planned: BTreeSet<&String> = plan.values().flatten().collect();
+    let shards: BTreeSet<&String> = cluster.shards.iter().collect();
+    planned == shards
+        && plan
+            .keys()
+            .all(|id| cluster.workers.iter().any(|w| &w.id == id))
+}
+
+/// The assignment that places shards nobody owns, or gives shards to a
+/// worker that owns none while another owns two or more (one started by a
+/// scale-out that did not finish: a restart, a timeout), when one is due;
+/// never while a worker is not ready (one restarting keeps its shards). An
+/// uneven spread alone is left as it is: a scale-in cut short leaves its
+/// victim with fewer shards, and the next decision finishes it.
+fn unbalanced(cluster: &Cluster) -> Option<Assignment> {
+    if cluster.workers.is_empty() || cluster.workers.iter().any(|w| !w.ready) {
+        return None;
+    }
+    let owned: BTreeSet<&String> = cluster.workers.iter().flat_map(|w| &w.shards).collect();
+    let unowned = cluster.shards.iter().any(|s| !owned.contains(s));
+    let idle = cluster.workers.iter().any(|w| w.shards.is_empty())
+        && cluster.workers.iter().any(|w| w.shards.len() >= 2);
+    if !unowned && !idle {
+        return None;
+    }
+    let keep: Vec<&str> = cluster.workers.iter().map(|w| w.id.as_str()).collect();
+    let plan = balance(cluster, &keep);
+    (!owns_as_planned(cluster, &plan, &[])).then_some(plan)
 }
 
 /// Whether every worker of `plan` owns exactly its planned shards and the
@@ -388,22 +435,39 @@ impl Actuator for RebalanceActuator {
     async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
         let mut guard = self.change.lock().await;
         let mut cluster = self.cluster().await?;
+        let timeout = self.settings.timeout.as_millis() as i64;
+        // Given up before another step, so that a step failing at every tick
+        // (a coordinator refusing it) cannot hold the scaler for good.
+        if guard
+            .as_ref()
+            .is_some_and(|change| now_ms - change.since_ms > timeout)
+        {
+            tracing::error!(
+                target = %self.settings.endpoint,
+                "A shard rebalance towards {} workers did not finish within {}; giving it up \
+                 (no worker is stopped while it owns shards). The next tick decides afresh.",
+                guard.as_ref().map_or(0, |c| c.desired),
+                humantime::format_duration(self.settings.timeout)
+            );
+            *guard = None;
+        }
+        if guard.is_none() {
+            // Workers started by a change that did not finish (a restart,
+            // a reload, a timeout), shards nobody owns: a count that stays
+            // the same never calls scale, so they are placed here.
+            *guard = unbalanced(&cluster).map(|plan| Change {
+                desired: cluster.workers.len() as u32,
+                since_ms: now_ms,
+                starting: Vec::new(),
+                victims: Vec::new(),
+                plan: Some(plan),
+            });
+        }
         let mut in_flight = None;
         if let Some(change) = guard.as_mut() {
-            let done = self.advance(change, &cluster).await?;
-            let timeout = self.settings.timeout.as_millis() as i64;
-            if done {
+            if self.advance(change, &cluster).await? {
                 *guard = None;
                 cluster = self.cluster().await?;
-            } else if now_ms - change.since_ms > timeout {
-                tracing::error!(
-                    target = %self.settings.endpoint,
-                    "A shard rebalance towards {} workers did not finish within {}; giving it up \
-                     (no worker is stopped while it owns shards). The next tick decides afresh.",
-                    change.desired,
-                    humantime::format_duration(self.settings.timeout)
-                );
-                *guard = None;
             } else {
                 in_flight = Some(InFlight {
                     desired: change.desired,
@@ -419,6 +483,33 @@ impl Actuator for RebalanceActuator {
             in_flight,
             facts: cluster.facts(),
         })
+    }
+
+    async fn observe_only(&self, _now_ms: i64) -> Result<Observed, ActuatorError> {
+        let guard = self.change.lock().await;
+        let cluster = self.cluster().await?;
+        let in_flight = guard.as_ref().map(|change| InFlight {
+            desired: change.desired,
+            since_ms: change.since_ms,
+            detail: detail(change, &cluster),
+        });
+        let ready = cluster.workers.iter().filter(|w| w.ready).count();
+        Ok(Observed {
+            current: cluster.workers.len() as u32,
+            ready: ready as u32,
+            in_flight,
+            facts: cluster.facts(),
+        })
+    }
+
+    async fn forget_in_flight(&self) {
+        if let Some(change) = self.change.lock().await.take() {
+            tracing::warn!(
+                target = %self.settings.endpoint,
+                desired = change.desired,
+                "A new leadership term: the rebalance this replica started when it last led is dropped; the next tick decides afresh."
+            );
+        }
     }
 
     async fn scale(
@@ -445,14 +536,37 @@ impl Actuator for RebalanceActuator {
             plan: None,
         };
         let started = if desired_n > current {
+            let mut failure = None;
             for _ in current..desired_n {
-                change.starting.push(self.start_worker().await?);
+                match self.start_worker().await {
+                    Ok(id) => change.starting.push(id),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
-            format!(
-                "started {} worker(s) ({}); shards move to them once they are ready",
-                change.starting.len(),
-                list(&change.starting)
-            )
+            match failure {
+                // Nothing started: nothing to follow.
+                Some(e) if change.starting.is_empty() => return Err(e),
+                // The ones started are followed (shards move to them); the
+                // next tick decides on the rest.
+                Some(e) => {
+                    change.desired = (current + change.starting.len()) as u32;
+                    format!(
+                        "started {} of {} worker(s) ({}), then: {e}; shards move to them once \
+                         they are ready",
+                        change.starting.len(),
+                        desired_n - current,
+                        list(&change.starting)
+                    )
+                }
+                None => format!(
+                    "started {} worker(s) ({}); shards move to them once they are ready",
+                    change.starting.len(),
+                    list(&change.starting)
+                ),
+            }
         } else if desired_n < current {
             change.victims = choose_victims(&cluster, current - desired_n);
             let keep: Vec<&str> = cluster
