@@ -390,9 +390,12 @@ static bool sw_max_over(const sw_metric *m, int64_t now_ms, int64_t duration_ms,
 
 /* Whether every sample of the last `duration_ms` is at most (`above` false)
  * or above (`above` true) `threshold`, and the samples reach back to the
- * duration's start: the first lies within one sample interval of it, or
- * the sample before it satisfies the condition too. A series that began a
- * minute ago has not been quiet "for five minutes". 0: the newest sample. */
+ * duration's start: the sample before it (the value in effect when the
+ * duration began) satisfies the condition too and is no further from the
+ * next one than the duration (or the gap before it); with no sample before
+ * it, the first lies within one sample interval of the start. A series
+ * that began a minute ago has not been quiet "for five minutes". 0: the
+ * newest sample. The same rule as the Rust SDK's. */
 static bool sw_held_for(const sw_metric *m, int64_t now_ms, int64_t duration_ms, double threshold, bool above) {
 #define SW_HOLDS(v) (above ? (v) > threshold : (v) <= threshold)
   size_t a, b;
@@ -408,8 +411,14 @@ static bool sw_held_for(const sw_metric *m, int64_t now_ms, int64_t duration_ms,
     if (i > a && m->timestamps_ms.ptr[i] - m->timestamps_ms.ptr[i - 1] > interval)
       interval = m->timestamps_ms.ptr[i] - m->timestamps_ms.ptr[i - 1];
   }
-  if (m->timestamps_ms.ptr[a] <= now_ms - duration_ms + interval) return true;
-  return a > 0 && SW_HOLDS(m->values.ptr[a - 1]);
+  int64_t start = now_ms - duration_ms, first = m->timestamps_ms.ptr[a];
+  if (first <= start) return true;
+  if (a == 0) return first <= start + interval;
+  if (!SW_HOLDS(m->values.ptr[a - 1])) return false;
+  int64_t gap = first - m->timestamps_ms.ptr[a - 1];
+  int64_t gap_before = a >= 2 ? m->timestamps_ms.ptr[a - 1] - m->timestamps_ms.ptr[a - 2] : 0;
+  int64_t allowed = duration_ms > interval ? duration_ms : interval;
+  return gap <= (gap_before > allowed ? gap_before : allowed);
 #undef SW_HOLDS
 }
 

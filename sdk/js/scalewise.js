@@ -211,9 +211,12 @@ export function belowFor(m, threshold, nowMs, durationMs) {
 
 /** Whether `holds(value)` has been true for the last `durationMs`: every
  * sample of that duration satisfies it and the samples reach back to its
- * start (the first lies within one sample interval of the start, or the
- * sample before it satisfies it too). A series that began a minute ago is
- * not "above for five minutes". A duration of 0: the newest sample alone. */
+ * start (the sample before it, the value in effect when the duration began,
+ * satisfies it too and is no further from the next one than the duration
+ * or the gap before it; with no sample before it, the first lies within one
+ * sample interval of the start). A series that began a minute ago is not
+ * "above for five minutes". A duration of 0: the newest sample alone. The
+ * same rule as the Rust SDK's. */
 export function heldFor(m, nowMs, durationMs, holds) {
   const now = Number(nowMs);
   const duration = Number(durationMs);
@@ -227,9 +230,14 @@ export function heldFor(m, nowMs, durationMs, holds) {
   for (let i = 1; i < inside.length; i++) {
     interval = Math.max(interval, inside[i][0] - inside[i - 1][0]);
   }
-  if (inside[0][0] <= start + Math.max(interval, 1)) return true;
+  const first = inside[0][0];
+  if (first <= start) return true;
   const before = all.filter(([t]) => t < start);
-  return before.length > 0 && holds(before[before.length - 1][1]);
+  if (!before.length) return first <= start + Math.max(interval, 1);
+  const [prev, prevValue] = before[before.length - 1];
+  if (!holds(prevValue)) return false;
+  const gapBefore = before.length >= 2 ? prev - before[before.length - 2][0] : 0;
+  return first - prev <= Math.max(duration, interval, gapBefore);
 }
 
 // --- decisions and state ------------------------------------------------------
@@ -239,8 +247,16 @@ export function hold(reason, state) {
   return { action: { tag: 'hold' }, reason, state };
 }
 
-/** Run `replicas` replicas (the host clamps to the scaler's bounds). */
+/** Run `replicas` replicas (the host clamps to the scaler's bounds). A
+ * count that is not a whole number from 0 to 2^32-1 (NaN from an empty
+ * window, a fraction, a negative) is a PolicyError, so the scaler holds:
+ * lowered as it is, NaN would become 0 replicas. */
 export function scaleTo(replicas, reason, state) {
+  if (!Number.isInteger(replicas) || replicas < 0 || replicas > 0xffffffff) {
+    throw new PolicyError(
+      `scaleTo(${replicas}): a replica count is a whole number from 0 to 4294967295`,
+    );
+  }
   return { action: { tag: 'scale-to', val: replicas }, reason, state };
 }
 

@@ -90,6 +90,13 @@ test('aboveFor needs the samples to reach back', () => {
   assert.equal(sdk.aboveFor(series([90, 70, 90]), 80, T0, 60000), false);
   assert.equal(sdk.aboveFor(series([90, 90], 50000), 80, T0, 60000), true);
   assert.equal(sdk.belowFor(m, 80, T0, 0), false);
+  // The Rust SDK's rule: the value in effect at the start must hold...
+  const at = (pts) => ({ timestampsMs: pts.map(([t]) => T0 + BigInt(t)), values: pts.map(([, v]) => v) });
+  assert.equal(sdk.aboveFor(at([[-130000, 50], [-61000, 85], [0, 85]]), 70, T0, 120000), false);
+  // ...and an hour-old sample does not vouch for the hour since.
+  assert.equal(sdk.belowFor(at([[-3600000, 10], [-20000, 10], [0, 10]]), 30, T0, 300000), false);
+  assert.equal(sdk.belowFor(at([[-330000, 10], [-20000, 10], [0, 10]]), 30, T0, 300000), false);
+  assert.equal(sdk.belowFor(at([[-310000, 10], [-10000, 10], [0, 10]]), 30, T0, 300000), true);
 });
 
 test('metrics that cannot be read are policy errors', () => {
@@ -105,6 +112,10 @@ test('decisions, state and numbers', () => {
   assert.deepEqual(sdk.stateJson(context({}, [], d.state)), { a: 1 });
   assert.equal(sdk.stateJson(context({}, [], new Uint8Array([0xff]))), undefined);
   assert.deepEqual(sdk.scaleOrHold(3, 3, 'r').action, { tag: 'hold' });
+  // NaN (an empty window's mean) would be lowered as 0 replicas.
+  for (const bad of [NaN, undefined, Infinity, -1, 4.7, 2 ** 32]) {
+    assert.throws(() => sdk.scaleTo(bad, 'r'), sdk.PolicyError, String(bad));
+  }
   assert.equal(sdk.formatNumber(83), '83.0');
   assert.equal(sdk.formatNumber(0.0425), '0.0425');
   assert.equal(sdk.formatNumber(123456.7), '123457');

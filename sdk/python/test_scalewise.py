@@ -111,6 +111,30 @@ class Metrics(unittest.TestCase):
         self.assertFalse(scalewise.below_for(m, 80, T0, 0))
         self.assertTrue(scalewise.above_for(m, 80, T0, 0))
 
+    def test_held_for_follows_the_rust_sdks_rule(self):
+        def at(points):
+            return types.Metric(
+                name="m",
+                timestamps_ms=[T0 + t for t, _ in points],
+                values=[v for _, v in points],
+                error=None,
+            )
+
+        # The value in effect when the duration began must hold...
+        self.assertFalse(
+            scalewise.above_for(at([(-130_000, 50), (-61_000, 85), (0, 85)]), 70, T0, 120_000)
+        )
+        # ...and an hour-old sample does not vouch for the hour since.
+        self.assertFalse(
+            scalewise.below_for(at([(-3_600_000, 10), (-20_000, 10), (0, 10)]), 30, T0, 300_000)
+        )
+        self.assertFalse(
+            scalewise.below_for(at([(-330_000, 10), (-20_000, 10), (0, 10)]), 30, T0, 300_000)
+        )
+        self.assertTrue(
+            scalewise.below_for(at([(-310_000, 10), (-10_000, 10), (0, 10)]), 30, T0, 300_000)
+        )
+
     def test_an_unreadable_metric_is_a_policy_error(self):
         broken = types.Metric(name="q", timestamps_ms=[], values=[], error="source down")
         ctx = context({}, [broken])
@@ -130,6 +154,12 @@ class Decisions(unittest.TestCase):
         self.assertIsInstance(scalewise.scale_or_hold(3, 3, "r").action, types.Action_Hold)
         self.assertEqual(scalewise.state_json(context({}, state=d.state)), {"a": 2, "b": 1})
         self.assertIsNone(scalewise.state_json(context({}, state=b"\xff")))
+
+    def test_a_count_that_is_not_a_whole_replica_count_is_an_error(self):
+        self.assertEqual(scalewise.scale_to(4.0, "r").action.value, 4)
+        for bad in (float("nan"), float("inf"), -1, 4.7, 2**32, True, "3"):
+            with self.assertRaises(PolicyError, msg=repr(bad)):
+                scalewise.scale_to(bad, "r")
 
     def test_numbers_read_well(self):
         self.assertEqual(scalewise.format_number(83), "83.0")

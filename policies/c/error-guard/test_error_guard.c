@@ -93,6 +93,27 @@ int main(void) {
   assert(error_guard_decide(&c, &d, &err));
   assert(reason_is(&d, "errors 0.100 within 1.0, but not for 5m yet: hold at 6"));
 
+  /* sw_held_for follows the Rust SDK's rule: the value in effect when the
+   * duration began must hold, and an old sample does not vouch for a gap. */
+  {
+    int64_t ts[3];
+    double vs[3];
+    sw_metric m = {.name = sw_string("m"), .timestamps_ms = {ts, 3}, .values = {vs, 3}};
+    const int64_t starts[][3] = {{-130000, -61000, 0}, {-3600000, -20000, 0}, {-330000, -20000, 0}, {-310000, -10000, 0}};
+    const double values[][3] = {{50, 85, 85}, {0.1, 0.1, 0.1}, {0.1, 0.1, 0.1}, {0.1, 0.1, 0.1}};
+    const int64_t durations[] = {120000, 300000, 300000, 300000};
+    const bool above[] = {true, false, false, false};
+    const double thresholds[] = {70, 1, 1, 1};
+    const bool want[] = {false, false, false, true};
+    for (size_t k = 0; k < 4; k++) {
+      for (size_t i = 0; i < 3; i++) {
+        ts[i] = T0 + starts[k][i];
+        vs[i] = values[k][i];
+      }
+      assert(sw_held_for(&m, T0, durations[k], thresholds[k], above[k]) == want[k]);
+    }
+  }
+
   char buf[32];
   assert(!strcmp(sw_number_text(83, buf, sizeof buf), "83.0"));
   assert(!strcmp(sw_number_text(123456.7, buf, sizeof buf), "123457"));

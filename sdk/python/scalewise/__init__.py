@@ -268,10 +268,12 @@ def held_for(m, now_ms, duration_ms, holds):
     """Whether `holds(value)` has been true for the last `duration_ms`.
 
     It has when every sample of that duration satisfies it and the samples
-    reach back to its start: the first lies within one sample interval of
-    the start, or the sample before it (the value in effect when the
-    duration began) satisfies it too. A series that began a minute ago is
-    not "above for five minutes". A duration of 0: the newest sample alone.
+    reach back to its start: the sample before it (the value in effect when
+    the duration began) satisfies it too and is no further from the next
+    one than the duration (or the gap before it); or, with no sample before
+    it, the first lies within one sample interval of the start. A series
+    that began a minute ago is not "above for five minutes". A duration of
+    0: the newest sample alone. The same rule as the Rust SDK's.
     """
     points = [(t, v) for t, v in zip(m.timestamps_ms, m.values) if t <= now_ms]
     if not points:
@@ -283,10 +285,17 @@ def held_for(m, now_ms, duration_ms, holds):
     if not inside or not all(holds(v) for _, v in inside):
         return False
     interval = max((b[0] - a[0] for a, b in zip(inside, inside[1:])), default=0)
-    if inside[0][0] <= start + max(interval, 1):
+    first = inside[0][0]
+    if first <= start:
         return True
     before = [(t, v) for t, v in points if t < start]
-    return bool(before) and holds(before[-1][1])
+    if not before:
+        return first <= start + max(interval, 1)
+    if not holds(before[-1][1]):
+        return False
+    gap = first - before[-1][0]
+    gap_before = before[-1][0] - before[-2][0] if len(before) >= 2 else 0
+    return gap <= max(duration_ms, interval, gap_before)
 
 
 # --- decisions and state ------------------------------------------------------
@@ -298,9 +307,21 @@ def hold(reason, state=None):
 
 
 def scale_to(replicas, reason, state=None):
-    """Run `replicas` replicas (the host clamps to the scaler's bounds)."""
+    """Run `replicas` replicas (the host clamps to the scaler's bounds).
+
+    A count that is not a whole number from 0 to 2**32-1 (NaN from an empty
+    window, 4.7, a negative) is a PolicyError, so the scaler holds: `int()`
+    would truncate a fraction, and a count out of range fails the call
+    where the decision is handed to the host."""
+    whole = isinstance(replicas, int) and not isinstance(replicas, bool)
+    if isinstance(replicas, float) and replicas.is_integer():
+        replicas, whole = int(replicas), True
+    if not whole or not 0 <= replicas <= 0xFFFFFFFF:
+        raise PolicyError(
+            f"scale_to({replicas!r}): a replica count is a whole number from 0 to 4294967295"
+        )
     return types.Decision(
-        action=types.Action_ScaleTo(int(replicas)), reason=reason, state=state
+        action=types.Action_ScaleTo(replicas), reason=reason, state=state
     )
 
 

@@ -253,12 +253,13 @@ impl Metric {
     /// Whether `holds` has been true of the metric for the last
     /// `duration_ms` before `now_ms`, and if not, why not. It has when every
     /// sample of that duration satisfies it and the samples cover the
-    /// duration: the first one lies within one sample interval (the largest
-    /// gap between the duration's samples) of its start, or the sample
-    /// before it (the value in effect when the duration began) satisfies
-    /// it too and is no further from the next one than the duration, or
-    /// than the gap before it (a series sampled less often than the
-    /// duration). A duration of 0 or less: the newest sample decides alone.
+    /// duration: the sample before it (the value in effect when the
+    /// duration began) satisfies it too and is no further from the next one
+    /// than the duration, or than the gap before it (a series sampled less
+    /// often than the duration); or, with no sample before it (the series
+    /// or the window read begins inside it), the first one lies within one
+    /// sample interval (the largest gap between the duration's samples) of
+    /// its start. A duration of 0 or less: the newest sample decides alone.
     pub fn held_for(&self, now_ms: i64, duration_ms: i64, holds: impl Fn(f64) -> bool) -> Held {
         let newest = self.points().rev().find(|p| p.timestamp_ms <= now_ms);
         if duration_ms <= 0 {
@@ -286,16 +287,25 @@ impl Metric {
             .max()
             .unwrap_or(0);
         let start = now_ms.saturating_sub(duration_ms);
-        if first.timestamp_ms <= start.saturating_add(interval.max(1)) {
+        if first.timestamp_ms <= start {
             return Held::Yes;
         }
         // The samples before the duration, newest last.
         let before = &self.timestamps_ms[..self.timestamps_ms.partition_point(|&t| t < start)];
         let Some(&prev_ms) = before.last() else {
+            // The series (or the window the host read) begins inside the
+            // duration: its first sample stands for its start when it lies
+            // within one sample interval of it.
+            if first.timestamp_ms <= start.saturating_add(interval.max(1)) {
+                return Held::Yes;
+            }
             return Held::ShortSeries {
                 reach_ms: now_ms - first.timestamp_ms,
             };
         };
+        // The value in effect when the duration began must hold too: with
+        // samples at -130 s (50) and -61 s (85), "above 70 for 2m" has held
+        // for 61 s, not 2 minutes.
         if !holds(self.values[before.len() - 1]) {
             return Held::No;
         }
@@ -543,6 +553,15 @@ mod tests {
         // The value in effect when the duration began did not hold.
         let late: Vec<_> = [(now - 130_000, 50.0), (now, 150.0)].into();
         assert_eq!(series(&late).held_for(now, 120_000, above), Held::No);
+        // Sparse samples: the one at -130 s was in effect when the 2 minutes
+        // began, so above 70 since -61 s is 61 s, not 2 minutes (the widest
+        // gap inside the duration does not excuse it).
+        let sparse_start: Vec<_> =
+            [(now - 130_000, 50.0), (now - 61_000, 85.0), (now, 85.0)].into();
+        assert_eq!(
+            series(&sparse_start).held_for(now, 120_000, above),
+            Held::No
+        );
         // An hour-old sample that did hold does not vouch for the hour since.
         let gap: Vec<_> = [(now - 3_600_000, 80.0), (now - 20_000, 80.0), (now, 80.0)].into();
         assert_eq!(
