@@ -338,3 +338,62 @@ fn a_notification_for_an_unknown_scaler_or_a_bad_url_is_refused_at_its_place() {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }
 }
+
+/// Each webhook has its own queue: one that takes connections and never
+/// answers (three attempts of a second each, per change) does not hold up
+/// the one that answers, which gets every change at once. A Slack body's
+/// markup characters are escaped.
+#[tokio::test]
+async fn a_dead_webhook_does_not_hold_up_the_others() {
+    use scalewise::actuators::Announcement;
+    use scalewise::config::{NotificationConfig, NotifyEvent, NotifyFormat};
+    use scalewise::notify::{Notifier, Webhooks};
+
+    let hanging = scalewise_tests::stub_http::silent_listener().await.unwrap();
+    let healthy = RecordingServer::start(ok()).await.unwrap();
+    let hook = |url: String, format: NotifyFormat| NotificationConfig {
+        url,
+        events: vec![NotifyEvent::Scaled, NotifyEvent::Failed],
+        scalers: Vec::new(),
+        format,
+        bearer_token: None,
+        headers: Default::default(),
+        timeout: Duration::from_secs(1),
+        ca_file: None,
+    };
+    let webhooks = Webhooks::build(&[
+        hook(
+            format!("http://{hanging}/services/T0/B0/SECRET"),
+            NotifyFormat::Json,
+        ),
+        hook(healthy.url(), NotifyFormat::Slack),
+    ])
+    .unwrap();
+    let telemetry = std::sync::Arc::new(scalewise::telemetry::Telemetry::new());
+    let notifier = Notifier::start(webhooks, telemetry, None);
+    let started = std::time::Instant::now();
+    for to in 3..6 {
+        notifier.notify(
+            Announcement {
+                time_ms: T0,
+                scaler: "web".into(),
+                target_kind: "simulator".into(),
+                target_name: "web".into(),
+                from: 2,
+                to,
+                reason: "load <!channel> & more".into(),
+                error: None,
+                record: None,
+            },
+            None,
+        );
+    }
+    let bodies = healthy.json_bodies(3).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the healthy webhook waited {:?}",
+        started.elapsed()
+    );
+    let text = bodies[0]["text"].as_str().unwrap();
+    assert!(text.contains("load &lt;!channel&gt; &amp; more"), "{text}");
+}

@@ -2,12 +2,14 @@
 //! make, and of every failure to make one (`[[notifications]]`).
 //!
 //! A scaler hands each change to the [`Notifier`] once the journal has its
-//! outcome; a task of the notifier's own delivers it, so a slow or failing
-//! endpoint never holds a tick. Each POST is tried three times (again after
-//! 1 s and 2 s; a 4xx answer other than 408 and 429 is not retried); what
-//! still fails is logged and counted (`scalewise_notifications_total{result}`).
-//! At most [`QUEUE`] changes wait for delivery; more are dropped, counted and
-//! logged. A graceful shutdown waits a while for those still waiting
+//! outcome; each webhook has a queue and a task of its own that deliver it,
+//! so a slow or failing endpoint never holds a tick, nor another webhook.
+//! Each POST is tried three times (again after 1 s and 2 s; a 4xx answer
+//! other than 408 and 429 is not retried); what still fails is logged (the
+//! URL's scheme and host only: a chat webhook's path is its secret) and
+//! counted (`scalewise_notifications_total{result}`). At most [`QUEUE`]
+//! changes wait for one webhook; more are dropped for it, counted and logged,
+//! and stay in the outbox, so a restart tells them again. A graceful shutdown waits a while for those still waiting
 //! ([`Notifier::drain`]). Dry-run scalers change nothing, so they notify nothing. A config
 //! reload replaces the webhooks whole ([`Notifier::replace`]): changes made
 //! after it go to the new ones, changes already waiting to the old.
@@ -62,6 +64,16 @@ pub fn payload(a: &Announcement) -> serde_json::Value {
     body
 }
 
+/// The line [`text`] makes, escaped as Slack's `text` field wants it: `&`,
+/// `<` and `>` are markup there (a reason with `<!channel>` would ping the
+/// channel).
+pub fn slack_text(a: &Announcement) -> String {
+    text(a)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// One line for a chat channel.
 pub fn text(a: &Announcement) -> String {
     let head = format!(
@@ -87,6 +99,9 @@ fn event_of(a: &Announcement) -> &'static str {
 #[derive(Debug)]
 struct Webhook {
     url: String,
+    /// The URL as logs show it: scheme, host and port (the path of a chat
+    /// webhook is its credential).
+    shown: String,
     events: BTreeSet<&'static str>,
     scalers: BTreeSet<String>,
     format: NotifyFormat,
@@ -102,7 +117,7 @@ impl Webhook {
     fn body(&self, a: &Announcement) -> serde_json::Value {
         match self.format {
             NotifyFormat::Json => payload(a),
-            NotifyFormat::Slack => serde_json::json!({ "text": text(a) }),
+            NotifyFormat::Slack => serde_json::json!({ "text": slack_text(a) }),
         }
     }
 
@@ -135,7 +150,7 @@ impl Webhook {
 /// The configured webhooks, built (secrets read, clients made): what a
 /// config reload swaps in whole.
 #[derive(Debug, Default)]
-pub struct Webhooks(Vec<Webhook>);
+pub struct Webhooks(Vec<Arc<Webhook>>);
 
 impl Webhooks {
     /// Builds `[[notifications]]`; bearer tokens and secret headers are
@@ -146,8 +161,9 @@ impl Webhooks {
         for (i, w) in webhooks.iter().enumerate() {
             let client =
                 AuthedClient::build(&format!("notifications[{i}]"), w.http_auth(), w.timeout)?;
-            built.push(Webhook {
+            built.push(Arc::new(Webhook {
                 url: w.url.clone(),
+                shown: shown_url(&w.url),
                 events: w
                     .events
                     .iter()
@@ -159,7 +175,7 @@ impl Webhooks {
                 scalers: w.scalers.iter().cloned().collect(),
                 format: w.format,
                 client,
-            });
+            }));
         }
         Ok(Webhooks(built))
     }
@@ -173,28 +189,117 @@ impl Webhooks {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
 
-    fn wanting<'a>(&'a self, a: &'a Announcement) -> impl Iterator<Item = &'a Webhook> {
-        self.0.iter().filter(|w| w.wants(a))
+/// `url` without its path, query or credentials: what logs may show.
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
+            (Some(host), None) => format!("{}://{host}", u.scheme()),
+            (None, _) => u.scheme().to_owned(),
+        },
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+/// One webhook's queue: its own task delivers what is sent to it.
+#[derive(Debug)]
+struct Lane {
+    webhook: Arc<Webhook>,
+    queue: mpsc::Sender<Arc<Delivery>>,
+}
+
+/// The lanes of the webhooks in force: what a reload swaps (changes
+/// already queued finish in the old lanes, whose tasks end with them).
+#[derive(Debug, Default)]
+struct Lanes(Vec<Lane>);
+
+impl Lanes {
+    fn start(webhooks: &Webhooks, shared: &Arc<Shared>) -> Lanes {
+        Lanes(
+            webhooks
+                .0
+                .iter()
+                .map(|webhook| {
+                    let (queue, mut jobs) = mpsc::channel::<Arc<Delivery>>(QUEUE);
+                    let (webhook, shared) = (webhook.clone(), shared.clone());
+                    let lane = Lane {
+                        webhook: webhook.clone(),
+                        queue,
+                    };
+                    tokio::spawn(async move {
+                        while let Some(job) = jobs.recv().await {
+                            match webhook.post(&webhook.body(&job.change)).await {
+                                Ok(()) => shared.telemetry.notification("sent"),
+                                Err(error) => {
+                                    shared.telemetry.notification("failed");
+                                    tracing::warn!(
+                                        url = %webhook.shown,
+                                        scaler = %job.change.scaler,
+                                        %error,
+                                        "A notification could not be delivered after {ATTEMPTS} attempts."
+                                    );
+                                }
+                            }
+                            shared.finish(&job).await;
+                        }
+                    });
+                    lane
+                })
+                .collect(),
+        )
+    }
+
+    fn wanting<'a>(&'a self, a: &'a Announcement) -> impl Iterator<Item = &'a Lane> {
+        self.0.iter().filter(|l| l.webhook.wants(a))
+    }
+}
+
+/// One change on its way to the webhooks that want it.
+#[derive(Debug)]
+struct Delivery {
+    change: Announcement,
+    /// Its id in the journal's outbox, when kept there.
+    owed: Option<i64>,
+    /// Webhooks that have not yet delivered or given up on it.
+    remaining: AtomicUsize,
+    /// Some webhook dropped it (its queue was full): it stays in the outbox.
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+/// What every lane's task shares.
+#[derive(Debug)]
+struct Shared {
+    telemetry: Arc<Telemetry>,
+    /// Changes queued and not yet handled (delivered or given up on).
+    pending: Pending,
+    /// Where the outbox is, when there is one.
+    journal: Option<Journal>,
+}
+
+impl Shared {
+    /// One webhook is done with `job`; the last one settles it.
+    async fn finish(&self, job: &Delivery) {
+        if job.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if !job.dropped.load(Ordering::Acquire)
+            && let (Some(id), Some(journal)) = (job.owed, &self.journal)
+        {
+            settle(journal, id).await;
+        }
+        self.pending.done();
     }
 }
 
 /// Delivers changes to the configured webhooks, off the scalers' ticks.
 #[derive(Debug)]
 pub struct Notifier {
-    /// Each change with the webhooks in force when it happened.
-    queue: mpsc::Sender<Queued>,
-    webhooks: ArcSwap<Webhooks>,
-    telemetry: Arc<Telemetry>,
-    /// Changes queued and not yet handled (delivered or given up on).
-    pending: Arc<Pending>,
-    /// Where the outbox is, when there is one.
-    journal: Option<Journal>,
+    /// The webhooks in force, each with its queue.
+    lanes: ArcSwap<Lanes>,
+    shared: Arc<Shared>,
 }
-
-/// A change waiting for delivery: the webhooks in force when it happened,
-/// and its outbox id when the journal keeps it.
-type Queued = (Announcement, Arc<Webhooks>, Option<i64>);
 
 /// A count of changes waiting, and a wake-up when it falls to zero.
 #[derive(Debug, Default)]
@@ -224,39 +329,14 @@ impl Notifier {
         telemetry: Arc<Telemetry>,
         journal: Option<Journal>,
     ) -> Arc<Notifier> {
-        let (queue, mut changes) = mpsc::channel::<Queued>(QUEUE);
-        let counts = telemetry.clone();
-        let pending = Arc::new(Pending::default());
-        let handled = pending.clone();
-        let outbox = journal.clone();
-        tokio::spawn(async move {
-            while let Some((change, webhooks, owed)) = changes.recv().await {
-                for webhook in webhooks.wanting(&change) {
-                    match webhook.post(&webhook.body(&change)).await {
-                        Ok(()) => counts.notification("sent"),
-                        Err(error) => {
-                            counts.notification("failed");
-                            tracing::warn!(
-                                url = %webhook.url,
-                                scaler = %change.scaler,
-                                %error,
-                                "A notification could not be delivered after {ATTEMPTS} attempts."
-                            );
-                        }
-                    }
-                }
-                if let (Some(id), Some(journal)) = (owed, &outbox) {
-                    settle(journal, id).await;
-                }
-                handled.done();
-            }
+        let shared = Arc::new(Shared {
+            telemetry,
+            pending: Pending::default(),
+            journal,
         });
         Arc::new(Notifier {
-            queue,
-            webhooks: ArcSwap::from_pointee(webhooks),
-            telemetry,
-            pending,
-            journal,
+            lanes: ArcSwap::from_pointee(Lanes::start(&webhooks, &shared)),
+            shared,
         })
     }
 
@@ -265,7 +345,7 @@ impl Notifier {
     /// now; those no webhook wants any more are settled. Returns how many
     /// were queued.
     pub async fn resume_owed(&self) -> usize {
-        let Some(journal) = &self.journal else {
+        let Some(journal) = &self.shared.journal else {
             return 0;
         };
         let owed = match journal.owed_notifications().await {
@@ -294,21 +374,41 @@ impl Notifier {
     /// Whether some webhook configured now wants `change` (so it is worth
     /// keeping in the outbox).
     pub fn wants(&self, change: &Announcement) -> bool {
-        self.webhooks.load().wanting(change).next().is_some()
+        self.lanes.load().wanting(change).next().is_some()
+    }
+
+    /// The delivery of `change` to the webhooks in force that want it, with
+    /// their lanes; `None` (and the change settled) when none does.
+    fn delivery(
+        &self,
+        change: Announcement,
+        owed: Option<i64>,
+    ) -> Option<(Arc<Lanes>, Arc<Delivery>)> {
+        let lanes = self.lanes.load_full();
+        let wanting = lanes.wanting(&change).count();
+        if wanting == 0 {
+            self.settle_later(owed);
+            return None;
+        }
+        self.shared.pending.add();
+        let job = Arc::new(Delivery {
+            change,
+            owed,
+            remaining: AtomicUsize::new(wanting),
+            dropped: std::sync::atomic::AtomicBool::new(false),
+        });
+        Some((lanes, job))
     }
 
     async fn queue_change(&self, change: Announcement, owed: Option<i64>) {
-        let webhooks = self.webhooks.load_full();
-        if webhooks.wanting(&change).next().is_none() {
-            if let (Some(id), Some(journal)) = (owed, &self.journal) {
-                settle(journal, id).await;
-            }
+        let Some((lanes, job)) = self.delivery(change, owed) else {
             return;
-        }
-        self.pending.add();
-        // Waits for room (a large backlog after a long outage).
-        if self.queue.send((change, webhooks, owed)).await.is_err() {
-            self.pending.done();
+        };
+        for lane in lanes.wanting(&job.change) {
+            // Waits for room (a large backlog after a long outage).
+            if lane.queue.send(job.clone()).await.is_err() {
+                self.shared.finish(&job).await;
+            }
         }
     }
 
@@ -318,17 +418,17 @@ impl Notifier {
     pub async fn drain(&self, within: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let idle = self.pending.idle.notified();
+            let idle = self.shared.pending.idle.notified();
             tokio::pin!(idle);
             // Registered before the count is read, so a change handled in
             // between still wakes this wait.
             idle.as_mut().enable();
-            let waiting = self.pending.count.load(Ordering::Acquire);
+            let waiting = self.shared.pending.count.load(Ordering::Acquire);
             if waiting == 0 {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.pending.count.load(Ordering::Acquire);
+                return self.shared.pending.count.load(Ordering::Acquire);
             }
         }
     }
@@ -336,33 +436,36 @@ impl Notifier {
     /// Tells later changes to `webhooks` (a config reload); changes already
     /// waiting go where they were going.
     pub fn replace(&self, webhooks: Webhooks) {
-        self.webhooks.store(Arc::new(webhooks));
+        self.lanes
+            .store(Arc::new(Lanes::start(&webhooks, &self.shared)));
     }
 
     /// Queues `change` for delivery to the webhooks that want it; never
     /// waits. `owed`: its id in the journal's outbox, settled once it is
     /// handled (or dropped).
     pub fn notify(&self, change: Announcement, owed: Option<i64>) {
-        let webhooks = self.webhooks.load_full();
-        if webhooks.wanting(&change).next().is_none() {
-            self.settle_later(owed);
+        let Some((lanes, job)) = self.delivery(change, owed) else {
             return;
-        }
-        self.pending.add();
-        if let Err(err) = self.queue.try_send((change, webhooks, owed)) {
-            self.pending.done();
-            self.telemetry.notification("dropped");
-            let (change, _, owed) = err.into_inner();
-            self.settle_later(owed);
-            tracing::warn!(
-                scaler = %change.scaler,
-                "A notification was dropped: {QUEUE} are already waiting for delivery."
-            );
+        };
+        for lane in lanes.wanting(&job.change) {
+            if lane.queue.try_send(job.clone()).is_err() {
+                // This webhook is far behind; the others still get it, and
+                // the outbox keeps it for a restart to tell again.
+                job.dropped.store(true, Ordering::Release);
+                self.shared.telemetry.notification("dropped");
+                tracing::warn!(
+                    url = %lane.webhook.shown,
+                    scaler = %job.change.scaler,
+                    "A notification was dropped for this webhook: {QUEUE} are already waiting for it; the journal keeps it for the next start."
+                );
+                let (shared, job) = (self.shared.clone(), job.clone());
+                tokio::spawn(async move { shared.finish(&job).await });
+            }
         }
     }
 
     fn settle_later(&self, owed: Option<i64>) {
-        if let (Some(id), Some(journal)) = (owed, &self.journal) {
+        if let (Some(id), Some(journal)) = (owed, &self.shared.journal) {
             let journal = journal.clone();
             tokio::spawn(async move { settle(&journal, id).await });
         }
@@ -462,6 +565,25 @@ mod tests {
         assert!(
             metrics.contains("scalewise_notifications_total{result=\"failed\"} 1"),
             "{metrics}"
+        );
+    }
+
+    #[test]
+    fn logs_show_a_webhooks_scheme_and_host_only() {
+        assert_eq!(
+            shown_url("https://hooks.slack.com/services/T0/B0/SECRET"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            shown_url("http://user:pw@127.0.0.1:8080/hook?key=SECRET"),
+            "http://127.0.0.1:8080"
+        );
+        let mut markup = change(None);
+        markup.reason = "<!channel> & <http://x|y>".into();
+        assert!(
+            slack_text(&markup).ends_with("&lt;!channel&gt; &amp; &lt;http://x|y&gt;"),
+            "{}",
+            slack_text(&markup)
         );
     }
 
