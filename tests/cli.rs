@@ -679,6 +679,31 @@ fn run_config_logging(text: &str, filter: &str) -> (Option<i32>, String, String)
     )
 }
 
+/// The demo binds its port before it compiles or writes anything: a port in
+/// use refuses it at once, naming the flag, and leaves no demo folder.
+#[test]
+fn a_port_in_use_refuses_the_demo_before_it_writes_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let child = Command::new(scalewise_bin())
+        .args(["run", "--for", "5s", "--listen", &addr.to_string()])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (--listen): ")),
+        "{err}"
+    );
+    let demo_dir = std::env::temp_dir().join(format!("scalewise-demo-{pid}"));
+    assert!(!demo_dir.exists(), "{} left behind", demo_dir.display());
+}
+
 #[test]
 fn a_port_in_use_refuses_the_start_naming_the_setting_and_leaves_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

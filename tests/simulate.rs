@@ -191,6 +191,33 @@ fn scaling_on_the_trace_serves_what_a_fixed_fleet_cannot() {
     );
 }
 
+/// An interval that is not a whole number of seconds ticks at its own
+/// times: 1500ms over a minute is 40 ticks (the simulator's one-second steps
+/// used to give 20, one every 3 s).
+#[test]
+fn an_interval_of_a_fraction_of_seconds_ticks_as_often_as_it_says() {
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = backtest_config(dir.path(), 1, 20);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("interval = \"30s\"", "interval = \"1500ms\""),
+    )
+    .unwrap();
+    let report = simulate_json(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--policy-dir",
+        policies.path().to_str().unwrap(),
+        "--for",
+        "1m",
+        "--warmup",
+        "0s",
+    ]);
+    assert_eq!(report["scalers"][0]["ticks"], 40, "{report:#}");
+}
+
 #[test]
 fn predictive_scaling_serves_the_rises_that_reactive_scaling_is_late_for() {
     // docs/backtest-predictive.toml as it is, and without its predictive

@@ -90,7 +90,7 @@ pub struct Report {
     /// What ran, and what is counted.
     #[serde(flatten)]
     pub span: Span,
-    /// Ticks of every scaler together, warm-up included.
+    /// Ticks of every scaler together, after the warm-up (as each scaler's).
     pub ticks: u64,
     /// Per scaler, in config order.
     pub scalers: Vec<ScalerReport>,
@@ -214,20 +214,31 @@ pub async fn run(
     }
     let mut ticks = 0;
     let mut now = start_ms;
+    // Each scaler's next tick: every `interval` from the start, at its own
+    // millisecond (a 1500ms interval ticks twice in 3 s, not once).
+    let mut next: Vec<i64> = vec![start_ms; intervals.len()];
     while now < end_ms {
         let counted = now >= counted_from_ms;
         for tally in tallies.iter_mut().filter(|_| counted) {
             let sample = tally.service.lock().sample(now);
             tally.observe(&sample, slo_latency_ms);
         }
-        for ((scaler, interval), tally) in daemon.scalers_mut().zip(&intervals).zip(&mut tallies) {
-            if (now - start_ms).rem_euclid(*interval) == 0 {
-                let record = scaler.tick(now).await;
-                if counted {
+        for (((scaler, interval), tally), next) in daemon
+            .scalers_mut()
+            .zip(&intervals)
+            .zip(&mut tallies)
+            .zip(&mut next)
+        {
+            while *next < (now + STEP_MS).min(end_ms) {
+                let record = scaler.tick(*next).await;
+                if *next >= counted_from_ms {
                     tally.count(&record);
+                    // The report's ticks are the counted ones, as its
+                    // scalers' are (warm-up ticks are not).
+                    ticks += 1;
                 }
-                ticks += 1;
                 on_tick(&record);
+                *next += interval;
             }
         }
         now += STEP_MS;

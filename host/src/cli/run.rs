@@ -94,12 +94,28 @@ pub fn start_clock(config: &Config, now_ms: i64) -> Clock {
 }
 
 async fn run_demo(args: &RunArgs, out: &mut dyn Write) -> Result<(), DaemonError> {
+    // Bound first: a port in use refuses the demo before anything is
+    // compiled or written, and says how to pick another.
+    let addr = args
+        .listen
+        .unwrap_or_else(|| crate::config::ApiConfig::default().listen);
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| DaemonError::Listen {
+                addr: match args.listen {
+                    Some(_) => format!("{addr} (--listen)"),
+                    None => format!(
+                        "{addr} (the demo's default; `--listen 127.0.0.1:0` picks a free port)"
+                    ),
+                },
+                error,
+            })?;
     let policy_dir = demo::policy_dir(args.policy_dir.clone())?;
     let state_dir = std::env::temp_dir().join(format!("scalewise-demo-{}", std::process::id()));
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", state_dir.display())))?;
-    let daemon = demo::build(&policy_dir, &state_dir, args.listen, args.compiler.clone()).await?;
-    let listener = daemon.bind_api().await?;
+    let daemon = demo::build(&policy_dir, &state_dir, Some(addr), args.compiler.clone()).await?;
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())

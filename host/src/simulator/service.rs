@@ -109,8 +109,14 @@ pub fn derive(timestamp_ms: i64, s: &StepState, p: &ServiceParams) -> Sample {
         let wait_ms = s.queue / capacity * 1000.0;
         let p95 = (service_ms + wait_ms).min(latency_cap);
         (throughput, 100.0 * rho, service_ms, p95)
-    } else {
+    } else if s.load > 0.0 || s.queue > 0.0 {
+        // Demand and nothing ready to serve it.
         (0.0, 100.0, 0.0, latency_cap)
+    } else {
+        // Scaled to zero with nothing asked of it: idle, not overloaded (a
+        // latency or CPU policy would otherwise start a replica for no
+        // traffic at all).
+        (0.0, 0.0, 0.0, p.base_latency_ms)
     };
     Sample {
         timestamp_ms,
@@ -540,6 +546,14 @@ mod tests {
             ),
             // A small backlog is served within the step on top of the load.
             ("draining", state(100.0, 2, 50.0), 150.0, 75.0, 450.0, 80.0),
+            (
+                "scaled to zero, no load",
+                state(0.0, 0, 0.0),
+                0.0,
+                0.0,
+                50.0,
+                0.0,
+            ),
             (
                 "no ready replica",
                 state(100.0, 0, 30.0),
