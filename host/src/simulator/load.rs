@@ -237,14 +237,42 @@ impl Trace {
     }
 
     /// Reads a trace from `reader`; `path` is only used in errors.
-    pub fn from_reader(path: &Path, reader: impl std::io::Read) -> Result<Self, SimulatorError> {
+    pub fn from_reader(
+        path: &Path,
+        mut reader: impl std::io::Read,
+    ) -> Result<Self, SimulatorError> {
         let bad = |line: u64, message: String| SimulatorError::TraceFormat {
             path: path.to_owned(),
             line,
             message,
         };
+        // Lines are counted here, from a record's byte offset: the csv
+        // reader's own count is off after blank lines and in CRLF files.
+        let mut text = Vec::new();
+        reader
+            .read_to_end(&mut text)
+            .map_err(|source| SimulatorError::TraceRead {
+                path: path.to_owned(),
+                source,
+            })?;
+        let newlines: Vec<u64> = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i as u64)
+            .collect();
+        // A record's offset may be where the blank lines before it begin.
+        let line_at = |byte: u64| {
+            let skipped = text
+                .iter()
+                .skip(byte as usize)
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            let byte = byte + skipped as u64;
+            newlines.partition_point(|&n| n < byte) as u64 + 1
+        };
         let csv_error = |e: csv::Error| {
-            let line = e.position().map_or(0, |p| p.line());
+            let line = e.position().map_or(0, |p| line_at(p.byte()));
             match e.into_kind() {
                 csv::ErrorKind::Io(source) => SimulatorError::TraceRead {
                     path: path.to_owned(),
@@ -260,7 +288,7 @@ impl Trace {
         };
         let mut rdr = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
-            .from_reader(reader);
+            .from_reader(text.as_slice());
         let header = rdr.headers().map_err(csv_error)?;
         if header.iter().ne(TRACE_HEADER) {
             return Err(bad(
@@ -276,7 +304,7 @@ impl Trace {
         let mut last_line = 1;
         for record in rdr.records() {
             let record = record.map_err(csv_error)?;
-            let line = record.position().map_or(0, |p| p.line());
+            let line = record.position().map_or(0, |p| line_at(p.byte()));
             last_line = line;
             let field = |i: usize, name: &str| -> Result<f64, SimulatorError> {
                 let text = record.get(i).unwrap_or_default();
@@ -679,6 +707,22 @@ mod tests {
             ("timestamp_s,requests\n0,1\n60,inf\n", 3, "not finite"),
             ("timestamp_s,requests\n0,1\n", 2, "at least two rows"),
             ("timestamp_s,requests\n", 1, "at least two rows"),
+            // Blank lines and Windows line ends count as lines too.
+            (
+                "timestamp_s,requests\n0,1\n\n\n60,x\n",
+                5,
+                "requests `x` is not a number",
+            ),
+            (
+                "timestamp_s,requests\r\n0,1\r\n60,2\r\n120,x\r\n",
+                4,
+                "requests `x` is not a number",
+            ),
+            (
+                "timestamp_s,requests\r\n0,1\r\n\r\n60,2,7\r\n",
+                4,
+                "expected 2 fields",
+            ),
         ];
         let dir = tempfile::tempdir().unwrap();
         for (i, (text, line, message)) in cases.into_iter().enumerate() {
