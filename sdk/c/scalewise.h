@@ -157,30 +157,58 @@ static void sw_log(scalewise_policy_log_level_t level, const char *fmt, ...) {
 
 /* --- durations -------------------------------------------------------------- */
 
-/* Parses "30s", "5m", "1h 30m", "250ms" into milliseconds; false if it is
- * not a duration. */
+/* The host's units (humantime's), so that every duration the host accepts
+ * for a `duration` parameter reads here too. */
+static const struct {
+  const char *name;
+  double ms;
+} sw_duration_units[] = {
+    {"nanos", 1e-6},   {"nsec", 1e-6},   {"ns", 1e-6},     {"usec", 1e-3},   {"us", 1e-3},
+    {"\xc2\xb5s", 1e-3}, {"millis", 1},    {"msec", 1},      {"ms", 1},        {"seconds", 1e3},
+    {"second", 1e3},   {"secs", 1e3},    {"sec", 1e3},     {"s", 1e3},       {"minutes", 6e4},
+    {"minute", 6e4},   {"min", 6e4},     {"mins", 6e4},    {"m", 6e4},       {"hours", 3.6e6},
+    {"hour", 3.6e6},   {"hr", 3.6e6},    {"hrs", 3.6e6},   {"h", 3.6e6},     {"days", 8.64e7},
+    {"day", 8.64e7},   {"d", 8.64e7},    {"weeks", 6.048e8}, {"week", 6.048e8}, {"wk", 6.048e8},
+    {"wks", 6.048e8},  {"w", 6.048e8},   {"months", 2.630016e9}, {"month", 2.630016e9},
+    {"M", 2.630016e9}, {"years", 3.15576e10}, {"year", 3.15576e10}, {"yr", 3.15576e10},
+    {"yrs", 3.15576e10}, {"y", 3.15576e10},
+};
+
+/* Parses "30s", "5m", "1h 30m", "10 minutes", "250ms" (the units the host
+ * accepts, and "0") into milliseconds; false if it is not a duration. */
 static bool sw_parse_duration_ms(const char *text, int64_t *out) {
   double total = 0;
   const char *p = text;
   bool any = false;
+  while (*p == ' ') p++;
+  if (p[0] == '0' && (p[1] == 0 || p[1] == ' ')) {
+    const char *rest = p + 1;
+    while (*rest == ' ') rest++;
+    if (!*rest) {
+      *out = 0;
+      return true;
+    }
+  }
   while (*p) {
     while (*p == ' ') p++;
     if (!*p) break;
+    if (*p < '0' || *p > '9') return false;
     char *end;
     double n = strtod(p, &end);
     if (end == p || n < 0) return false;
     p = end;
     while (*p == ' ') p++;
     const char *unit = p;
-    while (*p >= 'a' && *p <= 'z') p++;
+    while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (unsigned char)*p >= 0x80) p++;
     size_t len = (size_t)(p - unit);
-    double scale;
-    if (len == 2 && !strncmp(unit, "ms", 2)) scale = 1;
-    else if ((len == 1 && *unit == 's') || (len == 3 && !strncmp(unit, "sec", 3))) scale = 1e3;
-    else if ((len == 1 && *unit == 'm') || (len == 3 && !strncmp(unit, "min", 3))) scale = 6e4;
-    else if ((len == 1 && *unit == 'h') || (len == 2 && !strncmp(unit, "hr", 2))) scale = 3.6e6;
-    else if (len == 1 && *unit == 'd') scale = 8.64e7;
-    else return false;
+    double scale = -1;
+    for (size_t i = 0; i < sizeof sw_duration_units / sizeof sw_duration_units[0]; i++) {
+      if (strlen(sw_duration_units[i].name) == len && !strncmp(unit, sw_duration_units[i].name, len)) {
+        scale = sw_duration_units[i].ms;
+        break;
+      }
+    }
+    if (scale < 0) return false;
     total += n * scale;
     any = true;
   }

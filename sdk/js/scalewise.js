@@ -110,18 +110,35 @@ function check(p, value) {
   }
 }
 
-const UNITS_MS = { ms: 1, s: 1000, sec: 1000, m: 60000, min: 60000, h: 3600000, hr: 3600000, d: 86400000 };
+/** The host's units (humantime's), so that every duration the host accepts
+ * for a `duration` parameter reads here too. */
+const UNITS_MS = Object.fromEntries(
+  [
+    [['nanos', 'nsec', 'ns'], 1e-6],
+    [['usec', 'us', '\u00b5s'], 1e-3],
+    [['millis', 'msec', 'ms'], 1],
+    [['seconds', 'second', 'secs', 'sec', 's'], 1000],
+    [['minutes', 'minute', 'min', 'mins', 'm'], 60000],
+    [['hours', 'hour', 'hr', 'hrs', 'h'], 3600000],
+    [['days', 'day', 'd'], 86400000],
+    [['weeks', 'week', 'wk', 'wks', 'w'], 7 * 86400000],
+    [['months', 'month', 'M'], 2630016000],
+    [['years', 'year', 'yr', 'yrs', 'y'], 31557600000],
+  ].flatMap(([names, ms]) => names.map((n) => [n, ms])),
+);
 
-/** A duration such as "30s", "5m", "1h 30m" or "250ms", in milliseconds. */
+/** A duration such as "30s", "5m", "1h 30m", "10 minutes" or "250ms", in
+ * milliseconds: the units the host accepts (humantime's), and "0". */
 export function durationMs(text) {
   const trimmed = text.trim();
-  const part = /\s*(\d+(?:\.\d+)?)\s*([a-z]+)/y;
+  if (trimmed === '0') return 0;
+  const part = /\s*(\d+(?:\.\d+)?)\s*([a-zA-Z\u00b5]+)/y;
   let total = 0;
   let pos = 0;
   while (pos < trimmed.length) {
     part.lastIndex = pos;
     const m = part.exec(trimmed);
-    if (!m || !(m[2] in UNITS_MS)) {
+    if (!m || !Object.hasOwn(UNITS_MS, m[2])) {
       throw new Error(`invalid duration ${JSON.stringify(text)} (e.g. 30s, 5m, 1h 30m)`);
     }
     total += Number(m[1]) * UNITS_MS[m[2]];

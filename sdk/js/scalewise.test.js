@@ -31,6 +31,10 @@ test('durations', () => {
   assert.equal(sdk.durationMs('250ms'), 250);
   assert.equal(sdk.durationMs('1h 30m'), 5400000);
   assert.equal(sdk.durationMs('1.5m'), 90000);
+  // Every unit the host accepts for a duration parameter (humantime's).
+  const host = { '0': 0, '10 minutes': 600000, '2 hours': 7200000, '1w': 604800000,
+    '30secs': 30000, '5mins': 300000, '1day': 86400000, '1M': 2630016000, '1y': 31557600000 };
+  for (const [text, ms] of Object.entries(host)) assert.equal(sdk.durationMs(text), ms, text);
   for (const bad of ['', '5', '5 parsecs', 'm5']) {
     assert.throws(() => sdk.durationMs(bad), /duration/);
   }

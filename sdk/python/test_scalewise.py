@@ -40,6 +40,13 @@ class Durations(unittest.TestCase):
         self.assertEqual(scalewise.duration_ms("1h 30m"), 5_400_000)
         self.assertEqual(scalewise.duration_ms("1.5m"), 90_000)
 
+    def test_every_unit_the_host_accepts(self):
+        host = {"0": 0, "10 minutes": 600_000, "2 hours": 7_200_000, "1w": 604_800_000,
+                "30secs": 30_000, "5mins": 300_000, "1day": 86_400_000,
+                "1M": 2_630_016_000, "1y": 31_557_600_000}
+        for text, ms in host.items():
+            self.assertEqual(scalewise.duration_ms(text), ms, text)
+
     def test_refusals_name_the_text(self):
         for text in ["", "5", "5 parsecs", "m5"]:
             with self.assertRaises(ValueError) as e:

@@ -114,6 +114,20 @@ int main(void) {
     }
   }
 
+  /* Every unit the host accepts for a duration parameter (humantime's). */
+  {
+    int64_t ms = -1;
+    assert(sw_parse_duration_ms("0", &ms) && ms == 0);
+    assert(sw_parse_duration_ms("10 minutes", &ms) && ms == 600000);
+    assert(sw_parse_duration_ms("2 hours", &ms) && ms == 7200000);
+    assert(sw_parse_duration_ms("1w", &ms) && ms == 604800000);
+    assert(sw_parse_duration_ms("30secs", &ms) && ms == 30000);
+    assert(sw_parse_duration_ms("1M", &ms) && ms == 2630016000LL);
+    assert(sw_parse_duration_ms("1h 30m", &ms) && ms == 5400000);
+    assert(!sw_parse_duration_ms("5", &ms) && !sw_parse_duration_ms("5 parsecs", &ms));
+    assert(!sw_parse_duration_ms("", &ms) && !sw_parse_duration_ms("inf s", &ms));
+  }
+
   char buf[32];
   assert(!strcmp(sw_number_text(83, buf, sizeof buf), "83.0"));
   assert(!strcmp(sw_number_text(123456.7, buf, sizeof buf), "123457"));

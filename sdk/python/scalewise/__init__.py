@@ -169,24 +169,31 @@ def _check(p, value):
     return value
 
 
+# The host's units (humantime's), so that every duration the host accepts
+# for a `duration` parameter reads here too.
 _UNITS_MS = {
-    "ms": 1,
-    "s": 1000,
-    "sec": 1000,
-    "m": 60_000,
-    "min": 60_000,
-    "h": 3_600_000,
-    "hr": 3_600_000,
-    "d": 86_400_000,
+    **dict.fromkeys(("nanos", "nsec", "ns"), 1e-6),
+    **dict.fromkeys(("usec", "us", "\u00b5s"), 1e-3),
+    **dict.fromkeys(("millis", "msec", "ms"), 1),
+    **dict.fromkeys(("seconds", "second", "secs", "sec", "s"), 1000),
+    **dict.fromkeys(("minutes", "minute", "min", "mins", "m"), 60_000),
+    **dict.fromkeys(("hours", "hour", "hr", "hrs", "h"), 3_600_000),
+    **dict.fromkeys(("days", "day", "d"), 86_400_000),
+    **dict.fromkeys(("weeks", "week", "wk", "wks", "w"), 7 * 86_400_000),
+    **dict.fromkeys(("months", "month", "M"), 2_630_016_000),
+    **dict.fromkeys(("years", "year", "yr", "yrs", "y"), 31_557_600_000),
 }
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)")
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z\u00b5]+)")
 
 
 def duration_ms(text):
-    """A duration such as "30s", "5m", "1h 30m" or "250ms", in milliseconds.
+    """A duration such as "30s", "5m", "1h 30m", "10 minutes" or "250ms", in
+    milliseconds: the units the host accepts (humantime's), and "0".
     Raises ValueError naming the text."""
     total, pos = 0.0, 0
     text = text.strip()
+    if text == "0":
+        return 0
     while pos < len(text):
         m = _DURATION_PART.match(text, pos)
         if not m or m.group(2) not in _UNITS_MS:
