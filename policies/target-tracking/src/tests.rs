@@ -954,7 +954,7 @@ fn errors_name_the_problem() {
                 &[50.0],
                 json!({"metric": "cpu", "target": 60, "aggregate": "p200"}),
             ),
-            "invalid parameters: unknown aggregate \"p200\": use latest, mean, min, max, \
+            "parameter aggregate: unknown aggregate \"p200\": use latest, mean, min, max, \
              median or pNN (e.g. p95)",
         ),
         (

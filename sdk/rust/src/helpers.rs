@@ -39,6 +39,17 @@ pub fn format_number(value: f64) -> String {
     }
 }
 
+/// A parameter that does not fit, named: `parameter aggregate: unknown
+/// aggregate "p95x" ...` rather than only what serde says of its value.
+pub(crate) fn params_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    if path.is_empty() || path == "." {
+        format!("invalid parameters: {}", e.inner())
+    } else {
+        format!("parameter {path}: {}", e.inner())
+    }
+}
+
 impl Context {
     /// The metric the scaler's config names `name`, if the config defines it.
     pub fn metric(&self, name: &str) -> Option<&Metric> {
@@ -48,7 +59,8 @@ impl Context {
     /// The policy's parameters, deserialized into `T`. The error names the
     /// parameter that did not fit, so it can be returned from `evaluate` as is.
     pub fn params<T: DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_str(&self.parameters).map_err(|e| format!("invalid parameters: {e}"))
+        let mut json = serde_json::Deserializer::from_str(&self.parameters);
+        serde_path_to_error::deserialize(&mut json).map_err(params_error)
     }
 
     /// The policy's parameters checked against its declarations (unknown
@@ -65,8 +77,7 @@ impl Context {
                     .map_err(|e| format!("parameter {}: {e}", spec.name))?;
             }
         }
-        serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| format!("invalid parameters: {e}"))
+        serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(params_error)
     }
 
     /// The state this policy returned last time, decoded from JSON. `None` on

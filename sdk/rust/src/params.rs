@@ -251,7 +251,7 @@ fn normalize(kind: ParameterKind, value: &mut Value) {
 /// `Option` fields.
 pub fn parse<T: DeserializeOwned>(specs: &[ParamSpec], parameters: &str) -> Result<T, String> {
     let map = resolve(specs, parameters)?;
-    serde_json::from_value(Value::Object(map)).map_err(|e| format!("invalid parameters: {e}"))
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(crate::helpers::params_error)
 }
 
 /// Checks a policy's own declarations: names unique, required parameters
@@ -432,7 +432,7 @@ mod tests {
             (r#"{"#, "parameters are not valid JSON"),
             (
                 r#"{"metric":"cpu","target":1,"aggregate":"avg2"}"#,
-                "invalid parameters: unknown aggregate \"avg2\"",
+                "parameter aggregate: unknown aggregate \"avg2\"",
             ),
         ];
         for (json, want) in cases {
