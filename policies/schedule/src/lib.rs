@@ -340,11 +340,16 @@ impl Window {
 
 /// The window in force at `now_ms` (counting `lead`) that asks for the
 /// most replicas, with its occurrence. A window on dates replaces the
-/// weekly ones while it lasts.
+/// weekly ones while it lasts; a window only in its lead (not started yet)
+/// can raise the count, never lower it: a holiday at 2 does not bring the
+/// evening before down an hour early, and the weekly window after the
+/// holiday still starts its lead before the holiday ends.
 pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
+    // The highest of each kind, started or only in its lead.
     let mut dated: Option<(&Window, Occurrence)> = None;
     let mut weekly: Option<(&Window, Occurrence)> = None;
+    let mut leading: Option<(&Window, Occurrence)> = None;
     // A window ends at the latest the day after it starts (yesterday's
     // 22:00-02:00), and begins up to a day (`lead`) before its start: on a
     // 23-hour day that reaches back from the day after tomorrow.
@@ -356,17 +361,25 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
             let Some(occurrence) = window.on(date, &p.timezone) else {
                 continue;
             };
-            let active = (occurrence.start_ms - p.lead.ms()..occurrence.end_ms).contains(&now_ms);
-            let best = match window.days {
-                Days::Dates(_) => &mut dated,
-                Days::Weekdays(_) => &mut weekly,
+            let started = (occurrence.start_ms..occurrence.end_ms).contains(&now_ms);
+            let in_lead = (occurrence.start_ms - p.lead.ms()..occurrence.start_ms).contains(&now_ms);
+            let best = match (started, in_lead, &window.days) {
+                (true, _, Days::Dates(_)) => &mut dated,
+                (true, _, Days::Weekdays(_)) => &mut weekly,
+                (false, true, _) => &mut leading,
+                (false, false, _) => continue,
             };
-            if active && best.is_none_or(|(b, _)| window.replicas > b.replicas) {
+            if best.is_none_or(|(b, _)| window.replicas > b.replicas) {
                 *best = Some((window, occurrence));
             }
         }
     }
-    dated.or(weekly)
+    let started = dated.or(weekly);
+    match (started, leading) {
+        (Some(now), Some(next)) if next.0.replicas > now.0.replicas => Some(next),
+        (None, next) => next,
+        (now, _) => now,
+    }
 }
 
 /// The next window to start (counting `lead`) after `now_ms`, within 400

@@ -123,6 +123,22 @@ fn dates_and_overlaps() {
     assert_eq!(desired("2026-12-23T12:00:00Z", holiday.clone()), 8);
     assert_eq!(desired("2026-12-24T12:00:00Z", holiday), 1);
 
+    // A date's lead can raise the count before it starts, never lower it;
+    // and the weekly window after it still starts its lead in time.
+    let christmas = json!({
+        "windows": "daily 00:00-24:00 10; 2026-12-25 00:00-24:00 2",
+        "lead": "1h",
+    });
+    assert_eq!(desired("2026-12-24T23:30:00Z", christmas.clone()), 10);
+    assert_eq!(desired("2026-12-25T12:00:00Z", christmas.clone()), 2);
+    assert_eq!(desired("2026-12-25T23:30:00Z", christmas.clone()), 10);
+    let sale = json!({
+        "windows": "daily 00:00-24:00 2; 2026-11-27 00:00-24:00 30",
+        "lead": "1h",
+    });
+    assert_eq!(desired("2026-11-26T23:30:00Z", sale.clone()), 30);
+    assert_eq!(desired("2026-11-26T22:30:00Z", sale), 2);
+
     // Past its last date, a date-only schedule says so.
     let once = json!({ "windows": "2026-11-27 00:00-24:00 30" });
     let d = decide(&ctx(at("2026-12-01T00:00:00Z"), 3, once)).unwrap();
