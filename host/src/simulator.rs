@@ -120,7 +120,8 @@ pub enum Metric {
     InFlight,
     /// `queue_depth`: requests waiting for a replica.
     QueueDepth,
-    /// `p95_latency_ms`: p95 request latency, ms.
+    /// `p95_latency_ms`: request latency, ms, as a queueing model's mean
+    /// time in the service (a lower bound for a real p95 under load).
     P95LatencyMs,
     /// `replicas`: replicas asked for.
     Replicas,
