@@ -497,6 +497,17 @@ async fn a_missing_metric_blocks_scale_in_but_not_scale_out() {
     assert_eq!(first[0].metric_errors.len(), 1);
     assert_eq!(first[0].metric_errors[0].metric, "db_latency");
     assert_eq!(first[0].metric_errors[0].kind, "unreachable");
+    // The API's status of the scaler names the metric with its source.
+    let handles = h.daemon.telemetry().scalers().load_full();
+    let status = handles[first[0].scaler.as_str()].status.load_full();
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.starts_with("metric db_latency (source simulator): ")),
+        "{:?}",
+        status.problems
+    );
 
     // The load falls to 200 at 1m; target tracking wants 4, but with the
     // db metric missing the count holds.

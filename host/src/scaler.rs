@@ -914,7 +914,16 @@ impl Scaler {
         let mut problems: Vec<String> = record
             .metric_errors
             .iter()
-            .map(|f| format!("metric {}: {}", f.metric, f.error))
+            .map(|f| {
+                // Named with its source: "metric rps (source prom): HTTP 503".
+                match self.spec.metrics.iter().find(|m| m.name == f.metric) {
+                    Some(m) => format!(
+                        "metric {} (source {}): {}",
+                        f.metric, m.source_name, f.error
+                    ),
+                    None => format!("metric {}: {}", f.metric, f.error),
+                }
+            })
             .collect();
         let snapshot = self.services.registry.snapshot();
         let policies = self
