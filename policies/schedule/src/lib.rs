@@ -362,7 +362,8 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
                 continue;
             };
             let started = (occurrence.start_ms..occurrence.end_ms).contains(&now_ms);
-            let in_lead = (occurrence.start_ms - p.lead.ms()..occurrence.start_ms).contains(&now_ms);
+            let in_lead =
+                (occurrence.start_ms - p.lead.ms()..occurrence.start_ms).contains(&now_ms);
             let best = match (started, in_lead, &window.days) {
                 (true, _, Days::Dates(_)) => &mut dated,
                 (true, _, Days::Weekdays(_)) => &mut weekly,
