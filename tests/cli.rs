@@ -421,7 +421,7 @@ fn eval_against_a_record_reports_a_different_answer_or_module() {
     let mut other_module = good.clone();
     other_module.digest = Some("0".repeat(64).into());
     let file = write_json(dir.path(), "module.json", &other_module);
-    let (code, out, _) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
+    let (code, out, err) = cli(&["eval", artifacts::BENCH_HPA, "--context", &file]);
     assert_eq!(code, 1);
     let replay: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -430,6 +430,14 @@ fn eval_against_a_record_reports_a_different_answer_or_module() {
             replay["digest_matches"].clone()
         ),
         (json!(true), json!(false))
+    );
+    // Both digests named, so the module that ran then can be found.
+    let now = &replay["digest"].as_str().unwrap()[..12];
+    assert!(
+        err.contains(&format!(
+            "the module digest {now} DIFFERS FROM the recorded one, 000000000000"
+        )),
+        "{err}"
     );
 
     // --params would change the recorded context: refused.

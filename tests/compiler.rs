@@ -235,6 +235,28 @@ fn a_compiler_that_hangs_is_stopped_at_its_timeout() {
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
+/// A module the instance pool refuses (its memory starts above
+/// `max_memory`) is the module's fault: refused in the operator's words,
+/// not compiled again in the daemon's process.
+#[test]
+fn a_module_the_pool_refuses_is_not_compiled_again_here() {
+    let _serial = serial();
+    let limits = RuntimeLimits {
+        max_memory: bytesize::ByteSize::mib(1),
+        ..RuntimeLimits::default()
+    };
+    let rt = runtime(Compiler::process(scalewise_bin()), limits);
+    let (err, warnings) = warnings_of(|| rt.load_file(Path::new(artifacts::FAULTS)).unwrap_err());
+    assert!(
+        err.to_string().contains("the module's memory starts at "),
+        "{err}"
+    );
+    assert!(
+        !warnings.contains("compiling the policy module in the daemon"),
+        "{warnings}"
+    );
+}
+
 #[test]
 fn code_the_engine_refuses_or_no_program_falls_back_to_compiling_here() {
     let _serial = serial();

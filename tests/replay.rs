@@ -162,6 +162,23 @@ async fn the_same_module_and_parameters_answer_the_same_everywhere() {
     assert!(!err.contains("higher") && !err.contains("lower"), "{err}");
 }
 
+/// A range that ends before it starts is an error naming both ends; a
+/// limit the range exceeds is warned about (older ticks not replayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backwards_range_is_refused_and_a_short_limit_warned_about() {
+    let journal = journal().await;
+    let (code, _, err) = replay(journal, &["--since", "2000", "--until", "1000"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--since 1970-01-01T00:00:02.000Z is not before --until"),
+        "{err}"
+    );
+    let (code, _, err) = replay(journal, &["--limit", "3"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: only the newest 3 ticks"), "{err}");
+    assert!(err.contains("replayed 3 evaluations"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_parameters_show_where_and_which_way_they_decide_differently() {
     let journal = journal().await.to_str().unwrap().to_owned();

@@ -167,6 +167,43 @@ fn memory_and_stack_limits_are_the_configured_ones() {
     module.evaluate(&fault("ok")).unwrap();
 }
 
+/// The largest Wasm stack the config allows, on a thread with the stack
+/// the daemon's evaluating threads have and on a default 2 MiB one (the
+/// test harness's): a recursing policy traps as a stack overflow, it never
+/// reaches the thread's guard page (which aborts the process).
+#[test]
+fn the_largest_wasm_stack_traps_on_the_threads_that_evaluate() {
+    let rt = Runtime::new(RuntimeLimits {
+        max_wasm_stack: ByteSize::b(scalewise::runtime::MAX_WASM_STACK),
+        timeout: Duration::from_secs(30),
+        ..RuntimeLimits::default()
+    })
+    .unwrap();
+    let module = rt.load_file(Path::new(artifacts::FAULTS)).unwrap();
+    for stack in [scalewise::runtime::THREAD_STACK, 2 * 1024 * 1024] {
+        let module = module.clone();
+        let kind = std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || module.evaluate(&fault("recurse")).unwrap_err().kind)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            kind,
+            EvalErrorKind::StackOverflow,
+            "on a {stack}-byte stack"
+        );
+    }
+    // Above it, refused.
+    assert!(
+        Runtime::new(RuntimeLimits {
+            max_wasm_stack: ByteSize::b(scalewise::runtime::MAX_WASM_STACK + 1),
+            ..RuntimeLimits::default()
+        })
+        .is_err()
+    );
+}
+
 #[test]
 fn a_sleeping_policy_does_not_block_the_host() {
     let module = load(artifacts::FAULTS);

@@ -846,4 +846,27 @@ fn journal_explain_says_in_words_what_a_record_holds() {
         err.contains("no record of a scaler named \"wrker\""),
         "{err}"
     );
+
+    // Through the daemon's config, from a shell that has none of its
+    // secrets and not its policy folder: only the journal's path is read.
+    let config = dir.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy_dir = \"/nonexistent/policies\"\n\n[journal]\npath = {journal:?}\n\n\
+             [sources.prom]\nkind = \"prometheus\"\nurl = \"http://prometheus:9090\"\n\
+             bearer_token = {{ env = \"SCALEWISE_TEST_UNSET_TOKEN\" }}\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&[
+        "journal",
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--scaler",
+        "worker",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("record "), "{out}");
 }

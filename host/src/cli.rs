@@ -871,16 +871,25 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             }
             writeln!(
                 err,
-                "replay: the answer {} the record; the module digest {} the recorded one",
+                "replay: the answer {} the record; the module digest {}",
                 if replay.outcome_matches {
                     "matches"
                 } else {
                     "DIFFERS FROM"
                 },
                 if replay.digest_matches {
-                    "matches"
+                    "matches the recorded one".to_owned()
                 } else {
-                    "DIFFERS FROM"
+                    // Both named, so the module that ran then can be found.
+                    let short = |d: &str| d.get(..12).unwrap_or(d).to_owned();
+                    match &replay.recorded_digest {
+                        Some(then) => format!(
+                            "{} DIFFERS FROM the recorded one, {}",
+                            short(&replay.digest),
+                            short(then)
+                        ),
+                        None => format!("{} has none recorded to match", short(&replay.digest)),
+                    }
                 },
             )?;
             Ok(if replay.matches() { 0 } else { 1 })

@@ -97,15 +97,32 @@ pub fn parse_time_ms(text: &str) -> Result<i64, String> {
         })
 }
 
-/// A time in ms since the Unix epoch, as RFC 3339 (UTC, milliseconds).
+/// A time in ms since the Unix epoch, as RFC 3339 (UTC, milliseconds). A
+/// time no calendar date can name (hundreds of millennia away: a number
+/// typed wrong) reads as the number it is, never a panic.
 pub fn format_ms(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string()
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(time) => time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => format!("{ms} ms since the epoch"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_time_formats_without_a_panic() {
+        assert_eq!(format_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
+        // Past year 9999 (humantime's limit, where formatting used to panic).
+        assert_eq!(format_ms(300_000_000_000_000), "+11476-08-15T05:20:00.000Z");
+        assert_eq!(
+            format_ms(i64::MAX),
+            format!("{} ms since the epoch", i64::MAX)
+        );
+        assert_eq!(format_ms(-1_000), "1969-12-31T23:59:59.000Z");
+    }
 
     #[test]
     fn times_parse_as_ms_or_rfc3339() {

@@ -304,6 +304,18 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Reads and parses the config file at `path` with its types checked
+    /// but nothing else: for the tools that read one or two settings of a
+    /// daemon's config (the journal's path, the API's address) from a
+    /// shell that lacks the daemon's secrets, files or folders.
+    pub fn load_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse_unvalidated(&text, path)
+    }
+
     /// [`Config::load`] with `policy_dir`, when given, in place of the
     /// file's, put there before validation: the file's folder need not
     /// exist where the config is checked or backtested.

@@ -122,17 +122,30 @@ pub const FAILS_ON_LIVE_CONTEXT: &str = "fails_on_live_context";
 /// returns itself is its own business (a new version may mean to refuse
 /// what the old accepted). The call is an ordinary evaluation: a fresh
 /// instance under the runtime's limits, nothing kept.
-fn trial(module: &PolicyModule, samples: &[Arc<Context>]) -> Result<(), String> {
+/// The error says whether the refusal is worth remembering across restarts
+/// (`true`): a trap, a memory or stack overflow, fuel run out or a decision
+/// the contract forbids are the version's own, while a wall-clock timeout
+/// or an instance the pool could not give may be the host's load at the
+/// time, and a restart tries again.
+fn trial(module: &PolicyModule, samples: &[Arc<Context>]) -> Result<(), (String, bool)> {
     for sample in samples {
         match module.evaluate(sample) {
             Err(err) if err.kind.is_fault() => {
-                return Err(format!(
-                    "this version fails ({}) on a context an earlier version decided (scaler \
+                let lasting = !matches!(
+                    err.kind,
+                    crate::runtime::EvalErrorKind::Timeout
+                        | crate::runtime::EvalErrorKind::Instantiate
+                );
+                return Err((
+                    format!(
+                        "this version fails ({}) on a context an earlier version decided (scaler \
                      {:?} at {}), so it is not loaded: {}",
-                    err.kind.as_str(),
-                    sample.scaler,
-                    crate::clock::format_ms(sample.now_ms),
-                    err.message
+                        err.kind.as_str(),
+                        sample.scaler,
+                        crate::clock::format_ms(sample.now_ms),
+                        err.message
+                    ),
+                    lasting,
                 ));
             }
             _ => {}
@@ -477,7 +490,7 @@ impl Registry {
         } else {
             match trial(&module, &contexts) {
                 Ok(_) => forget_refusal(&self.runtime, digest),
-                Err(error) => {
+                Err((error, lasting)) => {
                     let failure = LoadFailure {
                         path: path.to_path_buf(),
                         kind: FAILS_ON_LIVE_CONTEXT,
@@ -486,7 +499,9 @@ impl Registry {
                         digest: Some(digest.to_owned()),
                         refused_info: None,
                     };
-                    remember_refusal(&self.runtime, digest, &failure);
+                    if lasting {
+                        remember_refusal(&self.runtime, digest, &failure);
+                    }
                     return Err(failure);
                 }
             }
@@ -891,25 +906,43 @@ fn load_all(
     while rest.peek().is_some() {
         parts.push(rest.by_ref().take(chunk).collect());
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| {
-                s.spawn(move || {
-                    part.into_iter()
-                        .map(|c| {
-                            let result = runtime.load(&c.name, &c.bytes);
-                            (c, result)
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let load_part = |part: Vec<Candidate>| {
+        part.into_iter()
+            .map(|c| {
+                let result = runtime.load(&c.name, &c.bytes);
+                (c, result)
             })
-            .collect();
-        handles
+            .collect::<Vec<_>>()
+    };
+    // Each part taken by its thread, or by this one when the thread cannot
+    // start.
+    let parts: Vec<std::sync::Mutex<Option<Vec<Candidate>>>> = parts
+        .into_iter()
+        .map(|p| std::sync::Mutex::new(Some(p)))
+        .collect();
+    let take = |i: usize| {
+        parts[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
+    };
+    std::thread::scope(|s| {
+        let mut started = Vec::new();
+        for i in 0..parts.len() {
+            // describe() runs the policy: on a stack with room for it.
+            let thread = std::thread::Builder::new().stack_size(crate::runtime::THREAD_STACK);
+            started.push(thread.spawn_scoped(s, move || load_part(take(i))));
+        }
+        // In the candidates' order.
+        started
             .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .enumerate()
+            .flat_map(|(i, started)| match started {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => load_part(take(i)),
             })
             .collect()
     })

@@ -287,6 +287,17 @@ impl Runtime {
                             );
                             return Ok((component, precompiled::artifact_of(&file).to_vec()));
                         }
+                        // The module's own fault, not the build's: the
+                        // instance pool's limits refuse it (a memory that
+                        // starts above max_memory, too many tables...), as
+                        // they would refuse the code compiled here, so it is
+                        // refused without compiling in the daemon's process.
+                        Err(precompiled::DecodeError::Refused(why))
+                            if why.contains("exceed")
+                                || why.contains("more than the memory limit") =>
+                        {
+                            return Err(LoadError::Compile(why));
+                        }
                         Err(err) => tracing::warn!(
                             module = %name,
                             program = %program.display(),
@@ -813,9 +824,19 @@ fn host_provides(import: &str) -> bool {
     version.starts_with("0.2.") && WASI.iter().any(|p| interface.starts_with(p))
 }
 
-/// The largest `max_wasm_stack`: wasmtime runs each call on a stack of its
-/// own (`async_stack_size`, 2 MiB), which the Wasm stack must fit in.
-pub const MAX_WASM_STACK: u64 = 2 * 1024 * 1024;
+/// The largest `max_wasm_stack`. Calls are synchronous: a policy runs on
+/// the stack of the thread that calls it, below what that thread has used
+/// already, and the host functions it calls run below it. A Wasm stack as
+/// large as the thread's would run into the guard page, where a recursing
+/// guest aborts the process instead of trapping; the threads that evaluate
+/// get [`THREAD_STACK`], well above this.
+pub const MAX_WASM_STACK: u64 = 1024 * 1024;
+
+/// The stack of every thread the daemon evaluates policies on (the async
+/// runtime's workers and blocking threads, the loader's threads): the
+/// largest Wasm stack and room for the host's frames above and below it.
+/// Address space only: pages are used as they are touched.
+pub const THREAD_STACK: usize = 4 * 1024 * 1024;
 
 fn check_limits(limits: &RuntimeLimits) -> Result<(), RuntimeError> {
     let problem = if limits.timeout.is_zero() {
@@ -827,7 +848,7 @@ fn check_limits(limits: &RuntimeLimits) -> Result<(), RuntimeError> {
     } else if limits.max_wasm_stack.as_u64() < 16 * 1024 {
         Some("max_wasm_stack must be at least 16 KiB")
     } else if limits.max_wasm_stack.as_u64() > MAX_WASM_STACK {
-        Some("max_wasm_stack must be at most 2 MiB (the stack wasmtime runs a policy on)")
+        Some("max_wasm_stack must be at most 1 MiB (it shares the stack of the thread it runs on)")
     } else {
         None
     };

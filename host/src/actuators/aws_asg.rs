@@ -22,13 +22,13 @@
 //! not from the desired capacity, which launches that fail leave above them;
 //! a count outside the group's MinSize and MaxSize, a desired capacity that
 //! changed since the tick read it, and a group that weighs its instances are
-//! refused before anything is drained ([`plan`]).
+//! refused before anything is drained.
 //!
 //! While victims drain, [`Actuator::observe`] reports the change in flight
 //! and advances it, so the control loop starts no other change
 //! ([`Actuator::observe_only`], for a paused or dry-run scaler, does not
 //! advance it). A termination AWS refuses as invalid, or one still failing
-//! [`TERMINATE_GRACE`] after `drain_timeout`, gives its victim up: protected
+//! 5 minutes after `drain_timeout`, gives its victim up: protected
 //! again, it stays in service. The desired
 //! capacity drops only when a victim is terminated: a daemon restarted in the
 //! middle of a drain finds the group as it was (the victims still in service

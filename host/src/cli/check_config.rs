@@ -171,6 +171,7 @@ fn tick_once(
     // lease nor waits for it.
     config.leader_election = None;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(crate::runtime::THREAD_STACK)
         .worker_threads(2)
         .enable_all()
         .build()?;

@@ -96,7 +96,9 @@ type Target = (String, Option<String>, Option<PathBuf>);
 /// [`Target`] from the flags.
 fn target(args: &ApiArgs) -> Result<Target, String> {
     if let Some(path) = &args.config {
-        let config = Config::load(path).map_err(|e| e.to_string())?;
+        // Only the API's settings are read (and its token resolved): the
+        // daemon's other secrets and folders need not be readable here.
+        let config = Config::load_unvalidated(path).map_err(|e| e.to_string())?;
         let token = match &config.api.token {
             Some(secret) => Some(secret.resolve().map_err(|e| format!("api.token: {e}"))?),
             None => None,

@@ -49,8 +49,10 @@ enum Verdict {
     FailsNow,
     /// Decides where the recording failed.
     DecidesNow,
-    /// Both failed.
+    /// Both failed, the same way (the same kind of failure).
     BothFail,
+    /// Both failed, differently (ran out of fuel then, traps now).
+    FailsDifferently,
 }
 
 impl Verdict {
@@ -62,6 +64,7 @@ impl Verdict {
             Verdict::FailsNow => "fails-now",
             Verdict::DecidesNow => "decides-now",
             Verdict::BothFail => "both-fail",
+            Verdict::FailsDifferently => "fails-differently",
         }
     }
 }
@@ -93,7 +96,13 @@ fn verdict(recorded: &EvaluationOutcome, replayed: &EvaluationOutcome, current: 
         (Some(_), Some(_)) => Verdict::Same,
         (Some(_), None) => Verdict::FailsNow,
         (None, Some(_)) => Verdict::DecidesNow,
-        (None, None) => Verdict::BothFail,
+        (None, None) => match (recorded, replayed) {
+            (
+                EvaluationOutcome::Failed { kind: then, .. },
+                EvaluationOutcome::Failed { kind: now, .. },
+            ) if then != now => Verdict::FailsDifferently,
+            _ => Verdict::BothFail,
+        },
     }
 }
 
@@ -157,6 +166,15 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         .clone()
         .unwrap_or_else(|| module.name().to_string());
 
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && since >= until
+    {
+        return Err(format!(
+            "--since {} is not before --until {}",
+            format_ms(since),
+            format_ms(until)
+        ));
+    }
     let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
     let mut records = journal
         .query_blocking(&Query {
@@ -166,6 +184,17 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             limit: args.limit,
         })
         .map_err(|e| e.to_string())?;
+    if records.len() >= args.limit {
+        // The newest `limit` ticks (of every scaler and policy) were read:
+        // older evaluations in the range are not replayed.
+        writeln!(
+            err,
+            "warning: only the newest {} ticks of the range were read (--limit); older ones are \
+             not replayed: narrow it with --since, --until or --scaler, or raise --limit",
+            args.limit
+        )
+        .map_err(|e| e.to_string())?;
+    }
     records.sort_by_key(|r| (r.time_ms, r.id));
 
     // Each policy's own state, by scaler and the policy's index there.
@@ -330,5 +359,10 @@ mod tests {
         assert_eq!(verdict(&decided(Some(5)), &failed(), 3), Verdict::FailsNow);
         assert_eq!(verdict(&failed(), &decided(None), 3), Verdict::DecidesNow);
         assert_eq!(verdict(&failed(), &failed(), 3), Verdict::BothFail);
+        let timeout = EvaluationOutcome::Failed {
+            kind: "timeout".into(),
+            error: "slow".into(),
+        };
+        assert_eq!(verdict(&timeout, &failed(), 3), Verdict::FailsDifferently);
     }
 }

@@ -14,6 +14,7 @@ use super::RunArgs;
 /// Runs the daemon (or the demo) until SIGINT/SIGTERM or `--for` elapses.
 pub fn run(args: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(crate::runtime::THREAD_STACK)
         .enable_all()
         .thread_name("scalewise")
         .build()?;

@@ -21,6 +21,7 @@ pub fn simulate(
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(crate::runtime::THREAD_STACK)
         .enable_all()
         .thread_name("scalewise")
         .build()?;

@@ -937,7 +937,7 @@ fn each_problem_is_reported_at_its_place() {
             )],
             "\"3 MiB\"",
             "runtime",
-            "max_wasm_stack (3.0 MiB) must be at most 2 MiB, the stack wasmtime runs a policy on",
+            "max_wasm_stack (3.0 MiB) must be at most 1 MiB (it shares the stack of the thread it runs on)",
         ),
         case(
             "absurd clock speed",

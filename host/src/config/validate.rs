@@ -296,7 +296,7 @@ impl Checker<'_, '_> {
             self.value(
                 &keys!["runtime", "max_wasm_stack"],
                 format!(
-                    "max_wasm_stack ({}) must be at most 2 MiB, the stack wasmtime runs a policy on",
+                    "max_wasm_stack ({}) must be at most 1 MiB (it shares the stack of the thread it runs on)",
                     limits.max_wasm_stack
                 ),
             );

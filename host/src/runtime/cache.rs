@@ -45,8 +45,8 @@ pub enum CacheError {
     /// Others than the host's user can write to the folder.
     #[error(
         "the module cache folder {} can be written by other users (mode {mode:o}); \
-         compiled code in it would run as policy code, so it is not used \
-         (make it owner-only: chmod 700)",
+         compiled code in it would run as policy code, so it is not used (remove it: \
+         files put there meanwhile are not to be trusted; it is made again owner-only)",
         path.display()
     )]
     Unsafe {
@@ -54,6 +54,21 @@ pub enum CacheError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The folder (or the link to it) belongs to another user.
+    #[error(
+        "the module cache folder {} belongs to uid {owner}, not to this process's user \
+         (uid {user}); compiled code in it would run as policy code, so it is not used \
+         (point runtime.cache_dir at a folder of this user's)",
+        path.display()
+    )]
+    Foreign {
+        /// The folder.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective user.
+        user: u32,
     },
     /// A cached file could not be read or written.
     #[error("module cache file {}: {source}", path.display())]
@@ -81,6 +96,7 @@ impl CacheError {
         match self {
             CacheError::Folder { .. } => "folder",
             CacheError::Unsafe { .. } => "unsafe_folder",
+            CacheError::Foreign { .. } => "foreign_folder",
             CacheError::Io { .. } => "io",
             CacheError::Unusable { kind, .. } => kind,
         }
@@ -131,8 +147,19 @@ impl ModuleCache {
         digest: &str,
     ) -> Result<Option<Component>, CacheError> {
         let path = self.path_for(digest);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let bytes = match read_own(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                // Not this user's, or writable by others: planted, not ours.
+                let _ = std::fs::remove_file(&path);
+                return Err(CacheError::Unusable {
+                    path,
+                    kind: "foreign",
+                    message: "the file is not this user's alone (another owner, a link, or \
+                              writable by others)"
+                        .into(),
+                });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CacheError::Io { path, source }),
         };
@@ -238,11 +265,25 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 #[cfg(unix)]
 fn check_private(dir: &Path) -> Result<(), CacheError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(dir).map_err(|source| CacheError::Folder {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let user = rustix::process::geteuid().as_raw();
+    let folder_err = |source| CacheError::Folder {
         path: dir.to_path_buf(),
         source,
-    })?;
+    };
+    // The link itself (another user's link in /tmp to a folder of ours
+    // would let them swap it), then what it leads to.
+    let link = std::fs::symlink_metadata(dir).map_err(folder_err)?;
+    let meta = std::fs::metadata(dir).map_err(folder_err)?;
+    for owner in [link.uid(), meta.uid()] {
+        if owner != user && owner != 0 {
+            return Err(CacheError::Foreign {
+                path: dir.to_path_buf(),
+                owner,
+                user,
+            });
+        }
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(CacheError::Unsafe {
@@ -256,6 +297,39 @@ fn check_private(dir: &Path) -> Result<(), CacheError> {
 #[cfg(not(unix))]
 fn check_private(_dir: &Path) -> Result<(), CacheError> {
     Ok(())
+}
+
+/// The bytes of `path` when it is a regular file of this user's that no one
+/// else can write (not followed if it is a link); `None` when it is not.
+#[cfg(unix)]
+fn read_own(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let mut file = match std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => file,
+        // A link (ELOOP under O_NOFOLLOW).
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let user = rustix::process::geteuid().as_raw();
+    if !meta.is_file() || meta.uid() != user || meta.mode() & 0o022 != 0 {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+#[cfg(not(unix))]
+fn read_own(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    std::fs::read(path).map(Some)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -345,7 +419,45 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = ModuleCache::open(&dir, &engine(false)).unwrap_err();
         assert_eq!(err.kind(), "unsafe_folder", "{err}");
-        assert!(err.to_string().contains("chmod 700"), "{err}");
+        assert!(err.to_string().contains("remove it"), "{err}");
+    }
+
+    /// Another user's folder (one planted in /tmp before the daemon first
+    /// ran), or a link to ours they own, is refused; a cached file another
+    /// user owns or can write, or a link, is removed, never run.
+    #[cfg(unix)]
+    #[test]
+    fn what_another_user_owns_or_can_write_is_not_trusted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let engine = engine(false);
+        let cache = ModuleCache::open(&root.path().join("cache"), &engine).unwrap();
+        let artifact = engine.precompile_component(EMPTY_COMPONENT).unwrap();
+        cache.put("abc", &artifact).unwrap();
+        let path = cache.path_for("abc");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = cache.get(&engine, "abc").unwrap_err();
+        assert_eq!(err.kind(), "foreign", "{err}");
+        assert!(!path.exists(), "removed");
+
+        cache.put("abc", &artifact).unwrap();
+        let elsewhere = root.path().join("elsewhere.cwasm");
+        std::fs::rename(&path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let err = cache.get(&engine, "abc").unwrap_err();
+        assert_eq!(err.kind(), "foreign", "a link: {err}");
+
+        // Owned by another user: only root can make one here.
+        if rustix::process::geteuid().is_root() {
+            let theirs = root.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let nobody = rustix::process::Uid::from_raw(65534);
+            rustix::fs::chown(&theirs, Some(nobody), None).unwrap();
+            let err = ModuleCache::open(&theirs, &engine).unwrap_err();
+            assert_eq!(err.kind(), "foreign_folder", "{err}");
+            assert!(err.to_string().contains("belongs to uid 65534"), "{err}");
+        }
     }
 
     #[cfg(unix)]
