@@ -602,10 +602,11 @@ enum Plan {
     /// Set the desired capacity: a scale-out, or a scale-in that only lowers
     /// what the group has not reached (launches failing, capacity short).
     SetDesired,
-    /// Remove these instances (id, zone), after lowering the desired
-    /// capacity to the count that runs when it is above it.
+    /// Remove these instances (id, zone), after setting the desired
+    /// capacity to the count that runs when it is not that (each
+    /// termination lowers it by one, so they must start from there).
     Remove {
-        lower_to: Option<u32>,
+        first_set_to: Option<u32>,
         victims: Vec<(String, String)>,
     },
 }
@@ -613,7 +614,10 @@ enum Plan {
 /// What taking `group` to `desired` takes. Victims are counted from the
 /// instances that run (pending or in service), not from the desired
 /// capacity: a group asking for 10 and running 5 goes to 6 by removing
-/// none, and to 3 by removing 2.
+/// none, and to 3 by removing 2; one whose desired capacity someone lowered
+/// to 3 below the 5 its protected instances keep running goes to 4 by
+/// removing one (setting the desired capacity alone would leave AWS to pick
+/// an undrained victim, or with protection none at all).
 fn plan(
     group: &AutoScalingGroup,
     desired: u32,
@@ -621,7 +625,7 @@ fn plan(
 ) -> Result<Plan, ActuatorError> {
     let now = desired_of(group);
     let live = live_count(group);
-    if desired >= now || desired >= live {
+    if desired >= live {
         return Ok(Plan::SetDesired);
     }
     let victims = choose_victims(group, live - desired, skip_protected);
@@ -638,7 +642,7 @@ fn plan(
         )));
     }
     Ok(Plan::Remove {
-        lower_to: (now > live).then_some(live),
+        first_set_to: (now != live).then_some(live),
         victims,
     })
 }
@@ -819,7 +823,8 @@ impl Actuator for AwsAsgActuator {
             Some(p) => format!("{detail}; {p}"),
             None => detail,
         };
-        let (lower_to, victims) = match plan(&group, desired, !self.settings.protect_instances)? {
+        let (first_set_to, victims) = match plan(&group, desired, !self.settings.protect_instances)?
+        {
             Plan::SetDesired => {
                 self.set_desired(desired).await?;
                 return Ok(Actuation::Done {
@@ -828,12 +833,16 @@ impl Actuator for AwsAsgActuator {
                     )),
                 });
             }
-            Plan::Remove { lower_to, victims } => (lower_to, victims),
+            Plan::Remove {
+                first_set_to,
+                victims,
+            } => (first_set_to, victims),
         };
-        let live = lower_to.unwrap_or(now);
-        if let Some(live) = lower_to {
+        let live = first_set_to.unwrap_or(now);
+        if let Some(live) = first_set_to {
             // Each termination lowers the desired capacity by one: from the
-            // count that runs, so that they end at `desired`.
+            // count that runs, so that they end at `desired` (no launch: as
+            // many run).
             self.set_desired(live).await?;
         }
         let mut scale_in = ScaleIn {
@@ -959,16 +968,38 @@ mod tests {
         g.desired_capacity = Some(10);
         assert_eq!(plan(&g, 6, false).unwrap(), Plan::SetDesired);
         // To 3 removes two, after lowering the desired capacity to the 5.
-        let Plan::Remove { lower_to, victims } = plan(&g, 3, false).unwrap() else {
+        let Plan::Remove {
+            first_set_to,
+            victims,
+        } = plan(&g, 3, false).unwrap()
+        else {
             panic!("a scale-in below what runs removes instances")
         };
-        assert_eq!((lower_to, victims.len()), (Some(5), 2));
+        assert_eq!((first_set_to, victims.len()), (Some(5), 2));
+        // Someone lowered it to 3 below the 5 protected ones running: to 2
+        // removes three, to 4 one, each from the count that runs.
+        g.desired_capacity = Some(3);
+        for (to, removed) in [(2, 3), (4, 1)] {
+            let Plan::Remove {
+                first_set_to,
+                victims,
+            } = plan(&g, to, false).unwrap()
+            else {
+                panic!("to {to}")
+            };
+            assert_eq!((first_set_to, victims.len()), (Some(5), removed), "to {to}");
+        }
+        assert_eq!(plan(&g, 5, false).unwrap(), Plan::SetDesired);
         // Asking for what runs: no lowering first.
         let g = group(running(4));
-        let Plan::Remove { lower_to, victims } = plan(&g, 3, false).unwrap() else {
+        let Plan::Remove {
+            first_set_to,
+            victims,
+        } = plan(&g, 3, false).unwrap()
+        else {
             panic!()
         };
-        assert_eq!((lower_to, victims.len()), (None, 1));
+        assert_eq!((first_set_to, victims.len()), (None, 1));
         // Terminating and standby instances do not run.
         let mut with_leaving = running(3);
         with_leaving.push(instance("i-9", "a", LifecycleState::Terminating, "Healthy"));
