@@ -397,3 +397,39 @@ async fn a_dead_webhook_does_not_hold_up_the_others() {
     let text = bodies[0]["text"].as_str().unwrap();
     assert!(text.contains("load &lt;!channel&gt; &amp; more"), "{text}");
 }
+
+/// An actuator that refuses at every tick is told once, not every 15 s:
+/// the same failure again is not told until a change goes through (the
+/// target's own Events work the same way).
+#[tokio::test]
+async fn the_same_failure_at_every_tick_is_told_once() {
+    let failures = RecordingServer::start(ok()).await.unwrap();
+    let policies = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let notifications = format!(
+        "[[notifications]]\nurl = \"{}/failures\"\nevents = [\"failed\"]\n",
+        failures.url()
+    );
+    let text = config(
+        policies.path(),
+        &dir.path().join("journal.db"),
+        &notifications,
+    );
+    let mut h = Harness::from_text(&text, &dir.path().join("notify.toml"), T0).await;
+    h.daemon
+        .simulation()
+        .service("api")
+        .unwrap()
+        .lock()
+        .set_actuator_fault(Some(ActuatorFault::ScaleFails));
+    let records = h.run_until(T0 + 45_000).await;
+    let failed = records
+        .iter()
+        .filter(|r| r.scaler == "api" && r.is_scale())
+        .count();
+    assert_eq!(failed, 4, "api tried at every tick: {records:#?}");
+    let told = failures.json_bodies(1).await;
+    assert_eq!(told[0]["scaler"], "api");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(failures.bodies().len(), 1, "{:?}", failures.bodies());
+}

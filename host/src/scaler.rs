@@ -209,6 +209,10 @@ pub struct Scaler {
     /// The leadership term this scaler last ticked in (see
     /// [`Leadership::term`](crate::leader::Leadership::term)).
     term: u64,
+    /// The failure last told to the webhooks: the same failure again (an
+    /// actuator refusing at every tick) is told once, until a change goes
+    /// through or the failure changes, as the target's own Events are.
+    told_failure: Option<String>,
 }
 
 /// The log target of the line each change of replicas gets (and each one a
@@ -296,6 +300,7 @@ impl Scaler {
             policy_states,
             ticks: 0,
             term: 0,
+            told_failure: None,
         }
     }
 
@@ -867,7 +872,9 @@ impl Scaler {
         };
         // The outcome and, when a webhook wants to hear of it, the change
         // to tell it of: in one transaction, so a crash loses neither.
-        let notifier = self.services.notifier.as_ref();
+        let repeat = announcement.error.is_some() && announcement.error == self.told_failure;
+        self.told_failure = announcement.error.clone();
+        let notifier = self.services.notifier.as_ref().filter(|_| !repeat);
         let owe = notifier
             .filter(|n| n.wants(&announcement))
             .map(|_| &announcement);

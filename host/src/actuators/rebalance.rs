@@ -463,43 +463,19 @@ impl Actuator for RebalanceActuator {
                 plan: Some(plan),
             });
         }
-        let mut in_flight = None;
-        if let Some(change) = guard.as_mut() {
-            if self.advance(change, &cluster).await? {
-                *guard = None;
-                cluster = self.cluster().await?;
-            } else {
-                in_flight = Some(InFlight {
-                    desired: change.desired,
-                    since_ms: change.since_ms,
-                    detail: detail(change, &cluster),
-                });
-            }
+        if let Some(change) = guard.as_mut()
+            && self.advance(change, &cluster).await?
+        {
+            *guard = None;
+            cluster = self.cluster().await?;
         }
-        let ready = cluster.workers.iter().filter(|w| w.ready).count();
-        Ok(Observed {
-            current: cluster.workers.len() as u32,
-            ready: ready as u32,
-            in_flight,
-            facts: cluster.facts(),
-        })
+        Ok(observed(&cluster, guard.as_ref()))
     }
 
     async fn observe_only(&self, _now_ms: i64) -> Result<Observed, ActuatorError> {
         let guard = self.change.lock().await;
         let cluster = self.cluster().await?;
-        let in_flight = guard.as_ref().map(|change| InFlight {
-            desired: change.desired,
-            since_ms: change.since_ms,
-            detail: detail(change, &cluster),
-        });
-        let ready = cluster.workers.iter().filter(|w| w.ready).count();
-        Ok(Observed {
-            current: cluster.workers.len() as u32,
-            ready: ready as u32,
-            in_flight,
-            facts: cluster.facts(),
-        })
+        Ok(observed(&cluster, guard.as_ref()))
     }
 
     async fn forget_in_flight(&self) {
@@ -592,6 +568,21 @@ impl Actuator for RebalanceActuator {
         }
         *guard = Some(change);
         Ok(Actuation::Started { detail: started })
+    }
+}
+
+/// The workers as `cluster` has them, with `change` in flight.
+fn observed(cluster: &Cluster, change: Option<&Change>) -> Observed {
+    let ready = cluster.workers.iter().filter(|w| w.ready).count();
+    Observed {
+        current: cluster.workers.len() as u32,
+        ready: ready as u32,
+        in_flight: change.map(|change| InFlight {
+            desired: change.desired,
+            since_ms: change.since_ms,
+            detail: detail(change, cluster),
+        }),
+        facts: cluster.facts(),
     }
 }
 
