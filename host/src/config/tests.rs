@@ -2062,6 +2062,12 @@ fn a_rebalance_target_is_checked_at_its_place() {
             "\"0s\"",
             "timeout (0s) must be at least 1s",
         ),
+        (
+            "endpoint = \"http://coordinator.jobs:8080/api\"",
+            "endpoint = \"http://coordinator.jobs:8080/api\"\ntimeout = \"20s\"",
+            "\"20s\"",
+            "timeout (20s) must be at least twice the scaler's interval (15s)",
+        ),
     ];
     assert_refused_at(dir.path(), &text, AT, &cases);
     let second = second_scaler(&text).replace("8080/api\"", "8080/api/\"");

@@ -740,7 +740,9 @@ impl Checker<'_, '_> {
             }
             match target {
                 TargetConfig::AwsAsg(asg) => self.aws_asg(i, asg, env),
-                TargetConfig::Rebalance(workers) => self.rebalance(i, workers, env),
+                TargetConfig::Rebalance(workers) => {
+                    self.rebalance(i, workers, scaler.interval, env)
+                }
                 TargetConfig::Kubernetes(k8s) => self.kubernetes(i, k8s),
                 TargetConfig::Simulator { .. } => {}
             }
@@ -863,7 +865,13 @@ impl Checker<'_, '_> {
         }
     }
 
-    fn rebalance(&mut self, i: usize, workers: &RebalanceTarget, env: EnvLookup<'_>) {
+    fn rebalance(
+        &mut self,
+        i: usize,
+        workers: &RebalanceTarget,
+        interval: Duration,
+        env: EnvLookup<'_>,
+    ) {
         let at = |field: &str| keys!["scalers", i, "target", field];
         self.http_url(&at("endpoint"), "endpoint", &workers.endpoint);
         self.http_auth(
@@ -876,6 +884,18 @@ impl Checker<'_, '_> {
             self.value(
                 &at("timeout"),
                 format!("timeout ({}) must be at least 1s", show(workers.timeout)),
+            );
+        } else if workers.timeout < interval * 2 {
+            // A change is looked at once a tick: a shorter timeout gives a
+            // scale-out up before a new worker could be seen ready.
+            self.value(
+                &at("timeout"),
+                format!(
+                    "timeout ({}) must be at least twice the scaler's interval ({}): a change \
+                     is looked at once a tick",
+                    show(workers.timeout),
+                    show(interval)
+                ),
             );
         }
     }
