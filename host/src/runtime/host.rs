@@ -36,6 +36,8 @@ const MAX_INSTANCES: usize = 64;
 const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 8;
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// WASI handles a policy may hold at once.
+const MAX_RESOURCES: usize = 4096;
 
 /// The per-Store state of one evaluation (or of the `describe()` call at load).
 pub(crate) struct HostState {
@@ -56,7 +58,14 @@ impl HostState {
     pub(crate) fn new(module: Arc<str>, scaler: &str, now_ms: i64, max_memory: usize) -> Self {
         HostState {
             wasi: None,
-            table: ResourceTable::new(),
+            table: {
+                // WASI handles (streams, pollables) a policy holds at once:
+                // plenty for any, and a bound on the host memory a guest
+                // can pin with them (wasmtime's default is a million).
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             limiter: Limiter {
                 max_memory,
                 denied: None,
