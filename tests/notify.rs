@@ -21,6 +21,20 @@ fn ok() -> Canned {
     }
 }
 
+/// The stepped daemon of [`config`] in `dir`, whose `api` service refuses
+/// every change.
+async fn failing_api(policies: &Path, dir: &Path, notifications: &str) -> Harness {
+    let text = config(policies, &dir.join("journal.db"), notifications);
+    let h = Harness::from_text(&text, &dir.join("notify.toml"), T0).await;
+    h.daemon
+        .simulation()
+        .service("api")
+        .unwrap()
+        .lock()
+        .set_actuator_fault(Some(ActuatorFault::ScaleFails));
+    h
+}
+
 /// Two simulated services, `web` asked to go 2 → 4 and `api` 2 → 3, and
 /// the given `[[notifications]]`.
 fn config(policies: &Path, journal: &Path, notifications: &str) -> String {
@@ -105,18 +119,7 @@ scalers = ["web"]
     );
     std::fs::write(dir.path().join("token"), "h00k\n").unwrap();
     std::fs::write(dir.path().join("genie"), "GenieKey s3cret\n").unwrap();
-    let text = config(
-        policies.path(),
-        &dir.path().join("journal.db"),
-        &notifications,
-    );
-    let mut h = Harness::from_text(&text, &dir.path().join("notify.toml"), T0).await;
-    h.daemon
-        .simulation()
-        .service("api")
-        .unwrap()
-        .lock()
-        .set_actuator_fault(Some(ActuatorFault::ScaleFails));
+    let mut h = failing_api(policies.path(), dir.path(), &notifications).await;
     let records = h.run_until(T0).await;
     assert_eq!(records.len(), 2);
 
@@ -410,18 +413,7 @@ async fn the_same_failure_at_every_tick_is_told_once() {
         "[[notifications]]\nurl = \"{}/failures\"\nevents = [\"failed\"]\n",
         failures.url()
     );
-    let text = config(
-        policies.path(),
-        &dir.path().join("journal.db"),
-        &notifications,
-    );
-    let mut h = Harness::from_text(&text, &dir.path().join("notify.toml"), T0).await;
-    h.daemon
-        .simulation()
-        .service("api")
-        .unwrap()
-        .lock()
-        .set_actuator_fault(Some(ActuatorFault::ScaleFails));
+    let mut h = failing_api(policies.path(), dir.path(), &notifications).await;
     let records = h.run_until(T0 + 45_000).await;
     let failed = records
         .iter()

@@ -297,11 +297,7 @@ pub fn process_env(name: &str) -> Option<String> {
 impl Config {
     /// Reads, parses and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text, path)
+        Config::load_with_policy_dir(path, None)
     }
 
     /// Reads and parses the config file at `path` with its types checked
@@ -323,16 +319,11 @@ impl Config {
         path: &Path,
         policy_dir: Option<&Path>,
     ) -> Result<Config, ConfigError> {
-        let Some(dir) = policy_dir else {
-            return Config::load(path);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config = Config::parse_unvalidated(&text, path)?;
-        let span = config.policy_dir.span();
-        config.policy_dir = Spanned::new(span, dir.to_path_buf());
+        let mut config = Config::load_unvalidated(path)?;
+        if let Some(dir) = policy_dir {
+            let span = config.policy_dir.span();
+            config.policy_dir = Spanned::new(span, dir.to_path_buf());
+        }
         config.validate()?;
         Ok(config)
     }

@@ -914,35 +914,22 @@ fn load_all(
             })
             .collect::<Vec<_>>()
     };
-    // Each part taken by its thread, or by this one when the thread cannot
-    // start.
-    let parts: Vec<std::sync::Mutex<Option<Vec<Candidate>>>> = parts
-        .into_iter()
-        .map(|p| std::sync::Mutex::new(Some(p)))
-        .collect();
-    let take = |i: usize| {
-        parts[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .unwrap_or_default()
-    };
     std::thread::scope(|s| {
-        let mut started = Vec::new();
-        for i in 0..parts.len() {
-            // describe() runs the policy: on a stack with room for it.
-            let thread = std::thread::Builder::new().stack_size(crate::runtime::THREAD_STACK);
-            started.push(thread.spawn_scoped(s, move || load_part(take(i))));
-        }
-        // In the candidates' order.
-        started
+        let handles: Vec<_> = parts
             .into_iter()
-            .enumerate()
-            .flat_map(|(i, started)| match started {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => load_part(take(i)),
+            .map(|part| {
+                // describe() runs the policy: on a stack with room for it.
+                std::thread::Builder::new()
+                    .stack_size(crate::runtime::THREAD_STACK)
+                    .spawn_scoped(s, move || load_part(part))
+                    .expect("a module loader thread starts")
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect()
     })
