@@ -121,7 +121,7 @@ impl Secret {
         }
     }
 
-    /// Reads the secret from the process environment or its file; a file's
+    /// Reads the secret from the process environment or its file; a
     /// trailing newline is removed.
     pub fn resolve(&self) -> Result<String, SecretError> {
         self.resolve_with_env(&process_env)
@@ -138,22 +138,22 @@ impl Secret {
                 return Err(SecretError::BlankPath(path.display().to_string()));
             }
             Secret::File(path) => {
-                let mut value =
-                    std::fs::read_to_string(path).map_err(|source| SecretError::File {
-                        path: path.clone(),
-                        source,
-                    })?;
-                // Files written by `echo` or editors end with a newline that is
-                // not part of the credential.
-                if value.ends_with('\n') {
-                    value.pop();
-                    if value.ends_with('\r') {
-                        value.pop();
-                    }
-                }
-                value
+                std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?
             }
         };
+        // Files written by `echo` or editors end with a newline that is not
+        // part of the credential; so do variables filled from such a file
+        // (a Kubernetes Secret made with `echo` and read by `secretKeyRef`).
+        let mut value = value;
+        if value.ends_with('\n') {
+            value.pop();
+            if value.ends_with('\r') {
+                value.pop();
+            }
+        }
         if value.is_empty() {
             return Err(SecretError::Empty(self.describe()));
         }
@@ -169,6 +169,8 @@ mod tests {
         match name {
             "TOKEN" => Some("s3cr3t".into()),
             "BLANK" => Some(String::new()),
+            "ECHOED" => Some("pw\n".into()),
+            "NEWLINE" => Some("\r\n".into()),
             _ => None,
         }
     }
@@ -185,6 +187,9 @@ mod tests {
             (Secret::Env("TOKEN".into()), Ok("s3cr3t")),
             (Secret::Env("NOPE".into()), Err("env_not_set")),
             (Secret::Env("BLANK".into()), Err("empty")),
+            // A variable filled from a file made with `echo`.
+            (Secret::Env("ECHOED".into()), Ok("pw")),
+            (Secret::Env("NEWLINE".into()), Err("empty")),
             (Secret::File(write("a", "pw\n")), Ok("pw")),
             (Secret::File(write("b", "pw\r\n")), Ok("pw")),
             (Secret::File(write("c", "pw")), Ok("pw")),

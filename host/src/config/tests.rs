@@ -407,6 +407,13 @@ fn each_problem_is_reported_at_its_place() {
             "use only a-z, 0-9",
         ),
         case(
+            "a scaler name a URL path drops",
+            &[("name = \"web\"", "name = \"..\"")],
+            "\"..\"",
+            "scalers[0] \"..\"",
+            "not \".\" or \"..\"",
+        ),
+        case(
             "unknown simulation",
             &[("service = \"web\"", "service = \"db\"")],
             "\"db\"",
@@ -968,7 +975,7 @@ fn each_problem_is_reported_at_its_place() {
             ],
             "\"Web/1\"]",
             "simulations",
-            "simulation name \"Web/1\" must be non-empty and use only a-z, 0-9",
+            "simulation name \"Web/1\" must be non-empty, not \".\" or \"..\", and use only a-z, 0-9",
         ),
         case(
             "a retention shorter than a restart restores",

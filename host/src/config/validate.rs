@@ -123,8 +123,12 @@ fn show(d: Duration) -> humantime::FormattedDuration {
 
 /// Scaler and simulation names: they appear in URLs, metric labels and
 /// `service/metric` queries, so they keep to a safe alphabet.
+/// `.` and `..` are refused: a URL path normalises them away
+/// (`/v1/scalers/../pause`).
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
@@ -620,7 +624,7 @@ impl Checker<'_, '_> {
             self.key(
                 &keys!["simulations", name],
                 format!(
-                    "simulation name {name:?} must be non-empty and use only a-z, 0-9, '-', '_' and '.'"
+                    "simulation name {name:?} must be non-empty, not \".\" or \"..\", and use only a-z, 0-9, '-', '_' and '.'"
                 ),
             );
         }
@@ -701,7 +705,7 @@ impl Checker<'_, '_> {
                 self.value(
                     &keys!["scalers", i, "name"],
                     format!(
-                        "name {name:?} must be non-empty and use only a-z, 0-9, '-', '_' and '.'"
+                        "name {name:?} must be non-empty, not \".\" or \"..\", and use only a-z, 0-9, '-', '_' and '.'"
                     ),
                 );
             } else if let Some(first) = names.insert(name, i) {
