@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use scalewise::clock::wall_clock_ms;
 use scalewise::config::{BasicAuth, HeaderSetting, PrometheusConfig, Secret};
 use scalewise::policy::Point;
-use scalewise::sources::prometheus::PrometheusSource;
+use scalewise::sources::prometheus::{MAX_ANSWER_BYTES, PrometheusSource};
 use scalewise::sources::{MetricError, MetricQuery, Source, check_series};
 use scalewise_tests::prometheus::{Exporter, PrometheusServer};
 use scalewise_tests::stub_http::{
@@ -490,6 +490,22 @@ async fn http_error_statuses_are_reported_with_their_status() {
             .unwrap_err()
             .kind(),
         "http"
+    );
+
+    // An answer too large to hold (a query that forgot its sum() over a
+    // fleet) is not read whole, and says what to do.
+    let huge = RecordingServer::start(Canned {
+        status: 200,
+        content_type: "application/json",
+        body: " ".repeat(MAX_ANSWER_BYTES + 1),
+    })
+    .await
+    .unwrap();
+    let err = fetch_now(&source(&huge.url()), "up").await.unwrap_err();
+    assert_eq!(err.kind(), "query", "{err}");
+    assert!(
+        err.to_string().contains("larger than 8 MiB") && err.to_string().contains("sum(...)"),
+        "{err}"
     );
 
     // The real server, asked under a path prefix it does not serve.

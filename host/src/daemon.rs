@@ -1462,7 +1462,14 @@ fn run_scaler(
             // so that an idle scaler's task does not carry a tick's state.
             // A replica that is not the leader skips its ticks.
             if scaler.may_act() {
-                Box::pin(scaler.tick_on_grid(started, slot_of(started, next))).await;
+                let tick = Box::pin(scaler.tick_on_grid(started, slot_of(started, next)));
+                // A bug that panics a tick must not stop the scaler for good
+                // (unnoticed: its status and gauges would freeze).
+                if let Err(panic) = guarded(tick).await {
+                    scaler.tick_panicked(&panic);
+                }
+            } else {
+                scaler.follow();
             }
             next += interval_ms;
             let now = clock.now_ms();
@@ -1474,6 +1481,21 @@ fn run_scaler(
             }
         }
     }
+}
+
+/// Runs `future`, catching a panic as its message.
+async fn guarded<F: Future>(future: F) -> Result<F::Output, String> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(a panic without a message)".to_owned())
+        })
 }
 
 /// What a scaler's tick phase is derived from: its first query (in sorted
@@ -1811,6 +1833,21 @@ mod tests {
         F: FnOnce(Scaler, Clock, Arc<Telemetry>, Arc<Control>) -> Fut,
     {
         std::mem::size_of::<Fut>()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_tick_is_caught_with_its_message() {
+        assert_eq!(guarded(async { 7 }).await, Ok(7));
+        let name = "web";
+        let caught = guarded(async move {
+            if !name.is_empty() {
+                panic!("index out of bounds in {name}");
+            }
+        })
+        .await;
+        assert_eq!(caught, Err("index out of bounds in web".to_owned()));
+        let caught = guarded(async { std::panic::panic_any(3_u8) }).await;
+        assert_eq!(caught, Err("(a panic without a message)".to_owned()));
     }
 
     #[test]

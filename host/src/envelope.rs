@@ -6,17 +6,21 @@
 //! (each one that changes the number adds an [`EnvelopeStep`]):
 //!
 //! 1. `paused`: a paused scaler holds. `in-flight`: while an actuator is
-//!    still carrying out a change, the scaler holds.
-//! 2. The proposal (`None` = every policy held = the current count).
+//!    still carrying out a change, the scaler holds. `scaled-to-zero`: a
+//!    target scaled to 0 while `min` is above 0 is left there.
+//! 2. `bounds`: a current count outside min/max is brought to the nearest
+//!    bound at once, as upstream HPA does before it looks at metrics -
+//!    whatever the policies said, failed or not.
+//! 3. `policy-failed`: a policy failed this tick, the scaler holds. The
+//!    proposal (`None` = every policy held = the current count);
 //!    `missing-metrics`: if any metric could not be read this tick, no
 //!    scale-in; scale-out on the remaining data is still allowed, as HPA does.
-//! 3. Kubernetes HPA `behavior`, as upstream applies it: a current count
-//!    outside min/max is brought to the nearest bound at once (`bounds`);
-//!    otherwise `stabilization` windows (up: the lowest recommendation in
-//!    the window, down: the highest), `rate-limit` (pods or percent per
-//!    period, from the count at the period's start; select max/min/disabled;
-//!    HPA's defaults when config gives none), then the `bounds`.
-//! 4. `cooldown` (Scalewise's addition): no scale-up within
+//! 4. Kubernetes HPA `behavior`, as upstream applies it: `stabilization`
+//!    windows (up: the lowest recommendation in the window, down: the
+//!    highest), `rate-limit` (pods or percent per period, from the count at
+//!    the period's start; select max/min/disabled; HPA's defaults when
+//!    config gives none), then the `bounds`.
+//! 5. `cooldown` (Scalewise's addition): no scale-up within
 //!    `scale_up.cooldown`, and no scale-down within `scale_down.cooldown`,
 //!    of the last scale event.
 //!
@@ -81,11 +85,11 @@ impl Rule {
         Rule::Paused,
         Rule::InFlight,
         Rule::ScaledToZero,
+        Rule::Bounds,
         Rule::PolicyFailed,
         Rule::MissingMetrics,
         Rule::Stabilization,
         Rule::RateLimit,
-        Rule::Bounds,
         Rule::Cooldown,
     ];
 
@@ -129,6 +133,10 @@ pub struct Input<'a> {
     /// Whether a policy of the scaler failed this tick (error, trap,
     /// timeout, out of memory, invalid answer): the scaler holds.
     pub policy_failed: bool,
+    /// Whether every policy abstained (each failed for want of a metric it
+    /// reads): the tick holds and, like a tick whose metrics failed, keeps
+    /// no recommendation.
+    pub no_votes: bool,
     /// Whether the scaler is paused.
     pub paused: bool,
     /// A change the actuator is still carrying out, if any.
@@ -206,9 +214,12 @@ pub fn apply(state: &mut EnvelopeState, input: &Input<'_>) -> Verdict {
     // current count instead would hold scale-in back for a whole window
     // after every such tick: intermittently missing data would block it for
     // good. Those ticks hold (or go to a bound) without stabilisation.
-    let recommendation =
-        (!(scale_in_blocked || input.policy_failed || out_of_bounds || scaled_to_zero))
-            .then_some(proposed);
+    let recommendation = (!(scale_in_blocked
+        || input.no_votes
+        || input.policy_failed
+        || out_of_bounds
+        || scaled_to_zero))
+        .then_some(proposed);
     let stabilized = hpa::stabilize(
         state.recommendations(),
         now_ms,
@@ -272,22 +283,9 @@ fn steer(
         });
         return;
     }
-    if input.policy_failed {
-        // Never scale on a failed policy's tick, not even back within the
-        // bounds: what the other policies said is incomplete.
-        trail.change(Rule::PolicyFailed, current, || {
-            "a policy failed this tick; holding".to_string()
-        });
-        return;
-    }
-    if trail.value < current && !input.failed_metrics.is_empty() {
-        trail.change(Rule::MissingMetrics, current, || {
-            missing_metrics_reason(input.failed_metrics)
-        });
-    }
-
     // Upstream HPA brings a count outside its bounds straight back, before
-    // and without stabilisation or rate limits.
+    // and without metrics (so whatever the policies said, failed or not),
+    // stabilisation or rate limits: the bounds are the operator's.
     if current > max {
         trail.change(Rule::Bounds, max, || {
             format!("current {current} is above max {max}")
@@ -299,6 +297,19 @@ fn steer(
             format!("current {current} is below min {min}")
         });
         return;
+    }
+    if input.policy_failed {
+        // Never scale on a failed policy's tick otherwise: what the other
+        // policies said is incomplete.
+        trail.change(Rule::PolicyFailed, current, || {
+            "a policy failed this tick; holding".to_string()
+        });
+        return;
+    }
+    if trail.value < current && !input.failed_metrics.is_empty() {
+        trail.change(Rule::MissingMetrics, current, || {
+            missing_metrics_reason(input.failed_metrics)
+        });
     }
 
     let wanted = trail.value;

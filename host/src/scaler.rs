@@ -24,14 +24,14 @@ use crate::clock::format_ms;
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
-    ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState, Query,
-    TickRecord, TickSummary,
+    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure,
+    PolicyState, Query, TickRecord, TickSummary,
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
 use crate::runtime::{EvalErrorKind, EvalUsage, PolicyModule, log_safe};
 use crate::sources::target::TargetHistory;
-use crate::sources::{MetricQuery, Source, check_series};
+use crate::sources::{MetricQuery, Source, check_series, drop_gaps};
 use crate::telemetry::{ModuleLabels, RuleLabels, Telemetry};
 
 /// How far back scale events are given to policies, and history is restored.
@@ -362,6 +362,46 @@ impl Scaler {
         self.services.leadership.is_leading()
     }
 
+    /// Shows in the status that this replica follows: the replica figures
+    /// of its last tick as leader are another replica's to report now (a
+    /// frozen `scalewise_replicas_desired` of a former leader would sit
+    /// beside the leader's own).
+    pub fn follow(&self) {
+        let previous = self.handle.status.load();
+        if previous.current.is_none() && previous.desired.is_none() && previous.facts.is_empty() {
+            return;
+        }
+        self.handle.status.store(Arc::new(ScalerStatus {
+            current: None,
+            ready: None,
+            desired: None,
+            in_flight: None,
+            facts: BTreeMap::new(),
+            problems: Vec::new(),
+            last_decision: Some("following: another replica leads and decides".to_owned()),
+            ..(**previous).clone()
+        }));
+    }
+
+    /// Says that a tick panicked (a bug): in the log, the status and
+    /// `scalewise_tick_panics_total`. The scaler held (whatever the tick
+    /// had not done yet stays undone) and goes on ticking.
+    pub fn tick_panicked(&self, message: &str) {
+        self.services.telemetry.tick_panics.inc();
+        tracing::error!(
+            scaler = %self.spec.name, panic = %log_safe(message),
+            "A tick panicked; the scaler holds and ticks again at its next slot. This is a bug: \
+             please report it with this log."
+        );
+        let previous = self.handle.status.load();
+        let mut problems = previous.problems.clone();
+        problems.push(format!("tick panicked (a bug; see the log): {message}"));
+        self.handle.status.store(Arc::new(ScalerStatus {
+            problems,
+            ..(**previous).clone()
+        }));
+    }
+
     /// The scaler's spec.
     pub fn spec(&self) -> &ScalerSpec {
         &self.spec
@@ -512,9 +552,10 @@ impl Scaler {
 
         let (metrics, metric_errors) = self.fetch_metrics(now_ms).await;
         let (evaluations, abstained) = self.evaluate(now_ms, &target, metrics).await;
-        let (proposal, any_failed) = combine(target.current, &evaluations, &abstained);
+        let combined = combine(target.current, &evaluations, &abstained);
+        let proposal = combined.proposal;
 
-        let verdict = envelope::apply(
+        let mut verdict = envelope::apply(
             &mut self.envelope,
             &envelope::Input {
                 now_ms: slot_ms,
@@ -523,12 +564,24 @@ impl Scaler {
                 max: self.spec.max,
                 proposal,
                 failed_metrics: &metric_errors,
-                policy_failed: any_failed,
+                policy_failed: combined.any_failed,
+                no_votes: combined.no_votes,
                 paused,
                 in_flight: observed.in_flight.as_ref(),
                 behavior: &self.spec.behavior,
             },
         );
+        if !paused && verdict.desired != target.current && self.handle.is_paused() {
+            // Paused while this tick read and decided (a slow source, a slow
+            // policy): the pause, answered already, wins.
+            verdict.steps.push(EnvelopeStep {
+                rule: envelope::Rule::Paused.as_str().to_owned(),
+                from: verdict.desired,
+                to: target.current,
+                reason: "scaler was paused during the tick".to_owned(),
+            });
+            verdict.desired = target.current;
+        }
         for step in &verdict.steps {
             self.services
                 .telemetry
@@ -597,7 +650,8 @@ impl Scaler {
     async fn fetch_metrics(&self, now_ms: i64) -> (Vec<Metric>, Vec<MetricFailure>) {
         let fetches = self.spec.metrics.iter().map(|m| async move {
             let result = m.source.fetch(&m.query, now_ms).await;
-            let result = result.and_then(|points| {
+            let result = result.and_then(|mut points| {
+                drop_gaps(&mut points);
                 check_series(&points, now_ms, m.max_age_ms)?;
                 Ok(points)
             });
@@ -654,7 +708,10 @@ impl Scaler {
             .iter()
             .map(|policy| {
                 snapshot.modules.get(&policy.module).is_some_and(|module| {
-                    metrics_read(module.info(), &policy.parameters)
+                    // With the module's defaults: a metric parameter left
+                    // out of the config still names a metric it reads.
+                    let parameters = with_defaults(&policy.parameters, module.info());
+                    metrics_read(module.info(), &parameters)
                         .any(|name| failed_metrics.contains(&name))
                 })
             })
@@ -824,12 +881,16 @@ impl Scaler {
         // The lease may have been lost while the tick read and decided (a
         // slow source, a slow target): a replica that no longer leads makes
         // no change, since another may be acting already.
-        let scaled = if self.may_act() {
-            self.actuator.scale(now_ms, current, desired).await
-        } else {
+        let scaled = if !self.may_act() {
             Err(ActuatorError::Failed(
                 "not scaled: this replica lost the lease during the tick".to_owned(),
             ))
+        } else if self.handle.is_paused() {
+            Err(ActuatorError::Failed(
+                "not scaled: the scaler was paused during the tick".to_owned(),
+            ))
+        } else {
+            self.actuator.scale(now_ms, current, desired).await
         };
         let outcome = match scaled {
             Ok(Actuation::Done { detail }) => {
@@ -978,6 +1039,7 @@ impl Scaler {
             ActuationRecord::ObserveFailed { error } => problems.push(format!("target: {error}")),
             _ => {}
         }
+        let known = !matches!(record.actuation, ActuationRecord::ObserveFailed { .. });
         // What does not change between ticks is taken from the last
         // snapshot (shared strings), the rest from this tick.
         let status = ScalerStatus {
@@ -989,9 +1051,11 @@ impl Scaler {
             max: previous.max,
             interval_ms: previous.interval_ms,
             paused: self.handle.is_paused(),
-            current: Some(observed.current),
-            ready: Some(observed.ready),
-            desired: Some(record.desired),
+            // Unknown when the target could not be read (not 0: the
+            // replica gauges would show the workload gone).
+            current: known.then_some(observed.current),
+            ready: known.then_some(observed.ready),
+            desired: known.then_some(record.desired),
             last_tick_ms: Some(record.time_ms),
             last_record_id: record.id,
             last_decision: Some(summarize(record)),
@@ -1117,27 +1181,37 @@ pub(crate) fn with_defaults(
     serde_json::Value::Object(object)
 }
 
+/// The policies' combined answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Combined {
+    /// The largest count a policy asked for; `None` when every policy held
+    /// (or none voted).
+    pub proposal: Option<u32>,
+    /// Whether a policy failed (the envelope then holds the scaler).
+    pub any_failed: bool,
+    /// Whether no policy voted at all: every one abstained. The tick holds
+    /// and keeps no recommendation, as HPA does when every metric failed.
+    pub no_votes: bool,
+}
+
 /// Combines the policies' answers: scale-out wins. A policy that holds votes
 /// for the current count, so scale-in needs every policy to agree; when
-/// every policy holds the answer is hold (`None`). The second value tells
-/// whether any policy failed (the envelope then holds the scaler).
+/// every policy holds the answer is hold (`proposal: None`).
 ///
 /// A policy marked in `abstained` (it failed because a metric it reads
 /// could not be read) neither votes nor counts as failed: as in HPA, the
 /// other policies may still scale out, and the envelope's missing-metrics
 /// rule blocks any scale-in they propose.
-pub fn combine(
-    current: u32,
-    evaluations: &[Evaluation],
-    abstained: &[bool],
-) -> (Option<u32>, bool) {
+pub fn combine(current: u32, evaluations: &[Evaluation], abstained: &[bool]) -> Combined {
     let mut any_failed = evaluations.is_empty();
     let mut proposal: Option<u32> = None;
     let mut any_scale = false;
+    let mut votes = 0;
     for (i, evaluation) in evaluations.iter().enumerate() {
         if abstained.get(i).copied().unwrap_or(false) {
             continue;
         }
+        votes += 1;
         match &evaluation.outcome {
             EvaluationOutcome::Decided { decision } => {
                 let vote = match decision.desired {
@@ -1152,7 +1226,11 @@ pub fn combine(
             EvaluationOutcome::Failed { .. } => any_failed = true,
         }
     }
-    (if any_scale { proposal } else { None }, any_failed)
+    Combined {
+        proposal: if any_scale { proposal } else { None },
+        any_failed,
+        no_votes: votes == 0 && !evaluations.is_empty(),
+    }
 }
 
 /// The scaler's metrics a policy reads: the values of the parameters its
@@ -1327,6 +1405,7 @@ mod tests {
             proposal: Some(proposal),
             failed_metrics: &[],
             policy_failed: false,
+            no_votes: false,
             paused: false,
             in_flight: None,
             behavior,
@@ -1459,50 +1538,56 @@ mod tests {
 
     #[test]
     fn scale_out_wins_and_abstaining_policies_do_not_vote() {
-        // (evaluations, abstained) -> (proposal, any_failed), at 4 replicas.
-        type Case = (Vec<Evaluation>, Vec<bool>, (Option<u32>, bool));
+        // (evaluations, abstained) -> (proposal, any_failed, no_votes), at 4 replicas.
+        type Case = (Vec<Evaluation>, Vec<bool>, (Option<u32>, bool, bool));
         let cases: Vec<Case> = vec![
             (
                 vec![decided(Some(6)), decided(Some(2))],
                 vec![],
-                (Some(6), false),
+                (Some(6), false, false),
             ),
             // A hold votes for the current count: no scale-in unless all agree.
             (
                 vec![decided(None), decided(Some(2))],
                 vec![],
-                (Some(4), false),
+                (Some(4), false, false),
             ),
-            (vec![decided(None), decided(None)], vec![], (None, false)),
+            (
+                vec![decided(None), decided(None)],
+                vec![],
+                (None, false, false),
+            ),
             // A failed policy holds the scaler (the envelope makes it hold).
             (
                 vec![failed(), decided(Some(6))],
                 vec![false, false],
-                (Some(6), true),
+                (Some(6), true, false),
             ),
             // Failed for want of its metric: it abstains, the other decides;
             // scale-in is then the envelope's missing-metrics rule's to block.
             (
                 vec![failed(), decided(Some(6))],
                 vec![true, false],
-                (Some(6), false),
+                (Some(6), false, false),
             ),
             (
                 vec![failed(), decided(Some(2))],
                 vec![true, false],
-                (Some(2), false),
+                (Some(2), false, false),
             ),
             (
                 vec![failed(), decided(None)],
                 vec![true, false],
-                (None, false),
+                (None, false, false),
             ),
-            (vec![failed()], vec![true], (None, false)),
+            // Every policy abstained: no vote at all (no recommendation kept).
+            (vec![failed()], vec![true], (None, false, true)),
             // No evaluation at all (the host's evaluation task died): hold.
-            (vec![], vec![], (None, true)),
+            (vec![], vec![], (None, true, false)),
         ];
         for (i, (evaluations, abstained, expected)) in cases.into_iter().enumerate() {
-            assert_eq!(combine(4, &evaluations, &abstained), expected, "case {i}");
+            let c = combine(4, &evaluations, &abstained);
+            assert_eq!((c.proposal, c.any_failed, c.no_votes), expected, "case {i}");
         }
     }
 

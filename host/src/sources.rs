@@ -92,6 +92,24 @@ pub trait Source: Send + Sync + fmt::Debug {
     async fn fetch(&self, query: &MetricQuery, now_ms: i64) -> Result<Vec<Point>, MetricError>;
 }
 
+/// Drops the NaN points of a window but its newest: gaps where the query
+/// had nothing to divide (`rate(errors) / rate(requests)` or
+/// `histogram_quantile` over a quiet minute are 0/0), not values. Failing
+/// the whole window for one would block scale-in for as long as the window
+/// is, exactly when a quiet service should scale in. A NaN newest point
+/// still fails the metric ([`check_series`]), as do infinities anywhere.
+pub fn drop_gaps(points: &mut Vec<Point>) {
+    let Some((newest, older)) = points.split_last() else {
+        return;
+    };
+    if older.iter().any(|p| p.value.is_nan()) {
+        let newest = *newest;
+        points.pop();
+        points.retain(|p| !p.value.is_nan());
+        points.push(newest);
+    }
+}
+
 /// The checks every fetched series must pass, whatever its source: not
 /// empty, every value finite, and (with `max_age_ms`) the newest sample no
 /// older than that.
@@ -116,6 +134,43 @@ pub fn check_series(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_in_a_window_are_dropped_but_not_its_newest_point() {
+        let p = |t, v| Point {
+            timestamp_ms: t,
+            value: v,
+        };
+        let values = |points: &[Point]| points.iter().map(|p| p.timestamp_ms).collect::<Vec<_>>();
+        let mut window = vec![
+            p(0, 1.0),
+            p(1, f64::NAN),
+            p(2, 3.0),
+            p(3, f64::NAN),
+            p(4, 5.0),
+        ];
+        drop_gaps(&mut window);
+        assert_eq!(values(&window), [0, 2, 4]);
+        assert_eq!(check_series(&window, 4, None), Ok(()));
+        // The newest is NaN: kept, and the metric fails.
+        let mut window = vec![p(0, f64::NAN), p(1, 2.0), p(2, f64::NAN)];
+        drop_gaps(&mut window);
+        assert_eq!(values(&window), [1, 2]);
+        assert_eq!(
+            check_series(&window, 2, None).unwrap_err().kind(),
+            "not_finite"
+        );
+        // Infinities are values (a quantile in the +Inf bucket): they fail.
+        let mut window = vec![p(0, f64::INFINITY), p(1, 2.0)];
+        drop_gaps(&mut window);
+        assert_eq!(
+            check_series(&window, 1, None).unwrap_err().kind(),
+            "not_finite"
+        );
+        let mut empty = Vec::new();
+        drop_gaps(&mut empty);
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn checks_name_the_problem() {

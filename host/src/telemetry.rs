@@ -163,6 +163,35 @@ impl Collector for ScalerMetrics {
                 }
             }
         }
+        // For alerts: a pause left on after an incident, a scaler that
+        // stopped ticking.
+        let mut family = encoder.encode_descriptor(
+            "scaler_paused",
+            "1 while the scaler is paused, else 0.",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for (scaler, handle) in scalers.iter() {
+            let labels = ScalerLabels {
+                scaler: scaler.clone(),
+            };
+            ConstGauge::new(i64::from(handle.is_paused()))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "last_tick_timestamp_seconds",
+            "When the scaler's last tick ran, in seconds since the Unix epoch.",
+            None,
+            ConstGauge::new(0f64).metric_type(),
+        )?;
+        for (scaler, status) in scalers.keys().zip(&statuses) {
+            if let Some(ms) = status.last_tick_ms {
+                let labels = ScalerLabels {
+                    scaler: scaler.clone(),
+                };
+                ConstGauge::new(ms as f64 / 1000.0).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -217,6 +246,8 @@ pub struct Telemetry {
     pub notifications: Family<ResultLabels, Counter>,
     /// Journal appends or updates that failed.
     pub journal_errors: Counter,
+    /// Ticks that panicked (a bug; the log names the scaler).
+    pub tick_panics: Counter,
     /// 1 while this replica acts (it leads, or there is no leader
     /// election), 0 while it follows.
     pub leader: Gauge,
@@ -248,6 +279,7 @@ impl Telemetry {
             config_reloads: Family::default(),
             notifications: Family::default(),
             journal_errors: Counter::default(),
+            tick_panics: Counter::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
         };
@@ -325,6 +357,11 @@ impl Telemetry {
             "journal_errors",
             "Journal writes that failed",
             t.journal_errors.clone(),
+        );
+        registry.register(
+            "tick_panics",
+            "Scaler ticks that panicked (a bug: the scaler held and went on; the log names it)",
+            t.tick_panics.clone(),
         );
         registry.register_collector(Box::new(ScalerMetrics {
             scalers: t.scalers.clone(),

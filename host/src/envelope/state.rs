@@ -180,8 +180,17 @@ impl EnvelopeState {
 
     /// Forgets recommendations `keep_recommendations_ms` old or older and
     /// events `keep_events_ms` old or older: they can no longer affect a
-    /// decision. Entries from the future (the clock went back) are kept.
+    /// decision. Entries from the future (the clock went back, or the
+    /// journal was written by a clock that ran fast) are kept but dated now:
+    /// they hold for one window or cooldown from now, not until the clock
+    /// catches up with them (hours, after a large step back).
     pub(super) fn prune(&mut self, now_ms: i64, keep_recommendations_ms: i64, keep_events_ms: i64) {
+        for r in &mut self.recommendations {
+            r.time_ms = r.time_ms.min(now_ms);
+        }
+        for e in &mut self.events {
+            e.timestamp_ms = e.timestamp_ms.min(now_ms);
+        }
         self.recommendations
             .retain(|r| age_ms(now_ms, r.time_ms) < keep_recommendations_ms);
         self.events

@@ -92,6 +92,7 @@ fn input(
         proposal,
         failed_metrics: &[],
         policy_failed: false,
+        no_votes: false,
         paused: false,
         in_flight: None,
         behavior,
@@ -1388,8 +1389,8 @@ fn current_outside_bounds_returns_at_once() {
     );
     assert_eq!(verdict.desired, 10);
     assert_eq!(
-        verdict.steps.last().unwrap(),
-        &step(Rule::Bounds, 50, 10, "current 50 is above max 10")
+        verdict.steps,
+        vec![step(Rule::Bounds, 3, 10, "current 50 is above max 10")]
     );
 
     let verdict = apply(&mut EnvelopeState::new(), &input(1, 2, 10, None, &slow));
@@ -1543,9 +1544,18 @@ fn clock_going_backwards_is_cautious_and_never_panics() {
     assert_eq!(verdict.desired, 3);
     assert_eq!(verdict.steps.last().unwrap().rule, "cooldown");
     assert!(verdict.steps.last().unwrap().reason.contains("0s ago"));
-    // Nothing was forgotten, so when the clock catches up all is in order.
+    // Nothing was forgotten, but they are dated now: a cooldown later the
+    // scaler scales again, not an hour later when the clock catches up.
     assert_eq!(state.events().len(), 1);
     assert_eq!(state.recommendations().len(), 2);
+    let later = apply(
+        &mut state,
+        &Input {
+            now_ms: NOW + 61 * SECOND,
+            ..input(3, 1, 100, Some(9), &behavior)
+        },
+    );
+    assert_eq!(later.desired, 9, "{later:?}");
 
     // Extreme times and counts.
     let default = Behavior::default();
@@ -1751,6 +1761,7 @@ fn nasa_trace_run_obeys_every_rule_and_restores_exactly() {
             proposal: tick.proposal,
             failed_metrics: &tick.failed,
             policy_failed: false,
+            no_votes: false,
             paused: tick.paused,
             in_flight: tick.in_flight.as_ref(),
             behavior: &behavior,
@@ -2007,61 +2018,101 @@ fn a_metric_that_drops_out_now_and_then_does_not_block_scale_in_for_good() {
     // every fourth minute. Were a blocked tick remembered as "stay at 10",
     // each would hold scale-in back for another 5-minute window: never
     // scaling in. As upstream keeps nothing for such a tick, scale-in
-    // comes once the first tick's seed leaves the window.
+    // comes once the first tick's seed leaves the window. Whether another
+    // policy still votes on the failing ticks (4), or every policy
+    // abstained for want of the metric (no proposal, no vote).
     let default = Behavior::default();
     let failures = [failure("cpu", "timeout", "timeout")];
-    let mut state = EnvelopeState::new();
-    let mut current = 10;
-    let mut first_scale_in = None;
-    for i in 0..80_i64 {
-        let now = i * 15_000;
-        let dropped_out = i % 16 == 15;
-        let verdict = apply(
-            &mut state,
-            &Input {
-                failed_metrics: if dropped_out { &failures } else { &[] },
-                ..input_at(now, current, 1, 20, Some(4), &default)
-            },
+    for every_policy_abstained in [false, true] {
+        let mut state = EnvelopeState::new();
+        let mut current = 10;
+        let mut first_scale_in = None;
+        for i in 0..80_i64 {
+            let now = i * 15_000;
+            let dropped_out = i % 16 == 15;
+            let abstained = dropped_out && every_policy_abstained;
+            let proposal = if abstained { None } else { Some(4) };
+            let verdict = apply(
+                &mut state,
+                &Input {
+                    failed_metrics: if dropped_out { &failures } else { &[] },
+                    no_votes: abstained,
+                    ..input_at(now, current, 1, 20, proposal, &default)
+                },
+            );
+            if dropped_out {
+                assert_eq!(verdict.desired, current, "tick {i}: blocked");
+                if abstained || current > 4 {
+                    assert_eq!(verdict.recommendation, None, "tick {i}: none kept");
+                }
+            }
+            if verdict.desired < current && first_scale_in.is_none() {
+                first_scale_in = Some(now);
+            }
+            current = verdict.desired;
+        }
+        let case = if every_policy_abstained {
+            "every policy abstained"
+        } else {
+            "another policy voted"
+        };
+        assert_eq!(
+            first_scale_in,
+            Some(300_000),
+            "{case}: once the seed is 5m old"
         );
-        if dropped_out {
-            assert_eq!(verdict.desired, current, "tick {i}: blocked");
-        }
-        if verdict.desired < current && first_scale_in.is_none() {
-            first_scale_in = Some(now);
-        }
-        current = verdict.desired;
+        assert_eq!(current, 4, "{case}");
     }
-    assert_eq!(first_scale_in, Some(300_000), "once the seed is 5m old");
-    assert_eq!(current, 4);
 }
 
 #[test]
-fn a_failed_policy_holds_before_any_other_rule() {
+fn a_failed_policy_holds_within_the_bounds_and_the_bounds_come_first() {
     let default = Behavior::default();
-    // Below min, other policies asking for more: one step, the hold, and no
-    // recommendation of the incomplete answer.
+    // Within the bounds, other policies asking for more: one step, the
+    // hold, and no recommendation of the incomplete answer.
     let failed = Input {
         policy_failed: true,
-        ..input(1, 5, 10, Some(20), &default)
+        ..input(6, 5, 10, Some(20), &default)
     };
     let verdict = apply(&mut EnvelopeState::new().begun(), &failed);
-    assert_eq!(verdict.desired, 1);
+    assert_eq!(verdict.desired, 6);
     assert_eq!(verdict.recommendation, None);
     assert_eq!(
         verdict.steps,
         vec![step(
             Rule::PolicyFailed,
             20,
-            1,
+            6,
             "a policy failed this tick; holding"
         )]
     );
+    // Below min (min raised by a reload) or above max (max lowered): the
+    // bounds are the operator's and apply whatever the policies said, as
+    // upstream HPA corrects them before it reads any metric.
+    let below = Input {
+        current: 1,
+        ..failed
+    };
+    let verdict = apply(&mut EnvelopeState::new().begun(), &below);
+    assert_eq!(verdict.desired, 5);
+    assert_eq!(verdict.recommendation, None);
+    assert_eq!(
+        verdict.steps,
+        vec![step(Rule::Bounds, 20, 5, "current 1 is below min 5")]
+    );
+    let above = Input {
+        current: 20,
+        proposal: None,
+        ..failed
+    };
+    assert_eq!(apply(&mut EnvelopeState::new().begun(), &above).desired, 10);
     // Pause still comes first.
     let paused = Input {
         paused: true,
-        ..failed
+        ..below
     };
     let verdict = apply(&mut EnvelopeState::new().begun(), &paused);
     assert_eq!(verdict.steps[0].rule, "paused");
     assert_eq!(verdict.steps.len(), 1);
+    assert_eq!(verdict.desired, 1);
 }

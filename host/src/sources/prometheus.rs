@@ -147,6 +147,11 @@ const FINISHED_TTL: Duration = Duration::from_secs(1);
 const MAX_SHARED_ANSWERS: usize = 4096;
 /// Longest body excerpt quoted in an HTTP error.
 const MAX_ERROR_BODY: usize = 512;
+/// The largest answer read: one series of the most points a windowed query
+/// may ask for takes well under 1 MiB; a query that forgot its `sum()` over
+/// a large fleet can answer hundreds, all held in memory by the daemon
+/// that runs every scaler.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
 
 /// Why a Prometheus source could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -505,7 +510,23 @@ impl PrometheusSource {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("application/json"));
-        let body = response.bytes().await.map_err(|e| self.reqwest_error(&e))?;
+        let Some(body) = read_capped(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| self.reqwest_error(&e))?
+        else {
+            let limit = format!("larger than {} MiB", MAX_ANSWER_BYTES >> 20);
+            return Err(if (200..300).contains(&status) {
+                MetricError::Query(format!(
+                    "the answer is {limit} (not read): aggregate the query to one series \
+                     (sum(...), avg(...)), or widen its step"
+                ))
+            } else {
+                MetricError::Http {
+                    status,
+                    message: format!("(an answer {limit}, not read)"),
+                }
+            });
+        };
         decode_response(status, is_json, &body, self.timeout_ms())
     }
 
@@ -702,6 +723,28 @@ struct Envelope {
 }
 
 /// Maps one HTTP answer to the query's data or to the error it means.
+/// Reads `response`'s body, or `None` once it passes `cap` bytes (the rest
+/// is not read).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 fn decode_response(
     status: u16,
     is_json: bool,
