@@ -485,6 +485,23 @@ fn each_problem_is_reported_at_its_place() {
             "step (20m) is longer than window (10m)",
         ),
         case(
+            "a window shorter than its default step",
+            &[
+                ("step = \"30s\"\n", ""),
+                ("window = \"10m\"", "window = \"10s\""),
+            ],
+            "\"10s\"",
+            "scalers[0] \"web\".metrics.latency",
+            "window (10s) is shorter than its step, which is the scaler's interval (15s) when none is set",
+        ),
+        case(
+            "a max_age past a year",
+            &[("max_age = \"1m\"", "max_age = \"500000000y\"")],
+            "\"500000000y\"",
+            "scalers[0] \"web\".metrics.latency",
+            "is longer than a year",
+        ),
+        case(
             "a step finer than a millisecond",
             &[("step = \"30s\"", "step = \"1500us\"")],
             "\"1500us\"",

@@ -200,6 +200,19 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// A metric's durations are counted in milliseconds of an `i64`: past
+    /// a year they are surely a typo (`500000000y` wrapped to a negative
+    /// age: stale at every tick).
+    fn at_most_a_year(&mut self, path: &[Seg], field: &str, value: Duration) {
+        const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
+        if value > YEAR {
+            self.value(
+                path,
+                format!("{field} ({}) is longer than a year", show(value)),
+            );
+        }
+    }
+
     /// `[api]`: a token that can be read and sent in a header.
     fn api(&mut self, api: &ApiConfig, env: EnvLookup<'_>) {
         if api.reads == ApiReads::Token && api.token.is_none() {
@@ -1082,9 +1095,23 @@ impl Checker<'_, '_> {
 
         if let Some(window) = metric.window {
             self.nonzero(&at("window"), "window", window);
+            self.at_most_a_year(&at("window"), "window", window);
+            if metric.step.is_none() && window < scaler.interval {
+                self.value(
+                    &at("window"),
+                    format!(
+                        "window ({}) is shorter than its step, which is the scaler's interval \
+                         ({}) when none is set: the window would hold one point; set a step \
+                         or lengthen the window",
+                        show(window),
+                        show(scaler.interval)
+                    ),
+                );
+            }
         }
         if let Some(step) = metric.step {
             self.nonzero(&at("step"), "step", step);
+            self.at_most_a_year(&at("step"), "step", step);
             // Series are stepped in whole milliseconds: 500us would be 0
             // (failing every tick) and 1500us silently 1ms.
             if step.subsec_nanos() % 1_000_000 != 0 {
@@ -1126,6 +1153,7 @@ impl Checker<'_, '_> {
         }
         if let Some(max_age) = metric.max_age {
             self.nonzero(&at("max_age"), "max_age", max_age);
+            self.at_most_a_year(&at("max_age"), "max_age", max_age);
         }
     }
 
