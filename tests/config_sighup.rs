@@ -12,6 +12,35 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     // watched either).
     let text = config_text(4.0, 50, "native", "") + "\n";
     let text = text.replace("mode = \"native\"", "mode = \"native\"\nenabled = false");
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A SIGHUP while the daemon starts (compiling, restoring: minutes at
+    // 10,000 scalers) neither kills it (SIGHUP's default action) nor is
+    // lost: the file is read again once it runs.
+    let mut d = counter_daemon(&text)
+        .while_starting(hup)
+        .start()
+        .await
+        .unwrap();
+    let telemetry = d.telemetry().clone();
+    wait_until_async(
+        Duration::from_secs(10),
+        "the reload asked at start",
+        move || {
+            telemetry
+                .encode()
+                .contains("scalewise_config_reloads_total{result=\"unchanged\"} 1")
+        },
+    )
+    .await;
+    d.stop().await.unwrap();
+
     let mut d = counter_daemon(&text).start().await.unwrap();
     // Ticking means run() is past installing the SIGHUP handler.
     d.next_decision(Duration::from_secs(5), |_| true)
@@ -22,11 +51,7 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(d.get("/v1/scalers/web").await.unwrap()["max"], 10);
 
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    hup();
     let telemetry = d.telemetry().clone();
     wait_until_async(Duration::from_secs(10), "the reload", move || {
         telemetry
@@ -52,10 +77,7 @@ async fn sighup_rereads_the_config_when_the_file_is_not_watched() {
     assert_eq!(record.scaler, "web");
 
     // A second SIGHUP with the file unchanged applies nothing.
-    std::process::Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
+    hup();
     let telemetry = d.telemetry().clone();
     wait_until_async(Duration::from_secs(10), "the no-op reload", move || {
         telemetry

@@ -494,13 +494,15 @@ headers = {{ X-Team = "streams" }}
 
 /// A reload that changes the scaler (a policy parameter) but not its target
 /// keeps the actuator, and with it the drain in flight: the scaler keeps
-/// holding for it instead of starting another change on top of it.
+/// holding for it instead of starting another change on top of it. One that
+/// changes how the target is reached (its timeout) builds a new actuator,
+/// which takes the drain over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_keeps_the_target_keeps_its_change_in_flight() {
     let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
     // The coordinator never finishes a move: the drain stays in flight.
     coordinator.with(|w| w.moves_per_poll = 0);
-    let config = |scale_to: u32| {
+    let config = |scale_to: u32, timeout: &str| {
         format!(
             r#"policy_dir = "policies"
 
@@ -512,14 +514,14 @@ name = "consumers"
 interval = "1s"
 min = 1
 max = 8
-target = {{ kind = "rebalance", endpoint = "{endpoint}" }}
+target = {{ kind = "rebalance", endpoint = "{endpoint}", timeout = "{timeout}" }}
 policies = [{{ module = "counter", params = {{ scale_to = {scale_to} }} }}]
 behavior.scale_down = {{ stabilization_window = "0s" }}
 "#,
             endpoint = coordinator.endpoint()
         )
     };
-    let d = RunningDaemon::with(&config(2))
+    let d = RunningDaemon::with(&config(2, "10m"))
         .config_reload()
         .no_listener()
         .policies(|dir| {
@@ -529,21 +531,26 @@ behavior.scale_down = {{ stabilization_window = "0s" }}
         .await
         .unwrap();
     let in_flight = |r: &TickRecord| r.envelope.iter().any(|s| s.rule == "in-flight");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !d.records("consumers").await.unwrap().iter().any(in_flight) {
         assert!(std::time::Instant::now() < deadline, "no drain in flight");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    rewrite_config(&d, &config(3));
-    wait_for_reloads(&d, "applied", 1).await;
-    let seen = d.records("consumers").await.unwrap().len();
-    while d.records("consumers").await.unwrap().len() < seen + 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no ticks after the reload"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut seen = Vec::new();
+    for (reloads, (scale_to, timeout)) in [(3, "10m"), (3, "20m")].into_iter().enumerate() {
+        rewrite_config(&d, &config(scale_to, timeout));
+        wait_for_reloads(&d, "applied", reloads as u64 + 1).await;
+        let from = d.records("consumers").await.unwrap().len();
+        seen.push(from);
+        while d.records("consumers").await.unwrap().len() < from + 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no ticks after reload {reloads}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
+    let seen = seen[0];
     let records = d.records("consumers").await.unwrap();
     let scales: Vec<_> = records.iter().filter(|r| r.is_scale()).collect();
     assert_eq!(

@@ -12,6 +12,7 @@ pub mod kubernetes;
 pub mod rebalance;
 pub mod simulator;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -135,6 +136,20 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// just taken the lead, and what it started when it last led may have
     /// been overtaken by what the leader between did. Nothing by default.
     async fn forget_in_flight(&self) {}
+
+    /// Gives up the change in flight, if any, for the actuator that
+    /// replaces this one on the same target with other settings (a reload
+    /// that changed a drain timeout, a webhook, a token): see
+    /// [`resume_in_flight`](Actuator::resume_in_flight). `None` by default.
+    async fn take_in_flight(&self) -> Option<Box<dyn Any + Send>> {
+        None
+    }
+
+    /// Carries on with a change in flight another actuator of the same kind
+    /// and target gave up ([`take_in_flight`](Actuator::take_in_flight)),
+    /// under this one's settings; one of another kind is dropped. Nothing by
+    /// default.
+    async fn resume_in_flight(&self, _change: Box<dyn Any + Send>) {}
 
     /// Starts moving the target from `current` to `desired` replicas.
     async fn scale(

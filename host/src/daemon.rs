@@ -153,8 +153,40 @@ pub struct ProblemView {
 struct ReloadSource {
     path: PathBuf,
     listen_override: Option<SocketAddr>,
-    /// The file's stamp when reload was enabled (just after it was read).
+    /// The file's stamp from before it was read ([`ReloadStart`]).
     stamp: Option<FileStamp>,
+}
+
+/// What config reload needs from before the config file is first read, so
+/// that nothing in a long start (compiling modules, restoring scalers) is
+/// missed: SIGHUP is caught from then on (its default action would kill the
+/// daemon) and kept for when it runs, and an edit made meanwhile is seen
+/// (the stamp the watcher compares with is the one before the read).
+#[derive(Debug)]
+pub struct ReloadStart {
+    stamp: Option<FileStamp>,
+    #[cfg(unix)]
+    hangups: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadStart {
+    /// Takes `path`'s stamp and starts catching SIGHUP (within a tokio
+    /// runtime): call it before reading the config file.
+    pub fn begin(path: &Path) -> Self {
+        #[cfg(unix)]
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(err) => {
+                tracing::warn!(error = %err, "Cannot listen for SIGHUP; the config reloads only when its file changes.");
+                None
+            }
+        };
+        ReloadStart {
+            stamp: FileStamp::of(path).ok(),
+            #[cfg(unix)]
+            hangups,
+        }
+    }
 }
 
 /// What asked for a config reload.
@@ -173,6 +205,9 @@ struct Reconfigure {
     spec: ScalerSpec,
     /// A new actuator for a changed target; `None` keeps the scaler's own.
     actuator: Option<Arc<dyn Actuator>>,
+    /// Whether the new actuator is for the same target with other settings:
+    /// it takes over the old one's change in flight.
+    same_target: bool,
 }
 
 /// A daemon built from a config, ready to run.
@@ -203,6 +238,9 @@ pub struct Daemon {
     /// The API's TLS settings, with `[api] tls`.
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: Option<ReloadSource>,
+    /// SIGHUP, listened for since before the config file was read.
+    #[cfg(unix)]
+    hangups: Option<tokio::signal::unix::Signal>,
     /// This replica's part in leader election, when `[leader_election]` is
     /// set; run by [`Daemon::run`].
     elector: Option<Elector>,
@@ -397,6 +435,8 @@ impl Daemon {
             access,
             tls,
             reload: None,
+            #[cfg(unix)]
+            hangups: None,
             elector,
             notifications,
         })
@@ -405,13 +445,21 @@ impl Daemon {
     /// Re-reads the config from the file it was loaded from on SIGHUP and,
     /// when `[watch]` is on, whenever the file changes. `listen_override`
     /// (the `--listen` flag) keeps overriding `[api] listen`.
-    pub fn enable_config_reload(&mut self, listen_override: Option<SocketAddr>) {
+    pub fn enable_config_reload(
+        &mut self,
+        listen_override: Option<SocketAddr>,
+        start: ReloadStart,
+    ) {
         let path = self.config.origin().path().to_path_buf();
         self.reload = Some(ReloadSource {
-            stamp: FileStamp::of(&path).ok(),
+            stamp: start.stamp,
             path,
             listen_override,
         });
+        #[cfg(unix)]
+        {
+            self.hangups = start.hangups;
+        }
         self.config_status.rcu(|status| ConfigStatus {
             reload_enabled: true,
             ..(**status).clone()
@@ -567,8 +615,9 @@ impl Daemon {
             set.spawn(scaler);
         }
         let _config_watch = self.watch_config(&reload_tx)?;
-        if self.reload.is_some() {
-            listen_for_sighup(reload_tx.clone(), token.clone());
+        #[cfg(unix)]
+        if let Some(hangups) = self.hangups.take() {
+            listen_for_sighup(hangups, reload_tx.clone(), token.clone());
         }
         self.ready.store(true, Ordering::Relaxed);
         tracing::info!(scalers = set.running.len(), "Scalewise is running.");
@@ -733,23 +782,25 @@ impl Daemon {
         let path = source.path.clone();
         let running = Arc::clone(&self.config);
         let simulation = self.simulation.clone();
+        let listen_override = source.listen_override;
         let loaded = tokio::task::spawn_blocking(move || {
-            Config::load(&path).and_then(|config| {
+            read_settled(&path).and_then(|loaded| {
+                let mut config = loaded?;
+                // Before comparing with the running config, whose
+                // api.listen is the override too.
+                if let Some(listen) = listen_override {
+                    config.api.listen = listen;
+                }
                 config.validate_against_running(&running)?;
                 config.check_running_simulations(&|name| simulation.contains(name))?;
                 Ok(config)
             })
         })
         .await
-        .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")))
-        .and_then(|r| r.map_err(DaemonError::from));
+        .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")));
         let result = match loaded {
-            Ok(mut config) => {
-                if let Some(listen) = source.listen_override {
-                    config.api.listen = listen;
-                }
-                self.apply_config(config, set).await
-            }
+            Ok(Ok(config)) => self.apply_config(config, set).await,
+            Ok(Err(err)) => Err(err),
             Err(err) => Err(err),
         };
         match result {
@@ -1020,12 +1071,23 @@ impl Daemon {
                     // The same target keeps its actuator, and with it a
                     // change in flight (an ASG drain, a shard move): a
                     // new one would know nothing of it.
-                    let actuator = if before.target == next.scalers[name].target {
+                    // The same target reached with other settings (a drain
+                    // timeout, a token) gets a new actuator that takes the
+                    // change over.
+                    let next = &next.scalers[name];
+                    let actuator = if before.target == next.target {
                         None
                     } else {
                         Some(build_actuator(scaler_config, &self.simulation).map_err(hint)?)
                     };
-                    changed.push((spec, actuator, scaler_config.paused, before.paused));
+                    let same_target = before.claim == next.claim;
+                    changed.push((
+                        spec,
+                        actuator,
+                        same_target,
+                        scaler_config.paused,
+                        before.paused,
+                    ));
                 }
                 Some(_) => {}
             }
@@ -1053,12 +1115,19 @@ impl Daemon {
             set.stop(name);
             tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
         }
-        for (spec, actuator, paused, was_paused) in changed {
+        for (spec, actuator, same_target, paused, was_paused) in changed {
             let name = spec.name.clone();
             if paused != was_paused {
                 set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
             }
-            set.reconfigure(&name, Reconfigure { spec, actuator });
+            set.reconfigure(
+                &name,
+                Reconfigure {
+                    spec,
+                    actuator,
+                    same_target,
+                },
+            );
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
         }
         for scaler in added {
@@ -1274,35 +1343,46 @@ async fn apply_lease_pauses(journal: &Journal, handles: &ScalerHandles, pauses: 
 }
 
 /// Forwards SIGHUP as a config reload until `token` is cancelled.
-fn listen_for_sighup(tx: mpsc::UnboundedSender<ReloadTrigger>, token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hangups) => {
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = token.cancelled() => return,
-                            got = hangups.recv() => match got {
-                                Some(()) => {
-                                    if tx.send(ReloadTrigger::Signal).is_err() {
-                                        return;
-                                    }
-                                }
-                                None => return,
-                            },
+/// Reads the config file at `path` when it holds still: a file that
+/// changed while it was read (an editor or tool rewriting it in place: a
+/// prefix that ends at a line is valid TOML with fewer scalers) is read
+/// again, a few times.
+fn read_settled(path: &Path) -> Result<Result<Config, ConfigError>, DaemonError> {
+    for _ in 0..5 {
+        let before = FileStamp::of(path).ok();
+        let loaded = Config::load(path);
+        if FileStamp::of(path).ok() == before {
+            return Ok(loaded);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(DaemonError::Setup(format!(
+        "{} kept changing while it was read; not applied (the next change or SIGHUP reads it again)",
+        path.display()
+    )))
+}
+
+#[cfg(unix)]
+fn listen_for_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    tx: mpsc::UnboundedSender<ReloadTrigger>,
+    token: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                got = hangups.recv() => match got {
+                    Some(()) => {
+                        if tx.send(ReloadTrigger::Signal).is_err() {
+                            return;
                         }
                     }
-                });
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "Cannot listen for SIGHUP; the config reloads only when its file changes.");
+                    None => return,
+                },
             }
         }
-    }
-    #[cfg(not(unix))]
-    let _ = (tx, token);
+    });
 }
 
 /// The config file as [`FolderWatch`] sees it: a change that has settled
@@ -1440,7 +1520,13 @@ fn run_scaler(
                         return;
                     }
                     if let Some(update) = control.take_update() {
-                        scaler.reconfigure(update.spec, update.actuator);
+                        if let (true, Some(next)) = (update.same_target, &update.actuator) {
+                            // Boxed: the task's future stays the size of an
+                            // idle scaler's.
+                            Box::pin(hand_over(scaler.actuator(), next, &update.spec.name)).await;
+                        }
+                        let Reconfigure { spec, actuator, .. } = *update;
+                        scaler.reconfigure(spec, actuator);
                         let interval = (scaler.spec().interval.as_millis() as i64).max(1);
                         if interval != interval_ms {
                             interval_ms = interval;
@@ -1480,6 +1566,15 @@ fn run_scaler(
                 next += missed * interval_ms;
             }
         }
+    }
+}
+
+/// Hands `previous`'s change in flight, if any, to `next`: the same target
+/// reached with other settings after a reload.
+async fn hand_over(previous: &Arc<dyn Actuator>, next: &Arc<dyn Actuator>, scaler: &str) {
+    if let Some(change) = previous.take_in_flight().await {
+        tracing::info!(%scaler, "The reloaded target settings carry on with the change in flight.");
+        next.resume_in_flight(change).await;
     }
 }
 

@@ -402,6 +402,11 @@ impl Scaler {
         }));
     }
 
+    /// The actuator the scaler acts through.
+    pub fn actuator(&self) -> &Arc<dyn Actuator> {
+        &self.actuator
+    }
+
     /// The scaler's spec.
     pub fn spec(&self) -> &ScalerSpec {
         &self.spec

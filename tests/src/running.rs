@@ -39,7 +39,7 @@ use axum::http::Request;
 use scalewise::api::{AppState, router};
 use scalewise::clock::{Clock, wall_clock_ms};
 use scalewise::config::Config;
-use scalewise::daemon::{Daemon, DaemonError};
+use scalewise::daemon::{Daemon, DaemonError, ReloadStart};
 use scalewise::journal::{ActuationRecord, Journal, Query, TickRecord};
 use scalewise::registry::Registry;
 use scalewise::simulator::Simulation;
@@ -90,6 +90,7 @@ pub struct Start<'a> {
     policies: Option<FillPolicies<'a>>,
     config_reload: bool,
     listen: bool,
+    starting: Option<Box<dyn FnOnce() + 'a>>,
 }
 
 impl std::fmt::Debug for Start<'_> {
@@ -125,6 +126,13 @@ impl<'a> Start<'a> {
         self
     }
 
+    /// Calls `hook` when the daemon starts, before its config is read (a
+    /// signal sent then must not kill it).
+    pub fn while_starting(mut self, hook: impl FnOnce() + 'a) -> Self {
+        self.starting = Some(Box::new(hook));
+        self
+    }
+
     /// Serves the API on no port, and leaves `[api] listen` as the config
     /// file says (a test that reloads a changed `[api]` needs that); the API
     /// is still reached in-process with [`RunningDaemon::get`].
@@ -151,6 +159,10 @@ impl<'a> Start<'a> {
         }
         let path = dir.path().join("scalewise.toml");
         std::fs::write(&path, self.config)?;
+        let reload = self.config_reload.then(|| ReloadStart::begin(&path));
+        if let Some(hook) = self.starting {
+            hook();
+        }
         let mut config = Config::load(&path)?;
         // As `--listen` does (reloads keep the override).
         let listen = self.listen.then(|| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -161,8 +173,8 @@ impl<'a> Start<'a> {
             .clock
             .unwrap_or_else(|| Clock::starting_at(wall_clock_ms(), config.clock.speed));
         let mut daemon = Daemon::build(config, clock).await?;
-        if self.config_reload {
-            daemon.enable_config_reload(listen);
+        if let Some(reload) = reload {
+            daemon.enable_config_reload(listen, reload);
         }
         let listener = match listen {
             Some(_) => Some(daemon.bind_api().await?),
@@ -212,6 +224,7 @@ impl RunningDaemon {
             policies: None,
             config_reload: false,
             listen: true,
+            starting: None,
         }
     }
 

@@ -294,7 +294,7 @@ impl AwsAsgActuator {
                 }
                 Err(Refusal::Final(e)) => self.give_up(victim, &e.to_string()).await,
                 Err(Refusal::Retry(e))
-                    if elapsed >= self.settings.drain_timeout + TERMINATE_GRACE =>
+                    if elapsed >= self.settings.drain_timeout.saturating_add(TERMINATE_GRACE) =>
                 {
                     self.give_up(
                         victim,
@@ -778,6 +778,17 @@ impl Actuator for AwsAsgActuator {
             in_flight: draining.as_ref().map(Self::in_flight),
             facts: facts_of(&group),
         })
+    }
+
+    async fn take_in_flight(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        let scale_in = self.draining.lock().await.take()?;
+        Some(Box::new(scale_in))
+    }
+
+    async fn resume_in_flight(&self, change: Box<dyn std::any::Any + Send>) {
+        if let Ok(scale_in) = change.downcast::<ScaleIn>() {
+            *self.draining.lock().await = Some(*scale_in);
+        }
     }
 
     async fn forget_in_flight(&self) {

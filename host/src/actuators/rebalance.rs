@@ -478,6 +478,17 @@ impl Actuator for RebalanceActuator {
         Ok(observed(&cluster, guard.as_ref()))
     }
 
+    async fn take_in_flight(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        let change = self.change.lock().await.take()?;
+        Some(Box::new(change))
+    }
+
+    async fn resume_in_flight(&self, change: Box<dyn std::any::Any + Send>) {
+        if let Ok(change) = change.downcast::<Change>() {
+            *self.change.lock().await = Some(*change);
+        }
+    }
+
     async fn forget_in_flight(&self) {
         if let Some(change) = self.change.lock().await.take() {
             tracing::warn!(

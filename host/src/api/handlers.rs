@@ -343,6 +343,10 @@ async fn set_paused(
     if !state.leadership.is_leading() {
         return Err(not_leader(state.leadership.leader()));
     }
+    // One change of a flag at a time: two requests crossing would leave the
+    // Lease, the journal and the running flag disagreeing.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE_AT_A_TIME.lock().await;
     // In the Lease first, so that the flag outlasts this replica: whoever
     // leads next applies it before acting.
     let scalers = state.scalers.load();
@@ -357,13 +361,20 @@ async fn set_paused(
                  ({why}); nothing changed"
             )),
         })?;
-    state
-        .journal
-        .set_paused(name, paused)
-        .await
-        .map_err(|e| ApiError::Internal(format!("cannot persist the pause flag: {e}")))?;
+    // The Lease holds the flag now, so the next leader applies it: this
+    // replica applies it too, even if its journal cannot record it (a full
+    // disk during an incident must not leave a pause half made).
+    let persisted = state.journal.set_paused(name, paused).await;
     handle.paused.store(paused, Ordering::Relaxed);
-    tracing::info!(scaler = %name, paused, "A scaler was {} through the API.", if paused { "paused" } else { "resumed" });
+    let done = if paused { "paused" } else { "resumed" };
+    if let Err(e) = persisted {
+        tracing::error!(scaler = %name, paused, error = %e, "A scaler was {done} through the API, but the journal could not record it: a restart of this replica would not keep it.");
+        return Err(ApiError::Internal(format!(
+            "{name:?} is {done}, but the journal could not record it ({e}): a restart of this \
+             replica would not keep it (with leader election, the Lease does); try again"
+        )));
+    }
+    tracing::info!(scaler = %name, paused, "A scaler was {done} through the API.");
     Ok(Json(status_of(&handle)))
 }
 

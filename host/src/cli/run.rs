@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::clock::{Clock, format_ms, wall_clock_ms};
 use crate::config::Config;
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, ReloadStart};
 use crate::demo;
 use crate::journal::Journal;
 
@@ -34,6 +34,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io:
 }
 
 async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
+    let reload = ReloadStart::begin(&path);
     let mut config = Config::load(&path)?;
     let setting = match args.listen {
         Some(listen) => {
@@ -56,7 +57,7 @@ async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
     tracing::info!(config = %path.display(), scalers = config.scalers.len(), "Starting Scalewise.");
     let mut daemon = Daemon::build_with_compiler(config, clock, args.compiler.clone()).await?;
     // SIGHUP, or the file changing, re-reads it; --listen keeps applying.
-    daemon.enable_config_reload(args.listen);
+    daemon.enable_config_reload(args.listen, reload);
     daemon.run(Some(listener), stop_signal(args)).await
 }
 
@@ -163,6 +164,24 @@ async fn stop_signal(args: &RunArgs) {
             None => std::future::pending().await,
         }
     };
+    let signalled = tokio::select! {
+        _ = interrupted() => true,
+        _ = timer => false,
+    };
+    if signalled {
+        // A second Ctrl-C or SIGTERM stops at once: what the journal
+        // acknowledged is on disk already (each append is committed), so
+        // only a tick in progress and undelivered notifications are cut.
+        tokio::spawn(async {
+            interrupted().await;
+            tracing::warn!("Stopping at once (a second signal): a tick in progress is cut short.");
+            std::process::exit(130);
+        });
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
     #[cfg(unix)]
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -177,6 +196,5 @@ async fn stop_signal(args: &RunArgs) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
-        _ = timer => {}
     }
 }

@@ -22,6 +22,10 @@ pub(super) struct AppliedScaler {
     /// Its target's fingerprint: a reload that keeps the target keeps the
     /// actuator, and a change it has in flight.
     pub target: Fingerprint,
+    /// What its target is (the claim's key), apart from how it is reached:
+    /// a reload that changes only settings (a drain timeout, a token) hands
+    /// a change in flight over to the new actuator.
+    pub claim: Fingerprint,
     /// Whether the config pauses it.
     pub paused: bool,
 }
@@ -51,6 +55,7 @@ impl Applied {
             let kept = AppliedScaler {
                 fingerprint: s.fingerprint(),
                 target: Fingerprint::of(s.target.get_ref()),
+                claim: Fingerprint::of(&s.target.get_ref().claim().key),
                 paused: s.paused,
             };
             (s.name.get_ref().as_str().into(), kept)
