@@ -430,6 +430,10 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
         "bad_request",
     )
     .await;
+    // A path segment that is not UTF-8 once decoded: JSON too.
+    for path in ["/v1/scalers/%FF", "/v1/decisions/%FF/explain"] {
+        assert_error(&state, "GET", path, StatusCode::BAD_REQUEST, "bad_request").await;
+    }
 
     // The loaded modules, with the digests of their files.
     let (status, policies) = json(&state, "GET", "/v1/policies").await;

@@ -402,6 +402,38 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
         get(&first, "/v1/leader").await,
         serde_json::json!({"election": true, "leading": true, "leader": "a"})
     );
+    // Only the leader reports the target's replicas (a follower's would
+    // sit beside them); both say whether web is paused.
+    let metrics = |daemon: &DaemonProcess| {
+        let addr = daemon.api_addr().expect("the daemon's API is up");
+        async move {
+            reqwest::get(format!("http://{addr}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let (leading, following) = (metrics(&first).await, metrics(&second).await);
+    for text in [&leading, &following] {
+        assert!(
+            text.contains("scalewise_scaler_paused{scaler=\"web\"} 0"),
+            "{text}"
+        );
+    }
+    assert!(
+        leading.contains("scalewise_replicas_desired{scaler=\"web\"} 3"),
+        "{leading}"
+    );
+    assert!(
+        leading.contains("scalewise_last_tick_timestamp_seconds{scaler=\"web\"}"),
+        "{leading}"
+    );
+    assert!(
+        !following.contains("scalewise_replicas_desired{"),
+        "{following}"
+    );
     // Pausing through the follower's API would change nothing the leader
     // does: refused, naming the leader. The leader takes it.
     let (status, body) = pause(&second, "pause").await;

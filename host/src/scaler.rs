@@ -213,6 +213,10 @@ pub struct Scaler {
     /// actuator refusing at every tick) is told once, until a change goes
     /// through or the failure changes, as the target's own Events are.
     told_failure: Option<String>,
+    /// Which of the first 64 metrics failed at the last tick (bit i: metric
+    /// i of the spec), so that a failure is logged when it starts and when
+    /// it ends, not at every tick.
+    failing_metrics: u64,
 }
 
 /// The log target of the line each change of replicas gets (and each one a
@@ -301,6 +305,7 @@ impl Scaler {
             ticks: 0,
             term: 0,
             told_failure: None,
+            failing_metrics: 0,
         }
     }
 
@@ -556,6 +561,7 @@ impl Scaler {
         };
 
         let (metrics, metric_errors) = self.fetch_metrics(now_ms).await;
+        self.note_metric_failures(&metric_errors);
         let (evaluations, abstained) = self.evaluate(now_ms, &target, metrics).await;
         let combined = combine(target.current, &evaluations, &abstained);
         let proposal = combined.proposal;
@@ -648,6 +654,30 @@ impl Scaler {
         let observed = Observed::new(0, 0, None);
         self.publish(&record, &observed);
         record
+    }
+
+    /// Logs a metric that starts failing (naming the scaler, the metric,
+    /// its source and query, and why) and one that reads again; the journal
+    /// and `scalewise_metric_errors_total` have every tick's.
+    fn note_metric_failures(&mut self, failures: &[MetricFailure]) {
+        let mut failing = 0u64;
+        for (i, m) in self.spec.metrics.iter().enumerate().take(64) {
+            let bit = 1u64 << i;
+            let failure = failures.iter().find(|f| f.metric == m.name);
+            if let Some(f) = failure {
+                failing |= bit;
+                if self.failing_metrics & bit == 0 {
+                    tracing::warn!(
+                        scaler = %self.spec.name, metric = %m.name, source = %m.source_name,
+                        query = %log_safe(&m.query.query), kind = %f.kind, error = %log_safe(&f.error),
+                        "A metric cannot be read; no scale-in until it can (said again when it reads)."
+                    );
+                }
+            } else if self.failing_metrics & bit != 0 {
+                tracing::info!(scaler = %self.spec.name, metric = %m.name, source = %m.source_name, "A metric reads again.");
+            }
+        }
+        self.failing_metrics = failing;
     }
 
     /// Fetches every metric concurrently; failures become errors on the

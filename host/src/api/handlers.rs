@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,23 @@ use crate::journal::TickRecord;
 use crate::leader::RecordError;
 use crate::policy::PolicyInfo;
 use crate::scaler::{ScalerHandle, ScalerStatus};
+
+/// The one segment a route's path captures (a scaler's name, a record's
+/// id), refused as a JSON error like every other: axum's own rejection of a
+/// segment that is not UTF-8 once decoded (`/v1/scalers/%FF`) is plain text.
+#[derive(Debug)]
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(segment)| Segment(segment))
+            .map_err(|rejection| ApiError::BadRequest(format!("path: {}", rejection.body_text())))
+    }
+}
 
 /// Liveness: the process answers.
 pub async fn healthz() -> &'static str {
@@ -75,7 +93,7 @@ pub async fn list_scalers(State(state): State<AppState>) -> Json<Vec<ScalerStatu
 /// One scaler's status.
 pub async fn get_scaler(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Result<Json<ScalerStatus>, ApiError> {
     let handle = scaler(&state, &name)?;
     Ok(Json(status_of(&handle)))
@@ -97,7 +115,7 @@ pub struct DecisionsQuery {
 /// A scaler's decisions from the journal, newest first.
 pub async fn scaler_decisions(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     query: Result<Query<DecisionsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TickRecord>>, ApiError> {
     scaler(&state, &name)?;
@@ -146,7 +164,7 @@ pub struct HistoryQuery {
 /// the journal's indexed columns without decoding records.
 pub async fn scaler_history(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<crate::journal::TickSummary>>, ApiError> {
     scaler(&state, &name)?;
@@ -163,7 +181,7 @@ pub async fn scaler_history(
 /// One journal record by id.
 pub async fn get_decision(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Json<TickRecord>, ApiError> {
     let id: i64 = id
         .parse()
@@ -181,7 +199,7 @@ pub async fn get_decision(
 /// (plain text, a line each).
 pub async fn explain_decision(
     state: State<AppState>,
-    id: Path<String>,
+    id: Segment,
 ) -> Result<([(header::HeaderName, &'static str); 1], String), ApiError> {
     let Json(record) = get_decision(state, id).await?;
     let text: String = crate::journal::explain(&record)
@@ -194,7 +212,7 @@ pub async fn explain_decision(
 /// Pauses a scaler: it keeps ticking and journaling, but holds.
 pub async fn pause_scaler(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Result<Json<ScalerStatus>, ApiError> {
     set_paused(&state, &name, true).await
 }
@@ -202,7 +220,7 @@ pub async fn pause_scaler(
 /// Resumes a paused scaler.
 pub async fn resume_scaler(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Result<Json<ScalerStatus>, ApiError> {
     set_paused(&state, &name, false).await
 }

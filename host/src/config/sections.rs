@@ -80,12 +80,17 @@ pub(super) fn parse(text: &str) -> Option<Config> {
     // Whole UTF-8 characters were replaced: each slice starts at a `[`
     // and ends before one or at the end.
     let settings = String::from_utf8(settings).ok()?;
-    let mut config: Config = toml::from_str(&settings).ok()?;
-    drop(settings);
-    if !config.scalers.is_empty() || !config.simulations.is_empty() {
-        // Also written outside headers (inline or dotted keys).
+    let table = DeTable::parse(&settings).ok()?;
+    if ["scalers", "simulations"]
+        .iter()
+        .any(|key| table.get_ref().contains_key(*key))
+    {
+        // Also written outside headers (inline or dotted keys, even empty:
+        // `scalers = []` and a `[[scalers]]` is a TOML error as a whole).
         return None;
     }
+    let mut config = Config::deserialize(Deserializer::from(table)).ok()?;
+    drop(settings);
     let scalers = elements.iter().filter(|e| e.kind == Kind::Scaler).count();
     config.scalers.reserve_exact(scalers);
     for element in elements {
@@ -329,6 +334,19 @@ name = { a = [
             let config = parse(text).expect("parsed by sections");
             assert!(!config.scalers.is_empty());
             check_against_whole(&config, text);
+        }
+    }
+
+    /// `scalers = []` beside `[[scalers]]` is a TOML error as a whole text:
+    /// not split (which read it as one scaler, and a debug build panicked
+    /// comparing), so the whole-text parse says what is wrong.
+    #[test]
+    fn a_scalers_or_simulations_key_among_the_settings_is_not_split() {
+        let demo = crate::config::DEMO_CONFIG;
+        for key in ["scalers = []", "simulations = {}"] {
+            let text = format!("{key}\n{demo}");
+            assert!(parse(&text).is_none(), "{key}");
+            assert!(toml::from_str::<Config>(&text).is_err(), "{key}");
         }
     }
 

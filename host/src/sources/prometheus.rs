@@ -299,10 +299,12 @@ impl PrometheusSource {
                 reason,
             })?;
         let client =
-            prometheus_http_query::Client::from(http, &config.url).map_err(|e| Error::Url {
-                name: name.to_owned(),
-                url: config.url.clone(),
-                reason: e.to_string(),
+            prometheus_http_query::Client::from(http, base_url(&config.url)).map_err(|e| {
+                Error::Url {
+                    name: name.to_owned(),
+                    url: config.url.clone(),
+                    reason: e.to_string(),
+                }
             })?;
         // Credentials in the URL itself are not for messages either.
         let _ = url.set_username("");
@@ -723,6 +725,19 @@ struct Envelope {
 }
 
 /// Maps one HTTP answer to the query's data or to the error it means.
+/// `url` without the slashes that end its path: the client appends
+/// `/api/v1/query` to a path prefix as it is, so `https://mimir/prometheus/`
+/// asked for `/prometheus//api/v1/query` (a proxy that does not clean paths
+/// answers 404).
+fn base_url(url: &str) -> &str {
+    if url.contains(['?', '#']) {
+        return url;
+    }
+    let trimmed = url.trim_end_matches('/');
+    // Never into the scheme's `//`.
+    if trimmed.ends_with(':') { url } else { trimmed }
+}
+
 /// Reads `response`'s body, or `None` once it passes `cap` bytes (the rest
 /// is not read).
 async fn read_capped(
@@ -890,6 +905,26 @@ mod tests {
     fn data(json: &str) -> Data {
         let body = format!(r#"{{"status":"success","data":{json}}}"#);
         decode_response(200, true, body.as_bytes(), 1000).unwrap()
+    }
+
+    #[test]
+    fn a_path_prefix_loses_its_trailing_slashes() {
+        for (url, base) in [
+            ("https://mimir/prometheus/", "https://mimir/prometheus"),
+            ("https://mimir/prometheus//", "https://mimir/prometheus"),
+            ("https://mimir/prometheus", "https://mimir/prometheus"),
+            ("http://127.0.0.1:9090/", "http://127.0.0.1:9090"),
+            ("http://127.0.0.1:9090", "http://127.0.0.1:9090"),
+            ("http://h/p/?x=1", "http://h/p/?x=1"),
+        ] {
+            assert_eq!(base_url(url), base, "{url}");
+        }
+        // The client joins /api/v1/query onto the path once.
+        let http = reqwest::Client::new();
+        let client =
+            prometheus_http_query::Client::from(http, base_url("https://mimir/prometheus/"))
+                .unwrap();
+        assert_eq!(client.base_url().path(), "/prometheus");
     }
 
     #[test]
