@@ -8,6 +8,7 @@
 mod error;
 mod guard;
 mod handlers;
+pub mod serve;
 pub mod tls;
 
 use std::collections::BTreeMap;

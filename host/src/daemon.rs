@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt as _;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
@@ -566,27 +565,12 @@ impl Daemon {
             );
             let tls = self.tls.clone();
             tokio::spawn(async move {
-                let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                let stopped = async move { token.cancelled().await };
-                let served = match tls {
-                    None => {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(stopped)
-                            .await
-                    }
-                    // `tap_io` gives the TLS listener axum's ConnectInfo of
-                    // the peer's address (the write guard reads it).
+                match tls {
+                    None => api::serve::serve(listener, router, token).await,
                     Some(tls) => match api::tls::TlsListener::new(listener, tls) {
-                        Ok(listener) => {
-                            axum::serve(listener.tap_io(|_| {}), app)
-                                .with_graceful_shutdown(stopped)
-                                .await
-                        }
-                        Err(error) => Err(error),
+                        Ok(listener) => api::serve::serve(listener, router, token).await,
+                        Err(error) => tracing::error!(%error, "The HTTP API stopped."),
                     },
-                };
-                if let Err(error) = served {
-                    tracing::error!(%error, "The HTTP API stopped.");
                 }
             })
         });

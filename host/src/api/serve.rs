@@ -1,0 +1,168 @@
+//! Serving the API's router on a listener, with the limits axum's own
+//! `serve` does not set: a client must send its request's headers within
+//! [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection is closed after as
+//! long), and at most [`MAX_CONNECTIONS`] connections are served at once
+//! (the next wait in the listen backlog). A client that connects and sends a
+//! byte every few seconds (slowloris) therefore holds one connection for
+//! 30 s at most, and many of them cannot take the file descriptors the
+//! journal, the sources and the actuators need.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+/// How long a client may take to send a request's headers, and how long an
+/// idle keep-alive connection stays open (Prometheus scraping every 15 s
+/// keeps its connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long requests in progress may finish once the API stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` until `stop` is cancelled, then lets the
+/// requests in progress finish (for a few seconds at most). Each request
+/// carries its peer's address as [`ConnectInfo`] (the write guard reads it).
+pub async fn serve<L>(listener: L, router: Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    serve_with(listener, router, stop, HEADER_READ_TIMEOUT, MAX_CONNECTIONS).await;
+}
+
+async fn serve_with<L>(
+    mut listener: L,
+    router: Router,
+    stop: CancellationToken,
+    header_read_timeout: Duration,
+    max_connections: usize,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (io, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let service = router
+            .clone()
+            .map_request(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            });
+        let connection = builder
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "An API connection ended with an error.");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("Some API requests did not finish before the API stopped.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn request(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_and_connections_are_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
+        );
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_with(
+            listener,
+            router,
+            stop.clone(),
+            Duration::from_millis(300),
+            2,
+        ));
+        // A request is answered, with its peer's address.
+        assert!(request(addr).await.ends_with("127.0.0.1"));
+
+        // Two clients that never finish their headers take both slots; a
+        // third waits, and is answered once the first two are cut off.
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET /peer HTTP/1.1\r\n").await.unwrap();
+            slow.push(stream);
+        }
+        let started = std::time::Instant::now();
+        let third = tokio::time::timeout(Duration::from_secs(10), request(addr))
+            .await
+            .expect("answered once the slow clients were cut off");
+        assert!(third.ends_with("127.0.0.1"), "{third}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        for mut stream in slow {
+            let mut rest = Vec::new();
+            // Closed by the server (an error answer, then end of stream).
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+            assert!(read.is_ok(), "a slow client's connection stays open");
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+}
