@@ -119,7 +119,7 @@ mod freshness;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -152,6 +152,11 @@ const MAX_ERROR_BODY: usize = 512;
 /// a large fleet can answer hundreds, all held in memory by the daemon
 /// that runs every scaler.
 pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+/// Asked of every query: Thanos (and Cortex-style query paths that honour
+/// it) then fail a query a store could not answer, rather than answer a
+/// sum over the stores that did - a too-low number that looks valid, and
+/// would scale in. Prometheus ignores the parameter.
+const PARTIAL_RESPONSE: &str = "partial_response";
 
 /// Why a Prometheus source could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +240,8 @@ pub struct PrometheusSource {
     data_times: Coalescer<(Arc<str>, i64), Result<Option<i64>, MetricError>>,
     /// The freshness query of each query seen (`None`: nothing to check).
     freshness: Mutex<HashMap<String, Option<Arc<str>>>>,
+    /// The warnings logged last.
+    last_warning: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for PrometheusSource {
@@ -330,6 +337,7 @@ impl PrometheusSource {
                 MAX_SHARED_ANSWERS,
             ),
             freshness: Mutex::new(HashMap::new()),
+            last_warning: Mutex::new(None),
         })
     }
 
@@ -369,7 +377,8 @@ impl PrometheusSource {
             let mut request = self
                 .client
                 .query_range(query, from_s, to_s, step_s as f64)
-                .timeout(self.timeout_ms() as i64);
+                .timeout(self.timeout_ms() as i64)
+                .query(PARTIAL_RESPONSE, "false");
             for credentials in &self.credentials {
                 request = request.header(credentials.header_name.clone(), credentials.header());
             }
@@ -424,7 +433,8 @@ impl PrometheusSource {
                         .client
                         .query(&query.query)
                         .at(evaluation_s)
-                        .timeout(timeout_ms as i64);
+                        .timeout(timeout_ms as i64)
+                        .query(PARTIAL_RESPONSE, "false");
                     self.send(self.authorize(request).get_raw()).await?
                 }
                 Some(window_ms) => {
@@ -432,7 +442,8 @@ impl PrometheusSource {
                     let mut request = self
                         .client
                         .query_range(&query.query, start_s, evaluation_s, step_s)
-                        .timeout(timeout_ms as i64);
+                        .timeout(timeout_ms as i64)
+                        .query(PARTIAL_RESPONSE, "false");
                     for credentials in &self.credentials {
                         request =
                             request.header(credentials.header_name.clone(), credentials.header());
@@ -469,7 +480,8 @@ impl PrometheusSource {
             .client
             .query(freshness_query)
             .at(evaluation_s)
-            .timeout(self.timeout_ms() as i64);
+            .timeout(self.timeout_ms() as i64)
+            .query(PARTIAL_RESPONSE, "false");
         match self.send(self.authorize(request).get_raw()).await {
             Ok(data) => Ok(newest_data_ms(&data)),
             // Only our rewrite can make this fail while the query itself
@@ -529,7 +541,28 @@ impl PrometheusSource {
                 }
             });
         };
-        decode_response(status, is_json, &body, self.timeout_ms())
+        let (data, warnings) = decode_response(status, is_json, &body, self.timeout_ms())?;
+        if !warnings.is_empty() {
+            self.warned(&warnings);
+        }
+        Ok(data)
+    }
+
+    /// Logs the warnings of an answer, when they differ from the last ones
+    /// logged (the same query every tick would repeat them).
+    fn warned(&self, warnings: &[String]) {
+        let text = warnings.join("; ");
+        let mut last = self
+            .last_warning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.as_deref() != Some(text.as_str()) {
+            tracing::warn!(
+                source = %self.name, warnings = %crate::runtime::log_safe(&text),
+                "Prometheus answered with warnings (said again when they change); its data may be incomplete."
+            );
+            *last = Some(text);
+        }
     }
 
     fn transport_error(&self, error: &prometheus_http_query::Error) -> MetricError {
@@ -722,9 +755,12 @@ struct Envelope {
     error_type: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    /// What the server says went wrong without failing the query (a store
+    /// of a Thanos or Cortex query path that did not answer, say).
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
-/// Maps one HTTP answer to the query's data or to the error it means.
 /// `url` without the slashes that end its path: the client appends
 /// `/api/v1/query` to a path prefix as it is, so `https://mimir/prometheus/`
 /// asked for `/prometheus//api/v1/query` (a proxy that does not clean paths
@@ -760,12 +796,14 @@ async fn read_capped(
     Ok(Some(body))
 }
 
+/// Maps one HTTP answer to the query's data, with the warnings the server
+/// sent beside it, or to the error it means.
 fn decode_response(
     status: u16,
     is_json: bool,
     body: &[u8],
     timeout_ms: u64,
-) -> Result<Data, MetricError> {
+) -> Result<(Data, Vec<String>), MetricError> {
     let success = (200..300).contains(&status);
     let excerpt = || {
         let text = String::from_utf8_lossy(body);
@@ -798,9 +836,10 @@ fn decode_response(
         }
     };
     if envelope.status == "success" && success {
+        let warnings = envelope.warnings;
         return envelope
             .data
-            .map(|result| result.into_inner().0)
+            .map(|result| (result.into_inner().0, warnings))
             .ok_or_else(|| MetricError::Other("a success answer without data".to_owned()));
     }
     let error_type = envelope.error_type.unwrap_or_default();
@@ -904,7 +943,22 @@ mod tests {
 
     fn data(json: &str) -> Data {
         let body = format!(r#"{{"status":"success","data":{json}}}"#);
-        decode_response(200, true, body.as_bytes(), 1000).unwrap()
+        decode_response(200, true, body.as_bytes(), 1000).unwrap().0
+    }
+
+    #[test]
+    fn warnings_come_with_the_data() {
+        let body = r#"{"status":"success","warnings":["store s1 unavailable"],"data":{"resultType":"vector","result":[{"metric":{},"value":[1,"2"]}]}}"#;
+        let (data, warnings) = decode_response(200, true, body.as_bytes(), 1000).unwrap();
+        assert_eq!(warnings, ["store s1 unavailable"]);
+        assert_eq!(one_series(data).unwrap(), [p(1000, 2.0)]);
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert!(
+            decode_response(200, true, body.as_bytes(), 1000)
+                .unwrap()
+                .1
+                .is_empty()
+        );
     }
 
     #[test]
