@@ -174,6 +174,15 @@ pub fn memory_needed(behavior: &Behavior) -> Duration {
     Duration::from_millis(u64::try_from(longest).unwrap_or(0))
 }
 
+/// The longest stabilisation window of either direction (HPA's defaults
+/// where the config gives none): history older than this no longer holds
+/// anything back, and a tick that finds none younger seeds it again.
+pub fn longest_window(behavior: &Behavior) -> Duration {
+    let up = Rules::resolve(&behavior.scale_up, Direction::Up);
+    let down = Rules::resolve(&behavior.scale_down, Direction::Down);
+    Duration::from_millis(u64::try_from(up.window_ms.max(down.window_ms)).unwrap_or(0))
+}
+
 /// How long scale events can still matter: the longest rate-limit period
 /// or cooldown of either direction.
 fn events_needed_ms(up: &Rules, down: &Rules) -> i64 {

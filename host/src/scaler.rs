@@ -458,7 +458,13 @@ impl Scaler {
         let key = crate::daemon::phase_key(&self.spec);
         let interval_ms = self.spec.interval.as_millis() as i64;
         let slot = |time_ms| crate::daemon::slot_near(&key, interval_ms, time_ms);
-        self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history, slot);
+        // The daemon was down for the longest window (and more than a tick
+        // or so: a scaler ticking less often than its window does not seed
+        // at every tick).
+        let window_ms = i64::try_from(envelope::longest_window(&self.spec.behavior).as_millis())
+            .unwrap_or(i64::MAX);
+        let outage_ms = window_ms.max(interval_ms + interval_ms / 2);
+        self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history, outage_ms, slot);
         for tick in recovery
             .ticks
             .iter()
@@ -1287,23 +1293,36 @@ fn metrics_read<'a>(
 fn restore_envelope(
     ticks: &[TickSummary],
     begins_history: bool,
+    outage_ms: i64,
     slot: impl Fn(i64) -> i64,
 ) -> EnvelopeState {
-    let observed = || {
-        ticks
-            .iter()
-            .filter(|t| !matches!(t.actuation, ActuationRecord::ObserveFailed { .. }))
-    };
-    // The scaler's first tick seeded its history with the count it found
-    // (HPA's initial recommendation); seeded again here, so a restart in a
-    // new scaler's first window does not let it scale down at once.
-    let seed = observed()
-        .next()
-        .filter(|_| begins_history)
-        .map(|first| (slot(first.time_ms), first.current));
-    let recommendations = seed
-        .into_iter()
-        .chain(observed().filter_map(|t| Some((slot(t.time_ms), t.recommendation?))));
+    // A tick seeded the history with the count it found (HPA's initial
+    // recommendation) when nothing younger than the longest window was left
+    // in it: a new scaler's first tick, and the first after the daemon was
+    // down for that long (a gap of `outage_ms` in the journal). Seeded again here, so that
+    // a restart inside such a window does not let the scaler scale down at
+    // once (a crash-looping daemon, restarted again a minute after an
+    // outage).
+    let mut recommendations = Vec::new();
+    let mut seeding = begins_history;
+    let mut previous: Option<i64> = None;
+    for tick in ticks {
+        if previous.is_some_and(|p| tick.time_ms.saturating_sub(p) >= outage_ms.max(1)) {
+            seeding = true;
+        }
+        previous = Some(tick.time_ms);
+        if matches!(tick.actuation, ActuationRecord::ObserveFailed { .. }) {
+            // The envelope never saw this tick.
+            continue;
+        }
+        let at = slot(tick.time_ms);
+        if std::mem::take(&mut seeding) {
+            recommendations.push((at, tick.current));
+        }
+        if let Some(recommendation) = tick.recommendation {
+            recommendations.push((at, recommendation));
+        }
+    }
     // A pending change (the daemon stopped while the actuator was asked)
     // most likely happened: counted, so a restart does not scale again
     // inside its cooldown.
@@ -1465,16 +1484,64 @@ mod tests {
         let behavior = crate::config::Behavior::default();
         let desired = |state, now_ms| desired_of(state, &behavior, now_ms, 10, 2);
         let at = |t| t;
-        assert_eq!(desired(restore_envelope(&ticks, true, at), 60_000), 10);
         assert_eq!(
-            desired(restore_envelope(&ticks, true, at), 301_000),
+            desired(restore_envelope(&ticks, true, 300_000, at), 60_000),
+            10
+        );
+        assert_eq!(
+            desired(restore_envelope(&ticks, true, 300_000, at), 301_000),
             2,
             "the seed holds for the scale-down window only"
         );
         assert_eq!(
-            desired(restore_envelope(&ticks, false, at), 60_000),
+            desired(restore_envelope(&ticks, false, 300_000, at), 60_000),
             2,
             "a history that began before these ticks has no seed among them"
+        );
+    }
+
+    #[test]
+    fn a_second_restart_inside_the_window_after_an_outage_keeps_its_seed() {
+        let tick = |time_ms, current, recommendation| TickSummary {
+            id: 1,
+            time_ms,
+            mode: crate::config::Mode::Enforce,
+            current,
+            desired: current,
+            recommendation,
+            actuation: ActuationRecord::None,
+        };
+        // The scaler ran at 10 wanting 10, the daemon was down 11 minutes,
+        // came back at T (its first tick seeded 10 again) to a policy
+        // asking for 2, and restarts once more a minute later.
+        let t = 1_000_000;
+        let ticks = [
+            tick(t - 660_000 - 15_000, 10, Some(10)),
+            tick(t - 660_000, 10, Some(10)),
+            tick(t, 10, Some(2)),
+            tick(t + 15_000, 10, Some(2)),
+            tick(t + 30_000, 10, Some(2)),
+            tick(t + 45_000, 10, Some(2)),
+        ];
+        let behavior = crate::config::Behavior::default();
+        let desired = |state, now_ms| desired_of(state, &behavior, now_ms, 10, 2);
+        let at = |t| t;
+        assert_eq!(
+            desired(restore_envelope(&ticks, false, 300_000, at), t + 60_000),
+            10,
+            "the seed at T holds scale-down until T + 5m"
+        );
+        assert_eq!(
+            desired(restore_envelope(&ticks, false, 300_000, at), t + 301_000),
+            2
+        );
+        // Without the outage, nothing seeds: 2 within the window.
+        let steady: Vec<_> = (0..8)
+            .map(|i| tick(t - 60_000 + i * 15_000, 10, Some(2)))
+            .collect();
+        assert_eq!(
+            desired(restore_envelope(&steady, false, 300_000, at), t + 60_000),
+            2
         );
     }
 
@@ -1516,11 +1583,16 @@ mod tests {
             "late: when it started"
         );
         assert_eq!(
-            desired(restore_envelope(std::slice::from_ref(&tick), false, slot)),
+            desired(restore_envelope(
+                std::slice::from_ref(&tick),
+                false,
+                300_000,
+                slot
+            )),
             7
         );
         assert_eq!(
-            desired(restore_envelope(&[tick], false, |t| t)),
+            desired(restore_envelope(&[tick], false, 300_000, |t| t)),
             6,
             "dated when it started, the minute is not over"
         );
