@@ -61,6 +61,8 @@ use applied::Applied;
 
 /// How long shutdown waits for ticks in progress before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long stopping may wait for the Lease's release.
+const LEASE_RELEASE_GRACE: Duration = Duration::from_secs(5);
 /// How long shutdown then waits for notifications still being delivered
 /// (a retry or two; Kubernetes gives a pod 30 s in all by default).
 const NOTIFY_GRACE: Duration = Duration::from_secs(10);
@@ -616,8 +618,13 @@ impl Daemon {
         tracing::info!("Shutting down: letting ticks in progress finish.");
         token.cancel();
         set.stop_all();
-        drop(_policy_watch);
-        drop(_config_watch);
+        // Stopped off this task and not waited for: a watcher compiling a
+        // new module version (up to its compile timeout) would hold the
+        // shutdown back, on a thread of the async runtime.
+        let watches = (_policy_watch, _config_watch);
+        let _ = std::thread::Builder::new()
+            .name("scalewise-unwatch".into())
+            .spawn(move || drop(watches));
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while set.tasks.join_next().await.is_some() {}
         })
@@ -628,7 +635,17 @@ impl Daemon {
         }
         election_stop.cancel();
         if let Some(election) = election {
-            let _ = election.await;
+            // Releasing the Lease lets a successor take it at once; an API
+            // server that does not answer within LEASE_RELEASE_GRACE makes
+            // it wait out the lease's duration instead.
+            if tokio::time::timeout(LEASE_RELEASE_GRACE, election)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "The lease was not released in time; another replica takes it once it expires."
+                );
+            }
         }
         if let Some(api_task) = api_task {
             let _ = api_task.await;
