@@ -463,3 +463,54 @@ async fn notifications_follow_the_reloaded_config() {
     assert_eq!(first.bodies().len(), 1);
     assert_eq!(second.bodies().len(), 1);
 }
+
+/// A reload that lengthens a stabilisation window: the envelope had kept
+/// only what the old window needed, and remembers the new one's worth from
+/// the journal, as a restart would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_window_by_reload_holds_what_the_journal_remembers() {
+    let config = |scale_to: u32, min: u32, window: &str| {
+        let extra = format!(
+            "params = {{ scale_to = {scale_to} }}\n\n[scalers.behavior.scale_down]\n\
+             stabilization_window = \"{window}\"\n"
+        );
+        config_text(4.0, 50, "native", &extra).replace("min = 1\n", &format!("min = {min}\n"))
+    };
+    let mut d = counter_daemon(&config(6, 1, "0s"))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    // At 6, wanting 6, for a few ticks (a 0s window keeps none of them).
+    for _ in 0..3 {
+        d.next_decision(10 * SECOND, |r| r.scaler == "web" && r.target.current == 6)
+            .await
+            .unwrap();
+    }
+    // Wanting 3, held at 6 by min: the envelope keeps only the newest 3.
+    rewrite_config(&d, &config(3, 6, "0s"));
+    wait_for_reloads(&d, "applied", 1).await;
+    for _ in 0..2 {
+        let record = d
+            .next_decision(10 * SECOND, |r| r.scaler == "web" && r.target.min == 6)
+            .await
+            .unwrap();
+        assert_eq!(record.desired, 6, "{record:#?}");
+    }
+    // min back to 1 under a 10m window: the journal's last minutes wanted
+    // 6, so the scale-down waits (without them it would go to 3 at once).
+    rewrite_config(&d, &config(3, 1, "10m"));
+    wait_for_reloads(&d, "applied", 2).await;
+    for _ in 0..4 {
+        let record = d
+            .next_decision(10 * SECOND, |r| r.scaler == "web" && r.target.min == 1)
+            .await
+            .unwrap();
+        assert_eq!(record.desired, 6, "{record:#?}");
+        assert!(
+            record.envelope.iter().any(|s| s.rule == "stabilization"),
+            "{record:#?}"
+        );
+    }
+    d.stop().await.unwrap();
+}

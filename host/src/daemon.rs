@@ -1526,8 +1526,15 @@ fn run_scaler(
                             // idle scaler's.
                             Box::pin(hand_over(scaler.actuator(), next, &update.spec.name)).await;
                         }
+                        let remembered = crate::envelope::memory_needed(&scaler.spec().behavior);
                         let Reconfigure { spec, actuator, .. } = *update;
                         scaler.reconfigure(spec, actuator);
+                        if crate::envelope::memory_needed(&scaler.spec().behavior) > remembered {
+                            let rebuilt = Box::pin(scaler.remember_further(clock.now_ms())).await;
+                            if let Err(error) = rebuilt {
+                                tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read the journal for the longer history the new behaviour needs; it builds up from now.");
+                            }
+                        }
                         let interval = (scaler.spec().interval.as_millis() as i64).max(1);
                         if interval != interval_ms {
                             interval_ms = interval;

@@ -426,6 +426,38 @@ impl Scaler {
         HISTORY_MS.max(i64::try_from(needed).unwrap_or(i64::MAX))
     }
 
+    /// The envelope's state as the journal's `ticks` (oldest first) leave it.
+    fn envelope_from(&self, ticks: &[TickSummary], begins_history: bool) -> EnvelopeState {
+        // Live ticks count the envelope's time from their slot on the
+        // scaler's grid; the journal has when they started.
+        let key = crate::daemon::phase_key(&self.spec);
+        let interval_ms = self.spec.interval.as_millis() as i64;
+        let slot = |time_ms| crate::daemon::slot_near(&key, interval_ms, time_ms);
+        // The daemon was down for the longest window (and more than a tick
+        // or so: a scaler ticking less often than its window does not seed
+        // at every tick).
+        let window_ms = i64::try_from(envelope::longest_window(&self.spec.behavior).as_millis())
+            .unwrap_or(i64::MAX);
+        let outage_ms = window_ms.max(interval_ms + interval_ms / 2);
+        restore_envelope(ticks, begins_history, outage_ms, slot)
+    }
+
+    /// After a reload that makes the envelope remember further back (a
+    /// longer stabilisation window, rate-limit period or cooldown): its
+    /// history is rebuilt from the journal, as at a restart. What it kept
+    /// reached only as far back as the old settings needed, so a scale-down
+    /// a 30-minute window should hold would have gone through at once.
+    pub async fn remember_further(&mut self, now_ms: i64) -> Result<(), String> {
+        let recovery = self
+            .services
+            .journal
+            .recover(&self.spec.name, now_ms - self.restore_horizon_ms())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
+        Ok(())
+    }
+
     /// Rebuilds cooldowns, stabilisation windows, rate-limit periods, each
     /// policy's state and the pause flag from the journal. `paused_default`
     /// applies when the journal has no pause flag for this scaler. A change
@@ -453,18 +485,7 @@ impl Scaler {
             );
         }
         self.handle.paused.store(paused, Ordering::Relaxed);
-        // Live ticks count the envelope's time from their slot on the
-        // scaler's grid; the journal has when they started.
-        let key = crate::daemon::phase_key(&self.spec);
-        let interval_ms = self.spec.interval.as_millis() as i64;
-        let slot = |time_ms| crate::daemon::slot_near(&key, interval_ms, time_ms);
-        // The daemon was down for the longest window (and more than a tick
-        // or so: a scaler ticking less often than its window does not seed
-        // at every tick).
-        let window_ms = i64::try_from(envelope::longest_window(&self.spec.behavior).as_millis())
-            .unwrap_or(i64::MAX);
-        let outage_ms = window_ms.max(interval_ms + interval_ms / 2);
-        self.envelope = restore_envelope(&recovery.ticks, recovery.begins_history, outage_ms, slot);
+        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
         for tick in recovery
             .ticks
             .iter()
