@@ -1514,7 +1514,13 @@ impl TargetConfig {
                 what: format!("{} {:?}", k8s.object, k8s.name),
             },
             TargetConfig::Rebalance(workers) => TargetClaim {
-                key: format!("rebalance\0{}", workers.endpoint.trim_end_matches('/')),
+                // As a URL compares: `HTTP://Coord:80/` is `http://coord`.
+                key: format!(
+                    "rebalance\0{}",
+                    url::Url::parse(&workers.endpoint)
+                        .map_or_else(|_| workers.endpoint.clone(), String::from)
+                        .trim_end_matches('/')
+                ),
                 field: "endpoint",
                 what: format!("shard coordinator {:?}", workers.endpoint),
             },

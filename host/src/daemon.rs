@@ -589,6 +589,7 @@ impl Daemon {
         let mut set = ScalerSet {
             tasks: tokio::task::JoinSet::new(),
             running: BTreeMap::new(),
+            stopping: Vec::new(),
             clock: self.clock,
             telemetry: self.telemetry.clone(),
         };
@@ -1019,12 +1020,20 @@ impl Daemon {
             Some(Webhooks::build(&notifications).map_err(DaemonError::Setup)?)
         };
 
-        // Sources: rebuilt only when their config changed.
-        let sources = if config.sources == running.sources {
-            self.sources.clone()
-        } else {
-            build_named_sources(&config)?
-        };
+        // Sources: each rebuilt only when its own config changed. The
+        // others stay the instances their scalers share (one fetch per
+        // query and second across them, whichever scalers the reload built
+        // anew).
+        let sources: NamedSources = config
+            .sources
+            .iter()
+            .map(|(name, source)| match self.sources.get(name) {
+                Some(kept) if running.sources.get(name) == Some(source) => {
+                    Ok((name.clone(), Arc::clone(kept)))
+                }
+                _ => Ok((name.clone(), build_named_source(name, source.get_ref())?)),
+            })
+            .collect::<Result<_, DaemonError>>()?;
         let changed_sources: Vec<&String> = config
             .sources
             .iter()
@@ -1201,6 +1210,9 @@ struct ApplySummary {
 struct ScalerSet {
     tasks: tokio::task::JoinSet<()>,
     running: BTreeMap<String, RunningScaler>,
+    /// Scalers asked to stop whose task may still be finishing a tick: a
+    /// task holds its `Control` until it ends.
+    stopping: Vec<(String, Arc<Control>)>,
     clock: Clock,
     telemetry: Arc<Telemetry>,
 }
@@ -1245,19 +1257,32 @@ impl ScalerSet {
         let name = scaler.spec().name.clone();
         let control = Arc::new(Control::default());
         let handle = scaler.handle();
+        // A scaler of this name that a reload removed may still be in its
+        // last tick: the new one waits for it (see `run_scaler`).
+        self.stopping
+            .retain(|(_, control)| Arc::strong_count(control) > 1);
+        let predecessor = self
+            .stopping
+            .iter()
+            .position(|(stopping, _)| *stopping == name)
+            .map(|i| self.stopping.swap_remove(i).1);
         self.tasks.spawn(run_scaler(
             scaler,
             self.clock,
             self.telemetry.clone(),
             control.clone(),
+            predecessor,
         ));
         self.running.insert(name, RunningScaler { handle, control });
     }
 
     /// Stops a scaler after its tick in progress, if any.
     fn stop(&mut self, name: &str) {
+        self.stopping
+            .retain(|(_, control)| Arc::strong_count(control) > 1);
         if let Some(running) = self.running.remove(name) {
             running.control.stop();
+            self.stopping.push((name.to_owned(), running.control));
         }
     }
 
@@ -1268,13 +1293,25 @@ impl ScalerSet {
         }
     }
 
-    fn reconfigure(&mut self, name: &str, update: Reconfigure) {
+    fn reconfigure(&mut self, name: &str, mut update: Reconfigure) {
         if let Some(running) = self.running.get(name) {
-            *running
+            let mut pending = running
                 .control
                 .update
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(update));
+                .unwrap_or_else(PoisonError::into_inner);
+            // A newer change replaces one the scaler has not applied yet; it
+            // was compared with that one, so a new actuator the older one
+            // brought (a rotated token) must not be lost with it.
+            if update.actuator.is_none()
+                && let Some(older) = pending.take()
+                && older.actuator.is_some()
+            {
+                update.actuator = older.actuator;
+                update.same_target = older.same_target;
+            }
+            *pending = Some(Box::new(update));
+            drop(pending);
             running.control.wake.notify_one();
         }
     }
@@ -1509,8 +1546,12 @@ fn run_scaler(
     clock: Clock,
     telemetry: Arc<Telemetry>,
     control: Arc<Control>,
+    predecessor: Option<Arc<Control>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        if let Some(predecessor) = predecessor {
+            Box::pin(after_predecessor(&mut scaler, predecessor, clock)).await;
+        }
         let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
         let mut next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
         loop {
@@ -1574,6 +1615,28 @@ fn run_scaler(
                 next += missed * interval_ms;
             }
         }
+    }
+}
+
+/// Waits for the task of a scaler of the same name, removed by an earlier
+/// reload, to finish its tick in progress (it holds `predecessor`, the
+/// only other reference): two must not act on one target at once. What
+/// that tick did is then read back from the journal into the envelope,
+/// which was restored before it was written.
+async fn after_predecessor(scaler: &mut Scaler, predecessor: Arc<Control>, clock: Clock) {
+    if Arc::strong_count(&predecessor) == 1 {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while Arc::strong_count(&predecessor) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(scaler = %scaler.spec().name, "A removed scaler of this name has not finished its tick; this one starts anyway.");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(error) = scaler.remember_further(clock.now_ms()).await {
+        tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read back the last tick of the scaler this one replaces.");
     }
 }
 
@@ -1846,16 +1909,18 @@ fn build_named_sources(config: &Config) -> Result<NamedSources, DaemonError> {
     config
         .sources
         .iter()
-        .map(|(name, source)| {
-            let built: Arc<dyn Source> = match source.get_ref() {
-                SourceConfig::Prometheus(prometheus) => Arc::new(
-                    PrometheusSource::new(name, prometheus)
-                        .map_err(|e| DaemonError::Setup(format!("source {name:?}: {e}")))?,
-                ),
-            };
-            Ok((name.clone(), built))
-        })
+        .map(|(name, source)| Ok((name.clone(), build_named_source(name, source.get_ref())?)))
         .collect()
+}
+
+/// The source `[sources.<name>]` configures.
+fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Source>, DaemonError> {
+    Ok(match source {
+        SourceConfig::Prometheus(prometheus) => Arc::new(
+            PrometheusSource::new(name, prometheus)
+                .map_err(|e| DaemonError::Setup(format!("source {name:?}: {e}")))?,
+        ),
+    })
 }
 
 /// A Kubernetes client configured as kubectl's is (for leader election).
@@ -1933,7 +1998,7 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: &F) -> usize
     where
-        F: FnOnce(Scaler, Clock, Arc<Telemetry>, Arc<Control>) -> Fut,
+        F: FnOnce(Scaler, Clock, Arc<Telemetry>, Arc<Control>, Option<Arc<Control>>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -333,6 +333,8 @@ impl Scaler {
             .collect();
         self.policy_states = restore_policy_states(&spec.policies, &saved);
         self.notes = vec![PolicyNotes::default(); spec.policies.len()];
+        // Kept by position: the metrics may have moved.
+        self.failing_metrics = 0;
         let mut status = (**self.handle.status.load()).clone();
         status.mode = Some(spec.mode);
         status.target_kind = actuator.kind();
@@ -373,13 +375,20 @@ impl Scaler {
     /// beside the leader's own).
     pub fn follow(&self) {
         let previous = self.handle.status.load();
-        if previous.current.is_none() && previous.desired.is_none() && previous.facts.is_empty() {
+        if previous.current.is_none()
+            && previous.desired.is_none()
+            && previous.last_tick_ms.is_none()
+            && previous.facts.is_empty()
+        {
             return;
         }
         self.handle.status.store(Arc::new(ScalerStatus {
             current: None,
             ready: None,
             desired: None,
+            // Its gauge would age on a follower, firing a "stopped ticking"
+            // alert: the leader reports it.
+            last_tick_ms: None,
             in_flight: None,
             facts: BTreeMap::new(),
             problems: Vec::new(),
@@ -943,16 +952,12 @@ impl Scaler {
         // The lease may have been lost while the tick read and decided (a
         // slow source, a slow target): a replica that no longer leads makes
         // no change, since another may be acting already.
-        let scaled = if !self.may_act() {
+        let scaled = if self.may_act() {
+            self.actuator.scale(now_ms, current, desired).await
+        } else {
             Err(ActuatorError::Failed(
                 "not scaled: this replica lost the lease during the tick".to_owned(),
             ))
-        } else if self.handle.is_paused() {
-            Err(ActuatorError::Failed(
-                "not scaled: the scaler was paused during the tick".to_owned(),
-            ))
-        } else {
-            self.actuator.scale(now_ms, current, desired).await
         };
         let outcome = match scaled {
             Ok(Actuation::Done { detail }) => {
@@ -1319,29 +1324,35 @@ fn restore_envelope(
 ) -> EnvelopeState {
     // A tick seeded the history with the count it found (HPA's initial
     // recommendation) when nothing younger than the longest window was left
-    // in it: a new scaler's first tick, and the first after the daemon was
-    // down for that long (a gap of `outage_ms` in the journal). Seeded again here, so that
-    // a restart inside such a window does not let the scaler scale down at
-    // once (a crash-looping daemon, restarted again a minute after an
-    // outage).
+    // in it: a new scaler's first tick, and the first after a restart once
+    // the daemon was down that long, or once its ticks kept no
+    // recommendation for that long (metrics missing, a policy failing).
+    // The journal does not say where restarts were: seeded here at the
+    // first tick after every such stretch (`outage_ms`), so that a restart
+    // soon after one does not let the scaler scale down at once (a
+    // crash-looping daemon, restarted again a minute after an outage). Where
+    // no restart came, this holds scale-in a window longer than it did.
     let mut recommendations = Vec::new();
-    let mut seeding = begins_history;
-    let mut previous: Option<i64> = None;
+    // When a recommendation was last kept; a history that began before
+    // these ticks counts as kept just before them.
+    let mut kept: Option<i64> = if begins_history {
+        None
+    } else {
+        ticks.first().map(|t| slot(t.time_ms))
+    };
     for tick in ticks {
-        if previous.is_some_and(|p| tick.time_ms.saturating_sub(p) >= outage_ms.max(1)) {
-            seeding = true;
-        }
-        previous = Some(tick.time_ms);
         if matches!(tick.actuation, ActuationRecord::ObserveFailed { .. }) {
             // The envelope never saw this tick.
             continue;
         }
         let at = slot(tick.time_ms);
-        if std::mem::take(&mut seeding) {
+        if kept.is_none_or(|kept| at.saturating_sub(kept) >= outage_ms.max(1)) {
             recommendations.push((at, tick.current));
+            kept = Some(at);
         }
         if let Some(recommendation) = tick.recommendation {
             recommendations.push((at, recommendation));
+            kept = Some(at);
         }
     }
     // A pending change (the daemon stopped while the actuator was asked)
@@ -1555,6 +1566,24 @@ mod tests {
         assert_eq!(
             desired(restore_envelope(&ticks, false, 300_000, at), t + 301_000),
             2
+        );
+        // Ticks that kept no recommendation for the window (metrics
+        // missing) before it: the same.
+        let missing: Vec<_> = (0..30)
+            .map(|i| tick(t - 450_000 + i * 15_000, 10, None))
+            .chain([tick(t, 10, Some(2)), tick(t + 15_000, 10, Some(2))])
+            .collect();
+        let with_before: Vec<_> = [tick(t - 465_000, 10, Some(10))]
+            .into_iter()
+            .chain(missing)
+            .collect();
+        assert_eq!(
+            desired(
+                restore_envelope(&with_before, false, 300_000, at),
+                t + 60_000
+            ),
+            10,
+            "seeded after five minutes without a recommendation"
         );
         // Without the outage, nothing seeds: 2 within the window.
         let steady: Vec<_> = (0..8)

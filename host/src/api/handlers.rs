@@ -336,6 +336,9 @@ fn status_of(handle: &ScalerHandle) -> ScalerStatus {
     status
 }
 
+/// How long a pause or resume may take to reach the Lease.
+const LEASE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn set_paused(
     state: &AppState,
     name: &str,
@@ -363,22 +366,40 @@ async fn set_paused(
     }
     // One change of a flag at a time: two requests crossing would leave the
     // Lease, the journal and the running flag disagreeing.
+    // Each wait bounded: an API server that does not answer must not hold
+    // every later pause back.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, ONE_AT_A_TIME.lock())
+        .await
+        .map_err(|_| {
+            ApiError::Internal(
+                "another pause or resume is still being recorded; nothing changed, try again"
+                    .to_owned(),
+            )
+        })?;
     // In the Lease first, so that the flag outlasts this replica: whoever
     // leads next applies it before acting.
     let scalers = state.scalers.load();
-    state
-        .leadership
-        .record_pause(name, paused, |n| scalers.contains_key(n))
-        .await
-        .map_err(|e| match e {
-            RecordError::NotLeader(holder) => not_leader(holder),
-            RecordError::Failed(why) => ApiError::Internal(format!(
-                "cannot record the pause flag in the lease, where the next leader reads it \
-                 ({why}); nothing changed"
-            )),
-        })?;
+    let recorded = tokio::time::timeout(
+        LEASE_WRITE_TIMEOUT,
+        state
+            .leadership
+            .record_pause(name, paused, |n| scalers.contains_key(n)),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(RecordError::Failed(format!(
+            "no answer within {} (the API server may still take it)",
+            humantime::format_duration(LEASE_WRITE_TIMEOUT)
+        )))
+    });
+    recorded.map_err(|e| match e {
+        RecordError::NotLeader(holder) => not_leader(holder),
+        RecordError::Failed(why) => ApiError::Internal(format!(
+            "cannot record the pause flag in the lease, where the next leader reads it \
+             ({why}); not applied here"
+        )),
+    })?;
     // The Lease holds the flag now, so the next leader applies it: this
     // replica applies it too, even if its journal cannot record it (a full
     // disk during an incident must not leave a pause half made).

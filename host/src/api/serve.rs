@@ -1,11 +1,14 @@
 //! Serving the API's router on a listener, with the limits axum's own
-//! `serve` does not set: a client must send its request's headers within
-//! [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection is closed after as
-//! long), and at most [`MAX_CONNECTIONS`] connections are served at once
-//! (the next wait in the listen backlog). A client that connects and sends a
-//! byte every few seconds (slowloris) therefore holds one connection for
-//! 30 s at most, and many of them cannot take the file descriptors the
-//! journal, the sources and the actuators need.
+//! `serve` does not set: HTTP/1 only (the API has no use for HTTP/2, whose
+//! connections have no idle timeout); a client must send its request's
+//! headers within [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection is
+//! closed after as long); a connection lasts [`MAX_CONNECTION_LIFE`] at most
+//! (a client that never reads its answer); and at most [`MAX_CONNECTIONS`]
+//! connections are served at once (the next wait in the listen backlog). A
+//! client that connects and sends a byte every few seconds (slowloris)
+//! therefore holds one connection for 30 s at most, and many of them cannot
+//! take the file descriptors the journal, the sources and the actuators
+//! need.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +33,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
 
+/// The longest a connection is served, keep-alive included: a dashboard or
+/// a scraper reconnects after it.
+pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(300);
+
 /// How long requests in progress may finish once the API stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -40,25 +47,33 @@ pub async fn serve<L>(listener: L, router: Router, stop: CancellationToken)
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
-    serve_with(listener, router, stop, HEADER_READ_TIMEOUT, MAX_CONNECTIONS).await;
+    let limits = Limits {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        life: MAX_CONNECTION_LIFE,
+        connections: MAX_CONNECTIONS,
+    };
+    serve_with(listener, router, stop, limits).await;
 }
 
-async fn serve_with<L>(
-    mut listener: L,
-    router: Router,
-    stop: CancellationToken,
+/// What [`serve`] bounds (smaller in tests).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     header_read_timeout: Duration,
-    max_connections: usize,
-) where
+    life: Duration,
+    connections: usize,
+}
+
+async fn serve_with<L>(mut listener: L, router: Router, stop: CancellationToken, limits: Limits)
+where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let slots = Arc::new(Semaphore::new(limits.connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout);
     loop {
         let slot = tokio::select! {
             _ = stop.cancelled() => break,
@@ -81,9 +96,14 @@ async fn serve_with<L>(
             .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
+        let life = limits.life;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "An API connection ended with an error.");
+            match tokio::time::timeout(life, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "An API connection ended with an error.")
+                }
+                Err(_) => tracing::debug!(%peer, "An API connection was closed at its time limit."),
             }
             drop(slot);
         });
@@ -124,33 +144,45 @@ mod tests {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
         );
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve_with(
-            listener,
-            router,
-            stop.clone(),
-            Duration::from_millis(300),
-            2,
-        ));
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            life: Duration::from_secs(20),
+            connections: 2,
+        };
+        let server = tokio::spawn(serve_with(listener, router, stop.clone(), limits));
         // A request is answered, with its peer's address.
         assert!(request(addr).await.ends_with("127.0.0.1"));
 
-        // Two clients that never finish their headers take both slots; a
-        // third waits, and is answered once the first two are cut off.
+        // HTTP/2 is refused at once (its connections would idle for ever).
+        let mut h2 = TcpStream::connect(addr).await.unwrap();
+        h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), h2.read_to_end(&mut rest))
+            .await
+            .expect("an HTTP/2 client is turned away")
+            .unwrap();
+        drop(h2);
+        // A client that never finishes its headers and one that sends
+        // nothing at all take both slots; a third waits, and is answered
+        // once they are cut off.
         let mut slow = Vec::new();
-        for _ in 0..2 {
+        for first in [&b"GET /peer HTTP/1.1\r\n"[..], b""] {
             let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.write_all(b"GET /peer HTTP/1.1\r\n").await.unwrap();
+            stream.write_all(first).await.unwrap();
             slow.push(stream);
         }
         let started = std::time::Instant::now();
+        // Within the header timeout of each (0.3 s), not their 20 s life.
         let third = tokio::time::timeout(Duration::from_secs(10), request(addr))
             .await
             .expect("answered once the slow clients were cut off");
         assert!(third.ends_with("127.0.0.1"), "{third}");
+        let waited = started.elapsed();
         assert!(
-            started.elapsed() >= Duration::from_millis(250),
-            "{:?}",
-            started.elapsed()
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+            "{waited:?}"
         );
         for mut stream in slow {
             let mut rest = Vec::new();

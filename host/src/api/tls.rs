@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -163,8 +163,15 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (done, ready) = mpsc::channel(64);
+        // Handshakes in progress and connections waiting to be served are
+        // bounded too: past the server's own limit, their sockets would
+        // pile up here.
+        let pending = Arc::new(Semaphore::new(super::serve::MAX_CONNECTIONS));
         let accepting = tokio::spawn(async move {
             loop {
+                let Ok(permit) = pending.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -179,9 +186,16 @@ impl TlsListener {
                 }
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = done.send((tls, peer)).await;
+                            // Waits for the server to take it, not for ever.
+                            let handed =
+                                tokio::time::timeout(HANDSHAKE_TIMEOUT, done.send((tls, peer)))
+                                    .await;
+                            if handed.is_err() {
+                                tracing::debug!(%peer, "An API connection waited too long to be served.");
+                            }
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "A TLS handshake with the API failed.")

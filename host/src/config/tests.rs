@@ -2102,6 +2102,13 @@ fn a_rebalance_target_is_checked_at_its_place() {
         ),
         "{err}"
     );
+    // The same URL written otherwise (the host in capitals).
+    let second = second_scaler(&text).replace("http://coordinator.jobs", "http://Coordinator.JOBS");
+    let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
+    assert!(
+        err.to_string().contains("is already scaled by scalers[0]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -240,8 +240,9 @@ pub struct PrometheusSource {
     data_times: Coalescer<(Arc<str>, i64), Result<Option<i64>, MetricError>>,
     /// The freshness query of each query seen (`None`: nothing to check).
     freshness: Mutex<HashMap<String, Option<Arc<str>>>>,
-    /// The warnings logged last.
-    last_warning: Mutex<Option<String>>,
+    /// The warnings logged last, by query (forgotten when the query is
+    /// answered without any).
+    warnings: Mutex<HashMap<String, String>>,
 }
 
 impl fmt::Debug for PrometheusSource {
@@ -337,7 +338,7 @@ impl PrometheusSource {
                 MAX_SHARED_ANSWERS,
             ),
             freshness: Mutex::new(HashMap::new()),
-            last_warning: Mutex::new(None),
+            warnings: Mutex::new(HashMap::new()),
         })
     }
 
@@ -382,7 +383,7 @@ impl PrometheusSource {
             for credentials in &self.credentials {
                 request = request.header(credentials.header_name.clone(), credentials.header());
             }
-            match one_series(self.send(request.get_raw()).await?) {
+            match one_series(self.send(query, request.get_raw()).await?) {
                 Ok(chunk) => points.extend(chunk),
                 Err(MetricError::Empty) => {}
                 Err(e) => return Err(e),
@@ -435,7 +436,8 @@ impl PrometheusSource {
                         .at(evaluation_s)
                         .timeout(timeout_ms as i64)
                         .query(PARTIAL_RESPONSE, "false");
-                    self.send(self.authorize(request).get_raw()).await?
+                    self.send(&query.query, self.authorize(request).get_raw())
+                        .await?
                 }
                 Some(window_ms) => {
                     let (start_s, step_s) = range_of(window_ms, query.step_ms, evaluation_ms)?;
@@ -448,7 +450,7 @@ impl PrometheusSource {
                         request =
                             request.header(credentials.header_name.clone(), credentials.header());
                     }
-                    self.send(request.get_raw()).await?
+                    self.send(&query.query, request.get_raw()).await?
                 }
             };
             one_series(data)
@@ -482,7 +484,10 @@ impl PrometheusSource {
             .at(evaluation_s)
             .timeout(self.timeout_ms() as i64)
             .query(PARTIAL_RESPONSE, "false");
-        match self.send(self.authorize(request).get_raw()).await {
+        match self
+            .send(freshness_query, self.authorize(request).get_raw())
+            .await
+        {
             Ok(data) => Ok(newest_data_ms(&data)),
             // Only our rewrite can make this fail while the query itself
             // runs: skip the check rather than fail the metric.
@@ -515,6 +520,7 @@ impl PrometheusSource {
     /// [`MetricError`].
     async fn send(
         &self,
+        query: &str,
         request: impl Future<Output = Result<reqwest::Response, prometheus_http_query::Error>>,
     ) -> Result<Data, MetricError> {
         let response = request.await.map_err(|e| self.transport_error(&e))?;
@@ -542,26 +548,29 @@ impl PrometheusSource {
             });
         };
         let (data, warnings) = decode_response(status, is_json, &body, self.timeout_ms())?;
-        if !warnings.is_empty() {
-            self.warned(&warnings);
-        }
+        self.note_warnings(query, &warnings);
         Ok(data)
     }
 
-    /// Logs the warnings of an answer, when they differ from the last ones
-    /// logged (the same query every tick would repeat them).
-    fn warned(&self, warnings: &[String]) {
+    /// Logs the warnings of an answer to `query` when they differ from the
+    /// last ones logged for it (the same query every tick would repeat
+    /// them); an answer without any forgets them.
+    fn note_warnings(&self, query: &str, warnings: &[String]) {
+        let mut logged = self.warnings.lock().unwrap_or_else(PoisonError::into_inner);
+        if warnings.is_empty() {
+            if !logged.is_empty() {
+                logged.remove(query);
+            }
+            return;
+        }
         let text = warnings.join("; ");
-        let mut last = self
-            .last_warning
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.as_deref() != Some(text.as_str()) {
+        if logged.get(query) != Some(&text) {
             tracing::warn!(
-                source = %self.name, warnings = %crate::runtime::log_safe(&text),
+                source = %self.name, query = %crate::runtime::log_safe(query),
+                warnings = %crate::runtime::log_safe(&text),
                 "Prometheus answered with warnings (said again when they change); its data may be incomplete."
             );
-            *last = Some(text);
+            logged.insert(query.to_owned(), text);
         }
     }
 
