@@ -1499,9 +1499,9 @@ mod tests {
         envelope::apply(&mut state, &input).desired
     }
 
-    #[test]
-    fn a_restart_in_a_new_scalers_first_window_seeds_it_again() {
-        let tick = |time_ms, current, recommendation| TickSummary {
+    /// A journaled tick that held at `current`, keeping `recommendation`.
+    fn tick(time_ms: i64, current: u32, recommendation: Option<u32>) -> TickSummary {
+        TickSummary {
             id: 1,
             time_ms,
             mode: crate::config::Mode::Enforce,
@@ -1509,7 +1509,11 @@ mod tests {
             desired: current,
             recommendation,
             actuation: ActuationRecord::None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_restart_in_a_new_scalers_first_window_seeds_it_again() {
         // A new scaler found 10 replicas and was asked for 2 twice, held by
         // the seed of its first tick; the daemon restarts a minute in.
         let ticks = [tick(0, 10, Some(2)), tick(15_000, 10, Some(2))];
@@ -1534,15 +1538,6 @@ mod tests {
 
     #[test]
     fn a_second_restart_inside_the_window_after_an_outage_keeps_its_seed() {
-        let tick = |time_ms, current, recommendation| TickSummary {
-            id: 1,
-            time_ms,
-            mode: crate::config::Mode::Enforce,
-            current,
-            desired: current,
-            recommendation,
-            actuation: ActuationRecord::None,
-        };
         // The scaler ran at 10 wanting 10, the daemon was down 11 minutes,
         // came back at T (its first tick seeded 10 again) to a policy
         // asking for 2, and restarts once more a minute later.
