@@ -356,11 +356,16 @@ async fn replicas_become(kube: &FakeKube, want: u32) -> anyhow::Result<()> {
 
 /// GETs `path` from `daemon`'s API: the JSON.
 async fn get(daemon: &DaemonProcess, path: &str) -> serde_json::Value {
+    serde_json::from_str(&get_text(daemon, path).await).unwrap()
+}
+
+/// GETs `path` from `daemon`'s API: the body as text.
+async fn get_text(daemon: &DaemonProcess, path: &str) -> String {
     let addr = daemon.api_addr().expect("the daemon's API is up");
     reqwest::get(format!("http://{addr}{path}"))
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap()
 }
@@ -404,18 +409,10 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
     );
     // Only the leader reports the target's replicas (a follower's would
     // sit beside them); both say whether web is paused.
-    let metrics = |daemon: &DaemonProcess| {
-        let addr = daemon.api_addr().expect("the daemon's API is up");
-        async move {
-            reqwest::get(format!("http://{addr}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
-    let (leading, following) = (metrics(&first).await, metrics(&second).await);
+    let (leading, following) = (
+        get_text(&first, "/metrics").await,
+        get_text(&second, "/metrics").await,
+    );
     for text in [&leading, &following] {
         assert!(
             text.contains("scalewise_scaler_paused{scaler=\"web\"} 0"),

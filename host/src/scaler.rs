@@ -451,18 +451,23 @@ impl Scaler {
         restore_envelope(ticks, begins_history, outage_ms, slot)
     }
 
+    /// What the journal holds of this scaler, as far back as a restart
+    /// reads it ([`restore_horizon_ms`](Self::restore_horizon_ms)).
+    async fn recover(&self, now_ms: i64) -> Result<crate::journal::Recovery, String> {
+        self.services
+            .journal
+            .recover(&self.spec.name, now_ms - self.restore_horizon_ms())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// After a reload that makes the envelope remember further back (a
     /// longer stabilisation window, rate-limit period or cooldown): its
     /// history is rebuilt from the journal, as at a restart. What it kept
     /// reached only as far back as the old settings needed, so a scale-down
     /// a 30-minute window should hold would have gone through at once.
     pub async fn remember_further(&mut self, now_ms: i64) -> Result<(), String> {
-        let recovery = self
-            .services
-            .journal
-            .recover(&self.spec.name, now_ms - self.restore_horizon_ms())
-            .await
-            .map_err(|e| e.to_string())?;
+        let recovery = self.recover(now_ms).await?;
         self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
         Ok(())
     }
@@ -473,12 +478,7 @@ impl Scaler {
     /// the journal has as under way when the daemon stopped (`pending`) is
     /// counted as made, for cooldowns and rate limits, and said in the log.
     pub async fn restore(&mut self, now_ms: i64, paused_default: bool) -> Result<usize, String> {
-        let recovery = self
-            .services
-            .journal
-            .recover(&self.spec.name, now_ms - self.restore_horizon_ms())
-            .await
-            .map_err(|e| e.to_string())?;
+        let recovery = self.recover(now_ms).await?;
         let paused = recovery.paused.unwrap_or(paused_default);
         if paused != paused_default {
             // The flag last set (by the API, or by a config applied in an
