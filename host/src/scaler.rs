@@ -24,8 +24,8 @@ use crate::clock::format_ms;
 use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
-    ActuationRecord, EnvelopeStep, Evaluation, EvaluationOutcome, Journal, MetricFailure,
-    PolicyState, Query, TickRecord, TickSummary,
+    ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState, Query,
+    TickRecord, TickSummary,
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
@@ -602,7 +602,7 @@ impl Scaler {
         let combined = combine(target.current, &evaluations, &abstained);
         let proposal = combined.proposal;
 
-        let mut verdict = envelope::apply(
+        let verdict = envelope::apply(
             &mut self.envelope,
             &envelope::Input {
                 now_ms: slot_ms,
@@ -613,22 +613,13 @@ impl Scaler {
                 failed_metrics: &metric_errors,
                 policy_failed: combined.any_failed,
                 no_votes: combined.no_votes,
-                paused,
+                // Read again: a pause answered while this tick read and
+                // decided (a slow source, a slow policy) holds it too.
+                paused: self.handle.is_paused(),
                 in_flight: observed.in_flight.as_ref(),
                 behavior: &self.spec.behavior,
             },
         );
-        if !paused && verdict.desired != target.current && self.handle.is_paused() {
-            // Paused while this tick read and decided (a slow source, a slow
-            // policy): the pause, answered already, wins.
-            verdict.steps.push(EnvelopeStep {
-                rule: envelope::Rule::Paused.as_str().to_owned(),
-                from: verdict.desired,
-                to: target.current,
-                reason: "scaler was paused during the tick".to_owned(),
-            });
-            verdict.desired = target.current;
-        }
         for step in &verdict.steps {
             self.services
                 .telemetry
