@@ -416,6 +416,76 @@ async fn a_restart_mid_drain_finds_the_group_unchanged() {
     );
 }
 
+/// What a restarted daemon does with the scale-in its journal kept: the
+/// same victim is drained on and terminated, whatever is decided after the
+/// restart; a scale-in saved for another group, or too old to carry on, is
+/// not resumed and says why.
+#[tokio::test]
+async fn a_saved_scale_in_is_carried_on_after_a_restart() {
+    let moto = moto().await;
+    moto.create_group("resume", 3).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let with_webhook = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        ..settings("resume")
+    };
+    let first = actuator(moto, with_webhook.clone()).await;
+    assert_eq!(first.saved_in_flight().await, None, "nothing in flight");
+    first.scale(T0, 3, 2).await.unwrap();
+    let victim = drainer.instance_ids().into_iter().next().unwrap();
+    let saved = first.saved_in_flight().await.expect("a scale-in to keep");
+    assert!(saved.to_string().contains(&victim), "{saved}");
+    drop(first);
+
+    // Not resumed: another group's, or one past drain_timeout (5m) and the
+    // 5 minutes of termination retries.
+    let other = actuator(moto, settings("resume-other")).await;
+    let why = other
+        .restore_in_flight(T0, saved.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains("saved for Auto Scaling group \"resume\""),
+        "{why}"
+    );
+    let late = actuator(moto, with_webhook.clone()).await;
+    let why = late
+        .restore_in_flight(T0 + 601 * SECOND, saved.clone())
+        .await
+        .unwrap_err();
+    assert!(why.contains("10m 1s ago") && why.contains(&victim), "{why}");
+    assert!(
+        late.observe(T0 + 601 * SECOND)
+            .await
+            .unwrap()
+            .in_flight
+            .is_none()
+    );
+
+    // Resumed: the same victim, asked again, terminated once drained.
+    let second = actuator(moto, with_webhook).await;
+    let detail = second
+        .restore_in_flight(T0 + 60 * SECOND, saved.clone())
+        .await
+        .unwrap();
+    assert!(detail.contains(&victim), "{detail}");
+    let why = second
+        .restore_in_flight(T0 + 60 * SECOND, saved)
+        .await
+        .unwrap_err();
+    assert!(why.contains("already in flight"), "{why}");
+    drainer.clear();
+    let observed = second.observe(T0 + 60 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "still draining");
+    assert_eq!(drainer.instance_ids(), BTreeSet::from([victim.clone()]));
+    drainer.answer(StatusCode::OK);
+    let observed = second.observe(T0 + 70 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!(observed.current, 2);
+    assert!(!moto.instance_ids("resume").await.unwrap().contains(&victim));
+    assert_eq!(second.saved_in_flight().await, None, "the change ended");
+}
+
 #[tokio::test]
 async fn a_failing_webhook_is_asked_again_and_reported() {
     let moto = moto().await;

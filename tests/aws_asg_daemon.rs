@@ -63,6 +63,47 @@ fn start(dir: &Path, config: &str) -> DaemonProcess {
     .unwrap()
 }
 
+/// A moto server with the group `group` of `desired` instances, a drain
+/// webhook answering 202 (still draining), and a daemon folder with the
+/// counter policy.
+async fn setup(group: &str, desired: i32) -> (MotoServer, DrainWebhook, tempfile::TempDir) {
+    let moto = MotoServer::start().await.unwrap();
+    moto.create_group(group, desired).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
+    (moto, drainer, dir)
+}
+
+/// Waits until the daemon's API shows `scaler` draining victims.
+async fn api_shows_a_drain(daemon: &DaemonProcess, scaler: &str) {
+    let api = wait_until("the API address", Duration::from_secs(60), || async {
+        daemon.api_addr().ok_or_else(|| daemon.log())
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{api}/v1/scalers/{scaler}");
+    wait_until(
+        "the API to show the drain",
+        Duration::from_secs(60),
+        || async {
+            let status: serde_json::Value = reqwest::get(&url)
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            match status["in_flight"].as_str() {
+                Some(f) if f.contains("draining i-") => Ok(()),
+                _ => Err(format!("{status}\n{}", daemon.log())),
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 async fn desired_and_count(moto: &MotoServer, group: &str) -> (i32, usize) {
     let g = moto.group(group).await.unwrap();
     (g.desired_capacity().unwrap_or(-1), g.instances().len())
@@ -70,14 +111,9 @@ async fn desired_and_count(moto: &MotoServer, group: &str) -> (i32, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_changes_nothing() {
-    let moto = MotoServer::start().await.unwrap();
-    moto.create_group("web", 2).await.unwrap();
-    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let (moto, drainer, dir) = setup("web", 2).await;
     let webhook = drainer.url().to_owned();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
     let log = || log_in(dir.path());
 
     // Dry-run: decisions are journaled, the group is left alone.
@@ -138,26 +174,7 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     .await
     .unwrap();
     // The API shows the change in flight.
-    let api = daemon.api_addr().expect("the daemon logs its API address");
-    let url = format!("http://{api}/v1/scalers/web");
-    wait_until(
-        "the API to show the drain",
-        Duration::from_secs(30),
-        || async {
-            let scaler: serde_json::Value = reqwest::get(&url)
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match scaler["in_flight"].as_str() {
-                Some(f) if f.contains("draining i-") => Ok(()),
-                _ => Err(scaler.to_string()),
-            }
-        },
-    )
-    .await
-    .unwrap();
+    api_shows_a_drain(&daemon, "web").await;
     // The webhook is asked again at later ticks; meanwhile the group is
     // untouched.
     wait_until(
@@ -218,4 +235,72 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
     .unwrap();
     assert!(journal.contains("draining i-"), "{journal}");
     assert!(log().contains("Terminated a scale-in victim."), "{}", log());
+}
+
+/// A daemon killed (SIGKILL) while two victims drain carries the scale-in
+/// on after its restart, from the journal: the same two victims are asked
+/// again and terminated once drained, though the policy now asks for as
+/// many instances as run. Without it they would stay in service, drained
+/// out of their load balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_in_cut_short_by_a_crash_is_carried_on_after_the_restart() {
+    let (moto, drainer, dir) = setup("crash", 5).await;
+    let webhook = drainer.url().to_owned();
+    let log = || log_in(dir.path());
+
+    let daemon = start(dir.path(), &config(&moto, "crash", 3, "enforce", &webhook));
+    // Once the API shows the drain, the tick that started it has kept it
+    // in the journal.
+    api_shows_a_drain(&daemon, "crash").await;
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 2, "{victims:?}");
+    drop(daemon); // SIGKILL
+    assert_eq!(desired_and_count(&moto, "crash").await, (5, 5));
+
+    // Restarted with a policy that now holds at 5.
+    drainer.clear();
+    let daemon = start(dir.path(), &config(&moto, "crash", 5, "enforce", &webhook));
+    wait_until(
+        "the victims asked again",
+        Duration::from_secs(60),
+        || async {
+            match drainer.instance_ids() {
+                asked if asked == victims => Ok(()),
+                asked => Err(format!("{asked:?}\n{}", log())),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        log().contains("Carrying on with the change that was in flight when the daemon stopped."),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        desired_and_count(&moto, "crash").await,
+        (5, 5),
+        "nothing terminated undrained"
+    );
+    drainer.answer(StatusCode::OK);
+    wait_until(
+        "the victims terminated",
+        Duration::from_secs(60),
+        || async {
+            let ids: BTreeSet<String> = moto
+                .instance_ids("crash")
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+            if ids.is_disjoint(&victims) {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}\n{}", log()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    daemon.stop().unwrap();
 }

@@ -151,6 +151,30 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// default.
     async fn resume_in_flight(&self, _change: Box<dyn Any + Send>) {}
 
+    /// The change in flight as data the journal keeps, so that a restarted
+    /// daemon carries it on ([`restore_in_flight`](Actuator::restore_in_flight))
+    /// rather than leave it half done: an Auto Scaling group's victims, some
+    /// drained out of their load balancer, would otherwise stay in service
+    /// and serve nothing. `None` when nothing is in flight, and by default:
+    /// an actuator whose half-done change the target itself shows (a
+    /// rebalance re-plans from the shards' owners) keeps nothing.
+    async fn saved_in_flight(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Carries on, after a restart, with the change `saved` (what
+    /// [`saved_in_flight`](Actuator::saved_in_flight) returned before it)
+    /// at `now_ms`. Says what it resumed, or why not: a change saved for
+    /// another target, or one too old to carry on (the target's own state
+    /// has moved on), is not resumed.
+    async fn restore_in_flight(
+        &self,
+        _now_ms: i64,
+        _saved: serde_json::Value,
+    ) -> Result<String, String> {
+        Err(format!("a {} target resumes no change", self.kind()))
+    }
+
     /// Starts moving the target from `current` to `desired` replicas.
     async fn scale(
         &self,

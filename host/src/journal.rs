@@ -232,6 +232,18 @@ pub struct Recovery {
     /// that tick's config order. Match them to the current config by index
     /// and module name.
     pub policy_states: Vec<PolicyState>,
+    /// The change the scaler's actuator had in flight, as it last saved it
+    /// ([`Journal::save_in_flight`]).
+    pub in_flight: Option<SavedChange>,
+}
+
+/// A change in flight as an actuator saved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedChange {
+    /// The actuator's own JSON.
+    pub change: String,
+    /// When it was saved (ms since the Unix epoch).
+    pub updated_ms: i64,
 }
 
 /// The state each policy of `record` holds after that tick: what it
@@ -627,6 +639,24 @@ impl Journal {
         self.command(|reply| Command::SetPaused {
             scaler,
             paused,
+            reply,
+        })
+        .await?
+    }
+
+    /// Keeps (durably) what `scaler`'s actuator needs to carry on its change
+    /// in flight after a restart, replacing what was kept before; `None`
+    /// forgets it (the change ended). [`Journal::recover`] gives it back.
+    pub async fn save_in_flight(
+        &self,
+        scaler: &str,
+        change: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let scaler = scaler.to_owned();
+        let change = change.map(str::to_owned);
+        self.command(|reply| Command::SaveInFlight {
+            scaler,
+            change,
             reply,
         })
         .await?
@@ -1080,6 +1110,37 @@ mod tests {
         assert!(!part.begins_history, "an older tick exists");
         let other = journal.recover("api", now - 60_000).await.unwrap();
         assert!(other.ticks.is_empty() && !other.begins_history);
+        journal.close().await.unwrap();
+    }
+
+    /// A change in flight is kept per scaler across a restart: replaced
+    /// when saved again, gone once forgotten, and never another scaler's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_in_flight_outlasts_a_restart_until_it_is_forgotten() {
+        let now = Clock::system().now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        journal
+            .save_in_flight("web", Some(r#"{"victims":["i-1"]}"#))
+            .await
+            .unwrap();
+        journal
+            .save_in_flight("web", Some(r#"{"victims":["i-2"]}"#))
+            .await
+            .unwrap();
+        journal.save_in_flight("api", Some("{}")).await.unwrap();
+        journal.close().await.unwrap();
+
+        let journal = open(&dir, Duration::ZERO);
+        let web = journal.recover("web", now - 60_000).await.unwrap();
+        let saved = web.in_flight.expect("kept across the restart");
+        assert_eq!(saved.change, r#"{"victims":["i-2"]}"#, "the last one saved");
+        assert!(saved.updated_ms >= now, "{saved:?}");
+        journal.save_in_flight("web", None).await.unwrap();
+        let web = journal.recover("web", now - 60_000).await.unwrap();
+        assert_eq!(web.in_flight, None, "forgotten");
+        let api = journal.recover("api", now - 60_000).await.unwrap();
+        assert_eq!(api.in_flight.map(|s| s.change).as_deref(), Some("{}"));
         journal.close().await.unwrap();
     }
 

@@ -25,7 +25,7 @@ use crate::config::{Behavior, Mode};
 use crate::envelope::{self, EnvelopeState};
 use crate::journal::{
     ActuationRecord, Evaluation, EvaluationOutcome, Journal, MetricFailure, PolicyState, Query,
-    TickRecord, TickSummary,
+    SavedChange, TickRecord, TickSummary,
 };
 use crate::policy::{Context, Metric, ParameterKind, PolicyInfo, ScaleEvent, Target};
 use crate::registry::{Registry, Snapshot};
@@ -217,6 +217,10 @@ pub struct Scaler {
     /// i of the spec), so that a failure is logged when it starts and when
     /// it ends, not at every tick.
     failing_metrics: u64,
+    /// The actuator's change in flight as the journal keeps it
+    /// ([`Actuator::saved_in_flight`]), so that it is written only when it
+    /// changes.
+    in_flight_saved: Option<Box<str>>,
 }
 
 /// The log target of the line each change of replicas gets (and each one a
@@ -306,6 +310,7 @@ impl Scaler {
             term: 0,
             told_failure: None,
             failing_metrics: 0,
+            in_flight_saved: None,
         }
     }
 
@@ -513,7 +518,59 @@ impl Scaler {
         if let Some(history) = &self.spec.target_history {
             self.restore_target_history(history, now_ms).await?;
         }
+        if let Some(saved) = recovery.in_flight {
+            self.resume_in_flight(now_ms, saved).await;
+        }
         Ok(recovery.ticks.len())
+    }
+
+    /// Hands the actuator the change it had in flight when the daemon
+    /// stopped, as the journal kept it.
+    async fn resume_in_flight(&mut self, now_ms: i64, saved: SavedChange) {
+        // The journal keeps it until a tick says what is in flight now.
+        self.in_flight_saved = Some(saved.change.as_str().into());
+        let resumed = match serde_json::from_str(&saved.change) {
+            Ok(change) => self.actuator.restore_in_flight(now_ms, change).await,
+            Err(err) => Err(format!("the journal's copy does not read as JSON ({err})")),
+        };
+        match resumed {
+            Ok(change) => tracing::info!(
+                scaler = %self.spec.name,
+                %change,
+                saved_at = %format_ms(saved.updated_ms),
+                "Carrying on with the change that was in flight when the daemon stopped."
+            ),
+            Err(why) => tracing::warn!(
+                scaler = %self.spec.name,
+                saved_at = %format_ms(saved.updated_ms),
+                "The change in flight when the daemon stopped is not carried on: {why}"
+            ),
+        }
+    }
+
+    /// Brings the journal's copy of the actuator's change in flight up to
+    /// date; written only when it changed, deleted when the change ended.
+    async fn keep_in_flight(&mut self) {
+        let change = self
+            .actuator
+            .saved_in_flight()
+            .await
+            .map(|change| change.to_string());
+        if change.as_deref() == self.in_flight_saved.as_deref() {
+            return;
+        }
+        match self
+            .services
+            .journal
+            .save_in_flight(&self.spec.name, change.as_deref())
+            .await
+        {
+            Ok(()) => self.in_flight_saved = change.map(Into::into),
+            Err(err) => {
+                self.services.telemetry.journal_errors.inc();
+                tracing::error!(scaler = %self.spec.name, error = %err, "Could not keep the change in flight in the journal; a restart would not carry it on.");
+            }
+        }
     }
 
     /// Refills `history` with what the journal's ticks since as far back as
@@ -646,6 +703,7 @@ impl Scaler {
             actuation: ActuationRecord::None,
         };
         self.actuate(now_ms, slot_ms, &mut record).await;
+        self.keep_in_flight().await;
         self.publish(&record, &observed);
         record
     }
@@ -678,6 +736,8 @@ impl Scaler {
             actuation: ActuationRecord::ObserveFailed { error },
         };
         record.id = self.append(&record).await;
+        // A change a new leadership term dropped is no longer kept.
+        self.keep_in_flight().await;
         let observed = Observed::new(0, 0, None);
         self.publish(&record, &observed);
         record

@@ -29,12 +29,20 @@
 //! ([`Actuator::observe_only`], for a paused or dry-run scaler, does not
 //! advance it). A termination AWS refuses as invalid, or one still failing
 //! 5 minutes after `drain_timeout`, gives its victim up: protected
-//! again, it stays in service. The desired
-//! capacity drops only when a victim is terminated: a daemon restarted in the
-//! middle of a drain finds the group as it was (the victims still in service
-//! and protected) and decides again, and a victim is never terminated
-//! undrained. The drain webhook may therefore be called again for the same
-//! instance and must be idempotent.
+//! again, it stays in service. The desired capacity drops only when a
+//! victim is terminated.
+//!
+//! A scale-in under way is kept in the journal
+//! ([`Actuator::saved_in_flight`]) at every tick it changes, so a daemon
+//! restarted (or killed) in the middle of a drain carries it on with the
+//! same victims, whatever the first decision after the restart says: a
+//! victim already drained out of its load balancer would otherwise stay in
+//! service, serving nothing. One older than `drain_timeout` and the 5
+//! minutes of termination retries, which would have ended by then, is not
+//! resumed (the log names its victims), nor one saved for another group;
+//! with leader election a new term drops it as any change the replica
+//! started when it last led. The drain webhook may be called again for the
+//! same instance after a restart and must be idempotent.
 //!
 //! With `protect_instances` (the default) every scale call also protects the
 //! group's in-service instances from scale-in and sets the group's
@@ -50,6 +58,7 @@ use async_trait::async_trait;
 use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, Instance, LifecycleState};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
 use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
@@ -79,7 +88,7 @@ pub struct AwsAsgActuator {
 }
 
 /// A scale-in in progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ScaleIn {
     /// The desired capacity once every victim is gone.
     desired: u32,
@@ -87,7 +96,7 @@ struct ScaleIn {
     victims: Vec<Victim>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Victim {
     id: String,
     zone: String,
@@ -96,6 +105,16 @@ struct Victim {
     /// What the last drain or termination attempt said.
     note: String,
     terminated: bool,
+}
+
+/// A scale-in as the journal keeps it across a restart, with the group it
+/// belongs to.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedScaleIn {
+    group: String,
+    region: Option<String>,
+    endpoint: Option<String>,
+    scale_in: ScaleIn,
 }
 
 /// Why a termination failed.
@@ -789,6 +808,74 @@ impl Actuator for AwsAsgActuator {
         if let Ok(scale_in) = change.downcast::<ScaleIn>() {
             *self.draining.lock().await = Some(*scale_in);
         }
+    }
+
+    async fn saved_in_flight(&self) -> Option<serde_json::Value> {
+        let draining = self.draining.lock().await;
+        let saved = SavedScaleIn {
+            group: self.settings.group.clone(),
+            region: self.settings.region.clone(),
+            endpoint: self.settings.endpoint.clone(),
+            scale_in: draining.as_ref()?.clone(),
+        };
+        serde_json::to_value(saved).ok()
+    }
+
+    async fn restore_in_flight(
+        &self,
+        now_ms: i64,
+        saved: serde_json::Value,
+    ) -> Result<String, String> {
+        let saved: SavedScaleIn = serde_json::from_value(saved)
+            .map_err(|e| format!("the saved change does not read as a scale-in ({e})"))?;
+        let settings = &self.settings;
+        if (&saved.group, &saved.region, &saved.endpoint)
+            != (&settings.group, &settings.region, &settings.endpoint)
+        {
+            return Err(format!(
+                "it was saved for Auto Scaling group {:?}{}, not this scaler's target",
+                saved.group,
+                saved
+                    .region
+                    .as_ref()
+                    .map(|r| format!(" in {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        let scale_in = saved.scale_in;
+        // Past this age the scale-in would have ended anyway: its victims
+        // terminated even undrained, or given up.
+        let age = Duration::from_millis((now_ms - scale_in.since_ms).max(0) as u64);
+        let lifetime = settings.drain_timeout.saturating_add(TERMINATE_GRACE);
+        if age > lifetime {
+            let left: Vec<String> = scale_in
+                .victims
+                .iter()
+                .filter(|v| !v.terminated)
+                .map(|v| {
+                    let drained = if v.drained { ", drained" } else { "" };
+                    format!("{}{drained}", v.id)
+                })
+                .collect();
+            return Err(format!(
+                "it started {} ago, more than drain_timeout ({}) and {} of retries: the group \
+                 has moved on. Its victims not yet terminated stay in service: {}",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(settings.drain_timeout),
+                humantime::format_duration(TERMINATE_GRACE),
+                left.join(", ")
+            ));
+        }
+        let mut draining = self.draining.lock().await;
+        if let Some(ongoing) = draining.as_ref() {
+            return Err(format!(
+                "a change is already in flight ({})",
+                Self::in_flight(ongoing).detail
+            ));
+        }
+        let detail = Self::in_flight(&scale_in).detail;
+        *draining = Some(scale_in);
+        Ok(detail)
     }
 
     async fn forget_in_flight(&self) {

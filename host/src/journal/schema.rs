@@ -8,9 +8,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use super::{Durability, JournalError};
 
 /// The schema version this build writes (`PRAGMA user_version`). It also
-/// reads versions 1 and 2 (ticks are the same) and upgrades them when it
+/// reads versions 1 to 3 (ticks are the same) and upgrades them when it
 /// opens them for writing.
-pub(super) const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 /// The oldest version this build reads.
 const OLDEST_READ: i64 = 1;
@@ -53,6 +53,20 @@ CREATE TABLE outbox (
     created_ms INTEGER NOT NULL,
     announcement TEXT NOT NULL
 );
+";
+
+/// Version 4 adds the changes in flight: what an actuator needs to carry on
+/// a change that takes several ticks (an Auto Scaling group's victims
+/// draining) after a restart, one row a scaler, written when it changes and
+/// deleted when the change ends. Builds of version 3 would leave a row
+/// behind that a later build resumed; the version tells them to refuse the
+/// file.
+const SCHEMA_V4: &str = "
+CREATE TABLE in_flight (
+    scaler TEXT PRIMARY KEY,
+    change TEXT NOT NULL, -- the actuator's own JSON
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 // Version 3 changes no table: a tick that kept no recommendation (see
@@ -160,14 +174,18 @@ fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, JournalError
             }
             tx.execute_batch(SCHEMA_V1)
                 .and_then(|()| tx.execute_batch(SCHEMA_V2))
+                .and_then(|()| tx.execute_batch(SCHEMA_V4))
                 .and_then(|()| tx.pragma_update(None, "user_version", VERSION))
                 .and_then(|()| tx.commit())
                 .map_err(|e| open_error(path, e))?;
             tracing::info!(path = %path.display(), version = VERSION, "Created a new journal.");
         }
-        1 | 2 => {
-            let added = if version == 1 { SCHEMA_V2 } else { "" };
-            tx.execute_batch(added)
+        1..=3 => {
+            let added = match version {
+                1 => [SCHEMA_V2, SCHEMA_V4].concat(),
+                _ => SCHEMA_V4.to_owned(),
+            };
+            tx.execute_batch(&added)
                 .and_then(|()| tx.pragma_update(None, "user_version", VERSION))
                 .and_then(|()| tx.commit())
                 .map_err(|e| open_error(path, e))?;
@@ -245,7 +263,8 @@ mod tests {
     }
 
     /// A journal written by a build of schema version 1 keeps its records,
-    /// is read as it is, and gains the outbox when opened for writing.
+    /// is read as it is, and gains the outbox and the changes in flight
+    /// when opened for writing.
     #[test]
     fn a_version_1_journal_is_read_and_upgraded() {
         let dir = tempfile::tempdir().unwrap();
@@ -276,6 +295,12 @@ mod tests {
         writer
             .execute(
                 "INSERT INTO outbox (created_ms, announcement) VALUES (1, '{}')",
+                [],
+            )
+            .unwrap();
+        writer
+            .execute(
+                "INSERT INTO in_flight (scaler, change, updated_ms) VALUES ('web', '{}', 1)",
                 [],
             )
             .unwrap();

@@ -8,7 +8,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::{
-    ActuationRecord, JournalError, Query, Recovery, TickRecord, TickSummary, policy_states, schema,
+    ActuationRecord, JournalError, Query, Recovery, SavedChange, TickRecord, TickSummary,
+    policy_states, schema,
 };
 use crate::config::Mode;
 
@@ -253,6 +254,31 @@ impl Reader {
             .map_err(|e| self.read_error(e))
     }
 
+    /// The change `scaler`'s actuator saved as in flight. A journal of an
+    /// older schema, opened only to be read, has none.
+    pub(super) fn in_flight(&mut self, scaler: &str) -> Result<Option<SavedChange>, JournalError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT change, updated_ms FROM in_flight WHERE scaler = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([scaler], |row| {
+                    Ok(SavedChange {
+                        change: row.get(0)?,
+                        updated_ms: row.get(1)?,
+                    })
+                })
+                .optional()
+            });
+        match row {
+            Err(rusqlite::Error::SqliteFailure(_, Some(message)))
+                if message.starts_with("no such table") =>
+            {
+                Ok(None)
+            }
+            row => row.map_err(|e| self.read_error(e)),
+        }
+    }
+
     /// The outbox: (id, announcement JSON), oldest first.
     pub(super) fn owed(&mut self) -> Result<Vec<(i64, String)>, JournalError> {
         let mut stmt = self
@@ -392,12 +418,14 @@ impl Reader {
             )
             .and_then(|mut stmt| stmt.query_row((scaler, since_ms), |row| row.get(0)))
             .map_err(|e| self.read_error(e))?;
+        let in_flight = self.in_flight(scaler)?;
         Ok(Recovery {
             paused,
             last,
             begins_history: !ticks.is_empty() && !older,
             ticks,
             policy_states: evaluated.first().map(policy_states).unwrap_or_default(),
+            in_flight,
         })
     }
 }

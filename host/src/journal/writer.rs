@@ -49,6 +49,13 @@ pub(super) enum Command {
         paused: bool,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// Keep a scaler's change in flight (the actuator's JSON), or with
+    /// `None` forget it: the change ended.
+    SaveInFlight {
+        scaler: String,
+        change: Option<String>,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
     /// Run a retention sweep now; reply when it is complete.
     Sweep {
         reply: oneshot::Sender<Result<u64, JournalError>>,
@@ -248,6 +255,23 @@ impl Writer {
                     }
                     replies.push(Reply::Unit(reply, Ok(())));
                 }
+                Command::SaveInFlight {
+                    scaler,
+                    change,
+                    reply,
+                } => {
+                    if let Some(tx) = tx
+                        && let Err(err) = save_in_flight(
+                            tx,
+                            &scaler,
+                            change.as_deref(),
+                            self.options.clock.now_ms(),
+                        )
+                    {
+                        failure = Some(err);
+                    }
+                    replies.push(Reply::Unit(reply, Ok(())));
+                }
                 Command::Sweep { reply } => {
                     self.sweep.waiters.push(reply);
                     self.sweep.running = true;
@@ -428,4 +452,25 @@ fn set_paused(
     )?
     .execute(params![scaler, paused, now_ms])?;
     Ok(())
+}
+
+fn save_in_flight(
+    tx: &Transaction<'_>,
+    scaler: &str,
+    change: Option<&str>,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    match change {
+        Some(change) => tx
+            .prepare_cached(
+                "INSERT INTO in_flight (scaler, change, updated_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (scaler) DO UPDATE SET change = excluded.change, \
+                 updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![scaler, change, now_ms]),
+        None => tx
+            .prepare_cached("DELETE FROM in_flight WHERE scaler = ?1")?
+            .execute([scaler]),
+    }
+    .map(drop)
 }
