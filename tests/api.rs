@@ -510,6 +510,55 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
     h.close().await;
 }
 
+/// A scaler removed from the config keeps its decisions and history
+/// readable through the API for as long as the journal keeps them; a name
+/// the journal never saw is still a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_scalers_decisions_stay_readable() {
+    let setup = Setup::new();
+    let mut h = Harness::build(setup.config(), T0).await;
+    h.run_until(T0 + MINUTE).await;
+    let kept = h.journal_of("broken").await.len();
+    assert!(kept > 0);
+    h.close().await;
+
+    let mut config = setup.config();
+    config
+        .scalers
+        .retain(|s| s.get_ref().name.get_ref() != "broken");
+    let h = Harness::build(config, T0).await;
+    let state = h.daemon.app_state();
+    assert_error(
+        &state,
+        "GET",
+        "/v1/scalers/broken",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let (status, decisions) = json(&state, "GET", "/v1/scalers/broken/decisions").await;
+    assert_eq!(status, StatusCode::OK, "{decisions}");
+    let decisions = records(&decisions);
+    assert_eq!(decisions.len(), kept);
+    assert!(decisions.iter().all(|r| r.scaler == "broken"));
+    let (status, history) = json(&state, "GET", "/v1/scalers/broken/history").await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(history.as_array().map(Vec::len), Some(kept));
+    // Outside its time range: an empty page, not a 404.
+    let (status, none) = json(
+        &state,
+        "GET",
+        "/v1/scalers/broken/decisions?since=2100-01-01T00:00:00Z",
+    )
+    .await;
+    assert_eq!((status, none), (StatusCode::OK, serde_json::json!([])));
+    for uri in ["/v1/scalers/nope/decisions", "/v1/scalers/nope/history"] {
+        let message = assert_error(&state, "GET", uri, StatusCode::NOT_FOUND, "not_found").await;
+        assert!(message.contains("no scaler named \"nope\""), "{message}");
+    }
+    h.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_once_the_scalers_run() {
     let setup = Setup::new();

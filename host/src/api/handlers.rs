@@ -118,7 +118,7 @@ pub async fn scaler_decisions(
     Segment(name): Segment,
     query: Result<Query<DecisionsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<TickRecord>>, ApiError> {
-    scaler(&state, &name)?;
+    let configured = scaler(&state, &name);
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let since = q
         .since
@@ -141,14 +141,41 @@ pub async fn scaler_decisions(
     let records = state
         .journal
         .query(crate::journal::Query {
-            scaler: Some(name),
+            scaler: Some(name.clone()),
             since_ms: since,
             until_ms: until,
             limit,
         })
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if records.is_empty() {
+        known_to_journal(&state, &name, configured).await?;
+    }
     Ok(Json(records))
+}
+
+/// For a scaler's journal reads: `Ok` if it is configured, or if the
+/// journal still holds ticks of it (a scaler since removed from the config:
+/// its decisions stay readable until retention deletes them); the
+/// configured lookup's 404 otherwise.
+async fn known_to_journal(
+    state: &AppState,
+    name: &str,
+    configured: Result<Arc<ScalerHandle>, ApiError>,
+) -> Result<(), ApiError> {
+    let Err(not_found) = configured else {
+        return Ok(());
+    };
+    let newest = state
+        .journal
+        .summaries(name, 1)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if newest.is_empty() {
+        Err(not_found)
+    } else {
+        Ok(())
+    }
 }
 
 /// Query parameters of the history endpoint.
@@ -167,15 +194,19 @@ pub async fn scaler_history(
     Segment(name): Segment,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Vec<crate::journal::TickSummary>>, ApiError> {
-    scaler(&state, &name)?;
+    let configured = scaler(&state, &name);
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = parse_limit(q.limit.as_deref(), 200, 10_000)?;
-    state
+    let ticks = state
         .journal
         .summaries(&name, limit)
         .await
-        .map(Json)
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if ticks.is_empty() {
+        // Configured, or a 404: the journal has no tick of it.
+        configured?;
+    }
+    Ok(Json(ticks))
 }
 
 /// One journal record by id.
