@@ -25,4 +25,5 @@ mod reload;
 mod replay;
 mod runtime;
 mod sandbox;
+mod shutdown;
 mod simulate;

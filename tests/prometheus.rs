@@ -469,6 +469,32 @@ async fn a_server_that_never_answers_times_out() {
     );
 }
 
+/// Every query, instant or over a window, asks Thanos (or another querier
+/// that fans out to stores) to fail rather than answer from the stores that
+/// answered: a partial sum looks valid and would scale in. A recording
+/// server stands in for Thanos, which does not run here; Prometheus
+/// ignores the parameter.
+#[tokio::test]
+async fn every_query_refuses_a_partial_response() {
+    let recorder = RecordingServer::start(Canned::prometheus_sample(1.0, 5.0))
+        .await
+        .unwrap();
+    let recorded = source(&recorder.url());
+    fetch_now(&recorded, "sum(up)").await.unwrap();
+    let _ = recorded
+        .fetch(&windowed("sum(up)", 60_000, 15_000), wall_clock_ms())
+        .await;
+    let uris = recorder.uris();
+    // The instant query, its freshness check (max(timestamp(...))) and
+    // the range query.
+    assert_eq!(uris.len(), 3, "{uris:?}");
+    assert!(uris[1].contains("timestamp"), "{uris:?}");
+    assert!(
+        uris.iter().all(|u| u.contains("partial_response=false")),
+        "{uris:?}"
+    );
+}
+
 #[tokio::test]
 async fn http_error_statuses_are_reported_with_their_status() {
     let unauthorized = RecordingServer::start(Canned::text_error(401, "Unauthorized\n"))

@@ -69,14 +69,41 @@ impl DaemonProcess {
     /// Stops the daemon as an operator would (SIGTERM) and fails unless it
     /// exits cleanly.
     pub fn stop(mut self) -> anyhow::Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
+        self.signal("TERM")?;
         let status = self.child.wait()?;
         if !status.success() {
             bail!("the daemon stopped with {status}:\n{}", self.log());
         }
         Ok(())
+    }
+
+    /// Sends the daemon the signal `name` (`TERM`, `INT`, `HUP`).
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// The daemon's exit status if it exits within `timeout`; `None` if it
+    /// still runs then.
+    pub fn exited_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The journal's records of `scaler` as `scalewise journal export`

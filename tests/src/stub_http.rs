@@ -1,5 +1,5 @@
 //! Small HTTP and TCP peers that misbehave on purpose, for testing clients:
-//! a server that answers a fixed response and records request headers, a
+//! a server that answers a fixed response and records each request, a
 //! proxy that counts the queries passing through it, a listener that never
 //! answers, and a port nobody listens on.
 //!
@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -53,7 +54,15 @@ impl Canned {
 #[derive(Debug)]
 pub struct RecordingServer {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+/// One request a [`RecordingServer`] got.
+#[derive(Debug, Clone)]
+struct Received {
+    uri: String,
+    headers: HeaderMap,
+    body: String,
 }
 
 impl RecordingServer {
@@ -80,12 +89,17 @@ impl RecordingServer {
 
     /// The headers of every request so far, in arrival order.
     pub fn requests(&self) -> Vec<HeaderMap> {
-        self.received().into_iter().map(|(h, _)| h).collect()
+        self.received().into_iter().map(|r| r.headers).collect()
+    }
+
+    /// The path and query of every request so far, in arrival order.
+    pub fn uris(&self) -> Vec<String> {
+        self.received().into_iter().map(|r| r.uri).collect()
     }
 
     /// The body of every request so far, in arrival order.
     pub fn bodies(&self) -> Vec<String> {
-        self.received().into_iter().map(|(_, b)| b).collect()
+        self.received().into_iter().map(|r| r.body).collect()
     }
 
     /// The bodies as JSON, once at least `want` requests have arrived
@@ -110,7 +124,7 @@ impl RecordingServer {
         .collect()
     }
 
-    fn received(&self) -> Vec<(HeaderMap, String)> {
+    fn received(&self) -> Vec<Received> {
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -118,17 +132,22 @@ impl RecordingServer {
     }
 }
 
-type RecordState = (Arc<Vec<Canned>>, Arc<Mutex<Vec<(HeaderMap, String)>>>);
+type RecordState = (Arc<Vec<Canned>>, Arc<Mutex<Vec<Received>>>);
 
 async fn record(
     State((answers, requests)): State<RecordState>,
+    uri: Uri,
     headers: HeaderMap,
     body: String,
 ) -> Response {
     let answer = {
         let mut requests = requests.lock().unwrap_or_else(|p| p.into_inner());
         let answer = answers[requests.len().min(answers.len() - 1)].clone();
-        requests.push((headers, body));
+        requests.push(Received {
+            uri: uri.to_string(),
+            headers,
+            body,
+        });
         answer
     };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -235,16 +254,25 @@ async fn forward(
 /// A TCP listener that accepts connections and never says a word: a server
 /// that hangs. Returns its address; it stops with the runtime.
 pub async fn silent_listener() -> anyhow::Result<SocketAddr> {
+    Ok(counted_silent_listener().await?.0)
+}
+
+/// A [`silent_listener`] that also counts the connections it accepted (a
+/// client is waiting on it once the count is above 0).
+pub async fn counted_silent_listener() -> anyhow::Result<(SocketAddr, Arc<AtomicUsize>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             // Keep the socket open, unanswered.
             held.push(socket);
         }
     });
-    Ok(addr)
+    Ok((addr, accepted))
 }
 
 /// An address on loopback where nothing listens (connections are refused).
