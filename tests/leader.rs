@@ -527,3 +527,58 @@ async fn a_new_leader_waits_a_scale_down_window_before_scaling_down() {
     replicas_become(&kube, 1).await.unwrap();
     b.stop().unwrap();
 }
+
+/// A leader that loses its Lease (renewals failing past the renew
+/// deadline) stops reporting the target's replicas and its last tick, as a
+/// follower that never led: gauges left from its term would sit beside the
+/// new leader's. Leading again, it reports them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_leader_stops_reporting_the_targets_replicas() {
+    let kube = with_web_at_2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), &kube, &config(3, "a"));
+    replicas_become(&kube, 3).await.unwrap();
+    api_up(&a).await;
+    let reports = |text: &str| {
+        text.contains("scalewise_replicas_desired{scaler=\"web\"}")
+            || text.contains("scalewise_replicas_current{scaler=\"web\"}")
+            || text.contains("scalewise_last_tick_timestamp_seconds{scaler=\"web\"}")
+    };
+    let metrics = get_text(&a, "/metrics").await;
+    assert!(reports(&metrics), "{metrics}");
+
+    kube.fail_leases(Some(StatusCode::INTERNAL_SERVER_ERROR));
+    wait_until("a to follow", Duration::from_secs(30), || async {
+        let metrics = get_text(&a, "/metrics").await;
+        let leading = get(&a, "/v1/leader").await;
+        if leading["leading"] == false && !reports(&metrics) {
+            Ok(())
+        } else {
+            Err(format!("{leading}\n{metrics}"))
+        }
+    })
+    .await
+    .unwrap();
+    let web = get(&a, "/v1/scalers/web").await;
+    assert!(
+        web["current"].is_null() && web["desired"].is_null(),
+        "{web}"
+    );
+
+    kube.fail_leases(None);
+    wait_until(
+        "a to lead and report again",
+        Duration::from_secs(30),
+        || async {
+            let metrics = get_text(&a, "/metrics").await;
+            if metrics.contains("scalewise_replicas_desired{scaler=\"web\"} 3") {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    a.stop().unwrap();
+}
