@@ -663,6 +663,92 @@ async fn a_rebound_name_cannot_write_and_the_dashboard_is_not_framed() {
     h.close().await;
 }
 
+/// A pause answered while a tick reads its metrics holds that tick's
+/// change too: the tick reads the pause flag again when it decides. Here
+/// the tick waits 3 s on a Prometheus that never answers (the counter
+/// policy, which reads no metric, still wants 5: a failed metric blocks
+/// scale-in only), and the pause comes in meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_answered_during_a_tick_holds_that_tick() {
+    use std::sync::atomic::Ordering;
+
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, simulation};
+    use scalewise_tests::stub_http::counted_silent_listener;
+
+    let (addr, accepted) = counted_silent_listener().await.unwrap();
+    let config = format!(
+        r#"policy_dir = "policies"
+
+[sources.slow]
+kind = "prometheus"
+url = "http://{addr}"
+timeout = "3s"
+
+{web}[[scalers]]
+name = "web"
+interval = "10s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "web" }}
+
+[scalers.metrics.queue]
+source = "slow"
+query = "sum(queue)"
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = 5 }}
+"#,
+        web = simulation("web", 2),
+    );
+    let mut daemon = RunningDaemon::with(&config)
+        .clock(Clock::system())
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut decisions = daemon.decisions();
+    scalewise_tests::wait_until(
+        "a tick reading the metric",
+        Duration::from_secs(90),
+        || async {
+            match accepted.load(Ordering::SeqCst) {
+                0 => Err("no connection yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let api = daemon.api().unwrap();
+    let paused = reqwest::Client::new()
+        .post(format!("http://{api}/v1/scalers/web/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), StatusCode::OK);
+    let record = tokio::time::timeout(Duration::from_secs(10), decisions.recv())
+        .await
+        .expect("the tick ends after the metric's timeout")
+        .unwrap();
+    assert_eq!(record.proposal, Some(5), "the policy wanted 5: {record:?}");
+    assert_eq!(
+        (record.target.current, record.desired),
+        (2, 2),
+        "{record:?}"
+    );
+    assert!(
+        record.envelope.iter().any(|step| step.rule == "paused"),
+        "{:?}",
+        record.envelope
+    );
+    assert_eq!(daemon.replicas("web").unwrap().0, 2);
+    daemon.stop().await.unwrap();
+}
+
 /// `scalewise run`'s daemon with `[api] token` = "correct-horse" (from a
 /// file in the folder returned) and `more` in `[api]`, scaling `web`.
 async fn with_api_token(
