@@ -507,3 +507,93 @@ async fn scalers_sharing_a_query_share_one_fetch_per_tick() {
         asked.len()
     );
 }
+
+/// A metric that cannot be read is logged once when it starts failing
+/// (naming the scaler, the metric, its source and query), not at every
+/// tick, and once when it reads again: through `scalewise run`, whose log
+/// the test reads. The series is missing from Prometheus at first (an
+/// empty answer), then the exporter starts reporting it.
+#[tokio::test]
+async fn a_failing_metric_is_logged_when_it_starts_and_when_it_ends() {
+    use scalewise_tests::daemon_process::DaemonProcess;
+
+    let live = live().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(
+        scalewise_tests::artifacts::TARGET_TRACKING,
+        dir.path().join("policies/target-tracking.wasm"),
+    )
+    .unwrap();
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
+         [journal]\npath = \"journal.db\"\n\n\
+         [sources.prom]\nkind = \"prometheus\"\nurl = \"{}\"\n\n{}{}",
+        live.prometheus.url(),
+        simulation("web", 2),
+        queue_scaler("web", "prom", "sum(sw_e2e_flaky)"),
+    );
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config,
+        |_| {},
+    )
+    .unwrap();
+    let failing = "A metric cannot be read; no scale-in until it can";
+    let reads = "A metric reads again.";
+    let ticks = || async {
+        let api = daemon.api_addr().ok_or("no API yet")?;
+        let history: serde_json::Value =
+            reqwest::get(format!("http://{api}/v1/scalers/web/history"))
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+        Ok::<usize, String>(history.as_array().map_or(0, Vec::len))
+    };
+    wait_until("four ticks without the metric", WAIT, || async {
+        match ticks().await? {
+            n if n >= 4 => Ok(()),
+            n => Err(format!("{n} ticks\n{}", daemon.log())),
+        }
+    })
+    .await
+    .unwrap();
+    let log = daemon.log();
+    assert_eq!(log.matches(failing).count(), 1, "{log}");
+    let line = log.lines().find(|l| l.contains(failing)).unwrap();
+    for field in [
+        "scaler=web",
+        "metric=queue",
+        "source=prom",
+        "sum(sw_e2e_flaky)",
+    ] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+    assert!(!log.contains(reads), "{log}");
+
+    live.exporter.set("sw_e2e_flaky", 3.0);
+    wait_until("the metric to read again", WAIT, || async {
+        match daemon.log() {
+            log if log.contains(reads) => Ok(()),
+            log => Err(log),
+        }
+    })
+    .await
+    .unwrap();
+    let before = ticks().await.unwrap();
+    wait_until("three more ticks", WAIT, || async {
+        match ticks().await? {
+            n if n >= before + 3 => Ok(()),
+            n => Err(format!("{n} ticks")),
+        }
+    })
+    .await
+    .unwrap();
+    let log = daemon.log();
+    assert_eq!(log.matches(failing).count(), 1, "{log}");
+    assert_eq!(log.matches(reads).count(), 1, "{log}");
+    daemon.stop().unwrap();
+}
