@@ -665,7 +665,7 @@ async fn a_rebound_name_cannot_write_and_the_dashboard_is_not_framed() {
 
 /// A pause answered while a tick reads its metrics holds that tick's
 /// change too: the tick reads the pause flag again when it decides. Here
-/// the tick waits 3 s on a Prometheus that never answers (the counter
+/// the tick waits 10 s on a Prometheus that never answers (the counter
 /// policy, which reads no metric, still wants 5: a failed metric blocks
 /// scale-in only), and the pause comes in meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,7 +683,7 @@ async fn a_pause_answered_during_a_tick_holds_that_tick() {
 [sources.slow]
 kind = "prometheus"
 url = "http://{addr}"
-timeout = "3s"
+timeout = "10s"
 
 {web}[[scalers]]
 name = "web"
@@ -724,16 +724,23 @@ params = {{ scale_to = 5 }}
     .await
     .unwrap();
     let api = daemon.api().unwrap();
+    let asked_ms = scalewise::clock::wall_clock_ms();
     let paused = reqwest::Client::new()
         .post(format!("http://{api}/v1/scalers/web/pause"))
         .send()
         .await
         .unwrap();
     assert_eq!(paused.status(), StatusCode::OK);
-    let record = tokio::time::timeout(Duration::from_secs(10), decisions.recv())
+    let record = tokio::time::timeout(Duration::from_secs(30), decisions.recv())
         .await
         .expect("the tick ends after the metric's timeout")
         .unwrap();
+    // The first tick, which started before the pause was asked.
+    assert!(
+        record.time_ms < asked_ms,
+        "{} >= {asked_ms}",
+        record.time_ms
+    );
     assert_eq!(record.proposal, Some(5), "the policy wanted 5: {record:?}");
     assert_eq!(
         (record.target.current, record.desired),

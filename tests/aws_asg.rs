@@ -268,6 +268,35 @@ async fn observing_only_leaves_a_drain_where_it_is() {
     assert_eq!(moto.instance_ids("held").await.unwrap().len(), 2);
 }
 
+/// The time a drain spends held (a paused or dry-run scaler) does not count
+/// towards its timeout: a victim the webhook has not drained yet is not
+/// terminated undrained the moment the scaler acts again.
+#[tokio::test]
+async fn a_held_drain_does_not_time_out_while_it_is_held() {
+    let moto = moto().await;
+    moto.create_group("frozen", 3).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+            ..settings("frozen")
+        },
+    )
+    .await;
+    asg.scale(T0, 3, 2).await.unwrap();
+    asg.observe_only(T0 + 10 * SECOND).await.unwrap();
+    // Held for an hour, well past the 5-minute drain_timeout.
+    let observed = asg.observe(T0 + 3_610 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "{observed:?}");
+    assert_eq!(moto.instance_ids("frozen").await.unwrap().len(), 3);
+    assert_eq!(drainer.calls().len(), 2, "asked again, still draining");
+    // Its own 5 minutes run out after it acts again.
+    let observed = asg.observe(T0 + 3_910 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!(moto.instance_ids("frozen").await.unwrap().len(), 2);
+}
+
 /// Someone changes the desired capacity between the tick's read and its
 /// change (a scheduled action, an operator): the change, decided on the
 /// count before, is refused and nothing is terminated.
@@ -484,6 +513,46 @@ async fn a_saved_scale_in_is_carried_on_after_a_restart() {
     assert_eq!(observed.current, 2);
     assert!(!moto.instance_ids("resume").await.unwrap().contains(&victim));
     assert_eq!(second.saved_in_flight().await, None, "the change ended");
+
+    // A group whose desired capacity someone changed while the daemon was
+    // down: the saved scale-in is given up at the first look, its victim
+    // left in service and not asked to drain again.
+    moto.create_group("resume-changed", 3).await.unwrap();
+    let changed = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        ..settings("resume-changed")
+    };
+    let first = actuator(moto, changed.clone()).await;
+    drainer.clear();
+    drainer.answer(StatusCode::ACCEPTED);
+    first.scale(T0, 3, 2).await.unwrap();
+    let victim = drainer.instance_ids().into_iter().next().unwrap();
+    let saved = first.saved_in_flight().await.unwrap();
+    drop(first);
+    moto.client()
+        .set_desired_capacity()
+        .auto_scaling_group_name("resume-changed")
+        .desired_capacity(4)
+        .send()
+        .await
+        .unwrap();
+    let again = actuator(moto, changed).await;
+    again
+        .restore_in_flight(T0 + 60 * SECOND, saved)
+        .await
+        .unwrap();
+    drainer.clear();
+    let observed = again.observe(T0 + 60 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "given up: {observed:?}");
+    assert_eq!(observed.current, 4);
+    assert!(drainer.calls().is_empty(), "{:?}", drainer.calls());
+    assert!(
+        moto.instance_ids("resume-changed")
+            .await
+            .unwrap()
+            .contains(&victim)
+    );
+    assert_eq!(again.saved_in_flight().await, None);
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ kind = "aws-asg"
 group = "{group}"
 endpoint = "{endpoint}"
 drain_webhook = "{webhook}"
-drain_timeout = "1m"
+drain_timeout = "10m"
 
 [[scalers.policies]]
 module = "counter"
@@ -244,11 +244,57 @@ async fn the_daemon_scales_a_group_out_then_in_through_a_drain_and_dry_run_chang
 /// out of their load balancer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_in_cut_short_by_a_crash_is_carried_on_after_the_restart() {
+    crash_mid_drain_then_restart(None).await;
+}
+
+/// The same with leader election (a Lease in the fake Kubernetes API): the
+/// restarted replica's first term carries the change on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_the_first_term_after_a_crash_carries_the_scale_in_on() {
+    let kube = scalewise_tests::fake_kube::FakeKube::start().await.unwrap();
+    crash_mid_drain_then_restart(Some(&kube)).await;
+}
+
+async fn crash_mid_drain_then_restart(kube: Option<&scalewise_tests::fake_kube::FakeKube>) {
     let (moto, drainer, dir) = setup("crash", 5).await;
     let webhook = drainer.url().to_owned();
     let log = || log_in(dir.path());
+    let election = "\n[leader_election]\nlease = \"scalewise\"\nnamespace = \"ops\"\n\
+                    identity = \"a\"\nlease_duration = \"2s\"\nrenew_deadline = \"1500ms\"\n\
+                    retry_period = \"200ms\"\n";
+    let config = |scale_to| {
+        let text = config(&moto, "crash", scale_to, "enforce", &webhook);
+        match kube {
+            // Top-level tables go before the first [[scalers]].
+            Some(_) => text.replacen("\n[[scalers]]", &format!("{election}\n[[scalers]]"), 1),
+            None => text,
+        }
+    };
+    let start = |config: &str| match kube {
+        Some(kube) => {
+            let kubeconfig = dir.path().join("kubeconfig");
+            kube.kubeconfig(&kubeconfig, "ops").unwrap();
+            DaemonProcess::start(
+                env!("CARGO_BIN_EXE_scalewise-cli"),
+                dir.path(),
+                config,
+                |c| {
+                    c.env("AWS_ACCESS_KEY_ID", "testing")
+                        .env("AWS_SECRET_ACCESS_KEY", "testing")
+                        .env("AWS_REGION", REGION)
+                        .env_remove("AWS_PROFILE")
+                        .env_remove("AWS_ENDPOINT_URL")
+                        .env("KUBECONFIG", &kubeconfig)
+                        .env_remove("KUBERNETES_SERVICE_HOST")
+                        .env_remove("KUBERNETES_SERVICE_PORT");
+                },
+            )
+            .unwrap()
+        }
+        None => start(dir.path(), config),
+    };
 
-    let daemon = start(dir.path(), &config(&moto, "crash", 3, "enforce", &webhook));
+    let daemon = start(&config(3));
     // Once the API shows the drain, the tick that started it has kept it
     // in the journal.
     api_shows_a_drain(&daemon, "crash").await;
@@ -259,7 +305,7 @@ async fn a_scale_in_cut_short_by_a_crash_is_carried_on_after_the_restart() {
 
     // Restarted with a policy that now holds at 5.
     drainer.clear();
-    let daemon = start(dir.path(), &config(&moto, "crash", 5, "enforce", &webhook));
+    let daemon = start(&config(5));
     wait_until(
         "the victims asked again",
         Duration::from_secs(60),

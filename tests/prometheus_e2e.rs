@@ -531,7 +531,12 @@ async fn a_failing_metric_is_logged_when_it_starts_and_when_it_ends() {
          [sources.prom]\nkind = \"prometheus\"\nurl = \"{}\"\n\n{}{}",
         live.prometheus.url(),
         simulation("web", 2),
-        queue_scaler("web", "prom", "sum(sw_e2e_flaky)"),
+        // A scrape that comes late must not make the metric stale (and
+        // fail again) just after it reads.
+        queue_scaler("web", "prom", "sum(sw_e2e_flaky)").replace(
+            "query = 'sum(sw_e2e_flaky)'",
+            "query = 'sum(sw_e2e_flaky)'\nmax_age = \"30s\""
+        ),
     );
     let daemon = DaemonProcess::start(
         env!("CARGO_BIN_EXE_scalewise-cli"),

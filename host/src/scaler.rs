@@ -221,6 +221,10 @@ pub struct Scaler {
     /// ([`Actuator::saved_in_flight`]), so that it is written only when it
     /// changes.
     in_flight_saved: Option<Box<str>>,
+    /// The actuator carries on with a change the journal kept from before a
+    /// restart, which the first leadership term keeps (see
+    /// [`Scaler::tick_on_grid`]).
+    in_flight_restored: bool,
 }
 
 /// The log target of the line each change of replicas gets (and each one a
@@ -311,6 +315,7 @@ impl Scaler {
             told_failure: None,
             failing_metrics: 0,
             in_flight_saved: None,
+            in_flight_restored: false,
         }
     }
 
@@ -534,17 +539,24 @@ impl Scaler {
             Err(err) => Err(format!("the journal's copy does not read as JSON ({err})")),
         };
         match resumed {
-            Ok(change) => tracing::info!(
-                scaler = %self.spec.name,
-                %change,
-                saved_at = %format_ms(saved.updated_ms),
-                "Carrying on with the change that was in flight when the daemon stopped."
-            ),
-            Err(why) => tracing::warn!(
-                scaler = %self.spec.name,
-                saved_at = %format_ms(saved.updated_ms),
-                "The change in flight when the daemon stopped is not carried on: {why}"
-            ),
+            Ok(change) => {
+                self.in_flight_restored = true;
+                tracing::info!(
+                    scaler = %self.spec.name,
+                    %change,
+                    saved_at = %format_ms(saved.updated_ms),
+                    "Carrying on with the change that was in flight when the daemon stopped."
+                );
+            }
+            Err(why) => {
+                tracing::warn!(
+                    scaler = %self.spec.name,
+                    saved_at = %format_ms(saved.updated_ms),
+                    "The change in flight when the daemon stopped is not carried on: {why}"
+                );
+                // Never to be resumed: not kept for the next restart either.
+                self.keep_in_flight().await;
+            }
         }
     }
 
@@ -622,9 +634,15 @@ impl Scaler {
         if term != self.term {
             // This replica took the Lease since this scaler last ticked: what
             // the leader before did lately is not in this replica's journal.
+            // A change restored from it at start is kept by the first term
+            // (the actuator checks the target was left as it was saved);
+            // one this replica started in an earlier term is not.
+            let restored = self.term == 0 && std::mem::take(&mut self.in_flight_restored);
             self.term = term;
             self.envelope.reseed();
-            self.actuator.forget_in_flight().await;
+            if !restored {
+                self.actuator.forget_in_flight().await;
+            }
             tracing::debug!(scaler = %self.spec.name, term, "A new leadership term: the envelope's history begins again.");
         }
         self.ticks += 1;

@@ -39,9 +39,11 @@
 //! victim already drained out of its load balancer would otherwise stay in
 //! service, serving nothing. One older than `drain_timeout` and the 5
 //! minutes of termination retries, which would have ended by then, is not
-//! resumed (the log names its victims), nor one saved for another group;
-//! with leader election a new term drops it as any change the replica
-//! started when it last led. The drain webhook may be called again for the
+//! resumed (the log names its victims), nor one saved for another group.
+//! A resumed scale-in, and one a paused or dry-run scaler held, is given up
+//! when the group's desired capacity is no longer what it left (someone
+//! changed it meanwhile); the time a drain is held does not count towards
+//! its delay and timeout. The drain webhook may be called again for the
 //! same instance after a restart and must be idempotent.
 //!
 //! With `protect_instances` (the default) every scale call also protects the
@@ -92,8 +94,22 @@ pub struct AwsAsgActuator {
 struct ScaleIn {
     /// The desired capacity once every victim is gone.
     desired: u32,
+    /// When it started; moved on by the time it spent frozen (a paused or
+    /// dry-run scaler), which does not count towards the drain's delay and
+    /// timeout.
     since_ms: i64,
     victims: Vec<Victim>,
+    /// The group's desired capacity as this scale-in leaves it so far
+    /// (each termination lowers it by one).
+    #[serde(default)]
+    group_desired: Option<u32>,
+    /// Since when it has been frozen, if it is.
+    #[serde(default)]
+    frozen_ms: Option<i64>,
+    /// Resumed after a restart or a freeze: the group is checked to be as
+    /// it was left before a victim is taken further.
+    #[serde(default)]
+    recheck: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,6 +321,7 @@ impl AwsAsgActuator {
                         "Terminated a scale-in victim."
                     );
                     victim.terminated = true;
+                    scale_in.group_desired = scale_in.group_desired.map(|d| d.saturating_sub(1));
                     if victim.drained {
                         victim.note = "drained and terminated".into();
                     } else {
@@ -450,6 +467,37 @@ impl AwsAsgActuator {
         }
         victim.terminated = true;
         victim.note = format!("not terminated: {why}");
+    }
+
+    /// Whether `scale_in`, frozen (a paused or dry-run scaler) or resumed
+    /// after a restart, may be taken further on `group` as it is now. Its
+    /// clock moves on by the time it was frozen. One whose group's desired
+    /// capacity is no longer what the scale-in left (an operator, a
+    /// scheduled action or another replica changed it meanwhile) is given
+    /// up: its victims not yet terminated stay in service, as they are
+    /// (protected), and the next tick decides from the group as it is.
+    fn still_applies(&self, now_ms: i64, scale_in: &mut ScaleIn, group: &AutoScalingGroup) -> bool {
+        if let Some(frozen) = scale_in.frozen_ms.take() {
+            scale_in.since_ms += (now_ms - frozen).max(0);
+            scale_in.recheck = true;
+        }
+        if !std::mem::take(&mut scale_in.recheck) {
+            return true;
+        }
+        let now = desired_of(group);
+        match scale_in.group_desired {
+            Some(left) if left != now => {
+                tracing::warn!(
+                    group = %self.settings.group,
+                    change = %Self::in_flight(scale_in).detail,
+                    expected = left,
+                    desired = now,
+                    "The group's desired capacity changed while the scale-in was held or the daemon was down; the scale-in is given up and its victims not yet terminated stay in service."
+                );
+                false
+            }
+            _ => true,
+        }
     }
 
     fn in_flight(scale_in: &ScaleIn) -> InFlight {
@@ -769,6 +817,11 @@ impl Actuator for AwsAsgActuator {
         let mut group = self.describe().await?;
         counts_instances(&group)?;
         let mut in_flight = None;
+        if let Some(scale_in) = draining.as_mut()
+            && !self.still_applies(now_ms, scale_in, &group)
+        {
+            *draining = None;
+        }
         if let Some(scale_in) = draining.as_mut() {
             self.advance(now_ms, scale_in, &group).await;
             if scale_in.victims.iter().all(|v| v.terminated) {
@@ -787,8 +840,11 @@ impl Actuator for AwsAsgActuator {
         })
     }
 
-    async fn observe_only(&self, _now_ms: i64) -> Result<Observed, ActuatorError> {
-        let draining = self.draining.lock().await;
+    async fn observe_only(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+        let mut draining = self.draining.lock().await;
+        if let Some(scale_in) = draining.as_mut() {
+            scale_in.frozen_ms.get_or_insert(now_ms);
+        }
         let group = self.describe().await?;
         counts_instances(&group)?;
         Ok(Observed {
@@ -874,7 +930,10 @@ impl Actuator for AwsAsgActuator {
             ));
         }
         let detail = Self::in_flight(&scale_in).detail;
-        *draining = Some(scale_in);
+        *draining = Some(ScaleIn {
+            recheck: true,
+            ..scale_in
+        });
         Ok(detail)
     }
 
@@ -946,6 +1005,9 @@ impl Actuator for AwsAsgActuator {
         let mut scale_in = ScaleIn {
             desired: live - victims.len() as u32,
             since_ms: now_ms,
+            group_desired: Some(live),
+            frozen_ms: None,
+            recheck: false,
             victims: victims
                 .into_iter()
                 .map(|(id, zone)| Victim {
