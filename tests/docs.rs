@@ -100,6 +100,16 @@ fn every_config_snippet_of_the_prometheus_section_loads() {
     install_policies(&dir.path().join("policies")).unwrap();
     std::fs::create_dir(dir.path().join("secrets")).unwrap();
     std::fs::write(dir.path().join("secrets/prom-token"), "file-t0k3n\n").unwrap();
+    // The mutual TLS example's files.
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["scalewise".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("tls/ca.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls/tls.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("tls/tls.key"),
+        certified.signing_key.serialize_pem(),
+    )
+    .unwrap();
     let catalog = catalog();
 
     let mut prometheus_sources = 0;

@@ -363,6 +363,8 @@ async fn a_dead_webhook_does_not_hold_up_the_others() {
         headers: Default::default(),
         timeout: Duration::from_secs(1),
         ca_file: None,
+        client_cert: None,
+        client_key: None,
     };
     let webhooks = Webhooks::build(&[
         hook(

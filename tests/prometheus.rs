@@ -75,6 +75,8 @@ fn config(url: &str) -> PrometheusConfig {
         basic_auth: None,
         headers: Default::default(),
         ca_file: None,
+        client_cert: None,
+        client_key: None,
     }
 }
 
@@ -656,6 +658,58 @@ async fn concurrent_fetches_of_one_query_make_one_request() {
         .await
         .unwrap();
     assert_eq!(proxy.count("sum(sw_shared)"), 2);
+}
+
+/// A real Prometheus that asks clients for a certificate its CA signed
+/// (mutual TLS, through its own web config): a source without
+/// `client_cert` cannot read it, nor one presenting a certificate another
+/// CA signed; one with the right `client_cert` and `client_key` reads.
+#[tokio::test]
+async fn mutual_tls_presents_the_client_certificate() {
+    use scalewise_tests::https::ClientCertificate;
+
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let client = ClientCertificate::mint("scalewise").unwrap();
+    let prometheus = PrometheusServer::builder()
+        .tls(&server.cert.pem(), &server.signing_key.serialize_pem())
+        .require_client_cert(&client.ca_pem, &client.identity_pem())
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, server.cert.pem()).unwrap();
+    let mut config = config(prometheus.url());
+    config.ca_file = Some(ca);
+
+    let without = PrometheusSource::new("prom", &config).unwrap();
+    let err = fetch_now(&without, "vector(4)").await.unwrap_err();
+    assert_eq!(err.kind(), "unreachable", "{err:?}");
+
+    let stranger = ClientCertificate::mint("stranger").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let (cert, key) = stranger.write_to(other.path()).unwrap();
+    let refused = PrometheusSource::new(
+        "prom",
+        &PrometheusConfig {
+            client_cert: Some(cert),
+            client_key: Some(key),
+            ..config.clone()
+        },
+    )
+    .unwrap();
+    let err = fetch_now(&refused, "vector(4)").await.unwrap_err();
+    assert_eq!(err.kind(), "unreachable", "{err:?}");
+
+    let (cert, key) = client.write_to(dir.path()).unwrap();
+    config.client_cert = Some(cert);
+    config.client_key = Some(key);
+    let presenting = PrometheusSource::new("prom", &config).unwrap();
+    let points = fetch_now(&presenting, "vector(4)").await.unwrap();
+    assert_eq!(
+        points.iter().map(|p| p.value).collect::<Vec<_>>(),
+        vec![4.0]
+    );
 }
 
 /// A real Prometheus serving HTTPS with a certificate no system trusts (as

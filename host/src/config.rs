@@ -125,7 +125,10 @@ use toml::Spanned;
 use location::{Document, Hit, Seg, keys};
 pub use policies::{ParamProblem, PolicyCatalog, PolicyUses, param_problems, toml_to_json};
 pub use secret::{Refreshed, SECRET_REFRESH, SecretError};
-pub use trust::{read_ca_file, trusting};
+pub use trust::{
+    OwnedTlsFiles, Rebuilt, TLS_RECHECK, TlsFiles, read_ca_file, read_identity, tls_configured,
+    trusting,
+};
 pub use validate::SIMULATOR_SOURCE;
 
 /// The embedded demo config: two simulated services scaled by the bundled
@@ -620,8 +623,13 @@ impl Config {
         for source in self.sources.values_mut() {
             match source.get_mut() {
                 SourceConfig::Prometheus(prometheus) => {
-                    if let Some(ca) = &mut prometheus.ca_file {
-                        resolve(ca);
+                    let files = [
+                        &mut prometheus.ca_file,
+                        &mut prometheus.client_cert,
+                        &mut prometheus.client_key,
+                    ];
+                    for path in files.into_iter().flatten() {
+                        resolve(path);
                     }
                     let secrets = prometheus
                         .bearer_token
@@ -647,7 +655,7 @@ impl Config {
                 &resolve,
                 &mut n.bearer_token,
                 &mut n.headers,
-                &mut n.ca_file,
+                [&mut n.ca_file, &mut n.client_cert, &mut n.client_key],
             );
         }
         for scaler in &mut self.scalers {
@@ -657,7 +665,7 @@ impl Config {
                         &resolve,
                         &mut t.bearer_token,
                         &mut t.headers,
-                        &mut t.ca_file,
+                        [&mut t.ca_file, &mut t.client_cert, &mut t.client_key],
                     );
                 }
                 TargetConfig::AwsAsg(AwsAsgTarget {
@@ -667,7 +675,7 @@ impl Config {
                     &resolve,
                     &mut w.bearer_token,
                     &mut w.headers,
-                    &mut w.ca_file,
+                    [&mut w.ca_file, &mut w.client_cert, &mut w.client_key],
                 ),
                 _ => {}
             }
@@ -680,16 +688,17 @@ impl Config {
     }
 }
 
-/// Resolves the paths of an outbound endpoint's credentials and CA file
-/// (see [`crate::outbound`]) with `resolve`.
+/// Resolves the paths of an outbound endpoint's credentials and TLS files
+/// (`ca_file`, `client_cert`, `client_key`; see [`crate::outbound`]) with
+/// `resolve`.
 fn resolve_auth(
     resolve: &impl Fn(&mut PathBuf),
     bearer_token: &mut Option<Secret>,
     headers: &mut BTreeMap<String, HeaderSetting>,
-    ca_file: &mut Option<PathBuf>,
+    tls_files: [&mut Option<PathBuf>; 3],
 ) {
-    if let Some(ca) = ca_file {
-        resolve(ca);
+    for path in tls_files.into_iter().flatten() {
+        resolve(path);
     }
     let header_secrets = headers.values_mut().filter_map(|h| match h {
         HeaderSetting::Secret(secret) => Some(secret),
@@ -886,6 +895,15 @@ pub struct NotificationConfig {
     /// system's (a private CA). Relative to the config file's folder.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A certificate (PEM) to present when the server asks for one
+    /// (mutual TLS), with `client_key`, its private key. Both are read again
+    /// when they change (looked at every minute). Relative to the config
+    /// file's folder.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl NotificationConfig {
@@ -894,7 +912,11 @@ impl NotificationConfig {
         crate::outbound::HttpAuth {
             bearer_token: self.bearer_token.as_ref(),
             headers: &self.headers,
-            ca_file: self.ca_file.as_deref(),
+            tls: crate::config::TlsFiles {
+                ca_file: self.ca_file.as_deref(),
+                client_cert: self.client_cert.as_deref(),
+                client_key: self.client_key.as_deref(),
+            },
         }
     }
 }
@@ -1206,6 +1228,26 @@ pub struct PrometheusConfig {
     /// say). Relative to the config file's folder.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A certificate (PEM) to present when the server asks for one
+    /// (mutual TLS), with `client_key`, its private key. Both are read again
+    /// when they change (looked at every minute). Relative to the config
+    /// file's folder.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl PrometheusConfig {
+    /// The source's TLS files.
+    pub fn tls_files(&self) -> TlsFiles<'_> {
+        TlsFiles {
+            ca_file: self.ca_file.as_deref(),
+            client_cert: self.client_cert.as_deref(),
+            client_key: self.client_key.as_deref(),
+        }
+    }
 }
 
 fn default_prometheus_timeout() -> Duration {
@@ -1604,6 +1646,15 @@ pub struct DrainWebhook {
     /// system's. Relative to the config file's folder.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A certificate (PEM) to present when the server asks for one
+    /// (mutual TLS), with `client_key`, its private key. Both are read again
+    /// when they change (looked at every minute). Relative to the config
+    /// file's folder.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl DrainWebhook {
@@ -1612,7 +1663,11 @@ impl DrainWebhook {
         crate::outbound::HttpAuth {
             bearer_token: self.bearer_token.as_ref(),
             headers: &self.headers,
-            ca_file: self.ca_file.as_deref(),
+            tls: crate::config::TlsFiles {
+                ca_file: self.ca_file.as_deref(),
+                client_cert: self.client_cert.as_deref(),
+                client_key: self.client_key.as_deref(),
+            },
         }
     }
 
@@ -1699,6 +1754,15 @@ pub struct RebalanceTarget {
     /// system's. Relative to the config file's folder.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// A certificate (PEM) to present when the server asks for one
+    /// (mutual TLS), with `client_key`, its private key. Both are read again
+    /// when they change (looked at every minute). Relative to the config
+    /// file's folder.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 impl RebalanceTarget {
@@ -1707,7 +1771,11 @@ impl RebalanceTarget {
         crate::outbound::HttpAuth {
             bearer_token: self.bearer_token.as_ref(),
             headers: &self.headers,
-            ca_file: self.ca_file.as_deref(),
+            tls: crate::config::TlsFiles {
+                ca_file: self.ca_file.as_deref(),
+                client_cert: self.client_cert.as_deref(),
+                client_key: self.client_key.as_deref(),
+            },
         }
     }
 
@@ -1720,6 +1788,8 @@ impl RebalanceTarget {
             bearer_token: None,
             headers: BTreeMap::new(),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }

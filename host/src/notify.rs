@@ -538,6 +538,8 @@ mod tests {
             headers: Default::default(),
             timeout: Duration::from_secs(1),
             ca_file: None,
+            client_cert: None,
+            client_key: None,
         }])
         .unwrap()
     }

@@ -2,7 +2,7 @@
 //! `[[notifications]]` webhooks, an AWS target's `drain_webhook`, a
 //! `rebalance` target's shard coordinator — with the credentials and trust
 //! the config gives them: `bearer_token`, `headers` (each text or a
-//! secret) and `ca_file`.
+//! secret), `ca_file`, and `client_cert` with `client_key` (mutual TLS).
 //!
 //! Secrets are read when the client is built, so one that cannot be read
 //! fails the start or the reload that names it, and read again from their
@@ -11,12 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{HeaderSetting, Refreshed, Secret};
+use crate::config::{HeaderSetting, Rebuilt, Refreshed, Secret, TlsFiles};
 
 /// The credentials and trust of one outbound endpoint, as configured.
 #[derive(Debug, Clone, Copy)]
@@ -25,14 +24,16 @@ pub struct HttpAuth<'a> {
     pub bearer_token: Option<&'a Secret>,
     /// Sent with every request.
     pub headers: &'a BTreeMap<String, HeaderSetting>,
-    /// Certificates to trust besides the system's.
-    pub ca_file: Option<&'a Path>,
+    /// Certificates to trust besides the system's, and the client
+    /// certificate to present.
+    pub tls: TlsFiles<'a>,
 }
 
 /// An HTTP client that sends an endpoint's credentials with every request.
 #[derive(Debug, Clone)]
 pub struct AuthedClient {
-    client: reqwest::Client,
+    /// Built again when its TLS files change.
+    client: std::sync::Arc<Rebuilt<reqwest::Client>>,
     /// Headers whose values are secrets (plain ones are the client's own
     /// default headers), `Authorization` from `bearer_token` first.
     secret_headers: Vec<(HeaderName, std::sync::Arc<Rotating>)>,
@@ -72,18 +73,26 @@ impl AuthedClient {
                 }
             }
         }
-        let builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .default_headers(headers);
-        let client = crate::config::trusting(builder, auth.ca_file)
-            .map_err(|e| field(&e))?
-            .build()
-            .map_err(|e| match what {
-                "" => format!("cannot build the HTTP client: {e}"),
-                _ => format!("{what}: cannot build the HTTP client: {e}"),
-            })?;
+        let files = auth.tls.to_owned();
+        let table = what.to_owned();
+        let build = move || {
+            let builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .default_headers(headers.clone());
+            crate::config::tls_configured(builder, files.as_files())
+                .map_err(|e| match table.as_str() {
+                    "" => e,
+                    _ => format!("{table}.{e}"),
+                })?
+                .build()
+                .map_err(|e| match table.as_str() {
+                    "" => format!("cannot build the HTTP client: {e}"),
+                    _ => format!("{table}: cannot build the HTTP client: {e}"),
+                })
+        };
+        let client = Rebuilt::new(what, auth.tls, build)?;
         Ok(AuthedClient {
-            client,
+            client: std::sync::Arc::new(client),
             secret_headers,
         })
     }
@@ -94,7 +103,7 @@ impl AuthedClient {
         method: reqwest::Method,
         url: impl reqwest::IntoUrl,
     ) -> reqwest::RequestBuilder {
-        let mut request = self.client.request(method, url);
+        let mut request = self.client.get().request(method, url);
         for (name, secret) in &self.secret_headers {
             request = request.header(name.clone(), secret.value());
         }
@@ -235,7 +244,7 @@ mod tests {
         let auth = HttpAuth {
             bearer_token: Some(&Secret::File(token)),
             headers: &headers,
-            ca_file: None,
+            tls: TlsFiles::default(),
         };
         let client = AuthedClient::build("x", auth, Duration::from_secs(1)).unwrap();
         let request = client.put("http://127.0.0.1:9/hook").build().unwrap();
@@ -251,7 +260,7 @@ mod tests {
             HttpAuth {
                 bearer_token: Some(&missing),
                 headers: &BTreeMap::new(),
-                ca_file: None,
+                tls: TlsFiles::default(),
             },
             Duration::from_secs(1),
         )
@@ -265,7 +274,10 @@ mod tests {
             HttpAuth {
                 bearer_token: None,
                 headers: &BTreeMap::new(),
-                ca_file: Some(&dir.path().join("ca.pem")),
+                tls: TlsFiles {
+                    ca_file: Some(&dir.path().join("ca.pem")),
+                    ..TlsFiles::default()
+                },
             },
             Duration::from_secs(1),
         )

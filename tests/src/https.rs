@@ -81,3 +81,54 @@ async fn require_token(request: Request, next: Next) -> Result<Response, StatusC
         _ => Err(StatusCode::UNAUTHORIZED),
     }
 }
+
+/// A private CA and a client certificate it signed, for mutual TLS: what a
+/// server that asks for client certificates trusts (`ca_pem`), and what a
+/// client presents (`cert_pem`, `key_pem`).
+#[derive(Debug)]
+pub struct ClientCertificate {
+    /// The CA's certificate (PEM).
+    pub ca_pem: String,
+    /// The client's certificate (PEM), signed by the CA.
+    pub cert_pem: String,
+    /// The client's private key (PEM).
+    pub key_pem: String,
+}
+
+impl ClientCertificate {
+    /// A fresh CA and a client certificate for `name` signed by it.
+    pub fn mint(name: &str) -> anyhow::Result<ClientCertificate> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(ClientCertificate {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The key and the certificate in one PEM (what `reqwest::Identity`
+    /// reads).
+    pub fn identity_pem(&self) -> String {
+        format!("{}{}", self.key_pem, self.cert_pem)
+    }
+
+    /// Writes the certificate and the key to `dir` as `client.crt` and
+    /// `client.key`; returns their paths.
+    pub fn write_to(&self, dir: &std::path::Path) -> std::io::Result<(PathBuf, PathBuf)> {
+        let (cert, key) = (dir.join("client.crt"), dir.join("client.key"));
+        std::fs::write(&cert, &self.cert_pem)?;
+        std::fs::write(&key, &self.key_pem)?;
+        Ok((cert, key))
+    }
+}

@@ -224,6 +224,9 @@ pub struct PrometheusBuilder {
     backfill: Option<String>,
     /// HTTPS with this certificate and key (PEM).
     tls: Option<(String, String)>,
+    /// Clients must present a certificate this CA (PEM) signed; the
+    /// readiness probe presents this identity (key and certificate, PEM).
+    client_auth: Option<(String, String)>,
 }
 
 /// A running Prometheus server on loopback; killed (and its data removed)
@@ -266,6 +269,16 @@ impl PrometheusBuilder {
         self
     }
 
+    /// Asks every client for a certificate signed by the CA `ca_pem`
+    /// (`client_auth_type: RequireAndVerifyClientCert`), refusing the
+    /// connection without one: mutual TLS, with [`tls`](Self::tls). The
+    /// readiness probe presents `probe_identity_pem` (a key and a
+    /// certificate that CA signed, PEM).
+    pub fn require_client_cert(mut self, ca_pem: &str, probe_identity_pem: &str) -> Self {
+        self.client_auth = Some((ca_pem.to_owned(), probe_identity_pem.to_owned()));
+        self
+    }
+
     /// Starts the server and waits until it is ready (not for the first
     /// scrape: see [`PrometheusServer::wait_for_value`]).
     pub async fn start(self) -> anyhow::Result<PrometheusServer> {
@@ -288,15 +301,23 @@ impl PrometheusBuilder {
                 std::fs::write(&cert_path, cert)?;
                 std::fs::write(&key_path, key)?;
                 let web = dir.path().join("web.yml");
-                std::fs::write(
-                    &web,
-                    format!(
-                        "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\n",
-                        cert_path.display().to_string(),
-                        key_path.display().to_string()
-                    ),
-                )?;
-                Some((web, cert.as_str()))
+                let mut yaml = format!(
+                    "tls_server_config:\n  cert_file: {:?}\n  key_file: {:?}\n",
+                    cert_path.display().to_string(),
+                    key_path.display().to_string()
+                );
+                let mut probe = None;
+                if let Some((ca, identity)) = &self.client_auth {
+                    let ca_path = dir.path().join("client-ca.crt");
+                    std::fs::write(&ca_path, ca)?;
+                    yaml.push_str(&format!(
+                        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {:?}\n",
+                        ca_path.display().to_string()
+                    ));
+                    probe = Some(identity.as_str());
+                }
+                std::fs::write(&web, yaml)?;
+                Some((web, cert.as_str(), probe))
             }
         };
         let scheme = if web.is_some() { "https" } else { "http" };
@@ -371,7 +392,7 @@ async fn start_on(
     config: &Path,
     tsdb: &Path,
     port: u16,
-    web: Option<(PathBuf, &str)>,
+    web: Option<(PathBuf, &str, Option<&str>)>,
 ) -> anyhow::Result<(Child, ChildStdin, Instant)> {
     let log_path = dir.join("prometheus.log");
     let log = std::fs::File::create(&log_path)?;
@@ -387,9 +408,12 @@ async fn start_on(
         .arg(format!("--web.listen-address=127.0.0.1:{port}"));
     let mut http = reqwest::Client::builder();
     let mut scheme = "http";
-    if let Some((web, cert)) = &web {
+    if let Some((web, cert, probe)) = &web {
         command.arg(format!("--web.config.file={}", web.display()));
         http = http.tls_certs_only(reqwest::Certificate::from_pem_bundle(cert.as_bytes())?);
+        if let Some(identity) = probe {
+            http = http.identity(reqwest::Identity::from_pem(identity.as_bytes())?);
+        }
         scheme = "https";
     }
     let mut child = command
@@ -437,6 +461,7 @@ impl PrometheusServer {
             scrape_interval: Duration::from_secs(1),
             backfill: None,
             tls: None,
+            client_auth: None,
         }
     }
 

@@ -88,6 +88,8 @@ fn source(args: &TraceArgs) -> Result<PrometheusSource, String> {
                 basic_auth: None,
                 headers: Default::default(),
                 ca_file: None,
+                client_cert: None,
+                client_key: None,
             },
         ),
         (None, Some(path), Some(name)) => {

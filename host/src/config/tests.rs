@@ -784,6 +784,26 @@ fn each_problem_is_reported_at_its_place() {
             "ca_file: ",
         ),
         case(
+            "a source's client certificate without its key",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nclient_cert = \"client.crt\"",
+            )],
+            "\"client.crt\"",
+            "sources.prom",
+            "client_cert: given without client_key",
+        ),
+        case(
+            "a webhook's missing client certificate",
+            &[(
+                "[clock]",
+                "[[notifications]]\nurl = \"https://127.0.0.1:9/hook\"\nclient_cert = \"client.crt\"\nclient_key = \"missing.key\"\n\n[clock]",
+            )],
+            "\"client.crt\"",
+            "notifications[0]",
+            "client_cert: ",
+        ),
+        case(
             "a webhook's missing CA file",
             &[(
                 "[clock]",

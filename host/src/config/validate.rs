@@ -492,10 +492,31 @@ impl Checker<'_, '_> {
             path.push(Seg::from(field));
             path
         };
-        if let Some(ca) = auth.ca_file
+        if let Some(ca) = auth.tls.ca_file
             && let Err(err) = super::read_ca_file(ca)
         {
             self.value(&at("ca_file"), format!("ca_file: {err}"));
+        }
+        match (auth.tls.client_cert, auth.tls.client_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                if let Err(err) = super::read_identity(cert, key) {
+                    let field = if err.starts_with("client_key") {
+                        "client_key"
+                    } else {
+                        "client_cert"
+                    };
+                    self.value(&at(field), err);
+                }
+            }
+            (Some(_), None) => self.value(
+                &at("client_cert"),
+                "client_cert: given without client_key (the certificate's private key)",
+            ),
+            (None, Some(_)) => self.value(
+                &at("client_key"),
+                "client_key: given without client_cert (the certificate it belongs to)",
+            ),
         }
         if let Some(token) = auth.bearer_token {
             match token.resolve_with_env(env) {
@@ -598,6 +619,8 @@ impl Checker<'_, '_> {
             basic_auth,
             headers,
             ca_file,
+            client_cert,
+            client_key,
         } = prometheus;
         self.http_url(&at("url"), "url", url);
         self.nonzero(&at("timeout"), "timeout", *timeout);
@@ -625,7 +648,11 @@ impl Checker<'_, '_> {
         let auth = HttpAuth {
             bearer_token: bearer_token.as_ref(),
             headers,
-            ca_file: ca_file.as_deref(),
+            tls: super::TlsFiles {
+                ca_file: ca_file.as_deref(),
+                client_cert: client_cert.as_deref(),
+                client_key: client_key.as_deref(),
+            },
         };
         let other = basic_auth.as_ref().map(|_| "basic_auth");
         self.http_auth(&keys!["sources", name], auth, other, env);

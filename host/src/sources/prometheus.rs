@@ -130,7 +130,7 @@ use serde::Deserialize;
 
 use self::coalesce::Coalescer;
 use super::{MetricError, MetricQuery, Source};
-use crate::config::{HeaderSetting, PrometheusConfig, Refreshed, Secret, SecretError};
+use crate::config::{HeaderSetting, PrometheusConfig, Rebuilt, Refreshed, Secret, SecretError};
 use crate::outbound::causes;
 use crate::policy::Point;
 
@@ -233,7 +233,8 @@ pub struct PrometheusSource {
     /// settings, and custom headers given as secrets.
     credentials: Vec<Credentials>,
     header_names: Vec<String>,
-    client: prometheus_http_query::Client,
+    /// Built again when its TLS files change.
+    client: Rebuilt<prometheus_http_query::Client>,
     answers: Coalescer<AnswerKey, Answer>,
     /// Freshness answers, shared by the queries that read the same
     /// selectors (`sum(x)` and `max(x)` both ask `max(timestamp(x))`).
@@ -297,23 +298,32 @@ impl PrometheusSource {
                 reason: "the scheme must be http or https".to_owned(),
             });
         }
-        let builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .default_headers(headers);
-        let http = crate::config::trusting(builder, config.ca_file.as_deref())
-            .and_then(|builder| builder.build().map_err(|e| e.to_string()))
-            .map_err(|reason| Error::Client {
+        // The URL is known to parse; the client fails only on the TLS files.
+        let base = base_url(&config.url).to_owned();
+        prometheus_http_query::Client::from(reqwest::Client::new(), &base).map_err(|e| {
+            Error::Url {
+                name: name.to_owned(),
+                url: config.url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let tls = config.tls_files();
+        let files = tls.to_owned();
+        let timeout = config.timeout;
+        let build = move || {
+            let builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .default_headers(headers.clone());
+            let http = crate::config::tls_configured(builder, files.as_files())
+                .and_then(|builder| builder.build().map_err(|e| e.to_string()))?;
+            prometheus_http_query::Client::from(http, &base).map_err(|e| e.to_string())
+        };
+        let client = Rebuilt::new(format!("sources.{name}"), tls, build).map_err(|reason| {
+            Error::Client {
                 name: name.to_owned(),
                 reason,
-            })?;
-        let client =
-            prometheus_http_query::Client::from(http, base_url(&config.url)).map_err(|e| {
-                Error::Url {
-                    name: name.to_owned(),
-                    url: config.url.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+            }
+        })?;
         // Credentials in the URL itself are not for messages either.
         let _ = url.set_username("");
         let _ = url.set_password(None);
@@ -377,6 +387,7 @@ impl PrometheusSource {
             let to_s = end_s.min(from_s.saturating_add((MAX_POINTS_PER_QUERY - 1) * step_s));
             let mut request = self
                 .client
+                .get()
                 .query_range(query, from_s, to_s, step_s as f64)
                 .timeout(self.timeout_ms() as i64)
                 .query(PARTIAL_RESPONSE, "false");
@@ -432,6 +443,7 @@ impl PrometheusSource {
                 None => {
                     let request = self
                         .client
+                        .get()
                         .query(&query.query)
                         .at(evaluation_s)
                         .timeout(timeout_ms as i64)
@@ -443,6 +455,7 @@ impl PrometheusSource {
                     let (start_s, step_s) = range_of(window_ms, query.step_ms, evaluation_ms)?;
                     let mut request = self
                         .client
+                        .get()
                         .query_range(&query.query, start_s, evaluation_s, step_s)
                         .timeout(timeout_ms as i64)
                         .query(PARTIAL_RESPONSE, "false");
@@ -480,6 +493,7 @@ impl PrometheusSource {
     ) -> Result<Option<i64>, MetricError> {
         let request = self
             .client
+            .get()
             .query(freshness_query)
             .at(evaluation_s)
             .timeout(self.timeout_ms() as i64)
@@ -1188,6 +1202,8 @@ mod tests {
     fn config(url: &str) -> PrometheusConfig {
         PrometheusConfig {
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             url: url.to_owned(),
             timeout: Duration::from_secs(2),
             bearer_token: None,
