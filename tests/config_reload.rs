@@ -392,6 +392,7 @@ async fn notifications_follow_the_reloaded_config() {
         status: 200,
         content_type: "text/plain",
         body: "ok".into(),
+        headers: Vec::new(),
     };
     let first = RecordingServer::start(ok()).await.unwrap();
     let second = RecordingServer::start(ok()).await.unwrap();

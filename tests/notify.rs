@@ -18,6 +18,7 @@ fn ok() -> Canned {
         status: 200,
         content_type: "text/plain",
         body: "ok".into(),
+        headers: Vec::new(),
     }
 }
 
@@ -401,6 +402,67 @@ async fn a_dead_webhook_does_not_hold_up_the_others() {
     );
     let text = bodies[0]["text"].as_str().unwrap();
     assert!(text.contains("load &lt;!channel&gt; &amp; more"), "{text}");
+}
+
+/// A webhook that answers 429 with `Retry-After: 3` (a rate-limited chat
+/// webhook) is tried again no sooner than it asks (the default wait is
+/// 1 s), and the notification is delivered.
+#[tokio::test]
+async fn a_rate_limited_webhook_is_tried_again_when_it_asks() {
+    use scalewise::actuators::Announcement;
+    use scalewise::notify::{Notifier, Webhooks};
+
+    let limited = RecordingServer::start_sequence(vec![
+        Canned {
+            status: 429,
+            content_type: "text/plain",
+            body: "rate limited".into(),
+            headers: vec![("retry-after", "3".to_owned())],
+        },
+        ok(),
+    ])
+    .await
+    .unwrap();
+    let webhooks = Webhooks::build(&[scalewise::config::NotificationConfig {
+        url: format!("{}/hook", limited.url()),
+        events: vec![
+            scalewise::config::NotifyEvent::Scaled,
+            scalewise::config::NotifyEvent::Failed,
+        ],
+        scalers: Vec::new(),
+        format: scalewise::config::NotifyFormat::Json,
+        bearer_token: None,
+        headers: Default::default(),
+        timeout: Duration::from_secs(1),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+    }])
+    .unwrap();
+    let telemetry = std::sync::Arc::new(scalewise::telemetry::Telemetry::new());
+    let notifier = Notifier::start(webhooks, telemetry, None);
+    let started = std::time::Instant::now();
+    notifier.notify(
+        Announcement {
+            time_ms: T0,
+            scaler: "web".into(),
+            target_kind: "simulator".into(),
+            target_name: "web".into(),
+            from: 2,
+            to: 3,
+            reason: "load".into(),
+            error: None,
+            record: None,
+        },
+        None,
+    );
+    let bodies = limited.json_bodies(2).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "tried again after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(bodies[0], bodies[1], "the same notification, delivered");
 }
 
 /// An actuator that refuses at every tick is told once, not every 15 s:

@@ -526,6 +526,7 @@ async fn http_error_statuses_are_reported_with_their_status() {
         status: 200,
         content_type: "application/json",
         body: " ".repeat(MAX_ANSWER_BYTES + 1),
+        headers: Vec::new(),
     })
     .await
     .unwrap();

@@ -95,6 +95,30 @@ fn event_of(a: &Announcement) -> &'static str {
     }
 }
 
+/// The longest a webhook's `Retry-After` is waited for before the next
+/// attempt: a webhook asking for more is tried again then, and given up on
+/// after its last attempt as any other failure.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a response's `Retry-After` asks to wait, as of `now`: seconds,
+/// or an HTTP date (a date passed is no wait). `None` without a header or
+/// with one that reads as neither.
+fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// One webhook, ready to post.
 #[derive(Debug)]
 struct Webhook {
@@ -121,12 +145,19 @@ impl Webhook {
         }
     }
 
-    /// Posts `body`, trying again after a failure that may pass.
+    /// Posts `body`, trying again after a failure that may pass: 1 s, then
+    /// 2 s later, or as much later as the webhook's `Retry-After` asks (a
+    /// rate-limited chat webhook's 429), up to [`MAX_RETRY_AFTER`].
     async fn post(&self, body: &serde_json::Value) -> Result<(), String> {
         let mut last = String::new();
+        let mut asked = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                let wait = Duration::from_secs(u64::from(attempt));
+                let wait = asked
+                    .take()
+                    .map_or(wait, |after: Duration| after.min(MAX_RETRY_AFTER).max(wait));
+                tokio::time::sleep(wait).await;
             }
             match self.client.post(&self.url).json(body).send().await {
                 Ok(response) if response.status().is_success() => return Ok(()),
@@ -138,6 +169,13 @@ impl Webhook {
                         || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
                     if !retry {
                         break;
+                    }
+                    asked = retry_after(response.headers(), std::time::SystemTime::now());
+                    if let Some(after) = asked {
+                        last.push_str(&format!(
+                            " (retry after {})",
+                            humantime::format_duration(after)
+                        ));
                     }
                 }
                 Err(err) => last = crate::outbound::causes(&err),
@@ -486,6 +524,28 @@ async fn settle(journal: &Journal, id: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_or_a_date() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::RETRY_AFTER,
+                reqwest::header::HeaderValue::from_str(value).unwrap(),
+            );
+            retry_after(&headers, now)
+        };
+        assert_eq!(header("7"), Some(Duration::from_secs(7)));
+        assert_eq!(header(" 0 "), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(header(&later), Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(header(&past), Some(Duration::ZERO));
+        assert_eq!(header("soon"), None);
+        assert_eq!(header("-3"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+    }
 
     #[test]
     fn a_webhook_built_from_config_posts_with_its_credentials() {

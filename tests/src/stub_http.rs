@@ -25,6 +25,8 @@ pub struct Canned {
     pub content_type: &'static str,
     /// The body.
     pub body: String,
+    /// Other headers (`Retry-After`, say).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Canned {
@@ -36,6 +38,7 @@ impl Canned {
             body: format!(
                 r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[{timestamp_s},"{value}"]}}]}}}}"#
             ),
+            headers: Vec::new(),
         }
     }
 
@@ -45,6 +48,7 @@ impl Canned {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.to_owned(),
+            headers: Vec::new(),
         }
     }
 }
@@ -151,12 +155,18 @@ async fn record(
         answer
     };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
+    let mut response = (
         status,
         [(header::CONTENT_TYPE, answer.content_type)],
         answer.body,
     )
-        .into_response()
+        .into_response();
+    for (name, value) in answer.headers {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 /// A reverse proxy in front of an HTTP server that counts, per `query`
