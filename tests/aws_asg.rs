@@ -555,6 +555,66 @@ async fn a_saved_scale_in_is_carried_on_after_a_restart() {
     assert_eq!(again.saved_in_flight().await, None);
 }
 
+/// A resumed scale-in allows for a termination it made but had not saved
+/// when the daemon died (the group is one lower than saved: it goes on
+/// with the other victim), and ends once past its drain timeout and
+/// retries, counted from its start (a replica that followed for a long
+/// time before it led again).
+#[tokio::test]
+async fn a_resumed_scale_in_allows_for_an_unsaved_termination_and_ends_past_its_lifetime() {
+    let moto = moto().await;
+    moto.create_group("unsaved", 4).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let with_webhook = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        ..settings("unsaved")
+    };
+    let first = actuator(moto, with_webhook.clone()).await;
+    first.scale(T0, 4, 2).await.unwrap();
+    let saved = first.saved_in_flight().await.unwrap();
+    drop(first);
+    let victims: Vec<String> = drainer.instance_ids().into_iter().collect();
+    assert_eq!(victims.len(), 2);
+    // The daemon terminated one victim, then died before saving.
+    moto.client()
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&victims[0])
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    let second = actuator(moto, with_webhook.clone()).await;
+    second
+        .restore_in_flight(T0 + 60 * SECOND, saved.clone())
+        .await
+        .unwrap();
+    drainer.clear();
+    let observed = second.observe(T0 + 60 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "goes on: {observed:?}");
+    assert_eq!(
+        drainer.instance_ids().into_iter().collect::<Vec<_>>(),
+        [victims[1].clone()]
+    );
+
+    // Restored while young, first looked at past drain_timeout (5m) and
+    // the 5 minutes of retries: given up, its victim left in service.
+    let third = actuator(moto, with_webhook).await;
+    third
+        .restore_in_flight(T0 + 60 * SECOND, saved)
+        .await
+        .unwrap();
+    drainer.clear();
+    let observed = third.observe(T0 + 700 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "given up: {observed:?}");
+    assert!(drainer.calls().is_empty(), "{:?}", drainer.calls());
+    assert!(
+        moto.instance_ids("unsaved")
+            .await
+            .unwrap()
+            .contains(&victims[1])
+    );
+}
+
 #[tokio::test]
 async fn a_failing_webhook_is_asked_again_and_reported() {
     let moto = moto().await;

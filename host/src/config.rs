@@ -897,8 +897,8 @@ pub struct NotificationConfig {
     pub ca_file: Option<PathBuf>,
     /// A certificate (PEM) to present when the server asks for one
     /// (mutual TLS), with `client_key`, its private key. Both are read again
-    /// when they change (looked at every minute). Relative to the config
-    /// file's folder.
+    /// when they change (looked at when the client is used, at most once a
+    /// minute). Relative to the config file's folder.
     #[serde(default)]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of `client_cert`.
@@ -1230,8 +1230,8 @@ pub struct PrometheusConfig {
     pub ca_file: Option<PathBuf>,
     /// A certificate (PEM) to present when the server asks for one
     /// (mutual TLS), with `client_key`, its private key. Both are read again
-    /// when they change (looked at every minute). Relative to the config
-    /// file's folder.
+    /// when they change (looked at when the client is used, at most once a
+    /// minute). Relative to the config file's folder.
     #[serde(default)]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of `client_cert`.
@@ -1648,8 +1648,8 @@ pub struct DrainWebhook {
     pub ca_file: Option<PathBuf>,
     /// A certificate (PEM) to present when the server asks for one
     /// (mutual TLS), with `client_key`, its private key. Both are read again
-    /// when they change (looked at every minute). Relative to the config
-    /// file's folder.
+    /// when they change (looked at when the client is used, at most once a
+    /// minute). Relative to the config file's folder.
     #[serde(default)]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of `client_cert`.
@@ -1756,8 +1756,8 @@ pub struct RebalanceTarget {
     pub ca_file: Option<PathBuf>,
     /// A certificate (PEM) to present when the server asks for one
     /// (mutual TLS), with `client_key`, its private key. Both are read again
-    /// when they change (looked at every minute). Relative to the config
-    /// file's folder.
+    /// when they change (looked at when the client is used, at most once a
+    /// minute). Relative to the config file's folder.
     #[serde(default)]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of `client_cert`.

@@ -86,8 +86,8 @@ impl AuthedClient {
                 })?
                 .build()
                 .map_err(|e| match table.as_str() {
-                    "" => format!("cannot build the HTTP client: {e}"),
-                    _ => format!("{table}: cannot build the HTTP client: {e}"),
+                    "" => format!("cannot build the HTTP client: {}", error_chain(&e)),
+                    _ => format!("{table}: cannot build the HTTP client: {}", error_chain(&e)),
                 })
         };
         let client = Rebuilt::new(what, auth.tls, build)?;
@@ -146,6 +146,18 @@ pub fn causes(error: &reqwest::Error) -> String {
         } else {
             "request failed".to_owned()
         });
+    }
+    parts.join(": ")
+}
+
+/// `error` and each of its sources, `: `-separated (reqwest's own message
+/// is often only "builder error"; what went wrong is in its sources).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        parts.push(e.to_string());
+        cause = e.source();
     }
     parts.join(": ")
 }

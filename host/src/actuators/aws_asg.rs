@@ -471,12 +471,20 @@ impl AwsAsgActuator {
 
     /// Whether `scale_in`, frozen (a paused or dry-run scaler) or resumed
     /// after a restart, may be taken further on `group` as it is now. Its
-    /// clock moves on by the time it was frozen. One whose group's desired
-    /// capacity is no longer what the scale-in left (an operator, a
-    /// scheduled action or another replica changed it meanwhile) is given
-    /// up: its victims not yet terminated stay in service, as they are
-    /// (protected), and the next tick decides from the group as it is.
-    fn still_applies(&self, now_ms: i64, scale_in: &mut ScaleIn, group: &AutoScalingGroup) -> bool {
+    /// clock moves on by the time it was frozen. It is given up when it
+    /// has outlived `drain_timeout` and the termination retries (a replica
+    /// that followed for hours before it led again), or when the group's
+    /// desired capacity is no longer what the scale-in left (an operator, a
+    /// scheduled action or another replica changed it meanwhile; a
+    /// termination made but not yet saved when the daemon died is allowed
+    /// for). Its victims not yet terminated then stay in service, protected
+    /// again, and the next tick decides from the group as it is.
+    async fn still_applies(
+        &self,
+        now_ms: i64,
+        scale_in: &mut ScaleIn,
+        group: &AutoScalingGroup,
+    ) -> bool {
         if let Some(frozen) = scale_in.frozen_ms.take() {
             scale_in.since_ms += (now_ms - frozen).max(0);
             scale_in.recheck = true;
@@ -484,20 +492,90 @@ impl AwsAsgActuator {
         if !std::mem::take(&mut scale_in.recheck) {
             return true;
         }
-        let now = desired_of(group);
-        match scale_in.group_desired {
-            Some(left) if left != now => {
-                tracing::warn!(
-                    group = %self.settings.group,
-                    change = %Self::in_flight(scale_in).detail,
-                    expected = left,
-                    desired = now,
-                    "The group's desired capacity changed while the scale-in was held or the daemon was down; the scale-in is given up and its victims not yet terminated stay in service."
-                );
-                false
+        let why = if let Err(why) = self.within_lifetime(now_ms, scale_in) {
+            why
+        } else {
+            let now = desired_of(group);
+            // Victims terminated after the last save: each lowered the
+            // desired capacity by one.
+            let terminating = |id: &str| {
+                group
+                    .instances()
+                    .iter()
+                    .find(|i| i.instance_id() == Some(id))
+                    .is_none_or(|i| {
+                        i.lifecycle_state()
+                            .is_some_and(|s| s.as_str().starts_with("Terminat"))
+                    })
+            };
+            let unsaved = scale_in
+                .victims
+                .iter()
+                .filter(|v| !v.terminated && terminating(&v.id))
+                .count() as u32;
+            match scale_in.group_desired {
+                Some(left) if now > left || now < left.saturating_sub(unsaved) => format!(
+                    "the group's desired capacity is {now}, not the {left} the scale-in left: \
+                     it changed meanwhile"
+                ),
+                _ => return true,
             }
-            _ => true,
+        };
+        tracing::warn!(
+            group = %self.settings.group,
+            change = %Self::in_flight(scale_in).detail,
+            "The scale-in is given up ({why}); its victims not yet terminated stay in service."
+        );
+        if self.settings.protect_instances {
+            let in_service: Vec<String> = scale_in
+                .victims
+                .iter()
+                .filter(|v| !v.terminated)
+                .filter(|v| {
+                    group.instances().iter().any(|i| {
+                        i.instance_id() == Some(v.id.as_str())
+                            && i.lifecycle_state() == Some(&LifecycleState::InService)
+                            && i.protected_from_scale_in() != Some(true)
+                    })
+                })
+                .map(|v| v.id.clone())
+                .collect();
+            if !in_service.is_empty()
+                && let Err(e) = self.set_protection(&in_service, true).await
+            {
+                tracing::warn!(group = %self.settings.group, error = %e, "Could not protect the victims given up again.");
+            }
         }
+        false
+    }
+
+    /// Refuses a scale-in older than `drain_timeout` and the termination
+    /// retries (it would have ended by then), naming its victims not yet
+    /// terminated. The time it was held (frozen) does not count.
+    fn within_lifetime(&self, now_ms: i64, scale_in: &ScaleIn) -> Result<(), String> {
+        let until = scale_in.frozen_ms.unwrap_or(now_ms);
+        let age = Duration::from_millis((until - scale_in.since_ms).max(0) as u64);
+        let lifetime = self.settings.drain_timeout.saturating_add(TERMINATE_GRACE);
+        if age <= lifetime {
+            return Ok(());
+        }
+        let left: Vec<String> = scale_in
+            .victims
+            .iter()
+            .filter(|v| !v.terminated)
+            .map(|v| {
+                let drained = if v.drained { ", drained" } else { "" };
+                format!("{}{drained}", v.id)
+            })
+            .collect();
+        Err(format!(
+            "it started {} ago, more than drain_timeout ({}) and {} of retries: the group has \
+             moved on. Its victims not yet terminated stay in service: {}",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(self.settings.drain_timeout),
+            humantime::format_duration(TERMINATE_GRACE),
+            left.join(", ")
+        ))
     }
 
     fn in_flight(scale_in: &ScaleIn) -> InFlight {
@@ -818,7 +896,7 @@ impl Actuator for AwsAsgActuator {
         counts_instances(&group)?;
         let mut in_flight = None;
         if let Some(scale_in) = draining.as_mut()
-            && !self.still_applies(now_ms, scale_in, &group)
+            && !self.still_applies(now_ms, scale_in, &group).await
         {
             *draining = None;
         }
@@ -901,27 +979,7 @@ impl Actuator for AwsAsgActuator {
         let scale_in = saved.scale_in;
         // Past this age the scale-in would have ended anyway: its victims
         // terminated even undrained, or given up.
-        let age = Duration::from_millis((now_ms - scale_in.since_ms).max(0) as u64);
-        let lifetime = settings.drain_timeout.saturating_add(TERMINATE_GRACE);
-        if age > lifetime {
-            let left: Vec<String> = scale_in
-                .victims
-                .iter()
-                .filter(|v| !v.terminated)
-                .map(|v| {
-                    let drained = if v.drained { ", drained" } else { "" };
-                    format!("{}{drained}", v.id)
-                })
-                .collect();
-            return Err(format!(
-                "it started {} ago, more than drain_timeout ({}) and {} of retries: the group \
-                 has moved on. Its victims not yet terminated stay in service: {}",
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                humantime::format_duration(settings.drain_timeout),
-                humantime::format_duration(TERMINATE_GRACE),
-                left.join(", ")
-            ));
-        }
+        self.within_lifetime(now_ms, &scale_in)?;
         let mut draining = self.draining.lock().await;
         if let Some(ongoing) = draining.as_ref() {
             return Err(format!(

@@ -78,6 +78,12 @@ pub fn read_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, Strin
             cert.display()
         ));
     }
+    if contains(&key_pem, b"ENCRYPTED PRIVATE KEY-----") {
+        return Err(format!(
+            "client_key: {}: the key is encrypted; give it unencrypted (a Secret's tls.key is)",
+            key.display()
+        ));
+    }
     if !contains(&key_pem, b"PRIVATE KEY-----") {
         return Err(format!(
             "client_key: {}: no private key in it (a PEM file with `-----BEGIN PRIVATE KEY-----`, \
@@ -88,13 +94,23 @@ pub fn read_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, Strin
     let mut pem = key_pem;
     pem.push(b'\n');
     pem.extend_from_slice(&cert_pem);
-    reqwest::Identity::from_pem(&pem).map_err(|e| {
+    let mismatch = |e: &dyn std::error::Error| {
         format!(
-            "client_cert: {} with client_key {}: {e}",
+            "client_key: {} does not go with client_cert {}: {}",
+            key.display(),
             cert.display(),
-            key.display()
+            crate::outbound::error_chain(e)
         )
-    })
+    };
+    // The key is parsed, and matched with the certificate, when a client
+    // is built: one is built here so that a key that does not belong is
+    // refused with the config, not at the first request.
+    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| mismatch(&e))?;
+    reqwest::Client::builder()
+        .identity(identity)
+        .build()
+        .map_err(|e| mismatch(&e))?;
+    reqwest::Identity::from_pem(&pem).map_err(|e| mismatch(&e))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -190,9 +206,12 @@ impl<T> Rebuilt<T> {
     }
 
     fn recheck(&self, watch: &Watch, now_anyway: bool) {
-        let Ok(mut checked) = watch.checked.try_lock() else {
+        let mut checked = match watch.checked.try_lock() {
+            Ok(checked) => checked,
+            // A build that panicked: the times are still right.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             // Another request is looking; this one uses the client in use.
-            return;
+            Err(std::sync::TryLockError::WouldBlock) => return,
         };
         let now = Instant::now();
         if !now_anyway && now.duration_since(checked.0) < TLS_RECHECK {
@@ -293,6 +312,25 @@ mod tests {
         let err = read_identity(&cert, &key).unwrap_err();
         assert!(
             err.starts_with("client_key: ") && err.contains("no private key"),
+            "{err}"
+        );
+
+        // A key of another certificate; an encrypted key.
+        let (_, other_key) = pair();
+        std::fs::write(&key, &other_key).unwrap();
+        let err = read_identity(&cert, &key).unwrap_err();
+        assert!(
+            err.starts_with("client_key: ") && err.contains("does not go with client_cert"),
+            "{err}"
+        );
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = read_identity(&cert, &key).unwrap_err();
+        assert!(
+            err.starts_with("client_key: ") && err.contains("encrypted"),
             "{err}"
         );
 

@@ -345,14 +345,6 @@ impl Writer {
                 .and_then(|mut stmt| stmt.execute([cutoff_ms]))
                 .map(|_| deleted)
         });
-        // So are changes in flight kept that long: a scaler removed from the
-        // config, or a replica that never led again, left them.
-        let deleted = deleted.and_then(|deleted| {
-            self.conn
-                .prepare_cached("DELETE FROM in_flight WHERE updated_ms < ?1")
-                .and_then(|mut stmt| stmt.execute([cutoff_ms]))
-                .map(|_| deleted)
-        });
         let result = match deleted {
             Ok(deleted) => {
                 self.sweep.deleted += deleted as u64;

@@ -298,15 +298,7 @@ impl PrometheusSource {
                 reason: "the scheme must be http or https".to_owned(),
             });
         }
-        // The URL is known to parse; the client fails only on the TLS files.
         let base = base_url(&config.url).to_owned();
-        prometheus_http_query::Client::from(reqwest::Client::new(), &base).map_err(|e| {
-            Error::Url {
-                name: name.to_owned(),
-                url: config.url.clone(),
-                reason: e.to_string(),
-            }
-        })?;
         let tls = config.tls_files();
         let files = tls.to_owned();
         let timeout = config.timeout;
@@ -314,8 +306,12 @@ impl PrometheusSource {
             let builder = reqwest::Client::builder()
                 .timeout(timeout)
                 .default_headers(headers.clone());
-            let http = crate::config::tls_configured(builder, files.as_files())
-                .and_then(|builder| builder.build().map_err(|e| e.to_string()))?;
+            let http =
+                crate::config::tls_configured(builder, files.as_files()).and_then(|builder| {
+                    builder
+                        .build()
+                        .map_err(|e| crate::outbound::error_chain(&e))
+                })?;
             prometheus_http_query::Client::from(http, &base).map_err(|e| e.to_string())
         };
         let client = Rebuilt::new(format!("sources.{name}"), tls, build).map_err(|reason| {
