@@ -595,6 +595,11 @@ async fn a_resumed_scale_in_allows_for_an_unsaved_termination_and_ends_past_its_
         drainer.instance_ids().into_iter().collect::<Vec<_>>(),
         [victims[1].clone()]
     );
+    // Held (a pause) and taken further again: the group is checked again,
+    // against what the accepted termination left.
+    second.observe_only(T0 + 70 * SECOND).await.unwrap();
+    let observed = second.observe(T0 + 80 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "still goes on: {observed:?}");
 
     // Restored while young, first looked at past drain_timeout (5m) and
     // the 5 minutes of retries: given up, its victim left in service.

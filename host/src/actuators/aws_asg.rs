@@ -518,7 +518,12 @@ impl AwsAsgActuator {
                     "the group's desired capacity is {now}, not the {left} the scale-in left: \
                      it changed meanwhile"
                 ),
-                _ => return true,
+                _ => {
+                    // What the unsaved terminations left: the next check
+                    // starts from it.
+                    scale_in.group_desired = Some(now);
+                    return true;
+                }
             }
         };
         tracing::warn!(
@@ -540,10 +545,10 @@ impl AwsAsgActuator {
                 })
                 .map(|v| v.id.clone())
                 .collect();
-            if !in_service.is_empty()
-                && let Err(e) = self.set_protection(&in_service, true).await
-            {
-                tracing::warn!(group = %self.settings.group, error = %e, "Could not protect the victims given up again.");
+            for batch in in_service.chunks(PROTECTION_BATCH) {
+                if let Err(e) = self.set_protection(batch, true).await {
+                    tracing::warn!(group = %self.settings.group, error = %e, "Could not protect the victims given up again.");
+                }
             }
         }
         false

@@ -91,26 +91,33 @@ pub fn read_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, Strin
             key.display()
         ));
     }
+    // Parsed and matched as a server's pair is (the API's `[api.tls]`), so
+    // a key that does not belong is refused with the config rather than
+    // at the first request; no client is built for it.
+    let pair = crate::config::ApiTls {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    };
+    crate::api::tls::load(&pair).map_err(|e| {
+        if let Some(rest) = e.strip_prefix("cert: ") {
+            format!("client_cert: {rest}")
+        } else if let Some(rest) = e.strip_prefix("key: ") {
+            format!("client_key: {rest}")
+        } else {
+            e
+        }
+    })?;
     let mut pem = key_pem;
     pem.push(b'\n');
     pem.extend_from_slice(&cert_pem);
-    let mismatch = |e: &dyn std::error::Error| {
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
         format!(
-            "client_key: {} does not go with client_cert {}: {}",
+            "client_key: {} with client_cert {}: {}",
             key.display(),
             cert.display(),
-            crate::outbound::error_chain(e)
+            crate::outbound::error_chain(&e)
         )
-    };
-    // The key is parsed, and matched with the certificate, when a client
-    // is built: one is built here so that a key that does not belong is
-    // refused with the config, not at the first request.
-    let identity = reqwest::Identity::from_pem(&pem).map_err(|e| mismatch(&e))?;
-    reqwest::Client::builder()
-        .identity(identity)
-        .build()
-        .map_err(|e| mismatch(&e))?;
-    reqwest::Identity::from_pem(&pem).map_err(|e| mismatch(&e))
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -222,15 +229,15 @@ impl<T> Rebuilt<T> {
         if stamps == checked.1 {
             return;
         }
+        // Tried once for these files, whatever comes of it (a build that
+        // panics is not tried again every minute).
+        checked.1 = stamps;
         match (self.build)() {
             Ok(client) => {
                 self.current.store(Arc::new(client));
-                checked.1 = stamps;
                 tracing::info!(client = %self.what, "TLS files changed; the client now uses them.");
             }
             Err(err) => {
-                // Said once for these files.
-                checked.1 = stamps;
                 tracing::warn!(client = %self.what, error = %err, "TLS files changed but cannot be used; the client keeps the ones it had.");
             }
         }
@@ -320,7 +327,7 @@ mod tests {
         std::fs::write(&key, &other_key).unwrap();
         let err = read_identity(&cert, &key).unwrap_err();
         assert!(
-            err.starts_with("client_key: ") && err.contains("does not go with client_cert"),
+            err.starts_with("client_key: ") && err.contains("does not go with the certificate"),
             "{err}"
         );
         std::fs::write(
