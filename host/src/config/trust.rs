@@ -175,6 +175,15 @@ impl<T> std::fmt::Debug for Rebuilt<T> {
     }
 }
 
+/// The files, for the log: which client they belong to shows in them.
+fn shown(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
     paths
         .iter()
@@ -235,10 +244,10 @@ impl<T> Rebuilt<T> {
         match (self.build)() {
             Ok(client) => {
                 self.current.store(Arc::new(client));
-                tracing::info!(client = %self.what, "TLS files changed; the client now uses them.");
+                tracing::info!(client = %self.what, files = %shown(&watch.paths), "TLS files changed; the client now uses them.");
             }
             Err(err) => {
-                tracing::warn!(client = %self.what, error = %err, "TLS files changed but cannot be used; the client keeps the ones it had.");
+                tracing::warn!(client = %self.what, files = %shown(&watch.paths), error = %err, "TLS files changed but cannot be used; the client keeps the ones it had.");
             }
         }
     }
