@@ -8,6 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use scalewise::actuators::Announcement;
+use scalewise::config::{NotificationConfig, NotifyEvent, NotifyFormat};
+use scalewise::notify::{Notifier, Webhooks};
 use scalewise::simulator::ActuatorFault;
 use scalewise_tests::e2e::{Harness, T0};
 use scalewise_tests::stub_http::{Canned, RecordingServer};
@@ -343,19 +346,10 @@ fn a_notification_for_an_unknown_scaler_or_a_bad_url_is_refused_at_its_place() {
     }
 }
 
-/// Each webhook has its own queue: one that takes connections and never
-/// answers (three attempts of a second each, per change) does not hold up
-/// the one that answers, which gets every change at once. A Slack body's
-/// markup characters are escaped.
-#[tokio::test]
-async fn a_dead_webhook_does_not_hold_up_the_others() {
-    use scalewise::actuators::Announcement;
-    use scalewise::config::{NotificationConfig, NotifyEvent, NotifyFormat};
-    use scalewise::notify::{Notifier, Webhooks};
-
-    let hanging = scalewise_tests::stub_http::silent_listener().await.unwrap();
-    let healthy = RecordingServer::start(ok()).await.unwrap();
-    let hook = |url: String, format: NotifyFormat| NotificationConfig {
+/// A webhook at `url` told of every change and failure, a second per
+/// attempt, no credentials.
+fn webhook(url: String, format: NotifyFormat) -> NotificationConfig {
+    NotificationConfig {
         url,
         events: vec![NotifyEvent::Scaled, NotifyEvent::Failed],
         scalers: Vec::new(),
@@ -366,33 +360,45 @@ async fn a_dead_webhook_does_not_hold_up_the_others() {
         ca_file: None,
         client_cert: None,
         client_key: None,
-    };
+    }
+}
+
+/// A change of `web` from 2 to `to` replicas, for `reason`.
+fn change(to: u32, reason: &str) -> Announcement {
+    Announcement {
+        time_ms: T0,
+        scaler: "web".into(),
+        target_kind: "simulator".into(),
+        target_name: "web".into(),
+        from: 2,
+        to,
+        reason: reason.into(),
+        error: None,
+        record: None,
+    }
+}
+
+/// Each webhook has its own queue: one that takes connections and never
+/// answers (three attempts of a second each, per change) does not hold up
+/// the one that answers, which gets every change at once. A Slack body's
+/// markup characters are escaped.
+#[tokio::test]
+async fn a_dead_webhook_does_not_hold_up_the_others() {
+    let hanging = scalewise_tests::stub_http::silent_listener().await.unwrap();
+    let healthy = RecordingServer::start(ok()).await.unwrap();
     let webhooks = Webhooks::build(&[
-        hook(
+        webhook(
             format!("http://{hanging}/services/T0/B0/SECRET"),
             NotifyFormat::Json,
         ),
-        hook(healthy.url(), NotifyFormat::Slack),
+        webhook(healthy.url(), NotifyFormat::Slack),
     ])
     .unwrap();
     let telemetry = std::sync::Arc::new(scalewise::telemetry::Telemetry::new());
     let notifier = Notifier::start(webhooks, telemetry, None);
     let started = std::time::Instant::now();
     for to in 3..6 {
-        notifier.notify(
-            Announcement {
-                time_ms: T0,
-                scaler: "web".into(),
-                target_kind: "simulator".into(),
-                target_name: "web".into(),
-                from: 2,
-                to,
-                reason: "load <!channel> & more".into(),
-                error: None,
-                record: None,
-            },
-            None,
-        );
+        notifier.notify(change(to, "load <!channel> & more"), None);
     }
     let bodies = healthy.json_bodies(3).await;
     assert!(
@@ -409,9 +415,6 @@ async fn a_dead_webhook_does_not_hold_up_the_others() {
 /// 1 s), and the notification is delivered.
 #[tokio::test]
 async fn a_rate_limited_webhook_is_tried_again_when_it_asks() {
-    use scalewise::actuators::Announcement;
-    use scalewise::notify::{Notifier, Webhooks};
-
     let limited = RecordingServer::start_sequence(vec![
         Canned {
             status: 429,
@@ -423,39 +426,15 @@ async fn a_rate_limited_webhook_is_tried_again_when_it_asks() {
     ])
     .await
     .unwrap();
-    let webhooks = Webhooks::build(&[scalewise::config::NotificationConfig {
-        url: format!("{}/hook", limited.url()),
-        events: vec![
-            scalewise::config::NotifyEvent::Scaled,
-            scalewise::config::NotifyEvent::Failed,
-        ],
-        scalers: Vec::new(),
-        format: scalewise::config::NotifyFormat::Json,
-        bearer_token: None,
-        headers: Default::default(),
-        timeout: Duration::from_secs(1),
-        ca_file: None,
-        client_cert: None,
-        client_key: None,
-    }])
+    let webhooks = Webhooks::build(&[webhook(
+        format!("{}/hook", limited.url()),
+        NotifyFormat::Json,
+    )])
     .unwrap();
     let telemetry = std::sync::Arc::new(scalewise::telemetry::Telemetry::new());
     let notifier = Notifier::start(webhooks, telemetry, None);
     let started = std::time::Instant::now();
-    notifier.notify(
-        Announcement {
-            time_ms: T0,
-            scaler: "web".into(),
-            target_kind: "simulator".into(),
-            target_name: "web".into(),
-            from: 2,
-            to: 3,
-            reason: "load".into(),
-            error: None,
-            record: None,
-        },
-        None,
-    );
+    notifier.notify(change(3, "load"), None);
     let bodies = limited.json_bodies(2).await;
     assert!(
         started.elapsed() >= Duration::from_secs(3),

@@ -515,34 +515,17 @@ async fn scalers_sharing_a_query_share_one_fetch_per_tick() {
 /// empty answer), then the exporter starts reporting it.
 #[tokio::test]
 async fn a_failing_metric_is_logged_when_it_starts_and_when_it_ends() {
-    use scalewise_tests::daemon_process::DaemonProcess;
+    use scalewise_tests::daemon_process::queue_daemon_on_prometheus;
 
     let live = live().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::copy(
-        scalewise_tests::artifacts::TARGET_TRACKING,
-        dir.path().join("policies/target-tracking.wasm"),
-    )
-    .unwrap();
-    let config = format!(
-        "policy_dir = \"policies\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
-         [journal]\npath = \"journal.db\"\n\n\
-         [sources.prom]\nkind = \"prometheus\"\nurl = \"{}\"\n\n{}{}",
-        live.prometheus.url(),
-        simulation("web", 2),
-        // A scrape that comes late must not make the metric stale (and
-        // fail again) just after it reads.
-        queue_scaler("web", "prom", "sum(sw_e2e_flaky)").replace(
-            "query = 'sum(sw_e2e_flaky)'",
-            "query = 'sum(sw_e2e_flaky)'\nmax_age = \"30s\""
-        ),
-    );
-    let daemon = DaemonProcess::start(
+    // A scrape that comes late must not make the metric stale (and fail
+    // again) just after it reads.
+    let (_dir, daemon) = queue_daemon_on_prometheus(
         env!("CARGO_BIN_EXE_scalewise-cli"),
-        dir.path(),
-        &config,
-        |_| {},
+        live.prometheus.url(),
+        "",
+        "sum(sw_e2e_flaky)",
+        "max_age = \"30s\"",
     )
     .unwrap();
     let failing = "A metric cannot be read; no scale-in until it can";

@@ -5,10 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use scalewise_tests::daemon_process::DaemonProcess;
-use scalewise_tests::running::{queue_scaler, simulation};
+use scalewise_tests::daemon_process::queue_daemon_on_prometheus;
 use scalewise_tests::stub_http::counted_silent_listener;
-use scalewise_tests::{artifacts, wait_until};
+use scalewise_tests::wait_until;
 
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,25 +15,12 @@ async fn a_second_signal_stops_at_once_while_the_first_waits_for_a_tick() {
     // A "Prometheus" that never answers holds a tick for the whole of the
     // source's timeout.
     let (addr, accepted) = counted_silent_listener().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::copy(
-        artifacts::TARGET_TRACKING,
-        dir.path().join("policies/target-tracking.wasm"),
-    )
-    .unwrap();
-    let config = format!(
-        "policy_dir = \"policies\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
-         [journal]\npath = \"journal.db\"\n\n\
-         [sources.prom]\nkind = \"prometheus\"\nurl = \"http://{addr}\"\ntimeout = \"60s\"\n\n{}{}",
-        simulation("web", 2),
-        queue_scaler("web", "prom", "sum(queue)"),
-    );
-    let mut daemon = DaemonProcess::start(
+    let (_dir, mut daemon) = queue_daemon_on_prometheus(
         env!("CARGO_BIN_EXE_scalewise-cli"),
-        dir.path(),
-        &config,
-        |_| {},
+        &format!("http://{addr}"),
+        "timeout = \"60s\"",
+        "sum(queue)",
+        "",
     )
     .unwrap();
     // A tick is reading the metric: it will wait 60 s for an answer.

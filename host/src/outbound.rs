@@ -73,7 +73,7 @@ impl AuthedClient {
                 }
             }
         }
-        let files = auth.tls.to_owned();
+        let files = auth.tls.owned();
         let table = what.to_owned();
         let build = move || {
             let builder = reqwest::Client::builder()

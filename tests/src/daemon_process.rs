@@ -147,3 +147,39 @@ pub fn journal_export(binary: &Path, dir: &Path, scaler: &str) -> anyhow::Result
     }
     Ok(String::from_utf8(out.stdout)?)
 }
+
+/// `scalewise run` (at `binary`) in a new folder, scaling the simulated
+/// service `web` (2 replicas) with `target-tracking` on the metric `queue`,
+/// the PromQL `query` on a Prometheus source at `url` (`source_extra`:
+/// more lines of its table, `timeout = "60s"`, say); `metric_extra`: more
+/// lines of the metric's table. The folder goes with the returned handle.
+pub fn queue_daemon_on_prometheus(
+    binary: &str,
+    url: &str,
+    source_extra: &str,
+    query: &str,
+    metric_extra: &str,
+) -> anyhow::Result<(tempfile::TempDir, DaemonProcess)> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir(dir.path().join("policies"))?;
+    std::fs::copy(
+        crate::artifacts::TARGET_TRACKING,
+        dir.path().join("policies/target-tracking.wasm"),
+    )?;
+    let scaler = crate::running::queue_scaler("web", "prom", query);
+    let scaler = match metric_extra {
+        "" => scaler,
+        extra => scaler.replace(
+            &format!("query = '{query}'"),
+            &format!("query = '{query}'\n{extra}"),
+        ),
+    };
+    let config = format!(
+        "policy_dir = \"policies\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
+         [journal]\npath = \"journal.db\"\n\n\
+         [sources.prom]\nkind = \"prometheus\"\nurl = \"{url}\"\n{source_extra}\n\n{}{scaler}",
+        crate::running::simulation("web", 2),
+    );
+    let daemon = DaemonProcess::start(binary, dir.path(), &config, |_| {})?;
+    Ok((dir, daemon))
+}

@@ -37,7 +37,7 @@ impl TlsFiles<'_> {
     }
 
     /// Owned copies of the paths, for a client that builds itself again.
-    pub fn to_owned(&self) -> OwnedTlsFiles {
+    pub fn owned(&self) -> OwnedTlsFiles {
         OwnedTlsFiles {
             ca_file: self.ca_file.map(Path::to_path_buf),
             client_cert: self.client_cert.map(Path::to_path_buf),

@@ -300,7 +300,7 @@ impl PrometheusSource {
         }
         let base = base_url(&config.url).to_owned();
         let tls = config.tls_files();
-        let files = tls.to_owned();
+        let files = tls.owned();
         let timeout = config.timeout;
         let build = move || {
             let builder = reqwest::Client::builder()
