@@ -350,3 +350,80 @@ async fn crash_mid_drain_then_restart(kube: Option<&scalewise_tests::fake_kube::
     .unwrap();
     daemon.stop().unwrap();
 }
+
+/// Three groups of one region and endpoint through one AWS client: the
+/// profile's `credential_process` (as an SSO or Vault helper is set up)
+/// runs once for the process, not once per group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_of_one_region_share_one_client() {
+    use std::os::unix::fs::PermissionsExt;
+    let (moto, drainer, dir) = setup("web", 2).await;
+    let groups = ["web", "api", "jobs"];
+    for group in &groups[1..] {
+        moto.create_group(group, 2).await.unwrap();
+    }
+    let (helper, runs) = (dir.path().join("credentials.sh"), dir.path().join("runs"));
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho run >> '{}'\n\
+             echo '{{\"Version\": 1, \"AccessKeyId\": \"testing\", \"SecretAccessKey\": \"testing\"}}'\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let profile = dir.path().join("aws-config");
+    std::fs::write(
+        &profile,
+        format!("[default]\ncredential_process = {}\n", helper.display()),
+    )
+    .unwrap();
+    let config: String = groups
+        .iter()
+        .map(|g| config(&moto, g, 3, "enforce", drainer.url()))
+        .enumerate()
+        // One file: the settings once, then each group's scaler.
+        .map(|(i, c)| match i {
+            0 => c,
+            _ => c[c.find("[[scalers]]").unwrap()..].to_owned(),
+        })
+        .collect();
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config,
+        |c| {
+            c.env("AWS_CONFIG_FILE", &profile)
+                .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+                .env("AWS_REGION", REGION)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("AWS_PROFILE")
+                .env_remove("AWS_ENDPOINT_URL");
+        },
+    )
+    .unwrap();
+    wait_until("every group at 3", Duration::from_secs(90), || async {
+        let mut desired = Vec::new();
+        for group in groups {
+            desired.push(desired_and_count(&moto, group).await.0);
+        }
+        match desired == [3, 3, 3] {
+            true => Ok(()),
+            false => Err(format!("{desired:?}\n{}", daemon.log())),
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop().unwrap();
+    let runs = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "helper runs:\n{runs}\n{}",
+        log_in(dir.path())
+    );
+}

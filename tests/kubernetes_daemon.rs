@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use axum::http::Method;
-use scalewise_tests::daemon_process::{journal_export, log_in};
-use scalewise_tests::fake_kube::FakeKube;
+use scalewise_tests::daemon_process::{DaemonProcess, journal_export, log_in};
+use scalewise_tests::fake_kube::{FakeKube, exec_plugin};
 use scalewise_tests::{artifacts, wait_until};
 
 fn config(scale_to: u32, mode: &str) -> String {
@@ -120,4 +120,118 @@ async fn the_daemon_scales_a_deployment_and_dry_run_changes_nothing() {
     );
     assert!(journal.contains("\"kind\":\"kubernetes\""), "{journal}");
     assert!(journal.contains("\"name\":\"web\""), "{journal}");
+}
+
+/// Three Deployments and leader election through one Kubernetes client:
+/// the kubeconfig's exec credential plugin (as EKS's and GKE's kubeconfigs
+/// have) runs as often as building one client runs it, not that many times
+/// per target, and every request carries its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_and_the_lease_share_one_client() {
+    let kube = FakeKube::start().await.unwrap();
+    let names = ["web", "api", "jobs"];
+    for name in names {
+        kube.put_deployment("shop", name, 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
+    let (plugin, runs) = (dir.path().join("credential.sh"), dir.path().join("runs"));
+    exec_plugin(&plugin, &runs, "shared-token").unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.kubeconfig_with_exec(&kubeconfig, "shop", &plugin)
+        .unwrap();
+    let mut config = String::from(
+        r#"policy_dir = "policies"
+
+[api]
+listen = "127.0.0.1:0"
+
+[journal]
+path = "journal.db"
+
+[leader_election]
+lease = "scalewise"
+lease_duration = "2s"
+renew_deadline = "1500ms"
+retry_period = "200ms"
+"#,
+    );
+    for name in names {
+        config.push_str(&format!(
+            r#"
+[[scalers]]
+name = "{name}"
+interval = "1s"
+min = 1
+max = 8
+target = {{ kind = "kubernetes", object = "Deployment", name = "{name}" }}
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = 3 }}
+"#
+        ));
+    }
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config,
+        |c| {
+            c.env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env_remove("KUBERNETES_SERVICE_PORT");
+        },
+    )
+    .unwrap();
+    let log = || log_in(dir.path());
+    wait_until("every Deployment at 3", Duration::from_secs(60), || async {
+        let replicas: Vec<u32> = names
+            .iter()
+            .map(|n| {
+                kube.workload("apps/v1", "deployments", "shop", n)
+                    .unwrap()
+                    .replicas
+            })
+            .collect();
+        match replicas == [3, 3, 3] {
+            true => Ok(()),
+            false => Err(format!("{replicas:?}\n{}", log())),
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop().unwrap();
+    assert!(kube.lease("shop", "scalewise").is_some(), "{}", log());
+    // What building one client costs (kube runs the plugin for the TLS
+    // identity and the token alike).
+    let (one_plugin, one_runs) = (dir.path().join("one.sh"), dir.path().join("one-runs"));
+    exec_plugin(&one_plugin, &one_runs, "shared-token").unwrap();
+    let one_kubeconfig = dir.path().join("one-kubeconfig");
+    kube.kubeconfig_with_exec(&one_kubeconfig, "shop", &one_plugin)
+        .unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let file = kube::config::Kubeconfig::read_from(&one_kubeconfig).unwrap();
+    let one = kube::Config::from_custom_kubeconfig(file, &options)
+        .await
+        .unwrap();
+    kube::Client::try_from(one).unwrap();
+    let per_client = std::fs::read_to_string(&one_runs).unwrap().lines().count();
+    assert!(per_client >= 1);
+    let runs = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        per_client,
+        "plugin runs:\n{runs}\n{}",
+        log()
+    );
+    let seen = kube.seen();
+    assert!(seen.len() >= 6, "{seen:?}");
+    for request in seen {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some("Bearer shared-token"),
+            "{request:?}"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 //! a change is in flight the loop does not start another.
 
 pub mod aws_asg;
+pub mod clients;
 pub mod kubernetes;
 pub mod rebalance;
 pub mod simulator;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actuators::Actuator;
 use crate::actuators::aws_asg::AwsAsgActuator;
+use crate::actuators::clients::TargetClients;
 use crate::actuators::kubernetes::KubernetesActuator;
 use crate::actuators::rebalance::RebalanceActuator;
 use crate::actuators::simulator::SimulatorActuator;
@@ -226,6 +227,8 @@ pub struct Daemon {
     journal: Journal,
     telemetry: Arc<Telemetry>,
     simulation: Simulation,
+    /// The Kubernetes and AWS clients the targets share, kept across reloads.
+    clients: TargetClients,
     sources: NamedSources,
     services: Services,
     scalers: Vec<Scaler>,
@@ -330,6 +333,7 @@ impl Daemon {
         // Keep only as much simulated history as the longest window needs.
         simulation.set_history(longest_window_ms(&config));
         let (decisions, _) = broadcast::channel(1024);
+        let clients = TargetClients::default();
         let (leadership, elector) = match &config.leader_election {
             None => (
                 Leadership::always().reported_to(telemetry.leader.clone()),
@@ -337,7 +341,12 @@ impl Daemon {
             ),
             Some(settings) => {
                 let leadership = Leadership::elected().reported_to(telemetry.leader.clone());
-                let client = kube_client().await?;
+                // The Kubernetes targets' client: one set of connections
+                // and credentials for the process.
+                let client = clients
+                    .kube()
+                    .await
+                    .map_err(|e| DaemonError::Setup(format!("[leader_election]: {e}")))?;
                 let mut elector = Elector::new(settings.clone(), client, leadership.clone());
                 let (handles, journal) = (telemetry.scalers(), journal.clone());
                 elector.on_takeover(Arc::new(move |pauses| {
@@ -391,6 +400,7 @@ impl Daemon {
                 &mut params,
                 scaler_config,
                 &simulation,
+                &clients,
                 services.clone(),
                 now_ms,
             )
@@ -426,6 +436,7 @@ impl Daemon {
             journal,
             telemetry,
             simulation,
+            clients,
             sources,
             services,
             scalers,
@@ -1068,6 +1079,7 @@ impl Daemon {
                         &mut params,
                         scaler_config,
                         &self.simulation,
+                        &self.clients,
                         self.services.clone(),
                         now_ms,
                     )
@@ -1088,7 +1100,10 @@ impl Daemon {
                     let actuator = if before.target == next.target {
                         None
                     } else {
-                        Some(build_actuator(scaler_config, &self.simulation).map_err(hint)?)
+                        Some(
+                            build_actuator(scaler_config, &self.simulation, &self.clients)
+                                .map_err(hint)?,
+                        )
                     };
                     let same_target = before.claim == next.claim;
                     changed.push((
@@ -1472,11 +1487,12 @@ async fn build_scaler(
     params: &mut SharedParams,
     scaler_config: &ScalerConfig,
     simulation: &Simulation,
+    clients: &TargetClients,
     services: Services,
     now_ms: i64,
 ) -> Result<Scaler, DaemonError> {
     let spec = bind_scaler(sources, params, scaler_config, simulation)?;
-    let actuator = build_actuator(scaler_config, simulation)?;
+    let actuator = build_actuator(scaler_config, simulation, clients)?;
     let mut scaler = Scaler::new(spec, actuator, services);
     let restored = scaler
         .restore(now_ms, scaler_config.paused)
@@ -1923,21 +1939,10 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
     })
 }
 
-/// A Kubernetes client configured as kubectl's is (for leader election).
-async fn kube_client() -> Result<kube::Client, DaemonError> {
-    let config = kube::Config::infer().await.map_err(|e| {
-        DaemonError::Setup(format!(
-            "[leader_election]: no Kubernetes client configuration (KUBECONFIG, ~/.kube/config \
-             or the pod's service account): {e}"
-        ))
-    })?;
-    kube::Client::try_from(config)
-        .map_err(|e| DaemonError::Setup(format!("[leader_election]: the Kubernetes client: {e}")))
-}
-
 fn build_actuator(
     scaler: &ScalerConfig,
     simulation: &Simulation,
+    clients: &TargetClients,
 ) -> Result<Arc<dyn Actuator>, DaemonError> {
     match scaler.target.get_ref() {
         TargetConfig::Simulator { service } => {
@@ -1945,7 +1950,7 @@ fn build_actuator(
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
             Ok(Arc::new(actuator))
         }
-        TargetConfig::AwsAsg(settings) => match AwsAsgActuator::new(settings.clone()) {
+        TargetConfig::AwsAsg(settings) => match AwsAsgActuator::new(settings.clone(), clients) {
             Ok(actuator) => Ok(Arc::new(actuator)),
             Err(e) => Err(target_setup(scaler, &e)),
         },
@@ -1954,7 +1959,7 @@ fn build_actuator(
             Err(e) => Err(target_setup(scaler, &e)),
         },
         TargetConfig::Kubernetes(settings) => {
-            Ok(Arc::new(KubernetesActuator::new(settings.clone())))
+            Ok(Arc::new(KubernetesActuator::new(settings.clone(), clients)))
         }
     }
 }

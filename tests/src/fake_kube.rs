@@ -49,6 +49,8 @@ pub struct Seen {
     pub path: String,
     /// The Content-Type header, if any.
     pub content_type: Option<String>,
+    /// The Authorization header, if any.
+    pub authorization: Option<String>,
     /// The body, parsed as JSON (`Null` when empty).
     pub body: Value,
 }
@@ -224,11 +226,33 @@ impl FakeKube {
     /// A kubeconfig file at `path` whose current context is this server
     /// (plain HTTP, no credentials), with `namespace` as its default.
     pub fn kubeconfig(&self, path: &Path, namespace: &str) -> std::io::Result<()> {
+        self.kubeconfig_for_user(path, namespace, "{}")
+    }
+
+    /// A kubeconfig as [`FakeKube::kubeconfig`]'s whose user gets a token
+    /// from an exec credential plugin, as EKS's and GKE's kubeconfigs do:
+    /// `plugin`, an executable, run with no arguments. [`exec_plugin`]
+    /// writes one.
+    pub fn kubeconfig_with_exec(
+        &self,
+        path: &Path,
+        namespace: &str,
+        plugin: &Path,
+    ) -> std::io::Result<()> {
+        let user = format!(
+            "\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      \
+             command: {}\n      interactiveMode: Never",
+            plugin.display()
+        );
+        self.kubeconfig_for_user(path, namespace, &user)
+    }
+
+    fn kubeconfig_for_user(&self, path: &Path, namespace: &str, user: &str) -> std::io::Result<()> {
         std::fs::write(
             path,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
-                 users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+                 users:\n- name: fake\n  user: {user}\ncontexts:\n- name: fake\n  context:\n    \
                  cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
                 self.url()
             ),
@@ -359,11 +383,16 @@ fn record(inner: &Mutex<Inner>, method: Method, path: String, headers: &HeaderMa
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = serde_json::from_slice(body).unwrap_or(Value::Null);
     inner.lock().unwrap().seen.push(Seen {
         method,
         path,
         content_type,
+        authorization,
         body,
     });
 }
@@ -632,4 +661,20 @@ async fn replace_lease(
         );
     }
     store_lease(&mut inner, key, lease, StatusCode::OK)
+}
+
+/// Writes at `path` an exec credential plugin (a shell script) that answers
+/// `token` and adds a line to `runs` each time it is run.
+pub fn exec_plugin(path: &Path, runs: &Path, token: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        path,
+        format!(
+            "#!/bin/sh\necho run >> '{}'\n\
+             echo '{{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\
+             \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{token}\"}}}}'\n",
+            runs.display()
+        ),
+    )?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }

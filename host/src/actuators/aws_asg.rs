@@ -54,6 +54,7 @@
 //! nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -63,12 +64,11 @@ use aws_sdk_autoscaling::types::{AutoScalingGroup, Instance, LifecycleState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
+use super::clients::{SharedClient, TargetClients, aws_client};
 use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
 use crate::config::AwsAsgTarget;
 use crate::outbound::AuthedClient;
 
-/// The longest one call to the Auto Scaling API may take, retries included.
-const API_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest one call to the drain webhook may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after `drain_timeout` a termination that keeps failing is
@@ -82,8 +82,9 @@ const PROTECTION_BATCH: usize = 50;
 pub struct AwsAsgActuator {
     settings: AwsAsgTarget,
     /// Built on first use: loading the AWS configuration (credentials,
-    /// region) may take network calls, which belong in a tick, not in start-up.
-    client: OnceCell<Client>,
+    /// region) may take network calls, which belong in a tick, not in
+    /// start-up. Shared with the daemon's other groups reached alike.
+    client: SharedClient<Client>,
     /// The drain webhook's client, with its credentials.
     drain: Option<AuthedClient>,
     draining: Mutex<Option<ScaleIn>>,
@@ -143,15 +144,16 @@ enum Refusal {
 }
 
 impl AwsAsgActuator {
-    /// The actuator of the group `settings.group`, with an AWS client loaded
-    /// from the environment (credentials chain, region) on first use. Fails
-    /// when the drain webhook's credentials or CA file cannot be read (the
-    /// error names the setting: `drain_webhook.bearer_token: ...`).
-    pub fn new(settings: AwsAsgTarget) -> Result<Self, String> {
+    /// The actuator of the group `settings.group`, with the AWS client of
+    /// its region and endpoint from `clients`, loaded from the environment
+    /// (credentials chain, region) on first use. Fails when the drain
+    /// webhook's credentials or CA file cannot be read (the error names the
+    /// setting: `drain_webhook.bearer_token: ...`).
+    pub fn new(settings: AwsAsgTarget, clients: &TargetClients) -> Result<Self, String> {
         Ok(AwsAsgActuator {
             drain: drain_client(&settings)?,
+            client: clients.aws_cell(settings.region.as_deref(), settings.endpoint.as_deref()),
             settings,
-            client: OnceCell::new(),
             draining: Mutex::new(None),
         })
     }
@@ -162,29 +164,19 @@ impl AwsAsgActuator {
         Ok(AwsAsgActuator {
             drain: drain_client(&settings)?,
             settings,
-            client: OnceCell::new_with(Some(client)),
+            client: Arc::new(OnceCell::new_with(Some(client))),
             draining: Mutex::new(None),
         })
     }
 
     async fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .operation_timeout(API_TIMEOUT)
-                            .build(),
-                    );
-                if let Some(region) = &self.settings.region {
-                    loader = loader.region(aws_config::Region::new(region.clone()));
-                }
-                if let Some(endpoint) = &self.settings.endpoint {
-                    loader = loader.endpoint_url(endpoint.clone());
-                }
-                Client::new(&loader.load().await)
-            })
-            .await
+        let settings = &self.settings;
+        aws_client(
+            &self.client,
+            settings.region.as_deref(),
+            settings.endpoint.as_deref(),
+        )
+        .await
     }
 
     async fn describe(&self) -> Result<AutoScalingGroup, ActuatorError> {

@@ -17,7 +17,7 @@
 //! events for the Event each change leaves on the workload (`events`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::autoscaling::v1::Scale;
@@ -25,16 +25,14 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, Config};
 use tokio::sync::OnceCell;
 
+use super::clients::{SharedClient, TargetClients, kube_client};
 use super::{Actuation, Actuator, ActuatorError, Announcement, Observed};
 use crate::config::KubernetesTarget;
-
-/// The longest one request to the API server may take to answer.
-const API_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The kinds whose status has `readyReplicas`, omitted when it is 0.
 const READY_REPLICAS_KINDS: &[&str] = &["Deployment", "StatefulSet", "ReplicaSet"];
@@ -43,9 +41,10 @@ const READY_REPLICAS_KINDS: &[&str] = &["Deployment", "StatefulSet", "ReplicaSet
 pub struct KubernetesActuator {
     settings: KubernetesTarget,
     resource: ApiResource,
-    /// Built on first use, from the environment; a failure is retried at
-    /// the next tick.
-    client: OnceCell<Client>,
+    /// Built on first use, from the environment, and shared with the
+    /// daemon's other Kubernetes targets; a failure is retried at the next
+    /// tick.
+    client: SharedClient<Client>,
     /// The last failure told as an Event, so a lasting one is told once.
     last_failure: std::sync::Mutex<Option<String>>,
     /// What the last observation read: the scale's resourceVersion (the
@@ -62,14 +61,14 @@ struct Seen {
 }
 
 impl KubernetesActuator {
-    /// The actuator of `settings`, with a client inferred from the
-    /// environment on first use.
-    pub fn new(settings: KubernetesTarget) -> Self {
+    /// The actuator of `settings`, with the Kubernetes client of `clients`
+    /// (inferred from the environment on first use).
+    pub fn new(settings: KubernetesTarget, clients: &TargetClients) -> Self {
         let resource = api_resource(&settings);
         KubernetesActuator {
             settings,
             resource,
-            client: OnceCell::new(),
+            client: clients.kube_cell(),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
         }
@@ -81,7 +80,7 @@ impl KubernetesActuator {
         KubernetesActuator {
             settings,
             resource,
-            client: OnceCell::new_with(Some(client)),
+            client: Arc::new(OnceCell::new_with(Some(client))),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
         }
@@ -97,23 +96,9 @@ impl KubernetesActuator {
     }
 
     async fn client(&self) -> Result<Client, ActuatorError> {
-        let client = self
-            .client
-            .get_or_try_init(|| async {
-                let mut config = Config::infer().await.map_err(|e| {
-                    ActuatorError::Failed(format!(
-                        "no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or a \
-                         service account): {e}"
-                    ))
-                })?;
-                config.read_timeout = Some(API_TIMEOUT);
-                Client::try_from(config).map_err(|e| {
-                    ActuatorError::Failed(format!("cannot build the Kubernetes client: {e}"))
-                })
-            })
-            .await?
-            .clone();
-        Ok(client)
+        kube_client(&self.client)
+            .await
+            .map_err(ActuatorError::Failed)
     }
 
     /// The Event that says what `a` did to the workload, in `namespace`.
