@@ -5,10 +5,26 @@
 //! clock. The embedded demo and some tests run it faster than real time
 //! (`speed`), so a simulated day passes in minutes while every window and
 //! cooldown keeps its meaning in simulated time.
+//!
+//! Time is reckoned from a monotonic clock, so it never goes back. The real
+//! clock ([`Clock::system`]) also keeps to the wall clock when that moves
+//! ahead of the reckoning by more than [`WALL_STEP_MS`]: a clock set right
+//! by NTP after the daemon started (a machine booted with a wrong clock), or
+//! a suspended machine (the monotonic clock stands still while suspended).
+//! Otherwise queries would ask Prometheus about the past and records would
+//! be dated wrong until a restart. A wall clock moved back is not followed
+//! (windows and cooldowns would stretch, a record would predate the one
+//! before it); it is logged.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+
+/// How far the wall clock must move ahead of the real clock's reckoning
+/// before the clock follows it. Both run at the same rate between steps
+/// (NTP's slewing moves both), so less is noise.
+pub const WALL_STEP_MS: i64 = 1_000;
 
 /// Maps tokio's monotonic time to milliseconds since the Unix epoch,
 /// optionally sped up.
@@ -17,12 +33,43 @@ pub struct Clock {
     origin_ms: i64,
     origin: Instant,
     speed: f64,
+    /// The real clock's tie to the wall clock (none when simulated).
+    wall: Option<&'static WallTie>,
+}
+
+/// What a real clock shares among its copies about the wall clock.
+#[derive(Debug)]
+struct WallTie {
+    /// Reads the wall clock, in ms since the Unix epoch.
+    read: fn() -> i64,
+    /// How far the wall clock has moved ahead of the monotonic reckoning
+    /// since the clock started; only grows.
+    ahead_ms: AtomicI64,
+    /// A wall clock behind the reckoning has been logged (until it is not).
+    behind_told: AtomicBool,
 }
 
 impl Clock {
-    /// Real time: now is the wall clock's now, advancing at real speed.
+    /// Real time: now is the wall clock's now, advancing at real speed, and
+    /// following the wall clock when it moves ahead (see the module's
+    /// documentation).
     pub fn system() -> Self {
-        Self::starting_at(wall_clock_ms(), 1.0)
+        Self::keeping_to(wall_clock_ms)
+    }
+
+    /// A real clock that keeps to the wall clock `read` reads.
+    fn keeping_to(read: fn() -> i64) -> Self {
+        // One small allocation per real clock made (a process makes a
+        // handful); its copies share it, and the clock stays `Copy`.
+        let tie: &'static WallTie = Box::leak(Box::new(WallTie {
+            read,
+            ahead_ms: AtomicI64::new(0),
+            behind_told: AtomicBool::new(false),
+        }));
+        Clock {
+            wall: Some(tie),
+            ..Self::starting_at(read(), 1.0)
+        }
     }
 
     /// A clock that reads `origin_ms` now and advances `speed` times faster
@@ -36,6 +83,7 @@ impl Clock {
             origin_ms,
             origin: Instant::now(),
             speed,
+            wall: None,
         }
     }
 
@@ -47,12 +95,20 @@ impl Clock {
     /// Now, in ms since the Unix epoch (simulated when sped up).
     pub fn now_ms(&self) -> i64 {
         let real = self.origin.elapsed().as_secs_f64() * 1000.0;
-        self.origin_ms + (real * self.speed) as i64
+        let reckoned = self.origin_ms + (real * self.speed) as i64;
+        match self.wall {
+            None => reckoned,
+            Some(tie) => reckoned + tie.ahead(reckoned),
+        }
     }
 
-    /// The tokio instant at which this clock will read `at_ms`.
+    /// The tokio instant at which this clock will read `at_ms` (if the
+    /// wall clock does not move ahead meanwhile).
     pub fn instant_at(&self, at_ms: i64) -> Instant {
-        let sim_ms = (at_ms - self.origin_ms).max(0) as f64;
+        let ahead = self
+            .wall
+            .map_or(0, |tie| tie.ahead_ms.load(Ordering::Relaxed));
+        let sim_ms = (at_ms - ahead - self.origin_ms).max(0) as f64;
         self.origin + Duration::from_secs_f64(sim_ms / self.speed / 1000.0)
     }
 
@@ -65,6 +121,41 @@ impl Clock {
     /// `async fn` around it: every idle scaler's task holds one.
     pub fn sleep_until(&self, at_ms: i64) -> tokio::time::Sleep {
         tokio::time::sleep_until(self.instant_at(at_ms))
+    }
+}
+
+impl WallTie {
+    /// How far to move the monotonic reckoning `reckoned` on: as far as the
+    /// wall clock is ahead of it, once that is more than [`WALL_STEP_MS`].
+    fn ahead(&self, reckoned: i64) -> i64 {
+        let ahead = self.ahead_ms.load(Ordering::Relaxed);
+        let wall = (self.read)();
+        let gap = wall - (reckoned + ahead);
+        if gap > WALL_STEP_MS {
+            // fetch_max: copies racing here agree, and it never goes back.
+            let before = self.ahead_ms.fetch_max(wall - reckoned, Ordering::Relaxed);
+            if before < wall - reckoned {
+                tracing::warn!(
+                    moved_ms = gap,
+                    now = %format_ms(wall),
+                    "The wall clock moved ahead of Scalewise's time (the clock was set, or the machine was suspended); Scalewise's time follows it."
+                );
+            }
+            self.behind_told.store(false, Ordering::Relaxed);
+            return before.max(wall - reckoned);
+        }
+        if gap < -WALL_STEP_MS {
+            if !self.behind_told.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    behind_ms = -gap,
+                    wall = %format_ms(wall),
+                    "The wall clock moved back; Scalewise's time does not go back with it, so it stays ahead (queries ask about a later time than the wall clock's) until a restart."
+                );
+            }
+        } else {
+            self.behind_told.store(false, Ordering::Relaxed);
+        }
+        ahead
     }
 }
 
@@ -147,6 +238,47 @@ mod tests {
                 .unwrap_err()
                 .contains("number too large")
         );
+    }
+
+    static WALL: AtomicI64 = AtomicI64::new(1_000_000);
+
+    fn step_wall(by_ms: i64) {
+        WALL.fetch_add(by_ms, Ordering::Relaxed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_real_clock_follows_the_wall_clock_ahead_never_back() {
+        let clock = Clock::keeping_to(|| WALL.load(Ordering::Relaxed));
+        let copy = clock;
+        assert_eq!(clock.now_ms(), 1_000_000);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        step_wall(10_000);
+        assert_eq!(clock.now_ms(), 1_010_000);
+        // Less than a step apart: the reckoning stands.
+        step_wall(900);
+        assert_eq!(clock.now_ms(), 1_010_000);
+        // A suspend of an hour (or the clock set an hour on): followed,
+        // by every copy.
+        step_wall(3_600_000);
+        assert_eq!(copy.now_ms(), 4_610_900);
+        assert_eq!(clock.now_ms(), 4_610_900);
+        // A sleep maps through the new reckoning: 5 s, not an hour more.
+        let before = Instant::now();
+        clock.sleep_until(clock.now_ms() + 5_000).await;
+        assert_eq!(before.elapsed(), Duration::from_secs(5));
+        step_wall(5_000);
+        assert_eq!(clock.now_ms(), 4_615_900);
+        // The wall clock set back two hours: time goes on from where it was.
+        step_wall(-7_200_000);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(clock.now_ms(), 4_616_900);
+        // Set right again: the reckoning was already there.
+        step_wall(7_201_000);
+        assert_eq!(clock.now_ms(), 4_616_900);
+        // A simulated clock knows no wall clock.
+        let simulated = Clock::starting_at(0, 1.0);
+        step_wall(60_000);
+        assert_eq!(simulated.now_ms(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -66,6 +66,15 @@ async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
 /// at 10x leaves records dated ahead of the wall clock: a restart at wall
 /// time would write its ticks before them, restore windows and cooldowns
 /// from its own future and list the old run's records as the newest.
+/// The real clock (following the wall clock) at speed 1, else a clock
+/// sped up from `now_ms`.
+fn real_or_sped(now_ms: i64, speed: f64) -> Clock {
+    match speed == 1.0 {
+        true => Clock::system(),
+        false => Clock::starting_at(now_ms, speed),
+    }
+}
+
 pub fn start_clock(config: &Config, now_ms: i64) -> Clock {
     let speed = config.clock.speed;
     let path = &config.journal.path;
@@ -88,10 +97,10 @@ pub fn start_clock(config: &Config, now_ms: i64) -> Clock {
                 newest = %format_ms(newest),
                 "The journal has records dated after now (an earlier run with a faster clock, or the wall clock moved back); windows and cooldowns restored from them may hold the scalers until then."
             );
-            Clock::starting_at(now_ms, speed)
+            real_or_sped(now_ms, speed)
         }
         // An unreadable journal is reported when the daemon opens it.
-        _ => Clock::starting_at(now_ms, speed),
+        _ => real_or_sped(now_ms, speed),
     }
 }
 
