@@ -843,3 +843,128 @@ async fn a_restart_after_kill_9_keeps_the_journal_cooldowns_state_and_pause() {
     assert_eq!(before.len(), 9);
     second_run(policies.path(), state.path(), &before).await;
 }
+
+/// An actuator whose first observation panics (a bug in a tick), then
+/// observes and scales through the one it wraps.
+#[derive(Debug)]
+struct PanicsOnce {
+    inner: std::sync::Arc<dyn scalewise::actuators::Actuator>,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl scalewise::actuators::Actuator for PanicsOnce {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn target_name(&self) -> String {
+        self.inner.target_name()
+    }
+
+    async fn observe(
+        &self,
+        now_ms: i64,
+    ) -> Result<scalewise::actuators::Observed, scalewise::actuators::ActuatorError> {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a bug in an actuator");
+        }
+        self.inner.observe(now_ms).await
+    }
+
+    async fn scale(
+        &self,
+        now_ms: i64,
+        current: u32,
+        desired: u32,
+    ) -> Result<scalewise::actuators::Actuation, scalewise::actuators::ActuatorError> {
+        self.inner.scale(now_ms, current, desired).await
+    }
+}
+
+/// A tick that panics is caught: the scaler says so (status, log counter)
+/// and ticks on at its next slot, where it scales; it used to stop for
+/// good, its task gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_panics_holds_and_the_scaler_ticks_on() {
+    let _serial = serial().await;
+    let policies = bundled();
+    let state = tempfile::tempdir().unwrap();
+    let text = config_text(
+        r#"policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 2
+load = { base = 400.0 }
+
+[[scalers]]
+name = "web"
+interval = "1s"
+min = 1
+max = 10
+target = { kind = "simulator", service = "web" }
+metrics.cpu = { source = "simulator", query = "cpu" }
+policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50.0 } }]
+"#,
+        policies.path(),
+        &state.path().join("journal.db"),
+    );
+    let config = Config::parse(&text, &state.path().join("panics.toml")).unwrap();
+    let mut daemon = Daemon::build(config, Clock::system()).await.unwrap();
+    let scaler = daemon.scalers_mut().next().unwrap();
+    let wrapped = PanicsOnce {
+        inner: scaler.actuator().clone(),
+        panicked: Default::default(),
+    };
+    scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(wrapped)));
+    let telemetry = daemon.telemetry().clone();
+    let handles = telemetry.scalers();
+    let status = move || handles.load()["web"].status.load_full();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(daemon.run(None, async {
+        let _ = stopped.await;
+    }));
+    let panicked = scalewise_tests::wait_until("the panic told", Duration::from_secs(30), || {
+        let status = status();
+        async move {
+            match status.problems.iter().find(|p| p.contains("tick panicked")) {
+                Some(problem) => Ok(problem.clone()),
+                None => Err(format!("{status:?}")),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(panicked.contains("a bug in an actuator"), "{panicked}");
+    let metrics = telemetry.encode();
+    assert!(
+        metrics.contains("scalewise_tick_panics_total 1"),
+        "{metrics}"
+    );
+    // The next ticks run: CPU 200 % of 2 replicas wants more.
+    scalewise_tests::wait_until("the scale-out", Duration::from_secs(30), || {
+        let status = status();
+        async move {
+            match status.current {
+                Some(n) if n > 2 => Ok(()),
+                _ => Err(format!("{status:?}")),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        status().problems.is_empty(),
+        "a later tick clears it: {:?}",
+        status()
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}

@@ -848,11 +848,7 @@ impl Scaler {
             .iter()
             .map(|policy| {
                 snapshot.modules.get(&policy.module).is_some_and(|module| {
-                    // With the module's defaults: a metric parameter left
-                    // out of the config still names a metric it reads.
-                    let parameters = with_defaults(&policy.parameters, module.info());
-                    metrics_read(module.info(), &parameters)
-                        .any(|name| failed_metrics.contains(&name))
+                    reads_any(module.info(), &policy.parameters, &failed_metrics)
                 })
             })
             .collect();
@@ -1371,6 +1367,14 @@ pub fn combine(current: u32, evaluations: &[Evaluation], abstained: &[bool]) -> 
 
 /// The scaler's metrics a policy reads: the values of the parameters its
 /// module declares as metrics.
+/// Whether a policy of `info` configured with `configured` reads one of
+/// `metrics`. With the module's defaults: a metric parameter left out of
+/// the config still names a metric it reads.
+fn reads_any(info: &PolicyInfo, configured: &serde_json::Value, metrics: &[&str]) -> bool {
+    let parameters = with_defaults(configured, info);
+    metrics_read(info, &parameters).any(|name| metrics.contains(&name))
+}
+
 fn metrics_read<'a>(
     info: &'a PolicyInfo,
     parameters: &'a serde_json::Value,
@@ -1836,5 +1840,31 @@ mod tests {
             metrics_read(&info, &parameters).collect::<Vec<_>>(),
             ["queue"]
         );
+    }
+
+    #[test]
+    fn a_metric_parameter_left_to_its_default_names_a_metric_read() {
+        let spec = |name: &str, default: Option<&str>| ParameterSpec {
+            name: name.into(),
+            description: String::new(),
+            kind: ParameterKind::Metric,
+            required: default.is_none(),
+            default: default.map(|d| serde_json::json!(d)),
+        };
+        let info = PolicyInfo {
+            name: "p".into(),
+            version: "1".into(),
+            description: String::new(),
+            parameters: vec![spec("metric", None), spec("guard", Some("errors"))],
+        };
+        // `guard` is not configured: its default names the metric read.
+        let configured = serde_json::json!({"metric": "queue"});
+        assert!(reads_any(&info, &configured, &["errors"]));
+        assert!(reads_any(&info, &configured, &["queue"]));
+        assert!(!reads_any(&info, &configured, &["cpu"]));
+        // Configured, the default is not read.
+        let configured = serde_json::json!({"metric": "queue", "guard": "latency"});
+        assert!(!reads_any(&info, &configured, &["errors"]));
+        assert!(reads_any(&info, &configured, &["latency"]));
     }
 }
