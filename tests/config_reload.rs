@@ -515,3 +515,32 @@ async fn a_longer_window_by_reload_holds_what_the_journal_remembers() {
     }
     d.stop().await.unwrap();
 }
+
+/// `--listen` (here the harness's free port) overrides `[api] listen` for
+/// the whole run: a reload compares the file with the running config after
+/// applying it again, so an edit elsewhere is not taken for an `[api]`
+/// change that needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_listen_override_and_asks_no_restart_for_it() {
+    let mut d = counter_daemon(&config_text(4.0, 50, "native", ""))
+        .start()
+        .await
+        .unwrap();
+    let text = config_text(4.0, 50, "native", "").replace("max = 10", "max = 8");
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "applied", 1).await;
+    wait_for_scaler(&d, "web", "max 8", |web| web["max"] == 8).await;
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(status["restart_required"], serde_json::json!([]), "{status}");
+    // The file's own [api] listen changed: still nothing to restart for,
+    // the override stands.
+    let text = text.replace(
+        "[runtime]",
+        "[api]\nlisten = \"127.0.0.1:9\"\n\n[runtime]",
+    );
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "applied", 2).await;
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(status["restart_required"], serde_json::json!([]), "{status}");
+    d.stop().await.unwrap();
+}
