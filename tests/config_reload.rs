@@ -531,16 +531,21 @@ async fn a_reload_keeps_the_listen_override_and_asks_no_restart_for_it() {
     wait_for_reloads(&d, "applied", 1).await;
     wait_for_scaler(&d, "web", "max 8", |web| web["max"] == 8).await;
     let status = d.get("/v1/config").await.unwrap();
-    assert_eq!(status["restart_required"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!([]),
+        "{status}"
+    );
     // The file's own [api] listen changed: still nothing to restart for,
     // the override stands.
-    let text = text.replace(
-        "[runtime]",
-        "[api]\nlisten = \"127.0.0.1:9\"\n\n[runtime]",
-    );
+    let text = text.replace("[runtime]", "[api]\nlisten = \"127.0.0.1:9\"\n\n[runtime]");
     rewrite_config(&d, &text);
     wait_for_reloads(&d, "applied", 2).await;
     let status = d.get("/v1/config").await.unwrap();
-    assert_eq!(status["restart_required"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!([]),
+        "{status}"
+    );
     d.stop().await.unwrap();
 }

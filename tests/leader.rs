@@ -582,3 +582,43 @@ async fn a_former_leader_stops_reporting_the_targets_replicas() {
     .unwrap();
     a.stop().unwrap();
 }
+
+/// A leader stopping while the API server takes its Lease requests and
+/// never answers: the release is given up after its grace (5 s) and the
+/// daemon exits, the lease left to expire. Without the bound it hung for
+/// good, past any terminationGracePeriodSeconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_the_api_server_never_answers_does_not_hold_the_exit() {
+    let kube = with_web_at_2().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Renewals 20 s apart: right after taking the Lease the elector sleeps,
+    // so the stop finds it there and goes straight to the release.
+    let text = config(2, "a")
+        .replace("lease_duration = \"2s\"", "lease_duration = \"60s\"")
+        .replace("renew_deadline = \"1500ms\"", "renew_deadline = \"50s\"")
+        .replace("retry_period = \"200ms\"", "retry_period = \"20s\"");
+    let mut daemon = start(dir.path(), &kube, &text);
+    leader_becomes(&kube, "a").await;
+    kube.hang_leases(true);
+    let stopping = std::time::Instant::now();
+    daemon.signal("TERM").unwrap();
+    let exit = daemon.exited_within(Duration::from_secs(30)).unwrap();
+    let took = stopping.elapsed();
+    kube.hang_leases(false);
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        daemon.log()
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "{took:?}\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("The lease was not released in time"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(holder(&kube).as_deref(), Some("a"), "left to expire");
+}

@@ -1353,4 +1353,60 @@ mod tests {
             assert!(text.contains(mentions) && text.contains("prom"), "{text}");
         }
     }
+
+    /// A writer into a shared buffer, for reading what was logged.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn warnings_are_logged_once_per_query_until_they_change() {
+        let source = PrometheusSource::new("prom", &config("http://prom:9090")).unwrap();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let store = |s: &str| vec![format!("store {s} unavailable")];
+        tracing::subscriber::with_default(subscriber, || {
+            // Every tick asks again: said once.
+            for _ in 0..3 {
+                source.note_warnings("sum(queue)", &store("s1"));
+            }
+            // Other warnings: said again.
+            source.note_warnings("sum(queue)", &store("s2"));
+            // Another query with the same warnings: its own line.
+            source.note_warnings("sum(cpu)", &store("s2"));
+            // A clean answer forgets them; their return is news.
+            source.note_warnings("sum(queue)", &[]);
+            source.note_warnings("sum(queue)", &store("s2"));
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        for (line, (query, store)) in lines.iter().zip([
+            ("sum(queue)", "s1"),
+            ("sum(queue)", "s2"),
+            ("sum(cpu)", "s2"),
+            ("sum(queue)", "s2"),
+        ]) {
+            assert!(line.contains("answered with warnings"), "{line}");
+            assert!(line.contains(query), "{line}");
+            assert!(
+                line.contains(&format!("store {store} unavailable")),
+                "{line}"
+            );
+        }
+    }
 }
