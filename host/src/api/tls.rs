@@ -318,4 +318,29 @@ mod tests {
         let err = load(&missing).unwrap_err();
         assert!(err.contains("missing.crt"), "{err}");
     }
+
+    /// A client that connects and never starts its handshake is dropped
+    /// once HANDSHAKE_TIMEOUT is up (the clock is tokio's, paused: it moves
+    /// on whenever every task waits).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_says_nothing_is_dropped_after_the_handshake_timeout() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let config = server_config(&self_signed(dir.path(), "tls")).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let _listener = TlsListener::new(tcp, config).unwrap();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let connected = tokio::time::Instant::now();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut byte))
+            .await
+            .expect("the server closed the connection");
+        assert!(matches!(read, Ok(0)), "{read:?}");
+        let waited = connected.elapsed();
+        assert!(
+            (HANDSHAKE_TIMEOUT..HANDSHAKE_TIMEOUT + Duration::from_secs(1)).contains(&waited),
+            "{waited:?}"
+        );
+    }
 }
