@@ -549,3 +549,97 @@ async fn a_reload_keeps_the_listen_override_and_asks_no_restart_for_it() {
     );
     d.stop().await.unwrap();
 }
+
+/// Two scalers on one `[sources]` query tick together and share one fetch
+/// per tick. A reload that changes one of them (not the source) builds it
+/// anew on the source instance the other still uses, so they go on sharing;
+/// rebuilding the unchanged source too would leave each its own and double
+/// the requests to Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_source_shared() {
+    use scalewise_tests::stub_http::{Canned, RecordingServer};
+    let now_s = scalewise::clock::wall_clock_ms() as f64 / 1000.0;
+    let prometheus = RecordingServer::start(Canned::prometheus_sample(now_s, 5.0))
+        .await
+        .unwrap();
+    let text = |b_max: u32| {
+        format!(
+            r#"policy_dir = "policies"
+
+[watch]
+debounce = "50ms"
+mode = "poll"
+poll_interval = "100ms"
+
+[journal]
+path = "journal.db"
+
+[sources.prom]
+kind = "prometheus"
+url = "{url}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+
+[simulations.api]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+
+[[scalers]]
+name = "a"
+interval = "1s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "web" }}
+metrics.load = {{ source = "prom", query = "sum(load)" }}
+policies = [{{ module = "counter" }}]
+
+[[scalers]]
+name = "b"
+interval = "1s"
+min = 1
+max = {b_max}
+target = {{ kind = "simulator", service = "api" }}
+metrics.load = {{ source = "prom", query = "sum(load)" }}
+policies = [{{ module = "counter" }}]
+"#,
+            url = prometheus.url()
+        )
+    };
+    // Requests for the scalers' query per second over `seconds`.
+    let rate = |seconds: u64| {
+        let prometheus = &prometheus;
+        async move {
+            let count = || {
+                prometheus
+                    .uris()
+                    .iter()
+                    .filter(|u| u.contains("sum%28load%29"))
+                    .count()
+            };
+            let before = count();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            (count() - before) as f64 / seconds as f64
+        }
+    };
+    let mut d = counter_daemon(&text(10)).start().await.unwrap();
+    d.next_decision(5 * SECOND, |r| r.scaler == "b")
+        .await
+        .unwrap();
+    let shared = rate(5).await;
+    assert!((0.5..1.5).contains(&shared), "{shared} a second before");
+    rewrite_config(&d, &text(9));
+    wait_for_reloads(&d, "applied", 1).await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "b" && r.target.max == 9)
+        .await
+        .unwrap();
+    let after = rate(5).await;
+    assert!(
+        (0.5..1.5).contains(&after),
+        "{after} a second after the reload"
+    );
+    d.stop().await.unwrap();
+}
