@@ -468,3 +468,70 @@ async fn the_same_failure_at_every_tick_is_told_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(failures.bodies().len(), 1, "{:?}", failures.bodies());
 }
+
+/// A webhook behind mutual TLS (a server that asks for a client
+/// certificate from its own CA) is reached with `client_cert` and
+/// `client_key`; the same webhook without them is refused at the handshake
+/// and the notification counts as failed.
+#[tokio::test]
+async fn a_webhook_behind_mutual_tls_is_reached_with_the_client_certificate() {
+    use axum::routing::post;
+    use scalewise::config::Secret;
+    use scalewise_tests::https::{ClientCertificate, serve_requiring_client_cert};
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        post({
+            let received = received.clone();
+            move |body: String| async move {
+                received.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let client = ClientCertificate::mint("scalewise").unwrap();
+    let server = serve_requiring_client_cert(app, &client.ca_pem)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = client.write_to(dir.path()).unwrap();
+    let secured = |client_cert: Option<std::path::PathBuf>, key| NotificationConfig {
+        bearer_token: Some(Secret::File(server.token_file.clone())),
+        ca_file: Some(server.ca_file.clone()),
+        client_cert,
+        client_key: key,
+        ..webhook(server.url("/hook"), NotifyFormat::Json)
+    };
+    let deliver = |config: NotificationConfig| async move {
+        let telemetry = std::sync::Arc::new(scalewise::telemetry::Telemetry::new());
+        let notifier =
+            Notifier::start(Webhooks::build(&[config]).unwrap(), telemetry.clone(), None);
+        notifier.notify(change(3, "load"), None);
+        wait_until("an outcome", Duration::from_secs(30), || async {
+            let metrics = telemetry.encode();
+            for result in ["sent", "failed"] {
+                if metrics.contains(&format!(
+                    "scalewise_notifications_total{{result=\"{result}\"}} 1"
+                )) {
+                    return Ok(result);
+                }
+            }
+            Err(metrics)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(deliver(secured(Some(cert), Some(key))).await, "sent");
+    assert_eq!(received.lock().unwrap().len(), 1);
+    assert!(
+        received.lock().unwrap()[0].contains("\"to\":3"),
+        "{:?}",
+        received.lock().unwrap()
+    );
+    assert_eq!(deliver(secured(None, None)).await, "failed");
+    assert_eq!(
+        received.lock().unwrap().len(),
+        1,
+        "refused at the handshake"
+    );
+}

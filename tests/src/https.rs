@@ -47,6 +47,20 @@ impl Drop for Secured {
 /// self-signed certificate for 127.0.0.1, refusing (401) every request
 /// without `Authorization: Bearer TOKEN`. Within a Tokio runtime.
 pub async fn serve(app: Router) -> anyhow::Result<Secured> {
+    serve_with(app, None).await
+}
+
+/// As [`serve`], and the TLS handshake also asks for a client certificate
+/// signed by the CA `client_ca_pem` (mutual TLS): a client without one,
+/// or with another CA's, is refused before any request.
+pub async fn serve_requiring_client_cert(
+    app: Router,
+    client_ca_pem: &str,
+) -> anyhow::Result<Secured> {
+    serve_with(app, Some(client_ca_pem)).await
+}
+
+async fn serve_with(app: Router, client_ca_pem: Option<&str>) -> anyhow::Result<Secured> {
     let dir = tempfile::tempdir()?;
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
     let tls = ApiTls {
@@ -57,7 +71,10 @@ pub async fn serve(app: Router) -> anyhow::Result<Secured> {
     std::fs::write(&tls.key, certified.signing_key.serialize_pem())?;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n"))?;
-    let config = server_config(&tls).map_err(anyhow::Error::msg)?;
+    let config = match client_ca_pem {
+        None => server_config(&tls).map_err(anyhow::Error::msg)?,
+        Some(ca) => mutual_tls_config(&certified, ca)?,
+    };
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = tcp.local_addr()?;
     let listener = TlsListener::new(tcp, config)?;
@@ -131,4 +148,32 @@ impl ClientCertificate {
         std::fs::write(&key, &self.key_pem)?;
         Ok((cert, key))
     }
+}
+
+/// A server config presenting `certified` and asking every client for a
+/// certificate signed by the CA `client_ca_pem`.
+fn mutual_tls_config(
+    certified: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    client_ca_pem: &str,
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .map_err(anyhow::Error::msg)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
 }
