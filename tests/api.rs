@@ -203,6 +203,11 @@ async fn the_api_serves_health_metrics_scalers_decisions_and_policies() {
         "scalewise_replicas_current{scaler=\"broken\"} 2",
         "scalewise_replicas_desired{scaler=\"broken\"} 2",
         "scalewise_modules_loaded 2",
+        // web's one metric, read at each tick; both targets observed at
+        // each tick, web's scaled twice.
+        "scalewise_metric_fetch_duration_seconds_count{source=\"simulator\"} 9",
+        "scalewise_target_call_duration_seconds_count{kind=\"simulator\",call=\"observe\"} 18",
+        "scalewise_target_call_duration_seconds_count{kind=\"simulator\",call=\"scale\"} 2",
         "# TYPE scalewise_tick_lag_seconds histogram",
         "# TYPE scalewise_policy_evaluation_duration_seconds histogram",
     ] {

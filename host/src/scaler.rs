@@ -650,11 +650,15 @@ impl Scaler {
         let paused = self.handle.is_paused();
 
         // A paused or dry-run scaler leaves a change in flight where it is.
+        let asked = std::time::Instant::now();
         let observed = if paused || self.spec.mode == Mode::DryRun {
             self.actuator.observe_only(now_ms).await
         } else {
             self.actuator.observe(now_ms).await
         };
+        self.services
+            .telemetry
+            .target_called(self.actuator.kind(), "observe", asked.elapsed());
         let observed = match observed {
             Ok(observed) => observed,
             Err(err) => return self.observe_failed(now_ms, err.to_string()).await,
@@ -788,8 +792,11 @@ impl Scaler {
     /// Fetches every metric concurrently; failures become errors on the
     /// metric (and in the list the envelope sees), never a failed tick.
     async fn fetch_metrics(&self, now_ms: i64) -> (Vec<Metric>, Vec<MetricFailure>) {
+        let telemetry = &self.services.telemetry;
         let fetches = self.spec.metrics.iter().map(|m| async move {
+            let asked = std::time::Instant::now();
             let result = m.source.fetch(&m.query, now_ms).await;
+            telemetry.metric_fetched(&m.source_name, asked.elapsed());
             let result = result.and_then(|mut points| {
                 drop_gaps(&mut points);
                 check_series(&points, now_ms, m.max_age_ms)?;
@@ -1018,7 +1025,10 @@ impl Scaler {
         // slow source, a slow target): a replica that no longer leads makes
         // no change, since another may be acting already.
         let scaled = if self.may_act() {
-            self.actuator.scale(now_ms, current, desired).await
+            let asked = std::time::Instant::now();
+            let scaled = self.actuator.scale(now_ms, current, desired).await;
+            telemetry.target_called(self.actuator.kind(), "scale", asked.elapsed());
+            scaled
         } else {
             Err(ActuatorError::Failed(
                 "not scaled: this replica lost the lease during the tick".to_owned(),

@@ -52,6 +52,23 @@ pub struct MetricErrorLabels {
     pub kind: String,
 }
 
+/// Labels naming a metric source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The source's name (`simulator`, `target` or a `[sources.<name>]` key).
+    pub source: String,
+}
+
+/// Labels for a call to a target's system.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetCallLabels {
+    /// The target's kind (`kubernetes`, `aws-asg`, `rebalance`, `simulator`).
+    pub kind: String,
+    /// `observe` (read its state, and take a change in flight a step on) or
+    /// `scale` (start a change).
+    pub call: String,
+}
+
 /// Labels for an actuation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActuationLabels {
@@ -229,6 +246,11 @@ pub struct Telemetry {
     pub policy_errors: Family<PolicyErrorLabels, Counter>,
     /// Failed metric fetches, by source and kind.
     pub metric_errors: Family<MetricErrorLabels, Counter>,
+    /// How long a metric took to read, by source (failures included).
+    pub metric_fetch_duration: HistogramFamily<SourceLabels>,
+    /// How long the target's system took to answer a call, by target kind
+    /// and call.
+    pub target_call_duration: HistogramFamily<TargetCallLabels>,
     /// Actuations, by scaler and result.
     pub actuations: Family<ActuationLabels, Counter>,
     /// Changes the envelope made to policies' answers, by rule.
@@ -271,6 +293,8 @@ impl Telemetry {
             policy_memory_growths: Family::default(),
             policy_errors: Family::default(),
             metric_errors: Family::default(),
+            metric_fetch_duration: Family::new_with_constructor(latency_histogram),
+            target_call_duration: Family::new_with_constructor(latency_histogram),
             actuations: Family::default(),
             envelope_interventions: Family::default(),
             module_load_errors: Family::default(),
@@ -292,6 +316,16 @@ impl Telemetry {
             "policy_evaluation_duration_seconds",
             "Duration of one policy evaluation",
             t.evaluation_duration.clone(),
+        );
+        registry.register(
+            "metric_fetch_duration_seconds",
+            "How long reading a metric took, by source (failed reads included)",
+            t.metric_fetch_duration.clone(),
+        );
+        registry.register(
+            "target_call_duration_seconds",
+            "How long the target's system took to answer, by target kind and call (observe, scale)",
+            t.target_call_duration.clone(),
         );
         registry.register(
             "policy_memory_bytes",
@@ -401,6 +435,25 @@ impl Telemetry {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Records how long reading a metric from `source` took.
+    pub fn metric_fetched(&self, source: &str, took: std::time::Duration) {
+        self.metric_fetch_duration
+            .get_or_create(&SourceLabels {
+                source: source.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records how long a `call` to a target of `kind` took.
+    pub fn target_called(&self, kind: &str, call: &str, took: std::time::Duration) {
+        self.target_call_duration
+            .get_or_create(&TargetCallLabels {
+                kind: kind.to_owned(),
+                call: call.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts an actuation.
