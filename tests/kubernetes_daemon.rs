@@ -235,3 +235,70 @@ params = {{ scale_to = 3 }}
         );
     }
 }
+
+/// Two scalers of one Deployment, one naming its namespace and one leaving
+/// it to the kubeconfig's default, which is the same: refused at start, at
+/// the second one's place in the file, as two written alike are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_named_once_with_its_namespace_and_once_without_is_refused() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put_deployment("shop", "web", 2);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::COUNTER, dir.path().join("policies/counter.wasm")).unwrap();
+    let twice = format!(
+        "{}{}",
+        config(4, "enforce"),
+        r#"
+[[scalers]]
+name = "web-again"
+interval = "1s"
+min = 1
+max = 8
+target = { kind = "kubernetes", object = "Deployment", name = "web", namespace = "shop" }
+
+[[scalers.policies]]
+module = "counter"
+params = { scale_to = 2 }
+"#
+    );
+    let mut daemon = kube
+        .run_daemon(
+            env!("CARGO_BIN_EXE_scalewise-cli"),
+            dir.path(),
+            "shop",
+            &twice,
+        )
+        .unwrap();
+    let exit = daemon.exited_within(Duration::from_secs(60)).unwrap();
+    let log = log_in(dir.path());
+    assert!(exit.is_some_and(|s| !s.success()), "{exit:?}\n{log}");
+    assert!(
+        log.contains("scalewise.toml:26:")
+            && log.contains(
+                "Deployment \"web\" is already scaled by scalers[0] (its namespace left to the \
+                 default)"
+            ),
+        "{log}"
+    );
+    assert!(kube.seen().is_empty(), "nothing was asked of the workloads");
+    // In another namespace it is another Deployment: both run.
+    let apart = twice.replace("namespace = \"shop\"", "namespace = \"team-b\"");
+    let daemon = kube
+        .run_daemon(
+            env!("CARGO_BIN_EXE_scalewise-cli"),
+            dir.path(),
+            "shop",
+            &apart,
+        )
+        .unwrap();
+    scalewise_tests::wait_until("a tick", Duration::from_secs(60), || async {
+        match log_in(dir.path()).contains("Scalewise is running") {
+            true => Ok(()),
+            false => Err(log_in(dir.path())),
+        }
+    })
+    .await
+    .unwrap();
+    daemon.stop().unwrap();
+}

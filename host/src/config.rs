@@ -102,6 +102,7 @@ mod friendly {
 mod policies;
 mod secret;
 mod sections;
+mod targets;
 #[cfg(test)]
 mod tests;
 mod trust;
@@ -125,6 +126,7 @@ use toml::Spanned;
 use location::{Document, Hit, Seg, keys};
 pub use policies::{ParamProblem, PolicyCatalog, PolicyUses, param_problems, toml_to_json};
 pub use secret::{Refreshed, SECRET_REFRESH, SecretError};
+pub use targets::DefaultsNeeded;
 pub use trust::{
     OwnedTlsFiles, Rebuilt, TLS_RECHECK, TlsFiles, read_ca_file, read_identity, tls_configured,
     trusting,
@@ -1528,6 +1530,12 @@ impl TargetConfig {
     /// What this target is, for telling two scalers of one target apart:
     /// the same `key` is the same thing in the world.
     pub fn claim(&self) -> TargetClaim {
+        self.claim_with(&TargetDefaults::default())
+    }
+
+    /// [`TargetConfig::claim`] with what a target leaves out filled in from
+    /// `defaults` (the Kubernetes client's namespace, the AWS SDK's region).
+    pub fn claim_with(&self, defaults: &TargetDefaults) -> TargetClaim {
         match self {
             TargetConfig::Simulator { service } => TargetClaim {
                 key: format!("simulator\0{service}"),
@@ -1538,7 +1546,10 @@ impl TargetConfig {
                 key: format!(
                     "aws-asg\0{}\0{}\0{}",
                     asg.endpoint.as_deref().unwrap_or_default(),
-                    asg.region.as_deref().unwrap_or_default(),
+                    asg.region
+                        .as_deref()
+                        .or(defaults.region.as_deref())
+                        .unwrap_or_default(),
                     asg.group
                 ),
                 field: "group",
@@ -1549,7 +1560,10 @@ impl TargetConfig {
                     "kubernetes\0{}\0{}\0{}\0{}",
                     k8s.api_version,
                     k8s.object,
-                    k8s.namespace.as_deref().unwrap_or_default(),
+                    k8s.namespace
+                        .as_deref()
+                        .or(defaults.namespace.as_deref())
+                        .unwrap_or_default(),
                     k8s.name
                 ),
                 field: "name",
@@ -1578,6 +1592,16 @@ impl TargetConfig {
             }
         }
     }
+}
+
+/// What targets leave out and their clients fill in, as found in the
+/// environment at start or reload ([`Config::defaults_needed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetDefaults {
+    /// The Kubernetes client's default namespace.
+    pub namespace: Option<String>,
+    /// The AWS SDK's default region.
+    pub region: Option<String>,
 }
 
 /// What a target is in the world ([`TargetConfig::claim`]).

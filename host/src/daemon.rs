@@ -40,7 +40,7 @@ use crate::api::{self, ApiAccess, AppState};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
     Config, ConfigError, Fingerprint, MetricConfig, NotificationConfig, SIMULATOR_SOURCE,
-    ScalerConfig, SourceConfig, TargetConfig, toml_to_json,
+    ScalerConfig, SourceConfig, TargetConfig, TargetDefaults, toml_to_json,
 };
 use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
 use crate::leader::{Elector, Leadership, Pauses, RecordError};
@@ -289,6 +289,7 @@ impl Daemon {
         for warning in config.warnings() {
             tracing::warn!(%warning, "The config has a value that may not work as intended; starting anyway.");
         }
+        config.check_resolved_targets(&target_defaults(&config).await)?;
         let telemetry = Arc::new(Telemetry::new());
         let mut limits = config.runtime.clone();
         if limits.cache_dir.is_none() {
@@ -812,7 +813,12 @@ impl Daemon {
         .await
         .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")));
         let result = match loaded {
-            Ok(Ok(config)) => self.apply_config(config, set).await,
+            Ok(Ok(config)) => {
+                match config.check_resolved_targets(&target_defaults(&config).await) {
+                    Ok(()) => self.apply_config(config, set).await,
+                    Err(err) => Err(err.into()),
+                }
+            }
             Ok(Err(err)) => Err(err),
             Err(err) => Err(err),
         };
@@ -1937,6 +1943,37 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
                 .map_err(|e| DaemonError::Setup(format!("source {name:?}: {e}")))?,
         ),
     })
+}
+
+/// The defaults `config`'s targets leave out (the Kubernetes client's
+/// namespace, the AWS SDK's region), looked up only where two targets could
+/// be one ([`Config::defaults_needed`]); one that cannot be found (no client
+/// configuration, no region) is left unknown.
+async fn target_defaults(config: &Config) -> TargetDefaults {
+    let needed = config.defaults_needed();
+    let namespace = match needed.namespace {
+        true => kube::Config::infer()
+            .await
+            .ok()
+            .map(|c| c.default_namespace),
+        false => None,
+    };
+    let region = match needed.region {
+        // Its chain may ask the instance metadata service, which does not
+        // answer off EC2: bounded.
+        true => tokio::time::timeout(
+            Duration::from_secs(5),
+            aws_config::default_provider::region::DefaultRegionChain::builder()
+                .build()
+                .region(),
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.to_string()),
+        false => None,
+    };
+    TargetDefaults { namespace, region }
 }
 
 fn build_actuator(
