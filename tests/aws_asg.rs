@@ -297,6 +297,34 @@ async fn a_held_drain_does_not_time_out_while_it_is_held() {
     assert_eq!(moto.instance_ids("frozen").await.unwrap().len(), 2);
 }
 
+/// The host's clock jumps an hour ahead mid-drain (a suspend, NTP setting
+/// a wrong clock): the jump does not count towards drain_timeout, so the
+/// victim is not terminated undrained; its own time still runs out.
+#[tokio::test]
+async fn a_clock_jump_does_not_cut_a_drain_short() {
+    let moto = moto().await;
+    moto.create_group("jumped", 3).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+            ..settings("jumped")
+        },
+    )
+    .await;
+    asg.scale(T0, 3, 2).await.unwrap();
+    asg.observe(T0 + 10 * SECOND).await.unwrap();
+    asg.clock_jumped(3_600 * SECOND).await;
+    let observed = asg.observe(T0 + 3_620 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "{observed:?}");
+    assert_eq!(moto.instance_ids("jumped").await.unwrap().len(), 3);
+    // 5 minutes of its own (drain_timeout) after the start, jump aside.
+    let observed = asg.observe(T0 + 3_900 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!(moto.instance_ids("jumped").await.unwrap().len(), 2);
+}
+
 /// Someone changes the desired capacity between the tick's read and its
 /// change (a scheduled action, an operator): the change, decided on the
 /// count before, is refused and nothing is terminated.

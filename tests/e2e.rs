@@ -850,6 +850,9 @@ async fn a_restart_after_kill_9_keeps_the_journal_cooldowns_state_and_pause() {
 struct PanicsOnce {
     inner: std::sync::Arc<dyn scalewise::actuators::Actuator>,
     panicked: std::sync::atomic::AtomicBool,
+    /// The observation after the panic waits for this (the test has seen
+    /// the panic in the status, which the next tick clears).
+    go_on: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 #[async_trait::async_trait]
@@ -872,6 +875,7 @@ impl scalewise::actuators::Actuator for PanicsOnce {
         {
             panic!("a bug in an actuator");
         }
+        let _ = self.go_on.acquire().await;
         self.inner.observe(now_ms).await
     }
 
@@ -919,9 +923,11 @@ policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50
     let config = Config::parse(&text, &state.path().join("panics.toml")).unwrap();
     let mut daemon = Daemon::build(config, Clock::system()).await.unwrap();
     let scaler = daemon.scalers_mut().next().unwrap();
+    let go_on = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let wrapped = PanicsOnce {
         inner: scaler.actuator().clone(),
         panicked: Default::default(),
+        go_on: go_on.clone(),
     };
     scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(wrapped)));
     let telemetry = daemon.telemetry().clone();
@@ -948,6 +954,7 @@ policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50
         metrics.contains("scalewise_tick_panics_total 1"),
         "{metrics}"
     );
+    go_on.add_permits(1_000);
     // The next ticks run: CPU 200 % of 2 replicas wants more.
     scalewise_tests::wait_until("the scale-out", Duration::from_secs(30), || {
         let status = status();

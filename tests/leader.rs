@@ -599,6 +599,15 @@ async fn a_release_the_api_server_never_answers_does_not_hold_the_exit() {
         .replace("retry_period = \"200ms\"", "retry_period = \"20s\"");
     let mut daemon = start(dir.path(), &kube, &text);
     leader_becomes(&kube, "a").await;
+    // Its SIGTERM handler is in place once it runs.
+    wait_until("the daemon to run", Duration::from_secs(60), || async {
+        match daemon.log().contains("Scalewise is running.") {
+            true => Ok(()),
+            false => Err(daemon.log()),
+        }
+    })
+    .await
+    .unwrap();
     kube.hang_leases(true);
     let stopping = std::time::Instant::now();
     daemon.signal("TERM").unwrap();

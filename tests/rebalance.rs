@@ -258,6 +258,23 @@ async fn a_change_that_does_not_finish_in_time_is_given_up() {
     no_violations(&coordinator);
 }
 
+/// A clock that jumps ahead mid-change (a suspend, NTP setting a wrong
+/// clock) does not count the jump towards the change's timeout.
+#[tokio::test]
+async fn a_clock_jump_does_not_count_towards_the_timeout() {
+    let coordinator = ShardCoordinator::start(World::new(4, 2)).await;
+    coordinator.with(|w| w.ready_after_polls = 1_000);
+    let actuator = actuator(&coordinator, Duration::from_secs(5));
+    actuator.scale(T0, 2, 3).await.unwrap();
+    actuator.observe(T0 + 3 * SECOND).await.unwrap();
+    actuator.clock_jumped(3_600 * SECOND).await;
+    let waiting = actuator.observe(T0 + 3_604 * SECOND).await.unwrap();
+    assert!(waiting.in_flight.is_some(), "{waiting:?}");
+    let given_up = actuator.observe(T0 + 3_606 * SECOND).await.unwrap();
+    assert_eq!(given_up.in_flight, None);
+    no_violations(&coordinator);
+}
+
 #[tokio::test]
 async fn coordinator_failures_are_errors_that_name_it() {
     let coordinator = ShardCoordinator::start(World::new(4, 2)).await;

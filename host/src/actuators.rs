@@ -133,6 +133,12 @@ pub trait Actuator: Send + Sync + fmt::Debug {
         self.observe(now_ms).await
     }
 
+    /// The host's clock moved `by_ms` ahead at once (it followed the wall
+    /// clock after a suspend or after NTP set it): a change in flight
+    /// measured by it (a drain's timeout) does not count the jump as time
+    /// the change took. Nothing by default.
+    async fn clock_jumped(&self, _by_ms: i64) {}
+
     /// Forgets a change in flight without finishing it: this replica has
     /// just taken the lead, and what it started when it last led may have
     /// been overtaken by what the leader between did. Nothing by default.

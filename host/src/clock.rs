@@ -94,12 +94,23 @@ impl Clock {
 
     /// Now, in ms since the Unix epoch (simulated when sped up).
     pub fn now_ms(&self) -> i64 {
+        // The wall clock first: a thread held between the two reads must
+        // not make the reckoning look behind it.
+        let wall = self.wall.map(|tie| (tie, (tie.read)()));
         let real = self.origin.elapsed().as_secs_f64() * 1000.0;
         let reckoned = self.origin_ms + (real * self.speed) as i64;
-        match self.wall {
+        match wall {
             None => reckoned,
-            Some(tie) => reckoned + tie.ahead(reckoned),
+            Some((tie, wall)) => reckoned + tie.ahead(reckoned, wall),
         }
+    }
+
+    /// How far this clock has moved ahead at once, following the wall clock,
+    /// since it started (0 for a simulated clock). Time measured across a
+    /// change of it includes the jump.
+    pub fn moved_ahead_ms(&self) -> i64 {
+        self.wall
+            .map_or(0, |tie| tie.ahead_ms.load(Ordering::Relaxed))
     }
 
     /// The tokio instant at which this clock will read `at_ms` (if the
@@ -125,24 +136,33 @@ impl Clock {
 }
 
 impl WallTie {
-    /// How far to move the monotonic reckoning `reckoned` on: as far as the
-    /// wall clock is ahead of it, once that is more than [`WALL_STEP_MS`].
-    fn ahead(&self, reckoned: i64) -> i64 {
+    /// How far to move the monotonic reckoning `reckoned` on, the wall
+    /// clock reading `wall`: as far as the wall clock is ahead of it, once
+    /// that is more than [`WALL_STEP_MS`].
+    fn ahead(&self, reckoned: i64, wall: i64) -> i64 {
         let ahead = self.ahead_ms.load(Ordering::Relaxed);
-        let wall = (self.read)();
         let gap = wall - (reckoned + ahead);
         if gap > WALL_STEP_MS {
-            // fetch_max: copies racing here agree, and it never goes back.
-            let before = self.ahead_ms.fetch_max(wall - reckoned, Ordering::Relaxed);
-            if before < wall - reckoned {
-                tracing::warn!(
-                    moved_ms = gap,
-                    now = %format_ms(wall),
-                    "The wall clock moved ahead of Scalewise's time (the clock was set, or the machine was suspended); Scalewise's time follows it."
-                );
-            }
+            // Only from the value read: of copies racing here (every scaler
+            // wakes at once after a suspend), one moves it and says so.
+            let moved = match self.ahead_ms.compare_exchange(
+                ahead,
+                wall - reckoned,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    tracing::warn!(
+                        moved_ms = gap,
+                        now = %format_ms(wall),
+                        "The wall clock moved ahead of Scalewise's time (the clock was set, or the machine was suspended); Scalewise's time follows it. Changes in flight do not count the jump towards their timeouts."
+                    );
+                    wall - reckoned
+                }
+                Err(current) => current,
+            };
             self.behind_told.store(false, Ordering::Relaxed);
-            return before.max(wall - reckoned);
+            return moved;
         }
         if gap < -WALL_STEP_MS {
             if !self.behind_told.swap(true, Ordering::Relaxed) {
@@ -152,7 +172,9 @@ impl WallTie {
                     "The wall clock moved back; Scalewise's time does not go back with it, so it stays ahead (queries ask about a later time than the wall clock's) until a restart."
                 );
             }
-        } else {
+        } else if gap > -WALL_STEP_MS / 2 {
+            // Half a step back of the line before it is told again: a gap
+            // that sits at the line would say it at every tick.
             self.behind_told.store(false, Ordering::Relaxed);
         }
         ahead
@@ -259,9 +281,11 @@ mod tests {
         assert_eq!(clock.now_ms(), 1_010_000);
         // A suspend of an hour (or the clock set an hour on): followed,
         // by every copy.
+        assert_eq!(clock.moved_ahead_ms(), 0);
         step_wall(3_600_000);
         assert_eq!(copy.now_ms(), 4_610_900);
         assert_eq!(clock.now_ms(), 4_610_900);
+        assert_eq!(clock.moved_ahead_ms(), 3_600_900);
         // A sleep maps through the new reckoning: 5 s, not an hour more.
         let before = Instant::now();
         clock.sleep_until(clock.now_ms() + 5_000).await;
@@ -279,6 +303,7 @@ mod tests {
         let simulated = Clock::starting_at(0, 1.0);
         step_wall(60_000);
         assert_eq!(simulated.now_ms(), 0);
+        assert_eq!(simulated.moved_ahead_ms(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1576,6 +1576,7 @@ fn run_scaler(
         }
         let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
         let mut next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
+        let mut ahead_seen = clock.moved_ahead_ms();
         loop {
             tokio::select! {
                 biased;
@@ -1609,9 +1610,17 @@ fn run_scaler(
                 _ = clock.sleep_until(next) => {}
             }
             let started = clock.now_ms();
+            // The clock jumped ahead meanwhile (a suspend, the clock set):
+            // this tick is not that late, and a change in flight does not
+            // count the jump towards its timeout.
+            let ahead = clock.moved_ahead_ms();
+            let jumped = ahead - std::mem::replace(&mut ahead_seen, ahead);
+            if jumped > 0 {
+                Box::pin(scaler.actuator().clock_jumped(jumped)).await;
+            }
             telemetry
                 .tick_lag
-                .observe((started - next).max(0) as f64 / 1000.0 / clock.speed());
+                .observe((started - next - jumped).max(0) as f64 / 1000.0 / clock.speed());
             // A tick that starts on time (within ON_TIME_MS either way: a
             // sped-up clock can wake a little early) counts the envelope's
             // time from its slot; a late one from when it started.

@@ -1375,8 +1375,6 @@ pub fn combine(current: u32, evaluations: &[Evaluation], abstained: &[bool]) -> 
     }
 }
 
-/// The scaler's metrics a policy reads: the values of the parameters its
-/// module declares as metrics.
 /// Whether a policy of `info` configured with `configured` reads one of
 /// `metrics`. With the module's defaults: a metric parameter left out of
 /// the config still names a metric it reads.
@@ -1385,6 +1383,8 @@ fn reads_any(info: &PolicyInfo, configured: &serde_json::Value, metrics: &[&str]
     metrics_read(info, &parameters).any(|name| metrics.contains(&name))
 }
 
+/// The scaler's metrics a policy reads: the values of the parameters its
+/// module declares as metrics.
 fn metrics_read<'a>(
     info: &'a PolicyInfo,
     parameters: &'a serde_json::Value,

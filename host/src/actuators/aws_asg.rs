@@ -62,9 +62,9 @@ use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_autoscaling::types::{AutoScalingGroup, Instance, LifecycleState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
-use super::clients::{SharedClient, TargetClients, aws_client};
+use super::clients::{Lazy, SharedClient, TargetClients, aws_client};
 use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
 use crate::config::AwsAsgTarget;
 use crate::outbound::AuthedClient;
@@ -164,12 +164,12 @@ impl AwsAsgActuator {
         Ok(AwsAsgActuator {
             drain: drain_client(&settings)?,
             settings,
-            client: Arc::new(OnceCell::new_with(Some(client))),
+            client: Arc::new(Lazy::ready(client)),
             draining: Mutex::new(None),
         })
     }
 
-    async fn client(&self) -> &Client {
+    async fn client(&self) -> Result<&Client, ActuatorError> {
         let settings = &self.settings;
         aws_client(
             &self.client,
@@ -177,13 +177,14 @@ impl AwsAsgActuator {
             settings.endpoint.as_deref(),
         )
         .await
+        .map_err(ActuatorError::Failed)
     }
 
     async fn describe(&self) -> Result<AutoScalingGroup, ActuatorError> {
         let group = &self.settings.group;
         let out = self
             .client()
-            .await
+            .await?
             .describe_auto_scaling_groups()
             .auto_scaling_group_names(group)
             .send()
@@ -211,7 +212,7 @@ impl AwsAsgActuator {
         if !self.settings.protect_instances {
             return Ok(None);
         }
-        let client = self.client().await;
+        let client = self.client().await?;
         let mut done = Vec::new();
         if group.new_instances_protected_from_scale_in() != Some(true) {
             client
@@ -378,7 +379,7 @@ impl AwsAsgActuator {
 
     async fn set_protection(&self, ids: &[String], on: bool) -> Result<(), ActuatorError> {
         self.client()
-            .await
+            .await?
             .set_instance_protection()
             .auto_scaling_group_name(&self.settings.group)
             .set_instance_ids(Some(ids.to_vec()))
@@ -391,7 +392,7 @@ impl AwsAsgActuator {
 
     async fn set_desired(&self, desired: u32) -> Result<(), ActuatorError> {
         self.client()
-            .await
+            .await?
             .set_desired_capacity()
             .auto_scaling_group_name(&self.settings.group)
             .desired_capacity(desired as i32)
@@ -417,6 +418,7 @@ impl AwsAsgActuator {
         }
         self.client()
             .await
+            .map_err(Refusal::Retry)?
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
             .should_decrement_desired_capacity(true)
@@ -990,6 +992,15 @@ impl Actuator for AwsAsgActuator {
             ..scale_in
         });
         Ok(detail)
+    }
+
+    async fn clock_jumped(&self, by_ms: i64) {
+        if let Some(scale_in) = self.draining.lock().await.as_mut() {
+            scale_in.since_ms += by_ms;
+            if let Some(frozen) = &mut scale_in.frozen_ms {
+                *frozen += by_ms;
+            }
+        }
     }
 
     async fn forget_in_flight(&self) {

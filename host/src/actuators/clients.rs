@@ -10,19 +10,90 @@
 //!
 //! Each client is built on its first use, from the environment, and kept for
 //! the life of the daemon (reloads keep it). A client that cannot be built is
-//! tried again at the next use.
+//! tried again at a use [`RETRY_AFTER`] later; the uses meanwhile get the same
+//! error at once (one slow failure, an exec plugin timing out, is not paid
+//! by every scaler in turn).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 /// The most time one Kubernetes or AWS request may take.
 pub const API_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a client that could not be built is not tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// A client built once, on first use, and shared.
-pub type SharedClient<T> = Arc<OnceCell<T>>;
+pub type SharedClient<T> = Arc<Lazy<T>>;
+
+/// A value built on first use; a failed build is remembered for
+/// [`RETRY_AFTER`].
+#[derive(Debug)]
+pub struct Lazy<T> {
+    value: OnceCell<T>,
+    /// Held while building; the last failure and when it was.
+    building: tokio::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Lazy {
+            value: OnceCell::new(),
+            building: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T> Lazy<T> {
+    /// One built already (a test's, an embedding program's).
+    pub fn ready(value: T) -> Self {
+        Lazy {
+            value: OnceCell::new_with(Some(value)),
+            building: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether it is built.
+    pub fn is_built(&self) -> bool {
+        self.value.initialized()
+    }
+
+    /// The value, built now by `build` if it is not yet, unless the last
+    /// build failed less than [`RETRY_AFTER`] ago: then that failure.
+    pub async fn get_or_build<F, Fut>(&self, build: F) -> Result<&T, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        if let Some(value) = self.value.get() {
+            return Ok(value);
+        }
+        let mut failed = self.building.lock().await;
+        if let Some(value) = self.value.get() {
+            return Ok(value);
+        }
+        if let Some((at, why)) = &*failed
+            && at.elapsed() < RETRY_AFTER
+        {
+            return Err(why.clone());
+        }
+        match build().await {
+            Ok(value) => {
+                *failed = None;
+                Ok(self.value.get_or_init(|| async { value }).await)
+            }
+            Err(why) => {
+                *failed = Some((Instant::now(), why.clone()));
+                Err(why)
+            }
+        }
+    }
+}
 
 /// Where an AWS client sends its calls: its region and endpoint as
 /// configured (`None`: the SDK's default).
@@ -39,7 +110,7 @@ impl std::fmt::Debug for TargetClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let aws = self.aws.lock().map(|m| m.len()).unwrap_or_default();
         f.debug_struct("TargetClients")
-            .field("kube", &self.kube.initialized())
+            .field("kube", &self.kube.is_built())
             .field("aws", &aws)
             .finish()
     }
@@ -73,9 +144,9 @@ impl TargetClients {
 /// The client in `cell`, built now from the environment as `kubectl`'s is
 /// (`KUBECONFIG`, `~/.kube/config`, else the pod's service account) if it is
 /// not yet. A failure leaves the cell empty, to be tried again.
-pub async fn kube_client(cell: &OnceCell<kube::Client>) -> Result<kube::Client, String> {
+pub async fn kube_client(cell: &Lazy<kube::Client>) -> Result<kube::Client, String> {
     let client = cell
-        .get_or_try_init(|| async {
+        .get_or_build(|| async {
             let mut config = kube::Config::infer().await.map_err(|e| {
                 format!(
                     "no Kubernetes client configuration (KUBECONFIG, ~/.kube/config or a \
@@ -92,13 +163,14 @@ pub async fn kube_client(cell: &OnceCell<kube::Client>) -> Result<kube::Client, 
 
 /// The client in `cell`, loaded now from the environment (credentials chain,
 /// region) with `region` and `endpoint` over the SDK's defaults if it is not
-/// yet.
+/// yet. Without a region from anywhere (the instance metadata service not
+/// answering yet, at a boot) nothing is kept, and the next call tries again.
 pub async fn aws_client<'a>(
-    cell: &'a OnceCell<aws_sdk_autoscaling::Client>,
+    cell: &'a Lazy<aws_sdk_autoscaling::Client>,
     region: Option<&str>,
     endpoint: Option<&str>,
-) -> &'a aws_sdk_autoscaling::Client {
-    cell.get_or_init(|| async {
+) -> Result<&'a aws_sdk_autoscaling::Client, String> {
+    cell.get_or_build(|| async {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
@@ -111,7 +183,15 @@ pub async fn aws_client<'a>(
         if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
         }
-        aws_sdk_autoscaling::Client::new(&loader.load().await)
+        let config = loader.load().await;
+        if config.region().is_none() {
+            return Err(
+                "no AWS region: set the target's `region`, AWS_REGION, or a region in \
+                        the AWS profile (on EC2 the instance metadata service gives it)"
+                    .to_owned(),
+            );
+        }
+        Ok(aws_sdk_autoscaling::Client::new(&config))
     })
     .await
 }
@@ -142,5 +222,30 @@ mod tests {
         let other = TargetClients::default();
         assert!(!Arc::ptr_eq(&a, &other.aws_cell(Some("eu-west-1"), None)));
         assert!(!Arc::ptr_eq(&clients.kube_cell(), &other.kube_cell()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_build_is_not_tried_again_for_a_while() {
+        let lazy: Lazy<u32> = Lazy::default();
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let build = |answer: Result<u32, String>| {
+            let tries = &tries;
+            move || async move {
+                tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                answer
+            }
+        };
+        assert_eq!(
+            lazy.get_or_build(build(Err("down".into()))).await,
+            Err("down".into())
+        );
+        // Within RETRY_AFTER: the same failure, no new try.
+        assert_eq!(lazy.get_or_build(build(Ok(7))).await, Err("down".into()));
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::advance(RETRY_AFTER).await;
+        assert_eq!(lazy.get_or_build(build(Ok(7))).await, Ok(&7));
+        assert_eq!(lazy.get_or_build(build(Ok(8))).await, Ok(&7), "kept");
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(Lazy::ready(3).is_built());
     }
 }

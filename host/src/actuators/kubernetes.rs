@@ -28,9 +28,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use tokio::sync::OnceCell;
 
-use super::clients::{SharedClient, TargetClients, kube_client};
+use super::clients::{Lazy, SharedClient, TargetClients, kube_client};
 use super::{Actuation, Actuator, ActuatorError, Announcement, Observed};
 use crate::config::KubernetesTarget;
 
@@ -80,7 +79,7 @@ impl KubernetesActuator {
         KubernetesActuator {
             settings,
             resource,
-            client: Arc::new(OnceCell::new_with(Some(client))),
+            client: Arc::new(Lazy::ready(client)),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
         }
@@ -237,7 +236,7 @@ impl std::fmt::Debug for KubernetesActuator {
         // The client has no Debug; what it talks to is in the settings.
         f.debug_struct("KubernetesActuator")
             .field("settings", &self.settings)
-            .field("client_ready", &self.client.initialized())
+            .field("client_ready", &self.client.is_built())
             .finish_non_exhaustive()
     }
 }

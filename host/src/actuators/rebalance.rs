@@ -489,6 +489,12 @@ impl Actuator for RebalanceActuator {
         }
     }
 
+    async fn clock_jumped(&self, by_ms: i64) {
+        if let Some(change) = self.change.lock().await.as_mut() {
+            change.since_ms += by_ms;
+        }
+    }
+
     async fn forget_in_flight(&self) {
         if let Some(change) = self.change.lock().await.take() {
             tracing::warn!(

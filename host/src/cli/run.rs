@@ -61,11 +61,6 @@ async fn run_config(path: PathBuf, args: &RunArgs) -> Result<(), DaemonError> {
     daemon.run(Some(listener), stop_signal(args)).await
 }
 
-/// The daemon's clock, at `now_ms` (the wall clock) and the config's speed;
-/// a faster clock resumes after the journal's newest record instead. A run
-/// at 10x leaves records dated ahead of the wall clock: a restart at wall
-/// time would write its ticks before them, restore windows and cooldowns
-/// from its own future and list the old run's records as the newest.
 /// The real clock (following the wall clock) at speed 1, else a clock
 /// sped up from `now_ms`.
 fn real_or_sped(now_ms: i64, speed: f64) -> Clock {
@@ -75,6 +70,11 @@ fn real_or_sped(now_ms: i64, speed: f64) -> Clock {
     }
 }
 
+/// The daemon's clock, at `now_ms` (the wall clock) and the config's speed;
+/// a faster clock resumes after the journal's newest record instead. A run
+/// at 10x leaves records dated ahead of the wall clock: a restart at wall
+/// time would write its ticks before them, restore windows and cooldowns
+/// from its own future and list the old run's records as the newest.
 pub fn start_clock(config: &Config, now_ms: i64) -> Clock {
     let speed = config.clock.speed;
     let path = &config.journal.path;
