@@ -325,6 +325,33 @@ async fn a_clock_jump_does_not_cut_a_drain_short() {
     assert_eq!(moto.instance_ids("jumped").await.unwrap().len(), 2);
 }
 
+/// A scale-in restored at a start while the clock was an hour behind (a
+/// machine booted with a wrong clock), which NTP then sets right: its
+/// times are the saving run's wall clock, so the jump is not taken off its
+/// age, and its drain ends at drain_timeout of real time rather than an
+/// hour later.
+#[tokio::test]
+async fn a_restored_scale_in_keeps_its_age_when_the_clock_is_set_right() {
+    let moto = moto().await;
+    moto.create_group("restored-jump", 3).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let with_webhook = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        ..settings("restored-jump")
+    };
+    let first = actuator(moto, with_webhook.clone()).await;
+    first.scale(T0, 3, 2).await.unwrap();
+    let saved = first.saved_in_flight().await.unwrap();
+    drop(first);
+    let second = actuator(moto, with_webhook).await;
+    let behind = T0 + 60 * SECOND - 3_600 * SECOND;
+    second.restore_in_flight(behind, saved).await.unwrap();
+    second.clock_jumped(3_600 * SECOND).await;
+    let observed = second.observe(T0 + 310 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "{observed:?}");
+    assert_eq!(moto.instance_ids("restored-jump").await.unwrap().len(), 2);
+}
+
 /// Someone changes the desired capacity between the tick's read and its
 /// change (a scheduled action, an operator): the change, decided on the
 /// count before, is refused and nothing is terminated.

@@ -530,3 +530,63 @@ params = {{ scale_to = 4 }}
         2
     );
 }
+
+/// Two scalers of one Auto Scaling group, one naming its region and one
+/// leaving it to the SDK's default: refused when the default (here
+/// AWS_REGION) is that region, as the daemon refuses them at start; passed
+/// when it is another; a warning when no default can be found.
+#[test]
+fn a_group_named_with_and_without_its_default_region_is_refused() {
+    let policies = policy_dir(&[("counter", artifacts::COUNTER)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "policy_dir = \"{}\"\n\n[journal]\npath = \"journal.db\"\n",
+        policies.path().display()
+    );
+    for (name, region) in [("named", ", region = \"eu-west-1\""), ("defaulted", "")] {
+        text.push_str(&format!(
+            r#"
+[[scalers]]
+name = "{name}"
+interval = "15s"
+min = 1
+max = 5
+target = {{ kind = "aws-asg", group = "workers"{region} }}
+policies = [{{ module = "counter" }}]
+"#
+        ));
+    }
+    let path = write(dir.path(), &text);
+    let check = |region: Option<&str>| {
+        check_binary_with(&["check", "--config", &path], |c| {
+            c.env_remove("AWS_REGION")
+                .env_remove("AWS_DEFAULT_REGION")
+                .env_remove("AWS_PROFILE")
+                .env("AWS_CONFIG_FILE", "/nonexistent/aws-config");
+            if let Some(region) = region {
+                c.env("AWS_REGION", region);
+            }
+        })
+    };
+    let (code, _, err) = check(Some("eu-west-1"));
+    assert_eq!(code, Some(1), "{err}");
+    let line = line_of(&text, "name = \"defaulted\"") + 4;
+    assert!(
+        err.contains(&format!("scalewise.toml:{line}:"))
+            && err.contains(
+                "Auto Scaling group \"workers\" (region \"eu-west-1\", the AWS SDK's default) is \
+                 already scaled by scalers[0]"
+            ),
+        "{err}"
+    );
+    let (code, _, err) = check(Some("us-east-1"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = check(None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(
+            "warning: two scalers may scale one target: an Auto Scaling target names its region"
+        ),
+        "{err}"
+    );
+}

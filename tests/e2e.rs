@@ -975,3 +975,142 @@ policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
 }
+
+/// The wall clock a test moves: the machine's plus [`WALL_MOVED_MS`].
+static WALL_MOVED_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn moved_wall() -> i64 {
+    scalewise::clock::wall_clock_ms() + WALL_MOVED_MS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// An actuator that notes every clock jump it is told of, and otherwise
+/// is the one it wraps.
+#[derive(Debug)]
+struct NotesJumps {
+    inner: std::sync::Arc<dyn scalewise::actuators::Actuator>,
+    jumps: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+#[async_trait::async_trait]
+impl scalewise::actuators::Actuator for NotesJumps {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn target_name(&self) -> String {
+        self.inner.target_name()
+    }
+
+    async fn observe(
+        &self,
+        now_ms: i64,
+    ) -> Result<scalewise::actuators::Observed, scalewise::actuators::ActuatorError> {
+        self.inner.observe(now_ms).await
+    }
+
+    async fn scale(
+        &self,
+        now_ms: i64,
+        current: u32,
+        desired: u32,
+    ) -> Result<scalewise::actuators::Actuation, scalewise::actuators::ActuatorError> {
+        self.inner.scale(now_ms, current, desired).await
+    }
+
+    async fn clock_jumped(&self, by_ms: i64) {
+        self.jumps.lock().unwrap().push(by_ms);
+    }
+}
+
+/// The wall clock moves an hour ahead under a running daemon (a suspend,
+/// NTP setting it): the scaler's actuator is told once, by the hour, so a
+/// change in flight does not count it; the tick lag does not count it
+/// either; the scaler ticks on, on the moved clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_moving_ahead_is_told_to_the_actuator_once() {
+    let _serial = serial().await;
+    let policies = bundled();
+    let state = tempfile::tempdir().unwrap();
+    let text = config_text(
+        r#"policy_dir = "{policies}"
+
+[journal]
+path = "{journal}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 2
+load = { base = 100.0 }
+
+[[scalers]]
+name = "web"
+interval = "1s"
+min = 1
+max = 10
+target = { kind = "simulator", service = "web" }
+metrics.cpu = { source = "simulator", query = "cpu" }
+policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50.0 } }]
+"#,
+        policies.path(),
+        &state.path().join("journal.db"),
+    );
+    let config = Config::parse(&text, &state.path().join("jump.toml")).unwrap();
+    let mut daemon = Daemon::build(config, Clock::keeping_to(moved_wall))
+        .await
+        .unwrap();
+    let scaler = daemon.scalers_mut().next().unwrap();
+    let jumps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noting = NotesJumps {
+        inner: scaler.actuator().clone(),
+        jumps: jumps.clone(),
+    };
+    scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(noting)));
+    let telemetry = daemon.telemetry().clone();
+    let handles = telemetry.scalers();
+    let ticks = move || handles.load()["web"].status.load().ticks;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(daemon.run(None, async {
+        let _ = stopped.await;
+    }));
+    let wait_ticks = |n: u64| {
+        let ticks = ticks.clone();
+        async move {
+            scalewise_tests::wait_until("ticks", Duration::from_secs(30), || {
+                let seen = ticks();
+                async move {
+                    if seen >= n {
+                        Ok(())
+                    } else {
+                        Err(format!("{seen} ticks"))
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    wait_ticks(2).await;
+    let before = ticks();
+    WALL_MOVED_MS.fetch_add(3_600_000, std::sync::atomic::Ordering::SeqCst);
+    wait_ticks(before + 4).await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let told = jumps.lock().unwrap().clone();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!((3_599_000..3_602_000).contains(&told[0]), "{told:?}");
+    // No tick counted the hour as lateness (the buckets end at 8.192 s).
+    let metrics = telemetry.encode();
+    let count = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line} in\n{metrics}"))
+    };
+    assert_eq!(
+        count("scalewise_tick_lag_seconds_bucket{le=\"8.192\"}"),
+        count("scalewise_tick_lag_seconds_count"),
+        "{metrics}"
+    );
+}

@@ -599,7 +599,8 @@ async fn a_release_the_api_server_never_answers_does_not_hold_the_exit() {
         .replace("retry_period = \"200ms\"", "retry_period = \"20s\"");
     let mut daemon = start(dir.path(), &kube, &text);
     leader_becomes(&kube, "a").await;
-    // Its SIGTERM handler is in place once it runs.
+    // Its SIGTERM handler is in place once it runs (installed as the line
+    // is logged, with no wait between).
     wait_until("the daemon to run", Duration::from_secs(60), || async {
         match daemon.log().contains("Scalewise is running.") {
             true => Ok(()),

@@ -57,8 +57,9 @@ impl Clock {
         Self::keeping_to(wall_clock_ms)
     }
 
-    /// A real clock that keeps to the wall clock `read` reads.
-    fn keeping_to(read: fn() -> i64) -> Self {
+    /// [`Clock::system`] keeping to the wall clock `read` reads instead of
+    /// the machine's (a test that sets the clock).
+    pub fn keeping_to(read: fn() -> i64) -> Self {
         // One small allocation per real clock made (a process makes a
         // handful); its copies share it, and the clock stays `Copy`.
         let tie: &'static WallTie = Box::leak(Box::new(WallTie {

@@ -289,7 +289,8 @@ impl Daemon {
         for warning in config.warnings() {
             tracing::warn!(%warning, "The config has a value that may not work as intended; starting anyway.");
         }
-        config.check_resolved_targets(&target_defaults(&config).await)?;
+        let clients = TargetClients::default();
+        config.check_resolved_targets(&target_defaults(&config, &clients).await)?;
         let telemetry = Arc::new(Telemetry::new());
         let mut limits = config.runtime.clone();
         if limits.cache_dir.is_none() {
@@ -334,7 +335,6 @@ impl Daemon {
         // Keep only as much simulated history as the longest window needs.
         simulation.set_history(longest_window_ms(&config));
         let (decisions, _) = broadcast::channel(1024);
-        let clients = TargetClients::default();
         let (leadership, elector) = match &config.leader_election {
             None => (
                 Leadership::always().reported_to(telemetry.leader.clone()),
@@ -814,7 +814,8 @@ impl Daemon {
         .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")));
         let result = match loaded {
             Ok(Ok(config)) => {
-                match config.check_resolved_targets(&target_defaults(&config).await) {
+                match config.check_resolved_targets(&target_defaults(&config, &self.clients).await)
+                {
                     Ok(()) => self.apply_config(config, set).await,
                     Err(err) => Err(err.into()),
                 }
@@ -1956,33 +1957,85 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
 
 /// The defaults `config`'s targets leave out (the Kubernetes client's
 /// namespace, the AWS SDK's region), looked up only where two targets could
-/// be one ([`Config::defaults_needed`]); one that cannot be found (no client
-/// configuration, no region) is left unknown.
-async fn target_defaults(config: &Config) -> TargetDefaults {
+/// be one ([`Config::defaults_needed`]), and logged when they cannot be
+/// found (the check then cannot tell).
+async fn target_defaults(config: &Config, clients: &TargetClients) -> TargetDefaults {
+    let (defaults, unknown) = find_target_defaults(config, Some(clients), true).await;
+    for what in unknown {
+        tracing::warn!(
+            "Two scalers may scale one target: {what}. Name it on both targets to be sure."
+        );
+    }
+    defaults
+}
+
+/// The defaults `config`'s targets leave out, where two targets could be
+/// one, and what could not be found, in words. The namespace is the built
+/// Kubernetes client's (the one the targets use), else the client
+/// configuration's (local files: kubeconfig, the pod's service account).
+/// The region is the AWS SDK's from the environment and profile, and with
+/// `ask_instance_metadata` from the instance metadata service too (at most
+/// 5 s: it does not answer off EC2).
+pub(crate) async fn find_target_defaults(
+    config: &Config,
+    clients: Option<&TargetClients>,
+    ask_instance_metadata: bool,
+) -> (TargetDefaults, Vec<String>) {
     let needed = config.defaults_needed();
+    let mut unknown = Vec::new();
     let namespace = match needed.namespace {
-        true => kube::Config::infer()
-            .await
-            .ok()
-            .map(|c| c.default_namespace),
+        true => {
+            let found = match clients.and_then(TargetClients::kube_namespace) {
+                Some(namespace) => Some(namespace),
+                None => kube::Config::infer()
+                    .await
+                    .ok()
+                    .map(|c| c.default_namespace),
+            };
+            if found.is_none() {
+                unknown.push(
+                    "a Kubernetes target names its namespace and another of the same name leaves \
+                     it to the client's default, which could not be found"
+                        .to_owned(),
+                );
+            }
+            found
+        }
         false => None,
     };
     let region = match needed.region {
-        // Its chain may ask the instance metadata service, which does not
-        // answer off EC2: bounded.
-        true => tokio::time::timeout(
-            Duration::from_secs(5),
-            aws_config::default_provider::region::DefaultRegionChain::builder()
-                .build()
-                .region(),
-        )
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.to_string()),
+        true => {
+            let found = match ask_instance_metadata {
+                true => tokio::time::timeout(
+                    Duration::from_secs(5),
+                    aws_config::default_provider::region::DefaultRegionChain::builder()
+                        .build()
+                        .region(),
+                )
+                .await
+                .ok()
+                .flatten(),
+                false => {
+                    aws_config::meta::region::RegionProviderChain::first_try(
+                        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+                    )
+                    .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+                    .region()
+                    .await
+                }
+            };
+            if found.is_none() {
+                unknown.push(
+                    "an Auto Scaling target names its region and another of the same group \
+                     leaves it to the AWS SDK's default, which could not be found"
+                        .to_owned(),
+                );
+            }
+            found.map(|r| r.to_string())
+        }
         false => None,
     };
-    TargetDefaults { namespace, region }
+    (TargetDefaults { namespace, region }, unknown)
 }
 
 fn build_actuator(

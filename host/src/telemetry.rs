@@ -226,6 +226,17 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Buckets for calls to other systems (a Prometheus query, an API server, a
+/// webhook): milliseconds to a minute, past the 20 s a Kubernetes or AWS
+/// call may take and a query's configured timeout.
+const CALL_BUCKETS: [f64; 16] = [
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS)
+}
+
 /// Every metric the host exposes about itself.
 #[derive(Debug)]
 pub struct Telemetry {
@@ -293,8 +304,8 @@ impl Telemetry {
             policy_memory_growths: Family::default(),
             policy_errors: Family::default(),
             metric_errors: Family::default(),
-            metric_fetch_duration: Family::new_with_constructor(latency_histogram),
-            target_call_duration: Family::new_with_constructor(latency_histogram),
+            metric_fetch_duration: Family::new_with_constructor(call_histogram),
+            target_call_duration: Family::new_with_constructor(call_histogram),
             actuations: Family::default(),
             envelope_interventions: Family::default(),
             module_load_errors: Family::default(),

@@ -111,6 +111,11 @@ struct ScaleIn {
     /// it was left before a victim is taken further.
     #[serde(default)]
     recheck: bool,
+    /// Restored from the journal at a start: its times are the wall clock's
+    /// of the run that saved it, not this run's reckoning, so a jump of this
+    /// run's clock (set right after a boot) is not taken off them.
+    #[serde(skip)]
+    restored: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -989,17 +994,27 @@ impl Actuator for AwsAsgActuator {
         let detail = Self::in_flight(&scale_in).detail;
         *draining = Some(ScaleIn {
             recheck: true,
+            restored: true,
             ..scale_in
         });
         Ok(detail)
     }
 
     async fn clock_jumped(&self, by_ms: i64) {
-        if let Some(scale_in) = self.draining.lock().await.as_mut() {
-            scale_in.since_ms += by_ms;
-            if let Some(frozen) = &mut scale_in.frozen_ms {
-                *frozen += by_ms;
-            }
+        let mut draining = self.draining.lock().await;
+        let Some(scale_in) = draining.as_mut() else {
+            return;
+        };
+        if scale_in.restored {
+            // Dated by the wall clock of the run that saved it: a jump
+            // setting this run's clock right makes its age right. Checked
+            // again against its lifetime on the corrected clock.
+            scale_in.recheck = true;
+            return;
+        }
+        scale_in.since_ms += by_ms;
+        if let Some(frozen) = &mut scale_in.frozen_ms {
+            *frozen += by_ms;
         }
     }
 
@@ -1074,6 +1089,7 @@ impl Actuator for AwsAsgActuator {
             group_desired: Some(live),
             frozen_ms: None,
             recheck: false,
+            restored: false,
             victims: victims
                 .into_iter()
                 .map(|(id, zone)| Victim {

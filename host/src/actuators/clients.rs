@@ -9,7 +9,8 @@
 //! targets, hundreds of each.
 //!
 //! Each client is built on its first use, from the environment, and kept for
-//! the life of the daemon (reloads keep it). A client that cannot be built is
+//! the life of the daemon (reloads keep it: a changed kubeconfig context or
+//! AWS profile takes a restart). A client that cannot be built is
 //! tried again at a use [`RETRY_AFTER`] later; the uses meanwhile get the same
 //! error at once (one slow failure, an exec plugin timing out, is not paid
 //! by every scaler in turn).
@@ -61,6 +62,11 @@ impl<T> Lazy<T> {
     /// Whether it is built.
     pub fn is_built(&self) -> bool {
         self.value.initialized()
+    }
+
+    /// The value, if it is built.
+    pub fn get(&self) -> Option<&T> {
+        self.value.get()
     }
 
     /// The value, built now by `build` if it is not yet, unless the last
@@ -127,6 +133,11 @@ impl TargetClients {
         kube_client(&self.kube).await
     }
 
+    /// The Kubernetes client's default namespace, if the client is built.
+    pub fn kube_namespace(&self) -> Option<String> {
+        self.kube.get().map(|c| c.default_namespace().to_owned())
+    }
+
     /// The cell of the Auto Scaling client for `region` and `endpoint`: every
     /// AWS target that names the same two (or leaves them out alike) shares
     /// it.
@@ -143,7 +154,8 @@ impl TargetClients {
 
 /// The client in `cell`, built now from the environment as `kubectl`'s is
 /// (`KUBECONFIG`, `~/.kube/config`, else the pod's service account) if it is
-/// not yet. A failure leaves the cell empty, to be tried again.
+/// not yet. A failure leaves the cell empty, to be tried again after
+/// [`RETRY_AFTER`].
 pub async fn kube_client(cell: &Lazy<kube::Client>) -> Result<kube::Client, String> {
     let client = cell
         .get_or_build(|| async {

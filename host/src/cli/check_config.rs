@@ -1,8 +1,10 @@
 //! `scalewise check --config FILE`: everything `scalewise run --config`
 //! checks before it starts, without starting: the file (every located
 //! problem), the secrets it names, the policy folder and every module in it,
-//! each scaler's policies against what their modules declare, and the
-//! simulations' traces. Nothing is contacted (Prometheus, Kubernetes, AWS,
+//! each scaler's policies against what their modules declare, the
+//! simulations' traces, and two scalers of one target once the defaults a
+//! target leaves out are filled in (from local files and the environment).
+//! Nothing is contacted (Prometheus, Kubernetes, AWS,
 //! coordinators, webhooks) and nothing is written (no journal, no compiled
 //! code cache), so it runs in CI on a config and the modules it will run with.
 //!
@@ -88,6 +90,21 @@ pub fn check_config(
     if let Err(e) = Simulation::from_config(&config.simulations, config.origin().dir(), 0) {
         problems += 1;
         writeln!(err, "{}: simulations: {e}", path.display())?;
+    }
+    // Two targets that are one once the defaults are filled in, as the
+    // daemon refuses them: the namespace from the client configuration,
+    // the region from the environment and the AWS profile (local files;
+    // the instance metadata service is not asked).
+    let (defaults, unknown) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::daemon::find_target_defaults(&config, None, false));
+    problems += report(err, config.check_resolved_targets(&defaults))?;
+    for what in unknown {
+        writeln!(
+            err,
+            "warning: two scalers may scale one target: {what}; name it on both targets to be sure"
+        )?;
     }
     for warning in &warnings {
         writeln!(err, "warning: {warning}")?;
