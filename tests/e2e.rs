@@ -844,57 +844,10 @@ async fn a_restart_after_kill_9_keeps_the_journal_cooldowns_state_and_pause() {
     second_run(policies.path(), state.path(), &before).await;
 }
 
-/// An actuator whose first observation panics (a bug in a tick), then
-/// observes and scales through the one it wraps.
-#[derive(Debug)]
-struct PanicsOnce {
-    inner: std::sync::Arc<dyn scalewise::actuators::Actuator>,
-    panicked: std::sync::atomic::AtomicBool,
-    /// The observation after the panic waits for this (the test has seen
-    /// the panic in the status, which the next tick clears).
-    go_on: std::sync::Arc<tokio::sync::Semaphore>,
-}
-
-#[async_trait::async_trait]
-impl scalewise::actuators::Actuator for PanicsOnce {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn target_name(&self) -> String {
-        self.inner.target_name()
-    }
-
-    async fn observe(
-        &self,
-        now_ms: i64,
-    ) -> Result<scalewise::actuators::Observed, scalewise::actuators::ActuatorError> {
-        if !self
-            .panicked
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            panic!("a bug in an actuator");
-        }
-        let _ = self.go_on.acquire().await;
-        self.inner.observe(now_ms).await
-    }
-
-    async fn scale(
-        &self,
-        now_ms: i64,
-        current: u32,
-        desired: u32,
-    ) -> Result<scalewise::actuators::Actuation, scalewise::actuators::ActuatorError> {
-        self.inner.scale(now_ms, current, desired).await
-    }
-}
-
-/// A tick that panics is caught: the scaler says so (status, log counter)
-/// and ticks on at its next slot, where it scales; it used to stop for
-/// good, its task gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tick_that_panics_holds_and_the_scaler_ticks_on() {
-    let _serial = serial().await;
+/// One simulated service at twice the CPU its 2 replicas want, scaled by
+/// target-tracking every second: the daemon built on `clock`, with the
+/// folders it uses (kept while they are).
+async fn one_busy_service(clock: Clock) -> (tempfile::TempDir, tempfile::TempDir, Daemon) {
     let policies = bundled();
     let state = tempfile::tempdir().unwrap();
     let text = config_text(
@@ -920,16 +873,105 @@ policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50
         policies.path(),
         &state.path().join("journal.db"),
     );
-    let config = Config::parse(&text, &state.path().join("panics.toml")).unwrap();
-    let mut daemon = Daemon::build(config, Clock::system()).await.unwrap();
-    let scaler = daemon.scalers_mut().next().unwrap();
-    let go_on = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let wrapped = PanicsOnce {
-        inner: scaler.actuator().clone(),
-        panicked: Default::default(),
-        go_on: go_on.clone(),
-    };
-    scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(wrapped)));
+    let config = Config::parse(&text, &state.path().join("busy.toml")).unwrap();
+    let daemon = Daemon::build(config, clock).await.unwrap();
+    (policies, state, daemon)
+}
+
+/// An actuator that is the one it wraps, but for what a test asks of it:
+/// its first observation panics (a bug in a tick), and the next waits for
+/// `go_on`; every clock jump it is told of is noted in `jumps`.
+#[derive(Debug)]
+struct Wrapped {
+    inner: std::sync::Arc<dyn scalewise::actuators::Actuator>,
+    /// Panic at the next observation (false once it did).
+    panic_first: std::sync::atomic::AtomicBool,
+    /// The observation after the panic is yet to come.
+    after_panic: std::sync::atomic::AtomicBool,
+    /// The observation after the panic waits for this (the test has seen
+    /// the panic in the status, which the next tick clears).
+    go_on: std::sync::Arc<tokio::sync::Semaphore>,
+    jumps: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl Wrapped {
+    /// `daemon`'s only scaler's actuator, wrapped: panicking first when
+    /// `panic_first`. Returns the wrapper's `go_on` and `jumps`.
+    #[allow(clippy::type_complexity)]
+    fn around(
+        daemon: &mut Daemon,
+        panic_first: bool,
+    ) -> (
+        std::sync::Arc<tokio::sync::Semaphore>,
+        std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+    ) {
+        let scaler = daemon.scalers_mut().next().unwrap();
+        let wrapped = Wrapped {
+            inner: scaler.actuator().clone(),
+            panic_first: panic_first.into(),
+            after_panic: false.into(),
+            go_on: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+            jumps: Default::default(),
+        };
+        let handles = (wrapped.go_on.clone(), wrapped.jumps.clone());
+        scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(wrapped)));
+        handles
+    }
+}
+
+#[async_trait::async_trait]
+impl scalewise::actuators::Actuator for Wrapped {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn target_name(&self) -> String {
+        self.inner.target_name()
+    }
+
+    async fn observe(
+        &self,
+        now_ms: i64,
+    ) -> Result<scalewise::actuators::Observed, scalewise::actuators::ActuatorError> {
+        if self
+            .panic_first
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.after_panic
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            panic!("a bug in an actuator");
+        }
+        if self
+            .after_panic
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let _ = self.go_on.acquire().await;
+        }
+        self.inner.observe(now_ms).await
+    }
+
+    async fn scale(
+        &self,
+        now_ms: i64,
+        current: u32,
+        desired: u32,
+    ) -> Result<scalewise::actuators::Actuation, scalewise::actuators::ActuatorError> {
+        self.inner.scale(now_ms, current, desired).await
+    }
+
+    async fn clock_jumped(&self, by_ms: i64) {
+        self.jumps.lock().unwrap().push(by_ms);
+    }
+}
+
+/// A tick that panics is caught: the scaler says so (status, log counter)
+/// and ticks on at its next slot, where it scales; it used to stop for
+/// good, its task gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_panics_holds_and_the_scaler_ticks_on() {
+    let _serial = serial().await;
+    let (_policies, _state, mut daemon) = one_busy_service(Clock::system()).await;
+    let (go_on, _) = Wrapped::around(&mut daemon, true);
     let telemetry = daemon.telemetry().clone();
     let handles = telemetry.scalers();
     let status = move || handles.load()["web"].status.load_full();
@@ -983,45 +1025,6 @@ fn moved_wall() -> i64 {
     scalewise::clock::wall_clock_ms() + WALL_MOVED_MS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// An actuator that notes every clock jump it is told of, and otherwise
-/// is the one it wraps.
-#[derive(Debug)]
-struct NotesJumps {
-    inner: std::sync::Arc<dyn scalewise::actuators::Actuator>,
-    jumps: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
-}
-
-#[async_trait::async_trait]
-impl scalewise::actuators::Actuator for NotesJumps {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn target_name(&self) -> String {
-        self.inner.target_name()
-    }
-
-    async fn observe(
-        &self,
-        now_ms: i64,
-    ) -> Result<scalewise::actuators::Observed, scalewise::actuators::ActuatorError> {
-        self.inner.observe(now_ms).await
-    }
-
-    async fn scale(
-        &self,
-        now_ms: i64,
-        current: u32,
-        desired: u32,
-    ) -> Result<scalewise::actuators::Actuation, scalewise::actuators::ActuatorError> {
-        self.inner.scale(now_ms, current, desired).await
-    }
-
-    async fn clock_jumped(&self, by_ms: i64) {
-        self.jumps.lock().unwrap().push(by_ms);
-    }
-}
-
 /// The wall clock moves an hour ahead under a running daemon (a suspend,
 /// NTP setting it): the scaler's actuator is told once, by the hour, so a
 /// change in flight does not count it; the tick lag does not count it
@@ -1029,42 +1032,8 @@ impl scalewise::actuators::Actuator for NotesJumps {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wall_clock_moving_ahead_is_told_to_the_actuator_once() {
     let _serial = serial().await;
-    let policies = bundled();
-    let state = tempfile::tempdir().unwrap();
-    let text = config_text(
-        r#"policy_dir = "{policies}"
-
-[journal]
-path = "{journal}"
-
-[simulations.web]
-capacity_per_replica = 100.0
-initial_replicas = 2
-load = { base = 100.0 }
-
-[[scalers]]
-name = "web"
-interval = "1s"
-min = 1
-max = 10
-target = { kind = "simulator", service = "web" }
-metrics.cpu = { source = "simulator", query = "cpu" }
-policies = [{ module = "target-tracking", params = { metric = "cpu", target = 50.0 } }]
-"#,
-        policies.path(),
-        &state.path().join("journal.db"),
-    );
-    let config = Config::parse(&text, &state.path().join("jump.toml")).unwrap();
-    let mut daemon = Daemon::build(config, Clock::keeping_to(moved_wall))
-        .await
-        .unwrap();
-    let scaler = daemon.scalers_mut().next().unwrap();
-    let jumps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let noting = NotesJumps {
-        inner: scaler.actuator().clone(),
-        jumps: jumps.clone(),
-    };
-    scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(noting)));
+    let (_policies, _state, mut daemon) = one_busy_service(Clock::keeping_to(moved_wall)).await;
+    let (_, jumps) = Wrapped::around(&mut daemon, false);
     let telemetry = daemon.telemetry().clone();
     let handles = telemetry.scalers();
     let ticks = move || handles.load()["web"].status.load().ticks;
