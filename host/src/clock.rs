@@ -117,10 +117,7 @@ impl Clock {
     /// The tokio instant at which this clock will read `at_ms` (if the
     /// wall clock does not move ahead meanwhile).
     pub fn instant_at(&self, at_ms: i64) -> Instant {
-        let ahead = self
-            .wall
-            .map_or(0, |tie| tie.ahead_ms.load(Ordering::Relaxed));
-        let sim_ms = (at_ms - ahead - self.origin_ms).max(0) as f64;
+        let sim_ms = (at_ms - self.moved_ahead_ms() - self.origin_ms).max(0) as f64;
         self.origin + Duration::from_secs_f64(sim_ms / self.speed / 1000.0)
     }
 
