@@ -544,8 +544,22 @@ async fn a_former_leader_stops_reporting_the_targets_replicas() {
             || text.contains("scalewise_replicas_current{scaler=\"web\"}")
             || text.contains("scalewise_last_tick_timestamp_seconds{scaler=\"web\"}")
     };
-    let metrics = get_text(&a, "/metrics").await;
-    assert!(reports(&metrics), "{metrics}");
+    // The tick that scaled sets the gauges once its record is written,
+    // after the target was patched.
+    wait_until(
+        "a to report the target",
+        Duration::from_secs(30),
+        || async {
+            let metrics = get_text(&a, "/metrics").await;
+            if reports(&metrics) {
+                Ok(())
+            } else {
+                Err(metrics)
+            }
+        },
+    )
+    .await
+    .unwrap();
 
     kube.fail_leases(Some(StatusCode::INTERNAL_SERVER_ERROR));
     wait_until("a to follow", Duration::from_secs(30), || async {
