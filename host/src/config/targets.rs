@@ -71,37 +71,42 @@ impl Config {
                 owners.insert(claim.key, i);
                 continue;
             };
-            let filled = match target {
-                TargetConfig::Kubernetes(t) if t.namespace.is_none() => defaults
-                    .namespace
-                    .as_ref()
-                    .map(|ns| format!(" (namespace {ns:?}, the Kubernetes client's default)")),
-                TargetConfig::AwsAsg(t) if t.region.is_none() => defaults
-                    .region
-                    .as_ref()
-                    .map(|r| format!(" (region {r:?}, the AWS SDK's default)")),
-                _ => None,
-            };
-            let first_filled = match self.scalers[first].get_ref().target.get_ref() {
-                TargetConfig::Kubernetes(t) if t.namespace.is_none() => {
-                    " (its namespace left to the default)"
-                }
-                TargetConfig::AwsAsg(t) if t.region.is_none() => {
-                    " (its region left to the default)"
-                }
-                _ => "",
-            };
+            let filled = left_to_default(target, defaults)
+                .and_then(|(field, value, whose)| Some(format!(" ({field} {:?}, {whose})", value?)))
+                .unwrap_or_default();
+            let first_filled =
+                left_to_default(self.scalers[first].get_ref().target.get_ref(), defaults)
+                    .map(|(field, ..)| format!(" (its {field} left to the default)"))
+                    .unwrap_or_default();
             problems.push(doc.value_problem(
                 &keys!["scalers", i, "target", claim.field],
                 format!(
-                    "{}{} is already scaled by scalers[{first}]{first_filled}; two scalers on one \
-                     target would fight",
+                    "{}{filled} is already scaled by scalers[{first}]{first_filled}; two scalers \
+                     on one target would fight",
                     claim.what,
-                    filled.unwrap_or_default()
                 ),
             ));
         }
         into_result(problems)
+    }
+}
+
+/// What `target` leaves to its client's default, if anything: the field,
+/// the default `defaults` know for it, and whose default it is.
+fn left_to_default<'a>(
+    target: &TargetConfig,
+    defaults: &'a TargetDefaults,
+) -> Option<(&'static str, Option<&'a String>, &'static str)> {
+    match target {
+        TargetConfig::Kubernetes(t) if t.namespace.is_none() => Some((
+            "namespace",
+            defaults.namespace.as_ref(),
+            "the Kubernetes client's default",
+        )),
+        TargetConfig::AwsAsg(t) if t.region.is_none() => {
+            Some(("region", defaults.region.as_ref(), "the AWS SDK's default"))
+        }
+        _ => None,
     }
 }
 
