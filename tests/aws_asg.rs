@@ -503,7 +503,9 @@ async fn a_restart_mid_drain_finds_the_group_unchanged() {
 /// What a restarted daemon does with the scale-in its journal kept: the
 /// same victim is drained on and terminated, whatever is decided after the
 /// restart; a scale-in saved for another group, or too old to carry on, is
-/// not resumed and says why.
+/// not resumed and says why. The region is compared where the calls go:
+/// saved by a target that left it to the default, the scale-in carries on
+/// under one that names that region, not under one that names another.
 #[tokio::test]
 async fn a_saved_scale_in_is_carried_on_after_a_restart() {
     let moto = moto().await;
@@ -513,13 +515,46 @@ async fn a_saved_scale_in_is_carried_on_after_a_restart() {
         drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
         ..settings("resume")
     };
-    let first = actuator(moto, with_webhook.clone()).await;
+    let defaulted = AwsAsgTarget {
+        region: None,
+        ..with_webhook.clone()
+    };
+    let first = actuator(moto, defaulted.clone()).await;
     assert_eq!(first.saved_in_flight().await, None, "nothing in flight");
     first.scale(T0, 3, 2).await.unwrap();
     let victim = drainer.instance_ids().into_iter().next().unwrap();
     let saved = first.saved_in_flight().await.expect("a scale-in to keep");
     assert!(saved.to_string().contains(&victim), "{saved}");
+    assert_eq!(saved["region"], scalewise_tests::moto::REGION, "{saved}");
     drop(first);
+
+    // The default region written out, or still left out: the same group.
+    for settings in [with_webhook.clone(), defaulted] {
+        let restarted = actuator(moto, settings).await;
+        restarted
+            .restore_in_flight(T0 + 60 * SECOND, saved.clone())
+            .await
+            .unwrap();
+    }
+    let elsewhere = actuator(
+        moto,
+        AwsAsgTarget {
+            region: Some("eu-west-1".into()),
+            ..with_webhook.clone()
+        },
+    )
+    .await;
+    let why = elsewhere
+        .restore_in_flight(T0 + 60 * SECOND, saved.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains(&format!(
+            "saved for Auto Scaling group \"resume\" in {}",
+            scalewise_tests::moto::REGION
+        )),
+        "{why}"
+    );
 
     // Not resumed: another group's, or one past drain_timeout (5m) and the
     // 5 minutes of termination retries.

@@ -351,6 +351,61 @@ async fn crash_mid_drain_then_restart(kube: Option<&scalewise_tests::fake_kube::
     daemon.stop().unwrap();
 }
 
+/// A reload that writes out the region the group was left to (the SDK's
+/// default, from AWS_REGION) is the same group: the drain in flight is
+/// handed over to the new settings and ends in the victims' termination,
+/// though the reloaded policy now holds. (Counted as another group, the
+/// drain was dropped and the victims stayed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_names_the_default_region_carries_the_drain_on() {
+    let (moto, drainer, dir) = setup("named", 5).await;
+    let webhook = drainer.url().to_owned();
+    let log = || log_in(dir.path());
+    let daemon = start(dir.path(), &config(&moto, "named", 3, "enforce", &webhook));
+    api_shows_a_drain(&daemon, "named").await;
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 2, "{victims:?}");
+
+    let named = config(&moto, "named", 5, "enforce", &webhook).replace(
+        "group = \"named\"\n",
+        &format!("group = \"named\"\nregion = \"{REGION}\"\n"),
+    );
+    assert!(named.contains("region = "), "{named}");
+    std::fs::write(dir.path().join("scalewise.toml"), named).unwrap();
+    daemon.signal("HUP").unwrap();
+    wait_until("the drain handed over", Duration::from_secs(60), || async {
+        match log() {
+            l if l.contains("The reloaded target settings carry on with the change in flight.") => {
+                Ok(())
+            }
+            l => Err(l),
+        }
+    })
+    .await
+    .unwrap();
+    drainer.answer(StatusCode::OK);
+    wait_until(
+        "the victims terminated",
+        Duration::from_secs(60),
+        || async {
+            let ids: BTreeSet<String> = moto
+                .instance_ids("named")
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+            if ids.is_disjoint(&victims) {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}\n{}", log()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    daemon.stop().unwrap();
+}
+
 /// Three groups of one region and endpoint through one AWS client: the
 /// profile's `credential_process` (as an SSO or Vault helper is set up)
 /// runs once for the process, not once per group.

@@ -39,8 +39,8 @@ use crate::actuators::simulator::SimulatorActuator;
 use crate::api::{self, ApiAccess, AppState};
 use crate::clock::{Clock, wall_clock_ms};
 use crate::config::{
-    Config, ConfigError, Fingerprint, MetricConfig, NotificationConfig, SIMULATOR_SOURCE,
-    ScalerConfig, SourceConfig, TargetConfig, TargetDefaults, toml_to_json,
+    Config, ConfigError, DefaultsNeeded, Fingerprint, MetricConfig, NotificationConfig,
+    SIMULATOR_SOURCE, ScalerConfig, SourceConfig, TargetConfig, TargetDefaults, toml_to_json,
 };
 use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
 use crate::leader::{Elector, Leadership, Pauses, RecordError};
@@ -290,7 +290,8 @@ impl Daemon {
             tracing::warn!(%warning, "The config has a value that may not work as intended; starting anyway.");
         }
         let clients = TargetClients::default();
-        config.check_resolved_targets(&target_defaults(&config, &clients).await)?;
+        let defaults = target_defaults(&config, DefaultsNeeded::default(), &clients).await;
+        config.check_resolved_targets(&defaults)?;
         let telemetry = Arc::new(Telemetry::new());
         let mut limits = config.runtime.clone();
         if limits.cache_dir.is_none() {
@@ -814,9 +815,31 @@ impl Daemon {
         .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")));
         let result = match loaded {
             Ok(Ok(config)) => {
-                match config.check_resolved_targets(&target_defaults(&config, &self.clients).await)
+                // A target that now names the default it left out (or the
+                // other way round) is the same target if the default is
+                // what it names: its change in flight is handed over.
+                let running = self.applied.load_full();
+                let compare = config
+                    .scalers
+                    .iter()
+                    .filter_map(|s| {
+                        let s = s.get_ref();
+                        let before = running.scalers.get(s.name.get_ref().as_str())?;
+                        Some(before.defaults_to_compare(s.target.get_ref()))
+                    })
+                    .fold(DefaultsNeeded::default(), DefaultsNeeded::or);
+                let defaults = target_defaults(&config, compare, &self.clients).await;
+                if (compare.namespace && defaults.namespace.is_none())
+                    || (compare.region && defaults.region.is_none())
                 {
-                    Ok(()) => self.apply_config(config, set).await,
+                    tracing::warn!(
+                        "A reloaded target names the namespace or region it left to the default \
+                         (or the other way round), and the default could not be found: it counts \
+                         as another target, and a change in flight is not handed over."
+                    );
+                }
+                match config.check_resolved_targets(&defaults) {
+                    Ok(()) => self.apply_config(config, &defaults, set).await,
                     Err(err) => Err(err.into()),
                 }
             }
@@ -987,6 +1010,7 @@ impl Daemon {
     async fn apply_config(
         &mut self,
         config: Config,
+        defaults: &TargetDefaults,
         set: &mut ScalerSet,
     ) -> Result<Option<ApplySummary>, DaemonError> {
         let running = self.applied.load_full();
@@ -1112,7 +1136,7 @@ impl Daemon {
                                 .map_err(hint)?,
                         )
                     };
-                    let same_target = before.claim == next.claim;
+                    let same_target = before.same_target(scaler_config.target.get_ref(), defaults);
                     changed.push((
                         spec,
                         actuator,
@@ -1957,11 +1981,17 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
 
 /// The defaults `config`'s targets leave out (the Kubernetes client's
 /// namespace, the AWS SDK's region), looked up only where two targets could
-/// be one ([`Config::defaults_needed`]), and logged when they cannot be
-/// found (the check then cannot tell).
-async fn target_defaults(config: &Config, clients: &TargetClients) -> TargetDefaults {
-    let (defaults, unknown) = find_target_defaults(config, Some(clients), true).await;
-    for what in unknown {
+/// be one ([`Config::defaults_needed`]) or `also` asks, and logged when two
+/// targets could be one but the default cannot be found (the check then
+/// cannot tell).
+async fn target_defaults(
+    config: &Config,
+    also: DefaultsNeeded,
+    clients: &TargetClients,
+) -> TargetDefaults {
+    let pairs = config.defaults_needed();
+    let defaults = find_target_defaults(pairs.or(also), Some(clients), true).await;
+    for what in unknown_defaults(pairs, &defaults) {
         tracing::warn!(
             "Two scalers may scale one target: {what}. Name it on both targets to be sure."
         );
@@ -1969,73 +1999,77 @@ async fn target_defaults(config: &Config, clients: &TargetClients) -> TargetDefa
     defaults
 }
 
-/// The defaults `config`'s targets leave out, where two targets could be
-/// one, and what could not be found, in words. The namespace is the built
+/// The defaults `needed` asks for, those found. The namespace is the built
 /// Kubernetes client's (the one the targets use), else the client
 /// configuration's (local files: kubeconfig, the pod's service account).
-/// The region is the AWS SDK's from the environment and profile, and with
-/// `ask_instance_metadata` from the instance metadata service too (at most
-/// 5 s: it does not answer off EC2).
+/// The region is a built default-region AWS client's, else the AWS SDK's
+/// from the environment and profile, and with `ask_instance_metadata` from
+/// the instance metadata service too (at most 5 s: it does not answer off
+/// EC2).
 pub(crate) async fn find_target_defaults(
-    config: &Config,
+    needed: DefaultsNeeded,
     clients: Option<&TargetClients>,
     ask_instance_metadata: bool,
-) -> (TargetDefaults, Vec<String>) {
-    let needed = config.defaults_needed();
-    let mut unknown = Vec::new();
+) -> TargetDefaults {
     let namespace = match needed.namespace {
-        true => {
-            let found = match clients.and_then(TargetClients::kube_namespace) {
-                Some(namespace) => Some(namespace),
-                None => kube::Config::infer()
-                    .await
-                    .ok()
-                    .map(|c| c.default_namespace),
-            };
-            if found.is_none() {
-                unknown.push(
-                    "a Kubernetes target names its namespace and another of the same name leaves \
-                     it to the client's default, which could not be found"
-                        .to_owned(),
-                );
-            }
-            found
-        }
-        false => None,
-    };
-    let region = match needed.region {
-        true => {
-            let found = match ask_instance_metadata {
-                true => tokio::time::timeout(
-                    Duration::from_secs(5),
-                    aws_config::default_provider::region::DefaultRegionChain::builder()
-                        .build()
-                        .region(),
-                )
+        true => match clients.and_then(TargetClients::kube_namespace) {
+            Some(namespace) => Some(namespace),
+            None => kube::Config::infer()
                 .await
                 .ok()
-                .flatten(),
-                false => {
-                    aws_config::meta::region::RegionProviderChain::first_try(
-                        aws_config::environment::EnvironmentVariableRegionProvider::new(),
-                    )
-                    .or_else(aws_config::profile::ProfileFileRegionProvider::new())
-                    .region()
-                    .await
-                }
-            };
-            if found.is_none() {
-                unknown.push(
-                    "an Auto Scaling target names its region and another of the same group \
-                     leaves it to the AWS SDK's default, which could not be found"
-                        .to_owned(),
-                );
-            }
-            found.map(|r| r.to_string())
-        }
+                .map(|c| c.default_namespace),
+        },
         false => None,
     };
-    (TargetDefaults { namespace, region }, unknown)
+    let region = match (
+        needed.region,
+        clients.and_then(TargetClients::aws_default_region),
+    ) {
+        (false, _) => None,
+        (true, Some(region)) => Some(region),
+        (true, None) => match ask_instance_metadata {
+            true => tokio::time::timeout(
+                Duration::from_secs(5),
+                aws_config::default_provider::region::DefaultRegionChain::builder()
+                    .build()
+                    .region(),
+            )
+            .await
+            .ok()
+            .flatten(),
+            false => {
+                aws_config::meta::region::RegionProviderChain::first_try(
+                    aws_config::environment::EnvironmentVariableRegionProvider::new(),
+                )
+                .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+                .region()
+                .await
+            }
+        }
+        .map(|r| r.to_string()),
+    };
+    TargetDefaults { namespace, region }
+}
+
+/// What `pairs` ([`Config::defaults_needed`]) needed and `defaults` lack,
+/// in words: where two targets could be one and the check cannot tell.
+pub(crate) fn unknown_defaults(pairs: DefaultsNeeded, defaults: &TargetDefaults) -> Vec<String> {
+    let mut unknown = Vec::new();
+    if pairs.namespace && defaults.namespace.is_none() {
+        unknown.push(
+            "a Kubernetes target names its namespace and another of the same name leaves it to \
+             the client's default, which could not be found"
+                .to_owned(),
+        );
+    }
+    if pairs.region && defaults.region.is_none() {
+        unknown.push(
+            "an Auto Scaling target names its region and another of the same group leaves it \
+             to the AWS SDK's default, which could not be found"
+                .to_owned(),
+        );
+    }
+    unknown
 }
 
 fn build_actuator(

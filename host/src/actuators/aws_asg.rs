@@ -134,6 +134,9 @@ struct Victim {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedScaleIn {
     group: String,
+    /// The region its calls went to: the target's, else the SDK's default
+    /// then (`None` in records written before the default was kept, or
+    /// when no client was built).
     region: Option<String>,
     endpoint: Option<String>,
     scale_in: ScaleIn,
@@ -172,6 +175,11 @@ impl AwsAsgActuator {
             client: Arc::new(Lazy::ready(client)),
             draining: Mutex::new(None),
         })
+    }
+
+    /// The region the built client calls, if it is built.
+    fn built_region(&self) -> Option<String> {
+        Some(self.client.get()?.config().region()?.to_string())
     }
 
     async fn client(&self) -> Result<&Client, ActuatorError> {
@@ -952,7 +960,7 @@ impl Actuator for AwsAsgActuator {
         let draining = self.draining.lock().await;
         let saved = SavedScaleIn {
             group: self.settings.group.clone(),
-            region: self.settings.region.clone(),
+            region: self.settings.region.clone().or_else(|| self.built_region()),
             endpoint: self.settings.endpoint.clone(),
             scale_in: draining.as_ref()?.clone(),
         };
@@ -967,8 +975,24 @@ impl Actuator for AwsAsgActuator {
         let saved: SavedScaleIn = serde_json::from_value(saved)
             .map_err(|e| format!("the saved change does not read as a scale-in ({e})"))?;
         let settings = &self.settings;
-        if (&saved.group, &saved.region, &saved.endpoint)
-            != (&settings.group, &settings.region, &settings.endpoint)
+        // Compared where the calls go: a target that now names the region
+        // it left to the default (or the other way round) is the same
+        // group if the default is that region. A record without its
+        // region was saved for the default then, taken to be today's.
+        let here = match &settings.region {
+            Some(region) => Some(region.clone()),
+            None => {
+                self.client().await.map_err(|e| {
+                    format!("the region it was saved for cannot be compared with this one's ({e})")
+                })?;
+                self.built_region()
+            }
+        };
+        let there = match (&saved.region, &settings.region) {
+            (None, None) => here.clone(),
+            (saved, _) => saved.clone(),
+        };
+        if (&saved.group, &saved.endpoint) != (&settings.group, &settings.endpoint) || there != here
         {
             return Err(format!(
                 "it was saved for Auto Scaling group {:?}{}, not this scaler's target",

@@ -150,6 +150,16 @@ impl TargetClients {
         let mut clients = self.aws.lock().unwrap_or_else(|e| e.into_inner());
         clients.entry(key).or_default().clone()
     }
+
+    /// The region a built AWS client of targets that leave `region` out
+    /// calls, if one is built: the SDK's default as it was found then.
+    pub fn aws_default_region(&self) -> Option<String> {
+        let clients = self.aws.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .iter()
+            .filter(|((region, _), _)| region.is_none())
+            .find_map(|(_, cell)| Some(cell.get()?.config().region()?.to_string()))
+    }
 }
 
 /// The client in `cell`, built now from the environment as `kubectl`'s is

@@ -95,12 +95,13 @@ pub fn check_config(
     // daemon refuses them: the namespace from the client configuration,
     // the region from the environment and the AWS profile (local files;
     // the instance metadata service is not asked).
-    let (defaults, unknown) = tokio::runtime::Builder::new_current_thread()
+    let needed = config.defaults_needed();
+    let defaults = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(crate::daemon::find_target_defaults(&config, None, false));
+        .block_on(crate::daemon::find_target_defaults(needed, None, false));
     problems += report(err, config.check_resolved_targets(&defaults))?;
-    for what in unknown {
+    for what in crate::daemon::unknown_defaults(needed, &defaults) {
         writeln!(
             err,
             "warning: two scalers may scale one target: {what}; name it on both targets to be sure"

@@ -23,6 +23,49 @@ pub struct DefaultsNeeded {
     pub region: bool,
 }
 
+impl DefaultsNeeded {
+    /// What either needs.
+    pub fn or(self, other: DefaultsNeeded) -> DefaultsNeeded {
+        DefaultsNeeded {
+            namespace: self.namespace || other.namespace,
+            region: self.region || other.region,
+        }
+    }
+
+    /// Whether nothing is needed.
+    pub fn none(self) -> bool {
+        self == DefaultsNeeded::default()
+    }
+}
+
+impl TargetConfig {
+    /// [`TargetConfig::claim`]'s key with what the target could leave to a
+    /// default (a namespace, a region) left out, named or not: two targets
+    /// with the same loose key are one, or differ only there.
+    pub fn loose_key(&self) -> String {
+        self.loosened().claim().key
+    }
+
+    /// This target with what it could leave to a default left out.
+    pub fn loosened(&self) -> TargetConfig {
+        let mut loose = self.clone();
+        match &mut loose {
+            TargetConfig::Kubernetes(t) => t.namespace = None,
+            TargetConfig::AwsAsg(t) => t.region = None,
+            TargetConfig::Simulator { .. } | TargetConfig::Rebalance(_) => {}
+        }
+        loose
+    }
+
+    /// The default this kind of target may leave out.
+    pub fn defaultable(&self) -> DefaultsNeeded {
+        DefaultsNeeded {
+            namespace: matches!(self, TargetConfig::Kubernetes(_)),
+            region: matches!(self, TargetConfig::AwsAsg(_)),
+        }
+    }
+}
+
 impl Config {
     /// The defaults [`Config::check_resolved_targets`] needs to know.
     pub fn defaults_needed(&self) -> DefaultsNeeded {
