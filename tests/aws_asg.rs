@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use scalewise::actuators::aws_asg::AwsAsgActuator;
+use scalewise::actuators::aws_asg::{AwsAsgActuator, UNDRAIN_PATIENCE};
 use scalewise::actuators::{Actuation, Actuator, ActuatorError};
 use scalewise::config::{self, AwsAsgTarget};
 use scalewise_tests::moto::{DrainWebhook, MotoServer, client_for};
@@ -31,6 +31,7 @@ fn settings(group: &str) -> AwsAsgTarget {
         endpoint: None,
         protect_instances: true,
         drain_webhook: None,
+        undrain_webhook: None,
         drain_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(300),
     }
@@ -266,6 +267,130 @@ async fn observing_only_leaves_a_drain_where_it_is() {
     let observed = asg.observe(T0 + 61 * SECOND).await.unwrap();
     assert!(observed.in_flight.is_none());
     assert_eq!(moto.instance_ids("held").await.unwrap().len(), 2);
+}
+
+/// A victim the drain webhook was asked about that is then given up (here:
+/// the group's desired capacity changed while the scaler was paused) is
+/// offered to the undrain webhook at the end of the tick, again at each
+/// tick while it fails, and no more once it answers 2xx; a scale-in given
+/// up without an undrain webhook calls nothing.
+#[tokio::test]
+async fn a_drained_victim_given_up_is_undrained() {
+    let moto = moto().await;
+    let drainer = DrainWebhook::start(StatusCode::OK).await.unwrap();
+    let undrainer = DrainWebhook::start(StatusCode::SERVICE_UNAVAILABLE)
+        .await
+        .unwrap();
+    // Drained at once, terminated only after drain_delay: given up between.
+    let target = |group: &str, undrain: bool| AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        undrain_webhook: undrain
+            .then(|| config::DrainWebhook::at(undrainer.url().to_owned()).into()),
+        drain_delay: Duration::from_secs(60),
+        ..settings(group)
+    };
+    let give_up = |asg: AwsAsgActuator, group: &'static str| async move {
+        moto.create_group(group, 3).await.unwrap();
+        asg.scale(T0, 3, 2).await.unwrap();
+        asg.observe_only(T0 + 10 * SECOND).await.unwrap();
+        moto.client()
+            .set_desired_capacity()
+            .auto_scaling_group_name(group)
+            .desired_capacity(4)
+            .send()
+            .await
+            .unwrap();
+        let observed = asg.observe(T0 + 20 * SECOND).await.unwrap();
+        assert!(observed.in_flight.is_none(), "given up: {observed:?}");
+        asg
+    };
+
+    let asg = give_up(actuator(moto, target("undrain", true)).await, "undrain").await;
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    assert_eq!(
+        undrainer.instance_ids(),
+        victims,
+        "asked in the giving-up tick"
+    );
+    assert_eq!(undrainer.calls()[0]["group"], "undrain");
+    let running = moto.instance_ids("undrain").await.unwrap();
+    assert!(
+        victims.iter().all(|v| running.contains(v)),
+        "it stays in service"
+    );
+    asg.observe(T0 + 30 * SECOND).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 2, "asked again while it fails");
+    undrainer.answer(StatusCode::OK);
+    asg.observe(T0 + 40 * SECOND).await.unwrap();
+    asg.observe(T0 + 50 * SECOND).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 3, "done once it answers 200");
+
+    undrainer.clear();
+    drainer.clear();
+    give_up(
+        actuator(moto, target("no-undrain", false)).await,
+        "no-undrain",
+    )
+    .await;
+    assert_eq!(drainer.calls().len(), 1);
+    assert!(undrainer.calls().is_empty(), "{:?}", undrainer.calls());
+}
+
+/// An undrain for a victim chosen again is dropped (the new drain is not
+/// undone), and one the webhook keeps failing is given up after
+/// UNDRAIN_PATIENCE. Here the victims are given up by a restart that comes
+/// too late to carry their scale-in on.
+#[tokio::test]
+async fn an_undrain_never_undoes_a_new_drain_and_gives_up_in_time() {
+    let moto = moto().await;
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let undrainer = DrainWebhook::start(StatusCode::SERVICE_UNAVAILABLE)
+        .await
+        .unwrap();
+    moto.create_group("again", 3).await.unwrap();
+    let target = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        undrain_webhook: Some(config::DrainWebhook::at(undrainer.url().to_owned()).into()),
+        ..settings("again")
+    };
+    let first = actuator(moto, target.clone()).await;
+    first.scale(T0, 3, 2).await.unwrap();
+    let saved = first.saved_in_flight().await.unwrap();
+    drop(first);
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    // Past drain_timeout (5m) and the 5 minutes of retries.
+    let late = T0 + 700 * SECOND;
+
+    // Given up, then chosen again by the next scale-in (a stable order).
+    let second = actuator(moto, target.clone()).await;
+    second
+        .restore_in_flight(late, saved.clone())
+        .await
+        .unwrap_err();
+    drainer.clear();
+    second.scale(late, 3, 2).await.unwrap();
+    assert_eq!(drainer.instance_ids(), victims, "chosen again");
+    second.observe(late + 10 * SECOND).await.unwrap();
+    assert!(undrainer.calls().is_empty(), "{:?}", undrainer.calls());
+
+    // Given up, never answered.
+    let third = actuator(moto, target).await;
+    third.restore_in_flight(late, saved).await.unwrap_err();
+    let patience = UNDRAIN_PATIENCE.as_millis() as i64;
+    third.observe(late).await.unwrap();
+    assert_eq!(undrainer.instance_ids(), victims);
+    third.observe(late + patience - SECOND).await.unwrap();
+    assert_eq!(
+        undrainer.calls().len(),
+        2,
+        "asked again within its patience"
+    );
+    third.observe(late + patience).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 3, "the last try");
+    third.observe(late + patience + 10 * SECOND).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 3, "given up");
 }
 
 /// The time a drain spends held (a paused or dry-run scaler) does not count

@@ -670,15 +670,19 @@ impl Config {
                         [&mut t.ca_file, &mut t.client_cert, &mut t.client_key],
                     );
                 }
-                TargetConfig::AwsAsg(AwsAsgTarget {
-                    drain_webhook: Some(w),
-                    ..
-                }) => resolve_auth(
-                    &resolve,
-                    &mut w.bearer_token,
-                    &mut w.headers,
-                    [&mut w.ca_file, &mut w.client_cert, &mut w.client_key],
-                ),
+                TargetConfig::AwsAsg(t) => {
+                    for w in [t.drain_webhook.as_mut(), t.undrain_webhook.as_deref_mut()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        resolve_auth(
+                            &resolve,
+                            &mut w.bearer_token,
+                            &mut w.headers,
+                            [&mut w.ca_file, &mut w.client_cert, &mut w.client_key],
+                        );
+                    }
+                }
                 _ => {}
             }
         }
@@ -1640,6 +1644,13 @@ pub struct AwsAsgTarget {
     /// A URL, or a table with the URL and its credentials.
     #[serde(default, deserialize_with = "drain_webhook")]
     pub drain_webhook: Option<DrainWebhook>,
+    /// POSTed the same body for each victim the drain webhook was asked
+    /// about that is then given up and stays in service (its termination
+    /// refused, the scale-in given up), so it takes work again; asked every
+    /// tick until it answers 2xx, for at most 10 minutes. Needs
+    /// `drain_webhook`. The same forms.
+    #[serde(default, deserialize_with = "undrain_webhook")]
+    pub undrain_webhook: Option<Box<DrainWebhook>>,
     /// The least time between choosing a victim and terminating it.
     #[serde(default, with = "humantime_serde")]
     pub drain_delay: Duration,
@@ -1702,6 +1713,13 @@ impl DrainWebhook {
             ..DrainWebhook::default()
         }
     }
+}
+
+/// `undrain_webhook`: as `drain_webhook`, boxed (few targets have one).
+fn undrain_webhook<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<DrainWebhook>>, D::Error> {
+    Ok(drain_webhook(d)?.map(Box::new))
 }
 
 /// `drain_webhook`: a URL, or a [`DrainWebhook`] table.

@@ -46,6 +46,14 @@
 //! its delay and timeout. The drain webhook may be called again for the
 //! same instance after a restart and must be idempotent.
 //!
+//! A victim given up that the drain webhook was asked about stays in
+//! service drained, serving nothing, unless something undoes the drain:
+//! with an `undrain_webhook`, it is POSTed the same body at the end of each
+//! tick until it answers 2xx, for at most [`UNDRAIN_PATIENCE`] (an instance
+//! chosen again meanwhile is not undrained). Pending undrains are not
+//! journaled: a restart, or a reload that changes the target's settings,
+//! forgets them.
+//!
 //! With `protect_instances` (the default) every scale call also protects the
 //! group's in-service instances from scale-in and sets the group's
 //! `NewInstancesProtectedFromScaleIn`, so nothing but Scalewise picks a
@@ -76,6 +84,8 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const TERMINATE_GRACE: Duration = Duration::from_secs(300);
 /// The most instances one `SetInstanceProtection` call takes.
 const PROTECTION_BATCH: usize = 50;
+/// How long a victim given up is offered to the undrain webhook.
+pub const UNDRAIN_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Scales one Auto Scaling group.
 #[derive(Debug)]
@@ -87,7 +97,20 @@ pub struct AwsAsgActuator {
     client: SharedClient<Client>,
     /// The drain webhook's client, with its credentials.
     drain: Option<AuthedClient>,
+    /// The undrain webhook's client, with its credentials.
+    undrain: Option<AuthedClient>,
     draining: Mutex<Option<ScaleIn>>,
+    /// Victims given up that the undrain webhook has not yet taken.
+    undrains: std::sync::Mutex<Vec<Undrain>>,
+}
+
+/// A victim given up after the drain webhook was asked about it.
+#[derive(Debug, Clone)]
+struct Undrain {
+    id: String,
+    zone: String,
+    /// When it was given up, by the tick's clock.
+    since_ms: i64,
 }
 
 /// A scale-in in progress.
@@ -124,6 +147,9 @@ struct Victim {
     zone: String,
     /// The webhook answered 200 (or there is no webhook).
     drained: bool,
+    /// The drain webhook was called about it (whatever it answered).
+    #[serde(default)]
+    asked: bool,
     /// What the last drain or termination attempt said.
     note: String,
     terminated: bool,
@@ -160,9 +186,11 @@ impl AwsAsgActuator {
     pub fn new(settings: AwsAsgTarget, clients: &TargetClients) -> Result<Self, String> {
         Ok(AwsAsgActuator {
             drain: drain_client(&settings)?,
+            undrain: undrain_client(&settings)?,
             client: clients.aws_cell(settings.region.as_deref(), settings.endpoint.as_deref()),
             settings,
             draining: Mutex::new(None),
+            undrains: Default::default(),
         })
     }
 
@@ -171,9 +199,11 @@ impl AwsAsgActuator {
     pub fn with_client(settings: AwsAsgTarget, client: Client) -> Result<Self, String> {
         Ok(AwsAsgActuator {
             drain: drain_client(&settings)?,
+            undrain: undrain_client(&settings)?,
             settings,
             client: Arc::new(Lazy::ready(client)),
             draining: Mutex::new(None),
+            undrains: Default::default(),
         })
     }
 
@@ -334,11 +364,12 @@ impl AwsAsgActuator {
                         victim.note.push_str("; terminated");
                     }
                 }
-                Err(Refusal::Final(e)) => self.give_up(victim, &e.to_string()).await,
+                Err(Refusal::Final(e)) => self.give_up(now_ms, victim, &e.to_string()).await,
                 Err(Refusal::Retry(e))
                     if elapsed >= self.settings.drain_timeout.saturating_add(TERMINATE_GRACE) =>
                 {
                     self.give_up(
+                        now_ms,
                         victim,
                         &format!(
                             "still failing after {}: {e}",
@@ -362,12 +393,15 @@ impl AwsAsgActuator {
             victim.note = "waiting out the drain delay".into();
             return;
         };
-        let body = serde_json::json!({
-            "group": self.settings.group,
-            "instance_id": victim.id,
-            "availability_zone": victim.zone,
-        });
-        match http.post(&webhook.url).json(&body).send().await {
+        // Chosen again: an undrain still pending would undo this drain.
+        self.lock_undrains().retain(|u| u.id != victim.id);
+        victim.asked = true;
+        match http
+            .post(&webhook.url)
+            .json(&self.webhook_body(&victim.id, &victim.zone))
+            .send()
+            .await
+        {
             Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
                 victim.drained = true;
                 victim.note = "drained".into();
@@ -455,10 +489,81 @@ impl AwsAsgActuator {
         Ok(())
     }
 
+    /// What the drain and undrain webhooks are POSTed about an instance.
+    fn webhook_body(&self, id: &str, zone: &str) -> serde_json::Value {
+        serde_json::json!({
+            "group": self.settings.group,
+            "instance_id": id,
+            "availability_zone": zone,
+        })
+    }
+
+    fn lock_undrains(&self) -> std::sync::MutexGuard<'_, Vec<Undrain>> {
+        self.undrains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers `victims` given up to the undrain webhook, those the drain
+    /// webhook was asked about.
+    fn undrain_later<'a>(&self, now_ms: i64, victims: impl IntoIterator<Item = &'a Victim>) {
+        if self.undrain.is_none() {
+            return;
+        }
+        let mut undrains = self.lock_undrains();
+        for victim in victims.into_iter().filter(|v| v.asked) {
+            if !undrains.iter().any(|u| u.id == victim.id) {
+                undrains.push(Undrain {
+                    id: victim.id.clone(),
+                    zone: victim.zone.clone(),
+                    since_ms: now_ms,
+                });
+            }
+        }
+    }
+
+    /// Calls the undrain webhook once for each victim waiting for it; one
+    /// that answers 2xx, or has waited [`UNDRAIN_PATIENCE`], is done.
+    async fn deliver_undrains(&self, now_ms: i64) {
+        let (Some(webhook), Some(http)) = (&self.settings.undrain_webhook, &self.undrain) else {
+            return;
+        };
+        let pending = self.lock_undrains().clone();
+        for undrain in pending {
+            let failure = match http
+                .post(&webhook.url)
+                .json(&self.webhook_body(&undrain.id, &undrain.zone))
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status().is_success() => None,
+                Ok(resp) => Some(format!("it answered {}", resp.status())),
+                Err(e) => Some(crate::outbound::causes(&e)),
+            };
+            let waited = Duration::from_millis((now_ms - undrain.since_ms).max(0) as u64);
+            match failure {
+                None => tracing::info!(
+                    group = %self.settings.group,
+                    instance = %undrain.id,
+                    "The undrain webhook took a victim given up back into service."
+                ),
+                Some(why) if waited < UNDRAIN_PATIENCE => {
+                    tracing::debug!(group = %self.settings.group, instance = %undrain.id, %why, "The undrain webhook failed; asking again next tick.");
+                    continue;
+                }
+                Some(why) => tracing::warn!(
+                    group = %self.settings.group,
+                    instance = %undrain.id,
+                    "The undrain webhook failed for {} ({why}); the instance stays in service drained: undo its drain by hand.",
+                    humantime::format_duration(UNDRAIN_PATIENCE)
+                ),
+            }
+            self.lock_undrains().retain(|u| u.id != undrain.id);
+        }
+    }
+
     /// Stops trying to terminate `victim`: it stays in service, protected
     /// again, and the change ends when the other victims are done; the
     /// next tick decides again from the group as it is.
-    async fn give_up(&self, victim: &mut Victim, why: &str) {
+    async fn give_up(&self, now_ms: i64, victim: &mut Victim, why: &str) {
         tracing::warn!(
             group = %self.settings.group,
             instance = %victim.id,
@@ -474,6 +579,7 @@ impl AwsAsgActuator {
         }
         victim.terminated = true;
         victim.note = format!("not terminated: {why}");
+        self.undrain_later(now_ms, [&*victim]);
     }
 
     /// Whether `scale_in`, frozen (a paused or dry-run scaler) or resumed
@@ -538,6 +644,7 @@ impl AwsAsgActuator {
             change = %Self::in_flight(scale_in).detail,
             "The scale-in is given up ({why}); its victims not yet terminated stay in service."
         );
+        self.undrain_later(now_ms, scale_in.victims.iter().filter(|v| !v.terminated));
         if self.settings.protect_instances {
             let in_service: Vec<String> = scale_in
                 .victims
@@ -590,6 +697,36 @@ impl AwsAsgActuator {
         ))
     }
 
+    /// [`Actuator::observe`] but the undrains: the group, with the scale-in
+    /// in flight taken a step further.
+    async fn observe_and_advance(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+        let mut draining = self.draining.lock().await;
+        let mut group = self.describe().await?;
+        counts_instances(&group)?;
+        let mut in_flight = None;
+        if let Some(scale_in) = draining.as_mut()
+            && !self.still_applies(now_ms, scale_in, &group).await
+        {
+            *draining = None;
+        }
+        if let Some(scale_in) = draining.as_mut() {
+            self.advance(now_ms, scale_in, &group).await;
+            if scale_in.victims.iter().all(|v| v.terminated) {
+                *draining = None;
+                // What the terminations changed.
+                group = self.describe().await?;
+            } else {
+                in_flight = Some(Self::in_flight(scale_in));
+            }
+        }
+        Ok(Observed {
+            current: desired_of(&group),
+            ready: ready_of(&group),
+            in_flight,
+            facts: facts_of(&group),
+        })
+    }
+
     fn in_flight(scale_in: &ScaleIn) -> InFlight {
         let victims: Vec<String> = scale_in
             .victims
@@ -602,6 +739,14 @@ impl AwsAsgActuator {
             detail: format!("scale-in to {}: {}", scale_in.desired, victims.join(", ")),
         }
     }
+}
+
+/// The undrain webhook's client, when there is one.
+fn undrain_client(settings: &AwsAsgTarget) -> Result<Option<AuthedClient>, String> {
+    let Some(webhook) = &settings.undrain_webhook else {
+        return Ok(None);
+    };
+    AuthedClient::build("undrain_webhook", webhook.http_auth(), WEBHOOK_TIMEOUT).map(Some)
 }
 
 /// The drain webhook's client, when there is a webhook.
@@ -903,31 +1048,10 @@ impl Actuator for AwsAsgActuator {
     }
 
     async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
-        let mut draining = self.draining.lock().await;
-        let mut group = self.describe().await?;
-        counts_instances(&group)?;
-        let mut in_flight = None;
-        if let Some(scale_in) = draining.as_mut()
-            && !self.still_applies(now_ms, scale_in, &group).await
-        {
-            *draining = None;
-        }
-        if let Some(scale_in) = draining.as_mut() {
-            self.advance(now_ms, scale_in, &group).await;
-            if scale_in.victims.iter().all(|v| v.terminated) {
-                *draining = None;
-                // What the terminations changed.
-                group = self.describe().await?;
-            } else {
-                in_flight = Some(Self::in_flight(scale_in));
-            }
-        }
-        Ok(Observed {
-            current: desired_of(&group),
-            ready: ready_of(&group),
-            in_flight,
-            facts: facts_of(&group),
-        })
+        let observed = self.observe_and_advance(now_ms).await;
+        // Whether the group could be read or not: the webhook is elsewhere.
+        self.deliver_undrains(now_ms).await;
+        observed
     }
 
     async fn observe_only(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
@@ -1007,7 +1131,10 @@ impl Actuator for AwsAsgActuator {
         let scale_in = saved.scale_in;
         // Past this age the scale-in would have ended anyway: its victims
         // terminated even undrained, or given up.
-        self.within_lifetime(now_ms, &scale_in)?;
+        if let Err(why) = self.within_lifetime(now_ms, &scale_in) {
+            self.undrain_later(now_ms, scale_in.victims.iter().filter(|v| !v.terminated));
+            return Err(why);
+        }
         let mut draining = self.draining.lock().await;
         if let Some(ongoing) = draining.as_ref() {
             return Err(format!(
@@ -1025,6 +1152,9 @@ impl Actuator for AwsAsgActuator {
     }
 
     async fn clock_jumped(&self, by_ms: i64) {
+        for undrain in self.lock_undrains().iter_mut() {
+            undrain.since_ms += by_ms;
+        }
         let mut draining = self.draining.lock().await;
         let Some(scale_in) = draining.as_mut() else {
             return;
@@ -1120,6 +1250,7 @@ impl Actuator for AwsAsgActuator {
                     id,
                     zone,
                     drained: false,
+                    asked: false,
                     note: "chosen".into(),
                     terminated: false,
                 })

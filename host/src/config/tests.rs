@@ -1959,6 +1959,24 @@ fn auto_scaling_group_problems_are_reported_at_their_place() {
             "\"EU West\"",
             "region \"EU West\" is not an AWS region name",
         ),
+        (
+            "undrain webhook without a scheme",
+            &[(
+                "drain_delay = ",
+                "undrain_webhook = \"undrainer:8080\"\ndrain_delay = ",
+            )],
+            "\"undrainer:8080\"",
+            "undrain_webhook \"undrainer:8080\" must start with http:// or https://",
+        ),
+        (
+            "undrain webhook without a drain webhook",
+            &[(
+                "drain_webhook = \"http://drainer.internal:8080/drain\"",
+                "undrain_webhook = \"http://drainer.internal:8080/undrain\"",
+            )],
+            "\"http://drainer.internal:8080/undrain\"",
+            "undrain_webhook without drain_webhook: nothing is drained to undo",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (name, edits, needle, message) in cases {
@@ -1973,9 +1991,11 @@ fn auto_scaling_group_problems_are_reported_at_their_place() {
             panic!("{name}: no problem at {line}:{column} saying {message:?}; got:\n{err}");
         };
         // A webhook's problems are the webhook's, in either of its forms.
-        let expected = match message.starts_with("drain_webhook") {
-            true => format!("{AT}.drain_webhook"),
-            false => AT.to_owned(),
+        let expected = match message.split_once(' ') {
+            Some((field @ ("drain_webhook" | "undrain_webhook"), url)) if url.starts_with('"') => {
+                format!("{AT}.{field}")
+            }
+            _ => AT.to_owned(),
         };
         assert_eq!(problem.path, expected, "{name}: {problem}");
     }

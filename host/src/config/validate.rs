@@ -967,16 +967,28 @@ impl Checker<'_, '_> {
         if let Some(endpoint) = &asg.endpoint {
             self.http_url(&at("endpoint"), "endpoint", endpoint);
         }
-        if let Some(webhook) = &asg.drain_webhook {
-            let base = keys!["scalers", i, "target", "drain_webhook"];
+        for (field, webhook) in [
+            ("drain_webhook", asg.drain_webhook.as_ref()),
+            ("undrain_webhook", asg.undrain_webhook.as_deref()),
+        ] {
+            let Some(webhook) = webhook else { continue };
+            let base = keys!["scalers", i, "target", field];
             // The URL's own key when the webhook is a table; the nearest
             // written place (the string itself) otherwise.
             self.http_url(
-                &keys!["scalers", i, "target", "drain_webhook", "url"],
-                "drain_webhook",
+                &keys!["scalers", i, "target", field, "url"],
+                field,
                 &webhook.url,
             );
             self.http_auth(&base, webhook.http_auth(), None, env);
+        }
+        if asg.undrain_webhook.is_some() && asg.drain_webhook.is_none() {
+            self.value(
+                &at("undrain_webhook"),
+                "undrain_webhook without drain_webhook: nothing is drained to undo; add the \
+                 drain_webhook it undoes, or remove it"
+                    .to_owned(),
+            );
         }
         if asg.drain_timeout < asg.drain_delay {
             self.value(
