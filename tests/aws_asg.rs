@@ -454,7 +454,7 @@ async fn a_clock_jump_does_not_cut_a_drain_short() {
 /// machine booted with a wrong clock), which NTP then sets right: its
 /// times are the saving run's wall clock, so the jump is not taken off its
 /// age, and its drain ends at drain_timeout of real time rather than an
-/// hour later.
+/// hour later. A later jump (a suspend) is not counted, as for any drain.
 #[tokio::test]
 async fn a_restored_scale_in_keeps_its_age_when_the_clock_is_set_right() {
     let moto = moto().await;
@@ -472,7 +472,15 @@ async fn a_restored_scale_in_keeps_its_age_when_the_clock_is_set_right() {
     let behind = T0 + 60 * SECOND - 3_600 * SECOND;
     second.restore_in_flight(behind, saved).await.unwrap();
     second.clock_jumped(3_600 * SECOND).await;
-    let observed = second.observe(T0 + 310 * SECOND).await.unwrap();
+    let observed = second.observe(T0 + 120 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "{observed:?}");
+    second.clock_jumped(3_600 * SECOND).await;
+    let observed = second.observe(T0 + 3_730 * SECOND).await.unwrap();
+    assert!(
+        observed.in_flight.is_some(),
+        "the suspend not counted: {observed:?}"
+    );
+    let observed = second.observe(T0 + 3_910 * SECOND).await.unwrap();
     assert!(observed.in_flight.is_none(), "{observed:?}");
     assert_eq!(moto.instance_ids("restored-jump").await.unwrap().len(), 2);
 }
@@ -768,6 +776,59 @@ async fn a_saved_scale_in_is_carried_on_after_a_restart() {
             .contains(&victim)
     );
     assert_eq!(again.saved_in_flight().await, None);
+}
+
+/// A termination whose answer was lost (sent, reported failed, done all
+/// the same) lowers what the scale-in left when the victim is seen gone:
+/// a later check of the group (after a pause) finds it as left and the
+/// scale-in goes on, instead of being given up as changed meanwhile.
+#[tokio::test]
+async fn a_termination_whose_answer_was_lost_is_counted_when_it_is_seen() {
+    let moto = moto().await;
+    moto.create_group("lost", 4).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let target = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        ..settings("lost")
+    };
+    let first = actuator(moto, target.clone()).await;
+    first.scale(T0, 4, 2).await.unwrap();
+    let mut saved = first.saved_in_flight().await.unwrap();
+    drop(first);
+    // The first victim's termination sent, its answer lost.
+    let victim = saved["scale_in"]["victims"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    saved["scale_in"]["victims"][0]["termination_sent"] = true.into();
+    let asg = actuator(moto, target).await;
+    asg.restore_in_flight(T0 + 10 * SECOND, saved)
+        .await
+        .unwrap();
+    let observed = asg.observe(T0 + 10 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "{observed:?}");
+    // ... and done at AWS after all.
+    moto.client()
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&victim)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    let observed = asg.observe(T0 + 20 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "{observed:?}");
+    assert_eq!(observed.current, 3);
+    // Paused, then acting again: the group is checked against what the
+    // scale-in left, the lost termination counted.
+    asg.observe_only(T0 + 30 * SECOND).await.unwrap();
+    let observed = asg.observe(T0 + 40 * SECOND).await.unwrap();
+    assert!(
+        observed
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.detail.contains("left the group")),
+        "goes on: {observed:?}"
+    );
 }
 
 /// A resumed scale-in allows for a termination it made but had not saved

@@ -136,7 +136,8 @@ struct ScaleIn {
     recheck: bool,
     /// Restored from the journal at a start: its times are the wall clock's
     /// of the run that saved it, not this run's reckoning, so a jump of this
-    /// run's clock (set right after a boot) is not taken off them.
+    /// run's clock (set right after a boot) is not taken off them. Cleared
+    /// by that first jump.
     #[serde(skip)]
     restored: bool,
 }
@@ -150,6 +151,9 @@ struct Victim {
     /// The drain webhook was called about it (whatever it answered).
     #[serde(default)]
     asked: bool,
+    /// A termination was sent for it (whatever the API answered).
+    #[serde(default)]
+    termination_sent: bool,
     /// What the last drain or termination attempt said.
     note: String,
     terminated: bool,
@@ -302,12 +306,22 @@ impl AwsAsgActuator {
             .collect();
         let elapsed = Duration::from_millis((now_ms - scale_in.since_ms).max(0) as u64);
         for victim in scale_in.victims.iter_mut().filter(|v| !v.terminated) {
+            // A termination this scale-in sent that the API reported as
+            // failed (a lost answer) lowered the desired capacity all the
+            // same: what the scale-in left goes down with it, as a later
+            // check of the group compares it.
+            let ours = |victim: &Victim, left: &mut Option<u32>| {
+                if victim.termination_sent {
+                    *left = left.map(|d| d.saturating_sub(1));
+                }
+            };
             let Some(instance) = present.get(victim.id.as_str()) else {
                 // Gone (terminated by someone else, or by us on a retry the
                 // API reported as failed). The desired capacity may not have
                 // dropped with it; the next decision sees the real count.
                 victim.terminated = true;
                 victim.note = "left the group".into();
+                ours(victim, &mut scale_in.group_desired);
                 continue;
             };
             match instance.lifecycle_state() {
@@ -319,9 +333,15 @@ impl AwsAsgActuator {
                 ) => {
                     victim.terminated = true;
                     victim.note = "terminating".into();
+                    ours(victim, &mut scale_in.group_desired);
                     continue;
                 }
-                Some(LifecycleState::InService | LifecycleState::Pending) => {}
+                Some(
+                    LifecycleState::InService
+                    | LifecycleState::Pending
+                    | LifecycleState::PendingWait
+                    | LifecycleState::PendingProceed,
+                ) => {}
                 other => {
                     // Put in standby, being detached: someone else has it now.
                     let state = other.map(LifecycleState::as_str).unwrap_or("unknown");
@@ -348,7 +368,7 @@ impl AwsAsgActuator {
                     "The drain did not finish in time; terminating the instance anyway."
                 );
             }
-            match self.terminate(instance).await {
+            match self.terminate(instance, &mut victim.termination_sent).await {
                 Ok(()) => {
                     tracing::info!(
                         group = %self.settings.group,
@@ -452,8 +472,8 @@ impl AwsAsgActuator {
 
     /// Lifts the protection Scalewise set on `instance` (AWS takes that of
     /// an in-service instance only) and terminates it, lowering the desired
-    /// capacity by one.
-    async fn terminate(&self, instance: &Instance) -> Result<(), Refusal> {
+    /// capacity by one. `sent` is set once the termination is sent.
+    async fn terminate(&self, instance: &Instance, sent: &mut bool) -> Result<(), Refusal> {
         let id = instance.instance_id().unwrap_or_default();
         if self.settings.protect_instances
             && instance.protected_from_scale_in() == Some(true)
@@ -463,9 +483,9 @@ impl AwsAsgActuator {
                 .await
                 .map_err(Refusal::Retry)?;
         }
-        self.client()
-            .await
-            .map_err(Refusal::Retry)?
+        let client = self.client().await.map_err(Refusal::Retry)?;
+        *sent = true;
+        client
             .terminate_instance_in_auto_scaling_group()
             .instance_id(id)
             .should_decrement_desired_capacity(true)
@@ -633,8 +653,13 @@ impl AwsAsgActuator {
                 ),
                 _ => {
                     // What the unsaved terminations left: the next check
-                    // starts from it.
+                    // starts from it, and they are counted in it.
                     scale_in.group_desired = Some(now);
+                    for victim in scale_in.victims.iter_mut() {
+                        if !victim.terminated && terminating(&victim.id) {
+                            victim.termination_sent = false;
+                        }
+                    }
                     return true;
                 }
             }
@@ -781,17 +806,23 @@ fn desired_of(group: &AutoScalingGroup) -> u32 {
 
 /// The instances that count towards the desired capacity: pending and in
 /// service.
+/// Whether `instance` counts towards the desired capacity and may be a
+/// victim: in service, or launching (pending, also held by a launch
+/// lifecycle hook: `Pending:Wait`, `Pending:Proceed`).
+fn runs(instance: &Instance) -> bool {
+    matches!(
+        instance.lifecycle_state(),
+        Some(
+            LifecycleState::InService
+                | LifecycleState::Pending
+                | LifecycleState::PendingWait
+                | LifecycleState::PendingProceed
+        )
+    )
+}
+
 fn live_count(group: &AutoScalingGroup) -> u32 {
-    group
-        .instances()
-        .iter()
-        .filter(|i| {
-            matches!(
-                i.lifecycle_state(),
-                Some(LifecycleState::InService | LifecycleState::Pending)
-            )
-        })
-        .count() as u32
+    group.instances().iter().filter(|i| runs(i)).count() as u32
 }
 
 /// Refuses a group whose capacity is not a count of instances: with
@@ -969,10 +1000,7 @@ pub fn choose_victims(
         .iter()
         .filter(|i| {
             i.instance_id().is_some()
-                && matches!(
-                    i.lifecycle_state(),
-                    Some(LifecycleState::InService | LifecycleState::Pending)
-                )
+                && runs(i)
                 && !(skip_protected && i.protected_from_scale_in() == Some(true))
         })
         .collect();
@@ -1027,7 +1055,7 @@ fn victim_rank<'a>(
         }
         (None, None) => false,
     };
-    let pending = instance.lifecycle_state() == Some(&LifecycleState::Pending);
+    let pending = runs(instance) && instance.lifecycle_state() != Some(&LifecycleState::InService);
     (
         unhealthy,
         zone,
@@ -1106,17 +1134,23 @@ impl Actuator for AwsAsgActuator {
         let here = match &settings.region {
             Some(region) => Some(region.clone()),
             None => {
-                self.client().await.map_err(|e| {
-                    format!("the region it was saved for cannot be compared with this one's ({e})")
-                })?;
+                // Not built (the instance metadata service not answering
+                // yet, at a boot): the region is not known, and the
+                // scale-in is kept rather than lost. Its victims are
+                // instance ids, which a group of the same name elsewhere
+                // does not have: there they would only be found gone.
+                if let Err(e) = self.client().await {
+                    tracing::warn!(group = %settings.group, error = %e, "The region of the restored scale-in cannot be compared with this target's yet; carrying it on.");
+                }
                 self.built_region()
             }
         };
-        let there = match (&saved.region, &settings.region) {
-            (None, None) => here.clone(),
-            (saved, _) => saved.clone(),
+        let other_region = match (&saved.region, &here) {
+            (Some(there), Some(here)) => there != here,
+            (None, Some(_)) => settings.region.is_some(),
+            (_, None) => false,
         };
-        if (&saved.group, &saved.endpoint) != (&settings.group, &settings.endpoint) || there != here
+        if (&saved.group, &saved.endpoint) != (&settings.group, &settings.endpoint) || other_region
         {
             return Err(format!(
                 "it was saved for Auto Scaling group {:?}{}, not this scaler's target",
@@ -1159,10 +1193,11 @@ impl Actuator for AwsAsgActuator {
         let Some(scale_in) = draining.as_mut() else {
             return;
         };
-        if scale_in.restored {
-            // Dated by the wall clock of the run that saved it: a jump
-            // setting this run's clock right makes its age right. Checked
-            // again against its lifetime on the corrected clock.
+        if std::mem::take(&mut scale_in.restored) {
+            // Dated by the wall clock of the run that saved it: the first
+            // jump, setting this run's clock right, makes its age right.
+            // Checked again against its lifetime on the corrected clock.
+            // Later jumps (a suspend) are this run's, as for any drain.
             scale_in.recheck = true;
             return;
         }
@@ -1251,6 +1286,7 @@ impl Actuator for AwsAsgActuator {
                     zone,
                     drained: false,
                     asked: false,
+                    termination_sent: false,
                     note: "chosen".into(),
                     terminated: false,
                 })
@@ -1259,12 +1295,31 @@ impl Actuator for AwsAsgActuator {
         self.advance(now_ms, &mut scale_in, &group).await;
         let ids: Vec<&str> = scale_in.victims.iter().map(|v| v.id.as_str()).collect();
         if scale_in.victims.iter().all(|v| v.terminated) {
+            // Done at once (no drain): those given up or left alone are
+            // named apart, and not counted as removed.
+            let (gone, kept): (Vec<&Victim>, Vec<&Victim>) =
+                scale_in.victims.iter().partition(|v| {
+                    !(v.note.starts_with("not terminated") || v.note.starts_with("left service"))
+                });
+            let gone: Vec<&str> = gone.iter().map(|v| v.id.as_str()).collect();
+            let mut detail = format!(
+                "terminated {} of Auto Scaling group {name:?} ({live} → {})",
+                if gone.is_empty() {
+                    "none".to_owned()
+                } else {
+                    gone.join(", ")
+                },
+                live - gone.len() as u32
+            );
+            if !kept.is_empty() {
+                let kept: Vec<String> = kept
+                    .iter()
+                    .map(|v| format!("{} ({})", v.id, v.note))
+                    .collect();
+                detail.push_str(&format!("; kept in service: {}", kept.join(", ")));
+            }
             return Ok(Actuation::Done {
-                detail: with_protection(format!(
-                    "terminated {} of Auto Scaling group {name:?} ({live} → {})",
-                    ids.join(", "),
-                    scale_in.desired
-                )),
+                detail: with_protection(detail),
             });
         }
         let detail = with_protection(format!(
@@ -1397,6 +1452,28 @@ mod tests {
             panic!()
         };
         assert_eq!((first_set_to, victims.len()), (None, 1));
+        // Instances a launch lifecycle hook holds run (AWS counts them in
+        // the desired capacity): asking 6 with 4 in service and 2 held, to
+        // 3 removes three, the held ones first, without lowering first.
+        let mut with_held = running(4);
+        with_held.push(instance("i-7", "a", LifecycleState::PendingWait, "Healthy"));
+        with_held.push(instance(
+            "i-6",
+            "a",
+            LifecycleState::PendingProceed,
+            "Healthy",
+        ));
+        let mut g = group(with_held);
+        g.desired_capacity = Some(6);
+        let Plan::Remove {
+            first_set_to,
+            victims,
+        } = plan(&g, 3, false).unwrap()
+        else {
+            panic!("held instances run")
+        };
+        assert_eq!(first_set_to, None);
+        assert_eq!(ids(victims), ["i-7", "i-6", "i-3"]);
         // Terminating and standby instances do not run.
         let mut with_leaving = running(3);
         with_leaving.push(instance("i-9", "a", LifecycleState::Terminating, "Healthy"));
