@@ -470,10 +470,22 @@ async fn notifications_follow_the_reloaded_config() {
 /// the journal, as a restart would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_longer_window_by_reload_holds_what_the_journal_remembers() {
+    longer_window_by_reload("").await;
+}
+
+/// The same beside a rate-limit period longer than both windows: the
+/// history the envelope needed as a whole did not grow, but the
+/// recommendations it kept (as far back as the old window) did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_window_beside_a_longer_period_still_reads_the_journal() {
+    longer_window_by_reload("limits = [{ percent = 100, period = \"30m\" }]\n").await;
+}
+
+async fn longer_window_by_reload(down: &str) {
     let config = |scale_to: u32, min: u32, window: &str| {
         let extra = format!(
             "params = {{ scale_to = {scale_to} }}\n\n[scalers.behavior.scale_down]\n\
-             stabilization_window = \"{window}\"\n"
+             stabilization_window = \"{window}\"\n{down}"
         );
         config_text(4.0, 50, "native", &extra).replace("min = 1\n", &format!("min = {min}\n"))
     };

@@ -1615,10 +1615,15 @@ fn run_scaler(
                             // idle scaler's.
                             Box::pin(hand_over(scaler.actuator(), next, &update.spec.name)).await;
                         }
-                        let remembered = crate::envelope::memory_needed(&scaler.spec().behavior);
+                        let (windows, events) =
+                            crate::envelope::memory_kept(&scaler.spec().behavior);
                         let Reconfigure { spec, actuator, .. } = *update;
                         scaler.reconfigure(spec, actuator);
-                        if crate::envelope::memory_needed(&scaler.spec().behavior) > remembered {
+                        // Either kind of history needed further back than
+                        // it was kept (a longer window beside a cooldown
+                        // longer still, say) is read again.
+                        let needed = crate::envelope::memory_kept(&scaler.spec().behavior);
+                        if needed.0 > windows || needed.1 > events {
                             let rebuilt = Box::pin(scaler.remember_further(clock.now_ms())).await;
                             if let Err(error) = rebuilt {
                                 tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read the journal for the longer history the new behaviour needs; it builds up from now.");
@@ -1636,12 +1641,12 @@ fn run_scaler(
             }
             let started = clock.now_ms();
             // The clock jumped ahead meanwhile (a suspend, the clock set):
-            // this tick is not that late, and a change in flight does not
-            // count the jump towards its timeout.
+            // this tick is not that late, and neither the envelope's
+            // windows nor a change in flight count the jump.
             let ahead = clock.moved_ahead_ms();
             let jumped = ahead - std::mem::replace(&mut ahead_seen, ahead);
             if jumped > 0 {
-                Box::pin(scaler.actuator().clock_jumped(jumped)).await;
+                Box::pin(scaler.clock_jumped(jumped)).await;
             }
             telemetry
                 .tick_lag

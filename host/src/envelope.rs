@@ -174,6 +174,20 @@ pub fn memory_needed(behavior: &Behavior) -> Duration {
     Duration::from_millis(u64::try_from(longest).unwrap_or(0))
 }
 
+/// How far back the live envelope keeps what it keeps: recommendations
+/// as far as the longest stabilisation window, scale events as far as the
+/// longest rate-limit period or cooldown. A behaviour that needs either
+/// further back than another kept must have its history read again.
+pub fn memory_kept(behavior: &Behavior) -> (Duration, Duration) {
+    let up = Rules::resolve(&behavior.scale_up, Direction::Up);
+    let down = Rules::resolve(&behavior.scale_down, Direction::Down);
+    let ms = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    (
+        ms(up.window_ms.max(down.window_ms)),
+        ms(events_needed_ms(&up, &down)),
+    )
+}
+
 /// The longest stabilisation window of either direction (HPA's defaults
 /// where the config gives none): history older than this no longer holds
 /// anything back, and a tick that finds none younger seeds it again.

@@ -407,6 +407,14 @@ impl Scaler {
         }));
     }
 
+    /// The clock jumped `by_ms` ahead: the envelope's history moves with it
+    /// (its windows, rate-limit periods and cooldowns do not count the
+    /// jump), and so does a change the actuator has in flight.
+    pub async fn clock_jumped(&mut self, by_ms: i64) {
+        self.envelope.clock_jumped(by_ms);
+        self.actuator.clock_jumped(by_ms).await;
+    }
+
     /// Says that a tick panicked (a bug): in the log, the status and
     /// `scalewise_tick_panics_total`. The scaler held (whatever the tick
     /// had not done yet stays undone) and goes on ticking.

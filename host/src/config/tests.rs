@@ -1159,6 +1159,43 @@ fn a_sped_up_clock_is_fine_without_prometheus() {
     assert_eq!(config.clock.speed, 10.0);
 }
 
+/// With min = 0, scale-up limits that allow only percents (or the smaller
+/// of a pods and a percent limit) never leave 0: a warning at the limits.
+/// A pods limit under select = "max", as HPA's default, is fine.
+#[test]
+fn scale_up_limits_that_never_leave_zero_are_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    const LIMITS: &str =
+        "limits = [{ pods = 4, period = \"15s\" }, { percent = 100, period = \"15s\" }]";
+    let at_zero = |limits: &str| edit(BASE, &[("min = 1", "min = 0"), (LIMITS, limits)]);
+    for fine in [
+        at_zero(LIMITS),
+        edit(
+            BASE,
+            &[(LIMITS, "limits = [{ percent = 100, period = \"15s\" }]")],
+        ),
+    ] {
+        assert_eq!(parse_in(dir.path(), &fine).unwrap().warnings(), []);
+    }
+    for stuck in [
+        "limits = [{ percent = 100, period = \"15s\" }]".to_owned(),
+        format!("select = \"min\"\n{LIMITS}"),
+    ] {
+        let text = at_zero(&stuck);
+        let warnings = parse_in(dir.path(), &text).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{stuck}: {warnings:?}");
+        let (line, _) = position_of(&text, "limits = ");
+        assert_eq!(warnings[0].line, line, "{}", warnings[0]);
+        assert!(
+            warnings[0]
+                .message
+                .starts_with("with min = 0, these scale-up limits allow nothing from 0 replicas"),
+            "{}",
+            warnings[0]
+        );
+    }
+}
+
 /// PromQL the parser here cannot read is a warning at the query, not an
 /// error: Prometheus (or a compatible store) judges its own language.
 #[test]

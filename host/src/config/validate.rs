@@ -12,7 +12,8 @@ use super::location::{Document, Seg, keys};
 use super::{
     ApiConfig, ApiReads, AwsAsgTarget, Behavior, Config, EnvLookup, HeaderSetting,
     KubernetesTarget, LeaderElectionConfig, LoadConfig, MetricConfig, Problem, PrometheusConfig,
-    RebalanceTarget, ScalerConfig, ScalingRules, SimulationConfig, SourceConfig, TargetConfig,
+    RebalanceTarget, ScalerConfig, ScalingRules, Select, SimulationConfig, SourceConfig,
+    TargetConfig,
 };
 use crate::outbound::HttpAuth;
 
@@ -63,6 +64,29 @@ const MAX_CLOCK_SPEED: f64 = 1000.0;
 pub(super) fn warnings(config: &Config, doc: &Document<'_>) -> Vec<Problem> {
     let mut warnings = Vec::new();
     for (i, scaler) in config.scalers.iter().enumerate() {
+        // A percent of 0 replicas is 0 (as in HPA): scale-up limits that
+        // allow only percents keep a scaler at 0 there for good.
+        let up = &scaler.get_ref().behavior.scale_up;
+        if *scaler.get_ref().min.get_ref() == 0
+            && let Some(limits) = &up.limits
+        {
+            let stuck = match up.select {
+                Select::Max => limits.iter().all(|l| l.pods.is_none()),
+                Select::Min => limits.iter().any(|l| l.percent.is_some()),
+                Select::Disabled => false,
+            };
+            if stuck {
+                warnings.push(
+                    doc.value_problem(
+                        &keys!["scalers", i, "behavior", "scale_up", "limits"],
+                        "with min = 0, these scale-up limits allow nothing from 0 replicas (a \
+                     percent of 0 is 0, as in HPA): at 0 the scaler never scales out; add a \
+                     `pods` limit (with select = \"max\")"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
         for (name, metric) in &scaler.get_ref().metrics {
             let metric = metric.get_ref();
             let is_prometheus = config

@@ -178,6 +178,20 @@ impl EnvelopeState {
         cap(&mut self.recommendations);
     }
 
+    /// The clock jumped `by_ms` ahead (a suspend, the wall clock set): the
+    /// history moves with it, so its ages stay what they were. HPA's
+    /// timestamps carry the monotonic clock, which such a step does not
+    /// move; without this a step past the windows emptied them at once, and
+    /// the next tick scaled down on nothing.
+    pub fn clock_jumped(&mut self, by_ms: i64) {
+        for r in &mut self.recommendations {
+            r.time_ms = r.time_ms.saturating_add(by_ms);
+        }
+        for e in &mut self.events {
+            e.timestamp_ms = e.timestamp_ms.saturating_add(by_ms);
+        }
+    }
+
     /// Forgets recommendations `keep_recommendations_ms` old or older and
     /// events `keep_events_ms` old or older: they can no longer affect a
     /// decision. Entries from the future (the clock went back, or the

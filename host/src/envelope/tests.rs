@@ -966,6 +966,43 @@ fn store_scale_events_upstream_table() {
     }
 }
 
+/// A clock step ahead (a suspend, NTP setting the clock) moves the history
+/// with it, as HPA's monotonic timestamps would not see the step: the 20
+/// recommended a minute before a 10-minute step still holds the default
+/// 5-minute scale-down window, and a scale-up made just before it still
+/// counts in its 15 s period. Unmoved, the step emptied both.
+#[test]
+fn a_clock_step_ahead_does_not_empty_the_history() {
+    let default = Behavior::default();
+    let step = 10 * MINUTE;
+    let history = || {
+        let mut state = EnvelopeState::new();
+        apply(
+            &mut state,
+            &input_at(-MINUTE, 20, 2, 100, Some(20), &default),
+        );
+        state.record_scale(NOW - 5 * SECOND, 16, 20);
+        state
+    };
+    let mut moved = history();
+    moved.clock_jumped(step);
+    let down = apply(&mut moved, &input_at(step, 20, 2, 100, Some(3), &default));
+    assert_eq!(down.desired, 20, "{:?}", down.steps);
+    let mut moved = history();
+    moved.clock_jumped(step);
+    let up = apply(&mut moved, &input_at(step, 20, 2, 100, Some(100), &default));
+    // 100 % of the 16 the period started from, or 4 pods: 32.
+    assert_eq!(up.desired, 32, "{:?}", up.steps);
+
+    let mut unmoved = history();
+    let down = apply(&mut unmoved, &input_at(step, 20, 2, 100, Some(3), &default));
+    assert_eq!(
+        down.desired, 3,
+        "the step emptied the window: {:?}",
+        down.steps
+    );
+}
+
 #[test]
 fn scale_events_older_than_every_use_are_pruned() {
     let behavior = behavior(
