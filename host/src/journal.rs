@@ -1113,6 +1113,39 @@ mod tests {
         journal.close().await.unwrap();
     }
 
+    /// A record that cannot be read (a mode a newer build wrote, a broken
+    /// body) is left out of a recovery, which goes on with the rest: one
+    /// row used to keep the scaler, and the daemon with it, from starting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_record_is_left_out_of_a_recovery() {
+        let now = Clock::system().now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        for ago in [30_000, 20_000, 10_000] {
+            journal.append(tick("web", now - ago)).await.unwrap();
+        }
+        journal.close().await.unwrap();
+        let damage = |sql: &str, ago: i64| {
+            let conn = rusqlite::Connection::open(dir.path().join("j.db")).unwrap();
+            assert_eq!(conn.execute(sql, [now - ago]).unwrap(), 1, "{sql}");
+        };
+
+        damage("UPDATE ticks SET mode = 'warp' WHERE time_ms = ?1", 20_000);
+        let journal = open(&dir, Duration::ZERO);
+        let web = journal.recover("web", now - 60_000).await.unwrap();
+        let times: Vec<i64> = web.ticks.iter().map(|t| now - t.time_ms).collect();
+        assert_eq!(times, [30_000, 10_000]);
+        assert_eq!(web.policy_states.len(), 1, "from the newest record");
+        journal.close().await.unwrap();
+
+        damage("UPDATE ticks SET record = x'00' WHERE time_ms = ?1", 10_000);
+        let journal = open(&dir, Duration::ZERO);
+        let web = journal.recover("web", now - 60_000).await.unwrap();
+        assert_eq!(web.ticks.len(), 2);
+        assert!(web.policy_states.is_empty(), "{:?}", web.policy_states);
+        journal.close().await.unwrap();
+    }
+
     /// A change in flight is kept per scaler across a restart: replaced
     /// when saved again, gone once forgotten, and never another scaler's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -528,8 +528,11 @@ impl Scaler {
             );
         }
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
-        if let Some(history) = &self.spec.target_history {
-            self.restore_target_history(history, now_ms).await?;
+        if let Some(history) = &self.spec.target_history
+            && let Err(error) = self.restore_target_history(history, now_ms).await
+        {
+            // The target's metrics build up again from the next ticks.
+            tracing::warn!(scaler = %self.spec.name, %error, "Could not read back what the journal observed of the target; its metrics build up from now.");
         }
         if let Some(saved) = recovery.in_flight {
             self.resume_in_flight(now_ms, saved).await;

@@ -2388,3 +2388,36 @@ fn leader_election_has_client_go_defaults_and_is_checked_at_its_place() {
     let reloaded = parse_in(dir.path(), &changed).unwrap();
     reloaded.validate_against_running(&config).unwrap();
 }
+
+/// A reload cannot raise `[journal] retention` (it applies at a restart),
+/// so a longer cooldown it brings is checked against the retention the
+/// journal runs with: refused, even though the file raises both.
+#[test]
+fn a_reload_needing_more_retention_than_runs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = parse_in(
+        dir.path(),
+        &edit(
+            BASE,
+            &[("[clock]", "[journal]\nretention = \"2h\"\n\n[clock]")],
+        ),
+    )
+    .unwrap();
+    let text = edit(
+        BASE,
+        &[
+            ("[clock]", "[journal]\nretention = \"12h\"\n\n[clock]"),
+            (
+                "stabilization_window = \"0s\"\n",
+                "stabilization_window = \"0s\"\ncooldown = \"12h\"\n",
+            ),
+        ],
+    );
+    let reloaded = parse_in(dir.path(), &text).expect("valid on its own");
+    let err = reloaded.validate_against_running(&running).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("retention (2h) is shorter than what a restart restores from the journal"),
+        "{err}"
+    );
+}

@@ -375,15 +375,24 @@ impl Reader {
                 .and_then(|rows| rows.collect())
                 .map_err(|e| reader.read_error(e))?;
             drop(stmt);
-            rows.into_iter()
-                .map(|row| {
-                    row.map_err(|(id, reason)| JournalError::Decode {
-                        path: reader.path.clone(),
-                        id,
-                        source: io::Error::other(reason),
-                    })
+            // A damaged row (a mode a newer build wrote, a broken value)
+            // is left out, said once: one record must not keep the
+            // scaler, and the daemon with it, from starting.
+            Ok(rows
+                .into_iter()
+                .filter_map(|row| match row {
+                    Ok(summary) => Some(summary),
+                    Err((id, reason)) => {
+                        tracing::warn!(
+                            %scaler,
+                            id,
+                            journal = %reader.path.display(),
+                            "A journal record that cannot be read ({reason}) is left out of the scaler's restored history."
+                        );
+                        None
+                    }
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Vec<_>>())
         };
         let last = summaries(
             self,
@@ -404,13 +413,25 @@ impl Reader {
         )?;
         // Ticks that could not observe the target evaluated nothing; the
         // states stand as the last evaluating tick left them.
-        let evaluated = self.records(
+        let evaluated = match self.records(
             &format!(
                 "SELECT {RECORD_COLUMNS} FROM ticks WHERE scaler = ?1 AND evaluations > 0 \
                  ORDER BY time_ms DESC, id DESC LIMIT 1"
             ),
             [scaler],
-        )?;
+        ) {
+            Ok(records) => records,
+            Err(JournalError::Decode { id, source, .. }) => {
+                tracing::warn!(
+                    %scaler,
+                    id,
+                    journal = %self.path.display(),
+                    "The journal record the policies' state comes from cannot be read ({source}); the policies start without state."
+                );
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         let older: bool = self
             .conn
             .prepare_cached(
