@@ -273,6 +273,52 @@ async fn a_stopped_exporter_makes_its_metric_fail() {
     );
 }
 
+/// A counter whose target stops reporting: Prometheus marks its series
+/// stale at the next scrape, but `rate(x[1m])` still computes from the
+/// samples of the minute before, falling as if traffic dropped (a scale-in
+/// on nothing). No current sample, older ones within the range: stale, also
+/// beside a fresh input. A counter never exported, read `or vector(0)`, has
+/// no sample at all: 0, as before.
+#[tokio::test]
+async fn a_rate_over_a_target_that_stopped_reporting_is_stale() {
+    let live = live().await;
+    let source = source(live.prometheus.url());
+    live.exporter.set("sw_gone_total", 10.0);
+    wait_for_source_value(&source, "sum(sw_gone_total)", 10.0).await;
+    live.exporter.set("sw_gone_total", 100.0);
+    wait_for_source_value(&source, "sum(sw_gone_total)", 100.0).await;
+    let queries = [
+        "sum(rate(sw_gone_total[1m]))",
+        "sum(rate(sw_gone_total[1m])) + sum(sw_up)",
+    ];
+    for query in queries {
+        let points = fetch_now(&source, query).await.unwrap();
+        assert!(points[0].value > 0.0, "{query}: {points:?}");
+    }
+
+    live.exporter.remove("sw_gone_total");
+    for query in queries {
+        wait_until(&format!("{query} stale"), WAIT, || async {
+            match fetch_now(&source, query).await {
+                Err(e @ MetricError::NotCurrent) => Ok(e),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        fetch_now(&source, "sum(sw_gone_total)").await,
+        Err(MetricError::Empty),
+        "the instant read is empty at once"
+    );
+    let never = fetch_now(&source, "sum(rate(sw_never_total[1m])) or vector(0)")
+        .await
+        .unwrap();
+    assert_eq!(never.len(), 1);
+    assert_eq!(never[0].value, 0.0);
+}
+
 #[tokio::test]
 async fn data_without_staleness_markers_is_dated_by_its_own_timestamp() {
     let live = live().await;

@@ -62,6 +62,14 @@ pub enum MetricError {
         /// The configured limit.
         max_age_ms: i64,
     },
+    /// An input of the query has no current sample, only older ones within
+    /// the range the query reads (its target stopped reporting, and its
+    /// series were marked stale): the answer would be computed from them.
+    #[error(
+        "stale: an input of the query has no current sample, only older ones within the range \
+         it reads (did its target stop reporting?)"
+    )]
+    NotCurrent,
     /// Anything else the source reports.
     #[error("{0}")]
     Other(String),
@@ -78,7 +86,7 @@ impl MetricError {
             MetricError::Empty => "empty",
             MetricError::MultipleSeries(_) => "multiple_series",
             MetricError::NotFinite(_) => "not_finite",
-            MetricError::Stale { .. } => "stale",
+            MetricError::Stale { .. } | MetricError::NotCurrent => "stale",
             MetricError::Other(_) => "other",
         }
     }

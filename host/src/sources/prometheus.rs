@@ -116,6 +116,8 @@
 mod coalesce;
 mod freshness;
 
+use freshness::Freshness;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -238,9 +240,12 @@ pub struct PrometheusSource {
     answers: Coalescer<AnswerKey, Answer>,
     /// Freshness answers, shared by the queries that read the same
     /// selectors (`sum(x)` and `max(x)` both ask `max(timestamp(x))`).
-    data_times: Coalescer<(Arc<str>, i64), Result<Option<i64>, MetricError>>,
-    /// The freshness query of each query seen (`None`: nothing to check).
-    freshness: Mutex<HashMap<String, Option<Arc<str>>>>,
+    data_times: Coalescer<(Arc<str>, i64), Result<Option<DataTime>, MetricError>>,
+    /// Probe answers (how many inputs have any sample within reach), shared
+    /// alike; asked only when an input has no current sample.
+    probes: Coalescer<(Arc<str>, i64), Result<usize, MetricError>>,
+    /// The freshness queries of each query seen (`None`: nothing to check).
+    freshness: Mutex<HashMap<String, Option<Arc<Freshness>>>>,
     /// The warnings logged last, by query (forgotten when the query is
     /// answered without any).
     warnings: Mutex<HashMap<String, String>>,
@@ -343,6 +348,11 @@ impl PrometheusSource {
                 config.timeout + FINISHED_TTL,
                 MAX_SHARED_ANSWERS,
             ),
+            probes: Coalescer::new(
+                FINISHED_TTL,
+                config.timeout + FINISHED_TTL,
+                MAX_SHARED_ANSWERS,
+            ),
             freshness: Mutex::new(HashMap::new()),
             warnings: Mutex::new(HashMap::new()),
         })
@@ -407,14 +417,14 @@ impl PrometheusSource {
         self.timeout.as_millis().try_into().unwrap_or(u64::MAX)
     }
 
-    /// The freshness query for `query`, computed once per distinct query.
-    fn freshness_query(&self, query: &str) -> Option<Arc<str>> {
+    /// The freshness queries for `query`, computed once per distinct query.
+    fn freshness_query(&self, query: &str) -> Option<Arc<Freshness>> {
         let mut memo = self.freshness.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(known) = memo.get(query) {
             return known.clone();
         }
-        let rewritten = match freshness::freshness_query(query) {
-            Ok(rewritten) => rewritten.map(Arc::from),
+        let rewritten = match freshness::freshness(query) {
+            Ok(rewritten) => rewritten.map(Arc::new),
             Err(reason) => {
                 tracing::warn!(
                     source = %self.name,
@@ -465,28 +475,61 @@ impl PrometheusSource {
             one_series(data)
         };
         let newest_data = async {
-            let Some(freshness_query) = freshness_query else {
+            let Some(freshness) = &freshness_query else {
                 return Ok(None);
             };
-            let key = (freshness_query.clone(), evaluation_ms);
+            let key = (Arc::from(freshness.query.as_str()), evaluation_ms);
             self.data_times
                 .run(key, || {
-                    self.newest_data(&query.query, &freshness_query, evaluation_s)
+                    self.newest_data(&query.query, &freshness.query, evaluation_s)
                 })
                 .await
         };
         let (points, newest_data) = tokio::join!(answer, newest_data);
         let points = points?;
-        Ok(stamp_with_data_time(points, newest_data?))
+        let Some(dated) = newest_data? else {
+            return Ok(points);
+        };
+        if let Some(freshness) = &freshness_query
+            && dated.inputs < freshness.inputs
+        {
+            // An input with no current sample: none at all (`or vector(0)`
+            // over a counter never exported), or only stale ones that a
+            // range still computes from (its target stopped reporting).
+            let key = (Arc::from(freshness.probe.as_str()), evaluation_ms);
+            let within_reach = self
+                .probes
+                .run(key, || self.count_inputs(&freshness.probe, evaluation_s))
+                .await?;
+            if within_reach > dated.inputs {
+                return Err(MetricError::NotCurrent);
+            }
+        }
+        Ok(stamp_with_data_time(points, dated.newest_ms))
     }
 
-    /// Runs a freshness query: the time of the newest data behind `query`.
+    /// Runs a probe: how many inputs answer it.
+    async fn count_inputs(&self, probe: &str, evaluation_s: i64) -> Result<usize, MetricError> {
+        let request = self
+            .client
+            .get()
+            .query(probe)
+            .at(evaluation_s)
+            .timeout(self.timeout_ms() as i64)
+            .query(PARTIAL_RESPONSE, "false");
+        let data = self.send(probe, self.authorize(request).get_raw()).await?;
+        Ok(data.as_vector().map_or(0, |v| v.len()))
+    }
+
+    /// Runs a freshness query: the time of the newest data behind `query`,
+    /// and how many of its inputs have a current sample (`None`: not
+    /// checked).
     async fn newest_data(
         &self,
         query: &str,
         freshness_query: &str,
         evaluation_s: i64,
-    ) -> Result<Option<i64>, MetricError> {
+    ) -> Result<Option<DataTime>, MetricError> {
         let request = self
             .client
             .get()
@@ -498,7 +541,10 @@ impl PrometheusSource {
             .send(freshness_query, self.authorize(request).get_raw())
             .await
         {
-            Ok(data) => Ok(newest_data_ms(&data)),
+            Ok(data) => Ok(Some(DataTime {
+                newest_ms: newest_data_ms(&data),
+                inputs: data.as_vector().map_or(1, |v| v.len()),
+            })),
             // Only our rewrite can make this fail while the query itself
             // runs: skip the check rather than fail the metric.
             Err(MetricError::Query(reason)) => {
@@ -907,8 +953,17 @@ fn one_series(data: Data) -> Result<Vec<Point>, MetricError> {
     Ok(points)
 }
 
+/// What a freshness query answered.
+#[derive(Debug, Clone, Copy)]
+struct DataTime {
+    /// The newest sample of the stalest input that has a current one.
+    newest_ms: Option<i64>,
+    /// How many inputs have a current sample.
+    inputs: usize,
+}
+
 /// The time of the newest data behind an answer, from the freshness query's
-/// answer (`None`: none of the inputs has data, so there is nothing to date).
+/// answer: the stalest input's (`None`: no input has a current sample).
 fn newest_data_ms(data: &Data) -> Option<i64> {
     let seconds = match data {
         Data::Vector(vector) => vector
