@@ -153,6 +153,14 @@ async fn a_leader_that_cannot_renew_stops_acting_before_its_lease_runs_out() {
         "a failed renewal within the deadline keeps it acting"
     );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Its renew deadline, counted from when the last renewal was sent, has
+    // passed: it stops acting now, not when its next try says so (a try
+    // that failed fast just before the deadline is followed by a whole
+    // retry_period of sleep).
+    assert!(
+        !a_leads.is_leading(),
+        "past renew_deadline it stops at once"
+    );
     assert!(matches!(a.try_once().await, Outcome::Failed(_)));
     assert!(!a_leads.is_leading(), "past renew_deadline it stops");
     kube.fail_leases(None);

@@ -101,6 +101,11 @@ pub struct Leadership {
     lease: Arc<OnceLock<LeaseRef>>,
     /// How many times this replica has become the leader.
     terms: Arc<AtomicU64>,
+    /// Until when an elected leader may act: its renew deadline, counted
+    /// from when the last renewal was sent. Past it the replica stops
+    /// acting whatever the next try says, however late that comes (an API
+    /// server that answered slowly, a machine that was suspended).
+    acting_until: Arc<Mutex<Option<Instant>>>,
     /// Mirrors `leading` for the host's metrics, when given.
     gauge: Option<Gauge>,
 }
@@ -114,6 +119,7 @@ impl Leadership {
             leader: Arc::default(),
             lease: Arc::default(),
             terms: Arc::default(),
+            acting_until: Arc::default(),
             gauge: None,
         }
     }
@@ -126,6 +132,7 @@ impl Leadership {
             leader: Arc::default(),
             lease: Arc::default(),
             terms: Arc::default(),
+            acting_until: Arc::default(),
             gauge: None,
         }
     }
@@ -213,9 +220,23 @@ impl Leadership {
         self
     }
 
-    /// Whether this replica acts now.
+    /// Whether this replica acts now: it leads, and (elected) its renew
+    /// deadline has not passed.
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+            && self
+                .acting_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none_or(|until| Instant::now() < until)
+    }
+
+    /// Sets when an elected leader's renew deadline passes.
+    fn act_until(&self, until: Instant) {
+        *self
+            .acting_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
     }
 
     /// How many times this replica has become the leader (0 before the
@@ -405,6 +426,9 @@ impl Elector {
             }
             None => self.settings.renew_deadline,
         };
+        // A renewal counts from when it was sent: followers count a lease
+        // duration from when they see it written, which is no earlier.
+        let sent = Instant::now();
         let outcome = match tokio::time::timeout(limit, self.attempt()).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed(format!(
@@ -420,7 +444,9 @@ impl Elector {
         let now = Instant::now();
         let leading = match &outcome {
             Outcome::Leading => {
-                self.renewed_at = Some(now);
+                self.renewed_at = Some(sent);
+                self.leadership
+                    .act_until(sent + self.settings.renew_deadline);
                 true
             }
             Outcome::Following(_) => false,
@@ -433,7 +459,7 @@ impl Elector {
             self.renewed_at = None;
         }
         if leading
-            && !self.leadership.is_leading()
+            && !self.leadership.leading.load(Ordering::Acquire)
             && let Some(hook) = &self.takeover
         {
             let pauses = parse_pauses(self.pauses.as_deref(), &self.settings.lease);

@@ -1034,8 +1034,11 @@ impl Scaler {
         }
         // The lease may have been lost while the tick read and decided (a
         // slow source, a slow target): a replica that no longer leads makes
-        // no change, since another may be acting already.
-        let scaled = if self.may_act() {
+        // no change, since another may be acting already; nor one that lost
+        // it and took it again meanwhile (its reading of the target and its
+        // envelope are of the term before, and another replica may have
+        // acted in between).
+        let scaled = if self.may_act() && self.services.leadership.term() == self.term {
             let asked = std::time::Instant::now();
             let scaled = self.actuator.scale(now_ms, current, desired).await;
             telemetry.target_called(self.actuator.kind(), "scale", asked.elapsed());
