@@ -258,6 +258,37 @@ async fn a_change_that_does_not_finish_in_time_is_given_up() {
     no_violations(&coordinator);
 }
 
+/// A rebalance that cannot finish (the coordinator never moves a shard) is
+/// given up, and for one timeout no rebalance of the actuator's own starts
+/// again: the same plan would be in flight again at once, holding the
+/// scaler for good. The scaler decides meanwhile: a scale-in picks the
+/// idle worker, which owns nothing, and ends at once.
+#[tokio::test]
+async fn a_rebalance_given_up_does_not_start_again_at_once() {
+    let coordinator = ShardCoordinator::start(World::new(4, 2)).await;
+    coordinator.with(|w| {
+        w.ready_after_polls = 1;
+        w.moves_per_poll = 0;
+    });
+    let actuator = actuator(&coordinator, Duration::from_secs(5));
+    actuator.scale(T0, 2, 3).await.unwrap();
+    for s in 1..=5 {
+        let waiting = actuator.observe(T0 + s * SECOND).await.unwrap();
+        assert!(waiting.in_flight.is_some(), "{s}: {waiting:?}");
+    }
+    let given_up = actuator.observe(T0 + 6 * SECOND).await.unwrap();
+    assert_eq!(given_up.in_flight, None, "{given_up:?}");
+    let resting = actuator.observe(T0 + 7 * SECOND).await.unwrap();
+    assert_eq!(resting.in_flight, None, "{resting:?}");
+    assert_eq!((resting.current, resting.ready), (3, 3));
+    // The scaler's own decision: back to 2, the idle worker stopped.
+    actuator.scale(T0 + 8 * SECOND, 3, 2).await.unwrap();
+    let (_, after) = settle(&actuator, T0 + 8 * SECOND).await;
+    assert_eq!(after.current, 2);
+    assert_eq!(shard_counts(&coordinator), [2, 2]);
+    no_violations(&coordinator);
+}
+
 /// A clock that jumps ahead mid-change (a suspend, NTP setting a wrong
 /// clock) does not count the jump towards the change's timeout.
 #[tokio::test]

@@ -34,7 +34,12 @@ use super::{Actuation, Actuator, ActuatorError, Announcement, Observed};
 use crate::config::KubernetesTarget;
 
 /// The kinds whose status has `readyReplicas`, omitted when it is 0.
-const READY_REPLICAS_KINDS: &[&str] = &["Deployment", "StatefulSet", "ReplicaSet"];
+const READY_REPLICAS_KINDS: &[&str] = &[
+    "Deployment",
+    "StatefulSet",
+    "ReplicaSet",
+    "ReplicationController",
+];
 
 /// Scales one workload through its scale subresource.
 pub struct KubernetesActuator {
@@ -489,6 +494,7 @@ mod tests {
         assert_eq!(ready_replicas("Worker", &reported, 3), 2);
         let none_ready = object(serde_json::json!({"replicas": 3}));
         assert_eq!(ready_replicas("Deployment", &none_ready, 3), 0);
+        assert_eq!(ready_replicas("ReplicationController", &none_ready, 3), 0);
         assert_eq!(ready_replicas("Worker", &none_ready, 3), 3);
     }
 }

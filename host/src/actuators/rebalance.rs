@@ -27,6 +27,7 @@
 //! and never stops a worker that still owns shards.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -128,6 +129,9 @@ pub struct RebalanceActuator {
     /// The coordinator's client, with its credentials.
     http: AuthedClient,
     change: Mutex<Option<Change>>,
+    /// When a change was last given up for taking longer than `timeout`
+    /// (`i64::MIN`: never).
+    gave_up_ms: AtomicI64,
 }
 
 impl RebalanceActuator {
@@ -140,6 +144,7 @@ impl RebalanceActuator {
             http,
             settings,
             change: Mutex::new(None),
+            gave_up_ms: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -450,8 +455,14 @@ impl Actuator for RebalanceActuator {
                 humantime::format_duration(self.settings.timeout)
             );
             *guard = None;
+            self.gave_up_ms.store(now_ms, Ordering::Relaxed);
         }
-        if guard.is_none() {
+        // For one timeout after giving a change up, no rebalance of its own
+        // starts: the same plan, failing the same way, would otherwise be
+        // in flight again at once and hold the scaler for good. The scaler
+        // decides meanwhile (a scale-in choosing the idle worker ends it).
+        let resting = now_ms.saturating_sub(self.gave_up_ms.load(Ordering::Relaxed)) <= timeout;
+        if guard.is_none() && !resting {
             // Workers started by a change that did not finish (a restart,
             // a reload, a timeout), shards nobody owns: a count that stays
             // the same never calls scale, so they are placed here.
@@ -493,6 +504,11 @@ impl Actuator for RebalanceActuator {
         if let Some(change) = self.change.lock().await.as_mut() {
             change.since_ms += by_ms;
         }
+        let _ = self
+            .gave_up_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |at| {
+                (at != i64::MIN).then(|| at.saturating_add(by_ms))
+            });
     }
 
     async fn forget_in_flight(&self) {
