@@ -295,16 +295,35 @@ async fn a_change_made_meanwhile_by_someone_else_is_not_overwritten() {
     kube.put_deployment("shop", "web", 8);
     let err = actuator.scale(T0, 3, 5).await.unwrap_err();
     assert!(matches!(err, ActuatorError::Failed(_)), "{err:?}");
-    assert!(err.to_string().contains("(conflict)"), "{err}");
     let replicas = |kube: &FakeKube| {
         kube.workload("apps/v1", "deployments", "shop", "web")
             .unwrap()
             .replicas
     };
     assert_eq!(replicas(&kube), 8, "theirs stays");
+    assert!(err.to_string().contains("(3 → 8; conflict)"), "{err}");
     assert_eq!(actuator.observe(T0 + 15_000).await.unwrap().current, 8);
     actuator.scale(T0 + 15_000, 8, 6).await.unwrap();
     assert_eq!(replicas(&kube), 6);
+}
+
+/// A write to the workload that leaves its replicas as the tick read them
+/// (its status: pods becoming ready, a rollout's progress) moves its
+/// resourceVersion too; the change is not refused for it, as it would be
+/// at almost every tick of a rollout.
+#[tokio::test]
+async fn a_write_that_keeps_the_replicas_does_not_refuse_the_change() {
+    let kube = FakeKube::start().await.unwrap();
+    kube.put_deployment("shop", "web", 3);
+    let actuator =
+        KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
+    assert_eq!(actuator.observe(T0).await.unwrap().current, 3);
+    kube.put_deployment("shop", "web", 3);
+    actuator.scale(T0, 3, 5).await.unwrap();
+    let workload = kube
+        .workload("apps/v1", "deployments", "shop", "web")
+        .unwrap();
+    assert_eq!(workload.replicas, 5);
 }
 
 #[tokio::test]

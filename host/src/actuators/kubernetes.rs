@@ -378,25 +378,53 @@ impl Actuator for KubernetesActuator {
         // scale is: a change someone else made meanwhile (kubectl scale,
         // GitOps, another controller) is not overwritten by a decision
         // taken on the count before it.
-        let mut patch = serde_json::json!({ "spec": { "replicas": desired } });
-        if let Some(version) = self.seen().resource_version {
-            patch["metadata"] = serde_json::json!({ "resourceVersion": version });
-        }
-        let scale = api
-            .patch_scale(
-                &self.settings.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(status) if status.code == 409 => ActuatorError::Failed(format!(
-                    "scaling {}: its replicas changed since this tick read them (conflict); \
-                     the next tick decides again from what it reads",
-                    self.describe()
-                )),
-                other => self.error("scaling", other),
-            })?;
+        let patch = |version: Option<String>| {
+            let mut patch = serde_json::json!({ "spec": { "replicas": desired } });
+            if let Some(version) = version {
+                patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+            }
+            patch
+        };
+        let send = |patch: serde_json::Value| {
+            let api = &api;
+            async move {
+                api.patch_scale(
+                    &self.settings.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            }
+        };
+        let conflict = |now: Option<u32>| {
+            ActuatorError::Failed(format!(
+                "scaling {}: its replicas changed since this tick read them ({current} → {}; \
+                 conflict); the next tick decides again from what it reads",
+                self.describe(),
+                now.map_or_else(|| "?".to_owned(), |n| n.to_string())
+            ))
+        };
+        let scale = match send(patch(self.seen().resource_version)).await {
+            Ok(scale) => scale,
+            // The version moves at every write to the workload, its status
+            // too (pods becoming ready, a rollout's progress): a conflict
+            // whose replicas are still the ones the tick read is sent again
+            // against the version read now. Only a changed count refuses.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let fresh = self.scale_of(&api).await?;
+                if spec_replicas(&fresh) != current {
+                    return Err(conflict(Some(spec_replicas(&fresh))));
+                }
+                match send(patch(fresh.metadata.resource_version.clone())).await {
+                    Ok(scale) => scale,
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        return Err(conflict(None));
+                    }
+                    Err(other) => return Err(self.error("scaling", other)),
+                }
+            }
+            Err(other) => return Err(self.error("scaling", other)),
+        };
         Ok(Actuation::Done {
             detail: format!(
                 "set the replicas of {} to {} (was {current})",
