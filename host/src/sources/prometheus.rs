@@ -241,9 +241,10 @@ pub struct PrometheusSource {
     /// Freshness answers, shared by the queries that read the same
     /// selectors (`sum(x)` and `max(x)` both ask `max(timestamp(x))`).
     data_times: Coalescer<(Arc<str>, i64), Result<Option<DataTime>, MetricError>>,
-    /// Probe answers (how many inputs have any sample within reach), shared
-    /// alike; asked only when an input has no current sample.
-    probes: Coalescer<(Arc<str>, i64), Result<usize, MetricError>>,
+    /// Probe answers (the inputs with any sample within reach; `None`:
+    /// refused), shared alike; asked only when an input has no current
+    /// sample.
+    probes: Coalescer<(Arc<str>, i64), Result<Option<Inputs>, MetricError>>,
     /// The freshness queries of each query seen (`None`: nothing to check).
     freshness: Mutex<HashMap<String, Option<Arc<Freshness>>>>,
     /// The warnings logged last, by query (forgotten when the query is
@@ -491,7 +492,7 @@ impl PrometheusSource {
             return Ok(points);
         };
         if let Some(freshness) = &freshness_query
-            && dated.inputs < freshness.inputs
+            && dated.inputs.len() < freshness.inputs
         {
             // An input with no current sample: none at all (`or vector(0)`
             // over a counter never exported), or only stale ones that a
@@ -499,17 +500,25 @@ impl PrometheusSource {
             let key = (Arc::from(freshness.probe.as_str()), evaluation_ms);
             let within_reach = self
                 .probes
-                .run(key, || self.count_inputs(&freshness.probe, evaluation_s))
+                .run(key, || {
+                    self.inputs_within_reach(&query.query, &freshness.probe, evaluation_s)
+                })
                 .await?;
-            if within_reach > dated.inputs {
+            if within_reach.is_some_and(|found| !found.is_subset(&dated.inputs)) {
                 return Err(MetricError::NotCurrent);
             }
         }
         Ok(stamp_with_data_time(points, dated.newest_ms))
     }
 
-    /// Runs a probe: how many inputs answer it.
-    async fn count_inputs(&self, probe: &str, evaluation_s: i64) -> Result<usize, MetricError> {
+    /// Runs a probe: which inputs have a sample within reach (`None`: the
+    /// server refused the probe, and the check is skipped).
+    async fn inputs_within_reach(
+        &self,
+        query: &str,
+        probe: &str,
+        evaluation_s: i64,
+    ) -> Result<Option<Inputs>, MetricError> {
         let request = self
             .client
             .get()
@@ -517,8 +526,21 @@ impl PrometheusSource {
             .at(evaluation_s)
             .timeout(self.timeout_ms() as i64)
             .query(PARTIAL_RESPONSE, "false");
-        let data = self.send(probe, self.authorize(request).get_raw()).await?;
-        Ok(data.as_vector().map_or(0, |v| v.len()))
+        match self.send(probe, self.authorize(request).get_raw()).await {
+            Ok(data) => Ok(Some(inputs_of(&data))),
+            // A store without last_over_time: as with the freshness query.
+            Err(MetricError::Query(reason)) => {
+                tracing::warn!(
+                    source = %self.name,
+                    query,
+                    probe,
+                    %reason,
+                    "Prometheus refused the probe for inputs gone stale, so this answer is not checked for them."
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs a freshness query: the time of the newest data behind `query`,
@@ -543,7 +565,7 @@ impl PrometheusSource {
         {
             Ok(data) => Ok(Some(DataTime {
                 newest_ms: newest_data_ms(&data),
-                inputs: data.as_vector().map_or(1, |v| v.len()),
+                inputs: inputs_of(&data),
             })),
             // Only our rewrite can make this fail while the query itself
             // runs: skip the check rather than fail the metric.
@@ -953,13 +975,35 @@ fn one_series(data: Data) -> Result<Vec<Point>, MetricError> {
     Ok(points)
 }
 
+/// Which inputs of an expression a freshness query or probe answered for,
+/// by their index.
+type Inputs = std::collections::BTreeSet<usize>;
+
 /// What a freshness query answered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct DataTime {
     /// The newest sample of the stalest input that has a current one.
     newest_ms: Option<i64>,
-    /// How many inputs have a current sample.
-    inputs: usize,
+    /// The inputs that have a current sample.
+    inputs: Inputs,
+}
+
+/// The inputs a freshness query or probe answered for: each sample's
+/// [`freshness::INPUT_LABEL`], or input 0 when there is one input.
+fn inputs_of(data: &Data) -> Inputs {
+    match data {
+        Data::Vector(vector) => vector
+            .iter()
+            .map(|v| {
+                v.metric()
+                    .get(freshness::INPUT_LABEL)
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect(),
+        Data::Scalar(_) => Inputs::from([0]),
+        Data::Matrix(_) => Inputs::new(),
+    }
 }
 
 /// The time of the newest data behind an answer, from the freshness query's
@@ -1248,6 +1292,30 @@ mod tests {
             newest_data_ms(&data(r#"{"resultType":"vector","result":[]}"#)),
             None
         );
+    }
+
+    /// Inputs are told apart by their label, not counted: a freshness
+    /// answer for input 0 and a probe answer for input 1 are not the same
+    /// one input.
+    #[test]
+    fn the_inputs_answered_are_read_from_their_label() {
+        let labelled = data(
+            r#"{"resultType":"vector","result":[
+                {"metric":{"scalewise_input":"0"},"value":[1,"5"]},
+                {"metric":{"scalewise_input":"2"},"value":[1,"6"]}]}"#,
+        );
+        assert_eq!(inputs_of(&labelled), Inputs::from([0, 2]));
+        let one = data(r#"{"resultType":"vector","result":[{"metric":{},"value":[1,"5"]}]}"#);
+        assert_eq!(inputs_of(&one), Inputs::from([0]));
+        let none = data(r#"{"resultType":"vector","result":[]}"#);
+        assert!(inputs_of(&none).is_empty());
+        let probe = data(
+            r#"{"resultType":"vector","result":[{"metric":{"scalewise_input":"1"},"value":[1,"1"]}]}"#,
+        );
+        let fresh = data(
+            r#"{"resultType":"vector","result":[{"metric":{"scalewise_input":"0"},"value":[1,"5"]}]}"#,
+        );
+        assert!(!inputs_of(&probe).is_subset(&inputs_of(&fresh)));
     }
 
     fn config(url: &str) -> PrometheusConfig {

@@ -36,7 +36,7 @@ use promql_parser::parser::{self, Expr, Offset, VectorSelector};
 
 /// The label that keeps the inputs apart when several are combined (two
 /// label-less vectors would otherwise collapse into one under `or`).
-const INPUT_LABEL: &str = "scalewise_input";
+pub(crate) const INPUT_LABEL: &str = "scalewise_input";
 
 /// Prometheus' default lookback delta: how old a sample an instant selector
 /// still answers.
@@ -62,7 +62,7 @@ pub(crate) struct Freshness {
 pub(crate) fn freshness(promql: &str) -> Result<Option<Freshness>, String> {
     let expr = parser::parse(promql)?;
     let mut terms = Vec::new();
-    collect_terms(&expr, Duration::ZERO, &mut terms);
+    collect_terms(&expr, Context::default(), &mut terms);
     if terms.is_empty() {
         return Ok(None);
     }
@@ -99,56 +99,80 @@ struct Term {
     reach: Duration,
 }
 
+/// Where a selector sits: what enclosing subqueries add to its own range
+/// (`reach`), and to its own offset (`shift_ms`, signed: an offset back in
+/// time is positive).
+#[derive(Debug, Clone, Copy, Default)]
+struct Context {
+    reach: Duration,
+    shift_ms: i128,
+}
+
 /// Walks the expression and adds one term per distinct selector, in the
-/// order they appear; `reach` is what enclosing subqueries add to a
-/// selector's own range.
-fn collect_terms(expr: &Expr, reach: Duration, terms: &mut Vec<Term>) {
+/// order they appear.
+fn collect_terms(expr: &Expr, at: Context, terms: &mut Vec<Term>) {
     match expr {
         Expr::Aggregate(aggregate) => {
-            collect_terms(&aggregate.expr, reach, terms);
+            collect_terms(&aggregate.expr, at, terms);
             if let Some(param) = &aggregate.param {
-                collect_terms(param, reach, terms);
+                collect_terms(param, at, terms);
             }
         }
-        Expr::Unary(unary) => collect_terms(&unary.expr, reach, terms),
+        Expr::Unary(unary) => collect_terms(&unary.expr, at, terms),
         Expr::Binary(binary) => {
-            collect_terms(&binary.lhs, reach, terms);
-            collect_terms(&binary.rhs, reach, terms);
+            collect_terms(&binary.lhs, at, terms);
+            collect_terms(&binary.rhs, at, terms);
         }
-        Expr::Paren(paren) => collect_terms(&paren.expr, reach, terms),
+        Expr::Paren(paren) => collect_terms(&paren.expr, at, terms),
         Expr::Subquery(subquery) => {
             if subquery.at.is_none() {
-                collect_terms(&subquery.expr, reach + subquery.range, terms);
+                let inner = Context {
+                    reach: at.reach + subquery.range,
+                    shift_ms: at.shift_ms + offset_ms(subquery.offset.as_ref()),
+                };
+                collect_terms(&subquery.expr, inner, terms);
             }
         }
         Expr::Call(call) => {
             for arg in &call.args.args {
-                collect_terms(arg, reach, terms);
+                collect_terms(arg, at, terms);
             }
         }
-        Expr::VectorSelector(selector) => add_term(selector, reach + LOOKBACK, terms),
-        Expr::MatrixSelector(matrix) => add_term(&matrix.vs, reach + matrix.range, terms),
+        Expr::VectorSelector(selector) => add_term(selector, at.reach + LOOKBACK, at, terms),
+        Expr::MatrixSelector(matrix) => add_term(&matrix.vs, at.reach + matrix.range, at, terms),
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
     }
 }
 
-fn add_term(selector: &VectorSelector, reach: Duration, terms: &mut Vec<Term>) {
+/// An offset in ms, back in time positive.
+fn offset_ms(offset: Option<&Offset>) -> i128 {
+    match offset {
+        Some(Offset::Pos(d)) => d.as_millis() as i128,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i128),
+        None => 0,
+    }
+}
+
+fn add_term(selector: &VectorSelector, reach: Duration, at: Context, terms: &mut Vec<Term>) {
     if selector.at.is_some() {
         return;
     }
-    let mut newest = format!("max(timestamp({selector}))");
+    // The selector's own offset and its subqueries' together: data read
+    // that far back on purpose is fresh if it was fresh then.
     let mut bare = selector.clone();
-    let offset = match bare.offset.take() {
-        Some(Offset::Pos(d)) if !d.is_zero() => {
-            let _ = write!(newest, " + {}", d.as_secs_f64());
-            format!(" offset {}ms", d.as_millis())
-        }
-        Some(Offset::Neg(d)) if !d.is_zero() => {
-            let _ = write!(newest, " - {}", d.as_secs_f64());
-            format!(" offset -{}ms", d.as_millis())
-        }
-        _ => String::new(),
+    let shift_ms = offset_ms(bare.offset.take().as_ref()) + at.shift_ms;
+    let (offset, back) = match shift_ms {
+        0 => (String::new(), String::new()),
+        ms if ms > 0 => (
+            format!(" offset {ms}ms"),
+            format!(" + {}", ms as f64 / 1000.0),
+        ),
+        ms => (
+            format!(" offset {ms}ms"),
+            format!(" - {}", -ms as f64 / 1000.0),
+        ),
     };
+    let newest = format!("max(timestamp({bare}{offset})){back}");
     let probe = format!(
         "count(last_over_time({bare}[{}ms]{offset}))",
         reach.as_millis()
@@ -200,7 +224,12 @@ mod tests {
             // An offset is added back: week-old data read on purpose is not stale.
             (
                 "sum(load offset 1w)",
-                Some("max(timestamp(load offset 1w)) + 604800"),
+                Some("max(timestamp(load offset 604800000ms)) + 604800"),
+            ),
+            // A subquery's too.
+            (
+                "max_over_time(rate(x[1m] offset 1m)[10m:1m] offset 5m)",
+                Some("max(timestamp(x offset 360000ms)) + 360"),
             ),
             (
                 "max_over_time(sum(rate(reqs[1m]))[10m:1m])",
@@ -249,6 +278,12 @@ mod tests {
                 "sum(load offset 1w)",
                 1,
                 "count(last_over_time(load[300000ms] offset 604800000ms))",
+            ),
+            // A subquery's offset moves its selectors back too.
+            (
+                "max_over_time(rate(x[1m] offset 1m)[10m:1m] offset 5m)",
+                1,
+                "count(last_over_time(x[660000ms] offset 360000ms))",
             ),
             // Read twice: the longer reach.
             (
