@@ -485,6 +485,46 @@ async fn a_restored_scale_in_keeps_its_age_when_the_clock_is_set_right() {
     assert_eq!(moto.instance_ids("restored-jump").await.unwrap().len(), 2);
 }
 
+/// A scale-in restored while the clock was already right: ten minutes on,
+/// a jump (a suspend) is this run's, not the boot's clock set right, and
+/// does not count towards the drain (it is not taken for a correction and
+/// the scale-in given up as too old).
+#[tokio::test]
+async fn a_suspend_long_after_a_restore_does_not_count_towards_the_drain() {
+    let moto = moto().await;
+    moto.create_group("restored-suspend", 3).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let target = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        drain_timeout: Duration::from_secs(3_600),
+        ..settings("restored-suspend")
+    };
+    let first = actuator(moto, target.clone()).await;
+    first.scale(T0, 3, 2).await.unwrap();
+    let saved = first.saved_in_flight().await.unwrap();
+    drop(first);
+    let second = actuator(moto, target).await;
+    second
+        .restore_in_flight(T0 + 60 * SECOND, saved)
+        .await
+        .unwrap();
+    let observed = second.observe(T0 + 720 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_some(), "{observed:?}");
+    second.clock_jumped(3 * 3_600 * SECOND).await;
+    let observed = second
+        .observe(T0 + (730 + 3 * 3_600) * SECOND)
+        .await
+        .unwrap();
+    assert!(
+        observed.in_flight.is_some(),
+        "the suspend not counted: {observed:?}"
+    );
+    assert_eq!(
+        moto.instance_ids("restored-suspend").await.unwrap().len(),
+        3
+    );
+}
+
 /// Someone changes the desired capacity between the tick's read and its
 /// change (a scheduled action, an operator): the change, decided on the
 /// count before, is refused and nothing is terminated.

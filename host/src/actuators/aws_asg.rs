@@ -48,8 +48,9 @@
 //!
 //! A victim given up that the drain webhook was asked about stays in
 //! service drained, serving nothing, unless something undoes the drain:
-//! with an `undrain_webhook`, it is POSTed the same body at the end of each
-//! tick until it answers 2xx, for at most [`UNDRAIN_PATIENCE`] (an instance
+//! with an `undrain_webhook`, it is POSTed the same body when the tick
+//! reads the group (the one that gave it up, or the next), and at each tick
+//! until it answers 2xx, for at most [`UNDRAIN_PATIENCE`] (an instance
 //! chosen again meanwhile is not undrained). Pending undrains are not
 //! journaled: a restart, or a reload that changes the target's settings,
 //! forgets them.
@@ -84,6 +85,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const TERMINATE_GRACE: Duration = Duration::from_secs(300);
 /// The most instances one `SetInstanceProtection` call takes.
 const PROTECTION_BATCH: usize = 50;
+/// How long after a scale-in is restored a clock jump is taken for the
+/// boot's clock being set right (NTP's first sync), not a suspend.
+const BOOT_CORRECTION: Duration = Duration::from_secs(600);
 /// How long a victim given up is offered to the undrain webhook.
 pub const UNDRAIN_PATIENCE: Duration = Duration::from_secs(600);
 
@@ -134,12 +138,13 @@ struct ScaleIn {
     /// it was left before a victim is taken further.
     #[serde(default)]
     recheck: bool,
-    /// Restored from the journal at a start: its times are the wall clock's
-    /// of the run that saved it, not this run's reckoning, so a jump of this
-    /// run's clock (set right after a boot) is not taken off them. Cleared
-    /// by that first jump.
+    /// Restored from the journal at a start (when, by this run's clock):
+    /// its times are the wall clock's of the run that saved it, not this
+    /// run's reckoning, so a jump of this run's clock (set right after a
+    /// boot) is not taken off them. Cleared by that first jump, or once
+    /// [`BOOT_CORRECTION`] has passed without one.
     #[serde(skip)]
-    restored: bool,
+    restored_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +162,20 @@ struct Victim {
     /// What the last drain or termination attempt said.
     note: String,
     terminated: bool,
+}
+
+impl ScaleIn {
+    /// Past [`BOOT_CORRECTION`] after its restore, a clock jump is this
+    /// run's (a suspend), not the boot's clock set right.
+    fn boot_corrected(&mut self, now_ms: i64) {
+        let window = BOOT_CORRECTION.as_millis() as i64;
+        if self
+            .restored_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) > window)
+        {
+            self.restored_ms = None;
+        }
+    }
 }
 
 /// A scale-in as the journal keeps it across a restart, with the group it
@@ -547,8 +566,10 @@ impl AwsAsgActuator {
             return;
         };
         let pending = self.lock_undrains().clone();
-        for undrain in pending {
-            let failure = match http
+        // All at once: a webhook that hangs costs the tick its timeout
+        // once, not once per instance.
+        let answers = futures::future::join_all(pending.iter().map(|undrain| async move {
+            match http
                 .post(&webhook.url)
                 .json(&self.webhook_body(&undrain.id, &undrain.zone))
                 .send()
@@ -557,7 +578,10 @@ impl AwsAsgActuator {
                 Ok(resp) if resp.status().is_success() => None,
                 Ok(resp) => Some(format!("it answered {}", resp.status())),
                 Err(e) => Some(crate::outbound::causes(&e)),
-            };
+            }
+        }))
+        .await;
+        for (undrain, failure) in pending.iter().zip(answers) {
             let waited = Duration::from_millis((now_ms - undrain.since_ms).max(0) as u64);
             match failure {
                 None => tracing::info!(
@@ -669,7 +693,17 @@ impl AwsAsgActuator {
             change = %Self::in_flight(scale_in).detail,
             "The scale-in is given up ({why}); its victims not yet terminated stay in service."
         );
-        self.undrain_later(now_ms, scale_in.victims.iter().filter(|v| !v.terminated));
+        // Those still in the group: one gone or terminating needs nothing.
+        self.undrain_later(
+            now_ms,
+            scale_in.victims.iter().filter(|v| {
+                !v.terminated
+                    && group
+                        .instances()
+                        .iter()
+                        .any(|i| i.instance_id() == Some(v.id.as_str()) && runs(i))
+            }),
+        );
         if self.settings.protect_instances {
             let in_service: Vec<String> = scale_in
                 .victims
@@ -726,6 +760,9 @@ impl AwsAsgActuator {
     /// in flight taken a step further.
     async fn observe_and_advance(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
         let mut draining = self.draining.lock().await;
+        if let Some(scale_in) = draining.as_mut() {
+            scale_in.boot_corrected(now_ms);
+        }
         let mut group = self.describe().await?;
         counts_instances(&group)?;
         let mut in_flight = None;
@@ -804,8 +841,6 @@ fn desired_of(group: &AutoScalingGroup) -> u32 {
     group.desired_capacity().unwrap_or(0).max(0) as u32
 }
 
-/// The instances that count towards the desired capacity: pending and in
-/// service.
 /// Whether `instance` counts towards the desired capacity and may be a
 /// victim: in service, or launching (pending, also held by a launch
 /// lifecycle hook: `Pending:Wait`, `Pending:Proceed`).
@@ -821,6 +856,7 @@ fn runs(instance: &Instance) -> bool {
     )
 }
 
+/// The instances that count towards the desired capacity ([`runs`]).
 fn live_count(group: &AutoScalingGroup) -> u32 {
     group.instances().iter().filter(|i| runs(i)).count() as u32
 }
@@ -1085,6 +1121,7 @@ impl Actuator for AwsAsgActuator {
     async fn observe_only(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
         let mut draining = self.draining.lock().await;
         if let Some(scale_in) = draining.as_mut() {
+            scale_in.boot_corrected(now_ms);
             scale_in.frozen_ms.get_or_insert(now_ms);
         }
         let group = self.describe().await?;
@@ -1179,7 +1216,7 @@ impl Actuator for AwsAsgActuator {
         let detail = Self::in_flight(&scale_in).detail;
         *draining = Some(ScaleIn {
             recheck: true,
-            restored: true,
+            restored_ms: Some(now_ms),
             ..scale_in
         });
         Ok(detail)
@@ -1193,7 +1230,7 @@ impl Actuator for AwsAsgActuator {
         let Some(scale_in) = draining.as_mut() else {
             return;
         };
-        if std::mem::take(&mut scale_in.restored) {
+        if scale_in.restored_ms.take().is_some() {
             // Dated by the wall clock of the run that saved it: the first
             // jump, setting this run's clock right, makes its age right.
             // Checked again against its lifetime on the corrected clock.
@@ -1278,7 +1315,7 @@ impl Actuator for AwsAsgActuator {
             group_desired: Some(live),
             frozen_ms: None,
             recheck: false,
-            restored: false,
+            restored_ms: None,
             victims: victims
                 .into_iter()
                 .map(|(id, zone)| Victim {
