@@ -141,6 +141,27 @@ async fn a_leader_whose_renewal_hangs_stops_acting_at_its_renew_deadline() {
     assert_eq!(a.try_once().await, Outcome::Leading);
 }
 
+/// The wall clock jumped ahead under a leader (a suspend: its monotonic
+/// clock, and so its renew deadline, stood still while others' ran): it
+/// stops acting until its next renewal says it still holds the Lease, in
+/// the same term.
+#[tokio::test]
+async fn after_a_clock_jump_a_leader_acts_again_only_once_it_renewed() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert!(a_leads.is_leading());
+    a_leads.clock_jumped();
+    assert!(!a_leads.is_leading());
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert!(a_leads.is_leading());
+    assert_eq!(a_leads.term(), 1, "the same term");
+    // Without leader election nothing changes.
+    let always = Leadership::always();
+    always.clock_jumped();
+    assert!(always.is_leading());
+}
+
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_acting_before_its_lease_runs_out() {
     let kube = FakeKube::start().await.unwrap();

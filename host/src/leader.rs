@@ -104,7 +104,10 @@ pub struct Leadership {
     /// Until when an elected leader may act: its renew deadline, counted
     /// from when the last renewal was sent. Past it the replica stops
     /// acting whatever the next try says, however late that comes (an API
-    /// server that answered slowly, a machine that was suspended).
+    /// server that answered slowly, a try that failed just before it). The
+    /// monotonic clock stands still in a suspend, so a leader that wakes
+    /// from one would still be within it: the daemon's clock sees the wall
+    /// clock jump and ends it ([`Leadership::clock_jumped`]).
     acting_until: Arc<Mutex<Option<Instant>>>,
     /// Mirrors `leading` for the host's metrics, when given.
     gauge: Option<Gauge>,
@@ -229,6 +232,15 @@ impl Leadership {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_none_or(|until| Instant::now() < until)
+    }
+
+    /// The wall clock jumped ahead of the monotonic one (a suspend, the
+    /// clock set): others may have taken the Lease meanwhile, so an elected
+    /// leader stops acting until its next renewal says it still holds it.
+    pub fn clock_jumped(&self) {
+        if self.elected {
+            self.act_until(Instant::now());
+        }
     }
 
     /// Sets when an elected leader's renew deadline passes.

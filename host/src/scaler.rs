@@ -411,6 +411,8 @@ impl Scaler {
     /// (its windows, rate-limit periods and cooldowns do not count the
     /// jump), and so does a change the actuator has in flight.
     pub async fn clock_jumped(&mut self, by_ms: i64) {
+        // Another replica may have taken the Lease meanwhile.
+        self.services.leadership.clock_jumped();
         self.envelope.clock_jumped(by_ms);
         self.actuator.clock_jumped(by_ms).await;
     }

@@ -376,7 +376,7 @@ impl Reader {
                 .map_err(|e| reader.read_error(e))?;
             drop(stmt);
             // A damaged row (a mode a newer build wrote, a broken value)
-            // is left out, said once: one record must not keep the
+            // is left out, with a warning: one record must not keep the
             // scaler, and the daemon with it, from starting.
             Ok(rows
                 .into_iter()
