@@ -229,11 +229,15 @@ async fn the_leader_records_pauses_in_the_lease_and_the_next_leader_gets_them() 
         assert_eq!(a.try_once().await, Outcome::Leading);
     }
     assert_eq!(lease_pauses(&kube), Some(want));
+    // A follower keeps its flags as the leader records them, once per
+    // change.
+    let expected = Pauses::from([("api".to_owned(), false), ("web".to_owned(), true)]);
     assert_eq!(b.try_once().await, Outcome::Following("a".into()));
-    assert_eq!(*taken.lock().unwrap(), None, "a follower applies nothing");
+    assert_eq!(taken.lock().unwrap().take(), Some(expected.clone()));
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    assert_eq!(*taken.lock().unwrap(), None, "unchanged: not again");
     a.release().await;
     assert_eq!(b.try_once().await, Outcome::Leading);
-    let expected = Pauses::from([("api".to_owned(), false), ("web".to_owned(), true)]);
     assert_eq!(taken.lock().unwrap().take(), Some(expected));
     assert_eq!(b.try_once().await, Outcome::Leading);
     assert_eq!(*taken.lock().unwrap(), None, "only on taking the lease");
@@ -500,7 +504,7 @@ async fn two_daemons_on_one_workload_only_the_leader_acts() {
     let log = second.log();
     assert!(log.contains("This replica is the leader now"), "{log}");
     assert!(
-        log.contains("The scaler is paused as the previous leader left it"),
+        log.contains("The scaler is paused as the leader left it"),
         "{log}"
     );
     // Resumed on b, the scaler acts again.

@@ -1403,8 +1403,9 @@ async fn set_paused(
     running.handle.paused.store(paused, Ordering::Relaxed);
 }
 
-/// On taking the Lease: the pause flags the previous leaders recorded in it
-/// replace this replica's own, before its scalers act.
+/// On taking the Lease, and while following when they change: the pause
+/// flags the leaders recorded in it replace this replica's own (before its
+/// scalers act).
 async fn apply_lease_pauses(journal: &Journal, handles: &ScalerHandles, pauses: Pauses) {
     let handles = handles.load();
     for (name, paused) in pauses {
@@ -1420,7 +1421,7 @@ async fn apply_lease_pauses(journal: &Journal, handles: &ScalerHandles, pauses: 
         handle.paused.store(paused, Ordering::Relaxed);
         tracing::info!(
             scaler = %name, paused,
-            "The scaler is {} as the previous leader left it (the lease records it).",
+            "The scaler is {} as the leader left it (the lease records it).",
             if paused { "paused" } else { "resumed" }
         );
     }

@@ -343,8 +343,11 @@ pub struct Elector {
     /// Run on taking the Lease, before acting.
     takeover: Option<TakeoverHook>,
     /// The Lease's pause flags (the annotation's text) as the last try
-    /// read them; parsed only on taking the Lease.
+    /// read them; parsed only on taking the Lease, or when they change
+    /// while this replica follows.
     pauses: Option<String>,
+    /// The pause flags last handed to the hook while following.
+    followed: Option<String>,
 }
 
 /// One try's result, or a conflict with a write of this replica's own (a
@@ -391,11 +394,13 @@ impl Elector {
             renewed_at: None,
             takeover: None,
             pauses: None,
+            followed: None,
         }
     }
 
     /// Runs `hook` with the Lease's pause flags whenever this replica takes
-    /// the Lease, before it starts acting.
+    /// the Lease, before it starts acting, and while it follows whenever
+    /// they change.
     pub fn on_takeover(&mut self, hook: TakeoverHook) {
         self.takeover = Some(hook);
     }
@@ -476,6 +481,18 @@ impl Elector {
         {
             let pauses = parse_pauses(self.pauses.as_deref(), &self.settings.lease);
             hook(pauses).await;
+        }
+        // A follower keeps its pause flags as the leader records them, so
+        // that its API and `scaler_paused` say what the leader does (they
+        // would otherwise keep what this replica last set, long after a
+        // later leader changed it); taking over applies them anyway.
+        if let Outcome::Following(_) = &outcome
+            && self.pauses != self.followed
+            && let Some(hook) = &self.takeover
+        {
+            let pauses = parse_pauses(self.pauses.as_deref(), &self.settings.lease);
+            hook(pauses).await;
+            self.followed = self.pauses.clone();
         }
         let was = self.leadership.set(leading);
         let lease = &self.settings.lease;
