@@ -227,11 +227,12 @@ impl Leadership {
     /// deadline has not passed.
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Acquire)
-            && self
-                .acting_until
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_none_or(|until| Instant::now() < until)
+            && (!self.elected
+                || self
+                    .acting_until
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_none_or(|until| Instant::now() < until))
     }
 
     /// The wall clock jumped ahead of the monotonic one (a suspend, the
