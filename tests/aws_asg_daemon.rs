@@ -104,6 +104,34 @@ async fn api_shows_a_drain(daemon: &DaemonProcess, scaler: &str) {
     .unwrap();
 }
 
+/// Waits until none of `victims` is left in `group`.
+async fn victims_terminated(
+    moto: &MotoServer,
+    group: &str,
+    victims: &BTreeSet<String>,
+    log: impl Fn() -> String,
+) {
+    wait_until(
+        "the victims terminated",
+        Duration::from_secs(60),
+        || async {
+            let ids: BTreeSet<String> = moto
+                .instance_ids(group)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
+            if ids.is_disjoint(victims) {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}\n{}", log()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 async fn desired_and_count(moto: &MotoServer, group: &str) -> (i32, usize) {
     let g = moto.group(group).await.unwrap();
     (g.desired_capacity().unwrap_or(-1), g.instances().len())
@@ -329,25 +357,7 @@ async fn crash_mid_drain_then_restart(kube: Option<&scalewise_tests::fake_kube::
         "nothing terminated undrained"
     );
     drainer.answer(StatusCode::OK);
-    wait_until(
-        "the victims terminated",
-        Duration::from_secs(60),
-        || async {
-            let ids: BTreeSet<String> = moto
-                .instance_ids("crash")
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-            if ids.is_disjoint(&victims) {
-                Ok(())
-            } else {
-                Err(format!("{ids:?}\n{}", log()))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    victims_terminated(&moto, "crash", &victims, log).await;
     daemon.stop().unwrap();
 }
 
@@ -384,25 +394,7 @@ async fn a_reload_that_names_the_default_region_carries_the_drain_on() {
     .await
     .unwrap();
     drainer.answer(StatusCode::OK);
-    wait_until(
-        "the victims terminated",
-        Duration::from_secs(60),
-        || async {
-            let ids: BTreeSet<String> = moto
-                .instance_ids("named")
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-            if ids.is_disjoint(&victims) {
-                Ok(())
-            } else {
-                Err(format!("{ids:?}\n{}", log()))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    victims_terminated(&moto, "named", &victims, log).await;
     daemon.stop().unwrap();
 }
 

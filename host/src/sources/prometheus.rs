@@ -519,63 +519,54 @@ impl PrometheusSource {
         probe: &str,
         evaluation_s: i64,
     ) -> Result<Option<Inputs>, MetricError> {
-        let request = self
-            .client
-            .get()
-            .query(probe)
-            .at(evaluation_s)
-            .timeout(self.timeout_ms() as i64)
-            .query(PARTIAL_RESPONSE, "false");
-        match self.send(probe, self.authorize(request).get_raw()).await {
-            Ok(data) => Ok(Some(inputs_of(&data))),
-            // A store without last_over_time: as with the freshness query.
-            Err(MetricError::Query(reason)) => {
-                tracing::warn!(
-                    source = %self.name,
-                    query,
-                    probe,
-                    %reason,
-                    "Prometheus refused the probe for inputs gone stale, so this answer is not checked for them."
-                );
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let data = self.run_check(query, probe, "probe", evaluation_s).await?;
+        Ok(data.map(|data| inputs_of(&data)))
     }
 
     /// Runs a freshness query: the time of the newest data behind `query`,
-    /// and how many of its inputs have a current sample (`None`: not
-    /// checked).
+    /// and which of its inputs have a current sample (`None`: not checked).
     async fn newest_data(
         &self,
         query: &str,
         freshness_query: &str,
         evaluation_s: i64,
     ) -> Result<Option<DataTime>, MetricError> {
+        let data = self
+            .run_check(query, freshness_query, "freshness query", evaluation_s)
+            .await?;
+        Ok(data.map(|data| DataTime {
+            newest_ms: newest_data_ms(&data),
+            inputs: inputs_of(&data),
+        }))
+    }
+
+    /// Runs `check`, a query of ours about `query`'s data (`what` it is);
+    /// `None` when the server refuses it. Only our rewrite can make it fail
+    /// while the query itself runs (a store without `last_over_time`, say):
+    /// the check is skipped, and logged, rather than the metric failed.
+    async fn run_check(
+        &self,
+        query: &str,
+        check: &str,
+        what: &str,
+        evaluation_s: i64,
+    ) -> Result<Option<Data>, MetricError> {
         let request = self
             .client
             .get()
-            .query(freshness_query)
+            .query(check)
             .at(evaluation_s)
             .timeout(self.timeout_ms() as i64)
             .query(PARTIAL_RESPONSE, "false");
-        match self
-            .send(freshness_query, self.authorize(request).get_raw())
-            .await
-        {
-            Ok(data) => Ok(Some(DataTime {
-                newest_ms: newest_data_ms(&data),
-                inputs: inputs_of(&data),
-            })),
-            // Only our rewrite can make this fail while the query itself
-            // runs: skip the check rather than fail the metric.
+        match self.send(check, self.authorize(request).get_raw()).await {
+            Ok(data) => Ok(Some(data)),
             Err(MetricError::Query(reason)) => {
                 tracing::warn!(
                     source = %self.name,
                     query,
-                    freshness_query,
+                    check,
                     %reason,
-                    "Prometheus refused the freshness query, so this answer's data age is not checked."
+                    "Prometheus refused the {what}, so this answer is not checked by it."
                 );
                 Ok(None)
             }
