@@ -829,9 +829,7 @@ impl Daemon {
                     })
                     .fold(DefaultsNeeded::default(), DefaultsNeeded::or);
                 let defaults = target_defaults(&config, compare, &self.clients).await;
-                if (compare.namespace && defaults.namespace.is_none())
-                    || (compare.region && defaults.region.is_none())
-                {
+                if !unknown_defaults(compare, &defaults).is_empty() {
                     tracing::warn!(
                         "A reloaded target names the namespace or region it left to the default \
                          (or the other way round), and the default could not be found: it counts \

@@ -566,6 +566,9 @@ impl AwsAsgActuator {
             return;
         };
         let pending = self.lock_undrains().clone();
+        if pending.is_empty() {
+            return;
+        }
         // All at once: a webhook that hangs costs the tick its timeout
         // once, not once per instance.
         let answers = futures::future::join_all(pending.iter().map(|undrain| async move {
