@@ -393,6 +393,134 @@ async fn an_undrain_never_undoes_a_new_drain_and_gives_up_in_time() {
     assert_eq!(undrainer.calls().len(), 3, "given up");
 }
 
+/// Undrains still pending are kept with the scale-in: a restart carries
+/// them on (within their patience; later ones are named and dropped), a
+/// reload of the same group hands them over, and one whose instance is no
+/// longer in the group is dropped.
+#[tokio::test]
+async fn pending_undrains_survive_a_restart_and_a_reload() {
+    let moto = moto().await;
+    let drainer = DrainWebhook::start(StatusCode::OK).await.unwrap();
+    let undrainer = DrainWebhook::start(StatusCode::SERVICE_UNAVAILABLE)
+        .await
+        .unwrap();
+    moto.create_group("kept-undrain", 3).await.unwrap();
+    let target = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        undrain_webhook: Some(config::DrainWebhook::at(undrainer.url().to_owned()).into()),
+        // Drained at once, terminated only after the delay.
+        drain_delay: Duration::from_secs(60),
+        ..settings("kept-undrain")
+    };
+    // Given up by a restart too late to carry the scale-in on; the
+    // undrain fails once.
+    let first = actuator(moto, target.clone()).await;
+    first.scale(T0, 3, 2).await.unwrap();
+    let victims = drainer.instance_ids();
+    let late = T0 + 700 * SECOND;
+    let second = actuator(moto, target.clone()).await;
+    second
+        .restore_in_flight(late, first.saved_in_flight().await.unwrap())
+        .await
+        .unwrap_err();
+    second.observe(late).await.unwrap();
+    assert_eq!(undrainer.instance_ids(), victims);
+    let saved = second.saved_in_flight().await.expect("the undrain is kept");
+    assert!(saved.get("scale_in").is_none(), "{saved}");
+    drop(second);
+
+    // Restarted: asked again.
+    let third = actuator(moto, target.clone()).await;
+    let resumed = third
+        .restore_in_flight(late + 60 * SECOND, saved.clone())
+        .await
+        .unwrap();
+    assert!(resumed.contains("undrain 1 victim"), "{resumed}");
+    third.observe(late + 70 * SECOND).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 2, "asked after the restart");
+
+    // Reloaded with other settings: handed over, asked again.
+    let reloaded = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_delay: Duration::from_secs(5),
+            ..target.clone()
+        },
+    )
+    .await;
+    reloaded
+        .resume_in_flight(third.take_in_flight().await.expect("handed over"))
+        .await;
+    assert_eq!(third.saved_in_flight().await, None, "given away");
+    reloaded.observe(late + 80 * SECOND).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 3, "asked after the reload");
+
+    // Restarted past its patience: not carried on, named.
+    let fourth = actuator(moto, target.clone()).await;
+    let patience = UNDRAIN_PATIENCE.as_millis() as i64;
+    let why = fourth
+        .restore_in_flight(late + patience, saved.clone())
+        .await
+        .unwrap_err();
+    let victim = victims.first().unwrap();
+    assert!(why.contains(victim), "{why}");
+    fourth.observe(late + patience).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 3, "{why}");
+
+    // The instance terminated meanwhile: nothing to undo.
+    moto.client()
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(victim)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    let fifth = actuator(moto, target).await;
+    fifth
+        .restore_in_flight(late + 60 * SECOND, saved)
+        .await
+        .unwrap();
+    fifth.observe(late + 70 * SECOND).await.unwrap();
+    assert_eq!(undrainer.calls().len(), 3, "not asked for a gone instance");
+    assert_eq!(fifth.saved_in_flight().await, None, "dropped");
+}
+
+/// A scale-in this replica started before it lost the lead is given up at
+/// the first read of the group in its next term: the victim the drain
+/// webhook was asked about is undrained and stays in service.
+#[tokio::test]
+async fn a_scale_in_of_an_earlier_term_is_given_up_and_undrained() {
+    let moto = moto().await;
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let undrainer = DrainWebhook::start(StatusCode::OK).await.unwrap();
+    moto.create_group("old-term", 3).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+            undrain_webhook: Some(config::DrainWebhook::at(undrainer.url().to_owned()).into()),
+            ..settings("old-term")
+        },
+    )
+    .await;
+    asg.scale(T0, 3, 2).await.unwrap();
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    asg.forget_in_flight().await;
+    let observed = asg.observe(T0 + 10 * SECOND).await.unwrap();
+    assert!(observed.in_flight.is_none(), "given up: {observed:?}");
+    assert_eq!(observed.current, 3);
+    assert_eq!(undrainer.instance_ids(), victims, "undrained");
+    let group = moto.group("old-term").await.unwrap();
+    let victim = group
+        .instances()
+        .iter()
+        .find(|i| i.instance_id() == victims.first().map(String::as_str))
+        .expect("it stays in the group");
+    assert_eq!(victim.protected_from_scale_in(), Some(true));
+    assert_eq!(drainer.calls().len(), 1, "not drained further");
+}
+
 /// The time a drain spends held (a paused or dry-run scaler) does not count
 /// towards its timeout: a victim the webhook has not drained yet is not
 /// terminated undrained the moment the scaler acts again.

@@ -139,9 +139,12 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// the change took. Nothing by default.
     async fn clock_jumped(&self, _by_ms: i64) {}
 
-    /// Forgets a change in flight without finishing it: this replica has
+    /// Gives up a change in flight without finishing it: this replica has
     /// just taken the lead, and what it started when it last led may have
-    /// been overtaken by what the leader between did. Nothing by default.
+    /// been overtaken by what the leader between did. An actuator may undo
+    /// what it half did at its next read of the target (an Auto Scaling
+    /// group's victims are undrained and protected again). Nothing by
+    /// default.
     async fn forget_in_flight(&self) {}
 
     /// Gives up the change in flight, if any, for the actuator that

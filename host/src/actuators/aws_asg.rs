@@ -51,9 +51,11 @@
 //! with an `undrain_webhook`, it is POSTed the same body when the tick
 //! reads the group (the one that gave it up, or the next), and at each tick
 //! until it answers 2xx, for at most [`UNDRAIN_PATIENCE`] (an instance
-//! chosen again meanwhile is not undrained). Pending undrains are not
-//! journaled: a restart, or a reload that changes the target's settings,
-//! forgets them.
+//! chosen again meanwhile is not undrained, one no longer running in the
+//! group is dropped). Pending undrains are journaled with the scale-in, so
+//! a restart carries them on, and a reload of the same group hands them
+//! over. A scale-in this replica started before it last lost the lead is
+//! given up (undrained, protected again) at its next read of the group.
 //!
 //! With `protect_instances` (the default) every scale call also protects the
 //! group's in-service instances from scale-in and sets the group's
@@ -109,7 +111,7 @@ pub struct AwsAsgActuator {
 }
 
 /// A victim given up after the drain webhook was asked about it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Undrain {
     id: String,
     zone: String,
@@ -138,6 +140,11 @@ struct ScaleIn {
     /// it was left before a victim is taken further.
     #[serde(default)]
     recheck: bool,
+    /// Started in an earlier leadership term of this replica: what the
+    /// leader between did may have overtaken it, so it is given up at the
+    /// next read of the group (victims undrained, protected again).
+    #[serde(default)]
+    overtaken: bool,
     /// Restored from the journal at a start (when, by this run's clock):
     /// its times are the wall clock's of the run that saved it, not this
     /// run's reckoning, so a jump of this run's clock (set right after a
@@ -178,8 +185,8 @@ impl ScaleIn {
     }
 }
 
-/// A scale-in as the journal keeps it across a restart, with the group it
-/// belongs to.
+/// A scale-in and the victims given up still to undrain, as the journal
+/// keeps them across a restart, with the group they belong to.
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedScaleIn {
     group: String,
@@ -188,7 +195,17 @@ struct SavedScaleIn {
     /// when no client was built).
     region: Option<String>,
     endpoint: Option<String>,
-    scale_in: ScaleIn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scale_in: Option<ScaleIn>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    undrains: Vec<Undrain>,
+}
+
+/// What a reload hands to the actuator that replaces this one on the same
+/// group ([`Actuator::take_in_flight`]).
+struct Carried {
+    scale_in: Option<ScaleIn>,
+    undrains: Vec<Undrain>,
 }
 
 /// Why a termination failed.
@@ -544,19 +561,41 @@ impl AwsAsgActuator {
     /// Offers `victims` given up to the undrain webhook, those the drain
     /// webhook was asked about.
     fn undrain_later<'a>(&self, now_ms: i64, victims: impl IntoIterator<Item = &'a Victim>) {
+        self.keep_undrains(
+            victims
+                .into_iter()
+                .filter(|v| v.asked)
+                .map(|victim| Undrain {
+                    id: victim.id.clone(),
+                    zone: victim.zone.clone(),
+                    since_ms: now_ms,
+                }),
+        );
+    }
+
+    /// Adds `more` to the undrains pending (none without an undrain
+    /// webhook); an instance already pending keeps its first date.
+    fn keep_undrains(&self, more: impl IntoIterator<Item = Undrain>) {
         if self.undrain.is_none() {
             return;
         }
         let mut undrains = self.lock_undrains();
-        for victim in victims.into_iter().filter(|v| v.asked) {
-            if !undrains.iter().any(|u| u.id == victim.id) {
-                undrains.push(Undrain {
-                    id: victim.id.clone(),
-                    zone: victim.zone.clone(),
-                    since_ms: now_ms,
-                });
+        for undrain in more {
+            if !undrains.iter().any(|u| u.id == undrain.id) {
+                undrains.push(undrain);
             }
         }
+    }
+
+    /// Drops the undrains pending for instances no longer running in
+    /// `group` (terminated meanwhile, or terminating): nothing to undo.
+    fn prune_undrains(&self, group: &AutoScalingGroup) {
+        self.lock_undrains().retain(|u| {
+            group
+                .instances()
+                .iter()
+                .any(|i| i.instance_id() == Some(u.id.as_str()) && runs(i))
+        });
     }
 
     /// Calls the undrain webhook once for each victim waiting for it; one
@@ -649,10 +688,13 @@ impl AwsAsgActuator {
             scale_in.since_ms += (now_ms - frozen).max(0);
             scale_in.recheck = true;
         }
-        if !std::mem::take(&mut scale_in.recheck) {
+        let why = if scale_in.overtaken {
+            "this replica lost the lead after starting it, and what the leader between did may \
+             have overtaken it"
+                .to_string()
+        } else if !std::mem::take(&mut scale_in.recheck) {
             return true;
-        }
-        let why = if let Err(why) = self.within_lifetime(now_ms, scale_in) {
+        } else if let Err(why) = self.within_lifetime(now_ms, scale_in) {
             why
         } else {
             let now = desired_of(group);
@@ -768,6 +810,7 @@ impl AwsAsgActuator {
         }
         let mut group = self.describe().await?;
         counts_instances(&group)?;
+        self.prune_undrains(&group);
         let mut in_flight = None;
         if let Some(scale_in) = draining.as_mut()
             && !self.still_applies(now_ms, scale_in, &group).await
@@ -1138,23 +1181,35 @@ impl Actuator for AwsAsgActuator {
     }
 
     async fn take_in_flight(&self) -> Option<Box<dyn std::any::Any + Send>> {
-        let scale_in = self.draining.lock().await.take()?;
-        Some(Box::new(scale_in))
+        let scale_in = self.draining.lock().await.take();
+        let undrains = std::mem::take(&mut *self.lock_undrains());
+        if scale_in.is_none() && undrains.is_empty() {
+            return None;
+        }
+        Some(Box::new(Carried { scale_in, undrains }))
     }
 
     async fn resume_in_flight(&self, change: Box<dyn std::any::Any + Send>) {
-        if let Ok(scale_in) = change.downcast::<ScaleIn>() {
-            *self.draining.lock().await = Some(*scale_in);
+        if let Ok(carried) = change.downcast::<Carried>() {
+            let Carried { scale_in, undrains } = *carried;
+            *self.draining.lock().await = scale_in;
+            // Dropped when the reload removed the undrain webhook.
+            self.keep_undrains(undrains);
         }
     }
 
     async fn saved_in_flight(&self) -> Option<serde_json::Value> {
         let draining = self.draining.lock().await;
+        let undrains = self.lock_undrains().clone();
+        if draining.is_none() && undrains.is_empty() {
+            return None;
+        }
         let saved = SavedScaleIn {
             group: self.settings.group.clone(),
             region: self.settings.region.clone().or_else(|| self.built_region()),
             endpoint: self.settings.endpoint.clone(),
-            scale_in: draining.as_ref()?.clone(),
+            scale_in: draining.clone(),
+            undrains,
         };
         serde_json::to_value(saved).ok()
     }
@@ -1202,7 +1257,32 @@ impl Actuator for AwsAsgActuator {
                     .unwrap_or_default()
             ));
         }
-        let scale_in = saved.scale_in;
+        // Victims given up before the stop: their drain is still to undo,
+        // unless they have waited for it too long already.
+        let patience = UNDRAIN_PATIENCE.as_millis() as i64;
+        let (undrains, late): (Vec<Undrain>, Vec<Undrain>) = saved
+            .undrains
+            .into_iter()
+            .partition(|u| now_ms.saturating_sub(u.since_ms) < patience);
+        let undrains = match self.undrain {
+            Some(_) => undrains,
+            None => Vec::new(),
+        };
+        let pending = undrains.len();
+        self.keep_undrains(undrains);
+        let late = late.iter().map(|u| u.id.as_str()).collect::<Vec<_>>();
+        let Some(scale_in) = saved.scale_in else {
+            return match (pending, late.is_empty()) {
+                (0, true) => Err("nothing was left to carry on".into()),
+                (0, false) => Err(format!(
+                    "the victims given up waited for the undrain webhook longer than {} ({}): \
+                     undo their drain by hand",
+                    humantime::format_duration(UNDRAIN_PATIENCE),
+                    late.join(", ")
+                )),
+                (n, _) => Ok(format!("undrain {n} victim(s) given up")),
+            };
+        };
         // Past this age the scale-in would have ended anyway: its victims
         // terminated even undrained, or given up.
         if let Err(why) = self.within_lifetime(now_ms, &scale_in) {
@@ -1216,7 +1296,10 @@ impl Actuator for AwsAsgActuator {
                 Self::in_flight(ongoing).detail
             ));
         }
-        let detail = Self::in_flight(&scale_in).detail;
+        let mut detail = Self::in_flight(&scale_in).detail;
+        if pending > 0 {
+            detail.push_str(&format!("; and undrain {pending} victim(s) given up"));
+        }
         *draining = Some(ScaleIn {
             recheck: true,
             restored_ms: Some(now_ms),
@@ -1248,12 +1331,13 @@ impl Actuator for AwsAsgActuator {
     }
 
     async fn forget_in_flight(&self) {
-        if let Some(scale_in) = self.draining.lock().await.take() {
+        if let Some(scale_in) = self.draining.lock().await.as_mut() {
             tracing::warn!(
                 group = %self.settings.group,
-                change = %Self::in_flight(&scale_in).detail,
-                "A new leadership term: the scale-in this replica started when it last led is dropped; its victims not yet terminated stay in service."
+                change = %Self::in_flight(scale_in).detail,
+                "A new leadership term: the scale-in this replica started when it last led is given up at the next read of the group; its victims not yet terminated stay in service."
             );
+            scale_in.overtaken = true;
         }
     }
 
@@ -1318,6 +1402,7 @@ impl Actuator for AwsAsgActuator {
             group_desired: Some(live),
             frozen_ms: None,
             recheck: false,
+            overtaken: false,
             restored_ms: None,
             victims: victims
                 .into_iter()
