@@ -490,11 +490,19 @@ fn describe_must_work_and_make_sense() {
             .contains("parameter \"target\" is declared twice"),
         "{err}"
     );
+    // 30 MiB of descriptions: refused before the host copies it all.
+    let huge = std::fs::read(artifacts::HUGE_INFO).unwrap();
+    let err = load_error(&huge);
+    assert!(
+        matches!(&err, LoadError::DescribeFailed { kind: EvalErrorKind::InvalidDecision, message }
+            if message.contains("handed the host more than")),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn every_policy_and_fixture_loads_except_the_broken_ones() {
-    let broken = ["wrong-version", "bad-info", "describe-panics"];
+    let broken = ["wrong-version", "bad-info", "describe-panics", "huge-info"];
     let rt = runtime();
     for (name, path) in artifacts::ALL {
         let result = rt.load_file(Path::new(path));

@@ -584,6 +584,10 @@ fn run<R>(
     );
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
+    // What one call may hand the host (an answer, a log message), copied
+    // into host memory outside the guest's limits: a list of strings that
+    // all point at one large string would otherwise be copied once each.
+    store.set_hostcall_fuel(hostcall_budget(limits));
     store.set_epoch_deadline(rt.deadline_ticks);
     if limits.fuel > 0
         && let Err(e) = store.set_fuel(limits.fuel)
@@ -627,6 +631,15 @@ fn run<R>(
         err
     });
     (result, usage)
+}
+
+/// The most bytes one call may copy out of the guest into the host (its
+/// answer, or what it passes one host function): room for the largest
+/// decision the limits allow, and 4 MiB besides.
+pub(crate) fn hostcall_budget(limits: &RuntimeLimits) -> usize {
+    (4 << 20)
+        + usize::try_from(limits.max_state_bytes.as_u64()).unwrap_or(usize::MAX >> 1)
+        + limits.max_reason_bytes
 }
 
 /// Maps a wasmtime error to an [`EvalErrorKind`], keeping wasmtime's full
@@ -681,6 +694,15 @@ fn classify(
         (
             EvalErrorKind::OutOfMemory,
             format!("the policy's memory growth to {desired} bytes was refused"),
+        )
+    } else if format!("{err:#}").contains("fuel allocated for hostcalls") {
+        (
+            EvalErrorKind::InvalidDecision,
+            format!(
+                "the policy handed the host more than {} in one call (an answer or a log \
+                 message); the host copies at most that",
+                bytesize::ByteSize::b(hostcall_budget(limits) as u64)
+            ),
         )
     } else if instantiating {
         (

@@ -203,8 +203,11 @@ impl FolderWatch {
                 ActiveMode::Poll => config.poll_interval,
             },
         };
+        // It loads modules and runs their trial evaluations: the stack every
+        // thread that runs policies gets.
         let thread = std::thread::Builder::new()
             .name("scalewise-watch".into())
+            .stack_size(crate::runtime::THREAD_STACK)
             .spawn(move || watch_loop(source, rx, watched, settle))
             .map_err(|source| WatchError::Thread {
                 path: dir.to_path_buf(),

@@ -152,10 +152,19 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
     // override them), as `eval --record` replays one call: a call that ran
     // out of fuel in production runs out again here. Key: the limits as
     // JSON; "" for the defaults.
+    // Read once: every set of limits runs the bytes whose digest the
+    // summary names, even if the file is replaced meanwhile.
+    let bytes = std::fs::read(&args.module)
+        .map_err(|e| format!("cannot read {}: {e}", args.module.display()))?;
+    let name = args
+        .module
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let load = |limits: RuntimeLimits| -> Result<PolicyModule, String> {
         let runtime = Runtime::new(limits).map_err(|e| e.to_string())?;
         runtime
-            .load_file(&args.module)
+            .load(&name, &bytes)
             .map_err(|e| format!("{}: {e}", args.module.display()))
     };
     let mut modules: HashMap<String, PolicyModule> = HashMap::new();

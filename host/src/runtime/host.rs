@@ -68,6 +68,7 @@ impl HostState {
             },
             limiter: Limiter {
                 max_memory,
+                total: 0,
                 denied: None,
                 usage: EvalUsage::default(),
             },
@@ -378,7 +379,11 @@ impl Pollable for Ready {
 /// `out_of_memory`, and keeps instance/table/memory counts small.
 pub(crate) struct Limiter {
     max_memory: usize,
-    /// The size the guest asked for when it was refused.
+    /// The size of all the instance's memories together: the limit is
+    /// theirs, not each one's (a component may hold several).
+    total: usize,
+    /// The size (all memories together) the guest asked for when it was
+    /// refused.
     pub(crate) denied: Option<usize>,
     /// The guest's memory use so far.
     pub(crate) usage: EvalUsage,
@@ -388,7 +393,8 @@ pub(crate) struct Limiter {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvalUsage {
     /// The largest size the policy's memory reached, in bytes: its initial
-    /// size plus every growth that was granted.
+    /// size plus every growth that was granted (all its memories together,
+    /// when it has several).
     pub memory_bytes: u64,
     /// How many times the memory grew after the instance was created. A
     /// Rust policy linked with `--initial-heap` (see policies/.cargo/
@@ -417,19 +423,21 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            self.denied = Some(desired);
+        // wasmtime asks here for each memory's initial size too (from 0).
+        let total = (self.total - current.min(self.total)).saturating_add(desired);
+        if total > self.max_memory {
+            self.denied = Some(total);
             return Err(MemoryLimitExceeded {
-                desired,
+                desired: total,
                 limit: self.max_memory,
             }
             .into());
         }
-        // wasmtime asks here for a memory's initial size too (from 0).
+        self.total = total;
         if current > 0 {
             self.usage.memory_growths += 1;
         }
-        self.usage.memory_bytes = self.usage.memory_bytes.max(desired as u64);
+        self.usage.memory_bytes = self.usage.memory_bytes.max(total as u64);
         Ok(true)
     }
 
@@ -575,6 +583,27 @@ impl tokio::io::AsyncWrite for CapturedOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memory limit is the instance's, all its memories together: two
+    /// memories of 40 MiB do not both fit under 64 MiB.
+    #[test]
+    fn the_memory_limit_counts_every_memory() {
+        use wasmtime::ResourceLimiter as _;
+        const MIB: usize = 1 << 20;
+        let mut limiter = HostState::new("m".into(), "s", 0, 64 * MIB).limiter;
+        assert!(limiter.memory_growing(0, 40 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 20 * MIB, None).unwrap());
+        // The first memory growing by 4 MiB reaches the limit exactly.
+        assert!(limiter.memory_growing(40 * MIB, 44 * MIB, None).unwrap());
+        let refused = limiter.memory_growing(0, MIB, None).unwrap_err();
+        assert!(
+            refused.to_string().contains(&format!("{}", 65 * MIB)),
+            "{refused}"
+        );
+        assert_eq!(limiter.denied, Some(65 * MIB));
+        assert_eq!(limiter.usage.memory_bytes, 64 * MIB as u64);
+        assert_eq!(limiter.usage.memory_growths, 1);
+    }
 
     #[test]
     fn policy_text_cannot_forge_a_log_line_or_drive_the_terminal() {

@@ -8,6 +8,12 @@ use crate::policy::{Decision, ParameterKind, PolicyInfo};
 
 use super::bindings::json_type;
 
+/// The most parameters a policy may declare.
+const MAX_PARAMETERS: usize = 256;
+/// The most text (names, version, descriptions) a policy's `describe()`
+/// may answer: it is kept for the module's life and shown by the API.
+const MAX_INFO_TEXT: usize = 64 * 1024;
+
 /// Whether `value` has the JSON type a parameter of `kind` must have. The
 /// error says what was expected and what was found.
 pub fn check_parameter_value(kind: ParameterKind, value: &serde_json::Value) -> Result<(), String> {
@@ -50,6 +56,27 @@ pub fn check_parameter_value(kind: ParameterKind, value: &serde_json::Value) -> 
 /// Checks a module's `describe()` answer: a name, unique non-empty parameter
 /// names, and defaults of the declared kind.
 pub(crate) fn validate_info(info: &PolicyInfo) -> Result<(), String> {
+    if info.parameters.len() > MAX_PARAMETERS {
+        return Err(format!(
+            "the policy declares {} parameters; a policy takes at most {MAX_PARAMETERS}",
+            info.parameters.len()
+        ));
+    }
+    let text = info.name.len()
+        + info.version.len()
+        + info.description.len()
+        + info
+            .parameters
+            .iter()
+            .map(|p| p.name.len() + p.description.len())
+            .sum::<usize>();
+    if text > MAX_INFO_TEXT {
+        return Err(format!(
+            "the policy describes itself in {text} bytes of names and descriptions; at most \
+             {} KiB are kept",
+            MAX_INFO_TEXT / 1024
+        ));
+    }
     if info.name.trim().is_empty() {
         return Err("the policy's name is empty".into());
     }
@@ -253,6 +280,21 @@ mod tests {
             (
                 info(vec![param("größe_µs", ParameterKind::Number, None)]),
                 None,
+            ),
+            (
+                info(
+                    (0..257)
+                        .map(|i| param(&format!("p{i}"), ParameterKind::Number, None))
+                        .collect(),
+                ),
+                Some("declares 257 parameters; a policy takes at most 256"),
+            ),
+            (
+                PolicyInfo {
+                    description: "d".repeat(64 * 1024),
+                    ..info(vec![])
+                },
+                Some("at most 64 KiB"),
             ),
         ];
         for (i, want) in cases {
