@@ -113,6 +113,29 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     assert_eq!(counts, expected);
 }
 
+/// A scaler added by a reload takes the config's `paused`, not a flag the
+/// journal kept from an earlier life of the same name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_added_by_reload_takes_the_configs_pause_flag() {
+    let mut d = start("").await;
+    let paused_api = API_SCALER.replace("max = 5", "max = 5\npaused = true");
+    let with = |api: &str| config_text(4.0, 50, "native", api);
+    rewrite_config(&d, &with(&paused_api));
+    wait_for_reloads(&d, "applied", 1).await;
+    wait_for_scaler(&d, "api", "paused", |api| api["paused"] == true).await;
+    // Resumed by the config: the journal keeps `false`.
+    rewrite_config(&d, &with(API_SCALER));
+    wait_for_reloads(&d, "applied", 2).await;
+    wait_for_scaler(&d, "api", "resumed", |api| api["paused"] == false).await;
+    // Removed, then added again paused.
+    rewrite_config(&d, &with(""));
+    wait_for_reloads(&d, "applied", 3).await;
+    rewrite_config(&d, &with(&paused_api));
+    wait_for_reloads(&d, "applied", 4).await;
+    wait_for_scaler(&d, "api", "paused again", |api| api["paused"] == true).await;
+    d.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     let mut d = start("").await;

@@ -1114,7 +1114,7 @@ impl Daemon {
                     )
                     .await
                     .map_err(hint)?;
-                    added.push(scaler);
+                    added.push((scaler, scaler_config.paused));
                 }
                 Some(before) if before.fingerprint != fingerprint || uses_changed_source => {
                     let spec = bind_scaler(&sources, &mut params, scaler_config, &self.simulation)
@@ -1184,9 +1184,18 @@ impl Daemon {
             );
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
         }
-        for scaler in added {
-            tracing::info!(scaler = %scaler.spec().name, "A scaler was added by the reloaded config.");
+        for (scaler, paused) in added {
+            let name = scaler.spec().name.clone();
+            tracing::info!(scaler = %name, "A scaler was added by the reloaded config.");
+            // Its `paused` is the config's change while the daemon runs: it
+            // wins over a flag the journal kept from an earlier life.
+            let restored = scaler.handle().is_paused();
+            // Before its first tick; kept (journal, Lease) just after.
+            scaler.handle().paused.store(paused, Ordering::Relaxed);
             set.spawn(scaler);
+            if restored != paused {
+                set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
+            }
         }
         self.sources = sources;
         if let Some(webhooks) = webhooks {
