@@ -398,6 +398,68 @@ async fn a_reload_that_names_the_default_region_carries_the_drain_on() {
     daemon.stop().unwrap();
 }
 
+/// A reload that removes the scaler in the middle of a drain gives the
+/// scale-in up at once, as nothing would carry it on: its victims stay in
+/// the group, protected, and the undrain webhook is asked to put them back
+/// into service. (Before, the drain was dropped without a word, its
+/// victims left drained.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_removed_mid_drain_gives_its_scale_in_up() {
+    scaler_gone_mid_drain("removed", "the-removed").await;
+}
+
+/// The same when a reload moves the scaler to another group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_moved_to_another_group_mid_drain_gives_its_scale_in_up() {
+    scaler_gone_mid_drain("moved", "moved").await;
+}
+
+/// Drains two victims of `group` under the scaler `group`, then reloads a
+/// config whose one scaler, `then_named`, scales the group `other`.
+async fn scaler_gone_mid_drain(group: &str, then_named: &str) {
+    let (moto, drainer, dir) = setup(group, 5).await;
+    moto.create_group("other", 2).await.unwrap();
+    let undrainer = DrainWebhook::start(StatusCode::OK).await.unwrap();
+    let log = || log_in(dir.path());
+    let with_undrain = |text: String| {
+        text.replace(
+            "drain_timeout",
+            &format!("undrain_webhook = \"{}\"\ndrain_timeout", undrainer.url()),
+        )
+    };
+    let daemon = start(
+        dir.path(),
+        &with_undrain(config(&moto, group, 3, "enforce", drainer.url())),
+    );
+    api_shows_a_drain(&daemon, group).await;
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 2, "{victims:?}");
+
+    let other = config(&moto, "other", 2, "enforce", drainer.url())
+        .replace("name = \"other\"", &format!("name = \"{then_named}\""));
+    std::fs::write(dir.path().join("scalewise.toml"), with_undrain(other)).unwrap();
+    daemon.signal("HUP").unwrap();
+    wait_until("the drain given up", Duration::from_secs(60), || async {
+        match log() {
+            l if l.contains("A change was in flight when a reload") => Ok(()),
+            l => Err(l),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(undrainer.instance_ids(), victims, "{}", log());
+    let group = moto.group(group).await.unwrap();
+    for victim in &victims {
+        let instance = group
+            .instances()
+            .iter()
+            .find(|i| i.instance_id() == Some(victim.as_str()))
+            .unwrap_or_else(|| panic!("{victim} stays in the group\n{}", log()));
+        assert_eq!(instance.protected_from_scale_in(), Some(true), "{victim}");
+    }
+    daemon.stop().unwrap();
+}
+
 /// Three groups of one region and endpoint through one AWS client: the
 /// profile's `credential_process` (as an SSO or Vault helper is set up)
 /// runs once for the process, not once per group.

@@ -113,6 +113,44 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     assert_eq!(counts, expected);
 }
 
+/// A reload that moves a scaler to another target starts its envelope
+/// afresh: the old target's counts in the scale-down window (2 replicas)
+/// must not let the new target (3 replicas) drop to them at once. The
+/// scale-down window holds it at its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_moved_to_another_target_starts_its_envelope_afresh() {
+    let on = |service: &str| {
+        config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
+            .replace("service = \"web\"", &format!("service = \"{service}\""))
+    };
+    let mut d = counter_daemon(&on("api"))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    // On api (2 replicas): held at 2 by the scale-down window.
+    let held = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
+        .await
+        .unwrap();
+    assert_eq!((held.target.current, held.desired), (2, 2));
+    rewrite_config(&d, &on("web"));
+    wait_for_reloads(&d, "applied", 1).await;
+    for _ in 0..3 {
+        let moved = d
+            .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "web")
+            .await
+            .unwrap();
+        assert_eq!(
+            (moved.target.current, moved.desired),
+            (3, 3),
+            "{}",
+            scalewise::scaler::summarize(&moved)
+        );
+    }
+    d.stop().await.unwrap();
+}
+
 /// A scaler added by a reload takes the config's `paused`, not a flag the
 /// journal kept from an earlier life of the same name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -914,7 +914,11 @@ impl Wrapped {
             jumps: Default::default(),
         };
         let handles = (wrapped.go_on.clone(), wrapped.jumps.clone());
-        scaler.reconfigure(scaler.spec().clone(), Some(std::sync::Arc::new(wrapped)));
+        scaler.reconfigure(
+            scaler.spec().clone(),
+            Some(std::sync::Arc::new(wrapped)),
+            false,
+        );
         handles
     }
 }

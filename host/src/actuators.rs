@@ -147,6 +147,15 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// default.
     async fn forget_in_flight(&self) {}
 
+    /// Gives up the change in flight now, undoing what it half did where
+    /// the actuator can (an Auto Scaling group's victims are protected
+    /// again and undrained): its scaler is gone, or moved to another
+    /// target, for `why`. Says what was given up and how it was left;
+    /// `None` when nothing was in flight (and by default).
+    async fn abandon_in_flight(&self, _now_ms: i64, _why: &str) -> Option<String> {
+        None
+    }
+
     /// Gives up the change in flight, if any, for the actuator that
     /// replaces this one on the same target with other settings (a reload
     /// that changed a drain timeout, a webhook, a token): see

@@ -611,8 +611,10 @@ impl Daemon {
         if let Some(notifier) = self.services.notifier.clone() {
             tokio::spawn(async move { notifier.resume_owed().await });
         }
+        let applied = self.applied.load_full();
         for scaler in std::mem::take(&mut self.scalers) {
-            set.spawn(scaler);
+            let claim = applied.scalers[scaler.spec().name.as_str()].claim;
+            set.spawn(scaler, claim);
         }
         let _config_watch = self.watch_config(&reload_tx)?;
         #[cfg(unix)]
@@ -1192,7 +1194,7 @@ impl Daemon {
             let restored = scaler.handle().is_paused();
             // Before its first tick; kept (journal, Lease) just after.
             scaler.handle().paused.store(paused, Ordering::Relaxed);
-            set.spawn(scaler);
+            set.spawn(scaler, next.scalers[name.as_str()].claim);
             if restored != paused {
                 set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
             }
@@ -1265,13 +1267,22 @@ struct ScalerSet {
     running: BTreeMap<String, RunningScaler>,
     /// Scalers asked to stop whose task may still be finishing a tick: a
     /// task holds its `Control` until it ends.
-    stopping: Vec<(String, Arc<Control>)>,
+    stopping: Vec<Stopping>,
     clock: Clock,
     telemetry: Arc<Telemetry>,
 }
 
 struct RunningScaler {
     handle: Arc<ScalerHandle>,
+    control: Arc<Control>,
+    /// What its target is (`AppliedScaler::claim`).
+    claim: Fingerprint,
+}
+
+/// A scaler a reload removed whose task may still be finishing a tick.
+struct Stopping {
+    name: String,
+    claim: Fingerprint,
     control: Arc<Control>,
 }
 
@@ -1285,6 +1296,9 @@ struct Control {
     /// (each is built from the whole new config).
     update: Mutex<Option<Box<Reconfigure>>>,
     stop: AtomicBool,
+    /// Stopped because a reload removed the scaler (not at shutdown): its
+    /// change in flight is given up, since nothing would carry it on.
+    removed: AtomicBool,
     /// Wakes the scaler's task to look at `update` and `stop`.
     wake: Notify,
 }
@@ -1306,36 +1320,50 @@ impl Control {
 }
 
 impl ScalerSet {
-    fn spawn(&mut self, scaler: Scaler) {
+    /// Starts `scaler`, whose target is `claim` (`AppliedScaler::claim`).
+    fn spawn(&mut self, scaler: Scaler, claim: Fingerprint) {
         let name = scaler.spec().name.clone();
         let control = Arc::new(Control::default());
         let handle = scaler.handle();
-        // A scaler of this name that a reload removed may still be in its
-        // last tick: the new one waits for it (see `run_scaler`).
+        // A scaler of this name, or of this target (a rename), that a
+        // reload removed may still be in its last tick: the new one waits
+        // for it (see `run_scaler`).
         self.stopping
-            .retain(|(_, control)| Arc::strong_count(control) > 1);
-        let predecessor = self
-            .stopping
-            .iter()
-            .position(|(stopping, _)| *stopping == name)
-            .map(|i| self.stopping.swap_remove(i).1);
+            .retain(|stopping| Arc::strong_count(&stopping.control) > 1);
+        let (predecessors, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|stopping| stopping.name == name || stopping.claim == claim);
+        self.stopping = others;
         self.tasks.spawn(run_scaler(
             scaler,
             self.clock,
             self.telemetry.clone(),
             control.clone(),
-            predecessor,
+            predecessors.into_iter().map(|p| p.control).collect(),
         ));
-        self.running.insert(name, RunningScaler { handle, control });
+        self.running.insert(
+            name,
+            RunningScaler {
+                handle,
+                control,
+                claim,
+            },
+        );
     }
 
-    /// Stops a scaler after its tick in progress, if any.
+    /// Stops a scaler a reload removed after its tick in progress, if any;
+    /// its change in flight is given up.
     fn stop(&mut self, name: &str) {
         self.stopping
-            .retain(|(_, control)| Arc::strong_count(control) > 1);
+            .retain(|stopping| Arc::strong_count(&stopping.control) > 1);
         if let Some(running) = self.running.remove(name) {
+            running.control.removed.store(true, Ordering::Release);
             running.control.stop();
-            self.stopping.push((name.to_owned(), running.control));
+            self.stopping.push(Stopping {
+                name: name.to_owned(),
+                claim: running.claim,
+                control: running.control,
+            });
         }
     }
 
@@ -1601,11 +1629,11 @@ fn run_scaler(
     clock: Clock,
     telemetry: Arc<Telemetry>,
     control: Arc<Control>,
-    predecessor: Option<Arc<Control>>,
+    predecessors: Vec<Arc<Control>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        if let Some(predecessor) = predecessor {
-            Box::pin(after_predecessor(&mut scaler, predecessor, clock)).await;
+        if !predecessors.is_empty() {
+            Box::pin(after_predecessors(&mut scaler, predecessors, clock)).await;
         }
         let mut interval_ms = (scaler.spec().interval.as_millis() as i64).max(1);
         let mut next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
@@ -1615,9 +1643,18 @@ fn run_scaler(
                 biased;
                 _ = control.wake.notified() => {
                     if control.stop.load(Ordering::Acquire) {
+                        if control.removed.load(Ordering::Acquire) {
+                            let why = "a reload removed its scaler";
+                            Box::pin(scaler.retire(clock.now_ms(), why)).await;
+                        }
                         return;
                     }
                     if let Some(update) = control.take_update() {
+                        let another_target = update.actuator.is_some() && !update.same_target;
+                        if another_target {
+                            let why = "a reload moved its scaler to another target";
+                            Box::pin(scaler.retire(clock.now_ms(), why)).await;
+                        }
                         if let (true, Some(next)) = (update.same_target, &update.actuator) {
                             // Boxed: the task's future stays the size of an
                             // idle scaler's.
@@ -1626,7 +1663,7 @@ fn run_scaler(
                         let (windows, events) =
                             crate::envelope::memory_kept(&scaler.spec().behavior);
                         let Reconfigure { spec, actuator, .. } = *update;
-                        scaler.reconfigure(spec, actuator);
+                        scaler.reconfigure(spec, actuator, another_target);
                         // Either kind of history needed further back than
                         // it was kept (a longer window beside a cooldown
                         // longer still, say) is read again.
@@ -1687,23 +1724,25 @@ fn run_scaler(
     }
 }
 
-/// Waits for the task of a scaler of the same name, removed by an earlier
-/// reload, to finish its tick in progress (it holds `predecessor`, the
-/// only other reference): two must not act on one target at once. What
-/// that tick did is then read back from the journal into the envelope,
-/// which was restored before it was written.
-async fn after_predecessor(scaler: &mut Scaler, predecessor: Arc<Control>, clock: Clock) {
-    if Arc::strong_count(&predecessor) == 1 {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while Arc::strong_count(&predecessor) > 1 {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(scaler = %scaler.spec().name, "A removed scaler of this name has not finished its tick; this one starts anyway.");
-            return;
+/// Waits for the tasks of scalers of the same name or target, removed by
+/// an earlier reload, to finish their tick in progress and give up their
+/// change in flight (each holds its `Control`; the other reference is
+/// here): two must not act on one target at once, however long that
+/// takes. What those ticks did is then read back from the journal into
+/// the envelope, which was restored before it was written; a change in
+/// flight this scaler restored from the journal meanwhile was given up by
+/// them, and is dropped.
+async fn after_predecessors(scaler: &mut Scaler, predecessors: Vec<Arc<Control>>, clock: Clock) {
+    let started = tokio::time::Instant::now();
+    let mut warned = false;
+    while predecessors.iter().any(|p| Arc::strong_count(p) > 1) {
+        if !warned && started.elapsed() >= SHUTDOWN_GRACE {
+            warned = true;
+            tracing::warn!(scaler = %scaler.spec().name, "A removed scaler of this name or target has not finished its tick; this one waits for it before it acts.");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    scaler.drop_restored_in_flight().await;
     if let Err(error) = scaler.remember_further(clock.now_ms()).await {
         tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read back the last tick of the scaler this one replaces.");
     }
@@ -2149,7 +2188,7 @@ mod tests {
     /// The size of the future `f` returns, without calling it.
     fn future_size<F, Fut>(_: &F) -> usize
     where
-        F: FnOnce(Scaler, Clock, Arc<Telemetry>, Arc<Control>, Option<Arc<Control>>) -> Fut,
+        F: FnOnce(Scaler, Clock, Arc<Telemetry>, Arc<Control>, Vec<Arc<Control>>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -324,9 +324,20 @@ impl Scaler {
     /// does each policy's state where the policy at the same index names the
     /// same module (the rule used when restoring from the journal). A new
     /// `actuator` replaces the scaler's (a changed target); `None` keeps
-    /// it, with any change it has in flight.
-    pub fn reconfigure(&mut self, spec: ScalerSpec, actuator: Option<Arc<dyn Actuator>>) {
+    /// it, with any change it has in flight. For `another_target` the
+    /// envelope's history and the target's observed history begin again,
+    /// as a new scaler's: the old target's counts (3 replicas, say) in the
+    /// scale-down window would let a target of 20 drop at once.
+    pub fn reconfigure(
+        &mut self,
+        spec: ScalerSpec,
+        actuator: Option<Arc<dyn Actuator>>,
+        another_target: bool,
+    ) {
         let actuator = actuator.unwrap_or_else(|| self.actuator.clone());
+        if another_target {
+            self.envelope = EnvelopeState::new();
+        }
         let saved: Vec<PolicyState> = self
             .spec
             .policies
@@ -361,7 +372,11 @@ impl Scaler {
             })
             .collect();
         self.handle.status.store(Arc::new(status));
-        if let (Some(new), Some(old)) = (&spec.target_history, &self.spec.target_history) {
+        if let (Some(new), Some(old), false) = (
+            &spec.target_history,
+            &self.spec.target_history,
+            another_target,
+        ) {
             new.adopt(old);
         }
         self.spec = spec;
@@ -569,6 +584,44 @@ impl Scaler {
                 );
                 // Never to be resumed: not kept for the next restart either.
                 self.keep_in_flight().await;
+            }
+        }
+    }
+
+    /// Drops the change in flight this scaler restored from the journal at
+    /// its start: a removed scaler of the same name, which it waited for,
+    /// has given it up since (undrained its victims), and carrying it on
+    /// would terminate them undrained.
+    pub async fn drop_restored_in_flight(&mut self) {
+        if std::mem::take(&mut self.in_flight_restored)
+            && self.actuator.take_in_flight().await.is_some()
+        {
+            tracing::info!(scaler = %self.spec.name, "The change in flight restored from the journal was given up by the removed scaler this one replaces; it is not carried on.");
+        }
+    }
+
+    /// Gives up the actuator's change in flight, undoing what it half did
+    /// where it can, for `why` (a reload removed the scaler, or moved it to
+    /// another target): nothing else would carry it on. The journal's copy
+    /// goes with it. Only a leader acts on the target.
+    pub async fn retire(&mut self, now_ms: i64, why: &str) {
+        if !self.may_act() {
+            return;
+        }
+        if let Some(what) = self.actuator.abandon_in_flight(now_ms, why).await {
+            tracing::warn!(scaler = %self.spec.name, "A change was in flight when {why}: {what}.");
+        }
+        if self.in_flight_saved.is_some() {
+            match self
+                .services
+                .journal
+                .save_in_flight(&self.spec.name, None)
+                .await
+            {
+                Ok(()) => self.in_flight_saved = None,
+                Err(err) => {
+                    tracing::error!(scaler = %self.spec.name, error = %err, "Could not delete the journal's copy of the change given up.");
+                }
             }
         }
     }

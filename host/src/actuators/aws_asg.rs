@@ -140,11 +140,12 @@ struct ScaleIn {
     /// it was left before a victim is taken further.
     #[serde(default)]
     recheck: bool,
-    /// Started in an earlier leadership term of this replica: what the
-    /// leader between did may have overtaken it, so it is given up at the
-    /// next read of the group (victims undrained, protected again).
+    /// Why it is to be given up at the next read of the group (victims
+    /// undrained, protected again): started in an earlier leadership term
+    /// of this replica (what the leader between did may have overtaken
+    /// it), or its scaler is gone.
     #[serde(default)]
-    overtaken: bool,
+    abandon: Option<String>,
     /// Restored from the journal at a start (when, by this run's clock):
     /// its times are the wall clock's of the run that saved it, not this
     /// run's reckoning, so a jump of this run's clock (set right after a
@@ -688,10 +689,8 @@ impl AwsAsgActuator {
             scale_in.since_ms += (now_ms - frozen).max(0);
             scale_in.recheck = true;
         }
-        let why = if scale_in.overtaken {
-            "this replica lost the lead after starting it, and what the leader between did may \
-             have overtaken it"
-                .to_string()
+        let why = if let Some(why) = scale_in.abandon.take() {
+            why
         } else if !std::mem::take(&mut scale_in.recheck) {
             return true;
         } else if let Err(why) = self.within_lifetime(now_ms, scale_in) {
@@ -1330,6 +1329,32 @@ impl Actuator for AwsAsgActuator {
         }
     }
 
+    async fn abandon_in_flight(&self, now_ms: i64, why: &str) -> Option<String> {
+        let detail = {
+            let mut draining = self.draining.lock().await;
+            let scale_in = draining.as_mut()?;
+            scale_in.abandon = Some(why.to_owned());
+            Self::in_flight(scale_in).detail
+        };
+        // Given up at this read of the group: victims still in it are
+        // protected again and offered to the undrain webhook, once.
+        let outcome = match self.observe_and_advance(now_ms).await {
+            Ok(_) => "given up: victims not yet terminated stay in service".to_owned(),
+            Err(e) => format!(
+                "dropped, the group could not be read ({e}): victims not yet terminated stay in \
+                 service as they are (drained or unprotected ones need a hand)"
+            ),
+        };
+        self.deliver_undrains(now_ms).await;
+        let left: Vec<String> = self.lock_undrains().iter().map(|u| u.id.clone()).collect();
+        let undrain = if left.is_empty() {
+            String::new()
+        } else {
+            format!("; not undrained (undo by hand): {}", left.join(", "))
+        };
+        Some(format!("{detail}: {outcome}{undrain}"))
+    }
+
     async fn forget_in_flight(&self) {
         if let Some(scale_in) = self.draining.lock().await.as_mut() {
             tracing::warn!(
@@ -1337,7 +1362,11 @@ impl Actuator for AwsAsgActuator {
                 change = %Self::in_flight(scale_in).detail,
                 "A new leadership term: the scale-in this replica started when it last led is given up at the next read of the group; its victims not yet terminated stay in service."
             );
-            scale_in.overtaken = true;
+            scale_in.abandon = Some(
+                "this replica lost the lead after starting it, and what the leader between did \
+                 may have overtaken it"
+                    .into(),
+            );
         }
     }
 
@@ -1402,7 +1431,7 @@ impl Actuator for AwsAsgActuator {
             group_desired: Some(live),
             frozen_ms: None,
             recheck: false,
-            overtaken: false,
+            abandon: None,
             restored_ms: None,
             victims: victims
                 .into_iter()

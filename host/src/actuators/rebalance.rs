@@ -511,6 +511,17 @@ impl Actuator for RebalanceActuator {
             });
     }
 
+    async fn abandon_in_flight(&self, _now_ms: i64, _why: &str) -> Option<String> {
+        let change = self.change.lock().await.take()?;
+        Some(format!(
+            "the rebalance to {} workers is dropped (workers started: {}; to stop: {}); the \
+             coordinator's assignment stays as it is",
+            change.desired,
+            list_or_none(&change.starting),
+            list_or_none(&change.victims)
+        ))
+    }
+
     async fn forget_in_flight(&self) {
         if let Some(change) = self.change.lock().await.take() {
             tracing::warn!(
@@ -636,6 +647,15 @@ fn detail(change: &Change, cluster: &Cluster) -> String {
             "draining {}: {left} shard move(s) left before they stop",
             list(&change.victims)
         )
+    }
+}
+
+/// `ids` joined, or "none".
+fn list_or_none(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
     }
 }
 
