@@ -79,3 +79,51 @@ fn an_empty_folder_is_an_empty_registry() {
     let snap = registry.snapshot();
     assert!(snap.modules.is_empty() && snap.failures.is_empty());
 }
+
+/// A module file still being written when the daemon starts is read again
+/// until it holds still; one that keeps changing is a failure that says so
+/// (before, it was left out without a word, and config naming it was
+/// refused as naming an unknown module).
+#[test]
+fn a_file_being_written_at_start_is_waited_for_or_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let bytes = std::fs::read(artifacts::FAULTS).unwrap();
+    std::fs::write(d.join("settling.wasm"), &bytes).unwrap();
+    std::fs::write(d.join("busy.wasm"), &bytes).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Rewritten (length changing) every 5 ms: for 300 ms, and for good.
+    let writer = |name: &'static str, for_ms: Option<u64>| {
+        let (d, bytes, stop) = (d.clone(), bytes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut extra = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && for_ms.is_none_or(|ms| started.elapsed().as_millis() < u128::from(ms))
+            {
+                extra = (extra + 1) % 7;
+                let mut b = bytes.clone();
+                b.extend(std::iter::repeat_n(0, extra));
+                std::fs::write(d.join(name), &b).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            std::fs::write(d.join(name), &bytes).unwrap();
+        })
+    };
+    let settling = writer("settling.wasm", Some(300));
+    let busy = writer("busy.wasm", None);
+    let registry = Registry::load_dir(runtime(), &d).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    settling.join().unwrap();
+    busy.join().unwrap();
+    let snap = registry.snapshot();
+    assert!(snap.modules.contains_key("settling"), "{:?}", snap.failures);
+    let failure = &snap.failures["busy"];
+    assert!(
+        failure
+            .error
+            .contains("kept changing while the daemon started"),
+        "{}",
+        failure.error
+    );
+}

@@ -14,7 +14,7 @@
 //! comes back. [`Registry::watch`] keeps the snapshot in step with the
 //! folder (see [`crate::watch`] for when a changed file counts as settled).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -154,53 +154,33 @@ fn trial(module: &PolicyModule, samples: &[Arc<Context>]) -> Result<(), (String,
     Ok(())
 }
 
-/// Where a refusal by [`trial`] of the version with sha256 `digest` is
-/// remembered across restarts: a small file in the runtime's code cache.
-/// `None` when the runtime caches nothing (the CLI's tools).
-fn refusal_marker(runtime: &Runtime, digest: &str) -> Option<PathBuf> {
-    // The cache's own folder, not the engine's folder within it: a change
-    // of engine settings (fuel) or of wasmtime must not forget refusals.
-    let dir = runtime.limits().cache_dir.as_ref()?;
-    Some(dir.join("refused").join(format!("{digest}.txt")))
-}
-
 /// Forgets a refusal of `digest` once a version with those bytes has
 /// passed a trial.
 fn forget_refusal(runtime: &Runtime, digest: &str) {
-    if let Some(marker) = refusal_marker(runtime, digest)
-        && marker.exists()
-        && let Err(error) = std::fs::remove_file(&marker)
-    {
-        tracing::warn!(marker = %marker.display(), %error, "Could not forget a refusal of a module version that now passed its trial.");
+    if let Some(Err(error)) = runtime.forget_refusal(digest) {
+        tracing::warn!(%error, "Could not forget a refusal of a module version that now passed its trial.");
     }
 }
 
 /// Remembers that the version with `digest` failed its trial, so a restart
 /// does not serve it untried (a restarted daemon has no contexts to try it
-/// on). Best effort: a write that fails is logged.
+/// on), in the runtime's code cache (private to this user; nothing is
+/// remembered without one). Best effort: a write that fails is logged.
 fn remember_refusal(runtime: &Runtime, digest: &str, failure: &LoadFailure) {
-    let Some(marker) = refusal_marker(runtime, digest) else {
-        return;
-    };
     let text = format!(
         "{}\n{}\n",
         crate::clock::format_ms(failure.at_ms),
         failure.error
     );
-    let written = marker
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&marker, text));
-    if let Err(error) = written {
-        tracing::warn!(marker = %marker.display(), %error, "Could not remember a refused module version; a restart would load it untried.");
+    if let Some(Err(error)) = runtime.remember_refusal(digest, &text) {
+        tracing::warn!(%error, "Could not remember a refused module version; a restart would load it untried.");
     }
 }
 
 /// A refusal remembered for `digest` ([`remember_refusal`]), as the failure
 /// a restarted daemon reports for the version.
 fn remembered_refusal(runtime: &Runtime, path: &Path, digest: &str) -> Option<LoadFailure> {
-    let marker = refusal_marker(runtime, digest)?;
-    let text = std::fs::read_to_string(&marker).ok()?;
+    let (marker, text) = runtime.remembered_refusal(digest)?;
     let (when, why) = text.split_once('\n').unwrap_or((&text, ""));
     Some(LoadFailure {
         path: path.to_path_buf(),
@@ -384,19 +364,12 @@ impl Registry {
         };
         let mut stamps = registry.lock_files();
         let mut snapshot = Snapshot::default();
-        let mut candidates = Vec::new();
-        for path in files {
-            let name = module_name(&path);
-            match read_settled(&name, &path) {
-                Ok(candidate) => candidates.push(candidate),
-                Err(Some(failure)) => {
-                    if let Ok(stamp) = FileStamp::of(&path) {
-                        stamps.insert(name.clone(), stamp);
-                    }
-                    snapshot.failures.insert(name, failure);
-                }
-                Err(None) => {} // vanished or changing: the watcher picks it up
+        let (candidates, failures) = read_all_settled(files);
+        for (name, path, failure) in failures {
+            if let Ok(stamp) = FileStamp::of(&path) {
+                stamps.insert(name.clone(), stamp);
             }
+            snapshot.failures.insert(name, failure);
         }
         for (candidate, result) in load_all(&registry.runtime, candidates) {
             stamps.insert(candidate.name.clone(), candidate.stamp.clone());
@@ -822,6 +795,78 @@ fn module_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// [`read_settled`] for every file at start, when a file being written (a
+/// deploy under way) cannot be left for later silently: config naming its
+/// module would be refused as naming an unknown one, and a read between
+/// two writes can look settled. Files changed within [`START_QUIET`] must
+/// stay as read for that long (one wait for all of them); they are read
+/// again for a few seconds, then each is a failure that says so (its
+/// scalers hold until the watcher loads it once it holds still; no stamp
+/// is kept, so it counts as new). The failures come with their names and
+/// paths; a file that vanished is no module.
+fn read_all_settled(files: Vec<PathBuf>) -> (Vec<Candidate>, Vec<(String, PathBuf, LoadFailure)>) {
+    let (mut candidates, mut failures) = (Vec::new(), Vec::new());
+    let mut pending = files;
+    for _ in 0..START_SETTLE_TRIES {
+        let (mut fresh, mut again) = (Vec::new(), Vec::new());
+        for path in pending {
+            let name = module_name(&path);
+            match read_settled(&name, &path) {
+                Ok(candidate) if changed_lately(&candidate.stamp) => fresh.push(candidate),
+                Ok(candidate) => candidates.push(candidate),
+                Err(Some(failure)) => failures.push((name, path, failure)),
+                Err(None) if path.exists() => again.push(path),
+                Err(None) => {}
+            }
+        }
+        if fresh.is_empty() && again.is_empty() {
+            return (candidates, failures);
+        }
+        std::thread::sleep(START_QUIET);
+        for candidate in fresh {
+            if FileStamp::of(&candidate.path).is_ok_and(|now| now == candidate.stamp) {
+                candidates.push(candidate);
+            } else {
+                again.push(candidate.path);
+            }
+        }
+        pending = again;
+    }
+    for path in pending {
+        let err = LoadError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(
+                "the file kept changing while the daemon started (still being written?); it \
+                 is loaded once it holds still",
+            ),
+        };
+        let failure = LoadFailure::new(&path, &err, None);
+        failures.push((module_name(&path), path, failure));
+    }
+    (candidates, failures)
+}
+
+/// How often [`read_settled_at_start`] reads a file that is changing, and
+/// how long one changed lately must hold still.
+const START_SETTLE_TRIES: u32 = 20;
+const START_QUIET: Duration = Duration::from_millis(100);
+
+/// Whether the file was written within [`START_QUIET`] (by its status
+/// change time where there is one: a writer cannot set it).
+fn changed_lately(stamp: &FileStamp) -> bool {
+    let changed = match stamp.changed {
+        Some((secs, nanos)) => u64::try_from(secs)
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + Duration::new(s, nanos.clamp(0, 999_999_999) as u32)),
+        None => stamp.modified,
+    };
+    changed.is_some_and(|at| {
+        std::time::SystemTime::now()
+            .duration_since(at)
+            .map_or(true, |age| age < START_QUIET)
+    })
+}
+
 /// Reads a module file, checking it did not change while being read (its
 /// stamp before and after). `Err(None)`: it vanished or is changing, try
 /// again later; `Err(Some(_))`: it cannot be read.
@@ -875,11 +920,33 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
             && path.extension().is_some_and(|e| e == "wasm")
             && (path.is_file() || path.is_dir())
         {
+            // A module is named in config by its file name: one that is not
+            // UTF-8 could be neither named nor found again by its name.
+            if path.file_stem().is_some_and(|s| s.to_str().is_none()) {
+                warn_once_unnamed(&path);
+                continue;
+            }
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// Says once per file that a module file's name is not UTF-8 (every scan
+/// meets it again).
+fn warn_once_unnamed(path: &Path) {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    if WARNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(path.to_path_buf())
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "A module file's name is not UTF-8, so config cannot name it; it is not loaded. Rename it."
+        );
+    }
 }
 
 /// Loads `candidates` on up to as many threads as there are cores.

@@ -20,7 +20,7 @@ mod replay;
 mod validate;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
@@ -165,6 +165,40 @@ impl Runtime {
     /// The limits every evaluation runs under.
     pub fn limits(&self) -> &RuntimeLimits {
         &self.inner.limits
+    }
+
+    /// Remembers `text` as why the module version with sha256 `digest` was
+    /// refused, in the code cache's folder: the file's path, `None` when
+    /// nothing is cached (no `cache_dir`, or one refused as unsafe).
+    pub(crate) fn remember_refusal(
+        &self,
+        digest: &str,
+        text: &str,
+    ) -> Option<Result<PathBuf, String>> {
+        let cache = self.inner.cache.as_ref()?;
+        Some(
+            cache
+                .refuse(digest, text)
+                .map(|()| cache.refusal_path(digest))
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// A refusal of `digest` remembered by [`remember_refusal`](Self::remember_refusal):
+    /// its file and its text.
+    pub(crate) fn remembered_refusal(&self, digest: &str) -> Option<(PathBuf, String)> {
+        let cache = self.inner.cache.as_ref()?;
+        Some((cache.refusal_path(digest), cache.refusal(digest)?))
+    }
+
+    /// Forgets a refusal of `digest`, if one is remembered.
+    pub(crate) fn forget_refusal(&self, digest: &str) -> Option<Result<(), String>> {
+        let cache = self.inner.cache.as_ref()?;
+        Some(
+            cache
+                .forget_refusal(digest)
+                .map_err(|e| format!("{}: {e}", cache.refusal_path(digest).display())),
+        )
     }
 
     /// The wasmtime engine (for precompiling or caching code).

@@ -107,6 +107,10 @@ impl CacheError {
 #[derive(Debug)]
 pub(super) struct ModuleCache {
     dir: PathBuf,
+    /// Where refusals of module versions are remembered ([`Self::refuse`]):
+    /// beside the engines' folders, so that a change of engine settings or
+    /// of wasmtime does not forget them.
+    refused: PathBuf,
 }
 
 impl ModuleCache {
@@ -125,7 +129,55 @@ impl ModuleCache {
         create_private_dir(&dir).map_err(folder_err(&dir))?;
         check_private(&dir)?;
         remove_stale_engines(root, &key);
-        Ok(ModuleCache { dir })
+        Ok(ModuleCache {
+            dir,
+            refused: root.join("refused"),
+        })
+    }
+
+    /// The file that remembers a refusal of the module version with sha256
+    /// `digest`.
+    pub(super) fn refusal_path(&self, digest: &str) -> PathBuf {
+        self.refused.join(format!("{digest}.txt"))
+    }
+
+    /// Remembers `text` as why the version `digest` was refused, in a
+    /// private folder, replacing what was there (a link is replaced, not
+    /// followed).
+    pub(super) fn refuse(&self, digest: &str, text: &str) -> Result<(), CacheError> {
+        create_private_dir(&self.refused).map_err(|source| CacheError::Folder {
+            path: self.refused.clone(),
+            source,
+        })?;
+        check_private(&self.refused)?;
+        let path = self.refusal_path(digest);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        write_private(&path, text.as_bytes()).map_err(io)
+    }
+
+    /// Why the version `digest` was refused, when a refusal is remembered
+    /// in a file of this user's no one else can write (one planted by
+    /// someone else, or a link, is not read).
+    pub(super) fn refusal(&self, digest: &str) -> Option<String> {
+        check_private(&self.refused).ok()?;
+        let bytes = read_own(&self.refusal_path(digest)).ok()??;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Forgets a refusal of `digest`; nothing when none is remembered.
+    pub(super) fn forget_refusal(&self, digest: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.refusal_path(digest)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     /// The folder this engine's files are in.
@@ -386,6 +438,37 @@ mod tests {
         assert_eq!(engine_key(&engine(false)), engine_key(&engine(false)));
         assert_ne!(engine_key(&engine(false)), engine_key(&engine(true)));
         assert_eq!(engine_key(&engine(false)).len(), 16);
+    }
+
+    /// A refusal is written in a private folder and read only from a file
+    /// of this user's: a link planted where it goes is neither followed
+    /// when one is written (the file it leads to is untouched) nor read.
+    #[cfg(unix)]
+    #[test]
+    fn refusals_are_private_and_links_are_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(&root.path().join("cache"), &engine(false)).unwrap();
+        assert_eq!(cache.refusal("d1"), None);
+        cache.refuse("d1", "then\nwhy").unwrap();
+        assert_eq!(cache.refusal("d1").as_deref(), Some("then\nwhy"));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&cache.refused)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+
+        let victim = root.path().join("precious.txt");
+        std::fs::write(&victim, "keep me").unwrap();
+        std::os::unix::fs::symlink(&victim, cache.refusal_path("d2")).unwrap();
+        assert_eq!(cache.refusal("d2"), None, "a link is not read");
+        cache.refuse("d2", "refused").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        assert_eq!(cache.refusal("d2").as_deref(), Some("refused"));
+
+        cache.forget_refusal("d1").unwrap();
+        cache.forget_refusal("d1").unwrap();
+        assert_eq!(cache.refusal("d1"), None);
     }
 
     #[test]
