@@ -527,8 +527,20 @@ fn note_event(
         }
         if path.parent() != Some(source.dir.as_path()) {
             // Another entry of the parent folder: it may be what the folder
-            // (a symlink) points to, coming or going. One stat tells.
-            if source.rewatch_if_replaced() {
+            // (a symlink) points to, coming or going. One stat tells. A
+            // write to a file there (the journal beside the policy folder,
+            // at every tick) changes no entry and is not looked at (native
+            // events only: a poller reports a swapped link as modified).
+            let entry_changed = matches!(source.mode, ActiveMode::Poll)
+                || matches!(
+                    event.kind,
+                    EventKind::Create(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(ModifyKind::Name(_))
+                        | EventKind::Any
+                        | EventKind::Other
+                );
+            if entry_changed && source.rewatch_if_replaced() {
                 relevant = true;
             }
             continue;

@@ -81,11 +81,19 @@ impl ApiAccess {
         self.reads == ApiReads::Token
     }
 
-    /// Why a read with `headers` is refused, if it is.
-    fn check_read(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Why a read from `peer` with `headers` is refused, if it is. Open
+    /// reads from loopback must name it as loopback: a page whose name was
+    /// pointed at this machine (DNS rebinding) could read decisions,
+    /// contexts and the config otherwise.
+    fn check_read(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
         match (&self.token, self.reads) {
             (Some(token), ApiReads::Token) => token.check(headers),
-            _ => Ok(()),
+            _ => match peer {
+                Some(peer) if peer.ip().to_canonical().is_loopback() => {
+                    local_host(headers, "reads")
+                }
+                _ => Ok(()),
+            },
         }
     }
 
@@ -95,7 +103,9 @@ impl ApiAccess {
         match &self.token {
             Some(token) => token.check(headers),
             None => match peer {
-                Some(peer) if peer.ip().to_canonical().is_loopback() => local_host(headers),
+                Some(peer) if peer.ip().to_canonical().is_loopback() => {
+                    local_host(headers, "writes")
+                }
                 Some(peer) => Err(ApiError::Forbidden(format!(
                     "writes are taken only from loopback while [api] token is not set; \
                      this request came from {}",
@@ -129,11 +139,12 @@ impl Token {
     }
 }
 
-/// Refuses a loopback write whose `Host` is a DNS name other than
-/// `localhost`: a browser's page served from a name re-pointed at this
-/// machine (DNS rebinding) is same-origin with itself, so only the name
-/// tells it apart. Addresses, `localhost` and no `Host` at all pass.
-fn local_host(headers: &HeaderMap) -> Result<(), ApiError> {
+/// Refuses a loopback request (`what`: reads or writes) whose `Host` is a
+/// DNS name other than `localhost`: a browser's page served from a name
+/// re-pointed at this machine (DNS rebinding) is same-origin with itself,
+/// so only the name tells it apart. Addresses, `localhost` and no `Host`
+/// at all pass.
+fn local_host(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
     let Some(host) = headers.get(header::HOST) else {
         return Ok(());
     };
@@ -152,9 +163,14 @@ fn local_host(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(
-            "writes without [api] token are taken from loopback addressed as an IP address or \
+            "{what} without [api] token are taken from loopback addressed as an IP address or \
              localhost, not as {name:?} (a page whose name was pointed at this machine, DNS \
-             rebinding, would send its own); use http://127.0.0.1:PORT, or set [api] token"
+             rebinding, would send its own); use http://127.0.0.1:PORT, or set [api] token{}",
+            if what == "reads" {
+                " and reads = \"token\""
+            } else {
+                ""
+            }
         )))
     }
 }
@@ -205,7 +221,11 @@ pub async fn reads(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    state.access.check_read(request.headers())?;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    state.access.check_read(peer, request.headers())?;
     Ok(next.run(request).await)
 }
 
@@ -346,7 +366,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let open = with_token(dir.path(), "t");
         assert!(!open.reads_need_token());
-        assert!(open.check_read(&HeaderMap::new()).is_ok());
+        assert!(open.check_read(LOCAL, &HeaderMap::new()).is_ok());
+        // Open reads from loopback must name it so (DNS rebinding); from
+        // elsewhere any name is fine (a Service's, a pod's).
+        let rebound = headers(&[("host", "evil.example:9464")]);
+        let err = open.check_read(LOCAL, &rebound).unwrap_err();
+        assert!(matches!(err, ApiError::Forbidden(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("reads without [api] token"),
+            "{err}"
+        );
+        assert!(open.check_read(remote(), &rebound).is_ok());
+        for host in ["127.0.0.1:9464", "localhost:9464", "[::1]:9464"] {
+            assert!(open.check_read(LOCAL, &headers(&[("host", host)])).is_ok());
+        }
         let path = dir.path().join("token");
         let closed = ApiAccess::from_config(&ApiConfig {
             token: Some(Secret::File(path)),
@@ -355,12 +388,12 @@ mod tests {
         })
         .unwrap();
         assert!(closed.reads_need_token());
-        let err = closed.check_read(&HeaderMap::new()).unwrap_err();
+        let err = closed.check_read(LOCAL, &HeaderMap::new()).unwrap_err();
         assert!(matches!(err, ApiError::Unauthorized(_)), "{err:?}");
         let wrong = headers(&[("authorization", "Bearer u")]);
-        assert!(closed.check_read(&wrong).is_err());
-        let good = headers(&[("authorization", "Bearer t")]);
-        assert!(closed.check_read(&good).is_ok());
+        assert!(closed.check_read(LOCAL, &wrong).is_err());
+        let good = headers(&[("authorization", "Bearer t"), ("host", "evil.example")]);
+        assert!(closed.check_read(LOCAL, &good).is_ok());
         // Without a token to ask for, reads cannot be closed.
         let err = ApiAccess::from_config(&ApiConfig {
             reads: ApiReads::Token,
