@@ -1405,6 +1405,11 @@ impl ScalerSet {
     }
 }
 
+/// Held while a pause flag is recorded (Lease, journal, running flag), by
+/// the API's pause and resume and by a reload's change of `paused`: two at
+/// once could leave the three disagreeing.
+pub(crate) static PAUSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Sets a scaler's pause flag from the config, as the API would (the
 /// leader also records it in the Lease, for the replica that leads next).
 async fn set_paused(
@@ -1417,6 +1422,7 @@ async fn set_paused(
     let Some(running) = set.running.get(name) else {
         return;
     };
+    let _one = PAUSES.lock().await;
     if leadership.is_leading()
         && let Err(err) = leadership
             .record_pause(name, paused, |n| set.running.contains_key(n))

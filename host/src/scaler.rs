@@ -582,8 +582,9 @@ impl Scaler {
                     saved_at = %format_ms(saved.updated_ms),
                     "The change in flight when the daemon stopped is not carried on: {why}"
                 );
-                // Never to be resumed: not kept for the next restart either.
-                self.keep_in_flight().await;
+                // Never to be resumed: the first tick deletes the journal's
+                // copy (not now: a reload that adds this scaler may still
+                // be refused, and must change nothing).
             }
         }
     }

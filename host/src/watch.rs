@@ -483,9 +483,32 @@ fn watch_loop(mut source: EventSource, rx: Receiver<Msg>, mut watched: impl Watc
         tracker.scanning_at(SystemTime::now());
         let plan = tracker.plan(&known, &files, now, settled_since.unwrap_or(now), s);
         if !plan.changed.is_empty() || !plan.removed.is_empty() {
-            let unsettled = watched.apply(&plan.changed, &plan.removed);
-            for name in unsettled {
-                tracker.unsettled(&name, Instant::now());
+            // A bug that panics while loading must not end the watch for
+            // good (modules would serve on, never reloaded, unnoticed): it
+            // is logged, and the files are looked at again at the resync.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                watched.apply(&plan.changed, &plan.removed)
+            }));
+            match applied {
+                Ok(unsettled) => {
+                    for name in unsettled {
+                        tracker.unsettled(&name, Instant::now());
+                    }
+                }
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(a panic without a message)".to_owned());
+                    tracing::error!(
+                        dir = %source.dir.display(),
+                        changed = ?plan.changed,
+                        removed = ?plan.removed,
+                        %message,
+                        "Following a change in the watched folder panicked (a bug); the files are looked at again at the next rescan."
+                    );
+                }
             }
         }
         // Whatever is still pending (or was found changing while read) is
@@ -729,6 +752,69 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `*.txt` files of a folder; `apply` panics on its first call.
+    struct Panicky {
+        dir: PathBuf,
+        known: BTreeMap<String, FileStamp>,
+        calls: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Watched for Panicky {
+        fn relevant(&self, name: &OsStr) -> bool {
+            name.to_string_lossy().ends_with(".txt")
+        }
+        fn scan(&mut self) -> BTreeMap<String, FileStamp> {
+            std::fs::read_dir(&self.dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let path = e.ok()?.path();
+                    let name = path.file_name()?.to_string_lossy().into_owned();
+                    (name.ends_with(".txt")).then(|| Some((name, FileStamp::of(&path).ok()?)))?
+                })
+                .collect()
+        }
+        fn known(&self) -> BTreeMap<String, FileStamp> {
+            self.known.clone()
+        }
+        fn apply(&mut self, changed: &[String], _removed: &[String]) -> Vec<String> {
+            let first = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(changed.to_vec());
+                calls.len() == 1
+            };
+            assert!(!first, "a bug in following a change");
+            self.known = self.scan();
+            Vec::new()
+        }
+    }
+
+    /// A panic while following a change is logged and the change followed
+    /// at a later scan, not the end of the watch.
+    #[test]
+    fn a_panic_in_apply_does_not_end_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = WatchConfig {
+            enabled: true,
+            debounce: Duration::from_millis(20),
+            mode: crate::config::WatchMode::Poll,
+            poll_interval: Duration::from_millis(30),
+        };
+        let watched = Panicky {
+            dir: dir.path().to_path_buf(),
+            known: BTreeMap::new(),
+            calls: calls.clone(),
+        };
+        let _watch = FolderWatch::start(dir.path(), &config, watched).unwrap();
+        std::fs::write(dir.path().join("a.txt"), "x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while calls.lock().unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "{:?}", calls.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(calls.lock().unwrap()[1], ["a.txt"]);
+    }
 
     const S: Settle = Settle {
         debounce: Duration::from_millis(100),

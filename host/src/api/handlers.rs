@@ -399,8 +399,7 @@ async fn set_paused(
     // Lease, the journal and the running flag disagreeing.
     // Each wait bounded: an API server that does not answer must not hold
     // every later pause back.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _one = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, ONE_AT_A_TIME.lock())
+    let _one = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, crate::daemon::PAUSES.lock())
         .await
         .map_err(|_| {
             ApiError::Internal(
