@@ -502,9 +502,19 @@ impl Registry {
     /// The `*.wasm` files in the folder now, by module name, with stamps.
     /// Files that vanish while listed are left out.
     pub fn scan(&self) -> Result<BTreeMap<String, FileStamp>, RegistryError> {
+        let known = self.known();
         Ok(module_files(&self.dir)?
             .into_iter()
-            .filter_map(|path| Some((module_name(&path), FileStamp::of(&path).ok()?)))
+            .filter_map(|path| {
+                let name = module_name(&path);
+                match FileStamp::of(&path) {
+                    Ok(stamp) => Some((name, stamp)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    // Cannot tell (an I/O error, a mount that errors): the
+                    // file is taken to be as it was, not deleted.
+                    Err(_) => known.get(&name).map(|stamp| (name, stamp.clone())),
+                }
+            })
             .collect())
     }
 
@@ -916,10 +926,14 @@ fn module_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
         let hidden = path
             .file_name()
             .is_some_and(|name| name.to_string_lossy().starts_with('.'));
-        if !hidden
-            && path.extension().is_some_and(|e| e == "wasm")
-            && (path.is_file() || path.is_dir())
-        {
+        // A file whose status cannot be read for another reason than its
+        // absence (an I/O error on the mount a link leads to) is listed:
+        // its module is not dropped for it.
+        let present = match std::fs::metadata(&path) {
+            Ok(meta) => meta.is_file() || meta.is_dir(),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        };
+        if !hidden && path.extension().is_some_and(|e| e == "wasm") && present {
             // A module is named in config by its file name: one that is not
             // UTF-8 could be neither named nor found again by its name.
             if path.file_stem().is_some_and(|s| s.to_str().is_none()) {
