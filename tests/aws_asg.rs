@@ -454,6 +454,14 @@ async fn pending_undrains_survive_a_restart_and_a_reload() {
     assert_eq!(third.saved_in_flight().await, None, "given away");
     reloaded.observe(late + 80 * SECOND).await.unwrap();
     assert_eq!(undrainer.calls().len(), 3, "asked after the reload");
+    // Its scaler removed: asked once more, and named when it still fails.
+    let said = reloaded
+        .abandon_in_flight(late + 90 * SECOND, "a reload removed its scaler")
+        .await
+        .expect("the undrain pending is said");
+    assert_eq!(undrainer.calls().len(), 4, "asked when given up");
+    assert!(said.contains("not undrained (undo by hand)"), "{said}");
+    assert!(said.contains(victims.first().unwrap()), "{said}");
 
     // Restarted past its patience: not carried on, named.
     let fourth = actuator(moto, target.clone()).await;
@@ -465,7 +473,7 @@ async fn pending_undrains_survive_a_restart_and_a_reload() {
     let victim = victims.first().unwrap();
     assert!(why.contains(victim), "{why}");
     fourth.observe(late + patience).await.unwrap();
-    assert_eq!(undrainer.calls().len(), 3, "{why}");
+    assert_eq!(undrainer.calls().len(), 4, "{why}");
 
     // The instance terminated meanwhile: nothing to undo.
     moto.client()
@@ -481,7 +489,7 @@ async fn pending_undrains_survive_a_restart_and_a_reload() {
         .await
         .unwrap();
     fifth.observe(late + 70 * SECOND).await.unwrap();
-    assert_eq!(undrainer.calls().len(), 3, "not asked for a gone instance");
+    assert_eq!(undrainer.calls().len(), 4, "not asked for a gone instance");
     assert_eq!(fifth.saved_in_flight().await, None, "dropped");
 }
 

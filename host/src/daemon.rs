@@ -1143,6 +1143,7 @@ impl Daemon {
                         same_target,
                         scaler_config.paused,
                         before.paused,
+                        next.claim,
                     ));
                 }
                 Some(_) => {}
@@ -1171,7 +1172,7 @@ impl Daemon {
             set.stop(name);
             tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
         }
-        for (spec, actuator, same_target, paused, was_paused) in changed {
+        for (spec, actuator, same_target, paused, was_paused, claim) in changed {
             let name = spec.name.clone();
             if paused != was_paused {
                 set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
@@ -1183,6 +1184,7 @@ impl Daemon {
                     actuator,
                     same_target,
                 },
+                claim,
             );
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
         }
@@ -1199,6 +1201,10 @@ impl Daemon {
                 set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
             }
         }
+        // Removed scalers that have ended were matched by those added;
+        // scalers added later are built after they ended, from a journal
+        // they left as it is.
+        set.prune_stopping();
         self.sources = sources;
         if let Some(webhooks) = webhooks {
             if let Some(notifier) = &self.services.notifier {
@@ -1299,6 +1305,9 @@ struct Control {
     /// Stopped because a reload removed the scaler (not at shutdown): its
     /// change in flight is given up, since nothing would carry it on.
     removed: AtomicBool,
+    /// Its task has ended (set when the task's future is dropped, however
+    /// it ends).
+    finished: AtomicBool,
     /// Wakes the scaler's task to look at `update` and `stop`.
     wake: Notify,
 }
@@ -1327,19 +1336,22 @@ impl ScalerSet {
         let handle = scaler.handle();
         // A scaler of this name, or of this target (a rename), that a
         // reload removed may still be in its last tick: the new one waits
-        // for it (see `run_scaler`).
-        self.stopping
-            .retain(|stopping| Arc::strong_count(&stopping.control) > 1);
-        let (predecessors, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
-            .into_iter()
-            .partition(|stopping| stopping.name == name || stopping.claim == claim);
-        self.stopping = others;
+        // for it (see `run_scaler`). Matched even once finished (it may have
+        // given up, since this one was built, the change this one restored),
+        // and left for others to match (a rename and a new scaler of the
+        // old name in one reload): pruned after the reload.
+        let predecessors = self
+            .stopping
+            .iter()
+            .filter(|stopping| stopping.name == name || stopping.claim == claim)
+            .map(|stopping| stopping.control.clone())
+            .collect();
         self.tasks.spawn(run_scaler(
             scaler,
             self.clock,
             self.telemetry.clone(),
             control.clone(),
-            predecessors.into_iter().map(|p| p.control).collect(),
+            predecessors,
         ));
         self.running.insert(
             name,
@@ -1354,8 +1366,6 @@ impl ScalerSet {
     /// Stops a scaler a reload removed after its tick in progress, if any;
     /// its change in flight is given up.
     fn stop(&mut self, name: &str) {
-        self.stopping
-            .retain(|stopping| Arc::strong_count(&stopping.control) > 1);
         if let Some(running) = self.running.remove(name) {
             running.control.removed.store(true, Ordering::Release);
             running.control.stop();
@@ -1367,6 +1377,13 @@ impl ScalerSet {
         }
     }
 
+    /// Forgets the removed scalers whose task has ended: once a reload
+    /// has started those it added.
+    fn prune_stopping(&mut self) {
+        self.stopping
+            .retain(|stopping| !stopping.control.finished.load(Ordering::Acquire));
+    }
+
     /// Stops every scaler after its tick in progress, if any.
     fn stop_all(&mut self) {
         for running in std::mem::take(&mut self.running).into_values() {
@@ -1374,8 +1391,10 @@ impl ScalerSet {
         }
     }
 
-    fn reconfigure(&mut self, name: &str, mut update: Reconfigure) {
-        if let Some(running) = self.running.get(name) {
+    /// Hands a running scaler a changed config; `claim` is its target now.
+    fn reconfigure(&mut self, name: &str, mut update: Reconfigure, claim: Fingerprint) {
+        if let Some(running) = self.running.get_mut(name) {
+            running.claim = claim;
             let mut pending = running
                 .control
                 .update
@@ -1383,13 +1402,18 @@ impl ScalerSet {
                 .unwrap_or_else(PoisonError::into_inner);
             // A newer change replaces one the scaler has not applied yet; it
             // was compared with that one, so a new actuator the older one
-            // brought (a rotated token) must not be lost with it.
-            if update.actuator.is_none()
-                && let Some(older) = pending.take()
+            // brought (a rotated token) must not be lost with it, and a move
+            // to another target it brought is still a move from the target
+            // the scaler is on.
+            if let Some(older) = pending.take()
                 && older.actuator.is_some()
             {
-                update.actuator = older.actuator;
-                update.same_target = older.same_target;
+                if update.actuator.is_none() {
+                    update.actuator = older.actuator;
+                    update.same_target = older.same_target;
+                } else {
+                    update.same_target &= older.same_target;
+                }
             }
             *pending = Some(Box::new(update));
             drop(pending);
@@ -1638,6 +1662,14 @@ fn run_scaler(
     predecessors: Vec<Arc<Control>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
+        /// Says the task ended however it ends (returned, aborted, panicked).
+        struct Finished(Arc<Control>);
+        impl Drop for Finished {
+            fn drop(&mut self) {
+                self.0.finished.store(true, Ordering::Release);
+            }
+        }
+        let _finished = Finished(control.clone());
         if !predecessors.is_empty() {
             Box::pin(after_predecessors(&mut scaler, predecessors, clock)).await;
         }
@@ -1674,7 +1706,9 @@ fn run_scaler(
                         // it was kept (a longer window beside a cooldown
                         // longer still, say) is read again.
                         let needed = crate::envelope::memory_kept(&scaler.spec().behavior);
-                        if needed.0 > windows || needed.1 > events {
+                        // Not for a scaler moved to another target: the
+                        // journal's ticks of this name are the old one's.
+                        if !another_target && (needed.0 > windows || needed.1 > events) {
                             let rebuilt = Box::pin(scaler.remember_further(clock.now_ms())).await;
                             if let Err(error) = rebuilt {
                                 tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read the journal for the longer history the new behaviour needs; it builds up from now.");
@@ -1741,7 +1775,10 @@ fn run_scaler(
 async fn after_predecessors(scaler: &mut Scaler, predecessors: Vec<Arc<Control>>, clock: Clock) {
     let started = tokio::time::Instant::now();
     let mut warned = false;
-    while predecessors.iter().any(|p| Arc::strong_count(p) > 1) {
+    while predecessors
+        .iter()
+        .any(|p| !p.finished.load(Ordering::Acquire))
+    {
         if !warned && started.elapsed() >= SHUTDOWN_GRACE {
             warned = true;
             tracing::warn!(scaler = %scaler.spec().name, "A removed scaler of this name or target has not finished its tick; this one waits for it before it acts.");

@@ -870,10 +870,12 @@ fn changed_lately(stamp: &FileStamp) -> bool {
             .map(|s| std::time::UNIX_EPOCH + Duration::new(s, nanos.clamp(0, 999_999_999) as u32)),
         None => stamp.modified,
     };
+    // A time ahead of the clock (a clock set back, a file server ahead)
+    // is not taken for "lately": it would stay so.
     changed.is_some_and(|at| {
         std::time::SystemTime::now()
             .duration_since(at)
-            .map_or(true, |age| age < START_QUIET)
+            .is_ok_and(|age| age < START_QUIET)
     })
 }
 

@@ -1270,6 +1270,14 @@ impl Actuator for AwsAsgActuator {
         let pending = undrains.len();
         self.keep_undrains(undrains);
         let late = late.iter().map(|u| u.id.as_str()).collect::<Vec<_>>();
+        if !late.is_empty() && (pending > 0 || saved.scale_in.is_some()) {
+            tracing::warn!(
+                group = %settings.group,
+                instances = %late.join(", "),
+                "Victims given up before the stop waited for the undrain webhook longer than {}; undo their drain by hand.",
+                humantime::format_duration(UNDRAIN_PATIENCE)
+            );
+        }
         let Some(scale_in) = saved.scale_in else {
             return match (pending, late.is_empty()) {
                 (0, true) => Err("nothing was left to carry on".into()),
@@ -1332,27 +1340,37 @@ impl Actuator for AwsAsgActuator {
     async fn abandon_in_flight(&self, now_ms: i64, why: &str) -> Option<String> {
         let detail = {
             let mut draining = self.draining.lock().await;
-            let scale_in = draining.as_mut()?;
-            scale_in.abandon = Some(why.to_owned());
-            Self::in_flight(scale_in).detail
+            draining.as_mut().map(|scale_in| {
+                scale_in.abandon = Some(why.to_owned());
+                Self::in_flight(scale_in).detail
+            })
         };
+        if detail.is_none() && self.lock_undrains().is_empty() {
+            return None;
+        }
         // Given up at this read of the group: victims still in it are
-        // protected again and offered to the undrain webhook, once.
-        let outcome = match self.observe_and_advance(now_ms).await {
-            Ok(_) => "given up: victims not yet terminated stay in service".to_owned(),
-            Err(e) => format!(
-                "dropped, the group could not be read ({e}): victims not yet terminated stay in \
-                 service as they are (drained or unprotected ones need a hand)"
-            ),
-        };
+        // protected again; they and the victims given up earlier are
+        // offered to the undrain webhook, once.
+        let read = self.observe_and_advance(now_ms).await;
         self.deliver_undrains(now_ms).await;
-        let left: Vec<String> = self.lock_undrains().iter().map(|u| u.id.clone()).collect();
-        let undrain = if left.is_empty() {
-            String::new()
-        } else {
-            format!("; not undrained (undo by hand): {}", left.join(", "))
+        let mut said = match (&detail, read) {
+            (Some(detail), Ok(_)) => {
+                format!("{detail}: given up, victims not yet terminated stay in service")
+            }
+            (Some(detail), Err(e)) => format!(
+                "{detail}: dropped, the group could not be read ({e}); victims not yet \
+                 terminated stay in service as they are (drained or unprotected ones need a hand)"
+            ),
+            (None, _) => "victims given up earlier were still to undrain".to_owned(),
         };
-        Some(format!("{detail}: {outcome}{undrain}"))
+        let left: Vec<String> = self.lock_undrains().iter().map(|u| u.id.clone()).collect();
+        if !left.is_empty() {
+            said.push_str(&format!(
+                "; not undrained (undo by hand): {}",
+                left.join(", ")
+            ));
+        }
+        Some(said)
     }
 
     async fn forget_in_flight(&self) {

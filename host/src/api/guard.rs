@@ -40,6 +40,9 @@ use crate::config::{ApiConfig, ApiReads, Refreshed, Secret};
 pub struct ApiAccess {
     token: Option<Token>,
     reads: ApiReads,
+    /// The API listens on a loopback address only: open reads from
+    /// loopback must then name it (see [`ApiAccess::check_read`]).
+    loopback_only: bool,
 }
 
 /// The API token and its current value.
@@ -68,6 +71,7 @@ impl ApiAccess {
         Ok(ApiAccess {
             token,
             reads: api.reads,
+            loopback_only: api.listen.ip().to_canonical().is_loopback(),
         })
     }
 
@@ -82,14 +86,17 @@ impl ApiAccess {
     }
 
     /// Why a read from `peer` with `headers` is refused, if it is. Open
-    /// reads from loopback must name it as loopback: a page whose name was
-    /// pointed at this machine (DNS rebinding) could read decisions,
-    /// contexts and the config otherwise.
+    /// reads of an API that listens on loopback only must name it as
+    /// loopback: a page whose name was pointed at this machine (DNS
+    /// rebinding) could read decisions, contexts and the config through the
+    /// operator's browser otherwise. An API listening on the network is
+    /// open to its readers anyway, and reached by names (a Service's; a
+    /// mesh's proxy forwards from 127.0.0.6 with it).
     fn check_read(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
         match (&self.token, self.reads) {
             (Some(token), ApiReads::Token) => token.check(headers),
             _ => match peer {
-                Some(peer) if peer.ip().to_canonical().is_loopback() => {
+                Some(peer) if self.loopback_only && peer.ip().to_canonical().is_loopback() => {
                     local_host(headers, "reads")
                 }
                 _ => Ok(()),
@@ -380,6 +387,14 @@ mod tests {
         for host in ["127.0.0.1:9464", "localhost:9464", "[::1]:9464"] {
             assert!(open.check_read(LOCAL, &headers(&[("host", host)])).is_ok());
         }
+        // Listening on the network, names are how it is reached (a mesh's
+        // proxy forwards from loopback with the Service's name).
+        let network = ApiAccess::from_config(&ApiConfig {
+            listen: "0.0.0.0:9464".parse().unwrap(),
+            ..ApiConfig::default()
+        })
+        .unwrap();
+        assert!(network.check_read(LOCAL, &rebound).is_ok());
         let path = dir.path().join("token");
         let closed = ApiAccess::from_config(&ApiConfig {
             token: Some(Secret::File(path)),

@@ -424,6 +424,9 @@ impl wasmtime::ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         // wasmtime asks here for each memory's initial size too (from 0).
+        // A growth past the memory's own maximum is failed by wasmtime
+        // before it asks; one granted here that the system then fails
+        // stays counted (stricter, not looser).
         let total = (self.total - current.min(self.total)).saturating_add(desired);
         if total > self.max_memory {
             self.denied = Some(total);
