@@ -493,6 +493,42 @@ async fn pending_undrains_survive_a_restart_and_a_reload() {
     assert_eq!(fifth.saved_in_flight().await, None, "dropped");
 }
 
+/// A scale-in is handed to the checkpoint (the journal, in the daemon)
+/// before the drain webhook hears of a victim, so that a daemon killed in
+/// the tick that chose the victims carries the drain on after its restart.
+#[tokio::test]
+async fn a_scale_in_is_saved_before_the_drain_webhook_is_asked() {
+    let moto = moto().await;
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    moto.create_group("checkpoint", 3).await.unwrap();
+    let target = AwsAsgTarget {
+        drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+        ..settings("checkpoint")
+    };
+    let asg = actuator(moto, target.clone()).await;
+    let saved = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (into, webhook) = (saved.clone(), drainer.clone());
+    asg.set_checkpoint(scalewise::actuators::Checkpoint::new(move |change| {
+        // What the webhook had heard when the change was kept.
+        into.lock().unwrap().push((change, webhook.calls().len()));
+        Box::pin(async {})
+    }));
+    asg.scale(T0, 3, 2).await.unwrap();
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    let saved = saved.lock().unwrap().clone();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let (change, heard) = &saved[0];
+    assert_eq!(*heard, 0, "kept before the webhook was asked");
+    // What a restart would find: the same victim, carried on.
+    let restarted = actuator(moto, target).await;
+    let resumed = restarted
+        .restore_in_flight(T0 + SECOND, change.clone())
+        .await
+        .unwrap();
+    assert!(resumed.contains(victims.first().unwrap()), "{resumed}");
+}
+
 /// A scale-in this replica started before it lost the lead is given up at
 /// the first read of the group in its next term: the victim the drain
 /// webhook was asked about is undrained and stays in service.

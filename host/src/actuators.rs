@@ -20,6 +20,40 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+/// Saves a change in flight where a restart finds it (the scaler's row in
+/// the journal), as [`Actuator::saved_in_flight`] would give it: see
+/// [`Actuator::set_checkpoint`].
+#[derive(Clone)]
+pub struct Checkpoint(
+    std::sync::Arc<
+        dyn Fn(serde_json::Value) -> futures::future::BoxFuture<'static, ()> + Send + Sync,
+    >,
+);
+
+impl Checkpoint {
+    /// A checkpoint that hands each change to `save`.
+    pub fn new(
+        save: impl Fn(serde_json::Value) -> futures::future::BoxFuture<'static, ()>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Checkpoint(std::sync::Arc::new(save))
+    }
+
+    /// Saves `change`, returning once it is kept (or failed, which the
+    /// saver reports).
+    pub async fn save(&self, change: serde_json::Value) {
+        (self.0)(change).await
+    }
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Checkpoint")
+    }
+}
+
 /// The target's state as an actuator observed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
@@ -169,6 +203,13 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// under this one's settings; one of another kind is dropped. Nothing by
     /// default.
     async fn resume_in_flight(&self, _change: Box<dyn Any + Send>) {}
+
+    /// Gives the actuator the way to save a change it starts before its
+    /// first step outside the target: an Auto Scaling group's drain
+    /// webhook is asked within the tick that chooses the victims, and a
+    /// daemon killed before the tick's end would otherwise keep nothing of
+    /// a victim already drained. Nothing by default.
+    fn set_checkpoint(&self, _checkpoint: Checkpoint) {}
 
     /// The change in flight as data the journal keeps, so that a restarted
     /// daemon carries it on ([`restore_in_flight`](Actuator::restore_in_flight))

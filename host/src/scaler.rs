@@ -283,6 +283,7 @@ impl Scaler {
     /// A scaler with empty history; call [`Scaler::restore`] to pick up
     /// where a previous run left off.
     pub fn new(spec: ScalerSpec, actuator: Arc<dyn Actuator>, services: Services) -> Self {
+        actuator.set_checkpoint(checkpoint(&services, &spec.name));
         let status = ScalerStatus {
             name: spec.name.as_str().into(),
             mode: Some(spec.mode),
@@ -334,7 +335,13 @@ impl Scaler {
         actuator: Option<Arc<dyn Actuator>>,
         another_target: bool,
     ) {
-        let actuator = actuator.unwrap_or_else(|| self.actuator.clone());
+        let actuator = match actuator {
+            Some(actuator) => {
+                actuator.set_checkpoint(checkpoint(&self.services, &spec.name));
+                actuator
+            }
+            None => self.actuator.clone(),
+        };
         if another_target {
             self.envelope = EnvelopeState::new();
         }
@@ -1576,6 +1583,26 @@ pub fn summarize(record: &TickRecord) -> String {
         _ => {}
     }
     line
+}
+
+/// Where the actuator of scaler `name` saves a change it starts before its
+/// first step outside the target (see [`Actuator::set_checkpoint`]): the
+/// scaler's row of changes in flight in the journal, which the tick's end
+/// brings up to date again.
+fn checkpoint(services: &Services, name: &str) -> crate::actuators::Checkpoint {
+    let journal = services.journal.clone();
+    let name: Arc<str> = name.into();
+    crate::actuators::Checkpoint::new(move |change| {
+        let (journal, name) = (journal.clone(), name.clone());
+        Box::pin(async move {
+            if let Err(err) = journal
+                .save_in_flight(&name, Some(&change.to_string()))
+                .await
+            {
+                tracing::error!(scaler = %name, error = %err, "Could not keep the change just started in the journal; a restart within this tick would not carry it on.");
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@
 //! victim is terminated.
 //!
 //! A scale-in under way is kept in the journal
-//! ([`Actuator::saved_in_flight`]) at every tick it changes, so a daemon
+//! ([`Actuator::saved_in_flight`]) at every tick it changes, and before the
+//! drain webhook hears of its victims ([`Actuator::set_checkpoint`]), so a daemon
 //! restarted (or killed) in the middle of a drain carries it on with the
 //! same victims, whatever the first decision after the restart says: a
 //! victim already drained out of its load balancer would otherwise stay in
@@ -76,7 +77,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::clients::{Lazy, SharedClient, TargetClients, aws_client};
-use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
+use super::{Actuation, Actuator, ActuatorError, Checkpoint, InFlight, Observed};
 use crate::config::AwsAsgTarget;
 use crate::outbound::AuthedClient;
 
@@ -108,6 +109,8 @@ pub struct AwsAsgActuator {
     draining: Mutex<Option<ScaleIn>>,
     /// Victims given up that the undrain webhook has not yet taken.
     undrains: std::sync::Mutex<Vec<Undrain>>,
+    /// Saves a scale-in before the drain webhook is first asked.
+    checkpoint: std::sync::OnceLock<Checkpoint>,
 }
 
 /// A victim given up after the drain webhook was asked about it.
@@ -232,6 +235,7 @@ impl AwsAsgActuator {
             settings,
             draining: Mutex::new(None),
             undrains: Default::default(),
+            checkpoint: Default::default(),
         })
     }
 
@@ -245,6 +249,7 @@ impl AwsAsgActuator {
             client: Arc::new(Lazy::ready(client)),
             draining: Mutex::new(None),
             undrains: Default::default(),
+            checkpoint: Default::default(),
         })
     }
 
@@ -557,6 +562,23 @@ impl AwsAsgActuator {
 
     fn lock_undrains(&self) -> std::sync::MutexGuard<'_, Vec<Undrain>> {
         self.undrains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `scale_in` and the undrains pending as the journal keeps them; `None`
+    /// when there is neither.
+    fn saved(&self, scale_in: Option<&ScaleIn>) -> Option<serde_json::Value> {
+        let undrains = self.lock_undrains().clone();
+        if scale_in.is_none() && undrains.is_empty() {
+            return None;
+        }
+        let saved = SavedScaleIn {
+            group: self.settings.group.clone(),
+            region: self.settings.region.clone().or_else(|| self.built_region()),
+            endpoint: self.settings.endpoint.clone(),
+            scale_in: scale_in.cloned(),
+            undrains,
+        };
+        serde_json::to_value(saved).ok()
     }
 
     /// Offers `victims` given up to the undrain webhook, those the drain
@@ -1197,20 +1219,13 @@ impl Actuator for AwsAsgActuator {
         }
     }
 
+    fn set_checkpoint(&self, checkpoint: Checkpoint) {
+        let _ = self.checkpoint.set(checkpoint);
+    }
+
     async fn saved_in_flight(&self) -> Option<serde_json::Value> {
         let draining = self.draining.lock().await;
-        let undrains = self.lock_undrains().clone();
-        if draining.is_none() && undrains.is_empty() {
-            return None;
-        }
-        let saved = SavedScaleIn {
-            group: self.settings.group.clone(),
-            region: self.settings.region.clone().or_else(|| self.built_region()),
-            endpoint: self.settings.endpoint.clone(),
-            scale_in: draining.clone(),
-            undrains,
-        };
-        serde_json::to_value(saved).ok()
+        self.saved(draining.as_ref())
     }
 
     async fn restore_in_flight(
@@ -1464,6 +1479,14 @@ impl Actuator for AwsAsgActuator {
                 })
                 .collect(),
         };
+        // Kept before the drain webhook hears of a victim: a daemon killed
+        // in this tick carries the drain on after its restart.
+        if self.drain.is_some()
+            && let Some(checkpoint) = self.checkpoint.get()
+            && let Some(saved) = self.saved(Some(&scale_in))
+        {
+            checkpoint.save(saved).await;
+        }
         self.advance(now_ms, &mut scale_in, &group).await;
         let ids: Vec<&str> = scale_in.victims.iter().map(|v| v.id.as_str()).collect();
         if scale_in.victims.iter().all(|v| v.terminated) {
