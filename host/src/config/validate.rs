@@ -605,7 +605,10 @@ impl Checker<'_, '_> {
     }
 
     /// An http:// or https:// URL with a host, for the field `field` at `path`.
+    /// Errors quote it without its path and query (a webhook's secret is
+    /// often there, and config errors end up in CI logs).
     fn http_url(&mut self, path: &[Seg], field: &str, url: &str) {
+        let url = &quoted_url(url);
         match url::Url::parse(url) {
             Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => self.value(
                 path,
@@ -1274,6 +1277,29 @@ impl Checker<'_, '_> {
                 );
             }
         }
+    }
+}
+
+/// `url` as a config error quotes it: a URL with a host and a path or
+/// query beyond `/` is cut after the host (`https://hooks.example/…`).
+fn quoted_url(url: &str) -> std::borrow::Cow<'_, str> {
+    match url::Url::parse(url) {
+        Ok(parsed)
+            if parsed.has_host()
+                && (parsed.path() != "/"
+                    || parsed.query().is_some()
+                    || parsed.fragment().is_some()) =>
+        {
+            let cut = url
+                .find("://")
+                .map(|at| at + 3)
+                .and_then(|start| url[start..].find(['/', '?', '#']).map(|end| start + end));
+            match cut {
+                Some(cut) => format!("{}/…", &url[..cut]).into(),
+                None => url.into(),
+            }
+        }
+        _ => url.into(),
     }
 }
 

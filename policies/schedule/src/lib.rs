@@ -343,13 +343,17 @@ impl Window {
 /// weekly ones while it lasts; a window only in its lead (not started yet)
 /// can raise the count, never lower it: a holiday at 2 does not bring the
 /// evening before down an hour early, and the weekly window after the
-/// holiday still starts its lead before the holiday ends.
+/// holiday still starts its lead before the holiday ends. A weekly window
+/// whose occurrence starts inside a dated window's is replaced by it, its
+/// lead too: the morning of a holiday does not scale out for the workday
+/// that is not coming.
 pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
     // The highest of each kind, started or only in its lead.
     let mut dated: Option<(&Window, Occurrence)> = None;
     let mut weekly: Option<(&Window, Occurrence)> = None;
-    let mut leading: Option<(&Window, Occurrence)> = None;
+    let mut leads: Vec<(&Window, Occurrence)> = Vec::new();
+    let mut dated_spans: Vec<Occurrence> = Vec::new();
     // A window ends at the latest the day after it starts (yesterday's
     // 22:00-02:00), and begins up to a day (`lead`) before its start: on a
     // 23-hour day that reaches back from the day after tomorrow.
@@ -361,13 +365,19 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
             let Some(occurrence) = window.on(date, &p.timezone) else {
                 continue;
             };
+            if matches!(window.days, Days::Dates(_)) {
+                dated_spans.push(occurrence);
+            }
             let started = (occurrence.start_ms..occurrence.end_ms).contains(&now_ms);
             let in_lead =
                 (occurrence.start_ms - p.lead.ms()..occurrence.start_ms).contains(&now_ms);
             let best = match (started, in_lead, &window.days) {
                 (true, _, Days::Dates(_)) => &mut dated,
                 (true, _, Days::Weekdays(_)) => &mut weekly,
-                (false, true, _) => &mut leading,
+                (false, true, _) => {
+                    leads.push((window, occurrence));
+                    continue;
+                }
                 (false, false, _) => continue,
             };
             if best.is_none_or(|(b, _)| window.replicas > b.replicas) {
@@ -375,6 +385,21 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
             }
         }
     }
+    let leading = leads
+        .into_iter()
+        .filter(|(window, occurrence)| {
+            matches!(window.days, Days::Dates(_))
+                || !dated_spans
+                    .iter()
+                    .any(|d| (d.start_ms..d.end_ms).contains(&occurrence.start_ms))
+        })
+        .fold(
+            None,
+            |best: Option<(&Window, Occurrence)>, (window, occurrence)| match best {
+                Some((b, _)) if window.replicas <= b.replicas => best,
+                _ => Some((window, occurrence)),
+            },
+        );
     let started = dated.or(weekly);
     match (started, leading) {
         (Some(now), Some(next)) if next.0.replicas > now.0.replicas => Some(next),

@@ -139,6 +139,16 @@ fn dates_and_overlaps() {
     assert_eq!(desired("2026-11-26T23:30:00Z", sale.clone()), 30);
     assert_eq!(desired("2026-11-26T22:30:00Z", sale), 2);
 
+    // A weekly window starting inside a holiday does not lead it: the
+    // holiday morning does not scale out for the workday not coming.
+    let closed = json!({
+        "windows": "mon-fri 08:30-18:00 10; 2026-12-24..2026-12-26 00:00-24:00 2",
+        "lead": "10m",
+    });
+    assert_eq!(desired("2026-12-24T08:20:00Z", closed.clone()), 2);
+    assert_eq!(desired("2026-12-24T08:40:00Z", closed.clone()), 2);
+    assert_eq!(desired("2026-12-28T08:20:00Z", closed), 10);
+
     // Past its last date, a date-only schedule says so.
     let once = json!({ "windows": "2026-11-27 00:00-24:00 30" });
     let d = decide(&ctx(at("2026-12-01T00:00:00Z"), 3, once)).unwrap();
