@@ -333,7 +333,8 @@ fn a_notification_for_an_unknown_scaler_or_a_bad_url_is_refused_at_its_place() {
     let text = config(
         policies.path(),
         &dir.path().join("journal.db"),
-        "[[notifications]]\nurl = \"ftp://hooks\"\nscalers = [\"wbe\"]\n",
+        "[[notifications]]\nurl = \"ftp://hooks\"\nscalers = [\"wbe\"]\n\
+         [[notifications]]\nurl = \"hxxps://hooks.example/services/T0/B0/s3cr3t\"\n",
     );
     let err = scalewise::config::Config::parse(&text, Path::new("n.toml"))
         .unwrap_err()
@@ -341,9 +342,12 @@ fn a_notification_for_an_unknown_scaler_or_a_bad_url_is_refused_at_its_place() {
     for want in [
         "n.toml:37:7: notifications[0]: url \"ftp://hooks\" must start with http:// or https://",
         "n.toml:38:12: notifications[0].scalers[0]: no scaler is named \"wbe\"; scalers: web, api",
+        // Without the path, where webhooks keep their secret.
+        "notifications[1]: url \"hxxps://hooks.example/…\" must start with http:// or https://",
     ] {
         assert!(err.contains(want), "missing {want:?} in\n{err}");
     }
+    assert!(!err.contains("s3cr3t"), "{err}");
 }
 
 /// A webhook at `url` told of every change and failure, a second per
