@@ -277,3 +277,24 @@ async fn each_evaluation_replays_under_the_limits_it_ran_under() {
     assert!(err.contains(" decides-now"), "{err}");
     assert!(out.contains("recorded: failed (out_of_fuel)"), "{out}");
 }
+
+/// Evaluations no module ran (its file failed to load then) are skipped and
+/// counted apart, not reported as the module deciding now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluations_no_module_ran_are_skipped() {
+    let mut daemon = RunningDaemon::with(CONFIG)
+        .policies(|dir| std::fs::write(dir.join("target-tracking.wasm"), b"\0asm not yet").unwrap())
+        .start()
+        .await
+        .unwrap();
+    daemon
+        .wait_for_record("web", "3 ticks", Duration::from_secs(60), |r| {
+            r.id.unwrap_or_default() >= 3
+        })
+        .await
+        .unwrap();
+    daemon.stop().await.unwrap();
+    let (code, out, err) = replay(daemon.dir().join("journal.db"), &[]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("ran no module"), "{err}");
+}

@@ -220,7 +220,14 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             .filter(|(_, e)| e.module == policy)
             .map(move |(index, e)| (record, index, e))
     });
+    // Evaluations no module ran (its file was missing or failed to load):
+    // nothing to compare with, so they are counted apart, not as differing.
+    let mut not_run = 0usize;
     for (record, index, evaluation) in evaluations {
+        if evaluation.digest.is_none() {
+            not_run += 1;
+            continue;
+        }
         let several = record
             .evaluations
             .iter()
@@ -303,6 +310,13 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         }
     }
     let replayed_count: usize = counts.values().sum();
+    if replayed_count == 0 && not_run > 0 {
+        return Err(format!(
+            "{}: the {not_run} recorded evaluations of policy {policy:?} ran no module (it was \
+             missing or failed to load then): nothing to replay",
+            path.display()
+        ));
+    }
     if replayed_count == 0 {
         return Err(format!(
             "{}: no recorded evaluation of policy {policy:?}{} to replay (--policy names the \
@@ -314,10 +328,13 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
                 .unwrap_or_default()
         ));
     }
-    let summary: Vec<String> = counts
+    let mut summary: Vec<String> = counts
         .iter()
         .map(|(v, n)| format!("{n} {}", v.as_str()))
         .collect();
+    if not_run > 0 {
+        summary.push(format!("{not_run} skipped (no module ran then)"));
+    }
     writeln!(
         err,
         "replayed {replayed_count} evaluations of {policy:?} with {} ({}): {}",
