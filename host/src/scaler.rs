@@ -1101,7 +1101,8 @@ impl Scaler {
         // it and took it again meanwhile (its reading of the target and its
         // envelope are of the term before, and another replica may have
         // acted in between).
-        let scaled = if self.may_act() && self.services.leadership.term() == self.term {
+        let leads = self.may_act() && self.services.leadership.term() == self.term;
+        let scaled = if leads {
             let asked = std::time::Instant::now();
             let scaled = self.actuator.scale(now_ms, current, desired).await;
             telemetry.target_called(self.actuator.kind(), "scale", asked.elapsed());
@@ -1153,8 +1154,12 @@ impl Scaler {
         // The outcome and, when a webhook wants to hear of it, the change
         // to tell it of: in one transaction, so a crash loses neither.
         let repeat = announcement.error.is_some() && announcement.error == self.told_failure;
-        self.told_failure = announcement.error.clone();
-        let notifier = self.services.notifier.as_ref().filter(|_| !repeat);
+        // A lease lost during the tick is no failure to alarm anyone with:
+        // the replica that leads now decides. The journal keeps it.
+        if leads {
+            self.told_failure = announcement.error.clone();
+        }
+        let notifier = self.services.notifier.as_ref().filter(|_| !repeat && leads);
         let owe = notifier
             .filter(|n| n.wants(&announcement))
             .map(|_| &announcement);

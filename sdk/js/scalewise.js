@@ -75,7 +75,8 @@ export function readParams(ctx, params) {
   }
   const values = {};
   for (const p of params) {
-    const value = p.name in given ? given[p.name] : p.defaultValue;
+    // An explicit null is not given, as in the Rust SDK: the default.
+    const value = (Object.hasOwn(given, p.name) ? given[p.name] : undefined) ?? p.defaultValue;
     if (value === undefined || value === null) {
       throw new PolicyError(`parameter '${p.name}' is required`);
     }

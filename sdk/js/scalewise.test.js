@@ -53,6 +53,8 @@ test('parameters: defaults, kinds, and refusals that name the parameter', () => 
     steps: 1,
     window: 60000,
   });
+  // An explicit null is not given (the Rust SDK's rule): the default.
+  assert.equal(sdk.readParams(context({ metric: 'cpu', target: 60, steps: null }), specs).steps, 1);
   const cases = [
     [{ target: 60 }, "parameter 'metric' is required"],
     [{ metric: 'cpu', target: '60' }, "parameter 'target' must be a number"],

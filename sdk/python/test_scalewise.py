@@ -68,6 +68,11 @@ class Params(unittest.TestCase):
         self.assertEqual(
             got, {"metric": "cpu", "target": 60.0, "steps": 1, "window": 60_000, "strict": False}
         )
+        # An explicit null is not given (the Rust SDK's rule): the default.
+        got = scalewise.read_params(
+            context({"metric": "cpu", "target": 60, "steps": None}), self.SPECS
+        )
+        self.assertEqual(got["steps"], 1)
 
     def test_each_refusal_names_the_parameter(self):
         cases = [

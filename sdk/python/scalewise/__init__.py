@@ -136,7 +136,10 @@ def read_params(ctx, params):
         raise PolicyError(f"unknown parameter {unknown[0]!r}")
     values = {}
     for p in params:
-        value = given.get(p.name, p.default)
+        # An explicit null is not given, as in the Rust SDK: the default.
+        value = given.get(p.name)
+        if value is None:
+            value = p.default
         if value is None:
             raise PolicyError(f"parameter {p.name!r} is required")
         values[p.name] = _check(p, value)
