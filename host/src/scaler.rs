@@ -619,19 +619,7 @@ impl Scaler {
         if let Some(what) = self.actuator.abandon_in_flight(now_ms, why).await {
             tracing::warn!(scaler = %self.spec.name, "A change was in flight when {why}: {what}.");
         }
-        if self.in_flight_saved.is_some() {
-            match self
-                .services
-                .journal
-                .save_in_flight(&self.spec.name, None)
-                .await
-            {
-                Ok(()) => self.in_flight_saved = None,
-                Err(err) => {
-                    tracing::error!(scaler = %self.spec.name, error = %err, "Could not delete the journal's copy of the change given up.");
-                }
-            }
-        }
+        self.write_in_flight(None).await;
     }
 
     /// Brings the journal's copy of the actuator's change in flight up to
@@ -642,6 +630,12 @@ impl Scaler {
             .saved_in_flight()
             .await
             .map(|change| change.to_string());
+        self.write_in_flight(change).await;
+    }
+
+    /// Makes the journal's copy of the change in flight `change` (none:
+    /// deleted), when it is not that already.
+    async fn write_in_flight(&mut self, change: Option<String>) {
         if change.as_deref() == self.in_flight_saved.as_deref() {
             return;
         }

@@ -1278,12 +1278,9 @@ impl Actuator for AwsAsgActuator {
             .undrains
             .into_iter()
             .partition(|u| now_ms.saturating_sub(u.since_ms) < patience);
-        let undrains = match self.undrain {
-            Some(_) => undrains,
-            None => Vec::new(),
-        };
-        let pending = undrains.len();
+        // Dropped when there is no undrain webhook now.
         self.keep_undrains(undrains);
+        let pending = self.lock_undrains().len();
         let late = late.iter().map(|u| u.id.as_str()).collect::<Vec<_>>();
         if !late.is_empty() && (pending > 0 || saved.scale_in.is_some()) {
             tracing::warn!(
