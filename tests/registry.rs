@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use scalewise::registry::Registry;
+use scalewise::registry::{INCOMPATIBLE_WITH_CONFIG, Registry};
 use scalewise_tests::{artifacts, fault, runtime};
 
 fn copy(from: &str, dir: &Path, name: &str) {
@@ -126,4 +126,57 @@ fn a_file_being_written_at_start_is_waited_for_or_named() {
         "{}",
         failure.error
     );
+}
+
+/// A config reload may apply between the gate's first look at a new version
+/// and the swap (the version was checked against the old config only): the
+/// gate has a last word just before the swap, and a version it then refuses
+/// does not serve; the one before it keeps deciding.
+#[test]
+fn the_gate_has_the_last_word_before_a_new_version_serves() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    copy(artifacts::TARGET_TRACKING, d, "policy.wasm");
+    let registry = Registry::load_dir(runtime(), d).unwrap();
+    let first = registry.get("policy").unwrap().digest().to_owned();
+
+    // Fits the config at the first look, not at the second (a reload has
+    // applied a config it does not fit in between).
+    let looks = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&looks);
+    registry.set_gate(Arc::new(move |_module: &str, _catalog: &_| {
+        match counted.fetch_add(1, Ordering::SeqCst) {
+            0 => Ok(()),
+            _ => Err("does not fit the config applied since".to_owned()),
+        }
+    }));
+    copy(artifacts::THRESHOLD, d, "policy.wasm");
+    let report = registry.reload(&["policy".into()], &[]);
+    assert_eq!(looks.load(Ordering::SeqCst), 2, "two looks: {report:?}");
+    assert!(report.loaded.is_empty(), "{report:?}");
+    let snap = registry.snapshot();
+    assert_eq!(
+        snap.modules["policy"].digest(),
+        first,
+        "the old version serves"
+    );
+    let failure = &snap.failures["policy"];
+    assert_eq!(failure.kind, INCOMPATIBLE_WITH_CONFIG);
+    assert!(failure.error.contains("applied since"), "{}", failure.error);
+    assert_eq!(
+        failure.refused_info.as_ref().map(|i| i.name.as_str()),
+        Some("threshold"),
+        "kept for a config that may be written for it"
+    );
+    assert_ne!(failure.digest.as_deref(), Some(first.as_str()));
+
+    // Fitting at both looks, it serves.
+    registry.set_gate(Arc::new(|_module: &str, _catalog: &_| Ok(())));
+    let report = registry.recheck_refused();
+    assert_eq!(report.loaded.len(), 1, "{report:?}");
+    assert_eq!(registry.get("policy").unwrap().info().name, "threshold");
+    assert!(registry.snapshot().failures.is_empty());
 }

@@ -46,7 +46,7 @@ use crate::journal::{Durability, Journal, JournalOptions, TickRecord};
 use crate::leader::{Elector, Leadership, Pauses, RecordError};
 use crate::notify::{Notifier, Webhooks};
 use crate::policy::PolicyInfo;
-use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport};
+use crate::registry::{INCOMPATIBLE_WITH_CONFIG, Registry, ReloadReport, Snapshot};
 use crate::runtime::{Compiler, Runtime};
 use crate::scaler::{BoundMetric, BoundPolicy, Scaler, ScalerHandle, ScalerSpec, Services};
 use crate::simulator::Simulation;
@@ -1019,20 +1019,10 @@ impl Daemon {
         {
             return Ok(None);
         }
-        // Checked against the versions serving; failing that, against the
-        // versions refused for not fitting the running config, which the
-        // new config may be written for (they load right after it applies).
-        let snapshot = self.registry.snapshot();
-        if let Err(err) = config.check_policies(&*snapshot) {
-            // Only when some version was refused is there anything else to try.
-            let any_refused = snapshot.failures.values().any(|f| f.refused_info.is_some());
-            if !any_refused || config.check_policies(&snapshot.pending_catalog()).is_err() {
-                return Err(err.into());
-            }
-        }
+        check_modules(&config, &self.registry.snapshot())?;
         // What will be kept of it once applied; its fingerprints also tell
         // the changed scalers.
-        let next = Applied::of(&config);
+        let next = Arc::new(Applied::of(&config));
         let changed_scalers: Vec<usize> = config
             .scalers
             .iter()
@@ -1162,6 +1152,16 @@ impl Daemon {
             .collect();
         removed.sort();
 
+        // The last check against the modules serving, and the module gate
+        // pointed at this config, with module swaps held off in between: a
+        // version the folder watcher loaded since the check above was gated
+        // against the old config only. Nothing below can fail.
+        {
+            let _swaps = self.registry.lock_swaps();
+            check_modules(&config, &self.registry.snapshot())?;
+            self.applied.store(Arc::clone(&next));
+        }
+
         // Apply.
         let summary = ApplySummary {
             added: added.len(),
@@ -1247,7 +1247,6 @@ impl Daemon {
         }
         self.handles.store(Arc::new(set.handles()));
         let digest = config.origin().digest().to_owned();
-        self.applied.store(Arc::new(next));
         self.config_status.rcu(|status| ConfigStatus {
             digest: digest.clone(),
             applied_at_ms: wall_clock_ms(),
@@ -1862,6 +1861,21 @@ pub fn next_tick_ms(key: &str, interval_ms: i64, now_ms: i64) -> i64 {
     } else {
         now_ms + (interval_ms - past_grid)
     }
+}
+
+/// Whether `config`'s policies fit the versions serving in `snapshot`;
+/// failing that, the versions refused for not fitting the running config,
+/// which `config` may be written for (they load right after it applies).
+fn check_modules(config: &Config, snapshot: &Snapshot) -> Result<(), ConfigError> {
+    let Err(err) = config.check_policies(snapshot) else {
+        return Ok(());
+    };
+    // Only when some version was refused is there anything else to try.
+    let any_refused = snapshot.failures.values().any(|f| f.refused_info.is_some());
+    if !any_refused || config.check_policies(&snapshot.pending_catalog()).is_err() {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The check a new module version must pass before it serves: it must not

@@ -324,6 +324,11 @@ pub struct Registry {
     files: Mutex<BTreeMap<String, FileStamp>>,
     generation: watch::Sender<u64>,
     gate: RwLock<Option<Arc<Gate>>>,
+    /// Held while the [`Gate`] has its last word on new versions and the
+    /// snapshot is stored, and by whoever changes what the gate checks
+    /// (a config reload, [`Registry::lock_swaps`]): neither side can then
+    /// swap in what the other checked only against the old.
+    swap: Mutex<()>,
     /// Each module's [`Samples`], by name, kept across its versions and
     /// while its file is away.
     samples: Mutex<BTreeMap<String, Arc<Samples>>>,
@@ -360,6 +365,7 @@ impl Registry {
             files: Mutex::new(BTreeMap::new()),
             generation: watch::Sender::new(0),
             gate: RwLock::new(None),
+            swap: Mutex::new(()),
             samples: Mutex::new(BTreeMap::new()),
         };
         let mut stamps = registry.lock_files();
@@ -634,6 +640,8 @@ impl Registry {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        // Versions that passed, for the gate's last word below.
+        let mut accepted = Vec::new();
         for (candidate, result) in load_all(&self.runtime, candidates) {
             dirty = true;
             let Candidate {
@@ -667,45 +675,66 @@ impl Registry {
                 .and_then(|module| self.try_version(&name, &path, &digest, module));
             match outcome {
                 Ok(module) => {
-                    tracing::info!(
-                        module = %name,
-                        digest = %module.digest(),
-                        previous = previous.as_deref().unwrap_or("none"),
-                        origin = module.origin().as_str(),
-                        load_ms = module.load_time().as_secs_f64() * 1e3,
-                        "Loaded a new version of a policy module; new ticks use it."
-                    );
-                    report.loaded.push(Loaded {
-                        name: name.clone(),
-                        digest: module.digest().to_owned(),
-                        previous,
-                        origin: module.origin(),
-                        load_time: module.load_time(),
-                    });
                     next.failures.remove(&name);
                     next.removed.remove(&name);
-                    next.modules.insert(name, module);
+                    next.modules.insert(name.clone(), module);
+                    accepted.push((name, path, digest, previous));
                 }
                 Err(failure) => {
-                    match &previous {
-                        Some(serving) => tracing::warn!(
-                            module = %name,
-                            kind = failure.kind,
-                            error = %log_safe(&failure.error),
-                            serving = %serving,
-                            "A new version of a policy module failed to load; the previous version keeps deciding."
-                        ),
-                        None => tracing::warn!(
-                            module = %name,
-                            kind = failure.kind,
-                            error = %log_safe(&failure.error),
-                            "A policy module failed to load; scalers that use it hold."
-                        ),
-                    }
+                    warn_refused(&name, previous.as_deref(), &failure);
                     report.failed.push((name.clone(), failure.clone()));
                     next.failures.insert(name, failure);
                 }
             }
+        }
+
+        // The gate's last word, with swaps held off until the snapshot is
+        // stored: a config reload applied while these versions loaded was
+        // checked against the versions serving then, and the gate above
+        // may have read the config before it.
+        let _swap = self.lock_swaps();
+        for (name, path, digest, previous) in accepted {
+            let refusal = gate
+                .as_ref()
+                .and_then(|gate| gate(&name, &next.catalog()).err());
+            let Some(error) = refusal else {
+                let module = &next.modules[&name];
+                tracing::info!(
+                    module = %name,
+                    digest = %module.digest(),
+                    previous = previous.as_deref().unwrap_or("none"),
+                    origin = module.origin().as_str(),
+                    load_ms = module.load_time().as_secs_f64() * 1e3,
+                    "Loaded a new version of a policy module; new ticks use it."
+                );
+                report.loaded.push(Loaded {
+                    name,
+                    digest: module.digest().to_owned(),
+                    previous,
+                    origin: module.origin(),
+                    load_time: module.load_time(),
+                });
+                continue;
+            };
+            // Back to what served (or was known removed) before it.
+            let refused = next.modules.remove(&name);
+            if let Some(serving) = current.modules.get(&name) {
+                next.modules.insert(name.clone(), serving.clone());
+            }
+            if let Some(removal) = current.removed.get(&name) {
+                next.removed.insert(name.clone(), removal.clone());
+            }
+            let failure = LoadFailure {
+                path,
+                kind: INCOMPATIBLE_WITH_CONFIG,
+                error,
+                at_ms: wall_clock_ms(),
+                digest: Some(digest),
+                refused_info: refused.map(|m| Box::new(m.info().clone())),
+            };
+            warn_refused(&name, previous.as_deref(), &failure);
+            report.failed.push((name.clone(), failure.clone()));
+            next.failures.insert(name, failure);
         }
 
         if dirty {
@@ -735,8 +764,36 @@ impl Registry {
         Ok(FolderWatch::start(&self.dir, config, watched)?)
     }
 
+    /// Holds off the swap of a new snapshot (and the [`Gate`]'s last
+    /// word on its new versions) while held. A config reload holds it from
+    /// its last check of the modules serving until the config is applied,
+    /// so a version loaded meanwhile is gated against the new config.
+    /// Never held across an `.await`.
+    pub fn lock_swaps(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.swap.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock_files(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FileStamp>> {
         self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Logs that `name`'s new version was refused, and what decides instead.
+fn warn_refused(name: &str, serving: Option<&str>, failure: &LoadFailure) {
+    match serving {
+        Some(serving) => tracing::warn!(
+            module = %name,
+            kind = failure.kind,
+            error = %log_safe(&failure.error),
+            serving = %serving,
+            "A new version of a policy module failed to load; the previous version keeps deciding."
+        ),
+        None => tracing::warn!(
+            module = %name,
+            kind = failure.kind,
+            error = %log_safe(&failure.error),
+            "A policy module failed to load; scalers that use it hold."
+        ),
     }
 }
 
