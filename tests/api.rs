@@ -661,10 +661,45 @@ async fn a_rebound_name_cannot_write_and_the_dashboard_is_not_framed() {
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()[header::X_FRAME_OPTIONS], "DENY");
-    assert_eq!(
-        page.headers()[header::CONTENT_SECURITY_POLICY],
-        "frame-ancestors 'none'"
-    );
+    // Only the page's own script runs (allowed by its hash): a policy's
+    // text the page failed to escape could not run script.
+    let csp = page.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = axum::body::to_bytes(page.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(body.matches("<script>").count(), 1, "one inline script");
+    let script = body
+        .split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .unwrap()
+        .0;
+    let hash = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script))
+    };
+    for directive in [
+        "default-src 'none'".to_owned(),
+        format!("script-src 'sha256-{hash}'"),
+        "connect-src 'self'".to_owned(),
+        "base-uri 'none'".to_owned(),
+        "frame-ancestors 'none'".to_owned(),
+    ] {
+        assert!(csp.contains(&directive), "{directive:?} not in {csp:?}");
+    }
+    let script_src = csp
+        .split(';')
+        .find(|d| d.trim().starts_with("script-src"))
+        .unwrap();
+    assert!(!script_src.contains("unsafe"), "{script_src}");
+    // No inline event handler: the policy forbids them.
+    for handler in [" onclick=", " onload=", " onerror=", " onchange="] {
+        assert!(!body.contains(handler), "{handler} in the page");
+    }
     h.close().await;
 }
 

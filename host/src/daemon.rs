@@ -730,6 +730,9 @@ impl Daemon {
             for (name, failure) in &report.failed {
                 telemetry.module_load_error(name, failure.kind);
             }
+            for name in &report.gone {
+                telemetry.forget_module(name);
+            }
             if let Some(registry) = registry.upgrade() {
                 telemetry
                     .modules_loaded
@@ -1683,6 +1686,7 @@ fn run_scaler(
                         if control.removed.load(Ordering::Acquire) {
                             let why = "a reload removed its scaler";
                             Box::pin(scaler.retire(clock.now_ms(), why)).await;
+                            scaler.forget_metrics();
                         }
                         return;
                     }

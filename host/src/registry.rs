@@ -266,6 +266,9 @@ pub struct ReloadReport {
     pub failed: Vec<(String, LoadFailure)>,
     /// Modules deleted from the folder.
     pub removed: Vec<String>,
+    /// Every name whose file left the folder, serving or failing (its
+    /// metrics go with it).
+    pub gone: Vec<String>,
     /// Files found changing while they were read; retried once settled.
     pub unsettled: Vec<String>,
     /// The snapshot generation after the reload.
@@ -275,7 +278,7 @@ pub struct ReloadReport {
 impl ReloadReport {
     /// Whether the reload changed the snapshot.
     pub fn changed_anything(&self) -> bool {
-        !self.loaded.is_empty() || !self.failed.is_empty() || !self.removed.is_empty()
+        !self.loaded.is_empty() || !self.failed.is_empty() || !self.gone.is_empty()
     }
 }
 
@@ -573,8 +576,13 @@ impl Registry {
 
         for name in removed {
             stamps.remove(name);
-            dirty |= next.failures.remove(name).is_some();
-            if let Some(module) = next.modules.remove(name) {
+            let failed = next.failures.remove(name).is_some();
+            dirty |= failed;
+            let module = next.modules.remove(name);
+            if failed || module.is_some() {
+                report.gone.push(name.clone());
+            }
+            if let Some(module) = module {
                 dirty = true;
                 tracing::warn!(
                     module = %name,

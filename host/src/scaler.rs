@@ -450,12 +450,17 @@ impl Scaler {
              please report it with this log."
         );
         let previous = self.handle.status.load();
-        let mut problems = previous.problems.clone();
-        problems.push(format!("tick panicked (a bug; see the log): {message}"));
+        let problems = with_panic(&previous.problems, message);
         self.handle.status.store(Arc::new(ScalerStatus {
             problems,
             ..(**previous).clone()
         }));
+    }
+
+    /// Removes this scaler's series from the host's metrics, once a reload
+    /// has removed it (after its last tick).
+    pub fn forget_metrics(&self) {
+        self.services.telemetry.forget_scaler(&self.spec.name);
     }
 
     /// The actuator the scaler acts through.
@@ -996,11 +1001,13 @@ impl Scaler {
             let labels = ModuleLabels {
                 module: evaluation.module.clone(),
             };
-            telemetry
-                .evaluation_duration
-                .get_or_create(&labels)
-                .observe(evaluation.duration_us as f64 / 1e6);
+            // A module that did not run (not loaded) took no time: a 0 s
+            // sample per tick would drag its latency towards 0.
             if let Some(usage) = usage {
+                telemetry
+                    .evaluation_duration
+                    .get_or_create(&labels)
+                    .observe(evaluation.duration_us as f64 / 1e6);
                 telemetry
                     .policy_memory
                     .get_or_create(&labels)
@@ -1118,7 +1125,11 @@ impl Scaler {
                 ActuationRecord::Started { detail }
             }
             Err(err) => {
-                telemetry.actuation(&self.spec.name, "failed");
+                // Not made because the lease moved on is not a failure of
+                // the target's system: no alert on failed actuations.
+                if leads {
+                    telemetry.actuation(&self.spec.name, "failed");
+                }
                 tracing::warn!(scaler = %self.spec.name, error = %err, current, desired, "The actuator failed to scale the target.");
                 ActuationRecord::Failed {
                     kind: err.kind().to_owned(),
@@ -1359,6 +1370,18 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
         limits: module.recorded_limits(),
     };
     (evaluation, Some(usage))
+}
+
+/// A status's problems with the latest panic of a tick said once: a tick
+/// that panics every time would otherwise add a line at every tick.
+fn with_panic(problems: &[String], message: &str) -> Vec<String> {
+    const PANICKED: &str = "tick panicked (a bug; see the log): ";
+    problems
+        .iter()
+        .filter(|p| !p.starts_with(PANICKED))
+        .cloned()
+        .chain([format!("{PANICKED}{message}")])
+        .collect()
 }
 
 /// Why a scaler's module is not in the snapshot, for its journal and status.
@@ -1634,6 +1657,21 @@ mod tests {
             outcome,
             duration_us: 0,
         }
+    }
+
+    #[test]
+    fn a_tick_that_panics_again_is_one_problem() {
+        let mut problems = vec!["metric cpu is stale".to_owned()];
+        for i in 0..3 {
+            problems = with_panic(&problems, &format!("boom {i}"));
+        }
+        assert_eq!(
+            problems,
+            [
+                "metric cpu is stale",
+                "tick panicked (a bug; see the log): boom 2"
+            ]
+        );
     }
 
     fn decided(desired: Option<u32>) -> Evaluation {

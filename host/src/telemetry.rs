@@ -3,11 +3,14 @@
 //! Every metric is described here, once. Label values come from fixed sets
 //! (error kinds, actuation results, envelope rules) or from names in the
 //! config (scalers, modules, sources), so label cardinality is bounded by the
-//! config, never by data.
+//! config, never by data. A scaler a reload removes, or a module whose file
+//! leaves the policy folder, takes its series along
+//! ([`Telemetry::forget_scaler`], [`Telemetry::forget_module`]): names that
+//! come and go (renames, versioned file names) do not pile up.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
@@ -74,7 +77,8 @@ pub struct TargetCallLabels {
 pub struct ActuationLabels {
     /// The scaler's name.
     pub scaler: String,
-    /// `done`, `started`, `dry_run` or `failed`.
+    /// `done`, `started`, `dry_run`, `failed`, `observe_failed` or
+    /// `not_recorded`.
     pub result: String,
 }
 
@@ -213,13 +217,15 @@ impl Collector for ScalerMetrics {
     }
 }
 
-/// Evaluation latency buckets, 10 µs .. 5 s (evaluations take
-/// microseconds, timeouts are 100 ms and more): 1-2.5-5 steps written out,
+/// Evaluation latency buckets, 10 µs .. 600 s (evaluations take
+/// microseconds; `runtime.timeout` is 100 ms by default and may be up to
+/// 600 s, so a timed-out evaluation lands in a bucket of its own rather
+/// than only in `+Inf`): 1-2.5-5 steps written out,
 /// so the `le` labels read as written (2.5× steps computed by
 /// multiplication gave `le="0.006103515625000001"`).
-const LATENCY_BUCKETS: [f64; 18] = [
+const LATENCY_BUCKETS: [f64; 22] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 600.0,
 ];
 
 fn latency_histogram() -> Histogram {
@@ -284,6 +290,44 @@ pub struct Telemetry {
     /// 1 while this replica acts (it leads, or there is no leader
     /// election), 0 while it follows.
     pub leader: Gauge,
+    /// The second labels used with each scaler or module name, so that the
+    /// name's series can be removed when it goes (a `Family` cannot list
+    /// its own).
+    seen: Mutex<Seen>,
+}
+
+/// Second label values used per name, by family.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Actuation results, by scaler.
+    actuations: Labels,
+    /// Policy error kinds, by module.
+    policy_errors: Labels,
+    /// Load failure kinds, by module.
+    load_errors: Labels,
+    /// Code origins of loads, by module.
+    loads: Labels,
+}
+
+/// Second label values, by name.
+type Labels = BTreeMap<String, BTreeSet<String>>;
+
+/// Notes `label` under `name`, copying the strings only the first time.
+fn note(labels: &mut Labels, name: &str, label: &str) {
+    match labels.get_mut(name) {
+        Some(set) if set.contains(label) => {}
+        Some(set) => {
+            set.insert(label.to_owned());
+        }
+        None => {
+            labels.insert(name.to_owned(), BTreeSet::from([label.to_owned()]));
+        }
+    }
+}
+
+/// Takes the labels noted under `name`.
+fn take(labels: &mut Labels, name: &str) -> BTreeSet<String> {
+    labels.remove(name).unwrap_or_default()
 }
 
 impl Default for Telemetry {
@@ -316,6 +360,7 @@ impl Telemetry {
             journal_errors: Counter::default(),
             tick_panics: Counter::default(),
             leader: Gauge::default(),
+            seen: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -428,8 +473,64 @@ impl Telemetry {
         out
     }
 
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes the series of a scaler a reload removed (its actuation
+    /// counts; the per-scaler gauges leave with its handle).
+    pub fn forget_scaler(&self, scaler: &str) {
+        let results = take(&mut self.seen().actuations, scaler);
+        for result in results {
+            self.actuations.remove(&ActuationLabels {
+                scaler: scaler.to_owned(),
+                result,
+            });
+        }
+    }
+
+    /// Removes the series of a module whose file left the policy folder:
+    /// its loads, load failures, evaluation latency, memory and errors.
+    /// Scalers that still use it count its `module_unavailable` errors
+    /// again from 0.
+    pub fn forget_module(&self, module: &str) {
+        let (kinds, load_kinds, origins) = {
+            let mut seen = self.seen();
+            (
+                take(&mut seen.policy_errors, module),
+                take(&mut seen.load_errors, module),
+                take(&mut seen.loads, module),
+            )
+        };
+        let labels = ModuleLabels {
+            module: module.to_owned(),
+        };
+        self.evaluation_duration.remove(&labels);
+        self.policy_memory.remove(&labels);
+        self.policy_memory_growths.remove(&labels);
+        for kind in kinds {
+            self.policy_errors.remove(&PolicyErrorLabels {
+                module: module.to_owned(),
+                kind,
+            });
+        }
+        for kind in load_kinds {
+            self.module_load_errors.remove(&LoadErrorLabels {
+                module: module.to_owned(),
+                kind,
+            });
+        }
+        for origin in origins {
+            self.module_loads.remove(&ModuleLoadLabels {
+                module: module.to_owned(),
+                origin,
+            });
+        }
+    }
+
     /// Counts a failed policy evaluation.
     pub fn policy_error(&self, module: &str, kind: &str) {
+        note(&mut self.seen().policy_errors, module, kind);
         self.policy_errors
             .get_or_create(&PolicyErrorLabels {
                 module: module.to_owned(),
@@ -469,6 +570,7 @@ impl Telemetry {
 
     /// Counts an actuation.
     pub fn actuation(&self, scaler: &str, result: &str) {
+        note(&mut self.seen().actuations, scaler, result);
         self.actuations
             .get_or_create(&ActuationLabels {
                 scaler: scaler.to_owned(),
@@ -479,6 +581,7 @@ impl Telemetry {
 
     /// Counts a module version that loaded.
     pub fn module_loaded(&self, module: &str, origin: &str) {
+        note(&mut self.seen().loads, module, origin);
         self.module_loads
             .get_or_create(&ModuleLoadLabels {
                 module: module.to_owned(),
@@ -507,6 +610,7 @@ impl Telemetry {
 
     /// Counts a failed module load.
     pub fn module_load_error(&self, module: &str, kind: &str) {
+        note(&mut self.seen().load_errors, module, kind);
         self.module_load_errors
             .get_or_create(&LoadErrorLabels {
                 module: module.to_owned(),
@@ -582,5 +686,44 @@ mod tests {
         let text = t.encode();
         assert!(!text.contains("scaler=\"web\""), "{text}");
         assert!(text.contains("# TYPE scalewise_ticks counter"), "{text}");
+    }
+
+    #[test]
+    fn a_name_that_goes_takes_its_series_along() {
+        let t = Telemetry::new();
+        for (scaler, result) in [("web", "done"), ("web", "failed"), ("api", "done")] {
+            t.actuation(scaler, result);
+        }
+        for module in ["tt-v1", "tt-v2"] {
+            t.module_loaded(module, "compiled");
+            t.module_load_error(module, "compile");
+            t.policy_error(module, "trap");
+            t.evaluation_duration
+                .get_or_create(&ModuleLabels {
+                    module: module.into(),
+                })
+                .observe(0.001);
+        }
+        t.forget_scaler("web");
+        t.forget_module("tt-v1");
+        let text = t.encode();
+        assert!(!text.contains("scaler=\"web\""), "{text}");
+        assert!(!text.contains("module=\"tt-v1\""), "{text}");
+        for line in [
+            "scalewise_actuations_total{scaler=\"api\",result=\"done\"} 1",
+            "scalewise_module_loads_total{module=\"tt-v2\",origin=\"compiled\"} 1",
+            "scalewise_module_load_errors_total{module=\"tt-v2\",kind=\"compile\"} 1",
+            "scalewise_policy_errors_total{module=\"tt-v2\",kind=\"trap\"} 1",
+            "scalewise_policy_evaluation_duration_seconds_count{module=\"tt-v2\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // Back again, counted from 0.
+        t.actuation("web", "done");
+        let text = t.encode();
+        assert!(
+            text.contains("scalewise_actuations_total{scaler=\"web\",result=\"done\"} 1"),
+            "{text}"
+        );
     }
 }
