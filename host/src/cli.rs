@@ -429,8 +429,8 @@ pub struct LimitArgs {
     /// Wasm stack a policy may use, e.g. `512KiB`.
     #[arg(long, value_name = "SIZE")]
     pub max_wasm_stack: Option<ByteSize>,
-    /// Decisions above this many replicas are invalid.
-    #[arg(long, value_name = "N")]
+    /// Decisions above this many replicas are invalid (1 to 1,000,000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_REPLICAS)))]
     pub max_replicas: Option<u32>,
 }
 

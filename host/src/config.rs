@@ -131,7 +131,7 @@ pub use trust::{
     OwnedTlsFiles, Rebuilt, TLS_RECHECK, TlsFiles, read_ca_file, read_identity, tls_configured,
     trusting,
 };
-pub use validate::SIMULATOR_SOURCE;
+pub use validate::{MAX_REPLICAS, SIMULATOR_SOURCE};
 
 /// The embedded demo config: two simulated services scaled by the bundled
 /// policies, with the clock sped up so the story plays in about 3 minutes.
@@ -565,7 +565,7 @@ impl Config {
         }
         let text = OnceCell::new();
         let doc = Document::of(&self.origin, &text);
-        let mut problems = validate::check(&effective, &doc, &process_env);
+        let mut problems = validate::check_running(&effective, &doc, &process_env);
         for problem in &mut problems {
             problem.message.push_str(&format!(
                 " (checked against the running {}, which change only at a restart)",
@@ -771,9 +771,10 @@ fn shape_problem(doc: &Document<'_>, err: &toml::de::Error) -> Problem {
     }
 }
 
-/// The key or string value a serde error names: ``unknown field `x` ``,
-/// ``unknown variant `x` `` or `invalid value: string "x"`. Not a missing
-/// field's name: that one is, by definition, not in the text.
+/// The key or value a serde error names: ``unknown field `x` ``,
+/// ``unknown variant `x` ``, `invalid value: string "x"`, or a number or
+/// boolean of the wrong type (``invalid type: integer `5` ``). Not a
+/// missing field's name: that one is, by definition, not in the text.
 fn quoted_name(message: &str) -> Option<&str> {
     let after = |open: &str, close: char| {
         let start = message.find(open)? + open.len();
@@ -783,6 +784,9 @@ fn quoted_name(message: &str) -> Option<&str> {
     after("unknown field `", '`')
         .or_else(|| after("unknown variant `", '`'))
         .or_else(|| after("string \"", '"'))
+        .or_else(|| after("integer `", '`'))
+        .or_else(|| after("floating point `", '`'))
+        .or_else(|| after("boolean `", '`'))
 }
 
 /// A digest of part of a config (the first 128 bits of the sha256 of its
@@ -1273,8 +1277,11 @@ pub struct BasicAuth {
 /// A secret, read from the environment or a file, never written in config
 /// and never logged. It serializes as where it is read from (for telling
 /// a changed config apart), never as its value.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+///
+/// A value written in its place (`token = "abc"`) is refused without being
+/// quoted: the error ends up in logs, the API's config status and CI output.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Secret {
     /// The value of an environment variable.
     Env(String),
@@ -1350,6 +1357,75 @@ impl<'de> Deserialize<'de> for HeaderSetting {
             }
         }
         d.deserialize_any(Setting)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        const HOW: &str =
+            r#"a secret is not written in the config: give { env = "VAR" } or { file = "path" }"#;
+        struct Where;
+        impl<'de> serde::de::Visitor<'de> for Where {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"{ env = "VAR" } or { file = "path" }"#)
+            }
+
+            // Whatever was written in its place, never quoted.
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Secret, E> {
+                Err(E::custom(HOW))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(HOW))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(HOW))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(HOW))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(HOW))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(A::Error::custom(HOW))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Secret, A::Error> {
+                const FIELDS: &[&str] = &["env", "file"];
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(
+                        r#"an empty secret: give { env = "VAR" } or { file = "path" }"#,
+                    ));
+                };
+                let secret = match key.as_str() {
+                    "env" => Secret::Env(map.next_value()?),
+                    "file" => Secret::File(map.next_value()?),
+                    _ => return Err(A::Error::unknown_field(&key, FIELDS)),
+                };
+                if let Some(more) = map.next_key::<String>()? {
+                    return Err(if FIELDS.contains(&more.as_str()) {
+                        A::Error::custom(
+                            "a secret is read from one place: `env` or `file`, not both",
+                        )
+                    } else {
+                        A::Error::unknown_field(&more, FIELDS)
+                    });
+                }
+                Ok(secret)
+            }
+        }
+        d.deserialize_any(Where)
     }
 }
 
@@ -1582,7 +1658,10 @@ impl TargetConfig {
                         .trim_end_matches('/')
                 ),
                 field: "endpoint",
-                what: format!("shard coordinator {:?}", workers.endpoint),
+                what: format!(
+                    "shard coordinator {:?}",
+                    validate::without_userinfo(&workers.endpoint)
+                ),
             },
         }
     }

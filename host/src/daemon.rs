@@ -818,8 +818,11 @@ impl Daemon {
         })
         .await
         .map_err(|e| DaemonError::Setup(format!("the config reload panicked: {e}")));
+        // Said once the reload applies, as at start.
+        let mut warnings = Vec::new();
         let result = match loaded {
             Ok(Ok(config)) => {
+                warnings = config.warnings();
                 // A target that now names the default it left out (or the
                 // other way round) is the same target if the default is
                 // what it names: its change in flight is handed over.
@@ -851,6 +854,9 @@ impl Daemon {
         };
         match result {
             Ok(Some(summary)) => {
+                for warning in &warnings {
+                    tracing::warn!(%warning, "The reloaded config has a value that may not work as intended; applying it anyway.");
+                }
                 self.telemetry.config_reload("applied");
                 tracing::info!(
                     added = summary.added,

@@ -504,7 +504,7 @@ impl AwsAsgActuator {
             .await?
             .set_desired_capacity()
             .auto_scaling_group_name(&self.settings.group)
-            .desired_capacity(desired as i32)
+            .desired_capacity(i32::try_from(desired).unwrap_or(i32::MAX))
             .honor_cooldown(false)
             .send()
             .await
@@ -962,7 +962,7 @@ fn counts_instances(group: &AutoScalingGroup) -> Result<(), ActuatorError> {
 /// termination of a scale-in, with a ValidationError).
 fn within_group_bounds(group: &AutoScalingGroup, desired: u32) -> Result<(), ActuatorError> {
     let name = group.auto_scaling_group_name().unwrap_or_default();
-    let desired = desired as i32;
+    let desired = i32::try_from(desired).unwrap_or(i32::MAX);
     if let Some(max) = group.max_size()
         && desired > max
     {

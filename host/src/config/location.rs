@@ -201,6 +201,16 @@ impl<'t> Document<'t> {
     /// Inside the table at `path`, the first key named `name` or string
     /// value equal to it: its path, what it is, and its byte offset.
     pub(super) fn find_in(&self, path: &[Seg], name: &str) -> Option<(Vec<Seg>, Hit, usize)> {
+        /// A string, number or boolean as serde's errors quote it.
+        fn scalar_text<'v>(value: &'v DeValue<'_>) -> Option<std::borrow::Cow<'v, str>> {
+            match value {
+                DeValue::String(s) => Some(std::borrow::Cow::Borrowed(&**s)),
+                DeValue::Integer(i) => Some(i.as_str().replace('_', "").into()),
+                DeValue::Float(f) => Some(f.as_str().replace('_', "").into()),
+                DeValue::Boolean(b) => Some(b.to_string().into()),
+                _ => None,
+            }
+        }
         fn walk(
             value: &DeValue<'_>,
             name: &str,
@@ -211,7 +221,7 @@ impl<'t> Document<'t> {
                     path.push(Seg::Key(key.get_ref().to_string()));
                     let found = if key.get_ref() == name {
                         Some((path.clone(), Hit::Key, key.span().start))
-                    } else if child.get_ref().as_str() == Some(name) {
+                    } else if scalar_text(child.get_ref()).as_deref() == Some(name) {
                         Some((path.clone(), Hit::Value, child.span().start))
                     } else {
                         walk(child.get_ref(), name, path)

@@ -229,6 +229,56 @@ fn fingerprints_follow_the_content_not_the_layout() {
     }
 }
 
+/// A secret written in the config in place of where to read it is refused
+/// without being quoted (config errors end up in logs, the API and CI),
+/// wherever it is: a tagged table's field, a webhook, the API.
+#[test]
+fn a_secret_written_inline_is_refused_unquoted() {
+    const VALUE: &str = "eyJhbGciOiJIUzI1NiJ9.s3cr3t";
+    let inline = format!("\"{VALUE}\"");
+    for (from, to) in [
+        (
+            "timeout = \"5s\"".to_owned(),
+            format!("timeout = \"5s\"\nbearer_token = {inline}"),
+        ),
+        (
+            "timeout = \"5s\"".to_owned(),
+            format!("timeout = \"5s\"\nbasic_auth = {{ username = \"u\", password = {inline} }}"),
+        ),
+        (
+            "[clock]".to_owned(),
+            format!("[api]\ntoken = {inline}\n\n[clock]"),
+        ),
+        (
+            "[clock]".to_owned(),
+            format!(
+                "[[notifications]]\nurl = \"http://127.0.0.1:9/hook\"\nbearer_token = {inline}\n\n[clock]"
+            ),
+        ),
+        (
+            "timeout = \"5s\"".to_owned(),
+            format!("timeout = \"5s\"\nbearer_token = {{ env = \"A\", file = {inline} }}"),
+        ),
+        (
+            "timeout = \"5s\"".to_owned(),
+            "timeout = \"5s\"\nbearer_token = 12345678".to_owned(),
+        ),
+    ] {
+        let text = edit(BASE, &[(&from, &to)]);
+        let err = parse_in(Path::new("/cfg"), &text).expect_err(&to);
+        let said = err.to_string();
+        assert!(
+            !said.contains("s3cr3t") && !said.contains("12345678"),
+            "{said}"
+        );
+        assert!(
+            said.contains("not written in the config") || said.contains("not both"),
+            "{said}"
+        );
+        assert!(said.contains("scalewise.toml:"), "located: {said}");
+    }
+}
+
 /// One broken thing per case: the error must point at `needle`'s line and
 /// column and say `message` (a substring) in the context `path`.
 #[test]
@@ -333,6 +383,13 @@ fn each_problem_is_reported_at_its_place() {
             "invalid value: string \"soon\", expected a duration",
         ),
         parse_case(
+            "wrong type inside a tagged table",
+            &[("timeout = \"5s\"", "timeout = 5")],
+            "5\n\n[simulations.web]",
+            "sources.prom",
+            "timeout: invalid type: integer \"5\", expected a duration",
+        ),
+        parse_case(
             "unknown secret kind",
             &[(
                 "timeout = \"5s\"",
@@ -340,7 +397,7 @@ fn each_problem_is_reported_at_its_place() {
             )],
             "vault",
             "sources.prom.bearer_token",
-            "unknown variant \"vault\", expected \"env\" or \"file\"",
+            "unknown field \"vault\", expected \"env\" or \"file\"",
         ),
         parse_case(
             "bad rate limit field",
@@ -377,6 +434,16 @@ fn each_problem_is_reported_at_its_place() {
             "200000",
             WEB,
             "max (200000) is above runtime.max_replicas (100000)",
+        ),
+        case(
+            "runtime ceiling beyond what actuators take",
+            &[(
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\nmax_replicas = 4000000000",
+            )],
+            "4000000000",
+            "runtime",
+            "max_replicas (4000000000) must be from 1 to 1000000",
         ),
         case(
             "interval too short",
@@ -2420,4 +2487,74 @@ fn a_reload_needing_more_retention_than_runs_is_refused() {
             .contains("retention (2h) is shorter than what a restart restores from the journal"),
         "{err}"
     );
+}
+
+/// `[simulations]` change at a restart, with `[runtime]`: a file raising
+/// `runtime.max_replicas` and a simulation's `initial_replicas` together is
+/// a valid pair, not refused against the running limit (the running
+/// simulations keep running meanwhile). A scaler's `max` is still held to
+/// the running limit.
+#[test]
+fn a_reload_holds_new_simulations_to_the_new_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = parse_in(
+        dir.path(),
+        &edit(
+            BASE,
+            &[(
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\nmax_replicas = 100",
+            )],
+        ),
+    )
+    .unwrap();
+    let raised = edit(
+        BASE,
+        &[
+            (
+                "timeout = \"100ms\"",
+                "timeout = \"100ms\"\nmax_replicas = 1000",
+            ),
+            ("initial_replicas = 2", "initial_replicas = 500"),
+        ],
+    );
+    let reloaded = parse_in(dir.path(), &raised).expect("valid on its own");
+    reloaded.validate_against_running(&running).unwrap();
+    let max = edit(&raised, &[("max = 10", "max = 500")]);
+    let err = parse_in(dir.path(), &max)
+        .unwrap()
+        .validate_against_running(&running)
+        .unwrap_err();
+    assert!(err.to_string().contains("max_replicas (100)"), "{err}");
+}
+
+/// Durations past a year are refused wherever they are counted in an
+/// `i64` of milliseconds or added to a clock instant (a lease deadline
+/// that far ahead panics the clock's addition).
+#[test]
+fn durations_past_a_year_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("timeout = \"5s\"", "timeout = \"2y\""),
+        ("[clock]", "[watch]\npoll_interval = \"2y\"\n\n[clock]"),
+        (
+            "[clock]",
+            "[leader_election]\nnamespace = \"ops\"\nlease_duration = \"2y\"\n\n[clock]",
+        ),
+        (
+            "initial_replicas = 2",
+            "initial_replicas = 2\nstartup_delay = \"2y\"",
+        ),
+        ("duration = \"2m\"", "duration = \"2y\""),
+    ] {
+        let text = edit(BASE, &[(from, to)]);
+        let err = parse_in(dir.path(), &text).expect_err(to);
+        let (line, _) = position_of(&text, "\"2y\"");
+        assert!(
+            err.problems()
+                .iter()
+                .any(|p| p.line == line && p.message.contains("(2years) is longer than a year")),
+            "{to}: {err}"
+        );
+    }
 }

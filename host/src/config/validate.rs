@@ -114,8 +114,36 @@ pub(super) fn warnings(config: &Config, doc: &Document<'_>) -> Vec<Problem> {
     warnings
 }
 
+/// The largest `runtime.max_replicas`: within what every actuator's API
+/// takes (Kubernetes and AWS counts are 32-bit signed), and a simulated
+/// service keeps a few bytes per replica.
+pub const MAX_REPLICAS: u32 = 1_000_000;
+
 /// Runs every static check; returns every problem found.
 pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> Vec<Problem> {
+    check_with(config, doc, env, Some(config.runtime.max_replicas))
+}
+
+/// [`check`] as a reload is checked against the running daemon's
+/// restart-only sections: `[simulations]` is one of them too, so a new
+/// file's simulations are held to its own `[runtime]` (by [`check`]), not
+/// to the running one they will never run under.
+pub(super) fn check_running(
+    config: &Config,
+    doc: &Document<'_>,
+    env: EnvLookup<'_>,
+) -> Vec<Problem> {
+    check_with(config, doc, env, None)
+}
+
+/// `simulation_max`: the `runtime.max_replicas` simulations are held to,
+/// if any.
+fn check_with(
+    config: &Config,
+    doc: &Document<'_>,
+    env: EnvLookup<'_>,
+    simulation_max: Option<u32>,
+) -> Vec<Problem> {
     let mut c = Checker {
         doc,
         problems: Vec::new(),
@@ -126,7 +154,11 @@ pub(super) fn check(config: &Config, doc: &Document<'_>, env: EnvLookup<'_>) -> 
         c.source(name, source.get_ref(), env);
     }
     for (name, simulation) in config.simulations.iter() {
-        c.simulation(name, simulation.get_ref(), config.runtime.max_replicas);
+        c.simulation(
+            name,
+            simulation.get_ref(),
+            simulation_max.unwrap_or(u32::MAX),
+        );
     }
     c.scalers(config, env);
     for (i, notification) in config.notifications.iter().enumerate() {
@@ -224,9 +256,10 @@ impl Checker<'_, '_> {
         }
     }
 
-    /// A metric's durations are counted in milliseconds of an `i64`: past
-    /// a year they are surely a typo (`500000000y` wrapped to a negative
-    /// age: stale at every tick).
+    /// Durations are counted in milliseconds of an `i64` or added to
+    /// clock instants: past a year they are surely a typo (`500000000y`
+    /// wrapped to a negative age: stale at every tick; a lease deadline
+    /// that far ahead overflows the clock).
     fn at_most_a_year(&mut self, path: &[Seg], field: &str, value: Duration) {
         const YEAR: Duration = Duration::from_secs(366 * 24 * 3600);
         if value > YEAR {
@@ -319,10 +352,13 @@ impl Checker<'_, '_> {
                 ),
             );
         }
-        if limits.max_replicas == 0 {
+        if limits.max_replicas == 0 || limits.max_replicas > MAX_REPLICAS {
             self.value(
                 &keys!["runtime", "max_replicas"],
-                "max_replicas must be at least 1",
+                format!(
+                    "max_replicas ({}) must be from 1 to {MAX_REPLICAS}",
+                    limits.max_replicas
+                ),
             );
         }
         if limits.max_wasm_stack.as_u64() < 16 * 1024 {
@@ -361,6 +397,11 @@ impl Checker<'_, '_> {
                 ),
             );
         }
+        self.at_most_a_year(
+            &keys!["watch", "poll_interval"],
+            "poll_interval",
+            watch.poll_interval,
+        );
         if watch.poll_interval < MIN_POLL_INTERVAL {
             self.value(
                 &keys!["watch", "poll_interval"],
@@ -496,6 +537,7 @@ impl Checker<'_, '_> {
         if n.timeout.is_zero() {
             self.value(&at("timeout"), "timeout must be longer than 0s");
         }
+        self.at_most_a_year(&at("timeout"), "timeout", n.timeout);
         self.http_auth(&keys!["notifications", i], n.http_auth(), None, env);
     }
 
@@ -608,8 +650,9 @@ impl Checker<'_, '_> {
     /// Errors quote it without its path and query (a webhook's secret is
     /// often there, and config errors end up in CI logs).
     fn http_url(&mut self, path: &[Seg], field: &str, url: &str) {
+        let parsed = url::Url::parse(url);
         let url = &quoted_url(url);
-        match url::Url::parse(url) {
+        match parsed {
             Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => self.value(
                 path,
                 format!("{field} {url:?} must start with http:// or https://"),
@@ -651,6 +694,7 @@ impl Checker<'_, '_> {
         } = prometheus;
         self.http_url(&at("url"), "url", url);
         self.nonzero(&at("timeout"), "timeout", *timeout);
+        self.at_most_a_year(&at("timeout"), "timeout", *timeout);
 
         if bearer_token.is_some() && basic_auth.is_some() {
             self.value(
@@ -701,6 +745,12 @@ impl Checker<'_, '_> {
             simulation.capacity_per_replica,
             false,
         );
+        self.at_most_a_year(
+            &at("startup_delay"),
+            "startup_delay",
+            simulation.startup_delay,
+        );
+        self.at_most_a_year(&at("base_latency"), "base_latency", simulation.base_latency);
         if simulation.initial_replicas > max_replicas {
             self.value(
                 &at("initial_replicas"),
@@ -723,10 +773,13 @@ impl Checker<'_, '_> {
             true,
         );
         self.nonzero(&at("diurnal_period"), "diurnal_period", load.diurnal_period);
+        self.at_most_a_year(&at("diurnal_period"), "diurnal_period", load.diurnal_period);
         self.positive(&at("noise"), "noise", load.noise, true);
         for (i, spike) in load.spikes.iter().enumerate() {
             let here = |field: &str| keys!["simulations", simulation, "load", "spikes", i, field];
             self.nonzero(&here("duration"), "duration", spike.duration);
+            self.at_most_a_year(&here("duration"), "duration", spike.duration);
+            self.at_most_a_year(&here("at"), "at", spike.at);
             self.positive(&here("extra"), "extra", spike.extra, false);
         }
         if let Some(trace) = &load.trace {
@@ -742,6 +795,7 @@ impl Checker<'_, '_> {
                     format!("trace file {} {what}", trace.path.display()),
                 );
             }
+            self.at_most_a_year(&here("offset"), "offset", trace.offset);
             self.positive(&here("scale"), "scale", trace.scale, false);
             self.positive(&here("speed"), "speed", trace.speed, false);
             for (field, value) in [
@@ -904,6 +958,11 @@ impl Checker<'_, '_> {
                 format!("identity {identity:?} must be printable and not blank"),
             );
         }
+        self.at_most_a_year(
+            &at("lease_duration"),
+            "lease_duration",
+            election.lease_duration,
+        );
         if election.lease_duration < MIN_INTERVAL {
             self.value(
                 &at("lease_duration"),
@@ -951,6 +1010,7 @@ impl Checker<'_, '_> {
             None,
             env,
         );
+        self.at_most_a_year(&at("timeout"), "timeout", workers.timeout);
         if workers.timeout < MIN_INTERVAL {
             self.value(
                 &at("timeout"),
@@ -1017,6 +1077,8 @@ impl Checker<'_, '_> {
                     .to_owned(),
             );
         }
+        self.at_most_a_year(&at("drain_delay"), "drain_delay", asg.drain_delay);
+        self.at_most_a_year(&at("drain_timeout"), "drain_timeout", asg.drain_timeout);
         if asg.drain_timeout < asg.drain_delay {
             self.value(
                 &at("drain_timeout"),
@@ -1280,32 +1342,75 @@ impl Checker<'_, '_> {
     }
 }
 
-/// `url` as a config error quotes it: a URL with a host and a path or
-/// query beyond `/` is cut after the host (`https://hooks.example/…`).
-fn quoted_url(url: &str) -> std::borrow::Cow<'_, str> {
-    match url::Url::parse(url) {
-        Ok(parsed)
-            if parsed.has_host()
-                && (parsed.path() != "/"
-                    || parsed.query().is_some()
-                    || parsed.fragment().is_some()) =>
-        {
-            let cut = url
-                .find("://")
-                .map(|at| at + 3)
-                .and_then(|start| url[start..].find(['/', '?', '#']).map(|end| start + end));
-            match cut {
-                Some(cut) => format!("{}/…", &url[..cut]).into(),
-                None => url.into(),
-            }
-        }
-        _ => url.into(),
+/// `url` without the user and password before an `@` in its authority
+/// (`https://…@host/path`), for summaries that show the rest.
+pub(super) fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |end| start + end);
+    match url[start..end].rfind('@') {
+        Some(at) => format!("{}…{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
     }
+}
+
+/// `url` as a config error quotes it, whether or not it parses: cut after
+/// the host when a path or query beyond `/` follows
+/// (`https://hooks.example/…`: a webhook's secret is often there), and
+/// without the user and password before an `@` (`https://…@host`).
+/// Without `://`, cut at the first `/`, `?` or `#`.
+fn quoted_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("…@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = if tail.is_empty() || tail == "/" {
+        tail
+    } else {
+        "/…"
+    };
+    format!("{scheme}{authority}{tail}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_quoted_without_their_secrets() {
+        for (url, quoted) in [
+            (
+                "https://hooks.example/services/T0/B0/XXXX",
+                "https://hooks.example/…",
+            ),
+            ("https://hooks.example/", "https://hooks.example/"),
+            ("https://hooks.example", "https://hooks.example"),
+            ("https://hooks.example?key=XXXX", "https://hooks.example/…"),
+            // Not a URL: still cut.
+            ("https//hooks.example/services/XXXX", "https/…"),
+            (
+                "https://hooks.example:99999/services/XXXX",
+                "https://hooks.example:99999/…",
+            ),
+            ("hxxps://user:pw@host/x", "hxxps://…@host/…"),
+            ("https://user:pw@host", "https://…@host"),
+            ("", ""),
+        ] {
+            assert_eq!(quoted_url(url), quoted, "{url}");
+        }
+        assert_eq!(
+            without_userinfo("https://u:p@coord:8443/api?x=1"),
+            "https://…@coord:8443/api?x=1"
+        );
+        assert_eq!(without_userinfo("https://coord/a@b"), "https://coord/a@b");
+    }
 
     #[test]
     fn long_lists_of_names_are_cut() {
