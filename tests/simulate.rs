@@ -383,6 +383,17 @@ params = {{ metric = "cpu", target = 60.0 }}
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("a simulation runs from 1s to"), "{err}");
+
+    // Counted in whole seconds: 1.5 s would count 2.
+    let (code, _, err) = cli(&[
+        "simulate",
+        "--config",
+        site.to_str().unwrap(),
+        "--for",
+        "1500ms",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--for 1s 500ms: give whole seconds"), "{err}");
 }
 
 /// A Prometheus server holding six hours of a request counter, ending an

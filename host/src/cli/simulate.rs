@@ -44,6 +44,15 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
         ));
     }
     let warmup_ms = i64::try_from(args.warmup.as_millis()).unwrap_or(i64::MAX);
+    // The simulation counts whole seconds: 1.5 s would be counted as 2.
+    for (flag, value) in [("--for", args.run_for), ("--warmup", args.warmup)] {
+        if value.subsec_nanos() != 0 {
+            return Err(format!(
+                "{flag} {}: give whole seconds (the simulation steps once a second)",
+                humantime::format_duration(value)
+            ));
+        }
+    }
     if warmup_ms > MAX_DURATION_MS - run_ms {
         return Err(format!(
             "--warmup {} and --for {}: a simulation runs for at most {} in all",

@@ -2558,3 +2558,47 @@ fn durations_past_a_year_are_refused() {
         );
     }
 }
+
+/// The simulator steps once a second: a wave shorter than a minute is
+/// sampled flat, a spike of a fraction of a second is lost or counted
+/// whole; latency is reported up to a minute.
+#[test]
+fn simulations_are_held_to_what_one_step_a_second_can_show() {
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to, needle, message) in [
+        (
+            "base = 100.0",
+            "base = 100.0\ndiurnal_amplitude = 10.0\ndiurnal_period = \"2s\"",
+            "\"2s\"",
+            "diurnal_period (2s) must be at least 1m",
+        ),
+        (
+            "at = \"1m\"",
+            "at = \"1500ms\"",
+            "\"1500ms\"",
+            "at (1s 500ms) must be whole seconds",
+        ),
+        (
+            "duration = \"2m\"",
+            "duration = \"400ms\"",
+            "\"400ms\"",
+            "duration (400ms) must be whole seconds",
+        ),
+        (
+            "initial_replicas = 2",
+            "initial_replicas = 2\nbase_latency = \"2m\"",
+            "\"2m\"\n",
+            "base_latency (2m) must be at most 1m",
+        ),
+    ] {
+        let text = edit(BASE, &[(from, to)]);
+        let err = parse_in(dir.path(), &text).expect_err(to);
+        let (line, column) = position_of(&text, needle);
+        assert!(
+            err.problems()
+                .iter()
+                .any(|p| p.line == line && p.column == column && p.message.contains(message)),
+            "{to}: {err}"
+        );
+    }
+}

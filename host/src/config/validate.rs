@@ -750,7 +750,15 @@ impl Checker<'_, '_> {
             "startup_delay",
             simulation.startup_delay,
         );
-        self.at_most_a_year(&at("base_latency"), "base_latency", simulation.base_latency);
+        if simulation.base_latency.as_secs_f64() * 1000.0 > crate::simulator::MAX_LATENCY_MS {
+            self.value(
+                &at("base_latency"),
+                format!(
+                    "base_latency ({}) must be at most 1m, the most latency a simulation reports",
+                    show(simulation.base_latency)
+                ),
+            );
+        }
         if simulation.initial_replicas > max_replicas {
             self.value(
                 &at("initial_replicas"),
@@ -772,7 +780,15 @@ impl Checker<'_, '_> {
             load.diurnal_amplitude,
             true,
         );
-        self.nonzero(&at("diurnal_period"), "diurnal_period", load.diurnal_period);
+        if load.diurnal_period < Duration::from_secs(60) {
+            self.value(
+                &at("diurnal_period"),
+                format!(
+                    "diurnal_period ({}) must be at least 1m: the simulator samples the wave once a second",
+                    show(load.diurnal_period)
+                ),
+            );
+        }
         self.at_most_a_year(&at("diurnal_period"), "diurnal_period", load.diurnal_period);
         self.positive(&at("noise"), "noise", load.noise, true);
         for (i, spike) in load.spikes.iter().enumerate() {
@@ -780,6 +796,17 @@ impl Checker<'_, '_> {
             self.nonzero(&here("duration"), "duration", spike.duration);
             self.at_most_a_year(&here("duration"), "duration", spike.duration);
             self.at_most_a_year(&here("at"), "at", spike.at);
+            for (field, value) in [("at", spike.at), ("duration", spike.duration)] {
+                if value.subsec_nanos() != 0 {
+                    self.value(
+                        &here(field),
+                        format!(
+                            "{field} ({}) must be whole seconds: the simulator steps once a second",
+                            show(value)
+                        ),
+                    );
+                }
+            }
             self.positive(&here("extra"), "extra", spike.extra, false);
         }
         if let Some(trace) = &load.trace {

@@ -192,7 +192,13 @@ impl LoadModel {
                 scale,
                 speed,
                 offset_s,
-            } => trace.rate_at(offset_s + elapsed_ms as f64 / 1000.0 * speed) * scale,
+            } => {
+                let step_s = STEP_MS as f64 / 1000.0;
+                trace.mean_over(
+                    offset_s + elapsed_ms as f64 / 1000.0 * speed,
+                    step_s * speed,
+                ) * scale
+            }
         };
         let spikes: f64 = self
             .spikes
@@ -217,6 +223,9 @@ pub struct Trace {
     starts_s: Vec<f64>,
     /// Requests per second in each bin.
     rates: Vec<f64>,
+    /// Requests before each bin (from the first bin's start), and in
+    /// all of them last: for the mean rate over any span.
+    before: Vec<f64>,
     /// End of the last bin.
     end_s: f64,
 }
@@ -350,11 +359,18 @@ impl Trace {
                 requests[i] / (next - starts_s[i])
             })
             .collect();
+        let before = std::iter::once(0.0)
+            .chain(requests.iter().scan(0.0, |sum, n| {
+                *sum += n;
+                Some(*sum)
+            }))
+            .collect();
         tracing::debug!(path = %path.display(), bins = n, span_s = end_s - starts_s[0], "Loaded a load trace.");
         Ok(Trace {
             path: path.to_owned(),
             starts_s,
             rates,
+            before,
             end_s,
         })
     }
@@ -385,6 +401,29 @@ impl Trace {
         let t = self.starts_s[0] + t_s.rem_euclid(self.span_s());
         let i = self.starts_s.partition_point(|&s| s <= t).saturating_sub(1);
         self.rates[i]
+    }
+
+    /// The mean request rate over `len_s` seconds from `t_s` seconds
+    /// after the first bin starts (looping at the trace's end): what a
+    /// step that plays `len_s` seconds of the trace offers. A trace played
+    /// faster than one bin per step is averaged, not sampled (sampled, it
+    /// would skip bins, its peak among them).
+    pub fn mean_over(&self, t_s: f64, len_s: f64) -> f64 {
+        if len_s <= 0.0 {
+            return self.rate_at(t_s);
+        }
+        (self.requests_until(t_s + len_s) - self.requests_until(t_s)) / len_s
+    }
+
+    /// Requests from the first bin's start to `t_s` seconds after it,
+    /// looping at the trace's end.
+    fn requests_until(&self, t_s: f64) -> f64 {
+        let span = self.span_s();
+        let laps = (t_s / span).floor();
+        let t = self.starts_s[0] + (t_s - laps * span);
+        let i = self.starts_s.partition_point(|&s| s <= t).saturating_sub(1);
+        let total = self.before[self.rates.len()];
+        laps * total + self.before[i] + self.rates[i] * (t - self.starts_s[i])
     }
 
     /// Requests per second in each bin, in file order.
@@ -624,6 +663,35 @@ mod tests {
         LoadModel::new("web", &cfg, 0, Some(trace)).unwrap()
     }
 
+    /// Played faster than one bin per step, a step offers the mean of the
+    /// bins it plays: none is skipped, the peak's minute included (played
+    /// at 120x, every other minute was skipped when sampled, the peak's
+    /// among them).
+    #[test]
+    fn a_sped_up_trace_is_averaged_not_sampled() {
+        let trace = nasa();
+        let model = played(trace.clone(), 1.0, 120.0, 0);
+        // Simulated second k plays minutes 2k and 2k + 1; the peak's minute
+        // (bin 17,869, odd) is the second half of second 8,934.
+        let peak_bin = 1_072_140 / 60;
+        assert_eq!(peak_bin % 2, 1);
+        let k = (peak_bin - 1) / 2;
+        let rates = trace.rates();
+        let expected = (rates[peak_bin - 1] + rates[peak_bin]) / 2.0;
+        assert!(close(model.rate(k as i64 * 1000), expected));
+        // Over the whole trace the mean is kept: the requests played are
+        // the trace's requests.
+        let seconds = (trace.span_s() / 120.0) as i64;
+        let played: f64 = (0..seconds).map(|s| model.rate(s * 1000) * 120.0).sum();
+        let total: f64 = rates.iter().map(|r| r * 60.0).sum();
+        assert!((played - total).abs() / total < 1e-9, "{played} vs {total}");
+        // Across the loop's seam, too.
+        let seam = trace.span_s() - 30.0;
+        let mean = trace.mean_over(seam, 60.0);
+        let expected = (rates[rates.len() - 1] + rates[0]) / 2.0;
+        assert!(close(mean, expected), "{mean} vs {expected}");
+    }
+
     #[test]
     fn nasa_trace_peaks_at_the_sts70_launch() {
         let trace = nasa();
@@ -635,7 +703,8 @@ mod tests {
         let model = played(trace.clone(), 3.0, 1.0, 0);
         let spike_ms = 1_072_140_000;
         assert!(close(model.rate(spike_ms), 409.0 / 60.0 * 3.0));
-        assert!(close(model.rate(spike_ms + 59_999), 409.0 / 60.0 * 3.0));
+        // The last second of the bin (a step plays a second of the trace).
+        assert!(close(model.rate(spike_ms + 59_000), 409.0 / 60.0 * 3.0));
         assert!(model.rate(spike_ms + 60_000) < model.rate(spike_ms));
         assert!(close(model.rate(0), 42.0 / 60.0 * 3.0), "first bin");
         // The trace loops: one span later the spike comes again.

@@ -28,7 +28,9 @@ const MAX_SLOWDOWN: f64 = 100.0;
 /// History kept by default: enough for windows of a few hours.
 pub const DEFAULT_HISTORY_MS: i64 = 3 * 3_600_000;
 
-/// Most points one windowed query may return (as Prometheus' limit).
+/// Most steps one windowed query may span, as Prometheus' limit (and the
+/// config's check): `window / step` at most this, so at most one more
+/// point than this.
 pub const MAX_POINTS: i64 = 11_000;
 
 /// All metrics of a simulated service at one step.
@@ -40,11 +42,15 @@ pub struct Sample {
     pub load: f64,
     /// Requests served per second (capacity-bound; above the load while a backlog drains).
     pub throughput: f64,
-    /// CPU utilisation of the ready replicas, percent (0–100; 100 with none ready).
+    /// CPU utilisation of the ready replicas, percent (0–100; 100 with none
+    /// ready and requests waiting, 0 with none ready and no demand).
     pub cpu: f64,
     /// Requests in flight: being served (Little's law) plus waiting.
     pub in_flight: f64,
-    /// Requests waiting for a free replica.
+    /// The backlog: requests that arrived beyond what the ready replicas
+    /// could serve, carried into the next second. The waiting inside a busy
+    /// replica (the M/M/1 slowdown below saturation) is not counted here: it
+    /// shows in `in_flight` and the latency.
     pub queue_depth: f64,
     /// p95 request latency, ms: the base latency grown by utilisation, plus queueing delay.
     pub p95_latency_ms: f64,
@@ -98,7 +104,8 @@ pub struct StepState {
 /// parameters.
 pub fn derive(timestamp_ms: i64, s: &StepState, p: &ServiceParams) -> Sample {
     let capacity = f64::from(s.ready) * p.capacity_per_replica;
-    let latency_cap = MAX_LATENCY_MS.max(p.base_latency_ms * MAX_SLOWDOWN);
+    // The most ever reported (the config keeps base_latency below it).
+    let latency_cap = MAX_LATENCY_MS.max(p.base_latency_ms);
     let (throughput, cpu, service_ms, p95_latency_ms) = if capacity > 0.0 {
         // A backlog is served at full capacity on top of the new load.
         let demand = s.load + s.queue / (STEP_MS as f64 / 1000.0);
@@ -349,10 +356,11 @@ impl SimulatedService {
             )));
         }
         let count = window_ms / step_ms + 1;
-        if count > MAX_POINTS {
+        if count > MAX_POINTS + 1 {
             return Err(SimulatorError::BadQuery(format!(
-                "a window of {window_ms} ms at a step of {step_ms} ms is {count} points; \
-                 at most {MAX_POINTS} are allowed"
+                "a window of {window_ms} ms at a step of {step_ms} ms is {} steps; \
+                 at most {MAX_POINTS} are allowed",
+                count - 1
             )));
         }
         self.advance_to(now_ms);
@@ -819,6 +827,11 @@ mod tests {
             let err = svc.series(Metric::Cpu, T0, window, step).unwrap_err();
             assert_eq!(err.kind(), "bad_query", "{err}");
         }
+        // The config's limit (and Prometheus's): window / step at most
+        // 11,000, so a window of exactly that many steps is answered.
+        svc.series(Metric::Cpu, T0, 11_000_000, 1_000).unwrap();
+        let err = svc.series(Metric::Cpu, T0, 11_001_000, 1_000).unwrap_err();
+        assert!(err.to_string().contains("11001 steps"), "{err}");
     }
 
     #[test]
