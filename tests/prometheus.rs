@@ -583,8 +583,27 @@ async fn http_error_statuses_are_reported_with_their_status() {
         "{err}"
     );
 
-    // The real server, asked under a path prefix it does not serve.
+    // A redirect is not followed (it would carry the source's credentials
+    // to wherever it points), even to a real Prometheus: it says what to do.
     let live = live().await;
+    let redirect = RecordingServer::start(Canned {
+        status: 302,
+        content_type: "text/plain",
+        body: String::new(),
+        headers: vec![(
+            "location",
+            format!("{}/api/v1/query?query=up", live.prometheus.url()),
+        )],
+    })
+    .await
+    .unwrap();
+    let err = fetch_now(&source(&redirect.url()), "up").await.unwrap_err();
+    assert!(
+        matches!(&err, MetricError::Http { status: 302, message } if message.contains("not followed")),
+        "{err:?}"
+    );
+
+    // The real server, asked under a path prefix it does not serve.
     let wrong_prefix = source(&format!("{}/not-prometheus", live.prometheus.url()));
     let err = fetch_now(&wrong_prefix, "up").await.unwrap_err();
     assert!(

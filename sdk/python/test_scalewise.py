@@ -33,6 +33,18 @@ def context(params, metrics=(), state=None):
     )
 
 
+class Exports(unittest.TestCase):
+    def test_every_public_helper_is_exported(self):
+        public = {
+            name
+            for name, value in vars(scalewise).items()
+            if not name.startswith("_") and callable(value) and value.__module__ == "scalewise"
+        }
+        self.assertEqual(public - set(scalewise.__all__), set())
+        for name in scalewise.__all__:
+            self.assertTrue(hasattr(scalewise, name), name)
+
+
 class Durations(unittest.TestCase):
     def test_units_and_sums(self):
         self.assertEqual(scalewise.duration_ms("250ms"), 250)

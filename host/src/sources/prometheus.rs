@@ -309,8 +309,11 @@ impl PrometheusSource {
         let files = tls.owned();
         let timeout = config.timeout;
         let build = move || {
+            // No redirects, as every outbound call: one to another host
+            // would carry the credentials there.
             let builder = reqwest::Client::builder()
                 .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
                 .default_headers(headers.clone());
             let http =
                 crate::config::tls_configured(builder, files.as_files()).and_then(|builder| {
@@ -594,6 +597,14 @@ impl PrometheusSource {
     ) -> Result<Data, MetricError> {
         let response = request.await.map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
+        if response.status().is_redirection() {
+            return Err(MetricError::Http {
+                status,
+                message: "a redirect, not followed (it would take the source's credentials \
+                          along): put the URL it points to in the source's url"
+                    .to_owned(),
+            });
+        }
         let is_json = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)

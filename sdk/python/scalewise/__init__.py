@@ -8,8 +8,8 @@ again and again on top of them:
 - `Param` and `read_params`: declare parameters once, for `describe()` and
   for reading `ctx.parameters` (JSON) with defaults and type checks;
 - `metric`, `latest`, `window`, `mean_over`, `max_over`, `min_over`,
-  `percentile_over`, `above_for`, `below_for`: questions about a metric's
-  samples;
+  `percentile_over`, `above_for`, `below_for`, `held_for`: questions about
+  a metric's samples;
 - `hold`, `scale_to`, `scale_or_hold`, `state_json`, `json_state`: building a
   decision and keeping state between ticks;
 - `log`: the host's logger;
@@ -40,6 +40,7 @@ __all__ = [
     "duration_ms",
     "evaluator",
     "format_number",
+    "held_for",
     "hold",
     "info",
     "json_state",
