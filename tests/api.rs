@@ -1280,6 +1280,21 @@ fn pause_resume_and_status_from_the_command_line() {
     let (code, _, err) = in_dir(&["status", "--api", &api]);
     assert_eq!(code, Some(1));
     assert!(err.contains("error: unauthorized (401"), "{err}");
+    // A config whose token file cannot be read here: asked anyway (reads may
+    // be open), and the refusal says why no token went.
+    std::fs::write(
+        dir.path().join("unreadable.toml"),
+        config.replace("\"api-token\"", "\"missing-token\""),
+    )
+    .unwrap();
+    let (code, _, err) = in_dir(&["status", "--config", "unreadable.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("unauthorized (401")
+            && err.contains("api.token could not be read")
+            && err.contains("missing-token"),
+        "{err}"
+    );
     let (code, _, err) = in_dir(&["status", "webb", "--config", "scalewise.toml"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no scaler named \"webb\""), "{err}");

@@ -1087,3 +1087,35 @@ async fn a_wall_clock_moving_ahead_is_told_to_the_actuator_once() {
         "{metrics}"
     );
 }
+
+/// The clock set an hour ahead while web's 3m cooldown runs: the envelope
+/// does not count the jump, and neither does a rebuild of it from the
+/// journal (a reload that lengthens a window), whose ticks from before the
+/// jump are moved by it as the live envelope was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_envelope_does_not_count_a_jump_of_the_clock() {
+    let _serial = serial().await;
+    let policies = restart_policies();
+    let state = tempfile::tempdir().unwrap();
+    let mut h = restart_harness(policies.path(), state.path(), 4).await;
+    let web = h
+        .daemon
+        .scalers_mut()
+        .find(|s| s.spec().name == "web")
+        .unwrap();
+    let first = web.tick(T0).await;
+    assert_eq!((first.target.current, first.desired), (4, 8));
+    const HOUR: i64 = 3_600 * SECOND;
+    let seen = T0 + 15 * SECOND + HOUR;
+    web.clock_jumped(seen, HOUR).await;
+    let held = web.tick(seen).await;
+    assert_eq!(held.envelope.last().unwrap().rule, "cooldown", "{held:?}");
+    web.remember_further(seen + 5 * SECOND).await.unwrap();
+    let rebuilt = web.tick(T0 + 30 * SECOND + HOUR).await;
+    assert_eq!(
+        rebuilt.envelope.last().map(|c| c.rule.as_str()),
+        Some("cooldown"),
+        "the rebuilt envelope still counts the cooldown from the scale-up: {rebuilt:?}"
+    );
+    assert_eq!(rebuilt.desired, 8, "{rebuilt:?}");
+}

@@ -153,6 +153,24 @@ async fn instant_value_follows_the_exporter() {
         "a changed value reached the source after {:?}",
         changed.elapsed()
     );
+
+    // Scalewise's time 10 minutes ahead of the wall clock (it was set back
+    // while the daemon ran; Scalewise's time never goes back): Prometheus
+    // is asked at the wall clock's time and the answer comes dated on
+    // Scalewise's time, fresh, not 10 minutes stale (or empty, past the
+    // lookback) until a restart.
+    let ahead = wall_clock_ms() + 600_000;
+    let points = source.fetch(&instant("sw_instant"), ahead).await.unwrap();
+    assert_eq!(points[0].value, 7.5);
+    let age = ahead - points[0].timestamp_ms;
+    assert!((0..5_000).contains(&age), "sample age {age} ms");
+    assert_eq!(check_series(&points, ahead, Some(5_000)), Ok(()));
+    let window = source
+        .fetch(&windowed("sw_instant", 30_000, 5_000), ahead)
+        .await
+        .unwrap();
+    let newest = window.last().unwrap().timestamp_ms;
+    assert!((0..=5_000).contains(&(ahead - newest)), "{window:?}");
 }
 
 #[tokio::test]

@@ -1740,7 +1740,7 @@ fn run_scaler(
             let ahead = clock.moved_ahead_ms();
             let jumped = ahead - std::mem::replace(&mut ahead_seen, ahead);
             if jumped > 0 {
-                Box::pin(scaler.clock_jumped(jumped)).await;
+                Box::pin(scaler.clock_jumped(started, jumped)).await;
             }
             telemetry
                 .tick_lag

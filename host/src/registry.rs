@@ -548,18 +548,14 @@ impl Registry {
     /// (from the compiled-code cache, usually): call it off the async
     /// runtime.
     pub fn recheck_refused(&self) -> ReloadReport {
-        let refused: Vec<String> = self
-            .snapshot()
-            .failures
-            .iter()
-            .filter(|(_, failure)| failure.kind == INCOMPATIBLE_WITH_CONFIG)
-            .map(|(name, _)| name.clone())
-            .collect();
-        self.reload_files(&refused, &[], true)
+        self.reload_files(&[], &[], true)
     }
 
-    /// [`Registry::reload`]; with `retry_failed`, bytes that failed before
-    /// are loaded again instead of skipped.
+    /// [`Registry::reload`]; with `retry_failed`, the versions the gate
+    /// refused are loaded again too, as the snapshot has them once this
+    /// reload has the writers' lock (a reload under way may be refusing
+    /// one against the config just replaced), and bytes that failed before
+    /// are not skipped.
     fn reload_files(
         &self,
         changed: &[String],
@@ -568,6 +564,17 @@ impl Registry {
     ) -> ReloadReport {
         let mut stamps = self.lock_files();
         let current = self.current.load_full();
+        let refused: Vec<String> = if retry_failed {
+            current
+                .failures
+                .iter()
+                .filter(|(_, failure)| failure.kind == INCOMPATIBLE_WITH_CONFIG)
+                .map(|(name, _)| name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let changed = changed.iter().chain(&refused);
         let mut next = (*current).clone();
         let mut report = ReloadReport::default();
         let now_ms = wall_clock_ms();

@@ -225,7 +225,20 @@ pub struct Scaler {
     /// restart, which the first leadership term keeps (see
     /// [`Scaler::tick_on_grid`]).
     in_flight_restored: bool,
+    /// The clock's jumps ahead this scaler has seen: (when it saw the
+    /// jump, by how much). Its journal's earlier ticks are moved by them
+    /// when the envelope is rebuilt from it, as the live envelope was
+    /// (boxed: most scalers never see one).
+    jumps: Option<Box<Jumps>>,
 }
+
+/// The clock's jumps ahead a scaler has seen: (when, by how much), oldest
+/// first.
+#[derive(Debug, Default)]
+struct Jumps(Vec<(i64, i64)>);
+
+/// The most jumps of the clock a scaler remembers ([`Scaler::clock_jumped`]).
+const MAX_JUMPS_KEPT: usize = 16;
 
 /// The log target of the line each change of replicas gets (and each one a
 /// dry-run scaler would make), at INFO. The demo, which prints its own line
@@ -317,6 +330,7 @@ impl Scaler {
             failing_metrics: 0,
             in_flight_saved: None,
             in_flight_restored: false,
+            jumps: None,
         }
     }
 
@@ -432,7 +446,14 @@ impl Scaler {
     /// The clock jumped `by_ms` ahead: the envelope's history moves with it
     /// (its windows, rate-limit periods and cooldowns do not count the
     /// jump), and so does a change the actuator has in flight.
-    pub async fn clock_jumped(&mut self, by_ms: i64) {
+    pub async fn clock_jumped(&mut self, at_ms: i64, by_ms: i64) {
+        let jumps = &mut self.jumps.get_or_insert_default().0;
+        jumps.push((at_ms, by_ms));
+        // A bound for a clock that keeps jumping: the oldest go (their
+        // ticks are past any window by then, as a rule).
+        if jumps.len() > MAX_JUMPS_KEPT {
+            jumps.remove(0);
+        }
         // Another replica may have taken the Lease meanwhile.
         self.services.leadership.clock_jumped();
         self.envelope.clock_jumped(by_ms);
@@ -513,8 +534,26 @@ impl Scaler {
     /// history is rebuilt from the journal, as at a restart. What it kept
     /// reached only as far back as the old settings needed, so a scale-down
     /// a 30-minute window should hold would have gone through at once.
+    ///
+    /// Ticks the journal has from before a jump of the clock ahead are moved
+    /// by it, as the live envelope was: a cooldown running when the clock
+    /// was set an hour ahead still runs after the rebuild.
     pub async fn remember_further(&mut self, now_ms: i64) -> Result<(), String> {
-        let recovery = self.recover(now_ms).await?;
+        let jumps = self.jumps.as_deref().map_or(&[][..], |j| j.0.as_slice());
+        let jumped: i64 = jumps.iter().map(|&(_, by)| by).sum();
+        let mut recovery = self
+            .services
+            .journal
+            .recover(&self.spec.name, now_ms - self.restore_horizon_ms() - jumped)
+            .await
+            .map_err(|e| e.to_string())?;
+        for tick in &mut recovery.ticks {
+            tick.time_ms += jumps
+                .iter()
+                .filter(|&&(at, _)| tick.time_ms < at)
+                .map(|&(_, by)| by)
+                .sum::<i64>();
+        }
         self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
         Ok(())
     }
@@ -671,7 +710,8 @@ impl Scaler {
             .query(Query {
                 scaler: Some(self.spec.name.clone()),
                 since_ms: Some(now_ms.saturating_sub(history.keep_ms())),
-                until_ms: None,
+                // Not ticks dated ahead of now (a clock that ran ahead).
+                until_ms: Some(now_ms.saturating_add(1)),
                 limit: usize::MAX,
             })
             .await

@@ -131,7 +131,7 @@ pub fn check_series(
         return Err(MetricError::NotFinite(bad.value));
     }
     if let Some(max_age_ms) = max_age_ms {
-        let age_ms = now_ms - newest.timestamp_ms;
+        let age_ms = now_ms.saturating_sub(newest.timestamp_ms);
         if age_ms > max_age_ms {
             return Err(MetricError::Stale { age_ms, max_age_ms });
         }

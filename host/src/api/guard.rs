@@ -131,7 +131,17 @@ impl ApiAccess {
 impl Token {
     /// Whether `headers` carry this token as `Authorization: Bearer`.
     fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let expected = self.current.get("api.token", || self.secret.resolve());
+        // A rewritten file holding what the config check refuses at start
+        // (a space, a second line) keeps the last good token: taken, it
+        // would match no client ever again.
+        let expected = self.current.get("api.token", || {
+            let token = self.secret.resolve().map_err(|e| e.to_string())?;
+            if token.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(token)
+            } else {
+                Err("the new token is not printable ASCII without spaces".to_owned())
+            }
+        });
         match bearer(headers) {
             None => Err(ApiError::Unauthorized(
                 "this endpoint needs the API token: send `Authorization: Bearer <token>` \
@@ -434,6 +444,18 @@ mod tests {
                 .check(remote(), &headers(&[("authorization", "Bearer old")]))
                 .is_err()
         );
+        // Rewritten with what a start would refuse (a space, a second
+        // line, emptied): the last good token stays.
+        for bad in ["new two\n", "newer\n\n", "\n"] {
+            std::fs::write(dir.path().join("token"), bad).unwrap();
+            access.token.as_ref().unwrap().current.expire();
+            assert!(
+                access
+                    .check(remote(), &headers(&[("authorization", "Bearer new")]))
+                    .is_ok(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -79,6 +79,9 @@ fn dashboard_csp() -> &'static str {
             .split_once("<script>")
             .and_then(|(_, rest)| rest.split_once("</script>"))
             .map_or("", |(script, _)| script);
+        // Browsers hash the script with its line breaks as LF (a checkout
+        // that turned them into CRLF would otherwise block it).
+        let script = script.replace("\r\n", "\n");
         let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script));
         format!(
             "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \

@@ -43,6 +43,18 @@ pub(crate) fn provider() -> CryptoProvider {
 }
 
 /// Reads `tls`'s certificate chain and key and checks that they go
+/// What went wrong reading a private key, without quoting it: the PEM
+/// parser's own messages print the line it stopped at (a key whose line
+/// breaks were lost is one line: the whole key) into logs and CI output.
+fn key_error(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match error {
+        Error::Io(e) => e.to_string(),
+        Error::NoItemsFound => "no private key in it".to_owned(),
+        _ => "not a readable PEM private key (are its line breaks intact?)".to_owned(),
+    }
+}
+
 /// together. Errors name the setting and the file.
 pub fn load(tls: &ApiTls) -> Result<Arc<CertifiedKey>, String> {
     let cert = &tls.cert;
@@ -58,8 +70,9 @@ pub fn load(tls: &ApiTls) -> Result<Arc<CertifiedKey>, String> {
     let key = &tls.key;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         format!(
-            "key: {}: {e} (a PEM private key: PKCS#8, PKCS#1 or SEC1)",
-            key.display()
+            "key: {}: {} (a PEM private key: PKCS#8, PKCS#1 or SEC1)",
+            key.display(),
+            key_error(&e)
         )
     })?;
     let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| {
@@ -267,6 +280,33 @@ mod tests {
             err.contains("two.key does not go with the certificate in") && err.contains("one.crt"),
             "{err}"
         );
+    }
+
+    /// A key whose line breaks were lost (pasted into one line) is refused
+    /// without the error quoting it: the PEM parser's message holds the
+    /// line it stopped at, which here is the whole key.
+    #[test]
+    fn a_broken_key_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = self_signed(dir.path(), "tls");
+        let pem = std::fs::read_to_string(&tls.key).unwrap();
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .concat();
+        for broken in [
+            pem.replace('\n', " "),
+            pem.replace('\n', "\\n"),
+            format!("-----BEGIN PRIVATE KEY-----\n{body}\n"),
+        ] {
+            std::fs::write(&tls.key, &broken).unwrap();
+            let err = load(&tls).unwrap_err();
+            assert!(err.starts_with("key: "), "{err}");
+            // Neither the base64 nor its bytes as numbers.
+            assert!(!err.contains(&body[..24]), "{err}");
+            assert!(!err.contains("45, 45"), "bytes listed: {err}");
+        }
     }
 
     #[test]

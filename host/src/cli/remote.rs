@@ -23,13 +23,21 @@ const DEFAULT_API: &str = "http://127.0.0.1:9464";
 pub struct Remote {
     base: String,
     token: Option<String>,
+    /// Why the config's `api.token` could not be read: said only if the
+    /// API asks for a token (reads may be open without one).
+    token_problem: Option<String>,
     client: reqwest::Client,
 }
 
 impl Remote {
     /// The API `args` point at.
     pub fn new(args: &ApiArgs) -> Result<Remote, String> {
-        let (base, token, ca) = target(args)?;
+        let Target {
+            base,
+            token,
+            token_problem,
+            ca,
+        } = target(args)?;
         let mut client = reqwest::Client::builder().timeout(TIMEOUT);
         if let Some(ca) = &ca {
             let tls = super::pinned::client_config(ca)
@@ -40,6 +48,7 @@ impl Remote {
         Ok(Remote {
             base,
             token,
+            token_problem,
             client,
         })
     }
@@ -73,7 +82,13 @@ impl Remote {
             .await
             .map_err(|e| format!("{url} answered {status} with no JSON: {e}"))?;
         if !status.is_success() {
-            return Err(api_error(status, &body));
+            let error = api_error(status, &body);
+            return Err(match (&self.token_problem, status) {
+                (Some(problem), StatusCode::UNAUTHORIZED) => {
+                    format!("{error} (and the config's api.token could not be read: {problem})")
+                }
+                _ => error,
+            });
         }
         Ok(body)
     }
@@ -91,7 +106,13 @@ fn api_error(status: StatusCode, body: &serde_json::Value) -> String {
 
 /// Where the API is, the token to send and the certificates to trust
 /// (PEM file).
-type Target = (String, Option<String>, Option<PathBuf>);
+struct Target {
+    base: String,
+    token: Option<String>,
+    /// Why the token named could not be read (sent without one).
+    token_problem: Option<String>,
+    ca: Option<PathBuf>,
+}
 
 /// [`Target`] from the flags.
 fn target(args: &ApiArgs) -> Result<Target, String> {
@@ -99,9 +120,12 @@ fn target(args: &ApiArgs) -> Result<Target, String> {
         // Only the API's settings are read (and its token resolved): the
         // daemon's other secrets and folders need not be readable here.
         let config = Config::load_unvalidated(path).map_err(|e| e.to_string())?;
-        let token = match &config.api.token {
-            Some(secret) => Some(secret.resolve().map_err(|e| format!("api.token: {e}"))?),
-            None => None,
+        // Unreadable here (the daemon's secret, mounted for it alone),
+        // reads still go through if the API leaves them open.
+        let (token, token_problem) = match config.api.token.as_ref().map(|s| s.resolve()) {
+            Some(Ok(token)) => (Some(token), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, None),
         };
         let scheme = if config.api.tls.is_some() {
             "https"
@@ -112,11 +136,12 @@ fn target(args: &ApiArgs) -> Result<Target, String> {
             .ca_file
             .clone()
             .or_else(|| config.api.tls.as_ref().map(|t| t.cert.clone()));
-        return Ok((
-            format!("{scheme}://{}", reachable(config.api.listen)),
+        return Ok(Target {
+            base: format!("{scheme}://{}", reachable(config.api.listen)),
             token,
+            token_problem,
             ca,
-        ));
+        });
     }
     let api = args
         .url
@@ -136,7 +161,12 @@ fn target(args: &ApiArgs) -> Result<Target, String> {
         ),
         None => None,
     };
-    Ok((api.to_owned(), token, args.ca_file.clone()))
+    Ok(Target {
+        base: api.to_owned(),
+        token,
+        token_problem: None,
+        ca: args.ca_file.clone(),
+    })
 }
 
 /// The address to reach a daemon listening on `listen`: loopback when it

@@ -211,35 +211,51 @@ impl<'t> Document<'t> {
                 _ => None,
             }
         }
+        /// Every key named `name` and every value written as `name`, in
+        /// file order.
         fn walk(
             value: &DeValue<'_>,
             name: &str,
             path: &mut Vec<Seg>,
-        ) -> Option<(Vec<Seg>, Hit, usize)> {
+            hits: &mut Vec<(Vec<Seg>, Hit, usize)>,
+        ) {
             match value {
-                DeValue::Table(table) => table.iter().find_map(|(key, child)| {
-                    path.push(Seg::Key(key.get_ref().to_string()));
-                    let found = if key.get_ref() == name {
-                        Some((path.clone(), Hit::Key, key.span().start))
-                    } else if scalar_text(child.get_ref()).as_deref() == Some(name) {
-                        Some((path.clone(), Hit::Value, child.span().start))
-                    } else {
-                        walk(child.get_ref(), name, path)
-                    };
-                    path.pop();
-                    found
-                }),
-                DeValue::Array(array) => array.iter().enumerate().find_map(|(index, child)| {
-                    path.push(Seg::Index(index));
-                    let found = walk(child.get_ref(), name, path);
-                    path.pop();
-                    found
-                }),
-                _ => None,
+                DeValue::Table(table) => {
+                    for (key, child) in table.iter() {
+                        path.push(Seg::Key(key.get_ref().to_string()));
+                        if key.get_ref() == name {
+                            hits.push((path.clone(), Hit::Key, key.span().start));
+                        } else if scalar_text(child.get_ref()).as_deref() == Some(name) {
+                            hits.push((path.clone(), Hit::Value, child.span().start));
+                        } else {
+                            walk(child.get_ref(), name, path, hits);
+                        }
+                        path.pop();
+                    }
+                }
+                DeValue::Array(array) => {
+                    for (index, child) in array.iter().enumerate() {
+                        path.push(Seg::Index(index));
+                        walk(child.get_ref(), name, path, hits);
+                        path.pop();
+                    }
+                }
+                _ => {}
             }
         }
         let start = self.get(path)?;
-        walk(start.get_ref(), name, &mut path.to_vec())
+        let mut hits = Vec::new();
+        walk(start.get_ref(), name, &mut path.to_vec(), &mut hits);
+        // A key is what the error names; a value only when no other value
+        // is written the same (`true` twice: which one is wrong is not
+        // known, and the table is named instead).
+        if let Some(key) = hits.iter().position(|(_, hit, _)| *hit == Hit::Key) {
+            return Some(hits.swap_remove(key));
+        }
+        match hits.len() {
+            1 => hits.pop(),
+            _ => None,
+        }
     }
 
     /// Byte offset of the value (or key) at `path`, or of the deepest part

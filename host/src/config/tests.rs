@@ -390,6 +390,16 @@ fn each_problem_is_reported_at_its_place() {
             "timeout: invalid type: integer \"5\", expected a duration",
         ),
         parse_case(
+            "wrong type inside a tagged table, its text written twice",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = 5\nheaders = { X-Five = \"5\" }",
+            )],
+            "[sources.prom]",
+            "sources.prom",
+            "invalid type: integer \"5\", expected a duration",
+        ),
+        parse_case(
             "unknown secret kind",
             &[(
                 "timeout = \"5s\"",

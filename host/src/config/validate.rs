@@ -780,7 +780,12 @@ impl Checker<'_, '_> {
             load.diurnal_amplitude,
             true,
         );
-        if load.diurnal_period < Duration::from_secs(60) {
+        // Only where the wave plays: none without an amplitude, or under a
+        // trace (which replaces it).
+        if load.diurnal_amplitude != 0.0
+            && load.trace.is_none()
+            && load.diurnal_period < Duration::from_secs(60)
+        {
             self.value(
                 &at("diurnal_period"),
                 format!(
@@ -1373,13 +1378,20 @@ impl Checker<'_, '_> {
 /// (`https://…@host/path`), for summaries that show the rest.
 pub(super) fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     let start = url.find("://").map_or(0, |at| at + 3);
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |end| start + end);
-    match url[start..end].rfind('@') {
+    match userinfo_end(&url[start..]) {
         Some(at) => format!("{}…{}", &url[..start], &url[start + at..]).into(),
         None => url.into(),
     }
+}
+
+/// Where the user info of `rest` (a URL after its `scheme://`) ends: the
+/// last `@` before any `?` or `#`. A password may hold a `/` that a careful
+/// URL would have escaped (base64 ones do), so the `@` is looked for past
+/// the first `/` too: the price is a URL with an `@` in its path quoted as
+/// `…@` the rest, never a password quoted.
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
+    rest[..before_query].rfind('@')
 }
 
 /// `url` as a config error quotes it, whether or not it parses: cut after
@@ -1392,12 +1404,13 @@ fn quoted_url(url: &str) -> String {
         Some(at) => url.split_at(at + 3),
         None => ("", url),
     };
+    let (hidden, rest) = match userinfo_end(rest) {
+        Some(at) => ("…@", &rest[at + 1..]),
+        None => ("", rest),
+    };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rfind('@') {
-        Some(at) => format!("…@{}", &authority[at + 1..]),
-        None => authority.to_owned(),
-    };
+    let authority = format!("{hidden}{authority}");
     let tail = if tail.is_empty() || tail == "/" {
         tail
     } else {
@@ -1436,7 +1449,19 @@ mod tests {
             without_userinfo("https://u:p@coord:8443/api?x=1"),
             "https://…@coord:8443/api?x=1"
         );
-        assert_eq!(without_userinfo("https://coord/a@b"), "https://coord/a@b");
+        // A password with a `/` (base64) is never quoted, even in part.
+        assert_eq!(
+            quoted_url("https://admin:Ab3/xYz+q@prom.internal/api"),
+            "https://…@prom.internal/…"
+        );
+        assert_eq!(
+            without_userinfo("https://admin:Ab3/xYz+q@coord/api"),
+            "https://…@coord/api"
+        );
+        assert_eq!(
+            without_userinfo("https://coord/api?who=a@b"),
+            "https://coord/api?who=a@b"
+        );
     }
 
     #[test]

@@ -678,15 +678,36 @@ impl PrometheusSource {
 #[async_trait]
 impl Source for PrometheusSource {
     async fn fetch(&self, query: &MetricQuery, now_ms: i64) -> Result<Vec<Point>, MetricError> {
+        // Scalewise's time never goes back: after the wall clock is set
+        // back it stays ahead of it. Prometheus is asked at the wall
+        // clock's time and its answer moved onto Scalewise's time, or
+        // every sample would look that much older (stale, or missing past
+        // the lookback) until a restart.
+        // (Within a step of it, as the clock tells a step, it is the same
+        // time.)
+        let behind = now_ms.saturating_sub(crate::clock::wall_clock_ms()).max(0);
+        let behind = if behind > crate::clock::WALL_STEP_MS {
+            behind
+        } else {
+            0
+        };
+        let asked_ms = now_ms - behind;
         let evaluation_ms =
-            now_ms.div_euclid(EVALUATION_GRANULARITY_MS) * EVALUATION_GRANULARITY_MS;
+            asked_ms.div_euclid(EVALUATION_GRANULARITY_MS) * EVALUATION_GRANULARITY_MS;
         let key = AnswerKey {
             query: query.clone(),
             evaluation_ms,
         };
-        self.answers
+        let mut points = self
+            .answers
             .run(key, || self.fetch_uncached(query, evaluation_ms))
-            .await
+            .await?;
+        if behind > 0 {
+            for point in &mut points {
+                point.timestamp_ms = point.timestamp_ms.saturating_add(behind);
+            }
+        }
+        Ok(points)
     }
 }
 

@@ -33,6 +33,8 @@ struct Observation {
     time_ms: i64,
     replicas: u32,
     ready: u32,
+    /// Read back from the journal at a restart, not seen live.
+    restored: bool,
     facts: BTreeMap<String, f64>,
 }
 
@@ -64,13 +66,26 @@ impl TargetHistory {
         }
     }
 
-    /// Adds what a tick at `time_ms` observed. An observation not after the
-    /// newest one kept replaces nothing and is dropped.
+    /// Adds what a tick at `time_ms` observed. Restored observations dated
+    /// after it are dropped first: they came from a journal written while
+    /// the clock ran ahead, and would otherwise shadow every live one until
+    /// the clock caught up. Otherwise an observation not after the newest
+    /// one kept replaces nothing and is dropped.
     pub fn record(&self, time_ms: i64, observed: &Observed) {
+        {
+            let mut kept = self.lock();
+            while kept
+                .back()
+                .is_some_and(|newest| newest.restored && newest.time_ms > time_ms)
+            {
+                kept.pop_back();
+            }
+        }
         self.push(Observation {
             time_ms,
             replicas: observed.current,
             ready: observed.ready,
+            restored: false,
             facts: observed.facts.clone(),
         });
     }
@@ -81,6 +96,7 @@ impl TargetHistory {
             time_ms,
             replicas,
             ready,
+            restored: true,
             facts,
         });
     }
@@ -200,6 +216,33 @@ mod tests {
             window_ms,
             step_ms: 15_000,
         }
+    }
+
+    /// Observations restored from a journal dated ahead of the clock (it
+    /// ran ahead before a restart) give way to the live ones: the live
+    /// value is served at once, not the old restored one for hours.
+    #[tokio::test]
+    async fn a_live_observation_replaces_those_dated_after_it() {
+        let history = Arc::new(TargetHistory::new(3_600_000));
+        let source = TargetSource::new(history.clone());
+        history.restore(100_000, 2, 2, BTreeMap::new());
+        history.restore(2_000_000, 9, 9, BTreeMap::new());
+        history.record(200_000, &observed(5, 4, None));
+        let latest = source
+            .fetch(&query("replicas", None), 200_000)
+            .await
+            .unwrap();
+        assert_eq!(latest, vec![Point::from((200_000, 5.0))]);
+        assert_eq!(history.len(), 2, "the future-dated one is gone");
+        // Restored (or adopted) ones older than what is kept are dropped
+        // as before; a live one at the same time leaves the first.
+        history.restore(150_000, 7, 7, BTreeMap::new());
+        history.record(200_000, &observed(6, 6, None));
+        let latest = source
+            .fetch(&query("replicas", None), 200_000)
+            .await
+            .unwrap();
+        assert_eq!(latest, vec![Point::from((200_000, 5.0))]);
     }
 
     #[tokio::test]
