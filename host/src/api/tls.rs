@@ -25,7 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -34,6 +34,10 @@ use crate::config::ApiTls;
 
 /// How long a client may take over its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS connections in their handshake or waiting for the server to take
+/// them, at most.
+pub const MAX_PENDING: usize = 128;
 
 /// How often (at most) the files are looked at for a rotation.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -165,7 +169,9 @@ impl ResolvesServerCert for Rotating {
 /// is done.
 #[derive(Debug)]
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    /// Handshaken connections, each with its place among the pending ones
+    /// (given up once the server takes it, into a place of its own).
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit)>,
     local: SocketAddr,
     accepting: JoinHandle<()>,
 }
@@ -177,9 +183,10 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         let (done, ready) = mpsc::channel(64);
         // Handshakes in progress and connections waiting to be served are
-        // bounded too: past the server's own limit, their sockets would
-        // pile up here.
-        let pending = Arc::new(Semaphore::new(super::serve::MAX_CONNECTIONS));
+        // bounded too, until the server takes each into one of its own
+        // places: at most MAX_PENDING + MAX_CONNECTIONS sockets in all,
+        // well under the usual 1,024 open files.
+        let pending = Arc::new(Semaphore::new(MAX_PENDING));
         let accepting = tokio::spawn(async move {
             loop {
                 let Ok(permit) = pending.clone().acquire_owned().await else {
@@ -199,13 +206,14 @@ impl TlsListener {
                 }
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
-                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             // Waits for the server to take it, not for ever.
-                            let handed =
-                                tokio::time::timeout(HANDSHAKE_TIMEOUT, done.send((tls, peer)))
-                                    .await;
+                            let handed = tokio::time::timeout(
+                                HANDSHAKE_TIMEOUT,
+                                done.send((tls, peer, permit)),
+                            )
+                            .await;
                             if handed.is_err() {
                                 tracing::debug!(%peer, "An API connection waited too long to be served.");
                             }
@@ -238,7 +246,8 @@ impl axum::serve::Listener for TlsListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
-            Some(connection) => connection,
+            // The server holds a place of its own for it now.
+            Some((tls, peer, _pending)) => (tls, peer),
             // The accepting task ended (it only does when aborted).
             None => std::future::pending().await,
         }
