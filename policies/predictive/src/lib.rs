@@ -16,7 +16,11 @@
 //! within the scaler's `min`..`max`.
 //!
 //! With fewer than `min_cycles` past periods in the metric's samples (a new
-//! service, a history shorter than the window) it holds, saying so.
+//! service, a history shorter than the window) it holds, saying so; a hold
+//! votes for the current count, so beside a reactive policy it blocks that
+//! policy's scale-in until the forecast exists. `without_forecast = "min"`
+//! answers the scaler's `min` instead, leaving the count to the others (on
+//! its own, that scales the target in to `min`).
 //!
 //! # Use it beside a reactive policy
 //!
@@ -39,6 +43,7 @@
 //! | `min_cycles` | integer | `2` | hold unless at least this many past periods have samples |
 //! | `combine` | text | `"median"` | how the past periods' peaks become the forecast: `median`, `mean` or `max` |
 //! | `headroom` | number | `1.0` | multiplies the forecast |
+//! | `without_forecast` | text | `"hold"` | with fewer than `min_cycles` periods: `hold`, or `min` (the scaler's min, so the other policies decide) |
 //!
 //! The metric needs a `window` in the scaler's config of `cycles × period`
 //! (the oldest moment looked at) and a `step` no longer than `horizon` (each
@@ -105,7 +110,38 @@ pub const PARAMS: &[ParamSpec] = &[
         "1.0",
         "Multiplies the forecast, > 0.",
     ),
+    ParamSpec::optional(
+        "without_forecast",
+        ParameterKind::Text,
+        "\"hold\"",
+        "What to answer with fewer than min_cycles periods: hold (blocks the other policies' \
+         scale-in) or min (the scaler's min, leaving the count to the other policies).",
+    ),
 ];
+
+/// What the policy answers while it has no forecast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum WithoutForecast {
+    /// Hold: the count stays unless another policy scales out.
+    Hold,
+    /// The scaler's `min`: a vote that never outbids the other policies.
+    Min,
+}
+
+impl TryFrom<String> for WithoutForecast {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "hold" => Ok(WithoutForecast::Hold),
+            "min" => Ok(WithoutForecast::Min),
+            _ => Err(format!(
+                "parameter without_forecast must be hold or min, got {name:?}"
+            )),
+        }
+    }
+}
 
 /// How the past periods' peaks combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -181,6 +217,8 @@ pub struct Params {
     pub combine: Combine,
     /// Multiplies the forecast.
     pub headroom: f64,
+    /// What to answer without a forecast.
+    pub without_forecast: WithoutForecast,
 }
 
 impl Params {
@@ -263,16 +301,25 @@ pub fn decide(ctx: &Context) -> Result<Decision, String> {
     let found: Vec<f64> = peaks.iter().flatten().copied().collect();
     let name = &p.metric;
     if (found.len() as i64) < p.min_cycles {
-        return Ok(Decision::hold(format!(
+        let why = format!(
             "{name} has samples in {} of the last {} periods of {} at this time of the period, \
-             fewer than min_cycles {}: no forecast, hold at {} (is the metric's window {}?)",
+             fewer than min_cycles {}: no forecast",
             found.len(),
             p.cycles,
             p.period,
             p.min_cycles,
-            t.current,
-            DurationMs(p.cycles.saturating_mul(p.period.ms())),
-        )));
+        );
+        let window = DurationMs(p.cycles.saturating_mul(p.period.ms()));
+        return Ok(match p.without_forecast {
+            WithoutForecast::Hold => Decision::hold(format!(
+                "{why}, hold at {} (is the metric's window {window}?)",
+                t.current
+            )),
+            WithoutForecast::Min => Decision::scale_to(
+                t.min,
+                format!("{why}: min {} (the other policies decide)", t.min),
+            ),
+        });
     }
     let forecast = p.combine.apply(&found) * p.headroom;
     let needed = replicas_for(forecast, p.per_replica);

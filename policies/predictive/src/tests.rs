@@ -121,6 +121,30 @@ fn a_short_history_holds_and_says_why() {
     ))
     .unwrap();
     assert_eq!(d.desired(), Some(20));
+    // Asked to leave the count to the other policies meanwhile: the min.
+    let d = decide(&ctx(
+        &load(1, 30.0, 200.0, 0.0),
+        3,
+        json!({"without_forecast": "min"}),
+    ))
+    .unwrap();
+    assert_eq!(d.desired(), Some(1));
+    assert!(
+        d.reason
+            .ends_with("no forecast: min 1 (the other policies decide)"),
+        "{}",
+        d.reason
+    );
+    let err = decide(&ctx(
+        &load(1, 30.0, 200.0, 0.0),
+        3,
+        json!({"without_forecast": "scale"}),
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("without_forecast must be hold or min"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,7 +204,8 @@ fn describe_lists_every_parameter() {
             "cycles",
             "min_cycles",
             "combine",
-            "headroom"
+            "headroom",
+            "without_forecast"
         ]
     );
     scalewise_sdk::params::check_specs(PARAMS).unwrap();

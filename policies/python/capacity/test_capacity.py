@@ -40,6 +40,14 @@ class Capacity(unittest.TestCase):
         self.assertEqual(desired(d), 5)  # 400 / 80
         self.assertEqual(d.reason, "inflight peak 400.0 over 1m at 80.0 per replica needs 5: 2 → 5")
 
+    def test_a_surge_past_max_asks_for_max(self):
+        d = decide(ctx(2, [10_000_000.0]))
+        self.assertEqual(desired(d), 50)
+        self.assertEqual(
+            d.reason,
+            "inflight peak 10000000 over 1m at 80.0 per replica needs 125000 (max 50): 2 → 50",
+        )
+
     def test_exactly_at_capacity_needs_no_extra_replica(self):
         self.assertIsNone(desired(decide(ctx(5, [400.0]))))
 

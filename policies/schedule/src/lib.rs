@@ -49,9 +49,9 @@
 //! The logic is the plain function [`decide`]; the Wasm export only calls it.
 #![deny(missing_docs)]
 
+use jiff::Timestamp;
 use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
-use jiff::{Timestamp, Zoned};
 use scalewise_sdk::params::ParamSpec;
 use scalewise_sdk::prelude::*;
 use serde::Deserialize;
@@ -314,13 +314,25 @@ pub struct Occurrence {
 }
 
 /// The local midnight-relative instant `time` (or 24:00) of `date` in `tz`;
-/// a time that daylight saving skips is taken as the instant after the gap.
+/// a time that daylight saving skips is taken as the instant the gap ends
+/// (02:30 on the night clocks go from 02:00 to 03:00 is 03:00), and a time
+/// it repeats as its first occurrence.
 fn instant_ms(date: Date, time: Option<Time>, tz: &TimeZone) -> Option<i64> {
-    let zoned: Zoned = match time {
-        Some(time) => date.to_datetime(time).to_zoned(tz.clone()).ok()?,
-        None => date.tomorrow().ok()?.to_zoned(tz.clone()).ok()?,
+    let datetime = match time {
+        Some(time) => date.to_datetime(time),
+        None => date.tomorrow().ok()?.to_datetime(Time::midnight()),
     };
-    Some(zoned.timestamp().as_millisecond())
+    let ambiguous = tz.to_ambiguous_timestamp(datetime);
+    let instant = match ambiguous.offset() {
+        jiff::tz::AmbiguousOffset::Gap { after, .. } => {
+            // Read with the offset after the gap, it falls before the
+            // change; the change is the next transition from there.
+            let before_change = after.to_timestamp(datetime).ok()?;
+            tz.following(before_change).next()?.timestamp()
+        }
+        _ => ambiguous.compatible().ok()?,
+    };
+    Some(instant.as_millisecond())
 }
 
 impl Window {
@@ -334,6 +346,11 @@ impl Window {
             Some(to) if to <= self.from => instant_ms(date.tomorrow().ok()?, Some(to), tz)?,
             to => instant_ms(date, to, tz)?,
         };
+        // A window that daylight saving skips whole (02:15-03:00 on the
+        // night clocks go from 02:00 to 03:00) does not happen that day.
+        if end_ms <= start_ms {
+            return None;
+        }
         Some(Occurrence { start_ms, end_ms })
     }
 }

@@ -225,3 +225,33 @@ fn describes_its_parameters() {
     let names: Vec<&str> = info.parameters.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["windows", "timezone", "lead", "outside"]);
 }
+
+/// The night Berlin's clocks go from 02:00 to 03:00 (Sunday 2026-03-29,
+/// 01:00Z): a window from 02:30 starts when the gap ends (03:00 CEST,
+/// 01:00Z), not an hour later; one wholly inside the gap does not happen
+/// that night; the night clocks go back (2026-10-25), a repeated time is
+/// its first occurrence.
+#[test]
+fn daylight_saving_gaps_and_folds() {
+    let spring = json!({ "windows": "sun 02:30-06:00 10", "timezone": "Europe/Berlin" });
+    assert_eq!(desired("2026-03-29T00:59:59Z", spring.clone()), 1);
+    assert_eq!(desired("2026-03-29T01:00:00Z", spring.clone()), 10);
+    assert_eq!(desired("2026-03-29T03:59:59Z", spring.clone()), 10);
+    assert_eq!(desired("2026-03-29T04:00:00Z", spring), 1);
+    let skipped = json!({ "windows": "sun 02:15-02:45 10", "timezone": "Europe/Berlin" });
+    for now in [
+        "2026-03-29T00:30:00Z",
+        "2026-03-29T01:00:00Z",
+        "2026-03-29T01:30:00Z",
+    ] {
+        assert_eq!(desired(now, skipped.clone()), 1, "{now}");
+    }
+    // A week later it happens (02:15 CEST is 00:15Z).
+    assert_eq!(desired("2026-04-05T00:20:00Z", skipped), 10);
+    // 02:30 happens twice on 2026-10-25: at 00:30Z (CEST) first.
+    let autumn = json!({ "windows": "sun 02:30-04:00 10", "timezone": "Europe/Berlin" });
+    assert_eq!(desired("2026-10-25T00:29:59Z", autumn.clone()), 1);
+    assert_eq!(desired("2026-10-25T00:30:00Z", autumn.clone()), 10);
+    assert_eq!(desired("2026-10-25T02:59:59Z", autumn.clone()), 10);
+    assert_eq!(desired("2026-10-25T03:00:00Z", autumn), 1);
+}

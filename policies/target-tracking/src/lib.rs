@@ -64,8 +64,9 @@
 //! (HPA's scale-from-zero): `desired = ceil(metric / target)`.
 //!
 //! Counts are whole numbers computed as `ceil`, with products formed before
-//! the division and results within 10⁻⁹ of a whole number taken as that
-//! number, so `0.2 × 3 / 0.1` is 6 and not 7 from floating-point noise. The
+//! the division and results within 10⁻⁹ (relative) of a whole number taken
+//! as that number, so `0.2 × 3 / 0.1` is 6 and not 7 from floating-point
+//! noise. The
 //! policy keeps its answer within the scaler's `min`..`max` (the host would
 //! clamp it anyway) and says so in the reason.
 //!
@@ -107,7 +108,8 @@ pub const PARAMS: &[ParamSpec] = &[
         "tolerance",
         ParameterKind::Number,
         "0.1",
-        "Hold while |metric/target - 1| <= tolerance (HPA's default 0.1).",
+        "Hold while the usage ratio is within 1 ± tolerance (HPA's default 0.1): metric/target \
+         for average, metric/(target × current) for total.",
     ),
     ParamSpec::optional_without_default(
         "scale_up_tolerance",

@@ -246,6 +246,8 @@ fn reason(p: &Params, latest: f64, signal: Signal, t: &Target, desired: u32) -> 
             Some("min")
         };
         match bound {
+            // A step that goes nowhere (down from 0): a hold.
+            None if desired == current => format!("{what}: hold at {current}"),
             None => format!("{what}: {current} → {desired}"),
             Some(bound) if desired == current => format!("{what}: hold at {bound} {desired}"),
             Some(bound) => format!("{what}: {current} → {desired} ({bound} {desired})"),

@@ -422,6 +422,8 @@ fn answers_stay_within_bounds_when_the_count_is_outside_them() {
         ),
         (low, 5, 5, 5, None, "cpu 10.0 below 30.0: hold at min 5"),
         (high, 5, 5, 5, None, "cpu 85.0 above 70.0: hold at max 5"),
+        // Down from 0 with min 0: nowhere to go, said as a hold.
+        (low, 0, 0, 5, None, "cpu 10.0 below 30.0: hold at 0"),
     ];
     for (points, current, min, max, desired, reason) in cases {
         let d = decide(&aged(points, current, min, max, now.clone())).unwrap();
