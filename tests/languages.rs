@@ -411,6 +411,36 @@ fn the_c_policy_passes_its_native_tests() {
     );
 }
 
+/// The C SDK's helpers (scalewise.h), compiled natively against the
+/// generated `policy.h`, pass their own unit tests: durations, numbers as
+/// the Rust SDK writes them, parameters from the context's JSON, metric
+/// windows and "held for".
+#[test]
+fn the_c_sdk_passes_its_native_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sdk = root.join("sdk/c");
+    let exe = tempfile::tempdir().unwrap();
+    let binary = exe.path().join("test_scalewise");
+    let status = std::process::Command::new("cc")
+        .args(["-Wall", "-Wextra", "-Werror", "-Wno-unused-function", "-I"])
+        .arg(env!("SCALEWISE_C_BINDINGS"))
+        .arg("-I")
+        .arg(&sdk)
+        .arg(sdk.join("test_scalewise.c"))
+        .args(["-lm", "-o"])
+        .arg(&binary)
+        .status()
+        .expect("cc runs");
+    assert!(status.success(), "the native tests compile");
+    let out = std::process::Command::new(&binary).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_same_context_gives_the_same_decision_bytes() {
     let cases = [

@@ -304,9 +304,9 @@ path = "journal.db"
 lease = "scalewise"
 namespace = "ops"
 identity = "{identity}"
-lease_duration = "2s"
-renew_deadline = "1500ms"
-retry_period = "200ms"
+lease_duration = "6s"
+renew_deadline = "4s"
+retry_period = "300ms"
 
 [[scalers]]
 name = "web"
@@ -529,7 +529,8 @@ fn lease_pauses(kube: &FakeKube) -> Option<serde_json::Value> {
 async fn a_new_leader_waits_a_scale_down_window_before_scaling_down() {
     let kube = with_web_at_2().await;
     let dir = tempfile::tempdir().unwrap();
-    let window = "\n[scalers.behavior.scale_down]\nstabilization_window = \"4s\"\n";
+    // (Room for a busy machine: checked 2 s into an 8 s window.)
+    let window = "\n[scalers.behavior.scale_down]\nstabilization_window = \"8s\"\n";
     // b leads first and holds at 2: its journal has a history.
     let b_dir = dir.path().join("b");
     let b = start(&b_dir, &kube, &(config(2, "b") + window));
@@ -641,9 +642,9 @@ async fn a_release_the_api_server_never_answers_does_not_hold_the_exit() {
     // Renewals 20 s apart: right after taking the Lease the elector sleeps,
     // so the stop finds it there and goes straight to the release.
     let text = config(2, "a")
-        .replace("lease_duration = \"2s\"", "lease_duration = \"60s\"")
-        .replace("renew_deadline = \"1500ms\"", "renew_deadline = \"50s\"")
-        .replace("retry_period = \"200ms\"", "retry_period = \"20s\"");
+        .replace("lease_duration = \"6s\"", "lease_duration = \"60s\"")
+        .replace("renew_deadline = \"4s\"", "renew_deadline = \"50s\"")
+        .replace("retry_period = \"300ms\"", "retry_period = \"20s\"");
     let mut daemon = start(dir.path(), &kube, &text);
     leader_becomes(&kube, "a").await;
     // Its SIGTERM handler is in place once it runs (installed as the line

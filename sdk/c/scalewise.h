@@ -223,7 +223,16 @@ static bool sw_parse_duration_ms(const char *text, int64_t *out) {
 static const char *sw_number_text(double v, char *buf, size_t cap) {
   double a = fabs(v);
   if (!isfinite(v)) snprintf(buf, cap, "%g", v);
-  else if (a >= 1e15 || (a > 0 && a < 1e-6)) snprintf(buf, cap, "%.2e", v);
+  else if (a >= 1e15 || (a > 0 && a < 1e-6)) {
+    /* As the Rust SDK writes it: 1.00e20, 4.50e-9 (printf's 1.00e+20 and
+     * 4.50e-09 have a sign and padding it does not). */
+    char e[32];
+    snprintf(e, sizeof e, "%.2e", v);
+    char *x = strchr(e, 'e');
+    int exponent = x ? atoi(x + 1) : 0;
+    if (x) *x = 0;
+    snprintf(buf, cap, "%se%d", e, exponent);
+  }
   else if (a >= 100000) snprintf(buf, cap, "%.0f", v);
   else if (a >= 1 || a == 0) snprintf(buf, cap, "%.1f", v);
   else {
@@ -380,6 +389,19 @@ static bool sw_latest(const sw_metric *m, double *out) {
   if (m->values.len == 0) return false;
   *out = m->values.ptr[m->values.len - 1];
   return true;
+}
+
+/* The value of the newest sample at or before `now_ms` (samples dated
+ * after it, from a source whose clock runs ahead, are left out, as the
+ * Rust SDK's `newest` leaves them); false when there is none. */
+static bool sw_latest_at(const sw_metric *m, int64_t now_ms, double *out) {
+  for (size_t i = m->timestamps_ms.len; i > 0; i--) {
+    if (m->timestamps_ms.ptr[i - 1] <= now_ms) {
+      *out = m->values.ptr[i - 1];
+      return true;
+    }
+  }
+  return false;
 }
 
 /* The index range [*first, *last) of the samples of the last `duration_ms`

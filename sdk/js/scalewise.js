@@ -304,7 +304,8 @@ export function jsonState(value) {
 export function formatNumber(value) {
   const magnitude = Math.abs(value);
   if (!Number.isFinite(value)) return String(value);
-  if (magnitude >= 1e15 || (magnitude > 0 && magnitude < 1e-6)) return value.toExponential(2);
+  // As the Rust SDK writes it: 1.00e20, 4.50e-9 (no "+").
+  if (magnitude >= 1e15 || (magnitude > 0 && magnitude < 1e-6)) return value.toExponential(2).replace('e+', 'e');
   if (magnitude >= 100000) return value.toFixed(0);
   if (magnitude >= 1 || magnitude === 0) return value.toFixed(1);
   const decimals = Math.min(Math.max(2 - Math.floor(Math.log10(magnitude)), 1), 9);

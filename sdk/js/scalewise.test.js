@@ -125,6 +125,8 @@ test('decisions, state and numbers', () => {
   assert.equal(sdk.formatNumber(83), '83.0');
   assert.equal(sdk.formatNumber(0.0425), '0.0425');
   assert.equal(sdk.formatNumber(123456.7), '123457');
+  assert.equal(sdk.formatNumber(1e20), '1.00e20');
+  assert.equal(sdk.formatNumber(-4.5e-9), '-4.50e-9');
 });
 
 test('the export turns every thrown value into the error payload', () => {

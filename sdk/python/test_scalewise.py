@@ -189,7 +189,9 @@ class Decisions(unittest.TestCase):
         self.assertEqual(scalewise.format_number(83), "83.0")
         self.assertEqual(scalewise.format_number(123456.7), "123457")
         self.assertEqual(scalewise.format_number(0.0425), "0.0425")
-        self.assertEqual(scalewise.format_number(1e20), "1.00e+20")
+        # Written as the Rust SDK writes them.
+        self.assertEqual(scalewise.format_number(1e20), "1.00e20")
+        self.assertEqual(scalewise.format_number(-4.5e-9), "-4.50e-9")
 
     def test_the_export_turns_every_exception_into_an_error(self):
         from componentize_py_types import Err

@@ -34,6 +34,9 @@ pub fn simulate(
     }
 }
 
+/// The least wall-clock deadline an evaluation gets in a backtest.
+const BACKTEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String> {
     let run_ms = i64::try_from(args.run_for.as_millis()).unwrap_or(i64::MAX);
     if !(1000..=MAX_DURATION_MS).contains(&run_ms) {
@@ -162,6 +165,10 @@ fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
     }
     config.journal.path = journal;
     config.journal.commit_delay = Duration::ZERO;
+    // A wall-clock deadline makes the report depend on how busy the machine
+    // is (an evaluation stalled 100 ms would fail, and the scaler hold):
+    // generous here; fuel, which counts work, stays as configured.
+    config.runtime.timeout = config.runtime.timeout.max(BACKTEST_TIMEOUT);
     config.leader_election = None;
     // A backtest changes nothing anyone should be told about.
     config.notifications.clear();

@@ -366,7 +366,9 @@ def format_number(value):
     if not math.isfinite(value):
         return str(value)
     if magnitude >= 1e15 or 0 < magnitude < 1e-6:
-        return f"{value:.2e}"
+        # As the Rust SDK writes it: 1.00e20, 4.50e-9 (no "+", no padding).
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
     if magnitude >= 100_000:
         return f"{value:.0f}"
     if magnitude >= 1 or magnitude == 0:
