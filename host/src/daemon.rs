@@ -210,6 +210,20 @@ struct Reconfigure {
     /// Whether the new actuator is for the same target with other settings:
     /// it takes over the old one's change in flight.
     same_target: bool,
+    /// For a move to another target: marked finished once the scaler has
+    /// let go of the target it leaves (its change in flight there given
+    /// up), so that a scaler added on that target waits for it, as for a
+    /// removed one. Set by [`ScalerSet::reconfigure`].
+    released: Option<Arc<Control>>,
+}
+
+impl Reconfigure {
+    /// Says the scaler has let go of the target a move took it from.
+    fn release(&self) {
+        if let Some(marker) = &self.released {
+            marker.finished.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// A daemon built from a config, ready to run.
@@ -1192,6 +1206,7 @@ impl Daemon {
                     spec,
                     actuator,
                     same_target,
+                    released: None,
                 },
                 claim,
             );
@@ -1293,7 +1308,9 @@ struct RunningScaler {
     claim: Fingerprint,
 }
 
-/// A scaler a reload removed whose task may still be finishing a tick.
+/// A scaler a reload removed whose task may still be finishing a tick, or
+/// one a reload moved off a target it has not let go of yet (no name:
+/// matched by target only; its control is the move's marker).
 struct Stopping {
     name: String,
     claim: Fingerprint,
@@ -1402,12 +1419,29 @@ impl ScalerSet {
     /// Hands a running scaler a changed config; `claim` is its target now.
     fn reconfigure(&mut self, name: &str, mut update: Reconfigure, claim: Fingerprint) {
         if let Some(running) = self.running.get_mut(name) {
-            running.claim = claim;
+            let left = std::mem::replace(&mut running.claim, claim);
             let mut pending = running
                 .control
                 .update
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // A move: scalers added on the target it leaves wait until it
+            // has let go of it (matched by claim only, as a removed one's
+            // target is). A move not applied yet keeps its marker: the
+            // scaler is still on the first target.
+            match pending.as_mut().and_then(|older| older.released.take()) {
+                Some(marker) => update.released = Some(marker),
+                None if left != claim => {
+                    let marker = Arc::new(Control::default());
+                    self.stopping.push(Stopping {
+                        name: String::new(),
+                        claim: left,
+                        control: marker.clone(),
+                    });
+                    update.released = Some(marker);
+                }
+                None => {}
+            }
             // A newer change replaces one the scaler has not applied yet; it
             // was compared with that one, so a new actuator the older one
             // brought (a rotated token) must not be lost with it, and a move
@@ -1670,10 +1704,14 @@ fn run_scaler(
     predecessors: Vec<Arc<Control>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        /// Says the task ended however it ends (returned, aborted, panicked).
+        /// Says the task ended however it ends (returned, aborted, panicked),
+        /// and that a move it did not get to has let go of its target.
         struct Finished(Arc<Control>);
         impl Drop for Finished {
             fn drop(&mut self) {
+                if let Some(update) = self.0.take_update() {
+                    update.release();
+                }
                 self.0.finished.store(true, Ordering::Release);
             }
         }
@@ -1707,6 +1745,8 @@ fn run_scaler(
                             // idle scaler's.
                             Box::pin(hand_over(scaler.actuator(), next, &update.spec.name)).await;
                         }
+                        // Scalers added on the target it left may act now.
+                        update.release();
                         let (windows, events) =
                             crate::envelope::memory_kept(&scaler.spec().behavior);
                         let Reconfigure { spec, actuator, .. } = *update;

@@ -132,9 +132,13 @@ impl Rotating {
     /// Reads the files again if they changed since they were loaded (looked
     /// at once per `every`).
     fn refresh(&self, every: Duration) {
-        // A handshake that finds another one checking does not wait.
-        let Ok(mut checked) = self.checked.try_lock() else {
-            return;
+        // A handshake that finds another one checking does not wait; one
+        // that panicked while checking leaves the lock to the next (or no
+        // certificate would ever be read again).
+        let mut checked = match self.checked.try_lock() {
+            Ok(checked) => checked,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
         };
         if checked.0.elapsed() < every {
             return;
