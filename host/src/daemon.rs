@@ -210,19 +210,21 @@ struct Reconfigure {
     /// Whether the new actuator is for the same target with other settings:
     /// it takes over the old one's change in flight.
     same_target: bool,
-    /// For a move to another target: marked finished once the scaler has
-    /// let go of the target it leaves (its change in flight there given
-    /// up), so that a scaler added on that target waits for it, as for a
-    /// removed one. Set by [`ScalerSet::reconfigure`].
-    released: Option<Arc<Control>>,
+    /// For a move to another target: released (dropped) once the scaler
+    /// has let go of the target it leaves (its change in flight there
+    /// given up), so that a scaler added on that target waits for it, as
+    /// for a removed one. However the update goes (applied, replaced, its
+    /// task ended or panicked), dropping it releases. Set by
+    /// [`ScalerSet::reconfigure`].
+    released: Option<Release>,
 }
 
-impl Reconfigure {
-    /// Says the scaler has let go of the target a move took it from.
-    fn release(&self) {
-        if let Some(marker) = &self.released {
-            marker.finished.store(true, Ordering::Release);
-        }
+/// Marks a move's marker finished when dropped.
+struct Release(Arc<Control>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.finished.store(true, Ordering::Release);
     }
 }
 
@@ -1429,16 +1431,19 @@ impl ScalerSet {
             // has let go of it (matched by claim only, as a removed one's
             // target is). A move not applied yet keeps its marker: the
             // scaler is still on the first target.
+            // A task that has ended (a panic) takes no update: no marker
+            // then, or an added scaler would wait for it for good.
+            let ended = running.control.finished.load(Ordering::Acquire);
             match pending.as_mut().and_then(|older| older.released.take()) {
                 Some(marker) => update.released = Some(marker),
-                None if left != claim => {
+                None if left != claim && !ended => {
                     let marker = Arc::new(Control::default());
                     self.stopping.push(Stopping {
                         name: String::new(),
                         claim: left,
                         control: marker.clone(),
                     });
-                    update.released = Some(marker);
+                    update.released = Some(Release(marker));
                 }
                 None => {}
             }
@@ -1709,10 +1714,10 @@ fn run_scaler(
         struct Finished(Arc<Control>);
         impl Drop for Finished {
             fn drop(&mut self) {
-                if let Some(update) = self.0.take_update() {
-                    update.release();
-                }
+                // Finished first: a reload that comes after this sees it
+                // and keeps no marker for a move nobody will make.
                 self.0.finished.store(true, Ordering::Release);
+                drop(self.0.take_update());
             }
         }
         let _finished = Finished(control.clone());
@@ -1745,10 +1750,10 @@ fn run_scaler(
                             // idle scaler's.
                             Box::pin(hand_over(scaler.actuator(), next, &update.spec.name)).await;
                         }
-                        // Scalers added on the target it left may act now.
-                        update.release();
                         let (windows, events) =
                             crate::envelope::memory_kept(&scaler.spec().behavior);
+                        // The rest (a move's marker) drops here: scalers
+                        // added on the target it left may act now.
                         let Reconfigure { spec, actuator, .. } = *update;
                         scaler.reconfigure(spec, actuator, another_target);
                         // Either kind of history needed further back than

@@ -709,9 +709,10 @@ impl Scaler {
             .journal
             .query(Query {
                 scaler: Some(self.spec.name.clone()),
+                // Ticks dated ahead of now (a clock that ran ahead) too: the
+                // first live observation displaces them.
                 since_ms: Some(now_ms.saturating_sub(history.keep_ms())),
-                // Not ticks dated ahead of now (a clock that ran ahead).
-                until_ms: Some(now_ms.saturating_add(1)),
+                until_ms: None,
                 limit: usize::MAX,
             })
             .await

@@ -46,7 +46,6 @@ pub(crate) fn provider() -> CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
-/// Reads `tls`'s certificate chain and key and checks that they go
 /// What went wrong reading a private key, without quoting it: the PEM
 /// parser's own messages print the line it stopped at (a key whose line
 /// breaks were lost is one line: the whole key) into logs and CI output.
@@ -59,6 +58,7 @@ fn key_error(error: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// Reads `tls`'s certificate chain and key and checks that they go
 /// together. Errors name the setting and the file.
 pub fn load(tls: &ApiTls) -> Result<Arc<CertifiedKey>, String> {
     let cert = &tls.cert;

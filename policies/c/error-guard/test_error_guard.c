@@ -132,7 +132,7 @@ int main(void) {
   assert(!strcmp(sw_number_text(83, buf, sizeof buf), "83.0"));
   assert(!strcmp(sw_number_text(123456.7, buf, sizeof buf), "123457"));
   assert(!strcmp(sw_number_text(0.0425, buf, sizeof buf), "0.0425"));
-  assert(!strcmp(sw_number_text(1e20, buf, sizeof buf), "1.00e+20"));
+  assert(!strcmp(sw_number_text(1e20, buf, sizeof buf), "1.00e20"));
 
   int64_t ms;
   assert(sw_parse_duration_ms("1h 30m", &ms) && ms == 5400000);
