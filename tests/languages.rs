@@ -380,28 +380,30 @@ fn error_guard_in_c_holds_on_errors_and_steps_down_when_quiet() {
     );
 }
 
-/// The C policy's logic, compiled natively with the system's C compiler
-/// against the same generated `policy.h`, passes its own unit tests.
-#[test]
-fn the_c_policy_passes_its_native_tests() {
+/// Compiles `sources` with the system's C compiler against the generated
+/// `policy.h`, the C SDK and `includes`, with warnings as errors, and runs
+/// the program: it must exit 0.
+fn run_native_c_tests(name: &str, includes: &[&Path], sources: &[&Path], extra_flags: &[&str]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let policy = root.join("policies/c/error-guard");
     let exe = tempfile::tempdir().unwrap();
-    let binary = exe.path().join("test_error_guard");
-    let status = std::process::Command::new("cc")
-        .args(["-Wall", "-Werror", "-Wno-unused-function", "-I"])
+    let binary = exe.path().join(name);
+    let mut cc = std::process::Command::new("cc");
+    cc.args(["-Wall", "-Werror", "-Wno-unused-function"])
+        .args(extra_flags)
+        .arg("-I")
         .arg(env!("SCALEWISE_C_BINDINGS"))
         .arg("-I")
-        .arg(root.join("sdk/c"))
-        .arg("-I")
-        .arg(&policy)
-        .arg(policy.join("test_error_guard.c"))
-        .arg(policy.join("error_guard.c"))
+        .arg(root.join("sdk/c"));
+    for include in includes {
+        cc.arg("-I").arg(include);
+    }
+    let status = cc
+        .args(sources)
         .args(["-lm", "-o"])
         .arg(&binary)
         .status()
         .expect("cc runs");
-    assert!(status.success(), "the native tests compile");
+    assert!(status.success(), "{name}: the native tests compile");
     let out = std::process::Command::new(&binary).output().unwrap();
     assert!(
         out.status.success(),
@@ -411,33 +413,34 @@ fn the_c_policy_passes_its_native_tests() {
     );
 }
 
+/// The C policy's logic, compiled natively with the system's C compiler
+/// against the same generated `policy.h`, passes its own unit tests.
+#[test]
+fn the_c_policy_passes_its_native_tests() {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/c/error-guard");
+    run_native_c_tests(
+        "test_error_guard",
+        &[&policy],
+        &[
+            &policy.join("test_error_guard.c"),
+            &policy.join("error_guard.c"),
+        ],
+        &[],
+    );
+}
+
 /// The C SDK's helpers (scalewise.h), compiled natively against the
 /// generated `policy.h`, pass their own unit tests: durations, numbers as
 /// the Rust SDK writes them, parameters from the context's JSON, metric
 /// windows and "held for".
 #[test]
 fn the_c_sdk_passes_its_native_tests() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sdk = root.join("sdk/c");
-    let exe = tempfile::tempdir().unwrap();
-    let binary = exe.path().join("test_scalewise");
-    let status = std::process::Command::new("cc")
-        .args(["-Wall", "-Wextra", "-Werror", "-Wno-unused-function", "-I"])
-        .arg(env!("SCALEWISE_C_BINDINGS"))
-        .arg("-I")
-        .arg(&sdk)
-        .arg(sdk.join("test_scalewise.c"))
-        .args(["-lm", "-o"])
-        .arg(&binary)
-        .status()
-        .expect("cc runs");
-    assert!(status.success(), "the native tests compile");
-    let out = std::process::Command::new(&binary).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/c");
+    run_native_c_tests(
+        "test_scalewise",
+        &[],
+        &[&sdk.join("test_scalewise.c")],
+        &["-Wextra"],
     );
 }
 

@@ -541,12 +541,8 @@ impl Scaler {
     pub async fn remember_further(&mut self, now_ms: i64) -> Result<(), String> {
         let jumps = self.jumps.as_deref().map_or(&[][..], |j| j.0.as_slice());
         let jumped: i64 = jumps.iter().map(|&(_, by)| by).sum();
-        let mut recovery = self
-            .services
-            .journal
-            .recover(&self.spec.name, now_ms - self.restore_horizon_ms() - jumped)
-            .await
-            .map_err(|e| e.to_string())?;
+        // As far back as a restart reads, from before the jumps.
+        let mut recovery = self.recover(now_ms - jumped).await?;
         for tick in &mut recovery.ticks {
             tick.time_ms += jumps
                 .iter()

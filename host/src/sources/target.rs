@@ -72,22 +72,23 @@ impl TargetHistory {
     /// the clock caught up. Otherwise an observation not after the newest
     /// one kept replaces nothing and is dropped.
     pub fn record(&self, time_ms: i64, observed: &Observed) {
+        let mut kept = self.lock();
+        while kept
+            .back()
+            .is_some_and(|newest| newest.restored && newest.time_ms > time_ms)
         {
-            let mut kept = self.lock();
-            while kept
-                .back()
-                .is_some_and(|newest| newest.restored && newest.time_ms > time_ms)
-            {
-                kept.pop_back();
-            }
+            kept.pop_back();
         }
-        self.push(Observation {
-            time_ms,
-            replicas: observed.current,
-            ready: observed.ready,
-            restored: false,
-            facts: observed.facts.clone(),
-        });
+        self.push_into(
+            &mut kept,
+            Observation {
+                time_ms,
+                replicas: observed.current,
+                ready: observed.ready,
+                restored: false,
+                facts: observed.facts.clone(),
+            },
+        );
     }
 
     /// Adds a past observation (from the journal, when a scaler restarts).
@@ -125,7 +126,11 @@ impl TargetHistory {
     }
 
     fn push(&self, observation: Observation) {
-        let mut kept = self.lock();
+        self.push_into(&mut self.lock(), observation);
+    }
+
+    /// [`TargetHistory::push`] with the lock held (one lock per tick).
+    fn push_into(&self, kept: &mut VecDeque<Observation>, observation: Observation) {
         if kept
             .back()
             .is_some_and(|newest| newest.time_ms >= observation.time_ms)
