@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use scalewise::journal::{EvaluationOutcome, TickRecord};
+use scalewise_tests::artifacts;
 use scalewise_tests::reload::{
     config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads, wait_for_scaler,
 };
@@ -148,6 +149,87 @@ async fn a_scaler_moved_to_another_target_starts_its_envelope_afresh() {
             scalewise::scaler::summarize(&moved)
         );
     }
+    d.stop().await.unwrap();
+}
+
+/// A scaler a reload moves onto the target of a scaler it removes waits
+/// for that one's tick in progress to end before it acts there: two
+/// scalers never act on one target at once. `slow` ticks for 5 s (a policy
+/// that spins until the runtime's timeout); `web` is moved onto its target
+/// a second into one of those ticks. (Before, only a scaler the reload
+/// added waited; `web` ticked on `api` a second later.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_moved_onto_a_removed_scalers_target_waits_for_its_tick() {
+    const SLOW: &str = r#"
+[[scalers]]
+name = "slow"
+interval = "1s"
+min = 1
+max = 5
+target = { kind = "simulator", service = "api" }
+
+[[scalers.policies]]
+module = "faults"
+params = { mode = "loop" }
+"#;
+    let mut d = RunningDaemon::with(&config_text(4.0, 50, "native", SLOW))
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+            std::fs::copy(artifacts::FAULTS, dir.join("faults.wasm")).unwrap();
+        })
+        .config_reload()
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    // The first slow tick has ended; the next starts within a quarter of a
+    // second (1 s of the daemon's time at 4x).
+    d.next_decision(30 * SECOND, |r| r.scaler == "slow")
+        .await
+        .unwrap();
+    tokio::time::sleep(SECOND).await;
+    rewrite_config(
+        &d,
+        &config_text(4.0, 50, "native", "").replace("service = \"web\"", "service = \"api\""),
+    );
+    wait_for_reloads(&d, "applied", 1).await;
+    let moved = d
+        .next_decision(30 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
+        .await
+        .unwrap();
+    let slow = d.records("slow").await.unwrap();
+    assert_eq!(slow.len(), 2, "the tick in progress was journaled");
+    // Its tick lasted the runtime's 5 s timeout: 20 s of the daemon's time.
+    let ended_after = slow[1].time_ms + 15_000;
+    assert!(
+        moved.time_ms >= ended_after,
+        "web ticked on api at {}, {} ms after the removed scaler's last tick began",
+        moved.time_ms,
+        moved.time_ms - slow[1].time_ms
+    );
+    d.stop().await.unwrap();
+}
+
+/// Two scalers a reload swaps between two targets each wait for the other
+/// to let go of its new target, and neither waits for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scalers_swapped_between_targets_both_go_on() {
+    let mut d = start(API_SCALER).await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "api")
+        .await
+        .unwrap();
+    let swapped = config_text(4.0, 50, "native", API_SCALER)
+        .replace("service = \"web\"", "service = \"tmp\"")
+        .replace("service = \"api\"", "service = \"web\"")
+        .replace("service = \"tmp\"", "service = \"api\"");
+    rewrite_config(&d, &swapped);
+    wait_for_reloads(&d, "applied", 1).await;
+    d.next_decision(10 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
+        .await
+        .unwrap();
+    d.next_decision(10 * SECOND, |r| r.scaler == "api" && r.target.name == "web")
+        .await
+        .unwrap();
     d.stop().await.unwrap();
 }
 

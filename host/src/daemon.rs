@@ -217,6 +217,11 @@ struct Reconfigure {
     /// task ended or panicked), dropping it releases. Set by
     /// [`ScalerSet::reconfigure`].
     released: Option<Release>,
+    /// For a move onto a target: the scalers that were on it (removed, or
+    /// moved off it, by this reload or an earlier one) and may not have let
+    /// go of it yet. The scaler waits for them before its next tick, as an
+    /// added one does. Set by [`ScalerSet::reconfigure`].
+    predecessors: Vec<Arc<Control>>,
 }
 
 /// Marks a move's marker finished when dropped.
@@ -1197,23 +1202,23 @@ impl Daemon {
             set.stop(name);
             tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
         }
+        let mut updates = Vec::with_capacity(changed.len());
         for (spec, actuator, same_target, paused, was_paused, claim) in changed {
             let name = spec.name.clone();
             if paused != was_paused {
                 set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
             }
-            set.reconfigure(
-                &name,
-                Reconfigure {
-                    spec,
-                    actuator,
-                    same_target,
-                    released: None,
-                },
-                claim,
-            );
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
+            let update = Reconfigure {
+                spec,
+                actuator,
+                same_target,
+                released: None,
+                predecessors: Vec::new(),
+            };
+            updates.push((name, update, claim));
         }
+        set.reconfigure(updates);
         for (scaler, paused) in added {
             let name = scaler.spec().name.clone();
             tracing::info!(scaler = %name, "A scaler was added by the reloaded config.");
@@ -1418,35 +1423,74 @@ impl ScalerSet {
         }
     }
 
-    /// Hands a running scaler a changed config; `claim` is its target now.
-    fn reconfigure(&mut self, name: &str, mut update: Reconfigure, claim: Fingerprint) {
-        if let Some(running) = self.running.get_mut(name) {
-            let left = std::mem::replace(&mut running.claim, claim);
-            let mut pending = running
-                .control
-                .update
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+    /// Hands running scalers their changed configs: (name, change, what its
+    /// target is now). Done for all of one reload's changes at once, holding
+    /// their pending updates meanwhile: a scaler that moves onto a target
+    /// waits for those leaving it in the same reload (two scalers that swap
+    /// targets each wait for the other's move, released as it is applied,
+    /// before its own next tick; neither waits for good).
+    fn reconfigure(&mut self, changes: Vec<(String, Reconfigure, Fingerprint)>) {
+        let mut controls = Vec::with_capacity(changes.len());
+        let mut staged = Vec::with_capacity(changes.len());
+        for (name, update, claim) in changes {
+            if let Some(running) = self.running.get_mut(&name) {
+                let left = std::mem::replace(&mut running.claim, claim);
+                controls.push(running.control.clone());
+                staged.push((update, claim, left));
+            }
+        }
+        // First the markers of every move, so that each scaler moving onto
+        // a target finds all of those leaving it.
+        let mut pendings: Vec<_> = controls
+            .iter()
+            .map(|control| {
+                control
+                    .update
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
+            .collect();
+        for (((update, claim, left), pending), control) in
+            staged.iter_mut().zip(&mut pendings).zip(&controls)
+        {
             // A move: scalers added on the target it leaves wait until it
             // has let go of it (matched by claim only, as a removed one's
             // target is). A move not applied yet keeps its marker: the
             // scaler is still on the first target.
             // A task that has ended (a panic) takes no update: no marker
             // then, or an added scaler would wait for it for good.
-            let ended = running.control.finished.load(Ordering::Acquire);
+            let ended = control.finished.load(Ordering::Acquire);
             match pending.as_mut().and_then(|older| older.released.take()) {
                 Some(marker) => update.released = Some(marker),
                 None if left != claim && !ended => {
                     let marker = Arc::new(Control::default());
                     self.stopping.push(Stopping {
                         name: String::new(),
-                        claim: left,
+                        claim: *left,
                         control: marker.clone(),
                     });
                     update.released = Some(Release(marker));
                 }
                 None => {}
             }
+        }
+        for (((mut update, claim, _), mut pending), control) in
+            staged.into_iter().zip(pendings).zip(&controls)
+        {
+            // Those on the target it is on now that may not have let go of
+            // it (its own marker, for a move back, excepted).
+            update.predecessors = self
+                .stopping
+                .iter()
+                .filter(|stopping| stopping.claim == claim)
+                .filter(|stopping| {
+                    update
+                        .released
+                        .as_ref()
+                        .is_none_or(|own| !Arc::ptr_eq(&own.0, &stopping.control))
+                })
+                .map(|stopping| stopping.control.clone())
+                .collect();
             // A newer change replaces one the scaler has not applied yet; it
             // was compared with that one, so a new actuator the older one
             // brought (a rotated token) must not be lost with it, and a move
@@ -1464,7 +1508,7 @@ impl ScalerSet {
             }
             *pending = Some(Box::new(update));
             drop(pending);
-            running.control.wake.notify_one();
+            control.wake.notify_one();
         }
     }
 
@@ -1752,10 +1796,18 @@ fn run_scaler(
                         }
                         let (windows, events) =
                             crate::envelope::memory_kept(&scaler.spec().behavior);
-                        // The rest (a move's marker) drops here: scalers
-                        // added on the target it left may act now.
-                        let Reconfigure { spec, actuator, .. } = *update;
+                        let Reconfigure { spec, actuator, released, predecessors, .. } = *update;
                         scaler.reconfigure(spec, actuator, another_target);
+                        // A move's marker is released here (not with the
+                        // box, after the wait below: two scalers swapping
+                        // targets would wait for each other for good), and
+                        // scalers waiting for this one's target may act.
+                        drop(released);
+                        // Moved onto a target others are letting go of.
+                        if !predecessors.is_empty() {
+                            let name = &scaler.spec().name;
+                            Box::pin(wait_for(&predecessors, name)).await;
+                        }
                         // Either kind of history needed further back than
                         // it was kept (a longer window beside a cooldown
                         // longer still, say) is read again.
@@ -1827,6 +1879,17 @@ fn run_scaler(
 /// flight this scaler restored from the journal meanwhile was given up by
 /// them, and is dropped.
 async fn after_predecessors(scaler: &mut Scaler, predecessors: Vec<Arc<Control>>, clock: Clock) {
+    wait_for(&predecessors, &scaler.spec().name).await;
+    scaler.drop_restored_in_flight().await;
+    if let Err(error) = scaler.remember_further(clock.now_ms()).await {
+        tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read back the last tick of the scaler this one replaces.");
+    }
+}
+
+/// Waits until the tasks of `predecessors` (scalers removed, or moved off
+/// a target, by a reload) have ended or let go of their target, however
+/// long that takes: two scalers must not act on one target at once.
+async fn wait_for(predecessors: &[Arc<Control>], scaler: &str) {
     let started = tokio::time::Instant::now();
     let mut warned = false;
     while predecessors
@@ -1835,13 +1898,9 @@ async fn after_predecessors(scaler: &mut Scaler, predecessors: Vec<Arc<Control>>
     {
         if !warned && started.elapsed() >= SHUTDOWN_GRACE {
             warned = true;
-            tracing::warn!(scaler = %scaler.spec().name, "A removed scaler of this name or target has not finished its tick; this one waits for it before it acts.");
+            tracing::warn!(%scaler, "A scaler a reload removed or moved off this scaler's target has not finished its tick; this one waits for it before it acts.");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    scaler.drop_restored_in_flight().await;
-    if let Err(error) = scaler.remember_further(clock.now_ms()).await {
-        tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read back the last tick of the scaler this one replaces.");
     }
 }
 
