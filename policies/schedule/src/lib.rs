@@ -361,20 +361,24 @@ impl Window {
 /// can raise the count, never lower it: a holiday at 2 does not bring the
 /// evening before down an hour early, and the weekly window after the
 /// holiday still starts its lead before the holiday ends. A weekly window
-/// whose occurrence starts inside a dated window's is replaced by it, its
-/// lead too: the morning of a holiday does not scale out for the workday
-/// that is not coming.
+/// whose occurrence starts inside a dated window's is replaced by it whole,
+/// its lead too and whatever of it outlasts the dated window: the morning
+/// of a holiday does not scale out for the workday that is not coming, nor
+/// does its afternoon when the holiday is a morning.
 pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
-    // The highest of each kind, started or only in its lead.
+    // The highest dated window started; the weekly ones started and those
+    // only in their lead, kept until every dated window has been seen.
     let mut dated: Option<(&Window, Occurrence)> = None;
-    let mut weekly: Option<(&Window, Occurrence)> = None;
+    let mut weekly: Vec<(&Window, Occurrence)> = Vec::new();
     let mut leads: Vec<(&Window, Occurrence)> = Vec::new();
     let mut dated_spans: Vec<Occurrence> = Vec::new();
     // A window ends at the latest the day after it starts (yesterday's
     // 22:00-02:00), and begins up to a day (`lead`) before its start: on a
-    // 23-hour day that reaches back from the day after tomorrow.
-    for offset in -1..=2 {
+    // 23-hour day that reaches back from the day after tomorrow. The day
+    // before yesterday is for its dated windows: one may still have been
+    // on when yesterday's weekly window started.
+    for offset in -2..=2 {
         let Ok(date) = today.checked_add(jiff::Span::new().days(offset)) else {
             continue;
         };
@@ -388,40 +392,53 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
             let started = (occurrence.start_ms..occurrence.end_ms).contains(&now_ms);
             let in_lead =
                 (occurrence.start_ms - p.lead.ms()..occurrence.start_ms).contains(&now_ms);
-            let best = match (started, in_lead, &window.days) {
-                (true, _, Days::Dates(_)) => &mut dated,
-                (true, _, Days::Weekdays(_)) => &mut weekly,
-                (false, true, _) => {
-                    leads.push((window, occurrence));
-                    continue;
+            match (started, in_lead, &window.days) {
+                (true, _, Days::Dates(_)) => {
+                    if dated.is_none_or(|(b, _)| window.replicas > b.replicas) {
+                        dated = Some((window, occurrence));
+                    }
                 }
-                (false, false, _) => continue,
-            };
-            if best.is_none_or(|(b, _)| window.replicas > b.replicas) {
-                *best = Some((window, occurrence));
+                (true, _, Days::Weekdays(_)) => weekly.push((window, occurrence)),
+                (false, true, _) => leads.push((window, occurrence)),
+                (false, false, _) => {}
             }
         }
     }
+    // A weekly occurrence that starts inside a dated window's is replaced
+    // whole: it has no lead, and it does not come back when the dated
+    // window ends before it does (the holiday was the morning, the workday
+    // is still not coming in the afternoon).
+    let replaced = |(window, occurrence): &(&Window, Occurrence)| {
+        matches!(window.days, Days::Weekdays(_))
+            && dated_spans
+                .iter()
+                .any(|d| (d.start_ms..d.end_ms).contains(&occurrence.start_ms))
+    };
+    let weekly = weekly
+        .into_iter()
+        .filter(|w| !replaced(w))
+        .fold(None, highest);
     let leading = leads
         .into_iter()
-        .filter(|(window, occurrence)| {
-            matches!(window.days, Days::Dates(_))
-                || !dated_spans
-                    .iter()
-                    .any(|d| (d.start_ms..d.end_ms).contains(&occurrence.start_ms))
-        })
-        .fold(
-            None,
-            |best: Option<(&Window, Occurrence)>, (window, occurrence)| match best {
-                Some((b, _)) if window.replicas <= b.replicas => best,
-                _ => Some((window, occurrence)),
-            },
-        );
+        .filter(|w| !replaced(w))
+        .fold(None, highest);
     let started = dated.or(weekly);
     match (started, leading) {
         (Some(now), Some(next)) if next.0.replicas > now.0.replicas => Some(next),
         (None, next) => next,
         (now, _) => now,
+    }
+}
+
+/// The one of `best` and `next` that asks for more replicas; `best` on a
+/// tie.
+fn highest<'a>(
+    best: Option<(&'a Window, Occurrence)>,
+    next: (&'a Window, Occurrence),
+) -> Option<(&'a Window, Occurrence)> {
+    match best {
+        Some((b, _)) if next.0.replicas <= b.replicas => best,
+        _ => Some(next),
     }
 }
 

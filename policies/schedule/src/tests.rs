@@ -155,6 +155,33 @@ fn dates_and_overlaps() {
     assert!(d.reason.contains("no window starts again"), "{}", d.reason);
 }
 
+/// A weekly window whose occurrence starts inside a dated one is replaced
+/// whole, not only while the date lasts: when the holiday ends first, the
+/// rest of the workday (or the night's batch) it replaced does not come
+/// back.
+#[test]
+fn a_weekly_window_starting_inside_a_date_is_replaced_whole() {
+    let batch = json!({ "windows": "fri 22:00-02:00 6; 2026-12-25 00:00-24:00 2" });
+    assert_eq!(desired("2026-12-25T23:00:00Z", batch.clone()), 2);
+    assert_eq!(desired("2026-12-26T01:00:00Z", batch.clone()), 1);
+    assert_eq!(desired("2027-01-02T01:00:00Z", batch), 6);
+    let half_day = json!({
+        "windows": "mon-fri 08:30-18:00 10; 2026-12-24 00:00-12:00 2",
+    });
+    assert_eq!(desired("2026-12-24T11:00:00Z", half_day.clone()), 2);
+    assert_eq!(desired("2026-12-24T13:00:00Z", half_day.clone()), 1);
+    assert_eq!(desired("2026-12-23T13:00:00Z", half_day), 10);
+    // One that started before the holiday is replaced only while it lasts.
+    let early = json!({ "windows": "fri 22:00-02:00 6; 2026-12-26 00:00-01:00 2" });
+    assert_eq!(desired("2026-12-26T00:30:00Z", early.clone()), 2);
+    assert_eq!(desired("2026-12-26T01:30:00Z", early), 6);
+    // The holiday began the day before the weekly window did.
+    let overnight = json!({ "windows": "thu 08:00-02:00 10; 2026-12-23 12:00-11:00 2" });
+    assert_eq!(desired("2026-12-24T10:00:00Z", overnight.clone()), 2);
+    assert_eq!(desired("2026-12-25T01:00:00Z", overnight.clone()), 1);
+    assert_eq!(desired("2026-12-31T12:00:00Z", overnight), 10);
+}
+
 #[test]
 fn within_the_scalers_bounds() {
     let big = json!({ "windows": "daily 00:00-24:00 100" });
