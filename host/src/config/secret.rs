@@ -42,20 +42,35 @@ impl<T: Clone> Refreshed<T> {
 
     /// The value; when due, `read` again first. `what` names it in the log
     /// (never the value).
+    ///
+    /// The read happens outside the lock, by the one caller that found it
+    /// due: the others (every API request, every outbound call) go on with
+    /// the value they have rather than queue behind a file read.
     pub fn get<E: std::fmt::Display>(&self, what: &str, read: impl FnOnce() -> Result<T, E>) -> T {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.from_file && current.1.elapsed() >= SECRET_REFRESH {
-            match read() {
-                Ok(value) => current.0 = value,
-                Err(error) => tracing::warn!(
+        let lock = || self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut current = lock();
+            if !self.from_file || current.1.elapsed() < SECRET_REFRESH {
+                return current.0.clone();
+            }
+            // Not due again for the others while this one reads.
+            current.1 = Instant::now();
+        }
+        match read() {
+            Ok(value) => {
+                let mut current = lock();
+                current.0 = value;
+                current.0.clone()
+            }
+            Err(error) => {
+                tracing::warn!(
                     what,
                     %error,
                     "A secret could not be read again; the previous value stays in use."
-                ),
+                );
+                lock().0.clone()
             }
-            current.1 = Instant::now();
         }
-        current.0.clone()
     }
 
     /// Makes the next [`get`](Self::get) read again (tests of rotation).
@@ -163,6 +178,42 @@ impl Secret {
 
 #[cfg(test)]
 mod tests {
+    /// While one caller reads a due secret again, the others get the value
+    /// in use at once instead of waiting for the read.
+    #[test]
+    fn a_read_again_holds_no_other_caller_up() {
+        use std::sync::mpsc;
+        let secret = super::Secret::File("token".into());
+        let refreshed = super::Refreshed::new("old".to_owned(), &secret);
+        refreshed.expire();
+        let (reading, read_started) = mpsc::channel();
+        let (finish, may_finish) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let refreshed = &refreshed;
+            let reader = s.spawn(move || {
+                refreshed.get("test", || {
+                    reading.send(()).unwrap();
+                    may_finish.recv().unwrap();
+                    Ok::<_, String>("new".to_owned())
+                })
+            });
+            read_started.recv().unwrap();
+            let (got, meanwhile) = mpsc::channel();
+            s.spawn(move || {
+                let value = refreshed.get("test", || -> Result<String, String> {
+                    panic!("read twice")
+                });
+                let _ = got.send(value);
+            });
+            // Only a failure waits this long.
+            let meanwhile = meanwhile.recv_timeout(std::time::Duration::from_secs(10));
+            finish.send(()).unwrap();
+            assert_eq!(meanwhile.as_deref(), Ok("old"), "held up by the read");
+            assert_eq!(reader.join().unwrap(), "new");
+        });
+        assert_eq!(refreshed.get("test", || Err::<String, _>("not due")), "new");
+    }
+
     use super::*;
 
     fn env(name: &str) -> Option<String> {
