@@ -273,6 +273,30 @@ fn policy_dir_replaces_the_folder_the_file_names() {
     assert!(out.contains(&format!("  policies  {folder}: ")), "{out}");
 }
 
+/// The limit flags are checked with the config, as what the scalers run
+/// under: a scaler's max above `--max-replicas` is refused at its line.
+#[test]
+fn limit_flags_are_checked_with_the_config() {
+    let modules = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(modules.path(), "");
+    let path = write(dir.path(), &text);
+    let (code, _, err) = cli(&["check", "--config", &path, "--max-replicas", "20"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["check", "--config", &path, "--max-replicas", "10"]);
+    assert_eq!(code, 1, "{err}");
+    let line = line_of(&text, "max = 20");
+    assert!(
+        err.contains(&format!(
+            "{path}:{line}:7: scalers[0] \"web\": max (20) is above runtime.max_replicas (10)"
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_config_that_does_not_parse_is_refused_at_its_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,9 @@ pub enum Command {
         /// fails.
         #[arg(long)]
         tick: bool,
-        /// Limits for the load-time `describe()` call.
+        /// Limits for the load-time `describe()` call (and, with
+        /// `--config`, in place of the file's `[runtime]` ones, checked as
+        /// the rest of the config is).
         #[command(flatten)]
         limits: LimitArgs,
     },

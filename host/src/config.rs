@@ -324,11 +324,24 @@ impl Config {
         path: &Path,
         policy_dir: Option<&Path>,
     ) -> Result<Config, ConfigError> {
+        Config::load_with_overrides(path, policy_dir, |runtime| runtime)
+    }
+
+    /// [`Config::load_with_policy_dir`] with the `[runtime]` limits changed
+    /// by `runtime` before validation (`check --config`'s limit flags): the
+    /// scalers and simulations are checked against the limits they will be
+    /// run under. Problems are located at the file's keys.
+    pub fn load_with_overrides(
+        path: &Path,
+        policy_dir: Option<&Path>,
+        runtime: impl FnOnce(RuntimeLimits) -> RuntimeLimits,
+    ) -> Result<Config, ConfigError> {
         let mut config = Config::load_unvalidated(path)?;
         if let Some(dir) = policy_dir {
             let span = config.policy_dir.span();
             config.policy_dir = Spanned::new(span, dir.to_path_buf());
         }
+        config.runtime = runtime(std::mem::take(&mut config.runtime));
         config.validate()?;
         Ok(config)
     }

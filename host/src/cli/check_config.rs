@@ -39,13 +39,16 @@ pub fn check_config(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<u8> {
-    let mut config = match Config::load_with_policy_dir(path, policy_dir) {
-        Ok(config) => config,
-        Err(e) => {
-            write_problems(err, &e)?;
-            return refused(err, path);
-        }
-    };
+    // The flags' limits are validated with the rest: a scaler whose max is
+    // above `--max-replicas` is refused, as `describe()` runs under them.
+    let mut config =
+        match Config::load_with_overrides(path, policy_dir, |runtime| limits.applied_to(runtime)) {
+            Ok(config) => config,
+            Err(e) => {
+                write_problems(err, &e)?;
+                return refused(err, path);
+            }
+        };
     let warnings = config.warnings();
     let mut problems = 0;
 
@@ -57,7 +60,6 @@ pub fn check_config(
     } else {
         None
     };
-    config.runtime = limits.applied_to(config.runtime.clone());
     config.runtime.cache_dir = scratch.as_ref().map(|d| d.path().join("cache"));
     let folder = config.policy_dir.get_ref().clone();
     let snapshot = match Runtime::new(config.runtime.clone())
