@@ -8,6 +8,7 @@
 mod error;
 mod guard;
 mod handlers;
+mod peers;
 pub mod serve;
 pub mod tls;
 

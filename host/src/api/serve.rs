@@ -4,11 +4,12 @@
 //! headers within [`HEADER_READ_TIMEOUT`] (an idle keep-alive connection is
 //! closed after as long); a connection lasts [`MAX_CONNECTION_LIFE`] at most
 //! (a client that never reads its answer); and at most [`MAX_CONNECTIONS`]
-//! connections are served at once (the next wait in the listen backlog). A
-//! client that connects and sends a byte every few seconds (slowloris)
-//! therefore holds one connection for 30 s at most, and many of them cannot
-//! take the file descriptors the journal, the sources and the actuators
-//! need.
+//! connections are served at once (the next wait in the listen backlog), at
+//! most [`MAX_CONNECTIONS_PER_CLIENT`] of them from one client (its next are
+//! closed at once). A client that connects and sends a byte every few
+//! seconds (slowloris) therefore holds one connection for 30 s at most,
+//! many of them cannot take the file descriptors the journal, the sources
+//! and the actuators need, and one client cannot shut the others out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
 
+/// Connections served at once from one client (an IPv4 address, an IPv6
+/// /64): a dashboard opens a few, a scraper one.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+
 /// The longest a connection is served, keep-alive included: a dashboard or
 /// a scraper reconnects after it.
 pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(300);
@@ -51,6 +56,7 @@ where
         header_read_timeout: HEADER_READ_TIMEOUT,
         life: MAX_CONNECTION_LIFE,
         connections: MAX_CONNECTIONS,
+        per_client: MAX_CONNECTIONS_PER_CLIENT,
     };
     serve_with(listener, router, stop, limits).await;
 }
@@ -61,6 +67,7 @@ struct Limits {
     header_read_timeout: Duration,
     life: Duration,
     connections: usize,
+    per_client: usize,
 }
 
 async fn serve_with<L>(mut listener: L, router: Router, stop: CancellationToken, limits: Limits)
@@ -68,6 +75,7 @@ where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let clients = super::peers::PerPeer::new(limits.per_client);
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
@@ -85,6 +93,10 @@ where
         let (io, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
+        };
+        let Some(place) = clients.admit(peer.ip()) else {
+            tracing::debug!(%peer, "An API client holds its share of connections; its next one is closed.");
+            continue;
         };
         let service = router
             .clone()
@@ -105,7 +117,7 @@ where
                 }
                 Err(_) => tracing::debug!(%peer, "An API connection was closed at its time limit."),
             }
-            drop(slot);
+            drop((slot, place));
         });
     }
     drop(listener);
@@ -125,7 +137,18 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     async fn request(addr: SocketAddr) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        request_from(addr, "127.0.0.1").await
+    }
+
+    /// Connects to `addr` from the loopback address `from` (any 127.x).
+    async fn connect_from(addr: SocketAddr, from: &str) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    async fn request_from(addr: SocketAddr, from: &str) -> String {
+        let mut stream = connect_from(addr, from).await;
         stream
             .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
@@ -148,6 +171,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(300),
             life: Duration::from_secs(20),
             connections: 2,
+            per_client: 2,
         };
         let server = tokio::spawn(serve_with(listener, router, stop.clone(), limits));
         // A request is answered, with its peer's address.
@@ -192,6 +216,67 @@ mod tests {
             assert!(read.is_ok(), "a slow client's connection stays open");
         }
         stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+
+    /// A client holding its share of connections (two here, silent ones
+    /// that would be kept 20 s) has its next closed at once, while another
+    /// client is served; a place it gives back is its again.
+    #[tokio::test]
+    async fn one_client_cannot_take_every_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
+        );
+        let stop = CancellationToken::new();
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(20),
+            life: Duration::from_secs(20),
+            connections: 8,
+            per_client: 2,
+        };
+        let server = tokio::spawn(serve_with(listener, router, stop.clone(), limits));
+        let mut silent = vec![
+            connect_from(addr, "127.0.0.1").await,
+            connect_from(addr, "127.0.0.1").await,
+        ];
+        // Served in turn: the two are the server's before the third.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut third = connect_from(addr, "127.0.0.1").await;
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a third connection was kept");
+        let other = tokio::time::timeout(Duration::from_secs(5), request_from(addr, "127.0.0.2"))
+            .await
+            .expect("another client is served");
+        assert!(other.ends_with("127.0.0.2"), "{other}");
+        drop(silent.pop());
+        let again = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut stream = connect_from(addr, "127.0.0.1").await;
+                stream
+                    .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer).await;
+                if !answer.is_empty() {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("served once a place was given back");
+        assert!(again.ends_with("127.0.0.1"), "{again}");
+        stop.cancel();
+        drop(silent);
         tokio::time::timeout(Duration::from_secs(10), server)
             .await
             .expect("the server stops")

@@ -9,7 +9,9 @@
 //!
 //! TLS handshakes run in tasks of their own, each bounded by
 //! [`HANDSHAKE_TIMEOUT`], so a client that connects and says nothing never
-//! holds up the others.
+//! holds up the others; one client has at most [`MAX_PENDING_PER_CLIENT`]
+//! of the [`MAX_PENDING`] places (its next connections are closed at once),
+//! so that it cannot shut the others out by connecting and saying nothing.
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::peers::{PeerPlace, PerPeer};
 use crate::config::ApiTls;
 
 /// How long a client may take over its TLS handshake.
@@ -38,6 +41,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS connections in their handshake or waiting for the server to take
 /// them, at most.
 pub const MAX_PENDING: usize = 128;
+
+/// Of those, from one client (an IPv4 address, an IPv6 /64).
+pub const MAX_PENDING_PER_CLIENT: usize = 16;
 
 /// How often (at most) the files are looked at for a rotation.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -175,14 +181,26 @@ impl ResolvesServerCert for Rotating {
 pub struct TlsListener {
     /// Handshaken connections, each with its place among the pending ones
     /// (given up once the server takes it, into a place of its own).
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit)>,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr, Pending)>,
     local: SocketAddr,
     accepting: JoinHandle<()>,
 }
 
+/// A connection's place among the pending ones, and its client's.
+type Pending = (OwnedSemaphorePermit, PeerPlace);
+
 impl TlsListener {
     /// Accepts on `tcp`, each handshake in a task of its own.
     pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+        TlsListener::with_share(tcp, config, MAX_PENDING_PER_CLIENT)
+    }
+
+    /// [`TlsListener::new`] with `per_client` pending places for a client.
+    fn with_share(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        per_client: usize,
+    ) -> io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (done, ready) = mpsc::channel(64);
@@ -191,6 +209,7 @@ impl TlsListener {
         // places: at most MAX_PENDING + MAX_CONNECTIONS sockets in all,
         // well under the usual 1,024 open files.
         let pending = Arc::new(Semaphore::new(MAX_PENDING));
+        let clients = PerPeer::new(per_client);
         let accepting = tokio::spawn(async move {
             loop {
                 let Ok(permit) = pending.clone().acquire_owned().await else {
@@ -208,6 +227,10 @@ impl TlsListener {
                 if done.is_closed() {
                     return;
                 }
+                let Some(place) = clients.admit(peer.ip()) else {
+                    tracing::debug!(%peer, "An API client holds its share of pending TLS connections; its next one is closed.");
+                    continue;
+                };
                 let (acceptor, done) = (acceptor.clone(), done.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -215,7 +238,7 @@ impl TlsListener {
                             // Waits for the server to take it, not for ever.
                             let handed = tokio::time::timeout(
                                 HANDSHAKE_TIMEOUT,
-                                done.send((tls, peer, permit)),
+                                done.send((tls, peer, (permit, place))),
                             )
                             .await;
                             if handed.is_err() {
@@ -399,5 +422,57 @@ mod tests {
             (HANDSHAKE_TIMEOUT..HANDSHAKE_TIMEOUT + Duration::from_secs(1)).contains(&waited),
             "{waited:?}"
         );
+    }
+
+    /// A client holding its share of pending places (two here, silent
+    /// connections) has its next closed at once; another client's
+    /// handshake goes through meanwhile.
+    #[tokio::test]
+    async fn one_client_cannot_take_every_pending_place() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = self_signed(dir.path(), "tls");
+        let config = server_config(&tls).unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::with_share(tcp, config, 2).unwrap();
+        let connect_from = |from: &'static str| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            socket.connect(addr).await.unwrap()
+        };
+        let _silent = [
+            connect_from("127.0.0.1").await,
+            connect_from("127.0.0.1").await,
+        ];
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut third = connect_from("127.0.0.1").await;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte))
+            .await
+            .expect("a third connection was kept");
+        assert!(matches!(read, Ok(0)), "{read:?}");
+
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&tls.cert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let other = connect_from("127.0.0.2").await;
+        let handshake = tokio::spawn(async move { connector.connect(name, other).await });
+        let (_served, peer) = tokio::time::timeout(
+            Duration::from_secs(5),
+            axum::serve::Listener::accept(&mut listener),
+        )
+        .await
+        .expect("another client's handshake goes through");
+        assert_eq!(peer.ip().to_string(), "127.0.0.2");
+        handshake.await.unwrap().unwrap();
     }
 }
