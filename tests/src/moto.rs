@@ -58,7 +58,22 @@ pub struct MotoServer {
 
 impl MotoServer {
     /// Starts a server and waits until it answers (about 1.5 s).
+    ///
+    /// The port is picked free and handed over; if another process takes it
+    /// in between (a test starting its own server), this one exits, and
+    /// another port is tried.
     pub async fn start() -> anyhow::Result<MotoServer> {
+        let mut last_error = None;
+        for _ in 0..3 {
+            match MotoServer::start_once().await {
+                Ok(server) => return Ok(server),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("three attempts"))
+    }
+
+    async fn start_once() -> anyhow::Result<MotoServer> {
         let program = find_binary("moto_server").context(INSTALL_HINT)?;
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -88,9 +103,13 @@ impl MotoServer {
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let reset = format!("{}/moto-api/reset", self.url);
+        // Only this server's answer counts: another on the port (which
+        // took it first) would answer too, while this one exits.
+        let listening = format!("Running on {}", self.url);
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(resp) = http.post(&reset).send().await
+            if self.log_text().contains(&listening)
+                && let Ok(resp) = http.post(&reset).send().await
                 && resp.status().is_success()
             {
                 return Ok(());
