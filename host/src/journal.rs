@@ -228,6 +228,10 @@ pub struct Recovery {
     /// older tick of it): its first tick is where the envelope seeded the
     /// initial recommendation, which a restart must seed again.
     pub begins_history: bool,
+    /// The target (kind, name as its actuator knows it) of the newest tick
+    /// that evaluated policies: a scaler whose config names another target
+    /// now does not take that one's envelope over.
+    pub last_target: Option<(String, String)>,
     /// Each policy's state after the newest tick that evaluated policies, in
     /// that tick's config order. Match them to the current config by index
     /// and module name.

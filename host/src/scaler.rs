@@ -503,6 +503,43 @@ impl Scaler {
         HISTORY_MS.max(i64::try_from(needed).unwrap_or(i64::MAX))
     }
 
+    /// Whether the journal's ticks of this scaler are of another target than
+    /// its actuator's now (`last`: the target of its newest tick that
+    /// evaluated policies): the config named another one when the daemon
+    /// started again, or a scaler of this name on another target was
+    /// replaced. Then its envelope starts afresh, as a scaler moved by a
+    /// reload does: the other target's counts must not hold this one, nor
+    /// its cooldowns delay it. A Kubernetes name written with its namespace
+    /// on one side only is taken to be the same (the namespace may be the
+    /// client's default).
+    fn moved_from<'a>(&self, last: &'a Option<(String, String)>) -> Option<&'a str> {
+        let (kind, name) = last.as_ref()?;
+        (!same_target(
+            kind,
+            name,
+            self.actuator.kind(),
+            &self.actuator.target_name(),
+        ))
+        .then_some(name.as_str())
+    }
+
+    /// The envelope's state as the journal's recovered ticks leave it
+    /// (afresh when they are of another target: [`Scaler::moved_from`]).
+    fn envelope_recovered(&self, recovery: &crate::journal::Recovery) -> EnvelopeState {
+        match self.moved_from(&recovery.last_target) {
+            Some(other) => {
+                tracing::info!(
+                    scaler = %self.spec.name,
+                    before = %other,
+                    now = %self.actuator.target_name(),
+                    "The journal's last ticks of this scaler are of another target; its cooldowns and windows start afresh."
+                );
+                EnvelopeState::new()
+            }
+            None => self.envelope_from(&recovery.ticks, recovery.begins_history),
+        }
+    }
+
     /// The envelope's state as the journal's `ticks` (oldest first) leave it.
     fn envelope_from(&self, ticks: &[TickSummary], begins_history: bool) -> EnvelopeState {
         // Live ticks count the envelope's time from their slot on the
@@ -550,7 +587,7 @@ impl Scaler {
                 .map(|&(_, by)| by)
                 .sum::<i64>();
         }
-        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
+        self.envelope = self.envelope_recovered(&recovery);
         Ok(())
     }
 
@@ -576,7 +613,7 @@ impl Scaler {
             );
         }
         self.handle.paused.store(paused, Ordering::Relaxed);
-        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
+        self.envelope = self.envelope_recovered(&recovery);
         for tick in recovery
             .ticks
             .iter()
@@ -714,8 +751,13 @@ impl Scaler {
             .await
             .map_err(|e| e.to_string())?;
         records.sort_by_key(|r| r.time_ms);
+        let (kind, name) = (self.actuator.kind(), self.actuator.target_name());
         for record in records {
-            if !matches!(record.actuation, ActuationRecord::ObserveFailed { .. }) {
+            // What another target reported (the config named another one
+            // before) is not this one's.
+            if !matches!(record.actuation, ActuationRecord::ObserveFailed { .. })
+                && same_target(&record.target.kind, &record.target.name, kind, &name)
+            {
                 history.restore(
                     record.time_ms,
                     record.target.current,
@@ -1535,6 +1577,23 @@ fn metrics_read<'a>(
 /// (oldest first): every tick's recommendation (those that kept one), and a scale event for each
 /// tick whose actuation was carried out, each at the time `slot` gives for
 /// when the tick started (its slot on the scaler's grid).
+/// Whether a journal record's target (`kind`, `name`) is the target an
+/// actuator of `now_kind` names `now_name`. A Kubernetes name is
+/// `namespace/name`, or `name` alone when the namespace is the client's
+/// default: written out on one side only, the names alone are compared.
+fn same_target(kind: &str, name: &str, now_kind: &str, now_name: &str) -> bool {
+    if kind != now_kind {
+        return false;
+    }
+    if name == now_name {
+        return true;
+    }
+    let base = |n: &str| n.rsplit_once('/').map_or(n, |(_, base)| base).to_owned();
+    kind == "kubernetes"
+        && name.contains('/') != now_name.contains('/')
+        && base(name) == base(now_name)
+}
+
 fn restore_envelope(
     ticks: &[TickSummary],
     begins_history: bool,
@@ -1667,6 +1726,24 @@ fn checkpoint(services: &Services, name: &str) -> crate::actuators::Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_are_told_apart_by_kind_and_name() {
+        assert!(same_target("simulator", "web", "simulator", "web"));
+        assert!(!same_target("simulator", "web", "simulator", "api"));
+        assert!(!same_target("simulator", "web", "aws-asg", "web"));
+        // A namespace written out on one side only: the client's default.
+        assert!(same_target("kubernetes", "shop/web", "kubernetes", "web"));
+        assert!(same_target("kubernetes", "web", "kubernetes", "shop/web"));
+        assert!(!same_target(
+            "kubernetes",
+            "shop/web",
+            "kubernetes",
+            "lab/web"
+        ));
+        assert!(!same_target("kubernetes", "shop/web", "kubernetes", "api"));
+        assert!(!same_target("aws-asg", "a/web", "aws-asg", "web"));
+    }
     use crate::policy::{Decision, ParameterSpec};
 
     fn evaluation(outcome: EvaluationOutcome) -> Evaluation {

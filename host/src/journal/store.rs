@@ -446,6 +446,9 @@ impl Reader {
             begins_history: !ticks.is_empty() && !older,
             ticks,
             policy_states: evaluated.first().map(policy_states).unwrap_or_default(),
+            last_target: evaluated
+                .first()
+                .map(|r| (r.target.kind.clone(), r.target.name.clone())),
             in_flight,
         })
     }
