@@ -4,15 +4,16 @@
 //! a restart, and notifications follow the reloaded config. (SIGHUP has its
 //! own test binary: a signal reaches every daemon in the process.)
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use scalewise::journal::{EvaluationOutcome, TickRecord};
-use scalewise_tests::artifacts;
 use scalewise_tests::reload::{
     config_text, counter_daemon, counter_reason, rewrite_config, wait_for_reloads, wait_for_scaler,
+    wait_until_async,
 };
 use scalewise_tests::running::RunningDaemon;
-use scalewise_tests::stub_http::{Canned, RecordingServer};
+use scalewise_tests::stub_http::{Canned, RecordingServer, counted_silent_listener};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -152,60 +153,117 @@ async fn a_scaler_moved_to_another_target_starts_its_envelope_afresh() {
     d.stop().await.unwrap();
 }
 
+/// The same across a restart: a scaler whose config names another target
+/// when the daemon starts again does not take the journal's envelope of the
+/// one before (its windows held the new target at the old one's count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_retargeted_across_a_restart_starts_its_envelope_afresh() {
+    let state = tempfile::tempdir().unwrap();
+    let journal = state.path().join("journal.db").display().to_string();
+    let on = |service: &str| {
+        config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
+            .replace("service = \"web\"", &format!("service = \"{service}\""))
+            .replace("path = \"journal.db\"", &format!("path = {journal:?}"))
+    };
+    let mut d = counter_daemon(&on("api"))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    let held = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
+        .await
+        .unwrap();
+    assert_eq!((held.target.current, held.desired), (2, 2));
+    d.stop().await.unwrap();
+    let mut d = counter_daemon(&on("web"))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let moved = d
+            .next_decision(5 * SECOND, |r| r.scaler == "web")
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                moved.target.name.as_str(),
+                moved.target.current,
+                moved.desired
+            ),
+            ("web", 3, 3),
+            "{}",
+            scalewise::scaler::summarize(&moved)
+        );
+    }
+    d.stop().await.unwrap();
+}
+
 /// A scaler a reload moves onto the target of a scaler it removes waits
 /// for that one's tick in progress to end before it acts there: two
-/// scalers never act on one target at once. `slow` ticks for 5 s (a policy
-/// that spins until the runtime's timeout); `web` is moved onto its target
-/// a second into one of those ticks. (Before, only a scaler the reload
-/// added waited; `web` ticked on `api` a second later.)
+/// scalers never act on one target at once. `slow` ticks for 10 s (its
+/// metric's source never answers, up to the source's timeout); `web` is
+/// moved onto its target while `slow` waits. (Before, only a scaler the
+/// reload added waited; `web` ticked on `api` within a second.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scaler_moved_onto_a_removed_scalers_target_waits_for_its_tick() {
-    const SLOW: &str = r#"
+    let (hanging, asked) = counted_silent_listener().await.unwrap();
+    let slow = format!(
+        r#"
 [[scalers]]
 name = "slow"
 interval = "1s"
 min = 1
 max = 5
-target = { kind = "simulator", service = "api" }
+target = {{ kind = "simulator", service = "api" }}
+
+[scalers.metrics.load]
+source = "stuck"
+query = "up"
 
 [[scalers.policies]]
-module = "faults"
-params = { mode = "loop" }
-"#;
-    let mut d = RunningDaemon::with(&config_text(4.0, 50, "native", SLOW))
-        .policies(|dir| {
-            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-            std::fs::copy(artifacts::FAULTS, dir.join("faults.wasm")).unwrap();
-        })
-        .config_reload()
+module = "counter"
+
+[sources.stuck]
+kind = "prometheus"
+url = "http://{hanging}"
+timeout = "10s"
+"#
+    );
+    // At the wall clock's pace, as a Prometheus source requires.
+    let mut d = counter_daemon(&config_text(1.0, 50, "native", &slow))
         .no_listener()
         .start()
         .await
         .unwrap();
-    // The first slow tick has ended; the next starts within a quarter of a
-    // second (1 s of the daemon's time at 4x).
-    d.next_decision(30 * SECOND, |r| r.scaler == "slow")
-        .await
-        .unwrap();
-    tokio::time::sleep(SECOND).await;
+    // The first slow tick waits for its metric.
+    wait_until_async(30 * SECOND, "slow's metric to be asked for", || {
+        asked.load(Ordering::SeqCst) > 0
+    })
+    .await;
     rewrite_config(
         &d,
-        &config_text(4.0, 50, "native", "").replace("service = \"web\"", "service = \"api\""),
+        &config_text(1.0, 50, "native", "").replace("service = \"web\"", "service = \"api\""),
     );
     wait_for_reloads(&d, "applied", 1).await;
+    let reloaded_at = d.clock().now_ms();
     let moved = d
         .next_decision(30 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
         .await
         .unwrap();
     let slow = d.records("slow").await.unwrap();
-    assert_eq!(slow.len(), 2, "the tick in progress was journaled");
-    // Its tick lasted the runtime's 5 s timeout: 20 s of the daemon's time.
-    let ended_after = slow[1].time_ms + 15_000;
+    let last = slow.last().expect("the tick in progress was journaled");
+    // It lasted the source's 10 s.
     assert!(
-        moved.time_ms >= ended_after,
-        "web ticked on api at {}, {} ms after the removed scaler's last tick began",
-        moved.time_ms,
-        moved.time_ms - slow[1].time_ms
+        reloaded_at < last.time_ms + 9_000,
+        "the reload came after slow's tick ({} ms in)",
+        reloaded_at - last.time_ms
+    );
+    assert!(
+        moved.time_ms >= last.time_ms + 9_000,
+        "web ticked on api {} ms after the removed scaler's last tick began",
+        moved.time_ms - last.time_ms
     );
     d.stop().await.unwrap();
 }
