@@ -1739,8 +1739,11 @@ pub(crate) fn slot_near(key: &str, interval_ms: i64, time_ms: i64) -> i64 {
 /// into the body, rust-lang/rust#62958): 1,216 bytes with the `Scaler` held
 /// twice, 744 without (`run_scaler_future_holds_the_scaler_once`). It waits
 /// on its control alone (a stop at shutdown comes that way too), not also on
-/// a cancellation token: 648 bytes, so a 768-byte tokio task (heaptrack's
+/// a cancellation token: 648 bytes then, a 768-byte tokio task (heaptrack's
 /// figure at 10,000 scalers) where 744 made 896 by tokio's 128-byte cells.
+/// The Scaler has grown since (528 bytes on 2026-12-07) and the future with
+/// it, to 856; what a tick or a config change keeps across its waits is in
+/// a boxed future of its own, alive only while it runs.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would store the Scaler twice in every scaler's task"
@@ -1784,42 +1787,9 @@ fn run_scaler(
                         return;
                     }
                     if let Some(update) = control.take_update() {
-                        let another_target = update.actuator.is_some() && !update.same_target;
-                        if another_target {
-                            let why = "a reload moved its scaler to another target";
-                            Box::pin(scaler.retire(clock.now_ms(), why)).await;
-                        }
-                        if let (true, Some(next)) = (update.same_target, &update.actuator) {
-                            // Boxed: the task's future stays the size of an
-                            // idle scaler's.
-                            Box::pin(hand_over(scaler.actuator(), next, &update.spec.name)).await;
-                        }
-                        let (windows, events) =
-                            crate::envelope::memory_kept(&scaler.spec().behavior);
-                        let Reconfigure { spec, actuator, released, predecessors, .. } = *update;
-                        scaler.reconfigure(spec, actuator, another_target);
-                        // A move's marker is released here (not with the
-                        // box, after the wait below: two scalers swapping
-                        // targets would wait for each other for good), and
-                        // scalers waiting for this one's target may act.
-                        drop(released);
-                        // Moved onto a target others are letting go of.
-                        if !predecessors.is_empty() {
-                            let name = &scaler.spec().name;
-                            Box::pin(wait_for(&predecessors, name)).await;
-                        }
-                        // Either kind of history needed further back than
-                        // it was kept (a longer window beside a cooldown
-                        // longer still, say) is read again.
-                        let needed = crate::envelope::memory_kept(&scaler.spec().behavior);
-                        // Not for a scaler moved to another target: the
-                        // journal's ticks of this name are the old one's.
-                        if !another_target && (needed.0 > windows || needed.1 > events) {
-                            let rebuilt = Box::pin(scaler.remember_further(clock.now_ms())).await;
-                            if let Err(error) = rebuilt {
-                                tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read the journal for the longer history the new behaviour needs; it builds up from now.");
-                            }
-                        }
+                        // Boxed, as a whole: what applying it keeps across
+                        // its waits is not part of an idle scaler's task.
+                        Box::pin(apply_update(&mut scaler, update, clock)).await;
                         let interval = (scaler.spec().interval.as_millis() as i64).max(1);
                         if interval != interval_ms {
                             interval_ms = interval;
@@ -1866,6 +1836,50 @@ fn run_scaler(
                 let missed = (now - next) / interval_ms + 1;
                 next += missed * interval_ms;
             }
+        }
+    }
+}
+
+/// Applies a config change to a running scaler between its ticks: a move
+/// gives up the old target's change in flight, new settings for the same
+/// target take it over; the scaler waits for those letting go of a target
+/// it moves onto, and reads the journal further back for a longer history.
+async fn apply_update(scaler: &mut Scaler, update: Box<Reconfigure>, clock: Clock) {
+    let another_target = update.actuator.is_some() && !update.same_target;
+    if another_target {
+        let why = "a reload moved its scaler to another target";
+        scaler.retire(clock.now_ms(), why).await;
+    }
+    if let (true, Some(next)) = (update.same_target, &update.actuator) {
+        hand_over(scaler.actuator(), next, &update.spec.name).await;
+    }
+    let (windows, events) = crate::envelope::memory_kept(&scaler.spec().behavior);
+    let Reconfigure {
+        spec,
+        actuator,
+        released,
+        predecessors,
+        ..
+    } = *update;
+    scaler.reconfigure(spec, actuator, another_target);
+    // A move's marker is released here (not with the box, after the wait
+    // below: two scalers swapping targets would wait for each other for
+    // good), and scalers waiting for this one's target may act.
+    drop(released);
+    // Moved onto a target others are letting go of.
+    if !predecessors.is_empty() {
+        let name = &scaler.spec().name;
+        wait_for(&predecessors, name).await;
+    }
+    // Either kind of history needed further back than it was kept (a longer
+    // window beside a cooldown longer still, say) is read again.
+    let needed = crate::envelope::memory_kept(&scaler.spec().behavior);
+    // Not for a scaler moved to another target: the journal's ticks of this
+    // name are the old one's.
+    if !another_target && (needed.0 > windows || needed.1 > events) {
+        let rebuilt = scaler.remember_further(clock.now_ms()).await;
+        if let Err(error) = rebuilt {
+            tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read the journal for the longer history the new behaviour needs; it builds up from now.");
         }
     }
 }
