@@ -361,10 +361,12 @@ impl Window {
 /// can raise the count, never lower it: a holiday at 2 does not bring the
 /// evening before down an hour early, and the weekly window after the
 /// holiday still starts its lead before the holiday ends. A weekly window
-/// whose occurrence starts inside a dated window's is replaced by it whole,
-/// its lead too and whatever of it outlasts the dated window: the morning
-/// of a holiday does not scale out for the workday that is not coming, nor
-/// does its afternoon when the holiday is a morning.
+/// whose occurrence starts inside a dated window that asks for fewer
+/// replicas is replaced by it whole, its lead too and whatever of it
+/// outlasts the dated window: the morning of a holiday does not scale out
+/// for the workday that is not coming, nor does its afternoon when the
+/// holiday is a morning. One that asks for as many or more (a launch's
+/// extra capacity) replaces it only while it lasts.
 pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
     // The highest dated window started; the weekly ones started and those
@@ -372,7 +374,7 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let mut dated: Option<(&Window, Occurrence)> = None;
     let mut weekly: Vec<(&Window, Occurrence)> = Vec::new();
     let mut leads: Vec<(&Window, Occurrence)> = Vec::new();
-    let mut dated_spans: Vec<Occurrence> = Vec::new();
+    let mut dated_spans: Vec<(u32, Occurrence)> = Vec::new();
     // A window ends at the latest the day after it starts (yesterday's
     // 22:00-02:00), and begins up to a day (`lead`) before its start: on a
     // 23-hour day that reaches back from the day after tomorrow. The day
@@ -387,7 +389,7 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
                 continue;
             };
             if matches!(window.days, Days::Dates(_)) {
-                dated_spans.push(occurrence);
+                dated_spans.push((window.replicas, occurrence));
             }
             let started = (occurrence.start_ms..occurrence.end_ms).contains(&now_ms);
             let in_lead =
@@ -404,15 +406,15 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
             }
         }
     }
-    // A weekly occurrence that starts inside a dated window's is replaced
-    // whole: it has no lead, and it does not come back when the dated
-    // window ends before it does (the holiday was the morning, the workday
-    // is still not coming in the afternoon).
+    // A weekly occurrence that starts inside a dated window asking for
+    // fewer replicas is replaced whole: it has no lead, and it does not
+    // come back when the dated window ends before it does (the holiday was
+    // the morning, the workday is still not coming in the afternoon).
     let replaced = |(window, occurrence): &(&Window, Occurrence)| {
         matches!(window.days, Days::Weekdays(_))
-            && dated_spans
-                .iter()
-                .any(|d| (d.start_ms..d.end_ms).contains(&occurrence.start_ms))
+            && dated_spans.iter().any(|(replicas, d)| {
+                *replicas < window.replicas && (d.start_ms..d.end_ms).contains(&occurrence.start_ms)
+            })
     };
     let weekly = weekly
         .into_iter()

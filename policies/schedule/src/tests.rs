@@ -180,6 +180,13 @@ fn a_weekly_window_starting_inside_a_date_is_replaced_whole() {
     assert_eq!(desired("2026-12-24T10:00:00Z", overnight.clone()), 2);
     assert_eq!(desired("2026-12-25T01:00:00Z", overnight.clone()), 1);
     assert_eq!(desired("2026-12-31T12:00:00Z", overnight), 10);
+    // A date that asks for more (a launch morning) replaces the workday
+    // only while it lasts.
+    let launch = json!({
+        "windows": "mon-fri 08:30-18:00 10; 2026-11-27 08:30-10:00 30",
+    });
+    assert_eq!(desired("2026-11-27T09:00:00Z", launch.clone()), 30);
+    assert_eq!(desired("2026-11-27T11:00:00Z", launch), 10);
 }
 
 #[test]
