@@ -288,6 +288,10 @@ fn limit_flags_are_checked_with_the_config() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = cli(&["check", "--config", &path, "--max-replicas", "10"]);
     assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("note: --max-replicas replaced the file's [runtime] values"),
+        "{err}"
+    );
     let line = line_of(&text, "max = 20");
     assert!(
         err.contains(&format!(

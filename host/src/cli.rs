@@ -437,6 +437,20 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// The flags given, as written on the command line.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            (self.timeout.is_some(), "--timeout"),
+            (self.max_memory.is_some(), "--max-memory"),
+            (self.fuel.is_some(), "--fuel"),
+            (self.max_wasm_stack.is_some(), "--max-wasm-stack"),
+            (self.max_replicas.is_some(), "--max-replicas"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect()
+    }
+
     /// The default limits with these overrides applied.
     pub fn to_limits(&self) -> RuntimeLimits {
         self.applied_to(RuntimeLimits::default())

@@ -80,6 +80,7 @@ impl MotoServer {
             listener.local_addr()?.port()
         };
         let log = tempfile::NamedTempFile::new()?;
+        let output = log.reopen()?;
         let child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
@@ -87,8 +88,11 @@ impl MotoServer {
             .arg(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::piped())
-            .stdout(log.reopen()?)
-            .stderr(log.reopen()?)
+            // One open file for both, sharing its offset: two would each
+            // write from the start, over the other's lines (readiness reads
+            // the server's "Running on").
+            .stdout(output.try_clone()?)
+            .stderr(output)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
         let mut server = MotoServer {

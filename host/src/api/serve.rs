@@ -117,7 +117,9 @@ where
                 }
                 Err(_) => tracing::debug!(%peer, "An API connection was closed at its time limit."),
             }
-            drop((slot, place));
+            // The client's place first: the slot lets the next connection
+            // in, which may be this client's.
+            drop((place, slot));
         });
     }
     drop(listener);

@@ -46,6 +46,15 @@ pub fn check_config(
             Ok(config) => config,
             Err(e) => {
                 write_problems(err, &e)?;
+                // A problem located at a [runtime] key may be a flag's value.
+                let given = limits.given();
+                if !given.is_empty() {
+                    writeln!(
+                        err,
+                        "note: {} replaced the file's [runtime] values in this check",
+                        given.join(", ")
+                    )?;
+                }
                 return refused(err, path);
             }
         };
