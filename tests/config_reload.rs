@@ -200,6 +200,56 @@ async fn a_scaler_retargeted_across_a_restart_starts_its_envelope_afresh() {
     d.stop().await.unwrap();
 }
 
+/// A scaler moved by a reload, then restarted: its envelope is rebuilt
+/// from its ticks on the target it has now only (the old target's
+/// recommendations let the new one drop to their count after the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_move_reads_back_the_new_targets_ticks_only() {
+    let state = tempfile::tempdir().unwrap();
+    let journal = state.path().join("journal.db").display().to_string();
+    let on = |service: &str| {
+        config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
+            .replace("service = \"web\"", &format!("service = \"{service}\""))
+            .replace("path = \"journal.db\"", &format!("path = {journal:?}"))
+    };
+    let mut d = counter_daemon(&on("api"))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    let held = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
+        .await
+        .unwrap();
+    assert_eq!((held.target.current, held.desired), (2, 2));
+    rewrite_config(&d, &on("web"));
+    wait_for_reloads(&d, "applied", 1).await;
+    let moved = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "web")
+        .await
+        .unwrap();
+    assert_eq!((moved.target.current, moved.desired), (3, 3));
+    d.stop().await.unwrap();
+    let mut d = counter_daemon(&on("web"))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let after = d
+            .next_decision(5 * SECOND, |r| r.scaler == "web")
+            .await
+            .unwrap();
+        assert_eq!(
+            (after.target.current, after.desired),
+            (3, 3),
+            "{}",
+            scalewise::scaler::summarize(&after)
+        );
+    }
+    d.stop().await.unwrap();
+}
+
 /// A scaler a reload moves onto the target of a scaler it removes waits
 /// for that one's tick in progress to end before it acts there: two
 /// scalers never act on one target at once. `slow` ticks for 10 s (its

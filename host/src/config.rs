@@ -811,6 +811,11 @@ fn quoted_name(message: &str) -> Option<&str> {
 pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
+    /// The digest in hexadecimal (32 characters).
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// The fingerprint of `value`.
     pub fn of(value: &impl Serialize) -> Fingerprint {
         struct Hashing(Sha256);

@@ -2168,6 +2168,7 @@ fn bind_scaler(
         policies,
         behavior: scaler.behavior.clone(),
         target_history,
+        target_key: scaler.target.get_ref().target_key(),
     })
 }
 

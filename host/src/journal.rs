@@ -228,10 +228,10 @@ pub struct Recovery {
     /// older tick of it): its first tick is where the envelope seeded the
     /// initial recommendation, which a restart must seed again.
     pub begins_history: bool,
-    /// The target (kind, name as its actuator knows it) of the newest tick
-    /// that evaluated policies: a scaler whose config names another target
-    /// now does not take that one's envelope over.
-    pub last_target: Option<(String, String)>,
+    /// The time of the newest tick since `since_ms` of another target than
+    /// the one asked about ([`Journal::recover_on`]): the scaler was moved
+    /// since, and `ticks` begin after it.
+    pub moved_ms: Option<i64>,
     /// Each policy's state after the newest tick that evaluated policies, in
     /// that tick's config order. Match them to the current config by index
     /// and module name.
@@ -574,8 +574,19 @@ impl Journal {
     /// durable. The record's own `id` is ignored. Cancelling the future does
     /// not cancel the write.
     pub async fn append(&self, record: TickRecord) -> Result<i64, JournalError> {
+        self.append_on(record, None).await
+    }
+
+    /// [`Journal::append`] of a tick of the target `target` (the scaler's
+    /// `target_key`), which [`Journal::recover_on`] tells apart.
+    pub async fn append_on(
+        &self,
+        record: TickRecord,
+        target: Option<&str>,
+    ) -> Result<i64, JournalError> {
         self.command(|reply| Command::Append {
             record: Box::new(record),
+            target: target.map(Into::into),
             reply,
         })
         .await?
@@ -760,12 +771,26 @@ impl Journal {
     /// consistent snapshot; `ticks` starts at `since_ms`. Decodes at most one
     /// record, so recovering thousands of scalers stays cheap.
     pub async fn recover(&self, scaler: &str, since_ms: i64) -> Result<Recovery, JournalError> {
+        self.recover_on(scaler, since_ms, None).await
+    }
+
+    /// [`Journal::recover`] of a scaler whose target is `target` now (its
+    /// `target_key`): ticks up to the newest one of another target are left
+    /// out, as that target's (the scaler was moved), and `moved_ms` says
+    /// when it was.
+    pub async fn recover_on(
+        &self,
+        scaler: &str,
+        since_ms: i64,
+        target: Option<&str>,
+    ) -> Result<Recovery, JournalError> {
         let scaler = scaler.to_owned();
+        let target = target.map(str::to_owned);
         self.read(move |journal| {
             journal
                 .inner
                 .readers
-                .with(|reader| reader.recover(&scaler, since_ms))
+                .with(|reader| reader.recover(&scaler, since_ms, target.as_deref()))
         })
         .await
     }
@@ -1075,6 +1100,45 @@ mod tests {
             5,
             "no delay: one commit per awaited append"
         );
+        journal.close().await.unwrap();
+    }
+
+    /// A scaler's ticks up to the newest one of another target are left out
+    /// of its recovery (it was moved since); ticks written with no target
+    /// count as of any.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_starts_after_the_last_tick_of_another_target() {
+        let now = Clock::system().now_ms();
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        let times = [now - 40_000, now - 30_000, now - 20_000, now - 10_000];
+        journal.append(tick("web", times[0])).await.unwrap();
+        for (time, target) in [(times[1], "a"), (times[2], "b"), (times[3], "b")] {
+            journal
+                .append_on(tick("web", time), Some(target))
+                .await
+                .unwrap();
+        }
+        let since = now - 60_000;
+        let on_b = journal.recover_on("web", since, Some("b")).await.unwrap();
+        let kept: Vec<i64> = on_b.ticks.iter().map(|t| t.time_ms).collect();
+        assert_eq!(kept, &times[2..]);
+        assert_eq!(on_b.moved_ms, Some(times[1]));
+        assert!(on_b.begins_history, "the move begins b's history");
+        let on_a = journal.recover_on("web", since, Some("a")).await.unwrap();
+        assert!(on_a.ticks.is_empty(), "{:?}", on_a.ticks);
+        assert_eq!(on_a.moved_ms, Some(times[3]));
+        let on_c = journal.recover_on("web", since, Some("c")).await.unwrap();
+        assert_eq!(on_c.moved_ms, Some(times[3]));
+        // Not asked about a target, or only ticks of this one in the window.
+        let any = journal.recover("web", since).await.unwrap();
+        assert_eq!((any.ticks.len(), any.moved_ms), (4, None));
+        let recent = journal
+            .recover_on("web", times[2], Some("b"))
+            .await
+            .unwrap();
+        assert_eq!((recent.ticks.len(), recent.moved_ms), (2, None));
+        assert!(!recent.begins_history, "older ticks are there");
         journal.close().await.unwrap();
     }
 

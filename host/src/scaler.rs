@@ -86,6 +86,10 @@ pub struct ScalerSpec {
     /// What each tick observed of the target, kept for the scaler's
     /// `target` metrics (none when it has none).
     pub target_history: Option<Arc<TargetHistory>>,
+    /// What its target is, as its journal records keep it
+    /// (`TargetConfig::target_key`): a restart rebuilds the envelope from
+    /// the ticks of this target only.
+    pub target_key: crate::config::Fingerprint,
 }
 
 /// What the API shows about a scaler; replaced after every tick. The
@@ -503,43 +507,6 @@ impl Scaler {
         HISTORY_MS.max(i64::try_from(needed).unwrap_or(i64::MAX))
     }
 
-    /// Whether the journal's ticks of this scaler are of another target than
-    /// its actuator's now (`last`: the target of its newest tick that
-    /// evaluated policies): the config named another one when the daemon
-    /// started again, or a scaler of this name on another target was
-    /// replaced. Then its envelope starts afresh, as a scaler moved by a
-    /// reload does: the other target's counts must not hold this one, nor
-    /// its cooldowns delay it. A Kubernetes name written with its namespace
-    /// on one side only is taken to be the same (the namespace may be the
-    /// client's default).
-    fn moved_from<'a>(&self, last: &'a Option<(String, String)>) -> Option<&'a str> {
-        let (kind, name) = last.as_ref()?;
-        (!same_target(
-            kind,
-            name,
-            self.actuator.kind(),
-            &self.actuator.target_name(),
-        ))
-        .then_some(name.as_str())
-    }
-
-    /// The envelope's state as the journal's recovered ticks leave it
-    /// (afresh when they are of another target: [`Scaler::moved_from`]).
-    fn envelope_recovered(&self, recovery: &crate::journal::Recovery) -> EnvelopeState {
-        match self.moved_from(&recovery.last_target) {
-            Some(other) => {
-                tracing::info!(
-                    scaler = %self.spec.name,
-                    before = %other,
-                    now = %self.actuator.target_name(),
-                    "The journal's last ticks of this scaler are of another target; its cooldowns and windows start afresh."
-                );
-                EnvelopeState::new()
-            }
-            None => self.envelope_from(&recovery.ticks, recovery.begins_history),
-        }
-    }
-
     /// The envelope's state as the journal's `ticks` (oldest first) leave it.
     fn envelope_from(&self, ticks: &[TickSummary], begins_history: bool) -> EnvelopeState {
         // Live ticks count the envelope's time from their slot on the
@@ -559,11 +526,22 @@ impl Scaler {
     /// What the journal holds of this scaler, as far back as a restart
     /// reads it ([`restore_horizon_ms`](Self::restore_horizon_ms)).
     async fn recover(&self, now_ms: i64) -> Result<crate::journal::Recovery, String> {
-        self.services
+        let target = self.spec.target_key.to_hex();
+        let since_ms = now_ms - self.restore_horizon_ms();
+        let recovery = self
+            .services
             .journal
-            .recover(&self.spec.name, now_ms - self.restore_horizon_ms())
+            .recover_on(&self.spec.name, since_ms, Some(&target))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Some(moved_ms) = recovery.moved_ms {
+            tracing::info!(
+                scaler = %self.spec.name,
+                until = %format_ms(moved_ms),
+                "The journal's ticks of this scaler until then are of another target; its cooldowns and windows are rebuilt from the ticks since only."
+            );
+        }
+        Ok(recovery)
     }
 
     /// After a reload that makes the envelope remember further back (a
@@ -587,7 +565,7 @@ impl Scaler {
                 .map(|&(_, by)| by)
                 .sum::<i64>();
         }
-        self.envelope = self.envelope_recovered(&recovery);
+        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
         Ok(())
     }
 
@@ -613,7 +591,7 @@ impl Scaler {
             );
         }
         self.handle.paused.store(paused, Ordering::Relaxed);
-        self.envelope = self.envelope_recovered(&recovery);
+        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
         for tick in recovery
             .ticks
             .iter()
@@ -630,7 +608,9 @@ impl Scaler {
         }
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
         if let Some(history) = &self.spec.target_history
-            && let Err(error) = self.restore_target_history(history, now_ms).await
+            && let Err(error) = self
+                .restore_target_history(history, now_ms, recovery.moved_ms)
+                .await
         {
             // The target's metrics build up again from the next ticks.
             tracing::warn!(scaler = %self.spec.name, %error, "Could not read back what the journal observed of the target; its metrics build up from now.");
@@ -731,11 +711,13 @@ impl Scaler {
     }
 
     /// Refills `history` with what the journal's ticks since as far back as
-    /// it keeps observed of the target.
+    /// it keeps observed of the target (after `moved_ms`, when the ticks
+    /// until then are of another target).
     async fn restore_target_history(
         &self,
         history: &TargetHistory,
         now_ms: i64,
+        moved_ms: Option<i64>,
     ) -> Result<(), String> {
         let mut records = self
             .services
@@ -744,20 +726,19 @@ impl Scaler {
                 scaler: Some(self.spec.name.clone()),
                 // Ticks dated ahead of now (a clock that ran ahead) too: the
                 // first live observation displaces them.
-                since_ms: Some(now_ms.saturating_sub(history.keep_ms())),
+                since_ms: Some(
+                    now_ms
+                        .saturating_sub(history.keep_ms())
+                        .max(moved_ms.map_or(i64::MIN, |moved| moved.saturating_add(1))),
+                ),
                 until_ms: None,
                 limit: usize::MAX,
             })
             .await
             .map_err(|e| e.to_string())?;
         records.sort_by_key(|r| r.time_ms);
-        let (kind, name) = (self.actuator.kind(), self.actuator.target_name());
         for record in records {
-            // What another target reported (the config named another one
-            // before) is not this one's.
-            if !matches!(record.actuation, ActuationRecord::ObserveFailed { .. })
-                && same_target(&record.target.kind, &record.target.name, kind, &name)
-            {
+            if !matches!(record.actuation, ActuationRecord::ObserveFailed { .. }) {
                 history.restore(
                     record.time_ms,
                     record.target.current,
@@ -1270,7 +1251,13 @@ impl Scaler {
     }
 
     async fn append(&self, record: &TickRecord) -> Option<i64> {
-        match self.services.journal.append(record.clone()).await {
+        let target = self.spec.target_key.to_hex();
+        match self
+            .services
+            .journal
+            .append_on(record.clone(), Some(&target))
+            .await
+        {
             Ok(id) => Some(id),
             Err(err) => {
                 self.services.telemetry.journal_errors.inc();
@@ -1577,23 +1564,6 @@ fn metrics_read<'a>(
 /// (oldest first): every tick's recommendation (those that kept one), and a scale event for each
 /// tick whose actuation was carried out, each at the time `slot` gives for
 /// when the tick started (its slot on the scaler's grid).
-/// Whether a journal record's target (`kind`, `name`) is the target an
-/// actuator of `now_kind` names `now_name`. A Kubernetes name is
-/// `namespace/name`, or `name` alone when the namespace is the client's
-/// default: written out on one side only, the names alone are compared.
-fn same_target(kind: &str, name: &str, now_kind: &str, now_name: &str) -> bool {
-    if kind != now_kind {
-        return false;
-    }
-    if name == now_name {
-        return true;
-    }
-    let base = |n: &str| n.rsplit_once('/').map_or(n, |(_, base)| base).to_owned();
-    kind == "kubernetes"
-        && name.contains('/') != now_name.contains('/')
-        && base(name) == base(now_name)
-}
-
 fn restore_envelope(
     ticks: &[TickSummary],
     begins_history: bool,
@@ -1726,24 +1696,6 @@ fn checkpoint(services: &Services, name: &str) -> crate::actuators::Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_are_told_apart_by_kind_and_name() {
-        assert!(same_target("simulator", "web", "simulator", "web"));
-        assert!(!same_target("simulator", "web", "simulator", "api"));
-        assert!(!same_target("simulator", "web", "aws-asg", "web"));
-        // A namespace written out on one side only: the client's default.
-        assert!(same_target("kubernetes", "shop/web", "kubernetes", "web"));
-        assert!(same_target("kubernetes", "web", "kubernetes", "shop/web"));
-        assert!(!same_target(
-            "kubernetes",
-            "shop/web",
-            "kubernetes",
-            "lab/web"
-        ));
-        assert!(!same_target("kubernetes", "shop/web", "kubernetes", "api"));
-        assert!(!same_target("aws-asg", "a/web", "aws-asg", "web"));
-    }
     use crate::policy::{Decision, ParameterSpec};
 
     fn evaluation(outcome: EvaluationOutcome) -> Evaluation {

@@ -39,6 +39,16 @@ impl DefaultsNeeded {
 }
 
 impl TargetConfig {
+    /// What the journal keeps of this target to tell a scaler's targets
+    /// apart across a restart: the claim's key without what the target
+    /// could leave to a default ([`TargetConfig::loose_key`]), as a digest.
+    /// A target moved to another namespace or region only is taken for the
+    /// same one (its journal's ticks are kept, as they were before targets
+    /// were told apart).
+    pub fn target_key(&self) -> super::Fingerprint {
+        super::Fingerprint::of(&self.loose_key())
+    }
+
     /// [`TargetConfig::claim`]'s key with what the target could leave to a
     /// default (a namespace, a region) left out, named or not: two targets
     /// with the same loose key are one, or differ only there.

@@ -144,7 +144,27 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
         .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT))
         .and_then(|()| conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB))
         .map_err(|e| open_error(path, e))?;
-    migrate(conn, path)
+    let conn = migrate(conn, path)?;
+    add_target_column(&conn).map_err(|e| open_error(path, e))?;
+    Ok(conn)
+}
+
+/// `ticks.target`: what the tick's target was (a digest of its kind, object
+/// and name, see `ScalerSpec::target_key`), so that a restart rebuilds a
+/// scaler's envelope from the ticks of the target it has now only. Added
+/// to a file that lacks it, without a new schema version: builds without it
+/// read and write the file as before (their rows have none, and count as
+/// of any target). Adding a column rewrites nothing.
+fn add_target_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('ticks') WHERE name = 'target')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE ticks ADD COLUMN target TEXT")?;
+    }
+    Ok(())
 }
 
 /// Creates the schema in an empty file, accepts the current version, and
@@ -292,6 +312,10 @@ mod tests {
             .query_row("SELECT paused FROM scaler_control", [], |row| row.get(0))
             .unwrap();
         assert!(paused, "what version 1 wrote is still there");
+        let targets: i64 = writer
+            .query_row("SELECT count(target) FROM ticks", [], |row| row.get(0))
+            .expect("ticks.target was added");
+        assert_eq!(targets, 0);
         writer
             .execute(
                 "INSERT INTO outbox (created_ms, announcement) VALUES (1, '{}')",

@@ -40,6 +40,7 @@ pub(super) struct Encoded {
     pub evaluations: i64,
     pub actuation: String,
     pub body: Vec<u8>,
+    pub target: Option<Box<str>>,
 }
 
 /// Turns records into rows; owns a reusable zstd context.
@@ -65,7 +66,11 @@ impl Encoder {
     }
 
     /// The row for `record`; the id is left out (the row's id is the truth).
-    pub(super) fn encode(&mut self, mut record: TickRecord) -> Result<Encoded, JournalError> {
+    pub(super) fn encode(
+        &mut self,
+        mut record: TickRecord,
+        target: Option<Box<str>>,
+    ) -> Result<Encoded, JournalError> {
         let failed = |scaler: &str, source: io::Error| JournalError::Encode {
             what: format!("a tick record of scaler {scaler:?}"),
             source,
@@ -92,6 +97,7 @@ impl Encoder {
             actuation,
             body,
             scaler: record.scaler,
+            target,
         })
     }
 }
@@ -344,11 +350,12 @@ impl Reader {
         &mut self,
         scaler: &str,
         since_ms: i64,
+        target: Option<&str>,
     ) -> Result<Recovery, JournalError> {
         self.conn
             .execute_batch("BEGIN")
             .map_err(|e| self.read_error(e))?;
-        let result = self.recover_in_snapshot(scaler, since_ms);
+        let result = self.recover_in_snapshot(scaler, since_ms, target);
         // A read transaction has nothing to lose; ending it frees the snapshot.
         let ended = self
             .conn
@@ -363,8 +370,23 @@ impl Reader {
         &mut self,
         scaler: &str,
         since_ms: i64,
+        target: Option<&str>,
     ) -> Result<Recovery, JournalError> {
         let paused = self.paused(scaler)?;
+        // The newest tick of another target in the window read: the ticks
+        // up to it are that target's (rows written without a target count
+        // as of any).
+        let moved_ms: Option<i64> = match target {
+            Some(target) => self
+                .conn
+                .prepare_cached(
+                    "SELECT MAX(time_ms) FROM ticks WHERE scaler = ?1 AND time_ms >= ?2 \
+                     AND target IS NOT NULL AND target <> ?3",
+                )
+                .and_then(|mut stmt| stmt.query_row((scaler, since_ms, target), |row| row.get(0)))
+                .map_err(|e| self.read_error(e))?,
+            None => None,
+        };
         let summaries = |reader: &mut Reader, sql: &str, params: &[&dyn rusqlite::ToSql]| {
             let mut stmt = reader
                 .conn
@@ -403,13 +425,14 @@ impl Reader {
             &[&scaler],
         )?
         .pop();
+        let after = moved_ms.map_or(since_ms, |moved| moved.saturating_add(1).max(since_ms));
         let ticks = summaries(
             self,
             &format!(
                 "SELECT {SUMMARY_COLUMNS} FROM ticks WHERE scaler = ?1 AND time_ms >= ?2 \
                  ORDER BY time_ms, id"
             ),
-            &[&scaler, &since_ms],
+            &[&scaler, &after],
         )?;
         // Ticks that could not observe the target evaluated nothing; the
         // states stand as the last evaluating tick left them.
@@ -443,12 +466,11 @@ impl Reader {
         Ok(Recovery {
             paused,
             last,
-            begins_history: !ticks.is_empty() && !older,
+            // On this target, the ticks after the move begin its history.
+            begins_history: !ticks.is_empty() && (!older || moved_ms.is_some()),
+            moved_ms,
             ticks,
             policy_states: evaluated.first().map(policy_states).unwrap_or_default(),
-            last_target: evaluated
-                .first()
-                .map(|r| (r.target.kind.clone(), r.target.name.clone())),
             in_flight,
         })
     }

@@ -27,6 +27,8 @@ pub(super) enum Command {
     /// Insert a record; reply with its id.
     Append {
         record: Box<TickRecord>,
+        /// `ticks.target` (none: not known).
+        target: Option<Box<str>>,
         reply: oneshot::Sender<Result<i64, JournalError>>,
     },
     /// Replace a record's actuation and, with `owe`, keep the change's
@@ -196,8 +198,12 @@ impl Writer {
             // After a failure nothing more runs; every write gets the error.
             let tx = tx.as_mut().filter(|_| failure.is_none());
             match command {
-                Command::Append { record, reply } => {
-                    let result = match (tx, self.encoder.encode(*record)) {
+                Command::Append {
+                    record,
+                    target,
+                    reply,
+                } => {
+                    let result = match (tx, self.encoder.encode(*record, target)) {
                         (_, Err(err)) => Err(err),
                         (None, Ok(_)) => Ok(0),
                         (Some(tx), Ok(row)) => insert(tx, &row).or_else(|err| {
@@ -389,8 +395,8 @@ enum Failure {
 fn insert(tx: &Transaction<'_>, row: &Encoded) -> rusqlite::Result<i64> {
     tx.prepare_cached(
         "INSERT INTO ticks (time_ms, scaler, mode, current, desired, recommendation, proposal, \
-         is_scale, evaluations, actuation, record) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         is_scale, evaluations, actuation, record, target) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         row.time_ms,
@@ -404,6 +410,7 @@ fn insert(tx: &Transaction<'_>, row: &Encoded) -> rusqlite::Result<i64> {
         row.evaluations,
         row.actuation,
         row.body,
+        row.target,
     ])?;
     Ok(tx.last_insert_rowid())
 }
