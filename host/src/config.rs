@@ -811,9 +811,12 @@ fn quoted_name(message: &str) -> Option<&str> {
 pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
-    /// The digest in hexadecimal (32 characters).
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+    /// The digest's first 64 bits, as the journal keeps a target's
+    /// ([`TargetConfig::target_key`]).
+    pub fn as_i64(&self) -> i64 {
+        let mut first = [0; 8];
+        first.copy_from_slice(&self.0[..8]);
+        i64::from_le_bytes(first)
     }
 
     /// The fingerprint of `value`.

@@ -582,11 +582,11 @@ impl Journal {
     pub async fn append_on(
         &self,
         record: TickRecord,
-        target: Option<&str>,
+        target: Option<i64>,
     ) -> Result<i64, JournalError> {
         self.command(|reply| Command::Append {
             record: Box::new(record),
-            target: target.map(Into::into),
+            target,
             reply,
         })
         .await?
@@ -782,15 +782,33 @@ impl Journal {
         &self,
         scaler: &str,
         since_ms: i64,
-        target: Option<&str>,
+        target: Option<i64>,
     ) -> Result<Recovery, JournalError> {
         let scaler = scaler.to_owned();
-        let target = target.map(str::to_owned);
         self.read(move |journal| {
             journal
                 .inner
                 .readers
-                .with(|reader| reader.recover(&scaler, since_ms, target.as_deref()))
+                .with(|reader| reader.recover(&scaler, since_ms, target))
+        })
+        .await
+    }
+
+    /// The time of `scaler`'s newest tick since `since_ms` of another target
+    /// than `target` (its `target_key`), if any: what it has of `target` is
+    /// after it.
+    pub async fn moved_since(
+        &self,
+        scaler: &str,
+        since_ms: i64,
+        target: i64,
+    ) -> Result<Option<i64>, JournalError> {
+        let scaler = scaler.to_owned();
+        self.read(move |journal| {
+            journal
+                .inner
+                .readers
+                .with(|reader| reader.moved(&scaler, since_ms, target))
         })
         .await
     }
@@ -1113,32 +1131,35 @@ mod tests {
         let journal = open(&dir, Duration::ZERO);
         let times = [now - 40_000, now - 30_000, now - 20_000, now - 10_000];
         journal.append(tick("web", times[0])).await.unwrap();
-        for (time, target) in [(times[1], "a"), (times[2], "b"), (times[3], "b")] {
+        for (time, target) in [(times[1], 1), (times[2], 2), (times[3], 2)] {
             journal
                 .append_on(tick("web", time), Some(target))
                 .await
                 .unwrap();
         }
         let since = now - 60_000;
-        let on_b = journal.recover_on("web", since, Some("b")).await.unwrap();
+        let on_b = journal.recover_on("web", since, Some(2)).await.unwrap();
         let kept: Vec<i64> = on_b.ticks.iter().map(|t| t.time_ms).collect();
         assert_eq!(kept, &times[2..]);
         assert_eq!(on_b.moved_ms, Some(times[1]));
         assert!(on_b.begins_history, "the move begins b's history");
-        let on_a = journal.recover_on("web", since, Some("a")).await.unwrap();
+        let on_a = journal.recover_on("web", since, Some(1)).await.unwrap();
         assert!(on_a.ticks.is_empty(), "{:?}", on_a.ticks);
         assert_eq!(on_a.moved_ms, Some(times[3]));
-        let on_c = journal.recover_on("web", since, Some("c")).await.unwrap();
+        let on_c = journal.recover_on("web", since, Some(3)).await.unwrap();
         assert_eq!(on_c.moved_ms, Some(times[3]));
         // Not asked about a target, or only ticks of this one in the window.
         let any = journal.recover("web", since).await.unwrap();
         assert_eq!((any.ticks.len(), any.moved_ms), (4, None));
-        let recent = journal
-            .recover_on("web", times[2], Some("b"))
-            .await
-            .unwrap();
+        let recent = journal.recover_on("web", times[2], Some(2)).await.unwrap();
         assert_eq!((recent.ticks.len(), recent.moved_ms), (2, None));
         assert!(!recent.begins_history, "older ticks are there");
+        // The same cut over any stretch (a target metric's longer window).
+        assert_eq!(
+            journal.moved_since("web", since, 2).await.unwrap(),
+            Some(times[1])
+        );
+        assert_eq!(journal.moved_since("web", times[2], 2).await.unwrap(), None);
         journal.close().await.unwrap();
     }
 

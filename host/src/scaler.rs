@@ -526,12 +526,12 @@ impl Scaler {
     /// What the journal holds of this scaler, as far back as a restart
     /// reads it ([`restore_horizon_ms`](Self::restore_horizon_ms)).
     async fn recover(&self, now_ms: i64) -> Result<crate::journal::Recovery, String> {
-        let target = self.spec.target_key.to_hex();
+        let target = self.spec.target_key.as_i64();
         let since_ms = now_ms - self.restore_horizon_ms();
         let recovery = self
             .services
             .journal
-            .recover_on(&self.spec.name, since_ms, Some(&target))
+            .recover_on(&self.spec.name, since_ms, Some(target))
             .await
             .map_err(|e| e.to_string())?;
         if let Some(moved_ms) = recovery.moved_ms {
@@ -608,9 +608,7 @@ impl Scaler {
         }
         self.policy_states = restore_policy_states(&self.spec.policies, &recovery.policy_states);
         if let Some(history) = &self.spec.target_history
-            && let Err(error) = self
-                .restore_target_history(history, now_ms, recovery.moved_ms)
-                .await
+            && let Err(error) = self.restore_target_history(history, now_ms).await
         {
             // The target's metrics build up again from the next ticks.
             tracing::warn!(scaler = %self.spec.name, %error, "Could not read back what the journal observed of the target; its metrics build up from now.");
@@ -711,14 +709,20 @@ impl Scaler {
     }
 
     /// Refills `history` with what the journal's ticks since as far back as
-    /// it keeps observed of the target (after `moved_ms`, when the ticks
-    /// until then are of another target).
+    /// it keeps observed of the target (of this target: those after the
+    /// newest tick of another one).
     async fn restore_target_history(
         &self,
         history: &TargetHistory,
         now_ms: i64,
-        moved_ms: Option<i64>,
     ) -> Result<(), String> {
+        let since_ms = now_ms.saturating_sub(history.keep_ms());
+        let moved_ms = self
+            .services
+            .journal
+            .moved_since(&self.spec.name, since_ms, self.spec.target_key.as_i64())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut records = self
             .services
             .journal
@@ -727,9 +731,7 @@ impl Scaler {
                 // Ticks dated ahead of now (a clock that ran ahead) too: the
                 // first live observation displaces them.
                 since_ms: Some(
-                    now_ms
-                        .saturating_sub(history.keep_ms())
-                        .max(moved_ms.map_or(i64::MIN, |moved| moved.saturating_add(1))),
+                    since_ms.max(moved_ms.map_or(i64::MIN, |moved| moved.saturating_add(1))),
                 ),
                 until_ms: None,
                 limit: usize::MAX,
@@ -1251,11 +1253,11 @@ impl Scaler {
     }
 
     async fn append(&self, record: &TickRecord) -> Option<i64> {
-        let target = self.spec.target_key.to_hex();
+        let target = self.spec.target_key.as_i64();
         match self
             .services
             .journal
-            .append_on(record.clone(), Some(&target))
+            .append_on(record.clone(), Some(target))
             .await
         {
             Ok(id) => Some(id),

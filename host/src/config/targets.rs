@@ -45,8 +45,23 @@ impl TargetConfig {
     /// A target moved to another namespace or region only is taken for the
     /// same one (its journal's ticks are kept, as they were before targets
     /// were told apart).
+    /// Credentials written in a shard coordinator's URL are not part of
+    /// what the target is (rotating them moves nothing), nor digested into
+    /// every row.
     pub fn target_key(&self) -> super::Fingerprint {
-        super::Fingerprint::of(&self.loose_key())
+        let mut loose = self.loosened();
+        if let TargetConfig::Rebalance(workers) = &mut loose {
+            workers.endpoint = match url::Url::parse(&workers.endpoint) {
+                Ok(mut url) => {
+                    // Never fails for a URL that has a host to log in to.
+                    let _ = url.set_username("");
+                    let _ = url.set_password(None);
+                    url.into()
+                }
+                Err(_) => super::validate::without_userinfo(&workers.endpoint).into_owned(),
+            };
+        }
+        super::Fingerprint::of(&loose.claim().key)
     }
 
     /// [`TargetConfig::claim`]'s key with what the target could leave to a

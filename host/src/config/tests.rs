@@ -2612,3 +2612,48 @@ fn simulations_are_held_to_what_one_step_a_second_can_show() {
         );
     }
 }
+
+/// What the journal keeps of a target tells apart what a move changes, and
+/// only that: not credentials in a URL, nor how a URL is written, nor a
+/// namespace or region a default may fill.
+#[test]
+fn target_keys_follow_what_the_target_is() {
+    let key = |text: &str| {
+        toml::from_str::<TargetConfig>(text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .target_key()
+    };
+    let coordinator = key(r#"kind = "rebalance"
+endpoint = "http://coord:8080/api""#);
+    assert_eq!(
+        coordinator,
+        key(r#"kind = "rebalance"
+endpoint = "HTTP://ops:s3cret@Coord:8080/api/""#)
+    );
+    assert_ne!(
+        coordinator,
+        key(r#"kind = "rebalance"
+endpoint = "http://coord:8080/other""#)
+    );
+    let web = key(r#"kind = "kubernetes"
+object = "Deployment"
+name = "web""#);
+    assert_eq!(
+        web,
+        key(r#"kind = "kubernetes"
+object = "Deployment"
+name = "web"
+namespace = "shop""#)
+    );
+    assert_ne!(
+        web,
+        key(r#"kind = "kubernetes"
+object = "StatefulSet"
+name = "web""#)
+    );
+    assert_ne!(
+        web,
+        key(r#"kind = "simulator"
+service = "web""#)
+    );
+}

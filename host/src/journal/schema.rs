@@ -149,8 +149,8 @@ pub(super) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     Ok(conn)
 }
 
-/// `ticks.target`: what the tick's target was (a digest of its kind, object
-/// and name, see `ScalerSpec::target_key`), so that a restart rebuilds a
+/// `ticks.target`: what the tick's target was (64 bits of a digest of its
+/// kind, object and name, see `TargetConfig::target_key`), so that a restart rebuilds a
 /// scaler's envelope from the ticks of the target it has now only. Added
 /// to a file that lacks it, without a new schema version: builds without it
 /// read and write the file as before (their rows have none, and count as
@@ -162,7 +162,7 @@ fn add_target_column(conn: &Connection) -> rusqlite::Result<()> {
         |row| row.get(0),
     )?;
     if !has {
-        conn.execute_batch("ALTER TABLE ticks ADD COLUMN target TEXT")?;
+        conn.execute_batch("ALTER TABLE ticks ADD COLUMN target INTEGER")?;
     }
     Ok(())
 }

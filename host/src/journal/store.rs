@@ -40,7 +40,7 @@ pub(super) struct Encoded {
     pub evaluations: i64,
     pub actuation: String,
     pub body: Vec<u8>,
-    pub target: Option<Box<str>>,
+    pub target: Option<i64>,
 }
 
 /// Turns records into rows; owns a reusable zstd context.
@@ -69,7 +69,7 @@ impl Encoder {
     pub(super) fn encode(
         &mut self,
         mut record: TickRecord,
-        target: Option<Box<str>>,
+        target: Option<i64>,
     ) -> Result<Encoded, JournalError> {
         let failed = |scaler: &str, source: io::Error| JournalError::Encode {
             what: format!("a tick record of scaler {scaler:?}"),
@@ -350,7 +350,7 @@ impl Reader {
         &mut self,
         scaler: &str,
         since_ms: i64,
-        target: Option<&str>,
+        target: Option<i64>,
     ) -> Result<Recovery, JournalError> {
         self.conn
             .execute_batch("BEGIN")
@@ -366,25 +366,34 @@ impl Reader {
         Ok(recovery)
     }
 
+    /// The time of `scaler`'s newest tick since `since_ms` of another target
+    /// than `target` (rows written without a target count as of any).
+    pub(super) fn moved(
+        &mut self,
+        scaler: &str,
+        since_ms: i64,
+        target: i64,
+    ) -> Result<Option<i64>, JournalError> {
+        self.conn
+            .prepare_cached(
+                "SELECT MAX(time_ms) FROM ticks WHERE scaler = ?1 AND time_ms >= ?2 \
+                 AND target IS NOT NULL AND target <> ?3",
+            )
+            .and_then(|mut stmt| stmt.query_row((scaler, since_ms, target), |row| row.get(0)))
+            .map_err(|e| self.read_error(e))
+    }
+
     fn recover_in_snapshot(
         &mut self,
         scaler: &str,
         since_ms: i64,
-        target: Option<&str>,
+        target: Option<i64>,
     ) -> Result<Recovery, JournalError> {
         let paused = self.paused(scaler)?;
-        // The newest tick of another target in the window read: the ticks
-        // up to it are that target's (rows written without a target count
-        // as of any).
-        let moved_ms: Option<i64> = match target {
-            Some(target) => self
-                .conn
-                .prepare_cached(
-                    "SELECT MAX(time_ms) FROM ticks WHERE scaler = ?1 AND time_ms >= ?2 \
-                     AND target IS NOT NULL AND target <> ?3",
-                )
-                .and_then(|mut stmt| stmt.query_row((scaler, since_ms, target), |row| row.get(0)))
-                .map_err(|e| self.read_error(e))?,
+        // The ticks up to the newest one of another target in the window
+        // read are that target's.
+        let moved_ms = match target {
+            Some(target) => self.moved(scaler, since_ms, target)?,
             None => None,
         };
         let summaries = |reader: &mut Reader, sql: &str, params: &[&dyn rusqlite::ToSql]| {

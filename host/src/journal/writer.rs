@@ -28,7 +28,7 @@ pub(super) enum Command {
     Append {
         record: Box<TickRecord>,
         /// `ticks.target` (none: not known).
-        target: Option<Box<str>>,
+        target: Option<i64>,
         reply: oneshot::Sender<Result<i64, JournalError>>,
     },
     /// Replace a record's actuation and, with `owe`, keep the change's
