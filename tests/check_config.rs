@@ -56,6 +56,14 @@ params = {{ metric = "cpu", upper = 80.0, lower = 20.0 }}
     )
 }
 
+/// A policy folder with the two modules [`config_text`]'s scaler uses.
+fn both_policies() -> tempfile::TempDir {
+    policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("threshold", artifacts::THRESHOLD),
+    ])
+}
+
 fn write(dir: &Path, text: &str) -> String {
     let path = dir.join("scalewise.toml");
     std::fs::write(&path, text).unwrap();
@@ -72,10 +80,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[test]
 fn credentials_written_into_a_source_url_stay_out_of_the_summary() {
-    let modules = policy_dir(&[
-        ("target-tracking", artifacts::TARGET_TRACKING),
-        ("threshold", artifacts::THRESHOLD),
-    ]);
+    let modules = both_policies();
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(modules.path(), "")
         + "\n[sources.prom]\nkind = \"prometheus\"\nurl = \"http://ops:s3cret@127.0.0.1:9/prom\"\n";
@@ -94,10 +99,7 @@ fn credentials_written_into_a_source_url_stay_out_of_the_summary() {
 
 #[test]
 fn a_config_that_runs_passes_and_says_what_it_runs() {
-    let modules = policy_dir(&[
-        ("target-tracking", artifacts::TARGET_TRACKING),
-        ("threshold", artifacts::THRESHOLD),
-    ]);
+    let modules = both_policies();
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(modules.path(), "");
     let path = write(dir.path(), &text);
@@ -142,10 +144,7 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
 
 #[test]
 fn every_problem_is_named_with_its_line_and_nothing_else_passes() {
-    let modules = policy_dir(&[
-        ("target-tracking", artifacts::TARGET_TRACKING),
-        ("threshold", artifacts::THRESHOLD),
-    ]);
+    let modules = both_policies();
     let dir = tempfile::tempdir().unwrap();
     let extra = r#"
 [[scalers.policies]]
@@ -249,10 +248,7 @@ fn a_module_a_scaler_uses_must_load_and_one_no_scaler_uses_is_a_warning() {
 
 #[test]
 fn policy_dir_replaces_the_folder_the_file_names() {
-    let modules = policy_dir(&[
-        ("target-tracking", artifacts::TARGET_TRACKING),
-        ("threshold", artifacts::THRESHOLD),
-    ]);
+    let modules = both_policies();
     let dir = tempfile::tempdir().unwrap();
     // The folder the production file names does not exist here.
     let text = config_text(Path::new("/etc/scalewise/no-such-policies"), "");
@@ -277,10 +273,7 @@ fn policy_dir_replaces_the_folder_the_file_names() {
 /// under: a scaler's max above `--max-replicas` is refused at its line.
 #[test]
 fn limit_flags_are_checked_with_the_config() {
-    let modules = policy_dir(&[
-        ("target-tracking", artifacts::TARGET_TRACKING),
-        ("threshold", artifacts::THRESHOLD),
-    ]);
+    let modules = both_policies();
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(modules.path(), "");
     let path = write(dir.path(), &text);
@@ -395,10 +388,7 @@ fn check_binary_with(
 /// minutes of samples, not cut short.
 #[test]
 fn tick_gives_simulated_services_the_history_their_windows_read() {
-    let modules = policy_dir(&[
-        ("target-tracking", artifacts::TARGET_TRACKING),
-        ("threshold", artifacts::THRESHOLD),
-    ]);
+    let modules = both_policies();
     let dir = tempfile::tempdir().unwrap();
     // 300 requests/s on 4 replicas of 100: cpu 75 %, under `lower` = 80.
     let text = config_text(modules.path(), "")

@@ -115,41 +115,66 @@ async fn a_valid_change_is_applied_and_keeps_history_and_policy_state() {
     assert_eq!(counts, expected);
 }
 
+/// The config of the move tests: `web` on the simulated `service`, its
+/// policy asking for 1 replica (the scale-down window holds it), its
+/// journal at `journal` (a restart keeps it) or in the daemon's folder.
+fn moving(service: &str, journal: Option<&str>) -> String {
+    let text = config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
+        .replace("service = \"web\"", &format!("service = \"{service}\""));
+    match journal {
+        Some(journal) => text.replace("path = \"journal.db\"", &format!("path = {journal:?}")),
+        None => text,
+    }
+}
+
+async fn start_moving(service: &str, journal: Option<&str>) -> RunningDaemon {
+    counter_daemon(&moving(service, journal))
+        .no_listener()
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Waits for `web`'s next tick on `target` and checks it held `web` at
+/// `replicas` (as many as it has).
+async fn held_at(d: &mut RunningDaemon, target: &str, replicas: u32) {
+    let held = d
+        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == target)
+        .await
+        .unwrap();
+    assert_eq!(
+        (held.target.current, held.desired),
+        (replicas, replicas),
+        "{}",
+        scalewise::scaler::summarize(&held)
+    );
+}
+
+/// Starts `web` on api (2 replicas: held at 2 by the scale-down window).
+async fn on_api(journal: Option<&str>) -> RunningDaemon {
+    let mut d = start_moving("api", journal).await;
+    held_at(&mut d, "api", 2).await;
+    d
+}
+
+/// Three ticks of `web` on web (3 replicas), each held at 3: not let down
+/// to the 2 of api's ticks.
+async fn held_at_web(d: &mut RunningDaemon) {
+    for _ in 0..3 {
+        held_at(d, "web", 3).await;
+    }
+}
+
 /// A reload that moves a scaler to another target starts its envelope
 /// afresh: the old target's counts in the scale-down window (2 replicas)
 /// must not let the new target (3 replicas) drop to them at once. The
 /// scale-down window holds it at its own count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scaler_moved_to_another_target_starts_its_envelope_afresh() {
-    let on = |service: &str| {
-        config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
-            .replace("service = \"web\"", &format!("service = \"{service}\""))
-    };
-    let mut d = counter_daemon(&on("api"))
-        .no_listener()
-        .start()
-        .await
-        .unwrap();
-    // On api (2 replicas): held at 2 by the scale-down window.
-    let held = d
-        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
-        .await
-        .unwrap();
-    assert_eq!((held.target.current, held.desired), (2, 2));
-    rewrite_config(&d, &on("web"));
+    let mut d = on_api(None).await;
+    rewrite_config(&d, &moving("web", None));
     wait_for_reloads(&d, "applied", 1).await;
-    for _ in 0..3 {
-        let moved = d
-            .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "web")
-            .await
-            .unwrap();
-        assert_eq!(
-            (moved.target.current, moved.desired),
-            (3, 3),
-            "{}",
-            scalewise::scaler::summarize(&moved)
-        );
-    }
+    held_at_web(&mut d).await;
     d.stop().await.unwrap();
 }
 
@@ -160,43 +185,9 @@ async fn a_scaler_moved_to_another_target_starts_its_envelope_afresh() {
 async fn a_scaler_retargeted_across_a_restart_starts_its_envelope_afresh() {
     let state = tempfile::tempdir().unwrap();
     let journal = state.path().join("journal.db").display().to_string();
-    let on = |service: &str| {
-        config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
-            .replace("service = \"web\"", &format!("service = \"{service}\""))
-            .replace("path = \"journal.db\"", &format!("path = {journal:?}"))
-    };
-    let mut d = counter_daemon(&on("api"))
-        .no_listener()
-        .start()
-        .await
-        .unwrap();
-    let held = d
-        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
-        .await
-        .unwrap();
-    assert_eq!((held.target.current, held.desired), (2, 2));
-    d.stop().await.unwrap();
-    let mut d = counter_daemon(&on("web"))
-        .no_listener()
-        .start()
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        let moved = d
-            .next_decision(5 * SECOND, |r| r.scaler == "web")
-            .await
-            .unwrap();
-        assert_eq!(
-            (
-                moved.target.name.as_str(),
-                moved.target.current,
-                moved.desired
-            ),
-            ("web", 3, 3),
-            "{}",
-            scalewise::scaler::summarize(&moved)
-        );
-    }
+    on_api(Some(&journal)).await.stop().await.unwrap();
+    let mut d = start_moving("web", Some(&journal)).await;
+    held_at_web(&mut d).await;
     d.stop().await.unwrap();
 }
 
@@ -207,46 +198,13 @@ async fn a_scaler_retargeted_across_a_restart_starts_its_envelope_afresh() {
 async fn a_restart_after_a_move_reads_back_the_new_targets_ticks_only() {
     let state = tempfile::tempdir().unwrap();
     let journal = state.path().join("journal.db").display().to_string();
-    let on = |service: &str| {
-        config_text(1.0, 50, "native", "params = { scale_to = 1 }\n")
-            .replace("service = \"web\"", &format!("service = \"{service}\""))
-            .replace("path = \"journal.db\"", &format!("path = {journal:?}"))
-    };
-    let mut d = counter_daemon(&on("api"))
-        .no_listener()
-        .start()
-        .await
-        .unwrap();
-    let held = d
-        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "api")
-        .await
-        .unwrap();
-    assert_eq!((held.target.current, held.desired), (2, 2));
-    rewrite_config(&d, &on("web"));
+    let mut d = on_api(Some(&journal)).await;
+    rewrite_config(&d, &moving("web", Some(&journal)));
     wait_for_reloads(&d, "applied", 1).await;
-    let moved = d
-        .next_decision(5 * SECOND, |r| r.scaler == "web" && r.target.name == "web")
-        .await
-        .unwrap();
-    assert_eq!((moved.target.current, moved.desired), (3, 3));
+    held_at(&mut d, "web", 3).await;
     d.stop().await.unwrap();
-    let mut d = counter_daemon(&on("web"))
-        .no_listener()
-        .start()
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        let after = d
-            .next_decision(5 * SECOND, |r| r.scaler == "web")
-            .await
-            .unwrap();
-        assert_eq!(
-            (after.target.current, after.desired),
-            (3, 3),
-            "{}",
-            scalewise::scaler::summarize(&after)
-        );
-    }
+    let mut d = start_moving("web", Some(&journal)).await;
+    held_at_web(&mut d).await;
     d.stop().await.unwrap();
 }
 

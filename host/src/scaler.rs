@@ -730,9 +730,7 @@ impl Scaler {
                 scaler: Some(self.spec.name.clone()),
                 // Ticks dated ahead of now (a clock that ran ahead) too: the
                 // first live observation displaces them.
-                since_ms: Some(
-                    since_ms.max(moved_ms.map_or(i64::MIN, |moved| moved.saturating_add(1))),
-                ),
+                since_ms: Some(moved_ms.map_or(since_ms, |moved| moved + 1)),
                 until_ms: None,
                 limit: usize::MAX,
             })

@@ -160,8 +160,11 @@ mod tests {
         answer
     }
 
-    #[tokio::test]
-    async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    /// Serves a route answering each request with its peer's address, on a
+    /// free loopback port, under `limits`, until the token is cancelled.
+    async fn serving(
+        limits: Limits,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new().route(
@@ -169,13 +172,19 @@ mod tests {
             get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
         );
         let stop = CancellationToken::new();
-        let limits = Limits {
+        let server = tokio::spawn(serve_with(listener, router, stop.clone(), limits));
+        (addr, stop, server)
+    }
+
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_and_connections_are_capped() {
+        let (addr, stop, server) = serving(Limits {
             header_read_timeout: Duration::from_millis(300),
             life: Duration::from_secs(20),
             connections: 2,
             per_client: 2,
-        };
-        let server = tokio::spawn(serve_with(listener, router, stop.clone(), limits));
+        })
+        .await;
         // A request is answered, with its peer's address.
         assert!(request(addr).await.ends_with("127.0.0.1"));
 
@@ -229,20 +238,13 @@ mod tests {
     /// client is served; a place it gives back is its again.
     #[tokio::test]
     async fn one_client_cannot_take_every_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route(
-            "/peer",
-            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
-        );
-        let stop = CancellationToken::new();
-        let limits = Limits {
+        let (addr, stop, server) = serving(Limits {
             header_read_timeout: Duration::from_secs(20),
             life: Duration::from_secs(20),
             connections: 8,
             per_client: 2,
-        };
-        let server = tokio::spawn(serve_with(listener, router, stop.clone(), limits));
+        })
+        .await;
         let mut silent = vec![
             connect_from(addr, "127.0.0.1").await,
             connect_from(addr, "127.0.0.1").await,

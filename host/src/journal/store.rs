@@ -434,7 +434,8 @@ impl Reader {
             &[&scaler],
         )?
         .pop();
-        let after = moved_ms.map_or(since_ms, |moved| moved.saturating_add(1).max(since_ms));
+        // The move is within the window read (`moved` looks no further back).
+        let after = moved_ms.map_or(since_ms, |moved| moved + 1);
         let ticks = summaries(
             self,
             &format!(
