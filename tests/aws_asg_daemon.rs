@@ -361,6 +361,65 @@ async fn crash_mid_drain_then_restart(kube: Option<&scalewise_tests::fake_kube::
     daemon.stop().unwrap();
 }
 
+/// A scale-in that ends in the tick that starts it (the drain webhook
+/// answers "drained" at once) leaves nothing in flight in the journal: a
+/// restart carries nothing on. (The checkpoint that keeps a drain before
+/// its webhook is asked wrote the scale-in to the journal, and the tick's
+/// end, seeing nothing in flight, left the row there: the restart logged
+/// that it carried on a change long done.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_in_finished_in_its_tick_is_not_carried_on_after_a_restart() {
+    let (moto, drainer, dir) = setup("quick", 4).await;
+    drainer.answer(StatusCode::OK);
+    let webhook = drainer.url().to_owned();
+    let log = || log_in(dir.path());
+    let ticks = |daemon: &DaemonProcess| daemon.journal_export("quick").unwrap().lines().count();
+
+    let daemon = start(dir.path(), &config(&moto, "quick", 3, "enforce", &webhook));
+    wait_until("the group at 3", Duration::from_secs(60), || async {
+        match desired_and_count(&moto, "quick").await {
+            (3, 3) => Ok(()),
+            other => Err(format!("{other:?}\n{}", log())),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(drainer.instance_ids().len(), 1, "{}", log());
+    // Two ticks after the one that scaled in: that tick has ended.
+    let scaled = ticks(&daemon);
+    wait_until("two more ticks", Duration::from_secs(60), || async {
+        match ticks(&daemon) {
+            n if n >= scaled + 2 => Ok(()),
+            n => Err(format!("{n} ticks\n{}", log())),
+        }
+    })
+    .await
+    .unwrap();
+    drop(daemon); // SIGKILL
+
+    let daemon = start(dir.path(), &config(&moto, "quick", 3, "enforce", &webhook));
+    let before = ticks(&daemon);
+    wait_until(
+        "a tick after the restart",
+        Duration::from_secs(60),
+        || async {
+            match ticks(&daemon) {
+                n if n > before => Ok(()),
+                n => Err(format!("{n} ticks\n{}", log())),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !log().contains("in flight when the daemon stopped"),
+        "a finished scale-in carried on:\n{}",
+        log()
+    );
+    assert_eq!(desired_and_count(&moto, "quick").await, (3, 3));
+    daemon.stop().unwrap();
+}
+
 /// A reload that writes out the region the group was left to (the SDK's
 /// default, from AWS_REGION) is the same group: the drain in flight is
 /// handed over to the new settings and ends in the victims' termination,

@@ -225,6 +225,13 @@ pub struct Scaler {
     /// ([`Actuator::saved_in_flight`]), so that it is written only when it
     /// changes.
     in_flight_saved: Option<Box<str>>,
+    /// The actuator may have saved a change through its checkpoint since
+    /// then ([`Actuator::set_checkpoint`], during a `scale`), so the
+    /// journal's copy may not be `in_flight_saved`: the next keep writes
+    /// what is in flight (or deletes the copy) whatever `in_flight_saved`
+    /// says. Without it, a scale-in the checkpoint saved and the same tick
+    /// finished stayed in the journal, and a restart carried it on.
+    in_flight_unsure: bool,
     /// The actuator carries on with a change the journal kept from before a
     /// restart, which the first leadership term keeps (see
     /// [`Scaler::tick_on_grid`]).
@@ -333,6 +340,7 @@ impl Scaler {
             told_failure: None,
             failing_metrics: 0,
             in_flight_saved: None,
+            in_flight_unsure: false,
             in_flight_restored: false,
             jumps: None,
         }
@@ -691,7 +699,7 @@ impl Scaler {
     /// Makes the journal's copy of the change in flight `change` (none:
     /// deleted), when it is not that already.
     async fn write_in_flight(&mut self, change: Option<String>) {
-        if change.as_deref() == self.in_flight_saved.as_deref() {
+        if !self.in_flight_unsure && change.as_deref() == self.in_flight_saved.as_deref() {
             return;
         }
         match self
@@ -700,7 +708,10 @@ impl Scaler {
             .save_in_flight(&self.spec.name, change.as_deref())
             .await
         {
-            Ok(()) => self.in_flight_saved = change.map(Into::into),
+            Ok(()) => {
+                self.in_flight_saved = change.map(Into::into);
+                self.in_flight_unsure = false;
+            }
             Err(err) => {
                 self.services.telemetry.journal_errors.inc();
                 tracing::error!(scaler = %self.spec.name, error = %err, "Could not keep the change in flight in the journal; a restart would not carry it on.");
@@ -1165,6 +1176,7 @@ impl Scaler {
         let leads = self.may_act() && self.services.leadership.term() == self.term;
         let scaled = if leads {
             let asked = std::time::Instant::now();
+            self.in_flight_unsure = true;
             let scaled = self.actuator.scale(now_ms, current, desired).await;
             telemetry.target_called(self.actuator.kind(), "scale", asked.elapsed());
             scaled
