@@ -222,6 +222,30 @@ async fn workers_started_before_a_failed_start_are_followed() {
     no_violations(&coordinator);
 }
 
+/// Two idle workers to stop at once, and the coordinator stops one, then
+/// answers 503: the scale-in is under way (a worker is gone), so it stays
+/// in flight and the next poll stops the other, instead of an error that
+/// made the scaler record a failure, and change nothing in its cooldowns,
+/// though the target had lost a worker.
+#[tokio::test]
+async fn a_scale_in_that_stops_one_victim_of_two_carries_on() {
+    // Two shards over four workers: w-3 and w-4 own none.
+    let coordinator = ShardCoordinator::start(World::new(2, 4)).await;
+    coordinator.with(|w| w.stops_left = Some(1));
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    let started = actuator.scale(T0, 4, 2).await.unwrap();
+    assert!(
+        matches!(&started, Actuation::Started { detail } if detail.starts_with("stopping w-4, w-3")),
+        "{started:?}"
+    );
+    assert_eq!(coordinator.with(|w| w.stopped.clone()), ["w-4"]);
+    coordinator.with(|w| w.stops_left = None);
+    let (_, after) = settle(&actuator, T0).await;
+    assert_eq!((after.current, after.in_flight), (2, None));
+    assert_eq!(coordinator.with(|w| w.stopped.clone()), ["w-4", "w-3"]);
+    no_violations(&coordinator);
+}
+
 /// A paused scaler observes without advancing: no shard moves, no worker
 /// stops, until it acts again.
 #[tokio::test]

@@ -54,6 +54,9 @@ pub struct World {
     /// Workers `POST /workers` still starts before it answers 503 (`None`:
     /// no limit).
     pub starts_left: Option<u32>,
+    /// Workers `DELETE /workers/{id}` still stops before it answers 503
+    /// (`None`: no limit).
+    pub stops_left: Option<u32>,
     next_id: u32,
 }
 
@@ -274,6 +277,16 @@ async fn stop(State(world): State<Shared>, Path(id): Path<String>) -> Answer {
         let e = format!("worker {id} still owns {owned} shard(s)");
         world.violations.push(format!("DELETE /workers/{id}: {e}"));
         return (StatusCode::CONFLICT, Json(json!({ "error": e })));
+    }
+    match world.stops_left.as_mut() {
+        Some(0) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": "no more stops for now" })),
+            );
+        }
+        Some(left) => *left -= 1,
+        None => {}
     }
     world.workers.remove(&id);
     if let Some(a) = world.assignment.as_mut() {

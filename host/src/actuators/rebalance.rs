@@ -280,9 +280,25 @@ impl RebalanceActuator {
             self.assign(&plan).await?;
             return Ok(false);
         }
+        let mut stopped = 0;
         for victim in &change.victims {
             if cluster.workers.iter().any(|w| &w.id == victim) {
-                self.stop_worker(victim).await?;
+                match self.stop_worker(victim).await {
+                    Ok(()) => stopped += 1,
+                    // Workers already stopped are a change made: it stays
+                    // in flight (the next tick stops the rest, and the
+                    // scaler counts it for its cooldowns and rate limits)
+                    // rather than fail as if nothing had changed.
+                    Err(error) if stopped > 0 => {
+                        tracing::warn!(
+                            target = %self.settings.endpoint,
+                            %error,
+                            "Stopped {stopped} worker(s) of this scale-in, then could not stop {victim}; trying again at the next tick."
+                        );
+                        return Ok(false);
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok(true)
