@@ -188,13 +188,23 @@ pub fn memory_kept(behavior: &Behavior) -> (Duration, Duration) {
     )
 }
 
-/// The longest stabilisation window of either direction (HPA's defaults
-/// where the config gives none): history older than this no longer holds
-/// anything back, and a tick that finds none younger seeds it again.
-pub fn longest_window(behavior: &Behavior) -> Duration {
+/// How old the newest recommendation can be before a scaler's first tick
+/// (since it began or was restored) seeds its history again: the
+/// scale-down stabilisation window (HPA's default where the config gives
+/// none), as that window with nothing in it would let the tick scale down
+/// at once; the longest window when it is zero (nothing is left then).
+pub fn seed_after(behavior: &Behavior) -> Duration {
     let up = Rules::resolve(&behavior.scale_up, Direction::Up);
     let down = Rules::resolve(&behavior.scale_down, Direction::Down);
-    Duration::from_millis(u64::try_from(up.window_ms.max(down.window_ms)).unwrap_or(0))
+    Duration::from_millis(u64::try_from(seed_after_ms(&up, &down)).unwrap_or(0))
+}
+
+fn seed_after_ms(up: &Rules, down: &Rules) -> i64 {
+    if down.window_ms > 0 {
+        down.window_ms
+    } else {
+        up.window_ms
+    }
 }
 
 /// How long scale events can still matter: the longest rate-limit period
@@ -225,7 +235,7 @@ pub fn apply(state: &mut EnvelopeState, input: &Input<'_>) -> Verdict {
         events_needed_ms(&up, &down),
     );
 
-    state.seed(now_ms, current);
+    state.seed(now_ms, current, seed_after_ms(&up, &down));
     let proposed = input.proposal.unwrap_or(current);
     let scale_in_blocked = proposed < current && !input.failed_metrics.is_empty();
     let min = input.min.min(input.max);

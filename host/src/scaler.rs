@@ -515,20 +515,28 @@ impl Scaler {
         HISTORY_MS.max(i64::try_from(needed).unwrap_or(i64::MAX))
     }
 
-    /// The envelope's state as the journal's `ticks` (oldest first) leave it.
-    fn envelope_from(&self, ticks: &[TickSummary], begins_history: bool) -> EnvelopeState {
+    /// The envelope's state as the journal's `ticks` (oldest first, read
+    /// from [`restore_horizon_ms`](Self::restore_horizon_ms) before
+    /// `now_ms`) leave it.
+    fn envelope_from(
+        &self,
+        ticks: &[TickSummary],
+        begins_history: bool,
+        now_ms: i64,
+    ) -> EnvelopeState {
         // Live ticks count the envelope's time from their slot on the
         // scaler's grid; the journal has when they started.
         let key = crate::daemon::phase_key(&self.spec);
         let interval_ms = self.spec.interval.as_millis() as i64;
         let slot = |time_ms| crate::daemon::slot_near(&key, interval_ms, time_ms);
-        // The daemon was down for the longest window (and more than a tick
-        // or so: a scaler ticking less often than its window does not seed
-        // at every tick).
-        let window_ms = i64::try_from(envelope::longest_window(&self.spec.behavior).as_millis())
+        // The daemon was down for as long as a tick seeds after (and more
+        // than a tick or so: a scaler ticking less often than its window
+        // does not seed at every tick).
+        let window_ms = i64::try_from(envelope::seed_after(&self.spec.behavior).as_millis())
             .unwrap_or(i64::MAX);
         let outage_ms = window_ms.max(interval_ms + interval_ms / 2);
-        restore_envelope(ticks, begins_history, outage_ms, slot)
+        let history = (!begins_history).then(|| now_ms - self.restore_horizon_ms());
+        restore_envelope(ticks, history, outage_ms, slot)
     }
 
     /// What the journal holds of this scaler, as far back as a restart
@@ -573,7 +581,7 @@ impl Scaler {
                 .map(|&(_, by)| by)
                 .sum::<i64>();
         }
-        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
+        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history, now_ms);
         Ok(())
     }
 
@@ -599,7 +607,7 @@ impl Scaler {
             );
         }
         self.handle.paused.store(paused, Ordering::Relaxed);
-        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history);
+        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history, now_ms);
         for tick in recovery
             .ticks
             .iter()
@@ -1576,15 +1584,18 @@ fn metrics_read<'a>(
 /// (oldest first): every tick's recommendation (those that kept one), and a scale event for each
 /// tick whose actuation was carried out, each at the time `slot` gives for
 /// when the tick started (its slot on the scaler's grid).
+///
+/// `history_since`: when the journal was read from, if the scaler's history
+/// began before that (`None`: its first tick is among `ticks`).
 fn restore_envelope(
     ticks: &[TickSummary],
-    begins_history: bool,
+    history_since: Option<i64>,
     outage_ms: i64,
     slot: impl Fn(i64) -> i64,
 ) -> EnvelopeState {
     // A tick seeded the history with the count it found (HPA's initial
-    // recommendation) when nothing younger than the longest window was left
-    // in it: a new scaler's first tick, and the first after a restart once
+    // recommendation) when nothing younger than one of its windows was left
+    // in it (`outage_ms`): a new scaler's first tick, and the first after a restart once
     // the daemon was down that long, or once its ticks kept no
     // recommendation for that long (metrics missing, a policy failing).
     // The journal does not say where restarts were: seeded here at the
@@ -1594,12 +1605,11 @@ fn restore_envelope(
     // no restart came, this holds scale-in a window longer than it did.
     let mut recommendations = Vec::new();
     // When a recommendation was last kept; a history that began before
-    // these ticks counts as kept just before them.
-    let mut kept: Option<i64> = if begins_history {
-        None
-    } else {
-        ticks.first().map(|t| slot(t.time_ms))
-    };
+    // these ticks counts as kept when the journal was read from: a first
+    // tick long after that came after an outage too (one that began before
+    // the read, say two hours down, then a crash a minute after the
+    // restart's seed).
+    let mut kept: Option<i64> = history_since;
     for tick in ticks {
         if matches!(tick.actuation, ActuationRecord::ObserveFailed { .. }) {
             // The envelope never saw this tick.
@@ -1816,16 +1826,16 @@ mod tests {
         let desired = |state, now_ms| desired_of(state, &behavior, now_ms, 10, 2);
         let at = |t| t;
         assert_eq!(
-            desired(restore_envelope(&ticks, true, 300_000, at), 60_000),
+            desired(restore_envelope(&ticks, None, 300_000, at), 60_000),
             10
         );
         assert_eq!(
-            desired(restore_envelope(&ticks, true, 300_000, at), 301_000),
+            desired(restore_envelope(&ticks, None, 300_000, at), 301_000),
             2,
             "the seed holds for the scale-down window only"
         );
         assert_eq!(
-            desired(restore_envelope(&ticks, false, 300_000, at), 60_000),
+            desired(restore_envelope(&ticks, Some(-1), 300_000, at), 60_000),
             2,
             "a history that began before these ticks has no seed among them"
         );
@@ -1849,12 +1859,18 @@ mod tests {
         let desired = |state, now_ms| desired_of(state, &behavior, now_ms, 10, 2);
         let at = |t| t;
         assert_eq!(
-            desired(restore_envelope(&ticks, false, 300_000, at), t + 60_000),
+            desired(
+                restore_envelope(&ticks, Some(t - 675_001), 300_000, at),
+                t + 60_000
+            ),
             10,
             "the seed at T holds scale-down until T + 5m"
         );
         assert_eq!(
-            desired(restore_envelope(&ticks, false, 300_000, at), t + 301_000),
+            desired(
+                restore_envelope(&ticks, Some(t - 675_001), 300_000, at),
+                t + 301_000
+            ),
             2
         );
         // Ticks that kept no recommendation for the window (metrics
@@ -1869,7 +1885,7 @@ mod tests {
             .collect();
         assert_eq!(
             desired(
-                restore_envelope(&with_before, false, 300_000, at),
+                restore_envelope(&with_before, Some(t - 465_001), 300_000, at),
                 t + 60_000
             ),
             10,
@@ -1880,9 +1896,57 @@ mod tests {
             .map(|i| tick(t - 60_000 + i * 15_000, 10, Some(2)))
             .collect();
         assert_eq!(
-            desired(restore_envelope(&steady, false, 300_000, at), t + 60_000),
+            desired(
+                restore_envelope(&steady, Some(t - 60_001), 300_000, at),
+                t + 60_000
+            ),
             2
         );
+    }
+
+    #[test]
+    fn a_crash_soon_after_an_outage_longer_than_the_read_keeps_its_seed() {
+        // Down two hours, back at T (its first tick seeded 10) to a policy
+        // asking for 2, and restarted a minute later: the journal is read
+        // from an hour back, so the ticks before the outage are not among
+        // the ticks read, and the first one read follows a gap.
+        let t = 10_000_000;
+        let ticks = [
+            tick(t, 10, Some(2)),
+            tick(t + 15_000, 10, Some(2)),
+            tick(t + 30_000, 10, Some(2)),
+        ];
+        let behavior = crate::config::Behavior::default();
+        let now = t + 60_000;
+        let read_from = now - 3_600_000;
+        assert_eq!(
+            desired_of(
+                restore_envelope(&ticks, Some(read_from), 300_000, |t| t),
+                &behavior,
+                now,
+                10,
+                2
+            ),
+            10,
+            "the seed at T holds scale-down until T + 5m"
+        );
+    }
+
+    #[test]
+    fn an_outage_longer_than_the_scale_down_window_only_seeds_again() {
+        // A 10-minute scale-up window, the default 5-minute scale-down one;
+        // the scaler ran at 10 wanting 10 and the daemon was down 7 minutes:
+        // the scale-up window still holds the old ticks, the scale-down
+        // window nothing, and HPA, starting afresh, would seed it.
+        let mut behavior = crate::config::Behavior::default();
+        behavior.scale_up.stabilization_window = Some(std::time::Duration::from_secs(600));
+        let t = 10_000_000;
+        let ticks: Vec<_> = (0..10)
+            .map(|i| tick(t - 420_000 - i * 15_000, 10, Some(10)))
+            .rev()
+            .collect();
+        let state = || restore_envelope(&ticks, Some(t - 3_600_000), 300_000, |t| t);
+        assert_eq!(desired_of(state(), &behavior, t, 10, 2), 10);
     }
 
     #[test]
@@ -1925,14 +1989,14 @@ mod tests {
         assert_eq!(
             desired(restore_envelope(
                 std::slice::from_ref(&tick),
-                false,
+                Some(slot_ms - 1),
                 300_000,
                 slot
             )),
             7
         );
         assert_eq!(
-            desired(restore_envelope(&[tick], false, 300_000, |t| t)),
+            desired(restore_envelope(&[tick], Some(slot_ms - 1), 300_000, |t| t)),
             6,
             "dated when it started, the minute is not over"
         );

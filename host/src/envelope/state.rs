@@ -43,7 +43,7 @@ pub struct EnvelopeState {
     /// so a new scaler does not scale down within its first scale-down
     /// window; [`apply`](super::apply) does the same on a scaler's first tick,
     /// and on the first tick after a restart whose restored history has
-    /// aged out of every window.
+    /// aged out of its scale-down window.
     #[serde(default)]
     seeded: bool,
     /// Seed again at the next tick even though there is history: set when
@@ -67,8 +67,8 @@ impl EnvelopeState {
     /// journal: the scaler's restore does, from its first journaled tick.
     ///
     /// The first tick after the restore seeds the history with the count it
-    /// finds only if nothing restored is still within the windows then (the
-    /// daemon was down longer than them): as HPA's controller does when it
+    /// finds only if nothing restored is still within the scale-down window
+    /// then (the daemon was down longer than it): as HPA's controller does when it
     /// starts, so a restart after a long outage does not scale down at once
     /// on an empty window.
     pub fn restore(
@@ -145,18 +145,24 @@ impl EnvelopeState {
     }
 
     /// On a scaler's first tick (since it began or was restored) with no
-    /// history left in its windows, or the first after
+    /// history left in its scale-down window (nothing younger than
+    /// `window_ms`; see [`seed_after`](super::seed_after)), or the first after
     /// [`reseed`](Self::reseed): remembers `current` as recommended at
     /// `time_ms` (HPA's initial recommendation) and returns it; afterwards
-    /// `None`. [`apply`](super::apply) prunes first, so "no history" means
-    /// none young enough to matter.
-    pub(super) fn seed(&mut self, time_ms: i64, current: u32) -> Option<u32> {
+    /// `None`. A restart after an outage longer than the scale-down window
+    /// but not the scale-up one seeds too: its empty scale-down window
+    /// would have let the first tick scale down at once.
+    pub(super) fn seed(&mut self, time_ms: i64, current: u32, window_ms: i64) -> Option<u32> {
         if self.seeded {
             return None;
         }
         self.seeded = true;
         let again = std::mem::take(&mut self.reseeding);
-        (self.recommendations.is_empty() || again).then(|| {
+        let aged = match self.recommendations.last() {
+            None => true,
+            Some(newest) => window_ms > 0 && age_ms(time_ms, newest.time_ms) >= window_ms,
+        };
+        (aged || again).then(|| {
             self.record_recommendation(time_ms, current);
             current
         })
