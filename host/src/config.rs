@@ -131,6 +131,7 @@ pub use trust::{
     OwnedTlsFiles, Rebuilt, TLS_RECHECK, TlsFiles, read_ca_file, read_identity, tls_configured,
     trusting,
 };
+pub(crate) use validate::quoted_url;
 pub use validate::{MAX_REPLICAS, SIMULATOR_SOURCE};
 
 /// The embedded demo config: two simulated services scaled by the bundled

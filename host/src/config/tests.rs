@@ -586,6 +586,13 @@ fn each_problem_is_reported_at_its_place() {
             "step (1ms 500us) must be whole milliseconds",
         ),
         case(
+            "a Prometheus step whose grid misses the tick",
+            &[("step = \"30s\"", "step = \"1500ms\"")],
+            "\"1500ms\"",
+            "scalers[0] \"web\".metrics.latency",
+            "step (1s 500ms) must be whole seconds or divide a second (such as 250ms)",
+        ),
+        case(
             "step without window",
             &[("window = \"10m\"\n", "")],
             "\"30s\"\nmax_age",

@@ -1310,6 +1310,35 @@ impl Checker<'_, '_> {
                     ),
                 );
             }
+            // Prometheus takes a range's start and end in whole seconds and
+            // puts its points at start + k * step: only a step of whole
+            // seconds, or one that divides a second, has a grid ending at
+            // the tick's time (1500ms gave a series a point short, its
+            // newest a second old).
+            let ms = step.as_millis();
+            if config.sources.contains_key(&metric.source)
+                && ms > 0
+                && !ms.is_multiple_of(1000)
+                && !1000u128.is_multiple_of(ms)
+            {
+                let field = if metric.step.is_some() {
+                    "step"
+                } else {
+                    "window"
+                };
+                self.value(
+                    &at(field),
+                    format!(
+                        "step ({}{}) must be whole seconds or divide a second (such as 250ms): a Prometheus range query starts and ends on whole seconds, and its points would not end at the tick's time",
+                        show(step),
+                        if metric.step.is_some() {
+                            ""
+                        } else {
+                            ", the scaler's interval"
+                        }
+                    ),
+                );
+            }
         }
         if let Some(max_age) = metric.max_age {
             self.nonzero(&at("max_age"), "max_age", max_age);
@@ -1399,7 +1428,7 @@ fn userinfo_end(rest: &str) -> Option<usize> {
 /// (`https://hooks.example/…`: a webhook's secret is often there), and
 /// without the user and password before an `@` (`https://…@host`).
 /// Without `://`, cut at the first `/`, `?` or `#`.
-fn quoted_url(url: &str) -> String {
+pub(crate) fn quoted_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(at) => url.split_at(at + 3),
         None => ("", url),

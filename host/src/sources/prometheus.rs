@@ -179,7 +179,8 @@ pub enum Error {
     Url {
         /// The source's name.
         name: String,
-        /// The configured URL.
+        /// The configured URL, as a config error quotes it (no password,
+        /// path or query).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -292,15 +293,17 @@ impl PrometheusSource {
                 }
             }
         }
+        // Quoted without a password written in it (`scalewise trace
+        // --prometheus` hands a URL here unchecked).
         let mut url = reqwest::Url::parse(&config.url).map_err(|e| Error::Url {
             name: name.to_owned(),
-            url: config.url.clone(),
+            url: crate::config::quoted_url(&config.url),
             reason: e.to_string(),
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::Url {
                 name: name.to_owned(),
-                url: config.url.clone(),
+                url: crate::config::quoted_url(&config.url),
                 reason: "the scheme must be http or https".to_owned(),
             });
         }
@@ -1434,6 +1437,22 @@ mod tests {
         );
         let err = PrometheusSource::new("prom", &cfg).unwrap_err().to_string();
         assert!(err.contains("x-api-key") && err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_its_password() {
+        for url in [
+            "htp://admin:hunter2@prom:9090",
+            "http://admin:hunter2@[::1/x",
+        ] {
+            let err = PrometheusSource::new("prom", &config(url))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("invalid url") && err.contains("…@") && !err.contains("hunter2"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
