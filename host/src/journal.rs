@@ -1182,6 +1182,51 @@ mod tests {
         journal.close().await.unwrap();
     }
 
+    /// The retention sweep keeps each scaler's newest evaluating tick: a
+    /// target that could not be read for longer than the retention (ticks
+    /// that evaluate nothing) would otherwise take the policies' state
+    /// with the tick a restart reads it from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_keeps_the_tick_the_policies_state_comes_from() {
+        let now = Clock::system().now_ms();
+        let hour = 3_600_000;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(&dir, Duration::ZERO);
+        let with_state = |scaler: &str, time_ms, state: &[u8]| TickRecord {
+            evaluations: vec![evaluation("first", None, decided(Some(state)))],
+            ..tick(scaler, time_ms)
+        };
+        let not_observed = |time_ms| TickRecord {
+            evaluations: vec![],
+            actuation: ActuationRecord::ObserveFailed {
+                error: "the target API is down".into(),
+            },
+            ..tick("web", time_ms)
+        };
+        for record in [
+            with_state("web", now - 4 * hour, b"s0"),
+            with_state("api", now - 3 * hour, b"a0"),
+            with_state("web", now - 3 * hour, b"s1"),
+            not_observed(now - 2 * hour),
+            with_state("api", now - 60_000, b"a1"),
+            not_observed(now - 60_000),
+        ] {
+            journal.append(record).await.unwrap();
+        }
+        assert_eq!(
+            journal.sweep_now().await.unwrap(),
+            3,
+            "web's s0 and 2h, api's a0"
+        );
+        let web = journal.recover("web", now - hour).await.unwrap();
+        assert_eq!(web.policy_states.len(), 1);
+        assert_eq!(web.policy_states[0].state.as_deref(), Some(&b"s1"[..]));
+        let api = journal.recover("api", now - hour).await.unwrap();
+        assert_eq!(api.policy_states[0].state.as_deref(), Some(&b"a1"[..]));
+        assert_eq!(journal.sweep_now().await.unwrap(), 0, "nothing more");
+        journal.close().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recovery_says_whether_it_begins_the_scalers_history() {
         let now = Clock::system().now_ms();

@@ -1107,6 +1107,20 @@ fn each_problem_is_reported_at_its_place() {
              hour of scale events a policy's context carries)",
         ),
         case(
+            "a retention shorter than a target metric's window",
+            &[
+                ("[clock]", "[journal]\nretention = \"1h\"\n\n[clock]"),
+                (
+                    "[[scalers.policies]]",
+                    "[scalers.metrics.ready]\nsource = \"target\"\nquery = \"ready\"\nwindow = \"6h\"\n\n[[scalers.policies]]",
+                ),
+            ],
+            "\"1h\"",
+            "journal",
+            "retention (1h) is shorter than what a restart restores from the journal: 6h 15s \
+             (scaler \"web\"'s target metric \"ready\": its window and one interval)",
+        ),
+        case(
             "more initial replicas than any scaler may have",
             &[("initial_replicas = 2", "initial_replicas = 4000000000")],
             "4000000000",

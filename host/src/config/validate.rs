@@ -427,26 +427,42 @@ impl Checker<'_, '_> {
             "retention",
             config.journal.retention,
         );
-        // A restart restores the envelope and the policies' hour of scale
-        // events from the journal: records the sweep deleted are lost to it.
+        // A restart restores the envelope, the policies' hour of scale
+        // events and the `target` metrics' windows from the journal: records
+        // the sweep deleted are lost to it.
         let longest = config
             .scalers
             .iter()
-            .map(|s| {
+            .flat_map(|s| {
                 let s = s.get_ref();
-                (
+                let name = s.name.get_ref();
+                let envelope = (
                     crate::envelope::memory_needed(&s.behavior),
-                    s.name.get_ref(),
-                )
+                    format!(
+                        "scaler {name:?}'s longest stabilisation window, rate-limit period or cooldown"
+                    ),
+                );
+                // The target's history is kept a tick longer than its
+                // longest window (the newest point).
+                let target = s
+                    .metrics
+                    .iter()
+                    .filter(|(_, m)| m.get_ref().source == TARGET_SOURCE)
+                    .filter_map(|(metric, m)| Some((m.get_ref().window?, metric)))
+                    .max_by_key(|(window, _)| *window)
+                    .map(|(window, metric)| {
+                        (
+                            window.saturating_add(s.interval),
+                            format!(
+                                "scaler {name:?}'s target metric {metric:?}: its window and one interval"
+                            ),
+                        )
+                    });
+                std::iter::once(envelope).chain(target)
             })
             .max_by_key(|(needed, _)| *needed);
         let (needed, why) = match longest {
-            Some((needed, name)) if needed > MIN_RETENTION => (
-                needed,
-                format!(
-                    "scaler {name:?}'s longest stabilisation window, rate-limit period or cooldown"
-                ),
-            ),
+            Some((needed, why)) if needed > MIN_RETENTION => (needed, why),
             _ => (
                 MIN_RETENTION,
                 "the hour of scale events a policy's context carries".to_owned(),

@@ -338,9 +338,18 @@ impl Writer {
         let cutoff_ms = self.options.clock.now_ms().saturating_sub(retention_ms);
         let deleted = self
             .conn
+            // Each scaler's newest evaluating tick stays, however old: a
+            // restart takes the policies' state from it (ticks that could
+            // not read the target evaluate nothing), and a target down for
+            // longer than the retention would otherwise take the state
+            // along with it.
             .prepare_cached(
                 "DELETE FROM ticks WHERE id IN \
-                 (SELECT id FROM ticks WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
+                 (SELECT id FROM ticks AS t WHERE time_ms < ?1 \
+                  AND (evaluations = 0 OR EXISTS (SELECT 1 FROM ticks AS n \
+                   WHERE n.scaler = t.scaler AND n.evaluations > 0 \
+                   AND (n.time_ms > t.time_ms OR (n.time_ms = t.time_ms AND n.id > t.id)))) \
+                  ORDER BY time_ms LIMIT ?2)",
             )
             .and_then(|mut stmt| stmt.execute(params![cutoff_ms, SWEEP_BATCH as i64]));
         // Notifications owed that long (the webhooks gave up or the daemon
