@@ -286,6 +286,12 @@ struct EventSource {
 
 impl EventSource {
     fn start(dir: &Path, config: &WatchConfig, tx: Sender<Msg>) -> Result<EventSource, WatchError> {
+        // Events name absolute paths (notify makes a relative watch
+        // absolute), and are compared with this: a relative folder (the
+        // demo's `policies/dist`, `--policy-dir`) saw every event as
+        // another folder's, and changes waited for the 30 s rescan.
+        let absolute = std::path::absolute(dir);
+        let dir = absolute.as_deref().unwrap_or(dir);
         let identity = folder_identity(dir);
         let native = || -> notify::Result<Backend> {
             let tx = tx.clone();
@@ -765,14 +771,7 @@ mod tests {
             name.to_string_lossy().ends_with(".txt")
         }
         fn scan(&mut self) -> BTreeMap<String, FileStamp> {
-            std::fs::read_dir(&self.dir)
-                .unwrap()
-                .filter_map(|e| {
-                    let path = e.ok()?.path();
-                    let name = path.file_name()?.to_string_lossy().into_owned();
-                    (name.ends_with(".txt")).then(|| Some((name, FileStamp::of(&path).ok()?)))?
-                })
-                .collect()
+            Self::scan_txt(&self.dir)
         }
         fn known(&self) -> BTreeMap<String, FileStamp> {
             self.known.clone()
@@ -786,6 +785,19 @@ mod tests {
             assert!(!first, "a bug in following a change");
             self.known = self.scan();
             Vec::new()
+        }
+    }
+
+    impl Panicky {
+        fn scan_txt(dir: &Path) -> BTreeMap<String, FileStamp> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| {
+                    let path = e.ok()?.path();
+                    let name = path.file_name()?.to_string_lossy().into_owned();
+                    (name.ends_with(".txt")).then(|| Some((name, FileStamp::of(&path).ok()?)))?
+                })
+                .collect()
         }
     }
 
@@ -814,6 +826,63 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(calls.lock().unwrap()[1], ["a.txt"]);
+    }
+
+    /// The `*.txt` files of a folder; every change followed is recorded.
+    struct Recorder {
+        dir: PathBuf,
+        known: BTreeMap<String, FileStamp>,
+        calls: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Watched for Recorder {
+        fn relevant(&self, name: &OsStr) -> bool {
+            name.to_string_lossy().ends_with(".txt")
+        }
+        fn scan(&mut self) -> BTreeMap<String, FileStamp> {
+            Panicky::scan_txt(&self.dir)
+        }
+        fn known(&self) -> BTreeMap<String, FileStamp> {
+            self.known.clone()
+        }
+        fn apply(&mut self, changed: &[String], _removed: &[String]) -> Vec<String> {
+            self.calls.lock().unwrap().push(changed.to_vec());
+            self.known = self.scan();
+            Vec::new()
+        }
+    }
+
+    /// A folder named relative to the working directory is followed by its
+    /// native events, well within the 30 s rescan (they name absolute
+    /// paths: all of them were taken for another folder's).
+    #[test]
+    fn a_relative_folder_follows_native_events() {
+        // Under the working directory, named relative to it.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let relative = PathBuf::from(dir.path().file_name().unwrap());
+        assert!(relative.is_relative() && relative.is_dir());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = WatchConfig {
+            enabled: true,
+            debounce: Duration::from_millis(20),
+            mode: crate::config::WatchMode::Native,
+            poll_interval: Duration::from_secs(60),
+        };
+        let watched = Recorder {
+            dir: relative.clone(),
+            known: BTreeMap::new(),
+            calls: calls.clone(),
+        };
+        let _watch = FolderWatch::start(&relative, &config, watched).unwrap();
+        // After the first look the watch takes at once.
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.path().join("a.txt"), "x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "not followed within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(calls.lock().unwrap()[0], ["a.txt"]);
     }
 
     const S: Settle = Settle {
