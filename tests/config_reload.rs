@@ -401,6 +401,48 @@ async fn an_invalid_change_is_refused_and_the_running_config_stays() {
     d.stop().await.unwrap();
 }
 
+/// A config refused for a module the folder does not hold yet is applied
+/// once the module arrives, the file untouched: the order of the two
+/// changes does not matter. (Only a version refused for not fitting the
+/// config asked for the refused change to be tried again; one that loaded
+/// did not, and the change stayed refused until the file was saved again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_refused_for_a_module_not_there_yet_is_applied_when_it_comes() {
+    let mut d = start("").await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    let text = config_text(4.0, 50, "native", "").replace(
+        "module = \"counter\"",
+        "module = \"faults\"\nparams = { mode = \"ok\" }",
+    );
+    rewrite_config(&d, &text);
+    wait_for_reloads(&d, "refused", 1).await;
+    let error = d.get("/v1/config").await.unwrap()["last_error"]["error"].clone();
+    assert!(
+        error
+            .as_str()
+            .unwrap()
+            .contains("unknown module \"faults\""),
+        "{error}"
+    );
+
+    std::fs::copy(
+        scalewise_tests::artifacts::FAULTS,
+        d.policy_dir().join("faults.wasm"),
+    )
+    .unwrap();
+    wait_for_reloads(&d, "applied", 1).await;
+    let status = d.get("/v1/config").await.unwrap();
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    d.next_decision(10 * SECOND, |r| {
+        r.scaler == "web" && r.evaluations.first().is_some_and(|e| e.module == "faults")
+    })
+    .await
+    .unwrap();
+    d.stop().await.unwrap();
+}
+
 /// New parameters the policy refuses (a negative count where it reads an
 /// unsigned one): the config check cannot know, but the scaler's last
 /// context, decided with the old ones, fails with the new: the reload is

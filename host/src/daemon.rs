@@ -707,8 +707,10 @@ impl Daemon {
     }
 
     /// Starts watching the policy folder, when `[watch]` is on. A version
-    /// refused for not fitting the config, while the config file holds a
-    /// refused change, asks for that change to be tried again.
+    /// refused for not fitting the config, or one loaded, while the config
+    /// file holds a refused change, asks for that change to be tried again:
+    /// the version may be what it lacked (a module it names, a parameter
+    /// only the new version takes).
     fn watch_policies(
         &self,
         reload_tx: &mpsc::UnboundedSender<ReloadTrigger>,
@@ -732,7 +734,9 @@ impl Daemon {
                     .failed
                     .iter()
                     .any(|(_, failure)| failure.kind == INCOMPATIBLE_WITH_CONFIG);
-                if let (true, Some(retry)) = (refused_for_config, &retry) {
+                if let (true, Some(retry)) =
+                    (refused_for_config || !report.loaded.is_empty(), &retry)
+                {
                     retry();
                 }
             })
