@@ -126,6 +126,16 @@ fn a_file_being_written_at_start_is_waited_for_or_named() {
         "{}",
         failure.error
     );
+    // Still as it was once the writer stopped, it is what the watcher
+    // loads: no stamp of it is known, so the scan finds it changed. (The
+    // stamp taken after the wait was kept: a file that held still from
+    // just before then looked unchanged to the watcher, and stayed failed.)
+    let known = registry.known();
+    assert!(!known.contains_key("busy"), "{known:?}");
+    let on_disk = registry.scan().unwrap();
+    assert_ne!(on_disk.get("busy"), known.get("busy"));
+    registry.reload(&["busy".to_owned()], &[]);
+    assert!(registry.snapshot().modules.contains_key("busy"));
 }
 
 /// A config reload may apply between the gate's first look at a new version

@@ -375,7 +375,12 @@ impl Registry {
         let mut snapshot = Snapshot::default();
         let (candidates, failures) = read_all_settled(files);
         for (name, path, failure) in failures {
-            if let Ok(stamp) = FileStamp::of(&path) {
+            // A file that kept changing keeps no stamp, so the watcher
+            // takes it for new: stamped as it was now, a copy that ended
+            // just before would look unchanged to it, and stay failed.
+            if let Some(path) = path
+                && let Ok(stamp) = FileStamp::of(&path)
+            {
                 stamps.insert(name.clone(), stamp);
             }
             snapshot.failures.insert(name, failure);
@@ -885,8 +890,12 @@ fn module_name(path: &Path) -> String {
 /// again for a few seconds, then each is a failure that says so (its
 /// scalers hold until the watcher loads it once it holds still; no stamp
 /// is kept, so it counts as new). The failures come with their names and
-/// paths; a file that vanished is no module.
-fn read_all_settled(files: Vec<PathBuf>) -> (Vec<Candidate>, Vec<(String, PathBuf, LoadFailure)>) {
+/// paths (none for a file that kept changing: its stamp is not to be
+/// kept); a file that vanished is no module.
+#[allow(clippy::type_complexity)]
+fn read_all_settled(
+    files: Vec<PathBuf>,
+) -> (Vec<Candidate>, Vec<(String, Option<PathBuf>, LoadFailure)>) {
     let (mut candidates, mut failures) = (Vec::new(), Vec::new());
     let mut pending = files;
     for _ in 0..START_SETTLE_TRIES {
@@ -896,7 +905,7 @@ fn read_all_settled(files: Vec<PathBuf>) -> (Vec<Candidate>, Vec<(String, PathBu
             match read_settled(&name, &path) {
                 Ok(candidate) if changed_lately(&candidate.stamp) => fresh.push(candidate),
                 Ok(candidate) => candidates.push(candidate),
-                Err(Some(failure)) => failures.push((name, path, failure)),
+                Err(Some(failure)) => failures.push((name, Some(path), failure)),
                 Err(None) if path.exists() => again.push(path),
                 Err(None) => {}
             }
@@ -923,7 +932,7 @@ fn read_all_settled(files: Vec<PathBuf>) -> (Vec<Candidate>, Vec<(String, PathBu
             ),
         };
         let failure = LoadFailure::new(&path, &err, None);
-        failures.push((module_name(&path), path, failure));
+        failures.push((module_name(&path), None, failure));
     }
     (candidates, failures)
 }
