@@ -269,8 +269,18 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             modules.insert(key.clone(), load(args.limits.applied_to(recorded))?);
         }
         let replayed = outcome_of(modules[&key].evaluate(&ctx));
-        if let EvaluationOutcome::Decided { decision } = &replayed {
-            own_state.insert(own_key, decision.state.clone());
+        match &replayed {
+            EvaluationOutcome::Decided { decision } => {
+                own_state.insert(own_key, decision.state.clone());
+            }
+            // As the daemon does: a failed call leaves the state it was
+            // given for the next one (not the recording's next state, which
+            // the recorded version's answers made).
+            _ => {
+                own_state
+                    .entry(own_key)
+                    .or_insert_with(|| ctx.state.clone());
+            }
         }
         let v = verdict(&evaluation.outcome, &replayed, ctx.target.current);
         *counts.entry(v).or_default() += 1;
