@@ -587,10 +587,13 @@ fn each_problem_is_reported_at_its_place() {
         ),
         case(
             "a Prometheus step whose grid misses the tick",
-            &[("step = \"30s\"", "step = \"1500ms\"")],
+            &[
+                ("step = \"30s\"", "step = \"1500ms\""),
+                ("window = \"10m\"", "window = \"5s\""),
+            ],
             "\"1500ms\"",
             "scalers[0] \"web\".metrics.latency",
-            "step (1s 500ms) must be whole seconds or divide a second (such as 250ms)",
+            "window (5s) at step (1s 500ms) would give points that do not end at the tick's time",
         ),
         case(
             "step without window",

@@ -1327,15 +1327,16 @@ impl Checker<'_, '_> {
                 );
             }
             // Prometheus takes a range's start and end in whole seconds and
-            // puts its points at start + k * step: only a step of whole
-            // seconds, or one that divides a second, has a grid ending at
-            // the tick's time (1500ms gave a series a point short, its
-            // newest a second old).
-            let ms = step.as_millis();
+            // puts its points at start + k * step. The range spans the
+            // window's whole steps, its start rounded up to a second: its
+            // grid ends at the tick's time only if that span is a whole
+            // number of steps (5s at 1500ms gave a series a point short,
+            // its newest a second old; 30s at 1500ms is fine).
+            let (window_ms, step_ms) = (window.as_millis(), step.as_millis());
+            let span_ms = window_ms / step_ms.max(1) * step_ms;
             if config.sources.contains_key(&metric.source)
-                && ms > 0
-                && !ms.is_multiple_of(1000)
-                && !1000u128.is_multiple_of(ms)
+                && step_ms > 0
+                && !(span_ms.div_ceil(1000) * 1000).is_multiple_of(step_ms)
             {
                 let field = if metric.step.is_some() {
                     "step"
@@ -1345,7 +1346,8 @@ impl Checker<'_, '_> {
                 self.value(
                     &at(field),
                     format!(
-                        "step ({}{}) must be whole seconds or divide a second (such as 250ms): a Prometheus range query starts and ends on whole seconds, and its points would not end at the tick's time",
+                        "window ({}) at step ({}{}) would give points that do not end at the tick's time: a Prometheus range query starts and ends on whole seconds; use a step of whole seconds or one that divides a second, or a window of whole steps that is whole seconds",
+                        show(window),
                         show(step),
                         if metric.step.is_some() {
                             ""

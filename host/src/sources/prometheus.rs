@@ -1263,6 +1263,8 @@ mod tests {
             // A window that is not a whole number of steps is shortened.
             ((310_000, 15_000), Ok((1_699_999_700, 15.0))),
             ((60_000, 500), Ok((1_699_999_940, 0.5))),
+            // Whole steps that are whole seconds (the config refuses 5s).
+            ((30_000, 1_500), Ok((1_699_999_970, 1.5))),
             ((0, 1_000), Ok((1_700_000_000, 1.0))),
         ];
         for ((window, step), expected) in cases {
