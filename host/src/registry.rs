@@ -375,13 +375,19 @@ impl Registry {
         let mut snapshot = Snapshot::default();
         let (candidates, failures) = read_all_settled(files);
         for (name, path, failure) in failures {
-            // A file that kept changing keeps no stamp, so the watcher
-            // takes it for new: stamped as it was now, a copy that ended
-            // just before would look unchanged to it, and stay failed.
-            if let Some(path) = path
-                && let Ok(stamp) = FileStamp::of(&path)
-            {
-                stamps.insert(name.clone(), stamp);
+            // A file that kept changing gets a stamp no file has, so the
+            // watcher takes it as changed whatever it holds (stamped as it
+            // was now, a copy that ended just before looked unchanged to
+            // it, and stayed failed), and as removed if it goes.
+            match path {
+                Some(path) => {
+                    if let Ok(stamp) = FileStamp::of(&path) {
+                        stamps.insert(name.clone(), stamp);
+                    }
+                }
+                None => {
+                    stamps.insert(name.clone(), FileStamp::UNREAD);
+                }
             }
             snapshot.failures.insert(name, failure);
         }
@@ -888,10 +894,10 @@ fn module_name(path: &Path) -> String {
 /// two writes can look settled. Files changed within [`START_QUIET`] must
 /// stay as read for that long (one wait for all of them); they are read
 /// again for a few seconds, then each is a failure that says so (its
-/// scalers hold until the watcher loads it once it holds still; no stamp
-/// is kept, so it counts as new). The failures come with their names and
+/// scalers hold until the watcher loads it once it holds still; its stamp
+/// is one no file has, so it counts as changed). The failures come with their names and
 /// paths (none for a file that kept changing: its stamp is not to be
-/// kept); a file that vanished is no module.
+/// kept, see [`FileStamp::UNREAD`]); a file that vanished is no module.
 #[allow(clippy::type_complexity)]
 fn read_all_settled(
     files: Vec<PathBuf>,

@@ -67,6 +67,17 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// A stamp no file on disk has: what is known of a file that could not
+    /// be read as it stood (it kept changing), so that the file counts as
+    /// changed at the next look whatever it holds then, and as removed if
+    /// it is gone.
+    pub const UNREAD: FileStamp = FileStamp {
+        len: u64::MAX,
+        modified: None,
+        inode: None,
+        changed: None,
+    };
+
     /// The stamp of the file at `path` (following symlinks).
     pub fn of(path: &Path) -> std::io::Result<FileStamp> {
         let meta = std::fs::metadata(path)?;
