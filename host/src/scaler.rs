@@ -581,7 +581,9 @@ impl Scaler {
                 .map(|&(_, by)| by)
                 .sum::<i64>();
         }
-        self.envelope = self.envelope_from(&recovery.ticks, recovery.begins_history, now_ms);
+        let mut rebuilt = self.envelope_from(&recovery.ticks, recovery.begins_history, now_ms);
+        rebuilt.carry_seed_from(&self.envelope);
+        self.envelope = rebuilt;
         Ok(())
     }
 

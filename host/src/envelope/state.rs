@@ -144,6 +144,16 @@ impl EnvelopeState {
         self.reseeding = true;
     }
 
+    /// Takes over whether `running` (the state this one replaces while the
+    /// scaler runs on: a rebuild from the journal after a reload) has
+    /// begun its history and owes a seed: a scaler that never stopped
+    /// does not seed again (its newest recommendation may be a scale-down
+    /// window old when it ticks that seldom).
+    pub fn carry_seed_from(&mut self, running: &EnvelopeState) {
+        self.seeded = running.seeded;
+        self.reseeding = running.reseeding;
+    }
+
     /// On a scaler's first tick (since it began or was restored) with no
     /// history left in its scale-down window (nothing younger than
     /// `window_ms`; see [`seed_after`](super::seed_after)), or the first after

@@ -2153,3 +2153,33 @@ fn a_failed_policy_holds_within_the_bounds_and_the_bounds_come_first() {
     assert_eq!(verdict.steps.len(), 1);
     assert_eq!(verdict.desired, 1);
 }
+
+/// A reload that makes the envelope remember further back rebuilds it from
+/// the journal while the scaler runs on: it must not seed again as a
+/// restart would (a scaler ticking every 5 minutes finds its newest
+/// recommendation a scale-down window old at every tick), which would hold
+/// scale-up for the 10-minute scale-up window at the current count.
+#[test]
+fn a_rebuild_while_running_does_not_seed_again() {
+    let up = behavior(Some(rules(100, 60, 0, 0, 600)), None);
+    let mut running = EnvelopeState::new();
+    // Its first tick seeded 10 and held there against a 12.
+    let first = apply(
+        &mut running,
+        &input_at(-300 * SECOND, 10, 1, 100, Some(12), &up),
+    );
+    assert_eq!(first.desired, 10);
+    let rebuilt = || EnvelopeState::restore([(NOW - 300 * SECOND, 12)], []);
+    let mut carried = rebuilt();
+    carried.carry_seed_from(&running);
+    assert_eq!(
+        apply(&mut carried, &input(10, 1, 100, Some(14), &up)).desired,
+        12,
+        "the lowest recommendation of the window, 12"
+    );
+    assert_eq!(
+        apply(&mut rebuilt(), &input(10, 1, 100, Some(14), &up)).desired,
+        10,
+        "a restart seeds 10 (the scale-down window is empty)"
+    );
+}
