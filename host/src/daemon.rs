@@ -820,7 +820,7 @@ impl Daemon {
             trigger = match trigger {
                 ReloadTrigger::Signal => "sighup",
                 ReloadTrigger::File => "file",
-                ReloadTrigger::Module => "module refused for the running config",
+                ReloadTrigger::Module => "a policy module changed",
             },
             "Reloading the config file."
         );
