@@ -194,6 +194,74 @@ async fn a_leader_that_cannot_renew_stops_acting_before_its_lease_runs_out() {
     assert_eq!(a_leads.term(), 2);
 }
 
+/// The Lease is deleted under its leader, which still counts itself the
+/// leader (within its renew deadline; after a suspend, too, as its
+/// monotonic clock stood still); another replica creates it, pauses a
+/// scaler and releases it. Taking it back is a new term, with the Lease's
+/// pause flags applied, as any takeover: it was taken as a renewal (the
+/// same term, so a tick of the old term could still act, and the pause was
+/// never applied).
+#[tokio::test]
+async fn a_lease_taken_back_while_still_counted_leading_is_a_new_term() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
+    let seen = taken.clone();
+    a.on_takeover(Arc::new(move |pauses| {
+        *seen.lock().unwrap() = Some(pauses);
+        Box::pin(async {})
+    }));
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert_eq!(a_leads.term(), 1);
+    taken.lock().unwrap().take();
+    kube.delete_lease("ops", "scalewise");
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    b_leads.record_pause("web", true, |_| true).await.unwrap();
+    b.release().await;
+    // a tries again, within its renew deadline: it takes the released
+    // Lease.
+    assert!(a_leads.is_leading(), "a still counts itself the leader");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert_eq!(a_leads.term(), 2, "a new term");
+    assert_eq!(
+        taken.lock().unwrap().take(),
+        Some(Pauses::from([("web".to_owned(), true)])),
+        "the pause b recorded applies"
+    );
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert_eq!(a_leads.term(), 2, "renewals stay in it");
+}
+
+/// A follower's flags follow the Lease after it led in between: what it
+/// applied while following before does not hide a later change.
+#[tokio::test]
+async fn a_follower_that_led_in_between_follows_the_lease_flags_again() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    let taken: Arc<Mutex<Vec<Pauses>>> = Arc::default();
+    let seen = taken.clone();
+    b.on_takeover(Arc::new(move |pauses| {
+        seen.lock().unwrap().push(pauses);
+        Box::pin(async {})
+    }));
+    let known = |_: &str| true;
+    let web = |paused| Pauses::from([("web".to_owned(), paused)]);
+    a.try_once().await;
+    a_leads.record_pause("web", false, known).await.unwrap();
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    a.release().await;
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    b_leads.record_pause("web", true, known).await.unwrap();
+    b.release().await;
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    a_leads.record_pause("web", false, known).await.unwrap();
+    taken.lock().unwrap().clear();
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    assert_eq!(*taken.lock().unwrap(), [web(false)], "resumed again");
+}
+
 #[tokio::test]
 async fn the_leader_records_pauses_in_the_lease_and_the_next_leader_gets_them() {
     let kube = FakeKube::start().await.unwrap();

@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 
@@ -106,9 +106,13 @@ pub struct Leadership {
     /// acting whatever the next try says, however late that comes (an API
     /// server that answered slowly, a try that failed just before it). The
     /// monotonic clock stands still in a suspend, so a leader that wakes
-    /// from one would still be within it: the daemon's clock sees the wall
-    /// clock jump and ends it ([`Leadership::clock_jumped`]).
-    acting_until: Arc<Mutex<Option<Instant>>>,
+    /// from one would still be within it: the deadline is also kept by the
+    /// wall clock (a tick that was under way when the host slept must not
+    /// act when it wakes, before the daemon's clock sees the jump; nor a
+    /// renewal sent before the sleep and answered after it count from
+    /// then), and the daemon's clock ends it when it sees the wall clock
+    /// jump ([`Leadership::clock_jumped`]).
+    acting_until: Arc<Mutex<Option<(Instant, SystemTime)>>>,
     /// Mirrors `leading` for the host's metrics, when given.
     gauge: Option<Gauge>,
 }
@@ -232,7 +236,7 @@ impl Leadership {
                     .acting_until
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .is_none_or(|until| Instant::now() < until))
+                    .is_none_or(|(until, wall)| Instant::now() < until && SystemTime::now() < wall))
     }
 
     /// The wall clock jumped ahead of the monotonic one (a suspend, the
@@ -240,16 +244,16 @@ impl Leadership {
     /// leader stops acting until its next renewal says it still holds it.
     pub fn clock_jumped(&self) {
         if self.elected {
-            self.act_until(Instant::now());
+            self.act_until(Instant::now(), SystemTime::now());
         }
     }
 
     /// Sets when an elected leader's renew deadline passes.
-    fn act_until(&self, until: Instant) {
+    fn act_until(&self, until: Instant, wall: SystemTime) {
         *self
             .acting_until
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(until);
+            .unwrap_or_else(PoisonError::into_inner) = Some((until, wall));
     }
 
     /// How many times this replica has become the leader (0 before the
@@ -349,6 +353,9 @@ pub struct Elector {
     pauses: Option<String>,
     /// The pause flags last handed to the hook while following.
     followed: Option<String>,
+    /// The last try took the Lease from another holder (or created it, or
+    /// took it released), rather than renewing it.
+    acquired: bool,
 }
 
 /// One try's result, or a conflict with a write of this replica's own (a
@@ -396,6 +403,7 @@ impl Elector {
             takeover: None,
             pauses: None,
             followed: None,
+            acquired: false,
         }
     }
 
@@ -446,7 +454,7 @@ impl Elector {
         };
         // A renewal counts from when it was sent: followers count a lease
         // duration from when they see it written, which is no earlier.
-        let sent = Instant::now();
+        let (sent, sent_wall) = (Instant::now(), SystemTime::now());
         let outcome = match tokio::time::timeout(limit, self.attempt()).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed(format!(
@@ -463,8 +471,10 @@ impl Elector {
         let leading = match &outcome {
             Outcome::Leading => {
                 self.renewed_at = Some(sent);
-                self.leadership
-                    .act_until(sent + self.settings.renew_deadline);
+                self.leadership.act_until(
+                    sent + self.settings.renew_deadline,
+                    sent_wall + self.settings.renew_deadline,
+                );
                 true
             }
             Outcome::Following(_) => false,
@@ -475,6 +485,20 @@ impl Elector {
         };
         if !leading {
             self.renewed_at = None;
+        }
+        // Taken from another holder, or a Lease released or deleted, while
+        // this replica still counted itself the leader (it made no try for
+        // longer than a lease: a suspend, a stall): a new term, as after
+        // any takeover. Its scalers' envelopes seed again, the pause flags
+        // the Lease carries apply, and a tick of the term before makes no
+        // change (another replica led in between).
+        if leading && self.acquired && self.leadership.leading.load(Ordering::Acquire) {
+            self.leadership.set(false);
+        }
+        if leading {
+            // What a follower applied is not what the Lease says by the
+            // next time this replica follows.
+            self.followed = None;
         }
         if leading
             && !self.leadership.leading.load(Ordering::Acquire)
@@ -533,6 +557,7 @@ impl Elector {
     }
 
     async fn attempt_once(&mut self) -> Try {
+        self.acquired = false;
         let name = self.settings.lease.clone();
         let current = match self.api.get_opt(&name).await {
             Ok(lease) => lease,
@@ -549,7 +574,10 @@ impl Elector {
             };
             return Try::Done(
                 match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Outcome::Leading,
+                    Ok(_) => {
+                        self.acquired = true;
+                        Outcome::Leading
+                    }
                     Err(e) => Outcome::Failed(format!("creating lease {name}: {e}")),
                 },
             );
@@ -596,7 +624,10 @@ impl Elector {
                 .replace(&name, &PostParams::default(), &lease)
                 .await
             {
-                Ok(_) => Outcome::Leading,
+                Ok(_) => {
+                    self.acquired = !mine;
+                    Outcome::Leading
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => match holder {
                     Some(h) if !mine => Outcome::Following(h),
                     _ => return Try::OwnConflict,
@@ -657,5 +688,25 @@ impl std::fmt::Debug for Elector {
             .field("identity", &self.identity)
             .field("leading", &self.leadership.is_leading())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The renew deadline holds by the wall clock too: after a suspend the
+    /// monotonic deadline has not passed (that clock stood still), the wall
+    /// clock's has, and the leader stops acting before anything tells it
+    /// the clock jumped.
+    #[test]
+    fn a_renew_deadline_passed_by_the_wall_clock_ends_acting() {
+        let leadership = Leadership::elected();
+        leadership.set(true);
+        let ahead = Instant::now() + Duration::from_secs(10);
+        leadership.act_until(ahead, SystemTime::now() + Duration::from_secs(10));
+        assert!(leadership.is_leading());
+        leadership.act_until(ahead, SystemTime::now() - Duration::from_secs(1));
+        assert!(!leadership.is_leading(), "past by the wall clock");
     }
 }

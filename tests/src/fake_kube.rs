@@ -130,6 +130,12 @@ impl FakeKube {
         inner.leases.get(&(namespace.into(), name.into())).cloned()
     }
 
+    /// Deletes the Lease `namespace/name` (as `kubectl delete lease` would).
+    pub fn delete_lease(&self, namespace: &str, name: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.leases.remove(&(namespace.into(), name.into()));
+    }
+
     /// Makes every Lease request fail with `code` (`None`: work again).
     pub fn fail_leases(&self, code: Option<StatusCode>) {
         self.inner.lock().unwrap().leases_failing = code;
