@@ -443,6 +443,48 @@ async fn a_config_refused_for_a_module_not_there_yet_is_applied_when_it_comes() 
     d.stop().await.unwrap();
 }
 
+/// A module whose file left while a scaler still named it, then dropped
+/// from the config: its series leave the host's metrics. (The scaler's
+/// `module_unavailable` errors brought them back after the file left, and
+/// nothing removed them once the config stopped naming it: one series more
+/// for every versioned file name swapped that way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_neither_in_the_folder_nor_named_leaves_the_metrics() {
+    let mut d = start("").await;
+    d.next_decision(5 * SECOND, |r| r.scaler == "web")
+        .await
+        .unwrap();
+    std::fs::remove_file(d.policy_dir().join("counter.wasm")).unwrap();
+    scalewise_tests::reload::wait_for_telemetry(
+        &d,
+        "scalewise_policy_errors_total{module=\"counter\",kind=\"module_unavailable\"}",
+    )
+    .await;
+    std::fs::copy(
+        scalewise_tests::artifacts::FAULTS,
+        d.policy_dir().join("faults.wasm"),
+    )
+    .unwrap();
+    let faults =
+        config_text(4.0, 50, "native", "").replace("module = \"counter\"", "module = \"faults\"");
+    rewrite_config(&d, &faults);
+    wait_for_reloads(&d, "applied", 1).await;
+    d.next_decision(10 * SECOND, |r| {
+        r.scaler == "web" && r.evaluations.first().is_some_and(|e| e.module == "faults")
+    })
+    .await
+    .unwrap();
+    // Once more, with no tick of the old config under way (one that was
+    // when the first reload applied may count its error after the series
+    // went).
+    rewrite_config(&d, &faults.replace("max = 10", "max = 9"));
+    wait_for_reloads(&d, "applied", 2).await;
+    let text = d.telemetry().encode();
+    assert!(!text.contains("module=\"counter\""), "{text}");
+    assert!(text.contains("module=\"faults\""), "{text}");
+    d.stop().await.unwrap();
+}
+
 /// New parameters the policy refuses (a negative count where it reads an
 /// unsigned one): the config check cannot know, but the scaler's last
 /// context, decided with the old ones, fails with the new: the reload is

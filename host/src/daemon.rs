@@ -744,6 +744,24 @@ impl Daemon {
             .map_err(|e| DaemonError::Setup(e.to_string()))
     }
 
+    /// Removes the series of modules that are neither in the policy folder
+    /// nor named by the applied config: a module whose file left while
+    /// scalers still named it counted their `module_unavailable` errors
+    /// again, and the series stayed once the config stopped naming it
+    /// (one more at every versioned file name swapped that way).
+    fn forget_unused_modules(&self) {
+        let applied = self.applied.load_full();
+        let snapshot = self.registry.snapshot();
+        for module in self.telemetry.modules_counted() {
+            if !snapshot.modules.contains_key(&module)
+                && !snapshot.failures.contains_key(&module)
+                && !applied.policies.names(&module)
+            {
+                self.telemetry.forget_module(&module);
+            }
+        }
+    }
+
     /// Counts what a reload of modules did in the host's metrics.
     fn module_reload_counter(&self) -> impl Fn(&ReloadReport) + Send + 'static {
         let telemetry = self.telemetry.clone();
@@ -882,6 +900,7 @@ impl Daemon {
                 for warning in &warnings {
                     tracing::warn!(%warning, "The reloaded config has a value that may not work as intended; applying it anyway.");
                 }
+                self.forget_unused_modules();
                 self.telemetry.config_reload("applied");
                 tracing::info!(
                     added = summary.added,

@@ -537,6 +537,16 @@ impl Telemetry {
         }
     }
 
+    /// The modules that have series of their own (loads, load failures,
+    /// errors).
+    pub fn modules_counted(&self) -> BTreeSet<String> {
+        let seen = self.seen();
+        [&seen.policy_errors, &seen.load_errors, &seen.loads]
+            .into_iter()
+            .flat_map(|labels| labels.keys().cloned())
+            .collect()
+    }
+
     /// Counts a failed policy evaluation.
     pub fn policy_error(&self, module: &str, kind: &str) {
         note(&mut self.seen().policy_errors, module, kind);

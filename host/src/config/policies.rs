@@ -159,6 +159,13 @@ struct UseGroup {
 }
 
 impl PolicyUses {
+    /// Whether a scaler's policy names `module`.
+    pub fn names(&self, module: &str) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.policy.module.get_ref() == module)
+    }
+
     /// The policies of `config`'s scalers.
     pub fn of(config: &Config) -> PolicyUses {
         let mut groups: Vec<UseGroup> = Vec::new();
