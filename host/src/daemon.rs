@@ -749,17 +749,24 @@ impl Daemon {
     /// scalers still named it counted their `module_unavailable` errors
     /// again, and the series stayed once the config stopped naming it
     /// (one more at every versioned file name swapped that way).
+    /// Their errors are no longer counted either: a tick of the config
+    /// before, still under way, would bring the series back.
     fn forget_unused_modules(&self) {
         let applied = self.applied.load_full();
+        // Counted first: a module counted has been in a snapshot stored
+        // before, which the snapshot read next holds (the other way round,
+        // a module loading in between lost its series).
+        let counted = self.telemetry.modules_counted();
         let snapshot = self.registry.snapshot();
-        for module in self.telemetry.modules_counted() {
-            if !snapshot.modules.contains_key(&module)
-                && !snapshot.failures.contains_key(&module)
-                && !applied.policies.names(&module)
-            {
-                self.telemetry.forget_module(&module);
-            }
-        }
+        let unused = counted
+            .into_iter()
+            .filter(|module| {
+                !snapshot.modules.contains_key(module)
+                    && !snapshot.failures.contains_key(module)
+                    && !applied.policies.names(module)
+            })
+            .collect();
+        self.telemetry.retire_modules(unused);
     }
 
     /// Counts what a reload of modules did in the host's metrics.

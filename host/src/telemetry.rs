@@ -317,6 +317,11 @@ struct Seen {
     load_errors: Labels,
     /// Code origins of loads, by module.
     loads: Labels,
+    /// Modules a reload left neither in the policy folder nor named by the
+    /// config ([`Telemetry::retire_modules`]): their errors are not
+    /// counted (a tick of the config before, still under way, would bring
+    /// their series back), until the module loads again.
+    retired: BTreeSet<String>,
 }
 
 /// Second label values, by name.
@@ -503,14 +508,15 @@ impl Telemetry {
     /// Scalers that still use it count its `module_unavailable` errors
     /// again from 0.
     pub fn forget_module(&self, module: &str) {
-        let (kinds, load_kinds, origins) = {
-            let mut seen = self.seen();
-            (
-                take(&mut seen.policy_errors, module),
-                take(&mut seen.load_errors, module),
-                take(&mut seen.loads, module),
-            )
-        };
+        self.forget_module_in(&mut self.seen(), module);
+    }
+
+    fn forget_module_in(&self, seen: &mut Seen, module: &str) {
+        let (kinds, load_kinds, origins) = (
+            take(&mut seen.policy_errors, module),
+            take(&mut seen.load_errors, module),
+            take(&mut seen.loads, module),
+        );
         let labels = ModuleLabels {
             module: module.to_owned(),
         };
@@ -547,9 +553,27 @@ impl Telemetry {
             .collect()
     }
 
-    /// Counts a failed policy evaluation.
+    /// Removes the series of `modules` (a reload left them neither in the
+    /// policy folder nor named by the config), and counts no more errors
+    /// of theirs, until one loads again: the errors of those no longer
+    /// counted before are counted again.
+    pub fn retire_modules(&self, modules: BTreeSet<String>) {
+        // Under the lock `policy_error` counts under: an error counted
+        // after this brings no series back.
+        let mut seen = self.seen();
+        for module in &modules {
+            self.forget_module_in(&mut seen, module);
+        }
+        seen.retired = modules;
+    }
+
+    /// Counts a failed policy evaluation (not of a retired module).
     pub fn policy_error(&self, module: &str, kind: &str) {
-        note(&mut self.seen().policy_errors, module, kind);
+        let mut seen = self.seen();
+        if seen.retired.contains(module) {
+            return;
+        }
+        note(&mut seen.policy_errors, module, kind);
         self.policy_errors
             .get_or_create(&PolicyErrorLabels {
                 module: module.to_owned(),
@@ -600,7 +624,9 @@ impl Telemetry {
 
     /// Counts a module version that loaded.
     pub fn module_loaded(&self, module: &str, origin: &str) {
-        note(&mut self.seen().loads, module, origin);
+        let mut seen = self.seen();
+        seen.retired.remove(module);
+        note(&mut seen.loads, module, origin);
         self.module_loads
             .get_or_create(&ModuleLoadLabels {
                 module: module.to_owned(),
@@ -629,7 +655,9 @@ impl Telemetry {
 
     /// Counts a failed module load.
     pub fn module_load_error(&self, module: &str, kind: &str) {
-        note(&mut self.seen().load_errors, module, kind);
+        let mut seen = self.seen();
+        seen.retired.remove(module);
+        note(&mut seen.load_errors, module, kind);
         self.module_load_errors
             .get_or_create(&LoadErrorLabels {
                 module: module.to_owned(),
@@ -705,6 +733,30 @@ mod tests {
         let text = t.encode();
         assert!(!text.contains("scaler=\"web\""), "{text}");
         assert!(text.contains("# TYPE scalewise_ticks counter"), "{text}");
+    }
+
+    /// A retired module's errors are not counted (a tick of the config
+    /// before, under way when the reload applied, brought its series back
+    /// for good), until it loads again; a later retirement of other
+    /// modules counts its errors again.
+    #[test]
+    fn a_retired_modules_errors_are_not_counted_until_it_loads() {
+        let t = Telemetry::new();
+        t.policy_error("tt-v1", "module_unavailable");
+        t.retire_modules(BTreeSet::from(["tt-v1".to_owned()]));
+        assert!(!t.encode().contains("tt-v1"));
+        t.policy_error("tt-v1", "module_unavailable");
+        assert!(!t.encode().contains("tt-v1"), "not brought back");
+        t.module_loaded("tt-v1", "compiled");
+        t.policy_error("tt-v1", "trap");
+        let text = t.encode();
+        assert!(
+            text.contains("scalewise_policy_errors_total{module=\"tt-v1\",kind=\"trap\"} 1"),
+            "{text}"
+        );
+        t.retire_modules(BTreeSet::from(["tt-v2".to_owned()]));
+        t.policy_error("tt-v1", "trap");
+        assert!(t.encode().contains("kind=\"trap\"} 2"));
     }
 
     #[test]
