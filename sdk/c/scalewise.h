@@ -455,12 +455,15 @@ static bool sw_held_for(const sw_metric *m, int64_t now_ms, int64_t duration_ms,
     return b > a && SW_HOLDS(m->values.ptr[b - 1]);
   }
   if (a == b) return false;
-  int64_t interval = 1;
+  /* The step (shortest spacing), not the widest gap: a gap must not stand
+     for a stretch missing at the start. */
+  int64_t interval = 0;
   for (size_t i = a; i < b; i++) {
     if (!SW_HOLDS(m->values.ptr[i])) return false;
-    if (i > a && m->timestamps_ms.ptr[i] - m->timestamps_ms.ptr[i - 1] > interval)
-      interval = m->timestamps_ms.ptr[i] - m->timestamps_ms.ptr[i - 1];
+    int64_t d = i > a ? m->timestamps_ms.ptr[i] - m->timestamps_ms.ptr[i - 1] : 0;
+    if (d > 0 && (interval == 0 || d < interval)) interval = d;
   }
+  if (interval == 0) interval = 1;
   int64_t start = now_ms - duration_ms, first = m->timestamps_ms.ptr[a];
   if (first <= start) return true;
   if (a == 0) return first <= start + interval;

@@ -144,6 +144,19 @@ static void held(void) {
   sw_metric d = series(dipped, 5, 0);
   CHECK(sw_held_for(&d, T0, 45000, 70, true));  /* -45 s is 80 */
   CHECK(!sw_held_for(&d, T0, 50000, 70, true)); /* -60 s was 50 */
+  /* Samples since -30 s and one at -165 s do not cover 5 minutes (the gap
+     does not stand for the stretch missing at the start); a series one
+     step in does. */
+  int64_t gap_ts[] = {T0 - 165000, T0 - 30000, T0 - 15000, T0};
+  double gap_vs[] = {80, 80, 80, 80};
+  sw_metric gapped = {.name = sw_string("m"),
+                      .timestamps_ms = {gap_ts, 4},
+                      .values = {gap_vs, 4},
+                      .error = {.is_some = false}};
+  CHECK(!sw_held_for(&gapped, T0, 300000, 70, true));
+  const double steady[] = {80, 80, 80, 80, 80};
+  sw_metric stepped = series(steady, 5, 0); /* -60 s .. 0 */
+  CHECK(sw_held_for(&stepped, T0, 75000, 70, true));
 }
 
 int main(void) {

@@ -244,9 +244,12 @@ export function heldFor(m, nowMs, durationMs, holds) {
   const start = now - duration;
   const inside = all.filter(([t]) => t >= start);
   if (!inside.length || !inside.every(([, v]) => holds(v))) return false;
+  // The step (shortest spacing), not the widest gap: a gap must not stand
+  // for a stretch missing at the start.
   let interval = 0;
   for (let i = 1; i < inside.length; i++) {
-    interval = Math.max(interval, inside[i][0] - inside[i - 1][0]);
+    const d = inside[i][0] - inside[i - 1][0];
+    if (d > 0 && (interval === 0 || d < interval)) interval = d;
   }
   const first = inside[0][0];
   if (first <= start) return true;

@@ -103,6 +103,12 @@ test('aboveFor needs the samples to reach back', () => {
   assert.equal(sdk.belowFor(at([[-3600000, 10], [-20000, 10], [0, 10]]), 30, T0, 300000), false);
   assert.equal(sdk.belowFor(at([[-330000, 10], [-20000, 10], [0, 10]]), 30, T0, 300000), false);
   assert.equal(sdk.belowFor(at([[-310000, 10], [-10000, 10], [0, 10]]), 30, T0, 300000), true);
+  // Samples since -30 s and one at -165 s do not cover 5 minutes: the gap
+  // does not stand for the stretch missing at the start; one step does.
+  const gapped = at([[-165000, 80], [-30000, 80], [-15000, 80], [0, 80]]);
+  assert.equal(sdk.aboveFor(gapped, 70, T0, 300000), false);
+  const stepped = at(Array.from({ length: 20 }, (_, i) => [-300000 + (i + 1) * 15000, 80]));
+  assert.equal(sdk.aboveFor(stepped, 70, T0, 300000), true);
 });
 
 test('metrics that cannot be read are policy errors', () => {

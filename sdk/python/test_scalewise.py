@@ -158,6 +158,13 @@ class Metrics(unittest.TestCase):
         self.assertTrue(
             scalewise.below_for(at([(-310_000, 10), (-10_000, 10), (0, 10)]), 30, T0, 300_000)
         )
+        # Samples since -30 s and one at -165 s do not cover 5 minutes: the
+        # gap does not stand for the stretch missing at the start; one step
+        # does.
+        gapped = at([(-165_000, 80), (-30_000, 80), (-15_000, 80), (0, 80)])
+        self.assertFalse(scalewise.above_for(gapped, 70, T0, 300_000))
+        stepped = at([(-300_000 + i * 15_000, 80) for i in range(1, 21)])
+        self.assertTrue(scalewise.above_for(stepped, 70, T0, 300_000))
 
     def test_an_unreadable_metric_is_a_policy_error(self):
         broken = types.Metric(name="q", timestamps_ms=[], values=[], error="source down")

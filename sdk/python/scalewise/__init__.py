@@ -295,7 +295,9 @@ def held_for(m, now_ms, duration_ms, holds):
     inside = [(t, v) for t, v in points if t >= start]
     if not inside or not all(holds(v) for _, v in inside):
         return False
-    interval = max((b[0] - a[0] for a, b in zip(inside, inside[1:])), default=0)
+    # The step (shortest spacing), not the widest gap: a gap must not stand
+    # for a stretch missing at the start.
+    interval = min((b[0] - a[0] for a, b in zip(inside, inside[1:]) if b[0] > a[0]), default=0)
     first = inside[0][0]
     if first <= start:
         return True

@@ -269,8 +269,9 @@ impl Metric {
     /// than the duration, or than the gap before it (a series sampled less
     /// often than the duration); or, with no sample before it (the series
     /// or the window read begins inside it), the first one lies within one
-    /// sample interval (the largest gap between the duration's samples) of
-    /// its start. A duration of 0 or less: the newest sample decides alone.
+    /// sample interval (the shortest spacing of the duration's samples: the
+    /// series' step) of its start. A duration of 0 or less: the newest
+    /// sample decides alone.
     pub fn held_for(&self, now_ms: i64, duration_ms: i64, holds: impl Fn(f64) -> bool) -> Held {
         let newest = self.points().rev().find(|p| p.timestamp_ms <= now_ms);
         if duration_ms <= 0 {
@@ -291,11 +292,15 @@ impl Metric {
         if !w.values.iter().all(|&v| holds(v)) {
             return Held::No;
         }
+        // The step, not the widest gap: one gap (points dropped as NaN, say)
+        // as long as the stretch missing at the start excused it. (Two
+        // samples alone are taken a step apart.)
         let interval = w
             .timestamps_ms
             .windows(2)
             .map(|t| t[1] - t[0])
-            .max()
+            .filter(|&d| d > 0)
+            .min()
             .unwrap_or(0);
         let start = now_ms.saturating_sub(duration_ms);
         if first.timestamp_ms <= start {
@@ -596,6 +601,22 @@ mod tests {
                 newest_age_ms: Some(200_000)
             }
         );
+        // Samples every 15 s since -30 s, and one at -165 s (those between
+        // dropped, as NaN): the 135 s gap does not stand for the 135 s
+        // missing at the start of 5 minutes.
+        let gapped: Vec<_> = [-165_000, -30_000, -15_000, 0]
+            .map(|t| (now + t, 80.0))
+            .into();
+        assert_eq!(
+            series(&gapped).held_for(now, 300_000, above),
+            Held::ShortSeries { reach_ms: 165_000 }
+        );
+        // A series whose first point is one step into the duration covers
+        // it.
+        let stepped: Vec<_> = (1..=20)
+            .map(|i| (now - 300_000 + i * 15_000, 80.0))
+            .collect();
+        assert_eq!(series(&stepped).held_for(now, 300_000, above), Held::Yes);
         // Began a minute ago.
         let short: Vec<_> = (0..5).map(|i| (now - 60_000 + i * 15_000, 80.0)).collect();
         assert_eq!(
