@@ -367,7 +367,12 @@ impl Window {
 /// for the workday that is not coming, nor does its afternoon when the
 /// holiday is a morning. One that asks for as many or more (a launch's
 /// extra capacity) replaces it only while it lasts.
-pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
+///
+/// `outside`: the count outside every window (the scaler's `min` when
+/// `outside` is below it). A window in its lead with no window started
+/// wins only when it asks for more: a holiday at 2 does not lower an
+/// `outside` of 4 before it starts.
+pub fn in_force(p: &Params, now_ms: i64, outside: u32) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
     // The highest dated window started; the weekly ones started and those
     // only in their lead, kept until every dated window has been seen.
@@ -427,7 +432,7 @@ pub fn in_force(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let started = dated.or(weekly);
     match (started, leading) {
         (Some(now), Some(next)) if next.0.replicas > now.0.replicas => Some(next),
-        (None, next) => next,
+        (None, Some(next)) if next.0.replicas > outside => Some(next),
         (now, _) => now,
     }
 }
@@ -492,7 +497,7 @@ pub fn decide(ctx: &Context) -> Result<Decision, String> {
     let p = Params::from_context(ctx)?;
     let t = &ctx.target;
     let tz = &p.timezone;
-    let (wanted, why) = match in_force(&p, ctx.now_ms) {
+    let (wanted, why) = match in_force(&p, ctx.now_ms, p.outside.max(t.min)) {
         Some((window, occurrence)) => {
             let early = if ctx.now_ms < occurrence.start_ms {
                 format!(

@@ -138,6 +138,14 @@ fn dates_and_overlaps() {
     });
     assert_eq!(desired("2026-11-26T23:30:00Z", sale.clone()), 30);
     assert_eq!(desired("2026-11-26T22:30:00Z", sale), 2);
+    // Nor outside every window: a Saturday at 2 does not lower an outside
+    // of 4 in its lead (it asked for 2 from 09:50).
+    let saturday = json!({ "windows": "sat 10:00-16:00 2", "outside": 4, "lead": "10m" });
+    assert_eq!(desired("2026-12-12T09:55:00Z", saturday.clone()), 4);
+    assert_eq!(desired("2026-12-12T10:00:00Z", saturday.clone()), 2);
+    assert_eq!(desired("2026-12-12T16:00:00Z", saturday), 4);
+    let busy = json!({ "windows": "sat 10:00-16:00 8", "outside": 4, "lead": "10m" });
+    assert_eq!(desired("2026-12-12T09:55:00Z", busy), 8);
 
     // A weekly window starting inside a holiday does not lead it: the
     // holiday morning does not scale out for the workday not coming.
