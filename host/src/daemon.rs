@@ -750,23 +750,27 @@ impl Daemon {
     /// again, and the series stayed once the config stopped naming it
     /// (one more at every versioned file name swapped that way).
     /// Their errors are no longer counted either: a tick of the config
-    /// before, still under way, would bring the series back.
-    fn forget_unused_modules(&self) {
+    /// before (`replaced`), still under way, would bring the series back;
+    /// its modules are retired too when unused, whether or not they have
+    /// series yet (a file deleted and the config switched within one tick
+    /// left none).
+    fn forget_unused_modules(&self, replaced: &crate::config::PolicyUses) {
         let applied = self.applied.load_full();
-        // Counted first: a module counted has been in a snapshot stored
-        // before, which the snapshot read next holds (the other way round,
-        // a module loading in between lost its series).
-        let counted = self.telemetry.modules_counted();
-        let snapshot = self.registry.snapshot();
-        let unused = counted
+        let registry = &self.registry;
+        let candidates = self
+            .telemetry
+            .modules_counted()
             .into_iter()
-            .filter(|module| {
-                !snapshot.modules.contains_key(module)
-                    && !snapshot.failures.contains_key(module)
-                    && !applied.policies.names(module)
-            })
+            .chain(replaced.modules().map(str::to_owned))
             .collect();
-        self.telemetry.retire_modules(unused);
+        // Judged under the metrics' lock: a module that loads meanwhile is
+        // counted after it, and keeps its series.
+        self.telemetry.retire_modules(candidates, |module| {
+            let snapshot = registry.snapshot();
+            snapshot.modules.contains_key(module)
+                || snapshot.failures.contains_key(module)
+                || applied.policies.names(module)
+        });
     }
 
     /// Counts what a reload of modules did in the host's metrics.
@@ -851,6 +855,8 @@ impl Daemon {
         );
         let path = source.path.clone();
         let running = Arc::clone(&self.config);
+        // Its modules: those the reload stops naming may go from the metrics.
+        let replaced = self.applied.load_full();
         let simulation = self.simulation.clone();
         let listen_override = source.listen_override;
         let loaded = tokio::task::spawn_blocking(move || {
@@ -907,7 +913,7 @@ impl Daemon {
                 for warning in &warnings {
                     tracing::warn!(%warning, "The reloaded config has a value that may not work as intended; applying it anyway.");
                 }
-                self.forget_unused_modules();
+                self.forget_unused_modules(&replaced.policies);
                 self.telemetry.config_reload("applied");
                 tracing::info!(
                     added = summary.added,

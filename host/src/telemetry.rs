@@ -553,18 +553,21 @@ impl Telemetry {
             .collect()
     }
 
-    /// Removes the series of `modules` (a reload left them neither in the
-    /// policy folder nor named by the config), and counts no more errors
-    /// of theirs, until one loads again: the errors of those no longer
-    /// counted before are counted again.
-    pub fn retire_modules(&self, modules: BTreeSet<String>) {
+    /// Removes the series of those of `candidates` not `in_use` (a reload
+    /// left them neither in the policy folder nor named by the config),
+    /// and counts no more errors of theirs, until one loads again; the
+    /// errors of those retired before are counted again. `in_use` is asked
+    /// under the lock loads are counted under, so a module counted as
+    /// loaded is seen in use.
+    pub fn retire_modules(&self, candidates: BTreeSet<String>, in_use: impl Fn(&str) -> bool) {
         // Under the lock `policy_error` counts under: an error counted
         // after this brings no series back.
         let mut seen = self.seen();
-        for module in &modules {
+        let retired: BTreeSet<String> = candidates.into_iter().filter(|m| !in_use(m)).collect();
+        for module in &retired {
             self.forget_module_in(&mut seen, module);
         }
-        seen.retired = modules;
+        seen.retired = retired;
     }
 
     /// Counts a failed policy evaluation (not of a retired module).
@@ -743,10 +746,24 @@ mod tests {
     fn a_retired_modules_errors_are_not_counted_until_it_loads() {
         let t = Telemetry::new();
         t.policy_error("tt-v1", "module_unavailable");
-        t.retire_modules(BTreeSet::from(["tt-v1".to_owned()]));
+        t.policy_error("in-use", "trap");
+        // "gone" has no series yet (its file went and the config moved on
+        // before a tick counted it): retired all the same.
+        let candidates = ["tt-v1", "in-use", "gone"].map(str::to_owned);
+        t.retire_modules(BTreeSet::from(candidates), |m| m == "in-use");
         assert!(!t.encode().contains("tt-v1"));
         t.policy_error("tt-v1", "module_unavailable");
-        assert!(!t.encode().contains("tt-v1"), "not brought back");
+        t.policy_error("gone", "module_unavailable");
+        t.policy_error("in-use", "trap");
+        let text = t.encode();
+        assert!(
+            !text.contains("tt-v1") && !text.contains("gone"),
+            "not brought back: {text}"
+        );
+        assert!(
+            text.contains("scalewise_policy_errors_total{module=\"in-use\",kind=\"trap\"} 2"),
+            "{text}"
+        );
         t.module_loaded("tt-v1", "compiled");
         t.policy_error("tt-v1", "trap");
         let text = t.encode();
@@ -754,7 +771,7 @@ mod tests {
             text.contains("scalewise_policy_errors_total{module=\"tt-v1\",kind=\"trap\"} 1"),
             "{text}"
         );
-        t.retire_modules(BTreeSet::from(["tt-v2".to_owned()]));
+        t.retire_modules(BTreeSet::from(["tt-v2".to_owned()]), |_| false);
         t.policy_error("tt-v1", "trap");
         assert!(t.encode().contains("kind=\"trap\"} 2"));
     }

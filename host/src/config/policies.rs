@@ -159,6 +159,14 @@ struct UseGroup {
 }
 
 impl PolicyUses {
+    /// The modules the scalers' policies name (a module once per policy
+    /// group: repeats possible).
+    pub fn modules(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .iter()
+            .map(|g| g.policy.module.get_ref().as_str())
+    }
+
     /// Whether a scaler's policy names `module`.
     pub fn names(&self, module: &str) -> bool {
         self.groups
