@@ -450,7 +450,8 @@ fn highest<'a>(
 }
 
 /// The next window to start (counting `lead`) after `now_ms`, within 400
-/// days.
+/// days; or one whose lead has begun but which has not started (it asks
+/// for no more than `outside`, so its lead is not in force).
 pub fn next(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
     let today = local_date(now_ms, &p.timezone)?;
     let mut best: Option<(&Window, Occurrence)> = None;
@@ -463,7 +464,9 @@ pub fn next(p: &Params, now_ms: i64) -> Option<(&Window, Occurrence)> {
                 continue;
             };
             let begins = occurrence.start_ms - p.lead.ms();
-            if begins > now_ms && best.is_none_or(|(_, b)| begins < b.start_ms - p.lead.ms()) {
+            if occurrence.start_ms > now_ms
+                && best.is_none_or(|(_, b)| begins < b.start_ms - p.lead.ms())
+            {
                 best = Some((window, occurrence));
             }
         }

@@ -142,6 +142,13 @@ fn dates_and_overlaps() {
     // of 4 in its lead (it asked for 2 from 09:50).
     let saturday = json!({ "windows": "sat 10:00-16:00 2", "outside": 4, "lead": "10m" });
     assert_eq!(desired("2026-12-12T09:55:00Z", saturday.clone()), 4);
+    let d = decide(&ctx(at("2026-12-12T09:55:00Z"), 3, saturday.clone())).unwrap();
+    assert!(
+        d.reason
+            .contains("next: `sat 10:00-16:00 2` at Sat 2026-12-12 10:00"),
+        "names the window about to start: {}",
+        d.reason
+    );
     assert_eq!(desired("2026-12-12T10:00:00Z", saturday.clone()), 2);
     assert_eq!(desired("2026-12-12T16:00:00Z", saturday), 4);
     let busy = json!({ "windows": "sat 10:00-16:00 8", "outside": 4, "lead": "10m" });
