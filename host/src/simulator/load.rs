@@ -443,7 +443,7 @@ pub struct WrittenTrace {
     pub last_s: i64,
     /// Steps of the asked span with no sample (or a NaN one): the rate
     /// before each gap holds over it, and the trace starts at the first
-    /// sample and ends a step after the last.
+    /// sample and ends as long after the last as the two last are apart.
     pub missing: usize,
 }
 
@@ -471,7 +471,8 @@ pub enum TraceWriteError {
 /// reads) from a request rate sampled every `step_s` seconds from `start_s`
 /// to `end_s`, oldest first, as a range query gives it: a row per sample,
 /// dated in seconds since the epoch, whose requests are the rate times the
-/// time until the next sample (after the last, one step). So a gap in the
+/// time until the next sample (the last: the time since the one before,
+/// as long as [`Trace::load`] takes the last bin to be). So a gap in the
 /// data leaves the rate before it in force, as a scraper outage would have
 /// looked to a policy holding its last value. NaN samples (a rate of
 /// nothing over nothing) count as gaps.
@@ -501,8 +502,14 @@ pub fn write_trace(
     let mut csv = csv::Writer::from_writer(out);
     csv.write_record(TRACE_HEADER)?;
     for (i, &(t_s, rate)) in samples.iter().enumerate() {
-        let next_s = samples.get(i + 1).map_or(t_s + step_s, |&(next, _)| next);
-        let requests = rate * (next_s - t_s) as f64;
+        // The reader divides the last row by the bin before it: counted
+        // over one step here, a gap before it played the last rate back
+        // too low (40 req/s after a 3-minute gap came back as 13.3).
+        let bin_s = match samples.get(i + 1) {
+            Some(&(next, _)) => next - t_s,
+            None => t_s - samples[i - 1].0,
+        };
+        let requests = rate * bin_s as f64;
         csv.write_record([t_s.to_string(), requests.to_string()])?;
     }
     csv.flush().map_err(csv::Error::from)?;
@@ -851,6 +858,15 @@ mod tests {
         assert_eq!(trace.span_s(), 360.0);
         let rates: Vec<f64> = (0..6).map(|m| trace.rate_at(f64::from(m) * 60.0)).collect();
         assert_eq!(rates, [10.0, 12.5, 12.5, 12.5, 40.0, 40.0]);
+
+        // A gap just before the last sample: its rate plays back as it was
+        // (it came back as 2400 requests over the 3-minute bin before it).
+        let mut out = Vec::new();
+        write_trace(&points[..4], start_s, start_s + 300, 60, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let trace = Trace::from_reader(Path::new("gap.csv"), text.as_bytes()).unwrap();
+        assert_eq!(trace.rate_at(240.0), 40.0, "{text}");
+        assert_eq!(trace.span_s(), 420.0);
     }
 
     #[test]
