@@ -482,6 +482,46 @@ async fn a_module_neither_in_the_folder_nor_named_leaves_the_metrics() {
     d.stop().await.unwrap();
 }
 
+/// The same when the file goes and the config moves on before a tick
+/// counted an error of the module: it is retired as one the replaced
+/// config named, so a tick of that config still under way (the error
+/// counted here stands for it) brings no series back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_the_replaced_config_named_is_retired_without_series() {
+    // Hourly ticks: none between the file going and the reload, most runs.
+    let hourly = |text: String| text.replace("interval = \"1s\"", "interval = \"1h\"");
+    let mut d = counter_daemon(&hourly(config_text(4.0, 50, "native", "")))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    let registry = d.registry().clone();
+    std::fs::remove_file(d.policy_dir().join("counter.wasm")).unwrap();
+    wait_until_async(30 * SECOND, "the module gone", || {
+        registry.get("counter").is_none()
+    })
+    .await;
+    std::fs::copy(
+        scalewise_tests::artifacts::FAULTS,
+        d.policy_dir().join("faults.wasm"),
+    )
+    .unwrap();
+    wait_until_async(30 * SECOND, "faults loaded", || {
+        registry.get("faults").is_some()
+    })
+    .await;
+    rewrite_config(
+        &d,
+        &hourly(config_text(4.0, 50, "native", ""))
+            .replace("module = \"counter\"", "module = \"faults\""),
+    );
+    wait_for_reloads(&d, "applied", 1).await;
+    d.telemetry().policy_error("counter", "module_unavailable");
+    let text = d.telemetry().encode();
+    assert!(!text.contains("module=\"counter\""), "{text}");
+    d.stop().await.unwrap();
+}
+
 /// New parameters the policy refuses (a negative count where it reads an
 /// unsigned one): the config check cannot know, but the scaler's last
 /// context, decided with the old ones, fails with the new: the reload is

@@ -555,15 +555,21 @@ impl Telemetry {
 
     /// Removes the series of those of `candidates` not `in_use` (a reload
     /// left them neither in the policy folder nor named by the config),
-    /// and counts no more errors of theirs, until one loads again; the
-    /// errors of those retired before are counted again. `in_use` is asked
-    /// under the lock loads are counted under, so a module counted as
-    /// loaded is seen in use.
+    /// and counts no more errors of theirs, until one loads again. Those
+    /// retired before stay so unless now in use (a tick of the config
+    /// before the last two reloads may still be under way). `in_use` is
+    /// asked under the lock loads are counted under, so a module counted
+    /// as loaded is seen in use.
     pub fn retire_modules(&self, candidates: BTreeSet<String>, in_use: impl Fn(&str) -> bool) {
         // Under the lock `policy_error` counts under: an error counted
         // after this brings no series back.
         let mut seen = self.seen();
-        let retired: BTreeSet<String> = candidates.into_iter().filter(|m| !in_use(m)).collect();
+        let before = std::mem::take(&mut seen.retired);
+        let retired: BTreeSet<String> = candidates
+            .into_iter()
+            .chain(before)
+            .filter(|m| !in_use(m))
+            .collect();
         for module in &retired {
             self.forget_module_in(&mut seen, module);
         }
@@ -774,6 +780,13 @@ mod tests {
         t.retire_modules(BTreeSet::from(["tt-v2".to_owned()]), |_| false);
         t.policy_error("tt-v1", "trap");
         assert!(t.encode().contains("kind=\"trap\"} 2"));
+        // "gone" stays retired through a later reload that does not use it.
+        t.policy_error("gone", "module_unavailable");
+        assert!(!t.encode().contains("gone"));
+        // Until a reload uses it again.
+        t.retire_modules(BTreeSet::new(), |m| m == "gone");
+        t.policy_error("gone", "module_unavailable");
+        assert!(t.encode().contains("module=\"gone\""));
     }
 
     #[test]
