@@ -435,7 +435,8 @@ impl Trace {
 /// What [`write_trace`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WrittenTrace {
-    /// Rows, one per sample.
+    /// Rows: one per sample, and one more where a gap comes just before
+    /// the last sample (see [`write_trace`]).
     pub rows: usize,
     /// The first row's time, seconds since the epoch.
     pub first_s: i64,
@@ -443,7 +444,7 @@ pub struct WrittenTrace {
     pub last_s: i64,
     /// Steps of the asked span with no sample (or a NaN one): the rate
     /// before each gap holds over it, and the trace starts at the first
-    /// sample and ends as long after the last as the two last are apart.
+    /// sample and ends a step after the last.
     pub missing: usize,
 }
 
@@ -471,11 +472,13 @@ pub enum TraceWriteError {
 /// reads) from a request rate sampled every `step_s` seconds from `start_s`
 /// to `end_s`, oldest first, as a range query gives it: a row per sample,
 /// dated in seconds since the epoch, whose requests are the rate times the
-/// time until the next sample (the last: the time since the one before,
-/// as long as [`Trace::load`] takes the last bin to be). So a gap in the
+/// time until the next sample (after the last, one step). So a gap in the
 /// data leaves the rate before it in force, as a scraper outage would have
 /// looked to a policy holding its last value. NaN samples (a rate of
-/// nothing over nothing) count as gaps.
+/// nothing over nothing) count as gaps. [`Trace::load`] takes the last row
+/// to be as long as the one before it, so a gap just before the last
+/// sample ends a step before it, in a row of its own holding the rate
+/// before the gap.
 pub fn write_trace(
     points: &[crate::policy::Point],
     start_s: i64,
@@ -499,26 +502,31 @@ pub fn write_trace(
     if samples.len() < 2 {
         return Err(TraceWriteError::TooFew(samples.len()));
     }
+    let (first_s, last_s) = (samples[0].0, samples[samples.len() - 1].0);
+    // The reader takes the last row to be as long as the one before it: a
+    // gap there played the last rate back too low (40 req/s after a
+    // 3-minute gap came back as 13.3). The gap ends a step before the last
+    // sample instead, in a row holding the rate before it.
+    if let [.., (prev_s, prev_rate), (last, _)] = samples[..]
+        && last - prev_s > step_s
+    {
+        samples.insert(samples.len() - 1, (last - step_s, prev_rate));
+    }
     let mut csv = csv::Writer::from_writer(out);
     csv.write_record(TRACE_HEADER)?;
     for (i, &(t_s, rate)) in samples.iter().enumerate() {
-        // The reader divides the last row by the bin before it: counted
-        // over one step here, a gap before it played the last rate back
-        // too low (40 req/s after a 3-minute gap came back as 13.3).
-        let bin_s = match samples.get(i + 1) {
-            Some(&(next, _)) => next - t_s,
-            None => t_s - samples[i - 1].0,
-        };
-        let requests = rate * bin_s as f64;
+        let next_s = samples.get(i + 1).map_or(t_s + step_s, |&(next, _)| next);
+        let requests = rate * (next_s - t_s) as f64;
         csv.write_record([t_s.to_string(), requests.to_string()])?;
     }
     csv.flush().map_err(csv::Error::from)?;
     let steps = usize::try_from((end_s - start_s).div_euclid(step_s) + 1).unwrap_or(0);
+    let read = points.iter().filter(|p| !p.value.is_nan()).count();
     Ok(WrittenTrace {
         rows: samples.len(),
-        first_s: samples[0].0,
-        last_s: samples[samples.len() - 1].0,
-        missing: steps.saturating_sub(samples.len()),
+        first_s,
+        last_s,
+        missing: steps.saturating_sub(read),
     })
 }
 
@@ -860,13 +868,20 @@ mod tests {
         assert_eq!(rates, [10.0, 12.5, 12.5, 12.5, 40.0, 40.0]);
 
         // A gap just before the last sample: its rate plays back as it was
-        // (it came back as 2400 requests over the 3-minute bin before it).
+        // (it came back as 2400 requests over the 3-minute bin before it),
+        // for one step.
         let mut out = Vec::new();
-        write_trace(&points[..4], start_s, start_s + 300, 60, &mut out).unwrap();
+        let written = write_trace(&points[..4], start_s, start_s + 300, 60, &mut out).unwrap();
+        assert_eq!((written.rows, written.missing), (4, 3));
         let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "timestamp_s,requests\n1000020,600\n1000080,1500\n1000200,750\n1000260,2400\n"
+        );
         let trace = Trace::from_reader(Path::new("gap.csv"), text.as_bytes()).unwrap();
-        assert_eq!(trace.rate_at(240.0), 40.0, "{text}");
-        assert_eq!(trace.span_s(), 420.0);
+        assert_eq!(trace.span_s(), 300.0);
+        let rates: Vec<f64> = (0..5).map(|m| trace.rate_at(f64::from(m) * 60.0)).collect();
+        assert_eq!(rates, [10.0, 12.5, 12.5, 12.5, 40.0], "{text}");
     }
 
     #[test]
