@@ -1672,12 +1672,22 @@ impl TargetConfig {
                 what: format!("{} {:?}", k8s.object, k8s.name),
             },
             TargetConfig::Rebalance(workers) => TargetClaim {
-                // As a URL compares: `HTTP://Coord:80/` is `http://coord`.
+                // As a URL compares: `HTTP://Coord:80/` is `http://coord`;
+                // credentials written in it are not part of what it is
+                // (two scalers on one coordinator were let through when one
+                // wrote them, and a reload rotating them moved the scaler).
                 key: format!(
                     "rebalance\0{}",
-                    url::Url::parse(&workers.endpoint)
-                        .map_or_else(|_| workers.endpoint.clone(), String::from)
-                        .trim_end_matches('/')
+                    match url::Url::parse(&workers.endpoint) {
+                        Ok(mut url) => {
+                            // Never fails for a URL with a host to log in to.
+                            let _ = url.set_username("");
+                            let _ = url.set_password(None);
+                            String::from(url)
+                        }
+                        Err(_) => validate::without_userinfo(&workers.endpoint).into_owned(),
+                    }
+                    .trim_end_matches('/')
                 ),
                 field: "endpoint",
                 what: format!(

@@ -49,19 +49,8 @@ impl TargetConfig {
     /// what the target is (rotating them moves nothing), nor digested into
     /// every row.
     pub fn target_key(&self) -> super::Fingerprint {
-        let mut loose = self.loosened();
-        if let TargetConfig::Rebalance(workers) = &mut loose {
-            workers.endpoint = match url::Url::parse(&workers.endpoint) {
-                Ok(mut url) => {
-                    // Never fails for a URL that has a host to log in to.
-                    let _ = url.set_username("");
-                    let _ = url.set_password(None);
-                    url.into()
-                }
-                Err(_) => super::validate::without_userinfo(&workers.endpoint).into_owned(),
-            };
-        }
-        super::Fingerprint::of(&loose.claim().key)
+        // The claim's key leaves credentials out already.
+        super::Fingerprint::of(&self.loose_key())
     }
 
     /// [`TargetConfig::claim`]'s key with what the target could leave to a

@@ -706,6 +706,16 @@ fn each_problem_is_reported_at_its_place() {
             "\"X Tenant\" is not a valid header name",
         ),
         case(
+            "one header name in two spellings",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = \"5s\"\nheaders = { X-Tenant = \"a\", x-tenant = \"b\" }",
+            )],
+            "x-tenant =",
+            "sources.prom.headers",
+            "header \"x-tenant\" is also given as \"X-Tenant\": header names ignore case; give it once",
+        ),
+        case(
             "bad header value",
             &[(
                 "timeout = \"5s\"",
@@ -1122,6 +1132,16 @@ fn each_problem_is_reported_at_its_place() {
             "journal",
             "retention (1h) is shorter than what a restart restores from the journal: 6h 15s \
              (scaler \"web\"'s target metric \"ready\": its window and one interval)",
+        ),
+        case(
+            "a step on a target metric",
+            &[(
+                "[[scalers.policies]]",
+                "[scalers.metrics.ready]\nsource = \"target\"\nquery = \"ready\"\nwindow = \"2h\"\nstep = \"30m\"\n\n[[scalers.policies]]",
+            )],
+            "\"30m\"",
+            "scalers[0] \"web\".metrics.ready",
+            "step has no effect on a `target` metric",
         ),
         case(
             "more initial replicas than any scaler may have",
@@ -2280,13 +2300,18 @@ fn a_rebalance_target_is_checked_at_its_place() {
         ),
         "{err}"
     );
-    // The same URL written otherwise (the host in capitals).
-    let second = second_scaler(&text).replace("http://coordinator.jobs", "http://Coordinator.JOBS");
-    let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
-    assert!(
-        err.to_string().contains("is already scaled by scalers[0]"),
-        "{err}"
-    );
+    // The same URL written otherwise (the host in capitals), or with
+    // credentials in it (which the error does not quote).
+    for written in [
+        "http://Coordinator.JOBS",
+        "http://ops:s3cret@coordinator.jobs",
+    ] {
+        let second = second_scaler(&text).replace("http://coordinator.jobs", written);
+        let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("is already scaled by scalers[0]"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 }
 
 #[test]

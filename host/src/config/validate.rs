@@ -617,9 +617,21 @@ impl Checker<'_, '_> {
             }
         }
         let sets_authorization = auth.bearer_token.map(|_| "bearer_token").or(other_auth);
+        // Header names ignore case: two spellings of one name would both
+        // pass, and one of them be lost when the request is built.
+        let mut names: HashMap<String, &str> = HashMap::new();
         for (header, setting) in auth.headers {
             let mut here = at("headers");
             here.push(Seg::from(header));
+            if let Some(first) = names.insert(header.to_ascii_lowercase(), header.as_str()) {
+                self.key(
+                    &here,
+                    format!(
+                        "header {header:?} is also given as {first:?}: header names ignore case; give it once"
+                    ),
+                );
+                continue;
+            }
             self.header(&here, header, setting, sets_authorization, env);
         }
     }
@@ -1285,6 +1297,14 @@ impl Checker<'_, '_> {
                 );
             }
         }
+        if metric.step.is_some() && metric.source == TARGET_SOURCE {
+            // Ignored there, and the point count below would have divided
+            // the window by it.
+            self.value(
+                &at("step"),
+                "step has no effect on a `target` metric: it holds one point per tick (the scaler's interval); remove it",
+            );
+        }
         if let Some(step) = metric.step {
             self.nonzero(&at("step"), "step", step);
             self.at_most_a_year(&at("step"), "step", step);
@@ -1310,7 +1330,10 @@ impl Checker<'_, '_> {
             }
         }
         if let Some(window) = metric.window {
-            let step = metric.step.unwrap_or(scaler.interval);
+            let step = match metric.step {
+                Some(step) if metric.source != TARGET_SOURCE => step,
+                _ => scaler.interval,
+            };
             if !step.is_zero() && window.as_millis() / step.as_millis().max(1) > MAX_POINTS {
                 let field = if metric.step.is_some() {
                     "step"
