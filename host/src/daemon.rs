@@ -648,6 +648,9 @@ impl Daemon {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                // Looked at first: a stop signal is never left for a reload
+                // queued beside it.
+                biased;
                 _ = &mut shutdown => break,
                 Some(trigger) = reload_rx.recv() => self.reload_config(trigger, &mut set).await,
             }
@@ -797,15 +800,31 @@ impl Daemon {
 
     /// Loads again the module versions refused for not fitting the config,
     /// now that another config applies.
-    async fn recheck_refused_modules(&self) {
+    /// On a thread of its own, not awaited: it waits for the watcher's
+    /// lock, which a module's compile holds for up to two minutes, and the
+    /// main loop (a stop signal, the next reload) must not wait for that;
+    /// nor, at exit, the runtime (as it waits for blocking tasks).
+    fn recheck_refused_modules(&self) {
         let registry = self.registry.clone();
         let count = self.module_reload_counter();
-        match tokio::task::spawn_blocking(move || registry.recheck_refused()).await {
-            Ok(report) if report.changed_anything() => count(&report),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!("Checking refused modules against the new config panicked: {e}")
-            }
+        let spawned = std::thread::Builder::new()
+            .name("scalewise-recheck".into())
+            // It runs trial evaluations: the stack of threads that run policies.
+            .stack_size(crate::runtime::THREAD_STACK)
+            .spawn(move || {
+                let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    registry.recheck_refused()
+                }));
+                match checked {
+                    Ok(report) if report.changed_anything() => count(&report),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::error!("Checking refused modules against the new config panicked.")
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("Could not check refused modules against the new config: {e}");
         }
     }
 
@@ -921,7 +940,7 @@ impl Daemon {
                     changed = summary.changed,
                     "Applied the reloaded config."
                 );
-                self.recheck_refused_modules().await;
+                self.recheck_refused_modules();
             }
             Ok(None) => {
                 // The file says again what runs (a refused edit undone):
@@ -1450,6 +1469,16 @@ impl ScalerSet {
     fn prune_stopping(&mut self) {
         self.stopping
             .retain(|stopping| !stopping.control.finished.load(Ordering::Acquire));
+        // The tasks of scalers that ended (removed by a reload): a join set
+        // keeps each one's memory until it is joined, so a fleet whose
+        // scalers are renamed would otherwise grow at every reload.
+        while let Some(ended) = self.tasks.try_join_next() {
+            if let Err(error) = ended
+                && error.is_panic()
+            {
+                tracing::error!("A scaler's task ended in a panic: {error}");
+            }
+        }
     }
 
     /// Stops every scaler after its tick in progress, if any.
@@ -1826,10 +1855,16 @@ fn run_scaler(
                         // Boxed, as a whole: what applying it keeps across
                         // its waits is not part of an idle scaler's task.
                         Box::pin(apply_update(&mut scaler, update, clock)).await;
+                        // A new interval, or a new phase (the queries the
+                        // phase comes from changed: scalers that now share
+                        // one tick together, and their fetches are one).
                         let interval = (scaler.spec().interval.as_millis() as i64).max(1);
-                        if interval != interval_ms {
+                        let key = phase_key(scaler.spec());
+                        if interval != interval_ms
+                            || next.rem_euclid(interval) != tick_offset_ms(&key, interval)
+                        {
                             interval_ms = interval;
-                            next = next_tick_ms(&phase_key(scaler.spec()), interval_ms, clock.now_ms());
+                            next = next_tick_ms(&key, interval_ms, clock.now_ms());
                         }
                     }
                     continue;
