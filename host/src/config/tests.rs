@@ -1144,6 +1144,16 @@ fn each_problem_is_reported_at_its_place() {
             "step has no effect on a `target` metric",
         ),
         case(
+            "a target metric over the point cap",
+            &[(
+                "[[scalers.policies]]",
+                "[scalers.metrics.ready]\nsource = \"target\"\nquery = \"ready\"\nwindow = \"3d\"\n\n[[scalers.policies]]",
+            )],
+            "\"3d\"",
+            "scalers[0] \"web\".metrics.ready",
+            "window (3days) at the scaler's interval (15s) gives more than 11000 points, a target metric's limit",
+        ),
+        case(
             "more initial replicas than any scaler may have",
             &[("initial_replicas = 2", "initial_replicas = 4000000000")],
             "4000000000",

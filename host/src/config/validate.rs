@@ -1285,12 +1285,17 @@ impl Checker<'_, '_> {
             self.nonzero(&at("window"), "window", window);
             self.at_most_a_year(&at("window"), "window", window);
             if metric.step.is_none() && window < scaler.interval {
+                // A target metric has no step to set: one point per tick.
+                let remedy = if metric.source == TARGET_SOURCE {
+                    "lengthen the window"
+                } else {
+                    "set a step or lengthen the window"
+                };
                 self.value(
                     &at("window"),
                     format!(
                         "window ({}) is shorter than its step, which is the scaler's interval \
-                         ({}) when none is set: the window would hold one point; set a step \
-                         or lengthen the window",
+                         ({}) when none is set: the window would hold one point; {remedy}",
                         show(window),
                         show(scaler.interval)
                     ),
@@ -1340,14 +1345,22 @@ impl Checker<'_, '_> {
                 } else {
                     "window"
                 };
-                self.value(
-                    &at(field),
+                let message = if metric.source == TARGET_SOURCE {
+                    // Kept in memory, a point per tick, and handed to the
+                    // policies at every tick.
+                    format!(
+                        "window ({}) at the scaler's interval ({}) gives more than {MAX_POINTS} points, a target metric's limit; shorten the window or lengthen the interval",
+                        show(window),
+                        show(step)
+                    )
+                } else {
                     format!(
                         "window ({}) at step ({}) gives more than {MAX_POINTS} points, Prometheus's limit; raise step",
                         show(window),
                         show(step)
-                    ),
-                );
+                    )
+                };
+                self.value(&at(field), message);
             }
             // Prometheus takes a range's start and end in whole seconds and
             // puts its points at start + k * step. The range spans the
