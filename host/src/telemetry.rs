@@ -321,8 +321,15 @@ struct Seen {
     /// config ([`Telemetry::retire_modules`]): their errors are not
     /// counted (a tick of the config before, still under way, would bring
     /// their series back), until the module loads again.
-    retired: BTreeSet<String>,
+    /// (Each with how many reloads since retired: after a few, no tick of
+    /// a config that named it can still be under way, and it is let go,
+    /// so that versioned names do not pile up here instead.)
+    retired: BTreeMap<String, u32>,
 }
+
+/// Reloads a retired module stays retired through when no config uses it
+/// (ticks of the configs before may still be under way).
+const RETIRED_RELOADS: u32 = 2;
 
 /// Second label values, by name.
 type Labels = BTreeMap<String, BTreeSet<String>>;
@@ -565,12 +572,16 @@ impl Telemetry {
         // after this brings no series back.
         let mut seen = self.seen();
         let before = std::mem::take(&mut seen.retired);
-        let retired: BTreeSet<String> = candidates
+        let mut retired: BTreeMap<String, u32> = before
             .into_iter()
-            .chain(before)
-            .filter(|m| !in_use(m))
+            .filter(|(_, reloads)| *reloads < RETIRED_RELOADS)
+            .map(|(module, reloads)| (module, reloads + 1))
             .collect();
-        for module in &retired {
+        for module in candidates {
+            retired.insert(module, 0);
+        }
+        retired.retain(|module, _| !in_use(module));
+        for module in retired.keys() {
             self.forget_module_in(&mut seen, module);
         }
         seen.retired = retired;
@@ -579,7 +590,7 @@ impl Telemetry {
     /// Counts a failed policy evaluation (not of a retired module).
     pub fn policy_error(&self, module: &str, kind: &str) {
         let mut seen = self.seen();
-        if seen.retired.contains(module) {
+        if seen.retired.contains_key(module) {
             return;
         }
         note(&mut seen.policy_errors, module, kind);
@@ -787,6 +798,17 @@ mod tests {
         t.retire_modules(BTreeSet::new(), |m| m == "gone");
         t.policy_error("gone", "module_unavailable");
         assert!(t.encode().contains("module=\"gone\""));
+        // Or two more reloads passed (no tick of a config naming it is under
+        // way any more): let go, so versioned names do not pile up.
+        let unused = |_: &str| false;
+        t.retire_modules(BTreeSet::from(["old".to_owned()]), unused);
+        t.retire_modules(BTreeSet::new(), unused);
+        t.retire_modules(BTreeSet::new(), unused);
+        t.policy_error("old", "module_unavailable");
+        assert!(!t.encode().contains("module=\"old\""), "retired still");
+        t.retire_modules(BTreeSet::new(), unused);
+        t.policy_error("old", "module_unavailable");
+        assert!(t.encode().contains("module=\"old\""), "let go");
     }
 
     #[test]
