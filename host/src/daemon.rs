@@ -2431,6 +2431,31 @@ fn longest_window_ms(config: &Config) -> i64 {
 mod tests {
     use super::*;
 
+    /// The tasks of scalers that ended (a reload removed them) are reaped
+    /// at the next reload's pruning: the join set kept each one until
+    /// shutdown.
+    #[tokio::test]
+    async fn ended_scaler_tasks_are_reaped() {
+        let mut set = ScalerSet {
+            tasks: tokio::task::JoinSet::new(),
+            running: BTreeMap::new(),
+            stopping: Vec::new(),
+            clock: Clock::system(),
+            telemetry: Arc::new(Telemetry::new()),
+        };
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        set.tasks.spawn(async move {
+            let _ = ended_tx.send(());
+        });
+        let pending = set.tasks.spawn(std::future::pending());
+        ended.await.unwrap();
+        // Past the send: the task is done once it is polled no more.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        set.prune_stopping();
+        assert_eq!(set.tasks.len(), 1, "the running one stays");
+        pending.abort();
+    }
+
     #[test]
     fn equal_parameters_are_one_shared_value() {
         let mut params = SharedParams::default();
