@@ -33,6 +33,18 @@ fn elector(kube: &FakeKube, identity: &str) -> (Elector, Leadership) {
     (elector, leadership)
 }
 
+/// The pause flags `elector`'s takeover hook was last handed (the test
+/// takes them out as it checks them).
+fn last_takeover(elector: &mut Elector) -> Arc<Mutex<Option<Pauses>>> {
+    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
+    let seen = taken.clone();
+    elector.on_takeover(Arc::new(move |pauses| {
+        *seen.lock().unwrap() = Some(pauses);
+        Box::pin(async {})
+    }));
+    taken
+}
+
 fn holder(kube: &FakeKube) -> Option<String> {
     kube.lease("ops", "scalewise")?["spec"]["holderIdentity"]
         .as_str()
@@ -206,12 +218,7 @@ async fn a_lease_taken_back_while_still_counted_leading_is_a_new_term() {
     let kube = FakeKube::start().await.unwrap();
     let (mut a, a_leads) = elector(&kube, "a");
     let (mut b, b_leads) = elector(&kube, "b");
-    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
-    let seen = taken.clone();
-    a.on_takeover(Arc::new(move |pauses| {
-        *seen.lock().unwrap() = Some(pauses);
-        Box::pin(async {})
-    }));
+    let taken = last_takeover(&mut a);
     assert_eq!(a.try_once().await, Outcome::Leading);
     assert_eq!(a_leads.term(), 1);
     taken.lock().unwrap().take();
@@ -267,12 +274,7 @@ async fn the_leader_records_pauses_in_the_lease_and_the_next_leader_gets_them() 
     let kube = FakeKube::start().await.unwrap();
     let (mut a, a_leads) = elector(&kube, "a");
     let (mut b, b_leads) = elector(&kube, "b");
-    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
-    let seen = taken.clone();
-    b.on_takeover(Arc::new(move |pauses| {
-        *seen.lock().unwrap() = Some(pauses);
-        Box::pin(async {})
-    }));
+    let taken = last_takeover(&mut b);
     let known = |name: &str| name != "gone";
     // No election yet: nobody may record.
     assert_eq!(
@@ -316,12 +318,7 @@ async fn an_unreadable_pauses_annotation_is_ignored_and_replaced() {
     let kube = FakeKube::start().await.unwrap();
     let (mut a, _) = elector(&kube, "a");
     let (mut b, b_leads) = elector(&kube, "b");
-    let taken: Arc<Mutex<Option<Pauses>>> = Arc::default();
-    let seen = taken.clone();
-    b.on_takeover(Arc::new(move |pauses| {
-        *seen.lock().unwrap() = Some(pauses);
-        Box::pin(async {})
-    }));
+    let taken = last_takeover(&mut b);
     a.try_once().await;
     let api: kube::Api<Lease> = kube::Api::namespaced(kube.client("ops"), "ops");
     let mut lease = api.get("scalewise").await.unwrap();
