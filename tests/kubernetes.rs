@@ -39,7 +39,11 @@ async fn a_deployment_is_observed_and_scaled_through_its_scale_subresource() {
         "deployments",
         "shop",
         "web",
-        workload(3, Some(2)),
+        Workload {
+            available: Some(1),
+            updated: Some(3),
+            ..workload(3, Some(2))
+        },
     );
     let actuator =
         KubernetesActuator::with_client(deployment("web", Some("shop")), kube.client("default"));
@@ -49,15 +53,14 @@ async fn a_deployment_is_observed_and_scaled_through_its_scale_subresource() {
     let observed = actuator.observe(T0).await.unwrap();
     assert_eq!((observed.current, observed.ready), (3, 2));
     assert!(observed.in_flight.is_none());
-    // The pods the scale's status counts; this workload's status has no
-    // availableReplicas or updatedReplicas, so those are not reported.
+    // The pods the scale's status counts, and the status's counts.
     assert_eq!(
-        observed
-            .facts
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        ["pods"]
+        observed.facts.into_iter().collect::<Vec<_>>(),
+        [
+            ("available".to_owned(), 1.0),
+            ("pods".to_owned(), 3.0),
+            ("updated".to_owned(), 3.0)
+        ]
     );
 
     let done = actuator.scale(T0, 3, 5).await.unwrap();
@@ -139,6 +142,9 @@ async fn a_deployment_with_no_ready_pod_reports_zero_ready() {
     let actuator = KubernetesActuator::with_client(target, kube.client("default"));
     let observed = actuator.observe(T0).await.unwrap();
     assert_eq!((observed.current, observed.ready), (3, 0));
+    // So do availableReplicas and updatedReplicas: no pod is available.
+    assert_eq!(observed.facts.get("available"), Some(&0.0));
+    assert_eq!(observed.facts.get("updated"), Some(&0.0));
 }
 
 #[tokio::test]
@@ -163,6 +169,7 @@ async fn a_custom_resource_with_its_own_plural_scales_too() {
     // A kind that does not report ready replicas: the scale's status counts.
     let observed = actuator.observe(T0).await.unwrap();
     assert_eq!((observed.current, observed.ready), (4, 4));
+    assert!(!observed.facts.contains_key("available"), "{observed:?}");
     actuator.scale(T0, 4, 6).await.unwrap();
     assert_eq!(
         kube.workload("example.com/v1alpha1", "workerpools", "jobs", "crunch")
@@ -170,6 +177,39 @@ async fn a_custom_resource_with_its_own_plural_scales_too() {
             .replicas,
         6
     );
+}
+
+/// Argo Rollouts' status leaves readyReplicas and availableReplicas out when
+/// they are 0, as the built-in kinds do: once a custom resource has reported
+/// them, a missing one is 0, not "does not report it" (which counts every
+/// pod as ready).
+#[tokio::test]
+async fn a_custom_resource_that_reported_ready_replicas_reads_zero_when_it_leaves_them_out() {
+    let kube = FakeKube::start().await.unwrap();
+    let put = |w: Workload| kube.put("argoproj.io/v1alpha1", "rollouts", "shop", "web", w);
+    put(Workload {
+        available: Some(5),
+        ..workload(5, Some(5))
+    });
+    let target = KubernetesTarget {
+        api_version: "argoproj.io/v1alpha1".into(),
+        object: "Rollout".into(),
+        name: "web".into(),
+        namespace: Some("shop".into()),
+        plural: None,
+        events: true,
+    };
+    let actuator = KubernetesActuator::with_client(target, kube.client("default"));
+    let observed = actuator.observe(T0).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (5, 5));
+    assert_eq!(observed.facts.get("available"), Some(&5.0));
+
+    // Every pod crash-looping.
+    put(workload(5, None));
+    let observed = actuator.observe(T0 + 15_000).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (5, 0));
+    assert_eq!(observed.facts.get("available"), Some(&0.0));
+    assert!(!observed.facts.contains_key("updated"), "{observed:?}");
 }
 
 #[tokio::test]

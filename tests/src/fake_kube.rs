@@ -31,8 +31,13 @@ use serde_json::{Value, json};
 pub struct Workload {
     /// `spec.replicas`.
     pub replicas: u32,
-    /// `status.readyReplicas`, left out of the object when `None`.
+    /// `status.readyReplicas`, left out of the object when `None` (as the
+    /// API server leaves it out at 0).
     pub ready: Option<u32>,
+    /// `status.availableReplicas`, left out when `None`.
+    pub available: Option<u32>,
+    /// `status.updatedReplicas`, left out when `None`.
+    pub updated: Option<u32>,
     /// Every request about it is refused with 403.
     pub forbidden: bool,
     /// Its kind serves no `/scale` (a CustomResourceDefinition without
@@ -466,8 +471,14 @@ async fn object(
     };
     let (group, version, _, _, _) = &key;
     let mut status = json!({ "replicas": w.replicas });
-    if let Some(ready) = w.ready {
-        status["readyReplicas"] = json!(ready);
+    for (field, count) in [
+        ("readyReplicas", w.ready),
+        ("availableReplicas", w.available),
+        ("updatedReplicas", w.updated),
+    ] {
+        if let Some(n) = count {
+            status[field] = json!(n);
+        }
     }
     json_response(json!({
         "apiVersion": format!("{group}/{version}"),

@@ -16,7 +16,7 @@
 //! and `patch` on its `scale` subresource, and `create` on `events.k8s.io`
 //! events for the Event each change leaves on the workload (`events`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,13 +33,26 @@ use super::clients::{Lazy, SharedClient, TargetClients, kube_client};
 use super::{Actuation, Actuator, ActuatorError, Announcement, Observed};
 use crate::config::KubernetesTarget;
 
-/// The kinds whose status has `readyReplicas`, omitted when it is 0.
+/// The kinds whose status has `readyReplicas` and `availableReplicas`,
+/// each left out of the object when it is 0.
 const READY_REPLICAS_KINDS: &[&str] = &[
     "Deployment",
     "StatefulSet",
     "ReplicaSet",
     "ReplicationController",
 ];
+
+/// The kinds whose status has `updatedReplicas`, left out when it is 0.
+const UPDATED_REPLICAS_KINDS: &[&str] = &["Deployment", "StatefulSet"];
+
+/// Whether `kind`'s status has `field` (left out of the object when 0).
+fn kind_has(kind: &str, field: &str) -> bool {
+    match field {
+        "readyReplicas" | "availableReplicas" => READY_REPLICAS_KINDS.contains(&kind),
+        "updatedReplicas" => UPDATED_REPLICAS_KINDS.contains(&kind),
+        _ => false,
+    }
+}
 
 /// Scales one workload through its scale subresource.
 pub struct KubernetesActuator {
@@ -55,6 +68,10 @@ pub struct KubernetesActuator {
     /// change made next is conditional on it, as HPA's update of the scale
     /// is) and the object's uid (what `kubectl describe` finds Events by).
     observed: std::sync::Mutex<Seen>,
+    /// The status fields this workload has reported: a custom resource's
+    /// controller (Argo Rollouts, say) leaves a count out when it is 0, as
+    /// the built-in kinds do, so once reported a missing one reads 0.
+    reported: std::sync::Mutex<BTreeSet<&'static str>>,
 }
 
 /// See [`KubernetesActuator::observed`].
@@ -75,6 +92,7 @@ impl KubernetesActuator {
             client: clients.kube_cell(),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
+            reported: std::sync::Mutex::default(),
         }
     }
 
@@ -87,6 +105,7 @@ impl KubernetesActuator {
             client: Arc::new(Lazy::ready(client)),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
+            reported: std::sync::Mutex::default(),
         }
     }
 
@@ -273,35 +292,51 @@ fn spec_replicas(scale: &Scale) -> u32 {
 /// `status.updatedReplicas` where its kind has them.
 pub const FACTS: &[&str] = &["pods", "available", "updated"];
 
-/// The [`FACTS`] `object` reports; a kind without a field leaves it out.
-fn facts_of(object: &DynamicObject, status_replicas: u32) -> BTreeMap<String, f64> {
-    let status = object.data.get("status");
-    let mut facts = BTreeMap::from([("pods".to_owned(), f64::from(status_replicas))]);
-    for (fact, field) in [
-        ("available", "availableReplicas"),
-        ("updated", "updatedReplicas"),
-    ] {
-        if let Some(n) = status
+/// The counts of `object`'s status, read as its kind writes them.
+struct StatusCounts<'a> {
+    kind: &'a str,
+    status: Option<&'a serde_json::Value>,
+    /// The fields the workload reported before (see
+    /// [`KubernetesActuator::reported`]); the ones read now are added.
+    reported: &'a mut BTreeSet<&'static str>,
+}
+
+impl StatusCounts<'_> {
+    /// `status.<field>`: 0 when left out by a kind that has the field or a
+    /// workload that reported it before; `None` when it never had it.
+    fn get(&mut self, field: &'static str) -> Option<u32> {
+        match self
+            .status
             .and_then(|s| s.get(field))
             .and_then(serde_json::Value::as_u64)
         {
-            facts.insert(fact.to_owned(), n as f64);
+            Some(n) => {
+                self.reported.insert(field);
+                Some(n.min(u64::from(u32::MAX)) as u32)
+            }
+            None if kind_has(self.kind, field) || self.reported.contains(field) => Some(0),
+            None => None,
         }
     }
-    facts
-}
 
-/// The ready replicas `object` reports; `fallback` for a kind that does not.
-fn ready_replicas(kind: &str, object: &DynamicObject, fallback: u32) -> u32 {
-    let reported = object
-        .data
-        .get("status")
-        .and_then(|s| s.get("readyReplicas"))
-        .and_then(serde_json::Value::as_u64);
-    match reported {
-        Some(n) => n.min(u32::MAX as u64) as u32,
-        None if READY_REPLICAS_KINDS.contains(&kind) => 0,
-        None => fallback,
+    /// The ready replicas; `fallback` (the pods) for a workload that never
+    /// reported them.
+    fn ready(&mut self, fallback: u32) -> u32 {
+        self.get("readyReplicas").unwrap_or(fallback)
+    }
+
+    /// The [`FACTS`]; one the workload does not have is left out.
+    fn facts(&mut self, status_replicas: u32) -> BTreeMap<String, f64> {
+        let mut facts = BTreeMap::from([("pods".to_owned(), f64::from(status_replicas))]);
+        for (fact, field) in [
+            ("available", "availableReplicas"),
+            ("updated", "updatedReplicas"),
+        ] {
+            if let Some(n) = self.get(field) {
+                facts.insert(fact.to_owned(), f64::from(n));
+            }
+        }
+        facts
     }
 }
 
@@ -359,11 +394,20 @@ impl Actuator for KubernetesActuator {
             resource_version: scale.metadata.resource_version.clone(),
             uid: object.metadata.uid.clone(),
         };
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counts = StatusCounts {
+            kind: &self.settings.object,
+            status: object.data.get("status"),
+            reported: &mut reported,
+        };
         Ok(Observed {
             current: spec_replicas(&scale),
-            ready: ready_replicas(&self.settings.object, &object, status_replicas),
+            ready: counts.ready(status_replicas),
             in_flight: None,
-            facts: facts_of(&object, status_replicas),
+            facts: counts.facts(status_replicas),
         })
     }
 
@@ -510,19 +554,70 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ready_replicas_left_out_mean_zero_only_for_kinds_that_report_them() {
-        let object = |status: serde_json::Value| DynamicObject {
-            types: None,
-            metadata: Default::default(),
-            data: serde_json::json!({ "status": status }),
+    /// Reads `status` as a workload of `kind` that reported `before`:
+    /// (ready, facts other than pods) and what it has reported now.
+    fn read(
+        kind: &str,
+        before: &[&'static str],
+        status: serde_json::Value,
+    ) -> (u32, Vec<(String, f64)>, Vec<&'static str>) {
+        let mut reported = before.iter().copied().collect();
+        let mut counts = StatusCounts {
+            kind,
+            status: Some(&status),
+            reported: &mut reported,
         };
-        let reported = object(serde_json::json!({"replicas": 3, "readyReplicas": 2}));
-        assert_eq!(ready_replicas("Deployment", &reported, 3), 2);
-        assert_eq!(ready_replicas("Worker", &reported, 3), 2);
-        let none_ready = object(serde_json::json!({"replicas": 3}));
-        assert_eq!(ready_replicas("Deployment", &none_ready, 3), 0);
-        assert_eq!(ready_replicas("ReplicationController", &none_ready, 3), 0);
-        assert_eq!(ready_replicas("Worker", &none_ready, 3), 3);
+        let ready = counts.ready(3);
+        let facts = counts
+            .facts(3)
+            .into_iter()
+            .filter(|(fact, _)| fact != "pods")
+            .collect();
+        (ready, facts, reported.into_iter().collect())
+    }
+
+    #[test]
+    fn counts_left_out_mean_zero_for_kinds_that_have_them() {
+        let all = serde_json::json!({
+            "replicas": 3, "readyReplicas": 2, "availableReplicas": 1, "updatedReplicas": 3
+        });
+        let (ready, facts, _) = read("Deployment", &[], all.clone());
+        assert_eq!(ready, 2);
+        assert_eq!(
+            facts,
+            [("available".to_owned(), 1.0), ("updated".to_owned(), 3.0)]
+        );
+        assert_eq!(read("Worker", &[], all).0, 2);
+
+        // The built-in kinds leave each count out when it is 0.
+        let none = serde_json::json!({"replicas": 3});
+        let (ready, facts, _) = read("Deployment", &[], none.clone());
+        assert_eq!(ready, 0);
+        assert_eq!(
+            facts,
+            [("available".to_owned(), 0.0), ("updated".to_owned(), 0.0)]
+        );
+        let (ready, facts, _) = read("ReplicationController", &[], none.clone());
+        assert_eq!(ready, 0);
+        assert_eq!(facts, [("available".to_owned(), 0.0)]);
+
+        // A custom kind that never reported them: ready is the pods, no
+        // facts.
+        let (ready, facts, reported) = read("Worker", &[], none.clone());
+        assert_eq!((ready, facts, reported), (3, vec![], vec![]));
+    }
+
+    #[test]
+    fn a_custom_kind_that_reported_a_count_reads_zero_when_it_leaves_it_out() {
+        let (_, _, reported) = read(
+            "Rollout",
+            &[],
+            serde_json::json!({"replicas": 5, "readyReplicas": 5, "availableReplicas": 5}),
+        );
+        assert_eq!(reported, ["availableReplicas", "readyReplicas"]);
+        // Argo Rollouts leaves both out when no pod is ready.
+        let (ready, facts, _) = read("Rollout", &reported, serde_json::json!({"replicas": 5}));
+        assert_eq!(ready, 0);
+        assert_eq!(facts, [("available".to_owned(), 0.0)]);
     }
 }
