@@ -14,6 +14,7 @@ use scalewise::config::LeaderElectionConfig;
 use scalewise::leader::{Elector, Leadership, Outcome, PAUSES_ANNOTATION, Pauses, RecordError};
 use scalewise_tests::daemon_process::DaemonProcess;
 use scalewise_tests::fake_kube::FakeKube;
+use scalewise_tests::stub_http::counted_silent_listener;
 use scalewise_tests::{artifacts, wait_until};
 
 fn settings(identity: &str) -> LeaderElectionConfig {
@@ -625,6 +626,67 @@ async fn a_new_leader_waits_a_scale_down_window_before_scaling_down() {
     );
     replicas_become(&kube, 1).await.unwrap();
     b.stop().unwrap();
+}
+
+/// A tick whose term ends while it reads its metrics makes no change, and
+/// tells nobody of a failure: not the workload's Events either (a
+/// `FailedRescale` warning at every handover that lands mid-tick, while the
+/// new leader scales as it should). The journal keeps why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_whose_term_ends_while_it_reads_posts_no_warning() {
+    let kube = with_web_at_2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hanging, asked) = counted_silent_listener().await.unwrap();
+    let slow = format!(
+        r#"
+[scalers.metrics.load]
+source = "stuck"
+query = "up"
+
+[sources.stuck]
+kind = "prometheus"
+url = "http://{hanging}"
+timeout = "4s"
+"#
+    );
+    let a = start(dir.path(), &kube, &(config(5, "a") + &slow));
+    // a's first tick has read the workload and waits for its metric.
+    wait_until("the metric asked for", Duration::from_secs(60), || async {
+        match asked.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Err("not yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap();
+    // Its Lease goes (a new term begins when a takes it again).
+    kube.delete_lease("ops", "scalewise");
+    let failed = wait_until("the tick's record", Duration::from_secs(60), || async {
+        let lines = a.journal_export("web").map_err(|e| e.to_string())?;
+        lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["actuation"]["status"] == "failed")
+            .ok_or(lines)
+    })
+    .await
+    .unwrap();
+    assert!(
+        failed["actuation"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("lost the lease during the tick"),
+        "{failed}"
+    );
+    // The next term scales.
+    replicas_become(&kube, 5).await.unwrap();
+    let warnings: Vec<_> = kube
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    a.stop().unwrap();
 }
 
 /// A leader that loses its Lease (renewals failing past the renew

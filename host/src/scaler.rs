@@ -1268,8 +1268,12 @@ impl Scaler {
         if let Some(notifier) = notifier {
             notifier.notify(announcement.clone(), owed);
         }
-        let actuator = self.actuator.clone();
-        tokio::spawn(async move { actuator.announce(announcement).await });
+        // Nor the target's own channel (a Kubernetes `FailedRescale`
+        // warning at each handover that lands mid-tick).
+        if leads {
+            let actuator = self.actuator.clone();
+            tokio::spawn(async move { actuator.announce(announcement).await });
+        }
     }
 
     async fn append(&self, record: &TickRecord) -> Option<i64> {
