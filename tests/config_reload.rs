@@ -586,6 +586,63 @@ async fn parameters_the_policy_refuses_are_refused_at_reload() {
     d.stop().await.unwrap();
 }
 
+/// New parameters that read a metric the last context lacks (renamed, or
+/// new) cannot be judged on it: the trial is skipped and the reload
+/// applied (it was refused: "metric cpu_usage is not one of the scaler's
+/// metrics (cpu)", so renaming a metric took a restart or three reloads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_renamed_with_the_parameters_naming_it_is_applied() {
+    let with_metric = |name: &str| {
+        config_text(4.0, 50, "native", "").replace(
+            "[[scalers.policies]]\nmodule = \"counter\"\n",
+            &format!(
+                "metrics.{name} = {{ source = \"simulator\", query = \"cpu\" }}\n\n\
+                 [[scalers.policies]]\nmodule = \"target-tracking\"\n\
+                 params = {{ metric = \"{name}\", target = 60.0 }}\n"
+            ),
+        )
+    };
+    let mut d = RunningDaemon::with(&with_metric("cpu"))
+        .policies(|dir| {
+            std::fs::copy(
+                scalewise_tests::artifacts::TARGET_TRACKING,
+                dir.join("target-tracking.wasm"),
+            )
+            .unwrap();
+        })
+        .config_reload()
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    d.next_decision(5 * SECOND, |r| {
+        r.scaler == "web"
+            && matches!(
+                r.evaluations[0].outcome,
+                EvaluationOutcome::Decided { .. }
+            )
+    })
+    .await
+    .unwrap();
+    rewrite_config(&d, &with_metric("cpu_usage"));
+    wait_for_reloads(&d, "applied", 1).await;
+    let record = d
+        .next_decision(5 * SECOND, |r| {
+            r.scaler == "web" && r.evaluations[0].context.parameters["metric"] == "cpu_usage"
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            record.evaluations[0].outcome,
+            EvaluationOutcome::Decided { .. }
+        ),
+        "{:?}",
+        record.evaluations[0].outcome
+    );
+    d.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_read_at_start_are_reported_as_needing_a_restart() {
     let mut d = start("").await;

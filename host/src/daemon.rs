@@ -1004,7 +1004,8 @@ impl Daemon {
     /// threshold whose bounds cross), and the reload is refused at them
     /// rather than applied to hold that scaler on every tick. Each distinct
     /// (module, parameters) is tried once, on the first scaler that has
-    /// such a context; scalers new or never decided are not tried.
+    /// such a context; scalers new or never decided are not tried, nor
+    /// parameters naming a metric the context lacks or could not read.
     async fn try_new_parameters(
         &self,
         config: &Config,
@@ -1048,6 +1049,21 @@ impl Daemon {
                     crate::journal::EvaluationOutcome::Decided { .. }
                 );
                 if evaluation.module != *module_name || !decided {
+                    continue;
+                }
+                // Parameters that read a metric the context lacks (renamed
+                // with them, or new) or could not read cannot be judged on
+                // it: a tick would give the policy that metric, or let it
+                // abstain without it.
+                let judged =
+                    crate::scaler::metrics_read(module.info(), &parameters).all(|metric| {
+                        evaluation
+                            .context
+                            .metrics
+                            .iter()
+                            .any(|m| m.name == metric && m.error.is_none())
+                    });
+                if !judged {
                     continue;
                 }
                 // Tried once per (module, parameters); parameters a scaler

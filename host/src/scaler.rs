@@ -1576,7 +1576,7 @@ fn reads_any(info: &PolicyInfo, configured: &serde_json::Value, metrics: &[&str]
 
 /// The scaler's metrics a policy reads: the values of the parameters its
 /// module declares as metrics.
-fn metrics_read<'a>(
+pub(crate) fn metrics_read<'a>(
     info: &'a PolicyInfo,
     parameters: &'a serde_json::Value,
 ) -> impl Iterator<Item = &'a str> {
