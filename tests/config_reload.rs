@@ -616,11 +616,7 @@ async fn a_metric_renamed_with_the_parameters_naming_it_is_applied() {
         .await
         .unwrap();
     d.next_decision(5 * SECOND, |r| {
-        r.scaler == "web"
-            && matches!(
-                r.evaluations[0].outcome,
-                EvaluationOutcome::Decided { .. }
-            )
+        r.scaler == "web" && matches!(r.evaluations[0].outcome, EvaluationOutcome::Decided { .. })
     })
     .await
     .unwrap();

@@ -2302,6 +2302,20 @@ fn a_rebalance_target_is_checked_at_its_place() {
         ),
     ];
     assert_refused_at(dir.path(), &text, AT, &cases);
+    // An interval too long to double is refused at its place (the timeout
+    // check overflowed and panicked).
+    let err = parse_in(
+        dir.path(),
+        &text.replace("interval = \"15s\"", "interval = \"300000000000y\""),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("scalers[0] \"workers\": interval (")
+            && err.contains("must be between 1s and 24h"),
+        "{err}"
+    );
+    assert!(!err.contains("timeout"), "{err}");
     let second = second_scaler(&text).replace("8080/api\"", "8080/api/\"");
     let err = parse_in(dir.path(), &format!("{text}\n{second}")).unwrap_err();
     assert!(

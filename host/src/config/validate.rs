@@ -1076,8 +1076,9 @@ impl Checker<'_, '_> {
                 &at("timeout"),
                 format!("timeout ({}) must be at least 1s", show(workers.timeout)),
             );
-        } else if workers.timeout < interval * 2 {
-            // A change is looked at once a tick: a shorter timeout gives a
+        } else if interval <= MAX_INTERVAL && workers.timeout < interval * 2 {
+            // (An interval out of range is refused at its own place, and
+            // one too long to double overflowed here.) A change is looked at once a tick: a shorter timeout gives a
             // scale-out up before a new worker could be seen ready.
             self.value(
                 &at("timeout"),
