@@ -309,8 +309,13 @@ impl SimulatedService {
         let target = replicas as usize;
         let before = self.replicas.len();
         if target > before {
+            // On the grid, as every other change: ready from the first step
+            // at or after the delay, so the replicas the target reports
+            // ready are the ones the metrics of that moment were served by.
             let ready_at = now_ms.saturating_add(self.params.startup_delay_ms);
-            self.replicas.resize(target, ready_at);
+            let step = (ready_at - self.start_ms).saturating_add(STEP_MS - 1) / STEP_MS;
+            self.replicas
+                .resize(target, self.start_ms.saturating_add(step * STEP_MS));
         } else {
             self.replicas.truncate(target);
         }
@@ -624,6 +629,18 @@ mod tests {
         assert_eq!(svc.replicas(T0 + 40_000), (5, 5));
         assert_eq!(svc.sample(T0 + 39_999).ready, 2);
         assert_eq!(svc.sample(T0 + 40_000).ready, 5);
+    }
+
+    #[test]
+    fn replicas_asked_for_between_steps_become_ready_on_the_grid() {
+        let mut svc = service(100.0, 0.0, 2);
+        // Ready after the delay at T0 + 40.5 s: from the step at 41 s, when
+        // the metrics are served by them too.
+        svc.set_replicas(T0 + 10_500, 5);
+        for (now, ready) in [(40_600, 2), (40_999, 2), (41_000, 5), (41_500, 5)] {
+            assert_eq!(svc.replicas(T0 + now), (5, ready), "at {now}");
+            assert_eq!(svc.sample(T0 + now).ready, ready, "at {now}");
+        }
     }
 
     #[test]
