@@ -53,6 +53,20 @@ fn no_environment_arguments_or_files() {
     );
 }
 
+/// The NaN a float operation makes is the same on every CPU (x86 makes
+/// one with the sign bit set, ARM without): a policy that keeps a float's
+/// bits in its state, or sorts with `total_cmp`, replays the same elsewhere.
+#[test]
+fn a_nan_has_the_same_bits_on_every_cpu() {
+    let seen = probe(&load(artifacts::SANDBOX_PROBE), 1_000);
+    assert_eq!(
+        seen["nan_bits"].as_u64(),
+        Some(0x7FF8_0000_0000_0000),
+        "{:#x}",
+        seen["nan_bits"].as_u64().unwrap_or_default()
+    );
+}
+
 #[test]
 fn no_network() {
     let seen = probe(&load(artifacts::SANDBOX_PROBE), 1_000);

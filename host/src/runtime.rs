@@ -920,9 +920,12 @@ fn engine_config(limits: &RuntimeLimits, pooling: bool) -> Config {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .consume_fuel(limits.fuel > 0)
-        // Relaxed SIMD answers as on every machine: the same context gives
-        // the same decision bytes on another CPU too (a replay elsewhere).
+        // Relaxed SIMD answers as on every machine, and a float operation
+        // that makes a NaN makes the one NaN (x86 sets its sign bit, ARM
+        // does not): the same context gives the same decision bytes on
+        // another CPU too (a replay elsewhere).
         .relaxed_simd_deterministic(true)
+        .cranelift_nan_canonicalization(true)
         .max_wasm_stack(limits.max_wasm_stack.as_u64() as usize);
     if pooling {
         let max_memory = limits.max_memory.as_u64() as usize;
