@@ -671,9 +671,11 @@ fn run<R>(
 /// answer, or what it passes one host function): room for the largest
 /// decision the limits allow, and 4 MiB besides.
 pub(crate) fn hostcall_budget(limits: &RuntimeLimits) -> usize {
-    (4 << 20)
-        + usize::try_from(limits.max_state_bytes.as_u64()).unwrap_or(usize::MAX >> 1)
-        + limits.max_reason_bytes
+    // Saturating: limits read from a record (`eval --context`) are not
+    // the config's, checked at load.
+    (4usize << 20)
+        .saturating_add(usize::try_from(limits.max_state_bytes.as_u64()).unwrap_or(usize::MAX))
+        .saturating_add(limits.max_reason_bytes)
 }
 
 /// Maps a wasmtime error to an [`EvalErrorKind`], keeping wasmtime's full
@@ -1015,6 +1017,20 @@ mod tests {
             "function 40 (no offset), 0x42ac ×3, 0x10, 0x42ac"
         );
         assert_eq!(collapse_repeats(Vec::new()), "");
+    }
+
+    #[test]
+    fn the_hostcall_budget_of_extreme_limits_does_not_overflow() {
+        let limits = RuntimeLimits {
+            max_reason_bytes: usize::MAX,
+            max_state_bytes: bytesize::ByteSize::b(u64::MAX),
+            ..RuntimeLimits::default()
+        };
+        assert_eq!(hostcall_budget(&limits), usize::MAX);
+        assert_eq!(
+            hostcall_budget(&RuntimeLimits::default()),
+            (4 << 20) + RuntimeLimits::default().max_state_bytes.as_u64() as usize + 1024
+        );
     }
 
     #[test]
