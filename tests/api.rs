@@ -796,6 +796,104 @@ params = {{ scale_to = 5 }}
     daemon.stop().await.unwrap();
 }
 
+/// A pause answered while the tick's change is being recorded (the
+/// journal's group commit waits up to 1 s here) stops that change too: once
+/// the API has answered, the replicas do not move. The tick reads the pause
+/// flag again under the lock the pause is stored under, just before it
+/// calls the actuator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_answered_while_the_change_is_recorded_stops_it() {
+    use std::sync::atomic::Ordering;
+
+    use scalewise::clock::Clock;
+    use scalewise_tests::running::{RunningDaemon, simulation};
+    use scalewise_tests::stub_http::counted_silent_listener;
+
+    let (addr, accepted) = counted_silent_listener().await.unwrap();
+    let config = format!(
+        r#"policy_dir = "policies"
+
+[journal]
+path = "journal.db"
+commit_delay = "1s"
+
+[sources.slow]
+kind = "prometheus"
+url = "http://{addr}"
+timeout = "2s"
+
+{web}[[scalers]]
+name = "web"
+interval = "10s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "web" }}
+
+[scalers.metrics.queue]
+source = "slow"
+query = "sum(queue)"
+
+[[scalers.policies]]
+module = "counter"
+params = {{ scale_to = 5 }}
+"#,
+        web = simulation("web", 2),
+    );
+    let mut daemon = RunningDaemon::with(&config)
+        .clock(Clock::system())
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut decisions = daemon.decisions();
+    scalewise_tests::wait_until(
+        "a tick reading the metric",
+        Duration::from_secs(90),
+        || async {
+            match accepted.load(Ordering::SeqCst) {
+                0 => Err("no connection yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The metric fails after 2 s; the tick then decides 2 -> 5 and waits
+    // for its record's commit.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let api = daemon.api().unwrap();
+    let paused = reqwest::Client::new()
+        .post(format!("http://{api}/v1/scalers/web/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), StatusCode::OK);
+    let answered_at = daemon.replicas("web").unwrap().0;
+    let record = tokio::time::timeout(Duration::from_secs(30), decisions.recv())
+        .await
+        .expect("the tick ends")
+        .unwrap();
+    assert_eq!(record.proposal, Some(5), "{record:?}");
+    assert_eq!(
+        daemon.replicas("web").unwrap().0,
+        answered_at,
+        "the replicas moved after the pause was answered: {:?}",
+        record.actuation
+    );
+    if answered_at == 2 {
+        assert_eq!(
+            record.actuation,
+            ActuationRecord::Failed {
+                kind: "failed".into(),
+                error: "not scaled: the scaler was paused during the tick".into()
+            }
+        );
+    }
+    daemon.stop().await.unwrap();
+}
+
 /// `scalewise run`'s daemon with `[api] token` = "correct-horse" (from a
 /// file in the folder returned) and `more` in `[api]`, scaling `web`.
 async fn with_api_token(

@@ -1637,7 +1637,7 @@ async fn set_paused(
     if let Err(err) = journal.set_paused(name, paused).await {
         tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
     }
-    running.handle.paused.store(paused, Ordering::Relaxed);
+    running.handle.pause(paused).await;
 }
 
 /// On taking the Lease, and while following when they change: the pause
@@ -1655,7 +1655,7 @@ async fn apply_lease_pauses(journal: &Journal, handles: &ScalerHandles, pauses: 
         if let Err(err) = journal.set_paused(&name, paused).await {
             tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
         }
-        handle.paused.store(paused, Ordering::Relaxed);
+        handle.pause(paused).await;
         tracing::info!(
             scaler = %name, paused,
             "The scaler is {} as the leader left it (the lease records it).",

@@ -161,6 +161,11 @@ pub struct ScalerHandle {
     pub ticks: AtomicU64,
     /// The latest status.
     pub status: ArcSwap<ScalerStatus>,
+    /// Held by a tick from its last look at the pause flag until the
+    /// actuator's call returns; [`ScalerHandle::pause`] stores the flag
+    /// under it, so once a pause is answered no change starts, and one
+    /// that had started has been made.
+    acting: tokio::sync::Mutex<()>,
 }
 
 impl ScalerHandle {
@@ -171,6 +176,7 @@ impl ScalerHandle {
             paused: AtomicBool::new(status.paused),
             ticks: AtomicU64::new(0),
             status: ArcSwap::from_pointee(status),
+            acting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -178,7 +184,21 @@ impl ScalerHandle {
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }
+
+    /// Pauses or resumes the scaler once a change it is making has been
+    /// made (waiting at most [`ACTING_WAIT`]: an actuator's call is bounded
+    /// by its client's timeouts, but a pause must not wait for good).
+    pub async fn pause(&self, paused: bool) {
+        let acting = tokio::time::timeout(ACTING_WAIT, self.acting.lock()).await;
+        if acting.is_err() {
+            tracing::warn!(scaler = %self.name, paused, "A change the scaler is making has not finished after {}; the pause flag is set anyway.", humantime::format_duration(ACTING_WAIT));
+        }
+        self.paused.store(paused, Ordering::Relaxed);
+    }
 }
+
+/// The longest [`ScalerHandle::pause`] waits for a change under way.
+pub const ACTING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The services a scaler's tick uses.
 #[derive(Debug, Clone)]
@@ -1182,19 +1202,30 @@ impl Scaler {
         // no change, since another may be acting already; nor one that lost
         // it and took it again meanwhile (its reading of the target and its
         // envelope are of the term before, and another replica may have
-        // acted in between).
+        // acted in between). Nor a scaler paused meanwhile (a pause answered
+        // while the record was written): looked at under `acting`, which a
+        // pause waits for.
+        let handle = self.handle.clone();
+        let acting = handle.acting.lock().await;
         let leads = self.may_act() && self.services.leadership.term() == self.term;
-        let scaled = if leads {
+        let paused = self.handle.is_paused();
+        let acts = leads && !paused;
+        let scaled = if acts {
             let asked = std::time::Instant::now();
             self.in_flight_unsure = true;
             let scaled = self.actuator.scale(now_ms, current, desired).await;
             telemetry.target_called(self.actuator.kind(), "scale", asked.elapsed());
             scaled
-        } else {
+        } else if !leads {
             Err(ActuatorError::Failed(
                 "not scaled: this replica lost the lease during the tick".to_owned(),
             ))
+        } else {
+            Err(ActuatorError::Failed(
+                "not scaled: the scaler was paused during the tick".to_owned(),
+            ))
         };
+        drop(acting);
         let outcome = match scaled {
             Ok(Actuation::Done { detail }) => {
                 self.envelope.record_scale(slot_ms, current, desired);
@@ -1207,9 +1238,10 @@ impl Scaler {
                 ActuationRecord::Started { detail }
             }
             Err(err) => {
-                // Not made because the lease moved on is not a failure of
-                // the target's system: no alert on failed actuations.
-                if leads {
+                // Not made because the lease moved on (or a pause came) is
+                // not a failure of the target's system: no alert on failed
+                // actuations.
+                if acts {
                     telemetry.actuation(&self.spec.name, "failed");
                 }
                 tracing::warn!(scaler = %self.spec.name, error = %err, current, desired, "The actuator failed to scale the target.");
@@ -1242,11 +1274,12 @@ impl Scaler {
         // to tell it of: in one transaction, so a crash loses neither.
         let repeat = announcement.error.is_some() && announcement.error == self.told_failure;
         // A lease lost during the tick is no failure to alarm anyone with:
-        // the replica that leads now decides. The journal keeps it.
-        if leads {
+        // the replica that leads now decides (nor a pause, the operator's
+        // own). The journal keeps it.
+        if acts {
             self.told_failure = announcement.error.clone();
         }
-        let notifier = self.services.notifier.as_ref().filter(|_| !repeat && leads);
+        let notifier = self.services.notifier.as_ref().filter(|_| !repeat && acts);
         let owe = notifier
             .filter(|n| n.wants(&announcement))
             .map(|_| &announcement);
@@ -1270,7 +1303,7 @@ impl Scaler {
         }
         // Nor the target's own channel (a Kubernetes `FailedRescale`
         // warning at each handover that lands mid-tick).
-        if leads {
+        if acts {
             let actuator = self.actuator.clone();
             tokio::spawn(async move { actuator.announce(announcement).await });
         }
@@ -1751,6 +1784,24 @@ mod tests {
             outcome,
             duration_us: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn a_pause_is_stored_once_a_change_under_way_is_made() {
+        let handle = ScalerHandle::new(ScalerStatus::default());
+        let acting = handle.acting.lock().await;
+        let pausing = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.pause(true).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!handle.is_paused(), "stored while a change was under way");
+        drop(acting);
+        pausing.await.unwrap();
+        assert!(handle.is_paused());
+        // Nothing under way: at once.
+        handle.pause(false).await;
+        assert!(!handle.is_paused());
     }
 
     #[test]

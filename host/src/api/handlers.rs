@@ -460,7 +460,7 @@ async fn set_paused(
     // replica applies it too, even if its journal cannot record it (a full
     // disk during an incident must not leave a pause half made).
     let persisted = state.journal.set_paused(name, paused).await;
-    handle.paused.store(paused, Ordering::Relaxed);
+    handle.pause(paused).await;
     let done = if paused { "paused" } else { "resumed" };
     if let Err(e) = persisted {
         tracing::error!(scaler = %name, paused, error = %e, "A scaler was {done} through the API, but the journal could not record it: a restart of this replica would not keep it.");
