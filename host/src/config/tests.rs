@@ -1325,6 +1325,32 @@ fn scale_up_limits_that_never_leave_zero_are_a_warning() {
             warnings[0]
         );
     }
+    // select = "min" over HPA's default limits (4 pods, 100 %): warned at
+    // `select`; "max" over them is fine.
+    let defaults = |select: &str| at_zero(select);
+    assert_eq!(
+        parse_in(dir.path(), &defaults("select = \"max\""))
+            .unwrap()
+            .warnings(),
+        []
+    );
+    let text = defaults("select = \"min\"");
+    let warnings = parse_in(dir.path(), &text).unwrap().warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        warnings[0].line,
+        position_of(&text, "select = ").0,
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[0].message.starts_with(
+            "with min = 0, select = \"min\" over the default scale-up limits (4 pods, 100 %) \
+             allows nothing from 0 replicas"
+        ),
+        "{}",
+        warnings[0]
+    );
 }
 
 /// PromQL the parser here cannot read is a warning at the query, not an

@@ -67,24 +67,30 @@ pub(super) fn warnings(config: &Config, doc: &Document<'_>) -> Vec<Problem> {
         // A percent of 0 replicas is 0 (as in HPA): scale-up limits that
         // allow only percents keep a scaler at 0 there for good.
         let up = &scaler.get_ref().behavior.scale_up;
-        if *scaler.get_ref().min.get_ref() == 0
-            && let Some(limits) = &up.limits
-        {
-            let stuck = match up.select {
-                Select::Max => limits.iter().all(|l| l.pods.is_none()),
-                Select::Min => limits.iter().any(|l| l.percent.is_some()),
-                Select::Disabled => false,
+        if *scaler.get_ref().min.get_ref() == 0 {
+            let stuck = match (&up.limits, up.select) {
+                (Some(limits), Select::Max) => limits.iter().all(|l| l.pods.is_none()),
+                (Some(limits), Select::Min) => limits.iter().any(|l| l.percent.is_some()),
+                // HPA's default limits, 4 pods and 100 %: the smaller is 0.
+                (None, Select::Min) => true,
+                (_, Select::Max | Select::Disabled) => false,
             };
             if stuck {
-                warnings.push(
-                    doc.value_problem(
-                        &keys!["scalers", i, "behavior", "scale_up", "limits"],
-                        "with min = 0, these scale-up limits allow nothing from 0 replicas (a \
-                     percent of 0 is 0, as in HPA): at 0 the scaler never scales out; add a \
-                     `pods` limit (with select = \"max\")"
-                            .to_owned(),
+                let (field, which) = match up.limits {
+                    Some(_) => ("limits", "these scale-up limits allow"),
+                    None => (
+                        "select",
+                        "select = \"min\" over the default scale-up limits (4 pods, 100 %) allows",
                     ),
-                );
+                };
+                warnings.push(doc.value_problem(
+                    &keys!["scalers", i, "behavior", "scale_up", field],
+                    format!(
+                        "with min = 0, {which} nothing from 0 replicas (a percent of 0 is 0, as \
+                         in HPA): at 0 the scaler never scales out; add a `pods` limit (with \
+                         select = \"max\")"
+                    ),
+                ));
             }
         }
         for (name, metric) in &scaler.get_ref().metrics {
