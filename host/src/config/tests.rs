@@ -1353,6 +1353,40 @@ fn scale_up_limits_that_never_leave_zero_are_a_warning() {
     );
 }
 
+/// A range query's grid ends at the tick when the window's whole steps,
+/// rounded down to whole seconds (the range's start is rounded up to one),
+/// are whole steps.
+#[test]
+fn a_prometheus_window_and_step_load_when_their_grid_ends_at_the_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |window: &str, step: &str| {
+        edit(
+            BASE,
+            &[
+                ("step = \"30s\"", &format!("step = \"{step}\"")),
+                ("window = \"10m\"", &format!("window = \"{window}\"")),
+            ],
+        )
+    };
+    for (window, step) in [("30s", "1500ms"), ("2800ms", "400ms"), ("10m", "250ms")] {
+        assert!(
+            parse_in(dir.path(), &with(window, step)).is_ok(),
+            "{window} at {step}"
+        );
+    }
+    // 1200ms at 400ms: the range is 1 s, its newest point 200 ms before the
+    // tick.
+    for (window, step) in [("5s", "1500ms"), ("1200ms", "400ms")] {
+        let err = parse_in(dir.path(), &with(window, step))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("would give points that do not end at the tick's time"),
+            "{window} at {step}: {err}"
+        );
+    }
+}
+
 /// PromQL the parser here cannot read is a warning at the query, not an
 /// error: Prometheus (or a compatible store) judges its own language.
 #[test]

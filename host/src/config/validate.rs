@@ -1370,16 +1370,17 @@ impl Checker<'_, '_> {
                 self.value(&at(field), message);
             }
             // Prometheus takes a range's start and end in whole seconds and
-            // puts its points at start + k * step. The range spans the
-            // window's whole steps, its start rounded up to a second: its
-            // grid ends at the tick's time only if that span is a whole
-            // number of steps (5s at 1500ms gave a series a point short,
-            // its newest a second old; 30s at 1500ms is fine).
+            // puts its points at start + k * step. The range ends at the
+            // tick's second and spans the window's whole steps, its start
+            // rounded up to a second (the span rounded down): its grid ends
+            // at the tick's time only if that span is a whole number of
+            // steps (5s at 1500ms gave a series a point short, its newest a
+            // second old; 30s at 1500ms is fine). As `range_of` does.
             let (window_ms, step_ms) = (window.as_millis(), step.as_millis());
             let span_ms = window_ms / step_ms.max(1) * step_ms;
             if config.sources.contains_key(&metric.source)
                 && step_ms > 0
-                && !(span_ms.div_ceil(1000) * 1000).is_multiple_of(step_ms)
+                && !(span_ms / 1000 * 1000).is_multiple_of(step_ms)
             {
                 let field = if metric.step.is_some() {
                     "step"
