@@ -286,6 +286,29 @@ fn eval_checks_params_against_what_the_module_declares() {
     );
 }
 
+/// A parameter the context leaves out (or gives as null) reaches the
+/// policy with the default its `describe()` declares, as the daemon hands
+/// it; one given is kept.
+#[test]
+fn eval_fills_in_the_declared_defaults_as_the_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for (parameters, seen) in [
+        (json!({}), r#"{"label":"probe"}"#),
+        (json!({"label": null}), r#"{"label":"probe"}"#),
+        (json!({"label": "mine"}), r#"{"label":"mine"}"#),
+    ] {
+        let ctx = write_json(dir.path(), "ctx.json", &context(5, parameters.clone(), 1));
+        let (code, out, err) = cli(&["eval", artifacts::SANDBOX_PROBE, "--context", &ctx]);
+        assert_eq!(code, 0, "{err}");
+        let decision: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            decision["reason"],
+            format!("probed the sandbox (parameters {seen})"),
+            "{parameters}"
+        );
+    }
+}
+
 /// A journal evaluation of the module at `path` (default limits), as the
 /// control loop writes it.
 fn recorded(path: &str, parameters: Value) -> Evaluation {

@@ -825,6 +825,12 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                 }
                 return Ok(1);
             }
+            // As the daemon hands them: a parameter not given (or null, "not
+            // given") has the default `describe()` declares for it.
+            if let Value::Object(map) = &mut ctx.parameters {
+                map.retain(|_, value| !value.is_null());
+            }
+            ctx.parameters = crate::scaler::with_defaults(&ctx.parameters, module.info());
             let (result, usage) = module.evaluate_with_usage(&ctx);
             if args.usage {
                 let fuel = match usage.fuel_consumed {
