@@ -56,6 +56,30 @@ fn check_fails_naming_the_file_and_the_problem() {
     assert!(err.contains("cannot read /no/such/module.wasm"), "{err}");
 }
 
+/// What a module prints when its describe() fails is its own text: written
+/// escaped, it cannot drive the operator's terminal (clear it, reorder
+/// what they read).
+#[test]
+fn a_modules_own_words_in_an_error_do_not_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = write_json(dir.path(), "ctx.json", &context(5, json!({}), 1));
+    for args in [
+        vec!["check", artifacts::DESCRIBE_PANICS],
+        vec!["eval", artifacts::DESCRIBE_PANICS, "--context", &ctx],
+    ] {
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.contains("will not say what it is"), "{args:?}: {err}");
+        for raw in ['\x1b', '\u{202e}'] {
+            assert!(
+                !out.contains(raw) && !err.contains(raw),
+                "{args:?}: {raw:?} in {err:?}"
+            );
+        }
+        assert!(err.contains("\\u{1b}[2J\\u{202e}"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn eval_prints_the_decision_as_json() {
     let example = data_dir().join("contexts").join("example.json");

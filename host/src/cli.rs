@@ -566,7 +566,12 @@ pub fn check(
             }
             Err(e) => {
                 failed += 1;
-                writeln!(err, "error: {}: {e}", path.display())?;
+                writeln!(
+                    err,
+                    "error: {}: {}",
+                    path.display(),
+                    log_safe(&e.to_string())
+                )?;
             }
         }
     }
@@ -607,7 +612,7 @@ fn write_info(out: &mut dyn Write, path: &Path, module: &PolicyModule) -> std::i
                 if p.required { "yes" } else { "no" }.to_string(),
                 p.default
                     .as_ref()
-                    .map_or_else(|| "-".to_string(), Value::to_string),
+                    .map_or_else(|| "-".to_string(), |v| json_safe(v.to_string())),
                 one_line(&p.description),
             ]
         })
@@ -746,7 +751,12 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
     let module = match runtime.load_file(&args.module) {
         Ok(m) => m,
         Err(e) => {
-            writeln!(err, "error: {}: {e}", args.module.display())?;
+            writeln!(
+                err,
+                "error: {}: {}",
+                args.module.display(),
+                log_safe(&e.to_string())
+            )?;
             return Ok(1);
         }
     };
@@ -816,12 +826,12 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                 writeln!(
                     err,
                     "warning: {source}: {} ({left_out}the daemon would refuse this in a config)",
-                    problem.message()
+                    log_safe(&problem.message())
                 )?;
             }
             if !refused.is_empty() {
                 for problem in &refused {
-                    writeln!(err, "error: --params: {}", problem.message())?;
+                    writeln!(err, "error: --params: {}", log_safe(&problem.message()))?;
                 }
                 return Ok(1);
             }
@@ -870,7 +880,7 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                 match loaded {
                     Ok(m) => m,
                     Err(e) => {
-                        writeln!(err, "error: {}: {e}", args.module.display())?;
+                        writeln!(err, "error: {}: {}", args.module.display(), log_safe(&e))?;
                         return Ok(1);
                     }
                 }
