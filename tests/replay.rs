@@ -278,6 +278,49 @@ async fn each_evaluation_replays_under_the_limits_it_ran_under() {
     assert!(out.contains("recorded: failed (out_of_fuel)"), "{out}");
 }
 
+/// A module whose memory starts above the default limit (80 MiB), run under
+/// `[runtime] max_memory = "128MiB"`: the replay loads it under the
+/// recorded limit from the start (it failed, exit 2, loading it under the
+/// defaults first); `eval --record` likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_needs_the_recorded_limits_to_load_is_replayed() {
+    let config = CONFIG
+        .replace(
+            "[journal]",
+            "[runtime]\nmax_memory = \"128MiB\"\n\n[journal]",
+        )
+        .replace(
+            "module = \"target-tracking\"\nparams = { metric = \"cpu\", target = 60.0 }",
+            "module = \"big-memory\"",
+        );
+    let mut daemon = RunningDaemon::with(&config)
+        .policies(|dir| {
+            std::fs::copy(artifacts::BIG_MEMORY, dir.join("big-memory.wasm")).unwrap();
+        })
+        .start()
+        .await
+        .unwrap();
+    daemon
+        .wait_for_record("web", "3 ticks", Duration::from_secs(60), |r| {
+            r.id.unwrap_or_default() >= 3
+        })
+        .await
+        .unwrap();
+    daemon.stop().await.unwrap();
+    let journal = daemon.dir().join("journal.db");
+    let module = daemon.policy_dir().join("big-memory.wasm");
+    let (module, journal) = (module.to_str().unwrap(), journal.to_str().unwrap());
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&["replay", module, "--journal", journal]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains(" same"), "{err}");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(&["eval", module, "--record", "1", "--journal", journal])
+    });
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("\"outcome_matches\": true"), "{out}");
+}
+
 /// Evaluations no module ran (its file failed to load then) are skipped and
 /// counted apart, not reported as the module deciding now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -646,6 +646,22 @@ fn one_line(text: &str) -> String {
     log_safe(&joined).into_owned()
 }
 
+/// The runtime limits a journal record (a tick's, or one evaluation's)
+/// says its calls ran under: `None` for a context, or a record of calls
+/// under the defaults. A tick's policies all run under the `[runtime]` of
+/// the time.
+fn recorded_limits(text: &str) -> Option<RuntimeLimits> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let limits = match value.get("evaluations") {
+        Some(Value::Array(evaluations)) => evaluations
+            .iter()
+            .find_map(|e| e.get("limits").filter(|l| !l.is_null()))?,
+        Some(_) => return None,
+        None => value.get("context").and(value.get("limits"))?,
+    };
+    serde_json::from_value(limits.clone()).ok()
+}
+
 /// What `scalewise eval --context FILE` was given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EvalInput {
@@ -741,7 +757,32 @@ fn from_json_at<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String>
 
 /// `scalewise eval`: one evaluation, or a replay of a journaled one.
 pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<u8> {
-    let runtime = match Runtime::new(args.limits.to_limits()) {
+    let (source, text) = match (&args.context, args.record, &args.journal) {
+        (Some(path), _, _) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}")),
+        ),
+        (None, Some(id), Some(journal)) => match journal::read_record(journal, id) {
+            Ok(record) => (
+                format!("{} record {id}", journal.display()),
+                serde_json::to_string(&record).map_err(|e| e.to_string()),
+            ),
+            // Its message names the journal and the id already.
+            Err(e) => {
+                writeln!(err, "error: {e}")?;
+                return Ok(1);
+            }
+        },
+        _ => (
+            String::new(),
+            Err("give --context FILE, or --record ID with --journal FILE".into()),
+        ),
+    };
+    // A record is replayed under the limits it ran under: the module is
+    // loaded under them from the start (one that needs more memory or
+    // stack than the defaults give would not load under those).
+    let recorded = text.as_deref().ok().and_then(recorded_limits);
+    let runtime = match Runtime::new(args.limits.applied_to(recorded.unwrap_or_default())) {
         Ok(rt) => rt,
         Err(e) => {
             writeln!(err, "error: {e}")?;
@@ -760,31 +801,7 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
             return Ok(1);
         }
     };
-    let (source, input) = match (&args.context, args.record, &args.journal) {
-        (Some(path), _, _) => (
-            path.display().to_string(),
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read it: {e}"))
-                .and_then(|text| parse_eval_input(&text, module.name(), args.index)),
-        ),
-        (None, Some(id), Some(journal)) => match journal::read_record(journal, id) {
-            Ok(record) => (
-                format!("{} record {id}", journal.display()),
-                serde_json::to_string(&record)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| parse_eval_input(&text, module.name(), args.index)),
-            ),
-            // Its message names the journal and the id already.
-            Err(e) => {
-                writeln!(err, "error: {e}")?;
-                return Ok(1);
-            }
-        },
-        _ => (
-            String::new(),
-            Err("give --context FILE, or --record ID with --journal FILE".into()),
-        ),
-    };
+    let input = text.and_then(|text| parse_eval_input(&text, module.name(), args.index));
     let input = match input {
         Ok(i) => i,
         Err(e) => {

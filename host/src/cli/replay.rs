@@ -167,14 +167,6 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             .load(&name, &bytes)
             .map_err(|e| format!("{}: {e}", args.module.display()))
     };
-    let mut modules: HashMap<String, PolicyModule> = HashMap::new();
-    let module = load(args.limits.to_limits())?;
-    modules.insert(String::new(), module.clone());
-    let policy = args
-        .policy
-        .clone()
-        .unwrap_or_else(|| module.name().to_string());
-
     if let (Some(since), Some(until)) = (since_ms, until_ms)
         && since >= until
     {
@@ -205,6 +197,25 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         .map_err(|e| e.to_string())?;
     }
     records.sort_by_key(|r| (r.time_ms, r.id));
+    // Loaded first under the limits the newest records ran under (a module
+    // that needs more memory or stack than the defaults give would not
+    // load under those), for its name and the parameter check.
+    let first = records
+        .iter()
+        .rev()
+        .flat_map(|r| &r.evaluations)
+        .find_map(|e| e.limits.as_deref().cloned());
+    let first_key = first
+        .as_ref()
+        .map(|l| serde_json::to_string(l).unwrap_or_default())
+        .unwrap_or_default();
+    let module = load(args.limits.applied_to(first.unwrap_or_default()))?;
+    let mut modules: HashMap<String, PolicyModule> = HashMap::new();
+    modules.insert(first_key, module.clone());
+    let policy = args
+        .policy
+        .clone()
+        .unwrap_or_else(|| module.name().to_string());
 
     // Each policy's own state, by scaler and the policy's index there.
     let mut own_state: HashMap<(String, usize), Option<Vec<u8>>> = HashMap::new();
