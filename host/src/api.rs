@@ -7,7 +7,7 @@
 
 mod error;
 mod guard;
-mod handlers;
+pub(crate) mod handlers;
 mod peers;
 pub mod serve;
 pub mod tls;

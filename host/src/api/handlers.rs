@@ -393,8 +393,9 @@ fn status_of(handle: &ScalerHandle) -> ScalerStatus {
     status
 }
 
-/// How long a pause or resume may take to reach the Lease.
-const LEASE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a pause or resume may take to reach the Lease (and twice that
+/// to wait for another in progress).
+pub(crate) const LEASE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn set_paused(
     state: &AppState,

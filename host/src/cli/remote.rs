@@ -12,8 +12,13 @@ use crate::config::{Config, Secret};
 
 use super::ApiArgs;
 
-/// How long a request may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request may take: a pause is answered once it is recorded in
+/// the Lease (after any other pause in progress) and a change the scaler is
+/// making has been made, which may take a minute.
+const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The API's default address.
 const DEFAULT_API: &str = "http://127.0.0.1:9464";
@@ -38,7 +43,9 @@ impl Remote {
             token_problem,
             ca,
         } = target(args)?;
-        let mut client = reqwest::Client::builder().timeout(TIMEOUT);
+        let mut client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(TIMEOUT);
         if let Some(ca) = &ca {
             let tls = super::pinned::client_config(ca)
                 .map_err(|e| format!("cannot read the certificates to trust: {e}"))?;
@@ -71,10 +78,18 @@ impl Remote {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|e| {
-            format!(
-                "cannot reach the API at {base}: {}",
-                crate::outbound::causes(&e)
-            )
+            if e.is_timeout() && !e.is_connect() {
+                format!(
+                    "the API at {base} did not answer within {}: whether it did what was asked \
+                     is not known (`scalewise status` shows it)",
+                    humantime::format_duration(TIMEOUT)
+                )
+            } else {
+                format!(
+                    "cannot reach the API at {base}: {}",
+                    crate::outbound::causes(&e)
+                )
+            }
         })?;
         let status = response.status();
         let body: serde_json::Value = response
@@ -211,6 +226,15 @@ pub fn run_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_is_waited_for_as_long_as_the_daemon_may_take_to_answer_it() {
+        use crate::api::handlers::LEASE_WRITE_TIMEOUT;
+        // Another pause in progress, the Lease write, the journal's
+        // commit, a change under way.
+        let longest = 3 * LEASE_WRITE_TIMEOUT + Duration::from_secs(1) + crate::scaler::ACTING_WAIT;
+        assert!(TIMEOUT > longest, "{TIMEOUT:?} <= {longest:?}");
+    }
 
     #[test]
     fn an_api_on_every_interface_is_reached_on_loopback() {
