@@ -25,7 +25,7 @@ async fn show(args: &StatusArgs) -> Result<String, String> {
         Some(name) => remote.call(Method::GET, &["v1", "scalers", name]).await?,
     };
     if args.json {
-        return serde_json::to_string_pretty(&body).map_err(|e| e.to_string());
+        return as_json(&body);
     }
     let leader = remote.call(Method::GET, &["v1", "leader"]).await?;
     let mut text = follower_note(&leader);
@@ -34,6 +34,14 @@ async fn show(args: &StatusArgs) -> Result<String, String> {
         Some(_) => text.push_str(&detail(&body)),
     }
     Ok(text)
+}
+
+/// `body` as JSON for a terminal: a policy's words (the last decision, its
+/// errors) carry nothing that drives it.
+fn as_json(body: &Value) -> Result<String, String> {
+    serde_json::to_string_pretty(body)
+        .map(crate::runtime::json_safe)
+        .map_err(|e| e.to_string())
 }
 
 /// A line saying the replica asked does not act, when it does not.
@@ -210,6 +218,17 @@ fn detail(s: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_output_escapes_what_would_drive_the_terminal() {
+        let mut web = scaler("web");
+        web["last_decision"] = json!("a\u{9b}2J\u{202e}b");
+        let text = as_json(&json!([web])).unwrap();
+        assert!(!text.contains(['\u{9b}', '\u{202e}']), "{text}");
+        assert!(text.contains(r"a\u009b2J\u202eb"), "{text}");
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back[0]["last_decision"], "a\u{9b}2J\u{202e}b");
+    }
 
     fn scaler(name: &str) -> Value {
         json!({
