@@ -355,6 +355,7 @@ fn recorded_by(
         duration_us: 42,
         load_error: None,
         limits: module.recorded_limits(),
+        abstained: false,
     }
 }
 

@@ -264,6 +264,17 @@ stabilization_window = "0s"
         &failing.evaluations[0].outcome,
         EvaluationOutcome::Failed { kind, error } if kind == "policy_error" && error.contains("\"queue\" could not be read")
     ));
+    // It abstained (no vote), which the record keeps for `explain`.
+    assert!(
+        failing.evaluations[0].abstained,
+        "{:?}",
+        failing.evaluations
+    );
+    assert!(
+        !failing.evaluations[1].abstained,
+        "{:?}",
+        failing.evaluations
+    );
     assert_eq!(decision(&failing, threshold).unwrap().desired, None);
 
     // Latency drops below the threshold: the control scales in...

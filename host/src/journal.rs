@@ -970,6 +970,7 @@ mod tests {
             duration_us: 3,
             load_error: None,
             limits: None,
+            abstained: false,
         }
     }
 

@@ -1094,7 +1094,7 @@ impl Scaler {
             Vec::new()
         });
 
-        let (evaluations, usages): (Vec<Evaluation>, Vec<Option<EvalUsage>>) =
+        let (mut evaluations, usages): (Vec<Evaluation>, Vec<Option<EvalUsage>>) =
             evaluations.into_iter().unzip();
         let mut abstained = vec![false; evaluations.len()];
         for (i, (evaluation, usage)) in evaluations.iter().zip(&usages).enumerate() {
@@ -1154,6 +1154,9 @@ impl Scaler {
                     }
                 }
             }
+        }
+        for (evaluation, abstained) in evaluations.iter_mut().zip(&abstained) {
+            evaluation.abstained = *abstained;
         }
         (evaluations, abstained)
     }
@@ -1468,6 +1471,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
             load_error,
             limits: None,
             module: name,
+            abstained: false,
         };
         return (evaluation, None);
     };
@@ -1493,6 +1497,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
         duration_us,
         load_error,
         limits: module.recorded_limits(),
+        abstained: false,
     };
     (evaluation, Some(usage))
 }
@@ -1765,6 +1770,7 @@ mod tests {
             digest: None,
             load_error: None,
             limits: None,
+            abstained: false,
             context: Context {
                 now_ms: 0,
                 scaler: "web".into(),

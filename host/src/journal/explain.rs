@@ -84,14 +84,21 @@ pub fn explain(record: &TickRecord) -> Vec<String> {
             .as_deref()
             .map(|d| format!(" sha256:{}", &d[..d.len().min(12)]))
             .unwrap_or_default();
+        // As `combine` counts them: a hold is a vote for the current
+        // count; a failure is no vote, and holds the scaler unless the
+        // policy abstained for want of a metric.
         let answer = match &e.outcome {
             EvaluationOutcome::Decided { decision } => match decision.desired {
                 Some(n) => format!("{n}: {}", decision.reason),
-                None => format!("hold: {}", decision.reason),
+                None => format!("hold (stay at {}): {}", t.current, decision.reason),
             },
             EvaluationOutcome::Failed { kind, error } => {
                 let error = error.lines().next().unwrap_or_default();
-                format!("failed ({kind}), counted as hold: {error}")
+                if e.abstained {
+                    format!("abstained, no vote (a metric it reads was not read; {kind}): {error}")
+                } else {
+                    format!("failed ({kind}), no vote: {error}")
+                }
             }
         };
         lines.push(format!("{label:<10}{}{digest} → {answer}", e.module));
@@ -140,7 +147,9 @@ pub fn explain(record: &TickRecord) -> Vec<String> {
             "actuator  not called: dry-run, the change is only recorded".into()
         }
         ActuationRecord::Pending => {
-            "actuator  called, no answer recorded (the daemon stopped during the call)".into()
+            "actuator  called, no answer recorded: the call was under way when this was read, \
+             or the daemon stopped during it, or the journal could not record its answer"
+                .into()
         }
         ActuationRecord::Done { detail } => format!("actuator  done: {detail}"),
         ActuationRecord::Started { detail } => format!("actuator  started: {detail}"),
@@ -162,7 +171,52 @@ fn short(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::{explain, short};
+    use crate::journal::TickRecord;
+
+    /// At 5: A asks for 3, B holds, C abstained for want of its metric, D
+    /// trapped (the scaler then holds).
+    fn record() -> TickRecord {
+        let context = serde_json::json!({
+            "now_ms": 1_000, "scaler": "web",
+            "target": {"kind": "simulator", "name": "web", "current": 5, "ready": 5, "min": 1, "max": 10},
+            "metrics": [], "events": [], "parameters": {}, "state": null
+        });
+        let evaluation = |module: &str, outcome: serde_json::Value, abstained: bool| {
+            serde_json::json!({
+                "module": module, "digest": null, "context": context, "outcome": outcome,
+                "duration_us": 1, "abstained": abstained
+            })
+        };
+        serde_json::from_value(serde_json::json!({
+            "time_ms": 1_000, "scaler": "web", "mode": "enforce",
+            "target": context["target"],
+            "evaluations": [
+                evaluation("a", serde_json::json!({"status": "decided", "decision": {"desired": 3, "reason": "low"}}), false),
+                evaluation("b", serde_json::json!({"status": "decided", "decision": {"desired": null, "reason": "fine"}}), false),
+                evaluation("c", serde_json::json!({"status": "failed", "kind": "policy_error", "error": "no cpu"}), true),
+                evaluation("d", serde_json::json!({"status": "failed", "kind": "trap", "error": "boom"}), false),
+            ],
+            "proposal": 5, "desired": 5, "recommendation": 5,
+            "actuation": {"status": "pending"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_answer_is_told_as_the_scaler_counted_it() {
+        let text = explain(&record()).join("\n");
+        for line in [
+            "a → 3: low",
+            "b → hold (stay at 5): fine",
+            "c → abstained, no vote (a metric it reads was not read; policy_error): no cpu",
+            "d → failed (trap), no vote: boom",
+            "actuator  called, no answer recorded: the call was under way when this was read",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("counted as hold"), "{text}");
+    }
 
     #[test]
     fn values_read_short() {

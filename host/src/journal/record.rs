@@ -92,6 +92,12 @@ pub struct Evaluation {
     /// ones, or a call that ran out of fuel would replay as a decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Arc<RuntimeLimits>>,
+    /// The policy failed for want of a metric it reads that could not be
+    /// read this tick: it abstained (no vote; scale-in stays blocked by the
+    /// missing metric), rather than making the scaler hold. Records written
+    /// before this was kept do not say.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abstained: bool,
 }
 
 impl Evaluation {
