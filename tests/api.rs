@@ -1279,6 +1279,23 @@ async fn journaled_decisions_replay_and_export_through_the_binary() {
         10,
         "5 ticks of each scaler from 60s on"
     );
+    // A scaler the journal never saw is an error, not an empty export...
+    let (code, out, err) =
+        scalewise(&["journal", "export", "--journal", journal, "--scaler", "wbe"]);
+    assert_eq!((code, out.as_str()), (Some(1), ""), "{err}");
+    assert!(err.contains("no record of a scaler named \"wbe\""), "{err}");
+    // ...while a known one with nothing in the range exports nothing.
+    let (code, out, err) = scalewise(&[
+        "journal",
+        "export",
+        "--journal",
+        journal,
+        "--scaler",
+        "web",
+        "--since",
+        "9999999999999",
+    ]);
+    assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
     let (code, out, err) = scalewise(&[
         "journal",
         "export",

@@ -104,6 +104,9 @@ fn export(
     }
     let journal = Journal::open_read_only(&path).map_err(|e| e.to_string())?;
     match journal.export_jsonl(out, scaler, since, until) {
+        // Nothing of a scaler the journal never heard of: a misspelt name,
+        // said as `explain --scaler` (and the API) say it.
+        Ok(0) if let Some(scaler) = scaler => newest_record(&path, scaler).map(drop),
         Ok(_) => Ok(()),
         // The reader stopped reading (`| head`): not an error of ours.
         Err(crate::journal::JournalError::Export(e))
