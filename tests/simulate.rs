@@ -496,13 +496,13 @@ fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
     }
 
     // The same from a config's source (its URL and headers), to standard
-    // output, every minute.
+    // output, every minute. Only the source is read: the daemon's policy
+    // folder and API token need not be there where the trace is taken.
     let config = dir.path().join("prod.toml");
     std::fs::write(
         &config,
         format!(
-            "policy_dir = \"{}\"\n\n[sources.prom]\nkind = \"prometheus\"\nurl = \"{}\"\nheaders = {{ X-Scope-OrgID = \"site\" }}\n",
-            dir.path().display(),
+            "policy_dir = \"/nonexistent/policies\"\n\n[api]\ntoken = {{ file = \"absent-token\" }}\n\n[sources.prom]\nkind = \"prometheus\"\nurl = \"{}\"\nheaders = {{ X-Scope-OrgID = \"site\" }}\n",
             prometheus.url()
         ),
     )
