@@ -249,6 +249,45 @@ async fn a_module_named_otherwise_needs_the_recorded_policy_name() {
     assert!(out.contains(" same (current "), "{out}");
 }
 
+/// Another module replays with the parameters the daemon would hand it:
+/// those it declares (target-tracking's, recorded with its own defaults,
+/// are not), with its defaults for the rest. Here the sandbox probe, which
+/// shows what it was given in its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_module_gets_the_parameters_it_declares_with_its_defaults() {
+    let journal = journal().await.to_str().unwrap().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "replay",
+            artifacts::SANDBOX_PROBE,
+            "--journal",
+            &journal,
+            "--policy",
+            "target-tracking",
+            "--json",
+            "--all",
+            "--limit",
+            "3",
+        ])
+    })
+    .await
+    .unwrap();
+    // 1 where the probe holds and target tracking scaled.
+    assert!(code <= 1, "{out}\n{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}\n{err}");
+    for row in rows {
+        assert_eq!(
+            row["replayed"]["decision"]["reason"],
+            "probed the sandbox (parameters {\"label\":\"probe\"})",
+            "{row}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_the_module_refuses_are_an_error() {
     let journal = journal().await.to_str().unwrap().to_owned();

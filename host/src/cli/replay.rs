@@ -247,6 +247,15 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             > 1;
         let mut ctx = evaluation.context.clone();
         apply_params(&mut ctx.parameters, &args.params)?;
+        // As the daemon would hand them to this module: the parameters it
+        // declares, with its own defaults for those not given (the record
+        // holds the recorded version's defaults beside the config's
+        // values, and one it does not declare would be refused).
+        if let serde_json::Value::Object(map) = &mut ctx.parameters {
+            let declared = &module.info().parameters;
+            map.retain(|key, value| !value.is_null() && declared.iter().any(|p| p.name == *key));
+        }
+        ctx.parameters = crate::scaler::with_defaults(&ctx.parameters, module.info());
         if !args.params.is_empty() && !params_checked {
             // Checked once, on the first context: the same overrides apply
             // to every record.
