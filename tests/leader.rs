@@ -689,6 +689,45 @@ timeout = "4s"
     a.stop().unwrap();
 }
 
+/// A reload that records a pause in the Lease while the API server does
+/// not answer holds the daemon's loop for a while (up to the write's 10 s
+/// bound): a stop signal then waits for it, but a second one stops at once
+/// (it was not listened for until the loop looked at the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_during_a_reload_that_waits() {
+    let kube = with_web_at_2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = start(dir.path(), &kube, &config(2, "a"));
+    leader_becomes(&kube, "a").await;
+    api_up(&a).await;
+    kube.hang_leases(true);
+    std::fs::write(
+        dir.path().join("scalewise.toml"),
+        config(2, "a").replace("max = 8\n", "max = 8\npaused = true\n"),
+    )
+    .unwrap();
+    // The reload is under way, waiting on the Lease.
+    wait_until("the reload", Duration::from_secs(30), || async {
+        match a.log().contains("Reloading the config file.") {
+            true => Ok(()),
+            false => Err("not yet".to_owned()),
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    a.signal("TERM").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("TERM").unwrap();
+    let exited = a.exited_within(Duration::from_secs(3)).unwrap();
+    assert_eq!(
+        exited.and_then(|s| s.code()),
+        Some(130),
+        "{exited:?}\n{}",
+        a.log()
+    );
+}
+
 /// A leader that loses its Lease (renewals failing past the renew
 /// deadline) stops reporting the target's replicas and its last tick, as a
 /// follower that never led: gauges left from its term would sit beside the

@@ -1619,10 +1619,21 @@ async fn set_paused(
         return;
     };
     let _one = PAUSES.lock().await;
+    // Bounded as the API's pause is: a reload (and a stop signal behind
+    // it) must not wait on an API server that does not answer.
+    let timeout = crate::api::handlers::LEASE_WRITE_TIMEOUT;
     if leadership.is_leading()
-        && let Err(err) = leadership
-            .record_pause(name, paused, |n| set.running.contains_key(n))
-            .await
+        && let Err(err) = tokio::time::timeout(
+            timeout,
+            leadership.record_pause(name, paused, |n| set.running.contains_key(n)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RecordError::Failed(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )))
+        })
     {
         let why = match err {
             RecordError::NotLeader(_) => "this replica no longer holds the lease".to_owned(),

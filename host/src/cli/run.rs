@@ -173,11 +173,11 @@ async fn stop_signal(args: &RunArgs) {
             None => std::future::pending().await,
         }
     };
-    let signalled = tokio::select! {
-        _ = interrupted() => true,
-        _ = timer => false,
-    };
-    if signalled {
+    // Listened for on a task of its own, which the daemon's loop may not
+    // poll for a while (a reload waiting on an API server): the second
+    // signal is listened for as soon as the first comes.
+    let signalled = tokio::spawn(async {
+        interrupted().await;
         // A second Ctrl-C or SIGTERM stops at once: what the journal
         // acknowledged is on disk already (each append is committed), so
         // only a tick in progress and undelivered notifications are cut.
@@ -186,6 +186,10 @@ async fn stop_signal(args: &RunArgs) {
             tracing::warn!("Stopping at once (a second signal): a tick in progress is cut short.");
             std::process::exit(130);
         });
+    });
+    tokio::select! {
+        _ = signalled => {}
+        _ = timer => {}
     }
 }
 
