@@ -843,12 +843,12 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write, err: &mut dyn Write) -> std::i
                 writeln!(
                     err,
                     "warning: {source}: {} ({left_out}the daemon would refuse this in a config)",
-                    log_safe(&problem.message())
+                    log_safe(problem.message())
                 )?;
             }
             if !refused.is_empty() {
                 for problem in &refused {
-                    writeln!(err, "error: --params: {}", log_safe(&problem.message()))?;
+                    writeln!(err, "error: --params: {}", log_safe(problem.message()))?;
                 }
                 return Ok(1);
             }

@@ -135,6 +135,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
             duration_us: 2 + rng.next_u64() % 5,
             load_error: None,
             limits: None,
+            abstained: false,
         },
         Evaluation {
             module: "threshold".into(),
@@ -160,6 +161,7 @@ pub fn tick_record(scaler: &str, tick: u64, time_ms: i64, load: &dyn Fn(i64) -> 
             duration_us: 2 + rng.next_u64() % 5,
             load_error: None,
             limits: None,
+            abstained: false,
         },
     ];
     let desired = tracking_desired.clamp(2, 50);
