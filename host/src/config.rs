@@ -1647,7 +1647,7 @@ impl TargetConfig {
             TargetConfig::AwsAsg(asg) => TargetClaim {
                 key: format!(
                     "aws-asg\0{}\0{}\0{}",
-                    asg.endpoint.as_deref().unwrap_or_default(),
+                    asg.endpoint.as_deref().map(url_key).unwrap_or_default(),
                     asg.region
                         .as_deref()
                         .or(defaults.region.as_deref())
@@ -1672,23 +1672,7 @@ impl TargetConfig {
                 what: format!("{} {:?}", k8s.object, k8s.name),
             },
             TargetConfig::Rebalance(workers) => TargetClaim {
-                // As a URL compares: `HTTP://Coord:80/` is `http://coord`;
-                // credentials written in it are not part of what it is
-                // (two scalers on one coordinator were let through when one
-                // wrote them, and a reload rotating them moved the scaler).
-                key: format!(
-                    "rebalance\0{}",
-                    match url::Url::parse(&workers.endpoint) {
-                        Ok(mut url) => {
-                            // Never fails for a URL with a host to log in to.
-                            let _ = url.set_username("");
-                            let _ = url.set_password(None);
-                            String::from(url)
-                        }
-                        Err(_) => validate::without_userinfo(&workers.endpoint).into_owned(),
-                    }
-                    .trim_end_matches('/')
-                ),
+                key: format!("rebalance\0{}", url_key(&workers.endpoint)),
                 field: "endpoint",
                 what: format!(
                     "shard coordinator {:?}",
@@ -1706,6 +1690,24 @@ impl TargetConfig {
                 None
             }
         }
+    }
+}
+
+/// `url` as a URL compares, for a target's claim: `HTTP://Coord:80/` is
+/// `http://coord`; credentials written in it are not part of what it is
+/// (two scalers on one coordinator were let through when one wrote them,
+/// and a reload rotating them moved the scaler).
+fn url_key(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            // Never fails for a URL with a host to log in to.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            String::from(parsed).trim_end_matches('/').to_owned()
+        }
+        Err(_) => validate::without_userinfo(url)
+            .trim_end_matches('/')
+            .to_owned(),
     }
 }
 

@@ -85,7 +85,7 @@ impl Config {
     pub fn defaults_needed(&self) -> DefaultsNeeded {
         // By what stays when the left-out field is ignored: (given, left out).
         let mut k8s: HashMap<(&str, &str, &str), (bool, bool)> = HashMap::new();
-        let mut asg: HashMap<(&str, &str), (bool, bool)> = HashMap::new();
+        let mut asg: HashMap<(String, &str), (bool, bool)> = HashMap::new();
         for scaler in &self.scalers {
             match scaler.get_ref().target.get_ref() {
                 TargetConfig::Kubernetes(t) => {
@@ -96,8 +96,10 @@ impl Config {
                     }
                 }
                 TargetConfig::AwsAsg(t) => {
-                    let endpoint = t.endpoint.as_deref().unwrap_or_default();
-                    let seen = asg.entry((endpoint, &t.group)).or_default();
+                    let endpoint = t.endpoint.as_deref().map(super::url_key);
+                    let seen = asg
+                        .entry((endpoint.unwrap_or_default(), &t.group))
+                        .or_default();
                     match t.region {
                         Some(_) => seen.0 = true,
                         None => seen.1 = true,

@@ -2254,6 +2254,22 @@ fn auto_scaling_group_problems_are_reported_at_their_place() {
         ),
         "{err}"
     );
+    // So do two whose endpoint is written otherwise (a trailing slash, the
+    // host in capitals).
+    for written in [
+        "https://autoscaling.eu-west-1.amazonaws.com/",
+        "https://AutoScaling.EU-WEST-1.amazonaws.com:443",
+    ] {
+        let text = format!(
+            "{ASG}\n{}",
+            second.replace("https://autoscaling.eu-west-1.amazonaws.com", written)
+        );
+        let err = parse_in(dir.path(), &text).unwrap_err().to_string();
+        assert!(
+            err.contains("is already scaled by scalers[0]"),
+            "{written}: {err}"
+        );
+    }
 }
 
 #[test]
