@@ -345,6 +345,20 @@ async fn a_change_made_meanwhile_by_someone_else_is_not_overwritten() {
     assert_eq!(actuator.observe(T0 + 15_000).await.unwrap().current, 8);
     actuator.scale(T0 + 15_000, 8, 6).await.unwrap();
     assert_eq!(replicas(&kube), 6);
+
+    // Someone else set the very count this tick wanted: made, not a
+    // failure (no FailedRescale warning for a workload at the count asked).
+    assert_eq!(actuator.observe(T0 + 30_000).await.unwrap().current, 6);
+    kube.put_deployment("shop", "web", 7);
+    let done = actuator.scale(T0 + 30_000, 6, 7).await.unwrap();
+    let Actuation::Done { detail } = done else {
+        panic!("{done:?}")
+    };
+    assert!(
+        detail.contains("are 7 already (was 6; set by another writer"),
+        "{detail}"
+    );
+    assert_eq!(replicas(&kube), 7);
 }
 
 /// A write to the workload that leaves its replicas as the tick read them

@@ -441,12 +441,18 @@ impl Actuator for KubernetesActuator {
             }
         };
         let conflict = |now: Option<u32>| {
-            ActuatorError::Failed(format!(
-                "scaling {}: its replicas changed since this tick read them ({current} → {}; \
-                 conflict); the next tick decides again from what it reads",
-                self.describe(),
-                now.map_or_else(|| "?".to_owned(), |n| n.to_string())
-            ))
+            ActuatorError::Failed(match now {
+                Some(now) => format!(
+                    "scaling {}: its replicas changed since this tick read them ({current} → \
+                     {now}; conflict); the next tick decides again from what it reads",
+                    self.describe()
+                ),
+                None => format!(
+                    "scaling {}: the workload was written again while the change was sent \
+                     (a conflict twice); the next tick decides again from what it reads",
+                    self.describe()
+                ),
+            })
         };
         let scale = match send(patch(self.seen().resource_version)).await {
             Ok(scale) => scale,
@@ -456,8 +462,19 @@ impl Actuator for KubernetesActuator {
             // against the version read now. Only a changed count refuses.
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 let fresh = self.scale_of(&api).await?;
-                if spec_replicas(&fresh) != current {
-                    return Err(conflict(Some(spec_replicas(&fresh))));
+                let now = spec_replicas(&fresh);
+                // Someone else set the count this tick wanted: it is made.
+                if now == desired {
+                    return Ok(Actuation::Done {
+                        detail: format!(
+                            "the replicas of {} are {desired} already (was {current}; set by \
+                             another writer since this tick read them)",
+                            self.describe()
+                        ),
+                    });
+                }
+                if now != current {
+                    return Err(conflict(Some(now)));
                 }
                 match send(patch(fresh.metadata.resource_version.clone())).await {
                     Ok(scale) => scale,
