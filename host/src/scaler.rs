@@ -1087,11 +1087,13 @@ impl Scaler {
             jobs.into_iter().map(evaluate_one).collect::<Vec<_>>()
         })
         .await
-        .unwrap_or_else(|join_err| {
-            // A panic in the runtime itself (not in a guest): every policy
-            // of this tick counts as failed; the scaler holds.
-            tracing::error!(scaler = %self.spec.name, error = %join_err, "Policy evaluation panicked in the host.");
-            Vec::new()
+        .unwrap_or_else(|join_err| match join_err.try_into_panic() {
+            // A panic in the host's own code (not a guest's, which is an
+            // error value): the tick panics, counted and named as any tick
+            // panic is (the scaler holds, nothing half-recorded).
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled: the runtime is going away; the scaler holds.
+            Err(_) => Vec::new(),
         });
 
         let (mut evaluations, usages): (Vec<Evaluation>, Vec<Option<EvalUsage>>) =
