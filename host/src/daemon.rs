@@ -1273,11 +1273,23 @@ impl Daemon {
             set.stop(name);
             tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
         }
+        // One deadline for all the pause flags this reload writes to the
+        // Lease: an API server that does not answer holds the reload (and
+        // a stop signal behind it) that long, not that long per scaler.
+        let lease_by = tokio::time::Instant::now() + crate::api::handlers::LEASE_WRITE_TIMEOUT;
         let mut updates = Vec::with_capacity(changed.len());
         for (spec, actuator, same_target, paused, was_paused, claim) in changed {
             let name = spec.name.clone();
             if paused != was_paused {
-                set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
+                set_paused(
+                    &self.journal,
+                    &self.services.leadership,
+                    set,
+                    &name,
+                    paused,
+                    lease_by,
+                )
+                .await;
             }
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
             let update = Reconfigure {
@@ -1300,7 +1312,15 @@ impl Daemon {
             scaler.handle().paused.store(paused, Ordering::Relaxed);
             set.spawn(scaler, next.scalers[name.as_str()].claim);
             if restored != paused {
-                set_paused(&self.journal, &self.services.leadership, set, &name, paused).await;
+                set_paused(
+                    &self.journal,
+                    &self.services.leadership,
+                    set,
+                    &name,
+                    paused,
+                    lease_by,
+                )
+                .await;
             }
         }
         // Removed scalers that have ended were matched by those added;
@@ -1607,13 +1627,15 @@ impl ScalerSet {
 pub(crate) static PAUSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Sets a scaler's pause flag from the config, as the API would (the
-/// leader also records it in the Lease, for the replica that leads next).
+/// leader also records it in the Lease, for the replica that leads next, if
+/// the API server answers by `lease_by`).
 async fn set_paused(
     journal: &Journal,
     leadership: &Leadership,
     set: &ScalerSet,
     name: &str,
     paused: bool,
+    lease_by: tokio::time::Instant,
 ) {
     let Some(running) = set.running.get(name) else {
         return;
@@ -1621,18 +1643,16 @@ async fn set_paused(
     let _one = PAUSES.lock().await;
     // Bounded as the API's pause is: a reload (and a stop signal behind
     // it) must not wait on an API server that does not answer.
-    let timeout = crate::api::handlers::LEASE_WRITE_TIMEOUT;
     if leadership.is_leading()
-        && let Err(err) = tokio::time::timeout(
-            timeout,
+        && let Err(err) = tokio::time::timeout_at(
+            lease_by,
             leadership.record_pause(name, paused, |n| set.running.contains_key(n)),
         )
         .await
         .unwrap_or_else(|_| {
-            Err(RecordError::Failed(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            )))
+            Err(RecordError::Failed(
+                "the API server did not answer in time".to_owned(),
+            ))
         })
     {
         let why = match err {
@@ -1648,7 +1668,7 @@ async fn set_paused(
     if let Err(err) = journal.set_paused(name, paused).await {
         tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
     }
-    running.handle.pause(paused).await;
+    running.handle.paused.store(paused, Ordering::Relaxed);
 }
 
 /// On taking the Lease, and while following when they change: the pause
@@ -1666,7 +1686,7 @@ async fn apply_lease_pauses(journal: &Journal, handles: &ScalerHandles, pauses: 
         if let Err(err) = journal.set_paused(&name, paused).await {
             tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
         }
-        handle.pause(paused).await;
+        handle.paused.store(paused, Ordering::Relaxed);
         tracing::info!(
             scaler = %name, paused,
             "The scaler is {} as the leader left it (the lease records it).",

@@ -162,9 +162,9 @@ pub struct ScalerHandle {
     /// The latest status.
     pub status: ArcSwap<ScalerStatus>,
     /// Held by a tick from its last look at the pause flag until the
-    /// actuator's call returns; [`ScalerHandle::pause`] stores the flag
-    /// under it, so once a pause is answered no change starts, and one
-    /// that had started has been made.
+    /// actuator's call returns; the API's pause stores the flag under it
+    /// ([`ScalerHandle::acting`]), so once a pause is answered no change
+    /// starts, and one that had started has been made.
     acting: tokio::sync::Mutex<()>,
 }
 
@@ -185,19 +185,27 @@ impl ScalerHandle {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Pauses or resumes the scaler once a change it is making has been
-    /// made (waiting at most [`ACTING_WAIT`]: an actuator's call is bounded
-    /// by its client's timeouts, but a pause must not wait for good).
-    pub async fn pause(&self, paused: bool) {
-        let acting = tokio::time::timeout(ACTING_WAIT, self.acting.lock()).await;
-        if acting.is_err() {
-            tracing::warn!(scaler = %self.name, paused, "A change the scaler is making has not finished after {}; the pause flag is set anyway.", humantime::format_duration(ACTING_WAIT));
+    /// Waits until no change of the scaler's is being made, and keeps any
+    /// from starting while the guard is held: a pause flag stored under it
+    /// is seen by the next change. Waits at most [`ACTING_WAIT`] (an
+    /// actuator's call is bounded by its client's timeouts, but a pause
+    /// must not wait for good): `None` then.
+    pub async fn acting(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let guard = tokio::time::timeout(ACTING_WAIT, self.acting.lock()).await;
+        if guard.is_err() {
+            tracing::warn!(scaler = %self.name, "A change the scaler is making has not finished after {}; its pause flag is set anyway.", humantime::format_duration(ACTING_WAIT));
         }
+        guard.ok()
+    }
+
+    /// [`ScalerHandle::acting`], then sets the pause flag.
+    pub async fn pause(&self, paused: bool) {
+        let _acting = self.acting().await;
         self.paused.store(paused, Ordering::Relaxed);
     }
 }
 
-/// The longest [`ScalerHandle::pause`] waits for a change under way.
+/// The longest [`ScalerHandle::acting`] waits for a change under way.
 pub const ACTING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The services a scaler's tick uses.
@@ -1248,8 +1256,10 @@ impl Scaler {
                 // actuations.
                 if acts {
                     telemetry.actuation(&self.spec.name, "failed");
+                    tracing::warn!(scaler = %self.spec.name, error = %err, current, desired, "The actuator failed to scale the target.");
+                } else {
+                    tracing::info!(scaler = %self.spec.name, why = %err, current, desired, "The change was not made.");
                 }
-                tracing::warn!(scaler = %self.spec.name, error = %err, current, desired, "The actuator failed to scale the target.");
                 ActuationRecord::Failed {
                     kind: err.kind().to_owned(),
                     error: err.to_string(),

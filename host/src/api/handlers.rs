@@ -271,7 +271,7 @@ pub async fn pause_scaler(
     State(state): State<AppState>,
     Segment(name): Segment,
 ) -> Result<Json<ScalerStatus>, ApiError> {
-    set_paused(&state, &name, true).await
+    set_paused_detached(state, name, true).await
 }
 
 /// Resumes a paused scaler.
@@ -279,7 +279,24 @@ pub async fn resume_scaler(
     State(state): State<AppState>,
     Segment(name): Segment,
 ) -> Result<Json<ScalerStatus>, ApiError> {
-    set_paused(&state, &name, false).await
+    set_paused_detached(state, name, false).await
+}
+
+/// [`set_paused`] on a task of its own: a request given up half way (a
+/// client or proxy timing out, a shutdown) must not leave the Lease and the
+/// journal saying one thing and the running flag another.
+async fn set_paused_detached(
+    state: AppState,
+    name: String,
+    paused: bool,
+) -> Result<Json<ScalerStatus>, ApiError> {
+    tokio::spawn(async move { set_paused(&state, &name, paused).await })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::Internal(format!(
+                "recording the pause flag failed ({e}); see the log"
+            )))
+        })
 }
 
 /// A loaded module, as `/v1/policies` shows it.
@@ -422,6 +439,10 @@ async fn set_paused(
     if !state.leadership.is_leading() {
         return Err(not_leader(state.leadership.leader()));
     }
+    // A change the scaler is making is made first, and none starts until
+    // the flag is set (taken before PAUSES, which is then held only for
+    // the writes below).
+    let _acting = handle.acting().await;
     // One change of a flag at a time: two requests crossing would leave the
     // Lease, the journal and the running flag disagreeing.
     // Each wait bounded: an API server that does not answer must not hold
@@ -461,7 +482,7 @@ async fn set_paused(
     // replica applies it too, even if its journal cannot record it (a full
     // disk during an incident must not leave a pause half made).
     let persisted = state.journal.set_paused(name, paused).await;
-    handle.pause(paused).await;
+    handle.paused.store(paused, Ordering::Relaxed);
     let done = if paused { "paused" } else { "resumed" };
     if let Err(e) = persisted {
         tracing::error!(scaler = %name, paused, error = %e, "A scaler was {done} through the API, but the journal could not record it: a restart of this replica would not keep it.");
