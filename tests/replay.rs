@@ -297,6 +297,14 @@ async fn parameters_the_module_refuses_are_an_error() {
         err.contains("--params: target: expected a number, got text \"high\""),
         "{err}"
     );
+    // A misspelt name too, not left out as a recorded one the module does
+    // not declare is.
+    let (code, out, err) = replay(&journal, &["--params", "tagret=30"]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("--params: unknown parameter \"tagret\""),
+        "{err}"
+    );
 }
 
 /// A journal written under `[runtime] fuel = 20000`: enough for describe()

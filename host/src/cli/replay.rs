@@ -165,7 +165,8 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
         let runtime = Runtime::new(limits).map_err(|e| e.to_string())?;
         runtime
             .load(&name, &bytes)
-            .map_err(|e| format!("{}: {e}", args.module.display()))
+            // The module's own words (its describe()'s stderr) escaped.
+            .map_err(|e| format!("{}: {}", args.module.display(), log_safe(&e.to_string())))
     };
     if let (Some(since), Some(until)) = (since_ms, until_ms)
         && since >= until
@@ -247,15 +248,6 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             > 1;
         let mut ctx = evaluation.context.clone();
         apply_params(&mut ctx.parameters, &args.params)?;
-        // As the daemon would hand them to this module: the parameters it
-        // declares, with its own defaults for those not given (the record
-        // holds the recorded version's defaults beside the config's
-        // values, and one it does not declare would be refused).
-        if let serde_json::Value::Object(map) = &mut ctx.parameters {
-            let declared = &module.info().parameters;
-            map.retain(|key, value| !value.is_null() && declared.iter().any(|p| p.name == *key));
-        }
-        ctx.parameters = crate::scaler::with_defaults(&ctx.parameters, module.info());
         if !args.params.is_empty() && !params_checked {
             // Checked once, on the first context: the same overrides apply
             // to every record.
@@ -273,6 +265,16 @@ fn run(args: &ReplayArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             }
             params_checked = true;
         }
+        // As the daemon would hand them to this module: the parameters it
+        // declares, with its own defaults for those not given (the record
+        // holds the recorded version's defaults beside the config's
+        // values, and one it does not declare would be refused). After the
+        // check, which refuses an undeclared one given with --params.
+        if let serde_json::Value::Object(map) = &mut ctx.parameters {
+            let declared = &module.info().parameters;
+            map.retain(|key, value| !value.is_null() && declared.iter().any(|p| p.name == *key));
+        }
+        ctx.parameters = crate::scaler::with_defaults(&ctx.parameters, module.info());
         let own_key = (record.scaler.clone(), index);
         if args.state == StateSource::Own
             && let Some(state) = own_state.get(&own_key)
