@@ -525,6 +525,30 @@ fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
         err.contains("Wrote 356 rows") && err.contains("(1 range query)"),
         "{err}"
     );
+    // The source's own problems are still refused, as the daemon would.
+    let twice = dir.path().join("twice.toml");
+    std::fs::write(
+        &twice,
+        std::fs::read_to_string(&config).unwrap().replace(
+            "X-Scope-OrgID = \"site\"",
+            "X-Scope-OrgID = \"site\", x-scope-orgid = \"other\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&[
+        "trace",
+        "--config",
+        twice.to_str().unwrap(),
+        "--source",
+        "prom",
+        "--query",
+        query,
+        "--start",
+        &(start_s * 1000).to_string(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sources.prom"), "{err}");
+    assert!(!err.contains("policy_dir"), "{err}");
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows.len(), 357, "a header and 356 rows");
     assert_eq!(rows[0], "timestamp_s,requests");

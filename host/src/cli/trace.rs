@@ -95,7 +95,21 @@ fn source(args: &TraceArgs) -> Result<PrometheusSource, String> {
         (None, Some(path), Some(name)) => {
             // Only the source is read: the daemon's secrets, TLS key and
             // policy folder need not be there where the trace is taken.
+            // The source's own problems (a header written twice, say) are
+            // refused as the daemon refuses them.
             let config = Config::load_unvalidated(path).map_err(|e| e.to_string())?;
+            if let Err(e) = config.validate() {
+                let at = format!("sources.{name}");
+                let ours: Vec<String> = e
+                    .problems()
+                    .iter()
+                    .filter(|p| p.path == at || p.path.starts_with(&format!("{at}.")))
+                    .map(ToString::to_string)
+                    .collect();
+                if !ours.is_empty() {
+                    return Err(ours.join("\n"));
+                }
+            }
             match config.sources.get(name).map(|s| s.get_ref()) {
                 Some(SourceConfig::Prometheus(prometheus)) => (name.clone(), prometheus.clone()),
                 None => {
