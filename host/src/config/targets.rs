@@ -48,9 +48,19 @@ impl TargetConfig {
     /// Credentials written in a shard coordinator's URL are not part of
     /// what the target is (rotating them moves nothing), nor digested into
     /// every row.
+    /// An AWS endpoint is kept as written, as it was before endpoints were
+    /// compared as URLs (a journal written then must not take its target
+    /// for another after an upgrade).
     pub fn target_key(&self) -> super::Fingerprint {
-        // The claim's key leaves credentials out already.
-        super::Fingerprint::of(&self.loose_key())
+        match self {
+            TargetConfig::AwsAsg(asg) => super::Fingerprint::of(&format!(
+                "aws-asg\0{}\0\0{}",
+                asg.endpoint.as_deref().unwrap_or_default(),
+                asg.group
+            )),
+            // The claim's key leaves credentials out already.
+            _ => super::Fingerprint::of(&self.loose_key()),
+        }
     }
 
     /// [`TargetConfig::claim`]'s key with what the target could leave to a

@@ -2805,4 +2805,20 @@ name = "web""#)
         key(r#"kind = "simulator"
 service = "web""#)
     );
+    // An AWS endpoint is kept as written (journals written before endpoints
+    // were compared as URLs keep their target); the region is a default's.
+    let group = key(r#"kind = "aws-asg"
+group = "workers"
+endpoint = "http://localstack:4566/""#);
+    assert_eq!(
+        group,
+        crate::config::Fingerprint::of(&"aws-asg\0http://localstack:4566/\0\0workers")
+    );
+    assert_eq!(
+        group,
+        key(r#"kind = "aws-asg"
+group = "workers"
+region = "eu-west-1"
+endpoint = "http://localstack:4566/""#)
+    );
 }
