@@ -178,6 +178,8 @@ impl FakeKube {
         let w = Workload {
             replicas,
             ready: Some(replicas),
+            available: Some(replicas),
+            updated: Some(replicas),
             ..Workload::default()
         };
         self.put("apps/v1", "deployments", ns, name, w);
