@@ -2287,6 +2287,7 @@ fn bind_scaler(
         behavior: scaler.behavior.clone(),
         target_history,
         target_key: scaler.target.get_ref().target_key(),
+        earlier_target_key: scaler.target.get_ref().earlier_target_key(),
     })
 }
 

@@ -213,6 +213,11 @@ pub struct PolicyState {
     pub time_ms: i64,
 }
 
+/// A target's keys as the journal's rows hold them: the one written now,
+/// and the one an earlier version wrote for the same target (the same key
+/// twice when they agree). A row of either is of this target.
+pub type TargetKeys = [i64; 2];
+
 /// What the control loop needs to resume a scaler after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recovery {
@@ -775,14 +780,14 @@ impl Journal {
     }
 
     /// [`Journal::recover`] of a scaler whose target is `target` now (its
-    /// `target_key`): ticks up to the newest one of another target are left
-    /// out, as that target's (the scaler was moved), and `moved_ms` says
-    /// when it was.
+    /// keys): ticks up to the newest one of another target are left out, as
+    /// that target's (the scaler was moved), and `moved_ms` says when it
+    /// was.
     pub async fn recover_on(
         &self,
         scaler: &str,
         since_ms: i64,
-        target: Option<i64>,
+        target: Option<TargetKeys>,
     ) -> Result<Recovery, JournalError> {
         let scaler = scaler.to_owned();
         self.read(move |journal| {
@@ -801,7 +806,7 @@ impl Journal {
         &self,
         scaler: &str,
         since_ms: i64,
-        target: i64,
+        target: TargetKeys,
     ) -> Result<Option<i64>, JournalError> {
         let scaler = scaler.to_owned();
         self.read(move |journal| {
@@ -1139,28 +1144,53 @@ mod tests {
                 .unwrap();
         }
         let since = now - 60_000;
-        let on_b = journal.recover_on("web", since, Some(2)).await.unwrap();
+        let on_b = journal
+            .recover_on("web", since, Some([2, 2]))
+            .await
+            .unwrap();
         let kept: Vec<i64> = on_b.ticks.iter().map(|t| t.time_ms).collect();
         assert_eq!(kept, &times[2..]);
         assert_eq!(on_b.moved_ms, Some(times[1]));
         assert!(on_b.begins_history, "the move begins b's history");
-        let on_a = journal.recover_on("web", since, Some(1)).await.unwrap();
+        let on_a = journal
+            .recover_on("web", since, Some([1, 1]))
+            .await
+            .unwrap();
         assert!(on_a.ticks.is_empty(), "{:?}", on_a.ticks);
         assert_eq!(on_a.moved_ms, Some(times[3]));
-        let on_c = journal.recover_on("web", since, Some(3)).await.unwrap();
+        let on_c = journal
+            .recover_on("web", since, Some([3, 3]))
+            .await
+            .unwrap();
+        // A target whose key an older version wrote otherwise: one target.
+        let on_b_too = journal
+            .recover_on("web", since, Some([1, 2]))
+            .await
+            .unwrap();
+        assert_eq!((on_b_too.ticks.len(), on_b_too.moved_ms), (4, None));
         assert_eq!(on_c.moved_ms, Some(times[3]));
         // Not asked about a target, or only ticks of this one in the window.
         let any = journal.recover("web", since).await.unwrap();
         assert_eq!((any.ticks.len(), any.moved_ms), (4, None));
-        let recent = journal.recover_on("web", times[2], Some(2)).await.unwrap();
+        let recent = journal
+            .recover_on("web", times[2], Some([2, 2]))
+            .await
+            .unwrap();
         assert_eq!((recent.ticks.len(), recent.moved_ms), (2, None));
         assert!(!recent.begins_history, "older ticks are there");
         // The same cut over any stretch (a target metric's longer window).
         assert_eq!(
-            journal.moved_since("web", since, 2).await.unwrap(),
+            journal.moved_since("web", since, [2, 2]).await.unwrap(),
             Some(times[1])
         );
-        assert_eq!(journal.moved_since("web", times[2], 2).await.unwrap(), None);
+        assert_eq!(
+            journal.moved_since("web", times[2], [2, 2]).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            journal.moved_since("web", since, [2, 1]).await.unwrap(),
+            None
+        );
         journal.close().await.unwrap();
     }
 

@@ -90,6 +90,17 @@ pub struct ScalerSpec {
     /// (`TargetConfig::target_key`): a restart rebuilds the envelope from
     /// the ticks of this target only.
     pub target_key: crate::config::Fingerprint,
+    /// The key an earlier version wrote for the same target
+    /// (`TargetConfig::earlier_target_key`), whose rows are this target's
+    /// too.
+    pub earlier_target_key: crate::config::Fingerprint,
+}
+
+impl ScalerSpec {
+    /// Its target's keys, as the journal's rows may hold them.
+    pub fn target_keys(&self) -> crate::journal::TargetKeys {
+        [self.target_key.as_i64(), self.earlier_target_key.as_i64()]
+    }
 }
 
 /// What the API shows about a scaler; replaced after every tick. The
@@ -570,7 +581,7 @@ impl Scaler {
     /// What the journal holds of this scaler, as far back as a restart
     /// reads it ([`restore_horizon_ms`](Self::restore_horizon_ms)).
     async fn recover(&self, now_ms: i64) -> Result<crate::journal::Recovery, String> {
-        let target = self.spec.target_key.as_i64();
+        let target = self.spec.target_keys();
         let since_ms = now_ms - self.restore_horizon_ms();
         let recovery = self
             .services
@@ -769,7 +780,7 @@ impl Scaler {
         let moved_ms = self
             .services
             .journal
-            .moved_since(&self.spec.name, since_ms, self.spec.target_key.as_i64())
+            .moved_since(&self.spec.name, since_ms, self.spec.target_keys())
             .await
             .map_err(|e| e.to_string())?;
         let mut records = self

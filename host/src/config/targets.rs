@@ -48,18 +48,23 @@ impl TargetConfig {
     /// Credentials written in a shard coordinator's URL are not part of
     /// what the target is (rotating them moves nothing), nor digested into
     /// every row.
-    /// An AWS endpoint is kept as written, as it was before endpoints were
-    /// compared as URLs (a journal written then must not take its target
-    /// for another after an upgrade).
     pub fn target_key(&self) -> super::Fingerprint {
+        // The claim's key leaves credentials out already.
+        super::Fingerprint::of(&self.loose_key())
+    }
+
+    /// The key a version before AWS endpoints were compared as URLs wrote
+    /// for this target (the endpoint as written): a journal written then is
+    /// of the same target after an upgrade. [`TargetConfig::target_key`]
+    /// for every other target.
+    pub fn earlier_target_key(&self) -> super::Fingerprint {
         match self {
             TargetConfig::AwsAsg(asg) => super::Fingerprint::of(&format!(
                 "aws-asg\0{}\0\0{}",
                 asg.endpoint.as_deref().unwrap_or_default(),
                 asg.group
             )),
-            // The claim's key leaves credentials out already.
-            _ => super::Fingerprint::of(&self.loose_key()),
+            _ => self.target_key(),
         }
     }
 

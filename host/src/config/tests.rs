@@ -2805,20 +2805,26 @@ name = "web""#)
         key(r#"kind = "simulator"
 service = "web""#)
     );
-    // An AWS endpoint is kept as written (journals written before endpoints
-    // were compared as URLs keep their target); the region is a default's.
-    let group = key(r#"kind = "aws-asg"
+    // An AWS endpoint compares as a URL; the key versions before that wrote
+    // (the endpoint as written) is kept beside it, so their rows are of the
+    // same target. The region is a default's.
+    let asg = |text: &str| toml::from_str::<TargetConfig>(text).unwrap();
+    let slash = asg(r#"kind = "aws-asg"
 group = "workers"
 endpoint = "http://localstack:4566/""#);
-    assert_eq!(
-        group,
-        crate::config::Fingerprint::of(&"aws-asg\0http://localstack:4566/\0\0workers")
-    );
-    assert_eq!(
-        group,
-        key(r#"kind = "aws-asg"
+    let plain = asg(r#"kind = "aws-asg"
 group = "workers"
 region = "eu-west-1"
-endpoint = "http://localstack:4566/""#)
+endpoint = "HTTP://LocalStack:4566""#);
+    assert_eq!(slash.target_key(), plain.target_key());
+    assert_eq!(
+        slash.earlier_target_key(),
+        crate::config::Fingerprint::of(&"aws-asg\0http://localstack:4566/\0\0workers")
     );
+    assert_ne!(slash.earlier_target_key(), plain.earlier_target_key());
+    assert_eq!(coordinator, {
+        let c = asg(r#"kind = "rebalance"
+endpoint = "http://coord:8080/api""#);
+        c.earlier_target_key()
+    });
 }

@@ -350,7 +350,7 @@ impl Reader {
         &mut self,
         scaler: &str,
         since_ms: i64,
-        target: Option<i64>,
+        target: Option<super::TargetKeys>,
     ) -> Result<Recovery, JournalError> {
         self.conn
             .execute_batch("BEGIN")
@@ -367,19 +367,22 @@ impl Reader {
     }
 
     /// The time of `scaler`'s newest tick since `since_ms` of another target
-    /// than `target` (rows written without a target count as of any).
+    /// than `target` (either of its keys: see [`super::TargetKeys`]; rows
+    /// written without a target count as of any).
     pub(super) fn moved(
         &mut self,
         scaler: &str,
         since_ms: i64,
-        target: i64,
+        target: super::TargetKeys,
     ) -> Result<Option<i64>, JournalError> {
         self.conn
             .prepare_cached(
                 "SELECT MAX(time_ms) FROM ticks WHERE scaler = ?1 AND time_ms >= ?2 \
-                 AND target IS NOT NULL AND target <> ?3",
+                 AND target IS NOT NULL AND target <> ?3 AND target <> ?4",
             )
-            .and_then(|mut stmt| stmt.query_row((scaler, since_ms, target), |row| row.get(0)))
+            .and_then(|mut stmt| {
+                stmt.query_row((scaler, since_ms, target[0], target[1]), |row| row.get(0))
+            })
             .map_err(|e| self.read_error(e))
     }
 
@@ -387,7 +390,7 @@ impl Reader {
         &mut self,
         scaler: &str,
         since_ms: i64,
-        target: Option<i64>,
+        target: Option<super::TargetKeys>,
     ) -> Result<Recovery, JournalError> {
         let paused = self.paused(scaler)?;
         // The ticks up to the newest one of another target in the window
