@@ -882,13 +882,16 @@ params = {{ scale_to = 5 }}
         "the replicas moved after the pause was answered: {:?}",
         record.actuation
     );
+    // Not made: the tick found the pause being recorded, or recorded.
     if answered_at == 2 {
-        assert_eq!(
-            record.actuation,
-            ActuationRecord::Failed {
-                kind: "failed".into(),
-                error: "not scaled: the scaler was paused during the tick".into()
-            }
+        let ActuationRecord::Failed { error, .. } = &record.actuation else {
+            panic!("{:?}", record.actuation)
+        };
+        assert!(
+            error == "not scaled: the scaler was paused during the tick"
+                || error
+                    .starts_with("not scaled: a pause or resume of this scaler was being recorded"),
+            "{error}"
         );
     }
     daemon.stop().await.unwrap();

@@ -1022,6 +1022,61 @@ async fn a_tick_that_panics_holds_and_the_scaler_ticks_on() {
     run.await.unwrap().unwrap();
 }
 
+/// A tick that comes to make its change while a pause or resume of its
+/// scaler is being recorded (the API holds the scaler's `acting` lock: the
+/// test holds it here in the API's place) makes none, and does not wait
+/// for it (the API server may be slow): the next tick decides again, and
+/// once the pause is recorded, holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_not_made_while_a_pause_is_being_recorded() {
+    let _serial = serial().await;
+    let (_policies, _state, daemon) = one_busy_service(Clock::system()).await;
+    let journal = daemon.journal().clone();
+    let handle = daemon.telemetry().scalers().load()["web"].clone();
+    let acting = handle.acting().await.expect("no change under way yet");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(daemon.run(None, async {
+        let _ = stopped.await;
+    }));
+    // The first tick (within its 1 s interval) decides 2 -> 4 and makes no
+    // change.
+    let record = scalewise_tests::wait_until("the tick's record", Duration::from_secs(30), || {
+        let journal = journal.clone();
+        async move {
+            let records = journal
+                .query(scalewise::journal::Query::scaler("web", 10))
+                .await
+                .map_err(|e| e.to_string())?;
+            records
+                .into_iter()
+                .find(|r| r.actuation != ActuationRecord::Pending)
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(record.target.current, 2, "{record:?}");
+    assert!(record.desired > 2, "a scale-out was decided: {record:?}");
+    assert_eq!(
+        record.actuation,
+        ActuationRecord::Failed {
+            kind: "failed".into(),
+            error: "not scaled: a pause or resume of this scaler was being recorded; the next \
+                    tick decides again"
+                .into()
+        }
+    );
+    // The pause is recorded: the next ticks hold, and the service stays at 2.
+    handle
+        .paused
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(acting);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(handle.status.load().current, Some(2));
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
+
 /// The wall clock a test moves: the machine's plus [`WALL_MOVED_MS`].
 static WALL_MOVED_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 

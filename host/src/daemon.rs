@@ -14,7 +14,7 @@
 //! `[journal]`, `[clock]`, `[simulations]` and `[watch]` are read only at
 //! start: a change to them is logged as needing a restart.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -1273,10 +1273,11 @@ impl Daemon {
             set.stop(name);
             tracing::info!(scaler = %name, "A scaler was removed by the reloaded config; its journal stays.");
         }
-        // One deadline for all the pause flags this reload writes to the
-        // Lease: an API server that does not answer holds the reload (and
-        // a stop signal behind it) that long, not that long per scaler.
-        let lease_by = tokio::time::Instant::now() + crate::api::handlers::LEASE_WRITE_TIMEOUT;
+        // The pause flags this reload changes, under one hold of PAUSES
+        // and one deadline for their Lease writes: an API server that does
+        // not answer holds the reload (and a stop signal behind it) that
+        // long, not that long per scaler.
+        let mut pauses = PauseBatch::default();
         let mut updates = Vec::with_capacity(changed.len());
         for (spec, actuator, same_target, paused, was_paused, claim) in changed {
             let name = spec.name.clone();
@@ -1287,7 +1288,7 @@ impl Daemon {
                     set,
                     &name,
                     paused,
-                    lease_by,
+                    &mut pauses,
                 )
                 .await;
             }
@@ -1318,7 +1319,7 @@ impl Daemon {
                     set,
                     &name,
                     paused,
-                    lease_by,
+                    &mut pauses,
                 )
                 .await;
             }
@@ -1626,23 +1627,52 @@ impl ScalerSet {
 /// once could leave the three disagreeing.
 pub(crate) static PAUSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The pause flags one reload changes: PAUSES held once for all of them
+/// (waited for as the API's pause waits), and one deadline for their Lease
+/// writes, counted from when it is held.
+#[derive(Default)]
+struct PauseBatch {
+    held: Option<(
+        Option<tokio::sync::MutexGuard<'static, ()>>,
+        tokio::time::Instant,
+    )>,
+}
+
+impl PauseBatch {
+    /// Holds PAUSES (once); the deadline of the Lease writes.
+    async fn hold(&mut self) -> tokio::time::Instant {
+        if let Some((_, lease_by)) = &self.held {
+            return *lease_by;
+        }
+        let wait = 2 * crate::api::handlers::LEASE_WRITE_TIMEOUT;
+        let guard = tokio::time::timeout(wait, PAUSES.lock()).await.ok();
+        if guard.is_none() {
+            tracing::warn!(
+                "Another pause or resume is still being recorded; the config's pause flags are set without waiting for it."
+            );
+        }
+        let lease_by = tokio::time::Instant::now() + crate::api::handlers::LEASE_WRITE_TIMEOUT;
+        self.held = Some((guard, lease_by));
+        lease_by
+    }
+}
+
 /// Sets a scaler's pause flag from the config, as the API would (the
-/// leader also records it in the Lease, for the replica that leads next, if
-/// the API server answers by `lease_by`).
+/// leader also records it in the Lease, for the replica that leads next;
+/// a write the API server does not take in time is tried again in the
+/// background).
 async fn set_paused(
     journal: &Journal,
     leadership: &Leadership,
     set: &ScalerSet,
     name: &str,
     paused: bool,
-    lease_by: tokio::time::Instant,
+    batch: &mut PauseBatch,
 ) {
     let Some(running) = set.running.get(name) else {
         return;
     };
-    let _one = PAUSES.lock().await;
-    // Bounded as the API's pause is: a reload (and a stop signal behind
-    // it) must not wait on an API server that does not answer.
+    let lease_by = batch.hold().await;
     if leadership.is_leading()
         && let Err(err) = tokio::time::timeout_at(
             lease_by,
@@ -1655,20 +1685,68 @@ async fn set_paused(
             ))
         })
     {
-        let why = match err {
-            RecordError::NotLeader(_) => "this replica no longer holds the lease".to_owned(),
-            RecordError::Failed(why) => why,
-        };
-        tracing::warn!(
-            scaler = %name, paused,
-            "Could not record the config's pause flag in the lease ({why}); a replica that \
-             takes over reads it from the config."
-        );
+        match err {
+            RecordError::NotLeader(_) => tracing::warn!(
+                scaler = %name, paused,
+                "Could not record the config's pause flag in the lease: this replica no longer \
+                 holds it (the replica that does reads the config too)."
+            ),
+            RecordError::Failed(why) => {
+                tracing::warn!(
+                    scaler = %name, paused,
+                    "Could not record the config's pause flag in the lease ({why}); tried again \
+                     in the background. Until it is, a replica that takes over applies the flag \
+                     the lease holds."
+                );
+                let known: BTreeSet<String> = set.running.keys().cloned().collect();
+                tokio::spawn(record_pause_later(
+                    leadership.clone(),
+                    running.handle.clone(),
+                    known,
+                ));
+            }
+        }
     }
     if let Err(err) = journal.set_paused(name, paused).await {
         tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
     }
     running.handle.paused.store(paused, Ordering::Relaxed);
+}
+
+/// Records `handle`'s pause flag in the Lease, as it is when the write is
+/// made (a pause through the API since wins), every 10 s until the API
+/// server takes it, for a few minutes, while this replica leads.
+async fn record_pause_later(
+    leadership: Leadership,
+    handle: Arc<ScalerHandle>,
+    known: BTreeSet<String>,
+) {
+    use crate::api::handlers::LEASE_WRITE_TIMEOUT;
+    const TRIES: u32 = 18;
+    for _ in 0..TRIES {
+        tokio::time::sleep(LEASE_WRITE_TIMEOUT).await;
+        if !leadership.is_leading() {
+            return;
+        }
+        let Ok(_one) = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, PAUSES.lock()).await else {
+            continue;
+        };
+        let paused = handle.is_paused();
+        let written = tokio::time::timeout(
+            LEASE_WRITE_TIMEOUT,
+            leadership.record_pause(&handle.name, paused, |n| known.contains(n)),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                tracing::info!(scaler = %handle.name, paused, "The pause flag is recorded in the lease now.");
+                return;
+            }
+            Ok(Err(RecordError::NotLeader(_))) => return,
+            Ok(Err(RecordError::Failed(_))) | Err(_) => {}
+        }
+    }
+    tracing::error!(scaler = %handle.name, "The pause flag could not be recorded in the lease; a replica that takes over applies the flag the lease holds. Pause or resume the scaler through the API to record it.");
 }
 
 /// On taking the Lease, and while following when they change: the pause

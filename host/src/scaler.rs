@@ -197,22 +197,17 @@ impl ScalerHandle {
     }
 
     /// Waits until no change of the scaler's is being made, and keeps any
-    /// from starting while the guard is held: a pause flag stored under it
-    /// is seen by the next change. Waits at most [`ACTING_WAIT`] (an
+    /// from starting while the guard is held (a tick that comes to make one
+    /// meanwhile does not: see `Scaler::actuate`): a pause flag stored under
+    /// it is seen by every later change. Waits at most [`ACTING_WAIT`] (an
     /// actuator's call is bounded by its client's timeouts, but a pause
     /// must not wait for good): `None` then.
     pub async fn acting(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         let guard = tokio::time::timeout(ACTING_WAIT, self.acting.lock()).await;
         if guard.is_err() {
-            tracing::warn!(scaler = %self.name, "A change the scaler is making has not finished after {}; its pause flag is set anyway.", humantime::format_duration(ACTING_WAIT));
+            tracing::warn!(scaler = %self.name, "A change of the scaler's, or another pause or resume of it, has not finished after {}; the pause flag is set anyway.", humantime::format_duration(ACTING_WAIT));
         }
         guard.ok()
-    }
-
-    /// [`ScalerHandle::acting`], then sets the pause flag.
-    pub async fn pause(&self, paused: bool) {
-        let _acting = self.acting().await;
-        self.paused.store(paused, Ordering::Relaxed);
     }
 }
 
@@ -1227,13 +1222,16 @@ impl Scaler {
         // it and took it again meanwhile (its reading of the target and its
         // envelope are of the term before, and another replica may have
         // acted in between). Nor a scaler paused meanwhile (a pause answered
-        // while the record was written): looked at under `acting`, which a
-        // pause waits for.
+        // while the record was written): looked at under `acting`, which
+        // the API's pause holds while it records the flag. Never waited
+        // for: held by a pause or resume being recorded (it may wait on
+        // the API server), the change is not made and the next tick
+        // decides again from what it reads then.
         let handle = self.handle.clone();
-        let acting = handle.acting.lock().await;
+        let acting = handle.acting.try_lock();
         let leads = self.may_act() && self.services.leadership.term() == self.term;
         let paused = self.handle.is_paused();
-        let acts = leads && !paused;
+        let acts = acting.is_ok() && leads && !paused;
         let scaled = if acts {
             let asked = std::time::Instant::now();
             self.in_flight_unsure = true;
@@ -1243,6 +1241,12 @@ impl Scaler {
         } else if !leads {
             Err(ActuatorError::Failed(
                 "not scaled: this replica lost the lease during the tick".to_owned(),
+            ))
+        } else if acting.is_err() {
+            Err(ActuatorError::Failed(
+                "not scaled: a pause or resume of this scaler was being recorded; the next tick \
+                 decides again"
+                    .to_owned(),
             ))
         } else {
             Err(ActuatorError::Failed(
@@ -1819,17 +1823,19 @@ mod tests {
     async fn a_pause_is_stored_once_a_change_under_way_is_made() {
         let handle = ScalerHandle::new(ScalerStatus::default());
         let acting = handle.acting.lock().await;
-        let pausing = tokio::spawn({
-            let handle = handle.clone();
-            async move { handle.pause(true).await }
-        });
+        // As the API's pause does: the flag stored under `acting`.
+        let pause = |handle: Arc<ScalerHandle>, paused: bool| async move {
+            let _acting = handle.acting().await;
+            handle.paused.store(paused, Ordering::Relaxed);
+        };
+        let pausing = tokio::spawn(pause(handle.clone(), true));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!handle.is_paused(), "stored while a change was under way");
         drop(acting);
         pausing.await.unwrap();
         assert!(handle.is_paused());
         // Nothing under way: at once.
-        handle.pause(false).await;
+        pause(handle.clone(), false).await;
         assert!(!handle.is_paused());
     }
 
