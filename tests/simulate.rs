@@ -549,6 +549,28 @@ fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("sources.prom"), "{err}");
     assert!(!err.contains("policy_dir"), "{err}");
+    // A source whose name is quoted in paths too.
+    let quoted = dir.path().join("quoted.toml");
+    std::fs::write(
+        &quoted,
+        std::fs::read_to_string(&twice)
+            .unwrap()
+            .replace("[sources.prom]", "[sources.\"prom.eu\"]"),
+    )
+    .unwrap();
+    let (code, _, err) = cli(&[
+        "trace",
+        "--config",
+        quoted.to_str().unwrap(),
+        "--source",
+        "prom.eu",
+        "--query",
+        query,
+        "--start",
+        &(start_s * 1000).to_string(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sources.\"prom.eu\""), "{err}");
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows.len(), 357, "a header and 356 rows");
     assert_eq!(rows[0], "timestamp_s,requests");

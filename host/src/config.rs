@@ -1693,6 +1693,12 @@ impl TargetConfig {
     }
 }
 
+/// Where the problems of `[sources.<name>]` are located: the start of their
+/// path (`sources.prom`, `sources."prom.eu"`).
+pub fn source_path(name: &str) -> String {
+    format!("sources.{}", location::key_segment(name))
+}
+
 /// `url` as a URL compares, for a target's claim: `HTTP://Coord:80/` is
 /// `http://coord`; credentials written in it are not part of what it is
 /// (two scalers on one coordinator were let through when one wrote them,

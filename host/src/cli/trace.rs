@@ -99,7 +99,7 @@ fn source(args: &TraceArgs) -> Result<PrometheusSource, String> {
             // refused as the daemon refuses them.
             let config = Config::load_unvalidated(path).map_err(|e| e.to_string())?;
             if let Err(e) = config.validate() {
-                let at = format!("sources.{name}");
+                let at = crate::config::source_path(name);
                 let ours: Vec<String> = e
                     .problems()
                     .iter()

@@ -307,11 +307,7 @@ impl<'t> Document<'t> {
                     if !out.is_empty() {
                         out.push('.');
                     }
-                    if is_bare_key(key) {
-                        out.push_str(key);
-                    } else {
-                        out.push_str(&format!("{key:?}"));
-                    }
+                    out.push_str(&key_segment(key));
                 }
                 Seg::Index(index) => {
                     out.push_str(&format!("[{index}]"));
@@ -402,6 +398,15 @@ fn search<'t>(
             }
         }
         _ => {}
+    }
+}
+
+/// `key` as a path shows it: as it is when bare, quoted otherwise.
+pub(super) fn key_segment(key: &str) -> String {
+    if is_bare_key(key) {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
     }
 }
 
