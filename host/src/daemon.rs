@@ -260,6 +260,8 @@ pub struct Daemon {
     /// Who may read, and pause and resume scalers, through the API
     /// (`[api] token`, `reads`).
     access: Arc<ApiAccess>,
+    /// The config's pause flags a reload could not record in the Lease yet.
+    lease_pauses: Arc<LeasePauses>,
     /// The API's TLS settings, with `[api] tls`.
     tls: Option<Arc<rustls::ServerConfig>>,
     reload: Option<ReloadSource>,
@@ -468,6 +470,7 @@ impl Daemon {
             ready: Arc::new(AtomicBool::new(false)),
             config_status,
             access,
+            lease_pauses: Arc::default(),
             tls,
             reload: None,
             #[cfg(unix)]
@@ -1277,7 +1280,11 @@ impl Daemon {
         // and one deadline for their Lease writes: an API server that does
         // not answer holds the reload (and a stop signal behind it) that
         // long, not that long per scaler.
-        let mut pauses = PauseBatch::default();
+        let mut pauses = PauseBatch {
+            held: None,
+            later: self.lease_pauses.clone(),
+            handles: self.handles.clone(),
+        };
         let mut updates = Vec::with_capacity(changed.len());
         for (spec, actuator, same_target, paused, was_paused, claim) in changed {
             let name = spec.name.clone();
@@ -1630,15 +1637,23 @@ pub(crate) static PAUSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new
 /// The pause flags one reload changes: PAUSES held once for all of them
 /// (waited for as the API's pause waits), and one deadline for their Lease
 /// writes, counted from when it is held.
-#[derive(Default)]
 struct PauseBatch {
     held: Option<(
         Option<tokio::sync::MutexGuard<'static, ()>>,
         tokio::time::Instant,
     )>,
+    /// Where a flag not recorded in the Lease goes.
+    later: Arc<LeasePauses>,
+    /// The scalers by name, as the API has them.
+    handles: Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
 }
 
 impl PauseBatch {
+    /// Records `name`'s flag in the Lease in the background.
+    fn later(&self, name: &str, leadership: &Leadership) {
+        self.later.queue(name, leadership, &self.handles);
+    }
+
     /// Holds PAUSES (once); the deadline of the Lease writes.
     async fn hold(&mut self) -> tokio::time::Instant {
         if let Some((_, lease_by)) = &self.held {
@@ -1673,6 +1688,12 @@ async fn set_paused(
         return;
     };
     let lease_by = batch.hold().await;
+    let unheld = matches!(batch.held, Some((None, _)));
+    if unheld && leadership.is_leading() {
+        // Written without PAUSES, it could cross another write: the last
+        // one is made under it, with the flag as it is then.
+        batch.later(name, leadership);
+    }
     if leadership.is_leading()
         && let Err(err) = tokio::time::timeout_at(
             lease_by,
@@ -1698,12 +1719,7 @@ async fn set_paused(
                      in the background. Until it is, a replica that takes over applies the flag \
                      the lease holds."
                 );
-                let known: BTreeSet<String> = set.running.keys().cloned().collect();
-                tokio::spawn(record_pause_later(
-                    leadership.clone(),
-                    running.handle.clone(),
-                    known,
-                ));
+                batch.later(name, leadership);
             }
         }
     }
@@ -1713,40 +1729,96 @@ async fn set_paused(
     running.handle.paused.store(paused, Ordering::Relaxed);
 }
 
-/// Records `handle`'s pause flag in the Lease, as it is when the write is
-/// made (a pause through the API since wins), every 10 s until the API
-/// server takes it, for a few minutes, while this replica leads.
-async fn record_pause_later(
-    leadership: Leadership,
-    handle: Arc<ScalerHandle>,
-    known: BTreeSet<String>,
-) {
-    use crate::api::handlers::LEASE_WRITE_TIMEOUT;
-    const TRIES: u32 = 18;
-    for _ in 0..TRIES {
-        tokio::time::sleep(LEASE_WRITE_TIMEOUT).await;
-        if !leadership.is_leading() {
-            return;
-        }
-        let Ok(_one) = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, PAUSES.lock()).await else {
-            continue;
-        };
-        let paused = handle.is_paused();
-        let written = tokio::time::timeout(
-            LEASE_WRITE_TIMEOUT,
-            leadership.record_pause(&handle.name, paused, |n| known.contains(n)),
-        )
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                tracing::info!(scaler = %handle.name, paused, "The pause flag is recorded in the lease now.");
-                return;
-            }
-            Ok(Err(RecordError::NotLeader(_))) => return,
-            Ok(Err(RecordError::Failed(_))) | Err(_) => {}
+/// The config's pause flags a reload could not record in the Lease (the API
+/// server did not answer in time, or another pause held PAUSES): written in
+/// the background, every 10 s for a few minutes while this replica leads,
+/// by one task, under PAUSES, each with the flag as it is when written (a
+/// pause through the API since wins) and the scalers running then.
+#[derive(Debug, Default)]
+pub(crate) struct LeasePauses {
+    pending: std::sync::Mutex<BTreeSet<String>>,
+    writing: AtomicBool,
+}
+
+impl LeasePauses {
+    fn queue(
+        self: &Arc<Self>,
+        name: &str,
+        leadership: &Leadership,
+        handles: &Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
+    ) {
+        self.pending().insert(name.to_owned());
+        if !self.writing.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().write(leadership.clone(), handles.clone()));
         }
     }
-    tracing::error!(scaler = %handle.name, "The pause flag could not be recorded in the lease; a replica that takes over applies the flag the lease holds. Pause or resume the scaler through the API to record it.");
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn write(
+        self: Arc<Self>,
+        leadership: Leadership,
+        handles: Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
+    ) {
+        use crate::api::handlers::LEASE_WRITE_TIMEOUT;
+        const TRIES: u32 = 18;
+        loop {
+            for _ in 0..TRIES {
+                tokio::time::sleep(LEASE_WRITE_TIMEOUT).await;
+                if !leadership.is_leading() {
+                    // The replica that leads reads the config too.
+                    self.pending().clear();
+                    break;
+                }
+                let Ok(_one) = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, PAUSES.lock()).await
+                else {
+                    continue;
+                };
+                let names: Vec<String> = self.pending().iter().cloned().collect();
+                let deadline = tokio::time::Instant::now() + LEASE_WRITE_TIMEOUT;
+                for name in names {
+                    let running = handles.load_full();
+                    let Some(handle) = running.get(&name) else {
+                        self.pending().remove(&name);
+                        continue;
+                    };
+                    let paused = handle.is_paused();
+                    let written = tokio::time::timeout_at(
+                        deadline,
+                        leadership.record_pause(&name, paused, |n| running.contains_key(n)),
+                    )
+                    .await;
+                    match written {
+                        Ok(Ok(())) => {
+                            self.pending().remove(&name);
+                            tracing::info!(scaler = %name, paused, "The pause flag is recorded in the lease now.");
+                        }
+                        Ok(Err(RecordError::NotLeader(_))) => {
+                            self.pending().clear();
+                            break;
+                        }
+                        Ok(Err(RecordError::Failed(_))) | Err(_) => {}
+                    }
+                }
+                if self.pending().is_empty() {
+                    break;
+                }
+            }
+            let left: Vec<String> = std::mem::take(&mut *self.pending()).into_iter().collect();
+            if !left.is_empty() {
+                tracing::error!(scalers = ?left, "Pause flags could not be recorded in the lease; a replica that takes over applies the flags the lease holds. Pause or resume these scalers through the API to record them.");
+            }
+            self.writing.store(false, Ordering::SeqCst);
+            // One queued as this task was ending is written by it still.
+            if self.pending().is_empty() || self.writing.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
 }
 
 /// On taking the Lease, and while following when they change: the pause

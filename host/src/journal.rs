@@ -800,8 +800,8 @@ impl Journal {
     }
 
     /// The time of `scaler`'s newest tick since `since_ms` of another target
-    /// than `target` (its `target_key`), if any: what it has of `target` is
-    /// after it.
+    /// than `target` (its keys), if any: what it has of `target` is after
+    /// it.
     pub async fn moved_since(
         &self,
         scaler: &str,

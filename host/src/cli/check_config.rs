@@ -95,7 +95,12 @@ pub fn check_config(
         };
         if let Err(e) = built {
             problems += 1;
-            writeln!(err, "{}: sources.{name}: {e}", path.display())?;
+            writeln!(
+                err,
+                "{}: {}: {e}",
+                path.display(),
+                crate::config::source_path(name)
+            )?;
         }
     }
     if let Err(e) = Simulation::from_config(&config.simulations, config.origin().dir(), 0) {

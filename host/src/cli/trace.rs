@@ -115,8 +115,9 @@ fn source(args: &TraceArgs) -> Result<PrometheusSource, String> {
                 None => {
                     let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
                     return Err(format!(
-                        "--source {name}: {} has no [sources.{name}]; {}",
+                        "--source {name}: {} has no [{}]; {}",
                         path.display(),
+                        crate::config::source_path(name),
                         if known.is_empty() {
                             "it has no sources".to_owned()
                         } else {
