@@ -14,7 +14,7 @@
 //! `[journal]`, `[clock]`, `[simulations]` and `[watch]` are read only at
 //! start: a change to them is logged as needing a restart.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -677,6 +677,9 @@ impl Daemon {
             set.tasks.abort_all();
         }
         election_stop.cancel();
+        // Before the Lease is released: a write of it now would race the
+        // release.
+        self.lease_pauses.stop.cancel();
         if let Some(election) = election {
             // Releasing the Lease lets a successor take it at once; an API
             // server that does not answer within LEASE_RELEASE_GRACE makes
@@ -1688,12 +1691,9 @@ async fn set_paused(
         return;
     };
     let lease_by = batch.hold().await;
-    let unheld = matches!(batch.held, Some((None, _)));
-    if unheld && leadership.is_leading() {
-        // Written without PAUSES, it could cross another write: the last
-        // one is made under it, with the flag as it is then.
-        batch.later(name, leadership);
-    }
+    // Written without PAUSES, it could cross another write: the last one
+    // is made under it, with the flag as it is then.
+    let mut later = matches!(batch.held, Some((None, _)));
     if leadership.is_leading()
         && let Err(err) = tokio::time::timeout_at(
             lease_by,
@@ -1719,7 +1719,7 @@ async fn set_paused(
                      in the background. Until it is, a replica that takes over applies the flag \
                      the lease holds."
                 );
-                batch.later(name, leadership);
+                later = true;
             }
         }
     }
@@ -1727,18 +1727,29 @@ async fn set_paused(
         tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
     }
     running.handle.paused.store(paused, Ordering::Relaxed);
+    // After the flag is set: the writer writes the flag as it is then.
+    if later && leadership.is_elected() {
+        batch.later(name, leadership);
+    }
 }
 
 /// The config's pause flags a reload could not record in the Lease (the API
 /// server did not answer in time, or another pause held PAUSES): written in
-/// the background, every 10 s for a few minutes while this replica leads,
-/// by one task, under PAUSES, each with the flag as it is when written (a
-/// pause through the API since wins) and the scalers running then.
+/// the background by one task, about every 10 s while this replica leads,
+/// each for 3 minutes from when it was queued, under PAUSES, with the flag
+/// as it is when written (a pause through the API since wins) and the
+/// scalers running then.
 #[derive(Debug, Default)]
 pub(crate) struct LeasePauses {
-    pending: std::sync::Mutex<BTreeSet<String>>,
+    /// The names to write, and when to give each up.
+    pending: std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>,
     writing: AtomicBool,
+    /// Cancelled when the daemon stops (before it releases the Lease).
+    stop: CancellationToken,
 }
+
+/// How long [`LeasePauses`] tries to write a flag.
+const LEASE_PAUSE_TRIES_FOR: std::time::Duration = std::time::Duration::from_secs(180);
 
 impl LeasePauses {
     fn queue(
@@ -1747,13 +1758,14 @@ impl LeasePauses {
         leadership: &Leadership,
         handles: &Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
     ) {
-        self.pending().insert(name.to_owned());
+        let give_up = tokio::time::Instant::now() + LEASE_PAUSE_TRIES_FOR;
+        self.pending().insert(name.to_owned(), give_up);
         if !self.writing.swap(true, Ordering::SeqCst) {
             tokio::spawn(self.clone().write(leadership.clone(), handles.clone()));
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, tokio::time::Instant>> {
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1764,58 +1776,89 @@ impl LeasePauses {
         leadership: Leadership,
         handles: Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
     ) {
-        use crate::api::handlers::LEASE_WRITE_TIMEOUT;
-        const TRIES: u32 = 18;
         loop {
-            for _ in 0..TRIES {
-                tokio::time::sleep(LEASE_WRITE_TIMEOUT).await;
-                if !leadership.is_leading() {
-                    // The replica that leads reads the config too.
-                    self.pending().clear();
-                    break;
-                }
-                let Ok(_one) = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, PAUSES.lock()).await
-                else {
-                    continue;
-                };
-                let names: Vec<String> = self.pending().iter().cloned().collect();
-                let deadline = tokio::time::Instant::now() + LEASE_WRITE_TIMEOUT;
-                for name in names {
-                    let running = handles.load_full();
-                    let Some(handle) = running.get(&name) else {
-                        self.pending().remove(&name);
-                        continue;
-                    };
-                    let paused = handle.is_paused();
-                    let written = tokio::time::timeout_at(
-                        deadline,
-                        leadership.record_pause(&name, paused, |n| running.contains_key(n)),
-                    )
-                    .await;
-                    match written {
-                        Ok(Ok(())) => {
-                            self.pending().remove(&name);
-                            tracing::info!(scaler = %name, paused, "The pause flag is recorded in the lease now.");
-                        }
-                        Ok(Err(RecordError::NotLeader(_))) => {
-                            self.pending().clear();
-                            break;
-                        }
-                        Ok(Err(RecordError::Failed(_))) | Err(_) => {}
-                    }
-                }
-                if self.pending().is_empty() {
-                    break;
-                }
-            }
-            let left: Vec<String> = std::mem::take(&mut *self.pending()).into_iter().collect();
-            if !left.is_empty() {
-                tracing::error!(scalers = ?left, "Pause flags could not be recorded in the lease; a replica that takes over applies the flags the lease holds. Pause or resume these scalers through the API to record them.");
+            let stop = self.stop.clone();
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = self.rounds(&leadership, &handles) => {}
             }
             self.writing.store(false, Ordering::SeqCst);
             // One queued as this task was ending is written by it still.
-            if self.pending().is_empty() || self.writing.swap(true, Ordering::SeqCst) {
+            if self.stop.is_cancelled()
+                || self.pending().is_empty()
+                || self.writing.swap(true, Ordering::SeqCst)
+            {
                 return;
+            }
+        }
+    }
+
+    /// Rounds of writes until nothing is pending.
+    async fn rounds(
+        &self,
+        leadership: &Leadership,
+        handles: &Arc<ArcSwap<BTreeMap<String, Arc<ScalerHandle>>>>,
+    ) {
+        use crate::api::handlers::LEASE_WRITE_TIMEOUT;
+        while !self.pending().is_empty() {
+            tokio::time::sleep(LEASE_WRITE_TIMEOUT).await;
+            let now = tokio::time::Instant::now();
+            let expired: Vec<String> = {
+                let mut pending = self.pending();
+                let expired = pending
+                    .iter()
+                    .filter(|(_, give_up)| **give_up <= now)
+                    .map(|(name, _)| name.clone())
+                    .collect::<Vec<_>>();
+                for name in &expired {
+                    pending.remove(name);
+                }
+                expired
+            };
+            let running = handles.load_full();
+            let expired: Vec<&String> = expired
+                .iter()
+                .filter(|n| running.contains_key(n.as_str()))
+                .collect();
+            if !expired.is_empty() {
+                tracing::error!(scalers = ?expired, "Pause flags could not be recorded in the lease; a replica that takes over applies the flags the lease holds. Pause or resume these scalers through the API to record them.");
+            }
+            // Not leading for now (a renewal late, say): tried again at
+            // the next round; the Lease itself says when another leads.
+            if !leadership.is_leading() {
+                continue;
+            }
+            let Ok(_one) = tokio::time::timeout(2 * LEASE_WRITE_TIMEOUT, PAUSES.lock()).await
+            else {
+                continue;
+            };
+            let names: Vec<String> = self.pending().keys().cloned().collect();
+            let deadline = tokio::time::Instant::now() + LEASE_WRITE_TIMEOUT;
+            for name in names {
+                let running = handles.load_full();
+                // A scaler a reload is adding is there in a moment.
+                let Some(handle) = running.get(&name) else {
+                    continue;
+                };
+                let paused = handle.is_paused();
+                let written = tokio::time::timeout_at(
+                    deadline,
+                    leadership.record_pause(&name, paused, |n| running.contains_key(n)),
+                )
+                .await;
+                match written {
+                    Ok(Ok(())) => {
+                        self.pending().remove(&name);
+                        tracing::info!(scaler = %name, paused, "The pause flag is recorded in the lease now.");
+                    }
+                    Ok(Err(RecordError::NotLeader(holder))) => {
+                        let left: Vec<String> =
+                            std::mem::take(&mut *self.pending()).into_keys().collect();
+                        tracing::warn!(scalers = ?left, holder = ?holder, "Another replica holds the lease now; it reads the config's pause flags itself. These were not recorded in the lease by this one.");
+                        return;
+                    }
+                    Ok(Err(RecordError::Failed(_))) | Err(_) => {}
+                }
             }
         }
     }
