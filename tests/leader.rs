@@ -588,6 +588,63 @@ fn lease_pauses(kube: &FakeKube) -> Option<serde_json::Value> {
     serde_json::from_str(text).ok()
 }
 
+/// A config's pause flag the Lease refuses (its API server failing the
+/// write) is applied at once, and recorded in the Lease in the background
+/// once it takes it: until then, a replica that took over would apply the
+/// Lease's older flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configs_pause_the_lease_refused_is_recorded_later() {
+    let kube = with_web_at_2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(dir.path(), &kube, &config(2, "a"));
+    leader_becomes(&kube, "a").await;
+    api_up(&a).await;
+    kube.fail_pause_writes(true);
+    std::fs::write(
+        dir.path().join("scalewise.toml"),
+        config(2, "a").replace("max = 8\n", "max = 8\npaused = true\n"),
+    )
+    .unwrap();
+    wait_until("the refused write", Duration::from_secs(60), || async {
+        match a.log().contains("tried again in the background") {
+            true => Ok(()),
+            false => Err("not yet".to_owned()),
+        }
+    })
+    .await
+    .unwrap();
+    // Applied here at once; not in the Lease.
+    wait_until("web paused", Duration::from_secs(30), || async {
+        match get(&a, "/v1/scalers/web").await["paused"].as_bool() {
+            Some(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lease_pauses(&kube).and_then(|p| p.get("web").cloned()),
+        None
+    );
+    // The API server takes it again: the flag reaches the Lease.
+    kube.fail_pause_writes(false);
+    wait_until("the flag in the lease", Duration::from_secs(60), || async {
+        match lease_pauses(&kube) {
+            Some(pauses) if pauses["web"] == true => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        a.log()
+            .contains("The pause flag is recorded in the lease now."),
+        "{}",
+        a.log()
+    );
+    a.stop().unwrap();
+}
+
 /// The replica that takes over has a history of its own (it led before)
 /// but not the leader's: like a new scaler, it does not scale down within
 /// its scale-down window, whatever its stale history allows.

@@ -24,6 +24,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use scalewise::leader::PAUSES_ANNOTATION;
 use serde_json::{Value, json};
 
 /// One workload the fake serves.
@@ -80,6 +81,9 @@ struct Inner {
     leases_failing: Option<StatusCode>,
     /// Every Lease read is taken and never answered.
     leases_hanging: bool,
+    /// A replace that changes the Lease's pause flags is refused with 500
+    /// (renewals, which keep them, go through).
+    pause_writes_failing: bool,
     /// (group, version, plural) the server does not serve: requests under
     /// them get the 404 of an unknown path.
     unserved: BTreeSet<(String, String, String)>,
@@ -144,6 +148,13 @@ impl FakeKube {
     /// Makes every Lease request fail with `code` (`None`: work again).
     pub fn fail_leases(&self, code: Option<StatusCode>) {
         self.inner.lock().unwrap().leases_failing = code;
+    }
+
+    /// Makes every replace of a Lease that changes its pause flags (the
+    /// `scalewise.dev/pauses` annotation) fail with 500, while renewals go
+    /// through (`false`: take them again).
+    pub fn fail_pause_writes(&self, fail: bool) {
+        self.inner.lock().unwrap().pause_writes_failing = fail;
     }
 
     /// Makes every read of a Lease hang: the server takes the request and
@@ -669,6 +680,14 @@ async fn replace_lease(
             &format!("leases.coordination.k8s.io {name:?} not found"),
         );
     };
+    let pauses = |lease: &Value| lease["metadata"]["annotations"][PAUSES_ANNOTATION].clone();
+    if inner.pause_writes_failing && pauses(&lease) != pauses(stored) {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "pause flag writes are failing on purpose",
+        );
+    }
     if lease["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
         return status(
             StatusCode::CONFLICT,
