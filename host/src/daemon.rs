@@ -1285,6 +1285,8 @@ impl Daemon {
         // long, not that long per scaler.
         let mut pauses = PauseBatch {
             held: None,
+            journal: self.journal.clone(),
+            leadership: self.services.leadership.clone(),
             later: self.lease_pauses.clone(),
             handles: self.handles.clone(),
         };
@@ -1292,15 +1294,7 @@ impl Daemon {
         for (spec, actuator, same_target, paused, was_paused, claim) in changed {
             let name = spec.name.clone();
             if paused != was_paused {
-                set_paused(
-                    &self.journal,
-                    &self.services.leadership,
-                    set,
-                    &name,
-                    paused,
-                    &mut pauses,
-                )
-                .await;
+                pauses.set(set, &name, paused).await;
             }
             tracing::info!(scaler = %name, "A scaler was changed by the reloaded config.");
             let update = Reconfigure {
@@ -1323,15 +1317,7 @@ impl Daemon {
             scaler.handle().paused.store(paused, Ordering::Relaxed);
             set.spawn(scaler, next.scalers[name.as_str()].claim);
             if restored != paused {
-                set_paused(
-                    &self.journal,
-                    &self.services.leadership,
-                    set,
-                    &name,
-                    paused,
-                    &mut pauses,
-                )
-                .await;
+                pauses.set(set, &name, paused).await;
             }
         }
         // Removed scalers that have ended were matched by those added;
@@ -1645,6 +1631,8 @@ struct PauseBatch {
         Option<tokio::sync::MutexGuard<'static, ()>>,
         tokio::time::Instant,
     )>,
+    journal: Journal,
+    leadership: Leadership,
     /// Where a flag not recorded in the Lease goes.
     later: Arc<LeasePauses>,
     /// The scalers by name, as the API has them.
@@ -1652,9 +1640,56 @@ struct PauseBatch {
 }
 
 impl PauseBatch {
-    /// Records `name`'s flag in the Lease in the background.
-    fn later(&self, name: &str, leadership: &Leadership) {
-        self.later.queue(name, leadership, &self.handles);
+    /// Sets a scaler's pause flag from the config, as the API would (the
+    /// leader also records it in the Lease, for the replica that leads next;
+    /// a write the API server does not take in time is tried again in the
+    /// background).
+    async fn set(&mut self, set: &ScalerSet, name: &str, paused: bool) {
+        let Some(running) = set.running.get(name) else {
+            return;
+        };
+        let lease_by = self.hold().await;
+        // Written without PAUSES, it could cross another write: the last one
+        // is made under it, with the flag as it is then.
+        let mut later = matches!(self.held, Some((None, _)));
+        if self.leadership.is_leading()
+            && let Err(err) = tokio::time::timeout_at(
+                lease_by,
+                self.leadership
+                    .record_pause(name, paused, |n| set.running.contains_key(n)),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(RecordError::Failed(
+                    "the API server did not answer in time".to_owned(),
+                ))
+            })
+        {
+            match err {
+                RecordError::NotLeader(_) => tracing::warn!(
+                    scaler = %name, paused,
+                    "Could not record the config's pause flag in the lease: this replica no longer \
+                     holds it (the replica that does reads the config too)."
+                ),
+                RecordError::Failed(why) => {
+                    tracing::warn!(
+                        scaler = %name, paused,
+                        "Could not record the config's pause flag in the lease ({why}); tried again \
+                         in the background. Until it is, a replica that takes over applies the flag \
+                         the lease holds."
+                    );
+                    later = true;
+                }
+            }
+        }
+        if let Err(err) = self.journal.set_paused(name, paused).await {
+            tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
+        }
+        running.handle.paused.store(paused, Ordering::Relaxed);
+        // After the flag is set: the writer writes the flag as it is then.
+        if later && self.leadership.is_elected() {
+            self.later.queue(name, &self.leadership, &self.handles);
+        }
     }
 
     /// Holds PAUSES (once); the deadline of the Lease writes.
@@ -1672,64 +1707,6 @@ impl PauseBatch {
         let lease_by = tokio::time::Instant::now() + crate::api::handlers::LEASE_WRITE_TIMEOUT;
         self.held = Some((guard, lease_by));
         lease_by
-    }
-}
-
-/// Sets a scaler's pause flag from the config, as the API would (the
-/// leader also records it in the Lease, for the replica that leads next;
-/// a write the API server does not take in time is tried again in the
-/// background).
-async fn set_paused(
-    journal: &Journal,
-    leadership: &Leadership,
-    set: &ScalerSet,
-    name: &str,
-    paused: bool,
-    batch: &mut PauseBatch,
-) {
-    let Some(running) = set.running.get(name) else {
-        return;
-    };
-    let lease_by = batch.hold().await;
-    // Written without PAUSES, it could cross another write: the last one
-    // is made under it, with the flag as it is then.
-    let mut later = matches!(batch.held, Some((None, _)));
-    if leadership.is_leading()
-        && let Err(err) = tokio::time::timeout_at(
-            lease_by,
-            leadership.record_pause(name, paused, |n| set.running.contains_key(n)),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(RecordError::Failed(
-                "the API server did not answer in time".to_owned(),
-            ))
-        })
-    {
-        match err {
-            RecordError::NotLeader(_) => tracing::warn!(
-                scaler = %name, paused,
-                "Could not record the config's pause flag in the lease: this replica no longer \
-                 holds it (the replica that does reads the config too)."
-            ),
-            RecordError::Failed(why) => {
-                tracing::warn!(
-                    scaler = %name, paused,
-                    "Could not record the config's pause flag in the lease ({why}); tried again \
-                     in the background. Until it is, a replica that takes over applies the flag \
-                     the lease holds."
-                );
-                later = true;
-            }
-        }
-    }
-    if let Err(err) = journal.set_paused(name, paused).await {
-        tracing::error!(scaler = %name, error = %err, "Could not persist the pause flag.");
-    }
-    running.handle.paused.store(paused, Ordering::Relaxed);
-    // After the flag is set: the writer writes the flag as it is then.
-    if later && leadership.is_elected() {
-        batch.later(name, leadership);
     }
 }
 
