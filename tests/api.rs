@@ -703,13 +703,17 @@ async fn a_rebound_name_cannot_write_and_the_dashboard_is_not_framed() {
     h.close().await;
 }
 
-/// A pause answered while a tick reads its metrics holds that tick's
-/// change too: the tick reads the pause flag again when it decides. Here
-/// the tick waits 10 s on a Prometheus that never answers (the counter
-/// policy, which reads no metric, still wants 5: a failed metric blocks
-/// scale-in only), and the pause comes in meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_answered_during_a_tick_holds_that_tick() {
+/// A daemon whose scaler `web` (a simulated service at 2 replicas, the
+/// counter policy wanting 5) is in its first tick, waiting on its metric
+/// from a Prometheus that never answers (for up to `timeout`); `head` goes
+/// at the top of the config. Returns it and its decisions.
+async fn daemon_waiting_on_a_metric(
+    head: &str,
+    timeout: &str,
+) -> (
+    scalewise_tests::running::RunningDaemon,
+    tokio::sync::broadcast::Receiver<std::sync::Arc<TickRecord>>,
+) {
     use std::sync::atomic::Ordering;
 
     use scalewise::clock::Clock;
@@ -719,11 +723,12 @@ async fn a_pause_answered_during_a_tick_holds_that_tick() {
     let (addr, accepted) = counted_silent_listener().await.unwrap();
     let config = format!(
         r#"policy_dir = "policies"
+{head}
 
 [sources.slow]
 kind = "prometheus"
 url = "http://{addr}"
-timeout = "10s"
+timeout = "{timeout}"
 
 {web}[[scalers]]
 name = "web"
@@ -742,7 +747,7 @@ params = {{ scale_to = 5 }}
 "#,
         web = simulation("web", 2),
     );
-    let mut daemon = RunningDaemon::with(&config)
+    let daemon = RunningDaemon::with(&config)
         .clock(Clock::system())
         .policies(|dir| {
             std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
@@ -750,7 +755,7 @@ params = {{ scale_to = 5 }}
         .start()
         .await
         .unwrap();
-    let mut decisions = daemon.decisions();
+    let decisions = daemon.decisions();
     scalewise_tests::wait_until(
         "a tick reading the metric",
         Duration::from_secs(90),
@@ -763,6 +768,17 @@ params = {{ scale_to = 5 }}
     )
     .await
     .unwrap();
+    (daemon, decisions)
+}
+
+/// A pause answered while a tick reads its metrics holds that tick's
+/// change too: the tick reads the pause flag again when it decides. Here
+/// the tick waits 10 s on a Prometheus that never answers (the counter
+/// policy, which reads no metric, still wants 5: a failed metric blocks
+/// scale-in only), and the pause comes in meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_answered_during_a_tick_holds_that_tick() {
+    let (mut daemon, mut decisions) = daemon_waiting_on_a_metric("", "10s").await;
     let api = daemon.api().unwrap();
     let asked_ms = scalewise::clock::wall_clock_ms();
     let paused = reqwest::Client::new()
@@ -803,63 +819,11 @@ params = {{ scale_to = 5 }}
 /// calls the actuator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_answered_while_the_change_is_recorded_stops_it() {
-    use std::sync::atomic::Ordering;
-
-    use scalewise::clock::Clock;
-    use scalewise_tests::running::{RunningDaemon, simulation};
-    use scalewise_tests::stub_http::counted_silent_listener;
-
-    let (addr, accepted) = counted_silent_listener().await.unwrap();
-    let config = format!(
-        r#"policy_dir = "policies"
-
-[journal]
-path = "journal.db"
-commit_delay = "1s"
-
-[sources.slow]
-kind = "prometheus"
-url = "http://{addr}"
-timeout = "2s"
-
-{web}[[scalers]]
-name = "web"
-interval = "10s"
-min = 1
-max = 10
-target = {{ kind = "simulator", service = "web" }}
-
-[scalers.metrics.queue]
-source = "slow"
-query = "sum(queue)"
-
-[[scalers.policies]]
-module = "counter"
-params = {{ scale_to = 5 }}
-"#,
-        web = simulation("web", 2),
-    );
-    let mut daemon = RunningDaemon::with(&config)
-        .clock(Clock::system())
-        .policies(|dir| {
-            std::fs::copy(artifacts::COUNTER, dir.join("counter.wasm")).unwrap();
-        })
-        .start()
-        .await
-        .unwrap();
-    let mut decisions = daemon.decisions();
-    scalewise_tests::wait_until(
-        "a tick reading the metric",
-        Duration::from_secs(90),
-        || async {
-            match accepted.load(Ordering::SeqCst) {
-                0 => Err("no connection yet".to_owned()),
-                _ => Ok(()),
-            }
-        },
+    let (mut daemon, mut decisions) = daemon_waiting_on_a_metric(
+        "\n[journal]\npath = \"journal.db\"\ncommit_delay = \"1s\"\n",
+        "2s",
     )
-    .await
-    .unwrap();
+    .await;
     // The metric fails after 2 s; the tick then decides 2 -> 5 and waits
     // for its record's commit.
     tokio::time::sleep(Duration::from_millis(2_200)).await;
