@@ -525,52 +525,6 @@ fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
         err.contains("Wrote 356 rows") && err.contains("(1 range query)"),
         "{err}"
     );
-    // The source's own problems are still refused, as the daemon would.
-    let twice = dir.path().join("twice.toml");
-    std::fs::write(
-        &twice,
-        std::fs::read_to_string(&config).unwrap().replace(
-            "X-Scope-OrgID = \"site\"",
-            "X-Scope-OrgID = \"site\", x-scope-orgid = \"other\"",
-        ),
-    )
-    .unwrap();
-    let (code, _, err) = cli(&[
-        "trace",
-        "--config",
-        twice.to_str().unwrap(),
-        "--source",
-        "prom",
-        "--query",
-        query,
-        "--start",
-        &(start_s * 1000).to_string(),
-    ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("sources.prom"), "{err}");
-    assert!(!err.contains("policy_dir"), "{err}");
-    // A source whose name is quoted in paths too.
-    let quoted = dir.path().join("quoted.toml");
-    std::fs::write(
-        &quoted,
-        std::fs::read_to_string(&twice)
-            .unwrap()
-            .replace("[sources.prom]", "[sources.\"prom.eu\"]"),
-    )
-    .unwrap();
-    let (code, _, err) = cli(&[
-        "trace",
-        "--config",
-        quoted.to_str().unwrap(),
-        "--source",
-        "prom.eu",
-        "--query",
-        query,
-        "--start",
-        &(start_s * 1000).to_string(),
-    ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("sources.\"prom.eu\""), "{err}");
     let rows: Vec<&str> = out.lines().collect();
     assert_eq!(rows.len(), 357, "a header and 356 rows");
     assert_eq!(rows[0], "timestamp_s,requests");
@@ -580,6 +534,41 @@ fn a_trace_of_prometheus_history_is_a_backtest_on_real_traffic() {
         (requests.parse::<f64>().unwrap() - 600.0).abs() < 1e-6,
         "{out}"
     );
+    // The source's own problems are still refused, as the daemon would:
+    // a header written twice, under a name written plainly or quoted.
+    let refused = |file: &str, edit: (&str, &str), source: &str| {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(
+                "X-Scope-OrgID = \"site\"",
+                "X-Scope-OrgID = \"site\", x-scope-orgid = \"other\"",
+            )
+            .replace(edit.0, edit.1);
+        std::fs::write(&path, text).unwrap();
+        let (code, _, err) = cli(&[
+            "trace",
+            "--config",
+            path.to_str().unwrap(),
+            "--source",
+            source,
+            "--query",
+            query,
+            "--start",
+            &(start_s * 1000).to_string(),
+        ]);
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains("policy_dir"), "{err}");
+        err
+    };
+    let err = refused("twice.toml", ("[sources.prom]", "[sources.prom]"), "prom");
+    assert!(err.contains("sources.prom"), "{err}");
+    let err = refused(
+        "quoted.toml",
+        ("[sources.prom]", "[sources.\"prom.eu\"]"),
+        "prom.eu",
+    );
+    assert!(err.contains("sources.\"prom.eu\""), "{err}");
 
     // Played back: docs/backtest.toml's service (5 requests/s a replica,
     // target tracking at 60 % CPU) on this trace sees the traffic
