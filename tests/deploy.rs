@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding};
 use scalewise::config::{Config, TargetConfig};
 use scalewise_tests::fake_kube::{FakeKube, Workload};
-use scalewise_tests::running::install_policies;
+use scalewise_tests::running::POLICY_MODULES;
 use scalewise_tests::{artifacts, load, wait_until};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -35,6 +35,34 @@ fn object<T: DeserializeOwned>(docs: &[Value], kind: &str, name: &str) -> T {
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name:?} in the manifests"));
     serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind} {name:?}: {e}"))
+}
+
+/// The module files the manifests' `kubectl create configmap
+/// scalewise-policies` puts in the ConfigMap; the README gives the same
+/// command.
+fn policies_config_map() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let command = |file: &str| {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("create configmap scalewise-policies"))
+            .unwrap_or_else(|| panic!("{file} does not create the policies ConfigMap"));
+        line.trim_start_matches(['#', ' ']).trim().to_owned()
+    };
+    let manifests = command("docs/deploy/kubernetes.yaml");
+    assert_eq!(manifests, command("README.md"));
+    manifests
+        .split_whitespace()
+        .filter_map(|a| a.strip_prefix("--from-file=policies/dist/"))
+        .map(|f| {
+            assert!(
+                f.ends_with(".wasm"),
+                "--from-file={f}: a whole folder may exceed 1 MiB"
+            );
+            f.to_owned()
+        })
+        .collect()
 }
 
 fn container(set: &StatefulSet) -> Container {
@@ -103,12 +131,38 @@ fn the_manifests_are_the_objects_they_say_and_fit_together() {
     // policies from their ConfigMap's mount, the journal on the volume.
     let root = tempfile::tempdir().unwrap();
     let inside = |p: &Path| root.path().join(p.strip_prefix("/").unwrap());
-    install_policies(&inside(&mount(&c, "policies"))).unwrap();
+    // Only the modules the documented `create configmap` puts there.
+    let modules = policies_config_map();
+    let policies = inside(&mount(&c, "policies"));
+    std::fs::create_dir_all(&policies).unwrap();
+    let mut size = 0;
+    for module in &modules {
+        let (_, path) = POLICY_MODULES
+            .iter()
+            .find(|(name, _)| format!("{name}.wasm") == *module)
+            .unwrap_or_else(|| panic!("{module} is not a bundled module"));
+        size += std::fs::copy(path, policies.join(module)).unwrap();
+    }
+    // Kubernetes refuses a ConfigMap larger than this.
+    assert!(
+        size <= 1 << 20,
+        "{modules:?} are {size} bytes, over a ConfigMap's 1 MiB"
+    );
+    // The kubelet's default ("Always") makes the volume group-writable at
+    // every mount; the module cache beside the journal refuses that.
+    let security = pod.security_context.clone().unwrap();
+    if security.fs_group.is_some() {
+        assert_eq!(
+            security.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
+        );
+    }
     std::fs::create_dir_all(inside(config_path.parent().unwrap())).unwrap();
     let config = Config::parse(text, &inside(&config_path))
         .unwrap_or_else(|e| panic!("the ConfigMap's config:\n{e}"));
-    let catalog = scalewise_tests::running::POLICY_MODULES
+    let catalog = POLICY_MODULES
         .iter()
+        .filter(|(name, _)| modules.contains(&format!("{name}.wasm")))
         .map(|(name, path)| (name.to_string(), load(path).info().clone()))
         .collect::<BTreeMap<_, _>>();
     config.check_policies(&catalog).unwrap();
