@@ -911,6 +911,50 @@ async fn longer_window_by_reload(down: &str) {
     d.stop().await.unwrap();
 }
 
+/// A reload lengthening a `target` metric's window reads the journal's
+/// older observations back, as a restart does: the next context has the
+/// whole new window, not only what the shorter one kept (a rule over it
+/// would hold for a whole window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_target_window_by_reload_reads_the_journal_back() {
+    let config = |window: &str, max: u32| {
+        let extra = format!(
+            "\n[scalers.metrics.ready]\nsource = \"target\"\nquery = \"ready\"\nwindow = \"{window}\"\n"
+        );
+        config_text(4.0, 50, "native", &extra).replace("max = 10\n", &format!("max = {max}\n"))
+    };
+    let mut d = counter_daemon(&config("2s", 10))
+        .no_listener()
+        .start()
+        .await
+        .unwrap();
+    // Fifteen ticks: 15 s of the daemon's time in the journal.
+    for _ in 0..15 {
+        d.next_decision(10 * SECOND, |r| r.scaler == "web")
+            .await
+            .unwrap();
+    }
+    let points = |r: &TickRecord| {
+        let metrics = &r.evaluations[0].context.metrics;
+        metrics
+            .iter()
+            .find(|m| m.name == "ready")
+            .unwrap()
+            .points
+            .len()
+    };
+    rewrite_config(&d, &config("10s", 9));
+    wait_for_reloads(&d, "applied", 1).await;
+    let record = d
+        .next_decision(10 * SECOND, |r| r.scaler == "web" && r.target.max == 9)
+        .await
+        .unwrap();
+    // One point a second over 10 s (without the read-back: the 3 or 4 the
+    // 2s window kept, and this tick's).
+    assert!(points(&record) >= 10, "{record:#?}");
+    d.stop().await.unwrap();
+}
+
 /// `--listen` (here the harness's free port) overrides `[api] listen` for
 /// the whole run: a reload compares the file with the running config after
 /// applying it again, so an edit elsewhere is not taken for an `[api]`

@@ -1981,7 +1981,7 @@ async fn build_scaler(
 
 /// How far from its slot a tick may start and still be dated at its slot
 /// for the envelope ([`Scaler::tick_on_grid`]).
-const ON_TIME_MS: i64 = 1_000;
+pub(crate) const ON_TIME_MS: i64 = 1_000;
 
 /// The time the envelope counts a tick from: its slot `next` if it
 /// `started` on time, else when it started.
@@ -2142,6 +2142,8 @@ async fn apply_update(scaler: &mut Scaler, update: Box<Reconfigure>, clock: Cloc
         hand_over(scaler.actuator(), next, &update.spec.name).await;
     }
     let (windows, events) = crate::envelope::memory_kept(&scaler.spec().behavior);
+    let kept_of = |spec: &ScalerSpec| spec.target_history.as_ref().map(|h| h.keep_ms());
+    let target_further = !another_target && kept_of(&update.spec) > kept_of(scaler.spec());
     let Reconfigure {
         spec,
         actuator,
@@ -2169,6 +2171,9 @@ async fn apply_update(scaler: &mut Scaler, update: Box<Reconfigure>, clock: Cloc
         if let Err(error) = rebuilt {
             tracing::warn!(scaler = %scaler.spec().name, %error, "Could not read the journal for the longer history the new behaviour needs; it builds up from now.");
         }
+    }
+    if target_further {
+        scaler.remember_target_further(clock.now_ms()).await;
     }
 }
 

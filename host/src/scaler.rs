@@ -792,17 +792,27 @@ impl Scaler {
             .await
             .map_err(|e| e.to_string())?;
         records.sort_by_key(|r| r.time_ms);
-        for record in records {
-            if !matches!(record.actuation, ActuationRecord::ObserveFailed { .. }) {
-                history.restore(
-                    record.time_ms,
-                    record.target.current,
-                    record.target.ready,
-                    record.facts,
-                );
-            }
-        }
+        history.restore_older(
+            records
+                .into_iter()
+                .filter(|r| !matches!(r.actuation, ActuationRecord::ObserveFailed { .. }))
+                .map(|r| (r.time_ms, r.target.current, r.target.ready, r.facts)),
+        );
         Ok(())
+    }
+
+    /// After a reload that makes the target's history longer (a `target`
+    /// metric's window lengthened, or the first windowed one): what it
+    /// kept reached only as far back as the old windows, so the journal's
+    /// ticks before that are read back, as at a restart. Otherwise a
+    /// policy would see a short series (and hold) for a whole window.
+    pub async fn remember_target_further(&self, now_ms: i64) {
+        let Some(history) = &self.spec.target_history else {
+            return;
+        };
+        if let Err(error) = self.restore_target_history(history, now_ms).await {
+            tracing::warn!(scaler = %self.spec.name, %error, "Could not read back what the journal observed of the target for the longer window; its metrics build up from now.");
+        }
     }
 
     /// Runs one tick at `now_ms` and returns its journal record.

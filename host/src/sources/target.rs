@@ -16,6 +16,7 @@ use async_trait::async_trait;
 
 use super::{MetricError, MetricQuery, Source};
 use crate::actuators::{COMMON_FACTS, Observed, facts_of};
+use crate::daemon::ON_TIME_MS;
 use crate::policy::Point;
 
 /// The reserved source name.
@@ -100,6 +101,42 @@ impl TargetHistory {
             restored: true,
             facts,
         });
+    }
+
+    /// Adds past observations (`(time_ms, replicas, ready, facts)` from the
+    /// journal, oldest first) before the oldest one kept: what a reload
+    /// that lengthens the history reads back. Those at or after the oldest
+    /// kept are already here (the journal's newest may not be, yet).
+    pub fn restore_older(
+        &self,
+        past: impl IntoIterator<Item = (i64, u32, u32, BTreeMap<String, f64>)>,
+    ) {
+        let mut kept = self.lock();
+        let oldest = kept.front().map_or(i64::MAX, |o| o.time_ms);
+        let mut merged = VecDeque::new();
+        for (time_ms, replicas, ready, facts) in past {
+            if time_ms < oldest
+                && merged
+                    .back()
+                    .is_none_or(|o: &Observation| o.time_ms < time_ms)
+            {
+                merged.push_back(Observation {
+                    time_ms,
+                    replicas,
+                    ready,
+                    restored: true,
+                    facts,
+                });
+            }
+        }
+        merged.append(&mut kept);
+        if let Some(newest) = merged.back().map(|o| o.time_ms) {
+            let cutoff = newest.saturating_sub(self.keep_ms);
+            while merged.front().is_some_and(|o| o.time_ms < cutoff) {
+                merged.pop_front();
+            }
+        }
+        *kept = merged;
     }
 
     /// Takes over what `older` holds (a scaler's history across a reload).
@@ -193,7 +230,12 @@ impl Source for TargetSource {
         Ok(match query.window_ms {
             None => point(newest).into_iter().collect(),
             Some(window_ms) => {
-                let start = now_ms.saturating_sub(window_ms);
+                // Ticks start a few ms late, each by its own: the tick a
+                // window ago counts when it woke later than this one (a
+                // window of whole ticks has the same number of points
+                // whatever their jitter, as a range query's grid has).
+                let slack = (query.step_ms / 2).clamp(0, ON_TIME_MS);
+                let start = now_ms.saturating_sub(window_ms).saturating_sub(slack);
                 kept.iter()
                     .filter(|o| o.time_ms >= start && o.time_ms <= now_ms)
                     .filter_map(point)
@@ -280,6 +322,54 @@ mod tests {
         assert_eq!(then, vec![Point::from((15_000, 4.0))]);
         let shards = source.fetch(&query("shards", None), now).await.unwrap();
         assert_eq!(shards, vec![Point::from((60_000, 12.0))]);
+    }
+
+    /// A window of whole ticks holds as many points whatever each tick's
+    /// few ms of lateness: here the tick a minute ago woke 3 ms late and
+    /// this one 5 ms late, and it still counts.
+    #[tokio::test]
+    async fn a_window_of_whole_ticks_holds_them_whatever_their_jitter() {
+        let history = Arc::new(TargetHistory::new(75_000));
+        let source = TargetSource::new(history.clone());
+        for t in [3, 15_001, 30_000, 45_002, 60_005] {
+            history.record(t, &observed(2, 2, None));
+        }
+        let series = source
+            .fetch(&query("ready", Some(60_000)), 60_005)
+            .await
+            .unwrap();
+        assert_eq!(series.len(), 5, "{series:?}");
+        // Not a tick more: the one before is a whole step out.
+        history.record(75_004, &observed(2, 2, None));
+        let series = source
+            .fetch(&query("ready", Some(60_000)), 75_004)
+            .await
+            .unwrap();
+        assert_eq!(series.first().map(|p| p.timestamp_ms), Some(15_001));
+    }
+
+    /// A reload that lengthens the history reads older observations back
+    /// from the journal before those kept; the ones kept stay.
+    #[test]
+    fn older_observations_go_before_those_kept() {
+        let history = TargetHistory::new(60_000);
+        history.record(45_000, &observed(5, 5, None));
+        history.record(60_000, &observed(6, 6, None));
+        let past = [0, 15_000, 30_000, 45_000, 60_000].map(|t| (t, 1, 1, BTreeMap::new()));
+        history.restore_older(past);
+        let kept: Vec<(i64, u32)> = history
+            .lock()
+            .iter()
+            .map(|o| (o.time_ms, o.replicas))
+            .collect();
+        assert_eq!(
+            kept,
+            [(0, 1), (15_000, 1), (30_000, 1), (45_000, 5), (60_000, 6)]
+        );
+        // Trimmed to what it keeps, from the newest.
+        let short = TargetHistory::new(20_000);
+        short.restore_older([0, 15_000, 30_000].map(|t| (t, 1, 1, BTreeMap::new())));
+        assert_eq!(short.len(), 2);
     }
 
     #[tokio::test]
