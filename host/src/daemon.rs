@@ -631,9 +631,12 @@ impl Daemon {
             telemetry: self.telemetry.clone(),
         };
         // What the webhooks were owed when this process last stopped is
-        // queued again (off this task: a large backlog waits for room).
+        // queued again (off this task: a large backlog waits for room). It
+        // is read before any scaler ticks, so that what one notifies now is
+        // not read back as owed as well and sent twice.
         if let Some(notifier) = self.services.notifier.clone() {
-            tokio::spawn(async move { notifier.resume_owed().await });
+            let owed = notifier.read_owed().await;
+            tokio::spawn(async move { notifier.queue_owed(owed).await });
         }
         let applied = self.applied.load_full();
         for scaler in std::mem::take(&mut self.scalers) {

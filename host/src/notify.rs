@@ -18,7 +18,7 @@
 //! journal's outbox, written in the transaction that records the change's
 //! outcome, and taken out once every webhook that wanted it was told or
 //! given up on. At start the daemon delivers what the outbox still holds
-//! ([`Notifier::resume_owed`]) to the webhooks then configured. Delivery is
+//! ([`Notifier::read_owed`], [`Notifier::queue_owed`]) to the webhooks then configured. Delivery is
 //! therefore at least once: a webhook told just before a crash may be told
 //! again after it (the body's `time` and `record` tell a repeat apart).
 
@@ -378,21 +378,27 @@ impl Notifier {
         })
     }
 
-    /// Queues the changes the journal's outbox still holds (the process
-    /// stopped or died before their delivery) for the webhooks configured
-    /// now; those no webhook wants any more are settled. Returns how many
-    /// were queued.
-    pub async fn resume_owed(&self) -> usize {
+    /// The changes the journal's outbox still holds (the process stopped
+    /// or died before their delivery). Read before any
+    /// scaler ticks: a change notified live after the read started would
+    /// otherwise be read back too, and sent twice.
+    pub async fn read_owed(&self) -> Vec<(i64, Announcement)> {
         let Some(journal) = &self.shared.journal else {
-            return 0;
+            return Vec::new();
         };
-        let owed = match journal.owed_notifications().await {
+        match journal.owed_notifications().await {
             Ok(owed) => owed,
             Err(err) => {
                 tracing::error!(error = %err, "Could not read the notifications owed from the journal.");
-                return 0;
+                Vec::new()
             }
-        };
+        }
+    }
+
+    /// Queues `owed` ([`Notifier::read_owed`]) for the webhooks configured
+    /// now, waiting for room in each queue; those no webhook wants any
+    /// more are settled. Returns how many were queued.
+    pub async fn queue_owed(&self, owed: Vec<(i64, Announcement)>) -> usize {
         let mut queued = 0;
         for (id, change) in owed {
             if self.wants(&change) {
