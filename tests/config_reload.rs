@@ -1082,3 +1082,64 @@ policies = [{{ module = "counter" }}]
     );
     d.stop().await.unwrap();
 }
+
+/// A source renamed by a reload takes its series in `/metrics` along (they
+/// stayed, frozen, until a restart, one more set at each rename).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_source_leaves_the_metrics() {
+    let now_s = scalewise::clock::wall_clock_ms() as f64 / 1000.0;
+    let prometheus = RecordingServer::start(Canned::prometheus_sample(now_s, 5.0))
+        .await
+        .unwrap();
+    let text = |source: &str| {
+        format!(
+            r#"policy_dir = "policies"
+
+[watch]
+debounce = "50ms"
+mode = "poll"
+poll_interval = "100ms"
+
+[journal]
+path = "journal.db"
+
+[sources.{source}]
+kind = "prometheus"
+url = "{url}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+
+[[scalers]]
+name = "a"
+interval = "1s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "web" }}
+metrics.load = {{ source = "{source}", query = "sum(load)" }}
+policies = [{{ module = "counter" }}]
+"#,
+            url = prometheus.url()
+        )
+    };
+    let mut d = counter_daemon(&text("prom")).start().await.unwrap();
+    d.next_decision(5 * SECOND, |r| r.scaler == "a")
+        .await
+        .unwrap();
+    let exposed = d.telemetry().encode();
+    assert!(exposed.contains("source=\"prom\""), "{exposed}");
+    rewrite_config(&d, &text("prom2"));
+    wait_for_reloads(&d, "applied", 1).await;
+    // Two ticks: the second is surely of the new config.
+    for _ in 0..2 {
+        d.next_decision(5 * SECOND, |r| r.scaler == "a")
+            .await
+            .unwrap();
+    }
+    let exposed = d.telemetry().encode();
+    assert!(exposed.contains("source=\"prom2\""), "{exposed}");
+    assert!(!exposed.contains("source=\"prom\""), "{exposed}");
+    d.stop().await.unwrap();
+}

@@ -785,6 +785,25 @@ impl Daemon {
         });
     }
 
+    /// Removes the series of `[sources]` the applied config no longer has
+    /// (removed, or renamed): they would stay in `/metrics`, frozen, until
+    /// a restart. A tick of the config before (`replaced`) still fetching
+    /// from one counts nothing.
+    fn forget_removed_sources(&self, replaced: &Applied) {
+        let applied = self.applied.load_full();
+        let candidates = self
+            .telemetry
+            .sources_counted()
+            .into_iter()
+            .chain(replaced.sources.keys().cloned())
+            .collect();
+        self.telemetry.retire_sources(candidates, |source| {
+            applied.sources.contains_key(source)
+                || source == SIMULATOR_SOURCE
+                || source == TARGET_SOURCE
+        });
+    }
+
     /// Counts what a reload of modules did in the host's metrics.
     fn module_reload_counter(&self) -> impl Fn(&ReloadReport) + Send + 'static {
         let telemetry = self.telemetry.clone();
@@ -942,6 +961,7 @@ impl Daemon {
                     tracing::warn!(%warning, "The reloaded config has a value that may not work as intended; applying it anyway.");
                 }
                 self.forget_unused_modules(&replaced.policies);
+                self.forget_removed_sources(&replaced);
                 self.telemetry.config_reload("applied");
                 tracing::info!(
                     added = summary.added,

@@ -325,6 +325,14 @@ struct Seen {
     /// a config that named it can still be under way, and it is let go,
     /// so that versioned names do not pile up here instead.)
     retired: BTreeMap<String, u32>,
+    /// Metric error kinds, by source name.
+    source_errors: Labels,
+    /// Sources with a fetch latency series.
+    sources_fetched: BTreeSet<String>,
+    /// Sources a reload removed ([`Telemetry::retire_sources`]), as
+    /// `retired` is for modules: nothing more is counted of them until a
+    /// config names them again.
+    retired_sources: BTreeMap<String, u32>,
 }
 
 /// Reloads a retired module stays retired through when no config uses it
@@ -333,6 +341,26 @@ const RETIRED_RELOADS: u32 = 2;
 
 /// Second label values, by name.
 type Labels = BTreeMap<String, BTreeSet<String>>;
+
+/// The names retired after a reload: those retired `before` (with how many
+/// reloads ago) for fewer than [`RETIRED_RELOADS`] reloads, and the
+/// `candidates`, unless `in_use`.
+fn retire(
+    before: BTreeMap<String, u32>,
+    candidates: BTreeSet<String>,
+    in_use: impl Fn(&str) -> bool,
+) -> BTreeMap<String, u32> {
+    let mut retired: BTreeMap<String, u32> = before
+        .into_iter()
+        .filter(|(_, reloads)| *reloads < RETIRED_RELOADS)
+        .map(|(name, reloads)| (name, reloads + 1))
+        .collect();
+    for name in candidates {
+        retired.insert(name, 0);
+    }
+    retired.retain(|name, _| !in_use(name));
+    retired
+}
 
 /// Notes `label` under `name`, copying the strings only the first time.
 fn note(labels: &mut Labels, name: &str, label: &str) {
@@ -571,20 +599,45 @@ impl Telemetry {
         // Under the lock `policy_error` counts under: an error counted
         // after this brings no series back.
         let mut seen = self.seen();
-        let before = std::mem::take(&mut seen.retired);
-        let mut retired: BTreeMap<String, u32> = before
-            .into_iter()
-            .filter(|(_, reloads)| *reloads < RETIRED_RELOADS)
-            .map(|(module, reloads)| (module, reloads + 1))
-            .collect();
-        for module in candidates {
-            retired.insert(module, 0);
-        }
-        retired.retain(|module, _| !in_use(module));
+        let retired = retire(std::mem::take(&mut seen.retired), candidates, in_use);
         for module in retired.keys() {
             self.forget_module_in(&mut seen, module);
         }
         seen.retired = retired;
+    }
+
+    /// The sources with series.
+    pub fn sources_counted(&self) -> BTreeSet<String> {
+        let seen = self.seen();
+        let errors = seen.source_errors.keys();
+        errors.chain(&seen.sources_fetched).cloned().collect()
+    }
+
+    /// Removes the series of those of `candidates` not `in_use` (sources a
+    /// reload removed or renamed) and counts nothing more of theirs until
+    /// a config names them again, as [`Telemetry::retire_modules`] does
+    /// for modules (a tick of the config before may still be fetching).
+    pub fn retire_sources(&self, candidates: BTreeSet<String>, in_use: impl Fn(&str) -> bool) {
+        let mut seen = self.seen();
+        let retired = retire(
+            std::mem::take(&mut seen.retired_sources),
+            candidates,
+            in_use,
+        );
+        for source in retired.keys() {
+            for kind in take(&mut seen.source_errors, source) {
+                self.metric_errors.remove(&MetricErrorLabels {
+                    source: source.clone(),
+                    kind,
+                });
+            }
+            if seen.sources_fetched.remove(source) {
+                self.metric_fetch_duration.remove(&SourceLabels {
+                    source: source.clone(),
+                });
+            }
+        }
+        seen.retired_sources = retired;
     }
 
     /// Counts a failed policy evaluation (not of a retired module).
@@ -602,8 +655,13 @@ impl Telemetry {
             .inc();
     }
 
-    /// Counts a failed metric fetch.
+    /// Counts a failed metric fetch (not of a retired source).
     pub fn metric_error(&self, source: &str, kind: &str) {
+        let mut seen = self.seen();
+        if seen.retired_sources.contains_key(source) {
+            return;
+        }
+        note(&mut seen.source_errors, source, kind);
         self.metric_errors
             .get_or_create(&MetricErrorLabels {
                 source: source.to_owned(),
@@ -612,8 +670,16 @@ impl Telemetry {
             .inc();
     }
 
-    /// Records how long reading a metric from `source` took.
+    /// Records how long reading a metric from `source` took (not of a
+    /// retired source).
     pub fn metric_fetched(&self, source: &str, took: std::time::Duration) {
+        let mut seen = self.seen();
+        if seen.retired_sources.contains_key(source) {
+            return;
+        }
+        if !seen.sources_fetched.contains(source) {
+            seen.sources_fetched.insert(source.to_owned());
+        }
         self.metric_fetch_duration
             .get_or_create(&SourceLabels {
                 source: source.to_owned(),
