@@ -111,7 +111,10 @@ pub fn derive(timestamp_ms: i64, s: &StepState, p: &ServiceParams) -> Sample {
         let demand = s.load + s.queue / (STEP_MS as f64 / 1000.0);
         let throughput = demand.min(capacity);
         let rho = throughput / capacity;
-        let slowdown = (1.0 / (1.0 - rho)).min(MAX_SLOWDOWN);
+        // 1 / (1 - rho), as capacity over its headroom: 1 - 50/60 is not
+        // exactly 1/6 in floating point, and a latency exactly at an
+        // objective would count as above it.
+        let slowdown = (capacity / (capacity - throughput)).min(MAX_SLOWDOWN);
         let service_ms = p.base_latency_ms * slowdown;
         let wait_ms = s.queue / capacity * 1000.0;
         let p95 = (service_ms + wait_ms).min(latency_cap);
@@ -530,6 +533,22 @@ mod tests {
             ready,
             queue,
         }
+    }
+
+    /// 12 replicas of 5 requests/s serving 50: 1/(1 - 5/6) is 6 exactly,
+    /// so the latency is exactly 6 × 50 ms (a backtest's "above 300 ms"
+    /// counted every such second).
+    #[test]
+    fn a_latency_at_a_whole_slowdown_is_exact() {
+        let p = ServiceParams {
+            capacity_per_replica: 5.0,
+            ..params()
+        };
+        let sample = derive(T0, &state(50.0, 12, 0.0), &p);
+        assert_eq!(sample.p95_latency_ms, 300.0);
+        // Full capacity still caps rather than dividing by zero.
+        let full = derive(T0, &state(60.0, 12, 0.0), &p);
+        assert_eq!(full.p95_latency_ms, 50.0 * MAX_SLOWDOWN);
     }
 
     #[test]
