@@ -142,6 +142,45 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
     assert!(started.is_ok(), "{:?}", started.err());
 }
 
+/// A parameter only its policy can judge (a time zone that does not
+/// exist) is found by trying each policy once on an idle target: a warning
+/// at its `params`, from `check` as from a start, instead of silence until
+/// every tick fails and holds the scaler.
+#[test]
+fn a_policy_that_fails_on_an_idle_target_is_a_warning_at_its_params() {
+    let modules = policy_dir(&[
+        ("target-tracking", artifacts::TARGET_TRACKING),
+        ("schedule", artifacts::SCHEDULE),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(modules.path(), "").replace(
+        "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 80.0, lower = 20.0 }",
+        "module = \"schedule\"\nparams = { windows = \"mon-fri 09:00-17:00 12\", timezone = \"Europe/Berlinn\" }",
+    );
+    let path = write(dir.path(), &text);
+    let (code, _, err) = cli(&["check", "--config", &path]);
+    assert_eq!(code, 0, "a warning, not a refusal: {err}");
+    let line = line_of(&text, "Europe/Berlinn");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with(&format!("warning: {path}:{line}:")))
+        .unwrap_or_else(|| panic!("no warning at line {line}: {err}"));
+    assert!(
+        warning.contains("scalers[0] \"web\".policies[1] \"schedule\""),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("the policy fails on an idle target"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("\"Europe/Berlinn\" is not a time zone"),
+        "{warning}"
+    );
+    // Target tracking, on zeros, does not fail.
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+}
+
 #[test]
 fn every_problem_is_named_with_its_line_and_nothing_else_passes() {
     let modules = both_policies();

@@ -58,6 +58,7 @@ use crate::telemetry::{ScalerHandles, Telemetry};
 use crate::watch::{FileStamp, FolderWatch, Watched};
 
 mod applied;
+pub(crate) mod trial;
 use applied::Applied;
 
 /// How long shutdown waits for ticks in progress before giving up on them.
@@ -329,7 +330,7 @@ impl Daemon {
                 .map_err(|e| DaemonError::Setup(e.to_string()))?
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let registry = Arc::new(registry);
-        {
+        let trials = {
             let snapshot = registry.snapshot();
             telemetry.modules_loaded.set(snapshot.modules.len() as i64);
             for (name, module) in &snapshot.modules {
@@ -341,6 +342,13 @@ impl Daemon {
             // A module whose file failed to load is not an error here: its
             // scalers hold, saying why, until a good version is dropped in.
             config.check_policies(&*snapshot)?;
+            trial::idle_trials(&config, &snapshot, clock.now_ms())
+        };
+        let found = tokio::task::spawn_blocking(move || trial::run_trials(trials))
+            .await
+            .map_err(|e| DaemonError::Setup(format!("trying the policies panicked: {e}")))?;
+        for warning in config.params_warnings(&found) {
+            tracing::warn!(%warning, "A policy failed its first trial; starting all the same.");
         }
 
         let journal = Journal::open_with(

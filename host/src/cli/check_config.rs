@@ -58,7 +58,7 @@ pub fn check_config(
                 return refused(err, path);
             }
         };
-    let warnings = config.warnings();
+    let mut warnings = config.warnings();
     let mut problems = 0;
 
     // Compiled here; a check leaves no files behind. With --tick the code
@@ -87,7 +87,14 @@ pub fn check_config(
     let mut unloaded = 0;
     if let Some(snapshot) = &snapshot {
         unloaded = report(err, config.check_modules_load(&**snapshot))?;
-        problems += report(err, config.check_policies(&**snapshot))?;
+        let refused = report(err, config.check_policies(&**snapshot))?;
+        problems += refused;
+        // Each policy once on an idle target, as `run` does at start.
+        if refused == 0 {
+            let trials = crate::daemon::trial::idle_trials(&config, snapshot, wall_clock_ms());
+            let found = crate::daemon::trial::run_trials(trials);
+            warnings.extend(config.params_warnings(&found));
+        }
     }
     for (name, source) in &config.sources {
         let built = match source.get_ref() {

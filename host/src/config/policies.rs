@@ -120,9 +120,16 @@ impl Config {
     /// index, message)`: what a running daemon found when it tried new
     /// parameters ([`crate::daemon`]'s reload). `Ok` when there are none.
     pub fn params_problems(&self, found: &[(usize, usize, String)]) -> Result<(), ConfigError> {
+        into_result(self.params_warnings(found))
+    }
+
+    /// [`Config::params_problems`] as warnings: what a first trial of the
+    /// policies found (`crate::daemon`'s idle trial), located at each
+    /// policy's `params` (at the policy when it has none).
+    pub fn params_warnings(&self, found: &[(usize, usize, String)]) -> Vec<Problem> {
         let text = OnceCell::new();
         let doc = Document::of(&self.origin, &text);
-        let problems = found
+        found
             .iter()
             .map(|(i, p, message)| {
                 doc.value_problem(
@@ -130,8 +137,7 @@ impl Config {
                     message.clone(),
                 )
             })
-            .collect();
-        into_result(problems)
+            .collect()
     }
 }
 
