@@ -194,6 +194,50 @@ fn scaling_on_the_trace_serves_what_a_fixed_fleet_cannot() {
 /// An interval that is not a whole number of seconds ticks at its own
 /// times: 1500ms over a minute is 40 ticks (the simulator's one-second steps
 /// used to give 20, one every 3 s).
+/// A trace `scalewise trace` recorded is dated: without `--start` a run
+/// playing it starts where it begins, after its `offset` (office hours
+/// play at their own hours, a schedule's dates line up with the traffic),
+/// not at the wall clock's now.
+#[test]
+fn a_dated_trace_plays_at_its_own_dates_by_default() {
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    let dir = tempfile::tempdir().unwrap();
+    // 2026-11-02T00:00:00Z, a row a minute for an hour.
+    let first_s = 1_793_577_600_i64;
+    let rows: String = (0..60)
+        .map(|m| format!("{},{}\n", first_s + m * 60, 60 * (m + 1)))
+        .collect();
+    let trace = dir.path().join("dated.csv");
+    std::fs::write(&trace, format!("timestamp_s,requests\n{rows}")).unwrap();
+    let config = backtest_config(dir.path(), 1, 20);
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with("trace = ") {
+            true => format!("trace = {{ path = {:?}, offset = \"10m\" }}\n", trace),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("dated.csv"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let journal = dir.path().join("run.db");
+    let (code, out, err) = cli(&[
+        "simulate",
+        "--config",
+        config.to_str().unwrap(),
+        "--policy-dir",
+        policies.path().to_str().unwrap(),
+        "--for",
+        "1m",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stderr: {err}\nstdout: {out}");
+    assert!(out.contains("from 2026-11-02T00:10:00"), "{out}");
+    let first = &records(&journal)[0];
+    assert_eq!(first.time_ms, (first_s + 600) * 1000);
+}
+
 #[test]
 fn an_interval_of_a_fraction_of_seconds_ticks_as_often_as_it_says() {
     let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);

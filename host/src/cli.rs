@@ -170,9 +170,11 @@ pub struct SimulateArgs {
         value_name = "DURATION"
     )]
     pub warmup: Duration,
-    /// When the simulated stretch starts (ms since the epoch or RFC 3339;
-    /// default: now). Load curves and traces count from here, so the
-    /// figures do not depend on it; the journal's times do.
+    /// When the simulated stretch starts (ms since the epoch or RFC 3339).
+    /// Default: where the traces played begin, when they are dated (as
+    /// `scalewise trace` records them) and agree; else now. Load curves
+    /// and traces count from here: the figures of policies that read the
+    /// calendar (schedule, predictive) depend on it, others' do not.
     #[arg(long, value_name = "TIME")]
     pub start: Option<String>,
     /// Keep the run's journal in this new file (it must not exist), for

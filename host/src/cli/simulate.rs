@@ -64,10 +64,6 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
             humantime::format_duration(Duration::from_millis(MAX_DURATION_MS as u64))
         ));
     }
-    let start_ms = match &args.start {
-        Some(text) => parse_time_ms(text).map_err(|e| format!("--start: {e}"))?,
-        None => wall_clock_ms() / 1000 * 1000,
-    };
     let scratch = tempfile::Builder::new()
         .prefix("scalewise-simulate-")
         .tempdir()
@@ -83,6 +79,10 @@ async fn backtest(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), String
         None => scratch.path().join("journal.db"),
     };
     let config = config(args, journal.clone())?;
+    let start_ms = match &args.start {
+        Some(text) => parse_time_ms(text).map_err(|e| format!("--start: {e}"))?,
+        None => traces_start_ms(&config).unwrap_or(wall_clock_ms() / 1000 * 1000),
+    };
     let plans = Plan::of(&config);
     let clock = Clock::starting_at(start_ms, STANDING_STILL);
     let mut daemon = Daemon::build_for_simulation(config, clock)
@@ -173,6 +173,28 @@ fn config(args: &SimulateArgs, journal: PathBuf) -> Result<Config, String> {
     // A backtest changes nothing anyone should be told about.
     config.notifications.clear();
     Ok(config)
+}
+
+/// Where the traces the simulations play begin, as dates, when they agree:
+/// a trace `scalewise trace` recorded is dated (epoch seconds), and a
+/// policy that reads the calendar (`schedule`, `predictive`) must see its
+/// office hours at their own hours. `None` (start now) when no trace is
+/// played at its recorded speed, the traces begin at different times, or
+/// their times are not dates (seconds from 0).
+fn traces_start_ms(config: &Config) -> Option<i64> {
+    /// 2001-09-09: a trace's first time before this is not a date.
+    const DATED_FROM_S: f64 = 1e9;
+    let mut starts = config.simulations.values().filter_map(|sim| {
+        let trace = sim.get_ref().load.trace.as_ref()?;
+        if trace.speed != 1.0 {
+            return None;
+        }
+        let path = config.origin().dir().join(&trace.path);
+        let first_s = crate::simulator::Trace::load(&path).ok()?.first_s();
+        Some(((first_s + trace.offset.as_secs_f64()) * 1000.0).round() as i64)
+    });
+    let first = starts.next()?;
+    (starts.all(|s| s == first) && first as f64 >= DATED_FROM_S * 1000.0).then_some(first)
 }
 
 /// The report as text: a header, then a block per scaler.

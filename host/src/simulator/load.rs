@@ -395,6 +395,12 @@ impl Trace {
         self.end_s - self.starts_s[0]
     }
 
+    /// When the first bin starts, seconds, as written in the file (epoch
+    /// seconds in a trace `scalewise trace` recorded).
+    pub fn first_s(&self) -> f64 {
+        self.starts_s.first().copied().unwrap_or_default()
+    }
+
     /// Requests per second `t_s` seconds after the trace's first bin
     /// starts; the trace loops at its end.
     pub fn rate_at(&self, t_s: f64) -> f64 {
