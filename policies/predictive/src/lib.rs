@@ -44,6 +44,7 @@
 //! | `combine` | text | `"median"` | how the past periods' peaks become the forecast: `median`, `mean` or `max` |
 //! | `headroom` | number | `1.0` | multiplies the forecast |
 //! | `without_forecast` | text | `"hold"` | with fewer than `min_cycles` periods: `hold`, or `min` (the scaler's min, so the other policies decide) |
+//! | `timezone` | text | `"UTC"` | the IANA time zone the load's days follow: with a `period` of whole days, each past day is looked at at the same local time, across daylight-saving changes |
 //!
 //! The metric needs a `window` in the scaler's config of `cycles × period`
 //! (the oldest moment looked at) and a `step` no longer than `horizon` (each
@@ -53,6 +54,8 @@
 //! The logic is the plain function [`decide`]; the Wasm export only calls it.
 #![deny(missing_docs)]
 
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp};
 use scalewise_sdk::params::ParamSpec;
 use scalewise_sdk::prelude::*;
 use serde::Deserialize;
@@ -117,7 +120,18 @@ pub const PARAMS: &[ParamSpec] = &[
         "What to answer with fewer than min_cycles periods: hold (blocks the other policies' \
          scale-in) or min (the scaler's min, leaving the count to the other policies).",
     ),
+    ParamSpec::optional(
+        "timezone",
+        ParameterKind::Text,
+        "\"UTC\"",
+        "The IANA time zone the load's days follow (e.g. \"Europe/Berlin\"): with a period of \
+         whole days, each past day is looked at at the same local time, across daylight-saving \
+         changes.",
+    ),
 ];
+
+/// A day, ms.
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// What the policy answers while it has no forecast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -219,6 +233,20 @@ pub struct Params {
     pub headroom: f64,
     /// What to answer without a forecast.
     pub without_forecast: WithoutForecast,
+    /// The time zone the load's days follow.
+    #[serde(deserialize_with = "time_zone")]
+    pub timezone: TimeZone,
+}
+
+/// A time zone of the IANA database, by name.
+fn time_zone<'de, D: serde::Deserializer<'de>>(de: D) -> Result<TimeZone, D::Error> {
+    let name = String::deserialize(de)?;
+    TimeZone::get(&name).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "parameter timezone: {name:?} is not a time zone of the IANA database (e.g. \
+             \"Europe/Berlin\", \"America/New_York\", \"UTC\")"
+        ))
+    })
 }
 
 impl Params {
@@ -270,11 +298,30 @@ impl Params {
 pub fn past_peaks(p: &Params, metric: &Metric, now_ms: i64) -> Vec<Option<f64>> {
     (1..=p.cycles)
         .map(|k| {
-            let then = now_ms.saturating_sub(k.saturating_mul(p.period.ms()));
+            let then = period_before(p, now_ms, k);
             // The samples in [then, then + horizon].
             metric.max_over(then.saturating_add(p.horizon.ms()), p.horizon.ms())
         })
         .collect()
+}
+
+/// The same moment `k` periods before `now_ms`. A period of whole days
+/// counts days of the time zone's calendar: the same local time, so a day
+/// of 23 or 25 hours (a daylight-saving change) does not shift the days
+/// before it by an hour. A local time a change skipped that day is taken
+/// an hour later, one it repeated at its first occurrence.
+pub fn period_before(p: &Params, now_ms: i64, k: i64) -> i64 {
+    let fixed = now_ms.saturating_sub(k.saturating_mul(p.period.ms()));
+    if p.period.ms() % DAY_MS != 0 {
+        return fixed;
+    }
+    let days = k.saturating_mul(p.period.ms() / DAY_MS);
+    let local = Timestamp::from_millisecond(now_ms)
+        .ok()
+        .map(|now| now.to_zoned(p.timezone.clone()));
+    local
+        .and_then(|now| now.checked_sub(Span::new().try_days(days).ok()?).ok())
+        .map_or(fixed, |then| then.timestamp().as_millisecond())
 }
 
 /// `ceil(load / per_replica)`, with results within 10⁻⁹ of a whole

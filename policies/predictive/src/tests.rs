@@ -161,6 +161,45 @@ fn a_weekly_period_looks_at_the_same_weekday() {
     assert!(d.reason.contains("2 past periods of 7days"), "{}", d.reason);
 }
 
+/// The day after clocks went forward in Berlin (2026-03-29): the rush at
+/// 09:05 local time was at 08:05 UTC on the days before and is at 07:05
+/// UTC now. In the service's time zone each past day is looked at at 09:00
+/// local; in UTC, six of the seven days were looked at an hour early.
+#[test]
+fn a_daily_period_keeps_local_time_across_daylight_saving() {
+    let berlin = TimeZone::get("Europe/Berlin").unwrap();
+    let at = |text: &str| text.parse::<Timestamp>().unwrap().as_millisecond();
+    let now = at("2026-03-30T07:00:00Z");
+    let samples: Vec<(i64, f64)> = (at("2026-03-22T00:00:00Z")..=now)
+        .step_by(5 * MINUTE as usize)
+        .map(|t| {
+            let local = Timestamp::from_millisecond(t)
+                .unwrap()
+                .to_zoned(berlin.clone());
+            let minute = i64::from(local.hour()) * 60 + i64::from(local.minute());
+            let rush = (9 * 60 + 5..=9 * 60 + 10).contains(&minute);
+            (t, if rush { 200.0 } else { 30.0 })
+        })
+        .collect();
+    let decide_in = |zone: &str| {
+        let mut c = ctx(&samples, 3, json!({ "timezone": zone }));
+        c.now_ms = now;
+        decide(&c).unwrap()
+    };
+    let local = decide_in("Europe/Berlin");
+    assert_eq!(local.desired(), Some(20), "{}", local.reason);
+    let utc = decide_in("UTC");
+    assert_eq!(utc.desired(), None, "{}", utc.reason);
+    // A period not of whole days counts milliseconds, whatever the zone.
+    let p: Params = serde_json::from_value(json!({
+        "metric": "rps", "per_replica": 1, "horizon": "10m", "period": "12h", "cycles": 2,
+        "min_cycles": 1, "combine": "max", "headroom": 1, "without_forecast": "hold",
+        "timezone": "Europe/Berlin"
+    }))
+    .unwrap();
+    assert_eq!(period_before(&p, now, 2), now - DAY);
+}
+
 #[test]
 fn bad_parameters_are_refused_by_name() {
     let samples = load(2, 30.0, 200.0, 0.0);
@@ -182,6 +221,12 @@ fn bad_parameters_are_refused_by_name() {
             .ends_with("parameter combine must be median, mean or max, got \"mode\""),
         "{}",
         refused(json!({"combine": "mode"}))
+    );
+    assert!(
+        refused(json!({"timezone": "Europe/Berlinn"}))
+            .contains("\"Europe/Berlinn\" is not a time zone of the IANA database"),
+        "{}",
+        refused(json!({"timezone": "Europe/Berlinn"}))
     );
     let missing = ContextBuilder::new()
         .now_ms(NOW)
@@ -205,7 +250,8 @@ fn describe_lists_every_parameter() {
             "min_cycles",
             "combine",
             "headroom",
-            "without_forecast"
+            "without_forecast",
+            "timezone"
         ]
     );
     scalewise_sdk::params::check_specs(PARAMS).unwrap();
