@@ -1143,3 +1143,85 @@ policies = [{{ module = "counter" }}]
     assert!(!exposed.contains("source=\"prom\""), "{exposed}");
     d.stop().await.unwrap();
 }
+
+/// A scaler a reload adds has its policies tried once on an idle target,
+/// as those the daemon starts with: a time zone that does not exist is
+/// said in the log when the reload applies (its ticks would all fail and
+/// hold it), and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_added_by_reload_has_its_policies_tried() {
+    use scalewise_tests::daemon_process::{CONFIG_FILE, DaemonProcess};
+
+    let dir = tempfile::tempdir().unwrap();
+    scalewise_tests::running::install_policies(&dir.path().join("policies")).unwrap();
+    let scaler = |name: &str, zone: &str| {
+        format!(
+            r#"
+[[scalers]]
+name = "{name}"
+interval = "1s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "{name}" }}
+policies = [{{ module = "schedule", params = {{ windows = "daily 09:00-17:00 5", timezone = "{zone}" }} }}]
+"#
+        )
+    };
+    let config = |scalers: &str| {
+        format!(
+            r#"policy_dir = "policies"
+
+[watch]
+debounce = "50ms"
+mode = "poll"
+poll_interval = "100ms"
+
+[journal]
+path = "journal.db"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+
+[simulations.api]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+{scalers}"#
+        )
+    };
+    let daemon = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_scalewise-cli"),
+        dir.path(),
+        &config(&scaler("web", "Europe/Berlin")),
+        |_| {},
+    )
+    .unwrap();
+    let logged = |what: &'static str| {
+        let daemon = &daemon;
+        async move {
+            scalewise_tests::wait_until(what, Duration::from_secs(60), || async {
+                match daemon.log().contains(what) {
+                    true => Ok(()),
+                    false => Err(daemon.log()),
+                }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    logged("Scalewise is running.").await;
+    assert!(!daemon.log().contains("first trial"), "{}", daemon.log());
+    let added = scaler("web", "Europe/Berlin") + &scaler("api", "Europe/Berlinn");
+    std::fs::write(dir.path().join(CONFIG_FILE), config(&added)).unwrap();
+    logged("Applied the reloaded config.").await;
+    let log = daemon.log();
+    daemon.stop().unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("A policy failed its first trial"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(warning.contains("scalers[1]"), "{warning}");
+    assert!(warning.contains("Europe/Berlinn"), "{warning}");
+}

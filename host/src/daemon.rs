@@ -342,9 +342,10 @@ impl Daemon {
             // A module whose file failed to load is not an error here: its
             // scalers hold, saying why, until a good version is dropped in.
             config.check_policies(&*snapshot)?;
-            trial::idle_trials(&config, &snapshot, clock.now_ms())
+            trial::idle_trials(&config, &snapshot, None)
         };
-        let found = tokio::task::spawn_blocking(move || trial::run_trials(trials))
+        let now_ms = clock.now_ms();
+        let found = tokio::task::spawn_blocking(move || trial::run_trials(trials, now_ms))
             .await
             .map_err(|e| DaemonError::Setup(format!("trying the policies panicked: {e}")))?;
         for warning in config.params_warnings(&found) {
@@ -968,6 +969,9 @@ impl Daemon {
                 for warning in &warnings {
                     tracing::warn!(%warning, "The reloaded config has a value that may not work as intended; applying it anyway.");
                 }
+                for warning in &summary.trial_warnings {
+                    tracing::warn!(%warning, "A policy failed its first trial; applying the reloaded config all the same.");
+                }
                 self.forget_unused_modules(&replaced.policies);
                 self.forget_removed_sources(&replaced);
                 self.telemetry.config_reload("applied");
@@ -1175,6 +1179,29 @@ impl Daemon {
             .map(|(i, _)| i)
             .collect();
         self.try_new_parameters(&config, &changed_scalers).await?;
+        // The new and changed scalers' policies once on an idle target, as
+        // at start: a new scaler, or a policy no real context could judge,
+        // is otherwise first tried by its ticks. Warnings, said once the
+        // reload applies.
+        let new_or_changed: Vec<usize> = config
+            .scalers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                let name = s.get_ref().name.get_ref().as_str();
+                running
+                    .scalers
+                    .get(name)
+                    .is_none_or(|before| before.fingerprint != next.scalers[name].fingerprint)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let trials = trial::idle_trials(&config, &self.registry.snapshot(), Some(&new_or_changed));
+        let now_ms = self.clock.now_ms();
+        let found = tokio::task::spawn_blocking(move || trial::run_trials(trials, now_ms))
+            .await
+            .map_err(|e| DaemonError::Setup(format!("trying the policies panicked: {e}")))?;
+        let trial_warnings = config.params_warnings(&found);
         let simulations_changed = config.simulations_fingerprint() != self.simulations;
         let restart_required = restart_only_changes(&self.config, simulations_changed, &config);
 
@@ -1305,6 +1332,7 @@ impl Daemon {
             added: added.len(),
             removed: removed.len(),
             changed: changed.len(),
+            trial_warnings,
         };
         for name in &removed {
             set.stop(name);
@@ -1414,6 +1442,8 @@ struct ApplySummary {
     added: usize,
     removed: usize,
     changed: usize,
+    /// What the idle trial of the new and changed scalers' policies found.
+    trial_warnings: Vec<crate::config::Problem>,
 }
 
 /// The running scalers' tasks, by name.

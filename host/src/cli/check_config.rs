@@ -91,8 +91,8 @@ pub fn check_config(
         problems += refused;
         // Each policy once on an idle target, as `run` does at start.
         if refused == 0 {
-            let trials = crate::daemon::trial::idle_trials(&config, snapshot, wall_clock_ms());
-            let found = crate::daemon::trial::run_trials(trials);
+            let trials = crate::daemon::trial::idle_trials(&config, snapshot, None);
+            let found = crate::daemon::trial::run_trials(trials, wall_clock_ms());
             warnings.extend(config.params_warnings(&found));
         }
     }

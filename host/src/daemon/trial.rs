@@ -14,22 +14,36 @@ use crate::policy::{Context, Metric, Point, Target};
 use crate::registry::Snapshot;
 use crate::runtime::PolicyModule;
 
-/// One policy to try: `(scaler index, policy index, module, context)`.
-pub(crate) type Trial = (usize, usize, PolicyModule, Context);
+/// One policy to try, small until it runs (a trial's context, with a point
+/// per step over each window, is built only then: at 10,000 scalers the
+/// contexts of every trial at once would take hundreds of MiB).
+pub(crate) struct Trial {
+    scaler: usize,
+    policy: usize,
+    module: PolicyModule,
+    name: String,
+    target: Target,
+    /// Each metric's name, window and step, ms.
+    metrics: Vec<(String, i64, i64)>,
+    parameters: serde_json::Value,
+}
 
-/// The trials of `config`'s policies whose module is loaded, at `now_ms`:
-/// one per distinct (module, parameters, metrics, bounds), on the first
-/// scaler that has it.
-pub(crate) fn idle_trials(config: &Config, snapshot: &Snapshot, now_ms: i64) -> Vec<Trial> {
+/// The trials of the policies of `config`'s scalers `which` (indices in
+/// ascending order; all when `None`) whose module is loaded: one per distinct (module, parameters,
+/// metrics, bounds), on the first scaler that has it.
+pub(crate) fn idle_trials(
+    config: &Config,
+    snapshot: &Snapshot,
+    which: Option<&[usize]>,
+) -> Vec<Trial> {
     let mut tried = HashSet::new();
     let mut trials = Vec::new();
     for (i, scaler) in config.scalers.iter().enumerate() {
+        if which.is_some_and(|which| which.binary_search(&i).is_err()) {
+            continue;
+        }
         let scaler = scaler.get_ref();
-        let metrics = idle_metrics(scaler, now_ms);
-        let shape: Vec<(&str, usize)> = metrics
-            .iter()
-            .map(|m| (m.name.as_str(), m.points.len()))
-            .collect();
+        let metrics = metric_shapes(scaler);
         let (min, max) = (*scaler.min.get_ref(), *scaler.max.get_ref());
         let replicas = min.max(1).min(max);
         let target = Target {
@@ -49,38 +63,46 @@ pub(crate) fn idle_trials(config: &Config, snapshot: &Snapshot, now_ms: i64) -> 
             let parameters =
                 crate::scaler::with_defaults(&super::configured_params(policy), module.info());
             let key = format!(
-                "{module_name}\0{parameters}\0{}\0{:?}\0{}\0{}",
-                target.kind, shape, min, max
+                "{module_name}\0{parameters}\0{}\0{metrics:?}\0{min}\0{max}",
+                target.kind
             );
             if !tried.insert(key) {
                 continue;
             }
-            let context = Context {
-                now_ms,
-                scaler: scaler.name.get_ref().clone(),
+            trials.push(Trial {
+                scaler: i,
+                policy: p,
+                module: module.clone(),
+                name: scaler.name.get_ref().clone(),
                 target: target.clone(),
                 metrics: metrics.clone(),
-                events: Vec::new(),
                 parameters,
-                state: None,
-            };
-            trials.push((i, p, module.clone(), context));
+            });
         }
     }
     trials
 }
 
-/// Runs `trials` (blocking: call off the async runtime's threads) and
-/// returns each failure as `(scaler index, policy index, message)`, for
-/// [`Config::params_warnings`].
-pub(crate) fn run_trials(trials: Vec<Trial>) -> Vec<(usize, usize, String)> {
+/// Runs `trials` at `now_ms` (blocking: call off the async runtime's
+/// threads), one context at a time, and returns each failure as `(scaler
+/// index, policy index, message)`, for [`Config::params_warnings`].
+pub(crate) fn run_trials(trials: Vec<Trial>, now_ms: i64) -> Vec<(usize, usize, String)> {
     trials
         .into_iter()
-        .filter_map(|(i, p, module, context)| {
-            let err = module.evaluate(&context).err()?;
+        .filter_map(|trial| {
+            let context = Context {
+                now_ms,
+                scaler: trial.name,
+                target: trial.target,
+                metrics: idle_metrics(&trial.metrics, now_ms),
+                events: Vec::new(),
+                parameters: trial.parameters,
+                state: None,
+            };
+            let err = trial.module.evaluate(&context).err()?;
             Some((
-                i,
-                p,
+                trial.scaler,
+                trial.policy,
                 format!(
                     "the policy fails on an idle target ({} replicas, every metric 0) ({}): {}; \
                      if its parameters are the cause, every tick will fail alike and hold the \
@@ -94,10 +116,9 @@ pub(crate) fn run_trials(trials: Vec<Trial>) -> Vec<(usize, usize, String)> {
         .collect()
 }
 
-/// The scaler's metrics reading 0: one point at `now_ms` for an instant
-/// one, a point a step (its `step`, else the interval) over its window for
-/// a windowed one.
-fn idle_metrics(scaler: &ScalerConfig, now_ms: i64) -> Vec<Metric> {
+/// Each of the scaler's metrics: its name, its window (0 for an instant
+/// one) and its step (its `step`, else the interval), ms.
+fn metric_shapes(scaler: &ScalerConfig) -> Vec<(String, i64, i64)> {
     let interval_ms = scaler.interval.as_millis() as i64;
     scaler
         .metrics
@@ -108,18 +129,51 @@ fn idle_metrics(scaler: &ScalerConfig, now_ms: i64) -> Vec<Metric> {
                 .step
                 .map_or(interval_ms, |s| s.as_millis() as i64)
                 .max(1);
-            let steps = metric.window.map_or(0, |w| w.as_millis() as i64 / step_ms);
-            Metric {
-                name: name.clone(),
-                points: (0..=steps)
-                    .rev()
-                    .map(|k| Point {
-                        timestamp_ms: now_ms - k * step_ms,
-                        value: 0.0,
-                    })
-                    .collect(),
-                error: None,
-            }
+            let window_ms = metric.window.map_or(0, |w| w.as_millis() as i64);
+            (name.clone(), window_ms, step_ms)
         })
         .collect()
+}
+
+/// The metrics reading 0: a point a step over each window, ending at
+/// `now_ms` (one point for an instant metric).
+fn idle_metrics(shapes: &[(String, i64, i64)], now_ms: i64) -> Vec<Metric> {
+    shapes
+        .iter()
+        .map(|(name, window_ms, step_ms)| Metric {
+            name: name.clone(),
+            points: (0..=window_ms / step_ms)
+                .rev()
+                .map(|k| Point {
+                    timestamp_ms: now_ms - k * step_ms,
+                    value: 0.0,
+                })
+                .collect(),
+            error: None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trial holds no series until it runs: a point per step over a
+    /// week's window is built for one trial at a time.
+    #[test]
+    fn a_trial_holds_its_metrics_shape_not_its_points() {
+        let shapes = vec![("load".to_owned(), 7 * 24 * 3_600_000, 300_000)];
+        let metrics = idle_metrics(&shapes, 1_000_000_000_000);
+        assert_eq!(metrics[0].points.len(), 2_017);
+        assert_eq!(metrics[0].points[2_016].timestamp_ms, 1_000_000_000_000);
+        assert!(metrics[0].points.iter().all(|p| p.value == 0.0));
+        let instant = idle_metrics(&[("cpu".to_owned(), 0, 15_000)], 5);
+        assert_eq!(
+            instant[0].points,
+            vec![Point {
+                timestamp_ms: 5,
+                value: 0.0
+            }]
+        );
+    }
 }
