@@ -2042,7 +2042,7 @@ async fn build_scaler(
 
 /// How far from its slot a tick may start and still be dated at its slot
 /// for the envelope ([`Scaler::tick_on_grid`]).
-pub(crate) const ON_TIME_MS: i64 = 1_000;
+const ON_TIME_MS: i64 = 1_000;
 
 /// The time the envelope counts a tick from: its slot `next` if it
 /// `started` on time, else when it started.

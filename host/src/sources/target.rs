@@ -16,11 +16,15 @@ use async_trait::async_trait;
 
 use super::{MetricError, MetricQuery, Source};
 use crate::actuators::{COMMON_FACTS, Observed, facts_of};
-use crate::daemon::ON_TIME_MS;
 use crate::policy::Point;
 
 /// The reserved source name.
 pub const TARGET_SOURCE: &str = "target";
+
+/// How much later than this tick the tick a window ago may have started
+/// and still be in the window (scheduling jitter: a few ms, tens on a busy
+/// host or a sped-up clock).
+const JITTER_MS: i64 = 250;
 
 /// Every name a `target` metric may ask for on a target of actuator kind
 /// `kind`.
@@ -233,8 +237,10 @@ impl Source for TargetSource {
                 // Ticks start a few ms late, each by its own: the tick a
                 // window ago counts when it woke later than this one (a
                 // window of whole ticks has the same number of points
-                // whatever their jitter, as a range query's grid has).
-                let slack = (query.step_ms / 2).clamp(0, ON_TIME_MS);
+                // whatever their jitter, as a range query's grid has). A
+                // quarter step at most: the tick before it would have to
+                // have been three quarters of a step later than this one.
+                let slack = (query.step_ms / 4).clamp(0, JITTER_MS);
                 let start = now_ms.saturating_sub(window_ms).saturating_sub(slack);
                 kept.iter()
                     .filter(|o| o.time_ms >= start && o.time_ms <= now_ms)
@@ -329,7 +335,7 @@ mod tests {
     /// this one 5 ms late, and it still counts.
     #[tokio::test]
     async fn a_window_of_whole_ticks_holds_them_whatever_their_jitter() {
-        let history = Arc::new(TargetHistory::new(75_000));
+        let history = Arc::new(TargetHistory::new(600_000));
         let source = TargetSource::new(history.clone());
         for t in [3, 15_001, 30_000, 45_002, 60_005] {
             history.record(t, &observed(2, 2, None));
@@ -339,13 +345,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(series.len(), 5, "{series:?}");
-        // Not a tick more: the one before is a whole step out.
+        // Not a tick more: the one before is a whole step out (and kept).
         history.record(75_004, &observed(2, 2, None));
         let series = source
             .fetch(&query("ready", Some(60_000)), 75_004)
             .await
             .unwrap();
         assert_eq!(series.first().map(|p| p.timestamp_ms), Some(15_001));
+        // Every second, a tick 600 ms late a window ago stays out.
+        let history = Arc::new(TargetHistory::new(60_000));
+        let source = TargetSource::new(history.clone());
+        history.record(-400, &observed(2, 2, None));
+        for t in (0..=10_000).step_by(1_000) {
+            history.record(t, &observed(2, 2, None));
+        }
+        let mut second = query("ready", Some(10_000));
+        second.step_ms = 1_000;
+        let series = source.fetch(&second, 10_000).await.unwrap();
+        assert_eq!(series.len(), 11, "{series:?}");
     }
 
     /// A reload that lengthens the history reads older observations back
