@@ -47,9 +47,11 @@
 //! | `timezone` | text | `"UTC"` | the IANA time zone the load's days follow: with a `period` of whole days, each past day is looked at at the same local time, across daylight-saving changes |
 //!
 //! The metric needs a `window` in the scaler's config of `cycles × period`
-//! (the oldest moment looked at) and a `step` no longer than `horizon` (each
-//! past horizon must hold a sample): `window = "7d"`, `step = "5m"` for the
-//! defaults, 2,017 samples a tick. `horizon` must be shorter than `period`.
+//! (the oldest moment looked at; an hour more in a `timezone` with daylight
+//! saving, where a past day can be 25 hours long) and a `step` no longer
+//! than `horizon` (each past horizon must hold a sample): `window = "7d"`,
+//! `step = "5m"` for the defaults (`"7d 1h"` in such a zone), 2,017 samples
+//! a tick. `horizon` must be shorter than `period`.
 //!
 //! The logic is the plain function [`decide`]; the Wasm export only calls it.
 #![deny(missing_docs)]
@@ -70,7 +72,8 @@ pub const PARAMS: &[ParamSpec] = &[
         "metric",
         ParameterKind::Metric,
         "The load, summed over the whole service (requests/s). Give it a window of cycles × \
-         period and a step no longer than horizon.",
+         period (an hour more in a time zone with daylight saving) and a step no longer than \
+         horizon.",
     ),
     ParamSpec::required(
         "per_replica",
@@ -356,7 +359,10 @@ pub fn decide(ctx: &Context) -> Result<Decision, String> {
             p.period,
             p.min_cycles,
         );
-        let window = DurationMs(p.cycles.saturating_mul(p.period.ms()));
+        // As far back as the oldest moment looked at (past a fall-back of
+        // the clocks, an hour further than cycles × period).
+        let oldest = period_before(&p, ctx.now_ms, p.cycles);
+        let window = DurationMs(ctx.now_ms.saturating_sub(oldest));
         return Ok(match p.without_forecast {
             WithoutForecast::Hold => Decision::hold(format!(
                 "{why}, hold at {} (is the metric's window {window}?)",

@@ -190,6 +190,28 @@ fn a_daily_period_keeps_local_time_across_daylight_saving() {
     assert_eq!(local.desired(), Some(20), "{}", local.reason);
     let utc = decide_in("UTC");
     assert_eq!(utc.desired(), None, "{}", utc.reason);
+    // The week after clocks went back (2026-10-25) the oldest day looked at
+    // is 7 days and an hour back: a window of exactly 7 days misses it, and
+    // the hold says how long the window must be.
+    let now = at("2026-10-26T08:00:00Z");
+    let week: Vec<(i64, f64)> = (now - 7 * DAY..=now)
+        .step_by(5 * MINUTE as usize)
+        .map(|t| (t, 30.0))
+        .collect();
+    let mut c = ctx(
+        &week,
+        3,
+        json!({ "timezone": "Europe/Berlin", "min_cycles": 7 }),
+    );
+    c.now_ms = now;
+    let held = decide(&c).unwrap();
+    assert_eq!(held.desired(), None, "{}", held.reason);
+    assert!(
+        held.reason.contains("6 of the last 7 periods")
+            && held.reason.ends_with("(is the metric's window 7days 1h?)"),
+        "{}",
+        held.reason
+    );
     // A period not of whole days counts milliseconds, whatever the zone.
     let p: Params = serde_json::from_value(json!({
         "metric": "rps", "per_replica": 1, "horizon": "10m", "period": "12h", "cycles": 2,
