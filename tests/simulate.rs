@@ -191,9 +191,6 @@ fn scaling_on_the_trace_serves_what_a_fixed_fleet_cannot() {
     );
 }
 
-/// An interval that is not a whole number of seconds ticks at its own
-/// times: 1500ms over a minute is 40 ticks (the simulator's one-second steps
-/// used to give 20, one every 3 s).
 /// A trace `scalewise trace` recorded is dated: without `--start` a run
 /// playing it starts where it begins, after its `offset` (office hours
 /// play at their own hours, a schedule's dates line up with the traffic),
@@ -214,7 +211,8 @@ fn a_dated_trace_plays_at_its_own_dates_by_default() {
         .unwrap()
         .lines()
         .map(|l| match l.starts_with("trace = ") {
-            true => format!("trace = {{ path = {:?}, offset = \"10m\" }}\n", trace),
+            // Past the hour's end: it goes round to 00:10, as it plays.
+            true => format!("trace = {{ path = {:?}, offset = \"70m\" }}\n", trace),
             false => format!("{l}\n"),
         })
         .collect();
@@ -238,6 +236,9 @@ fn a_dated_trace_plays_at_its_own_dates_by_default() {
     assert_eq!(first.time_ms, (first_s + 600) * 1000);
 }
 
+/// An interval that is not a whole number of seconds ticks at its own
+/// times: 1500ms over a minute is 40 ticks (the simulator's one-second steps
+/// used to give 20, one every 3 s).
 #[test]
 fn an_interval_of_a_fraction_of_seconds_ticks_as_often_as_it_says() {
     let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);

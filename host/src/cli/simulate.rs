@@ -190,8 +190,13 @@ fn traces_start_ms(config: &Config) -> Option<i64> {
             return None;
         }
         let path = config.origin().dir().join(&trace.path);
-        let first_s = crate::simulator::Trace::load(&path).ok()?.first_s();
-        Some(((first_s + trace.offset.as_secs_f64()) * 1000.0).round() as i64)
+        let loaded = crate::simulator::Trace::load(&path).ok()?;
+        // An offset past the end goes round, as the trace plays.
+        let into = trace
+            .offset
+            .as_secs_f64()
+            .rem_euclid(loaded.span_s().max(1.0));
+        Some(((loaded.first_s() + into) * 1000.0).round() as i64)
     });
     let first = starts.next()?;
     (starts.all(|s| s == first) && first as f64 >= DATED_FROM_S * 1000.0).then_some(first)
