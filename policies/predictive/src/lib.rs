@@ -327,6 +327,19 @@ pub fn period_before(p: &Params, now_ms: i64, k: i64) -> i64 {
         .map_or(fixed, |then| then.timestamp().as_millisecond())
 }
 
+/// The window the metric needs: `cycles × period`, and an hour more for a
+/// period of whole days in a named time zone (past a fall-back of the
+/// clocks the oldest day looked at is an hour further back; a zone without
+/// daylight saving gets the hour too, harmlessly).
+pub fn window_needed(p: &Params) -> DurationMs {
+    let span = p.cycles.saturating_mul(p.period.ms());
+    let local_days = p.period.ms() % DAY_MS == 0 && p.timezone.to_fixed_offset().is_err();
+    DurationMs(match local_days {
+        true => span.saturating_add(60 * 60 * 1000),
+        false => span,
+    })
+}
+
 /// `ceil(load / per_replica)`, with results within 10⁻⁹ of a whole
 /// number taken as that number.
 pub fn replicas_for(load: f64, per_replica: f64) -> u32 {
@@ -359,10 +372,7 @@ pub fn decide(ctx: &Context) -> Result<Decision, String> {
             p.period,
             p.min_cycles,
         );
-        // As far back as the oldest moment looked at (past a fall-back of
-        // the clocks, an hour further than cycles × period).
-        let oldest = period_before(&p, ctx.now_ms, p.cycles);
-        let window = DurationMs(ctx.now_ms.saturating_sub(oldest));
+        let window = window_needed(&p);
         return Ok(match p.without_forecast {
             WithoutForecast::Hold => Decision::hold(format!(
                 "{why}, hold at {} (is the metric's window {window}?)",

@@ -212,6 +212,15 @@ fn a_daily_period_keeps_local_time_across_daylight_saving() {
         "{}",
         held.reason
     );
+    // The hint is the same in a week with no change of the clocks (the
+    // window has to hold the fall-back's week too).
+    c.now_ms = at("2026-02-10T08:00:00Z");
+    let held = decide(&c).unwrap();
+    assert!(
+        held.reason.ends_with("(is the metric's window 7days 1h?)"),
+        "{}",
+        held.reason
+    );
     // A period not of whole days counts milliseconds, whatever the zone.
     let p: Params = serde_json::from_value(json!({
         "metric": "rps", "per_replica": 1, "horizon": "10m", "period": "12h", "cycles": 2,
