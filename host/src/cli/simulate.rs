@@ -192,10 +192,7 @@ fn traces_start_ms(config: &Config) -> Option<i64> {
         let path = config.origin().dir().join(&trace.path);
         let loaded = crate::simulator::Trace::load(&path).ok()?;
         // An offset past the end goes round, as the trace plays.
-        let into = trace
-            .offset
-            .as_secs_f64()
-            .rem_euclid(loaded.span_s().max(1.0));
+        let into = trace.offset.as_secs_f64().rem_euclid(loaded.span_s());
         Some(((loaded.first_s() + into) * 1000.0).round() as i64)
     });
     let first = starts.next()?;

@@ -1,11 +1,13 @@
-//! A first trial of every policy, at start and in `scalewise check
-//! --config`: each is evaluated once on an idle target (at its scaler's
-//! `min`, or 1, with every metric reading 0 over its window). Parameters
-//! only a policy can judge (a time zone, a schedule's entries, an
-//! aggregate's name) are otherwise first judged at the first tick, which
-//! then fails at every tick and holds the scaler. A failure here is a
-//! warning, not a refusal: a policy may fail on zeros for reasons of its
-//! own (a reload, which has the scaler's last real context, refuses).
+//! A first trial of every policy, at start, in `scalewise check --config`
+//! and, for the new and changed scalers, at a reload: each is evaluated
+//! once on an idle target (at its scaler's `min`, or 1, with every metric
+//! reading 0 over its window). Parameters only a policy can judge (a time
+//! zone, a schedule's entries, an aggregate's name) are otherwise first
+//! judged at the first tick, which then fails at every tick and holds the
+//! scaler. A failure here is a warning, not a refusal: a policy may fail on
+//! zeros for reasons of its own. (A reload also tries a running scaler's
+//! new parameters on its last real context, and refuses those that fail
+//! there: the daemon's `try_new_parameters`.)
 
 use std::collections::HashSet;
 
