@@ -323,6 +323,54 @@ fn predictive_scaling_serves_the_rises_that_reactive_scaling_is_late_for() {
         hours(&predictive) < hours(&reactive) * 1.15,
         "predictive {predictive:#}\nreactive {reactive:#}"
     );
+    // The README's table is these two runs.
+    for (row, report) in [
+        ("| target-tracking alone |", &reactive),
+        ("| target-tracking + predictive |", &predictive),
+    ] {
+        let expected = format!(
+            "{row} {:.1} | {} | {} | {} |",
+            hours(report),
+            duration(seconds(report, "saturated_seconds")),
+            latency(report["p95_latency_ms"]["p99"].as_f64().unwrap()),
+            duration(above(report)),
+        );
+        assert!(
+            readme().lines().any(|l| l == expected),
+            "README.md has no row {expected:?}"
+        );
+    }
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap()
+}
+
+/// Seconds as the report prints them: `57m 31s`, `1h 5s`, `0s`.
+fn duration(seconds: u64) -> String {
+    let parts = [
+        (seconds / 3600, "h"),
+        (seconds / 60 % 60, "m"),
+        (seconds % 60, "s"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    match text.is_empty() {
+        true => "0s".to_owned(),
+        false => text.join(" "),
+    }
+}
+
+/// A latency as the report prints it: `316 ms`, `12.06 s`.
+fn latency(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
 }
 
 #[test]
