@@ -1391,11 +1391,39 @@ fn pause_resume_and_status_from_the_command_line() {
     assert_eq!(code, Some(1));
     assert!(err.contains("not_found (404"), "{err}");
     assert!(err.contains("no scaler named \"webb\""), "{err}");
+    // A typo elsewhere in the file (an edit a reload refused) does not stop
+    // the commands that need only [api] or [journal]: said, and done.
+    std::fs::write(
+        dir.path().join("typo.toml"),
+        config.replacen("[[scalers]]\n", "[[scalers]]\nintervall = \"15s\"\n", 1),
+    )
+    .unwrap();
+    let (code, out, err) = in_dir(&["status", "web", "--config", "typo.toml"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("web: simulator web"), "{out}");
+    assert!(
+        err.contains("note: only [api] was read") && err.contains("unknown field \"intervall\""),
+        "{err}"
+    );
+    let (code, out, err) = in_dir(&[
+        "journal",
+        "explain",
+        "--config",
+        "typo.toml",
+        "--scaler",
+        "web",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !out.is_empty() && err.contains("note: only [journal] was read"),
+        "{err}"
+    );
     daemon.stop().unwrap();
     let (code, _, err) = in_dir(&["pause", "web", "--config", "scalewise.toml"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("cannot reach the API at http://127.0.0.1:"),
+        err.contains("cannot reach the API at http://127.0.0.1:")
+            && err.contains("a daemon started with --listen is reached with --api URL"),
         "{err}"
     );
     let (code, _, err) = in_dir(&["pause", "web", "--api", "127.0.0.1:9464"]);

@@ -318,6 +318,42 @@ impl Config {
         Config::parse_unvalidated(&text, path)
     }
 
+    /// The `[api]` and `[journal]` of the config at `path`, for the
+    /// commands that reach a running daemon or read its journal (`pause`,
+    /// `resume`, `status`, `journal`, `replay`). A mistake elsewhere in the
+    /// file (an edit a reload refused, say) does not stop them: the two
+    /// tables are then read on their own, and the problem comes back as
+    /// the third value, to be said. A problem in either table is an error.
+    pub fn load_operator_sections(
+        path: &Path,
+    ) -> Result<(ApiConfig, JournalConfig, Option<String>), ConfigError> {
+        let problem = match Config::load_unvalidated(path) {
+            Ok(config) => return Ok((config.api, config.journal, None)),
+            Err(ConfigError::Parse(problem)) => problem,
+            Err(e) => return Err(e),
+        };
+        #[derive(Deserialize)]
+        struct Sections {
+            #[serde(default)]
+            api: ApiConfig,
+            #[serde(default)]
+            journal: JournalConfig,
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let Ok(Sections {
+            mut api,
+            mut journal,
+        }) = toml::from_str::<Sections>(&text)
+        else {
+            return Err(ConfigError::Parse(problem));
+        };
+        resolve_operator_paths(&mut api, &mut journal, &base_dir(path));
+        Ok((api, journal, Some(problem.to_string())))
+    }
+
     /// [`Config::load`] with `policy_dir`, when given, in place of the
     /// file's, put there before validation: the file's folder need not
     /// exist where the config is checked or backtested.
@@ -623,18 +659,9 @@ impl Config {
             }
         };
         resolve(self.policy_dir.get_mut());
-        resolve(&mut self.journal.path);
+        resolve_operator_paths(&mut self.api, &mut self.journal, dir);
         if let Some(cache_dir) = &mut self.runtime.cache_dir {
             resolve(cache_dir);
-        }
-        if let Some(Secret::File(path)) = &mut self.api.token
-            && !is_blank(path)
-        {
-            resolve(path);
-        }
-        if let Some(tls) = &mut self.api.tls {
-            resolve(&mut tls.cert);
-            resolve(&mut tls.key);
         }
         for source in self.sources.values_mut() {
             match source.get_mut() {
@@ -740,6 +767,26 @@ fn is_blank(path: &Path) -> bool {
 }
 
 /// The absolute folder of `origin`, against which relative paths resolve.
+/// The paths of `[api]` and `[journal]` made relative to `dir` (the
+/// config file's folder) when they are relative.
+fn resolve_operator_paths(api: &mut ApiConfig, journal: &mut JournalConfig, dir: &Path) {
+    let resolve = |path: &mut PathBuf| {
+        if path.is_relative() {
+            *path = dir.join(&*path);
+        }
+    };
+    resolve(&mut journal.path);
+    if let Some(Secret::File(path)) = &mut api.token
+        && !is_blank(path)
+    {
+        resolve(path);
+    }
+    if let Some(tls) = &mut api.tls {
+        resolve(&mut tls.cert);
+        resolve(&mut tls.key);
+    }
+}
+
 fn base_dir(origin: &Path) -> PathBuf {
     let dir = match origin.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,

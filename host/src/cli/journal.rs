@@ -124,9 +124,16 @@ pub(super) fn locate(at: &JournalLocation) -> Result<PathBuf, String> {
         (Some(path), _) => Ok(path.clone()),
         // Only the journal's path is read: the daemon's secrets, TLS key
         // and policy folder need not be readable from this shell.
-        (None, Some(config)) => Config::load_unvalidated(config)
-            .map(|c| c.journal.path.clone())
-            .map_err(|e| e.to_string()),
+        (None, Some(config)) => {
+            let (_, journal, problem) =
+                Config::load_operator_sections(config).map_err(|e| e.to_string())?;
+            if let Some(problem) = problem {
+                eprintln!(
+                    "note: only [journal] was read from the config, which has a problem: {problem}"
+                );
+            }
+            Ok(journal.path)
+        }
         (None, None) => Err("give --journal FILE or --config FILE".into()),
     }
 }

@@ -32,6 +32,8 @@ pub struct Remote {
     /// API asks for a token (reads may be open without one).
     token_problem: Option<String>,
     client: reqwest::Client,
+    /// Whether the address came from a config file (`--config`).
+    from_config: bool,
 }
 
 impl Remote {
@@ -57,6 +59,7 @@ impl Remote {
             token,
             token_problem,
             client,
+            from_config: args.config.is_some(),
         })
     }
 
@@ -85,8 +88,15 @@ impl Remote {
                     humantime::format_duration(TIMEOUT)
                 )
             } else {
+                let hint = match self.from_config {
+                    true => {
+                        " (the address the config's [api] listen gives; a daemon started \
+                         with --listen is reached with --api URL)"
+                    }
+                    false => "",
+                };
                 format!(
-                    "cannot reach the API at {base}: {}",
+                    "cannot reach the API at {base}{hint}: {}",
                     crate::outbound::causes(&e)
                 )
             }
@@ -134,25 +144,25 @@ fn target(args: &ApiArgs) -> Result<Target, String> {
     if let Some(path) = &args.config {
         // Only the API's settings are read (and its token resolved): the
         // daemon's other secrets and folders need not be readable here.
-        let config = Config::load_unvalidated(path).map_err(|e| e.to_string())?;
+        let (api, _, problem) = Config::load_operator_sections(path).map_err(|e| e.to_string())?;
+        if let Some(problem) = problem {
+            // A pause right after a bad edit must still go through.
+            eprintln!("note: only [api] was read from the config, which has a problem: {problem}");
+        }
         // Unreadable here (the daemon's secret, mounted for it alone),
         // reads still go through if the API leaves them open.
-        let (token, token_problem) = match config.api.token.as_ref().map(|s| s.resolve()) {
+        let (token, token_problem) = match api.token.as_ref().map(|s| s.resolve()) {
             Some(Ok(token)) => (Some(token), None),
             Some(Err(e)) => (None, Some(e.to_string())),
             None => (None, None),
         };
-        let scheme = if config.api.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if api.tls.is_some() { "https" } else { "http" };
         let ca = args
             .ca_file
             .clone()
-            .or_else(|| config.api.tls.as_ref().map(|t| t.cert.clone()));
+            .or_else(|| api.tls.as_ref().map(|t| t.cert.clone()));
         return Ok(Target {
-            base: format!("{scheme}://{}", reachable(config.api.listen)),
+            base: format!("{scheme}://{}", reachable(api.listen)),
             token,
             token_problem,
             ca,
