@@ -1405,18 +1405,31 @@ fn pause_resume_and_status_from_the_command_line() {
         err.contains("note: only [api] was read") && err.contains("unknown field \"intervall\""),
         "{err}"
     );
-    let (code, out, err) = in_dir(&[
-        "journal",
-        "explain",
-        "--config",
-        "typo.toml",
-        "--scaler",
-        "web",
-    ]);
+    // The journal the file names is read (exported: it may hold no tick yet).
+    let (code, _, err) = in_dir(&["journal", "export", "--config", "typo.toml"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("note: only [journal] was read"), "{err}");
+    // The same edit made to the running daemon's file: its reload is
+    // refused, and status says the config before it runs.
+    std::fs::copy(
+        dir.path().join("typo.toml"),
+        dir.path().join("scalewise.toml"),
+    )
+    .unwrap();
+    let refused = "The config file's last change was refused at ";
+    let started = Instant::now();
+    let out = loop {
+        let (code, out, err) = in_dir(&["status", "--config", "scalewise.toml"]);
+        assert_eq!(code, Some(0), "{err}");
+        if out.contains(refused) || started.elapsed() > Duration::from_secs(30) {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
-        !out.is_empty() && err.contains("note: only [journal] was read"),
-        "{err}"
+        out.contains(refused) && out.contains("unknown field \"intervall\""),
+        "{out}\n{}",
+        daemon.log()
     );
     daemon.stop().unwrap();
     let (code, _, err) = in_dir(&["pause", "web", "--config", "scalewise.toml"]);

@@ -29,11 +29,43 @@ async fn show(args: &StatusArgs) -> Result<String, String> {
     }
     let leader = remote.call(Method::GET, &["v1", "leader"]).await?;
     let mut text = follower_note(&leader);
+    // Not an error when it cannot be read (a daemon before /v1/config).
+    if let Ok(config) = remote.call(Method::GET, &["v1", "config"]).await {
+        text.push_str(&config_note(&config));
+    }
     match &args.scaler {
         None => text.push_str(&table(body.as_array().map_or(&[][..], Vec::as_slice))),
         Some(_) => text.push_str(&detail(&body)),
     }
     Ok(text)
+}
+
+/// Lines saying the config file's last change was refused (the config
+/// before it runs), and which changes wait for a restart: without them an
+/// operator who edited the file reads the scalers as the new settings.
+fn config_note(config: &Value) -> String {
+    let mut note = String::new();
+    if let Some(error) = config["last_error"].as_object() {
+        let when = error["at_ms"].as_i64().map(format_ms).unwrap_or_default();
+        let first = error["error"].as_str().unwrap_or_default().lines().next();
+        note.push_str(&format!(
+            "The config file's last change was refused at {when}; the config before it runs: {}\n",
+            log_safe(first.unwrap_or_default())
+        ));
+    }
+    let waiting: Vec<&str> = config["restart_required"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if !waiting.is_empty() {
+        note.push_str(&format!(
+            "Changed in the config file, applied only at a restart: {}\n",
+            log_safe(&waiting.join(", "))
+        ));
+    }
+    note
 }
 
 /// `body` as JSON for a terminal: a policy's words (the last decision, its
