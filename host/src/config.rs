@@ -88,6 +88,63 @@ mod friendly {
         path(d).map(Some)
     }
 
+    /// A duration: text with a unit, such as `"15s"`, `"5m"` or `"1h 30m"`
+    /// (humantime's forms). A number, or text without a unit, is refused
+    /// with an example of what to write.
+    pub mod duration {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Integer(i64),
+            Float(f64),
+        }
+
+        pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            humantime_serde::serialize(d, s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            let number = |n: String| {
+                D::Error::custom(format!(
+                    "{n} is not a duration: write it as text with a unit, e.g. \"{n}s\" or \
+                     \"{n}m\""
+                ))
+            };
+            match Raw::deserialize(d)? {
+                Raw::Text(text) => humantime::parse_duration(&text).map_err(|e| {
+                    D::Error::custom(format!(
+                        "{text:?} is not a duration ({e}); write e.g. \"15s\", \"5m\" or \
+                         \"1h 30m\""
+                    ))
+                }),
+                Raw::Integer(n) => Err(number(n.to_string())),
+                Raw::Float(n) => Err(number(n.to_string())),
+            }
+        }
+
+        /// [`duration`](self), when given.
+        pub mod option {
+            use std::time::Duration;
+
+            use serde::{Deserializer, Serializer};
+
+            pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+                humantime_serde::option::serialize(d, s)
+            }
+
+            pub fn deserialize<'de, D: Deserializer<'de>>(
+                d: D,
+            ) -> Result<Option<Duration>, D::Error> {
+                super::deserialize(d).map(Some)
+            }
+        }
+    }
+
     /// An IP address and port; host names are not resolved.
     pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
         let text = String::deserialize(d)?;
@@ -834,7 +891,8 @@ fn shape_problem(doc: &Document<'_>, err: &toml::de::Error) -> Problem {
 
 /// The key or value a serde error names: ``unknown field `x` ``,
 /// ``unknown variant `x` ``, `invalid value: string "x"`, or a number or
-/// boolean of the wrong type (``invalid type: integer `5` ``). Not a
+/// boolean of the wrong type (``invalid type: integer `5` ``), or what a
+/// [`friendly`] deserializer refused (`"15" is not a duration`). Not a
 /// missing field's name: that one is, by definition, not in the text.
 fn quoted_name(message: &str) -> Option<&str> {
     let after = |open: &str, close: char| {
@@ -848,6 +906,15 @@ fn quoted_name(message: &str) -> Option<&str> {
         .or_else(|| after("integer `", '`'))
         .or_else(|| after("floating point `", '`'))
         .or_else(|| after("boolean `", '`'))
+        // The friendly deserializers' own: `"15" is not a duration ...`,
+        // `15 is not a duration ...`.
+        .or_else(|| {
+            let (value, _) = message.split_once(" is not a ")?;
+            match value.strip_prefix('"') {
+                Some(text) => text.strip_suffix('"'),
+                None => value.parse::<f64>().is_ok().then_some(value),
+            }
+        })
 }
 
 /// A digest of part of a config (the first 128 bits of the sha256 of its
@@ -968,7 +1035,7 @@ pub struct NotificationConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderSetting>,
     /// Per attempt; a failed POST is tried three times in all.
-    #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    #[serde(default = "default_notify_timeout", with = "friendly::duration")]
     pub timeout: Duration,
     /// Certificates (PEM) to trust for an `https://` URL besides the
     /// system's (a private CA). Relative to the config file's folder.
@@ -1049,15 +1116,15 @@ pub struct LeaderElectionConfig {
     pub identity: Option<String>,
     /// How long a Lease holds without renewal before another replica may
     /// take it (default 15s, as Kubernetes' controllers).
-    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    #[serde(default = "default_lease_duration", with = "friendly::duration")]
     pub lease_duration: Duration,
     /// How long the leader keeps acting without a successful renewal before
     /// it stops (default 10s; shorter than `lease_duration`, so it stops
     /// before another replica may take over).
-    #[serde(default = "default_renew_deadline", with = "humantime_serde")]
+    #[serde(default = "default_renew_deadline", with = "friendly::duration")]
     pub renew_deadline: Duration,
     /// How often each replica tries to take or renew the Lease (default 2s).
-    #[serde(default = "default_retry_period", with = "humantime_serde")]
+    #[serde(default = "default_retry_period", with = "friendly::duration")]
     pub retry_period: Duration,
 }
 
@@ -1088,7 +1155,7 @@ pub struct RuntimeLimits {
     )]
     pub max_memory: ByteSize,
     /// Wall-clock deadline for one evaluation (enforced by epoch interruption).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub timeout: Duration,
     /// Fuel (Wasm instructions, roughly) per evaluation; 0 disables fuel
     /// metering. Fuel makes the limit deterministic, at a cost per call.
@@ -1199,14 +1266,14 @@ pub struct WatchConfig {
     /// A changed file is loaded once it has been quiet (size and mtime
     /// stable, no write events) this long, so a file still being written is
     /// never loaded.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub debounce: Duration,
     /// `auto` (native events, polling when they cannot be set up), `native`
     /// or `poll`.
     pub mode: WatchMode,
     /// How often polling looks at the files (`mode = "poll"`, or `auto`
     /// after falling back).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub poll_interval: Duration,
 }
 
@@ -1243,11 +1310,11 @@ pub struct JournalConfig {
     #[serde(deserialize_with = "friendly::path")]
     pub path: PathBuf,
     /// Records older than this are deleted.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub retention: Duration,
     /// How long the writer waits after a write arrives for others to share
     /// its transaction (and its fsync). `0s` commits each write at once.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub commit_delay: Duration,
 }
 
@@ -1290,7 +1357,7 @@ pub struct PrometheusConfig {
     /// Base URL, e.g. `http://prometheus:9090`.
     pub url: String,
     /// Per-request timeout.
-    #[serde(default = "default_prometheus_timeout", with = "humantime_serde")]
+    #[serde(default = "default_prometheus_timeout", with = "friendly::duration")]
     pub timeout: Duration,
     /// Bearer token sent as `Authorization: Bearer ...`.
     #[serde(default)]
@@ -1518,12 +1585,12 @@ pub struct SimulationConfig {
     /// Requests per second one ready replica serves at 100% CPU.
     pub capacity_per_replica: f64,
     /// Time from asking for a replica to it being ready.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration")]
     pub startup_delay: Duration,
     /// Replicas at start.
     pub initial_replicas: u32,
     /// Latency of a request on an idle replica.
-    #[serde(default = "default_base_latency", with = "humantime_serde")]
+    #[serde(default = "default_base_latency", with = "friendly::duration")]
     pub base_latency: Duration,
     /// The load curve.
     pub load: LoadConfig,
@@ -1544,7 +1611,7 @@ pub struct LoadConfig {
     #[serde(default)]
     pub diurnal_amplitude: f64,
     /// Period of the wave (a day by default; shorter in demos).
-    #[serde(default = "default_diurnal_period", with = "humantime_serde")]
+    #[serde(default = "default_diurnal_period", with = "friendly::duration")]
     pub diurnal_period: Duration,
     /// Relative noise (standard deviation as a fraction of the load).
     #[serde(default)]
@@ -1566,10 +1633,10 @@ fn default_diurnal_period() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct SpikeConfig {
     /// When it starts, from the simulation's start.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub at: Duration,
     /// How long it lasts.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub duration: Duration,
     /// Extra requests per second during the spike.
     pub extra: f64,
@@ -1589,7 +1656,7 @@ pub struct TraceConfig {
     #[serde(default = "one")]
     pub speed: f64,
     /// Skip this much of the trace's start.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration")]
     pub offset: Duration,
 }
 
@@ -1615,7 +1682,7 @@ pub struct ScalerConfig {
     /// Unique name.
     pub name: Spanned<String>,
     /// Time between ticks.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub interval: Duration,
     /// Lower bound on replicas.
     pub min: Spanned<u32>,
@@ -1818,10 +1885,10 @@ pub struct AwsAsgTarget {
     #[serde(default, deserialize_with = "undrain_webhook")]
     pub undrain_webhook: Option<Box<DrainWebhook>>,
     /// The least time between choosing a victim and terminating it.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration")]
     pub drain_delay: Duration,
     /// The most time a drain may take; then the victim is terminated anyway.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[serde(default = "default_drain_timeout", with = "friendly::duration")]
     pub drain_timeout: Duration,
 }
 
@@ -1950,7 +2017,7 @@ pub struct RebalanceTarget {
     pub endpoint: String,
     /// The most time a change (starting workers, moving shards, stopping
     /// workers) may take before it is given up (default 10m).
-    #[serde(default = "default_rebalance_timeout", with = "humantime_serde")]
+    #[serde(default = "default_rebalance_timeout", with = "friendly::duration")]
     pub timeout: Duration,
     /// Sent to the coordinator as `Authorization: Bearer ...`.
     #[serde(default)]
@@ -2028,13 +2095,13 @@ pub struct MetricConfig {
     /// `cpu`, or `service/metric` for another simulated service).
     pub query: String,
     /// Deliver the series over this window instead of the latest value.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration::option")]
     pub window: Option<Duration>,
     /// Resolution of the windowed series (default: the scaler's interval).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration::option")]
     pub step: Option<Duration>,
     /// The newest sample may be at most this old (default: 3 × interval).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration::option")]
     pub max_age: Option<Duration>,
 }
 
@@ -2126,7 +2193,7 @@ impl Default for Behavior {
 pub struct ScalingRules {
     /// Recommendations over this window are considered (up: the lowest
     /// wins; down: the highest wins).
-    #[serde(default, with = "humantime_serde::option")]
+    #[serde(default, with = "friendly::duration::option")]
     pub stabilization_window: Option<Duration>,
     /// Which rate limit applies when several are given.
     #[serde(default)]
@@ -2136,7 +2203,7 @@ pub struct ScalingRules {
     #[serde(default)]
     pub limits: Option<Arc<[RateLimit]>>,
     /// After any scale event, no change in this direction for this long.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "friendly::duration")]
     pub cooldown: Duration,
 }
 
@@ -2194,7 +2261,7 @@ pub struct RateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<u32>,
     /// The period the limit is measured over.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "friendly::duration")]
     pub period: Duration,
 }
 

@@ -359,7 +359,21 @@ fn each_problem_is_reported_at_its_place() {
             &[("\"15s\"\n", "\"15 parsecs\"\n")],
             "\"15 parsecs\"",
             WEB,
-            "interval: invalid value: string \"15 parsecs\", expected a duration",
+            "interval: \"15 parsecs\" is not a duration (unknown time unit \"parsecs\"",
+        ),
+        parse_case(
+            "a duration written as a number",
+            &[("\"15s\"\n", "15\n")],
+            "15\n",
+            WEB,
+            "interval: 15 is not a duration: write it as text with a unit, e.g. \"15s\" or \"15m\"",
+        ),
+        parse_case(
+            "a duration without its unit",
+            &[("\"15s\"\n", "\"15\"\n")],
+            "\"15\"",
+            WEB,
+            "interval: \"15\" is not a duration (time unit needed",
         ),
         parse_case(
             "unknown target kind",
@@ -380,14 +394,14 @@ fn each_problem_is_reported_at_its_place() {
             &[("timeout = \"5s\"", "timeout = \"soon\"")],
             "\"soon\"",
             "sources.prom",
-            "invalid value: string \"soon\", expected a duration",
+            "\"soon\" is not a duration (",
         ),
         parse_case(
             "wrong type inside a tagged table",
             &[("timeout = \"5s\"", "timeout = 5")],
             "5\n\n[simulations.web]",
             "sources.prom",
-            "timeout: invalid type: integer \"5\", expected a duration",
+            "timeout: 5 is not a duration: write it as text with a unit, e.g. \"5s\" or \"5m\"",
         ),
         parse_case(
             "wrong type inside a tagged table, its text written twice",
@@ -397,7 +411,7 @@ fn each_problem_is_reported_at_its_place() {
             )],
             "[sources.prom]",
             "sources.prom",
-            "invalid type: integer \"5\", expected a duration",
+            "5 is not a duration: write it as text with a unit",
         ),
         parse_case(
             "unknown secret kind",
