@@ -306,6 +306,16 @@ fn policy_dir_replaces_the_folder_the_file_names() {
     let (code, out, err) = cli(&["check", "--config", &path, "--policy-dir", &folder]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("  policies  {folder}: ")), "{out}");
+
+    // A problem of the flag's folder is located at the file's policy_dir,
+    // which is not wrong: the check says whose folder it was.
+    let (code, _, err) = cli(&["check", "--config", &path, "--policy-dir", "no-such-dir"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("policy_dir no-such-dir does not exist")
+            && err.contains("note: --policy-dir no-such-dir replaced the file's policy_dir"),
+        "{err}"
+    );
 }
 
 /// The limit flags are checked with the config, as what the scalers run

@@ -46,6 +46,7 @@ pub fn check_config(
             Ok(config) => config,
             Err(e) => {
                 write_problems(err, &e)?;
+                policy_dir_note(err, policy_dir)?;
                 // A problem located at a [runtime] key may be a flag's value.
                 let given = limits.given();
                 if !given.is_empty() {
@@ -148,6 +149,9 @@ pub fn check_config(
                 )?;
             }
         }
+    }
+    if problems > 0 || unloaded > 0 {
+        policy_dir_note(err, policy_dir)?;
     }
     if problems > 0 {
         return refused(err, path);
@@ -346,6 +350,19 @@ fn write_problems(err: &mut dyn Write, e: &ConfigError) -> std::io::Result<()> {
         writeln!(err, "{}", log_safe(&problem.to_string()))?;
     }
     Ok(())
+}
+
+/// With `--policy-dir`, says that problems at the file's `policy_dir` (or
+/// of its modules) are of the flag's folder: the file's line is not wrong.
+fn policy_dir_note(err: &mut dyn Write, policy_dir: Option<&Path>) -> std::io::Result<()> {
+    match policy_dir {
+        Some(dir) => writeln!(
+            err,
+            "note: --policy-dir {} replaced the file's policy_dir in this check",
+            dir.display()
+        ),
+        None => Ok(()),
+    }
 }
 
 fn refused(err: &mut dyn Write, path: &Path) -> std::io::Result<u8> {
