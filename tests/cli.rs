@@ -6,7 +6,7 @@ use std::process::Command;
 
 use scalewise::journal::{Evaluation, EvaluationOutcome};
 use scalewise::runtime::outcome_of;
-use scalewise_tests::{artifacts, cli, context, data_dir, load};
+use scalewise_tests::{artifacts, cli, context, data_dir, load, policy_dir};
 use serde_json::{Value, json};
 
 fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> String {
@@ -533,6 +533,30 @@ fn the_demo_without_its_policies_says_how_to_build_them() {
     assert_eq!(code, 1);
     assert!(err.contains("bundled policy modules"), "{err}");
     assert!(err.contains("scripts/build-policies"), "{err}");
+}
+
+/// A journal the daemon cannot open is refused naming the config's field
+/// (here its folder's place is taken by a file), and nothing is started.
+#[test]
+fn a_journal_that_cannot_be_opened_names_the_configs_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policy_dir(&[("target-tracking", artifacts::TARGET_TRACKING)]);
+    std::fs::write(dir.path().join("taken"), "a file").unwrap();
+    let config = format!(
+        "policy_dir = {:?}\n\n[journal]\npath = \"taken/journal.db\"\n\n{}{}",
+        policies.path(),
+        scalewise_tests::running::simulation("web", 2),
+        scalewise_tests::running::queue_scaler("web", "simulator", "queue_depth")
+    );
+    let path = dir.path().join("scalewise.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap();
+    let (code, _, err) = cli(&["run", "--config", path, "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("{path}: [journal] path: ")) && err.contains("taken"),
+        "{err}"
+    );
 }
 
 /// The `scalewise` binary: this crate's `scalewise-cli`, built by cargo

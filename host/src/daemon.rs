@@ -361,7 +361,13 @@ impl Daemon {
                 ..JournalOptions::new(config.journal.retention)
             },
         )
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        // The config's field, so the operator knows what to change.
+        .map_err(|e| {
+            DaemonError::Setup(format!(
+                "{}: [journal] path: {e}",
+                config.origin().path().display()
+            ))
+        })?;
         let simulation =
             Simulation::from_config(&config.simulations, config.origin().dir(), clock.now_ms())
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
