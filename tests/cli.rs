@@ -557,6 +557,22 @@ fn a_journal_that_cannot_be_opened_names_the_configs_field() {
         err.contains(&format!("{path}: [journal] path: ")) && err.contains("taken"),
         "{err}"
     );
+    // A backtest's journal is its --journal, not the file's.
+    let journal = dir.path().join("taken/run.db");
+    let (code, _, err) = cli(&[
+        "simulate",
+        "--config",
+        path,
+        "--for",
+        "1m",
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the simulation's journal: ") && !err.contains("[journal] path"),
+        "{err}"
+    );
 }
 
 /// The `scalewise` binary: this crate's `scalewise-cli`, built by cargo

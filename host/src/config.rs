@@ -94,14 +94,45 @@ mod friendly {
     pub mod duration {
         use std::time::Duration;
 
-        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+        use serde::{Deserializer, Serializer, de::Error};
 
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Integer(i64),
-            Float(f64),
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Duration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration as text with a unit, e.g. \"15s\"")
+            }
+
+            fn visit_str<E: Error>(self, text: &str) -> Result<Duration, E> {
+                humantime::parse_duration(text).map_err(|e| {
+                    E::custom(format!(
+                        "{text:?} is not a duration ({e}); write e.g. \"15s\", \"5m\" or \
+                         \"1h 30m\""
+                    ))
+                })
+            }
+
+            fn visit_i64<E: Error>(self, n: i64) -> Result<Duration, E> {
+                Err(number(&n.to_string()))
+            }
+
+            fn visit_u64<E: Error>(self, n: u64) -> Result<Duration, E> {
+                Err(number(&n.to_string()))
+            }
+
+            fn visit_f64<E: Error>(self, n: f64) -> Result<Duration, E> {
+                // `5.0`, as written (`5` would be looked for elsewhere).
+                Err(number(&format!("{n:?}")))
+            }
+        }
+
+        /// A number where a duration goes: what to write instead.
+        fn number<E: Error>(n: &str) -> E {
+            E::custom(format!(
+                "{n} is not a duration: write it as text with a unit, e.g. \"{n}s\" or \"{n}m\""
+            ))
         }
 
         pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -109,22 +140,7 @@ mod friendly {
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-            let number = |n: String| {
-                D::Error::custom(format!(
-                    "{n} is not a duration: write it as text with a unit, e.g. \"{n}s\" or \
-                     \"{n}m\""
-                ))
-            };
-            match Raw::deserialize(d)? {
-                Raw::Text(text) => humantime::parse_duration(&text).map_err(|e| {
-                    D::Error::custom(format!(
-                        "{text:?} is not a duration ({e}); write e.g. \"15s\", \"5m\" or \
-                         \"1h 30m\""
-                    ))
-                }),
-                Raw::Integer(n) => Err(number(n.to_string())),
-                Raw::Float(n) => Err(number(n.to_string())),
-            }
+            d.deserialize_any(Visitor)
         }
 
         /// [`duration`](self), when given.
@@ -386,7 +402,15 @@ impl Config {
     ) -> Result<(ApiConfig, JournalConfig, Option<String>), ConfigError> {
         let problem = match Config::load_unvalidated(path) {
             Ok(config) => return Ok((config.api, config.journal, None)),
-            Err(ConfigError::Parse(problem)) => problem,
+            // A misspelt top-level table (`[apii]`) may be the very one
+            // asked for: its defaults would reach another daemon.
+            Err(ConfigError::Parse(problem))
+                if !problem
+                    .message
+                    .starts_with(&format!("unknown field \"{}\"", problem.path)) =>
+            {
+                problem
+            }
             Err(e) => return Err(e),
         };
         #[derive(Deserialize)]
@@ -400,13 +424,12 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let Ok(Sections {
+        // A problem in the two tables themselves is the one to say.
+        let Sections {
             mut api,
             mut journal,
-        }) = toml::from_str::<Sections>(&text)
-        else {
-            return Err(ConfigError::Parse(problem));
-        };
+        } = toml::from_str::<Sections>(&text)
+            .map_err(|err| ConfigError::Parse(shape_problem(&Document::new(path, &text), &err)))?;
         resolve_operator_paths(&mut api, &mut journal, &base_dir(path));
         Ok((api, journal, Some(problem.to_string())))
     }
@@ -823,7 +846,6 @@ fn is_blank(path: &Path) -> bool {
     path.to_str().is_some_and(|text| text.trim().is_empty())
 }
 
-/// The absolute folder of `origin`, against which relative paths resolve.
 /// The paths of `[api]` and `[journal]` made relative to `dir` (the
 /// config file's folder) when they are relative.
 fn resolve_operator_paths(api: &mut ApiConfig, journal: &mut JournalConfig, dir: &Path) {
@@ -844,6 +866,7 @@ fn resolve_operator_paths(api: &mut ApiConfig, journal: &mut JournalConfig, dir:
     }
 }
 
+/// The absolute folder of `origin`, against which relative paths resolve.
 fn base_dir(origin: &Path) -> PathBuf {
     let dir = match origin.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,

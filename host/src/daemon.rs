@@ -361,12 +361,15 @@ impl Daemon {
                 ..JournalOptions::new(config.journal.retention)
             },
         )
-        // The config's field, so the operator knows what to change.
+        // The config's field, so the operator knows what to change (a
+        // backtest's journal is its --journal, or a scratch file).
         .map_err(|e| {
-            DaemonError::Setup(format!(
-                "{}: [journal] path: {e}",
-                config.origin().path().display()
-            ))
+            DaemonError::Setup(match durability {
+                Durability::Full => {
+                    format!("{}: [journal] path: {e}", config.origin().path().display())
+                }
+                Durability::Normal => format!("the simulation's journal: {e}"),
+            })
         })?;
         let simulation =
             Simulation::from_config(&config.simulations, config.origin().dir(), clock.now_ms())

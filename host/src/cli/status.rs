@@ -46,8 +46,10 @@ async fn show(args: &StatusArgs) -> Result<String, String> {
 fn config_note(config: &Value) -> String {
     let mut note = String::new();
     if let Some(error) = config["last_error"].as_object() {
-        let when = error["at_ms"].as_i64().map(format_ms).unwrap_or_default();
-        let first = error["error"].as_str().unwrap_or_default().lines().next();
+        let when = error.get("at_ms").and_then(Value::as_i64);
+        let when = when.map(format_ms).unwrap_or_default();
+        let first = error.get("error").and_then(Value::as_str);
+        let first = first.unwrap_or_default().lines().next();
         note.push_str(&format!(
             "The config file's last change was refused at {when}; the config before it runs: {}\n",
             log_safe(first.unwrap_or_default())

@@ -146,6 +146,47 @@ fn base_config_is_valid() {
     assert_eq!(config.runtime.max_memory, ByteSize::mib(64));
 }
 
+/// What pause, status and journal read of a config: [api] and [journal]
+/// despite a mistake elsewhere (said), but not despite a misspelt table
+/// name at the top (its defaults would reach another daemon), nor a
+/// mistake in the two tables themselves (said, not another).
+#[test]
+fn the_operator_sections_are_read_past_a_mistake_elsewhere_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scalewise.toml");
+    let with_api = |api: &str, text: &str| {
+        format!("{api}\n\n[journal]\npath = \"j.db\"\n\n{text}").replacen(
+            "policy_dir = \".\"\n",
+            "",
+            1,
+        )
+    };
+    let typo = BASE.replace("interval = \"15s\"", "intervall = \"15s\"");
+    let load = |text: String| {
+        std::fs::write(&path, format!("policy_dir = \".\"\n{text}")).unwrap();
+        Config::load_operator_sections(&path)
+    };
+    let (api, journal, problem) =
+        load(with_api("[api]\nlisten = \"127.0.0.1:9500\"", &typo)).unwrap();
+    assert_eq!(api.listen.to_string(), "127.0.0.1:9500");
+    assert_eq!(journal.path, dir.path().join("j.db"));
+    assert!(problem.unwrap().contains("intervall"));
+    let misspelt = load(with_api("[apii]\nlisten = \"127.0.0.1:9500\"", &typo));
+    assert!(
+        misspelt
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("apii")),
+        "{misspelt:?}"
+    );
+    let bad_listen = load(with_api("[api]\nlisten = \"localhost:9500\"", &typo));
+    assert!(
+        bad_listen
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("localhost:9500")),
+        "{bad_listen:?}"
+    );
+}
+
 #[test]
 fn settings_keep_everything_but_scalers_and_simulations() {
     let dir = tempfile::tempdir().unwrap();
@@ -367,6 +408,23 @@ fn each_problem_is_reported_at_its_place() {
             "15\n",
             WEB,
             "interval: 15 is not a duration: write it as text with a unit, e.g. \"15s\" or \"15m\"",
+        ),
+        parse_case(
+            "a duration written as a boolean",
+            &[("\"15s\"\n", "true\n")],
+            "true\n",
+            WEB,
+            "interval: invalid type: boolean \"true\", expected a duration as text with a unit",
+        ),
+        parse_case(
+            "a duration written as a float inside a tagged table, beside a 5",
+            &[(
+                "timeout = \"5s\"",
+                "timeout = 5.0\nheaders = { X-Five = \"5\" }",
+            )],
+            "5.0",
+            "sources.prom",
+            "timeout: 5.0 is not a duration",
         ),
         parse_case(
             "a duration without its unit",
