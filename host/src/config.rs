@@ -402,23 +402,29 @@ impl Config {
     ) -> Result<(ApiConfig, JournalConfig, Option<String>), ConfigError> {
         let problem = match Config::load_unvalidated(path) {
             Ok(config) => return Ok((config.api, config.journal, None)),
-            // A misspelt top-level table (`[apii]`) may be the very one
-            // asked for: its defaults would reach another daemon.
-            Err(ConfigError::Parse(problem))
-                if !problem
-                    .message
-                    .starts_with(&format!("unknown field \"{}\"", problem.path)) =>
-            {
-                problem
-            }
+            Err(ConfigError::Parse(problem)) => problem,
             Err(e) => return Err(e),
         };
+        // Every top-level key [`Config`] has, the others unread: a
+        // misspelt one (`[apii]`, in any form or place) may be the very
+        // table asked for, whose defaults would reach another daemon.
         #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
         struct Sections {
             #[serde(default)]
             api: ApiConfig,
             #[serde(default)]
             journal: JournalConfig,
+            policy_dir: Option<serde::de::IgnoredAny>,
+            runtime: Option<serde::de::IgnoredAny>,
+            watch: Option<serde::de::IgnoredAny>,
+            clock: Option<serde::de::IgnoredAny>,
+            sources: Option<serde::de::IgnoredAny>,
+            simulations: Option<serde::de::IgnoredAny>,
+            scalers: Option<serde::de::IgnoredAny>,
+            leader_election: Option<serde::de::IgnoredAny>,
+            notifications: Option<serde::de::IgnoredAny>,
         }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -428,6 +434,7 @@ impl Config {
         let Sections {
             mut api,
             mut journal,
+            ..
         } = toml::from_str::<Sections>(&text)
             .map_err(|err| ConfigError::Parse(shape_problem(&Document::new(path, &text), &err)))?;
         resolve_operator_paths(&mut api, &mut journal, &base_dir(path));

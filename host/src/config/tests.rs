@@ -178,6 +178,20 @@ fn the_operator_sections_are_read_past_a_mistake_elsewhere_only() {
             .is_err_and(|e| e.to_string().contains("apii")),
         "{misspelt:?}"
     );
+    // Misspelt after another mistake, or written inline: the same.
+    let late = load(format!(
+        "{}\n[apii]\nlisten = \"127.0.0.1:9500\"\n",
+        with_api("", &typo)
+    ));
+    assert!(late.is_err_and(|e| e.to_string().contains("apii")));
+    let inline = load(with_api("apii = { listen = \"127.0.0.1:9500\" }", &typo));
+    assert!(inline.is_err_and(|e| e.to_string().contains("apii")));
+    // Every top-level table of a full config is known to the fallback.
+    let example = include_str!("../../../docs/config.example.toml");
+    let example = example.replacen("[[scalers]]", "[[scalers]]\nintervall = \"1s\"", 1);
+    std::fs::write(&path, example).unwrap();
+    let (_, _, problem) = Config::load_operator_sections(&path).unwrap();
+    assert!(problem.unwrap().contains("intervall"));
     let bad_listen = load(with_api("[api]\nlisten = \"localhost:9500\"", &typo));
     assert!(
         bad_listen
