@@ -1174,37 +1174,25 @@ impl Daemon {
         // What will be kept of it once applied; its fingerprints also tell
         // the changed scalers.
         let next = Arc::new(Applied::of(&config));
-        let changed_scalers: Vec<usize> = config
-            .scalers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                let name = s.get_ref().name.get_ref().as_str();
-                running
-                    .scalers
-                    .get(name)
-                    .is_some_and(|before| before.fingerprint != next.scalers[name].fingerprint)
-            })
-            .map(|(i, _)| i)
-            .collect();
+        // Indices into config.scalers, ascending: running ones the file
+        // changed, and those with the new ones too.
+        let (mut changed_scalers, mut new_or_changed) = (Vec::new(), Vec::new());
+        for (i, scaler) in config.scalers.iter().enumerate() {
+            let name = scaler.get_ref().name.get_ref().as_str();
+            match running.scalers.get(name) {
+                Some(before) if before.fingerprint == next.scalers[name].fingerprint => {}
+                Some(_) => {
+                    changed_scalers.push(i);
+                    new_or_changed.push(i);
+                }
+                None => new_or_changed.push(i),
+            }
+        }
         self.try_new_parameters(&config, &changed_scalers).await?;
         // The new and changed scalers' policies once on an idle target, as
         // at start: a new scaler, or a policy no real context could judge,
         // is otherwise first tried by its ticks. Warnings, said once the
         // reload applies.
-        let new_or_changed: Vec<usize> = config
-            .scalers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                let name = s.get_ref().name.get_ref().as_str();
-                running
-                    .scalers
-                    .get(name)
-                    .is_none_or(|before| before.fingerprint != next.scalers[name].fingerprint)
-            })
-            .map(|(i, _)| i)
-            .collect();
         let trials = trial::idle_trials(&config, &self.registry.snapshot(), Some(&new_or_changed));
         let now_ms = self.clock.now_ms();
         let found = tokio::task::spawn_blocking(move || trial::run_trials(trials, now_ms))
