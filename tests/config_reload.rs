@@ -1001,53 +1001,14 @@ async fn a_reload_keeps_an_unchanged_source_shared() {
     let prometheus = RecordingServer::start(Canned::prometheus_sample(now_s, 5.0))
         .await
         .unwrap();
-    let text = |b_max: u32| {
+    let url = prometheus.url();
+    let b = |b_max: u32| {
         format!(
-            r#"policy_dir = "policies"
-
-[watch]
-debounce = "50ms"
-mode = "poll"
-poll_interval = "100ms"
-
-[journal]
-path = "journal.db"
-
-[sources.prom]
-kind = "prometheus"
-url = "{url}"
-
-[simulations.web]
-capacity_per_replica = 100.0
-initial_replicas = 3
-load = {{ base = 200.0 }}
-
-[simulations.api]
-capacity_per_replica = 100.0
-initial_replicas = 3
-load = {{ base = 200.0 }}
-
-[[scalers]]
-name = "a"
-interval = "1s"
-min = 1
-max = 10
-target = {{ kind = "simulator", service = "web" }}
-metrics.load = {{ source = "prom", query = "sum(load)" }}
-policies = [{{ module = "counter" }}]
-
-[[scalers]]
-name = "b"
-interval = "1s"
-min = 1
-max = {b_max}
-target = {{ kind = "simulator", service = "api" }}
-metrics.load = {{ source = "prom", query = "sum(load)" }}
-policies = [{{ module = "counter" }}]
-"#,
-            url = prometheus.url()
+            "\n{}",
+            scaler_on("b", "api", "prom").replace("max = 10", &format!("max = {b_max}"))
         )
     };
+    let text = |b_max: u32| prometheus_config(&url, "prom", &b(b_max));
     // Requests for the scalers' query per second over `seconds`.
     let rate = |seconds: u64| {
         let prometheus = &prometheus;
@@ -1091,39 +1052,8 @@ async fn a_renamed_source_leaves_the_metrics() {
     let prometheus = RecordingServer::start(Canned::prometheus_sample(now_s, 5.0))
         .await
         .unwrap();
-    let text = |source: &str| {
-        format!(
-            r#"policy_dir = "policies"
-
-[watch]
-debounce = "50ms"
-mode = "poll"
-poll_interval = "100ms"
-
-[journal]
-path = "journal.db"
-
-[sources.{source}]
-kind = "prometheus"
-url = "{url}"
-
-[simulations.web]
-capacity_per_replica = 100.0
-initial_replicas = 3
-load = {{ base = 200.0 }}
-
-[[scalers]]
-name = "a"
-interval = "1s"
-min = 1
-max = 10
-target = {{ kind = "simulator", service = "web" }}
-metrics.load = {{ source = "{source}", query = "sum(load)" }}
-policies = [{{ module = "counter" }}]
-"#,
-            url = prometheus.url()
-        )
-    };
+    let url = prometheus.url();
+    let text = |source: &str| prometheus_config(&url, source, "");
     let mut d = counter_daemon(&text("prom")).start().await.unwrap();
     d.next_decision(5 * SECOND, |r| r.scaler == "a")
         .await
@@ -1224,4 +1154,54 @@ load = {{ base = 200.0 }}
         .unwrap_or_else(|| panic!("{log}"));
     assert!(warning.contains("scalers[1]"), "{warning}");
     assert!(warning.contains("Europe/Berlinn"), "{warning}");
+}
+
+/// A config whose scaler `a` (on the simulated `web`) reads `sum(load)`
+/// from the Prometheus source `source` at `url`; `more` is appended (a
+/// second scaler, on the simulated `api`).
+fn prometheus_config(url: &str, source: &str, more: &str) -> String {
+    format!(
+        r#"policy_dir = "policies"
+
+[watch]
+debounce = "50ms"
+mode = "poll"
+poll_interval = "100ms"
+
+[journal]
+path = "journal.db"
+
+[sources.{source}]
+kind = "prometheus"
+url = "{url}"
+
+[simulations.web]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+
+[simulations.api]
+capacity_per_replica = 100.0
+initial_replicas = 3
+load = {{ base = 200.0 }}
+
+{}{more}"#,
+        scaler_on("a", "web", source)
+    )
+}
+
+/// A scaler `name` of the simulated `service` with the counter module,
+/// reading `sum(load)` from `source`.
+fn scaler_on(name: &str, service: &str, source: &str) -> String {
+    format!(
+        r#"[[scalers]]
+name = "{name}"
+interval = "1s"
+min = 1
+max = 10
+target = {{ kind = "simulator", service = "{service}" }}
+metrics.load = {{ source = "{source}", query = "sum(load)" }}
+policies = [{{ module = "counter" }}]
+"#
+    )
 }
