@@ -126,6 +126,13 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
         ),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "  journal   {}, records kept 7days\n",
+            dir.path().join("journal.db").display()
+        )),
+        "{out}"
+    );
     assert!(!err.contains("warning"), "{err}");
     // Nothing written: no journal, no compiled-code cache.
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -140,6 +147,55 @@ fn a_config_that_runs_passes_and_says_what_it_runs() {
         .unwrap()
         .block_on(Daemon::build(config, Clock::starting_at(0, 1.0)));
     assert!(started.is_ok(), "{:?}", started.err());
+    // The journal it writes to passes a check, the daemon running.
+    let (code, _, err) = cli(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A journal the daemon could not open is refused by the check, at
+/// `[journal] path`, as the daemon refuses it at start: a folder that is
+/// a file, a file that is not a journal.
+#[test]
+fn a_journal_the_daemon_cannot_open_is_refused() {
+    let modules = both_policies();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("notes.txt"),
+        "not a database, not a folder\n",
+    )
+    .unwrap();
+    let at = |file: &str| dir.path().join(file).display().to_string();
+    for (journal, problem) in [
+        (
+            "notes.txt/journal.db",
+            format!(
+                "cannot write in the folder of the journal {}: Not a directory",
+                at("notes.txt/journal.db")
+            ),
+        ),
+        (
+            "notes.txt",
+            format!(
+                "the journal {} is corrupt or not a SQLite database",
+                at("notes.txt")
+            ),
+        ),
+    ] {
+        let text = config_text(modules.path(), "")
+            .replace(r#"path = "journal.db""#, &format!("path = {journal:?}"));
+        let path = write(dir.path(), &text);
+        let (code, out, err) = cli(&["check", "--config", &path]);
+        assert_eq!(code, 1, "{journal}: {out}");
+        assert!(
+            err.contains(&format!("{path}: [journal] path: {problem}")),
+            "{journal}: {err}"
+        );
+        // Changed nothing.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+            "not a database, not a folder\n"
+        );
+    }
 }
 
 /// A parameter only its policy can judge (a time zone that does not

@@ -296,6 +296,16 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+    /// The journal's folder does not take new files (the lock file,
+    /// SQLite's write-ahead log).
+    #[error("cannot write in the folder of the journal {path}: {source}")]
+    Folder {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
     /// Another process (another daemon) writes to this journal.
     #[error(
         "the journal {path} is in use by another Scalewise daemon{}: two daemons writing one \
@@ -426,6 +436,7 @@ impl JournalError {
         match self {
             JournalError::Open { .. }
             | JournalError::CreateDir { .. }
+            | JournalError::Folder { .. }
             | JournalError::Lock { .. }
             | JournalError::Spawn(_) => "open",
             JournalError::InUse { .. } => "in_use",
@@ -543,6 +554,30 @@ impl Journal {
                 commits,
             }),
         })
+    }
+
+    /// Whether a daemon could open the journal at `path` (what `check
+    /// --config` asks), changing nothing: the file, when there, is a
+    /// journal this version reads; the folder takes new files (the lock,
+    /// SQLite's write-ahead log), or the nearest folder there does (the
+    /// daemon creates the rest). A daemon already writing to it is not a
+    /// problem here.
+    pub fn check_openable(path: &Path) -> Result<(), JournalError> {
+        let mut folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        while let Some(f) = folder.filter(|f| !f.exists()) {
+            folder = f.parent().filter(|p| !p.as_os_str().is_empty());
+        }
+        // An unnamed file where the OS can (O_TMPFILE): nothing is left.
+        tempfile::tempfile_in(folder.unwrap_or(Path::new("."))).map_err(|source| {
+            JournalError::Folder {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        if path.exists() {
+            Journal::open_read_only(path)?;
+        }
+        Ok(())
     }
 
     /// Opens an existing journal for reading only (the CLI's export and

@@ -111,6 +111,11 @@ pub fn check_config(
             )?;
         }
     }
+    // The daemon's journal (a tick's daemon writes a scratch one).
+    if let Err(e) = crate::journal::Journal::check_openable(&config.journal.path) {
+        problems += 1;
+        writeln!(err, "{}: [journal] path: {e}", path.display())?;
+    }
     if let Err(e) = Simulation::from_config(&config.simulations, config.origin().dir(), 0) {
         problems += 1;
         writeln!(err, "{}: simulations: {e}", path.display())?;
@@ -431,6 +436,12 @@ fn summary(
         out,
         "  api       {scheme}://{}; {writes}; {reads}",
         config.api.listen
+    )?;
+    writeln!(
+        out,
+        "  journal   {}, records kept {}",
+        config.journal.path.display(),
+        humantime::format_duration(config.journal.retention)
     )?;
     for (name, source) in &config.sources {
         match source.get_ref() {

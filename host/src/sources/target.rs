@@ -96,7 +96,9 @@ impl TargetHistory {
         );
     }
 
-    /// Adds a past observation (from the journal, when a scaler restarts).
+    /// Adds a past observation, as the journal's are at a restart (see
+    /// [`TargetHistory::restore_older`]).
+    #[cfg(test)]
     pub fn restore(&self, time_ms: i64, replicas: u32, ready: u32, facts: BTreeMap<String, f64>) {
         self.push(Observation {
             time_ms,
@@ -134,12 +136,7 @@ impl TargetHistory {
             }
         }
         merged.append(&mut kept);
-        if let Some(newest) = merged.back().map(|o| o.time_ms) {
-            let cutoff = newest.saturating_sub(self.keep_ms);
-            while merged.front().is_some_and(|o| o.time_ms < cutoff) {
-                merged.pop_front();
-            }
-        }
+        self.trim(&mut merged);
         *kept = merged;
     }
 
@@ -178,8 +175,16 @@ impl TargetHistory {
         {
             return;
         }
-        let cutoff = observation.time_ms.saturating_sub(self.keep_ms);
         kept.push_back(observation);
+        self.trim(kept);
+    }
+
+    /// Drops what is older than the history's length before its newest.
+    fn trim(&self, kept: &mut VecDeque<Observation>) {
+        let Some(newest) = kept.back().map(|o| o.time_ms) else {
+            return;
+        };
+        let cutoff = newest.saturating_sub(self.keep_ms);
         while kept.front().is_some_and(|o| o.time_ms < cutoff) {
             kept.pop_front();
         }
