@@ -723,6 +723,47 @@ async fn a_desired_capacity_changed_since_the_tick_read_it_is_not_acted_on() {
     assert_eq!(group.instances().len(), 8);
 }
 
+/// Someone lowers the desired capacity under instances Scalewise protects
+/// (a scheduled action, an operator): they keep running, and the scaler
+/// works from them. From the lowered count a rise back towards them (to
+/// `min`, or a threshold's step) would have looked like a scale-out, passed
+/// the envelope as one, and been made by draining and terminating
+/// instances.
+#[tokio::test]
+async fn a_desired_capacity_lowered_under_protected_instances_counts_what_runs() {
+    let moto = moto().await;
+    moto.create_group("lowered", 4).await.unwrap();
+    let asg = actuator(moto, settings("lowered")).await;
+    asg.scale(T0, 4, 5).await.unwrap();
+    moto.client()
+        .set_desired_capacity()
+        .auto_scaling_group_name("lowered")
+        .desired_capacity(2)
+        .send()
+        .await
+        .unwrap();
+    let group = moto.group("lowered").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(2));
+    assert_eq!(group.instances().len(), 5, "protected: none terminated");
+
+    let seen = asg.observe(T0 + SECOND).await.unwrap();
+    assert_eq!((seen.current, seen.ready), (5, 5));
+    // A decision taken on the count before is refused as before.
+    let err = asg.scale(T0 + SECOND, 2, 4).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("changed since this tick read it (2 → 5)"),
+        "{err}"
+    );
+    // One taken from what runs goes the way it says: 5 → 4 removes one.
+    asg.scale(T0 + SECOND, 5, 4).await.unwrap();
+    let seen = asg.observe(T0 + 2 * SECOND).await.unwrap();
+    assert_eq!(seen.current, 4);
+    assert_eq!(moto.instance_ids("lowered").await.unwrap().len(), 4);
+    let group = moto.group("lowered").await.unwrap();
+    assert_eq!(group.desired_capacity(), Some(4));
+}
+
 /// A scale-in below the group's MinSize is refused before anything is
 /// drained (AWS would refuse the last termination, again every tick).
 #[tokio::test]

@@ -849,7 +849,7 @@ impl AwsAsgActuator {
             }
         }
         Ok(Observed {
-            current: desired_of(&group),
+            current: current_of(&group),
             ready: ready_of(&group),
             in_flight,
             facts: facts_of(&group),
@@ -906,6 +906,16 @@ where
 
 fn desired_of(group: &AutoScalingGroup) -> u32 {
     group.desired_capacity().unwrap_or(0).max(0) as u32
+}
+
+/// The replica count the scaler works from: the desired capacity, or the
+/// instances that run when more do. Someone lowering the desired capacity
+/// under protected instances (a scheduled action, an operator) leaves them
+/// running; judged from the lowered count, a rise back towards them (or
+/// `min`) would look like a scale-out, pass the envelope as one, and be
+/// made by removing instances (see [`plan`]).
+fn current_of(group: &AutoScalingGroup) -> u32 {
+    desired_of(group).max(live_count(group))
 }
 
 /// Whether `instance` counts towards the desired capacity and may be a
@@ -1194,7 +1204,7 @@ impl Actuator for AwsAsgActuator {
         let group = self.describe().await?;
         counts_instances(&group)?;
         Ok(Observed {
-            current: desired_of(&group),
+            current: current_of(&group),
             ready: ready_of(&group),
             in_flight: draining.as_ref().map(Self::in_flight),
             facts: facts_of(&group),
@@ -1417,14 +1427,15 @@ impl Actuator for AwsAsgActuator {
         counts_instances(&group)?;
         let name = &self.settings.group;
         let now = desired_of(&group);
-        if now != current {
+        if current_of(&group) != current {
             // A scheduled action, an operator or another tool changed it
             // since the tick read it: the decision was taken on a count that
             // is gone (a scale-out from 4 to 5 must not become a scale-in
             // from 10 to 5).
             return Err(ActuatorError::Failed(format!(
                 "the desired capacity of Auto Scaling group {name:?} changed since this tick \
-                 read it ({current} → {now}); the next tick decides again from what it reads"
+                 read it ({current} → {}); the next tick decides again from what it reads",
+                current_of(&group)
             )));
         }
         within_group_bounds(&group, desired)?;
