@@ -764,6 +764,50 @@ async fn a_desired_capacity_lowered_under_protected_instances_counts_what_runs()
     assert_eq!(group.desired_capacity(), Some(4));
 }
 
+/// A tick whose replica loses the lease while it runs (a drain webhook
+/// can take seconds) takes no further step: victims drained but not yet
+/// terminated stay, for the replica that leads now to decide on.
+#[tokio::test]
+async fn a_scale_in_takes_no_step_once_the_lease_is_lost() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let moto = moto().await;
+    moto.create_group("lease-lost", 4).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+            ..settings("lease-lost")
+        },
+    )
+    .await;
+    let all = moto.instance_ids("lease-lost").await.unwrap();
+    let Actuation::Started { .. } = asg.scale(T0, 4, 2).await.unwrap() else {
+        panic!("a drained scale-in takes several ticks")
+    };
+    assert_eq!(drainer.instance_ids().len(), 2);
+    drainer.answer(StatusCode::OK);
+    // Lost before the tick's first step: nothing more is asked.
+    let seen = asg
+        .observe_while(T0 + 15 * SECOND, &|| false)
+        .await
+        .unwrap();
+    assert!(seen.in_flight.is_some());
+    assert_eq!(drainer.calls().len(), 2);
+    assert_eq!(moto.instance_ids("lease-lost").await.unwrap(), all);
+    // Lost after the first victim's two steps (its drain answered, its
+    // termination): the second is left as it is.
+    let asked = AtomicUsize::new(0);
+    let leads = || asked.fetch_add(1, Ordering::SeqCst) < 2;
+    let seen = asg.observe_while(T0 + 30 * SECOND, &leads).await.unwrap();
+    assert!(seen.in_flight.is_some(), "{seen:?}");
+    assert_eq!(moto.instance_ids("lease-lost").await.unwrap().len(), 3);
+    // Leading again, the change finishes.
+    let seen = asg.observe(T0 + 45 * SECOND).await.unwrap();
+    assert!(seen.in_flight.is_none(), "{seen:?}");
+    assert_eq!(moto.instance_ids("lease-lost").await.unwrap().len(), 2);
+}
+
 /// A scale-in below the group's MinSize is refused before anything is
 /// drained (AWS would refuse the last termination, again every tick).
 #[tokio::test]

@@ -248,6 +248,44 @@ async fn a_scale_in_that_stops_one_victim_of_two_carries_on() {
 
 /// A paused scaler observes without advancing: no shard moves, no worker
 /// stops, until it acts again.
+/// A tick whose replica loses the lease while it runs takes no further
+/// step (another replica may lead now): lost before the tick's first
+/// step, no worker is stopped; lost after its first, one of the two.
+/// Leading again, the change finishes.
+#[tokio::test]
+async fn a_rebalance_takes_no_step_once_the_lease_is_lost() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    actuator.scale(T0, 4, 2).await.unwrap();
+    for step in 1..20 {
+        let seen = actuator
+            .observe_while(T0 + step * SECOND, &|| false)
+            .await
+            .unwrap();
+        assert!(seen.in_flight.is_some());
+    }
+    assert!(coordinator.with(|w| w.stopped.is_empty()));
+    assert_eq!(coordinator.with(|w| w.workers.len()), 4);
+    // The lease lost after each tick's first step, until a worker stops.
+    let mut step = 20;
+    while coordinator.with(|w| w.stopped.is_empty()) {
+        step += 1;
+        assert!(step < 200, "no worker was ever stopped");
+        let asked = AtomicUsize::new(0);
+        let first_step_only = || asked.fetch_add(1, Ordering::SeqCst) == 0;
+        let seen = actuator
+            .observe_while(T0 + step * SECOND, &first_step_only)
+            .await
+            .unwrap();
+        assert!(seen.in_flight.is_some(), "{seen:?}");
+    }
+    assert_eq!(coordinator.with(|w| w.stopped.clone()), ["w-4"]);
+    let (_, after) = settle(&actuator, T0 + (step + 1) * SECOND).await;
+    assert_eq!(after.current, 2);
+    no_violations(&coordinator);
+}
+
 #[tokio::test]
 async fn observing_only_leaves_a_rebalance_where_it_is() {
     let coordinator = ShardCoordinator::start(World::new(8, 4)).await;

@@ -145,6 +145,14 @@ impl ActuatorError {
     }
 }
 
+/// Whether the tick may still change the target: its replica still leads,
+/// in the term the tick began in. An actuator that takes a change several
+/// steps asks before each step that changes something (a drain, a
+/// termination, a shard move, a worker stopped), so that a tick whose
+/// replica lost the lease while it ran stops where it is: another replica
+/// may be acting on the target already.
+pub type MayAct<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
 /// Something whose replica count Scalewise controls.
 #[async_trait]
 pub trait Actuator: Send + Sync + fmt::Debug {
@@ -165,6 +173,21 @@ pub trait Actuator: Send + Sync + fmt::Debug {
     /// actuator whose changes complete at once.
     async fn observe_only(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
         self.observe(now_ms).await
+    }
+
+    /// [`observe`](Actuator::observe), each step of a change in flight
+    /// taken only while `may_act` says so (what a tick calls). By default
+    /// asked once, before.
+    async fn observe_while(
+        &self,
+        now_ms: i64,
+        may_act: MayAct<'_>,
+    ) -> Result<Observed, ActuatorError> {
+        if may_act() {
+            self.observe(now_ms).await
+        } else {
+            self.observe_only(now_ms).await
+        }
     }
 
     /// The host's clock moved `by_ms` ahead at once (it followed the wall
@@ -242,6 +265,20 @@ pub trait Actuator: Send + Sync + fmt::Debug {
         current: u32,
         desired: u32,
     ) -> Result<Actuation, ActuatorError>;
+
+    /// [`scale`](Actuator::scale), each step after the first taken only
+    /// while `may_act` says so (what a tick calls, having asked it just
+    /// before). By default the same as `scale`.
+    async fn scale_while(
+        &self,
+        now_ms: i64,
+        current: u32,
+        desired: u32,
+        may_act: MayAct<'_>,
+    ) -> Result<Actuation, ActuatorError> {
+        let _ = may_act;
+        self.scale(now_ms, current, desired).await
+    }
 
     /// Tells the target's own system what a change did, where it keeps
     /// such a record (a Kubernetes workload's events). Best effort, off the

@@ -461,6 +461,17 @@ impl Scaler {
         self.services.leadership.is_leading()
     }
 
+    /// Whether this replica still leads in the term this scaler's tick
+    /// runs in, and the scaler is not paused (a pause answered while the
+    /// tick reads its target), for an actuator to ask between the steps of
+    /// a change.
+    fn may_go_on(&self) -> impl Fn() -> bool + Send + Sync + use<> {
+        let leadership = self.services.leadership.clone();
+        let handle = Arc::clone(&self.handle);
+        let term = self.term;
+        move || leadership.is_leading() && leadership.term() == term && !handle.is_paused()
+    }
+
     /// Shows in the status that this replica follows: the replica figures
     /// of its last tick as leader are another replica's to report now (a
     /// frozen `scalewise_replicas_desired` of a former leader would sit
@@ -852,7 +863,7 @@ impl Scaler {
         let observed = if paused || self.spec.mode == Mode::DryRun {
             self.actuator.observe_only(now_ms).await
         } else {
-            self.actuator.observe(now_ms).await
+            self.actuator.observe_while(now_ms, &self.may_go_on()).await
         };
         self.services
             .telemetry
@@ -1245,7 +1256,10 @@ impl Scaler {
         let scaled = if acts {
             let asked = std::time::Instant::now();
             self.in_flight_unsure = true;
-            let scaled = self.actuator.scale(now_ms, current, desired).await;
+            let scaled = self
+                .actuator
+                .scale_while(now_ms, current, desired, &self.may_go_on())
+                .await;
             telemetry.target_called(self.actuator.kind(), "scale", asked.elapsed());
             scaled
         } else if !leads {

@@ -77,7 +77,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::clients::{Lazy, SharedClient, TargetClients, aws_client};
-use super::{Actuation, Actuator, ActuatorError, Checkpoint, InFlight, Observed};
+use super::{Actuation, Actuator, ActuatorError, Checkpoint, InFlight, MayAct, Observed};
 use crate::config::AwsAsgTarget;
 use crate::outbound::AuthedClient;
 
@@ -338,9 +338,15 @@ impl AwsAsgActuator {
     }
 
     /// Takes each victim of `scale_in` one step further: drain, then lift
-    /// its protection and terminate it. Errors are kept in the victim's note
-    /// and retried next tick.
-    async fn advance(&self, now_ms: i64, scale_in: &mut ScaleIn, group: &AutoScalingGroup) {
+    /// its protection and terminate it, each while `may_act`. Errors are
+    /// kept in the victim's note and retried next tick.
+    async fn advance(
+        &self,
+        now_ms: i64,
+        scale_in: &mut ScaleIn,
+        group: &AutoScalingGroup,
+        may_act: MayAct<'_>,
+    ) {
         let present: BTreeMap<&str, &Instance> = group
             .instances()
             .iter()
@@ -392,6 +398,11 @@ impl AwsAsgActuator {
                     continue;
                 }
             }
+            // The lease lost during this tick (a drain webhook can take
+            // seconds): another replica may be acting on the group.
+            if !may_act() {
+                return;
+            }
             if !victim.drained {
                 self.drain_step(victim).await;
             }
@@ -409,6 +420,9 @@ impl AwsAsgActuator {
                     instance = %victim.id,
                     "The drain did not finish in time; terminating the instance anyway."
                 );
+            }
+            if !may_act() {
+                return;
             }
             match self.terminate(instance, &mut victim.termination_sent).await {
                 Ok(()) => {
@@ -824,7 +838,11 @@ impl AwsAsgActuator {
 
     /// [`Actuator::observe`] but the undrains: the group, with the scale-in
     /// in flight taken a step further.
-    async fn observe_and_advance(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+    async fn observe_and_advance(
+        &self,
+        now_ms: i64,
+        may_act: MayAct<'_>,
+    ) -> Result<Observed, ActuatorError> {
         let mut draining = self.draining.lock().await;
         if let Some(scale_in) = draining.as_mut() {
             scale_in.boot_corrected(now_ms);
@@ -839,7 +857,7 @@ impl AwsAsgActuator {
             *draining = None;
         }
         if let Some(scale_in) = draining.as_mut() {
-            self.advance(now_ms, scale_in, &group).await;
+            self.advance(now_ms, scale_in, &group, may_act).await;
             if scale_in.victims.iter().all(|v| v.terminated) {
                 *draining = None;
                 // What the terminations changed.
@@ -1189,8 +1207,17 @@ impl Actuator for AwsAsgActuator {
     }
 
     async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
-        let observed = self.observe_and_advance(now_ms).await;
+        self.observe_while(now_ms, &|| true).await
+    }
+
+    async fn observe_while(
+        &self,
+        now_ms: i64,
+        may_act: MayAct<'_>,
+    ) -> Result<Observed, ActuatorError> {
+        let observed = self.observe_and_advance(now_ms, may_act).await;
         // Whether the group could be read or not: the webhook is elsewhere.
+        // (Undrains only put back what a drain took: sent whoever leads.)
         self.deliver_undrains(now_ms).await;
         observed
     }
@@ -1373,7 +1400,7 @@ impl Actuator for AwsAsgActuator {
         // Given up at this read of the group: victims still in it are
         // protected again; they and the victims given up earlier are
         // offered to the undrain webhook, once.
-        let read = self.observe_and_advance(now_ms).await;
+        let read = self.observe_and_advance(now_ms, &|| false).await;
         self.deliver_undrains(now_ms).await;
         let mut said = match (&detail, read) {
             (Some(detail), Ok(_)) => {
@@ -1415,6 +1442,16 @@ impl Actuator for AwsAsgActuator {
         now_ms: i64,
         current: u32,
         desired: u32,
+    ) -> Result<Actuation, ActuatorError> {
+        self.scale_while(now_ms, current, desired, &|| true).await
+    }
+
+    async fn scale_while(
+        &self,
+        now_ms: i64,
+        current: u32,
+        desired: u32,
+        may_act: MayAct<'_>,
     ) -> Result<Actuation, ActuatorError> {
         let mut draining = self.draining.lock().await;
         if let Some(scale_in) = draining.as_ref() {
@@ -1495,7 +1532,7 @@ impl Actuator for AwsAsgActuator {
         {
             checkpoint.save(saved).await;
         }
-        self.advance(now_ms, &mut scale_in, &group).await;
+        self.advance(now_ms, &mut scale_in, &group, may_act).await;
         let ids: Vec<&str> = scale_in.victims.iter().map(|v| v.id.as_str()).collect();
         if scale_in.victims.iter().all(|v| v.terminated) {
             // Done at once (no drain): those given up or left alone are

@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Actuation, Actuator, ActuatorError, InFlight, Observed};
+use super::{Actuation, Actuator, ActuatorError, InFlight, MayAct, Observed};
 use crate::config::RebalanceTarget;
 use crate::outbound::AuthedClient;
 
@@ -236,7 +236,12 @@ impl RebalanceActuator {
     }
 
     /// Advances `change` by one step against `cluster`; true when it is done.
-    async fn advance(&self, change: &mut Change, cluster: &Cluster) -> Result<bool, ActuatorError> {
+    async fn advance(
+        &self,
+        change: &mut Change,
+        cluster: &Cluster,
+        may_act: MayAct<'_>,
+    ) -> Result<bool, ActuatorError> {
         let ready: BTreeSet<&str> = cluster
             .workers
             .iter()
@@ -275,13 +280,20 @@ impl RebalanceActuator {
                 plan
             }
         };
+        // Each step only while this tick's replica leads (another may be
+        // acting on the cluster once the lease is lost).
         if !owns_as_planned(cluster, &plan, &change.victims) {
-            // Idempotent: a coordinator that restarted learns it again.
-            self.assign(&plan).await?;
+            if may_act() {
+                // Idempotent: a coordinator that restarted learns it again.
+                self.assign(&plan).await?;
+            }
             return Ok(false);
         }
         let mut stopped = 0;
         for victim in &change.victims {
+            if !may_act() {
+                return Ok(false);
+            }
             if cluster.workers.iter().any(|w| &w.id == victim) {
                 match self.stop_worker(victim).await {
                     Ok(()) => stopped += 1,
@@ -454,6 +466,14 @@ impl Actuator for RebalanceActuator {
     }
 
     async fn observe(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+        self.observe_while(now_ms, &|| true).await
+    }
+
+    async fn observe_while(
+        &self,
+        now_ms: i64,
+        may_act: MayAct<'_>,
+    ) -> Result<Observed, ActuatorError> {
         let mut guard = self.change.lock().await;
         let mut cluster = self.cluster().await?;
         let timeout = self.settings.timeout.as_millis() as i64;
@@ -491,7 +511,7 @@ impl Actuator for RebalanceActuator {
             });
         }
         if let Some(change) = guard.as_mut()
-            && self.advance(change, &cluster).await?
+            && self.advance(change, &cluster, may_act).await?
         {
             *guard = None;
             cluster = self.cluster().await?;
@@ -551,8 +571,18 @@ impl Actuator for RebalanceActuator {
     async fn scale(
         &self,
         now_ms: i64,
+        current: u32,
+        desired: u32,
+    ) -> Result<Actuation, ActuatorError> {
+        self.scale_while(now_ms, current, desired, &|| true).await
+    }
+
+    async fn scale_while(
+        &self,
+        now_ms: i64,
         _current: u32,
         desired: u32,
+        may_act: MayAct<'_>,
     ) -> Result<Actuation, ActuatorError> {
         let mut guard = self.change.lock().await;
         let cluster = self.cluster().await?;
@@ -573,7 +603,12 @@ impl Actuator for RebalanceActuator {
         };
         let started = if desired_n > current {
             let mut failure = None;
-            for _ in current..desired_n {
+            for n in current..desired_n {
+                // The first was asked for just before the call.
+                if n > current && !may_act() {
+                    failure = Some(ActuatorError::Failed("this replica no longer leads".into()));
+                    break;
+                }
                 match self.start_worker().await {
                     Ok(id) => change.starting.push(id),
                     Err(e) => {
@@ -623,7 +658,7 @@ impl Actuator for RebalanceActuator {
                 detail: format!("already {current} workers"),
             });
         };
-        if self.advance(&mut change, &cluster).await? {
+        if self.advance(&mut change, &cluster, may_act).await? {
             return Ok(Actuation::Done { detail: started });
         }
         *guard = Some(change);
