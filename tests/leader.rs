@@ -100,6 +100,39 @@ async fn a_lease_left_unrenewed_is_taken_over_after_its_duration() {
     );
 }
 
+/// Two processes under one identity (set in a config the replicas share;
+/// a pod back under its name while its old self still runs) are two
+/// replicas: the second follows, as it would a replica of another name,
+/// rather than renew the first's Lease as its own and lead beside it. Its
+/// release leaves the leader's Lease alone.
+#[tokio::test]
+async fn a_second_process_under_the_same_identity_follows() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut first, first_leads) = elector(&kube, "scalewise-0");
+    let (mut twin, twin_leads) = elector(&kube, "scalewise-0");
+    assert_eq!(first.try_once().await, Outcome::Leading);
+    for _ in 0..5 {
+        assert_eq!(
+            twin.try_once().await,
+            Outcome::Following("scalewise-0".into())
+        );
+        assert_eq!(
+            first.try_once().await,
+            Outcome::Leading,
+            "the leader renews"
+        );
+    }
+    assert!(first_leads.is_leading() && !twin_leads.is_leading());
+    twin.release().await;
+    assert_eq!(holder(&kube).as_deref(), Some("scalewise-0"));
+    assert_eq!(first.try_once().await, Outcome::Leading);
+    // Left unrenewed, the Lease is the twin's after its duration.
+    drop(first);
+    twin.try_once().await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(twin.try_once().await, Outcome::Leading);
+}
+
 #[tokio::test]
 async fn a_released_lease_is_taken_at_the_next_try() {
     let kube = FakeKube::start().await.unwrap();

@@ -277,6 +277,11 @@ impl Leadership {
     }
 }
 
+/// When `lease` says it was last renewed.
+fn renew_time(lease: &Lease) -> Option<Timestamp> {
+    lease.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
+}
+
 /// This replica's default name in the Lease: `POD_NAME` (set from the
 /// downward API), else the host's name, with the process id.
 pub fn default_identity() -> String {
@@ -356,6 +361,13 @@ pub struct Elector {
     /// The last try took the Lease from another holder (or created it, or
     /// took it released), rather than renewing it.
     acquired: bool,
+    /// The `renewTime` of this process's last write of the Lease, as the
+    /// server keeps it: a Lease held under this replica's identity is
+    /// this process's only with it (another process under the same name
+    /// -- an identity set in a config the replicas share, a pod back
+    /// under its name while its old self still runs -- is another
+    /// replica; so is this process's earlier run).
+    written: Option<Timestamp>,
 }
 
 /// One try's result, or a conflict with a write of this replica's own (a
@@ -404,6 +416,7 @@ impl Elector {
             pauses: None,
             followed: None,
             acquired: false,
+            written: None,
         }
     }
 
@@ -574,7 +587,8 @@ impl Elector {
             };
             return Try::Done(
                 match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => {
+                    Ok(created) => {
+                        self.written = renew_time(&created);
                         self.acquired = true;
                         Outcome::Leading
                     }
@@ -598,7 +612,16 @@ impl Elector {
                 at: now,
             });
         }
-        let mine = holder.as_deref() == Some(self.identity.as_str());
+        let named_mine = holder.as_deref() == Some(self.identity.as_str());
+        let mine = named_mine && self.written.is_some() && renewed == self.written;
+        if named_mine && !mine && changed && self.written.is_some() {
+            tracing::warn!(
+                identity = %self.identity,
+                "Another process renewed the Lease under this replica's identity: two replicas \
+                 under one name would both lead; this one follows until the Lease goes \
+                 unrenewed. Give each replica its own [leader_election] identity."
+            );
+        }
         let duration = spec
             .lease_duration_seconds
             .map_or(self.settings.lease_duration, |s| {
@@ -624,7 +647,8 @@ impl Elector {
                 .replace(&name, &PostParams::default(), &lease)
                 .await
             {
-                Ok(_) => {
+                Ok(replaced) => {
+                    self.written = renew_time(&replaced);
                     self.acquired = !mine;
                     Outcome::Leading
                 }
@@ -648,7 +672,9 @@ impl Elector {
             return;
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str())
+            || spec.renew_time.as_ref().map(|t| t.0) != self.written
+        {
             return;
         }
         spec.holder_identity = None;
