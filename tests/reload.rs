@@ -759,6 +759,68 @@ async fn a_deleted_module_holds_its_scalers_until_it_comes_back() {
     d.stop().await.unwrap();
 }
 
+/// A version the running daemon refused for not fitting the config, the
+/// version before it gone: a restart does not turn that contained problem
+/// into a daemon that does not start. The version is refused as the
+/// running daemon refused it (its scalers hold). Without a journal saying
+/// the scalers ran another version, the same folder and config are a
+/// config that does not fit its module, refused at start as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_only_a_version_the_config_does_not_fit_starts_and_holds() {
+    let text = config_text(4.0, 50, "native", "params = { scale_to = 0 }\n");
+    let mut d = counter_daemon(&text).start().await.unwrap();
+    let v1 = digest_of(artifacts::COUNTER);
+    d.next_decision(5 * SECOND, |r| decided_by(r, &v1).is_some())
+        .await
+        .unwrap();
+    replace_counter(&d, artifacts::FAULTS);
+    let registry = d.registry().clone();
+    wait_until_async(30 * SECOND, "the refusal", || {
+        registry.snapshot().failures.contains_key("counter")
+    })
+    .await;
+    d.stop().await.unwrap();
+
+    let load = || scalewise::config::Config::load(&d.config_path()).unwrap();
+    let restarted = scalewise::daemon::Daemon::build(load(), scalewise::clock::Clock::system())
+        .await
+        .expect("the daemon starts");
+    let snapshot = restarted.registry().snapshot();
+    assert!(!snapshot.modules.contains_key("counter"));
+    let failure = &snapshot.failures["counter"];
+    assert_eq!(failure.kind, "incompatible_with_config");
+    for part in [
+        "the version its scalers last ran is no longer in the folder",
+        "unknown parameter \"scale_to\"; counter accepts: mode",
+    ] {
+        assert!(failure.error.contains(part), "{part:?}: {}", failure.error);
+    }
+    drop(restarted);
+
+    for file in std::fs::read_dir(d.dir()).unwrap() {
+        let path = file.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("journal.db")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let Err(refused) =
+        scalewise::daemon::Daemon::build(load(), scalewise::clock::Clock::system()).await
+    else {
+        panic!("a config that does not fit its module is refused");
+    };
+    assert!(
+        refused
+            .to_string()
+            .contains("unknown parameter \"scale_to\"; counter accepts: mode"),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_does_not_fit_the_config_is_refused_until_the_config_changes() {
     // The config gives the counter a parameter that `faults` does not take.

@@ -330,6 +330,31 @@ impl Daemon {
                 .map_err(|e| DaemonError::Setup(e.to_string()))?
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let registry = Arc::new(registry);
+        let journal = Journal::open_with(
+            &config.journal.path,
+            JournalOptions {
+                clock,
+                commit_delay: config.journal.commit_delay,
+                durability,
+                ..JournalOptions::new(config.journal.retention)
+            },
+        )
+        // The config's field, so the operator knows what to change (a
+        // backtest's journal is its --journal, or a scratch file).
+        .map_err(|e| {
+            DaemonError::Setup(match durability {
+                Durability::Full => {
+                    format!("{}: [journal] path: {e}", config.origin().path().display())
+                }
+                Durability::Normal => format!("the simulation's journal: {e}"),
+            })
+        })?;
+        // A version that replaced, while the daemon was down, the one the
+        // scalers last ran, and that the config does not fit: refused as a
+        // running daemon refuses it (its scalers hold), not the whole start.
+        for (module, why) in replaced_unfit(&config, &registry, &journal).await? {
+            registry.refuse_loaded(&module, why);
+        }
         let trials = {
             let snapshot = registry.snapshot();
             telemetry.modules_loaded.set(snapshot.modules.len() as i64);
@@ -352,25 +377,6 @@ impl Daemon {
             tracing::warn!(%warning, "A policy failed its first trial; starting all the same.");
         }
 
-        let journal = Journal::open_with(
-            &config.journal.path,
-            JournalOptions {
-                clock,
-                commit_delay: config.journal.commit_delay,
-                durability,
-                ..JournalOptions::new(config.journal.retention)
-            },
-        )
-        // The config's field, so the operator knows what to change (a
-        // backtest's journal is its --journal, or a scratch file).
-        .map_err(|e| {
-            DaemonError::Setup(match durability {
-                Durability::Full => {
-                    format!("{}: [journal] path: {e}", config.origin().path().display())
-                }
-                Durability::Normal => format!("the simulation's journal: {e}"),
-            })
-        })?;
         let simulation =
             Simulation::from_config(&config.simulations, config.origin().dir(), clock.now_ms())
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -2574,6 +2580,63 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
 /// be one ([`Config::defaults_needed`]) or `also` asks, and logged when two
 /// targets could be one but the default cannot be found (the check then
 /// cannot tell).
+/// The loaded modules the config does not fit whose version is not the
+/// one their scalers last ran (by the journal), each with what does not
+/// fit: a version dropped in while the daemon was down (or refused while it
+/// ran, the version before it gone since). A module that does not fit as
+/// the scalers ran it is the config's problem, refused at start.
+async fn replaced_unfit(
+    config: &Config,
+    registry: &Registry,
+    journal: &Journal,
+) -> Result<Vec<(String, String)>, DaemonError> {
+    let snapshot = registry.snapshot();
+    let mut found = Vec::new();
+    for (module, problems) in config.modules_not_fitting(&*snapshot) {
+        let Some(loaded) = snapshot.modules.get(&module) else {
+            continue;
+        };
+        let mut replaced = false;
+        for scaler in &config.scalers {
+            let scaler = scaler.get_ref();
+            if !scaler
+                .policies
+                .iter()
+                .any(|p| *p.get_ref().module.get_ref() == module)
+            {
+                continue;
+            }
+            // The newest tick that asked this module (ticks that could not
+            // read the target ask none).
+            let mut recent = journal
+                .query(crate::journal::Query::scaler(
+                    scaler.name.get_ref().clone(),
+                    100,
+                ))
+                .await
+                .map_err(|e| DaemonError::Setup(format!("reading the journal: {e}")))?;
+            recent.sort_by_key(|r| std::cmp::Reverse(r.id));
+            let last_ran = recent
+                .iter()
+                .flat_map(|r| &r.evaluations)
+                .find(|e| e.module == module);
+            replaced |= last_ran
+                .and_then(|e| e.digest.as_deref())
+                .is_some_and(|digest| digest != loaded.digest());
+        }
+        if replaced {
+            found.push((
+                module,
+                format!(
+                    "this version does not fit the config, and the version its scalers last ran \
+                     is no longer in the folder: {problems}"
+                ),
+            ));
+        }
+    }
+    Ok(found)
+}
+
 async fn target_defaults(
     config: &Config,
     also: DefaultsNeeded,

@@ -552,6 +552,36 @@ impl Registry {
         self.reload_files(changed, removed, false)
     }
 
+    /// Takes the loaded module `name` out of service as a version the
+    /// config does not fit ([`INCOMPATIBLE_WITH_CONFIG`], saying `error`):
+    /// what a start does with a version that replaced, while the daemon
+    /// was down, the one its scalers ran. Its scalers hold; a config
+    /// reload it fits ([`Registry::recheck_refused`]) or a new file loads
+    /// it.
+    pub fn refuse_loaded(&self, name: &str, error: String) {
+        let _files = self.lock_files();
+        let _swap = self.lock_swaps();
+        let current = self.current.load_full();
+        let mut next = (*current).clone();
+        let Some(module) = next.modules.remove(name) else {
+            return;
+        };
+        let failure = LoadFailure {
+            path: self.dir.join(format!("{name}.wasm")),
+            kind: INCOMPATIBLE_WITH_CONFIG,
+            error,
+            at_ms: wall_clock_ms(),
+            digest: Some(module.digest().to_owned()),
+            refused_info: Some(Box::new(module.info().clone())),
+        };
+        warn_refused(name, None, &failure);
+        next.failures.insert(name.to_owned(), failure);
+        next.generation = current.generation + 1;
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        self.generation.send_replace(generation);
+    }
+
     /// Tries again the versions the [`Gate`] refused: after the config
     /// they did not fit has changed they may fit now (a version refused
     /// for a parameter the config gave loads once a reload drops it),

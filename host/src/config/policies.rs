@@ -87,6 +87,46 @@ impl Config {
         into_result(problems)
     }
 
+    /// The loaded modules some policy does not fit (an unknown parameter,
+    /// a wrong type, one missing), each with the problems as
+    /// [`Config::check_policies`] would say them.
+    pub fn modules_not_fitting(
+        &self,
+        catalog: &dyn PolicyCatalog,
+    ) -> BTreeMap<String, ConfigError> {
+        let text = OnceCell::new();
+        let doc = Document::of(&self.origin, &text);
+        let mut by_module: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+        for (i, scaler) in self.scalers.iter().enumerate() {
+            let metrics = metric_names(scaler.get_ref());
+            for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
+                let module = policy.get_ref().module.get_ref();
+                if catalog.describe(module).is_none() {
+                    continue;
+                }
+                let mut problems = Vec::new();
+                check_policy(
+                    &doc,
+                    catalog,
+                    &metrics,
+                    policy.get_ref(),
+                    (i, p),
+                    &mut problems,
+                );
+                if !problems.is_empty() {
+                    by_module
+                        .entry(module.clone())
+                        .or_default()
+                        .extend(problems);
+                }
+            }
+        }
+        by_module
+            .into_iter()
+            .filter_map(|(module, problems)| Some((module, into_result(problems).err()?)))
+            .collect()
+    }
+
     /// The policies whose module's file is in the folder but did not load
     /// ([`PolicyCatalog::failure`]), each a problem at its `module` value
     /// quoting why. [`Config::check_policies`] lets these through (the
