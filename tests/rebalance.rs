@@ -286,6 +286,27 @@ async fn a_rebalance_takes_no_step_once_the_lease_is_lost() {
     no_violations(&coordinator);
 }
 
+/// The time a change is held (a pause, dry-run) does not count towards
+/// its timeout: resumed after longer than the timeout, it carries on
+/// rather than be given up at once.
+#[tokio::test]
+async fn a_held_rebalance_does_not_time_out_while_it_is_held() {
+    let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
+    let actuator = actuator(&coordinator, Duration::from_secs(60));
+    actuator.scale(T0, 4, 2).await.unwrap();
+    for minute in 1..=5 {
+        let seen = actuator
+            .observe_only(T0 + minute * 60 * SECOND)
+            .await
+            .unwrap();
+        assert!(seen.in_flight.is_some());
+    }
+    let (_, after) = settle(&actuator, T0 + 5 * 60 * SECOND).await;
+    assert_eq!(after.current, 2, "carried on, not given up");
+    assert_eq!(coordinator.with(|w| w.stopped.len()), 2);
+    no_violations(&coordinator);
+}
+
 #[tokio::test]
 async fn observing_only_leaves_a_rebalance_where_it_is() {
     let coordinator = ShardCoordinator::start(World::new(8, 4)).await;

@@ -120,6 +120,10 @@ struct Change {
     victims: Vec<String>,
     /// The assignment being moved to, once the new workers are ready.
     plan: Option<Assignment>,
+    /// Since when the change has been held where it is (a pause, dry-run:
+    /// [`Actuator::observe_only`]); that time does not count towards its
+    /// timeout.
+    held_ms: Option<i64>,
 }
 
 /// The actuator of one scaler's sharded workers.
@@ -475,6 +479,11 @@ impl Actuator for RebalanceActuator {
         may_act: MayAct<'_>,
     ) -> Result<Observed, ActuatorError> {
         let mut guard = self.change.lock().await;
+        if let Some(change) = guard.as_mut()
+            && let Some(held) = change.held_ms.take()
+        {
+            change.since_ms += (now_ms - held).max(0);
+        }
         let mut cluster = self.cluster().await?;
         let timeout = self.settings.timeout.as_millis() as i64;
         // Given up before another step, so that a step failing at every tick
@@ -508,6 +517,7 @@ impl Actuator for RebalanceActuator {
                 starting: Vec::new(),
                 victims: Vec::new(),
                 plan: Some(plan),
+                held_ms: None,
             });
         }
         if let Some(change) = guard.as_mut()
@@ -519,8 +529,11 @@ impl Actuator for RebalanceActuator {
         Ok(observed(&cluster, guard.as_ref()))
     }
 
-    async fn observe_only(&self, _now_ms: i64) -> Result<Observed, ActuatorError> {
-        let guard = self.change.lock().await;
+    async fn observe_only(&self, now_ms: i64) -> Result<Observed, ActuatorError> {
+        let mut guard = self.change.lock().await;
+        if let Some(change) = guard.as_mut() {
+            change.held_ms.get_or_insert(now_ms);
+        }
         let cluster = self.cluster().await?;
         Ok(observed(&cluster, guard.as_ref()))
     }
@@ -539,6 +552,9 @@ impl Actuator for RebalanceActuator {
     async fn clock_jumped(&self, by_ms: i64) {
         if let Some(change) = self.change.lock().await.as_mut() {
             change.since_ms += by_ms;
+            if let Some(held) = &mut change.held_ms {
+                *held += by_ms;
+            }
         }
         let _ = self
             .gave_up_ms
@@ -600,6 +616,7 @@ impl Actuator for RebalanceActuator {
             starting: Vec::new(),
             victims: Vec::new(),
             plan: None,
+            held_ms: None,
         };
         let started = if desired_n > current {
             let mut failure = None;
