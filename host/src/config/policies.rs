@@ -464,6 +464,9 @@ fn check_kind(kind: ParameterKind, value: &Toml, metrics: &[&str]) -> Result<(),
                 format!("{text:?} is not a duration ({err}); write e.g. \"30s\" or \"5m\"")
             })
         }
+        (ParameterKind::Integer, Toml::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => Err(
+            format!("expected an integer, got the number {f:?}; write it as {f:.0}"),
+        ),
         (ParameterKind::Metric, Toml::String(name)) => {
             if metrics.contains(&name.as_str()) {
                 Ok(())
@@ -487,7 +490,7 @@ fn describe(value: &Toml) -> String {
     match value {
         Toml::String(s) => format!("text {s:?}"),
         Toml::Integer(i) => format!("the integer {i}"),
-        Toml::Float(f) => format!("the number {f}"),
+        Toml::Float(f) => format!("the number {f:?}"),
         Toml::Boolean(b) => format!("{b}"),
         Toml::Datetime(d) => format!("the date-time {d}"),
         Toml::Array(_) => "an array".to_owned(),

@@ -1861,6 +1861,13 @@ fn policies_are_checked_against_what_modules_declare() {
             message: "step_up: expected an integer, got the number 1.5",
         },
         Case {
+            name: "integer given a whole float",
+            policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, step_up = 2.0 }",
+            needle: "2.0",
+            path: P,
+            message: "step_up: expected an integer, got the number 2.0; write it as 2",
+        },
+        Case {
             name: "boolean given text",
             policy: "module = \"threshold\"\nparams = { metric = \"cpu\", upper = 1, lower = 0, enabled = \"yes\" }",
             needle: "\"yes\"",
