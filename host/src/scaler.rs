@@ -247,6 +247,10 @@ pub struct Scaler {
     /// The leadership term this scaler last ticked in (see
     /// [`Leadership::term`](crate::leader::Leadership::term)).
     term: u64,
+    /// When this replica took the Lease back after leading before in this
+    /// run (another may have acted in between): a rebuild of the envelope
+    /// from the journal reads nothing older.
+    retaken_ms: Option<i64>,
     /// The failure last told to the webhooks: the same failure again (an
     /// actuator refusing at every tick) is told once, until a change goes
     /// through or the failure changes, as the target's own Events are.
@@ -371,6 +375,7 @@ impl Scaler {
             policy_states,
             ticks: 0,
             term: 0,
+            retaken_ms: None,
             told_failure: None,
             failing_metrics: 0,
             in_flight_saved: None,
@@ -626,6 +631,13 @@ impl Scaler {
                 .map(|&(_, by)| by)
                 .sum::<i64>();
         }
+        if let Some(retaken) = self.retaken_ms {
+            // What this replica did before another led is forgotten (see
+            // `EnvelopeState::forget_and_reseed`); the term's first tick
+            // seeded the history.
+            recovery.ticks.retain(|tick| tick.time_ms >= retaken);
+            recovery.begins_history = true;
+        }
         let mut rebuilt = self.envelope_from(&recovery.ticks, recovery.begins_history, now_ms);
         rebuilt.carry_seed_from(&self.envelope);
         self.envelope = rebuilt;
@@ -847,8 +859,13 @@ impl Scaler {
             // (the actuator checks the target was left as it was saved);
             // one this replica started in an earlier term is not.
             let restored = self.term == 0 && std::mem::take(&mut self.in_flight_restored);
+            if self.term == 0 {
+                self.envelope.reseed();
+            } else {
+                self.envelope.forget_and_reseed();
+                self.retaken_ms = Some(now_ms);
+            }
             self.term = term;
-            self.envelope.reseed();
             if !restored {
                 self.actuator.forget_in_flight().await;
             }

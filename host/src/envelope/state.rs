@@ -144,6 +144,19 @@ impl EnvelopeState {
         self.reseeding = true;
     }
 
+    /// [`reseed`](Self::reseed), forgetting the recommendations and scale
+    /// events kept so far: for a replica that takes the Lease back after
+    /// another led. Its own changes from when it last led, without the
+    /// other's since, would misstate the count a rate-limit period began
+    /// at (a "2 pods per 10m" letting 12 go to 6: the other's 14 → 12
+    /// missing from 10 → 14). As a new HPA controller, it measures from
+    /// the count it finds.
+    pub fn forget_and_reseed(&mut self) {
+        self.recommendations.clear();
+        self.events.clear();
+        self.reseed();
+    }
+
     /// Takes over whether `running` (the state this one replaces while the
     /// scaler runs on: a rebuild from the journal after a reload) has
     /// begun its history and owes a seed: a scaler that never stopped

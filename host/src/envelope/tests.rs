@@ -2050,6 +2050,30 @@ fn a_new_leader_does_not_scale_down_within_its_first_window() {
 }
 
 #[test]
+fn a_leader_taking_the_lease_back_measures_rate_limits_from_what_it_finds() {
+    // This replica scaled 10 -> 14, another took the Lease and scaled
+    // 14 -> 12, and this one takes it back at 12. "2 pods per 10m" down:
+    // its own 10 -> 14 alone would say the period began at 8 (12 - 4) and
+    // allow 12 -> 6; knowing nothing of what happened since it last led,
+    // it measures from the 12 it finds, as a new HPA controller does.
+    let limited = behavior(None, Some(rules(2, 600, 0, 0, 60)));
+    let mut state = EnvelopeState::restore([(0, 14)], []);
+    state.record_scale(NOW, 10, 14);
+    let mut stale = state.clone();
+    state.forget_and_reseed();
+    assert!(state.events().is_empty());
+    let seeded = apply(&mut state, &input_at(120_000, 12, 1, 20, Some(1), &limited));
+    assert_eq!(seeded.desired, 12, "held for the window: {seeded:?}");
+    let after = apply(&mut state, &input_at(195_000, 12, 1, 20, Some(1), &limited));
+    assert_eq!(after.desired, 10, "{after:?}");
+    // Re-seeded only, the stale event misstates the period's start.
+    stale.reseed();
+    apply(&mut stale, &input_at(120_000, 12, 1, 20, Some(1), &limited));
+    let wrong = apply(&mut stale, &input_at(195_000, 12, 1, 20, Some(1), &limited));
+    assert_eq!(wrong.desired, 6, "{wrong:?}");
+}
+
+#[test]
 fn a_metric_that_drops_out_now_and_then_does_not_block_scale_in_for_good() {
     // 10 replicas, policies wanting 4 every 15 s, and one metric failing
     // every fourth minute. Were a blocked tick remembered as "stay at 10",
