@@ -443,7 +443,8 @@ static bool sw_max_over(const sw_metric *m, int64_t now_ms, int64_t duration_ms,
  * duration's start: the sample before it (the value in effect when the
  * duration began) satisfies the condition too and is no further from the
  * next one than the duration (or the gap before it); with no sample before
- * it, the first lies within one sample interval of the start. A series
+ * it, the first lies within one sample interval (told by three samples at
+ * least) of the start. A series
  * that began a minute ago has not been quiet "for five minutes". 0: the
  * newest sample. The same rule as the Rust SDK's. */
 static bool sw_held_for(const sw_metric *m, int64_t now_ms, int64_t duration_ms, double threshold, bool above) {
@@ -463,7 +464,8 @@ static bool sw_held_for(const sw_metric *m, int64_t now_ms, int64_t duration_ms,
     int64_t d = i > a ? m->timestamps_ms.ptr[i] - m->timestamps_ms.ptr[i - 1] : 0;
     if (d > 0 && (interval == 0 || d < interval)) interval = d;
   }
-  if (interval == 0) interval = 1;
+  /* Two samples tell no step (at -60 s and 0 they would cover 2 minutes). */
+  if (b - a < 3 || interval == 0) interval = 1;
   int64_t start = now_ms - duration_ms, first = m->timestamps_ms.ptr[a];
   if (first <= start) return true;
   if (a == 0) return first <= start + interval;

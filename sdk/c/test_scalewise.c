@@ -42,6 +42,14 @@ static sw_metric series(const double *values, size_t n, int64_t shift_ms) {
                      .error = {.is_some = false}};
 }
 
+/* A metric of `n` samples at the given times. */
+static sw_metric at(int64_t *ts, const double *values, size_t n) {
+  return (sw_metric){.name = sw_string("m"),
+                     .timestamps_ms = {ts, n},
+                     .values = {(double *)values, n},
+                     .error = {.is_some = false}};
+}
+
 static void durations(void) {
   int64_t ms = -1;
   CHECK(sw_parse_duration_ms("30s", &ms) && ms == 30000);
@@ -136,9 +144,16 @@ static void held(void) {
   CHECK(!sw_held_for(&m, T0, 60000, 70, false));
   CHECK(!sw_held_for(&m, T0, 60000, 85, true)); /* 80 and 85 are not above */
   CHECK(sw_held_for(&m, T0, 0, 98, true));      /* 0: the newest sample */
-  /* Two samples (15 s) are not five minutes. */
+  /* Two samples (15 s) are not five minutes; nor are two a minute apart
+     two minutes (two samples tell no step), where three are. */
   sw_metric short_series = series(high, 2, 0);
   CHECK(!sw_held_for(&short_series, T0, 300000, 70, true));
+  int64_t two_ts[] = {T0 - 60000, T0};
+  sw_metric two = at(two_ts, high, 2);
+  CHECK(!sw_held_for(&two, T0, 120000, 70, true));
+  int64_t three_ts[] = {T0 - 120000, T0 - 60000, T0};
+  sw_metric three = at(three_ts, high, 3);
+  CHECK(sw_held_for(&three, T0, 120000, 70, true));
   /* The sample before the window, in effect at its start, counts: */
   const double dipped[] = {50, 80, 85, 90, 95};
   sw_metric d = series(dipped, 5, 0);

@@ -232,7 +232,7 @@ export function belowFor(m, threshold, nowMs, durationMs) {
  * start (the sample before it, the value in effect when the duration began,
  * satisfies it too and is no further from the next one than the duration
  * or the gap before it; with no sample before it, the first lies within one
- * sample interval of the start). A series that began a minute ago is not
+ * sample interval, told by three samples at least, of the start). A series that began a minute ago is not
  * "above for five minutes". A duration of 0: the newest sample alone. The
  * same rule as the Rust SDK's. */
 export function heldFor(m, nowMs, durationMs, holds) {
@@ -246,8 +246,9 @@ export function heldFor(m, nowMs, durationMs, holds) {
   if (!inside.length || !inside.every(([, v]) => holds(v))) return false;
   // The step (shortest spacing), not the widest gap: a gap must not stand
   // for a stretch missing at the start.
+  // Two samples tell no step (at -60 s and 0 they would cover 2 minutes).
   let interval = 0;
-  for (let i = 1; i < inside.length; i++) {
+  for (let i = 1; inside.length >= 3 && i < inside.length; i++) {
     const d = inside[i][0] - inside[i - 1][0];
     if (d > 0 && (interval === 0 || d < interval)) interval = d;
   }

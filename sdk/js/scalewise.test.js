@@ -94,7 +94,10 @@ test('aboveFor needs the samples to reach back', () => {
   assert.equal(sdk.aboveFor(m, 80, T0, 60000), true);
   assert.equal(sdk.aboveFor(m, 80, T0, 300000), false, 'a minute is not five');
   assert.equal(sdk.aboveFor(series([90, 70, 90]), 80, T0, 60000), false);
-  assert.equal(sdk.aboveFor(series([90, 90], 50000), 80, T0, 60000), true);
+  // The first sample stands for one step (told by three samples) before
+  // it; two samples tell no step: 50 s is not 60.
+  assert.equal(sdk.aboveFor(series([90, 90, 90], 25000), 80, T0, 60000), true);
+  assert.equal(sdk.aboveFor(series([90, 90], 50000), 80, T0, 60000), false);
   assert.equal(sdk.belowFor(m, 80, T0, 0), false);
   // The Rust SDK's rule: the value in effect at the start must hold...
   const at = (pts) => ({ timestampsMs: pts.map(([t]) => T0 + BigInt(t)), values: pts.map(([, v]) => v) });

@@ -130,8 +130,10 @@ class Metrics(unittest.TestCase):
         self.assertTrue(scalewise.above_for(m, 80, T0, 60_000))
         self.assertFalse(scalewise.above_for(m, 80, T0, 5 * 60_000), "a minute is not five")
         self.assertFalse(scalewise.above_for(series([90, 70, 90]), 80, T0, 60_000))
-        # The sample before the window counts as the value at its start.
-        self.assertTrue(scalewise.above_for(series([90, 90], step_ms=50_000), 80, T0, 60_000))
+        # The first sample stands for one step (told by three samples) before it...
+        self.assertTrue(scalewise.above_for(series([90, 90, 90], step_ms=25_000), 80, T0, 60_000))
+        # ...and two samples tell no step: 50 s is not 60.
+        self.assertFalse(scalewise.above_for(series([90, 90], step_ms=50_000), 80, T0, 60_000))
         self.assertFalse(scalewise.below_for(m, 80, T0, 0))
         self.assertTrue(scalewise.above_for(m, 80, T0, 0))
 

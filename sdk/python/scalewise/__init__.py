@@ -282,7 +282,8 @@ def held_for(m, now_ms, duration_ms, holds):
     reach back to its start: the sample before it (the value in effect when
     the duration began) satisfies it too and is no further from the next
     one than the duration (or the gap before it); or, with no sample before
-    it, the first lies within one sample interval of the start. A series
+    it, the first lies within one sample interval (told by three samples at
+    least) of the start. A series
     that began a minute ago is not "above for five minutes". A duration of
     0: the newest sample alone. The same rule as the Rust SDK's.
     """
@@ -297,7 +298,10 @@ def held_for(m, now_ms, duration_ms, holds):
         return False
     # The step (shortest spacing), not the widest gap: a gap must not stand
     # for a stretch missing at the start.
-    interval = min((b[0] - a[0] for a, b in zip(inside, inside[1:]) if b[0] > a[0]), default=0)
+    # Two samples tell no step (at -60 s and 0 they would cover 2 minutes).
+    interval = 0
+    if len(inside) >= 3:
+        interval = min((b[0] - a[0] for a, b in zip(inside, inside[1:]) if b[0] > a[0]), default=0)
     first = inside[0][0]
     if first <= start:
         return True

@@ -270,7 +270,8 @@ impl Metric {
     /// often than the duration); or, with no sample before it (the series
     /// or the window read begins inside it), the first one lies within one
     /// sample interval (the shortest spacing of the duration's samples: the
-    /// series' step) of its start. A duration of 0 or less: the newest
+    /// series' step, told by three samples at least; two alone could be any
+    /// distance apart, and are allowed no slack) of its start. A duration of 0 or less: the newest
     /// sample decides alone.
     pub fn held_for(&self, now_ms: i64, duration_ms: i64, holds: impl Fn(f64) -> bool) -> Held {
         let newest = self.points().rev().find(|p| p.timestamp_ms <= now_ms);
@@ -293,15 +294,19 @@ impl Metric {
             return Held::No;
         }
         // The step, not the widest gap: one gap (points dropped as NaN, say)
-        // as long as the stretch missing at the start excused it. (Two
-        // samples alone are taken a step apart.)
-        let interval = w
-            .timestamps_ms
-            .windows(2)
-            .map(|t| t[1] - t[0])
-            .filter(|&d| d > 0)
-            .min()
-            .unwrap_or(0);
+        // as long as the stretch missing at the start excused it. Two
+        // samples tell no step: at -60 s and 0 they would have covered a
+        // two-minute duration.
+        let interval = if w.timestamps_ms.len() < 3 {
+            0
+        } else {
+            w.timestamps_ms
+                .windows(2)
+                .map(|t| t[1] - t[0])
+                .filter(|&d| d > 0)
+                .min()
+                .unwrap_or(0)
+        };
         let start = now_ms.saturating_sub(duration_ms);
         if first.timestamp_ms <= start {
             return Held::Yes;
@@ -617,6 +622,15 @@ mod tests {
             .map(|i| (now - 300_000 + i * 15_000, 80.0))
             .collect();
         assert_eq!(series(&stepped).held_for(now, 300_000, above), Held::Yes);
+        // Two samples a minute apart are not two minutes, however they are
+        // spaced; three a minute apart, from -2m, are.
+        let two: Vec<_> = [(now - 60_000, 80.0), (now, 80.0)].into();
+        assert_eq!(
+            series(&two).held_for(now, 120_000, above),
+            Held::ShortSeries { reach_ms: 60_000 }
+        );
+        let three: Vec<_> = [-120_000, -60_000, 0].map(|t| (now + t, 80.0)).into();
+        assert_eq!(series(&three).held_for(now, 120_000, above), Held::Yes);
         // Began a minute ago.
         let short: Vec<_> = (0..5).map(|i| (now - 60_000 + i * 15_000, 80.0)).collect();
         assert_eq!(
