@@ -2,8 +2,10 @@
 // replicas each depth of a queue needs ("0:1, 100:2, 500:4, 2000:8": from
 // 500 queued messages on, run at least 4). Scale-out goes to the tier of the
 // newest depth at once; scale-in goes down to a lower tier only once the
-// depth has stayed below the threshold of the tier above it for `down_for`,
-// so a queue that drains in bursts does not flap.
+// depth has stayed below the threshold of the tier above it for `down_for`
+// (the lowest such tier from the newest depth's up: a queue at 400 for five
+// minutes that just fell to 50 goes to 400's tier), so a queue that drains
+// in bursts does not flap.
 //
 // | name | kind | default | meaning |
 // |---|---|---|---|
@@ -82,12 +84,17 @@ export function decide(ctx) {
     // More replicas than the top tier asks for: nothing to wait for.
     return sdk.scaleTo(wanted, `${at}, the top tier: ${current} → ${wanted}`);
   }
-  // Scale in only once the depth has stayed below the next tier up.
-  const above = tiers[tier + 1].depth;
+  // Scale in to the lowest tier whose next threshold up the depth has
+  // stayed below for down_for, from the newest depth's tier up.
   const since = spanText(p.down_for);
-  if (sdk.belowFor(m, above, ctx.nowMs, p.down_for)) {
-    return sdk.scaleTo(wanted, `${at}, below ${above} for ${since}: ${current} → ${wanted}`);
+  for (let t = tier; t + 1 < tiers.length && tiers[t].replicas < current; t++) {
+    const above = tiers[t + 1].depth;
+    if (!sdk.belowFor(m, above, ctx.nowMs, p.down_for)) continue;
+    const to = tiers[t].replicas;
+    const which = t === tier ? '' : ` (tier ${t + 1}, from ${tiers[t].depth}: ${to} replicas)`;
+    return sdk.scaleTo(to, `${at}, below ${above} for ${since}${which}: ${current} → ${to}`);
   }
+  const above = tiers[tier + 1].depth;
   return sdk.hold(`${at}, but not below ${above} for ${since} yet: hold at ${current}`);
 }
 

@@ -50,6 +50,11 @@ test('scales in only after down_for below the tier above', () => {
   // Never above 500 in the last minute, but not below 100 either: tier 2.
   assert.equal(desired(decide(ctx(4, [600, 300, 300, 300, 300, 300]))), 2);
   assert.equal(desired(decide(ctx(4, [50, 50, 50, 50, 50, 50], { down_for: '0s' }))), 1);
+  // At 400 for a minute, then 50: down to 400's tier, not held at 4 for
+  // the lower depth.
+  const fell = decide(ctx(4, [400, 400, 400, 400, 400, 50]));
+  assert.equal(desired(fell), 2, fell.reason);
+  assert.match(fell.reason, /below 500 for 1m \(tier 2, from 100: 2 replicas\): 4 → 2$/);
 });
 
 test('a depth the policy cannot read is an error', () => {
