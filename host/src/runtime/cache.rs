@@ -17,7 +17,6 @@
 use std::hash::{Hash as _, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
@@ -155,12 +154,7 @@ impl ModuleCache {
             path: path.clone(),
             source,
         };
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        write_private(&path, text.as_bytes()).map_err(io)
+        write_atomically(&self.refused, &path, text.as_bytes()).map_err(io)
     }
 
     /// Why the version `digest` was refused, when a refusal is remembered
@@ -240,30 +234,37 @@ impl ModuleCache {
     pub(super) fn put(&self, digest: &str, artifact: &[u8]) -> Result<(), CacheError> {
         let bytes = precompiled::encode(artifact);
         let path = self.path_for(digest);
-        let tmp = self.dir.join(format!(
-            ".{digest}.{}.{}.tmp",
-            std::process::id(),
-            next_tmp_id()
-        ));
-        let written = write_private(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(source) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(CacheError::Io { path, source });
-        }
+        write_atomically(&self.dir, &path, &bytes).map_err(|source| CacheError::Io {
+            path: path.clone(),
+            source,
+        })?;
         self.prune();
         Ok(())
     }
 
-    /// Keeps at most [`MAX_ENTRIES`] files, removing the least recently used.
+    /// Keeps at most [`MAX_ENTRIES`] files, removing the least recently
+    /// used, and removes temporary files an hour old (left by a process
+    /// killed while it wrote).
     fn prune(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut files: Vec<(SystemTime, PathBuf)> = entries
+        let dated = |e: &std::fs::DirEntry| Some((e.metadata().ok()?.modified().ok()?, e.path()));
+        let (mut files, temporary): (Vec<(SystemTime, PathBuf)>, Vec<_>) = entries
             .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
+            .filter(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == "cwasm" || x == "tmp")
+            })
+            .filter_map(|e| dated(&e))
+            .partition(|(_, path)| path.extension().is_some_and(|x| x == "cwasm"));
+        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        for (modified, path) in temporary {
+            if modified < hour_ago {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         if files.len() <= MAX_ENTRIES {
             return;
         }
@@ -294,11 +295,6 @@ fn engine_key(engine: &Engine) -> String {
     // The cache file layout is part of the key too.
     hasher.write(b"scalewise-cwasm1");
     hex::encode(&hasher.0.finalize()[..8])
-}
-
-fn next_tmp_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(unix)]
@@ -384,13 +380,20 @@ fn read_own(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     std::fs::read(path).map(Some)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = std::fs::File::options();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)
+/// Writes `bytes` to `path` through an owner-only temporary file of a
+/// random name in `dir` (beside it), renamed into place: readers never see
+/// half a file (nor an empty one, on a full disk), a link at `path` is
+/// replaced rather than followed, and two processes writing one name (two
+/// daemons sharing the cache, both pid 1 in their containers) never touch
+/// each other's temporary file.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Removes sibling engine folders (and stray temporary files in them) not
@@ -438,6 +441,33 @@ mod tests {
         assert_eq!(engine_key(&engine(false)), engine_key(&engine(false)));
         assert_ne!(engine_key(&engine(false)), engine_key(&engine(true)));
         assert_eq!(engine_key(&engine(false)).len(), 16);
+    }
+
+    /// A write goes through a temporary file of its own, removed once
+    /// renamed; one a killed process left is removed once an hour old
+    /// (a fresh one may be another daemon's, still writing).
+    #[test]
+    fn stray_temporary_files_are_removed_once_an_hour_old() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ModuleCache::open(&root.path().join("cache"), &engine(false)).unwrap();
+        let stray = |name: &str, age_s: u64| {
+            let path = cache.dir.join(name);
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_modified(SystemTime::now() - std::time::Duration::from_secs(age_s))
+                .unwrap();
+            path
+        };
+        let old = stray(".d0.1.0.tmp", 2 * 3600);
+        let fresh = stray(".d0.2.0.tmp", 60);
+        cache.put("d1", b"code").unwrap();
+        assert!(!old.exists());
+        assert!(fresh.exists());
+        let mut left: Vec<String> = std::fs::read_dir(&cache.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".d0.2.0.tmp".to_owned(), "d1.cwasm".to_owned()]);
     }
 
     /// A refusal is written in a private folder and read only from a file
