@@ -683,6 +683,81 @@ async fn a_refused_version_stays_refused_after_a_restart() {
             failure.error
         );
     }
+    drop(restarted);
+
+    // Under other limits (here what a decision may ask for) the refusal
+    // does not stand: the version may pass under them, and loads as one
+    // never tried.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    let text = text.replace("[runtime]\n", "[runtime]\nmax_replicas = 5000\n");
+    std::fs::write(d.config_path(), text).unwrap();
+    let config = scalewise::config::Config::load(&d.config_path()).unwrap();
+    let raised = scalewise::daemon::Daemon::build(config, scalewise::clock::Clock::system())
+        .await
+        .unwrap();
+    let snapshot = raised.registry().snapshot();
+    assert!(
+        snapshot.modules.contains_key("counter"),
+        "{:?}",
+        snapshot.failures.get("counter")
+    );
+}
+
+/// A remembered refusal deleted while the daemon runs, as its message
+/// says, is let go when the module's file is touched: the version loads
+/// (nothing to try it on), where before the same bytes were skipped until
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_deleted_while_running_lets_the_touched_file_load() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let v2 = digest_of(artifacts::COUNTER_V2);
+    let marker = Arc::new(Mutex::new(None));
+    let planted = marker.clone();
+    let mut d = RunningDaemon::with(&config_text(4.0, 50, "native", ""))
+        .policies(|dir| {
+            std::fs::copy(artifacts::COUNTER_V2, dir.join("counter.wasm")).unwrap();
+            let cache = dir.parent().unwrap().join("scalewise-cache");
+            let refused = cache.join("refused");
+            std::fs::create_dir_all(&refused).unwrap();
+            for folder in [&cache, &refused] {
+                std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700)).unwrap();
+            }
+            let path = refused.join(format!("{v2}.txt"));
+            std::fs::write(&path, "2026-12-01T00:00:00Z\nit failed then\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            *planted.lock().unwrap() = Some(path);
+        })
+        .config_reload()
+        .start()
+        .await
+        .unwrap();
+    let registry = d.registry().clone();
+    let failure = registry.snapshot().failures["counter"].clone();
+    assert_eq!(failure.kind, "fails_on_live_context");
+    assert!(
+        failure.error.contains("and touch the module's file"),
+        "{}",
+        failure.error
+    );
+    let marker = marker.lock().unwrap().take().unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let module = d.policy_dir().join("counter.wasm");
+    std::fs::File::options()
+        .write(true)
+        .open(&module)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    wait_until_async(30 * SECOND, "the touched version to load", || {
+        registry
+            .snapshot()
+            .modules
+            .get("counter")
+            .map(|m| m.digest().to_owned())
+            == Some(v2.clone())
+    })
+    .await;
+    d.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,8 +168,9 @@ fn forget_refusal(runtime: &Runtime, digest: &str) {
 /// remembered without one). Best effort: a write that fails is logged.
 fn remember_refusal(runtime: &Runtime, digest: &str, failure: &LoadFailure) {
     let text = format!(
-        "{}\n{}\n",
+        "{}\n{LIMITS}{}\n{}\n",
         crate::clock::format_ms(failure.at_ms),
+        limits_key(runtime.limits()),
         failure.error
     );
     if let Some(Err(error)) = runtime.remember_refusal(digest, &text) {
@@ -177,17 +178,56 @@ fn remember_refusal(runtime: &Runtime, digest: &str, failure: &LoadFailure) {
     }
 }
 
+/// How a remembered refusal's marker names the limits it was made under.
+const LIMITS: &str = "limits: ";
+
+/// The runtime limits a trial's lasting failure can depend on (memory,
+/// fuel, stack, and what a decision may say), as a refusal's marker keeps
+/// them.
+fn limits_key(limits: &crate::config::RuntimeLimits) -> String {
+    format!(
+        "max_memory={} fuel={} max_wasm_stack={} max_replicas={} max_state_bytes={} \
+         max_reason_bytes={}",
+        limits.max_memory.as_u64(),
+        limits.fuel,
+        limits.max_wasm_stack.as_u64(),
+        limits.max_replicas,
+        limits.max_state_bytes.as_u64(),
+        limits.max_reason_bytes
+    )
+}
+
 /// A refusal remembered for `digest` ([`remember_refusal`]), as the failure
 /// a restarted daemon reports for the version.
 fn remembered_refusal(runtime: &Runtime, path: &Path, digest: &str) -> Option<LoadFailure> {
     let (marker, text) = runtime.remembered_refusal(digest)?;
     let (when, why) = text.split_once('\n').unwrap_or((&text, ""));
+    // Refused under other limits (more memory, fuel or stack since, or a
+    // higher max_replicas): it may pass under these, and loads as a
+    // version never tried does. (A marker of an earlier release has no
+    // limits line, and stands.)
+    let why = match why.split_once('\n') {
+        Some((limits, why)) if limits.starts_with(LIMITS) => {
+            if limits[LIMITS.len()..] != limits_key(runtime.limits()) {
+                tracing::info!(
+                    digest,
+                    marker = %marker.display(),
+                    "A refusal remembered for this module version was under other runtime \
+                     limits; it is loaded as a version never tried."
+                );
+                return None;
+            }
+            why
+        }
+        _ => why,
+    };
     Some(LoadFailure {
         path: path.to_path_buf(),
         kind: FAILS_ON_LIVE_CONTEXT,
         error: format!(
             "refused at {when} by an earlier run of the daemon, and not loaded untried: {}; \
-             write another version (or delete {} to load this one anyway)",
+             write another version (or delete {} and touch the module's file to load this \
+             one anyway)",
             why.trim_end(),
             marker.display()
         ),
@@ -681,9 +721,15 @@ impl Registry {
                 }
                 continue;
             }
+            // A version the config did not fit waits for a config reload
+            // ([`Registry::recheck_refused`]); any other failure of these
+            // bytes is tried again when the file is written or touched: it
+            // may have been the host's (a compiler killed, a trial timed
+            // out) or a remembered refusal since deleted.
+            let failed = next.failures.get(name);
             if !retry_failed
-                && next.failures.get(name).and_then(|f| f.digest.as_deref())
-                    == Some(candidate.digest.as_str())
+                && failed.is_some_and(|f| f.kind == INCOMPATIBLE_WITH_CONFIG)
+                && failed.and_then(|f| f.digest.as_deref()) == Some(candidate.digest.as_str())
             {
                 stamps.insert(name.clone(), candidate.stamp);
                 continue;
