@@ -440,7 +440,29 @@ impl AwsAsgActuator {
                         victim.note.push_str("; terminated");
                     }
                 }
-                Err(Refusal::Final(e)) => self.give_up(now_ms, victim, &e.to_string()).await,
+                Err(Refusal::Final(e)) => {
+                    // The SDK resends a request whose answer was lost: a
+                    // resend refused as invalid can follow a first send AWS
+                    // carried out. The group says which (unreadable now:
+                    // the next tick looks again).
+                    match self
+                        .describe()
+                        .await
+                        .map(|g| terminating_in(&g, &victim.id))
+                    {
+                        Ok(true) => {
+                            victim.terminated = true;
+                            victim.note = "terminating".into();
+                            scale_in.group_desired =
+                                scale_in.group_desired.map(|d| d.saturating_sub(1));
+                        }
+                        Ok(false) => self.give_up(now_ms, victim, &e.to_string()).await,
+                        Err(read) => {
+                            victim.note =
+                                format!("termination refused ({e}); the group unread ({read})")
+                        }
+                    }
+                }
                 Err(Refusal::Retry(e))
                     if elapsed >= self.settings.drain_timeout.saturating_add(TERMINATE_GRACE) =>
                 {
@@ -735,20 +757,10 @@ impl AwsAsgActuator {
             let now = desired_of(group);
             // Victims terminated after the last save: each lowered the
             // desired capacity by one.
-            let terminating = |id: &str| {
-                group
-                    .instances()
-                    .iter()
-                    .find(|i| i.instance_id() == Some(id))
-                    .is_none_or(|i| {
-                        i.lifecycle_state()
-                            .is_some_and(|s| s.as_str().starts_with("Terminat"))
-                    })
-            };
             let unsaved = scale_in
                 .victims
                 .iter()
-                .filter(|v| !v.terminated && terminating(&v.id))
+                .filter(|v| !v.terminated && terminating_in(group, &v.id))
                 .count() as u32;
             match scale_in.group_desired {
                 Some(left) if now > left || now < left.saturating_sub(unsaved) => format!(
@@ -760,7 +772,7 @@ impl AwsAsgActuator {
                     // starts from it, and they are counted in it.
                     scale_in.group_desired = Some(now);
                     for victim in scale_in.victims.iter_mut() {
-                        if !victim.terminated && terminating(&victim.id) {
+                        if !victim.terminated && terminating_in(group, &victim.id) {
                             victim.termination_sent = false;
                         }
                     }
@@ -924,6 +936,19 @@ where
 
 fn desired_of(group: &AutoScalingGroup) -> u32 {
     group.desired_capacity().unwrap_or(0).max(0) as u32
+}
+
+/// Whether the instance `id` is no longer running in `group`: terminating,
+/// terminated, or gone from it.
+fn terminating_in(group: &AutoScalingGroup, id: &str) -> bool {
+    group
+        .instances()
+        .iter()
+        .find(|i| i.instance_id() == Some(id))
+        .is_none_or(|i| {
+            i.lifecycle_state()
+                .is_some_and(|s| s.as_str().starts_with("Terminat"))
+        })
 }
 
 /// The replica count the scaler works from: the desired capacity, or the
