@@ -764,6 +764,27 @@ async fn a_desired_capacity_lowered_under_protected_instances_counts_what_runs()
     assert_eq!(group.desired_capacity(), Some(4));
 }
 
+/// The drain webhook is asked about every victim at once: a slow drainer
+/// costs a tick its delay once, not once per victim.
+#[tokio::test]
+async fn the_victims_are_drained_at_once() {
+    let moto = moto().await;
+    moto.create_group("at-once", 5).await.unwrap();
+    let drainer = DrainWebhook::start(StatusCode::ACCEPTED).await.unwrap();
+    drainer.delay(300);
+    let asg = actuator(
+        moto,
+        AwsAsgTarget {
+            drain_webhook: Some(config::DrainWebhook::at(drainer.url().to_owned())),
+            ..settings("at-once")
+        },
+    )
+    .await;
+    asg.scale(T0, 5, 2).await.unwrap();
+    assert_eq!(drainer.instance_ids().len(), 3);
+    assert_eq!(drainer.most_at_once(), 3);
+}
+
 /// A tick whose replica loses the lease while it runs (a drain webhook
 /// can take seconds) takes no further step: victims drained but not yet
 /// terminated stay, for the replica that leads now to decide on.

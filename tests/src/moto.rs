@@ -227,6 +227,10 @@ pub fn client_for(url: &str, attempts: u32) -> Client {
 pub struct DrainWebhook {
     status: Arc<AtomicU16>,
     calls: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// How long each answer waits, in ms.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests being answered now, and the most there were at once.
+    in_flight: Arc<Mutex<(usize, usize)>>,
     url: String,
     secured: Option<Arc<crate::https::Secured>>,
 }
@@ -236,6 +240,8 @@ impl DrainWebhook {
         DrainWebhook {
             status: Arc::new(AtomicU16::new(status.as_u16())),
             calls: Arc::default(),
+            delay_ms: Arc::default(),
+            in_flight: Arc::default(),
             url,
             secured: None,
         }
@@ -276,7 +282,27 @@ impl DrainWebhook {
         Json(body): Json<serde_json::Value>,
     ) -> StatusCode {
         w.calls.lock().unwrap().push(body);
+        {
+            let mut at_once = w.in_flight.lock().unwrap();
+            at_once.0 += 1;
+            at_once.1 = at_once.1.max(at_once.0);
+        }
+        let delay = w.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        w.in_flight.lock().unwrap().0 -= 1;
         StatusCode::from_u16(w.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+    }
+
+    /// Waits `ms` before each answer from now on.
+    pub fn delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The most requests it was answering at once.
+    pub fn most_at_once(&self) -> usize {
+        self.in_flight.lock().unwrap().1
     }
 
     /// Its URL, for `drain_webhook`.

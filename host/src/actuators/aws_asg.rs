@@ -353,6 +353,17 @@ impl AwsAsgActuator {
             .filter_map(|i| Some((i.instance_id()?, i)))
             .collect();
         let elapsed = Duration::from_millis((now_ms - scale_in.since_ms).max(0) as u64);
+        // The drain webhook asked about every victim still running and not
+        // drained, all at once (one slow drainer times out once, not once
+        // per victim), while the lease holds (the webhook can take
+        // seconds: another replica may be acting on the group after).
+        if !may_act() {
+            return;
+        }
+        let to_drain = scale_in.victims.iter_mut().filter(|v| {
+            !v.terminated && !v.drained && present.get(v.id.as_str()).is_some_and(|i| runs(i))
+        });
+        futures::future::join_all(to_drain.map(|victim| self.drain_step(victim))).await;
         for victim in scale_in.victims.iter_mut().filter(|v| !v.terminated) {
             // A termination this scale-in sent that the API reported as
             // failed (a lost answer) lowered the desired capacity all the
@@ -397,14 +408,6 @@ impl AwsAsgActuator {
                     victim.note = format!("left service ({state}); left alone");
                     continue;
                 }
-            }
-            // The lease lost during this tick (a drain webhook can take
-            // seconds): another replica may be acting on the group.
-            if !may_act() {
-                return;
-            }
-            if !victim.drained {
-                self.drain_step(victim).await;
             }
             let timed_out = elapsed >= self.settings.drain_timeout;
             if elapsed < self.settings.drain_delay || !(victim.drained || timed_out) {
