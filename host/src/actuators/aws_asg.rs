@@ -1127,7 +1127,10 @@ fn plan(
              service{})",
             group.auto_scaling_group_name().unwrap_or_default(),
             if skip_protected {
-                " without scale-in protection"
+                " without scale-in protection; with protect_instances = false Scalewise picks \
+                 none that something protected, including the protection it set itself while \
+                 protect_instances was on: lift it (SetInstanceProtection, and the group's \
+                 NewInstancesProtectedFromScaleIn) or turn protect_instances back on"
             } else {
                 ""
             }
