@@ -1204,16 +1204,32 @@ fn victim_rank<'a>(
         .get(instance.availability_zone().unwrap_or(""))
         .copied()
         .unwrap_or(0);
-    let outdated = match (
-        group.launch_configuration_name(),
-        group.launch_template().and_then(|t| t.launch_template_id()),
-    ) {
+    // The group's launch template, or its mixed instances policy's.
+    let template = group.launch_template().or_else(|| {
+        group
+            .mixed_instances_policy()
+            .and_then(|m| m.launch_template())
+            .and_then(|t| t.launch_template_specification())
+    });
+    let outdated = match (group.launch_configuration_name(), template) {
         (Some(config), _) => instance.launch_configuration_name() != Some(config),
         (None, Some(template)) => {
-            instance
-                .launch_template()
-                .and_then(|t| t.launch_template_id())
-                != Some(template)
+            let own = instance.launch_template();
+            let other_template = match template.launch_template_id() {
+                Some(id) => own.and_then(|t| t.launch_template_id()) != Some(id),
+                None => {
+                    template.launch_template_name().is_some()
+                        && own.and_then(|t| t.launch_template_name())
+                            != template.launch_template_name()
+                }
+            };
+            // A version the group names by number ("$Latest" and
+            // "$Default" say which only to EC2).
+            let other_version = match (template.version(), own.and_then(|t| t.version())) {
+                (Some(wanted), Some(has)) => !wanted.starts_with('$') && wanted != has,
+                _ => false,
+            };
+            other_template || other_version
         }
         (None, None) => false,
     };
@@ -1820,5 +1836,41 @@ mod tests {
         g.launch_configuration_name = None;
         g.launch_template = Some(template("lt-new"));
         assert_eq!(ids(choose_victims(&g, 1, false)), ["i-1"]);
+    }
+
+    /// A new version of the same template (a new AMI rolled out) makes
+    /// the instances on an older one outdated, also when the template is
+    /// the mixed instances policy's; a symbolic version says nothing here.
+    #[test]
+    fn an_older_version_of_the_template_goes_first() {
+        let template = |version: &str| {
+            LaunchTemplateSpecification::builder()
+                .launch_template_id("lt-1")
+                .version(version)
+                .build()
+        };
+        let on = |id: &str, version: &str| {
+            let mut i = instance(id, "a", LifecycleState::InService, "Healthy");
+            i.launch_configuration_name = None;
+            i.launch_template = Some(template(version));
+            i
+        };
+        let mut g = group(vec![on("i-1", "3"), on("i-2", "2"), on("i-3", "3")]);
+        g.launch_configuration_name = None;
+        g.launch_template = Some(template("3"));
+        assert_eq!(ids(choose_victims(&g, 1, false)), ["i-2"]);
+        g.launch_template = Some(template("$Latest"));
+        assert_eq!(ids(choose_victims(&g, 1, false)), ["i-3"], "by id alone");
+        g.launch_template = None;
+        g.mixed_instances_policy = Some(
+            aws_sdk_autoscaling::types::MixedInstancesPolicy::builder()
+                .launch_template(
+                    aws_sdk_autoscaling::types::LaunchTemplate::builder()
+                        .launch_template_specification(template("3"))
+                        .build(),
+                )
+                .build(),
+        );
+        assert_eq!(ids(choose_victims(&g, 1, false)), ["i-2"]);
     }
 }
