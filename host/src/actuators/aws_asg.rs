@@ -1010,6 +1010,24 @@ fn counts_instances(group: &AutoScalingGroup) -> Result<(), ActuatorError> {
             i.weighted_capacity().unwrap_or_default()
         )));
     }
+    // Weights the policy gives before any instance has one (a group not
+    // yet launched): its first scale-out would be in units.
+    let overrides = group
+        .mixed_instances_policy()
+        .and_then(|m| m.launch_template())
+        .map(|t| t.overrides())
+        .unwrap_or_default();
+    if let Some(o) = overrides
+        .iter()
+        .find(|o| o.weighted_capacity().is_some_and(|w| w.trim() != "1"))
+    {
+        return Err(ActuatorError::Failed(format!(
+            "Auto Scaling group {name:?} weighs its instances ({} counts {}); Scalewise scales \
+             groups that count instances (no instance weights in the mixed instances policy)",
+            o.instance_type().unwrap_or("an override"),
+            o.weighted_capacity().unwrap_or_default()
+        )));
+    }
     Ok(())
 }
 
@@ -1806,6 +1824,27 @@ mod tests {
         g.instances.as_mut().unwrap()[0].weighted_capacity = Some("4".into());
         let err = counts_instances(&g).unwrap_err().to_string();
         assert!(err.contains("weighs its instances (i-1 counts 4)"), "{err}");
+        // Weights in the policy, before any instance runs.
+        let mut g = group(vec![]);
+        g.mixed_instances_policy = Some(
+            aws_sdk_autoscaling::types::MixedInstancesPolicy::builder()
+                .launch_template(
+                    aws_sdk_autoscaling::types::LaunchTemplate::builder()
+                        .overrides(
+                            aws_sdk_autoscaling::types::LaunchTemplateOverrides::builder()
+                                .instance_type("m5.2xlarge")
+                                .weighted_capacity("8")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        );
+        let err = counts_instances(&g).unwrap_err().to_string();
+        assert!(
+            err.contains("weighs its instances (m5.2xlarge counts 8)"),
+            "{err}"
+        );
 
         let mut g = group(vec![]);
         g.min_size = Some(2);
