@@ -361,6 +361,48 @@ async fn crash_mid_drain_then_restart(kube: Option<&scalewise_tests::fake_kube::
     daemon.stop().unwrap();
 }
 
+/// A scaler renamed while the daemon was down, mid-drain: nothing carries
+/// the drain on or undoes it, and the start says so, naming the old
+/// scaler and its victims, rather than leaving them drained in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaler_renamed_while_down_mid_drain_is_warned_of_at_start() {
+    let (moto, drainer, dir) = setup("renamed", 5).await;
+    let webhook = drainer.url().to_owned();
+    let daemon = start(
+        dir.path(),
+        &config(&moto, "renamed", 3, "enforce", &webhook),
+    );
+    api_shows_a_drain(&daemon, "renamed").await;
+    let victims = drainer.instance_ids();
+    assert_eq!(victims.len(), 2, "{victims:?}");
+    drop(daemon); // SIGKILL
+
+    let text = config(&moto, "renamed", 5, "enforce", &webhook)
+        .replace("name = \"renamed\"", "name = \"renamed-workers\"");
+    let daemon = start(dir.path(), &text);
+    let log = || log_in(dir.path());
+    wait_until("the warning", Duration::from_secs(60), || async {
+        let log = log();
+        if log.contains("for a scaler this config does not have") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await
+    .unwrap();
+    let warning = log()
+        .lines()
+        .find(|l| l.contains("for a scaler this config does not have"))
+        .unwrap()
+        .to_owned();
+    assert!(warning.contains("scaler=renamed "), "{warning}");
+    for victim in &victims {
+        assert!(warning.contains(victim.as_str()), "{victim}: {warning}");
+    }
+    daemon.stop().unwrap();
+}
+
 /// A scale-in that ends in the tick that starts it (the drain webhook
 /// answers "drained" at once) leaves nothing in flight in the journal: a
 /// restart carries nothing on. (The checkpoint that keeps a drain before

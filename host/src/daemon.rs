@@ -352,6 +352,7 @@ impl Daemon {
         // A version that replaced, while the daemon was down, the one the
         // scalers last ran, and that the config does not fit: refused as a
         // running daemon refuses it (its scalers hold), not the whole start.
+        warn_of_orphaned_changes(&config, &journal).await;
         for (module, why) in replaced_unfit(&config, &registry, &journal).await? {
             registry.refuse_loaded(&module, why);
         }
@@ -2580,6 +2581,38 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
 /// be one ([`Config::defaults_needed`]) or `also` asks, and logged when two
 /// targets could be one but the default cannot be found (the check then
 /// cannot tell).
+/// Warns of each change in flight the journal keeps for a scaler the config
+/// does not have (removed or renamed while the daemon was down, mid-drain
+/// say): no scaler carries it on or undoes it, as a reload that removes a
+/// scaler gives its change up.
+async fn warn_of_orphaned_changes(config: &Config, journal: &Journal) {
+    let saved = match journal.all_in_flight().await {
+        Ok(saved) => saved,
+        Err(error) => {
+            tracing::warn!(%error, "Could not read the changes in flight from the journal.");
+            return;
+        }
+    };
+    for (scaler, change) in saved {
+        if config
+            .scalers
+            .iter()
+            .any(|s| *s.get_ref().name.get_ref() == scaler)
+        {
+            continue;
+        }
+        tracing::warn!(
+            %scaler,
+            saved_at = %crate::clock::format_ms(change.updated_ms),
+            change = %crate::runtime::log_safe(&change.change),
+            "A change was in flight when the daemon stopped for a scaler this config does not \
+             have (removed or renamed since): nothing carries it on or undoes it. Undo what it \
+             began by hand (a victim drained but not terminated, a shard move), or restore the \
+             scaler under its old name to carry it on."
+        );
+    }
+}
+
 /// The loaded modules the config does not fit whose version is not the
 /// one their scalers last ran (by the journal), each with what does not
 /// fit: a version dropped in while the daemon was down (or refused while it

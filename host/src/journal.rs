@@ -860,6 +860,13 @@ impl Journal {
             .await
     }
 
+    /// Every scaler's change saved as in flight ([`Journal::save_in_flight`]),
+    /// by scaler name.
+    pub async fn all_in_flight(&self) -> Result<Vec<(String, SavedChange)>, JournalError> {
+        self.read(move |journal| journal.inner.readers.with(|reader| reader.all_in_flight()))
+            .await
+    }
+
     /// Writes the matching records to `out` as JSON lines, oldest first, and
     /// returns how many. Blocking; pages through the table so a long export
     /// never holds one read snapshot (which would stop WAL checkpoints).

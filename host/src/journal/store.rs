@@ -285,6 +285,33 @@ impl Reader {
         }
     }
 
+    /// Every scaler's change saved as in flight, by scaler name.
+    pub(super) fn all_in_flight(&mut self) -> Result<Vec<(String, SavedChange)>, JournalError> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT scaler, change, updated_ms FROM in_flight ORDER BY scaler")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    Ok((
+                        row.get(0)?,
+                        SavedChange {
+                            change: row.get(1)?,
+                            updated_ms: row.get(2)?,
+                        },
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            });
+        match rows {
+            Err(rusqlite::Error::SqliteFailure(_, Some(message)))
+                if message.starts_with("no such table") =>
+            {
+                Ok(Vec::new())
+            }
+            rows => rows.map_err(|e| self.read_error(e)),
+        }
+    }
+
     /// The outbox: (id, announcement JSON), oldest first.
     pub(super) fn owed(&mut self) -> Result<Vec<(i64, String)>, JournalError> {
         let mut stmt = self
