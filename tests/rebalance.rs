@@ -286,6 +286,44 @@ async fn a_rebalance_takes_no_step_once_the_lease_is_lost() {
     no_violations(&coordinator);
 }
 
+/// A worker that is not ready (crash-looping) and released its shards:
+/// they go to the ready workers at once rather than wait for it, and a
+/// scale-out meanwhile gives it none of the shares (it could take none,
+/// and the change would sit in flight until its timeout).
+#[tokio::test]
+async fn a_worker_that_is_not_ready_gets_no_shards_and_its_released_ones_move_on() {
+    let coordinator = ShardCoordinator::start(World::new(8, 3)).await;
+    coordinator.with(|w| {
+        let down = w.workers.get_mut("w-2").unwrap();
+        down.polls_until_ready = u32::MAX;
+        down.owned.clear();
+    });
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    let (_, placed) = settle(&actuator, T0).await;
+    assert!(placed.in_flight.is_none());
+    assert_eq!(
+        coordinator.with(|w| w.owners().len()),
+        8,
+        "every shard owned"
+    );
+    assert_eq!(coordinator.with(|w| w.counts()["w-2"]), 0);
+
+    actuator.scale(T0 + 300 * SECOND, 3, 4).await.unwrap();
+    let (_, after) = settle(&actuator, T0 + 300 * SECOND).await;
+    assert_eq!((after.current, after.ready), (4, 3));
+    let counts = coordinator.with(|w| w.counts());
+    assert_eq!(counts["w-2"], 0, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 8);
+    assert!(
+        counts
+            .iter()
+            .filter(|(id, _)| *id != "w-2")
+            .all(|(_, n)| *n >= 2),
+        "{counts:?}"
+    );
+    no_violations(&coordinator);
+}
+
 /// The time a change is held (a pause, dry-run) does not count towards
 /// its timeout: resumed after longer than the timeout, it carries on
 /// rather than be given up at once.

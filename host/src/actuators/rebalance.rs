@@ -339,12 +339,18 @@ fn plan_fits(cluster: &Cluster, plan: &Assignment) -> bool {
 /// uneven spread alone is left as it is: a scale-in cut short leaves its
 /// victim with fewer shards, and the next decision finishes it.
 fn unbalanced(cluster: &Cluster) -> Option<Assignment> {
-    if cluster.workers.is_empty() || cluster.workers.iter().any(|w| !w.ready) {
+    if !cluster.workers.iter().any(|w| w.ready) {
         return None;
     }
     let owned: BTreeSet<&String> = cluster.workers.iter().flat_map(|w| &w.shards).collect();
     let unowned = cluster.shards.iter().any(|s| !owned.contains(s));
-    let idle = cluster.workers.iter().any(|w| w.shards.is_empty())
+    // Shards nobody owns go to the ready workers even while one is not
+    // ready (one crash-looping released its shards: they would wait for
+    // it); an idle worker waits until all are (one restarting keeps its
+    // shards, and gets none).
+    let all_ready = cluster.workers.iter().all(|w| w.ready);
+    let idle = all_ready
+        && cluster.workers.iter().any(|w| w.shards.is_empty())
         && cluster.workers.iter().any(|w| w.shards.len() >= 2);
     if !unowned && !idle {
         return None;
@@ -373,12 +379,48 @@ fn owns_as_planned(cluster: &Cluster, plan: &Assignment, victims: &[String]) -> 
 /// workers that go, from over-full keepers, or owned by nobody) fill the
 /// keepers below quota, all in sorted order, so the same state always gives
 /// the same plan.
+///
+/// A keeper that is not ready keeps the shards it owns and gets no more
+/// (it cannot take any): the rest are balanced over the ready keepers,
+/// when there are any.
 pub fn balance(cluster: &Cluster, keep: &[&str]) -> Assignment {
+    let is_ready = |id: &str| cluster.workers.iter().any(|w| w.id == id && w.ready);
+    let (ready, waiting): (Vec<&str>, Vec<&str>) = keep.iter().partition(|id| is_ready(id));
+    if ready.is_empty() || waiting.is_empty() {
+        return balance_over(cluster, keep, &BTreeSet::new());
+    }
+    let wanted: BTreeSet<&String> = cluster.shards.iter().collect();
+    let mut held: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for w in cluster
+        .workers
+        .iter()
+        .filter(|w| waiting.contains(&w.id.as_str()))
+    {
+        let own = w.shards.iter().filter(|s| wanted.contains(s)).cloned();
+        held.entry(w.id.as_str()).or_default().extend(own);
+    }
+    let kept: BTreeSet<&String> = held.values().flatten().collect();
+    let mut plan = balance_over(cluster, &ready, &kept);
+    for id in waiting {
+        let mut own = held.remove(id).unwrap_or_default();
+        own.sort();
+        own.dedup();
+        plan.insert(id.to_owned(), own);
+    }
+    plan
+}
+
+/// [`balance`] over `keep`, leaving out the shards in `kept`.
+fn balance_over(cluster: &Cluster, keep: &[&str], kept: &BTreeSet<&String>) -> Assignment {
     let mut plan: Assignment = keep.iter().map(|id| (id.to_string(), Vec::new())).collect();
     if keep.is_empty() {
         return plan;
     }
-    let shards: BTreeSet<&String> = cluster.shards.iter().collect();
+    let shards: BTreeSet<&String> = cluster
+        .shards
+        .iter()
+        .filter(|s| !kept.contains(s))
+        .collect();
     let mut owner: BTreeMap<&String, &str> = BTreeMap::new();
     for w in &cluster.workers {
         for s in &w.shards {
