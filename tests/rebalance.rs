@@ -324,6 +324,39 @@ async fn a_worker_that_is_not_ready_gets_no_shards_and_its_released_ones_move_on
     no_violations(&coordinator);
 }
 
+/// A step of a change in flight that the coordinator refuses (a worker
+/// stop) leaves the change in flight saying why; the reading of the
+/// workers stands (the tick goes on), and the next tick tries again.
+#[tokio::test]
+async fn a_failed_step_is_said_in_the_change_and_the_workers_are_read() {
+    let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
+    coordinator.with(|w| {
+        w.moves_per_poll = 1;
+        w.stops_left = Some(0);
+    });
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    actuator.scale(T0, 4, 2).await.unwrap();
+    let mut failed = None;
+    for step in 1..100 {
+        let seen = actuator.observe(T0 + step * SECOND).await.unwrap();
+        let detail = seen.in_flight.expect("in flight until a stop works").detail;
+        if detail.contains("the last step failed") {
+            failed = Some((seen.current, detail));
+            break;
+        }
+    }
+    let (current, detail) = failed.expect("the refused stop is said");
+    assert_eq!(current, 4);
+    assert!(
+        detail.starts_with("draining w-4, w-3: 0 shard move(s) left"),
+        "{detail}"
+    );
+    coordinator.with(|w| w.stops_left = None);
+    let (_, after) = settle(&actuator, T0 + 100 * SECOND).await;
+    assert_eq!(after.current, 2);
+    no_violations(&coordinator);
+}
+
 /// The time a change is held (a pause, dry-run) does not count towards
 /// its timeout: resumed after longer than the timeout, it carries on
 /// rather than be given up at once.

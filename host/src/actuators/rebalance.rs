@@ -124,6 +124,9 @@ struct Change {
     /// [`Actuator::observe_only`]); that time does not count towards its
     /// timeout.
     held_ms: Option<i64>,
+    /// Why its last step failed (the coordinator refused an assignment or
+    /// a stop), until one succeeds: said in its detail.
+    step_error: Option<String>,
 }
 
 /// The actuator of one scaler's sharded workers.
@@ -560,13 +563,29 @@ impl Actuator for RebalanceActuator {
                 victims: Vec::new(),
                 plan: Some(plan),
                 held_ms: None,
+                step_error: None,
             });
         }
-        if let Some(change) = guard.as_mut()
-            && self.advance(change, &cluster, may_act).await?
-        {
-            *guard = None;
-            cluster = self.cluster().await?;
+        // A step that fails (the coordinator refusing a stop) leaves the
+        // change in flight, saying why, and the reading of the workers
+        // stands: the tick goes on (its policies asked, its `target`
+        // metrics kept), and the timeout ends a step that never works.
+        if let Some(change) = guard.as_mut() {
+            match self.advance(change, &cluster, may_act).await {
+                Ok(true) => {
+                    *guard = None;
+                    cluster = self.cluster().await?;
+                }
+                Ok(false) => change.step_error = None,
+                Err(error) => {
+                    tracing::warn!(
+                        target = %self.settings.endpoint,
+                        %error,
+                        "A step of the rebalance in flight failed; trying again at the next tick."
+                    );
+                    change.step_error = Some(error.to_string());
+                }
+            }
         }
         Ok(observed(&cluster, guard.as_ref()))
     }
@@ -659,6 +678,7 @@ impl Actuator for RebalanceActuator {
             victims: Vec::new(),
             plan: None,
             held_ms: None,
+            step_error: None,
         };
         let started = if desired_n > current {
             let mut failure = None;
@@ -742,6 +762,15 @@ fn observed(cluster: &Cluster, change: Option<&Change>) -> Observed {
 
 /// What an in-flight change is waiting for, in words.
 fn detail(change: &Change, cluster: &Cluster) -> String {
+    let waiting = waiting_for(change, cluster);
+    match &change.step_error {
+        Some(error) => format!("{waiting}; the last step failed: {error}"),
+        None => waiting,
+    }
+}
+
+/// What `change` waits for, its failures aside.
+fn waiting_for(change: &Change, cluster: &Cluster) -> String {
     if !change.starting.is_empty() {
         return format!("waiting for {} to be ready", list(&change.starting));
     }
