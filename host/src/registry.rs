@@ -129,6 +129,11 @@ pub const FAILS_ON_LIVE_CONTEXT: &str = "fails_on_live_context";
 /// time, and a restart tries again.
 fn trial(module: &PolicyModule, samples: &[Arc<Context>]) -> Result<(), (String, bool)> {
     for sample in samples {
+        // Kept with the parameters as configured: this version's defaults
+        // filled in, as the daemon would hand them to it.
+        let mut sample = (**sample).clone();
+        sample.parameters = crate::scaler::with_defaults(&sample.parameters, module.info());
+        let sample = &sample;
         match module.evaluate(sample) {
             Err(err) if err.kind.is_fault() => {
                 let lasting = !matches!(

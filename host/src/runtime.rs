@@ -433,8 +433,15 @@ impl Samples {
     /// Contexts this much older than the newest are not tried.
     pub const STALE_MS: i64 = 300_000;
 
-    /// Offers a context a version of the module just decided.
-    pub fn offer(&self, ctx: &Context) {
+    /// Offers a context a version of the module just decided, its
+    /// parameters as configured (`configured`: a version tried on it gets
+    /// its own defaults filled in, not those of the version that decided).
+    pub fn offer(&self, ctx: &Context, configured: &serde_json::Value) {
+        let keep = || {
+            let mut ctx = ctx.clone();
+            ctx.parameters = configured.clone();
+            Arc::new(ctx)
+        };
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let renew = |old: &Context| {
             ctx.now_ms.saturating_sub(old.now_ms) >= Self::RENEW_MS
@@ -443,7 +450,7 @@ impl Samples {
         let slot = match kept.iter().position(|c| c.scaler == ctx.scaler) {
             Some(i) => renew(&kept[i]).then_some(i),
             None if kept.len() < Self::KEPT => {
-                kept.push(Arc::new(ctx.clone()));
+                kept.push(keep());
                 None
             }
             None => {
@@ -460,7 +467,7 @@ impl Samples {
             }
         };
         if let Some(i) = slot {
-            kept[i] = Arc::new(ctx.clone());
+            kept[i] = keep();
         }
     }
 
@@ -490,9 +497,9 @@ impl fmt::Debug for PolicyModule {
 impl PolicyModule {
     /// Offers `ctx`, a context this version just decided, to its module's
     /// [`Samples`] (nothing when it has none: a module outside a registry).
-    pub fn offer_sample(&self, ctx: &Context) {
+    pub fn offer_sample(&self, ctx: &Context, configured: &serde_json::Value) {
         if let Some(samples) = self.inner.samples.get() {
-            samples.offer(ctx);
+            samples.offer(ctx, configured);
         }
     }
 
@@ -1124,18 +1131,21 @@ mod tests {
                 .map(|c| (c.scaler.clone(), c.now_ms, c.state.is_some()))
                 .collect()
         };
-        samples.offer(&ctx("a", 1_000, None));
+        samples.offer(&ctx("a", 1_000, None), &serde_json::json!({}));
         // A second later: too soon to renew, but it brings the state.
-        samples.offer(&ctx("a", 2_000, Some(b"s")));
-        samples.offer(&ctx("a", 3_000, Some(b"t")));
+        samples.offer(&ctx("a", 2_000, Some(b"s")), &serde_json::json!({}));
+        samples.offer(&ctx("a", 3_000, Some(b"t")), &serde_json::json!({}));
         assert_eq!(kept(&samples), [("a".into(), 2_000, true)]);
-        samples.offer(&ctx("a", 2_000 + Samples::RENEW_MS, Some(b"u")));
+        samples.offer(
+            &ctx("a", 2_000 + Samples::RENEW_MS, Some(b"u")),
+            &serde_json::json!({}),
+        );
         assert_eq!(kept(&samples), [("a".into(), 12_000, true)]);
         // Other scalers join up to KEPT, once their turn comes round.
         let mut now = 30_000;
         for i in 0..Samples::KEPT + 3 {
             now += Samples::RENEW_MS;
-            samples.offer(&ctx(&format!("s{i}"), now, None));
+            samples.offer(&ctx(&format!("s{i}"), now, None), &serde_json::json!({}));
         }
         let scalers: Vec<String> = kept(&samples).into_iter().map(|k| k.0).collect();
         assert_eq!(scalers.len(), Samples::KEPT);
@@ -1150,12 +1160,15 @@ mod tests {
         // A scaler at a replica count none of the kept has gets in at once.
         let mut busy = ctx("busy", now + 1, None);
         busy.target.current = 40;
-        samples.offer(&busy);
+        samples.offer(&busy, &serde_json::json!({}));
         assert!(kept(&samples).iter().any(|k| k.0 == "busy"));
         // A scaler gone from the fleet stops being tried once its context
         // is far older than the rest.
         let later = now + 1 + Samples::STALE_MS;
-        samples.offer(&ctx(&format!("s{}", Samples::KEPT + 2), later, None));
+        samples.offer(
+            &ctx(&format!("s{}", Samples::KEPT + 2), later, None),
+            &serde_json::json!({}),
+        );
         let tried: Vec<String> = samples
             .contexts()
             .iter()
@@ -1165,6 +1178,21 @@ mod tests {
             tried,
             [format!("s{}", Samples::KEPT + 2)],
             "only the fresh one"
+        );
+    }
+
+    /// A sample keeps the parameters as configured, not with the defaults
+    /// of the version that decided it: a new version is tried with its
+    /// own defaults filled in, as the daemon would hand them to it.
+    #[test]
+    fn samples_keep_the_parameters_as_configured() {
+        let samples = Samples::default();
+        let mut decided = ctx("a", 1_000, None);
+        decided.parameters = serde_json::json!({ "metric": "cpu", "window": "5m" });
+        samples.offer(&decided, &serde_json::json!({ "metric": "cpu" }));
+        assert_eq!(
+            samples.contexts()[0].parameters,
+            serde_json::json!({ "metric": "cpu" })
         );
     }
 }

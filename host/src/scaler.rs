@@ -1133,6 +1133,7 @@ impl Scaler {
                 unavailable,
                 load_error,
                 context,
+                configured: Arc::clone(&policy.parameters),
             });
         }
         let evaluations = tokio::task::spawn_blocking(move || {
@@ -1514,6 +1515,9 @@ struct Job {
     unavailable: Option<String>,
     load_error: Option<String>,
     context: Context,
+    /// The parameters as configured (`context` has the module's defaults
+    /// filled in): what a sample for a new version's trial keeps.
+    configured: Arc<serde_json::Value>,
 }
 
 /// Runs one policy; never panics, whatever the guest does. The memory it
@@ -1525,6 +1529,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
         unavailable,
         load_error,
         context,
+        configured,
     } = job;
     let Some(module) = module else {
         let evaluation = Evaluation {
@@ -1549,7 +1554,7 @@ fn evaluate_one(job: Job) -> (Evaluation, Option<EvalUsage>) {
     let outcome = match result {
         Ok(decision) => {
             // What a new version of the module is tried on first.
-            module.offer_sample(&context);
+            module.offer_sample(&context, &configured);
             EvaluationOutcome::Decided { decision }
         }
         Err(err) => EvaluationOutcome::Failed {
