@@ -64,8 +64,8 @@ def decide(ctx):
         f"{m.name} peak {format_number(peak)} over {_span(p['peak_over'])} "
         f"at {format_number(per_replica)} per replica needs {needed}"
     )
-    # Within max: an answer above it (a surge) would be refused, and the
-    # scaler would hold instead of going to max.
+    # Within max: the host would clamp an answer above it all the same;
+    # clamped here, the reason says so.
     if needed > ctx.target.max:
         needed = ctx.target.max
         what = f"{what} (max {needed})"
