@@ -125,6 +125,16 @@ static void sw_hold(sw_decision *ret, const char *fmt, ...) {
   va_end(args);
 }
 
+/* `count` as a replica count: false when it is not a whole number from 0
+ * to UINT32_MAX (NaN from 0/0, a negative, a fraction), which a plain
+ * conversion would turn into 0 (a scale-in to min) or cut. Round first:
+ * `if (!sw_replicas(ceil(load / per), &n)) return sw_fail(err, ...);` */
+static bool sw_replicas(double count, uint32_t *out) {
+  if (!(count >= 0 && count <= 4294967295.0) || count != (double)(uint64_t)count) return false;
+  *out = (uint32_t)count;
+  return true;
+}
+
 /* Run `replicas` replicas, with a formatted reason. */
 static void sw_scale_to(sw_decision *ret, uint32_t replicas, const char *fmt, ...) {
   va_list args;

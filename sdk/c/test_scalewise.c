@@ -74,6 +74,11 @@ static void durations(void) {
 /* As the Rust SDK's format_number writes them. */
 static void numbers(void) {
   char buf[64];
+  uint32_t n = 7;
+  CHECK(sw_replicas(4, &n) && n == 4);
+  CHECK(sw_replicas(4294967295.0, &n) && n == 4294967295u);
+  CHECK(!sw_replicas(0.0 / 0.0, &n) && !sw_replicas(-1, &n) && !sw_replicas(4.7, &n));
+  CHECK(!sw_replicas(1.0 / 0.0, &n) && !sw_replicas(5e9, &n) && n == 4294967295u);
   CHECK(!strcmp(sw_number_text(83, buf, sizeof buf), "83.0"));
   CHECK(!strcmp(sw_number_text(0, buf, sizeof buf), "0.0"));
   CHECK(!strcmp(sw_number_text(0.0425, buf, sizeof buf), "0.0425"));

@@ -17,6 +17,22 @@ pub fn duration_ms(text: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|_| format!("duration {text:?} is too long"))
 }
 
+/// A computed replica count as the `u32` a decision takes, or an error
+/// that names it when it is not a whole number from 0 to `u32::MAX`: a NaN
+/// (0/0 over an empty window) or a negative would become 0 through `as u32`
+/// and scale in to `min`, a fraction would be cut. Round first
+/// (`replicas((load / per).ceil())?`); the error makes the scaler hold.
+pub fn replicas(count: f64) -> Result<u32, String> {
+    if count.is_finite() && count.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&count) {
+        Ok(count as u32)
+    } else {
+        Err(format!(
+            "replica count {count} is not a whole number from 0 to {}",
+            u32::MAX
+        ))
+    }
+}
+
 /// Formats a metric value for a reason string: one decimal from 1 up
 /// (`83.0`, `1234.5`), no decimals from 100,000 up, three significant
 /// digits below 1 (`0.0425`), and an exponent beyond 10¹⁵ or below 10⁻⁶
@@ -642,6 +658,20 @@ mod tests {
             Held::NoRecentSamples {
                 newest_age_ms: None
             }
+        );
+    }
+
+    #[test]
+    fn replica_counts_are_checked() {
+        assert_eq!(replicas(4.0), Ok(4));
+        assert_eq!(replicas(0.0), Ok(0));
+        assert_eq!(replicas(f64::from(u32::MAX)), Ok(u32::MAX));
+        for bad in [f64::NAN, -1.0, 4.7, f64::INFINITY, 5e9] {
+            assert!(replicas(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            replicas(f64::NAN).unwrap_err(),
+            "replica count NaN is not a whole number from 0 to 4294967295"
         );
     }
 

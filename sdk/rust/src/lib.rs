@@ -113,7 +113,7 @@ pub use bindings::exports::scalewise::policy::evaluator::Guest as Policy;
 pub use bindings::scalewise::policy::types::{
     Action, Context, Decision, Info, Level, Metric, Parameter, ParameterKind, ScaleEvent, Target,
 };
-pub use helpers::{Held, Point, Window, duration_ms, format_number, parse_duration};
+pub use helpers::{Held, Point, Window, duration_ms, format_number, parse_duration, replicas};
 pub use params::{DurationMs, ParamSpec};
 
 /// The version of the WIT package (`scalewise:policy`) this SDK implements.
@@ -124,6 +124,7 @@ pub mod prelude {
     pub use crate::{
         Action, Aggregate, Context, Decision, DurationMs, Held, Info, Level, Metric, ParamSpec,
         Parameter, ParameterKind, Point, Policy, ScaleEvent, Target, Window, format_number,
+        replicas,
     };
 }
 
