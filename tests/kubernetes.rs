@@ -212,6 +212,37 @@ async fn a_custom_resource_that_reported_ready_replicas_reads_zero_when_it_leave
     assert!(!observed.facts.contains_key("updated"), "{observed:?}");
 }
 
+/// What a workload reported is kept by the daemon's clients: a reload that
+/// changes the target's other settings (its Events) builds a new actuator,
+/// which still reads a count left out as 0, not as every pod ready.
+#[tokio::test]
+async fn what_a_workload_reported_outlives_a_reload_of_its_settings() {
+    let kube = FakeKube::start().await.unwrap();
+    let put = |w: Workload| kube.put("argoproj.io/v1alpha1", "rollouts", "shop", "web", w);
+    put(workload(5, Some(5)));
+    let target = KubernetesTarget {
+        api_version: "argoproj.io/v1alpha1".into(),
+        object: "Rollout".into(),
+        name: "web".into(),
+        namespace: Some("shop".into()),
+        plural: None,
+        events: true,
+    };
+    let clients = scalewise::actuators::clients::TargetClients::with_kube(kube.client("default"));
+    let before = KubernetesActuator::new(target.clone(), &clients);
+    assert_eq!(before.observe(T0).await.unwrap().ready, 5);
+    let reloaded = KubernetesActuator::new(
+        KubernetesTarget {
+            events: false,
+            ..target
+        },
+        &clients,
+    );
+    put(workload(5, None));
+    let observed = reloaded.observe(T0 + 15_000).await.unwrap();
+    assert_eq!((observed.current, observed.ready), (5, 0));
+}
+
 #[tokio::test]
 async fn a_missing_workload_is_not_found_and_a_forbidden_one_names_the_permissions() {
     let kube = FakeKube::start().await.unwrap();

@@ -105,11 +105,20 @@ impl<T> Lazy<T> {
 /// configured (`None`: the SDK's default).
 type AwsKey = (Option<String>, Option<String>);
 
+/// The status fields a Kubernetes workload has reported (see
+/// [`super::kubernetes::KubernetesActuator`]), shared by the actuators
+/// that reach it.
+pub type Reported = Arc<Mutex<std::collections::BTreeSet<&'static str>>>;
+
 /// The clients of one daemon; cloning shares them.
 #[derive(Clone, Default)]
 pub struct TargetClients {
     kube: SharedClient<kube::Client>,
     aws: Arc<Mutex<HashMap<AwsKey, SharedClient<aws_sdk_autoscaling::Client>>>>,
+    /// What each Kubernetes workload has reported, by workload: kept across
+    /// reloads, as the clients are, so a reload that changes a target's
+    /// other settings does not forget it.
+    kube_reported: Arc<Mutex<HashMap<String, Reported>>>,
 }
 
 impl std::fmt::Debug for TargetClients {
@@ -126,6 +135,24 @@ impl TargetClients {
     /// The Kubernetes client's cell: every Kubernetes target shares it.
     pub fn kube_cell(&self) -> SharedClient<kube::Client> {
         self.kube.clone()
+    }
+
+    /// Clients whose Kubernetes client is `client` (one already built).
+    pub fn with_kube(client: kube::Client) -> TargetClients {
+        TargetClients {
+            kube: Arc::new(Lazy::ready(client)),
+            ..TargetClients::default()
+        }
+    }
+
+    /// What the Kubernetes workload `key` has reported so far.
+    pub fn kube_reported(&self, key: String) -> Reported {
+        self.kube_reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone()
     }
 
     /// The Kubernetes client, built now if it is not yet.

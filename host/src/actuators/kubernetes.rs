@@ -70,8 +70,9 @@ pub struct KubernetesActuator {
     observed: std::sync::Mutex<Seen>,
     /// The status fields this workload has reported: a custom resource's
     /// controller (Argo Rollouts, say) leaves a count out when it is 0, as
-    /// the built-in kinds do, so once reported a missing one reads 0.
-    reported: std::sync::Mutex<BTreeSet<&'static str>>,
+    /// the built-in kinds do, so once reported a missing one reads 0. Kept
+    /// by the daemon's clients across reloads.
+    reported: super::clients::Reported,
 }
 
 /// See [`KubernetesActuator::observed`].
@@ -86,13 +87,17 @@ impl KubernetesActuator {
     /// (inferred from the environment on first use).
     pub fn new(settings: KubernetesTarget, clients: &TargetClients) -> Self {
         let resource = api_resource(&settings);
+        let workload = format!(
+            "{} {} {:?}/{}",
+            settings.api_version, settings.object, settings.namespace, settings.name
+        );
         KubernetesActuator {
+            reported: clients.kube_reported(workload),
             settings,
             resource,
             client: clients.kube_cell(),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
-            reported: std::sync::Mutex::default(),
         }
     }
 
@@ -105,7 +110,7 @@ impl KubernetesActuator {
             client: Arc::new(Lazy::ready(client)),
             last_failure: std::sync::Mutex::new(None),
             observed: std::sync::Mutex::default(),
-            reported: std::sync::Mutex::default(),
+            reported: super::clients::Reported::default(),
         }
     }
 
