@@ -108,6 +108,10 @@ impl crate::config::PolicyCatalog for Snapshot {
     }
 }
 
+/// The [`LoadFailure::kind`]s tried again when the same bytes are written
+/// again or touched.
+const RETRIED_ON_TOUCH: [&str; 4] = [FAILS_ON_LIVE_CONTEXT, "io", "compile", "describe_failed"];
+
 /// The [`LoadFailure::kind`] of a version the [`Gate`] refused.
 pub const INCOMPATIBLE_WITH_CONFIG: &str = "incompatible_with_config";
 
@@ -726,14 +730,15 @@ impl Registry {
                 }
                 continue;
             }
-            // A version the config did not fit waits for a config reload
-            // ([`Registry::recheck_refused`]); any other failure of these
-            // bytes is tried again when the file is written or touched: it
-            // may have been the host's (a compiler killed, a trial timed
-            // out) or a remembered refusal since deleted.
+            // A failure of these bytes that may not be theirs alone (a
+            // compiler killed, a read or a trial cut short, a remembered
+            // refusal since deleted) is tried again when the file is
+            // written or touched; one the bytes decide (not a component,
+            // another contract) is not, and a version the config did not
+            // fit waits for a config reload ([`Registry::recheck_refused`]).
             let failed = next.failures.get(name);
             if !retry_failed
-                && failed.is_some_and(|f| f.kind == INCOMPATIBLE_WITH_CONFIG)
+                && failed.is_some_and(|f| !RETRIED_ON_TOUCH.contains(&f.kind))
                 && failed.and_then(|f| f.digest.as_deref()) == Some(candidate.digest.as_str())
             {
                 stamps.insert(name.clone(), candidate.stamp);
