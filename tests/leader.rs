@@ -133,6 +133,24 @@ async fn a_second_process_under_the_same_identity_follows() {
     assert_eq!(twin.try_once().await, Outcome::Leading);
 }
 
+/// A renewal the server applied whose answer was lost (a timeout, a reset
+/// connection) is this process's own: the next try renews it, rather than
+/// follow the Lease as another process's and leave nobody leading.
+#[tokio::test]
+async fn a_renewal_whose_answer_was_lost_is_still_this_processs() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, a_leads) = elector(&kube, "a");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    let before = kube.lease("ops", "scalewise").unwrap()["spec"]["renewTime"].clone();
+    kube.lose_lease_write_answers(true);
+    assert!(matches!(a.try_once().await, Outcome::Failed(_)));
+    let applied = kube.lease("ops", "scalewise").unwrap()["spec"]["renewTime"].clone();
+    assert_ne!(applied, before, "the renewal was applied");
+    kube.lose_lease_write_answers(false);
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert!(a_leads.is_leading());
+}
+
 #[tokio::test]
 async fn a_released_lease_is_taken_at_the_next_try() {
     let kube = FakeKube::start().await.unwrap();

@@ -368,6 +368,10 @@ pub struct Elector {
     /// under its name while its old self still runs -- is another
     /// replica; so is this process's earlier run).
     written: Option<Timestamp>,
+    /// The `renewTime` of this process's last write sent, answered or not:
+    /// a renewal the server applied whose answer was lost (a timeout, a
+    /// connection reset) is this process's all the same.
+    sent: Option<Timestamp>,
 }
 
 /// One try's result, or a conflict with a write of this replica's own (a
@@ -417,6 +421,7 @@ impl Elector {
             followed: None,
             acquired: false,
             written: None,
+            sent: None,
         }
     }
 
@@ -441,8 +446,14 @@ impl Elector {
         secs.clamp(1, i32::MAX as u64) as i32
     }
 
-    fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
-        let now = MicroTime(Timestamp::now());
+    /// The Lease as this process writes it, its renewTime kept as sent
+    /// ([`Elector::sent`]).
+    fn spec(&mut self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        // To the microsecond, as the server keeps it.
+        let now = Timestamp::from_microsecond(Timestamp::now().as_microsecond())
+            .unwrap_or_else(|_| Timestamp::now());
+        self.sent = Some(now);
+        let now = MicroTime(now);
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.lease_seconds()),
@@ -613,13 +624,15 @@ impl Elector {
             });
         }
         let named_mine = holder.as_deref() == Some(self.identity.as_str());
-        let mine = named_mine && self.written.is_some() && renewed == self.written;
-        if named_mine && !mine && changed && self.written.is_some() {
+        let ours = |t: &Option<Timestamp>| t.is_some() && renewed == *t;
+        let mine = named_mine && (ours(&self.written) || ours(&self.sent));
+        if named_mine && !mine && changed {
             tracing::warn!(
                 identity = %self.identity,
-                "Another process renewed the Lease under this replica's identity: two replicas \
-                 under one name would both lead; this one follows until the Lease goes \
-                 unrenewed. Give each replica its own [leader_election] identity."
+                "The Lease is held under this replica's identity by another process (another \
+                 replica given the same identity, or this one's earlier run that did not release \
+                 it): two replicas under one name would both lead; this one follows until the \
+                 Lease goes unrenewed. Give each replica its own [leader_election] identity."
             );
         }
         let duration = spec
@@ -673,7 +686,8 @@ impl Elector {
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if spec.holder_identity.as_deref() != Some(self.identity.as_str())
-            || spec.renew_time.as_ref().map(|t| t.0) != self.written
+            || !(spec.renew_time.as_ref().map(|t| t.0) == self.written
+                || spec.renew_time.as_ref().map(|t| t.0) == self.sent)
         {
             return;
         }

@@ -81,6 +81,9 @@ struct Inner {
     leases_failing: Option<StatusCode>,
     /// Every Lease read is taken and never answered.
     leases_hanging: bool,
+    /// Every Lease replace is applied and never answered (a renewal whose
+    /// answer is lost).
+    lease_writes_unanswered: bool,
     /// A replace that changes the Lease's pause flags is refused with 500
     /// (renewals, which keep them, go through).
     pause_writes_failing: bool,
@@ -161,6 +164,12 @@ impl FakeKube {
     /// never answers (`false`: answer again).
     pub fn hang_leases(&self, hang: bool) {
         self.inner.lock().unwrap().leases_hanging = hang;
+    }
+
+    /// Makes every Lease replace apply and then never answer (`false`:
+    /// answer again).
+    pub fn lose_lease_write_answers(&self, lose: bool) {
+        self.inner.lock().unwrap().lease_writes_unanswered = lose;
     }
 
     /// The server's URL.
@@ -663,12 +672,23 @@ async fn create_lease(
 /// A replace succeeds only against the stored resourceVersion, as the real
 /// server's optimistic concurrency does.
 async fn replace_lease(
-    State(inner): State<Arc<Mutex<Inner>>>,
+    State(shared): State<Arc<Mutex<Inner>>>,
     UrlPath((ns, name)): LeaseParams,
     body: Bytes,
 ) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let lease = match lease_write(&inner, &body) {
+    let (answer, unanswered) = {
+        let mut inner = shared.lock().unwrap();
+        let unanswered = inner.lease_writes_unanswered;
+        (replace_lease_in(&mut inner, ns, name, body), unanswered)
+    };
+    if unanswered {
+        std::future::pending::<()>().await;
+    }
+    answer
+}
+
+fn replace_lease_in(inner: &mut Inner, ns: String, name: String, body: Bytes) -> Response {
+    let lease = match lease_write(inner, &body) {
         Ok(lease) => lease,
         Err(refused) => return *refused,
     };
@@ -698,7 +718,7 @@ async fn replace_lease(
             ),
         );
     }
-    store_lease(&mut inner, key, lease, StatusCode::OK)
+    store_lease(inner, key, lease, StatusCode::OK)
 }
 
 /// Writes at `path` an exec credential plugin (a shell script) that answers
