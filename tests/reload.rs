@@ -870,7 +870,45 @@ async fn a_restart_with_only_a_version_the_config_does_not_fit_starts_and_holds(
     ] {
         assert!(failure.error.contains(part), "{part:?}: {}", failure.error);
     }
-    drop(restarted);
+    // It runs a while, its scaler holding for want of the module (ticks
+    // that journal no digest), and restarts again: still the module's
+    // problem, not the config's.
+    let journal = restarted.journal().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(restarted.run(None, async move {
+        let _ = stopped.await;
+    }));
+    let held = || {
+        journal
+            .query_blocking(&scalewise::journal::Query::scaler("web", 1))
+            .unwrap()
+            .first()
+            .and_then(|r| r.evaluations.first())
+            .is_some_and(|e| e.digest.is_none())
+    };
+    wait_until_async(30 * SECOND, "a tick that holds", held).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let again = scalewise::daemon::Daemon::build(load(), scalewise::clock::Clock::system())
+        .await
+        .expect("the daemon starts again");
+    assert_eq!(
+        again.registry().snapshot().failures["counter"].kind,
+        "incompatible_with_config"
+    );
+    drop(again);
+
+    // The config's parameters changed too: not the module's problem alone.
+    let path = d.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, original.replace("scale_to = 0", "scale_to = 1")).unwrap();
+    assert!(
+        scalewise::daemon::Daemon::build(load(), scalewise::clock::Clock::system())
+            .await
+            .is_err(),
+        "a config that changed with the module is refused"
+    );
+    std::fs::write(&path, original).unwrap();
 
     for file in std::fs::read_dir(d.dir()).unwrap() {
         let path = file.unwrap().path();
@@ -893,6 +931,10 @@ async fn a_restart_with_only_a_version_the_config_does_not_fit_starts_and_holds(
             .to_string()
             .contains("unknown parameter \"scale_to\"; counter accepts: mode"),
         "{refused}"
+    );
+    assert!(
+        !d.dir().join("journal.db").exists(),
+        "a config refused leaves no journal"
     );
 }
 

@@ -330,31 +330,17 @@ impl Daemon {
                 .map_err(|e| DaemonError::Setup(e.to_string()))?
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let registry = Arc::new(registry);
-        let journal = Journal::open_with(
-            &config.journal.path,
-            JournalOptions {
-                clock,
-                commit_delay: config.journal.commit_delay,
-                durability,
-                ..JournalOptions::new(config.journal.retention)
-            },
-        )
-        // The config's field, so the operator knows what to change (a
-        // backtest's journal is its --journal, or a scratch file).
-        .map_err(|e| {
-            DaemonError::Setup(match durability {
-                Durability::Full => {
-                    format!("{}: [journal] path: {e}", config.origin().path().display())
-                }
-                Durability::Normal => format!("the simulation's journal: {e}"),
-            })
-        })?;
         // A version that replaced, while the daemon was down, the one the
         // scalers last ran, and that the config does not fit: refused as a
         // running daemon refuses it (its scalers hold), not the whole start.
-        warn_of_orphaned_changes(&config, &journal).await;
-        for (module, why) in replaced_unfit(&config, &registry, &journal).await? {
-            registry.refuse_loaded(&module, why);
+        // The journal is asked read-only: a config refused leaves no
+        // journal behind.
+        if config.check_policies(&*registry.snapshot()).is_err()
+            && let Ok(past) = Journal::open_read_only(&config.journal.path)
+        {
+            for (module, why) in replaced_unfit(&config, &registry, &past).await? {
+                registry.refuse_loaded(&module, why);
+            }
         }
         let trials = {
             let snapshot = registry.snapshot();
@@ -377,7 +363,26 @@ impl Daemon {
         for warning in config.params_warnings(&found) {
             tracing::warn!(%warning, "A policy failed its first trial; starting all the same.");
         }
-
+        let journal = Journal::open_with(
+            &config.journal.path,
+            JournalOptions {
+                clock,
+                commit_delay: config.journal.commit_delay,
+                durability,
+                ..JournalOptions::new(config.journal.retention)
+            },
+        )
+        // The config's field, so the operator knows what to change (a
+        // backtest's journal is its --journal, or a scratch file).
+        .map_err(|e| {
+            DaemonError::Setup(match durability {
+                Durability::Full => {
+                    format!("{}: [journal] path: {e}", config.origin().path().display())
+                }
+                Durability::Normal => format!("the simulation's journal: {e}"),
+            })
+        })?;
+        warn_of_orphaned_changes(&config, &journal).await;
         let simulation =
             Simulation::from_config(&config.simulations, config.origin().dir(), clock.now_ms())
                 .map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -2576,11 +2581,6 @@ fn build_named_source(name: &str, source: &SourceConfig) -> Result<Arc<dyn Sourc
     })
 }
 
-/// The defaults `config`'s targets leave out (the Kubernetes client's
-/// namespace, the AWS SDK's region), looked up only where two targets could
-/// be one ([`Config::defaults_needed`]) or `also` asks, and logged when two
-/// targets could be one but the default cannot be found (the check then
-/// cannot tell).
 /// Warns of each change in flight the journal keeps for a scaler the config
 /// does not have (removed or renamed while the daemon was down, mid-drain
 /// say): no scaler carries it on or undoes it, as a reload that removes a
@@ -2613,63 +2613,84 @@ async fn warn_of_orphaned_changes(config: &Config, journal: &Journal) {
     }
 }
 
-/// The loaded modules the config does not fit whose version is not the
-/// one their scalers last ran (by the journal), each with what does not
-/// fit: a version dropped in while the daemon was down (or refused while it
-/// ran, the version before it gone since). A module that does not fit as
-/// the scalers ran it is the config's problem, refused at start.
+/// The loaded modules the config does not fit because they changed, each
+/// with what does not fit: for every policy of the module that does not
+/// fit, the journal's newest evaluation of it (by `journal`, read only)
+/// was of another version, or of none (its scalers held: the module was
+/// refused, or gone), while the policy's configured parameters are those
+/// it was given then. A version dropped in while the daemon was down, or
+/// refused while it ran and the version before it since gone, so. A
+/// policy that does not fit the version it ran, one with parameters that
+/// changed too, or one the journal has not seen is the config's problem:
+/// the start is refused as before.
 async fn replaced_unfit(
     config: &Config,
     registry: &Registry,
     journal: &Journal,
 ) -> Result<Vec<(String, String)>, DaemonError> {
     let snapshot = registry.snapshot();
-    let mut found = Vec::new();
-    for (module, problems) in config.modules_not_fitting(&*snapshot) {
+    // By module: whether every policy not fitting it is excused, and why
+    // they do not fit.
+    let mut verdicts: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+    for (i, p, module, problems) in config.policies_not_fitting(&*snapshot) {
         let Some(loaded) = snapshot.modules.get(&module) else {
             continue;
         };
-        let mut replaced = false;
-        for scaler in &config.scalers {
-            let scaler = scaler.get_ref();
-            if !scaler
-                .policies
-                .iter()
-                .any(|p| *p.get_ref().module.get_ref() == module)
-            {
-                continue;
-            }
-            // The newest tick that asked this module (ticks that could not
-            // read the target ask none).
-            let mut recent = journal
-                .query(crate::journal::Query::scaler(
-                    scaler.name.get_ref().clone(),
-                    100,
-                ))
-                .await
-                .map_err(|e| DaemonError::Setup(format!("reading the journal: {e}")))?;
-            recent.sort_by_key(|r| std::cmp::Reverse(r.id));
-            let last_ran = recent
-                .iter()
-                .flat_map(|r| &r.evaluations)
-                .find(|e| e.module == module);
-            replaced |= last_ran
-                .and_then(|e| e.digest.as_deref())
-                .is_some_and(|digest| digest != loaded.digest());
-        }
-        if replaced {
-            found.push((
+        let scaler = config.scalers[i].get_ref();
+        let mut recent = journal
+            .query(crate::journal::Query::scaler(
+                scaler.name.get_ref().clone(),
+                100,
+            ))
+            .await
+            .map_err(|e| DaemonError::Setup(format!("reading the journal: {e}")))?;
+        recent.sort_by_key(|r| std::cmp::Reverse(r.id));
+        // The newest tick that asked this policy (ticks that could not read
+        // the target ask none).
+        let last = recent
+            .iter()
+            .filter_map(|r| r.evaluations.get(p))
+            .find(|e| e.module == module);
+        let configured = configured_params(scaler.policies[p].get_ref());
+        let excused = last.is_some_and(|e| {
+            e.digest.as_deref() != Some(loaded.digest())
+                && given_then(&configured, &e.context.parameters)
+        });
+        let verdict = verdicts.entry(module).or_insert((true, Vec::new()));
+        verdict.0 &= excused;
+        verdict.1.push(problems.to_string());
+    }
+    Ok(verdicts
+        .into_iter()
+        .filter(|(_, (excused, _))| *excused)
+        .map(|(module, (_, problems))| {
+            (
                 module,
                 format!(
                     "this version does not fit the config, and the version its scalers last ran \
-                     is no longer in the folder: {problems}"
+                     is no longer in the folder: {}",
+                    problems.join("; ")
                 ),
-            ));
-        }
-    }
-    Ok(found)
+            )
+        })
+        .collect())
 }
 
+/// Whether every parameter in `configured` has the value it has in `then`
+/// (the parameters an evaluation was given, defaults filled in).
+fn given_then(configured: &serde_json::Value, then: &serde_json::Value) -> bool {
+    configured.as_object().is_none_or(|configured| {
+        configured
+            .iter()
+            .all(|(key, value)| then.get(key) == Some(value))
+    })
+}
+
+/// The defaults `config`'s targets leave out (the Kubernetes client's
+/// namespace, the AWS SDK's region), looked up only where two targets could
+/// be one ([`Config::defaults_needed`]) or `also` asks, and logged when two
+/// targets could be one but the default cannot be found (the check then
+/// cannot tell).
 async fn target_defaults(
     config: &Config,
     also: DefaultsNeeded,

@@ -87,16 +87,16 @@ impl Config {
         into_result(problems)
     }
 
-    /// The loaded modules some policy does not fit (an unknown parameter,
-    /// a wrong type, one missing), each with the problems as
-    /// [`Config::check_policies`] would say them.
-    pub fn modules_not_fitting(
+    /// The policies whose loaded module they do not fit (an unknown
+    /// parameter, a wrong type, one missing): `(scaler index, policy index,
+    /// module, problems as [`Config::check_policies`] would say them)`.
+    pub fn policies_not_fitting(
         &self,
         catalog: &dyn PolicyCatalog,
-    ) -> BTreeMap<String, ConfigError> {
+    ) -> Vec<(usize, usize, String, ConfigError)> {
         let text = OnceCell::new();
         let doc = Document::of(&self.origin, &text);
-        let mut by_module: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+        let mut found = Vec::new();
         for (i, scaler) in self.scalers.iter().enumerate() {
             let metrics = metric_names(scaler.get_ref());
             for (p, policy) in scaler.get_ref().policies.iter().enumerate() {
@@ -113,18 +113,12 @@ impl Config {
                     (i, p),
                     &mut problems,
                 );
-                if !problems.is_empty() {
-                    by_module
-                        .entry(module.clone())
-                        .or_default()
-                        .extend(problems);
+                if let Err(e) = into_result(problems) {
+                    found.push((i, p, module.clone(), e));
                 }
             }
         }
-        by_module
-            .into_iter()
-            .filter_map(|(module, problems)| Some((module, into_result(problems).err()?)))
-            .collect()
+        found
     }
 
     /// The policies whose module's file is in the folder but did not load
