@@ -196,6 +196,19 @@ fn a_journal_the_daemon_cannot_open_is_refused() {
             "not a database, not a folder\n"
         );
     }
+    // A folder the daemon would create where it runs (a check in CI need
+    // not have the production folder), and an empty file it would set up,
+    // pass; nothing is created.
+    std::fs::write(dir.path().join("empty.db"), "").unwrap();
+    for journal in ["var/lib/scalewise/journal.db", "empty.db"] {
+        let text = config_text(modules.path(), "")
+            .replace(r#"path = "journal.db""#, &format!("path = {journal:?}"));
+        let path = write(dir.path(), &text);
+        let (code, _, err) = cli(&["check", "--config", &path]);
+        assert_eq!(code, 0, "{journal}: {err}");
+    }
+    assert!(!dir.path().join("var").exists());
+    assert_eq!(std::fs::read(dir.path().join("empty.db")).unwrap(), b"");
 }
 
 /// A parameter only its policy can judge (a time zone that does not

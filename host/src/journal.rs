@@ -306,6 +306,15 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+    /// The journal's file cannot be written.
+    #[error("cannot write to the journal {path}: {source}")]
+    NotWritable {
+        /// The database file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
     /// Another process (another daemon) writes to this journal.
     #[error(
         "the journal {path} is in use by another Scalewise daemon{}: two daemons writing one \
@@ -437,6 +446,7 @@ impl JournalError {
             JournalError::Open { .. }
             | JournalError::CreateDir { .. }
             | JournalError::Folder { .. }
+            | JournalError::NotWritable { .. }
             | JournalError::Lock { .. }
             | JournalError::Spawn(_) => "open",
             JournalError::InUse { .. } => "in_use",
@@ -563,19 +573,48 @@ impl Journal {
     /// daemon creates the rest). A daemon already writing to it is not a
     /// problem here.
     pub fn check_openable(path: &Path) -> Result<(), JournalError> {
-        let mut folder = path.parent().filter(|p| !p.as_os_str().is_empty());
-        while let Some(f) = folder.filter(|f| !f.exists()) {
-            folder = f.parent().filter(|p| !p.as_os_str().is_empty());
-        }
-        // An unnamed file where the OS can (O_TMPFILE): nothing is left.
-        tempfile::tempfile_in(folder.unwrap_or(Path::new("."))).map_err(|source| {
-            JournalError::Folder {
-                path: path.to_owned(),
-                source,
+        let folder_error = |source| JournalError::Folder {
+            path: path.to_owned(),
+            source,
+        };
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if folder.exists() {
+            // An unnamed file where the OS can (O_TMPFILE): nothing is left.
+            tempfile::tempfile_in(folder).map_err(folder_error)?;
+        } else {
+            // Created by the daemon where it runs (a check in CI need not
+            // have `/var/lib/scalewise`): only a file where a folder must
+            // be is wrong everywhere.
+            let mut nearest = folder;
+            while !nearest.exists() {
+                nearest = nearest
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
             }
-        })?;
+            if !nearest.is_dir() {
+                return Err(folder_error(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a folder", nearest.display()),
+                )));
+            }
+        }
         if path.exists() {
-            Journal::open_read_only(path)?;
+            // An empty file the daemon sets up; anything else must be a
+            // journal this version reads, and writable.
+            if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) > 0 {
+                Journal::open_read_only(path)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|source| JournalError::NotWritable {
+                    path: path.to_owned(),
+                    source,
+                })?;
         }
         Ok(())
     }
