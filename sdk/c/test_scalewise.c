@@ -159,6 +159,10 @@ static void held(void) {
   int64_t three_ts[] = {T0 - 120000, T0 - 60000, T0};
   sw_metric three = at(three_ts, high, 3);
   CHECK(sw_held_for(&three, T0, 120000, 70, true));
+  /* Three tell the step: the first stands for one step before it. */
+  int64_t slack_ts[] = {T0 - 50000, T0 - 25000, T0};
+  sw_metric slack = at(slack_ts, high, 3);
+  CHECK(sw_held_for(&slack, T0, 60000, 70, true));
   /* The sample before the window, in effect at its start, counts: */
   const double dipped[] = {50, 80, 85, 90, 95};
   sw_metric d = series(dipped, 5, 0);

@@ -149,6 +149,7 @@ impl ModuleCache {
             source,
         })?;
         check_private(&self.refused)?;
+        sweep_stray_temporaries(&self.refused);
         let path = self.refusal_path(digest);
         let io = |source| CacheError::Io {
             path: path.clone(),
@@ -259,12 +260,7 @@ impl ModuleCache {
             })
             .filter_map(|e| dated(&e))
             .partition(|(_, path)| path.extension().is_some_and(|x| x == "cwasm"));
-        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
-        for (modified, path) in temporary {
-            if modified < hour_ago {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        remove_older_than_an_hour(temporary);
         if files.len() <= MAX_ENTRIES {
             return;
         }
@@ -380,6 +376,31 @@ fn read_own(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     std::fs::read(path).map(Some)
 }
 
+/// Removes the temporary files in `dir` an hour old (left by a process
+/// killed while it wrote).
+fn sweep_stray_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    remove_older_than_an_hour(
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect(),
+    );
+}
+
+/// Removes the `(modified, path)` files modified over an hour ago.
+fn remove_older_than_an_hour(files: Vec<(SystemTime, PathBuf)>) {
+    let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+    for (modified, path) in files {
+        if modified < hour_ago {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through an owner-only temporary file of a
 /// random name in `dir` (beside it), renamed into place: readers never see
 /// half a file (nor an empty one, on a full disk), a link at `path` is
@@ -468,6 +489,14 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".d0.2.0.tmp".to_owned(), "d1.cwasm".to_owned()]);
+        // Refusals' too.
+        cache.refuse("d2", "then\nwhy").unwrap();
+        let old = cache.refused.join(".d2.1.0.tmp");
+        let file = std::fs::File::create(&old).unwrap();
+        file.set_modified(SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        cache.refuse("d3", "then\nwhy").unwrap();
+        assert!(!old.exists());
     }
 
     /// A refusal is written in a private folder and read only from a file

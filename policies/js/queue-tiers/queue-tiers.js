@@ -85,13 +85,17 @@ export function decide(ctx) {
     return sdk.scaleTo(wanted, `${at}, the top tier: ${current} → ${wanted}`);
   }
   // Scale in to the lowest tier whose next threshold up the depth has
-  // stayed below for down_for, from the newest depth's tier up.
+  // stayed below for down_for, from the newest depth's tier up; the top
+  // tier has no threshold above it to stay below.
   const since = spanText(p.down_for);
-  for (let t = tier; t + 1 < tiers.length && tiers[t].replicas < current; t++) {
-    const above = tiers[t + 1].depth;
-    if (!sdk.belowFor(m, above, ctx.nowMs, p.down_for)) continue;
+  for (let t = tier; t < tiers.length && tiers[t].replicas < current; t++) {
     const to = tiers[t].replicas;
     const which = t === tier ? '' : ` (tier ${t + 1}, from ${tiers[t].depth}: ${to} replicas)`;
+    if (t + 1 === tiers.length) {
+      return sdk.scaleTo(to, `${at}; the top tier${which} asks for fewer: ${current} → ${to}`);
+    }
+    const above = tiers[t + 1].depth;
+    if (!sdk.belowFor(m, above, ctx.nowMs, p.down_for)) continue;
     return sdk.scaleTo(to, `${at}, below ${above} for ${since}${which}: ${current} → ${to}`);
   }
   const above = tiers[tier + 1].depth;

@@ -55,6 +55,10 @@ test('scales in only after down_for below the tier above', () => {
   const fell = decide(ctx(4, [400, 400, 400, 400, 400, 50]));
   assert.equal(desired(fell), 2, fell.reason);
   assert.match(fell.reason, /below 500 for 1m \(tier 2, from 100: 2 replicas\): 4 → 2$/);
+  // Above the top tier's count, a depth that fell from the top tier goes
+  // to the top tier at once (nothing above it to stay below).
+  const top = decide(ctx(8, [600, 600, 600, 600, 600, 50]));
+  assert.equal(desired(top), 4, top.reason);
 });
 
 test('a depth the policy cannot read is an error', () => {

@@ -647,6 +647,9 @@ mod tests {
         );
         let three: Vec<_> = [-120_000, -60_000, 0].map(|t| (now + t, 80.0)).into();
         assert_eq!(series(&three).held_for(now, 120_000, above), Held::Yes);
+        // Three tell the step: the first stands for one step before it.
+        let slack: Vec<_> = [-50_000, -25_000, 0].map(|t| (now + t, 80.0)).into();
+        assert_eq!(series(&slack).held_for(now, 60_000, above), Held::Yes);
         // Began a minute ago.
         let short: Vec<_> = (0..5).map(|i| (now - 60_000 + i * 15_000, 80.0)).collect();
         assert_eq!(
