@@ -960,8 +960,25 @@ fn terminating_in(group: &AutoScalingGroup, id: &str) -> bool {
 /// running; judged from the lowered count, a rise back towards them (or
 /// `min`) would look like a scale-out, pass the envelope as one, and be
 /// made by removing instances (see [`plan`]).
+/// While an instance is still launching above the desired capacity, AWS is
+/// replacing instances (an instance refresh, a rebalance): the excess is
+/// its, for a moment, and not counted.
 fn current_of(group: &AutoScalingGroup) -> u32 {
-    desired_of(group).max(live_count(group))
+    if launching_above_desired(group) {
+        desired_of(group)
+    } else {
+        desired_of(group).max(live_count(group))
+    }
+}
+
+/// Whether more instances run than the desired capacity while one of them
+/// is still launching (see [`current_of`]).
+fn launching_above_desired(group: &AutoScalingGroup) -> bool {
+    live_count(group) > desired_of(group)
+        && group
+            .instances()
+            .iter()
+            .any(|i| runs(i) && i.lifecycle_state() != Some(&LifecycleState::InService))
 }
 
 /// Whether `instance` counts towards the desired capacity and may be a
@@ -1137,6 +1154,16 @@ fn plan(
     let live = live_count(group);
     if desired >= live {
         return Ok(Plan::SetDesired);
+    }
+    if launching_above_desired(group) {
+        // Victims counted from what runs would fight AWS's own replacement
+        // (and pending instances, its new ones, would go first).
+        return Err(ActuatorError::Failed(format!(
+            "Auto Scaling group {:?} is launching instances above its desired capacity ({live} \
+             running, desired {now}: an instance refresh or a rebalance); the scale-in waits \
+             until they settle",
+            group.auto_scaling_group_name().unwrap_or_default()
+        )));
     }
     let victims = choose_victims(group, live - desired, skip_protected);
     if victims.is_empty() {
@@ -1535,8 +1562,8 @@ impl Actuator for AwsAsgActuator {
             // is gone (a scale-out from 4 to 5 must not become a scale-in
             // from 10 to 5).
             return Err(ActuatorError::Failed(format!(
-                "the desired capacity of Auto Scaling group {name:?} changed since this tick \
-                 read it ({current} → {}); the next tick decides again from what it reads",
+                "the capacity of Auto Scaling group {name:?} changed since this tick read it \
+                 ({current} → {}); the next tick decides again from what it reads",
                 current_of(&group)
             )));
         }
@@ -1875,6 +1902,36 @@ mod tests {
         g.launch_configuration_name = None;
         g.launch_template = Some(template("lt-new"));
         assert_eq!(ids(choose_victims(&g, 1, false)), ["i-1"]);
+    }
+
+    /// More instances running than desired count, unless one is still
+    /// launching (AWS replacing instances): then the desired capacity
+    /// counts, and no scale-in fights the replacement.
+    #[test]
+    fn instances_above_the_desired_capacity_count_unless_aws_is_launching() {
+        let running = |state| {
+            group(vec![
+                instance("i-1", "a", LifecycleState::InService, "Healthy"),
+                instance("i-2", "a", LifecycleState::InService, "Healthy"),
+                instance("i-3", "a", LifecycleState::InService, "Healthy"),
+                instance("i-4", "a", state, "Healthy"),
+            ])
+        };
+        let mut lowered = running(LifecycleState::InService);
+        lowered.desired_capacity = Some(2);
+        assert_eq!(current_of(&lowered), 4);
+        assert!(matches!(
+            plan(&lowered, 3, false),
+            Ok(Plan::Remove { first_set_to: Some(4), ref victims }) if victims.len() == 1
+        ));
+        let mut refreshing = running(LifecycleState::Pending);
+        refreshing.desired_capacity = Some(3);
+        assert_eq!(current_of(&refreshing), 3);
+        let err = plan(&refreshing, 2, false).unwrap_err().to_string();
+        assert!(
+            err.contains("is launching instances above its desired capacity"),
+            "{err}"
+        );
     }
 
     /// A new version of the same template (a new AMI rolled out) makes
