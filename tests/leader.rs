@@ -93,6 +93,7 @@ async fn a_lease_left_unrenewed_is_taken_over_after_its_duration() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(b.try_once().await, Outcome::Leading);
     assert!(b_leads.is_leading());
+    assert!(b_leads.term_was_taken());
     let lease = kube.lease("ops", "scalewise").unwrap();
     assert_eq!(
         (holder(&kube).as_deref(), &lease["spec"]["leaseTransitions"]),
@@ -149,6 +150,10 @@ async fn a_renewal_whose_answer_was_lost_is_still_this_processs() {
     kube.lose_lease_write_answers(false);
     assert_eq!(a.try_once().await, Outcome::Leading);
     assert!(a_leads.is_leading());
+    // Its own Lease renewed past its deadline: a new term, but not taken
+    // (nobody else led in between: the envelope keeps its history).
+    assert_eq!(a_leads.term(), 2);
+    assert!(!a_leads.term_was_taken());
 }
 
 #[tokio::test]

@@ -324,6 +324,34 @@ async fn a_worker_that_is_not_ready_gets_no_shards_and_its_released_ones_move_on
     no_violations(&coordinator);
 }
 
+/// A keeper that goes not ready mid-change (it crash-loops and releases
+/// its shards) has the plan made again: its shards go to the ready
+/// workers, rather than the change waiting for it until its timeout.
+#[tokio::test]
+async fn a_plan_is_made_again_when_a_keeper_goes_not_ready() {
+    let coordinator = ShardCoordinator::start(World::new(8, 3)).await;
+    coordinator.with(|w| w.moves_per_poll = 1);
+    let actuator = actuator(&coordinator, Duration::from_secs(600));
+    actuator.scale(T0, 3, 4).await.unwrap();
+    let mut step = 0;
+    while coordinator.with(|w| w.assignment.is_none()) {
+        step += 1;
+        assert!(step < 50, "no assignment was ever made");
+        actuator.observe(T0 + step * SECOND).await.unwrap();
+    }
+    coordinator.with(|w| {
+        let down = w.workers.get_mut("w-2").unwrap();
+        down.polls_until_ready = u32::MAX;
+        down.owned.clear();
+    });
+    let (_, after) = settle(&actuator, T0 + (step + 1) * SECOND).await;
+    assert_eq!((after.current, after.ready), (4, 3));
+    let counts = coordinator.with(|w| w.counts());
+    assert_eq!(counts["w-2"], 0, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 8, "every shard owned");
+    no_violations(&coordinator);
+}
+
 /// A step of a change in flight that the coordinator refuses (a worker
 /// stop) leaves the change in flight saying why; the reading of the
 /// workers stands (the tick goes on), and the next tick tries again.

@@ -101,6 +101,10 @@ pub struct Leadership {
     lease: Arc<OnceLock<LeaseRef>>,
     /// How many times this replica has become the leader.
     terms: Arc<AtomicU64>,
+    /// Whether the current term began by taking the Lease (from another
+    /// holder, released, deleted or new) rather than renewing this
+    /// process's own after its deadline had passed.
+    taken: Arc<AtomicBool>,
     /// Until when an elected leader may act: its renew deadline, counted
     /// from when the last renewal was sent. Past it the replica stops
     /// acting whatever the next try says, however late that comes (an API
@@ -126,6 +130,7 @@ impl Leadership {
             leader: Arc::default(),
             lease: Arc::default(),
             terms: Arc::default(),
+            taken: Arc::default(),
             acting_until: Arc::default(),
             gauge: None,
         }
@@ -139,6 +144,7 @@ impl Leadership {
             leader: Arc::default(),
             lease: Arc::default(),
             terms: Arc::default(),
+            taken: Arc::default(),
             acting_until: Arc::default(),
             gauge: None,
         }
@@ -262,6 +268,13 @@ impl Leadership {
     /// ([`EnvelopeState::reseed`](crate::envelope::EnvelopeState::reseed)).
     pub fn term(&self) -> u64 {
         self.terms.load(Ordering::Acquire)
+    }
+
+    /// Whether the current term began by taking the Lease rather than
+    /// renewing this process's own: another replica may have led since
+    /// this one last did.
+    pub fn term_was_taken(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
     }
 
     fn set(&self, leading: bool) -> bool {
@@ -542,6 +555,11 @@ impl Elector {
             let pauses = parse_pauses(self.pauses.as_deref(), &self.settings.lease);
             hook(pauses).await;
             self.followed = self.pauses.clone();
+        }
+        if leading && !self.leadership.leading.load(Ordering::Acquire) {
+            self.leadership
+                .taken
+                .store(self.acquired, Ordering::Release);
         }
         let was = self.leadership.set(leading);
         let lease = &self.settings.lease;

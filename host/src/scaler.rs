@@ -624,19 +624,20 @@ impl Scaler {
         let jumped: i64 = jumps.iter().map(|&(_, by)| by).sum();
         // As far back as a restart reads, from before the jumps.
         let mut recovery = self.recover(now_ms - jumped).await?;
+        if let Some(retaken) = self.retaken_ms {
+            // What this replica did before another led is forgotten (see
+            // `EnvelopeState::forget_and_reseed`); the term's first tick
+            // seeded the history. (On the journal's own times: a jump
+            // since moves older ticks forward, not this one's.)
+            recovery.ticks.retain(|tick| tick.time_ms >= retaken);
+            recovery.begins_history = true;
+        }
         for tick in &mut recovery.ticks {
             tick.time_ms += jumps
                 .iter()
                 .filter(|&&(at, _)| tick.time_ms < at)
                 .map(|&(_, by)| by)
                 .sum::<i64>();
-        }
-        if let Some(retaken) = self.retaken_ms {
-            // What this replica did before another led is forgotten (see
-            // `EnvelopeState::forget_and_reseed`); the term's first tick
-            // seeded the history.
-            recovery.ticks.retain(|tick| tick.time_ms >= retaken);
-            recovery.begins_history = true;
         }
         let mut rebuilt = self.envelope_from(&recovery.ticks, recovery.begins_history, now_ms);
         rebuilt.carry_seed_from(&self.envelope);
@@ -859,7 +860,7 @@ impl Scaler {
             // (the actuator checks the target was left as it was saved);
             // one this replica started in an earlier term is not.
             let restored = self.term == 0 && std::mem::take(&mut self.in_flight_restored);
-            if self.term == 0 {
+            if self.term == 0 || !self.services.leadership.term_was_taken() {
                 self.envelope.reseed();
             } else {
                 self.envelope.forget_and_reseed();

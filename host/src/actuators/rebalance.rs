@@ -325,14 +325,19 @@ impl RebalanceActuator {
 }
 
 /// Whether `plan` still fits `cluster`: it places exactly the cluster's
-/// shards, and every worker it names is there.
+/// shards, every worker it names is there, and none that is not ready is
+/// to take a shard it does not own (one that went not ready since the
+/// plan was made could take none: the change would wait for its timeout).
 fn plan_fits(cluster: &Cluster, plan: &Assignment) -> bool {
     let planned: BTreeSet<&String> = plan.values().flatten().collect();
     let shards: BTreeSet<&String> = cluster.shards.iter().collect();
     planned == shards
-        && plan
-            .keys()
-            .all(|id| cluster.workers.iter().any(|w| &w.id == id))
+        && plan.iter().all(|(id, shards)| {
+            cluster
+                .workers
+                .iter()
+                .any(|w| &w.id == id && (w.ready || shards.iter().all(|s| w.shards.contains(s))))
+        })
 }
 
 /// The assignment that places shards nobody owns, or gives shards to a
