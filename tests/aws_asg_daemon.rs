@@ -401,6 +401,19 @@ async fn a_scaler_renamed_while_down_mid_drain_is_warned_of_at_start() {
         assert!(warning.contains(victim.as_str()), "{victim}: {warning}");
     }
     daemon.stop().unwrap();
+    // Said once: the change is not kept for the next start to say again.
+    let daemon = start(dir.path(), &text);
+    wait_until("the API", Duration::from_secs(60), || async {
+        daemon.api_addr().map(drop).ok_or_else(log)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !log().contains("for a scaler this config does not have"),
+        "{}",
+        log()
+    );
+    daemon.stop().unwrap();
 }
 
 /// A scale-in that ends in the tick that starts it (the drain webhook

@@ -2607,9 +2607,12 @@ async fn warn_of_orphaned_changes(config: &Config, journal: &Journal) {
             change = %crate::runtime::log_safe(&change.change),
             "A change was in flight when the daemon stopped for a scaler this config does not \
              have (removed or renamed since): nothing carries it on or undoes it. Undo what it \
-             began by hand (a victim drained but not terminated, a shard move), or restore the \
-             scaler under its old name to carry it on."
+             began by hand (a victim drained but not terminated, a shard move); it is not \
+             kept, so this is said once."
         );
+        if let Err(error) = journal.save_in_flight(&scaler, None).await {
+            tracing::warn!(%scaler, %error, "Could not drop the change from the journal.");
+        }
     }
 }
 
