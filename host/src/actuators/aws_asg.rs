@@ -72,7 +72,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_autoscaling::types::{AutoScalingGroup, Instance, LifecycleState};
+use aws_sdk_autoscaling::types::{
+    AutoScalingGroup, Instance, LaunchTemplateSpecification, LifecycleState,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -1260,20 +1262,32 @@ fn victim_rank<'a>(
         (Some(config), _) => instance.launch_configuration_name() != Some(config),
         (None, Some(template)) => {
             let own = instance.launch_template();
-            let other_template = match template.launch_template_id() {
-                Some(id) => own.and_then(|t| t.launch_template_id()) != Some(id),
+            let is = |spec: &LaunchTemplateSpecification| match spec.launch_template_id() {
+                Some(id) => own.and_then(|t| t.launch_template_id()) == Some(id),
                 None => {
-                    template.launch_template_name().is_some()
-                        && own.and_then(|t| t.launch_template_name())
-                            != template.launch_template_name()
+                    spec.launch_template_name().is_none()
+                        || own.and_then(|t| t.launch_template_name()) == spec.launch_template_name()
                 }
             };
+            // An override's own template (an ARM image for Graviton
+            // types, say) is as current as the group's.
+            let overrides = group
+                .mixed_instances_policy()
+                .and_then(|m| m.launch_template())
+                .map(|t| t.overrides())
+                .unwrap_or_default();
+            let other_template = !is(template)
+                && !overrides
+                    .iter()
+                    .filter_map(|o| o.launch_template_specification())
+                    .any(is);
             // A version the group names by number ("$Latest" and
             // "$Default" say which only to EC2).
-            let other_version = match (template.version(), own.and_then(|t| t.version())) {
-                (Some(wanted), Some(has)) => !wanted.starts_with('$') && wanted != has,
-                _ => false,
-            };
+            let other_version = is(template)
+                && match (template.version(), own.and_then(|t| t.version())) {
+                    (Some(wanted), Some(has)) => !wanted.starts_with('$') && wanted != has,
+                    _ => false,
+                };
             other_template || other_version
         }
         (None, None) => false,
@@ -1968,5 +1982,35 @@ mod tests {
                 .build(),
         );
         assert_eq!(ids(choose_victims(&g, 1, false)), ["i-2"]);
+        // An override's own template is as current as the group's.
+        let mut graviton = on("i-4", "7");
+        graviton.launch_template = Some(
+            LaunchTemplateSpecification::builder()
+                .launch_template_id("lt-arm")
+                .version("7")
+                .build(),
+        );
+        let mut g = group(vec![on("i-1", "3"), graviton, on("i-3", "2")]);
+        g.launch_configuration_name = None;
+        g.mixed_instances_policy = Some(
+            aws_sdk_autoscaling::types::MixedInstancesPolicy::builder()
+                .launch_template(
+                    aws_sdk_autoscaling::types::LaunchTemplate::builder()
+                        .launch_template_specification(template("3"))
+                        .overrides(
+                            aws_sdk_autoscaling::types::LaunchTemplateOverrides::builder()
+                                .instance_type("m7g.large")
+                                .launch_template_specification(
+                                    LaunchTemplateSpecification::builder()
+                                        .launch_template_id("lt-arm")
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        );
+        assert_eq!(ids(choose_victims(&g, 2, false)), ["i-3", "i-4"]);
     }
 }

@@ -557,7 +557,7 @@ impl Actuator for RebalanceActuator {
         // in flight again at once and hold the scaler for good. The scaler
         // decides meanwhile (a scale-in choosing the idle worker ends it).
         let resting = now_ms.saturating_sub(self.gave_up_ms.load(Ordering::Relaxed)) <= timeout;
-        if guard.is_none() && !resting {
+        if guard.is_none() && !resting && may_act() {
             // Workers started by a change that did not finish (a restart,
             // a reload, a timeout), shards nobody owns: a count that stays
             // the same never calls scale, so they are placed here.
@@ -690,7 +690,9 @@ impl Actuator for RebalanceActuator {
             for n in current..desired_n {
                 // The first was asked for just before the call.
                 if n > current && !may_act() {
-                    failure = Some(ActuatorError::Failed("this replica no longer leads".into()));
+                    failure = Some(ActuatorError::Failed(
+                        "the tick may act no more (the lease lost, or the scaler paused)".into(),
+                    ));
                     break;
                 }
                 match self.start_worker().await {
