@@ -816,8 +816,8 @@ async fn a_scale_in_takes_no_step_once_the_lease_is_lost() {
     assert!(seen.in_flight.is_some());
     assert_eq!(drainer.calls().len(), 2);
     assert_eq!(moto.instance_ids("lease-lost").await.unwrap(), all);
-    // Lost after the first victim's two steps (its drain answered, its
-    // termination): the second is left as it is.
+    // Lost after two asks (the drains, all at once; the first victim's
+    // termination): the second victim is left as it is.
     let asked = AtomicUsize::new(0);
     let leads = || asked.fetch_add(1, Ordering::SeqCst) < 2;
     let seen = asg.observe_while(T0 + 30 * SECOND, &leads).await.unwrap();

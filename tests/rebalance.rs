@@ -246,8 +246,6 @@ async fn a_scale_in_that_stops_one_victim_of_two_carries_on() {
     no_violations(&coordinator);
 }
 
-/// A paused scaler observes without advancing: no shard moves, no worker
-/// stops, until it acts again.
 /// A tick whose replica loses the lease while it runs takes no further
 /// step (another replica may lead now): lost before the tick's first
 /// step, no worker is stopped; lost after its first, one of the two.
@@ -406,6 +404,8 @@ async fn a_held_rebalance_does_not_time_out_while_it_is_held() {
     no_violations(&coordinator);
 }
 
+/// A paused scaler observes without advancing: no shard moves, no worker
+/// stops, until it acts again.
 #[tokio::test]
 async fn observing_only_leaves_a_rebalance_where_it_is() {
     let coordinator = ShardCoordinator::start(World::new(8, 4)).await;
