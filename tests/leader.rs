@@ -93,7 +93,7 @@ async fn a_lease_left_unrenewed_is_taken_over_after_its_duration() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(b.try_once().await, Outcome::Leading);
     assert!(b_leads.is_leading());
-    assert!(b_leads.term_was_taken());
+    assert_eq!(b_leads.last_taken_term(), b_leads.term(), "taken");
     let lease = kube.lease("ops", "scalewise").unwrap();
     assert_eq!(
         (holder(&kube).as_deref(), &lease["spec"]["leaseTransitions"]),
@@ -153,7 +153,30 @@ async fn a_renewal_whose_answer_was_lost_is_still_this_processs() {
     // Its own Lease renewed past its deadline: a new term, but not taken
     // (nobody else led in between: the envelope keeps its history).
     assert_eq!(a_leads.term(), 2);
-    assert!(!a_leads.term_was_taken());
+    assert_eq!(a_leads.last_taken_term(), 1, "the first term created it");
+}
+
+/// A takeover the server applied whose answer was lost is completed by the
+/// next try, and that term counts as taken (another replica led before).
+#[tokio::test]
+async fn a_takeover_whose_answer_was_lost_is_still_a_takeover() {
+    let kube = FakeKube::start().await.unwrap();
+    let (mut a, _) = elector(&kube, "a");
+    let (mut b, b_leads) = elector(&kube, "b");
+    assert_eq!(a.try_once().await, Outcome::Leading);
+    assert_eq!(b.try_once().await, Outcome::Following("a".into()));
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    kube.lose_lease_write_answers(true);
+    assert!(matches!(b.try_once().await, Outcome::Failed(_)));
+    assert_eq!(
+        holder(&kube).as_deref(),
+        Some("b"),
+        "the takeover was applied"
+    );
+    kube.lose_lease_write_answers(false);
+    assert_eq!(b.try_once().await, Outcome::Leading);
+    assert_eq!(b_leads.last_taken_term(), b_leads.term(), "taken");
 }
 
 #[tokio::test]

@@ -590,10 +590,12 @@ impl Journal {
             // be is wrong everywhere.
             let mut nearest = folder;
             while !nearest.exists() {
-                nearest = nearest
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+                match nearest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(parent) => nearest = parent,
+                    // Up to a relative path's start (the working folder
+                    // itself gone): nothing more to tell.
+                    None => return Ok(()),
+                }
             }
             if !nearest.is_dir() {
                 return Err(folder_error(io::Error::new(

@@ -101,10 +101,10 @@ pub struct Leadership {
     lease: Arc<OnceLock<LeaseRef>>,
     /// How many times this replica has become the leader.
     terms: Arc<AtomicU64>,
-    /// Whether the current term began by taking the Lease (from another
-    /// holder, released, deleted or new) rather than renewing this
-    /// process's own after its deadline had passed.
-    taken: Arc<AtomicBool>,
+    /// The last term that began by taking the Lease (from another holder,
+    /// released, deleted or new) rather than renewing this process's own
+    /// after its deadline had passed; 0 for none.
+    taken_term: Arc<AtomicU64>,
     /// Until when an elected leader may act: its renew deadline, counted
     /// from when the last renewal was sent. Past it the replica stops
     /// acting whatever the next try says, however late that comes (an API
@@ -130,7 +130,7 @@ impl Leadership {
             leader: Arc::default(),
             lease: Arc::default(),
             terms: Arc::default(),
-            taken: Arc::default(),
+            taken_term: Arc::default(),
             acting_until: Arc::default(),
             gauge: None,
         }
@@ -144,7 +144,7 @@ impl Leadership {
             leader: Arc::default(),
             lease: Arc::default(),
             terms: Arc::default(),
-            taken: Arc::default(),
+            taken_term: Arc::default(),
             acting_until: Arc::default(),
             gauge: None,
         }
@@ -270,11 +270,11 @@ impl Leadership {
         self.terms.load(Ordering::Acquire)
     }
 
-    /// Whether the current term began by taking the Lease rather than
-    /// renewing this process's own: another replica may have led since
-    /// this one last did.
-    pub fn term_was_taken(&self) -> bool {
-        self.taken.load(Ordering::Acquire)
+    /// The last term that began by taking the Lease rather than renewing
+    /// this process's own (0: none): after it, another replica may have
+    /// led since this one last did.
+    pub fn last_taken_term(&self) -> u64 {
+        self.taken_term.load(Ordering::Acquire)
     }
 
     fn set(&self, leading: bool) -> bool {
@@ -385,6 +385,10 @@ pub struct Elector {
     /// a renewal the server applied whose answer was lost (a timeout, a
     /// connection reset) is this process's all the same.
     sent: Option<Timestamp>,
+    /// Whether the write `sent` took the Lease (created it, or took it
+    /// from another holder) rather than renewed it: a take whose answer
+    /// was lost is still a take.
+    sent_takes: bool,
 }
 
 /// One try's result, or a conflict with a write of this replica's own (a
@@ -435,6 +439,7 @@ impl Elector {
             acquired: false,
             written: None,
             sent: None,
+            sent_takes: false,
         }
     }
 
@@ -461,7 +466,13 @@ impl Elector {
 
     /// The Lease as this process writes it, its renewTime kept as sent
     /// ([`Elector::sent`]).
-    fn spec(&mut self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+    fn spec_taking(
+        &mut self,
+        acquired: Option<MicroTime>,
+        transitions: i32,
+        takes: bool,
+    ) -> LeaseSpec {
+        self.sent_takes = takes;
         // To the microsecond, as the server keeps it.
         let now = Timestamp::from_microsecond(Timestamp::now().as_microsecond())
             .unwrap_or_else(|_| Timestamp::now());
@@ -556,10 +567,10 @@ impl Elector {
             hook(pauses).await;
             self.followed = self.pauses.clone();
         }
-        if leading && !self.leadership.leading.load(Ordering::Acquire) {
-            self.leadership
-                .taken
-                .store(self.acquired, Ordering::Release);
+        if leading && self.acquired && !self.leadership.leading.load(Ordering::Acquire) {
+            // The term `set` is about to begin.
+            let term = self.leadership.terms.load(Ordering::Acquire) + 1;
+            self.leadership.taken_term.store(term, Ordering::Release);
         }
         let was = self.leadership.set(leading);
         let lease = &self.settings.lease;
@@ -612,7 +623,7 @@ impl Elector {
                     name: Some(name.clone()),
                     ..ObjectMeta::default()
                 },
-                spec: Some(self.spec(None, 0)),
+                spec: Some(self.spec_taking(None, 0, true)),
             };
             return Try::Done(
                 match self.api.create(&PostParams::default(), &lease).await {
@@ -644,6 +655,10 @@ impl Elector {
         let named_mine = holder.as_deref() == Some(self.identity.as_str());
         let ours = |t: &Option<Timestamp>| t.is_some() && renewed == *t;
         let mine = named_mine && (ours(&self.written) || ours(&self.sent));
+        // This process's last write took the Lease and was applied, its
+        // answer lost: renewing it now completes that take.
+        let taken_unanswered =
+            named_mine && !ours(&self.written) && ours(&self.sent) && self.sent_takes;
         if named_mine && !mine && changed {
             tracing::warn!(
                 identity = %self.identity,
@@ -671,7 +686,7 @@ impl Elector {
         } else {
             None
         };
-        lease.spec = Some(self.spec(acquired, transitions));
+        lease.spec = Some(self.spec_taking(acquired, transitions, !mine));
         Try::Done(
             match self
                 .api
@@ -680,7 +695,7 @@ impl Elector {
             {
                 Ok(replaced) => {
                     self.written = renew_time(&replaced);
-                    self.acquired = !mine;
+                    self.acquired = !mine || taken_unanswered;
                     Outcome::Leading
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => match holder {

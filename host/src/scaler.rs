@@ -860,14 +860,20 @@ impl Scaler {
             // (the actuator checks the target was left as it was saved);
             // one this replica started in an earlier term is not.
             let restored = self.term == 0 && std::mem::take(&mut self.in_flight_restored);
-            if self.term == 0 || !self.services.leadership.term_was_taken() {
+            // A term after this scaler's last one took the Lease: another
+            // replica may have led in between. Otherwise this replica
+            // renewed its own after its deadline passed: nobody else did,
+            // and its history and change in flight stand.
+            let taken = self.services.leadership.last_taken_term() > self.term;
+            let kept = self.term != 0 && !taken;
+            if self.term == 0 || kept {
                 self.envelope.reseed();
             } else {
                 self.envelope.forget_and_reseed();
                 self.retaken_ms = Some(now_ms);
             }
             self.term = term;
-            if !restored {
+            if !(restored || kept) {
                 self.actuator.forget_in_flight().await;
             }
             tracing::debug!(scaler = %self.spec.name, term, "A new leadership term: the envelope's history begins again.");

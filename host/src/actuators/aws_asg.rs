@@ -1162,8 +1162,8 @@ fn plan(
         // (and pending instances, its new ones, would go first).
         return Err(ActuatorError::Failed(format!(
             "Auto Scaling group {:?} is launching instances above its desired capacity ({live} \
-             running, desired {now}: an instance refresh or a rebalance); the scale-in waits \
-             until they settle",
+             running, desired {now}: an instance refresh or a rebalance); a change to fewer \
+             than run waits until they settle",
             group.auto_scaling_group_name().unwrap_or_default()
         )));
     }

@@ -331,12 +331,14 @@ impl RebalanceActuator {
 fn plan_fits(cluster: &Cluster, plan: &Assignment) -> bool {
     let planned: BTreeSet<&String> = plan.values().flatten().collect();
     let shards: BTreeSet<&String> = cluster.shards.iter().collect();
+    let worker = |id: &String| cluster.workers.iter().find(|w| &w.id == id);
+    // As `balance` plans: with no keeper ready, every one gets its share.
+    let any_ready = plan.keys().any(|id| worker(id).is_some_and(|w| w.ready));
     planned == shards
         && plan.iter().all(|(id, shards)| {
-            cluster
-                .workers
-                .iter()
-                .any(|w| &w.id == id && (w.ready || shards.iter().all(|s| w.shards.contains(s))))
+            worker(id).is_some_and(|w| {
+                w.ready || !any_ready || shards.iter().all(|s| w.shards.contains(s))
+            })
         })
 }
 
