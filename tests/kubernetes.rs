@@ -183,6 +183,18 @@ async fn a_custom_resource_with_its_own_plural_scales_too() {
 /// they are 0, as the built-in kinds do: once a custom resource has reported
 /// them, a missing one is 0, not "does not report it" (which counts every
 /// pod as ready).
+/// The Argo Rollout `web` in `shop`, with Events.
+fn rollout_web() -> KubernetesTarget {
+    KubernetesTarget {
+        api_version: "argoproj.io/v1alpha1".into(),
+        object: "Rollout".into(),
+        name: "web".into(),
+        namespace: Some("shop".into()),
+        plural: None,
+        events: true,
+    }
+}
+
 #[tokio::test]
 async fn a_custom_resource_that_reported_ready_replicas_reads_zero_when_it_leaves_them_out() {
     let kube = FakeKube::start().await.unwrap();
@@ -191,14 +203,7 @@ async fn a_custom_resource_that_reported_ready_replicas_reads_zero_when_it_leave
         available: Some(5),
         ..workload(5, Some(5))
     });
-    let target = KubernetesTarget {
-        api_version: "argoproj.io/v1alpha1".into(),
-        object: "Rollout".into(),
-        name: "web".into(),
-        namespace: Some("shop".into()),
-        plural: None,
-        events: true,
-    };
+    let target = rollout_web();
     let actuator = KubernetesActuator::with_client(target, kube.client("default"));
     let observed = actuator.observe(T0).await.unwrap();
     assert_eq!((observed.current, observed.ready), (5, 5));
@@ -220,14 +225,7 @@ async fn what_a_workload_reported_outlives_a_reload_of_its_settings() {
     let kube = FakeKube::start().await.unwrap();
     let put = |w: Workload| kube.put("argoproj.io/v1alpha1", "rollouts", "shop", "web", w);
     put(workload(5, Some(5)));
-    let target = KubernetesTarget {
-        api_version: "argoproj.io/v1alpha1".into(),
-        object: "Rollout".into(),
-        name: "web".into(),
-        namespace: Some("shop".into()),
-        plural: None,
-        events: true,
-    };
+    let target = rollout_web();
     let clients = scalewise::actuators::clients::TargetClients::with_kube(kube.client("default"));
     let before = KubernetesActuator::new(target.clone(), &clients);
     assert_eq!(before.observe(T0).await.unwrap().ready, 5);

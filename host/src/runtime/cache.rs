@@ -247,20 +247,15 @@ impl ModuleCache {
     /// used, and removes temporary files an hour old (left by a process
     /// killed while it wrote).
     fn prune(&self) {
+        sweep_stray_temporaries(&self.dir);
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let dated = |e: &std::fs::DirEntry| Some((e.metadata().ok()?.modified().ok()?, e.path()));
-        let (mut files, temporary): (Vec<(SystemTime, PathBuf)>, Vec<_>) = entries
+        let mut files: Vec<(SystemTime, PathBuf)> = entries
             .flatten()
-            .filter(|e| {
-                e.path()
-                    .extension()
-                    .is_some_and(|x| x == "cwasm" || x == "tmp")
-            })
-            .filter_map(|e| dated(&e))
-            .partition(|(_, path)| path.extension().is_some_and(|x| x == "cwasm"));
-        remove_older_than_an_hour(temporary);
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
         if files.len() <= MAX_ENTRIES {
             return;
         }
@@ -382,22 +377,17 @@ fn sweep_stray_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    remove_older_than_an_hour(
-        entries
-            .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect(),
-    );
-}
-
-/// Removes the `(modified, path)` files modified over an hour ago.
-fn remove_older_than_an_hour(files: Vec<(SystemTime, PathBuf)>) {
     let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
-    for (modified, path) in files {
-        if modified < hour_ago {
-            let _ = std::fs::remove_file(path);
-        }
+    let stray = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < hour_ago)
+        });
+    for entry in stray {
+        let _ = std::fs::remove_file(entry.path());
     }
 }
 
